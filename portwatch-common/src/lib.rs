@@ -1,0 +1,273 @@
+//! Types shared by portwatch's eBPF programs and its loader.
+//!
+//! Everything here crosses the kernel/user boundary as raw bytes, so every
+//! type is `#[repr(C)]`, made of fixed-width integers only (no `bool`, no
+//! enum) and padded explicitly: the layout is the contract. The loader decodes
+//! the numeric codes into enums with `TryFrom` and rejects unknown values.
+#![no_std]
+
+/// `Event::syscall`: the call was bind().
+pub const SYSCALL_BIND: u8 = 1;
+/// `Event::syscall`: the call was listen().
+pub const SYSCALL_LISTEN: u8 = 2;
+
+/// `Event::source`: captured by the syscall tracepoints.
+pub const SOURCE_TRACEPOINT: u8 = 1;
+/// `Event::source`: captured by fexit on inet_bind / inet6_bind / inet_listen.
+pub const SOURCE_FEXIT: u8 = 2;
+
+/// `Event::opts` bits: the socket's options when the call returned.
+pub const OPT_REUSEADDR: u8 = 1 << 0;
+/// SO_REUSEPORT.
+pub const OPT_REUSEPORT: u8 = 1 << 1;
+/// IPV6_V6ONLY.
+pub const OPT_V6ONLY: u8 = 1 << 2;
+/// IP_FREEBIND.
+pub const OPT_FREEBIND: u8 = 1 << 3;
+/// IP_TRANSPARENT.
+pub const OPT_TRANSPARENT: u8 = 1 << 4;
+/// IP_BIND_ADDRESS_NO_PORT.
+pub const OPT_BIND_ADDRESS_NO_PORT: u8 = 1 << 5;
+/// Set when the socket could be read at all; without it the other bits mean nothing.
+pub const OPT_VALID: u8 = 1 << 7;
+
+/// Address families as the kernel numbers them.
+pub const AF_INET: u16 = 2;
+/// AF_INET6.
+pub const AF_INET6: u16 = 10;
+
+/// One failed (or, when asked for, successful) bind() or listen().
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Event {
+    /// CLOCK_BOOTTIME nanoseconds when the call returned.
+    pub ts_boot_ns: u64,
+    /// cgroup v2 id of the caller.
+    pub cgroup_id: u64,
+    /// Identical failures folded into this event since the previous event of
+    /// the same process, port, call and errno (see `FoldKey`).
+    pub folded: u64,
+    /// Thread group id (what users call the PID).
+    pub pid: u32,
+    /// Thread id.
+    pub tid: u32,
+    /// Parent's thread group id.
+    pub ppid: u32,
+    /// Real uid.
+    pub uid: u32,
+    /// Real gid.
+    pub gid: u32,
+    /// Inode of the socket's network namespace.
+    pub netns: u32,
+    /// 0 or a negative errno.
+    pub ret: i32,
+    /// The file descriptor passed to the call, -1 when the hook does not see it.
+    pub fd: i32,
+    /// SO_BINDTODEVICE interface index, 0 for none.
+    pub bound_dev_if: i32,
+    /// Requested port for bind(), bound port for listen(), host byte order.
+    pub port: u16,
+    /// `AF_INET` or `AF_INET6`.
+    pub family: u16,
+    /// IPPROTO_* of the socket (6 TCP, 17 UDP).
+    pub protocol: u16,
+    /// SOCK_* type of the socket.
+    pub sock_type: u16,
+    /// `SYSCALL_*`.
+    pub syscall: u8,
+    /// `OPT_*` bits.
+    pub opts: u8,
+    /// `SOURCE_*`.
+    pub source: u8,
+    /// Explicit padding; always zero.
+    pub _pad: u8,
+    /// Thread's comm, NUL padded.
+    pub comm: [u8; 16],
+    /// Requested (bind) or bound (listen) address in network byte order; IPv4
+    /// uses the first four bytes.
+    pub addr: [u8; 16],
+}
+
+/// Where a bit field lives relative to a base pointer: `(byte >> shift) & mask`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BitLoc {
+    /// Byte offset from the base.
+    pub off: u32,
+    /// Right shift applied to the byte.
+    pub shift: u8,
+    /// Width in bits (1..=8); 0 means the kernel has no such field.
+    pub width: u8,
+    /// Explicit padding; always zero.
+    pub _pad: [u8; 2],
+}
+
+/// Byte offsets into kernel structures, read from the running kernel's BTF at
+/// start-up: Rust eBPF has no CO-RE, so nothing here may be a compile-time
+/// constant.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Offsets {
+    /// `task_struct.files`.
+    pub task_files: u32,
+    /// `task_struct.real_parent`.
+    pub task_real_parent: u32,
+    /// `task_struct.tgid`.
+    pub task_tgid: u32,
+    /// `files_struct.fdt`.
+    pub files_fdt: u32,
+    /// `fdtable.max_fds`.
+    pub fdt_max_fds: u32,
+    /// `fdtable.fd`.
+    pub fdt_fd: u32,
+    /// `file.private_data`.
+    pub file_private_data: u32,
+    /// `socket.sk`.
+    pub socket_sk: u32,
+    /// `socket.type`.
+    pub socket_type: u32,
+    /// `sock.__sk_common.skc_family`.
+    pub sk_family: u32,
+    /// `sock.__sk_common.skc_num` (bound port, host order).
+    pub sk_num: u32,
+    /// `sock.__sk_common.skc_rcv_saddr`.
+    pub sk_rcv_saddr: u32,
+    /// `sock.__sk_common.skc_v6_rcv_saddr`.
+    pub sk_v6_rcv_saddr: u32,
+    /// `sock.__sk_common.skc_bound_dev_if`.
+    pub sk_bound_dev_if: u32,
+    /// `sock.__sk_common.skc_net` (a `struct net *`).
+    pub sk_net: u32,
+    /// `sock.sk_protocol` (u16).
+    pub sk_protocol: u32,
+    /// `net.ns.inum`.
+    pub net_inum: u32,
+    /// Syscall tracepoint records: `fd` of sys_enter_bind/listen.
+    pub tp_fd: u32,
+    /// `umyaddr` of sys_enter_bind.
+    pub tp_addr: u32,
+    /// `addrlen` of sys_enter_bind.
+    pub tp_addrlen: u32,
+    /// `ret` of sys_exit_bind/listen.
+    pub tp_ret: u32,
+    /// `socket.file`: a socket points back at its file, which tells a socket's
+    /// `file.private_data` from another kind of file's.
+    pub socket_file: u32,
+    /// `skc_reuse` (SO_REUSEADDR).
+    pub reuse: BitLoc,
+    /// `skc_reuseport`.
+    pub reuseport: BitLoc,
+    /// `skc_ipv6only`.
+    pub v6only: BitLoc,
+    /// IP_FREEBIND: a bit field on old kernels, a bit of `inet_flags` on new ones.
+    pub freebind: BitLoc,
+    /// IP_TRANSPARENT.
+    pub transparent: BitLoc,
+    /// IP_BIND_ADDRESS_NO_PORT.
+    pub bind_address_no_port: BitLoc,
+}
+
+/// `Config::filters` bit: only ports set in the `PORTS` bitmap.
+pub const FILTER_PORT: u32 = 1 << 0;
+/// Only pids in `PIDS`.
+pub const FILTER_PID: u32 = 1 << 1;
+/// Only uids in `UIDS`.
+pub const FILTER_UID: u32 = 1 << 2;
+/// Only cgroup ids in `CGROUPS`.
+pub const FILTER_CGROUP: u32 = 1 << 3;
+/// Only comms in `COMMS`.
+pub const FILTER_COMM: u32 = 1 << 4;
+/// Only network namespaces in `NETNS`.
+pub const FILTER_NETNS: u32 = 1 << 5;
+
+/// Read-only settings the loader writes into the object before loading it.
+/// The verifier sees them as constants and prunes what they switch off.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Config {
+    /// Bit n of word n/64 set: report calls failing with errno n (1..=127).
+    pub errno_mask: [u64; 2],
+    /// Identical failures within this many ns of the last event are folded
+    /// into a counter instead of sent; 0 sends every one.
+    pub fold_window_ns: u64,
+    /// `FILTER_*` bits.
+    pub filters: u32,
+    /// Non-zero: report successful calls too.
+    pub trace_success: u32,
+    /// Kernel structure offsets.
+    pub offsets: Offsets,
+}
+
+/// Arguments saved at sys_enter_{bind,listen}, keyed by pid_tgid, for the exit.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PendingCall {
+    /// User pointer to the sockaddr (bind only).
+    pub addr_ptr: u64,
+    /// File descriptor argument.
+    pub fd: i32,
+    /// addrlen argument (bind only).
+    pub addrlen: i32,
+}
+
+/// Identifies a stream of identical failures for folding.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FoldKey {
+    /// Thread group id.
+    pub pid: u32,
+    /// Network namespace inode.
+    pub netns: u32,
+    /// Negative errno.
+    pub ret: i32,
+    /// Port.
+    pub port: u16,
+    /// `SYSCALL_*`.
+    pub syscall: u8,
+    /// IPPROTO_* truncated to a byte (TCP and UDP fit).
+    pub protocol: u8,
+}
+
+/// Folding state of one `FoldKey`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FoldState {
+    /// CLOCK_BOOTTIME of the last event sent for this key.
+    pub last_sent_ns: u64,
+    /// Failures folded since then, not yet carried by an event.
+    pub pending: u64,
+}
+
+/// Indices of the per-CPU `STATS` counters.
+pub mod stat {
+    /// Calls that matched every filter and the errno set.
+    pub const SEEN: u32 = 0;
+    /// Events written to the ring buffer.
+    pub const SENT: u32 = 1;
+    /// Failures folded into a later event's count.
+    pub const FOLDED: u32 = 2;
+    /// Events dropped because the ring buffer was full.
+    pub const LOST: u32 = 3;
+    /// Exits without a recorded entry (the call began before attach).
+    pub const NO_ENTRY: u32 = 4;
+    /// Failures that could not be folded because the fold table was full.
+    pub const FOLD_FULL: u32 = 5;
+    /// Number of counters.
+    pub const COUNT: u32 = 6;
+}
+
+#[cfg(feature = "user")]
+mod user {
+    // SAFETY: all of these are repr(C), fixed-width integers with explicit padding.
+    unsafe impl ::aya::Pod for super::Event {}
+    unsafe impl ::aya::Pod for super::Config {}
+    unsafe impl ::aya::Pod for super::FoldKey {}
+    unsafe impl ::aya::Pod for super::FoldState {}
+}
+
+// The layout is the contract with the eBPF side: catch accidental changes.
+const _: () = assert!(size_of::<Event>() == 104);
+const _: () = assert!(size_of::<BitLoc>() == 8);
+const _: () = assert!(size_of::<FoldKey>() == 16);
+const _: () = assert!(size_of::<Offsets>() == 136);
+const _: () = assert!(size_of::<Config>() == 168);

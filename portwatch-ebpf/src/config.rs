@@ -1,0 +1,72 @@
+//! Settings and maps shared by every program.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap, PerCpuArray, PerCpuHashMap, RingBuf},
+};
+use portwatch_common::{Config, FoldKey, FoldState, PendingCall};
+
+/// Written by the loader before load; read-only afterwards, so the verifier
+/// treats its fields as constants.
+#[unsafe(no_mangle)]
+pub static CONFIG: Config = unsafe { core::mem::zeroed() };
+
+/// Reads one field of `CONFIG` without letting the compiler fold the
+/// all-zero initial value into the code.
+macro_rules! conf {
+    ($($field:tt)+) => {
+        // SAFETY: CONFIG is a plain static the kernel never writes after load.
+        unsafe { core::ptr::read_volatile(&raw const $crate::config::CONFIG.$($field)+) }
+    };
+}
+pub(crate) use conf;
+
+/// Events for the loader. Its size is set by the loader (`--ring-size`).
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
+
+/// Arguments of calls in flight, from sys_enter to sys_exit, by pid_tgid.
+#[map]
+pub static CALLS: HashMap<u64, PendingCall> = HashMap::with_max_entries(16384, 0);
+
+/// Per-CPU counters, indexed by `portwatch_common::stat`.
+#[map]
+pub static STATS: PerCpuArray<u64> =
+    PerCpuArray::with_max_entries(portwatch_common::stat::COUNT, 0);
+
+/// Folding state of repeated identical failures, per CPU.
+#[map]
+pub static FOLDS: PerCpuHashMap<FoldKey, FoldState> = PerCpuHashMap::with_max_entries(16384, 0);
+
+/// Port filter: bit `port % 32` of word `port / 32`.
+#[map]
+pub static PORTS: Array<u32> = Array::with_max_entries(2048, 0);
+
+/// Pid (thread group id) filter.
+#[map]
+pub static PIDS: HashMap<u32, u8> = HashMap::with_max_entries(1024, 0);
+
+/// Uid filter.
+#[map]
+pub static UIDS: HashMap<u32, u8> = HashMap::with_max_entries(1024, 0);
+
+/// cgroup v2 id filter.
+#[map]
+pub static CGROUPS: HashMap<u64, u8> = HashMap::with_max_entries(1024, 0);
+
+/// comm filter, NUL padded to 16 bytes.
+#[map]
+pub static COMMS: HashMap<[u8; 16], u8> = HashMap::with_max_entries(1024, 0);
+
+/// Network namespace inode filter.
+#[map]
+pub static NETNS: HashMap<u32, u8> = HashMap::with_max_entries(1024, 0);
+
+/// Adds one to a per-CPU counter.
+#[inline(always)]
+pub fn count(index: u32) {
+    if let Some(slot) = STATS.get_ptr_mut(index) {
+        // Per-CPU and not preempted by another program on this CPU: no atomics needed.
+        unsafe { *slot += 1 };
+    }
+}

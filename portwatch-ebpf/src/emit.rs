@@ -1,0 +1,179 @@
+//! The path every backend shares: filter, build the event, fold repeats, send.
+
+use aya_ebpf::{
+    bindings::BPF_NOEXIST,
+    helpers::{
+        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
+        bpf_get_current_uid_gid, bpf_ktime_get_boot_ns,
+    },
+};
+use portwatch_common::{
+    stat, Event, FoldKey, FoldState, FILTER_CGROUP, FILTER_COMM, FILTER_NETNS, FILTER_PID,
+    FILTER_PORT, FILTER_UID, SYSCALL_BIND,
+};
+
+use crate::{
+    config::{conf, count, CGROUPS, COMMS, EVENTS, FOLDS, NETNS, PIDS, PORTS, UIDS},
+    sock,
+};
+
+/// One returning bind() or listen(), as a hook saw it.
+pub struct Call {
+    /// `SYSCALL_*`.
+    pub syscall: u8,
+    /// `SOURCE_*`.
+    pub source: u8,
+    /// Return value: 0 or -errno.
+    pub ret: i32,
+    /// The fd argument, -1 when the hook does not see it.
+    pub fd: i32,
+    /// `struct socket *` when the hook has it, 0 to look it up from `fd`.
+    pub socket: u64,
+    /// bind()'s sockaddr pointer.
+    pub addr: u64,
+    /// bind()'s addrlen.
+    pub addrlen: i32,
+    /// `addr` points into user memory (tracepoints) rather than the kernel (fexit).
+    pub user_addr: bool,
+}
+
+/// Whether a call returning `ret` is one the user asked for. Cheap: run first.
+#[inline(always)]
+pub fn wanted(ret: i32) -> bool {
+    if ret == 0 {
+        return conf!(trace_success) != 0;
+    }
+    let errno = ret.wrapping_neg();
+    if !(1..128).contains(&errno) {
+        return false;
+    }
+    let word = if errno < 64 {
+        conf!(errno_mask[0])
+    } else {
+        conf!(errno_mask[1])
+    };
+    word & (1u64 << (errno as u32 & 63)) != 0
+}
+
+/// Filters, builds and sends the event for `call`, whose `ret` is `wanted`.
+#[inline(always)]
+pub fn handle(call: &Call) -> Result<(), i32> {
+    let filters = conf!(filters);
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let pid = (pid_tgid >> 32) as u32;
+    if filters & FILTER_PID != 0 && unsafe { PIDS.get(&pid) }.is_none() {
+        return Ok(());
+    }
+    let uid_gid = bpf_get_current_uid_gid();
+    let uid = uid_gid as u32;
+    if filters & FILTER_UID != 0 && unsafe { UIDS.get(&uid) }.is_none() {
+        return Ok(());
+    }
+    let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    if filters & FILTER_CGROUP != 0 && unsafe { CGROUPS.get(&cgroup_id) }.is_none() {
+        return Ok(());
+    }
+    let comm = bpf_get_current_comm()?;
+    if filters & FILTER_COMM != 0 && unsafe { COMMS.get(&comm) }.is_none() {
+        return Ok(());
+    }
+
+    let mut ev = Event {
+        pid,
+        tid: pid_tgid as u32,
+        uid,
+        gid: (uid_gid >> 32) as u32,
+        cgroup_id,
+        ret: call.ret,
+        fd: call.fd,
+        syscall: call.syscall,
+        source: call.source,
+        comm,
+        ..Event::default()
+    };
+    let socket = if call.socket != 0 {
+        call.socket
+    } else {
+        sock::socket_of_fd(call.fd)?
+    };
+    let sk = sock::fill_from_socket(&mut ev, socket)?;
+    if call.syscall == SYSCALL_BIND {
+        sock::fill_from_sockaddr(&mut ev, call.addr, call.addrlen, call.user_addr);
+    } else {
+        sock::fill_from_bound(&mut ev, sk);
+    }
+    if filters & FILTER_PORT != 0 {
+        let word = PORTS.get(ev.port as u32 / 32).copied().unwrap_or(0);
+        if word & (1 << (ev.port as u32 % 32)) == 0 {
+            return Ok(());
+        }
+    }
+    if filters & FILTER_NETNS != 0 && unsafe { NETNS.get(&ev.netns) }.is_none() {
+        return Ok(());
+    }
+    count(stat::SEEN);
+    ev.ppid = sock::current_ppid();
+    ev.ts_boot_ns = unsafe { bpf_ktime_get_boot_ns() };
+    send(&mut ev);
+    Ok(())
+}
+
+/// Sends `ev`, unless an identical failure was sent less than the fold window
+/// ago: then it only adds to that key's pending count, which the next event
+/// sent for the key carries in `folded`. Every failure ends up sent, folded,
+/// or counted as lost; none disappears.
+///
+/// The fold state is per CPU, so no atomics are needed (a program is not
+/// preempted by another on its CPU); a storm spread over CPUs sends one event
+/// per CPU per window.
+#[inline(always)]
+fn send(ev: &mut Event) {
+    let window = conf!(fold_window_ns);
+    let mut state: *mut FoldState = core::ptr::null_mut();
+    if window != 0 && ev.ret != 0 {
+        let key = FoldKey {
+            pid: ev.pid,
+            netns: ev.netns,
+            ret: ev.ret,
+            port: ev.port,
+            syscall: ev.syscall,
+            protocol: ev.protocol as u8,
+        };
+        match FOLDS.get_ptr_mut(&key) {
+            Some(st) => unsafe {
+                if ev.ts_boot_ns.wrapping_sub((*st).last_sent_ns) < window {
+                    (*st).pending += 1;
+                    count(stat::FOLDED);
+                    return;
+                }
+                (*st).last_sent_ns = ev.ts_boot_ns;
+                ev.folded = (*st).pending;
+                (*st).pending = 0;
+                state = st;
+            },
+            None => {
+                let fresh = FoldState {
+                    last_sent_ns: ev.ts_boot_ns,
+                    pending: 0,
+                };
+                if FOLDS.insert(&key, &fresh, BPF_NOEXIST as u64).is_err() {
+                    count(stat::FOLD_FULL);
+                }
+            }
+        }
+    }
+    match EVENTS.reserve::<Event>(0) {
+        Some(mut slot) => {
+            slot.write(*ev);
+            slot.submit(0);
+            count(stat::SENT);
+        }
+        None => {
+            count(stat::LOST);
+            if !state.is_null() {
+                // Give the repeats back so the next event still carries them.
+                unsafe { (*state).pending += ev.folded };
+            }
+        }
+    }
+}

@@ -1,0 +1,94 @@
+//! listen(): syscall tracepoints and fexit on inet_listen; also the
+//! enter/exit pairing both syscalls share.
+
+use aya_ebpf::{
+    helpers::bpf_get_current_pid_tgid,
+    macros::{fexit, tracepoint},
+    programs::{FExitContext, TracePointContext},
+};
+use portwatch_common::{stat, PendingCall, SOURCE_FEXIT, SOURCE_TRACEPOINT, SYSCALL_LISTEN};
+
+use crate::{
+    config::{conf, count, CALLS},
+    emit::{self, Call},
+};
+
+/// Saves listen()'s fd for `sys_exit_listen`.
+#[tracepoint]
+pub fn sys_enter_listen(ctx: TracePointContext) -> u32 {
+    enter(&ctx, false);
+    0
+}
+
+/// Reports a returning listen().
+#[tracepoint]
+pub fn sys_exit_listen(ctx: TracePointContext) -> u32 {
+    exit(&ctx, SYSCALL_LISTEN);
+    0
+}
+
+/// Reports inet_listen()'s return (TCP over IPv4 and IPv6).
+#[fexit(function = "inet_listen")]
+pub fn inet_listen_exit(ctx: FExitContext) -> i32 {
+    // inet_listen(struct socket *sock, int backlog) -> int
+    let ret: i32 = ctx.arg(2);
+    if emit::wanted(ret) {
+        let _ = emit::handle(&Call {
+            syscall: SYSCALL_LISTEN,
+            source: SOURCE_FEXIT,
+            ret,
+            fd: -1,
+            socket: ctx.arg(0),
+            addr: 0,
+            addrlen: 0,
+            user_addr: false,
+        });
+    }
+    0
+}
+
+/// Records a call's arguments by thread, for its exit.
+#[inline(always)]
+pub fn enter(ctx: &TracePointContext, with_addr: bool) {
+    let off_fd = conf!(offsets.tp_fd) as usize;
+    let Ok(fd) = (unsafe { ctx.read_at::<u64>(off_fd) }) else {
+        return;
+    };
+    let mut call = PendingCall {
+        fd: fd as i32,
+        ..PendingCall::default()
+    };
+    if with_addr {
+        let (off_addr, off_len) = (conf!(offsets.tp_addr), conf!(offsets.tp_addrlen));
+        call.addr_ptr = unsafe { ctx.read_at::<u64>(off_addr as usize) }.unwrap_or(0);
+        call.addrlen = unsafe { ctx.read_at::<u64>(off_len as usize) }.unwrap_or(0) as i32;
+    }
+    let _ = CALLS.insert(&bpf_get_current_pid_tgid(), &call, 0);
+}
+
+/// Pairs a syscall's exit with its recorded entry and reports it if wanted.
+#[inline(always)]
+pub fn exit(ctx: &TracePointContext, syscall: u8) {
+    let id = bpf_get_current_pid_tgid();
+    let off_ret = conf!(offsets.tp_ret) as usize;
+    let ret = unsafe { ctx.read_at::<i64>(off_ret) }.unwrap_or(0) as i32;
+    if !emit::wanted(ret) {
+        let _ = CALLS.remove(&id);
+        return;
+    }
+    let Some(call) = (unsafe { CALLS.get(&id) }).copied() else {
+        count(stat::NO_ENTRY);
+        return;
+    };
+    let _ = CALLS.remove(&id);
+    let _ = emit::handle(&Call {
+        syscall,
+        source: SOURCE_TRACEPOINT,
+        ret,
+        fd: call.fd,
+        socket: 0,
+        addr: call.addr_ptr,
+        addrlen: call.addrlen,
+        user_addr: true,
+    });
+}

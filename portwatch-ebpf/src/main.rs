@@ -1,0 +1,26 @@
+//! portwatch's eBPF programs: catch failed bind() and listen() calls.
+//!
+//! Two backends feed one event path (`emit`): the syscall tracepoints
+//! (`bind::sys_*`, `listen::sys_*`) and fexit on the inet bind/listen return
+//! paths. Every kernel structure offset comes from the loader (`CONFIG`),
+//! which reads them from the running kernel's BTF.
+#![no_std]
+#![no_main]
+
+mod bind;
+mod config;
+mod emit;
+mod listen;
+mod sock;
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // The verifier rejects any path that could reach here.
+    loop {}
+}
+
+/// GPL-compatible: the kernel only lends its tracing helpers to such programs.
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

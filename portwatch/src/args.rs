@@ -1,0 +1,133 @@
+//! Command-line interface (clap types only; behaviour lives in the subcommands).
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::filter::{self, Errno};
+
+const WATCH_EXAMPLES: &str = "\
+EXAMPLES:
+    portwatch watch                          # every EADDRINUSE on the machine, live
+    portwatch watch --port 80,443,8000-8100  # only these requested ports
+    portwatch watch --comm nginx --json      # NDJSON for jq or a log file
+    portwatch watch --errno EADDRINUSE,EACCES,EADDRNOTAVAIL
+    portwatch watch --all-errors --pid 4242  # any failure of one process
+    portwatch watch --all                    # successes too, like bcc's bindsnoop
+    portwatch watch --netns /run/netns/blue  # one network namespace (container)
+
+Scripts can wait for the line `portwatch: ready` (with --json: an object with
+\"type\":\"ready\") on stderr before starting the server under test.
+
+EXIT STATUS:
+    0  stopped by Ctrl-C / SIGTERM, or stdout closed
+    1  failed while running
+    2  bad command line
+    3  this system cannot run it: not root, no BTF, no usable hook";
+
+/// Catch failed bind() and listen() calls in the kernel and show what was
+/// asked for, by whom, and why it failed.
+#[derive(Debug, Parser)]
+#[command(version, propagate_version = true)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Stream failed bind()/listen() calls as they happen.
+    #[command(after_help = WATCH_EXAMPLES)]
+    Watch(WatchArgs),
+}
+
+/// Which kernel hook captures the calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BackendChoice {
+    /// fexit when the kernel allows it, otherwise the syscall tracepoints.
+    Auto,
+    /// fexit on inet_bind/inet6_bind/inet_listen: no cost to other syscalls,
+    /// sees io_uring's binds; needs BPF trampolines (x86_64/arm64, 5.5+).
+    Fexit,
+    /// sys_enter/sys_exit tracepoints of bind and listen: works almost
+    /// everywhere; every syscall pays a little while attached.
+    Tracepoint,
+}
+
+/// `portwatch watch`.
+#[derive(Debug, Args)]
+pub struct WatchArgs {
+    /// Only these requested ports: comma lists and ranges (80,443,8000-8100); repeatable.
+    #[arg(long, value_name = "PORTS", value_parser = filter::parse_ports)]
+    pub port: Vec<Vec<(u16, u16)>>,
+
+    /// Only these processes (PIDs, comma separated); repeatable.
+    #[arg(long, value_name = "PID", value_delimiter = ',')]
+    pub pid: Vec<u32>,
+
+    /// Only these users (numeric uids or names, comma separated); repeatable.
+    #[arg(long, value_name = "UID", value_delimiter = ',', value_parser = filter::parse_uid)]
+    pub uid: Vec<u32>,
+
+    /// Only processes in this cgroup v2: a path (absolute, or relative to the
+    /// cgroup2 mount) or a cgroup id; repeatable.
+    #[arg(long, value_name = "CGROUP", value_parser = filter::parse_cgroup)]
+    pub cgroup: Vec<u64>,
+
+    /// Only threads with this comm (at most 15 bytes, as the kernel keeps it); repeatable.
+    #[arg(long, value_name = "COMM", value_delimiter = ',', value_parser = filter::parse_comm)]
+    pub comm: Vec<[u8; 16]>,
+
+    /// Only sockets in this network namespace: a path such as
+    /// /run/netns/NAME or /proc/PID/ns/net, or its inode number; repeatable.
+    #[arg(long, value_name = "NETNS", value_parser = filter::parse_netns)]
+    pub netns: Vec<u32>,
+
+    /// Errors to report, by name or number (comma separated).
+    #[arg(
+        long,
+        value_name = "ERRNO",
+        value_delimiter = ',',
+        default_value = "EADDRINUSE",
+        value_parser = filter::parse_errno,
+        conflicts_with = "all_errors"
+    )]
+    pub errno: Vec<Errno>,
+
+    /// Report every failing errno, not only --errno's.
+    #[arg(long)]
+    pub all_errors: bool,
+
+    /// Report successful calls too (implies --all-errors).
+    #[arg(long)]
+    pub all: bool,
+
+    /// Print one JSON object per line (schema in the README) instead of a table.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Kernel hook to use.
+    #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
+    pub backend: BackendChoice,
+
+    /// Identical failures (same process, port, call and errno) within this
+    /// many milliseconds of the last one shown are counted, not shown; the
+    /// next one shown carries the count. 0 shows every one.
+    #[arg(long, value_name = "MS", default_value_t = 1000)]
+    pub fold_window: u64,
+
+    /// Kernel-to-user ring buffer size in KiB (a power of two, at least 4).
+    #[arg(long, value_name = "KIB", default_value_t = 1024, value_parser = filter::parse_ring_kib)]
+    pub ring_size: u32,
+
+    /// Seconds between reports of lost events on stderr (only when some were lost).
+    #[arg(long, value_name = "SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    pub stats_interval: u64,
+
+    /// Read kernel type information from this BTF file instead of
+    /// /sys/kernel/btf/vmlinux (for kernels built without it).
+    #[arg(long, value_name = "PATH")]
+    pub btf: Option<PathBuf>,
+}

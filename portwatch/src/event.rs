@@ -1,0 +1,476 @@
+//! Decoding the ring buffer's raw records into checked, typed events.
+
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    time::{Duration, SystemTime},
+};
+
+use bytes::Buf;
+use portwatch_common as common;
+use serde::Serialize;
+use thiserror::Error;
+
+use crate::filter::Errno;
+
+/// A record the loader cannot trust.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum DecodeError {
+    /// Shorter than `portwatch_common::Event`.
+    #[error("record of {0} bytes is too short")]
+    Short(usize),
+    /// A code field holds a value no program writes.
+    #[error("unknown {field} {value}")]
+    Unknown {
+        /// Which field.
+        field: &'static str,
+        /// Its value.
+        value: u32,
+    },
+}
+
+/// Which call failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Syscall {
+    /// bind()
+    Bind,
+    /// listen()
+    Listen,
+}
+
+impl TryFrom<u8> for Syscall {
+    type Error = DecodeError;
+    fn try_from(v: u8) -> Result<Self, DecodeError> {
+        match v {
+            common::SYSCALL_BIND => Ok(Self::Bind),
+            common::SYSCALL_LISTEN => Ok(Self::Listen),
+            _ => Err(DecodeError::Unknown {
+                field: "syscall",
+                value: v.into(),
+            }),
+        }
+    }
+}
+
+/// Which hook saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    /// Syscall tracepoints.
+    Tracepoint,
+    /// fexit on the inet functions.
+    Fexit,
+}
+
+impl TryFrom<u8> for Source {
+    type Error = DecodeError;
+    fn try_from(v: u8) -> Result<Self, DecodeError> {
+        match v {
+            common::SOURCE_TRACEPOINT => Ok(Self::Tracepoint),
+            common::SOURCE_FEXIT => Ok(Self::Fexit),
+            _ => Err(DecodeError::Unknown {
+                field: "source",
+                value: v.into(),
+            }),
+        }
+    }
+}
+
+/// Address family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Family {
+    /// AF_INET
+    Ipv4,
+    /// AF_INET6
+    Ipv6,
+}
+
+impl TryFrom<u16> for Family {
+    type Error = DecodeError;
+    fn try_from(v: u16) -> Result<Self, DecodeError> {
+        match v {
+            common::AF_INET => Ok(Self::Ipv4),
+            common::AF_INET6 => Ok(Self::Ipv6),
+            _ => Err(DecodeError::Unknown {
+                field: "family",
+                value: v.into(),
+            }),
+        }
+    }
+}
+
+/// Transport protocol: names for the common ones, the IPPROTO number otherwise.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Proto {
+    /// IPPROTO_TCP
+    Tcp,
+    /// IPPROTO_UDP
+    Udp,
+    /// Anything else (raw, SCTP, MPTCP, UDP-Lite...).
+    Other(u16),
+}
+
+impl From<u16> for Proto {
+    fn from(v: u16) -> Self {
+        match v {
+            6 => Self::Tcp,
+            17 => Self::Udp,
+            n => Self::Other(n),
+        }
+    }
+}
+
+impl Proto {
+    /// The IPPROTO number.
+    pub fn number(self) -> u16 {
+        match self {
+            Self::Tcp => 6,
+            Self::Udp => 17,
+            Self::Other(n) => n,
+        }
+    }
+
+    /// "tcp", "udp", or the protocol number.
+    pub fn name(self) -> String {
+        match self {
+            Self::Tcp => "tcp".into(),
+            Self::Udp => "udp".into(),
+            Self::Other(132) => "sctp".into(),
+            Self::Other(136) => "udplite".into(),
+            Self::Other(262) => "mptcp".into(),
+            Self::Other(n) => format!("ip{n}"),
+        }
+    }
+}
+
+impl Serialize for Proto {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.name())
+    }
+}
+
+/// Socket options in force when the call returned.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Opts {
+    /// SO_REUSEADDR
+    pub reuseaddr: bool,
+    /// SO_REUSEPORT
+    pub reuseport: bool,
+    /// IPV6_V6ONLY
+    pub v6only: bool,
+    /// IP_FREEBIND
+    pub freebind: bool,
+    /// IP_TRANSPARENT
+    pub transparent: bool,
+    /// IP_BIND_ADDRESS_NO_PORT
+    pub bind_address_no_port: bool,
+}
+
+impl Opts {
+    fn from_bits(bits: u8) -> Option<Self> {
+        (bits & common::OPT_VALID != 0).then(|| Self {
+            reuseaddr: bits & common::OPT_REUSEADDR != 0,
+            reuseport: bits & common::OPT_REUSEPORT != 0,
+            v6only: bits & common::OPT_V6ONLY != 0,
+            freebind: bits & common::OPT_FREEBIND != 0,
+            transparent: bits & common::OPT_TRANSPARENT != 0,
+            bind_address_no_port: bits & common::OPT_BIND_ADDRESS_NO_PORT != 0,
+        })
+    }
+
+    /// The names of the options that are set.
+    pub fn names(&self) -> Vec<&'static str> {
+        [
+            (self.reuseaddr, "reuseaddr"),
+            (self.reuseport, "reuseport"),
+            (self.v6only, "v6only"),
+            (self.freebind, "freebind"),
+            (self.transparent, "transparent"),
+            (self.bind_address_no_port, "bind_address_no_port"),
+        ]
+        .into_iter()
+        .filter_map(|(set, name)| set.then_some(name))
+        .collect()
+    }
+}
+
+fn serialize_errno<S: serde::Serializer>(e: &Option<Errno>, s: S) -> Result<S::Ok, S::Error> {
+    match e {
+        Some(e) => s.serialize_str(&e.name()),
+        None => s.serialize_none(),
+    }
+}
+
+fn serialize_ts<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(&humantime::format_rfc3339_nanos(*t))
+}
+
+/// One captured call, checked and decoded. Serialises to the README's NDJSON schema.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Event {
+    /// Wall-clock time of the return.
+    #[serde(serialize_with = "serialize_ts")]
+    pub ts: SystemTime,
+    /// Process id.
+    pub pid: u32,
+    /// Thread id.
+    pub tid: u32,
+    /// Parent process id.
+    pub ppid: u32,
+    /// Real uid.
+    pub uid: u32,
+    /// Real gid.
+    pub gid: u32,
+    /// Thread name (untrusted: any bytes a process chose, decoded lossily).
+    pub comm: String,
+    /// cgroup v2 id.
+    pub cgroup_id: u64,
+    /// bind or listen.
+    pub syscall: Syscall,
+    /// The error, `None` for a success.
+    #[serde(serialize_with = "serialize_errno")]
+    pub errno: Option<Errno>,
+    /// The raw return value.
+    pub ret: i32,
+    /// Transport protocol.
+    pub proto: Proto,
+    /// Address family.
+    pub family: Family,
+    /// Requested (bind) or bound (listen) address.
+    pub addr: IpAddr,
+    /// Requested (bind) or bound (listen) port.
+    pub port: u16,
+    /// Network namespace inode.
+    pub netns: u32,
+    /// The fd argument, when the hook sees it.
+    pub fd: Option<i32>,
+    /// SO_BINDTODEVICE interface index, when set.
+    pub ifindex: Option<u32>,
+    /// Socket options, `None` when the socket could not be read.
+    pub opts: Option<Opts>,
+    /// Identical failures folded into this one since the previous event of
+    /// the same process, port, call and errno.
+    pub folded: u64,
+    /// Hook that saw it.
+    pub source: Source,
+}
+
+/// Converts CLOCK_BOOTTIME stamps to wall-clock time.
+#[derive(Debug, Clone, Copy)]
+pub struct Clock {
+    /// Wall clock minus boot time, sampled together.
+    realtime_minus_boot: Duration,
+}
+
+impl Clock {
+    /// Samples both clocks now.
+    pub fn now() -> Self {
+        let boot = nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME)
+            .map(Duration::from)
+            .unwrap_or_default();
+        let real = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default();
+        Self {
+            realtime_minus_boot: real.saturating_sub(boot),
+        }
+    }
+
+    fn wall(self, boot_ns: u64) -> SystemTime {
+        SystemTime::UNIX_EPOCH + self.realtime_minus_boot + Duration::from_nanos(boot_ns)
+    }
+}
+
+/// Reads the fields of `portwatch_common::Event` in declaration order.
+fn raw(mut b: &[u8]) -> Result<common::Event, DecodeError> {
+    if b.len() < size_of::<common::Event>() {
+        return Err(DecodeError::Short(b.len()));
+    }
+    let mut ev = common::Event {
+        ts_boot_ns: b.get_u64_le(),
+        cgroup_id: b.get_u64_le(),
+        folded: b.get_u64_le(),
+        pid: b.get_u32_le(),
+        tid: b.get_u32_le(),
+        ppid: b.get_u32_le(),
+        uid: b.get_u32_le(),
+        gid: b.get_u32_le(),
+        netns: b.get_u32_le(),
+        ret: b.get_i32_le(),
+        fd: b.get_i32_le(),
+        bound_dev_if: b.get_i32_le(),
+        port: b.get_u16_le(),
+        family: b.get_u16_le(),
+        protocol: b.get_u16_le(),
+        sock_type: b.get_u16_le(),
+        syscall: b.get_u8(),
+        opts: b.get_u8(),
+        source: b.get_u8(),
+        _pad: b.get_u8(),
+        ..common::Event::default()
+    };
+    b.copy_to_slice(&mut ev.comm);
+    b.copy_to_slice(&mut ev.addr);
+    Ok(ev)
+}
+
+impl Event {
+    /// Decodes one ring buffer record.
+    pub fn decode(bytes: &[u8], clock: Clock) -> Result<Self, DecodeError> {
+        let r = raw(bytes)?;
+        let family = Family::try_from(r.family)?;
+        let addr = match family {
+            Family::Ipv4 => IpAddr::V4(Ipv4Addr::new(r.addr[0], r.addr[1], r.addr[2], r.addr[3])),
+            Family::Ipv6 => IpAddr::V6(Ipv6Addr::from(r.addr)),
+        };
+        let comm_len = r.comm.iter().position(|&c| c == 0).unwrap_or(r.comm.len());
+        Ok(Self {
+            ts: clock.wall(r.ts_boot_ns),
+            pid: r.pid,
+            tid: r.tid,
+            ppid: r.ppid,
+            uid: r.uid,
+            gid: r.gid,
+            comm: String::from_utf8_lossy(&r.comm[..comm_len]).into_owned(),
+            cgroup_id: r.cgroup_id,
+            syscall: Syscall::try_from(r.syscall)?,
+            errno: (r.ret != 0).then(|| Errno(r.ret.wrapping_neg())),
+            ret: r.ret,
+            proto: Proto::from(r.protocol),
+            family,
+            addr,
+            port: r.port,
+            netns: r.netns,
+            fd: (r.fd >= 0).then_some(r.fd),
+            ifindex: u32::try_from(r.bound_dev_if).ok().filter(|&i| i != 0),
+            opts: Opts::from_bits(r.opts),
+            folded: r.folded,
+            source: Source::try_from(r.source)?,
+        })
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// The bytes the eBPF side would write for `ev`.
+    pub(crate) fn encode(ev: &common::Event) -> Vec<u8> {
+        // SAFETY: Event is repr(C) plain data with no implicit padding.
+        unsafe {
+            std::slice::from_raw_parts(
+                (ev as *const common::Event).cast::<u8>(),
+                size_of::<common::Event>(),
+            )
+        }
+        .to_vec()
+    }
+
+    pub(crate) fn sample() -> common::Event {
+        let mut comm = [0; 16];
+        comm[..5].copy_from_slice(b"nginx");
+        common::Event {
+            ts_boot_ns: 1_000_000_000,
+            cgroup_id: 77,
+            folded: 3,
+            pid: 4242,
+            tid: 4243,
+            ppid: 1,
+            uid: 33,
+            gid: 34,
+            netns: 4026531840,
+            ret: -98,
+            fd: 6,
+            bound_dev_if: 0,
+            port: 8080,
+            family: common::AF_INET,
+            protocol: 6,
+            sock_type: 1,
+            syscall: common::SYSCALL_BIND,
+            opts: common::OPT_VALID | common::OPT_REUSEADDR,
+            source: common::SOURCE_TRACEPOINT,
+            _pad: 0,
+            comm,
+            addr: [127, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+        }
+    }
+
+    fn clock() -> Clock {
+        Clock {
+            realtime_minus_boot: Duration::from_secs(1_800_000_000),
+        }
+    }
+
+    #[test]
+    fn decodes_every_field() {
+        let ev = Event::decode(&encode(&sample()), clock()).unwrap();
+        assert_eq!(ev.pid, 4242);
+        assert_eq!(ev.tid, 4243);
+        assert_eq!(ev.comm, "nginx");
+        assert_eq!(ev.errno, Some(Errno(98)));
+        assert_eq!(ev.addr, "127.0.0.1".parse::<IpAddr>().unwrap());
+        assert_eq!(ev.port, 8080);
+        assert_eq!(ev.proto, Proto::Tcp);
+        assert_eq!(ev.fd, Some(6));
+        assert_eq!(ev.ifindex, None);
+        assert_eq!(ev.folded, 3);
+        let opts = ev.opts.unwrap();
+        assert!(opts.reuseaddr && !opts.reuseport && !opts.v6only);
+        assert_eq!(
+            ev.ts,
+            SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_001)
+        );
+    }
+
+    #[test]
+    fn decodes_ipv6() {
+        let mut raw = sample();
+        raw.family = common::AF_INET6;
+        raw.addr = "2001:db8::1".parse::<Ipv6Addr>().unwrap().octets();
+        let ev = Event::decode(&encode(&raw), clock()).unwrap();
+        assert_eq!(ev.addr.to_string(), "2001:db8::1");
+        assert_eq!(ev.family, Family::Ipv6);
+    }
+
+    #[test]
+    fn rejects_unknown_codes_and_short_records() {
+        let mut raw = sample();
+        raw.syscall = 9;
+        assert_eq!(
+            Event::decode(&encode(&raw), clock()),
+            Err(DecodeError::Unknown {
+                field: "syscall",
+                value: 9
+            })
+        );
+        let mut raw = sample();
+        raw.family = 1;
+        assert!(Event::decode(&encode(&raw), clock()).is_err());
+        let mut raw = sample();
+        raw.source = 0;
+        assert!(Event::decode(&encode(&raw), clock()).is_err());
+        assert_eq!(
+            Event::decode(&[0; 10], clock()),
+            Err(DecodeError::Short(10))
+        );
+    }
+
+    #[test]
+    fn unreadable_socket_has_no_opts() {
+        let mut raw = sample();
+        raw.opts = common::OPT_REUSEADDR;
+        assert_eq!(Event::decode(&encode(&raw), clock()).unwrap().opts, None);
+    }
+
+    #[test]
+    fn comm_with_invalid_utf8_is_decoded_lossily() {
+        let mut raw = sample();
+        raw.comm = [0; 16];
+        raw.comm[..3].copy_from_slice(&[b'a', 0xff, b'b']);
+        assert_eq!(
+            Event::decode(&encode(&raw), clock()).unwrap().comm,
+            "a\u{fffd}b"
+        );
+    }
+}

@@ -1,0 +1,215 @@
+//! Parsing and checking filter values from the command line. Every parser
+//! returns a one-line error saying what was wrong with the value.
+
+use std::{fmt, os::unix::fs::MetadataExt as _, path::Path};
+
+/// An errno value, known to this system's libc by name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Errno(pub i32);
+
+impl Errno {
+    /// The symbolic name (`EADDRINUSE`), or `E<n>` for a number libc does not name.
+    pub fn name(self) -> String {
+        match nix::errno::Errno::from_raw(self.0) {
+            nix::errno::Errno::UnknownErrno => format!("E{}", self.0),
+            known => format!("{known:?}"),
+        }
+    }
+}
+
+impl fmt::Display for Errno {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.name())
+    }
+}
+
+/// Largest errno the in-kernel bitmap can hold.
+pub const MAX_ERRNO: i32 = 127;
+
+/// `EADDRINUSE`, `eaddrinuse`, `98`.
+pub fn parse_errno(s: &str) -> Result<Errno, String> {
+    let s = s.trim();
+    if let Ok(n) = s.parse::<i32>() {
+        return if (1..=MAX_ERRNO).contains(&n) {
+            Ok(Errno(n))
+        } else {
+            Err(format!("errno {n} is out of range 1..={MAX_ERRNO}"))
+        };
+    }
+    (1..=MAX_ERRNO)
+        .map(Errno)
+        .find(|e| e.name().eq_ignore_ascii_case(s))
+        .ok_or_else(|| {
+            format!("unknown errno name '{s}' (try EADDRINUSE, EACCES, EADDRNOTAVAIL or a number)")
+        })
+}
+
+/// `80`, `80,443`, `8000-8100`: inclusive ranges.
+pub fn parse_ports(s: &str) -> Result<Vec<(u16, u16)>, String> {
+    let port = |p: &str| {
+        p.trim()
+            .parse::<u16>()
+            .map_err(|_| format!("'{}' is not a port (0-65535)", p.trim()))
+    };
+    s.split(',')
+        .map(|item| match item.split_once('-') {
+            Some((lo, hi)) => {
+                let (lo, hi) = (port(lo)?, port(hi)?);
+                if lo > hi {
+                    Err(format!("port range '{item}' is backwards"))
+                } else {
+                    Ok((lo, hi))
+                }
+            }
+            None => port(item).map(|p| (p, p)),
+        })
+        .collect()
+}
+
+/// A numeric uid or a user name from the passwd database.
+pub fn parse_uid(s: &str) -> Result<u32, String> {
+    if let Ok(uid) = s.parse::<u32>() {
+        return Ok(uid);
+    }
+    match nix::unistd::User::from_name(s) {
+        Ok(Some(user)) => Ok(user.uid.as_raw()),
+        _ => Err(format!("no such user '{s}'")),
+    }
+}
+
+/// A comm as the kernel stores it: at most 15 bytes, NUL padded.
+pub fn parse_comm(s: &str) -> Result<[u8; 16], String> {
+    if s.is_empty() || s.len() > 15 {
+        return Err(format!(
+            "comm '{s}' must be 1 to 15 bytes (the kernel truncates comms to 15)"
+        ));
+    }
+    let mut comm = [0; 16];
+    comm[..s.len()].copy_from_slice(s.as_bytes());
+    Ok(comm)
+}
+
+/// The inode of a namespace file, or a number taken as the inode itself.
+pub fn parse_netns(s: &str) -> Result<u32, String> {
+    if let Ok(inode) = s.parse::<u32>() {
+        return Ok(inode);
+    }
+    let meta = std::fs::metadata(s).map_err(|e| format!("network namespace '{s}': {e}"))?;
+    u32::try_from(meta.ino()).map_err(|_| format!("'{s}' is not a namespace file"))
+}
+
+/// Where cgroup v2 is mounted, from /proc/self/mountinfo.
+fn cgroup2_mount() -> Option<String> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    info.lines().find_map(|line| {
+        let (left, right) = line.split_once(" - ")?;
+        (right.split(' ').next()? == "cgroup2")
+            .then(|| left.split(' ').nth(4).map(str::to_owned))?
+    })
+}
+
+/// A cgroup id, or a cgroup v2 directory (absolute, or relative to the
+/// cgroup2 mount) whose inode number is its id.
+pub fn parse_cgroup(s: &str) -> Result<u64, String> {
+    if let Ok(id) = s.parse::<u64>() {
+        return Ok(id);
+    }
+    let path = if Path::new(s).is_absolute() {
+        s.to_owned()
+    } else {
+        let root = cgroup2_mount().ok_or("no cgroup v2 hierarchy is mounted")?;
+        format!("{root}/{s}")
+    };
+    let meta = std::fs::metadata(&path).map_err(|e| format!("cgroup '{path}': {e}"))?;
+    if !meta.is_dir() {
+        return Err(format!("cgroup '{path}' is not a directory"));
+    }
+    Ok(meta.ino())
+}
+
+/// Ring buffer size in KiB: a power of two from 4 KiB (one page) to 1 GiB.
+pub fn parse_ring_kib(s: &str) -> Result<u32, String> {
+    let kib: u32 = s
+        .parse()
+        .map_err(|_| format!("'{s}' is not a number of KiB"))?;
+    if !(4..=1 << 20).contains(&kib) || !kib.is_power_of_two() {
+        return Err(format!(
+            "ring size {kib} KiB must be a power of two from 4 to 1048576"
+        ));
+    }
+    Ok(kib)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ports_lists_and_ranges() {
+        assert_eq!(parse_ports("80").unwrap(), vec![(80, 80)]);
+        assert_eq!(
+            parse_ports("80, 443,8000-8100").unwrap(),
+            vec![(80, 80), (443, 443), (8000, 8100)]
+        );
+        assert_eq!(
+            parse_ports("0,65535").unwrap(),
+            vec![(0, 0), (65535, 65535)]
+        );
+    }
+
+    #[test]
+    fn ports_out_of_range_or_malformed() {
+        assert!(parse_ports("70000")
+            .unwrap_err()
+            .contains("'70000' is not a port"));
+        assert!(parse_ports("-1").is_err());
+        assert!(parse_ports("http").is_err());
+        assert!(parse_ports("90-80").unwrap_err().contains("backwards"));
+        assert!(parse_ports("").is_err());
+    }
+
+    #[test]
+    fn errno_names_and_numbers() {
+        assert_eq!(parse_errno("EADDRINUSE").unwrap(), Errno(98));
+        assert_eq!(parse_errno("eacces").unwrap(), Errno(13));
+        assert_eq!(parse_errno("99").unwrap(), Errno(99));
+        assert_eq!(Errno(99).name(), "EADDRNOTAVAIL");
+        assert!(parse_errno("EWHATEVER")
+            .unwrap_err()
+            .contains("unknown errno name"));
+        assert!(parse_errno("0").is_err());
+        assert!(parse_errno("128").is_err());
+    }
+
+    #[test]
+    fn comm_length() {
+        assert_eq!(&parse_comm("nginx").unwrap()[..6], b"nginx\0");
+        assert!(parse_comm("a-very-long-comm-name").is_err());
+        assert!(parse_comm("").is_err());
+    }
+
+    #[test]
+    fn uid_by_name() {
+        assert_eq!(parse_uid("0").unwrap(), 0);
+        assert_eq!(parse_uid("root").unwrap(), 0);
+        assert!(parse_uid("no-such-user-here").is_err());
+    }
+
+    #[test]
+    fn cgroup_and_netns_paths() {
+        assert_eq!(parse_cgroup("1234").unwrap(), 1234);
+        assert!(parse_cgroup("/no/such/cgroup")
+            .unwrap_err()
+            .contains("/no/such/cgroup"));
+        let own = std::fs::metadata("/proc/self/ns/net").unwrap().ino() as u32;
+        assert_eq!(parse_netns("/proc/self/ns/net").unwrap(), own);
+        assert!(parse_netns("/run/netns/does-not-exist").is_err());
+    }
+
+    #[test]
+    fn ring_size_must_be_power_of_two() {
+        assert_eq!(parse_ring_kib("1024").unwrap(), 1024);
+        assert!(parse_ring_kib("1000").is_err());
+        assert!(parse_ring_kib("2").is_err());
+    }
+}

@@ -1,0 +1,324 @@
+//! Start-up: check the system, resolve offsets, load the programs with the
+//! user's settings, and attach one backend.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, Context as _, Result};
+use aya::{
+    maps::{Array, HashMap, MapData},
+    programs::{FExit, TracePoint},
+    Ebpf, EbpfLoader,
+};
+use portwatch_common::{
+    Config, FILTER_CGROUP, FILTER_COMM, FILTER_NETNS, FILTER_PID, FILTER_PORT, FILTER_UID,
+};
+
+use crate::{args::BackendChoice, btf::Btf, filter::Errno, offsets};
+
+/// The system cannot run portwatch (exit status 3), as opposed to a failure
+/// while running.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Unsupported(pub String);
+
+fn unsupported(msg: impl Into<String>) -> anyhow::Error {
+    Unsupported(msg.into()).into()
+}
+
+/// What to capture, in the kernel's terms.
+#[derive(Debug, Default, Clone)]
+pub struct Settings {
+    /// Errnos to report (ignored with `all_errors`).
+    pub errnos: Vec<Errno>,
+    /// Report every errno.
+    pub all_errors: bool,
+    /// Report successes too.
+    pub success: bool,
+    /// Inclusive port ranges; empty for all.
+    pub ports: Vec<(u16, u16)>,
+    /// Pids; empty for all.
+    pub pids: Vec<u32>,
+    /// Uids; empty for all.
+    pub uids: Vec<u32>,
+    /// cgroup ids; empty for all.
+    pub cgroups: Vec<u64>,
+    /// comms; empty for all.
+    pub comms: Vec<[u8; 16]>,
+    /// netns inodes; empty for all.
+    pub netns: Vec<u32>,
+    /// Fold window in ns, 0 to send every failure.
+    pub fold_window_ns: u64,
+    /// Ring buffer bytes.
+    pub ring_bytes: u32,
+    /// BTF file to read instead of the kernel's.
+    pub btf: Option<PathBuf>,
+}
+
+impl Settings {
+    fn config(&self) -> Config {
+        let mut c = Config {
+            fold_window_ns: self.fold_window_ns,
+            trace_success: u32::from(self.success),
+            ..Config::default()
+        };
+        if self.all_errors || self.success {
+            c.errno_mask = [!1, !0];
+        } else {
+            for e in &self.errnos {
+                c.errno_mask[(e.0 / 64) as usize] |= 1 << (e.0 % 64);
+            }
+        }
+        for (set, bit) in [
+            (!self.ports.is_empty(), FILTER_PORT),
+            (!self.pids.is_empty(), FILTER_PID),
+            (!self.uids.is_empty(), FILTER_UID),
+            (!self.cgroups.is_empty(), FILTER_CGROUP),
+            (!self.comms.is_empty(), FILTER_COMM),
+            (!self.netns.is_empty(), FILTER_NETNS),
+        ] {
+            if set {
+                c.filters |= bit;
+            }
+        }
+        c
+    }
+}
+
+/// The hook in use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// fexit on inet_bind / inet6_bind / inet_listen.
+    Fexit,
+    /// Syscall tracepoints.
+    Tracepoint,
+}
+
+impl Backend {
+    /// Lower-case name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Fexit => "fexit",
+            Self::Tracepoint => "tracepoint",
+        }
+    }
+}
+
+/// Loaded and attached programs. Dropping it detaches them.
+pub struct Loaded {
+    /// The object; maps are taken from it by the reader.
+    pub ebpf: Ebpf,
+    /// Which hook is attached.
+    pub backend: Backend,
+    /// Why that one (shown on the `ready` line).
+    pub why: String,
+}
+
+const CAP_SYS_ADMIN: u32 = 21;
+const CAP_PERFMON: u32 = 38;
+const CAP_BPF: u32 = 39;
+
+/// Fails unless this process may load tracing programs.
+fn check_privileges() -> Result<()> {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let caps = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .unwrap_or(0);
+    let has = |cap: u32| caps & (1 << cap) != 0;
+    if has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON)) {
+        return Ok(());
+    }
+    Err(unsupported(
+        "needs root (or CAP_BPF and CAP_PERFMON) to load eBPF programs: run it with sudo",
+    ))
+}
+
+/// Finds tracefs, mounting it at /sys/kernel/tracing when nothing is mounted.
+fn tracefs() -> Result<&'static Path> {
+    for dir in ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"] {
+        if Path::new(dir).join("events").is_dir() {
+            return Ok(Path::new(dir));
+        }
+    }
+    let dir = Path::new("/sys/kernel/tracing");
+    nix::mount::mount(
+        Some("tracefs"),
+        dir,
+        Some("tracefs"),
+        nix::mount::MsFlags::MS_NOSUID
+            | nix::mount::MsFlags::MS_NODEV
+            | nix::mount::MsFlags::MS_NOEXEC,
+        None::<&str>,
+    )
+    .map_err(|e| {
+        unsupported(format!(
+            "tracefs is not mounted and mounting it at {} failed: {e}",
+            dir.display()
+        ))
+    })?;
+    eprintln!("portwatch: mounted tracefs at {}", dir.display());
+    Ok(dir)
+}
+
+fn fill_filters(ebpf: &mut Ebpf, s: &Settings) -> Result<()> {
+    fn map<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::maps::Map> {
+        ebpf.map_mut(name)
+            .ok_or_else(|| anyhow!("eBPF object has no map {name}"))
+    }
+    if !s.ports.is_empty() {
+        let mut words = vec![0u32; 2048];
+        for &(lo, hi) in &s.ports {
+            for p in lo..=hi {
+                words[p as usize / 32] |= 1 << (p % 32);
+            }
+        }
+        let mut ports: Array<&mut MapData, u32> = Array::try_from(map(ebpf, "PORTS")?)?;
+        for (i, w) in words.iter().enumerate().filter(|(_, w)| **w != 0) {
+            ports.set(i as u32, w, 0)?;
+        }
+    }
+    macro_rules! fill {
+        ($name:literal, $ty:ty, $values:expr) => {
+            if !$values.is_empty() {
+                let mut m: HashMap<&mut MapData, $ty, u8> = HashMap::try_from(map(ebpf, $name)?)?;
+                for v in &$values {
+                    m.insert(v, 1, 0)
+                        .with_context(|| format!("filling filter {}", $name))?;
+                }
+            }
+        };
+    }
+    fill!("PIDS", u32, s.pids);
+    fill!("UIDS", u32, s.uids);
+    fill!("CGROUPS", u64, s.cgroups);
+    fill!("COMMS", [u8; 16], s.comms);
+    fill!("NETNS", u32, s.netns);
+    Ok(())
+}
+
+fn attach_fexit(ebpf: &mut Ebpf, btf: &aya::Btf) -> Result<()> {
+    for (prog, func) in [
+        ("inet_bind_exit", "inet_bind"),
+        ("inet6_bind_exit", "inet6_bind"),
+        ("inet_listen_exit", "inet_listen"),
+    ] {
+        let p: &mut FExit = ebpf
+            .program_mut(prog)
+            .ok_or_else(|| anyhow!("eBPF object has no program {prog}"))?
+            .try_into()?;
+        p.load(func, btf)
+            .with_context(|| format!("loading fexit on {func}"))?;
+        p.attach()
+            .with_context(|| format!("attaching fexit on {func}"))?;
+    }
+    Ok(())
+}
+
+fn attach_tracepoints(ebpf: &mut Ebpf) -> Result<()> {
+    // Entries first, so no exit is seen without its entry once all are attached.
+    for name in [
+        "sys_enter_bind",
+        "sys_enter_listen",
+        "sys_exit_bind",
+        "sys_exit_listen",
+    ] {
+        let p: &mut TracePoint = ebpf
+            .program_mut(name)
+            .ok_or_else(|| anyhow!("eBPF object has no program {name}"))?
+            .try_into()?;
+        p.load()
+            .with_context(|| format!("loading tracepoint syscalls/{name}"))?;
+        p.attach("syscalls", name)
+            .with_context(|| format!("attaching tracepoint syscalls/{name}"))?;
+    }
+    Ok(())
+}
+
+/// The first line of an error chain's root cause, for one-line messages.
+fn root(e: &anyhow::Error) -> String {
+    e.root_cause()
+        .to_string()
+        .lines()
+        .next()
+        .unwrap_or("")
+        .to_owned()
+}
+
+fn object(settings: &Settings, config: &Config) -> Result<Ebpf> {
+    EbpfLoader::new()
+        .override_global("CONFIG", config, true)
+        .map_max_entries("EVENTS", settings.ring_bytes)
+        .load(aya::include_bytes_aligned!(concat!(
+            env!("OUT_DIR"),
+            "/portwatch"
+        )))
+        .context("loading the eBPF object")
+}
+
+/// Loads the programs configured by `settings` and attaches the backend chosen by `choice`.
+pub fn load(settings: &Settings, choice: BackendChoice) -> Result<Loaded> {
+    check_privileges()?;
+    let btf_path = settings
+        .btf
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("/sys/kernel/btf/vmlinux"));
+    if !btf_path.exists() {
+        return Err(unsupported(if settings.btf.is_some() {
+            format!("BTF file {} does not exist", btf_path.display())
+        } else {
+            "this kernel has no BTF (/sys/kernel/btf/vmlinux is missing; it needs CONFIG_DEBUG_INFO_BTF=y, or pass --btf FILE)".to_owned()
+        }));
+    }
+    let btf = Btf::from_file(&btf_path).map_err(|e| unsupported(e.to_string()))?;
+    let mut config = settings.config();
+    config.offsets = offsets::resolve(&btf)
+        .map_err(|e| unsupported(format!("cannot read socket fields on this kernel: {e}")))?;
+
+    let mut fexit_error = None;
+    if choice != BackendChoice::Tracepoint {
+        let aya_btf = aya::Btf::parse_file(&btf_path, aya::Endianness::default())
+            .map_err(|e| unsupported(format!("cannot parse BTF {}: {e}", btf_path.display())))?;
+        let mut ebpf = object(settings, &config)?;
+        fill_filters(&mut ebpf, settings)?;
+        match attach_fexit(&mut ebpf, &aya_btf) {
+            Ok(()) => {
+                let why = match choice {
+                    BackendChoice::Fexit => "asked for",
+                    _ => "the kernel allows it",
+                };
+                return Ok(Loaded {
+                    ebpf,
+                    backend: Backend::Fexit,
+                    why: why.into(),
+                });
+            }
+            Err(e) if choice == BackendChoice::Fexit => {
+                return Err(unsupported(format!(
+                    "the fexit backend is not available: {}: {} (try --backend tracepoint)",
+                    e,
+                    root(&e)
+                )));
+            }
+            // Dropping `ebpf` detaches whatever did attach.
+            Err(e) => fexit_error = Some(format!("{e}: {}", root(&e))),
+        }
+    }
+
+    let tracefs = tracefs()?;
+    offsets::TracepointFormats::read(tracefs)
+        .and_then(|f| f.apply(&mut config.offsets))
+        .map_err(|e| unsupported(format!("{e:#}")))?;
+    let mut ebpf = object(settings, &config)?;
+    fill_filters(&mut ebpf, settings)?;
+    attach_tracepoints(&mut ebpf).map_err(|e| unsupported(format!("{e}: {}", root(&e))))?;
+    let why = match fexit_error {
+        Some(e) => format!("fexit unavailable: {e}"),
+        None => "asked for".into(),
+    };
+    Ok(Loaded {
+        ebpf,
+        backend: Backend::Tracepoint,
+        why,
+    })
+}

@@ -1,0 +1,206 @@
+//! Kernel structure offsets for the eBPF programs, from the running kernel's
+//! BTF (and the syscall tracepoints' record formats from tracefs).
+
+use anyhow::{bail, Context as _, Result};
+use portwatch_common::{BitLoc, Offsets};
+
+use crate::btf::{Btf, BtfError, Field};
+
+fn byte_offset(btf: &Btf, strukt: &str, path: &str) -> Result<u32, BtfError> {
+    let field = btf.field(strukt, path)?;
+    if field.bitfield_size != 0 || field.bit_offset % 8 != 0 {
+        return Err(BtfError::Missing(format!(
+            "{strukt}.{path} as a whole-byte member (it is a bit field on this kernel)"
+        )));
+    }
+    Ok(field.bit_offset / 8)
+}
+
+fn bit_loc(field: Field, name: &str) -> Result<BitLoc, BtfError> {
+    let width = if field.bitfield_size == 0 {
+        field.size * 8
+    } else {
+        field.bitfield_size
+    };
+    let shift = field.bit_offset % 8;
+    if width == 0 || shift + width > 8 {
+        return Err(BtfError::Missing(format!(
+            "{name} within one byte (width {width}, shift {shift})"
+        )));
+    }
+    Ok(BitLoc {
+        off: field.bit_offset / 8,
+        shift: shift as u8,
+        width: width as u8,
+        _pad: [0; 2],
+    })
+}
+
+/// An `inet_sock` flag: one bit of `inet_flags` (Linux 6.6+) or a bit field
+/// of its own (older kernels).
+fn inet_flag(btf: &Btf, enumerator: &str, bitfield: &str) -> Result<BitLoc, BtfError> {
+    if let (Ok(flags), Some(bit)) = (
+        btf.field("inet_sock", "inet_flags"),
+        btf.enum_value(enumerator),
+    ) {
+        let bit = u32::try_from(bit).map_err(|_| BtfError::Missing(enumerator.to_owned()))?;
+        // inet_flags is an unsigned long; little-endian, so bit n sits in byte n/8.
+        return Ok(BitLoc {
+            off: flags.bit_offset / 8 + bit / 8,
+            shift: (bit % 8) as u8,
+            width: 1,
+            _pad: [0; 2],
+        });
+    }
+    bit_loc(btf.field("inet_sock", bitfield)?, bitfield)
+}
+
+/// Resolves every structure offset the programs read. Tracepoint record
+/// offsets are left zero: see [`TracepointFormats`].
+pub fn resolve(btf: &Btf) -> Result<Offsets, BtfError> {
+    let o = |s: &str, p: &str| byte_offset(btf, s, p);
+    let sk_common = |p: &str| o("sock", &format!("__sk_common.{p}"));
+    Ok(Offsets {
+        task_files: o("task_struct", "files")?,
+        task_real_parent: o("task_struct", "real_parent")?,
+        task_tgid: o("task_struct", "tgid")?,
+        files_fdt: o("files_struct", "fdt")?,
+        fdt_max_fds: o("fdtable", "max_fds")?,
+        fdt_fd: o("fdtable", "fd")?,
+        file_private_data: o("file", "private_data")?,
+        socket_sk: o("socket", "sk")?,
+        socket_type: o("socket", "type")?,
+        socket_file: o("socket", "file")?,
+        sk_family: sk_common("skc_family")?,
+        sk_num: sk_common("skc_num")?,
+        sk_rcv_saddr: sk_common("skc_rcv_saddr")?,
+        sk_v6_rcv_saddr: sk_common("skc_v6_rcv_saddr")?,
+        sk_bound_dev_if: sk_common("skc_bound_dev_if")?,
+        sk_net: sk_common("skc_net")?,
+        sk_protocol: o("sock", "sk_protocol")?,
+        net_inum: o("net", "ns.inum")?,
+        tp_fd: 0,
+        tp_addr: 0,
+        tp_addrlen: 0,
+        tp_ret: 0,
+        reuse: bit_loc(btf.field("sock", "__sk_common.skc_reuse")?, "skc_reuse")?,
+        reuseport: bit_loc(
+            btf.field("sock", "__sk_common.skc_reuseport")?,
+            "skc_reuseport",
+        )?,
+        v6only: bit_loc(
+            btf.field("sock", "__sk_common.skc_ipv6only")?,
+            "skc_ipv6only",
+        )?,
+        freebind: inet_flag(btf, "INET_FLAGS_FREEBIND", "freebind")?,
+        transparent: inet_flag(btf, "INET_FLAGS_TRANSPARENT", "transparent")?,
+        bind_address_no_port: inet_flag(
+            btf,
+            "INET_FLAGS_BIND_ADDRESS_NO_PORT",
+            "bind_address_no_port",
+        )?,
+    })
+}
+
+/// Offset of `field` in a tracepoint's `format` text.
+fn format_offset(format: &str, field: &str) -> Option<u32> {
+    format.lines().find_map(|line| {
+        let decl = line.trim().strip_prefix("field:")?.split(';').next()?;
+        let name = decl.rsplit([' ', '*']).next()?;
+        if name != field {
+            return None;
+        }
+        let off = line
+            .split(';')
+            .find_map(|p| p.trim().strip_prefix("offset:"))?;
+        off.trim().parse().ok()
+    })
+}
+
+/// Record layouts of the syscall tracepoints, as tracefs describes them.
+pub struct TracepointFormats {
+    /// `sys_enter_bind/format`.
+    pub enter_bind: String,
+    /// `sys_exit_bind/format`.
+    pub exit_bind: String,
+    /// `sys_enter_listen/format`.
+    pub enter_listen: String,
+    /// `sys_exit_listen/format`.
+    pub exit_listen: String,
+}
+
+impl TracepointFormats {
+    /// Reads the formats from a mounted tracefs.
+    pub fn read(tracefs: &std::path::Path) -> Result<Self> {
+        let read = |name: &str| {
+            let path = tracefs.join("events/syscalls").join(name).join("format");
+            std::fs::read_to_string(&path).with_context(|| {
+                format!(
+                    "cannot read {} (kernel built without CONFIG_FTRACE_SYSCALLS?)",
+                    path.display()
+                )
+            })
+        };
+        Ok(Self {
+            enter_bind: read("sys_enter_bind")?,
+            exit_bind: read("sys_exit_bind")?,
+            enter_listen: read("sys_enter_listen")?,
+            exit_listen: read("sys_exit_listen")?,
+        })
+    }
+
+    /// Fills the `tp_*` offsets. bind and listen must agree on `fd` and `ret`,
+    /// since the programs share one offset for each.
+    pub fn apply(&self, offsets: &mut Offsets) -> Result<()> {
+        let get = |format: &str, field: &str, tp: &str| {
+            format_offset(format, field)
+                .with_context(|| format!("tracepoint {tp} has no field {field}"))
+        };
+        offsets.tp_fd = get(&self.enter_bind, "fd", "sys_enter_bind")?;
+        offsets.tp_addr = get(&self.enter_bind, "umyaddr", "sys_enter_bind")?;
+        offsets.tp_addrlen = get(&self.enter_bind, "addrlen", "sys_enter_bind")?;
+        offsets.tp_ret = get(&self.exit_bind, "ret", "sys_exit_bind")?;
+        if get(&self.enter_listen, "fd", "sys_enter_listen")? != offsets.tp_fd
+            || get(&self.exit_listen, "ret", "sys_exit_listen")? != offsets.tp_ret
+        {
+            bail!("sys_*_listen and sys_*_bind records disagree on where fd/ret are");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ENTER_BIND: &str = "name: sys_enter_bind
+ID: 1234
+format:
+\tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;
+\tfield:int __syscall_nr;\toffset:8;\tsize:4;\tsigned:1;
+\tfield:int fd;\toffset:16;\tsize:8;\tsigned:0;
+\tfield:struct sockaddr * umyaddr;\toffset:24;\tsize:8;\tsigned:0;
+\tfield:int addrlen;\toffset:32;\tsize:8;\tsigned:0;
+";
+
+    #[test]
+    fn tracepoint_format_offsets() {
+        assert_eq!(format_offset(ENTER_BIND, "fd"), Some(16));
+        assert_eq!(format_offset(ENTER_BIND, "umyaddr"), Some(24));
+        assert_eq!(format_offset(ENTER_BIND, "addrlen"), Some(32));
+        assert_eq!(format_offset(ENTER_BIND, "__syscall_nr"), Some(8));
+        assert_eq!(format_offset(ENTER_BIND, "ret"), None);
+    }
+
+    #[test]
+    fn mismatched_listen_layout_is_refused() {
+        let formats = TracepointFormats {
+            enter_bind: ENTER_BIND.to_owned(),
+            exit_bind: "\tfield:long ret;\toffset:16;\tsize:8;\tsigned:1;\n".to_owned(),
+            enter_listen: "\tfield:int fd;\toffset:24;\tsize:8;\tsigned:0;\n".to_owned(),
+            exit_listen: "\tfield:long ret;\toffset:16;\tsize:8;\tsigned:1;\n".to_owned(),
+        };
+        let err = formats.apply(&mut Offsets::default()).unwrap_err();
+        assert!(err.to_string().contains("disagree"), "{err}");
+    }
+}
