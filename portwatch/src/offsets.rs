@@ -204,3 +204,118 @@ format:
         assert!(err.to_string().contains("disagree"), "{err}");
     }
 }
+
+/// Offsets checked against the real BTF of two kernels: this machine's, and
+/// a second one (Debian's packaged kernel, which `cargo xtask test` downloads
+/// and names in PORTWATCH_OTHER_BTF). An independent reader, bpftool, is the
+/// oracle for plain members.
+#[cfg(test)]
+mod btf_tests {
+    use std::{path::PathBuf, process::Command};
+
+    use super::*;
+
+    fn other_btf() -> PathBuf {
+        PathBuf::from(std::env::var_os("PORTWATCH_OTHER_BTF").expect(
+            "PORTWATCH_OTHER_BTF is not set: run the tests with `cargo xtask test`, which fetches a second kernel's BTF",
+        ))
+    }
+
+    fn load(path: &std::path::Path) -> Btf {
+        Btf::from_file(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    }
+
+    /// `bits_offset` of a direct member, per `bpftool btf dump ... format raw`.
+    fn bpftool_offset(dump: &str, strukt: &str, member: &str) -> u32 {
+        let header = format!("STRUCT '{strukt}' size=");
+        let mut lines = dump.lines().skip_while(|l| !l.contains(&header));
+        lines
+            .next()
+            .unwrap_or_else(|| panic!("bpftool shows no struct {strukt}"));
+        let line = lines
+            .take_while(|l| l.starts_with('\t'))
+            .find(|l| l.trim_start().starts_with(&format!("'{member}' ")))
+            .unwrap_or_else(|| panic!("bpftool shows no {strukt}.{member}"));
+        let bits = line
+            .split("bits_offset=")
+            .nth(1)
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap();
+        bits.parse().unwrap()
+    }
+
+    fn check_against_bpftool(path: &std::path::Path) -> Offsets {
+        let offsets = resolve(&load(path)).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let out = Command::new("bpftool")
+            .args(["btf", "dump", "file"])
+            .arg(path)
+            .args(["format", "raw"])
+            .output()
+            .expect("bpftool is needed as the oracle (cargo xtask test installs it)");
+        assert!(out.status.success(), "bpftool failed on {}", path.display());
+        let dump = String::from_utf8_lossy(&out.stdout);
+        for (strukt, member, ours) in [
+            ("task_struct", "files", offsets.task_files),
+            ("task_struct", "real_parent", offsets.task_real_parent),
+            ("task_struct", "tgid", offsets.task_tgid),
+            ("files_struct", "fdt", offsets.files_fdt),
+            ("fdtable", "max_fds", offsets.fdt_max_fds),
+            ("fdtable", "fd", offsets.fdt_fd),
+            ("file", "private_data", offsets.file_private_data),
+            ("socket", "sk", offsets.socket_sk),
+            ("socket", "type", offsets.socket_type),
+            ("socket", "file", offsets.socket_file),
+            ("sock", "sk_protocol", offsets.sk_protocol),
+        ] {
+            assert_eq!(
+                ours * 8,
+                bpftool_offset(&dump, strukt, member),
+                "{strukt}.{member} in {}",
+                path.display()
+            );
+        }
+        offsets
+    }
+
+    #[test]
+    fn this_kernel_offsets_match_bpftool() {
+        let o = check_against_bpftool(std::path::Path::new("/sys/kernel/btf/vmlinux"));
+        // Fields inside anonymous unions: sock_common's layout has been stable for years.
+        assert_eq!((o.sk_family, o.sk_num, o.sk_rcv_saddr), (16, 14, 4));
+        assert_eq!(o.reuse.width, 4);
+        assert_eq!(o.reuseport.width, 1);
+        assert_eq!(o.v6only.width, 1);
+    }
+
+    #[test]
+    fn second_kernel_offsets_match_bpftool_and_differ_where_the_layout_moved() {
+        let here = check_against_bpftool(std::path::Path::new("/sys/kernel/btf/vmlinux"));
+        let there = check_against_bpftool(&other_btf());
+        // Kernels 6.6+ keep IP_FREEBIND and friends as bits of inet_flags;
+        // older ones as bit fields of their own. Both must resolve, and to
+        // different places: a baked-in offset would be wrong on one of them.
+        let here_btf = load(std::path::Path::new("/sys/kernel/btf/vmlinux"));
+        let there_btf = load(&other_btf());
+        let new_style = |b: &Btf| b.field("inet_sock", "inet_flags").is_ok();
+        assert_ne!(
+            new_style(&here_btf),
+            new_style(&there_btf),
+            "expected one pre-6.6 and one post-6.6 kernel"
+        );
+        assert_ne!(here.freebind, there.freebind);
+        assert_ne!(here.transparent, there.transparent);
+        assert!(here.freebind.width == 1 && there.freebind.width == 1);
+        // And task_struct, which every event reads, is laid out differently.
+        assert_ne!(here.task_files, there.task_files);
+    }
+
+    #[test]
+    fn malformed_btf_is_an_error_not_a_panic() {
+        assert!(Btf::parse(b"not btf").is_err());
+        let mut truncated = std::fs::read("/sys/kernel/btf/vmlinux").unwrap();
+        truncated.truncate(4096);
+        assert!(Btf::parse(&truncated).is_err());
+    }
+}

@@ -1,1 +1,117 @@
-fn main() {}
+//! Developer tasks: `cargo xtask setup | run | test | bench`.
+//!
+//! Every task that needs the eBPF toolchain installs it first (idempotent), so
+//! a fresh clone needs nothing but rustup and this command.
+
+mod bench;
+mod kernels;
+mod setup;
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{bail, Context as _, Result};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "portwatch developer tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install the eBPF toolchain: nightly rust-src and bpf-linker (into .tools/).
+    Setup,
+    /// Build portwatch (release) and run it with the given arguments, e.g.
+    /// `cargo xtask run -- watch --port 80`.
+    Run {
+        /// Arguments for portwatch.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Run every test: unit, BTF of a second kernel, eBPF integration (as root).
+    Test {
+        /// Extra arguments for `cargo test` after `--`, e.g. a test name filter.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Measure overhead, start-up, throughput and memory; prints a table for BENCHMARKS.md.
+    Bench(bench::Options),
+}
+
+/// The workspace root.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+/// Runs a command, failing with its name when it does not succeed.
+pub fn run(cmd: &mut Command) -> Result<()> {
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot start {:?}", cmd.get_program()))?;
+    if !status.success() {
+        bail!("{cmd:?} failed: {status}");
+    }
+    Ok(())
+}
+
+/// `cargo` with the eBPF tools on PATH.
+pub fn cargo() -> Command {
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.current_dir(root())
+        .env("PATH", setup::path_with_tools());
+    cmd
+}
+
+/// Builds the release binary and returns its path.
+pub fn build_release() -> Result<PathBuf> {
+    setup::ensure()?;
+    run(cargo().args(["build", "--release", "--package", "portwatch"]))?;
+    Ok(root().join("target/release/portwatch"))
+}
+
+fn test(extra: &[String]) -> Result<()> {
+    setup::ensure()?;
+    if !nix_is_root() {
+        bail!("the eBPF integration tests load programs and make network namespaces: run as root");
+    }
+    setup::ensure_test_packages()?;
+    let other_btf = kernels::second_kernel_btf()?;
+    let mut cmd = cargo();
+    cmd.args(["test", "--workspace", "--exclude", "portwatch-ebpf"])
+        .env("PORTWATCH_OTHER_BTF", &other_btf)
+        .args(["--", "--test-threads=1"])
+        .args(extra);
+    run(&mut cmd)
+}
+
+fn nix_is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(1).map(|e| e == "0"))
+        })
+        .unwrap_or(false)
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().task {
+        Task::Setup => setup::ensure(),
+        Task::Run { args } => {
+            let bin = build_release()?;
+            let status = Command::new(bin).args(args).status()?;
+            std::process::exit(status.code().unwrap_or(1));
+        }
+        Task::Test { args } => test(&args),
+        Task::Bench(opts) => bench::run(&opts),
+    }
+}

@@ -1,0 +1,571 @@
+//! Real failing bind()/listen() calls, captured by the real programs in the
+//! running kernel. Each test works in network namespaces of its own and asks
+//! portwatch for that namespace only, so the host's traffic cannot interfere.
+
+mod common;
+
+use std::{
+    net::{Ipv6Addr, SocketAddr},
+    time::Duration,
+};
+
+use common::*;
+use serde_json::Value;
+
+fn opts(ev: &Value) -> [bool; 6] {
+    let o = &ev["opts"];
+    [
+        "reuseaddr",
+        "reuseport",
+        "v6only",
+        "freebind",
+        "transparent",
+        "bind_address_no_port",
+    ]
+    .map(|k| {
+        o[k].as_bool()
+            .unwrap_or_else(|| panic!("opts.{k} missing in {ev}"))
+    })
+}
+
+#[test]
+fn tcp_v4_bind_eaddrinuse_has_every_field() {
+    let ns = Netns::new("pw-tcp4");
+    let port = port();
+    let tracer = Tracer::start(&["--netns", &ns.arg()]);
+    let fd = ns.run(move || {
+        let (holder, loser) = conflict(v4(port), false);
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&loser);
+        drop((holder, loser));
+        fd
+    });
+    let ev = tracer.event();
+    assert_ours(&ev, &ns);
+    assert_eq!(ev["syscall"], "bind", "{ev}");
+    assert_eq!(ev["errno"], "EADDRINUSE", "{ev}");
+    assert_eq!(ev["ret"], -98, "{ev}");
+    assert_eq!(ev["proto"], "tcp", "{ev}");
+    assert_eq!(ev["family"], "ipv4", "{ev}");
+    assert_eq!(ev["addr"], "127.0.0.1", "{ev}");
+    assert_eq!(ev["port"], port, "{ev}");
+    assert_eq!(ev["fd"], fd, "{ev}");
+    assert_eq!(ev["folded"], 0, "{ev}");
+    assert_eq!(opts(&ev), [false; 6], "{ev}");
+    assert!(ev["ts"].as_str().unwrap().ends_with('Z'), "{ev}");
+    assert!(ev["cgroup_id"].as_u64().unwrap() > 0, "{ev}");
+    let backend = tracer.backend()["backend"].as_str().unwrap().to_owned();
+    assert_eq!(ev["source"], backend.as_str(), "{ev}");
+    let (status, _, _) = tracer.stop();
+    assert!(status.success(), "{status}");
+}
+
+#[test]
+fn tcp_v6_and_socket_options() {
+    let ns = Netns::new("pw-tcp6");
+    let port = port();
+    let tracer = Tracer::start(&["--netns", &ns.arg()]);
+    ns.run(move || {
+        let addr = SocketAddr::from((Ipv6Addr::LOCALHOST, port));
+        let holder = socket(true, false);
+        bind(&holder, addr).unwrap();
+        holder.listen(1).unwrap();
+        let loser = socket(true, false);
+        loser.set_reuse_address(true).unwrap();
+        loser.set_reuse_port(true).unwrap();
+        loser.set_only_v6(true).unwrap();
+        loser.set_freebind_v6(true).unwrap();
+        assert_eq!(bind(&loser, addr), Err(libc::EADDRINUSE));
+    });
+    let ev = tracer.event();
+    assert_ours(&ev, &ns);
+    assert_eq!(ev["family"], "ipv6", "{ev}");
+    assert_eq!(ev["addr"], "::1", "{ev}");
+    assert_eq!(ev["port"], port, "{ev}");
+    // reuseaddr, reuseport, v6only, freebind set; transparent, no_port not.
+    assert_eq!(opts(&ev), [true, true, true, true, false, false], "{ev}");
+}
+
+#[test]
+fn ip_transparent_and_bind_address_no_port_are_seen() {
+    let ns = Netns::new("pw-opts");
+    let port = port();
+    let tracer = Tracer::start(&["--netns", &ns.arg()]);
+    ns.run(move || {
+        let holder = socket(false, false);
+        bind(&holder, v4(port)).unwrap();
+        holder.listen(1).unwrap();
+        let loser = socket(false, false);
+        loser.set_ip_transparent_v4(true).unwrap();
+        let one: libc::c_int = 1;
+        // IP_BIND_ADDRESS_NO_PORT has no socket2 setter.
+        let rc = unsafe {
+            libc::setsockopt(
+                std::os::fd::AsRawFd::as_raw_fd(&loser),
+                libc::IPPROTO_IP,
+                libc::IP_BIND_ADDRESS_NO_PORT,
+                (&raw const one).cast(),
+                size_of::<libc::c_int>() as u32,
+            )
+        };
+        assert_eq!(rc, 0);
+        assert_eq!(bind(&loser, v4(port)), Err(libc::EADDRINUSE));
+    });
+    let ev = tracer.event();
+    assert_eq!(opts(&ev), [false, false, false, false, true, true], "{ev}");
+}
+
+/// An IPv6 wildcard without IPV6_V6ONLY also claims the IPv4 wildcard, and
+/// the reverse; with IPV6_V6ONLY the two coexist.
+#[test]
+fn dual_stack_wildcards() {
+    let ns = Netns::new("pw-dual");
+    let (p1, p2) = (port(), port().wrapping_add(1));
+    let tracer = Tracer::start(&["--netns", &ns.arg(), "--all"]);
+    ns.run(move || {
+        let any4 = |p| SocketAddr::from(([0, 0, 0, 0], p));
+        let any6 = |p| SocketAddr::from((Ipv6Addr::UNSPECIFIED, p));
+        // v4 first, then a dual-stack v6 wildcard: fails.
+        let a = socket(false, false);
+        bind(&a, any4(p1)).unwrap();
+        a.listen(1).unwrap();
+        let b = socket(true, false);
+        b.set_only_v6(false).unwrap();
+        assert_eq!(bind(&b, any6(p1)), Err(libc::EADDRINUSE));
+        // Same with IPV6_V6ONLY: succeeds.
+        let c = socket(true, false);
+        c.set_only_v6(true).unwrap();
+        bind(&c, any6(p1)).unwrap();
+        // Dual-stack v6 wildcard first, then the v4 wildcard: fails.
+        let d = socket(true, false);
+        d.set_only_v6(false).unwrap();
+        bind(&d, any6(p2)).unwrap();
+        d.listen(1).unwrap();
+        let e = socket(false, false);
+        assert_eq!(bind(&e, any4(p2)), Err(libc::EADDRINUSE));
+        drop((a, b, c, d, e));
+    });
+    // --all also shows the two successful listen() calls; keep the binds.
+    let evs: Vec<Value> = std::iter::from_fn(|| Some(tracer.event()))
+        .filter(|e| e["syscall"] == "bind")
+        .take(5)
+        .collect();
+    let summary: Vec<(String, String, u64, String, bool)> = evs
+        .iter()
+        .map(|e| {
+            (
+                e["family"].as_str().unwrap().to_owned(),
+                e["addr"].as_str().unwrap().to_owned(),
+                e["port"].as_u64().unwrap(),
+                e["errno"].as_str().unwrap_or("OK").to_owned(),
+                e["opts"]["v6only"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    let s = |f: &str, a: &str, p: u16, r: &str, v6: bool| {
+        (f.to_owned(), a.to_owned(), u64::from(p), r.to_owned(), v6)
+    };
+    assert_eq!(
+        summary,
+        vec![
+            s("ipv4", "0.0.0.0", p1, "OK", false),
+            s("ipv6", "::", p1, "EADDRINUSE", false),
+            s("ipv6", "::", p1, "OK", true),
+            s("ipv6", "::", p2, "OK", false),
+            s("ipv4", "0.0.0.0", p2, "EADDRINUSE", false),
+        ],
+        "{evs:#?}"
+    );
+}
+
+#[test]
+fn udp_bind_eaddrinuse() {
+    let ns = Netns::new("pw-udp");
+    let port = port();
+    let tracer = Tracer::start(&["--netns", &ns.arg()]);
+    ns.run(move || drop(conflict(v4(port), true)));
+    let ev = tracer.event();
+    assert_ours(&ev, &ns);
+    assert_eq!(ev["proto"], "udp", "{ev}");
+    assert_eq!(ev["port"], port, "{ev}");
+    assert_eq!(ev["errno"], "EADDRINUSE", "{ev}");
+}
+
+/// Two SO_REUSEADDR sockets may bind one port while neither listens; the
+/// second listen() is what fails, and it reports the port it was bound to.
+#[test]
+fn listen_time_eaddrinuse() {
+    let ns = Netns::new("pw-listen");
+    let port = port();
+    let tracer = Tracer::start(&["--netns", &ns.arg()]);
+    ns.run(move || {
+        let a = socket(false, false);
+        a.set_reuse_address(true).unwrap();
+        let b = socket(false, false);
+        b.set_reuse_address(true).unwrap();
+        bind(&a, v4(port)).unwrap();
+        bind(&b, v4(port)).unwrap();
+        a.listen(1).unwrap();
+        let err = b.listen(1).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EADDRINUSE));
+    });
+    let ev = tracer.event();
+    assert_ours(&ev, &ns);
+    assert_eq!(ev["syscall"], "listen", "{ev}");
+    assert_eq!(ev["errno"], "EADDRINUSE", "{ev}");
+    assert_eq!(ev["addr"], "127.0.0.1", "{ev}");
+    assert_eq!(ev["port"], port, "{ev}");
+    assert!(ev["opts"]["reuseaddr"].as_bool().unwrap(), "{ev}");
+}
+
+#[test]
+fn success_is_not_reported_by_default_and_is_with_all() {
+    let ns = Netns::new("pw-success");
+    let port = port();
+    let quiet = Tracer::start(&["--netns", &ns.arg()]);
+    let all = Tracer::start(&["--netns", &ns.arg(), "--all"]);
+    ns.run(move || {
+        let s = socket(false, false);
+        bind(&s, v4(port)).unwrap();
+        s.listen(1).unwrap();
+        // A failure afterwards: the quiet tracer must show it first and only it.
+        drop(conflict(v4(port.wrapping_add(1)), false));
+    });
+    let first = quiet.event();
+    assert_eq!(
+        first["port"],
+        port.wrapping_add(1),
+        "success leaked into the default stream: {first}"
+    );
+    let ev = all.event();
+    assert_eq!(
+        (
+            ev["syscall"].as_str(),
+            ev["errno"].is_null(),
+            ev["ret"].as_i64()
+        ),
+        (Some("bind"), true, Some(0)),
+        "{ev}"
+    );
+    let ev = all.event();
+    assert_eq!(
+        (ev["syscall"].as_str(), ev["port"].as_u64()),
+        (Some("listen"), Some(u64::from(port))),
+        "{ev}"
+    );
+}
+
+/// Filters: a call that should be dropped happens first, one that should be
+/// kept second; the first event must be the kept one (the ring buffer keeps
+/// order), which proves the dropped one never reached userspace.
+fn first_event_is_kept(
+    filter: &[&str],
+    ns: &Netns,
+    dropped: impl FnOnce() + Send + 'static,
+    kept: impl FnOnce() + Send + 'static,
+) -> Value {
+    let mut args = vec!["--netns".to_owned(), ns.arg()];
+    args.extend(filter.iter().map(|s| s.to_string()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let tracer = Tracer::start(&args);
+    ns.run(dropped);
+    ns.run(kept);
+    let ev = tracer.event();
+    assert!(
+        tracer.next_event(Duration::from_millis(300)).is_none(),
+        "more than the kept event"
+    );
+    ev
+}
+
+#[test]
+fn filter_port_matches_the_requested_port() {
+    let ns = Netns::new("pw-fport");
+    let (skip, keep) = (port(), port().wrapping_add(7));
+    let ev = first_event_is_kept(
+        &["--port", &format!("1,{keep}")],
+        &ns,
+        move || drop(conflict(v4(skip), false)),
+        move || drop(conflict(v4(keep), false)),
+    );
+    assert_eq!(ev["port"], keep, "{ev}");
+    // Ranges too.
+    let ev = first_event_is_kept(
+        &["--port", &format!("{}-{}", keep - 1, keep + 1)],
+        &ns,
+        move || drop(conflict(v4(skip), false)),
+        move || drop(conflict(v4(keep), false)),
+    );
+    assert_eq!(ev["port"], keep, "{ev}");
+}
+
+#[test]
+fn filter_pid() {
+    let ns = Netns::new("pw-fpid");
+    let port = port();
+    let ev = first_event_is_kept(
+        &["--pid", &std::process::id().to_string()],
+        &ns,
+        move || {
+            python(&py_conflict(port), None);
+        },
+        move || drop(conflict(v4(port), false)),
+    );
+    assert_ours(&ev, &ns);
+}
+
+#[test]
+fn filter_uid() {
+    let ns = Netns::new("pw-fuid");
+    let port = port();
+    let ev = first_event_is_kept(
+        &["--uid", "65534"],
+        &ns,
+        move || drop(conflict(v4(port), false)),
+        move || {
+            python(&py_conflict(port), Some(65534));
+        },
+    );
+    assert_eq!(ev["uid"], 65534, "{ev}");
+    assert_eq!(ev["comm"], "python3", "{ev}");
+}
+
+#[test]
+fn filter_comm() {
+    let ns = Netns::new("pw-fcomm");
+    let port = port();
+    let ev = first_event_is_kept(
+        &["--comm", "python3"],
+        &ns,
+        move || drop(conflict(v4(port), false)),
+        move || {
+            python(&py_conflict(port), None);
+        },
+    );
+    assert_eq!(ev["comm"], "python3", "{ev}");
+}
+
+#[test]
+fn filter_netns() {
+    let other = Netns::new("pw-fnet-other");
+    let ns = Netns::new("pw-fnet");
+    let port = port();
+    // --netns is already applied by first_event_is_kept; the dropped call
+    // runs in the other namespace.
+    let tracer = Tracer::start(&["--netns", &ns.arg()]);
+    other.run(move || drop(conflict(v4(port), false)));
+    ns.run(move || drop(conflict(v4(port), false)));
+    let ev = tracer.event();
+    assert_eq!(ev["netns"], ns.inode, "{ev}");
+    assert!(tracer.next_event(Duration::from_millis(300)).is_none());
+}
+
+/// A cgroup of our own under the cgroup2 mount, removed on drop.
+struct Cgroup(std::path::PathBuf);
+
+impl Cgroup {
+    fn new() -> Cgroup {
+        let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let root = info
+            .lines()
+            .find_map(|l| {
+                let (left, right) = l.split_once(" - ")?;
+                (right.starts_with("cgroup2 ")).then(|| left.split(' ').nth(4).unwrap().to_owned())
+            })
+            .expect("no cgroup2 mount: the --cgroup test needs cgroup v2");
+        let dir =
+            std::path::Path::new(&root).join(format!("portwatch-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        Cgroup(dir)
+    }
+}
+
+impl Drop for Cgroup {
+    fn drop(&mut self) {
+        // The only member was a python process that has exited by now.
+        for _ in 0..50 {
+            if std::fs::remove_dir(&self.0).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+#[test]
+fn filter_cgroup() {
+    let ns = Netns::new("pw-fcgroup");
+    let cg = Cgroup::new();
+    let port = port();
+    let procs = cg.0.join("cgroup.procs");
+    let code = format!(
+        "open('{}','w').write(str(__import__('os').getpid()))\n{}",
+        procs.display(),
+        py_conflict(port)
+    );
+    let ev = first_event_is_kept(
+        &["--cgroup", cg.0.to_str().unwrap()],
+        &ns,
+        move || drop(conflict(v4(port), false)),
+        move || {
+            python(&code, None);
+        },
+    );
+    assert_eq!(ev["comm"], "python3", "{ev}");
+    let id = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&cg.0).unwrap());
+    assert_eq!(ev["cgroup_id"], id, "{ev}");
+}
+
+#[test]
+fn filter_errno_eacces() {
+    let ns = Netns::new("pw-feacces");
+    let code = "import socket,errno\n\
+                s=socket.socket()\n\
+                try:\n  s.bind(('127.0.0.1',80)); raise SystemExit('bind succeeded')\n\
+                except OSError as e:\n  assert e.errno==errno.EACCES, e\n";
+    let port = port();
+    // Default errno set: EACCES is not shown, the EADDRINUSE after it is.
+    let ev = first_event_is_kept(
+        &[],
+        &ns,
+        move || {
+            python(code, Some(65534));
+        },
+        move || drop(conflict(v4(port), false)),
+    );
+    assert_eq!(ev["errno"], "EADDRINUSE", "{ev}");
+    // --errno EACCES,EADDRNOTAVAIL: now it is, and EADDRINUSE is not.
+    let ev = first_event_is_kept(
+        &["--errno", "EACCES,eaddrnotavail"],
+        &ns,
+        move || drop(conflict(v4(port), false)),
+        move || {
+            python(code, Some(65534));
+        },
+    );
+    assert_eq!(ev["errno"], "EACCES", "{ev}");
+    assert_eq!(ev["port"], 80, "{ev}");
+    assert_eq!(ev["uid"], 65534, "{ev}");
+}
+
+#[test]
+fn eaddrnotavail_with_all_errors() {
+    let ns = Netns::new("pw-notavail");
+    let port = port();
+    let tracer = Tracer::start(&["--netns", &ns.arg(), "--all-errors"]);
+    ns.run(move || {
+        let s = socket(false, false);
+        // 192.0.2.1 (TEST-NET-1) is on no interface of this namespace.
+        assert_eq!(
+            bind(&s, SocketAddr::from(([192, 0, 2, 1], port))),
+            Err(libc::EADDRNOTAVAIL)
+        );
+    });
+    let ev = tracer.event();
+    assert_eq!(ev["errno"], "EADDRNOTAVAIL", "{ev}");
+    assert_eq!(ev["addr"], "192.0.2.1", "{ev}");
+    assert_eq!(ev["port"], port, "{ev}");
+}
+
+/// Identical failures in a burst are folded; every one is accounted for.
+#[test]
+fn storm_is_folded_and_counted_exactly() {
+    let ns = Netns::new("pw-storm");
+    let port = port();
+    const N: u64 = 20_000;
+    let tracer = Tracer::start(&["--netns", &ns.arg()]);
+    ns.run(move || {
+        let (_holder, loser) = conflict(v4(port), false);
+        for _ in 1..N {
+            assert_eq!(bind(&loser, v4(port)), Err(libc::EADDRINUSE));
+        }
+    });
+    let first = tracer.event();
+    assert_eq!(first["port"], port);
+    let (status, rest, notices) = tracer.stop();
+    assert!(status.success());
+    let summary = notices
+        .iter()
+        .find(|v| v["type"] == "summary")
+        .expect("summary");
+    let events = 1 + rest.len() as u64;
+    let folded_shown: u64 = first["folded"].as_u64().unwrap()
+        + rest
+            .iter()
+            .map(|e| e["folded"].as_u64().unwrap())
+            .sum::<u64>();
+    let tail: u64 = notices
+        .iter()
+        .filter(|v| v["type"] == "repeat")
+        .map(|v| v["count"].as_u64().unwrap())
+        .sum();
+    assert_eq!(summary["matched"], N, "{summary}");
+    assert_eq!(summary["lost"], 0, "{summary}");
+    assert_eq!(summary["shown"], events, "{summary}");
+    assert_eq!(summary["folded_shown"], folded_shown, "{summary}");
+    assert_eq!(summary["folded_tail"], tail, "{summary}");
+    assert_eq!(events + folded_shown + tail, N, "{summary} {notices:?}");
+    assert!(
+        events < 100,
+        "{events} events for one burst: folding is not working"
+    );
+}
+
+#[test]
+fn fold_window_zero_sends_every_failure() {
+    let ns = Netns::new("pw-nofold");
+    let port = port();
+    const N: usize = 2_000;
+    let tracer = Tracer::start(&["--netns", &ns.arg(), "--fold-window", "0"]);
+    ns.run(move || {
+        let (_holder, loser) = conflict(v4(port), false);
+        for _ in 1..N {
+            assert_eq!(bind(&loser, v4(port)), Err(libc::EADDRINUSE));
+        }
+    });
+    for i in 0..N {
+        let ev = tracer
+            .next_event(WAIT)
+            .unwrap_or_else(|| panic!("only {i} of {N} events"));
+        assert_eq!(ev["folded"], 0);
+    }
+    let (_, rest, notices) = tracer.stop();
+    assert!(rest.is_empty());
+    let summary = notices.iter().find(|v| v["type"] == "summary").unwrap();
+    assert_eq!(summary["matched"], N);
+    assert_eq!(summary["lost"], 0);
+}
+
+#[test]
+fn sigterm_stops_cleanly_with_a_summary() {
+    let ns = Netns::new("pw-sigterm");
+    let tracer = Tracer::start(&["--netns", &ns.arg()]);
+    let (status, _, notices) = tracer.stop_with(nix::sys::signal::Signal::SIGTERM);
+    assert!(status.success(), "{status}");
+    assert!(
+        notices.iter().any(|v| v["type"] == "summary"),
+        "{notices:?}"
+    );
+}
+
+#[test]
+fn backend_line_names_the_hook_and_why() {
+    let tracer = Tracer::start(&["--port", "1"]);
+    let b = tracer.backend().clone();
+    let ready = tracer
+        .seen
+        .iter()
+        .find(|v| v["type"] == "ready")
+        .unwrap()
+        .clone();
+    assert_eq!(ready["backend"], b["backend"]);
+    match b["backend"].as_str().unwrap() {
+        // This project's machines refuse fexit (see ../shared/PLATFORM.md):
+        // auto must fall back and say why.
+        "tracepoint" => assert!(
+            b["why"].as_str().unwrap().contains("fexit unavailable"),
+            "{b}"
+        ),
+        "fexit" => assert_eq!(b["why"], "the kernel allows it"),
+        other => panic!("unknown backend {other}"),
+    }
+}

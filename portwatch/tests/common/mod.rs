@@ -1,0 +1,353 @@
+//! Test harness: run the real portwatch binary, make real sockets in private
+//! network namespaces, and read what portwatch printed.
+//!
+//! Nothing here is mocked. Tests need root (they load eBPF and unshare
+//! network namespaces) and fail loudly without it.
+#![allow(
+    dead_code,
+    reason = "each test binary uses a different part of the harness"
+)]
+
+use std::{
+    io::{BufRead as _, BufReader},
+    net::{Ipv4Addr, SocketAddr},
+    os::unix::fs::MetadataExt as _,
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::mpsc::{self, Receiver, RecvTimeoutError, Sender},
+    thread,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+use socket2::{Domain, Protocol, Socket, Type};
+
+/// How long to wait for portwatch to start or an event to arrive.
+pub const WAIT: Duration = Duration::from_secs(20);
+
+/// The portwatch binary under test.
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_portwatch")
+}
+
+/// A running `portwatch watch --json`.
+pub struct Tracer {
+    child: Option<Child>,
+    events: Receiver<Value>,
+    notices: Receiver<Value>,
+    /// Every stderr line so far, for failure messages.
+    pub seen: Vec<Value>,
+}
+
+impl Tracer {
+    /// Starts `portwatch watch --json ARGS` and waits for its `ready` line.
+    pub fn start(args: &[&str]) -> Tracer {
+        let mut child = Command::new(bin())
+            .arg("watch")
+            .arg("--json")
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start portwatch");
+        let (etx, events) = mpsc::channel();
+        let (ntx, notices) = mpsc::channel();
+        let stdout = child.stdout.take().unwrap();
+        let stderr = child.stderr.take().unwrap();
+        thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let v: Value = serde_json::from_str(&line)
+                    .unwrap_or_else(|e| panic!("stdout line is not JSON ({e}): {line}"));
+                let _ = etx.send(v);
+            }
+        });
+        thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let v = serde_json::from_str(&line).unwrap_or_else(|_| Value::String(line.clone()));
+                let _ = ntx.send(v);
+            }
+        });
+        let mut tracer = Tracer {
+            child: Some(child),
+            events,
+            notices,
+            seen: Vec::new(),
+        };
+        tracer.wait_notice("ready");
+        tracer
+    }
+
+    /// Waits for a stderr object with this `type`.
+    pub fn wait_notice(&mut self, kind: &str) -> Value {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.notices.recv_timeout(left) {
+                Ok(v) => {
+                    self.seen.push(v.clone());
+                    if v["type"] == kind {
+                        return v;
+                    }
+                }
+                Err(_) => {
+                    let status = self
+                        .child
+                        .as_mut()
+                        .and_then(|c| c.try_wait().ok().flatten());
+                    panic!(
+                        "no '{kind}' from portwatch (exit {status:?}); stderr: {:?}",
+                        self.seen
+                    )
+                }
+            }
+        }
+    }
+
+    /// The backend notice (always printed before `ready`).
+    pub fn backend(&self) -> &Value {
+        self.seen
+            .iter()
+            .find(|v| v["type"] == "backend")
+            .expect("backend notice")
+    }
+
+    /// The next event, if one arrives within `timeout`.
+    pub fn next_event(&self, timeout: Duration) -> Option<Value> {
+        match self.events.recv_timeout(timeout) {
+            Ok(v) => Some(v),
+            Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => None,
+        }
+    }
+
+    /// The next event; panics if none arrives in time.
+    pub fn event(&self) -> Value {
+        self.next_event(WAIT)
+            .expect("no event from portwatch in time")
+    }
+
+    /// Stops portwatch with SIGINT (or SIGTERM), returns its exit status and
+    /// any events that were still on their way, and the stderr lines after `ready`.
+    pub fn stop_with(
+        mut self,
+        signal: nix::sys::signal::Signal,
+    ) -> (ExitStatus, Vec<Value>, Vec<Value>) {
+        let mut child = self.child.take().unwrap();
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), signal).unwrap();
+        let deadline = Instant::now() + WAIT;
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "portwatch did not exit after {signal}"
+            );
+            thread::sleep(Duration::from_millis(10));
+        };
+        let events = self.events.try_iter().collect::<Vec<_>>();
+        // The reader threads finish once the pipes close.
+        let mut rest = Vec::new();
+        while let Ok(v) = self.notices.recv_timeout(Duration::from_secs(2)) {
+            rest.push(v);
+        }
+        let mut events = events;
+        events.extend(self.events.try_iter());
+        (status, events, rest)
+    }
+
+    /// Stops with SIGINT.
+    pub fn stop(self) -> (ExitStatus, Vec<Value>, Vec<Value>) {
+        self.stop_with(nix::sys::signal::Signal::SIGINT)
+    }
+}
+
+impl Drop for Tracer {
+    fn drop(&mut self) {
+        // Only our own child, by handle, never by name.
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// A thread living in a network namespace of its own, with loopback up.
+/// Sockets it creates belong to that namespace; processes it spawns start there.
+/// The namespace disappears with the thread.
+pub struct Netns {
+    jobs: Option<Sender<Job>>,
+    handle: Option<thread::JoinHandle<()>>,
+    /// The namespace's inode (what portwatch reports as `netns`).
+    pub inode: u64,
+    /// The thread's id (what portwatch reports as `tid`).
+    pub tid: i32,
+    /// The thread's name, which is its comm.
+    pub comm: String,
+}
+
+impl Netns {
+    /// Makes the namespace. `comm` is at most 15 bytes.
+    pub fn new(comm: &str) -> Netns {
+        assert!(comm.len() <= 15);
+        let (jobs, rx) = mpsc::channel::<Job>();
+        let (info_tx, info_rx) = mpsc::channel();
+        let handle = thread::Builder::new()
+            .name(comm.to_owned())
+            .spawn(move || {
+                nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
+                    .expect("unshare(CLONE_NEWNET): are the tests running as root?");
+                let status = Command::new("ip")
+                    .args(["link", "set", "lo", "up"])
+                    .status()
+                    .expect("run ip");
+                assert!(status.success(), "ip link set lo up failed");
+                let inode = std::fs::metadata("/proc/thread-self/ns/net").unwrap().ino();
+                info_tx
+                    .send((inode, nix::unistd::gettid().as_raw()))
+                    .unwrap();
+                for job in rx {
+                    job();
+                }
+            })
+            .unwrap();
+        let (inode, tid) = info_rx.recv().expect("netns thread died");
+        Netns {
+            jobs: Some(jobs),
+            handle: Some(handle),
+            inode,
+            tid,
+            comm: comm.to_owned(),
+        }
+    }
+
+    /// Runs `f` on the namespace's thread and returns its result.
+    pub fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        let (tx, rx) = mpsc::channel();
+        self.jobs
+            .as_ref()
+            .unwrap()
+            .send(Box::new(move || {
+                let _ = tx.send(std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)));
+            }))
+            .unwrap();
+        match rx.recv().expect("netns thread died") {
+            Ok(v) => v,
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
+    }
+
+    /// `--netns` argument selecting this namespace.
+    pub fn arg(&self) -> String {
+        self.inode.to_string()
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        drop(self.jobs.take());
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+/// A TCP or UDP socket, unbound.
+pub fn socket(v6: bool, udp: bool) -> Socket {
+    let domain = if v6 { Domain::IPV6 } else { Domain::IPV4 };
+    let (ty, proto) = if udp {
+        (Type::DGRAM, Protocol::UDP)
+    } else {
+        (Type::STREAM, Protocol::TCP)
+    };
+    Socket::new(domain, ty, Some(proto)).unwrap()
+}
+
+/// A free port: the namespaces are private, so any fixed choice would do,
+/// but a random one keeps runs from seeing each other's folded state.
+pub fn port() -> u16 {
+    20000 + (std::process::id() as u16 % 20000) + (rand_u16() % 5000)
+}
+
+fn rand_u16() -> u16 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    (nanos ^ (nanos >> 16)) as u16
+}
+
+/// Binds `s`, returning the errno on failure.
+pub fn bind(s: &Socket, addr: SocketAddr) -> Result<(), i32> {
+    s.bind(&addr.into()).map_err(|e| e.raw_os_error().unwrap())
+}
+
+/// A listener on `addr` plus a second socket whose bind fails with
+/// EADDRINUSE; returns (listener, failed socket's fd).
+pub fn conflict(addr: SocketAddr, udp: bool) -> (Socket, Socket) {
+    let holder = socket(addr.is_ipv6(), udp);
+    bind(&holder, addr).expect("first bind");
+    if !udp {
+        holder.listen(16).unwrap();
+    }
+    let loser = socket(addr.is_ipv6(), udp);
+    assert_eq!(bind(&loser, addr), Err(libc::EADDRINUSE));
+    (holder, loser)
+}
+
+/// 127.0.0.1:port.
+pub fn v4(port: u16) -> SocketAddr {
+    SocketAddr::from((Ipv4Addr::LOCALHOST, port))
+}
+
+/// Debian's python3: reachable for every uid, unlike a per-user install.
+const PYTHON: &str = "/usr/bin/python3";
+
+/// Runs a python3 snippet in the caller's network namespace (call it inside
+/// `Netns::run`), optionally as another uid; returns its pid once it exited.
+pub fn python(code: &str, uid: Option<u32>) -> u32 {
+    let mut cmd = match uid {
+        Some(uid) => {
+            let mut c = Command::new("setpriv");
+            c.args([
+                format!("--reuid={uid}"),
+                format!("--regid={uid}"),
+                "--clear-groups".into(),
+                PYTHON.into(),
+            ]);
+            c
+        }
+        None => Command::new(PYTHON),
+    };
+    let mut child = cmd
+        .arg("-c")
+        .arg(code)
+        .spawn()
+        .expect("python3 is needed for multi-process tests");
+    let pid = child.id();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "python3 snippet failed: {code}");
+    pid
+}
+
+/// Python code that holds `port` on 127.0.0.1 and fails to bind it again.
+pub fn py_conflict(port: u16) -> String {
+    format!(
+        "import socket,errno\n\
+         a=socket.socket(); a.bind(('127.0.0.1',{port})); a.listen()\n\
+         b=socket.socket()\n\
+         try:\n  b.bind(('127.0.0.1',{port})); raise SystemExit('bind succeeded')\n\
+         except OSError as e:\n  assert e.errno==errno.EADDRINUSE, e\n"
+    )
+}
+
+/// Asserts that `ev` is the failed bind this process's netns thread made.
+pub fn assert_ours(ev: &Value, ns: &Netns) {
+    assert_eq!(ev["pid"], std::process::id(), "{ev}");
+    assert_eq!(ev["tid"], ns.tid, "{ev}");
+    assert_eq!(ev["comm"], ns.comm.as_str(), "{ev}");
+    assert_eq!(ev["netns"], ns.inode, "{ev}");
+    assert_eq!(ev["ppid"], nix::unistd::getppid().as_raw(), "{ev}");
+    assert_eq!(ev["uid"], 0, "{ev}");
+}

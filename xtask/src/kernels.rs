@@ -1,0 +1,111 @@
+//! A second, real distribution kernel: Debian's packaged image, downloaded
+//! into `.cache/` (never committed), for BTF offset tests.
+
+use std::{path::PathBuf, process::Command};
+
+use anyhow::{bail, Context as _, Result};
+
+use crate::{root, run};
+
+/// The Debian packages of kernels to test against: one place, one line each.
+/// A metapackage resolves to the newest image of its series.
+pub const KERNELS: &[&str] = &["linux-image-amd64"];
+
+fn cache() -> PathBuf {
+    root().join(".cache/kernels")
+}
+
+fn output(cmd: &mut Command) -> Result<String> {
+    let out = cmd
+        .output()
+        .with_context(|| format!("cannot start {:?}", cmd.get_program()))?;
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// `linux-image-amd64` -> `linux-image-6.1.0-56-amd64`.
+fn resolve(package: &str) -> Result<String> {
+    let mut deps = output(Command::new("apt-cache").args(["depends", package]))?;
+    if !deps.contains("Depends:") {
+        run(Command::new("apt-get").args(["update", "-q"]))?;
+        deps = output(Command::new("apt-cache").args(["depends", package]))?;
+    }
+    deps.lines()
+        .filter_map(|l| l.trim().strip_prefix("Depends: "))
+        .find(|d| d.starts_with("linux-image-"))
+        .map(str::to_owned)
+        .with_context(|| format!("apt cannot resolve {package} to a kernel image"))
+}
+
+/// Downloads `package` (a kernel image) and returns its vmlinuz.
+fn vmlinuz(package: &str) -> Result<PathBuf> {
+    let image = resolve(package)?;
+    let dir = cache().join(&image);
+    let release = image.trim_start_matches("linux-image-");
+    let vmlinuz = dir.join(format!("boot/vmlinuz-{release}"));
+    if vmlinuz.exists() {
+        return Ok(vmlinuz);
+    }
+    std::fs::create_dir_all(&dir)?;
+    eprintln!("xtask: downloading {image}");
+    run(Command::new("apt-get")
+        .args(["download", &image])
+        .current_dir(&dir))?;
+    let deb = std::fs::read_dir(&dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.extension().is_some_and(|e| e == "deb"))
+        .context("apt-get download left no .deb")?;
+    run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&dir))?;
+    std::fs::remove_file(&deb)?;
+    // Only boot/ is needed; the modules are 300 MB.
+    for sub in ["lib", "usr"] {
+        let _ = std::fs::remove_dir_all(dir.join(sub));
+    }
+    if !vmlinuz.exists() {
+        bail!("{image} has no {}", vmlinuz.display());
+    }
+    Ok(vmlinuz)
+}
+
+/// Extracts the `.BTF` section of a compressed x86 vmlinuz: the kernel is an
+/// xz stream inside the bzImage.
+fn extract_btf(vmlinuz: &std::path::Path, out: &std::path::Path) -> Result<()> {
+    const XZ_MAGIC: &[u8] = &[0xfd, b'7', b'z', b'X', b'Z', 0];
+    let image = std::fs::read(vmlinuz)?;
+    let start = image
+        .windows(XZ_MAGIC.len())
+        .position(|w| w == XZ_MAGIC)
+        .context("no xz stream in vmlinuz")?;
+    let dir = out.parent().context("no parent")?;
+    let xz = dir.join("vmlinux.xz");
+    let elf = dir.join("vmlinux");
+    std::fs::write(&xz, &image[start..])?;
+    let decompressed = Command::new("xz")
+        .args(["-dc", "--single-stream"])
+        .arg(&xz)
+        .output()?;
+    // xz complains about the bytes after the stream; the stream itself is whole.
+    if decompressed.stdout.len() < 1 << 20 {
+        bail!(
+            "xz gave no kernel: {}",
+            String::from_utf8_lossy(&decompressed.stderr)
+        );
+    }
+    std::fs::write(&elf, &decompressed.stdout)?;
+    run(Command::new("objcopy")
+        .args(["-O", "binary", "--only-section=.BTF"])
+        .arg(&elf)
+        .arg(out))?;
+    std::fs::remove_file(&xz)?;
+    std::fs::remove_file(&elf)?;
+    Ok(())
+}
+
+/// The BTF of the first kernel in [`KERNELS`], extracted once and cached.
+pub fn second_kernel_btf() -> Result<PathBuf> {
+    let vmlinuz = vmlinuz(KERNELS[0])?;
+    let btf = vmlinuz.with_file_name("btf.bin");
+    if !btf.exists() {
+        extract_btf(&vmlinuz, &btf)?;
+    }
+    Ok(btf)
+}

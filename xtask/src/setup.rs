@@ -1,0 +1,158 @@
+//! Installing the eBPF toolchain and test dependencies, idempotently.
+//!
+//! bpf-linker has no prebuilt binary we can fetch, so it is built from its
+//! crate against the nightly toolchain's own libLLVM (the LLVM that emits our
+//! bitcode), into `.tools/` inside the workspace.
+
+use std::{ffi::OsString, path::PathBuf, process::Command};
+
+use anyhow::{bail, Context as _, Result};
+
+use crate::{root, run};
+
+/// bpf-linker release known to work with this setup.
+const BPF_LINKER_VERSION: &str = "0.13.0";
+
+fn tools() -> PathBuf {
+    root().join(".tools")
+}
+
+/// PATH with `.tools/bin` first.
+pub fn path_with_tools() -> OsString {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::join_paths(std::iter::once(tools().join("bin")).chain(std::env::split_paths(&path)))
+        .unwrap_or(path)
+}
+
+fn output(cmd: &mut Command) -> Result<String> {
+    let out = cmd
+        .output()
+        .with_context(|| format!("cannot start {:?}", cmd.get_program()))?;
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn nightly_sysroot() -> Result<PathBuf> {
+    let out = output(Command::new("rustc").args(["+nightly", "--print", "sysroot"])).context(
+        "a nightly toolchain is needed to build eBPF (rustup toolchain install nightly)",
+    )?;
+    Ok(PathBuf::from(out.trim()))
+}
+
+fn ensure_rust_src(sysroot: &std::path::Path) -> Result<()> {
+    if sysroot.join("lib/rustlib/src/rust/library/core").is_dir() {
+        return Ok(());
+    }
+    eprintln!("xtask: installing rust-src for nightly");
+    run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
+}
+
+fn ensure_bpf_linker(sysroot: &std::path::Path) -> Result<()> {
+    let bin = tools().join("bin/bpf-linker");
+    if bin.exists() {
+        return Ok(());
+    }
+    let version = output(Command::new("rustc").args(["+nightly", "-vV"]))?;
+    let llvm = version
+        .lines()
+        .find_map(|l| l.strip_prefix("LLVM version: "))
+        .context("nightly rustc does not say its LLVM version")?;
+    let major = llvm.split('.').next().unwrap_or_default();
+    // Link against the very libLLVM that nightly rustc uses.
+    let lib = std::fs::read_dir(sysroot.join("lib"))?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("libLLVM.so."))
+        })
+        .context("nightly toolchain has no libLLVM.so.*")?;
+    let prefix = tools().join("llvm");
+    let libdir = prefix.join("lib");
+    std::fs::create_dir_all(&libdir)?;
+    for name in ["libLLVM.so".into(), lib.file_name().unwrap().to_owned()] {
+        let link = libdir.join::<&std::ffi::OsStr>(name.as_ref());
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(&lib, &link)?;
+    }
+    eprintln!("xtask: building bpf-linker {BPF_LINKER_VERSION} against nightly's LLVM {llvm} (about a minute)");
+    run(Command::new("cargo")
+        .args([
+            "install",
+            "bpf-linker",
+            "--locked",
+            "--version",
+            BPF_LINKER_VERSION,
+        ])
+        .args([
+            "--no-default-features",
+            "--features",
+            &format!("llvm-{major}"),
+        ])
+        .arg("--root")
+        .arg(tools())
+        .env("LLVM_PREFIX", &prefix))
+    .context("building bpf-linker")
+}
+
+/// Makes nightly rust-src and bpf-linker available. Cheap when they are.
+pub fn ensure() -> Result<()> {
+    let sysroot = nightly_sysroot()?;
+    ensure_rust_src(&sysroot)?;
+    ensure_bpf_linker(&sysroot)
+}
+
+fn have(cmd: &str) -> bool {
+    if cmd.starts_with('/') {
+        return std::path::Path::new(cmd).is_file();
+    }
+    std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+        .chain(["/usr/sbin".into(), "/sbin".into()])
+        .any(|d| d.join(cmd).is_file())
+}
+
+/// Debian packages the integration tests use: nginx (a real server that
+/// fails to bind), iproute2, and the tools that extract a second kernel's BTF.
+pub fn ensure_test_packages() -> Result<()> {
+    let wanted = [
+        ("nginx", "nginx"),
+        ("ip", "iproute2"),
+        ("objcopy", "binutils"),
+        ("xz", "xz-utils"),
+        ("setpriv", "util-linux"),
+        ("bpftool", "bpftool"),
+        // Debian's, not a per-user install: tests run it as other uids too.
+        ("/usr/bin/python3", "python3"),
+    ];
+    let missing: Vec<&str> = wanted
+        .iter()
+        .filter(|(cmd, _)| !have(cmd))
+        .map(|&(_, pkg)| pkg)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    eprintln!("xtask: installing {}", missing.join(" "));
+    run(Command::new("apt-get").arg("update").arg("-q"))?;
+    // policy-rc.d keeps the nginx package from starting a server on port 80.
+    let policy = std::path::Path::new("/usr/sbin/policy-rc.d");
+    let wrote_policy = !policy.exists();
+    if wrote_policy {
+        std::fs::write(policy, "#!/bin/sh\nexit 101\n")?;
+        run(Command::new("chmod").arg("755").arg(policy))?;
+    }
+    let result = run(Command::new("apt-get")
+        .args(["install", "-y", "-q", "--no-install-recommends"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive"));
+    if wrote_policy {
+        let _ = std::fs::remove_file(policy);
+    }
+    result
+}
