@@ -1,6 +1,302 @@
-use anyhow::Result;
+//! `cargo xtask bench`: what portwatch costs and how much it can carry.
+//!
+//! Every figure is a median over rounds in which runs without and with the
+//! tracer alternate, so both sides see the same machine noise. Load runs in a
+//! private network namespace on loopback.
+
+use std::{
+    io::{BufRead as _, BufReader},
+    path::Path,
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+
+/// Options of `cargo xtask bench`.
 #[derive(clap::Args)]
-pub struct Options {}
-pub fn run(_o: &Options) -> Result<()> {
-    anyhow::bail!("todo")
+pub struct Options {
+    /// Rounds per figure (each round measures without and with the tracer).
+    #[arg(long, default_value_t = 5)]
+    rounds: usize,
+    /// Seconds each storm lasts.
+    #[arg(long, default_value_t = 3)]
+    storm_secs: u64,
+    /// Extra arguments for `portwatch watch`, e.g. `--backend fexit`.
+    #[arg(long, allow_hyphen_values = true)]
+    tracer_args: Vec<String>,
+}
+
+const PORT: u16 = 47000;
+
+/// Runs `f` on a thread inside a fresh network namespace with loopback up.
+fn in_netns<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    std::thread::spawn(move || {
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare: run as root");
+        let ok = Command::new("ip").args(["link", "set", "lo", "up"]).status().expect("ip");
+        assert!(ok.success());
+        f()
+    })
+    .join()
+    .expect("load thread panicked")
+}
+
+fn tcp_socket() -> i32 {
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) };
+    assert!(fd >= 0);
+    fd
+}
+
+fn bind(fd: i32, port: u16) -> i32 {
+    let addr = libc::sockaddr_in {
+        sin_family: libc::AF_INET as u16,
+        sin_port: port.to_be(),
+        sin_addr: libc::in_addr { s_addr: u32::from_be_bytes([127, 0, 0, 1]).to_be() },
+        sin_zero: [0; 8],
+    };
+    unsafe { libc::bind(fd, (&raw const addr).cast(), size_of::<libc::sockaddr_in>() as u32) }
+}
+
+/// A listener on PORT and a socket whose binds to PORT fail.
+fn conflict() -> (i32, i32) {
+    let holder = tcp_socket();
+    assert_eq!(bind(holder, PORT), 0);
+    assert_eq!(unsafe { libc::listen(holder, 1) }, 0);
+    (holder, tcp_socket())
+}
+
+#[derive(Clone, Copy)]
+enum Loop {
+    SocketBindClose,
+    FailingBind,
+    Getppid,
+}
+
+impl Loop {
+    fn name(self) -> &'static str {
+        match self {
+            Loop::SocketBindClose => "socket+bind+close",
+            Loop::FailingBind => "failing bind (EADDRINUSE)",
+            Loop::Getppid => "getppid (unrelated syscall)",
+        }
+    }
+
+    fn iterations(self) -> u32 {
+        match self {
+            Loop::SocketBindClose => 100_000,
+            Loop::FailingBind => 500_000,
+            Loop::Getppid => 2_000_000,
+        }
+    }
+
+    /// Nanoseconds per iteration.
+    fn measure(self) -> f64 {
+        in_netns(move || {
+            let n = self.iterations();
+            let (holder, loser) = conflict();
+            let start = Instant::now();
+            match self {
+                Loop::SocketBindClose => {
+                    for _ in 0..n {
+                        let fd = tcp_socket();
+                        assert_eq!(bind(fd, PORT + 1), 0);
+                        unsafe { libc::close(fd) };
+                    }
+                }
+                Loop::FailingBind => {
+                    for _ in 0..n {
+                        assert_eq!(bind(loser, PORT), -1);
+                    }
+                }
+                Loop::Getppid => {
+                    for _ in 0..n {
+                        std::hint::black_box(unsafe { libc::getppid() });
+                    }
+                }
+            }
+            let ns = start.elapsed().as_nanos() as f64 / f64::from(n);
+            unsafe {
+                libc::close(holder);
+                libc::close(loser);
+            }
+            ns
+        })
+    }
+}
+
+/// A running tracer whose stdout goes to /dev/null.
+struct Tracer {
+    child: Child,
+    notices: mpsc::Receiver<serde_json::Value>,
+    startup: Duration,
+    backend: String,
+}
+
+impl Tracer {
+    fn start(bin: &Path, extra: &[String]) -> Result<Tracer> {
+        let t0 = Instant::now();
+        let mut child = Command::new(bin)
+            .args(["watch", "--json"])
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        let (tx, notices) = mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Ok(v) = serde_json::from_str(&line) {
+                    let _ = tx.send(v);
+                }
+            }
+        });
+        let mut backend = String::new();
+        loop {
+            let v: serde_json::Value = notices
+                .recv_timeout(Duration::from_secs(30))
+                .context("portwatch did not become ready")?;
+            if v["type"] == "ready" {
+                backend = v["backend"].as_str().unwrap_or(&backend).to_owned();
+                break;
+            }
+        }
+        Ok(Tracer { child, notices, startup: t0.elapsed(), backend })
+    }
+
+    fn peak_rss_kib(&self) -> u64 {
+        std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("VmHWM:"))
+                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            })
+            .unwrap_or(0)
+    }
+
+    /// SIGINT, then the summary object.
+    fn stop(mut self) -> Result<serde_json::Value> {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGINT,
+        )?;
+        self.child.wait()?;
+        while let Ok(v) = self.notices.recv_timeout(Duration::from_secs(5)) {
+            if v["type"] == "summary" {
+                return Ok(v);
+            }
+        }
+        bail!("no summary from portwatch")
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+/// Failing binds at full speed (or `per_sec` paced) for `secs`; returns how many.
+fn storm(secs: u64, per_sec: Option<u64>) -> u64 {
+    in_netns(move || {
+        let (holder, loser) = conflict();
+        let start = Instant::now();
+        let end = start + Duration::from_secs(secs);
+        let mut n = 0u64;
+        while Instant::now() < end {
+            // Paced: stay on the schedule n / per_sec, in batches of 100.
+            if let Some(rate) = per_sec {
+                let due = start + Duration::from_nanos(n * 1_000_000_000 / rate);
+                while Instant::now() < due {
+                    std::hint::spin_loop();
+                }
+            }
+            for _ in 0..100 {
+                assert_eq!(bind(loser, PORT), -1);
+            }
+            n += 100;
+        }
+        unsafe {
+            libc::close(holder);
+            libc::close(loser);
+        }
+        n
+    })
+}
+
+/// Runs the benchmarks and prints a Markdown report.
+pub fn run(opts: &Options) -> Result<()> {
+    let bin = crate::build_release()?;
+    let rounds = opts.rounds.max(1);
+    let mut report = Vec::new();
+    let host = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let date = Command::new("date").arg("-u").arg("+%Y-%m-%d %H:%M UTC").output()?;
+    report.push(format!(
+        "Run {} on Linux {} ({} CPUs), {rounds} rounds, medians.",
+        String::from_utf8_lossy(&date.stdout).trim(),
+        host.trim(),
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    ));
+
+    // Syscall overhead, without and with the tracer, alternating.
+    let mut backend = String::new();
+    let mut startups = Vec::new();
+    report.push(String::new());
+    report.push("| loop | without (ns/op) | with (ns/op) | ratio |".into());
+    report.push("|---|---|---|---|".into());
+    for lp in [Loop::SocketBindClose, Loop::FailingBind, Loop::Getppid] {
+        let (mut off, mut on) = (Vec::new(), Vec::new());
+        for _ in 0..rounds {
+            off.push(lp.measure());
+            let t = Tracer::start(&bin, &opts.tracer_args)?;
+            startups.push(t.startup.as_secs_f64() * 1000.0);
+            backend = t.backend.clone();
+            on.push(lp.measure());
+            t.stop()?;
+        }
+        let (off, on) = (median(off), median(on));
+        eprintln!("bench: {} {off:.0} -> {on:.0} ns/op", lp.name());
+        report.push(format!("| {} | {off:.0} | {on:.0} | {:.2}x |", lp.name(), on / off));
+    }
+    report.push(String::new());
+    report.push(format!("Backend: {backend}."));
+    report.push(format!(
+        "Start-up (spawn to `ready`, release build): median {:.0} ms over {} starts.",
+        median(startups.clone()),
+        startups.len()
+    ));
+
+    // Storms: full speed with and without folding, then paced at 100 k/s.
+    report.push(String::new());
+    report.push("| storm | failures | failures/s | events shown | folded | lost | unaccounted | peak RSS |".into());
+    report.push("|---|---|---|---|---|---|---|---|".into());
+    let cases: [(&str, Option<u64>, &[&str]); 3] = [
+        ("full speed, default folding", None, &[]),
+        ("full speed, --fold-window 0", None, &["--fold-window", "0"]),
+        ("paced 100 k/s, --fold-window 0", Some(100_000), &["--fold-window", "0"]),
+    ];
+    for (name, rate, args) in cases {
+        let mut extra: Vec<String> = opts.tracer_args.clone();
+        extra.extend(args.iter().map(|s| s.to_string()));
+        let t = Tracer::start(&bin, &extra)?;
+        let n = storm(opts.storm_secs, rate);
+        // Let the reader drain before reading its memory and stopping it.
+        std::thread::sleep(Duration::from_millis(500));
+        let rss = t.peak_rss_kib();
+        let s = t.stop()?;
+        let get = |k: &str| s[k].as_u64().unwrap_or(0);
+        let folded = get("folded_shown") + get("folded_tail");
+        // Host noise (other binds on the machine) can only add to "matched".
+        let unaccounted = n as i64 - (get("shown") + folded + get("lost")) as i64;
+        eprintln!("bench: {name}: {s}");
+        report.push(format!(
+            "| {name} | {n} | {:.0} | {} | {folded} | {} | {unaccounted} | {:.1} MiB |",
+            n as f64 / opts.storm_secs as f64,
+            get("shown"),
+            get("lost"),
+            rss as f64 / 1024.0
+        ));
+    }
+    println!("{}", report.join("\n"));
+    Ok(())
 }
