@@ -153,6 +153,9 @@ pub struct Offsets {
     /// `socket.file`: a socket points back at its file, which tells a socket's
     /// `file.private_data` from another kind of file's.
     pub socket_file: u32,
+    /// `pt_regs` members holding a syscall's first three arguments (x86_64:
+    /// di, si, dx), for reading bind()/listen() arguments at sys_exit.
+    pub regs_arg: [u32; 3],
     /// `skc_reuse` (SO_REUSEADDR).
     pub reuse: BitLoc,
     /// `skc_reuseport`.
@@ -196,6 +199,10 @@ pub struct Config {
     pub trace_success: u32,
     /// Kernel structure offsets.
     pub offsets: Offsets,
+    /// Non-zero: the sys_exit tracepoints read the call's arguments from the
+    /// task's saved user registers (bpf_task_pt_regs, 5.15+), so no sys_enter
+    /// program is needed. Zero: they pair with sys_enter through `CALLS`.
+    pub args_from_regs: u32,
 }
 
 /// Arguments saved at sys_enter_{bind,listen}, keyed by pid_tgid, for the exit.
@@ -269,5 +276,5 @@ mod user {
 const _: () = assert!(size_of::<Event>() == 104);
 const _: () = assert!(size_of::<BitLoc>() == 8);
 const _: () = assert!(size_of::<FoldKey>() == 16);
-const _: () = assert!(size_of::<Offsets>() == 136);
-const _: () = assert!(size_of::<Config>() == 168);
+const _: () = assert!(size_of::<Offsets>() == 148);
+const _: () = assert!(size_of::<Config>() == 184);

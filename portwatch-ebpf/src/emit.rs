@@ -56,6 +56,10 @@ pub fn wanted(ret: i32) -> bool {
 }
 
 /// Filters, builds and sends the event for `call`, whose `ret` is `wanted`.
+///
+/// Ordered for the common storm: a retry loop failing on one port. What
+/// filtering and folding need is read first; a folded failure costs nothing
+/// more, and only events that are sent pay for the rest.
 #[inline(always)]
 pub fn handle(call: &Call) -> Result<(), i32> {
     let filters = conf!(filters);
@@ -64,31 +68,25 @@ pub fn handle(call: &Call) -> Result<(), i32> {
     if filters & FILTER_PID != 0 && unsafe { PIDS.get(&pid) }.is_none() {
         return Ok(());
     }
-    let uid_gid = bpf_get_current_uid_gid();
-    let uid = uid_gid as u32;
-    if filters & FILTER_UID != 0 && unsafe { UIDS.get(&uid) }.is_none() {
+    if filters & FILTER_UID != 0 && unsafe { UIDS.get(&(bpf_get_current_uid_gid() as u32)) }.is_none() {
         return Ok(());
     }
-    let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
-    if filters & FILTER_CGROUP != 0 && unsafe { CGROUPS.get(&cgroup_id) }.is_none() {
+    if filters & FILTER_CGROUP != 0
+        && unsafe { CGROUPS.get(&bpf_get_current_cgroup_id()) }.is_none()
+    {
         return Ok(());
     }
-    let comm = bpf_get_current_comm()?;
-    if filters & FILTER_COMM != 0 && unsafe { COMMS.get(&comm) }.is_none() {
+    if filters & FILTER_COMM != 0 && unsafe { COMMS.get(&bpf_get_current_comm()?) }.is_none() {
         return Ok(());
     }
 
     let mut ev = Event {
         pid,
         tid: pid_tgid as u32,
-        uid,
-        gid: (uid_gid >> 32) as u32,
-        cgroup_id,
         ret: call.ret,
         fd: call.fd,
         syscall: call.syscall,
         source: call.source,
-        comm,
         ..Event::default()
     };
     let socket = if call.socket != 0 {
@@ -96,7 +94,7 @@ pub fn handle(call: &Call) -> Result<(), i32> {
     } else {
         sock::socket_of_fd(call.fd)?
     };
-    let sk = sock::fill_from_socket(&mut ev, socket)?;
+    let sk = sock::fill_identity(&mut ev, socket)?;
     if call.syscall == SYSCALL_BIND {
         sock::fill_from_sockaddr(&mut ev, call.addr, call.addrlen, call.user_addr);
     } else {
@@ -112,56 +110,73 @@ pub fn handle(call: &Call) -> Result<(), i32> {
         return Ok(());
     }
     count(stat::SEEN);
-    ev.ppid = sock::current_ppid();
     ev.ts_boot_ns = unsafe { bpf_ktime_get_boot_ns() };
-    send(&mut ev);
+    let Some(state) = fold(&mut ev) else {
+        return Ok(());
+    };
+
+    let uid_gid = bpf_get_current_uid_gid();
+    ev.uid = uid_gid as u32;
+    ev.gid = (uid_gid >> 32) as u32;
+    ev.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    ev.comm = bpf_get_current_comm().unwrap_or_default();
+    ev.ppid = sock::current_ppid();
+    sock::fill_details(&mut ev, socket, sk);
+    send(&ev, state);
     Ok(())
 }
 
-/// Sends `ev`, unless an identical failure was sent less than the fold window
-/// ago: then it only adds to that key's pending count, which the next event
-/// sent for the key carries in `folded`. Every failure ends up sent, folded,
-/// or counted as lost; none disappears.
+/// Folds `ev` into its key's pending count if an identical failure was sent
+/// less than the fold window ago (returns `None`). Otherwise stamps the key,
+/// moves its pending count into `ev.folded`, and returns the key's state
+/// (null when folding is off or the table is full) for `send`.
 ///
 /// The fold state is per CPU, so no atomics are needed (a program is not
 /// preempted by another on its CPU); a storm spread over CPUs sends one event
 /// per CPU per window.
 #[inline(always)]
-fn send(ev: &mut Event) {
+fn fold(ev: &mut Event) -> Option<*mut FoldState> {
     let window = conf!(fold_window_ns);
-    let mut state: *mut FoldState = core::ptr::null_mut();
-    if window != 0 && ev.ret != 0 {
-        let key = FoldKey {
-            pid: ev.pid,
-            netns: ev.netns,
-            ret: ev.ret,
-            port: ev.port,
-            syscall: ev.syscall,
-            protocol: ev.protocol as u8,
-        };
-        match FOLDS.get_ptr_mut(&key) {
-            Some(st) => unsafe {
-                if ev.ts_boot_ns.wrapping_sub((*st).last_sent_ns) < window {
-                    (*st).pending += 1;
-                    count(stat::FOLDED);
-                    return;
-                }
-                (*st).last_sent_ns = ev.ts_boot_ns;
-                ev.folded = (*st).pending;
-                (*st).pending = 0;
-                state = st;
-            },
-            None => {
-                let fresh = FoldState {
-                    last_sent_ns: ev.ts_boot_ns,
-                    pending: 0,
-                };
-                if FOLDS.insert(&key, &fresh, BPF_NOEXIST as u64).is_err() {
-                    count(stat::FOLD_FULL);
-                }
+    if window == 0 || ev.ret == 0 {
+        return Some(core::ptr::null_mut());
+    }
+    let key = FoldKey {
+        pid: ev.pid,
+        netns: ev.netns,
+        ret: ev.ret,
+        port: ev.port,
+        syscall: ev.syscall,
+        protocol: ev.protocol as u8,
+    };
+    match FOLDS.get_ptr_mut(&key) {
+        Some(st) => unsafe {
+            if ev.ts_boot_ns.wrapping_sub((*st).last_sent_ns) < window {
+                (*st).pending += 1;
+                count(stat::FOLDED);
+                return None;
             }
+            (*st).last_sent_ns = ev.ts_boot_ns;
+            ev.folded = (*st).pending;
+            (*st).pending = 0;
+            Some(st)
+        },
+        None => {
+            let fresh = FoldState {
+                last_sent_ns: ev.ts_boot_ns,
+                pending: 0,
+            };
+            if FOLDS.insert(&key, &fresh, BPF_NOEXIST as u64).is_err() {
+                count(stat::FOLD_FULL);
+            }
+            Some(core::ptr::null_mut())
         }
     }
+}
+
+/// Writes `ev` to the ring buffer; when it is full, counts the loss and gives
+/// the folded repeats back to the key so the next event still carries them.
+#[inline(always)]
+fn send(ev: &Event, state: *mut FoldState) {
     match EVENTS.reserve::<Event>(0) {
         Some(mut slot) => {
             slot.write(*ev);
@@ -171,7 +186,6 @@ fn send(ev: &mut Event) {
         None => {
             count(stat::LOST);
             if !state.is_null() {
-                // Give the repeats back so the next event still carries them.
                 unsafe { (*state).pending += ev.folded };
             }
         }

@@ -2,7 +2,7 @@
 //! enter/exit pairing both syscalls share.
 
 use aya_ebpf::{
-    helpers::bpf_get_current_pid_tgid,
+    helpers::{bpf_get_current_pid_tgid, bpf_get_current_task_btf, bpf_task_pt_regs},
     macros::{fexit, tracepoint},
     programs::{FExitContext, TracePointContext},
 };
@@ -11,6 +11,7 @@ use portwatch_common::{stat, PendingCall, SOURCE_FEXIT, SOURCE_TRACEPOINT, SYSCA
 use crate::{
     config::{conf, count, CALLS},
     emit::{self, Call},
+    sock::read,
 };
 
 /// Saves listen()'s fd for `sys_exit_listen`.
@@ -66,21 +67,46 @@ pub fn enter(ctx: &TracePointContext, with_addr: bool) {
     let _ = CALLS.insert(&bpf_get_current_pid_tgid(), &call, 0);
 }
 
-/// Pairs a syscall's exit with its recorded entry and reports it if wanted.
+/// The call's arguments from the task's saved user registers: they still
+/// hold them at sys_exit, which saves a sys_enter program and a map round trip.
+#[inline(always)]
+fn args_from_regs() -> Result<PendingCall, i32> {
+    let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as u64;
+    let [fd, addr, len] = conf!(offsets.regs_arg);
+    Ok(PendingCall {
+        fd: read::<u64>(regs, fd)? as i32,
+        addr_ptr: read::<u64>(regs, addr)?,
+        addrlen: read::<u64>(regs, len)? as i32,
+    })
+}
+
+/// Reports a returning call if wanted, with its arguments from the saved
+/// registers or from its recorded entry.
 #[inline(always)]
 pub fn exit(ctx: &TracePointContext, syscall: u8) {
+    let from_regs = conf!(args_from_regs) != 0;
     let id = bpf_get_current_pid_tgid();
     let off_ret = conf!(offsets.tp_ret) as usize;
     let ret = unsafe { ctx.read_at::<i64>(off_ret) }.unwrap_or(0) as i32;
     if !emit::wanted(ret) {
-        let _ = CALLS.remove(&id);
+        if !from_regs {
+            let _ = CALLS.remove(&id);
+        }
         return;
     }
-    let Some(call) = (unsafe { CALLS.get(&id) }).copied() else {
-        count(stat::NO_ENTRY);
-        return;
+    let call = if from_regs {
+        match args_from_regs() {
+            Ok(call) => call,
+            Err(_) => return,
+        }
+    } else {
+        let Some(call) = (unsafe { CALLS.get(&id) }).copied() else {
+            count(stat::NO_ENTRY);
+            return;
+        };
+        let _ = CALLS.remove(&id);
+        call
     };
-    let _ = CALLS.remove(&id);
     let _ = emit::handle(&Call {
         syscall,
         source: SOURCE_TRACEPOINT,

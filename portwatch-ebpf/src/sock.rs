@@ -49,11 +49,11 @@ pub fn socket_of_fd(fd: i32) -> Result<u64, i32> {
     Ok(socket)
 }
 
-/// Fills the socket's family, protocol, options, netns and device into `ev`.
-/// Returns the `struct sock *`, or an error for a socket that is not
-/// AF_INET/AF_INET6 (those are not reported).
+/// Fills what identifies the socket (family, protocol, netns) into `ev`:
+/// all that filtering and folding need. Returns the `struct sock *`, or an
+/// error for a socket that is not AF_INET/AF_INET6 (those are not reported).
 #[inline(always)]
-pub fn fill_from_socket(ev: &mut Event, socket: u64) -> Result<u64, i32> {
+pub fn fill_identity(ev: &mut Event, socket: u64) -> Result<u64, i32> {
     let sk: u64 = read(socket, conf!(offsets.socket_sk))?;
     if sk == 0 {
         return Err(-1);
@@ -63,12 +63,19 @@ pub fn fill_from_socket(ev: &mut Event, socket: u64) -> Result<u64, i32> {
         return Err(-1);
     }
     ev.family = family;
-    ev.sock_type = read(socket, conf!(offsets.socket_type)).unwrap_or(0);
     ev.protocol = read(sk, conf!(offsets.sk_protocol)).unwrap_or(0);
-    ev.bound_dev_if = read(sk, conf!(offsets.sk_bound_dev_if)).unwrap_or(0);
     if let Ok(net) = read::<u64>(sk, conf!(offsets.sk_net)) {
         ev.netns = read(net, conf!(offsets.net_inum)).unwrap_or(0);
     }
+    Ok(sk)
+}
+
+/// Fills the rest of the socket's state (type, device, options): only for
+/// events that will be sent.
+#[inline(always)]
+pub fn fill_details(ev: &mut Event, socket: u64, sk: u64) {
+    ev.sock_type = read(socket, conf!(offsets.socket_type)).unwrap_or(0);
+    ev.bound_dev_if = read(sk, conf!(offsets.sk_bound_dev_if)).unwrap_or(0);
     let mut opts = OPT_VALID;
     if read_bits(sk, conf!(offsets.reuse)) != 0 {
         opts |= OPT_REUSEADDR;
@@ -89,7 +96,6 @@ pub fn fill_from_socket(ev: &mut Event, socket: u64) -> Result<u64, i32> {
         opts |= OPT_BIND_ADDRESS_NO_PORT;
     }
     ev.opts = opts;
-    Ok(sk)
 }
 
 /// The first 24 bytes of a sockaddr_in / sockaddr_in6.

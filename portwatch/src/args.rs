@@ -56,6 +56,18 @@ pub enum BackendChoice {
     Tracepoint,
 }
 
+/// How the tracepoint backend learns bind()'s arguments.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
+pub enum ArgsSource {
+    /// Saved registers when the kernel allows it, else entry pairing.
+    #[default]
+    Auto,
+    /// Read them at sys_exit from the task's saved registers (5.15+).
+    Regs,
+    /// Record them at sys_enter and pair by thread.
+    Entry,
+}
+
 /// `portwatch watch`.
 #[derive(Debug, Args)]
 pub struct WatchArgs {
@@ -125,6 +137,10 @@ pub struct WatchArgs {
     /// Seconds between reports of lost events on stderr (only when some were lost).
     #[arg(long, value_name = "SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
     pub stats_interval: u64,
+
+    /// How the tracepoint backend gets bind()'s arguments (for tests).
+    #[arg(long, value_enum, default_value_t = ArgsSource::Auto, hide = true)]
+    pub tracepoint_args: ArgsSource,
 
     /// Read kernel type information from this BTF file instead of
     /// /sys/kernel/btf/vmlinux (for kernels built without it).

@@ -13,7 +13,12 @@ use portwatch_common::{
     Config, FILTER_CGROUP, FILTER_COMM, FILTER_NETNS, FILTER_PID, FILTER_PORT, FILTER_UID,
 };
 
-use crate::{args::BackendChoice, btf::Btf, filter::Errno, offsets};
+use crate::{
+    args::{ArgsSource, BackendChoice},
+    btf::Btf,
+    filter::Errno,
+    offsets,
+};
 
 /// The system cannot run portwatch (exit status 3), as opposed to a failure
 /// while running.
@@ -52,6 +57,8 @@ pub struct Settings {
     pub ring_bytes: u32,
     /// BTF file to read instead of the kernel's.
     pub btf: Option<PathBuf>,
+    /// Tracepoint backend: where bind()'s arguments come from.
+    pub args_source: ArgsSource,
 }
 
 impl Settings {
@@ -215,14 +222,10 @@ fn attach_fexit(ebpf: &mut Ebpf, btf: &aya::Btf) -> Result<()> {
     Ok(())
 }
 
-fn attach_tracepoints(ebpf: &mut Ebpf) -> Result<()> {
+fn attach_tracepoints(ebpf: &mut Ebpf, with_entry: bool) -> Result<()> {
     // Entries first, so no exit is seen without its entry once all are attached.
-    for name in [
-        "sys_enter_bind",
-        "sys_enter_listen",
-        "sys_exit_bind",
-        "sys_exit_listen",
-    ] {
+    let entries: &[&str] = if with_entry { &["sys_enter_bind", "sys_enter_listen"] } else { &[] };
+    for &name in entries.iter().chain(&["sys_exit_bind", "sys_exit_listen"]) {
         let p: &mut TracePoint = ebpf
             .program_mut(name)
             .ok_or_else(|| anyhow!("eBPF object has no program {name}"))?
@@ -309,16 +312,38 @@ pub fn load(settings: &Settings, choice: BackendChoice) -> Result<Loaded> {
     offsets::TracepointFormats::read(tracefs)
         .and_then(|f| f.apply(&mut config.offsets))
         .map_err(|e| unsupported(format!("{e:#}")))?;
+    let mut regs_error = None;
+    if settings.args_source != ArgsSource::Entry {
+        config.args_from_regs = 1;
+        let mut ebpf = object(settings, &config)?;
+        fill_filters(&mut ebpf, settings)?;
+        match attach_tracepoints(&mut ebpf, false) {
+            Ok(()) => {
+                let why = tracepoint_why(fexit_error, "sys_exit only, arguments from saved registers");
+                return Ok(Loaded { ebpf, backend: Backend::Tracepoint, why });
+            }
+            Err(e) if settings.args_source == ArgsSource::Regs => {
+                return Err(unsupported(format!("{e}: {}", root(&e))));
+            }
+            // Dropping `ebpf` detaches whatever did attach.
+            Err(e) => regs_error = Some(root(&e)),
+        }
+    }
+    config.args_from_regs = 0;
     let mut ebpf = object(settings, &config)?;
     fill_filters(&mut ebpf, settings)?;
-    attach_tracepoints(&mut ebpf).map_err(|e| unsupported(format!("{e}: {}", root(&e))))?;
-    let why = match fexit_error {
-        Some(e) => format!("fexit unavailable: {e}"),
-        None => "asked for".into(),
+    attach_tracepoints(&mut ebpf, true).map_err(|e| unsupported(format!("{e}: {}", root(&e))))?;
+    let how = match regs_error {
+        Some(e) => format!("sys_enter + sys_exit; saved registers unreadable: {e}"),
+        None => "sys_enter + sys_exit".to_owned(),
     };
-    Ok(Loaded {
-        ebpf,
-        backend: Backend::Tracepoint,
-        why,
-    })
+    let why = tracepoint_why(fexit_error, &how);
+    Ok(Loaded { ebpf, backend: Backend::Tracepoint, why })
+}
+
+fn tracepoint_why(fexit_error: Option<String>, how: &str) -> String {
+    match fexit_error {
+        Some(e) => format!("{how}; fexit unavailable: {e}"),
+        None => format!("{how}; asked for"),
+    }
 }

@@ -79,6 +79,7 @@ pub fn resolve(btf: &Btf) -> Result<Offsets, BtfError> {
         sk_net: sk_common("skc_net")?,
         sk_protocol: o("sock", "sk_protocol")?,
         net_inum: o("net", "ns.inum")?,
+        regs_arg: syscall_arg_regs(btf)?,
         tp_fd: 0,
         tp_addr: 0,
         tp_addrlen: 0,
@@ -100,6 +101,19 @@ pub fn resolve(btf: &Btf) -> Result<Offsets, BtfError> {
             "bind_address_no_port",
         )?,
     })
+}
+
+/// `pt_regs` members that hold a syscall's first three arguments.
+fn syscall_arg_regs(btf: &Btf) -> Result<[u32; 3], BtfError> {
+    #[cfg(target_arch = "x86_64")]
+    let names = ["di", "si", "dx"];
+    #[cfg(not(target_arch = "x86_64"))]
+    compile_error!("portwatch reads syscall arguments from x86_64 registers; port syscall_arg_regs");
+    let mut out = [0; 3];
+    for (slot, name) in out.iter_mut().zip(names) {
+        *slot = byte_offset(btf, "pt_regs", name)?;
+    }
+    Ok(out)
 }
 
 /// Offset of `field` in a tracepoint's `format` text.

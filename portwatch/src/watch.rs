@@ -128,6 +128,7 @@ fn settings(args: &WatchArgs) -> Settings {
         fold_window_ns: args.fold_window.saturating_mul(1_000_000),
         ring_bytes: args.ring_size * 1024,
         btf: args.btf.clone(),
+        args_source: args.tracepoint_args,
     }
 }
 

@@ -59,6 +59,25 @@ fn tcp_v4_bind_eaddrinuse_has_every_field() {
     assert!(status.success(), "{status}");
 }
 
+/// The tracepoint backend's two ways of learning bind()'s arguments (saved
+/// registers at sys_exit, or sys_enter paired with sys_exit) see the same.
+#[test]
+fn tracepoint_argument_sources_agree() {
+    let ns = Netns::new("pw-args");
+    let port = port();
+    let regs = Tracer::start(&["--netns", &ns.arg(), "--backend", "tracepoint", "--tracepoint-args", "regs"]);
+    let entry = Tracer::start(&["--netns", &ns.arg(), "--backend", "tracepoint", "--tracepoint-args", "entry"]);
+    assert!(regs.backend()["why"].as_str().unwrap().contains("saved registers"), "{}", regs.backend());
+    assert!(entry.backend()["why"].as_str().unwrap().contains("sys_enter"), "{}", entry.backend());
+    ns.run(move || drop(conflict(v4(port), false)));
+    let (mut a, mut b) = (regs.event(), entry.event());
+    assert_ours(&a, &ns);
+    assert_eq!(a["port"], port, "{a}");
+    a.as_object_mut().unwrap().remove("ts");
+    b.as_object_mut().unwrap().remove("ts");
+    assert_eq!(a, b);
+}
+
 #[test]
 fn tcp_v6_and_socket_options() {
     let ns = Netns::new("pw-tcp6");
