@@ -68,7 +68,9 @@ pub fn handle(call: &Call) -> Result<(), i32> {
     if filters & FILTER_PID != 0 && unsafe { PIDS.get(&pid) }.is_none() {
         return Ok(());
     }
-    if filters & FILTER_UID != 0 && unsafe { UIDS.get(&(bpf_get_current_uid_gid() as u32)) }.is_none() {
+    if filters & FILTER_UID != 0
+        && unsafe { UIDS.get(&(bpf_get_current_uid_gid() as u32)) }.is_none()
+    {
         return Ok(());
     }
     if filters & FILTER_CGROUP != 0

@@ -70,14 +70,14 @@ pub fn enter(ctx: &TracePointContext, with_addr: bool) {
 /// The call's arguments from the task's saved user registers: they still
 /// hold them at sys_exit, which saves a sys_enter program and a map round trip.
 #[inline(always)]
-fn args_from_regs() -> Result<PendingCall, i32> {
+fn args_from_regs() -> PendingCall {
     let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as u64;
     let [fd, addr, len] = conf!(offsets.regs_arg);
-    Ok(PendingCall {
-        fd: read::<u64>(regs, fd)? as i32,
-        addr_ptr: read::<u64>(regs, addr)?,
-        addrlen: read::<u64>(regs, len)? as i32,
-    })
+    PendingCall {
+        fd: read::<u64>(regs, fd) as i32,
+        addr_ptr: read::<u64>(regs, addr),
+        addrlen: read::<u64>(regs, len) as i32,
+    }
 }
 
 /// Reports a returning call if wanted, with its arguments from the saved
@@ -95,10 +95,7 @@ pub fn exit(ctx: &TracePointContext, syscall: u8) {
         return;
     }
     let call = if from_regs {
-        match args_from_regs() {
-            Ok(call) => call,
-            Err(_) => return,
-        }
+        args_from_regs()
     } else {
         let Some(call) = (unsafe { CALLS.get(&id) }).copied() else {
             count(stat::NO_ENTRY);

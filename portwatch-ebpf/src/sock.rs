@@ -1,6 +1,9 @@
 //! Reading kernel memory at offsets the loader found in BTF.
 
-use aya_ebpf::helpers::{bpf_get_current_task, bpf_probe_read_kernel, bpf_probe_read_user};
+use aya_ebpf::helpers::{
+    bpf_get_current_task,
+    generated::{bpf_probe_read_kernel, bpf_probe_read_user},
+};
 use portwatch_common::{
     BitLoc, Event, AF_INET, AF_INET6, OPT_BIND_ADDRESS_NO_PORT, OPT_FREEBIND, OPT_REUSEADDR,
     OPT_REUSEPORT, OPT_TRANSPARENT, OPT_V6ONLY, OPT_VALID,
@@ -8,21 +11,36 @@ use portwatch_common::{
 
 use crate::config::conf;
 
-/// Reads a `T` at `base + off` in kernel memory.
+/// Reads a `T` (plain integers only) at `base + off` in kernel memory; zero
+/// when the read faults. The helper zero-fills on failure, so there is no
+/// branch: fewer paths for the verifier, which keeps start-up fast. A chain
+/// of reads from a bad pointer ends in zeros that the callers' few checks
+/// (family, back-pointer) reject.
 #[inline(always)]
-pub fn read<T>(base: u64, off: u32) -> Result<T, i32> {
-    unsafe { bpf_probe_read_kernel((base + off as u64) as *const T) }
+pub fn read<T: Default>(base: u64, off: u32) -> T {
+    let mut v = T::default();
+    unsafe {
+        bpf_probe_read_kernel(
+            (&raw mut v).cast(),
+            size_of::<T>() as u32,
+            (base + off as u64) as *const _,
+        )
+    };
+    v
+}
+
+/// `read` from user memory.
+#[inline(always)]
+fn read_user<T: Default>(ptr: u64) -> T {
+    let mut v = T::default();
+    unsafe { bpf_probe_read_user((&raw mut v).cast(), size_of::<T>() as u32, ptr as *const _) };
+    v
 }
 
 #[inline(always)]
 fn read_bits(base: u64, loc: BitLoc) -> u8 {
-    if loc.width == 0 {
-        return 0;
-    }
-    match read::<u8>(base, loc.off) {
-        Ok(byte) => (byte >> (loc.shift & 7)) & (((1u16 << loc.width) - 1) as u8),
-        Err(_) => 0,
-    }
+    let byte: u8 = read(base, loc.off);
+    (byte >> (loc.shift & 7)) & (((1u16 << (loc.width & 15)) - 1) as u8)
 }
 
 /// The current task's `struct socket *` for `fd`, checked to be a socket.
@@ -32,18 +50,18 @@ pub fn socket_of_fd(fd: i32) -> Result<u64, i32> {
         return Err(-1);
     }
     let task = unsafe { bpf_get_current_task() };
-    let files: u64 = read(task, conf!(offsets.task_files))?;
-    let fdt: u64 = read(files, conf!(offsets.files_fdt))?;
-    let max_fds: u32 = read(fdt, conf!(offsets.fdt_max_fds))?;
+    let files: u64 = read(task, conf!(offsets.task_files));
+    let fdt: u64 = read(files, conf!(offsets.files_fdt));
+    let max_fds: u32 = read(fdt, conf!(offsets.fdt_max_fds));
     if fd as u32 >= max_fds {
         return Err(-1);
     }
-    let fd_array: u64 = read(fdt, conf!(offsets.fdt_fd))?;
-    let file: u64 = read(fd_array, (fd as u32) * 8)?;
-    let socket: u64 = read(file, conf!(offsets.file_private_data))?;
+    let fd_array: u64 = read(fdt, conf!(offsets.fdt_fd));
+    let file: u64 = read(fd_array, (fd as u32) * 8);
+    let socket: u64 = read(file, conf!(offsets.file_private_data));
     // private_data is only a socket for socket files: the socket points back.
-    let back: u64 = read(socket, conf!(offsets.socket_file))?;
-    if socket == 0 || back != file {
+    let back: u64 = read(socket, conf!(offsets.socket_file));
+    if file == 0 || back != file {
         return Err(-1);
     }
     Ok(socket)
@@ -54,19 +72,15 @@ pub fn socket_of_fd(fd: i32) -> Result<u64, i32> {
 /// error for a socket that is not AF_INET/AF_INET6 (those are not reported).
 #[inline(always)]
 pub fn fill_identity(ev: &mut Event, socket: u64) -> Result<u64, i32> {
-    let sk: u64 = read(socket, conf!(offsets.socket_sk))?;
-    if sk == 0 {
-        return Err(-1);
-    }
-    let family: u16 = read(sk, conf!(offsets.sk_family))?;
+    let sk: u64 = read(socket, conf!(offsets.socket_sk));
+    let family: u16 = read(sk, conf!(offsets.sk_family));
     if family != AF_INET && family != AF_INET6 {
         return Err(-1);
     }
     ev.family = family;
-    ev.protocol = read(sk, conf!(offsets.sk_protocol)).unwrap_or(0);
-    if let Ok(net) = read::<u64>(sk, conf!(offsets.sk_net)) {
-        ev.netns = read(net, conf!(offsets.net_inum)).unwrap_or(0);
-    }
+    ev.protocol = read(sk, conf!(offsets.sk_protocol));
+    let net: u64 = read(sk, conf!(offsets.sk_net));
+    ev.netns = read(net, conf!(offsets.net_inum));
     Ok(sk)
 }
 
@@ -74,8 +88,8 @@ pub fn fill_identity(ev: &mut Event, socket: u64) -> Result<u64, i32> {
 /// events that will be sent.
 #[inline(always)]
 pub fn fill_details(ev: &mut Event, socket: u64, sk: u64) {
-    ev.sock_type = read(socket, conf!(offsets.socket_type)).unwrap_or(0);
-    ev.bound_dev_if = read(sk, conf!(offsets.sk_bound_dev_if)).unwrap_or(0);
+    ev.sock_type = read(socket, conf!(offsets.socket_type));
+    ev.bound_dev_if = read(sk, conf!(offsets.sk_bound_dev_if));
     let mut opts = OPT_VALID;
     if read_bits(sk, conf!(offsets.reuse)) != 0 {
         opts |= OPT_REUSEADDR;
@@ -100,6 +114,7 @@ pub fn fill_details(ev: &mut Event, socket: u64, sk: u64) {
 
 /// The first 24 bytes of a sockaddr_in / sockaddr_in6.
 #[repr(C)]
+#[derive(Default)]
 struct SockaddrHead {
     family: u16,
     port_be: u16,
@@ -111,34 +126,26 @@ struct SockaddrHead {
 /// memory (tracepoints) or the kernel's copy (fexit).
 #[inline(always)]
 pub fn fill_from_sockaddr(ev: &mut Event, ptr: u64, len: i32, user: bool) {
-    // An AF_INET request is 16 bytes; reading 24 could cross into an unmapped page.
+    // An AF_INET request is 16 bytes; reading 24 could cross into an unmapped
+    // page, and a failed read gives all zeros.
     if ptr == 0 || len < 16 {
         return;
     }
-    let head: Result<SockaddrHead, i32> = if len >= 24 {
-        unsafe {
-            if user {
-                bpf_probe_read_user(ptr as *const SockaddrHead)
-            } else {
-                bpf_probe_read_kernel(ptr as *const SockaddrHead)
-            }
+    let head: SockaddrHead = if len >= 24 {
+        if user {
+            read_user(ptr)
+        } else {
+            read(ptr, 0)
         }
     } else {
-        let short: Result<[u8; 16], i32> = unsafe {
-            if user {
-                bpf_probe_read_user(ptr as *const [u8; 16])
-            } else {
-                bpf_probe_read_kernel(ptr as *const [u8; 16])
-            }
-        };
-        short.map(|b| SockaddrHead {
+        let b: [u8; 16] = if user { read_user(ptr) } else { read(ptr, 0) };
+        SockaddrHead {
             family: u16::from_ne_bytes([b[0], b[1]]),
             port_be: u16::from_ne_bytes([b[2], b[3]]),
             v4_or_flowinfo: [b[4], b[5], b[6], b[7]],
             v6: [0; 16],
-        })
+        }
     };
-    let Ok(head) = head else { return };
     ev.port = u16::from_be(head.port_be);
     if head.family == AF_INET6 && len >= 24 {
         ev.addr = head.v6;
@@ -150,11 +157,11 @@ pub fn fill_from_sockaddr(ev: &mut Event, ptr: u64, len: i32, user: bool) {
 /// Copies the address and port a socket is bound to (for listen()).
 #[inline(always)]
 pub fn fill_from_bound(ev: &mut Event, sk: u64) {
-    ev.port = read(sk, conf!(offsets.sk_num)).unwrap_or(0);
+    ev.port = read(sk, conf!(offsets.sk_num));
     if ev.family == AF_INET6 {
-        ev.addr = read(sk, conf!(offsets.sk_v6_rcv_saddr)).unwrap_or([0; 16]);
+        ev.addr = read(sk, conf!(offsets.sk_v6_rcv_saddr));
     } else {
-        let v4: [u8; 4] = read(sk, conf!(offsets.sk_rcv_saddr)).unwrap_or([0; 4]);
+        let v4: [u8; 4] = read(sk, conf!(offsets.sk_rcv_saddr));
         ev.addr[..4].copy_from_slice(&v4);
     }
 }
@@ -163,8 +170,6 @@ pub fn fill_from_bound(ev: &mut Event, sk: u64) {
 #[inline(always)]
 pub fn current_ppid() -> u32 {
     let task = unsafe { bpf_get_current_task() };
-    match read::<u64>(task, conf!(offsets.task_real_parent)) {
-        Ok(parent) => read(parent, conf!(offsets.task_tgid)).unwrap_or(0),
-        Err(_) => 0,
-    }
+    let parent: u64 = read(task, conf!(offsets.task_real_parent));
+    read(parent, conf!(offsets.task_tgid))
 }

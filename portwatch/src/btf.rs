@@ -6,7 +6,7 @@
 //! and the one maintained standalone parser (btf-rs) is LGPL, which does not
 //! fit this crate's MIT/Apache licence. The format is small and stable.
 
-use std::{collections::HashMap, path::Path};
+use std::path::Path;
 
 use bytes::Buf;
 use thiserror::Error;
@@ -33,17 +33,14 @@ pub enum BtfError {
 const MAGIC: u16 = 0xeb9f;
 
 const KIND_INT: u32 = 1;
-const KIND_PTR: u32 = 2;
 const KIND_ARRAY: u32 = 3;
 const KIND_STRUCT: u32 = 4;
 const KIND_UNION: u32 = 5;
 const KIND_ENUM: u32 = 6;
-const KIND_FWD: u32 = 7;
 const KIND_TYPEDEF: u32 = 8;
 const KIND_VOLATILE: u32 = 9;
 const KIND_CONST: u32 = 10;
 const KIND_RESTRICT: u32 = 11;
-const KIND_FUNC: u32 = 12;
 const KIND_FUNC_PROTO: u32 = 13;
 const KIND_VAR: u32 = 14;
 const KIND_DATASEC: u32 = 15;
@@ -51,33 +48,30 @@ const KIND_FLOAT: u32 = 16;
 const KIND_DECL_TAG: u32 = 17;
 const KIND_TYPE_TAG: u32 = 18;
 const KIND_ENUM64: u32 = 19;
+const KIND_PTR: u32 = 2;
 
-#[derive(Debug, Clone)]
-struct Member {
-    name: u32,
-    ty: u32,
-    bit_offset: u32,
-    bitfield_size: u32,
+/// Bytes that follow a type's 12-byte header.
+fn trailer(kind: u32, vlen: usize) -> Option<usize> {
+    Some(match kind {
+        KIND_INT | KIND_VAR | KIND_DECL_TAG => 4,
+        KIND_ARRAY => 12,
+        KIND_STRUCT | KIND_UNION | KIND_DATASEC | KIND_ENUM64 => vlen * 12,
+        KIND_ENUM | KIND_FUNC_PROTO => vlen * 8,
+        1..=19 => 0,
+        _ => return None,
+    })
 }
 
-#[derive(Debug, Clone)]
-enum Type {
-    /// Struct or union.
-    Composite {
-        size: u32,
-        members: Vec<Member>,
-    },
-    /// Typedefs and qualifiers: look through to `ty`.
-    Alias {
-        ty: u32,
-    },
-    Enum {
-        values: Vec<(u32, i64)>,
-    },
-    /// Anything whose inside we never need.
-    Opaque {
-        size: u32,
-    },
+/// One type's header, read on demand from the raw section.
+#[derive(Debug, Clone, Copy)]
+struct Header {
+    name: u32,
+    kind: u32,
+    vlen: usize,
+    kind_flag: bool,
+    size_or_type: u32,
+    /// Offset of the trailer in the type section.
+    body: usize,
 }
 
 /// A member found by path: where it starts and how wide it is.
@@ -91,15 +85,19 @@ pub struct Field {
     pub size: u32,
 }
 
-/// Parsed BTF.
+/// BTF, kept raw: only an index of where each type starts is built, and the
+/// few types portwatch asks about are decoded when asked. This keeps the
+/// loader's memory small (the kernel's BTF has some 150,000 types).
 pub struct Btf {
-    /// Index 0 is void.
-    types: Vec<Type>,
+    types: Vec<u8>,
     strings: Vec<u8>,
-    /// Struct and union ids by name; complete definitions only.
-    by_name: HashMap<String, Vec<u32>>,
-    /// Every enum, named or not (the kernel declares many anonymously).
-    enums: Vec<u32>,
+    /// Offset of each type id's header in `types`; index 0 (void) unused.
+    index: Vec<u32>,
+}
+
+fn u32_at(b: &[u8], off: usize) -> u32 {
+    let mut s = &b[off..off + 4];
+    s.get_u32_le()
 }
 
 impl Btf {
@@ -134,181 +132,113 @@ impl Btf {
                 .and_then(|range| data.get(range))
                 .ok_or(BtfError::Malformed("section out of bounds"))
         };
+        let types = section(type_off, type_len)?.to_vec();
         let strings = section(str_off, str_len)?.to_vec();
-        let mut buf = section(type_off, type_len)?;
-
-        let mut btf = Btf {
-            types: vec![Type::Opaque { size: 0 }],
-            strings,
-            by_name: HashMap::new(),
-            enums: Vec::new(),
-        };
-        let short = BtfError::Malformed("truncated type");
-        while buf.has_remaining() {
-            if buf.remaining() < 12 {
-                return Err(short);
+        let mut index = vec![0];
+        let mut pos = 0;
+        while pos < types.len() {
+            if types.len() - pos < 12 {
+                return Err(BtfError::Malformed("truncated type"));
             }
-            let name = buf.get_u32_le();
-            let info = buf.get_u32_le();
-            let size_or_type = buf.get_u32_le();
-            let kind = (info >> 24) & 0x1f;
-            let vlen = (info & 0xffff) as usize;
-            let kind_flag = info >> 31 == 1;
-            let need = |n: usize| -> Result<(), BtfError> {
-                if buf.remaining() < n {
-                    Err(BtfError::Malformed("truncated type"))
-                } else {
-                    Ok(())
-                }
-            };
-            let id = btf.types.len() as u32;
-            let ty = match kind {
-                KIND_INT => {
-                    need(4)?;
-                    buf.advance(4);
-                    Type::Opaque { size: size_or_type }
-                }
-                KIND_PTR => Type::Opaque { size: 8 },
-                KIND_ARRAY => {
-                    need(12)?;
-                    let elem = buf.get_u32_le();
-                    let _index = buf.get_u32_le();
-                    let n = buf.get_u32_le();
-                    // Only the size matters to us; resolved lazily would be
-                    // nicer, but element types always come first in vmlinux.
-                    let elem_size = btf.size_of(elem).unwrap_or(0);
-                    Type::Opaque {
-                        size: elem_size.saturating_mul(n),
-                    }
-                }
-                KIND_STRUCT | KIND_UNION => {
-                    need(vlen * 12)?;
-                    let members = (0..vlen)
-                        .map(|_| {
-                            let name = buf.get_u32_le();
-                            let ty = buf.get_u32_le();
-                            let offset = buf.get_u32_le();
-                            let (bit_offset, bitfield_size) = if kind_flag {
-                                (offset & 0xff_ffff, offset >> 24)
-                            } else {
-                                (offset, 0)
-                            };
-                            Member {
-                                name,
-                                ty,
-                                bit_offset,
-                                bitfield_size,
-                            }
-                        })
-                        .collect();
-                    btf.index(name, id);
-                    Type::Composite {
-                        size: size_or_type,
-                        members,
-                    }
-                }
-                KIND_ENUM => {
-                    need(vlen * 8)?;
-                    let values = (0..vlen)
-                        .map(|_| (buf.get_u32_le(), i64::from(buf.get_i32_le())))
-                        .collect();
-                    btf.enums.push(id);
-                    Type::Enum { values }
-                }
-                KIND_ENUM64 => {
-                    need(vlen * 12)?;
-                    let values = (0..vlen)
-                        .map(|_| {
-                            let name = buf.get_u32_le();
-                            let lo = u64::from(buf.get_u32_le());
-                            let hi = u64::from(buf.get_u32_le());
-                            (name, (hi << 32 | lo) as i64)
-                        })
-                        .collect();
-                    btf.enums.push(id);
-                    Type::Enum { values }
-                }
-                KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | KIND_TYPE_TAG => {
-                    Type::Alias { ty: size_or_type }
-                }
-                KIND_FWD | KIND_FUNC => Type::Opaque { size: 0 },
-                KIND_FLOAT => Type::Opaque { size: size_or_type },
-                KIND_FUNC_PROTO => {
-                    need(vlen * 8)?;
-                    buf.advance(vlen * 8);
-                    Type::Opaque { size: 0 }
-                }
-                KIND_VAR | KIND_DECL_TAG => {
-                    need(4)?;
-                    buf.advance(4);
-                    Type::Opaque { size: 0 }
-                }
-                KIND_DATASEC => {
-                    need(vlen * 12)?;
-                    buf.advance(vlen * 12);
-                    Type::Opaque { size: size_or_type }
-                }
-                _ => return Err(BtfError::Malformed("unknown type kind")),
-            };
-            btf.types.push(ty);
+            let info = u32_at(&types, pos + 4);
+            let len = trailer((info >> 24) & 0x1f, (info & 0xffff) as usize)
+                .ok_or(BtfError::Malformed("unknown type kind"))?;
+            index.push(pos as u32);
+            pos += 12 + len;
         }
-        Ok(btf)
+        if pos != types.len() {
+            return Err(BtfError::Malformed("truncated type"));
+        }
+        Ok(Btf {
+            types,
+            strings,
+            index,
+        })
     }
 
-    fn index(&mut self, name_off: u32, id: u32) {
-        if name_off != 0 {
-            let name = self.name(name_off).to_owned();
-            self.by_name.entry(name).or_default().push(id);
-        }
+    fn header(&self, id: u32) -> Option<Header> {
+        let pos = *self.index.get(id as usize).filter(|_| id != 0)? as usize;
+        let info = u32_at(&self.types, pos + 4);
+        Some(Header {
+            name: u32_at(&self.types, pos),
+            kind: (info >> 24) & 0x1f,
+            vlen: (info & 0xffff) as usize,
+            kind_flag: info >> 31 == 1,
+            size_or_type: u32_at(&self.types, pos + 8),
+            body: pos + 12,
+        })
     }
 
-    fn name(&self, off: u32) -> &str {
+    fn name(&self, off: u32) -> &[u8] {
         let rest = self.strings.get(off as usize..).unwrap_or_default();
         let end = rest.iter().position(|&b| b == 0).unwrap_or(rest.len());
-        std::str::from_utf8(&rest[..end]).unwrap_or("")
+        &rest[..end]
     }
 
     /// Follows typedefs and qualifiers to the underlying type.
-    fn resolve(&self, mut id: u32) -> Option<&Type> {
+    fn resolve(&self, mut id: u32) -> Option<Header> {
         for _ in 0..32 {
-            match self.types.get(id as usize)? {
-                Type::Alias { ty } => id = *ty,
-                other => return Some(other),
+            let h = self.header(id)?;
+            match h.kind {
+                KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | KIND_TYPE_TAG => {
+                    id = h.size_or_type;
+                }
+                _ => return Some(h),
             }
         }
         None
     }
 
     fn size_of(&self, id: u32) -> Option<u32> {
-        match self.resolve(id)? {
-            Type::Composite { size, .. } | Type::Opaque { size } => Some(*size),
-            Type::Enum { .. } => Some(4),
-            Type::Alias { .. } => None,
+        let h = self.resolve(id)?;
+        match h.kind {
+            KIND_INT | KIND_STRUCT | KIND_UNION | KIND_ENUM | KIND_ENUM64 | KIND_FLOAT => {
+                Some(h.size_or_type)
+            }
+            KIND_PTR => Some(8),
+            KIND_ARRAY => {
+                let elem = u32_at(&self.types, h.body);
+                let n = u32_at(&self.types, h.body + 8);
+                Some(self.size_of(elem)?.saturating_mul(n))
+            }
+            _ => None,
         }
     }
 
-    /// The composite type named `name` (`struct sock`, ...).
+    /// The struct or union named `name` (a complete definition).
     fn composite(&self, name: &str) -> Option<u32> {
-        self.by_name
-            .get(name)?
-            .iter()
-            .copied()
-            .find(|&id| matches!(self.types[id as usize], Type::Composite { .. }))
+        (1..self.index.len() as u32).find(|&id| {
+            self.header(id).is_some_and(|h| {
+                matches!(h.kind, KIND_STRUCT | KIND_UNION) && self.name(h.name) == name.as_bytes()
+            })
+        })
     }
 
     /// Finds `member` directly in composite `id`, looking inside anonymous
-    /// structs and unions. Returns (bit offset within `id`, member).
-    fn find_member(&self, id: u32, member: &str) -> Option<(u32, Member)> {
-        let Type::Composite { members, .. } = self.resolve(id)? else {
+    /// structs and unions. Returns (bit offset within `id`, type, bitfield size).
+    fn find_member(&self, id: u32, member: &str) -> Option<(u32, u32, u32)> {
+        let h = self.resolve(id)?;
+        if !matches!(h.kind, KIND_STRUCT | KIND_UNION) {
             return None;
-        };
-        for m in members {
-            if m.name == 0 {
-                if let Some((off, found)) = self.find_member(m.ty, member) {
-                    return Some((m.bit_offset + off, found));
+        }
+        for i in 0..h.vlen {
+            let at = h.body + i * 12;
+            let (name, ty, offset) = (
+                u32_at(&self.types, at),
+                u32_at(&self.types, at + 4),
+                u32_at(&self.types, at + 8),
+            );
+            let (bit_offset, bitfield) = if h.kind_flag {
+                (offset & 0xff_ffff, offset >> 24)
+            } else {
+                (offset, 0)
+            };
+            if name == 0 {
+                if let Some((off, ty, bits)) = self.find_member(ty, member) {
+                    return Some((bit_offset + off, ty, bits));
                 }
-            } else if self.name(m.name) == member {
-                return Some((m.bit_offset, m.clone()));
+            } else if self.name(name) == member.as_bytes() {
+                return Some((bit_offset, ty, bitfield));
             }
         }
         None
@@ -319,31 +249,42 @@ impl Btf {
         let missing = || BtfError::Missing(format!("{strukt}.{path}"));
         let mut id = self.composite(strukt).ok_or_else(missing)?;
         let mut bit_offset = 0;
-        let mut last = None;
+        let mut bitfield_size = 0;
         for part in path.split('.') {
-            let (off, member) = self.find_member(id, part).ok_or_else(missing)?;
+            let (off, ty, bits) = self.find_member(id, part).ok_or_else(missing)?;
             bit_offset += off;
-            id = member.ty;
-            last = Some(member);
+            id = ty;
+            bitfield_size = bits;
         }
-        let member = last.ok_or_else(missing)?;
         Ok(Field {
             bit_offset,
-            bitfield_size: member.bitfield_size,
-            size: self.size_of(member.ty).unwrap_or(0),
+            bitfield_size,
+            size: self.size_of(id).unwrap_or(0),
         })
     }
 
-    /// The value of enumerator `name`, searched in every enum.
+    /// The value of enumerator `name`, searched in every enum (the kernel
+    /// declares many anonymously).
     pub fn enum_value(&self, name: &str) -> Option<i64> {
-        self.enums
-            .iter()
-            .find_map(|&id| match &self.types[id as usize] {
-                Type::Enum { values } => values
-                    .iter()
-                    .find(|(n, _)| self.name(*n) == name)
-                    .map(|&(_, v)| v),
-                _ => None,
+        (1..self.index.len() as u32).find_map(|id| {
+            let h = self.header(id)?;
+            let (stride, wide) = match h.kind {
+                KIND_ENUM => (8, false),
+                KIND_ENUM64 => (12, true),
+                _ => return None,
+            };
+            (0..h.vlen).find_map(|i| {
+                let at = h.body + i * stride;
+                if self.name(u32_at(&self.types, at)) != name.as_bytes() {
+                    return None;
+                }
+                let lo = u32_at(&self.types, at + 4);
+                Some(if wide {
+                    (u64::from(u32_at(&self.types, at + 8)) << 32 | u64::from(lo)) as i64
+                } else {
+                    i64::from(lo as i32)
+                })
             })
+        })
     }
 }

@@ -224,7 +224,11 @@ fn attach_fexit(ebpf: &mut Ebpf, btf: &aya::Btf) -> Result<()> {
 
 fn attach_tracepoints(ebpf: &mut Ebpf, with_entry: bool) -> Result<()> {
     // Entries first, so no exit is seen without its entry once all are attached.
-    let entries: &[&str] = if with_entry { &["sys_enter_bind", "sys_enter_listen"] } else { &[] };
+    let entries: &[&str] = if with_entry {
+        &["sys_enter_bind", "sys_enter_listen"]
+    } else {
+        &[]
+    };
     for &name in entries.iter().chain(&["sys_exit_bind", "sys_exit_listen"]) {
         let p: &mut TracePoint = ebpf
             .program_mut(name)
@@ -248,10 +252,10 @@ fn root(e: &anyhow::Error) -> String {
         .to_owned()
 }
 
-fn object(settings: &Settings, config: &Config) -> Result<Ebpf> {
-    EbpfLoader::new()
+/// Loads the object with `config` as its CONFIG.
+fn object<'a>(loader: &mut EbpfLoader<'a>, config: &'a Config) -> Result<Ebpf> {
+    loader
         .override_global("CONFIG", config, true)
-        .map_max_entries("EVENTS", settings.ring_bytes)
         .load(aya::include_bytes_aligned!(concat!(
             env!("OUT_DIR"),
             "/portwatch"
@@ -273,16 +277,29 @@ pub fn load(settings: &Settings, choice: BackendChoice) -> Result<Loaded> {
             "this kernel has no BTF (/sys/kernel/btf/vmlinux is missing; it needs CONFIG_DEBUG_INFO_BTF=y, or pass --btf FILE)".to_owned()
         }));
     }
-    let btf = Btf::from_file(&btf_path).map_err(|e| unsupported(e.to_string()))?;
-    let mut config = settings.config();
-    config.offsets = offsets::resolve(&btf)
-        .map_err(|e| unsupported(format!("cannot read socket fields on this kernel: {e}")))?;
+    let mut base = settings.config();
+    base.offsets = Btf::from_file(&btf_path)
+        .map_err(|e| unsupported(e.to_string()))
+        .and_then(|btf| {
+            offsets::resolve(&btf)
+                .map_err(|e| unsupported(format!("cannot read socket fields on this kernel: {e}")))
+        })?;
+
+    // Declared before the loader, which borrows them.
+    let fexit_config = base;
+    let (regs_config, entry_config);
+    let mut loader = EbpfLoader::new();
+    // The programs carry no CO-RE relocations (offsets come from `base`), so
+    // the kernel BTF aya parsed for them is not needed: free it now.
+    loader
+        .btf(None)
+        .map_max_entries("EVENTS", settings.ring_bytes);
 
     let mut fexit_error = None;
     if choice != BackendChoice::Tracepoint {
         let aya_btf = aya::Btf::parse_file(&btf_path, aya::Endianness::default())
             .map_err(|e| unsupported(format!("cannot parse BTF {}: {e}", btf_path.display())))?;
-        let mut ebpf = object(settings, &config)?;
+        let mut ebpf = object(&mut loader, &fexit_config)?;
         fill_filters(&mut ebpf, settings)?;
         match attach_fexit(&mut ebpf, &aya_btf) {
             Ok(()) => {
@@ -309,28 +326,40 @@ pub fn load(settings: &Settings, choice: BackendChoice) -> Result<Loaded> {
     }
 
     let tracefs = tracefs()?;
+    let mut tp = base;
     offsets::TracepointFormats::read(tracefs)
-        .and_then(|f| f.apply(&mut config.offsets))
+        .and_then(|f| f.apply(&mut tp.offsets))
         .map_err(|e| unsupported(format!("{e:#}")))?;
+    regs_config = Config {
+        args_from_regs: 1,
+        ..tp
+    };
+    entry_config = Config {
+        args_from_regs: 0,
+        ..tp
+    };
+
     let mut regs_error = None;
     if settings.args_source != ArgsSource::Entry {
-        config.args_from_regs = 1;
-        let mut ebpf = object(settings, &config)?;
+        let mut ebpf = object(&mut loader, &regs_config)?;
         fill_filters(&mut ebpf, settings)?;
         match attach_tracepoints(&mut ebpf, false) {
             Ok(()) => {
-                let why = tracepoint_why(fexit_error, "sys_exit only, arguments from saved registers");
-                return Ok(Loaded { ebpf, backend: Backend::Tracepoint, why });
+                let why =
+                    tracepoint_why(fexit_error, "sys_exit only, arguments from saved registers");
+                return Ok(Loaded {
+                    ebpf,
+                    backend: Backend::Tracepoint,
+                    why,
+                });
             }
             Err(e) if settings.args_source == ArgsSource::Regs => {
                 return Err(unsupported(format!("{e}: {}", root(&e))));
             }
-            // Dropping `ebpf` detaches whatever did attach.
             Err(e) => regs_error = Some(root(&e)),
         }
     }
-    config.args_from_regs = 0;
-    let mut ebpf = object(settings, &config)?;
+    let mut ebpf = object(&mut loader, &entry_config)?;
     fill_filters(&mut ebpf, settings)?;
     attach_tracepoints(&mut ebpf, true).map_err(|e| unsupported(format!("{e}: {}", root(&e))))?;
     let how = match regs_error {
@@ -338,7 +367,11 @@ pub fn load(settings: &Settings, choice: BackendChoice) -> Result<Loaded> {
         None => "sys_enter + sys_exit".to_owned(),
     };
     let why = tracepoint_why(fexit_error, &how);
-    Ok(Loaded { ebpf, backend: Backend::Tracepoint, why })
+    Ok(Loaded {
+        ebpf,
+        backend: Backend::Tracepoint,
+        why,
+    })
 }
 
 fn tracepoint_why(fexit_error: Option<String>, how: &str) -> String {

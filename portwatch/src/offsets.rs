@@ -108,7 +108,9 @@ fn syscall_arg_regs(btf: &Btf) -> Result<[u32; 3], BtfError> {
     #[cfg(target_arch = "x86_64")]
     let names = ["di", "si", "dx"];
     #[cfg(not(target_arch = "x86_64"))]
-    compile_error!("portwatch reads syscall arguments from x86_64 registers; port syscall_arg_regs");
+    compile_error!(
+        "portwatch reads syscall arguments from x86_64 registers; port syscall_arg_regs"
+    );
     let mut out = [0; 3];
     for (slot, name) in out.iter_mut().zip(names) {
         *slot = byte_offset(btf, "pt_regs", name)?;

@@ -159,6 +159,9 @@ pub async fn run(args: WatchArgs) -> Result<()> {
     let ring: RingBuf<MapData> = take(&mut ebpf, "EVENTS")?;
     let stats: PerCpuArray<MapData, u64> = take(&mut ebpf, "STATS")?;
     let folds: PerCpuHashMap<MapData, FoldKey, FoldState> = take(&mut ebpf, "FOLDS")?;
+    // Start-up parsed the kernel's BTF (megabytes); hand that memory back.
+    // SAFETY: malloc_trim only releases free heap pages.
+    unsafe { libc::malloc_trim(0) };
     // SAFETY: the RingBuf owns its fd and lives inside the AsyncFd, so the fd
     // stays open for as long as it is registered.
     let mut ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }

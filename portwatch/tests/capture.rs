@@ -65,10 +65,38 @@ fn tcp_v4_bind_eaddrinuse_has_every_field() {
 fn tracepoint_argument_sources_agree() {
     let ns = Netns::new("pw-args");
     let port = port();
-    let regs = Tracer::start(&["--netns", &ns.arg(), "--backend", "tracepoint", "--tracepoint-args", "regs"]);
-    let entry = Tracer::start(&["--netns", &ns.arg(), "--backend", "tracepoint", "--tracepoint-args", "entry"]);
-    assert!(regs.backend()["why"].as_str().unwrap().contains("saved registers"), "{}", regs.backend());
-    assert!(entry.backend()["why"].as_str().unwrap().contains("sys_enter"), "{}", entry.backend());
+    let regs = Tracer::start(&[
+        "--netns",
+        &ns.arg(),
+        "--backend",
+        "tracepoint",
+        "--tracepoint-args",
+        "regs",
+    ]);
+    let entry = Tracer::start(&[
+        "--netns",
+        &ns.arg(),
+        "--backend",
+        "tracepoint",
+        "--tracepoint-args",
+        "entry",
+    ]);
+    assert!(
+        regs.backend()["why"]
+            .as_str()
+            .unwrap()
+            .contains("saved registers"),
+        "{}",
+        regs.backend()
+    );
+    assert!(
+        entry.backend()["why"]
+            .as_str()
+            .unwrap()
+            .contains("sys_enter"),
+        "{}",
+        entry.backend()
+    );
     ns.run(move || drop(conflict(v4(port), false)));
     let (mut a, mut b) = (regs.event(), entry.event());
     assert_ours(&a, &ns);

@@ -12,7 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{bail, Context as _, Result};
 
 /// Options of `cargo xtask bench`.
 #[derive(clap::Args)]
@@ -34,7 +34,10 @@ const PORT: u16 = 47000;
 fn in_netns<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
     std::thread::spawn(move || {
         nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare: run as root");
-        let ok = Command::new("ip").args(["link", "set", "lo", "up"]).status().expect("ip");
+        let ok = Command::new("ip")
+            .args(["link", "set", "lo", "up"])
+            .status()
+            .expect("ip");
         assert!(ok.success());
         f()
     })
@@ -52,10 +55,18 @@ fn bind(fd: i32, port: u16) -> i32 {
     let addr = libc::sockaddr_in {
         sin_family: libc::AF_INET as u16,
         sin_port: port.to_be(),
-        sin_addr: libc::in_addr { s_addr: u32::from_be_bytes([127, 0, 0, 1]).to_be() },
+        sin_addr: libc::in_addr {
+            s_addr: u32::from_be_bytes([127, 0, 0, 1]).to_be(),
+        },
         sin_zero: [0; 8],
     };
-    unsafe { libc::bind(fd, (&raw const addr).cast(), size_of::<libc::sockaddr_in>() as u32) }
+    unsafe {
+        libc::bind(
+            fd,
+            (&raw const addr).cast(),
+            size_of::<libc::sockaddr_in>() as u32,
+        )
+    }
 }
 
 /// A listener on PORT and a socket whose binds to PORT fail.
@@ -161,7 +172,12 @@ impl Tracer {
                 break;
             }
         }
-        Ok(Tracer { child, notices, startup: t0.elapsed(), backend })
+        Ok(Tracer {
+            child,
+            notices,
+            startup: t0.elapsed(),
+            backend,
+        })
     }
 
     fn peak_rss_kib(&self) -> u64 {
@@ -230,7 +246,10 @@ pub fn run(opts: &Options) -> Result<()> {
     let rounds = opts.rounds.max(1);
     let mut report = Vec::new();
     let host = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    let date = Command::new("date").arg("-u").arg("+%Y-%m-%d %H:%M UTC").output()?;
+    let date = Command::new("date")
+        .arg("-u")
+        .arg("+%Y-%m-%d %H:%M UTC")
+        .output()?;
     report.push(format!(
         "Run {} on Linux {} ({} CPUs), {rounds} rounds, medians.",
         String::from_utf8_lossy(&date.stdout).trim(),
@@ -256,7 +275,11 @@ pub fn run(opts: &Options) -> Result<()> {
         }
         let (off, on) = (median(off), median(on));
         eprintln!("bench: {} {off:.0} -> {on:.0} ns/op", lp.name());
-        report.push(format!("| {} | {off:.0} | {on:.0} | {:.2}x |", lp.name(), on / off));
+        report.push(format!(
+            "| {} | {off:.0} | {on:.0} | {:.2}x |",
+            lp.name(),
+            on / off
+        ));
     }
     report.push(String::new());
     report.push(format!("Backend: {backend}."));
@@ -268,12 +291,19 @@ pub fn run(opts: &Options) -> Result<()> {
 
     // Storms: full speed with and without folding, then paced at 100 k/s.
     report.push(String::new());
-    report.push("| storm | failures | failures/s | events shown | folded | lost | unaccounted | peak RSS |".into());
+    report.push(
+        "| storm | failures | failures/s | events shown | folded | lost | unaccounted | peak RSS |"
+            .into(),
+    );
     report.push("|---|---|---|---|---|---|---|---|".into());
     let cases: [(&str, Option<u64>, &[&str]); 3] = [
         ("full speed, default folding", None, &[]),
         ("full speed, --fold-window 0", None, &["--fold-window", "0"]),
-        ("paced 100 k/s, --fold-window 0", Some(100_000), &["--fold-window", "0"]),
+        (
+            "paced 100 k/s, --fold-window 0",
+            Some(100_000),
+            &["--fold-window", "0"],
+        ),
     ];
     for (name, rate, args) in cases {
         let mut extra: Vec<String> = opts.tracer_args.clone();
