@@ -217,29 +217,29 @@ pub struct PendingCall {
     pub addrlen: i32,
 }
 
-/// Identifies a stream of identical failures for folding.
+/// Identifies a stream of identical failures for folding: one process, one
+/// requested port, one call, one errno. Only what the call itself carries,
+/// so a failure can be folded before the socket is read.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct FoldKey {
     /// Thread group id.
     pub pid: u32,
-    /// Network namespace inode.
-    pub netns: u32,
     /// Negative errno.
     pub ret: i32,
     /// Port.
     pub port: u16,
     /// `SYSCALL_*`.
     pub syscall: u8,
-    /// IPPROTO_* truncated to a byte (TCP and UDP fit).
-    pub protocol: u8,
+    /// Explicit padding; always zero.
+    pub _pad: u8,
 }
 
 /// Folding state of one `FoldKey`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FoldState {
-    /// CLOCK_BOOTTIME of the last event sent for this key.
+    /// CLOCK_MONOTONIC_COARSE of the last event sent for this key.
     pub last_sent_ns: u64,
     /// Failures folded since then, not yet carried by an event.
     pub pending: u64,
@@ -247,7 +247,7 @@ pub struct FoldState {
 
 /// Indices of the per-CPU `STATS` counters.
 pub mod stat {
-    /// Calls that matched every filter and the errno set.
+    /// Unused (matched = sent + folded + lost, so it is not counted twice).
     pub const SEEN: u32 = 0;
     /// Events written to the ring buffer.
     pub const SENT: u32 = 1;
@@ -275,6 +275,6 @@ mod user {
 // The layout is the contract with the eBPF side: catch accidental changes.
 const _: () = assert!(size_of::<Event>() == 104);
 const _: () = assert!(size_of::<BitLoc>() == 8);
-const _: () = assert!(size_of::<FoldKey>() == 16);
+const _: () = assert!(size_of::<FoldKey>() == 12);
 const _: () = assert!(size_of::<Offsets>() == 148);
 const _: () = assert!(size_of::<Config>() == 184);

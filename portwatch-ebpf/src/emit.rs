@@ -8,8 +8,8 @@ use aya_ebpf::{
     },
 };
 use portwatch_common::{
-    stat, Event, FoldKey, FoldState, FILTER_CGROUP, FILTER_COMM, FILTER_NETNS, FILTER_PID,
-    FILTER_PORT, FILTER_UID, SYSCALL_BIND,
+    stat, Event, FoldKey, FoldState, AF_INET, AF_INET6, FILTER_CGROUP, FILTER_COMM, FILTER_NETNS,
+    FILTER_PID, FILTER_PORT, FILTER_UID, SYSCALL_BIND,
 };
 
 use crate::{
@@ -91,16 +91,20 @@ pub fn handle(call: &Call) -> Result<(), i32> {
         source: call.source,
         ..Event::default()
     };
-    let socket = if call.socket != 0 {
-        call.socket
-    } else {
-        sock::socket_of_fd(call.fd)?
-    };
-    let sk = sock::fill_identity(&mut ev, socket)?;
+    // bind()'s requested port is in its own sockaddr: filter and fold on it
+    // before walking to the socket. listen()'s port is in the socket.
+    let mut walked = None;
+    let mut sa_family = 0;
     if call.syscall == SYSCALL_BIND {
-        sock::fill_from_sockaddr(&mut ev, call.addr, call.addrlen, call.user_addr);
+        sock::fill_sockaddr_port(&mut ev, call.addr, call.addrlen, call.user_addr);
+        sa_family = ev.family;
+        if ev.family != AF_INET && ev.family != AF_INET6 {
+            return Ok(());
+        }
     } else {
+        let (socket, sk) = walk(call, &mut ev)?;
         sock::fill_from_bound(&mut ev, sk);
+        walked = Some((socket, sk));
     }
     if filters & FILTER_PORT != 0 {
         let word = PORTS.get(ev.port as u32 / 32).copied().unwrap_or(0);
@@ -108,24 +112,53 @@ pub fn handle(call: &Call) -> Result<(), i32> {
             return Ok(());
         }
     }
-    if filters & FILTER_NETNS != 0 && unsafe { NETNS.get(&ev.netns) }.is_none() {
-        return Ok(());
+    if filters & FILTER_NETNS != 0 {
+        if walked.is_none() {
+            walked = Some(walk(call, &mut ev)?);
+        }
+        if unsafe { NETNS.get(&ev.netns) }.is_none() {
+            return Ok(());
+        }
     }
-    count(stat::SEEN);
-    ev.ts_boot_ns = unsafe { bpf_ktime_get_boot_ns() };
     let Some(state) = fold(&mut ev) else {
         return Ok(());
     };
+    ev.ts_boot_ns = unsafe { bpf_ktime_get_boot_ns() };
 
+    // From here on the event will be sent (or counted lost): read the rest.
+    // A socket that cannot be read is still reported, with `opts` invalid,
+    // so that every failure counted is accounted for.
+    let walked = match walked {
+        Some(w) => Some(w),
+        None => walk(call, &mut ev).ok(),
+    };
+    if let Some((socket, sk)) = walked {
+        sock::fill_details(&mut ev, socket, sk);
+    }
+    if call.syscall == SYSCALL_BIND {
+        sock::fill_sockaddr_addr(&mut ev, sa_family, call.addr, call.addrlen, call.user_addr);
+    }
     let uid_gid = bpf_get_current_uid_gid();
     ev.uid = uid_gid as u32;
     ev.gid = (uid_gid >> 32) as u32;
     ev.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
     ev.comm = bpf_get_current_comm().unwrap_or_default();
     ev.ppid = sock::current_ppid();
-    sock::fill_details(&mut ev, socket, sk);
     send(&ev, state);
     Ok(())
+}
+
+/// The call's `struct socket *` and `struct sock *`, with the socket's
+/// family, protocol and netns filled into `ev`.
+#[inline(always)]
+fn walk(call: &Call, ev: &mut Event) -> Result<(u64, u64), i32> {
+    let socket = if call.socket != 0 {
+        call.socket
+    } else {
+        sock::socket_of_fd(call.fd)?
+    };
+    let sk = sock::fill_identity(ev, socket)?;
+    Ok((socket, sk))
 }
 
 /// Folds `ev` into its key's pending count if an identical failure was sent
@@ -142,29 +175,29 @@ fn fold(ev: &mut Event) -> Option<*mut FoldState> {
     if window == 0 || ev.ret == 0 {
         return Some(core::ptr::null_mut());
     }
+    let now = unsafe { bpf_ktime_get_boot_ns() };
     let key = FoldKey {
         pid: ev.pid,
-        netns: ev.netns,
         ret: ev.ret,
         port: ev.port,
         syscall: ev.syscall,
-        protocol: ev.protocol as u8,
+        _pad: 0,
     };
     match FOLDS.get_ptr_mut(&key) {
         Some(st) => unsafe {
-            if ev.ts_boot_ns.wrapping_sub((*st).last_sent_ns) < window {
+            if now.wrapping_sub((*st).last_sent_ns) < window {
                 (*st).pending += 1;
                 count(stat::FOLDED);
                 return None;
             }
-            (*st).last_sent_ns = ev.ts_boot_ns;
+            (*st).last_sent_ns = now;
             ev.folded = (*st).pending;
             (*st).pending = 0;
             Some(st)
         },
         None => {
             let fresh = FoldState {
-                last_sent_ns: ev.ts_boot_ns,
+                last_sent_ns: now,
                 pending: 0,
             };
             if FOLDS.insert(&key, &fresh, BPF_NOEXIST as u64).is_err() {

@@ -112,45 +112,39 @@ pub fn fill_details(ev: &mut Event, socket: u64, sk: u64) {
     ev.opts = opts;
 }
 
-/// The first 24 bytes of a sockaddr_in / sockaddr_in6.
-#[repr(C)]
-#[derive(Default)]
-struct SockaddrHead {
-    family: u16,
-    port_be: u16,
-    v4_or_flowinfo: [u8; 4],
-    v6: [u8; 16],
-}
-
-/// Copies the requested port and address out of bind()'s sockaddr, from user
-/// memory (tracepoints) or the kernel's copy (fexit).
+/// Copies the requested family and port out of bind()'s sockaddr, from user
+/// memory (tracepoints) or the kernel's copy (fexit): the first four bytes,
+/// all that filtering and folding need.
 #[inline(always)]
-pub fn fill_from_sockaddr(ev: &mut Event, ptr: u64, len: i32, user: bool) {
-    // An AF_INET request is 16 bytes; reading 24 could cross into an unmapped
-    // page, and a failed read gives all zeros.
-    if ptr == 0 || len < 16 {
+pub fn fill_sockaddr_port(ev: &mut Event, ptr: u64, len: i32, user: bool) {
+    if ptr == 0 || len < 4 {
         return;
     }
-    let head: SockaddrHead = if len >= 24 {
-        if user {
-            read_user(ptr)
+    // A failed read gives zeros, which no family matches.
+    let head: [u8; 4] = if user { read_user(ptr) } else { read(ptr, 0) };
+    // The socket's own family replaces this once it is read.
+    ev.family = u16::from_ne_bytes([head[0], head[1]]);
+    ev.port = u16::from_be_bytes([head[2], head[3]]);
+}
+
+/// Copies the requested address out of bind()'s sockaddr (for events sent).
+#[inline(always)]
+pub fn fill_sockaddr_addr(ev: &mut Event, sa_family: u16, ptr: u64, len: i32, user: bool) {
+    // sockaddr_in: the IPv4 address at byte 4; sockaddr_in6: flowinfo at 4,
+    // the address at 8. Read only within `len`: past it may be unmapped.
+    if sa_family == AF_INET6 && len >= 24 {
+        ev.addr = if user {
+            read_user(ptr + 8)
         } else {
-            read(ptr, 0)
-        }
-    } else {
-        let b: [u8; 16] = if user { read_user(ptr) } else { read(ptr, 0) };
-        SockaddrHead {
-            family: u16::from_ne_bytes([b[0], b[1]]),
-            port_be: u16::from_ne_bytes([b[2], b[3]]),
-            v4_or_flowinfo: [b[4], b[5], b[6], b[7]],
-            v6: [0; 16],
-        }
-    };
-    ev.port = u16::from_be(head.port_be);
-    if head.family == AF_INET6 && len >= 24 {
-        ev.addr = head.v6;
-    } else if head.family == AF_INET {
-        ev.addr[..4].copy_from_slice(&head.v4_or_flowinfo);
+            read(ptr, 8)
+        };
+    } else if sa_family == AF_INET && len >= 8 {
+        let v4: [u8; 4] = if user {
+            read_user(ptr + 4)
+        } else {
+            read(ptr, 4)
+        };
+        ev.addr[..4].copy_from_slice(&v4);
     }
 }
 

@@ -169,7 +169,7 @@ pub struct Opts {
 
 impl Opts {
     fn from_bits(bits: u8) -> Option<Self> {
-        (bits & common::OPT_VALID != 0).then(|| Self {
+        (bits & common::OPT_VALID != 0).then_some(Self {
             reuseaddr: bits & common::OPT_REUSEADDR != 0,
             reuseport: bits & common::OPT_REUSEPORT != 0,
             v6only: bits & common::OPT_V6ONLY != 0,

@@ -13,7 +13,7 @@ use std::{
     net::{Ipv4Addr, SocketAddr},
     os::unix::fs::MetadataExt as _,
     process::{Child, Command, ExitStatus, Stdio},
-    sync::mpsc::{self, Receiver, RecvTimeoutError, Sender},
+    sync::mpsc::{self, Receiver, Sender},
     thread,
     time::{Duration, Instant},
 };
@@ -113,10 +113,7 @@ impl Tracer {
 
     /// The next event, if one arrives within `timeout`.
     pub fn next_event(&self, timeout: Duration) -> Option<Value> {
-        match self.events.recv_timeout(timeout) {
-            Ok(v) => Some(v),
-            Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => None,
-        }
+        self.events.recv_timeout(timeout).ok()
     }
 
     /// The next event; panics if none arrives in time.
