@@ -65,20 +65,18 @@ pub fn handle(call: &Call) -> Result<(), i32> {
     let filters = conf!(filters);
     let pid_tgid = bpf_get_current_pid_tgid();
     let pid = (pid_tgid >> 32) as u32;
-    if filters & FILTER_PID != 0 && unsafe { PIDS.get(&pid) }.is_none() {
+    if filters & FILTER_PID != 0 && unsafe { PIDS.get(pid) }.is_none() {
         return Ok(());
     }
-    if filters & FILTER_UID != 0
-        && unsafe { UIDS.get(&(bpf_get_current_uid_gid() as u32)) }.is_none()
+    if filters & FILTER_UID != 0 && unsafe { UIDS.get(bpf_get_current_uid_gid() as u32) }.is_none()
     {
         return Ok(());
     }
-    if filters & FILTER_CGROUP != 0
-        && unsafe { CGROUPS.get(&bpf_get_current_cgroup_id()) }.is_none()
+    if filters & FILTER_CGROUP != 0 && unsafe { CGROUPS.get(bpf_get_current_cgroup_id()) }.is_none()
     {
         return Ok(());
     }
-    if filters & FILTER_COMM != 0 && unsafe { COMMS.get(&bpf_get_current_comm()?) }.is_none() {
+    if filters & FILTER_COMM != 0 && unsafe { COMMS.get(bpf_get_current_comm()?) }.is_none() {
         return Ok(());
     }
 
@@ -116,7 +114,7 @@ pub fn handle(call: &Call) -> Result<(), i32> {
         if walked.is_none() {
             walked = Some(walk(call, &mut ev)?);
         }
-        if unsafe { NETNS.get(&ev.netns) }.is_none() {
+        if unsafe { NETNS.get(ev.netns) }.is_none() {
             return Ok(());
         }
     }
@@ -183,7 +181,7 @@ fn fold(ev: &mut Event) -> Option<*mut FoldState> {
         syscall: ev.syscall,
         _pad: 0,
     };
-    match FOLDS.get_ptr_mut(&key) {
+    match FOLDS.get_ptr_mut(key) {
         Some(st) => unsafe {
             if now.wrapping_sub((*st).last_sent_ns) < window {
                 (*st).pending += 1;
@@ -200,7 +198,7 @@ fn fold(ev: &mut Event) -> Option<*mut FoldState> {
                 last_sent_ns: now,
                 pending: 0,
             };
-            if FOLDS.insert(&key, &fresh, BPF_NOEXIST as u64).is_err() {
+            if FOLDS.insert(key, fresh, BPF_NOEXIST as u64).is_err() {
                 count(stat::FOLD_FULL);
             }
             Some(core::ptr::null_mut())

@@ -63,7 +63,7 @@ pub fn enter(ctx: &TracePointContext, with_addr: bool) {
         call.addr_ptr = unsafe { ctx.read_at::<u64>(off_addr as usize) }.unwrap_or(0);
         call.addrlen = unsafe { ctx.read_at::<u64>(off_len as usize) }.unwrap_or(0) as i32;
     }
-    let _ = CALLS.insert(&bpf_get_current_pid_tgid(), &call, 0);
+    let _ = CALLS.insert(bpf_get_current_pid_tgid(), call, 0);
 }
 
 /// The call's arguments from the task's saved user registers: they still
@@ -92,18 +92,18 @@ pub fn exit(ctx: &TracePointContext, syscall: u8) {
     let ret = unsafe { ctx.read_at::<i64>(off_ret) }.unwrap_or(0) as i32;
     if !emit::wanted(ret) {
         if !from_regs {
-            let _ = CALLS.remove(&id);
+            let _ = CALLS.remove(id);
         }
         return;
     }
     let call = if from_regs {
         args_from_regs()
     } else {
-        let Some(call) = (unsafe { CALLS.get(&id) }).copied() else {
+        let Some(call) = (unsafe { CALLS.get(id) }).copied() else {
             count(stat::NO_ENTRY);
             return;
         };
-        let _ = CALLS.remove(&id);
+        let _ = CALLS.remove(id);
         call
     };
     let _ = emit::handle(&Call {

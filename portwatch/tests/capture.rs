@@ -155,10 +155,13 @@ fn ip_transparent_and_bind_address_no_port_are_seen() {
             )
         };
         assert_eq!(rc, 0);
+        loser.bind_device(Some(b"lo")).unwrap();
         assert_eq!(bind(&loser, v4(port)), Err(libc::EADDRINUSE));
     });
     let ev = tracer.event();
     assert_eq!(opts(&ev), [false, false, false, false, true, true], "{ev}");
+    // SO_BINDTODEVICE: loopback is interface 1 in a fresh namespace.
+    assert_eq!(ev["ifindex"], 1, "{ev}");
 }
 
 /// An IPv6 wildcard without IPV6_V6ONLY also claims the IPv4 wildcard, and
@@ -580,6 +583,46 @@ fn fold_window_zero_sends_every_failure() {
     let summary = notices.iter().find(|v| v["type"] == "summary").unwrap();
     assert_eq!(summary["matched"], N);
     assert_eq!(summary["lost"], 0);
+}
+
+/// A ring buffer too small for the storm: losses are counted exactly and
+/// reported while running, never silent.
+#[test]
+fn lost_events_are_counted_and_reported() {
+    let ns = Netns::new("pw-lost");
+    let port = port();
+    const N: u64 = 20_000;
+    let mut tracer = Tracer::start(&[
+        "--netns",
+        &ns.arg(),
+        "--fold-window",
+        "0",
+        "--ring-size",
+        "4",
+        "--stats-interval",
+        "1",
+    ]);
+    ns.run(move || {
+        let (_holder, loser) = conflict(v4(port), false);
+        for _ in 1..N {
+            assert_eq!(bind(&loser, v4(port)), Err(libc::EADDRINUSE));
+        }
+    });
+    let lost = tracer.wait_notice("lost");
+    assert!(lost["lost"].as_u64().unwrap() > 0, "{lost}");
+    let (status, rest, notices) = tracer.stop();
+    assert!(status.success());
+    let summary = notices
+        .iter()
+        .find(|v| v["type"] == "summary")
+        .expect("summary");
+    let shown = summary["shown"].as_u64().unwrap();
+    let lost = summary["lost"].as_u64().unwrap();
+    assert_eq!(summary["matched"], N, "{summary}");
+    assert!(lost > 0, "a 4 KiB ring cannot hold {N} events: {summary}");
+    assert_eq!(shown + lost, N, "{summary}");
+    // Everything shown was really printed (some before stop, the rest after).
+    assert!(rest.len() as u64 <= shown);
 }
 
 #[test]

@@ -180,15 +180,18 @@ impl Tracer {
         })
     }
 
-    fn peak_rss_kib(&self) -> u64 {
-        std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
-            .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find_map(|l| l.strip_prefix("VmHWM:"))
-                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            })
-            .unwrap_or(0)
+    /// (current, peak) resident set in KiB.
+    fn rss_kib(&self) -> (u64, u64) {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+                .unwrap_or(0)
+        };
+        (field("VmRSS:"), field("VmHWM:"))
     }
 
     /// SIGINT, then the summary object.
@@ -312,7 +315,7 @@ pub fn run(opts: &Options) -> Result<()> {
         let n = storm(opts.storm_secs, rate);
         // Let the reader drain before reading its memory and stopping it.
         std::thread::sleep(Duration::from_millis(500));
-        let rss = t.peak_rss_kib();
+        let (rss, peak) = t.rss_kib();
         let s = t.stop()?;
         let get = |k: &str| s[k].as_u64().unwrap_or(0);
         let folded = get("folded_shown") + get("folded_tail");
@@ -320,11 +323,12 @@ pub fn run(opts: &Options) -> Result<()> {
         let unaccounted = n as i64 - (get("shown") + folded + get("lost")) as i64;
         eprintln!("bench: {name}: {s}");
         report.push(format!(
-            "| {name} | {n} | {:.0} | {} | {folded} | {} | {unaccounted} | {:.1} MiB |",
+            "| {name} | {n} | {:.0} | {} | {folded} | {} | {unaccounted} | {:.1} MiB | {:.1} MiB |",
             n as f64 / opts.storm_secs as f64,
             get("shown"),
             get("lost"),
-            rss as f64 / 1024.0
+            rss as f64 / 1024.0,
+            peak as f64 / 1024.0
         ));
     }
     println!("{}", report.join("\n"));
