@@ -245,7 +245,7 @@ pub async fn run(args: WatchArgs) -> Result<()> {
         let errno = ev.errno.map(|e| e.name()).unwrap_or_default();
         notices.say(
             format!(
-                "pid {} ({}) {} {} {} {}: {pending} more identical failures after the last one shown",
+                "pid {} ({}) {} {} {} {}: {pending} more identical failure(s) after the last one shown",
                 ev.pid,
                 output::printable(&ev.comm),
                 serde_json::to_value(ev.syscall)?.as_str().unwrap_or(""),

@@ -295,10 +295,10 @@ pub fn run(opts: &Options) -> Result<()> {
     // Storms: full speed with and without folding, then paced at 100 k/s.
     report.push(String::new());
     report.push(
-        "| storm | failures | failures/s | events shown | folded | lost | unaccounted | peak RSS |"
+        "| storm | failures | failures/s | events shown | folded | lost | unaccounted | RSS after storm | peak RSS (start-up) |"
             .into(),
     );
-    report.push("|---|---|---|---|---|---|---|---|".into());
+    report.push("|---|---|---|---|---|---|---|---|---|".into());
     let cases: [(&str, Option<u64>, &[&str]); 3] = [
         ("full speed, default folding", None, &[]),
         ("full speed, --fold-window 0", None, &["--fold-window", "0"]),
