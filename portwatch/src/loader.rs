@@ -118,6 +118,8 @@ pub struct Loaded {
     pub backend: Backend,
     /// Why that one (shown on the `ready` line).
     pub why: String,
+    /// Where portwatch mounted tracefs, if it had to.
+    pub mounted_tracefs: Option<&'static Path>,
 }
 
 const CAP_SYS_ADMIN: u32 = 21;
@@ -141,11 +143,12 @@ fn check_privileges() -> Result<()> {
     ))
 }
 
-/// Finds tracefs, mounting it at /sys/kernel/tracing when nothing is mounted.
-fn tracefs() -> Result<&'static Path> {
+/// Finds tracefs, mounting it at /sys/kernel/tracing when nothing is
+/// mounted; says whether it did.
+fn tracefs() -> Result<(&'static Path, bool)> {
     for dir in ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"] {
         if Path::new(dir).join("events").is_dir() {
-            return Ok(Path::new(dir));
+            return Ok((Path::new(dir), false));
         }
     }
     let dir = Path::new("/sys/kernel/tracing");
@@ -164,8 +167,7 @@ fn tracefs() -> Result<&'static Path> {
             dir.display()
         ))
     })?;
-    eprintln!("portwatch: mounted tracefs at {}", dir.display());
-    Ok(dir)
+    Ok((dir, true))
 }
 
 fn fill_filters(ebpf: &mut Ebpf, s: &Settings) -> Result<()> {
@@ -311,6 +313,7 @@ pub fn load(settings: &Settings, choice: BackendChoice) -> Result<Loaded> {
                     ebpf,
                     backend: Backend::Fexit,
                     why: why.into(),
+                    mounted_tracefs: None,
                 });
             }
             Err(e) if choice == BackendChoice::Fexit => {
@@ -325,7 +328,8 @@ pub fn load(settings: &Settings, choice: BackendChoice) -> Result<Loaded> {
         }
     }
 
-    let tracefs = tracefs()?;
+    let (tracefs, mounted) = tracefs()?;
+    let mounted_tracefs = mounted.then_some(tracefs);
     let mut tp = base;
     offsets::TracepointFormats::read(tracefs)
         .and_then(|f| f.apply(&mut tp.offsets))
@@ -351,6 +355,7 @@ pub fn load(settings: &Settings, choice: BackendChoice) -> Result<Loaded> {
                     ebpf,
                     backend: Backend::Tracepoint,
                     why,
+                    mounted_tracefs,
                 });
             }
             Err(e) if settings.args_source == ArgsSource::Regs => {
@@ -371,6 +376,7 @@ pub fn load(settings: &Settings, choice: BackendChoice) -> Result<Loaded> {
         ebpf,
         backend: Backend::Tracepoint,
         why,
+        mounted_tracefs,
     })
 }
 

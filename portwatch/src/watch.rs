@@ -156,7 +156,14 @@ pub async fn run(args: WatchArgs) -> Result<()> {
         mut ebpf,
         backend,
         why,
+        mounted_tracefs,
     } = loader::load(&settings(&args), args.backend)?;
+    if let Some(path) = mounted_tracefs {
+        notices.say(
+            format!("mounted tracefs at {}", path.display()),
+            json!({"type": "mount", "fs": "tracefs", "path": path}),
+        );
+    }
     let ring: RingBuf<MapData> = take(&mut ebpf, "EVENTS")?;
     let stats: PerCpuArray<MapData, u64> = take(&mut ebpf, "STATS")?;
     let folds: PerCpuHashMap<MapData, FoldKey, FoldState> = take(&mut ebpf, "FOLDS")?;

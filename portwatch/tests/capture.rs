@@ -48,7 +48,12 @@ fn tcp_v4_bind_eaddrinuse_has_every_field() {
     assert_eq!(ev["family"], "ipv4", "{ev}");
     assert_eq!(ev["addr"], "127.0.0.1", "{ev}");
     assert_eq!(ev["port"], port, "{ev}");
-    assert_eq!(ev["fd"], fd, "{ev}");
+    // fexit sees the socket, not the descriptor.
+    if ev["source"] == "fexit" {
+        assert!(ev["fd"].is_null(), "{ev}");
+    } else {
+        assert_eq!(ev["fd"], fd, "{ev}");
+    }
     assert_eq!(ev["folded"], 0, "{ev}");
     assert_eq!(opts(&ev), [false; 6], "{ev}");
     assert!(ev["ts"].as_str().unwrap().ends_with('Z'), "{ev}");
@@ -637,9 +642,96 @@ fn sigterm_stops_cleanly_with_a_summary() {
     );
 }
 
+/// `auto` picks fexit exactly when fexit can load. `cargo xtask vm-test`
+/// also says which one it must be on its kernel (PORTWATCH_EXPECT_AUTO).
+#[test]
+fn auto_picks_fexit_when_it_loads() {
+    let auto = Tracer::start(&["--port", "1", "--backend", "auto"]);
+    let chosen = auto.backend()["backend"].as_str().unwrap().to_owned();
+    drop(auto);
+    match Tracer::try_start(&["--backend", "fexit"]) {
+        Ok(_) => assert_eq!(chosen, "fexit"),
+        Err(refusal) => {
+            assert_eq!(chosen, "tracepoint");
+            assert!(
+                refusal.contains("the fexit backend is not available"),
+                "{refusal}"
+            );
+        }
+    }
+    if let Ok(expected) = std::env::var("PORTWATCH_EXPECT_AUTO") {
+        assert_eq!(chosen, expected);
+    }
+}
+
+/// Where fexit loads, both backends must report the same calls with the
+/// same fields, except the hook (`source`), the time, and the fd (fexit sees
+/// the socket, not the descriptor). Where it does not, the refusal must be
+/// the clean one the fallback relies on.
+#[test]
+fn fexit_and_tracepoint_events_agree() {
+    let ns = Netns::new("pw-agree");
+    let fexit = match Tracer::try_start(&[
+        "--netns",
+        &ns.arg(),
+        "--backend",
+        "fexit",
+        "--fold-window",
+        "0",
+    ]) {
+        Ok(t) => t,
+        Err(refusal) => {
+            assert!(
+                refusal.contains("the fexit backend is not available"),
+                "{refusal}"
+            );
+            assert!(refusal.contains("--backend tracepoint"), "{refusal}");
+            return;
+        }
+    };
+    let tp = Tracer::start(&[
+        "--netns",
+        &ns.arg(),
+        "--backend",
+        "tracepoint",
+        "--fold-window",
+        "0",
+    ]);
+    let port = port();
+    ns.run(move || {
+        drop(conflict(v4(port), false));
+        drop(conflict(
+            SocketAddr::from((Ipv6Addr::LOCALHOST, port)),
+            false,
+        ));
+        drop(conflict(v4(port), true));
+        let a = socket(false, false);
+        a.set_reuse_address(true).unwrap();
+        let b = socket(false, false);
+        b.set_reuse_address(true).unwrap();
+        bind(&a, v4(port)).unwrap();
+        bind(&b, v4(port)).unwrap();
+        a.listen(1).unwrap();
+        assert!(b.listen(1).is_err());
+    });
+    let strip = |mut v: Value| {
+        let o = v.as_object_mut().unwrap();
+        for k in ["ts", "source", "fd"] {
+            o.remove(k);
+        }
+        v
+    };
+    for i in 0..4 {
+        let (a, b) = (fexit.event(), tp.event());
+        assert_eq!(a["source"], "fexit");
+        assert_eq!(b["source"], "tracepoint");
+        assert_eq!(strip(a), strip(b), "event {i}");
+    }
+}
+
 #[test]
 fn backend_line_names_the_hook_and_why() {
-    let tracer = Tracer::start(&["--port", "1"]);
+    let tracer = Tracer::start(&["--port", "1", "--backend", "auto"]);
     let b = tracer.backend().clone();
     let ready = tracer
         .seen

@@ -118,20 +118,18 @@ fn not_root() {
 
 #[test]
 fn forced_fexit_either_works_or_says_why() {
-    let out = Command::new("timeout")
-        .args(["-s", "INT", "3"])
-        .arg(bin())
-        .args(["watch", "--json", "--backend", "fexit", "--port", "1"])
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    if out.status.code() == Some(3) {
+    match common::Tracer::try_start(&["--backend", "fexit"]) {
+        Ok(tracer) => {
+            assert_eq!(tracer.backend()["backend"], "fexit");
+            let (status, _, _) = tracer.stop();
+            assert!(status.success(), "{status}");
+        }
         // This project's machines refuse fexit (../shared/PLATFORM.md).
-        fails(&out, 3, "the fexit backend is not available");
-        assert!(stderr.contains("--backend tracepoint"), "{stderr}");
-    } else {
-        assert!(out.status.success(), "{stderr}");
-        assert!(stderr.contains(r#""backend":"fexit""#), "{stderr}");
+        Err(refusal) => {
+            let out = run(&["watch", "--backend", "fexit"]);
+            fails(&out, 3, "the fexit backend is not available");
+            assert!(refusal.contains("--backend tracepoint"), "{refusal}");
+        }
     }
 }
 

@@ -36,8 +36,8 @@ fn resolve(package: &str) -> Result<String> {
         .with_context(|| format!("apt cannot resolve {package} to a kernel image"))
 }
 
-/// Downloads `package` (a kernel image) and returns its vmlinuz.
-fn vmlinuz(package: &str) -> Result<PathBuf> {
+/// Downloads `package` (a kernel image) once and returns its vmlinuz.
+pub fn vmlinuz(package: &str) -> Result<PathBuf> {
     let image = resolve(package)?;
     let dir = cache().join(&image);
     let release = image.trim_start_matches("linux-image-");

@@ -6,6 +6,7 @@
 mod bench;
 mod kernels;
 mod setup;
+mod vm;
 
 use std::{
     path::{Path, PathBuf},
@@ -33,7 +34,8 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Run every test: unit, BTF of a second kernel, eBPF integration (as root).
+    /// Run every test: unit, BTF of a second kernel, eBPF integration (as
+    /// root), then the integration tests again on Debian's kernel under qemu.
     Test {
         /// Extra arguments for `cargo test` after `--`, e.g. a test name filter.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -41,6 +43,9 @@ enum Task {
     },
     /// Measure overhead, start-up, throughput and memory; prints a table for BENCHMARKS.md.
     Bench(bench::Options),
+    /// Run the integration tests on Debian's kernel under qemu, once with
+    /// each backend (fexit loads there, unlike on this project's machines).
+    VmTest,
 }
 
 /// The workspace root.
@@ -89,7 +94,11 @@ fn test(extra: &[String]) -> Result<()> {
         .env("PORTWATCH_OTHER_BTF", &other_btf)
         .args(["--", "--test-threads=1"])
         .args(extra);
-    run(&mut cmd)
+    run(&mut cmd)?;
+    if extra.is_empty() {
+        vm::run_all()?;
+    }
+    Ok(())
 }
 
 fn nix_is_root() -> bool {
@@ -113,5 +122,6 @@ fn main() -> Result<()> {
         }
         Task::Test { args } => test(&args),
         Task::Bench(opts) => bench::run(&opts),
+        Task::VmTest => vm::run_all(),
     }
 }

@@ -118,9 +118,10 @@ fn have(cmd: &str) -> bool {
 }
 
 /// Debian packages the integration tests use: nginx (a real server that
-/// fails to bind), iproute2, and the tools that extract a second kernel's BTF.
+/// fails to bind), iproute2, python3 (other processes and uids), and the
+/// tools that extract and check a second kernel's BTF.
 pub fn ensure_test_packages() -> Result<()> {
-    let wanted = [
+    ensure_packages(&[
         ("nginx", "nginx"),
         ("ip", "iproute2"),
         ("objcopy", "binutils"),
@@ -129,7 +130,12 @@ pub fn ensure_test_packages() -> Result<()> {
         ("bpftool", "bpftool"),
         // Debian's, not a per-user install: tests run it as other uids too.
         ("/usr/bin/python3", "python3"),
-    ];
+    ])
+}
+
+/// Installs the Debian packages whose commands (name on PATH, or absolute
+/// path) are missing.
+pub fn ensure_packages(wanted: &[(&str, &str)]) -> Result<()> {
     let missing: Vec<&str> = wanted
         .iter()
         .filter(|(cmd, _)| !have(cmd))
@@ -140,7 +146,7 @@ pub fn ensure_test_packages() -> Result<()> {
     }
     eprintln!("xtask: installing {}", missing.join(" "));
     run(Command::new("apt-get").arg("update").arg("-q"))?;
-    // policy-rc.d keeps the nginx package from starting a server on port 80.
+    // policy-rc.d keeps packages such as nginx from starting services (port 80).
     let policy = std::path::Path::new("/usr/sbin/policy-rc.d");
     let wrote_policy = !policy.exists();
     if wrote_policy {

@@ -41,10 +41,15 @@ pub struct Tracer {
 impl Tracer {
     /// Starts `portwatch watch --json ARGS` and waits for its `ready` line.
     pub fn start(args: &[&str]) -> Tracer {
-        let mut child = Command::new(bin())
-            .arg("watch")
-            .arg("--json")
-            .args(args)
+        let mut cmd = Command::new(bin());
+        cmd.arg("watch").arg("--json").args(args);
+        // `cargo xtask vm-test` runs every test once per backend.
+        if let Ok(backend) = std::env::var("PORTWATCH_TEST_BACKEND") {
+            if !args.contains(&"--backend") {
+                cmd.args(["--backend", &backend]);
+            }
+        }
+        let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -101,6 +106,22 @@ impl Tracer {
                 }
             }
         }
+    }
+
+    /// Starts a tracer if the kernel lets this backend load; otherwise
+    /// returns portwatch's one-line refusal.
+    pub fn try_start(args: &[&str]) -> Result<Tracer, String> {
+        let out = Command::new("timeout")
+            .args(["-s", "INT", "5"])
+            .arg(bin())
+            .args(["watch", "--json", "--port", "1"])
+            .args(args)
+            .output()
+            .expect("run portwatch");
+        if out.status.code() == Some(3) {
+            return Err(String::from_utf8_lossy(&out.stderr).trim().to_owned());
+        }
+        Ok(Tracer::start(args))
     }
 
     /// The backend notice (always printed before `ready`).
