@@ -245,22 +245,22 @@ pub struct FoldState {
     pub pending: u64,
 }
 
-/// Indices of the per-CPU `STATS` counters.
+/// Indices of the per-CPU `STATS` counters. Every call that passes the
+/// filters lands in exactly one of SENT, FOLDED and LOST, so their sum is the
+/// number matched (not counted separately: that would cost every call).
 pub mod stat {
-    /// Unused (matched = sent + folded + lost, so it is not counted twice).
-    pub const SEEN: u32 = 0;
     /// Events written to the ring buffer.
-    pub const SENT: u32 = 1;
+    pub const SENT: u32 = 0;
     /// Failures folded into a later event's count.
-    pub const FOLDED: u32 = 2;
+    pub const FOLDED: u32 = 1;
     /// Events dropped because the ring buffer was full.
-    pub const LOST: u32 = 3;
+    pub const LOST: u32 = 2;
     /// Exits without a recorded entry (the call began before attach).
-    pub const NO_ENTRY: u32 = 4;
+    pub const NO_ENTRY: u32 = 3;
     /// Failures that could not be folded because the fold table was full.
-    pub const FOLD_FULL: u32 = 5;
+    pub const FOLD_FULL: u32 = 4;
     /// Number of counters.
-    pub const COUNT: u32 = 6;
+    pub const COUNT: u32 = 5;
 }
 
 #[cfg(feature = "user")]

@@ -122,6 +122,9 @@ pub struct Loaded {
     pub mounted_tracefs: Option<&'static Path>,
 }
 
+/// Calls between sys_enter and sys_exit at once, machine-wide (entry pairing).
+const CALLS_IN_FLIGHT: u32 = 16384;
+
 const CAP_SYS_ADMIN: u32 = 21;
 const CAP_PERFMON: u32 = 38;
 const CAP_BPF: u32 = 39;
@@ -295,7 +298,9 @@ pub fn load(settings: &Settings, choice: BackendChoice) -> Result<Loaded> {
     // the kernel BTF aya parsed for them is not needed: free it now.
     loader
         .btf(None)
-        .map_max_entries("EVENTS", settings.ring_bytes);
+        .map_max_entries("EVENTS", settings.ring_bytes)
+        // Only entry pairing (the last resort below) uses this table.
+        .map_max_entries("CALLS", 1);
 
     let mut fexit_error = None;
     if choice != BackendChoice::Tracepoint {
@@ -364,6 +369,7 @@ pub fn load(settings: &Settings, choice: BackendChoice) -> Result<Loaded> {
             Err(e) => regs_error = Some(root(&e)),
         }
     }
+    loader.map_max_entries("CALLS", CALLS_IN_FLIGHT);
     let mut ebpf = object(&mut loader, &entry_config)?;
     fill_filters(&mut ebpf, settings)?;
     attach_tracepoints(&mut ebpf, true).map_err(|e| unsupported(format!("{e}: {}", root(&e))))?;

@@ -36,8 +36,6 @@ struct Counters {
 fn read_counters(stats: &PerCpuArray<MapData, u64>) -> Counters {
     let get = |i: u32| stats.get(&i, 0).map(|v| v.iter().sum()).unwrap_or(0);
     Counters {
-        // Every matched call is sent, folded or lost; counting it a fourth
-        // time in the kernel would cost every call.
         seen: get(stat::SENT) + get(stat::FOLDED) + get(stat::LOST),
         sent: get(stat::SENT),
         folded: get(stat::FOLDED),
