@@ -117,6 +117,17 @@ fn main() -> Result<()> {
         Task::Setup => setup::ensure(),
         Task::Run { args } => {
             let bin = build_release()?;
+            // Ctrl-C reaches portwatch too (same process group): let it stop
+            // and print its summary before this wrapper exits. A handler, not
+            // SIG_IGN, so the child does not inherit the disposition.
+            extern "C" fn wait_for_child(_: libc::c_int) {}
+            // SAFETY: the handler does nothing, so it is async-signal-safe.
+            unsafe {
+                nix::sys::signal::signal(
+                    nix::sys::signal::Signal::SIGINT,
+                    nix::sys::signal::SigHandler::Handler(wait_for_child),
+                )
+            }?;
             let status = Command::new(bin).args(args).status()?;
             std::process::exit(status.code().unwrap_or(1));
         }
