@@ -131,6 +131,8 @@ fn initramfs(suites: &[(String, PathBuf)], portwatch: &Path) -> Result<PathBuf> 
     // The tests find portwatch at the absolute path they were built with.
     copy_into(&tree, portwatch, portwatch)?;
     let mut libs = BTreeSet::new();
+    // busybox-static needs none; a dynamically linked busybox would.
+    libs.extend(libraries(Path::new("/bin/busybox"))?);
     libs.extend(libraries(portwatch)?);
     for (name, exe) in suites {
         copy_into(&tree, exe, &Path::new("/t").join(name))?;
