@@ -38,6 +38,24 @@ pub enum Syscall {
     Listen,
 }
 
+impl Syscall {
+    /// "bind" or "listen".
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Bind => "bind",
+            Self::Listen => "listen",
+        }
+    }
+
+    /// The code the eBPF programs use (`SYSCALL_*`).
+    pub fn code(self) -> u8 {
+        match self {
+            Self::Bind => common::SYSCALL_BIND,
+            Self::Listen => common::SYSCALL_LISTEN,
+        }
+    }
+}
+
 impl TryFrom<u8> for Syscall {
     type Error = DecodeError;
     fn try_from(v: u8) -> Result<Self, DecodeError> {

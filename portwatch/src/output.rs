@@ -54,7 +54,7 @@ pub fn human_line(ev: &Event) -> String {
         "{time:<13} {pid:<8} {comm:<16} {call:<7} {errno:<14} {proto:<6} {addr:<41} {opts}",
         pid = ev.pid,
         comm = printable(&ev.comm),
-        call = format!("{:?}", ev.syscall).to_lowercase(),
+        call = ev.syscall.name(),
         proto = format!(
             "{}{}",
             ev.proto.name(),

@@ -64,10 +64,7 @@ fn fold_key(ev: &Event) -> FoldKey {
         pid: ev.pid,
         ret: ev.ret,
         port: ev.port,
-        syscall: match ev.syscall {
-            crate::event::Syscall::Bind => portwatch_common::SYSCALL_BIND,
-            crate::event::Syscall::Listen => portwatch_common::SYSCALL_LISTEN,
-        },
+        syscall: ev.syscall.code(),
         _pad: 0,
     }
 }
@@ -253,7 +250,7 @@ pub async fn run(args: WatchArgs) -> Result<()> {
                 "pid {} ({}) {} {} {} {}: {pending} more identical failure(s) after the last one shown",
                 ev.pid,
                 output::printable(&ev.comm),
-                serde_json::to_value(ev.syscall)?.as_str().unwrap_or(""),
+                ev.syscall.name(),
                 ev.proto.name(),
                 output::socket_addr(ev.addr, ev.port),
                 errno

@@ -5,7 +5,7 @@ use std::{path::PathBuf, process::Command};
 
 use anyhow::{bail, Context as _, Result};
 
-use crate::{root, run};
+use crate::{output, root, run};
 
 /// The Debian packages of kernels to test against: one place, one line each.
 /// A metapackage resolves to the newest image of its series.
@@ -15,16 +15,10 @@ fn cache() -> PathBuf {
     root().join(".cache/kernels")
 }
 
-fn output(cmd: &mut Command) -> Result<String> {
-    let out = cmd
-        .output()
-        .with_context(|| format!("cannot start {:?}", cmd.get_program()))?;
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
 /// `linux-image-amd64` -> `linux-image-6.1.0-56-amd64`.
 fn resolve(package: &str) -> Result<String> {
-    let mut deps = output(Command::new("apt-cache").args(["depends", package]))?;
+    // Fails, or names no dependency, until the package lists are fetched.
+    let mut deps = output(Command::new("apt-cache").args(["depends", package])).unwrap_or_default();
     if !deps.contains("Depends:") {
         run(Command::new("apt-get").args(["update", "-q"]))?;
         deps = output(Command::new("apt-cache").args(["depends", package]))?;

@@ -67,6 +67,20 @@ pub fn run(cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
+/// Runs a command and returns its stdout, failing with its stderr.
+pub fn output(cmd: &mut Command) -> Result<String> {
+    let out = cmd
+        .output()
+        .with_context(|| format!("cannot start {:?}", cmd.get_program()))?;
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
 /// `cargo` with the eBPF tools on PATH.
 pub fn cargo() -> Command {
     let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
@@ -84,7 +98,7 @@ pub fn build_release() -> Result<PathBuf> {
 
 fn test(extra: &[String]) -> Result<()> {
     setup::ensure()?;
-    if !nix_is_root() {
+    if !nix::unistd::geteuid().is_root() {
         bail!("the eBPF integration tests load programs and make network namespaces: run as root");
     }
     setup::ensure_test_packages()?;
@@ -99,17 +113,6 @@ fn test(extra: &[String]) -> Result<()> {
         vm::run_all()?;
     }
     Ok(())
-}
-
-fn nix_is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("Uid:"))
-                .and_then(|l| l.split_whitespace().nth(1).map(|e| e == "0"))
-        })
-        .unwrap_or(false)
 }
 
 fn main() -> Result<()> {

@@ -6,9 +6,9 @@
 
 use std::{ffi::OsString, path::PathBuf, process::Command};
 
-use anyhow::{bail, Context as _, Result};
+use anyhow::{Context as _, Result};
 
-use crate::{root, run};
+use crate::{output, root, run};
 
 /// bpf-linker release known to work with this setup.
 const BPF_LINKER_VERSION: &str = "0.13.0";
@@ -22,19 +22,6 @@ pub fn path_with_tools() -> OsString {
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::join_paths(std::iter::once(tools().join("bin")).chain(std::env::split_paths(&path)))
         .unwrap_or(path)
-}
-
-fn output(cmd: &mut Command) -> Result<String> {
-    let out = cmd
-        .output()
-        .with_context(|| format!("cannot start {:?}", cmd.get_program()))?;
-    if !out.status.success() {
-        bail!(
-            "{cmd:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 fn nightly_sysroot() -> Result<PathBuf> {

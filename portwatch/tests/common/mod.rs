@@ -13,7 +13,7 @@ use std::{
     net::{Ipv4Addr, SocketAddr},
     os::unix::fs::MetadataExt as _,
     process::{Child, Command, ExitStatus, Stdio},
-    sync::mpsc::{self, Receiver, Sender},
+    sync::mpsc::{self, Receiver, RecvTimeoutError, Sender},
     thread,
     time::{Duration, Instant},
 };
@@ -41,6 +41,13 @@ pub struct Tracer {
 impl Tracer {
     /// Starts `portwatch watch --json ARGS` and waits for its `ready` line.
     pub fn start(args: &[&str]) -> Tracer {
+        Tracer::try_start(args)
+            .unwrap_or_else(|refusal| panic!("portwatch refused to start: {refusal}"))
+    }
+
+    /// Like `start`, but when portwatch exits with status 3 (this system
+    /// cannot run it, e.g. a backend the kernel refuses) returns its stderr.
+    pub fn try_start(args: &[&str]) -> Result<Tracer, String> {
         let mut cmd = Command::new(bin());
         cmd.arg("watch").arg("--json").args(args);
         // `cargo xtask vm-test` runs every test once per backend.
@@ -78,8 +85,37 @@ impl Tracer {
             notices,
             seen: Vec::new(),
         };
-        tracer.wait_notice("ready");
-        tracer
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match tracer.notices.recv_timeout(left) {
+                Ok(v) => {
+                    tracer.seen.push(v.clone());
+                    if v["type"] == "ready" {
+                        return Ok(tracer);
+                    }
+                }
+                // stderr closed: portwatch exited before it was ready.
+                Err(RecvTimeoutError::Disconnected) => {
+                    let status = tracer.child.as_mut().unwrap().wait().unwrap();
+                    let text: Vec<String> = tracer
+                        .seen
+                        .iter()
+                        .map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_owned))
+                        .collect();
+                    if status.code() == Some(3) {
+                        return Err(text.join("\n"));
+                    }
+                    panic!("portwatch exited before ready ({status}): {text:?}");
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    panic!(
+                        "portwatch not ready within {WAIT:?}; stderr: {:?}",
+                        tracer.seen
+                    )
+                }
+            }
+        }
     }
 
     /// Waits for a stderr object with this `type`.
@@ -106,22 +142,6 @@ impl Tracer {
                 }
             }
         }
-    }
-
-    /// Starts a tracer if the kernel lets this backend load; otherwise
-    /// returns portwatch's one-line refusal.
-    pub fn try_start(args: &[&str]) -> Result<Tracer, String> {
-        let out = Command::new("timeout")
-            .args(["-s", "INT", "5"])
-            .arg(bin())
-            .args(["watch", "--json", "--port", "1"])
-            .args(args)
-            .output()
-            .expect("run portwatch");
-        if out.status.code() == Some(3) {
-            return Err(String::from_utf8_lossy(&out.stderr).trim().to_owned());
-        }
-        Ok(Tracer::start(args))
     }
 
     /// The backend notice (always printed before `ready`).
