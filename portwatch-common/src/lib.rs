@@ -86,6 +86,67 @@ pub struct Event {
     /// Requested (bind) or bound (listen) address in network byte order; IPv4
     /// uses the first four bytes.
     pub addr: [u8; 16],
+    /// Who the kernel last saw bind or start listening on this port in this
+    /// network namespace, checked at the moment of the failure.
+    pub holder: KernelHolder,
+}
+
+/// `KernelHolder::how`: no record of the port.
+pub const HOW_NONE: u8 = 0;
+/// Recorded at a successful bind().
+pub const HOW_BIND: u8 = 1;
+/// Recorded when the socket entered TCP_LISTEN (`sock/inet_sock_set_state`).
+pub const HOW_LISTEN: u8 = 2;
+
+/// Key of the kernel's port-holder table: a port in a network namespace.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PortKey {
+    /// Network namespace inode.
+    pub netns: u32,
+    /// Bound port, host byte order.
+    pub port: u16,
+    /// IPPROTO_*.
+    pub protocol: u16,
+}
+
+/// The process that last bound a port or started listening on it, as the
+/// kernel recorded it at that moment: still true after the process exits.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelHolder {
+    /// CLOCK_BOOTTIME ns of the bind/listen.
+    pub ts_boot_ns: u64,
+    /// Thread group id of the binder.
+    pub pid: u32,
+    /// Its real uid.
+    pub uid: u32,
+    /// Its comm, NUL padded.
+    pub comm: [u8; 16],
+    /// The bound address (network byte order; IPv4 in the first four bytes).
+    pub addr: [u8; 16],
+    /// `AF_INET` / `AF_INET6` of the holder's socket.
+    pub family: u16,
+    /// `HOW_*`; `HOW_NONE` means no record (the other fields are zero).
+    pub how: u8,
+    /// The holder socket's state (kernel TCP state numbers; UDP sockets
+    /// report 7, TCP_CLOSE) read at the failure; 0 when that socket no longer
+    /// holds the port (closed since it was recorded).
+    pub state: u8,
+    /// `OPT_*` of the holder socket at the failure (valid when `state` != 0).
+    pub opts: u8,
+    /// Explicit padding; always zero.
+    pub _pad: [u8; 3],
+}
+
+/// A `HOLDERS` entry: the holder and its socket, to check it at failure time.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HolderRecord {
+    /// The `struct sock *` (never leaves the kernel's maps).
+    pub sk: u64,
+    /// What is copied into a failure's event.
+    pub holder: KernelHolder,
 }
 
 /// Where a bit field lives relative to a base pointer: `(byte >> shift) & mask`.
@@ -156,6 +217,14 @@ pub struct Offsets {
     /// `pt_regs` members holding a syscall's first three arguments (x86_64:
     /// di, si, dx), for reading bind()/listen() arguments at sys_exit.
     pub regs_arg: [u32; 3],
+    /// `sock.__sk_common.skc_state` (u8).
+    pub sk_state: u32,
+    /// `sock/inet_sock_set_state` record: `skaddr`.
+    pub tp_state_sk: u32,
+    /// Its `newstate`.
+    pub tp_state_new: u32,
+    /// Its `protocol`.
+    pub tp_state_proto: u32,
     /// `skc_reuse` (SO_REUSEADDR).
     pub reuse: BitLoc,
     /// `skc_reuseport`.
@@ -203,6 +272,11 @@ pub struct Config {
     /// task's saved user registers (bpf_task_pt_regs, 5.15+), so no sys_enter
     /// program is needed. Zero: they pair with sys_enter through `CALLS`.
     pub args_from_regs: u32,
+    /// Non-zero: record who binds/listens on each port (`HOLDERS`) and attach
+    /// the holder to each failure.
+    pub track_holders: u32,
+    /// Explicit padding; always zero.
+    pub _pad: u32,
 }
 
 /// Arguments saved at sys_enter_{bind,listen}, keyed by pid_tgid, for the exit.
@@ -270,11 +344,15 @@ mod user {
     unsafe impl ::aya::Pod for super::Config {}
     unsafe impl ::aya::Pod for super::FoldKey {}
     unsafe impl ::aya::Pod for super::FoldState {}
+    unsafe impl ::aya::Pod for super::PortKey {}
+    unsafe impl ::aya::Pod for super::HolderRecord {}
 }
 
 // The layout is the contract with the eBPF side: catch accidental changes.
-const _: () = assert!(size_of::<Event>() == 104);
+const _: () = assert!(size_of::<Event>() == 160);
+const _: () = assert!(size_of::<KernelHolder>() == 56);
+const _: () = assert!(size_of::<PortKey>() == 8);
 const _: () = assert!(size_of::<BitLoc>() == 8);
 const _: () = assert!(size_of::<FoldKey>() == 12);
-const _: () = assert!(size_of::<Offsets>() == 148);
-const _: () = assert!(size_of::<Config>() == 184);
+const _: () = assert!(size_of::<Offsets>() == 164);
+const _: () = assert!(size_of::<Config>() == 208);

@@ -4,11 +4,14 @@ use aya_ebpf::{
     macros::{fexit, tracepoint},
     programs::{FExitContext, TracePointContext},
 };
-use portwatch_common::{SOURCE_FEXIT, SYSCALL_BIND};
+use portwatch_common::{HOW_BIND, SOURCE_FEXIT, SYSCALL_BIND};
 
 use crate::{
+    config::conf,
     emit::{self, Call},
+    holders,
     listen::{enter, exit},
+    sock::read,
 };
 
 /// Saves bind()'s arguments for `sys_exit_bind`.
@@ -43,6 +46,10 @@ pub fn inet6_bind_exit(ctx: FExitContext) -> i32 {
 fn fexit_bind(ctx: &FExitContext) {
     // inet_bind(struct socket *sock, struct sockaddr *uaddr, int addr_len) -> int
     let ret: i32 = ctx.arg(3);
+    if ret == 0 && conf!(track_holders) != 0 {
+        let socket: u64 = ctx.arg(0);
+        holders::record(read(socket, conf!(offsets.socket_sk)), HOW_BIND);
+    }
     if !emit::wanted(ret) {
         return;
     }

@@ -2,9 +2,9 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
-use portwatch_common::{Config, FoldKey, FoldState, PendingCall};
+use portwatch_common::{Config, Event, FoldKey, FoldState, HolderRecord, PendingCall, PortKey};
 
 /// Written by the loader before load; read-only afterwards, so the verifier
 /// treats its fields as constants.
@@ -37,6 +37,15 @@ pub static STATS: PerCpuArray<u64> =
 /// Folding state of repeated identical failures, per CPU.
 #[map]
 pub static FOLDS: PerCpuHashMap<FoldKey, FoldState> = PerCpuHashMap::with_max_entries(16384, 0);
+
+/// Where an event is built before it is sent (too big for the stack).
+#[map]
+pub static SCRATCH: PerCpuArray<Event> = PerCpuArray::with_max_entries(1, 0);
+
+/// Who last bound or started listening on each port, per network namespace
+/// and protocol. LRU: a busy machine forgets its oldest ports first.
+#[map]
+pub static HOLDERS: LruHashMap<PortKey, HolderRecord> = LruHashMap::with_max_entries(16384, 0);
 
 /// Port filter: bit `port % 32` of word `port / 32`.
 #[map]

@@ -13,8 +13,8 @@ use portwatch_common::{
 };
 
 use crate::{
-    config::{conf, count, CGROUPS, COMMS, EVENTS, FOLDS, NETNS, PIDS, PORTS, UIDS},
-    sock,
+    config::{conf, count, CGROUPS, COMMS, EVENTS, FOLDS, NETNS, PIDS, PORTS, SCRATCH, UIDS},
+    holders, sock,
 };
 
 /// One returning bind() or listen(), as a hook saw it.
@@ -80,7 +80,14 @@ pub fn handle(call: &Call) -> Result<(), i32> {
         return Ok(());
     }
 
-    let mut ev = Event {
+    // 160 bytes: too big for the 512-byte stack next to everything else, so
+    // the event is built in a per-CPU scratch slot.
+    let Some(ev) = SCRATCH.get_ptr_mut(0) else {
+        return Ok(());
+    };
+    // SAFETY: per-CPU and a program is not preempted by another on its CPU.
+    let ev = unsafe { &mut *ev };
+    *ev = Event {
         pid,
         tid: pid_tgid as u32,
         ret: call.ret,
@@ -94,14 +101,14 @@ pub fn handle(call: &Call) -> Result<(), i32> {
     let mut walked = None;
     let mut sa_family = 0;
     if call.syscall == SYSCALL_BIND {
-        sock::fill_sockaddr_port(&mut ev, call.addr, call.addrlen, call.user_addr);
+        sock::fill_sockaddr_port(ev, call.addr, call.addrlen, call.user_addr);
         sa_family = ev.family;
         if ev.family != AF_INET && ev.family != AF_INET6 {
             return Ok(());
         }
     } else {
-        let (socket, sk) = walk(call, &mut ev)?;
-        sock::fill_from_bound(&mut ev, sk);
+        let (socket, sk) = walk(call, ev)?;
+        sock::fill_from_bound(ev, sk);
         walked = Some((socket, sk));
     }
     if filters & FILTER_PORT != 0 {
@@ -112,13 +119,13 @@ pub fn handle(call: &Call) -> Result<(), i32> {
     }
     if filters & FILTER_NETNS != 0 {
         if walked.is_none() {
-            walked = Some(walk(call, &mut ev)?);
+            walked = Some(walk(call, ev)?);
         }
         if unsafe { NETNS.get(ev.netns) }.is_none() {
             return Ok(());
         }
     }
-    let Some(state) = fold(&mut ev) else {
+    let Some(state) = fold(ev) else {
         return Ok(());
     };
     ev.ts_boot_ns = unsafe { bpf_ktime_get_boot_ns() };
@@ -128,13 +135,16 @@ pub fn handle(call: &Call) -> Result<(), i32> {
     // so that every failure counted is accounted for.
     let walked = match walked {
         Some(w) => Some(w),
-        None => walk(call, &mut ev).ok(),
+        None => walk(call, ev).ok(),
     };
     if let Some((socket, sk)) = walked {
-        sock::fill_details(&mut ev, socket, sk);
+        sock::fill_details(ev, socket, sk);
+        if conf!(track_holders) != 0 && ev.ret != 0 {
+            holders::attach(ev, sk);
+        }
     }
     if call.syscall == SYSCALL_BIND {
-        sock::fill_sockaddr_addr(&mut ev, sa_family, call.addr, call.addrlen, call.user_addr);
+        sock::fill_sockaddr_addr(ev, sa_family, call.addr, call.addrlen, call.user_addr);
     }
     let uid_gid = bpf_get_current_uid_gid();
     ev.uid = uid_gid as u32;
@@ -142,7 +152,7 @@ pub fn handle(call: &Call) -> Result<(), i32> {
     ev.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
     ev.comm = bpf_get_current_comm().unwrap_or_default();
     ev.ppid = sock::current_ppid();
-    send(&ev, state);
+    send(ev, state);
     Ok(())
 }
 

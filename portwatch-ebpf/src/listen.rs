@@ -6,11 +6,14 @@ use aya_ebpf::{
     macros::{fexit, tracepoint},
     programs::{FExitContext, TracePointContext},
 };
-use portwatch_common::{stat, PendingCall, SOURCE_FEXIT, SOURCE_TRACEPOINT, SYSCALL_LISTEN};
+use portwatch_common::{
+    stat, PendingCall, HOW_BIND, SOURCE_FEXIT, SOURCE_TRACEPOINT, SYSCALL_BIND, SYSCALL_LISTEN,
+};
 
 use crate::{
     config::{conf, count, CALLS},
     emit::{self, Call},
+    holders,
 };
 
 /// Saves listen()'s fd for `sys_exit_listen`.
@@ -90,7 +93,10 @@ pub fn exit(ctx: &TracePointContext, syscall: u8) {
     let id = bpf_get_current_pid_tgid();
     let off_ret = conf!(offsets.tp_ret) as usize;
     let ret = unsafe { ctx.read_at::<i64>(off_ret) }.unwrap_or(0) as i32;
-    if !emit::wanted(ret) {
+    // Successful binds feed the holder table (listeners come from
+    // inet_sock_set_state), whether or not successes are reported.
+    let record = ret == 0 && syscall == SYSCALL_BIND && conf!(track_holders) != 0;
+    if !record && !emit::wanted(ret) {
         if !from_regs {
             let _ = CALLS.remove(id);
         }
@@ -106,6 +112,12 @@ pub fn exit(ctx: &TracePointContext, syscall: u8) {
         let _ = CALLS.remove(id);
         call
     };
+    if record {
+        holders::record_fd(call.fd, HOW_BIND);
+        if !emit::wanted(ret) {
+            return;
+        }
+    }
     let _ = emit::handle(&Call {
         syscall,
         source: SOURCE_TRACEPOINT,

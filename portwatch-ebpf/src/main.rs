@@ -10,6 +10,7 @@
 mod bind;
 mod config;
 mod emit;
+mod holders;
 mod listen;
 mod sock;
 

@@ -90,26 +90,29 @@ pub fn fill_identity(ev: &mut Event, socket: u64) -> Result<u64, i32> {
 pub fn fill_details(ev: &mut Event, socket: u64, sk: u64) {
     ev.sock_type = read(socket, conf!(offsets.socket_type));
     ev.bound_dev_if = read(sk, conf!(offsets.sk_bound_dev_if));
+    ev.opts = opts_of(sk);
+}
+
+/// The socket's `OPT_*` bits, with `OPT_VALID`.
+#[inline(always)]
+pub fn opts_of(sk: u64) -> u8 {
     let mut opts = OPT_VALID;
-    if read_bits(sk, conf!(offsets.reuse)) != 0 {
-        opts |= OPT_REUSEADDR;
+    for (loc, bit) in [
+        (conf!(offsets.reuse), OPT_REUSEADDR),
+        (conf!(offsets.reuseport), OPT_REUSEPORT),
+        (conf!(offsets.v6only), OPT_V6ONLY),
+        (conf!(offsets.freebind), OPT_FREEBIND),
+        (conf!(offsets.transparent), OPT_TRANSPARENT),
+        (
+            conf!(offsets.bind_address_no_port),
+            OPT_BIND_ADDRESS_NO_PORT,
+        ),
+    ] {
+        if read_bits(sk, loc) != 0 {
+            opts |= bit;
+        }
     }
-    if read_bits(sk, conf!(offsets.reuseport)) != 0 {
-        opts |= OPT_REUSEPORT;
-    }
-    if read_bits(sk, conf!(offsets.v6only)) != 0 {
-        opts |= OPT_V6ONLY;
-    }
-    if read_bits(sk, conf!(offsets.freebind)) != 0 {
-        opts |= OPT_FREEBIND;
-    }
-    if read_bits(sk, conf!(offsets.transparent)) != 0 {
-        opts |= OPT_TRANSPARENT;
-    }
-    if read_bits(sk, conf!(offsets.bind_address_no_port)) != 0 {
-        opts |= OPT_BIND_ADDRESS_NO_PORT;
-    }
-    ev.opts = opts;
+    opts
 }
 
 /// Copies the requested family and port out of bind()'s sockaddr, from user
@@ -152,11 +155,20 @@ pub fn fill_sockaddr_addr(ev: &mut Event, sa_family: u16, ptr: u64, len: i32, us
 #[inline(always)]
 pub fn fill_from_bound(ev: &mut Event, sk: u64) {
     ev.port = read(sk, conf!(offsets.sk_num));
-    if ev.family == AF_INET6 {
-        ev.addr = read(sk, conf!(offsets.sk_v6_rcv_saddr));
+    ev.addr = bound_addr(sk, ev.family);
+}
+
+/// The address a socket is bound to, network byte order (IPv4 in the first
+/// four bytes).
+#[inline(always)]
+pub fn bound_addr(sk: u64, family: u16) -> [u8; 16] {
+    if family == AF_INET6 {
+        read(sk, conf!(offsets.sk_v6_rcv_saddr))
     } else {
         let v4: [u8; 4] = read(sk, conf!(offsets.sk_rcv_saddr));
-        ev.addr[..4].copy_from_slice(&v4);
+        let mut addr = [0; 16];
+        addr[..4].copy_from_slice(&v4);
+        addr
     }
 }
 

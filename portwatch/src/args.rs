@@ -138,6 +138,21 @@ pub struct WatchArgs {
     #[arg(long, value_name = "SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
     pub stats_interval: u64,
 
+    /// Do not look up holders: no kernel record of who binds, no /proc or
+    /// sock_diag lookups; events only.
+    #[arg(long)]
+    pub no_holders: bool,
+
+    /// Longest wait, in milliseconds, for an event's holder lookup before it
+    /// is printed with what the kernel recorded alone.
+    #[arg(long, value_name = "MS", default_value_t = 500, value_parser = clap::value_parser!(u64).range(1..=60_000))]
+    pub lookup_timeout: u64,
+
+    /// Delay every holder lookup by this many ms (for tests: the holder is
+    /// gone by the time userspace looks).
+    #[arg(long, value_name = "MS", default_value_t = 0, hide = true)]
+    pub enrich_delay: u64,
+
     /// How the tracepoint backend gets bind()'s arguments (for tests).
     #[arg(long, value_enum, default_value_t = ArgsSource::Auto, hide = true)]
     pub tracepoint_args: ArgsSource,

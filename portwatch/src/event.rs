@@ -263,6 +263,10 @@ pub struct Event {
     pub folded: u64,
     /// Hook that saw it.
     pub source: Source,
+    /// The port's holder as the kernel recorded it (enrichment reports it
+    /// under `holders`).
+    #[serde(skip)]
+    pub recorded: Option<RecordedHolder>,
 }
 
 /// Converts CLOCK_BOOTTIME stamps to wall-clock time.
@@ -321,7 +325,29 @@ fn raw(mut b: &[u8]) -> Result<common::Event, DecodeError> {
     };
     b.copy_to_slice(&mut ev.comm);
     b.copy_to_slice(&mut ev.addr);
+    let h = &mut ev.holder;
+    h.ts_boot_ns = b.get_u64_le();
+    h.pid = b.get_u32_le();
+    h.uid = b.get_u32_le();
+    b.copy_to_slice(&mut h.comm);
+    b.copy_to_slice(&mut h.addr);
+    h.family = b.get_u16_le();
+    h.how = b.get_u8();
+    h.state = b.get_u8();
+    h.opts = b.get_u8();
     Ok(ev)
+}
+
+fn ip(family: Family, raw: [u8; 16]) -> IpAddr {
+    match family {
+        Family::Ipv4 => IpAddr::V4(Ipv4Addr::new(raw[0], raw[1], raw[2], raw[3])),
+        Family::Ipv6 => IpAddr::V6(Ipv6Addr::from(raw)),
+    }
+}
+
+fn comm(raw: &[u8; 16]) -> String {
+    let len = raw.iter().position(|&c| c == 0).unwrap_or(raw.len());
+    String::from_utf8_lossy(&raw[..len]).into_owned()
 }
 
 impl Event {
@@ -329,11 +355,7 @@ impl Event {
     pub fn decode(bytes: &[u8], clock: Clock) -> Result<Self, DecodeError> {
         let r = raw(bytes)?;
         let family = Family::try_from(r.family)?;
-        let addr = match family {
-            Family::Ipv4 => IpAddr::V4(Ipv4Addr::new(r.addr[0], r.addr[1], r.addr[2], r.addr[3])),
-            Family::Ipv6 => IpAddr::V6(Ipv6Addr::from(r.addr)),
-        };
-        let comm_len = r.comm.iter().position(|&c| c == 0).unwrap_or(r.comm.len());
+        let recorded = RecordedHolder::decode(&r.holder, clock)?;
         Ok(Self {
             ts: clock.wall(r.ts_boot_ns),
             pid: r.pid,
@@ -341,14 +363,14 @@ impl Event {
             ppid: r.ppid,
             uid: r.uid,
             gid: r.gid,
-            comm: String::from_utf8_lossy(&r.comm[..comm_len]).into_owned(),
+            comm: comm(&r.comm),
             cgroup_id: r.cgroup_id,
             syscall: Syscall::try_from(r.syscall)?,
             errno: (r.ret != 0).then(|| Errno(r.ret.wrapping_neg())),
             ret: r.ret,
             proto: Proto::from(r.protocol),
             family,
-            addr,
+            addr: ip(family, r.addr),
             port: r.port,
             netns: r.netns,
             fd: (r.fd >= 0).then_some(r.fd),
@@ -356,7 +378,75 @@ impl Event {
             opts: Opts::from_bits(r.opts),
             folded: r.folded,
             source: Source::try_from(r.source)?,
+            recorded,
         })
+    }
+}
+
+/// How the kernel learnt of a port's holder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum How {
+    /// A successful bind().
+    Bind,
+    /// The socket entered LISTEN.
+    Listen,
+}
+
+/// The holder the kernel recorded for the failing call's port, checked at
+/// the moment of the failure: the only witness once the holder has exited.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordedHolder {
+    /// Process that bound the port or started listening on it.
+    pub pid: u32,
+    /// Its real uid.
+    pub uid: u32,
+    /// Its comm (untrusted).
+    pub comm: String,
+    /// The socket's family.
+    pub family: Family,
+    /// The address it bound.
+    pub addr: IpAddr,
+    /// Which event recorded it.
+    pub how: How,
+    /// When.
+    pub since: SystemTime,
+    /// When, as CLOCK_BOOTTIME ns (to tell the binder from a reused pid).
+    pub boot_ns: u64,
+    /// The socket's TCP state number at the failure (UDP sockets: 7), or
+    /// `None` when it had already closed (the record outlived the socket).
+    pub state: Option<u8>,
+    /// The socket's options at the failure, when it was still open.
+    pub opts: Option<Opts>,
+}
+
+impl RecordedHolder {
+    fn decode(h: &common::KernelHolder, clock: Clock) -> Result<Option<Self>, DecodeError> {
+        let how = match h.how {
+            common::HOW_NONE => return Ok(None),
+            common::HOW_BIND => How::Bind,
+            common::HOW_LISTEN => How::Listen,
+            v => {
+                return Err(DecodeError::Unknown {
+                    field: "holder.how",
+                    value: v.into(),
+                })
+            }
+        };
+        let family = Family::try_from(h.family)?;
+        let state = (h.state != 0).then_some(h.state);
+        Ok(Some(Self {
+            pid: h.pid,
+            uid: h.uid,
+            comm: comm(&h.comm),
+            family,
+            addr: ip(family, h.addr),
+            how,
+            since: clock.wall(h.ts_boot_ns),
+            boot_ns: h.ts_boot_ns,
+            state,
+            opts: state.and_then(|_| Opts::from_bits(h.opts)),
+        }))
     }
 }
 
@@ -402,6 +492,18 @@ pub(crate) mod tests {
             _pad: 0,
             comm,
             addr: [127, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            holder: common::KernelHolder {
+                ts_boot_ns: 500_000_000,
+                pid: 100,
+                uid: 33,
+                comm: *b"old\0\0\0\0\0\0\0\0\0\0\0\0\0",
+                addr: [0; 16],
+                family: common::AF_INET,
+                how: common::HOW_LISTEN,
+                state: 10,
+                opts: common::OPT_VALID | common::OPT_REUSEPORT,
+                _pad: [0; 3],
+            },
         }
     }
 
@@ -430,6 +532,37 @@ pub(crate) mod tests {
             ev.ts,
             SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_001)
         );
+    }
+
+    #[test]
+    fn decodes_the_recorded_holder() {
+        let ev = Event::decode(&encode(&sample()), clock()).unwrap();
+        let h = ev.recorded.unwrap();
+        assert_eq!((h.pid, h.uid, h.comm.as_str()), (100, 33, "old"));
+        assert_eq!(h.how, How::Listen);
+        assert_eq!(h.state, Some(10));
+        assert_eq!(h.addr.to_string(), "0.0.0.0");
+        assert!(h.opts.unwrap().reuseport);
+        assert_eq!(
+            h.since,
+            SystemTime::UNIX_EPOCH + Duration::from_millis(1_800_000_000_500)
+        );
+        // A socket closed since it was recorded: no state, no options.
+        let mut raw = sample();
+        raw.holder.state = 0;
+        let h = Event::decode(&encode(&raw), clock())
+            .unwrap()
+            .recorded
+            .unwrap();
+        assert_eq!((h.state, h.opts), (None, None));
+        // No record at all.
+        raw.holder = common::KernelHolder::default();
+        assert_eq!(
+            Event::decode(&encode(&raw), clock()).unwrap().recorded,
+            None
+        );
+        raw.holder.how = 9;
+        assert!(Event::decode(&encode(&raw), clock()).is_err());
     }
 
     #[test]

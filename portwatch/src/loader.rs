@@ -59,6 +59,8 @@ pub struct Settings {
     pub btf: Option<PathBuf>,
     /// Tracepoint backend: where bind()'s arguments come from.
     pub args_source: ArgsSource,
+    /// Record port holders in the kernel and attach them to failures.
+    pub track_holders: bool,
 }
 
 impl Settings {
@@ -66,6 +68,7 @@ impl Settings {
         let mut c = Config {
             fold_window_ns: self.fold_window_ns,
             trace_success: u32::from(self.success),
+            track_holders: u32::from(self.track_holders),
             ..Config::default()
         };
         if self.all_errors || self.success {
@@ -120,6 +123,10 @@ pub struct Loaded {
     pub why: String,
     /// Where portwatch mounted tracefs, if it had to.
     pub mounted_tracefs: Option<&'static Path>,
+    /// Why listeners are not recorded in the kernel, when they are not.
+    pub holders_note: Option<String>,
+    /// The kernel can dump bound-but-inactive TCP sockets (6.8+).
+    pub bound_inactive_dump: bool,
 }
 
 /// Calls between sys_enter and sys_exit at once, machine-wide (entry pairing).
@@ -247,6 +254,19 @@ fn attach_tracepoints(ebpf: &mut Ebpf, with_entry: bool) -> Result<()> {
     Ok(())
 }
 
+/// Attaches the listener recorder, the holder table's second source.
+fn attach_state(ebpf: &mut Ebpf) -> Result<()> {
+    let p: &mut TracePoint = ebpf
+        .program_mut("inet_sock_set_state")
+        .ok_or_else(|| anyhow!("eBPF object has no program inet_sock_set_state"))?
+        .try_into()?;
+    p.load()
+        .context("loading tracepoint sock/inet_sock_set_state")?;
+    p.attach("sock", "inet_sock_set_state")
+        .context("attaching tracepoint sock/inet_sock_set_state")?;
+    Ok(())
+}
+
 /// The first line of an error chain's root cause, for one-line messages.
 fn root(e: &anyhow::Error) -> String {
     e.root_cause()
@@ -283,12 +303,48 @@ pub fn load(settings: &Settings, choice: BackendChoice) -> Result<Loaded> {
         }));
     }
     let mut base = settings.config();
-    base.offsets = Btf::from_file(&btf_path)
-        .map_err(|e| unsupported(e.to_string()))
-        .and_then(|btf| {
-            offsets::resolve(&btf)
-                .map_err(|e| unsupported(format!("cannot read socket fields on this kernel: {e}")))
-        })?;
+    let btf = Btf::from_file(&btf_path).map_err(|e| unsupported(e.to_string()))?;
+    base.offsets = offsets::resolve(&btf)
+        .map_err(|e| unsupported(format!("cannot read socket fields on this kernel: {e}")))?;
+    // TCP_BOUND_INACTIVE is the inet_diag pseudo-state that dumps
+    // bound-but-inactive TCP sockets (Linux 6.8+).
+    let bound_inactive_dump = btf.enum_value("TCP_BOUND_INACTIVE").is_some();
+    drop(btf);
+
+    // tracefs: the tracepoint backend needs it, and so does the listener
+    // recorder (a tracepoint) with either backend.
+    let tracefs = (settings.track_holders || choice != BackendChoice::Fexit).then(tracefs);
+    let mounted_tracefs = match &tracefs {
+        Some(Ok((dir, true))) => Some(*dir),
+        _ => None,
+    };
+    let mut holders_note = None;
+    if settings.track_holders {
+        let applied = match &tracefs {
+            Some(Ok((dir, _))) => offsets::apply_state_format(dir, &mut base.offsets),
+            Some(Err(e)) => Err(anyhow!("{e}")),
+            None => unreachable!("tracefs is looked up when holders are tracked"),
+        };
+        if let Err(e) = applied {
+            holders_note = Some(format!("{e:#}"));
+        }
+    }
+    let finish = |mut ebpf: Ebpf, backend: Backend, why: String| -> Result<Loaded> {
+        let mut holders_note = holders_note.clone();
+        if settings.track_holders && holders_note.is_none() {
+            if let Err(e) = attach_state(&mut ebpf) {
+                holders_note = Some(format!("{e}: {}", root(&e)));
+            }
+        }
+        Ok(Loaded {
+            ebpf,
+            backend,
+            why,
+            mounted_tracefs,
+            holders_note,
+            bound_inactive_dump,
+        })
+    };
 
     // Declared before the loader, which borrows them.
     let fexit_config = base;
@@ -314,12 +370,7 @@ pub fn load(settings: &Settings, choice: BackendChoice) -> Result<Loaded> {
                     BackendChoice::Fexit => "asked for",
                     _ => "the kernel allows it",
                 };
-                return Ok(Loaded {
-                    ebpf,
-                    backend: Backend::Fexit,
-                    why: why.into(),
-                    mounted_tracefs: None,
-                });
+                return finish(ebpf, Backend::Fexit, why.into());
             }
             Err(e) if choice == BackendChoice::Fexit => {
                 return Err(unsupported(format!(
@@ -333,8 +384,11 @@ pub fn load(settings: &Settings, choice: BackendChoice) -> Result<Loaded> {
         }
     }
 
-    let (tracefs, mounted) = tracefs()?;
-    let mounted_tracefs = mounted.then_some(tracefs);
+    let tracefs = match tracefs {
+        Some(Ok((dir, _))) => dir,
+        Some(Err(e)) => return Err(e),
+        None => unreachable!("tracefs is looked up unless fexit was asked for"),
+    };
     let mut tp = base;
     offsets::TracepointFormats::read(tracefs)
         .and_then(|f| f.apply(&mut tp.offsets))
@@ -356,12 +410,7 @@ pub fn load(settings: &Settings, choice: BackendChoice) -> Result<Loaded> {
             Ok(()) => {
                 let why =
                     tracepoint_why(fexit_error, "sys_exit only, arguments from saved registers");
-                return Ok(Loaded {
-                    ebpf,
-                    backend: Backend::Tracepoint,
-                    why,
-                    mounted_tracefs,
-                });
+                return finish(ebpf, Backend::Tracepoint, why);
             }
             Err(e) if settings.args_source == ArgsSource::Regs => {
                 return Err(unsupported(format!("{e}: {}", root(&e))));
@@ -378,12 +427,7 @@ pub fn load(settings: &Settings, choice: BackendChoice) -> Result<Loaded> {
         None => "sys_enter + sys_exit".to_owned(),
     };
     let why = tracepoint_why(fexit_error, &how);
-    Ok(Loaded {
-        ebpf,
-        backend: Backend::Tracepoint,
-        why,
-        mounted_tracefs,
-    })
+    finish(ebpf, Backend::Tracepoint, why)
 }
 
 fn tracepoint_why(fexit_error: Option<String>, how: &str) -> String {

@@ -2,11 +2,15 @@
 
 mod args;
 mod btf;
+mod diagnose;
+mod enrich;
 mod event;
 mod filter;
 mod loader;
 mod offsets;
 mod output;
+mod procs;
+mod sockdiag;
 mod watch;
 
 use std::process::ExitCode;
@@ -31,7 +35,10 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
     };
-    let runtime = match tokio::runtime::Builder::new_current_thread()
+    // Two workers: the ring buffer's reader never shares a thread with a
+    // writer stuck on a slow stdout. Holder lookups run on blocking threads.
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
         .enable_all()
         .build()
     {

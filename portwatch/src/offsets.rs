@@ -80,6 +80,10 @@ pub fn resolve(btf: &Btf) -> Result<Offsets, BtfError> {
         sk_protocol: o("sock", "sk_protocol")?,
         net_inum: o("net", "ns.inum")?,
         regs_arg: syscall_arg_regs(btf)?,
+        sk_state: sk_common("skc_state")?,
+        tp_state_sk: 0,
+        tp_state_new: 0,
+        tp_state_proto: 0,
         tp_fd: 0,
         tp_addr: 0,
         tp_addrlen: 0,
@@ -131,6 +135,21 @@ fn format_offset(format: &str, field: &str) -> Option<u32> {
             .find_map(|p| p.trim().strip_prefix("offset:"))?;
         off.trim().parse().ok()
     })
+}
+
+/// Fills the `tp_state_*` offsets from `sock/inet_sock_set_state`'s format.
+pub fn apply_state_format(tracefs: &std::path::Path, offsets: &mut Offsets) -> Result<()> {
+    let path = tracefs.join("events/sock/inet_sock_set_state/format");
+    let format = std::fs::read_to_string(&path)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    let get = |field: &str| {
+        format_offset(&format, field)
+            .with_context(|| format!("tracepoint sock/inet_sock_set_state has no field {field}"))
+    };
+    offsets.tp_state_sk = get("skaddr")?;
+    offsets.tp_state_new = get("newstate")?;
+    offsets.tp_state_proto = get("protocol")?;
+    Ok(())
 }
 
 /// Record layouts of the syscall tracepoints, as tracefs describes them.
@@ -299,7 +318,10 @@ mod btf_tests {
     fn this_kernel_offsets_match_bpftool() {
         let o = check_against_bpftool(std::path::Path::new("/sys/kernel/btf/vmlinux"));
         // Fields inside anonymous unions: sock_common's layout has been stable for years.
-        assert_eq!((o.sk_family, o.sk_num, o.sk_rcv_saddr), (16, 14, 4));
+        assert_eq!(
+            (o.sk_family, o.sk_num, o.sk_rcv_saddr, o.sk_state),
+            (16, 14, 4, 18)
+        );
         assert_eq!(o.reuse.width, 4);
         assert_eq!(o.reuseport.width, 1);
         assert_eq!(o.v6only.width, 1);

@@ -5,7 +5,12 @@ use std::{
     net::IpAddr,
 };
 
-use crate::event::Event;
+use serde::Serialize;
+
+use crate::{
+    diagnose::{Evidence, Holder, Verdict},
+    event::Event,
+};
 
 /// How events are printed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,12 +80,47 @@ pub fn human_line(ev: &Event) -> String {
     line
 }
 
-/// Writes one event in `format`.
-pub fn write_event(out: &mut impl Write, format: Format, ev: &Event) -> io::Result<()> {
+/// An event with what enrichment found, as one NDJSON object.
+#[derive(Serialize)]
+struct Report<'a> {
+    #[serde(flatten)]
+    event: &'a Event,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    holders: Option<&'a [Holder]>,
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    verdict: Option<&'a Verdict>,
+}
+
+/// Writes one event in `format`, with its holders and verdict when it was
+/// enriched.
+pub fn write_event(
+    out: &mut impl Write,
+    format: Format,
+    ev: &Event,
+    found: Option<(&Evidence, &Verdict)>,
+) -> io::Result<()> {
     match format {
-        Format::Human => writeln!(out, "{}", human_line(ev)),
+        Format::Human => {
+            writeln!(out, "{}", human_line(ev))?;
+            if let Some((_, v)) = found {
+                let reason = serde_json::to_value(v.reason).unwrap_or_default();
+                writeln!(
+                    out,
+                    "    why: {} [{}]",
+                    printable(&v.diagnosis),
+                    reason.as_str().unwrap_or("?")
+                )?;
+                writeln!(out, "    fix: {}", printable(&v.fix))?;
+            }
+            Ok(())
+        }
         Format::Json => {
-            serde_json::to_writer(&mut *out, ev)?;
+            let report = Report {
+                event: ev,
+                holders: found.map(|(e, _)| e.holders.as_slice()),
+                verdict: found.map(|(_, v)| v),
+            };
+            serde_json::to_writer(&mut *out, &report)?;
             out.write_all(b"\n")
         }
     }
@@ -126,7 +166,7 @@ mod tests {
     #[test]
     fn json_has_the_documented_keys() {
         let mut out = Vec::new();
-        write_event(&mut out, Format::Json, &event()).unwrap();
+        write_event(&mut out, Format::Json, &event(), None).unwrap();
         let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
         for key in [
             "ts",

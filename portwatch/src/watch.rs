@@ -3,6 +3,7 @@
 use std::{
     collections::HashMap,
     io::{self, Write},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -13,11 +14,14 @@ use serde_json::json;
 use tokio::{
     io::unix::AsyncFd,
     signal::unix::{signal, SignalKind},
+    sync::{mpsc, watch},
 };
 
 use crate::{
     args::WatchArgs,
-    event::{Clock, Event},
+    diagnose::{diagnose, Evidence},
+    enrich::Enricher,
+    event::{Clock, Event, Syscall},
     loader::{self, Loaded, Settings},
     output::{self, Format},
 };
@@ -80,23 +84,18 @@ struct Delivered {
 }
 
 impl Delivered {
-    /// Decodes and prints every record the ring buffer holds.
-    fn drain(
-        &mut self,
-        ring: &mut RingBuf<MapData>,
-        out: &mut impl Write,
-        format: Format,
-    ) -> io::Result<()> {
+    /// Decodes every record the ring buffer holds and hands them on.
+    fn drain(&mut self, ring: &mut RingBuf<MapData>, pipeline: &mut Pipeline) {
         let clock = Clock::now();
         while let Some(item) = ring.next() {
             match Event::decode(&item, clock) {
                 Ok(ev) => {
-                    output::write_event(out, format, &ev)?;
                     self.events += 1;
                     self.folded += ev.folded;
                     if ev.ret != 0 {
-                        self.last.insert(fold_key(&ev), ev);
+                        self.last.insert(fold_key(&ev), ev.clone());
                     }
+                    pipeline.submit(ev);
                 }
                 Err(e) => {
                     self.bad += 1;
@@ -106,8 +105,140 @@ impl Delivered {
                 }
             }
         }
-        out.flush()
     }
+}
+
+/// Evidence shared by the events of one storm.
+type Shared = watch::Receiver<Option<Arc<Evidence>>>;
+
+/// What identifies identical evidence: the port in its namespace, the
+/// failure, and the kernel's view of the holder at the failure.
+type StormKey = (u32, String, u16, i32, u8, u32, u32, Option<u8>);
+
+/// How long one enrichment serves identical failures (a storm on one port
+/// costs one lookup per interval, not one per failure).
+const SHARE_FOR: Duration = Duration::from_millis(250);
+
+/// An event on its way to stdout, with its enrichment running.
+struct Pending {
+    ev: Event,
+    evidence: Option<Shared>,
+    deadline: tokio::time::Instant,
+}
+
+/// Decoded events -> enrichment on blocking threads -> an in-order writer.
+/// The ring buffer's reader only decodes and submits, so capture never waits
+/// for /proc or netlink.
+struct Pipeline {
+    enricher: Option<Arc<Enricher>>,
+    tx: mpsc::UnboundedSender<Pending>,
+    recent: HashMap<StormKey, (Instant, Shared)>,
+    timeout: Duration,
+    delay: Duration,
+}
+
+impl Pipeline {
+    fn submit(&mut self, ev: Event) {
+        let evidence = match &self.enricher {
+            Some(enricher) if ev.ret != 0 => Some(self.enrich(enricher.clone(), &ev)),
+            _ => None,
+        };
+        let deadline = tokio::time::Instant::now() + self.timeout + self.delay;
+        // The writer only stops when told to, or when stdout is gone (then
+        // nothing is left to do with the event).
+        let _ = self.tx.send(Pending {
+            ev,
+            evidence,
+            deadline,
+        });
+    }
+
+    fn enrich(&mut self, enricher: Arc<Enricher>, ev: &Event) -> Shared {
+        let r = ev.recorded.as_ref();
+        let key: StormKey = (
+            ev.netns,
+            ev.proto.name(),
+            ev.port,
+            ev.ret,
+            ev.syscall.code(),
+            // listen()'s own socket is told apart by pid.
+            if ev.syscall == Syscall::Listen {
+                ev.pid
+            } else {
+                0
+            },
+            r.map_or(0, |r| r.pid),
+            r.and_then(|r| r.state),
+        );
+        let now = Instant::now();
+        if let Some((at, shared)) = self.recent.get(&key) {
+            if now.duration_since(*at) < SHARE_FOR {
+                return shared.clone();
+            }
+        }
+        if self.recent.len() > 4096 {
+            self.recent
+                .retain(|_, (at, _)| now.duration_since(*at) < SHARE_FOR);
+        }
+        let (tx, rx) = watch::channel(None);
+        let ev = ev.clone();
+        let delay = self.delay;
+        tokio::task::spawn_blocking(move || {
+            std::thread::sleep(delay);
+            let _ = tx.send(Some(Arc::new(enricher.evidence(&ev))));
+        });
+        self.recent.insert(key, (now, rx.clone()));
+        rx
+    }
+}
+
+/// Writes events in capture order, each once its enrichment is in or its
+/// deadline has passed. Returns how many enrichments timed out.
+async fn writer(
+    mut rx: mpsc::UnboundedReceiver<Pending>,
+    format: Format,
+    enricher: Option<Arc<Enricher>>,
+    timeout: Duration,
+) -> io::Result<u64> {
+    let mut out = io::BufWriter::with_capacity(64 * 1024, io::stdout());
+    let mut timeouts = 0;
+    while let Some(p) = rx.recv().await {
+        let evidence = match p.evidence {
+            None => None,
+            Some(mut shared) => {
+                let got =
+                    tokio::time::timeout_at(p.deadline, shared.wait_for(Option::is_some)).await;
+                Some(match got {
+                    Ok(Ok(v)) => v.clone().unwrap_or_default(),
+                    other => {
+                        let why = if other.is_err() {
+                            timeouts += 1;
+                            format!(
+                                "looking up the holders took longer than {} ms",
+                                timeout.as_millis()
+                            )
+                        } else {
+                            "looking up the holders failed".to_owned()
+                        };
+                        let mut e = enricher
+                            .as_ref()
+                            .map(|e| e.recorded_only(&p.ev))
+                            .unwrap_or_default();
+                        e.blind = Some(why);
+                        Arc::new(e)
+                    }
+                })
+            }
+        };
+        let verdict = evidence.as_ref().map(|e| diagnose(&p.ev, e));
+        let found = evidence.as_deref().zip(verdict.as_ref());
+        output::write_event(&mut out, format, &p.ev, found)?;
+        if rx.is_empty() {
+            out.flush()?;
+        }
+    }
+    out.flush()?;
+    Ok(timeouts)
 }
 
 fn settings(args: &WatchArgs) -> Settings {
@@ -125,6 +256,7 @@ fn settings(args: &WatchArgs) -> Settings {
         ring_bytes: args.ring_size * 1024,
         btf: args.btf.clone(),
         args_source: args.tracepoint_args,
+        track_holders: !args.no_holders,
     }
 }
 
@@ -152,6 +284,8 @@ pub async fn run(args: WatchArgs) -> Result<()> {
         backend,
         why,
         mounted_tracefs,
+        holders_note,
+        bound_inactive_dump,
     } = loader::load(&settings(&args), args.backend)?;
     if let Some(path) = mounted_tracefs {
         notices.say(
@@ -174,17 +308,38 @@ pub async fn run(args: WatchArgs) -> Result<()> {
     let mut ticker = tokio::time::interval(Duration::from_secs(args.stats_interval));
     ticker.tick().await;
 
-    let stdout = io::stdout();
-    let mut out = io::BufWriter::with_capacity(64 * 1024, stdout.lock());
+    let enricher = (!args.no_holders).then(|| Arc::new(Enricher::new(bound_inactive_dump)));
+    if let Some(e) = &enricher {
+        let e = e.clone();
+        // The first failures should not pay for walking /proc.
+        tokio::task::spawn_blocking(move || e.warm());
+    }
+    let timeout = Duration::from_millis(args.lookup_timeout);
+    let (tx, rx) = mpsc::unbounded_channel();
+    let mut pipeline = Pipeline {
+        enricher: enricher.clone(),
+        tx,
+        recent: HashMap::new(),
+        timeout,
+        delay: Duration::from_millis(args.enrich_delay),
+    };
     let startup_ms = started.elapsed().as_millis();
     notices.say(
         format!("backend {} ({why})", backend.name()),
         json!({"type": "backend", "backend": backend.name(), "why": why}),
     );
+    if let Some(note) = holders_note {
+        notices.say(
+            format!("listeners are not recorded in the kernel ({note}); holders that exit before they are looked up may go unnamed"),
+            json!({"type": "degraded", "what": "listener_record", "why": note}),
+        );
+    }
     if format == Format::Human {
+        let mut out = io::stdout().lock();
         writeln!(out, "{}", output::HEADER)?;
         out.flush()?;
     }
+    let mut writing = tokio::spawn(writer(rx, format, enricher, timeout));
     notices.say(
         format!("ready ({startup_ms} ms)"),
         json!({"type": "ready", "backend": backend.name(), "startup_ms": startup_ms}),
@@ -192,17 +347,21 @@ pub async fn run(args: WatchArgs) -> Result<()> {
 
     let mut delivered = Delivered::default();
     let mut lost_reported = 0;
-    let stop_reason = loop {
+    let mut written = None;
+    loop {
         tokio::select! {
             guard = ring.readable_mut() => {
                 let mut guard = guard?;
-                if let Err(e) = delivered.drain(guard.get_inner_mut(), &mut out, format) {
-                    break Some(e);
-                }
+                delivered.drain(guard.get_inner_mut(), &mut pipeline);
                 guard.clear_ready();
             }
-            _ = sigint.recv() => break None,
-            _ = sigterm.recv() => break None,
+            // The writer only ends early when stdout fails.
+            done = &mut writing => {
+                written = Some(done);
+                break;
+            }
+            _ = sigint.recv() => break,
+            _ = sigterm.recv() => break,
             _ = ticker.tick() => {
                 let lost = read_counters(&stats).lost;
                 if lost > lost_reported {
@@ -215,23 +374,22 @@ pub async fn run(args: WatchArgs) -> Result<()> {
                 }
             }
         }
-    };
-    let stdout_closed = match stop_reason {
-        Some(e) if e.kind() == io::ErrorKind::BrokenPipe => true,
-        Some(e) => return Err(e).context("writing events"),
-        None => false,
-    };
+    }
 
     // Detach first: from here on the counters and fold table are final.
     drop(ebpf);
-    if !stdout_closed {
-        delivered.drain(ring.get_mut(), &mut out, format).ok();
-    } else {
-        // stdout is gone; still account for what was in flight.
-        delivered
-            .drain(ring.get_mut(), &mut io::sink(), format)
-            .ok();
-    }
+    // Still account for what was in flight, even when stdout is gone.
+    delivered.drain(ring.get_mut(), &mut pipeline);
+    drop(pipeline);
+    let written = match written {
+        Some(w) => w,
+        None => writing.await,
+    };
+    let timeouts = match written.map_err(|e| anyhow!("the writer failed: {e}"))? {
+        Ok(n) => n,
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => 0,
+        Err(e) => return Err(e).context("writing events"),
+    };
     let c = read_counters(&stats);
     let mut tail = 0;
     for entry in folds.iter() {
@@ -273,7 +431,8 @@ pub async fn run(args: WatchArgs) -> Result<()> {
         json!({"type": "summary", "seconds": started.elapsed().as_secs_f64(), "matched": c.seen,
                "shown": delivered.events, "folded_shown": delivered.folded, "folded_tail": tail,
                "lost": c.lost, "sent": c.sent, "folded": c.folded, "no_entry": c.no_entry,
-               "fold_table_full": c.fold_full, "malformed": delivered.bad}),
+               "fold_table_full": c.fold_full, "malformed": delivered.bad,
+               "lookup_timeouts": timeouts}),
     );
     Ok(())
 }

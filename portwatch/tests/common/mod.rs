@@ -389,3 +389,65 @@ pub fn assert_ours(ev: &Value, ns: &Netns) {
     assert_eq!(ev["ppid"], nix::unistd::getppid().as_raw(), "{ev}");
     assert_eq!(ev["uid"], 0, "{ev}");
 }
+
+/// A python3 process that holds sockets until dropped: it runs `setup` in
+/// the caller's network namespace (start it inside `Netns::run`), says
+/// `ready`, and waits on stdin. Dropping it kills it, by its own handle.
+pub struct PyHolder {
+    child: Option<Child>,
+    /// Its pid.
+    pub pid: u32,
+}
+
+impl PyHolder {
+    /// Starts the holder, optionally as another uid, and waits until `setup` ran.
+    pub fn start(setup: &str, uid: Option<u32>) -> PyHolder {
+        let code = format!("{setup}\nimport sys\nprint('ready', flush=True)\nsys.stdin.read()\n");
+        let mut cmd = match uid {
+            Some(uid) => {
+                let mut c = Command::new("setpriv");
+                c.args([
+                    format!("--reuid={uid}"),
+                    format!("--regid={uid}"),
+                    "--clear-groups".into(),
+                    PYTHON.into(),
+                ]);
+                c
+            }
+            None => Command::new(PYTHON),
+        };
+        let mut child = cmd
+            .arg("-c")
+            .arg(&code)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python3 is needed for multi-process tests");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line.trim(), "ready", "holder setup failed: {setup}");
+        PyHolder {
+            pid: child.id(),
+            child: Some(child),
+        }
+    }
+}
+
+impl Drop for PyHolder {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// The event's first holder.
+pub fn holder(ev: &Value) -> &Value {
+    ev["holders"]
+        .as_array()
+        .and_then(|h| h.first())
+        .unwrap_or_else(|| panic!("no holder in {ev:#}"))
+}

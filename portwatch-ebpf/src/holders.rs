@@ -1,0 +1,135 @@
+//! The kernel's record of who holds each port, so that a failure names its
+//! holder even when that process exits before userspace can look.
+//!
+//! Recorded on every successful bind() and on every TCP socket entering
+//! LISTEN (`sock/inet_sock_set_state`), keyed by (netns, port, protocol).
+//! At a failure the record's socket is read again: its state and options at
+//! that instant travel with the event.
+
+use aya_ebpf::{
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
+        bpf_ktime_get_boot_ns,
+    },
+    macros::tracepoint,
+    programs::TracePointContext,
+};
+use portwatch_common::{Event, HolderRecord, KernelHolder, PortKey, AF_INET, AF_INET6, HOW_LISTEN};
+
+use crate::{
+    config::{conf, HOLDERS},
+    sock::{self, read},
+};
+
+const TCP_LISTEN: i32 = 10;
+const IPPROTO_TCP: u16 = 6;
+
+/// The record's key for a socket: None unless it is an inet socket bound to a port.
+#[inline(always)]
+fn key_of(sk: u64) -> Option<(PortKey, u16)> {
+    let family: u16 = read(sk, conf!(offsets.sk_family));
+    if family != AF_INET && family != AF_INET6 {
+        return None;
+    }
+    let port: u16 = read(sk, conf!(offsets.sk_num));
+    if port == 0 {
+        return None;
+    }
+    let net: u64 = read(sk, conf!(offsets.sk_net));
+    let key = PortKey {
+        netns: read(net, conf!(offsets.net_inum)),
+        port,
+        protocol: read(sk, conf!(offsets.sk_protocol)),
+    };
+    Some((key, family))
+}
+
+/// Records the current process as the holder of `sk`'s port.
+#[inline(always)]
+pub fn record(sk: u64, how: u8) {
+    let Some((key, family)) = key_of(sk) else {
+        return;
+    };
+    // A live listener stays the port's holder: a second socket entering
+    // LISTEN may be about to fail (its state flips before the port check),
+    // and a socket bound beside a listener is the lesser story.
+    if let Some(old) = unsafe { HOLDERS.get(key) } {
+        let old_sk = old.sk;
+        if old_sk != sk
+            && key_of(old_sk).is_some_and(|(k, _)| k == key)
+            && read::<u8>(old_sk, conf!(offsets.sk_state)) == TCP_LISTEN as u8
+        {
+            return;
+        }
+    }
+    let mut holder = KernelHolder {
+        ts_boot_ns: unsafe { bpf_ktime_get_boot_ns() },
+        pid: (bpf_get_current_pid_tgid() >> 32) as u32,
+        uid: bpf_get_current_uid_gid() as u32,
+        comm: bpf_get_current_comm().unwrap_or_default(),
+        family,
+        how,
+        ..KernelHolder::default()
+    };
+    holder.addr = sock::bound_addr(sk, family);
+    let _ = HOLDERS.insert(key, HolderRecord { sk, holder }, 0);
+}
+
+/// Records the holder of the socket behind `fd` after a successful bind().
+#[inline(always)]
+pub fn record_fd(fd: i32, how: u8) {
+    if let Ok(socket) = sock::socket_of_fd(fd) {
+        record(read(socket, conf!(offsets.socket_sk)), how);
+    }
+}
+
+/// Copies the recorded holder of `ev`'s port into `ev`, with the state and
+/// options its socket has right now. `failing_sk` is the caller's own socket,
+/// which is never its own holder.
+#[inline(always)]
+pub fn attach(ev: &mut Event, failing_sk: u64) {
+    if ev.port == 0 {
+        return;
+    }
+    let key = PortKey {
+        netns: ev.netns,
+        port: ev.port,
+        protocol: ev.protocol,
+    };
+    let Some(rec) = (unsafe { HOLDERS.get(key) }) else {
+        return;
+    };
+    let sk = rec.sk;
+    if sk == failing_sk {
+        return;
+    }
+    ev.holder = rec.holder;
+    // A closed socket gives its port back (inet_num goes to 0) or is freed:
+    // then it no longer matches the key and only the record remains.
+    if key_of(sk).is_some_and(|(now, _)| now == key) {
+        ev.holder.state = read(sk, conf!(offsets.sk_state));
+        ev.holder.opts = sock::opts_of(sk);
+    }
+}
+
+/// Records listeners: a TCP socket entering LISTEN, in the listen()ing process.
+#[tracepoint]
+pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
+    let (off_sk, off_new, off_proto) = (
+        conf!(offsets.tp_state_sk) as usize,
+        conf!(offsets.tp_state_new) as usize,
+        conf!(offsets.tp_state_proto) as usize,
+    );
+    let new = unsafe { ctx.read_at::<i32>(off_new) }.unwrap_or(0);
+    if new != TCP_LISTEN {
+        return 0;
+    }
+    let proto = unsafe { ctx.read_at::<u16>(off_proto) }.unwrap_or(0);
+    if proto != IPPROTO_TCP {
+        return 0;
+    }
+    if let Ok(sk) = unsafe { ctx.read_at::<u64>(off_sk) } {
+        record(sk, HOW_LISTEN);
+    }
+    0
+}

@@ -1,0 +1,810 @@
+//! Why a call failed and what to do about it, from what enrichment saw.
+//!
+//! Pure functions of the event and the holders found: no I/O, so every rule
+//! is unit-tested here and reproduced for real by the integration tests.
+//! A rule only fires on what was seen; when nothing fits the answer is
+//! `unknown` with the evidence, never a guess dressed as a fact.
+
+use std::{net::IpAddr, time::Duration};
+
+use serde::Serialize;
+
+use crate::{
+    event::{Event, Family, Proto, Syscall},
+    filter::Errno,
+    output::{printable, socket_addr},
+};
+
+/// A socket's state as users know it from `ss`/`netstat`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    /// TCP LISTEN.
+    Listen,
+    /// TCP TIME_WAIT: a closed connection's leftover.
+    TimeWait,
+    /// TCP socket bound to the port but neither listening nor connected.
+    Bound,
+    /// A UDP socket bound to the port.
+    Udp,
+    /// A TCP connection (ESTABLISHED, CLOSE_WAIT, SYN_RECV, FIN_WAIT...):
+    /// the kernel's state number.
+    Connection(u8),
+    /// The recorded holder's socket had closed before the failure.
+    Closed,
+}
+
+impl State {
+    /// From a kernel state number (include/net/tcp_states.h).
+    pub fn from_kernel(proto: Proto, state: u8) -> Self {
+        match (proto, state) {
+            (Proto::Udp, _) => Self::Udp,
+            (_, 10) => Self::Listen,
+            (_, 6) => Self::TimeWait,
+            // TCP_CLOSE with a port, or the TCP_BOUND_INACTIVE pseudo-state.
+            (_, 7 | 13) => Self::Bound,
+            (_, n) => Self::Connection(n),
+        }
+    }
+
+    /// The name shown: the kernel's TCP state name, or BOUND / UDP / CLOSED.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Listen => "LISTEN",
+            Self::TimeWait => "TIME_WAIT",
+            Self::Bound => "BOUND",
+            Self::Udp => "UDP",
+            Self::Closed => "CLOSED",
+            Self::Connection(n) => match n {
+                1 => "ESTABLISHED",
+                2 => "SYN_SENT",
+                3 => "SYN_RECV",
+                4 => "FIN_WAIT1",
+                5 => "FIN_WAIT2",
+                8 => "CLOSE_WAIT",
+                9 => "LAST_ACK",
+                11 => "CLOSING",
+                12 => "NEW_SYN_RECV",
+                _ => "UNKNOWN",
+            },
+        }
+    }
+}
+
+impl Serialize for State {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
+    }
+}
+
+/// Where a holder's description came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Seen {
+    /// The kernel's record, taken at the failure.
+    Kernel,
+    /// sock_diag after the failure.
+    SockDiag,
+    /// Both, and they agree on the socket.
+    KernelAndSockDiag,
+}
+
+/// One socket (or a group of TIME_WAIT leftovers) in the way, with its owner.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Holder {
+    /// The process that owns it: the recorded binder if it still holds it,
+    /// else the eldest sharer. None for TIME_WAIT (owned by the kernel).
+    pub pid: Option<u32>,
+    /// Its comm (untrusted).
+    pub comm: Option<String>,
+    /// Its full command line (untrusted), when it still runs.
+    pub cmdline: Option<String>,
+    /// Socket owner uid.
+    pub uid: Option<u32>,
+    /// LISTEN, TIME_WAIT, BOUND, UDP, ESTABLISHED...
+    pub state: State,
+    /// Bound address.
+    pub addr: IpAddr,
+    /// Bound port.
+    pub port: u16,
+    /// The owner has exited (known from the kernel's record only).
+    pub exited: bool,
+    /// systemd unit of the owner, from its cgroup.
+    pub unit: Option<String>,
+    /// Container id of the owner, from its cgroup.
+    pub container: Option<String>,
+    /// Every process holding the socket (forked workers share it).
+    pub pids: Vec<u32>,
+    /// How many sockets this entry stands for (TIME_WAIT leftovers are grouped).
+    pub sockets: u32,
+    /// TIME_WAIT: the longest time left on their timers, in ms.
+    pub time_left_ms: Option<u64>,
+    /// Remote end of a connection.
+    pub remote: Option<String>,
+    /// IPV6_V6ONLY of an IPv6 socket, when known.
+    pub v6only: Option<bool>,
+    /// SO_REUSEADDR, when known (kernel record only).
+    pub reuseaddr: Option<bool>,
+    /// SO_REUSEPORT, when known (kernel record only).
+    pub reuseport: Option<bool>,
+    /// Its family differs from the failing socket's: they overlap through an
+    /// IPv6 wildcard without IPV6_V6ONLY.
+    pub cross_family: bool,
+    /// Which view found it.
+    pub seen: Seen,
+}
+
+impl Holder {
+    /// "pid 123 (nginx, nginx.service)" or "TIME_WAIT connections".
+    pub fn who(&self) -> String {
+        let Some(pid) = self.pid else {
+            return format!("{} TIME_WAIT connection(s)", self.sockets);
+        };
+        let mut s = format!("pid {pid}");
+        let mut extra = Vec::new();
+        if let Some(c) = &self.comm {
+            extra.push(printable(c));
+        }
+        if let Some(u) = &self.unit {
+            extra.push(printable(u));
+        }
+        if let Some(c) = &self.container {
+            extra.push(format!("container {}", short_id(c)));
+        }
+        if self.exited {
+            extra.push("exited".into());
+        }
+        if !extra.is_empty() {
+            s.push_str(&format!(" ({})", extra.join(", ")));
+        }
+        if self.pids.len() > 1 {
+            s.push_str(&format!(" and {} more sharing it", self.pids.len() - 1));
+        }
+        s
+    }
+}
+
+fn short_id(id: &str) -> &str {
+    id.get(..12).unwrap_or(id)
+}
+
+/// The reason codes (the README documents each).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reason {
+    /// A listening socket (or a bound UDP socket) holds the port.
+    Listener,
+    /// Only TIME_WAIT leftovers conflict and the socket lacks SO_REUSEADDR.
+    TimeWait,
+    /// A TCP socket bound the port but never listened or connected.
+    BoundNotListening,
+    /// SO_REUSEPORT on one side only, or by another uid.
+    ReuseportMismatch,
+    /// Two SO_REUSEADDR sockets bound the port; the second listen() failed.
+    ListenConflict,
+    /// An IPv6 wildcard without IPV6_V6ONLY overlaps an IPv4 bind, or the reverse.
+    DualStack,
+    /// Live connections use the port, without a listener.
+    Connection,
+    /// Port 0 asked for and ip_local_port_range is used up.
+    EphemeralExhausted,
+    /// EACCES below ip_unprivileged_port_start.
+    PrivilegedPort,
+    /// EADDRNOTAVAIL: the address is not on this host.
+    AddrNotLocal,
+    /// Nothing seen explains it.
+    Unknown,
+}
+
+/// Per-namespace settings that decide some failures.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Sysctls {
+    /// net.ipv4.ip_local_port_range.
+    pub local_port_range: Option<(u16, u16)>,
+    /// net.ipv4.ip_unprivileged_port_start.
+    pub unprivileged_port_start: Option<u32>,
+    /// net.ipv4.ip_nonlocal_bind.
+    pub nonlocal_bind_v4: Option<bool>,
+    /// net.ipv6.ip_nonlocal_bind.
+    pub nonlocal_bind_v6: Option<bool>,
+}
+
+/// Everything enrichment learnt about one failure.
+#[derive(Debug, Clone, Default)]
+pub struct Evidence {
+    /// Holders that conflict with the request, most important first.
+    pub holders: Vec<Holder>,
+    /// Why it could not, when it could not.
+    pub blind: Option<String>,
+    /// The namespace's sysctls, when readable.
+    pub sysctls: Option<Sysctls>,
+    /// Port 0: sockets of the protocol bound inside ip_local_port_range.
+    pub ephemeral_in_use: Option<usize>,
+}
+
+/// The verdict on one failure.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Verdict {
+    /// Machine-readable code.
+    pub reason: Reason,
+    /// One sentence for people.
+    pub diagnosis: String,
+    /// What to do.
+    pub fix: String,
+}
+
+/// Timeless advice for SO_REUSEPORT.
+const REUSEPORT_CAVEAT: &str =
+    "on a public port, a new instance sharing it can receive connections meant for the old one";
+
+/// What stops `h` cleanly: its unit, its container, or the process.
+fn stop(h: &Holder, ev: &Event) -> String {
+    if h.pid == Some(ev.pid) {
+        return "bind the port once per process (this same process already holds it)".into();
+    }
+    if h.exited {
+        return "it has exited; retry the bind".into();
+    }
+    if let Some(unit) = &h.unit {
+        // The unit name was checked against systemd's charset when read.
+        return format!("`systemctl stop {unit}`");
+    }
+    if let Some(id) = &h.container {
+        return format!(
+            "stop container {} (`docker stop {}` or `podman stop {}`)",
+            short_id(id),
+            short_id(id),
+            short_id(id)
+        );
+    }
+    match h.pid {
+        Some(pid) => format!("`kill {pid}` (SIGTERM lets it close its sockets cleanly)"),
+        None => "wait for it to go".into(),
+    }
+}
+
+fn secs(ms: u64) -> String {
+    humantime::format_duration(Duration::from_secs(ms.div_ceil(1000))).to_string()
+}
+
+/// Decides the reason, the sentence and the fix for `ev` given `seen`.
+pub fn diagnose(ev: &Event, seen: &Evidence) -> Verdict {
+    let port = ev.port;
+    let what = format!("{} {}", ev.proto.name(), socket_addr(ev.addr, port));
+    match ev.errno {
+        Some(Errno(13)) => return privileged(ev, seen, &what),
+        Some(Errno(99)) => return not_local(ev, seen, &what),
+        Some(Errno(98)) => {}
+        _ => return unknown(ev, seen, &what),
+    }
+    if ev.syscall == Syscall::Bind && port == 0 {
+        return ephemeral(ev, seen);
+    }
+    let opts = ev.opts.unwrap_or_default();
+    let live: Vec<&Holder> = seen
+        .holders
+        .iter()
+        .filter(|h| h.state != State::Closed)
+        .collect();
+    let first = |state: State| live.iter().copied().find(|h| h.state == state);
+
+    if ev.syscall == Syscall::Listen {
+        if let Some(h) = first(State::Listen) {
+            return Verdict {
+                reason: Reason::ListenConflict,
+                diagnosis: format!(
+                    "listen() on {what} failed: this socket and {} both bound the port (SO_REUSEADDR lets two sockets bind it), and {} is already listening",
+                    h.who(), h.who()
+                ),
+                fix: format!(
+                    "bind one socket per port and listen on it; to share the port between processes, set SO_REUSEPORT on every socket under one uid ({REUSEPORT_CAVEAT}); or {}",
+                    stop(h, ev)
+                ),
+            };
+        }
+        return unknown(ev, seen, &what);
+    }
+
+    // Only cross-family holders in the way: the fix is a socket option.
+    let same_family = live
+        .iter()
+        .any(|h| !h.cross_family && h.state != State::TimeWait);
+    let cross = live
+        .iter()
+        .find(|h| h.cross_family && h.state != State::TimeWait);
+    if let (false, Some(h)) = (same_family, cross) {
+        let (v6, v4) = if ev.family == Family::Ipv6 {
+            ("this IPv6 socket".to_owned(), h.who())
+        } else {
+            (h.who(), "this IPv4 socket".to_owned())
+        };
+        return Verdict {
+            reason: Reason::DualStack,
+            diagnosis: format!(
+                "{what} is taken through dual-stack: {} holds {} {} and, without IPV6_V6ONLY, an IPv6 wildcard also takes the IPv4 port ({v6} overlaps {v4})",
+                h.who(), h.state.name(), socket_addr(h.addr, h.port)
+            ),
+            fix: format!(
+                "set IPV6_V6ONLY on the IPv6 socket (nginx: `listen [::]:{port} ipv6only=on;`) so the two families bind separately, or bind only the IPv6 wildcard and let it serve both; or {}",
+                stop(h, ev)
+            ),
+        };
+    }
+
+    if let Some(h) = first(State::Listen).or_else(|| first(State::Udp)) {
+        if let Some(v) = reuseport(ev, h, &what) {
+            return v;
+        }
+        let kind = if h.state == State::Udp {
+            "a bound UDP socket"
+        } else {
+            "a listening socket"
+        };
+        return Verdict {
+            reason: Reason::Listener,
+            diagnosis: format!(
+                "{what} is held by {} ({kind} on {})",
+                h.who(),
+                socket_addr(h.addr, h.port)
+            ),
+            fix: format!("{}; or use another port", capital(&stop(h, ev))),
+        };
+    }
+    if let Some(h) = first(State::Bound) {
+        if let Some(v) = reuseport(ev, h, &what) {
+            return v;
+        }
+        return Verdict {
+            reason: Reason::BoundNotListening,
+            diagnosis: format!(
+                "{what} is held by {}, whose socket bound {} but never listened or connected (invisible to `ss -l`)",
+                h.who(),
+                socket_addr(h.addr, h.port)
+            ),
+            fix: format!(
+                "find why it holds a bound socket it does not use (a leaked or half-initialised socket, or a port reserved on purpose); {}",
+                stop(h, ev)
+            ),
+        };
+    }
+    if let Some(h) = live
+        .iter()
+        .find(|h| matches!(h.state, State::Connection(_)))
+    {
+        let n: u32 = live
+            .iter()
+            .filter(|h| matches!(h.state, State::Connection(_)))
+            .map(|h| h.sockets)
+            .sum();
+        let advice = if opts.reuseaddr {
+            format!("{}", capital(&stop(h, ev)))
+        } else {
+            format!(
+                "set SO_REUSEADDR on the listening socket before bind() (for TCP it lets a listener start while old connections drain; it never lets two listeners share a port); or {}",
+                stop(h, ev)
+            )
+        };
+        return Verdict {
+            reason: Reason::Connection,
+            diagnosis: format!(
+                "{what} is in use by {n} live connection(s) without a listener, e.g. {} {} to {}",
+                h.who(),
+                h.state.name(),
+                h.remote.as_deref().unwrap_or("?")
+            ),
+            fix: advice,
+        };
+    }
+    if let Some(tw) = first(State::TimeWait) {
+        if !opts.reuseaddr {
+            let left = tw.time_left_ms.map(secs).unwrap_or_else(|| "?".into());
+            let by = seen
+                .holders
+                .iter()
+                .find(|h| h.state == State::Closed)
+                .map(|h| format!(", left by {}", h.who()))
+                .unwrap_or_default();
+            return Verdict {
+                reason: Reason::TimeWait,
+                diagnosis: format!(
+                    "{what} is held only by {} of closed connections{by}; they expire in at most {left}, and this socket has no SO_REUSEADDR",
+                    tw.who()
+                ),
+                fix: format!(
+                    "set SO_REUSEADDR on the listening socket before bind() (safe for TCP listeners: it never lets two listeners share a port), or retry in {left}"
+                ),
+            };
+        }
+    }
+    unknown(ev, seen, &what)
+}
+
+/// SO_REUSEPORT on one side only, or on both under different uids.
+fn reuseport(ev: &Event, h: &Holder, what: &str) -> Option<Verdict> {
+    let mine = ev.opts?.reuseport;
+    let theirs = h.reuseport;
+    let mismatch = match theirs {
+        Some(theirs) if theirs != mine => Some(format!(
+            "SO_REUSEPORT is set on {} only",
+            if mine { "this socket" } else { "the holder" }
+        )),
+        Some(true) if h.uid.is_some_and(|u| u != ev.uid) => Some(format!(
+            "both set SO_REUSEPORT but under different uids ({} and {})",
+            h.uid.unwrap_or_default(),
+            ev.uid
+        )),
+        // The holder predates portwatch: its options are unknown, so only
+        // say what is known.
+        None if mine => None,
+        _ => None,
+    }?;
+    Some(Verdict {
+        reason: Reason::ReuseportMismatch,
+        diagnosis: format!(
+            "{what} is held by {} ({} {}): {mismatch}, so the kernel will not share the port",
+            h.who(),
+            h.state.name(),
+            socket_addr(h.addr, h.port)
+        ),
+        fix: format!(
+            "set SO_REUSEPORT on both sockets, under the same uid, before bind() ({REUSEPORT_CAVEAT}); or {}",
+            stop(h, ev)
+        ),
+    })
+}
+
+fn ephemeral(ev: &Event, seen: &Evidence) -> Verdict {
+    let range = seen.sysctls.as_ref().and_then(|s| s.local_port_range);
+    match (range, seen.ephemeral_in_use) {
+        (Some((lo, hi)), Some(used)) if used >= usize::from(hi - lo) + 1 => Verdict {
+            reason: Reason::EphemeralExhausted,
+            diagnosis: format!(
+                "bind() to {} port 0 found no free port: all {} ports of ip_local_port_range {lo}-{hi} are bound ({used} {} sockets in the range)",
+                ev.proto.name(),
+                usize::from(hi - lo) + 1,
+                ev.proto.name()
+            ),
+            fix: "widen the range (`sysctl -w net.ipv4.ip_local_port_range=\"10000 65000\"`), close idle sockets, and give outgoing sockets IP_BIND_ADDRESS_NO_PORT so connect() picks the port per destination".into(),
+        },
+        (Some((lo, hi)), used) => Verdict {
+            reason: Reason::EphemeralExhausted,
+            diagnosis: format!(
+                "bind() to {} port 0 found no free port in ip_local_port_range {lo}-{hi}{}",
+                ev.proto.name(),
+                used.map(|u| format!(" ({u} sockets bound in it now)")).unwrap_or_default()
+            ),
+            fix: "widen the range (`sysctl -w net.ipv4.ip_local_port_range=\"10000 65000\"`), close idle sockets, and give outgoing sockets IP_BIND_ADDRESS_NO_PORT".into(),
+        },
+        _ => unknown(ev, seen, &format!("{} port 0", ev.proto.name())),
+    }
+}
+
+fn privileged(ev: &Event, seen: &Evidence, what: &str) -> Verdict {
+    let start = seen
+        .sysctls
+        .as_ref()
+        .and_then(|s| s.unprivileged_port_start);
+    match start {
+        Some(start) if ev.syscall == Syscall::Bind && u32::from(ev.port) < start => Verdict {
+            reason: Reason::PrivilegedPort,
+            diagnosis: format!(
+                "{what}: port {} is below ip_unprivileged_port_start ({start}) and pid {} (uid {}) lacks CAP_NET_BIND_SERVICE",
+                ev.port, ev.pid, ev.uid
+            ),
+            fix: format!(
+                "grant CAP_NET_BIND_SERVICE (systemd: `AmbientCapabilities=CAP_NET_BIND_SERVICE`; a binary: `setcap cap_net_bind_service=+ep FILE`), or use a port >= {start}"
+            ),
+        },
+        _ => unknown(ev, seen, what),
+    }
+}
+
+fn not_local(ev: &Event, seen: &Evidence, what: &str) -> Verdict {
+    let opts = ev.opts.unwrap_or_default();
+    let nonlocal = seen.sysctls.as_ref().and_then(|s| match ev.family {
+        Family::Ipv4 => s.nonlocal_bind_v4,
+        Family::Ipv6 => s.nonlocal_bind_v6,
+    });
+    if ev.syscall != Syscall::Bind || opts.freebind || opts.transparent || nonlocal != Some(false) {
+        return unknown(ev, seen, what);
+    }
+    let sysctl = match ev.family {
+        Family::Ipv4 => "net.ipv4.ip_nonlocal_bind",
+        Family::Ipv6 => "net.ipv6.ip_nonlocal_bind",
+    };
+    Verdict {
+        reason: Reason::AddrNotLocal,
+        diagnosis: format!(
+            "{what}: {} is not an address of any interface in this network namespace",
+            ev.addr
+        ),
+        fix: format!(
+            "bind an address the host has (`ip addr`), or, to start before the address comes up, set IP_FREEBIND on the socket (systemd: `FreeBind=yes`; nginx: `listen ... freebind`) or `sysctl -w {sysctl}=1`"
+        ),
+    }
+}
+
+fn unknown(ev: &Event, seen: &Evidence, what: &str) -> Verdict {
+    let errno = ev
+        .errno
+        .map(|e| e.name())
+        .unwrap_or_else(|| "success".into());
+    let saw = if let Some(why) = &seen.blind {
+        format!("could not look at the sockets: {why}")
+    } else if seen.holders.is_empty() {
+        format!(
+            "no socket on port {} was visible when portwatch looked",
+            ev.port
+        )
+    } else {
+        let list: Vec<String> = seen
+            .holders
+            .iter()
+            .map(|h| {
+                format!(
+                    "{} {} {}",
+                    h.who(),
+                    h.state.name(),
+                    socket_addr(h.addr, h.port)
+                )
+            })
+            .collect();
+        format!("saw {}", list.join("; "))
+    };
+    Verdict {
+        reason: Reason::Unknown,
+        diagnosis: format!("{} {what} failed with {errno}; {saw}", ev.syscall.name()),
+        fix: "no safe fix is known from what was seen; retry, and if it persists compare `ss -tanp` / `ss -uanp` with the request".into(),
+    }
+}
+
+fn capital(s: &str) -> String {
+    let mut c = s.chars();
+    match c.next() {
+        Some(f) => f.to_uppercase().chain(c).collect(),
+        None => String::new(),
+    }
+}
+
+/// Whether a socket bound at `(family, addr, v6only)` takes the address a
+/// call asked for, and whether it does so across families. None: no overlap.
+pub fn overlaps(req: (Family, IpAddr, bool), sock: (Family, IpAddr, Option<bool>)) -> Option<bool> {
+    let (rf, ra, r_v6only) = req;
+    let (sf, sa, s_v6only) = sock;
+    let v4 = |a: IpAddr| match a {
+        IpAddr::V4(a) => Some(a),
+        IpAddr::V6(a) => a.to_ipv4_mapped(),
+    };
+    if rf == sf {
+        return (ra.is_unspecified() || sa.is_unspecified() || ra == sa).then_some(false);
+    }
+    // One side IPv4, the other IPv6.
+    let (v6_addr, v6_only, v4_addr) = if rf == Family::Ipv6 {
+        (ra, Some(r_v6only), sa)
+    } else {
+        (sa, s_v6only, ra)
+    };
+    if v6_addr.is_unspecified() {
+        // A v6 wildcard takes every IPv4 address unless IPV6_V6ONLY;
+        // an unknown v6only counts as the default, off.
+        return (v6_only != Some(true)).then_some(true);
+    }
+    // A v4-mapped IPv6 address is that IPv4 address.
+    let mapped = v4(v6_addr)?;
+    (v4_addr.is_unspecified() || v4(v4_addr) == Some(mapped)).then_some(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{tests::encode, tests::sample, Clock};
+
+    fn event(errno: i32, port: u16) -> Event {
+        let mut raw = sample();
+        raw.ret = -errno;
+        raw.port = port;
+        raw.folded = 0;
+        Event::decode(&encode(&raw), Clock::now()).unwrap()
+    }
+
+    fn holder(state: State) -> Holder {
+        Holder {
+            pid: Some(100),
+            comm: Some("old".into()),
+            cmdline: Some("old --serve".into()),
+            uid: Some(33),
+            state,
+            addr: "0.0.0.0".parse().unwrap(),
+            port: 8080,
+            exited: false,
+            unit: None,
+            container: None,
+            pids: vec![100],
+            sockets: 1,
+            time_left_ms: None,
+            remote: None,
+            v6only: None,
+            reuseaddr: None,
+            reuseport: None,
+            cross_family: false,
+            seen: Seen::SockDiag,
+        }
+    }
+
+    fn with(holders: Vec<Holder>) -> Evidence {
+        Evidence {
+            holders,
+            sysctls: Some(Sysctls {
+                local_port_range: Some((40000, 40001)),
+                unprivileged_port_start: Some(1024),
+                nonlocal_bind_v4: Some(false),
+                nonlocal_bind_v6: Some(false),
+            }),
+            ..Evidence::default()
+        }
+    }
+
+    #[test]
+    fn listener_names_the_unit_and_never_killall() {
+        let mut h = holder(State::Listen);
+        h.unit = Some("nginx.service".into());
+        let v = diagnose(&event(98, 8080), &with(vec![h]));
+        assert_eq!(v.reason, Reason::Listener);
+        assert!(
+            v.diagnosis.contains("pid 100 (old, nginx.service)"),
+            "{}",
+            v.diagnosis
+        );
+        assert!(v.fix.contains("systemctl stop nginx.service"), "{}", v.fix);
+        for bad in ["killall", "fuser"] {
+            assert!(!v.fix.contains(bad));
+        }
+    }
+
+    #[test]
+    fn listener_without_unit_suggests_kill_pid() {
+        let v = diagnose(&event(98, 8080), &with(vec![holder(State::Listen)]));
+        assert!(v.fix.contains("kill 100"), "{}", v.fix);
+    }
+
+    #[test]
+    fn time_wait_says_how_long_and_only_without_reuseaddr() {
+        let mut tw = holder(State::TimeWait);
+        tw.pid = None;
+        tw.sockets = 3;
+        tw.time_left_ms = Some(41_200);
+        let mut ev = event(98, 8080);
+        ev.opts = Some(Default::default());
+        let v = diagnose(&ev, &with(vec![tw.clone()]));
+        assert_eq!(v.reason, Reason::TimeWait);
+        assert!(v.diagnosis.contains("42s"), "{}", v.diagnosis);
+        assert!(v.diagnosis.contains("3 TIME_WAIT"), "{}", v.diagnosis);
+        assert!(v.fix.contains("SO_REUSEADDR"));
+        ev.opts = Some(crate::event::Opts {
+            reuseaddr: true,
+            ..Default::default()
+        });
+        assert_eq!(diagnose(&ev, &with(vec![tw])).reason, Reason::Unknown);
+    }
+
+    #[test]
+    fn reuseport_on_one_side_only() {
+        let mut h = holder(State::Listen);
+        h.reuseport = Some(false);
+        let mut ev = event(98, 8080);
+        ev.opts = Some(crate::event::Opts {
+            reuseport: true,
+            ..Default::default()
+        });
+        let v = diagnose(&ev, &with(vec![h.clone()]));
+        assert_eq!(v.reason, Reason::ReuseportMismatch);
+        assert!(v
+            .fix
+            .contains("can receive connections meant for the old one"));
+        // Both set, different uids.
+        h.reuseport = Some(true);
+        let v = diagnose(&ev, &with(vec![h.clone()]));
+        assert_eq!(v.reason, Reason::ReuseportMismatch, "{}", v.diagnosis);
+        assert!(v.diagnosis.contains("different uids"));
+        // Unknown holder options: no claim.
+        h.reuseport = None;
+        assert_eq!(diagnose(&ev, &with(vec![h])).reason, Reason::Listener);
+    }
+
+    #[test]
+    fn dual_stack_and_overlap_rules() {
+        let any4: IpAddr = "0.0.0.0".parse().unwrap();
+        let any6: IpAddr = "::".parse().unwrap();
+        let lo4: IpAddr = "127.0.0.1".parse().unwrap();
+        let mapped: IpAddr = "::ffff:127.0.0.1".parse().unwrap();
+        use Family::*;
+        assert_eq!(
+            overlaps((Ipv4, any4, false), (Ipv6, any6, Some(false))),
+            Some(true)
+        );
+        assert_eq!(
+            overlaps((Ipv4, any4, false), (Ipv6, any6, Some(true))),
+            None
+        );
+        assert_eq!(overlaps((Ipv6, any6, false), (Ipv4, lo4, None)), Some(true));
+        assert_eq!(overlaps((Ipv6, any6, true), (Ipv4, lo4, None)), None);
+        assert_eq!(
+            overlaps((Ipv6, mapped, false), (Ipv4, lo4, None)),
+            Some(true)
+        );
+        assert_eq!(
+            overlaps(
+                (Ipv4, lo4, false),
+                (Ipv4, "127.0.0.2".parse().unwrap(), None)
+            ),
+            None
+        );
+        assert_eq!(
+            overlaps((Ipv4, lo4, false), (Ipv4, any4, None)),
+            Some(false)
+        );
+        let mut h = holder(State::Listen);
+        h.cross_family = true;
+        h.addr = any6;
+        let v = diagnose(&event(98, 8080), &with(vec![h]));
+        assert_eq!(v.reason, Reason::DualStack);
+        assert!(v.fix.contains("IPV6_V6ONLY"));
+    }
+
+    #[test]
+    fn listen_failure_is_a_listen_conflict() {
+        let mut ev = event(98, 8080);
+        ev.syscall = Syscall::Listen;
+        let v = diagnose(&ev, &with(vec![holder(State::Listen)]));
+        assert_eq!(v.reason, Reason::ListenConflict);
+    }
+
+    #[test]
+    fn bound_not_listening_and_exited_holder() {
+        let mut h = holder(State::Bound);
+        h.exited = true;
+        let v = diagnose(&event(98, 8080), &with(vec![h]));
+        assert_eq!(v.reason, Reason::BoundNotListening);
+        assert!(v.diagnosis.contains("exited"));
+        assert!(!v.fix.contains("kill"), "{}", v.fix);
+    }
+
+    #[test]
+    fn ephemeral_privileged_and_not_local() {
+        let mut e = with(vec![]);
+        e.ephemeral_in_use = Some(2);
+        let v = diagnose(&event(98, 0), &e);
+        assert_eq!(v.reason, Reason::EphemeralExhausted);
+        assert!(v.diagnosis.contains("40000-40001"), "{}", v.diagnosis);
+        let v = diagnose(&event(13, 80), &with(vec![]));
+        assert_eq!(v.reason, Reason::PrivilegedPort);
+        assert!(v.fix.contains("CAP_NET_BIND_SERVICE"));
+        assert_eq!(
+            diagnose(&event(13, 8080), &with(vec![])).reason,
+            Reason::Unknown
+        );
+        let v = diagnose(&event(99, 8080), &with(vec![]));
+        assert_eq!(v.reason, Reason::AddrNotLocal);
+        let mut ev = event(99, 8080);
+        ev.opts = Some(crate::event::Opts {
+            freebind: true,
+            ..Default::default()
+        });
+        assert_eq!(diagnose(&ev, &with(vec![])).reason, Reason::Unknown);
+    }
+
+    #[test]
+    fn nothing_seen_is_unknown_with_the_evidence() {
+        let v = diagnose(&event(98, 8080), &with(vec![]));
+        assert_eq!(v.reason, Reason::Unknown);
+        assert!(
+            v.diagnosis.contains("no socket on port 8080"),
+            "{}",
+            v.diagnosis
+        );
+        let mut blind = with(vec![]);
+        blind.blind = Some("the namespace is gone".into());
+        assert!(diagnose(&event(98, 8080), &blind)
+            .diagnosis
+            .contains("namespace is gone"));
+    }
+}

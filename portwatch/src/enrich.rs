@@ -1,0 +1,368 @@
+//! Who holds the port: the kernel's record merged with a sock_diag query in
+//! the failing socket's network namespace, each socket mapped to its owning
+//! processes through /proc.
+//!
+//! Runs on blocking threads, never on the ring buffer's reader: a slow /proc
+//! or netlink answer delays only the output of its own event (see `watch`).
+
+use std::{io, net::SocketAddr, os::fd::AsFd, sync::Mutex, time::Duration};
+
+use crate::{
+    diagnose::{overlaps, Evidence, Holder, Seen, State, Sysctls},
+    event::{Event, Family, Proto, RecordedHolder, Syscall},
+    procs::{self, ProcCache, ProcInfo, SocketIndex},
+    sockdiag::{self, DiagSocket},
+};
+
+/// How stale the socket index may be before a lookup that found nothing
+/// walks /proc again. Bounds full walks to about one per interval.
+const INDEX_MAX_AGE: Duration = Duration::from_secs(1);
+
+/// Holders listed per failure; the rest are summarised by the first ones.
+const MAX_HOLDERS: usize = 16;
+
+/// Shared state of every enrichment.
+pub struct Enricher {
+    index: Mutex<SocketIndex>,
+    procs: Mutex<ProcCache>,
+    /// The kernel dumps bound-but-inactive TCP sockets (6.8+).
+    bound_inactive: bool,
+    /// Our own network namespace: no setns needed there.
+    own_netns: Option<u32>,
+    /// Nanoseconds per clock tick, for /proc start times.
+    tick_ns: u64,
+}
+
+impl Enricher {
+    /// A new enricher; call `warm` on a blocking thread to build the index.
+    pub fn new(bound_inactive: bool) -> Self {
+        // SAFETY: sysconf has no preconditions.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+        Self {
+            index: Mutex::new(SocketIndex::new()),
+            procs: Mutex::new(ProcCache::new()),
+            bound_inactive,
+            own_netns: procs::current_netns(),
+            tick_ns: 1_000_000_000 / u64::try_from(hz).unwrap_or(100).max(1),
+        }
+    }
+
+    /// Walks /proc once so that the first failures find their holders fast.
+    pub fn warm(&self) {
+        if let Ok(mut index) = self.index.lock() {
+            index.rescan();
+        }
+    }
+
+    /// Everything known about `ev`'s failure.
+    pub fn evidence(&self, ev: &Event) -> Evidence {
+        let protocol = match ev.proto {
+            Proto::Tcp => 6,
+            Proto::Udp => 17,
+            Proto::Other(_) => {
+                return Evidence {
+                    blind: Some(format!(
+                        "portwatch looks up TCP and UDP sockets, not {}",
+                        ev.proto.name()
+                    )),
+                    ..self.recorded_only(ev)
+                }
+            }
+        };
+        let in_use = ev.errno.is_some_and(|e| e.0 == libc::EADDRINUSE);
+        let port = (ev.port != 0).then_some(ev.port);
+        let bound_inactive = self.bound_inactive && protocol == 6;
+        let look = || -> (io::Result<Vec<DiagSocket>>, sockdiag::Sysctls) {
+            let sockets = if in_use {
+                sockdiag::dump(protocol, port, bound_inactive)
+            } else {
+                Ok(Vec::new())
+            };
+            (sockets, sockdiag::sysctls())
+        };
+        let looked = if Some(ev.netns) == self.own_netns {
+            Ok(look())
+        } else {
+            let mut candidates = vec![(ev.pid, ev.tid)];
+            if let Some(r) = &ev.recorded {
+                candidates.push((r.pid, r.pid));
+            }
+            match procs::open_netns(ev.netns, &candidates) {
+                Some(ns) => sockdiag::in_netns(ns.as_fd(), look),
+                None => Err(io::Error::other(format!(
+                    "no process is left in network namespace {}",
+                    ev.netns
+                ))),
+            }
+        };
+        let (sockets, sysctls) = match looked {
+            Ok((Ok(sockets), sysctls)) => (sockets, sysctls),
+            Ok((Err(e), _)) | Err(e) => {
+                return Evidence {
+                    blind: Some(e.to_string()),
+                    ..self.recorded_only(ev)
+                }
+            }
+        };
+        let sysctls = Sysctls {
+            local_port_range: sysctls.local_port_range,
+            unprivileged_port_start: sysctls.unprivileged_port_start,
+            nonlocal_bind_v4: sysctls.nonlocal_bind_v4,
+            nonlocal_bind_v6: sysctls.nonlocal_bind_v6,
+        };
+        let mut evidence = Evidence {
+            sysctls: Some(sysctls),
+            ..Evidence::default()
+        };
+        if !in_use {
+            return evidence;
+        }
+        if port.is_none() {
+            // bind(port 0): how much of the ephemeral range is taken.
+            if let Some(Some((lo, hi))) = evidence.sysctls.as_ref().map(|s| s.local_port_range) {
+                evidence.ephemeral_in_use = Some(
+                    sockets
+                        .iter()
+                        .filter(|s| (lo..=hi).contains(&s.local.port()) && s.state != 10)
+                        .count(),
+                );
+            }
+            return evidence;
+        }
+        evidence.holders = self.holders(ev, &sockets);
+        evidence
+    }
+
+    /// Evidence from the kernel's record alone, when sock_diag cannot be asked.
+    pub fn recorded_only(&self, ev: &Event) -> Evidence {
+        let mut holders = Vec::new();
+        if let Some(r) = &ev.recorded {
+            if let Some(h) = self.from_record(ev, r) {
+                holders.push(h);
+            }
+        }
+        Evidence {
+            holders,
+            ..Evidence::default()
+        }
+    }
+
+    /// The sockets in the way of `ev`, merged with the kernel's record.
+    fn holders(&self, ev: &Event, sockets: &[DiagSocket]) -> Vec<Holder> {
+        let v6only = ev.opts.is_some_and(|o| o.v6only);
+        let mut hints = vec![ev.pid];
+        if let Some(r) = &ev.recorded {
+            hints.insert(0, r.pid);
+        }
+        let mut holders: Vec<Holder> = Vec::new();
+        let mut time_wait: Option<Holder> = None;
+        for s in sockets {
+            let Ok(family) = Family::try_from(u16::from(s.family)) else {
+                continue;
+            };
+            let Some(cross_family) = overlaps(
+                (ev.family, ev.addr, v6only),
+                (family, s.local.ip(), s.v6only),
+            ) else {
+                continue;
+            };
+            let mut state = State::from_kernel(ev.proto, s.state);
+            if s.bound_inactive {
+                state = State::Bound;
+            }
+            if state == State::TimeWait {
+                let tw = time_wait.get_or_insert_with(|| Holder {
+                    sockets: 0,
+                    ..bare(State::TimeWait, s, cross_family)
+                });
+                tw.sockets += 1;
+                let left = s.time_wait_left.map(|d| d.as_millis() as u64);
+                tw.time_left_ms = tw.time_left_ms.max(left);
+                continue;
+            }
+            // Connections are grouped by state: a busy port has thousands.
+            if let State::Connection(_) = state {
+                if let Some(h) = holders.iter_mut().find(|h| h.state == state) {
+                    h.sockets += 1;
+                    continue;
+                }
+            }
+            if holders.len() >= MAX_HOLDERS {
+                continue;
+            }
+            let mut h = bare(state, s, cross_family);
+            let pids = if s.inode == 0 {
+                Vec::new()
+            } else {
+                self.index
+                    .lock()
+                    .map(|mut i| i.owners(s.inode, &hints, INDEX_MAX_AGE))
+                    .unwrap_or_default()
+            };
+            // listen() failing: its own socket is bound to the port too.
+            if ev.syscall == Syscall::Listen && state == State::Bound && pids.contains(&ev.pid) {
+                continue;
+            }
+            self.own(&mut h, pids, ev.recorded.as_ref());
+            holders.push(h);
+        }
+        if let Some(r) = &ev.recorded {
+            self.merge_record(ev, r, &mut holders, time_wait.is_some());
+        }
+        holders.sort_by_key(|h| rank(h.state));
+        holders.extend(time_wait);
+        // The closed-socket record explains TIME_WAIT leftovers: after them.
+        if let Some(i) = holders.iter().position(|h| h.state == State::Closed) {
+            let closed = holders.remove(i);
+            holders.push(closed);
+        }
+        holders
+    }
+
+    /// Fills the owner of a sock_diag socket from the processes holding it.
+    fn own(&self, h: &mut Holder, mut pids: Vec<u32>, recorded: Option<&RecordedHolder>) {
+        pids.sort_unstable();
+        let infos: Vec<ProcInfo> = {
+            let Ok(mut cache) = self.procs.lock() else {
+                return;
+            };
+            pids.iter().filter_map(|&p| cache.get(p)).collect()
+        };
+        // The binder the kernel recorded, else the eldest: the one whose
+        // parent does not share the socket (nginx's master, not a worker).
+        let primary = recorded
+            .and_then(|r| infos.iter().find(|i| i.pid == r.pid))
+            .or_else(|| infos.iter().find(|i| !pids.contains(&i.ppid)))
+            .or_else(|| infos.first());
+        if let Some(p) = primary {
+            h.pid = Some(p.pid);
+            h.comm = Some(p.comm.clone());
+            h.cmdline = Some(p.cmdline.clone());
+            h.unit = p.unit.clone();
+            h.container = p.container.clone();
+        }
+        h.pids = pids;
+    }
+
+    /// Adds what only the kernel saw: the holder's socket options, and the
+    /// holder itself when it is gone by now.
+    fn merge_record(
+        &self,
+        ev: &Event,
+        r: &RecordedHolder,
+        holders: &mut Vec<Holder>,
+        time_wait: bool,
+    ) {
+        match r.state {
+            Some(state) => {
+                let state = State::from_kernel(ev.proto, state);
+                let same = holders
+                    .iter_mut()
+                    .find(|h| h.addr == r.addr && (h.pids.contains(&r.pid) || h.state == state));
+                if let Some(h) = same {
+                    h.seen = Seen::KernelAndSockDiag;
+                    if let Some(o) = r.opts {
+                        h.reuseaddr = Some(o.reuseaddr);
+                        h.reuseport = Some(o.reuseport);
+                    }
+                    return;
+                }
+            }
+            // Closed before the failure: worth naming only as whoever left
+            // TIME_WAIT leftovers behind.
+            None if !(time_wait && holders.is_empty()) => return,
+            None => {}
+        }
+        if let Some(h) = self.from_record(ev, r) {
+            holders.push(h);
+        }
+    }
+
+    /// A holder described by the kernel's record alone.
+    fn from_record(&self, ev: &Event, r: &RecordedHolder) -> Option<Holder> {
+        let v6only = r.opts.map(|o| o.v6only);
+        let cross_family = overlaps(
+            (ev.family, ev.addr, ev.opts.is_some_and(|o| o.v6only)),
+            (r.family, r.addr, v6only),
+        );
+        // A record that no longer overlaps the request is not in the way.
+        let cross_family = match (r.state, cross_family) {
+            (Some(_), None) => return None,
+            (_, c) => c.unwrap_or(false),
+        };
+        let state = r
+            .state
+            .map_or(State::Closed, |s| State::from_kernel(ev.proto, s));
+        // Read afresh, not from the cache: this is the one question the
+        // cache could answer wrong. A process started after the record is
+        // a reused pid, not the holder.
+        let alive = procs::proc_info(r.pid)
+            .filter(|p| p.start_time.saturating_mul(self.tick_ns) <= r.boot_ns + self.tick_ns);
+        Some(Holder {
+            pid: Some(r.pid),
+            comm: Some(
+                alive
+                    .as_ref()
+                    .map_or_else(|| r.comm.clone(), |p| p.comm.clone()),
+            ),
+            cmdline: alive.as_ref().map(|p| p.cmdline.clone()),
+            uid: Some(r.uid),
+            state,
+            addr: r.addr,
+            port: ev.port,
+            exited: alive.is_none(),
+            unit: alive.as_ref().and_then(|p| p.unit.clone()),
+            container: alive.as_ref().and_then(|p| p.container.clone()),
+            pids: vec![r.pid],
+            sockets: 1,
+            time_left_ms: None,
+            remote: None,
+            v6only: (r.family == Family::Ipv6).then_some(v6only).flatten(),
+            reuseaddr: r.opts.map(|o| o.reuseaddr),
+            reuseport: r.opts.map(|o| o.reuseport),
+            cross_family,
+            seen: Seen::Kernel,
+        })
+    }
+}
+
+/// A holder for socket `s` before its owner is known.
+fn bare(state: State, s: &DiagSocket, cross_family: bool) -> Holder {
+    let remote = matches!(state, State::Connection(_)).then(|| match s.remote {
+        SocketAddr::V4(a) => a.to_string(),
+        SocketAddr::V6(a) => format!("[{}]:{}", a.ip(), a.port()),
+    });
+    Holder {
+        pid: None,
+        comm: None,
+        cmdline: None,
+        uid: (state != State::TimeWait).then_some(s.uid),
+        state,
+        addr: s.local.ip(),
+        port: s.local.port(),
+        exited: false,
+        unit: None,
+        container: None,
+        pids: Vec::new(),
+        sockets: 1,
+        time_left_ms: None,
+        remote,
+        v6only: s.v6only,
+        reuseaddr: None,
+        reuseport: None,
+        cross_family,
+        seen: Seen::SockDiag,
+    }
+}
+
+/// Most telling first.
+fn rank(state: State) -> u8 {
+    match state {
+        State::Listen => 0,
+        State::Udp => 1,
+        State::Bound => 2,
+        State::Connection(_) => 3,
+        State::TimeWait => 4,
+        State::Closed => 5,
+    }
+}

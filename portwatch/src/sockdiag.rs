@@ -1,0 +1,866 @@
+//! Which sockets hold a port: NETLINK_SOCK_DIAG (inet_diag) dumps, plus the
+//! network-namespace plumbing needed to ask the right namespace.
+
+use std::{
+    fs::File,
+    io,
+    net::SocketAddr,
+    os::fd::{AsRawFd, BorrowedFd},
+    time::Duration,
+};
+
+use netlink_packet_core::{
+    NetlinkBuffer, NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_DUMP, NLM_F_REQUEST,
+};
+use netlink_packet_sock_diag::{
+    constants::{AF_INET, AF_INET6, IPPROTO_TCP, IPPROTO_UDP},
+    inet::{nlas::Nla, ExtensionFlags, InetRequest, InetResponse, SocketId, StateFlags, Timer},
+    SockDiagMessage,
+};
+use netlink_sys::{protocols::NETLINK_SOCK_DIAG, Socket};
+use nix::sched::{setns, CloneFlags};
+
+/// One socket as inet_diag reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiagSocket {
+    /// IP protocol: 6 (TCP) or 17 (UDP).
+    pub protocol: u8,
+    /// Address family: 2 (`AF_INET`) or 10 (`AF_INET6`).
+    pub family: u8,
+    /// Kernel state number as reported: TCP 1..=12, 13 (`TCP_BOUND_INACTIVE`)
+    /// if the kernel reports it; UDP 7 (unconnected) or 1 (connected).
+    pub state: u8,
+    /// True when the socket came from the bound-inactive dump: bound, but
+    /// never listened or connected.
+    pub bound_inactive: bool,
+    /// Local address and port.
+    pub local: SocketAddr,
+    /// Remote address and port (unspecified for unconnected sockets).
+    pub remote: SocketAddr,
+    /// Interface the socket is bound to (`idiag_if`), 0 if none.
+    pub bound_dev_if: u32,
+    /// Owner UID.
+    pub uid: u32,
+    /// Socket inode; 0 for TIME_WAIT and orphaned sockets.
+    pub inode: u32,
+    /// `IPV6_V6ONLY`, from `INET_DIAG_SKV6ONLY` when the kernel sends it.
+    pub v6only: Option<bool>,
+    /// TIME_WAIT sockets: time left before the kernel frees the port.
+    pub time_wait_left: Option<Duration>,
+}
+
+/// Every real TCP state, `TCP_ESTABLISHED` (1) through `TCP_NEW_SYN_RECV` (12).
+const ALL_STATES: u32 = 0x1ffe;
+const TCP_CLOSE: u8 = 7;
+/// `TCP_BOUND_INACTIVE` (Linux >= 6.8): a pseudo-state that only exists in the
+/// request's state mask, asking for sockets that are bound but neither
+/// listening nor connected.
+///
+/// Measured on Linux 6.18: such sockets come back with their real state,
+/// `TCP_CLOSE` (7), never 13. A dump includes them iff bit 13 is in the mask:
+/// not with every real state (0x1ffe), but yes with `!0` (so tools sending an
+/// all-ones mask get them), and 1 << 13 alone returns only them.
+const TCP_BOUND_INACTIVE: u8 = 13;
+
+/// `INET_DIAG_REQ_BYTECODE`, which the crate has no constant for.
+const INET_DIAG_REQ_BYTECODE: u16 = 1;
+const INET_DIAG_BC_S_EQ: u8 = 11;
+
+/// Dump datagrams are at most ~32 KiB (the kernel caps its dump skbs there);
+/// twice that leaves room, and `MSG_TRUNC` catches anything bigger.
+const RECV_BUF_LEN: usize = 64 * 1024;
+const RECV_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Byte offset of `idiag_expires` in `struct inet_diag_msg`.
+const IDIAG_EXPIRES_OFFSET: usize = 52;
+
+/// Sockets of `protocol` (6 TCP, 17 UDP), both families, every state, in the
+/// calling thread's current network namespace; only those whose local port is
+/// `port` when it is `Some`.
+///
+/// With `bound_inactive`, TCP dumps also ask for sockets that are bound but
+/// neither listening nor connected (`TCP_BOUND_INACTIVE`, Linux >= 6.8); it
+/// has no effect on UDP, whose bound sockets are always reported.
+///
+/// Each receive times out after 1 s, so a stuck query returns an error
+/// rather than hanging.
+pub fn dump(protocol: u8, port: Option<u16>, bound_inactive: bool) -> io::Result<Vec<DiagSocket>> {
+    dump_with(protocol, port, bound_inactive, true)
+}
+
+fn dump_with(
+    protocol: u8,
+    port: Option<u16>,
+    bound_inactive: bool,
+    kernel_filter: bool,
+) -> io::Result<Vec<DiagSocket>> {
+    if protocol != IPPROTO_TCP && protocol != IPPROTO_UDP {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("sock_diag: unsupported protocol {protocol}"),
+        ));
+    }
+    // TCP sockets leave the lookup tables before they become TCP_CLOSE, so
+    // leaving that bit out costs nothing and makes state 7 in a TCP reply
+    // mean "from the bound-inactive walk".
+    let states = match protocol {
+        IPPROTO_TCP if bound_inactive => ALL_STATES & !(1 << TCP_CLOSE) | 1 << TCP_BOUND_INACTIVE,
+        IPPROTO_TCP => ALL_STATES & !(1 << TCP_CLOSE),
+        _ => ALL_STATES,
+    };
+    let socket = open_socket()?;
+    let mut sockets = Vec::new();
+    for (seq, family) in [(1, AF_INET), (2, AF_INET6)] {
+        let request = Request {
+            seq,
+            family,
+            protocol,
+            states,
+            sport: port.filter(|_| kernel_filter),
+        };
+        socket.send(&request.to_bytes(), 0)?;
+        receive_dump(&socket, seq, protocol, &mut sockets)?;
+    }
+    if let Some(port) = port {
+        sockets.retain(|s| s.local.port() == port);
+    }
+    Ok(sockets)
+}
+
+fn open_socket() -> io::Result<Socket> {
+    let mut socket = Socket::new(NETLINK_SOCK_DIAG)?;
+    socket.bind_auto()?;
+    socket.connect(&netlink_sys::SocketAddr::new(0, 0))?;
+    let timeout = libc::timeval {
+        tv_sec: RECV_TIMEOUT.as_secs() as libc::time_t,
+        tv_usec: RECV_TIMEOUT.subsec_micros() as libc::suseconds_t,
+    };
+    // SAFETY: valid fd, and optval points to a timeval of the given length.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&timeout as *const libc::timeval).cast(),
+            size_of::<libc::timeval>() as libc::socklen_t,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(socket)
+}
+
+/// One `SOCK_DIAG_BY_FAMILY` dump request.
+struct Request {
+    seq: u32,
+    family: u8,
+    protocol: u8,
+    states: u32,
+    /// Let the kernel drop sockets whose local port differs.
+    sport: Option<u16>,
+}
+
+impl Request {
+    fn to_bytes(&self) -> Vec<u8> {
+        let mut header = NetlinkHeader::default();
+        header.flags = NLM_F_REQUEST | NLM_F_DUMP;
+        header.sequence_number = self.seq;
+        let socket_id = if self.family == AF_INET {
+            SocketId::new_v4()
+        } else {
+            SocketId::new_v6()
+        };
+        let request = InetRequest {
+            family: self.family,
+            protocol: self.protocol,
+            extensions: ExtensionFlags::empty(),
+            // The crate's StateFlags lacks TCP_NEW_SYN_RECV and
+            // TCP_BOUND_INACTIVE; keep those bits anyway.
+            states: StateFlags::from_bits_retain(self.states),
+            socket_id,
+        };
+        let mut message = NetlinkMessage::new(header, SockDiagMessage::InetRequest(request).into());
+        message.finalize();
+        let mut buf = vec![0; message.buffer_len()];
+        message.serialize(&mut buf);
+
+        // InetRequest cannot carry attributes, so append the filter after it
+        // and grow nlmsg_len to cover it.
+        if let Some(port) = self.sport {
+            buf.extend_from_slice(&sport_eq_filter(port));
+            let len = buf.len() as u32;
+            NetlinkBuffer::new(&mut buf).set_length(len);
+        }
+        buf
+    }
+}
+
+/// An `INET_DIAG_REQ_BYTECODE` attribute holding the inet_diag program
+/// "accept iff local port == `port`".
+///
+/// Each `struct inet_diag_bc_op { u8 code; u8 yes; u16 no; }` jumps `yes`
+/// bytes on a match and `no` bytes otherwise; the socket is accepted iff the
+/// program ends exactly at its last byte, so `no = len + 4` means reject.
+fn sport_eq_filter(port: u16) -> [u8; 12] {
+    let mut nla = [0; 12];
+    nla[0..2].copy_from_slice(&12u16.to_ne_bytes()); // nla_len
+    nla[2..4].copy_from_slice(&INET_DIAG_REQ_BYTECODE.to_ne_bytes());
+    nla[4] = INET_DIAG_BC_S_EQ;
+    nla[5] = 8; // match: skip both ops, accept
+    nla[6..8].copy_from_slice(&12u16.to_ne_bytes()); // no match: reject
+                                                     // The comparison's operand is a second op whose `no` holds the port.
+    nla[10..12].copy_from_slice(&port.to_ne_bytes());
+    nla
+}
+
+/// Reads the replies to the request numbered `seq` until `NLMSG_DONE`.
+fn receive_dump(
+    socket: &Socket,
+    seq: u32,
+    protocol: u8,
+    out: &mut Vec<DiagSocket>,
+) -> io::Result<()> {
+    let mut buf = vec![0; RECV_BUF_LEN];
+    loop {
+        let len = match socket.recv(&mut &mut buf[..], libc::MSG_TRUNC) {
+            Ok(len) => len,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "sock_diag: no reply within 1 s",
+                ))
+            }
+            Err(e) => return Err(e),
+        };
+        let datagram = buf.get(..len).ok_or_else(|| {
+            invalid_data(format!(
+                "datagram of {len} bytes truncated to {RECV_BUF_LEN}"
+            ))
+        })?;
+        if parse_datagram(datagram, seq, protocol, out)? == Dump::Done {
+            return Ok(());
+        }
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Dump {
+    More,
+    Done,
+}
+
+/// Parses the netlink messages of one datagram (a dump packs several into
+/// each), appending sockets to `out`.
+fn parse_datagram(
+    mut datagram: &[u8],
+    seq: u32,
+    protocol: u8,
+    out: &mut Vec<DiagSocket>,
+) -> io::Result<Dump> {
+    while !datagram.is_empty() {
+        // Checks that nlmsg_len is at least a header and fits the datagram.
+        let buffer = NetlinkBuffer::new_checked(datagram).map_err(invalid_data)?;
+        let len = buffer.length() as usize;
+        if buffer.sequence_number() != seq {
+            return Err(invalid_data(format!(
+                "reply for request {} while waiting for {seq}",
+                buffer.sequence_number()
+            )));
+        }
+        let message = NetlinkMessage::<SockDiagMessage>::deserialize(&datagram[..len])
+            .map_err(invalid_data)?;
+        match message.payload {
+            NetlinkPayload::Done(done) if done.code < 0 => {
+                return Err(io::Error::from_raw_os_error(-done.code))
+            }
+            NetlinkPayload::Done(_) => return Ok(Dump::Done),
+            NetlinkPayload::Error(error) if error.code.is_some() => return Err(error.to_io()),
+            // A bare ACK: nothing more is coming.
+            NetlinkPayload::Error(_) => return Ok(Dump::Done),
+            NetlinkPayload::Noop => {}
+            NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(response)) => {
+                out.push(diag_socket(protocol, &response, buffer.payload()));
+            }
+            other => return Err(invalid_data(format!("unexpected message {other:?}"))),
+        }
+        // Messages are padded to 4 bytes, except possibly the last one.
+        datagram = datagram.get(len.next_multiple_of(4)..).unwrap_or_default();
+    }
+    Ok(Dump::More)
+}
+
+fn diag_socket(protocol: u8, response: &InetResponse, raw: &[u8]) -> DiagSocket {
+    let header = &response.header;
+    let id = &header.socket_id;
+    let v6only = response.nlas.iter().find_map(|nla| match nla {
+        Nla::SkV6Only(v6only) => Some(*v6only),
+        _ => None,
+    });
+    // The crate parses `Timer::TimeWait` without its expiry (unlike the other
+    // timers), so read `idiag_expires` (milliseconds) from the raw message.
+    let time_wait_left = match header.timer {
+        Some(Timer::TimeWait) => raw
+            .get(IDIAG_EXPIRES_OFFSET..IDIAG_EXPIRES_OFFSET + 4)
+            .and_then(|b| b.try_into().ok())
+            .map(|b| Duration::from_millis(u32::from_ne_bytes(b).into())),
+        _ => None,
+    };
+    DiagSocket {
+        protocol,
+        family: header.family,
+        state: header.state,
+        // 13 in case a future kernel reports the pseudo-state itself.
+        bound_inactive: protocol == IPPROTO_TCP
+            && (header.state == TCP_CLOSE || header.state == TCP_BOUND_INACTIVE),
+        local: SocketAddr::new(id.source_address, id.source_port),
+        remote: SocketAddr::new(id.destination_address, id.destination_port),
+        bound_dev_if: id.interface_id,
+        uid: header.uid,
+        inode: header.inode,
+        v6only,
+        time_wait_left,
+    }
+}
+
+fn invalid_data(e: impl ToString) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!("sock_diag: {}", e.to_string()),
+    )
+}
+
+/// Runs `f` with the calling thread moved into the network namespace `ns`
+/// (an open `/proc/PID/ns/net` or `/proc/PID/task/TID/ns/net`), then moves it
+/// back to the namespace it was in, also when `f` panics.
+///
+/// Sockets opened inside `f` stay bound to `ns` for their whole life.
+pub fn in_netns<T>(ns: BorrowedFd<'_>, f: impl FnOnce() -> T) -> io::Result<T> {
+    // thread-self, not self: namespaces are per thread, and this thread may
+    // already be somewhere else than the main one.
+    let home = File::open("/proc/thread-self/ns/net")?;
+    setns(ns, CloneFlags::CLONE_NEWNET)?;
+    let guard = NetnsGuard { home: Some(home) };
+    let value = f();
+    guard.restore()?;
+    Ok(value)
+}
+
+/// Moves the thread back to `home` when dropped.
+struct NetnsGuard {
+    home: Option<File>,
+}
+
+impl NetnsGuard {
+    fn restore(mut self) -> io::Result<()> {
+        match self.home.take() {
+            Some(home) => Ok(setns(home, CloneFlags::CLONE_NEWNET)?),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for NetnsGuard {
+    fn drop(&mut self) {
+        // Only reached without `restore` while unwinding from a panic in `f`,
+        // where there is no way to report a failure.
+        if let Some(home) = self.home.take() {
+            let _ = setns(home, CloneFlags::CLONE_NEWNET);
+        }
+    }
+}
+
+/// Per-netns sysctls that explain bind failures, read in the calling thread's
+/// network namespace; `None` for any that cannot be read or parsed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Sysctls {
+    /// `net.ipv4.ip_local_port_range`: ephemeral ports for both families.
+    pub local_port_range: Option<(u16, u16)>,
+    /// `net.ipv4.ip_unprivileged_port_start`: lowest port binding without
+    /// `CAP_NET_BIND_SERVICE`.
+    pub unprivileged_port_start: Option<u32>,
+    /// `net.ipv4.ip_nonlocal_bind`.
+    pub nonlocal_bind_v4: Option<bool>,
+    /// `net.ipv6.ip_nonlocal_bind`.
+    pub nonlocal_bind_v6: Option<bool>,
+}
+
+/// Reads [`Sysctls`] from `/proc/sys` in the calling thread's network
+/// namespace, so call it inside [`in_netns`] to read another namespace's.
+pub fn sysctls() -> Sysctls {
+    Sysctls {
+        local_port_range: read_sysctl("net/ipv4/ip_local_port_range").and_then(|s| {
+            let mut ports = s.split_whitespace().map(str::parse);
+            match (ports.next(), ports.next(), ports.next()) {
+                (Some(Ok(low)), Some(Ok(high)), None) => Some((low, high)),
+                _ => None,
+            }
+        }),
+        unprivileged_port_start: read_sysctl("net/ipv4/ip_unprivileged_port_start")
+            .and_then(|s| s.parse().ok()),
+        nonlocal_bind_v4: read_sysctl("net/ipv4/ip_nonlocal_bind").and_then(|s| parse_bool(&s)),
+        nonlocal_bind_v6: read_sysctl("net/ipv6/ip_nonlocal_bind").and_then(|s| parse_bool(&s)),
+    }
+}
+
+fn read_sysctl(name: &str) -> Option<String> {
+    let value = std::fs::read_to_string(format!("/proc/sys/{name}")).ok()?;
+    Some(value.trim().to_owned())
+}
+
+fn parse_bool(value: &str) -> Option<bool> {
+    match value {
+        "0" => Some(false),
+        "1" => Some(true),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        io::Read,
+        net::{TcpListener, TcpStream, UdpSocket},
+        os::{
+            fd::{AsFd, OwnedFd},
+            unix::fs::MetadataExt,
+        },
+        panic::AssertUnwindSafe,
+        time::Instant,
+    };
+
+    use netlink_packet_sock_diag::SOCK_DIAG_BY_FAMILY;
+    use socket2::{Domain, Type};
+
+    use super::*;
+
+    const TCP: u8 = IPPROTO_TCP;
+    const UDP: u8 = IPPROTO_UDP;
+    const LISTEN: u8 = 10;
+    const ESTABLISHED: u8 = 1;
+    const TIME_WAIT: u8 = 6;
+
+    fn enter_fresh_netns() {
+        nix::sched::unshare(CloneFlags::CLONE_NEWNET).expect("unshare(CLONE_NEWNET)");
+        // A child spawned from this thread inherits its netns.
+        let status = std::process::Command::new("ip")
+            .args(["link", "set", "lo", "up"])
+            .status()
+            .expect("run ip");
+        assert!(status.success(), "ip link set lo up: {status}");
+    }
+
+    /// Runs `f` on a new thread sitting in a new network namespace.
+    fn in_fresh_netns<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+        std::thread::spawn(move || {
+            enter_fresh_netns();
+            f()
+        })
+        .join()
+        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    }
+
+    /// A new network namespace, kept alive by the returned fd, set up by `f`.
+    fn netns_with<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> (OwnedFd, T) {
+        in_fresh_netns(|| {
+            let value = f();
+            let ns = File::open("/proc/thread-self/ns/net").expect("open own netns");
+            (ns.into(), value)
+        })
+    }
+
+    fn thread_netns_inode() -> u64 {
+        std::fs::metadata("/proc/thread-self/ns/net")
+            .expect("stat own netns")
+            .ino()
+    }
+
+    fn inode_of(fd: &impl AsFd) -> u32 {
+        let ino = nix::sys::stat::fstat(fd.as_fd()).expect("fstat").st_ino;
+        ino.try_into().expect("socket inode fits u32")
+    }
+
+    fn my_uid() -> u32 {
+        std::fs::metadata("/proc/self")
+            .expect("stat /proc/self")
+            .uid()
+    }
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().expect("test address")
+    }
+
+    fn tcp6_socket(port: u16, only_v6: bool) -> socket2::Socket {
+        let socket = socket2::Socket::new(Domain::IPV6, Type::STREAM, None).expect("socket");
+        socket.set_only_v6(only_v6).expect("IPV6_V6ONLY");
+        socket
+            .bind(&addr(&format!("[::]:{port}")).into())
+            .expect("bind");
+        socket
+    }
+
+    fn only(sockets: Vec<DiagSocket>) -> DiagSocket {
+        assert_eq!(sockets.len(), 1, "{sockets:#?}");
+        sockets.into_iter().next().expect("one socket")
+    }
+
+    #[test]
+    fn tcp_listeners_v4_and_v6() {
+        in_fresh_netns(|| {
+            let v4 = TcpListener::bind("127.0.0.1:8001").expect("bind");
+            let dual = tcp6_socket(8002, false);
+            dual.listen(16).expect("listen");
+            let v6only = tcp6_socket(8003, true);
+            v6only.listen(16).expect("listen");
+
+            assert_eq!(
+                only(dump(TCP, Some(8001), false).expect("dump")),
+                DiagSocket {
+                    protocol: TCP,
+                    family: AF_INET,
+                    state: LISTEN,
+                    bound_inactive: false,
+                    local: addr("127.0.0.1:8001"),
+                    remote: addr("0.0.0.0:0"),
+                    bound_dev_if: 0,
+                    uid: my_uid(),
+                    inode: inode_of(&v4),
+                    v6only: None,
+                    time_wait_left: None,
+                }
+            );
+
+            let got = only(dump(TCP, Some(8002), false).expect("dump"));
+            assert_eq!((got.family, got.state), (AF_INET6, LISTEN));
+            assert_eq!(got.local, addr("[::]:8002"));
+            assert_eq!(got.inode, inode_of(&dual));
+            assert_eq!(got.v6only, Some(false));
+
+            let got = only(dump(TCP, Some(8003), false).expect("dump"));
+            assert_eq!((got.family, got.state), (AF_INET6, LISTEN));
+            assert_eq!(got.inode, inode_of(&v6only));
+            assert_eq!(got.v6only, Some(true));
+        });
+    }
+
+    #[test]
+    fn udp_bound_and_connected() {
+        in_fresh_netns(|| {
+            let bound = UdpSocket::bind("127.0.0.1:5300").expect("bind");
+            let connected = UdpSocket::bind("127.0.0.1:5301").expect("bind");
+            connected.connect("127.0.0.1:5300").expect("connect");
+            let v6 = UdpSocket::bind("[::1]:5302").expect("bind");
+
+            let got = only(dump(UDP, Some(5300), false).expect("dump"));
+            assert_eq!((got.protocol, got.family, got.state), (UDP, AF_INET, 7));
+            assert_eq!(
+                (got.local, got.remote),
+                (addr("127.0.0.1:5300"), addr("0.0.0.0:0"))
+            );
+            assert_eq!(got.inode, inode_of(&bound));
+            assert!(!got.bound_inactive);
+
+            let got = only(dump(UDP, Some(5301), false).expect("dump"));
+            assert_eq!(got.state, ESTABLISHED);
+            assert_eq!(got.remote, addr("127.0.0.1:5300"));
+            assert_eq!(got.inode, inode_of(&connected));
+
+            let got = only(dump(UDP, Some(5302), false).expect("dump"));
+            assert_eq!((got.family, got.local), (AF_INET6, addr("[::1]:5302")));
+            assert_eq!(got.inode, inode_of(&v6));
+            assert!(got.v6only.is_some());
+
+            assert!(dump(TCP, Some(5300), true).expect("dump").is_empty());
+        });
+    }
+
+    #[test]
+    fn established_pair() {
+        in_fresh_netns(|| {
+            for (listen_on, port) in [("127.0.0.1:8100", 8100), ("[::1]:8101", 8101)] {
+                let listener = TcpListener::bind(listen_on).expect("bind");
+                let client = TcpStream::connect(listen_on).expect("connect");
+                let (accepted, _) = listener.accept().expect("accept");
+                let client_addr = client.local_addr().expect("local_addr");
+
+                let mut got = dump(TCP, Some(port), false).expect("dump");
+                got.sort_by_key(|s| s.state);
+                assert_eq!(got.len(), 2, "{got:#?}");
+                assert_eq!((got[0].state, got[1].state), (ESTABLISHED, LISTEN));
+                assert_eq!(got[0].local, addr(listen_on));
+                assert_eq!(got[0].remote, client_addr);
+                assert_eq!(got[0].inode, inode_of(&accepted));
+                assert_eq!(got[1].inode, inode_of(&listener));
+
+                let got = only(dump(TCP, Some(client_addr.port()), false).expect("dump"));
+                assert_eq!(got.state, ESTABLISHED);
+                assert_eq!((got.local, got.remote), (client_addr, addr(listen_on)));
+                assert_eq!(got.inode, inode_of(&client));
+            }
+        });
+    }
+
+    #[test]
+    fn time_wait_after_active_close_on_bound_port() {
+        in_fresh_netns(|| {
+            let listener = TcpListener::bind("127.0.0.1:8200").expect("bind");
+            let mut client = TcpStream::connect("127.0.0.1:8200").expect("connect");
+            let (accepted, _) = listener.accept().expect("accept");
+            let client_addr = client.local_addr().expect("local_addr");
+
+            // The side holding port 8200 closes first, so it ends in TIME_WAIT.
+            drop(accepted);
+            assert_eq!(client.read(&mut [0; 1]).expect("read EOF"), 0);
+            drop(client);
+
+            let deadline = Instant::now() + Duration::from_secs(5);
+            let tw = loop {
+                let got = dump(TCP, Some(8200), false).expect("dump");
+                if let Some(tw) = got.into_iter().find(|s| s.state == TIME_WAIT) {
+                    break tw;
+                }
+                assert!(Instant::now() < deadline, "no TIME_WAIT socket on 8200");
+                std::thread::sleep(Duration::from_millis(10));
+            };
+            assert_eq!((tw.local, tw.remote), (addr("127.0.0.1:8200"), client_addr));
+            assert_eq!(tw.inode, 0);
+            let left = tw.time_wait_left.expect("time_wait_left");
+            assert!(
+                left > Duration::from_secs(1) && left <= Duration::from_secs(60),
+                "{left:?}"
+            );
+        });
+    }
+
+    #[test]
+    fn bound_inactive_tcp() {
+        in_fresh_netns(|| {
+            let v4 = socket2::Socket::new(Domain::IPV4, Type::STREAM, None).expect("socket");
+            v4.bind(&addr("127.0.0.1:8300").into()).expect("bind");
+            let v6 = tcp6_socket(8301, true);
+            let listener = TcpListener::bind("127.0.0.1:8302").expect("bind");
+
+            // Not in a plain dump of every state...
+            assert!(dump(TCP, Some(8300), false).expect("dump").is_empty());
+            // ...only when asked for.
+            let got = only(dump(TCP, Some(8300), true).expect("dump"));
+            assert!(got.bound_inactive);
+            assert_eq!((got.family, got.state), (AF_INET, TCP_CLOSE));
+            assert_eq!(
+                (got.local, got.remote),
+                (addr("127.0.0.1:8300"), addr("0.0.0.0:0"))
+            );
+            assert_eq!(got.inode, inode_of(&v4));
+
+            let got = only(dump(TCP, Some(8301), true).expect("dump"));
+            assert!(got.bound_inactive);
+            assert_eq!((got.family, got.v6only), (AF_INET6, Some(true)));
+            assert_eq!(got.inode, inode_of(&v6));
+
+            let got = only(dump(TCP, Some(8302), true).expect("dump"));
+            assert!(!got.bound_inactive);
+            assert_eq!(got.inode, inode_of(&listener));
+        });
+    }
+
+    #[test]
+    fn port_filter() {
+        in_fresh_netns(|| {
+            let _a = TcpListener::bind("127.0.0.1:8400").expect("bind");
+            let _b = TcpListener::bind("127.0.0.1:8401").expect("bind");
+            let _c = TcpListener::bind("[::]:8402").expect("bind");
+            let _d = UdpSocket::bind("127.0.0.1:8400").expect("bind");
+
+            for kernel_filter in [true, false] {
+                let got = only(dump_with(TCP, Some(8400), true, kernel_filter).expect("dump"));
+                assert_eq!((got.protocol, got.local.port()), (TCP, 8400));
+                let got = only(dump_with(UDP, Some(8400), true, kernel_filter).expect("dump"));
+                assert_eq!((got.protocol, got.local.port()), (UDP, 8400));
+                let got = only(dump_with(TCP, Some(8402), true, kernel_filter).expect("dump"));
+                assert_eq!(got.family, AF_INET6);
+                assert!(dump_with(TCP, Some(9999), true, kernel_filter)
+                    .expect("dump")
+                    .is_empty());
+            }
+            let mut ports: Vec<_> = dump(TCP, None, true)
+                .expect("dump")
+                .iter()
+                .map(|s| s.local.port())
+                .collect();
+            ports.sort();
+            assert_eq!(ports, [8400, 8401, 8402]);
+        });
+    }
+
+    #[test]
+    fn unsupported_protocol() {
+        let err = dump(1, None, false).expect_err("ICMP is not supported");
+        assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+    }
+
+    #[test]
+    fn in_netns_queries_the_other_namespace() {
+        let (ns_a, listener) = netns_with(|| TcpListener::bind("127.0.0.1:8500").expect("bind"));
+        in_fresh_netns(move || {
+            assert!(dump(TCP, Some(8500), false).expect("dump").is_empty());
+            let got = in_netns(ns_a.as_fd(), || dump(TCP, Some(8500), false))
+                .expect("in_netns")
+                .expect("dump");
+            assert_eq!(only(got).inode, inode_of(&listener));
+            assert!(dump(TCP, Some(8500), false).expect("dump").is_empty());
+        });
+    }
+
+    #[test]
+    fn in_netns_returns_home() {
+        let (ns_a, ()) = netns_with(|| ());
+        in_fresh_netns(move || {
+            let home = thread_netns_inode();
+            let a = nix::sys::stat::fstat(ns_a.as_fd()).expect("fstat").st_ino;
+            assert_ne!(home, a);
+
+            let inside = in_netns(ns_a.as_fd(), thread_netns_inode).expect("in_netns");
+            assert_eq!(inside, a);
+            assert_eq!(thread_netns_inode(), home);
+
+            let panicked = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                in_netns(ns_a.as_fd(), || panic!("deliberate panic inside in_netns"))
+            }));
+            assert!(panicked.is_err());
+            assert_eq!(thread_netns_inode(), home);
+        });
+    }
+
+    #[test]
+    fn sysctls_follow_the_thread_netns() {
+        let (ns_a, ()) = netns_with(|| {
+            // The range must start at or above ip_unprivileged_port_start,
+            // which must stay below it: set the range first.
+            for (name, value) in [
+                ("net/ipv4/ip_local_port_range", "40000 40100"),
+                ("net/ipv4/ip_unprivileged_port_start", "555"),
+                ("net/ipv4/ip_nonlocal_bind", "1"),
+                ("net/ipv6/ip_nonlocal_bind", "1"),
+            ] {
+                std::fs::write(format!("/proc/sys/{name}"), value).expect(name);
+            }
+        });
+        let tuned = Sysctls {
+            local_port_range: Some((40000, 40100)),
+            unprivileged_port_start: Some(555),
+            nonlocal_bind_v4: Some(true),
+            nonlocal_bind_v6: Some(true),
+        };
+        in_fresh_netns(move || {
+            let here = sysctls();
+            assert!(here.local_port_range.is_some(), "{here:?}");
+            assert_eq!(here.nonlocal_bind_v4, Some(false));
+            assert_ne!(here, tuned);
+
+            assert_eq!(in_netns(ns_a.as_fd(), sysctls).expect("in_netns"), tuned);
+            assert_eq!(sysctls(), here);
+        });
+    }
+
+    /// One netlink message: header, then `payload` padded to 4 bytes.
+    fn nlmsg(message_type: u16, seq: u32, payload: &[u8]) -> Vec<u8> {
+        let mut msg = Vec::new();
+        msg.extend_from_slice(&(16 + payload.len() as u32).to_ne_bytes());
+        msg.extend_from_slice(&message_type.to_ne_bytes());
+        msg.extend_from_slice(&2u16.to_ne_bytes()); // NLM_F_MULTI
+        msg.extend_from_slice(&seq.to_ne_bytes());
+        msg.extend_from_slice(&0u32.to_ne_bytes());
+        msg.extend_from_slice(payload);
+        msg.resize(msg.len().next_multiple_of(4), 0);
+        msg
+    }
+
+    #[test]
+    fn malformed_replies_are_errors() {
+        const NOOP: u16 = 1;
+        const ERROR: u16 = 2;
+        const DONE: u16 = 3;
+        let parse = |datagram: &[u8]| parse_datagram(datagram, 7, TCP, &mut Vec::new());
+
+        let done = nlmsg(DONE, 7, &0i32.to_ne_bytes());
+        assert_eq!(parse(&done).expect("done"), Dump::Done);
+        assert_eq!(
+            parse(&[nlmsg(NOOP, 7, &[]), done.clone()].concat()).expect("done"),
+            Dump::Done
+        );
+        assert_eq!(parse(&[]).expect("empty"), Dump::More);
+
+        let eperm = nlmsg(ERROR, 7, &[(-libc::EPERM).to_ne_bytes(), [0; 4]].concat());
+        assert_eq!(
+            parse(&eperm).expect_err("NLMSG_ERROR").raw_os_error(),
+            Some(libc::EPERM)
+        );
+        let failed_done = nlmsg(DONE, 7, &(-libc::ENOBUFS).to_ne_bytes());
+        assert_eq!(
+            parse(&failed_done).expect_err("DONE < 0").raw_os_error(),
+            Some(libc::ENOBUFS)
+        );
+
+        let mut too_long = done.clone();
+        too_long[0] = 200;
+        let mut too_short = done.clone();
+        too_short[0] = 4;
+        let truncated_socket = nlmsg(SOCK_DIAG_BY_FAMILY, 7, &[AF_INET, 10, 0, 0, 1, 2, 3]);
+        let unknown_type = nlmsg(999, 7, &[0; 72]);
+        let stale = nlmsg(DONE, 8, &0i32.to_ne_bytes());
+        let bad: [&[u8]; 6] = [
+            &done[..10],
+            &too_long[..],
+            &too_short[..],
+            &stale,
+            &truncated_socket,
+            &unknown_type,
+        ];
+        for bad in bad {
+            let err = parse(bad).expect_err("malformed");
+            assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{bad:?}: {err}");
+        }
+    }
+
+    /// `cargo test --release -- --ignored --nocapture bench`; needs
+    /// `ulimit -n` above ~2100.
+    #[test]
+    #[ignore = "benchmark"]
+    fn bench_dump_among_2000_sockets() {
+        in_fresh_netns(|| {
+            let busy = TcpListener::bind("127.0.0.1:9000").expect("bind");
+            let pairs: Vec<_> = (0..1000)
+                .map(|_| {
+                    let client = TcpStream::connect("127.0.0.1:9000").expect("connect");
+                    (client, busy.accept().expect("accept"))
+                })
+                .collect();
+            let _target = TcpListener::bind("127.0.0.1:9500").expect("bind");
+            assert!(dump(TCP, None, false).expect("dump").len() > 2000);
+
+            for (label, bound_inactive, kernel_filter) in [
+                ("bound_inactive, kernel filter", true, true),
+                ("bound_inactive, userspace filter", true, false),
+                ("no bound_inactive, kernel filter", false, true),
+                ("no bound_inactive, userspace filter", false, false),
+            ] {
+                let mut times: Vec<_> = (0..100)
+                    .map(|_| {
+                        let start = Instant::now();
+                        let got = dump_with(TCP, Some(9500), bound_inactive, kernel_filter);
+                        let elapsed = start.elapsed();
+                        assert_eq!(got.expect("dump").len(), 1);
+                        elapsed
+                    })
+                    .collect();
+                times.sort();
+                println!(
+                    "{label}: median {:?} (min {:?}, max {:?})",
+                    times[50], times[0], times[99]
+                );
+            }
+            drop(pairs);
+        });
+    }
+}

@@ -1,0 +1,551 @@
+//! Holders and diagnosis: every reason reproduced for real, each in its own
+//! network namespace (never the tracer's), asserting the reason and the
+//! holder's pid.
+
+mod common;
+
+use std::{
+    net::{Ipv6Addr, SocketAddr, TcpStream},
+    process::Command,
+    time::Duration,
+};
+
+use common::*;
+use serde_json::Value;
+
+fn reason(ev: &Value) -> &str {
+    ev["reason"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no reason in {ev:#}"))
+}
+
+fn v6_any(port: u16) -> SocketAddr {
+    SocketAddr::from((Ipv6Addr::UNSPECIFIED, port))
+}
+
+fn no_kill_all(ev: &Value) {
+    let fix = ev["fix"].as_str().unwrap();
+    assert!(!fix.contains("killall") && !fix.contains("fuser"), "{fix}");
+}
+
+/// The holder is another process in another namespace than the tracer; a
+/// decoy on the same port in a third namespace must not be named.
+#[test]
+fn listener_in_another_netns_is_named_with_its_cmdline() {
+    let ns = Netns::new("pw-listener");
+    let decoy_ns = Netns::new("pw-decoy");
+    let port = port();
+    let tracer = Tracer::start(&["--netns", &ns.arg()]);
+    let setup = format!("import socket\ns=socket.socket(); s.bind(('0.0.0.0',{port})); s.listen()");
+    let decoy = decoy_ns.run({
+        let setup = setup.clone();
+        move || PyHolder::start(&setup, None)
+    });
+    let held = ns.run(move || PyHolder::start(&setup, None));
+    ns.run(move || {
+        let s = socket(false, false);
+        assert_eq!(bind(&s, v4(port)), Err(libc::EADDRINUSE));
+    });
+    let ev = tracer.event();
+    assert_ours(&ev, &ns);
+    assert_eq!(reason(&ev), "listener", "{ev:#}");
+    let h = holder(&ev);
+    assert_eq!(h["pid"], held.pid, "{ev:#}");
+    assert_eq!(h["comm"], "python3", "{ev:#}");
+    assert_eq!(h["state"], "LISTEN", "{ev:#}");
+    assert_eq!(h["addr"], "0.0.0.0", "{ev:#}");
+    assert_eq!(h["port"], port, "{ev:#}");
+    assert_eq!(h["exited"], false, "{ev:#}");
+    assert_eq!(h["uid"], 0, "{ev:#}");
+    assert!(
+        h["cmdline"].as_str().unwrap().contains("s.listen()"),
+        "{ev:#}"
+    );
+    let all = ev["holders"].as_array().unwrap();
+    assert!(
+        all.iter().all(|h| h["pid"] != decoy.pid),
+        "decoy named: {ev:#}"
+    );
+    assert!(ev["diagnosis"]
+        .as_str()
+        .unwrap()
+        .contains(&format!("pid {}", held.pid)));
+    assert!(
+        ev["fix"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("kill {}", held.pid)),
+        "{ev:#}"
+    );
+    no_kill_all(&ev);
+}
+
+/// The flaky-restart race: the holder exits a moment after the failure, long
+/// before userspace looks (held back on purpose here). The kernel's record
+/// still names it.
+#[test]
+fn holder_that_exits_right_after_the_failure_is_still_named() {
+    let ns = Netns::new("pw-exits");
+    let port = port();
+    let tracer = Tracer::start(&["--netns", &ns.arg(), "--enrich-delay", "300"]);
+    let code = format!(
+        "import os,socket,errno,signal,sys\n\
+         ready_r,ready_w=os.pipe(); hold_r,hold_w=os.pipe()\n\
+         pid=os.fork()\n\
+         if pid==0:\n  s=socket.socket(); s.bind(('127.0.0.1',{port})); s.listen(); os.write(ready_w,b'x'); os.read(hold_r,1); os._exit(0)\n\
+         os.read(ready_r,1)\n\
+         b=socket.socket()\n\
+         try:\n  b.bind(('127.0.0.1',{port})); sys.exit('bind succeeded')\n\
+         except OSError as e:\n  assert e.errno==errno.EADDRINUSE, e\n\
+         os.kill(pid, signal.SIGKILL); os.waitpid(pid, 0)\n\
+         print(pid)\n"
+    );
+    let out = ns.run(move || {
+        Command::new("/usr/bin/python3")
+            .arg("-c")
+            .arg(code)
+            .output()
+            .unwrap()
+    });
+    assert!(out.status.success(), "{out:?}");
+    let child: u32 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+    let ev = tracer.event();
+    assert_eq!(reason(&ev), "listener", "{ev:#}");
+    let h = holder(&ev);
+    assert_eq!(h["pid"], child, "{ev:#}");
+    assert_eq!(h["comm"], "python3", "{ev:#}");
+    assert_eq!(h["exited"], true, "{ev:#}");
+    assert_eq!(h["state"], "LISTEN", "{ev:#}");
+    assert_eq!(h["seen"], "kernel", "{ev:#}");
+    assert!(ev["fix"].as_str().unwrap().contains("exited"), "{ev:#}");
+}
+
+/// TIME_WAIT made by a real connection that the server side closed first.
+#[test]
+fn time_wait_from_a_real_closed_connection() {
+    let ns = Netns::new("pw-timewait");
+    let port = port();
+    let tracer = Tracer::start(&["--netns", &ns.arg()]);
+    ns.run(move || {
+        let listener = socket(false, false);
+        bind(&listener, v4(port)).unwrap();
+        listener.listen(1).unwrap();
+        let client = TcpStream::connect(v4(port)).unwrap();
+        let (served, _) = listener.accept().unwrap();
+        drop(listener);
+        // The side bound to the port closes first, so it ends in TIME_WAIT.
+        drop(served);
+        std::thread::sleep(Duration::from_millis(50));
+        drop(client);
+        std::thread::sleep(Duration::from_millis(50));
+        let again = socket(false, false);
+        assert_eq!(bind(&again, v4(port)), Err(libc::EADDRINUSE));
+    });
+    let ev = tracer.event();
+    assert_eq!(reason(&ev), "time_wait", "{ev:#}");
+    let tw = ev["holders"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["state"] == "TIME_WAIT")
+        .unwrap_or_else(|| panic!("no TIME_WAIT holder: {ev:#}"));
+    let left = tw["time_left_ms"].as_u64().unwrap();
+    assert!((1_000..=60_000).contains(&left), "{ev:#}");
+    assert!(tw["pid"].is_null(), "{ev:#}");
+    // Who left them: the kernel recorded this process binding the port.
+    let by = ev["holders"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["state"] == "CLOSED")
+        .unwrap_or_else(|| panic!("no record of who left them: {ev:#}"));
+    assert_eq!(by["pid"], std::process::id(), "{ev:#}");
+    assert!(
+        ev["fix"].as_str().unwrap().contains("SO_REUSEADDR"),
+        "{ev:#}"
+    );
+}
+
+#[test]
+fn bound_but_never_listening() {
+    let ns = Netns::new("pw-bound");
+    let port = port();
+    let tracer = Tracer::start(&["--netns", &ns.arg()]);
+    let held = ns.run(move || {
+        PyHolder::start(
+            &format!("import socket\ns=socket.socket(); s.bind(('127.0.0.1',{port}))"),
+            None,
+        )
+    });
+    ns.run(move || {
+        let s = socket(false, false);
+        assert_eq!(bind(&s, v4(port)), Err(libc::EADDRINUSE));
+    });
+    let ev = tracer.event();
+    assert_eq!(reason(&ev), "bound_not_listening", "{ev:#}");
+    let h = holder(&ev);
+    assert_eq!(h["pid"], held.pid, "{ev:#}");
+    assert_eq!(h["state"], "BOUND", "{ev:#}");
+    assert_eq!(h["exited"], false, "{ev:#}");
+}
+
+#[test]
+fn reuseport_on_one_side_only() {
+    let ns = Netns::new("pw-reuseport");
+    let port = port();
+    let tracer = Tracer::start(&["--netns", &ns.arg()]);
+    let held = ns.run(move || {
+        PyHolder::start(
+            &format!(
+                "import socket\ns=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)\n\
+                 s.bind(('127.0.0.1',{port})); s.listen()"
+            ),
+            None,
+        )
+    });
+    ns.run(move || {
+        let s = socket(false, false);
+        assert_eq!(bind(&s, v4(port)), Err(libc::EADDRINUSE));
+    });
+    let ev = tracer.event();
+    assert_eq!(reason(&ev), "reuseport_mismatch", "{ev:#}");
+    assert_eq!(holder(&ev)["pid"], held.pid, "{ev:#}");
+    assert_eq!(holder(&ev)["reuseport"], true, "{ev:#}");
+    assert!(
+        ev["diagnosis"].as_str().unwrap().contains("holder only"),
+        "{ev:#}"
+    );
+    assert!(
+        ev["fix"]
+            .as_str()
+            .unwrap()
+            .contains("connections meant for the old one"),
+        "{ev:#}"
+    );
+}
+
+/// SO_REUSEPORT on both sides is not enough across uids.
+#[test]
+fn reuseport_under_another_uid() {
+    let ns = Netns::new("pw-reuseuid");
+    let port = port();
+    let tracer = Tracer::start(&["--netns", &ns.arg()]);
+    let held = ns.run(move || {
+        PyHolder::start(
+            &format!(
+                "import socket\ns=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)\n\
+                 s.bind(('127.0.0.1',{port})); s.listen()"
+            ),
+            Some(65534),
+        )
+    });
+    ns.run(move || {
+        let s = socket(false, false);
+        s.set_reuse_port(true).unwrap();
+        assert_eq!(bind(&s, v4(port)), Err(libc::EADDRINUSE));
+    });
+    let ev = tracer.event();
+    assert_eq!(reason(&ev), "reuseport_mismatch", "{ev:#}");
+    assert_eq!(holder(&ev)["pid"], held.pid, "{ev:#}");
+    assert_eq!(holder(&ev)["uid"], 65534, "{ev:#}");
+    assert!(
+        ev["diagnosis"].as_str().unwrap().contains("different uids"),
+        "{ev:#}"
+    );
+}
+
+#[test]
+fn second_listen_on_a_shared_bind_is_a_listen_conflict() {
+    let ns = Netns::new("pw-listenc");
+    let port = port();
+    let tracer = Tracer::start(&["--netns", &ns.arg()]);
+    let _sockets = ns.run(move || {
+        let a = socket(false, false);
+        a.set_reuse_address(true).unwrap();
+        let b = socket(false, false);
+        b.set_reuse_address(true).unwrap();
+        bind(&a, v4(port)).unwrap();
+        bind(&b, v4(port)).unwrap();
+        a.listen(1).unwrap();
+        assert_eq!(
+            b.listen(1).unwrap_err().raw_os_error(),
+            Some(libc::EADDRINUSE)
+        );
+        (a, b)
+    });
+    let ev = tracer.event();
+    assert_eq!(ev["syscall"], "listen", "{ev:#}");
+    assert_eq!(reason(&ev), "listen_conflict", "{ev:#}");
+    let h = holder(&ev);
+    assert_eq!(h["pid"], std::process::id(), "{ev:#}");
+    assert_eq!(h["state"], "LISTEN", "{ev:#}");
+    // The kernel kept the first listener as the holder, though the failing
+    // socket passed through LISTEN on its way to the error.
+    assert_eq!(h["seen"], "kernel_and_sock_diag", "{ev:#}");
+    // Its own bound socket is not listed as a holder.
+    assert!(
+        ev["holders"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|h| h["state"] != "BOUND"),
+        "{ev:#}"
+    );
+}
+
+/// [::]:P without IPV6_V6ONLY takes 0.0.0.0:P too, and the reverse.
+#[test]
+fn dual_stack_both_ways() {
+    let ns = Netns::new("pw-dual");
+    let port = port();
+    let tracer = Tracer::start(&["--netns", &ns.arg()]);
+    let held = ns.run(move || {
+        PyHolder::start(
+            &format!(
+                "import socket\ns=socket.socket(socket.AF_INET6); s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)\n\
+                 s.bind(('::',{port})); s.listen()"
+            ),
+            None,
+        )
+    });
+    ns.run(move || {
+        let s = socket(false, false);
+        assert_eq!(
+            bind(&s, SocketAddr::from(([0, 0, 0, 0], port))),
+            Err(libc::EADDRINUSE)
+        );
+    });
+    let ev = tracer.event();
+    assert_eq!(reason(&ev), "dual_stack", "{ev:#}");
+    assert_eq!(holder(&ev)["pid"], held.pid, "{ev:#}");
+    assert_eq!(holder(&ev)["addr"], "::", "{ev:#}");
+    assert_eq!(holder(&ev)["v6only"], false, "{ev:#}");
+    assert!(
+        ev["fix"].as_str().unwrap().contains("IPV6_V6ONLY"),
+        "{ev:#}"
+    );
+    drop(held);
+
+    let port = port + 1;
+    let held = ns.run(move || {
+        PyHolder::start(
+            &format!("import socket\ns=socket.socket(); s.bind(('0.0.0.0',{port})); s.listen()"),
+            None,
+        )
+    });
+    ns.run(move || {
+        let s = socket(true, false);
+        s.set_only_v6(false).unwrap();
+        assert_eq!(bind(&s, v6_any(port)), Err(libc::EADDRINUSE));
+    });
+    let ev = tracer.event();
+    assert_eq!(ev["family"], "ipv6", "{ev:#}");
+    assert_eq!(reason(&ev), "dual_stack", "{ev:#}");
+    assert_eq!(holder(&ev)["pid"], held.pid, "{ev:#}");
+}
+
+/// Established connections keep the port after their listener closed.
+#[test]
+fn connections_without_a_listener() {
+    let ns = Netns::new("pw-conns");
+    let port = port();
+    let tracer = Tracer::start(&["--netns", &ns.arg()]);
+    let _open = ns.run(move || {
+        let listener = socket(false, false);
+        bind(&listener, v4(port)).unwrap();
+        listener.listen(1).unwrap();
+        let client = TcpStream::connect(v4(port)).unwrap();
+        let (served, _) = listener.accept().unwrap();
+        drop(listener);
+        let again = socket(false, false);
+        assert_eq!(bind(&again, v4(port)), Err(libc::EADDRINUSE));
+        // Kept open until portwatch has looked.
+        (client, served)
+    });
+    let ev = tracer.event();
+    assert_eq!(reason(&ev), "connection", "{ev:#}");
+    let h = holder(&ev);
+    assert_eq!(h["state"], "ESTABLISHED", "{ev:#}");
+    assert_eq!(h["pid"], std::process::id(), "{ev:#}");
+    assert!(
+        h["remote"].as_str().unwrap().starts_with("127.0.0.1:"),
+        "{ev:#}"
+    );
+}
+
+#[test]
+fn udp_socket_holding_the_port() {
+    let ns = Netns::new("pw-udpholder");
+    let port = port();
+    let tracer = Tracer::start(&["--netns", &ns.arg()]);
+    let held = ns.run(move || {
+        PyHolder::start(
+            &format!("import socket\ns=socket.socket(type=socket.SOCK_DGRAM); s.bind(('127.0.0.1',{port}))"),
+            None,
+        )
+    });
+    ns.run(move || {
+        let s = socket(false, true);
+        assert_eq!(bind(&s, v4(port)), Err(libc::EADDRINUSE));
+    });
+    let ev = tracer.event();
+    assert_eq!(reason(&ev), "listener", "{ev:#}");
+    assert_eq!(holder(&ev)["state"], "UDP", "{ev:#}");
+    assert_eq!(holder(&ev)["pid"], held.pid, "{ev:#}");
+}
+
+/// bind(port 0) with the namespace's whole ephemeral range taken.
+#[test]
+fn ephemeral_ports_exhausted() {
+    let ns = Netns::new("pw-ephemeral");
+    let tracer = Tracer::start(&["--netns", &ns.arg()]);
+    ns.run(move || {
+        let status = Command::new("sh")
+            .args([
+                "-c",
+                "echo 40000 40001 > /proc/sys/net/ipv4/ip_local_port_range",
+            ])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let mut held = Vec::new();
+        loop {
+            let s = socket(false, false);
+            match bind(&s, v4(0)) {
+                Ok(()) => held.push(s),
+                Err(e) => {
+                    assert_eq!(e, libc::EADDRINUSE);
+                    break;
+                }
+            }
+            assert!(held.len() <= 2, "more ports than the range holds");
+        }
+        held
+    });
+    let ev = tracer.event();
+    assert_eq!(ev["port"], 0, "{ev:#}");
+    assert_eq!(reason(&ev), "ephemeral_exhausted", "{ev:#}");
+    assert!(
+        ev["diagnosis"].as_str().unwrap().contains("40000-40001"),
+        "{ev:#}"
+    );
+}
+
+#[test]
+fn privileged_port_without_the_capability() {
+    let ns = Netns::new("pw-privport");
+    let tracer = Tracer::start(&["--netns", &ns.arg(), "--errno", "EACCES"]);
+    let pid = ns.run(|| {
+        python(
+            "import socket,errno\ns=socket.socket()\n\
+             try:\n  s.bind(('127.0.0.1',80)); raise SystemExit('bind succeeded')\n\
+             except PermissionError:\n  pass\n",
+            Some(65534),
+        )
+    });
+    let ev = tracer.event();
+    assert_eq!(ev["pid"], pid, "{ev:#}");
+    assert_eq!(reason(&ev), "privileged_port", "{ev:#}");
+    assert!(ev["diagnosis"].as_str().unwrap().contains("1024"), "{ev:#}");
+    assert!(
+        ev["fix"].as_str().unwrap().contains("CAP_NET_BIND_SERVICE"),
+        "{ev:#}"
+    );
+}
+
+#[test]
+fn address_not_on_this_host() {
+    let ns = Netns::new("pw-notlocal");
+    let port = port();
+    let tracer = Tracer::start(&["--netns", &ns.arg(), "--errno", "EADDRNOTAVAIL"]);
+    ns.run(move || {
+        let s = socket(false, false);
+        assert_eq!(
+            bind(&s, SocketAddr::from(([192, 0, 2, 1], port))),
+            Err(libc::EADDRNOTAVAIL)
+        );
+    });
+    let ev = tracer.event();
+    assert_eq!(reason(&ev), "addr_not_local", "{ev:#}");
+    assert!(
+        ev["fix"].as_str().unwrap().contains("IP_FREEBIND"),
+        "{ev:#}"
+    );
+}
+
+/// Nothing holds the port any more and the kernel has no record: say so.
+#[test]
+fn unknown_says_what_was_seen() {
+    let ns = Netns::new("pw-unknown");
+    let port = port();
+    let tracer = Tracer::start(&["--netns", &ns.arg(), "--errno", "EINVAL"]);
+    ns.run(move || {
+        let s = socket(false, false);
+        bind(&s, v4(port)).unwrap();
+        // Binding a bound socket again: EINVAL, which no rule explains.
+        assert_eq!(bind(&s, v4(port + 1)), Err(libc::EINVAL));
+    });
+    let ev = tracer.event();
+    assert_eq!(reason(&ev), "unknown", "{ev:#}");
+    assert!(
+        ev["diagnosis"].as_str().unwrap().contains("EINVAL"),
+        "{ev:#}"
+    );
+}
+
+#[test]
+fn no_holders_turns_enrichment_off() {
+    let ns = Netns::new("pw-noholders");
+    let port = port();
+    let tracer = Tracer::start(&["--netns", &ns.arg(), "--no-holders"]);
+    ns.run(move || drop(conflict(v4(port), false)));
+    let ev = tracer.event();
+    assert!(
+        ev.get("holders").is_none() && ev.get("reason").is_none(),
+        "{ev:#}"
+    );
+}
+
+/// Slow lookups delay output only: a storm during them is captured whole.
+#[test]
+fn slow_lookups_do_not_lose_events() {
+    let ns = Netns::new("pw-slowlookup");
+    let port = port();
+    let tracer = Tracer::start(&[
+        "--netns",
+        &ns.arg(),
+        "--fold-window",
+        "0",
+        "--enrich-delay",
+        "200",
+    ]);
+    const N: usize = 2000;
+    ns.run(move || {
+        let (_holder, _) = conflict(v4(port), false);
+        for _ in 0..N {
+            let s = socket(false, false);
+            assert_eq!(bind(&s, v4(port)), Err(libc::EADDRINUSE));
+        }
+    });
+    let mut events = Vec::new();
+    while events.len() < N + 1 {
+        events.push(tracer.event());
+    }
+    let (_, rest, notices) = tracer.stop();
+    let summary = notices.iter().find(|v| v["type"] == "summary").unwrap();
+    assert_eq!(summary["lost"], 0, "{summary}");
+    assert_eq!(
+        summary["matched"].as_u64().unwrap() as usize,
+        N + 1,
+        "{summary}"
+    );
+    assert!(rest.is_empty());
+    // In capture order, every one diagnosed.
+    let ts: Vec<&str> = events.iter().map(|e| e["ts"].as_str().unwrap()).collect();
+    assert!(ts.windows(2).all(|w| w[0] <= w[1]));
+    assert!(
+        events.iter().all(|e| e["reason"] == "listener"),
+        "{:#}",
+        events[0]
+    );
+}
