@@ -700,8 +700,9 @@ mod tests {
         assert!(v
             .fix
             .contains("can receive connections meant for the old one"));
-        // Both set, different uids.
+        // Both set, different uids (the sample event's uid is 33).
         h.reuseport = Some(true);
+        h.uid = Some(1000);
         let v = diagnose(&ev, &with(vec![h.clone()]));
         assert_eq!(v.reason, Reason::ReuseportMismatch, "{}", v.diagnosis);
         assert!(v.diagnosis.contains("different uids"));

@@ -150,10 +150,14 @@ impl Enricher {
     /// The sockets in the way of `ev`, merged with the kernel's record.
     fn holders(&self, ev: &Event, sockets: &[DiagSocket]) -> Vec<Holder> {
         let v6only = ev.opts.is_some_and(|o| o.v6only);
-        let mut hints = vec![ev.pid];
+        // Where the holder most likely is: the recorded binder, the children
+        // it forked (workers inherit the listening socket), the caller.
+        let mut hints = Vec::new();
         if let Some(r) = &ev.recorded {
-            hints.insert(0, r.pid);
+            hints.push(r.pid);
+            hints.extend(children(r.pid));
         }
+        hints.push(ev.pid);
         let mut holders: Vec<Holder> = Vec::new();
         let mut time_wait: Option<Holder> = None;
         for s in sockets {
@@ -324,6 +328,16 @@ impl Enricher {
             seen: Seen::Kernel,
         })
     }
+}
+
+/// Children of `pid` (its main thread's), at most 64.
+fn children(pid: u32) -> Vec<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_ascii_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .take(64)
+        .collect()
 }
 
 /// A holder for socket `s` before its owner is known.

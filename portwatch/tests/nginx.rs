@@ -78,8 +78,21 @@ fn stop(mut child: Child) -> String {
     err
 }
 
+/// The tracer watches from before the first nginx starts: the kernel records
+/// the first master binding the port.
 #[test]
 fn second_nginx_on_the_same_port() {
+    two_nginx(true);
+}
+
+/// The tracer starts after the first nginx: no kernel record, so the holder
+/// comes from sock_diag and /proc alone, and must still be the master.
+#[test]
+fn second_nginx_with_the_first_already_running() {
+    two_nginx(false);
+}
+
+fn two_nginx(tracer_first: bool) {
     let ns = Netns::new("pw-nginx");
     let scratch = Scratch::new();
     let port = port();
@@ -87,25 +100,29 @@ fn second_nginx_on_the_same_port() {
         config(&scratch.0, "first", port),
         config(&scratch.0, "second", port),
     );
-    let tracer = Tracer::start(&["--netns", &ns.arg(), "--comm", "nginx"]);
+    let args = ["--netns", &ns.arg(), "--comm", "nginx"];
+    let early = tracer_first.then(|| Tracer::start(&args));
 
-    let (first, second) = ns.run(move || {
+    let first = ns.run(move || {
         let first = nginx(&first_conf);
         let deadline = Instant::now() + WAIT;
         while TcpStream::connect(v4(port)).is_err() {
             assert!(Instant::now() < deadline, "first nginx never listened");
             std::thread::sleep(Duration::from_millis(20));
         }
+        first
+    });
+    let tracer = early.unwrap_or_else(|| Tracer::start(&args));
+    let second = ns.run(move || {
         let mut second = nginx(&second_conf);
         // nginx retries bind() five times, half a second apart, then gives up.
         let status = second.wait().unwrap();
-        (first, (second, status))
+        (second, status)
     });
     let (mut second, status) = second;
     let mut second_err = String::new();
     std::io::Read::read_to_string(second.stderr.as_mut().unwrap(), &mut second_err).unwrap();
     let first_pid = first.id();
-    stop(first);
 
     assert!(!status.success(), "second nginx should fail: {second_err}");
     assert!(
@@ -125,6 +142,39 @@ fn second_nginx_on_the_same_port() {
     assert_eq!(ev["proto"], "tcp", "{ev}");
     // nginx sets SO_REUSEADDR on its listening sockets.
     assert_eq!(ev["opts"]["reuseaddr"], true, "{ev}");
+    // The holder is the first nginx's master; its worker shares the socket.
+    assert_eq!(ev["reason"], "listener", "{ev:#}");
+    let h = holder(&ev);
+    assert_eq!(h["pid"], first_pid, "{ev:#}");
+    assert_eq!(h["comm"], "nginx", "{ev:#}");
+    assert_eq!(h["state"], "LISTEN", "{ev:#}");
+    assert_eq!(h["exited"], false, "{ev:#}");
+    assert!(
+        h["cmdline"]
+            .as_str()
+            .unwrap()
+            .starts_with("nginx: master process"),
+        "{ev:#}"
+    );
+    assert_eq!(
+        h["pids"].as_array().unwrap().len(),
+        2,
+        "master and worker: {ev:#}"
+    );
+    let seen = if tracer_first {
+        "kernel_and_sock_diag"
+    } else {
+        "sock_diag"
+    };
+    assert_eq!(h["seen"], seen, "{ev:#}");
+    assert!(
+        ev["fix"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("kill {first_pid}")),
+        "{ev:#}"
+    );
+    stop(first);
     // All five attempts are accounted for: shown or folded.
     let (_, rest, notices) = tracer.stop();
     let shown: u64 = std::iter::once(&ev)

@@ -31,7 +31,7 @@ const HOST_ONLY: &[&str] = &[
 ];
 
 /// Test binaries to run in the VM.
-const SUITES: &[&str] = &["capture", "cli"];
+const SUITES: &[&str] = &["capture", "cli", "holders"];
 
 /// Backends every suite runs with.
 const BACKENDS: &[&str] = &["fexit", "tracepoint"];

@@ -390,58 +390,85 @@ pub fn assert_ours(ev: &Value, ns: &Netns) {
     assert_eq!(ev["uid"], 0, "{ev}");
 }
 
-/// A python3 process that holds sockets until dropped: it runs `setup` in
-/// the caller's network namespace (start it inside `Netns::run`), says
-/// `ready`, and waits on stdin. Dropping it kills it, by its own handle.
-pub struct PyHolder {
-    child: Option<Child>,
+/// A forked child that holds sockets until dropped: it runs `setup` in the
+/// caller's network namespace (start it inside `Netns::run`), reports
+/// success, and sleeps. Dropping it kills it, by its pid.
+///
+/// The child of a multi-threaded test process may only make plain system
+/// calls, so `setup` must not allocate: socket2 calls and libc only. A fork
+/// rather than python3 keeps these tests runnable in the VM.
+pub struct ForkHolder {
     /// Its pid.
     pub pid: u32,
+    reaped: bool,
 }
 
-impl PyHolder {
-    /// Starts the holder, optionally as another uid, and waits until `setup` ran.
-    pub fn start(setup: &str, uid: Option<u32>) -> PyHolder {
-        let code = format!("{setup}\nimport sys\nprint('ready', flush=True)\nsys.stdin.read()\n");
-        let mut cmd = match uid {
-            Some(uid) => {
-                let mut c = Command::new("setpriv");
-                c.args([
-                    format!("--reuid={uid}"),
-                    format!("--regid={uid}"),
-                    "--clear-groups".into(),
-                    PYTHON.into(),
-                ]);
-                c
+impl ForkHolder {
+    /// Forks, runs `setup` in the child, and waits until it did.
+    pub fn start(setup: impl FnOnce() -> bool) -> ForkHolder {
+        let (r, w) = nix::unistd::pipe().unwrap();
+        // SAFETY: the child only makes system calls (see above) and never
+        // returns into the test harness.
+        match unsafe { nix::unistd::fork() }.unwrap() {
+            nix::unistd::ForkResult::Child => {
+                let ok = setup();
+                let _ = nix::unistd::write(&w, &[u8::from(ok)]);
+                loop {
+                    // SAFETY: pause has no preconditions.
+                    unsafe { libc::pause() };
+                }
             }
-            None => Command::new(PYTHON),
-        };
-        let mut child = cmd
-            .arg("-c")
-            .arg(&code)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("python3 is needed for multi-process tests");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        assert_eq!(line.trim(), "ready", "holder setup failed: {setup}");
-        PyHolder {
-            pid: child.id(),
-            child: Some(child),
+            nix::unistd::ForkResult::Parent { child } => {
+                drop(w);
+                let mut ok = [0u8];
+                let n = nix::unistd::read(&r, &mut ok).unwrap();
+                let holder = ForkHolder {
+                    pid: child.as_raw() as u32,
+                    reaped: false,
+                };
+                assert!(n == 1 && ok[0] == 1, "holder setup failed in the child");
+                holder
+            }
+        }
+    }
+
+    /// Kills it now and reaps it.
+    pub fn kill(&mut self) {
+        if !self.reaped {
+            let pid = nix::unistd::Pid::from_raw(self.pid as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+            let _ = nix::sys::wait::waitpid(pid, None);
+            self.reaped = true;
         }
     }
 }
 
-impl Drop for PyHolder {
+impl Drop for ForkHolder {
     fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.kill();
     }
+}
+
+/// A socket bound to `addr` (and listening, for TCP), for `ForkHolder`
+/// setups; leaked on purpose, as the child holds it until it is killed.
+pub fn hold(addr: SocketAddr, udp: bool, prep: impl FnOnce(&Socket)) -> bool {
+    let s = socket(addr.is_ipv6(), udp);
+    prep(&s);
+    if bind(&s, addr).is_err() || (!udp && s.listen(16).is_err()) {
+        return false;
+    }
+    std::mem::forget(s);
+    true
+}
+
+/// Like `hold`, without listen().
+pub fn hold_bound(addr: SocketAddr) -> bool {
+    let s = socket(addr.is_ipv6(), false);
+    if bind(&s, addr).is_err() {
+        return false;
+    }
+    std::mem::forget(s);
+    true
 }
 
 /// The event's first holder.
