@@ -376,7 +376,7 @@ pub fn diagnose(ev: &Event, seen: &Evidence) -> Verdict {
             .map(|h| h.sockets)
             .sum();
         let advice = if opts.reuseaddr {
-            format!("{}", capital(&stop(h, ev)))
+            capital(&stop(h, ev))
         } else {
             format!(
                 "set SO_REUSEADDR on the listening socket before bind() (for TCP it lets a listener start while old connections drain; it never lets two listeners share a port); or {}",
@@ -455,7 +455,7 @@ fn reuseport(ev: &Event, h: &Holder, what: &str) -> Option<Verdict> {
 fn ephemeral(ev: &Event, seen: &Evidence) -> Verdict {
     let range = seen.sysctls.as_ref().and_then(|s| s.local_port_range);
     match (range, seen.ephemeral_in_use) {
-        (Some((lo, hi)), Some(used)) if used >= usize::from(hi - lo) + 1 => Verdict {
+        (Some((lo, hi)), Some(used)) if used > usize::from(hi - lo) => Verdict {
             reason: Reason::EphemeralExhausted,
             diagnosis: format!(
                 "bind() to {} port 0 found no free port: all {} ports of ip_local_port_range {lo}-{hi} are bound ({used} {} sockets in the range)",

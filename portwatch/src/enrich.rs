@@ -97,6 +97,18 @@ impl Enricher {
         };
         let (sockets, sysctls) = match looked {
             Ok((Ok(sockets), sysctls)) => (sockets, sysctls),
+            // The kernel answers ENOENT when no sock_diag handler is
+            // registered: tcp_diag/udp_diag are modules on most distributions.
+            Ok((Err(e), _)) if e.raw_os_error() == Some(libc::ENOENT) => {
+                return Evidence {
+                    blind: Some(format!(
+                        "the kernel has no sock_diag handler for {} (load the inet_diag and {}_diag modules)",
+                        ev.proto.name(),
+                        ev.proto.name()
+                    )),
+                    ..self.recorded_only(ev)
+                }
+            }
             Ok((Err(e), _)) | Err(e) => {
                 return Evidence {
                     blind: Some(e.to_string()),
@@ -137,7 +149,7 @@ impl Enricher {
     pub fn recorded_only(&self, ev: &Event) -> Evidence {
         let mut holders = Vec::new();
         if let Some(r) = &ev.recorded {
-            if let Some(h) = self.from_record(ev, r) {
+            if let Some(h) = self.recorded_holder(ev, r) {
                 holders.push(h);
             }
         }
@@ -277,13 +289,13 @@ impl Enricher {
             None if !(time_wait && holders.is_empty()) => return,
             None => {}
         }
-        if let Some(h) = self.from_record(ev, r) {
+        if let Some(h) = self.recorded_holder(ev, r) {
             holders.push(h);
         }
     }
 
     /// A holder described by the kernel's record alone.
-    fn from_record(&self, ev: &Event, r: &RecordedHolder) -> Option<Holder> {
+    fn recorded_holder(&self, ev: &Event, r: &RecordedHolder) -> Option<Holder> {
         let v6only = r.opts.map(|o| o.v6only);
         let cross_family = overlaps(
             (ev.family, ev.addr, ev.opts.is_some_and(|o| o.v6only)),

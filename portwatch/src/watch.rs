@@ -84,18 +84,24 @@ struct Delivered {
 }
 
 impl Delivered {
-    /// Decodes every record the ring buffer holds and hands them on.
-    fn drain(&mut self, ring: &mut RingBuf<MapData>, pipeline: &mut Pipeline) {
+    /// Decodes every record the ring buffer holds and hands them on. Waits
+    /// only when the writer is a whole queue behind (stdout slower than the
+    /// events): then the ring buffer fills and the kernel counts the loss.
+    async fn drain(&mut self, ring: &mut RingBuf<MapData>, pipeline: &mut Pipeline) {
         let clock = Clock::now();
-        while let Some(item) = ring.next() {
-            match Event::decode(&item, clock) {
+        loop {
+            let decoded = match ring.next() {
+                Some(item) => Event::decode(&item, clock),
+                None => break,
+            };
+            match decoded {
                 Ok(ev) => {
                     self.events += 1;
                     self.folded += ev.folded;
                     if ev.ret != 0 {
                         self.last.insert(fold_key(&ev), ev.clone());
                     }
-                    pipeline.submit(ev);
+                    pipeline.submit(ev).await;
                 }
                 Err(e) => {
                     self.bad += 1;
@@ -119,6 +125,10 @@ type StormKey = (u32, String, u16, i32, u8, u32, u32, Option<u8>);
 /// costs one lookup per interval, not one per failure).
 const SHARE_FOR: Duration = Duration::from_millis(250);
 
+/// Events between the reader and the writer: a few seconds of a storm, or
+/// the time every lookup of a burst may take (`--lookup-timeout`).
+const QUEUE: usize = 16384;
+
 /// An event on its way to stdout, with its enrichment running.
 struct Pending {
     ev: Event,
@@ -131,14 +141,14 @@ struct Pending {
 /// for /proc or netlink.
 struct Pipeline {
     enricher: Option<Arc<Enricher>>,
-    tx: mpsc::UnboundedSender<Pending>,
+    tx: mpsc::Sender<Pending>,
     recent: HashMap<StormKey, (Instant, Shared)>,
     timeout: Duration,
     delay: Duration,
 }
 
 impl Pipeline {
-    fn submit(&mut self, ev: Event) {
+    async fn submit(&mut self, ev: Event) {
         let evidence = match &self.enricher {
             Some(enricher) if ev.ret != 0 => Some(self.enrich(enricher.clone(), &ev)),
             _ => None,
@@ -146,11 +156,14 @@ impl Pipeline {
         let deadline = tokio::time::Instant::now() + self.timeout + self.delay;
         // The writer only stops when told to, or when stdout is gone (then
         // nothing is left to do with the event).
-        let _ = self.tx.send(Pending {
-            ev,
-            evidence,
-            deadline,
-        });
+        let _ = self
+            .tx
+            .send(Pending {
+                ev,
+                evidence,
+                deadline,
+            })
+            .await;
     }
 
     fn enrich(&mut self, enricher: Arc<Enricher>, ev: &Event) -> Shared {
@@ -195,7 +208,7 @@ impl Pipeline {
 /// Writes events in capture order, each once its enrichment is in or its
 /// deadline has passed. Returns how many enrichments timed out.
 async fn writer(
-    mut rx: mpsc::UnboundedReceiver<Pending>,
+    mut rx: mpsc::Receiver<Pending>,
     format: Format,
     enricher: Option<Arc<Enricher>>,
     timeout: Duration,
@@ -315,7 +328,7 @@ pub async fn run(args: WatchArgs) -> Result<()> {
         tokio::task::spawn_blocking(move || e.warm());
     }
     let timeout = Duration::from_millis(args.lookup_timeout);
-    let (tx, rx) = mpsc::unbounded_channel();
+    let (tx, rx) = mpsc::channel(QUEUE);
     let mut pipeline = Pipeline {
         enricher: enricher.clone(),
         tx,
@@ -352,7 +365,7 @@ pub async fn run(args: WatchArgs) -> Result<()> {
         tokio::select! {
             guard = ring.readable_mut() => {
                 let mut guard = guard?;
-                delivered.drain(guard.get_inner_mut(), &mut pipeline);
+                delivered.drain(guard.get_inner_mut(), &mut pipeline).await;
                 guard.clear_ready();
             }
             // The writer only ends early when stdout fails.
@@ -379,7 +392,7 @@ pub async fn run(args: WatchArgs) -> Result<()> {
     // Detach first: from here on the counters and fold table are final.
     drop(ebpf);
     // Still account for what was in flight, even when stdout is gone.
-    delivered.drain(ring.get_mut(), &mut pipeline);
+    delivered.drain(ring.get_mut(), &mut pipeline).await;
     drop(pipeline);
     let written = match written {
         Some(w) => w,

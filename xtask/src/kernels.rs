@@ -30,16 +30,26 @@ fn resolve(package: &str) -> Result<String> {
         .with_context(|| format!("apt cannot resolve {package} to a kernel image"))
 }
 
-/// Downloads `package` (a kernel image) once and returns its vmlinuz.
-pub fn vmlinuz(package: &str) -> Result<PathBuf> {
+/// Modules the VM loads: sock_diag's handlers for TCP and UDP are modules in
+/// Debian's kernel, and an initramfs has no modprobe to load them on demand.
+pub const DIAG_MODULES: &[&str] = &["inet_diag", "tcp_diag", "udp_diag"];
+
+/// Downloads `package` (a kernel image) once; returns its vmlinuz and the
+/// [`DIAG_MODULES`] (decompressed), in load order.
+pub fn image(package: &str) -> Result<(PathBuf, Vec<PathBuf>)> {
     let image = resolve(package)?;
     let dir = cache().join(&image);
     let release = image.trim_start_matches("linux-image-");
     let vmlinuz = dir.join(format!("boot/vmlinuz-{release}"));
-    if vmlinuz.exists() {
-        return Ok(vmlinuz);
+    let modules: Vec<PathBuf> = DIAG_MODULES
+        .iter()
+        .map(|m| dir.join("modules").join(format!("{m}.ko")))
+        .collect();
+    if vmlinuz.exists() && modules.iter().all(|m| m.exists()) {
+        return Ok((vmlinuz, modules));
     }
-    std::fs::create_dir_all(&dir)?;
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("modules"))?;
     eprintln!("xtask: downloading {image}");
     run(Command::new("apt-get")
         .args(["download", &image])
@@ -50,14 +60,33 @@ pub fn vmlinuz(package: &str) -> Result<PathBuf> {
         .context("apt-get download left no .deb")?;
     run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&dir))?;
     std::fs::remove_file(&deb)?;
-    // Only boot/ is needed; the modules are 300 MB.
+    let ipv4 = dir.join(format!("lib/modules/{release}/kernel/net/ipv4"));
+    for (name, dest) in DIAG_MODULES.iter().zip(&modules) {
+        let plain = ipv4.join(format!("{name}.ko"));
+        let xz = ipv4.join(format!("{name}.ko.xz"));
+        if xz.exists() {
+            let out = Command::new("xz").arg("-dc").arg(&xz).output()?;
+            if !out.status.success() {
+                bail!(
+                    "xz -d {}: {}",
+                    xz.display(),
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            std::fs::write(dest, out.stdout)?;
+        } else {
+            std::fs::copy(&plain, dest)
+                .with_context(|| format!("{image} has no {}", plain.display()))?;
+        }
+    }
+    // Only boot/ and those modules are needed; the rest is 300 MB.
     for sub in ["lib", "usr"] {
         let _ = std::fs::remove_dir_all(dir.join(sub));
     }
     if !vmlinuz.exists() {
         bail!("{image} has no {}", vmlinuz.display());
     }
-    Ok(vmlinuz)
+    Ok((vmlinuz, modules))
 }
 
 /// Extracts the `.BTF` section of a compressed x86 vmlinuz: the kernel is an
@@ -96,7 +125,7 @@ fn extract_btf(vmlinuz: &std::path::Path, out: &std::path::Path) -> Result<()> {
 
 /// The BTF of the first kernel in [`KERNELS`], extracted once and cached.
 pub fn second_kernel_btf() -> Result<PathBuf> {
-    let vmlinuz = vmlinuz(KERNELS[0])?;
+    let (vmlinuz, _) = image(KERNELS[0])?;
     let btf = vmlinuz.with_file_name("btf.bin");
     if !btf.exists() {
         extract_btf(&vmlinuz, &btf)?;

@@ -92,7 +92,7 @@ fn copy_into(root_dir: &Path, file: &Path, dest: &Path) -> Result<()> {
     Ok(())
 }
 
-fn init_script(suites: &[(String, PathBuf)]) -> String {
+fn init_script(suites: &[(String, PathBuf)], modules: &[PathBuf]) -> String {
     let skips: String = HOST_ONLY.iter().map(|t| format!(" --skip {t}")).collect();
     let mut s = String::from(
         "#!/bin/sh\n\
@@ -102,6 +102,11 @@ fn init_script(suites: &[(String, PathBuf)]) -> String {
          ip link set lo up\n\
          echo \"VMTEST kernel $(cat /proc/sys/kernel/osrelease)\"\n",
     );
+    for m in modules {
+        if let Some(name) = m.file_name() {
+            s.push_str(&format!("insmod /m/{}\n", name.to_string_lossy()));
+        }
+    }
     for backend in BACKENDS {
         for (name, _) in suites {
             s.push_str(&format!(
@@ -115,7 +120,11 @@ fn init_script(suites: &[(String, PathBuf)]) -> String {
 }
 
 /// Writes the initramfs for `suites` and returns its path.
-fn initramfs(suites: &[(String, PathBuf)], portwatch: &Path) -> Result<PathBuf> {
+fn initramfs(
+    suites: &[(String, PathBuf)],
+    portwatch: &Path,
+    modules: &[PathBuf],
+) -> Result<PathBuf> {
     let work = root().join(".cache/vm");
     let tree = work.join("root");
     let _ = std::fs::remove_dir_all(&tree);
@@ -127,6 +136,11 @@ fn initramfs(suites: &[(String, PathBuf)], portwatch: &Path) -> Result<PathBuf> 
         "sh", "mount", "mkdir", "ip", "cat", "sleep", "poweroff", "timeout", "echo", "ls",
     ] {
         std::os::unix::fs::symlink("busybox", tree.join("bin").join(applet))?;
+    }
+    // Loaded by the init script, in order (sock_diag's TCP/UDP handlers).
+    for m in modules {
+        let name = m.file_name().context("module path")?;
+        copy_into(&tree, m, &Path::new("/m").join(name))?;
     }
     // The tests find portwatch at the absolute path they were built with.
     copy_into(&tree, portwatch, portwatch)?;
@@ -142,7 +156,7 @@ fn initramfs(suites: &[(String, PathBuf)], portwatch: &Path) -> Result<PathBuf> 
         copy_into(&tree, &lib, &lib)?;
     }
     let init = tree.join("init");
-    std::fs::write(&init, init_script(suites))?;
+    std::fs::write(&init, init_script(suites, modules))?;
     run(Command::new("chmod").arg("755").arg(&init))?;
     let image = work.join("initramfs.cpio.gz");
     let status = Command::new("sh")
@@ -183,10 +197,13 @@ fn boot(vmlinuz: &Path, initrd: &Path) -> Result<bool> {
     let deadline = Instant::now() + TIMEOUT;
     let (mut done, mut ok, mut suites) = (false, true, 0);
     let mut log = std::io::stderr().lock();
+    let mut booted = false;
     while let Ok(line) = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
         let line = line.trim_end_matches('\r');
-        // Test output passes through; boot noise does not.
-        if line.starts_with("test ") || line.contains("VMTEST") || line.contains("panicked") {
+        // Everything from the tests passes through (failures need their
+        // messages); boot noise before them does not.
+        booted |= line.contains("VMTEST kernel");
+        if booted {
             writeln!(log, "vm: {line}")?;
         }
         if let Some(rest) = line.strip_prefix("VMTEST suite=") {
@@ -215,10 +232,10 @@ pub fn run_all() -> Result<()> {
     ])?;
     let suites = test_binaries()?;
     let portwatch = root().join("target/debug/portwatch");
-    let initrd = initramfs(&suites, &portwatch)?;
     let mut failed = Vec::new();
     for package in kernels::KERNELS {
-        let vmlinuz = kernels::vmlinuz(package)?;
+        let (vmlinuz, modules) = kernels::image(package)?;
+        let initrd = initramfs(&suites, &portwatch, &modules)?;
         eprintln!("xtask: booting {} under qemu (TCG)", vmlinuz.display());
         let started = Instant::now();
         let passed = boot(&vmlinuz, &initrd)?;
