@@ -153,11 +153,11 @@ impl Holder {
         if self.exited {
             extra.push("exited".into());
         }
+        if self.pids.len() > 1 {
+            extra.push(format!("{} more processes share it", self.pids.len() - 1));
+        }
         if !extra.is_empty() {
             s.push_str(&format!(" ({})", extra.join(", ")));
-        }
-        if self.pids.len() > 1 {
-            s.push_str(&format!(" and {} more sharing it", self.pids.len() - 1));
         }
         s
     }
@@ -335,16 +335,16 @@ pub fn diagnose(ev: &Event, seen: &Evidence) -> Verdict {
             return v;
         }
         let kind = if h.state == State::Udp {
-            "a bound UDP socket"
+            "a UDP socket bound to"
         } else {
-            "a listening socket"
+            "a socket listening on"
         };
         return Verdict {
             reason: Reason::Listener,
             diagnosis: format!(
-                "{what} is held by {} ({kind} on {})",
-                h.who(),
-                socket_addr(h.addr, h.port)
+                "{what} is taken by {kind} {}, held by {}",
+                socket_addr(h.addr, h.port),
+                h.who()
             ),
             fix: format!("{}; or use another port", capital(&stop(h, ev))),
         };

@@ -80,6 +80,24 @@ pub fn human_line(ev: &Event) -> String {
     line
 }
 
+/// One holder for people: who, in what state, where, and its command line.
+pub fn holder_line(h: &Holder) -> String {
+    let mut line = format!("{} {} {}", h.who(), h.state.name(), socket_addr(h.addr, h.port));
+    if let Some(left) = h.time_left_ms {
+        line.push_str(&format!(", {} s left", left.div_ceil(1000)));
+    }
+    if let Some(remote) = &h.remote {
+        line.push_str(&format!(" <-> {}", printable(remote)));
+    }
+    if let Some(cmd) = h.cmdline.as_deref().filter(|c| !c.is_empty()) {
+        // Enough to recognise it; --json has all of it.
+        let short: String = cmd.chars().take(80).collect();
+        let more = if short.len() < cmd.len() { "..." } else { "" };
+        line.push_str(&format!(": {}{more}", printable(&short)));
+    }
+    line
+}
+
 /// An event with what enrichment found, as one NDJSON object.
 #[derive(Serialize)]
 struct Report<'a> {
@@ -91,28 +109,43 @@ struct Report<'a> {
     verdict: Option<&'a Verdict>,
 }
 
+/// The lines under an event for people: holders, diagnosis, fix.
+pub fn human_block(e: &Evidence, v: &Verdict) -> String {
+    let mut block = String::new();
+    for h in e.holders.iter().take(3) {
+        block.push_str(&format!("    held: {}\n", holder_line(h)));
+    }
+    if e.holders.len() > 3 {
+        block.push_str(&format!("    held: ... {} more\n", e.holders.len() - 3));
+    }
+    let reason = serde_json::to_value(v.reason).unwrap_or_default();
+    block.push_str(&format!(
+        "    why:  {} [{}]\n    fix:  {}\n",
+        printable(&v.diagnosis),
+        reason.as_str().unwrap_or("?"),
+        printable(&v.fix)
+    ));
+    block
+}
+
 /// Writes one event in `format`, with its holders and verdict when it was
-/// enriched.
+/// enriched. `repeat`: people already saw this block under the previous
+/// event of the same stream, so it is not printed again.
 pub fn write_event(
     out: &mut impl Write,
     format: Format,
     ev: &Event,
     found: Option<(&Evidence, &Verdict)>,
+    repeat: bool,
 ) -> io::Result<()> {
     match format {
         Format::Human => {
             writeln!(out, "{}", human_line(ev))?;
-            if let Some((_, v)) = found {
-                let reason = serde_json::to_value(v.reason).unwrap_or_default();
-                writeln!(
-                    out,
-                    "    why: {} [{}]",
-                    printable(&v.diagnosis),
-                    reason.as_str().unwrap_or("?")
-                )?;
-                writeln!(out, "    fix: {}", printable(&v.fix))?;
+            match found {
+                Some(_) if repeat => writeln!(out, "    (same holder and diagnosis as above)"),
+                Some((e, v)) => out.write_all(human_block(e, v).as_bytes()),
+                None => Ok(()),
             }
-            Ok(())
         }
         Format::Json => {
             let report = Report {
@@ -166,7 +199,7 @@ mod tests {
     #[test]
     fn json_has_the_documented_keys() {
         let mut out = Vec::new();
-        write_event(&mut out, Format::Json, &event(), None).unwrap();
+        write_event(&mut out, Format::Json, &event(), None, false).unwrap();
         let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
         for key in [
             "ts",

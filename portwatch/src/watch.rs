@@ -215,6 +215,8 @@ async fn writer(
 ) -> io::Result<u64> {
     let mut out = io::BufWriter::with_capacity(64 * 1024, io::stdout());
     let mut timeouts = 0;
+    // The block last printed under each stream of identical failures.
+    let mut shown: HashMap<FoldKey, String> = HashMap::new();
     while let Some(p) = rx.recv().await {
         let evidence = match p.evidence {
             None => None,
@@ -245,7 +247,16 @@ async fn writer(
         };
         let verdict = evidence.as_ref().map(|e| diagnose(&p.ev, e));
         let found = evidence.as_deref().zip(verdict.as_ref());
-        output::write_event(&mut out, format, &p.ev, found)?;
+        let mut repeat = false;
+        if let (Format::Human, Some((e, v))) = (format, found) {
+            let block = output::human_block(e, v);
+            repeat = shown.get(&fold_key(&p.ev)) == Some(&block);
+            if shown.len() > 4096 {
+                shown.clear();
+            }
+            shown.insert(fold_key(&p.ev), block);
+        }
+        output::write_event(&mut out, format, &p.ev, found, repeat)?;
         if rx.is_empty() {
             out.flush()?;
         }
