@@ -15,6 +15,11 @@ EXAMPLES:
     portwatch watch --all-errors --pid 4242  # any failure of one process
     portwatch watch --all                    # successes too, like bcc's bindsnoop
     portwatch watch --netns /run/netns/blue  # one network namespace (container)
+    portwatch watch --no-holders             # events only: no holder lookups
+
+Each failure is followed by who holds the port (process, command line, unit
+or container, TCP state), a reason code, a diagnosis and a fix; with --json
+they are the keys holders, reason, diagnosis and fix (schema in the README).
 
 Scripts can wait for the line `portwatch: ready` (with --json: an object with
 \"type\":\"ready\") on stderr before starting the server under test.
@@ -26,7 +31,7 @@ EXIT STATUS:
     3  this system cannot run it: not root, no BTF, no usable hook";
 
 /// Catch failed bind() and listen() calls in the kernel and show what was
-/// asked for, by whom, and why it failed.
+/// asked for, by whom, who holds the port, why it failed, and what to do.
 #[derive(Debug, Parser)]
 #[command(version, propagate_version = true)]
 pub struct Cli {

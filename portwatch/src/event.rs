@@ -140,6 +140,15 @@ impl From<u16> for Proto {
 }
 
 impl Proto {
+    /// The IPPROTO number.
+    pub fn code(self) -> u16 {
+        match self {
+            Self::Tcp => 6,
+            Self::Udp => 17,
+            Self::Other(n) => n,
+        }
+    }
+
     /// "tcp", "udp", or the protocol number.
     pub fn name(self) -> String {
         match self {

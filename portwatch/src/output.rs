@@ -6,6 +6,7 @@ use std::{
 };
 
 use serde::Serialize;
+use serde_json::value::RawValue;
 
 use crate::{
     diagnose::{Evidence, Holder, Verdict},
@@ -82,7 +83,12 @@ pub fn human_line(ev: &Event) -> String {
 
 /// One holder for people: who, in what state, where, and its command line.
 pub fn holder_line(h: &Holder) -> String {
-    let mut line = format!("{} {} {}", h.who(), h.state.name(), socket_addr(h.addr, h.port));
+    let mut line = format!(
+        "{} {} {}",
+        h.who(),
+        h.state.name(),
+        socket_addr(h.addr, h.port)
+    );
     if let Some(left) = h.time_left_ms {
         line.push_str(&format!(", {} s left", left.div_ceil(1000)));
     }
@@ -104,7 +110,7 @@ struct Report<'a> {
     #[serde(flatten)]
     event: &'a Event,
     #[serde(skip_serializing_if = "Option::is_none")]
-    holders: Option<&'a [Holder]>,
+    holders: Option<&'a RawValue>,
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
     verdict: Option<&'a Verdict>,
 }
@@ -128,14 +134,22 @@ pub fn human_block(e: &Evidence, v: &Verdict) -> String {
     block
 }
 
+/// `holders` as JSON, rendered once per evidence (a storm shares one).
+pub fn holders_json(e: &Evidence) -> Box<RawValue> {
+    serde_json::value::to_raw_value(&e.holders)
+        .unwrap_or_else(|_| RawValue::from_string("[]".into()).expect("valid JSON"))
+}
+
 /// Writes one event in `format`, with its holders and verdict when it was
-/// enriched. `repeat`: people already saw this block under the previous
-/// event of the same stream, so it is not printed again.
+/// enriched (`holders` is `found`'s, pre-rendered for JSON). `repeat`:
+/// people already saw this block under the previous event of the same
+/// stream, so it is not printed again.
 pub fn write_event(
     out: &mut impl Write,
     format: Format,
     ev: &Event,
     found: Option<(&Evidence, &Verdict)>,
+    holders: Option<&RawValue>,
     repeat: bool,
 ) -> io::Result<()> {
     match format {
@@ -150,7 +164,7 @@ pub fn write_event(
         Format::Json => {
             let report = Report {
                 event: ev,
-                holders: found.map(|(e, _)| e.holders.as_slice()),
+                holders,
                 verdict: found.map(|(_, v)| v),
             };
             serde_json::to_writer(&mut *out, &report)?;
@@ -199,7 +213,7 @@ mod tests {
     #[test]
     fn json_has_the_documented_keys() {
         let mut out = Vec::new();
-        write_event(&mut out, Format::Json, &event(), None, false).unwrap();
+        write_event(&mut out, Format::Json, &event(), None, None, false).unwrap();
         let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
         for key in [
             "ts",

@@ -3,6 +3,7 @@
 use std::{
     collections::HashMap,
     io::{self, Write},
+    net::IpAddr,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -10,7 +11,7 @@ use std::{
 use anyhow::{anyhow, Context as _, Result};
 use aya::maps::{MapData, PerCpuArray, PerCpuHashMap, RingBuf};
 use portwatch_common::{stat, FoldKey, FoldState};
-use serde_json::json;
+use serde_json::{json, value::RawValue};
 use tokio::{
     io::unix::AsyncFd,
     signal::unix::{signal, SignalKind},
@@ -19,9 +20,9 @@ use tokio::{
 
 use crate::{
     args::WatchArgs,
-    diagnose::{diagnose, Evidence},
+    diagnose::{diagnose, Evidence, Verdict},
     enrich::Enricher,
-    event::{Clock, Event, Syscall},
+    event::{Clock, Event, Opts, Syscall},
     loader::{self, Loaded, Settings},
     output::{self, Format},
 };
@@ -99,9 +100,13 @@ impl Delivered {
                     self.events += 1;
                     self.folded += ev.folded;
                     if ev.ret != 0 {
-                        self.last.insert(fold_key(&ev), ev.clone());
+                        // One description per stream is enough.
+                        self.last.entry(fold_key(&ev)).or_insert_with(|| ev.clone());
                     }
-                    pipeline.submit(ev).await;
+                    pipeline.submit(ev);
+                    if pipeline.batch.len() >= BATCH {
+                        pipeline.flush().await;
+                    }
                 }
                 Err(e) => {
                     self.bad += 1;
@@ -111,15 +116,28 @@ impl Delivered {
                 }
             }
         }
+        pipeline.flush().await;
     }
 }
 
 /// Evidence shared by the events of one storm.
 type Shared = watch::Receiver<Option<Arc<Evidence>>>;
 
-/// What identifies identical evidence: the port in its namespace, the
-/// failure, and the kernel's view of the holder at the failure.
-type StormKey = (u32, String, u16, i32, u8, u32, u32, Option<u8>);
+/// What identifies identical evidence: the request (port and address in
+/// its namespace), the failure, and the kernel's view of the holder then.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct StormKey {
+    netns: u32,
+    proto: u16,
+    addr: IpAddr,
+    port: u16,
+    v6only: bool,
+    ret: i32,
+    syscall: u8,
+    /// listen()'s own socket is told apart by pid; 0 for bind.
+    pid: u32,
+    holder: Option<(u32, Option<u8>)>,
+}
 
 /// How long one enrichment serves identical failures (a storm on one port
 /// costs one lookup per interval, not one per failure).
@@ -128,6 +146,10 @@ const SHARE_FOR: Duration = Duration::from_millis(250);
 /// Events between the reader and the writer: a few seconds of a storm, or
 /// the time every lookup of a burst may take (`--lookup-timeout`).
 const QUEUE: usize = 16384;
+
+/// Events handed to the writer at once: one cross-thread wake-up per batch,
+/// not per event, keeps up with unfolded storms.
+const BATCH: usize = 256;
 
 /// An event on its way to stdout, with its enrichment running.
 struct Pending {
@@ -141,48 +163,52 @@ struct Pending {
 /// for /proc or netlink.
 struct Pipeline {
     enricher: Option<Arc<Enricher>>,
-    tx: mpsc::Sender<Pending>,
+    tx: mpsc::Sender<Vec<Pending>>,
+    batch: Vec<Pending>,
     recent: HashMap<StormKey, (Instant, Shared)>,
     timeout: Duration,
     delay: Duration,
 }
 
 impl Pipeline {
-    async fn submit(&mut self, ev: Event) {
+    fn submit(&mut self, ev: Event) {
         let evidence = match &self.enricher {
             Some(enricher) if ev.ret != 0 => Some(self.enrich(enricher.clone(), &ev)),
             _ => None,
         };
         let deadline = tokio::time::Instant::now() + self.timeout + self.delay;
-        // The writer only stops when told to, or when stdout is gone (then
-        // nothing is left to do with the event).
-        let _ = self
-            .tx
-            .send(Pending {
-                ev,
-                evidence,
-                deadline,
-            })
-            .await;
+        self.batch.push(Pending {
+            ev,
+            evidence,
+            deadline,
+        });
+    }
+
+    /// Hands the batch to the writer; waits only when it is a whole queue
+    /// behind. Fails only when the writer is gone with stdout: then there
+    /// is nothing left to do with the events.
+    async fn flush(&mut self) {
+        if !self.batch.is_empty() {
+            let _ = self.tx.send(std::mem::take(&mut self.batch)).await;
+        }
     }
 
     fn enrich(&mut self, enricher: Arc<Enricher>, ev: &Event) -> Shared {
-        let r = ev.recorded.as_ref();
-        let key: StormKey = (
-            ev.netns,
-            ev.proto.name(),
-            ev.port,
-            ev.ret,
-            ev.syscall.code(),
-            // listen()'s own socket is told apart by pid.
-            if ev.syscall == Syscall::Listen {
+        let key = StormKey {
+            netns: ev.netns,
+            proto: ev.proto.code(),
+            addr: ev.addr,
+            port: ev.port,
+            v6only: ev.opts.is_some_and(|o| o.v6only),
+            ret: ev.ret,
+            syscall: ev.syscall.code(),
+            pid: if ev.syscall == Syscall::Listen {
                 ev.pid
             } else {
                 0
             },
-            r.map_or(0, |r| r.pid),
-            r.and_then(|r| r.state),
-        );
+            holder: ev.recorded.as_ref().map(|r| (r.pid, r.state)),
+        };
         let now = Instant::now();
         if let Some((at, shared)) = self.recent.get(&key) {
             if now.duration_since(*at) < SHARE_FOR {
@@ -208,7 +234,7 @@ impl Pipeline {
 /// Writes events in capture order, each once its enrichment is in or its
 /// deadline has passed. Returns how many enrichments timed out.
 async fn writer(
-    mut rx: mpsc::Receiver<Pending>,
+    mut rx: mpsc::Receiver<Vec<Pending>>,
     format: Format,
     enricher: Option<Arc<Enricher>>,
     timeout: Duration,
@@ -217,46 +243,74 @@ async fn writer(
     let mut timeouts = 0;
     // The block last printed under each stream of identical failures.
     let mut shown: HashMap<FoldKey, String> = HashMap::new();
-    while let Some(p) = rx.recv().await {
-        let evidence = match p.evidence {
-            None => None,
-            Some(mut shared) => {
-                let got =
-                    tokio::time::timeout_at(p.deadline, shared.wait_for(Option::is_some)).await;
-                Some(match got {
-                    Ok(Ok(v)) => v.clone().unwrap_or_default(),
-                    other => {
-                        let why = if other.is_err() {
-                            timeouts += 1;
-                            format!(
-                                "looking up the holders took longer than {} ms",
-                                timeout.as_millis()
-                            )
-                        } else {
-                            "looking up the holders failed".to_owned()
-                        };
-                        let mut e = enricher
-                            .as_ref()
-                            .map(|e| e.recorded_only(&p.ev))
-                            .unwrap_or_default();
-                        e.blind = Some(why);
-                        Arc::new(e)
+    type Diagnosed = (Arc<Evidence>, (u32, u32, Option<Opts>), Arc<Verdict>);
+    let mut last: Option<Diagnosed> = None;
+    let mut rendered: Option<(Arc<Evidence>, Arc<RawValue>)> = None;
+    while let Some(batch) = rx.recv().await {
+        for p in batch {
+            let evidence = match p.evidence {
+                None => None,
+                // Storms find it ready: no timer for them.
+                Some(shared) if shared.borrow().is_some() => shared.borrow().clone(),
+                Some(mut shared) => {
+                    let got =
+                        tokio::time::timeout_at(p.deadline, shared.wait_for(Option::is_some)).await;
+                    Some(match got {
+                        Ok(Ok(v)) => v.clone().unwrap_or_default(),
+                        other => {
+                            let why = if other.is_err() {
+                                timeouts += 1;
+                                format!(
+                                    "looking up the holders took longer than {} ms",
+                                    timeout.as_millis()
+                                )
+                            } else {
+                                "looking up the holders failed".to_owned()
+                            };
+                            let mut e = enricher
+                                .as_ref()
+                                .map(|e| e.recorded_only(&p.ev))
+                                .unwrap_or_default();
+                            e.blind = Some(why);
+                            Arc::new(e)
+                        }
+                    })
+                }
+            };
+            // A storm shares one evidence: diagnose it once per failing
+            // process, not once per failure.
+            let who = (p.ev.pid, p.ev.uid, p.ev.opts);
+            let verdict = evidence.as_ref().map(|e| match &last {
+                Some((prev, by, v)) if Arc::ptr_eq(prev, e) && *by == who => v.clone(),
+                _ => {
+                    let v = Arc::new(diagnose(&p.ev, e));
+                    last = Some((e.clone(), who, v.clone()));
+                    v
+                }
+            });
+            let found = evidence.as_deref().zip(verdict.as_deref());
+            let mut repeat = false;
+            if let (Format::Human, Some((e, v))) = (format, found) {
+                let block = output::human_block(e, v);
+                repeat = shown.get(&fold_key(&p.ev)) == Some(&block);
+                if shown.len() > 4096 {
+                    shown.clear();
+                }
+                shown.insert(fold_key(&p.ev), block);
+            }
+            let holders = match (&evidence, format) {
+                (Some(e), Format::Json) => match &rendered {
+                    Some((prev, raw)) if Arc::ptr_eq(prev, e) => Some(raw.clone()),
+                    _ => {
+                        let raw: Arc<RawValue> = output::holders_json(e).into();
+                        rendered = Some((e.clone(), raw.clone()));
+                        Some(raw)
                     }
-                })
-            }
-        };
-        let verdict = evidence.as_ref().map(|e| diagnose(&p.ev, e));
-        let found = evidence.as_deref().zip(verdict.as_ref());
-        let mut repeat = false;
-        if let (Format::Human, Some((e, v))) = (format, found) {
-            let block = output::human_block(e, v);
-            repeat = shown.get(&fold_key(&p.ev)) == Some(&block);
-            if shown.len() > 4096 {
-                shown.clear();
-            }
-            shown.insert(fold_key(&p.ev), block);
+                },
+                _ => None,
+            };
+            output::write_event(&mut out, format, &p.ev, found, holders.as_deref(), repeat)?;
         }
-        output::write_event(&mut out, format, &p.ev, found, repeat)?;
         if rx.is_empty() {
             out.flush()?;
         }
@@ -339,10 +393,11 @@ pub async fn run(args: WatchArgs) -> Result<()> {
         tokio::task::spawn_blocking(move || e.warm());
     }
     let timeout = Duration::from_millis(args.lookup_timeout);
-    let (tx, rx) = mpsc::channel(QUEUE);
+    let (tx, rx) = mpsc::channel(QUEUE / BATCH);
     let mut pipeline = Pipeline {
         enricher: enricher.clone(),
         tx,
+        batch: Vec::with_capacity(BATCH),
         recent: HashMap::new(),
         timeout,
         delay: Duration::from_millis(args.enrich_delay),
