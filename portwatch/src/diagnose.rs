@@ -9,6 +9,7 @@ use std::{net::IpAddr, time::Duration};
 
 use serde::Serialize;
 
+pub use crate::sockdiag::Sysctls;
 use crate::{
     event::{Event, Family, Proto, Syscall},
     filter::Errno,
@@ -195,19 +196,6 @@ pub enum Reason {
     Unknown,
 }
 
-/// Per-namespace settings that decide some failures.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Sysctls {
-    /// net.ipv4.ip_local_port_range.
-    pub local_port_range: Option<(u16, u16)>,
-    /// net.ipv4.ip_unprivileged_port_start.
-    pub unprivileged_port_start: Option<u32>,
-    /// net.ipv4.ip_nonlocal_bind.
-    pub nonlocal_bind_v4: Option<bool>,
-    /// net.ipv6.ip_nonlocal_bind.
-    pub nonlocal_bind_v6: Option<bool>,
-}
-
 /// Everything enrichment learnt about one failure.
 #[derive(Debug, Clone, Default)]
 pub struct Evidence {
@@ -217,7 +205,7 @@ pub struct Evidence {
     pub blind: Option<String>,
     /// The namespace's sysctls, when readable.
     pub sysctls: Option<Sysctls>,
-    /// Port 0: sockets of the protocol bound inside ip_local_port_range.
+    /// Port 0: ports of ip_local_port_range in use by the protocol.
     pub ephemeral_in_use: Option<usize>,
 }
 
@@ -458,10 +446,9 @@ fn ephemeral(ev: &Event, seen: &Evidence) -> Verdict {
         (Some((lo, hi)), Some(used)) if used > usize::from(hi - lo) => Verdict {
             reason: Reason::EphemeralExhausted,
             diagnosis: format!(
-                "bind() to {} port 0 found no free port: all {} ports of ip_local_port_range {lo}-{hi} are bound ({used} {} sockets in the range)",
+                "bind() to {} port 0 found no free port: all {} ports of ip_local_port_range {lo}-{hi} are in use",
                 ev.proto.name(),
-                usize::from(hi - lo) + 1,
-                ev.proto.name()
+                usize::from(hi - lo) + 1
             ),
             fix: "widen the range (`sysctl -w net.ipv4.ip_local_port_range=\"10000 65000\"`), close idle sockets, and give outgoing sockets IP_BIND_ADDRESS_NO_PORT so connect() picks the port per destination".into(),
         },
@@ -470,7 +457,7 @@ fn ephemeral(ev: &Event, seen: &Evidence) -> Verdict {
             diagnosis: format!(
                 "bind() to {} port 0 found no free port in ip_local_port_range {lo}-{hi}{}",
                 ev.proto.name(),
-                used.map(|u| format!(" ({u} sockets bound in it now)")).unwrap_or_default()
+                used.map(|u| format!(" ({u} of its ports in use when portwatch looked)")).unwrap_or_default()
             ),
             fix: "widen the range (`sysctl -w net.ipv4.ip_local_port_range=\"10000 65000\"`), close idle sockets, and give outgoing sockets IP_BIND_ADDRESS_NO_PORT".into(),
         },

@@ -8,7 +8,7 @@
 use std::{io, net::SocketAddr, os::fd::AsFd, sync::Mutex, time::Duration};
 
 use crate::{
-    diagnose::{overlaps, Evidence, Holder, Seen, State, Sysctls},
+    diagnose::{overlaps, Evidence, Holder, Seen, State},
     event::{Event, Family, Proto, RecordedHolder, Syscall},
     procs::{self, ProcCache, ProcInfo, SocketIndex},
     sockdiag::{self, DiagSocket},
@@ -65,7 +65,7 @@ impl Enricher {
                         "portwatch looks up TCP and UDP sockets, not {}",
                         ev.proto.name()
                     )),
-                    ..self.recorded_only(ev)
+                    ..self.recorded_only(ev, true)
                 }
             }
         };
@@ -106,21 +106,15 @@ impl Enricher {
                         ev.proto.name(),
                         ev.proto.name()
                     )),
-                    ..self.recorded_only(ev)
+                    ..self.recorded_only(ev, true)
                 }
             }
             Ok((Err(e), _)) | Err(e) => {
                 return Evidence {
                     blind: Some(e.to_string()),
-                    ..self.recorded_only(ev)
+                    ..self.recorded_only(ev, true)
                 }
             }
-        };
-        let sysctls = Sysctls {
-            local_port_range: sysctls.local_port_range,
-            unprivileged_port_start: sysctls.unprivileged_port_start,
-            nonlocal_bind_v4: sysctls.nonlocal_bind_v4,
-            nonlocal_bind_v6: sysctls.nonlocal_bind_v6,
         };
         let mut evidence = Evidence {
             sysctls: Some(sysctls),
@@ -132,12 +126,12 @@ impl Enricher {
         if port.is_none() {
             // bind(port 0): how much of the ephemeral range is taken.
             if let Some(Some((lo, hi))) = evidence.sysctls.as_ref().map(|s| s.local_port_range) {
-                evidence.ephemeral_in_use = Some(
-                    sockets
-                        .iter()
-                        .filter(|s| (lo..=hi).contains(&s.local.port()) && s.state != 10)
-                        .count(),
-                );
+                let taken: std::collections::HashSet<u16> = sockets
+                    .iter()
+                    .map(|s| s.local.port())
+                    .filter(|p| (lo..=hi).contains(p))
+                    .collect();
+                evidence.ephemeral_in_use = Some(taken.len());
             }
             return evidence;
         }
@@ -145,11 +139,13 @@ impl Enricher {
         evidence
     }
 
-    /// Evidence from the kernel's record alone, when sock_diag cannot be asked.
-    pub fn recorded_only(&self, ev: &Event) -> Evidence {
+    /// Evidence from the kernel's record alone, when sock_diag cannot be
+    /// asked. `look`: whether /proc may be read to tell if the holder still
+    /// runs (not after a lookup timed out: /proc may be what hangs).
+    pub fn recorded_only(&self, ev: &Event, look: bool) -> Evidence {
         let mut holders = Vec::new();
         if let Some(r) = &ev.recorded {
-            if let Some(h) = self.recorded_holder(ev, r) {
+            if let Some(h) = self.recorded_holder(ev, r, look) {
                 holders.push(h);
             }
         }
@@ -289,13 +285,13 @@ impl Enricher {
             None if !(time_wait && holders.is_empty()) => return,
             None => {}
         }
-        if let Some(h) = self.recorded_holder(ev, r) {
+        if let Some(h) = self.recorded_holder(ev, r, true) {
             holders.push(h);
         }
     }
 
     /// A holder described by the kernel's record alone.
-    fn recorded_holder(&self, ev: &Event, r: &RecordedHolder) -> Option<Holder> {
+    fn recorded_holder(&self, ev: &Event, r: &RecordedHolder, look: bool) -> Option<Holder> {
         let v6only = r.opts.map(|o| o.v6only);
         let cross_family = overlaps(
             (ev.family, ev.addr, ev.opts.is_some_and(|o| o.v6only)),
@@ -312,7 +308,9 @@ impl Enricher {
         // Read afresh, not from the cache: this is the one question the
         // cache could answer wrong. A process started after the record is
         // a reused pid, not the holder.
-        let alive = procs::proc_info(r.pid)
+        let alive = look
+            .then(|| procs::proc_info(r.pid))
+            .flatten()
             .filter(|p| p.start_time.saturating_mul(self.tick_ns) <= r.boot_ns + self.tick_ns);
         Some(Holder {
             pid: Some(r.pid),
@@ -326,7 +324,7 @@ impl Enricher {
             state,
             addr: r.addr,
             port: ev.port,
-            exited: alive.is_none(),
+            exited: look && alive.is_none(),
             unit: alive.as_ref().and_then(|p| p.unit.clone()),
             container: alive.as_ref().and_then(|p| p.container.clone()),
             pids: vec![r.pid],

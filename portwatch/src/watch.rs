@@ -176,7 +176,7 @@ impl Pipeline {
             Some(enricher) if ev.ret != 0 => Some(self.enrich(enricher.clone(), &ev)),
             _ => None,
         };
-        let deadline = tokio::time::Instant::now() + self.timeout + self.delay;
+        let deadline = tokio::time::Instant::now() + self.timeout;
         self.batch.push(Pending {
             ev,
             evidence,
@@ -269,7 +269,7 @@ async fn writer(
                             };
                             let mut e = enricher
                                 .as_ref()
-                                .map(|e| e.recorded_only(&p.ev))
+                                .map(|e| e.recorded_only(&p.ev, false))
                                 .unwrap_or_default();
                             e.blind = Some(why);
                             Arc::new(e)

@@ -244,6 +244,8 @@ fn slow_lookups_do_not_lose_events() {
         "0",
         "--enrich-delay",
         "200",
+        "--lookup-timeout",
+        "10000",
     ]);
     const N: usize = 2000;
     ns.run(move || {
@@ -338,7 +340,15 @@ fn listener_in_another_netns_is_named_with_its_cmdline() {
 fn holder_that_exits_right_after_the_failure_is_still_named() {
     let ns = Netns::new("pw-exits");
     let port = port();
-    let tracer = Tracer::start(&["--netns", &ns.arg(), "--enrich-delay", "300"]);
+    // A generous timeout: the VM's emulated CPU is slow.
+    let tracer = Tracer::start(&[
+        "--netns",
+        &ns.arg(),
+        "--enrich-delay",
+        "300",
+        "--lookup-timeout",
+        "10000",
+    ]);
     let child = ns.run(move || {
         let mut held = ForkHolder::start(|| hold(v4(port), false, |_| {}));
         let s = socket(false, false);
@@ -504,4 +514,38 @@ fn privileged_port_without_the_capability() {
     assert!(ev["diagnosis"].as_str().unwrap().contains("1024"), "{ev:#}");
     let fix = ev["fix"].as_str().unwrap();
     assert!(fix.contains("CAP_NET_BIND_SERVICE"), "{ev:#}");
+}
+
+/// A lookup slower than --lookup-timeout does not hold the stream: the event
+/// is printed with what the kernel recorded, and the summary counts it.
+#[test]
+fn lookup_timeout_prints_the_kernel_record() {
+    let ns = Netns::new("pw-timeout");
+    let port = port();
+    let tracer = Tracer::start(&[
+        "--netns",
+        &ns.arg(),
+        "--lookup-timeout",
+        "50",
+        "--enrich-delay",
+        "2000",
+    ]);
+    let held = ns.run(move || ForkHolder::start(|| hold(v4(port), false, |_| {})));
+    let started = std::time::Instant::now();
+    ns.run(move || {
+        let s = socket(false, false);
+        assert_eq!(bind(&s, v4(port)), Err(libc::EADDRINUSE));
+    });
+    let ev = tracer.event();
+    assert!(
+        started.elapsed() < Duration::from_millis(1500),
+        "waited for the slow lookup"
+    );
+    assert_eq!(reason(&ev), "listener", "{ev:#}");
+    let h = holder(&ev);
+    assert_eq!(h["pid"], held.pid, "{ev:#}");
+    assert_eq!(h["seen"], "kernel", "{ev:#}");
+    let (_, _, notices) = tracer.stop();
+    let summary = notices.iter().find(|v| v["type"] == "summary").unwrap();
+    assert_eq!(summary["lookup_timeouts"], 1, "{summary}");
 }
