@@ -138,7 +138,13 @@ impl Holder {
     /// "pid 123 (nginx, nginx.service)" or "TIME_WAIT connections".
     pub fn who(&self) -> String {
         let Some(pid) = self.pid else {
-            return format!("{} TIME_WAIT connection(s)", self.sockets);
+            return if self.state == State::TimeWait {
+                format!("{} TIME_WAIT connection(s)", self.sockets)
+            } else {
+                // Closed between sock_diag's answer and the /proc walk, or
+                // held by a process portwatch cannot see.
+                "a process not found in /proc".to_owned()
+            };
         };
         let mut s = format!("pid {pid}");
         let mut extra = Vec::new();
@@ -244,9 +250,13 @@ fn stop(h: &Holder, ev: &Event) -> String {
             short_id(id)
         );
     }
-    match h.pid {
-        Some(pid) => format!("`kill {pid}` (SIGTERM lets it close its sockets cleanly)"),
-        None => "wait for it to go".into(),
+    match (h.pid, h.state) {
+        (Some(pid), _) => format!("`kill {pid}` (SIGTERM lets it close its sockets cleanly)"),
+        (None, State::TimeWait) => "wait for them to expire".into(),
+        (None, _) => format!(
+            "find its owner (`ss -anp 'sport = :{}'`) and stop it",
+            ev.port
+        ),
     }
 }
 
@@ -645,6 +655,17 @@ mod tests {
         for bad in ["killall", "fuser"] {
             assert!(!v.fix.contains(bad));
         }
+    }
+
+    #[test]
+    fn an_owner_not_found_is_not_called_time_wait() {
+        let mut h = holder(State::Listen);
+        h.pid = None;
+        let v = diagnose(&event(98, 8080), &with(vec![h]));
+        assert_eq!(v.reason, Reason::Listener);
+        assert!(v.diagnosis.contains("not found in /proc"), "{}", v.diagnosis);
+        assert!(!v.diagnosis.contains("TIME_WAIT"), "{}", v.diagnosis);
+        assert!(v.fix.contains("ss -anp 'sport = :8080'"), "{}", v.fix);
     }
 
     #[test]

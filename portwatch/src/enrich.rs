@@ -277,6 +277,18 @@ impl Enricher {
                         h.reuseaddr = Some(o.reuseaddr);
                         h.reuseport = Some(o.reuseport);
                     }
+                    // No process holds it by now: the record says who did.
+                    if h.pid.is_none() {
+                        if let Some(k) = self.recorded_holder(ev, r, true) {
+                            h.pid = k.pid;
+                            h.comm = k.comm;
+                            h.cmdline = k.cmdline;
+                            h.exited = k.exited;
+                            h.unit = k.unit;
+                            h.container = k.container;
+                            h.pids = k.pids;
+                        }
+                    }
                     return;
                 }
             }

@@ -714,9 +714,12 @@ fn fexit_and_tracepoint_events_agree() {
         a.listen(1).unwrap();
         assert!(b.listen(1).is_err());
     });
+    // What the lookups found afterwards depends on when each tracer looked
+    // (the sockets close at once); the reason rests on the kernel's record,
+    // taken at the failure by both.
     let strip = |mut v: Value| {
         let o = v.as_object_mut().unwrap();
-        for k in ["ts", "source", "fd"] {
+        for k in ["ts", "source", "fd", "holders", "diagnosis", "fix"] {
             o.remove(k);
         }
         v
