@@ -43,7 +43,8 @@ pub struct Cli {
 /// Subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Stream failed bind()/listen() calls as they happen.
+    /// Stream failed bind()/listen() calls as they happen, with who holds
+    /// the port, why it failed and what to do.
     #[command(after_help = WATCH_EXAMPLES)]
     Watch(WatchArgs),
 }

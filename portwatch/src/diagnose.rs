@@ -663,7 +663,11 @@ mod tests {
         h.pid = None;
         let v = diagnose(&event(98, 8080), &with(vec![h]));
         assert_eq!(v.reason, Reason::Listener);
-        assert!(v.diagnosis.contains("not found in /proc"), "{}", v.diagnosis);
+        assert!(
+            v.diagnosis.contains("not found in /proc"),
+            "{}",
+            v.diagnosis
+        );
         assert!(!v.diagnosis.contains("TIME_WAIT"), "{}", v.diagnosis);
         assert!(v.fix.contains("ss -anp 'sport = :8080'"), "{}", v.fix);
     }

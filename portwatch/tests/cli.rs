@@ -44,6 +44,15 @@ fn bad_port() {
 }
 
 #[test]
+fn bad_lookup_timeout() {
+    fails(
+        &run(&["watch", "--lookup-timeout", "0"]),
+        2,
+        "0 is not in 1..=60000",
+    );
+}
+
+#[test]
 fn bad_errno() {
     fails(
         &run(&["watch", "--errno", "EADDRINUSE,ENOSUCH"]),
