@@ -299,6 +299,21 @@ impl Clock {
         }
     }
 
+    /// `fresh` if the wall clock was stepped since `current` (by more than a
+    /// millisecond), else `current`: resampling at every drain would let
+    /// the jitter between the two clock reads order events backwards.
+    pub fn follow(current: Option<Self>, fresh: Self) -> Self {
+        match current {
+            Some(c)
+                if c.realtime_minus_boot.abs_diff(fresh.realtime_minus_boot)
+                    <= Duration::from_millis(1) =>
+            {
+                c
+            }
+            _ => fresh,
+        }
+    }
+
     fn wall(self, boot_ns: u64) -> SystemTime {
         SystemTime::UNIX_EPOCH + self.realtime_minus_boot + Duration::from_nanos(boot_ns)
     }
@@ -572,6 +587,25 @@ pub(crate) mod tests {
         );
         raw.holder.how = 9;
         assert!(Event::decode(&encode(&raw), clock()).is_err());
+    }
+
+    #[test]
+    fn clock_ignores_jitter_and_follows_steps() {
+        let at = |us: u64| Clock {
+            realtime_minus_boot: Duration::from_micros(us),
+        };
+        assert_eq!(
+            Clock::follow(Some(at(1000)), at(1040)).realtime_minus_boot,
+            at(1000).realtime_minus_boot
+        );
+        assert_eq!(
+            Clock::follow(Some(at(1000)), at(9000)).realtime_minus_boot,
+            at(9000).realtime_minus_boot
+        );
+        assert_eq!(
+            Clock::follow(None, at(5)).realtime_minus_boot,
+            at(5).realtime_minus_boot
+        );
     }
 
     #[test]

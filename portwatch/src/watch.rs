@@ -82,6 +82,8 @@ struct Delivered {
     bad: u64,
     /// The last event of each fold key, to describe repeats still pending at exit.
     last: HashMap<FoldKey, Event>,
+    /// Boot time to wall time; None until the first drain.
+    clock: Option<Clock>,
 }
 
 impl Delivered {
@@ -89,7 +91,8 @@ impl Delivered {
     /// only when the writer is a whole queue behind (stdout slower than the
     /// events): then the ring buffer fills and the kernel counts the loss.
     async fn drain(&mut self, ring: &mut RingBuf<MapData>, pipeline: &mut Pipeline) {
-        let clock = Clock::now();
+        let clock = Clock::follow(self.clock, Clock::now());
+        self.clock = Some(clock);
         loop {
             let decoded = match ring.next() {
                 Some(item) => Event::decode(&item, clock),
