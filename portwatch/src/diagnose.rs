@@ -233,7 +233,7 @@ const REUSEPORT_CAVEAT: &str =
 /// What stops `h` cleanly: its unit, its container, or the process.
 fn stop(h: &Holder, ev: &Event) -> String {
     if h.pid == Some(ev.pid) {
-        return "bind the port once per process (this same process already holds it)".into();
+        return "this same process already holds the port on another socket: close that one first, or bind the port only once".into();
     }
     if h.exited {
         return "it has exited; retry the bind".into();
@@ -290,8 +290,8 @@ pub fn diagnose(ev: &Event, seen: &Evidence) -> Verdict {
             return Verdict {
                 reason: Reason::ListenConflict,
                 diagnosis: format!(
-                    "listen() on {what} failed: this socket and {} both bound the port (SO_REUSEADDR lets two sockets bind it), and {} is already listening",
-                    h.who(), h.who()
+                    "listen() on {what} failed: {} already listens on it; both sockets could bind the port only because SO_REUSEADDR lets sockets share a port until one of them listens",
+                    h.who()
                 ),
                 fix: format!(
                     "bind one socket per port and listen on it; to share the port between processes, set SO_REUSEPORT on every socket under one uid ({REUSEPORT_CAVEAT}); or {}",
