@@ -25,7 +25,7 @@ const MAX_HOLDERS: usize = 16;
 pub struct Enricher {
     index: Mutex<SocketIndex>,
     procs: Mutex<ProcCache>,
-    /// The kernel dumps bound-but-inactive TCP sockets (6.8+).
+    /// The kernel dumps bound-but-inactive TCP sockets (`TCP_BOUND_INACTIVE` in its BTF).
     bound_inactive: bool,
     /// Our own network namespace: no setns needed there.
     own_netns: Option<u32>,

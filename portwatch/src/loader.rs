@@ -125,7 +125,7 @@ pub struct Loaded {
     pub mounted_tracefs: Option<&'static Path>,
     /// Why listeners are not recorded in the kernel, when they are not.
     pub holders_note: Option<String>,
-    /// The kernel can dump bound-but-inactive TCP sockets (6.8+).
+    /// The kernel can dump bound-but-inactive TCP sockets (`TCP_BOUND_INACTIVE` in its BTF).
     pub bound_inactive_dump: bool,
 }
 
@@ -307,7 +307,7 @@ pub fn load(settings: &Settings, choice: BackendChoice) -> Result<Loaded> {
     base.offsets = offsets::resolve(&btf)
         .map_err(|e| unsupported(format!("cannot read socket fields on this kernel: {e}")))?;
     // TCP_BOUND_INACTIVE is the inet_diag pseudo-state that dumps
-    // bound-but-inactive TCP sockets (Linux 6.8+).
+    // bound-but-inactive TCP sockets; not every kernel has it.
     let bound_inactive_dump = btf.enum_value("TCP_BOUND_INACTIVE").is_some();
     drop(btf);
 

@@ -53,7 +53,7 @@ pub struct DiagSocket {
 /// Every real TCP state, `TCP_ESTABLISHED` (1) through `TCP_NEW_SYN_RECV` (12).
 const ALL_STATES: u32 = 0x1ffe;
 const TCP_CLOSE: u8 = 7;
-/// `TCP_BOUND_INACTIVE` (Linux >= 6.8): a pseudo-state that only exists in the
+/// `TCP_BOUND_INACTIVE` (recent kernels; portwatch checks BTF): a pseudo-state that only exists in the
 /// request's state mask, asking for sockets that are bound but neither
 /// listening nor connected.
 ///
@@ -80,7 +80,7 @@ const IDIAG_EXPIRES_OFFSET: usize = 52;
 /// `port` when it is `Some`.
 ///
 /// With `bound_inactive`, TCP dumps also ask for sockets that are bound but
-/// neither listening nor connected (`TCP_BOUND_INACTIVE`, Linux >= 6.8); it
+/// neither listening nor connected (`TCP_BOUND_INACTIVE`, where the kernel has it); it
 /// has no effect on UDP, whose bound sockets are always reported.
 ///
 /// Each receive times out after 1 s, so a stuck query returns an error
