@@ -430,9 +430,8 @@ fn reuseport(ev: &Event, h: &Holder, what: &str) -> Option<Verdict> {
             h.uid.unwrap_or_default(),
             ev.uid
         )),
-        // The holder predates portwatch: its options are unknown, so only
-        // say what is known.
-        None if mine => None,
+        // Same options and uid, or the holder's options are unknown (it
+        // predates portwatch): no claim.
         _ => None,
     }?;
     Some(Verdict {

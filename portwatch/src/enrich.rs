@@ -178,10 +178,8 @@ impl Enricher {
             ) else {
                 continue;
             };
-            let mut state = State::from_kernel(ev.proto, s.state);
-            if s.bound_inactive {
-                state = State::Bound;
-            }
+            // Bound-inactive sockets come as TCP_CLOSE (or 13): Bound.
+            let state = State::from_kernel(ev.proto, s.state);
             if state == State::TimeWait {
                 let tw = time_wait.get_or_insert_with(|| Holder {
                     sockets: 0,

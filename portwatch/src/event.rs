@@ -379,7 +379,7 @@ impl Event {
     pub fn decode(bytes: &[u8], clock: Clock) -> Result<Self, DecodeError> {
         let r = raw(bytes)?;
         let family = Family::try_from(r.family)?;
-        let recorded = RecordedHolder::decode(&r.holder, clock)?;
+        let recorded = RecordedHolder::decode(&r.holder)?;
         Ok(Self {
             ts: clock.wall(r.ts_boot_ns),
             pid: r.pid,
@@ -407,16 +407,6 @@ impl Event {
     }
 }
 
-/// How the kernel learnt of a port's holder.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum How {
-    /// A successful bind().
-    Bind,
-    /// The socket entered LISTEN.
-    Listen,
-}
-
 /// The holder the kernel recorded for the failing call's port, checked at
 /// the moment of the failure: the only witness once the holder has exited.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -431,11 +421,8 @@ pub struct RecordedHolder {
     pub family: Family,
     /// The address it bound.
     pub addr: IpAddr,
-    /// Which event recorded it.
-    pub how: How,
-    /// When.
-    pub since: SystemTime,
-    /// When, as CLOCK_BOOTTIME ns (to tell the binder from a reused pid).
+    /// When it bound or listened, CLOCK_BOOTTIME ns (tells the binder from
+    /// a process that reused its pid later).
     pub boot_ns: u64,
     /// The socket's TCP state number at the failure (UDP sockets: 7), or
     /// `None` when it had already closed (the record outlived the socket).
@@ -445,18 +432,17 @@ pub struct RecordedHolder {
 }
 
 impl RecordedHolder {
-    fn decode(h: &common::KernelHolder, clock: Clock) -> Result<Option<Self>, DecodeError> {
-        let how = match h.how {
+    fn decode(h: &common::KernelHolder) -> Result<Option<Self>, DecodeError> {
+        match h.how {
             common::HOW_NONE => return Ok(None),
-            common::HOW_BIND => How::Bind,
-            common::HOW_LISTEN => How::Listen,
+            common::HOW_BIND | common::HOW_LISTEN => {}
             v => {
                 return Err(DecodeError::Unknown {
                     field: "holder.how",
                     value: v.into(),
                 })
             }
-        };
+        }
         let family = Family::try_from(h.family)?;
         let state = (h.state != 0).then_some(h.state);
         Ok(Some(Self {
@@ -465,8 +451,6 @@ impl RecordedHolder {
             comm: comm(&h.comm),
             family,
             addr: ip(family, h.addr),
-            how,
-            since: clock.wall(h.ts_boot_ns),
             boot_ns: h.ts_boot_ns,
             state,
             opts: state.and_then(|_| Opts::from_bits(h.opts)),
@@ -563,14 +547,10 @@ pub(crate) mod tests {
         let ev = Event::decode(&encode(&sample()), clock()).unwrap();
         let h = ev.recorded.unwrap();
         assert_eq!((h.pid, h.uid, h.comm.as_str()), (100, 33, "old"));
-        assert_eq!(h.how, How::Listen);
         assert_eq!(h.state, Some(10));
         assert_eq!(h.addr.to_string(), "0.0.0.0");
         assert!(h.opts.unwrap().reuseport);
-        assert_eq!(
-            h.since,
-            SystemTime::UNIX_EPOCH + Duration::from_millis(1_800_000_000_500)
-        );
+        assert_eq!(h.boot_ns, 500_000_000);
         // A socket closed since it was recorded: no state, no options.
         let mut raw = sample();
         raw.holder.state = 0;

@@ -251,8 +251,7 @@ fn slow_lookups_do_not_lose_events() {
     ns.run(move || {
         let (_holder, _) = conflict(v4(port), false);
         for _ in 0..N {
-            let s = socket(false, false);
-            assert_eq!(bind(&s, v4(port)), Err(libc::EADDRINUSE));
+            drop(refused(v4(port), false));
         }
     });
     let mut events = Vec::new();
@@ -302,10 +301,7 @@ fn listener_in_another_netns_is_named_with_its_cmdline() {
     let tracer = Tracer::start(&["--netns", &ns.arg()]);
     let decoy = decoy_ns.run(move || ForkHolder::start(|| hold(any4(port), false, |_| {})));
     let held = ns.run(move || ForkHolder::start(|| hold(any4(port), false, |_| {})));
-    ns.run(move || {
-        let s = socket(false, false);
-        assert_eq!(bind(&s, v4(port)), Err(libc::EADDRINUSE));
-    });
+    ns.run(move || drop(refused(v4(port), false)));
     let ev = tracer.event();
     assert_ours(&ev, &ns);
     assert_eq!(reason(&ev), "listener", "{ev:#}");
@@ -351,8 +347,7 @@ fn holder_that_exits_right_after_the_failure_is_still_named() {
     ]);
     let child = ns.run(move || {
         let mut held = ForkHolder::start(|| hold(v4(port), false, |_| {}));
-        let s = socket(false, false);
-        assert_eq!(bind(&s, v4(port)), Err(libc::EADDRINUSE));
+        drop(refused(v4(port), false));
         held.kill();
         held.pid
     });
@@ -375,10 +370,7 @@ fn bound_but_never_listening() {
     let port = port();
     let tracer = Tracer::start(&["--netns", &ns.arg()]);
     let held = ns.run(move || ForkHolder::start(|| hold_bound(v4(port))));
-    ns.run(move || {
-        let s = socket(false, false);
-        assert_eq!(bind(&s, v4(port)), Err(libc::EADDRINUSE));
-    });
+    ns.run(move || drop(refused(v4(port), false)));
     let ev = tracer.event();
     assert_eq!(reason(&ev), "bound_not_listening", "{ev:#}");
     let h = holder(&ev);
@@ -399,10 +391,7 @@ fn reuseport_on_one_side_only() {
             })
         })
     });
-    ns.run(move || {
-        let s = socket(false, false);
-        assert_eq!(bind(&s, v4(port)), Err(libc::EADDRINUSE));
-    });
+    ns.run(move || drop(refused(v4(port), false)));
     let ev = tracer.event();
     assert_eq!(reason(&ev), "reuseport_mismatch", "{ev:#}");
     assert_eq!(holder(&ev)["pid"], held.pid, "{ev:#}");
@@ -453,10 +442,7 @@ fn dual_stack_both_ways() {
             })
         })
     });
-    ns.run(move || {
-        let s = socket(false, false);
-        assert_eq!(bind(&s, any4(port)), Err(libc::EADDRINUSE));
-    });
+    ns.run(move || drop(refused(any4(port), false)));
     let ev = tracer.event();
     assert_eq!(reason(&ev), "dual_stack", "{ev:#}");
     assert_eq!(holder(&ev)["pid"], held.pid, "{ev:#}");
@@ -487,10 +473,7 @@ fn udp_socket_holding_the_port() {
     let port = port();
     let tracer = Tracer::start(&["--netns", &ns.arg()]);
     let held = ns.run(move || ForkHolder::start(|| hold(v4(port), true, |_| {})));
-    ns.run(move || {
-        let s = socket(false, true);
-        assert_eq!(bind(&s, v4(port)), Err(libc::EADDRINUSE));
-    });
+    ns.run(move || drop(refused(v4(port), true)));
     let ev = tracer.event();
     assert_eq!(reason(&ev), "listener", "{ev:#}");
     assert_eq!(holder(&ev)["state"], "UDP", "{ev:#}");
@@ -532,10 +515,7 @@ fn lookup_timeout_prints_the_kernel_record() {
     ]);
     let held = ns.run(move || ForkHolder::start(|| hold(v4(port), false, |_| {})));
     let started = std::time::Instant::now();
-    ns.run(move || {
-        let s = socket(false, false);
-        assert_eq!(bind(&s, v4(port)), Err(libc::EADDRINUSE));
-    });
+    ns.run(move || drop(refused(v4(port), false)));
     let ev = tracer.event();
     assert!(
         started.elapsed() < Duration::from_millis(1500),

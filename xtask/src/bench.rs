@@ -33,12 +33,7 @@ const PORT: u16 = 47000;
 /// Runs `f` on a thread inside a fresh network namespace with loopback up.
 fn in_netns<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
     std::thread::spawn(move || {
-        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare: run as root");
-        let ok = Command::new("ip")
-            .args(["link", "set", "lo", "up"])
-            .status()
-            .expect("ip");
-        assert!(ok.success());
+        in_netns_here();
         f()
     })
     .join()

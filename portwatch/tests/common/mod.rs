@@ -329,9 +329,14 @@ pub fn conflict(addr: SocketAddr, udp: bool) -> (Socket, Socket) {
     if !udp {
         holder.listen(16).unwrap();
     }
+    (holder, refused(addr, udp))
+}
+
+/// A socket whose bind to `addr` fails with EADDRINUSE.
+pub fn refused(addr: SocketAddr, udp: bool) -> Socket {
     let loser = socket(addr.is_ipv6(), udp);
     assert_eq!(bind(&loser, addr), Err(libc::EADDRINUSE));
-    (holder, loser)
+    loser
 }
 
 /// 127.0.0.1:port.
