@@ -88,10 +88,10 @@ pub struct Event {
     pub addr: [u8; 16],
     /// Who the kernel last saw bind or start listening on this port in this
     /// network namespace, checked at the moment of the failure.
-    pub holder: KernelHolder,
+    pub record: Record,
 }
 
-/// `KernelHolder::how`: no record of the port.
+/// `Record::how`: no record of the port.
 pub const HOW_NONE: u8 = 0;
 /// Recorded at a successful bind().
 pub const HOW_BIND: u8 = 1;
@@ -114,7 +114,7 @@ pub struct PortKey {
 /// kernel recorded it at that moment: still true after the process exits.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct KernelHolder {
+pub struct Record {
     /// CLOCK_BOOTTIME ns of the bind/listen.
     pub ts_boot_ns: u64,
     /// Thread group id of the binder.
@@ -142,11 +142,11 @@ pub struct KernelHolder {
 /// A `HOLDERS` entry: the holder and its socket, to check it at failure time.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct HolderRecord {
+pub struct RecordSlot {
     /// The `struct sock *` (never leaves the kernel's maps).
     pub sk: u64,
     /// What is copied into a failure's event.
-    pub holder: KernelHolder,
+    pub record: Record,
 }
 
 /// Where a bit field lives relative to a base pointer: `(byte >> shift) & mask`.
@@ -345,12 +345,12 @@ mod user {
     unsafe impl ::aya::Pod for super::FoldKey {}
     unsafe impl ::aya::Pod for super::FoldState {}
     unsafe impl ::aya::Pod for super::PortKey {}
-    unsafe impl ::aya::Pod for super::HolderRecord {}
+    unsafe impl ::aya::Pod for super::RecordSlot {}
 }
 
 // The layout is the contract with the eBPF side: catch accidental changes.
 const _: () = assert!(size_of::<Event>() == 160);
-const _: () = assert!(size_of::<KernelHolder>() == 56);
+const _: () = assert!(size_of::<Record>() == 56);
 const _: () = assert!(size_of::<PortKey>() == 8);
 const _: () = assert!(size_of::<BitLoc>() == 8);
 const _: () = assert!(size_of::<FoldKey>() == 12);

@@ -4,7 +4,7 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
-use portwatch_common::{Config, Event, FoldKey, FoldState, HolderRecord, PendingCall, PortKey};
+use portwatch_common::{Config, Event, FoldKey, FoldState, PendingCall, PortKey, RecordSlot};
 
 /// Written by the loader before load; read-only afterwards, so the verifier
 /// treats its fields as constants.
@@ -45,7 +45,7 @@ pub static SCRATCH: PerCpuArray<Event> = PerCpuArray::with_max_entries(1, 0);
 /// Who last bound or started listening on each port, per network namespace
 /// and protocol. LRU: a busy machine forgets its oldest ports first.
 #[map]
-pub static HOLDERS: LruHashMap<PortKey, HolderRecord> = LruHashMap::with_max_entries(16384, 0);
+pub static HOLDERS: LruHashMap<PortKey, RecordSlot> = LruHashMap::with_max_entries(16384, 0);
 
 /// Port filter: bit `port % 32` of word `port / 32`.
 #[map]

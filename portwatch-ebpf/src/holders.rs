@@ -14,7 +14,7 @@ use aya_ebpf::{
     macros::tracepoint,
     programs::TracePointContext,
 };
-use portwatch_common::{Event, HolderRecord, KernelHolder, PortKey, AF_INET, AF_INET6, HOW_LISTEN};
+use portwatch_common::{Event, PortKey, Record, RecordSlot, AF_INET, AF_INET6, HOW_LISTEN};
 
 use crate::{
     config::{conf, HOLDERS},
@@ -62,17 +62,17 @@ pub fn record(sk: u64, how: u8) {
             return;
         }
     }
-    let mut holder = KernelHolder {
+    let mut holder = Record {
         ts_boot_ns: unsafe { bpf_ktime_get_boot_ns() },
         pid: (bpf_get_current_pid_tgid() >> 32) as u32,
         uid: bpf_get_current_uid_gid() as u32,
         comm: bpf_get_current_comm().unwrap_or_default(),
         family,
         how,
-        ..KernelHolder::default()
+        ..Record::default()
     };
     holder.addr = sock::bound_addr(sk, family);
-    let _ = HOLDERS.insert(key, HolderRecord { sk, holder }, 0);
+    let _ = HOLDERS.insert(key, RecordSlot { sk, record: holder }, 0);
 }
 
 /// Records the holder of the socket behind `fd` after a successful bind().
@@ -103,12 +103,12 @@ pub fn attach(ev: &mut Event, failing_sk: u64) {
     if sk == failing_sk {
         return;
     }
-    ev.holder = rec.holder;
+    ev.record = rec.record;
     // A closed socket gives its port back (inet_num goes to 0) or is freed:
     // then it no longer matches the key and only the record remains.
     if key_of(sk).is_some_and(|(now, _)| now == key) {
-        ev.holder.state = read(sk, conf!(offsets.sk_state));
-        ev.holder.opts = sock::opts_of(sk);
+        ev.record.state = read(sk, conf!(offsets.sk_state));
+        ev.record.opts = sock::opts_of(sk);
     }
 }
 

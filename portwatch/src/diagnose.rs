@@ -1,181 +1,29 @@
 //! Why a call failed and what to do about it, from what enrichment saw.
 //!
-//! Pure functions of the event and the holders found: no I/O, so every rule
+//! Pure functions of the request and the holders found: no I/O, so every rule
 //! is unit-tested here and reproduced for real by the integration tests.
 //! A rule only fires on what was seen; when nothing fits the answer is
 //! `unknown` with the evidence, never a guess dressed as a fact.
 
-use std::{net::IpAddr, time::Duration};
-
-use serde::Serialize;
-
-pub use crate::sockdiag::Sysctls;
-use crate::{
-    event::{Event, Family, Proto, Syscall},
-    filter::Errno,
-    output::{printable, socket_addr},
+use std::{
+    net::{IpAddr, SocketAddr},
+    time::Duration,
 };
 
-/// A socket's state as users know it from `ss`/`netstat`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum State {
-    /// TCP LISTEN.
-    Listen,
-    /// TCP TIME_WAIT: a closed connection's leftover.
-    TimeWait,
-    /// TCP socket bound to the port but neither listening nor connected.
-    Bound,
-    /// A UDP socket bound to the port.
-    Udp,
-    /// A TCP connection (ESTABLISHED, CLOSE_WAIT, SYN_RECV, FIN_WAIT...):
-    /// the kernel's state number.
-    Connection(u8),
-    /// The recorded holder's socket had closed before the failure.
-    Closed,
-}
+use serde::{Deserialize, Serialize};
 
-impl State {
-    /// From a kernel state number (include/net/tcp_states.h).
-    pub fn from_kernel(proto: Proto, state: u8) -> Self {
-        match (proto, state) {
-            (Proto::Udp, _) => Self::Udp,
-            (_, 10) => Self::Listen,
-            (_, 6) => Self::TimeWait,
-            // TCP_CLOSE with a port, or the TCP_BOUND_INACTIVE pseudo-state.
-            (_, 7 | 13) => Self::Bound,
-            (_, n) => Self::Connection(n),
-        }
-    }
+use crate::{
+    holders::{short_id, Evidence, Holder, State},
+    request::{Errno, Family, Request, Syscall},
+};
 
-    /// The name shown: the kernel's TCP state name, or BOUND / UDP / CLOSED.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Listen => "LISTEN",
-            Self::TimeWait => "TIME_WAIT",
-            Self::Bound => "BOUND",
-            Self::Udp => "UDP",
-            Self::Closed => "CLOSED",
-            Self::Connection(n) => match n {
-                1 => "ESTABLISHED",
-                2 => "SYN_SENT",
-                3 => "SYN_RECV",
-                4 => "FIN_WAIT1",
-                5 => "FIN_WAIT2",
-                8 => "CLOSE_WAIT",
-                9 => "LAST_ACK",
-                11 => "CLOSING",
-                12 => "NEW_SYN_RECV",
-                _ => "UNKNOWN",
-            },
-        }
-    }
-}
-
-impl Serialize for State {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(self.name())
-    }
-}
-
-/// Where a holder's description came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Seen {
-    /// The kernel's record, taken at the failure.
-    Kernel,
-    /// sock_diag after the failure.
-    SockDiag,
-    /// Both, and they agree on the socket.
-    KernelAndSockDiag,
-}
-
-/// One socket (or a group of TIME_WAIT leftovers) in the way, with its owner.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Holder {
-    /// The process that owns it: the recorded binder if it still holds it,
-    /// else the eldest sharer. None for TIME_WAIT (owned by the kernel).
-    pub pid: Option<u32>,
-    /// Its comm (untrusted).
-    pub comm: Option<String>,
-    /// Its full command line (untrusted), when it still runs.
-    pub cmdline: Option<String>,
-    /// Socket owner uid.
-    pub uid: Option<u32>,
-    /// LISTEN, TIME_WAIT, BOUND, UDP, ESTABLISHED...
-    pub state: State,
-    /// Bound address.
-    pub addr: IpAddr,
-    /// Bound port.
-    pub port: u16,
-    /// The owner has exited (known from the kernel's record only).
-    pub exited: bool,
-    /// systemd unit of the owner, from its cgroup.
-    pub unit: Option<String>,
-    /// Container id of the owner, from its cgroup.
-    pub container: Option<String>,
-    /// Every process holding the socket (forked workers share it).
-    pub pids: Vec<u32>,
-    /// How many sockets this entry stands for (TIME_WAIT leftovers are grouped).
-    pub sockets: u32,
-    /// TIME_WAIT: the longest time left on their timers, in ms.
-    pub time_left_ms: Option<u64>,
-    /// Remote end of a connection.
-    pub remote: Option<String>,
-    /// IPV6_V6ONLY of an IPv6 socket, when known.
-    pub v6only: Option<bool>,
-    /// SO_REUSEADDR, when known (kernel record only).
-    pub reuseaddr: Option<bool>,
-    /// SO_REUSEPORT, when known (kernel record only).
-    pub reuseport: Option<bool>,
-    /// Its family differs from the failing socket's: they overlap through an
-    /// IPv6 wildcard without IPV6_V6ONLY.
-    pub cross_family: bool,
-    /// Which view found it.
-    pub seen: Seen,
-}
-
-impl Holder {
-    /// "pid 123 (nginx, nginx.service)" or "TIME_WAIT connections".
-    pub fn who(&self) -> String {
-        let Some(pid) = self.pid else {
-            return if self.state == State::TimeWait {
-                format!("{} TIME_WAIT connection(s)", self.sockets)
-            } else {
-                // Closed between sock_diag's answer and the /proc walk, or
-                // held by a process portwatch cannot see.
-                "a process not found in /proc".to_owned()
-            };
-        };
-        let mut s = format!("pid {pid}");
-        let mut extra = Vec::new();
-        if let Some(c) = &self.comm {
-            extra.push(printable(c));
-        }
-        if let Some(u) = &self.unit {
-            extra.push(printable(u));
-        }
-        if let Some(c) = &self.container {
-            extra.push(format!("container {}", short_id(c)));
-        }
-        if self.exited {
-            extra.push("exited".into());
-        }
-        if self.pids.len() > 1 {
-            extra.push(format!("{} more processes share it", self.pids.len() - 1));
-        }
-        if !extra.is_empty() {
-            s.push_str(&format!(" ({})", extra.join(", ")));
-        }
-        s
-    }
-}
-
-fn short_id(id: &str) -> &str {
-    id.get(..12).unwrap_or(id)
+/// `addr:port`, IPv6 in brackets.
+fn socket_addr(addr: IpAddr, port: u16) -> SocketAddr {
+    SocketAddr::new(addr, port)
 }
 
 /// The reason codes (the README documents each).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Reason {
     /// A listening socket (or a bound UDP socket) holds the port.
@@ -202,21 +50,8 @@ pub enum Reason {
     Unknown,
 }
 
-/// Everything enrichment learnt about one failure.
-#[derive(Debug, Clone, Default)]
-pub struct Evidence {
-    /// Holders that conflict with the request, most important first.
-    pub holders: Vec<Holder>,
-    /// Why it could not, when it could not.
-    pub blind: Option<String>,
-    /// The namespace's sysctls, when readable.
-    pub sysctls: Option<Sysctls>,
-    /// Port 0: ports of ip_local_port_range in use by the protocol.
-    pub ephemeral_in_use: Option<usize>,
-}
-
 /// The verdict on one failure.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Verdict {
     /// Machine-readable code.
     pub reason: Reason,
@@ -231,8 +66,8 @@ const REUSEPORT_CAVEAT: &str =
     "on a public port, a new instance sharing it can receive connections meant for the old one";
 
 /// What stops `h` cleanly: its unit, its container, or the process.
-fn stop(h: &Holder, ev: &Event) -> String {
-    if h.pid == Some(ev.pid) {
+fn stop(h: &Holder, req: &Request) -> String {
+    if h.pid.is_some() && h.pid == req.caller.map(|c| c.pid) {
         return "this same process already holds the port on another socket: close that one first, or bind the port only once".into();
     }
     if h.exited {
@@ -255,7 +90,7 @@ fn stop(h: &Holder, ev: &Event) -> String {
         (None, State::TimeWait) => "wait for them to expire".into(),
         (None, _) => format!(
             "find its owner (`ss -anp 'sport = :{}'`) and stop it",
-            ev.port
+            req.port
         ),
     }
 }
@@ -264,20 +99,20 @@ fn secs(ms: u64) -> String {
     humantime::format_duration(Duration::from_secs(ms.div_ceil(1000))).to_string()
 }
 
-/// Decides the reason, the sentence and the fix for `ev` given `seen`.
-pub fn diagnose(ev: &Event, seen: &Evidence) -> Verdict {
-    let port = ev.port;
-    let what = format!("{} {}", ev.proto.name(), socket_addr(ev.addr, port));
-    match ev.errno {
-        Some(Errno(13)) => return privileged(ev, seen, &what),
-        Some(Errno(99)) => return not_local(ev, seen, &what),
-        Some(Errno(98)) => {}
-        _ => return unknown(ev, seen, &what),
+/// Decides the reason, the sentence and the fix for `req` given `seen`.
+pub fn diagnose(req: &Request, seen: &Evidence) -> Verdict {
+    let port = req.port;
+    let what = format!("{} {}", req.proto.name(), socket_addr(req.addr, port));
+    match req.errno_or_in_use() {
+        Errno(libc::EACCES) => return privileged(req, seen, &what),
+        Errno(libc::EADDRNOTAVAIL) => return not_local(req, seen, &what),
+        Errno(libc::EADDRINUSE) => {}
+        _ => return unknown(req, seen, &what),
     }
-    if ev.syscall == Syscall::Bind && port == 0 {
-        return ephemeral(ev, seen);
+    if req.syscall == Syscall::Bind && port == 0 {
+        return ephemeral(req, seen);
     }
-    let opts = ev.opts.unwrap_or_default();
+    let opts = req.opts.unwrap_or_default();
     let live: Vec<&Holder> = seen
         .holders
         .iter()
@@ -285,7 +120,7 @@ pub fn diagnose(ev: &Event, seen: &Evidence) -> Verdict {
         .collect();
     let first = |state: State| live.iter().copied().find(|h| h.state == state);
 
-    if ev.syscall == Syscall::Listen {
+    if req.syscall == Syscall::Listen {
         if let Some(h) = first(State::Listen) {
             return Verdict {
                 reason: Reason::ListenConflict,
@@ -295,11 +130,11 @@ pub fn diagnose(ev: &Event, seen: &Evidence) -> Verdict {
                 ),
                 fix: format!(
                     "bind one socket per port and listen on it; to share the port between processes, set SO_REUSEPORT on every socket under one uid ({REUSEPORT_CAVEAT}); or {}",
-                    stop(h, ev)
+                    stop(h, req)
                 ),
             };
         }
-        return unknown(ev, seen, &what);
+        return unknown(req, seen, &what);
     }
 
     // Only cross-family holders in the way: the fix is a socket option.
@@ -310,7 +145,7 @@ pub fn diagnose(ev: &Event, seen: &Evidence) -> Verdict {
         .iter()
         .find(|h| h.cross_family && h.state != State::TimeWait);
     if let (false, Some(h)) = (same_family, cross) {
-        let (v6, v4) = if ev.family == Family::Ipv6 {
+        let (v6, v4) = if req.family == Family::Ipv6 {
             ("this IPv6 socket".to_owned(), h.who())
         } else {
             (h.who(), "this IPv4 socket".to_owned())
@@ -323,13 +158,13 @@ pub fn diagnose(ev: &Event, seen: &Evidence) -> Verdict {
             ),
             fix: format!(
                 "set IPV6_V6ONLY on the IPv6 socket (nginx: `listen [::]:{port} ipv6only=on;`) so the two families bind separately, or bind only the IPv6 wildcard and let it serve both; or {}",
-                stop(h, ev)
+                stop(h, req)
             ),
         };
     }
 
     if let Some(h) = first(State::Listen).or_else(|| first(State::Udp)) {
-        if let Some(v) = reuseport(ev, h, &what) {
+        if let Some(v) = reuseport(req, h, &what) {
             return v;
         }
         let kind = if h.state == State::Udp {
@@ -344,11 +179,11 @@ pub fn diagnose(ev: &Event, seen: &Evidence) -> Verdict {
                 socket_addr(h.addr, h.port),
                 h.who()
             ),
-            fix: format!("{}; or use another port", capital(&stop(h, ev))),
+            fix: format!("{}; or use another port", capital(&stop(h, req))),
         };
     }
     if let Some(h) = first(State::Bound) {
-        if let Some(v) = reuseport(ev, h, &what) {
+        if let Some(v) = reuseport(req, h, &what) {
             return v;
         }
         return Verdict {
@@ -360,7 +195,7 @@ pub fn diagnose(ev: &Event, seen: &Evidence) -> Verdict {
             ),
             fix: format!(
                 "find why it holds a bound socket it does not use (a leaked or half-initialised socket, or a port reserved on purpose); {}",
-                stop(h, ev)
+                stop(h, req)
             ),
         };
     }
@@ -374,11 +209,11 @@ pub fn diagnose(ev: &Event, seen: &Evidence) -> Verdict {
             .map(|h| h.sockets)
             .sum();
         let advice = if opts.reuseaddr {
-            capital(&stop(h, ev))
+            capital(&stop(h, req))
         } else {
             format!(
                 "set SO_REUSEADDR on the listening socket before bind() (for TCP it lets a listener start while old connections drain; it never lets two listeners share a port); or {}",
-                stop(h, ev)
+                stop(h, req)
             )
         };
         return Verdict {
@@ -413,22 +248,22 @@ pub fn diagnose(ev: &Event, seen: &Evidence) -> Verdict {
             };
         }
     }
-    unknown(ev, seen, &what)
+    unknown(req, seen, &what)
 }
 
 /// SO_REUSEPORT on one side only, or on both under different uids.
-fn reuseport(ev: &Event, h: &Holder, what: &str) -> Option<Verdict> {
-    let mine = ev.opts?.reuseport;
+fn reuseport(req: &Request, h: &Holder, what: &str) -> Option<Verdict> {
+    let mine = req.opts?.reuseport;
     let theirs = h.reuseport;
     let mismatch = match theirs {
         Some(theirs) if theirs != mine => Some(format!(
             "SO_REUSEPORT is set on {} only",
             if mine { "this socket" } else { "the holder" }
         )),
-        Some(true) if h.uid.is_some_and(|u| u != ev.uid) => Some(format!(
+        Some(true) if h.uid.is_some() && h.uid != req.caller.map(|c| c.uid) => Some(format!(
             "both set SO_REUSEPORT but under different uids ({} and {})",
             h.uid.unwrap_or_default(),
-            ev.uid
+            req.caller.map_or_else(|| "?".into(), |c| c.uid.to_string())
         )),
         // Same options and uid, or the holder's options are unknown (it
         // predates portwatch): no claim.
@@ -444,19 +279,19 @@ fn reuseport(ev: &Event, h: &Holder, what: &str) -> Option<Verdict> {
         ),
         fix: format!(
             "set SO_REUSEPORT on both sockets, under the same uid, before bind() ({REUSEPORT_CAVEAT}); or {}",
-            stop(h, ev)
+            stop(h, req)
         ),
     })
 }
 
-fn ephemeral(ev: &Event, seen: &Evidence) -> Verdict {
+fn ephemeral(req: &Request, seen: &Evidence) -> Verdict {
     let range = seen.sysctls.as_ref().and_then(|s| s.local_port_range);
     match (range, seen.ephemeral_in_use) {
         (Some((lo, hi)), Some(used)) if used > usize::from(hi - lo) => Verdict {
             reason: Reason::EphemeralExhausted,
             diagnosis: format!(
                 "bind() to {} port 0 found no free port: all {} ports of ip_local_port_range {lo}-{hi} are in use",
-                ev.proto.name(),
+                req.proto.name(),
                 usize::from(hi - lo) + 1
             ),
             fix: "widen the range (`sysctl -w net.ipv4.ip_local_port_range=\"10000 65000\"`), close idle sockets, and give outgoing sockets IP_BIND_ADDRESS_NO_PORT so connect() picks the port per destination".into(),
@@ -465,45 +300,47 @@ fn ephemeral(ev: &Event, seen: &Evidence) -> Verdict {
             reason: Reason::EphemeralExhausted,
             diagnosis: format!(
                 "bind() to {} port 0 found no free port in ip_local_port_range {lo}-{hi}{}",
-                ev.proto.name(),
+                req.proto.name(),
                 used.map(|u| format!(" ({u} of its ports in use when portwatch looked)")).unwrap_or_default()
             ),
             fix: "widen the range (`sysctl -w net.ipv4.ip_local_port_range=\"10000 65000\"`), close idle sockets, and give outgoing sockets IP_BIND_ADDRESS_NO_PORT".into(),
         },
-        _ => unknown(ev, seen, &format!("{} port 0", ev.proto.name())),
+        _ => unknown(req, seen, &format!("{} port 0", req.proto.name())),
     }
 }
 
-fn privileged(ev: &Event, seen: &Evidence, what: &str) -> Verdict {
+fn privileged(req: &Request, seen: &Evidence, what: &str) -> Verdict {
     let start = seen
         .sysctls
         .as_ref()
         .and_then(|s| s.unprivileged_port_start);
     match start {
-        Some(start) if ev.syscall == Syscall::Bind && u32::from(ev.port) < start => Verdict {
+        Some(start) if req.syscall == Syscall::Bind && u32::from(req.port) < start => Verdict {
             reason: Reason::PrivilegedPort,
             diagnosis: format!(
-                "{what}: port {} is below ip_unprivileged_port_start ({start}) and pid {} (uid {}) lacks CAP_NET_BIND_SERVICE",
-                ev.port, ev.pid, ev.uid
+                "{what}: port {} is below ip_unprivileged_port_start ({start}) and {} lacks CAP_NET_BIND_SERVICE",
+                req.port,
+                req.caller.map_or_else(|| "the caller".into(), |c| format!("pid {} (uid {})", c.pid, c.uid))
             ),
             fix: format!(
                 "grant CAP_NET_BIND_SERVICE (systemd: `AmbientCapabilities=CAP_NET_BIND_SERVICE`; a binary: `setcap cap_net_bind_service=+ep FILE`), or use a port >= {start}"
             ),
         },
-        _ => unknown(ev, seen, what),
+        _ => unknown(req, seen, what),
     }
 }
 
-fn not_local(ev: &Event, seen: &Evidence, what: &str) -> Verdict {
-    let opts = ev.opts.unwrap_or_default();
-    let nonlocal = seen.sysctls.as_ref().and_then(|s| match ev.family {
+fn not_local(req: &Request, seen: &Evidence, what: &str) -> Verdict {
+    let opts = req.opts.unwrap_or_default();
+    let nonlocal = seen.sysctls.as_ref().and_then(|s| match req.family {
         Family::Ipv4 => s.nonlocal_bind_v4,
         Family::Ipv6 => s.nonlocal_bind_v6,
     });
-    if ev.syscall != Syscall::Bind || opts.freebind || opts.transparent || nonlocal != Some(false) {
-        return unknown(ev, seen, what);
+    if req.syscall != Syscall::Bind || opts.freebind || opts.transparent || nonlocal != Some(false)
+    {
+        return unknown(req, seen, what);
     }
-    let sysctl = match ev.family {
+    let sysctl = match req.family {
         Family::Ipv4 => "net.ipv4.ip_nonlocal_bind",
         Family::Ipv6 => "net.ipv6.ip_nonlocal_bind",
     };
@@ -511,7 +348,7 @@ fn not_local(ev: &Event, seen: &Evidence, what: &str) -> Verdict {
         reason: Reason::AddrNotLocal,
         diagnosis: format!(
             "{what}: {} is not an address of any interface in this network namespace",
-            ev.addr
+            req.addr
         ),
         fix: format!(
             "bind an address the host has (`ip addr`), or, to start before the address comes up, set IP_FREEBIND on the socket (systemd: `FreeBind=yes`; nginx: `listen ... freebind`) or `sysctl -w {sysctl}=1`"
@@ -519,17 +356,14 @@ fn not_local(ev: &Event, seen: &Evidence, what: &str) -> Verdict {
     }
 }
 
-fn unknown(ev: &Event, seen: &Evidence, what: &str) -> Verdict {
-    let errno = ev
-        .errno
-        .map(|e| e.name())
-        .unwrap_or_else(|| "success".into());
+fn unknown(req: &Request, seen: &Evidence, what: &str) -> Verdict {
+    let errno = req.errno_or_in_use().name();
     let saw = if let Some(why) = &seen.blind {
         format!("could not look at the sockets: {why}")
     } else if seen.holders.is_empty() {
         format!(
             "no socket on port {} was visible when portwatch looked",
-            ev.port
+            req.port
         )
     } else {
         let list: Vec<String> = seen
@@ -548,7 +382,7 @@ fn unknown(ev: &Event, seen: &Evidence, what: &str) -> Verdict {
     };
     Verdict {
         reason: Reason::Unknown,
-        diagnosis: format!("{} {what} failed with {errno}; {saw}", ev.syscall.name()),
+        diagnosis: format!("{} {what} failed with {errno}; {saw}", req.syscall.name()),
         fix: "no safe fix is known from what was seen; retry, and if it persists compare `ss -tanp` / `ss -uanp` with the request".into(),
     }
 }
@@ -561,45 +395,26 @@ fn capital(s: &str) -> String {
     }
 }
 
-/// Whether a socket bound at `(family, addr, v6only)` takes the address a
-/// call asked for, and whether it does so across families. None: no overlap.
-pub fn overlaps(req: (Family, IpAddr, bool), sock: (Family, IpAddr, Option<bool>)) -> Option<bool> {
-    let (rf, ra, r_v6only) = req;
-    let (sf, sa, s_v6only) = sock;
-    let v4 = |a: IpAddr| match a {
-        IpAddr::V4(a) => Some(a),
-        IpAddr::V6(a) => a.to_ipv4_mapped(),
-    };
-    if rf == sf {
-        return (ra.is_unspecified() || sa.is_unspecified() || ra == sa).then_some(false);
-    }
-    // One side IPv4, the other IPv6.
-    let (v6_addr, v6_only, v4_addr) = if rf == Family::Ipv6 {
-        (ra, Some(r_v6only), sa)
-    } else {
-        (sa, s_v6only, ra)
-    };
-    if v6_addr.is_unspecified() {
-        // A v6 wildcard takes every IPv4 address unless IPV6_V6ONLY;
-        // an unknown v6only counts as the default, off.
-        return (v6_only != Some(true)).then_some(true);
-    }
-    // A v4-mapped IPv6 address is that IPv4 address.
-    let mapped = v4(v6_addr)?;
-    (v4_addr.is_unspecified() || v4(v4_addr) == Some(mapped)).then_some(true)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::{tests::encode, tests::sample, Clock};
+    use crate::{
+        capture::{
+            event_tests::{encode, sample},
+            Clock, Event,
+        },
+        holders::{Seen, Sysctls},
+        request::Opts,
+    };
 
-    fn event(errno: i32, port: u16) -> Event {
+    fn event(errno: i32, port: u16) -> Request {
         let mut raw = sample();
         raw.ret = -errno;
         raw.port = port;
         raw.folded = 0;
-        Event::decode(&encode(&raw), Clock::now()).unwrap()
+        Event::decode(&encode(&raw), Clock::now())
+            .unwrap()
+            .request()
     }
 
     fn holder(state: State) -> Holder {
@@ -683,30 +498,30 @@ mod tests {
         tw.pid = None;
         tw.sockets = 3;
         tw.time_left_ms = Some(41_200);
-        let mut ev = event(98, 8080);
-        ev.opts = Some(Default::default());
-        let v = diagnose(&ev, &with(vec![tw.clone()]));
+        let mut req = event(98, 8080);
+        req.opts = Some(Default::default());
+        let v = diagnose(&req, &with(vec![tw.clone()]));
         assert_eq!(v.reason, Reason::TimeWait);
         assert!(v.diagnosis.contains("42s"), "{}", v.diagnosis);
         assert!(v.diagnosis.contains("3 TIME_WAIT"), "{}", v.diagnosis);
         assert!(v.fix.contains("SO_REUSEADDR"));
-        ev.opts = Some(crate::event::Opts {
+        req.opts = Some(Opts {
             reuseaddr: true,
             ..Default::default()
         });
-        assert_eq!(diagnose(&ev, &with(vec![tw])).reason, Reason::Unknown);
+        assert_eq!(diagnose(&req, &with(vec![tw])).reason, Reason::Unknown);
     }
 
     #[test]
     fn reuseport_on_one_side_only() {
         let mut h = holder(State::Listen);
         h.reuseport = Some(false);
-        let mut ev = event(98, 8080);
-        ev.opts = Some(crate::event::Opts {
+        let mut req = event(98, 8080);
+        req.opts = Some(Opts {
             reuseport: true,
             ..Default::default()
         });
-        let v = diagnose(&ev, &with(vec![h.clone()]));
+        let v = diagnose(&req, &with(vec![h.clone()]));
         assert_eq!(v.reason, Reason::ReuseportMismatch);
         assert!(v
             .fix
@@ -714,46 +529,17 @@ mod tests {
         // Both set, different uids (the sample event's uid is 33).
         h.reuseport = Some(true);
         h.uid = Some(1000);
-        let v = diagnose(&ev, &with(vec![h.clone()]));
+        let v = diagnose(&req, &with(vec![h.clone()]));
         assert_eq!(v.reason, Reason::ReuseportMismatch, "{}", v.diagnosis);
         assert!(v.diagnosis.contains("different uids"));
         // Unknown holder options: no claim.
         h.reuseport = None;
-        assert_eq!(diagnose(&ev, &with(vec![h])).reason, Reason::Listener);
+        assert_eq!(diagnose(&req, &with(vec![h])).reason, Reason::Listener);
     }
 
     #[test]
-    fn dual_stack_and_overlap_rules() {
-        let any4: IpAddr = "0.0.0.0".parse().unwrap();
+    fn dual_stack_rule() {
         let any6: IpAddr = "::".parse().unwrap();
-        let lo4: IpAddr = "127.0.0.1".parse().unwrap();
-        let mapped: IpAddr = "::ffff:127.0.0.1".parse().unwrap();
-        use Family::*;
-        assert_eq!(
-            overlaps((Ipv4, any4, false), (Ipv6, any6, Some(false))),
-            Some(true)
-        );
-        assert_eq!(
-            overlaps((Ipv4, any4, false), (Ipv6, any6, Some(true))),
-            None
-        );
-        assert_eq!(overlaps((Ipv6, any6, false), (Ipv4, lo4, None)), Some(true));
-        assert_eq!(overlaps((Ipv6, any6, true), (Ipv4, lo4, None)), None);
-        assert_eq!(
-            overlaps((Ipv6, mapped, false), (Ipv4, lo4, None)),
-            Some(true)
-        );
-        assert_eq!(
-            overlaps(
-                (Ipv4, lo4, false),
-                (Ipv4, "127.0.0.2".parse().unwrap(), None)
-            ),
-            None
-        );
-        assert_eq!(
-            overlaps((Ipv4, lo4, false), (Ipv4, any4, None)),
-            Some(false)
-        );
         let mut h = holder(State::Listen);
         h.cross_family = true;
         h.addr = any6;
@@ -764,9 +550,9 @@ mod tests {
 
     #[test]
     fn listen_failure_is_a_listen_conflict() {
-        let mut ev = event(98, 8080);
-        ev.syscall = Syscall::Listen;
-        let v = diagnose(&ev, &with(vec![holder(State::Listen)]));
+        let mut req = event(98, 8080);
+        req.syscall = Syscall::Listen;
+        let v = diagnose(&req, &with(vec![holder(State::Listen)]));
         assert_eq!(v.reason, Reason::ListenConflict);
     }
 
@@ -796,12 +582,12 @@ mod tests {
         );
         let v = diagnose(&event(99, 8080), &with(vec![]));
         assert_eq!(v.reason, Reason::AddrNotLocal);
-        let mut ev = event(99, 8080);
-        ev.opts = Some(crate::event::Opts {
+        let mut req = event(99, 8080);
+        req.opts = Some(Opts {
             freebind: true,
             ..Default::default()
         });
-        assert_eq!(diagnose(&ev, &with(vec![])).reason, Reason::Unknown);
+        assert_eq!(diagnose(&req, &with(vec![])).reason, Reason::Unknown);
     }
 
     #[test]

@@ -1,24 +1,15 @@
-//! portwatch: catch failed bind()/listen() calls in the kernel.
-
-mod args;
-mod btf;
-mod diagnose;
-mod enrich;
-mod event;
-mod filter;
-mod loader;
-mod offsets;
-mod output;
-mod procs;
-mod sockdiag;
-mod watch;
+//! The `portwatch` binary: parse, start the runtime, dispatch.
 
 use std::process::ExitCode;
 
 use clap::Parser as _;
+use portwatch::{
+    cli::Cli,
+    commands::{EXIT_FAILED, EXIT_USAGE},
+};
 
 fn main() -> ExitCode {
-    let cli = match args::Cli::try_parse() {
+    let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) if e.use_stderr() => {
             // One line: what was wrong. The full usage is one --help away.
@@ -28,7 +19,7 @@ fn main() -> ExitCode {
                 "portwatch: {}",
                 first.strip_prefix("error: ").unwrap_or(first)
             );
-            return ExitCode::from(2);
+            return ExitCode::from(EXIT_USAGE);
         }
         Err(e) => {
             let _ = e.print();
@@ -45,23 +36,8 @@ fn main() -> ExitCode {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("portwatch: cannot start the async runtime: {e}");
-            return ExitCode::from(1);
+            return ExitCode::from(EXIT_FAILED);
         }
     };
-    let result = runtime.block_on(async {
-        match cli.command {
-            args::Command::Watch(args) => watch::run(args).await,
-        }
-    });
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("portwatch: {e:#}");
-            if e.downcast_ref::<loader::Unsupported>().is_some() {
-                ExitCode::from(3)
-            } else {
-                ExitCode::from(1)
-            }
-        }
-    }
+    runtime.block_on(cli.command.execute())
 }

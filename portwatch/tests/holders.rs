@@ -299,8 +299,8 @@ fn listener_in_another_netns_is_named_with_its_cmdline() {
     let decoy_ns = Netns::new("pw-decoy");
     let port = port();
     let tracer = Tracer::start(&["--netns", &ns.arg()]);
-    let decoy = decoy_ns.run(move || ForkHolder::start(|| hold(any4(port), false, |_| {})));
-    let held = ns.run(move || ForkHolder::start(|| hold(any4(port), false, |_| {})));
+    let decoy = decoy_ns.run(move || Process::fork(|| hold(any4(port), false, |_| {})));
+    let held = ns.run(move || Process::fork(|| hold(any4(port), false, |_| {})));
     ns.run(move || drop(refused(v4(port), false)));
     let ev = tracer.event();
     assert_ours(&ev, &ns);
@@ -346,7 +346,7 @@ fn holder_that_exits_right_after_the_failure_is_still_named() {
         "10000",
     ]);
     let child = ns.run(move || {
-        let mut held = ForkHolder::start(|| hold(v4(port), false, |_| {}));
+        let mut held = Process::fork(|| hold(v4(port), false, |_| {}));
         drop(refused(v4(port), false));
         held.kill();
         held.pid
@@ -369,7 +369,7 @@ fn bound_but_never_listening() {
     let ns = Netns::new("pw-bound");
     let port = port();
     let tracer = Tracer::start(&["--netns", &ns.arg()]);
-    let held = ns.run(move || ForkHolder::start(|| hold_bound(v4(port))));
+    let held = ns.run(move || Process::fork(|| hold_bound(v4(port))));
     ns.run(move || drop(refused(v4(port), false)));
     let ev = tracer.event();
     assert_eq!(reason(&ev), "bound_not_listening", "{ev:#}");
@@ -385,7 +385,7 @@ fn reuseport_on_one_side_only() {
     let port = port();
     let tracer = Tracer::start(&["--netns", &ns.arg()]);
     let held = ns.run(move || {
-        ForkHolder::start(|| {
+        Process::fork(|| {
             hold(v4(port), false, |s| {
                 let _ = s.set_reuse_port(true);
             })
@@ -409,7 +409,7 @@ fn reuseport_under_another_uid() {
     let port = port();
     let tracer = Tracer::start(&["--netns", &ns.arg()]);
     let held = ns.run(move || {
-        ForkHolder::start(|| {
+        Process::fork(|| {
             become_nobody();
             hold(v4(port), false, |s| {
                 let _ = s.set_reuse_port(true);
@@ -436,7 +436,7 @@ fn dual_stack_both_ways() {
     let port = port();
     let tracer = Tracer::start(&["--netns", &ns.arg()]);
     let held = ns.run(move || {
-        ForkHolder::start(|| {
+        Process::fork(|| {
             hold(v6_any(port), false, |s| {
                 let _ = s.set_only_v6(false);
             })
@@ -455,7 +455,7 @@ fn dual_stack_both_ways() {
     drop(held);
 
     let port = port + 1;
-    let held = ns.run(move || ForkHolder::start(|| hold(any4(port), false, |_| {})));
+    let held = ns.run(move || Process::fork(|| hold(any4(port), false, |_| {})));
     ns.run(move || {
         let s = socket(true, false);
         s.set_only_v6(false).unwrap();
@@ -472,7 +472,7 @@ fn udp_socket_holding_the_port() {
     let ns = Netns::new("pw-udpholder");
     let port = port();
     let tracer = Tracer::start(&["--netns", &ns.arg()]);
-    let held = ns.run(move || ForkHolder::start(|| hold(v4(port), true, |_| {})));
+    let held = ns.run(move || Process::fork(|| hold(v4(port), true, |_| {})));
     ns.run(move || drop(refused(v4(port), true)));
     let ev = tracer.event();
     assert_eq!(reason(&ev), "listener", "{ev:#}");
@@ -485,7 +485,7 @@ fn privileged_port_without_the_capability() {
     let ns = Netns::new("pw-privport");
     let tracer = Tracer::start(&["--netns", &ns.arg(), "--errno", "EACCES"]);
     let failed = ns.run(|| {
-        ForkHolder::start(|| {
+        Process::fork(|| {
             become_nobody();
             bind(&socket(false, false), v4(80)) == Err(libc::EACCES)
         })
@@ -513,7 +513,7 @@ fn lookup_timeout_prints_the_kernel_record() {
         "--enrich-delay",
         "2000",
     ]);
-    let held = ns.run(move || ForkHolder::start(|| hold(v4(port), false, |_| {})));
+    let held = ns.run(move || Process::fork(|| hold(v4(port), false, |_| {})));
     let started = std::time::Instant::now();
     ns.run(move || drop(refused(v4(port), false)));
     let ev = tracer.event();

@@ -13,6 +13,7 @@ use std::{
 };
 
 use anyhow::{bail, Context as _, Result};
+use portwatch_test_support::{in_fresh_netns, Netns, Process};
 
 /// Options of `cargo xtask bench`.
 #[derive(clap::Args)]
@@ -29,16 +30,6 @@ pub struct Options {
 }
 
 const PORT: u16 = 47000;
-
-/// Runs `f` on a thread inside a fresh network namespace with loopback up.
-fn in_netns<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
-    std::thread::spawn(move || {
-        in_netns_here();
-        f()
-    })
-    .join()
-    .expect("load thread panicked")
-}
 
 fn tcp_socket() -> i32 {
     let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) };
@@ -98,7 +89,7 @@ impl Loop {
 
     /// Nanoseconds per iteration.
     fn measure(self) -> f64 {
-        in_netns(move || {
+        in_fresh_netns(move || {
             let n = self.iterations();
             let (holder, loser) = conflict();
             let start = Instant::now();
@@ -237,7 +228,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 /// Failing binds at full speed (or `per_sec` paced) for `secs`; returns how many.
 fn storm(secs: u64, per_sec: Option<u64>) -> u64 {
-    in_netns(move || {
+    in_fresh_netns(move || {
         let (holder, loser) = conflict();
         let start = Instant::now();
         let end = start + Duration::from_secs(secs);
@@ -357,95 +348,24 @@ pub fn run(opts: &Options) -> Result<()> {
     Ok(())
 }
 
-/// A thread inside a private network namespace that runs jobs on request,
-/// so that holders, failures and the tracer can interleave.
-struct Netns {
-    jobs: Option<mpsc::Sender<Box<dyn FnOnce() + Send>>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Netns {
-    fn new() -> Netns {
-        let (jobs, rx) = mpsc::channel::<Box<dyn FnOnce() + Send>>();
-        let thread = std::thread::spawn(move || {
-            in_netns_here();
-            for job in rx {
-                job();
-            }
-        });
-        Netns {
-            jobs: Some(jobs),
-            thread: Some(thread),
-        }
-    }
-
-    fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
-        let (tx, rx) = mpsc::channel();
-        let job = Box::new(move || {
-            let _ = tx.send(f());
-        });
-        self.jobs.as_ref().unwrap().send(job).unwrap();
-        rx.recv().expect("netns job panicked")
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        drop(self.jobs.take());
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-/// Moves the calling thread into a fresh network namespace, loopback up.
-fn in_netns_here() {
-    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare: run as root");
-    let ok = Command::new("ip")
-        .args(["link", "set", "lo", "up"])
-        .status()
-        .expect("ip");
-    assert!(ok.success());
-}
-
-/// Processes that each listen on one port; killed (by pid) on drop.
-struct Holders(Vec<nix::unistd::Pid>);
-
 const HOLDER_BASE: u16 = 30000;
 
-impl Holders {
-    /// Forks `n` children in the caller's namespace; child i listens on
-    /// HOLDER_BASE + i and also holds a UDP socket, then sleeps.
-    fn spawn(n: u16) -> Holders {
-        let mut pids = Vec::new();
-        for i in 0..n {
-            // SAFETY: the child makes plain system calls only, then pauses.
-            match unsafe { nix::unistd::fork() }.expect("fork") {
-                nix::unistd::ForkResult::Child => unsafe {
-                    let fd = tcp_socket();
-                    bind(fd, HOLDER_BASE + i);
-                    libc::listen(fd, 8);
-                    libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0);
-                    loop {
-                        libc::pause();
-                    }
-                },
-                nix::unistd::ForkResult::Parent { child } => pids.push(child),
-            }
-        }
-        Holders(pids)
-    }
-}
-
-impl Drop for Holders {
-    fn drop(&mut self) {
-        for &pid in &self.0 {
-            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
-        }
-        for &pid in &self.0 {
-            let _ = nix::sys::wait::waitpid(pid, None);
-        }
-    }
+/// `n` processes in the caller's namespace: process i listens on
+/// HOLDER_BASE + i and also holds a UDP socket. Killed (by pid) on drop.
+fn holders(n: u16) -> Vec<Process> {
+    (0..n)
+        .map(|i| {
+            Process::fork(|| {
+                let fd = tcp_socket();
+                // SAFETY: plain system calls on an fd this child owns.
+                unsafe {
+                    bind(fd, HOLDER_BASE + i) == 0
+                        && libc::listen(fd, 8) == 0
+                        && libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0) >= 0
+                }
+            })
+        })
+        .collect()
 }
 
 fn percentile(mut v: Vec<f64>, p: f64) -> f64 {
@@ -468,20 +388,20 @@ fn enrichment(bin: &Path, opts: &Options) -> Result<Vec<String>> {
         "|---|---|---|---|---|---|---|".into(),
     ];
     for before in [true, false] {
-        let ns = Netns::new();
+        let ns = Netns::new("pw-bench");
         let early = if before {
             None
         } else {
             Some(Tracer::spawn(bin, &opts.tracer_args, true)?)
         };
-        let holders = ns.run(|| Holders::spawn(HOLDERS));
+        let holders = ns.run(|| holders(HOLDERS));
         let t = match early {
             Some(t) => t,
             None => Tracer::spawn(bin, &opts.tracer_args, true)?,
         };
         // Let the tracer's start-up walk of /proc finish first.
         std::thread::sleep(Duration::from_millis(500));
-        let pids: Vec<u32> = holders.0.iter().map(|p| p.as_raw() as u32).collect();
+        let pids: Vec<u32> = holders.iter().map(|p| p.pid).collect();
         let picks: Vec<u16> = (0..PROBES)
             .map(|k| ((k * 7919) % HOLDERS as usize) as u16)
             .collect();

@@ -5,19 +5,20 @@
 //! network namespaces) and fail loudly without it.
 #![allow(
     dead_code,
+    unused_imports,
     reason = "each test binary uses a different part of the harness"
 )]
 
 use std::{
     io::{BufRead as _, BufReader},
     net::{Ipv4Addr, SocketAddr},
-    os::unix::fs::MetadataExt as _,
     process::{Child, Command, ExitStatus, Stdio},
-    sync::mpsc::{self, Receiver, RecvTimeoutError, Sender},
+    sync::mpsc::{self, Receiver, RecvTimeoutError},
     thread,
     time::{Duration, Instant},
 };
 
+pub use portwatch_test_support::{inode_of, Netns, Process};
 use serde_json::Value;
 use socket2::{Domain, Protocol, Socket, Type};
 
@@ -209,88 +210,6 @@ impl Drop for Tracer {
     }
 }
 
-type Job = Box<dyn FnOnce() + Send>;
-
-/// A thread living in a network namespace of its own, with loopback up.
-/// Sockets it creates belong to that namespace; processes it spawns start there.
-/// The namespace disappears with the thread.
-pub struct Netns {
-    jobs: Option<Sender<Job>>,
-    handle: Option<thread::JoinHandle<()>>,
-    /// The namespace's inode (what portwatch reports as `netns`).
-    pub inode: u64,
-    /// The thread's id (what portwatch reports as `tid`).
-    pub tid: i32,
-    /// The thread's name, which is its comm.
-    pub comm: String,
-}
-
-impl Netns {
-    /// Makes the namespace. `comm` is at most 15 bytes.
-    pub fn new(comm: &str) -> Netns {
-        assert!(comm.len() <= 15);
-        let (jobs, rx) = mpsc::channel::<Job>();
-        let (info_tx, info_rx) = mpsc::channel();
-        let handle = thread::Builder::new()
-            .name(comm.to_owned())
-            .spawn(move || {
-                nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
-                    .expect("unshare(CLONE_NEWNET): are the tests running as root?");
-                let status = Command::new("ip")
-                    .args(["link", "set", "lo", "up"])
-                    .status()
-                    .expect("run ip");
-                assert!(status.success(), "ip link set lo up failed");
-                let inode = std::fs::metadata("/proc/thread-self/ns/net").unwrap().ino();
-                info_tx
-                    .send((inode, nix::unistd::gettid().as_raw()))
-                    .unwrap();
-                for job in rx {
-                    job();
-                }
-            })
-            .unwrap();
-        let (inode, tid) = info_rx.recv().expect("netns thread died");
-        Netns {
-            jobs: Some(jobs),
-            handle: Some(handle),
-            inode,
-            tid,
-            comm: comm.to_owned(),
-        }
-    }
-
-    /// Runs `f` on the namespace's thread and returns its result.
-    pub fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
-        let (tx, rx) = mpsc::channel();
-        self.jobs
-            .as_ref()
-            .unwrap()
-            .send(Box::new(move || {
-                let _ = tx.send(std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)));
-            }))
-            .unwrap();
-        match rx.recv().expect("netns thread died") {
-            Ok(v) => v,
-            Err(panic) => std::panic::resume_unwind(panic),
-        }
-    }
-
-    /// `--netns` argument selecting this namespace.
-    pub fn arg(&self) -> String {
-        self.inode.to_string()
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        drop(self.jobs.take());
-        if let Some(h) = self.handle.take() {
-            let _ = h.join();
-        }
-    }
-}
-
 /// A TCP or UDP socket, unbound.
 pub fn socket(v6: bool, udp: bool) -> Socket {
     let domain = if v6 { Domain::IPV6 } else { Domain::IPV4 };
@@ -395,66 +314,7 @@ pub fn assert_ours(ev: &Value, ns: &Netns) {
     assert_eq!(ev["uid"], 0, "{ev}");
 }
 
-/// A forked child that holds sockets until dropped: it runs `setup` in the
-/// caller's network namespace (start it inside `Netns::run`), reports
-/// success, and sleeps. Dropping it kills it, by its pid.
-///
-/// The child of a multi-threaded test process may only make plain system
-/// calls, so `setup` must not allocate: socket2 calls and libc only. A fork
-/// rather than python3 keeps these tests runnable in the VM.
-pub struct ForkHolder {
-    /// Its pid.
-    pub pid: u32,
-    reaped: bool,
-}
-
-impl ForkHolder {
-    /// Forks, runs `setup` in the child, and waits until it did.
-    pub fn start(setup: impl FnOnce() -> bool) -> ForkHolder {
-        let (r, w) = nix::unistd::pipe().unwrap();
-        // SAFETY: the child only makes system calls (see above) and never
-        // returns into the test harness.
-        match unsafe { nix::unistd::fork() }.unwrap() {
-            nix::unistd::ForkResult::Child => {
-                let ok = setup();
-                let _ = nix::unistd::write(&w, &[u8::from(ok)]);
-                loop {
-                    // SAFETY: pause has no preconditions.
-                    unsafe { libc::pause() };
-                }
-            }
-            nix::unistd::ForkResult::Parent { child } => {
-                drop(w);
-                let mut ok = [0u8];
-                let n = nix::unistd::read(&r, &mut ok).unwrap();
-                let holder = ForkHolder {
-                    pid: child.as_raw() as u32,
-                    reaped: false,
-                };
-                assert!(n == 1 && ok[0] == 1, "holder setup failed in the child");
-                holder
-            }
-        }
-    }
-
-    /// Kills it now and reaps it.
-    pub fn kill(&mut self) {
-        if !self.reaped {
-            let pid = nix::unistd::Pid::from_raw(self.pid as i32);
-            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
-            let _ = nix::sys::wait::waitpid(pid, None);
-            self.reaped = true;
-        }
-    }
-}
-
-impl Drop for ForkHolder {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-/// A socket bound to `addr` (and listening, for TCP), for `ForkHolder`
+/// A socket bound to `addr` (and listening, for TCP), for `Process::fork`
 /// setups; leaked on purpose, as the child holds it until it is killed.
 pub fn hold(addr: SocketAddr, udp: bool, prep: impl FnOnce(&Socket)) -> bool {
     let s = socket(addr.is_ipv6(), udp);

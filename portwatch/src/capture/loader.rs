@@ -9,16 +9,38 @@ use aya::{
     programs::{FExit, TracePoint},
     Ebpf, EbpfLoader,
 };
+use clap::ValueEnum;
 use portwatch_common::{
     Config, FILTER_CGROUP, FILTER_COMM, FILTER_NETNS, FILTER_PID, FILTER_PORT, FILTER_UID,
 };
 
-use crate::{
-    args::{ArgsSource, BackendChoice},
-    btf::Btf,
-    filter::Errno,
-    offsets,
-};
+use super::{btf::Btf, offsets};
+use crate::request::Errno;
+
+/// Which kernel hook captures the calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BackendChoice {
+    /// fexit when the kernel allows it, otherwise the syscall tracepoints.
+    Auto,
+    /// fexit on inet_bind/inet6_bind/inet_listen: no cost to other syscalls,
+    /// sees io_uring's binds; needs BPF trampolines (x86_64/arm64, 5.5+).
+    Fexit,
+    /// sys_enter/sys_exit tracepoints of bind and listen: works almost
+    /// everywhere; every syscall pays a little while attached.
+    Tracepoint,
+}
+
+/// How the tracepoint backend learns bind()'s arguments.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
+pub enum ArgsSource {
+    /// Saved registers when the kernel allows it, else entry pairing.
+    #[default]
+    Auto,
+    /// Read them at sys_exit from the task's saved registers (5.15+).
+    Regs,
+    /// Record them at sys_enter and pair by thread.
+    Entry,
+}
 
 /// The system cannot run portwatch (exit status 3), as opposed to a failure
 /// while running.

@@ -2,9 +2,14 @@
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand};
 
-use crate::filter::{self, Errno};
+use crate::{
+    capture::{ArgsSource, BackendChoice},
+    request::Errno,
+};
+
+pub mod values;
 
 const WATCH_EXAMPLES: &str = "\
 EXAMPLES:
@@ -49,36 +54,11 @@ pub enum Command {
     Watch(WatchArgs),
 }
 
-/// Which kernel hook captures the calls.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum BackendChoice {
-    /// fexit when the kernel allows it, otherwise the syscall tracepoints.
-    Auto,
-    /// fexit on inet_bind/inet6_bind/inet_listen: no cost to other syscalls,
-    /// sees io_uring's binds; needs BPF trampolines (x86_64/arm64, 5.5+).
-    Fexit,
-    /// sys_enter/sys_exit tracepoints of bind and listen: works almost
-    /// everywhere; every syscall pays a little while attached.
-    Tracepoint,
-}
-
-/// How the tracepoint backend learns bind()'s arguments.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
-pub enum ArgsSource {
-    /// Saved registers when the kernel allows it, else entry pairing.
-    #[default]
-    Auto,
-    /// Read them at sys_exit from the task's saved registers (5.15+).
-    Regs,
-    /// Record them at sys_enter and pair by thread.
-    Entry,
-}
-
 /// `portwatch watch`.
 #[derive(Debug, Args)]
 pub struct WatchArgs {
     /// Only these requested ports: comma lists and ranges (80,443,8000-8100); repeatable.
-    #[arg(long, value_name = "PORTS", value_parser = filter::parse_ports)]
+    #[arg(long, value_name = "PORTS", value_parser = values::parse_ports)]
     pub port: Vec<Vec<(u16, u16)>>,
 
     /// Only these processes (PIDs, comma separated); repeatable.
@@ -86,21 +66,21 @@ pub struct WatchArgs {
     pub pid: Vec<u32>,
 
     /// Only these users (numeric uids or names, comma separated); repeatable.
-    #[arg(long, value_name = "UID", value_delimiter = ',', value_parser = filter::parse_uid)]
+    #[arg(long, value_name = "UID", value_delimiter = ',', value_parser = values::parse_uid)]
     pub uid: Vec<u32>,
 
     /// Only processes in this cgroup v2: a path (absolute, or relative to the
     /// cgroup2 mount) or a cgroup id; repeatable.
-    #[arg(long, value_name = "CGROUP", value_parser = filter::parse_cgroup)]
+    #[arg(long, value_name = "CGROUP", value_parser = values::parse_cgroup)]
     pub cgroup: Vec<u64>,
 
     /// Only threads with this comm (at most 15 bytes, as the kernel keeps it); repeatable.
-    #[arg(long, value_name = "COMM", value_delimiter = ',', value_parser = filter::parse_comm)]
+    #[arg(long, value_name = "COMM", value_delimiter = ',', value_parser = values::parse_comm)]
     pub comm: Vec<[u8; 16]>,
 
     /// Only sockets in this network namespace: a path such as
     /// /run/netns/NAME or /proc/PID/ns/net, or its inode number; repeatable.
-    #[arg(long, value_name = "NETNS", value_parser = filter::parse_netns)]
+    #[arg(long, value_name = "NETNS", value_parser = values::parse_netns)]
     pub netns: Vec<u32>,
 
     /// Errors to report, by name or number (comma separated).
@@ -109,7 +89,7 @@ pub struct WatchArgs {
         value_name = "ERRNO",
         value_delimiter = ',',
         default_value = "EADDRINUSE",
-        value_parser = filter::parse_errno,
+        value_parser = values::parse_errno,
         conflicts_with = "all_errors"
     )]
     pub errno: Vec<Errno>,
@@ -137,7 +117,7 @@ pub struct WatchArgs {
     pub fold_window: u64,
 
     /// Kernel-to-user ring buffer size in KiB (a power of two, at least 4).
-    #[arg(long, value_name = "KIB", default_value_t = 1024, value_parser = filter::parse_ring_kib)]
+    #[arg(long, value_name = "KIB", default_value_t = 1024, value_parser = values::parse_ring_kib)]
     pub ring_size: u32,
 
     /// Seconds between reports of lost events on stderr (only when some were lost).

@@ -4,7 +4,7 @@
 use anyhow::{bail, Context as _, Result};
 use portwatch_common::{BitLoc, Offsets};
 
-use crate::btf::{Btf, BtfError, Field};
+use super::btf::{Btf, BtfError, Field};
 
 fn byte_offset(btf: &Btf, strukt: &str, path: &str) -> Result<u32, BtfError> {
     let field = btf.field(strukt, path)?;

@@ -2,16 +2,21 @@
 //! the failing socket's network namespace, each socket mapped to its owning
 //! processes through /proc.
 //!
-//! Runs on blocking threads, never on the ring buffer's reader: a slow /proc
-//! or netlink answer delays only the output of its own event (see `watch`).
+//! Blocking: `watch` runs it on blocking threads, never on the ring buffer's
+//! reader, so a slow /proc or netlink answer delays only the output of its
+//! own event (see `crate::pipeline`).
 
 use std::{io, net::SocketAddr, os::fd::AsFd, sync::Mutex, time::Duration};
 
-use crate::{
-    diagnose::{overlaps, Evidence, Holder, Seen, State},
-    event::{Event, Family, Proto, RecordedHolder, Syscall},
+use super::{
+    netns, overlaps,
     procs::{self, ProcCache, ProcInfo, SocketIndex},
     sockdiag::{self, DiagSocket},
+    sysctl, Evidence, Holder, Seen, State,
+};
+use crate::{
+    capture::KernelRecord,
+    request::{Errno, Family, Proto, Request, Syscall},
 };
 
 /// How stale the socket index may be before a lookup that found nothing
@@ -42,7 +47,7 @@ impl Enricher {
             index: Mutex::new(SocketIndex::new()),
             procs: Mutex::new(ProcCache::new()),
             bound_inactive,
-            own_netns: procs::current_netns(),
+            own_netns: netns::current_netns(),
             tick_ns: 1_000_000_000 / u64::try_from(hz).unwrap_or(100).max(1),
         }
     }
@@ -54,44 +59,45 @@ impl Enricher {
         }
     }
 
-    /// Everything known about `ev`'s failure.
-    pub fn evidence(&self, ev: &Event) -> Evidence {
-        let protocol = match ev.proto {
+    /// Everything known about what stands in the way of `req`.
+    pub fn evidence(&self, req: &Request) -> Evidence {
+        let protocol = match req.proto {
             Proto::Tcp => 6,
             Proto::Udp => 17,
             Proto::Other(_) => {
                 return Evidence {
                     blind: Some(format!(
                         "portwatch looks up TCP and UDP sockets, not {}",
-                        ev.proto.name()
+                        req.proto.name()
                     )),
-                    ..self.recorded_only(ev, true)
+                    ..self.recorded_only(req, true)
                 }
             }
         };
-        let in_use = ev.errno.is_some_and(|e| e.0 == libc::EADDRINUSE);
-        let port = (ev.port != 0).then_some(ev.port);
+        let in_use = req.errno_or_in_use() == Errno::ADDRINUSE;
+        let port = (req.port != 0).then_some(req.port);
         let bound_inactive = self.bound_inactive && protocol == 6;
-        let look = || -> (io::Result<Vec<DiagSocket>>, sockdiag::Sysctls) {
+        let look = || -> (io::Result<Vec<DiagSocket>>, sysctl::Sysctls) {
             let sockets = if in_use {
                 sockdiag::dump(protocol, port, bound_inactive)
             } else {
                 Ok(Vec::new())
             };
-            (sockets, sockdiag::sysctls())
+            (sockets, sysctl::sysctls())
         };
-        let looked = if Some(ev.netns) == self.own_netns {
+        let looked = if Some(req.netns) == self.own_netns {
             Ok(look())
         } else {
-            let mut candidates = vec![(ev.pid, ev.tid)];
-            if let Some(r) = &ev.recorded {
+            let mut candidates: Vec<(u32, u32)> =
+                req.caller.iter().map(|c| (c.pid, c.tid)).collect();
+            if let Some(r) = &req.record {
                 candidates.push((r.pid, r.pid));
             }
-            match procs::open_netns(ev.netns, &candidates) {
-                Some(ns) => sockdiag::in_netns(ns.as_fd(), look),
+            match netns::open_netns(req.netns, &candidates) {
+                Some(ns) => netns::in_netns(ns.as_fd(), look),
                 None => Err(io::Error::other(format!(
                     "no process is left in network namespace {}",
-                    ev.netns
+                    req.netns
                 ))),
             }
         };
@@ -103,16 +109,16 @@ impl Enricher {
                 return Evidence {
                     blind: Some(format!(
                         "the kernel has no sock_diag handler for {} (load the inet_diag and {}_diag modules)",
-                        ev.proto.name(),
-                        ev.proto.name()
+                        req.proto.name(),
+                        req.proto.name()
                     )),
-                    ..self.recorded_only(ev, true)
+                    ..self.recorded_only(req, true)
                 }
             }
             Ok((Err(e), _)) | Err(e) => {
                 return Evidence {
                     blind: Some(e.to_string()),
-                    ..self.recorded_only(ev, true)
+                    ..self.recorded_only(req, true)
                 }
             }
         };
@@ -135,17 +141,17 @@ impl Enricher {
             }
             return evidence;
         }
-        evidence.holders = self.holders(ev, &sockets);
+        evidence.holders = self.holders(req, &sockets);
         evidence
     }
 
     /// Evidence from the kernel's record alone, when sock_diag cannot be
     /// asked. `look`: whether /proc may be read to tell if the holder still
     /// runs (not after a lookup timed out: /proc may be what hangs).
-    pub fn recorded_only(&self, ev: &Event, look: bool) -> Evidence {
+    pub fn recorded_only(&self, req: &Request, look: bool) -> Evidence {
         let mut holders = Vec::new();
-        if let Some(r) = &ev.recorded {
-            if let Some(h) = self.recorded_holder(ev, r, look) {
+        if let Some(r) = &req.record {
+            if let Some(h) = self.recorded_holder(req, r, look) {
                 holders.push(h);
             }
         }
@@ -156,16 +162,16 @@ impl Enricher {
     }
 
     /// The sockets in the way of `ev`, merged with the kernel's record.
-    fn holders(&self, ev: &Event, sockets: &[DiagSocket]) -> Vec<Holder> {
-        let v6only = ev.opts.is_some_and(|o| o.v6only);
+    fn holders(&self, req: &Request, sockets: &[DiagSocket]) -> Vec<Holder> {
+        let v6only = req.v6only();
         // Where the holder most likely is: the recorded binder, the children
         // it forked (workers inherit the listening socket), the caller.
         let mut hints = Vec::new();
-        if let Some(r) = &ev.recorded {
+        if let Some(r) = &req.record {
             hints.push(r.pid);
-            hints.extend(children(r.pid));
+            hints.extend(procs::children(r.pid));
         }
-        hints.push(ev.pid);
+        hints.extend(req.caller.map(|c| c.pid));
         let mut holders: Vec<Holder> = Vec::new();
         let mut time_wait: Option<Holder> = None;
         for s in sockets {
@@ -173,13 +179,13 @@ impl Enricher {
                 continue;
             };
             let Some(cross_family) = overlaps(
-                (ev.family, ev.addr, v6only),
+                (req.family, req.addr, v6only),
                 (family, s.local.ip(), s.v6only),
             ) else {
                 continue;
             };
             // Bound-inactive sockets come as TCP_CLOSE (or 13): Bound.
-            let state = State::from_kernel(ev.proto, s.state);
+            let state = State::from_kernel(req.proto, s.state);
             if state == State::TimeWait {
                 let tw = time_wait.get_or_insert_with(|| Holder {
                     sockets: 0,
@@ -210,14 +216,17 @@ impl Enricher {
                     .unwrap_or_default()
             };
             // listen() failing: its own socket is bound to the port too.
-            if ev.syscall == Syscall::Listen && state == State::Bound && pids.contains(&ev.pid) {
+            if req.syscall == Syscall::Listen
+                && state == State::Bound
+                && req.caller.is_some_and(|c| pids.contains(&c.pid))
+            {
                 continue;
             }
-            self.own(&mut h, pids, ev.recorded.as_ref());
+            self.own(&mut h, pids, req.record.as_ref());
             holders.push(h);
         }
-        if let Some(r) = &ev.recorded {
-            self.merge_record(ev, r, &mut holders, time_wait.is_some());
+        if let Some(r) = &req.record {
+            self.merge_record(req, r, &mut holders, time_wait.is_some());
         }
         holders.sort_by_key(|h| rank(h.state));
         holders.extend(time_wait);
@@ -230,7 +239,7 @@ impl Enricher {
     }
 
     /// Fills the owner of a sock_diag socket from the processes holding it.
-    fn own(&self, h: &mut Holder, mut pids: Vec<u32>, recorded: Option<&RecordedHolder>) {
+    fn own(&self, h: &mut Holder, mut pids: Vec<u32>, recorded: Option<&KernelRecord>) {
         pids.sort_unstable();
         let infos: Vec<ProcInfo> = {
             let Ok(mut cache) = self.procs.lock() else {
@@ -258,14 +267,14 @@ impl Enricher {
     /// holder itself when it is gone by now.
     fn merge_record(
         &self,
-        ev: &Event,
-        r: &RecordedHolder,
+        req: &Request,
+        r: &KernelRecord,
         holders: &mut Vec<Holder>,
         time_wait: bool,
     ) {
         match r.state {
             Some(state) => {
-                let state = State::from_kernel(ev.proto, state);
+                let state = State::from_kernel(req.proto, state);
                 let same = holders
                     .iter_mut()
                     .find(|h| h.addr == r.addr && (h.pids.contains(&r.pid) || h.state == state));
@@ -277,7 +286,7 @@ impl Enricher {
                     }
                     // No process holds it by now: the record says who did.
                     if h.pid.is_none() {
-                        if let Some(k) = self.recorded_holder(ev, r, true) {
+                        if let Some(k) = self.recorded_holder(req, r, true) {
                             h.pid = k.pid;
                             h.comm = k.comm;
                             h.cmdline = k.cmdline;
@@ -295,16 +304,16 @@ impl Enricher {
             None if !(time_wait && holders.is_empty()) => return,
             None => {}
         }
-        if let Some(h) = self.recorded_holder(ev, r, true) {
+        if let Some(h) = self.recorded_holder(req, r, true) {
             holders.push(h);
         }
     }
 
     /// A holder described by the kernel's record alone.
-    fn recorded_holder(&self, ev: &Event, r: &RecordedHolder, look: bool) -> Option<Holder> {
+    fn recorded_holder(&self, req: &Request, r: &KernelRecord, look: bool) -> Option<Holder> {
         let v6only = r.opts.map(|o| o.v6only);
         let cross_family = overlaps(
-            (ev.family, ev.addr, ev.opts.is_some_and(|o| o.v6only)),
+            (req.family, req.addr, req.v6only()),
             (r.family, r.addr, v6only),
         );
         // A record that no longer overlaps the request is not in the way.
@@ -314,7 +323,7 @@ impl Enricher {
         };
         let state = r
             .state
-            .map_or(State::Closed, |s| State::from_kernel(ev.proto, s));
+            .map_or(State::Closed, |s| State::from_kernel(req.proto, s));
         // Read afresh, not from the cache: this is the one question the
         // cache could answer wrong. A process started after the record is
         // a reused pid, not the holder.
@@ -333,7 +342,7 @@ impl Enricher {
             uid: Some(r.uid),
             state,
             addr: r.addr,
-            port: ev.port,
+            port: req.port,
             exited: look && alive.is_none(),
             unit: alive.as_ref().and_then(|p| p.unit.clone()),
             container: alive.as_ref().and_then(|p| p.container.clone()),
@@ -348,16 +357,6 @@ impl Enricher {
             seen: Seen::Kernel,
         })
     }
-}
-
-/// Children of `pid` (its main thread's), at most 64.
-fn children(pid: u32) -> Vec<u32> {
-    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
-        .unwrap_or_default()
-        .split_ascii_whitespace()
-        .filter_map(|p| p.parse().ok())
-        .take(64)
-        .collect()
 }
 
 /// A holder for socket `s` before its owner is known.

@@ -1,13 +1,7 @@
-//! Which sockets hold a port: NETLINK_SOCK_DIAG (inet_diag) dumps, plus the
-//! network-namespace plumbing needed to ask the right namespace.
+//! Which sockets hold a port: NETLINK_SOCK_DIAG (inet_diag) dumps in the
+//! calling thread's network namespace (see `holders::netns` to pick one).
 
-use std::{
-    fs::File,
-    io,
-    net::SocketAddr,
-    os::fd::{AsRawFd, BorrowedFd},
-    time::Duration,
-};
+use std::{io, net::SocketAddr, os::fd::AsRawFd, time::Duration};
 
 use netlink_packet_core::{
     NetlinkBuffer, NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_DUMP, NLM_F_REQUEST,
@@ -18,7 +12,6 @@ use netlink_packet_sock_diag::{
     SockDiagMessage,
 };
 use netlink_sys::{protocols::NETLINK_SOCK_DIAG, Socket};
-use nix::sched::{setns, CloneFlags};
 
 /// One socket as inet_diag reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -346,114 +339,17 @@ fn invalid_data(e: impl ToString) -> io::Error {
     )
 }
 
-/// Runs `f` with the calling thread moved into the network namespace `ns`
-/// (an open `/proc/PID/ns/net` or `/proc/PID/task/TID/ns/net`), then moves it
-/// back to the namespace it was in, also when `f` panics.
-///
-/// Only the calling thread moves. Sockets opened inside `f` stay in `ns` for
-/// their whole life, and `/proc/sys` read inside `f` shows `ns` (see
-/// [`sysctls`]). An error after `f` ran means the thread could not move back
-/// and is still in `ns`.
-pub fn in_netns<T>(ns: BorrowedFd<'_>, f: impl FnOnce() -> T) -> io::Result<T> {
-    // thread-self, not self: namespaces are per thread, and this thread may
-    // already be somewhere else than the main one.
-    let home = File::open("/proc/thread-self/ns/net")?;
-    setns(ns, CloneFlags::CLONE_NEWNET)?;
-    let guard = NetnsGuard { home: Some(home) };
-    let value = f();
-    guard.restore()?;
-    Ok(value)
-}
-
-/// Moves the thread back to `home` when dropped.
-struct NetnsGuard {
-    home: Option<File>,
-}
-
-impl NetnsGuard {
-    fn restore(mut self) -> io::Result<()> {
-        match self.home.take() {
-            Some(home) => Ok(setns(home, CloneFlags::CLONE_NEWNET)?),
-            None => Ok(()),
-        }
-    }
-}
-
-impl Drop for NetnsGuard {
-    fn drop(&mut self) {
-        // Only reached without `restore` while unwinding from a panic in `f`,
-        // where there is no way to report a failure.
-        if let Some(home) = self.home.take() {
-            let _ = setns(home, CloneFlags::CLONE_NEWNET);
-        }
-    }
-}
-
-/// Per-netns sysctls that explain bind failures, read in the calling thread's
-/// network namespace; `None` for any that cannot be read or parsed.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Sysctls {
-    /// `net.ipv4.ip_local_port_range`: ephemeral ports for both families.
-    pub local_port_range: Option<(u16, u16)>,
-    /// `net.ipv4.ip_unprivileged_port_start`: lowest port binding without
-    /// `CAP_NET_BIND_SERVICE`.
-    pub unprivileged_port_start: Option<u32>,
-    /// `net.ipv4.ip_nonlocal_bind`.
-    pub nonlocal_bind_v4: Option<bool>,
-    /// `net.ipv6.ip_nonlocal_bind`.
-    pub nonlocal_bind_v6: Option<bool>,
-}
-
-/// Reads [`Sysctls`] from `/proc/sys` in the calling thread's network
-/// namespace, so call it inside [`in_netns`] to read another namespace's.
-pub fn sysctls() -> Sysctls {
-    Sysctls {
-        local_port_range: read_sysctl("net/ipv4/ip_local_port_range").and_then(|s| {
-            let mut ports = s.split_whitespace().map(str::parse);
-            match (ports.next(), ports.next(), ports.next()) {
-                (Some(Ok(low)), Some(Ok(high)), None) => Some((low, high)),
-                _ => None,
-            }
-        }),
-        unprivileged_port_start: read_sysctl("net/ipv4/ip_unprivileged_port_start")
-            .and_then(|s| s.parse().ok()),
-        nonlocal_bind_v4: read_sysctl("net/ipv4/ip_nonlocal_bind").and_then(|s| parse_bool(&s)),
-        nonlocal_bind_v6: read_sysctl("net/ipv6/ip_nonlocal_bind").and_then(|s| parse_bool(&s)),
-    }
-}
-
-/// Measured on Linux 6.18: `/proc/sys/net` resolves against the netns of the
-/// thread that opens the file, so a thread that did `setns` reads its new
-/// namespace even when the main thread is elsewhere. `/proc/self/net` (and
-/// `/proc/net`) differ: they follow the main thread; `/proc/thread-self/net`
-/// would be needed there.
-fn read_sysctl(name: &str) -> Option<String> {
-    let value = std::fs::read_to_string(format!("/proc/sys/{name}")).ok()?;
-    Some(value.trim().to_owned())
-}
-
-fn parse_bool(value: &str) -> Option<bool> {
-    match value {
-        "0" => Some(false),
-        "1" => Some(true),
-        _ => None,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::{
         io::Read,
         net::{TcpListener, TcpStream, UdpSocket},
-        os::{
-            fd::{AsFd, OwnedFd},
-            unix::fs::MetadataExt,
-        },
-        panic::AssertUnwindSafe,
+        os::unix::fs::MetadataExt,
         time::Instant,
     };
 
     use netlink_packet_sock_diag::SOCK_DIAG_BY_FAMILY;
+    use portwatch_test_support::{in_fresh_netns, inode_of};
     use socket2::{Domain, Type};
 
     use super::*;
@@ -463,46 +359,6 @@ mod tests {
     const LISTEN: u8 = 10;
     const ESTABLISHED: u8 = 1;
     const TIME_WAIT: u8 = 6;
-
-    fn enter_fresh_netns() {
-        nix::sched::unshare(CloneFlags::CLONE_NEWNET).expect("unshare(CLONE_NEWNET)");
-        // A child spawned from this thread inherits its netns.
-        let status = std::process::Command::new("ip")
-            .args(["link", "set", "lo", "up"])
-            .status()
-            .expect("run ip");
-        assert!(status.success(), "ip link set lo up: {status}");
-    }
-
-    /// Runs `f` on a new thread sitting in a new network namespace.
-    fn in_fresh_netns<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
-        std::thread::spawn(move || {
-            enter_fresh_netns();
-            f()
-        })
-        .join()
-        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-    }
-
-    /// A new network namespace, kept alive by the returned fd, set up by `f`.
-    fn netns_with<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> (OwnedFd, T) {
-        in_fresh_netns(|| {
-            let value = f();
-            let ns = File::open("/proc/thread-self/ns/net").expect("open own netns");
-            (ns.into(), value)
-        })
-    }
-
-    fn thread_netns_inode() -> u64 {
-        std::fs::metadata("/proc/thread-self/ns/net")
-            .expect("stat own netns")
-            .ino()
-    }
-
-    fn inode_of(fd: &impl AsFd) -> u32 {
-        let ino = nix::sys::stat::fstat(fd.as_fd()).expect("fstat").st_ino;
-        ino.try_into().expect("socket inode fits u32")
-    }
 
     fn my_uid() -> u32 {
         std::fs::metadata("/proc/self")
@@ -720,70 +576,6 @@ mod tests {
     fn unsupported_protocol() {
         let err = dump(1, None, false).expect_err("ICMP is not supported");
         assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
-    }
-
-    #[test]
-    fn in_netns_queries_the_other_namespace() {
-        let (ns_a, listener) = netns_with(|| TcpListener::bind("127.0.0.1:8500").expect("bind"));
-        in_fresh_netns(move || {
-            assert!(dump(TCP, Some(8500), false).expect("dump").is_empty());
-            let got = in_netns(ns_a.as_fd(), || dump(TCP, Some(8500), false))
-                .expect("in_netns")
-                .expect("dump");
-            assert_eq!(only(got).inode, inode_of(&listener));
-            assert!(dump(TCP, Some(8500), false).expect("dump").is_empty());
-        });
-    }
-
-    #[test]
-    fn in_netns_returns_home() {
-        let (ns_a, ()) = netns_with(|| ());
-        in_fresh_netns(move || {
-            let home = thread_netns_inode();
-            let a = nix::sys::stat::fstat(ns_a.as_fd()).expect("fstat").st_ino;
-            assert_ne!(home, a);
-
-            let inside = in_netns(ns_a.as_fd(), thread_netns_inode).expect("in_netns");
-            assert_eq!(inside, a);
-            assert_eq!(thread_netns_inode(), home);
-
-            let panicked = std::panic::catch_unwind(AssertUnwindSafe(|| {
-                in_netns(ns_a.as_fd(), || panic!("deliberate panic inside in_netns"))
-            }));
-            assert!(panicked.is_err());
-            assert_eq!(thread_netns_inode(), home);
-        });
-    }
-
-    #[test]
-    fn sysctls_follow_the_thread_netns() {
-        let (ns_a, ()) = netns_with(|| {
-            // The range must start at or above ip_unprivileged_port_start,
-            // which must stay below it: set the range first.
-            for (name, value) in [
-                ("net/ipv4/ip_local_port_range", "40000 40100"),
-                ("net/ipv4/ip_unprivileged_port_start", "555"),
-                ("net/ipv4/ip_nonlocal_bind", "1"),
-                ("net/ipv6/ip_nonlocal_bind", "1"),
-            ] {
-                std::fs::write(format!("/proc/sys/{name}"), value).expect(name);
-            }
-        });
-        let tuned = Sysctls {
-            local_port_range: Some((40000, 40100)),
-            unprivileged_port_start: Some(555),
-            nonlocal_bind_v4: Some(true),
-            nonlocal_bind_v6: Some(true),
-        };
-        in_fresh_netns(move || {
-            let here = sysctls();
-            assert!(here.local_port_range.is_some(), "{here:?}");
-            assert_eq!(here.nonlocal_bind_v4, Some(false));
-            assert_ne!(here, tuned);
-
-            assert_eq!(in_netns(ns_a.as_fd(), sysctls).expect("in_netns"), tuned);
-            assert_eq!(sysctls(), here);
-        });
     }
 
     /// One netlink message: header, then `payload` padded to 4 bytes.

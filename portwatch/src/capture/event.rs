@@ -2,15 +2,16 @@
 
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
-    time::{Duration, SystemTime},
+    time::SystemTime,
 };
 
 use bytes::Buf;
 use portwatch_common as common;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::filter::Errno;
+use super::Clock;
+use crate::request::{Caller, Errno, Family, Opts, Proto, Request, Syscall};
 
 /// A record the loader cannot trust.
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -28,50 +29,8 @@ pub enum DecodeError {
     },
 }
 
-/// Which call failed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Syscall {
-    /// bind()
-    Bind,
-    /// listen()
-    Listen,
-}
-
-impl Syscall {
-    /// "bind" or "listen".
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Bind => "bind",
-            Self::Listen => "listen",
-        }
-    }
-
-    /// The code the eBPF programs use (`SYSCALL_*`).
-    pub fn code(self) -> u8 {
-        match self {
-            Self::Bind => common::SYSCALL_BIND,
-            Self::Listen => common::SYSCALL_LISTEN,
-        }
-    }
-}
-
-impl TryFrom<u8> for Syscall {
-    type Error = DecodeError;
-    fn try_from(v: u8) -> Result<Self, DecodeError> {
-        match v {
-            common::SYSCALL_BIND => Ok(Self::Bind),
-            common::SYSCALL_LISTEN => Ok(Self::Listen),
-            _ => Err(DecodeError::Unknown {
-                field: "syscall",
-                value: v.into(),
-            }),
-        }
-    }
-}
-
 /// Which hook saw it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Source {
     /// Syscall tracepoints.
@@ -94,141 +53,12 @@ impl TryFrom<u8> for Source {
     }
 }
 
-/// Address family.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Family {
-    /// AF_INET
-    Ipv4,
-    /// AF_INET6
-    Ipv6,
-}
-
-impl TryFrom<u16> for Family {
-    type Error = DecodeError;
-    fn try_from(v: u16) -> Result<Self, DecodeError> {
-        match v {
-            common::AF_INET => Ok(Self::Ipv4),
-            common::AF_INET6 => Ok(Self::Ipv6),
-            _ => Err(DecodeError::Unknown {
-                field: "family",
-                value: v.into(),
-            }),
-        }
-    }
-}
-
-/// Transport protocol: names for the common ones, the IPPROTO number otherwise.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Proto {
-    /// IPPROTO_TCP
-    Tcp,
-    /// IPPROTO_UDP
-    Udp,
-    /// Anything else (raw, SCTP, MPTCP, UDP-Lite...).
-    Other(u16),
-}
-
-impl From<u16> for Proto {
-    fn from(v: u16) -> Self {
-        match v {
-            6 => Self::Tcp,
-            17 => Self::Udp,
-            n => Self::Other(n),
-        }
-    }
-}
-
-impl Proto {
-    /// The IPPROTO number.
-    pub fn code(self) -> u16 {
-        match self {
-            Self::Tcp => 6,
-            Self::Udp => 17,
-            Self::Other(n) => n,
-        }
-    }
-
-    /// "tcp", "udp", or the protocol number.
-    pub fn name(self) -> String {
-        match self {
-            Self::Tcp => "tcp".into(),
-            Self::Udp => "udp".into(),
-            Self::Other(132) => "sctp".into(),
-            Self::Other(136) => "udplite".into(),
-            Self::Other(262) => "mptcp".into(),
-            Self::Other(n) => format!("ip{n}"),
-        }
-    }
-}
-
-impl Serialize for Proto {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.name())
-    }
-}
-
-/// Socket options in force when the call returned.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-pub struct Opts {
-    /// SO_REUSEADDR
-    pub reuseaddr: bool,
-    /// SO_REUSEPORT
-    pub reuseport: bool,
-    /// IPV6_V6ONLY
-    pub v6only: bool,
-    /// IP_FREEBIND
-    pub freebind: bool,
-    /// IP_TRANSPARENT
-    pub transparent: bool,
-    /// IP_BIND_ADDRESS_NO_PORT
-    pub bind_address_no_port: bool,
-}
-
-impl Opts {
-    fn from_bits(bits: u8) -> Option<Self> {
-        (bits & common::OPT_VALID != 0).then_some(Self {
-            reuseaddr: bits & common::OPT_REUSEADDR != 0,
-            reuseport: bits & common::OPT_REUSEPORT != 0,
-            v6only: bits & common::OPT_V6ONLY != 0,
-            freebind: bits & common::OPT_FREEBIND != 0,
-            transparent: bits & common::OPT_TRANSPARENT != 0,
-            bind_address_no_port: bits & common::OPT_BIND_ADDRESS_NO_PORT != 0,
-        })
-    }
-
-    /// The names of the options that are set.
-    pub fn names(&self) -> Vec<&'static str> {
-        [
-            (self.reuseaddr, "reuseaddr"),
-            (self.reuseport, "reuseport"),
-            (self.v6only, "v6only"),
-            (self.freebind, "freebind"),
-            (self.transparent, "transparent"),
-            (self.bind_address_no_port, "bind_address_no_port"),
-        ]
-        .into_iter()
-        .filter_map(|(set, name)| set.then_some(name))
-        .collect()
-    }
-}
-
-fn serialize_errno<S: serde::Serializer>(e: &Option<Errno>, s: S) -> Result<S::Ok, S::Error> {
-    match e {
-        Some(e) => s.serialize_str(&e.name()),
-        None => s.serialize_none(),
-    }
-}
-
-fn serialize_ts<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
-    s.collect_str(&humantime::format_rfc3339_nanos(*t))
-}
-
-/// One captured call, checked and decoded. Serialises to the README's NDJSON schema.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// One captured call, checked and decoded: the event part of the NDJSON
+/// schema (`crate::output::json`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Event {
     /// Wall-clock time of the return.
-    #[serde(serialize_with = "serialize_ts")]
+    #[serde(with = "crate::output::json::rfc3339")]
     pub ts: SystemTime,
     /// Process id.
     pub pid: u32,
@@ -247,7 +77,6 @@ pub struct Event {
     /// bind or listen.
     pub syscall: Syscall,
     /// The error, `None` for a success.
-    #[serde(serialize_with = "serialize_errno")]
     pub errno: Option<Errno>,
     /// The raw return value.
     pub ret: i32,
@@ -275,47 +104,56 @@ pub struct Event {
     /// The port's holder as the kernel recorded it (enrichment reports it
     /// under `holders`).
     #[serde(skip)]
-    pub recorded: Option<RecordedHolder>,
+    pub record: Option<KernelRecord>,
 }
 
-/// Converts CLOCK_BOOTTIME stamps to wall-clock time.
-#[derive(Debug, Clone, Copy)]
-pub struct Clock {
-    /// Wall clock minus boot time, sampled together.
-    realtime_minus_boot: Duration,
+impl Event {
+    /// The request this call made, for holder lookup and diagnosis.
+    pub fn request(&self) -> Request {
+        Request {
+            netns: self.netns,
+            proto: self.proto,
+            family: self.family,
+            addr: self.addr,
+            port: self.port,
+            opts: self.opts,
+            syscall: self.syscall,
+            errno: self.errno,
+            caller: Some(Caller {
+                pid: self.pid,
+                tid: self.tid,
+                uid: self.uid,
+            }),
+            record: self.record.clone(),
+        }
+    }
 }
 
-impl Clock {
-    /// Samples both clocks now.
-    pub fn now() -> Self {
-        let boot = nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME)
-            .map(Duration::from)
-            .unwrap_or_default();
-        let real = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap_or_default();
-        Self {
-            realtime_minus_boot: real.saturating_sub(boot),
+impl TryFrom<u8> for Syscall {
+    type Error = DecodeError;
+    fn try_from(v: u8) -> Result<Self, DecodeError> {
+        match v {
+            common::SYSCALL_BIND => Ok(Self::Bind),
+            common::SYSCALL_LISTEN => Ok(Self::Listen),
+            _ => Err(DecodeError::Unknown {
+                field: "syscall",
+                value: v.into(),
+            }),
         }
     }
+}
 
-    /// `fresh` if the wall clock was stepped since `current` (by more than a
-    /// millisecond), else `current`: resampling at every drain would let
-    /// the jitter between the two clock reads order events backwards.
-    pub fn follow(current: Option<Self>, fresh: Self) -> Self {
-        match current {
-            Some(c)
-                if c.realtime_minus_boot.abs_diff(fresh.realtime_minus_boot)
-                    <= Duration::from_millis(1) =>
-            {
-                c
-            }
-            _ => fresh,
+impl TryFrom<u16> for Family {
+    type Error = DecodeError;
+    fn try_from(v: u16) -> Result<Self, DecodeError> {
+        match v {
+            common::AF_INET => Ok(Self::Ipv4),
+            common::AF_INET6 => Ok(Self::Ipv6),
+            _ => Err(DecodeError::Unknown {
+                field: "family",
+                value: v.into(),
+            }),
         }
-    }
-
-    fn wall(self, boot_ns: u64) -> SystemTime {
-        SystemTime::UNIX_EPOCH + self.realtime_minus_boot + Duration::from_nanos(boot_ns)
     }
 }
 
@@ -349,7 +187,7 @@ fn raw(mut b: &[u8]) -> Result<common::Event, DecodeError> {
     };
     b.copy_to_slice(&mut ev.comm);
     b.copy_to_slice(&mut ev.addr);
-    let h = &mut ev.holder;
+    let h = &mut ev.record;
     h.ts_boot_ns = b.get_u64_le();
     h.pid = b.get_u32_le();
     h.uid = b.get_u32_le();
@@ -379,7 +217,7 @@ impl Event {
     pub fn decode(bytes: &[u8], clock: Clock) -> Result<Self, DecodeError> {
         let r = raw(bytes)?;
         let family = Family::try_from(r.family)?;
-        let recorded = RecordedHolder::decode(&r.holder)?;
+        let record = KernelRecord::decode(&r.record)?;
         Ok(Self {
             ts: clock.wall(r.ts_boot_ns),
             pid: r.pid,
@@ -402,7 +240,7 @@ impl Event {
             opts: Opts::from_bits(r.opts),
             folded: r.folded,
             source: Source::try_from(r.source)?,
-            recorded,
+            record,
         })
     }
 }
@@ -410,7 +248,7 @@ impl Event {
 /// The holder the kernel recorded for the failing call's port, checked at
 /// the moment of the failure: the only witness once the holder has exited.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RecordedHolder {
+pub struct KernelRecord {
     /// Process that bound the port or started listening on it.
     pub pid: u32,
     /// Its real uid.
@@ -431,8 +269,8 @@ pub struct RecordedHolder {
     pub opts: Option<Opts>,
 }
 
-impl RecordedHolder {
-    fn decode(h: &common::KernelHolder) -> Result<Option<Self>, DecodeError> {
+impl KernelRecord {
+    fn decode(h: &common::Record) -> Result<Option<Self>, DecodeError> {
         match h.how {
             common::HOW_NONE => return Ok(None),
             common::HOW_BIND | common::HOW_LISTEN => {}
@@ -460,6 +298,8 @@ impl RecordedHolder {
 
 #[cfg(test)]
 pub(crate) mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     /// The bytes the eBPF side would write for `ev`.
@@ -500,7 +340,7 @@ pub(crate) mod tests {
             _pad: 0,
             comm,
             addr: [127, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
-            holder: common::KernelHolder {
+            record: common::Record {
                 ts_boot_ns: 500_000_000,
                 pid: 100,
                 uid: 33,
@@ -516,9 +356,7 @@ pub(crate) mod tests {
     }
 
     fn clock() -> Clock {
-        Clock {
-            realtime_minus_boot: Duration::from_secs(1_800_000_000),
-        }
+        Clock::fixed(Duration::from_secs(1_800_000_000))
     }
 
     #[test]
@@ -545,7 +383,7 @@ pub(crate) mod tests {
     #[test]
     fn decodes_the_recorded_holder() {
         let ev = Event::decode(&encode(&sample()), clock()).unwrap();
-        let h = ev.recorded.unwrap();
+        let h = ev.record.unwrap();
         assert_eq!((h.pid, h.uid, h.comm.as_str()), (100, 33, "old"));
         assert_eq!(h.state, Some(10));
         assert_eq!(h.addr.to_string(), "0.0.0.0");
@@ -553,39 +391,17 @@ pub(crate) mod tests {
         assert_eq!(h.boot_ns, 500_000_000);
         // A socket closed since it was recorded: no state, no options.
         let mut raw = sample();
-        raw.holder.state = 0;
+        raw.record.state = 0;
         let h = Event::decode(&encode(&raw), clock())
             .unwrap()
-            .recorded
+            .record
             .unwrap();
         assert_eq!((h.state, h.opts), (None, None));
         // No record at all.
-        raw.holder = common::KernelHolder::default();
-        assert_eq!(
-            Event::decode(&encode(&raw), clock()).unwrap().recorded,
-            None
-        );
-        raw.holder.how = 9;
+        raw.record = common::Record::default();
+        assert_eq!(Event::decode(&encode(&raw), clock()).unwrap().record, None);
+        raw.record.how = 9;
         assert!(Event::decode(&encode(&raw), clock()).is_err());
-    }
-
-    #[test]
-    fn clock_ignores_jitter_and_follows_steps() {
-        let at = |us: u64| Clock {
-            realtime_minus_boot: Duration::from_micros(us),
-        };
-        assert_eq!(
-            Clock::follow(Some(at(1000)), at(1040)).realtime_minus_boot,
-            at(1000).realtime_minus_boot
-        );
-        assert_eq!(
-            Clock::follow(Some(at(1000)), at(9000)).realtime_minus_boot,
-            at(9000).realtime_minus_boot
-        );
-        assert_eq!(
-            Clock::follow(None, at(5)).realtime_minus_boot,
-            at(5).realtime_minus_boot
-        );
     }
 
     #[test]

@@ -1,0 +1,156 @@
+//! `portwatch watch`: load, attach, then stream events until told to stop.
+
+use std::{
+    io::{self, Write},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use anyhow::{anyhow, Context as _, Result};
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::{
+    capture::{Session, Settings},
+    cli::WatchArgs,
+    holders::Enricher,
+    output::{text, Format, Notice, Notices, Summary},
+    pipeline::{self, Pipeline, BATCH},
+};
+
+fn settings(args: &WatchArgs) -> Settings {
+    Settings {
+        errnos: args.errno.clone(),
+        all_errors: args.all_errors,
+        success: args.all,
+        ports: args.port.iter().flatten().copied().collect(),
+        pids: args.pid.clone(),
+        uids: args.uid.clone(),
+        cgroups: args.cgroup.clone(),
+        comms: args.comm.clone(),
+        netns: args.netns.clone(),
+        fold_window_ns: args.fold_window.saturating_mul(1_000_000),
+        ring_bytes: args.ring_size * 1024,
+        btf: args.btf.clone(),
+        args_source: args.tracepoint_args,
+        track_holders: !args.no_holders,
+    }
+}
+
+/// Runs `portwatch watch` until SIGINT/SIGTERM or stdout closes.
+pub async fn run(args: WatchArgs) -> Result<()> {
+    let started = Instant::now();
+    let format = if args.json {
+        Format::Json
+    } else {
+        Format::Human
+    };
+    let notices = Notices { format };
+    let mut session = Session::start(&settings(&args), args.backend)?;
+    if let Some(path) = session.mounted_tracefs {
+        notices.say(&Notice::Mount {
+            fs: "tracefs".into(),
+            path: path.into(),
+        });
+    }
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut ticker = tokio::time::interval(Duration::from_secs(args.stats_interval));
+    ticker.tick().await;
+
+    let enricher = (!args.no_holders).then(|| Arc::new(Enricher::new(session.bound_inactive_dump)));
+    if let Some(e) = &enricher {
+        let e = e.clone();
+        // The first failures should not pay for walking /proc.
+        tokio::task::spawn_blocking(move || e.warm());
+    }
+    let startup_ms = started.elapsed().as_millis() as u64;
+    notices.say(&Notice::Backend {
+        backend: session.backend.name().into(),
+        why: session.why.clone(),
+    });
+    if let Some(note) = &session.holders_note {
+        notices.say(&Notice::Degraded {
+            what: "listener_record".into(),
+            why: note.clone(),
+        });
+    }
+    if format == Format::Human {
+        let mut out = io::stdout().lock();
+        writeln!(out, "{}", text::HEADER)?;
+        out.flush()?;
+    }
+    let (mut pipeline, mut writing) = Pipeline::start(
+        pipeline::Options {
+            enricher,
+            format,
+            timeout: Duration::from_millis(args.lookup_timeout),
+            delay: Duration::from_millis(args.enrich_delay),
+        },
+        Box::new(io::stdout()),
+    );
+    notices.say(&Notice::Ready {
+        backend: Some(session.backend.name().into()),
+        startup_ms,
+    });
+
+    let mut batch = Vec::with_capacity(BATCH);
+    let mut lost_reported = 0;
+    let mut written = None;
+    loop {
+        tokio::select! {
+            read = session.read(&mut batch, BATCH) => {
+                read?;
+                pipeline.submit(&mut batch).await;
+            }
+            // The writer only ends early when stdout fails.
+            done = &mut writing => {
+                written = Some(done);
+                break;
+            }
+            _ = sigint.recv() => break,
+            _ = sigterm.recv() => break,
+            _ = ticker.tick() => {
+                let lost = session.counters().lost;
+                if lost > lost_reported {
+                    notices.say(&Notice::Lost {
+                        lost: lost - lost_reported,
+                        total_lost: lost,
+                        seconds: args.stats_interval,
+                    });
+                    lost_reported = lost;
+                }
+            }
+        }
+    }
+
+    // Detach first: from here on the counters and fold table are final.
+    session.detach();
+    // Still account for what was in flight, even when stdout is gone.
+    loop {
+        let drained = session.read_rest(&mut batch, BATCH);
+        pipeline.submit(&mut batch).await;
+        if drained {
+            break;
+        }
+    }
+    drop(pipeline);
+    let written = match written {
+        Some(w) => w,
+        None => writing.await,
+    };
+    let timeouts = match written.map_err(|e| anyhow!("the writer failed: {e}"))? {
+        Ok(n) => n,
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => 0,
+        Err(e) => return Err(e).context("writing events"),
+    };
+    let finish = session.finish();
+    for repeat in &finish.repeats {
+        notices.say(&Notice::Repeat(repeat.clone()));
+    }
+    notices.say(&Notice::Summary(Summary::new(
+        started.elapsed().as_secs_f64(),
+        &finish,
+        timeouts,
+    )));
+    Ok(())
+}

@@ -1,0 +1,303 @@
+//! Who holds a port: the holder model, and how it is found.
+//!
+//! [`enrich::Enricher`] turns a [`Request`](crate::request::Request) into
+//! [`Evidence`]: the sockets in its way found by `sockdiag` in the right
+//! network namespace (`netns`), their owning processes from /proc (`procs`),
+//! the namespace's sysctls (`sysctl`), merged with the kernel's record of the
+//! port's last binder when a tracer was running. No eBPF is needed here.
+
+pub mod enrich;
+pub mod netns;
+pub mod procs;
+pub mod sockdiag;
+pub mod sysctl;
+
+use std::{net::IpAddr, str::FromStr};
+
+use serde::{Deserialize, Serialize};
+
+pub use enrich::Enricher;
+pub use sysctl::Sysctls;
+
+use crate::request::{Family, Proto};
+
+/// A socket's state as users know it from `ss`/`netstat`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    /// TCP LISTEN.
+    Listen,
+    /// TCP TIME_WAIT: a closed connection's leftover.
+    TimeWait,
+    /// TCP socket bound to the port but neither listening nor connected.
+    Bound,
+    /// A UDP socket bound to the port.
+    Udp,
+    /// A TCP connection (ESTABLISHED, CLOSE_WAIT, SYN_RECV, FIN_WAIT...):
+    /// the kernel's state number.
+    Connection(u8),
+    /// The recorded holder's socket had closed before the failure.
+    Closed,
+}
+
+impl State {
+    /// From a kernel state number (include/net/tcp_states.h).
+    pub fn from_kernel(proto: Proto, state: u8) -> Self {
+        match (proto, state) {
+            (Proto::Udp, _) => Self::Udp,
+            (_, 10) => Self::Listen,
+            (_, 6) => Self::TimeWait,
+            // TCP_CLOSE with a port, or the TCP_BOUND_INACTIVE pseudo-state.
+            (_, 7 | 13) => Self::Bound,
+            (_, n) => Self::Connection(n),
+        }
+    }
+
+    /// The name shown: the kernel's TCP state name, or BOUND / UDP / CLOSED.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Listen => "LISTEN",
+            Self::TimeWait => "TIME_WAIT",
+            Self::Bound => "BOUND",
+            Self::Udp => "UDP",
+            Self::Closed => "CLOSED",
+            Self::Connection(n) => match n {
+                1 => "ESTABLISHED",
+                2 => "SYN_SENT",
+                3 => "SYN_RECV",
+                4 => "FIN_WAIT1",
+                5 => "FIN_WAIT2",
+                8 => "CLOSE_WAIT",
+                9 => "LAST_ACK",
+                11 => "CLOSING",
+                12 => "NEW_SYN_RECV",
+                _ => "UNKNOWN",
+            },
+        }
+    }
+}
+
+impl FromStr for State {
+    type Err = String;
+
+    /// The inverse of [`State::name`].
+    fn from_str(s: &str) -> Result<Self, String> {
+        Ok(match s {
+            "LISTEN" => Self::Listen,
+            "TIME_WAIT" => Self::TimeWait,
+            "BOUND" => Self::Bound,
+            "UDP" => Self::Udp,
+            "CLOSED" => Self::Closed,
+            _ => (1..=12)
+                .map(Self::Connection)
+                .find(|c| c.name() == s)
+                .ok_or_else(|| format!("unknown socket state '{s}'"))?,
+        })
+    }
+}
+
+impl Serialize for State {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
+    }
+}
+
+impl<'de> Deserialize<'de> for State {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// Where a holder's description came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Seen {
+    /// The kernel's record, taken at the failure.
+    Kernel,
+    /// sock_diag after the failure.
+    SockDiag,
+    /// Both, and they agree on the socket.
+    KernelAndSockDiag,
+}
+
+/// One socket (or a group of TIME_WAIT leftovers) in the way, with its owner.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Holder {
+    /// The process that owns it: the recorded binder if it still holds it,
+    /// else the eldest sharer. None for TIME_WAIT (owned by the kernel).
+    pub pid: Option<u32>,
+    /// Its comm (untrusted).
+    pub comm: Option<String>,
+    /// Its full command line (untrusted), when it still runs.
+    pub cmdline: Option<String>,
+    /// Socket owner uid.
+    pub uid: Option<u32>,
+    /// LISTEN, TIME_WAIT, BOUND, UDP, ESTABLISHED...
+    pub state: State,
+    /// Bound address.
+    pub addr: IpAddr,
+    /// Bound port.
+    pub port: u16,
+    /// The owner has exited (known from the kernel's record only).
+    pub exited: bool,
+    /// systemd unit of the owner, from its cgroup.
+    pub unit: Option<String>,
+    /// Container id of the owner, from its cgroup.
+    pub container: Option<String>,
+    /// Every process holding the socket (forked workers share it).
+    pub pids: Vec<u32>,
+    /// How many sockets this entry stands for (TIME_WAIT leftovers are grouped).
+    pub sockets: u32,
+    /// TIME_WAIT: the longest time left on their timers, in ms.
+    pub time_left_ms: Option<u64>,
+    /// Remote end of a connection.
+    pub remote: Option<String>,
+    /// IPV6_V6ONLY of an IPv6 socket, when known.
+    pub v6only: Option<bool>,
+    /// SO_REUSEADDR, when known (kernel record only).
+    pub reuseaddr: Option<bool>,
+    /// SO_REUSEPORT, when known (kernel record only).
+    pub reuseport: Option<bool>,
+    /// Its family differs from the failing socket's: they overlap through an
+    /// IPv6 wildcard without IPV6_V6ONLY.
+    pub cross_family: bool,
+    /// Which view found it.
+    pub seen: Seen,
+}
+
+impl Holder {
+    /// "pid 123 (nginx, nginx.service)" or "TIME_WAIT connections".
+    pub fn who(&self) -> String {
+        let Some(pid) = self.pid else {
+            return if self.state == State::TimeWait {
+                format!("{} TIME_WAIT connection(s)", self.sockets)
+            } else {
+                // Closed between sock_diag's answer and the /proc walk, or
+                // held by a process portwatch cannot see.
+                "a process not found in /proc".to_owned()
+            };
+        };
+        let mut s = format!("pid {pid}");
+        let mut extra = Vec::new();
+        if let Some(c) = &self.comm {
+            extra.push(c.clone());
+        }
+        if let Some(u) = &self.unit {
+            extra.push(u.clone());
+        }
+        if let Some(c) = &self.container {
+            extra.push(format!("container {}", short_id(c)));
+        }
+        if self.exited {
+            extra.push("exited".into());
+        }
+        if self.pids.len() > 1 {
+            extra.push(format!("{} more processes share it", self.pids.len() - 1));
+        }
+        if !extra.is_empty() {
+            s.push_str(&format!(" ({})", extra.join(", ")));
+        }
+        s
+    }
+}
+
+/// The first 12 characters of a container id, as `docker ps` shows it.
+pub fn short_id(id: &str) -> &str {
+    id.get(..12).unwrap_or(id)
+}
+
+/// Everything enrichment learnt about one failure.
+#[derive(Debug, Clone, Default)]
+pub struct Evidence {
+    /// Holders that conflict with the request, most important first.
+    pub holders: Vec<Holder>,
+    /// Why it could not, when it could not.
+    pub blind: Option<String>,
+    /// The namespace's sysctls, when readable.
+    pub sysctls: Option<Sysctls>,
+    /// Port 0: ports of ip_local_port_range in use by the protocol.
+    pub ephemeral_in_use: Option<usize>,
+}
+
+/// Whether a socket bound at `(family, addr, v6only)` takes the address a
+/// call asked for, and whether it does so across families. None: no overlap.
+pub fn overlaps(req: (Family, IpAddr, bool), sock: (Family, IpAddr, Option<bool>)) -> Option<bool> {
+    let (rf, ra, r_v6only) = req;
+    let (sf, sa, s_v6only) = sock;
+    let v4 = |a: IpAddr| match a {
+        IpAddr::V4(a) => Some(a),
+        IpAddr::V6(a) => a.to_ipv4_mapped(),
+    };
+    if rf == sf {
+        return (ra.is_unspecified() || sa.is_unspecified() || ra == sa).then_some(false);
+    }
+    // One side IPv4, the other IPv6.
+    let (v6_addr, v6_only, v4_addr) = if rf == Family::Ipv6 {
+        (ra, Some(r_v6only), sa)
+    } else {
+        (sa, s_v6only, ra)
+    };
+    if v6_addr.is_unspecified() {
+        // A v6 wildcard takes every IPv4 address unless IPV6_V6ONLY;
+        // an unknown v6only counts as the default, off.
+        return (v6_only != Some(true)).then_some(true);
+    }
+    // A v4-mapped IPv6 address is that IPv4 address.
+    let mapped = v4(v6_addr)?;
+    (v4_addr.is_unspecified() || v4(v4_addr) == Some(mapped)).then_some(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_names_round_trip() {
+        for s in [
+            State::Listen,
+            State::TimeWait,
+            State::Bound,
+            State::Udp,
+            State::Closed,
+            State::Connection(1),
+            State::Connection(8),
+        ] {
+            assert_eq!(s.name().parse::<State>(), Ok(s));
+        }
+        assert!("LISTENING".parse::<State>().is_err());
+    }
+
+    #[test]
+    fn overlap_rules() {
+        let any4: IpAddr = "0.0.0.0".parse().unwrap();
+        let any6: IpAddr = "::".parse().unwrap();
+        let lo4: IpAddr = "127.0.0.1".parse().unwrap();
+        let mapped: IpAddr = "::ffff:127.0.0.1".parse().unwrap();
+        use Family::*;
+        assert_eq!(
+            overlaps((Ipv4, any4, false), (Ipv6, any6, Some(false))),
+            Some(true)
+        );
+        assert_eq!(
+            overlaps((Ipv4, any4, false), (Ipv6, any6, Some(true))),
+            None
+        );
+        assert_eq!(overlaps((Ipv6, any6, false), (Ipv4, lo4, None)), Some(true));
+        assert_eq!(overlaps((Ipv6, any6, true), (Ipv4, lo4, None)), None);
+        assert_eq!(
+            overlaps((Ipv6, mapped, false), (Ipv4, lo4, None)),
+            Some(true)
+        );
+        assert_eq!(
+            overlaps(
+                (Ipv4, lo4, false),
+                (Ipv4, "127.0.0.2".parse().unwrap(), None)
+            ),
+            None
+        );
+        assert_eq!(
+            overlaps((Ipv4, lo4, false), (Ipv4, any4, None)),
+            Some(false)
+        );
+    }
+}

@@ -1,0 +1,93 @@
+//! Per-network-namespace sysctls that explain bind failures.
+
+/// Per-netns sysctls that explain bind failures, read in the calling thread's
+/// network namespace; `None` for any that cannot be read or parsed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Sysctls {
+    /// `net.ipv4.ip_local_port_range`: ephemeral ports for both families.
+    pub local_port_range: Option<(u16, u16)>,
+    /// `net.ipv4.ip_unprivileged_port_start`: lowest port binding without
+    /// `CAP_NET_BIND_SERVICE`.
+    pub unprivileged_port_start: Option<u32>,
+    /// `net.ipv4.ip_nonlocal_bind`.
+    pub nonlocal_bind_v4: Option<bool>,
+    /// `net.ipv6.ip_nonlocal_bind`.
+    pub nonlocal_bind_v6: Option<bool>,
+}
+
+/// Reads [`Sysctls`] from `/proc/sys` in the calling thread's network
+/// namespace, so call it inside [`in_netns`] to read another namespace's.
+pub fn sysctls() -> Sysctls {
+    Sysctls {
+        local_port_range: read_sysctl("net/ipv4/ip_local_port_range").and_then(|s| {
+            let mut ports = s.split_whitespace().map(str::parse);
+            match (ports.next(), ports.next(), ports.next()) {
+                (Some(Ok(low)), Some(Ok(high)), None) => Some((low, high)),
+                _ => None,
+            }
+        }),
+        unprivileged_port_start: read_sysctl("net/ipv4/ip_unprivileged_port_start")
+            .and_then(|s| s.parse().ok()),
+        nonlocal_bind_v4: read_sysctl("net/ipv4/ip_nonlocal_bind").and_then(|s| parse_bool(&s)),
+        nonlocal_bind_v6: read_sysctl("net/ipv6/ip_nonlocal_bind").and_then(|s| parse_bool(&s)),
+    }
+}
+
+/// Measured on Linux 6.18: `/proc/sys/net` resolves against the netns of the
+/// thread that opens the file, so a thread that did `setns` reads its new
+/// namespace even when the main thread is elsewhere. `/proc/self/net` (and
+/// `/proc/net`) differ: they follow the main thread; `/proc/thread-self/net`
+/// would be needed there.
+fn read_sysctl(name: &str) -> Option<String> {
+    let value = std::fs::read_to_string(format!("/proc/sys/{name}")).ok()?;
+    Some(value.trim().to_owned())
+}
+
+fn parse_bool(value: &str) -> Option<bool> {
+    match value {
+        "0" => Some(false),
+        "1" => Some(true),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::AsFd;
+
+    use portwatch_test_support::in_fresh_netns;
+
+    use super::*;
+    use crate::holders::netns::{in_netns, tests::netns_with};
+
+    #[test]
+    fn sysctls_follow_the_thread_netns() {
+        let (ns_a, ()) = netns_with(|| {
+            // The range must start at or above ip_unprivileged_port_start,
+            // which must stay below it: set the range first.
+            for (name, value) in [
+                ("net/ipv4/ip_local_port_range", "40000 40100"),
+                ("net/ipv4/ip_unprivileged_port_start", "555"),
+                ("net/ipv4/ip_nonlocal_bind", "1"),
+                ("net/ipv6/ip_nonlocal_bind", "1"),
+            ] {
+                std::fs::write(format!("/proc/sys/{name}"), value).expect(name);
+            }
+        });
+        let tuned = Sysctls {
+            local_port_range: Some((40000, 40100)),
+            unprivileged_port_start: Some(555),
+            nonlocal_bind_v4: Some(true),
+            nonlocal_bind_v6: Some(true),
+        };
+        in_fresh_netns(move || {
+            let here = sysctls();
+            assert!(here.local_port_range.is_some(), "{here:?}");
+            assert_eq!(here.nonlocal_bind_v4, Some(false));
+            assert_ne!(here, tuned);
+
+            assert_eq!(in_netns(ns_a.as_fd(), sysctls).expect("in_netns"), tuned);
+            assert_eq!(sysctls(), here);
+        });
+    }
+}

@@ -1,0 +1,48 @@
+//! What portwatch prints: the human table ([`text`]), the NDJSON schema
+//! ([`json`]), and notices about itself on stderr ([`notice`]).
+
+pub mod json;
+pub mod notice;
+pub mod text;
+
+use std::io::{self, Write};
+
+use serde_json::value::RawValue;
+
+pub use notice::{Notice, Notices, Summary};
+
+use crate::{capture::Event, diagnose::Verdict, holders::Evidence};
+
+/// How events are printed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// One aligned line per event, with its holder, diagnosis and fix under it.
+    Human,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Writes one event in `format`, with its holders and verdict when it was
+/// enriched (`holders` is `found`'s, pre-rendered for JSON). `repeat`:
+/// people already saw this block under the previous event of the same
+/// stream, so it is not printed again.
+pub fn write_event(
+    out: &mut impl Write,
+    format: Format,
+    ev: &Event,
+    found: Option<(&Evidence, &Verdict)>,
+    holders: Option<&RawValue>,
+    repeat: bool,
+) -> io::Result<()> {
+    match format {
+        Format::Human => {
+            writeln!(out, "{}", text::human_line(ev))?;
+            match found {
+                Some(_) if repeat => writeln!(out, "    (same holder and diagnosis as above)"),
+                Some((e, v)) => out.write_all(text::human_block(e, v).as_bytes()),
+                None => Ok(()),
+            }
+        }
+        Format::Json => json::write(out, ev, holders, found.map(|(_, v)| v)),
+    }
+}

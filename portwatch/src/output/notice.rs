@@ -1,0 +1,181 @@
+//! Notices: what portwatch says about itself on stderr, beside the events —
+//! one sentence for people, or one JSON object with a `type` for scripts.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use super::{text::printable, Format};
+use crate::capture::{Finish, Repeat};
+
+/// One notice. The JSON form is `{"type": "<variant>", ...fields}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Notice {
+    /// portwatch mounted a filesystem it needs.
+    Mount {
+        /// Which (`tracefs`).
+        fs: String,
+        /// Where.
+        path: PathBuf,
+    },
+    /// Which kernel hook captures the calls, and why that one.
+    Backend {
+        /// `fexit` or `tracepoint`.
+        backend: String,
+        /// Why.
+        why: String,
+    },
+    /// Something works less well than it could, and why.
+    Degraded {
+        /// What (`listener_record`).
+        what: String,
+        /// Why.
+        why: String,
+    },
+    /// Capturing: scripts can start what they want watched.
+    Ready {
+        /// The backend, when one is attached.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        backend: Option<String>,
+        /// Milliseconds from start to ready.
+        startup_ms: u64,
+    },
+    /// Events the ring buffer had no room for since the last such notice.
+    Lost {
+        /// Since the last notice.
+        lost: u64,
+        /// Since the start.
+        total_lost: u64,
+        /// Seconds the first figure covers.
+        seconds: u64,
+    },
+    /// Failures folded after the last one shown of their stream.
+    Repeat(Repeat),
+    /// The account at exit.
+    Summary(Summary),
+}
+
+/// Every matched call, accounted for at exit.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Summary {
+    /// Seconds since start.
+    pub seconds: f64,
+    /// Calls that matched the filters (kernel count).
+    pub matched: u64,
+    /// Events shown.
+    pub shown: u64,
+    /// Failures folded into events shown.
+    pub folded_shown: u64,
+    /// Failures folded after the last one shown of their stream.
+    pub folded_tail: u64,
+    /// Events lost (ring buffer full).
+    pub lost: u64,
+    /// Events the kernel sent.
+    pub sent: u64,
+    /// Failures the kernel folded.
+    pub folded: u64,
+    /// sys_exit without sys_enter (entry pairing).
+    pub no_entry: u64,
+    /// Failures not folded because the fold table was full.
+    pub fold_table_full: u64,
+    /// Records that did not decode.
+    pub malformed: u64,
+    /// Holder lookups that took longer than `--lookup-timeout`.
+    pub lookup_timeouts: u64,
+}
+
+impl Summary {
+    /// From a finished session.
+    pub fn new(seconds: f64, f: &Finish, lookup_timeouts: u64) -> Self {
+        Self {
+            seconds,
+            matched: f.counters.matched,
+            shown: f.shown,
+            folded_shown: f.folded_shown,
+            folded_tail: f.folded_tail,
+            lost: f.counters.lost,
+            sent: f.counters.sent,
+            folded: f.counters.folded,
+            no_entry: f.counters.no_entry,
+            fold_table_full: f.counters.fold_full,
+            malformed: f.malformed,
+            lookup_timeouts,
+        }
+    }
+}
+
+impl Notice {
+    /// The sentence for people (after "portwatch: ").
+    pub fn human(&self) -> String {
+        match self {
+            Self::Mount { fs, path } => format!("mounted {fs} at {}", path.display()),
+            Self::Backend { backend, why } => format!("backend {backend} ({why})"),
+            Self::Degraded { what, why } if what == "listener_record" => format!(
+                "listeners are not recorded in the kernel ({why}); holders that exit before they are looked up may go unnamed"
+            ),
+            Self::Degraded { what, why } => format!("degraded: {what} ({why})"),
+            Self::Ready { startup_ms, .. } => format!("ready ({startup_ms} ms)"),
+            Self::Lost {
+                lost,
+                total_lost,
+                seconds,
+            } => format!(
+                "{lost} events lost in the last {seconds}s: the ring buffer was full (raise --ring-size, keep --fold-window on); {total_lost} lost in all"
+            ),
+            Self::Repeat(r) => format!(
+                "pid {} ({}) {} {} {} {}: {} more identical failure(s) after the last one shown",
+                r.pid,
+                printable(&r.comm),
+                r.syscall.name(),
+                r.proto.name(),
+                std::net::SocketAddr::new(r.addr, r.port),
+                r.errno.map(|e| e.name()).unwrap_or_default(),
+                r.count
+            ),
+            Self::Summary(s) => format!(
+                "stopped after {:.1}s: {} calls matched; {} shown, {} folded into them, {} folded after the last shown, {} lost",
+                s.seconds, s.matched, s.shown, s.folded_shown, s.folded_tail, s.lost
+            ),
+        }
+    }
+}
+
+/// Where notices go (stderr), shaped by the output format.
+#[derive(Debug, Clone, Copy)]
+pub struct Notices {
+    /// People or JSON.
+    pub format: Format,
+}
+
+impl Notices {
+    /// Writes `notice` to stderr as one line.
+    pub fn say(&self, notice: &Notice) {
+        match self.format {
+            Format::Human => eprintln!("portwatch: {}", notice.human()),
+            Format::Json => match serde_json::to_string(notice) {
+                Ok(line) => eprintln!("{line}"),
+                Err(e) => eprintln!("portwatch: cannot render a notice: {e}"),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn notices_have_a_type_and_read_back() {
+        let ready = Notice::Ready {
+            backend: Some("tracepoint".into()),
+            startup_ms: 61,
+        };
+        let v = serde_json::to_value(&ready).unwrap();
+        assert_eq!(v["type"], "ready");
+        assert_eq!(v["startup_ms"], 61);
+        let back: Notice = serde_json::from_value(v).unwrap();
+        assert_eq!(back, ready);
+        assert_eq!(ready.human(), "ready (61 ms)");
+    }
+}

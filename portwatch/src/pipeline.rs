@@ -1,0 +1,274 @@
+//! Captured events -> holder lookups on blocking threads -> an in-order
+//! writer.
+//!
+//! The ring buffer's reader only decodes and submits, so capture never waits
+//! for /proc or netlink. Identical failures within [`SHARE_FOR`] share one
+//! lookup (a storm costs one lookup per interval, not one per failure), and
+//! the writer prints every event in capture order, each once its lookup is
+//! in or its deadline has passed. Diagnosis runs in the writer: it is pure
+//! and cheap, and a storm shares one verdict per failing process.
+
+use std::{
+    collections::HashMap,
+    io::{self, Write},
+    net::IpAddr,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use serde_json::value::RawValue;
+use tokio::{
+    sync::{mpsc, watch},
+    task::JoinHandle,
+};
+
+use crate::{
+    capture::{fold_key, Event},
+    diagnose::{diagnose, Verdict},
+    holders::{Enricher, Evidence},
+    output::{self, text, Format},
+    request::{Opts, Syscall},
+};
+
+/// Evidence shared by the events of one storm.
+type Shared = watch::Receiver<Option<Arc<Evidence>>>;
+
+/// What identifies identical evidence: the request (port and address in
+/// its namespace), the failure, and the kernel's view of the holder then.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct StormKey {
+    netns: u32,
+    proto: u16,
+    addr: IpAddr,
+    port: u16,
+    v6only: bool,
+    ret: i32,
+    syscall: u8,
+    /// listen()'s own socket is told apart by pid; 0 for bind.
+    pid: u32,
+    holder: Option<(u32, Option<u8>)>,
+}
+
+impl StormKey {
+    fn of(ev: &Event) -> Self {
+        Self {
+            netns: ev.netns,
+            proto: ev.proto.code(),
+            addr: ev.addr,
+            port: ev.port,
+            v6only: ev.opts.is_some_and(|o| o.v6only),
+            ret: ev.ret,
+            syscall: ev.syscall.code(),
+            pid: if ev.syscall == Syscall::Listen {
+                ev.pid
+            } else {
+                0
+            },
+            holder: ev.record.as_ref().map(|r| (r.pid, r.state)),
+        }
+    }
+}
+
+/// How long one lookup serves identical failures.
+pub const SHARE_FOR: Duration = Duration::from_millis(250);
+
+/// Events between the reader and the writer: a few seconds of a storm, or
+/// the time every lookup of a burst may take (`--lookup-timeout`).
+const QUEUE: usize = 16384;
+
+/// Events handed to the writer at once: one cross-thread wake-up per batch,
+/// not per event, keeps up with unfolded storms.
+pub const BATCH: usize = 256;
+
+/// Storm keys remembered before the stale ones are swept.
+const RECENT_CAP: usize = 4096;
+
+/// An event on its way to the output, with its lookup running.
+struct Pending {
+    ev: Event,
+    evidence: Option<Shared>,
+    deadline: tokio::time::Instant,
+}
+
+/// Settings of a pipeline.
+pub struct Options {
+    /// None: no holder lookups (`--no-holders`).
+    pub enricher: Option<Arc<Enricher>>,
+    /// How events are printed.
+    pub format: Format,
+    /// Longest wait for one lookup.
+    pub timeout: Duration,
+    /// Delay every lookup by this much (tests).
+    pub delay: Duration,
+}
+
+/// The reader's end of the pipeline.
+pub struct Pipeline {
+    enricher: Option<Arc<Enricher>>,
+    tx: mpsc::Sender<Vec<Pending>>,
+    recent: HashMap<StormKey, (Instant, Shared)>,
+    timeout: Duration,
+    delay: Duration,
+}
+
+/// The writer task; its result is how many lookups timed out.
+pub type Writer = JoinHandle<io::Result<u64>>;
+
+impl Pipeline {
+    /// Starts the writer on `out`.
+    pub fn start(opts: Options, out: Box<dyn Write + Send>) -> (Self, Writer) {
+        let (tx, rx) = mpsc::channel(QUEUE / BATCH);
+        let writer = tokio::spawn(write(
+            rx,
+            out,
+            opts.format,
+            opts.enricher.clone(),
+            opts.timeout,
+        ));
+        let pipeline = Self {
+            enricher: opts.enricher,
+            tx,
+            recent: HashMap::new(),
+            timeout: opts.timeout,
+            delay: opts.delay,
+        };
+        (pipeline, writer)
+    }
+
+    /// Starts lookups for `events` and hands them to the writer; waits only
+    /// when the writer is a whole queue behind (the output is slower than
+    /// the events: then the ring buffer fills and the kernel counts the
+    /// loss). Does nothing once the writer is gone with its output.
+    pub async fn submit(&mut self, events: &mut Vec<Event>) {
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let batch: Vec<Pending> = events
+            .drain(..)
+            .map(|ev| {
+                let evidence = match &self.enricher {
+                    Some(enricher) if ev.ret != 0 => Some(self.lookup(enricher.clone(), &ev)),
+                    _ => None,
+                };
+                Pending {
+                    ev,
+                    evidence,
+                    deadline,
+                }
+            })
+            .collect();
+        if !batch.is_empty() {
+            let _ = self.tx.send(batch).await;
+        }
+    }
+
+    fn lookup(&mut self, enricher: Arc<Enricher>, ev: &Event) -> Shared {
+        let key = StormKey::of(ev);
+        let now = Instant::now();
+        if let Some((at, shared)) = self.recent.get(&key) {
+            if now.duration_since(*at) < SHARE_FOR {
+                return shared.clone();
+            }
+        }
+        if self.recent.len() > RECENT_CAP {
+            self.recent
+                .retain(|_, (at, _)| now.duration_since(*at) < SHARE_FOR);
+        }
+        let (tx, rx) = watch::channel(None);
+        let req = ev.request();
+        let delay = self.delay;
+        tokio::task::spawn_blocking(move || {
+            std::thread::sleep(delay);
+            let _ = tx.send(Some(Arc::new(enricher.evidence(&req))));
+        });
+        self.recent.insert(key, (now, rx.clone()));
+        rx
+    }
+}
+
+/// Writes events in capture order, each once its lookup is in or its
+/// deadline has passed. Returns how many lookups timed out.
+async fn write(
+    mut rx: mpsc::Receiver<Vec<Pending>>,
+    out: Box<dyn Write + Send>,
+    format: Format,
+    enricher: Option<Arc<Enricher>>,
+    timeout: Duration,
+) -> io::Result<u64> {
+    let mut out = io::BufWriter::with_capacity(64 * 1024, out);
+    let mut timeouts = 0;
+    // The block last printed under each stream of identical failures.
+    let mut shown: HashMap<portwatch_common::FoldKey, String> = HashMap::new();
+    type Diagnosed = (Arc<Evidence>, (u32, u32, Option<Opts>), Arc<Verdict>);
+    let mut last: Option<Diagnosed> = None;
+    let mut rendered: Option<(Arc<Evidence>, Arc<RawValue>)> = None;
+    while let Some(batch) = rx.recv().await {
+        for p in batch {
+            let evidence = match p.evidence {
+                None => None,
+                // Storms find it ready: no timer for them.
+                Some(shared) if shared.borrow().is_some() => shared.borrow().clone(),
+                Some(mut shared) => {
+                    let got =
+                        tokio::time::timeout_at(p.deadline, shared.wait_for(Option::is_some)).await;
+                    Some(match got {
+                        Ok(Ok(v)) => v.clone().unwrap_or_default(),
+                        other => {
+                            let why = if other.is_err() {
+                                timeouts += 1;
+                                format!(
+                                    "looking up the holders took longer than {} ms",
+                                    timeout.as_millis()
+                                )
+                            } else {
+                                "looking up the holders failed".to_owned()
+                            };
+                            let mut e = enricher
+                                .as_ref()
+                                .map(|e| e.recorded_only(&p.ev.request(), false))
+                                .unwrap_or_default();
+                            e.blind = Some(why);
+                            Arc::new(e)
+                        }
+                    })
+                }
+            };
+            // A storm shares one evidence: diagnose it once per failing
+            // process, not once per failure.
+            let who = (p.ev.pid, p.ev.uid, p.ev.opts);
+            let verdict = evidence.as_ref().map(|e| match &last {
+                Some((prev, by, v)) if Arc::ptr_eq(prev, e) && *by == who => v.clone(),
+                _ => {
+                    let v = Arc::new(diagnose(&p.ev.request(), e));
+                    last = Some((e.clone(), who, v.clone()));
+                    v
+                }
+            });
+            let found = evidence.as_deref().zip(verdict.as_deref());
+            let mut repeat = false;
+            if let (Format::Human, Some((e, v))) = (format, found) {
+                let block = text::human_block(e, v);
+                repeat = shown.get(&fold_key(&p.ev)) == Some(&block);
+                if shown.len() > RECENT_CAP {
+                    shown.clear();
+                }
+                shown.insert(fold_key(&p.ev), block);
+            }
+            let holders = match (&evidence, format) {
+                (Some(e), Format::Json) => match &rendered {
+                    Some((prev, raw)) if Arc::ptr_eq(prev, e) => Some(raw.clone()),
+                    _ => {
+                        let raw: Arc<RawValue> = output::json::holders_json(e).into();
+                        rendered = Some((e.clone(), raw.clone()));
+                        Some(raw)
+                    }
+                },
+                _ => None,
+            };
+            output::write_event(&mut out, format, &p.ev, found, holders.as_deref(), repeat)?;
+        }
+        if rx.is_empty() {
+            out.flush()?;
+        }
+    }
+    out.flush()?;
+    Ok(timeouts)
+}

@@ -1,0 +1,22 @@
+//! Test support shared by portwatch's unit tests, its integration tests and
+//! `cargo xtask bench`: private network namespaces, and child processes that
+//! hold sockets and are ended by pid when dropped, also when a test panics.
+//!
+//! A crate of its own rather than a module of `portwatch`, because xtask
+//! cannot depend on `portwatch`: building that needs the eBPF toolchain that
+//! xtask installs.
+
+mod netns;
+mod process;
+
+use std::os::fd::AsFd;
+
+pub use netns::{enter_fresh_netns, in_fresh_netns, Netns};
+pub use process::Process;
+
+/// The inode of a socket (or any file): what /proc/PID/fd links and
+/// sock_diag call it.
+pub fn inode_of(fd: impl AsFd) -> u32 {
+    let ino = nix::sys::stat::fstat(fd.as_fd()).expect("fstat").st_ino;
+    u32::try_from(ino).expect("socket inode fits u32")
+}
