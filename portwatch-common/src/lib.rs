@@ -45,7 +45,7 @@ pub struct Event {
     /// cgroup v2 id of the caller.
     pub cgroup_id: u64,
     /// Identical failures folded into this event since the previous event of
-    /// the same process, port, call and errno (see `FoldKey`).
+    /// the same process, call, errno, family, address and port (see `FoldKey`).
     pub folded: u64,
     /// Thread group id (what users call the PID).
     pub pid: u32,
@@ -292,8 +292,8 @@ pub struct PendingCall {
 }
 
 /// Identifies a stream of identical failures for folding: one process, one
-/// requested port, one call, one errno. Only what the call itself carries,
-/// so a failure can be folded before the socket is read.
+/// call, one errno, one requested family, address and port. Only what the
+/// call itself carries, so a failure can be folded before the socket is read.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct FoldKey {
@@ -301,12 +301,17 @@ pub struct FoldKey {
     pub pid: u32,
     /// Negative errno.
     pub ret: i32,
-    /// Port.
+    /// Requested port (bind) or bound port (listen).
     pub port: u16,
+    /// `AF_INET` / `AF_INET6` of the request: an IPv4 and an IPv6 failure
+    /// on one port are two failures with two diagnoses.
+    pub family: u16,
     /// `SYSCALL_*`.
     pub syscall: u8,
     /// Explicit padding; always zero.
-    pub _pad: u8,
+    pub _pad: [u8; 3],
+    /// Requested (bind) or bound (listen) address, as in `Event::addr`.
+    pub addr: [u8; 16],
 }
 
 /// Folding state of one `FoldKey`.
@@ -353,6 +358,6 @@ const _: () = assert!(size_of::<Event>() == 160);
 const _: () = assert!(size_of::<Record>() == 56);
 const _: () = assert!(size_of::<PortKey>() == 8);
 const _: () = assert!(size_of::<BitLoc>() == 8);
-const _: () = assert!(size_of::<FoldKey>() == 12);
+const _: () = assert!(size_of::<FoldKey>() == 32);
 const _: () = assert!(size_of::<Offsets>() == 164);
 const _: () = assert!(size_of::<Config>() == 208);

@@ -125,7 +125,16 @@ pub fn handle(call: &Call) -> Result<(), i32> {
             return Ok(());
         }
     }
-    let Some(state) = fold(ev) else {
+    // The requested address is part of the fold key: a failure on another
+    // address or family is another failure. It is in the call's own
+    // sockaddr (bind) or was read with the port (listen): no socket walk.
+    let fold_family = if call.syscall == SYSCALL_BIND {
+        sock::fill_sockaddr_addr(ev, sa_family, call.addr, call.addrlen, call.user_addr);
+        sa_family
+    } else {
+        ev.family
+    };
+    let Some(state) = fold(ev, fold_family) else {
         return Ok(());
     };
     ev.ts_boot_ns = unsafe { bpf_ktime_get_boot_ns() };
@@ -142,9 +151,6 @@ pub fn handle(call: &Call) -> Result<(), i32> {
         if conf!(track_holders) != 0 && ev.ret != 0 {
             holders::attach(ev, sk);
         }
-    }
-    if call.syscall == SYSCALL_BIND {
-        sock::fill_sockaddr_addr(ev, sa_family, call.addr, call.addrlen, call.user_addr);
     }
     let uid_gid = bpf_get_current_uid_gid();
     ev.uid = uid_gid as u32;
@@ -169,7 +175,8 @@ fn walk(call: &Call, ev: &mut Event) -> Result<(u64, u64), i32> {
     Ok((socket, sk))
 }
 
-/// Folds `ev` into its key's pending count if an identical failure was sent
+/// Folds `ev` into its key's pending count if an identical failure (same
+/// process, call, errno, requested family, address and port) was sent
 /// less than the fold window ago (returns `None`). Otherwise stamps the key,
 /// moves its pending count into `ev.folded`, and returns the key's state
 /// (null when folding is off or the table is full) for `send`.
@@ -178,7 +185,7 @@ fn walk(call: &Call, ev: &mut Event) -> Result<(u64, u64), i32> {
 /// preempted by another on its CPU); a storm spread over CPUs sends one event
 /// per CPU per window.
 #[inline(always)]
-fn fold(ev: &mut Event) -> Option<*mut FoldState> {
+fn fold(ev: &mut Event, family: u16) -> Option<*mut FoldState> {
     let window = conf!(fold_window_ns);
     if window == 0 || ev.ret == 0 {
         return Some(core::ptr::null_mut());
@@ -188,8 +195,10 @@ fn fold(ev: &mut Event) -> Option<*mut FoldState> {
         pid: ev.pid,
         ret: ev.ret,
         port: ev.port,
+        family,
         syscall: ev.syscall,
-        _pad: 0,
+        _pad: [0; 3],
+        addr: ev.addr,
     };
     match FOLDS.get_ptr_mut(key) {
         Some(st) => unsafe {

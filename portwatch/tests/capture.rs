@@ -5,7 +5,7 @@
 mod common;
 
 use std::{
-    net::{Ipv6Addr, SocketAddr},
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr},
     time::Duration,
 };
 
@@ -569,6 +569,84 @@ fn storm_is_folded_and_counted_exactly() {
         events < 100,
         "{events} events for one burst: folding is not working"
     );
+}
+
+/// Folding never merges failures on other addresses or families: one
+/// process failing 0.0.0.0:P, [::]:P and 127.0.0.1:P, each many times, gets
+/// one event per address, and the repeats at exit name the address they
+/// count (nginx with `listen P; listen [::]:P;` against a dual-stack holder).
+#[test]
+fn folding_keeps_addresses_and_families_apart() {
+    let ns = Netns::new("pw-foldaddr");
+    let port = port();
+    const N: u64 = 50;
+    let tracer = Tracer::start(&["--netns", &ns.arg()]);
+    ns.run(move || {
+        // A dual-stack wildcard takes every address of both families.
+        let holder = socket(true, false);
+        holder.set_only_v6(false).unwrap();
+        bind(&holder, SocketAddr::from((Ipv6Addr::UNSPECIFIED, port))).unwrap();
+        holder.listen(8).unwrap();
+        let any4 = SocketAddr::from((Ipv4Addr::UNSPECIFIED, port));
+        let any6 = SocketAddr::from((Ipv6Addr::UNSPECIFIED, port));
+        let (l4, l6, lo) = (
+            refused(any4, false),
+            refused(any6, false),
+            refused(v4(port), false),
+        );
+        for _ in 1..N {
+            assert_eq!(bind(&l4, any4), Err(libc::EADDRINUSE));
+            assert_eq!(bind(&l6, any6), Err(libc::EADDRINUSE));
+            assert_eq!(bind(&lo, v4(port)), Err(libc::EADDRINUSE));
+        }
+        drop(holder);
+    });
+    let mut events: Vec<Value> = (0..3).map(|_| tracer.event()).collect();
+    let (status, rest, notices) = tracer.stop();
+    assert!(status.success());
+    events.extend(rest);
+    let mut seen: Vec<(String, String)> = events
+        .iter()
+        .map(|e| {
+            (
+                e["family"].as_str().unwrap().to_owned(),
+                e["addr"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    seen.sort();
+    seen.dedup();
+    assert_eq!(
+        seen,
+        [
+            ("ipv4".to_owned(), "0.0.0.0".to_owned()),
+            ("ipv4".to_owned(), "127.0.0.1".to_owned()),
+            ("ipv6".to_owned(), "::".to_owned())
+        ],
+        "{events:#?}"
+    );
+    // Each address's own count: its events, what they carry, and its repeat.
+    for (family, addr) in &seen {
+        let shown: Vec<&Value> = events
+            .iter()
+            .filter(|e| e["family"] == family.as_str() && e["addr"] == addr.as_str())
+            .collect();
+        let folded: u64 = shown.iter().map(|e| e["folded"].as_u64().unwrap()).sum();
+        let tail: u64 = notices
+            .iter()
+            .filter(|v| {
+                v["type"] == "repeat"
+                    && v["addr"] == addr.as_str()
+                    && v["family"] == family.as_str()
+            })
+            .map(|v| v["count"].as_u64().unwrap())
+            .sum();
+        assert_eq!(
+            shown.len() as u64 + folded + tail,
+            N,
+            "{family} {addr}: {events:#?} {notices:#?}"
+        );
+    }
 }
 
 #[test]

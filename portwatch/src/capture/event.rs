@@ -97,7 +97,7 @@ pub struct Event {
     /// Socket options, `None` when the socket could not be read.
     pub opts: Option<Opts>,
     /// Identical failures folded into this one since the previous event of
-    /// the same process, port, call and errno.
+    /// the same process, call, errno, requested family, address and port.
     pub folded: u64,
     /// Hook that saw it.
     pub source: Source,

@@ -78,12 +78,22 @@ pub struct Finish {
 
 /// The kernel's fold key of an event (see `portwatch_common::FoldKey`).
 pub fn fold_key(ev: &Event) -> FoldKey {
+    let (family, addr) = match ev.addr {
+        IpAddr::V4(a) => {
+            let mut addr = [0; 16];
+            addr[..4].copy_from_slice(&a.octets());
+            (portwatch_common::AF_INET, addr)
+        }
+        IpAddr::V6(a) => (portwatch_common::AF_INET6, a.octets()),
+    };
     FoldKey {
         pid: ev.pid,
         ret: ev.ret,
         port: ev.port,
+        family,
         syscall: ev.syscall.code(),
-        _pad: 0,
+        _pad: [0; 3],
+        addr,
     }
 }
 

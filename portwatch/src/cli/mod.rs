@@ -110,9 +110,10 @@ pub struct WatchArgs {
     #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
     pub backend: BackendChoice,
 
-    /// Identical failures (same process, port, call and errno) within this
-    /// many milliseconds of the last one shown are counted, not shown; the
-    /// next one shown carries the count. 0 shows every one.
+    /// Identical failures (same process, call, errno, requested family,
+    /// address and port) within this many milliseconds of the last one
+    /// shown are counted, not shown; the next one shown carries the count.
+    /// 0 shows every one.
     #[arg(long, value_name = "MS", default_value_t = 1000)]
     pub fold_window: u64,
 
