@@ -65,14 +65,69 @@ pub struct Verdict {
 const REUSEPORT_CAVEAT: &str =
     "on a public port, a new instance sharing it can receive connections meant for the old one";
 
-/// What stops `h` cleanly: its unit, its container, or the process.
-fn stop(h: &Holder, req: &Request) -> String {
-    if h.pid.is_some() && h.pid == req.caller.map(|c| c.pid) {
-        return "this same process already holds the port on another socket: close that one first, or bind the port only once".into();
+/// How the holder relates to the process that made the request: who the
+/// advice is for depends on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Relation {
+    /// The requesting process holds the other socket itself.
+    SameProcess,
+    /// Another process of the same systemd unit or container: an old
+    /// instance of the same service.
+    SameUnit,
+    /// Another process running the same program, not in the same unit.
+    SameProgram,
+    /// Another program or service.
+    Other,
+    /// No owning process is known (TIME_WAIT leftovers, an owner not found).
+    Unknown,
+}
+
+/// How `h` relates to the requester described by `req` and `seen.caller`.
+pub fn relation(h: &Holder, req: &Request, seen: &Evidence) -> Relation {
+    let Some(pid) = h.pid else {
+        return Relation::Unknown;
+    };
+    let me = req.caller.as_ref();
+    if me.is_some_and(|c| c.pid == pid || h.pids.contains(&c.pid)) {
+        return Relation::SameProcess;
+    }
+    let caller = &seen.caller;
+    let same = |a: &Option<String>, b: &Option<String>| a.is_some() && a == b;
+    if same(&h.unit, &caller.unit) || same(&h.container, &caller.container) {
+        return Relation::SameUnit;
+    }
+    let comm = me.map(|c| c.comm.as_str()).filter(|c| !c.is_empty());
+    if comm.is_some() && h.comm.as_deref() == comm {
+        return Relation::SameProgram;
+    }
+    Relation::Other
+}
+
+/// "apache2 (pid 29565 and 2 more processes, apache2.service)": the program
+/// first, then how to find it.
+pub fn named(h: &Holder) -> String {
+    let (Some(comm), Some(pid)) = (&h.comm, h.pid) else {
+        return h.who();
+    };
+    let mut s = format!("{comm} (pid {pid}");
+    if h.pids.len() > 1 {
+        s.push_str(&format!(" and {} more processes", h.pids.len() - 1));
+    }
+    if let Some(u) = &h.unit {
+        s.push_str(&format!(", {u}"));
+    }
+    if let Some(c) = &h.container {
+        s.push_str(&format!(", container {}", short_id(c)));
     }
     if h.exited {
-        return "it has exited; retry the bind".into();
+        s.push_str(", exited");
     }
+    s.push(')');
+    s
+}
+
+/// The clean way to stop the holder: its unit, its container, or the process.
+fn stop_cmd(h: &Holder, port: u16) -> String {
     if let Some(unit) = &h.unit {
         // The unit name was checked against systemd's charset when read.
         return format!("`systemctl stop {unit}`");
@@ -88,10 +143,54 @@ fn stop(h: &Holder, req: &Request) -> String {
     match (h.pid, h.state) {
         (Some(pid), _) => format!("`kill {pid}` (SIGTERM lets it close its sockets cleanly)"),
         (None, State::TimeWait) => "wait for them to expire".into(),
-        (None, _) => format!(
-            "find its owner (`ss -anp 'sport = :{}'`) and stop it",
-            req.port
+        (None, _) => format!("find its owner (`ss -anp 'sport = :{port}'`) and stop it"),
+    }
+}
+
+/// What to do about holder `h` itself, worded for how it relates to the
+/// requester: its own socket, an old instance of the same service, or
+/// another program to stop cleanly or move.
+fn stop(h: &Holder, req: &Request, seen: &Evidence) -> String {
+    if h.exited {
+        return "it has exited; retry the bind".into();
+    }
+    let cmd = stop_cmd(h, req.port);
+    match relation(h, req, seen) {
+        Relation::SameProcess => "this same process already holds the port on another socket: close that one first, or bind the port only once".into(),
+        Relation::SameUnit => format!(
+            "an older process of the same service still holds it: let it exit before the new one starts (a restart that waits for the stop), or {cmd}"
         ),
+        Relation::SameProgram => format!(
+            "another instance of {} still holds it: stop it cleanly first, {cmd}, or give this one another port",
+            h.comm.as_deref().unwrap_or("the same program")
+        ),
+        Relation::Other => format!(
+            "another program holds it: stop it cleanly, {cmd}, or move one of the two to another port"
+        ),
+        Relation::Unknown => cmd,
+    }
+}
+
+/// How a diagnosis introduces the holder.
+fn lead(rel: Relation) -> &'static str {
+    match rel {
+        Relation::Other => "another program: ",
+        Relation::SameProgram => "another instance of the same program: ",
+        Relation::SameUnit => "an older process of the same service: ",
+        Relation::SameProcess => "this same process: ",
+        Relation::Unknown => "",
+    }
+}
+
+/// IPV6_V6ONLY advice for the socket of `program` (nginx gets its own
+/// syntax; nobody else's socket gets nginx's).
+fn v6only_on(program: Option<&str>, port: u16) -> String {
+    match program {
+        Some("nginx") => format!("`listen [::]:{port} ipv6only=on;` in nginx's configuration"),
+        Some(p) => format!(
+            "IPV6_V6ONLY on {p}'s IPv6 socket (its own configuration; many programs follow `sysctl net.ipv6.bindv6only=1` at start)"
+        ),
+        None => "IPV6_V6ONLY on the IPv6 socket".into(),
     }
 }
 
@@ -125,13 +224,20 @@ pub fn diagnose(req: &Request, seen: &Evidence) -> Verdict {
             return Verdict {
                 reason: Reason::ListenConflict,
                 diagnosis: format!(
-                    "listen() on {what} failed: {} already listens on it; both sockets could bind the port only because SO_REUSEADDR lets sockets share a port until one of them listens",
+                    "listen() on {what} failed: {}{} already listens on it; both sockets could bind the port only because SO_REUSEADDR lets sockets share a port until one of them listens",
+                    lead(relation(h, req, seen)),
                     h.who()
                 ),
-                fix: format!(
-                    "bind one socket per port and listen on it; to share the port between processes, set SO_REUSEPORT on every socket under one uid ({REUSEPORT_CAVEAT}); or {}",
-                    stop(h, req)
-                ),
+                fix: match relation(h, req, seen) {
+                    Relation::Other | Relation::Unknown => format!(
+                        "{}; SO_REUSEADDR only lets sockets share a port until one listens",
+                        capital(&stop(h, req, seen))
+                    ),
+                    _ => format!(
+                        "bind one socket per port and listen on it; to share the port between processes, set SO_REUSEPORT on every socket under one uid ({REUSEPORT_CAVEAT}); or {}",
+                        stop(h, req, seen)
+                    ),
+                },
             };
         }
         return unknown(req, seen, &what);
@@ -145,57 +251,49 @@ pub fn diagnose(req: &Request, seen: &Evidence) -> Verdict {
         .iter()
         .find(|h| h.cross_family && h.state != State::TimeWait);
     if let (false, Some(h)) = (same_family, cross) {
-        let (v6, v4) = if req.family == Family::Ipv6 {
-            ("this IPv6 socket".to_owned(), h.who())
-        } else {
-            (h.who(), "this IPv4 socket".to_owned())
-        };
-        return Verdict {
-            reason: Reason::DualStack,
-            diagnosis: format!(
-                "{what} is taken through dual-stack: {} holds {} {} and, without IPV6_V6ONLY, an IPv6 wildcard also takes the IPv4 port ({v6} overlaps {v4})",
-                h.who(), h.state.name(), socket_addr(h.addr, h.port)
-            ),
-            fix: format!(
-                "set IPV6_V6ONLY on the IPv6 socket (nginx: `listen [::]:{port} ipv6only=on;`) so the two families bind separately, or bind only the IPv6 wildcard and let it serve both; or {}",
-                stop(h, req)
-            ),
-        };
+        return dual_stack(req, h, seen, &what);
     }
 
     if let Some(h) = first(State::Listen).or_else(|| first(State::Udp)) {
-        if let Some(v) = reuseport(req, h, &what) {
+        if let Some(v) = reuseport(req, h, seen, &what) {
             return v;
         }
         let kind = if h.state == State::Udp {
-            "a UDP socket bound to"
+            "with a UDP socket bound to"
         } else {
-            "a socket listening on"
+            "listening on"
         };
+        let rel = relation(h, req, seen);
+        let fix = capital(&stop(h, req, seen));
         return Verdict {
             reason: Reason::Listener,
             diagnosis: format!(
-                "{what} is taken by {kind} {}, held by {}",
-                socket_addr(h.addr, h.port),
-                h.who()
+                "{what} is taken by {}{} {kind} {}",
+                lead(rel),
+                named(h),
+                socket_addr(h.addr, h.port)
             ),
-            fix: format!("{}; or use another port", capital(&stop(h, req))),
+            fix: match rel {
+                Relation::Unknown | Relation::SameProcess => format!("{fix}; or use another port"),
+                _ => fix,
+            },
         };
     }
     if let Some(h) = first(State::Bound) {
-        if let Some(v) = reuseport(req, h, &what) {
+        if let Some(v) = reuseport(req, h, seen, &what) {
             return v;
         }
         return Verdict {
             reason: Reason::BoundNotListening,
             diagnosis: format!(
-                "{what} is held by {}, whose socket bound {} but never listened or connected (invisible to `ss -l`)",
+                "{what} is held by {}{}, whose socket bound {} but never listened or connected (invisible to `ss -l`)",
+                lead(relation(h, req, seen)),
                 h.who(),
                 socket_addr(h.addr, h.port)
             ),
             fix: format!(
-                "find why it holds a bound socket it does not use (a leaked or half-initialised socket, or a port reserved on purpose); {}",
-                stop(h, req)
+                "{}; and find why it holds a bound socket it does not use (a leaked or half-initialised socket, or a port reserved on purpose)",
+                capital(&stop(h, req, seen))
             ),
         };
     }
@@ -209,11 +307,11 @@ pub fn diagnose(req: &Request, seen: &Evidence) -> Verdict {
             .map(|h| h.sockets)
             .sum();
         let advice = if opts.reuseaddr {
-            capital(&stop(h, req))
+            capital(&stop(h, req, seen))
         } else {
             format!(
                 "set SO_REUSEADDR on the listening socket before bind() (for TCP it lets a listener start while old connections drain; it never lets two listeners share a port); or {}",
-                stop(h, req)
+                stop(h, req, seen)
             )
         };
         return Verdict {
@@ -251,36 +349,126 @@ pub fn diagnose(req: &Request, seen: &Evidence) -> Verdict {
     unknown(req, seen, &what)
 }
 
+/// Only a socket of the other family is in the way, through an IPv6
+/// wildcard without IPV6_V6ONLY. Whose IPv6 socket that is decides the
+/// advice: the requester's own (its configuration), or the holder's (stop
+/// or move it first; the option only as the holder's own setting).
+fn dual_stack(req: &Request, h: &Holder, seen: &Evidence, what: &str) -> Verdict {
+    let port = req.port;
+    let held = socket_addr(h.addr, h.port);
+    let mine_is_v6 = req.family == Family::Ipv6;
+    let me = req
+        .caller
+        .as_ref()
+        .map(|c| c.comm.as_str())
+        .filter(|c| !c.is_empty());
+    let rel = relation(h, req, seen);
+    if rel == Relation::SameProcess {
+        // nginx's `listen P; listen [::]:P ipv6only=off;`, or the reverse.
+        let (v6, v4) = if mine_is_v6 {
+            (
+                format!("its [::]:{port} socket without IPV6_V6ONLY"),
+                format!("its own {held} socket"),
+            )
+        } else {
+            (
+                format!("its own {held} socket (IPv6, without IPV6_V6ONLY)"),
+                format!("this {} bind", req.addr),
+            )
+        };
+        let fix = match me {
+            Some("nginx") => format!(
+                "fix nginx's own listen lines: keep `listen [::]:{port} ipv6only=off;` alone (it serves IPv4 too) and drop `listen {port};`, or make it `listen [::]:{port} ipv6only=on;` (the default) so each family binds its own socket"
+            ),
+            _ => format!(
+                "fix this program's own configuration: bind only the IPv6 wildcard and let it serve both families, or set IPV6_V6ONLY on its IPv6 socket so each family binds its own socket on port {port}"
+            ),
+        };
+        return Verdict {
+            reason: Reason::DualStack,
+            diagnosis: format!(
+                "{what} collides with this same process: {v6} also takes every IPv4 address of port {port}, so it and {v4} cannot both bind"
+            ),
+            fix,
+        };
+    }
+    let covers = if mine_is_v6 {
+        format!(
+            "{} holds {} {held}, and this IPv6 wildcard without IPV6_V6ONLY would take IPv4 too",
+            named(h),
+            h.state.name()
+        )
+    } else {
+        format!(
+            "{} holds {} {held} without IPV6_V6ONLY, which also takes every IPv4 address of port {port}",
+            named(h),
+            h.state.name()
+        )
+    };
+    let lead = lead(rel);
+    // The option advice goes to whoever owns the IPv6 socket it changes,
+    // and only where it would make this bind succeed.
+    let option = if mine_is_v6 {
+        format!(
+            "if this socket should serve IPv6 only, set {}",
+            v6only_on(me, port)
+        )
+    } else {
+        format!(
+            "if {} should keep IPv6 alone, set {}, and this IPv4 bind then succeeds",
+            h.comm.as_deref().unwrap_or("the holder"),
+            v6only_on(h.comm.as_deref(), port)
+        )
+    };
+    Verdict {
+        reason: Reason::DualStack,
+        diagnosis: format!("{what} is taken by {lead}{covers}"),
+        fix: format!("{}; or, {option}", capital(&stop(h, req, seen))),
+    }
+}
+
 /// SO_REUSEPORT on one side only, or on both under different uids.
-fn reuseport(req: &Request, h: &Holder, what: &str) -> Option<Verdict> {
+fn reuseport(req: &Request, h: &Holder, seen: &Evidence, what: &str) -> Option<Verdict> {
     let mine = req.opts?.reuseport;
     let theirs = h.reuseport;
+    let my_uid = req.caller.as_ref().map(|c| c.uid);
     let mismatch = match theirs {
         Some(theirs) if theirs != mine => Some(format!(
             "SO_REUSEPORT is set on {} only",
             if mine { "this socket" } else { "the holder" }
         )),
-        Some(true) if h.uid.is_some() && h.uid != req.caller.map(|c| c.uid) => Some(format!(
+        Some(true) if h.uid.is_some() && h.uid != my_uid => Some(format!(
             "both set SO_REUSEPORT but under different uids ({} and {})",
             h.uid.unwrap_or_default(),
-            req.caller.map_or_else(|| "?".into(), |c| c.uid.to_string())
+            my_uid.map_or_else(|| "?".into(), |u| u.to_string())
         )),
         // Same options and uid, or the holder's options are unknown (it
         // predates portwatch): no claim.
         _ => None,
     }?;
+    let share = format!(
+        "set SO_REUSEPORT on both sockets, under the same uid, before bind() ({REUSEPORT_CAVEAT})"
+    );
+    // Sharing a port is a decision for one service's own instances; another
+    // program is stopped or moved first, and its socket is its own business.
+    let fix = match relation(h, req, seen) {
+        Relation::Other | Relation::Unknown => format!(
+            "{}; sharing the port instead would need SO_REUSEPORT on {}'s socket too, set in its own configuration, under the same uid ({REUSEPORT_CAVEAT})",
+            capital(&stop(h, req, seen)),
+            h.comm.as_deref().unwrap_or("the holder")
+        ),
+        _ => format!("{share}; or {}", stop(h, req, seen)),
+    };
     Some(Verdict {
         reason: Reason::ReuseportMismatch,
         diagnosis: format!(
-            "{what} is held by {} ({} {}): {mismatch}, so the kernel will not share the port",
+            "{what} is held by {}{} ({} {}): {mismatch}, so the kernel will not share the port",
+            lead(relation(h, req, seen)),
             h.who(),
             h.state.name(),
             socket_addr(h.addr, h.port)
         ),
-        fix: format!(
-            "set SO_REUSEPORT on both sockets, under the same uid, before bind() ({REUSEPORT_CAVEAT}); or {}",
-            stop(h, req)
-        ),
+        fix,
     })
 }
 
@@ -320,7 +508,7 @@ fn privileged(req: &Request, seen: &Evidence, what: &str) -> Verdict {
             diagnosis: format!(
                 "{what}: port {} is below ip_unprivileged_port_start ({start}) and {} lacks CAP_NET_BIND_SERVICE",
                 req.port,
-                req.caller.map_or_else(|| "the caller".into(), |c| format!("pid {} (uid {})", c.pid, c.uid))
+                req.caller.as_ref().map_or_else(|| "the caller".into(), |c| format!("pid {} (uid {})", c.pid, c.uid))
             ),
             fix: format!(
                 "grant CAP_NET_BIND_SERVICE (systemd: `AmbientCapabilities=CAP_NET_BIND_SERVICE`; a binary: `setcap cap_net_bind_service=+ep FILE`), or use a port >= {start}"
@@ -461,7 +649,8 @@ mod tests {
         let v = diagnose(&event(98, 8080), &with(vec![h]));
         assert_eq!(v.reason, Reason::Listener);
         assert!(
-            v.diagnosis.contains("pid 100 (old, nginx.service)"),
+            v.diagnosis
+                .contains("old (pid 100, nginx.service) listening on"),
             "{}",
             v.diagnosis
         );
@@ -588,6 +777,213 @@ mod tests {
             ..Default::default()
         });
         assert_eq!(diagnose(&req, &with(vec![])).reason, Reason::Unknown);
+    }
+
+    /// The requester for the wording tests: nginx, pid 4242, uid 33, in
+    /// nginx.service when `unit` says so.
+    fn nginx_request(errno: i32, family: Family, addr: &str) -> Request {
+        let mut req = event(errno, 8080);
+        req.family = family;
+        req.addr = addr.parse().unwrap();
+        req.opts = Some(Opts::default());
+        req
+    }
+
+    /// Every reason with a holder process, for each relation of holder to
+    /// requester: another program, the same program outside the unit, the
+    /// same unit, another unit. Advice must lead with the holder when it is
+    /// someone else, never hand nginx syntax to a program that is not nginx,
+    /// and never call the holder's socket "this socket".
+    #[test]
+    fn wording_follows_whose_socket_is_in_the_way() {
+        struct Case {
+            name: &'static str,
+            req: Request,
+            holder: Holder,
+            /// The advice is about the requester's own socket (no process
+            /// to stop: connections, TIME_WAIT).
+            own_socket_advice: bool,
+        }
+        let v6any: IpAddr = "::".parse().unwrap();
+        let mut cases = Vec::new();
+        let base = |state: State| holder(state);
+        cases.push(Case {
+            name: "listener",
+            req: nginx_request(98, Family::Ipv4, "0.0.0.0"),
+            holder: base(State::Listen),
+            own_socket_advice: false,
+        });
+        let mut rp = base(State::Listen);
+        rp.reuseport = Some(true);
+        rp.uid = Some(33);
+        cases.push(Case {
+            name: "reuseport",
+            req: nginx_request(98, Family::Ipv4, "0.0.0.0"),
+            holder: rp,
+            own_socket_advice: false,
+        });
+        let mut lc = nginx_request(98, Family::Ipv4, "0.0.0.0");
+        lc.syscall = Syscall::Listen;
+        cases.push(Case {
+            name: "listen_conflict",
+            req: lc,
+            holder: base(State::Listen),
+            own_socket_advice: false,
+        });
+        let mut ds = base(State::Listen);
+        ds.addr = v6any;
+        ds.cross_family = true;
+        ds.v6only = Some(false);
+        cases.push(Case {
+            name: "dual_stack v4 request",
+            req: nginx_request(98, Family::Ipv4, "0.0.0.0"),
+            holder: ds,
+            own_socket_advice: false,
+        });
+        let mut ds6 = base(State::Listen);
+        ds6.cross_family = true;
+        cases.push(Case {
+            name: "dual_stack v6 request",
+            req: nginx_request(98, Family::Ipv6, "::"),
+            holder: ds6,
+            own_socket_advice: false,
+        });
+        cases.push(Case {
+            name: "bound",
+            req: nginx_request(98, Family::Ipv4, "0.0.0.0"),
+            holder: base(State::Bound),
+            own_socket_advice: false,
+        });
+        let mut conn = base(State::Connection(1));
+        conn.remote = Some("127.0.0.1:5555".into());
+        cases.push(Case {
+            name: "connection",
+            req: nginx_request(98, Family::Ipv4, "0.0.0.0"),
+            holder: conn,
+            own_socket_advice: true,
+        });
+
+        #[derive(Debug, Clone, Copy, PartialEq)]
+        enum Who {
+            OtherProgram,
+            SameProgram,
+            SameUnit,
+            OtherUnit,
+        }
+        for case in &cases {
+            for who in [
+                Who::OtherProgram,
+                Who::SameProgram,
+                Who::SameUnit,
+                Who::OtherUnit,
+            ] {
+                let mut h = case.holder.clone();
+                let mut e = with(vec![]);
+                e.caller.unit = Some("nginx.service".into());
+                match who {
+                    Who::OtherProgram => h.comm = Some("apache2".into()),
+                    Who::SameProgram => h.comm = Some("nginx".into()),
+                    Who::SameUnit => {
+                        h.comm = Some("nginx".into());
+                        h.unit = Some("nginx.service".into());
+                    }
+                    Who::OtherUnit => {
+                        h.comm = Some("apache2".into());
+                        h.unit = Some("apache2.service".into());
+                    }
+                }
+                e.holders = vec![h.clone()];
+                let v = diagnose(&case.req, &e);
+                let ctx = format!("{} / {who:?}: {v:#?}", case.name);
+                let first = v.fix.split(';').next().unwrap();
+                let stop_cmd = match &h.unit {
+                    Some(u) => format!("systemctl stop {u}"),
+                    None => "kill 100".to_owned(),
+                };
+                assert!(v.fix.contains(&stop_cmd), "{ctx}");
+                if !case.own_socket_advice && matches!(who, Who::OtherProgram | Who::OtherUnit) {
+                    assert!(
+                        first.contains(&stop_cmd),
+                        "does not lead with the holder: {ctx}"
+                    );
+                    assert!(
+                        v.fix.to_lowercase().contains("another program")
+                            && v.diagnosis.contains("another program"),
+                        "{ctx}"
+                    );
+                }
+                if who == Who::SameUnit && !case.own_socket_advice {
+                    assert!(
+                        v.fix.contains("same service") && v.diagnosis.contains("same service"),
+                        "{ctx}"
+                    );
+                }
+                // nginx syntax only for nginx's own sockets.
+                if v.fix.contains("listen [::]") {
+                    let nginx_socket = if case.req.family == Family::Ipv6 {
+                        true
+                    } else {
+                        h.comm.as_deref() == Some("nginx")
+                    };
+                    assert!(
+                        nginx_socket,
+                        "nginx syntax for someone else's socket: {ctx}"
+                    );
+                }
+                assert!(
+                    !v.fix.contains("killall") && !v.fix.contains("fuser"),
+                    "{ctx}"
+                );
+            }
+        }
+    }
+
+    /// Apache's [::]:P (no IPV6_V6ONLY) blocks nginx's 0.0.0.0:P: lead with
+    /// Apache, never with nginx's ipv6only; the mirror case, nginx's own
+    /// [::]:P ipv6only=off against its own 0.0.0.0:P, is nginx's own config.
+    #[test]
+    fn apache_dual_stack_against_nginx_and_the_mirror() {
+        let mut apache = holder(State::Listen);
+        apache.addr = "::".parse().unwrap();
+        apache.cross_family = true;
+        apache.v6only = Some(false);
+        apache.comm = Some("apache2".into());
+        apache.pids = vec![100, 101, 102];
+        let req = nginx_request(98, Family::Ipv4, "0.0.0.0");
+        let v = diagnose(&req, &with(vec![apache.clone()]));
+        assert_eq!(v.reason, Reason::DualStack);
+        assert!(
+            v.diagnosis
+                .contains("another program: apache2 (pid 100 and 2 more processes)"),
+            "{v:#?}"
+        );
+        assert!(
+            v.diagnosis.contains("also takes every IPv4 address"),
+            "{v:#?}"
+        );
+        assert!(
+            v.fix
+                .starts_with("Another program holds it: stop it cleanly, `kill 100`"),
+            "{v:#?}"
+        );
+        assert!(!v.fix.contains("ipv6only=on"), "{v:#?}");
+        assert!(v.fix.contains("apache2's IPv6 socket"), "{v:#?}");
+        apache.unit = Some("apache2.service".into());
+        let v = diagnose(&req, &with(vec![apache]));
+        assert!(v.fix.contains("`systemctl stop apache2.service`"), "{v:#?}");
+
+        // nginx's own [::]:P ipv6only=off fails against its own 0.0.0.0:P.
+        let mut own = holder(State::Listen);
+        own.pid = Some(4242);
+        own.pids = vec![4242];
+        own.comm = Some("nginx".into());
+        own.cross_family = true;
+        let req6 = nginx_request(98, Family::Ipv6, "::");
+        let v = diagnose(&req6, &with(vec![own]));
+        assert_eq!(v.reason, Reason::DualStack);
+        assert!(v.diagnosis.contains("this same process"), "{v:#?}");
+        assert!(v.fix.contains("nginx's own listen lines"), "{v:#?}");
+        assert!(!v.fix.contains("kill"), "{v:#?}");
     }
 
     #[test]

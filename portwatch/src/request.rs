@@ -252,7 +252,7 @@ impl<'de> Deserialize<'de> for Errno {
 }
 
 /// Who made a call.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Caller {
     /// Process id.
     pub pid: u32,
@@ -260,6 +260,8 @@ pub struct Caller {
     pub tid: u32,
     /// Real uid.
     pub uid: u32,
+    /// Its comm (untrusted).
+    pub comm: String,
 }
 
 /// A bind() or listen() on an address and port in one network namespace:

@@ -110,6 +110,7 @@ fn have(cmd: &str) -> bool {
 pub fn ensure_test_packages() -> Result<()> {
     ensure_packages(&[
         ("nginx", "nginx"),
+        ("/usr/sbin/apache2", "apache2"),
         ("ip", "iproute2"),
         ("objcopy", "binutils"),
         ("xz", "xz-utils"),

@@ -123,6 +123,7 @@ impl Event {
                 pid: self.pid,
                 tid: self.tid,
                 uid: self.uid,
+                comm: self.comm.clone(),
             }),
             record: self.record.clone(),
         }

@@ -12,7 +12,7 @@ use super::{
     netns, overlaps,
     procs::{self, ProcCache, ProcInfo, SocketIndex},
     sockdiag::{self, DiagSocket},
-    sysctl, Evidence, Holder, Seen, State,
+    sysctl, CallerInfo, Evidence, Holder, Seen, State,
 };
 use crate::{
     capture::KernelRecord,
@@ -124,6 +124,7 @@ impl Enricher {
         };
         let mut evidence = Evidence {
             sysctls: Some(sysctls),
+            caller: self.caller(req),
             ..Evidence::default()
         };
         if !in_use {
@@ -161,7 +162,21 @@ impl Enricher {
         }
     }
 
-    /// The sockets in the way of `ev`, merged with the kernel's record.
+    /// The requester's unit and container, from the cache (one stat read
+    /// when it is known), so advice can tell an old instance of the same
+    /// service from another program.
+    fn caller(&self, req: &Request) -> CallerInfo {
+        let Some(c) = &req.caller else {
+            return CallerInfo::default();
+        };
+        let info = self.procs.lock().ok().and_then(|mut p| p.get(c.pid));
+        CallerInfo {
+            unit: info.as_ref().and_then(|i| i.unit.clone()),
+            container: info.and_then(|i| i.container),
+        }
+    }
+
+    /// The sockets in the way of `req`, merged with the kernel's record.
     fn holders(&self, req: &Request, sockets: &[DiagSocket]) -> Vec<Holder> {
         let v6only = req.v6only();
         // Where the holder most likely is: the recorded binder, the children
@@ -171,7 +186,7 @@ impl Enricher {
             hints.push(r.pid);
             hints.extend(procs::children(r.pid));
         }
-        hints.extend(req.caller.map(|c| c.pid));
+        hints.extend(req.caller.as_ref().map(|c| c.pid));
         let mut holders: Vec<Holder> = Vec::new();
         let mut time_wait: Option<Holder> = None;
         for s in sockets {
@@ -218,7 +233,7 @@ impl Enricher {
             // listen() failing: its own socket is bound to the port too.
             if req.syscall == Syscall::Listen
                 && state == State::Bound
-                && req.caller.is_some_and(|c| pids.contains(&c.pid))
+                && req.caller.as_ref().is_some_and(|c| pids.contains(&c.pid))
             {
                 continue;
             }

@@ -217,6 +217,18 @@ pub struct Evidence {
     pub sysctls: Option<Sysctls>,
     /// Port 0: ports of ip_local_port_range in use by the protocol.
     pub ephemeral_in_use: Option<usize>,
+    /// The requesting process's unit and container, when it could be read:
+    /// advice depends on whether the holder is the same service.
+    pub caller: CallerInfo,
+}
+
+/// The requester's service, as far as /proc tells (it may have exited).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CallerInfo {
+    /// Its systemd unit.
+    pub unit: Option<String>,
+    /// Its container id.
+    pub container: Option<String>,
 }
 
 /// Whether a socket bound at `(family, addr, v6only)` takes the address a

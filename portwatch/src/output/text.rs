@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 
 use crate::{
     capture::Event,
-    diagnose::Verdict,
+    diagnose::{named, Verdict},
     holders::{Evidence, Holder},
     request::Family,
 };
@@ -64,10 +64,14 @@ pub fn human_line(ev: &Event) -> String {
 pub fn holder_line(h: &Holder) -> String {
     let mut line = format!(
         "{} {} {}",
-        printable(&h.who()),
+        printable(&named(h)),
         h.state.name(),
         SocketAddr::new(h.addr, h.port)
     );
+    // The first thing to know about a wildcard: which families it takes.
+    if h.addr.is_unspecified() && h.addr.is_ipv6() && h.v6only != Some(true) {
+        line.push_str(" (IPv6 wildcard without IPV6_V6ONLY: takes IPv4 too)");
+    }
     if let Some(left) = h.time_left_ms {
         line.push_str(&format!(", {} s left", left.div_ceil(1000)));
     }
