@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use clap::Parser as _;
 use portwatch::{
     cli::Cli,
-    commands::{EXIT_FAILED, EXIT_USAGE},
+    commands::{run::EXIT_RUN_FAILED, EXIT_FAILED, EXIT_USAGE},
 };
 
 fn main() -> ExitCode {
@@ -19,7 +19,9 @@ fn main() -> ExitCode {
                 "portwatch: {}",
                 first.strip_prefix("error: ").unwrap_or(first)
             );
-            return ExitCode::from(EXIT_USAGE);
+            // `run` leaves CMD's statuses to CMD: its own failures are 125.
+            let run = std::env::args().nth(1).as_deref() == Some("run");
+            return ExitCode::from(if run { EXIT_RUN_FAILED } else { EXIT_USAGE });
         }
         Err(e) => {
             let _ = e.print();

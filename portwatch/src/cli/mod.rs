@@ -35,6 +35,26 @@ EXIT STATUS:
     2  bad command line
     3  this system cannot run it: not root, no BTF, no usable hook";
 
+const RUN_EXAMPLES: &str = "\
+EXAMPLES:
+    portwatch run -- nginx -c /etc/nginx/test.conf   # a test harness starting a server
+    portwatch run --json --output pw.ndjson -- ./deploy.sh
+    portwatch run --port 8080 -- make integration-test
+    portwatch run --all-errors -- ./server --listen 127.0.0.1:80
+
+CMD runs in a cgroup of its own (cgroup v2), so its children are traced too,
+also those that daemonize. CMD's stdout and stderr pass through untouched;
+portwatch's lines (each failure with holder, diagnosis and fix, then a
+summary) go to stderr, or to --output FILE. Ctrl-C, SIGTERM, SIGHUP and
+SIGQUIT are forwarded to CMD, which runs in a process group of its own.
+
+EXIT STATUS:
+    CMD's own exit status, or 128+N when a signal N ended it
+    125  portwatch itself failed (bad command line, not root, no cgroup v2,
+         the tracer could not start)
+    126  CMD was found but could not be executed
+    127  CMD was not found";
+
 /// Catch failed bind() and listen() calls in the kernel and show what was
 /// asked for, by whom, who holds the port, why it failed, and what to do.
 #[derive(Debug, Parser)]
@@ -52,6 +72,10 @@ pub enum Command {
     /// the port, why it failed and what to do.
     #[command(after_help = WATCH_EXAMPLES)]
     Watch(WatchArgs),
+    /// Run a command and report the bind()/listen() failures of it and all
+    /// its descendants (daemonized ones too), then exit with its status.
+    #[command(after_help = RUN_EXAMPLES)]
+    Run(RunArgs),
 }
 
 /// `portwatch watch`.
@@ -148,4 +172,61 @@ pub struct WatchArgs {
     /// /sys/kernel/btf/vmlinux (for kernels built without it).
     #[arg(long, value_name = "PATH")]
     pub btf: Option<PathBuf>,
+}
+
+/// `portwatch run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Only these requested ports: comma lists and ranges (80,443,8000-8100); repeatable.
+    #[arg(long, value_name = "PORTS", value_parser = values::parse_ports)]
+    pub port: Vec<Vec<(u16, u16)>>,
+
+    /// Errors to report, by name or number (comma separated).
+    #[arg(
+        long,
+        value_name = "ERRNO",
+        value_delimiter = ',',
+        default_value = "EADDRINUSE",
+        value_parser = values::parse_errno,
+        conflicts_with = "all_errors"
+    )]
+    pub errno: Vec<Errno>,
+
+    /// Report every failing errno, not only --errno's.
+    #[arg(long)]
+    pub all_errors: bool,
+
+    /// One JSON object per line (the schema of `watch --json`), notices too.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Write portwatch's lines to FILE (created 0600; an existing symlink
+    /// is refused) instead of stderr.
+    #[arg(long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+
+    /// Do not look up holders: events only.
+    #[arg(long)]
+    pub no_holders: bool,
+
+    /// Longest wait, in milliseconds, for an event's holder lookup.
+    #[arg(long, value_name = "MS", default_value_t = 500, value_parser = clap::value_parser!(u64).range(1..=60_000))]
+    pub lookup_timeout: u64,
+
+    /// Identical failures within this many milliseconds are counted, not shown.
+    #[arg(long, value_name = "MS", default_value_t = 1000)]
+    pub fold_window: u64,
+
+    /// Kernel hook to use.
+    #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
+    pub backend: BackendChoice,
+
+    /// The command and its arguments (after `--`).
+    #[arg(
+        required = true,
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "CMD"
+    )]
+    pub command: Vec<std::ffi::OsString>,
 }

@@ -65,7 +65,7 @@ pub fn parse_netns(s: &str) -> Result<u32, String> {
 }
 
 /// Where cgroup v2 is mounted, from /proc/self/mountinfo.
-fn cgroup2_mount() -> Option<String> {
+pub fn cgroup2_mount() -> Option<String> {
     let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
     info.lines().find_map(|line| {
         let (left, right) = line.split_once(" - ")?;

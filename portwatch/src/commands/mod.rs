@@ -1,6 +1,7 @@
 //! One module per subcommand, each with one entry point; this module
 //! dispatches and maps errors to exit statuses.
 
+pub mod run;
 pub mod watch;
 
 use std::process::ExitCode;
@@ -21,6 +22,18 @@ impl Command {
     pub async fn execute(self) -> ExitCode {
         let result = match self {
             Command::Watch(args) => watch::run(args).await,
+            Command::Run(args) => {
+                return match run::run(args).await {
+                    Ok(status) => ExitCode::from(status),
+                    Err(e) => {
+                        eprintln!("portwatch: {e:#}");
+                        ExitCode::from(match e.downcast_ref::<run::CannotStart>() {
+                            Some(c) => c.status,
+                            None => run::EXIT_RUN_FAILED,
+                        })
+                    }
+                }
+            }
         };
         match result {
             Ok(()) => ExitCode::from(EXIT_OK),

@@ -44,7 +44,7 @@ pub async fn run(args: WatchArgs) -> Result<()> {
     } else {
         Format::Human
     };
-    let notices = Notices { format };
+    let notices = Notices::new(format);
     let mut session = Session::start(&settings(&args), args.backend)?;
     if let Some(path) = session.mounted_tracefs {
         notices.say(&Notice::Mount {

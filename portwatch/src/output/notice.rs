@@ -1,7 +1,11 @@
 //! Notices: what portwatch says about itself on stderr, beside the events —
 //! one sentence for people, or one JSON object with a `type` for scripts.
 
-use std::path::PathBuf;
+use std::{
+    io::Write as _,
+    path::PathBuf,
+    sync::{Arc, Mutex},
+};
 
 use serde::{Deserialize, Serialize};
 
@@ -141,22 +145,45 @@ impl Notice {
     }
 }
 
-/// Where notices go (stderr), shaped by the output format.
-#[derive(Debug, Clone, Copy)]
+/// Where notices go (stderr, or a file shared with the events), shaped by
+/// the output format.
+#[derive(Debug, Clone)]
 pub struct Notices {
     /// People or JSON.
     pub format: Format,
+    file: Option<Arc<Mutex<std::fs::File>>>,
 }
 
 impl Notices {
-    /// Writes `notice` to stderr as one line.
+    /// Notices on stderr.
+    pub fn new(format: Format) -> Self {
+        Self { format, file: None }
+    }
+
+    /// Notices appended to `file` (`run --output`).
+    pub fn to_file(format: Format, file: Arc<Mutex<std::fs::File>>) -> Self {
+        Self {
+            format,
+            file: Some(file),
+        }
+    }
+
+    /// Writes `notice` as one line.
     pub fn say(&self, notice: &Notice) {
-        match self.format {
-            Format::Human => eprintln!("portwatch: {}", notice.human()),
+        let line = match self.format {
+            Format::Human => format!("portwatch: {}", notice.human()),
             Format::Json => match serde_json::to_string(notice) {
-                Ok(line) => eprintln!("{line}"),
-                Err(e) => eprintln!("portwatch: cannot render a notice: {e}"),
+                Ok(line) => line,
+                Err(e) => format!("portwatch: cannot render a notice: {e}"),
             },
+        };
+        match &self.file {
+            Some(file) => {
+                if let Ok(mut f) = file.lock() {
+                    let _ = writeln!(f, "{line}");
+                }
+            }
+            None => eprintln!("{line}"),
         }
     }
 }
