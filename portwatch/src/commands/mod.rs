@@ -2,6 +2,7 @@
 //! dispatches and maps errors to exit statuses.
 
 pub mod watch;
+pub mod who;
 
 use std::process::ExitCode;
 
@@ -21,6 +22,20 @@ impl Command {
     pub async fn execute(self) -> ExitCode {
         let result = match self {
             Command::Watch(args) => watch::run(args).await,
+            // Its own statuses: 1 means "taken", not "failed".
+            Command::Who(args) => {
+                return match who::run(&args) {
+                    Ok(true) => ExitCode::from(EXIT_OK),
+                    Ok(false) => ExitCode::from(who::EXIT_TAKEN),
+                    Err(e) => {
+                        eprintln!("portwatch: {e}");
+                        ExitCode::from(match e {
+                            who::WhoError::Usage(_) => EXIT_USAGE,
+                            who::WhoError::Cannot(_) => EXIT_UNSUPPORTED,
+                        })
+                    }
+                }
+            }
         };
         match result {
             Ok(()) => ExitCode::from(EXIT_OK),
