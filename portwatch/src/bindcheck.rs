@@ -94,7 +94,12 @@ fn conflict(proto: Proto, addr: IpAddr, variant: Variant, uid: u32, s: &DiagSock
     let Ok(family) = Family::try_from(u16::from(s.family)) else {
         return Rule::Free;
     };
-    if overlaps((Family::of(addr), addr, false), (family, s.local.ip(), s.v6only)).is_none() {
+    if overlaps(
+        (Family::of(addr), addr, false),
+        (family, s.local.ip(), s.v6only),
+    )
+    .is_none()
+    {
         return Rule::Free;
     }
     let same_uid = s.uid == uid;
@@ -237,11 +242,20 @@ mod tests {
 
         let tw = sock(TIME_WAIT, "127.0.0.1:80", 0, None);
         assert_eq!(rule(Variant::Plain, &tw), Rule::Taken);
-        assert_eq!(rule(Variant::Reuseaddr, &tw), Rule::IfHolderSet("SO_REUSEADDR"));
-        assert_eq!(rule(Variant::Reuseport, &tw), Rule::IfHolderSet("SO_REUSEPORT"));
+        assert_eq!(
+            rule(Variant::Reuseaddr, &tw),
+            Rule::IfHolderSet("SO_REUSEADDR")
+        );
+        assert_eq!(
+            rule(Variant::Reuseport, &tw),
+            Rule::IfHolderSet("SO_REUSEPORT")
+        );
 
         let bound = sock(BOUND, "0.0.0.0:80", 1000, None);
-        assert_eq!(rule(Variant::Reuseaddr, &bound), Rule::IfHolderSet("SO_REUSEADDR"));
+        assert_eq!(
+            rule(Variant::Reuseaddr, &bound),
+            Rule::IfHolderSet("SO_REUSEADDR")
+        );
 
         // Dual stack: [::] without V6ONLY takes 0.0.0.0; with it, not.
         let v6 = sock(LISTEN, "[::]:80", 1000, Some(false));
@@ -251,12 +265,24 @@ mod tests {
         // Another address: no overlap.
         let lo2 = sock(LISTEN, "127.0.0.2:80", 1000, None);
         assert_eq!(
-            by_rules(Proto::Tcp, "127.0.0.1".parse().unwrap(), Variant::Plain, 0, &[lo2]),
+            by_rules(
+                Proto::Tcp,
+                "127.0.0.1".parse().unwrap(),
+                Variant::Plain,
+                0,
+                &[lo2]
+            ),
             Rule::Free
         );
         // The worst socket decides.
         assert_eq!(
-            by_rules(Proto::Tcp, any4, Variant::Reuseaddr, 1000, &[tw.clone(), listener]),
+            by_rules(
+                Proto::Tcp,
+                any4,
+                Variant::Reuseaddr,
+                1000,
+                &[tw.clone(), listener]
+            ),
             Rule::Taken
         );
     }
@@ -268,8 +294,14 @@ mod tests {
         s.protocol = 17;
         let rule = |v, uid| by_rules(Proto::Udp, any4, v, uid, std::slice::from_ref(&s));
         assert_eq!(rule(Variant::Plain, 1000), Rule::Taken);
-        assert_eq!(rule(Variant::Reuseaddr, 0), Rule::IfHolderSet("SO_REUSEADDR"));
-        assert_eq!(rule(Variant::Reuseport, 1000), Rule::IfHolderSet("SO_REUSEPORT"));
+        assert_eq!(
+            rule(Variant::Reuseaddr, 0),
+            Rule::IfHolderSet("SO_REUSEADDR")
+        );
+        assert_eq!(
+            rule(Variant::Reuseport, 1000),
+            Rule::IfHolderSet("SO_REUSEPORT")
+        );
         assert_eq!(rule(Variant::Reuseport, 0), Rule::Taken);
     }
 }

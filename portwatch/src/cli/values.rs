@@ -162,19 +162,32 @@ mod tests {
         assert_eq!(parse_port_proto("8080").unwrap(), (8080, Proto::Tcp));
         assert_eq!(parse_port_proto("53/udp").unwrap(), (53, Proto::Udp));
         assert_eq!(parse_port_proto("443/TCP").unwrap(), (443, Proto::Tcp));
-        assert!(parse_port_proto("0").unwrap_err().contains("'0' is not a port"));
-        assert!(parse_port_proto("65536/tcp").unwrap_err().contains("is not a port"));
-        assert!(parse_port_proto("80/sctp").unwrap_err().contains("unknown protocol 'sctp'"));
+        assert!(parse_port_proto("0")
+            .unwrap_err()
+            .contains("'0' is not a port"));
+        assert!(parse_port_proto("65536/tcp")
+            .unwrap_err()
+            .contains("is not a port"));
+        assert!(parse_port_proto("80/sctp")
+            .unwrap_err()
+            .contains("unknown protocol 'sctp'"));
         assert!(parse_port_proto("http").is_err());
     }
 
     #[test]
     fn who_addresses() {
         assert_eq!(parse_addr("0.0.0.0").unwrap(), IpAddr::from([0, 0, 0, 0]));
-        assert_eq!(parse_addr("[::1]").unwrap(), "::1".parse::<IpAddr>().unwrap());
-        assert!(parse_addr("localhost").unwrap_err().contains("not an IPv4 or IPv6"));
+        assert_eq!(
+            parse_addr("[::1]").unwrap(),
+            "::1".parse::<IpAddr>().unwrap()
+        );
+        assert!(parse_addr("localhost")
+            .unwrap_err()
+            .contains("not an IPv4 or IPv6"));
         assert!(parse_netns_target("/nonexistent/netns").is_err());
-        assert!(parse_netns_target("4294967295").unwrap_err().contains("no process"));
+        assert!(parse_netns_target("4294967295")
+            .unwrap_err()
+            .contains("no process"));
         assert_eq!(
             parse_netns_target(&std::process::id().to_string()).unwrap(),
             PathBuf::from(format!("/proc/{}/ns/net", std::process::id()))

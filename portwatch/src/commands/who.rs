@@ -44,15 +44,14 @@ pub fn run(args: &WhoArgs) -> Result<bool, WhoError> {
             .spawn(|| match &ns {
                 Some((file, inode, path)) => netns::in_netns(file.as_fd(), || look(args, *inode))
                     .map_err(|e| match e.raw_os_error() {
-                        Some(libc::EINVAL) => WhoError::Usage(format!(
-                            "'{}' is not a network namespace",
-                            path.display()
-                        )),
-                        _ => WhoError::Cannot(format!(
-                            "cannot enter network namespace '{}': {e}",
-                            path.display()
-                        )),
-                    })?,
+                    Some(libc::EINVAL) => {
+                        WhoError::Usage(format!("'{}' is not a network namespace", path.display()))
+                    }
+                    _ => WhoError::Cannot(format!(
+                        "cannot enter network namespace '{}': {e}",
+                        path.display()
+                    )),
+                })?,
                 None => {
                     let inode = netns::current_netns().ok_or_else(|| {
                         WhoError::Cannot("cannot read /proc/thread-self/ns/net".into())
@@ -196,7 +195,10 @@ fn look(args: &WhoArgs, netns: u32) -> Result<WhoReport, WhoError> {
                 errno: errno.filter(|&e| e != Errno::ADDRINUSE),
                 ..base.clone()
             };
-            diagnose(&req, &enricher.evidence_from(&req, &sockets, sysctls.clone()))
+            diagnose(
+                &req,
+                &enricher.evidence_from(&req, &sockets, sysctls.clone()),
+            )
         });
         binds.push(BindVerdict {
             option: variant,
