@@ -3,6 +3,8 @@
 //!
 //! The data path, module by module (ARCHITECTURE.md has the picture):
 
+/// Would a bind() succeed now: the kernel's conflict rules, and trial binds.
+pub mod bindcheck;
 /// Kernel side: BTF offsets, loading the eBPF programs, reading events.
 pub mod capture;
 /// Command-line types and value parsers (clap).

@@ -1,12 +1,12 @@
 //! Command-line interface (clap types only; behaviour lives in the subcommands).
 
-use std::path::PathBuf;
+use std::{net::IpAddr, path::PathBuf};
 
 use clap::{Args, Parser, Subcommand};
 
 use crate::{
     capture::{ArgsSource, BackendChoice},
-    request::Errno,
+    request::{Errno, Proto},
 };
 
 pub mod values;
@@ -54,6 +54,46 @@ EXIT STATUS:
          the tracer could not start)
     126  CMD was found but could not be executed
     127  CMD was not found";
+const WHO_EXAMPLES: &str = "\
+EXAMPLES:
+    portwatch who 8080                       # who holds tcp 8080; would 0.0.0.0:8080 bind?
+    portwatch who 53/udp                     # a UDP port
+    portwatch who 8080 --addr ::             # the IPv6 wildcard, dual stack (v4 and v6)
+    portwatch who 8080 --addr 127.0.0.1      # one address
+    portwatch who 8080 --netns /run/netns/blue
+    portwatch who 8080 --netns 4242          # the network namespace of pid 4242
+    portwatch who 8080 --json | jq .sockets
+    portwatch who 8080 >/dev/null || echo taken
+
+Lists every socket on the port in the network namespace (what `ss -tan` /
+`ss -uan` show for it, plus bound TCP sockets that never listened, where the
+kernel reports them), with its state, addresses, TIME_WAIT time left and
+owning processes (pid, comm, uid, systemd unit or container, command line).
+Then says whether a new bind() of ADDR:PORT would succeed now: plain, with
+SO_REUSEADDR, and with SO_REUSEPORT, and where not, why and what to do.
+
+Each answer is checked by a trial bind: a fresh socket with that option,
+bound to ADDR:PORT inside the namespace and closed at once, never listening.
+It is the kernel's own answer. A trial that succeeds holds the port for a few
+microseconds; nothing else sees it unless it binds that very port at that
+instant. The SO_REUSEPORT trial is made under the uid owning the sockets in
+the way (SO_REUSEPORT shares only within one uid). A UDP socket that shares a
+port receives datagrams at once, so with a UDP socket in the way the
+SO_REUSEADDR / SO_REUSEPORT answers come from the kernel's rules instead,
+never from a trial; --no-trial uses the rules for every answer. The rules
+cannot see whether the holder set SO_REUSEADDR / SO_REUSEPORT (sock_diag does
+not report them), so they answer \"unknown: only if the holder set it too\".
+
+No eBPF, tracefs or BTF is needed; root is needed to name the processes of
+other users and to enter another network namespace.
+
+EXIT STATUS:
+    0  a plain bind() of ADDR:PORT would succeed now (the port is free)
+    1  it would fail: the port is taken (or ADDR cannot be bound here)
+    2  bad command line: port 0 or above 65535, unknown protocol, not an IP
+       address, no such network namespace path or pid, not a namespace
+    3  this system cannot answer: no sock_diag (inet_diag, tcp_diag/udp_diag),
+       not permitted (not root), or another error while looking";
 
 /// Catch failed bind() and listen() calls in the kernel and show what was
 /// asked for, by whom, who holds the port, why it failed, and what to do.
@@ -72,10 +112,40 @@ pub enum Command {
     /// the port, why it failed and what to do.
     #[command(after_help = WATCH_EXAMPLES)]
     Watch(WatchArgs),
+    /// Who holds a port, and would a new bind() of it succeed now (plain,
+    /// SO_REUSEADDR, SO_REUSEPORT)? One shot, no eBPF.
+    #[command(after_help = WHO_EXAMPLES)]
+    Who(WhoArgs),
     /// Run a command and report the bind()/listen() failures of it and all
     /// its descendants (daemonized ones too), then exit with its status.
     #[command(after_help = RUN_EXAMPLES)]
     Run(RunArgs),
+}
+
+/// `portwatch who`.
+#[derive(Debug, Args)]
+pub struct WhoArgs {
+    /// The port (1-65535), optionally with its protocol: 8080, 8080/tcp, 53/udp.
+    #[arg(value_name = "PORT[/tcp|/udp]", value_parser = values::parse_port_proto)]
+    pub port: (u16, Proto),
+
+    /// The address a new bind() would ask for. `--addr ::` checks the IPv6
+    /// wildcard, dual stack (IPV6_V6ONLY off: it takes IPv4 too).
+    #[arg(long, value_name = "ADDR", default_value = "0.0.0.0", value_parser = values::parse_addr)]
+    pub addr: IpAddr,
+
+    /// Look in this network namespace: a path (/run/netns/NAME,
+    /// /proc/PID/ns/net) or a PID (its /proc/PID/ns/net). Default: portwatch's own.
+    #[arg(long, value_name = "PATH|PID", value_parser = values::parse_netns_target)]
+    pub netns: Option<PathBuf>,
+
+    /// Print one JSON object (holder objects have the keys of `watch --json`'s).
+    #[arg(long)]
+    pub json: bool,
+
+    /// Answer from the kernel's rules alone: no trial bind.
+    #[arg(long)]
+    pub no_trial: bool,
 }
 
 /// `portwatch watch`.

@@ -1,9 +1,13 @@
 //! Parsing and checking filter values from the command line. Every parser
 //! returns a one-line error saying what was wrong with the value.
 
-use std::{os::unix::fs::MetadataExt as _, path::Path};
+use std::{
+    net::IpAddr,
+    os::unix::fs::MetadataExt as _,
+    path::{Path, PathBuf},
+};
 
-use crate::request::Errno;
+use crate::request::{Errno, Proto};
 
 /// `EADDRINUSE`, `eaddrinuse`, `98`.
 pub fn parse_errno(s: &str) -> Result<Errno, String> {
@@ -106,9 +110,89 @@ pub fn parse_ring_kib(s: &str) -> Result<u32, String> {
     Ok(kib)
 }
 
+/// `who`'s `PORT[/tcp|/udp]`: a port from 1 to 65535 and a protocol (tcp when left out).
+pub fn parse_port_proto(s: &str) -> Result<(u16, Proto), String> {
+    let (port, proto) = match s.split_once('/') {
+        Some((port, proto)) => (port, proto),
+        None => (s, "tcp"),
+    };
+    let proto = match proto.to_ascii_lowercase().as_str() {
+        "tcp" => Proto::Tcp,
+        "udp" => Proto::Udp,
+        _ => return Err(format!("unknown protocol '{proto}' (tcp or udp)")),
+    };
+    match port.trim().parse::<u16>() {
+        Ok(p) if p != 0 => Ok((p, proto)),
+        _ => Err(format!("'{port}' is not a port (1-65535)")),
+    }
+}
+
+/// An IPv4 or IPv6 address; IPv6 may come in brackets (`[::1]`).
+pub fn parse_addr(s: &str) -> Result<IpAddr, String> {
+    let bare = s
+        .strip_prefix('[')
+        .and_then(|a| a.strip_suffix(']'))
+        .unwrap_or(s);
+    bare.parse()
+        .map_err(|_| format!("'{s}' is not an IPv4 or IPv6 address"))
+}
+
+/// A network namespace to look in: a path (/run/netns/NAME, /proc/PID/ns/net) or a PID,
+/// meaning /proc/PID/ns/net. It must exist now; that it is a network namespace is checked
+/// when it is entered.
+pub fn parse_netns_target(s: &str) -> Result<PathBuf, String> {
+    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
+        let path = PathBuf::from(format!("/proc/{s}/ns/net"));
+        return if path.exists() {
+            Ok(path)
+        } else {
+            Err(format!("no process with pid {s}"))
+        };
+    }
+    std::fs::metadata(s).map_err(|e| format!("network namespace '{s}': {e}"))?;
+    Ok(PathBuf::from(s))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn who_port_and_protocol() {
+        assert_eq!(parse_port_proto("8080").unwrap(), (8080, Proto::Tcp));
+        assert_eq!(parse_port_proto("53/udp").unwrap(), (53, Proto::Udp));
+        assert_eq!(parse_port_proto("443/TCP").unwrap(), (443, Proto::Tcp));
+        assert!(parse_port_proto("0")
+            .unwrap_err()
+            .contains("'0' is not a port"));
+        assert!(parse_port_proto("65536/tcp")
+            .unwrap_err()
+            .contains("is not a port"));
+        assert!(parse_port_proto("80/sctp")
+            .unwrap_err()
+            .contains("unknown protocol 'sctp'"));
+        assert!(parse_port_proto("http").is_err());
+    }
+
+    #[test]
+    fn who_addresses() {
+        assert_eq!(parse_addr("0.0.0.0").unwrap(), IpAddr::from([0, 0, 0, 0]));
+        assert_eq!(
+            parse_addr("[::1]").unwrap(),
+            "::1".parse::<IpAddr>().unwrap()
+        );
+        assert!(parse_addr("localhost")
+            .unwrap_err()
+            .contains("not an IPv4 or IPv6"));
+        assert!(parse_netns_target("/nonexistent/netns").is_err());
+        assert!(parse_netns_target("4294967295")
+            .unwrap_err()
+            .contains("no process"));
+        assert_eq!(
+            parse_netns_target(&std::process::id().to_string()).unwrap(),
+            PathBuf::from(format!("/proc/{}/ns/net", std::process::id()))
+        );
+    }
 
     #[test]
     fn ports_lists_and_ranges() {

@@ -3,6 +3,7 @@
 
 pub mod run;
 pub mod watch;
+pub mod who;
 
 use std::process::ExitCode;
 
@@ -22,6 +23,7 @@ impl Command {
     pub async fn execute(self) -> ExitCode {
         let result = match self {
             Command::Watch(args) => watch::run(args).await,
+            // CMD's statuses are CMD's: portwatch's own failures are 125.
             Command::Run(args) => {
                 return match run::run(args).await {
                     Ok(status) => ExitCode::from(status),
@@ -30,6 +32,20 @@ impl Command {
                         ExitCode::from(match e.downcast_ref::<run::CannotStart>() {
                             Some(c) => c.status,
                             None => run::EXIT_RUN_FAILED,
+                        })
+                    }
+                }
+            }
+            // Its own statuses: 1 means "taken", not "failed".
+            Command::Who(args) => {
+                return match who::run(&args) {
+                    Ok(true) => ExitCode::from(EXIT_OK),
+                    Ok(false) => ExitCode::from(who::EXIT_TAKEN),
+                    Err(e) => {
+                        eprintln!("portwatch: {e}");
+                        ExitCode::from(match e {
+                            who::WhoError::Usage(_) => EXIT_USAGE,
+                            who::WhoError::Cannot(_) => EXIT_UNSUPPORTED,
                         })
                     }
                 }

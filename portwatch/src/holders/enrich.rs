@@ -146,6 +146,61 @@ impl Enricher {
         evidence
     }
 
+    /// Evidence for `req` from `sockets`, already dumped in its network
+    /// namespace by the caller (`who`, which lists them all first): the same
+    /// holders, grouped and ordered as [`Enricher::evidence`] gives them.
+    pub fn evidence_from(
+        &self,
+        req: &Request,
+        sockets: &[DiagSocket],
+        sysctls: sysctl::Sysctls,
+    ) -> Evidence {
+        Evidence {
+            holders: self.holders(req, sockets),
+            sysctls: Some(sysctls),
+            ..Evidence::default()
+        }
+    }
+
+    /// Every socket of `sockets`, one holder each with its owners, none
+    /// grouped or left out, in the order given: what `who` lists.
+    /// `cross_family` is set for those that take `req`'s address from the
+    /// other family; `remote` for every connected socket, TIME_WAIT too.
+    pub fn each_socket(&self, req: &Request, sockets: &[DiagSocket]) -> Vec<Holder> {
+        sockets
+            .iter()
+            .map(|s| {
+                let cross_family = Family::try_from(u16::from(s.family))
+                    .ok()
+                    .and_then(|f| {
+                        overlaps(
+                            (req.family, req.addr, req.v6only()),
+                            (f, s.local.ip(), s.v6only),
+                        )
+                    })
+                    .unwrap_or(false);
+                let state = State::from_kernel(req.proto, s.state);
+                let mut h = bare(state, s, cross_family);
+                h.time_left_ms = s.time_wait_left.map(|d| d.as_millis() as u64);
+                if s.remote.port() != 0 {
+                    h.remote = Some(match s.remote {
+                        SocketAddr::V4(a) => a.to_string(),
+                        SocketAddr::V6(a) => format!("[{}]:{}", a.ip(), a.port()),
+                    });
+                }
+                if s.inode != 0 {
+                    let pids = self
+                        .index
+                        .lock()
+                        .map(|mut i| i.owners(s.inode, &[], INDEX_MAX_AGE))
+                        .unwrap_or_default();
+                    self.own(&mut h, pids, None);
+                }
+                h
+            })
+            .collect()
+    }
+
     /// Evidence from the kernel's record alone, when sock_diag cannot be
     /// asked. `look`: whether /proc may be read to tell if the holder still
     /// runs (not after a lookup timed out: /proc may be what hangs).

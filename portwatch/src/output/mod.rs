@@ -4,6 +4,7 @@
 pub mod json;
 pub mod notice;
 pub mod text;
+pub mod who;
 
 use std::io::{self, Write};
 

@@ -1,0 +1,223 @@
+//! `portwatch who`: the sockets on a port in one network namespace, who
+//! holds them, and whether a new bind() would succeed now (plain,
+//! SO_REUSEADDR, SO_REUSEPORT), with the reason, diagnosis and fix `watch`
+//! would give. One shot, without any eBPF.
+
+use std::{
+    collections::BTreeSet,
+    fs::File,
+    io::{self, Write as _},
+    os::fd::AsFd,
+    path::Path,
+};
+
+use crate::{
+    bindcheck::{self, Rule, Variant},
+    cli::WhoArgs,
+    diagnose::diagnose,
+    holders::{netns, overlaps, sockdiag, sysctl, Enricher, State},
+    output::who::{self as out, Answer, BindVerdict, Checked, WhoReport},
+    request::{Errno, Family, Proto, Request, Syscall},
+};
+
+/// Exit status of `who`: a plain bind would fail now (scripts rely on it).
+pub const EXIT_TAKEN: u8 = 1;
+
+/// Why `who` could not answer; each maps to an exit status.
+#[derive(Debug, thiserror::Error)]
+pub enum WhoError {
+    /// Bad command line (exit 2).
+    #[error("{0}")]
+    Usage(String),
+    /// This system cannot answer (exit 3).
+    #[error("{0}")]
+    Cannot(String),
+}
+
+/// Runs `portwatch who`; Ok(true) when a plain bind would succeed now.
+pub fn run(args: &WhoArgs) -> Result<bool, WhoError> {
+    let ns = args.netns.as_deref().map(open_netns).transpose()?;
+    // On a thread of its own: setns moves only the calling thread, and the
+    // SO_REUSEPORT trial changes the thread's fsuid for a moment.
+    let report = std::thread::scope(|scope| {
+        scope
+            .spawn(|| match &ns {
+                Some((file, inode, path)) => netns::in_netns(file.as_fd(), || look(args, *inode))
+                    .map_err(|e| match e.raw_os_error() {
+                    Some(libc::EINVAL) => {
+                        WhoError::Usage(format!("'{}' is not a network namespace", path.display()))
+                    }
+                    _ => WhoError::Cannot(format!(
+                        "cannot enter network namespace '{}': {e}",
+                        path.display()
+                    )),
+                })?,
+                None => {
+                    let inode = netns::current_netns().ok_or_else(|| {
+                        WhoError::Cannot("cannot read /proc/thread-self/ns/net".into())
+                    })?;
+                    look(args, inode)
+                }
+            })
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    })?;
+    if !nix::unistd::geteuid().is_root() && report.sockets.iter().any(|h| h.pid.is_none()) {
+        eprintln!("portwatch: not root: the processes of other users' sockets cannot be named");
+    }
+    let mut stdout = io::stdout().lock();
+    let written = if args.json {
+        out::write_json(&mut stdout, &report)
+    } else {
+        out::write_human(&mut stdout, &report)
+    };
+    match written.and_then(|()| stdout.flush()) {
+        Ok(()) => {}
+        // Piped into `head` or `grep -q`: the exit status still answers.
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {}
+        Err(e) => return Err(WhoError::Cannot(format!("writing the answer: {e}"))),
+    }
+    Ok(report.free)
+}
+
+/// Opens the namespace file; returns it, its inode and its path.
+fn open_netns(path: &Path) -> Result<(File, u32, &Path), WhoError> {
+    let file = File::open(path).map_err(|e| match e.kind() {
+        io::ErrorKind::NotFound => {
+            WhoError::Usage(format!("network namespace '{}': {e}", path.display()))
+        }
+        _ => WhoError::Cannot(format!("network namespace '{}': {e}", path.display())),
+    })?;
+    let inode = nix::sys::stat::fstat(file.as_fd())
+        .map_err(|e| WhoError::Cannot(format!("network namespace '{}': {e}", path.display())))?
+        .st_ino;
+    Ok((file, inode as u32, path))
+}
+
+/// Everything, in the calling thread's network namespace (`netns`).
+fn look(args: &WhoArgs, netns: u32) -> Result<WhoReport, WhoError> {
+    let (port, proto) = args.port;
+    let addr = args.addr;
+    let base = Request {
+        netns,
+        proto,
+        family: Family::of(addr),
+        addr,
+        port,
+        opts: Some(Variant::Plain.opts()),
+        syscall: Syscall::Bind,
+        errno: None,
+        caller: None,
+        record: None,
+    };
+    // Bit 13 asks for bound-but-inactive TCP sockets; a kernel without
+    // TCP_BOUND_INACTIVE ignores it, so no BTF is needed to decide.
+    let sockets = sockdiag::dump(proto.code() as u8, Some(port), true).map_err(|e| {
+        WhoError::Cannot(match e.raw_os_error() {
+            Some(libc::ENOENT) => format!(
+                "the kernel has no sock_diag handler for {} (load the inet_diag and {}_diag modules)",
+                proto.name(),
+                proto.name()
+            ),
+            _ => format!("sock_diag: {e}"),
+        })
+    })?;
+    let sysctls = sysctl::sysctls();
+    let enricher = Enricher::new(true);
+    let listed = enricher.each_socket(&base, &sockets);
+
+    let me = nix::unistd::geteuid().as_raw();
+    // SO_REUSEPORT shares only within one uid: ask for the uid of the live
+    // sockets in the way, when there is one.
+    let owners: BTreeSet<u32> = sockets
+        .iter()
+        .filter(|s| {
+            State::from_kernel(proto, s.state) != State::TimeWait
+                && Family::try_from(u16::from(s.family)).is_ok_and(|f| {
+                    overlaps((base.family, addr, false), (f, s.local.ip(), s.v6only)).is_some()
+                })
+        })
+        .map(|s| s.uid)
+        .collect();
+    let reuseport_uid = match owners.len() {
+        1 => owners.first().copied().unwrap_or(me),
+        _ => me,
+    };
+
+    let mut binds = Vec::new();
+    for variant in Variant::ALL {
+        let uid = if variant == Variant::Reuseport {
+            reuseport_uid
+        } else {
+            me
+        };
+        let rule = bindcheck::by_rules(proto, addr, variant, uid, &sockets);
+        // A UDP socket that shares the port receives datagrams from the
+        // moment it is bound: never risk taking one from the holder.
+        let shares_udp = proto == Proto::Udp && matches!(rule, Rule::IfHolderSet(_));
+        let trial = if args.no_trial {
+            Err("--no-trial".to_owned())
+        } else if shares_udp {
+            Err("no trial bind: a UDP socket sharing the port would receive its datagrams".into())
+        } else {
+            bindcheck::trial(proto, addr, port, variant, (uid != me).then_some(uid))
+                .map_err(|e| format!("no trial bind ({e})"))
+        };
+        let (result, errno, checked, note) = match trial {
+            Ok(None) => (Answer::Ok, None, Checked::TrialBind, None),
+            Ok(Some(e)) => (Answer::Fails, Some(e), Checked::TrialBind, None),
+            Err(why) => {
+                let why = (!args.no_trial).then_some(why);
+                match rule {
+                    Rule::Free => (Answer::Ok, None, Checked::Rules, why),
+                    Rule::Taken => (Answer::Fails, Some(Errno::ADDRINUSE), Checked::Rules, why),
+                    Rule::IfHolderSet(o) => {
+                        let hangs = format!(
+                            "only if the holder set {o} too{} (sock_diag does not show it)",
+                            if o == "SO_REUSEPORT" {
+                                format!(" and the new socket is uid {uid}'s")
+                            } else {
+                                String::new()
+                            }
+                        );
+                        let note = match why {
+                            Some(why) => format!("{hangs}; {why}"),
+                            None => hangs,
+                        };
+                        (Answer::Unknown, None, Checked::Rules, Some(note))
+                    }
+                }
+            }
+        };
+        let verdict = (result != Answer::Ok).then(|| {
+            let req = Request {
+                opts: Some(variant.opts()),
+                errno: errno.filter(|&e| e != Errno::ADDRINUSE),
+                ..base.clone()
+            };
+            diagnose(
+                &req,
+                &enricher.evidence_from(&req, &sockets, sysctls.clone()),
+            )
+        });
+        binds.push(BindVerdict {
+            option: variant,
+            result,
+            errno,
+            checked,
+            uid,
+            note,
+            verdict,
+        });
+    }
+    Ok(WhoReport {
+        proto,
+        addr,
+        port,
+        netns,
+        free: binds[0].result == Answer::Ok,
+        verdict: binds[0].verdict.clone(),
+        sockets: listed,
+        binds,
+    })
+}

@@ -1,0 +1,490 @@
+//! `portwatch who`: real sockets, each test in its own network namespace,
+//! holders in forked children; no eBPF is loaded. The tests whose names end
+//! in `_ss` compare the socket list with iproute2's `ss` (host only: the
+//! busybox VM has no `ss`).
+
+mod common;
+
+use std::{
+    collections::BTreeSet,
+    net::{Ipv6Addr, SocketAddr, TcpStream},
+    process::{Command, Output},
+    time::Duration,
+};
+
+use common::*;
+use portwatch::holders::Holder;
+use serde_json::Value;
+
+fn any4(port: u16) -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], port))
+}
+
+fn any6(port: u16) -> SocketAddr {
+    SocketAddr::from((Ipv6Addr::UNSPECIFIED, port))
+}
+
+/// `portwatch who ARGS --json`, from the namespace's thread (so the default
+/// namespace is `ns`'s); returns the exit status and the object printed.
+fn who(ns: &Netns, args: &[&str]) -> (i32, Value) {
+    let args: Vec<String> = args.iter().map(|&a| a.to_owned()).collect();
+    let out = ns.run(move || {
+        Command::new(bin())
+            .arg("who")
+            .args(&args)
+            .arg("--json")
+            .output()
+            .expect("run portwatch who")
+    });
+    parse(&out)
+}
+
+/// `portwatch who ARGS --json` run from the test's own namespace.
+fn who_here(args: &[&str]) -> (i32, Value) {
+    let out = Command::new(bin())
+        .arg("who")
+        .args(args)
+        .arg("--json")
+        .output()
+        .expect("run portwatch who");
+    parse(&out)
+}
+
+fn parse(out: &Output) -> (i32, Value) {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let v: Value = serde_json::from_str(&stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}\nstderr: {stderr}"));
+    (out.status.code().expect("exit status"), v)
+}
+
+fn sockets(v: &Value) -> &Vec<Value> {
+    v["sockets"].as_array().expect("sockets")
+}
+
+/// The answer for one option: "plain", "reuseaddr", "reuseport".
+fn bind_of<'a>(v: &'a Value, option: &str) -> &'a Value {
+    v["binds"]
+        .as_array()
+        .expect("binds")
+        .iter()
+        .find(|b| b["option"] == option)
+        .unwrap_or_else(|| panic!("no {option} answer in {v:#}"))
+}
+
+/// A namespace file path for `ns` (its thread's).
+fn ns_path(ns: &Netns) -> String {
+    format!("/proc/{}/task/{}/ns/net", std::process::id(), ns.tid)
+}
+
+#[test]
+fn who_listener_is_taken_and_named() {
+    let ns = Netns::new("pw-who-listen");
+    let port = port();
+    let held = ns.run(move || Process::fork(|| hold(any4(port), false, |_| {})));
+    // --netns by pid: the holder's own namespace.
+    let (code, v) = who_here(&[&port.to_string(), "--netns", &held.pid.to_string()]);
+    assert_eq!(code, 1, "{v:#}");
+    assert_eq!(v["free"], false, "{v:#}");
+    assert_eq!(v["netns"], ns.inode, "{v:#}");
+    let s = sockets(&v);
+    assert_eq!(s.len(), 1, "{v:#}");
+    assert_eq!(s[0]["state"], "LISTEN", "{v:#}");
+    assert_eq!(s[0]["pid"], held.pid, "{v:#}");
+    assert_eq!(s[0]["comm"], ns.comm.as_str(), "{v:#}");
+    assert_eq!(s[0]["uid"], 0, "{v:#}");
+    assert_eq!(v["reason"], "listener", "{v:#}");
+    assert!(
+        v["fix"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("kill {}", held.pid)),
+        "{v:#}"
+    );
+    for option in ["plain", "reuseaddr", "reuseport"] {
+        let b = bind_of(&v, option);
+        assert_eq!(b["result"], "fails", "{v:#}");
+        assert_eq!(b["errno"], "EADDRINUSE", "{v:#}");
+        assert_eq!(b["checked"], "trial_bind", "{v:#}");
+    }
+    // The trial binds left nothing behind.
+    let (code, again) = who(&ns, &[&port.to_string()]);
+    assert_eq!(code, 1);
+    assert_eq!(sockets(&again).len(), 1, "{again:#}");
+
+    // The human format says the same, with the holder's pid.
+    let args = [port.to_string()];
+    let out = ns.run(move || Command::new(bin()).arg("who").args(&args).output().unwrap());
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("LISTEN") && text.contains(&held.pid.to_string()),
+        "{text}"
+    );
+    assert!(text.contains("reason:    listener"), "{text}");
+}
+
+#[test]
+fn who_free_port_exits_0() {
+    let ns = Netns::new("pw-who-free");
+    let port = port();
+    // Another port and another address on the same port do not count.
+    let _other = ns.run(move || {
+        Process::fork(move || hold(any4(port + 1), false, |_| {}) && hold(v4(port), false, |_| {}))
+    });
+    let (code, v) = who_here(&[
+        &port.to_string(),
+        "--addr",
+        "127.0.0.2",
+        "--netns",
+        &ns_path(&ns),
+    ]);
+    assert_eq!(code, 0, "{v:#}");
+    assert_eq!(v["free"], true, "{v:#}");
+    // The socket on 127.0.0.1 is listed, not in the way.
+    assert_eq!(sockets(&v).len(), 1, "{v:#}");
+    assert!(v.get("reason").is_none(), "{v:#}");
+    for option in ["plain", "reuseaddr", "reuseport"] {
+        let b = bind_of(&v, option);
+        assert_eq!(
+            (&b["result"], &b["checked"]),
+            (&Value::from("ok"), &Value::from("trial_bind")),
+            "{v:#}"
+        );
+    }
+    let (code, v) = who(&ns, &[&(port + 2).to_string()]);
+    assert_eq!(code, 0, "{v:#}");
+    assert!(sockets(&v).is_empty(), "{v:#}");
+}
+
+/// TIME_WAIT from a real connection whose server side closed first; the
+/// listener had SO_REUSEADDR or not (`reuse`), which TIME_WAIT keeps.
+fn time_wait(port: u16, reuse: bool) {
+    let listener = socket(false, false);
+    listener.set_reuse_address(reuse).unwrap();
+    bind(&listener, v4(port)).unwrap();
+    listener.listen(1).unwrap();
+    let client = TcpStream::connect(v4(port)).unwrap();
+    let (served, _) = listener.accept().unwrap();
+    drop(listener);
+    drop(served);
+    std::thread::sleep(Duration::from_millis(50));
+    drop(client);
+    std::thread::sleep(Duration::from_millis(50));
+}
+
+#[test]
+fn who_time_wait_leftovers() {
+    let ns = Netns::new("pw-who-tw");
+    let port = port();
+    ns.run(move || {
+        time_wait(port, true);
+        time_wait(port + 1, false);
+    });
+    let (code, v) = who(&ns, &[&port.to_string()]);
+    assert_eq!(code, 1, "{v:#}");
+    let s = sockets(&v);
+    assert_eq!(s.len(), 1, "{v:#}");
+    assert_eq!(s[0]["state"], "TIME_WAIT", "{v:#}");
+    assert!(s[0]["pid"].is_null(), "{v:#}");
+    let left = s[0]["time_left_ms"].as_u64().unwrap();
+    assert!((1_000..=60_000).contains(&left), "{v:#}");
+    assert!(
+        s[0]["remote"].as_str().unwrap().starts_with("127.0.0.1:"),
+        "{v:#}"
+    );
+    assert_eq!(v["reason"], "time_wait", "{v:#}");
+    assert!(v["fix"].as_str().unwrap().contains("SO_REUSEADDR"), "{v:#}");
+    let reuse = bind_of(&v, "reuseaddr");
+    assert_eq!(reuse["result"], "ok", "{v:#}");
+    assert_eq!(reuse["checked"], "trial_bind", "{v:#}");
+
+    // The rules alone cannot know the leftovers' SO_REUSEADDR.
+    let (code, v) = who(&ns, &[&port.to_string(), "--no-trial"]);
+    assert_eq!(code, 1, "{v:#}");
+    let reuse = bind_of(&v, "reuseaddr");
+    assert_eq!(reuse["result"], "unknown", "{v:#}");
+    assert_eq!(reuse["checked"], "rules", "{v:#}");
+    assert!(
+        reuse["note"]
+            .as_str()
+            .unwrap()
+            .contains("only if the holder set SO_REUSEADDR too"),
+        "{v:#}"
+    );
+
+    // Leftovers of a listener without SO_REUSEADDR block SO_REUSEADDR too:
+    // the kernel compares both sockets' options.
+    let (code, v) = who(&ns, &[&(port + 1).to_string()]);
+    assert_eq!(code, 1, "{v:#}");
+    assert_eq!(bind_of(&v, "reuseaddr")["result"], "fails", "{v:#}");
+}
+
+#[test]
+fn who_udp() {
+    let ns = Netns::new("pw-who-udp");
+    let port = port();
+    let held = ns.run(move || Process::fork(|| hold(v4(port), true, |_| {})));
+    let (code, v) = who(&ns, &[&format!("{port}/udp"), "--addr", "127.0.0.1"]);
+    assert_eq!(code, 1, "{v:#}");
+    assert_eq!(v["proto"], "udp", "{v:#}");
+    let s = sockets(&v);
+    assert_eq!(s.len(), 1, "{v:#}");
+    assert_eq!(s[0]["state"], "UDP", "{v:#}");
+    assert_eq!(s[0]["pid"], held.pid, "{v:#}");
+    assert_eq!(v["reason"], "listener", "{v:#}");
+    assert_eq!(bind_of(&v, "plain")["checked"], "trial_bind", "{v:#}");
+    // No trial that could share the port and take the holder's datagrams.
+    for option in ["reuseaddr", "reuseport"] {
+        let b = bind_of(&v, option);
+        assert_eq!(b["result"], "unknown", "{v:#}");
+        assert_eq!(b["checked"], "rules", "{v:#}");
+    }
+    // The TCP port of the same number is free.
+    let (code, v) = who(&ns, &[&format!("{port}/tcp")]);
+    assert_eq!(code, 0, "{v:#}");
+}
+
+#[test]
+fn who_dual_stack() {
+    let ns = Netns::new("pw-who-dual");
+    let port = port();
+    let held = ns
+        .run(move || Process::fork(|| hold(any6(port), false, |s| s.set_only_v6(false).unwrap())));
+    let (code, v) = who(&ns, &[&port.to_string(), "--addr", "0.0.0.0"]);
+    assert_eq!(code, 1, "{v:#}");
+    let s = sockets(&v);
+    assert_eq!(s.len(), 1, "{v:#}");
+    assert_eq!(s[0]["addr"], "::", "{v:#}");
+    assert_eq!(s[0]["pid"], held.pid, "{v:#}");
+    assert_eq!(s[0]["cross_family"], true, "{v:#}");
+    assert_eq!(v["reason"], "dual_stack", "{v:#}");
+    assert!(v["fix"].as_str().unwrap().contains("IPV6_V6ONLY"), "{v:#}");
+    // With V6ONLY the families are separate.
+    let port2 = port + 1;
+    let _v6only = ns.run(move || {
+        Process::fork(move || hold(any6(port2), false, |s| s.set_only_v6(true).unwrap()))
+    });
+    let (code, v) = who(&ns, &[&port2.to_string()]);
+    assert_eq!(code, 0, "{v:#}");
+    let (code, v) = who(&ns, &[&port2.to_string(), "--addr", "::"]);
+    assert_eq!(code, 1, "{v:#}");
+    assert_eq!(v["reason"], "listener", "{v:#}");
+}
+
+#[test]
+fn who_idle_bound_tcp_socket() {
+    let ns = Netns::new("pw-who-bound");
+    let port = port();
+    let held = ns.run(move || Process::fork(move || hold_bound(v4(port))));
+    let (code, v) = who(&ns, &[&port.to_string()]);
+    assert_eq!(code, 1, "{v:#}");
+    let s = sockets(&v);
+    assert_eq!(
+        s.len(),
+        1,
+        "this kernel should dump bound-inactive sockets: {v:#}"
+    );
+    assert_eq!(s[0]["state"], "BOUND", "{v:#}");
+    assert_eq!(s[0]["pid"], held.pid, "{v:#}");
+    assert_eq!(v["reason"], "bound_not_listening", "{v:#}");
+    // The holder has no SO_REUSEADDR: the trial says so.
+    assert_eq!(bind_of(&v, "reuseaddr")["result"], "fails", "{v:#}");
+}
+
+/// SO_REUSEPORT shares within one uid: the trial is made as the holder's.
+#[test]
+fn who_reuseport_under_the_holders_uid() {
+    let ns = Netns::new("pw-who-rport");
+    let port = port();
+    let held = ns.run(move || {
+        Process::fork(move || {
+            // SAFETY: plain system calls in the forked child.
+            let dropped = unsafe { libc::setresuid(65534, 65534, 65534) } == 0;
+            dropped && hold(any4(port), false, |s| s.set_reuse_port(true).unwrap())
+        })
+    });
+    let (code, v) = who(&ns, &[&port.to_string()]);
+    assert_eq!(code, 1, "{v:#}");
+    assert_eq!(sockets(&v)[0]["uid"], 65534, "{v:#}");
+    assert_eq!(sockets(&v)[0]["pid"], held.pid, "{v:#}");
+    let b = bind_of(&v, "reuseport");
+    assert_eq!(b["result"], "ok", "{v:#}");
+    assert_eq!(b["uid"], 65534, "{v:#}");
+    assert_eq!(b["checked"], "trial_bind", "{v:#}");
+    assert_eq!(bind_of(&v, "reuseaddr")["result"], "fails", "{v:#}");
+}
+
+/// Holder objects have exactly the keys `watch --json` writes: those of
+/// `holders::Holder`.
+#[test]
+fn who_json_holder_keys_are_watchs() {
+    let ns = Netns::new("pw-who-keys");
+    let port = port();
+    let _held = ns.run(move || Process::fork(|| hold(any4(port), false, |_| {})));
+    ns.run(move || time_wait(port + 1, true));
+    for p in [port, port + 1] {
+        let (_, v) = who(&ns, &[&p.to_string()]);
+        let s = &sockets(&v)[0];
+        let holder: Holder = serde_json::from_value(s.clone())
+            .unwrap_or_else(|e| panic!("not a holders::Holder ({e}): {s:#}"));
+        let keys =
+            |v: &Value| -> BTreeSet<String> { v.as_object().unwrap().keys().cloned().collect() };
+        assert_eq!(
+            keys(s),
+            keys(&serde_json::to_value(&holder).unwrap()),
+            "{s:#}"
+        );
+    }
+}
+
+#[test]
+fn who_bad_input_exit_codes() {
+    let run = |args: &[&str]| {
+        Command::new(bin())
+            .arg("who")
+            .args(args)
+            .output()
+            .expect("run portwatch who")
+    };
+    for (args, needle) in [
+        (&["0"][..], "'0' is not a port"),
+        (&["65536"], "'65536' is not a port"),
+        (&["80/sctp"], "unknown protocol 'sctp'"),
+        (
+            &["80", "--addr", "300.1.1.1"],
+            "not an IPv4 or IPv6 address",
+        ),
+        (&["80", "--netns", "/run/netns/pw-no-such"], "No such file"),
+        (&["80", "--netns", "4294967"], "no process with pid"),
+        (
+            &["80", "--netns", "/proc/version"],
+            "not a network namespace",
+        ),
+    ] {
+        let out = run(args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr}");
+        assert!(stderr.starts_with("portwatch: "), "{stderr}");
+        assert!(stderr.contains(needle), "'{needle}' not in {stderr}");
+        assert!(out.stdout.is_empty(), "{args:?}");
+    }
+    let help = run(&["--help"]);
+    let text = String::from_utf8_lossy(&help.stdout);
+    for needle in ["EXAMPLES:", "EXIT STATUS:", "trial bind", "--addr ::"] {
+        assert!(text.contains(needle), "'{needle}' not in --help: {text}");
+    }
+}
+
+/// `ss -Htan` / `ss -Huan 'sport = :PORT'` in `ns`: (state, local, peer).
+fn ss(ns: &Netns, udp: bool, port: u16) -> BTreeSet<(String, String, String)> {
+    let flags = if udp { "-Huan" } else { "-Htan" };
+    let out = ns.run(move || {
+        Command::new("ss")
+            .args([flags, &format!("sport = :{port}")])
+            .output()
+            .expect("ss (iproute2) is needed to compare with")
+    });
+    assert!(out.status.success(), "ss failed: {out:?}");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            assert!(f.len() >= 5, "ss line: {line}");
+            // ss writes an IPv6 wildcard that takes IPv4 too as `*`.
+            let local = match f[3].strip_prefix("*:") {
+                Some(p) => format!("[::]:{p}"),
+                None => f[3].to_owned(),
+            };
+            let peer = if f[4].ends_with(":*") { "-" } else { f[4] };
+            (f[0].to_owned(), local, peer.to_owned())
+        })
+        .collect()
+}
+
+/// `who`'s list in `ss`'s words.
+fn as_ss(v: &Value) -> BTreeSet<(String, String, String)> {
+    sockets(v)
+        .iter()
+        .map(|s| {
+            let remote = s["remote"].as_str().map(str::to_owned);
+            let state = match (s["state"].as_str().unwrap(), &remote) {
+                ("UDP", Some(_)) => "ESTAB",
+                ("UDP", None) => "UNCONN",
+                ("ESTABLISHED", _) => "ESTAB",
+                ("TIME_WAIT", _) => "TIME-WAIT",
+                ("SYN_RECV", _) => "SYN-RECV",
+                ("SYN_SENT", _) => "SYN-SENT",
+                ("FIN_WAIT1", _) => "FIN-WAIT-1",
+                ("FIN_WAIT2", _) => "FIN-WAIT-2",
+                ("CLOSE_WAIT", _) => "CLOSE-WAIT",
+                ("LAST_ACK", _) => "LAST-ACK",
+                (other, _) => other,
+            };
+            let ip: std::net::IpAddr = s["addr"].as_str().unwrap().parse().unwrap();
+            let local = SocketAddr::new(ip, s["port"].as_u64().unwrap() as u16).to_string();
+            (
+                state.to_owned(),
+                local,
+                remote.unwrap_or_else(|| "-".into()),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn who_tcp_list_agrees_with_ss() {
+    let ns = Netns::new("pw-who-ss-tcp");
+    let port = port();
+    let _held = ns.run(move || {
+        Process::fork(move || {
+            hold(any4(port), false, |s| s.set_reuse_address(true).unwrap())
+                && hold(any6(port), false, |s| s.set_only_v6(true).unwrap())
+        })
+    });
+    let _open = ns.run(move || {
+        time_wait(port + 1, true);
+        // Connections to the held listener wait in its accept queue: ESTAB.
+        let a = TcpStream::connect(v4(port)).unwrap();
+        let b = TcpStream::connect(SocketAddr::from((Ipv6Addr::LOCALHOST, port))).unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        (a, b)
+    });
+    for p in [port, port + 1, port + 2] {
+        let (_, v) = who(&ns, &[&p.to_string()]);
+        let theirs = ss(&ns, false, p);
+        assert_eq!(as_ss(&v), theirs, "port {p}: {v:#}");
+    }
+    assert_eq!(
+        ss(&ns, false, port).len(),
+        4,
+        "two listeners, two connections"
+    );
+}
+
+#[test]
+fn who_udp_list_agrees_with_ss() {
+    let ns = Netns::new("pw-who-ss-udp");
+    let port = port();
+    let _held = ns.run(move || {
+        Process::fork(move || {
+            hold(v4(port), true, |s| s.set_reuse_address(true).unwrap())
+                && hold(any6(port), true, |s| {
+                    s.set_only_v6(false).unwrap();
+                    s.set_reuse_address(true).unwrap();
+                })
+        })
+    });
+    let _connected = ns.run(move || {
+        let s = socket(false, true);
+        s.set_reuse_address(true).unwrap();
+        bind(&s, v4(port)).unwrap();
+        s.connect(&v4(9).into()).unwrap();
+        s
+    });
+    let (code, v) = who(&ns, &[&format!("{port}/udp")]);
+    assert_eq!(code, 1, "{v:#}");
+    assert_eq!(as_ss(&v), ss(&ns, true, port), "{v:#}");
+    assert_eq!(sockets(&v).len(), 3, "{v:#}");
+}
