@@ -95,6 +95,27 @@ EXIT STATUS:
     3  this system cannot answer: no sock_diag (inet_diag, tcp_diag/udp_diag),
        not permitted (not root), or another error while looking";
 
+const WAIT_EXAMPLES: &str = "\
+EXAMPLES:
+    portwatch wait 8080 && nginx -c test.conf        # restart only once the old one let go
+    portwatch wait 8080 --timeout 10s || exit 1      # give up after 10 s (holders are printed)
+    portwatch wait 8080 --reuseaddr                  # TIME_WAIT leftovers are fine (SO_REUSEADDR)
+    portwatch wait 5353/udp --addr 127.0.0.1
+    portwatch wait 8080 --netns /run/netns/blue
+
+Checks at once, then again whenever a socket is destroyed in the network
+namespace (the kernel's sock_diag destroy notifications: no eBPF, no
+polling), and every 20 ms while only TIME_WAIT leftovers, which expire
+without a notification, are in the way. Each check is a trial bind of
+ADDR:PORT that is closed at once (see `portwatch who --help`).
+
+EXIT STATUS:
+    0  a bind() with those options would succeed now
+    1  still taken when --timeout ran out (the holders and diagnosis are printed)
+    2  bad command line: port 0 or above 65535, unknown protocol, not an IP
+       address, an unparseable duration, no such network namespace
+    3  this system cannot answer (not permitted, no sock_diag)";
+
 /// Catch failed bind() and listen() calls in the kernel and show what was
 /// asked for, by whom, who holds the port, why it failed, and what to do.
 #[derive(Debug, Parser)]
@@ -116,6 +137,11 @@ pub enum Command {
     /// SO_REUSEADDR, SO_REUSEPORT)? One shot, no eBPF.
     #[command(after_help = WHO_EXAMPLES)]
     Who(WhoArgs),
+    /// Wait until a bind() of a port would succeed (the holder let go), then
+    /// exit 0; on timeout, say who still holds it. Replaces `sleep 5` and
+    /// `fuser -k` in restart scripts and test harnesses.
+    #[command(after_help = WAIT_EXAMPLES)]
+    Wait(WaitArgs),
     /// Run a command and report the bind()/listen() failures of it and all
     /// its descendants (daemonized ones too), then exit with its status.
     #[command(after_help = RUN_EXAMPLES)]
@@ -299,4 +325,33 @@ pub struct RunArgs {
         value_name = "CMD"
     )]
     pub command: Vec<std::ffi::OsString>,
+}
+
+/// `portwatch wait`.
+#[derive(Debug, Args)]
+pub struct WaitArgs {
+    /// The port, with its protocol: 8080, 8080/tcp or 53/udp.
+    #[arg(value_name = "PORT[/tcp|/udp]", value_parser = values::parse_port_proto)]
+    pub port: (u16, Proto),
+
+    /// The address the bind will ask for (:: is the IPv6 wildcard, dual stack).
+    #[arg(long, value_name = "ADDR", default_value = "0.0.0.0", value_parser = values::parse_addr)]
+    pub addr: IpAddr,
+
+    /// Wait for a bind with SO_REUSEADDR to work (what most servers set):
+    /// TIME_WAIT leftovers of a socket that had it too are then no obstacle.
+    #[arg(long)]
+    pub reuseaddr: bool,
+
+    /// Give up after this long (30s, 500ms, 2m); 0 waits forever.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = values::parse_duration)]
+    pub timeout: std::time::Duration,
+
+    /// The network namespace: a path (/run/netns/NAME, /proc/PID/ns/net) or a PID.
+    #[arg(long, value_name = "PATH|PID", value_parser = values::parse_netns_target)]
+    pub netns: Option<PathBuf>,
+
+    /// On timeout, print the holders as one JSON object (`who --json`).
+    #[arg(long)]
+    pub json: bool,
 }

@@ -14,6 +14,15 @@ pub fn parse_errno(s: &str) -> Result<Errno, String> {
     s.parse()
 }
 
+/// A duration such as `30s`, `500ms`, `2m` or `1h 30m`.
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    if s.trim() == "0" {
+        return Ok(std::time::Duration::ZERO);
+    }
+    humantime::parse_duration(s)
+        .map_err(|e| format!("'{s}' is not a duration like 30s, 500ms or 2m ({e})"))
+}
+
 /// `80`, `80,443`, `8000-8100`: inclusive ranges.
 pub fn parse_ports(s: &str) -> Result<Vec<(u16, u16)>, String> {
     let port = |p: &str| {

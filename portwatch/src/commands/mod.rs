@@ -2,6 +2,7 @@
 //! dispatches and maps errors to exit statuses.
 
 pub mod run;
+pub mod wait;
 pub mod watch;
 pub mod who;
 
@@ -32,6 +33,19 @@ impl Command {
                         ExitCode::from(match e.downcast_ref::<run::CannotStart>() {
                             Some(c) => c.status,
                             None => run::EXIT_RUN_FAILED,
+                        })
+                    }
+                }
+            }
+            Command::Wait(args) => {
+                return match wait::run(&args) {
+                    Ok(true) => ExitCode::from(EXIT_OK),
+                    Ok(false) => ExitCode::from(wait::EXIT_TIMED_OUT),
+                    Err(e) => {
+                        eprintln!("portwatch: {e}");
+                        ExitCode::from(match e {
+                            who::WhoError::Usage(_) => EXIT_USAGE,
+                            who::WhoError::Cannot(_) => EXIT_UNSUPPORTED,
                         })
                     }
                 }

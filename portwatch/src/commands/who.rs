@@ -81,7 +81,7 @@ pub fn run(args: &WhoArgs) -> Result<bool, WhoError> {
 }
 
 /// Opens the namespace file; returns it, its inode and its path.
-fn open_netns(path: &Path) -> Result<(File, u32, &Path), WhoError> {
+pub(crate) fn open_netns(path: &Path) -> Result<(File, u32, &Path), WhoError> {
     let file = File::open(path).map_err(|e| match e.kind() {
         io::ErrorKind::NotFound => {
             WhoError::Usage(format!("network namespace '{}': {e}", path.display()))
@@ -95,7 +95,7 @@ fn open_netns(path: &Path) -> Result<(File, u32, &Path), WhoError> {
 }
 
 /// Everything, in the calling thread's network namespace (`netns`).
-fn look(args: &WhoArgs, netns: u32) -> Result<WhoReport, WhoError> {
+pub(crate) fn look(args: &WhoArgs, netns: u32) -> Result<WhoReport, WhoError> {
     let (port, proto) = args.port;
     let addr = args.addr;
     let base = Request {

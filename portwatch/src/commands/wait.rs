@@ -1,0 +1,247 @@
+//! `portwatch wait PORT`: block until a bind() of the port would succeed.
+//!
+//! Event-driven without eBPF: the kernel's sock_diag multicast groups
+//! announce every destroyed TCP/UDP socket of the network namespace (what
+//! `ss -E` listens to), so a holder closing its socket or exiting wakes the
+//! check at once. TIME_WAIT leftovers expire without an announcement, so
+//! while they are what is in the way the check also runs every
+//! [`TIME_WAIT_POLL`]; otherwise every [`SAFETY_POLL`], in case a wake-up
+//! was missed (a full socket buffer drops notifications).
+
+use std::{
+    io::{self, Write as _},
+    os::fd::{AsFd, AsRawFd},
+    time::{Duration, Instant},
+};
+
+use netlink_sys::{protocols::NETLINK_SOCK_DIAG, Socket};
+
+use super::who::{self, WhoError};
+use crate::{
+    bindcheck::{self, Variant},
+    cli::{WaitArgs, WhoArgs},
+    holders::{netns, sockdiag, State},
+    output::who as out,
+    request::Proto,
+};
+
+/// Exit status of `wait` when `--timeout` ran out with the port still taken.
+pub const EXIT_TIMED_OUT: u8 = 1;
+
+/// Re-check interval while TIME_WAIT leftovers are in the way.
+const TIME_WAIT_POLL: Duration = Duration::from_millis(20);
+/// Re-check interval otherwise, should a destroy notification be lost.
+const SAFETY_POLL: Duration = Duration::from_secs(1);
+/// Re-check interval when the notifications cannot be had at all.
+const FALLBACK_POLL: Duration = Duration::from_millis(20);
+
+/// `SKNLGRP_INET_TCP_DESTROY` and friends (linux/sock_diag.h).
+const TCP_DESTROY_GROUPS: [u32; 2] = [1, 3];
+const UDP_DESTROY_GROUPS: [u32; 2] = [2, 4];
+
+/// Runs `portwatch wait`; Ok(true) once the bind would succeed, Ok(false)
+/// on timeout (after printing who still holds the port).
+pub fn run(args: &WaitArgs) -> Result<bool, WhoError> {
+    let ns = args.netns.as_deref().map(who::open_netns).transpose()?;
+    let (port, proto) = args.port;
+    let variant = if args.reuseaddr {
+        Variant::Reuseaddr
+    } else {
+        Variant::Plain
+    };
+    let started = Instant::now();
+    let deadline = (!args.timeout.is_zero()).then(|| started + args.timeout);
+    // setns moves only the calling thread: all of it on one thread.
+    let freed = std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                let wait = || wait_here(proto, args.addr, port, variant, deadline);
+                match &ns {
+                    Some((file, _, path)) => netns::in_netns(file.as_fd(), wait).map_err(|e| {
+                        WhoError::Cannot(format!(
+                            "cannot enter network namespace '{}': {e}",
+                            path.display()
+                        ))
+                    })?,
+                    None => wait(),
+                }
+            })
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    })?;
+    if freed {
+        eprintln!(
+            "portwatch: {} {} is free{} after {:.3}s",
+            proto.name(),
+            std::net::SocketAddr::new(args.addr, port),
+            if args.reuseaddr {
+                " for SO_REUSEADDR"
+            } else {
+                ""
+            },
+            started.elapsed().as_secs_f64()
+        );
+        return Ok(true);
+    }
+    eprintln!(
+        "portwatch: {} {} still taken after {}",
+        proto.name(),
+        std::net::SocketAddr::new(args.addr, port),
+        humantime::format_duration(args.timeout)
+    );
+    // The same answer `who` gives: holders, per-option verdicts, diagnosis.
+    let who_args = WhoArgs {
+        port: args.port,
+        addr: args.addr,
+        netns: args.netns.clone(),
+        json: args.json,
+        no_trial: false,
+    };
+    let report = std::thread::scope(|scope| {
+        scope
+            .spawn(|| match &ns {
+                Some((file, inode, path)) => {
+                    netns::in_netns(file.as_fd(), || who::look(&who_args, *inode)).map_err(|e| {
+                        WhoError::Cannot(format!(
+                            "cannot enter network namespace '{}': {e}",
+                            path.display()
+                        ))
+                    })?
+                }
+                None => {
+                    let inode = netns::current_netns().ok_or_else(|| {
+                        WhoError::Cannot("cannot read /proc/thread-self/ns/net".into())
+                    })?;
+                    who::look(&who_args, inode)
+                }
+            })
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    })?;
+    let mut stdout = io::stdout().lock();
+    let written = if args.json {
+        out::write_json(&mut stdout, &report)
+    } else {
+        out::write_human(&mut stdout, &report)
+    };
+    match written.and_then(|()| stdout.flush()) {
+        Ok(()) => Ok(false),
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(false),
+        Err(e) => Err(WhoError::Cannot(format!("writing the answer: {e}"))),
+    }
+}
+
+/// Waits in the calling thread's network namespace.
+fn wait_here(
+    proto: Proto,
+    addr: std::net::IpAddr,
+    port: u16,
+    variant: Variant,
+    deadline: Option<Instant>,
+) -> Result<bool, WhoError> {
+    // Subscribe first, then check: a socket destroyed in between still wakes us.
+    let events = subscribe(proto);
+    if let Err(e) = &events {
+        eprintln!(
+            "portwatch: no socket-destroy notifications ({e}); checking every {} ms",
+            FALLBACK_POLL.as_millis()
+        );
+    }
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let (free, time_wait) = check(proto, addr, port, variant)?;
+        if free {
+            return Ok(true);
+        }
+        let now = Instant::now();
+        if deadline.is_some_and(|d| now >= d) {
+            return Ok(false);
+        }
+        let mut pause = match (&events, time_wait) {
+            (Err(_), _) => FALLBACK_POLL,
+            (Ok(_), true) => TIME_WAIT_POLL,
+            (Ok(_), false) => SAFETY_POLL,
+        };
+        if let Some(d) = deadline {
+            pause = pause.min(d.saturating_duration_since(now));
+        }
+        match &events {
+            Ok(socket) => {
+                if readable(socket, pause) {
+                    // Drain: any destroyed socket is a reason to look again.
+                    while socket.recv(&mut &mut buf[..], libc::MSG_DONTWAIT).is_ok() {}
+                }
+            }
+            Err(_) => std::thread::sleep(pause),
+        }
+    }
+}
+
+/// Whether a bind with `variant` would succeed now, and whether TIME_WAIT
+/// leftovers are on the port (they expire without a notification).
+fn check(
+    proto: Proto,
+    addr: std::net::IpAddr,
+    port: u16,
+    variant: Variant,
+) -> Result<(bool, bool), WhoError> {
+    // A UDP socket that shares the port receives datagrams at once: never
+    // try that; plain binds are safe to try (they share nothing).
+    let free = if proto == Proto::Udp && variant != Variant::Plain {
+        let sockets = dump(proto, port)?;
+        matches!(
+            bindcheck::by_rules(
+                proto,
+                addr,
+                variant,
+                nix::unistd::geteuid().as_raw(),
+                &sockets
+            ),
+            bindcheck::Rule::Free
+        )
+    } else {
+        bindcheck::trial(proto, addr, port, variant, None)
+            .map_err(|e| WhoError::Cannot(format!("trial bind: {e}")))?
+            .is_none()
+    };
+    if free || proto != Proto::Tcp {
+        return Ok((free, false));
+    }
+    let time_wait = dump(proto, port)?
+        .iter()
+        .any(|s| State::from_kernel(proto, s.state) == State::TimeWait);
+    Ok((false, time_wait))
+}
+
+fn dump(proto: Proto, port: u16) -> Result<Vec<sockdiag::DiagSocket>, WhoError> {
+    sockdiag::dump(proto.code() as u8, Some(port), false)
+        .map_err(|e| WhoError::Cannot(format!("sock_diag: {e}")))
+}
+
+/// A netlink socket subscribed to the destroy notifications of `proto`'s
+/// sockets, both families, in the calling thread's network namespace.
+fn subscribe(proto: Proto) -> io::Result<Socket> {
+    let mut socket = Socket::new(NETLINK_SOCK_DIAG)?;
+    socket.bind_auto()?;
+    let groups = match proto {
+        Proto::Udp => UDP_DESTROY_GROUPS,
+        _ => TCP_DESTROY_GROUPS,
+    };
+    for group in groups {
+        socket.add_membership(group)?;
+    }
+    Ok(socket)
+}
+
+/// Waits up to `timeout` for `socket` to be readable.
+fn readable(socket: &Socket, timeout: Duration) -> bool {
+    let mut pfd = libc::pollfd {
+        fd: socket.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let ms = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
+    // SAFETY: one valid pollfd for the duration of the call.
+    let n = unsafe { libc::poll(&mut pfd, 1, ms) };
+    n > 0 && pfd.revents & libc::POLLIN != 0
+}

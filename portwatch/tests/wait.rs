@@ -1,0 +1,142 @@
+//! `portwatch wait PORT`: real holders in private network namespaces; wait
+//! returns promptly when the holder lets go (woken by the kernel's socket
+//! destroy notification), passes TIME_WAIT with --reuseaddr, and times out
+//! naming the holder otherwise.
+
+mod common;
+
+use std::{
+    net::TcpStream,
+    process::{Child, Command, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+use common::*;
+
+/// Starts `portwatch wait ARGS` in the caller's network namespace (call it
+/// inside `Netns::run`).
+fn spawn_wait(args: &[String]) -> Child {
+    Command::new(bin())
+        .arg("wait")
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start portwatch wait")
+}
+
+fn wait_in(ns: &Netns, args: &[&str]) -> Output {
+    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    ns.run(move || spawn_wait(&args).wait_with_output().unwrap())
+}
+
+/// The holder exits: wait notices within tens of milliseconds.
+#[test]
+fn wait_returns_when_the_holder_exits() {
+    let ns = Netns::new("pw-wait");
+    let port = port();
+    let mut held = ns.run(move || Process::fork(|| hold(v4(port), false, |_| {})));
+    let args = vec![port.to_string(), "--timeout".into(), "30s".into()];
+    let mut waiting = ns.run(move || spawn_wait(&args));
+    // Still waiting while the holder lives.
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        waiting.try_wait().unwrap().is_none(),
+        "wait returned while the port was held"
+    );
+    let t0 = Instant::now();
+    held.kill();
+    let status = waiting.wait().unwrap();
+    let took = t0.elapsed();
+    let mut err = String::new();
+    std::io::Read::read_to_string(waiting.stderr.as_mut().unwrap(), &mut err).unwrap();
+    assert_eq!(status.code(), Some(0), "{err}");
+    eprintln!("wait noticed the port freeing after {took:?}");
+    // Target 50 ms; the bound leaves room for a loaded CI machine.
+    assert!(took < Duration::from_millis(300), "took {took:?}: {err}");
+    assert!(err.contains("is free"), "{err}");
+}
+
+/// Only TIME_WAIT left: `--reuseaddr` passes at once (the listener had
+/// SO_REUSEADDR, which its TIME_WAIT keeps); a plain bind times out, and the
+/// holders and diagnosis are printed.
+#[test]
+fn wait_reuseaddr_passes_time_wait_and_plain_times_out() {
+    let ns = Netns::new("pw-wait-tw");
+    let port = port();
+    ns.run(move || {
+        let listener = socket(false, false);
+        listener.set_reuse_address(true).unwrap();
+        bind(&listener, v4(port)).unwrap();
+        listener.listen(1).unwrap();
+        let client = TcpStream::connect(v4(port)).unwrap();
+        let (served, _) = listener.accept().unwrap();
+        drop(listener);
+        drop(served);
+        std::thread::sleep(Duration::from_millis(50));
+        drop(client);
+        std::thread::sleep(Duration::from_millis(50));
+    });
+    let p = port.to_string();
+    let t0 = Instant::now();
+    let r = wait_in(&ns, &[&p, "--reuseaddr", "--timeout", "10s"]);
+    assert_eq!(
+        r.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&r.stderr)
+    );
+    assert!(t0.elapsed() < Duration::from_secs(2));
+    let t0 = Instant::now();
+    let r = wait_in(&ns, &[&p, "--timeout", "300ms", "--json"]);
+    let took = t0.elapsed();
+    assert_eq!(
+        r.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&r.stderr)
+    );
+    assert!(
+        took >= Duration::from_millis(300) && took < Duration::from_secs(5),
+        "{took:?}"
+    );
+    let v: serde_json::Value = serde_json::from_slice(&r.stdout).unwrap();
+    assert_eq!(v["reason"], "time_wait", "{v:#}");
+    assert!(
+        String::from_utf8_lossy(&r.stderr).contains("still taken after 300ms"),
+        "{}",
+        String::from_utf8_lossy(&r.stderr)
+    );
+}
+
+/// A holder that never lets go: exit 1 after the timeout, naming it.
+#[test]
+fn wait_times_out_naming_the_holder() {
+    let ns = Netns::new("pw-wait-to");
+    let port = port();
+    let held = ns.run(move || Process::fork(|| hold(v4(port), false, |_| {})));
+    let r = wait_in(&ns, &[&port.to_string(), "--timeout", "200ms"]);
+    assert_eq!(r.status.code(), Some(1));
+    let out = String::from_utf8_lossy(&r.stdout);
+    assert!(out.contains(&held.pid.to_string()), "{out}");
+    assert!(out.contains(&format!("kill {}", held.pid)), "{out}");
+}
+
+#[test]
+fn wait_bad_input() {
+    for (args, why) in [
+        (&["0"][..], "port 0"),
+        (&["70000"][..], "port > 65535"),
+        (&["80/sctp"][..], "protocol"),
+        (&["80", "--timeout", "soon"][..], "duration"),
+        (&["80", "--addr", "localhost"][..], "address"),
+        (&["80", "--netns", "/nonexistent/netns"][..], "netns"),
+    ] {
+        let r = Command::new(bin()).arg("wait").args(args).output().unwrap();
+        assert_eq!(r.status.code(), Some(2), "{why}: {r:?}");
+        let err = String::from_utf8_lossy(&r.stderr);
+        assert_eq!(err.lines().count(), 1, "{why}: one line: {err}");
+        assert!(err.starts_with("portwatch: "), "{why}: {err}");
+    }
+}
