@@ -87,8 +87,11 @@ pub fn relation(h: &Holder, req: &Request, seen: &Evidence) -> Relation {
     let Some(pid) = h.pid else {
         return Relation::Unknown;
     };
-    let me = req.caller.as_ref();
-    if me.is_some_and(|c| c.pid == pid || h.pids.contains(&c.pid)) {
+    // `who`/`wait` ask for nobody in particular: plain advice.
+    let Some(me) = req.caller.as_ref() else {
+        return Relation::Unknown;
+    };
+    if me.pid == pid || h.pids.contains(&me.pid) {
         return Relation::SameProcess;
     }
     let caller = &seen.caller;
@@ -96,7 +99,7 @@ pub fn relation(h: &Holder, req: &Request, seen: &Evidence) -> Relation {
     if same(&h.unit, &caller.unit) || same(&h.container, &caller.container) {
         return Relation::SameUnit;
     }
-    let comm = me.map(|c| c.comm.as_str()).filter(|c| !c.is_empty());
+    let comm = Some(me.comm.as_str()).filter(|c| !c.is_empty());
     if comm.is_some() && h.comm.as_deref() == comm {
         return Relation::SameProgram;
     }
@@ -326,25 +329,43 @@ pub fn diagnose(req: &Request, seen: &Evidence) -> Verdict {
         };
     }
     if let Some(tw) = first(State::TimeWait) {
-        if !opts.reuseaddr {
-            let left = tw.time_left_ms.map(secs).unwrap_or_else(|| "?".into());
-            let by = seen
-                .holders
-                .iter()
-                .find(|h| h.state == State::Closed)
-                .map(|h| format!(", left by {}", h.who()))
-                .unwrap_or_default();
-            return Verdict {
-                reason: Reason::TimeWait,
-                diagnosis: format!(
-                    "{what} is held only by {} of closed connections{by}; they expire in at most {left}, and this socket has no SO_REUSEADDR",
-                    tw.who()
+        // The kernel lets a bind through TIME_WAIT leftovers only when both
+        // the new socket and the socket that left them set SO_REUSEADDR
+        // (a leftover keeps its socket's setting; measured on 6.18).
+        let left = tw.time_left_ms.map(secs).unwrap_or_else(|| "?".into());
+        let closed = seen.holders.iter().find(|h| h.state == State::Closed);
+        let by = closed
+            .map(|h| format!(", left by {}", h.who()))
+            .unwrap_or_default();
+        let old_had_it = closed.and_then(|h| h.reuseaddr);
+        let (why, fix) = match (opts.reuseaddr, old_had_it) {
+            (false, Some(false)) => (
+                "neither this socket nor the one that left them set SO_REUSEADDR".to_owned(),
+                format!(
+                    "retry in {left}; for the next restart, set SO_REUSEADDR on the listening socket before bind() in both the old and the new instance (safe for TCP listeners: it never lets two listeners share a port)"
                 ),
-                fix: format!(
-                    "set SO_REUSEADDR on the listening socket before bind() (safe for TCP listeners: it never lets two listeners share a port), or retry in {left}"
+            ),
+            (false, _) => (
+                "this socket has no SO_REUSEADDR".to_owned(),
+                format!(
+                    "set SO_REUSEADDR on the listening socket before bind() (safe for TCP listeners: it never lets two listeners share a port; it gets through TIME_WAIT only if the socket that left them had it too, as most servers do), or retry in {left}"
                 ),
-            };
-        }
+            ),
+            (true, _) => (
+                "this socket has SO_REUSEADDR, but the socket that left them did not, and the kernel wants it on both".to_owned(),
+                format!(
+                    "retry in {left}; for the next restart, set SO_REUSEADDR on the listening socket of the old instance too"
+                ),
+            ),
+        };
+        return Verdict {
+            reason: Reason::TimeWait,
+            diagnosis: format!(
+                "{what} is held only by {} of closed connections{by}; they expire in at most {left}, and {why}",
+                tw.who()
+            ),
+            fix,
+        };
     }
     unknown(req, seen, &what)
 }
@@ -682,7 +703,7 @@ mod tests {
     }
 
     #[test]
-    fn time_wait_says_how_long_and_only_without_reuseaddr() {
+    fn time_wait_says_how_long_and_who_lacks_reuseaddr() {
         let mut tw = holder(State::TimeWait);
         tw.pid = None;
         tw.sockets = 3;
@@ -694,11 +715,22 @@ mod tests {
         assert!(v.diagnosis.contains("42s"), "{}", v.diagnosis);
         assert!(v.diagnosis.contains("3 TIME_WAIT"), "{}", v.diagnosis);
         assert!(v.fix.contains("SO_REUSEADDR"));
+        // SO_REUSEADDR on the new socket only: the old one lacked it.
         req.opts = Some(Opts {
             reuseaddr: true,
             ..Default::default()
         });
-        assert_eq!(diagnose(&req, &with(vec![tw])).reason, Reason::Unknown);
+        let v = diagnose(&req, &with(vec![tw.clone()]));
+        assert_eq!(v.reason, Reason::TimeWait);
+        assert!(v.diagnosis.contains("did not"), "{}", v.diagnosis);
+        assert!(v.fix.starts_with("retry in 42s"), "{}", v.fix);
+        // The kernel's record says the old socket lacked it too.
+        let mut old = holder(State::Closed);
+        old.reuseaddr = Some(false);
+        req.opts = Some(Opts::default());
+        let v = diagnose(&req, &with(vec![tw, old]));
+        assert!(v.diagnosis.contains("neither"), "{}", v.diagnosis);
+        assert!(v.fix.contains("both the old and the new"), "{}", v.fix);
     }
 
     #[test]
