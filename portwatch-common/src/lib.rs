@@ -318,7 +318,8 @@ pub struct FoldKey {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FoldState {
-    /// CLOCK_MONOTONIC_COARSE of the last event sent for this key.
+    /// CLOCK_BOOTTIME (`bpf_ktime_get_boot_ns`) of the last event sent for
+    /// this key; user space sweeps entries older than the fold window.
     pub last_sent_ns: u64,
     /// Failures folded since then, not yet carried by an event.
     pub pending: u64,

@@ -53,9 +53,14 @@ pub fn record(sk: u64, how: u8) {
     // A live listener stays the port's holder: a second socket entering
     // LISTEN may be about to fail (its state flips before the port check),
     // and a socket bound beside a listener is the lesser story.
+    // Only a record made by a listener can protect its port: a socket that
+    // starts listening is recorded again (HOW_LISTEN) by the state
+    // tracepoint, so a bind's record is replaced without reading its socket
+    // (six dependent kernel reads saved on every successful bind).
     if let Some(old) = unsafe { HOLDERS.get(key) } {
         let old_sk = old.sk;
-        if old_sk != sk
+        if old.record.how == HOW_LISTEN
+            && old_sk != sk
             && key_of(old_sk).is_some_and(|(k, _)| k == key)
             && read::<u8>(old_sk, conf!(offsets.sk_state)) == TCP_LISTEN as u8
         {

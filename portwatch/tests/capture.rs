@@ -838,3 +838,106 @@ fn backend_line_names_the_hook_and_why() {
         other => panic!("unknown backend {other}"),
     }
 }
+
+/// Process churn fills the kernel's fold table with keys of processes long
+/// gone (here a table of 64 entries and 300 short-lived processes, each
+/// failing one bind); once they are older than the fold window they are
+/// swept, so a storm from a fresh process afterwards still folds, and every
+/// failure is still accounted for.
+#[test]
+fn fold_table_full_of_stale_keys_still_folds_a_fresh_storm() {
+    let ns = Netns::new("pw-churn");
+    let port = port();
+    const CHURN: u64 = 300;
+    const N: u64 = 20_000;
+    let tracer = Tracer::start(&[
+        "--netns",
+        &ns.arg(),
+        "--fold-window",
+        "200",
+        "--fold-table-size",
+        "64",
+        "--no-holders",
+    ]);
+    let holder = ns.run(move || {
+        let holder = socket(false, false);
+        bind(&holder, v4(port)).unwrap();
+        holder.listen(16).unwrap();
+        let addr = libc::sockaddr_in {
+            sin_family: libc::AF_INET as u16,
+            sin_port: port.to_be(),
+            sin_addr: libc::in_addr {
+                s_addr: u32::from_be_bytes([127, 0, 0, 1]).to_be(),
+            },
+            sin_zero: [0; 8],
+        };
+        for _ in 0..CHURN {
+            // SAFETY: the child makes plain system calls only, then exits.
+            let pid = unsafe { libc::fork() };
+            assert!(pid >= 0, "fork");
+            if pid == 0 {
+                unsafe {
+                    let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+                    let rc = libc::bind(
+                        fd,
+                        (&raw const addr).cast(),
+                        size_of::<libc::sockaddr_in>() as u32,
+                    );
+                    libc::_exit(i32::from(rc != -1));
+                }
+            }
+            let mut status = 0;
+            // SAFETY: waits for the child just forked, by pid.
+            assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+            assert_eq!(status, 0, "the child's bind did not fail");
+        }
+        holder
+    });
+    // One event per short-lived process; then let their keys go stale and
+    // a sweep (once a second) remove them.
+    let mut churn_events = 0;
+    while churn_events < CHURN {
+        let ev = tracer.event();
+        assert_eq!(ev["folded"], 0, "{ev}");
+        churn_events += 1;
+    }
+    std::thread::sleep(Duration::from_millis(2500));
+    ns.run(move || {
+        let loser = refused(v4(port), false);
+        for _ in 1..N {
+            assert_eq!(bind(&loser, v4(port)), Err(libc::EADDRINUSE));
+        }
+    });
+    drop(holder);
+    let (status, rest, notices) = tracer.stop();
+    assert!(status.success());
+    let summary = notices
+        .iter()
+        .find(|v| v["type"] == "summary")
+        .expect("summary");
+    let storm_events = rest.len() as u64;
+    let folded_shown: u64 = rest.iter().map(|e| e["folded"].as_u64().unwrap()).sum();
+    let tail: u64 = notices
+        .iter()
+        .filter(|v| v["type"] == "repeat")
+        .map(|v| v["count"].as_u64().unwrap())
+        .sum();
+    assert_eq!(summary["matched"], CHURN + N, "{summary}");
+    assert_eq!(summary["lost"], 0, "{summary}");
+    assert_eq!(summary["shown"], CHURN + storm_events, "{summary}");
+    assert_eq!(summary["folded_shown"], folded_shown, "{summary}");
+    assert_eq!(summary["folded_tail"], tail, "{summary}");
+    assert_eq!(
+        storm_events + folded_shown + tail,
+        N,
+        "{summary} {notices:?}"
+    );
+    assert!(
+        summary["fold_swept"].as_u64().unwrap() > 0,
+        "nothing swept: {summary}"
+    );
+    assert!(
+        storm_events < 100,
+        "{storm_events} events for one storm after churn: the fold table is stuck full ({summary})"
+    );
+}

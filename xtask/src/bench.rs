@@ -15,6 +15,8 @@ use std::{
 use anyhow::{bail, Context as _, Result};
 use portwatch_test_support::{in_fresh_netns, Netns, Process};
 
+use crate::floor::{self, Floor};
+
 /// Options of `cargo xtask bench`.
 #[derive(clap::Args)]
 pub struct Options {
@@ -126,10 +128,10 @@ impl Loop {
 type Events = mpsc::Receiver<(SystemTime, serde_json::Value)>;
 
 /// A running tracer; its stdout goes to /dev/null unless captured.
-struct Tracer {
-    child: Child,
+pub(crate) struct Tracer {
+    pub(crate) child: Child,
     notices: mpsc::Receiver<serde_json::Value>,
-    events: Option<Events>,
+    pub(crate) events: Option<Events>,
     startup: Duration,
     backend: String,
 }
@@ -139,7 +141,7 @@ impl Tracer {
         Tracer::spawn(bin, extra, false)
     }
 
-    fn spawn(bin: &Path, extra: &[String], capture: bool) -> Result<Tracer> {
+    pub(crate) fn spawn(bin: &Path, extra: &[String], capture: bool) -> Result<Tracer> {
         let t0 = Instant::now();
         let mut child = Command::new(bin)
             .args(["watch", "--json"])
@@ -192,7 +194,7 @@ impl Tracer {
     }
 
     /// (current, peak) resident set in KiB.
-    fn rss_kib(&self) -> (u64, u64) {
+    pub(crate) fn rss_kib(&self) -> (u64, u64) {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
             .unwrap_or_default();
         let field = |name: &str| {
@@ -206,7 +208,7 @@ impl Tracer {
     }
 
     /// SIGINT, then the summary object.
-    fn stop(mut self) -> Result<serde_json::Value> {
+    pub(crate) fn stop(mut self) -> Result<serde_json::Value> {
         nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(self.child.id() as i32),
             nix::sys::signal::Signal::SIGINT,
@@ -271,30 +273,41 @@ pub fn run(opts: &Options) -> Result<()> {
         std::thread::available_parallelism().map_or(0, |n| n.get())
     ));
 
-    // Syscall overhead, without and with the tracer, alternating.
+    // Syscall overhead: nothing attached, the bare probe (the floor of any
+    // tracer on sys_exit_bind), and portwatch, alternating in each round.
     let mut backend = String::new();
     let mut startups = Vec::new();
     report.push(String::new());
-    report.push("| loop | without (ns/op) | with (ns/op) | ratio |".into());
-    report.push("|---|---|---|---|".into());
+    report.push(
+        "| loop | nothing (ns/op) | bare probe (ns/op) | portwatch (ns/op) | probe / nothing | portwatch / nothing | portwatch / probe |"
+            .into(),
+    );
+    report.push("|---|---|---|---|---|---|---|".into());
     for lp in [Loop::SocketBindClose, Loop::FailingBind, Loop::Getppid] {
-        let (mut off, mut on) = (Vec::new(), Vec::new());
+        let (mut off, mut floor, mut on) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..rounds {
             off.push(lp.measure());
+            let f = Floor::attach()?;
+            floor.push(lp.measure());
+            drop(f);
             let t = Tracer::start(&bin, &opts.tracer_args)?;
             startups.push(t.startup.as_secs_f64() * 1000.0);
             backend = t.backend.clone();
             on.push(lp.measure());
             t.stop()?;
         }
-        let (off, on) = (median(off), median(on));
-        eprintln!("bench: {} {off:.0} -> {on:.0} ns/op", lp.name());
+        let (off, floor, on) = (median(off), median(floor), median(on));
+        eprintln!("bench: {} {off:.0} / {floor:.0} / {on:.0} ns/op", lp.name());
         report.push(format!(
-            "| {} | {off:.0} | {on:.0} | {:.2}x |",
+            "| {} | {off:.0} | {floor:.0} | {on:.0} | {:.2}x | {:.2}x | {:.2}x |",
             lp.name(),
-            on / off
+            floor / off,
+            on / off,
+            on / floor
         ));
     }
+    report.push(String::new());
+    report.extend(per_program(&bin, opts)?);
     report.push(String::new());
     report.push(format!("Backend: {backend}."));
     report.push(format!(
@@ -346,6 +359,56 @@ pub fn run(opts: &Options) -> Result<()> {
     report.extend(enrichment(&bin, opts)?);
     println!("{}", report.join("\n"));
     Ok(())
+}
+
+/// The kernel's own accounting of each program (kernel.bpf_stats_enabled=1,
+/// which adds two clock reads per run: so these are a separate pass, not the
+/// runs above): ns per run of every program portwatch attached, and of the
+/// bare probe, over one loop each.
+fn per_program(bin: &Path, opts: &Options) -> Result<Vec<String>> {
+    let _stats = floor::Stats::enable()?;
+    let mut report = vec![
+        "Per program, kernel.bpf_stats_enabled=1 (run_time_ns / run_cnt over one loop; run counts include other binds on the machine):".into(),
+        String::new(),
+        "| loop | program | runs | ns per run |".into(),
+        "|---|---|---|---|".into(),
+    ];
+    for lp in [Loop::SocketBindClose, Loop::FailingBind] {
+        let f = Floor::attach()?;
+        let before = f.stats();
+        lp.measure();
+        let after = f.stats();
+        drop(f);
+        let runs = after.1 - before.1;
+        report.push(format!(
+            "| {} | bare probe | {runs} | {:.0} |",
+            lp.name(),
+            (after.0 - before.0) as f64 / runs.max(1) as f64
+        ));
+        let t = Tracer::start(bin, &opts.tracer_args)?;
+        let pid = t.child.id();
+        let before = floor::programs_of(pid);
+        lp.measure();
+        let after = floor::programs_of(pid);
+        t.stop()?;
+        for (name, ns, cnt) in after {
+            let (ns0, cnt0) = before
+                .iter()
+                .find(|(n, ..)| *n == name)
+                .map_or((0, 0), |(_, a, b)| (*a, *b));
+            let runs = cnt - cnt0;
+            if runs == 0 {
+                continue;
+            }
+            eprintln!("bench: {} {name}: {runs} runs {} ns", lp.name(), ns - ns0);
+            report.push(format!(
+                "| {} | {name} | {runs} | {:.0} |",
+                lp.name(),
+                (ns - ns0) as f64 / runs as f64
+            ));
+        }
+    }
+    Ok(report)
 }
 
 const HOLDER_BASE: u16 = 30000;

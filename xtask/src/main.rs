@@ -4,8 +4,10 @@
 //! a fresh clone needs nothing but rustup and this command.
 
 mod bench;
+mod floor;
 mod kernels;
 mod setup;
+mod soak;
 mod vm;
 
 use std::{
@@ -43,6 +45,8 @@ enum Task {
     },
     /// Measure overhead, start-up, throughput and memory; prints a table for BENCHMARKS.md.
     Bench(bench::Options),
+    /// Soak: 100,000 short-lived failing processes and storms; memory, map fill, loss.
+    Soak(soak::Options),
     /// Run the integration tests on Debian's kernel under qemu, once with
     /// each backend (fexit loads there, unlike on this project's machines).
     VmTest,
@@ -136,6 +140,7 @@ fn main() -> Result<()> {
         }
         Task::Test { args } => test(&args),
         Task::Bench(opts) => bench::run(&opts),
+        Task::Soak(opts) => soak::run(&opts),
         Task::VmTest => vm::run_all(),
     }
 }

@@ -83,6 +83,8 @@ pub struct Settings {
     pub args_source: ArgsSource,
     /// Record port holders in the kernel and attach them to failures.
     pub track_holders: bool,
+    /// Entries of the kernel's fold table (`FOLDS`); None for the default.
+    pub fold_entries: Option<u32>,
 }
 
 impl Settings {
@@ -379,6 +381,9 @@ pub fn load(settings: &Settings, choice: BackendChoice) -> Result<Loaded> {
         .map_max_entries("EVENTS", settings.ring_bytes)
         // Only entry pairing (the last resort below) uses this table.
         .map_max_entries("CALLS", 1);
+    if let Some(n) = settings.fold_entries {
+        loader.map_max_entries("FOLDS", n.max(1));
+    }
 
     let mut fexit_error = None;
     if choice != BackendChoice::Tracepoint {

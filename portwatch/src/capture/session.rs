@@ -2,10 +2,15 @@
 //! tokio's `AsyncFd`, and the kernel's counters and fold table, which make
 //! every matched call accountable as shown, folded or lost.
 
-use std::{collections::HashMap, io, net::IpAddr};
+use std::{
+    collections::{HashMap, HashSet},
+    io,
+    net::IpAddr,
+    os::fd::{AsFd as _, AsRawFd as _},
+};
 
 use anyhow::{anyhow, Result};
-use aya::maps::{MapData, PerCpuArray, PerCpuHashMap, RingBuf};
+use aya::maps::{IterableMap as _, MapData, PerCpuArray, PerCpuHashMap, RingBuf};
 use portwatch_common::{stat, FoldKey, FoldState};
 use serde::{Deserialize, Serialize};
 use tokio::io::{unix::AsyncFd, Interest};
@@ -72,9 +77,29 @@ pub struct Finish {
     pub folded_tail: u64,
     /// Records that did not decode.
     pub malformed: u64,
-    /// The streams whose tail is pending, described.
+    /// The streams whose tail is pending, described (at most
+    /// [`TAIL_CAP`] swept streams plus what the fold table still holds).
     pub repeats: Vec<Repeat>,
+    /// Stale fold-table entries removed by sweeps.
+    pub fold_swept: u64,
+    /// Fold-table entries at exit.
+    pub fold_entries: u64,
 }
+
+/// What one sweep of the fold table did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Sweep {
+    /// Entries looked at.
+    pub entries: u64,
+    /// Stale entries removed.
+    pub removed: u64,
+    /// Pending repeats the removed entries held, now kept in user space.
+    pub moved: u64,
+}
+
+/// Swept streams whose pending repeats are remembered with a description;
+/// past this, their counts are still added up but no longer described.
+pub const TAIL_CAP: usize = 4096;
 
 /// The kernel's fold key of an event (see `portwatch_common::FoldKey`).
 pub fn fold_key(ev: &Event) -> FoldKey {
@@ -95,6 +120,13 @@ pub fn fold_key(ev: &Event) -> FoldKey {
         _pad: [0; 3],
         addr,
     }
+}
+
+/// CLOCK_BOOTTIME in ns: the clock of `bpf_ktime_get_boot_ns`.
+fn boot_ns() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME)
+        .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
+        .unwrap_or(0)
 }
 
 /// Loaded, attached programs and their maps. Dropping it detaches them.
@@ -118,8 +150,18 @@ pub struct Session {
     shown: u64,
     folded_shown: u64,
     malformed: u64,
-    /// The last event of each fold key, to describe repeats pending at exit.
+    /// The last event of each fold key the kernel's table may still hold,
+    /// to describe repeats pending at exit. Pruned by [`Session::sweep`] to
+    /// the keys the table holds, so it is as bounded as the table.
     last: HashMap<FoldKey, Event>,
+    /// Fold window (ns): entries older than this fold nothing more.
+    fold_window_ns: u64,
+    /// Repeats swept out of the kernel's table before an event carried
+    /// them: added to the stream's next event, or reported at exit.
+    tail: HashMap<FoldKey, (u64, Option<Event>)>,
+    /// Swept repeats past [`TAIL_CAP`] streams (counted, not described).
+    tail_overflow: u64,
+    fold_swept: u64,
 }
 
 fn take<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(
@@ -146,6 +188,7 @@ impl Session {
         let ring: RingBuf<MapData> = take(&mut ebpf, "EVENTS")?;
         let stats = take(&mut ebpf, "STATS")?;
         let folds = take(&mut ebpf, "FOLDS")?;
+        let fold_window_ns = settings.fold_window_ns;
         // Start-up parsed the kernel's BTF (megabytes); hand that memory back.
         // SAFETY: malloc_trim only releases free heap pages.
         unsafe { libc::malloc_trim(0) };
@@ -168,6 +211,10 @@ impl Session {
             folded_shown: 0,
             malformed: 0,
             last: HashMap::new(),
+            fold_window_ns,
+            tail: HashMap::new(),
+            tail_overflow: 0,
+            fold_swept: 0,
         })
     }
 
@@ -187,7 +234,8 @@ impl Session {
                 guard.clear_ready();
             }
             if !out.is_empty() {
-                self.account(out);
+                let new = out.len();
+                self.account(&mut out[..new]);
                 return Ok(());
             }
         }
@@ -234,15 +282,113 @@ impl Session {
         false
     }
 
-    fn account(&mut self, events: &[Event]) {
+    fn account(&mut self, events: &mut [Event]) {
         for ev in events {
+            if ev.ret != 0 && self.fold_window_ns != 0 {
+                let key = fold_key(ev);
+                // Repeats a sweep took out of the kernel's entry are the
+                // ones this event would have carried.
+                if let Some((n, _)) = self.tail.remove(&key) {
+                    ev.folded += n;
+                }
+                // One description per stream is enough.
+                self.last.entry(key).or_insert_with(|| ev.clone());
+            }
             self.shown += 1;
             self.folded_shown += ev.folded;
-            if ev.ret != 0 {
-                // One description per stream is enough.
-                self.last.entry(fold_key(ev)).or_insert_with(|| ev.clone());
+        }
+    }
+
+    /// Removes the fold table's stale entries: those whose last event on
+    /// every CPU is older than the fold window, so they can fold nothing
+    /// more. Without this the table fills with keys of processes long gone
+    /// and nothing is folded again. Repeats such an entry still holds move
+    /// to user space (taken atomically with the entry), where the stream's
+    /// next event carries them or the exit summary reports them. Then
+    /// forgets the descriptions of keys the table no longer holds.
+    pub fn sweep(&mut self) -> Sweep {
+        let mut sweep = Sweep::default();
+        if self.fold_window_ns == 0 {
+            return sweep;
+        }
+        let now = boot_ns();
+        let keys: Vec<FoldKey> = self.folds.keys().filter_map(Result::ok).collect();
+        let mut kept = HashSet::with_capacity(keys.len());
+        for key in keys {
+            sweep.entries += 1;
+            let Ok(per_cpu) = self.folds.get(&key, 0) else {
+                continue;
+            };
+            let stale = per_cpu
+                .iter()
+                .all(|s| now.saturating_sub(s.last_sent_ns) >= self.fold_window_ns);
+            if !stale {
+                kept.insert(key);
+                continue;
+            }
+            // Between the look and the removal the kernel may have used the
+            // entry: what is removed is what the removal returns.
+            let Some(pending) = self.take_entry(&key) else {
+                kept.insert(key);
+                continue;
+            };
+            sweep.removed += 1;
+            if pending > 0 {
+                sweep.moved += pending;
+                let desc = self.last.get(&key).cloned();
+                if let Some((n, _)) = self.tail.get_mut(&key) {
+                    *n += pending;
+                } else if self.tail.len() < TAIL_CAP {
+                    self.tail.insert(key, (pending, desc));
+                } else {
+                    self.tail_overflow += pending;
+                }
             }
         }
+        self.fold_swept += sweep.removed;
+        self.last.retain(|k, _| kept.contains(k));
+        sweep
+    }
+
+    /// Removes `key` from the fold table, returning its pending repeats
+    /// summed over CPUs as they were at the removal (BPF_MAP_LOOKUP_AND_DELETE_ELEM,
+    /// 5.14+ for hash maps). Falls back to look-then-delete on older kernels.
+    fn take_entry(&mut self, key: &FoldKey) -> Option<u64> {
+        let cpus = aya::util::nr_cpus().ok()?;
+        let mut values = vec![FoldState::default(); cpus];
+        #[repr(C)]
+        struct Attr {
+            map_fd: u32,
+            _pad: u32,
+            key: u64,
+            value: u64,
+            flags: u64,
+        }
+        let fd = self.folds.map().fd().as_fd().as_raw_fd();
+        let attr = Attr {
+            map_fd: fd as u32,
+            _pad: 0,
+            key: key as *const FoldKey as u64,
+            value: values.as_mut_ptr() as u64,
+            flags: 0,
+        };
+        const BPF_MAP_LOOKUP_AND_DELETE_ELEM: libc::c_long = 21;
+        // SAFETY: attr points at a live key and a buffer of one value per
+        // possible CPU (FoldState is 8-byte aligned, as the kernel copies it).
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_MAP_LOOKUP_AND_DELETE_ELEM,
+                &attr as *const Attr,
+                size_of::<Attr>() as u32,
+            )
+        };
+        if rc == 0 {
+            return Some(values.iter().map(|s| s.pending).sum());
+        }
+        let pending = self.folds.get(key, 0).ok()?.iter().map(|s| s.pending).sum();
+        self.folds.remove(key).ok()?;
+        Some(pending)
     }
 
     /// The kernel's counters now.
@@ -272,18 +418,31 @@ impl Session {
             shown: self.shown,
             folded_shown: self.folded_shown,
             malformed: self.malformed,
+            fold_swept: self.fold_swept,
             ..Finish::default()
         };
+        let mut tail: HashMap<FoldKey, (u64, Option<&Event>)> = self
+            .tail
+            .iter()
+            .map(|(k, (n, ev))| (*k, (*n, ev.as_ref())))
+            .collect();
         for entry in self.folds.iter() {
             let Ok((key, per_cpu)) = entry else { continue };
+            finish.fold_entries += 1;
             let pending: u64 = per_cpu.iter().map(|s| s.pending).sum();
             if pending == 0 {
                 continue;
             }
-            finish.folded_tail += pending;
-            let Some(ev) = self.last.get(&key) else {
-                continue;
-            };
+            let slot = tail.entry(key).or_insert((0, None));
+            slot.0 += pending;
+            if slot.1.is_none() {
+                slot.1 = self.last.get(&key);
+            }
+        }
+        finish.folded_tail = self.tail_overflow;
+        for (n, ev) in tail.into_values() {
+            finish.folded_tail += n;
+            let Some(ev) = ev else { continue };
             finish.repeats.push(Repeat {
                 pid: ev.pid,
                 comm: ev.comm.clone(),
@@ -294,7 +453,7 @@ impl Session {
                 addr: ev.addr,
                 port: ev.port,
                 netns: ev.netns,
-                count: pending,
+                count: n,
             });
         }
         finish

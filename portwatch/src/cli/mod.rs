@@ -260,6 +260,10 @@ pub struct WatchArgs {
     #[arg(long, value_name = "MS", default_value_t = 0, hide = true)]
     pub enrich_delay: u64,
 
+    /// Entries of the kernel's fold table (for tests: fill it with fewer keys).
+    #[arg(long, value_name = "N", hide = true)]
+    pub fold_table_size: Option<u32>,
+
     /// How the tracepoint backend gets bind()'s arguments (for tests).
     #[arg(long, value_enum, default_value_t = ArgsSource::Auto, hide = true)]
     pub tracepoint_args: ArgsSource,

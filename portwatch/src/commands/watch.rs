@@ -17,6 +17,9 @@ use crate::{
     pipeline::{self, Pipeline, BATCH},
 };
 
+/// How often the fold table is swept of stale entries.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+
 fn settings(args: &WatchArgs) -> Settings {
     Settings {
         errnos: args.errno.clone(),
@@ -33,6 +36,7 @@ fn settings(args: &WatchArgs) -> Settings {
         btf: args.btf.clone(),
         args_source: args.tracepoint_args,
         track_holders: !args.no_holders,
+        fold_entries: args.fold_table_size,
     }
 }
 
@@ -56,6 +60,11 @@ pub async fn run(args: WatchArgs) -> Result<()> {
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut ticker = tokio::time::interval(Duration::from_secs(args.stats_interval));
     ticker.tick().await;
+    // Stale fold-table entries go once they are older than the window; a
+    // sweep per second keeps up with thousands of new processes a second.
+    let mut sweeper = tokio::time::interval(SWEEP_EVERY);
+    sweeper.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    sweeper.tick().await;
 
     let enricher = (!args.no_holders).then(|| Arc::new(Enricher::new(session.bound_inactive_dump)));
     if let Some(e) = &enricher {
@@ -109,6 +118,9 @@ pub async fn run(args: WatchArgs) -> Result<()> {
             }
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
+            _ = sweeper.tick() => {
+                session.sweep();
+            }
             _ = ticker.tick() => {
                 let lost = session.counters().lost;
                 if lost > lost_reported {

@@ -87,6 +87,12 @@ pub struct Summary {
     pub malformed: u64,
     /// Holder lookups that took longer than `--lookup-timeout`.
     pub lookup_timeouts: u64,
+    /// Stale fold-table entries swept (older than the fold window).
+    #[serde(default)]
+    pub fold_swept: u64,
+    /// Fold-table entries at exit.
+    #[serde(default)]
+    pub fold_entries: u64,
 }
 
 impl Summary {
@@ -105,6 +111,8 @@ impl Summary {
             fold_table_full: f.counters.fold_full,
             malformed: f.malformed,
             lookup_timeouts,
+            fold_swept: f.fold_swept,
+            fold_entries: f.fold_entries,
         }
     }
 }

@@ -1,0 +1,326 @@
+//! `cargo xtask soak`: weeks of churn compressed into minutes. Short-lived
+//! processes, each listening on a port and then failing to bind it again a
+//! few times, on thousands of ports, with a storm from a fresh process after
+//! every tenth of the run, holders on. Reports portwatch's resident memory
+//! every 10%, how full the kernel's maps are, lookups done and timed out,
+//! and events lost; checks that a storm after the churn folds like the one
+//! at start-up. A benchmark, not a test: it prints a Markdown report.
+
+use std::{
+    os::fd::{FromRawFd as _, OwnedFd},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Result};
+use portwatch_test_support::Netns;
+
+use crate::bench::Tracer;
+
+/// Options of `cargo xtask soak`.
+#[derive(clap::Args)]
+pub struct Options {
+    /// Short-lived processes in all.
+    #[arg(long, default_value_t = 100_000)]
+    processes: u32,
+    /// Failing binds each process makes before it exits.
+    #[arg(long, default_value_t = 10)]
+    failures: u32,
+    /// Distinct ports the processes use.
+    #[arg(long, default_value_t = 20_000)]
+    ports: u16,
+    /// Failures in each storm (paced at 100 k/s).
+    #[arg(long, default_value_t = 100_000)]
+    storm: u64,
+    /// Extra arguments for `portwatch watch`.
+    #[arg(long, allow_hyphen_values = true)]
+    tracer_args: Vec<String>,
+}
+
+const BASE: u16 = 20000;
+const STORM_PORT: u16 = 19000;
+
+fn sockaddr(port: u16) -> libc::sockaddr_in {
+    libc::sockaddr_in {
+        sin_family: libc::AF_INET as u16,
+        sin_port: port.to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from_be_bytes([127, 0, 0, 1]).to_be(),
+        },
+        sin_zero: [0; 8],
+    }
+}
+
+/// Forks a child that runs `f` (plain system calls only) and exits with
+/// its status; returns the child's pid.
+fn spawn(f: impl FnOnce() -> i32) -> i32 {
+    // SAFETY: the child makes plain system calls only, then _exits.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork failed");
+    if pid == 0 {
+        let code = f();
+        unsafe { libc::_exit(code) };
+    }
+    pid
+}
+
+fn reap(pid: i32) -> i32 {
+    let mut status = 0;
+    // SAFETY: waits for our own child by pid.
+    unsafe { libc::waitpid(pid, &mut status, 0) };
+    status
+}
+
+/// One churn process: listen on `port`, fail `n` binds to it, exit.
+fn churn_child(port: u16, n: u32) -> i32 {
+    let addr = sockaddr(port);
+    let len = size_of::<libc::sockaddr_in>() as u32;
+    // SAFETY: plain system calls on sockets this child owns.
+    unsafe {
+        let a = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+        if libc::bind(a, (&raw const addr).cast(), len) != 0 || libc::listen(a, 1) != 0 {
+            return 2;
+        }
+        let b = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+        for _ in 0..n {
+            if libc::bind(b, (&raw const addr).cast(), len) != -1 {
+                return 3;
+            }
+        }
+    }
+    0
+}
+
+/// A storm from a fresh process: `n` failing binds paced at 100 k/s.
+fn storm_child(n: u64) -> i32 {
+    let addr = sockaddr(STORM_PORT);
+    let len = size_of::<libc::sockaddr_in>() as u32;
+    let start = Instant::now();
+    // SAFETY: plain system calls on a socket this child owns.
+    unsafe {
+        let b = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+        let mut i = 0;
+        while i < n {
+            let due = start + Duration::from_nanos(i * 10_000);
+            while Instant::now() < due {
+                std::hint::spin_loop();
+            }
+            for _ in 0..100 {
+                if libc::bind(b, (&raw const addr).cast(), len) != -1 {
+                    return 3;
+                }
+            }
+            i += 100;
+        }
+    }
+    0
+}
+
+/// (entries, max_entries) of portwatch's hash maps, counted key by key.
+fn map_fill(pid: u32) -> Vec<(String, u64, u32)> {
+    let mut ids = Vec::new();
+    if let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) {
+        for entry in dir.flatten() {
+            let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+            if let Some(id) = text
+                .lines()
+                .find_map(|l| l.strip_prefix("map_id:"))
+                .and_then(|v| v.trim().parse::<u32>().ok())
+            {
+                ids.push(id);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for info in aya::maps::loaded_maps().flatten() {
+        let name = info.name_as_str().unwrap_or("").to_owned();
+        if !ids.contains(&info.id()) || !matches!(name.as_str(), "FOLDS" | "HOLDERS") {
+            continue;
+        }
+        let Ok(fd) = info.fd() else { continue };
+        out.push((name, count_keys(&fd, info.key_size()), info.max_entries()));
+    }
+    out.sort();
+    out
+}
+
+/// Keys in a hash map, by BPF_MAP_GET_NEXT_KEY.
+fn count_keys(fd: &aya::maps::MapFd, key_size: u32) -> u64 {
+    use std::os::fd::{AsFd as _, AsRawFd as _};
+    const BPF_MAP_GET_NEXT_KEY: libc::c_long = 4;
+    let raw = fd.as_fd().as_raw_fd();
+    let mut key = vec![0u8; key_size as usize];
+    let mut next = vec![0u8; key_size as usize];
+    let mut n = 0;
+    let mut first = true;
+    loop {
+        // union bpf_attr: map_fd, pad, key, next_key.
+        let mut attr = [0u64; 4];
+        attr[0] = raw as u64;
+        attr[1] = if first { 0 } else { key.as_ptr() as u64 };
+        attr[2] = next.as_mut_ptr() as u64;
+        // SAFETY: attr points at buffers of the map's key size.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_MAP_GET_NEXT_KEY,
+                attr.as_ptr(),
+                size_of_val(&attr) as u32,
+            )
+        };
+        if rc != 0 || n > 10_000_000 {
+            return n;
+        }
+        n += 1;
+        first = false;
+        key.copy_from_slice(&next);
+    }
+}
+
+/// Events (and folded repeats) a storm process got, from the event stream.
+fn storm_events(t: &Tracer, pid: i32) -> (u64, u64, u64) {
+    let events = t.events.as_ref().expect("events captured");
+    let (mut n, mut folded, mut all) = (0, 0, 0);
+    // The reader may still be behind: wait until it has been quiet a while.
+    while let Ok((_, v)) = events.recv_timeout(Duration::from_millis(1500)) {
+        all += 1;
+        if v["pid"] == pid {
+            n += 1;
+            folded += v["folded"].as_u64().unwrap_or(0);
+        }
+    }
+    (n, folded, all)
+}
+
+/// Runs the soak and prints a Markdown report.
+pub fn run(opts: &Options) -> Result<()> {
+    let bin = crate::build_release()?;
+    let ns = Netns::new("pw-soak");
+    let mut extra = vec!["--netns".to_owned(), ns.arg()];
+    extra.extend(opts.tracer_args.iter().cloned());
+    let t = Tracer::spawn(&bin, &extra, true)?;
+    let pid = t.child.id();
+    let holder = ns.run(|| {
+        // SAFETY: plain system calls; the fd is handed to an OwnedFd.
+        unsafe {
+            let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+            let addr = sockaddr(STORM_PORT);
+            assert_eq!(
+                libc::bind(
+                    fd,
+                    (&raw const addr).cast(),
+                    size_of::<libc::sockaddr_in>() as u32
+                ),
+                0
+            );
+            assert_eq!(libc::listen(fd, 1), 0);
+            OwnedFd::from_raw_fd(fd)
+        }
+    });
+    let storm = opts.storm;
+    let first_pid = ns.run(move || {
+        let pid = spawn(|| storm_child(storm));
+        assert_eq!(reap(pid), 0);
+        pid
+    });
+    let first = storm_events(&t, first_pid);
+    eprintln!("soak: first storm: {first:?}");
+
+    let start = Instant::now();
+    let mut rows = Vec::new();
+    let mut events_seen = first.2;
+    let per_tenth = opts.processes / 10;
+    let (ports, failures) = (opts.ports, opts.failures);
+    let mut last_storm = first;
+    for tenth in 1..=10u32 {
+        let done = (tenth - 1) * per_tenth;
+        let t0 = Instant::now();
+        let bad = ns.run(move || {
+            let mut bad = 0;
+            for i in done..done + per_tenth {
+                let port = BASE + (i % u32::from(ports)) as u16;
+                let pid = spawn(|| churn_child(port, failures));
+                if reap(pid) != 0 {
+                    bad += 1;
+                }
+            }
+            bad
+        });
+        if bad > 0 {
+            bail!("{bad} churn processes did not fail as planned");
+        }
+        let churn_secs = t0.elapsed().as_secs_f64();
+        let storm_pid = ns.run(move || {
+            let pid = spawn(|| storm_child(storm));
+            assert_eq!(reap(pid), 0);
+            pid
+        });
+        let s = storm_events(&t, storm_pid);
+        events_seen += s.2;
+        last_storm = s;
+        let (rss, _) = t.rss_kib();
+        let fill = map_fill(pid);
+        let fill = fill
+            .iter()
+            .map(|(n, e, m)| format!("{n} {e}/{m}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        eprintln!(
+            "soak: {}0%: {:.1} MiB, {fill}, churn {:.0} processes/s, storm {s:?}",
+            tenth,
+            rss as f64 / 1024.0,
+            f64::from(per_tenth) / churn_secs
+        );
+        rows.push(format!(
+            "| {}0% | {} | {:.1} | {fill} | {:.0} | {} events, {} folded |",
+            tenth,
+            tenth * per_tenth,
+            rss as f64 / 1024.0,
+            f64::from(per_tenth) / churn_secs,
+            s.0,
+            s.1
+        ));
+    }
+    let (rss_end, peak) = t.rss_kib();
+    let summary = t.stop()?;
+    drop(holder);
+    drop(ns);
+    let get = |k: &str| summary[k].as_u64().unwrap_or(0);
+    let failures_total =
+        u64::from(opts.processes / 10 * 10) * u64::from(opts.failures) + 11 * opts.storm;
+    let mut report = vec![
+        format!(
+            "Soak: {} short-lived processes on {} ports, {} failing binds each, a {}-failure storm (100 k/s) from a fresh process before the churn and after each tenth; holders on; {:.0} s.",
+            opts.processes / 10 * 10,
+            opts.ports,
+            opts.failures,
+            opts.storm,
+            start.elapsed().as_secs_f64()
+        ),
+        String::new(),
+        "| done | processes | RSS (MiB) | kernel maps (entries/max) | churn processes/s | storm after it |".into(),
+        "|---|---|---|---|---|---|".into(),
+    ];
+    report.extend(rows);
+    report.push(String::new());
+    report.push(format!(
+        "Failures made: {failures_total}; matched {}, shown {}, folded {} (+{} pending at exit), lost {}, fold table full {}, swept {}; lookups {} timed out of {} events; peak RSS {:.1} MiB, at exit {:.1} MiB. First storm {} events ({} folded), last {} events ({} folded). Events read by the bench: {events_seen}.",
+        get("matched"),
+        get("shown"),
+        get("folded_shown"),
+        get("folded_tail"),
+        get("lost"),
+        get("fold_table_full"),
+        get("fold_swept"),
+        get("lookup_timeouts"),
+        get("shown"),
+        peak as f64 / 1024.0,
+        rss_end as f64 / 1024.0,
+        first.0,
+        first.1,
+        last_storm.0,
+        last_storm.1,
+    ));
+    eprintln!("soak: summary {summary}");
+    println!("{}", report.join("\n"));
+    Ok(())
+}
