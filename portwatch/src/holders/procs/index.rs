@@ -8,6 +8,9 @@ use std::{
 
 use super::raw::{bracketed, cpath, readlink_into, Ids};
 
+/// Most threads one /proc walk uses.
+const SCAN_THREADS: usize = 4;
+
 /// Counts from one [`SocketIndex::rescan`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ScanStats {
@@ -50,16 +53,44 @@ impl SocketIndex {
     pub fn rescan(&mut self) -> ScanStats {
         let start = Instant::now();
         self.entries.clear();
+        let pids: Vec<u32> = Ids::open(c"/proc").into_iter().flatten().collect();
+        // The walk is one readlinkat per fd, thousands of them: split over
+        // a few threads, which the kernel serves in parallel (procfs takes
+        // no global lock for them). Measured in BENCHMARKS.md (`who`).
+        let threads = std::thread::available_parallelism()
+            .map_or(1, usize::from)
+            .clamp(1, SCAN_THREADS);
+        let chunk = pids.len().div_ceil(threads).max(64);
+        let parts: Vec<(Vec<FdEntry>, usize, usize)> = std::thread::scope(|scope| {
+            let walkers: Vec<_> = pids
+                .chunks(chunk)
+                .map(|part| {
+                    scope.spawn(move || {
+                        let (mut entries, mut processes, mut fds) = (Vec::new(), 0, 0);
+                        for &pid in part {
+                            let seen = walk_sockets(pid, |fd, inode| {
+                                entries.push(FdEntry { inode, pid, fd });
+                                true
+                            });
+                            if let Some(n) = seen {
+                                processes += 1;
+                                fds += n;
+                            }
+                        }
+                        (entries, processes, fds)
+                    })
+                })
+                .collect();
+            walkers
+                .into_iter()
+                .map(|w| w.join().unwrap_or_default())
+                .collect()
+        });
         let mut stats = ScanStats::default();
-        for pid in Ids::open(c"/proc").into_iter().flatten() {
-            let seen = walk_sockets(pid, |fd, inode| {
-                self.entries.push(FdEntry { inode, pid, fd });
-                true
-            });
-            if let Some(fds) = seen {
-                stats.processes += 1;
-                stats.fds += fds;
-            }
+        for (entries, processes, fds) in parts {
+            self.entries.extend(entries);
+            stats.processes += processes;
+            stats.fds += fds;
         }
         self.entries.sort_unstable();
         self.scanned = Some(start);
