@@ -1,6 +1,7 @@
 //! One module per subcommand, each with one entry point; this module
 //! dispatches and maps errors to exit statuses.
 
+pub mod completions;
 pub mod watch;
 
 use std::process::ExitCode;
@@ -21,6 +22,8 @@ impl Command {
     pub async fn execute(self) -> ExitCode {
         let result = match self {
             Command::Watch(args) => watch::run(args).await,
+            Command::Completions(args) => completions::completions(args.shell),
+            Command::Man => completions::man(),
         };
         match result {
             Ok(()) => ExitCode::from(EXIT_OK),
