@@ -4,6 +4,7 @@
 //! a fresh clone needs nothing but rustup and this command.
 
 mod bench;
+mod deb;
 mod kernels;
 mod setup;
 mod vm;
@@ -46,6 +47,9 @@ enum Task {
     /// Run the integration tests on Debian's kernel under qemu, once with
     /// each backend (fexit loads there, unlike on this project's machines).
     VmTest,
+    /// Build the Debian package (target/debian/); with --test, install it
+    /// into a scratch root with dpkg, run it, verify the unit, and purge it.
+    Deb(deb::Options),
 }
 
 /// The workspace root.
@@ -137,5 +141,6 @@ fn main() -> Result<()> {
         Task::Test { args } => test(&args),
         Task::Bench(opts) => bench::run(&opts),
         Task::VmTest => vm::run_all(),
+        Task::Deb(opts) => deb::run_deb(&opts),
     }
 }

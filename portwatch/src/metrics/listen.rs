@@ -63,15 +63,12 @@ fn why_taken(addr: SocketAddr) -> String {
     // need the kernel's BTF to dump, which is not read yet at this point.
     let evidence = Enricher::new(false).evidence(&req);
     let verdict = diagnose(&req, &evidence);
-    let held = evidence
-        .holders
-        .first()
-        .map(|h| format!("held by {}; ", named(h)))
-        .unwrap_or_default();
-    one_line(&format!(
-        "{held}{} {} (or pick another port with --metrics ADDR:PORT)",
-        verdict.diagnosis, verdict.fix
-    ))
+    // The diagnosis names the holder when it found one.
+    let held = match evidence.holders.first() {
+        Some(h) if !verdict.diagnosis.contains(&named(h)) => format!("held by {}; ", named(h)),
+        _ => String::new(),
+    };
+    one_line(&format!("{held}{} {}", verdict.diagnosis, verdict.fix))
 }
 
 /// Command names and lines come from /proc: no control characters in an
