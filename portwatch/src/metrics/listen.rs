@@ -101,6 +101,16 @@ pub fn parse_addr(s: &str) -> Result<SocketAddr, String> {
     Ok(addr)
 }
 
+/// An accept() error that concerns one connection or passes: keep serving.
+pub(super) fn is_transient(e: &io::Error) -> bool {
+    // Accept errors that concern one connection, or a full fd table that
+    // frees up as connections close: the listener keeps going.
+    matches!(
+        e.raw_os_error(),
+        Some(libc::ECONNABORTED | libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -133,14 +143,4 @@ mod tests {
     fn control_characters_do_not_break_the_line() {
         assert_eq!(one_line("a\nb\x1b[31m"), "a b [31m");
     }
-}
-
-/// `io::Error` for a refused connection, for the server's logs.
-pub(super) fn is_transient(e: &io::Error) -> bool {
-    // Accept errors that concern one connection, or a full fd table that
-    // frees up as connections close: the listener keeps going.
-    matches!(
-        e.raw_os_error(),
-        Some(libc::ECONNABORTED | libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
-    )
 }
