@@ -44,6 +44,11 @@ pub fn run_deb(opts: &Options) -> Result<()> {
     Ok(())
 }
 
+/// Builds and tests the package (the full `cargo xtask test` runs this).
+pub fn build_and_test() -> Result<()> {
+    run_deb(&Options { test: true })
+}
+
 fn version() -> Result<String> {
     let manifest = fs::read_to_string(root().join("portwatch/Cargo.toml"))?;
     manifest
@@ -284,15 +289,21 @@ fn test(deb: &Path) -> Result<()> {
     Ok(())
 }
 
-/// `systemd-analyze verify` on the installed unit (its ExecStart and man
-/// page resolved inside the scratch root) and its `security` exposure.
+/// `systemd-analyze verify` on the installed unit and its `security`
+/// exposure. verify runs against this machine's units (a scratch root has
+/// no sysinit.target), on a copy whose ExecStart is the installed binary.
 fn check_unit(scratch: &Path) -> Result<()> {
     let unit = scratch.join("lib/systemd/system/portwatch.service");
+    let check = scratch.join("check/portwatch.service");
+    fs::create_dir_all(check.parent().unwrap())?;
+    let bin = scratch.join("usr/bin/portwatch");
+    fs::write(
+        &check,
+        fs::read_to_string(&unit)?.replace("/usr/bin/portwatch", bin.to_str().unwrap()),
+    )?;
     let verify = Command::new("systemd-analyze")
-        .arg("verify")
-        .arg(format!("--root={}", scratch.display()))
-        .arg("--man=no")
-        .arg(&unit)
+        .args(["verify", "--man=no"])
+        .arg(&check)
         .output()?;
     let said = String::from_utf8_lossy(&verify.stderr);
     if !verify.status.success() || said.lines().any(|l| l.contains("portwatch.service")) {
