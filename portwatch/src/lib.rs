@@ -15,6 +15,8 @@ pub mod commands;
 pub mod diagnose;
 /// Holder side: sock_diag, /proc, network namespaces, sysctls, enrichment.
 pub mod holders;
+/// `watch --metrics`: Prometheus counters and their HTTP endpoint.
+pub mod metrics;
 /// Human text, the NDJSON schema, notices.
 pub mod output;
 /// Storm sharing of lookups and the in-order writer.

@@ -26,6 +26,7 @@ use crate::{
     capture::{fold_key, Event},
     diagnose::{diagnose, Verdict},
     holders::{Enricher, Evidence},
+    metrics::Metrics,
     output::{self, text, Format},
     request::{Opts, Syscall},
 };
@@ -109,6 +110,7 @@ pub struct Pipeline {
     recent: HashMap<StormKey, (Instant, Shared)>,
     timeout: Duration,
     delay: Duration,
+    metrics: Option<Metrics>,
 }
 
 /// The writer task; its result is how many lookups timed out.
@@ -117,6 +119,16 @@ pub type Writer = JoinHandle<io::Result<u64>>;
 impl Pipeline {
     /// Starts the writer on `out`.
     pub fn start(opts: Options, out: Box<dyn Write + Send>) -> (Self, Writer) {
+        Self::start_observed(opts, out, None)
+    }
+
+    /// Like [`Pipeline::start`]; the writer also counts every event it
+    /// writes, and each lookup, into `metrics`.
+    pub fn start_observed(
+        opts: Options,
+        out: Box<dyn Write + Send>,
+        metrics: Option<Metrics>,
+    ) -> (Self, Writer) {
         let (tx, rx) = mpsc::channel(QUEUE / BATCH);
         let writer = tokio::spawn(write(
             rx,
@@ -124,6 +136,7 @@ impl Pipeline {
             opts.format,
             opts.enricher.clone(),
             opts.timeout,
+            metrics.clone(),
         ));
         let pipeline = Self {
             enricher: opts.enricher,
@@ -131,6 +144,7 @@ impl Pipeline {
             recent: HashMap::new(),
             timeout: opts.timeout,
             delay: opts.delay,
+            metrics,
         };
         (pipeline, writer)
     }
@@ -175,9 +189,15 @@ impl Pipeline {
         let (tx, rx) = watch::channel(None);
         let req = ev.request();
         let delay = self.delay;
+        let metrics = self.metrics.clone();
         tokio::task::spawn_blocking(move || {
             std::thread::sleep(delay);
-            let _ = tx.send(Some(Arc::new(enricher.evidence(&req))));
+            let started = Instant::now();
+            let evidence = enricher.evidence(&req);
+            if let Some(m) = &metrics {
+                m.lookup(&evidence, started.elapsed());
+            }
+            let _ = tx.send(Some(Arc::new(evidence)));
         });
         self.recent.insert(key, (now, rx.clone()));
         rx
@@ -192,6 +212,7 @@ async fn write(
     format: Format,
     enricher: Option<Arc<Enricher>>,
     timeout: Duration,
+    metrics: Option<Metrics>,
 ) -> io::Result<u64> {
     let mut out = io::BufWriter::with_capacity(64 * 1024, out);
     let mut timeouts = 0;
@@ -214,6 +235,9 @@ async fn write(
                         other => {
                             let why = if other.is_err() {
                                 timeouts += 1;
+                                if let Some(m) = &metrics {
+                                    m.lookup_timed_out();
+                                }
                                 format!(
                                     "looking up the holders took longer than {} ms",
                                     timeout.as_millis()
@@ -264,6 +288,9 @@ async fn write(
                 _ => None,
             };
             output::write_event(&mut out, format, &p.ev, found, holders.as_deref(), repeat)?;
+            if let Some(m) = &metrics {
+                m.observe(&p.ev, verdict.as_deref());
+            }
         }
         if rx.is_empty() {
             out.flush()?;

@@ -118,6 +118,9 @@ pub fn ensure_test_packages() -> Result<()> {
         ("bpftool", "bpftool"),
         // Debian's, not a per-user install: tests run it as other uids too.
         ("/usr/bin/python3", "python3"),
+        // Real Prometheus and promtool for the --metrics tests.
+        ("prometheus", "prometheus"),
+        ("promtool", "prometheus"),
     ])
 }
 

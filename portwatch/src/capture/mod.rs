@@ -13,7 +13,7 @@ mod session;
 pub use clock::Clock;
 pub use event::{DecodeError, Event, KernelRecord, Source};
 pub use loader::{ArgsSource, Backend, BackendChoice, Settings, Unsupported};
-pub use session::{fold_key, Counters, Finish, Repeat, Session, Sweep, TAIL_CAP};
+pub use session::{fold_key, Counters, Finish, KernelView, Repeat, Session, Sweep, TAIL_CAP};
 
 #[cfg(test)]
 pub(crate) use event::tests as event_tests;

@@ -87,7 +87,7 @@ pub struct Finish {
 }
 
 /// What one sweep of the fold table did.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Sweep {
     /// Entries looked at.
     pub entries: u64,
@@ -95,6 +95,9 @@ pub struct Sweep {
     pub removed: u64,
     /// Pending repeats the removed entries held, now kept in user space.
     pub moved: u64,
+    /// The same, per stream (for counters that read the kernel's pending
+    /// counts, which no longer hold these).
+    pub moved_by_key: Vec<(FoldKey, u64)>,
 }
 
 /// Swept streams whose pending repeats are remembered with a description;
@@ -335,6 +338,7 @@ impl Session {
             sweep.removed += 1;
             if pending > 0 {
                 sweep.moved += pending;
+                sweep.moved_by_key.push((key, pending));
                 let desc = self.last.get(&key).cloned();
                 if let Some((n, _)) = self.tail.get_mut(&key) {
                     *n += pending;
@@ -457,5 +461,60 @@ impl Session {
             });
         }
         finish
+    }
+}
+
+/// A second handle on the kernel's counters and fold table (duplicated map
+/// fds), so a reader on another thread — the metrics endpoint — reads them
+/// when it wants without ever waiting on, or being waited on by, the
+/// session's reader task.
+pub struct KernelView {
+    stats: PerCpuArray<MapData, u64>,
+    folds: PerCpuHashMap<MapData, FoldKey, FoldState>,
+}
+
+fn dup_map(map: &MapData) -> Result<aya::maps::Map> {
+    use std::os::fd::AsFd as _;
+    let fd = map.fd().as_fd().try_clone_to_owned()?;
+    Ok(aya::maps::Map::from_map_data(MapData::from_fd(fd)?)?)
+}
+
+impl Session {
+    /// A [`KernelView`] on this session's maps; it stays readable after
+    /// the session is dropped (it holds its own fds).
+    pub fn kernel_view(&self) -> Result<KernelView> {
+        use aya::maps::IterableMap as _;
+        Ok(KernelView {
+            stats: dup_map(self.stats.map())?.try_into()?,
+            folds: dup_map(self.folds.map())?.try_into()?,
+        })
+    }
+}
+
+impl KernelView {
+    /// The kernel's counters now.
+    pub fn counters(&self) -> Counters {
+        let get = |i: u32| self.stats.get(&i, 0).map(|v| v.iter().sum()).unwrap_or(0);
+        Counters {
+            matched: get(stat::SENT) + get(stat::FOLDED) + get(stat::LOST),
+            sent: get(stat::SENT),
+            folded: get(stat::FOLDED),
+            lost: get(stat::LOST),
+            no_entry: get(stat::NO_ENTRY),
+            fold_full: get(stat::FOLD_FULL),
+        }
+    }
+
+    /// Failures folded in the kernel and not yet carried by an event, per
+    /// fold key (summed over CPUs; keys with none left out).
+    pub fn pending(&self) -> Vec<(FoldKey, u64)> {
+        self.folds
+            .iter()
+            .filter_map(|entry| {
+                let (key, per_cpu) = entry.ok()?;
+                let pending: u64 = per_cpu.iter().map(|s| s.pending).sum();
+                (pending > 0).then_some((key, pending))
+            })
+            .collect()
     }
 }

@@ -21,6 +21,7 @@ EXAMPLES:
     portwatch watch --all                    # successes too, like bcc's bindsnoop
     portwatch watch --netns /run/netns/blue  # one network namespace (container)
     portwatch watch --no-holders             # events only: no holder lookups
+    portwatch watch --json --metrics 127.0.0.1:9891   # + Prometheus at /metrics
 
 Each failure is followed by who holds the port (process, command line, unit
 or container, TCP state), a reason code, a diagnosis and a fix; with --json
@@ -146,6 +147,31 @@ pub enum Command {
     /// its descendants (daemonized ones too), then exit with its status.
     #[command(after_help = RUN_EXAMPLES)]
     Run(RunArgs),
+    /// Print a shell completion script for bash, zsh or fish.
+    #[command(after_help = COMPLETIONS_EXAMPLES)]
+    Completions(CompletionsArgs),
+    /// Print the manual page (roff), generated from this --help.
+    #[command(after_help = MAN_EXAMPLES)]
+    Man,
+}
+
+const COMPLETIONS_EXAMPLES: &str = "\
+EXAMPLES:
+    portwatch completions bash > /etc/bash_completion.d/portwatch
+    portwatch completions zsh  > /usr/share/zsh/vendor-completions/_portwatch
+    portwatch completions fish > /usr/share/fish/vendor_completions.d/portwatch.fish";
+
+const MAN_EXAMPLES: &str = "\
+EXAMPLES:
+    portwatch man | man -l -
+    portwatch man > /usr/share/man/man1/portwatch.1";
+
+/// `portwatch completions`.
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell to complete for.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
 }
 
 /// `portwatch who`.
@@ -272,6 +298,12 @@ pub struct WatchArgs {
     /// /sys/kernel/btf/vmlinux (for kernels built without it).
     #[arg(long, value_name = "PATH")]
     pub btf: Option<PathBuf>,
+
+    /// Serve Prometheus/OpenMetrics counters at http://ADDR:PORT/metrics
+    /// (GET only). A port alone listens on 127.0.0.1; any other address
+    /// only when given. Metric names are in the README.
+    #[arg(long, value_name = "ADDR:PORT", value_parser = crate::metrics::parse_addr)]
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 /// `portwatch run`.

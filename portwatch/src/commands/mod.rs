@@ -1,6 +1,7 @@
 //! One module per subcommand, each with one entry point; this module
 //! dispatches and maps errors to exit statuses.
 
+pub mod completions;
 pub mod run;
 pub mod wait;
 pub mod watch;
@@ -64,6 +65,8 @@ impl Command {
                     }
                 }
             }
+            Command::Completions(args) => completions::completions(args.shell),
+            Command::Man => completions::man(),
         };
         match result {
             Ok(()) => ExitCode::from(EXIT_OK),

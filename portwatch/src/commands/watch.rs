@@ -49,7 +49,26 @@ pub async fn run(args: WatchArgs) -> Result<()> {
         Format::Human
     };
     let notices = Notices::new(format);
+    // Bound before loading anything: a busy port is a one-line error now.
+    let metrics = match args.metrics {
+        Some(addr) => Some((crate::metrics::bind(addr)?, metrics_known(&args))),
+        None => None,
+    };
     let mut session = Session::start(&settings(&args), args.backend)?;
+    let metrics = match metrics {
+        Some((listener, known)) => {
+            let m = crate::metrics::Metrics::new(&known);
+            m.attach(session.kernel_view()?);
+            let served = m.clone();
+            tokio::spawn(async move {
+                if let Err(e) = crate::metrics::serve(listener, served).await {
+                    eprintln!("portwatch: the metrics endpoint stopped: {e}");
+                }
+            });
+            Some(m)
+        }
+        None => None,
+    };
     if let Some(path) = session.mounted_tracefs {
         notices.say(&Notice::Mount {
             fs: "tracefs".into(),
@@ -88,7 +107,7 @@ pub async fn run(args: WatchArgs) -> Result<()> {
         writeln!(out, "{}", text::HEADER)?;
         out.flush()?;
     }
-    let (mut pipeline, mut writing) = Pipeline::start(
+    let (mut pipeline, mut writing) = Pipeline::start_observed(
         pipeline::Options {
             enricher,
             format,
@@ -96,6 +115,7 @@ pub async fn run(args: WatchArgs) -> Result<()> {
             delay: Duration::from_millis(args.enrich_delay),
         },
         Box::new(io::stdout()),
+        metrics.clone(),
     );
     notices.say(&Notice::Ready {
         backend: Some(session.backend.name().into()),
@@ -119,7 +139,10 @@ pub async fn run(args: WatchArgs) -> Result<()> {
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
             _ = sweeper.tick() => {
-                session.sweep();
+                let swept = session.sweep();
+                if let Some(m) = &metrics {
+                    m.credit_swept(&swept.moved_by_key);
+                }
             }
             _ = ticker.tick() => {
                 let lost = session.counters().lost;
@@ -165,4 +188,26 @@ pub async fn run(args: WatchArgs) -> Result<()> {
         timeouts,
     )));
     Ok(())
+}
+
+/// The series `--metrics` can start at 0: `--port`'s ports, `--errno`'s errnos.
+fn metrics_known(args: &WatchArgs) -> crate::metrics::Known {
+    let mut ports = Vec::new();
+    for &(lo, hi) in args.port.iter().flatten() {
+        // A range wider than the series budget gets no fixed series anyway.
+        if ports.len() > crate::metrics::PORT_SERIES {
+            break;
+        }
+        ports.extend((lo..=hi).take(crate::metrics::PORT_SERIES + 1));
+    }
+    ports.sort_unstable();
+    ports.dedup();
+    crate::metrics::Known {
+        ports,
+        errnos: if args.all_errors || args.all {
+            Vec::new()
+        } else {
+            args.errno.clone()
+        },
+    }
 }

@@ -1,0 +1,633 @@
+//! `watch --metrics`: Prometheus/OpenMetrics counters of failed binds.
+//!
+//! The writer task counts each event as it is written ([`Metrics::observe`]);
+//! the kernel's own counters (sent, folded, lost) and the failures folded in
+//! the kernel but not yet carried by an event are read when Prometheus
+//! scrapes ([`Metrics::render`]), through a second handle on the maps
+//! ([`KernelView`]), so a counter equals the failures made to within one
+//! scrape even when a storm is folded in the kernel and nothing reaches
+//! user space. Nothing here runs on the ring buffer's reader: a scrape,
+//! however slow, never holds up capture.
+//!
+//! Series are bounded whatever the traffic: no pid, address or command line
+//! is ever a label; ports get their own series only for `--port`'s ports or
+//! the first [`PORT_SERIES`] seen (the rest are `port="other"`); failure
+//! label sets stop at [`FAILURE_SERIES`], the rest go under `"other"` values.
+
+mod http;
+mod listen;
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{Arc, Mutex, MutexGuard},
+    time::Duration,
+};
+
+use portwatch_common::FoldKey;
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric as _},
+    metrics::{
+        counter::{ConstCounter, Counter},
+        family::Family,
+        histogram::{exponential_buckets, Histogram},
+        info::Info,
+    },
+    registry::Registry,
+};
+
+pub use self::{
+    http::serve,
+    listen::{bind, parse_addr},
+};
+use crate::{
+    capture::{fold_key, Event, KernelView},
+    diagnose::{Reason, Verdict},
+    holders::Evidence,
+    request::{Errno, Family as AddrFamily, Proto, Syscall},
+};
+
+/// Ports with a series of their own when `--port` does not name them.
+pub const PORT_SERIES: usize = 64;
+
+/// Label sets of `portwatch_bind_failures_total` before new ones are folded
+/// under `"other"`: with the port series and the fixed ones, a host stays
+/// under ~300 series whatever happens.
+pub const FAILURE_SERIES: usize = 200;
+
+/// Streams (fold keys) remembered to attribute kernel-folded failures; the
+/// kernel's fold table has as many entries.
+const STREAMS: usize = 16384;
+
+/// Every reason code, for series that start at 0.
+const REASONS: [Reason; 11] = [
+    Reason::Listener,
+    Reason::TimeWait,
+    Reason::BoundNotListening,
+    Reason::ReuseportMismatch,
+    Reason::ListenConflict,
+    Reason::DualStack,
+    Reason::Connection,
+    Reason::EphemeralExhausted,
+    Reason::PrivilegedPort,
+    Reason::AddrNotLocal,
+    Reason::Unknown,
+];
+
+/// Reason label of a failure printed without a diagnosis (`--no-holders`).
+const NOT_DIAGNOSED: &str = "not_diagnosed";
+
+/// The labels of `portwatch_bind_failures_total`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct FailureLabels {
+    /// bind or listen.
+    pub syscall: String,
+    /// EADDRINUSE, EACCES, ...
+    pub errno: String,
+    /// tcp, udp, or other.
+    pub protocol: String,
+    /// ipv4 or ipv6.
+    pub family: String,
+    /// The diagnosis's reason code.
+    pub reason: String,
+}
+
+impl FailureLabels {
+    fn of(ev: &Event, reason: &str) -> Self {
+        Self::new(
+            ev.syscall,
+            ev.errno.unwrap_or(Errno(-ev.ret)),
+            ev.proto,
+            ev.family,
+            reason,
+        )
+    }
+
+    fn new(syscall: Syscall, errno: Errno, proto: Proto, family: AddrFamily, reason: &str) -> Self {
+        Self {
+            syscall: syscall.name().into(),
+            errno: errno.name(),
+            // Other protocols are rare; one value keeps the product bounded.
+            protocol: match proto {
+                Proto::Tcp | Proto::Udp => proto.name(),
+                Proto::Other(_) => "other".into(),
+            },
+            family: match family {
+                AddrFamily::Ipv4 => "ipv4",
+                AddrFamily::Ipv6 => "ipv6",
+            }
+            .into(),
+            reason: reason.into(),
+        }
+    }
+
+    fn other() -> Self {
+        let other = || "other".to_owned();
+        Self {
+            syscall: other(),
+            errno: other(),
+            protocol: other(),
+            family: other(),
+            reason: other(),
+        }
+    }
+}
+
+/// The label of `portwatch_port_failures_total`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct PortLabels {
+    port: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ResultLabels {
+    result: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct BuildLabels {
+    version: &'static str,
+}
+
+/// Which label a failure's port gets.
+struct Ports {
+    /// `--port` named few enough ports to give each a series.
+    fixed: bool,
+    named: HashSet<u16>,
+    /// Ports already under "other", one bit each.
+    folded: Box<[u64; 1024]>,
+}
+
+impl Ports {
+    /// The label for `port`, and whether it was folded under "other" for
+    /// the first time.
+    fn label(&mut self, port: u16) -> (String, bool) {
+        if self.named.contains(&port) {
+            return (port.to_string(), false);
+        }
+        if !self.fixed && self.named.len() < PORT_SERIES {
+            self.named.insert(port);
+            return (port.to_string(), false);
+        }
+        let (word, bit) = (usize::from(port) / 64, u64::from(port) % 64);
+        let first = self.folded[word] & (1 << bit) == 0;
+        self.folded[word] |= 1 << bit;
+        ("other".into(), first)
+    }
+}
+
+/// One stream of identical failures (a kernel fold key): where its folded
+/// failures are counted, and how many of them a scrape already counted.
+struct Stream {
+    failure: FailureLabels,
+    port: PortLabels,
+    /// Counted by a scrape from the kernel's pending count, not yet carried
+    /// by an event; the next events of the stream pay it back.
+    credited: u64,
+    /// Counted when a fold-table sweep moved the stream's pending count to
+    /// user space (the next event carries it); paid back like `credited`.
+    swept: u64,
+    /// Events of the stream written so far (a scrape skips a stream whose
+    /// event went by while it read the kernel).
+    seq: u64,
+}
+
+struct State {
+    /// Sweeps seen (a scrape that raced one skips its kernel reading).
+    sweeps: u64,
+    ports: Ports,
+    streams: HashMap<FoldKey, Stream>,
+    /// Failure label sets in use, and those folded under "other".
+    failure_sets: HashSet<FailureLabels>,
+    failure_folded: HashSet<FailureLabels>,
+}
+
+struct Inner {
+    registry: Registry,
+    failures: Family<FailureLabels, Counter>,
+    ports: Family<PortLabels, Counter>,
+    labels_folded: Family<MetricLabels, Counter>,
+    lookups: Family<ResultLabels, Counter>,
+    lookup_seconds: Histogram,
+    lookup_timeouts: Counter,
+    state: Mutex<State>,
+    kernel: Arc<Mutex<Option<KernelView>>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct MetricLabels {
+    metric: &'static str,
+}
+
+/// What `watch` knows before the first event: which series start at 0.
+#[derive(Debug, Clone, Default)]
+pub struct Known {
+    /// `--port`'s ports, expanded (empty: any port).
+    pub ports: Vec<u16>,
+    /// The errnos reported (empty: every errno, none known in advance).
+    pub errnos: Vec<Errno>,
+}
+
+/// The metrics of one `watch`; cheap to clone (one shared registry).
+#[derive(Clone)]
+pub struct Metrics(Arc<Inner>);
+
+/// Reads the kernel's counters at scrape time.
+#[derive(Debug)]
+struct KernelCollector(Arc<Mutex<Option<KernelView>>>);
+
+impl std::fmt::Debug for KernelView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("KernelView")
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: &'static str,
+}
+
+impl Collector for KernelCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        // Before the programs are loaded every count is 0: still show them.
+        let counters = lock(&self.0)
+            .as_ref()
+            .map(KernelView::counters)
+            .unwrap_or_default();
+        let events = ConstCounter::new(0u64);
+        let mut family = encoder.encode_descriptor(
+            "portwatch_events",
+            "Calls matched in the kernel, by what became of them: sent to user space as an event, folded into a count (identical failure within --fold-window), or lost (ring buffer full). Read from the kernel at scrape time.",
+            None,
+            events.metric_type(),
+        )?;
+        for (outcome, n) in [
+            ("sent", counters.sent),
+            ("folded", counters.folded),
+            ("lost", counters.lost),
+        ] {
+            ConstCounter::new(n).encode(family.encode_family(&OutcomeLabels { outcome })?)?;
+        }
+        let full = ConstCounter::new(counters.fold_full);
+        full.encode(encoder.encode_descriptor(
+            "portwatch_fold_table_full",
+            "Failures sent unfolded because the kernel's fold table was full.",
+            None,
+            full.metric_type(),
+        )?)?;
+        Ok(())
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic elsewhere must not take the metrics down with it.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn reason_name(reason: Reason) -> String {
+    serde_json::to_value(reason)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_else(|| "unknown".into())
+}
+
+impl Metrics {
+    /// The registry of one `watch`, with the series of `known` at 0.
+    pub fn new(known: &Known) -> Self {
+        let mut registry = Registry::default();
+        let failures = Family::<FailureLabels, Counter>::default();
+        registry.register(
+            "portwatch_bind_failures",
+            "Failed bind()/listen() calls, including identical ones folded in the kernel, by call, errno, protocol, address family and diagnosis reason (not_diagnosed without holder lookups).",
+            failures.clone(),
+        );
+        let ports = Family::<PortLabels, Counter>::default();
+        registry.register(
+            "portwatch_port_failures",
+            "Failed bind()/listen() calls by requested port: --port's ports or the first 64 seen; the rest under port=\"other\".",
+            ports.clone(),
+        );
+        let labels_folded = Family::<MetricLabels, Counter>::default();
+        registry.register(
+            "portwatch_labels_folded",
+            "Distinct label values counted under \"other\" to bound the number of series, by metric.",
+            labels_folded.clone(),
+        );
+        let lookups = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "portwatch_holder_lookups",
+            "Holder lookups (sock_diag + /proc; one per storm) by result: found a holder, found none, or blind (could not look).",
+            lookups.clone(),
+        );
+        let lookup_seconds = Histogram::new(exponential_buckets(0.0005, 2.5, 10));
+        registry.register_with_unit(
+            "portwatch_holder_lookup_duration",
+            "Time one holder lookup took.",
+            prometheus_client::registry::Unit::Seconds,
+            lookup_seconds.clone(),
+        );
+        let lookup_timeouts = Counter::default();
+        registry.register(
+            "portwatch_holder_lookup_timeouts",
+            "Events printed without their holders because the lookup took longer than --lookup-timeout.",
+            lookup_timeouts.clone(),
+        );
+        registry.register(
+            "portwatch_build",
+            "portwatch's version.",
+            Info::new(BuildLabels {
+                version: env!("CARGO_PKG_VERSION"),
+            }),
+        );
+        let kernel = Arc::new(Mutex::new(None));
+        registry.register_collector(Box::new(KernelCollector(kernel.clone())));
+
+        // Series whose labels are known now start at 0, so the first
+        // failure is an increase, not the appearance of a series.
+        let fixed = !known.ports.is_empty() && known.ports.len() <= PORT_SERIES;
+        let named: HashSet<u16> = if fixed {
+            known.ports.iter().copied().collect()
+        } else {
+            HashSet::new()
+        };
+        for port in &named {
+            ports
+                .get_or_create(&PortLabels {
+                    port: port.to_string(),
+                })
+                .inc_by(0);
+        }
+        ports
+            .get_or_create(&PortLabels {
+                port: "other".into(),
+            })
+            .inc_by(0);
+        for metric in ["bind_failures", "port_failures"] {
+            labels_folded
+                .get_or_create(&MetricLabels { metric })
+                .inc_by(0);
+        }
+        for result in ["found", "none", "blind"] {
+            lookups.get_or_create(&ResultLabels { result }).inc_by(0);
+        }
+        let mut failure_sets = HashSet::new();
+        // The usual case (a few errnos): bind over TCP/UDP and listen over
+        // TCP, both families, every reason. --all-errors knows no errno.
+        if known.errnos.len() <= 3 {
+            for &errno in &known.errnos {
+                for (syscall, proto) in [
+                    (Syscall::Bind, Proto::Tcp),
+                    (Syscall::Bind, Proto::Udp),
+                    (Syscall::Listen, Proto::Tcp),
+                ] {
+                    for family in [AddrFamily::Ipv4, AddrFamily::Ipv6] {
+                        for reason in REASONS {
+                            let labels = FailureLabels::new(
+                                syscall,
+                                errno,
+                                proto,
+                                family,
+                                &reason_name(reason),
+                            );
+                            if failure_sets.len() < FAILURE_SERIES {
+                                failures.get_or_create(&labels).inc_by(0);
+                                failure_sets.insert(labels);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        failures.get_or_create(&FailureLabels::other()).inc_by(0);
+
+        Self(Arc::new(Inner {
+            registry,
+            failures,
+            ports,
+            labels_folded,
+            lookups,
+            lookup_seconds,
+            lookup_timeouts,
+            state: Mutex::new(State {
+                sweeps: 0,
+                ports: Ports {
+                    fixed,
+                    named,
+                    folded: Box::new([0; 1024]),
+                },
+                streams: HashMap::new(),
+                failure_sets,
+                failure_folded: HashSet::new(),
+            }),
+            kernel,
+        }))
+    }
+
+    /// From now on scrapes read the kernel's counters and fold table.
+    pub fn attach(&self, view: KernelView) {
+        *lock(&self.0.kernel) = Some(view);
+    }
+
+    /// Counts one event as it is written: itself and the failures folded
+    /// into it, less what a scrape already counted from the kernel.
+    pub fn observe(&self, ev: &Event, verdict: Option<&Verdict>) {
+        if ev.ret == 0 {
+            return;
+        }
+        let reason = verdict.map_or_else(|| NOT_DIAGNOSED.to_owned(), |v| reason_name(v.reason));
+        let mut state = lock(&self.0.state);
+        let failure = self.failure_labels(&mut state, FailureLabels::of(ev, &reason));
+        let (port, first) = state.ports.label(ev.port);
+        if first {
+            self.0
+                .labels_folded
+                .get_or_create(&MetricLabels {
+                    metric: "port_failures",
+                })
+                .inc();
+        }
+        if state.streams.len() >= STREAMS {
+            // Keep the streams a scrape has counted ahead: they are owed.
+            state.streams.retain(|_, s| s.credited + s.swept > 0);
+        }
+        let stream = state.streams.entry(fold_key(ev)).or_insert_with(|| Stream {
+            failure: failure.clone(),
+            port: PortLabels { port: port.clone() },
+            credited: 0,
+            swept: 0,
+            seq: 0,
+        });
+        let made = 1 + ev.folded;
+        let paid = made.min(stream.credited + stream.swept);
+        let from_swept = paid.min(stream.swept);
+        stream.swept -= from_swept;
+        stream.credited -= paid - from_swept;
+        stream.seq += 1;
+        // The stream's next folded failures count under the latest labels.
+        stream.failure = failure.clone();
+        stream.port = PortLabels { port: port.clone() };
+        drop(state);
+        self.0.failures.get_or_create(&failure).inc_by(made - paid);
+        self.0
+            .ports
+            .get_or_create(&PortLabels { port })
+            .inc_by(made - paid);
+    }
+
+    fn failure_labels(&self, state: &mut State, labels: FailureLabels) -> FailureLabels {
+        if state.failure_sets.contains(&labels) {
+            return labels;
+        }
+        if state.failure_sets.len() < FAILURE_SERIES {
+            state.failure_sets.insert(labels.clone());
+            return labels;
+        }
+        if state.failure_folded.insert(labels) {
+            self.0
+                .labels_folded
+                .get_or_create(&MetricLabels {
+                    metric: "bind_failures",
+                })
+                .inc();
+        }
+        FailureLabels::other()
+    }
+
+    /// Counts one finished holder lookup.
+    pub fn lookup(&self, evidence: &Evidence, took: Duration) {
+        let result = if !evidence.holders.is_empty() {
+            "found"
+        } else if evidence.blind.is_some() {
+            "blind"
+        } else {
+            "none"
+        };
+        self.0.lookups.get_or_create(&ResultLabels { result }).inc();
+        self.0.lookup_seconds.observe(took.as_secs_f64());
+    }
+
+    /// Counts an event printed without waiting longer for its lookup.
+    pub fn lookup_timed_out(&self) {
+        self.0.lookup_timeouts.inc();
+    }
+
+    /// Counts the failures folded in the kernel that no event carried yet
+    /// (runs on a scrape, off the capture path).
+    fn credit_pending(&self) {
+        let kernel = lock(&self.0.kernel);
+        let Some(view) = kernel.as_ref() else {
+            return;
+        };
+        // Which event each stream was at before the kernel is read: a
+        // stream whose event is written meanwhile may have had its pending
+        // count moved into that event, so it waits for the next scrape.
+        let (before, sweeps): (HashMap<FoldKey, u64>, u64) = {
+            let state = lock(&self.0.state);
+            let seqs = state.streams.iter().map(|(k, s)| (*k, s.seq)).collect();
+            (seqs, state.sweeps)
+        };
+        let pending = view.pending();
+        drop(kernel);
+        let mut state = lock(&self.0.state);
+        // A sweep meanwhile may have moved what was read out of the kernel:
+        // the next scrape counts it.
+        if state.sweeps != sweeps {
+            return;
+        }
+        for (key, pending) in pending {
+            let Some(stream) = state.streams.get_mut(&key) else {
+                // Its first event is still on its way: counted with it.
+                continue;
+            };
+            if before.get(&key) != Some(&stream.seq) || pending <= stream.credited {
+                continue;
+            }
+            let more = pending - stream.credited;
+            stream.credited = pending;
+            self.0.failures.get_or_create(&stream.failure).inc_by(more);
+            self.0.ports.get_or_create(&stream.port).inc_by(more);
+        }
+    }
+
+    /// Counts the pending failures a fold-table sweep took out of the kernel
+    /// (scrapes no longer see them there; the stream's next event carries
+    /// them and pays this back).
+    pub fn credit_swept(&self, moved: &[(FoldKey, u64)]) {
+        let mut state = lock(&self.0.state);
+        state.sweeps += 1;
+        for (key, pending) in moved {
+            let Some(stream) = state.streams.get_mut(key) else {
+                // Its first event is still on its way: counted with it.
+                continue;
+            };
+            // A scrape already counted `credited` of them from the kernel.
+            let more = pending.saturating_sub(stream.credited);
+            stream.credited = stream.credited.saturating_sub(*pending);
+            stream.swept += pending;
+            let (failure, port) = (stream.failure.clone(), stream.port.clone());
+            self.0.failures.get_or_create(&failure).inc_by(more);
+            self.0.ports.get_or_create(&port).inc_by(more);
+        }
+    }
+
+    /// The exposition: OpenMetrics, or the Prometheus text format 0.0.4.
+    pub fn render(&self, openmetrics: bool) -> String {
+        self.credit_pending();
+        let mut out = String::new();
+        let encoded = if openmetrics {
+            prometheus_client::encoding::text::encode(&mut out, &self.0.registry)
+        } else {
+            prometheus_client::encoding::prometheus_text::encode(&mut out, &self.0.registry)
+        };
+        // Writing into a String cannot fail; an encoder bug shows as an
+        // incomplete page, which Prometheus reports as a failed scrape.
+        let _ = encoded;
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ports_are_bounded() {
+        let mut p = Ports {
+            fixed: false,
+            named: HashSet::new(),
+            folded: Box::new([0; 1024]),
+        };
+        let mut other = 0;
+        let mut first = 0;
+        for port in 1..=10_000u16 {
+            let (label, new) = p.label(port);
+            other += usize::from(label == "other");
+            first += usize::from(new);
+        }
+        assert_eq!(other, 10_000 - PORT_SERIES);
+        assert_eq!(first, 10_000 - PORT_SERIES);
+        // Seen again: same label, not folded a second time.
+        assert_eq!(p.label(1), ("1".into(), false));
+        assert_eq!(p.label(9_999), ("other".into(), false));
+    }
+
+    #[test]
+    fn known_series_start_at_zero() {
+        let m = Metrics::new(&Known {
+            ports: vec![80, 443],
+            errnos: vec![Errno::ADDRINUSE],
+        });
+        let text = m.render(false);
+        for line in [
+            "portwatch_port_failures_total{port=\"80\"} 0",
+            "portwatch_port_failures_total{port=\"other\"} 0",
+            "portwatch_bind_failures_total{syscall=\"bind\",errno=\"EADDRINUSE\",protocol=\"tcp\",family=\"ipv4\",reason=\"listener\"} 0",
+            "portwatch_events_total{outcome=\"lost\"} 0",
+            "portwatch_build_info{version=\"",
+        ] {
+            assert!(text.contains(line), "{line} missing from\n{text}");
+        }
+        let series = text.lines().filter(|l| !l.starts_with('#')).count();
+        assert!(series < 300, "{series} series");
+    }
+}

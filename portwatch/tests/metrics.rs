@@ -1,0 +1,443 @@
+//! `watch --metrics`: real failures, the real endpoint, Debian's real
+//! Prometheus and promtool. portwatch, its endpoint and Prometheus all run
+//! in a private network namespace, so no host port is touched.
+//!
+//! Needs root and Debian's `prometheus` package (`cargo xtask test` installs
+//! it); fails loudly without them.
+
+mod common;
+
+use std::{
+    io::{Read as _, Write as _},
+    net::{Ipv4Addr, SocketAddr, TcpStream},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use common::*;
+use portwatch_test_support::Process;
+use serde_json::Value;
+
+/// An HTTP/1.1 GET on a fresh connection (call inside the namespace);
+/// returns (status line, body).
+fn get(addr: SocketAddr, path: &str) -> (String, String) {
+    let mut s = TcpStream::connect(addr).expect("connect to the endpoint");
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    // HTTP/1.0: no keep-alive and no chunked answers (Prometheus is Go).
+    write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").expect("an HTTP response");
+    (head.lines().next().unwrap().to_owned(), body.to_owned())
+}
+
+/// The value of the one sample named exactly `series` (name and labels).
+fn sample(page: &str, series: &str) -> Option<f64> {
+    page.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// Polls the endpoint until `series` reaches `want`.
+fn wait_for(ns: &Netns, addr: SocketAddr, series: &str, want: f64) -> String {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (_, page) = ns.run(move || get(addr, "/metrics"));
+        if sample(&page, series) == Some(want) {
+            return page;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{series} never reached {want}; last page:\n{page}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn promtool_ok(page: &str) {
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian package prometheus) is needed");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(page.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Binds that fail with EADDRINUSE on `port`, `n` times, in this namespace.
+fn fail_on(port: u16, n: usize) {
+    let (_holder, _) = conflict(v4(port), false);
+    for _ in 1..n {
+        refused(v4(port), false);
+    }
+}
+
+#[test]
+fn bad_metrics_address_is_one_line() {
+    for bad in ["bogus", "127.0.0.1:0", "127.0.0.1:99999", "host:80"] {
+        let out = Command::new(bin())
+            .args(["watch", "--metrics", bad])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{bad}: {err}");
+        assert_eq!(err.lines().count(), 1, "{bad}: {err}");
+        assert!(err.starts_with("portwatch: "), "{err}");
+        assert!(err.contains("--metrics"), "{err}");
+    }
+}
+
+#[test]
+fn metrics_port_taken_is_diagnosed_by_portwatch() {
+    let ns = Netns::new("pw-mtaken");
+    let port = port();
+    let out = ns.run(move || {
+        let holder = std::net::TcpListener::bind(v4(port)).unwrap();
+        let out = Command::new(bin())
+            .args(["watch", "--metrics", &port.to_string()])
+            .output()
+            .unwrap();
+        drop(holder);
+        out
+    });
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(err.lines().count(), 1, "one line: {err}");
+    assert!(
+        err.starts_with(&format!(
+            "portwatch: cannot serve metrics on 127.0.0.1:{port}: "
+        )),
+        "{err}"
+    );
+    assert!(err.contains("Address already in use"), "{err}");
+    // Its own lookup found the holder: this test process.
+    assert!(
+        err.contains(&format!("pid {}", std::process::id())),
+        "the holder is named: {err}"
+    );
+    // The address not on this host: a different one-line error.
+    let out = Command::new(bin())
+        .args(["watch", "--metrics", "192.0.2.1:9891"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("not on this host"), "{err}");
+}
+
+/// Failures folded in the kernel count at once, before any event carries
+/// them; promtool accepts the page; the kernel's counters add up.
+#[test]
+fn counters_equal_failures_made() {
+    let ns = Netns::new("pw-mcount");
+    let (mport, port) = (port(), port().wrapping_add(7));
+    let maddr = SocketAddr::from((Ipv4Addr::LOCALHOST, mport));
+    let args = [
+        "--metrics".to_owned(),
+        maddr.to_string(),
+        "--port".into(),
+        port.to_string(),
+        "--fold-window".into(),
+        "60000".into(),
+    ];
+    let tracer = ns.run(move || {
+        let a: Vec<&str> = args.iter().map(String::as_str).collect();
+        Tracer::start(&a)
+    });
+    // Before any failure: the known series are there, at 0.
+    let (status, page) = ns.run(move || get(maddr, "/metrics"));
+    assert_eq!(
+        status, "HTTP/1.1 200 OK",
+        "the server answers 1.0 requests in 1.1"
+    );
+    let series = format!("portwatch_port_failures_total{{port=\"{port}\"}}");
+    assert_eq!(sample(&page, &series), Some(0.0), "{page}");
+    promtool_ok(&page);
+
+    ns.run(move || fail_on(port, 25));
+    // One event; the other 24 are folded in the kernel (60 s window) and
+    // only the fold table knows them.
+    let ev = tracer.event();
+    assert_eq!(ev["port"], port);
+    let page = wait_for(&ns, maddr, &series, 25.0);
+    let failures = "portwatch_bind_failures_total{syscall=\"bind\",errno=\"EADDRINUSE\",protocol=\"tcp\",family=\"ipv4\",reason=\"listener\"}";
+    assert_eq!(sample(&page, failures), Some(25.0), "{page}");
+    assert_eq!(
+        sample(&page, "portwatch_events_total{outcome=\"sent\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(&page, "portwatch_events_total{outcome=\"folded\"}"),
+        Some(24.0)
+    );
+    assert_eq!(
+        sample(&page, "portwatch_events_total{outcome=\"lost\"}"),
+        Some(0.0)
+    );
+    assert_eq!(
+        sample(&page, "portwatch_holder_lookups_total{result=\"found\"}"),
+        Some(1.0),
+        "{page}"
+    );
+    promtool_ok(&page);
+    // Scraped again: the credited folds are not counted twice.
+    let (_, again) = ns.run(move || get(maddr, "/metrics"));
+    assert_eq!(sample(&again, &series), Some(25.0), "{again}");
+    let (status, _, _) = tracer.stop();
+    assert!(status.success());
+}
+
+/// Debian's Prometheus, started here with a private config and data dir,
+/// scrapes portwatch and answers the counts through its query API.
+#[test]
+fn prometheus_scrapes_the_counts() {
+    let ns = Netns::new("pw-mprom");
+    let (mport, port, pport) = (port(), port().wrapping_add(11), port().wrapping_add(23));
+    let maddr = SocketAddr::from((Ipv4Addr::LOCALHOST, mport));
+    let paddr = SocketAddr::from((Ipv4Addr::LOCALHOST, pport));
+    let dir = std::env::temp_dir().join(format!("pw-prom-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("data")).unwrap();
+    let config = dir.join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n\
+             scrape_configs:\n  - job_name: portwatch\n    static_configs:\n      - targets: ['{maddr}']\n"
+        ),
+    )
+    .unwrap();
+    let args = [
+        "--metrics".to_owned(),
+        maddr.to_string(),
+        "--port".into(),
+        port.to_string(),
+    ];
+    let tracer = ns.run(move || {
+        let a: Vec<&str> = args.iter().map(String::as_str).collect();
+        Tracer::start(&a)
+    });
+    let (cfg, data) = (config.clone(), dir.join("data"));
+    let mut prometheus = ns.run(move || {
+        let mut cmd = Command::new("prometheus");
+        cmd.arg(format!("--config.file={}", cfg.display()))
+            .arg(format!("--storage.tsdb.path={}", data.display()))
+            .arg(format!("--web.listen-address={paddr}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        Process::spawn(cmd, &[])
+    });
+    ns.run(move || fail_on(port, 40));
+    let query = format!("sum(portwatch_port_failures_total{{port=\"{port}\"}})");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut last = String::new();
+    loop {
+        let q = query.clone();
+        let answer = ns.run(move || {
+            TcpStream::connect(paddr)
+                .ok()
+                .map(|_| get(paddr, &format!("/api/v1/query?query={}", urlencode(&q))))
+        });
+        if let Some((status, body)) = answer {
+            if status.contains("200") {
+                let v: Value = serde_json::from_str(&body).unwrap();
+                last = body;
+                if v["data"]["result"][0]["value"][1] == "40" {
+                    break;
+                }
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "Prometheus never saw 40 failures; last answer: {last}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    // The kernel's view agrees, and the scrape itself is healthy.
+    let q = "sum(portwatch_events_total)".to_owned();
+    let (_, body) = ns.run(move || get(paddr, &format!("/api/v1/query?query={}", urlencode(&q))));
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["data"]["result"][0]["value"][1], "40", "{body}");
+    let q = "up{job=\"portwatch\"}".to_owned();
+    let (_, body) = ns.run(move || get(paddr, &format!("/api/v1/query?query={}", urlencode(&q))));
+    assert!(body.contains("\"1\"]"), "{body}");
+    prometheus.kill();
+    drop(tracer);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'_' | b'.' | b'-' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// 10,000 distinct ports: the series stay bounded, every failure is counted.
+#[test]
+fn ten_thousand_ports_stay_bounded() {
+    let ns = Netns::new("pw-mports");
+    let mport = port();
+    let maddr = SocketAddr::from((Ipv4Addr::LOCALHOST, mport));
+    let args = [
+        "--metrics".to_owned(),
+        maddr.to_string(),
+        // An address not on this host fails every port without a holder.
+        "--errno".into(),
+        "EADDRNOTAVAIL".into(),
+        "--no-holders".into(),
+        "--ring-size".into(),
+        "8192".into(),
+    ];
+    let tracer = ns.run(move || {
+        let a: Vec<&str> = args.iter().map(String::as_str).collect();
+        Tracer::start(&a)
+    });
+    ns.run(|| {
+        for port in 1000..11_000u16 {
+            let s = socket(false, false);
+            let addr = SocketAddr::from((Ipv4Addr::new(192, 0, 2, 1), port));
+            assert_eq!(bind(&s, addr), Err(libc::EADDRNOTAVAIL));
+        }
+    });
+    let page = wait_for(
+        &ns,
+        maddr,
+        "portwatch_port_failures_total{port=\"other\"}",
+        (10_000 - 64) as f64,
+    );
+    let series = page.lines().filter(|l| !l.starts_with('#')).count();
+    assert!(series < 300, "{series} series:\n{page}");
+    assert_eq!(
+        sample(
+            &page,
+            "portwatch_labels_folded_total{metric=\"port_failures\"}"
+        ),
+        Some((10_000 - 64) as f64)
+    );
+    let total: f64 = page
+        .lines()
+        .filter(|l| l.starts_with("portwatch_port_failures_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(total, 10_000.0, "{page}");
+    assert_eq!(
+        sample(&page, "portwatch_bind_failures_total{syscall=\"bind\",errno=\"EADDRNOTAVAIL\",protocol=\"tcp\",family=\"ipv4\",reason=\"not_diagnosed\"}"),
+        Some(10_000.0)
+    );
+    assert!(!page.contains("192.0.2.1"), "no address as a label");
+    promtool_ok(&page);
+    let mut events = 0;
+    while tracer.next_event(Duration::from_millis(500)).is_some() {
+        events += 1;
+    }
+    assert_eq!(events, 10_000, "every failure is an event on stdout too");
+}
+
+/// Slow (slowloris) and huge requests, other methods and paths: each gets
+/// a clear status, the connection limit holds, and capture never waits:
+/// failures made meanwhile are all printed and counted.
+#[test]
+fn hostile_clients_do_not_stall_capture() {
+    let ns = Netns::new("pw-mhostile");
+    let (mport, port) = (port(), port().wrapping_add(31));
+    let maddr = SocketAddr::from((Ipv4Addr::LOCALHOST, mport));
+    let args = [
+        "--metrics".to_owned(),
+        maddr.to_string(),
+        "--port".into(),
+        port.to_string(),
+        "--fold-window".into(),
+        "0".into(),
+    ];
+    let tracer = ns.run(move || {
+        let a: Vec<&str> = args.iter().map(String::as_str).collect();
+        Tracer::start(&a)
+    });
+    // 20 clients that never finish their request: more than the 16 slots.
+    let slow: Vec<TcpStream> = ns.run(move || {
+        (0..20)
+            .map(|_| {
+                let mut s = TcpStream::connect(maddr).unwrap();
+                s.write_all(b"GET /metrics HTTP/1.1\r\nX-Slow: ").unwrap();
+                s
+            })
+            .collect()
+    });
+    let started = Instant::now();
+    ns.run(move || fail_on(port, 30));
+    for _ in 0..30 {
+        let ev = tracer.event();
+        assert_eq!(ev["port"], port);
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "events waited for the HTTP side: {:?}",
+        started.elapsed()
+    );
+    // The slow ones are cut off with 408 once their time is up.
+    let answers: Vec<String> = ns.run(move || {
+        slow.into_iter()
+            .map(|mut s| {
+                s.set_read_timeout(Some(WAIT)).unwrap();
+                let mut text = String::new();
+                let _ = s.read_to_string(&mut text);
+                text.lines().next().unwrap_or_default().to_owned()
+            })
+            .collect()
+    });
+    let timed_out = answers.iter().filter(|a| a.contains("408")).count();
+    assert_eq!(
+        timed_out, 16,
+        "16 served then timed out, 4 refused: {answers:?}"
+    );
+    assert!(started.elapsed() >= Duration::from_secs(4));
+    // A huge request head: 431, not a growing buffer.
+    let status = ns.run(move || {
+        let mut s = TcpStream::connect(maddr).unwrap();
+        let junk = format!(
+            "GET /metrics HTTP/1.1\r\nX-Big: {}\r\n\r\n",
+            "a".repeat(1 << 20)
+        );
+        let _ = s.write_all(junk.as_bytes());
+        let mut text = String::new();
+        let _ = s.read_to_string(&mut text);
+        text.lines().next().unwrap_or_default().to_owned()
+    });
+    assert!(status.contains("431"), "{status}");
+    let (status, _) = ns.run(move || {
+        let mut s = TcpStream::connect(maddr).unwrap();
+        s.write_all(b"POST /metrics HTTP/1.1\r\nContent-Length: 0\r\n\r\n")
+            .unwrap();
+        let mut text = String::new();
+        s.read_to_string(&mut text).unwrap();
+        (text.lines().next().unwrap().to_owned(), text)
+    });
+    assert!(status.contains("405"), "{status}");
+    let (status, _) = ns.run(move || get(maddr, "/"));
+    assert!(status.contains("404"), "{status}");
+    // And the page still counts every failure.
+    wait_for(
+        &ns,
+        maddr,
+        &format!("portwatch_port_failures_total{{port=\"{port}\"}}"),
+        30.0,
+    );
+    let (status, _, _) = tracer.stop();
+    assert!(status.success());
+}
