@@ -29,6 +29,9 @@ pub struct Options {
     /// Extra arguments for `portwatch watch`, e.g. `--backend fexit`.
     #[arg(long, allow_hyphen_values = true)]
     tracer_args: Vec<String>,
+    /// Run one section only: `who` (portwatch who against ss, fuser, lsof).
+    #[arg(long, value_name = "SECTION", value_parser = ["who"])]
+    only: Option<String>,
 }
 
 const PORT: u16 = 47000;
@@ -260,6 +263,10 @@ fn storm(secs: u64, per_sec: Option<u64>) -> u64 {
 pub fn run(opts: &Options) -> Result<()> {
     let bin = crate::build_release()?;
     let rounds = opts.rounds.max(1);
+    if opts.only.as_deref() == Some("who") {
+        println!("{}", crate::bench_who::who_speed(&bin, rounds)?.join("\n"));
+        return Ok(());
+    }
     let mut report = Vec::new();
     let host = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     let date = Command::new("date")
@@ -357,6 +364,8 @@ pub fn run(opts: &Options) -> Result<()> {
     }
     report.push(String::new());
     report.extend(enrichment(&bin, opts)?);
+    report.push(String::new());
+    report.extend(crate::bench_who::who_speed(&bin, rounds)?);
     println!("{}", report.join("\n"));
     Ok(())
 }

@@ -4,6 +4,7 @@
 //! a fresh clone needs nothing but rustup and this command.
 
 mod bench;
+mod bench_who;
 mod deb;
 mod floor;
 mod kernels;
