@@ -102,7 +102,7 @@ fn uring_note(tracer: &Tracer) -> Option<&Value> {
 }
 
 #[test]
-fn uring_bind_eaddrinuse_names_holder_and_diagnosis() {
+fn io_uring_bind_eaddrinuse_names_holder_and_diagnosis() {
     let ns = Netns::new("pw-uring-bind");
     let port = port();
     let tracer = Tracer::start(&["--netns", &ns.arg()]);
@@ -119,10 +119,10 @@ fn uring_bind_eaddrinuse_names_holder_and_diagnosis() {
         "this kernel has IORING_OP_BIND but portwatch says: {:?}",
         tracer.seen
     );
-    let (holder, (pid, res)) = ns.run(move || {
-        let holder = Process::fork(|| hold(v4(port), false, |_| ()));
+    let (held, (pid, res)) = ns.run(move || {
+        let held = Process::fork(|| hold(v4(port), false, |_| ()));
         let args = ["bind".into(), "127.0.0.1".into(), port.to_string()];
-        (holder, run_helper(&args, None))
+        (held, run_helper(&args, None))
     });
     assert_eq!(res, -libc::EADDRINUSE, "the io_uring bind should fail");
     let ev = tracer.event();
@@ -136,19 +136,19 @@ fn uring_bind_eaddrinuse_names_holder_and_diagnosis() {
     assert_eq!(ev["addr"], "127.0.0.1", "{ev:#}");
     assert_eq!(ev["port"], port, "{ev:#}");
     assert_eq!(ev["netns"], ns.inode, "{ev:#}");
-    assert_eq!(holder(&ev)["pid"], holder.pid, "{ev:#}");
+    assert_eq!(holder(&ev)["pid"], held.pid, "{ev:#}");
     assert_eq!(holder(&ev)["state"], "LISTEN", "{ev:#}");
     assert_eq!(ev["reason"], "listener", "{ev:#}");
     let diagnosis = ev["diagnosis"].as_str().unwrap_or_default();
     assert!(
-        diagnosis.contains(&holder.pid.to_string()) && diagnosis.contains(&port.to_string()),
+        diagnosis.contains(&held.pid.to_string()) && diagnosis.contains(&port.to_string()),
         "{ev:#}"
     );
-    drop(holder);
+    drop(held);
 }
 
 #[test]
-fn uring_listen_eaddrinuse() {
+fn io_uring_listen_eaddrinuse() {
     if !kernel_has_uring_bind() {
         // IORING_OP_LISTEN came in the same release as IORING_OP_BIND; the
         // bind test checks that portwatch says so.
@@ -187,7 +187,7 @@ fn uring_listen_eaddrinuse() {
 /// A successful io_uring bind is not a failure: nothing is reported, and
 /// the completion program returns before reading the request.
 #[test]
-fn uring_success_is_not_reported() {
+fn io_uring_success_is_not_reported() {
     if !kernel_has_uring_bind() {
         return;
     }

@@ -68,7 +68,7 @@ mod tests {
     /// Checked against bpftool's reading of this kernel's BTF, an
     /// independent reader, where the kernel has the opcode.
     #[test]
-    fn this_kernel_layout_matches_bpftool() {
+    fn io_uring_layout_matches_bpftool() {
         let btf = Btf::from_file(Path::new("/sys/kernel/btf/vmlinux")).unwrap();
         let Some(bind) = opcode(&btf, "IORING_OP_BIND") else {
             let tracefs = Path::new("/sys/kernel/tracing");
