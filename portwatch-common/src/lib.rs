@@ -15,6 +15,10 @@ pub const SYSCALL_LISTEN: u8 = 2;
 pub const SOURCE_TRACEPOINT: u8 = 1;
 /// `Event::source`: captured by fexit on inet_bind / inet6_bind / inet_listen.
 pub const SOURCE_FEXIT: u8 = 2;
+/// `Event::source`: an io_uring IORING_OP_BIND / IORING_OP_LISTEN request,
+/// captured by the `io_uring/io_uring_complete` tracepoint (tracepoint
+/// backend; fexit sees these through inet_bind and reports `SOURCE_FEXIT`).
+pub const SOURCE_IO_URING: u8 = 3;
 
 /// `Event::opts` bits: the socket's options when the call returned.
 pub const OPT_REUSEADDR: u8 = 1 << 0;
@@ -277,6 +281,38 @@ pub struct Config {
     pub track_holders: u32,
     /// Explicit padding; always zero.
     pub _pad: u32,
+    /// Where io_uring keeps a bind/listen request's socket and address.
+    pub uring: UringOffsets,
+}
+
+/// io_uring request layout, from the running kernel's BTF (and the
+/// `io_uring_complete` tracepoint record from tracefs). All zero when the
+/// kernel has no IORING_OP_BIND: the program reading them is then not attached.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UringOffsets {
+    /// `io_uring_complete` record: `req` (a `struct io_kiocb *`).
+    pub tp_req: u32,
+    /// `io_uring_complete` record: `res`.
+    pub tp_res: u32,
+    /// `io_kiocb.opcode` (u8).
+    pub req_opcode: u32,
+    /// `io_kiocb.file`.
+    pub req_file: u32,
+    /// `io_kiocb.cmd`: the per-opcode command (`struct io_bind` for a bind).
+    pub req_cmd: u32,
+    /// `io_bind.addr_len`, relative to `req_cmd`.
+    pub bind_addr_len: u32,
+    /// `io_kiocb.async_data` (a `struct io_async_msghdr *` for a bind).
+    pub req_async_data: u32,
+    /// `io_async_msghdr.addr`: the kernel's copy of the requested sockaddr.
+    pub msghdr_addr: u32,
+    /// `IORING_OP_BIND`'s value.
+    pub op_bind: u8,
+    /// `IORING_OP_LISTEN`'s value; 0 (IORING_OP_NOP) when the kernel has none.
+    pub op_listen: u8,
+    /// Explicit padding; always zero.
+    pub _pad: [u8; 6],
 }
 
 /// Arguments saved at sys_enter_{bind,listen}, keyed by pid_tgid, for the exit.
@@ -361,4 +397,5 @@ const _: () = assert!(size_of::<PortKey>() == 8);
 const _: () = assert!(size_of::<BitLoc>() == 8);
 const _: () = assert!(size_of::<FoldKey>() == 32);
 const _: () = assert!(size_of::<Offsets>() == 164);
-const _: () = assert!(size_of::<Config>() == 208);
+const _: () = assert!(size_of::<UringOffsets>() == 40);
+const _: () = assert!(size_of::<Config>() == 248);

@@ -114,6 +114,8 @@ pub fn attach(ev: &mut Event, failing_sk: u64) {
     if key_of(sk).is_some_and(|(now, _)| now == key) {
         ev.record.state = read(sk, conf!(offsets.sk_state));
         ev.record.opts = sock::opts_of(sk);
+    } else {
+        crate::diag::holder_moved(ev.port);
     }
 }
 

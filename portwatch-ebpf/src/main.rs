@@ -2,17 +2,19 @@
 //!
 //! Two backends feed one event path (`emit`): the syscall tracepoints
 //! (`bind::sys_*`, `listen::sys_*`) and fexit on the inet bind/listen return
-//! paths. Every kernel structure offset comes from the loader (`CONFIG`),
+//! paths, plus io_uring's bind/listen completions (`uring`). Every kernel structure offset comes from the loader (`CONFIG`),
 //! which reads them from the running kernel's BTF.
 #![no_std]
 #![no_main]
 
 mod bind;
 mod config;
+mod diag;
 mod emit;
 mod holders;
 mod listen;
 mod sock;
+mod uring;
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -9,7 +9,7 @@ use portwatch_common::{
     OPT_REUSEPORT, OPT_TRANSPARENT, OPT_V6ONLY, OPT_VALID,
 };
 
-use crate::config::conf;
+use crate::{config::conf, diag};
 
 /// Reads a `T` (plain integers only) at `base + off` in kernel memory; zero
 /// when the read faults. The helper zero-fills on failure, so there is no
@@ -62,6 +62,10 @@ pub fn socket_of_fd(fd: i32) -> Result<u64, i32> {
     // private_data is only a socket for socket files: the socket points back.
     let back: u64 = read(socket, conf!(offsets.socket_file));
     if file == 0 || back != file {
+        // No file: the fd is not open (EBADF), nothing to say.
+        if file != 0 {
+            diag::fd_not_socket(fd);
+        }
         return Err(-1);
     }
     Ok(socket)
@@ -75,6 +79,12 @@ pub fn fill_identity(ev: &mut Event, socket: u64) -> Result<u64, i32> {
     let sk: u64 = read(socket, conf!(offsets.socket_sk));
     let family: u16 = read(sk, conf!(offsets.sk_family));
     if family != AF_INET && family != AF_INET6 {
+        // AF_MAX is 46: a family outside 1..46 is no socket's.
+        if family == 0 || family >= 46 {
+            diag::impossible_family(family);
+        } else {
+            diag::other_family(family);
+        }
         return Err(-1);
     }
     ev.family = family;

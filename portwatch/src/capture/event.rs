@@ -37,6 +37,10 @@ pub enum Source {
     Tracepoint,
     /// fexit on the inet functions.
     Fexit,
+    /// An io_uring IORING_OP_BIND / IORING_OP_LISTEN request (the
+    /// `io_uring_complete` tracepoint; the tracepoint backend only).
+    #[serde(rename = "io_uring")]
+    IoUring,
 }
 
 impl TryFrom<u8> for Source {
@@ -45,6 +49,7 @@ impl TryFrom<u8> for Source {
         match v {
             common::SOURCE_TRACEPOINT => Ok(Self::Tracepoint),
             common::SOURCE_FEXIT => Ok(Self::Fexit),
+            common::SOURCE_IO_URING => Ok(Self::IoUring),
             _ => Err(DecodeError::Unknown {
                 field: "source",
                 value: v.into(),

@@ -14,7 +14,7 @@ use portwatch_common::{
     Config, FILTER_CGROUP, FILTER_COMM, FILTER_NETNS, FILTER_PID, FILTER_PORT, FILTER_UID,
 };
 
-use super::{btf::Btf, offsets};
+use super::{btf::Btf, offsets, uring};
 use crate::request::Errno;
 
 /// Which kernel hook captures the calls.
@@ -85,6 +85,12 @@ pub struct Settings {
     pub track_holders: bool,
     /// Entries of the kernel's fold table (`FOLDS`); None for the default.
     pub fold_entries: Option<u32>,
+    /// aya-log level of the programs' own diagnostics (`aya_log::Level` as a
+    /// number, 0 = off): below it the verifier drops the log calls.
+    pub kernel_log: u8,
+    /// Test only: point this offset (an `Offsets` field name) at the wrong
+    /// member, to check that the programs say so instead of lying.
+    pub bad_offset: Option<String>,
 }
 
 impl Settings {
@@ -151,6 +157,9 @@ pub struct Loaded {
     pub holders_note: Option<String>,
     /// The kernel can dump bound-but-inactive TCP sockets (`TCP_BOUND_INACTIVE` in its BTF).
     pub bound_inactive_dump: bool,
+    /// Why io_uring's binds and listens are not captured, when they are not
+    /// (tracepoint backend only: fexit sees them through inet_bind).
+    pub uring_note: Option<String>,
 }
 
 /// Calls between sys_enter and sys_exit at once, machine-wide (entry pairing).
@@ -291,6 +300,36 @@ fn attach_state(ebpf: &mut Ebpf) -> Result<()> {
     Ok(())
 }
 
+/// Attaches the io_uring completion program (tracepoint backend).
+fn attach_uring(ebpf: &mut Ebpf) -> Result<()> {
+    let p: &mut TracePoint = ebpf
+        .program_mut("io_uring_complete")
+        .ok_or_else(|| anyhow!("eBPF object has no program io_uring_complete"))?
+        .try_into()?;
+    p.load()
+        .context("loading tracepoint io_uring/io_uring_complete")?;
+    p.attach("io_uring", "io_uring_complete")
+        .context("attaching tracepoint io_uring/io_uring_complete")?;
+    Ok(())
+}
+
+/// Test only (`--test-bad-offset`): points `field` at offset 0 of its
+/// struct, a member that is not what the programs expect there, so a test
+/// can check that they report the contradiction.
+fn break_offset(offsets: &mut portwatch_common::Offsets, field: &str) -> Result<()> {
+    let slot = match field {
+        "socket_sk" => &mut offsets.socket_sk,
+        "socket_file" => &mut offsets.socket_file,
+        "file_private_data" => &mut offsets.file_private_data,
+        "sk_family" => &mut offsets.sk_family,
+        other => anyhow::bail!(
+            "--test-bad-offset: unknown field {other} (socket_sk, socket_file, file_private_data, sk_family)"
+        ),
+    };
+    *slot = 0;
+    Ok(())
+}
+
 /// The first line of an error chain's root cause, for one-line messages.
 fn root(e: &anyhow::Error) -> String {
     e.root_cause()
@@ -333,7 +372,9 @@ pub fn load(settings: &Settings, choice: BackendChoice) -> Result<Loaded> {
     // TCP_BOUND_INACTIVE is the inet_diag pseudo-state that dumps
     // bound-but-inactive TCP sockets; not every kernel has it.
     let bound_inactive_dump = btf.enum_value("TCP_BOUND_INACTIVE").is_some();
-    drop(btf);
+    if let Some(field) = &settings.bad_offset {
+        break_offset(&mut base.offsets, field)?;
+    }
 
     // tracefs: the tracepoint backend needs it, and so does the listener
     // recorder (a tracepoint) with either backend.
@@ -353,13 +394,33 @@ pub fn load(settings: &Settings, choice: BackendChoice) -> Result<Loaded> {
             holders_note = Some(format!("{e:#}"));
         }
     }
-    let finish = |mut ebpf: Ebpf, backend: Backend, why: String| -> Result<Loaded> {
+    // Resolved now, so the BTF can go before loading; used by the
+    // tracepoint backend only.
+    let uring_offsets = match &tracefs {
+        Some(Ok((dir, _))) => uring::resolve(&btf, dir),
+        _ => Err("tracefs is unavailable".to_owned()),
+    };
+    drop(btf);
+    // io_uring's binds: the tracepoint backend needs its own program (Ok
+    // true: attach it); fexit sees them already (Ok false); Err says why not.
+    let finish = |mut ebpf: Ebpf,
+                  backend: Backend,
+                  why: String,
+                  uring: Result<bool, String>|
+     -> Result<Loaded> {
         let mut holders_note = holders_note.clone();
         if settings.track_holders && holders_note.is_none() {
             if let Err(e) = attach_state(&mut ebpf) {
                 holders_note = Some(format!("{e}: {}", root(&e)));
             }
         }
+        let uring_note = match uring {
+            Ok(true) => attach_uring(&mut ebpf)
+                .err()
+                .map(|e| format!("{e}: {}", root(&e))),
+            Ok(false) => None,
+            Err(note) => Some(note),
+        };
         Ok(Loaded {
             ebpf,
             backend,
@@ -367,13 +428,21 @@ pub fn load(settings: &Settings, choice: BackendChoice) -> Result<Loaded> {
             mounted_tracefs,
             holders_note,
             bound_inactive_dump,
+            uring_note,
         })
     };
 
     // Declared before the loader, which borrows them.
     let fexit_config = base;
     let (regs_config, entry_config);
+    let log_level = settings.kernel_log;
     let mut loader = EbpfLoader::new();
+    // aya-log's level lives in read-only data: at 0 the verifier sees every
+    // log call as dead code, and its ring buffer shrinks to one page.
+    loader.override_global("AYA_LOG_LEVEL", &log_level, true);
+    if log_level == 0 {
+        loader.map_max_entries("AYA_LOGS", 4096);
+    }
     // The programs carry no CO-RE relocations (offsets come from `base`), so
     // the kernel BTF aya parsed for them is not needed: free it now.
     loader
@@ -397,7 +466,7 @@ pub fn load(settings: &Settings, choice: BackendChoice) -> Result<Loaded> {
                     BackendChoice::Fexit => "asked for",
                     _ => "the kernel allows it",
                 };
-                return finish(ebpf, Backend::Fexit, why.into());
+                return finish(ebpf, Backend::Fexit, why.into(), Ok(false));
             }
             Err(e) if choice == BackendChoice::Fexit => {
                 return Err(unsupported(format!(
@@ -420,6 +489,7 @@ pub fn load(settings: &Settings, choice: BackendChoice) -> Result<Loaded> {
     offsets::TracepointFormats::read(tracefs)
         .and_then(|f| f.apply(&mut tp.offsets))
         .map_err(|e| unsupported(format!("{e:#}")))?;
+    let uring = uring_offsets.map(|o| tp.uring = o);
     regs_config = Config {
         args_from_regs: 1,
         ..tp
@@ -437,7 +507,7 @@ pub fn load(settings: &Settings, choice: BackendChoice) -> Result<Loaded> {
             Ok(()) => {
                 let why =
                     tracepoint_why(fexit_error, "sys_exit only, arguments from saved registers");
-                return finish(ebpf, Backend::Tracepoint, why);
+                return finish(ebpf, Backend::Tracepoint, why, uring.map(|()| true));
             }
             Err(e) if settings.args_source == ArgsSource::Regs => {
                 return Err(unsupported(format!("{e}: {}", root(&e))));
@@ -454,7 +524,7 @@ pub fn load(settings: &Settings, choice: BackendChoice) -> Result<Loaded> {
         None => "sys_enter + sys_exit".to_owned(),
     };
     let why = tracepoint_why(fexit_error, &how);
-    finish(ebpf, Backend::Tracepoint, why)
+    finish(ebpf, Backend::Tracepoint, why, uring.map(|()| true))
 }
 
 fn tracepoint_why(fexit_error: Option<String>, how: &str) -> String {

@@ -6,9 +6,11 @@
 mod btf;
 mod clock;
 mod event;
+mod klog;
 mod loader;
 mod offsets;
 mod session;
+mod uring;
 
 pub use clock::Clock;
 pub use event::{DecodeError, Event, KernelRecord, Source};

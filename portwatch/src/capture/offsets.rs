@@ -123,7 +123,7 @@ fn syscall_arg_regs(btf: &Btf) -> Result<[u32; 3], BtfError> {
 }
 
 /// Offset of `field` in a tracepoint's `format` text.
-fn format_offset(format: &str, field: &str) -> Option<u32> {
+pub(super) fn format_offset(format: &str, field: &str) -> Option<u32> {
     format.lines().find_map(|line| {
         let decl = line.trim().strip_prefix("field:")?.split(';').next()?;
         let name = decl.rsplit([' ', '*']).next()?;

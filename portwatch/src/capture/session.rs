@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{unix::AsyncFd, Interest};
 
 use super::{
+    klog,
     loader::{self, Backend, BackendChoice, Loaded, Settings},
     Clock, Event,
 };
@@ -149,6 +150,10 @@ pub struct Session {
     pub holders_note: Option<String>,
     /// The kernel can dump bound-but-inactive TCP sockets.
     pub bound_inactive_dump: bool,
+    /// Why io_uring binds/listens are not captured, when they are not.
+    pub uring_note: Option<String>,
+    /// Forwards the programs' aya-log records to stderr (`-v`).
+    _klog: Option<tokio::task::JoinHandle<()>>,
     clock: Option<Clock>,
     shown: u64,
     folded_shown: u64,
@@ -187,7 +192,11 @@ impl Session {
             mounted_tracefs,
             holders_note,
             bound_inactive_dump,
+            uring_note,
         } = loader::load(settings, choice)?;
+        let klog = (settings.kernel_log != klog::OFF)
+            .then(|| klog::forward(&mut ebpf))
+            .transpose()?;
         let ring: RingBuf<MapData> = take(&mut ebpf, "EVENTS")?;
         let stats = take(&mut ebpf, "STATS")?;
         let folds = take(&mut ebpf, "FOLDS")?;
@@ -209,6 +218,8 @@ impl Session {
             mounted_tracefs,
             holders_note,
             bound_inactive_dump,
+            uring_note,
+            _klog: klog,
             clock: None,
             shown: 0,
             folded_shown: 0,

@@ -22,6 +22,7 @@ EXAMPLES:
     portwatch watch --netns /run/netns/blue  # one network namespace (container)
     portwatch watch --no-holders             # events only: no holder lookups
     portwatch watch --json --metrics 127.0.0.1:9891   # + Prometheus at /metrics
+    portwatch watch -v                       # plus the eBPF programs' own warnings
 
 Each failure is followed by who holds the port (process, command line, unit
 or container, TCP state), a reason code, a diagnosis and a fix; with --json
@@ -304,6 +305,51 @@ pub struct WatchArgs {
     /// only when given. Metric names are in the README.
     #[arg(long, value_name = "ADDR:PORT", value_parser = crate::metrics::parse_addr)]
     pub metrics: Option<std::net::SocketAddr>,
+    /// Show the eBPF programs' own diagnostics on stderr (a kernel read
+    /// that failed or contradicts the kernel's BTF): -v warnings, -vv debug,
+    /// -vvv trace. Off by default: the verifier then drops them, at no cost.
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
+    /// Level of the eBPF programs' diagnostics (overrides -v).
+    #[arg(long, value_enum, value_name = "LEVEL")]
+    pub log_level: Option<KernelLogLevel>,
+
+    /// Point one kernel offset at the wrong member (for tests: the programs
+    /// must say so under -v rather than report silently wrong events).
+    #[arg(long, value_name = "FIELD", hide = true)]
+    pub test_bad_offset: Option<String>,
+}
+
+/// `--log-level`: aya-log's levels, plus off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
+pub enum KernelLogLevel {
+    /// Nothing (the default).
+    Off,
+    /// Errors only.
+    Error,
+    /// Contradictions and failed reads.
+    Warn,
+    /// Informational.
+    Info,
+    /// Also expected non-events (a non-inet socket, a holder that moved).
+    Debug,
+    /// Everything.
+    Trace,
+}
+
+impl WatchArgs {
+    /// The programs' aya-log level (0 off, 1 error ... 5 trace).
+    pub fn kernel_log(&self) -> u8 {
+        let level = self.log_level.unwrap_or(match self.verbose {
+            0 => KernelLogLevel::Off,
+            1 => KernelLogLevel::Warn,
+            2 => KernelLogLevel::Debug,
+            _ => KernelLogLevel::Trace,
+        });
+        // Off = 0, Error = 1 ... Trace = 5, as aya_log::Level numbers them.
+        level as u8
+    }
 }
 
 /// `portwatch run`.

@@ -37,6 +37,8 @@ fn settings(args: &WatchArgs) -> Settings {
         args_source: args.tracepoint_args,
         track_holders: !args.no_holders,
         fold_entries: args.fold_table_size,
+        kernel_log: args.kernel_log(),
+        bad_offset: args.test_bad_offset.clone(),
     }
 }
 
@@ -99,6 +101,12 @@ pub async fn run(args: WatchArgs) -> Result<()> {
     if let Some(note) = &session.holders_note {
         notices.say(&Notice::Degraded {
             what: "listener_record".into(),
+            why: note.clone(),
+        });
+    }
+    if let Some(note) = &session.uring_note {
+        notices.say(&Notice::Degraded {
+            what: "io_uring".into(),
             why: note.clone(),
         });
     }
