@@ -15,6 +15,9 @@ use crate::{output, root, run};
 pub const KERNELS: &[&str] = &[
     // Debian 12's default series (6.1).
     "linux-image-amd64",
+    // Debian 12's 6.12 series, pinned: the metapackage `linux-image-6.12-amd64`
+    // follows the newest 6.12 build instead.
+    "linux-image-6.12.100+deb12-amd64",
 ];
 
 fn cache() -> PathBuf {
