@@ -8,45 +8,80 @@ use anyhow::{bail, Context as _, Result};
 use crate::{output, root, run};
 
 /// The Debian packages of kernels to test against: one place, one line each.
-/// A metapackage resolves to the newest image of its series.
-pub const KERNELS: &[&str] = &["linux-image-amd64"];
+/// A metapackage resolves to the newest image of its series; a full image
+/// name pins one build. The first entry is also the one whose BTF the host
+/// tests read ([`second_kernel_btf`]): its vmlinuz must be xz-compressed, as
+/// Debian's 6.1 images are (6.12's are zstd).
+pub const KERNELS: &[&str] = &[
+    // Debian 12's default series (6.1).
+    "linux-image-amd64",
+    // Debian 12's 6.12 series, pinned: the metapackage `linux-image-6.12-amd64`
+    // follows the newest 6.12 build instead.
+    "linux-image-6.12.100+deb12-amd64",
+];
 
 fn cache() -> PathBuf {
     root().join(".cache/kernels")
 }
 
-/// `linux-image-amd64` -> `linux-image-6.1.0-56-amd64`.
+/// `linux-image-amd64` -> `linux-image-6.1.0-56-amd64`; an image package
+/// (one that depends on no other `linux-image-*`) names itself.
 fn resolve(package: &str) -> Result<String> {
     // Fails, or names no dependency, until the package lists are fetched.
     let mut deps = output(Command::new("apt-cache").args(["depends", package])).unwrap_or_default();
     if !deps.contains("Depends:") {
         run(Command::new("apt-get").args(["update", "-q"]))?;
-        deps = output(Command::new("apt-cache").args(["depends", package]))?;
+        deps = output(Command::new("apt-cache").args(["depends", package]))
+            .with_context(|| format!("apt does not know the kernel package {package}"))?;
     }
-    deps.lines()
+    let image = deps
+        .lines()
         .filter_map(|l| l.trim().strip_prefix("Depends: "))
         .find(|d| d.starts_with("linux-image-"))
-        .map(str::to_owned)
-        .with_context(|| format!("apt cannot resolve {package} to a kernel image"))
+        .unwrap_or(package);
+    if !image.starts_with("linux-image-") {
+        bail!("{package} is not a Debian kernel image package");
+    }
+    Ok(image.to_owned())
 }
 
 /// Modules the VM loads: sock_diag's handlers for TCP and UDP are modules in
-/// Debian's kernel, and an initramfs has no modprobe to load them on demand.
+/// Debian's kernels, and an initramfs has no modprobe to load them on demand.
+/// In load order (tcp_diag and udp_diag depend on inet_diag).
 pub const DIAG_MODULES: &[&str] = &["inet_diag", "tcp_diag", "udp_diag"];
 
-/// Downloads `package` (a kernel image) once; returns its vmlinuz and the
-/// [`DIAG_MODULES`] (decompressed), in load order.
-pub fn image(package: &str) -> Result<(PathBuf, Vec<PathBuf>)> {
+/// A downloaded kernel image.
+pub struct Kernel {
+    /// The package as written in [`KERNELS`].
+    pub package: String,
+    /// The image package it resolved to, e.g. `linux-image-6.1.0-56-amd64`.
+    pub image: String,
+    /// Its release (`uname -r`), e.g. `6.1.0-56-amd64`.
+    pub release: String,
+    pub vmlinuz: PathBuf,
+    /// The [`DIAG_MODULES`], uncompressed, in load order.
+    pub modules: Vec<PathBuf>,
+}
+
+/// Downloads `package` (a kernel image, or a metapackage of one) once.
+pub fn image(package: &str) -> Result<Kernel> {
     let image = resolve(package)?;
     let dir = cache().join(&image);
-    let release = image.trim_start_matches("linux-image-");
+    let release = image.trim_start_matches("linux-image-").to_owned();
     let vmlinuz = dir.join(format!("boot/vmlinuz-{release}"));
     let modules: Vec<PathBuf> = DIAG_MODULES
         .iter()
         .map(|m| dir.join("modules").join(format!("{m}.ko")))
         .collect();
+    let kernel = Kernel {
+        package: package.to_owned(),
+        image: image.clone(),
+        release: release.clone(),
+        vmlinuz: vmlinuz.clone(),
+        modules: modules.clone(),
+    };
     if vmlinuz.exists() && modules.iter().all(|m| m.exists()) {
-        return Ok((vmlinuz, modules));
+        return Ok(kernel);
     }
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(dir.join("modules"))?;
@@ -60,6 +95,9 @@ pub fn image(package: &str) -> Result<(PathBuf, Vec<PathBuf>)> {
         .context("apt-get download left no .deb")?;
     run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&dir))?;
     std::fs::remove_file(&deb)?;
+    // 6.1 ships plain .ko files; 6.12 compresses every module with xz. The
+    // signature stays inside the decompressed module, and busybox's insmod
+    // wants it uncompressed.
     let ipv4 = dir.join(format!("lib/modules/{release}/kernel/net/ipv4"));
     for (name, dest) in DIAG_MODULES.iter().zip(&modules) {
         let plain = ipv4.join(format!("{name}.ko"));
@@ -75,8 +113,13 @@ pub fn image(package: &str) -> Result<(PathBuf, Vec<PathBuf>)> {
             }
             std::fs::write(dest, out.stdout)?;
         } else {
-            std::fs::copy(&plain, dest)
-                .with_context(|| format!("{image} has no {}", plain.display()))?;
+            std::fs::copy(&plain, dest).with_context(|| {
+                format!(
+                    "{image} has neither {} nor {}",
+                    plain.display(),
+                    xz.display()
+                )
+            })?;
         }
     }
     // Only boot/ and those modules are needed; the rest is 300 MB.
@@ -86,7 +129,7 @@ pub fn image(package: &str) -> Result<(PathBuf, Vec<PathBuf>)> {
     if !vmlinuz.exists() {
         bail!("{image} has no {}", vmlinuz.display());
     }
-    Ok((vmlinuz, modules))
+    Ok(kernel)
 }
 
 /// Extracts the `.BTF` section of a compressed x86 vmlinuz: the kernel is an
@@ -125,7 +168,7 @@ fn extract_btf(vmlinuz: &std::path::Path, out: &std::path::Path) -> Result<()> {
 
 /// The BTF of the first kernel in [`KERNELS`], extracted once and cached.
 pub fn second_kernel_btf() -> Result<PathBuf> {
-    let (vmlinuz, _) = image(KERNELS[0])?;
+    let vmlinuz = image(KERNELS[0])?.vmlinuz;
     let btf = vmlinuz.with_file_name("btf.bin");
     if !btf.exists() {
         extract_btf(&vmlinuz, &btf)?;

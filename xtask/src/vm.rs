@@ -1,10 +1,18 @@
-//! `cargo xtask vm-test`: the integration tests on other real kernels, booted
-//! under qemu, once per backend.
+//! `cargo xtask vm-test`: the integration tests on other real kernels (every
+//! one in [`kernels::KERNELS`]), booted under qemu, once per backend.
 //!
 //! The initramfs holds busybox, the test binaries, the portwatch binary at
-//! the path the tests were compiled with, and their shared libraries. Its
-//! init runs the tests with `PORTWATCH_TEST_BACKEND` set to each backend and
-//! prints markers on the serial console, which this side reads.
+//! the path the tests were compiled with, their shared libraries, and the
+//! kernel's own sock_diag modules. Its init runs the tests with
+//! `PORTWATCH_TEST_BACKEND` set to each backend and prints markers on the
+//! serial console, which this side reads.
+//!
+//! The kernels' VMs run at the same time (`XTASK_VM_JOBS=1` runs them one
+//! after another): the suites mostly wait on timers, so two TCG guests on two
+//! host cores take about as long as one. Each VM's whole console goes to
+//! `.cache/vm/RELEASE/serial.log`; the tests' part also to stderr, prefixed
+//! with the release. The command fails if any kernel does not boot or finish,
+//! or any suite with any backend fails or runs no test.
 
 use std::{
     collections::BTreeSet,
@@ -44,6 +52,12 @@ const BACKENDS: &[&str] = &["fexit", "tracepoint"];
 
 /// How long one kernel may take, boot to power-off.
 const TIMEOUT: Duration = Duration::from_secs(20 * 60);
+
+/// VMs booted at once (one qemu process each).
+const PARALLEL_VMS: usize = 2;
+
+/// Virtual CPUs per VM.
+const VCPUS: &str = "2";
 
 /// Builds the test binaries; returns (suite name, executable).
 fn test_binaries() -> Result<Vec<(String, PathBuf)>> {
@@ -98,7 +112,7 @@ fn copy_into(root_dir: &Path, file: &Path, dest: &Path) -> Result<()> {
     Ok(())
 }
 
-fn init_script(suites: &[(String, PathBuf)], modules: &[PathBuf]) -> String {
+fn init_script(modules: &[PathBuf]) -> String {
     let skips: String = HOST_ONLY.iter().map(|t| format!(" --skip {t}")).collect();
     let mut s = String::from(
         "#!/bin/sh\n\
@@ -110,14 +124,17 @@ fn init_script(suites: &[(String, PathBuf)], modules: &[PathBuf]) -> String {
     );
     for m in modules {
         if let Some(name) = m.file_name() {
-            s.push_str(&format!("insmod /m/{}\n", name.to_string_lossy()));
+            let name = name.to_string_lossy();
+            s.push_str(&format!(
+                "insmod /m/{name} || echo \"VMTEST insmod-failed {name}\"\n"
+            ));
         }
     }
     for backend in BACKENDS {
-        for (name, _) in suites {
+        for suite in SUITES {
             s.push_str(&format!(
-                "PORTWATCH_TEST_BACKEND={backend} PORTWATCH_EXPECT_AUTO=fexit /t/{name} --test-threads=1{skips}\n\
-                 echo \"VMTEST suite={name} backend={backend} rc=$?\"\n"
+                "PORTWATCH_TEST_BACKEND={backend} PORTWATCH_EXPECT_AUTO=fexit /t/{suite} --test-threads=1{skips}\n\
+                 echo \"VMTEST suite={suite} backend={backend} rc=$?\"\n"
             ));
         }
     }
@@ -125,28 +142,38 @@ fn init_script(suites: &[(String, PathBuf)], modules: &[PathBuf]) -> String {
     s
 }
 
-/// Writes the initramfs for `suites` and returns its path.
-fn initramfs(
-    suites: &[(String, PathBuf)],
-    portwatch: &Path,
-    modules: &[PathBuf],
-) -> Result<PathBuf> {
-    let work = root().join(".cache/vm");
+/// Packs the directory `tree` into a gzipped newc cpio archive `out`.
+fn cpio(tree: &Path, out: &Path) -> Result<()> {
+    let status = Command::new("sh")
+        .arg("-c")
+        .arg("find . | cpio -o -H newc --quiet | gzip -1 > \"$0\"")
+        .arg(out)
+        .current_dir(tree)
+        .status()?;
+    if !status.success() {
+        bail!("cpio failed");
+    }
+    Ok(())
+}
+
+fn work_dir() -> PathBuf {
+    root().join(".cache/vm")
+}
+
+/// Writes the part of the initramfs every kernel shares (busybox, the test
+/// binaries, portwatch, their libraries) and returns its path.
+fn common_initramfs(suites: &[(String, PathBuf)], portwatch: &Path) -> Result<PathBuf> {
+    let work = work_dir();
     let tree = work.join("root");
     let _ = std::fs::remove_dir_all(&tree);
-    for d in ["bin", "proc", "sys", "dev", "tmp", "t", "run"] {
+    for d in ["bin", "proc", "sys", "dev", "tmp", "t", "run", "m"] {
         std::fs::create_dir_all(tree.join(d))?;
     }
     copy_into(&tree, Path::new("/bin/busybox"), Path::new("/bin/busybox"))?;
     for applet in [
-        "sh", "mount", "mkdir", "ip", "cat", "sleep", "poweroff", "timeout", "echo", "ls",
+        "sh", "mount", "mkdir", "ip", "cat", "sleep", "poweroff", "timeout", "echo", "ls", "insmod",
     ] {
         std::os::unix::fs::symlink("busybox", tree.join("bin").join(applet))?;
-    }
-    // Loaded by the init script, in order (sock_diag's TCP/UDP handlers).
-    for m in modules {
-        let name = m.file_name().context("module path")?;
-        copy_into(&tree, m, &Path::new("/m").join(name))?;
     }
     // The tests find portwatch at the absolute path they were built with.
     copy_into(&tree, portwatch, portwatch)?;
@@ -161,30 +188,267 @@ fn initramfs(
     for lib in libs {
         copy_into(&tree, &lib, &lib)?;
     }
-    let init = tree.join("init");
-    std::fs::write(&init, init_script(suites, modules))?;
-    run(Command::new("chmod").arg("755").arg(&init))?;
-    let image = work.join("initramfs.cpio.gz");
-    let status = Command::new("sh")
-        .arg("-c")
-        .arg("find . | cpio -o -H newc --quiet | gzip -1 > \"$0\"")
-        .arg(&image)
-        .current_dir(&tree)
-        .status()?;
-    if !status.success() {
-        bail!("cpio failed");
-    }
+    let image = work.join("common.cpio.gz");
+    cpio(&tree, &image)?;
+    std::fs::remove_dir_all(&tree)?;
     Ok(image)
 }
 
-/// Boots `vmlinuz` with `initrd`; returns the console's VMTEST lines and
-/// whether every suite passed.
-fn boot(vmlinuz: &Path, initrd: &Path) -> Result<bool> {
+/// Writes `kernel`'s initramfs: the shared archive followed by one holding
+/// its modules and the init script (the kernel unpacks concatenated
+/// archives in order). Returns its path.
+fn initramfs(kernel: &kernels::Kernel, common: &Path) -> Result<PathBuf> {
+    let work = work_dir().join(&kernel.release);
+    let tree = work.join("root");
+    let _ = std::fs::remove_dir_all(&tree);
+    std::fs::create_dir_all(tree.join("m"))?;
+    // Loaded by the init script, in order (sock_diag's TCP/UDP handlers).
+    for m in &kernel.modules {
+        let name = m.file_name().context("module path")?;
+        copy_into(&tree, m, &Path::new("/m").join(name))?;
+    }
+    let init = tree.join("init");
+    std::fs::write(&init, init_script(&kernel.modules))?;
+    run(Command::new("chmod").arg("755").arg(&init))?;
+    let own = work.join("own.cpio.gz");
+    cpio(&tree, &own)?;
+    std::fs::remove_dir_all(&tree)?;
+    let image = work.join("initramfs.cpio.gz");
+    let mut out = std::fs::File::create(&image)?;
+    std::io::copy(&mut std::fs::File::open(common)?, &mut out)?;
+    std::io::copy(&mut std::fs::File::open(&own)?, &mut out)?;
+    std::fs::remove_file(&own)?;
+    Ok(image)
+}
+
+/// libtest's closing line of one test binary.
+#[derive(Default, Clone, Copy)]
+struct Counts {
+    ok: bool,
+    passed: usize,
+    failed: usize,
+    ignored: usize,
+    filtered: usize,
+}
+
+impl Counts {
+    /// `test result: ok. 12 passed; 0 failed; 1 ignored; 0 measured; 6 filtered out; ...`
+    fn parse(line: &str) -> Option<Counts> {
+        let rest = line.strip_prefix("test result: ")?;
+        let mut c = Counts {
+            ok: rest.starts_with("ok."),
+            ..Counts::default()
+        };
+        for part in rest.split(['.', ';']) {
+            let mut words = part.split_whitespace();
+            let (Some(n), Some(what)) = (words.next(), words.next()) else {
+                continue;
+            };
+            let Ok(n) = n.parse() else { continue };
+            match what {
+                "passed" => c.passed = n,
+                "failed" => c.failed = n,
+                "ignored" => c.ignored = n,
+                "filtered" => c.filtered = n,
+                _ => {}
+            }
+        }
+        Some(c)
+    }
+}
+
+/// One suite run with one backend in one VM.
+struct SuiteRun {
+    suite: String,
+    backend: String,
+    rc: i32,
+    /// From libtest's `running N tests`.
+    running: Option<usize>,
+    counts: Option<Counts>,
+}
+
+impl SuiteRun {
+    /// Why this run does not count as a pass, if it does not.
+    fn problem(&self) -> Option<String> {
+        match (self.running, self.counts) {
+            (None, _) | (_, None) => Some(format!(
+                "exit status {}, no libtest summary (crashed?)",
+                self.rc
+            )),
+            (Some(0), _) => Some("found 0 tests".into()),
+            (_, Some(c)) if !c.ok || c.failed > 0 || self.rc != 0 => {
+                Some(format!("{} failed, exit status {}", c.failed, self.rc))
+            }
+            (_, Some(c)) if c.passed == 0 => Some("0 tests passed".into()),
+            _ => None,
+        }
+    }
+}
+
+/// What one kernel's VM did.
+struct Outcome {
+    kernel: String,
+    seconds: f64,
+    log: PathBuf,
+    runs: Vec<SuiteRun>,
+    /// Why the VM as a whole failed (did not boot, finish, or run every suite).
+    error: Option<String>,
+}
+
+impl Outcome {
+    fn passed(&self) -> bool {
+        self.error.is_none() && self.runs.iter().all(|r| r.problem().is_none())
+    }
+}
+
+/// What the console said so far, line by line.
+struct Console {
+    release: String,
+    booted: bool,
+    done: bool,
+    /// `running N tests` and `test result: ...` of the suite now running.
+    running: Option<usize>,
+    counts: Option<Counts>,
+    runs: Vec<SuiteRun>,
+    /// A problem of the VM as a whole, seen on the console.
+    error: Option<String>,
+}
+
+impl Console {
+    fn new(release: &str) -> Console {
+        Console {
+            release: release.to_owned(),
+            booted: false,
+            done: false,
+            running: None,
+            counts: None,
+            runs: Vec::new(),
+            error: None,
+        }
+    }
+
+    /// Takes one console line (without its line end); returns it as it
+    /// should be shown, or None for boot noise before the init script.
+    fn feed<'a>(&mut self, line: &'a str) -> Option<&'a str> {
+        // The first console line starts with the firmware's terminal resets.
+        let line = line.find("VMTEST ").map_or(line, |at| &line[at..]);
+        if let Some(seen) = line.strip_prefix("VMTEST kernel ") {
+            self.booted = true;
+            if seen.trim() != self.release {
+                self.error = Some(format!(
+                    "booted kernel {seen:?}, expected {:?}",
+                    self.release
+                ));
+            }
+        }
+        if let Some(name) = line.strip_prefix("VMTEST insmod-failed ") {
+            self.error = Some(format!("insmod {name} failed"));
+        }
+        if let Some(n) = line
+            .strip_prefix("running ")
+            .and_then(|r| r.strip_suffix(" tests").or_else(|| r.strip_suffix(" test")))
+            .and_then(|n| n.parse().ok())
+        {
+            self.running = Some(n);
+        }
+        if let Some(c) = Counts::parse(line) {
+            self.counts = Some(c);
+        }
+        if let Some(rest) = line.strip_prefix("VMTEST suite=") {
+            // `capture backend=fexit rc=0`
+            let mut words = rest.split_whitespace();
+            let suite = words.next().unwrap_or_default().to_owned();
+            let (mut backend, mut rc) = (String::new(), -1);
+            for w in words {
+                if let Some(b) = w.strip_prefix("backend=") {
+                    backend = b.to_owned();
+                } else if let Some(r) = w.strip_prefix("rc=") {
+                    rc = r.parse().unwrap_or(-1);
+                }
+            }
+            self.runs.push(SuiteRun {
+                suite,
+                backend,
+                rc,
+                running: self.running.take(),
+                counts: self.counts.take(),
+            });
+        }
+        if line == "VMTEST done" {
+            self.done = true;
+        }
+        // Everything from the tests passes through (failures need their
+        // messages); boot noise before them does not.
+        self.booted.then_some(line)
+    }
+
+    /// The VM has stopped (or was stopped after `timed_out`): what it ran,
+    /// and its error if it did not boot, finish, or run every suite.
+    fn finish(self, timed_out: bool) -> (Vec<SuiteRun>, Option<String>) {
+        let error = if !self.booted {
+            Some("the kernel did not boot to the init script".to_owned())
+        } else if !self.done && timed_out {
+            Some(format!(
+                "the VM did not finish within {TIMEOUT:?} (hung test?)"
+            ))
+        } else if !self.done {
+            Some("the VM stopped before the end of the init script (kernel panic?)".to_owned())
+        } else if let Some(e) = self.error {
+            Some(e)
+        } else {
+            BACKENDS
+                .iter()
+                .flat_map(|b| SUITES.iter().map(move |s| (b, s)))
+                .find(|(b, s)| !self.runs.iter().any(|r| r.suite == **s && r.backend == **b))
+                .map(|(b, s)| format!("suite {s} with backend {b} did not run"))
+        };
+        (self.runs, error)
+    }
+}
+
+/// Boots `kernel` with `initrd`, passes the tests' console output through
+/// to stderr (each line prefixed with the release) and the whole console to
+/// `serial.log` beside the initramfs; returns what every suite did.
+fn boot(kernel: &kernels::Kernel, initrd: &Path) -> Outcome {
+    let log = initrd.with_file_name("serial.log");
+    let started = Instant::now();
+    let mut outcome = Outcome {
+        kernel: if kernel.package == kernel.image {
+            format!("{} ({})", kernel.release, kernel.image)
+        } else {
+            format!(
+                "{} ({} -> {})",
+                kernel.release, kernel.package, kernel.image
+            )
+        },
+        seconds: 0.0,
+        log: log.clone(),
+        runs: Vec::new(),
+        error: None,
+    };
+    match boot_into(kernel, initrd, &log) {
+        Ok((runs, error)) => {
+            outcome.runs = runs;
+            outcome.error = error.map(|e| format!("{e} (see the console log)"));
+        }
+        Err(e) => outcome.error = Some(format!("{e:#}")),
+    }
+    outcome.seconds = started.elapsed().as_secs_f64();
+    outcome
+}
+
+fn boot_into(
+    kernel: &kernels::Kernel,
+    initrd: &Path,
+    log: &Path,
+) -> Result<(Vec<SuiteRun>, Option<String>)> {
+    let release = &kernel.release;
+    let mut serial = std::io::BufWriter::new(std::fs::File::create(log)?);
     let mut child = Command::new("qemu-system-x86_64")
         // Nested KVM fails on this project's machines: emulate.
-        .args(["-accel", "tcg", "-cpu", "max", "-smp", "2", "-m", "2048"])
+        .args(["-accel", "tcg", "-cpu", "max", "-smp", VCPUS, "-m", "2048"])
         .args(["-nographic", "-no-reboot", "-kernel"])
-        .arg(vmlinuz)
+        .arg(&kernel.vmlinuz)
         .arg("-initrd")
         .arg(initrd)
         .args(["-append", "console=ttyS0 quiet panic=-1"])
@@ -201,31 +465,70 @@ fn boot(vmlinuz: &Path, initrd: &Path) -> Result<bool> {
         }
     });
     let deadline = Instant::now() + TIMEOUT;
-    let (mut done, mut ok, mut suites) = (false, true, 0);
-    let mut log = std::io::stderr().lock();
-    let mut booted = false;
-    while let Ok(line) = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-        let line = line.trim_end_matches('\r');
-        // Everything from the tests passes through (failures need their
-        // messages); boot noise before them does not.
-        booted |= line.contains("VMTEST kernel");
-        if booted {
-            writeln!(log, "vm: {line}")?;
+    let mut console = Console::new(release);
+    let timed_out = loop {
+        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(line) => {
+                let line = line.trim_end_matches('\r');
+                writeln!(serial, "{line}")?;
+                if let Some(shown) = console.feed(line) {
+                    writeln!(std::io::stderr().lock(), "vm {release}: {shown}")?;
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => break true,
+            Err(mpsc::RecvTimeoutError::Disconnected) => break false,
         }
-        if let Some(rest) = line.strip_prefix("VMTEST suite=") {
-            suites += 1;
-            ok &= rest.ends_with("rc=0");
-        }
-        if line == "VMTEST done" {
-            done = true;
-        }
-    }
+    };
     let _ = child.kill();
     let _ = child.wait();
-    if !done {
-        bail!("the VM did not finish within {TIMEOUT:?} (boot failure or hung test)");
+    serial.flush()?;
+    Ok(console.finish(timed_out))
+}
+
+/// Prints every kernel's result table; returns whether all passed.
+fn report(outcomes: &[Outcome]) -> bool {
+    let mut all = true;
+    eprintln!("\nxtask: VM test results");
+    for o in outcomes {
+        all &= o.passed();
+        eprintln!(
+            "  {} {}: {:.0}s, console log {}",
+            if o.passed() { "PASS" } else { "FAIL" },
+            o.kernel,
+            o.seconds,
+            o.log.display()
+        );
+        if let Some(e) = &o.error {
+            eprintln!("       {e}");
+        }
+        for r in &o.runs {
+            let counts = match r.counts {
+                Some(c) => format!(
+                    "{} passed, {} failed, {} ignored, {} filtered out",
+                    c.passed, c.failed, c.ignored, c.filtered
+                ),
+                None => "no summary".into(),
+            };
+            let problem = r.problem();
+            eprintln!(
+                "    {} {:<10} {:<8} {counts}{}",
+                if problem.is_none() { "ok  " } else { "FAIL" },
+                r.backend,
+                r.suite,
+                problem.map(|p| format!(" ({p})")).unwrap_or_default()
+            );
+        }
     }
-    Ok(ok && suites == SUITES.len() * BACKENDS.len())
+    all
+}
+
+/// How many VMs run at once; `XTASK_VM_JOBS` overrides.
+fn jobs() -> usize {
+    std::env::var("XTASK_VM_JOBS")
+        .ok()
+        .and_then(|j| j.parse().ok())
+        .filter(|&j| j > 0)
+        .unwrap_or(PARALLEL_VMS)
 }
 
 /// Runs the integration tests in a VM of every kernel in [`kernels::KERNELS`].
@@ -235,27 +538,161 @@ pub fn run_all() -> Result<()> {
         ("qemu-system-x86_64", "qemu-system-x86"),
         ("/bin/busybox", "busybox-static"),
         ("cpio", "cpio"),
+        // 6.12's modules are .ko.xz.
+        ("xz", "xz-utils"),
     ])?;
     let suites = test_binaries()?;
     let portwatch = root().join("target/debug/portwatch");
-    let mut failed = Vec::new();
-    for package in kernels::KERNELS {
-        let (vmlinuz, modules) = kernels::image(package)?;
-        let initrd = initramfs(&suites, &portwatch, &modules)?;
-        eprintln!("xtask: booting {} under qemu (TCG)", vmlinuz.display());
-        let started = Instant::now();
-        let passed = boot(&vmlinuz, &initrd)?;
-        eprintln!(
-            "xtask: {package}: {} in {:.0}s",
-            if passed { "passed" } else { "FAILED" },
-            started.elapsed().as_secs_f64()
-        );
-        if !passed {
-            failed.push(*package);
-        }
+    let started = Instant::now();
+    let kernels = kernels::KERNELS
+        .iter()
+        .map(|p| kernels::image(p))
+        .collect::<Result<Vec<_>>>()?;
+    let common = common_initramfs(&suites, &portwatch)?;
+    let initrds = kernels
+        .iter()
+        .map(|k| initramfs(k, &common))
+        .collect::<Result<Vec<_>>>()?;
+    let jobs = jobs();
+    eprintln!(
+        "xtask: booting {} under qemu (TCG), {jobs} at a time",
+        kernels
+            .iter()
+            .map(|k| k.release.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let booting = Instant::now();
+    let mut outcomes = Vec::new();
+    let pairs: Vec<_> = kernels.iter().zip(&initrds).collect();
+    for batch in pairs.chunks(jobs) {
+        std::thread::scope(|s| {
+            let handles: Vec<_> = batch
+                .iter()
+                .map(|(k, initrd)| s.spawn(move || boot(k, initrd)))
+                .collect();
+            for h in handles {
+                let o = h.join().expect("a VM thread panicked");
+                eprintln!(
+                    "xtask: {}: {} in {:.0}s",
+                    o.kernel,
+                    if o.passed() { "passed" } else { "FAILED" },
+                    o.seconds
+                );
+                outcomes.push(o);
+            }
+        });
     }
-    if !failed.is_empty() {
+    let all = report(&outcomes);
+    eprintln!(
+        "xtask: VM step took {:.0}s ({:.0}s booting and testing, {jobs} VM(s) at a time)",
+        started.elapsed().as_secs_f64(),
+        booting.elapsed().as_secs_f64()
+    );
+    if !all {
+        let failed: Vec<_> = outcomes
+            .iter()
+            .filter(|o| !o.passed())
+            .map(|o| o.kernel.as_str())
+            .collect();
         bail!("VM tests failed on {failed:?}");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A console where every suite ran with every backend, each printing `body`.
+    fn console(body: &[&str]) -> Console {
+        let mut c = Console::new("6.12.100+deb12-amd64");
+        c.feed("SeaBIOS noise");
+        c.feed("\u{1b}c\u{1b}[?7l\u{1b}[2JVMTEST kernel 6.12.100+deb12-amd64");
+        for b in BACKENDS {
+            for s in SUITES {
+                for line in body {
+                    c.feed(line);
+                }
+                c.feed(&format!("VMTEST suite={s} backend={b} rc=0"));
+            }
+        }
+        c
+    }
+
+    const OK: &[&str] = &[
+        "running 2 tests",
+        "test a ... ok",
+        "test b ... ok",
+        "test result: ok. 2 passed; 0 failed; 0 ignored; 0 measured; 5 filtered out; finished in 1.00s",
+    ];
+
+    #[test]
+    fn a_full_run_passes() {
+        let mut c = console(OK);
+        c.feed("VMTEST done");
+        let (runs, error) = c.finish(false);
+        assert!(error.is_none(), "{error:?}");
+        assert_eq!(runs.len(), SUITES.len() * BACKENDS.len());
+        for r in &runs {
+            assert!(r.problem().is_none(), "{:?}", r.problem());
+            let c = r.counts.unwrap();
+            assert_eq!((c.passed, c.failed, c.filtered), (2, 0, 5));
+        }
+    }
+
+    #[test]
+    fn zero_tests_is_a_failure() {
+        let mut c = console(&[
+            "running 0 tests",
+            "test result: ok. 0 passed; 0 failed; 0 ignored; 0 measured; 23 filtered out; finished in 0.00s",
+        ]);
+        c.feed("VMTEST done");
+        let (runs, error) = c.finish(false);
+        assert!(error.is_none());
+        assert_eq!(runs[0].problem().as_deref(), Some("found 0 tests"));
+    }
+
+    #[test]
+    fn a_crashed_or_failed_suite_is_a_failure() {
+        let mut c = Console::new("6.1.0-56-amd64");
+        c.feed("VMTEST kernel 6.1.0-56-amd64");
+        c.feed("running 3 tests");
+        c.feed("VMTEST suite=capture backend=fexit rc=139");
+        c.feed("running 1 test");
+        c.feed("test result: FAILED. 0 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out; finished in 1.00s");
+        c.feed("VMTEST suite=cli backend=fexit rc=101");
+        c.feed("VMTEST done");
+        let (runs, error) = c.finish(false);
+        assert!(runs[0].problem().unwrap().contains("no libtest summary"));
+        assert!(runs[1].problem().unwrap().contains("1 failed"));
+        // The other suites never reported.
+        assert!(error.unwrap().contains("did not run"));
+    }
+
+    #[test]
+    fn no_boot_no_end_or_wrong_kernel_is_a_failure() {
+        let mut c = Console::new("6.1.0-56-amd64");
+        c.feed("Kernel panic - not syncing: VFS: Unable to mount root fs");
+        assert!(c.finish(false).1.unwrap().contains("did not boot"));
+
+        let mut c = console(OK);
+        c.runs.pop();
+        assert!(c.finish(true).1.unwrap().contains("did not finish"));
+        assert!(console(OK)
+            .finish(false)
+            .1
+            .unwrap()
+            .contains("stopped before"));
+
+        let mut c = Console::new("6.1.0-56-amd64");
+        c.feed("VMTEST kernel 6.18.0");
+        c.feed("VMTEST done");
+        assert!(c.finish(false).1.unwrap().contains("expected"));
+
+        let mut c = console(OK);
+        c.feed("VMTEST insmod-failed udp_diag.ko");
+        c.feed("VMTEST done");
+        assert!(c.finish(false).1.unwrap().contains("insmod udp_diag.ko"));
+    }
 }
