@@ -45,7 +45,7 @@ const HOST_ONLY: &[&str] = &[
 ];
 
 /// Test binaries to run in the VM.
-const SUITES: &[&str] = &["capture", "cli", "holders", "who"];
+const SUITES: &[&str] = &["capture", "cli", "holders", "who", "wait"];
 
 /// Backends every suite runs with.
 const BACKENDS: &[&str] = &["fexit", "tracepoint"];
