@@ -27,10 +27,14 @@ fn kernel_has_uring_bind() -> bool {
     btf.windows(16).any(|w| w == b"\0IORING_OP_BIND\0")
 }
 
-/// The helper, built once per test run into a private directory.
+/// The helper, built once per test run into a private directory (or the
+/// one `cargo xtask vm-test` built, in a VM without gcc).
 fn helper() -> &'static PathBuf {
     static HELPER: OnceLock<PathBuf> = OnceLock::new();
     HELPER.get_or_init(|| {
+        if let Some(prebuilt) = std::env::var_os("PORTWATCH_URING_HELPER") {
+            return PathBuf::from(prebuilt);
+        }
         let dir = std::env::temp_dir().join(format!("portwatch-uring-{}", std::process::id()));
         std::fs::DirBuilder::new()
             .mode(0o700)

@@ -45,7 +45,7 @@ const HOST_ONLY: &[&str] = &[
 ];
 
 /// Test binaries to run in the VM.
-const SUITES: &[&str] = &["capture", "cli", "holders", "who", "wait"];
+const SUITES: &[&str] = &["capture", "cli", "holders", "who", "wait", "io_uring"];
 
 /// Backends every suite runs with.
 const BACKENDS: &[&str] = &["fexit", "tracepoint"];
@@ -116,7 +116,7 @@ fn init_script(modules: &[PathBuf]) -> String {
     let skips: String = HOST_ONLY.iter().map(|t| format!(" --skip {t}")).collect();
     let mut s = String::from(
         "#!/bin/sh\n\
-         export PATH=/bin\n\
+         export PATH=/bin PORTWATCH_URING_HELPER=/uring_helper\n\
          mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev\n\
          mkdir -p /sys/fs/cgroup && mount -t cgroup2 none /sys/fs/cgroup\n\
          ip link set lo up\n\
@@ -188,6 +188,15 @@ fn common_initramfs(suites: &[(String, PathBuf)], portwatch: &Path) -> Result<Pa
     for lib in libs {
         copy_into(&tree, &lib, &lib)?;
     }
+    // The io_uring suite's C helper: built here (the VM has no gcc), static
+    // so it needs no libraries; the suite finds it through
+    // PORTWATCH_URING_HELPER. Named as the tests expect its comm.
+    let helper = work.join("uring_helper");
+    run(Command::new("gcc")
+        .args(["-O2", "-Wall", "-static", "-o"])
+        .arg(&helper)
+        .arg(root().join("portwatch/tests/uring_helper.c")))?;
+    copy_into(&tree, &helper, Path::new("/uring_helper"))?;
     let image = work.join("common.cpio.gz");
     cpio(&tree, &image)?;
     std::fs::remove_dir_all(&tree)?;
