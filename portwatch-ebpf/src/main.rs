@@ -11,6 +11,7 @@ mod bind;
 mod config;
 mod emit;
 mod holders;
+mod life;
 mod listen;
 mod sock;
 

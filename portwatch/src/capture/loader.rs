@@ -83,6 +83,9 @@ pub struct Settings {
     pub args_source: ArgsSource,
     /// Record port holders in the kernel and attach them to failures.
     pub track_holders: bool,
+    /// Send the life of ports of interest (`watch --record`; needs
+    /// `track_holders`, whose tracepoint sees the state changes).
+    pub record_life: bool,
 }
 
 impl Settings {
@@ -91,6 +94,7 @@ impl Settings {
             fold_window_ns: self.fold_window_ns,
             trace_success: u32::from(self.success),
             track_holders: u32::from(self.track_holders),
+            record_life: u32::from(self.record_life && self.track_holders),
             ..Config::default()
         };
         if self.all_errors || self.success {

@@ -21,6 +21,7 @@ EXAMPLES:
     portwatch watch --all                    # successes too, like bcc's bindsnoop
     portwatch watch --netns /run/netns/blue  # one network namespace (container)
     portwatch watch --no-holders             # events only: no holder lookups
+    portwatch watch --record /var/lib/portwatch  # flight recorder; read it with `portwatch report`
 
 Each failure is followed by who holds the port (process, command line, unit
 or container, TCP state), a reason code, a diagnosis and a fix; with --json
@@ -148,4 +149,18 @@ pub struct WatchArgs {
     /// /sys/kernel/btf/vmlinux (for kernels built without it).
     #[arg(long, value_name = "PATH")]
     pub btf: Option<PathBuf>,
+
+    /// Also append every event, and the life of the ports that failed (or
+    /// that --port names), to a rotated NDJSON journal in DIR (created 0700;
+    /// files 0600; symlinks refused). Read it with `portwatch report DIR`.
+    #[arg(long, value_name = "DIR")]
+    pub record: Option<PathBuf>,
+
+    /// --record: start a new journal file past this many MiB.
+    #[arg(long, value_name = "MIB", default_value_t = 64, requires = "record", value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub max_size: u64,
+
+    /// --record: keep at most this many journal files (the oldest go first).
+    #[arg(long, value_name = "N", default_value_t = 8, requires = "record", value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub max_files: u32,
 }

@@ -13,7 +13,10 @@ use crate::{
     capture::{Session, Settings},
     cli::WatchArgs,
     holders::Enricher,
-    output::{text, Format, Notice, Notices, Summary},
+    output::{
+        record::{self, Recording},
+        text, Format, Notice, Notices, Summary,
+    },
     pipeline::{self, Pipeline, BATCH},
 };
 
@@ -33,6 +36,7 @@ fn settings(args: &WatchArgs) -> Settings {
         btf: args.btf.clone(),
         args_source: args.tracepoint_args,
         track_holders: !args.no_holders,
+        record_life: args.record.is_some(),
     }
 }
 
@@ -79,12 +83,25 @@ pub async fn run(args: WatchArgs) -> Result<()> {
         writeln!(out, "{}", text::HEADER)?;
         out.flush()?;
     }
+    let recording = match &args.record {
+        Some(dir) => Some(Recording::start(
+            record::Options {
+                dir: dir.clone(),
+                max_size: args.max_size.saturating_mul(1 << 20),
+                max_files: args.max_files,
+            },
+            notices,
+            session.take_life(),
+        )?),
+        None => None,
+    };
     let (mut pipeline, mut writing) = Pipeline::start(
         pipeline::Options {
             enricher,
             format,
             timeout: Duration::from_millis(args.lookup_timeout),
             delay: Duration::from_millis(args.enrich_delay),
+            record: recording.as_ref().map(Recording::sink),
         },
         Box::new(io::stdout()),
     );
@@ -143,6 +160,9 @@ pub async fn run(args: WatchArgs) -> Result<()> {
         Err(e) if e.kind() == io::ErrorKind::BrokenPipe => 0,
         Err(e) => return Err(e).context("writing events"),
     };
+    if let Some(recording) = recording {
+        notices.say(&Notice::Recorded(recording.finish().await));
+    }
     let finish = session.finish();
     for repeat in &finish.repeats {
         notices.say(&Notice::Repeat(repeat.clone()));

@@ -3,6 +3,7 @@
 
 pub mod json;
 pub mod notice;
+pub mod record;
 pub mod text;
 
 use std::io::{self, Write};
