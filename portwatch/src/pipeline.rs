@@ -284,7 +284,10 @@ async fn write(
         }
         if let Some(sink) = &record {
             if journal_lines > 0 {
-                sink.send(std::mem::take(&mut journal), std::mem::take(&mut journal_lines));
+                sink.send(
+                    std::mem::take(&mut journal),
+                    std::mem::take(&mut journal_lines),
+                );
             }
         }
         if rx.is_empty() {

@@ -110,6 +110,8 @@ fn have(cmd: &str) -> bool {
 pub fn ensure_test_packages() -> Result<()> {
     ensure_packages(&[
         ("nginx", "nginx"),
+        // report --html is checked in a real browser.
+        ("chromium", "chromium"),
         ("/usr/sbin/apache2", "apache2"),
         ("ip", "iproute2"),
         ("objcopy", "binutils"),

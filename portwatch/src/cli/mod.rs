@@ -53,6 +53,10 @@ pub enum Command {
     /// the port, why it failed and what to do.
     #[command(after_help = WATCH_EXAMPLES)]
     Watch(WatchArgs),
+    /// Read what `watch --record` journalled (or saved `watch --json`
+    /// output) and tell, per port, who held it, who failed, and why.
+    #[command(after_help = REPORT_EXAMPLES)]
+    Report(ReportArgs),
 }
 
 /// `portwatch watch`.
@@ -163,4 +167,55 @@ pub struct WatchArgs {
     /// --record: keep at most this many journal files (the oldest go first).
     #[arg(long, value_name = "N", default_value_t = 8, requires = "record", value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub max_files: u32,
+}
+
+const REPORT_EXAMPLES: &str = "\
+EXAMPLES:
+    portwatch report /var/lib/portwatch                 # every rotated journal file, in order
+    portwatch report /var/lib/portwatch --port 8080 --since 2026-11-24T02:55:00Z --until 2026-11-24T03:10:00Z
+    portwatch report /var/lib/portwatch --since 2h      # the last two hours
+    portwatch report events.ndjson --json | jq .ports   # saved `watch --json` output, as JSON
+    portwatch report /var/lib/portwatch --html restart.html   # one self-contained page
+
+Per port: a timeline of who listened (from when to when), who failed (with
+the reason), when the listener closed, TIME_WAIT leftovers, and the restart
+patterns recognised (overlap, TIME_WAIT without SO_REUSEADDR, a stray
+process, the same failure across restarts, ephemeral-port exhaustion), with
+gaps measured between recorded events. Then failures by port, command and
+reason. Corrupt and truncated lines are skipped and counted on stderr.
+
+EXIT STATUS:
+    0  report written (even when lines were skipped)
+    1  a PATH cannot be read, or the report cannot be written
+    2  bad command line";
+
+/// `portwatch report`.
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// Journal files, journal directories (rotated files read in order), or
+    /// saved `watch --json` output.
+    #[arg(value_name = "PATH", required = true)]
+    pub paths: Vec<PathBuf>,
+
+    /// Only these ports (comma separated); repeatable.
+    #[arg(long, value_name = "PORT", value_delimiter = ',')]
+    pub port: Vec<u16>,
+
+    /// Nothing before this time: RFC 3339 (2026-11-24T03:00:00Z) or a
+    /// duration before now (90m, 2h).
+    #[arg(long, value_name = "TIME", value_parser = crate::report::parse_time)]
+    pub since: Option<std::time::SystemTime>,
+
+    /// Nothing after this time (same forms as --since).
+    #[arg(long, value_name = "TIME", value_parser = crate::report::parse_time)]
+    pub until: Option<std::time::SystemTime>,
+
+    /// Write the report as one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Also write a self-contained HTML page with a per-port timeline here
+    /// (created 0600; a symlink there is refused).
+    #[arg(long, value_name = "OUT.html")]
+    pub html: Option<PathBuf>,
 }

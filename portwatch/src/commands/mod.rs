@@ -1,6 +1,7 @@
 //! One module per subcommand, each with one entry point; this module
 //! dispatches and maps errors to exit statuses.
 
+pub mod report;
 pub mod watch;
 
 use std::process::ExitCode;
@@ -21,6 +22,7 @@ impl Command {
     pub async fn execute(self) -> ExitCode {
         let result = match self {
             Command::Watch(args) => watch::run(args).await,
+            Command::Report(args) => report::run(args),
         };
         match result {
             Ok(()) => ExitCode::from(EXIT_OK),

@@ -178,7 +178,10 @@ fn open_dir(dir: &Path) -> Result<(OwnedFd, (u64, u64))> {
     if fd < 0 {
         let e = io::Error::last_os_error();
         if e.raw_os_error() == Some(libc::ELOOP) || e.raw_os_error() == Some(libc::ENOTDIR) {
-            bail!("{} is a symlink or not a directory: refusing to record there", dir.display());
+            bail!(
+                "{} is a symlink or not a directory: refusing to record there",
+                dir.display()
+            );
         }
         return Err(e).with_context(|| format!("cannot open {}", dir.display()));
     }
@@ -307,8 +310,7 @@ impl Journal {
                     return;
                 }
             }
-            if self.buf.len() >= FLUSH_BYTES || oldest.is_some_and(|t| t.elapsed() >= FLUSH_EVERY)
-            {
+            if self.buf.len() >= FLUSH_BYTES || oldest.is_some_and(|t| t.elapsed() >= FLUSH_EVERY) {
                 self.flush(&notices);
                 oldest = None;
             }
@@ -321,9 +323,7 @@ impl Journal {
             return;
         }
         // While failing, try again once a second, not at every chunk.
-        let retry_due = self
-            .last_attempt
-            .is_none_or(|t| t.elapsed() >= FLUSH_EVERY);
+        let retry_due = self.last_attempt.is_none_or(|t| t.elapsed() >= FLUSH_EVERY);
         let result = if self.failing.is_some() && !retry_due {
             Err(anyhow::anyhow!("still failing"))
         } else {
@@ -427,7 +427,11 @@ fn whole_lines(file: &mut File, size: u64) -> Result<u64> {
 }
 
 /// Decodes one `LIFE` record into its journal line.
-pub fn life_line(bytes: &[u8], clock: crate::capture::Clock, hide: u64) -> Option<super::json::PortLife> {
+pub fn life_line(
+    bytes: &[u8],
+    clock: crate::capture::Clock,
+    hide: u64,
+) -> Option<super::json::PortLife> {
     use super::json::{LifeKind, PortLife, PortTag};
     use crate::request::{Family, Proto};
     use portwatch_common as common;
@@ -607,10 +611,16 @@ mod tests {
         assert_eq!(seqs.len(), 3, "{seqs:?}");
         assert!(done.removed > 0);
         use std::os::unix::fs::PermissionsExt as _;
-        assert_eq!(std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777, 0o700);
+        assert_eq!(
+            std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
         for seq in seqs {
             let path = dir.join(name_of(seq));
-            assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+            assert_eq!(
+                std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+                0o600
+            );
             let text = std::fs::read_to_string(&path).unwrap();
             assert!(text.len() <= 1000 + 60);
             assert!(text.ends_with('\n'));

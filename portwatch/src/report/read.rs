@@ -57,9 +57,10 @@ pub fn files(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
         }
         let seqs = record::existing(path)?;
         if !seqs.is_empty() {
-            out.extend(seqs.iter().map(|&s| {
-                path.join(format!("{}{s:010}{}", record::PREFIX, record::SUFFIX))
-            }));
+            out.extend(
+                seqs.iter()
+                    .map(|&s| path.join(format!("{}{s:010}{}", record::PREFIX, record::SUFFIX))),
+            );
             continue;
         }
         let mut names: Vec<PathBuf> = std::fs::read_dir(path)
@@ -154,7 +155,11 @@ fn one(bytes: &[u8], stats: &mut ReadStats, last: bool, f: &mut impl FnMut(json:
 }
 
 /// Reads every file in order.
-pub fn read_all(files: &[PathBuf], stats: &mut ReadStats, mut f: impl FnMut(json::Line)) -> Result<()> {
+pub fn read_all(
+    files: &[PathBuf],
+    stats: &mut ReadStats,
+    mut f: impl FnMut(json::Line),
+) -> Result<()> {
     for path in files {
         read_file(path, stats, &mut f)?;
     }
