@@ -112,6 +112,8 @@ pub fn ensure_test_packages() -> Result<()> {
         ("nginx", "nginx"),
         // report --html is checked in a real browser.
         ("chromium", "chromium"),
+        // Peak memory of `report` in its tests.
+        ("/usr/bin/time", "time"),
         ("/usr/sbin/apache2", "apache2"),
         ("ip", "iproute2"),
         ("objcopy", "binutils"),
