@@ -126,7 +126,7 @@ impl Loop {
 type Events = mpsc::Receiver<(SystemTime, serde_json::Value)>;
 
 /// A running tracer; its stdout goes to /dev/null unless captured.
-struct Tracer {
+pub(crate) struct Tracer {
     child: Child,
     notices: mpsc::Receiver<serde_json::Value>,
     events: Option<Events>,
@@ -135,7 +135,7 @@ struct Tracer {
 }
 
 impl Tracer {
-    fn start(bin: &Path, extra: &[String]) -> Result<Tracer> {
+    pub(crate) fn start(bin: &Path, extra: &[String]) -> Result<Tracer> {
         Tracer::spawn(bin, extra, false)
     }
 
@@ -206,7 +206,7 @@ impl Tracer {
     }
 
     /// SIGINT, then the summary object.
-    fn stop(mut self) -> Result<serde_json::Value> {
+    pub(crate) fn stop(mut self) -> Result<serde_json::Value> {
         nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(self.child.id() as i32),
             nix::sys::signal::Signal::SIGINT,
@@ -227,7 +227,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 /// Failing binds at full speed (or `per_sec` paced) for `secs`; returns how many.
-fn storm(secs: u64, per_sec: Option<u64>) -> u64 {
+pub(crate) fn storm(secs: u64, per_sec: Option<u64>) -> u64 {
     in_fresh_netns(move || {
         let (holder, loser) = conflict();
         let start = Instant::now();
@@ -344,6 +344,11 @@ pub fn run(opts: &Options) -> Result<()> {
     }
     report.push(String::new());
     report.extend(enrichment(&bin, opts)?);
+    report.extend(crate::bench_report::run(
+        &bin,
+        opts.storm_secs,
+        &opts.tracer_args,
+    )?);
     println!("{}", report.join("\n"));
     Ok(())
 }

@@ -4,6 +4,8 @@
 //! a fresh clone needs nothing but rustup and this command.
 
 mod bench;
+mod bench_report;
+mod fuzz;
 mod kernels;
 mod setup;
 mod vm;
@@ -46,6 +48,13 @@ enum Task {
     /// Run the integration tests on Debian's kernel under qemu, once with
     /// each backend (fexit loads there, unlike on this project's machines).
     VmTest,
+    /// Run the cargo-fuzz targets in fuzz/ briefly (nightly; installs
+    /// cargo-fuzz when missing).
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 10)]
+        secs: u64,
+    },
 }
 
 /// The workspace root.
@@ -137,5 +146,6 @@ fn main() -> Result<()> {
         Task::Test { args } => test(&args),
         Task::Bench(opts) => bench::run(&opts),
         Task::VmTest => vm::run_all(),
+        Task::Fuzz { secs } => fuzz::run_all(secs),
     }
 }

@@ -160,12 +160,14 @@ pub async fn run(args: WatchArgs) -> Result<()> {
         Err(e) if e.kind() == io::ErrorKind::BrokenPipe => 0,
         Err(e) => return Err(e).context("writing events"),
     };
-    if let Some(recording) = recording {
-        notices.say(&Notice::Recorded(recording.finish().await));
-    }
     let finish = session.finish();
     for repeat in &finish.repeats {
         notices.say(&Notice::Repeat(repeat.clone()));
+    }
+    if let Some(recording) = recording {
+        // The fold tail goes into the journal too: its failures count.
+        recording.notices(finish.repeats.iter().cloned().map(Notice::Repeat));
+        notices.say(&Notice::Recorded(recording.finish().await));
     }
     notices.say(&Notice::Summary(Summary::new(
         started.elapsed().as_secs_f64(),

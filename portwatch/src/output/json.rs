@@ -169,6 +169,9 @@ pub enum Line {
     Event(Box<Record>),
     /// A moment in a port's life.
     Port(PortLife),
+    /// Identical failures folded after the last one shown of their stream
+    /// (the fold tail, journalled at exit).
+    Repeat(crate::capture::Repeat),
     /// A notice (`{"type":...}`) of a saved `watch --json 2>&1`: not an event.
     Notice,
 }
@@ -177,6 +180,12 @@ pub enum Line {
 pub fn parse_line(line: &str) -> serde_json::Result<Line> {
     if line.starts_with(PORT_LINE_PREFIX) {
         return serde_json::from_str(line).map(Line::Port);
+    }
+    if line.starts_with("{\"type\":\"repeat\"") {
+        return match serde_json::from_str(line)? {
+            super::Notice::Repeat(r) => Ok(Line::Repeat(r)),
+            _ => Ok(Line::Notice),
+        };
     }
     if line.starts_with("{\"type\":") {
         // Notices: checked to be JSON objects, not kept.

@@ -283,9 +283,39 @@ impl Analysis {
                 }
                 self.life(&p);
             }
+            Line::Repeat(r) => {
+                if !filter.ports.is_empty() && !filter.ports.contains(&r.port) {
+                    return false;
+                }
+                self.repeat(&r);
+            }
             Line::Notice => {}
         }
         true
+    }
+
+    /// The fold tail: more failures of a run already seen.
+    fn repeat(&mut self, r: &crate::capture::Repeat) {
+        let errno = r.errno.map(|e| e.name()).unwrap_or_default();
+        let Some(story) = self.ports.get_mut(&r.port) else {
+            return;
+        };
+        let Some(run) = story
+            .runs
+            .iter_mut()
+            .rev()
+            .find(|run| run.pid == r.pid && run.errno == errno)
+        else {
+            return;
+        };
+        run.count += r.count;
+        story.failures += r.count;
+        self.failures += r.count;
+        self.by_port
+            .add(&format!("{}/{}", r.port, r.proto.name()), r.count);
+        self.by_command.add(&r.comm, r.count);
+        let reason = run.reason.clone().unwrap_or(errno);
+        self.by_reason.add(&reason, r.count);
     }
 
     fn event(&mut self, r: &Record) {
@@ -671,7 +701,7 @@ pub fn analyse(
         let kind = match &line {
             Line::Event(_) => 0,
             Line::Port(_) => 1,
-            Line::Notice => 2,
+            Line::Repeat(_) | Line::Notice => 2,
         };
         if a.add(line, filter) {
             match kind {

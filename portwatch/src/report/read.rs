@@ -105,11 +105,11 @@ pub fn scan(
                 stats.lines += 1;
                 if skipping {
                     skipping = false;
+                } else if line.len() + i > MAX_LINE {
+                    stats.too_long += 1;
                 } else if line.is_empty() {
                     // The common case: parse straight from the reader's buffer.
                     one(&buf[..i], stats, false, &mut f);
-                } else if line.len() + i > MAX_LINE {
-                    stats.too_long += 1;
                 } else {
                     line.extend_from_slice(&buf[..i]);
                     one(&line, stats, false, &mut f);
