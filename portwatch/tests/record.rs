@@ -535,3 +535,70 @@ fn symlink_at_the_journal_is_refused() {
     );
     assert_eq!(std::fs::read_to_string(&victim).unwrap(), "untouched\n");
 }
+
+/// A server that closes its connections first leaves TIME_WAIT behind; its
+/// restart without SO_REUSEADDR fails. The report says so, with the
+/// TIME_WAIT leftovers the kernel counted on the port.
+#[test]
+fn time_wait_without_reuseaddr_is_recognised() {
+    let ns = Netns::new("pw-rec-tw");
+    let scratch = Scratch::new("tw");
+    let journal = scratch.0.join("j");
+    let port = port();
+    let tracer = Tracer::start(&[
+        "--netns",
+        &ns.arg(),
+        "--port",
+        &port.to_string(),
+        "--record",
+        journal.to_str().unwrap(),
+    ]);
+    let code = format!(
+        "import socket, time\n\
+         a = socket.socket(); a.bind(('127.0.0.1', {port})); a.listen()\n\
+         for _ in range(3):\n\
+         \x20   c = socket.create_connection(('127.0.0.1', {port})); s, _ = a.accept()\n\
+         \x20   s.close(); time.sleep(0.05); c.close()\n\
+         a.close(); time.sleep(0.1)\n\
+         b = socket.socket()\n\
+         try:\n\
+         \x20   b.bind(('127.0.0.1', {port})); print('bound')\n\
+         except OSError as e:\n\
+         \x20   print(e.errno)\n"
+    );
+    let (pid, out) = ns.run(move || {
+        let child = Command::new("/usr/bin/python3")
+            .arg("-c")
+            .arg(code)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python3 (Debian's)");
+        let pid = child.id();
+        let out = child.wait_with_output().unwrap();
+        (pid, String::from_utf8(out.stdout).unwrap())
+    });
+    assert_eq!(out.trim(), "98", "the restart should hit TIME_WAIT");
+    let ev = tracer.event();
+    assert_eq!(ev["reason"], "time_wait", "{ev:#}");
+    let (status, _, _) = tracer.stop();
+    assert!(status.success());
+    let out = report(&[journal.to_str().unwrap(), "--json"]);
+    assert!(out.status.success());
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let story = &v["ports"][port.to_string()];
+    assert!(
+        story["time_wait"]["count"].as_u64().unwrap() >= 1,
+        "{story:#}"
+    );
+    let pat = story["patterns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["kind"] == "time_wait")
+        .unwrap_or_else(|| panic!("{story:#}"));
+    assert_eq!(pat["pids"], serde_json::json!([pid]), "{pat}");
+    assert!(
+        pat["text"].as_str().unwrap().contains("SO_REUSEADDR"),
+        "{pat}"
+    );
+}

@@ -631,9 +631,10 @@ fn patterns(story: &PortStory) -> Vec<Pattern> {
             }
             break;
         }
-        if run.time_wait_only || run.reason.as_deref() == Some("time_wait") {
-            if run.reuseaddr == Some(false) {
-                out.push(Pattern {
+        if (run.time_wait_only || run.reason.as_deref() == Some("time_wait"))
+            && run.reuseaddr == Some(false)
+        {
+            out.push(Pattern {
                     kind: "time_wait",
                     text: format!(
                         "TIME_WAIT without SO_REUSEADDR on port {port}: pid {} ({}) failed {} time(s) over {} while only TIME_WAIT leftovers held the port ({} counted on the port); set SO_REUSEADDR before bind()",
@@ -647,7 +648,6 @@ fn patterns(story: &PortStory) -> Vec<Pattern> {
                     gap_ms: None,
                     released: None,
                 });
-            }
         }
     }
     // The same failure across restarts: one program, several pids.
