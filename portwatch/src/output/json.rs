@@ -67,6 +67,32 @@ impl Record {
         serde_json::from_str(line)
     }
 
+    /// Parses one NDJSON line like [`Record::parse`], several times faster:
+    /// serde's `flatten` buffers the whole object before reading it, so
+    /// this reads the line once per part instead (`Event`, `holders`,
+    /// `Verdict`: each part's own derived reader, skipping the other keys).
+    /// Same types, same result (tested against `parse`); for `report`,
+    /// which reads millions of lines.
+    pub fn parse_fast(line: &str) -> serde_json::Result<Self> {
+        #[derive(Deserialize)]
+        struct Holders {
+            #[serde(default)]
+            holders: Option<Vec<Holder>>,
+        }
+        let event: Event = serde_json::from_str(line)?;
+        let holders = serde_json::from_str::<Holders>(line)?.holders;
+        let verdict = if line.contains("\"reason\"") {
+            serde_json::from_str::<Verdict>(line).ok()
+        } else {
+            None
+        };
+        Ok(Self {
+            event,
+            holders,
+            verdict,
+        })
+    }
+
     /// When it happened (shortcut for `event.ts`).
     pub fn ts(&self) -> SystemTime {
         self.event.ts
@@ -192,7 +218,7 @@ pub fn parse_line(line: &str) -> serde_json::Result<Line> {
         serde_json::from_str::<serde::de::IgnoredAny>(line)?;
         return Ok(Line::Notice);
     }
-    Record::parse(line).map(|r| Line::Event(Box::new(r)))
+    Record::parse_fast(line).map(|r| Line::Event(Box::new(r)))
 }
 
 #[cfg(test)]
@@ -287,6 +313,7 @@ mod tests {
         write(&mut out, &ev, Some(&holders_json(&e)), Some(&verdict)).unwrap();
         let line = std::str::from_utf8(&out).unwrap().trim_end();
         let back = Record::parse(line).unwrap();
+        assert_eq!(Record::parse_fast(line).unwrap(), back);
         assert_eq!(
             back,
             Record {
@@ -301,6 +328,10 @@ mod tests {
         let back = Record::parse(std::str::from_utf8(&out).unwrap()).unwrap();
         assert_eq!((&back.holders, &back.verdict), (&None, &None));
         assert_eq!(back.event, ev);
+        assert_eq!(
+            Record::parse_fast(std::str::from_utf8(&out).unwrap()).unwrap(),
+            back
+        );
         // Writing what was read gives the same line.
         let again = serde_json::to_string(&back).unwrap();
         assert_eq!(again, std::str::from_utf8(&out).unwrap().trim_end());
@@ -348,6 +379,7 @@ mod tests {
             "[1,2,3]",
         ] {
             assert!(Record::parse(line).is_err(), "{line:?}");
+            assert!(Record::parse_fast(line).is_err(), "{line:?}");
         }
     }
 }
