@@ -68,11 +68,10 @@ const T0: u64 = 1_795_000_000_000_000_000;
 /// Runs `portwatch report ARGS`; returns (status, stdout, stderr, peak RSS KiB).
 fn report(args: &[&str]) -> (i32, String, String, u64) {
     let dir = std::env::temp_dir();
-    let out_path = dir.join(format!(
-        "pw-report-out-{}-{}",
-        std::process::id(),
-        args.len()
-    ));
+    // Unique per call: tests may run in parallel.
+    static RUNS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let run = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let out_path = dir.join(format!("pw-report-out-{}-{run}", std::process::id()));
     let err_path = out_path.with_extension("err");
     let rss_path = out_path.with_extension("rss");
     // GNU time reports the child's peak RSS (ru_maxrss) from a small
