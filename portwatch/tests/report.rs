@@ -292,3 +292,34 @@ fn html_escapes_hostile_strings() {
     assert!(dom.contains("&lt;script&gt;document.title"), "{dom}");
     assert!(dom.contains("pid 808"), "{dom}");
 }
+
+/// `report --help` teaches; `--max-size`/`--max-files` need `--record`.
+#[test]
+fn help_and_usage_errors() {
+    let out = Command::new(bin())
+        .args(["report", "--help"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8(out.stdout).unwrap();
+    for needle in ["EXAMPLES:", "EXIT STATUS:", "--since", "--html", "overlap"] {
+        assert!(help.contains(needle), "{needle}: {help}");
+    }
+    let out = Command::new(bin()).args(["report"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let out = Command::new(bin())
+        .args(["watch", "--max-files", "3"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        err.starts_with("portwatch: ") && err.contains("--record"),
+        "{err}"
+    );
+    let out = Command::new(bin())
+        .args(["watch", "--help"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8(out.stdout).unwrap().contains("--record"));
+}

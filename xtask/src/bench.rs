@@ -27,6 +27,9 @@ pub struct Options {
     /// Extra arguments for `portwatch watch`, e.g. `--backend fexit`.
     #[arg(long, allow_hyphen_values = true)]
     tracer_args: Vec<String>,
+    /// Only the post-mortem section (report throughput, recording cost).
+    #[arg(long)]
+    report_only: bool,
 }
 
 const PORT: u16 = 47000;
@@ -257,6 +260,11 @@ pub(crate) fn storm(secs: u64, per_sec: Option<u64>) -> u64 {
 /// Runs the benchmarks and prints a Markdown report.
 pub fn run(opts: &Options) -> Result<()> {
     let bin = crate::build_release()?;
+    if opts.report_only {
+        let lines = crate::bench_report::run(&bin, opts.storm_secs, &opts.tracer_args)?;
+        println!("{}", lines.join("\n"));
+        return Ok(());
+    }
     let rounds = opts.rounds.max(1);
     let mut report = Vec::new();
     let host = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();

@@ -98,7 +98,7 @@ fn timed_report(bin: &Path, dir: &Path) -> Result<(f64, u64)> {
     Ok((secs, kib))
 }
 
-/// Event lines (not port lines) in a journal directory.
+/// Event lines (not port life or notice lines) in a journal directory.
 fn journalled_events(dir: &Path) -> u64 {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return 0;
@@ -107,7 +107,8 @@ fn journalled_events(dir: &Path) -> u64 {
         .filter_map(|e| std::fs::read(e.ok()?.path()).ok())
         .map(|b| {
             b.split(|&c| c == b'\n')
-                .filter(|l| !l.is_empty() && !l.starts_with(b"{\"type\":\"port\""))
+                // Events only: not port life lines, nor the fold tail.
+                .filter(|l| !l.is_empty() && !l.starts_with(b"{\"type\":"))
                 .count() as u64
         })
         .sum()
