@@ -719,3 +719,129 @@ pub fn analyse(
     a.finish();
     Ok((a, stats))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::output::json::parse_line;
+
+    fn failure(
+        ms: u64,
+        pid: u32,
+        comm: &str,
+        holder: Option<(u32, &str, &str)>,
+        port: u16,
+        errno: &str,
+        reuseaddr: bool,
+    ) -> String {
+        let ts = humantime::format_rfc3339_nanos(
+            SystemTime::UNIX_EPOCH + Duration::from_millis(1_795_000_000_000 + ms),
+        );
+        let ret = if errno == "EADDRINUSE" { -98 } else { -99 };
+        let holders = holder.map_or(String::new(), |(pid, comm, state)| format!(
+            ",\"holders\":[{{\"pid\":{pid},\"comm\":\"{comm}\",\"cmdline\":null,\"uid\":0,\"state\":\"{state}\",\"addr\":\"0.0.0.0\",\"port\":{port},\"exited\":false,\"unit\":null,\"container\":null,\"pids\":[{pid}],\"sockets\":1,\"time_left_ms\":null,\"remote\":null,\"v6only\":null,\"reuseaddr\":false,\"reuseport\":false,\"cross_family\":false,\"seen\":\"sock_diag\"}}]"
+        ));
+        format!(
+            "{{\"ts\":\"{ts}\",\"pid\":{pid},\"tid\":{pid},\"ppid\":1,\"uid\":0,\"gid\":0,\"comm\":\"{comm}\",\"cgroup_id\":1,\"syscall\":\"bind\",\"errno\":\"{errno}\",\"ret\":{ret},\"proto\":\"tcp\",\"family\":\"ipv4\",\"addr\":\"0.0.0.0\",\"port\":{port},\"netns\":1,\"fd\":3,\"ifindex\":null,\"opts\":{{\"reuseaddr\":{reuseaddr},\"reuseport\":false,\"v6only\":false,\"freebind\":false,\"transparent\":false,\"bind_address_no_port\":false}},\"folded\":0,\"source\":\"tracepoint\"{holders}}}"
+        )
+    }
+
+    fn analyse_lines(lines: &[String]) -> Analysis {
+        let mut a = Analysis::default();
+        for l in lines {
+            assert!(a.add(parse_line(l).unwrap(), &Filter::default()), "{l}");
+        }
+        a.finish();
+        a
+    }
+
+    fn kinds(a: &Analysis, port: u16) -> Vec<&'static str> {
+        a.ports[&port].patterns.iter().map(|p| p.kind).collect()
+    }
+
+    #[test]
+    fn stray_repeated_time_wait_and_ephemeral() {
+        let a = analyse_lines(&[
+            // A stray python holds nginx's port across two restarts.
+            failure(
+                0,
+                100,
+                "nginx",
+                Some((50, "python3", "LISTEN")),
+                80,
+                "EADDRINUSE",
+                true,
+            ),
+            failure(
+                500,
+                100,
+                "nginx",
+                Some((50, "python3", "LISTEN")),
+                80,
+                "EADDRINUSE",
+                true,
+            ),
+            failure(
+                5000,
+                101,
+                "nginx",
+                Some((50, "python3", "LISTEN")),
+                80,
+                "EADDRINUSE",
+                true,
+            ),
+            // TIME_WAIT only, no SO_REUSEADDR.
+            failure(
+                0,
+                200,
+                "srv",
+                Some((0, "", "TIME_WAIT")),
+                8080,
+                "EADDRINUSE",
+                false,
+            ),
+            // Ephemeral exhaustion: no local port for port 0.
+            failure(0, 300, "client", None, 0, "EADDRNOTAVAIL", false),
+        ]);
+        let k = kinds(&a, 80);
+        assert!(
+            k.contains(&"overlap") && k.contains(&"stray") && k.contains(&"repeated"),
+            "{k:?}"
+        );
+        let repeated = a.ports[&80]
+            .patterns
+            .iter()
+            .find(|p| p.kind == "repeated")
+            .unwrap();
+        assert_eq!(repeated.pids, vec![100, 101]);
+        assert!(repeated.text.contains("3 time(s)"), "{}", repeated.text);
+        assert_eq!(a.ports[&80].runs.len(), 2);
+        assert_eq!(a.ports[&80].runs[0].count, 2);
+        assert_eq!(kinds(&a, 8080), vec!["time_wait"]);
+        assert_eq!(a.ephemeral.len(), 1);
+        assert_eq!(a.failures, 5);
+        assert_eq!(a.by_command.0["nginx"], 3);
+        assert_eq!(a.by_reason.0["EADDRNOTAVAIL"], 1);
+    }
+
+    #[test]
+    fn tallies_and_kept_entries_are_bounded() {
+        let mut a = Analysis::default();
+        for i in 0..(KEEP as u32 + 50) {
+            let l = failure(
+                u64::from(i) * 120_000,
+                1000 + i,
+                "x",
+                Some((999, "y", "LISTEN")),
+                9,
+                "EADDRINUSE",
+                true,
+            );
+            a.add(parse_line(&l).unwrap(), &Filter::default());
+        }
+        let s = &a.ports[&9];
+        assert_eq!(s.runs.len(), KEEP);
+        assert_eq!(s.runs_dropped, 50);
+        assert_eq!(s.failures, KEEP as u64 + 50);
+    }
+}
