@@ -279,8 +279,9 @@ pub struct Config {
     /// Non-zero: record who binds/listens on each port (`HOLDERS`) and attach
     /// the holder to each failure.
     pub track_holders: u32,
-    /// Explicit padding; always zero.
-    pub _pad: u32,
+    /// Non-zero (`watch --record`): send the life of ports of interest
+    /// (`Life` records on ring buffer `LIFE`).
+    pub record_life: u32,
     /// Where io_uring keeps a bind/listen request's socket and address.
     pub uring: UringOffsets,
 }
@@ -388,10 +389,14 @@ mod user {
     unsafe impl ::aya::Pod for super::FoldState {}
     unsafe impl ::aya::Pod for super::PortKey {}
     unsafe impl ::aya::Pod for super::RecordSlot {}
+    unsafe impl ::aya::Pod for super::Life {}
+    unsafe impl ::aya::Pod for super::LifeState {}
 }
 
 // The layout is the contract with the eBPF side: catch accidental changes.
 const _: () = assert!(size_of::<Event>() == 160);
+const _: () = assert!(size_of::<Life>() == 72);
+const _: () = assert!(size_of::<LifeState>() == 16);
 const _: () = assert!(size_of::<Record>() == 56);
 const _: () = assert!(size_of::<PortKey>() == 8);
 const _: () = assert!(size_of::<BitLoc>() == 8);
@@ -399,3 +404,55 @@ const _: () = assert!(size_of::<FoldKey>() == 32);
 const _: () = assert!(size_of::<Offsets>() == 164);
 const _: () = assert!(size_of::<UringOffsets>() == 40);
 const _: () = assert!(size_of::<Config>() == 248);
+
+/// `Life::kind`: a TCP socket entered LISTEN on the port.
+pub const LIFE_LISTEN: u8 = 1;
+/// `Life::kind`: a listening socket on the port closed (LISTEN -> CLOSE).
+pub const LIFE_CLOSED: u8 = 2;
+/// `Life::kind`: connections on the port left TIME_WAIT sockets behind.
+pub const LIFE_TIME_WAIT: u8 = 3;
+
+/// One moment in the life of a port of interest (one that failed, or that
+/// `--port` names), from `sock/inet_sock_set_state`, for `watch --record`.
+/// Listeners opening and closing are sent one by one; TIME_WAIT leftovers
+/// are counted and sent at most once a second per port (`count`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Life {
+    /// CLOCK_BOOTTIME nanoseconds of the state change.
+    pub ts_boot_ns: u64,
+    /// The socket (kernel address), to pair a listener's open and close.
+    pub sk: u64,
+    /// TIME_WAIT: sockets since the previous TIME_WAIT record of the port.
+    pub count: u32,
+    /// The current process (who listened, or who closed).
+    pub pid: u32,
+    /// CLOSED: the pid the kernel recorded listening on this socket, else 0.
+    pub holder_pid: u32,
+    /// Network namespace inode.
+    pub netns: u32,
+    /// Local port, host byte order.
+    pub port: u16,
+    /// `AF_INET` or `AF_INET6`.
+    pub family: u16,
+    /// `LIFE_*`.
+    pub kind: u8,
+    /// Explicit padding; always zero.
+    pub _pad: [u8; 3],
+    /// The current thread's comm, NUL padded.
+    pub comm: [u8; 16],
+    /// Local address, network byte order; IPv4 uses the first four bytes.
+    pub addr: [u8; 16],
+}
+
+/// Per-port state of a port of interest in the kernel (map `WATCHED`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LifeState {
+    /// When the last TIME_WAIT record of the port was sent.
+    pub tw_sent_ns: u64,
+    /// TIME_WAIT sockets counted since then.
+    pub tw_pending: u32,
+    /// Explicit padding; always zero.
+    pub _pad: u32,
+}

@@ -4,7 +4,9 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
-use portwatch_common::{Config, Event, FoldKey, FoldState, PendingCall, PortKey, RecordSlot};
+use portwatch_common::{
+    Config, Event, FoldKey, FoldState, LifeState, PendingCall, PortKey, RecordSlot,
+};
 
 /// Written by the loader before load; read-only afterwards, so the verifier
 /// treats its fields as constants.
@@ -79,3 +81,13 @@ pub fn count(index: u32) {
         unsafe { *slot += 1 };
     }
 }
+
+/// Port life records for `watch --record` (`portwatch_common::Life`).
+/// Small: listeners come and go rarely, TIME_WAIT is sent once a second.
+#[map]
+pub static LIFE: RingBuf = RingBuf::with_byte_size(64 * 1024, 0);
+
+/// Ports of interest (those that failed, or that `--port` names) and their
+/// TIME_WAIT counting state. LRU: the oldest interest is forgotten first.
+#[map]
+pub static WATCHED: LruHashMap<PortKey, LifeState> = LruHashMap::with_max_entries(4096, 0);

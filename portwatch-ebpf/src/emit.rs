@@ -234,6 +234,9 @@ fn send(ev: &Event, state: *mut FoldState) {
             slot.write(*ev);
             slot.submit(0);
             count(stat::SENT);
+            if ev.ret != 0 {
+                crate::life::note_failure(ev);
+            }
         }
         None => {
             count(stat::LOST);

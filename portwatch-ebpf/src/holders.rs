@@ -26,7 +26,7 @@ const IPPROTO_TCP: u16 = 6;
 
 /// The record's key for a socket: None unless it is an inet socket bound to a port.
 #[inline(always)]
-fn key_of(sk: u64) -> Option<(PortKey, u16)> {
+pub(crate) fn key_of(sk: u64) -> Option<(PortKey, u16)> {
     let family: u16 = read(sk, conf!(offsets.sk_family));
     if family != AF_INET && family != AF_INET6 {
         return None;
@@ -128,11 +128,18 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
         conf!(offsets.tp_state_proto) as usize,
     );
     let new = unsafe { ctx.read_at::<i32>(off_new) }.unwrap_or(0);
-    if new != TCP_LISTEN {
-        return 0;
-    }
     let proto = unsafe { ctx.read_at::<u16>(off_proto) }.unwrap_or(0);
     if proto != IPPROTO_TCP {
+        return 0;
+    }
+    if conf!(record_life) != 0 {
+        // `oldstate` sits right before `newstate` (checked by the loader).
+        let old = unsafe { ctx.read_at::<i32>(off_new - 4) }.unwrap_or(0);
+        if let Ok(sk) = unsafe { ctx.read_at::<u64>(off_sk) } {
+            crate::life::on_state(sk, old, new);
+        }
+    }
+    if new != TCP_LISTEN {
         return 0;
     }
     if let Ok(sk) = unsafe { ctx.read_at::<u64>(off_sk) } {

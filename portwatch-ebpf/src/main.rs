@@ -12,6 +12,7 @@ mod config;
 mod diag;
 mod emit;
 mod holders;
+mod life;
 mod listen;
 mod sock;
 mod uring;

@@ -21,5 +21,7 @@ pub mod metrics;
 pub mod output;
 /// Storm sharing of lookups and the in-order writer.
 pub mod pipeline;
+/// `report`: journals read back as per-port post-mortems.
+pub mod report;
 /// What a caller asked for: the request, and the vocabulary of calls.
 pub mod request;

@@ -14,10 +14,16 @@ fn main() -> ExitCode {
         Err(e) if e.use_stderr() => {
             // One line: what was wrong. The full usage is one --help away.
             let text = e.render().to_string();
-            let first = text.lines().next().unwrap_or_default();
+            let mut lines = text.lines();
+            let first = lines.next().unwrap_or_default();
+            // "...were not provided:" names them on the next line.
+            let first = match first.strip_suffix(':') {
+                Some(head) => format!("{head}: {}", lines.next().unwrap_or_default().trim()),
+                None => first.to_owned(),
+            };
             eprintln!(
                 "portwatch: {}",
-                first.strip_prefix("error: ").unwrap_or(first)
+                first.strip_prefix("error: ").unwrap_or(&first)
             );
             // `run` leaves CMD's statuses to CMD: its own failures are 125.
             let run = std::env::args().nth(1).as_deref() == Some("run");

@@ -101,6 +101,8 @@ pub struct Options {
     pub timeout: Duration,
     /// Delay every lookup by this much (tests).
     pub delay: Duration,
+    /// `--record`: every event's NDJSON line also goes to the journal.
+    pub record: Option<output::record::Sink>,
 }
 
 /// The reader's end of the pipeline.
@@ -137,6 +139,7 @@ impl Pipeline {
             opts.enricher.clone(),
             opts.timeout,
             metrics.clone(),
+            opts.record,
         ));
         let pipeline = Self {
             enricher: opts.enricher,
@@ -213,7 +216,11 @@ async fn write(
     enricher: Option<Arc<Enricher>>,
     timeout: Duration,
     metrics: Option<Metrics>,
+    record: Option<output::record::Sink>,
 ) -> io::Result<u64> {
+    // The journal's lines of one batch, handed over at once.
+    let mut journal: Vec<u8> = Vec::new();
+    let mut journal_lines = 0;
     let mut out = io::BufWriter::with_capacity(64 * 1024, out);
     let mut timeouts = 0;
     // The block last printed under each stream of identical failures.
@@ -277,7 +284,7 @@ async fn write(
                 shown.insert(fold_key(&p.ev), block);
             }
             let holders = match (&evidence, format) {
-                (Some(e), Format::Json) => match &rendered {
+                (Some(e), _) if format == Format::Json || record.is_some() => match &rendered {
                     Some((prev, raw)) if Arc::ptr_eq(prev, e) => Some(raw.clone()),
                     _ => {
                         let raw: Arc<RawValue> = output::json::holders_json(e).into();
@@ -287,9 +294,27 @@ async fn write(
                 },
                 _ => None,
             };
+            if record.is_some() {
+                let start = journal.len();
+                output::json::write(&mut journal, &p.ev, holders.as_deref(), verdict.as_deref())?;
+                journal_lines += 1;
+                if format == Format::Json {
+                    // Rendered once for both.
+                    out.write_all(&journal[start..])?;
+                    continue;
+                }
+            }
             output::write_event(&mut out, format, &p.ev, found, holders.as_deref(), repeat)?;
             if let Some(m) = &metrics {
                 m.observe(&p.ev, verdict.as_deref());
+            }
+        }
+        if let Some(sink) = &record {
+            if journal_lines > 0 {
+                sink.send(
+                    std::mem::take(&mut journal),
+                    std::mem::take(&mut journal_lines),
+                );
             }
         }
         if rx.is_empty() {

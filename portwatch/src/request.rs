@@ -227,9 +227,13 @@ impl FromStr for Errno {
                 Err(format!("errno {n} is out of range 1..={MAX_ERRNO}"))
             };
         }
+        // Names are made once: journals carry one per event.
+        static NAMES: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+        let names = NAMES.get_or_init(|| (1..=MAX_ERRNO).map(|n| Errno(n).name()).collect());
         (1..=MAX_ERRNO)
-            .map(Errno)
-            .find(|e| e.name().eq_ignore_ascii_case(s))
+            .zip(names)
+            .find(|(_, name)| name.eq_ignore_ascii_case(s))
+            .map(|(n, _)| Errno(n))
             .ok_or_else(|| {
                 format!(
                     "unknown errno name '{s}' (try EADDRINUSE, EACCES, EADDRNOTAVAIL or a number)"

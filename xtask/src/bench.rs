@@ -32,6 +32,9 @@ pub struct Options {
     /// Run one section only: `who` (portwatch who against ss, fuser, lsof).
     #[arg(long, value_name = "SECTION", value_parser = ["who"])]
     only: Option<String>,
+    /// Only the post-mortem section (report throughput, recording cost).
+    #[arg(long)]
+    report_only: bool,
 }
 
 const PORT: u16 = 47000;
@@ -140,7 +143,7 @@ pub(crate) struct Tracer {
 }
 
 impl Tracer {
-    fn start(bin: &Path, extra: &[String]) -> Result<Tracer> {
+    pub(crate) fn start(bin: &Path, extra: &[String]) -> Result<Tracer> {
         Tracer::spawn(bin, extra, false)
     }
 
@@ -232,7 +235,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 /// Failing binds at full speed (or `per_sec` paced) for `secs`; returns how many.
-fn storm(secs: u64, per_sec: Option<u64>) -> u64 {
+pub(crate) fn storm(secs: u64, per_sec: Option<u64>) -> u64 {
     in_fresh_netns(move || {
         let (holder, loser) = conflict();
         let start = Instant::now();
@@ -262,6 +265,11 @@ fn storm(secs: u64, per_sec: Option<u64>) -> u64 {
 /// Runs the benchmarks and prints a Markdown report.
 pub fn run(opts: &Options) -> Result<()> {
     let bin = crate::build_release()?;
+    if opts.report_only {
+        let lines = crate::bench_report::run(&bin, opts.storm_secs, &opts.tracer_args)?;
+        println!("{}", lines.join("\n"));
+        return Ok(());
+    }
     let rounds = opts.rounds.max(1);
     if opts.only.as_deref() == Some("who") {
         println!("{}", crate::bench_who::who_speed(&bin, rounds)?.join("\n"));
@@ -366,6 +374,11 @@ pub fn run(opts: &Options) -> Result<()> {
     report.extend(enrichment(&bin, opts)?);
     report.push(String::new());
     report.extend(crate::bench_who::who_speed(&bin, rounds)?);
+    report.extend(crate::bench_report::run(
+        &bin,
+        opts.storm_secs,
+        &opts.tracer_args,
+    )?);
     println!("{}", report.join("\n"));
     Ok(())
 }

@@ -4,9 +4,11 @@
 //! a fresh clone needs nothing but rustup and this command.
 
 mod bench;
+mod bench_report;
 mod bench_who;
 mod deb;
 mod floor;
+mod fuzz;
 mod kernels;
 mod setup;
 mod soak;
@@ -55,6 +57,13 @@ enum Task {
     /// Build the Debian package (target/debian/); with --test, install it
     /// into a scratch root with dpkg, run it, verify the unit, and purge it.
     Deb(deb::Options),
+    /// Run the cargo-fuzz targets in fuzz/ briefly (nightly; installs
+    /// cargo-fuzz when missing).
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 10)]
+        secs: u64,
+    },
 }
 
 /// The workspace root.
@@ -150,5 +159,6 @@ fn main() -> Result<()> {
         Task::Soak(opts) => soak::run(&opts),
         Task::VmTest => vm::run_all(),
         Task::Deb(opts) => deb::run_deb(&opts),
+        Task::Fuzz { secs } => fuzz::run_all(secs),
     }
 }

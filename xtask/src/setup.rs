@@ -110,6 +110,10 @@ fn have(cmd: &str) -> bool {
 pub fn ensure_test_packages() -> Result<()> {
     ensure_packages(&[
         ("nginx", "nginx"),
+        // report --html is checked in a real browser.
+        ("chromium", "chromium"),
+        // Peak memory of `report` in its tests.
+        ("/usr/bin/time", "time"),
         ("/usr/sbin/apache2", "apache2"),
         ("ip", "iproute2"),
         ("objcopy", "binutils"),

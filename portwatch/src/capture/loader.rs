@@ -91,6 +91,9 @@ pub struct Settings {
     /// Test only: point this offset (an `Offsets` field name) at the wrong
     /// member, to check that the programs say so instead of lying.
     pub bad_offset: Option<String>,
+    /// Send the life of ports of interest (`watch --record`; needs
+    /// `track_holders`, whose tracepoint sees the state changes).
+    pub record_life: bool,
 }
 
 impl Settings {
@@ -99,6 +102,7 @@ impl Settings {
             fold_window_ns: self.fold_window_ns,
             trace_success: u32::from(self.success),
             track_holders: u32::from(self.track_holders),
+            record_life: u32::from(self.record_life && self.track_holders),
             ..Config::default()
         };
         if self.all_errors || self.success {

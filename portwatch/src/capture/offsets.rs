@@ -149,6 +149,10 @@ pub fn apply_state_format(tracefs: &std::path::Path, offsets: &mut Offsets) -> R
     offsets.tp_state_sk = get("skaddr")?;
     offsets.tp_state_new = get("newstate")?;
     offsets.tp_state_proto = get("protocol")?;
+    // `watch --record` reads `oldstate` at `newstate - 4`.
+    if get("oldstate")?.checked_add(4) != Some(offsets.tp_state_new) {
+        anyhow::bail!("tracepoint sock/inet_sock_set_state: oldstate is not right before newstate");
+    }
     Ok(())
 }
 

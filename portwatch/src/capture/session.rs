@@ -255,6 +255,12 @@ impl Session {
         }
     }
 
+    /// The ring buffer of port life records (`watch --record`), taken out of
+    /// the session: whoever records reads it. None once taken.
+    pub fn take_life(&mut self) -> Option<RingBuf<MapData>> {
+        take(self.ebpf.as_mut()?, "LIFE").ok()
+    }
+
     /// Decodes whatever the ring buffer still holds, without waiting (after
     /// [`Session::detach`], to account for what was in flight).
     pub fn read_rest(&mut self, out: &mut Vec<Event>, max: usize) -> bool {

@@ -23,6 +23,7 @@ EXAMPLES:
     portwatch watch --no-holders             # events only: no holder lookups
     portwatch watch --json --metrics 127.0.0.1:9891   # + Prometheus at /metrics
     portwatch watch -v                       # plus the eBPF programs' own warnings
+    portwatch watch --record /var/lib/portwatch  # flight recorder; read it with `portwatch report`
 
 Each failure is followed by who holds the port (process, command line, unit
 or container, TCP state), a reason code, a diagnosis and a fix; with --json
@@ -130,6 +131,10 @@ pub struct Cli {
 
 /// Subcommands.
 #[derive(Debug, Subcommand)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "parsed once per run; boxing WatchArgs would only add noise"
+)]
 pub enum Command {
     /// Stream failed bind()/listen() calls as they happen, with who holds
     /// the port, why it failed and what to do.
@@ -154,6 +159,10 @@ pub enum Command {
     /// Print the manual page (roff), generated from this --help.
     #[command(after_help = MAN_EXAMPLES)]
     Man,
+    /// Read what `watch --record` journalled (or saved `watch --json`
+    /// output) and tell, per port, who held it, who failed, and why.
+    #[command(after_help = REPORT_EXAMPLES)]
+    Report(ReportArgs),
 }
 
 const COMPLETIONS_EXAMPLES: &str = "\
@@ -319,6 +328,19 @@ pub struct WatchArgs {
     /// must say so under -v rather than report silently wrong events).
     #[arg(long, value_name = "FIELD", hide = true)]
     pub test_bad_offset: Option<String>,
+    /// Also append every event, and the life of the ports that failed (or
+    /// that --port names), to a rotated NDJSON journal in DIR (created 0700;
+    /// files 0600; symlinks refused). Read it with `portwatch report DIR`.
+    #[arg(long, value_name = "DIR")]
+    pub record: Option<PathBuf>,
+
+    /// --record: start a new journal file past this many MiB.
+    #[arg(long, value_name = "MIB", default_value_t = 64, requires = "record", value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub max_size: u64,
+
+    /// --record: keep at most this many journal files (the oldest go first).
+    #[arg(long, value_name = "N", default_value_t = 8, requires = "record", value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub max_files: u32,
 }
 
 /// `--log-level`: aya-log's levels, plus off.
@@ -436,4 +458,55 @@ pub struct WaitArgs {
     /// On timeout, print the holders as one JSON object (`who --json`).
     #[arg(long)]
     pub json: bool,
+}
+
+const REPORT_EXAMPLES: &str = "\
+EXAMPLES:
+    portwatch report /var/lib/portwatch                 # every rotated journal file, in order
+    portwatch report /var/lib/portwatch --port 8080 --since 2026-11-24T02:55:00Z --until 2026-11-24T03:10:00Z
+    portwatch report /var/lib/portwatch --since 2h      # the last two hours
+    portwatch report events.ndjson --json | jq .ports   # saved `watch --json` output, as JSON
+    portwatch report /var/lib/portwatch --html restart.html   # one self-contained page
+
+Per port: a timeline of who listened (from when to when), who failed (with
+the reason), when the listener closed, TIME_WAIT leftovers, and the restart
+patterns recognised (overlap, TIME_WAIT without SO_REUSEADDR, a stray
+process, the same failure across restarts, ephemeral-port exhaustion), with
+gaps measured between recorded events. Then failures by port, command and
+reason. Corrupt and truncated lines are skipped and counted on stderr.
+
+EXIT STATUS:
+    0  report written (even when lines were skipped)
+    1  a PATH cannot be read, or the report cannot be written
+    2  bad command line";
+
+/// `portwatch report`.
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// Journal files, journal directories (rotated files read in order), or
+    /// saved `watch --json` output.
+    #[arg(value_name = "PATH", required = true)]
+    pub paths: Vec<PathBuf>,
+
+    /// Only these ports (comma separated); repeatable.
+    #[arg(long, value_name = "PORT", value_delimiter = ',')]
+    pub port: Vec<u16>,
+
+    /// Nothing before this time: RFC 3339 (2026-11-24T03:00:00Z) or a
+    /// duration before now (90m, 2h).
+    #[arg(long, value_name = "TIME", value_parser = crate::report::parse_time)]
+    pub since: Option<std::time::SystemTime>,
+
+    /// Nothing after this time (same forms as --since).
+    #[arg(long, value_name = "TIME", value_parser = crate::report::parse_time)]
+    pub until: Option<std::time::SystemTime>,
+
+    /// Write the report as one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Also write a self-contained HTML page with a per-port timeline here
+    /// (created 0600; a symlink there is refused).
+    #[arg(long, value_name = "OUT.html")]
+    pub html: Option<PathBuf>,
 }

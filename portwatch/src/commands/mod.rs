@@ -2,6 +2,7 @@
 //! dispatches and maps errors to exit statuses.
 
 pub mod completions;
+pub mod report;
 pub mod run;
 pub mod wait;
 pub mod watch;
@@ -67,6 +68,7 @@ impl Command {
             }
             Command::Completions(args) => completions::completions(args.shell),
             Command::Man => completions::man(),
+            Command::Report(args) => report::run(args),
         };
         match result {
             Ok(()) => ExitCode::from(EXIT_OK),

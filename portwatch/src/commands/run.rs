@@ -217,6 +217,7 @@ pub async fn run(args: RunArgs) -> Result<u8> {
             format,
             timeout: Duration::from_millis(args.lookup_timeout),
             delay: Duration::ZERO,
+            record: None,
         },
         out,
     );

@@ -13,7 +13,10 @@ use crate::{
     capture::{Session, Settings},
     cli::WatchArgs,
     holders::Enricher,
-    output::{text, Format, Notice, Notices, Summary},
+    output::{
+        record::{self, Recording},
+        text, Format, Notice, Notices, Summary,
+    },
     pipeline::{self, Pipeline, BATCH},
 };
 
@@ -39,6 +42,7 @@ fn settings(args: &WatchArgs) -> Settings {
         fold_entries: args.fold_table_size,
         kernel_log: args.kernel_log(),
         bad_offset: args.test_bad_offset.clone(),
+        record_life: args.record.is_some(),
     }
 }
 
@@ -115,12 +119,25 @@ pub async fn run(args: WatchArgs) -> Result<()> {
         writeln!(out, "{}", text::HEADER)?;
         out.flush()?;
     }
+    let recording = match &args.record {
+        Some(dir) => Some(Recording::start(
+            record::Options {
+                dir: dir.clone(),
+                max_size: args.max_size.saturating_mul(1 << 20),
+                max_files: args.max_files,
+            },
+            notices.clone(),
+            session.take_life(),
+        )?),
+        None => None,
+    };
     let (mut pipeline, mut writing) = Pipeline::start_observed(
         pipeline::Options {
             enricher,
             format,
             timeout: Duration::from_millis(args.lookup_timeout),
             delay: Duration::from_millis(args.enrich_delay),
+            record: recording.as_ref().map(Recording::sink),
         },
         Box::new(io::stdout()),
         metrics.clone(),
@@ -189,6 +206,11 @@ pub async fn run(args: WatchArgs) -> Result<()> {
     let finish = session.finish();
     for repeat in &finish.repeats {
         notices.say(&Notice::Repeat(repeat.clone()));
+    }
+    if let Some(recording) = recording {
+        // The fold tail goes into the journal too: its failures count.
+        recording.notices(finish.repeats.iter().cloned().map(Notice::Repeat));
+        notices.say(&Notice::Recorded(recording.finish().await));
     }
     notices.say(&Notice::Summary(Summary::new(
         started.elapsed().as_secs_f64(),

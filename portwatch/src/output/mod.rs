@@ -3,6 +3,7 @@
 
 pub mod json;
 pub mod notice;
+pub mod record;
 pub mod text;
 pub mod who;
 

@@ -58,6 +58,22 @@ pub enum Notice {
     Repeat(Repeat),
     /// The account at exit.
     Summary(Summary),
+    /// `--record`: writing the journal fails (said once; then counted).
+    RecordFailing {
+        /// The journal directory.
+        dir: PathBuf,
+        /// Why (a full disk, a vanished directory).
+        why: String,
+    },
+    /// `--record`: writing the journal works again.
+    RecordResumed {
+        /// The journal directory.
+        dir: PathBuf,
+        /// Lines lost while it failed.
+        lost: u64,
+    },
+    /// `--record`: the journal's account at exit.
+    Recorded(super::record::Recorded),
 }
 
 /// Every matched call, accounted for at exit.
@@ -144,6 +160,21 @@ impl Notice {
                 std::net::SocketAddr::new(r.addr, r.port),
                 r.errno.map(|e| e.name()).unwrap_or_default(),
                 r.count
+            ),
+            Self::RecordFailing { dir, why } => format!(
+                "cannot record in {}: {why}; the live stream goes on, lost lines are counted, recording resumes when it can",
+                dir.display()
+            ),
+            Self::RecordResumed { dir, lost } => format!(
+                "recording in {} again; {lost} line(s) were lost meanwhile",
+                dir.display()
+            ),
+            Self::Recorded(r) => format!(
+                "recorded {} line(s) in {}; {} lost to a slow disk, {} lost to write errors",
+                r.lines,
+                r.dir.display(),
+                r.lost_queue,
+                r.lost_write
             ),
             Self::Summary(s) => format!(
                 "stopped after {:.1}s: {} calls matched; {} shown, {} folded into them, {} folded after the last shown, {} lost",

@@ -194,6 +194,11 @@ impl Tracer {
         (status, events, rest)
     }
 
+    /// portwatch's pid (to signal it, e.g. SIGKILL in crash tests).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
     /// Stops with SIGINT.
     pub fn stop(self) -> (ExitStatus, Vec<Value>, Vec<Value>) {
         self.stop_with(nix::sys::signal::Signal::SIGINT)

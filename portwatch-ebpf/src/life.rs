@@ -1,0 +1,124 @@
+//! The life of ports of interest, for `watch --record`: a listener opening
+//! and closing, and TIME_WAIT leftovers, from `sock/inet_sock_set_state`.
+//!
+//! A port is of interest once a failure on it was sent (`note_failure`) or
+//! when `--port` names it. Bounded: listeners are sent one by one (they are
+//! rare), TIME_WAIT sockets are counted per port and sent at most once a
+//! second with their count, so a busy port never becomes a connection log.
+
+use aya_ebpf::{
+    bindings::BPF_NOEXIST,
+    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_boot_ns},
+};
+use portwatch_common::{
+    Event, Life, LifeState, PortKey, FILTER_PORT, LIFE_CLOSED, LIFE_LISTEN, LIFE_TIME_WAIT,
+};
+
+use crate::{
+    config::{conf, HOLDERS, LIFE, PORTS, WATCHED},
+    sock,
+};
+
+const TCP_ESTABLISHED: i32 = 1;
+const TCP_FIN_WAIT1: i32 = 4;
+const TCP_TIME_WAIT: i32 = 6;
+const TCP_CLOSE: i32 = 7;
+const TCP_LISTEN: i32 = 10;
+const SECOND_NS: u64 = 1_000_000_000;
+
+/// Marks the port of a failure just sent as of interest.
+#[inline(always)]
+pub fn note_failure(ev: &Event) {
+    if conf!(record_life) == 0 || ev.port == 0 {
+        return;
+    }
+    let key = PortKey {
+        netns: ev.netns,
+        port: ev.port,
+        protocol: ev.protocol,
+    };
+    let _ = WATCHED.insert(key, LifeState::default(), BPF_NOEXIST as u64);
+}
+
+/// The port's counting state, when the port is of interest.
+#[inline(always)]
+fn interest(key: &PortKey) -> Option<*mut LifeState> {
+    if let Some(st) = WATCHED.get_ptr_mut(key) {
+        return Some(st);
+    }
+    if conf!(filters) & FILTER_PORT == 0 {
+        return None;
+    }
+    let word = PORTS.get(key.port as u32 / 32).copied().unwrap_or(0);
+    if word & (1 << (key.port as u32 % 32)) == 0 {
+        return None;
+    }
+    let _ = WATCHED.insert(key, LifeState::default(), BPF_NOEXIST as u64);
+    WATCHED.get_ptr_mut(key)
+}
+
+/// A TCP socket `sk` went from `old` to `new`.
+#[inline(always)]
+pub fn on_state(sk: u64, old: i32, new: i32) {
+    if conf!(record_life) == 0 {
+        return;
+    }
+    // A connection the local side closes first (ESTABLISHED -> FIN_WAIT1,
+    // in the closing process) leaves a TIME_WAIT socket behind: counted
+    // there, where the closer is known. (The later FIN_WAIT2 -> CLOSE, as
+    // the time-wait socket takes over, runs in softirq context.)
+    let kind = if new == TCP_LISTEN {
+        LIFE_LISTEN
+    } else if old == TCP_LISTEN && new == TCP_CLOSE {
+        LIFE_CLOSED
+    } else if new == TCP_TIME_WAIT || (old == TCP_ESTABLISHED && new == TCP_FIN_WAIT1) {
+        LIFE_TIME_WAIT
+    } else {
+        return;
+    };
+    let Some((key, family)) = crate::holders::key_of(sk) else {
+        return;
+    };
+    let Some(st) = interest(&key) else {
+        return;
+    };
+    let now = unsafe { bpf_ktime_get_boot_ns() };
+    let mut count = 0;
+    if kind == LIFE_TIME_WAIT {
+        // SAFETY: a map value pointer; races between CPUs only blur a count.
+        unsafe {
+            (*st).tw_pending += 1;
+            if (*st).tw_sent_ns != 0 && now.wrapping_sub((*st).tw_sent_ns) < SECOND_NS {
+                return;
+            }
+            (*st).tw_sent_ns = now;
+            count = (*st).tw_pending;
+            (*st).tw_pending = 0;
+        }
+    }
+    let mut holder_pid = 0;
+    if kind == LIFE_CLOSED {
+        if let Some(rec) = unsafe { HOLDERS.get(key) } {
+            if rec.sk == sk {
+                holder_pid = rec.record.pid;
+            }
+        }
+    }
+    let life = Life {
+        ts_boot_ns: now,
+        sk,
+        count,
+        pid: (bpf_get_current_pid_tgid() >> 32) as u32,
+        holder_pid,
+        netns: key.netns,
+        port: key.port,
+        family,
+        kind,
+        _pad: [0; 3],
+        comm: bpf_get_current_comm().unwrap_or_default(),
+        addr: sock::bound_addr(sk, family),
+    };
+    // A full ring loses this record; user space learns of it by the gap
+    // only, which is acceptable for a 64 KiB ring of rare records.
+    let _ = LIFE.output::<Life>(&life, 0);
+}

@@ -1,0 +1,719 @@
+//! The flight recorder of `watch --record DIR`: every event, as its NDJSON
+//! line, appended to a rotated journal in DIR, plus the life of the ports
+//! of interest (`PortLife` lines, from the kernel's `LIFE` ring buffer).
+//!
+//! Off the capture path: the pipeline's writer hands rendered lines over a
+//! bounded queue and never waits; a full queue (a disk slower than the
+//! events) is counted as loss. The recorder thread writes whole lines only
+//! and at least once a second, so a SIGKILL leaves every written line intact
+//! and loses at most the last second. A write that fails (a full disk) is
+//! cut back to the last whole line, reported once, then counted until a
+//! write succeeds again. A vanished directory is re-created.
+//!
+//! Files are created 0600 through the directory's fd with O_NOFOLLOW, so a
+//! symlink planted at a journal's path is refused, never written through;
+//! DIR is created 0700 when missing and opened with O_NOFOLLOW too.
+
+use std::{
+    ffi::CString,
+    fs::File,
+    io::{self, Read as _, Seek as _, SeekFrom, Write as _},
+    os::{
+        fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+        unix::{ffi::OsStrExt as _, fs::DirBuilderExt as _, fs::MetadataExt as _},
+    },
+    path::{Path, PathBuf},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        mpsc::{self, RecvTimeoutError, SyncSender, TrySendError},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context as _, Result};
+use serde::{Deserialize, Serialize};
+
+use super::{Notice, Notices};
+
+/// Journal files are named `portwatch-NNNNNNNNNN.ndjson`, numbered in order.
+pub const PREFIX: &str = "portwatch-";
+/// The journal files' extension.
+pub const SUFFIX: &str = ".ndjson";
+
+/// Lines are written at least this often.
+const FLUSH_EVERY: Duration = Duration::from_secs(1);
+/// ... or whenever this many bytes are waiting.
+const FLUSH_BYTES: usize = 64 * 1024;
+/// Chunks (one per writer batch) waiting for the recorder thread.
+const QUEUE: usize = 256;
+
+/// Where and how much to record.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The journal directory.
+    pub dir: PathBuf,
+    /// Rotate a file once it reaches this many bytes.
+    pub max_size: u64,
+    /// Keep at most this many files (the oldest are removed).
+    pub max_files: u32,
+}
+
+/// What the recorder did, at exit.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Recorded {
+    /// The journal directory.
+    pub dir: PathBuf,
+    /// Lines written.
+    pub lines: u64,
+    /// Lines lost because the queue to the recorder was full (slow disk).
+    pub lost_queue: u64,
+    /// Lines lost because writing failed (full disk, vanished directory).
+    pub lost_write: u64,
+    /// Files rotated away (removed past `--max-files`).
+    pub removed: u64,
+}
+
+/// The writers' end: cheap to clone, never blocks.
+#[derive(Clone)]
+pub struct Sink {
+    tx: SyncSender<(Vec<u8>, u64)>,
+    dropped: Arc<AtomicU64>,
+}
+
+impl Sink {
+    /// Hands `lines` whole NDJSON lines (in `chunk`) to the recorder, or
+    /// counts them lost when it is a whole queue behind.
+    pub fn send(&self, chunk: Vec<u8>, lines: u64) {
+        match self.tx.try_send((chunk, lines)) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                self.dropped.fetch_add(lines, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// A running recorder thread.
+pub struct Recorder {
+    sink: Option<Sink>,
+    thread: std::thread::JoinHandle<Recorded>,
+}
+
+impl Recorder {
+    /// Opens (or creates) the journal directory and its newest file, and
+    /// starts the recorder thread. Errors here are the user's to fix: a
+    /// symlink at DIR or at the journal's path, a DIR that is not a directory.
+    pub fn start(opts: Options, notices: Notices) -> Result<Self> {
+        let mut journal = Journal::open(opts)?;
+        let (tx, rx) = mpsc::sync_channel::<(Vec<u8>, u64)>(QUEUE);
+        let dropped = Arc::new(AtomicU64::new(0));
+        let thread = std::thread::Builder::new()
+            .name("recorder".into())
+            .spawn({
+                let dropped = dropped.clone();
+                move || {
+                    journal.run(rx, notices);
+                    journal.stats.lost_queue = dropped.load(Ordering::Relaxed);
+                    journal.stats
+                }
+            })
+            .context("starting the recorder thread")?;
+        Ok(Self {
+            sink: Some(Sink { tx, dropped }),
+            thread,
+        })
+    }
+
+    /// A handle for writers.
+    pub fn sink(&self) -> Sink {
+        self.sink.clone().expect("the recorder is running")
+    }
+
+    /// Waits for every line handed over so far to be written (once every
+    /// other `Sink` is dropped too), and returns the account.
+    pub fn finish(mut self) -> Recorded {
+        drop(self.sink.take());
+        self.thread.join().unwrap_or_default()
+    }
+}
+
+/// The journal directory and its current file.
+struct Journal {
+    opts: Options,
+    dir: OwnedFd,
+    /// (dev, ino) of DIR when opened: a different one means it vanished.
+    identity: (u64, u64),
+    file: Option<File>,
+    seq: u64,
+    size: u64,
+    buf: Vec<u8>,
+    buf_lines: u64,
+    /// Why writing fails, while it does (said once on stderr).
+    failing: Option<String>,
+    last_attempt: Option<Instant>,
+    lost_since_failing: u64,
+    stats: Recorded,
+}
+
+fn cstr(name: &str) -> CString {
+    CString::new(name).expect("journal names have no NUL")
+}
+
+/// Opens DIR (creating it 0700) without following a symlink at DIR.
+fn open_dir(dir: &Path) -> Result<(OwnedFd, (u64, u64))> {
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e).with_context(|| format!("cannot create {}", dir.display())),
+    }
+    let path = CString::new(dir.as_os_str().as_bytes()).context("path has a NUL byte")?;
+    // SAFETY: a valid C string; the fd is owned below.
+    let fd = unsafe {
+        libc::open(
+            path.as_ptr(),
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::ELOOP) || e.raw_os_error() == Some(libc::ENOTDIR) {
+            bail!(
+                "{} is a symlink or not a directory: refusing to record there",
+                dir.display()
+            );
+        }
+        return Err(e).with_context(|| format!("cannot open {}", dir.display()));
+    }
+    // SAFETY: fd is a fresh descriptor we own.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let meta = File::from(fd.try_clone()?).metadata()?;
+    Ok((fd, (meta.dev(), meta.ino())))
+}
+
+/// `portwatch-NNNNNNNNNN.ndjson`'s number.
+pub fn seq_of(name: &str) -> Option<u64> {
+    let digits = name.strip_prefix(PREFIX)?.strip_suffix(SUFFIX)?;
+    (digits.len() == 10 && digits.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| digits.parse().ok())
+        .flatten()
+}
+
+fn name_of(seq: u64) -> String {
+    format!("{PREFIX}{seq:010}{SUFFIX}")
+}
+
+impl Journal {
+    fn open(opts: Options) -> Result<Self> {
+        let (dir, identity) = open_dir(&opts.dir)?;
+        let newest = existing(&opts.dir)?.last().copied();
+        let mut journal = Self {
+            dir,
+            identity,
+            file: None,
+            seq: newest.unwrap_or(1),
+            size: 0,
+            buf: Vec::with_capacity(FLUSH_BYTES * 2),
+            buf_lines: 0,
+            failing: None,
+            last_attempt: None,
+            lost_since_failing: 0,
+            stats: Recorded {
+                dir: opts.dir.clone(),
+                ..Recorded::default()
+            },
+            opts,
+        };
+        journal
+            .open_file()
+            .with_context(|| format!("cannot record in {}", journal.opts.dir.display()))?;
+        if journal.size >= journal.opts.max_size {
+            journal.rotate()?;
+        }
+        Ok(journal)
+    }
+
+    /// Opens file `seq` for appending, 0600, refusing symlinks, FIFOs and
+    /// hard links; cuts a partial last line (left by a crash) back.
+    fn open_file(&mut self) -> Result<()> {
+        let name = name_of(self.seq);
+        // SAFETY: valid fd and C string; the result is owned below.
+        let fd = unsafe {
+            libc::openat(
+                self.dir.as_raw_fd(),
+                cstr(&name).as_ptr(),
+                libc::O_RDWR
+                    | libc::O_CREAT
+                    | libc::O_APPEND
+                    | libc::O_NOFOLLOW
+                    | libc::O_NONBLOCK
+                    | libc::O_CLOEXEC,
+                0o600,
+            )
+        };
+        if fd < 0 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::ELOOP) {
+                bail!("{name} is a symlink: refusing to write through it");
+            }
+            return Err(e).with_context(|| format!("cannot open {name}"));
+        }
+        // SAFETY: a fresh descriptor we own.
+        let mut file = unsafe { File::from_raw_fd(fd) };
+        let meta = file.metadata()?;
+        if !meta.file_type().is_file() {
+            bail!("{name} is not a regular file: refusing to write to it");
+        }
+        if meta.nlink() != 1 {
+            bail!("{name} has other hard links: refusing to write to it");
+        }
+        let mut size = meta.len();
+        if size > 0 {
+            size = whole_lines(&mut file, size)?;
+        }
+        self.file = Some(file);
+        self.size = size;
+        Ok(())
+    }
+
+    fn rotate(&mut self) -> Result<()> {
+        self.file = None;
+        self.seq += 1;
+        self.open_file()?;
+        let files = existing(&self.opts.dir)?;
+        let excess = files.len().saturating_sub(self.opts.max_files as usize);
+        for &seq in &files[..excess] {
+            // SAFETY: valid fd and C string.
+            if unsafe { libc::unlinkat(self.dir.as_raw_fd(), cstr(&name_of(seq)).as_ptr(), 0) } == 0
+            {
+                self.stats.removed += 1;
+            }
+        }
+        Ok(())
+    }
+
+    fn run(&mut self, rx: mpsc::Receiver<(Vec<u8>, u64)>, notices: Notices) {
+        let mut oldest = None::<Instant>;
+        loop {
+            let wait = oldest.map_or(FLUSH_EVERY, |t: Instant| {
+                FLUSH_EVERY.saturating_sub(t.elapsed())
+            });
+            match rx.recv_timeout(wait) {
+                Ok((chunk, lines)) => {
+                    self.buf.extend_from_slice(&chunk);
+                    self.buf_lines += lines;
+                    oldest.get_or_insert_with(Instant::now);
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => {
+                    self.flush(&notices);
+                    return;
+                }
+            }
+            if self.buf.len() >= FLUSH_BYTES || oldest.is_some_and(|t| t.elapsed() >= FLUSH_EVERY) {
+                self.flush(&notices);
+                oldest = None;
+            }
+        }
+    }
+
+    /// Writes what is buffered, or counts it lost.
+    fn flush(&mut self, notices: &Notices) {
+        if self.buf.is_empty() {
+            return;
+        }
+        // While failing, try again once a second, not at every chunk.
+        let retry_due = self.last_attempt.is_none_or(|t| t.elapsed() >= FLUSH_EVERY);
+        let result = if self.failing.is_some() && !retry_due {
+            Err(anyhow::anyhow!("still failing"))
+        } else {
+            self.last_attempt = Some(Instant::now());
+            self.write_buf()
+        };
+        let lines = std::mem::take(&mut self.buf_lines);
+        match result {
+            Ok(()) => {
+                self.stats.lines += lines;
+                if self.failing.take().is_some() {
+                    notices.say(&Notice::RecordResumed {
+                        dir: self.opts.dir.clone(),
+                        lost: self.lost_since_failing,
+                    });
+                    self.lost_since_failing = 0;
+                }
+            }
+            Err(e) => {
+                self.stats.lost_write += lines;
+                self.lost_since_failing += lines;
+                if self.failing.is_none() {
+                    let why = format!("{e:#}");
+                    notices.say(&Notice::RecordFailing {
+                        dir: self.opts.dir.clone(),
+                        why: why.clone(),
+                    });
+                    self.failing = Some(why);
+                }
+            }
+        }
+        self.buf.clear();
+    }
+
+    fn write_buf(&mut self) -> Result<()> {
+        self.check_dir()?;
+        if self.file.is_none() {
+            self.open_file()?;
+        }
+        let buf = std::mem::take(&mut self.buf);
+        let result = self.write_lines(&buf);
+        self.buf = buf;
+        result
+    }
+
+    /// Writes whole lines, rotating between lines when a file is full.
+    fn write_lines(&mut self, mut rest: &[u8]) -> Result<()> {
+        while !rest.is_empty() {
+            let room = self.opts.max_size.saturating_sub(self.size) as usize;
+            let take = if rest.len() <= room {
+                rest.len()
+            } else {
+                match rest[..room].iter().rposition(|&b| b == b'\n') {
+                    Some(i) => i + 1,
+                    // Not one more line fits: a new file (unless this one is
+                    // empty, and then the line is bigger than a whole file).
+                    None if self.size > 0 => {
+                        self.rotate()?;
+                        continue;
+                    }
+                    None => rest
+                        .iter()
+                        .position(|&b| b == b'\n')
+                        .map_or(rest.len(), |i| i + 1),
+                }
+            };
+            let file = self.file.as_mut().expect("opened by the caller or rotate");
+            if let Err(e) = file.write_all(&rest[..take]) {
+                // Keep the file to whole lines: cut the partial write back.
+                let _ = file.set_len(self.size);
+                return Err(e).context("writing the journal");
+            }
+            self.size += take as u64;
+            rest = &rest[take..];
+        }
+        Ok(())
+    }
+
+    /// Re-creates DIR when it vanished (or was replaced) since it was opened.
+    fn check_dir(&mut self) -> Result<()> {
+        let same = std::fs::symlink_metadata(&self.opts.dir)
+            .is_ok_and(|m| m.is_dir() && (m.dev(), m.ino()) == self.identity);
+        if same {
+            return Ok(());
+        }
+        self.file = None;
+        let (dir, identity) = open_dir(&self.opts.dir)
+            .with_context(|| format!("{} vanished", self.opts.dir.display()))?;
+        self.dir = dir;
+        self.identity = identity;
+        self.seq = existing(&self.opts.dir)?.last().copied().unwrap_or(1);
+        Ok(())
+    }
+}
+
+/// Journal file numbers in DIR, oldest first.
+pub fn existing(dir: &Path) -> Result<Vec<u64>> {
+    let mut seqs: Vec<u64> = std::fs::read_dir(dir)
+        .with_context(|| format!("cannot list {}", dir.display()))?
+        .filter_map(|e| e.ok()?.file_name().to_str().and_then(seq_of))
+        .collect();
+    seqs.sort_unstable();
+    Ok(seqs)
+}
+
+/// The length of `file` up to its last newline, cutting anything after it
+/// (a line a crash left half written).
+fn whole_lines(file: &mut File, size: u64) -> Result<u64> {
+    let mut at = size;
+    let mut block = vec![0u8; 64 * 1024];
+    while at > 0 {
+        let start = at.saturating_sub(block.len() as u64);
+        let n = (at - start) as usize;
+        file.seek(SeekFrom::Start(start))?;
+        file.read_exact(&mut block[..n])?;
+        if let Some(i) = block[..n].iter().rposition(|&b| b == b'\n') {
+            let keep = start + i as u64 + 1;
+            if keep != size {
+                file.set_len(keep)?;
+            }
+            return Ok(keep);
+        }
+        at = start;
+    }
+    file.set_len(0)?;
+    Ok(0)
+}
+
+/// Decodes one `LIFE` record into its journal line.
+pub fn life_line(
+    bytes: &[u8],
+    clock: crate::capture::Clock,
+    hide: u64,
+) -> Option<super::json::PortLife> {
+    use super::json::{LifeKind, PortLife, PortTag};
+    use crate::request::{Family, Proto};
+    use portwatch_common as common;
+    if bytes.len() < size_of::<common::Life>() {
+        return None;
+    }
+    // SAFETY: long enough, and every bit pattern is a valid `Life`.
+    let r: common::Life = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+    let family = match r.family {
+        common::AF_INET => Family::Ipv4,
+        common::AF_INET6 => Family::Ipv6,
+        _ => return None,
+    };
+    let event = match r.kind {
+        common::LIFE_LISTEN => LifeKind::Listen,
+        common::LIFE_CLOSED => LifeKind::Closed,
+        common::LIFE_TIME_WAIT => LifeKind::TimeWait,
+        _ => return None,
+    };
+    let a = r.addr;
+    let addr = match family {
+        Family::Ipv4 => std::net::IpAddr::from([a[0], a[1], a[2], a[3]]),
+        Family::Ipv6 => std::net::IpAddr::from(a),
+    };
+    let len = r.comm.iter().position(|&c| c == 0).unwrap_or(16);
+    Some(PortLife {
+        kind_tag: PortTag::Port,
+        ts: clock.wall(r.ts_boot_ns),
+        event,
+        port: r.port,
+        proto: Proto::from(6),
+        family,
+        addr,
+        netns: r.netns,
+        pid: r.pid,
+        comm: String::from_utf8_lossy(&r.comm[..len]).into_owned(),
+        holder_pid: (r.holder_pid != 0).then_some(r.holder_pid),
+        // Kernel addresses stay out of the journal: a per-run mask keeps
+        // pairs matchable without revealing the pointer.
+        socket: r.sk ^ hide,
+        count: r.count,
+    })
+}
+
+/// Reads the kernel's `LIFE` ring buffer into the journal until `stop`
+/// fires, then drains what is left.
+pub async fn record_life(
+    ring: aya::maps::RingBuf<aya::maps::MapData>,
+    sink: Sink,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
+) {
+    use std::hash::{BuildHasher as _, Hasher as _};
+    let hide = {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u64(0x7077);
+        h.finish()
+    };
+    // SAFETY: the RingBuf owns its fd and lives inside the AsyncFd, so the
+    // fd stays open for as long as it is registered.
+    let Ok(mut fd) = (unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE)
+    }) else {
+        return;
+    };
+    let mut clock = None;
+    let mut drain = |ring: &mut aya::maps::RingBuf<aya::maps::MapData>| {
+        let now = crate::capture::Clock::follow(clock, crate::capture::Clock::now());
+        clock = Some(now);
+        let (mut chunk, mut lines) = (Vec::new(), 0);
+        while let Some(item) = ring.next() {
+            if let Some(life) = life_line(&item, now, hide) {
+                if serde_json::to_writer(&mut chunk, &life).is_ok() {
+                    chunk.push(b'\n');
+                    lines += 1;
+                }
+            }
+        }
+        if lines > 0 {
+            sink.send(chunk, lines);
+        }
+    };
+    loop {
+        tokio::select! {
+            guard = fd.readable_mut() => {
+                let Ok(mut guard) = guard else { return };
+                drain(guard.get_inner_mut());
+                guard.clear_ready();
+            }
+            _ = &mut stop => {
+                drain(fd.get_mut());
+                return;
+            }
+        }
+    }
+}
+
+/// A recorder and the reader of port life records feeding it (`watch --record`).
+pub struct Recording {
+    recorder: Recorder,
+    life: Option<(
+        tokio::sync::oneshot::Sender<()>,
+        tokio::task::JoinHandle<()>,
+    )>,
+}
+
+impl Recording {
+    /// Starts recording into `opts.dir`; `life` is the kernel's `LIFE` ring
+    /// buffer when port lives are recorded (holders tracked).
+    pub fn start(
+        opts: Options,
+        notices: Notices,
+        life: Option<aya::maps::RingBuf<aya::maps::MapData>>,
+    ) -> Result<Self> {
+        let dir = opts.dir.clone();
+        let recorder = Recorder::start(opts, notices)
+            .with_context(|| format!("--record {}", dir.display()))?;
+        let life = life.map(|ring| {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            (tx, tokio::spawn(record_life(ring, recorder.sink(), rx)))
+        });
+        Ok(Self { recorder, life })
+    }
+
+    /// A handle for the pipeline's writer.
+    pub fn sink(&self) -> Sink {
+        self.recorder.sink()
+    }
+
+    /// Journals `notices` as lines (`{"type":...}`), e.g. the fold tail.
+    pub fn notices(&self, notices: impl IntoIterator<Item = Notice>) {
+        let (mut chunk, mut lines) = (Vec::new(), 0);
+        for n in notices {
+            if serde_json::to_writer(&mut chunk, &n).is_ok() {
+                chunk.push(b'\n');
+                lines += 1;
+            }
+        }
+        if lines > 0 {
+            self.sink().send(chunk, lines);
+        }
+    }
+
+    /// Drains the port life records, writes everything handed over, and
+    /// returns the account (the writer's `Sink` must be dropped first).
+    pub async fn finish(self) -> Recorded {
+        if let Some((stop, task)) = self.life {
+            let _ = stop.send(());
+            let _ = task.await;
+        }
+        tokio::task::spawn_blocking(move || self.recorder.finish())
+            .await
+            .unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::output::Format;
+
+    fn temp(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("pw-rec-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir
+    }
+
+    fn opts(dir: &Path) -> Options {
+        Options {
+            dir: dir.to_path_buf(),
+            max_size: 1000,
+            max_files: 3,
+        }
+    }
+
+    fn notices() -> Notices {
+        Notices::new(Format::Json)
+    }
+
+    #[test]
+    fn rotates_keeps_whole_lines_and_modes() {
+        let dir = temp("rotate");
+        let rec = Recorder::start(opts(&dir), notices()).unwrap();
+        let sink = rec.sink();
+        for i in 0..100 {
+            sink.send(format!("{{\"n\":\"{i:040}\"}}\n").into_bytes(), 1);
+        }
+        drop(sink);
+        let done = rec.finish();
+        assert_eq!(done.lines + done.lost_queue, 100);
+        let seqs = existing(&dir).unwrap();
+        assert_eq!(seqs.len(), 3, "{seqs:?}");
+        assert!(done.removed > 0);
+        use std::os::unix::fs::PermissionsExt as _;
+        assert_eq!(
+            std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
+        for seq in seqs {
+            let path = dir.join(name_of(seq));
+            assert_eq!(
+                std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+                0o600
+            );
+            let text = std::fs::read_to_string(&path).unwrap();
+            assert!(text.len() <= 1000, "{}", text.len());
+            assert!(text.ends_with('\n'));
+            for line in text.lines() {
+                serde_json::from_str::<serde_json::Value>(line).unwrap();
+            }
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn refuses_symlinks_and_cuts_partial_lines() {
+        let dir = temp("link");
+        std::fs::DirBuilder::new().mode(0o700).create(&dir).unwrap();
+        let target = dir.join("target");
+        std::fs::write(&target, "keep\n").unwrap();
+        std::os::unix::fs::symlink(&target, dir.join(name_of(1))).unwrap();
+        let err = Recorder::start(opts(&dir), notices()).err().unwrap();
+        assert!(format!("{err:#}").contains("symlink"), "{err:#}");
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "keep\n");
+        // DIR itself a symlink.
+        let link = temp("linkdir");
+        std::os::unix::fs::symlink(&dir, &link).unwrap();
+        let err = Recorder::start(opts(&link), notices()).err().unwrap();
+        assert!(format!("{err:#}").contains("symlink"), "{err:#}");
+        std::fs::remove_file(&link).unwrap();
+        // A crash left half a line: it is cut before appending.
+        std::fs::remove_file(dir.join(name_of(1))).unwrap();
+        std::fs::write(dir.join(name_of(1)), "{\"a\":1}\n{\"b\":").unwrap();
+        let rec = Recorder::start(opts(&dir), notices()).unwrap();
+        rec.sink().send(b"{\"c\":3}\n".to_vec(), 1);
+        rec.finish();
+        assert_eq!(
+            std::fs::read_to_string(dir.join(name_of(1))).unwrap(),
+            "{\"a\":1}\n{\"c\":3}\n"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_vanished_directory_is_recreated() {
+        let dir = temp("vanish");
+        let rec = Recorder::start(opts(&dir), notices()).unwrap();
+        rec.sink().send(b"{\"a\":1}\n".to_vec(), 1);
+        std::thread::sleep(Duration::from_millis(1300));
+        std::fs::remove_dir_all(&dir).unwrap();
+        rec.sink().send(b"{\"b\":2}\n".to_vec(), 1);
+        let done = rec.finish();
+        assert_eq!(done.lines, 2);
+        assert_eq!(
+            std::fs::read_to_string(dir.join(name_of(1))).unwrap(),
+            "{\"b\":2}\n"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,24 @@
+//! `portwatch report`: journals (or saved `watch --json` output) read back
+//! as per-port stories. [`read`] streams the lines, [`analyse`] keeps a
+//! bounded model and recognises restart patterns, [`render`] writes text,
+//! JSON or one self-contained HTML page.
+
+pub mod analyse;
+pub mod read;
+pub mod render;
+
+use std::time::{Duration, SystemTime};
+
+/// Parses `--since`/`--until`: an RFC 3339 time (`2026-11-24T03:00:00Z`),
+/// or a duration before now (`90m`, `2h`, `1day`).
+pub fn parse_time(s: &str) -> Result<SystemTime, String> {
+    if let Ok(t) = humantime::parse_rfc3339_weak(s) {
+        return Ok(t);
+    }
+    let ago: Duration = humantime::parse_duration(s.trim_end_matches(" ago")).map_err(|_| {
+        format!("{s:?} is neither an RFC 3339 time (2026-11-24T03:00:00Z) nor a duration before now (90m, 2h)")
+    })?;
+    SystemTime::now()
+        .checked_sub(ago)
+        .ok_or_else(|| format!("{s:?} reaches before 1970"))
+}
