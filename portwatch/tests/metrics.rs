@@ -78,10 +78,21 @@ fn promtool_ok(page: &str) {
 
 /// Binds that fail with EADDRINUSE on `port`, `n` times, in this namespace.
 fn fail_on(port: u16, n: usize) {
+    // On one CPU: folding is per CPU, and a thread that migrates mid-storm
+    // would make one event per CPU (all counted, but not the one asserted).
+    use nix::{sched, unistd::Pid};
+    let before = sched::sched_getaffinity(Pid::from_raw(0)).expect("affinity");
+    let mut one = sched::CpuSet::new();
+    let cpu = (0..sched::CpuSet::count())
+        .find(|&c| before.is_set(c).unwrap_or(false))
+        .expect("a CPU");
+    one.set(cpu).expect("cpu set");
+    sched::sched_setaffinity(Pid::from_raw(0), &one).expect("pin to one CPU");
     let (_holder, _) = conflict(v4(port), false);
     for _ in 1..n {
         refused(v4(port), false);
     }
+    sched::sched_setaffinity(Pid::from_raw(0), &before).expect("restore affinity");
 }
 
 #[test]
