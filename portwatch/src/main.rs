@@ -37,10 +37,10 @@ fn main() -> ExitCode {
     portwatch::memory::limit_arenas();
     // Two workers: the ring buffer's reader never shares a thread with a
     // writer stuck on a slow stdout. Holder lookups run on blocking threads,
-    // at most BLOCKING of them: lookups take the same two locks (socket
-    // index, process cache) one after another, so more threads only wait,
-    // each with its stack and allocator state resident (56 under churn
-    // with tokio's default of 512; BENCHMARKS.md, soak).
+    // at most BLOCKING of them: tokio's default (512) grew to 56 threads
+    // under process churn, most waiting on the locks every lookup takes
+    // (socket index, process cache), each with its stack resident; a cap
+    // of 8 made lookups queue past their timeout (BENCHMARKS.md, soak).
     const BLOCKING: usize = 16;
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
