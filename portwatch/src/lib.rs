@@ -15,6 +15,8 @@ pub mod commands;
 pub mod diagnose;
 /// Holder side: sock_diag, /proc, network namespaces, sysctls, enrichment.
 pub mod holders;
+/// Allocator tunables for long runs.
+pub mod memory;
 /// `watch --metrics`: Prometheus counters and their HTTP endpoint.
 pub mod metrics;
 /// Human text, the NDJSON schema, notices.

@@ -34,10 +34,17 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
     };
+    portwatch::memory::limit_arenas();
     // Two workers: the ring buffer's reader never shares a thread with a
-    // writer stuck on a slow stdout. Holder lookups run on blocking threads.
+    // writer stuck on a slow stdout. Holder lookups run on blocking threads,
+    // at most BLOCKING of them: tokio's default (512) grew to 56 threads
+    // under process churn, each with its stack resident (and, before
+    // memory::limit_arenas, an allocator arena); a cap of 8 made lookups
+    // queue past their timeout (BENCHMARKS.md, soak).
+    const BLOCKING: usize = 16;
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
+        .max_blocking_threads(BLOCKING)
         .enable_all()
         .build()
     {

@@ -110,6 +110,8 @@ pub struct Pipeline {
     enricher: Option<Arc<Enricher>>,
     tx: mpsc::Sender<Vec<Pending>>,
     recent: HashMap<StormKey, (Instant, Shared)>,
+    /// When `recent` last lost its stale keys.
+    pruned: Instant,
     timeout: Duration,
     delay: Duration,
     metrics: Option<Metrics>,
@@ -145,6 +147,7 @@ impl Pipeline {
             enricher: opts.enricher,
             tx,
             recent: HashMap::new(),
+            pruned: Instant::now(),
             timeout: opts.timeout,
             delay: opts.delay,
             metrics,
@@ -185,9 +188,13 @@ impl Pipeline {
                 return shared.clone();
             }
         }
-        if self.recent.len() > RECENT_CAP {
+        // Stale keys go every SHARE_FOR, not only at the cap: each holds its
+        // storm's evidence (holders, their processes), and under process
+        // churn thousands of one-event keys kept that alive for nothing.
+        if self.recent.len() > RECENT_CAP || now.duration_since(self.pruned) >= SHARE_FOR {
             self.recent
                 .retain(|_, (at, _)| now.duration_since(*at) < SHARE_FOR);
+            self.pruned = now;
         }
         let (tx, rx) = watch::channel(None);
         let req = ev.request();
@@ -223,8 +230,11 @@ async fn write(
     let mut journal_lines = 0;
     let mut out = io::BufWriter::with_capacity(64 * 1024, out);
     let mut timeouts = 0;
-    // The block last printed under each stream of identical failures.
-    let mut shown: HashMap<portwatch_common::FoldKey, String> = HashMap::new();
+    // The block last printed under each stream of identical failures, as a
+    // hash (keyed per process, so no input can aim at a collision): 8 bytes
+    // instead of a whole block per stream.
+    let mut shown: HashMap<portwatch_common::FoldKey, u64> = HashMap::new();
+    let block_hasher = std::hash::RandomState::new();
     type Diagnosed = (Arc<Evidence>, (u32, u32, Option<Opts>), Arc<Verdict>);
     let mut last: Option<Diagnosed> = None;
     let mut rendered: Option<(Arc<Evidence>, Arc<RawValue>)> = None;
@@ -277,11 +287,12 @@ async fn write(
             let mut repeat = false;
             if let (Format::Human, Some((e, v))) = (format, found) {
                 let block = text::human_block(e, v);
-                repeat = shown.get(&fold_key(&p.ev)) == Some(&block);
+                let hash = std::hash::BuildHasher::hash_one(&block_hasher, &block);
+                repeat = shown.get(&fold_key(&p.ev)) == Some(&hash);
                 if shown.len() > RECENT_CAP {
                     shown.clear();
                 }
-                shown.insert(fold_key(&p.ev), block);
+                shown.insert(fold_key(&p.ev), hash);
             }
             let holders = match (&evidence, format) {
                 (Some(e), _) if format == Format::Json || record.is_some() => match &rendered {

@@ -34,6 +34,109 @@ pub struct Options {
     /// Extra arguments for `portwatch watch`.
     #[arg(long, allow_hyphen_values = true)]
     tracer_args: Vec<String>,
+    /// Also record: `watch --record` into a fresh directory under /tmp
+    /// (removed afterwards; its size is reported).
+    #[arg(long)]
+    record: bool,
+    /// Also serve metrics: `watch --metrics 127.0.0.1:PORT` (a free port),
+    /// scraped once every tenth of the run.
+    #[arg(long)]
+    metrics: bool,
+}
+
+/// What a sample of portwatch's process says beyond RSS: threads, and the
+/// anonymous memory (the heap) in kB.
+fn threads_and_anon(pid: u32) -> (usize, u64) {
+    let threads = std::fs::read_dir(format!("/proc/{pid}/task")).map_or(0, |d| d.count());
+    let anon = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("Anonymous:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0);
+    (threads, anon)
+}
+
+/// One GET /metrics on loopback; the body's size in bytes, 0 on failure.
+fn scrape(addr: std::net::SocketAddr) -> usize {
+    use std::io::{Read as _, Write as _};
+    let Ok(mut s) = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)) else {
+        return 0;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+    let _ = write!(s, "GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n");
+    let mut body = Vec::new();
+    let _ = s.read_to_end(&mut body);
+    body.windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map_or(0, |at| body.len() - at - 4)
+}
+
+/// One GET /metrics on loopback: the body ("" on failure).
+fn scrape_text(addr: std::net::SocketAddr) -> String {
+    use std::io::{Read as _, Write as _};
+    let Ok(mut s) = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)) else {
+        return String::new();
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+    let _ = write!(s, "GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n");
+    let mut body = String::new();
+    let _ = s.read_to_string(&mut body);
+    body.split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default()
+}
+
+/// What the metrics say of the lookups themselves (time from the start of
+/// the lookup to its answer, queueing excluded): count, mean, the bucket
+/// bounds p50 and p99 fall under, and the results.
+fn lookup_cost(text: &str) -> String {
+    let value = |line: &str| line.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok());
+    let (mut count, mut sum, mut buckets, mut results) = (0.0, 0.0, Vec::new(), Vec::new());
+    for line in text.lines() {
+        if let Some(rest) =
+            line.strip_prefix("portwatch_holder_lookup_duration_seconds_bucket{le=\"")
+        {
+            let le = rest.split('"').next().unwrap_or("");
+            if let (Ok(le), Some(n)) = (le.parse::<f64>(), value(line)) {
+                buckets.push((le, n));
+            } else if let Some(n) = value(line) {
+                buckets.push((f64::INFINITY, n));
+            }
+        } else if line.starts_with("portwatch_holder_lookup_duration_seconds_count") {
+            count = value(line).unwrap_or(0.0);
+        } else if line.starts_with("portwatch_holder_lookup_duration_seconds_sum") {
+            sum = value(line).unwrap_or(0.0);
+        } else if line.starts_with("portwatch_holder_lookups_total{") {
+            results.push(
+                line.trim_start_matches("portwatch_holder_lookups_total")
+                    .to_owned(),
+            );
+        }
+    }
+    let under = |q: f64| {
+        buckets
+            .iter()
+            .find(|(_, n)| *n >= q * count)
+            .map_or("?".into(), |(le, _)| format!("{:.1} ms", le * 1000.0))
+    };
+    format!(
+        "lookups measured by --metrics: {count} (own time, queueing excluded: mean {:.1} ms, p50 ≤ {}, p99 ≤ {}); results {}",
+        if count > 0.0 { sum / count * 1000.0 } else { 0.0 },
+        under(0.5),
+        under(0.99),
+        results.join(", ")
+    )
+}
+
+/// Bytes in the files of `dir` (not recursive: the journal is flat).
+fn dir_bytes(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir).map_or(0, |d| {
+        d.flatten()
+            .filter_map(|e| e.metadata().ok())
+            .map(|m| m.len())
+            .sum()
+    })
 }
 
 const BASE: u16 = 20000;
@@ -197,6 +300,23 @@ pub fn run(opts: &Options) -> Result<()> {
     let ns = Netns::new("pw-soak");
     let mut extra = vec!["--netns".to_owned(), ns.arg()];
     extra.extend(opts.tracer_args.iter().cloned());
+    let record_dir = std::env::temp_dir().join(format!("pw-soak-record-{}", std::process::id()));
+    if opts.record {
+        // portwatch makes the directory itself (0700); a leftover of an
+        // earlier run with this pid would mix two journals.
+        let _ = std::fs::remove_dir_all(&record_dir);
+        extra.push("--record".into());
+        extra.push(record_dir.display().to_string());
+    }
+    let metrics_addr = if opts.metrics {
+        // A free loopback port: the kernel picks it, we let it go, portwatch takes it.
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+        extra.push("--metrics".into());
+        extra.push(addr.to_string());
+        Some(addr)
+    } else {
+        None
+    };
     let t = Tracer::spawn(&bin, &extra, true)?;
     let pid = t.child.id();
     let holder = ns.run(|| {
@@ -257,7 +377,9 @@ pub fn run(opts: &Options) -> Result<()> {
         let s = storm_events(&t, storm_pid);
         events_seen += s.2;
         last_storm = s;
+        let scraped = metrics_addr.map_or(0, scrape);
         let (rss, _) = t.rss_kib();
+        let (threads, anon) = threads_and_anon(pid);
         let fill = map_fill(pid);
         let fill = fill
             .iter()
@@ -265,23 +387,31 @@ pub fn run(opts: &Options) -> Result<()> {
             .collect::<Vec<_>>()
             .join(", ");
         eprintln!(
-            "soak: {}0%: {:.1} MiB, {fill}, churn {:.0} processes/s, storm {s:?}",
+            "soak: {}0%: {:.1} MiB (anon {:.1}, {threads} threads), {fill}, churn {:.0} processes/s, storm {s:?}, metrics {scraped} bytes",
             tenth,
             rss as f64 / 1024.0,
+            anon as f64 / 1024.0,
             f64::from(per_tenth) / churn_secs
         );
         rows.push(format!(
-            "| {}0% | {} | {:.1} | {fill} | {:.0} | {} events, {} folded |",
+            "| {}0% | {} | {:.1} | {:.1} | {threads} | {fill} | {:.0} | {} events, {} folded | {} |",
             tenth,
             tenth * per_tenth,
             rss as f64 / 1024.0,
+            anon as f64 / 1024.0,
             f64::from(per_tenth) / churn_secs,
             s.0,
-            s.1
+            s.1,
+            if opts.metrics { scraped.to_string() } else { "-".into() }
         ));
     }
     let (rss_end, peak) = t.rss_kib();
+    let lookups = metrics_addr.map(|a| lookup_cost(&scrape_text(a)));
     let summary = t.stop()?;
+    let recorded = opts.record.then(|| dir_bytes(&record_dir));
+    if opts.record {
+        let _ = std::fs::remove_dir_all(&record_dir);
+    }
     drop(holder);
     drop(ns);
     let get = |k: &str| summary[k].as_u64().unwrap_or(0);
@@ -289,16 +419,18 @@ pub fn run(opts: &Options) -> Result<()> {
         u64::from(opts.processes / 10 * 10) * u64::from(opts.failures) + 11 * opts.storm;
     let mut report = vec![
         format!(
-            "Soak: {} short-lived processes on {} ports, {} failing binds each, a {}-failure storm (100 k/s) from a fresh process before the churn and after each tenth; holders on; {:.0} s.",
+            "Soak: {} short-lived processes on {} ports, {} failing binds each, a {}-failure storm (100 k/s) from a fresh process before the churn and after each tenth; holders on{}{}; {:.0} s.",
             opts.processes / 10 * 10,
             opts.ports,
             opts.failures,
             opts.storm,
+            if opts.record { ", --record" } else { "" },
+            if opts.metrics { ", --metrics (scraped every tenth)" } else { "" },
             start.elapsed().as_secs_f64()
         ),
         String::new(),
-        "| done | processes | RSS (MiB) | kernel maps (entries/max) | churn processes/s | storm after it |".into(),
-        "|---|---|---|---|---|---|".into(),
+        "| done | processes | RSS (MiB) | anonymous (MiB) | threads | kernel maps (entries/max) | churn processes/s | storm after it | /metrics bytes |".into(),
+        "|---|---|---|---|---|---|---|---|---|".into(),
     ];
     report.extend(rows);
     report.push(String::new());
@@ -320,6 +452,15 @@ pub fn run(opts: &Options) -> Result<()> {
         last_storm.0,
         last_storm.1,
     ));
+    if let Some(lookups) = lookups {
+        report.push(format!("Lookups: {lookups}."));
+    }
+    if let Some(bytes) = recorded {
+        report.push(format!(
+            "Journal (`--record`): {:.1} MiB at exit.",
+            bytes as f64 / 1048576.0
+        ));
+    }
     eprintln!("soak: summary {summary}");
     println!("{}", report.join("\n"));
     Ok(())

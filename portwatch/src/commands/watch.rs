@@ -168,6 +168,7 @@ pub async fn run(args: WatchArgs) -> Result<()> {
                 if let Some(m) = &metrics {
                     m.credit_swept(&swept.moved_by_key);
                 }
+                crate::memory::trim();
             }
             _ = ticker.tick() => {
                 let lost = session.counters().lost;

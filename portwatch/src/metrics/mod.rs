@@ -59,6 +59,13 @@ pub const FAILURE_SERIES: usize = 200;
 /// kernel's fold table has as many entries.
 const STREAMS: usize = 16384;
 
+/// Of the streams still owed repeats when [`STREAMS`] is reached, those
+/// whose last event is older than this many events are forgotten: under
+/// process churn most owed streams belong to processes that exited, whose
+/// next event never comes to pay the debt back, and keeping them all made
+/// the map grow with every process that ever failed.
+const OWED_FOR: u64 = STREAMS as u64 / 2;
+
 /// Every reason code, for series that start at 0.
 const REASONS: [Reason; 11] = [
     Reason::Listener,
@@ -190,6 +197,8 @@ struct Stream {
     /// Events of the stream written so far (a scrape skips a stream whose
     /// event went by while it read the kernel).
     seq: u64,
+    /// [`State::events`] at the stream's last event: its age, for eviction.
+    used: u64,
 }
 
 struct State {
@@ -197,6 +206,8 @@ struct State {
     sweeps: u64,
     ports: Ports,
     streams: HashMap<FoldKey, Stream>,
+    /// Events observed: the clock [`Stream::used`] is read against.
+    events: u64,
     /// Failure label sets in use, and those folded under "other".
     failure_sets: HashSet<FailureLabels>,
     failure_folded: HashSet<FailureLabels>,
@@ -416,6 +427,7 @@ impl Metrics {
                     folded: Box::new([0; 1024]),
                 },
                 streams: HashMap::new(),
+                events: 0,
                 failure_sets,
                 failure_folded: HashSet::new(),
             }),
@@ -446,9 +458,15 @@ impl Metrics {
                 })
                 .inc();
         }
+        state.events += 1;
+        let now = state.events;
         if state.streams.len() >= STREAMS {
-            // Keep the streams a scrape has counted ahead: they are owed.
-            state.streams.retain(|_, s| s.credited + s.swept > 0);
+            // Keep the streams a scrape has counted ahead, they are owed,
+            // but only the recent ones: the rest is a debt no event will
+            // come to pay (see OWED_FOR).
+            state
+                .streams
+                .retain(|_, s| s.credited + s.swept > 0 && now.saturating_sub(s.used) < OWED_FOR);
         }
         let stream = state.streams.entry(fold_key(ev)).or_insert_with(|| Stream {
             failure: failure.clone(),
@@ -456,7 +474,9 @@ impl Metrics {
             credited: 0,
             swept: 0,
             seq: 0,
+            used: now,
         });
+        stream.used = now;
         let made = 1 + ev.folded;
         let paid = made.min(stream.credited + stream.swept);
         let from_swept = paid.min(stream.swept);
@@ -589,6 +609,10 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::capture::{
+        event_tests::{encode, sample},
+        Clock,
+    };
 
     #[test]
     fn ports_are_bounded() {
@@ -609,6 +633,34 @@ mod tests {
         // Seen again: same label, not folded a second time.
         assert_eq!(p.label(1), ("1".into(), false));
         assert_eq!(p.label(9_999), ("other".into(), false));
+    }
+
+    /// Churn: every process fails once, its repeats are swept out of the
+    /// kernel (owed to an event that never comes: the process exited). The
+    /// streams map must not keep them all.
+    #[test]
+    fn owed_streams_of_exited_processes_are_forgotten() {
+        let m = Metrics::new(&Known {
+            ports: vec![],
+            errnos: vec![],
+        });
+        let mut ev = Event::decode(&encode(&sample()), Clock::now()).unwrap();
+        ev.folded = 0;
+        for pid in 1..=(3 * STREAMS as u32) {
+            ev.pid = pid;
+            m.observe(&ev, None);
+            m.credit_swept(&[(fold_key(&ev), 9)]);
+        }
+        let n = lock(&m.0.state).streams.len();
+        assert!(n <= STREAMS, "{n} streams kept");
+        // Every failure counted once: 1 shown + 9 swept per process.
+        let text = m.render(false);
+        let total = 10 * 3 * STREAMS as u64;
+        let line = format!(
+            "portwatch_port_failures_total{{port=\"{}\"}} {total}",
+            ev.port
+        );
+        assert!(text.contains(&line), "{line} missing from\n{text}");
     }
 
     #[test]

@@ -93,6 +93,12 @@ impl SocketIndex {
             stats.fds += fds;
         }
         self.entries.sort_unstable();
+        // Reused by the next rescan, but not at the size of the largest
+        // one ever: a moment with many processes would stay resident.
+        if self.entries.capacity() > 2 * self.entries.len().max(1024) {
+            self.entries
+                .shrink_to(self.entries.len() + self.entries.len() / 4);
+        }
         self.scanned = Some(start);
         stats.elapsed = start.elapsed();
         stats

@@ -28,6 +28,10 @@ const CMDLINE_CAP: usize = 4096;
 const FILE_CAP: usize = 16 * 1024;
 /// The most processes [`ProcCache`] keeps.
 const CACHE_CAP: usize = 4096;
+/// Every this many insertions, [`ProcCache`] drops the processes that have
+/// exited: under churn nearly every entry is a process gone a second later,
+/// and waiting for the cap kept thousands of them (their cmdlines) resident.
+const PRUNE_EVERY: u32 = 256;
 /// A process as /proc describes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProcInfo {
@@ -103,6 +107,8 @@ pub struct ProcCache {
     entries: HashMap<u32, (ProcInfo, u64)>,
     /// Incremented on every `get`, for evicting the least recently used.
     tick: u64,
+    /// Insertions since the exited processes were last dropped.
+    inserted: u32,
 }
 
 impl ProcCache {
@@ -133,11 +139,31 @@ impl ProcCache {
             self.entries.remove(&pid);
             return None;
         };
+        self.inserted += 1;
+        if self.inserted >= PRUNE_EVERY {
+            self.inserted = 0;
+            self.drop_exited();
+        }
         if self.entries.len() >= CACHE_CAP && !self.entries.contains_key(&pid) {
             self.evict_older_half();
         }
         self.entries.insert(pid, (info.clone(), self.tick));
         Some(info)
+    }
+
+    /// Drops the entries whose pid no longer exists (one stat-less
+    /// `access` each). A pid reused meanwhile stays: `get` checks its start
+    /// time anyway.
+    fn drop_exited(&mut self) {
+        let mut path = [0u8; 32];
+        self.entries.retain(|&pid, _| {
+            cpath(&mut path, format_args!("/proc/{pid}"))
+                .is_some_and(|p| nix::unistd::access(p, nix::unistd::AccessFlags::F_OK).is_ok())
+        });
+        // A burst's table is not kept for the quiet that follows.
+        if self.entries.capacity() > 4 * self.entries.len().max(64) {
+            self.entries.shrink_to_fit();
+        }
     }
 
     /// Drops the least recently used half: O(n) once per CACHE_CAP/2 insertions.
@@ -302,6 +328,25 @@ mod tests {
         child.kill();
         assert_eq!(cache.get(pid), None);
         assert!(!cache.entries.contains_key(&pid));
+    }
+
+    #[test]
+    fn proc_cache_forgets_exited_processes() {
+        let mut cache = ProcCache::new();
+        let me = proc_info(std::process::id()).unwrap();
+        // Pids above the kernel's pid_max limit (4194304) never exist.
+        for fake in 0..100u32 {
+            cache.entries.insert(u32::MAX - fake, (me.clone(), 0));
+        }
+        let mut alive = Process::sleeper(&[]);
+        for _ in 0..PRUNE_EVERY {
+            // Each get of a live pid not yet cached is an insertion.
+            cache.entries.remove(&alive.pid);
+            assert!(cache.get(alive.pid).is_some());
+        }
+        assert_eq!(cache.entries.len(), 1, "{:?}", cache.entries.keys());
+        assert!(cache.entries.contains_key(&alive.pid));
+        alive.kill();
     }
 
     #[test]
