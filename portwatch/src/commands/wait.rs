@@ -55,7 +55,7 @@ pub fn run(args: &WaitArgs) -> Result<bool, WhoError> {
     let freed = std::thread::scope(|scope| {
         scope
             .spawn(|| {
-                let wait = || wait_here(proto, args.addr, port, variant, deadline);
+                let wait = || wait_here(proto, args.addr, port, variant, deadline, args.reuseaddr);
                 match &ns {
                     Some((file, _, path)) => netns::in_netns(file.as_fd(), wait).map_err(|e| {
                         WhoError::Cannot(format!(
@@ -138,6 +138,7 @@ fn wait_here(
     port: u16,
     variant: Variant,
     deadline: Option<Instant>,
+    reuseaddr: bool,
 ) -> Result<bool, WhoError> {
     // Subscribe first, then check: a socket destroyed in between still wakes us.
     let events = subscribe(proto);
@@ -148,10 +149,21 @@ fn wait_here(
         );
     }
     let mut buf = vec![0u8; 64 * 1024];
+    let mut said = false;
     loop {
         let (free, time_wait) = check(proto, addr, port, variant)?;
         if free {
             return Ok(true);
+        }
+        if !said {
+            // One line that says it is waiting (scripts and tests key on it).
+            eprintln!(
+                "portwatch: waiting for {} {} to be free{}",
+                proto.name(),
+                std::net::SocketAddr::new(addr, port),
+                if reuseaddr { " for SO_REUSEADDR" } else { "" }
+            );
+            said = true;
         }
         let now = Instant::now();
         if deadline.is_some_and(|d| now >= d) {
