@@ -232,7 +232,7 @@ pub struct Analysis {
 }
 
 /// `port/proto`, the key of the by-port table, written into `buf`.
-fn port_key<'b>(buf: &'b mut String, port: u16, proto: Proto) -> &'b str {
+fn port_key(buf: &mut String, port: u16, proto: Proto) -> &str {
     use std::fmt::Write as _;
     buf.clear();
     let _ = match proto {

@@ -148,27 +148,32 @@ fn split(
     let mut seq = 0u64;
     let stopped = || std::io::Error::other("report stopped");
     let mut cur = free.recv().map_err(|_| stopped())?;
-    for path in files {
-        let mut r = read::open(path, &mut stats)?;
-        read::split(&mut r, &mut stats, |line, last, _| {
-            let start = cur.buf.len();
-            cur.buf.extend_from_slice(line);
-            cur.lines.push((start, cur.buf.len(), last));
-            if cur.buf.len() >= size {
-                // Waits for a free buffer: this bounds memory.
-                if let Ok(next) = free.recv() {
-                    let full = std::mem::replace(&mut cur, next);
-                    let _ = jobs.send((seq, full));
-                    seq += 1;
+    let mut read = || -> Result<()> {
+        for path in files {
+            let mut r = read::open(path, &mut stats)?;
+            read::split(&mut r, &mut stats, |line, last, _| {
+                let start = cur.buf.len();
+                cur.buf.extend_from_slice(line);
+                cur.lines.push((start, cur.buf.len(), last));
+                if cur.buf.len() >= size {
+                    // Waits for a free buffer: this bounds memory.
+                    if let Ok(next) = free.recv() {
+                        let full = std::mem::replace(&mut cur, next);
+                        let _ = jobs.send((seq, full));
+                        seq += 1;
+                    }
                 }
-            }
-        })
-        .with_context(|| format!("reading {}", path.display()))?;
-    }
+            })
+            .with_context(|| format!("reading {}", path.display()))?;
+        }
+        Ok(())
+    };
+    let result = read();
+    // What was read before an error is still handed on, as serially.
     if !cur.lines.is_empty() {
         let _ = jobs.send((seq, cur));
     }
-    Ok(stats)
+    result.map(|()| stats)
 }
 
 #[cfg(test)]

@@ -152,6 +152,8 @@ pub(super) fn split(
 }
 
 /// What one line turned out to be.
+// Lines are nearly all events: boxing them would allocate per line.
+#[allow(clippy::large_enum_variant)]
 pub(super) enum Outcome<'a> {
     /// Blank.
     Blank,
