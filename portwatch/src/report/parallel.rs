@@ -97,7 +97,8 @@ pub fn read_all(
     }
     let (job_tx, job_rx) = mpsc::channel::<(u64, Chunk)>();
     let job_rx = Mutex::new(job_rx);
-    let (done_tx, done_rx) = mpsc::channel::<Parsed>();
+    // Err: a parser thread panicked (its chunk is lost: the reading stops).
+    let (done_tx, done_rx) = mpsc::channel::<Result<Parsed, ()>>();
     std::thread::scope(|s| -> Result<()> {
         let splitter = s.spawn(move || split(files, chunk, &free_rx, &job_tx));
         for _ in 0..threads {
@@ -108,16 +109,27 @@ pub fn read_all(
                     .map_err(|_| ())
                     .and_then(|rx| rx.recv().map_err(|_| ()));
                 let Ok((seq, chunk)) = job else { break };
-                if done_tx.send(Parsed::new(seq, chunk)).is_err() {
+                // A panic must not leave the others waiting for this chunk.
+                let parsed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    Parsed::new(seq, chunk)
+                }));
+                let failed = parsed.is_err();
+                if done_tx.send(parsed.map_err(|_| ())).is_err() || failed {
                     break;
                 }
             });
         }
         drop(done_tx);
         // Reorder: parsers finish out of order; at most `pool` chunks exist.
+        let free_tx = free_tx;
         let mut waiting = BTreeMap::new();
         let mut next = 0u64;
+        let mut failed = false;
         for parsed in done_rx {
+            let Ok(parsed) = parsed else {
+                failed = true;
+                break;
+            };
             waiting.insert(parsed.seq, parsed);
             while let Some(parsed) = waiting.remove(&next) {
                 next += 1;
@@ -125,6 +137,12 @@ pub fn read_all(
                 // The splitter may have finished: then the buffer just goes.
                 let _ = free_tx.send(chunk);
             }
+        }
+        // Unblocks a splitter waiting for a buffer: it stops.
+        drop(free_tx);
+        if failed {
+            let _ = splitter.join();
+            return Err(anyhow!("a journal parser thread panicked"));
         }
         let read = splitter
             .join()
@@ -157,12 +175,12 @@ fn split(
                 cur.lines.push((start, cur.buf.len(), last));
                 if cur.buf.len() >= size {
                     // Waits for a free buffer: this bounds memory.
-                    if let Ok(next) = free.recv() {
-                        let full = std::mem::replace(&mut cur, next);
-                        let _ = jobs.send((seq, full));
-                        seq += 1;
-                    }
+                    let next = free.recv().map_err(|_| stopped())?;
+                    let full = std::mem::replace(&mut cur, next);
+                    jobs.send((seq, full)).map_err(|_| stopped())?;
+                    seq += 1;
                 }
+                Ok(())
             })
             .with_context(|| format!("reading {}", path.display()))?;
         }

@@ -90,16 +90,18 @@ pub fn scan(
 ) -> io::Result<()> {
     split(r, stats, |bytes, last, stats| {
         apply(outcome(bytes, last), stats, &mut f);
+        Ok(())
     })
 }
 
 /// Splits `r` into lines (without their newline), counting bytes, lines
 /// and lines over [`MAX_LINE`] (skipped unbuffered) in `stats`; hands each
-/// other line to `line`, with whether it is a last line without newline.
+/// other line to `line`, with whether it is a last line without newline;
+/// an error from `line` ends the reading.
 pub(super) fn split(
     r: &mut impl BufRead,
     stats: &mut ReadStats,
-    mut line_fn: impl FnMut(&[u8], bool, &mut ReadStats),
+    mut line_fn: impl FnMut(&[u8], bool, &mut ReadStats) -> io::Result<()>,
 ) -> io::Result<()> {
     let mut line: Vec<u8> = Vec::new();
     let mut skipping = false;
@@ -122,10 +124,10 @@ pub(super) fn split(
                     stats.too_long += 1;
                 } else if line.is_empty() {
                     // The common case: straight from the reader's buffer.
-                    line_fn(&buf[..i], false, stats);
+                    line_fn(&buf[..i], false, stats)?;
                 } else {
                     line.extend_from_slice(&buf[..i]);
-                    line_fn(&line, false, stats);
+                    line_fn(&line, false, stats)?;
                 }
                 line.clear();
             }
@@ -146,7 +148,7 @@ pub(super) fn split(
         stats.lines += 1;
     } else if !line.is_empty() {
         stats.lines += 1;
-        line_fn(&line, true, stats);
+        line_fn(&line, true, stats)?;
     }
     Ok(())
 }
