@@ -4,7 +4,11 @@
 //! so the README's schema cannot drift between writer and reader.
 
 use std::{
+    borrow::Cow,
+    collections::HashMap,
     io::{self, Write},
+    net::IpAddr,
+    sync::OnceLock,
     time::SystemTime,
 };
 
@@ -12,9 +16,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use crate::{
-    capture::Event,
-    diagnose::Verdict,
-    holders::{Evidence, Holder},
+    capture::{Event, Source},
+    diagnose::{Reason, Verdict},
+    holders::{Evidence, Holder, State},
+    request::{Errno, Family, Opts, Proto, Syscall, MAX_ERRNO},
 };
 
 /// Timestamps as RFC 3339 with nanoseconds, UTC (`2026-11-24T18:07:56.307967050Z`).
@@ -152,11 +157,11 @@ pub struct PortLife {
     /// The local port.
     pub port: u16,
     /// Transport protocol (always TCP: the tracepoint reports TCP states).
-    pub proto: crate::request::Proto,
+    pub proto: Proto,
     /// Address family of the socket.
-    pub family: crate::request::Family,
+    pub family: Family,
     /// Its local address.
-    pub addr: std::net::IpAddr,
+    pub addr: IpAddr,
     /// Network namespace inode.
     pub netns: u32,
     /// The process that listened, or closed (the current task then).
@@ -219,6 +224,297 @@ pub fn parse_line(line: &str) -> serde_json::Result<Line> {
         return Ok(Line::Notice);
     }
     Record::parse_fast(line).map(|r| Line::Event(Box::new(r)))
+}
+
+/// A borrowed view of one failure line, for `report`, which reads millions
+/// of them: the keys the report uses, strings borrowed from the line (a
+/// `Cow` owns only when the JSON escapes something), timestamps parsed
+/// cheaply, and inside `holders` only what the report reads (the other
+/// holder keys are skipped unbuffered). It sits here, next to [`Record`],
+/// and is tested to agree with [`Record::parse`] on written lines, so the
+/// schema cannot drift between the two.
+///
+/// Stricter and looser than [`Record`] only on broken lines: the event's
+/// keys are all checked and typed as in [`Event`], the holders' unused keys
+/// are not; a verdict key of the wrong type makes the line unreadable here,
+/// where [`Record`] drops the verdict.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct RecordView<'a> {
+    /// When it happened.
+    #[serde(deserialize_with = "rfc3339::deserialize")]
+    pub ts: SystemTime,
+    /// Process id.
+    pub pid: u32,
+    /// Thread id (checked, not used).
+    pub tid: u32,
+    /// Parent process id (checked, not used).
+    pub ppid: u32,
+    /// Real uid (checked, not used).
+    pub uid: u32,
+    /// Real gid (checked, not used).
+    pub gid: u32,
+    /// Thread name (untrusted).
+    #[serde(borrow)]
+    pub comm: Cow<'a, str>,
+    /// cgroup v2 id (checked, not used).
+    pub cgroup_id: u64,
+    /// bind or listen.
+    pub syscall: Syscall,
+    /// The error's canonical name (`EADDRINUSE`), `None` for a success.
+    #[serde(default, deserialize_with = "errno_view")]
+    pub errno: Option<Cow<'static, str>>,
+    /// The raw return value.
+    pub ret: i32,
+    /// Transport protocol.
+    pub proto: Proto,
+    /// Address family.
+    pub family: Family,
+    /// Requested (bind) or bound (listen) address.
+    pub addr: IpAddr,
+    /// Requested (bind) or bound (listen) port.
+    pub port: u16,
+    /// Network namespace inode.
+    pub netns: u32,
+    /// The fd argument.
+    pub fd: Option<i32>,
+    /// SO_BINDTODEVICE interface index.
+    pub ifindex: Option<u32>,
+    /// Socket options.
+    pub opts: Option<Opts>,
+    /// Identical failures folded into this one.
+    pub folded: u64,
+    /// Hook that saw it.
+    pub source: Source,
+    /// What held the port, when holders were looked up.
+    #[serde(default, borrow)]
+    pub holders: Option<HoldersView<'a>>,
+    /// The verdict's reason code, as written.
+    #[serde(default, borrow, deserialize_with = "opt_cow")]
+    pub reason: Option<Cow<'a, str>>,
+    /// The verdict's sentence.
+    #[serde(default, borrow, deserialize_with = "opt_cow")]
+    pub diagnosis: Option<Cow<'a, str>>,
+    /// The verdict's fix.
+    #[serde(default, borrow, deserialize_with = "opt_cow")]
+    pub fix: Option<Cow<'a, str>>,
+}
+
+/// What the report reads of one holder.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct HolderView<'a> {
+    /// Owner pid (None for TIME_WAIT).
+    pub pid: Option<u32>,
+    /// Its comm (untrusted).
+    #[serde(default, borrow, deserialize_with = "opt_cow")]
+    pub comm: Option<Cow<'a, str>>,
+    /// Its command line (untrusted).
+    #[serde(default, borrow, deserialize_with = "opt_cow")]
+    pub cmdline: Option<Cow<'a, str>>,
+    /// Socket state.
+    pub state: State,
+}
+
+/// A line's `holders`: the first one inline, so the common line (one
+/// holder) allocates nothing.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HoldersView<'a> {
+    first: Option<HolderView<'a>>,
+    rest: Vec<HolderView<'a>>,
+}
+
+impl<'a> HoldersView<'a> {
+    /// The holders, in order.
+    pub fn iter(&self) -> impl Iterator<Item = &HolderView<'a>> + Clone {
+        self.first.iter().chain(self.rest.iter())
+    }
+
+    /// No holder.
+    pub fn is_empty(&self) -> bool {
+        self.first.is_none()
+    }
+
+    fn push(&mut self, h: HolderView<'a>) {
+        if self.first.is_none() {
+            self.first = Some(h);
+        } else {
+            self.rest.push(h);
+        }
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for HoldersView<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Seq<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> serde::de::Visitor<'de> for Seq<'a> {
+            type Value = HoldersView<'a>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a list of holders")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Self::Value, A::Error> {
+                let mut out = HoldersView::default();
+                while let Some(h) = seq.next_element::<HolderView<'a>>()? {
+                    out.push(h);
+                }
+                Ok(out)
+            }
+        }
+        d.deserialize_seq(Seq(std::marker::PhantomData))
+    }
+}
+
+/// An optional string, borrowed from the line unless it has escapes (serde
+/// borrows a bare `Cow` field, but an `Option<Cow>` would always own).
+fn opt_cow<'de: 'a, 'a, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Cow<'a, str>>, D::Error> {
+    #[derive(Deserialize)]
+    struct Borrowed<'a>(#[serde(borrow)] Cow<'a, str>);
+    Ok(<Option<Borrowed<'a>>>::deserialize(d)?.map(|b| b.0))
+}
+
+/// Errno names, made once: index n - 1 is errno n's name.
+fn errno_names() -> &'static (Vec<String>, HashMap<String, usize>) {
+    static NAMES: OnceLock<(Vec<String>, HashMap<String, usize>)> = OnceLock::new();
+    NAMES.get_or_init(|| {
+        let names: Vec<String> = (1..=MAX_ERRNO).map(|n| Errno(n).name()).collect();
+        let index = names.iter().cloned().zip(0..).collect();
+        (names, index)
+    })
+}
+
+/// `e`'s name, borrowed from the table when it has one.
+fn errno_cow(e: Errno) -> Cow<'static, str> {
+    let (names, _) = errno_names();
+    match usize::try_from(e.0 - 1).ok().and_then(|i| names.get(i)) {
+        Some(n) => Cow::Borrowed(n.as_str()),
+        None => Cow::Owned(e.name()),
+    }
+}
+
+/// Reads an errno as [`Errno`] does, giving its canonical name: the name as
+/// written is looked up exactly first (the journal writes canonical names),
+/// anything else goes through [`Errno`]'s parser.
+fn errno_view<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Cow<'static, str>>, D::Error> {
+    let Some(s) = <Option<Cow<'de, str>>>::deserialize(d)? else {
+        return Ok(None);
+    };
+    let (names, index) = errno_names();
+    if let Some(&i) = index.get(s.as_ref()) {
+        return Ok(Some(Cow::Borrowed(names[i].as_str())));
+    }
+    s.parse::<Errno>()
+        .map(|e| Some(errno_cow(e)))
+        .map_err(serde::de::Error::custom)
+}
+
+impl<'a> RecordView<'a> {
+    /// Parses one NDJSON failure line, borrowing from it.
+    pub fn parse(line: &'a [u8]) -> serde_json::Result<Self> {
+        // One UTF-8 check of the whole line is cheaper than serde_json's
+        // check of each of its ~70 strings (from_slice).
+        let line = std::str::from_utf8(line).map_err(serde::de::Error::custom)?;
+        serde_json::from_str(line)
+    }
+
+    /// The view of a parsed [`Record`] (the same thing as [`RecordView::parse`]
+    /// of the line it came from).
+    pub fn of(r: &'a Record) -> Self {
+        let e = &r.event;
+        let v = r.verdict.as_ref();
+        Self {
+            ts: e.ts,
+            pid: e.pid,
+            tid: e.tid,
+            ppid: e.ppid,
+            uid: e.uid,
+            gid: e.gid,
+            comm: Cow::Borrowed(&e.comm),
+            cgroup_id: e.cgroup_id,
+            syscall: e.syscall,
+            errno: e.errno.map(errno_cow),
+            ret: e.ret,
+            proto: e.proto,
+            family: e.family,
+            addr: e.addr,
+            port: e.port,
+            netns: e.netns,
+            fd: e.fd,
+            ifindex: e.ifindex,
+            opts: e.opts,
+            folded: e.folded,
+            source: e.source,
+            holders: r.holders.as_ref().map(|hs| {
+                let mut out = HoldersView::default();
+                for h in hs {
+                    out.push(HolderView {
+                        pid: h.pid,
+                        comm: h.comm.as_deref().map(Cow::Borrowed),
+                        cmdline: h.cmdline.as_deref().map(Cow::Borrowed),
+                        state: h.state,
+                    });
+                }
+                out
+            }),
+            reason: v.map(|v| {
+                Cow::Owned(
+                    serde_json::to_value(v.reason)
+                        .ok()
+                        .and_then(|v| v.as_str().map(str::to_owned))
+                        .unwrap_or_default(),
+                )
+            }),
+            diagnosis: v.map(|v| Cow::Borrowed(v.diagnosis.as_str())),
+            fix: v.map(|v| Cow::Borrowed(v.fix.as_str())),
+        }
+    }
+
+    /// The verdict's reason code and diagnosis, when the line has a whole
+    /// verdict with a known reason (as [`Record::verdict`] would be `Some`).
+    pub fn verdict(&self) -> Option<(&str, &str)> {
+        let (reason, diagnosis, _) = (
+            self.reason.as_deref()?,
+            self.diagnosis.as_deref()?,
+            self.fix.as_deref()?,
+        );
+        let known = Reason::deserialize(serde::de::value::BorrowedStrDeserializer::<
+            serde::de::value::Error,
+        >::new(reason))
+        .is_ok();
+        known.then_some((reason, diagnosis))
+    }
+}
+
+/// One journal line as `report` reads it: [`Line`], with failures borrowed.
+// Events are nearly every line: boxing them would allocate per line.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LineView<'a> {
+    /// A failure (or with `--all`, a success).
+    Event(RecordView<'a>),
+    /// A moment in a port's life.
+    Port(PortLife),
+    /// The fold tail.
+    Repeat(crate::capture::Repeat),
+    /// A notice: not an event.
+    Notice,
+}
+
+/// Parses one journal line like [`parse_line`], borrowing from it.
+pub fn parse_line_view(line: &[u8]) -> serde_json::Result<LineView<'_>> {
+    if line.starts_with(b"{\"type\":") {
+        let s = std::str::from_utf8(line).map_err(|_| serde::de::Error::custom("not UTF-8"))?;
+        return Ok(match parse_line(s)? {
+            Line::Port(p) => LineView::Port(p),
+            Line::Repeat(r) => LineView::Repeat(r),
+            Line::Event(_) | Line::Notice => LineView::Notice,
+        });
+    }
+    RecordView::parse(line).map(LineView::Event)
 }
 
 #[cfg(test)]
@@ -344,8 +640,8 @@ mod tests {
             ts: SystemTime::UNIX_EPOCH + std::time::Duration::from_nanos(1_700_000_000_123_456_789),
             event: LifeKind::Closed,
             port: 8080,
-            proto: crate::request::Proto::Tcp,
-            family: crate::request::Family::Ipv4,
+            proto: Proto::Tcp,
+            family: Family::Ipv4,
             addr: "127.0.0.1".parse().unwrap(),
             netns: 4026531840,
             pid: 808,
@@ -380,6 +676,109 @@ mod tests {
         ] {
             assert!(Record::parse(line).is_err(), "{line:?}");
             assert!(Record::parse_fast(line).is_err(), "{line:?}");
+        }
+    }
+
+    /// The report's borrowed view reads every written line as `Record` does:
+    /// with and without enrichment, several holders, escaped strings, a
+    /// success, non-canonical errno spellings, and garbage.
+    #[test]
+    fn the_view_agrees_with_record_on_written_lines() {
+        let mut ev = event();
+        ev.record = None;
+        let mut e = evidence();
+        let mut tw = e.holders[0].clone();
+        tw.pid = None;
+        tw.comm = None;
+        tw.cmdline = None;
+        tw.state = State::TimeWait;
+        e.holders.push(tw);
+        let verdict = diagnose(&ev.request(), &e);
+        let mut success = ev.clone();
+        success.errno = None;
+        success.ret = 0;
+        success.opts = None;
+        let cases = [
+            (&ev, Some(holders_json(&e)), Some(&verdict)),
+            (&ev, None, None),
+            (&success, None, None),
+        ];
+        for (ev, holders, verdict) in cases {
+            let mut out = Vec::new();
+            write(&mut out, ev, holders.as_deref(), verdict).unwrap();
+            let line = out.strip_suffix(b"\n").unwrap();
+            let text = std::str::from_utf8(line).unwrap();
+            let r = Record::parse(text).unwrap();
+            let view = RecordView::parse(line).unwrap();
+            assert_eq!(view, RecordView::of(&r), "{text}");
+            let reason = r.verdict.as_ref().map(|v| {
+                serde_json::to_value(v.reason)
+                    .unwrap()
+                    .as_str()
+                    .unwrap()
+                    .to_owned()
+            });
+            assert_eq!(
+                view.verdict(),
+                reason
+                    .as_deref()
+                    .zip(r.verdict.as_ref().map(|v| v.diagnosis.as_str()))
+            );
+            assert_eq!(
+                parse_line_view(line).unwrap(),
+                LineView::Event(view.clone())
+            );
+            if let Some(hs) = &view.holders {
+                assert_eq!(hs.iter().count(), 2);
+                // The escaped comm was unescaped (owned), the rest borrowed.
+                let first = hs.iter().next().unwrap();
+                assert_eq!(first.comm.as_deref(), Some("old\u{1b}[2J"));
+                assert!(matches!(first.cmdline, Some(Cow::Borrowed(_))));
+            }
+            assert!(matches!(view.comm, Cow::Borrowed(_)));
+            // Other spellings of the errno read the same, in both readers.
+            if ev.errno.is_some() {
+                for spelling in ["\"eaddrinuse\"", "98", "\"98\"", "\"E98\""] {
+                    let other = text.replace("\"EADDRINUSE\"", spelling);
+                    if let Ok(r) = Record::parse(&other) {
+                        let v = RecordView::parse(other.as_bytes()).unwrap();
+                        assert_eq!(v, RecordView::of(&r), "{other}");
+                        assert_eq!(v.errno.as_deref(), Some("EADDRINUSE"));
+                    } else {
+                        assert!(RecordView::parse(other.as_bytes()).is_err(), "{other}");
+                    }
+                }
+            }
+            // Any key missing makes both refuse the line, or both read it.
+            let v: serde_json::Value = serde_json::from_str(text).unwrap();
+            for key in v.as_object().unwrap().keys() {
+                let mut less = v.clone();
+                less.as_object_mut().unwrap().remove(key);
+                let less = serde_json::to_string(&less).unwrap();
+                match Record::parse(&less) {
+                    Ok(r) if r.verdict.is_none() && v.get("reason").is_some() => {
+                        // A verdict key gone: the verdict goes, in both.
+                        assert_eq!(RecordView::parse(less.as_bytes()).unwrap().verdict(), None);
+                    }
+                    Ok(r) => assert_eq!(
+                        RecordView::parse(less.as_bytes()).unwrap(),
+                        RecordView::of(&r),
+                        "without {key}"
+                    ),
+                    Err(_) => assert!(RecordView::parse(less.as_bytes()).is_err(), "without {key}"),
+                }
+            }
+        }
+        for line in [
+            "",
+            "{",
+            "null",
+            "{\"ts\":\"yesterday\"}",
+            "{\"pid\":-1}",
+            "[1,2,3]",
+        ] {
+            assert!(RecordView::parse(line.as_bytes()).is_err(), "{line:?}");
+            assert!(parse_line_view(line.as_bytes()).is_err(), "{line:?}");
         }
     }
 }

@@ -13,7 +13,8 @@ use serde::Serialize;
 
 use crate::{
     holders::State,
-    output::json::{LifeKind, Line, PortLife, Record},
+    output::json::{HoldersView, LifeKind, Line, LineView, PortLife, RecordView},
+    request::Proto,
 };
 
 /// Tenures and runs kept per port (the most recent ones).
@@ -225,20 +226,22 @@ pub struct Analysis {
     pub ephemeral: Vec<Pattern>,
     #[serde(skip)]
     ephemeral_count: (u64, Option<SystemTime>, Option<SystemTime>, Vec<u32>),
+    /// Scratch for table keys (no allocation per line).
+    #[serde(skip)]
+    key: String,
 }
 
-fn reason_name(r: &Record) -> Option<String> {
-    let v = r.verdict.as_ref()?;
-    serde_json::to_value(v.reason)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_owned))
-}
-
-fn errno_name(r: &Record) -> String {
-    r.event
-        .errno
-        .map(|e| e.name())
-        .unwrap_or_else(|| r.event.ret.to_string())
+/// `port/proto`, the key of the by-port table, written into `buf`.
+fn port_key(buf: &mut String, port: u16, proto: Proto) -> &str {
+    use std::fmt::Write as _;
+    buf.clear();
+    let _ = match proto {
+        // The common protocols without allocating their names.
+        Proto::Tcp => write!(buf, "{port}/tcp"),
+        Proto::Udp => write!(buf, "{port}/udp"),
+        other => write!(buf, "{port}/{}", other.name()),
+    };
+    buf
 }
 
 impl Analysis {
@@ -271,25 +274,36 @@ impl Analysis {
     /// Takes one journal line; returns false when the filter drops it.
     pub fn add(&mut self, line: Line, filter: &Filter) -> bool {
         match line {
-            Line::Event(r) => {
-                if !filter.keeps(r.event.port, r.ts()) {
+            Line::Event(r) => self.add_view(LineView::Event(RecordView::of(&r)), filter),
+            Line::Port(p) => self.add_view(LineView::Port(p), filter),
+            Line::Repeat(r) => self.add_view(LineView::Repeat(r), filter),
+            Line::Notice => true,
+        }
+    }
+
+    /// Takes one journal line as read (borrowed); returns false when the
+    /// filter drops it.
+    pub fn add_view(&mut self, line: LineView<'_>, filter: &Filter) -> bool {
+        match line {
+            LineView::Event(r) => {
+                if !filter.keeps(r.port, r.ts) {
                     return false;
                 }
                 self.event(&r);
             }
-            Line::Port(p) => {
+            LineView::Port(p) => {
                 if !filter.keeps(p.port, p.ts) {
                     return false;
                 }
                 self.life(&p);
             }
-            Line::Repeat(r) => {
+            LineView::Repeat(r) => {
                 if !filter.ports.is_empty() && !filter.ports.contains(&r.port) {
                     return false;
                 }
                 self.repeat(&r);
             }
-            Line::Notice => {}
+            LineView::Notice => {}
         }
         true
     }
@@ -312,73 +326,74 @@ impl Analysis {
         story.failures += r.count;
         self.failures += r.count;
         self.by_port
-            .add(&format!("{}/{}", r.port, r.proto.name()), r.count);
+            .add(port_key(&mut self.key, r.port, r.proto), r.count);
         self.by_command.add(&r.comm, r.count);
         let reason = run.reason.clone().unwrap_or(errno);
         self.by_reason.add(&reason, r.count);
     }
 
-    fn event(&mut self, r: &Record) {
-        let ev = &r.event;
-        self.seen(ev.ts);
-        if ev.ret == 0 {
+    fn event(&mut self, r: &RecordView<'_>) {
+        self.seen(r.ts);
+        if r.ret == 0 {
             self.successes += 1;
             return;
         }
-        let n = 1 + ev.folded;
+        let n = 1 + r.folded;
         self.failures += n;
-        let reason = reason_name(r);
-        let errno = errno_name(r);
+        let verdict = r.verdict();
+        let reason = verdict.map(|(reason, _)| reason);
+        let ret;
+        let errno: &str = match &r.errno {
+            Some(e) => e,
+            None => {
+                ret = r.ret.to_string();
+                &ret
+            }
+        };
         self.by_port
-            .add(&format!("{}/{}", ev.port, ev.proto.name()), n);
-        self.by_command.add(&ev.comm, n);
-        self.by_reason.add(reason.as_deref().unwrap_or(&errno), n);
-        if errno == "EADDRNOTAVAIL" && ev.port == 0
-            || reason.as_deref() == Some("ephemeral_exhausted")
-        {
+            .add(port_key(&mut self.key, r.port, r.proto), n);
+        self.by_command.add(&r.comm, n);
+        self.by_reason.add(reason.unwrap_or(errno), n);
+        if errno == "EADDRNOTAVAIL" && r.port == 0 || reason == Some("ephemeral_exhausted") {
             let e = &mut self.ephemeral_count;
             e.0 += n;
-            e.1 = Some(e.1.map_or(ev.ts, |f: SystemTime| f.min(ev.ts)));
-            e.2 = Some(e.2.map_or(ev.ts, |l: SystemTime| l.max(ev.ts)));
-            if e.3.len() < 8 && !e.3.contains(&ev.pid) {
-                e.3.push(ev.pid);
+            e.1 = Some(e.1.map_or(r.ts, |f: SystemTime| f.min(r.ts)));
+            e.2 = Some(e.2.map_or(r.ts, |l: SystemTime| l.max(r.ts)));
+            if e.3.len() < 8 && !e.3.contains(&r.pid) {
+                e.3.push(r.pid);
             }
         }
-        let Some(story) = self.story(ev.port, ev.ts) else {
+        let Some(story) = self.story(r.port, r.ts) else {
             self.ports_dropped += n;
             return;
         };
         story.failures += n;
-        let holders = r.holders.as_deref().unwrap_or_default();
+        let empty = HoldersView::default();
+        let holders = r.holders.as_ref().unwrap_or(&empty);
         // Whoever held the port at the failure held it since then at least.
-        for h in holders {
+        for h in holders.iter() {
             if let (Some(pid), State::Listen) = (h.pid, h.state) {
-                if pid != ev.pid {
-                    story.holder_seen(pid, h.comm.as_deref(), h.cmdline.as_deref(), ev.ts);
+                if pid != r.pid {
+                    story.holder_seen(pid, h.comm.as_deref(), h.cmdline.as_deref(), r.ts);
                 }
             }
         }
         let time_wait_only =
             !holders.is_empty() && holders.iter().all(|h| h.state == State::TimeWait);
-        let holder_pids: Vec<u32> = holders.iter().filter_map(|h| h.pid).take(4).collect();
-        let holder_comms: Vec<String> = holders
-            .iter()
-            .filter_map(|h| h.comm.clone())
-            .take(4)
-            .collect();
-        let syscall = ev.syscall.name().to_owned();
+        let holder_pids = holders.iter().filter_map(|h| h.pid).take(4);
+        let syscall = r.syscall.name();
         // The run this failure continues: same process, call, error, reason.
         let found = story.runs.iter_mut().rev().take(8).find(|run| {
-            run.pid == ev.pid
+            run.pid == r.pid
                 && run.errno == errno
                 && run.syscall == syscall
-                && run.reason == reason
-                && ev.ts.duration_since(run.last).unwrap_or_default() <= RUN_GAP
+                && run.reason.as_deref() == reason
+                && r.ts.duration_since(run.last).unwrap_or_default() <= RUN_GAP
         });
         match found {
             Some(run) => {
                 run.count += n;
-                run.last = run.last.max(ev.ts);
+                run.last = run.last.max(r.ts);
                 for p in holder_pids {
                     if run.holders.len() < 4 && !run.holders.contains(&p) {
                         run.holders.push(p);
@@ -391,20 +406,25 @@ impl Analysis {
                     story.runs.pop_front();
                     story.runs_dropped += 1;
                 }
+                // Strings are copied only here, for the runs kept.
                 story.runs.push_back(Run {
-                    pid: ev.pid,
-                    comm: ev.comm.clone(),
-                    syscall,
-                    errno,
-                    reason,
-                    diagnosis: r.verdict.as_ref().map(|v| v.diagnosis.clone()),
-                    first: ev.ts,
-                    last: ev.ts,
+                    pid: r.pid,
+                    comm: r.comm.clone().into_owned(),
+                    syscall: syscall.to_owned(),
+                    errno: errno.to_owned(),
+                    reason: reason.map(str::to_owned),
+                    diagnosis: verdict.map(|(_, d)| d.to_owned()),
+                    first: r.ts,
+                    last: r.ts,
                     count: n,
-                    holders: holder_pids,
-                    holder_comms,
+                    holders: holder_pids.collect(),
+                    holder_comms: holders
+                        .iter()
+                        .filter_map(|h| h.comm.as_deref().map(str::to_owned))
+                        .take(4)
+                        .collect(),
                     time_wait_only,
-                    reuseaddr: ev.opts.map(|o| o.reuseaddr),
+                    reuseaddr: r.opts.map(|o| o.reuseaddr),
                 });
             }
         }
@@ -699,11 +719,11 @@ pub fn analyse(
     let mut counts = (0u64, 0u64, 0u64);
     super::read::read_all(files, &mut stats, |line| {
         let kind = match &line {
-            Line::Event(_) => 0,
-            Line::Port(_) => 1,
-            Line::Repeat(_) | Line::Notice => 2,
+            LineView::Event(_) => 0,
+            LineView::Port(_) => 1,
+            LineView::Repeat(_) | LineView::Notice => 2,
         };
-        if a.add(line, filter) {
+        if a.add_view(line, filter) {
             match kind {
                 0 => counts.0 += 1,
                 1 => counts.1 += 1,

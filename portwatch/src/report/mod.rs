@@ -4,6 +4,7 @@
 //! JSON or one self-contained HTML page.
 
 pub mod analyse;
+mod parallel;
 pub mod read;
 pub mod render;
 

@@ -86,7 +86,22 @@ pub fn files(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
 pub fn scan(
     r: &mut impl BufRead,
     stats: &mut ReadStats,
-    mut f: impl FnMut(json::Line),
+    mut f: impl FnMut(json::LineView<'_>),
+) -> io::Result<()> {
+    split(r, stats, |bytes, last, stats| {
+        apply(outcome(bytes, last), stats, &mut f);
+        Ok(())
+    })
+}
+
+/// Splits `r` into lines (without their newline), counting bytes, lines
+/// and lines over [`MAX_LINE`] (skipped unbuffered) in `stats`; hands each
+/// other line to `line`, with whether it is a last line without newline;
+/// an error from `line` ends the reading.
+pub(super) fn split(
+    r: &mut impl BufRead,
+    stats: &mut ReadStats,
+    mut line_fn: impl FnMut(&[u8], bool, &mut ReadStats) -> io::Result<()>,
 ) -> io::Result<()> {
     let mut line: Vec<u8> = Vec::new();
     let mut skipping = false;
@@ -95,7 +110,7 @@ pub fn scan(
         if buf.is_empty() {
             break;
         }
-        let (used, complete) = match buf.iter().position(|&b| b == b'\n') {
+        let (used, complete) = match memchr::memchr(b'\n', buf) {
             Some(i) => (i + 1, Some(i)),
             None => (buf.len(), None),
         };
@@ -108,11 +123,11 @@ pub fn scan(
                 } else if line.len() + i > MAX_LINE {
                     stats.too_long += 1;
                 } else if line.is_empty() {
-                    // The common case: parse straight from the reader's buffer.
-                    one(&buf[..i], stats, false, &mut f);
+                    // The common case: straight from the reader's buffer.
+                    line_fn(&buf[..i], false, stats)?;
                 } else {
                     line.extend_from_slice(&buf[..i]);
-                    one(&line, stats, false, &mut f);
+                    line_fn(&line, false, stats)?;
                 }
                 line.clear();
             }
@@ -133,24 +148,48 @@ pub fn scan(
         stats.lines += 1;
     } else if !line.is_empty() {
         stats.lines += 1;
-        one(&line, stats, true, &mut f);
+        line_fn(&line, true, stats)?;
     }
     Ok(())
 }
 
-fn one(bytes: &[u8], stats: &mut ReadStats, last: bool, f: &mut impl FnMut(json::Line)) {
+/// What one line turned out to be.
+// Lines are nearly all events: boxing them would allocate per line.
+#[allow(clippy::large_enum_variant)]
+pub(super) enum Outcome<'a> {
+    /// Blank.
+    Blank,
+    /// A journal line.
+    Line(json::LineView<'a>),
+    /// Not one; `last`: the last line of a file, without its newline.
+    Bad {
+        /// A last line cut short.
+        last: bool,
+    },
+}
+
+/// Parses one line (without its newline).
+pub(super) fn outcome(bytes: &[u8], last: bool) -> Outcome<'_> {
     let bytes = bytes.strip_suffix(b"\r").unwrap_or(bytes);
     if bytes.iter().all(u8::is_ascii_whitespace) {
-        return;
+        return Outcome::Blank;
     }
-    let parsed = std::str::from_utf8(bytes)
-        .ok()
-        .and_then(|s| json::parse_line(s).ok());
-    match parsed {
-        Some(json::Line::Notice) => stats.notices += 1,
-        Some(line) => f(line),
-        None if last => stats.truncated += 1,
-        None => stats.corrupt += 1,
+    // Borrowed straight from the buffer; from_slice checks that the
+    // strings it reads are UTF-8.
+    match json::parse_line_view(bytes) {
+        Ok(line) => Outcome::Line(line),
+        Err(_) => Outcome::Bad { last },
+    }
+}
+
+/// Counts or hands on one line's outcome, in reading order.
+pub(super) fn apply(o: Outcome<'_>, stats: &mut ReadStats, f: &mut impl FnMut(json::LineView<'_>)) {
+    match o {
+        Outcome::Blank => {}
+        Outcome::Line(json::LineView::Notice) => stats.notices += 1,
+        Outcome::Line(line) => f(line),
+        Outcome::Bad { last: true } => stats.truncated += 1,
+        Outcome::Bad { last: false } => stats.corrupt += 1,
     }
 }
 
@@ -158,18 +197,43 @@ fn one(bytes: &[u8], stats: &mut ReadStats, last: bool, f: &mut impl FnMut(json:
 pub fn read_all(
     files: &[PathBuf],
     stats: &mut ReadStats,
-    mut f: impl FnMut(json::Line),
+    mut f: impl FnMut(json::LineView<'_>),
 ) -> Result<()> {
+    let threads = std::thread::available_parallelism().map_or(1, usize::from);
+    let size: u64 = files
+        .iter()
+        .filter_map(|p| std::fs::metadata(p).ok())
+        .map(|m| m.len())
+        .sum();
+    // Parsing dominates: spread it over the cores for big journals.
+    if threads > 1 && size >= PARALLEL_FROM {
+        return super::parallel::read_all(files, stats, threads, CHUNK, f);
+    }
     for path in files {
         read_file(path, stats, &mut f)?;
     }
     Ok(())
 }
 
-fn read_file(path: &Path, stats: &mut ReadStats, f: &mut impl FnMut(json::Line)) -> Result<()> {
+/// Journals this big are parsed on every core (below, threads cost more
+/// than they save).
+const PARALLEL_FROM: u64 = 8 << 20;
+/// Bytes of whole lines handed to a parser thread at a time.
+const CHUNK: usize = 256 << 10;
+
+/// Opens `path` for reading, counting it.
+pub(super) fn open(path: &Path, stats: &mut ReadStats) -> Result<BufReader<File>> {
     let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
     stats.files += 1;
-    let mut r = BufReader::with_capacity(256 * 1024, file);
+    Ok(BufReader::with_capacity(256 * 1024, file))
+}
+
+fn read_file(
+    path: &Path,
+    stats: &mut ReadStats,
+    f: &mut impl FnMut(json::LineView<'_>),
+) -> Result<()> {
+    let mut r = open(path, stats)?;
     scan(&mut r, stats, f).with_context(|| format!("reading {}", path.display()))
 }
 
