@@ -30,7 +30,8 @@ pub struct Options {
     #[arg(long, allow_hyphen_values = true)]
     tracer_args: Vec<String>,
     /// Run one section only: `who` (portwatch who against ss, fuser, lsof).
-    #[arg(long, value_name = "SECTION", value_parser = ["who"])]
+    /// `cost` (the syscall loops against the floor probe, per-program ns).
+    #[arg(long, value_name = "SECTION", value_parser = ["who", "cost"])]
     only: Option<String>,
     /// Only the post-mortem section (report throughput, recording cost).
     #[arg(long)]
@@ -330,6 +331,10 @@ pub fn run(opts: &Options) -> Result<()> {
         median(startups.clone()),
         startups.len()
     ));
+    if opts.only.as_deref() == Some("cost") {
+        println!("{}", report.join("\n"));
+        return Ok(());
+    }
 
     // Storms: full speed with and without folding, then paced at 100 k/s.
     report.push(String::new());
