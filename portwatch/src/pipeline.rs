@@ -335,3 +335,37 @@ async fn write(
     out.flush()?;
     Ok(timeouts)
 }
+
+/// Ends a capture: detaches the programs (from then on the kernel's
+/// counters and fold table are final), accounts for what was still in the
+/// ring buffer (also when the output is gone), closes the pipeline and waits
+/// for its writer. `written` is the writer's result when the caller already
+/// saw it end. Returns how many lookups timed out.
+pub async fn wind_down(
+    session: &mut crate::capture::Session,
+    mut pipeline: Pipeline,
+    batch: &mut Vec<Event>,
+    writing: Writer,
+    written: Option<Result<io::Result<u64>, tokio::task::JoinError>>,
+) -> anyhow::Result<u64> {
+    use anyhow::Context as _;
+    session.detach();
+    loop {
+        let drained = session.read_rest(batch, BATCH);
+        pipeline.submit(batch).await;
+        if drained {
+            break;
+        }
+    }
+    drop(pipeline);
+    let written = match written {
+        Some(w) => w,
+        None => writing.await,
+    };
+    match written.map_err(|e| anyhow::anyhow!("the writer failed: {e}"))? {
+        Ok(n) => Ok(n),
+        // stdout closed (`| head`): what was shown is all that was wanted.
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(0),
+        Err(e) => Err(e).context("writing events"),
+    }
+}

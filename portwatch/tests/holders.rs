@@ -35,17 +35,8 @@ fn time_wait_from_a_real_closed_connection() {
     let port = port();
     let tracer = Tracer::start(&["--netns", &ns.arg()]);
     ns.run(move || {
-        let listener = socket(false, false);
-        bind(&listener, v4(port)).unwrap();
-        listener.listen(1).unwrap();
-        let client = TcpStream::connect(v4(port)).unwrap();
-        let (served, _) = listener.accept().unwrap();
-        drop(listener);
         // The side bound to the port closes first, so it ends in TIME_WAIT.
-        drop(served);
-        std::thread::sleep(Duration::from_millis(50));
-        drop(client);
-        std::thread::sleep(Duration::from_millis(50));
+        time_wait(port, false);
         let again = socket(false, false);
         assert_eq!(bind(&again, v4(port)), Err(libc::EADDRINUSE));
     });

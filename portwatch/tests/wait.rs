@@ -6,7 +6,6 @@
 mod common;
 
 use std::{
-    net::TcpStream,
     process::{Child, Command, Output, Stdio},
     time::{Duration, Instant},
 };
@@ -65,19 +64,7 @@ fn wait_returns_when_the_holder_exits() {
 fn wait_reuseaddr_passes_time_wait_and_plain_times_out() {
     let ns = Netns::new("pw-wait-tw");
     let port = port();
-    ns.run(move || {
-        let listener = socket(false, false);
-        listener.set_reuse_address(true).unwrap();
-        bind(&listener, v4(port)).unwrap();
-        listener.listen(1).unwrap();
-        let client = TcpStream::connect(v4(port)).unwrap();
-        let (served, _) = listener.accept().unwrap();
-        drop(listener);
-        drop(served);
-        std::thread::sleep(Duration::from_millis(50));
-        drop(client);
-        std::thread::sleep(Duration::from_millis(50));
-    });
+    ns.run(move || time_wait(port, true));
     let p = port.to_string();
     let t0 = Instant::now();
     let r = wait_in(&ns, &[&p, "--reuseaddr", "--timeout", "10s"]);

@@ -157,22 +157,6 @@ fn who_free_port_exits_0() {
     assert!(sockets(&v).is_empty(), "{v:#}");
 }
 
-/// TIME_WAIT from a real connection whose server side closed first; the
-/// listener had SO_REUSEADDR or not (`reuse`), which TIME_WAIT keeps.
-fn time_wait(port: u16, reuse: bool) {
-    let listener = socket(false, false);
-    listener.set_reuse_address(reuse).unwrap();
-    bind(&listener, v4(port)).unwrap();
-    listener.listen(1).unwrap();
-    let client = TcpStream::connect(v4(port)).unwrap();
-    let (served, _) = listener.accept().unwrap();
-    drop(listener);
-    drop(served);
-    std::thread::sleep(Duration::from_millis(50));
-    drop(client);
-    std::thread::sleep(Duration::from_millis(50));
-}
-
 #[test]
 fn who_time_wait_leftovers() {
     let ns = Netns::new("pw-who-tw");

@@ -266,23 +266,7 @@ pub async fn run(args: RunArgs) -> Result<u8> {
             }
         }
     }
-    session.detach();
-    loop {
-        let drained = session.read_rest(&mut batch, BATCH);
-        pipeline.submit(&mut batch).await;
-        if drained {
-            break;
-        }
-    }
-    drop(pipeline);
-    let timeouts = match writing
-        .await
-        .map_err(|e| anyhow!("the writer failed: {e}"))?
-    {
-        Ok(n) => n,
-        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => 0,
-        Err(e) => return Err(e).context("writing events"),
-    };
+    let timeouts = pipeline::wind_down(&mut session, pipeline, &mut batch, writing, None).await?;
     let finish = session.finish();
     for repeat in &finish.repeats {
         notices.say(&Notice::Repeat(repeat.clone()));

@@ -6,7 +6,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{anyhow, Context as _, Result};
+use anyhow::Result;
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::{
@@ -184,26 +184,8 @@ pub async fn run(args: WatchArgs) -> Result<()> {
         }
     }
 
-    // Detach first: from here on the counters and fold table are final.
-    session.detach();
-    // Still account for what was in flight, even when stdout is gone.
-    loop {
-        let drained = session.read_rest(&mut batch, BATCH);
-        pipeline.submit(&mut batch).await;
-        if drained {
-            break;
-        }
-    }
-    drop(pipeline);
-    let written = match written {
-        Some(w) => w,
-        None => writing.await,
-    };
-    let timeouts = match written.map_err(|e| anyhow!("the writer failed: {e}"))? {
-        Ok(n) => n,
-        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => 0,
-        Err(e) => return Err(e).context("writing events"),
-    };
+    let timeouts =
+        pipeline::wind_down(&mut session, pipeline, &mut batch, writing, written).await?;
     let finish = session.finish();
     for repeat in &finish.repeats {
         notices.say(&Notice::Repeat(repeat.clone()));

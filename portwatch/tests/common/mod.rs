@@ -348,3 +348,19 @@ pub fn holder(ev: &Value) -> &Value {
         .and_then(|h| h.first())
         .unwrap_or_else(|| panic!("no holder in {ev:#}"))
 }
+
+/// TIME_WAIT from a real connection whose server side closed first; the
+/// listener had SO_REUSEADDR or not (`reuse`), which TIME_WAIT keeps.
+pub fn time_wait(port: u16, reuse: bool) {
+    let listener = socket(false, false);
+    listener.set_reuse_address(reuse).unwrap();
+    bind(&listener, v4(port)).unwrap();
+    listener.listen(1).unwrap();
+    let client = std::net::TcpStream::connect(v4(port)).unwrap();
+    let (served, _) = listener.accept().unwrap();
+    drop(listener);
+    drop(served);
+    thread::sleep(Duration::from_millis(50));
+    drop(client);
+    thread::sleep(Duration::from_millis(50));
+}
