@@ -24,30 +24,10 @@ use crate::{
 const TCP_LISTEN: i32 = 10;
 const IPPROTO_TCP: u16 = 6;
 
-/// The record's key for a socket: None unless it is an inet socket bound to a port.
-#[inline(always)]
-pub(crate) fn key_of(sk: u64) -> Option<(PortKey, u16)> {
-    let family: u16 = read(sk, conf!(offsets.sk_family));
-    if family != AF_INET && family != AF_INET6 {
-        return None;
-    }
-    let port: u16 = read(sk, conf!(offsets.sk_num));
-    if port == 0 {
-        return None;
-    }
-    let net: u64 = read(sk, conf!(offsets.sk_net));
-    let key = PortKey {
-        netns: read(net, conf!(offsets.net_inum)),
-        port,
-        protocol: read(sk, conf!(offsets.sk_protocol)),
-    };
-    Some((key, family))
-}
-
 /// Records the current process as the holder of `sk`'s port.
 #[inline(always)]
 pub fn record(sk: u64, how: u8) {
-    let Some((key, family)) = key_of(sk) else {
+    let Some((key, family)) = sock::key_of(sk) else {
         return;
     };
     // A live listener stays the port's holder: a second socket entering
@@ -61,7 +41,7 @@ pub fn record(sk: u64, how: u8) {
         let old_sk = old.sk;
         if old.record.how == HOW_LISTEN
             && old_sk != sk
-            && key_of(old_sk).is_some_and(|(k, _)| k == key)
+            && sock::key_of(old_sk).is_some_and(|(k, _)| k == key)
             && read::<u8>(old_sk, conf!(offsets.sk_state)) == TCP_LISTEN as u8
         {
             return;
@@ -111,7 +91,7 @@ pub fn attach(ev: &mut Event, failing_sk: u64) {
     ev.record = rec.record;
     // A closed socket gives its port back (inet_num goes to 0) or is freed:
     // then it no longer matches the key and only the record remains.
-    if key_of(sk).is_some_and(|(now, _)| now == key) {
+    if sock::key_of(sk).is_some_and(|(now, _)| now == key) {
         ev.record.state = read(sk, conf!(offsets.sk_state));
         ev.record.opts = sock::opts_of(sk);
     } else {

@@ -76,7 +76,7 @@ pub fn on_state(sk: u64, old: i32, new: i32) {
     } else {
         return;
     };
-    let Some((key, family)) = crate::holders::key_of(sk) else {
+    let Some((key, family)) = crate::sock::key_of(sk) else {
         return;
     };
     let Some(st) = interest(&key) else {

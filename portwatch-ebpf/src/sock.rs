@@ -5,8 +5,8 @@ use aya_ebpf::helpers::{
     generated::{bpf_probe_read_kernel, bpf_probe_read_user},
 };
 use portwatch_common::{
-    BitLoc, Event, AF_INET, AF_INET6, OPT_BIND_ADDRESS_NO_PORT, OPT_FREEBIND, OPT_REUSEADDR,
-    OPT_REUSEPORT, OPT_TRANSPARENT, OPT_V6ONLY, OPT_VALID,
+    BitLoc, Event, PortKey, AF_INET, AF_INET6, OPT_BIND_ADDRESS_NO_PORT, OPT_FREEBIND,
+    OPT_REUSEADDR, OPT_REUSEPORT, OPT_TRANSPARENT, OPT_V6ONLY, OPT_VALID,
 };
 
 use crate::{config::conf, diag};
@@ -188,4 +188,24 @@ pub fn current_ppid() -> u32 {
     let task = unsafe { bpf_get_current_task() };
     let parent: u64 = read(task, conf!(offsets.task_real_parent));
     read(parent, conf!(offsets.task_tgid))
+}
+
+/// The record's key for a socket: None unless it is an inet socket bound to a port.
+#[inline(always)]
+pub fn key_of(sk: u64) -> Option<(PortKey, u16)> {
+    let family: u16 = read(sk, conf!(offsets.sk_family));
+    if family != AF_INET && family != AF_INET6 {
+        return None;
+    }
+    let port: u16 = read(sk, conf!(offsets.sk_num));
+    if port == 0 {
+        return None;
+    }
+    let net: u64 = read(sk, conf!(offsets.sk_net));
+    let key = PortKey {
+        netns: read(net, conf!(offsets.net_inum)),
+        port,
+        protocol: read(sk, conf!(offsets.sk_protocol)),
+    };
+    Some((key, family))
 }

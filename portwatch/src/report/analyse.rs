@@ -717,7 +717,7 @@ pub fn analyse(
     let mut a = Analysis::default();
     let mut stats = super::read::ReadStats::default();
     let mut counts = (0u64, 0u64, 0u64);
-    super::read::read_all(files, &mut stats, |line| {
+    super::read_all(files, &mut stats, |line| {
         let kind = match &line {
             LineView::Event(_) => 0,
             LineView::Port(_) => 1,

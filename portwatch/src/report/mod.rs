@@ -23,3 +23,22 @@ pub fn parse_time(s: &str) -> Result<SystemTime, String> {
         .checked_sub(ago)
         .ok_or_else(|| format!("{s:?} reaches before 1970"))
 }
+
+/// Reads every journal file in order: on the calling thread for small
+/// journals, parsing spread over the cores for big ones (parsing dominates).
+pub fn read_all(
+    files: &[std::path::PathBuf],
+    stats: &mut read::ReadStats,
+    f: impl FnMut(crate::output::json::LineView<'_>),
+) -> anyhow::Result<()> {
+    let threads = std::thread::available_parallelism().map_or(1, usize::from);
+    let size: u64 = files
+        .iter()
+        .filter_map(|p| std::fs::metadata(p).ok())
+        .map(|m| m.len())
+        .sum();
+    if threads > 1 && size >= read::PARALLEL_FROM {
+        return parallel::read_all(files, stats, threads, read::CHUNK, f);
+    }
+    read::read_serial(files, stats, f)
+}

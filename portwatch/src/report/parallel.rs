@@ -73,7 +73,7 @@ impl Parsed {
     }
 }
 
-/// Reads `files` like [`read::read_all`], parsing on `threads` threads in
+/// Reads `files` like [`read::read_serial`], parsing on `threads` threads in
 /// chunks of about `chunk` bytes.
 pub fn read_all(
     files: &[PathBuf],

@@ -193,33 +193,23 @@ pub(super) fn apply(o: Outcome<'_>, stats: &mut ReadStats, f: &mut impl FnMut(js
     }
 }
 
-/// Reads every file in order.
-pub fn read_all(
+/// Reads every file in order on the calling thread (small journals; the
+/// parallel reader's reference).
+pub fn read_serial(
     files: &[PathBuf],
     stats: &mut ReadStats,
     mut f: impl FnMut(json::LineView<'_>),
 ) -> Result<()> {
-    let threads = std::thread::available_parallelism().map_or(1, usize::from);
-    let size: u64 = files
-        .iter()
-        .filter_map(|p| std::fs::metadata(p).ok())
-        .map(|m| m.len())
-        .sum();
-    // Parsing dominates: spread it over the cores for big journals.
-    if threads > 1 && size >= PARALLEL_FROM {
-        return super::parallel::read_all(files, stats, threads, CHUNK, f);
-    }
     for path in files {
         read_file(path, stats, &mut f)?;
     }
     Ok(())
 }
 
-/// Journals this big are parsed on every core (below, threads cost more
-/// than they save).
-const PARALLEL_FROM: u64 = 8 << 20;
+/// Journals at least this big (all files together) are parsed on every core.
+pub(super) const PARALLEL_FROM: u64 = 8 << 20;
 /// Bytes of whole lines handed to a parser thread at a time.
-const CHUNK: usize = 256 << 10;
+pub(super) const CHUNK: usize = 256 << 10;
 
 /// Opens `path` for reading, counting it.
 pub(super) fn open(path: &Path, stats: &mut ReadStats) -> Result<BufReader<File>> {
