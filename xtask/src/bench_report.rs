@@ -12,7 +12,7 @@ use std::{
 
 use anyhow::{bail, Context as _, Result};
 
-use crate::bench::{storm, Tracer};
+use crate::load::{storm, Tracer};
 
 /// A private temporary directory, removed on drop.
 struct Scratch(PathBuf);

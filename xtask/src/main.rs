@@ -10,6 +10,7 @@ mod deb;
 mod floor;
 mod fuzz;
 mod kernels;
+mod load;
 mod setup;
 mod soak;
 mod vm;

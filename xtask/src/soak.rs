@@ -14,7 +14,7 @@ use std::{
 use anyhow::{bail, Result};
 use portwatch_test_support::Netns;
 
-use crate::bench::Tracer;
+use crate::load::Tracer;
 
 /// Options of `cargo xtask soak`.
 #[derive(clap::Args)]
