@@ -2,8 +2,9 @@
 
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
+    helpers::generated::bpf_jiffies64,
     helpers::{
-        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
+        bpf_get_current_cgroup_id, bpf_get_current_pid_tgid,
         bpf_get_current_uid_gid, bpf_ktime_get_boot_ns,
     },
 };
@@ -14,7 +15,7 @@ use portwatch_common::{
 
 use crate::{
     config::{conf, count, CGROUPS, COMMS, EVENTS, FOLDS, NETNS, PIDS, PORTS, SCRATCH, UIDS},
-    holders, sock,
+    holders, mem, sock,
 };
 
 /// One returning bind() or listen(), as a hook saw it.
@@ -76,7 +77,7 @@ pub fn handle(call: &Call) -> Result<(), i32> {
     {
         return Ok(());
     }
-    if filters & FILTER_COMM != 0 && unsafe { COMMS.get(bpf_get_current_comm()?) }.is_none() {
+    if filters & FILTER_COMM != 0 && unsafe { COMMS.get(mem::comm()) }.is_none() {
         return Ok(());
     }
 
@@ -86,22 +87,21 @@ pub fn handle(call: &Call) -> Result<(), i32> {
         return Ok(());
     };
     // SAFETY: per-CPU and a program is not preempted by another on its CPU.
+    // SAFETY: all-zero is a valid Event (plain integers).
+    unsafe { mem::zero(ev) };
     let ev = unsafe { &mut *ev };
-    *ev = Event {
-        pid,
-        tid: pid_tgid as u32,
-        ret: call.ret,
-        fd: call.fd,
-        syscall: call.syscall,
-        source: call.source,
-        ..Event::default()
-    };
+    ev.pid = pid;
+    ev.tid = pid_tgid as u32;
+    ev.ret = call.ret;
+    ev.fd = call.fd;
+    ev.syscall = call.syscall;
+    ev.source = call.source;
     // bind()'s requested port is in its own sockaddr: filter and fold on it
     // before walking to the socket. listen()'s port is in the socket.
     let mut walked = None;
     let mut sa_family = 0;
     if call.syscall == SYSCALL_BIND {
-        sock::fill_sockaddr_port(ev, call.addr, call.addrlen, call.user_addr);
+        sock::fill_sockaddr(ev, call.addr, call.addrlen, call.user_addr);
         sa_family = ev.family;
         if ev.family != AF_INET && ev.family != AF_INET6 {
             return Ok(());
@@ -126,10 +126,9 @@ pub fn handle(call: &Call) -> Result<(), i32> {
         }
     }
     // The requested address is part of the fold key: a failure on another
-    // address or family is another failure. It is in the call's own
-    // sockaddr (bind) or was read with the port (listen): no socket walk.
+    // address or family is another failure. It was read with the port, from
+    // the call's own sockaddr (bind) or the socket (listen): no socket walk.
     let fold_family = if call.syscall == SYSCALL_BIND {
-        sock::fill_sockaddr_addr(ev, sa_family, call.addr, call.addrlen, call.user_addr);
         sa_family
     } else {
         ev.family
@@ -137,7 +136,6 @@ pub fn handle(call: &Call) -> Result<(), i32> {
     let Some(state) = fold(ev, fold_family) else {
         return Ok(());
     };
-    ev.ts_boot_ns = unsafe { bpf_ktime_get_boot_ns() };
 
     // From here on the event will be sent (or counted lost): read the rest.
     // A socket that cannot be read is still reported, with `opts` invalid,
@@ -156,7 +154,7 @@ pub fn handle(call: &Call) -> Result<(), i32> {
     ev.uid = uid_gid as u32;
     ev.gid = (uid_gid >> 32) as u32;
     ev.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
-    ev.comm = bpf_get_current_comm().unwrap_or_default();
+    ev.comm = mem::comm();
     ev.ppid = sock::current_ppid();
     send(ev, state);
     Ok(())
@@ -177,51 +175,65 @@ fn walk(call: &Call, ev: &mut Event) -> Result<(u64, u64), i32> {
 
 /// Folds `ev` into its key's pending count if an identical failure (same
 /// process, call, errno, requested family, address and port) was sent
-/// less than the fold window ago (returns `None`). Otherwise stamps the key,
-/// moves its pending count into `ev.folded`, and returns the key's state
-/// (null when folding is off or the table is full) for `send`.
+/// less than the fold window ago (returns `None`). Otherwise stamps the key
+/// and `ev.ts_boot_ns`, moves the key's pending count into `ev.folded`, and
+/// returns the key's state (null when folding is off or the table is full)
+/// for `send`.
+///
+/// The window is measured in kernel ticks (`bpf_jiffies64`, inlined by the
+/// verifier: free), so a folded failure reads no clock; the boot-time stamp
+/// is taken only for an event that is sent.
 ///
 /// The fold state is per CPU, so no atomics are needed (a program is not
 /// preempted by another on its CPU); a storm spread over CPUs sends one event
 /// per CPU per window.
 #[inline(always)]
 fn fold(ev: &mut Event, family: u16) -> Option<*mut FoldState> {
-    let window = conf!(fold_window_ns);
-    if window == 0 || ev.ret == 0 {
+    if conf!(fold_window_ns) == 0 || ev.ret == 0 {
+        ev.ts_boot_ns = unsafe { bpf_ktime_get_boot_ns() };
         return Some(core::ptr::null_mut());
     }
-    let now = unsafe { bpf_ktime_get_boot_ns() };
-    let key = FoldKey {
-        pid: ev.pid,
-        ret: ev.ret,
-        port: ev.port,
-        family,
-        syscall: ev.syscall,
-        _pad: [0; 3],
-        addr: ev.addr,
-    };
-    match FOLDS.get_ptr_mut(key) {
-        Some(st) => unsafe {
-            if now.wrapping_sub((*st).last_sent_ns) < window {
-                (*st).pending += 1;
-                count(stat::FOLDED);
-                return None;
+    let window = conf!(fold_window_jiffies);
+    let ticks = unsafe { bpf_jiffies64() };
+    // SAFETY: all-zero is a valid FoldKey; the padding must be zero.
+    unsafe {
+        mem::with_zeroed(|key: &mut FoldKey| {
+            key.pid = ev.pid;
+            key.ret = ev.ret;
+            key.port = ev.port;
+            key.family = family;
+            key.syscall = ev.syscall;
+            key.addr = ev.addr;
+            match FOLDS.get_ptr_mut(&*key) {
+                Some(st) => {
+                    if ticks.wrapping_sub((*st).last_sent_jiffies) < window {
+                        (*st).pending += 1;
+                        count(stat::FOLDED);
+                        return None;
+                    }
+                    let now = bpf_ktime_get_boot_ns();
+                    ev.ts_boot_ns = now;
+                    (*st).last_sent_ns = now;
+                    (*st).last_sent_jiffies = ticks;
+                    ev.folded = (*st).pending;
+                    (*st).pending = 0;
+                    Some(st)
+                }
+                None => {
+                    let now = bpf_ktime_get_boot_ns();
+                    ev.ts_boot_ns = now;
+                    let fresh = FoldState {
+                        last_sent_ns: now,
+                        pending: 0,
+                        last_sent_jiffies: ticks,
+                    };
+                    if FOLDS.insert(&*key, fresh, BPF_NOEXIST as u64).is_err() {
+                        count(stat::FOLD_FULL);
+                    }
+                    Some(core::ptr::null_mut())
+                }
             }
-            (*st).last_sent_ns = now;
-            ev.folded = (*st).pending;
-            (*st).pending = 0;
-            Some(st)
-        },
-        None => {
-            let fresh = FoldState {
-                last_sent_ns: now,
-                pending: 0,
-            };
-            if FOLDS.insert(key, fresh, BPF_NOEXIST as u64).is_err() {
-                count(stat::FOLD_FULL);
-            }
-            Some(core::ptr::null_mut())
-        }
+        })
     }
 }
 
@@ -231,7 +243,8 @@ fn fold(ev: &mut Event, family: u16) -> Option<*mut FoldState> {
 fn send(ev: &Event, state: *mut FoldState) {
     match EVENTS.reserve::<Event>(0) {
         Some(mut slot) => {
-            slot.write(*ev);
+            // SAFETY: a reserved slot of an Event's size and alignment.
+            unsafe { mem::copy(slot.as_mut_ptr(), ev) };
             slot.submit(0);
             count(stat::SENT);
             if ev.ret != 0 {

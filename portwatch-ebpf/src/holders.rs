@@ -8,16 +8,16 @@
 
 use aya_ebpf::{
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
-        bpf_ktime_get_boot_ns,
+        bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_ktime_get_boot_ns,
     },
     macros::tracepoint,
     programs::TracePointContext,
 };
-use portwatch_common::{Event, PortKey, Record, RecordSlot, AF_INET, AF_INET6, HOW_LISTEN};
+use portwatch_common::{Event, PortKey, RecordSlot, HOW_LISTEN};
 
 use crate::{
     config::{conf, HOLDERS},
+    mem,
     sock::{self, read},
 };
 
@@ -47,17 +47,21 @@ pub fn record(sk: u64, how: u8) {
             return;
         }
     }
-    let mut holder = Record {
-        ts_boot_ns: unsafe { bpf_ktime_get_boot_ns() },
-        pid: (bpf_get_current_pid_tgid() >> 32) as u32,
-        uid: bpf_get_current_uid_gid() as u32,
-        comm: bpf_get_current_comm().unwrap_or_default(),
-        family,
-        how,
-        ..Record::default()
+    // SAFETY: all-zero is a valid RecordSlot (plain integers).
+    unsafe {
+        mem::with_zeroed(|slot: &mut RecordSlot| {
+            slot.sk = sk;
+            let holder = &mut slot.record;
+            holder.ts_boot_ns = bpf_ktime_get_boot_ns();
+            holder.pid = (bpf_get_current_pid_tgid() >> 32) as u32;
+            holder.uid = bpf_get_current_uid_gid() as u32;
+            holder.comm = mem::comm();
+            holder.family = family;
+            holder.how = how;
+            holder.addr = sock::bound_addr(sk, family);
+            let _ = HOLDERS.insert(key, &*slot, 0);
+        })
     };
-    holder.addr = sock::bound_addr(sk, family);
-    let _ = HOLDERS.insert(key, RecordSlot { sk, record: holder }, 0);
 }
 
 /// Records the holder of the socket behind `fd` after a successful bind().
@@ -88,7 +92,8 @@ pub fn attach(ev: &mut Event, failing_sk: u64) {
     if sk == failing_sk {
         return;
     }
-    ev.record = rec.record;
+    // SAFETY: two Records, one in a map value, one in the event.
+    unsafe { mem::copy(&mut ev.record, &rec.record) };
     // A closed socket gives its port back (inet_num goes to 0) or is freed:
     // then it no longer matches the key and only the record remains.
     if sock::key_of(sk).is_some_and(|(now, _)| now == key) {

@@ -8,7 +8,7 @@
 
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
-    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_boot_ns},
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_boot_ns},
 };
 use portwatch_common::{
     Event, Life, LifeState, PortKey, FILTER_PORT, LIFE_CLOSED, LIFE_LISTEN, LIFE_TIME_WAIT,
@@ -16,7 +16,7 @@ use portwatch_common::{
 
 use crate::{
     config::{conf, HOLDERS, LIFE, PORTS, WATCHED},
-    sock,
+    mem, sock,
 };
 
 const TCP_ESTABLISHED: i32 = 1;
@@ -76,7 +76,7 @@ pub fn on_state(sk: u64, old: i32, new: i32) {
     } else {
         return;
     };
-    let Some((key, family)) = crate::sock::key_of(sk) else {
+    let Some((key, family)) = sock::key_of(sk) else {
         return;
     };
     let Some(st) = interest(&key) else {
@@ -104,21 +104,23 @@ pub fn on_state(sk: u64, old: i32, new: i32) {
             }
         }
     }
-    let life = Life {
-        ts_boot_ns: now,
-        sk,
-        count,
-        pid: (bpf_get_current_pid_tgid() >> 32) as u32,
-        holder_pid,
-        netns: key.netns,
-        port: key.port,
-        family,
-        kind,
-        _pad: [0; 3],
-        comm: bpf_get_current_comm().unwrap_or_default(),
-        addr: sock::bound_addr(sk, family),
+    // SAFETY: all-zero is a valid Life; the padding must be zero.
+    unsafe {
+        mem::with_zeroed(|life: &mut Life| {
+            life.ts_boot_ns = now;
+            life.sk = sk;
+            life.count = count;
+            life.pid = (bpf_get_current_pid_tgid() >> 32) as u32;
+            life.holder_pid = holder_pid;
+            life.netns = key.netns;
+            life.port = key.port;
+            life.family = family;
+            life.kind = kind;
+            life.comm = mem::comm();
+            life.addr = sock::bound_addr(sk, family);
+            // A full ring loses this record; user space learns of it by the
+            // gap only, which is acceptable for a 64 KiB ring of rare records.
+            let _ = LIFE.output::<Life>(life, 0);
+        })
     };
-    // A full ring loses this record; user space learns of it by the gap
-    // only, which is acceptable for a 64 KiB ring of rare records.
-    let _ = LIFE.output::<Life>(&life, 0);
 }

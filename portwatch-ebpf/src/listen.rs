@@ -85,26 +85,43 @@ fn args_from_regs() -> PendingCall {
     }
 }
 
+/// `ret` of a sys_exit tracepoint record. Where it has sat since syscall
+/// tracepoints began (after the common header and the syscall number: byte
+/// 16), and the loader read the same from tracefs, it is a plain load from
+/// the record; elsewhere a read at the offset tracefs gave. (A context load
+/// needs its offset in the instruction, so it cannot take the loader's
+/// value; the verifier drops whichever branch the constant rules out.)
+#[inline(always)]
+fn exit_ret(ctx: &TracePointContext) -> i32 {
+    const USUAL_RET: u32 = 16;
+    let off = conf!(offsets.tp_ret);
+    if off == USUAL_RET {
+        // SAFETY: the record is at least 24 bytes (tracefs said `ret` is at 16).
+        unsafe { *(aya_ebpf::EbpfContext::as_ptr(ctx) as *const i64).add(USUAL_RET as usize / 8) as i32 }
+    } else {
+        unsafe { ctx.read_at::<i64>(off as usize) }.unwrap_or(0) as i32
+    }
+}
+
 /// Reports a returning call if wanted, with its arguments from the saved
 /// registers or from its recorded entry.
 #[inline(always)]
 pub fn exit(ctx: &TracePointContext, syscall: u8) {
     let from_regs = conf!(args_from_regs) != 0;
-    let id = bpf_get_current_pid_tgid();
-    let off_ret = conf!(offsets.tp_ret) as usize;
-    let ret = unsafe { ctx.read_at::<i64>(off_ret) }.unwrap_or(0) as i32;
+    let ret = exit_ret(ctx);
     // Successful binds feed the holder table (listeners come from
     // inet_sock_set_state), whether or not successes are reported.
     let record = ret == 0 && syscall == SYSCALL_BIND && conf!(track_holders) != 0;
     if !record && !emit::wanted(ret) {
         if !from_regs {
-            let _ = CALLS.remove(id);
+            let _ = CALLS.remove(bpf_get_current_pid_tgid());
         }
         return;
     }
     let call = if from_regs {
         args_from_regs()
     } else {
+        let id = bpf_get_current_pid_tgid();
         let Some(call) = (unsafe { CALLS.get(id) }).copied() else {
             count(stat::NO_ENTRY);
             return;

@@ -14,6 +14,7 @@ mod emit;
 mod holders;
 mod life;
 mod listen;
+mod mem;
 mod sock;
 mod uring;
 

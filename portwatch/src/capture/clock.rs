@@ -52,9 +52,41 @@ impl Clock {
     }
 }
 
+/// The kernel's tick (one jiffy) in ns: the resolution of the coarse
+/// clocks, which the kernel reports as exactly one tick (1 ms at HZ=1000,
+/// 4 ms at HZ=250). 4 ms if it cannot be read.
+pub fn tick_ns() -> u64 {
+    nix::time::clock_getres(nix::time::ClockId::CLOCK_MONOTONIC_COARSE)
+        .ok()
+        .map(|t| Duration::from(t).as_nanos() as u64)
+        .filter(|&ns| ns > 0)
+        .unwrap_or(4_000_000)
+}
+
+/// A fold window in kernel ticks, rounded up (0 stays 0: no folding).
+pub fn window_in_ticks(window_ns: u64) -> u64 {
+    ticks(window_ns, tick_ns())
+}
+
+fn ticks(window_ns: u64, tick_ns: u64) -> u64 {
+    window_ns.div_ceil(tick_ns.max(1))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fold_windows_round_up_to_whole_ticks() {
+        assert_eq!(ticks(0, 4_000_000), 0);
+        assert_eq!(ticks(1_000_000, 4_000_000), 1);
+        assert_eq!(ticks(1_000_000_000, 4_000_000), 250);
+        assert_eq!(ticks(1_000_000_000, 1_000_000), 1000);
+        assert_eq!(ticks(4_000_001, 4_000_000), 2);
+        // The kernel reports a tick of 1..=10 ms.
+        let t = tick_ns();
+        assert!((1_000_000..=10_000_000).contains(&t), "tick {t} ns");
+    }
 
     #[test]
     fn clock_ignores_jitter_and_follows_steps() {

@@ -100,6 +100,7 @@ impl Settings {
     fn config(&self) -> Config {
         let mut c = Config {
             fold_window_ns: self.fold_window_ns,
+            fold_window_jiffies: crate::capture::clock::window_in_ticks(self.fold_window_ns),
             trace_success: u32::from(self.success),
             track_holders: u32::from(self.track_holders),
             record_life: u32::from(self.record_life && self.track_holders),
