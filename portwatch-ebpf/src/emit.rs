@@ -82,27 +82,19 @@ pub fn handle(call: &Call) -> Result<(), i32> {
     }
 
     // 160 bytes: too big for the 512-byte stack next to everything else, so
-    // the event is built in a per-CPU scratch slot.
+    // the event is built in a per-CPU scratch slot. It is zeroed only once
+    // the failure is not folded: until then it holds just what filtering and
+    // folding read, each field written here first (the rest is stale).
     let Some(ev) = SCRATCH.get_ptr_mut(0) else {
         return Ok(());
     };
     // SAFETY: per-CPU and a program is not preempted by another on its CPU.
-    // SAFETY: all-zero is a valid Event (plain integers).
-    unsafe { mem::zero(ev) };
     let ev = unsafe { &mut *ev };
-    ev.pid = pid;
-    ev.tid = pid_tgid as u32;
-    ev.ret = call.ret;
-    ev.fd = call.fd;
-    ev.syscall = call.syscall;
-    ev.source = call.source;
     // bind()'s requested port is in its own sockaddr: filter and fold on it
     // before walking to the socket. listen()'s port is in the socket.
     let mut walked = None;
-    let mut sa_family = 0;
     if call.syscall == SYSCALL_BIND {
         sock::fill_sockaddr(ev, call.addr, call.addrlen, call.user_addr);
-        sa_family = ev.family;
         if ev.family != AF_INET && ev.family != AF_INET6 {
             return Ok(());
         }
@@ -111,6 +103,8 @@ pub fn handle(call: &Call) -> Result<(), i32> {
         sock::fill_from_bound(ev, sk);
         walked = Some((socket, sk));
     }
+    // The family the call asked for (bind) or the socket has (listen).
+    let family = ev.family;
     if filters & FILTER_PORT != 0 {
         let word = PORTS.get(ev.port as u32 / 32).copied().unwrap_or(0);
         if word & (1 << (ev.port as u32 % 32)) == 0 {
@@ -128,14 +122,31 @@ pub fn handle(call: &Call) -> Result<(), i32> {
     // The requested address is part of the fold key: a failure on another
     // address or family is another failure. It was read with the port, from
     // the call's own sockaddr (bind) or the socket (listen): no socket walk.
-    let fold_family = if call.syscall == SYSCALL_BIND {
-        sa_family
-    } else {
-        ev.family
-    };
-    let Some(state) = fold(ev, fold_family) else {
+    let Some(sent) = fold(pid, call, ev.port, family, &ev.addr) else {
         return Ok(());
     };
+
+    // Not folded: zero the event around what was read so far.
+    let (port, addr): (u16, [u64; 2]) = (ev.port, unsafe { core::mem::transmute(ev.addr) });
+    let (family, protocol, netns) = (ev.family, ev.protocol, ev.netns);
+    // SAFETY: all-zero is a valid Event (plain integers).
+    unsafe { mem::zero(ev) };
+    ev.port = port;
+    ev.addr = unsafe { core::mem::transmute::<[u64; 2], [u8; 16]>(addr) };
+    ev.family = family;
+    if walked.is_some() {
+        ev.protocol = protocol;
+        ev.netns = netns;
+    }
+    ev.pid = pid;
+    ev.tid = pid_tgid as u32;
+    ev.ret = call.ret;
+    ev.fd = call.fd;
+    ev.syscall = call.syscall;
+    ev.source = call.source;
+    ev.ts_boot_ns = sent.ts_boot_ns;
+    ev.folded = sent.folded;
+    let state = sent.state;
 
     // From here on the event will be sent (or counted lost): read the rest.
     // A socket that cannot be read is still reported, with `opts` invalid,
@@ -173,12 +184,21 @@ fn walk(call: &Call, ev: &mut Event) -> Result<(u64, u64), i32> {
     Ok((socket, sk))
 }
 
-/// Folds `ev` into its key's pending count if an identical failure (same
-/// process, call, errno, requested family, address and port) was sent
-/// less than the fold window ago (returns `None`). Otherwise stamps the key
-/// and `ev.ts_boot_ns`, moves the key's pending count into `ev.folded`, and
-/// returns the key's state (null when folding is off or the table is full)
-/// for `send`.
+/// What `fold` says of a failure that is to be sent.
+struct Unfolded {
+    /// CLOCK_BOOTTIME now.
+    ts_boot_ns: u64,
+    /// Repeats folded into this event.
+    folded: u64,
+    /// The key's state (null when folding is off or the table is full).
+    state: *mut FoldState,
+}
+
+/// Folds a failure into its key's pending count if an identical one (same
+/// process, call, errno, requested family, address and port) was sent less
+/// than the fold window ago (returns `None`). Otherwise stamps the key,
+/// moves its pending count into the event to send, and returns that with
+/// the time and the key's state, for `send`.
 ///
 /// The window is measured in kernel ticks (`bpf_jiffies64`, inlined by the
 /// verifier: free), so a folded failure reads no clock; the boot-time stamp
@@ -188,22 +208,25 @@ fn walk(call: &Call, ev: &mut Event) -> Result<(u64, u64), i32> {
 /// preempted by another on its CPU); a storm spread over CPUs sends one event
 /// per CPU per window.
 #[inline(always)]
-fn fold(ev: &mut Event, family: u16) -> Option<*mut FoldState> {
-    if conf!(fold_window_ns) == 0 || ev.ret == 0 {
-        ev.ts_boot_ns = unsafe { bpf_ktime_get_boot_ns() };
-        return Some(core::ptr::null_mut());
+fn fold(pid: u32, call: &Call, port: u16, family: u16, addr: &[u8; 16]) -> Option<Unfolded> {
+    if conf!(fold_window_ns) == 0 || call.ret == 0 {
+        return Some(Unfolded {
+            ts_boot_ns: unsafe { bpf_ktime_get_boot_ns() },
+            folded: 0,
+            state: core::ptr::null_mut(),
+        });
     }
     let window = conf!(fold_window_jiffies);
     let ticks = unsafe { bpf_jiffies64() };
     // SAFETY: all-zero is a valid FoldKey; the padding must be zero.
     unsafe {
         mem::with_zeroed(|key: &mut FoldKey| {
-            key.pid = ev.pid;
-            key.ret = ev.ret;
-            key.port = ev.port;
+            key.pid = pid;
+            key.ret = call.ret;
+            key.port = port;
             key.family = family;
-            key.syscall = ev.syscall;
-            key.addr = ev.addr;
+            key.syscall = call.syscall;
+            key.addr = *addr;
             match FOLDS.get_ptr_mut(&*key) {
                 Some(st) => {
                     if ticks.wrapping_sub((*st).last_sent_jiffies) < window {
@@ -212,16 +235,18 @@ fn fold(ev: &mut Event, family: u16) -> Option<*mut FoldState> {
                         return None;
                     }
                     let now = bpf_ktime_get_boot_ns();
-                    ev.ts_boot_ns = now;
                     (*st).last_sent_ns = now;
                     (*st).last_sent_jiffies = ticks;
-                    ev.folded = (*st).pending;
+                    let folded = (*st).pending;
                     (*st).pending = 0;
-                    Some(st)
+                    Some(Unfolded {
+                        ts_boot_ns: now,
+                        folded,
+                        state: st,
+                    })
                 }
                 None => {
                     let now = bpf_ktime_get_boot_ns();
-                    ev.ts_boot_ns = now;
                     let fresh = FoldState {
                         last_sent_ns: now,
                         pending: 0,
@@ -230,7 +255,11 @@ fn fold(ev: &mut Event, family: u16) -> Option<*mut FoldState> {
                     if FOLDS.insert(&*key, fresh, BPF_NOEXIST as u64).is_err() {
                         count(stat::FOLD_FULL);
                     }
-                    Some(core::ptr::null_mut())
+                    Some(Unfolded {
+                        ts_boot_ns: now,
+                        folded: 0,
+                        state: core::ptr::null_mut(),
+                    })
                 }
             }
         })

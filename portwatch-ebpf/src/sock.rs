@@ -138,6 +138,10 @@ pub fn opts_of(sk: u64) -> u8 {
 /// far as `len` allows: past it may be unmapped.
 #[inline(always)]
 pub fn fill_sockaddr(ev: &mut Event, ptr: u64, len: i32, user: bool) {
+    // Every field is written: the event is not zeroed before this.
+    ev.family = 0;
+    ev.port = 0;
+    ev.addr = v4_addr(0);
     if ptr == 0 || len < 4 {
         return;
     }
