@@ -175,12 +175,12 @@ pub fn handle(call: &Call) -> Result<(), i32> {
 /// family, protocol and netns filled into `ev`.
 #[inline(always)]
 fn walk(call: &Call, ev: &mut Event) -> Result<(u64, u64), i32> {
-    let socket = if call.socket != 0 {
-        call.socket
+    let (socket, sk) = if call.socket != 0 {
+        (call.socket, sock::sk_of(call.socket))
     } else {
         sock::socket_of_fd(call.fd)?
     };
-    let sk = sock::fill_identity(ev, socket)?;
+    let sk = sock::fill_identity(ev, sk)?;
     Ok((socket, sk))
 }
 

@@ -67,8 +67,8 @@ pub fn record(sk: u64, how: u8) {
 /// Records the holder of the socket behind `fd` after a successful bind().
 #[inline(always)]
 pub fn record_fd(fd: i32, how: u8) {
-    if let Ok(socket) = sock::socket_of_fd(fd) {
-        record(read(socket, conf!(offsets.socket_sk)), how);
+    if let Ok((_, sk)) = sock::socket_of_fd(fd) {
+        record(sk, how);
     }
 }
 

@@ -1,7 +1,7 @@
 //! Reading kernel memory at offsets the loader found in BTF.
 
 use aya_ebpf::helpers::{
-    bpf_get_current_task,
+    bpf_get_current_task, bpf_get_current_task_btf,
     generated::{bpf_probe_read_kernel, bpf_probe_read_user},
 };
 use portwatch_common::{
@@ -48,24 +48,76 @@ fn read_bits(base: u64, loc: BitLoc) -> u8 {
     (byte >> (loc.shift & 7)) & (((1u16 << (loc.width & 15)) - 1) as u8)
 }
 
-/// The current task's `struct socket *` for `fd`, checked to be a socket.
+/// A load through a BTF-typed kernel pointer (one the verifier knows the
+/// type of, like `bpf_get_current_task_btf()` or a pointer member loaded
+/// from one). The verifier checks the offset against the type and the JIT
+/// emits a plain load that faults to zero: no helper call, where each
+/// `read` costs 30-60 ns on this machine kind (BENCHMARKS.md).
 #[inline(always)]
-pub fn socket_of_fd(fd: i32) -> Result<u64, i32> {
+fn load<T: Copy>(base: u64, off: u32) -> T {
+    unsafe { core::ptr::read_volatile((base + off as u64) as *const T) }
+}
+
+/// The current task's `fdtable.fd` array and `max_fds`.
+#[inline(always)]
+fn fd_table() -> (u64, u32) {
+    if conf!(args_from_regs) != 0 {
+        // The loader took this path only where bpf_task_pt_regs (5.15+)
+        // works, so bpf_get_current_task_btf (5.11+) does too: task ->
+        // files -> fdt are typed pointers, loaded without helpers.
+        let task = unsafe { bpf_get_current_task_btf() } as u64;
+        let files: u64 = load(task, conf!(offsets.task_files));
+        let fdt: u64 = load(files, conf!(offsets.files_fdt));
+        // `fd` is a `struct file **`: an untyped value from here on.
+        (
+            load(fdt, conf!(offsets.fdt_fd)),
+            load(fdt, conf!(offsets.fdt_max_fds)),
+        )
+    } else {
+        let task = unsafe { bpf_get_current_task() };
+        let files: u64 = read(task, conf!(offsets.task_files));
+        let fdt: u64 = read(files, conf!(offsets.files_fdt));
+        (
+            read(fdt, conf!(offsets.fdt_fd)),
+            read(fdt, conf!(offsets.fdt_max_fds)),
+        )
+    }
+}
+
+/// A socket's `file` and `sk` members, in one read where they sit side by
+/// side (every kernel so far), else in two.
+#[inline(always)]
+pub fn file_and_sk(socket: u64) -> (u64, u64) {
+    let (off_file, off_sk) = (conf!(offsets.socket_file), conf!(offsets.socket_sk));
+    if off_sk == off_file + 8 {
+        let pair: [u64; 2] = read(socket, off_file);
+        (pair[0], pair[1])
+    } else {
+        (read(socket, off_file), read(socket, off_sk))
+    }
+}
+
+/// A socket's `struct sock *`.
+#[inline(always)]
+pub fn sk_of(socket: u64) -> u64 {
+    read(socket, conf!(offsets.socket_sk))
+}
+
+/// The current task's `struct socket *` and `struct sock *` for `fd`,
+/// checked to be a socket.
+#[inline(always)]
+pub fn socket_of_fd(fd: i32) -> Result<(u64, u64), i32> {
     if fd < 0 {
         return Err(-1);
     }
-    let task = unsafe { bpf_get_current_task() };
-    let files: u64 = read(task, conf!(offsets.task_files));
-    let fdt: u64 = read(files, conf!(offsets.files_fdt));
-    let max_fds: u32 = read(fdt, conf!(offsets.fdt_max_fds));
+    let (fd_array, max_fds) = fd_table();
     if fd as u32 >= max_fds {
         return Err(-1);
     }
-    let fd_array: u64 = read(fdt, conf!(offsets.fdt_fd));
     let file: u64 = read(fd_array, (fd as u32) * 8);
     let socket: u64 = read(file, conf!(offsets.file_private_data));
     // private_data is only a socket for socket files: the socket points back.
-    let back: u64 = read(socket, conf!(offsets.socket_file));
+    let (back, sk) = file_and_sk(socket);
     if file == 0 || back != file {
         // No file: the fd is not open (EBADF), nothing to say.
         if file != 0 {
@@ -73,15 +125,28 @@ pub fn socket_of_fd(fd: i32) -> Result<u64, i32> {
         }
         return Err(-1);
     }
-    Ok(socket)
+    Ok((socket, sk))
 }
 
-/// Fills what identifies the socket (family, protocol, netns) into `ev`:
-/// all that filtering and folding need. Returns the `struct sock *`, or an
-/// error for a socket that is not AF_INET/AF_INET6 (those are not reported).
+/// A socket's family and bound port (host order), in one read where the
+/// two sit side by side in `sock_common` (every kernel so far: skc_num,
+/// then skc_family), else in two.
 #[inline(always)]
-pub fn fill_identity(ev: &mut Event, socket: u64) -> Result<u64, i32> {
-    let sk: u64 = read(socket, conf!(offsets.socket_sk));
+pub fn family_and_port(sk: u64) -> (u16, u16) {
+    let (off_num, off_family) = (conf!(offsets.sk_num), conf!(offsets.sk_family));
+    if off_family == off_num + 2 {
+        let b = read::<u32>(sk, off_num).to_ne_bytes();
+        (u16::from_ne_bytes([b[2], b[3]]), u16::from_ne_bytes([b[0], b[1]]))
+    } else {
+        (read(sk, off_family), read(sk, off_num))
+    }
+}
+
+/// Fills what identifies the socket `sk` (family, protocol, netns) into
+/// `ev`: all that filtering and folding need. Returns `sk`, or an error for
+/// a socket that is not AF_INET/AF_INET6 (those are not reported).
+#[inline(always)]
+pub fn fill_identity(ev: &mut Event, sk: u64) -> Result<u64, i32> {
     let family: u16 = read(sk, conf!(offsets.sk_family));
     if family != AF_INET && family != AF_INET6 {
         // AF_MAX is 46: a family outside 1..46 is no socket's.
@@ -215,11 +280,10 @@ pub fn current_ppid() -> u32 {
 /// The record's key for a socket: None unless it is an inet socket bound to a port.
 #[inline(always)]
 pub fn key_of(sk: u64) -> Option<(PortKey, u16)> {
-    let family: u16 = read(sk, conf!(offsets.sk_family));
+    let (family, port) = family_and_port(sk);
     if family != AF_INET && family != AF_INET6 {
         return None;
     }
-    let port: u16 = read(sk, conf!(offsets.sk_num));
     if port == 0 {
         return None;
     }
