@@ -5,7 +5,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use portwatch_common::{
-    Config, Event, FoldKey, FoldState, LifeState, PendingCall, PortKey, RecordSlot,
+    Config, Event, FoldKey, FoldState, HolderSlot, LifeState, PendingCall, PortKey, HOLDER_SLOTS,
 };
 
 /// Written by the loader before load; read-only afterwards, so the verifier
@@ -45,9 +45,11 @@ pub static FOLDS: PerCpuHashMap<FoldKey, FoldState> = PerCpuHashMap::with_max_en
 pub static SCRATCH: PerCpuArray<Event> = PerCpuArray::with_max_entries(1, 0);
 
 /// Who last bound or started listening on each port, per network namespace
-/// and protocol. LRU: a busy machine forgets its oldest ports first.
+/// and protocol: a direct-mapped table (see `holders`), slot
+/// `portwatch_common::holder_index(key)`. A port whose slot another port's
+/// newer record took is forgotten, unless the older one is a live listener.
 #[map]
-pub static HOLDERS: LruHashMap<PortKey, RecordSlot> = LruHashMap::with_max_entries(16384, 0);
+pub static HOLDERS: Array<HolderSlot> = Array::with_max_entries(HOLDER_SLOTS, 0);
 
 /// Port filter: bit `port % 32` of word `port / 32`.
 #[map]

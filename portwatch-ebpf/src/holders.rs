@@ -13,7 +13,11 @@ use aya_ebpf::{
     macros::tracepoint,
     programs::TracePointContext,
 };
-use portwatch_common::{Event, PortKey, RecordSlot, HOW_LISTEN};
+use core::ptr::{read_volatile, write_volatile};
+
+use portwatch_common::{
+    holder_index, Event, HolderSlot, PortKey, Record, RecordSlot, HOW_LISTEN,
+};
 
 use crate::{
     config::{conf, HOLDERS},
@@ -24,34 +28,67 @@ use crate::{
 const TCP_LISTEN: i32 = 10;
 const IPPROTO_TCP: u16 = 6;
 
+/// The slot for `key` (whichever port's record it holds now).
+#[inline(always)]
+fn slot_of(key: &PortKey) -> Option<*mut HolderSlot> {
+    HOLDERS.get_ptr_mut(holder_index(key))
+}
+
+/// A port key as one word, to compare and store it in one access.
+#[inline(always)]
+fn word(key: &PortKey) -> u64 {
+    unsafe { core::mem::transmute::<PortKey, u64>(*key) }
+}
+
+/// Adds one to a slot's sequence. Not atomic (Rust's BPF target has no
+/// atomic read-modify-write): two CPUs writing one slot in the same
+/// instant, rare in itself, may leave it even while the later still writes;
+/// a failure read then may take a mixed record, whose socket `attach` still
+/// checks against the port.
+#[inline(always)]
+unsafe fn bump(seq: *mut u64) {
+    unsafe { write_volatile(seq, read_volatile(seq).wrapping_add(1)) };
+}
+
+/// Whether the live listener `sk` still holds `key`'s port: its record
+/// then stays, whatever binds beside it or shares its slot.
+#[inline(always)]
+fn live_listener(sk: u64, key: u64) -> bool {
+    sock::key_of(sk).is_some_and(|(k, _)| word(&k) == key)
+        && read::<u8>(sk, conf!(offsets.sk_state)) == TCP_LISTEN as u8
+}
+
 /// Records the current process as the holder of `sk`'s port.
 #[inline(always)]
 pub fn record(sk: u64, how: u8) {
     let Some((key, family)) = sock::key_of(sk) else {
         return;
     };
-    // A live listener stays the port's holder: a second socket entering
+    let Some(slot) = slot_of(&key) else {
+        return;
+    };
+    // A live listener stays its port's holder: a second socket entering
     // LISTEN may be about to fail (its state flips before the port check),
-    // and a socket bound beside a listener is the lesser story.
-    // Only a record made by a listener can protect its port: a socket that
+    // and a socket bound beside a listener, or whose port shares the
+    // listener's slot, is the lesser story.
+    // Only a record made by a listener can protect its slot: a socket that
     // starts listening is recorded again (HOW_LISTEN) by the state
-    // tracepoint, so a bind's record is replaced without reading its socket
-    // (six dependent kernel reads saved on every successful bind).
-    if let Some(old) = unsafe { HOLDERS.get(key) } {
-        let old_sk = old.sk;
-        if old.record.how == HOW_LISTEN
+    // tracepoint, so a bind's record is replaced without reading its socket.
+    unsafe {
+        let old_sk = read_volatile(&raw const (*slot).entry.sk);
+        if read_volatile(&raw const (*slot).entry.record.how) == HOW_LISTEN
             && old_sk != sk
-            && sock::key_of(old_sk).is_some_and(|(k, _)| k == key)
-            && read::<u8>(old_sk, conf!(offsets.sk_state)) == TCP_LISTEN as u8
+            && live_listener(old_sk, word(&read_volatile(&raw const (*slot).key)))
         {
             return;
         }
     }
-    // SAFETY: all-zero is a valid RecordSlot (plain integers).
+    // SAFETY: all-zero is a valid RecordSlot (plain integers); `slot` is a
+    // map value, written between two bumps of its sequence.
     unsafe {
-        mem::with_zeroed(|slot: &mut RecordSlot| {
-            slot.sk = sk;
-            let holder = &mut slot.record;
+        mem::with_zeroed(|new: &mut RecordSlot| {
+            new.sk = sk;
+            let holder = &mut new.record;
             holder.ts_boot_ns = bpf_ktime_get_boot_ns();
             holder.pid = (bpf_get_current_pid_tgid() >> 32) as u32;
             holder.uid = bpf_get_current_uid_gid() as u32;
@@ -59,9 +96,50 @@ pub fn record(sk: u64, how: u8) {
             holder.family = family;
             holder.how = how;
             holder.addr = sock::bound_addr(sk, family);
-            let _ = HOLDERS.insert(key, &*slot, 0);
+            bump(&raw mut (*slot).seq);
+            write_volatile(&raw mut (*slot).key, key);
+            mem::copy(&raw mut (*slot).entry, new);
+            bump(&raw mut (*slot).seq);
         })
     };
+}
+
+/// Copies the record of `key`'s port into `out` and returns its socket, if
+/// the table holds one; None when the slot holds another port's record or
+/// was being rewritten during the copy.
+#[inline(always)]
+fn lookup(key: &PortKey, out: &mut Record) -> Option<u64> {
+    let slot = slot_of(key)?;
+    unsafe {
+        let seq = read_volatile(&raw const (*slot).seq);
+        if seq & 1 != 0 || word(&read_volatile(&raw const (*slot).key)) != word(key) {
+            return None;
+        }
+        let sk = read_volatile(&raw const (*slot).entry.sk);
+        mem::copy(out, &raw const (*slot).entry.record);
+        if read_volatile(&raw const (*slot).seq) != seq {
+            return None;
+        }
+        Some(sk)
+    }
+}
+
+/// The pid recorded for `key`'s port if its socket is `sk`, else 0.
+#[inline(always)]
+pub fn recorded_pid(key: &PortKey, sk: u64) -> u32 {
+    let Some(slot) = slot_of(key) else {
+        return 0;
+    };
+    unsafe {
+        let seq = read_volatile(&raw const (*slot).seq);
+        let same = word(&read_volatile(&raw const (*slot).key)) == word(key)
+            && read_volatile(&raw const (*slot).entry.sk) == sk;
+        let pid = read_volatile(&raw const (*slot).entry.record.pid);
+        if seq & 1 != 0 || !same || read_volatile(&raw const (*slot).seq) != seq {
+            return 0;
+        }
+        pid
+    }
 }
 
 /// Records the holder of the socket behind `fd` after a successful bind().
@@ -85,15 +163,14 @@ pub fn attach(ev: &mut Event, failing_sk: u64) {
         port: ev.port,
         protocol: ev.protocol,
     };
-    let Some(rec) = (unsafe { HOLDERS.get(key) }) else {
+    let Some(sk) = lookup(&key, &mut ev.record) else {
         return;
     };
-    let sk = rec.sk;
     if sk == failing_sk {
+        // SAFETY: all-zero is a valid Record: no record.
+        unsafe { mem::zero(&raw mut ev.record) };
         return;
     }
-    // SAFETY: two Records, one in a map value, one in the event.
-    unsafe { mem::copy(&mut ev.record, &rec.record) };
     // A closed socket gives its port back (inet_num goes to 0) or is freed:
     // then it no longer matches the key and only the record remains.
     if sock::key_of(sk).is_some_and(|(now, _)| now == key) {

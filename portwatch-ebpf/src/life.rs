@@ -15,7 +15,7 @@ use portwatch_common::{
 };
 
 use crate::{
-    config::{conf, HOLDERS, LIFE, PORTS, WATCHED},
+    config::{conf, LIFE, PORTS, WATCHED},
     mem, sock,
 };
 
@@ -96,14 +96,11 @@ pub fn on_state(sk: u64, old: i32, new: i32) {
             (*st).tw_pending = 0;
         }
     }
-    let mut holder_pid = 0;
-    if kind == LIFE_CLOSED {
-        if let Some(rec) = unsafe { HOLDERS.get(key) } {
-            if rec.sk == sk {
-                holder_pid = rec.record.pid;
-            }
-        }
-    }
+    let holder_pid = if kind == LIFE_CLOSED {
+        crate::holders::recorded_pid(&key, sk)
+    } else {
+        0
+    };
     // SAFETY: all-zero is a valid Life; the padding must be zero.
     unsafe {
         mem::with_zeroed(|life: &mut Life| {

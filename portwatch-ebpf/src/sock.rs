@@ -206,7 +206,13 @@ pub fn fill_sockaddr(ev: &mut Event, ptr: u64, len: i32, user: bool) {
     // Every field is written: the event is not zeroed before this.
     ev.family = 0;
     ev.port = 0;
-    ev.addr = v4_addr(0);
+    // Two stores: `ev.addr = [0; 16]` would be a memset call.
+    // SAFETY: `Event::addr` is 8-byte aligned (asserted in portwatch-common).
+    unsafe {
+        let words = (&raw mut ev.addr).cast::<u64>();
+        words.write_volatile(0);
+        words.add(1).write_volatile(0);
+    }
     if ptr == 0 || len < 4 {
         return;
     }
