@@ -206,6 +206,8 @@ pub struct Offsets {
     pub task_real_parent: u32,
     /// `task_struct.tgid`.
     pub task_tgid: u32,
+    /// `task_struct.pid` (the thread's id).
+    pub task_pid: u32,
     /// `files_struct.fdt`.
     pub files_fdt: u32,
     /// `fdtable.max_fds`.
@@ -439,9 +441,9 @@ const _: () = assert!(core::mem::offset_of!(Event, addr) % 8 == 0);
 const _: () = assert!(HOLDER_SLOTS.is_power_of_two());
 const _: () = assert!(size_of::<BitLoc>() == 8);
 const _: () = assert!(size_of::<FoldKey>() == 32);
-const _: () = assert!(size_of::<Offsets>() == 164);
+const _: () = assert!(size_of::<Offsets>() == 168);
 const _: () = assert!(size_of::<UringOffsets>() == 40);
-const _: () = assert!(size_of::<Config>() == 256);
+const _: () = assert!(size_of::<Config>() == 264);
 
 /// `Life::kind`: a TCP socket entered LISTEN on the port.
 pub const LIFE_LISTEN: u8 = 1;

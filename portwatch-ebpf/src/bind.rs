@@ -1,6 +1,7 @@
 //! bind(): syscall tracepoints and fexit on inet_bind / inet6_bind.
 
 use aya_ebpf::{
+    helpers::bpf_get_current_pid_tgid,
     macros::{fexit, tracepoint},
     programs::{FExitContext, TracePointContext},
 };
@@ -48,7 +49,11 @@ fn fexit_bind(ctx: &FExitContext) {
     let ret: i32 = ctx.arg(3);
     if ret == 0 && conf!(track_holders) != 0 {
         let socket: u64 = ctx.arg(0);
-        holders::record(read(socket, conf!(offsets.socket_sk)), HOW_BIND);
+        holders::record(
+            read(socket, conf!(offsets.socket_sk)),
+            HOW_BIND,
+            bpf_get_current_pid_tgid(),
+        );
     }
     if !emit::wanted(ret) {
         return;
@@ -62,5 +67,7 @@ fn fexit_bind(ctx: &FExitContext) {
         addr: ctx.arg(1),
         addrlen: ctx.arg(2),
         user_addr: false,
+        pid_tgid: bpf_get_current_pid_tgid(),
+        task: 0,
     });
 }

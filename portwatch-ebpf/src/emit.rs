@@ -4,7 +4,7 @@ use aya_ebpf::{
     bindings::BPF_NOEXIST,
     helpers::generated::bpf_jiffies64,
     helpers::{
-        bpf_get_current_cgroup_id, bpf_get_current_pid_tgid,
+        bpf_get_current_cgroup_id,
         bpf_get_current_uid_gid, bpf_ktime_get_boot_ns,
     },
 };
@@ -36,6 +36,11 @@ pub struct Call {
     pub addrlen: i32,
     /// `addr` points into user memory (tracepoints) rather than the kernel (fexit).
     pub user_addr: bool,
+    /// The calling thread's tgid << 32 | pid.
+    pub pid_tgid: u64,
+    /// The current task as a BTF-typed pointer, for `sock::socket_of_fd`
+    /// (tracepoints reading saved registers); 0 elsewhere.
+    pub task: u64,
 }
 
 /// Whether a call returning `ret` is one the user asked for. Cheap: run first.
@@ -64,7 +69,7 @@ pub fn wanted(ret: i32) -> bool {
 #[inline(always)]
 pub fn handle(call: &Call) -> Result<(), i32> {
     let filters = conf!(filters);
-    let pid_tgid = bpf_get_current_pid_tgid();
+    let pid_tgid = call.pid_tgid;
     let pid = (pid_tgid >> 32) as u32;
     if filters & FILTER_PID != 0 && unsafe { PIDS.get(pid) }.is_none() {
         return Ok(());
@@ -178,7 +183,7 @@ fn walk(call: &Call, ev: &mut Event) -> Result<(u64, u64), i32> {
     let (socket, sk) = if call.socket != 0 {
         (call.socket, sock::sk_of(call.socket))
     } else {
-        sock::socket_of_fd(call.fd)?
+        sock::socket_of_fd(call.task, call.fd)?
     };
     let sk = sock::fill_identity(ev, sk)?;
     Ok((socket, sk))

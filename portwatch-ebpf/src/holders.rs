@@ -60,7 +60,7 @@ fn live_listener(sk: u64, key: u64) -> bool {
 
 /// Records the current process as the holder of `sk`'s port.
 #[inline(always)]
-pub fn record(sk: u64, how: u8) {
+pub fn record(sk: u64, how: u8, pid_tgid: u64) {
     let Some((key, family)) = sock::key_of(sk) else {
         return;
     };
@@ -90,7 +90,7 @@ pub fn record(sk: u64, how: u8) {
             new.sk = sk;
             let holder = &mut new.record;
             holder.ts_boot_ns = bpf_ktime_get_boot_ns();
-            holder.pid = (bpf_get_current_pid_tgid() >> 32) as u32;
+            holder.pid = (pid_tgid >> 32) as u32;
             holder.uid = bpf_get_current_uid_gid() as u32;
             holder.comm = mem::comm();
             holder.family = family;
@@ -143,10 +143,12 @@ pub fn recorded_pid(key: &PortKey, sk: u64) -> u32 {
 }
 
 /// Records the holder of the socket behind `fd` after a successful bind().
+/// `task`: the current task as a BTF-typed pointer where the program has
+/// one (see `sock::socket_of_fd`).
 #[inline(always)]
-pub fn record_fd(fd: i32, how: u8) {
-    if let Ok((_, sk)) = sock::socket_of_fd(fd) {
-        record(sk, how);
+pub fn record_fd(task: u64, fd: i32, how: u8, pid_tgid: u64) {
+    if let Ok((_, sk)) = sock::socket_of_fd(task, fd) {
+        record(sk, how, pid_tgid);
     }
 }
 
@@ -205,7 +207,7 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
         return 0;
     }
     if let Ok(sk) = unsafe { ctx.read_at::<u64>(off_sk) } {
-        record(sk, HOW_LISTEN);
+        record(sk, HOW_LISTEN, bpf_get_current_pid_tgid());
     }
     0
 }

@@ -13,7 +13,7 @@ use portwatch_common::{
 use crate::{
     config::{conf, count, CALLS},
     emit::{self, Call},
-    holders,
+    holders, sock,
 };
 
 /// Saves listen()'s fd for `sys_exit_listen`.
@@ -45,6 +45,8 @@ pub fn inet_listen_exit(ctx: FExitContext) -> i32 {
             addr: 0,
             addrlen: 0,
             user_addr: false,
+            pid_tgid: bpf_get_current_pid_tgid(),
+            task: 0,
         });
     }
     0
@@ -72,8 +74,8 @@ pub fn enter(ctx: &TracePointContext, with_addr: bool) {
 /// The call's arguments from the task's saved user registers: they still
 /// hold them at sys_exit, which saves a sys_enter program and a map round trip.
 #[inline(always)]
-fn args_from_regs() -> PendingCall {
-    let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as u64;
+fn args_from_regs(task: u64) -> PendingCall {
+    let regs = unsafe { bpf_task_pt_regs(task as *mut _) } as u64;
     let [fd, addr, len] = conf!(offsets.regs_arg);
     // `regs` is a BTF pointer: plain loads are allowed (the verifier checks
     // them against struct pt_regs) and cost far less than a helper call.
@@ -118,8 +120,22 @@ pub fn exit(ctx: &TracePointContext, syscall: u8) {
         }
         return;
     }
+    // From the saved registers: the current task as a BTF-typed pointer,
+    // read with plain loads (its ids too, instead of a helper call).
+    let task = if from_regs {
+        unsafe { bpf_get_current_task_btf() as u64 }
+    } else {
+        0
+    };
+    let pid_tgid = if from_regs {
+        let tgid: u32 = sock::load(task, conf!(offsets.task_tgid));
+        let pid: u32 = sock::load(task, conf!(offsets.task_pid));
+        ((tgid as u64) << 32) | pid as u64
+    } else {
+        bpf_get_current_pid_tgid()
+    };
     let call = if from_regs {
-        args_from_regs()
+        args_from_regs(task)
     } else {
         let id = bpf_get_current_pid_tgid();
         let Some(call) = (unsafe { CALLS.get(id) }).copied() else {
@@ -130,7 +146,7 @@ pub fn exit(ctx: &TracePointContext, syscall: u8) {
         call
     };
     if record {
-        holders::record_fd(call.fd, HOW_BIND);
+        holders::record_fd(task, call.fd, HOW_BIND, pid_tgid);
         if !emit::wanted(ret) {
             return;
         }
@@ -144,5 +160,7 @@ pub fn exit(ctx: &TracePointContext, syscall: u8) {
         addr: call.addr_ptr,
         addrlen: call.addrlen,
         user_addr: true,
+        pid_tgid,
+        task,
     });
 }

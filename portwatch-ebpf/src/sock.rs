@@ -1,7 +1,7 @@
 //! Reading kernel memory at offsets the loader found in BTF.
 
 use aya_ebpf::helpers::{
-    bpf_get_current_task, bpf_get_current_task_btf,
+    bpf_get_current_task,
     generated::{bpf_probe_read_kernel, bpf_probe_read_user},
 };
 use portwatch_common::{
@@ -54,18 +54,19 @@ fn read_bits(base: u64, loc: BitLoc) -> u8 {
 /// emits a plain load that faults to zero: no helper call, where each
 /// `read` costs 30-60 ns on this machine kind (BENCHMARKS.md).
 #[inline(always)]
-fn load<T: Copy>(base: u64, off: u32) -> T {
+pub fn load<T: Copy>(base: u64, off: u32) -> T {
     unsafe { core::ptr::read_volatile((base + off as u64) as *const T) }
 }
 
-/// The current task's `fdtable.fd` array and `max_fds`.
+/// The current task's `fdtable.fd` array and `max_fds`. `task` is the
+/// current task as a BTF-typed pointer (`bpf_get_current_task_btf`) in
+/// programs that read arguments from saved registers, else unused.
 #[inline(always)]
-fn fd_table() -> (u64, u32) {
+fn fd_table(task: u64) -> (u64, u32) {
     if conf!(args_from_regs) != 0 {
         // The loader took this path only where bpf_task_pt_regs (5.15+)
         // works, so bpf_get_current_task_btf (5.11+) does too: task ->
         // files -> fdt are typed pointers, loaded without helpers.
-        let task = unsafe { bpf_get_current_task_btf() } as u64;
         let files: u64 = load(task, conf!(offsets.task_files));
         let fdt: u64 = load(files, conf!(offsets.files_fdt));
         // `fd` is a `struct file **`: an untyped value from here on.
@@ -106,11 +107,11 @@ pub fn sk_of(socket: u64) -> u64 {
 /// The current task's `struct socket *` and `struct sock *` for `fd`,
 /// checked to be a socket.
 #[inline(always)]
-pub fn socket_of_fd(fd: i32) -> Result<(u64, u64), i32> {
+pub fn socket_of_fd(task: u64, fd: i32) -> Result<(u64, u64), i32> {
     if fd < 0 {
         return Err(-1);
     }
-    let (fd_array, max_fds) = fd_table();
+    let (fd_array, max_fds) = fd_table(task);
     if fd as u32 >= max_fds {
         return Err(-1);
     }

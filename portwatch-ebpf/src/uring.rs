@@ -75,6 +75,8 @@ pub fn io_uring_complete(ctx: TracePointContext) -> u32 {
         addr,
         addrlen,
         user_addr: false,
+        pid_tgid: aya_ebpf::helpers::bpf_get_current_pid_tgid(),
+        task: 0,
     });
     0
 }
