@@ -60,10 +60,13 @@ pub fn load<T: Copy>(base: u64, off: u32) -> T {
 
 /// The current task's `fdtable.fd` array and `max_fds`. `task` is the
 /// current task as a BTF-typed pointer (`bpf_get_current_task_btf`) in
-/// programs that read arguments from saved registers, else unused.
+/// programs that read arguments from saved registers, else 0.
 #[inline(always)]
 fn fd_table(task: u64) -> (u64, u32) {
-    if conf!(args_from_regs) != 0 {
+    // `task` is 0 where a program has no typed pointer (io_uring, fexit:
+    // they never come here, having their socket, but the verifier sees
+    // every path).
+    if conf!(args_from_regs) != 0 && task != 0 {
         // The loader took this path only where bpf_task_pt_regs (5.15+)
         // works, so bpf_get_current_task_btf (5.11+) does too: task ->
         // files -> fdt are typed pointers, loaded without helpers.
