@@ -436,8 +436,10 @@ const _: () = assert!(size_of::<LifeState>() == 16);
 const _: () = assert!(size_of::<Record>() == 56);
 const _: () = assert!(size_of::<PortKey>() == 8);
 const _: () = assert!(size_of::<HolderSlot>() == 80);
-// The eBPF programs zero `Event::addr` as two u64 stores.
+// The eBPF programs zero and copy `Event::addr` and `FoldKey::addr` as two
+// u64 words.
 const _: () = assert!(core::mem::offset_of!(Event, addr) % 8 == 0);
+const _: () = assert!(core::mem::offset_of!(FoldKey, addr) % 8 == 0);
 const _: () = assert!(HOLDER_SLOTS.is_power_of_two());
 const _: () = assert!(size_of::<BitLoc>() == 8);
 const _: () = assert!(size_of::<FoldKey>() == 32);

@@ -132,12 +132,18 @@ pub fn handle(call: &Call) -> Result<(), i32> {
     };
 
     // Not folded: zero the event around what was read so far.
-    let (port, addr): (u16, [u64; 2]) = (ev.port, unsafe { core::mem::transmute(ev.addr) });
-    let (family, protocol, netns) = (ev.family, ev.protocol, ev.netns);
+    // SAFETY: `Event::addr` is 8-byte aligned (asserted in portwatch-common):
+    // two words, not sixteen byte copies.
+    let addr_words = (&raw mut ev.addr).cast::<u64>();
+    let addr = unsafe { [addr_words.read_volatile(), addr_words.add(1).read_volatile()] };
+    let (port, family, protocol, netns) = (ev.port, ev.family, ev.protocol, ev.netns);
     // SAFETY: all-zero is a valid Event (plain integers).
     unsafe { mem::zero(ev) };
     ev.port = port;
-    ev.addr = unsafe { core::mem::transmute::<[u64; 2], [u8; 16]>(addr) };
+    unsafe {
+        addr_words.write_volatile(addr[0]);
+        addr_words.add(1).write_volatile(addr[1]);
+    }
     ev.family = family;
     if walked.is_some() {
         ev.protocol = protocol;
@@ -189,6 +195,10 @@ fn walk(call: &Call, ev: &mut Event) -> Result<(u64, u64), i32> {
     Ok((socket, sk))
 }
 
+/// A fold key aligned to eight bytes, so its address copies as two words.
+#[repr(C, align(8))]
+struct Key(FoldKey);
+
 /// What `fold` says of a failure that is to be sent.
 struct Unfolded {
     /// CLOCK_BOOTTIME now.
@@ -225,13 +235,18 @@ fn fold(pid: u32, call: &Call, port: u16, family: u16, addr: &[u8; 16]) -> Optio
     let ticks = unsafe { bpf_jiffies64() };
     // SAFETY: all-zero is a valid FoldKey; the padding must be zero.
     unsafe {
-        mem::with_zeroed(|key: &mut FoldKey| {
+        mem::with_zeroed(|key: &mut Key| {
+            let key = &mut key.0;
             key.pid = pid;
             key.ret = call.ret;
             key.port = port;
             key.family = family;
             key.syscall = call.syscall;
-            key.addr = *addr;
+            // Two words, not sixteen byte copies: both addresses sit at
+            // 8-byte aligned offsets (`Key`, `Event::addr`).
+            let (to, from) = ((&raw mut key.addr).cast::<u64>(), addr.as_ptr().cast::<u64>());
+            to.write_volatile(from.read_volatile());
+            to.add(1).write_volatile(from.add(1).read_volatile());
             match FOLDS.get_ptr_mut(&*key) {
                 Some(st) => {
                     if ticks.wrapping_sub((*st).last_sent_jiffies) < window {
