@@ -353,6 +353,47 @@ fn holder_that_exits_right_after_the_failure_is_still_named() {
     assert!(ev["fix"].as_str().unwrap().contains("exited"), "{ev:#}");
 }
 
+/// The kernel's holder table is direct-mapped: another port can share a
+/// listener's slot. A successful bind on that port must not evict the live
+/// listener's record, or a listener that exits right after a failure would
+/// go unnamed.
+#[test]
+fn listener_keeps_its_record_when_another_port_shares_its_slot() {
+    use portwatch_common::{holder_index, PortKey};
+    let ns = Netns::new("pw-slot");
+    let key = |port| PortKey {
+        netns: ns.inode as u32,
+        port,
+        protocol: libc::IPPROTO_TCP as u16,
+    };
+    let listened = port();
+    let shared = (20000..60000u16)
+        .find(|&p| p != listened && holder_index(&key(p)) == holder_index(&key(listened)))
+        .expect("some port in 20000..60000 shares the slot");
+    let tracer = Tracer::start(&[
+        "--netns",
+        &ns.arg(),
+        "--enrich-delay",
+        "300",
+        "--lookup-timeout",
+        "10000",
+    ]);
+    let (child, _beside) = ns.run(move || {
+        let mut held = Process::fork(|| hold(v4(listened), false, |_| {}));
+        // Recorded into the listener's slot, had the listener not kept it.
+        let beside = Process::fork(|| hold_bound(v4(shared)));
+        drop(refused(v4(listened), false));
+        held.kill();
+        (held.pid, beside)
+    });
+    let ev = tracer.event();
+    assert_eq!(ev["port"], listened, "{ev:#}");
+    let h = holder(&ev);
+    assert_eq!(h["pid"], child, "{ev:#}");
+    assert_eq!(h["exited"], true, "{ev:#}");
+    assert_eq!(h["seen"], "kernel", "{ev:#}");
+}
+
 /// Bound, never listened: on kernels before 6.8 sock_diag cannot see it at
 /// all, and only the kernel's record names it.
 #[test]
