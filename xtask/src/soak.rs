@@ -218,7 +218,8 @@ fn storm_child(n: u64) -> i32 {
     0
 }
 
-/// (entries, max_entries) of portwatch's hash maps, counted key by key.
+/// (entries, max_entries) of portwatch's fold table (a hash, counted key by
+/// key) and holder table (an array, counted by the slots in use).
 fn map_fill(pid: u32) -> Vec<(String, u64, u32)> {
     let mut ids = Vec::new();
     if let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) {
@@ -240,7 +241,13 @@ fn map_fill(pid: u32) -> Vec<(String, u64, u32)> {
             continue;
         }
         let Ok(fd) = info.fd() else { continue };
-        out.push((name, count_keys(&fd, info.key_size()), info.max_entries()));
+        let used = if name == "HOLDERS" {
+            // An array (every index is a key): count the slots holding a port.
+            count_used_slots(&fd, info.max_entries(), info.value_size())
+        } else {
+            count_keys(&fd, info.key_size())
+        };
+        out.push((name, used, info.max_entries()));
     }
     out.sort();
     out
@@ -277,6 +284,38 @@ fn count_keys(fd: &aya::maps::MapFd, key_size: u32) -> u64 {
         first = false;
         key.copy_from_slice(&next);
     }
+}
+
+/// Slots of the holder table (`portwatch_common::HolderSlot`: a sequence,
+/// then the port key at byte 8) that hold a port, by BPF_MAP_LOOKUP_ELEM.
+fn count_used_slots(fd: &aya::maps::MapFd, slots: u32, value_size: u32) -> u64 {
+    use std::os::fd::{AsFd as _, AsRawFd as _};
+    const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
+    let raw = fd.as_fd().as_raw_fd();
+    let mut value = vec![0u8; value_size as usize];
+    let mut n = 0;
+    for index in 0..slots {
+        // union bpf_attr: map_fd, pad, key, value, flags.
+        let attr = [
+            raw as u64,
+            (&raw const index) as u64,
+            value.as_mut_ptr() as u64,
+            0,
+        ];
+        // SAFETY: attr points at a u32 key and a buffer of the value's size.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_MAP_LOOKUP_ELEM,
+                attr.as_ptr(),
+                size_of_val(&attr) as u32,
+            )
+        };
+        if rc == 0 && value.get(8..16).is_some_and(|k| k.iter().any(|&b| b != 0)) {
+            n += 1;
+        }
+    }
+    n
 }
 
 /// Events (and folded repeats) a storm process got, from the event stream.
