@@ -2,17 +2,11 @@
 //! holder even when that process exits before userspace can look.
 //!
 //! Recorded on every successful bind() and on every TCP socket entering
-//! LISTEN (`sock/inet_sock_set_state`), keyed by (netns, port, protocol).
+//! LISTEN (`state::inet_sock_set_state`), keyed by (netns, port, protocol).
 //! At a failure the record's socket is read again: its state and options at
 //! that instant travel with the event.
 
-use aya_ebpf::{
-    helpers::{
-        bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_ktime_get_boot_ns,
-    },
-    macros::tracepoint,
-    programs::TracePointContext,
-};
+use aya_ebpf::helpers::{bpf_get_current_uid_gid, bpf_ktime_get_boot_ns};
 use core::ptr::{read_volatile, write_volatile};
 
 use portwatch_common::{
@@ -26,7 +20,6 @@ use crate::{
 };
 
 const TCP_LISTEN: i32 = 10;
-const IPPROTO_TCP: u16 = 6;
 
 /// The slot for `key` (whichever port's record it holds now).
 #[inline(always)]
@@ -181,33 +174,4 @@ pub fn attach(ev: &mut Event, failing_sk: u64) {
     } else {
         crate::diag::holder_moved(ev.port);
     }
-}
-
-/// Records listeners: a TCP socket entering LISTEN, in the listen()ing process.
-#[tracepoint]
-pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
-    let (off_sk, off_new, off_proto) = (
-        conf!(offsets.tp_state_sk) as usize,
-        conf!(offsets.tp_state_new) as usize,
-        conf!(offsets.tp_state_proto) as usize,
-    );
-    let new = unsafe { ctx.read_at::<i32>(off_new) }.unwrap_or(0);
-    let proto = unsafe { ctx.read_at::<u16>(off_proto) }.unwrap_or(0);
-    if proto != IPPROTO_TCP {
-        return 0;
-    }
-    if conf!(record_life) != 0 {
-        // `oldstate` sits right before `newstate` (checked by the loader).
-        let old = unsafe { ctx.read_at::<i32>(off_new - 4) }.unwrap_or(0);
-        if let Ok(sk) = unsafe { ctx.read_at::<u64>(off_sk) } {
-            crate::life::on_state(sk, old, new);
-        }
-    }
-    if new != TCP_LISTEN {
-        return 0;
-    }
-    if let Ok(sk) = unsafe { ctx.read_at::<u64>(off_sk) } {
-        record(sk, HOW_LISTEN, bpf_get_current_pid_tgid());
-    }
-    0
 }

@@ -16,7 +16,7 @@ use portwatch_common::{
 
 use crate::{
     config::{conf, LIFE, PORTS, WATCHED},
-    mem, sock,
+    holders, mem, sock,
 };
 
 const TCP_ESTABLISHED: i32 = 1;
@@ -97,7 +97,7 @@ pub fn on_state(sk: u64, old: i32, new: i32) {
         }
     }
     let holder_pid = if kind == LIFE_CLOSED {
-        crate::holders::recorded_pid(&key, sk)
+        holders::recorded_pid(&key, sk)
     } else {
         0
     };

@@ -16,6 +16,7 @@ mod life;
 mod listen;
 mod mem;
 mod sock;
+mod state;
 mod uring;
 
 #[cfg(not(test))]
