@@ -269,6 +269,7 @@ pub struct WatchArgs {
     /// Identical failures (same process, call, errno, requested family,
     /// address and port) within this many milliseconds of the last one
     /// shown are counted, not shown; the next one shown carries the count.
+    /// Measured in kernel ticks: exact to within one tick (1-4 ms).
     /// 0 shows every one.
     #[arg(long, value_name = "MS", default_value_t = 1000)]
     pub fold_window: u64,
