@@ -156,8 +156,12 @@ pub struct RecordSlot {
 /// Slots in the kernel's holder table (`HOLDERS`): a power of two.
 pub const HOLDER_SLOTS: u32 = 1 << 14;
 
-/// One slot of the kernel's holder table: an array indexed by a hash of the
-/// port's key, written in place (no map update call: an LRU hash update
+/// Slots per set of the holder table: a port's record may sit in either
+/// of its set's two adjacent slots.
+pub const HOLDER_WAYS: u32 = 2;
+
+/// One slot of the kernel's holder table: an array of two-slot sets chosen
+/// by a hash of the port's key, written in place (no map update call: an LRU hash update
 /// cost about 300 ns of every successful bind). `seq` is odd while a writer
 /// fills the slot; a reader copies between two equal even reads of it.
 #[repr(C)]
@@ -171,13 +175,14 @@ pub struct HolderSlot {
     pub entry: RecordSlot,
 }
 
-/// The slot of `key` in the holder table: Fibonacci hashing of the key's
-/// eight bytes, the top bits of the product (shared by the eBPF programs
-/// and the tests).
+/// The first slot of `key`'s set in the holder table (the set is that slot
+/// and the next): Fibonacci hashing of the key's eight bytes, the top bits
+/// of the product (shared by the eBPF programs and the tests).
 #[inline(always)]
-pub fn holder_index(key: &PortKey) -> u32 {
+pub fn holder_set(key: &PortKey) -> u32 {
     let x = ((key.netns as u64) << 32) | ((key.port as u64) << 16) | key.protocol as u64;
-    (x.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - HOLDER_SLOTS.trailing_zeros())) as u32
+    let sets = HOLDER_SLOTS / HOLDER_WAYS;
+    (x.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - sets.trailing_zeros())) as u32 * HOLDER_WAYS
 }
 
 /// Where a bit field lives relative to a base pointer: `(byte >> shift) & mask`.
@@ -440,7 +445,7 @@ const _: () = assert!(size_of::<HolderSlot>() == 80);
 // u64 words.
 const _: () = assert!(core::mem::offset_of!(Event, addr) % 8 == 0);
 const _: () = assert!(core::mem::offset_of!(FoldKey, addr) % 8 == 0);
-const _: () = assert!(HOLDER_SLOTS.is_power_of_two());
+const _: () = assert!(HOLDER_SLOTS.is_power_of_two() && HOLDER_WAYS == 2);
 const _: () = assert!(size_of::<BitLoc>() == 8);
 const _: () = assert!(size_of::<FoldKey>() == 32);
 const _: () = assert!(size_of::<Offsets>() == 168);

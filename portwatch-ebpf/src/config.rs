@@ -45,9 +45,9 @@ pub static FOLDS: PerCpuHashMap<FoldKey, FoldState> = PerCpuHashMap::with_max_en
 pub static SCRATCH: PerCpuArray<Event> = PerCpuArray::with_max_entries(1, 0);
 
 /// Who last bound or started listening on each port, per network namespace
-/// and protocol: a direct-mapped table (see `holders`), slot
-/// `portwatch_common::holder_index(key)`. A port whose slot another port's
-/// newer record took is forgotten, unless the older one is a live listener.
+/// and protocol: a table of two-slot sets (see `holders`), set
+/// `portwatch_common::holder_set(key)`. When a third port's record comes to
+/// a full set, it replaces the older record that is not a live listener's.
 #[map]
 pub static HOLDERS: Array<HolderSlot> = Array::with_max_entries(HOLDER_SLOTS, 0);
 

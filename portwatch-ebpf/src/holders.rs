@@ -10,7 +10,7 @@ use aya_ebpf::helpers::{bpf_get_current_uid_gid, bpf_ktime_get_boot_ns};
 use core::ptr::{read_volatile, write_volatile};
 
 use portwatch_common::{
-    holder_index, Event, HolderSlot, PortKey, Record, RecordSlot, HOW_LISTEN,
+    holder_set, Event, HolderSlot, PortKey, Record, RecordSlot, HOW_LISTEN,
 };
 
 use crate::{
@@ -20,12 +20,6 @@ use crate::{
 };
 
 const TCP_LISTEN: i32 = 10;
-
-/// The slot for `key` (whichever port's record it holds now).
-#[inline(always)]
-fn slot_of(key: &PortKey) -> Option<*mut HolderSlot> {
-    HOLDERS.get_ptr_mut(holder_index(key))
-}
 
 /// A port key as one word, to compare and store it in one access.
 #[inline(always)]
@@ -44,11 +38,83 @@ unsafe fn bump(seq: *mut u64) {
 }
 
 /// Whether the live listener `sk` still holds `key`'s port: its record
-/// then stays, whatever binds beside it or shares its slot.
+/// then stays, whatever binds beside it or shares its set.
 #[inline(always)]
 fn live_listener(sk: u64, key: u64) -> bool {
     sock::key_of(sk).is_some_and(|(k, _)| word(&k) == key)
         && read::<u8>(sk, conf!(offsets.sk_state)) == TCP_LISTEN as u8
+}
+
+/// A slot's port key, as one word (0: empty).
+#[inline(always)]
+unsafe fn key_in(slot: *const HolderSlot) -> u64 {
+    unsafe { word(&read_volatile(&raw const (*slot).key)) }
+}
+
+/// Whether a slot holds the record of a listener that still listens on
+/// its port: such a record is never replaced by another socket's.
+#[inline(always)]
+unsafe fn protected(slot: *const HolderSlot) -> bool {
+    unsafe {
+        read_volatile(&raw const (*slot).entry.record.how) == HOW_LISTEN
+            && live_listener(read_volatile(&raw const (*slot).entry.sk), key_in(slot))
+    }
+}
+
+/// The two slots of `key`'s set.
+#[inline(always)]
+fn set_of(key: &PortKey) -> Option<(*mut HolderSlot, *mut HolderSlot)> {
+    let first = holder_set(key);
+    Some((HOLDERS.get_ptr_mut(first)?, HOLDERS.get_ptr_mut(first + 1)?))
+}
+
+/// The slot holding `key`'s record, if either slot of its set does.
+#[inline(always)]
+fn find(key: &PortKey) -> Option<*mut HolderSlot> {
+    let (a, b) = set_of(key)?;
+    let k = word(key);
+    unsafe {
+        if key_in(a) == k {
+            Some(a)
+        } else if key_in(b) == k {
+            Some(b)
+        } else {
+            None
+        }
+    }
+}
+
+/// Where `key`'s new record goes in its set: the slot already holding the
+/// port, else an empty one, else the one whose record is not a live
+/// listener's (the older when neither is); None when both are live
+/// listeners' (they keep their records).
+#[inline(always)]
+unsafe fn place(key: u64, a: *mut HolderSlot, b: *mut HolderSlot) -> Option<*mut HolderSlot> {
+    unsafe {
+        let (ka, kb) = (key_in(a), key_in(b));
+        if ka == key {
+            return Some(a);
+        }
+        if kb == key {
+            return Some(b);
+        }
+        if ka == 0 {
+            return Some(a);
+        }
+        if kb == 0 {
+            return Some(b);
+        }
+        let a_older = read_volatile(&raw const (*a).entry.record.ts_boot_ns)
+            <= read_volatile(&raw const (*b).entry.record.ts_boot_ns);
+        let (older, newer) = if a_older { (a, b) } else { (b, a) };
+        if !protected(older) {
+            Some(older)
+        } else if !protected(newer) {
+            Some(newer)
+        } else {
+            None
+        }
+    }
 }
 
 /// Records the current process as the holder of `sk`'s port.
@@ -57,21 +123,23 @@ pub fn record(sk: u64, how: u8, pid_tgid: u64) {
     let Some((key, family)) = sock::key_of(sk) else {
         return;
     };
-    let Some(slot) = slot_of(&key) else {
+    let Some((a, b)) = set_of(&key) else {
         return;
     };
     // A live listener stays its port's holder: a second socket entering
     // LISTEN may be about to fail (its state flips before the port check),
     // and a socket bound beside a listener, or whose port shares the
-    // listener's slot, is the lesser story.
+    // listener's set, is the lesser story.
     // Only a record made by a listener can protect its slot: a socket that
     // starts listening is recorded again (HOW_LISTEN) by the state
     // tracepoint, so a bind's record is replaced without reading its socket.
+    let Some(slot) = (unsafe { place(word(&key), a, b) }) else {
+        return;
+    };
     unsafe {
-        let old_sk = read_volatile(&raw const (*slot).entry.sk);
-        if read_volatile(&raw const (*slot).entry.record.how) == HOW_LISTEN
-            && old_sk != sk
-            && live_listener(old_sk, word(&read_volatile(&raw const (*slot).key)))
+        if key_in(slot) == word(&key)
+            && read_volatile(&raw const (*slot).entry.sk) != sk
+            && protected(slot)
         {
             return;
         }
@@ -98,14 +166,14 @@ pub fn record(sk: u64, how: u8, pid_tgid: u64) {
 }
 
 /// Copies the record of `key`'s port into `out` and returns its socket, if
-/// the table holds one; None when the slot holds another port's record or
+/// the table holds one; None when neither slot of its set does, or the slot
 /// was being rewritten during the copy.
 #[inline(always)]
 fn lookup(key: &PortKey, out: &mut Record) -> Option<u64> {
-    let slot = slot_of(key)?;
+    let slot = find(key)?;
     unsafe {
         let seq = read_volatile(&raw const (*slot).seq);
-        if seq & 1 != 0 || word(&read_volatile(&raw const (*slot).key)) != word(key) {
+        if seq & 1 != 0 || key_in(slot) != word(key) {
             return None;
         }
         let sk = read_volatile(&raw const (*slot).entry.sk);
@@ -120,13 +188,12 @@ fn lookup(key: &PortKey, out: &mut Record) -> Option<u64> {
 /// The pid recorded for `key`'s port if its socket is `sk`, else 0.
 #[inline(always)]
 pub fn recorded_pid(key: &PortKey, sk: u64) -> u32 {
-    let Some(slot) = slot_of(key) else {
+    let Some(slot) = find(key) else {
         return 0;
     };
     unsafe {
         let seq = read_volatile(&raw const (*slot).seq);
-        let same = word(&read_volatile(&raw const (*slot).key)) == word(key)
-            && read_volatile(&raw const (*slot).entry.sk) == sk;
+        let same = key_in(slot) == word(key) && read_volatile(&raw const (*slot).entry.sk) == sk;
         let pid = read_volatile(&raw const (*slot).entry.record.pid);
         if seq & 1 != 0 || !same || read_volatile(&raw const (*slot).seq) != seq {
             return 0;

@@ -353,13 +353,13 @@ fn holder_that_exits_right_after_the_failure_is_still_named() {
     assert!(ev["fix"].as_str().unwrap().contains("exited"), "{ev:#}");
 }
 
-/// The kernel's holder table is direct-mapped: another port can share a
-/// listener's slot. A successful bind on that port must not evict the live
-/// listener's record, or a listener that exits right after a failure would
-/// go unnamed.
+/// The kernel's holder table keeps each port's record in one of two slots
+/// of a set that other ports share. Two later successful binds on ports of
+/// the listener's set must not evict the live listener's record (the older
+/// one), or a listener that exits right after a failure would go unnamed.
 #[test]
-fn listener_keeps_its_record_when_another_port_shares_its_slot() {
-    use portwatch_common::{holder_index, PortKey};
+fn listener_keeps_its_record_when_other_ports_share_its_set() {
+    use portwatch_common::{holder_set, PortKey};
     let ns = Netns::new("pw-slot");
     let key = |port| PortKey {
         netns: ns.inode as u32,
@@ -367,9 +367,13 @@ fn listener_keeps_its_record_when_another_port_shares_its_slot() {
         protocol: libc::IPPROTO_TCP as u16,
     };
     let listened = port();
-    let shared = (20000..60000u16)
-        .find(|&p| p != listened && holder_index(&key(p)) == holder_index(&key(listened)))
-        .expect("some port in 20000..60000 shares the slot");
+    let set = holder_set(&key(listened));
+    let mut sharing = (20000..60000u16)
+        .filter(|&p| p != listened && holder_set(&key(p)) == set);
+    let (first, second) = (
+        sharing.next().expect("a port in 20000..60000 shares the set"),
+        sharing.next().expect("a second port in 20000..60000 shares the set"),
+    );
     let tracer = Tracer::start(&[
         "--netns",
         &ns.arg(),
@@ -380,8 +384,12 @@ fn listener_keeps_its_record_when_another_port_shares_its_slot() {
     ]);
     let (child, _beside) = ns.run(move || {
         let mut held = Process::fork(|| hold(v4(listened), false, |_| {}));
-        // Recorded into the listener's slot, had the listener not kept it.
-        let beside = Process::fork(|| hold_bound(v4(shared)));
+        // The set is full after the first; the second would take the
+        // oldest slot, the listener's, were it not protected.
+        let beside = [
+            Process::fork(|| hold_bound(v4(first))),
+            Process::fork(|| hold_bound(v4(second))),
+        ];
         drop(refused(v4(listened), false));
         held.kill();
         (held.pid, beside)
