@@ -27,14 +27,25 @@ fn word(key: &PortKey) -> u64 {
     unsafe { core::mem::transmute::<PortKey, u64>(*key) }
 }
 
-/// Adds one to a slot's sequence. Not atomic (Rust's BPF target has no
-/// atomic read-modify-write): two CPUs writing one slot in the same
-/// instant, rare in itself, may leave it even while the later still writes;
-/// a failure read then may take a mixed record, whose socket `attach` still
-/// checks against the port.
+/// Marks a slot as being written: its sequence made odd. Not an atomic
+/// increment (Rust's BPF target has no atomic read-modify-write), so it
+/// sets the low bit instead of adding: two CPUs writing one slot in the
+/// same instant, rare in itself, both leave it odd and then both even
+/// (`write_end`), never odd for good. A reader racing them may take a
+/// mixed record, whose socket `attach` still checks against the port.
 #[inline(always)]
-unsafe fn bump(seq: *mut u64) {
-    unsafe { write_volatile(seq, read_volatile(seq).wrapping_add(1)) };
+unsafe fn write_begin(seq: *mut u64) -> u64 {
+    unsafe {
+        let odd = read_volatile(seq) | 1;
+        write_volatile(seq, odd);
+        odd
+    }
+}
+
+/// Marks a slot as written: its sequence the even number after `odd`.
+#[inline(always)]
+unsafe fn write_end(seq: *mut u64, odd: u64) {
+    unsafe { write_volatile(seq, odd.wrapping_add(1)) };
 }
 
 /// Whether the live listener `sk` still holds `key`'s port: its record
@@ -157,10 +168,10 @@ pub fn record(sk: u64, how: u8, pid_tgid: u64) {
             holder.family = family;
             holder.how = how;
             holder.addr = sock::bound_addr(sk, family);
-            bump(&raw mut (*slot).seq);
+            let odd = write_begin(&raw mut (*slot).seq);
             write_volatile(&raw mut (*slot).key, key);
             mem::copy(&raw mut (*slot).entry, new);
-            bump(&raw mut (*slot).seq);
+            write_end(&raw mut (*slot).seq, odd);
         })
     };
 }
