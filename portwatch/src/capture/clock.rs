@@ -7,30 +7,58 @@ use std::time::{Duration, SystemTime};
 pub struct Clock {
     /// Wall clock minus boot time, sampled together.
     realtime_minus_boot: Duration,
+    /// How far apart the two boot-clock reads around the wall-clock read
+    /// were: the sample's uncertainty.
+    window: Duration,
 }
 
 impl Clock {
-    /// Samples both clocks now.
+    /// Samples both clocks now: the wall clock between two boot-clock
+    /// reads, the boot time taken as their midpoint, and of a few tries the
+    /// one whose two boot reads were closest. A thread descheduled between
+    /// the reads (a loaded machine, an emulated CPU) would otherwise shift
+    /// the offset by the delay, and `follow` would take that for a step of
+    /// the wall clock: timestamps would then jump back and forth.
     pub fn now() -> Self {
-        let boot = nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME)
-            .map(Duration::from)
-            .unwrap_or_default();
-        let real = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap_or_default();
+        let boot = || {
+            nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME)
+                .map(Duration::from)
+                .unwrap_or_default()
+        };
+        let mut best: Option<(Duration, Duration)> = None;
+        for _ in 0..5 {
+            let before = boot();
+            let real = SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap_or_default();
+            let after = boot();
+            let window = after.saturating_sub(before);
+            let offset = real.saturating_sub(before + window / 2);
+            if best.is_none_or(|(w, _)| window < w) {
+                best = Some((window, offset));
+            }
+            if window < Duration::from_micros(50) {
+                break;
+            }
+        }
+        let (window, offset) = best.unwrap_or_default();
         Self {
-            realtime_minus_boot: real.saturating_sub(boot),
+            realtime_minus_boot: offset,
+            window,
         }
     }
 
     /// `fresh` if the wall clock was stepped since `current` (by more than a
     /// millisecond), else `current`: resampling at every drain would let
     /// the jitter between the two clock reads order events backwards.
+    /// A fresh sample whose reads were more than half a millisecond apart
+    /// is too uncertain to tell a step from the delay: `current` stays.
     pub fn follow(current: Option<Self>, fresh: Self) -> Self {
         match current {
             Some(c)
-                if c.realtime_minus_boot.abs_diff(fresh.realtime_minus_boot)
-                    <= Duration::from_millis(1) =>
+                if fresh.window > Duration::from_micros(500)
+                    || c.realtime_minus_boot.abs_diff(fresh.realtime_minus_boot)
+                        <= Duration::from_millis(1) =>
             {
                 c
             }
@@ -43,6 +71,7 @@ impl Clock {
     pub fn fixed(realtime_minus_boot: Duration) -> Self {
         Self {
             realtime_minus_boot,
+            window: Duration::ZERO,
         }
     }
 
@@ -92,6 +121,7 @@ mod tests {
     fn clock_ignores_jitter_and_follows_steps() {
         let at = |us: u64| Clock {
             realtime_minus_boot: Duration::from_micros(us),
+            window: Duration::from_micros(1),
         };
         assert_eq!(
             Clock::follow(Some(at(1000)), at(1040)).realtime_minus_boot,
@@ -105,5 +135,16 @@ mod tests {
             Clock::follow(None, at(5)).realtime_minus_boot,
             at(5).realtime_minus_boot
         );
+        // A sample taken across a long delay is no evidence of a step.
+        let slow = Clock {
+            realtime_minus_boot: Duration::from_micros(9000),
+            window: Duration::from_millis(3),
+        };
+        assert_eq!(
+            Clock::follow(Some(at(1000)), slow).realtime_minus_boot,
+            at(1000).realtime_minus_boot
+        );
+        // Sampled here, the two reads are close.
+        assert!(Clock::now().window < Duration::from_millis(5));
     }
 }
