@@ -3,10 +3,7 @@
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
     helpers::generated::bpf_jiffies64,
-    helpers::{
-        bpf_get_current_cgroup_id,
-        bpf_get_current_uid_gid, bpf_ktime_get_boot_ns,
-    },
+    helpers::{bpf_get_current_cgroup_id, bpf_get_current_uid_gid, bpf_ktime_get_boot_ns},
 };
 use portwatch_common::{
     stat, Event, FoldKey, FoldState, AF_INET, AF_INET6, FILTER_CGROUP, FILTER_COMM, FILTER_NETNS,
@@ -135,7 +132,12 @@ pub fn handle(call: &Call) -> Result<(), i32> {
     // SAFETY: `Event::addr` is 8-byte aligned (asserted in portwatch-common):
     // two words, not sixteen byte copies.
     let addr_words = (&raw mut ev.addr).cast::<u64>();
-    let addr = unsafe { [addr_words.read_volatile(), addr_words.add(1).read_volatile()] };
+    let addr = unsafe {
+        [
+            addr_words.read_volatile(),
+            addr_words.add(1).read_volatile(),
+        ]
+    };
     let (port, family, protocol, netns) = (ev.port, ev.family, ev.protocol, ev.netns);
     // SAFETY: all-zero is a valid Event (plain integers).
     unsafe { mem::zero(ev) };
@@ -244,7 +246,10 @@ fn fold(pid: u32, call: &Call, port: u16, family: u16, addr: &[u8; 16]) -> Optio
             key.syscall = call.syscall;
             // Two words, not sixteen byte copies: both addresses sit at
             // 8-byte aligned offsets (`Key`, `Event::addr`).
-            let (to, from) = ((&raw mut key.addr).cast::<u64>(), addr.as_ptr().cast::<u64>());
+            let (to, from) = (
+                (&raw mut key.addr).cast::<u64>(),
+                addr.as_ptr().cast::<u64>(),
+            );
             to.write_volatile(from.read_volatile());
             to.add(1).write_volatile(from.add(1).read_volatile());
             match FOLDS.get_ptr_mut(&*key) {

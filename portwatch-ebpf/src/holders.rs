@@ -9,9 +9,7 @@
 use aya_ebpf::helpers::{bpf_get_current_uid_gid, bpf_ktime_get_boot_ns};
 use core::ptr::{read_volatile, write_volatile};
 
-use portwatch_common::{
-    holder_set, Event, HolderSlot, PortKey, Record, RecordSlot, HOW_LISTEN,
-};
+use portwatch_common::{holder_set, Event, HolderSlot, PortKey, Record, RecordSlot, HOW_LISTEN};
 
 use crate::{
     config::{conf, HOLDERS},

@@ -99,7 +99,9 @@ fn exit_ret(ctx: &TracePointContext) -> i32 {
     let off = conf!(offsets.tp_ret);
     if off == USUAL_RET {
         // SAFETY: the record is at least 24 bytes (tracefs said `ret` is at 16).
-        unsafe { *(aya_ebpf::EbpfContext::as_ptr(ctx) as *const i64).add(USUAL_RET as usize / 8) as i32 }
+        unsafe {
+            *(aya_ebpf::EbpfContext::as_ptr(ctx) as *const i64).add(USUAL_RET as usize / 8) as i32
+        }
     } else {
         unsafe { ctx.read_at::<i64>(off as usize) }.unwrap_or(0) as i32
     }

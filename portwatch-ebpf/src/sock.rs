@@ -37,7 +37,11 @@ pub fn read<T: Copy>(base: u64, off: u32) -> T {
 fn read_user<T: Copy>(ptr: u64) -> T {
     let mut v = MaybeUninit::<T>::uninit();
     unsafe {
-        bpf_probe_read_user(v.as_mut_ptr().cast(), size_of::<T>() as u32, ptr as *const _);
+        bpf_probe_read_user(
+            v.as_mut_ptr().cast(),
+            size_of::<T>() as u32,
+            ptr as *const _,
+        );
         v.assume_init()
     }
 }
@@ -140,7 +144,10 @@ pub fn family_and_port(sk: u64) -> (u16, u16) {
     let (off_num, off_family) = (conf!(offsets.sk_num), conf!(offsets.sk_family));
     if off_family == off_num + 2 {
         let b = read::<u32>(sk, off_num).to_ne_bytes();
-        (u16::from_ne_bytes([b[2], b[3]]), u16::from_ne_bytes([b[0], b[1]]))
+        (
+            u16::from_ne_bytes([b[2], b[3]]),
+            u16::from_ne_bytes([b[0], b[1]]),
+        )
     } else {
         (read(sk, off_family), read(sk, off_num))
     }

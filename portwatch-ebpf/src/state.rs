@@ -2,7 +2,9 @@
 //! (a socket entering LISTEN, in the listen()ing process) and, under
 //! `watch --record`, the life of ports of interest.
 
-use aya_ebpf::{helpers::bpf_get_current_pid_tgid, macros::tracepoint, programs::TracePointContext};
+use aya_ebpf::{
+    helpers::bpf_get_current_pid_tgid, macros::tracepoint, programs::TracePointContext,
+};
 use portwatch_common::HOW_LISTEN;
 
 use crate::{config::conf, holders, life};

@@ -323,19 +323,25 @@ fn listener_in_another_netns_is_named_with_its_cmdline() {
 /// The flaky-restart race: the holder exits microseconds after the failure,
 /// long before userspace looks (held back 300 ms here). The kernel's record
 /// still names it.
-#[test]
-fn holder_that_exits_right_after_the_failure_is_still_named() {
-    let ns = Netns::new("pw-exits");
-    let port = port();
-    // A generous timeout: the VM's emulated CPU is slow.
-    let tracer = Tracer::start(&[
+/// A tracer on `ns` whose lookups start 300 ms after each failure, so a
+/// holder killed right after it is gone by then and only the kernel's
+/// record can name it. A generous timeout: the VM's emulated CPU is slow.
+fn late_lookup_tracer(ns: &Netns) -> Tracer {
+    Tracer::start(&[
         "--netns",
         &ns.arg(),
         "--enrich-delay",
         "300",
         "--lookup-timeout",
         "10000",
-    ]);
+    ])
+}
+
+#[test]
+fn holder_that_exits_right_after_the_failure_is_still_named() {
+    let ns = Netns::new("pw-exits");
+    let port = port();
+    let tracer = late_lookup_tracer(&ns);
     let child = ns.run(move || {
         let mut held = Process::fork(|| hold(v4(port), false, |_| {}));
         drop(refused(v4(port), false));
@@ -368,20 +374,16 @@ fn listener_keeps_its_record_when_other_ports_share_its_set() {
     };
     let listened = port();
     let set = holder_set(&key(listened));
-    let mut sharing = (20000..60000u16)
-        .filter(|&p| p != listened && holder_set(&key(p)) == set);
+    let mut sharing = (20000..60000u16).filter(|&p| p != listened && holder_set(&key(p)) == set);
     let (first, second) = (
-        sharing.next().expect("a port in 20000..60000 shares the set"),
-        sharing.next().expect("a second port in 20000..60000 shares the set"),
+        sharing
+            .next()
+            .expect("a port in 20000..60000 shares the set"),
+        sharing
+            .next()
+            .expect("a second port in 20000..60000 shares the set"),
     );
-    let tracer = Tracer::start(&[
-        "--netns",
-        &ns.arg(),
-        "--enrich-delay",
-        "300",
-        "--lookup-timeout",
-        "10000",
-    ]);
+    let tracer = late_lookup_tracer(&ns);
     let (child, _beside) = ns.run(move || {
         let mut held = Process::fork(|| hold(v4(listened), false, |_| {}));
         // The set is full after the first; the second would take the
