@@ -402,6 +402,23 @@ pub struct FoldState {
     pub last_sent_jiffies: u64,
 }
 
+/// The fold table's per-CPU front slot: the key this CPU folded last, so a
+/// storm's repeats are counted here without a hash lookup. Its `pending`
+/// repeats move to the key's `FoldState` when another key takes the slot or
+/// the key's window ends; user space adds what is left here at exit.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FoldFront {
+    /// The key (all zero: none).
+    pub key: FoldKey,
+    /// `FoldState::last_sent_jiffies` of the key when it took the slot.
+    pub last_sent_jiffies: u64,
+    /// Repeats folded here, not yet in the key's `FoldState`.
+    pub pending: u64,
+    /// 1 when `key` is valid.
+    pub valid: u64,
+}
+
 /// Indices of the per-CPU `STATS` counters. Every call that passes the
 /// filters lands in exactly one of SENT, FOLDED and LOST, so their sum is the
 /// number matched (not counted separately: that would cost every call).
@@ -427,6 +444,7 @@ mod user {
     unsafe impl ::aya::Pod for super::Config {}
     unsafe impl ::aya::Pod for super::FoldKey {}
     unsafe impl ::aya::Pod for super::FoldState {}
+    unsafe impl ::aya::Pod for super::FoldFront {}
     unsafe impl ::aya::Pod for super::PortKey {}
     unsafe impl ::aya::Pod for super::RecordSlot {}
     unsafe impl ::aya::Pod for super::HolderSlot {}

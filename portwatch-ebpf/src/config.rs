@@ -5,7 +5,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use portwatch_common::{
-    Config, Event, FoldKey, FoldState, HolderSlot, LifeState, PendingCall, PortKey, HOLDER_SLOTS,
+    Config, Event, FoldFront, FoldKey, FoldState, HolderSlot, LifeState, PendingCall, PortKey,
+    HOLDER_SLOTS,
 };
 
 /// Written by the loader before load; read-only afterwards, so the verifier
@@ -39,6 +40,10 @@ pub static STATS: PerCpuArray<u64> =
 /// Folding state of repeated identical failures, per CPU.
 #[map]
 pub static FOLDS: PerCpuHashMap<FoldKey, FoldState> = PerCpuHashMap::with_max_entries(16384, 0);
+
+/// The fold table's front slot, per CPU (`portwatch_common::FoldFront`).
+#[map]
+pub static FRONT: PerCpuArray<FoldFront> = PerCpuArray::with_max_entries(1, 0);
 
 /// Where an event is built before it is sent (too big for the stack).
 #[map]

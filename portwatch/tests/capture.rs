@@ -527,6 +527,27 @@ fn eaddrnotavail_with_all_errors() {
     assert_eq!(ev["port"], port, "{ev}");
 }
 
+/// What a storm's output accounts for: events shown, the repeats they
+/// carry, and the repeats reported at exit.
+struct Account {
+    events: u64,
+    folded_shown: u64,
+    tail: u64,
+}
+
+fn account(first: &Value, rest: &[Value], notices: &[Value]) -> Account {
+    let folded = |e: &Value| e["folded"].as_u64().unwrap();
+    Account {
+        events: 1 + rest.len() as u64,
+        folded_shown: folded(first) + rest.iter().map(folded).sum::<u64>(),
+        tail: notices
+            .iter()
+            .filter(|v| v["type"] == "repeat")
+            .map(|v| v["count"].as_u64().unwrap())
+            .sum(),
+    }
+}
+
 /// Identical failures in a burst are folded; every one is accounted for.
 #[test]
 fn storm_is_folded_and_counted_exactly() {
@@ -548,17 +569,11 @@ fn storm_is_folded_and_counted_exactly() {
         .iter()
         .find(|v| v["type"] == "summary")
         .expect("summary");
-    let events = 1 + rest.len() as u64;
-    let folded_shown: u64 = first["folded"].as_u64().unwrap()
-        + rest
-            .iter()
-            .map(|e| e["folded"].as_u64().unwrap())
-            .sum::<u64>();
-    let tail: u64 = notices
-        .iter()
-        .filter(|v| v["type"] == "repeat")
-        .map(|v| v["count"].as_u64().unwrap())
-        .sum();
+    let Account {
+        events,
+        folded_shown,
+        tail,
+    } = account(&first, &rest, &notices);
     assert_eq!(summary["matched"], N, "{summary}");
     assert_eq!(summary["lost"], 0, "{summary}");
     assert_eq!(summary["shown"], events, "{summary}");
@@ -568,6 +583,60 @@ fn storm_is_folded_and_counted_exactly() {
     assert!(
         events < 100,
         "{events} events for one burst: folding is not working"
+    );
+}
+
+/// A storm longer than many fold windows: each window's first failure is
+/// shown and carries the repeats of the window before (counted in the
+/// kernel's per-CPU front slot, then moved to the fold table); the repeats
+/// after the last one shown are still counted at exit, under their port,
+/// though the table's entry was swept meanwhile.
+#[test]
+fn storm_across_fold_windows_is_counted_exactly() {
+    let ns = Netns::new("pw-windows");
+    let port = port();
+    let tracer = Tracer::start(&["--netns", &ns.arg(), "--fold-window", "100"]);
+    let n: u64 = ns.run(move || {
+        let (_holder, loser) = conflict(v4(port), false);
+        let mut n = 1;
+        let start = std::time::Instant::now();
+        while start.elapsed() < Duration::from_millis(1500) {
+            assert_eq!(bind(&loser, v4(port)), Err(libc::EADDRINUSE));
+            n += 1;
+            std::thread::sleep(Duration::from_micros(50));
+        }
+        n
+    });
+    // Past a sweep (every second) and the window: the table's entry is
+    // gone, the front slot's repeats are not.
+    std::thread::sleep(Duration::from_millis(2200));
+    let first = tracer.event();
+    assert_eq!(first["port"], port);
+    let (status, rest, notices) = tracer.stop();
+    assert!(status.success());
+    let summary = notices.iter().find(|v| v["type"] == "summary").unwrap();
+    let Account {
+        events,
+        folded_shown,
+        tail,
+    } = account(&first, &rest, &notices);
+    let repeats: Vec<&Value> = notices.iter().filter(|v| v["type"] == "repeat").collect();
+    assert_eq!(summary["matched"], n, "{summary}");
+    assert_eq!(summary["lost"], 0, "{summary}");
+    assert_eq!(events + folded_shown + tail, n, "{summary} {notices:?}");
+    // 1.5 s of 100 ms windows, at least one event per window on some CPU.
+    assert!((10..200).contains(&events), "{events} events: {summary}");
+    assert!(
+        rest.iter().any(|e| e["folded"].as_u64().unwrap() > 0),
+        "no event carried its window's repeats: {rest:?}"
+    );
+    assert!(
+        tail > 0,
+        "repeats after the last event were lost: {summary}"
+    );
+    assert!(
+        repeats.iter().all(|r| r["port"] == port),
+        "repeats at exit without their port: {repeats:?}"
     );
 }
 

@@ -11,7 +11,7 @@ use std::{
 
 use anyhow::{anyhow, Result};
 use aya::maps::{IterableMap as _, MapData, PerCpuArray, PerCpuHashMap, RingBuf};
-use portwatch_common::{stat, FoldKey, FoldState};
+use portwatch_common::{stat, FoldFront, FoldKey, FoldState};
 use serde::{Deserialize, Serialize};
 use tokio::io::{unix::AsyncFd, Interest};
 
@@ -140,6 +140,8 @@ pub struct Session {
     ring: AsyncFd<RingBuf<MapData>>,
     stats: PerCpuArray<MapData, u64>,
     folds: PerCpuHashMap<MapData, FoldKey, FoldState>,
+    /// The fold table's per-CPU front slots (`portwatch_common::FoldFront`).
+    fronts: PerCpuArray<MapData, FoldFront>,
     /// Which hook is attached.
     pub backend: Backend,
     /// Why that one.
@@ -200,6 +202,7 @@ impl Session {
         let ring: RingBuf<MapData> = take(&mut ebpf, "EVENTS")?;
         let stats = take(&mut ebpf, "STATS")?;
         let folds = take(&mut ebpf, "FOLDS")?;
+        let fronts = take(&mut ebpf, "FRONT")?;
         let fold_window_ns = settings.fold_window_ns;
         // Start-up parsed the kernel's BTF (megabytes); hand that memory back.
         // SAFETY: malloc_trim only releases free heap pages.
@@ -213,6 +216,7 @@ impl Session {
             ring,
             stats,
             folds,
+            fronts,
             backend,
             why,
             mounted_tracefs,
@@ -367,6 +371,9 @@ impl Session {
             }
         }
         self.fold_swept += sweep.removed;
+        // A key a front slot still counts keeps its description: its
+        // repeats reach the table (and a later sweep, or the exit) after.
+        kept.extend(front_pending(&self.fronts).into_iter().map(|(k, _)| k));
         self.last.retain(|k, _| kept.contains(k));
         sweep
     }
@@ -460,6 +467,15 @@ impl Session {
                 slot.1 = self.last.get(&key);
             }
         }
+        // Repeats still counted in a CPU's front slot, not yet moved to
+        // the table.
+        for (key, pending) in front_pending(&self.fronts) {
+            let slot = tail.entry(key).or_insert((0, None));
+            slot.0 += pending;
+            if slot.1.is_none() {
+                slot.1 = self.last.get(&key);
+            }
+        }
         finish.folded_tail = self.tail_overflow;
         for (n, ev) in tail.into_values() {
             finish.folded_tail += n;
@@ -488,6 +504,20 @@ impl Session {
 pub struct KernelView {
     stats: PerCpuArray<MapData, u64>,
     folds: PerCpuHashMap<MapData, FoldKey, FoldState>,
+    fronts: PerCpuArray<MapData, FoldFront>,
+}
+
+/// The repeats each CPU's front slot holds, by key (none left out: at
+/// most one key per CPU).
+fn front_pending(fronts: &PerCpuArray<MapData, FoldFront>) -> Vec<(FoldKey, u64)> {
+    let Ok(per_cpu) = fronts.get(&0, 0) else {
+        return Vec::new();
+    };
+    per_cpu
+        .iter()
+        .filter(|f| f.valid != 0 && f.pending > 0)
+        .map(|f| (f.key, f.pending))
+        .collect()
 }
 
 fn dup_map(map: &MapData) -> Result<aya::maps::Map> {
@@ -504,6 +534,7 @@ impl Session {
         Ok(KernelView {
             stats: dup_map(self.stats.map())?.try_into()?,
             folds: dup_map(self.folds.map())?.try_into()?,
+            fronts: dup_map(self.fronts.map())?.try_into()?,
         })
     }
 }
@@ -523,15 +554,23 @@ impl KernelView {
     }
 
     /// Failures folded in the kernel and not yet carried by an event, per
-    /// fold key (summed over CPUs; keys with none left out).
+    /// fold key (summed over CPUs, the table's and the front slots'; keys
+    /// with none left out). The table is read first: a repeat moving from a
+    /// front slot to the table meanwhile is missed by this read (counted by
+    /// the next), never seen twice.
     pub fn pending(&self) -> Vec<(FoldKey, u64)> {
-        self.folds
+        let mut by_key: HashMap<FoldKey, u64> = self
+            .folds
             .iter()
             .filter_map(|entry| {
                 let (key, per_cpu) = entry.ok()?;
                 let pending: u64 = per_cpu.iter().map(|s| s.pending).sum();
                 (pending > 0).then_some((key, pending))
             })
-            .collect()
+            .collect();
+        for (key, pending) in front_pending(&self.fronts) {
+            *by_key.entry(key).or_default() += pending;
+        }
+        by_key.into_iter().collect()
     }
 }
