@@ -322,7 +322,17 @@ pub struct Config {
     /// compares `bpf_jiffies64()`, which costs nothing, where a clock read
     /// costs about 50 ns on every failing call. 0 with `fold_window_ns`.
     pub fold_window_jiffies: u64,
+    /// Non-zero: every `sock_common` field the holder table reads (port,
+    /// family, state, netns, bound addresses) lies in its first
+    /// `SK_HEAD_BYTES`, which are then read at once instead of field by field.
+    pub sk_head: u32,
+    /// Explicit padding; always zero.
+    pub _pad: u32,
 }
+
+/// Bytes at the start of a `struct sock` read in one go when
+/// `Config::sk_head` is set.
+pub const SK_HEAD_BYTES: u32 = 96;
 
 /// io_uring request layout, from the running kernel's BTF (and the
 /// `io_uring_complete` tracepoint record from tracefs). All zero when the
@@ -468,7 +478,8 @@ const _: () = assert!(size_of::<BitLoc>() == 8);
 const _: () = assert!(size_of::<FoldKey>() == 32);
 const _: () = assert!(size_of::<Offsets>() == 168);
 const _: () = assert!(size_of::<UringOffsets>() == 40);
-const _: () = assert!(size_of::<Config>() == 264);
+const _: () = assert!(size_of::<Config>() == 272);
+const _: () = assert!(size_of::<FoldFront>() == 56);
 
 /// `Life::kind`: a TCP socket entered LISTEN on the port.
 pub const LIFE_LISTEN: u8 = 1;

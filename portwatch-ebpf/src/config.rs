@@ -6,7 +6,7 @@ use aya_ebpf::{
 };
 use portwatch_common::{
     Config, Event, FoldFront, FoldKey, FoldState, HolderSlot, LifeState, PendingCall, PortKey,
-    HOLDER_SLOTS,
+    HOLDER_SLOTS, SK_HEAD_BYTES,
 };
 
 /// Written by the loader before load; read-only afterwards, so the verifier
@@ -44,6 +44,11 @@ pub static FOLDS: PerCpuHashMap<FoldKey, FoldState> = PerCpuHashMap::with_max_en
 /// The fold table's front slot, per CPU (`portwatch_common::FoldFront`).
 #[map]
 pub static FRONT: PerCpuArray<FoldFront> = PerCpuArray::with_max_entries(1, 0);
+
+/// The first `SK_HEAD_BYTES` of a sock, read at once (`sock::head`).
+#[map]
+pub static SKHEAD: PerCpuArray<[u64; SK_HEAD_BYTES as usize / 8]> =
+    PerCpuArray::with_max_entries(1, 0);
 
 /// Where an event is built before it is sent (too big for the stack).
 #[map]

@@ -9,13 +9,11 @@
 use aya_ebpf::helpers::{bpf_get_current_uid_gid, bpf_ktime_get_boot_ns};
 use core::ptr::{read_volatile, write_volatile};
 
-use portwatch_common::{holder_set, Event, HolderSlot, PortKey, Record, RecordSlot, HOW_LISTEN};
-
-use crate::{
-    config::{conf, HOLDERS},
-    mem,
-    sock::{self, read},
+use portwatch_common::{
+    holder_set, Event, HolderSlot, PortKey, Record, RecordSlot, HOW_LISTEN, SYSCALL_LISTEN,
 };
+
+use crate::{config::HOLDERS, mem, sock};
 
 const TCP_LISTEN: i32 = 10;
 
@@ -50,8 +48,7 @@ unsafe fn write_end(seq: *mut u64, odd: u64) {
 /// then stays, whatever binds beside it or shares its set.
 #[inline(always)]
 fn live_listener(sk: u64, key: u64) -> bool {
-    sock::key_of(sk).is_some_and(|(k, _)| word(&k) == key)
-        && read::<u8>(sk, conf!(offsets.sk_state)) == TCP_LISTEN as u8
+    sock::held(sk, true, false).is_some_and(|h| word(&h.key) == key && h.state == TCP_LISTEN as u8)
 }
 
 /// A slot's port key, as one word (0: empty).
@@ -129,9 +126,10 @@ unsafe fn place(key: u64, a: *mut HolderSlot, b: *mut HolderSlot) -> Option<*mut
 /// Records the current process as the holder of `sk`'s port.
 #[inline(always)]
 pub fn record(sk: u64, how: u8, pid_tgid: u64) {
-    let Some((key, family)) = sock::key_of(sk) else {
+    let Some(held) = sock::held(sk, false, true) else {
         return;
     };
+    let key = held.key;
     let Some((a, b)) = set_of(&key) else {
         return;
     };
@@ -163,9 +161,9 @@ pub fn record(sk: u64, how: u8, pid_tgid: u64) {
             holder.pid = (pid_tgid >> 32) as u32;
             holder.uid = bpf_get_current_uid_gid() as u32;
             holder.comm = mem::comm();
-            holder.family = family;
+            holder.family = held.family;
             holder.how = how;
-            holder.addr = sock::bound_addr(sk, family);
+            holder.addr = held.addr;
             let odd = write_begin(&raw mut (*slot).seq);
             write_volatile(&raw mut (*slot).key, key);
             mem::copy(&raw mut (*slot).entry, new);
@@ -237,15 +235,21 @@ pub fn attach(ev: &mut Event, failing_sk: u64) {
     let Some(sk) = lookup(&key, &mut ev.record) else {
         return;
     };
-    if sk == failing_sk {
+    // A listen() failing on its own bound socket may find that socket's
+    // own record: it is not its own holder. A bind() never can (a socket
+    // binds once, and EADDRINUSE leaves it unbound): the same address there
+    // is a recorded socket that was freed and whose memory now backs the
+    // failing one (a listener closed, then `socket()` again, as a restart
+    // does). Its record stands, with the socket gone.
+    if sk == failing_sk && ev.syscall == SYSCALL_LISTEN {
         // SAFETY: all-zero is a valid Record: no record.
         unsafe { mem::zero(&raw mut ev.record) };
         return;
     }
     // A closed socket gives its port back (inet_num goes to 0) or is freed:
     // then it no longer matches the key and only the record remains.
-    if sock::key_of(sk).is_some_and(|(now, _)| now == key) {
-        ev.record.state = read(sk, conf!(offsets.sk_state));
+    if let Some(now) = sock::held(sk, true, false).filter(|h| h.key == key) {
+        ev.record.state = now.state;
         ev.record.opts = sock::opts_of(sk);
     } else {
         crate::diag::holder_moved(ev.port);

@@ -76,9 +76,10 @@ pub fn on_state(sk: u64, old: i32, new: i32) {
     } else {
         return;
     };
-    let Some((key, family)) = sock::key_of(sk) else {
+    let Some(held) = sock::held(sk, false, true) else {
         return;
     };
+    let key = held.key;
     let Some(st) = interest(&key) else {
         return;
     };
@@ -111,10 +112,10 @@ pub fn on_state(sk: u64, old: i32, new: i32) {
             life.holder_pid = holder_pid;
             life.netns = key.netns;
             life.port = key.port;
-            life.family = family;
+            life.family = held.family;
             life.kind = kind;
             life.comm = mem::comm();
-            life.addr = sock::bound_addr(sk, family);
+            life.addr = held.addr;
             // A full ring loses this record; user space learns of it by the
             // gap only, which is acceptable for a 64 KiB ring of rare records.
             let _ = LIFE.output::<Life>(life, 0);

@@ -6,12 +6,15 @@ use aya_ebpf::helpers::{
 };
 use portwatch_common::{
     BitLoc, Event, PortKey, AF_INET, AF_INET6, OPT_BIND_ADDRESS_NO_PORT, OPT_FREEBIND,
-    OPT_REUSEADDR, OPT_REUSEPORT, OPT_TRANSPARENT, OPT_V6ONLY, OPT_VALID,
+    OPT_REUSEADDR, OPT_REUSEPORT, OPT_TRANSPARENT, OPT_V6ONLY, OPT_VALID, SK_HEAD_BYTES,
 };
 
 use core::mem::MaybeUninit;
 
-use crate::{config::conf, diag};
+use crate::{
+    config::{conf, SKHEAD},
+    diag,
+};
 
 /// Reads a `T` (plain integers or arrays of them only) at `base + off` in
 /// kernel memory; zero when the read faults. The helper writes every byte
@@ -134,23 +137,6 @@ pub fn socket_of_fd(task: u64, fd: i32) -> Result<(u64, u64), i32> {
         return Err(-1);
     }
     Ok((socket, sk))
-}
-
-/// A socket's family and bound port (host order), in one read where the
-/// two sit side by side in `sock_common` (every kernel so far: skc_num,
-/// then skc_family), else in two.
-#[inline(always)]
-pub fn family_and_port(sk: u64) -> (u16, u16) {
-    let (off_num, off_family) = (conf!(offsets.sk_num), conf!(offsets.sk_family));
-    if off_family == off_num + 2 {
-        let b = read::<u32>(sk, off_num).to_ne_bytes();
-        (
-            u16::from_ne_bytes([b[2], b[3]]),
-            u16::from_ne_bytes([b[0], b[1]]),
-        )
-    } else {
-        (read(sk, off_family), read(sk, off_num))
-    }
 }
 
 /// Fills what identifies the socket `sk` (family, protocol, netns) into
@@ -294,21 +280,102 @@ pub fn current_ppid() -> u32 {
     read(parent, conf!(offsets.task_tgid))
 }
 
-/// The record's key for a socket: None unless it is an inet socket bound to a port.
+/// What the holder table reads of a sock: its key, family, TCP state and
+/// bound address.
+pub struct Held {
+    pub key: PortKey,
+    pub family: u16,
+    /// `skc_state` (read only when asked for, without the head).
+    pub state: u8,
+    /// The bound address (read only when asked for, without the head).
+    pub addr: [u8; 16],
+}
+
+/// Reads what the holder table needs of `sk`: None unless it is an inet
+/// socket bound to a port. Where the loader found every field in the first
+/// `SK_HEAD_BYTES` of the sock (every kernel so far), those bytes are read
+/// in one go: three reads in all (the head, the netns inode, the protocol)
+/// instead of up to six, about 100 ns of each successful bind
+/// (BENCHMARKS.md). Elsewhere field by field, `state` and `addr` only when
+/// `want` asks.
 #[inline(always)]
-pub fn key_of(sk: u64) -> Option<(PortKey, u16)> {
-    let (family, port) = family_and_port(sk);
-    if family != AF_INET && family != AF_INET6 {
+pub fn held(sk: u64, want_state: bool, want_addr: bool) -> Option<Held> {
+    let (family, port, state, net, addr) = match head(sk) {
+        Some(h) => h,
+        None => {
+            let family: u16 = read(sk, conf!(offsets.sk_family));
+            let port: u16 = read(sk, conf!(offsets.sk_num));
+            if (family != AF_INET && family != AF_INET6) || port == 0 {
+                return None;
+            }
+            let state = if want_state {
+                read(sk, conf!(offsets.sk_state))
+            } else {
+                0
+            };
+            let addr = if want_addr {
+                bound_addr(sk, family)
+            } else {
+                v4_addr(0)
+            };
+            (family, port, state, read(sk, conf!(offsets.sk_net)), addr)
+        }
+    };
+    if (family != AF_INET && family != AF_INET6) || port == 0 {
         return None;
     }
-    if port == 0 {
-        return None;
-    }
-    let net: u64 = read(sk, conf!(offsets.sk_net));
     let key = PortKey {
         netns: read(net, conf!(offsets.net_inum)),
         port,
         protocol: read(sk, conf!(offsets.sk_protocol)),
     };
-    Some((key, family))
+    Some(Held {
+        key,
+        family,
+        state,
+        addr,
+    })
+}
+
+/// Family, port, state, netns pointer and bound address of `sk`, from one
+/// read of its first `SK_HEAD_BYTES`; None where the loader found them not
+/// all there (`Config::sk_head`).
+#[inline(always)]
+fn head(sk: u64) -> Option<(u16, u16, u8, u64, [u8; 16])> {
+    if conf!(sk_head) == 0 {
+        return None;
+    }
+    let buf = SKHEAD.get_ptr_mut(0)?.cast::<u8>();
+    // Each field at its BTF offset inside the buffer; the bound checks are
+    // for the verifier (the loader checked them all).
+    let at = |off: u32, size: u32| -> Option<*const u8> {
+        if off > SK_HEAD_BYTES - size {
+            return None;
+        }
+        Some(unsafe { buf.add(off as usize) } as *const u8)
+    };
+    let (off_family, off_num, off_state, off_net) = (
+        conf!(offsets.sk_family),
+        conf!(offsets.sk_num),
+        conf!(offsets.sk_state),
+        conf!(offsets.sk_net),
+    );
+    let (off_v4, off_v6) = (conf!(offsets.sk_rcv_saddr), conf!(offsets.sk_v6_rcv_saddr));
+    unsafe {
+        bpf_probe_read_kernel(buf.cast(), SK_HEAD_BYTES, sk as *const _);
+        let family = (at(off_family, 2)? as *const u16).read_unaligned();
+        let port = (at(off_num, 2)? as *const u16).read_unaligned();
+        let state = at(off_state, 1)?.read_volatile();
+        let net = (at(off_net, 8)? as *const u64).read_unaligned();
+        let addr = if family == AF_INET6 {
+            let p = at(off_v6, 16)? as *const u64;
+            core::mem::transmute::<[u64; 2], [u8; 16]>([
+                p.read_unaligned(),
+                p.add(1).read_unaligned(),
+            ])
+        } else {
+            v4_addr((at(off_v4, 4)? as *const u32).read_unaligned())
+        };
+        Some((family, port, state, net, addr))
+    }
 }

@@ -328,7 +328,7 @@ fn break_offset(offsets: &mut portwatch_common::Offsets, field: &str) -> Result<
         "file_private_data" => &mut offsets.file_private_data,
         "sk_family" => &mut offsets.sk_family,
         other => anyhow::bail!(
-            "--test-bad-offset: unknown field {other} (socket_sk, socket_file, file_private_data, sk_family)"
+            "--test-bad-offset: unknown field {other} (socket_sk, socket_file, file_private_data, sk_family, no_sk_head)"
         ),
     };
     *slot = 0;
@@ -377,8 +377,13 @@ pub fn load(settings: &Settings, choice: BackendChoice) -> Result<Loaded> {
     // TCP_BOUND_INACTIVE is the inet_diag pseudo-state that dumps
     // bound-but-inactive TCP sockets; not every kernel has it.
     let bound_inactive_dump = btf.enum_value("TCP_BOUND_INACTIVE").is_some();
-    if let Some(field) = &settings.bad_offset {
-        break_offset(&mut base.offsets, field)?;
+    base.sk_head = u32::from(offsets::sk_head_fits(&base.offsets));
+    match settings.bad_offset.as_deref() {
+        // Not an offset: makes the programs read sock fields one by one,
+        // as they do where the head does not hold them all.
+        Some("no_sk_head") => base.sk_head = 0,
+        Some(field) => break_offset(&mut base.offsets, field)?,
+        None => {}
     }
 
     // tracefs: the tracepoint backend needs it, and so does the listener

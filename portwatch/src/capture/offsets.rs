@@ -2,7 +2,7 @@
 //! BTF (and the syscall tracepoints' record formats from tracefs).
 
 use anyhow::{bail, Context as _, Result};
-use portwatch_common::{BitLoc, Offsets};
+use portwatch_common::{BitLoc, Offsets, SK_HEAD_BYTES};
 
 use super::btf::{Btf, BtfError, Field};
 
@@ -53,6 +53,25 @@ fn inet_flag(btf: &Btf, enumerator: &str, bitfield: &str) -> Result<BitLoc, BtfE
         });
     }
     bit_loc(btf.field("inet_sock", bitfield)?, bitfield)
+}
+
+/// Whether every `sock_common` field the holder table reads (port, family,
+/// state, netns, both bound addresses) lies within the first
+/// `SK_HEAD_BYTES` of a sock, so the programs read them in one go.
+pub fn sk_head_fits(o: &Offsets) -> bool {
+    [
+        (o.sk_num, 2),
+        (o.sk_family, 2),
+        (o.sk_state, 1),
+        (o.sk_net, 8),
+        (o.sk_rcv_saddr, 4),
+        (o.sk_v6_rcv_saddr, 16),
+    ]
+    .iter()
+    .all(|&(off, size)| {
+        off.checked_add(size)
+            .is_some_and(|end| end <= SK_HEAD_BYTES)
+    })
 }
 
 /// Resolves every structure offset the programs read. Tracepoint record
@@ -331,6 +350,22 @@ mod btf_tests {
         assert_eq!(o.reuse.width, 4);
         assert_eq!(o.reuseport.width, 1);
         assert_eq!(o.v6only.width, 1);
+    }
+
+    #[test]
+    fn sock_head_holds_the_holder_fields_on_both_kernels_and_not_past_it() {
+        for path in [PathBuf::from("/sys/kernel/btf/vmlinux"), other_btf()] {
+            let mut o = resolve(&load(&path)).unwrap();
+            assert!(sk_head_fits(&o), "{}: {o:?}", path.display());
+            // One field past the head (or an overflowing offset) and the
+            // programs read field by field.
+            o.sk_v6_rcv_saddr = SK_HEAD_BYTES - 15;
+            assert!(!sk_head_fits(&o));
+            o.sk_v6_rcv_saddr = SK_HEAD_BYTES - 16;
+            assert!(sk_head_fits(&o));
+            o.sk_net = u32::MAX - 2;
+            assert!(!sk_head_fits(&o));
+        }
     }
 
     #[test]

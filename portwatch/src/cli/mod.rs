@@ -326,7 +326,9 @@ pub struct WatchArgs {
     pub log_level: Option<KernelLogLevel>,
 
     /// Point one kernel offset at the wrong member (for tests: the programs
-    /// must say so under -v rather than report silently wrong events).
+    /// must say so under -v rather than report silently wrong events); or
+    /// `no_sk_head`: read sock fields one by one, as on a kernel whose
+    /// layout does not allow one read.
     #[arg(long, value_name = "FIELD", hide = true)]
     pub test_bad_offset: Option<String>,
     /// Also append every event, and the life of the ports that failed (or

@@ -331,6 +331,18 @@ pub fn hold(addr: SocketAddr, udp: bool, prep: impl FnOnce(&Socket)) -> bool {
     true
 }
 
+/// A listener on 127.0.0.1:`port` (SO_REUSEADDR as `reuse` says), a
+/// client connected to it, and the connection it accepted.
+pub fn connected(port: u16, reuse: bool) -> (Socket, std::net::TcpStream, Socket) {
+    let listener = socket(false, false);
+    listener.set_reuse_address(reuse).unwrap();
+    bind(&listener, v4(port)).unwrap();
+    listener.listen(1).unwrap();
+    let client = std::net::TcpStream::connect(v4(port)).unwrap();
+    let (served, _) = listener.accept().unwrap();
+    (listener, client, served)
+}
+
 /// Like `hold`, without listen().
 pub fn hold_bound(addr: SocketAddr) -> bool {
     let s = socket(addr.is_ipv6(), false);
@@ -352,12 +364,7 @@ pub fn holder(ev: &Value) -> &Value {
 /// TIME_WAIT from a real connection whose server side closed first; the
 /// listener had SO_REUSEADDR or not (`reuse`), which TIME_WAIT keeps.
 pub fn time_wait(port: u16, reuse: bool) {
-    let listener = socket(false, false);
-    listener.set_reuse_address(reuse).unwrap();
-    bind(&listener, v4(port)).unwrap();
-    listener.listen(1).unwrap();
-    let client = std::net::TcpStream::connect(v4(port)).unwrap();
-    let (served, _) = listener.accept().unwrap();
+    let (listener, client, served) = connected(port, reuse);
     drop(listener);
     drop(served);
     thread::sleep(Duration::from_millis(50));
