@@ -76,7 +76,9 @@ pub fn on_state(sk: u64, old: i32, new: i32) {
     } else {
         return;
     };
-    let Some(held) = sock::held(sk, false, true) else {
+    // Field by field: TCP state changes often come in a softirq (see
+    // `sock::held`).
+    let Some(held) = sock::held_by_fields(sk, false, true) else {
         return;
     };
     let key = held.key;

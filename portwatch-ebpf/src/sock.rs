@@ -295,12 +295,34 @@ pub struct Held {
 /// socket bound to a port. Where the loader found every field in the first
 /// `SK_HEAD_BYTES` of the sock (every kernel so far), those bytes are read
 /// in one go: three reads in all (the head, the netns inode, the protocol)
-/// instead of up to six, about 100 ns of each successful bind
+/// instead of up to six, about 50 ns of each successful bind
 /// (BENCHMARKS.md). Elsewhere field by field, `state` and `addr` only when
 /// `want` asks.
+///
+/// Only for programs that run in process context (syscalls, fexit on the
+/// socket calls, io_uring completions of a bind or listen): the head's
+/// buffer is per CPU, and a program run from a softirq could otherwise
+/// overwrite it under an fexit program (which does not keep other programs
+/// off its CPU). State changes seen in a softirq use `held_by_fields`.
 #[inline(always)]
 pub fn held(sk: u64, want_state: bool, want_addr: bool) -> Option<Held> {
-    let (family, port, state, net, addr) = match head(sk) {
+    held_from(sk, want_state, want_addr, head(sk))
+}
+
+/// `held`, field by field: for programs that may run in a softirq.
+#[inline(always)]
+pub fn held_by_fields(sk: u64, want_state: bool, want_addr: bool) -> Option<Held> {
+    held_from(sk, want_state, want_addr, None)
+}
+
+#[inline(always)]
+fn held_from(
+    sk: u64,
+    want_state: bool,
+    want_addr: bool,
+    head: Option<(u16, u16, u8, u64, [u8; 16])>,
+) -> Option<Held> {
+    let (family, port, state, net, addr) = match head {
         Some(h) => h,
         None => {
             let family: u16 = read(sk, conf!(offsets.sk_family));
