@@ -480,6 +480,7 @@ const _: () = assert!(size_of::<Offsets>() == 168);
 const _: () = assert!(size_of::<UringOffsets>() == 40);
 const _: () = assert!(size_of::<Config>() == 272);
 const _: () = assert!(size_of::<FoldFront>() == 56);
+const _: () = assert!(core::mem::offset_of!(FoldFront, key) == 0);
 
 /// `Life::kind`: a TCP socket entered LISTEN on the port.
 pub const LIFE_LISTEN: u8 = 1;

@@ -320,7 +320,12 @@ fn fold(pid: u32, call: &Call, port: u16, family: u16, addr: &[u8; 16]) -> Optio
                 }
             };
             if let Some(f) = front {
-                copy_key(&raw mut (*f).key, key);
+                // `FoldFront` starts with its key (asserted in
+                // portwatch-common), so the slot's key is 8-byte aligned.
+                mem::copy(
+                    (&raw mut (*f).key).cast::<Key>(),
+                    (key as *const FoldKey).cast::<Key>(),
+                );
                 write_volatile(&raw mut (*f).last_sent_jiffies, since);
                 write_volatile(&raw mut (*f).valid, (since != 0) as u64);
             }
@@ -341,18 +346,6 @@ unsafe fn same_key(slot: *const FoldKey, key: &FoldKey) -> bool {
     }
 }
 
-/// Copies a fold key as four words. Both ends are 8-byte aligned: the
-/// front slot (`FoldFront` starts with its key) and `Key`.
-#[inline(always)]
-unsafe fn copy_key(dst: *mut FoldKey, src: *const FoldKey) {
-    let (d, s) = (dst.cast::<u64>(), src.cast::<u64>());
-    unsafe {
-        for i in 0..4 {
-            write_volatile(d.add(i), read_volatile(s.add(i)));
-        }
-    }
-}
-
 /// Moves the front slot's repeats to its key's `FoldState` (a new entry if
 /// user space swept it meanwhile: stamped 0, so the next sweep takes them).
 #[inline(always)]
@@ -363,22 +356,22 @@ unsafe fn flush_front(f: *mut FoldFront) {
             return;
         }
         write_volatile(&raw mut (*f).pending, 0);
-        mem::with_zeroed(|key: &mut Key| {
-            copy_key(&mut key.0, &raw const (*f).key);
-            match FOLDS.get_ptr_mut(&key.0) {
-                Some(st) => (*st).pending += pending,
-                None => {
-                    let back = FoldState {
-                        last_sent_ns: 0,
-                        pending,
-                        last_sent_jiffies: read_volatile(&raw const (*f).last_sent_jiffies),
-                    };
-                    if FOLDS.insert(&key.0, back, BPF_NOEXIST as u64).is_err() {
-                        count(stat::FOLD_FULL);
-                    }
+        // The slot's key is looked up where it lies (a map value is a
+        // valid key argument): no copy to the stack.
+        let key = &(*f).key;
+        match FOLDS.get_ptr_mut(key) {
+            Some(st) => (*st).pending += pending,
+            None => {
+                let back = FoldState {
+                    last_sent_ns: 0,
+                    pending,
+                    last_sent_jiffies: read_volatile(&raw const (*f).last_sent_jiffies),
+                };
+                if FOLDS.insert(key, back, BPF_NOEXIST as u64).is_err() {
+                    count(stat::FOLD_FULL);
                 }
             }
-        })
+        }
     }
 }
 

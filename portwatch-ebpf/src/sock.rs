@@ -327,7 +327,8 @@ fn held_from(
         None => {
             let family: u16 = read(sk, conf!(offsets.sk_family));
             let port: u16 = read(sk, conf!(offsets.sk_num));
-            if (family != AF_INET && family != AF_INET6) || port == 0 {
+            // Not a bound inet socket: nothing more to read.
+            if !bound_inet(family, port) {
                 return None;
             }
             let state = if want_state {
@@ -343,7 +344,7 @@ fn held_from(
             (family, port, state, read(sk, conf!(offsets.sk_net)), addr)
         }
     };
-    if (family != AF_INET && family != AF_INET6) || port == 0 {
+    if !bound_inet(family, port) {
         return None;
     }
     let key = PortKey {
@@ -357,6 +358,12 @@ fn held_from(
         state,
         addr,
     })
+}
+
+/// An inet socket bound to a port: the only kind the holder table keeps.
+#[inline(always)]
+fn bound_inet(family: u16, port: u16) -> bool {
+    (family == AF_INET || family == AF_INET6) && port != 0
 }
 
 /// Family, port, state, netns pointer and bound address of `sk`, from one

@@ -31,13 +31,7 @@ fn no_kill_all(ev: &Value) {
 /// Who left the TIME_WAIT: the kernel recorded this process binding and
 /// listening on the port, and the record is shown as a CLOSED holder.
 fn left_by_this_process(ev: &Value) {
-    let by = ev["holders"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|h| h["state"] == "CLOSED")
-        .unwrap_or_else(|| panic!("no record of who left them: {ev:#}"));
-    assert_eq!(by["pid"], std::process::id(), "{ev:#}");
+    assert_eq!(holder_in(ev, "CLOSED")["pid"], std::process::id(), "{ev:#}");
 }
 
 /// TIME_WAIT made by a real connection that the server side closed first.
@@ -54,12 +48,7 @@ fn time_wait_from_a_real_closed_connection() {
     });
     let ev = tracer.event();
     assert_eq!(reason(&ev), "time_wait", "{ev:#}");
-    let tw = ev["holders"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|h| h["state"] == "TIME_WAIT")
-        .unwrap_or_else(|| panic!("no TIME_WAIT holder: {ev:#}"));
+    let tw = holder_in(&ev, "TIME_WAIT");
     let left = tw["time_left_ms"].as_u64().unwrap();
     assert!((1_000..=60_000).contains(&left), "{ev:#}");
     assert!(tw["pid"].is_null(), "{ev:#}");

@@ -361,6 +361,14 @@ pub fn holder(ev: &Value) -> &Value {
         .unwrap_or_else(|| panic!("no holder in {ev:#}"))
 }
 
+/// The event's first holder in `state` (`"TIME_WAIT"`, `"CLOSED"`, ...).
+pub fn holder_in<'a>(ev: &'a Value, state: &str) -> &'a Value {
+    ev["holders"]
+        .as_array()
+        .and_then(|h| h.iter().find(|h| h["state"] == state))
+        .unwrap_or_else(|| panic!("no {state} holder in {ev:#}"))
+}
+
 /// TIME_WAIT from a real connection whose server side closed first; the
 /// listener had SO_REUSEADDR or not (`reuse`), which TIME_WAIT keeps.
 pub fn time_wait(port: u16, reuse: bool) {
