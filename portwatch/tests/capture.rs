@@ -420,42 +420,10 @@ fn filter_netns() {
     assert!(tracer.next_event(Duration::from_millis(300)).is_none());
 }
 
-/// A cgroup of our own under the cgroup2 mount, removed on drop.
-struct Cgroup(std::path::PathBuf);
-
-impl Cgroup {
-    fn new() -> Cgroup {
-        let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-        let root = info
-            .lines()
-            .find_map(|l| {
-                let (left, right) = l.split_once(" - ")?;
-                (right.starts_with("cgroup2 ")).then(|| left.split(' ').nth(4).unwrap().to_owned())
-            })
-            .expect("no cgroup2 mount: the --cgroup test needs cgroup v2");
-        let dir =
-            std::path::Path::new(&root).join(format!("portwatch-test-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        Cgroup(dir)
-    }
-}
-
-impl Drop for Cgroup {
-    fn drop(&mut self) {
-        // The only member was a python process that has exited by now.
-        for _ in 0..50 {
-            if std::fs::remove_dir(&self.0).is_ok() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
 #[test]
 fn filter_cgroup() {
     let ns = Netns::new("pw-fcgroup");
-    let cg = Cgroup::new();
+    let cg = Cgroup::new("portwatch-test");
     let port = port();
     let procs = cg.0.join("cgroup.procs");
     let code = format!(

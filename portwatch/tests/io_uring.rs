@@ -12,7 +12,7 @@ mod common;
 
 use std::{
     os::{fd::AsRawFd as _, unix::process::CommandExt as _},
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::Command,
     sync::OnceLock,
 };
@@ -27,34 +27,32 @@ fn kernel_has_uring_bind() -> bool {
     btf.windows(16).any(|w| w == b"\0IORING_OP_BIND\0")
 }
 
-/// The helper, built once per test run into a private directory (or the
-/// one `cargo xtask vm-test` built, in a VM without gcc).
+/// The helper, built once per test process into cargo's scratch directory
+/// for integration tests (the target directory, not /tmp: nothing is left
+/// behind outside it), or the one `cargo xtask vm-test` built, in a VM
+/// without gcc.
 fn helper() -> &'static PathBuf {
     static HELPER: OnceLock<PathBuf> = OnceLock::new();
     HELPER.get_or_init(|| {
         if let Some(prebuilt) = std::env::var_os("PORTWATCH_URING_HELPER") {
             return PathBuf::from(prebuilt);
         }
-        let dir = std::env::temp_dir().join(format!("portwatch-uring-{}", std::process::id()));
-        std::fs::DirBuilder::new()
-            .mode(0o700)
-            .recursive(true)
-            .create(&dir)
-            .expect("temp dir");
-        let out = dir.join("uring_helper");
+        let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("uring_helper");
+        // Built under a name of this process's own, then renamed: a helper
+        // another test process is running is never rewritten under it.
+        let building = out.with_extension(std::process::id().to_string());
         let src = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/uring_helper.c");
         let status = Command::new("gcc")
             .args(["-O2", "-Wall", "-o"])
-            .arg(&out)
+            .arg(&building)
             .arg(src)
             .status()
             .expect("gcc is needed to build the io_uring helper");
         assert!(status.success(), "gcc failed on {src}");
+        std::fs::rename(&building, &out).expect("rename the io_uring helper");
         out
     })
 }
-
-use std::os::unix::fs::DirBuilderExt as _;
 
 /// Runs the helper (inside `Netns::run`, so in that namespace) with `fd`
 /// inherited when given; returns (its pid, the completion's result).

@@ -1,16 +1,19 @@
 //! Test support shared by portwatch's unit tests, its integration tests and
-//! `cargo xtask bench`: private network namespaces, and child processes that
-//! hold sockets and are ended by pid when dropped, also when a test panics.
+//! `cargo xtask bench`: private network namespaces, cgroups, and child
+//! processes that hold sockets; each is ended (by pid) or removed when
+//! dropped, also when a test panics.
 //!
 //! A crate of its own rather than a module of `portwatch`, because xtask
 //! cannot depend on `portwatch`: building that needs the eBPF toolchain that
 //! xtask installs.
 
+mod cgroup;
 mod netns;
 mod process;
 
 use std::os::fd::AsFd;
 
+pub use cgroup::{cgroup2_root, Cgroup};
 pub use netns::{enter_fresh_netns, in_fresh_netns, Netns};
 pub use process::Process;
 

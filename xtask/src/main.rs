@@ -8,6 +8,7 @@ mod bench_report;
 mod bench_who;
 mod deb;
 mod floor;
+mod fresh;
 mod fuzz;
 mod kernels;
 mod load;
@@ -42,11 +43,23 @@ enum Task {
         args: Vec<String>,
     },
     /// Run every test: unit, BTF of a second kernel, eBPF integration (as
-    /// root), then the integration tests again on Debian's kernel under qemu.
+    /// root), then the integration tests again on Debian's kernels under
+    /// qemu. Each test is a process of its own (cargo-nextest), started as on
+    /// a new machine: a private mount namespace without tracefs, debugfs or
+    /// bpffs.
     Test {
-        /// Extra arguments for `cargo test` after `--`, e.g. a test name filter.
+        /// Extra arguments for `cargo nextest run`, e.g. a test name filter;
+        /// with any, only the host suites run.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
+    },
+    /// Run a command in a private mount namespace without tracefs, debugfs
+    /// or bpffs, as on a new machine (the test runner `test` uses), e.g.
+    /// `cargo xtask fresh-machine -- target/debug/portwatch watch`.
+    FreshMachine {
+        /// The command and its arguments.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+        cmd: Vec<std::ffi::OsString>,
     },
     /// Measure overhead, start-up, throughput and memory; prints a table for BENCHMARKS.md.
     Bench(bench::Options),
@@ -121,12 +134,28 @@ fn test(extra: &[String]) -> Result<()> {
         bail!("the eBPF integration tests load programs and make network namespaces: run as root");
     }
     setup::ensure_test_packages()?;
+    setup::ensure_nextest()?;
     let other_btf = kernels::second_kernel_btf()?;
+    // Every test process starts through `fresh-machine`: what an earlier
+    // test or run mounted is gone, as on CI's new machine.
+    let runner = format!(
+        "{} fresh-machine --",
+        std::env::current_exe().context("where is xtask")?.display()
+    );
     let mut cmd = cargo();
-    cmd.args(["test", "--workspace", "--exclude", "portwatch-ebpf"])
-        .env("PORTWATCH_OTHER_BTF", &other_btf)
-        .args(["--", "--test-threads=1"])
-        .args(extra);
+    cmd.args([
+        "nextest",
+        "run",
+        "--workspace",
+        "--exclude",
+        "portwatch-ebpf",
+    ])
+    // The tests share kernel state (the ring buffer's readers see every
+    // failure on the host), so one at a time, as in the VMs.
+    .args(["--test-threads", "1", "--no-fail-fast"])
+    .env(setup::runner_variable()?, runner)
+    .env("PORTWATCH_OTHER_BTF", &other_btf)
+    .args(extra);
     run(&mut cmd)?;
     if extra.is_empty() {
         vm::run_all()?;
@@ -156,6 +185,7 @@ fn main() -> Result<()> {
             std::process::exit(status.code().unwrap_or(1));
         }
         Task::Test { args } => test(&args),
+        Task::FreshMachine { cmd } => fresh::exec(&cmd).map(|never| match never {}),
         Task::Bench(opts) => bench::run(&opts),
         Task::Soak(opts) => soak::run(&opts),
         Task::VmTest => vm::run_all(),

@@ -95,6 +95,39 @@ pub fn ensure() -> Result<()> {
     ensure_bpf_linker(&sysroot)
 }
 
+/// cargo-nextest runs each test in a process of its own (so each starts
+/// from a new machine's mounts); machines of this kind ship it, and it is
+/// built from its crate where they do not.
+pub fn ensure_nextest() -> Result<()> {
+    let installed = Command::new("cargo")
+        .args(["nextest", "--version"])
+        .env("PATH", path_with_tools())
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if installed {
+        return Ok(());
+    }
+    eprintln!("xtask: building cargo-nextest (a few minutes)");
+    run(Command::new("cargo")
+        .args(["install", "cargo-nextest", "--locked", "--root"])
+        .arg(tools()))
+    .context("building cargo-nextest")
+}
+
+/// The variable that sets cargo's runner for host binaries:
+/// `CARGO_TARGET_<HOST TRIPLE>_RUNNER`.
+pub fn runner_variable() -> Result<String> {
+    let version = output(Command::new("rustc").arg("-vV"))?;
+    let host = version
+        .lines()
+        .find_map(|l| l.strip_prefix("host: "))
+        .context("rustc -vV names no host")?;
+    Ok(format!(
+        "CARGO_TARGET_{}_RUNNER",
+        host.to_uppercase().replace(['-', '.'], "_")
+    ))
+}
+
 fn have(cmd: &str) -> bool {
     if cmd.starts_with('/') {
         return std::path::Path::new(cmd).is_file();

@@ -192,8 +192,9 @@ fn check_privileges() -> Result<()> {
 }
 
 /// Finds tracefs, mounting it at /sys/kernel/tracing when nothing is
-/// mounted; says whether it did.
-fn tracefs() -> Result<(&'static Path, bool)> {
+/// mounted (a new machine mounts neither tracefs nor debugfs); says whether
+/// it did.
+pub(crate) fn tracefs() -> Result<(&'static Path, bool)> {
     for dir in ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"] {
         if Path::new(dir).join("events").is_dir() {
             return Ok((Path::new(dir), false));

@@ -70,8 +70,10 @@ mod tests {
     #[test]
     fn io_uring_layout_matches_bpftool() {
         let btf = Btf::from_file(Path::new("/sys/kernel/btf/vmlinux")).unwrap();
+        // As `watch` does: a new machine has no tracefs mounted.
+        let (tracefs, _) = crate::capture::loader::tracefs()
+            .expect("tracefs is mounted, or can be (the tests run as root)");
         let Some(bind) = opcode(&btf, "IORING_OP_BIND") else {
-            let tracefs = Path::new("/sys/kernel/tracing");
             let err = resolve(&btf, tracefs).unwrap_err();
             assert!(err.contains("IORING_OP_BIND"), "{err}");
             return;
@@ -108,11 +110,11 @@ mod tests {
                 .unwrap();
             bits / 8
         };
-        let tracefs = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"]
-            .into_iter()
-            .map(Path::new)
-            .find(|p| p.join(FORMAT).exists())
-            .expect("tracefs with io_uring events is mounted (the capture tests mount it)");
+        assert!(
+            tracefs.join(FORMAT).exists(),
+            "{} has no io_uring_complete event",
+            tracefs.display()
+        );
         let o = resolve(&btf, tracefs).unwrap();
         assert_eq!(o.op_bind, bind);
         assert_eq!(o.req_opcode, member("io_kiocb", "opcode"));

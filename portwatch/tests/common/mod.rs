@@ -18,7 +18,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-pub use portwatch_test_support::{inode_of, Netns, Process};
+pub use portwatch_test_support::{inode_of, Cgroup, Netns, Process};
 use serde_json::Value;
 use socket2::{Domain, Protocol, Socket, Type};
 

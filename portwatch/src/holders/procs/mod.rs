@@ -231,7 +231,7 @@ mod tests {
         process::{Command, Stdio},
     };
 
-    use portwatch_test_support::Process;
+    use portwatch_test_support::{Cgroup, Process};
 
     use super::*;
 
@@ -368,29 +368,15 @@ mod tests {
             .contains_key(&(u32::MAX - (CACHE_CAP as u32 - 1))));
     }
 
-    /// A cgroup v2 directory made by a test, removed on drop (after its processes are gone).
-    struct Cgroup(std::path::PathBuf);
-
     #[test]
     fn proc_info_reads_the_v2_cgroup() {
-        // cgroup2 is at /sys/fs/cgroup/unified on a hybrid host, else at /sys/fs/cgroup.
-        let Some(root) = ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"]
-            .into_iter()
-            .map(std::path::Path::new)
-            .find(|p| p.join("cgroup.subtree_control").exists())
-        else {
-            eprintln!("no cgroup2 mount: skipped");
-            return;
-        };
-        let name = format!("procs-test-{}", std::process::id());
-        let outer = Cgroup(root.join(&name));
-        std::fs::create_dir(&outer.0).unwrap();
-        let inner = Cgroup(outer.0.join(format!("docker-{HEX}.scope")));
-        std::fs::create_dir(&inner.0).unwrap();
+        let outer = Cgroup::new("procs-test");
+        let inner = outer.child(&format!("docker-{HEX}.scope"));
         // Declared after the cgroups, so dropped (killed) before they are removed.
         let mut child = Process::sleeper(&[]);
         let pid = child.pid;
-        std::fs::write(inner.0.join("cgroup.procs"), pid.to_string()).unwrap();
+        inner.add(pid);
+        let name = outer.0.file_name().unwrap().to_str().unwrap().to_owned();
 
         let info = proc_info(pid).expect("child");
         let path = format!("/{name}/docker-{HEX}.scope");
