@@ -42,6 +42,9 @@ pub enum Reason {
     Connection,
     /// Port 0 asked for and ip_local_port_range is used up.
     EphemeralExhausted,
+    /// An outgoing connection took the port as its source port: it is in
+    /// ip_local_port_range and nothing listens on it.
+    EphemeralPort,
     /// EACCES below ip_unprivileged_port_start.
     PrivilegedPort,
     /// EADDRNOTAVAIL: the address is not on this host.
@@ -96,7 +99,8 @@ pub fn relation(h: &Holder, req: &Request, seen: &Evidence) -> Relation {
     }
     let caller = &seen.caller;
     let same = |a: &Option<String>, b: &Option<String>| a.is_some() && a == b;
-    if same(&h.unit, &caller.unit) || same(&h.container, &caller.container) {
+    let holder_container = h.container.as_ref().map(|c| c.id.clone());
+    if same(&h.unit, &caller.unit) || same(&holder_container, &caller.container) {
         return Relation::SameUnit;
     }
     let comm = Some(me.comm.as_str()).filter(|c| !c.is_empty());
@@ -120,7 +124,14 @@ pub fn named(h: &Holder) -> String {
         s.push_str(&format!(", {u}"));
     }
     if let Some(c) = &h.container {
-        s.push_str(&format!(", container {}", short_id(c)));
+        if h.is_runtime_helper() {
+            s.push_str(&format!(", publishing a port for {}", c.label()));
+        } else {
+            s.push_str(&format!(", {}", c.label()));
+        }
+        if let Some(image) = &c.image {
+            s.push_str(&format!(", image {image}"));
+        }
     }
     if h.exited {
         s.push_str(", exited");
@@ -129,24 +140,111 @@ pub fn named(h: &Holder) -> String {
     s
 }
 
-/// The clean way to stop the holder: its unit, its container, or the process.
+/// Units whose stop (or whose main process's end) would end far more than
+/// the holder: the container runtimes and orchestrators, the system bus, a
+/// user's whole manager.
+fn serves_others(unit: &str) -> bool {
+    const SERVES_OTHERS: [&str; 8] = [
+        "docker.service",
+        "docker.socket",
+        "containerd.service",
+        "podman.service",
+        "podman.socket",
+        "kubelet.service",
+        "crio.service",
+        "dbus.service",
+    ];
+    SERVES_OTHERS.contains(&unit) || unit.starts_with("user@") || unit.starts_with("systemd-")
+}
+
+/// Whether a fix may say `systemctl stop UNIT`: only a `.service` or
+/// `.socket` unit that serves nothing else (never a scope: a login
+/// session's, or PID 1's own).
+pub fn may_stop_unit(unit: &str) -> bool {
+    (unit.ends_with(".service") || unit.ends_with(".socket")) && !serves_others(unit)
+}
+
+/// The clean way to stop the holder, as its owner would: the kernel device,
+/// the container (never the runtime's helper or service), the unit (only a
+/// `.service` or `.socket` that serves nothing else), or the process.
 fn stop_cmd(h: &Holder, port: u16) -> String {
-    if let Some(unit) = &h.unit {
+    if let Some(k) = &h.kernel {
+        let name = shell_word(&k.name);
+        return if k.certain {
+            format!(
+                "delete the {} device if nothing uses it (`ip link del {name}`), or recreate it with another port",
+                k.kind
+            )
+        } else {
+            format!(
+                "check whether {} device {name} listens on it (`wg show {name} listen-port`); if so, give it another port (`wg set {name} listen-port N`)",
+                k.kind
+            )
+        };
+    }
+    if let Some(c) = &h.container {
+        if let Some(p) = &c.pod {
+            return format!(
+                "change or scale down the workload of pod {}/{} (its controller recreates a deleted pod; `kubectl -n {} get pod {} -o yaml` shows its hostPort), never `kill` it from the host",
+                shell_word(&p.namespace),
+                shell_word(&p.name),
+                shell_word(&p.namespace),
+                shell_word(&p.name)
+            );
+        }
+        let published = if h.is_runtime_helper() {
+            " or publish it on another host port (`-p OTHER:CONTAINER_PORT`)"
+        } else {
+            ""
+        };
+        return match c.stop_command() {
+            Some(cmd) => format!("stop {} (`{cmd}`){published}", c.label()),
+            None => format!(
+                "stop container {} (`docker stop {}` or `podman stop {}`){published}",
+                short_id(&c.id),
+                short_id(&c.id),
+                short_id(&c.id)
+            ),
+        };
+    }
+    if h.is_runtime_helper() {
+        let comm = h.comm.as_deref().unwrap_or("the runtime");
+        let ps = if comm == "conmon" { "podman" } else { "docker" };
+        return format!(
+            "{comm} holds it for a container: find the container (`{ps} ps` shows who publishes port {port}) and stop it or change its `-p`; never kill {comm} itself"
+        );
+    }
+    if let Some(unit) = h.unit.as_deref().filter(|u| may_stop_unit(u)) {
         // The unit name was checked against systemd's charset when read.
         return format!("`systemctl stop {unit}`");
     }
-    if let Some(id) = &h.container {
-        return format!(
-            "stop container {} (`docker stop {}` or `podman stop {}`)",
-            short_id(id),
-            short_id(id),
-            short_id(id)
-        );
-    }
     match (h.pid, h.state) {
-        (Some(pid), _) => format!("`kill {pid}` (SIGTERM lets it close its sockets cleanly)"),
+        (Some(1), _) => format!(
+            "PID 1 holds it, most likely for a socket unit: `systemctl list-sockets` names the unit listening on port {port}; stop that `.socket` unit"
+        ),
+        (Some(pid), _) => match h.unit.as_deref().filter(|u| serves_others(u)) {
+            Some(u) => format!(
+                "{} (pid {pid}) belongs to {u}, which serves other workloads: do not stop or kill it; change its own configuration so it leaves port {port}, or give this service another port",
+                h.comm.as_deref().unwrap_or("the holder")
+            ),
+            None => format!("`kill {pid}` (SIGTERM lets it close its sockets cleanly)"),
+        },
         (None, State::TimeWait) => "wait for them to expire".into(),
         (None, _) => format!("find its owner (`ss -anp 'sport = :{port}'`) and stop it"),
+    }
+}
+
+/// `s` as one shell word: as it is when plain, else single-quoted (it came
+/// from the kernel or a runtime's files, and may hold anything).
+fn shell_word(s: &str) -> String {
+    let plain = !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.-/:@".contains(&b));
+    if plain {
+        s.to_owned()
+    } else {
+        let printable: String = s.chars().filter(|c| !c.is_control()).collect();
+        format!("'{}'", printable.replace('\'', "'\\''"))
     }
 }
 
@@ -203,6 +301,26 @@ fn secs(ms: u64) -> String {
 
 /// Decides the reason, the sentence and the fix for `req` given `seen`.
 pub fn diagnose(req: &Request, seen: &Evidence) -> Verdict {
+    let mut v = rules(req, seen);
+    // A runtime's helper failed for a container: say so first; the fix
+    // for the holder stands, and the container can publish elsewhere.
+    if let Some(p) = &seen.caller.publishing {
+        let name = p.container.label();
+        v.diagnosis = format!(
+            "{name} could not publish port {} (-p {}): {}",
+            req.port, p.mapping, v.diagnosis
+        );
+        let inside = p.mapping.rsplit(':').next().unwrap_or("CONTAINER_PORT");
+        v.fix = format!(
+            "{}; or publish {name} on another host port (`-p OTHER:{inside}`)",
+            v.fix
+        );
+    }
+    v
+}
+
+/// The rules, in order: the first that fits what was seen decides.
+fn rules(req: &Request, seen: &Evidence) -> Verdict {
     let port = req.port;
     let what = format!("{} {}", req.proto.name(), socket_addr(req.addr, port));
     match req.errno_or_in_use() {
@@ -309,7 +427,10 @@ pub fn diagnose(req: &Request, seen: &Evidence) -> Verdict {
             .filter(|h| matches!(h.state, State::Connection(_)))
             .map(|h| h.sockets)
             .sum();
-        let advice = if opts.reuseaddr {
+        if let Some(v) = ephemeral_port(req, h, seen, &what) {
+            return v;
+        }
+        let advice = if opts.reuseaddr || seen.trial_failed.reuseaddr {
             capital(&stop(h, req, seen))
         } else {
             format!(
@@ -368,6 +489,38 @@ pub fn diagnose(req: &Request, seen: &Evidence) -> Verdict {
         };
     }
     unknown(req, seen, &what)
+}
+
+/// Connections without a listener on a port inside ip_local_port_range: an
+/// outgoing connection was given the port as its source port. Socket options
+/// cannot help (the connection's socket has none of the new socket's), so
+/// the fix keeps the kernel from handing the port out again.
+fn ephemeral_port(req: &Request, h: &Holder, seen: &Evidence, what: &str) -> Option<Verdict> {
+    let sysctls = seen.sysctls.as_ref()?;
+    let (low, high) = sysctls.local_port_range?;
+    // A listener that closed with connections still open left them: a
+    // server's, not an outgoing connection's.
+    let listener_closed = seen.holders.iter().any(|h| h.state == State::Closed);
+    if !(low..=high).contains(&req.port) || h.remote.is_none() || listener_closed {
+        return None;
+    }
+    let port = req.port;
+    let reserved = match sysctls.local_reserved_ports.as_deref() {
+        Some("") | None => port.to_string(),
+        Some(list) => format!("{list},{port}"),
+    };
+    Some(Verdict {
+        reason: Reason::EphemeralPort,
+        diagnosis: format!(
+            "{what} was taken as the source port of an outgoing connection of {} to {} ({}); ip_local_port_range is {low}-{high}, so the kernel hands port {port} to outgoing connections, and nothing listens on it",
+            h.who(),
+            h.remote.as_deref().unwrap_or("?"),
+            h.state.name()
+        ),
+        fix: format!(
+            "reserve the port so no outgoing connection gets it again: `sysctl -w net.ipv4.ip_local_reserved_ports={reserved}` now, and the line `net.ipv4.ip_local_reserved_ports = {reserved}` in a file under /etc/sysctl.d/ for the next boot (the list keeps what is reserved today); or move the service below {low}; the connection itself ends when its owner closes it"
+        ),
+    })
 }
 
 /// Only a socket of the other family is in the way, through an IPv6
@@ -638,6 +791,7 @@ mod tests {
             exited: false,
             unit: None,
             container: None,
+            kernel: None,
             pids: vec![100],
             sockets: 1,
             time_left_ms: None,
@@ -658,6 +812,7 @@ mod tests {
                 unprivileged_port_start: Some(1024),
                 nonlocal_bind_v4: Some(false),
                 nonlocal_bind_v6: Some(false),
+                local_reserved_ports: Some(String::new()),
             }),
             ..Evidence::default()
         }
@@ -813,6 +968,270 @@ mod tests {
 
     /// The requester for the wording tests: nginx, pid 4242, uid 33, in
     /// nginx.service when `unit` says so.
+    /// Holders whose clean stop would end far more than the holder, or
+    /// whose `kill` breaks a container: no fix may name them so, whatever
+    /// the reason and however the holder relates to the requester.
+    #[test]
+    fn fixes_never_stop_what_serves_others_nor_kill_runtime_helpers() {
+        struct Protected {
+            comm: &'static str,
+            pid: u32,
+            unit: Option<&'static str>,
+        }
+        let protected = [
+            Protected {
+                comm: "dockerd",
+                pid: 700,
+                unit: Some("docker.service"),
+            },
+            Protected {
+                comm: "docker-proxy",
+                pid: 701,
+                unit: Some("docker.service"),
+            },
+            Protected {
+                comm: "docker-proxy",
+                pid: 702,
+                unit: None,
+            },
+            Protected {
+                comm: "containerd",
+                pid: 703,
+                unit: Some("containerd.service"),
+            },
+            Protected {
+                comm: "containerd-shim-runc-v2",
+                pid: 704,
+                unit: Some("containerd.service"),
+            },
+            Protected {
+                comm: "conmon",
+                pid: 705,
+                unit: Some("libpod-conmon-0123.scope"),
+            },
+            Protected {
+                comm: "rootlessport",
+                pid: 706,
+                unit: Some("user@1000.service"),
+            },
+            Protected {
+                comm: "podman",
+                pid: 707,
+                unit: Some("podman.service"),
+            },
+            Protected {
+                comm: "kubelet",
+                pid: 708,
+                unit: Some("kubelet.service"),
+            },
+            Protected {
+                comm: "systemd",
+                pid: 1,
+                unit: Some("init.scope"),
+            },
+            Protected {
+                comm: "systemd",
+                pid: 709,
+                unit: Some("user@1000.service"),
+            },
+            Protected {
+                comm: "bash",
+                pid: 710,
+                unit: Some("session-3.scope"),
+            },
+            Protected {
+                comm: "python3",
+                pid: 711,
+                unit: Some("user-1000.slice"),
+            },
+            Protected {
+                comm: "crio",
+                pid: 712,
+                unit: Some("crio.service"),
+            },
+        ];
+        let never_kill = |p: &Protected| {
+            p.pid == 1
+                || crate::holders::containers::is_runtime_helper(p.comm)
+                || p.unit.is_some_and(serves_others)
+        };
+        for p in &protected {
+            for state in [
+                State::Listen,
+                State::Udp,
+                State::Bound,
+                State::Connection(1),
+            ] {
+                for (syscall, caller) in [
+                    (Syscall::Bind, "nginx"),
+                    (Syscall::Bind, p.comm),
+                    (Syscall::Listen, "nginx"),
+                ] {
+                    let mut h = holder(state);
+                    h.pid = Some(p.pid);
+                    h.pids = vec![p.pid];
+                    h.comm = Some(p.comm.into());
+                    h.unit = p.unit.map(str::to_owned);
+                    h.remote = matches!(state, State::Connection(_)).then(|| "10.0.0.1:443".into());
+                    let mut req = nginx_request(98, Family::Ipv4, "0.0.0.0");
+                    req.syscall = syscall;
+                    if let Some(c) = req.caller.as_mut() {
+                        c.comm = caller.into();
+                    }
+                    let v = diagnose(&req, &with(vec![h]));
+                    let what = format!(
+                        "{} ({:?}, {state:?}, {syscall:?}, caller {caller})",
+                        p.comm, p.unit
+                    );
+                    if let Some(unit) = p.unit {
+                        assert!(
+                            !v.fix.contains(&format!("systemctl stop {unit}")),
+                            "{what}: {}",
+                            v.fix
+                        );
+                    }
+                    if never_kill(p) {
+                        assert!(
+                            !v.fix.contains(&format!("`kill {}`", p.pid)),
+                            "{what}: {}",
+                            v.fix
+                        );
+                    }
+                    assert!(
+                        !v.fix.contains("killall") && !v.fix.contains("fuser -k"),
+                        "{what}"
+                    );
+                }
+            }
+        }
+        // Only .service and .socket units are ever stopped.
+        for unit in ["nginx.service", "demo.socket"] {
+            assert!(may_stop_unit(unit), "{unit}");
+        }
+        for unit in [
+            "docker.service",
+            "user@0.service",
+            "session-1.scope",
+            "init.scope",
+            "app-x.scope",
+            "system.slice",
+            "a.mount",
+        ] {
+            assert!(!may_stop_unit(unit), "{unit}");
+        }
+    }
+
+    #[test]
+    fn docker_proxy_holder_is_named_by_its_container() {
+        use crate::holders::containers::{Container, Runtime};
+        let mut h = holder(State::Listen);
+        h.comm = Some("docker-proxy".into());
+        h.unit = Some("docker.service".into());
+        h.container = Some(Container {
+            name: Some("web".into()),
+            image: Some("pwtest:1".into()),
+            published: vec!["0.0.0.0:8080->80/tcp".into()],
+            ..Container::bare(&"a".repeat(64), Runtime::Docker)
+        });
+        let v = diagnose(&event(98, 8080), &with(vec![h]));
+        assert_eq!(v.reason, Reason::Listener);
+        assert!(
+            v.diagnosis
+                .contains("publishing a port for docker container web"),
+            "{}",
+            v.diagnosis
+        );
+        assert!(v.fix.contains("`docker stop web`"), "{}", v.fix);
+        assert!(v.fix.contains("-p OTHER:CONTAINER_PORT"), "{}", v.fix);
+        assert!(
+            !v.fix.contains("kill") && !v.fix.contains("systemctl"),
+            "{}",
+            v.fix
+        );
+    }
+
+    #[test]
+    fn a_failing_docker_proxy_names_the_container_that_could_not_publish() {
+        use crate::holders::containers::{Container, Publishing, Runtime};
+        let mut seen = with(vec![holder(State::Listen)]);
+        seen.caller.publishing = Some(Publishing {
+            container: Container {
+                name: Some("web2".into()),
+                ..Container::bare(&"b".repeat(64), Runtime::Docker)
+            },
+            running: false,
+            mapping: "8080:80".into(),
+        });
+        let v = diagnose(&event(98, 8080), &seen);
+        assert!(
+            v.diagnosis
+                .starts_with("docker container web2 could not publish port 8080 (-p 8080:80): "),
+            "{}",
+            v.diagnosis
+        );
+        assert!(v.fix.contains("`kill 100`"), "{}", v.fix);
+        assert!(
+            v.fix
+                .ends_with("or publish docker container web2 on another host port (`-p OTHER:80`)"),
+            "{}",
+            v.fix
+        );
+    }
+
+    #[test]
+    fn a_kernel_tunnel_is_named_and_deleted_not_killed() {
+        let mut h = holder(State::Udp);
+        (h.pid, h.comm, h.cmdline, h.pids) = (None, None, None, vec![]);
+        h.kernel = Some(crate::holders::KernelDevice {
+            kind: "vxlan".into(),
+            name: "vx0".into(),
+            certain: true,
+        });
+        let v = diagnose(&event(98, 4789), &with(vec![h]));
+        assert_eq!(v.reason, Reason::Listener);
+        assert!(
+            v.diagnosis.contains("the kernel (vxlan device vx0)"),
+            "{}",
+            v.diagnosis
+        );
+        assert!(v.fix.contains("`ip link del vx0`"), "{}", v.fix);
+        assert!(!v.fix.contains("ss -anp"), "{}", v.fix);
+    }
+
+    #[test]
+    fn an_outgoing_connections_source_port_is_reserved_not_reused() {
+        let mut h = holder(State::Connection(1));
+        h.remote = Some("10.1.2.3:443".into());
+        let mut seen = with(vec![h.clone()]);
+        seen.sysctls.as_mut().unwrap().local_reserved_ports = Some("9000-9010".into());
+        let v = diagnose(&event(98, 40000), &seen);
+        assert_eq!(v.reason, Reason::EphemeralPort);
+        assert!(
+            v.diagnosis
+                .contains("source port of an outgoing connection"),
+            "{}",
+            v.diagnosis
+        );
+        assert!(v.diagnosis.contains("40000-40001"), "{}", v.diagnosis);
+        assert!(
+            v.fix
+                .contains("`sysctl -w net.ipv4.ip_local_reserved_ports=9000-9010,40000`"),
+            "{}",
+            v.fix
+        );
+        assert!(!v.fix.contains("SO_REUSEADDR"), "{}", v.fix);
+        // Outside the range, it is a plain connection.
+        assert_eq!(
+            diagnose(&event(98, 8080), &with(vec![h.clone()])).reason,
+            Reason::Connection
+        );
+        // A trial bind showed SO_REUSEADDR failing: no fix recommends it.
+        let mut seen = with(vec![h]);
+        seen.trial_failed.reuseaddr = true;
+        let v = diagnose(&event(98, 8080), &seen);
+        assert!(!v.fix.contains("SO_REUSEADDR"), "{}", v.fix);
+    }
+
     fn nginx_request(errno: i32, family: Family, addr: &str) -> Request {
         let mut req = event(errno, 8080);
         req.family = family;

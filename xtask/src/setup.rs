@@ -158,6 +158,15 @@ pub fn ensure_test_packages() -> Result<()> {
         // Real Prometheus and promtool for the --metrics tests.
         ("prometheus", "prometheus"),
         ("promtool", "prometheus"),
+        // Real containers: dockerd (with its containerd and runc), an image
+        // made of busybox-static, and the nat table's rules for `who`.
+        ("dockerd", "docker.io"),
+        ("/bin/busybox", "busybox-static"),
+        ("/usr/sbin/iptables-save", "iptables"),
+        // Rootful podman; crun refuses this host's hybrid cgroups, runc works.
+        ("podman", "podman"),
+        ("runc", "runc"),
+        ("conmon", "conmon"),
     ])
 }
 

@@ -15,7 +15,10 @@ use crate::{
     bindcheck::{self, Rule, Variant},
     cli::WhoArgs,
     diagnose::diagnose,
-    holders::{netns, overlaps, sockdiag, sysctl, Enricher, State},
+    holders::{
+        containers::{Containers, Publishing},
+        dnat, netns, overlaps, sockdiag, sysctl, Enricher, Evidence, State, TrialFailed,
+    },
     output::who::{self as out, Answer, BindVerdict, Checked, WhoReport},
     request::{Errno, Family, Proto, Request, Syscall},
 };
@@ -189,17 +192,6 @@ pub(crate) fn look(args: &WhoArgs, netns: u32) -> Result<WhoReport, WhoError> {
                 }
             }
         };
-        let verdict = (result != Answer::Ok).then(|| {
-            let req = Request {
-                opts: Some(variant.opts()),
-                errno: errno.filter(|&e| e != Errno::ADDRINUSE),
-                ..base.clone()
-            };
-            diagnose(
-                &req,
-                &enricher.evidence_from(&req, &sockets, sysctls.clone()),
-            )
-        });
         binds.push(BindVerdict {
             option: variant,
             result,
@@ -207,15 +199,60 @@ pub(crate) fn look(args: &WhoArgs, netns: u32) -> Result<WhoReport, WhoError> {
             checked,
             uid,
             note,
-            verdict,
+            verdict: None,
         });
     }
+    // The verdicts come after every trial: no fix may recommend an option
+    // whose trial bind has just failed.
+    let failed = |v: Variant| {
+        binds
+            .iter()
+            .any(|b| b.option == v && b.checked == Checked::TrialBind && b.result == Answer::Fails)
+    };
+    let trial_failed = TrialFailed {
+        reuseaddr: failed(Variant::Reuseaddr),
+        reuseport: failed(Variant::Reuseport),
+    };
+    for b in &mut binds {
+        if b.result == Answer::Ok {
+            continue;
+        }
+        let req = Request {
+            opts: Some(b.option.opts()),
+            errno: b.errno.filter(|&e| e != Errno::ADDRINUSE),
+            ..base.clone()
+        };
+        let evidence = Evidence {
+            trial_failed,
+            ..enricher.evidence_from(&req, &sockets, sysctls.clone())
+        };
+        b.verdict = Some(diagnose(&req, &evidence));
+    }
+    // Docker's port bindings live in the host's namespace, which is where
+    // `who` stands without --netns.
+    let proto_name = proto.name();
+    let named: Vec<&str> = listed
+        .iter()
+        .filter_map(|h| h.container.as_ref().map(|c| c.id.as_str()))
+        .collect();
+    let published: Vec<Publishing> = if args.netns.is_none() {
+        Containers::of_this_host()
+            .publishing(port, &proto_name)
+            .into_iter()
+            .filter(|p| p.running && !named.contains(&p.container.id.as_str()))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let dnat = dnat::dnat_rules(port, &proto_name);
     Ok(WhoReport {
         proto,
         addr,
         port,
         netns,
-        free: binds[0].result == Answer::Ok,
+        free: binds[0].result == Answer::Ok && published.is_empty() && dnat.is_empty(),
+        published,
+        dnat,
         verdict: binds[0].verdict.clone(),
         sockets: listed,
         binds,

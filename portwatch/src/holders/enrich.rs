@@ -9,7 +9,8 @@
 use std::{io, net::SocketAddr, os::fd::AsFd, sync::Mutex, time::Duration};
 
 use super::{
-    netns, overlaps,
+    containers::{self, Container, Containers},
+    kernel, netns, overlaps,
     procs::{self, ProcCache, ProcInfo, SocketIndex},
     sockdiag::{self, DiagSocket},
     sysctl, CallerInfo, Evidence, Holder, Seen, State,
@@ -30,6 +31,8 @@ const MAX_HOLDERS: usize = 16;
 pub struct Enricher {
     index: Mutex<SocketIndex>,
     procs: Mutex<ProcCache>,
+    /// Containers named from their runtimes' files.
+    containers: Mutex<Containers>,
     /// The kernel dumps bound-but-inactive TCP sockets (`TCP_BOUND_INACTIVE` in its BTF).
     bound_inactive: bool,
     /// Our own network namespace: no setns needed there.
@@ -46,6 +49,7 @@ impl Enricher {
         Self {
             index: Mutex::new(SocketIndex::new()),
             procs: Mutex::new(ProcCache::new()),
+            containers: Mutex::new(Containers::of_this_host()),
             bound_inactive,
             own_netns: netns::current_netns(),
             tick_ns: 1_000_000_000 / u64::try_from(hz).unwrap_or(100).max(1),
@@ -85,22 +89,7 @@ impl Enricher {
             };
             (sockets, sysctl::sysctls())
         };
-        let looked = if Some(req.netns) == self.own_netns {
-            Ok(look())
-        } else {
-            let mut candidates: Vec<(u32, u32)> =
-                req.caller.iter().map(|c| (c.pid, c.tid)).collect();
-            if let Some(r) = &req.record {
-                candidates.push((r.pid, r.pid));
-            }
-            match netns::open_netns(req.netns, &candidates) {
-                Some(ns) => netns::in_netns(ns.as_fd(), look),
-                None => Err(io::Error::other(format!(
-                    "no process is left in network namespace {}",
-                    req.netns
-                ))),
-            }
-        };
+        let looked = self.in_netns_of(req, look);
         let (sockets, sysctls) = match looked {
             Ok((Ok(sockets), sysctls)) => (sockets, sysctls),
             // The kernel answers ENOENT when no sock_diag handler is
@@ -143,7 +132,31 @@ impl Enricher {
             return evidence;
         }
         evidence.holders = self.holders(req, &sockets);
+        if evidence.holders.iter().any(unowned_udp) {
+            if let Ok(devices) = self.in_netns_of(req, || kernel::udp_port_devices(req.port)) {
+                name_kernel_holders(devices, &mut evidence.holders);
+            }
+        }
         evidence
+    }
+
+    /// Runs `f` in `req`'s network namespace (entered through a process
+    /// known to be in it: the caller, or the recorded holder).
+    fn in_netns_of<T>(&self, req: &Request, f: impl FnOnce() -> T) -> io::Result<T> {
+        if Some(req.netns) == self.own_netns {
+            return Ok(f());
+        }
+        let mut candidates: Vec<(u32, u32)> = req.caller.iter().map(|c| (c.pid, c.tid)).collect();
+        if let Some(r) = &req.record {
+            candidates.push((r.pid, r.pid));
+        }
+        match netns::open_netns(req.netns, &candidates) {
+            Some(ns) => netns::in_netns(ns.as_fd(), f),
+            None => Err(io::Error::other(format!(
+                "no process is left in network namespace {}",
+                req.netns
+            ))),
+        }
     }
 
     /// Evidence for `req` from `sockets`, already dumped in its network
@@ -155,8 +168,12 @@ impl Enricher {
         sockets: &[DiagSocket],
         sysctls: sysctl::Sysctls,
     ) -> Evidence {
+        let mut holders = self.holders(req, sockets);
+        if holders.iter().any(unowned_udp) {
+            name_kernel_holders(kernel::udp_port_devices(req.port), &mut holders);
+        }
         Evidence {
-            holders: self.holders(req, sockets),
+            holders,
             sysctls: Some(sysctls),
             ..Evidence::default()
         }
@@ -196,6 +213,12 @@ impl Enricher {
                         .unwrap_or_default();
                     self.own(&mut h, pids, None);
                 }
+                if unowned_udp(&h) {
+                    name_kernel_holders(
+                        kernel::udp_port_devices(req.port),
+                        std::slice::from_mut(&mut h),
+                    );
+                }
                 h
             })
             .collect()
@@ -225,9 +248,23 @@ impl Enricher {
             return CallerInfo::default();
         };
         let info = self.procs.lock().ok().and_then(|mut p| p.get(c.pid));
+        // docker-proxy exits at once when its bind fails: which container
+        // it was publishing comes from Docker's port bindings, the one of
+        // the container that failed to start first.
+        let publishing = (c.comm == "docker-proxy")
+            .then(|| {
+                let proto = req.proto.name();
+                let mut resolver = self.containers.lock().ok()?;
+                resolver
+                    .publishing(req.port, &proto)
+                    .into_iter()
+                    .min_by_key(|p| p.running)
+            })
+            .flatten();
         CallerInfo {
             unit: info.as_ref().and_then(|i| i.unit.clone()),
             container: info.and_then(|i| i.container),
+            publishing,
         }
     }
 
@@ -328,7 +365,18 @@ impl Enricher {
             h.comm = Some(p.comm.clone());
             h.cmdline = Some(p.cmdline.clone());
             h.unit = p.unit.clone();
-            h.container = p.container.clone();
+            h.container = self.container_of(p);
+            // dockerd listens on published ports itself when its userland
+            // proxy is off: the container is the one bound to this port.
+            if h.container.is_none() && p.comm == "dockerd" {
+                let proto = if h.state == State::Udp { "udp" } else { "tcp" };
+                h.container = self.containers.lock().ok().and_then(|mut c| {
+                    c.publishing(h.port, proto)
+                        .into_iter()
+                        .find(|p| p.running)
+                        .map(|p| p.container)
+                });
+            }
         }
         h.pids = pids;
     }
@@ -379,6 +427,16 @@ impl Enricher {
         }
     }
 
+    /// The container `p` runs in, or the one it holds a port for (a
+    /// runtime's helper on the host), named from the runtime's files.
+    fn container_of(&self, p: &ProcInfo) -> Option<Container> {
+        let mut resolver = self.containers.lock().ok()?;
+        match &p.container {
+            Some(id) => Some(resolver.get(id, p.runtime.unwrap_or(containers::Runtime::Unknown))),
+            None => containers::serves(&p.comm, &p.cmdline).and_then(|s| resolver.served(&s)),
+        }
+    }
+
     /// A holder described by the kernel's record alone.
     fn recorded_holder(&self, req: &Request, r: &KernelRecord, look: bool) -> Option<Holder> {
         let v6only = r.opts.map(|o| o.v6only);
@@ -415,7 +473,8 @@ impl Enricher {
             port: req.port,
             exited: look && alive.is_none(),
             unit: alive.as_ref().and_then(|p| p.unit.clone()),
-            container: alive.as_ref().and_then(|p| p.container.clone()),
+            container: alive.as_ref().and_then(|p| self.container_of(p)),
+            kernel: None,
             pids: vec![r.pid],
             sockets: 1,
             time_left_ms: None,
@@ -426,6 +485,22 @@ impl Enricher {
             cross_family,
             seen: Seen::Kernel,
         })
+    }
+}
+
+/// A UDP socket that no process owns: a tunnel device's, most often.
+fn unowned_udp(h: &Holder) -> bool {
+    h.pid.is_none() && h.state == State::Udp
+}
+
+/// Names the device configured with the port (from one rtnetlink dump in
+/// the socket's namespace) as the holder of every unowned UDP socket.
+pub fn name_kernel_holders(devices: io::Result<Vec<kernel::KernelDevice>>, holders: &mut [Holder]) {
+    let Some(device) = devices.ok().and_then(|d| d.into_iter().next()) else {
+        return;
+    };
+    for h in holders.iter_mut().filter(|h| unowned_udp(h)) {
+        h.kernel = Some(device.clone());
     }
 }
 
@@ -446,6 +521,7 @@ fn bare(state: State, s: &DiagSocket, cross_family: bool) -> Holder {
         exited: false,
         unit: None,
         container: None,
+        kernel: None,
         pids: Vec::new(),
         sockets: 1,
         time_left_ms: None,

@@ -6,7 +6,10 @@
 //! the namespace's sysctls (`sysctl`), merged with the kernel's record of the
 //! port's last binder when a tracer was running. No eBPF is needed here.
 
+pub mod containers;
+pub mod dnat;
 pub mod enrich;
+pub mod kernel;
 pub mod netns;
 pub mod procs;
 pub mod sockdiag;
@@ -16,7 +19,9 @@ use std::{net::IpAddr, str::FromStr};
 
 use serde::{Deserialize, Serialize};
 
+pub use containers::Container;
 pub use enrich::Enricher;
+pub use kernel::KernelDevice;
 pub use sysctl::Sysctls;
 
 use crate::request::{Family, Proto};
@@ -142,8 +147,16 @@ pub struct Holder {
     pub exited: bool,
     /// systemd unit of the owner, from its cgroup.
     pub unit: Option<String>,
-    /// Container id of the owner, from its cgroup.
-    pub container: Option<String>,
+    /// The owner's container (from its cgroup), or the container a runtime
+    /// helper holding the port serves (docker-proxy, conmon), named from
+    /// the runtime's files. Journals from before it was an object hold the
+    /// bare id: read as a container of unknown runtime.
+    #[serde(deserialize_with = "container_or_id")]
+    pub container: Option<Container>,
+    /// The kernel device holding the port when no process does (a UDP
+    /// tunnel's socket). Absent from older journals.
+    #[serde(default)]
+    pub kernel: Option<KernelDevice>,
     /// Every process holding the socket (forked workers share it).
     pub pids: Vec<u32>,
     /// How many sockets this entry stands for (TIME_WAIT leftovers are grouped).
@@ -171,6 +184,8 @@ impl Holder {
         let Some(pid) = self.pid else {
             return if self.state == State::TimeWait {
                 format!("{} TIME_WAIT connection(s)", self.sockets)
+            } else if let Some(k) = &self.kernel {
+                k.label()
             } else {
                 // Closed between sock_diag's answer and the /proc walk, or
                 // held by a process portwatch cannot see.
@@ -186,7 +201,7 @@ impl Holder {
             extra.push(u.clone());
         }
         if let Some(c) = &self.container {
-            extra.push(format!("container {}", short_id(c)));
+            extra.push(c.label());
         }
         if self.exited {
             extra.push("exited".into());
@@ -199,6 +214,21 @@ impl Holder {
         }
         s
     }
+}
+
+/// A container as an object, or as the bare id older journals wrote.
+fn container_or_id<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Container>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Either {
+        Id(String),
+        Full(Container),
+    }
+    Ok(match Option::<Either>::deserialize(d)? {
+        None => None,
+        Some(Either::Id(id)) => Some(Container::bare(&id, containers::Runtime::Unknown)),
+        Some(Either::Full(c)) => Some(c),
+    })
 }
 
 /// The first 12 characters of a container id, as `docker ps` shows it.
@@ -220,6 +250,18 @@ pub struct Evidence {
     /// The requesting process's unit and container, when it could be read:
     /// advice depends on whether the holder is the same service.
     pub caller: CallerInfo,
+    /// Socket options a trial bind (`who`) has just shown not to help:
+    /// no fix may recommend them.
+    pub trial_failed: TrialFailed,
+}
+
+/// Options whose trial bind failed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TrialFailed {
+    /// A bind with SO_REUSEADDR failed too.
+    pub reuseaddr: bool,
+    /// A bind with SO_REUSEPORT failed too.
+    pub reuseport: bool,
 }
 
 /// The requester's service, as far as /proc tells (it may have exited).
@@ -229,6 +271,19 @@ pub struct CallerInfo {
     pub unit: Option<String>,
     /// Its container id.
     pub container: Option<String>,
+    /// The requester is a runtime's helper (docker-proxy) publishing a
+    /// container's port: that container and its `-p` mapping.
+    pub publishing: Option<containers::Publishing>,
+}
+
+impl Holder {
+    /// Whether the holder is a container runtime's helper that holds the
+    /// port for a container (docker-proxy, conmon): never the thing to stop.
+    pub fn is_runtime_helper(&self) -> bool {
+        self.comm
+            .as_deref()
+            .is_some_and(containers::is_runtime_helper)
+    }
 }
 
 /// Whether a socket bound at `(family, addr, v6only)` takes the address a

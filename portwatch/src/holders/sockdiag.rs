@@ -102,7 +102,7 @@ fn dump_with(
         IPPROTO_TCP => ALL_STATES & !(1 << TCP_CLOSE),
         _ => ALL_STATES,
     };
-    let socket = open_socket()?;
+    let socket = open_socket(NETLINK_SOCK_DIAG)?;
     let mut buf = vec![0; RECV_BUF_LEN];
     let mut sockets = Vec::new();
     for (seq, family) in [(1, AF_INET), (2, AF_INET6)] {
@@ -124,8 +124,9 @@ fn dump_with(
     Ok(sockets)
 }
 
-fn open_socket() -> io::Result<Socket> {
-    let mut socket = Socket::new(NETLINK_SOCK_DIAG)?;
+/// A netlink socket of `protocol` whose receives time out after 1 s.
+pub(super) fn open_socket(protocol: isize) -> io::Result<Socket> {
+    let mut socket = Socket::new(protocol)?;
     socket.bind_auto()?;
     socket.connect(&netlink_sys::SocketAddr::new(0, 0))?;
     let timeout = libc::timeval {

@@ -13,6 +13,9 @@ pub struct Sysctls {
     pub nonlocal_bind_v4: Option<bool>,
     /// `net.ipv6.ip_nonlocal_bind`.
     pub nonlocal_bind_v6: Option<bool>,
+    /// `net.ipv4.ip_local_reserved_ports` as the kernel prints it
+    /// ("8080,9000-9010", or empty): a fix that adds a port keeps these.
+    pub local_reserved_ports: Option<String>,
 }
 
 /// Reads [`Sysctls`] from `/proc/sys` in the calling thread's network
@@ -30,6 +33,11 @@ pub fn sysctls() -> Sysctls {
             .and_then(|s| s.parse().ok()),
         nonlocal_bind_v4: read_sysctl("net/ipv4/ip_nonlocal_bind").and_then(|s| parse_bool(&s)),
         nonlocal_bind_v6: read_sysctl("net/ipv6/ip_nonlocal_bind").and_then(|s| parse_bool(&s)),
+        // The kernel prints only digits, commas and dashes here.
+        local_reserved_ports: read_sysctl("net/ipv4/ip_local_reserved_ports").filter(|s| {
+            s.bytes()
+                .all(|b| b.is_ascii_digit() || b == b',' || b == b'-')
+        }),
     }
 }
 
@@ -70,6 +78,7 @@ mod tests {
                 ("net/ipv4/ip_unprivileged_port_start", "555"),
                 ("net/ipv4/ip_nonlocal_bind", "1"),
                 ("net/ipv6/ip_nonlocal_bind", "1"),
+                ("net/ipv4/ip_local_reserved_ports", "40050,40060-40062"),
             ] {
                 std::fs::write(format!("/proc/sys/{name}"), value).expect(name);
             }
@@ -79,6 +88,7 @@ mod tests {
             unprivileged_port_start: Some(555),
             nonlocal_bind_v4: Some(true),
             nonlocal_bind_v6: Some(true),
+            local_reserved_ports: Some("40050,40060-40062".into()),
         };
         in_fresh_netns(move || {
             let here = sysctls();

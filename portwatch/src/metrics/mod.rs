@@ -67,7 +67,7 @@ const STREAMS: usize = 16384;
 const OWED_FOR: u64 = STREAMS as u64 / 2;
 
 /// Every reason code, for series that start at 0.
-const REASONS: [Reason; 11] = [
+const REASONS: [Reason; 12] = [
     Reason::Listener,
     Reason::TimeWait,
     Reason::BoundNotListening,
@@ -76,6 +76,7 @@ const REASONS: [Reason; 11] = [
     Reason::DualStack,
     Reason::Connection,
     Reason::EphemeralExhausted,
+    Reason::EphemeralPort,
     Reason::PrivilegedPort,
     Reason::AddrNotLocal,
     Reason::Unknown,

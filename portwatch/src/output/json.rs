@@ -546,6 +546,7 @@ mod tests {
                 exited: false,
                 unit: Some("old.service".into()),
                 container: None,
+                kernel: None,
                 pids: vec![100, 101],
                 sockets: 1,
                 time_left_ms: None,

@@ -13,7 +13,7 @@ use super::text::printable;
 use crate::{
     bindcheck::Variant,
     diagnose::Verdict,
-    holders::{short_id, Holder, State},
+    holders::{containers::Publishing, dnat::DnatRule, Holder, State},
     request::{Errno, Proto},
 };
 
@@ -71,8 +71,14 @@ pub struct WhoReport {
     pub port: u16,
     /// The network namespace looked in (inode).
     pub netns: u32,
-    /// A plain bind() of addr:port would succeed now (exit status 0).
+    /// A plain bind() of addr:port would succeed now, and no container
+    /// or DNAT rule takes the port's traffic (exit status 0).
     pub free: bool,
+    /// Running containers whose published port this is (Docker's port
+    /// bindings), not already named as a socket's holder.
+    pub published: Vec<Publishing>,
+    /// DNAT rules that send this port's traffic elsewhere.
+    pub dnat: Vec<DnatRule>,
     /// Every socket on the port, one each, in or out of the way (`cross_family`
     /// marks those in the way from the other family).
     pub sockets: Vec<Holder>,
@@ -140,6 +146,38 @@ pub fn write_human(out: &mut impl Write, r: &WhoReport) -> io::Result<()> {
         }
         writeln!(out, "{}", line.trim_end())?;
     }
+    for p in &r.published {
+        let name = p.container.label();
+        writeln!(
+            out,
+            "published: {} port {} belongs to {name} (-p {}); a bind here may succeed, but that traffic goes to the container",
+            r.proto.name(),
+            r.port,
+            printable(&p.mapping)
+        )?;
+        let stop = p
+            .container
+            .stop_command()
+            .unwrap_or_else(|| "stop it".into());
+        writeln!(
+            out,
+            "fix:       `{}`, or publish {name} on another host port; or give this service another port",
+            printable(&stop)
+        )?;
+    }
+    for d in &r.dnat {
+        writeln!(
+            out,
+            "dnat:      {} port {} is redirected{} by this {} rule: {}",
+            r.proto.name(),
+            r.port,
+            d.to.as_deref()
+                .map(|t| format!(" to {}", printable(t)))
+                .unwrap_or_default(),
+            d.from,
+            printable(&d.rule)
+        )?;
+    }
     let plain = r.verdict.as_ref();
     if let Some(v) = plain {
         verdict_lines(out, "", v)?;
@@ -172,10 +210,13 @@ fn socket_line(out: &mut impl Write, h: &Holder) -> io::Result<()> {
         (Some(p), _) => p.to_string(),
         (None, _) => dash(),
     };
-    let owner = match (&h.unit, &h.container) {
-        (Some(u), _) => u.clone(),
-        (None, Some(c)) => format!("container {}", short_id(c)),
-        (None, None) => dash(),
+    // What its owner calls it: the container (also for the runtime helper
+    // publishing its port), else the unit, else the kernel device.
+    let owner = match (&h.container, &h.unit, &h.kernel) {
+        (Some(c), _, _) => c.label(),
+        (None, Some(u), _) => u.clone(),
+        (None, None, Some(k)) => format!("{} {}", k.kind, k.name),
+        (None, None, None) => dash(),
     };
     let state = match (h.state, &h.remote) {
         (State::Udp, Some(_)) => "UDP(conn)",

@@ -3,6 +3,8 @@
 //! Everything here parses untrusted text: a unit name is only ever returned
 //! when it is safe to print inside a suggested `systemctl stop` command.
 
+use crate::holders::containers::Runtime;
+
 /// systemd's unit types; `is_safe_unit_name` wants one of them as the suffix.
 const UNIT_SUFFIXES: [&str; 11] = [
     ".service",
@@ -95,6 +97,31 @@ pub(super) fn parse_cgroup(file: &[u8]) -> (String, Option<String>, Option<Strin
     }
 }
 
+/// Which runtime made the cgroup component that holds container `id`, from
+/// /proc/PID/cgroup: its scope's prefix ("docker-", "libpod-",
+/// "cri-containerd-", "crio-"), or the cgroupfs drivers' parent directory
+/// ("/docker/ID"; "/kubepods/..." names no runtime).
+pub fn container_runtime(file: &[u8], id: &str) -> Runtime {
+    let text = String::from_utf8_lossy(file);
+    for path in text.lines().filter_map(|l| l.splitn(3, ':').nth(2)) {
+        let mut parent = "";
+        for component in path.split('/') {
+            if let Some(at) = component.find(id) {
+                return match &component[..at] {
+                    "docker-" => Runtime::Docker,
+                    "libpod-" => Runtime::Podman,
+                    "cri-containerd-" => Runtime::Containerd,
+                    "crio-" => Runtime::Crio,
+                    "" if parent == "docker" => Runtime::Docker,
+                    _ => Runtime::Unknown,
+                };
+            }
+            parent = component;
+        }
+    }
+    Runtime::Unknown
+}
+
 /// The id if `component` is a container's cgroup: 64 lowercase hex digits, bare or in a
 /// runtime's scope.
 fn container_id(component: &str) -> Option<&str> {
@@ -111,6 +138,39 @@ fn container_id(component: &str) -> Option<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn container_runtime_from_real_paths() {
+        let cases = [
+            (
+                format!("0::/system.slice/docker-{HEX}.scope\n"),
+                Runtime::Docker,
+            ),
+            (
+                format!("0::/machine.slice/libpod-{HEX}.scope/container\n"),
+                Runtime::Podman,
+            ),
+            (
+                format!("0::/kubepods.slice/kubepods-pod1.slice/cri-containerd-{HEX}.scope\n"),
+                Runtime::Containerd,
+            ),
+            (
+                format!("0::/kubepods.slice/kubepods-pod1.slice/crio-{HEX}.scope\n"),
+                Runtime::Crio,
+            ),
+            (
+                format!("4:memory:/docker/{HEX}\n0::/system.slice/containerd.service\n"),
+                Runtime::Docker,
+            ),
+            (
+                format!("0::/kubepods/burstable/pod1/{HEX}\n"),
+                Runtime::Unknown,
+            ),
+        ];
+        for (file, want) in cases {
+            assert_eq!(container_runtime(file.as_bytes(), HEX), want, "{file:?}");
+        }
+    }
 
     const HEX: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 

@@ -19,6 +19,8 @@ use nix::{
 };
 
 pub use cgroup::{is_safe_unit_name, unit_and_container};
+
+use super::containers::Runtime;
 pub use index::{ScanStats, SocketIndex};
 use raw::{cpath, lossy, read_capped};
 
@@ -54,6 +56,8 @@ pub struct ProcInfo {
     pub unit: Option<String>,
     /// Container id (64 lowercase hex digits) from the cgroup path; see [`unit_and_container`].
     pub container: Option<String>,
+    /// Which runtime made the container's cgroup, with `container`.
+    pub runtime: Option<Runtime>,
     /// Start time in clock ticks since boot (stat field 22); with `pid` it names one process.
     pub start_time: u64,
 }
@@ -82,7 +86,11 @@ pub fn proc_info(pid: u32) -> Option<ProcInfo> {
             *b = b' ';
         }
     }
-    let (cgroup, unit, container) = cgroup::parse_cgroup(&read_capped(&dir, c"cgroup", FILE_CAP)?);
+    let cgroup_file = read_capped(&dir, c"cgroup", FILE_CAP)?;
+    let (cgroup, unit, container) = cgroup::parse_cgroup(&cgroup_file);
+    let runtime = container
+        .as_deref()
+        .map(|id| cgroup::container_runtime(&cgroup_file, id));
     Some(ProcInfo {
         pid,
         ppid: stat.ppid,
@@ -92,6 +100,7 @@ pub fn proc_info(pid: u32) -> Option<ProcInfo> {
         cgroup,
         unit,
         container,
+        runtime,
         start_time: stat.start_time,
     })
 }
