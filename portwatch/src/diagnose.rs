@@ -193,9 +193,16 @@ fn stop_cmd(h: &Holder, port: u16) -> String {
             );
         }
         let published = if h.is_runtime_helper() {
-            " or publish it on another host port (`-p OTHER:CONTAINER_PORT`)"
+            // "0.0.0.0:8080->80/tcp": the container's side of this port.
+            let inside = c
+                .published
+                .iter()
+                .find_map(|p| p.split_once(&format!(":{port}->")))
+                .and_then(|(_, rest)| rest.split('/').next())
+                .unwrap_or("CONTAINER_PORT");
+            format!(", or publish it on another host port (`-p OTHER:{inside}`)")
         } else {
-            ""
+            String::new()
         };
         return match c.stop_command() {
             Some(cmd) => format!("stop {} (`{cmd}`){published}", c.label()),
@@ -256,7 +263,13 @@ fn stop(h: &Holder, req: &Request, seen: &Evidence) -> String {
         return "it has exited; retry the bind".into();
     }
     let cmd = stop_cmd(h, req.port);
+    // A container, a runtime's helper or a kernel device: its own stop
+    // leads, worded for its owner, not "stop it cleanly, kill ...".
+    let owned_elsewhere = h.container.is_some() || h.kernel.is_some() || h.is_runtime_helper();
     match relation(h, req, seen) {
+        Relation::Other | Relation::SameProgram if owned_elsewhere => {
+            format!("{cmd}; or give this service another port")
+        }
         Relation::SameProcess => "this same process already holds the port on another socket: close that one first, or bind the port only once".into(),
         Relation::SameUnit => format!(
             "an older process of the same service still holds it: let it exit before the new one starts (a restart that waits for the stop), or {cmd}"
@@ -1142,7 +1155,7 @@ mod tests {
             v.diagnosis
         );
         assert!(v.fix.contains("`docker stop web`"), "{}", v.fix);
-        assert!(v.fix.contains("-p OTHER:CONTAINER_PORT"), "{}", v.fix);
+        assert!(v.fix.contains("`-p OTHER:80`"), "{}", v.fix);
         assert!(
             !v.fix.contains("kill") && !v.fix.contains("systemctl"),
             "{}",

@@ -149,25 +149,15 @@ impl Drop for Docker {
     }
 }
 
-/// `portwatch who ARGS --json` in `ns`: (exit status, the answer).
-fn who(ns: &Netns, args: &[&str]) -> (i32, Value) {
-    let args: Vec<String> = args.iter().map(|&a| a.to_owned()).collect();
-    let out = ns.run(move || {
-        Command::new(bin())
-            .arg("who")
-            .args(&args)
-            .arg("--json")
-            .output()
-            .expect("run portwatch who")
-    });
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let v: Value = serde_json::from_str(&stdout).unwrap_or_else(|e| {
-        panic!(
-            "not JSON ({e}): {stdout}\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
-    (out.status.code().expect("exit status"), v)
+/// Asserts that `ev`'s first holder is named as container `name` of
+/// `image`, with `stop` in the fix and no `kill`.
+fn assert_container_holder(ev: &Value, name: &str, image: &str, stop: &str) {
+    let h = holder(ev);
+    assert_eq!(h["container"]["name"], name, "{ev:#}");
+    assert_eq!(h["container"]["image"], image, "{ev:#}");
+    let fix = ev["fix"].as_str().unwrap();
+    assert!(fix.contains(&format!("`{stop}`")), "{fix}");
+    assert!(!fix.contains("kill"), "{fix}");
 }
 
 /// The first event of the given comm (other failures may come first: a
@@ -203,11 +193,10 @@ fn docker_published_port_names_the_container() {
     let failed = ns.run(move || bind(&socket(false, false), v4(port)));
     assert_eq!(failed, Err(libc::EADDRINUSE));
     let ev = event_of(&tracer, &ns.comm);
+    assert_container_holder(&ev, "web", "pwtest:1", "docker stop web");
     let h = holder(&ev);
     assert_eq!(h["comm"], "docker-proxy", "{ev:#}");
-    assert_eq!(h["container"]["name"], "web", "{ev:#}");
     assert_eq!(h["container"]["runtime"], "docker", "{ev:#}");
-    assert_eq!(h["container"]["image"], "pwtest:1", "{ev:#}");
     assert!(
         h["container"]["published"]
             .as_array()
@@ -215,9 +204,6 @@ fn docker_published_port_names_the_container() {
             .contains(&Value::from(format!("0.0.0.0:{port}->80/tcp"))),
         "{ev:#}"
     );
-    let fix = ev["fix"].as_str().unwrap();
-    assert!(fix.contains("`docker stop web`"), "{fix}");
-    assert!(!fix.contains("kill"), "{fix}");
     assert!(
         ev["diagnosis"]
             .as_str()
@@ -278,12 +264,7 @@ fn process_inside_a_container_is_named_by_its_container() {
         std::thread::sleep(Duration::from_millis(100));
     }
     let ev = event_of(&tracer, &ns.comm);
-    let h = holder(&ev);
-    assert_eq!(h["container"]["name"], "webh", "{ev:#}");
-    assert_eq!(h["container"]["image"], "pwtest:1", "{ev:#}");
-    let fix = ev["fix"].as_str().unwrap();
-    assert!(fix.contains("`docker stop webh`"), "{fix}");
-    assert!(!fix.contains("kill"), "{fix}");
+    assert_container_holder(&ev, "webh", "pwtest:1", "docker stop webh");
 }
 
 /// A host process holds the port: `docker run -p` fails, and the failing
@@ -480,14 +461,9 @@ fn podman_published_port_names_the_container() {
     let failed = ns.run(move || bind(&socket(false, false), v4(port)));
     assert_eq!(failed, Err(libc::EADDRINUSE));
     let ev = event_of(&tracer, &ns.comm);
-    let h = holder(&ev);
-    assert_eq!(h["comm"], "conmon", "{ev:#}");
-    assert_eq!(h["container"]["name"], "webp", "{ev:#}");
-    assert_eq!(h["container"]["runtime"], "podman", "{ev:#}");
-    assert_eq!(h["container"]["image"], "localhost/pwtest:1", "{ev:#}");
-    let fix = ev["fix"].as_str().unwrap();
-    assert!(fix.contains("`podman stop webp`"), "{fix}");
-    assert!(!fix.contains("kill"), "{fix}");
+    assert_eq!(holder(&ev)["comm"], "conmon", "{ev:#}");
+    assert_eq!(holder(&ev)["container"]["runtime"], "podman", "{ev:#}");
+    assert_container_holder(&ev, "webp", "localhost/pwtest:1", "podman stop webp");
 }
 
 /// A VXLAN device's socket holds UDP 4789 with no process behind it: the

@@ -8,7 +8,7 @@ mod common;
 use std::{
     collections::BTreeSet,
     net::{Ipv6Addr, SocketAddr, TcpStream},
-    process::{Command, Output},
+    process::Command,
     time::Duration,
 };
 
@@ -24,21 +24,6 @@ fn any6(port: u16) -> SocketAddr {
     SocketAddr::from((Ipv6Addr::UNSPECIFIED, port))
 }
 
-/// `portwatch who ARGS --json`, from the namespace's thread (so the default
-/// namespace is `ns`'s); returns the exit status and the object printed.
-fn who(ns: &Netns, args: &[&str]) -> (i32, Value) {
-    let args: Vec<String> = args.iter().map(|&a| a.to_owned()).collect();
-    let out = ns.run(move || {
-        Command::new(bin())
-            .arg("who")
-            .args(&args)
-            .arg("--json")
-            .output()
-            .expect("run portwatch who")
-    });
-    parse(&out)
-}
-
 /// `portwatch who ARGS --json` run from the test's own namespace.
 fn who_here(args: &[&str]) -> (i32, Value) {
     let out = Command::new(bin())
@@ -50,13 +35,6 @@ fn who_here(args: &[&str]) -> (i32, Value) {
     parse(&out)
 }
 
-fn parse(out: &Output) -> (i32, Value) {
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let v: Value = serde_json::from_str(&stdout)
-        .unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}\nstderr: {stderr}"));
-    (out.status.code().expect("exit status"), v)
-}
 
 fn sockets(v: &Value) -> &Vec<Value> {
     v["sockets"].as_array().expect("sockets")

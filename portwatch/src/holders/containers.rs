@@ -419,31 +419,21 @@ impl Containers {
     pub fn publishing(&mut self, port: u16, proto: &str) -> Vec<Publishing> {
         self.refresh_roots();
         let mut found = Vec::new();
-        for root in &self.roots.docker {
-            let Ok(dir) = std::fs::read_dir(root.join("containers")) else {
+        for (id, dir) in self.docker_containers() {
+            let Some(host) = read_json(&dir.join("hostconfig.json")) else {
                 continue;
             };
-            for entry in dir.flatten().take(CACHE_CAP * 4) {
-                let name = entry.file_name();
-                let Some(id) = name.to_str().filter(|n| is_id(n)) else {
-                    continue;
-                };
-                let Some(host) = read_json(&entry.path().join("hostconfig.json")) else {
-                    continue;
-                };
-                let Some(mapping) = binding(&host, port, proto) else {
-                    continue;
-                };
-                let Some(config) = read_json(&entry.path().join("config.v2.json")) else {
-                    continue;
-                };
-                found.push(Publishing {
-                    running: config.pointer("/State/Running").and_then(Value::as_bool)
-                        == Some(true),
-                    container: docker_container(id, &config),
-                    mapping,
-                });
-            }
+            let Some(mapping) = binding(&host, port, proto) else {
+                continue;
+            };
+            let Some(config) = read_json(&dir.join("config.v2.json")) else {
+                continue;
+            };
+            found.push(Publishing {
+                running: is_running(&config),
+                container: docker_container(&id, &config),
+                mapping,
+            });
         }
         found.sort_by_key(|p| !p.running);
         found
@@ -456,35 +446,34 @@ impl Containers {
         })
     }
 
+    /// Every Docker container directory under the data roots: (id, dir).
+    fn docker_containers(&self) -> impl Iterator<Item = (String, PathBuf)> + '_ {
+        self.roots.docker.iter().flat_map(|root| {
+            std::fs::read_dir(root.join("containers"))
+                .into_iter()
+                .flatten()
+                .flatten()
+                .take(CACHE_CAP * 4)
+                .filter_map(|entry| {
+                    let id = entry.file_name().into_string().ok().filter(|n| is_id(n))?;
+                    Some((id, entry.path()))
+                })
+        })
+    }
+
     /// The running Docker container with `ip` on one of its networks.
     fn docker_by_ip(&self, ip: IpAddr) -> Option<String> {
         let ip = ip.to_string();
-        for root in &self.roots.docker {
-            let Ok(dir) = std::fs::read_dir(root.join("containers")) else {
-                continue;
-            };
-            for entry in dir.flatten().take(CACHE_CAP * 4) {
-                let name = entry.file_name();
-                let Some(id) = name.to_str().filter(|n| is_id(n)) else {
-                    continue;
-                };
-                let Some(config) = read_json(&entry.path().join("config.v2.json")) else {
-                    continue;
-                };
-                let running = config.pointer("/State/Running").and_then(Value::as_bool);
-                let nets = config
-                    .pointer("/NetworkSettings/Networks")
-                    .and_then(Value::as_object);
-                let has_ip = nets.is_some_and(|n| {
-                    n.values()
-                        .any(|net| net.get("IPAddress").and_then(Value::as_str) == Some(&ip))
-                });
-                if running == Some(true) && has_ip {
-                    return Some(id.to_owned());
-                }
-            }
-        }
-        None
+        self.docker_containers().find_map(|(id, dir)| {
+            let config = read_json(&dir.join("config.v2.json"))?;
+            let nets = config
+                .pointer("/NetworkSettings/Networks")
+                .and_then(Value::as_object)?;
+            let has_ip = nets
+                .values()
+                .any(|net| net.get("IPAddress").and_then(Value::as_str) == Some(&ip));
+            (is_running(&config) && has_ip).then_some(id)
+        })
     }
 
     fn podman(&self, id: &str) -> Option<Container> {
@@ -561,6 +550,10 @@ fn binding(hostconfig: &Value, port: u16, proto: &str) -> Option<String> {
         }
     }
     None
+}
+
+fn is_running(config: &Value) -> bool {
+    config.pointer("/State/Running").and_then(Value::as_bool) == Some(true)
 }
 
 /// A Docker container from its `config.v2.json`.

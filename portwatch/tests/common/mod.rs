@@ -12,7 +12,7 @@
 use std::{
     io::{BufRead as _, BufReader},
     net::{Ipv4Addr, SocketAddr},
-    process::{Child, Command, ExitStatus, Stdio},
+    process::{Child, Command, ExitStatus, Output, Stdio},
     sync::mpsc::{self, Receiver, RecvTimeoutError},
     thread,
     time::{Duration, Instant},
@@ -378,4 +378,28 @@ pub fn time_wait(port: u16, reuse: bool) {
     thread::sleep(Duration::from_millis(50));
     drop(client);
     thread::sleep(Duration::from_millis(50));
+}
+
+/// `portwatch who ARGS --json`, from the namespace's thread (so the default
+/// namespace is `ns`'s); returns the exit status and the object printed.
+pub fn who(ns: &Netns, args: &[&str]) -> (i32, Value) {
+    let args: Vec<String> = args.iter().map(|&a| a.to_owned()).collect();
+    let out = ns.run(move || {
+        Command::new(bin())
+            .arg("who")
+            .args(&args)
+            .arg("--json")
+            .output()
+            .expect("run portwatch who")
+    });
+    parse(&out)
+}
+
+/// The exit status and the JSON object a `who --json` printed.
+pub fn parse(out: &Output) -> (i32, Value) {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let v: Value = serde_json::from_str(&stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}\nstderr: {stderr}"));
+    (out.status.code().expect("exit status"), v)
 }
