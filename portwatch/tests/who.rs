@@ -35,7 +35,6 @@ fn who_here(args: &[&str]) -> (i32, Value) {
     parse(&out)
 }
 
-
 fn sockets(v: &Value) -> &Vec<Value> {
     v["sockets"].as_array().expect("sockets")
 }
