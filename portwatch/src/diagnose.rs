@@ -13,7 +13,9 @@ use std::{
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    holders::{short_id, Evidence, Holder, State},
+    holders::{
+        procs::is_stoppable_unit, short_id, systemd::SocketUnit, Evidence, Holder, State,
+    },
     request::{Errno, Family, Request, Syscall},
 };
 
@@ -112,6 +114,20 @@ pub fn named(h: &Holder) -> String {
     let (Some(comm), Some(pid)) = (&h.comm, h.pid) else {
         return h.who();
     };
+    if let Some(s) = &h.socket_unit {
+        let manager = match s.user {
+            Some(uid) => format!("systemd --user of uid {uid} (pid {pid})"),
+            None => format!("systemd (pid {pid})"),
+        };
+        let starts = match s.activates.as_slice() {
+            [] => String::new(),
+            units => format!(
+                ", which starts {} on the first connection",
+                units.join(" and ")
+            ),
+        };
+        return format!("{manager} for {} ({}){starts}", s.unit, s.listen);
+    }
     let mut s = format!("{comm} (pid {pid}");
     if h.pids.len() > 1 {
         s.push_str(&format!(" and {} more processes", h.pids.len() - 1));
@@ -129,9 +145,20 @@ pub fn named(h: &Holder) -> String {
     s
 }
 
-/// The clean way to stop the holder: its unit, its container, or the process.
+/// The clean way to stop the holder: its socket unit when a systemd manager
+/// holds it, its service, its container, or the process. Never the manager
+/// itself, a scope or a user's manager ([`is_stoppable_unit`]).
 fn stop_cmd(h: &Holder, port: u16) -> String {
-    if let Some(unit) = &h.unit {
+    if let Some(s) = &h.socket_unit {
+        return socket_unit_fix(h, s);
+    }
+    let manager = h.pid == Some(1) || h.unit.as_deref() == Some("init.scope");
+    if manager {
+        return format!(
+            "systemd itself holds it, for a socket unit: `systemctl list-sockets` names the unit listening on port {port}; stop that .socket unit (`systemctl stop NAME.socket`), never pid 1 or its scope"
+        );
+    }
+    if let Some(unit) = h.unit.as_deref().filter(|u| is_stoppable_unit(u)) {
         // The unit name was checked against systemd's charset when read.
         return format!("`systemctl stop {unit}`");
     }
@@ -150,6 +177,25 @@ fn stop_cmd(h: &Holder, port: u16) -> String {
     }
 }
 
+/// Stop the socket unit (and the services it started, when they share the
+/// socket by now), keep it from coming back, or move it.
+fn socket_unit_fix(h: &Holder, s: &SocketUnit) -> String {
+    let systemctl = match s.user {
+        Some(uid) => format!("systemctl --user --machine {uid}@.host"),
+        None => "systemctl".to_owned(),
+    };
+    let unit = &s.unit;
+    let mut stop = vec![unit.as_str()];
+    if h.pids.len() > 1 {
+        stop.extend(s.activates.iter().map(String::as_str));
+    }
+    let (directive, _) = s.listen.split_once('=').unwrap_or((&s.listen, ""));
+    format!(
+        "`{systemctl} stop {}` (and `{systemctl} disable {unit}` if it should not come back at boot), or change its {directive}= (`{systemctl} edit {unit}`)",
+        stop.join(" ")
+    )
+}
+
 /// What to do about holder `h` itself, worded for how it relates to the
 /// requester: its own socket, an old instance of the same service, or
 /// another program to stop cleanly or move.
@@ -160,9 +206,14 @@ fn stop(h: &Holder, req: &Request, seen: &Evidence) -> String {
     let cmd = stop_cmd(h, req.port);
     match relation(h, req, seen) {
         Relation::SameProcess => "this same process already holds the port on another socket: close that one first, or bind the port only once".into(),
-        Relation::SameUnit => format!(
-            "an older process of the same service still holds it: let it exit before the new one starts (a restart that waits for the stop), or {cmd}"
-        ),
+        Relation::SameUnit => match h.unit.as_deref().filter(|u| is_stoppable_unit(u)) {
+            Some(unit) => format!(
+                "an older process of the same service, {unit}, still holds it: the restart started the new process before the old one let go. Make the unit's stop end every process and wait for them: in `systemctl cat {unit}`, KillMode=control-group (process or none leave children behind holding the port) and an ExecStop=/TimeoutStopSec= that lets the old process close its socket; now, {cmd} and start it again"
+            ),
+            None => format!(
+                "an older process of the same service still holds it: let it exit before the new one starts (a restart that waits for the stop), or {cmd}"
+            ),
+        },
         Relation::SameProgram => format!(
             "another instance of {} still holds it: stop it cleanly first, {cmd}, or give this one another port",
             h.comm.as_deref().unwrap_or("the same program")
@@ -647,6 +698,7 @@ mod tests {
             reuseport: None,
             cross_family: false,
             seen: Seen::SockDiag,
+            socket_unit: None,
         }
     }
 
@@ -678,6 +730,88 @@ mod tests {
         assert!(v.fix.contains("systemctl stop nginx.service"), "{}", v.fix);
         for bad in ["killall", "fuser"] {
             assert!(!v.fix.contains(bad));
+        }
+    }
+
+    /// pid 1 holding demo.socket's listener, as enrichment finds it.
+    fn pid1_for_socket_unit(unit: Option<&str>) -> Holder {
+        let mut h = holder(State::Listen);
+        h.pid = Some(1);
+        h.pids = vec![1];
+        h.comm = Some("systemd".into());
+        h.unit = Some("init.scope".into());
+        h.socket_unit = unit.map(|u| SocketUnit {
+            unit: u.into(),
+            listen: "ListenStream=0.0.0.0:8080".into(),
+            activates: vec!["demo.service".into()],
+            user: None,
+        });
+        h
+    }
+
+    #[test]
+    fn a_socket_unit_is_named_and_stopped_never_init_scope() {
+        let v = diagnose(
+            &event(98, 8080),
+            &with(vec![pid1_for_socket_unit(Some("demo.socket"))]),
+        );
+        assert!(
+            v.diagnosis.contains("systemd (pid 1) for demo.socket (ListenStream=0.0.0.0:8080), which starts demo.service on the first connection"),
+            "{}",
+            v.diagnosis
+        );
+        assert!(v.fix.contains("`systemctl stop demo.socket`"), "{}", v.fix);
+        assert!(v.fix.contains("systemctl disable demo.socket"), "{}", v.fix);
+        assert!(v.fix.contains("ListenStream="), "{}", v.fix);
+        // Once demo.service has started it shares the socket: stop both.
+        let mut h = pid1_for_socket_unit(Some("demo.socket"));
+        h.pids = vec![1, 300];
+        let v = diagnose(&event(98, 8080), &with(vec![h]));
+        assert!(
+            v.fix.contains("`systemctl stop demo.socket demo.service`"),
+            "{}",
+            v.fix
+        );
+        // Not found: never pid 1, never init.scope.
+        let v = diagnose(&event(98, 8080), &with(vec![pid1_for_socket_unit(None)]));
+        assert!(v.fix.contains("systemctl list-sockets"), "{}", v.fix);
+        for bad in ["stop init.scope", "kill 1`", "kill 1 "] {
+            assert!(!v.fix.contains(bad), "{bad}: {}", v.fix);
+        }
+    }
+
+    #[test]
+    fn only_services_and_sockets_appear_in_a_stop() {
+        for unit in [
+            "session-3.scope",
+            "init.scope",
+            "user@1000.service",
+            "docker.service",
+            "containerd.service",
+            "kubelet.service",
+            "app-foo.scope",
+        ] {
+            let mut h = holder(State::Listen);
+            h.unit = Some(unit.into());
+            let v = diagnose(&event(98, 8080), &with(vec![h]));
+            assert!(!v.fix.contains(&format!("stop {unit}")), "{unit}: {}", v.fix);
+            if unit != "init.scope" {
+                assert!(!v.fix.contains("systemctl stop"), "{unit}: {}", v.fix);
+                assert!(v.fix.contains("kill 100"), "{unit}: {}", v.fix);
+            }
+        }
+    }
+
+    #[test]
+    fn an_older_process_of_the_same_unit_points_to_its_stop_settings() {
+        let mut h = holder(State::Listen);
+        h.unit = Some("flaky.service".into());
+        let mut e = with(vec![h]);
+        e.caller.unit = Some("flaky.service".into());
+        let v = diagnose(&nginx_request(98, Family::Ipv4, "0.0.0.0"), &e);
+        assert!(v.diagnosis.contains("an older process of the same service"), "{v:#?}");
+        for want in ["flaky.service", "KillMode=", "TimeoutStopSec=", "`systemctl stop flaky.service`"] {
+            assert!(v.fix.contains(want), "{want}: {v:#?}");
         }
     }
 

@@ -146,7 +146,7 @@ fn init_script(modules: &[PathBuf]) -> String {
 }
 
 /// Packs the directory `tree` into a gzipped newc cpio archive `out`.
-fn cpio(tree: &Path, out: &Path) -> Result<()> {
+pub(crate) fn cpio(tree: &Path, out: &Path) -> Result<()> {
     let status = Command::new("sh")
         .arg("-c")
         .arg("find . | cpio -o -H newc --quiet | gzip -1 > \"$0\"")

@@ -12,7 +12,7 @@ use super::{
     netns, overlaps,
     procs::{self, ProcCache, ProcInfo, SocketIndex},
     sockdiag::{self, DiagSocket},
-    sysctl, CallerInfo, Evidence, Holder, Seen, State,
+    sysctl, systemd, CallerInfo, Evidence, Holder, Seen, State,
 };
 use crate::{
     capture::KernelRecord,
@@ -329,6 +329,13 @@ impl Enricher {
             h.cmdline = Some(p.cmdline.clone());
             h.unit = p.unit.clone();
             h.container = p.container.clone();
+            if let Some(user) = systemd_manager(p) {
+                h.socket_unit = systemd::socket_unit(
+                    SocketAddr::new(h.addr, h.port),
+                    h.state != State::Udp,
+                    user.then_some(p.uid),
+                );
+            }
         }
         h.pids = pids;
     }
@@ -425,7 +432,20 @@ impl Enricher {
             reuseport: r.opts.map(|o| o.reuseport),
             cross_family,
             seen: Seen::Kernel,
+            socket_unit: None,
         })
+    }
+}
+
+/// Whether `p` is a systemd manager, which holds sockets for its socket
+/// units: Some(false) for pid 1, Some(true) for a `systemd --user` (whose
+/// cgroup is its user@UID.service's init.scope).
+fn systemd_manager(p: &ProcInfo) -> Option<bool> {
+    let init_scope = p.unit.as_deref() == Some("init.scope");
+    match (p.pid, p.comm.as_str()) {
+        (1, _) => Some(false),
+        (_, "systemd") if init_scope && p.cgroup.contains("/user@") => Some(true),
+        _ => None,
     }
 }
 
@@ -455,6 +475,7 @@ fn bare(state: State, s: &DiagSocket, cross_family: bool) -> Holder {
         reuseport: None,
         cross_family,
         seen: Seen::SockDiag,
+        socket_unit: None,
     }
 }
 

@@ -555,6 +555,7 @@ mod tests {
                 reuseport: None,
                 cross_family: true,
                 seen: Seen::KernelAndSockDiag,
+                socket_unit: None,
             }],
             ..Evidence::default()
         }

@@ -18,7 +18,7 @@ use nix::{
     sys::stat::Mode,
 };
 
-pub use cgroup::{is_safe_unit_name, unit_and_container};
+pub use cgroup::{is_safe_unit_name, is_stoppable_unit, unit_and_container};
 pub use index::{ScanStats, SocketIndex};
 use raw::{cpath, lossy, read_capped};
 
