@@ -13,9 +13,7 @@ use std::{
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    holders::{
-        procs::is_stoppable_unit, short_id, systemd::SocketUnit, Evidence, Holder, State,
-    },
+    holders::{procs::is_stoppable_unit, short_id, systemd::SocketUnit, Evidence, Holder, State},
     request::{Errno, Family, Request, Syscall},
 };
 
@@ -794,7 +792,11 @@ mod tests {
             let mut h = holder(State::Listen);
             h.unit = Some(unit.into());
             let v = diagnose(&event(98, 8080), &with(vec![h]));
-            assert!(!v.fix.contains(&format!("stop {unit}")), "{unit}: {}", v.fix);
+            assert!(
+                !v.fix.contains(&format!("stop {unit}")),
+                "{unit}: {}",
+                v.fix
+            );
             if unit != "init.scope" {
                 assert!(!v.fix.contains("systemctl stop"), "{unit}: {}", v.fix);
                 assert!(v.fix.contains("kill 100"), "{unit}: {}", v.fix);
@@ -809,8 +811,16 @@ mod tests {
         let mut e = with(vec![h]);
         e.caller.unit = Some("flaky.service".into());
         let v = diagnose(&nginx_request(98, Family::Ipv4, "0.0.0.0"), &e);
-        assert!(v.diagnosis.contains("an older process of the same service"), "{v:#?}");
-        for want in ["flaky.service", "KillMode=", "TimeoutStopSec=", "`systemctl stop flaky.service`"] {
+        assert!(
+            v.diagnosis.contains("an older process of the same service"),
+            "{v:#?}"
+        );
+        for want in [
+            "flaky.service",
+            "KillMode=",
+            "TimeoutStopSec=",
+            "`systemctl stop flaky.service`",
+        ] {
             assert!(v.fix.contains(want), "{want}: {v:#?}");
         }
     }

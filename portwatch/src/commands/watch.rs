@@ -138,6 +138,11 @@ pub async fn run(args: WatchArgs) -> Result<()> {
             timeout: Duration::from_millis(args.lookup_timeout),
             delay: Duration::from_millis(args.enrich_delay),
             record: recording.as_ref().map(Recording::sink),
+            journald: if format == Format::Human {
+                crate::output::journald::Journald::when_stdout_is_journal()
+            } else {
+                None
+            },
         },
         Box::new(io::stdout()),
         metrics.clone(),

@@ -73,10 +73,7 @@ fn run_with_timeout(mut cmd: Command) -> Option<String> {
     let reader = std::thread::spawn(move || {
         let mut s = Vec::new();
         // Bounded: a few hundred socket units are a few tens of KiB.
-        let _ = std::io::Read::read_to_end(
-            &mut std::io::Read::take(&mut stdout, 1 << 20),
-            &mut s,
-        );
+        let _ = std::io::Read::read_to_end(&mut std::io::Read::take(&mut stdout, 1 << 20), &mut s);
         s
     });
     let deadline = std::time::Instant::now() + TIMEOUT;
