@@ -317,14 +317,14 @@ pub fn diagnose(req: &Request, seen: &Evidence) -> Verdict {
         };
         let rel = relation(h, req, seen);
         let fix = capital(&stop(h, req, seen));
+        // A socket unit's name already says where it listens.
+        let at = match &h.socket_unit {
+            Some(_) => String::new(),
+            None => format!(" {kind} {}", socket_addr(h.addr, h.port)),
+        };
         return Verdict {
             reason: Reason::Listener,
-            diagnosis: format!(
-                "{what} is taken by {}{} {kind} {}",
-                lead(rel),
-                named(h),
-                socket_addr(h.addr, h.port)
-            ),
+            diagnosis: format!("{what} is taken by {}{}{at}", lead(rel), named(h)),
             fix: match rel {
                 Relation::Unknown | Relation::SameProcess => format!("{fix}; or use another port"),
                 _ => fix,

@@ -12,7 +12,8 @@
 //! host cores take about as long as one. Each VM's whole console goes to
 //! `.cache/vm/RELEASE/serial.log`; the tests' part also to stderr, prefixed
 //! with the release. The command fails if any kernel does not boot or finish,
-//! or any suite with any backend fails or runs no test.
+//! or any suite with any backend fails or runs no test. Then the suite under
+//! systemd as PID 1 runs ([`crate::vm_systemd`]).
 
 use std::{
     collections::BTreeSet,
@@ -630,6 +631,12 @@ pub fn run_all() -> Result<()> {
         started.elapsed().as_secs_f64(),
         booting.elapsed().as_secs_f64()
     );
+    // After the kernels' VMs, not beside them: a third TCG guest on two
+    // cores would slow their timing-sensitive suites.
+    let systemd = crate::vm_systemd::run_with(&portwatch);
+    if let Err(e) = &systemd {
+        eprintln!("xtask: {e:#}");
+    }
     if !all {
         let failed: Vec<_> = outcomes
             .iter()
@@ -638,7 +645,7 @@ pub fn run_all() -> Result<()> {
             .collect();
         bail!("VM tests failed on {failed:?}");
     }
-    Ok(())
+    systemd
 }
 
 #[cfg(test)]

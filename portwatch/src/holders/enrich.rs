@@ -57,6 +57,7 @@ impl Enricher {
         if let Ok(mut index) = self.index.lock() {
             index.rescan();
         }
+        systemd::prefetch();
     }
 
     /// Everything known about what stands in the way of `req`.

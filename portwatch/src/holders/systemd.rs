@@ -5,10 +5,20 @@
 //! asked with one `systemctl show -p Id -p Listen -p Triggers '*.socket'`
 //! (about 10 ms, one process; README "Socket units" says why not D-Bus or
 //! /run/systemd), and the socket is matched by address, port and type.
+//! The system manager's answer is kept: a lookup that finds its address
+//! there costs nothing, and one that does not asks again unless the answer
+//! is under [`FRESH`] old, so a unit started since is still found (under
+//! qemu without KVM one systemctl call took 0.7 s, past the default lookup
+//! timeout of 0.5 s; `watch` asks once at start, see [`prefetch`]).
 //! Everything systemd answers is untrusted text: a unit name is kept only
 //! if it passes [`is_safe_unit_name`], an address only if it parses.
 
-use std::{net::SocketAddr, process::Command, time::Duration};
+use std::{
+    net::SocketAddr,
+    process::Command,
+    sync::Mutex,
+    time::{Duration, Instant},
+};
 
 use serde::{Deserialize, Serialize};
 
@@ -33,11 +43,50 @@ const TIMEOUT: Duration = Duration::from_secs(2);
 /// Fixed paths: a root tool does not run whatever `systemctl` PATH names.
 const SYSTEMCTL: [&str; 2] = ["/usr/bin/systemctl", "/bin/systemctl"];
 
+/// An answer this young is not asked again on a miss.
+const FRESH: Duration = Duration::from_secs(1);
+
+/// The system manager's last answer, and when it came.
+static SYSTEM: Mutex<Option<(Instant, Vec<Shown>)>> = Mutex::new(None);
+
+/// Asks the system manager once ahead of the first failure, when it is
+/// systemd.
+pub fn prefetch() {
+    if std::path::Path::new("/run/systemd/system").is_dir() {
+        if let Some(units) = show(None) {
+            if let Ok(mut cache) = SYSTEM.lock() {
+                *cache = Some((Instant::now(), units));
+            }
+        }
+    }
+}
+
 /// The socket unit holding `addr` (a stream socket when `stream`), asking
 /// the system manager, or the manager of `user` when the holder is a
 /// `systemd --user`. None when systemctl is missing, fails, or no unit
 /// listens there.
 pub fn socket_unit(addr: SocketAddr, stream: bool, user: Option<u32>) -> Option<SocketUnit> {
+    if user.is_some() {
+        return find(&show(user)?, addr, stream).map(|mut u| {
+            u.user = user;
+            u
+        });
+    }
+    let mut cache = SYSTEM.lock().ok()?;
+    if let Some((at, units)) = cache.as_ref() {
+        let found = find(units, addr, stream);
+        if found.is_some() || at.elapsed() < FRESH {
+            return found;
+        }
+    }
+    let units = show(None)?;
+    let found = find(&units, addr, stream);
+    *cache = Some((Instant::now(), units));
+    found
+}
+
+/// Every socket unit of the system manager, or of `user`'s.
+fn show(user: Option<u32>) -> Option<Vec<Shown>> {
     let systemctl = SYSTEMCTL
         .iter()
         .find(|p| std::path::Path::new(p).is_file())?;
@@ -60,11 +109,7 @@ pub fn socket_unit(addr: SocketAddr, stream: bool, user: Option<u32>) -> Option<
     .env("SYSTEMD_COLORS", "0")
     .stdin(std::process::Stdio::null())
     .stderr(std::process::Stdio::null());
-    let out = run_with_timeout(cmd)?;
-    find(&parse_show(&out), addr, stream).map(|mut u| {
-        u.user = user;
-        u
-    })
+    Some(parse_show(&run_with_timeout(cmd)?))
 }
 
 fn run_with_timeout(mut cmd: Command) -> Option<String> {
@@ -76,12 +121,12 @@ fn run_with_timeout(mut cmd: Command) -> Option<String> {
         let _ = std::io::Read::read_to_end(&mut std::io::Read::take(&mut stdout, 1 << 20), &mut s);
         s
     });
-    let deadline = std::time::Instant::now() + TIMEOUT;
+    let deadline = Instant::now() + TIMEOUT;
     loop {
         match child.try_wait() {
             Ok(Some(status)) if status.success() => break,
             Ok(Some(_)) | Err(_) => return None,
-            Ok(None) if std::time::Instant::now() >= deadline => {
+            Ok(None) if Instant::now() >= deadline => {
                 let _ = child.kill();
                 let _ = child.wait();
                 return None;

@@ -173,6 +173,9 @@ fn socket_line(out: &mut impl Write, h: &Holder) -> io::Result<()> {
         (None, _) => dash(),
     };
     let owner = match (&h.unit, &h.container) {
+        _ if h.socket_unit.is_some() => {
+            h.socket_unit.as_ref().map_or_else(dash, |s| s.unit.clone())
+        }
         (Some(u), _) => u.clone(),
         (None, Some(c)) => format!("container {}", short_id(c)),
         (None, None) => dash(),
