@@ -192,6 +192,10 @@ EOF
     sleep 1
     e=$(entries PORTWATCH_PORT=8081 | tail -1)
     printf "%s\n" "$e" | field MESSAGE | while IFS= read -r l; do info "flaky: $l"; done
+    for p in $(ss -Hltnp 'sport = :8081' | grep -o 'pid=[0-9]*' | cut -d= -f2); do
+        info "flaky: holder pid $p cgroup $(cat /proc/$p/cgroup | tr '\n' ' ')"
+    done
+    portwatch who 8081 | grep -E 'python3|fix:' | while IFS= read -r l; do info "flaky who: $l"; done
     printf "%s\n" "$e" | field PORTWATCH_DIAGNOSIS | grep -q 'an older process of the same service' \
         || { echo "diagnosis: $e"; return 1; }
     fix=$(printf "%s\n" "$e" | field PORTWATCH_FIX)

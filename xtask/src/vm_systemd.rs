@@ -13,11 +13,10 @@
 
 use std::{
     collections::BTreeMap,
-    io::{BufRead as _, BufReader, Write as _},
+    io::Write as _,
     os::unix::fs::PermissionsExt as _,
     path::{Path, PathBuf},
-    process::{Command, Stdio},
-    sync::mpsc,
+    process::Command,
     time::{Duration, Instant},
 };
 
@@ -244,48 +243,22 @@ impl Results {
 }
 
 fn boot(kernel: &kernels::Kernel, initrd: &Path, log: &Path) -> Result<(Results, bool)> {
-    let mut serial = std::io::BufWriter::new(std::fs::File::create(log)?);
-    let mut child = Command::new("qemu-system-x86_64")
-        .args(["-accel", "tcg", "-cpu", "max", "-smp", "2", "-m", "3072"])
-        .args(["-nographic", "-no-reboot", "-kernel"])
-        .arg(&kernel.vmlinuz)
-        .arg("-initrd")
-        .arg(initrd)
-        .args([
-            "-append",
-            "console=ttyS0 quiet rdinit=/lib/systemd/systemd panic=-1",
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .context("starting qemu-system-x86_64")?;
-    let (tx, rx) = mpsc::channel();
-    let stdout = child.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let deadline = Instant::now() + TIMEOUT;
     let mut results = Results::default();
-    let timed_out = loop {
-        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-            Ok(line) => {
-                let line = line.trim_end_matches('\r');
-                writeln!(serial, "{line}")?;
-                if results.booted || line.contains("SDTEST ") {
-                    results.feed(line);
-                    writeln!(std::io::stderr().lock(), "vm systemd: {line}")?;
-                }
-            }
-            Err(mpsc::RecvTimeoutError::Timeout) => break true,
-            Err(mpsc::RecvTimeoutError::Disconnected) => break false,
-        }
+    let qemu = vm::Qemu {
+        vmlinuz: &kernel.vmlinuz,
+        initrd,
+        // The whole rootfs lives in the initramfs.
+        memory_mib: 3072,
+        append: "console=ttyS0 quiet rdinit=/lib/systemd/systemd panic=-1",
+        timeout: TIMEOUT,
     };
-    let _ = child.kill();
-    let _ = child.wait();
-    serial.flush()?;
+    let timed_out = qemu.run(log, |line| {
+        if results.booted || line.contains("SDTEST ") {
+            results.feed(line);
+            writeln!(std::io::stderr().lock(), "vm systemd: {line}")?;
+        }
+        Ok(())
+    })?;
     Ok((results, timed_out))
 }
 
