@@ -138,6 +138,7 @@ attaches_all() {
     log=$(unit_log)
     echo "$log" | grep -q "backend $1" || { echo "not backend $1: $log"; return 1; }
     echo "$log" | while IFS= read -r l; do info "$1 start: $l"; done
+    if echo "$log" | grep -q 'TIME(UTC)'; then echo "a text header in the journal: $log"; return 1; fi
     if echo "$log" | grep -iE 'not recorded|not permitted|cannot|warning'; then
         echo "warned: $log"; return 1
     fi
