@@ -13,7 +13,12 @@ use std::{
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    holders::{short_id, Evidence, Holder, State},
+    holders::{
+        procs::{is_stoppable_unit, serves_others},
+        short_id,
+        systemd::SocketUnit,
+        Evidence, Holder, State,
+    },
     request::{Errno, Family, Request, Syscall},
 };
 
@@ -116,6 +121,20 @@ pub fn named(h: &Holder) -> String {
     let (Some(comm), Some(pid)) = (&h.comm, h.pid) else {
         return h.who();
     };
+    if let Some(s) = &h.socket_unit {
+        let manager = match s.user {
+            Some(uid) => format!("systemd --user of uid {uid} (pid {pid})"),
+            None => format!("systemd (pid {pid})"),
+        };
+        let starts = match s.activates.as_slice() {
+            [] => String::new(),
+            units => format!(
+                ", which starts {} on the first connection",
+                units.join(" and ")
+            ),
+        };
+        return format!("{manager} for {} ({}){starts}", s.unit, s.listen);
+    }
     let mut s = format!("{comm} (pid {pid}");
     if h.pids.len() > 1 {
         s.push_str(&format!(" and {} more processes", h.pids.len() - 1));
@@ -140,34 +159,28 @@ pub fn named(h: &Holder) -> String {
     s
 }
 
-/// Units whose stop (or whose main process's end) would end far more than
-/// the holder: the container runtimes and orchestrators, the system bus, a
-/// user's whole manager.
-fn serves_others(unit: &str) -> bool {
-    const SERVES_OTHERS: [&str; 8] = [
-        "docker.service",
-        "docker.socket",
-        "containerd.service",
-        "podman.service",
-        "podman.socket",
-        "kubelet.service",
-        "crio.service",
-        "dbus.service",
-    ];
-    SERVES_OTHERS.contains(&unit) || unit.starts_with("user@") || unit.starts_with("systemd-")
-}
+/// Daemons whose end would end everything they serve: container runtimes,
+/// the cluster agent, the system bus, a service manager.
+const SERVES_OTHERS: [&str; 8] = [
+    "dockerd",
+    "containerd",
+    "kubelet",
+    "crio",
+    "podman",
+    "dbus-daemon",
+    "dbus-broker",
+    "systemd",
+];
 
-/// Whether a fix may say `systemctl stop UNIT`: only a `.service` or
-/// `.socket` unit that serves nothing else (never a scope: a login
-/// session's, or PID 1's own).
-pub fn may_stop_unit(unit: &str) -> bool {
-    (unit.ends_with(".service") || unit.ends_with(".socket")) && !serves_others(unit)
-}
-
-/// The clean way to stop the holder, as its owner would: the kernel device,
-/// the container (never the runtime's helper or service), the unit (only a
-/// `.service` or `.socket` that serves nothing else), or the process.
+/// The clean way to stop the holder, as its owner would: the socket unit
+/// when a systemd manager holds it, the kernel device, the container (never
+/// the runtime's helper or service), the unit (only a `.service` or
+/// `.socket` that serves nothing else: [`is_stoppable_unit`]), or the
+/// process (never PID 1, nor the main process of a unit that serves others).
 fn stop_cmd(h: &Holder, port: u16) -> String {
+    if let Some(s) = &h.socket_unit {
+        return socket_unit_fix(h, s);
+    }
     if let Some(k) = &h.kernel {
         let name = shell_word(&k.name);
         return if k.certain {
@@ -221,18 +234,26 @@ fn stop_cmd(h: &Holder, port: u16) -> String {
             "{comm} holds it for a container: find the container (`{ps} ps` shows who publishes port {port}) and stop it or change its `-p`; never kill {comm} itself"
         );
     }
-    if let Some(unit) = h.unit.as_deref().filter(|u| may_stop_unit(u)) {
+    let manager = h.pid == Some(1) || h.unit.as_deref() == Some("init.scope");
+    if manager {
+        return format!(
+            "systemd itself holds it, for a socket unit: `systemctl list-sockets` names the unit listening on port {port}; stop that .socket unit (`systemctl stop NAME.socket`), never pid 1 or its scope"
+        );
+    }
+    if let Some(unit) = h.unit.as_deref().filter(|u| is_stoppable_unit(u)) {
         // The unit name was checked against systemd's charset when read.
         return format!("`systemctl stop {unit}`");
     }
     match (h.pid, h.state) {
-        (Some(1), _) => format!(
-            "PID 1 holds it, most likely for a socket unit: `systemctl list-sockets` names the unit listening on port {port}; stop that `.socket` unit"
-        ),
         (Some(pid), _) => match h.unit.as_deref().filter(|u| serves_others(u)) {
-            Some(u) => format!(
-                "{} (pid {pid}) belongs to {u}, which serves other workloads: do not stop or kill it; change its own configuration so it leaves port {port}, or give this service another port",
+            // The daemon the whole unit is for: every workload it serves
+            // would go with it.
+            Some(u) if h.comm.as_deref().is_some_and(|c| SERVES_OTHERS.contains(&c)) => format!(
+                "{} (pid {pid}) is {u}'s own daemon, which serves other workloads: neither stop nor kill it; change its own configuration so it leaves port {port}",
                 h.comm.as_deref().unwrap_or("the holder")
+            ),
+            Some(u) => format!(
+                "`kill {pid}` (SIGTERM lets it close its sockets cleanly; leave {u} itself running, it serves far more than this process)"
             ),
             None => format!("`kill {pid}` (SIGTERM lets it close its sockets cleanly)"),
         },
@@ -255,6 +276,25 @@ fn shell_word(s: &str) -> String {
     }
 }
 
+/// Stop the socket unit (and the services it started, when they share the
+/// socket by now), keep it from coming back, or move it.
+fn socket_unit_fix(h: &Holder, s: &SocketUnit) -> String {
+    let systemctl = match s.user {
+        Some(uid) => format!("systemctl --user --machine {uid}@.host"),
+        None => "systemctl".to_owned(),
+    };
+    let unit = &s.unit;
+    let mut stop = vec![unit.as_str()];
+    if h.pids.len() > 1 {
+        stop.extend(s.activates.iter().map(String::as_str));
+    }
+    let (directive, _) = s.listen.split_once('=').unwrap_or((&s.listen, ""));
+    format!(
+        "`{systemctl} stop {}` (and `{systemctl} disable {unit}` if it should not come back at boot), or change its {directive}= (`{systemctl} edit {unit}`)",
+        stop.join(" ")
+    )
+}
+
 /// What to do about holder `h` itself, worded for how it relates to the
 /// requester: its own socket, an old instance of the same service, or
 /// another program to stop cleanly or move.
@@ -271,9 +311,14 @@ fn stop(h: &Holder, req: &Request, seen: &Evidence) -> String {
             format!("{cmd}; or give this service another port")
         }
         Relation::SameProcess => "this same process already holds the port on another socket: close that one first, or bind the port only once".into(),
-        Relation::SameUnit => format!(
-            "an older process of the same service still holds it: let it exit before the new one starts (a restart that waits for the stop), or {cmd}"
-        ),
+        Relation::SameUnit => match h.unit.as_deref().filter(|u| is_stoppable_unit(u)) {
+            Some(unit) => format!(
+                "an older process of the same service, {unit}, still holds it: the restart started the new process before the old one let go. Make the unit's stop end every process and wait for them: in `systemctl cat {unit}`, KillMode=control-group (process or none leave children behind holding the port) and an ExecStop=/TimeoutStopSec= that lets the old process close its socket; now, {cmd} and start it again"
+            ),
+            None => format!(
+                "an older process of the same service still holds it: let it exit before the new one starts (a restart that waits for the stop), or {cmd}"
+            ),
+        },
         Relation::SameProgram => format!(
             "another instance of {} still holds it: stop it cleanly first, {cmd}, or give this one another port",
             h.comm.as_deref().unwrap_or("the same program")
@@ -399,14 +444,14 @@ fn rules(req: &Request, seen: &Evidence) -> Verdict {
         };
         let rel = relation(h, req, seen);
         let fix = capital(&stop(h, req, seen));
+        // A socket unit's name already says where it listens.
+        let at = match &h.socket_unit {
+            Some(_) => String::new(),
+            None => format!(" {kind} {}", socket_addr(h.addr, h.port)),
+        };
         return Verdict {
             reason: Reason::Listener,
-            diagnosis: format!(
-                "{what} is taken by {}{} {kind} {}",
-                lead(rel),
-                named(h),
-                socket_addr(h.addr, h.port)
-            ),
+            diagnosis: format!("{what} is taken by {}{}{at}", lead(rel), named(h)),
             fix: match rel {
                 Relation::Unknown | Relation::SameProcess => format!("{fix}; or use another port"),
                 _ => fix,
@@ -814,6 +859,7 @@ mod tests {
             reuseport: None,
             cross_family: false,
             seen: Seen::SockDiag,
+            socket_unit: None,
         }
     }
 
@@ -846,6 +892,100 @@ mod tests {
         assert!(v.fix.contains("systemctl stop nginx.service"), "{}", v.fix);
         for bad in ["killall", "fuser"] {
             assert!(!v.fix.contains(bad));
+        }
+    }
+
+    /// pid 1 holding demo.socket's listener, as enrichment finds it.
+    fn pid1_for_socket_unit(unit: Option<&str>) -> Holder {
+        let mut h = holder(State::Listen);
+        h.pid = Some(1);
+        h.pids = vec![1];
+        h.comm = Some("systemd".into());
+        h.unit = Some("init.scope".into());
+        h.socket_unit = unit.map(|u| SocketUnit {
+            unit: u.into(),
+            listen: "ListenStream=0.0.0.0:8080".into(),
+            activates: vec!["demo.service".into()],
+            user: None,
+        });
+        h
+    }
+
+    #[test]
+    fn a_socket_unit_is_named_and_stopped_never_init_scope() {
+        let v = diagnose(
+            &event(98, 8080),
+            &with(vec![pid1_for_socket_unit(Some("demo.socket"))]),
+        );
+        assert!(
+            v.diagnosis.contains("systemd (pid 1) for demo.socket (ListenStream=0.0.0.0:8080), which starts demo.service on the first connection"),
+            "{}",
+            v.diagnosis
+        );
+        assert!(v.fix.contains("`systemctl stop demo.socket`"), "{}", v.fix);
+        assert!(v.fix.contains("systemctl disable demo.socket"), "{}", v.fix);
+        assert!(v.fix.contains("ListenStream="), "{}", v.fix);
+        // Once demo.service has started it shares the socket: stop both.
+        let mut h = pid1_for_socket_unit(Some("demo.socket"));
+        h.pids = vec![1, 300];
+        let v = diagnose(&event(98, 8080), &with(vec![h]));
+        assert!(
+            v.fix.contains("`systemctl stop demo.socket demo.service`"),
+            "{}",
+            v.fix
+        );
+        // Not found: never pid 1, never init.scope.
+        let v = diagnose(&event(98, 8080), &with(vec![pid1_for_socket_unit(None)]));
+        assert!(v.fix.contains("systemctl list-sockets"), "{}", v.fix);
+        for bad in ["stop init.scope", "kill 1`", "kill 1 "] {
+            assert!(!v.fix.contains(bad), "{bad}: {}", v.fix);
+        }
+    }
+
+    #[test]
+    fn only_services_and_sockets_appear_in_a_stop() {
+        for unit in [
+            "session-3.scope",
+            "init.scope",
+            "user@1000.service",
+            "docker.service",
+            "containerd.service",
+            "kubelet.service",
+            "app-foo.scope",
+        ] {
+            let mut h = holder(State::Listen);
+            h.unit = Some(unit.into());
+            let v = diagnose(&event(98, 8080), &with(vec![h]));
+            assert!(
+                !v.fix.contains(&format!("stop {unit}")),
+                "{unit}: {}",
+                v.fix
+            );
+            if unit != "init.scope" {
+                assert!(!v.fix.contains("systemctl stop"), "{unit}: {}", v.fix);
+                assert!(v.fix.contains("kill 100"), "{unit}: {}", v.fix);
+            }
+        }
+    }
+
+    #[test]
+    fn an_older_process_of_the_same_unit_points_to_its_stop_settings() {
+        let mut h = holder(State::Listen);
+        h.unit = Some("flaky.service".into());
+        let mut e = with(vec![h]);
+        e.caller.unit = Some("flaky.service".into());
+        let v = diagnose(&nginx_request(98, Family::Ipv4, "0.0.0.0"), &e);
+        assert!(
+            v.diagnosis.contains("an older process of the same service"),
+            "{v:#?}"
+        );
+        for want in [
+            "flaky.service",
+            "KillMode=",
+            "TimeoutStopSec=",
+            "`systemctl stop flaky.service`",
+        ] {
+            assert!(v.fix.contains(want), "{want}: {v:#?}");
         }
     }
 
@@ -1066,7 +1206,7 @@ mod tests {
         let never_kill = |p: &Protected| {
             p.pid == 1
                 || crate::holders::containers::is_runtime_helper(p.comm)
-                || p.unit.is_some_and(serves_others)
+                || SERVES_OTHERS.contains(&p.comm)
         };
         for p in &protected {
             for state in [
@@ -1119,7 +1259,7 @@ mod tests {
         }
         // Only .service and .socket units are ever stopped.
         for unit in ["nginx.service", "demo.socket"] {
-            assert!(may_stop_unit(unit), "{unit}");
+            assert!(is_stoppable_unit(unit), "{unit}");
         }
         for unit in [
             "docker.service",
@@ -1130,7 +1270,7 @@ mod tests {
             "system.slice",
             "a.mount",
         ] {
-            assert!(!may_stop_unit(unit), "{unit}");
+            assert!(!is_stoppable_unit(unit), "{unit}");
         }
     }
 

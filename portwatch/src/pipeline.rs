@@ -103,6 +103,9 @@ pub struct Options {
     pub delay: Duration,
     /// `--record`: every event's NDJSON line also goes to the journal.
     pub record: Option<output::record::Sink>,
+    /// Under systemd: events go to journald as structured entries instead
+    /// of as text on stdout.
+    pub journald: Option<output::journald::Journald>,
 }
 
 /// The reader's end of the pipeline.
@@ -141,7 +144,10 @@ impl Pipeline {
             opts.enricher.clone(),
             opts.timeout,
             metrics.clone(),
-            opts.record,
+            Sinks {
+                record: opts.record,
+                journald: opts.journald,
+            },
         ));
         let pipeline = Self {
             enricher: opts.enricher,
@@ -214,6 +220,12 @@ impl Pipeline {
     }
 }
 
+/// Where events go besides `out`.
+struct Sinks {
+    record: Option<output::record::Sink>,
+    journald: Option<output::journald::Journald>,
+}
+
 /// Writes events in capture order, each once its lookup is in or its
 /// deadline has passed. Returns how many lookups timed out.
 async fn write(
@@ -223,8 +235,9 @@ async fn write(
     enricher: Option<Arc<Enricher>>,
     timeout: Duration,
     metrics: Option<Metrics>,
-    record: Option<output::record::Sink>,
+    sinks: Sinks,
 ) -> io::Result<u64> {
+    let Sinks { record, journald } = sinks;
     // The journal's lines of one batch, handed over at once.
     let mut journal: Vec<u8> = Vec::new();
     let mut journal_lines = 0;
@@ -295,14 +308,18 @@ async fn write(
                 shown.insert(fold_key(&p.ev), hash);
             }
             let holders = match (&evidence, format) {
-                (Some(e), _) if format == Format::Json || record.is_some() => match &rendered {
-                    Some((prev, raw)) if Arc::ptr_eq(prev, e) => Some(raw.clone()),
-                    _ => {
-                        let raw: Arc<RawValue> = output::json::holders_json(e).into();
-                        rendered = Some((e.clone(), raw.clone()));
-                        Some(raw)
+                (Some(e), _)
+                    if format == Format::Json || record.is_some() || journald.is_some() =>
+                {
+                    match &rendered {
+                        Some((prev, raw)) if Arc::ptr_eq(prev, e) => Some(raw.clone()),
+                        _ => {
+                            let raw: Arc<RawValue> = output::json::holders_json(e).into();
+                            rendered = Some((e.clone(), raw.clone()));
+                            Some(raw)
+                        }
                     }
-                },
+                }
                 _ => None,
             };
             if record.is_some() {
@@ -315,7 +332,15 @@ async fn write(
                     continue;
                 }
             }
-            output::write_event(&mut out, format, &p.ev, found, holders.as_deref(), repeat)?;
+            if let Some(j) = &journald {
+                let mut line = Vec::new();
+                output::json::write(&mut line, &p.ev, holders.as_deref(), verdict.as_deref())?;
+                // journald gone (stopped, restarting): the event is still
+                // in --record's journal and the metrics.
+                let _ = j.send(&p.ev, found, &line);
+            } else {
+                output::write_event(&mut out, format, &p.ev, found, holders.as_deref(), repeat)?;
+            }
             if let Some(m) = &metrics {
                 m.observe(&p.ev, verdict.as_deref());
             }

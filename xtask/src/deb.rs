@@ -105,7 +105,7 @@ if [ -d /run/systemd/system ] && command -v systemctl >/dev/null; then
 fi
 ";
 
-fn build(bin: &Path) -> Result<PathBuf> {
+pub(crate) fn build(bin: &Path) -> Result<PathBuf> {
     let bin = bin.to_owned();
     let version = version()?;
     let arch = output(Command::new("dpkg").arg("--print-architecture"))?

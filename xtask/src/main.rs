@@ -15,6 +15,7 @@ mod load;
 mod setup;
 mod soak;
 mod vm;
+mod vm_systemd;
 
 use std::{
     path::{Path, PathBuf},
@@ -29,6 +30,13 @@ use clap::{Parser, Subcommand};
 struct Cli {
     #[command(subcommand)]
     task: Task,
+}
+
+/// What `cargo xtask vm-test` boots.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum VmTarget {
+    /// Debian 12 with systemd as PID 1 and portwatch's .deb installed.
+    Systemd,
 }
 
 #[derive(Subcommand)]
@@ -65,9 +73,13 @@ enum Task {
     Bench(bench::Options),
     /// Soak: 100,000 short-lived failing processes and storms; memory, map fill, loss.
     Soak(soak::Options),
-    /// Run the integration tests on Debian's kernel under qemu, once with
-    /// each backend (fexit loads there, unlike on this project's machines).
-    VmTest,
+    /// Run the integration tests on Debian's kernels under qemu, once with
+    /// each backend (fexit loads there, unlike on this project's machines);
+    /// `vm-test systemd` runs only the suite under systemd as PID 1.
+    VmTest {
+        /// `systemd`: only the VM with systemd as PID 1.
+        target: Option<VmTarget>,
+    },
     /// Build the Debian package (target/debian/); with --test, install it
     /// into a scratch root with dpkg, run it, verify the unit, and purge it.
     Deb(deb::Options),
@@ -188,7 +200,10 @@ fn main() -> Result<()> {
         Task::FreshMachine { cmd } => fresh::exec(&cmd).map(|never| match never {}),
         Task::Bench(opts) => bench::run(&opts),
         Task::Soak(opts) => soak::run(&opts),
-        Task::VmTest => vm::run_all(),
+        Task::VmTest { target: None } => vm::run_all(),
+        Task::VmTest {
+            target: Some(VmTarget::Systemd),
+        } => vm_systemd::run_alone(),
         Task::Deb(opts) => deb::run_deb(&opts),
         Task::Fuzz { secs } => fuzz::run_all(secs),
     }

@@ -12,7 +12,8 @@
 //! host cores take about as long as one. Each VM's whole console goes to
 //! `.cache/vm/RELEASE/serial.log`; the tests' part also to stderr, prefixed
 //! with the release. The command fails if any kernel does not boot or finish,
-//! or any suite with any backend fails or runs no test.
+//! or any suite with any backend fails or runs no test. Then the suite under
+//! systemd as PID 1 runs ([`crate::vm_systemd`]).
 
 use std::{
     collections::BTreeSet,
@@ -146,7 +147,7 @@ fn init_script(modules: &[PathBuf]) -> String {
 }
 
 /// Packs the directory `tree` into a gzipped newc cpio archive `out`.
-fn cpio(tree: &Path, out: &Path) -> Result<()> {
+pub(crate) fn cpio(tree: &Path, out: &Path) -> Result<()> {
     let status = Command::new("sh")
         .arg("-c")
         .arg("find . | cpio -o -H newc --quiet | gzip -1 > \"$0\"")
@@ -484,46 +485,78 @@ fn boot_into(
     log: &Path,
 ) -> Result<(Vec<SuiteRun>, Option<String>)> {
     let release = &kernel.release;
-    let mut serial = std::io::BufWriter::new(std::fs::File::create(log)?);
-    let mut child = Command::new("qemu-system-x86_64")
-        // Nested KVM fails on this project's machines: emulate.
-        .args(["-accel", "tcg", "-cpu", "max", "-smp", VCPUS, "-m", "2048"])
-        .args(["-nographic", "-no-reboot", "-kernel"])
-        .arg(&kernel.vmlinuz)
-        .arg("-initrd")
-        .arg(initrd)
-        .args(["-append", "console=ttyS0 quiet panic=-1"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .context("starting qemu-system-x86_64")?;
-    let (tx, rx) = mpsc::channel();
-    let stdout = child.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let deadline = Instant::now() + TIMEOUT;
     let mut console = Console::new(release);
-    let timed_out = loop {
-        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-            Ok(line) => {
-                let line = line.trim_end_matches('\r');
-                writeln!(serial, "{line}")?;
-                if let Some(shown) = console.feed(line) {
-                    writeln!(std::io::stderr().lock(), "vm {release}: {shown}")?;
-                }
-            }
-            Err(mpsc::RecvTimeoutError::Timeout) => break true,
-            Err(mpsc::RecvTimeoutError::Disconnected) => break false,
-        }
+    let qemu = Qemu {
+        vmlinuz: &kernel.vmlinuz,
+        initrd,
+        memory_mib: 2048,
+        append: "console=ttyS0 quiet panic=-1",
+        timeout: TIMEOUT,
     };
-    let _ = child.kill();
-    let _ = child.wait();
-    serial.flush()?;
+    let timed_out = qemu.run(log, |line| {
+        if let Some(shown) = console.feed(line) {
+            writeln!(std::io::stderr().lock(), "vm {release}: {shown}")?;
+        }
+        Ok(())
+    })?;
     Ok(console.finish(timed_out))
+}
+
+/// One TCG guest booted from a kernel and an initramfs.
+pub(crate) struct Qemu<'a> {
+    pub vmlinuz: &'a Path,
+    pub initrd: &'a Path,
+    pub memory_mib: u32,
+    /// The kernel command line.
+    pub append: &'a str,
+    /// Boot to power-off.
+    pub timeout: Duration,
+}
+
+impl Qemu<'_> {
+    /// Boots, writes the whole console to `log` and hands each line
+    /// (without its line end) to `line`; returns whether it was stopped
+    /// at the timeout.
+    pub fn run(&self, log: &Path, mut line: impl FnMut(&str) -> Result<()>) -> Result<bool> {
+        let mut serial = std::io::BufWriter::new(std::fs::File::create(log)?);
+        let mut child = Command::new("qemu-system-x86_64")
+            // Nested KVM fails on this project's machines: emulate.
+            .args(["-accel", "tcg", "-cpu", "max", "-smp", VCPUS])
+            .args(["-m", &self.memory_mib.to_string()])
+            .args(["-nographic", "-no-reboot", "-kernel"])
+            .arg(self.vmlinuz)
+            .arg("-initrd")
+            .arg(self.initrd)
+            .args(["-append", self.append])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("starting qemu-system-x86_64")?;
+        let (tx, rx) = mpsc::channel();
+        let stdout = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let deadline = Instant::now() + self.timeout;
+        let timed_out = loop {
+            match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(text) => {
+                    let text = text.trim_end_matches('\r');
+                    writeln!(serial, "{text}")?;
+                    line(text)?;
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => break true,
+                Err(mpsc::RecvTimeoutError::Disconnected) => break false,
+            }
+        };
+        let _ = child.kill();
+        let _ = child.wait();
+        serial.flush()?;
+        Ok(timed_out)
+    }
 }
 
 /// Prints every kernel's result table; returns whether all passed.
@@ -630,6 +663,12 @@ pub fn run_all() -> Result<()> {
         started.elapsed().as_secs_f64(),
         booting.elapsed().as_secs_f64()
     );
+    // After the kernels' VMs, not beside them: a third TCG guest on two
+    // cores would slow their timing-sensitive suites.
+    let systemd = crate::vm_systemd::run_with(&portwatch);
+    if let Err(e) = &systemd {
+        eprintln!("xtask: {e:#}");
+    }
     if !all {
         let failed: Vec<_> = outcomes
             .iter()
@@ -638,7 +677,7 @@ pub fn run_all() -> Result<()> {
             .collect();
         bail!("VM tests failed on {failed:?}");
     }
-    Ok(())
+    systemd
 }
 
 #[cfg(test)]

@@ -218,6 +218,8 @@ pub async fn run(args: RunArgs) -> Result<u8> {
             timeout: Duration::from_millis(args.lookup_timeout),
             delay: Duration::ZERO,
             record: None,
+            // `run` writes where its caller said, never to journald.
+            journald: None,
         },
         out,
     );

@@ -114,7 +114,13 @@ pub async fn run(args: WatchArgs) -> Result<()> {
             why: note.clone(),
         });
     }
-    if format == Format::Human {
+    let journald = if format == Format::Human {
+        crate::output::journald::Journald::when_stdout_is_journal()
+    } else {
+        None
+    };
+    // A column header means nothing between journal entries.
+    if format == Format::Human && journald.is_none() {
         let mut out = io::stdout().lock();
         writeln!(out, "{}", text::HEADER)?;
         out.flush()?;
@@ -138,6 +144,7 @@ pub async fn run(args: WatchArgs) -> Result<()> {
             timeout: Duration::from_millis(args.lookup_timeout),
             delay: Duration::from_millis(args.enrich_delay),
             record: recording.as_ref().map(Recording::sink),
+            journald,
         },
         Box::new(io::stdout()),
         metrics.clone(),

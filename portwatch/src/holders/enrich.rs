@@ -13,7 +13,7 @@ use super::{
     kernel, netns, overlaps,
     procs::{self, ProcCache, ProcInfo, SocketIndex},
     sockdiag::{self, DiagSocket},
-    sysctl, CallerInfo, Evidence, Holder, Seen, State,
+    sysctl, systemd, CallerInfo, Evidence, Holder, Seen, State,
 };
 use crate::{
     capture::KernelRecord,
@@ -61,6 +61,7 @@ impl Enricher {
         if let Ok(mut index) = self.index.lock() {
             index.rescan();
         }
+        systemd::prefetch();
     }
 
     /// Everything known about what stands in the way of `req`.
@@ -377,6 +378,13 @@ impl Enricher {
                         .map(|p| p.container)
                 });
             }
+            if let Some(user) = systemd_manager(p) {
+                h.socket_unit = systemd::socket_unit(
+                    SocketAddr::new(h.addr, h.port),
+                    h.state != State::Udp,
+                    user.then_some(p.uid),
+                );
+            }
         }
         h.pids = pids;
     }
@@ -484,6 +492,7 @@ impl Enricher {
             reuseport: r.opts.map(|o| o.reuseport),
             cross_family,
             seen: Seen::Kernel,
+            socket_unit: None,
         })
     }
 }
@@ -501,6 +510,18 @@ pub fn name_kernel_holders(devices: io::Result<Vec<kernel::KernelDevice>>, holde
     };
     for h in holders.iter_mut().filter(|h| unowned_udp(h)) {
         h.kernel = Some(device.clone());
+    }
+}
+
+/// Whether `p` is a systemd manager, which holds sockets for its socket
+/// units: Some(false) for pid 1, Some(true) for a `systemd --user` (whose
+/// cgroup is its user@UID.service's init.scope).
+fn systemd_manager(p: &ProcInfo) -> Option<bool> {
+    let init_scope = p.unit.as_deref() == Some("init.scope");
+    match (p.pid, p.comm.as_str()) {
+        (1, _) => Some(false),
+        (_, "systemd") if init_scope && p.cgroup.contains("/user@") => Some(true),
+        _ => None,
     }
 }
 
@@ -531,6 +552,7 @@ fn bare(state: State, s: &DiagSocket, cross_family: bool) -> Holder {
         reuseport: None,
         cross_family,
         seen: Seen::SockDiag,
+        socket_unit: None,
     }
 }
 

@@ -14,6 +14,7 @@ pub mod netns;
 pub mod procs;
 pub mod sockdiag;
 pub mod sysctl;
+pub mod systemd;
 
 use std::{net::IpAddr, str::FromStr};
 
@@ -176,6 +177,10 @@ pub struct Holder {
     pub cross_family: bool,
     /// Which view found it.
     pub seen: Seen,
+    /// The socket unit a systemd manager (pid 1 or `systemd --user`) holds
+    /// it for: what to stop instead of the manager.
+    #[serde(default)]
+    pub socket_unit: Option<systemd::SocketUnit>,
 }
 
 impl Holder {

@@ -556,6 +556,7 @@ mod tests {
                 reuseport: None,
                 cross_family: true,
                 seen: Seen::KernelAndSockDiag,
+                socket_unit: None,
             }],
             ..Evidence::default()
         }

@@ -210,13 +210,15 @@ fn socket_line(out: &mut impl Write, h: &Holder) -> io::Result<()> {
         (Some(p), _) => p.to_string(),
         (None, _) => dash(),
     };
-    // What its owner calls it: the container (also for the runtime helper
-    // publishing its port), else the unit, else the kernel device.
-    let owner = match (&h.container, &h.unit, &h.kernel) {
-        (Some(c), _, _) => c.label(),
-        (None, Some(u), _) => u.clone(),
-        (None, None, Some(k)) => format!("{} {}", k.kind, k.name),
-        (None, None, None) => dash(),
+    // What its owner calls it: the socket unit systemd holds it for, the
+    // container (also for the runtime helper publishing its port), the
+    // unit, else the kernel device.
+    let owner = match (&h.socket_unit, &h.container, &h.unit, &h.kernel) {
+        (Some(s), _, _, _) => s.unit.clone(),
+        (None, Some(c), _, _) => c.label(),
+        (None, None, Some(u), _) => u.clone(),
+        (None, None, None, Some(k)) => format!("{} {}", k.kind, k.name),
+        (None, None, None, None) => dash(),
     };
     let state = match (h.state, &h.remote) {
         (State::Udp, Some(_)) => "UDP(conn)",

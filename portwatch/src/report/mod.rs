@@ -37,7 +37,8 @@ pub fn read_all(
         .filter_map(|p| std::fs::metadata(p).ok())
         .map(|m| m.len())
         .sum();
-    if threads > 1 && size >= read::PARALLEL_FROM {
+    let journalctl = files.iter().any(|p| read::is_journalctl_export(p));
+    if threads > 1 && size >= read::PARALLEL_FROM && !journalctl {
         return parallel::read_all(files, stats, threads, read::CHUNK, f);
     }
     read::read_serial(files, stats, f)

@@ -89,9 +89,56 @@ pub fn scan(
     mut f: impl FnMut(json::LineView<'_>),
 ) -> io::Result<()> {
     split(r, stats, |bytes, last, stats| {
-        apply(outcome(bytes, last), stats, &mut f);
+        match journalctl_entry(bytes) {
+            Entry::Not => apply(outcome(bytes, last), stats, &mut f),
+            Entry::Event(line) => apply(outcome(line.as_bytes(), last), stats, &mut f),
+            Entry::Other => stats.notices += 1,
+            Entry::Elided => stats.too_long += 1,
+            Entry::Bad => stats.corrupt += 1,
+        }
         Ok(())
     })
+}
+
+/// One line of `journalctl -o json`, as far as `report` cares.
+enum Entry {
+    /// Not a journalctl entry: a journal line of portwatch's own.
+    Not,
+    /// A portwatch event: its NDJSON line, from `PORTWATCH_JSON`.
+    Event(String),
+    /// Another entry (portwatch's notices, other units).
+    Other,
+    /// `PORTWATCH_JSON` left out by journalctl (over 4 KiB without `--all`).
+    Elided,
+    /// Not valid JSON, or a field that is not text.
+    Bad,
+}
+
+/// Whether `bytes` is a journalctl entry (they all carry `__CURSOR`), and
+/// what it holds.
+fn journalctl_entry(bytes: &[u8]) -> Entry {
+    if memchr::memmem::find(bytes, b"\"__CURSOR\"").is_none() {
+        return Entry::Not;
+    }
+    let Ok(serde_json::Value::Object(mut fields)) = serde_json::from_slice(bytes) else {
+        return Entry::Bad;
+    };
+    match fields.remove("PORTWATCH_JSON") {
+        Some(serde_json::Value::String(line)) => Entry::Event(line),
+        Some(serde_json::Value::Null) => Entry::Elided,
+        None => Entry::Other,
+        Some(_) => Entry::Bad,
+    }
+}
+
+/// Whether `path` starts like `journalctl -o json` output (read on one
+/// thread: the parallel parser reads portwatch's own lines only).
+pub(super) fn is_journalctl_export(path: &Path) -> bool {
+    let mut head = [0u8; 4096];
+    let n = File::open(path)
+        .and_then(|mut f| io::Read::read(&mut f, &mut head))
+        .unwrap_or(0);
+    memchr::memmem::find(&head[..n], b"\"__CURSOR\"").is_some()
 }
 
 /// Splits `r` into lines (without their newline), counting bytes, lines
@@ -238,6 +285,35 @@ mod tests {
         let mut n = 0;
         scan(&mut io::Cursor::new(input), &mut stats, |_| n += 1).unwrap();
         (stats, n)
+    }
+
+    #[test]
+    fn journalctl_json_entries_give_their_event() {
+        let wrapped = serde_json::json!({
+            "__CURSOR": "s=1;i=2",
+            "MESSAGE": "a failure",
+            "PORTWATCH_PORT": "8080",
+            "PORTWATCH_JSON": EVENT,
+        })
+        .to_string();
+        let notice = r#"{"__CURSOR":"s=1;i=3","MESSAGE":"portwatch: ready"}"#;
+        let elided = r#"{"__CURSOR":"s=1;i=4","PORTWATCH_JSON":null}"#;
+        let binary = r#"{"__CURSOR":"s=1;i=5","PORTWATCH_JSON":[1,2]}"#;
+        let input = format!("{wrapped}\n{notice}\n{elided}\n{binary}\n{EVENT}\n");
+        let mut stats = ReadStats::default();
+        let mut ports = Vec::new();
+        scan(&mut input.as_bytes(), &mut stats, |l| {
+            if let json::LineView::Event(e) = l {
+                ports.push(e.port);
+            }
+        })
+        .unwrap();
+        assert_eq!(ports, [8080, 8080]);
+        assert_eq!(
+            (stats.notices, stats.too_long, stats.corrupt),
+            (1, 1, 1),
+            "{stats:?}"
+        );
     }
 
     #[test]

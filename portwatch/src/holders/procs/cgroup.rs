@@ -71,6 +71,39 @@ pub fn is_safe_unit_name(s: &str) -> bool {
             .any(|suffix| s.strip_suffix(suffix).is_some_and(|name| !name.is_empty()))
 }
 
+/// Units whose stop takes down far more than the holder: the container
+/// runtimes and the cluster agent, and the bus every systemctl call uses.
+const NEVER_STOP: [&str; 10] = [
+    "docker.service",
+    "docker.socket",
+    "containerd.service",
+    "kubelet.service",
+    "crio.service",
+    "podman.service",
+    "podman.socket",
+    "dbus.service",
+    "dbus.socket",
+    "dbus-broker.service",
+];
+
+/// Whether `unit` serves far more than one holder: [`NEVER_STOP`], a user's
+/// manager (`user@1000.service` is every process of that user), systemd's
+/// own services. Neither the unit nor its main process is ever to be
+/// stopped or killed to free a port.
+pub fn serves_others(unit: &str) -> bool {
+    NEVER_STOP.contains(&unit) || unit.starts_with("user@") || unit.starts_with("systemd-")
+}
+
+/// Whether `systemctl stop UNIT` is safe advice for a holder in `unit`: a
+/// `.service` or `.socket` unit only, that does not [`serves_others`].
+/// Never a scope (`session-3.scope` is a whole login, `init.scope` is
+/// pid 1) or a slice.
+pub fn is_stoppable_unit(unit: &str) -> bool {
+    is_safe_unit_name(unit)
+        && (unit.ends_with(".service") || unit.ends_with(".socket"))
+        && !serves_others(unit)
+}
+
 /// The v2 path, unit and container from /proc/PID/cgroup. On a hybrid host a runtime that only
 /// knows v1 (cgroupfs driver) leaves the v2 path at the runtime's own service, e.g.
 /// "/system.slice/containerd.service", and puts the container in the v1 hierarchies: then the
@@ -294,6 +327,38 @@ mod tests {
         assert_eq!(parse_cgroup(b"1:cpu:/\n"), (String::new(), None, None));
         assert_eq!(parse_cgroup(b"\xff\n0::\n"), (String::new(), None, None));
         assert_eq!(parse_cgroup(b""), (String::new(), None, None));
+    }
+
+    #[test]
+    fn only_services_and_sockets_are_stoppable() {
+        for ok in [
+            "nginx.service",
+            "demo.socket",
+            "getty@tty1.service",
+            "apache2.service",
+            "ssh.socket",
+        ] {
+            assert!(is_stoppable_unit(ok), "{ok:?}");
+        }
+        let scopes_and_more = [
+            "session-3.scope",
+            "init.scope",
+            "app-foo.scope",
+            "user@1000.service",
+            "user@0.service",
+            "systemd-journald.service",
+            "systemd-resolved.service",
+            "system.slice",
+            "user-1000.slice",
+            &format!("docker-{HEX}.scope"),
+            "tmp.mount",
+            "backup.timer",
+            "multi-user.target",
+            "evil;x.service",
+        ];
+        for never in NEVER_STOP.iter().copied().chain(scopes_and_more) {
+            assert!(!is_stoppable_unit(never), "{never:?}");
+        }
     }
 
     #[test]

@@ -18,7 +18,7 @@ use nix::{
     sys::stat::Mode,
 };
 
-pub use cgroup::{is_safe_unit_name, unit_and_container};
+pub use cgroup::{is_safe_unit_name, is_stoppable_unit, serves_others, unit_and_container};
 
 use super::containers::Runtime;
 pub use index::{ScanStats, SocketIndex};
