@@ -305,6 +305,11 @@ async fn write(
                 },
                 _ => None,
             };
+            // Counted before it is written, whatever the outputs: the
+            // metrics follow the failures, not the output's fate.
+            if let Some(m) = &metrics {
+                m.observe(&p.ev, verdict.as_deref());
+            }
             if record.is_some() {
                 let start = journal.len();
                 output::json::write(&mut journal, &p.ev, holders.as_deref(), verdict.as_deref())?;
@@ -316,9 +321,6 @@ async fn write(
                 }
             }
             output::write_event(&mut out, format, &p.ev, found, holders.as_deref(), repeat)?;
-            if let Some(m) = &metrics {
-                m.observe(&p.ev, verdict.as_deref());
-            }
         }
         if let Some(sink) = &record {
             if journal_lines > 0 {

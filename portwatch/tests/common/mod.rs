@@ -379,3 +379,23 @@ pub fn time_wait(port: u16, reuse: bool) {
     drop(client);
     thread::sleep(Duration::from_millis(50));
 }
+
+/// A private (0700) scratch directory, removed when dropped.
+pub struct Scratch(pub std::path::PathBuf);
+
+impl Scratch {
+    /// `/tmp/pw-NAME-PID`, emptied first.
+    pub fn new(name: &str) -> Scratch {
+        use std::os::unix::fs::DirBuilderExt as _;
+        let dir = std::env::temp_dir().join(format!("pw-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::DirBuilder::new().mode(0o700).create(&dir).unwrap();
+        Scratch(dir)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
