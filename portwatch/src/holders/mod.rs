@@ -220,6 +220,9 @@ pub struct Evidence {
     /// The requesting process's unit and container, when it could be read:
     /// advice depends on whether the holder is the same service.
     pub caller: CallerInfo,
+    /// Not looked up: the holders are the kernel's record alone, because
+    /// lookups could not keep up with the failures or took too long.
+    pub shed: bool,
 }
 
 /// The requester's service, as far as /proc tells (it may have exited).
