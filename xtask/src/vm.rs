@@ -492,7 +492,10 @@ fn boot_into(
         .arg(&kernel.vmlinuz)
         .arg("-initrd")
         .arg(initrd)
-        .args(["-append", "console=ttyS0 quiet panic=-1"])
+        // Debian's kernels preempt voluntarily by default; full preemption
+        // lets another task's program run in the middle of an fexit
+        // program on its CPU, which the per-CPU buffers must withstand.
+        .args(["-append", "console=ttyS0 quiet panic=-1 preempt=full"])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
