@@ -30,7 +30,7 @@ use std::{
 
 use serde_json::value::RawValue;
 use tokio::{
-    sync::{mpsc, watch, Notify},
+    sync::{mpsc, watch, Notify, OwnedSemaphorePermit, Semaphore, TryAcquireError},
     task::JoinHandle,
 };
 
@@ -85,15 +85,16 @@ impl StormKey {
 /// How long one lookup serves identical failures.
 pub const SHARE_FOR: Duration = Duration::from_millis(250);
 
-/// Events between the reader and the writer (about 3 MiB): a few seconds of
-/// a storm, or the time every lookup of a burst may take
-/// (`--lookup-timeout`). When it is full the writer stops waiting for
-/// lookups.
+/// Events between the reader and the writer (about 3 MiB), counted by
+/// permits of a semaphore: a few seconds of a storm, or the time every
+/// lookup of a burst may take (`--lookup-timeout`). When it is full the
+/// writer stops waiting for lookups.
 pub const QUEUE: usize = 16384;
 
-/// Lookups waiting for a lookup thread; a failure finding this many waiting
-/// goes out without one.
-pub const LOOKUP_QUEUE: usize = 4096;
+/// Lookups waiting for a lookup thread (a request each, about 200 bytes): as
+/// many as events may wait for the writer. A failure finding this many
+/// waiting goes out without one.
+pub const LOOKUP_QUEUE: usize = QUEUE;
 
 /// Lookups a lookup thread takes at once: those in one network namespace and
 /// protocol share one sock_diag dump.
@@ -101,6 +102,10 @@ const LOOKUP_BATCH: usize = 1024;
 
 /// Threads making lookups (each blocks on netlink and /proc).
 pub const LOOKUP_THREADS: usize = 2;
+
+/// The lookup threads' nice value: below the reader's, so a burst's
+/// lookups do not take the CPU the reader needs to drain the ring buffer.
+const LOOKUP_NICE: libc::c_int = 10;
 
 /// Events handed to the writer at once: one cross-thread wake-up per batch,
 /// not per event, keeps up with unfolded storms.
@@ -153,7 +158,20 @@ impl Lookups {
             let (jobs, enricher, metrics) = (jobs.clone(), enricher.clone(), metrics.clone());
             let started = std::thread::Builder::new()
                 .name("pw-lookup".into())
-                .spawn(move || serve_lookups(&jobs, &enricher, delay, metrics.as_ref()));
+                .spawn(move || {
+                    // Lookups are worth less than capture: on a busy CPU
+                    // the ring buffer's reader goes first (a shed lookup
+                    // costs a holder's name, a late reader costs events).
+                    // SAFETY: setpriority on this thread only.
+                    unsafe {
+                        libc::setpriority(
+                            libc::PRIO_PROCESS,
+                            libc::gettid() as libc::id_t,
+                            LOOKUP_NICE,
+                        )
+                    };
+                    serve_lookups(&jobs, &enricher, delay, metrics.as_ref())
+                });
             if let Err(e) = started {
                 // Fewer threads only means more shed lookups.
                 eprintln!("portwatch: starting a lookup thread: {e}");
@@ -211,7 +229,9 @@ pub struct Options {
 /// The reader's end of the pipeline.
 pub struct Pipeline {
     lookups: Option<Lookups>,
-    tx: mpsc::Sender<Vec<Pending>>,
+    tx: mpsc::UnboundedSender<(Vec<Pending>, OwnedSemaphorePermit)>,
+    /// Room for events in the writer's queue.
+    room: Arc<Semaphore>,
     hurry: Arc<Hurry>,
     recent: HashMap<StormKey, (Instant, Shared)>,
     /// When `recent` last lost its stale keys.
@@ -245,7 +265,8 @@ impl Pipeline {
         out: Box<dyn Write + Send>,
         metrics: Option<Metrics>,
     ) -> (Self, Writer) {
-        let (tx, rx) = mpsc::channel(QUEUE / BATCH);
+        let (tx, rx) = mpsc::unbounded_channel();
+        let room = Arc::new(Semaphore::new(QUEUE));
         let hurry = Arc::new(Hurry::default());
         let writer = tokio::spawn(write(
             rx,
@@ -257,6 +278,7 @@ impl Pipeline {
                 metrics: metrics.clone(),
                 record: opts.record,
                 hurry: hurry.clone(),
+                room: room.clone(),
             },
         ));
         let pipeline = Self {
@@ -264,6 +286,7 @@ impl Pipeline {
                 .enricher
                 .map(|e| Lookups::start(e, opts.delay, metrics)),
             tx,
+            room,
             hurry,
             recent: HashMap::new(),
             pruned: Instant::now(),
@@ -298,11 +321,21 @@ impl Pipeline {
         if batch.is_empty() {
             return;
         }
-        if let Err(mpsc::error::TrySendError::Full(batch)) = self.tx.try_send(batch) {
-            self.hurry.on.store(true, Ordering::Relaxed);
-            self.hurry.wake.notify_one();
-            let _ = self.tx.send(batch).await;
-        }
+        // At most BATCH events: always fits in QUEUE permits.
+        let n = batch.len() as u32;
+        let permit = match self.room.clone().try_acquire_many_owned(n) {
+            Ok(p) => p,
+            Err(TryAcquireError::NoPermits) => {
+                self.hurry.on.store(true, Ordering::Relaxed);
+                self.hurry.wake.notify_one();
+                match self.room.clone().acquire_many_owned(n).await {
+                    Ok(p) => p,
+                    Err(_) => return,
+                }
+            }
+            Err(TryAcquireError::Closed) => return,
+        };
+        let _ = self.tx.send((batch, permit));
     }
 
     fn lookup(&mut self, ev: &Event) -> Lookup {
@@ -345,12 +378,13 @@ struct WriteOpts {
     metrics: Option<Metrics>,
     record: Option<output::record::Sink>,
     hurry: Arc<Hurry>,
+    room: Arc<Semaphore>,
 }
 
 /// Writes events in capture order, each once its lookup is in or its
 /// deadline has passed, or at once while hurried.
 async fn write(
-    mut rx: mpsc::Receiver<Vec<Pending>>,
+    mut rx: mpsc::UnboundedReceiver<(Vec<Pending>, OwnedSemaphorePermit)>,
     out: Box<dyn Write + Send>,
     opts: WriteOpts,
 ) -> io::Result<Unenriched> {
@@ -361,6 +395,7 @@ async fn write(
         metrics,
         record,
         hurry,
+        room,
     } = opts;
     // The journal's lines of one batch, handed over at once.
     let mut journal: Vec<u8> = Vec::new();
@@ -375,7 +410,8 @@ async fn write(
     type Diagnosed = (Arc<Evidence>, (u32, u32, Option<Opts>), Arc<Verdict>);
     let mut last: Option<Diagnosed> = None;
     let mut rendered: Option<(Arc<Evidence>, Arc<RawValue>)> = None;
-    while let Some(batch) = rx.recv().await {
+    // The batch's permit goes back once it is written.
+    while let Some((batch, _room)) = rx.recv().await {
         for p in batch {
             let answer = match p.lookup {
                 Lookup::Unwanted => None,
@@ -486,7 +522,7 @@ async fn write(
             }
         }
         // Caught up: lookups are worth waiting for again.
-        if rx.len() <= QUEUE / BATCH / 4 {
+        if room.available_permits() >= QUEUE * 3 / 4 {
             hurry.on.store(false, Ordering::Relaxed);
         }
         if rx.is_empty() {

@@ -27,7 +27,8 @@ use crate::load::{bind, tcp_socket, Tracer};
 const C_PORTS: u16 = 16_000;
 /// Distinct ports of the Python UDP burst.
 const PY_PORTS: u16 = 10_000;
-const BASE: u16 = 20_000;
+/// Below the ephemeral range, where the scrapes' own connections take ports.
+const BASE: u16 = 10_000;
 const METRICS: &str = "127.0.0.1:9464";
 
 /// A burst: (failures made, seconds its failing loop took).
@@ -138,7 +139,12 @@ fn c_burst() -> (u64, f64) {
     let holders: Vec<i32> = (0..C_PORTS)
         .map(|i| {
             let fd = tcp_socket();
-            assert_eq!(bind(fd, BASE + i), 0, "holder bind");
+            assert_eq!(
+                bind(fd, BASE + i),
+                0,
+                "holder bind: {}",
+                std::io::Error::last_os_error()
+            );
             // SAFETY: a listen on a socket this thread owns.
             assert_eq!(unsafe { libc::listen(fd, 1) }, 0);
             fd
