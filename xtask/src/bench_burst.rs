@@ -98,7 +98,14 @@ fn measure(
     burst: impl FnOnce() -> (u64, f64) + Send + 'static,
 ) -> Result<Outcome> {
     let bin = bin.to_owned();
-    let t = ns.run(move || Tracer::start(&bin, &["--metrics".into(), METRICS.into()]))?;
+    // Only this namespace: other failures on the machine are not the burst's.
+    let args = [
+        "--metrics".into(),
+        METRICS.into(),
+        "--netns".into(),
+        ns.arg(),
+    ];
+    let t = ns.run(move || Tracer::start(&bin, &args))?;
     let addr: SocketAddr = METRICS.parse()?;
     let stop = Arc::new(AtomicBool::new(false));
     let scrapes = scraper(ns, stop.clone());
@@ -235,7 +242,7 @@ pub fn run(bin: &Path, baseline: Option<&PathBuf>, rounds: usize) -> Result<Vec<
         builds.insert(0, ("baseline", b.clone()));
     }
     let mut report = vec![
-        format!("Bursts of distinct failures under `watch --json --metrics {METRICS}` (defaults otherwise), each port failing once, {rounds} rounds, builds alternating:"),
+        format!("Bursts of distinct failures under `watch --json --metrics {METRICS} --netns NS` (defaults otherwise), each port failing once, {rounds} rounds, builds alternating:"),
         String::new(),
         "| burst | build | run | failures | failures/s | lost | written | metrics | metrics complete after (s) | slowest scrape while the burst ran (ms) | lookups shed | lookup timeouts |".into(),
         "|---|---|---|---|---|---|---|---|---|---|---|---|".into(),

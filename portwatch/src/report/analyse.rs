@@ -782,6 +782,14 @@ mod tests {
         a
     }
 
+    fn pattern<'a>(a: &'a Analysis, port: u16, kind: &str) -> &'a Pattern {
+        a.ports[&port]
+            .patterns
+            .iter()
+            .find(|p| p.kind == kind)
+            .unwrap_or_else(|| panic!("no {kind} pattern on port {port}"))
+    }
+
     fn kinds(a: &Analysis, port: u16) -> Vec<&'static str> {
         a.ports[&port].patterns.iter().map(|p| p.kind).collect()
     }
@@ -835,11 +843,7 @@ mod tests {
             k.contains(&"overlap") && k.contains(&"stray") && k.contains(&"repeated"),
             "{k:?}"
         );
-        let repeated = a.ports[&80]
-            .patterns
-            .iter()
-            .find(|p| p.kind == "repeated")
-            .unwrap();
+        let repeated = pattern(&a, 80, "repeated");
         assert_eq!(repeated.pids, vec![100, 101]);
         assert!(repeated.text.contains("3 time(s)"), "{}", repeated.text);
         assert_eq!(a.ports[&80].runs.len(), 2);
@@ -860,11 +864,7 @@ mod tests {
             // Past RUN_GAP: a run of its own.
             failure(200_000, 100, "nginx", holder, 80, "EADDRINUSE", true),
         ]);
-        let repeated = a.ports[&80]
-            .patterns
-            .iter()
-            .find(|p| p.kind == "repeated")
-            .unwrap();
+        let repeated = pattern(&a, 80, "repeated");
         assert_eq!(repeated.pids, vec![100, 101]);
         assert!(
             repeated.text.contains("across 2 restarts"),
