@@ -318,19 +318,22 @@ impl Pipeline {
                 }
             })
             .collect();
-        if batch.is_empty() {
+        // A writer gone with its output gives no room back.
+        if batch.is_empty() || self.tx.is_closed() {
             return;
         }
-        // At most BATCH events: always fits in QUEUE permits.
-        let n = batch.len() as u32;
+        let n = batch.len().min(QUEUE) as u32;
         let permit = match self.room.clone().try_acquire_many_owned(n) {
             Ok(p) => p,
             Err(TryAcquireError::NoPermits) => {
                 self.hurry.on.store(true, Ordering::Relaxed);
                 self.hurry.wake.notify_one();
-                match self.room.clone().acquire_many_owned(n).await {
-                    Ok(p) => p,
-                    Err(_) => return,
+                tokio::select! {
+                    got = self.room.clone().acquire_many_owned(n) => match got {
+                        Ok(p) => p,
+                        Err(_) => return,
+                    },
+                    () = self.tx.closed() => return,
                 }
             }
             Err(TryAcquireError::Closed) => return,
