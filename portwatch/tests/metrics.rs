@@ -556,3 +556,63 @@ fn every_output_combination_counts_every_failure() {
     }
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
 }
+
+/// A burst of 16,000 distinct failures (one listener per port, then one
+/// failing bind per port, as fast as the loop goes) with default settings:
+/// none lost, every one written, and the metrics add up to all of them
+/// within seconds.
+#[test]
+fn burst_of_sixteen_thousand_distinct_failures_loses_none() {
+    const PORTS: u16 = 16_000;
+    const BASE: u16 = 10_000;
+    // 16,000 sockets held by this process (the hard limit here is 20,000).
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid struct.
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim), 0);
+        assert!(lim.rlim_max > libc::rlim_t::from(PORTS) + 100, "fd limit");
+        lim.rlim_cur = lim.rlim_max;
+        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &lim), 0);
+    }
+    let ns = Netns::new("pw-burst");
+    let maddr = SocketAddr::from((Ipv4Addr::LOCALHOST, 9464));
+    let netns = ns.arg();
+    let tracer = ns.run(move || Tracer::start(&["--netns", &netns, "--metrics", "127.0.0.1:9464"]));
+    let held = ns.run(|| {
+        let held: Vec<_> = (BASE..BASE + PORTS)
+            .map(|port| {
+                let s = socket(false, false);
+                bind(&s, v4(port)).expect("holder bind");
+                s.listen(1).unwrap();
+                s
+            })
+            .collect();
+        let loser = socket(false, false);
+        for port in BASE..BASE + PORTS {
+            assert_eq!(bind(&loser, v4(port)), Err(libc::EADDRINUSE));
+        }
+        held
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let counted = loop {
+        let (_, page) = ns.run(move || get(maddr, "/metrics"));
+        let counted = total(&page, "portwatch_port_failures_total");
+        if counted == f64::from(PORTS) || Instant::now() > deadline {
+            break counted;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let mut events = 0;
+    while tracer.next_event(Duration::from_secs(2)).is_some() {
+        events += 1;
+    }
+    let (_, rest, notices) = tracer.stop();
+    drop(held);
+    let summary = notices.iter().find(|v| v["type"] == "summary").unwrap();
+    assert_eq!(summary["lost"], 0, "{summary}");
+    assert_eq!(events + rest.len(), usize::from(PORTS), "{summary}");
+    assert_eq!(counted, f64::from(PORTS), "metrics within 10 s; {summary}");
+}
