@@ -1064,8 +1064,13 @@ fn threads_on_one_cpu_each_get_their_own_events() {
     });
     let mut seen: HashMap<(u8, &str, u64), usize> = HashMap::new();
     let want = usize::from(THREADS) * usize::from(EACH) * 2;
-    for _ in 0..want {
-        let ev = tracer.event();
+    let mut fexit = false;
+    while seen.values().sum::<usize>() < want {
+        // Quiet for this long: the rest will not come (see below).
+        let Some(ev) = tracer.next_event(Duration::from_secs(10)) else {
+            break;
+        };
+        fexit |= ev["source"] == "fexit";
         let t = tids
             .iter()
             .position(|&tid| ev["tid"] == tid)
@@ -1087,8 +1092,26 @@ fn threads_on_one_cpu_each_get_their_own_events() {
         assert_eq!(ev["comm"], "pw-onecpu", "{ev}");
         *seen.entry((t, syscall, port)).or_default() += 1;
     }
-    assert_eq!(seen.len(), want, "each call once");
-    let (status, extra, _) = tracer.stop();
+    assert!(seen.values().all(|&n| n == 1), "a call reported twice");
+    let (status, extra, notices) = tracer.stop();
     assert!(status.success());
     assert!(extra.is_empty(), "more events than calls: {extra:?}");
+    let summary = notices.iter().find(|v| v["type"] == "summary").unwrap();
+    assert_eq!(summary["lost"], 0, "{summary}");
+    if fexit {
+        // The kernel skips an fexit program's run on a CPU where a
+        // preempted run of the same program is still in progress (its
+        // recursion guard, counted in the program's own miss counter): such
+        // calls are never seen. What is seen must still be right, from
+        // every thread.
+        for t in 0..THREADS {
+            assert!(
+                seen.keys().any(|k| k.0 == t),
+                "no event from thread {t} ({} of {want} seen)",
+                seen.len()
+            );
+        }
+    } else {
+        assert_eq!(seen.len(), want, "each call once");
+    }
 }
