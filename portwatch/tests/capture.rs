@@ -110,7 +110,7 @@ fn tracepoint_argument_sources_agree() {
     // compare what both saw at the failure.
     for v in [&mut a, &mut b] {
         let o = v.as_object_mut().unwrap();
-        for k in ["ts", "holders", "diagnosis", "fix"] {
+        for k in ["ts", "holders", "enriched", "diagnosis", "fix"] {
             o.remove(k);
         }
     }
@@ -872,7 +872,15 @@ fn fexit_and_tracepoint_events_agree() {
     // taken at the failure by both.
     let strip = |mut v: Value| {
         let o = v.as_object_mut().unwrap();
-        for k in ["ts", "source", "fd", "holders", "diagnosis", "fix"] {
+        for k in [
+            "ts",
+            "source",
+            "fd",
+            "holders",
+            "enriched",
+            "diagnosis",
+            "fix",
+        ] {
             o.remove(k);
         }
         v
