@@ -429,9 +429,37 @@ pub struct FoldFront {
     pub valid: u64,
 }
 
-/// Indices of the per-CPU `STATS` counters. Every call that passes the
-/// filters lands in exactly one of SENT, FOLDED and LOST, so their sum is the
-/// number matched (not counted separately: that would cost every call).
+/// The programs that use per-CPU buffers (`SCRATCH`, `FRONT`, `SKHEAD`)
+/// and counters (`STATS`): each has a slot of its own in every one of them,
+/// so two programs on one CPU never share one. The kernel keeps a program
+/// from running twice at once on a CPU (tracepoints: no two tracing programs
+/// at once per CPU; fexit: a per-program, per-CPU recursion guard, with
+/// migration disabled), but an fexit program can be preempted and another
+/// one run on its CPU meanwhile.
+pub mod hook {
+    /// Tracepoint syscalls/sys_exit_bind.
+    pub const SYS_EXIT_BIND: u32 = 0;
+    /// Tracepoint syscalls/sys_exit_listen.
+    pub const SYS_EXIT_LISTEN: u32 = 1;
+    /// fexit inet_bind.
+    pub const INET_BIND: u32 = 2;
+    /// fexit inet6_bind.
+    pub const INET6_BIND: u32 = 3;
+    /// fexit inet_listen.
+    pub const INET_LISTEN: u32 = 4;
+    /// Tracepoint io_uring/io_uring_complete.
+    pub const IO_URING: u32 = 5;
+    /// Tracepoint sock/inet_sock_set_state.
+    pub const SOCK_STATE: u32 = 6;
+    /// Number of hooks.
+    pub const COUNT: u32 = 7;
+}
+
+/// Indices of the per-CPU `STATS` counters, one row of [`stat::COUNT`] per
+/// hook (`hook * stat::COUNT + stat`; user space sums the rows). Every call
+/// that passes the filters lands in exactly one of SENT, FOLDED and LOST, so
+/// their sum is the number matched (not counted separately: that would cost
+/// every call).
 pub mod stat {
     /// Events written to the ring buffer.
     pub const SENT: u32 = 0;

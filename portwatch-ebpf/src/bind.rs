@@ -5,7 +5,7 @@ use aya_ebpf::{
     macros::{fexit, tracepoint},
     programs::{FExitContext, TracePointContext},
 };
-use portwatch_common::{HOW_BIND, SOURCE_FEXIT, SYSCALL_BIND};
+use portwatch_common::{hook, HOW_BIND, SOURCE_FEXIT, SYSCALL_BIND};
 
 use crate::{
     config::conf,
@@ -32,19 +32,19 @@ pub fn sys_exit_bind(ctx: TracePointContext) -> u32 {
 /// Reports inet_bind()'s return: IPv4 sockets, including io_uring's binds.
 #[fexit(function = "inet_bind")]
 pub fn inet_bind_exit(ctx: FExitContext) -> i32 {
-    fexit_bind(&ctx);
+    fexit_bind(&ctx, hook::INET_BIND);
     0
 }
 
 /// Reports inet6_bind()'s return.
 #[fexit(function = "inet6_bind")]
 pub fn inet6_bind_exit(ctx: FExitContext) -> i32 {
-    fexit_bind(&ctx);
+    fexit_bind(&ctx, hook::INET6_BIND);
     0
 }
 
 #[inline(always)]
-fn fexit_bind(ctx: &FExitContext) {
+fn fexit_bind(ctx: &FExitContext, hook: u32) {
     // inet_bind(struct socket *sock, struct sockaddr *uaddr, int addr_len) -> int
     let ret: i32 = ctx.arg(3);
     if ret == 0 && conf!(track_holders) != 0 {
@@ -53,6 +53,7 @@ fn fexit_bind(ctx: &FExitContext) {
             read(socket, conf!(offsets.socket_sk)),
             HOW_BIND,
             bpf_get_current_pid_tgid(),
+            hook,
         );
     }
     if !emit::wanted(ret) {
@@ -69,5 +70,6 @@ fn fexit_bind(ctx: &FExitContext) {
         user_addr: false,
         pid_tgid: bpf_get_current_pid_tgid(),
         task: 0,
+        hook,
     });
 }

@@ -32,27 +32,33 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
 #[map]
 pub static CALLS: HashMap<u64, PendingCall> = HashMap::with_max_entries(16384, 0);
 
-/// Per-CPU counters, indexed by `portwatch_common::stat`.
+/// Per-CPU counters, a row of `portwatch_common::stat` per hook.
 #[map]
-pub static STATS: PerCpuArray<u64> =
-    PerCpuArray::with_max_entries(portwatch_common::stat::COUNT, 0);
+pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(
+    portwatch_common::stat::COUNT * portwatch_common::hook::COUNT,
+    0,
+);
 
 /// Folding state of repeated identical failures, per CPU.
 #[map]
 pub static FOLDS: PerCpuHashMap<FoldKey, FoldState> = PerCpuHashMap::with_max_entries(16384, 0);
 
-/// The fold table's front slot, per CPU (`portwatch_common::FoldFront`).
+/// The fold table's front slots, per CPU and hook (`portwatch_common::FoldFront`).
 #[map]
-pub static FRONT: PerCpuArray<FoldFront> = PerCpuArray::with_max_entries(1, 0);
+pub static FRONT: PerCpuArray<FoldFront> =
+    PerCpuArray::with_max_entries(portwatch_common::hook::COUNT, 0);
 
-/// The first `SK_HEAD_BYTES` of a sock, read at once (`sock::head`).
+/// The first `SK_HEAD_BYTES` of a sock, read at once (`sock::head`), per
+/// CPU and hook.
 #[map]
 pub static SKHEAD: PerCpuArray<[u64; SK_HEAD_BYTES as usize / 8]> =
-    PerCpuArray::with_max_entries(1, 0);
+    PerCpuArray::with_max_entries(portwatch_common::hook::COUNT, 0);
 
-/// Where an event is built before it is sent (too big for the stack).
+/// Where an event is built before it is sent (too big for the stack), per
+/// CPU and hook.
 #[map]
-pub static SCRATCH: PerCpuArray<Event> = PerCpuArray::with_max_entries(1, 0);
+pub static SCRATCH: PerCpuArray<Event> =
+    PerCpuArray::with_max_entries(portwatch_common::hook::COUNT, 0);
 
 /// Who last bound or started listening on each port, per network namespace
 /// and protocol: a table of two-slot sets (see `holders`), set
@@ -85,11 +91,13 @@ pub static COMMS: HashMap<[u8; 16], u8> = HashMap::with_max_entries(1024, 0);
 #[map]
 pub static NETNS: HashMap<u32, u8> = HashMap::with_max_entries(1024, 0);
 
-/// Adds one to a per-CPU counter.
+/// Adds one to `hook`'s per-CPU counter `index`.
 #[inline(always)]
-pub fn count(index: u32) {
-    if let Some(slot) = STATS.get_ptr_mut(index) {
-        // Per-CPU and not preempted by another program on this CPU: no atomics needed.
+pub fn count(hook: u32, index: u32) {
+    if let Some(slot) = STATS.get_ptr_mut(hook * portwatch_common::stat::COUNT + index) {
+        // The hook's own row on this CPU, which no other run of the same
+        // program can interleave with (see `portwatch_common::hook`): no
+        // atomics needed.
         unsafe { *slot += 1 };
     }
 }

@@ -42,6 +42,8 @@ pub struct Call {
     /// The current task as a BTF-typed pointer, for `sock::socket_of_fd`
     /// (tracepoints reading saved registers); 0 elsewhere.
     pub task: u64,
+    /// `portwatch_common::hook`: the program's own per-CPU buffers.
+    pub hook: u32,
 }
 
 /// Whether a call returning `ret` is one the user asked for. Cheap: run first.
@@ -91,10 +93,11 @@ pub fn handle(call: &Call) -> Result<(), i32> {
     // the event is built in a per-CPU scratch slot. It is zeroed only once
     // the failure is not folded: until then it holds just what filtering and
     // folding read, each field written here first (the rest is stale).
-    let Some(ev) = SCRATCH.get_ptr_mut(0) else {
+    let Some(ev) = SCRATCH.get_ptr_mut(call.hook) else {
         return Ok(());
     };
-    // SAFETY: per-CPU and a program is not preempted by another on its CPU.
+    // SAFETY: this program's own slot on this CPU, where no other run of it
+    // can interleave (see `portwatch_common::hook`).
     let ev = unsafe { &mut *ev };
     // bind()'s requested port is in its own sockaddr: filter and fold on it
     // before walking to the socket. listen()'s port is in the socket.
@@ -174,7 +177,7 @@ pub fn handle(call: &Call) -> Result<(), i32> {
     if let Some((socket, sk)) = walked {
         sock::fill_details(ev, socket, sk);
         if conf!(track_holders) != 0 && ev.ret != 0 {
-            holders::attach(ev, sk);
+            holders::attach(ev, sk, call.hook);
         }
     }
     let uid_gid = bpf_get_current_uid_gid();
@@ -183,7 +186,7 @@ pub fn handle(call: &Call) -> Result<(), i32> {
     ev.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
     ev.comm = mem::comm();
     ev.ppid = sock::current_ppid();
-    send(ev);
+    send(ev, call.hook);
     Ok(())
 }
 
@@ -229,9 +232,10 @@ struct Unfolded {
 /// takes the slot or the window ends, so `FOLDS` stays what user space
 /// sweeps and reads; the front's remainder is read at exit.
 ///
-/// The fold state is per CPU, so no atomics are needed (a program is not
-/// preempted by another on its CPU); a storm spread over CPUs sends one event
-/// per CPU per window.
+/// The fold state is per CPU, and the front slot per CPU and hook, so no
+/// atomics are needed (see `portwatch_common::hook`; a `FOLDS` key names its
+/// syscall, family and error, which only one hook sees); a storm spread over
+/// CPUs sends one event per CPU per window.
 #[inline(always)]
 fn fold(pid: u32, call: &Call, port: u16, family: u16, addr: &[u8; 16]) -> Option<Unfolded> {
     if conf!(fold_window_ns) == 0 || call.ret == 0 {
@@ -261,17 +265,17 @@ fn fold(pid: u32, call: &Call, port: u16, family: u16, addr: &[u8; 16]) -> Optio
                 to.write_volatile(from.read_volatile());
                 to.add(1).write_volatile(from.add(1).read_volatile());
             }
-            let front = FRONT.get_ptr_mut(0);
+            let front = FRONT.get_ptr_mut(call.hook);
             if let Some(f) = front {
                 if read_volatile(&raw const (*f).valid) != 0
                     && ticks.wrapping_sub(read_volatile(&raw const (*f).last_sent_jiffies)) < window
                     && same_key(&raw const (*f).key, &key.0)
                 {
                     (*f).pending += 1;
-                    count(stat::FOLDED);
+                    count(call.hook, stat::FOLDED);
                     return None;
                 }
-                flush_front(f);
+                flush_front(f, call.hook);
             }
             let key = &key.0;
             // (since: the key's last send in ticks, for the front slot; 0: do not cache)
@@ -280,7 +284,7 @@ fn fold(pid: u32, call: &Call, port: u16, family: u16, addr: &[u8; 16]) -> Optio
                     let last = (*st).last_sent_jiffies;
                     if ticks.wrapping_sub(last) < window {
                         (*st).pending += 1;
-                        count(stat::FOLDED);
+                        count(call.hook, stat::FOLDED);
                         (None, last)
                     } else {
                         let now = bpf_ktime_get_boot_ns();
@@ -305,7 +309,7 @@ fn fold(pid: u32, call: &Call, port: u16, family: u16, addr: &[u8; 16]) -> Optio
                         last_sent_jiffies: ticks,
                     };
                     let cached = if FOLDS.insert(key, fresh, BPF_NOEXIST as u64).is_err() {
-                        count(stat::FOLD_FULL);
+                        count(call.hook, stat::FOLD_FULL);
                         0
                     } else {
                         ticks
@@ -349,7 +353,7 @@ unsafe fn same_key(slot: *const FoldKey, key: &FoldKey) -> bool {
 /// Moves the front slot's repeats to its key's `FoldState` (a new entry if
 /// user space swept it meanwhile: stamped 0, so the next sweep takes them).
 #[inline(always)]
-unsafe fn flush_front(f: *mut FoldFront) {
+unsafe fn flush_front(f: *mut FoldFront, hook: u32) {
     unsafe {
         let pending = read_volatile(&raw const (*f).pending);
         if pending == 0 || read_volatile(&raw const (*f).valid) == 0 {
@@ -368,7 +372,7 @@ unsafe fn flush_front(f: *mut FoldFront) {
                     last_sent_jiffies: read_volatile(&raw const (*f).last_sent_jiffies),
                 };
                 if FOLDS.insert(key, back, BPF_NOEXIST as u64).is_err() {
-                    count(stat::FOLD_FULL);
+                    count(hook, stat::FOLD_FULL);
                 }
             }
         }
@@ -379,21 +383,21 @@ unsafe fn flush_front(f: *mut FoldFront) {
 /// the folded repeats back to the key (in the front slot, which `fold` has
 /// just given this event's key) so the next event still carries them.
 #[inline(always)]
-fn send(ev: &Event) {
+fn send(ev: &Event, hook: u32) {
     match EVENTS.reserve::<Event>(0) {
         Some(mut slot) => {
             // SAFETY: a reserved slot of an Event's size and alignment.
             unsafe { mem::copy(slot.as_mut_ptr(), ev) };
             slot.submit(0);
-            count(stat::SENT);
+            count(hook, stat::SENT);
             if ev.ret != 0 {
                 crate::life::note_failure(ev);
             }
         }
         None => {
-            count(stat::LOST);
+            count(hook, stat::LOST);
             if ev.folded != 0 {
-                if let Some(f) = FRONT.get_ptr_mut(0) {
+                if let Some(f) = FRONT.get_ptr_mut(hook) {
                     unsafe {
                         if read_volatile(&raw const (*f).valid) != 0 {
                             (*f).pending += ev.folded;

@@ -47,8 +47,9 @@ unsafe fn write_end(seq: *mut u64, odd: u64) {
 /// Whether the live listener `sk` still holds `key`'s port: its record
 /// then stays, whatever binds beside it or shares its set.
 #[inline(always)]
-fn live_listener(sk: u64, key: u64) -> bool {
-    sock::held(sk, true, false).is_some_and(|h| word(&h.key) == key && h.state == TCP_LISTEN as u8)
+fn live_listener(sk: u64, key: u64, hook: u32) -> bool {
+    sock::held(sk, true, false, hook)
+        .is_some_and(|h| word(&h.key) == key && h.state == TCP_LISTEN as u8)
 }
 
 /// A slot's port key, as one word (0: empty).
@@ -60,10 +61,14 @@ unsafe fn key_in(slot: *const HolderSlot) -> u64 {
 /// Whether a slot holds the record of a listener that still listens on
 /// its port: such a record is never replaced by another socket's.
 #[inline(always)]
-unsafe fn protected(slot: *const HolderSlot) -> bool {
+unsafe fn protected(slot: *const HolderSlot, hook: u32) -> bool {
     unsafe {
         read_volatile(&raw const (*slot).entry.record.how) == HOW_LISTEN
-            && live_listener(read_volatile(&raw const (*slot).entry.sk), key_in(slot))
+            && live_listener(
+                read_volatile(&raw const (*slot).entry.sk),
+                key_in(slot),
+                hook,
+            )
     }
 }
 
@@ -95,7 +100,12 @@ fn find(key: &PortKey) -> Option<*mut HolderSlot> {
 /// listener's (the older when neither is); None when both are live
 /// listeners' (they keep their records).
 #[inline(always)]
-unsafe fn place(key: u64, a: *mut HolderSlot, b: *mut HolderSlot) -> Option<*mut HolderSlot> {
+unsafe fn place(
+    key: u64,
+    a: *mut HolderSlot,
+    b: *mut HolderSlot,
+    hook: u32,
+) -> Option<*mut HolderSlot> {
     unsafe {
         let (ka, kb) = (key_in(a), key_in(b));
         if ka == key {
@@ -113,9 +123,9 @@ unsafe fn place(key: u64, a: *mut HolderSlot, b: *mut HolderSlot) -> Option<*mut
         let a_older = read_volatile(&raw const (*a).entry.record.ts_boot_ns)
             <= read_volatile(&raw const (*b).entry.record.ts_boot_ns);
         let (older, newer) = if a_older { (a, b) } else { (b, a) };
-        if !protected(older) {
+        if !protected(older, hook) {
             Some(older)
-        } else if !protected(newer) {
+        } else if !protected(newer, hook) {
             Some(newer)
         } else {
             None
@@ -125,8 +135,8 @@ unsafe fn place(key: u64, a: *mut HolderSlot, b: *mut HolderSlot) -> Option<*mut
 
 /// Records the current process as the holder of `sk`'s port.
 #[inline(always)]
-pub fn record(sk: u64, how: u8, pid_tgid: u64) {
-    let Some(held) = sock::held(sk, false, true) else {
+pub fn record(sk: u64, how: u8, pid_tgid: u64, hook: u32) {
+    let Some(held) = sock::held(sk, false, true, hook) else {
         return;
     };
     let key = held.key;
@@ -140,13 +150,13 @@ pub fn record(sk: u64, how: u8, pid_tgid: u64) {
     // Only a record made by a listener can protect its slot: a socket that
     // starts listening is recorded again (HOW_LISTEN) by the state
     // tracepoint, so a bind's record is replaced without reading its socket.
-    let Some(slot) = (unsafe { place(word(&key), a, b) }) else {
+    let Some(slot) = (unsafe { place(word(&key), a, b, hook) }) else {
         return;
     };
     unsafe {
         if key_in(slot) == word(&key)
             && read_volatile(&raw const (*slot).entry.sk) != sk
-            && protected(slot)
+            && protected(slot, hook)
         {
             return;
         }
@@ -213,9 +223,9 @@ pub fn recorded_pid(key: &PortKey, sk: u64) -> u32 {
 /// `task`: the current task as a BTF-typed pointer where the program has
 /// one (see `sock::socket_of_fd`).
 #[inline(always)]
-pub fn record_fd(task: u64, fd: i32, how: u8, pid_tgid: u64) {
+pub fn record_fd(task: u64, fd: i32, how: u8, pid_tgid: u64, hook: u32) {
     if let Ok((_, sk)) = sock::socket_of_fd(task, fd) {
-        record(sk, how, pid_tgid);
+        record(sk, how, pid_tgid, hook);
     }
 }
 
@@ -223,7 +233,7 @@ pub fn record_fd(task: u64, fd: i32, how: u8, pid_tgid: u64) {
 /// options its socket has right now. `failing_sk` is the caller's own socket,
 /// which is never its own holder.
 #[inline(always)]
-pub fn attach(ev: &mut Event, failing_sk: u64) {
+pub fn attach(ev: &mut Event, failing_sk: u64, hook: u32) {
     if ev.port == 0 {
         return;
     }
@@ -248,7 +258,7 @@ pub fn attach(ev: &mut Event, failing_sk: u64) {
     }
     // A closed socket gives its port back (inet_num goes to 0) or is freed:
     // then it no longer matches the key and only the record remains.
-    if let Some(now) = sock::held(sk, true, false).filter(|h| h.key == key) {
+    if let Some(now) = sock::held(sk, true, false, hook).filter(|h| h.key == key) {
         ev.record.state = now.state;
         ev.record.opts = sock::opts_of(sk);
     } else {

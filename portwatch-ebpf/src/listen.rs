@@ -7,7 +7,8 @@ use aya_ebpf::{
     programs::{FExitContext, TracePointContext},
 };
 use portwatch_common::{
-    stat, PendingCall, HOW_BIND, SOURCE_FEXIT, SOURCE_TRACEPOINT, SYSCALL_BIND, SYSCALL_LISTEN,
+    hook, stat, PendingCall, HOW_BIND, SOURCE_FEXIT, SOURCE_TRACEPOINT, SYSCALL_BIND,
+    SYSCALL_LISTEN,
 };
 
 use crate::{
@@ -47,6 +48,7 @@ pub fn inet_listen_exit(ctx: FExitContext) -> i32 {
             user_addr: false,
             pid_tgid: bpf_get_current_pid_tgid(),
             task: 0,
+            hook: hook::INET_LISTEN,
         });
     }
     0
@@ -111,6 +113,11 @@ fn exit_ret(ctx: &TracePointContext) -> i32 {
 /// registers or from its recorded entry.
 #[inline(always)]
 pub fn exit(ctx: &TracePointContext, syscall: u8) {
+    let hook = if syscall == SYSCALL_BIND {
+        hook::SYS_EXIT_BIND
+    } else {
+        hook::SYS_EXIT_LISTEN
+    };
     let from_regs = conf!(args_from_regs) != 0;
     let ret = exit_ret(ctx);
     // Successful binds feed the holder table (listeners come from
@@ -141,14 +148,14 @@ pub fn exit(ctx: &TracePointContext, syscall: u8) {
     } else {
         let id = bpf_get_current_pid_tgid();
         let Some(call) = (unsafe { CALLS.get(id) }).copied() else {
-            count(stat::NO_ENTRY);
+            count(hook, stat::NO_ENTRY);
             return;
         };
         let _ = CALLS.remove(id);
         call
     };
     if record {
-        holders::record_fd(task, call.fd, HOW_BIND, pid_tgid);
+        holders::record_fd(task, call.fd, HOW_BIND, pid_tgid, hook);
         if !emit::wanted(ret) {
             return;
         }
@@ -164,5 +171,6 @@ pub fn exit(ctx: &TracePointContext, syscall: u8) {
         user_addr: true,
         pid_tgid,
         task,
+        hook,
     });
 }

@@ -299,14 +299,15 @@ pub struct Held {
 /// (BENCHMARKS.md). Elsewhere field by field, `state` and `addr` only when
 /// `want` asks.
 ///
-/// Only for programs that run in process context (syscalls, fexit on the
-/// socket calls, io_uring completions of a bind or listen): the head's
-/// buffer is per CPU, and a program run from a softirq could otherwise
-/// overwrite it under an fexit program (which does not keep other programs
-/// off its CPU). State changes seen in a softirq use `held_by_fields`.
+/// `hook` is the calling program's (`portwatch_common::hook`): the head's
+/// buffer is per CPU and hook. Only for programs that run in process
+/// context (syscalls, fexit on the socket calls, io_uring completions of a
+/// bind or listen, a socket entering LISTEN): state changes seen in a
+/// softirq, which can interrupt a program of the same hook, use
+/// `held_by_fields`.
 #[inline(always)]
-pub fn held(sk: u64, want_state: bool, want_addr: bool) -> Option<Held> {
-    held_from(sk, want_state, want_addr, head(sk))
+pub fn held(sk: u64, want_state: bool, want_addr: bool, hook: u32) -> Option<Held> {
+    held_from(sk, want_state, want_addr, head(sk, hook))
 }
 
 /// `held`, field by field: for programs that may run in a softirq.
@@ -370,11 +371,11 @@ fn bound_inet(family: u16, port: u16) -> bool {
 /// read of its first `SK_HEAD_BYTES`; None where the loader found them not
 /// all there (`Config::sk_head`).
 #[inline(always)]
-fn head(sk: u64) -> Option<(u16, u16, u8, u64, [u8; 16])> {
+fn head(sk: u64, hook: u32) -> Option<(u16, u16, u8, u64, [u8; 16])> {
     if conf!(sk_head) == 0 {
         return None;
     }
-    let buf = SKHEAD.get_ptr_mut(0)?.cast::<u8>();
+    let buf = SKHEAD.get_ptr_mut(hook)?.cast::<u8>();
     // Each field at its BTF offset inside the buffer; the bound checks are
     // for the verifier (the loader checked them all).
     let at = |off: u32, size: u32| -> Option<*const u8> {

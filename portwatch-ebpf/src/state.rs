@@ -36,7 +36,12 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
         return 0;
     }
     if let Ok(sk) = unsafe { ctx.read_at::<u64>(off_sk) } {
-        holders::record(sk, HOW_LISTEN, bpf_get_current_pid_tgid());
+        holders::record(
+            sk,
+            HOW_LISTEN,
+            bpf_get_current_pid_tgid(),
+            portwatch_common::hook::SOCK_STATE,
+        );
     }
     0
 }

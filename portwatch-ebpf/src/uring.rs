@@ -77,6 +77,7 @@ pub fn io_uring_complete(ctx: TracePointContext) -> u32 {
         user_addr: false,
         pid_tgid: aya_ebpf::helpers::bpf_get_current_pid_tgid(),
         task: 0,
+        hook: portwatch_common::hook::IO_URING,
     });
     0
 }

@@ -3,22 +3,34 @@
 //!
 //! The ring buffer's reader only decodes and submits, so capture never waits
 //! for /proc or netlink. Identical failures within [`SHARE_FOR`] share one
-//! lookup (a storm costs one lookup per interval, not one per failure), and
-//! the writer prints every event in capture order, each once its lookup is
-//! in or its deadline has passed. Diagnosis runs in the writer: it is pure
-//! and cheap, and a storm shares one verdict per failing process.
+//! lookup (a storm costs one lookup per interval, not one per failure);
+//! distinct failures queue for [`LOOKUP_THREADS`] lookup threads, which take
+//! what is queued at once and share one sock_diag dump per network
+//! namespace and protocol. The writer prints every event in capture order,
+//! each once its lookup is in or its deadline has passed.
+//!
+//! Enrichment is shed, never events: a lookup that finds its queue full is
+//! not made, and when the writer falls a whole queue behind the reader it
+//! stops waiting for lookups until it has caught up. Such events go out with
+//! what the kernel recorded, marked (`Evidence::shed`) and counted. Only a
+//! slow output can make the reader wait (then the kernel counts the loss).
+//! Diagnosis runs in the writer: it is pure and cheap, and a storm shares one
+//! verdict per failing process.
 
 use std::{
     collections::HashMap,
     io::{self, Write},
     net::IpAddr,
-    sync::Arc,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        mpsc as std_mpsc, Arc, Mutex,
+    },
     time::{Duration, Instant},
 };
 
 use serde_json::value::RawValue;
 use tokio::{
-    sync::{mpsc, watch},
+    sync::{mpsc, watch, Notify, OwnedSemaphorePermit, Semaphore, TryAcquireError},
     task::JoinHandle,
 };
 
@@ -28,7 +40,7 @@ use crate::{
     holders::{Enricher, Evidence},
     metrics::Metrics,
     output::{self, text, Format},
-    request::{Opts, Syscall},
+    request::{Opts, Request, Syscall},
 };
 
 /// Evidence shared by the events of one storm.
@@ -73,9 +85,27 @@ impl StormKey {
 /// How long one lookup serves identical failures.
 pub const SHARE_FOR: Duration = Duration::from_millis(250);
 
-/// Events between the reader and the writer: a few seconds of a storm, or
-/// the time every lookup of a burst may take (`--lookup-timeout`).
-const QUEUE: usize = 16384;
+/// Events between the reader and the writer (about 3 MiB), counted by
+/// permits of a semaphore: a few seconds of a storm, or the time every
+/// lookup of a burst may take (`--lookup-timeout`). When it is full the
+/// writer stops waiting for lookups.
+pub const QUEUE: usize = 16384;
+
+/// Lookups waiting for a lookup thread (a request each, about 200 bytes): as
+/// many as events may wait for the writer. A failure finding this many
+/// waiting goes out without one.
+pub const LOOKUP_QUEUE: usize = QUEUE;
+
+/// Lookups a lookup thread takes at once: those in one network namespace and
+/// protocol share one sock_diag dump.
+const LOOKUP_BATCH: usize = 1024;
+
+/// Threads making lookups (each blocks on netlink and /proc).
+pub const LOOKUP_THREADS: usize = 2;
+
+/// The lookup threads' nice value: below the reader's, so a burst's
+/// lookups do not take the CPU the reader needs to drain the ring buffer.
+const LOOKUP_NICE: libc::c_int = 10;
 
 /// Events handed to the writer at once: one cross-thread wake-up per batch,
 /// not per event, keeps up with unfolded storms.
@@ -84,11 +114,102 @@ pub const BATCH: usize = 256;
 /// Storm keys remembered before the stale ones are swept.
 const RECENT_CAP: usize = 4096;
 
+/// An event's holder lookup.
+enum Lookup {
+    /// None wanted: `--no-holders`, or a call that succeeded.
+    Unwanted,
+    /// Queued, running or done.
+    Started(Shared),
+    /// Not made: lookups could not keep up.
+    Shed,
+}
+
 /// An event on its way to the output, with its lookup running.
 struct Pending {
     ev: Event,
-    evidence: Option<Shared>,
+    lookup: Lookup,
     deadline: tokio::time::Instant,
+}
+
+/// Set by the reader when the writer is a whole queue behind: the writer
+/// then writes without waiting for lookups until it has caught up.
+#[derive(Default)]
+struct Hurry {
+    on: AtomicBool,
+    wake: Notify,
+}
+
+/// A lookup for a lookup thread.
+struct Job {
+    req: Request,
+    answer: watch::Sender<Option<Arc<Evidence>>>,
+}
+
+/// The lookup threads' queue; they end when it is dropped.
+struct Lookups {
+    queue: std_mpsc::SyncSender<Job>,
+}
+
+impl Lookups {
+    fn start(enricher: Arc<Enricher>, delay: Duration, metrics: Option<Metrics>) -> Self {
+        let (queue, jobs) = std_mpsc::sync_channel(LOOKUP_QUEUE);
+        let jobs = Arc::new(Mutex::new(jobs));
+        for _ in 0..LOOKUP_THREADS {
+            let (jobs, enricher, metrics) = (jobs.clone(), enricher.clone(), metrics.clone());
+            let started = std::thread::Builder::new()
+                .name("pw-lookup".into())
+                .spawn(move || {
+                    // Lookups are worth less than capture: on a busy CPU
+                    // the ring buffer's reader goes first (a shed lookup
+                    // costs a holder's name, a late reader costs events).
+                    // SAFETY: setpriority on this thread only.
+                    unsafe {
+                        libc::setpriority(
+                            libc::PRIO_PROCESS,
+                            libc::gettid() as libc::id_t,
+                            LOOKUP_NICE,
+                        )
+                    };
+                    serve_lookups(&jobs, &enricher, delay, metrics.as_ref())
+                });
+            if let Err(e) = started {
+                // Fewer threads only means more shed lookups.
+                eprintln!("portwatch: starting a lookup thread: {e}");
+            }
+        }
+        Self { queue }
+    }
+}
+
+/// A lookup thread: takes whatever is queued (up to [`LOOKUP_BATCH`]) and
+/// answers it with one shared look per namespace and protocol.
+fn serve_lookups(
+    jobs: &Mutex<std_mpsc::Receiver<Job>>,
+    enricher: &Enricher,
+    delay: Duration,
+    metrics: Option<&Metrics>,
+) {
+    loop {
+        let batch: Vec<Job> = {
+            let Ok(jobs) = jobs.lock() else { return };
+            let Ok(first) = jobs.recv() else { return };
+            std::iter::once(first)
+                .chain(std::iter::from_fn(|| jobs.try_recv().ok()))
+                .take(LOOKUP_BATCH)
+                .collect()
+        };
+        std::thread::sleep(delay);
+        let started = Instant::now();
+        let reqs: Vec<Request> = batch.iter().map(|j| j.req.clone()).collect();
+        let found = enricher.evidence_many(&reqs);
+        let took = started.elapsed();
+        for (job, evidence) in batch.into_iter().zip(found) {
+            if let Some(m) = metrics {
+                m.lookup(&evidence, took);
+            }
+            let _ = job.answer.send(Some(Arc::new(evidence)));
+        }
+    }
 }
 
 /// Settings of a pipeline.
@@ -110,18 +231,29 @@ pub struct Options {
 
 /// The reader's end of the pipeline.
 pub struct Pipeline {
-    enricher: Option<Arc<Enricher>>,
-    tx: mpsc::Sender<Vec<Pending>>,
+    lookups: Option<Lookups>,
+    tx: mpsc::UnboundedSender<(Vec<Pending>, OwnedSemaphorePermit)>,
+    /// Room for events in the writer's queue.
+    room: Arc<Semaphore>,
+    hurry: Arc<Hurry>,
     recent: HashMap<StormKey, (Instant, Shared)>,
     /// When `recent` last lost its stale keys.
     pruned: Instant,
     timeout: Duration,
-    delay: Duration,
-    metrics: Option<Metrics>,
 }
 
-/// The writer task; its result is how many lookups timed out.
-pub type Writer = JoinHandle<io::Result<u64>>;
+/// What the writer did without a lookup's answer.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Unenriched {
+    /// Events whose lookup took longer than `--lookup-timeout`.
+    pub timeouts: u64,
+    /// Events written without waiting for a lookup, or without one, because
+    /// lookups could not keep up.
+    pub shed: u64,
+}
+
+/// The writer task.
+pub type Writer = JoinHandle<io::Result<Unenriched>>;
 
 impl Pipeline {
     /// Starts the writer on `out`.
@@ -136,62 +268,92 @@ impl Pipeline {
         out: Box<dyn Write + Send>,
         metrics: Option<Metrics>,
     ) -> (Self, Writer) {
-        let (tx, rx) = mpsc::channel(QUEUE / BATCH);
+        let (tx, rx) = mpsc::unbounded_channel();
+        let room = Arc::new(Semaphore::new(QUEUE));
+        let hurry = Arc::new(Hurry::default());
         let writer = tokio::spawn(write(
             rx,
             out,
-            opts.format,
-            opts.enricher.clone(),
-            opts.timeout,
-            metrics.clone(),
-            Sinks {
+            WriteOpts {
+                format: opts.format,
+                enricher: opts.enricher.clone(),
+                timeout: opts.timeout,
+                metrics: metrics.clone(),
                 record: opts.record,
                 journald: opts.journald,
+                hurry: hurry.clone(),
+                room: room.clone(),
             },
         ));
         let pipeline = Self {
-            enricher: opts.enricher,
+            lookups: opts
+                .enricher
+                .map(|e| Lookups::start(e, opts.delay, metrics)),
             tx,
+            room,
+            hurry,
             recent: HashMap::new(),
             pruned: Instant::now(),
             timeout: opts.timeout,
-            delay: opts.delay,
-            metrics,
         };
         (pipeline, writer)
     }
 
-    /// Starts lookups for `events` and hands them to the writer; waits only
-    /// when the writer is a whole queue behind (the output is slower than
-    /// the events: then the ring buffer fills and the kernel counts the
-    /// loss). Does nothing once the writer is gone with its output.
+    /// Starts lookups for `events` and hands them to the writer. Never
+    /// waits for a lookup: when the writer is a whole queue behind, it is
+    /// told to stop waiting for them, and this waits only for the output
+    /// itself (when that is slower than the events, the ring buffer fills
+    /// and the kernel counts the loss). Does nothing once the writer is
+    /// gone with its output.
     pub async fn submit(&mut self, events: &mut Vec<Event>) {
         let deadline = tokio::time::Instant::now() + self.timeout;
         let batch: Vec<Pending> = events
             .drain(..)
             .map(|ev| {
-                let evidence = match &self.enricher {
-                    Some(enricher) if ev.ret != 0 => Some(self.lookup(enricher.clone(), &ev)),
-                    _ => None,
+                let lookup = if ev.ret != 0 {
+                    self.lookup(&ev)
+                } else {
+                    Lookup::Unwanted
                 };
                 Pending {
                     ev,
-                    evidence,
+                    lookup,
                     deadline,
                 }
             })
             .collect();
-        if !batch.is_empty() {
-            let _ = self.tx.send(batch).await;
+        // A writer gone with its output gives no room back.
+        if batch.is_empty() || self.tx.is_closed() {
+            return;
         }
+        let n = batch.len().min(QUEUE) as u32;
+        let permit = match self.room.clone().try_acquire_many_owned(n) {
+            Ok(p) => p,
+            Err(TryAcquireError::NoPermits) => {
+                self.hurry.on.store(true, Ordering::Relaxed);
+                self.hurry.wake.notify_one();
+                tokio::select! {
+                    got = self.room.clone().acquire_many_owned(n) => match got {
+                        Ok(p) => p,
+                        Err(_) => return,
+                    },
+                    () = self.tx.closed() => return,
+                }
+            }
+            Err(TryAcquireError::Closed) => return,
+        };
+        let _ = self.tx.send((batch, permit));
     }
 
-    fn lookup(&mut self, enricher: Arc<Enricher>, ev: &Event) -> Shared {
+    fn lookup(&mut self, ev: &Event) -> Lookup {
+        let Some(lookups) = &self.lookups else {
+            return Lookup::Unwanted;
+        };
         let key = StormKey::of(ev);
         let now = Instant::now();
         if let Some((at, shared)) = self.recent.get(&key) {
             if now.duration_since(*at) < SHARE_FOR {
-                return shared.clone();
+                return Lookup::Started(shared.clone());
             }
         }
         // Stale keys go every SHARE_FOR, not only at the cap: each holds its
@@ -202,47 +364,54 @@ impl Pipeline {
                 .retain(|_, (at, _)| now.duration_since(*at) < SHARE_FOR);
             self.pruned = now;
         }
-        let (tx, rx) = watch::channel(None);
-        let req = ev.request();
-        let delay = self.delay;
-        let metrics = self.metrics.clone();
-        tokio::task::spawn_blocking(move || {
-            std::thread::sleep(delay);
-            let started = Instant::now();
-            let evidence = enricher.evidence(&req);
-            if let Some(m) = &metrics {
-                m.lookup(&evidence, started.elapsed());
-            }
-            let _ = tx.send(Some(Arc::new(evidence)));
-        });
+        let (answer, rx) = watch::channel(None);
+        let job = Job {
+            req: ev.request(),
+            answer,
+        };
+        if lookups.queue.try_send(job).is_err() {
+            return Lookup::Shed;
+        }
         self.recent.insert(key, (now, rx.clone()));
-        rx
+        Lookup::Started(rx)
     }
 }
 
-/// Where events go besides `out`.
-struct Sinks {
-    record: Option<output::record::Sink>,
-    journald: Option<output::journald::Journald>,
-}
-
-/// Writes events in capture order, each once its lookup is in or its
-/// deadline has passed. Returns how many lookups timed out.
-async fn write(
-    mut rx: mpsc::Receiver<Vec<Pending>>,
-    out: Box<dyn Write + Send>,
+/// The writer's settings.
+struct WriteOpts {
     format: Format,
     enricher: Option<Arc<Enricher>>,
     timeout: Duration,
     metrics: Option<Metrics>,
-    sinks: Sinks,
-) -> io::Result<u64> {
-    let Sinks { record, journald } = sinks;
+    record: Option<output::record::Sink>,
+    /// Under systemd: events go to journald instead of `out`.
+    journald: Option<output::journald::Journald>,
+    hurry: Arc<Hurry>,
+    room: Arc<Semaphore>,
+}
+
+/// Writes events in capture order, each once its lookup is in or its
+/// deadline has passed, or at once while hurried.
+async fn write(
+    mut rx: mpsc::UnboundedReceiver<(Vec<Pending>, OwnedSemaphorePermit)>,
+    out: Box<dyn Write + Send>,
+    opts: WriteOpts,
+) -> io::Result<Unenriched> {
+    let WriteOpts {
+        format,
+        enricher,
+        timeout,
+        metrics,
+        record,
+        journald,
+        hurry,
+        room,
+    } = opts;
     // The journal's lines of one batch, handed over at once.
     let mut journal: Vec<u8> = Vec::new();
     let mut journal_lines = 0;
     let mut out = io::BufWriter::with_capacity(64 * 1024, out);
-    let mut timeouts = 0;
+    let mut unenriched = Unenriched::default();
     // The block last printed under each stream of identical failures, as a
     // hash (keyed per process, so no input can aim at a collision): 8 bytes
     // instead of a whole block per stream.
@@ -251,40 +420,53 @@ async fn write(
     type Diagnosed = (Arc<Evidence>, (u32, u32, Option<Opts>), Arc<Verdict>);
     let mut last: Option<Diagnosed> = None;
     let mut rendered: Option<(Arc<Evidence>, Arc<RawValue>)> = None;
-    while let Some(batch) = rx.recv().await {
+    // The batch's permit goes back once it is written.
+    while let Some((batch, _room)) = rx.recv().await {
         for p in batch {
-            let evidence = match p.evidence {
-                None => None,
+            let answer = match p.lookup {
+                Lookup::Unwanted => None,
+                Lookup::Shed => Some(Answer::Shed),
                 // Storms find it ready: no timer for them.
-                Some(shared) if shared.borrow().is_some() => shared.borrow().clone(),
-                Some(mut shared) => {
-                    let got =
-                        tokio::time::timeout_at(p.deadline, shared.wait_for(Option::is_some)).await;
-                    Some(match got {
-                        Ok(Ok(v)) => v.clone().unwrap_or_default(),
-                        other => {
-                            let why = if other.is_err() {
-                                timeouts += 1;
-                                if let Some(m) = &metrics {
-                                    m.lookup_timed_out();
-                                }
-                                format!(
-                                    "looking up the holders took longer than {} ms",
-                                    timeout.as_millis()
-                                )
-                            } else {
-                                "looking up the holders failed".to_owned()
-                            };
-                            let mut e = enricher
-                                .as_ref()
-                                .map(|e| e.recorded_only(&p.ev.request(), false))
-                                .unwrap_or_default();
-                            e.blind = Some(why);
-                            Arc::new(e)
-                        }
-                    })
+                Lookup::Started(shared) if shared.borrow().is_some() => {
+                    shared.borrow().clone().map(Answer::Found)
+                }
+                Lookup::Started(_) if hurry.on.load(Ordering::Relaxed) => Some(Answer::Shed),
+                Lookup::Started(mut shared) => {
+                    Some(wait_answer(&mut shared, p.deadline, &hurry).await)
                 }
             };
+            let evidence = answer.map(|answer| {
+                let why = match answer {
+                    Answer::Found(e) => return e,
+                    Answer::Shed => {
+                        unenriched.shed += 1;
+                        if let Some(m) = &metrics {
+                            m.lookup_shed();
+                        }
+                        "holders not looked up: failures came faster than lookups".to_owned()
+                    }
+                    Answer::TimedOut => {
+                        unenriched.timeouts += 1;
+                        if let Some(m) = &metrics {
+                            m.lookup_timed_out();
+                        }
+                        format!(
+                            "looking up the holders took longer than {} ms",
+                            timeout.as_millis()
+                        )
+                    }
+                    Answer::Failed => "looking up the holders failed".to_owned(),
+                };
+                // The kernel's record alone, without reading /proc: that may
+                // be what is slow.
+                let mut e = enricher
+                    .as_ref()
+                    .map(|e| e.recorded_only(&p.ev.request(), false))
+                    .unwrap_or_default();
+                e.blind = Some(why);
+                e.shed = true;
+                Arc::new(e)
+            });
             // A storm shares one evidence: diagnose it once per failing
             // process, not once per failure.
             let who = (p.ev.pid, p.ev.uid, p.ev.opts);
@@ -322,11 +504,22 @@ async fn write(
                 }
                 _ => None,
             };
+            // Counted before it is written, whatever the outputs: the
+            // metrics follow the failures, not the output's fate.
+            if let Some(m) = &metrics {
+                m.observe(&p.ev, verdict.as_deref());
+            }
             if record.is_some() {
                 let start = journal.len();
-                output::json::write(&mut journal, &p.ev, holders.as_deref(), verdict.as_deref())?;
+                output::json::write(
+                    &mut journal,
+                    &p.ev,
+                    holders.as_deref(),
+                    evidence.as_ref().map(|e| !e.shed),
+                    verdict.as_deref(),
+                )?;
                 journal_lines += 1;
-                if format == Format::Json {
+                if format == Format::Json && journald.is_none() {
                     // Rendered once for both.
                     out.write_all(&journal[start..])?;
                     continue;
@@ -334,15 +527,18 @@ async fn write(
             }
             if let Some(j) = &journald {
                 let mut line = Vec::new();
-                output::json::write(&mut line, &p.ev, holders.as_deref(), verdict.as_deref())?;
+                output::json::write(
+                    &mut line,
+                    &p.ev,
+                    holders.as_deref(),
+                    evidence.as_ref().map(|e| !e.shed),
+                    verdict.as_deref(),
+                )?;
                 // journald gone (stopped, restarting): the event is still
                 // in --record's journal and the metrics.
                 let _ = j.send(&p.ev, found, &line);
             } else {
                 output::write_event(&mut out, format, &p.ev, found, holders.as_deref(), repeat)?;
-            }
-            if let Some(m) = &metrics {
-                m.observe(&p.ev, verdict.as_deref());
             }
         }
         if let Some(sink) = &record {
@@ -353,26 +549,60 @@ async fn write(
                 );
             }
         }
+        // Caught up: lookups are worth waiting for again.
+        if room.available_permits() >= QUEUE * 3 / 4 {
+            hurry.on.store(false, Ordering::Relaxed);
+        }
         if rx.is_empty() {
             out.flush()?;
         }
     }
     out.flush()?;
-    Ok(timeouts)
+    Ok(unenriched)
+}
+
+/// What became of a lookup the writer needed.
+enum Answer {
+    Found(Arc<Evidence>),
+    Shed,
+    TimedOut,
+    Failed,
+}
+
+/// Waits for a lookup's answer until `deadline`, or until the reader finds
+/// the writer a whole queue behind.
+async fn wait_answer(shared: &mut Shared, deadline: tokio::time::Instant, hurry: &Hurry) -> Answer {
+    loop {
+        tokio::select! {
+            got = shared.wait_for(Option::is_some) => {
+                return match got {
+                    Ok(v) => v.clone().map_or(Answer::Failed, Answer::Found),
+                    Err(_) => Answer::Failed,
+                };
+            }
+            () = tokio::time::sleep_until(deadline) => return Answer::TimedOut,
+            // A wake-up left from an earlier hurry is not one.
+            () = hurry.wake.notified() => {
+                if hurry.on.load(Ordering::Relaxed) {
+                    return Answer::Shed;
+                }
+            }
+        }
+    }
 }
 
 /// Ends a capture: detaches the programs (from then on the kernel's
 /// counters and fold table are final), accounts for what was still in the
 /// ring buffer (also when the output is gone), closes the pipeline and waits
 /// for its writer. `written` is the writer's result when the caller already
-/// saw it end. Returns how many lookups timed out.
+/// saw it end. Returns what the writer wrote without a lookup's answer.
 pub async fn wind_down(
     session: &mut crate::capture::Session,
     mut pipeline: Pipeline,
     batch: &mut Vec<Event>,
     writing: Writer,
-    written: Option<Result<io::Result<u64>, tokio::task::JoinError>>,
-) -> anyhow::Result<u64> {
+    written: Option<Result<io::Result<Unenriched>, tokio::task::JoinError>>,
+) -> anyhow::Result<Unenriched> {
     use anyhow::Context as _;
     session.detach();
     loop {
@@ -390,7 +620,7 @@ pub async fn wind_down(
     match written.map_err(|e| anyhow::anyhow!("the writer failed: {e}"))? {
         Ok(n) => Ok(n),
         // stdout closed (`| head`): what was shown is all that was wanted.
-        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(0),
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(Unenriched::default()),
         Err(e) => Err(e).context("writing events"),
     }
 }

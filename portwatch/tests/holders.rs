@@ -250,6 +250,64 @@ fn no_holders_turns_enrichment_off() {
     );
 }
 
+/// A burst of distinct failures while every lookup takes seconds: capture
+/// never waits for lookups. Once the writer is a whole queue behind, events
+/// go out with the kernel's record, marked `"enriched": false` and counted,
+/// and none is lost (the ring buffer here holds about 6,000 events, the
+/// writer's queue 16,384, the burst is 30,000).
+#[test]
+fn lookups_slower_than_a_burst_are_shed_not_events() {
+    const N: u16 = 30_000;
+    let ns = Netns::new("pw-shed");
+    let tracer = Tracer::start(&[
+        "--netns",
+        &ns.arg(),
+        "--errno",
+        "EADDRNOTAVAIL",
+        "--enrich-delay",
+        "5000",
+        "--lookup-timeout",
+        "2000",
+        "--ring-size",
+        "1024",
+    ]);
+    ns.run(|| {
+        let s = socket(false, false);
+        // At most 5 k/s: a pace the reader and writer keep up with (debug
+        // build, loaded machine), unless the reader waits for lookups.
+        for chunk in 0..N / 50 {
+            for i in 0..50 {
+                let port = 1000 + chunk * 50 + i;
+                let addr = SocketAddr::from(([192, 0, 2, 1], port));
+                assert_eq!(bind(&s, addr), Err(libc::EADDRNOTAVAIL));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    });
+    let (mut events, mut unenriched) = (0, 0);
+    while let Some(ev) = tracer.next_event(WAIT) {
+        events += 1;
+        if ev["enriched"] == false {
+            unenriched += 1;
+        }
+        if events == N {
+            break;
+        }
+    }
+    let (_, rest, notices) = tracer.stop();
+    let summary = notices.iter().find(|v| v["type"] == "summary").unwrap();
+    assert_eq!(events, N, "{summary}");
+    assert_eq!(summary["lost"], 0, "{summary}");
+    assert!(rest.is_empty(), "{} more events", rest.len());
+    let shed = summary["lookups_shed"].as_u64().unwrap();
+    assert!(shed > 0, "{summary}");
+    assert_eq!(
+        unenriched,
+        shed + summary["lookup_timeouts"].as_u64().unwrap(),
+        "{summary}"
+    );
+}
+
 /// Slow lookups delay output only: a storm during them is captured whole.
 #[test]
 fn slow_lookups_do_not_lose_events() {

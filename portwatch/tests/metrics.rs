@@ -452,3 +452,167 @@ fn hostile_clients_do_not_stall_capture() {
     let (status, _, _) = tracer.stop();
     assert!(status.success());
 }
+
+/// The sum of every sample of `metric` (all its label sets).
+fn total(page: &str, metric: &str) -> f64 {
+    page.lines()
+        .filter(|l| l.strip_prefix(metric).is_some_and(|r| r.starts_with('{')))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Every combination of `--json`, `--record`, `--no-holders` and `-v`
+/// counts each failure once in the metrics: distinct ports (one event
+/// each) and a storm on one port (folded), summed over all label sets,
+/// soon after the failures end.
+#[test]
+fn every_output_combination_counts_every_failure() {
+    const PORTS: u16 = 40;
+    const STORM: usize = 30;
+    let ns = Netns::new("pw-mmatrix");
+    let scratch = Scratch::new("mmatrix");
+    let mut wrong = Vec::new();
+    for combo in 0..16u16 {
+        let (json, record, no_holders, verbose) = (
+            combo & 1 != 0,
+            combo & 2 != 0,
+            combo & 4 != 0,
+            combo & 8 != 0,
+        );
+        let mport = 10_000 + combo;
+        let maddr = SocketAddr::from((Ipv4Addr::LOCALHOST, mport));
+        let base = 20_000 + combo * 100;
+        let mut cmd = Command::new(bin());
+        cmd.args(["watch", "--metrics", &maddr.to_string()])
+            .args(["--port", &format!("{base}-{}", base + PORTS)])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        if let Ok(backend) = std::env::var("PORTWATCH_TEST_BACKEND") {
+            cmd.args(["--backend", &backend]);
+        }
+        let journal = scratch.0.join(format!("journal-{combo}"));
+        for (on, flag) in [
+            (json, "--json"),
+            (no_holders, "--no-holders"),
+            (verbose, "-v"),
+        ] {
+            if on {
+                cmd.arg(flag);
+            }
+        }
+        if record {
+            cmd.arg("--record").arg(&journal);
+        }
+        let name = format!("json={json} record={record} no_holders={no_holders} v={verbose}");
+        let mut tracer = ns.run(move || Process::spawn(cmd, &[]));
+        // The endpoint is bound first, then answers once the programs are
+        // attached.
+        ns.run(move || {
+            let deadline = Instant::now() + WAIT;
+            while TcpStream::connect(maddr).is_err() {
+                assert!(Instant::now() < deadline, "{maddr} never listened");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            get(maddr, "/metrics")
+        });
+        ns.run(move || {
+            let mut held = Vec::new();
+            for port in base..base + PORTS {
+                held.push(conflict(v4(port), false));
+            }
+            fail_on(base + PORTS, STORM);
+        });
+        let want = f64::from(PORTS) + STORM as f64;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let page = loop {
+            let (_, page) = ns.run(move || get(maddr, "/metrics"));
+            let counted = (
+                total(&page, "portwatch_bind_failures_total"),
+                total(&page, "portwatch_port_failures_total"),
+            );
+            if counted == (want, want) || Instant::now() > deadline {
+                break page;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        let counted = (
+            total(&page, "portwatch_bind_failures_total"),
+            total(&page, "portwatch_port_failures_total"),
+        );
+        if counted != (want, want) {
+            let kernel: Vec<&str> = page
+                .lines()
+                .filter(|l| {
+                    l.starts_with("portwatch_events_total")
+                        || l.starts_with("portwatch_port_failures_total")
+                })
+                .collect();
+            wrong.push(format!(
+                "{name}: counted {counted:?}, made {want}; {kernel:?}"
+            ));
+        }
+        tracer.kill();
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+/// A burst of 16,000 distinct failures (one listener per port, then one
+/// failing bind per port, as fast as the loop goes) with default settings:
+/// none lost, every one written, and the metrics add up to all of them
+/// within seconds.
+#[test]
+fn burst_of_sixteen_thousand_distinct_failures_loses_none() {
+    const PORTS: u16 = 16_000;
+    const BASE: u16 = 10_000;
+    // 16,000 sockets held by this process (the hard limit here is 20,000).
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid struct.
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim), 0);
+        assert!(lim.rlim_max > libc::rlim_t::from(PORTS) + 100, "fd limit");
+        lim.rlim_cur = lim.rlim_max;
+        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &lim), 0);
+    }
+    let ns = Netns::new("pw-burst");
+    let maddr = SocketAddr::from((Ipv4Addr::LOCALHOST, 9464));
+    let netns = ns.arg();
+    let tracer = ns.run(move || Tracer::start(&["--netns", &netns, "--metrics", "127.0.0.1:9464"]));
+    let held = ns.run(|| {
+        let held: Vec<_> = (BASE..BASE + PORTS)
+            .map(|port| {
+                let s = socket(false, false);
+                bind(&s, v4(port)).expect("holder bind");
+                s.listen(1).unwrap();
+                s
+            })
+            .collect();
+        let loser = socket(false, false);
+        for port in BASE..BASE + PORTS {
+            assert_eq!(bind(&loser, v4(port)), Err(libc::EADDRINUSE));
+        }
+        held
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let counted = loop {
+        let (_, page) = ns.run(move || get(maddr, "/metrics"));
+        let counted = total(&page, "portwatch_port_failures_total");
+        if counted == f64::from(PORTS) || Instant::now() > deadline {
+            break counted;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let mut events = 0;
+    while tracer.next_event(Duration::from_secs(2)).is_some() {
+        events += 1;
+    }
+    let (_, rest, notices) = tracer.stop();
+    drop(held);
+    let summary = notices.iter().find(|v| v["type"] == "summary").unwrap();
+    assert_eq!(summary["lost"], 0, "{summary}");
+    assert_eq!(events + rest.len(), usize::from(PORTS), "{summary}");
+    assert_eq!(counted, f64::from(PORTS), "metrics within 10 s; {summary}");
+}

@@ -5,7 +5,7 @@ mod common;
 
 use std::{
     net::TcpStream,
-    os::unix::fs::{DirBuilderExt as _, PermissionsExt as _},
+    os::unix::fs::PermissionsExt as _,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
@@ -14,23 +14,6 @@ use std::{
 use common::*;
 
 /// A private directory for configs, pid files and temp paths, removed on drop.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new() -> Scratch {
-        let dir = std::env::temp_dir().join(format!("portwatch-nginx-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::DirBuilder::new().mode(0o700).create(&dir).unwrap();
-        Scratch(dir)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 fn config(dir: &Path, name: &str, port: u16) -> PathBuf {
     let d = dir.display();
     let conf = format!(
@@ -94,7 +77,7 @@ fn second_nginx_with_the_first_already_running() {
 
 fn two_nginx(tracer_first: bool) {
     let ns = Netns::new("pw-nginx");
-    let scratch = Scratch::new();
+    let scratch = Scratch::new("nginx");
     let port = port();
     let (first_conf, second_conf) = (
         config(&scratch.0, "first", port),

@@ -32,8 +32,12 @@ pub struct Options {
     tracer_args: Vec<String>,
     /// Run one section only: `who` (portwatch who against ss, fuser, lsof).
     /// `cost` (the syscall loops against the floor probe, per-program ns).
-    #[arg(long, value_name = "SECTION", value_parser = ["who", "cost"])]
+    /// `burst` (bursts of distinct failures: lost, written, metrics).
+    #[arg(long, value_name = "SECTION", value_parser = ["who", "cost", "burst"])]
     only: Option<String>,
+    /// Another portwatch binary to measure beside this build (`burst`).
+    #[arg(long, value_name = "BIN")]
+    baseline: Option<std::path::PathBuf>,
     /// Only the post-mortem section (report throughput, recording cost).
     #[arg(long)]
     report_only: bool,
@@ -112,6 +116,11 @@ pub fn run(opts: &Options) -> Result<()> {
         return Ok(());
     }
     let rounds = opts.rounds.max(1);
+    if opts.only.as_deref() == Some("burst") {
+        let lines = crate::bench_burst::run(&bin, opts.baseline.as_ref(), rounds)?;
+        println!("{}", lines.join("\n"));
+        return Ok(());
+    }
     if opts.only.as_deref() == Some("who") {
         println!("{}", crate::bench_who::who_speed(&bin, rounds)?.join("\n"));
         return Ok(());
@@ -217,6 +226,12 @@ pub fn run(opts: &Options) -> Result<()> {
     }
     report.push(String::new());
     report.extend(enrichment(&bin, opts)?);
+    report.push(String::new());
+    report.extend(crate::bench_burst::run(
+        &bin,
+        opts.baseline.as_ref(),
+        rounds.min(3),
+    )?);
     report.push(String::new());
     report.extend(crate::bench_who::who_speed(&bin, rounds)?);
     report.extend(crate::bench_report::run(

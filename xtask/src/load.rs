@@ -147,6 +147,14 @@ impl Tracer {
     }
 }
 
+impl Drop for Tracer {
+    /// A bench that fails midway leaves no tracer running: ours, by handle.
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// Failing binds at full speed (or `per_sec` paced) for `secs`; returns how many.
 pub(crate) fn storm(secs: u64, per_sec: Option<u64>) -> u64 {
     in_fresh_netns(move || {

@@ -4,6 +4,7 @@
 //! a fresh clone needs nothing but rustup and this command.
 
 mod bench;
+mod bench_burst;
 mod bench_report;
 mod bench_who;
 mod deb;

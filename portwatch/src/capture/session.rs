@@ -11,7 +11,7 @@ use std::{
 
 use anyhow::{anyhow, Result};
 use aya::maps::{IterableMap as _, MapData, PerCpuArray, PerCpuHashMap, RingBuf};
-use portwatch_common::{stat, FoldFront, FoldKey, FoldState};
+use portwatch_common::{hook, stat, FoldFront, FoldKey, FoldState};
 use serde::{Deserialize, Serialize};
 use tokio::io::{unix::AsyncFd, Interest};
 
@@ -421,15 +421,7 @@ impl Session {
 
     /// The kernel's counters now.
     pub fn counters(&self) -> Counters {
-        let get = |i: u32| self.stats.get(&i, 0).map(|v| v.iter().sum()).unwrap_or(0);
-        Counters {
-            matched: get(stat::SENT) + get(stat::FOLDED) + get(stat::LOST),
-            sent: get(stat::SENT),
-            folded: get(stat::FOLDED),
-            lost: get(stat::LOST),
-            no_entry: get(stat::NO_ENTRY),
-            fold_full: get(stat::FOLD_FULL),
-        }
+        counters_of(&self.stats)
     }
 
     /// Detaches the programs: from here on the counters and fold table are
@@ -507,16 +499,36 @@ pub struct KernelView {
     fronts: PerCpuArray<MapData, FoldFront>,
 }
 
-/// The repeats each CPU's front slot holds, by key (none left out: at
-/// most one key per CPU).
-fn front_pending(fronts: &PerCpuArray<MapData, FoldFront>) -> Vec<(FoldKey, u64)> {
-    let Ok(per_cpu) = fronts.get(&0, 0) else {
-        return Vec::new();
+/// The kernel's counters: each summed over CPUs and hooks.
+fn counters_of(stats: &PerCpuArray<MapData, u64>) -> Counters {
+    let get = |i: u32| -> u64 {
+        (0..hook::COUNT)
+            .filter_map(|h| stats.get(&(h * stat::COUNT + i), 0).ok())
+            .map(|v| v.iter().sum::<u64>())
+            .sum()
     };
-    per_cpu
-        .iter()
-        .filter(|f| f.valid != 0 && f.pending > 0)
-        .map(|f| (f.key, f.pending))
+    Counters {
+        matched: get(stat::SENT) + get(stat::FOLDED) + get(stat::LOST),
+        sent: get(stat::SENT),
+        folded: get(stat::FOLDED),
+        lost: get(stat::LOST),
+        no_entry: get(stat::NO_ENTRY),
+        fold_full: get(stat::FOLD_FULL),
+    }
+}
+
+/// The repeats each CPU's front slots hold (one per hook), by key (none
+/// left out: at most one key per CPU and hook).
+fn front_pending(fronts: &PerCpuArray<MapData, FoldFront>) -> Vec<(FoldKey, u64)> {
+    (0..hook::COUNT)
+        .filter_map(|h| fronts.get(&h, 0).ok())
+        .flat_map(|per_cpu| {
+            per_cpu
+                .iter()
+                .filter(|f| f.valid != 0 && f.pending > 0)
+                .map(|f| (f.key, f.pending))
+                .collect::<Vec<_>>()
+        })
         .collect()
 }
 
@@ -542,15 +554,7 @@ impl Session {
 impl KernelView {
     /// The kernel's counters now.
     pub fn counters(&self) -> Counters {
-        let get = |i: u32| self.stats.get(&i, 0).map(|v| v.iter().sum()).unwrap_or(0);
-        Counters {
-            matched: get(stat::SENT) + get(stat::FOLDED) + get(stat::LOST),
-            sent: get(stat::SENT),
-            folded: get(stat::FOLDED),
-            lost: get(stat::LOST),
-            no_entry: get(stat::NO_ENTRY),
-            fold_full: get(stat::FOLD_FULL),
-        }
+        counters_of(&self.stats)
     }
 
     /// Failures folded in the kernel and not yet carried by an event, per

@@ -275,7 +275,9 @@ pub struct WatchArgs {
     pub fold_window: u64,
 
     /// Kernel-to-user ring buffer size in KiB (a power of two, at least 4).
-    #[arg(long, value_name = "KIB", default_value_t = 1024, value_parser = values::parse_ring_kib)]
+    /// The default holds about 24,000 events: a burst of distinct failures
+    /// that long fits even while the reader waits for a CPU.
+    #[arg(long, value_name = "KIB", default_value_t = 4096, value_parser = values::parse_ring_kib)]
     pub ring_size: u32,
 
     /// Seconds between reports of lost events on stderr (only when some were lost).

@@ -268,7 +268,7 @@ pub async fn run(args: RunArgs) -> Result<u8> {
             }
         }
     }
-    let timeouts = pipeline::wind_down(&mut session, pipeline, &mut batch, writing, None).await?;
+    let unenriched = pipeline::wind_down(&mut session, pipeline, &mut batch, writing, None).await?;
     let finish = session.finish();
     for repeat in &finish.repeats {
         notices.say(&Notice::Repeat(repeat.clone()));
@@ -276,7 +276,7 @@ pub async fn run(args: RunArgs) -> Result<u8> {
     notices.say(&Notice::Summary(Summary::new(
         started.elapsed().as_secs_f64(),
         &finish,
-        timeouts,
+        unenriched,
     )));
     drop(cgroup);
     Ok(match (status.code(), status.signal()) {

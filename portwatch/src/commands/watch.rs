@@ -191,7 +191,7 @@ pub async fn run(args: WatchArgs) -> Result<()> {
         }
     }
 
-    let timeouts =
+    let unenriched =
         pipeline::wind_down(&mut session, pipeline, &mut batch, writing, written).await?;
     let finish = session.finish();
     for repeat in &finish.repeats {
@@ -205,7 +205,7 @@ pub async fn run(args: WatchArgs) -> Result<()> {
     notices.say(&Notice::Summary(Summary::new(
         started.elapsed().as_secs_f64(),
         &finish,
-        timeouts,
+        unenriched,
     )));
     Ok(())
 }

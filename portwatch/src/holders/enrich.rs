@@ -6,7 +6,7 @@
 //! reader, so a slow /proc or netlink answer delays only the output of its
 //! own event (see `crate::pipeline`).
 
-use std::{io, net::SocketAddr, os::fd::AsFd, sync::Mutex, time::Duration};
+use std::{collections::HashMap, io, net::SocketAddr, os::fd::AsFd, sync::Mutex, time::Duration};
 
 use super::{
     containers::{self, Container, Containers},
@@ -66,52 +66,120 @@ impl Enricher {
 
     /// Everything known about what stands in the way of `req`.
     pub fn evidence(&self, req: &Request) -> Evidence {
-        let protocol = match req.proto {
-            Proto::Tcp => 6,
-            Proto::Udp => 17,
-            Proto::Other(_) => {
-                return Evidence {
-                    blind: Some(format!(
-                        "portwatch looks up TCP and UDP sockets, not {}",
-                        req.proto.name()
-                    )),
-                    ..self.recorded_only(req, true)
-                }
-            }
+        let Some(protocol) = protocol(req) else {
+            return Evidence {
+                blind: Some(format!(
+                    "portwatch looks up TCP and UDP sockets, not {}",
+                    req.proto.name()
+                )),
+                ..self.recorded_only(req, true)
+            };
         };
         let in_use = req.errno_or_in_use() == Errno::ADDRINUSE;
         let port = (req.port != 0).then_some(req.port);
+        let looked = self.look(req.netns, protocol, in_use.then_some(port), &callers(req));
+        match looked {
+            Ok((sockets, sysctls)) => self.conclude(req, in_use, &sockets, sysctls),
+            Err(e) => self.blind(req, &e),
+        }
+    }
+
+    /// Evidence for each of `reqs`, in order. Failures in one network
+    /// namespace on one protocol share one sock_diag dump of every port
+    /// (a burst of distinct ports costs one dump, not one per port).
+    pub fn evidence_many(&self, reqs: &[Request]) -> Vec<Evidence> {
+        let mut out: Vec<Option<Evidence>> = vec![None; reqs.len()];
+        let mut groups: HashMap<(u32, u8), Vec<usize>> = HashMap::new();
+        for (i, req) in reqs.iter().enumerate() {
+            match protocol(req) {
+                // Only named ports in use: port 0 and other errors need
+                // nothing or everything, as `evidence` decides.
+                Some(p) if req.port != 0 && req.errno_or_in_use() == Errno::ADDRINUSE => {
+                    groups.entry((req.netns, p)).or_default().push(i);
+                }
+                _ => out[i] = Some(self.evidence(req)),
+            }
+        }
+        for ((netns, protocol), members) in groups {
+            if let [one] = members[..] {
+                out[one] = Some(self.evidence(&reqs[one]));
+                continue;
+            }
+            let mut candidates: Vec<(u32, u32)> =
+                members.iter().flat_map(|&i| callers(&reqs[i])).collect();
+            candidates.sort_unstable();
+            candidates.dedup();
+            match self.look(netns, protocol, Some(None), &candidates) {
+                Ok((sockets, sysctls)) => {
+                    let mut by_port: HashMap<u16, Vec<DiagSocket>> = HashMap::new();
+                    for s in sockets {
+                        by_port.entry(s.local.port()).or_default().push(s);
+                    }
+                    for i in members {
+                        let sockets = by_port.get(&reqs[i].port).map_or(&[][..], Vec::as_slice);
+                        out[i] = Some(self.conclude(&reqs[i], true, sockets, sysctls.clone()));
+                    }
+                }
+                Err(e) => {
+                    for i in members {
+                        out[i] = Some(self.blind(&reqs[i], &e));
+                    }
+                }
+            }
+        }
+        out.into_iter().map(Option::unwrap_or_default).collect()
+    }
+
+    /// Reads `netns`'s sockets of `protocol` (`dump`: None for none, else
+    /// those on the port, or every one for `Some(None)`) and its sysctls,
+    /// entering it through one of `candidates`' threads when it is not ours.
+    fn look(
+        &self,
+        netns: u32,
+        protocol: u8,
+        dump: Option<Option<u16>>,
+        candidates: &[(u32, u32)],
+    ) -> io::Result<(Vec<DiagSocket>, sysctl::Sysctls)> {
         let bound_inactive = self.bound_inactive && protocol == 6;
         let look = || -> (io::Result<Vec<DiagSocket>>, sysctl::Sysctls) {
-            let sockets = if in_use {
-                sockdiag::dump(protocol, port, bound_inactive)
-            } else {
-                Ok(Vec::new())
+            let sockets = match dump {
+                Some(port) => sockdiag::dump(protocol, port, bound_inactive),
+                None => Ok(Vec::new()),
             };
             (sockets, sysctl::sysctls())
         };
-        let looked = self.in_netns_of(req, look);
-        let (sockets, sysctls) = match looked {
-            Ok((Ok(sockets), sysctls)) => (sockets, sysctls),
-            // The kernel answers ENOENT when no sock_diag handler is
-            // registered: tcp_diag/udp_diag are modules on most distributions.
-            Ok((Err(e), _)) if e.raw_os_error() == Some(libc::ENOENT) => {
-                return Evidence {
-                    blind: Some(format!(
-                        "the kernel has no sock_diag handler for {} (load the inet_diag and {}_diag modules)",
-                        req.proto.name(),
-                        req.proto.name()
-                    )),
-                    ..self.recorded_only(req, true)
-                }
-            }
-            Ok((Err(e), _)) | Err(e) => {
-                return Evidence {
-                    blind: Some(e.to_string()),
-                    ..self.recorded_only(req, true)
-                }
-            }
+        let (sockets, sysctls) = self.in_netns(netns, candidates, look)?;
+        Ok((sockets?, sysctls))
+    }
+
+    /// Evidence when the look failed.
+    fn blind(&self, req: &Request, e: &io::Error) -> Evidence {
+        // The kernel answers ENOENT when no sock_diag handler is
+        // registered: tcp_diag/udp_diag are modules on most distributions.
+        let why = if e.raw_os_error() == Some(libc::ENOENT) {
+            format!(
+                "the kernel has no sock_diag handler for {} (load the inet_diag and {}_diag modules)",
+                req.proto.name(),
+                req.proto.name()
+            )
+        } else {
+            e.to_string()
         };
+        Evidence {
+            blind: Some(why),
+            ..self.recorded_only(req, true)
+        }
+    }
+
+    /// Evidence from what a look found: `sockets` on the port (every port,
+    /// for a bind to port 0).
+    fn conclude(
+        &self,
+        req: &Request,
+        in_use: bool,
+        sockets: &[DiagSocket],
+        sysctls: sysctl::Sysctls,
+    ) -> Evidence {
         let mut evidence = Evidence {
             sysctls: Some(sysctls),
             caller: self.caller(req),
@@ -120,7 +188,7 @@ impl Enricher {
         if !in_use {
             return evidence;
         }
-        if port.is_none() {
+        if req.port == 0 {
             // bind(port 0): how much of the ephemeral range is taken.
             if let Some(Some((lo, hi))) = evidence.sysctls.as_ref().map(|s| s.local_port_range) {
                 let taken: std::collections::HashSet<u16> = sockets
@@ -132,30 +200,32 @@ impl Enricher {
             }
             return evidence;
         }
-        evidence.holders = self.holders(req, &sockets);
+        evidence.holders = self.holders(req, sockets);
         if evidence.holders.iter().any(unowned_udp) {
-            if let Ok(devices) = self.in_netns_of(req, || kernel::udp_port_devices(req.port)) {
+            if let Ok(devices) = self.in_netns(req.netns, &callers(req), || {
+                kernel::udp_port_devices(req.port)
+            }) {
                 name_kernel_holders(devices, &mut evidence.holders);
             }
         }
         evidence
     }
 
-    /// Runs `f` in `req`'s network namespace (entered through a process
-    /// known to be in it: the caller, or the recorded holder).
-    fn in_netns_of<T>(&self, req: &Request, f: impl FnOnce() -> T) -> io::Result<T> {
-        if Some(req.netns) == self.own_netns {
+    /// Runs `f` in network namespace `netns`, entered through one of
+    /// `candidates`' threads when it is not ours.
+    fn in_netns<T>(
+        &self,
+        netns: u32,
+        candidates: &[(u32, u32)],
+        f: impl FnOnce() -> T,
+    ) -> io::Result<T> {
+        if Some(netns) == self.own_netns {
             return Ok(f());
         }
-        let mut candidates: Vec<(u32, u32)> = req.caller.iter().map(|c| (c.pid, c.tid)).collect();
-        if let Some(r) = &req.record {
-            candidates.push((r.pid, r.pid));
-        }
-        match netns::open_netns(req.netns, &candidates) {
+        match netns::open_netns(netns, candidates) {
             Some(ns) => netns::in_netns(ns.as_fd(), f),
             None => Err(io::Error::other(format!(
-                "no process is left in network namespace {}",
-                req.netns
+                "no process is left in network namespace {netns}"
             ))),
         }
     }
@@ -523,6 +593,25 @@ fn systemd_manager(p: &ProcInfo) -> Option<bool> {
         (_, "systemd") if init_scope && p.cgroup.contains("/user@") => Some(true),
         _ => None,
     }
+}
+
+/// The sock_diag protocol number of `req`, if sock_diag reports it.
+fn protocol(req: &Request) -> Option<u8> {
+    match req.proto {
+        Proto::Tcp => Some(6),
+        Proto::Udp => Some(17),
+        Proto::Other(_) => None,
+    }
+}
+
+/// The threads through which `req`'s network namespace can be entered: the
+/// caller's, and the recorded holder's.
+fn callers(req: &Request) -> Vec<(u32, u32)> {
+    let mut candidates: Vec<(u32, u32)> = req.caller.iter().map(|c| (c.pid, c.tid)).collect();
+    if let Some(r) = &req.record {
+        candidates.push((r.pid, r.pid));
+    }
+    candidates
 }
 
 /// A holder for socket `s` before its owner is known.

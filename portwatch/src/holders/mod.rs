@@ -258,6 +258,9 @@ pub struct Evidence {
     /// Socket options a trial bind (`who`) has just shown not to help:
     /// no fix may recommend them.
     pub trial_failed: TrialFailed,
+    /// Not looked up: the holders are the kernel's record alone, because
+    /// lookups could not keep up with the failures or took too long.
+    pub shed: bool,
 }
 
 /// Options whose trial bind failed.

@@ -222,6 +222,7 @@ struct Inner {
     lookups: Family<ResultLabels, Counter>,
     lookup_seconds: Histogram,
     lookup_timeouts: Counter,
+    lookups_shed: Counter,
     state: Mutex<State>,
     kernel: Arc<Mutex<Option<KernelView>>>,
 }
@@ -344,6 +345,12 @@ impl Metrics {
             "Events printed without their holders because the lookup took longer than --lookup-timeout.",
             lookup_timeouts.clone(),
         );
+        let lookups_shed = Counter::default();
+        registry.register(
+            "portwatch_holder_lookups_shed",
+            "Events printed with the kernel's record of the holder alone because failures came faster than holder lookups.",
+            lookups_shed.clone(),
+        );
         registry.register(
             "portwatch_build",
             "portwatch's version.",
@@ -420,6 +427,7 @@ impl Metrics {
             lookups,
             lookup_seconds,
             lookup_timeouts,
+            lookups_shed,
             state: Mutex::new(State {
                 sweeps: 0,
                 ports: Ports {
@@ -530,6 +538,12 @@ impl Metrics {
     /// Counts an event printed without waiting longer for its lookup.
     pub fn lookup_timed_out(&self) {
         self.0.lookup_timeouts.inc();
+    }
+
+    /// Counts an event printed without its lookup because lookups could
+    /// not keep up.
+    pub fn lookup_shed(&self) {
+        self.0.lookups_shed.inc();
     }
 
     /// Counts the failures folded in the kernel that no event carried yet

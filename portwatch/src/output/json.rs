@@ -48,6 +48,8 @@ struct RecordOut<'a> {
     event: &'a Event,
     #[serde(skip_serializing_if = "Option::is_none")]
     holders: Option<&'a RawValue>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    enriched: Option<bool>,
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
     verdict: Option<&'a Verdict>,
 }
@@ -61,6 +63,10 @@ pub struct Record {
     /// What held the port, when holders were looked up.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub holders: Option<Vec<Holder>>,
+    /// False when the holders are the kernel's record alone: the lookup was
+    /// shed (failures came faster than lookups) or timed out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enriched: Option<bool>,
     /// Reason, diagnosis and fix, when holders were looked up.
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
     pub verdict: Option<Verdict>,
@@ -83,9 +89,11 @@ impl Record {
         struct Holders {
             #[serde(default)]
             holders: Option<Vec<Holder>>,
+            #[serde(default)]
+            enriched: Option<bool>,
         }
         let event: Event = serde_json::from_str(line)?;
-        let holders = serde_json::from_str::<Holders>(line)?.holders;
+        let Holders { holders, enriched } = serde_json::from_str::<Holders>(line)?;
         let verdict = if line.contains("\"reason\"") {
             serde_json::from_str::<Verdict>(line).ok()
         } else {
@@ -94,6 +102,7 @@ impl Record {
         Ok(Self {
             event,
             holders,
+            enriched,
             verdict,
         })
     }
@@ -111,11 +120,13 @@ pub fn holders_json(e: &Evidence) -> Box<RawValue> {
 }
 
 /// Writes one failure as a line: `holders` is `verdict`'s evidence,
-/// pre-rendered by [`holders_json`].
+/// pre-rendered by [`holders_json`]; `enriched` whether that evidence is
+/// more than the kernel's record (see [`Evidence::shed`]).
 pub fn write(
     out: &mut impl Write,
     ev: &Event,
     holders: Option<&RawValue>,
+    enriched: Option<bool>,
     verdict: Option<&Verdict>,
 ) -> io::Result<()> {
     serde_json::to_writer(
@@ -123,6 +134,7 @@ pub fn write(
         &RecordOut {
             event: ev,
             holders,
+            enriched,
             verdict,
         },
     )?;
@@ -565,7 +577,7 @@ mod tests {
     #[test]
     fn json_has_the_documented_keys() {
         let mut out = Vec::new();
-        write(&mut out, &event(), None, None).unwrap();
+        write(&mut out, &event(), None, None, None).unwrap();
         let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
         for key in [
             "ts",
@@ -608,7 +620,14 @@ mod tests {
         let e = evidence();
         let verdict = diagnose(&ev.request(), &e);
         let mut out = Vec::new();
-        write(&mut out, &ev, Some(&holders_json(&e)), Some(&verdict)).unwrap();
+        write(
+            &mut out,
+            &ev,
+            Some(&holders_json(&e)),
+            Some(true),
+            Some(&verdict),
+        )
+        .unwrap();
         let line = std::str::from_utf8(&out).unwrap().trim_end();
         let back = Record::parse(line).unwrap();
         assert_eq!(Record::parse_fast(line).unwrap(), back);
@@ -617,12 +636,13 @@ mod tests {
             Record {
                 event: ev.clone(),
                 holders: Some(e.holders.clone()),
+                enriched: Some(true),
                 verdict: Some(verdict),
             }
         );
         // And a line without enrichment (`--no-holders`).
         let mut out = Vec::new();
-        write(&mut out, &ev, None, None).unwrap();
+        write(&mut out, &ev, None, None, None).unwrap();
         let back = Record::parse(std::str::from_utf8(&out).unwrap()).unwrap();
         assert_eq!((&back.holders, &back.verdict), (&None, &None));
         assert_eq!(back.event, ev);
@@ -656,7 +676,7 @@ mod tests {
         assert!(line.starts_with(PORT_LINE_PREFIX), "{line}");
         assert_eq!(parse_line(&line).unwrap(), Line::Port(life));
         let mut out = Vec::new();
-        write(&mut out, &event(), None, None).unwrap();
+        write(&mut out, &event(), None, None, None).unwrap();
         let line = std::str::from_utf8(&out).unwrap().trim_end();
         assert!(matches!(parse_line(line).unwrap(), Line::Event(_)));
         assert_eq!(
@@ -707,7 +727,14 @@ mod tests {
         ];
         for (ev, holders, verdict) in cases {
             let mut out = Vec::new();
-            write(&mut out, ev, holders.as_deref(), verdict).unwrap();
+            write(
+                &mut out,
+                ev,
+                holders.as_deref(),
+                holders.as_ref().map(|_| false),
+                verdict,
+            )
+            .unwrap();
             let line = out.strip_suffix(b"\n").unwrap();
             let text = std::str::from_utf8(line).unwrap();
             let r = Record::parse(text).unwrap();

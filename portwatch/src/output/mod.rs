@@ -46,6 +46,12 @@ pub fn write_event(
                 None => Ok(()),
             }
         }
-        Format::Json => json::write(out, ev, holders, found.map(|(_, v)| v)),
+        Format::Json => json::write(
+            out,
+            ev,
+            holders,
+            found.map(|(e, _)| !e.shed),
+            found.map(|(_, v)| v),
+        ),
     }
 }

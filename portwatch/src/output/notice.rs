@@ -103,6 +103,10 @@ pub struct Summary {
     pub malformed: u64,
     /// Holder lookups that took longer than `--lookup-timeout`.
     pub lookup_timeouts: u64,
+    /// Events written with the kernel's record alone because failures came
+    /// faster than holder lookups.
+    #[serde(default)]
+    pub lookups_shed: u64,
     /// Stale fold-table entries swept (older than the fold window).
     #[serde(default)]
     pub fold_swept: u64,
@@ -113,7 +117,7 @@ pub struct Summary {
 
 impl Summary {
     /// From a finished session.
-    pub fn new(seconds: f64, f: &Finish, lookup_timeouts: u64) -> Self {
+    pub fn new(seconds: f64, f: &Finish, unenriched: crate::pipeline::Unenriched) -> Self {
         Self {
             seconds,
             matched: f.counters.matched,
@@ -126,7 +130,8 @@ impl Summary {
             no_entry: f.counters.no_entry,
             fold_table_full: f.counters.fold_full,
             malformed: f.malformed,
-            lookup_timeouts,
+            lookup_timeouts: unenriched.timeouts,
+            lookups_shed: unenriched.shed,
             fold_swept: f.fold_swept,
             fold_entries: f.fold_entries,
         }
@@ -177,8 +182,18 @@ impl Notice {
                 r.lost_write
             ),
             Self::Summary(s) => format!(
-                "stopped after {:.1}s: {} calls matched; {} shown, {} folded into them, {} folded after the last shown, {} lost",
-                s.seconds, s.matched, s.shown, s.folded_shown, s.folded_tail, s.lost
+                "stopped after {:.1}s: {} calls matched; {} shown, {} folded into them, {} folded after the last shown, {} lost{}",
+                s.seconds,
+                s.matched,
+                s.shown,
+                s.folded_shown,
+                s.folded_tail,
+                s.lost,
+                if s.lookups_shed > 0 {
+                    format!("; {} shown without a holder lookup (lookups could not keep up)", s.lookups_shed)
+                } else {
+                    String::new()
+                }
             ),
         }
     }

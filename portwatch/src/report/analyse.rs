@@ -689,8 +689,15 @@ fn patterns(story: &PortStory) -> Vec<Pattern> {
         .collect();
     repeated.sort_by_key(|(_, runs)| runs[0].first);
     for ((comm, errno, reason), runs) in repeated {
-        let mut pids: Vec<u32> = runs.iter().map(|r| r.pid).collect();
-        pids.dedup();
+        // A pid that failed, restarted as another and came back (a reused
+        // pid, or runs split by a gap) is one instance, not two: first seen
+        // order, each once.
+        let mut seen = std::collections::HashSet::new();
+        let pids: Vec<u32> = runs
+            .iter()
+            .map(|r| r.pid)
+            .filter(|p| seen.insert(*p))
+            .collect();
         let total: u64 = runs.iter().map(|r| r.count).sum();
         out.push(Pattern {
             kind: "repeated",
@@ -775,6 +782,14 @@ mod tests {
         a
     }
 
+    fn pattern<'a>(a: &'a Analysis, port: u16, kind: &str) -> &'a Pattern {
+        a.ports[&port]
+            .patterns
+            .iter()
+            .find(|p| p.kind == kind)
+            .unwrap_or_else(|| panic!("no {kind} pattern on port {port}"))
+    }
+
     fn kinds(a: &Analysis, port: u16) -> Vec<&'static str> {
         a.ports[&port].patterns.iter().map(|p| p.kind).collect()
     }
@@ -828,11 +843,7 @@ mod tests {
             k.contains(&"overlap") && k.contains(&"stray") && k.contains(&"repeated"),
             "{k:?}"
         );
-        let repeated = a.ports[&80]
-            .patterns
-            .iter()
-            .find(|p| p.kind == "repeated")
-            .unwrap();
+        let repeated = pattern(&a, 80, "repeated");
         assert_eq!(repeated.pids, vec![100, 101]);
         assert!(repeated.text.contains("3 time(s)"), "{}", repeated.text);
         assert_eq!(a.ports[&80].runs.len(), 2);
@@ -842,6 +853,24 @@ mod tests {
         assert_eq!(a.failures, 5);
         assert_eq!(a.by_command.0["nginx"], 3);
         assert_eq!(a.by_reason.0["EADDRNOTAVAIL"], 1);
+    }
+
+    #[test]
+    fn repeated_counts_each_pid_once_when_pids_come_back() {
+        let holder = Some((50, "python3", "LISTEN"));
+        let a = analyse_lines(&[
+            failure(0, 100, "nginx", holder, 80, "EADDRINUSE", true),
+            failure(5000, 101, "nginx", holder, 80, "EADDRINUSE", true),
+            // Past RUN_GAP: a run of its own.
+            failure(200_000, 100, "nginx", holder, 80, "EADDRINUSE", true),
+        ]);
+        let repeated = pattern(&a, 80, "repeated");
+        assert_eq!(repeated.pids, vec![100, 101]);
+        assert!(
+            repeated.text.contains("across 2 restarts"),
+            "{}",
+            repeated.text
+        );
     }
 
     #[test]
