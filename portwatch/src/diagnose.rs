@@ -557,9 +557,17 @@ fn ephemeral_port(req: &Request, h: &Holder, seen: &Evidence, what: &str) -> Opt
     let sysctls = seen.sysctls.as_ref()?;
     let (low, high) = sysctls.local_port_range?;
     // A listener that closed with connections still open left them: a
-    // server's, not an outgoing connection's.
+    // server's, not an outgoing connection's. So did one whose peer's port
+    // is itself ephemeral (a client's); an outgoing connection's peer is a
+    // service port, below the range.
     let listener_closed = seen.holders.iter().any(|h| h.state == State::Closed);
-    if !(low..=high).contains(&req.port) || h.remote.is_none() || listener_closed {
+    let remote_port: Option<u16> = h
+        .remote
+        .as_deref()
+        .and_then(|r| r.rsplit(':').next())
+        .and_then(|p| p.parse().ok());
+    let to_a_service = remote_port.is_some_and(|p| p < low);
+    if !(low..=high).contains(&req.port) || !to_a_service || listener_closed {
         return None;
     }
     let port = req.port;
@@ -1376,6 +1384,14 @@ mod tests {
         // Outside the range, it is a plain connection.
         assert_eq!(
             diagnose(&event(98, 8080), &with(vec![h.clone()])).reason,
+            Reason::Connection
+        );
+        // A server's accepted connection left by its closed listener: the
+        // peer's port is a client's ephemeral one.
+        let mut accepted = h.clone();
+        accepted.remote = Some("127.0.0.1:40001".into());
+        assert_eq!(
+            diagnose(&event(98, 40000), &with(vec![accepted])).reason,
             Reason::Connection
         );
         // A trial bind showed SO_REUSEADDR failing: no fix recommends it.
