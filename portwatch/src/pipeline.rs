@@ -509,36 +509,44 @@ async fn write(
             if let Some(m) = &metrics {
                 m.observe(&p.ev, verdict.as_deref());
             }
-            if record.is_some() {
+            // The event's NDJSON line, rendered once for every output that
+            // takes it: --record's journal (written in place), journald,
+            // and stdout with --json.
+            let enriched = evidence.as_ref().map(|e| !e.shed);
+            let mut own_line = Vec::new();
+            let line: Option<&[u8]> = if record.is_some() {
                 let start = journal.len();
                 output::json::write(
                     &mut journal,
                     &p.ev,
                     holders.as_deref(),
-                    evidence.as_ref().map(|e| !e.shed),
+                    enriched,
                     verdict.as_deref(),
                 )?;
                 journal_lines += 1;
-                if format == Format::Json && journald.is_none() {
-                    // Rendered once for both.
-                    out.write_all(&journal[start..])?;
-                    continue;
-                }
-            }
-            if let Some(j) = &journald {
-                let mut line = Vec::new();
+                Some(&journal[start..])
+            } else if journald.is_some() {
                 output::json::write(
-                    &mut line,
+                    &mut own_line,
                     &p.ev,
                     holders.as_deref(),
-                    evidence.as_ref().map(|e| !e.shed),
+                    enriched,
                     verdict.as_deref(),
                 )?;
+                Some(&own_line)
+            } else {
+                None
+            };
+            match (&journald, line) {
                 // journald gone (stopped, restarting): the event is still
                 // in --record's journal and the metrics.
-                let _ = j.send(&p.ev, found, &line);
-            } else {
-                output::write_event(&mut out, format, &p.ev, found, holders.as_deref(), repeat)?;
+                (Some(j), Some(line)) => {
+                    let _ = j.send(&p.ev, found, line);
+                }
+                (None, Some(line)) if format == Format::Json => out.write_all(line)?,
+                _ => {
+                    output::write_event(&mut out, format, &p.ev, found, holders.as_deref(), repeat)?
+                }
             }
         }
         if let Some(sink) = &record {

@@ -21,6 +21,25 @@ use std::{
 use common::*;
 use serde_json::Value;
 
+/// A root filesystem of busybox-static alone, as a tar file under `dir`,
+/// for `docker import` and `podman import` (no registry is reachable).
+fn busybox_rootfs(dir: &std::path::Path) -> PathBuf {
+    let root = dir.join("rootfs");
+    std::fs::create_dir_all(root.join("bin")).unwrap();
+    std::fs::copy("/bin/busybox", root.join("bin/busybox")).expect("busybox-static");
+    let tar = dir.join("rootfs.tar");
+    let status = Command::new("tar")
+        .arg("-C")
+        .arg(&root)
+        .arg("-cf")
+        .arg(&tar)
+        .arg(".")
+        .status()
+        .unwrap();
+    assert!(status.success(), "tar: {status}");
+    tar
+}
+
 /// A dockerd of the test's own, in `ns`, with everything under `dir`.
 struct Docker {
     dir: PathBuf,
@@ -87,19 +106,7 @@ impl Docker {
 
     /// An image made of busybox-static alone: `pwtest:1`.
     fn import(&self) {
-        let root = self.dir.join("rootfs");
-        std::fs::create_dir_all(root.join("bin")).unwrap();
-        std::fs::copy("/bin/busybox", root.join("bin/busybox")).expect("busybox-static");
-        let tar = self.dir.join("rootfs.tar");
-        let status = Command::new("tar")
-            .arg("-C")
-            .arg(&root)
-            .arg("-cf")
-            .arg(&tar)
-            .arg(".")
-            .status()
-            .unwrap();
-        assert!(status.success());
+        let tar = busybox_rootfs(&self.dir);
         let out = self.cli(&["import", tar.to_str().unwrap(), "pwtest:1"]);
         assert!(out.status.success(), "docker import: {out:?}");
     }
@@ -413,19 +420,9 @@ fn podman_published_port_names_the_container() {
     let ns = Netns::new("pw-podman");
     let dir = std::env::temp_dir().join(format!("pw-podman-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(dir.join("rootfs/bin")).unwrap();
-    std::fs::copy("/bin/busybox", dir.join("rootfs/bin/busybox")).expect("busybox-static");
+    std::fs::create_dir_all(&dir).unwrap();
     let podman = Arc::new(Podman(dir.clone()));
-    let tar = dir.join("rootfs.tar");
-    let status = Command::new("tar")
-        .arg("-C")
-        .arg(dir.join("rootfs"))
-        .arg("-cf")
-        .arg(&tar)
-        .arg(".")
-        .status()
-        .unwrap();
-    assert!(status.success());
+    let tar = busybox_rootfs(&dir);
     let out = podman.cli(&["import", tar.to_str().unwrap(), "pwtest:1"]);
     assert!(out.status.success(), "podman import: {out:?}");
     let port = port();

@@ -10,12 +10,14 @@
 mod cgroup;
 mod netns;
 mod process;
+mod scratch;
 
 use std::os::fd::AsFd;
 
 pub use cgroup::{cgroup2_root, Cgroup};
 pub use netns::{enter_fresh_netns, in_fresh_netns, Netns};
 pub use process::Process;
+pub use scratch::Scratch;
 
 /// The inode of a socket (or any file): what /proc/PID/fd links and
 /// sock_diag call it.

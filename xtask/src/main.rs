@@ -13,6 +13,7 @@ mod fresh;
 mod fuzz;
 mod kernels;
 mod load;
+mod qemu;
 mod setup;
 mod soak;
 mod vm;

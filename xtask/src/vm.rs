@@ -17,16 +17,19 @@
 
 use std::{
     collections::BTreeSet,
-    io::{BufRead as _, BufReader, Write as _},
+    io::Write as _,
     path::{Path, PathBuf},
     process::{Command, Stdio},
-    sync::mpsc,
     time::{Duration, Instant},
 };
 
 use anyhow::{bail, Context as _, Result};
 
-use crate::{cargo, kernels, root, run, setup};
+use crate::{
+    cargo, kernels,
+    qemu::{cpio, Qemu},
+    root, run, setup,
+};
 
 /// Tests that need programs the VM does not carry (python3, nginx, setpriv, ss)
 /// or a newer kernel than the VM's.
@@ -63,9 +66,6 @@ const TIMEOUT: Duration = Duration::from_secs(20 * 60);
 
 /// VMs booted at once (one qemu process each).
 const PARALLEL_VMS: usize = 2;
-
-/// Virtual CPUs per VM.
-const VCPUS: &str = "2";
 
 /// Builds the test binaries; returns (suite name, executable).
 fn test_binaries() -> Result<Vec<(String, PathBuf)>> {
@@ -148,20 +148,6 @@ fn init_script(modules: &[PathBuf]) -> String {
     }
     s.push_str("echo VMTEST done\npoweroff -f\n");
     s
-}
-
-/// Packs the directory `tree` into a gzipped newc cpio archive `out`.
-pub(crate) fn cpio(tree: &Path, out: &Path) -> Result<()> {
-    let status = Command::new("sh")
-        .arg("-c")
-        .arg("find . | cpio -o -H newc --quiet | gzip -1 > \"$0\"")
-        .arg(out)
-        .current_dir(tree)
-        .status()?;
-    if !status.success() {
-        bail!("cpio failed");
-    }
-    Ok(())
 }
 
 fn work_dir() -> PathBuf {
@@ -507,63 +493,6 @@ fn boot_into(
         Ok(())
     })?;
     Ok(console.finish(timed_out))
-}
-
-/// One TCG guest booted from a kernel and an initramfs.
-pub(crate) struct Qemu<'a> {
-    pub vmlinuz: &'a Path,
-    pub initrd: &'a Path,
-    pub memory_mib: u32,
-    /// The kernel command line.
-    pub append: &'a str,
-    /// Boot to power-off.
-    pub timeout: Duration,
-}
-
-impl Qemu<'_> {
-    /// Boots, writes the whole console to `log` and hands each line
-    /// (without its line end) to `line`; returns whether it was stopped
-    /// at the timeout.
-    pub fn run(&self, log: &Path, mut line: impl FnMut(&str) -> Result<()>) -> Result<bool> {
-        let mut serial = std::io::BufWriter::new(std::fs::File::create(log)?);
-        let mut child = Command::new("qemu-system-x86_64")
-            // Nested KVM fails on this project's machines: emulate.
-            .args(["-accel", "tcg", "-cpu", "max", "-smp", VCPUS])
-            .args(["-m", &self.memory_mib.to_string()])
-            .args(["-nographic", "-no-reboot", "-kernel"])
-            .arg(self.vmlinuz)
-            .arg("-initrd")
-            .arg(self.initrd)
-            .args(["-append", self.append])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .context("starting qemu-system-x86_64")?;
-        let (tx, rx) = mpsc::channel();
-        let stdout = child.stdout.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        let deadline = Instant::now() + self.timeout;
-        let timed_out = loop {
-            match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-                Ok(text) => {
-                    let text = text.trim_end_matches('\r');
-                    writeln!(serial, "{text}")?;
-                    line(text)?;
-                }
-                Err(mpsc::RecvTimeoutError::Timeout) => break true,
-                Err(mpsc::RecvTimeoutError::Disconnected) => break false,
-            }
-        };
-        let _ = child.kill();
-        let _ = child.wait();
-        serial.flush()?;
-        Ok(timed_out)
-    }
 }
 
 /// Prints every kernel's result table; returns whether all passed.

@@ -22,7 +22,11 @@ use std::{
 
 use anyhow::{bail, Context as _, Result};
 
-use crate::{kernels, root, run, setup, vm};
+use crate::{
+    kernels,
+    qemu::{cpio, Qemu},
+    root, run, setup,
+};
 
 /// The kernel booted: Debian 12's 6.12 series, pinned in [`kernels::KERNELS`].
 const KERNEL: &str = "linux-image-6.12.100+deb12-amd64";
@@ -124,7 +128,7 @@ fn rootfs(kernel: &kernels::Kernel) -> Result<PathBuf> {
         tree.join("etc/systemd/system/serial-getty@ttyS0.service"),
     )?;
     let partial = image.with_extension("partial");
-    vm::cpio(&tree, &partial)?;
+    cpio(&tree, &partial)?;
     std::fs::rename(&partial, &image)?;
     std::fs::remove_dir_all(&tree)?;
     eprintln!(
@@ -167,7 +171,7 @@ fn own_part(deb: &Path) -> Result<PathBuf> {
     std::fs::write(&suite, SUITE)?;
     std::fs::set_permissions(&suite, std::fs::Permissions::from_mode(0o755))?;
     let out = work().join("own.cpio.gz");
-    vm::cpio(&tree, &out)?;
+    cpio(&tree, &out)?;
     std::fs::remove_dir_all(&tree)?;
     Ok(out)
 }
@@ -244,7 +248,7 @@ impl Results {
 
 fn boot(kernel: &kernels::Kernel, initrd: &Path, log: &Path) -> Result<(Results, bool)> {
     let mut results = Results::default();
-    let qemu = vm::Qemu {
+    let qemu = Qemu {
         vmlinuz: &kernel.vmlinuz,
         initrd,
         // The whole rootfs lives in the initramfs.

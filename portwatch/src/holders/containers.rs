@@ -26,37 +26,12 @@ use std::{
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+pub use super::procs::Runtime;
+
 /// The most bytes read from one runtime file (a config.v2.json is a few KiB).
 const FILE_CAP: u64 = 1 << 20;
 /// Containers remembered by [`Containers`].
 const CACHE_CAP: usize = 1024;
-
-/// The container runtimes portwatch names containers of.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Runtime {
-    /// Docker (dockerd; `docker-ID.scope` or `/docker/ID`).
-    Docker,
-    /// Podman (`libpod-ID.scope`).
-    Podman,
-    /// containerd's CRI plugin (`cri-containerd-ID.scope`): Kubernetes.
-    Containerd,
-    /// CRI-O (`crio-ID.scope`): Kubernetes.
-    Crio,
-    /// A container id in a cgroup path that names no runtime.
-    Unknown,
-}
-
-impl Runtime {
-    /// The command its users type, where one stops a container.
-    pub fn cli(self) -> Option<&'static str> {
-        match self {
-            Self::Docker => Some("docker"),
-            Self::Podman => Some("podman"),
-            Self::Containerd | Self::Crio | Self::Unknown => None,
-        }
-    }
-}
 
 /// A Docker Compose project and service, from the container's labels.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -182,6 +157,11 @@ impl Roots {
         let procs = std::fs::read_dir("/proc").into_iter().flatten().flatten();
         Roots::find(procs.filter_map(|entry| {
             let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+            // One small read per process; the whole of /proc only for dockerd.
+            let comm = std::fs::read(entry.path().join("comm")).ok()?;
+            if comm.strip_suffix(b"\n").unwrap_or(&comm) != b"dockerd" {
+                return None;
+            }
             let info = super::procs::proc_info(pid)?;
             (info.uid == 0).then_some((info.comm, info.cmdline))
         }))
@@ -626,33 +606,11 @@ fn cri_container(id: &str, runtime: Runtime, config: &Value) -> Container {
 
 #[cfg(test)]
 mod tests {
+    use portwatch_test_support::Scratch;
+
     use super::*;
 
     const ID: &str = "4f8b2c1d9e7a6b5c4d3e2f1a0b9c8d7e6f5a4b3c2d1e0f9a8b7c6d5e4f3a2b1c";
-
-    /// A scratch directory of the test's own, removed on drop.
-    struct Scratch(PathBuf);
-
-    impl Scratch {
-        fn new(name: &str) -> Self {
-            let dir = std::env::temp_dir().join(format!("pw-{name}-{}", std::process::id()));
-            let _ = std::fs::remove_dir_all(&dir);
-            std::fs::create_dir_all(&dir).unwrap();
-            Scratch(dir)
-        }
-
-        fn write(&self, rel: &str, text: &str) {
-            let path = self.0.join(rel);
-            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-            std::fs::write(path, text).unwrap();
-        }
-    }
-
-    impl Drop for Scratch {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
 
     fn roots(base: &Path) -> Roots {
         Roots {

@@ -22,7 +22,7 @@ use netlink_packet_route::{
 use netlink_sys::protocols::NETLINK_ROUTE;
 use serde::{Deserialize, Serialize};
 
-use super::sockdiag::open_socket;
+use super::sockdiag::{open_socket, recv};
 
 /// A network device whose kernel socket holds a UDP port.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -125,20 +125,10 @@ fn links() -> io::Result<Vec<LinkMessage>> {
     let mut links = Vec::new();
     let mut buf = vec![0; 64 * 1024];
     loop {
-        let len = match socket.recv(&mut &mut buf[..], 0) {
-            Ok(len) => len,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                return Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    "rtnetlink: no reply within 1 s",
-                ))
-            }
-            Err(e) => return Err(e),
-        };
+        let datagram = recv(&socket, &mut buf, "rtnetlink")?;
         let mut offset = 0;
-        while offset < len {
-            let msg = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&buf[offset..len])
+        while offset < datagram.len() {
+            let msg = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&datagram[offset..])
                 .map_err(|e| {
                     io::Error::new(io::ErrorKind::InvalidData, format!("rtnetlink: {e}"))
                 })?;

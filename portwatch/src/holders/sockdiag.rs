@@ -149,6 +149,31 @@ pub(super) fn open_socket(protocol: isize) -> io::Result<Socket> {
     Ok(socket)
 }
 
+/// Receives one datagram of a dump into `buf` (retrying on EINTR); a reply
+/// later than the socket's timeout, or one larger than `buf`, is an error
+/// that names `what` asked.
+pub(super) fn recv<'a>(socket: &Socket, buf: &'a mut [u8], what: &str) -> io::Result<&'a [u8]> {
+    let len = loop {
+        match socket.recv(&mut &mut buf[..], libc::MSG_TRUNC) {
+            Ok(len) => break len,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("{what}: no reply within 1 s"),
+                ))
+            }
+            Err(e) => return Err(e),
+        }
+    };
+    let size = buf.len();
+    buf.get(..len).ok_or_else(|| {
+        invalid_data(format!(
+            "{what}: datagram of {len} bytes truncated to {size}"
+        ))
+    })
+}
+
 /// One `SOCK_DIAG_BY_FAMILY` dump request.
 struct Request {
     seq: u32,
@@ -223,23 +248,7 @@ fn receive_dump(
     out: &mut Vec<DiagSocket>,
 ) -> io::Result<()> {
     loop {
-        let len = match socket.recv(&mut &mut buf[..], libc::MSG_TRUNC) {
-            Ok(len) => len,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                return Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    "sock_diag: no reply within 1 s",
-                ))
-            }
-            Err(e) => return Err(e),
-        };
-        let datagram = buf.get(..len).ok_or_else(|| {
-            invalid_data(format!(
-                "datagram of {len} bytes truncated to {}",
-                buf.len()
-            ))
-        })?;
+        let datagram = recv(socket, buf, "sock_diag")?;
         if parse_datagram(datagram, seq, protocol, out)? == Dump::Done {
             return Ok(());
         }

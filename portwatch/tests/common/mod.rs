@@ -18,7 +18,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-pub use portwatch_test_support::{inode_of, Cgroup, Netns, Process};
+pub use portwatch_test_support::{inode_of, Cgroup, Netns, Process, Scratch};
 use serde_json::Value;
 use socket2::{Domain, Protocol, Socket, Type};
 
@@ -402,24 +402,4 @@ pub fn parse(out: &Output) -> (i32, Value) {
     let v: Value = serde_json::from_str(&stdout)
         .unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}\nstderr: {stderr}"));
     (out.status.code().expect("exit status"), v)
-}
-
-/// A private (0700) scratch directory, removed when dropped.
-pub struct Scratch(pub std::path::PathBuf);
-
-impl Scratch {
-    /// `/tmp/pw-NAME-PID`, emptied first.
-    pub fn new(name: &str) -> Scratch {
-        use std::os::unix::fs::DirBuilderExt as _;
-        let dir = std::env::temp_dir().join(format!("pw-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::DirBuilder::new().mode(0o700).create(&dir).unwrap();
-        Scratch(dir)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }

@@ -3,7 +3,34 @@
 //! Everything here parses untrusted text: a unit name is only ever returned
 //! when it is safe to print inside a suggested `systemctl stop` command.
 
-use crate::holders::containers::Runtime;
+use serde::{Deserialize, Serialize};
+
+/// The container runtimes portwatch names containers of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Runtime {
+    /// Docker (dockerd; `docker-ID.scope` or `/docker/ID`).
+    Docker,
+    /// Podman (`libpod-ID.scope`).
+    Podman,
+    /// containerd's CRI plugin (`cri-containerd-ID.scope`): Kubernetes.
+    Containerd,
+    /// CRI-O (`crio-ID.scope`): Kubernetes.
+    Crio,
+    /// A container id in a cgroup path that names no runtime.
+    Unknown,
+}
+
+impl Runtime {
+    /// The command its users type, where one stops a container.
+    pub fn cli(self) -> Option<&'static str> {
+        match self {
+            Self::Docker => Some("docker"),
+            Self::Podman => Some("podman"),
+            Self::Containerd | Self::Crio | Self::Unknown => None,
+        }
+    }
+}
 
 /// systemd's unit types; `is_safe_unit_name` wants one of them as the suffix.
 const UNIT_SUFFIXES: [&str; 11] = [

@@ -18,9 +18,9 @@ use nix::{
     sys::stat::Mode,
 };
 
-pub use cgroup::{is_safe_unit_name, is_stoppable_unit, serves_others, unit_and_container};
-
-use super::containers::Runtime;
+pub use cgroup::{
+    is_safe_unit_name, is_stoppable_unit, serves_others, unit_and_container, Runtime,
+};
 pub use index::{ScanStats, SocketIndex};
 use raw::{cpath, lossy, read_capped};
 
