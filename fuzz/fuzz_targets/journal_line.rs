@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use portwatch::{output::json, report::read};
+use portwatch_core::{output::json, report::read};
 
 fuzz_target!(|data: &[u8]| {
     let mut stats = read::ReadStats::default();

@@ -34,12 +34,13 @@ use tokio::{
     task::JoinHandle,
 };
 
-use crate::{
-    capture::{fold_key, Event},
+use crate::metrics::Metrics;
+use portwatch_core::{
     diagnose::{diagnose, Verdict},
+    event::Event,
+    fold::fold_key,
     holders::{Enricher, Evidence},
-    metrics::Metrics,
-    output::{self, text, Format},
+    output::{self, notice::Unenriched, text, Format},
     request::{Opts, Request, Syscall},
 };
 
@@ -223,7 +224,7 @@ pub struct Options {
     /// Delay every lookup by this much (tests).
     pub delay: Duration,
     /// `--record`: every event's NDJSON line also goes to the journal.
-    pub record: Option<output::record::Sink>,
+    pub record: Option<portwatch_core::journal::Sink>,
     /// Under systemd: events go to journald as structured entries instead
     /// of as text on stdout.
     pub journald: Option<output::journald::Journald>,
@@ -240,16 +241,6 @@ pub struct Pipeline {
     /// When `recent` last lost its stale keys.
     pruned: Instant,
     timeout: Duration,
-}
-
-/// What the writer did without a lookup's answer.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Unenriched {
-    /// Events whose lookup took longer than `--lookup-timeout`.
-    pub timeouts: u64,
-    /// Events written without waiting for a lookup, or without one, because
-    /// lookups could not keep up.
-    pub shed: u64,
 }
 
 /// The writer task.
@@ -383,7 +374,7 @@ struct WriteOpts {
     enricher: Option<Arc<Enricher>>,
     timeout: Duration,
     metrics: Option<Metrics>,
-    record: Option<output::record::Sink>,
+    record: Option<portwatch_core::journal::Sink>,
     /// Under systemd: events go to journald instead of `out`.
     journald: Option<output::journald::Journald>,
     hurry: Arc<Hurry>,

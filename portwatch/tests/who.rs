@@ -13,7 +13,7 @@ use std::{
 };
 
 use common::*;
-use portwatch::holders::Holder;
+use portwatch_core::holders::Holder;
 use serde_json::Value;
 
 fn any4(port: u16) -> SocketAddr {

@@ -15,7 +15,7 @@ use portwatch_common::{
 };
 
 use super::{btf::Btf, offsets, uring};
-use crate::request::Errno;
+use portwatch_core::request::Errno;
 
 /// Which kernel hook captures the calls.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -100,7 +100,7 @@ impl Settings {
     fn config(&self) -> Config {
         let mut c = Config {
             fold_window_ns: self.fold_window_ns,
-            fold_window_jiffies: crate::capture::clock::window_in_ticks(self.fold_window_ns),
+            fold_window_jiffies: portwatch_core::clock::window_in_ticks(self.fold_window_ns),
             trace_success: u32::from(self.success),
             track_holders: u32::from(self.track_holders),
             record_life: u32::from(self.record_life && self.track_holders),

@@ -4,10 +4,8 @@ use std::{net::IpAddr, path::PathBuf};
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::{
-    capture::{ArgsSource, BackendChoice},
-    request::{Errno, Proto},
-};
+use crate::capture::{ArgsSource, BackendChoice};
+use portwatch_core::request::{Errno, Proto};
 
 pub mod values;
 
@@ -499,11 +497,11 @@ pub struct ReportArgs {
 
     /// Nothing before this time: RFC 3339 (2026-11-24T03:00:00Z) or a
     /// duration before now (90m, 2h).
-    #[arg(long, value_name = "TIME", value_parser = crate::report::parse_time)]
+    #[arg(long, value_name = "TIME", value_parser = portwatch_core::report::parse_time)]
     pub since: Option<std::time::SystemTime>,
 
     /// Nothing after this time (same forms as --since).
-    #[arg(long, value_name = "TIME", value_parser = crate::report::parse_time)]
+    #[arg(long, value_name = "TIME", value_parser = portwatch_core::report::parse_time)]
     pub until: Option<std::time::SystemTime>,
 
     /// Write the report as one JSON object instead of text.

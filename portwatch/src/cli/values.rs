@@ -7,7 +7,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use crate::request::{Errno, Proto};
+use portwatch_core::request::{Errno, Proto};
 
 /// `EADDRINUSE`, `eaddrinuse`, `98`.
 pub fn parse_errno(s: &str) -> Result<Errno, String> {

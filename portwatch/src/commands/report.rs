@@ -10,12 +10,10 @@ use std::{
 
 use anyhow::{bail, Context as _, Result};
 
-use crate::{
-    cli::ReportArgs,
-    report::{
-        analyse::{analyse, Filter},
-        read, render,
-    },
+use crate::cli::ReportArgs;
+use portwatch_core::report::{
+    analyse::{analyse, Filter},
+    read, render,
 };
 
 /// Runs `portwatch report`.

@@ -29,9 +29,11 @@ use tokio::signal::unix::{signal, SignalKind};
 use crate::{
     capture::{Session, Settings},
     cli::{values::cgroup2_mount, RunArgs},
+    pipeline::{self, Pipeline, BATCH},
+};
+use portwatch_core::{
     holders::Enricher,
     output::{text, Format, Notice, Notices, Summary},
-    pipeline::{self, Pipeline, BATCH},
 };
 
 /// portwatch itself failed (as GNU timeout and env use it).

@@ -17,9 +17,9 @@ use std::{
 use netlink_sys::{protocols::NETLINK_SOCK_DIAG, Socket};
 
 use super::who::{self, WhoError};
-use crate::{
+use crate::cli::{WaitArgs, WhoArgs};
+use portwatch_core::{
     bindcheck::{self, Variant},
-    cli::{WaitArgs, WhoArgs},
     holders::{netns, sockdiag, State},
     output::who as out,
     request::Proto,

@@ -10,14 +10,14 @@ use anyhow::Result;
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::{
-    capture::{Session, Settings},
+    capture::{life::JournalSession, Session, Settings},
     cli::WatchArgs,
-    holders::Enricher,
-    output::{
-        record::{self, Recording},
-        text, Format, Notice, Notices, Summary,
-    },
     pipeline::{self, Pipeline, BATCH},
+};
+use portwatch_core::journal::JournalOptions;
+use portwatch_core::{
+    holders::Enricher,
+    output::{text, Format, Notice, Notices, Summary},
 };
 
 /// How often the fold table is swept of stale entries.
@@ -115,7 +115,7 @@ pub async fn run(args: WatchArgs) -> Result<()> {
         });
     }
     let journald = if format == Format::Human {
-        crate::output::journald::Journald::when_stdout_is_journal()
+        portwatch_core::output::journald::Journald::when_stdout_is_journal()
     } else {
         None
     };
@@ -126,8 +126,8 @@ pub async fn run(args: WatchArgs) -> Result<()> {
         out.flush()?;
     }
     let recording = match &args.record {
-        Some(dir) => Some(Recording::start(
-            record::Options {
+        Some(dir) => Some(JournalSession::start(
+            JournalOptions {
                 dir: dir.clone(),
                 max_size: args.max_size.saturating_mul(1 << 20),
                 max_files: args.max_files,
@@ -143,7 +143,7 @@ pub async fn run(args: WatchArgs) -> Result<()> {
             format,
             timeout: Duration::from_millis(args.lookup_timeout),
             delay: Duration::from_millis(args.enrich_delay),
-            record: recording.as_ref().map(Recording::sink),
+            record: recording.as_ref().map(JournalSession::sink),
             journald,
         },
         Box::new(io::stdout()),
@@ -200,7 +200,7 @@ pub async fn run(args: WatchArgs) -> Result<()> {
     if let Some(recording) = recording {
         // The fold tail goes into the journal too: its failures count.
         recording.notices(finish.repeats.iter().cloned().map(Notice::Repeat));
-        notices.say(&Notice::Recorded(recording.finish().await));
+        notices.say(&Notice::JournalStats(recording.finish().await));
     }
     notices.say(&Notice::Summary(Summary::new(
         started.elapsed().as_secs_f64(),

@@ -11,9 +11,9 @@ use std::{
     path::Path,
 };
 
-use crate::{
+use crate::cli::WhoArgs;
+use portwatch_core::{
     bindcheck::{self, Rule, Variant},
-    cli::WhoArgs,
     diagnose::diagnose,
     holders::{
         containers::{Containers, Publishing},

@@ -5,7 +5,7 @@ use std::{io, net::SocketAddr};
 
 use anyhow::{anyhow, Context as _, Result};
 
-use crate::{
+use portwatch_core::{
     diagnose::{diagnose, named},
     holders::{netns::current_netns, Enricher},
     request::{Caller, Errno, Family, Opts, Proto, Request, Syscall},

@@ -40,9 +40,11 @@ pub use self::{
     http::serve,
     listen::{bind, parse_addr},
 };
-use crate::{
-    capture::{fold_key, Event, KernelView},
+use crate::capture::KernelView;
+use portwatch_core::{
     diagnose::{Reason, Verdict},
+    event::Event,
+    fold::fold_key,
     holders::Evidence,
     request::{Errno, Family as AddrFamily, Proto, Syscall},
 };
@@ -624,9 +626,9 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::capture::{
-        event_tests::{encode, sample},
-        Clock,
+    use portwatch_core::{
+        clock::Clock,
+        event::fixtures::{encode, sample},
     };
 
     #[test]

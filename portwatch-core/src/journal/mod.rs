@@ -34,7 +34,7 @@ use std::{
 use anyhow::{bail, Context as _, Result};
 use serde::{Deserialize, Serialize};
 
-use super::{Notice, Notices};
+use crate::output::{Notice, Notices};
 
 /// Journal files are named `portwatch-NNNNNNNNNN.ndjson`, numbered in order.
 pub const PREFIX: &str = "portwatch-";
@@ -50,7 +50,7 @@ const QUEUE: usize = 256;
 
 /// Where and how much to record.
 #[derive(Debug, Clone)]
-pub struct Options {
+pub struct JournalOptions {
     /// The journal directory.
     pub dir: PathBuf,
     /// Rotate a file once it reaches this many bytes.
@@ -61,7 +61,7 @@ pub struct Options {
 
 /// What the recorder did, at exit.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Recorded {
+pub struct JournalStats {
     /// The journal directory.
     pub dir: PathBuf,
     /// Lines written.
@@ -70,7 +70,7 @@ pub struct Recorded {
     pub lost_queue: u64,
     /// Lines lost because writing failed (full disk, vanished directory).
     pub lost_write: u64,
-    /// Files rotated away (removed past `--max-files`).
+    /// Journal files rotated away (removed past `--max-files`).
     pub removed: u64,
 }
 
@@ -95,17 +95,17 @@ impl Sink {
 }
 
 /// A running recorder thread.
-pub struct Recorder {
+pub struct Journal {
     sink: Option<Sink>,
-    thread: std::thread::JoinHandle<Recorded>,
+    thread: std::thread::JoinHandle<JournalStats>,
 }
 
-impl Recorder {
+impl Journal {
     /// Opens (or creates) the journal directory and its newest file, and
     /// starts the recorder thread. Errors here are the user's to fix: a
     /// symlink at DIR or at the journal's path, a DIR that is not a directory.
-    pub fn start(opts: Options, notices: Notices) -> Result<Self> {
-        let mut journal = Journal::open(opts)?;
+    pub fn start(opts: JournalOptions, notices: Notices) -> Result<Self> {
+        let mut journal = Files::open(opts)?;
         let (tx, rx) = mpsc::sync_channel::<(Vec<u8>, u64)>(QUEUE);
         let dropped = Arc::new(AtomicU64::new(0));
         let thread = std::thread::Builder::new()
@@ -132,15 +132,15 @@ impl Recorder {
 
     /// Waits for every line handed over so far to be written (once every
     /// other `Sink` is dropped too), and returns the account.
-    pub fn finish(mut self) -> Recorded {
+    pub fn finish(mut self) -> JournalStats {
         drop(self.sink.take());
         self.thread.join().unwrap_or_default()
     }
 }
 
 /// The journal directory and its current file.
-struct Journal {
-    opts: Options,
+struct Files {
+    opts: JournalOptions,
     dir: OwnedFd,
     /// (dev, ino) of DIR when opened: a different one means it vanished.
     identity: (u64, u64),
@@ -153,7 +153,7 @@ struct Journal {
     failing: Option<String>,
     last_attempt: Option<Instant>,
     lost_since_failing: u64,
-    stats: Recorded,
+    stats: JournalStats,
 }
 
 fn cstr(name: &str) -> CString {
@@ -203,8 +203,8 @@ fn name_of(seq: u64) -> String {
     format!("{PREFIX}{seq:010}{SUFFIX}")
 }
 
-impl Journal {
-    fn open(opts: Options) -> Result<Self> {
+impl Files {
+    fn open(opts: JournalOptions) -> Result<Self> {
         let (dir, identity) = open_dir(&opts.dir)?;
         let newest = existing(&opts.dir)?.last().copied();
         let mut journal = Self {
@@ -218,9 +218,9 @@ impl Journal {
             failing: None,
             last_attempt: None,
             lost_since_failing: 0,
-            stats: Recorded {
+            stats: JournalStats {
                 dir: opts.dir.clone(),
-                ..Recorded::default()
+                ..JournalStats::default()
             },
             opts,
         };
@@ -455,10 +455,10 @@ fn whole_lines(file: &mut File, size: u64) -> Result<u64> {
 /// Decodes one `LIFE` record into its journal line.
 pub fn life_line(
     bytes: &[u8],
-    clock: crate::capture::Clock,
+    clock: crate::clock::Clock,
     hide: u64,
-) -> Option<super::json::PortLife> {
-    use super::json::{LifeKind, PortLife, PortTag};
+) -> Option<crate::output::json::PortLife> {
+    use crate::output::json::{LifeKind, PortLife, PortTag};
     use crate::request::{Family, Proto};
     use portwatch_common as common;
     if bytes.len() < size_of::<common::Life>() {
@@ -502,117 +502,6 @@ pub fn life_line(
     })
 }
 
-/// Reads the kernel's `LIFE` ring buffer into the journal until `stop`
-/// fires, then drains what is left.
-pub async fn record_life(
-    ring: aya::maps::RingBuf<aya::maps::MapData>,
-    sink: Sink,
-    mut stop: tokio::sync::oneshot::Receiver<()>,
-) {
-    use std::hash::{BuildHasher as _, Hasher as _};
-    let hide = {
-        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-        h.write_u64(0x7077);
-        h.finish()
-    };
-    // SAFETY: the RingBuf owns its fd and lives inside the AsyncFd, so the
-    // fd stays open for as long as it is registered.
-    let Ok(mut fd) = (unsafe {
-        tokio::io::unix::AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE)
-    }) else {
-        return;
-    };
-    let mut clock = None;
-    let mut drain = |ring: &mut aya::maps::RingBuf<aya::maps::MapData>| {
-        let now = crate::capture::Clock::follow(clock, crate::capture::Clock::now());
-        clock = Some(now);
-        let (mut chunk, mut lines) = (Vec::new(), 0);
-        while let Some(item) = ring.next() {
-            if let Some(life) = life_line(&item, now, hide) {
-                if serde_json::to_writer(&mut chunk, &life).is_ok() {
-                    chunk.push(b'\n');
-                    lines += 1;
-                }
-            }
-        }
-        if lines > 0 {
-            sink.send(chunk, lines);
-        }
-    };
-    loop {
-        tokio::select! {
-            guard = fd.readable_mut() => {
-                let Ok(mut guard) = guard else { return };
-                drain(guard.get_inner_mut());
-                guard.clear_ready();
-            }
-            _ = &mut stop => {
-                drain(fd.get_mut());
-                return;
-            }
-        }
-    }
-}
-
-/// A recorder and the reader of port life records feeding it (`watch --record`).
-pub struct Recording {
-    recorder: Recorder,
-    life: Option<(
-        tokio::sync::oneshot::Sender<()>,
-        tokio::task::JoinHandle<()>,
-    )>,
-}
-
-impl Recording {
-    /// Starts recording into `opts.dir`; `life` is the kernel's `LIFE` ring
-    /// buffer when port lives are recorded (holders tracked).
-    pub fn start(
-        opts: Options,
-        notices: Notices,
-        life: Option<aya::maps::RingBuf<aya::maps::MapData>>,
-    ) -> Result<Self> {
-        let dir = opts.dir.clone();
-        let recorder = Recorder::start(opts, notices)
-            .with_context(|| format!("--record {}", dir.display()))?;
-        let life = life.map(|ring| {
-            let (tx, rx) = tokio::sync::oneshot::channel();
-            (tx, tokio::spawn(record_life(ring, recorder.sink(), rx)))
-        });
-        Ok(Self { recorder, life })
-    }
-
-    /// A handle for the pipeline's writer.
-    pub fn sink(&self) -> Sink {
-        self.recorder.sink()
-    }
-
-    /// Journals `notices` as lines (`{"type":...}`), e.g. the fold tail.
-    pub fn notices(&self, notices: impl IntoIterator<Item = Notice>) {
-        let (mut chunk, mut lines) = (Vec::new(), 0);
-        for n in notices {
-            if serde_json::to_writer(&mut chunk, &n).is_ok() {
-                chunk.push(b'\n');
-                lines += 1;
-            }
-        }
-        if lines > 0 {
-            self.sink().send(chunk, lines);
-        }
-    }
-
-    /// Drains the port life records, writes everything handed over, and
-    /// returns the account (the writer's `Sink` must be dropped first).
-    pub async fn finish(self) -> Recorded {
-        if let Some((stop, task)) = self.life {
-            let _ = stop.send(());
-            let _ = task.await;
-        }
-        tokio::task::spawn_blocking(move || self.recorder.finish())
-            .await
-            .unwrap_or_default()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -624,8 +513,8 @@ mod tests {
         dir
     }
 
-    fn opts(dir: &Path) -> Options {
-        Options {
+    fn opts(dir: &Path) -> JournalOptions {
+        JournalOptions {
             dir: dir.to_path_buf(),
             max_size: 1000,
             max_files: 3,
@@ -639,7 +528,7 @@ mod tests {
     #[test]
     fn rotates_keeps_whole_lines_and_modes() {
         let dir = temp("rotate");
-        let rec = Recorder::start(opts(&dir), notices()).unwrap();
+        let rec = Journal::start(opts(&dir), notices()).unwrap();
         let sink = rec.sink();
         for i in 0..100 {
             sink.send(format!("{{\"n\":\"{i:040}\"}}\n").into_bytes(), 1);
@@ -678,19 +567,19 @@ mod tests {
         let target = dir.join("target");
         std::fs::write(&target, "keep\n").unwrap();
         std::os::unix::fs::symlink(&target, dir.join(name_of(1))).unwrap();
-        let err = Recorder::start(opts(&dir), notices()).err().unwrap();
+        let err = Journal::start(opts(&dir), notices()).err().unwrap();
         assert!(format!("{err:#}").contains("symlink"), "{err:#}");
         assert_eq!(std::fs::read_to_string(&target).unwrap(), "keep\n");
         // DIR itself a symlink.
         let link = temp("linkdir");
         std::os::unix::fs::symlink(&dir, &link).unwrap();
-        let err = Recorder::start(opts(&link), notices()).err().unwrap();
+        let err = Journal::start(opts(&link), notices()).err().unwrap();
         assert!(format!("{err:#}").contains("symlink"), "{err:#}");
         std::fs::remove_file(&link).unwrap();
         // A crash left half a line: it is cut before appending.
         std::fs::remove_file(dir.join(name_of(1))).unwrap();
         std::fs::write(dir.join(name_of(1)), "{\"a\":1}\n{\"b\":").unwrap();
-        let rec = Recorder::start(opts(&dir), notices()).unwrap();
+        let rec = Journal::start(opts(&dir), notices()).unwrap();
         rec.sink().send(b"{\"c\":3}\n".to_vec(), 1);
         rec.finish();
         assert_eq!(
@@ -703,7 +592,7 @@ mod tests {
     #[test]
     fn a_vanished_directory_is_recreated() {
         let dir = temp("vanish");
-        let rec = Recorder::start(opts(&dir), notices()).unwrap();
+        let rec = Journal::start(opts(&dir), notices()).unwrap();
         rec.sink().send(b"{\"a\":1}\n".to_vec(), 1);
         std::thread::sleep(Duration::from_millis(1300));
         std::fs::remove_dir_all(&dir).unwrap();

@@ -309,7 +309,7 @@ impl Analysis {
     }
 
     /// The fold tail: more failures of a run already seen.
-    fn repeat(&mut self, r: &crate::capture::Repeat) {
+    fn repeat(&mut self, r: &crate::fold::Repeat) {
         let errno = r.errno.map(|e| e.name()).unwrap_or_default();
         let Some(story) = self.ports.get_mut(&r.port) else {
             return;

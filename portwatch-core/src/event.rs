@@ -10,7 +10,7 @@ use portwatch_common as common;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use super::Clock;
+use crate::clock::Clock;
 use crate::request::{Caller, Errno, Family, Opts, Proto, Request, Syscall};
 
 /// A record the loader cannot trust.
@@ -302,14 +302,14 @@ impl KernelRecord {
     }
 }
 
-#[cfg(test)]
-pub(crate) mod tests {
-    use std::time::Duration;
-
-    use super::*;
+/// Events as the eBPF side writes them, for tests (here and in `portwatch`,
+/// which enables the `fixtures` feature for its tests).
+#[cfg(any(test, feature = "fixtures"))]
+pub mod fixtures {
+    use super::common;
 
     /// The bytes the eBPF side would write for `ev`.
-    pub(crate) fn encode(ev: &common::Event) -> Vec<u8> {
+    pub fn encode(ev: &common::Event) -> Vec<u8> {
         // SAFETY: Event is repr(C) plain data with no implicit padding.
         unsafe {
             std::slice::from_raw_parts(
@@ -320,7 +320,7 @@ pub(crate) mod tests {
         .to_vec()
     }
 
-    pub(crate) fn sample() -> common::Event {
+    pub fn sample() -> common::Event {
         let mut comm = [0; 16];
         comm[..5].copy_from_slice(b"nginx");
         common::Event {
@@ -360,6 +360,16 @@ pub(crate) mod tests {
             },
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::{
+        fixtures::{encode, sample},
+        *,
+    };
 
     fn clock() -> Clock {
         Clock::fixed(Duration::from_secs(1_800_000_000))

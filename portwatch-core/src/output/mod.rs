@@ -4,7 +4,6 @@
 pub mod journald;
 pub mod json;
 pub mod notice;
-pub mod record;
 pub mod text;
 pub mod who;
 
@@ -14,7 +13,7 @@ use serde_json::value::RawValue;
 
 pub use notice::{Notice, Notices, Summary};
 
-use crate::{capture::Event, diagnose::Verdict, holders::Evidence};
+use crate::{diagnose::Verdict, event::Event, holders::Evidence};
 
 /// How events are printed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -15,8 +15,8 @@ use std::{
 };
 
 use crate::{
-    capture::Event,
     diagnose::Verdict,
+    event::Event,
     holders::Evidence,
     output::text::{human_block, human_line},
 };
@@ -137,9 +137,9 @@ pub fn entry(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::capture::{
-        event_tests::{encode, sample},
-        Clock,
+    use crate::{
+        clock::Clock,
+        event::fixtures::{encode, sample},
     };
 
     /// Splits a datagram back into fields, as journald does.

@@ -827,9 +827,10 @@ fn capital(s: &str) -> String {
 mod tests {
     use super::*;
     use crate::{
-        capture::{
-            event_tests::{encode, sample},
-            Clock, Event,
+        clock::Clock,
+        event::{
+            fixtures::{encode, sample},
+            Event,
         },
         holders::{Seen, Sysctls},
         request::Opts,

@@ -16,7 +16,7 @@ use super::{
     sysctl, systemd, CallerInfo, Evidence, Holder, Seen, State,
 };
 use crate::{
-    capture::KernelRecord,
+    event::KernelRecord,
     request::{Errno, Family, Proto, Request, Syscall},
 };
 

@@ -16,8 +16,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use crate::{
-    capture::{Event, Source},
     diagnose::{Reason, Verdict},
+    event::{Event, Source},
     holders::{Evidence, Holder, State},
     request::{Errno, Family, Opts, Proto, Syscall, MAX_ERRNO},
 };
@@ -214,7 +214,7 @@ pub enum Line {
     Port(PortLife),
     /// Identical failures folded after the last one shown of their stream
     /// (the fold tail, journalled at exit).
-    Repeat(crate::capture::Repeat),
+    Repeat(crate::fold::Repeat),
     /// A notice (`{"type":...}`) of a saved `watch --json 2>&1`: not an event.
     Notice,
 }
@@ -511,7 +511,7 @@ pub enum LineView<'a> {
     /// A moment in a port's life.
     Port(PortLife),
     /// The fold tail.
-    Repeat(crate::capture::Repeat),
+    Repeat(crate::fold::Repeat),
     /// A notice: not an event.
     Notice,
 }
@@ -533,11 +533,9 @@ pub fn parse_line_view(line: &[u8]) -> serde_json::Result<LineView<'_>> {
 mod tests {
     use super::*;
     use crate::{
-        capture::{
-            event_tests::{encode, sample},
-            Clock,
-        },
+        clock::Clock,
         diagnose::diagnose,
+        event::fixtures::{encode, sample},
         holders::{Seen, State},
     };
 

@@ -13,7 +13,7 @@ use std::{
 use anyhow::{bail, Context as _, Result};
 use serde::Serialize;
 
-use crate::output::{json, record};
+use crate::{journal, output::json};
 
 /// Longer lines are skipped (an event line is about 1 KiB).
 pub const MAX_LINE: usize = 1 << 20;
@@ -55,11 +55,11 @@ pub fn files(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
             out.push(path.clone());
             continue;
         }
-        let seqs = record::existing(path)?;
+        let seqs = journal::existing(path)?;
         if !seqs.is_empty() {
             out.extend(
                 seqs.iter()
-                    .map(|&s| path.join(format!("{}{s:010}{}", record::PREFIX, record::SUFFIX))),
+                    .map(|&s| path.join(format!("{}{s:010}{}", journal::PREFIX, journal::SUFFIX))),
             );
             continue;
         }

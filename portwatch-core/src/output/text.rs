@@ -7,8 +7,8 @@
 use std::net::SocketAddr;
 
 use crate::{
-    capture::Event,
     diagnose::{named, Verdict},
+    event::Event,
     holders::{Evidence, Holder},
     request::Family,
 };
@@ -109,9 +109,9 @@ pub fn human_block(e: &Evidence, v: &Verdict) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::capture::{
-        event_tests::{encode, sample},
-        Clock,
+    use crate::{
+        clock::Clock,
+        event::fixtures::{encode, sample},
     };
 
     fn event() -> Event {

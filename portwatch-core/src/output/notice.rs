@@ -10,7 +10,17 @@ use std::{
 use serde::{Deserialize, Serialize};
 
 use super::{text::printable, Format};
-use crate::capture::{Finish, Repeat};
+use crate::fold::{Finish, Repeat};
+
+/// What the writer did without a lookup's answer.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Unenriched {
+    /// Events whose lookup took longer than `--lookup-timeout`.
+    pub timeouts: u64,
+    /// Events written without waiting for a lookup, or without one, because
+    /// lookups could not keep up.
+    pub shed: u64,
+}
 
 /// One notice. The JSON form is `{"type": "<variant>", ...fields}`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -73,7 +83,7 @@ pub enum Notice {
         lost: u64,
     },
     /// `--record`: the journal's account at exit.
-    Recorded(super::record::Recorded),
+    JournalStats(crate::journal::JournalStats),
 }
 
 /// Every matched call, accounted for at exit.
@@ -117,7 +127,7 @@ pub struct Summary {
 
 impl Summary {
     /// From a finished session.
-    pub fn new(seconds: f64, f: &Finish, unenriched: crate::pipeline::Unenriched) -> Self {
+    pub fn new(seconds: f64, f: &Finish, unenriched: Unenriched) -> Self {
         Self {
             seconds,
             matched: f.counters.matched,
@@ -174,7 +184,7 @@ impl Notice {
                 "recording in {} again; {lost} line(s) were lost meanwhile",
                 dir.display()
             ),
-            Self::Recorded(r) => format!(
+            Self::JournalStats(r) => format!(
                 "recorded {} line(s) in {}; {} lost to a slow disk, {} lost to write errors",
                 r.lines,
                 r.dir.display(),

@@ -11,7 +11,7 @@ use std::{fmt, net::IpAddr, str::FromStr};
 use portwatch_common as common;
 use serde::{Deserialize, Serialize};
 
-use crate::capture::KernelRecord;
+use crate::event::KernelRecord;
 
 /// Which call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -1,0 +1,28 @@
+//! portwatch's core: everything that needs no eBPF. It builds and tests on
+//! stable Rust without bpf-linker or aya; the `portwatch` crate adds the
+//! kernel side (capture), the commands and the binary.
+//!
+//! In data-path order (ARCHITECTURE.md has the picture):
+
+/// Would a bind() succeed now: the kernel's conflict rules, and trial binds.
+pub mod bindcheck;
+/// The kernel's boot clock mapped to wall time.
+pub mod clock;
+/// Pure rules: request + evidence -> reason, diagnosis, fix.
+pub mod diagnose;
+/// One failed call as decoded from the kernel, and the holder record the
+/// kernel took beside it.
+pub mod event;
+/// The account of failures folded in the kernel.
+pub mod fold;
+/// Holder side: sock_diag, /proc, network namespaces, sysctls, containers,
+/// systemd, enrichment.
+pub mod holders;
+/// The flight recorder of `watch --record`: rotated NDJSON journals.
+pub mod journal;
+/// Human text, the NDJSON schema, notices.
+pub mod output;
+/// `report`: journals read back as per-port post-mortems.
+pub mod report;
+/// What a caller asked for: the request, and the vocabulary of calls.
+pub mod request;
