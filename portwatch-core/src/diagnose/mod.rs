@@ -1,0 +1,102 @@
+//! Why a call failed and what to do about it, from what enrichment saw.
+//!
+//! Pure functions of the request and the holders found: no I/O, so every rule
+//! is unit-tested here and reproduced for real by the integration tests.
+//! A rule only fires on what was seen; when nothing fits the answer is
+//! `unknown` with the evidence, never a guess dressed as a fact.
+
+mod advice;
+mod rules;
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    time::Duration,
+};
+
+use serde::{Deserialize, Serialize};
+
+pub use advice::{named, relation, Relation};
+
+use crate::{holders::Evidence, request::Request};
+
+/// `addr:port`, IPv6 in brackets.
+fn socket_addr(addr: IpAddr, port: u16) -> SocketAddr {
+    SocketAddr::new(addr, port)
+}
+
+/// The reason codes (the README documents each).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reason {
+    /// A listening socket (or a bound UDP socket) holds the port.
+    Listener,
+    /// Only TIME_WAIT leftovers conflict and the socket lacks SO_REUSEADDR.
+    TimeWait,
+    /// A TCP socket bound the port but never listened or connected.
+    BoundNotListening,
+    /// SO_REUSEPORT on one side only, or by another uid.
+    ReuseportMismatch,
+    /// Two SO_REUSEADDR sockets bound the port; the second listen() failed.
+    ListenConflict,
+    /// An IPv6 wildcard without IPV6_V6ONLY overlaps an IPv4 bind, or the reverse.
+    DualStack,
+    /// Live connections use the port, without a listener.
+    Connection,
+    /// Port 0 asked for and ip_local_port_range is used up.
+    EphemeralExhausted,
+    /// An outgoing connection took the port as its source port: it is in
+    /// ip_local_port_range and nothing listens on it.
+    EphemeralPort,
+    /// EACCES below ip_unprivileged_port_start.
+    PrivilegedPort,
+    /// EADDRNOTAVAIL: the address is not on this host.
+    AddrNotLocal,
+    /// Nothing seen explains it.
+    Unknown,
+}
+
+/// The verdict on one failure.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Verdict {
+    /// Machine-readable code.
+    pub reason: Reason,
+    /// One sentence for people.
+    pub diagnosis: String,
+    /// What to do.
+    pub fix: String,
+}
+
+/// Decides the reason, the sentence and the fix for `req` given `seen`.
+pub fn diagnose(req: &Request, seen: &Evidence) -> Verdict {
+    let mut v = rules::decide(req, seen);
+    // A runtime's helper failed for a container: say so first; the fix
+    // for the holder stands, and the container can publish elsewhere.
+    if let Some(p) = &seen.caller.publishing {
+        let name = p.container.label();
+        v.diagnosis = format!(
+            "{name} could not publish port {} (-p {}): {}",
+            req.port, p.mapping, v.diagnosis
+        );
+        let inside = p.mapping.rsplit(':').next().unwrap_or("CONTAINER_PORT");
+        v.fix = format!(
+            "{}; or publish {name} on another host port (`-p OTHER:{inside}`)",
+            v.fix
+        );
+    }
+    v
+}
+
+fn capital(s: &str) -> String {
+    let mut c = s.chars();
+    match c.next() {
+        Some(f) => f.to_uppercase().chain(c).collect(),
+        None => String::new(),
+    }
+}
+
+fn secs(ms: u64) -> String {
+    humantime::format_duration(Duration::from_secs(ms.div_ceil(1000))).to_string()
+}
+
+#[cfg(test)]
+mod tests;
