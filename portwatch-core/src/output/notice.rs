@@ -83,7 +83,7 @@ pub enum Notice {
         lost: u64,
     },
     /// `--record`: the journal's account at exit.
-    JournalStats(crate::journal::JournalStats),
+    Recorded(crate::journal::JournalStats),
 }
 
 /// Every matched call, accounted for at exit.
@@ -184,7 +184,7 @@ impl Notice {
                 "recording in {} again; {lost} line(s) were lost meanwhile",
                 dir.display()
             ),
-            Self::JournalStats(r) => format!(
+            Self::Recorded(r) => format!(
                 "recorded {} line(s) in {}; {} lost to a slow disk, {} lost to write errors",
                 r.lines,
                 r.dir.display(),

@@ -2,6 +2,8 @@
 //! of interest) read into the journal beside the events.
 
 use anyhow::{Context as _, Result};
+
+use super::ring::Ring;
 use portwatch_core::{
     clock::Clock,
     journal::{life_line, Journal, JournalOptions, JournalStats, Sink},
@@ -21,11 +23,7 @@ pub async fn record_life(
         h.write_u64(0x7077);
         h.finish()
     };
-    // SAFETY: the RingBuf owns its fd and lives inside the AsyncFd, so the
-    // fd stays open for as long as it is registered.
-    let Ok(mut fd) = (unsafe {
-        tokio::io::unix::AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE)
-    }) else {
+    let Ok(mut ring) = Ring::new(ring) else {
         return;
     };
     let mut clock = None;
@@ -47,13 +45,13 @@ pub async fn record_life(
     };
     loop {
         tokio::select! {
-            guard = fd.readable_mut() => {
-                let Ok(mut guard) = guard else { return };
-                drain(guard.get_inner_mut());
-                guard.clear_ready();
+            read = ring.drain_when_ready(|r| (drain(r), true)) => {
+                if read.is_err() {
+                    return;
+                }
             }
             _ = &mut stop => {
-                drain(fd.get_mut());
+                drain(ring.get_mut());
                 return;
             }
         }

@@ -8,6 +8,7 @@ mod klog;
 pub mod life;
 mod loader;
 mod offsets;
+mod ring;
 mod session;
 mod uring;
 

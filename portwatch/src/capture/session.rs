@@ -11,11 +11,11 @@ use std::{
 use anyhow::{anyhow, Result};
 use aya::maps::{IterableMap as _, MapData, PerCpuArray, PerCpuHashMap, RingBuf};
 use portwatch_common::{hook, stat, FoldFront, FoldKey, FoldState};
-use tokio::io::{unix::AsyncFd, Interest};
 
 use super::{
     klog,
     loader::{self, Backend, BackendChoice, Loaded, Settings},
+    ring::Ring,
 };
 use portwatch_core::{
     clock::Clock,
@@ -52,7 +52,7 @@ fn boot_ns() -> u64 {
 pub struct Session {
     /// Detached (dropped) by [`Session::detach`].
     ebpf: Option<aya::Ebpf>,
-    ring: AsyncFd<RingBuf<MapData>>,
+    ring: Ring,
     stats: PerCpuArray<MapData, u64>,
     folds: PerCpuHashMap<MapData, FoldKey, FoldState>,
     /// The fold table's per-CPU front slots (`portwatch_common::FoldFront`).
@@ -122,10 +122,7 @@ impl Session {
         // Start-up parsed the kernel's BTF (megabytes); hand that memory back.
         // SAFETY: malloc_trim only releases free heap pages.
         unsafe { libc::malloc_trim(0) };
-        // SAFETY: the RingBuf owns its fd and lives inside the AsyncFd, so the
-        // fd stays open for as long as it is registered.
-        let ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
-            .map_err(|e| anyhow!("polling the ring buffer: {e}"))?;
+        let ring = Ring::new(ring).map_err(|e| anyhow!("polling the ring buffer: {e}"))?;
         Ok(Self {
             ebpf: Some(ebpf),
             ring,
@@ -155,17 +152,10 @@ impl Session {
     /// of them into `out`. Cancel-safe: nothing is read before the wait ends.
     pub async fn read(&mut self, out: &mut Vec<Event>, max: usize) -> io::Result<()> {
         loop {
-            let mut guard = self.ring.readable_mut().await?;
-            let drained = Self::decode_into(
-                guard.get_inner_mut(),
-                &mut self.clock,
-                &mut self.malformed,
-                out,
-                max,
-            );
-            if drained {
-                guard.clear_ready();
-            }
+            let (clock, malformed) = (&mut self.clock, &mut self.malformed);
+            self.ring
+                .drain_when_ready(|ring| ((), Self::decode_into(ring, clock, malformed, out, max)))
+                .await?;
             if !out.is_empty() {
                 let new = out.len();
                 self.account(&mut out[..new]);
@@ -361,22 +351,9 @@ impl Session {
             .iter()
             .map(|(k, (n, ev))| (*k, (*n, ev.as_ref())))
             .collect();
-        for entry in self.folds.iter() {
-            let Ok((key, per_cpu)) = entry else { continue };
-            finish.fold_entries += 1;
-            let pending: u64 = per_cpu.iter().map(|s| s.pending).sum();
-            if pending == 0 {
-                continue;
-            }
-            let slot = tail.entry(key).or_insert((0, None));
-            slot.0 += pending;
-            if slot.1.is_none() {
-                slot.1 = self.last.get(&key);
-            }
-        }
-        // Repeats still counted in a CPU's front slot, not yet moved to
-        // the table.
-        for (key, pending) in front_pending(&self.fronts) {
+        let (pending, entries) = pending_by_key(&self.folds, &self.fronts);
+        finish.fold_entries = entries;
+        for (key, pending) in pending {
             let slot = tail.entry(key).or_insert((0, None));
             slot.0 += pending;
             if slot.1.is_none() {
@@ -432,6 +409,30 @@ fn counters_of(stats: &PerCpuArray<MapData, u64>) -> Counters {
     }
 }
 
+/// Failures folded in the kernel and not yet carried by an event, per fold
+/// key, summed over CPUs, the table's and the front slots' (keys with none
+/// left out); and how many entries the table holds. The table is read
+/// first: a repeat moving from a front slot to the table meanwhile is missed
+/// by this read (counted by the next), never seen twice.
+fn pending_by_key(
+    folds: &PerCpuHashMap<MapData, FoldKey, FoldState>,
+    fronts: &PerCpuArray<MapData, FoldFront>,
+) -> (HashMap<FoldKey, u64>, u64) {
+    let mut entries = 0;
+    let mut by_key: HashMap<FoldKey, u64> = HashMap::new();
+    for (key, per_cpu) in folds.iter().filter_map(Result::ok) {
+        entries += 1;
+        let pending: u64 = per_cpu.iter().map(|s| s.pending).sum();
+        if pending > 0 {
+            *by_key.entry(key).or_default() += pending;
+        }
+    }
+    for (key, pending) in front_pending(fronts) {
+        *by_key.entry(key).or_default() += pending;
+    }
+    (by_key, entries)
+}
+
 /// The repeats each CPU's front slots hold (one per hook), by key (none
 /// left out: at most one key per CPU and hook).
 fn front_pending(fronts: &PerCpuArray<MapData, FoldFront>) -> Vec<(FoldKey, u64)> {
@@ -473,23 +474,11 @@ impl KernelView {
     }
 
     /// Failures folded in the kernel and not yet carried by an event, per
-    /// fold key (summed over CPUs, the table's and the front slots'; keys
-    /// with none left out). The table is read first: a repeat moving from a
-    /// front slot to the table meanwhile is missed by this read (counted by
-    /// the next), never seen twice.
+    /// fold key (see [`pending_by_key`]).
     pub fn pending(&self) -> Vec<(FoldKey, u64)> {
-        let mut by_key: HashMap<FoldKey, u64> = self
-            .folds
-            .iter()
-            .filter_map(|entry| {
-                let (key, per_cpu) = entry.ok()?;
-                let pending: u64 = per_cpu.iter().map(|s| s.pending).sum();
-                (pending > 0).then_some((key, pending))
-            })
-            .collect();
-        for (key, pending) in front_pending(&self.fronts) {
-            *by_key.entry(key).or_default() += pending;
-        }
-        by_key.into_iter().collect()
+        pending_by_key(&self.folds, &self.fronts)
+            .0
+            .into_iter()
+            .collect()
     }
 }

@@ -200,7 +200,7 @@ pub async fn run(args: WatchArgs) -> Result<()> {
     if let Some(recording) = recording {
         // The fold tail goes into the journal too: its failures count.
         recording.notices(finish.repeats.iter().cloned().map(Notice::Repeat));
-        notices.say(&Notice::JournalStats(recording.finish().await));
+        notices.say(&Notice::Recorded(recording.finish().await));
     }
     notices.say(&Notice::Summary(Summary::new(
         started.elapsed().as_secs_f64(),
