@@ -292,19 +292,6 @@ pub struct WatchArgs {
     #[arg(long, value_name = "MS", default_value_t = 500, value_parser = clap::value_parser!(u64).range(1..=60_000))]
     pub lookup_timeout: u64,
 
-    /// Delay every holder lookup by this many ms (for tests: the holder is
-    /// gone by the time userspace looks).
-    #[arg(long, value_name = "MS", default_value_t = 0, hide = true)]
-    pub enrich_delay: u64,
-
-    /// Entries of the kernel's fold table (for tests: fill it with fewer keys).
-    #[arg(long, value_name = "N", hide = true)]
-    pub fold_table_size: Option<u32>,
-
-    /// How the tracepoint backend gets bind()'s arguments (for tests).
-    #[arg(long, value_enum, default_value_t = ArgsSource::Auto, hide = true)]
-    pub tracepoint_args: ArgsSource,
-
     /// Read kernel type information from this BTF file instead of
     /// /sys/kernel/btf/vmlinux (for kernels built without it).
     #[arg(long, value_name = "PATH")]
@@ -325,12 +312,6 @@ pub struct WatchArgs {
     #[arg(long, value_enum, value_name = "LEVEL")]
     pub log_level: Option<KernelLogLevel>,
 
-    /// Point one kernel offset at the wrong member (for tests: the programs
-    /// must say so under -v rather than report silently wrong events); or
-    /// `no_sk_head`: read sock fields one by one, as on a kernel whose
-    /// layout does not allow one read.
-    #[arg(long, value_name = "FIELD", hide = true)]
-    pub test_bad_offset: Option<String>,
     /// Also append every event, and the life of the ports that failed (or
     /// that --port names), to a rotated NDJSON journal in DIR (created 0700;
     /// files 0600; symlinks refused). Read it with `portwatch report DIR`.
@@ -344,6 +325,15 @@ pub struct WatchArgs {
     /// --record: keep at most this many journal files (the oldest go first).
     #[arg(long, value_name = "N", default_value_t = 8, requires = "record", value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub max_files: u32,
+
+    /// Hooks for the integration tests, only in a build with the
+    /// `test-hooks` feature (the tests' own build): never in the package.
+    #[cfg(feature = "test-hooks")]
+    #[command(flatten)]
+    pub test: TestHooks,
+    #[cfg(not(feature = "test-hooks"))]
+    #[arg(skip)]
+    pub test: TestHooks,
 }
 
 /// `--log-level`: aya-log's levels, plus off.
@@ -512,4 +502,29 @@ pub struct ReportArgs {
     /// (created 0600; a symlink there is refused).
     #[arg(long, value_name = "OUT.html")]
     pub html: Option<PathBuf>,
+}
+
+/// `watch`'s options for tests: with the `test-hooks` feature they are
+/// hidden flags; without it they keep their defaults.
+#[derive(Debug, Default, Args)]
+pub struct TestHooks {
+    /// Delay every holder lookup by this many ms (the holder is gone by the
+    /// time user space looks).
+    #[arg(long, value_name = "MS", default_value_t = 0, hide = true)]
+    pub enrich_delay: u64,
+
+    /// Entries of the kernel's fold table (fill it with fewer keys).
+    #[arg(long, value_name = "N", hide = true)]
+    pub fold_table_size: Option<u32>,
+
+    /// How the tracepoint backend gets bind()'s arguments.
+    #[arg(long, value_enum, default_value_t = ArgsSource::Auto, hide = true)]
+    pub tracepoint_args: ArgsSource,
+
+    /// Point one kernel offset at the wrong member (the programs must say
+    /// so under -v rather than report silently wrong events); or
+    /// `no_sk_head`: read sock fields one by one, as on a kernel whose
+    /// layout does not allow one read.
+    #[arg(long, value_name = "FIELD", hide = true)]
+    pub test_bad_offset: Option<String>,
 }

@@ -2,84 +2,41 @@
 //! dispatches and maps errors to exit statuses.
 
 pub mod completions;
+mod error;
 pub mod report;
 pub mod run;
 pub mod wait;
 pub mod watch;
 pub mod who;
 
-use std::process::ExitCode;
+pub use error::{
+    Error, EXIT_CANNOT_EXECUTE, EXIT_FAILED, EXIT_NOT_FOUND, EXIT_OK, EXIT_RUN_FAILED,
+    EXIT_UNSUPPORTED, EXIT_USAGE,
+};
 
-use crate::{capture::Unsupported, cli::Command};
-
-/// Exit status: stopped as asked.
-pub const EXIT_OK: u8 = 0;
-/// Exit status: failed while running.
-pub const EXIT_FAILED: u8 = 1;
-/// Exit status: bad command line.
-pub const EXIT_USAGE: u8 = 2;
-/// Exit status: this system cannot run it (not root, no BTF, no usable hook).
-pub const EXIT_UNSUPPORTED: u8 = 3;
+use crate::cli::Command;
 
 impl Command {
-    /// Runs the subcommand; returns the process's exit status.
-    pub async fn execute(self) -> ExitCode {
-        let result = match self {
-            Command::Watch(args) => watch::run(args).await,
-            // CMD's statuses are CMD's: portwatch's own failures are 125.
-            Command::Run(args) => {
-                return match run::run(args).await {
-                    Ok(status) => ExitCode::from(status),
-                    Err(e) => {
-                        eprintln!("portwatch: {e:#}");
-                        ExitCode::from(match e.downcast_ref::<run::CannotStart>() {
-                            Some(c) => c.status,
-                            None => run::EXIT_RUN_FAILED,
-                        })
-                    }
-                }
-            }
-            Command::Wait(args) => {
-                return match wait::run(&args) {
-                    Ok(true) => ExitCode::from(EXIT_OK),
-                    Ok(false) => ExitCode::from(wait::EXIT_TIMED_OUT),
-                    Err(e) => {
-                        eprintln!("portwatch: {e}");
-                        ExitCode::from(match e {
-                            who::WhoError::Usage(_) => EXIT_USAGE,
-                            who::WhoError::Cannot(_) => EXIT_UNSUPPORTED,
-                        })
-                    }
-                }
-            }
-            // Its own statuses: 1 means "taken", not "failed".
-            Command::Who(args) => {
-                return match who::run(&args) {
-                    Ok(true) => ExitCode::from(EXIT_OK),
-                    Ok(false) => ExitCode::from(who::EXIT_TAKEN),
-                    Err(e) => {
-                        eprintln!("portwatch: {e}");
-                        ExitCode::from(match e {
-                            who::WhoError::Usage(_) => EXIT_USAGE,
-                            who::WhoError::Cannot(_) => EXIT_UNSUPPORTED,
-                        })
-                    }
-                }
-            }
-            Command::Completions(args) => completions::completions(args.shell),
-            Command::Man => completions::man(),
-            Command::Report(args) => report::run(args),
-        };
-        match result {
-            Ok(()) => ExitCode::from(EXIT_OK),
-            Err(e) => {
-                eprintln!("portwatch: {e:#}");
-                if e.downcast_ref::<Unsupported>().is_some() {
-                    ExitCode::from(EXIT_UNSUPPORTED)
-                } else {
-                    ExitCode::from(EXIT_FAILED)
-                }
-            }
+    /// Runs the subcommand. `Ok` is its answer as an exit status: 0, or
+    /// `who`'s "taken" and `wait`'s "timed out" (1), or `run`'s CMD's own.
+    pub async fn execute(self) -> Result<u8, Error> {
+        match self {
+            Command::Watch(args) => watch::run(args).await.map(|()| EXIT_OK).map_err(Error::from),
+            Command::Run(args) => run::run(args).await.map_err(Error::in_run),
+            Command::Wait(args) => wait::run(&args).map(|freed| answer(freed, wait::EXIT_TIMED_OUT)),
+            Command::Who(args) => who::run(&args).map(|free| answer(free, who::EXIT_TAKEN)),
+            Command::Completions(args) => completions::completions(args.shell).map(|()| EXIT_OK).map_err(Error::from),
+            Command::Man => completions::man().map(|()| EXIT_OK).map_err(Error::from),
+            Command::Report(args) => report::run(args).map(|()| EXIT_OK).map_err(Error::from),
         }
+    }
+}
+
+/// A yes/no answer as an exit status: 0 for yes, `no` otherwise.
+fn answer(yes: bool, no: u8) -> u8 {
+    if yes {
+        EXIT_OK
+    } else {
+        no
     }
 }

@@ -26,6 +26,7 @@ use std::{
 use anyhow::{anyhow, bail, Context as _, Result};
 use tokio::signal::unix::{signal, SignalKind};
 
+use super::Error;
 use crate::{
     capture::{Session, Settings},
     cli::{values::cgroup2_mount, RunArgs},
@@ -35,13 +36,6 @@ use portwatch_core::{
     holders::Enricher,
     output::{text, Format, Notice, Notices, Summary},
 };
-
-/// portwatch itself failed (as GNU timeout and env use it).
-pub const EXIT_RUN_FAILED: u8 = 125;
-/// CMD was found but could not be executed.
-pub const EXIT_CANNOT_EXECUTE: u8 = 126;
-/// CMD was not found.
-pub const EXIT_NOT_FOUND: u8 = 127;
 
 /// How long events of CMD's last moments may still be on their way after
 /// it exited (the ring buffer is drained, lookups finish).
@@ -155,16 +149,6 @@ fn create_output(path: &Path) -> Result<File> {
         .with_context(|| format!("--output {}", path.display()))
 }
 
-/// Why CMD could not start, with the status that says so.
-#[derive(Debug, thiserror::Error)]
-#[error("cannot run {cmd}: {err}")]
-pub struct CannotStart {
-    cmd: String,
-    err: io::Error,
-    /// 126 or 127.
-    pub status: u8,
-}
-
 fn settings(args: &RunArgs, cgroup: u64) -> Settings {
     Settings {
         errnos: args.errno.clone(),
@@ -179,7 +163,7 @@ fn settings(args: &RunArgs, cgroup: u64) -> Settings {
 }
 
 /// Runs CMD under the tracer; returns the exit status to leave with.
-pub async fn run(args: RunArgs) -> Result<u8> {
+pub async fn run(args: RunArgs) -> Result<u8, Error> {
     let started = Instant::now();
     let format = if args.json {
         Format::Json
@@ -290,7 +274,7 @@ pub async fn run(args: RunArgs) -> Result<u8> {
 
 /// Starts CMD in a process group of its own, moved into `cgroup` before it
 /// executes anything.
-fn spawn(command: &[std::ffi::OsString], cgroup: &Path) -> Result<tokio::process::Child> {
+fn spawn(command: &[std::ffi::OsString], cgroup: &Path) -> Result<tokio::process::Child, Error> {
     let (program, rest) = command
         .split_first()
         .ok_or_else(|| anyhow!("no command given"))?;
@@ -321,16 +305,8 @@ fn spawn(command: &[std::ffi::OsString], cgroup: &Path) -> Result<tokio::process
             Ok(())
         });
     }
-    cmd.spawn().map_err(|err| {
-        let status = match err.kind() {
-            io::ErrorKind::NotFound => EXIT_NOT_FOUND,
-            _ => EXIT_CANNOT_EXECUTE,
-        };
-        CannotStart {
-            cmd: program.to_string_lossy().into_owned(),
-            err,
-            status,
-        }
-        .into()
+    cmd.spawn().map_err(|err| Error::CannotStart {
+        cmd: program.to_string_lossy().into_owned(),
+        err,
     })
 }

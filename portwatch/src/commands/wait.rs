@@ -9,19 +9,18 @@
 //! was missed (a full socket buffer drops notifications).
 
 use std::{
-    io::{self, Write as _},
-    os::fd::{AsFd, AsRawFd},
+    io,
+    os::fd::AsRawFd,
     time::{Duration, Instant},
 };
 
 use netlink_sys::{protocols::NETLINK_SOCK_DIAG, Socket};
 
-use super::who::{self, WhoError};
+use super::{who, Error};
 use crate::cli::{WaitArgs, WhoArgs};
 use portwatch_core::{
     bindcheck::{self, Variant},
-    holders::{netns, sockdiag, State},
-    output::who as out,
+    holders::{sockdiag, State},
     request::Proto,
 };
 
@@ -41,7 +40,7 @@ const UDP_DESTROY_GROUPS: [u32; 2] = [2, 4];
 
 /// Runs `portwatch wait`; Ok(true) once the bind would succeed, Ok(false)
 /// on timeout (after printing who still holds the port).
-pub fn run(args: &WaitArgs) -> Result<bool, WhoError> {
+pub fn run(args: &WaitArgs) -> Result<bool, Error> {
     let ns = args.netns.as_deref().map(who::open_netns).transpose()?;
     let (port, proto) = args.port;
     let variant = if args.reuseaddr {
@@ -51,29 +50,14 @@ pub fn run(args: &WaitArgs) -> Result<bool, WhoError> {
     };
     let started = Instant::now();
     let deadline = (!args.timeout.is_zero()).then(|| started + args.timeout);
-    // setns moves only the calling thread: all of it on one thread.
-    let freed = std::thread::scope(|scope| {
-        scope
-            .spawn(|| {
-                let wait = || wait_here(proto, args.addr, port, variant, deadline, args.reuseaddr);
-                match &ns {
-                    Some((file, _, path)) => netns::in_netns(file.as_fd(), wait).map_err(|e| {
-                        WhoError::Cannot(format!(
-                            "cannot enter network namespace '{}': {e}",
-                            path.display()
-                        ))
-                    })?,
-                    None => wait(),
-                }
-            })
-            .join()
-            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    let freed = who::in_netns(ns.as_ref(), |_| {
+        wait_here(proto, args.addr, port, variant, deadline, args.reuseaddr)
     })?;
+    let at = std::net::SocketAddr::new(args.addr, port);
     if freed {
         eprintln!(
-            "portwatch: {} {} is free{} after {:.3}s",
+            "portwatch: {} {at} is free{} after {:.3}s",
             proto.name(),
-            std::net::SocketAddr::new(args.addr, port),
             if args.reuseaddr {
                 " for SO_REUSEADDR"
             } else {
@@ -84,9 +68,8 @@ pub fn run(args: &WaitArgs) -> Result<bool, WhoError> {
         return Ok(true);
     }
     eprintln!(
-        "portwatch: {} {} still taken after {}",
+        "portwatch: {} {at} still taken after {}",
         proto.name(),
-        std::net::SocketAddr::new(args.addr, port),
         humantime::format_duration(args.timeout)
     );
     // The same answer `who` gives: holders, per-option verdicts, diagnosis.
@@ -97,38 +80,9 @@ pub fn run(args: &WaitArgs) -> Result<bool, WhoError> {
         json: args.json,
         no_trial: false,
     };
-    let report = std::thread::scope(|scope| {
-        scope
-            .spawn(|| match &ns {
-                Some((file, inode, path)) => {
-                    netns::in_netns(file.as_fd(), || who::look(&who_args, *inode)).map_err(|e| {
-                        WhoError::Cannot(format!(
-                            "cannot enter network namespace '{}': {e}",
-                            path.display()
-                        ))
-                    })?
-                }
-                None => {
-                    let inode = netns::current_netns().ok_or_else(|| {
-                        WhoError::Cannot("cannot read /proc/thread-self/ns/net".into())
-                    })?;
-                    who::look(&who_args, inode)
-                }
-            })
-            .join()
-            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-    })?;
-    let mut stdout = io::stdout().lock();
-    let written = if args.json {
-        out::write_json(&mut stdout, &report)
-    } else {
-        out::write_human(&mut stdout, &report)
-    };
-    match written.and_then(|()| stdout.flush()) {
-        Ok(()) => Ok(false),
-        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(false),
-        Err(e) => Err(WhoError::Cannot(format!("writing the answer: {e}"))),
-    }
+    let report = who::in_netns(ns.as_ref(), |inode| who::look(&who_args, inode))?;
+    who::answer(&report, args.json)?;
+    Ok(false)
 }
 
 /// Waits in the calling thread's network namespace.
@@ -139,7 +93,7 @@ fn wait_here(
     variant: Variant,
     deadline: Option<Instant>,
     reuseaddr: bool,
-) -> Result<bool, WhoError> {
+) -> Result<bool, Error> {
     // Subscribe first, then check: a socket destroyed in between still wakes us.
     let events = subscribe(proto);
     if let Err(e) = &events {
@@ -196,7 +150,7 @@ fn check(
     addr: std::net::IpAddr,
     port: u16,
     variant: Variant,
-) -> Result<(bool, bool), WhoError> {
+) -> Result<(bool, bool), Error> {
     // A UDP socket that shares the port receives datagrams at once: never
     // try that; plain binds are safe to try (they share nothing).
     let free = if proto == Proto::Udp && variant != Variant::Plain {
@@ -213,7 +167,7 @@ fn check(
         )
     } else {
         bindcheck::trial(proto, addr, port, variant, None)
-            .map_err(|e| WhoError::Cannot(format!("trial bind: {e}")))?
+            .map_err(|e| Error::Unsupported(format!("trial bind: {e}")))?
             .is_none()
     };
     if free || proto != Proto::Tcp {
@@ -225,9 +179,9 @@ fn check(
     Ok((false, time_wait))
 }
 
-fn dump(proto: Proto, port: u16) -> Result<Vec<sockdiag::DiagSocket>, WhoError> {
+fn dump(proto: Proto, port: u16) -> Result<Vec<sockdiag::DiagSocket>, Error> {
     sockdiag::dump(proto.code() as u8, Some(port), false)
-        .map_err(|e| WhoError::Cannot(format!("sock_diag: {e}")))
+        .map_err(|e| Error::Unsupported(format!("sock_diag: {e}")))
 }
 
 /// A netlink socket subscribed to the destroy notifications of `proto`'s

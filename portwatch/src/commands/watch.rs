@@ -37,11 +37,11 @@ fn settings(args: &WatchArgs) -> Settings {
         fold_window_ns: args.fold_window.saturating_mul(1_000_000),
         ring_bytes: args.ring_size * 1024,
         btf: args.btf.clone(),
-        args_source: args.tracepoint_args,
+        args_source: args.test.tracepoint_args,
         track_holders: !args.no_holders,
-        fold_entries: args.fold_table_size,
+        fold_entries: args.test.fold_table_size,
         kernel_log: args.kernel_log(),
-        bad_offset: args.test_bad_offset.clone(),
+        bad_offset: args.test.test_bad_offset.clone(),
         record_life: args.record.is_some(),
     }
 }
@@ -142,7 +142,7 @@ pub async fn run(args: WatchArgs) -> Result<()> {
             enricher,
             format,
             timeout: Duration::from_millis(args.lookup_timeout),
-            delay: Duration::from_millis(args.enrich_delay),
+            delay: Duration::from_millis(args.test.enrich_delay),
             record: recording.as_ref().map(JournalSession::sink),
             journald,
         },

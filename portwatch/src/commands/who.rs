@@ -11,6 +11,7 @@ use std::{
     path::Path,
 };
 
+use super::Error;
 use crate::cli::WhoArgs;
 use portwatch_core::{
     bindcheck::{self, Rule, Variant},
@@ -26,79 +27,93 @@ use portwatch_core::{
 /// Exit status of `who`: a plain bind would fail now (scripts rely on it).
 pub const EXIT_TAKEN: u8 = 1;
 
-/// Why `who` could not answer; each maps to an exit status.
-#[derive(Debug, thiserror::Error)]
-pub enum WhoError {
-    /// Bad command line (exit 2).
-    #[error("{0}")]
-    Usage(String),
-    /// This system cannot answer (exit 3).
-    #[error("{0}")]
-    Cannot(String),
+/// Runs `portwatch who`; Ok(true) when a plain bind would succeed now.
+pub fn run(args: &WhoArgs) -> Result<bool, Error> {
+    let ns = args.netns.as_deref().map(open_netns).transpose()?;
+    let report = in_netns(ns.as_ref(), |inode| look(args, inode))?;
+    if !nix::unistd::geteuid().is_root() && report.sockets.iter().any(|h| h.pid.is_none()) {
+        eprintln!("portwatch: not root: the processes of other users' sockets cannot be named");
+    }
+    answer(&report, args.json)?;
+    Ok(report.free)
 }
 
-/// Runs `portwatch who`; Ok(true) when a plain bind would succeed now.
-pub fn run(args: &WhoArgs) -> Result<bool, WhoError> {
-    let ns = args.netns.as_deref().map(open_netns).transpose()?;
-    // On a thread of its own: setns moves only the calling thread, and the
-    // SO_REUSEPORT trial changes the thread's fsuid for a moment.
-    let report = std::thread::scope(|scope| {
+/// A network namespace named on the command line: its file, inode and path.
+pub(crate) struct NamedNetns<'a> {
+    file: File,
+    inode: u32,
+    path: &'a Path,
+}
+
+/// Opens the namespace file named by `--netns`.
+pub(crate) fn open_netns(path: &Path) -> Result<NamedNetns<'_>, Error> {
+    let file = File::open(path).map_err(|e| match e.kind() {
+        io::ErrorKind::NotFound => Error::Usage(format!("network namespace '{}': {e}", path.display())),
+        _ => Error::Unsupported(format!("network namespace '{}': {e}", path.display())),
+    })?;
+    let inode = nix::sys::stat::fstat(file.as_fd())
+        .map_err(|e| Error::Unsupported(format!("network namespace '{}': {e}", path.display())))?
+        .st_ino;
+    Ok(NamedNetns {
+        file,
+        inode: inode as u32,
+        path,
+    })
+}
+
+/// Runs `f` with the inode of `ns` (or of portwatch's own namespace) on a
+/// thread of its own inside that namespace: setns moves only the calling
+/// thread, and the SO_REUSEPORT trial changes the thread's fsuid for a
+/// moment.
+pub(crate) fn in_netns<T: Send>(
+    ns: Option<&NamedNetns<'_>>,
+    f: impl FnOnce(u32) -> Result<T, Error> + Send,
+) -> Result<T, Error> {
+    std::thread::scope(|scope| {
         scope
-            .spawn(|| match &ns {
-                Some((file, inode, path)) => netns::in_netns(file.as_fd(), || look(args, *inode))
-                    .map_err(|e| match e.raw_os_error() {
-                    Some(libc::EINVAL) => {
-                        WhoError::Usage(format!("'{}' is not a network namespace", path.display()))
+            .spawn(|| match ns {
+                Some(ns) => netns::in_netns(ns.file.as_fd(), || f(ns.inode)).map_err(|e| {
+                    match e.raw_os_error() {
+                        Some(libc::EINVAL) => {
+                            Error::Usage(format!("'{}' is not a network namespace", ns.path.display()))
+                        }
+                        _ => Error::Unsupported(format!(
+                            "cannot enter network namespace '{}': {e}",
+                            ns.path.display()
+                        )),
                     }
-                    _ => WhoError::Cannot(format!(
-                        "cannot enter network namespace '{}': {e}",
-                        path.display()
-                    )),
                 })?,
                 None => {
                     let inode = netns::current_netns().ok_or_else(|| {
-                        WhoError::Cannot("cannot read /proc/thread-self/ns/net".into())
+                        Error::Unsupported("cannot read /proc/thread-self/ns/net".into())
                     })?;
-                    look(args, inode)
+                    f(inode)
                 }
             })
             .join()
             .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-    })?;
-    if !nix::unistd::geteuid().is_root() && report.sockets.iter().any(|h| h.pid.is_none()) {
-        eprintln!("portwatch: not root: the processes of other users' sockets cannot be named");
-    }
-    let mut stdout = io::stdout().lock();
-    let written = if args.json {
-        out::write_json(&mut stdout, &report)
-    } else {
-        out::write_human(&mut stdout, &report)
-    };
-    match written.and_then(|()| stdout.flush()) {
-        Ok(()) => {}
-        // Piped into `head` or `grep -q`: the exit status still answers.
-        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {}
-        Err(e) => return Err(WhoError::Cannot(format!("writing the answer: {e}"))),
-    }
-    Ok(report.free)
+    })
 }
 
-/// Opens the namespace file; returns it, its inode and its path.
-pub(crate) fn open_netns(path: &Path) -> Result<(File, u32, &Path), WhoError> {
-    let file = File::open(path).map_err(|e| match e.kind() {
-        io::ErrorKind::NotFound => {
-            WhoError::Usage(format!("network namespace '{}': {e}", path.display()))
+/// Writes the answer to stdout, as text or JSON. A closed pipe (`| head`,
+/// `| grep -q`) is no failure: the exit status still answers.
+pub(crate) fn answer(report: &WhoReport, json: bool) -> Result<(), Error> {
+    let mut stdout = io::stdout().lock();
+    let written = if json {
+        out::write_json(&mut stdout, report)
+    } else {
+        out::write_human(&mut stdout, report)
+    };
+    match written.and_then(|()| stdout.flush()) {
+        Err(e) if e.kind() != io::ErrorKind::BrokenPipe => {
+            Err(Error::Failed(anyhow::Error::new(e).context("writing the answer")))
         }
-        _ => WhoError::Cannot(format!("network namespace '{}': {e}", path.display())),
-    })?;
-    let inode = nix::sys::stat::fstat(file.as_fd())
-        .map_err(|e| WhoError::Cannot(format!("network namespace '{}': {e}", path.display())))?
-        .st_ino;
-    Ok((file, inode as u32, path))
+        _ => Ok(()),
+    }
 }
 
 /// Everything, in the calling thread's network namespace (`netns`).
-pub(crate) fn look(args: &WhoArgs, netns: u32) -> Result<WhoReport, WhoError> {
+pub(crate) fn look(args: &WhoArgs, netns: u32) -> Result<WhoReport, Error> {
     let (port, proto) = args.port;
     let addr = args.addr;
     let base = Request {
@@ -116,7 +131,7 @@ pub(crate) fn look(args: &WhoArgs, netns: u32) -> Result<WhoReport, WhoError> {
     // Bit 13 asks for bound-but-inactive TCP sockets; a kernel without
     // TCP_BOUND_INACTIVE ignores it, so no BTF is needed to decide.
     let sockets = sockdiag::dump(proto.code() as u8, Some(port), true).map_err(|e| {
-        WhoError::Cannot(match e.raw_os_error() {
+        Error::Unsupported(match e.raw_os_error() {
             Some(libc::ENOENT) => format!(
                 "the kernel has no sock_diag handler for {} (load the inet_diag and {}_diag modules)",
                 proto.name(),

@@ -1,0 +1,124 @@
+//! How a subcommand fails, and the one place a failure becomes an exit
+//! status ([`Error::exit_code`]). The README's table of exit codes is this
+//! file's.
+
+use std::io;
+
+use crate::capture::Unsupported;
+
+/// Exit status: stopped as asked, or the answer is yes.
+pub const EXIT_OK: u8 = 0;
+/// Exit status: failed while running.
+pub const EXIT_FAILED: u8 = 1;
+/// Exit status: bad command line.
+pub const EXIT_USAGE: u8 = 2;
+/// Exit status: this system cannot run it (not root, no BTF, no usable hook).
+pub const EXIT_UNSUPPORTED: u8 = 3;
+/// Exit status of `run` when portwatch itself failed: CMD's statuses are CMD's.
+pub const EXIT_RUN_FAILED: u8 = 125;
+/// Exit status of `run` when CMD exists but cannot be executed.
+pub const EXIT_CANNOT_EXECUTE: u8 = 126;
+/// Exit status of `run` when CMD is not found.
+pub const EXIT_NOT_FOUND: u8 = 127;
+
+/// Why a subcommand stopped without its answer.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The command line asks for something that cannot be (exit 2).
+    #[error("{0}")]
+    Usage(String),
+    /// This system cannot do it: not root, no BTF, no usable hook, no
+    /// sock_diag (exit 3).
+    #[error("{0}")]
+    Unsupported(String),
+    /// Something failed while running (exit 1).
+    #[error("{0:#}")]
+    Failed(anyhow::Error),
+    /// `run`: CMD could not be started (126, or 127 when not found).
+    #[error("cannot run {cmd}: {err}")]
+    CannotStart {
+        /// CMD as given.
+        cmd: String,
+        /// What execve said.
+        err: io::Error,
+    },
+    /// `run`: portwatch's own failure around CMD (125).
+    #[error("{0}")]
+    Run(Box<Error>),
+}
+
+impl Error {
+    /// The process's exit status for this failure.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Error::Usage(_) => EXIT_USAGE,
+            Error::Unsupported(_) => EXIT_UNSUPPORTED,
+            Error::Failed(_) => EXIT_FAILED,
+            Error::CannotStart { err, .. } if err.kind() == io::ErrorKind::NotFound => {
+                EXIT_NOT_FOUND
+            }
+            Error::CannotStart { .. } => EXIT_CANNOT_EXECUTE,
+            Error::Run(_) => EXIT_RUN_FAILED,
+        }
+    }
+
+    /// The same failure inside `run`, where every status but CMD's own
+    /// start failures is 125.
+    pub fn in_run(self) -> Self {
+        match self {
+            Error::CannotStart { .. } | Error::Run(_) => self,
+            other => Error::Run(Box::new(other)),
+        }
+    }
+}
+
+/// The loader says "unsupported" with [`Unsupported`] inside its error
+/// chain; everything else is a failure while running.
+impl From<anyhow::Error> for Error {
+    fn from(e: anyhow::Error) -> Self {
+        if e.downcast_ref::<Unsupported>().is_some() {
+            Error::Unsupported(format!("{e:#}"))
+        } else {
+            Error::Failed(e)
+        }
+    }
+}
+
+impl From<io::Error> for Error {
+    fn from(e: io::Error) -> Self {
+        Error::Failed(e.into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_failure_has_its_documented_status() {
+        let unsupported: Error = anyhow::Error::new(Unsupported("no BTF".into()))
+            .context("loading")
+            .into();
+        assert_eq!(unsupported.exit_code(), EXIT_UNSUPPORTED);
+        assert_eq!(Error::from(anyhow::anyhow!("disk")).exit_code(), EXIT_FAILED);
+        assert_eq!(Error::Usage("x".into()).exit_code(), EXIT_USAGE);
+        let start = |kind| Error::CannotStart {
+            cmd: "x".into(),
+            err: io::Error::from(kind),
+        };
+        assert_eq!(start(io::ErrorKind::NotFound).exit_code(), EXIT_NOT_FOUND);
+        assert_eq!(
+            start(io::ErrorKind::PermissionDenied).exit_code(),
+            EXIT_CANNOT_EXECUTE
+        );
+        assert_eq!(
+            start(io::ErrorKind::NotFound).in_run().exit_code(),
+            EXIT_NOT_FOUND
+        );
+        assert_eq!(
+            Error::Usage("x".into()).in_run().exit_code(),
+            EXIT_RUN_FAILED
+        );
+        assert_eq!(unsupported.in_run().to_string(), "loading: no BTF");
+    }
+}
