@@ -1,5 +1,5 @@
 //! Builds the eBPF programs (crate portwatch-ebpf) with nightly + bpf-linker
-//! through aya-build, into OUT_DIR, where src/loader.rs embeds them.
+//! through aya-build, into OUT_DIR, where src/capture/loader.rs embeds them.
 
 use std::{env, path::PathBuf};
 

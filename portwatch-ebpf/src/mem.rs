@@ -5,7 +5,7 @@
 //! `memset`/`memmove` of compiler_builtins, which are byte-at-a-time loops
 //! run as BPF subprograms: zeroing the 160-byte `Event` cost about 700
 //! instructions, most of a folded failing bind's time (BENCHMARKS.md,
-//! 2026-11-25). These helpers move eight bytes per instruction instead;
+//! the table of instruction counts). These helpers move eight bytes per instruction instead;
 //! volatile accesses keep LLVM from turning them back into the calls.
 
 use core::mem::{align_of, size_of, MaybeUninit};

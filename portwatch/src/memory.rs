@@ -2,8 +2,7 @@
 //! memory in per-thread arenas and returns it to the kernel only from the
 //! top of each heap. With a pool of blocking threads doing lookups, each got
 //! an arena of its own (up to 8 per core), and the resident set grew with
-//! every burst even though nothing live grew (issue 12; BENCHMARKS.md,
-//! "soak"). Two calls bound that: few arenas, and a periodic trim.
+//! every burst even though nothing live grew (BENCHMARKS.md, "soak"). Two calls bound that: few arenas, and a periodic trim.
 
 use std::{
     sync::atomic::{AtomicU64, Ordering},

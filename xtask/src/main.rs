@@ -7,6 +7,7 @@ mod bench;
 mod bench_burst;
 mod bench_report;
 mod bench_who;
+mod checks;
 mod deb;
 mod floor;
 mod fresh;
@@ -143,6 +144,8 @@ pub fn build_release() -> Result<PathBuf> {
 }
 
 fn test(extra: &[String]) -> Result<()> {
+    checks::format()?;
+    checks::layers()?;
     setup::ensure()?;
     if !nix::unistd::geteuid().is_root() {
         bail!("the eBPF integration tests load programs and make network namespaces: run as root");

@@ -502,8 +502,10 @@ impl<'a> RecordView<'a> {
 }
 
 /// One journal line as `report` reads it: [`Line`], with failures borrowed.
-// Events are nearly every line: boxing them would allocate per line.
-#[allow(clippy::large_enum_variant)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "events are nearly every line: boxing them would allocate per line"
+)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LineView<'a> {
     /// A failure (or with `--all`, a success).

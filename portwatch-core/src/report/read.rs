@@ -201,8 +201,10 @@ pub(super) fn split(
 }
 
 /// What one line turned out to be.
-// Lines are nearly all events: boxing them would allocate per line.
-#[allow(clippy::large_enum_variant)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "lines are nearly all events: boxing them would allocate per line"
+)]
 pub(super) enum Outcome<'a> {
     /// Blank.
     Blank,
