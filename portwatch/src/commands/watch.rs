@@ -7,17 +7,20 @@ use std::{
 };
 
 use anyhow::Result;
-use tokio::signal::unix::{signal, SignalKind};
+use tokio::{
+    signal::unix::{signal, Signal, SignalKind},
+    time::Interval,
+};
 
 use crate::{
     capture::{life::JournalSession, Session, Settings},
     cli::WatchArgs,
     pipeline::{self, Pipeline, BATCH},
 };
-use portwatch_core::journal::JournalOptions;
 use portwatch_core::{
     holders::Enricher,
-    output::{text, Format, Notice, Notices, Summary},
+    journal::JournalOptions,
+    output::{journald::Journald, text, Format, Notice, Notices, Summary},
 };
 
 /// How often the fold table is swept of stale entries.
@@ -56,41 +59,13 @@ pub async fn run(args: WatchArgs) -> Result<()> {
     };
     let notices = Notices::new(format);
     // Bound before loading anything: a busy port is a one-line error now.
-    let metrics = match args.metrics {
-        Some(addr) => Some((crate::metrics::bind(addr)?, metrics_known(&args))),
-        None => None,
-    };
+    let listener = args.metrics.map(crate::metrics::bind).transpose()?;
     let mut session = Session::start(&settings(&args), args.backend)?;
-    let metrics = match metrics {
-        Some((listener, known)) => {
-            let m = crate::metrics::Metrics::new(&known);
-            m.attach(session.kernel_view()?);
-            let served = m.clone();
-            tokio::spawn(async move {
-                if let Err(e) = crate::metrics::serve(listener, served).await {
-                    eprintln!("portwatch: the metrics endpoint stopped: {e}");
-                }
-            });
-            Some(m)
-        }
+    let metrics = match listener {
+        Some(listener) => Some(serve_metrics(listener, &args, &session)?),
         None => None,
     };
-    if let Some(path) = session.mounted_tracefs {
-        notices.say(&Notice::Mount {
-            fs: "tracefs".into(),
-            path: path.into(),
-        });
-    }
-    let mut sigint = signal(SignalKind::interrupt())?;
-    let mut sigterm = signal(SignalKind::terminate())?;
-    let mut ticker = tokio::time::interval(Duration::from_secs(args.stats_interval));
-    ticker.tick().await;
-    // Stale fold-table entries go once they are older than the window; a
-    // sweep per second keeps up with thousands of new processes a second.
-    let mut sweeper = tokio::time::interval(SWEEP_EVERY);
-    sweeper.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    sweeper.tick().await;
-
+    let mut wake = Wake::new(args.stats_interval).await?;
     let enricher = (!args.no_holders).then(|| Arc::new(Enricher::new(session.bound_inactive_dump)));
     if let Some(e) = &enricher {
         let e = e.clone();
@@ -98,33 +73,8 @@ pub async fn run(args: WatchArgs) -> Result<()> {
         tokio::task::spawn_blocking(move || e.warm());
     }
     let startup_ms = started.elapsed().as_millis() as u64;
-    notices.say(&Notice::Backend {
-        backend: session.backend.name().into(),
-        why: session.why.clone(),
-    });
-    if let Some(note) = &session.holders_note {
-        notices.say(&Notice::Degraded {
-            what: "listener_record".into(),
-            why: note.clone(),
-        });
-    }
-    if let Some(note) = &session.uring_note {
-        notices.say(&Notice::Degraded {
-            what: "io_uring".into(),
-            why: note.clone(),
-        });
-    }
-    let journald = if format == Format::Human {
-        portwatch_core::output::journald::Journald::when_stdout_is_journal()
-    } else {
-        None
-    };
-    // A column header means nothing between journal entries.
-    if format == Format::Human && journald.is_none() {
-        let mut out = io::stdout().lock();
-        writeln!(out, "{}", text::HEADER)?;
-        out.flush()?;
-    }
+    announce(&notices, &session);
+    let journald = start_output(format)?;
     let recording = match &args.record {
         Some(dir) => Some(JournalSession::start(
             JournalOptions {
@@ -156,28 +106,24 @@ pub async fn run(args: WatchArgs) -> Result<()> {
 
     let mut batch = Vec::with_capacity(BATCH);
     let mut lost_reported = 0;
-    let mut written = None;
-    loop {
+    let written = loop {
         tokio::select! {
             read = session.read(&mut batch, BATCH) => {
                 read?;
                 pipeline.submit(&mut batch).await;
             }
             // The writer only ends early when stdout fails.
-            done = &mut writing => {
-                written = Some(done);
-                break;
-            }
-            _ = sigint.recv() => break,
-            _ = sigterm.recv() => break,
-            _ = sweeper.tick() => {
+            done = &mut writing => break Some(done),
+            _ = wake.sigint.recv() => break None,
+            _ = wake.sigterm.recv() => break None,
+            _ = wake.sweeper.tick() => {
                 let swept = session.sweep();
                 if let Some(m) = &metrics {
                     m.credit_swept(&swept.moved_by_key);
                 }
                 crate::memory::trim();
             }
-            _ = ticker.tick() => {
+            _ = wake.ticker.tick() => {
                 let lost = session.counters().lost;
                 if lost > lost_reported {
                     notices.say(&Notice::Lost {
@@ -189,7 +135,7 @@ pub async fn run(args: WatchArgs) -> Result<()> {
                 }
             }
         }
-    }
+    };
 
     let unenriched =
         pipeline::wind_down(&mut session, pipeline, &mut batch, writing, written).await?;
@@ -208,6 +154,94 @@ pub async fn run(args: WatchArgs) -> Result<()> {
         unenriched,
     )));
     Ok(())
+}
+
+/// What wakes the main loop besides events: the signals that stop it, and
+/// its two timers. Made before `ready`, so a signal after it stops cleanly.
+struct Wake {
+    sigint: Signal,
+    sigterm: Signal,
+    /// Every `--stats-interval`: report events the ring buffer lost.
+    ticker: Interval,
+    /// Stale fold-table entries go once they are older than the window; a
+    /// sweep per second keeps up with thousands of new processes a second.
+    sweeper: Interval,
+}
+
+impl Wake {
+    async fn new(stats_interval: u64) -> io::Result<Self> {
+        let mut ticker = tokio::time::interval(Duration::from_secs(stats_interval));
+        ticker.tick().await;
+        let mut sweeper = tokio::time::interval(SWEEP_EVERY);
+        sweeper.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        sweeper.tick().await;
+        Ok(Self {
+            sigint: signal(SignalKind::interrupt())?,
+            sigterm: signal(SignalKind::terminate())?,
+            ticker,
+            sweeper,
+        })
+    }
+}
+
+/// Starts serving `/metrics` on `listener`, with the kernel's counters.
+fn serve_metrics(
+    listener: std::net::TcpListener,
+    args: &WatchArgs,
+    session: &Session,
+) -> Result<crate::metrics::Metrics> {
+    let m = crate::metrics::Metrics::new(&metrics_known(args));
+    m.attach(session.kernel_view()?);
+    let served = m.clone();
+    tokio::spawn(async move {
+        if let Err(e) = crate::metrics::serve(listener, served).await {
+            eprintln!("portwatch: the metrics endpoint stopped: {e}");
+        }
+    });
+    Ok(m)
+}
+
+/// Says how capture runs: a mount made, the backend and why, what is
+/// degraded.
+fn announce(notices: &Notices, session: &Session) {
+    if let Some(path) = session.mounted_tracefs {
+        notices.say(&Notice::Mount {
+            fs: "tracefs".into(),
+            path: path.into(),
+        });
+    }
+    notices.say(&Notice::Backend {
+        backend: session.backend.name().into(),
+        why: session.why.clone(),
+    });
+    for (what, note) in [
+        ("listener_record", &session.holders_note),
+        ("io_uring", &session.uring_note),
+    ] {
+        if let Some(note) = note {
+            notices.say(&Notice::Degraded {
+                what: what.into(),
+                why: note.clone(),
+            });
+        }
+    }
+}
+
+/// Where human-readable output goes: journald's fields when stdout is the
+/// journal, else a terminal or file, which gets the column header first.
+fn start_output(format: Format) -> io::Result<Option<Journald>> {
+    let journald = if format == Format::Human {
+        Journald::when_stdout_is_journal()
+    } else {
+        None
+    };
+    // A column header means nothing between journal entries.
+    if format == Format::Human && journald.is_none() {
+        let mut out = io::stdout().lock();
+        writeln!(out, "{}", text::HEADER)?;
+        out.flush()?;
+    }
+    Ok(journald)
 }
 
 /// The series `--metrics` can start at 0: `--port`'s ports, `--errno`'s errnos.
