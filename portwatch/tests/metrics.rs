@@ -561,6 +561,69 @@ fn http_bounds_hold_at_their_edges() {
     assert!(status.success());
 }
 
+/// A client that asks and never reads holds its connection 10 s at most:
+/// with socket buffers shrunk (in this namespace only) below the page, it
+/// finds a cut page when it reads after 11 s; a client that reads at once
+/// gets it whole.
+#[test]
+fn a_client_that_never_reads_is_cut_off_after_ten_seconds() {
+    let ns = Netns::new("pw-mslow");
+    let mport = port();
+    let maddr = SocketAddr::from((Ipv4Addr::LOCALHOST, mport));
+    ns.run(|| {
+        for buffers in ["tcp_rmem", "tcp_wmem"] {
+            std::fs::write(format!("/proc/sys/net/ipv4/{buffers}"), "4096 4096 4096").unwrap();
+        }
+    });
+    // Three errnos: ~200 failure series start at 0, a page of ~25 KB.
+    let args = [
+        "--metrics",
+        &maddr.to_string(),
+        "--errno",
+        "EADDRINUSE,EACCES,EADDRNOTAVAIL",
+    ]
+    .map(str::to_owned);
+    let tracer = ns.run(move || {
+        let a: Vec<&str> = args.iter().map(String::as_str).collect();
+        Tracer::start(&a)
+    });
+    const ASK: &[u8] = b"GET /metrics HTTP/1.1\r\n\r\n";
+    // (Content-Length, body bytes received).
+    let lengths = |text: &str| {
+        let (head, body) = text.split_once("\r\n\r\n").expect("an HTTP response");
+        let declared = head
+            .lines()
+            .find_map(|l| {
+                let (name, value) = l.split_once(':')?;
+                name.eq_ignore_ascii_case("content-length")
+                    .then(|| value.trim().parse::<usize>().ok())?
+            })
+            .expect("a Content-Length");
+        (declared, body.len())
+    };
+    let whole = ns.run(move || send(maddr, ASK));
+    let (declared, got) = lengths(&whole);
+    assert!(
+        declared > 16 * 1024,
+        "the page must outgrow the buffers: {declared}"
+    );
+    assert_eq!(got, declared, "read at once, the page is whole");
+    let late = ns.run(move || {
+        let mut s = TcpStream::connect(maddr).unwrap();
+        s.set_read_timeout(Some(WAIT)).unwrap();
+        s.write_all(ASK).unwrap();
+        std::thread::sleep(Duration::from_secs(11));
+        read_all(&mut s)
+    });
+    let (declared, got) = lengths(&late);
+    assert!(
+        got < declared,
+        "after 10 s the connection is dropped: got {got} of {declared}"
+    );
+    let (status, _, _) = tracer.stop();
+    assert!(status.success());
+}
+
 /// The sum of every sample of `metric` (all its label sets).
 fn total(page: &str, metric: &str) -> f64 {
     page.lines()
