@@ -18,6 +18,26 @@ use common::*;
 use portwatch_test_support::Process;
 use serde_json::Value;
 
+/// Sends `request` on a fresh connection (call inside the namespace) and
+/// returns what came back before the server closed (an early close by the
+/// server is not an error here: some bounds end with one).
+fn send(addr: SocketAddr, request: &[u8]) -> String {
+    let mut s = TcpStream::connect(addr).expect("connect to the endpoint");
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    let _ = s.write_all(request);
+    read_all(&mut s)
+}
+
+/// Everything readable until the peer closes, a reset, or [`WAIT`].
+fn read_all(s: &mut TcpStream) -> String {
+    let mut got = Vec::new();
+    let mut buf = [0; 4096];
+    while let Ok(n @ 1..) = s.read(&mut buf) {
+        got.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(&got).into_owned()
+}
+
 /// An HTTP/1.1 GET on a fresh connection (call inside the namespace);
 /// returns (status line, body).
 fn get(addr: SocketAddr, path: &str) -> (String, String) {
@@ -171,8 +191,8 @@ fn counters_equal_failures_made() {
     // Before any failure: the known series are there, at 0.
     let (status, page) = ns.run(move || get(maddr, "/metrics"));
     assert_eq!(
-        status, "HTTP/1.1 200 OK",
-        "the server answers 1.0 requests in 1.1"
+        status, "HTTP/1.0 200 OK",
+        "a 1.0 request is answered in 1.0"
     );
     let series = format!("portwatch_port_failures_total{{port=\"{port}\"}}");
     assert_eq!(sample(&page, &series), Some(0.0), "{page}");
@@ -391,6 +411,16 @@ fn hostile_clients_do_not_stall_capture() {
             .collect()
     });
     let started = Instant::now();
+    // Every slot is taken: one more client is closed at once, unanswered.
+    let (answer, took) = ns.run(move || {
+        let t = Instant::now();
+        (send(maddr, b"GET /metrics HTTP/1.1\r\n\r\n"), t.elapsed())
+    });
+    assert_eq!(answer, "", "the 21st connection is closed unanswered");
+    assert!(
+        took < Duration::from_secs(1),
+        "closed at once, not {took:?}"
+    );
     ns.run(move || fail_on(port, 30));
     for _ in 0..30 {
         let ev = tracer.event();
@@ -417,17 +447,18 @@ fn hostile_clients_do_not_stall_capture() {
         timed_out, 16,
         "16 served then timed out, 4 refused: {answers:?}"
     );
-    assert!(started.elapsed() >= Duration::from_secs(4));
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_secs(4) && waited < Duration::from_secs(8),
+        "408 after the 5 s head timeout, not {waited:?}"
+    );
     // A huge request head: 431, not a growing buffer.
     let status = ns.run(move || {
-        let mut s = TcpStream::connect(maddr).unwrap();
         let junk = format!(
             "GET /metrics HTTP/1.1\r\nX-Big: {}\r\n\r\n",
             "a".repeat(1 << 20)
         );
-        let _ = s.write_all(junk.as_bytes());
-        let mut text = String::new();
-        let _ = s.read_to_string(&mut text);
+        let text = send(maddr, junk.as_bytes());
         text.lines().next().unwrap_or_default().to_owned()
     });
     assert!(status.contains("431"), "{status}");
@@ -448,6 +479,146 @@ fn hostile_clients_do_not_stall_capture() {
         maddr,
         &format!("portwatch_port_failures_total{{port=\"{port}\"}}"),
         30.0,
+    );
+    let (status, _, _) = tracer.stop();
+    assert!(status.success());
+}
+
+/// The endpoint's HTTP promises, each at its edge: a head of 8 KiB less a
+/// little is served and one a little over is refused with 431; garbage is a
+/// 400; only GET (405 naming it) and only /metrics (404); OpenMetrics only
+/// when the Accept header asks for it.
+#[test]
+fn http_bounds_hold_at_their_edges() {
+    let ns = Netns::new("pw-mhttp");
+    let mport = port();
+    let maddr = SocketAddr::from((Ipv4Addr::LOCALHOST, mport));
+    let args = ["--metrics".to_owned(), maddr.to_string()];
+    let tracer = ns.run(move || {
+        let a: Vec<&str> = args.iter().map(String::as_str).collect();
+        Tracer::start(&a)
+    });
+    // A head of exactly `len` bytes, padded with one header.
+    let head = |len: usize| {
+        let start = "GET /metrics HTTP/1.1\r\nHost: x\r\nX-Pad: ";
+        let end = "\r\n\r\n";
+        format!("{start}{}{end}", "a".repeat(len - start.len() - end.len()))
+    };
+    let status = |text: &str| text.lines().next().unwrap_or_default().to_owned();
+    let (under, over) = ns.run(move || {
+        (
+            send(maddr, head(8 * 1024 - 100).as_bytes()),
+            send(maddr, head(8 * 1024 + 100).as_bytes()),
+        )
+    });
+    assert_eq!(status(&under), "HTTP/1.1 200 OK", "{under}");
+    assert!(under.contains("portwatch_build_info"), "{under}");
+    assert!(
+        status(&over).starts_with("HTTP/1.1 431"),
+        "8 KiB + 100 of head: {over}"
+    );
+    let garbage = ns.run(move || send(maddr, b"\x01\x02 nonsense\r\n\r\n"));
+    assert!(status(&garbage).starts_with("HTTP/1.1 400"), "{garbage}");
+    let head_method = ns.run(move || send(maddr, b"HEAD /metrics HTTP/1.1\r\n\r\n"));
+    assert!(
+        status(&head_method).starts_with("HTTP/1.1 405"),
+        "{head_method}"
+    );
+    assert!(
+        head_method
+            .to_ascii_lowercase()
+            .contains("\r\nallow: get\r\n"),
+        "{head_method}"
+    );
+    let elsewhere = ns.run(move || send(maddr, b"GET /metrics/x HTTP/1.1\r\n\r\n"));
+    assert!(
+        status(&elsewhere).starts_with("HTTP/1.1 404"),
+        "{elsewhere}"
+    );
+    // What Prometheus sends, and what curl sends.
+    let open = ns.run(move || {
+        send(
+            maddr,
+            b"GET /metrics HTTP/1.1\r\nAccept: application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5\r\n\r\n",
+        )
+    });
+    let text = ns.run(move || send(maddr, b"GET /metrics HTTP/1.1\r\nAccept: */*\r\n\r\n"));
+    let lower = open.to_ascii_lowercase();
+    assert!(
+        lower.contains("content-type: application/openmetrics-text; version=1.0.0"),
+        "{open}"
+    );
+    assert!(open.trim_end().ends_with("# EOF"), "{open}");
+    let lower = text.to_ascii_lowercase();
+    assert!(
+        lower.contains("content-type: text/plain; version=0.0.4"),
+        "{text}"
+    );
+    assert!(!text.contains("# EOF"), "{text}");
+    // One request per connection: the answer says so.
+    assert!(lower.contains("connection: close"), "{text}");
+    let (status, _, _) = tracer.stop();
+    assert!(status.success());
+}
+
+/// A client that asks and never reads holds its connection 10 s at most:
+/// with socket buffers shrunk (in this namespace only) below the page, it
+/// finds a cut page when it reads after 11 s; a client that reads at once
+/// gets it whole.
+#[test]
+fn a_client_that_never_reads_is_cut_off_after_ten_seconds() {
+    let ns = Netns::new("pw-mslow");
+    let mport = port();
+    let maddr = SocketAddr::from((Ipv4Addr::LOCALHOST, mport));
+    ns.run(|| {
+        for buffers in ["tcp_rmem", "tcp_wmem"] {
+            std::fs::write(format!("/proc/sys/net/ipv4/{buffers}"), "4096 4096 4096").unwrap();
+        }
+    });
+    // Three errnos: ~200 failure series start at 0, a page of ~25 KB.
+    let args = [
+        "--metrics",
+        &maddr.to_string(),
+        "--errno",
+        "EADDRINUSE,EACCES,EADDRNOTAVAIL",
+    ]
+    .map(str::to_owned);
+    let tracer = ns.run(move || {
+        let a: Vec<&str> = args.iter().map(String::as_str).collect();
+        Tracer::start(&a)
+    });
+    const ASK: &[u8] = b"GET /metrics HTTP/1.1\r\n\r\n";
+    // (Content-Length, body bytes received).
+    let lengths = |text: &str| {
+        let (head, body) = text.split_once("\r\n\r\n").expect("an HTTP response");
+        let declared = head
+            .lines()
+            .find_map(|l| {
+                let (name, value) = l.split_once(':')?;
+                name.eq_ignore_ascii_case("content-length")
+                    .then(|| value.trim().parse::<usize>().ok())?
+            })
+            .expect("a Content-Length");
+        (declared, body.len())
+    };
+    let whole = ns.run(move || send(maddr, ASK));
+    let (declared, got) = lengths(&whole);
+    assert!(
+        declared > 16 * 1024,
+        "the page must outgrow the buffers: {declared}"
+    );
+    assert_eq!(got, declared, "read at once, the page is whole");
+    let late = ns.run(move || {
+        let mut s = TcpStream::connect(maddr).unwrap();
+        s.set_read_timeout(Some(WAIT)).unwrap();
+        s.write_all(ASK).unwrap();
+        std::thread::sleep(Duration::from_secs(11));
+        read_all(&mut s)
+    });
+    let (declared, got) = lengths(&late);
+    assert!(
+        got < declared,
+        "after 10 s the connection is dropped: got {got} of {declared}"
     );
     let (status, _, _) = tracer.stop();
     assert!(status.success());

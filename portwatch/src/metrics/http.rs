@@ -1,17 +1,35 @@
-//! A minimal HTTP/1.1 responder for `GET /metrics`, on tokio's listener.
+//! `GET /metrics` over HTTP/1.1, served by hyper.
 //!
-//! Hand-written because the job is one read-only page: no keep-alive, no
-//! request bodies, no routing. What a web framework would add is attack
-//! surface on a root process. Every connection is bounded in size
-//! ([`MAX_REQUEST`]), time ([`READ_TIMEOUT`], [`WRITE_TIMEOUT`]) and number
-//! ([`MAX_CONNECTIONS`]), so a slow or hostile client costs at most a few
-//! small buffers and never a thread; capture runs on its own task and never
-//! waits for this one.
+//! hyper because a root process should not parse the network with a
+//! hand-written parser when a maintained, fuzzed one exists. Bounded where:
+//! the request head in size ([`MAX_HEAD`]: hyper answers 431) and in time
+//! ([`HEAD_TIMEOUT`]: hyper's timer ends the connection, the 408 is written
+//! here), the whole exchange ([`CONNECTION_TIMEOUT`]) and the connections at
+//! once ([`MAX_CONNECTIONS`], more are closed at once) here. No keep-alive,
+//! no request body read, one route: a slow or hostile client costs at most a
+//! few small buffers; capture runs on its own task and never waits for this
+//! one.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    convert::Infallible,
+    future::{poll_fn, Future},
+    pin::Pin,
+    sync::Arc,
+    time::Duration,
+};
 
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{
+    body::Incoming,
+    header::{HeaderMap, HeaderValue, ACCEPT, ALLOW, CONTENT_TYPE},
+    server::conn::http1,
+    service::service_fn,
+    Method, Request, Response, StatusCode,
+};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::{
-    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    io::AsyncWriteExt as _,
     net::{TcpListener, TcpStream},
     sync::Semaphore,
     time::timeout,
@@ -19,22 +37,31 @@ use tokio::{
 
 use super::{listen::is_transient, Metrics};
 
-/// Longest request head accepted (Prometheus sends a few hundred bytes).
-pub const MAX_REQUEST: usize = 8 * 1024;
+/// Longest request head accepted (Prometheus sends a few hundred bytes);
+/// also hyper's read buffer, whose smallest allowed size this is.
+pub const MAX_HEAD: usize = 8 * 1024;
 /// Time a client has to send its whole request head (slowloris).
-pub const READ_TIMEOUT: Duration = Duration::from_secs(5);
-/// Time a client has to take the whole answer.
-pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+pub const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
+/// Time one connection may last, head and answer together.
+pub const CONNECTION_TIMEOUT: Duration = Duration::from_secs(10);
 /// Connections served at once; more are closed at once.
 pub const MAX_CONNECTIONS: usize = 16;
 
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 const TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 
+/// What a client whose head took longer than [`HEAD_TIMEOUT`] is told
+/// (hyper only closes the connection).
+const REQUEST_TIMEOUT: &[u8] = b"HTTP/1.1 408 Request Timeout\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 17\r\nConnection: close\r\n\r\nrequest too slow\n";
+
+/// One answer, boxed: hyper wants an `Unpin` future to hand the socket back.
+type Answer = Pin<Box<dyn Future<Output = Result<Response<Full<Bytes>>, Infallible>> + Send>>;
+
 /// Serves `metrics` on `listener` until the task is dropped.
 pub async fn serve(listener: std::net::TcpListener, metrics: Metrics) -> std::io::Result<()> {
     let listener = TcpListener::from_std(listener)?;
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let http = Arc::new(builder());
     loop {
         let (stream, _) = match listener.accept().await {
             Ok(c) => c,
@@ -50,153 +77,88 @@ pub async fn serve(listener: std::net::TcpListener, metrics: Metrics) -> std::io
             drop(stream);
             continue;
         };
-        let metrics = metrics.clone();
+        let (http, metrics) = (http.clone(), metrics.clone());
         tokio::spawn(async move {
             let _slot = slot;
-            let _ = answer(stream, metrics).await;
+            let _ = timeout(CONNECTION_TIMEOUT, exchange(&http, stream, metrics)).await;
         });
     }
 }
 
-/// What a request asked for.
-#[derive(Debug, PartialEq, Eq)]
-enum Asked {
-    Metrics { openmetrics: bool },
-    NotFound,
-    BadMethod,
-    TooLarge,
-    Malformed,
+/// hyper's HTTP/1.1 server with the bounds above.
+fn builder() -> http1::Builder {
+    let mut http = http1::Builder::new();
+    http.keep_alive(false)
+        .max_buf_size(MAX_HEAD)
+        .max_header_size(MAX_HEAD)
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEAD_TIMEOUT);
+    http
 }
 
-async fn answer(mut stream: TcpStream, metrics: Metrics) -> std::io::Result<()> {
-    let asked = match timeout(READ_TIMEOUT, read_head(&mut stream)).await {
-        Ok(Ok(asked)) => asked,
-        Ok(Err(e)) => return Err(e),
-        Err(_) => {
-            let _ = timeout(
-                WRITE_TIMEOUT,
-                respond(
-                    &mut stream,
-                    "408 Request Timeout",
-                    TEXT,
-                    "request too slow\n",
-                ),
-            )
-            .await;
-            return Ok(());
-        }
-    };
-    let response = async {
-        match asked {
-            Asked::Metrics { openmetrics } => {
-                // Reading the kernel's fold table takes syscalls: off the
-                // async workers.
-                let body = tokio::task::spawn_blocking(move || metrics.render(openmetrics))
-                    .await
-                    .unwrap_or_default();
-                let kind = if openmetrics { OPENMETRICS } else { TEXT };
-                respond(&mut stream, "200 OK", kind, &body).await
-            }
-            Asked::NotFound => {
-                respond(
-                    &mut stream,
-                    "404 Not Found",
-                    TEXT,
-                    "metrics are at /metrics\n",
-                )
-                .await
-            }
-            Asked::BadMethod => {
-                respond(&mut stream, "405 Method Not Allowed", TEXT, "GET only\n").await
-            }
-            Asked::TooLarge => {
-                respond(
-                    &mut stream,
-                    "431 Request Header Fields Too Large",
-                    TEXT,
-                    "request too large\n",
-                )
-                .await
-            }
-            Asked::Malformed => {
-                respond(&mut stream, "400 Bad Request", TEXT, "bad request\n").await
-            }
-        }
-    };
-    timeout(WRITE_TIMEOUT, response)
-        .await
-        .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
-}
-
-/// Reads the request head (up to the blank line), at most [`MAX_REQUEST`] bytes.
-async fn read_head(stream: &mut TcpStream) -> std::io::Result<Asked> {
-    let mut buf = vec![0u8; MAX_REQUEST];
-    let mut len = 0;
-    loop {
-        if len == buf.len() {
-            return Ok(Asked::TooLarge);
-        }
-        let n = stream.read(&mut buf[len..]).await?;
-        if n == 0 {
-            return Ok(Asked::Malformed);
-        }
-        len += n;
-        if let Some(end) = buf[..len].windows(4).position(|w| w == b"\r\n\r\n") {
-            return Ok(parse(&buf[..end]));
-        }
-    }
-}
-
-/// The request line and the Accept header of a request head.
-fn parse(head: &[u8]) -> Asked {
-    let Ok(head) = std::str::from_utf8(head) else {
-        return Asked::Malformed;
-    };
-    let mut lines = head.split("\r\n");
-    let mut parts = lines.next().unwrap_or_default().split(' ');
-    let (Some(method), Some(target), Some(version), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return Asked::Malformed;
-    };
-    if !version.starts_with("HTTP/1.") {
-        return Asked::Malformed;
-    }
-    if method != "GET" {
-        return Asked::BadMethod;
-    }
-    let path = target.split('?').next().unwrap_or_default();
-    if path != "/metrics" {
-        return Asked::NotFound;
-    }
-    // Prometheus asks for OpenMetrics first; curl and promtool take text.
-    let openmetrics = lines.any(|l| {
-        l.split_once(':').is_some_and(|(name, value)| {
-            name.trim().eq_ignore_ascii_case("accept")
-                && value.contains("application/openmetrics-text")
-        })
-    });
-    Asked::Metrics { openmetrics }
-}
-
-async fn respond(
-    stream: &mut TcpStream,
-    status: &str,
-    kind: &str,
-    body: &str,
+/// One connection: one request, one answer, then closed.
+async fn exchange(
+    http: &http1::Builder,
+    stream: TcpStream,
+    metrics: Metrics,
 ) -> std::io::Result<()> {
-    let head = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n{}\r\n",
-        body.len(),
-        if status.starts_with("405") {
-            "Allow: GET\r\n"
-        } else {
-            ""
-        }
-    );
-    stream.write_all(head.as_bytes()).await?;
-    stream.write_all(body.as_bytes()).await?;
+    let service = service_fn(move |req| -> Answer { Box::pin(answer(req, metrics.clone())) });
+    let mut conn = http.serve_connection(TokioIo::new(stream), service);
+    // Polled without hyper's shutdown so that the socket comes back, still
+    // open, when the head timed out.
+    let served = poll_fn(|cx| conn.poll_without_shutdown(cx)).await;
+    let mut stream = conn.into_parts().io.into_inner();
+    if served.as_ref().is_err_and(hyper::Error::is_timeout) {
+        stream.write_all(REQUEST_TIMEOUT).await?;
+    }
     stream.shutdown().await
+}
+
+async fn answer(
+    req: Request<Incoming>,
+    metrics: Metrics,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    if req.method() != Method::GET {
+        let mut res = plain(StatusCode::METHOD_NOT_ALLOWED, "GET only\n");
+        res.headers_mut()
+            .insert(ALLOW, HeaderValue::from_static("GET"));
+        return Ok(res);
+    }
+    if req.uri().path() != "/metrics" {
+        return Ok(plain(StatusCode::NOT_FOUND, "metrics are at /metrics\n"));
+    }
+    let openmetrics = wants_openmetrics(req.headers());
+    // Reading the kernel's fold table takes syscalls: off the async workers.
+    let Ok(page) = tokio::task::spawn_blocking(move || metrics.render(openmetrics)).await else {
+        // A failed scrape (up=0), not an empty page that would read as
+        // every series gone.
+        return Ok(plain(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "rendering failed\n",
+        ));
+    };
+    let kind = if openmetrics { OPENMETRICS } else { TEXT };
+    Ok(page_of(StatusCode::OK, kind, page))
+}
+
+/// Prometheus asks for OpenMetrics first; curl and promtool take text.
+fn wants_openmetrics(headers: &HeaderMap) -> bool {
+    headers.get_all(ACCEPT).iter().any(|v| {
+        v.to_str()
+            .is_ok_and(|v| v.contains("application/openmetrics-text"))
+    })
+}
+
+fn plain(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
+    page_of(status, "text/plain; charset=utf-8", body.into())
+}
+
+fn page_of(status: StatusCode, kind: &'static str, body: String) -> Response<Full<Bytes>> {
+    let mut res = Response::new(Full::new(Bytes::from(body)));
+    *res.status_mut() = status;
+    res.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(kind));
+    res
 }
 
 #[cfg(test)]
@@ -204,19 +166,29 @@ mod tests {
     use super::*;
 
     #[test]
-    fn parses_requests() {
-        assert_eq!(
-            parse(b"GET /metrics HTTP/1.1\r\nHost: x"),
-            Asked::Metrics { openmetrics: false }
+    fn openmetrics_only_when_accepted() {
+        let mut h = HeaderMap::new();
+        assert!(!wants_openmetrics(&h));
+        h.append(ACCEPT, HeaderValue::from_static("text/plain"));
+        assert!(!wants_openmetrics(&h));
+        h.append(
+            ACCEPT,
+            HeaderValue::from_static("application/openmetrics-text;version=1.0.0,text/plain;q=0.5"),
         );
-        assert_eq!(
-            parse(b"GET /metrics?x=1 HTTP/1.1\r\nAccept: application/openmetrics-text;version=1.0.0,text/plain;q=0.5"),
-            Asked::Metrics { openmetrics: true }
-        );
-        assert_eq!(parse(b"POST /metrics HTTP/1.1"), Asked::BadMethod);
-        assert_eq!(parse(b"HEAD /metrics HTTP/1.1"), Asked::BadMethod);
-        assert_eq!(parse(b"GET / HTTP/1.1"), Asked::NotFound);
-        assert_eq!(parse(b"GET /metrics"), Asked::Malformed);
-        assert_eq!(parse(b"\xff\xfe"), Asked::Malformed);
+        assert!(wants_openmetrics(&h));
+    }
+
+    #[test]
+    fn the_timeout_answer_is_well_formed() {
+        let text = std::str::from_utf8(REQUEST_TIMEOUT).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with("HTTP/1.1 408 "));
+        assert!(head.contains(&format!("Content-Length: {}", body.len())));
+    }
+
+    #[test]
+    fn hyper_takes_the_head_bound() {
+        // hyper panics below its minimum buffer; the bound must stay above.
+        builder();
     }
 }

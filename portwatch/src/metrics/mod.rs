@@ -14,7 +14,9 @@
 //! the first [`PORT_SERIES`] seen (the rest are `port="other"`); failure
 //! label sets stop at [`FAILURE_SERIES`], the rest go under `"other"` values.
 
+mod collector;
 mod http;
+mod labels;
 mod listen;
 
 use std::{
@@ -25,10 +27,8 @@ use std::{
 
 use portwatch_common::FoldKey;
 use prometheus_client::{
-    collector::Collector,
-    encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric as _},
     metrics::{
-        counter::{ConstCounter, Counter},
+        counter::Counter,
         family::Family,
         histogram::{exponential_buckets, Histogram},
         info::Info,
@@ -36,8 +36,13 @@ use prometheus_client::{
     registry::Registry,
 };
 
+use self::{
+    collector::KernelCollector,
+    labels::{BuildLabels, MetricLabels, PortLabels, Ports, ResultLabels},
+};
 pub use self::{
     http::serve,
+    labels::FailureLabels,
     listen::{bind, parse_addr},
 };
 use crate::capture::KernelView;
@@ -87,105 +92,6 @@ const REASONS: [Reason; 12] = [
 /// Reason label of a failure printed without a diagnosis (`--no-holders`).
 const NOT_DIAGNOSED: &str = "not_diagnosed";
 
-/// The labels of `portwatch_bind_failures_total`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
-pub struct FailureLabels {
-    /// bind or listen.
-    pub syscall: String,
-    /// EADDRINUSE, EACCES, ...
-    pub errno: String,
-    /// tcp, udp, or other.
-    pub protocol: String,
-    /// ipv4 or ipv6.
-    pub family: String,
-    /// The diagnosis's reason code.
-    pub reason: String,
-}
-
-impl FailureLabels {
-    fn of(ev: &Event, reason: &str) -> Self {
-        Self::new(
-            ev.syscall,
-            ev.errno.unwrap_or(Errno(-ev.ret)),
-            ev.proto,
-            ev.family,
-            reason,
-        )
-    }
-
-    fn new(syscall: Syscall, errno: Errno, proto: Proto, family: AddrFamily, reason: &str) -> Self {
-        Self {
-            syscall: syscall.name().into(),
-            errno: errno.name(),
-            // Other protocols are rare; one value keeps the product bounded.
-            protocol: match proto {
-                Proto::Tcp | Proto::Udp => proto.name(),
-                Proto::Other(_) => "other".into(),
-            },
-            family: match family {
-                AddrFamily::Ipv4 => "ipv4",
-                AddrFamily::Ipv6 => "ipv6",
-            }
-            .into(),
-            reason: reason.into(),
-        }
-    }
-
-    fn other() -> Self {
-        let other = || "other".to_owned();
-        Self {
-            syscall: other(),
-            errno: other(),
-            protocol: other(),
-            family: other(),
-            reason: other(),
-        }
-    }
-}
-
-/// The label of `portwatch_port_failures_total`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
-struct PortLabels {
-    port: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
-struct ResultLabels {
-    result: &'static str,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
-struct BuildLabels {
-    version: &'static str,
-}
-
-/// Which label a failure's port gets.
-struct Ports {
-    /// `--port` named few enough ports to give each a series.
-    fixed: bool,
-    named: HashSet<u16>,
-    /// Ports already under "other", one bit each.
-    folded: Box<[u64; 1024]>,
-}
-
-impl Ports {
-    /// The label for `port`, and whether it was folded under "other" for
-    /// the first time.
-    fn label(&mut self, port: u16) -> (String, bool) {
-        if self.named.contains(&port) {
-            return (port.to_string(), false);
-        }
-        if !self.fixed && self.named.len() < PORT_SERIES {
-            self.named.insert(port);
-            return (port.to_string(), false);
-        }
-        let (word, bit) = (usize::from(port) / 64, u64::from(port) % 64);
-        let first = self.folded[word] & (1 << bit) == 0;
-        self.folded[word] |= 1 << bit;
-        ("other".into(), first)
-    }
-}
-
 /// One stream of identical failures (a kernel fold key): where its folded
 /// failures are counted, and how many of them a scrape already counted.
 struct Stream {
@@ -218,20 +124,10 @@ struct State {
 
 struct Inner {
     registry: Registry,
-    failures: Family<FailureLabels, Counter>,
-    ports: Family<PortLabels, Counter>,
-    labels_folded: Family<MetricLabels, Counter>,
-    lookups: Family<ResultLabels, Counter>,
-    lookup_seconds: Histogram,
-    lookup_timeouts: Counter,
-    lookups_shed: Counter,
+    failures: FailureCounters,
+    lookups: LookupCounters,
     state: Mutex<State>,
     kernel: Arc<Mutex<Option<KernelView>>>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
-struct MetricLabels {
-    metric: &'static str,
 }
 
 /// What `watch` knows before the first event: which series start at 0.
@@ -247,53 +143,6 @@ pub struct Known {
 #[derive(Clone)]
 pub struct Metrics(Arc<Inner>);
 
-/// Reads the kernel's counters at scrape time.
-#[derive(Debug)]
-struct KernelCollector(Arc<Mutex<Option<KernelView>>>);
-
-impl std::fmt::Debug for KernelView {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("KernelView")
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
-struct OutcomeLabels {
-    outcome: &'static str,
-}
-
-impl Collector for KernelCollector {
-    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        // Before the programs are loaded every count is 0: still show them.
-        let counters = lock(&self.0)
-            .as_ref()
-            .map(KernelView::counters)
-            .unwrap_or_default();
-        let events = ConstCounter::new(0u64);
-        let mut family = encoder.encode_descriptor(
-            "portwatch_events",
-            "Calls matched in the kernel, by what became of them: sent to user space as an event, folded into a count (identical failure within --fold-window), or lost (ring buffer full). Read from the kernel at scrape time.",
-            None,
-            events.metric_type(),
-        )?;
-        for (outcome, n) in [
-            ("sent", counters.sent),
-            ("folded", counters.folded),
-            ("lost", counters.lost),
-        ] {
-            ConstCounter::new(n).encode(family.encode_family(&OutcomeLabels { outcome })?)?;
-        }
-        let full = ConstCounter::new(counters.fold_full);
-        full.encode(encoder.encode_descriptor(
-            "portwatch_fold_table_full",
-            "Failures sent unfolded because the kernel's fold table was full.",
-            None,
-            full.metric_type(),
-        )?)?;
-        Ok(())
-    }
-}
-
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic elsewhere must not take the metrics down with it.
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -306,53 +155,157 @@ fn reason_name(reason: Reason) -> String {
         .unwrap_or_else(|| "unknown".into())
 }
 
-impl Metrics {
-    /// The registry of one `watch`, with the series of `known` at 0.
-    pub fn new(known: &Known) -> Self {
-        let mut registry = Registry::default();
-        let failures = Family::<FailureLabels, Counter>::default();
+/// The failure counters: by label set, by port, and the label values
+/// folded under "other" to keep both bounded.
+struct FailureCounters {
+    by_labels: Family<FailureLabels, Counter>,
+    by_port: Family<PortLabels, Counter>,
+    labels_folded: Family<MetricLabels, Counter>,
+}
+
+impl FailureCounters {
+    /// Registered, with the series whose labels are always known at 0.
+    fn register(registry: &mut Registry) -> Self {
+        let counters = Self {
+            by_labels: Family::default(),
+            by_port: Family::default(),
+            labels_folded: Family::default(),
+        };
         registry.register(
             "portwatch_bind_failures",
             "Failed bind()/listen() calls, including identical ones folded in the kernel, by call, errno, protocol, address family and diagnosis reason (not_diagnosed without holder lookups).",
-            failures.clone(),
+            counters.by_labels.clone(),
         );
-        let ports = Family::<PortLabels, Counter>::default();
         registry.register(
             "portwatch_port_failures",
             "Failed bind()/listen() calls by requested port: --port's ports or the first 64 seen; the rest under port=\"other\".",
-            ports.clone(),
+            counters.by_port.clone(),
         );
-        let labels_folded = Family::<MetricLabels, Counter>::default();
         registry.register(
             "portwatch_labels_folded",
             "Distinct label values counted under \"other\" to bound the number of series, by metric.",
-            labels_folded.clone(),
+            counters.labels_folded.clone(),
         );
-        let lookups = Family::<ResultLabels, Counter>::default();
+        counters
+            .by_labels
+            .get_or_create(&FailureLabels::other())
+            .inc_by(0);
+        counters
+            .by_port
+            .get_or_create(&PortLabels {
+                port: "other".into(),
+            })
+            .inc_by(0);
+        for metric in ["bind_failures", "port_failures"] {
+            counters
+                .labels_folded
+                .get_or_create(&MetricLabels { metric })
+                .inc_by(0);
+        }
+        counters
+    }
+
+    /// Starts the series of `--port`'s ports at 0 (when they are few
+    /// enough to have their own); the ports with a series.
+    fn start_ports(&self, known: &[u16]) -> Ports {
+        let ports = Ports::new(known);
+        for port in ports.named() {
+            self.by_port
+                .get_or_create(&PortLabels {
+                    port: port.to_string(),
+                })
+                .inc_by(0);
+        }
+        ports
+    }
+
+    /// Starts at 0 the usual label sets of a few errnos (bind over TCP/UDP
+    /// and listen over TCP, both families, every reason), up to
+    /// [`FAILURE_SERIES`]; the sets started. --all-errors knows no errno.
+    fn start_failures(&self, errnos: &[Errno]) -> HashSet<FailureLabels> {
+        let mut started = HashSet::new();
+        if errnos.len() > 3 {
+            return started;
+        }
+        for &errno in errnos {
+            for (syscall, proto) in [
+                (Syscall::Bind, Proto::Tcp),
+                (Syscall::Bind, Proto::Udp),
+                (Syscall::Listen, Proto::Tcp),
+            ] {
+                for family in [AddrFamily::Ipv4, AddrFamily::Ipv6] {
+                    for reason in REASONS {
+                        let labels =
+                            FailureLabels::new(syscall, errno, proto, family, &reason_name(reason));
+                        if started.len() < FAILURE_SERIES {
+                            self.by_labels.get_or_create(&labels).inc_by(0);
+                            started.insert(labels);
+                        }
+                    }
+                }
+            }
+        }
+        started
+    }
+}
+
+/// The holder lookups: how many by result, how long, and the events
+/// printed without one.
+struct LookupCounters {
+    results: Family<ResultLabels, Counter>,
+    seconds: Histogram,
+    timeouts: Counter,
+    shed: Counter,
+}
+
+impl LookupCounters {
+    /// Registered, every result at 0.
+    fn register(registry: &mut Registry) -> Self {
+        let counters = Self {
+            results: Family::default(),
+            seconds: Histogram::new(exponential_buckets(0.0005, 2.5, 10)),
+            timeouts: Counter::default(),
+            shed: Counter::default(),
+        };
         registry.register(
             "portwatch_holder_lookups",
             "Holder lookups (sock_diag + /proc; one per storm) by result: found a holder, found none, or blind (could not look).",
-            lookups.clone(),
+            counters.results.clone(),
         );
-        let lookup_seconds = Histogram::new(exponential_buckets(0.0005, 2.5, 10));
         registry.register_with_unit(
             "portwatch_holder_lookup_duration",
             "Time one holder lookup took.",
             prometheus_client::registry::Unit::Seconds,
-            lookup_seconds.clone(),
+            counters.seconds.clone(),
         );
-        let lookup_timeouts = Counter::default();
         registry.register(
             "portwatch_holder_lookup_timeouts",
             "Events printed without their holders because the lookup took longer than --lookup-timeout.",
-            lookup_timeouts.clone(),
+            counters.timeouts.clone(),
         );
-        let lookups_shed = Counter::default();
         registry.register(
             "portwatch_holder_lookups_shed",
             "Events printed with the kernel's record of the holder alone because failures came faster than holder lookups.",
-            lookups_shed.clone(),
+            counters.shed.clone(),
         );
+        for result in ["found", "none", "blind"] {
+            counters
+                .results
+                .get_or_create(&ResultLabels { result })
+                .inc_by(0);
+        }
+        counters
+    }
+}
+
+impl Metrics {
+    /// The registry of one `watch`. Series whose labels are known now
+    /// (always, or from `known`) start at 0, so the first failure is an
+    /// increase, not the appearance of a series.
+    pub fn new(known: &Known) -> Self {
+        let mut registry = Registry::default();
+        let failures = FailureCounters::register(&mut registry);
+        let lookups = LookupCounters::register(&mut registry);
         registry.register(
             "portwatch_build",
             "portwatch's version.",
@@ -362,86 +315,19 @@ impl Metrics {
         );
         let kernel = Arc::new(Mutex::new(None));
         registry.register_collector(Box::new(KernelCollector(kernel.clone())));
-
-        // Series whose labels are known now start at 0, so the first
-        // failure is an increase, not the appearance of a series.
-        let fixed = !known.ports.is_empty() && known.ports.len() <= PORT_SERIES;
-        let named: HashSet<u16> = if fixed {
-            known.ports.iter().copied().collect()
-        } else {
-            HashSet::new()
+        let state = State {
+            sweeps: 0,
+            ports: failures.start_ports(&known.ports),
+            streams: HashMap::new(),
+            events: 0,
+            failure_sets: failures.start_failures(&known.errnos),
+            failure_folded: HashSet::new(),
         };
-        for port in &named {
-            ports
-                .get_or_create(&PortLabels {
-                    port: port.to_string(),
-                })
-                .inc_by(0);
-        }
-        ports
-            .get_or_create(&PortLabels {
-                port: "other".into(),
-            })
-            .inc_by(0);
-        for metric in ["bind_failures", "port_failures"] {
-            labels_folded
-                .get_or_create(&MetricLabels { metric })
-                .inc_by(0);
-        }
-        for result in ["found", "none", "blind"] {
-            lookups.get_or_create(&ResultLabels { result }).inc_by(0);
-        }
-        let mut failure_sets = HashSet::new();
-        // The usual case (a few errnos): bind over TCP/UDP and listen over
-        // TCP, both families, every reason. --all-errors knows no errno.
-        if known.errnos.len() <= 3 {
-            for &errno in &known.errnos {
-                for (syscall, proto) in [
-                    (Syscall::Bind, Proto::Tcp),
-                    (Syscall::Bind, Proto::Udp),
-                    (Syscall::Listen, Proto::Tcp),
-                ] {
-                    for family in [AddrFamily::Ipv4, AddrFamily::Ipv6] {
-                        for reason in REASONS {
-                            let labels = FailureLabels::new(
-                                syscall,
-                                errno,
-                                proto,
-                                family,
-                                &reason_name(reason),
-                            );
-                            if failure_sets.len() < FAILURE_SERIES {
-                                failures.get_or_create(&labels).inc_by(0);
-                                failure_sets.insert(labels);
-                            }
-                        }
-                    }
-                }
-            }
-        }
-        failures.get_or_create(&FailureLabels::other()).inc_by(0);
-
         Self(Arc::new(Inner {
             registry,
             failures,
-            ports,
-            labels_folded,
             lookups,
-            lookup_seconds,
-            lookup_timeouts,
-            lookups_shed,
-            state: Mutex::new(State {
-                sweeps: 0,
-                ports: Ports {
-                    fixed,
-                    named,
-                    folded: Box::new([0; 1024]),
-                },
-                streams: HashMap::new(),
-                events: 0,
-                failure_sets,
-                failure_folded: HashSet::new(),
-            }),
+            state: Mutex::new(state),
             kernel,
         }))
     }
@@ -463,6 +349,7 @@ impl Metrics {
         let (port, first) = state.ports.label(ev.port);
         if first {
             self.0
+                .failures
                 .labels_folded
                 .get_or_create(&MetricLabels {
                     metric: "port_failures",
@@ -498,9 +385,14 @@ impl Metrics {
         stream.failure = failure.clone();
         stream.port = PortLabels { port: port.clone() };
         drop(state);
-        self.0.failures.get_or_create(&failure).inc_by(made - paid);
         self.0
-            .ports
+            .failures
+            .by_labels
+            .get_or_create(&failure)
+            .inc_by(made - paid);
+        self.0
+            .failures
+            .by_port
             .get_or_create(&PortLabels { port })
             .inc_by(made - paid);
     }
@@ -515,6 +407,7 @@ impl Metrics {
         }
         if state.failure_folded.insert(labels) {
             self.0
+                .failures
                 .labels_folded
                 .get_or_create(&MetricLabels {
                     metric: "bind_failures",
@@ -533,19 +426,23 @@ impl Metrics {
         } else {
             "none"
         };
-        self.0.lookups.get_or_create(&ResultLabels { result }).inc();
-        self.0.lookup_seconds.observe(took.as_secs_f64());
+        self.0
+            .lookups
+            .results
+            .get_or_create(&ResultLabels { result })
+            .inc();
+        self.0.lookups.seconds.observe(took.as_secs_f64());
     }
 
     /// Counts an event printed without waiting longer for its lookup.
     pub fn lookup_timed_out(&self) {
-        self.0.lookup_timeouts.inc();
+        self.0.lookups.timeouts.inc();
     }
 
     /// Counts an event printed without its lookup because lookups could
     /// not keep up.
     pub fn lookup_shed(&self) {
-        self.0.lookups_shed.inc();
+        self.0.lookups.shed.inc();
     }
 
     /// Counts the failures folded in the kernel that no event carried yet
@@ -581,8 +478,16 @@ impl Metrics {
             }
             let more = pending - stream.credited;
             stream.credited = pending;
-            self.0.failures.get_or_create(&stream.failure).inc_by(more);
-            self.0.ports.get_or_create(&stream.port).inc_by(more);
+            self.0
+                .failures
+                .by_labels
+                .get_or_create(&stream.failure)
+                .inc_by(more);
+            self.0
+                .failures
+                .by_port
+                .get_or_create(&stream.port)
+                .inc_by(more);
         }
     }
 
@@ -602,8 +507,12 @@ impl Metrics {
             stream.credited = stream.credited.saturating_sub(*pending);
             stream.swept += pending;
             let (failure, port) = (stream.failure.clone(), stream.port.clone());
-            self.0.failures.get_or_create(&failure).inc_by(more);
-            self.0.ports.get_or_create(&port).inc_by(more);
+            self.0
+                .failures
+                .by_labels
+                .get_or_create(&failure)
+                .inc_by(more);
+            self.0.failures.by_port.get_or_create(&port).inc_by(more);
         }
     }
 
@@ -630,27 +539,6 @@ mod tests {
         clock::Clock,
         event::fixtures::{encode, sample},
     };
-
-    #[test]
-    fn ports_are_bounded() {
-        let mut p = Ports {
-            fixed: false,
-            named: HashSet::new(),
-            folded: Box::new([0; 1024]),
-        };
-        let mut other = 0;
-        let mut first = 0;
-        for port in 1..=10_000u16 {
-            let (label, new) = p.label(port);
-            other += usize::from(label == "other");
-            first += usize::from(new);
-        }
-        assert_eq!(other, 10_000 - PORT_SERIES);
-        assert_eq!(first, 10_000 - PORT_SERIES);
-        // Seen again: same label, not folded a second time.
-        assert_eq!(p.label(1), ("1".into(), false));
-        assert_eq!(p.label(9_999), ("other".into(), false));
-    }
 
     /// Churn: every process fails once, its repeats are swept out of the
     /// kernel (owed to an event that never comes: the process exited). The
