@@ -198,7 +198,7 @@ pub async fn run(args: RunArgs) -> Result<u8, Error> {
         out.flush()?;
     }
     let (mut pipeline, writing) = Pipeline::start(
-        pipeline::Options {
+        pipeline::PipelineOptions {
             enricher,
             format,
             timeout: Duration::from_millis(args.lookup_timeout),

@@ -88,7 +88,7 @@ pub async fn run(args: WatchArgs) -> Result<()> {
         None => None,
     };
     let (mut pipeline, mut writing) = Pipeline::start_observed(
-        pipeline::Options {
+        pipeline::PipelineOptions {
             enricher,
             format,
             timeout: Duration::from_millis(args.lookup_timeout),

@@ -28,20 +28,19 @@ use std::{
     time::{Duration, Instant},
 };
 
-use serde_json::value::RawValue;
 use tokio::{
     sync::{mpsc, watch, Notify, OwnedSemaphorePermit, Semaphore, TryAcquireError},
     task::JoinHandle,
 };
 
+mod writer;
+
 use crate::metrics::Metrics;
 use portwatch_core::{
-    diagnose::{diagnose, Verdict},
     event::Event,
-    fold::fold_key,
     holders::{Enricher, Evidence},
-    output::{self, notice::Unenriched, text, Format},
-    request::{Opts, Request, Syscall},
+    output::{self, notice::Unenriched, Format},
+    request::{Request, Syscall},
 };
 
 /// Evidence shared by the events of one storm.
@@ -214,7 +213,7 @@ fn serve_lookups(
 }
 
 /// Settings of a pipeline.
-pub struct Options {
+pub struct PipelineOptions {
     /// None: no holder lookups (`--no-holders`).
     pub enricher: Option<Arc<Enricher>>,
     /// How events are printed.
@@ -248,24 +247,24 @@ pub type Writer = JoinHandle<io::Result<Unenriched>>;
 
 impl Pipeline {
     /// Starts the writer on `out`.
-    pub fn start(opts: Options, out: Box<dyn Write + Send>) -> (Self, Writer) {
+    pub fn start(opts: PipelineOptions, out: Box<dyn Write + Send>) -> (Self, Writer) {
         Self::start_observed(opts, out, None)
     }
 
     /// Like [`Pipeline::start`]; the writer also counts every event it
     /// writes, and each lookup, into `metrics`.
     pub fn start_observed(
-        opts: Options,
+        opts: PipelineOptions,
         out: Box<dyn Write + Send>,
         metrics: Option<Metrics>,
     ) -> (Self, Writer) {
         let (tx, rx) = mpsc::unbounded_channel();
         let room = Arc::new(Semaphore::new(QUEUE));
         let hurry = Arc::new(Hurry::default());
-        let writer = tokio::spawn(write(
+        let writer = tokio::spawn(writer::write(
             rx,
             out,
-            WriteOpts {
+            writer::WriteOpts {
                 format: opts.format,
                 enricher: opts.enricher.clone(),
                 timeout: opts.timeout,
@@ -365,300 +364,6 @@ impl Pipeline {
         }
         self.recent.insert(key, (now, rx.clone()));
         Lookup::Started(rx)
-    }
-}
-
-/// The writer's settings.
-struct WriteOpts {
-    format: Format,
-    enricher: Option<Arc<Enricher>>,
-    timeout: Duration,
-    metrics: Option<Metrics>,
-    record: Option<portwatch_core::journal::Sink>,
-    /// Under systemd: events go to journald instead of `out`.
-    journald: Option<output::journald::Journald>,
-    hurry: Arc<Hurry>,
-    room: Arc<Semaphore>,
-}
-
-/// Who failed, as far as a verdict depends on it.
-#[derive(Clone, Copy, PartialEq, Eq)]
-struct Requester {
-    pid: u32,
-    uid: u32,
-    opts: Option<Opts>,
-}
-
-/// The verdict last given, and on what: a storm's events share one
-/// evidence and get the same verdict per failing process.
-struct LastVerdict {
-    evidence: Arc<Evidence>,
-    requester: Requester,
-    verdict: Arc<Verdict>,
-}
-
-/// The holders last rendered as JSON, and from which evidence.
-struct LastHolders {
-    evidence: Arc<Evidence>,
-    json: Arc<RawValue>,
-}
-
-/// The writer's state: its outputs, and what it remembers between events
-/// so that a storm costs one diagnosis and one rendering.
-struct EventWriter {
-    opts: WriteOpts,
-    out: io::BufWriter<Box<dyn Write + Send>>,
-    /// `--record`: the journal lines of one batch, handed over at once.
-    journal: Vec<u8>,
-    journal_lines: u64,
-    unenriched: Unenriched,
-    /// The block last printed under each stream of identical failures, as a
-    /// hash (keyed per process, so no input can aim at a collision): 8 bytes
-    /// instead of a whole block per stream.
-    shown: HashMap<portwatch_common::FoldKey, u64>,
-    block_hasher: std::hash::RandomState,
-    last_verdict: Option<LastVerdict>,
-    last_holders: Option<LastHolders>,
-}
-
-/// Writes events in capture order, each once its lookup is in or its
-/// deadline has passed, or at once while hurried.
-async fn write(
-    mut rx: mpsc::UnboundedReceiver<(Vec<Pending>, OwnedSemaphorePermit)>,
-    out: Box<dyn Write + Send>,
-    opts: WriteOpts,
-) -> io::Result<Unenriched> {
-    let mut w = EventWriter {
-        opts,
-        out: io::BufWriter::with_capacity(64 * 1024, out),
-        journal: Vec::new(),
-        journal_lines: 0,
-        unenriched: Unenriched::default(),
-        shown: HashMap::new(),
-        block_hasher: std::hash::RandomState::new(),
-        last_verdict: None,
-        last_holders: None,
-    };
-    let hurry = w.opts.hurry.clone();
-    // The batch's permit goes back once it is written.
-    while let Some((batch, _room)) = rx.recv().await {
-        for p in batch {
-            let answer = answer(p.lookup, p.deadline, &hurry).await;
-            let evidence = answer.map(|a| w.evidence(a, &p.ev));
-            let verdict = evidence.as_ref().map(|e| w.verdict(&p.ev, e));
-            w.emit(&p.ev, evidence.as_ref(), verdict.as_deref())?;
-        }
-        w.end_batch()?;
-        if rx.is_empty() {
-            w.out.flush()?;
-        }
-    }
-    w.out.flush()?;
-    Ok(w.unenriched)
-}
-
-/// The lookup's answer: at once for storms and while hurried, else waited
-/// for until the event's deadline. None: no lookup wanted.
-async fn answer(lookup: Lookup, deadline: tokio::time::Instant, hurry: &Hurry) -> Option<Answer> {
-    match lookup {
-        Lookup::Unwanted => None,
-        Lookup::Shed => Some(Answer::Shed),
-        // Storms find it ready: no timer for them.
-        Lookup::Started(shared) if shared.borrow().is_some() => {
-            shared.borrow().clone().map(Answer::Found)
-        }
-        Lookup::Started(_) if hurry.on.load(Ordering::Relaxed) => Some(Answer::Shed),
-        Lookup::Started(mut shared) => Some(wait_answer(&mut shared, deadline, hurry).await),
-    }
-}
-
-impl EventWriter {
-    /// The evidence an answer gives; without one, what the kernel recorded,
-    /// marked as such and counted.
-    fn evidence(&mut self, answer: Answer, ev: &Event) -> Arc<Evidence> {
-        let metrics = self.opts.metrics.as_ref();
-        let why = match answer {
-            Answer::Found(e) => return e,
-            Answer::Shed => {
-                self.unenriched.shed += 1;
-                metrics.inspect(|m| m.lookup_shed());
-                "holders not looked up: failures came faster than lookups".to_owned()
-            }
-            Answer::TimedOut => {
-                self.unenriched.timeouts += 1;
-                metrics.inspect(|m| m.lookup_timed_out());
-                format!(
-                    "looking up the holders took longer than {} ms",
-                    self.opts.timeout.as_millis()
-                )
-            }
-            Answer::Failed => "looking up the holders failed".to_owned(),
-        };
-        // The kernel's record alone, without reading /proc: that may be
-        // what is slow.
-        let mut e = self
-            .opts
-            .enricher
-            .as_ref()
-            .map(|e| e.recorded_only(&ev.request(), false))
-            .unwrap_or_default();
-        e.blind = Some(why);
-        e.shed = true;
-        Arc::new(e)
-    }
-
-    /// The verdict on `ev`: a storm shares one evidence, so it is diagnosed
-    /// once per failing process, not once per failure.
-    fn verdict(&mut self, ev: &Event, evidence: &Arc<Evidence>) -> Arc<Verdict> {
-        let requester = Requester {
-            pid: ev.pid,
-            uid: ev.uid,
-            opts: ev.opts,
-        };
-        match &self.last_verdict {
-            Some(last) if Arc::ptr_eq(&last.evidence, evidence) && last.requester == requester => {
-                last.verdict.clone()
-            }
-            _ => {
-                let verdict = Arc::new(diagnose(&ev.request(), evidence));
-                self.last_verdict = Some(LastVerdict {
-                    evidence: evidence.clone(),
-                    requester,
-                    verdict: verdict.clone(),
-                });
-                verdict
-            }
-        }
-    }
-
-    /// Human output: was this block already printed under the previous
-    /// event of the same stream?
-    fn repeats_block(&mut self, ev: &Event, evidence: &Evidence, verdict: &Verdict) -> bool {
-        let block = text::human_block(evidence, verdict);
-        let hash = std::hash::BuildHasher::hash_one(&self.block_hasher, &block);
-        let key = fold_key(ev);
-        let repeat = self.shown.get(&key) == Some(&hash);
-        if self.shown.len() > RECENT_CAP {
-            self.shown.clear();
-        }
-        self.shown.insert(key, hash);
-        repeat
-    }
-
-    /// The holders as JSON, rendered once per evidence (a storm shares it).
-    fn holders_json(&mut self, evidence: &Arc<Evidence>) -> Arc<RawValue> {
-        match &self.last_holders {
-            Some(last) if Arc::ptr_eq(&last.evidence, evidence) => last.json.clone(),
-            _ => {
-                let json: Arc<RawValue> = output::json::holders_json(evidence).into();
-                self.last_holders = Some(LastHolders {
-                    evidence: evidence.clone(),
-                    json: json.clone(),
-                });
-                json
-            }
-        }
-    }
-
-    /// Counts `ev` and writes it to every output: --record's journal,
-    /// journald or stdout.
-    fn emit(
-        &mut self,
-        ev: &Event,
-        evidence: Option<&Arc<Evidence>>,
-        verdict: Option<&Verdict>,
-    ) -> io::Result<()> {
-        let format = self.opts.format;
-        let found = evidence.map(|e| &**e).zip(verdict);
-        let repeat = match found {
-            Some((e, v)) if format == Format::Human => self.repeats_block(ev, e, v),
-            _ => false,
-        };
-        let wants_json =
-            format == Format::Json || self.opts.record.is_some() || self.opts.journald.is_some();
-        let holders = match evidence {
-            Some(e) if wants_json => Some(self.holders_json(e)),
-            _ => None,
-        };
-        // Counted before it is written, whatever the outputs: the metrics
-        // follow the failures, not the output's fate.
-        if let Some(m) = &self.opts.metrics {
-            m.observe(ev, verdict);
-        }
-        // The event's NDJSON line, rendered once for every output that
-        // takes it: --record's journal (written in place), journald, and
-        // stdout with --json.
-        let enriched = evidence.map(|e| !e.shed);
-        let mut own_line = Vec::new();
-        let line: Option<&[u8]> = if self.opts.record.is_some() {
-            let start = self.journal.len();
-            output::json::write(&mut self.journal, ev, holders.as_deref(), enriched, verdict)?;
-            self.journal_lines += 1;
-            Some(&self.journal[start..])
-        } else if self.opts.journald.is_some() {
-            output::json::write(&mut own_line, ev, holders.as_deref(), enriched, verdict)?;
-            Some(&own_line)
-        } else {
-            None
-        };
-        match (&self.opts.journald, line) {
-            // journald gone (stopped, restarting): the event is still in
-            // --record's journal and the metrics.
-            (Some(j), Some(line)) => {
-                let _ = j.send(ev, found, line);
-                Ok(())
-            }
-            (None, Some(line)) if format == Format::Json => self.out.write_all(line),
-            _ => output::write_event(&mut self.out, format, ev, found, holders.as_deref(), repeat),
-        }
-    }
-
-    /// Hands the batch's journal lines over, and stops hurrying once
-    /// caught up.
-    fn end_batch(&mut self) -> io::Result<()> {
-        if let Some(sink) = &self.opts.record {
-            if self.journal_lines > 0 {
-                sink.send(
-                    std::mem::take(&mut self.journal),
-                    std::mem::take(&mut self.journal_lines),
-                );
-            }
-        }
-        // Caught up: lookups are worth waiting for again.
-        if self.opts.room.available_permits() >= QUEUE * 3 / 4 {
-            self.opts.hurry.on.store(false, Ordering::Relaxed);
-        }
-        Ok(())
-    }
-}
-
-/// What became of a lookup the writer needed.
-enum Answer {
-    Found(Arc<Evidence>),
-    Shed,
-    TimedOut,
-    Failed,
-}
-
-/// Waits for a lookup's answer until `deadline`, or until the reader finds
-/// the writer a whole queue behind.
-async fn wait_answer(shared: &mut Shared, deadline: tokio::time::Instant, hurry: &Hurry) -> Answer {
-    loop {
-        tokio::select! {
-            got = shared.wait_for(Option::is_some) => {
-                return match got {
-                    Ok(v) => v.clone().map_or(Answer::Failed, Answer::Found),
-                    Err(_) => Answer::Failed,
-                };
-            }
-            () = tokio::time::sleep_until(deadline) => return Answer::TimedOut,
-            // A wake-up left from an earlier hurry is not one.
-            () = hurry.wake.notified() => {
-                if hurry.on.load(Ordering::Relaxed) {
-                    return Answer::Shed;
-                }
-            }
-        }
     }
 }
 
