@@ -37,7 +37,7 @@ fn settings(args: &WatchArgs) -> Settings {
         fold_window_ns: args.fold_window.saturating_mul(1_000_000),
         ring_bytes: args.ring_size * 1024,
         btf: args.btf.clone(),
-        args_source: args.tracepoint_args,
+        args_source: args.tracepoint_args.into(),
         track_holders: !args.no_holders,
         fold_entries: args.fold_table_size,
         kernel_log: args.kernel_log(),
@@ -60,7 +60,7 @@ pub async fn run(args: WatchArgs) -> Result<()> {
         Some(addr) => Some((crate::metrics::bind(addr)?, metrics_known(&args))),
         None => None,
     };
-    let mut session = Session::start(&settings(&args), args.backend)?;
+    let mut session = Session::start(&settings(&args), args.backend.into())?;
     let metrics = match metrics {
         Some((listener, known)) => {
             let m = crate::metrics::Metrics::new(&known);
