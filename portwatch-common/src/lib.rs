@@ -2,8 +2,11 @@
 //!
 //! Everything here crosses the kernel/user boundary as raw bytes, so every
 //! type is `#[repr(C)]`, made of fixed-width integers only (no `bool`, no
-//! enum) and padded explicitly: the layout is the contract. The loader decodes
-//! the numeric codes into enums with `TryFrom` and rejects unknown values.
+//! enum) and padded explicitly: the layout is the contract. With the `pod`
+//! feature each derives bytemuck's `Pod`, which refuses implicit padding at
+//! compile time and lets user space read the records from bytes without
+//! `unsafe`. The loader decodes the numeric codes into enums with `TryFrom`
+//! and rejects unknown values.
 #![no_std]
 
 /// `Event::syscall`: the call was bind().
@@ -42,6 +45,7 @@ pub const AF_INET6: u16 = 10;
 
 /// One failed (or, when asked for, successful) bind() or listen().
 #[repr(C)]
+#[cfg_attr(feature = "pod", derive(bytemuck::Pod, bytemuck::Zeroable))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Event {
     /// CLOCK_BOOTTIME nanoseconds when the call returned.
@@ -104,6 +108,7 @@ pub const HOW_LISTEN: u8 = 2;
 
 /// Key of the kernel's port-holder table: a port in a network namespace.
 #[repr(C)]
+#[cfg_attr(feature = "pod", derive(bytemuck::Pod, bytemuck::Zeroable))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct PortKey {
     /// Network namespace inode.
@@ -117,6 +122,7 @@ pub struct PortKey {
 /// The process that last bound a port or started listening on it, as the
 /// kernel recorded it at that moment: still true after the process exits.
 #[repr(C)]
+#[cfg_attr(feature = "pod", derive(bytemuck::Pod, bytemuck::Zeroable))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Record {
     /// CLOCK_BOOTTIME ns of the bind/listen.
@@ -145,6 +151,7 @@ pub struct Record {
 
 /// A `HOLDERS` entry: the holder and its socket, to check it at failure time.
 #[repr(C)]
+#[cfg_attr(feature = "pod", derive(bytemuck::Pod, bytemuck::Zeroable))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RecordSlot {
     /// The `struct sock *` (never leaves the kernel's maps).
@@ -165,6 +172,7 @@ pub const HOLDER_WAYS: u32 = 2;
 /// cost about 300 ns of every successful bind). `seq` is odd while a writer
 /// fills the slot; a reader copies between two equal even reads of it.
 #[repr(C)]
+#[cfg_attr(feature = "pod", derive(bytemuck::Pod, bytemuck::Zeroable))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct HolderSlot {
     /// Write sequence: odd while being written.
@@ -187,6 +195,7 @@ pub fn holder_set(key: &PortKey) -> u32 {
 
 /// Where a bit field lives relative to a base pointer: `(byte >> shift) & mask`.
 #[repr(C)]
+#[cfg_attr(feature = "pod", derive(bytemuck::Pod, bytemuck::Zeroable))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct BitLoc {
     /// Byte offset from the base.
@@ -203,6 +212,7 @@ pub struct BitLoc {
 /// start-up: Rust eBPF has no CO-RE, so nothing here may be a compile-time
 /// constant.
 #[repr(C)]
+#[cfg_attr(feature = "pod", derive(bytemuck::Pod, bytemuck::Zeroable))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Offsets {
     /// `task_struct.files`.
@@ -293,6 +303,7 @@ pub const FILTER_NETNS: u32 = 1 << 5;
 /// Read-only settings the loader writes into the object before loading it.
 /// The verifier sees them as constants and prunes what they switch off.
 #[repr(C)]
+#[cfg_attr(feature = "pod", derive(bytemuck::Pod, bytemuck::Zeroable))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Config {
     /// Bit n of word n/64 set: report calls failing with errno n (1..=127).
@@ -318,6 +329,8 @@ pub struct Config {
     pub record_life: u32,
     /// Where io_uring keeps a bind/listen request's socket and address.
     pub uring: UringOffsets,
+    /// Explicit padding (`uring` ends 4 bytes short of the next u64); always zero.
+    pub _pad_uring: u32,
     /// The fold window in kernel ticks (jiffies), rounded up: folding
     /// compares `bpf_jiffies64()`, which costs nothing, where a clock read
     /// costs about 50 ns on every failing call. 0 with `fold_window_ns`.
@@ -338,6 +351,7 @@ pub const SK_HEAD_BYTES: u32 = 96;
 /// `io_uring_complete` tracepoint record from tracefs). All zero when the
 /// kernel has no IORING_OP_BIND: the program reading them is then not attached.
 #[repr(C)]
+#[cfg_attr(feature = "pod", derive(bytemuck::Pod, bytemuck::Zeroable))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct UringOffsets {
     /// `io_uring_complete` record: `req` (a `struct io_kiocb *`).
@@ -366,6 +380,7 @@ pub struct UringOffsets {
 
 /// Arguments saved at sys_enter_{bind,listen}, keyed by pid_tgid, for the exit.
 #[repr(C)]
+#[cfg_attr(feature = "pod", derive(bytemuck::Pod, bytemuck::Zeroable))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PendingCall {
     /// User pointer to the sockaddr (bind only).
@@ -380,6 +395,7 @@ pub struct PendingCall {
 /// call, one errno, one requested family, address and port. Only what the
 /// call itself carries, so a failure can be folded before the socket is read.
 #[repr(C)]
+#[cfg_attr(feature = "pod", derive(bytemuck::Pod, bytemuck::Zeroable))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct FoldKey {
     /// Thread group id.
@@ -401,6 +417,7 @@ pub struct FoldKey {
 
 /// Folding state of one `FoldKey`.
 #[repr(C)]
+#[cfg_attr(feature = "pod", derive(bytemuck::Pod, bytemuck::Zeroable))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FoldState {
     /// CLOCK_BOOTTIME (`bpf_ktime_get_boot_ns`) of the last event sent for
@@ -417,6 +434,7 @@ pub struct FoldState {
 /// repeats move to the key's `FoldState` when another key takes the slot or
 /// the key's window ends; user space adds what is left here at exit.
 #[repr(C)]
+#[cfg_attr(feature = "pod", derive(bytemuck::Pod, bytemuck::Zeroable))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FoldFront {
     /// The key (all zero: none).
@@ -477,17 +495,23 @@ pub mod stat {
 
 #[cfg(feature = "user")]
 mod user {
-    // SAFETY: all of these are repr(C), fixed-width integers with explicit padding.
-    unsafe impl ::aya::Pod for super::Event {}
-    unsafe impl ::aya::Pod for super::Config {}
-    unsafe impl ::aya::Pod for super::FoldKey {}
-    unsafe impl ::aya::Pod for super::FoldState {}
-    unsafe impl ::aya::Pod for super::FoldFront {}
-    unsafe impl ::aya::Pod for super::PortKey {}
-    unsafe impl ::aya::Pod for super::RecordSlot {}
-    unsafe impl ::aya::Pod for super::HolderSlot {}
-    unsafe impl ::aya::Pod for super::Life {}
-    unsafe impl ::aya::Pod for super::LifeState {}
+    /// aya copies these in and out of maps as bytes; bytemuck's `Pod`
+    /// derive (the `pod` feature, which `user` enables) has checked that
+    /// each is plain integers with no implicit padding.
+    macro_rules! aya_pod {
+        ($($t:ident),*) => {
+            // SAFETY: bytemuck::Pod, checked below, is the stronger promise.
+            $(unsafe impl ::aya::Pod for super::$t {})*
+            const _: () = {
+                const fn pod<T: ::bytemuck::Pod>() {}
+                $(pod::<super::$t>();)*
+            };
+        };
+    }
+    aya_pod!(
+        Event, Config, FoldKey, FoldState, FoldFront, PortKey, RecordSlot, HolderSlot, Life,
+        LifeState
+    );
 }
 
 // The layout is the contract with the eBPF side: catch accidental changes.
@@ -522,6 +546,7 @@ pub const LIFE_TIME_WAIT: u8 = 3;
 /// Listeners opening and closing are sent one by one; TIME_WAIT leftovers
 /// are counted and sent at most once a second per port (`count`).
 #[repr(C)]
+#[cfg_attr(feature = "pod", derive(bytemuck::Pod, bytemuck::Zeroable))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Life {
     /// CLOCK_BOOTTIME nanoseconds of the state change.
@@ -552,6 +577,7 @@ pub struct Life {
 
 /// Per-port state of a port of interest in the kernel (map `WATCHED`).
 #[repr(C)]
+#[cfg_attr(feature = "pod", derive(bytemuck::Pod, bytemuck::Zeroable))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct LifeState {
     /// When the last TIME_WAIT record of the port was sent.

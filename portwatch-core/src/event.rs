@@ -5,7 +5,6 @@ use std::{
     time::SystemTime,
 };
 
-use bytes::Buf;
 use portwatch_common as common;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
@@ -163,47 +162,13 @@ impl TryFrom<u16> for Family {
     }
 }
 
-/// Reads the fields of `portwatch_common::Event` in declaration order.
-fn raw(mut b: &[u8]) -> Result<common::Event, DecodeError> {
-    if b.len() < size_of::<common::Event>() {
-        return Err(DecodeError::Short(b.len()));
-    }
-    let mut ev = common::Event {
-        ts_boot_ns: b.get_u64_le(),
-        cgroup_id: b.get_u64_le(),
-        folded: b.get_u64_le(),
-        pid: b.get_u32_le(),
-        tid: b.get_u32_le(),
-        ppid: b.get_u32_le(),
-        uid: b.get_u32_le(),
-        gid: b.get_u32_le(),
-        netns: b.get_u32_le(),
-        ret: b.get_i32_le(),
-        fd: b.get_i32_le(),
-        bound_dev_if: b.get_i32_le(),
-        port: b.get_u16_le(),
-        family: b.get_u16_le(),
-        protocol: b.get_u16_le(),
-        sock_type: b.get_u16_le(),
-        syscall: b.get_u8(),
-        opts: b.get_u8(),
-        source: b.get_u8(),
-        _pad: b.get_u8(),
-        ..common::Event::default()
-    };
-    b.copy_to_slice(&mut ev.comm);
-    b.copy_to_slice(&mut ev.addr);
-    let h = &mut ev.record;
-    h.ts_boot_ns = b.get_u64_le();
-    h.pid = b.get_u32_le();
-    h.uid = b.get_u32_le();
-    b.copy_to_slice(&mut h.comm);
-    b.copy_to_slice(&mut h.addr);
-    h.family = b.get_u16_le();
-    h.how = b.get_u8();
-    h.state = b.get_u8();
-    h.opts = b.get_u8();
-    Ok(ev)
+/// Copies `portwatch_common::Event` out of a ring buffer record (which
+/// need not be aligned).
+fn raw(b: &[u8]) -> Result<common::Event, DecodeError> {
+    let bytes = b
+        .get(..size_of::<common::Event>())
+        .ok_or(DecodeError::Short(b.len()))?;
+    Ok(bytemuck::pod_read_unaligned(bytes))
 }
 
 fn ip(family: Family, raw: [u8; 16]) -> IpAddr {
@@ -310,14 +275,7 @@ pub mod fixtures {
 
     /// The bytes the eBPF side would write for `ev`.
     pub fn encode(ev: &common::Event) -> Vec<u8> {
-        // SAFETY: Event is repr(C) plain data with no implicit padding.
-        unsafe {
-            std::slice::from_raw_parts(
-                (ev as *const common::Event).cast::<u8>(),
-                size_of::<common::Event>(),
-            )
-        }
-        .to_vec()
+        bytemuck::bytes_of(ev).to_vec()
     }
 
     pub fn sample() -> common::Event {

@@ -461,11 +461,7 @@ pub fn life_line(
     use crate::output::json::{LifeKind, PortLife, PortTag};
     use crate::request::{Family, Proto};
     use portwatch_common as common;
-    if bytes.len() < size_of::<common::Life>() {
-        return None;
-    }
-    // SAFETY: long enough, and every bit pattern is a valid `Life`.
-    let r: common::Life = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+    let r: common::Life = bytemuck::pod_read_unaligned(bytes.get(..size_of::<common::Life>())?);
     let family = match r.family {
         common::AF_INET => Family::Ipv4,
         common::AF_INET6 => Family::Ipv6,
@@ -506,6 +502,45 @@ pub fn life_line(
 mod tests {
     use super::*;
     use crate::output::Format;
+
+    #[test]
+    fn life_records_decode_from_unaligned_bytes_and_bad_ones_do_not() {
+        use crate::output::json::LifeKind;
+        use portwatch_common as common;
+        let mut comm = [0; 16];
+        comm[..5].copy_from_slice(b"nginx");
+        let mut addr = [0; 16];
+        addr[15] = 1;
+        let life = common::Life {
+            ts_boot_ns: 7,
+            sk: 0xffff_8880_0000_1000,
+            count: 0,
+            pid: 42,
+            holder_pid: 41,
+            netns: 4_026_531_840,
+            port: 8080,
+            family: common::AF_INET6,
+            kind: common::LIFE_CLOSED,
+            _pad: [0; 3],
+            comm,
+            addr,
+        };
+        // One byte in front, so the record is not 8-byte aligned.
+        let mut buf = vec![0xee];
+        buf.extend_from_slice(bytemuck::bytes_of(&life));
+        let clock = crate::clock::Clock::now();
+        let line = life_line(&buf[1..], clock, 0xff).expect("a valid record");
+        assert_eq!(line.event, LifeKind::Closed);
+        assert_eq!((line.port, line.pid, line.holder_pid), (8080, 42, Some(41)));
+        assert_eq!(line.netns, 4_026_531_840);
+        assert_eq!(line.comm, "nginx");
+        assert_eq!(line.addr, "::1".parse::<std::net::IpAddr>().unwrap());
+        assert_eq!(line.socket, 0xffff_8880_0000_10ff);
+        assert_eq!(line.ts, clock.wall(7));
+        assert!(life_line(&buf[1..buf.len() - 1], clock, 0).is_none());
+        let unknown = common::Life { kind: 9, ..life };
+        assert!(life_line(bytemuck::bytes_of(&unknown), clock, 0).is_none());
+    }
 
     fn temp(name: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!("pw-rec-{name}-{}", std::process::id()));

@@ -6,7 +6,7 @@
 //! and the one maintained standalone parser (btf-rs) is LGPL, which does not
 //! fit this crate's MIT/Apache licence. The format is small and stable.
 
-use std::path::Path;
+use std::{ops::Range, path::Path};
 
 use bytes::Buf;
 use thiserror::Error;
@@ -87,11 +87,16 @@ pub struct Field {
 
 /// BTF, kept raw: only an index of where each type starts is built, and the
 /// few types portwatch asks about are decoded when asked. This keeps the
-/// loader's memory small (the kernel's BTF has some 150,000 types).
+/// loader's memory small (the kernel's BTF has some 150,000 types), and the
+/// bytes, read once, can go on to aya (`into_bytes`).
 pub struct Btf {
-    types: Vec<u8>,
-    strings: Vec<u8>,
-    /// Offset of each type id's header in `types`; index 0 (void) unused.
+    /// The whole file.
+    data: Vec<u8>,
+    /// Where the type section lies in `data`.
+    types: Range<usize>,
+    /// Where the string section lies in `data`.
+    strings: Range<usize>,
+    /// Offset of each type id's header in the type section; index 0 (void) unused.
     index: Vec<u32>,
 }
 
@@ -107,12 +112,12 @@ impl Btf {
             path: path.display().to_string(),
             source,
         })?;
-        Self::parse(&data)
+        Self::parse(data)
     }
 
     /// Parses raw little-endian BTF bytes.
-    pub fn parse(data: &[u8]) -> Result<Self, BtfError> {
-        let mut hdr = data;
+    pub fn parse(data: Vec<u8>) -> Result<Self, BtfError> {
+        let mut hdr = data.as_slice();
         if hdr.remaining() < 24 || hdr.get_u16_le() != MAGIC {
             return Err(BtfError::Malformed(
                 "bad magic (big-endian BTF is not supported)",
@@ -129,18 +134,18 @@ impl Btf {
             hdr_len
                 .checked_add(off)
                 .and_then(|start| Some(start..start.checked_add(len)?))
-                .and_then(|range| data.get(range))
+                .filter(|range| range.end <= data.len())
                 .ok_or(BtfError::Malformed("section out of bounds"))
         };
-        let types = section(type_off, type_len)?.to_vec();
-        let strings = section(str_off, str_len)?.to_vec();
+        let (type_range, strings) = (section(type_off, type_len)?, section(str_off, str_len)?);
+        let types = &data[type_range.clone()];
         let mut index = vec![0];
         let mut pos = 0;
         while pos < types.len() {
             if types.len() - pos < 12 {
                 return Err(BtfError::Malformed("truncated type"));
             }
-            let info = u32_at(&types, pos + 4);
+            let info = u32_at(types, pos + 4);
             let len = trailer((info >> 24) & 0x1f, (info & 0xffff) as usize)
                 .ok_or(BtfError::Malformed("unknown type kind"))?;
             index.push(pos as u32);
@@ -150,27 +155,39 @@ impl Btf {
             return Err(BtfError::Malformed("truncated type"));
         }
         Ok(Btf {
-            types,
+            data,
+            types: type_range,
             strings,
             index,
         })
     }
 
+    /// The bytes read, for a second parser (aya's, which attaches fexit).
+    pub fn into_bytes(self) -> Vec<u8> {
+        self.data
+    }
+
+    fn types(&self) -> &[u8] {
+        &self.data[self.types.clone()]
+    }
+
     fn header(&self, id: u32) -> Option<Header> {
         let pos = *self.index.get(id as usize).filter(|_| id != 0)? as usize;
-        let info = u32_at(&self.types, pos + 4);
+        let info = u32_at(self.types(), pos + 4);
         Some(Header {
-            name: u32_at(&self.types, pos),
+            name: u32_at(self.types(), pos),
             kind: (info >> 24) & 0x1f,
             vlen: (info & 0xffff) as usize,
             kind_flag: info >> 31 == 1,
-            size_or_type: u32_at(&self.types, pos + 8),
+            size_or_type: u32_at(self.types(), pos + 8),
             body: pos + 12,
         })
     }
 
     fn name(&self, off: u32) -> &[u8] {
-        let rest = self.strings.get(off as usize..).unwrap_or_default();
+        let rest = self.data[self.strings.clone()]
+            .get(off as usize..)
+            .unwrap_or_default();
         let end = rest.iter().position(|&b| b == 0).unwrap_or(rest.len());
         &rest[..end]
     }
@@ -197,8 +214,8 @@ impl Btf {
             }
             KIND_PTR => Some(8),
             KIND_ARRAY => {
-                let elem = u32_at(&self.types, h.body);
-                let n = u32_at(&self.types, h.body + 8);
+                let elem = u32_at(self.types(), h.body);
+                let n = u32_at(self.types(), h.body + 8);
                 Some(self.size_of(elem)?.saturating_mul(n))
             }
             _ => None,
@@ -224,9 +241,9 @@ impl Btf {
         for i in 0..h.vlen {
             let at = h.body + i * 12;
             let (name, ty, offset) = (
-                u32_at(&self.types, at),
-                u32_at(&self.types, at + 4),
-                u32_at(&self.types, at + 8),
+                u32_at(self.types(), at),
+                u32_at(self.types(), at + 4),
+                u32_at(self.types(), at + 8),
             );
             let (bit_offset, bitfield) = if h.kind_flag {
                 (offset & 0xff_ffff, offset >> 24)
@@ -275,12 +292,12 @@ impl Btf {
             };
             (0..h.vlen).find_map(|i| {
                 let at = h.body + i * stride;
-                if self.name(u32_at(&self.types, at)) != name.as_bytes() {
+                if self.name(u32_at(self.types(), at)) != name.as_bytes() {
                     return None;
                 }
-                let lo = u32_at(&self.types, at + 4);
+                let lo = u32_at(self.types(), at + 4);
                 Some(if wide {
-                    (u64::from(u32_at(&self.types, at + 8)) << 32 | u64::from(lo)) as i64
+                    (u64::from(u32_at(self.types(), at + 8)) << 32 | u64::from(lo)) as i64
                 } else {
                     i64::from(lo as i32)
                 })

@@ -3,6 +3,7 @@
 //!
 //! Nothing here looks at /proc or sock_diag: that is `portwatch_core::holders`.
 
+mod attach;
 mod btf;
 mod klog;
 pub mod life;
@@ -10,7 +11,9 @@ mod loader;
 mod offsets;
 mod ring;
 mod session;
+mod settings;
 mod uring;
 
-pub use loader::{ArgsSource, Backend, BackendChoice, Settings, Unsupported};
+pub use loader::{Backend, Unsupported};
 pub use session::{KernelView, Session, Sweep, TAIL_CAP};
+pub use settings::{ArgsSource, BackendChoice, Settings};

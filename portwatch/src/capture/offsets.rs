@@ -392,9 +392,9 @@ mod btf_tests {
 
     #[test]
     fn malformed_btf_is_an_error_not_a_panic() {
-        assert!(Btf::parse(b"not btf").is_err());
+        assert!(Btf::parse(b"not btf".to_vec()).is_err());
         let mut truncated = std::fs::read("/sys/kernel/btf/vmlinux").unwrap();
         truncated.truncate(4096);
-        assert!(Btf::parse(&truncated).is_err());
+        assert!(Btf::parse(truncated).is_err());
     }
 }

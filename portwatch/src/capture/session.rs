@@ -14,8 +14,9 @@ use portwatch_common::{hook, stat, FoldFront, FoldKey, FoldState};
 
 use super::{
     klog,
-    loader::{self, Backend, BackendChoice, Loaded, Settings},
+    loader::{self, Backend, Loaded},
     ring::Ring,
+    settings::{BackendChoice, Settings},
 };
 use portwatch_core::{
     clock::Clock,

@@ -4,7 +4,7 @@ use std::{net::IpAddr, path::PathBuf};
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::capture::{ArgsSource, BackendChoice};
+use crate::capture;
 use portwatch_core::request::{Errno, Proto};
 
 pub mod values;
@@ -334,6 +334,51 @@ pub struct WatchArgs {
     #[cfg(not(feature = "test-hooks"))]
     #[arg(skip)]
     pub test: TestHooks,
+}
+
+/// `--backend`: which kernel hook captures the calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BackendChoice {
+    /// fexit when the kernel allows it, otherwise the syscall tracepoints.
+    Auto,
+    /// fexit on inet_bind/inet6_bind/inet_listen: no cost to other syscalls,
+    /// sees io_uring's binds; needs BPF trampolines (x86_64/arm64, 5.5+).
+    Fexit,
+    /// sys_enter/sys_exit tracepoints of bind and listen: works almost
+    /// everywhere; every syscall pays a little while attached.
+    Tracepoint,
+}
+
+impl From<BackendChoice> for capture::BackendChoice {
+    fn from(c: BackendChoice) -> Self {
+        match c {
+            BackendChoice::Auto => Self::Auto,
+            BackendChoice::Fexit => Self::Fexit,
+            BackendChoice::Tracepoint => Self::Tracepoint,
+        }
+    }
+}
+
+/// `--tracepoint-args`: how the tracepoint backend learns bind()'s arguments.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum ArgsSource {
+    /// Saved registers when the kernel allows it, else entry pairing.
+    #[default]
+    Auto,
+    /// Read them at sys_exit from the task's saved registers (5.15+).
+    Regs,
+    /// Record them at sys_enter and pair by thread.
+    Entry,
+}
+
+impl From<ArgsSource> for capture::ArgsSource {
+    fn from(a: ArgsSource) -> Self {
+        match a {
+            ArgsSource::Auto => Self::Auto,
+            ArgsSource::Regs => Self::Regs,
+            ArgsSource::Entry => Self::Entry,
+        }
+    }
 }
 
 /// `--log-level`: aya-log's levels, plus off.

@@ -179,7 +179,7 @@ pub async fn run(args: RunArgs) -> Result<u8, Error> {
         None => Notices::new(format),
     };
     let cgroup = RunCgroup::create()?;
-    let mut session = Session::start(&settings(&args, cgroup.id), args.backend)?;
+    let mut session = Session::start(&settings(&args, cgroup.id), args.backend.into())?;
     let enricher = (!args.no_holders).then(|| Arc::new(Enricher::new(session.bound_inactive_dump)));
     if let Some(e) = &enricher {
         let e = e.clone();

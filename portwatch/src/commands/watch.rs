@@ -40,7 +40,7 @@ fn settings(args: &WatchArgs) -> Settings {
         fold_window_ns: args.fold_window.saturating_mul(1_000_000),
         ring_bytes: args.ring_size * 1024,
         btf: args.btf.clone(),
-        args_source: args.test.tracepoint_args,
+        args_source: args.test.tracepoint_args.into(),
         track_holders: !args.no_holders,
         fold_entries: args.test.fold_table_size,
         kernel_log: args.kernel_log(),
@@ -60,7 +60,7 @@ pub async fn run(args: WatchArgs) -> Result<()> {
     let notices = Notices::new(format);
     // Bound before loading anything: a busy port is a one-line error now.
     let listener = args.metrics.map(crate::metrics::bind).transpose()?;
-    let mut session = Session::start(&settings(&args), args.backend)?;
+    let mut session = Session::start(&settings(&args), args.backend.into())?;
     let metrics = match listener {
         Some(listener) => Some(serve_metrics(listener, &args, &session)?),
         None => None,
