@@ -1,0 +1,294 @@
+//! Who owns each socket in the way: the owning processes from /proc, the
+//! kernel's record merged in (the only witness once a holder exited), and
+//! each holder's unit and container.
+
+use super::*;
+
+impl Enricher {
+    /// The sockets in the way of `req`, merged with the kernel's record.
+    pub(super) fn holders(&self, req: &Request, sockets: &[DiagSocket]) -> Vec<Holder> {
+        let v6only = req.v6only();
+        // Where the holder most likely is: the recorded binder, the children
+        // it forked (workers inherit the listening socket), the caller.
+        let mut hints = Vec::new();
+        if let Some(r) = &req.record {
+            hints.push(r.pid);
+            hints.extend(procs::children(r.pid));
+        }
+        hints.extend(req.caller.as_ref().map(|c| c.pid));
+        let mut holders: Vec<Holder> = Vec::new();
+        let mut time_wait: Option<Holder> = None;
+        for s in sockets {
+            let Ok(family) = Family::try_from(u16::from(s.family)) else {
+                continue;
+            };
+            let Some(cross_family) = overlaps(
+                (req.family, req.addr, v6only),
+                (family, s.local.ip(), s.v6only),
+            ) else {
+                continue;
+            };
+            // Bound-inactive sockets come as TCP_CLOSE (or 13): Bound.
+            let state = State::from_kernel(req.proto, s.state);
+            if state == State::TimeWait {
+                let tw = time_wait.get_or_insert_with(|| Holder {
+                    sockets: 0,
+                    ..bare(State::TimeWait, s, cross_family)
+                });
+                tw.sockets += 1;
+                let left = s.time_wait_left.map(|d| d.as_millis() as u64);
+                tw.time_left_ms = tw.time_left_ms.max(left);
+                continue;
+            }
+            // Connections are grouped by state: a busy port has thousands.
+            if let State::Connection(_) = state {
+                if let Some(h) = holders.iter_mut().find(|h| h.state == state) {
+                    h.sockets += 1;
+                    continue;
+                }
+            }
+            if holders.len() >= MAX_HOLDERS {
+                continue;
+            }
+            let mut h = bare(state, s, cross_family);
+            let pids = if s.inode == 0 {
+                Vec::new()
+            } else {
+                self.index
+                    .lock()
+                    .map(|mut i| i.owners(s.inode, &hints, INDEX_MAX_AGE))
+                    .unwrap_or_default()
+            };
+            // listen() failing: its own socket is bound to the port too.
+            if req.syscall == Syscall::Listen
+                && state == State::Bound
+                && req.caller.as_ref().is_some_and(|c| pids.contains(&c.pid))
+            {
+                continue;
+            }
+            self.own(&mut h, pids, req.record.as_ref());
+            holders.push(h);
+        }
+        if let Some(r) = &req.record {
+            self.merge_record(req, r, &mut holders, time_wait.is_some());
+        }
+        holders.sort_by_key(|h| rank(h.state));
+        holders.extend(time_wait);
+        // The closed-socket record explains TIME_WAIT leftovers: after them.
+        if let Some(i) = holders.iter().position(|h| h.state == State::Closed) {
+            let closed = holders.remove(i);
+            holders.push(closed);
+        }
+        holders
+    }
+
+    /// Fills the owner of a sock_diag socket from the processes holding it.
+    pub(super) fn own(&self, h: &mut Holder, mut pids: Vec<u32>, recorded: Option<&KernelRecord>) {
+        pids.sort_unstable();
+        let infos: Vec<ProcInfo> = {
+            let Ok(mut cache) = self.procs.lock() else {
+                return;
+            };
+            pids.iter().filter_map(|&p| cache.get(p)).collect()
+        };
+        // The binder the kernel recorded, else the eldest: the one whose
+        // parent does not share the socket (nginx's master, not a worker).
+        let primary = recorded
+            .and_then(|r| infos.iter().find(|i| i.pid == r.pid))
+            .or_else(|| infos.iter().find(|i| !pids.contains(&i.ppid)))
+            .or_else(|| infos.first());
+        if let Some(p) = primary {
+            h.pid = Some(p.pid);
+            h.comm = Some(p.comm.clone());
+            h.cmdline = Some(p.cmdline.clone());
+            h.unit = p.unit.clone();
+            h.container = self.container_of(p);
+            // dockerd listens on published ports itself when its userland
+            // proxy is off: the container is the one bound to this port.
+            if h.container.is_none() && p.comm == "dockerd" {
+                let proto = if h.state == State::Udp { "udp" } else { "tcp" };
+                h.container = self.containers.lock().ok().and_then(|mut c| {
+                    c.publishing(h.port, proto)
+                        .into_iter()
+                        .find(|p| p.running)
+                        .map(|p| p.container)
+                });
+            }
+            if let Some(user) = systemd_manager(p) {
+                h.socket_unit = systemd::socket_unit(
+                    SocketAddr::new(h.addr, h.port),
+                    h.state != State::Udp,
+                    user.then_some(p.uid),
+                );
+            }
+        }
+        h.pids = pids;
+    }
+
+    /// Adds what only the kernel saw: the holder's socket options, and the
+    /// holder itself when it is gone by now.
+    fn merge_record(
+        &self,
+        req: &Request,
+        r: &KernelRecord,
+        holders: &mut Vec<Holder>,
+        time_wait: bool,
+    ) {
+        match r.state {
+            Some(state) => {
+                let state = State::from_kernel(req.proto, state);
+                let same = holders
+                    .iter_mut()
+                    .find(|h| h.addr == r.addr && (h.pids.contains(&r.pid) || h.state == state));
+                if let Some(h) = same {
+                    h.seen = Seen::KernelAndSockDiag;
+                    if let Some(o) = r.opts {
+                        h.reuseaddr = Some(o.reuseaddr);
+                        h.reuseport = Some(o.reuseport);
+                    }
+                    // No process holds it by now: the record says who did.
+                    if h.pid.is_none() {
+                        if let Some(k) = self.recorded_holder(req, r, true) {
+                            h.pid = k.pid;
+                            h.comm = k.comm;
+                            h.cmdline = k.cmdline;
+                            h.exited = k.exited;
+                            h.unit = k.unit;
+                            h.container = k.container;
+                            h.pids = k.pids;
+                        }
+                    }
+                    return;
+                }
+            }
+            // Closed before the failure: worth naming only as whoever left
+            // TIME_WAIT leftovers behind.
+            None if !(time_wait && holders.is_empty()) => return,
+            None => {}
+        }
+        if let Some(h) = self.recorded_holder(req, r, true) {
+            holders.push(h);
+        }
+    }
+
+    /// The container `p` runs in, or the one it holds a port for (a
+    /// runtime's helper on the host), named from the runtime's files.
+    fn container_of(&self, p: &ProcInfo) -> Option<Container> {
+        let mut resolver = self.containers.lock().ok()?;
+        match &p.container {
+            Some(id) => Some(resolver.get(id, p.runtime.unwrap_or(containers::Runtime::Unknown))),
+            None => containers::serves(&p.comm, &p.cmdline).and_then(|s| resolver.served(&s)),
+        }
+    }
+
+    /// A holder described by the kernel's record alone.
+    pub(super) fn recorded_holder(&self, req: &Request, r: &KernelRecord, look: bool) -> Option<Holder> {
+        let v6only = r.opts.map(|o| o.v6only);
+        let cross_family = overlaps(
+            (req.family, req.addr, req.v6only()),
+            (r.family, r.addr, v6only),
+        );
+        // A record that no longer overlaps the request is not in the way.
+        let cross_family = match (r.state, cross_family) {
+            (Some(_), None) => return None,
+            (_, c) => c.unwrap_or(false),
+        };
+        let state = r
+            .state
+            .map_or(State::Closed, |s| State::from_kernel(req.proto, s));
+        // Read afresh, not from the cache: this is the one question the
+        // cache could answer wrong. A process started after the record is
+        // a reused pid, not the holder.
+        let alive = look
+            .then(|| procs::proc_info(r.pid))
+            .flatten()
+            .filter(|p| p.start_time.saturating_mul(self.tick_ns) <= r.boot_ns + self.tick_ns);
+        Some(Holder {
+            pid: Some(r.pid),
+            comm: Some(
+                alive
+                    .as_ref()
+                    .map_or_else(|| r.comm.clone(), |p| p.comm.clone()),
+            ),
+            cmdline: alive.as_ref().map(|p| p.cmdline.clone()),
+            uid: Some(r.uid),
+            state,
+            addr: r.addr,
+            port: req.port,
+            exited: look && alive.is_none(),
+            unit: alive.as_ref().and_then(|p| p.unit.clone()),
+            container: alive.as_ref().and_then(|p| self.container_of(p)),
+            kernel: None,
+            pids: vec![r.pid],
+            sockets: 1,
+            time_left_ms: None,
+            remote: None,
+            v6only: (r.family == Family::Ipv6).then_some(v6only).flatten(),
+            reuseaddr: r.opts.map(|o| o.reuseaddr),
+            reuseport: r.opts.map(|o| o.reuseport),
+            cross_family,
+            seen: Seen::Kernel,
+            socket_unit: None,
+        })
+    }
+}
+
+/// A UDP socket that no process owns: a tunnel device's, most often.
+pub(super) fn unowned_udp(h: &Holder) -> bool {
+    h.pid.is_none() && h.state == State::Udp
+}
+
+/// Whether `p` is a systemd manager, which holds sockets for its socket
+/// units: Some(false) for pid 1, Some(true) for a `systemd --user` (whose
+/// cgroup is its user@UID.service's init.scope).
+pub(super) fn systemd_manager(p: &ProcInfo) -> Option<bool> {
+    let init_scope = p.unit.as_deref() == Some("init.scope");
+    match (p.pid, p.comm.as_str()) {
+        (1, _) => Some(false),
+        (_, "systemd") if init_scope && p.cgroup.contains("/user@") => Some(true),
+        _ => None,
+    }
+}
+
+/// A holder for socket `s` before its owner is known.
+pub(super) fn bare(state: State, s: &DiagSocket, cross_family: bool) -> Holder {
+    let remote = matches!(state, State::Connection(_)).then(|| match s.remote {
+        SocketAddr::V4(a) => a.to_string(),
+        SocketAddr::V6(a) => format!("[{}]:{}", a.ip(), a.port()),
+    });
+    Holder {
+        pid: None,
+        comm: None,
+        cmdline: None,
+        uid: (state != State::TimeWait).then_some(s.uid),
+        state,
+        addr: s.local.ip(),
+        port: s.local.port(),
+        exited: false,
+        unit: None,
+        container: None,
+        kernel: None,
+        pids: Vec::new(),
+        sockets: 1,
+        time_left_ms: None,
+        remote,
+        v6only: s.v6only,
+        reuseaddr: None,
+        reuseport: None,
+        cross_family,
+        seen: Seen::SockDiag,
+        socket_unit: None,
+    }
+}
+
+/// Most telling first.
+pub(super) fn rank(state: State) -> u8 {
+    match state {
+        State::Listen => 0,
+        State::Udp => 1,
+        State::Bound => 2,
+        State::Connection(_) => 3,
+        State::TimeWait => 4,
+        State::Closed => 5,
+    }
+}
