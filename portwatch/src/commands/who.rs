@@ -105,8 +105,9 @@ pub(crate) fn answer(report: &WhoReport, json: bool) -> Result<(), Error> {
         out::write_human(&mut stdout, report)
     };
     match written.and_then(|()| stdout.flush()) {
+        // 3, not 1: `who`'s and `wait`'s 1 is an answer ("taken").
         Err(e) if e.kind() != io::ErrorKind::BrokenPipe => {
-            Err(Error::Failed(anyhow::Error::new(e).context("writing the answer")))
+            Err(Error::Unsupported(format!("writing the answer: {e}")))
         }
         _ => Ok(()),
     }
