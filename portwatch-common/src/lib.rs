@@ -96,10 +96,10 @@ pub struct Event {
     pub addr: [u8; 16],
     /// Who the kernel last saw bind or start listening on this port in this
     /// network namespace, checked at the moment of the failure.
-    pub record: Record,
+    pub holder: HolderRecord,
 }
 
-/// `Record::how`: no record of the port.
+/// `HolderRecord::how`: no record of the port.
 pub const HOW_NONE: u8 = 0;
 /// Recorded at a successful bind().
 pub const HOW_BIND: u8 = 1;
@@ -124,7 +124,7 @@ pub struct PortKey {
 #[repr(C)]
 #[cfg_attr(feature = "pod", derive(bytemuck::Pod, bytemuck::Zeroable))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Record {
+pub struct HolderRecord {
     /// CLOCK_BOOTTIME ns of the bind/listen.
     pub ts_boot_ns: u64,
     /// Thread group id of the binder.
@@ -153,11 +153,11 @@ pub struct Record {
 #[repr(C)]
 #[cfg_attr(feature = "pod", derive(bytemuck::Pod, bytemuck::Zeroable))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct RecordSlot {
+pub struct HolderEntry {
     /// The `struct sock *` (never leaves the kernel's maps).
     pub sk: u64,
     /// What is copied into a failure's event.
-    pub record: Record,
+    pub holder: HolderRecord,
 }
 
 /// Slots in the kernel's holder table (`HOLDERS`): a power of two.
@@ -180,7 +180,7 @@ pub struct HolderSlot {
     /// Whose port the slot holds; all zero when empty.
     pub key: PortKey,
     /// The record.
-    pub entry: RecordSlot,
+    pub entry: HolderEntry,
 }
 
 /// The first slot of `key`'s set in the holder table (the set is that slot
@@ -509,7 +509,7 @@ mod user {
         };
     }
     aya_pod!(
-        Event, Config, FoldKey, FoldState, FoldFront, PortKey, RecordSlot, HolderSlot, Life,
+        Event, Config, FoldKey, FoldState, FoldFront, PortKey, HolderEntry, HolderSlot, Life,
         LifeState
     );
 }
@@ -518,7 +518,7 @@ mod user {
 const _: () = assert!(size_of::<Event>() == 160);
 const _: () = assert!(size_of::<Life>() == 72);
 const _: () = assert!(size_of::<LifeState>() == 16);
-const _: () = assert!(size_of::<Record>() == 56);
+const _: () = assert!(size_of::<HolderRecord>() == 56);
 const _: () = assert!(size_of::<PortKey>() == 8);
 const _: () = assert!(size_of::<HolderSlot>() == 80);
 // The eBPF programs zero and copy `Event::addr` and `FoldKey::addr` as two

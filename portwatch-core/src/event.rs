@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::clock::Clock;
-use crate::request::{Caller, Errno, Family, Opts, Proto, Request, Syscall};
+use crate::request::{Caller, Errno, Family, HolderRecord, Opts, Proto, Request, Syscall};
 
 /// A record the loader cannot trust.
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -108,7 +108,7 @@ pub struct Event {
     /// The port's holder as the kernel recorded it (enrichment reports it
     /// under `holders`).
     #[serde(skip)]
-    pub record: Option<KernelRecord>,
+    pub holder_record: Option<HolderRecord>,
 }
 
 impl Event {
@@ -129,7 +129,7 @@ impl Event {
                 uid: self.uid,
                 comm: self.comm.clone(),
             }),
-            record: self.record.clone(),
+            holder_record: self.holder_record.clone(),
         }
     }
 }
@@ -188,7 +188,7 @@ impl Event {
     pub fn decode(bytes: &[u8], clock: Clock) -> Result<Self, DecodeError> {
         let r = raw(bytes)?;
         let family = Family::try_from(r.family)?;
-        let record = KernelRecord::decode(&r.record)?;
+        let holder_record = holder_record(&r.holder)?;
         Ok(Self {
             ts: clock.wall(r.ts_boot_ns),
             pid: r.pid,
@@ -211,60 +211,36 @@ impl Event {
             opts: Opts::from_bits(r.opts),
             folded: r.folded,
             source: Source::try_from(r.source)?,
-            record,
+            holder_record,
         })
     }
 }
 
-/// The holder the kernel recorded for the failing call's port, checked at
-/// the moment of the failure: the only witness once the holder has exited.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct KernelRecord {
-    /// Process that bound the port or started listening on it.
-    pub pid: u32,
-    /// Its real uid.
-    pub uid: u32,
-    /// Its comm (untrusted).
-    pub comm: String,
-    /// The socket's family.
-    pub family: Family,
-    /// The address it bound.
-    pub addr: IpAddr,
-    /// When it bound or listened, CLOCK_BOOTTIME ns (tells the binder from
-    /// a process that reused its pid later).
-    pub boot_ns: u64,
-    /// The socket's TCP state number at the failure (UDP sockets: 7), or
-    /// `None` when it had already closed (the record outlived the socket).
-    pub state: Option<u8>,
-    /// The socket's options at the failure, when it was still open.
-    pub opts: Option<Opts>,
-}
-
-impl KernelRecord {
-    fn decode(h: &common::Record) -> Result<Option<Self>, DecodeError> {
-        match h.how {
-            common::HOW_NONE => return Ok(None),
-            common::HOW_BIND | common::HOW_LISTEN => {}
-            v => {
-                return Err(DecodeError::Unknown {
-                    field: "holder.how",
-                    value: v.into(),
-                })
-            }
+/// The kernel's holder record of an event, checked; `None` when the kernel
+/// had no record of the port.
+fn holder_record(h: &common::HolderRecord) -> Result<Option<HolderRecord>, DecodeError> {
+    match h.how {
+        common::HOW_NONE => return Ok(None),
+        common::HOW_BIND | common::HOW_LISTEN => {}
+        v => {
+            return Err(DecodeError::Unknown {
+                field: "holder.how",
+                value: v.into(),
+            })
         }
-        let family = Family::try_from(h.family)?;
-        let state = (h.state != 0).then_some(h.state);
-        Ok(Some(Self {
-            pid: h.pid,
-            uid: h.uid,
-            comm: comm(&h.comm),
-            family,
-            addr: ip(family, h.addr),
-            boot_ns: h.ts_boot_ns,
-            state,
-            opts: state.and_then(|_| Opts::from_bits(h.opts)),
-        }))
     }
+    let family = Family::try_from(h.family)?;
+    let state = (h.state != 0).then_some(h.state);
+    Ok(Some(HolderRecord {
+        pid: h.pid,
+        uid: h.uid,
+        comm: comm(&h.comm),
+        family,
+        addr: ip(family, h.addr),
+        boot_ns: h.ts_boot_ns,
+        state,
+        opts: state.and_then(|_| Opts::from_bits(h.opts)),
+    }))
 }
 
 /// Events as the eBPF side writes them, for tests (here and in `portwatch`,
@@ -304,7 +280,7 @@ pub mod fixtures {
             _pad: 0,
             comm,
             addr: [127, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
-            record: common::Record {
+            holder: common::HolderRecord {
                 ts_boot_ns: 500_000_000,
                 pid: 100,
                 uid: 33,
@@ -357,7 +333,7 @@ mod tests {
     #[test]
     fn decodes_the_recorded_holder() {
         let ev = Event::decode(&encode(&sample()), clock()).unwrap();
-        let h = ev.record.unwrap();
+        let h = ev.holder_record.unwrap();
         assert_eq!((h.pid, h.uid, h.comm.as_str()), (100, 33, "old"));
         assert_eq!(h.state, Some(10));
         assert_eq!(h.addr.to_string(), "0.0.0.0");
@@ -365,16 +341,16 @@ mod tests {
         assert_eq!(h.boot_ns, 500_000_000);
         // A socket closed since it was recorded: no state, no options.
         let mut raw = sample();
-        raw.record.state = 0;
+        raw.holder.state = 0;
         let h = Event::decode(&encode(&raw), clock())
             .unwrap()
-            .record
+            .holder_record
             .unwrap();
         assert_eq!((h.state, h.opts), (None, None));
         // No record at all.
-        raw.record = common::Record::default();
-        assert_eq!(Event::decode(&encode(&raw), clock()).unwrap().record, None);
-        raw.record.how = 9;
+        raw.holder = common::HolderRecord::default();
+        assert_eq!(Event::decode(&encode(&raw), clock()).unwrap().holder_record, None);
+        raw.holder.how = 9;
         assert!(Event::decode(&encode(&raw), clock()).is_err());
     }
 

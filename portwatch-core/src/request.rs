@@ -11,7 +11,6 @@ use std::{fmt, net::IpAddr, str::FromStr};
 use portwatch_common as common;
 use serde::{Deserialize, Serialize};
 
-use crate::event::KernelRecord;
 
 /// Which call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -292,7 +291,7 @@ pub struct Request {
     pub caller: Option<Caller>,
     /// The kernel's record of the port's holder at the failure, when a
     /// tracer was running.
-    pub record: Option<KernelRecord>,
+    pub holder_record: Option<HolderRecord>,
 }
 
 impl Request {
@@ -338,4 +337,28 @@ mod tests {
         }
         assert!("http".parse::<Proto>().is_err());
     }
+}
+
+/// The holder the kernel recorded for the failing call's port, checked at
+/// the moment of the failure: the only witness once the holder has exited.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HolderRecord {
+    /// Process that bound the port or started listening on it.
+    pub pid: u32,
+    /// Its real uid.
+    pub uid: u32,
+    /// Its comm (untrusted).
+    pub comm: String,
+    /// The socket's family.
+    pub family: Family,
+    /// The address it bound.
+    pub addr: IpAddr,
+    /// When it bound or listened, CLOCK_BOOTTIME ns (tells the binder from
+    /// a process that reused its pid later).
+    pub boot_ns: u64,
+    /// The socket's TCP state number at the failure (UDP sockets: 7), or
+    /// `None` when it had already closed (the record outlived the socket).
+    pub state: Option<u8>,
+    /// The socket's options at the failure, when it was still open.
+    pub opts: Option<Opts>,
 }

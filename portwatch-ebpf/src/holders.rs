@@ -10,7 +10,7 @@ use aya_ebpf::helpers::{bpf_get_current_uid_gid, bpf_ktime_get_boot_ns};
 use core::ptr::{read_volatile, write_volatile};
 
 use portwatch_common::{
-    holder_set, Event, HolderSlot, PortKey, Record, RecordSlot, HOW_LISTEN, SYSCALL_LISTEN,
+    holder_set, Event, HolderSlot, PortKey, HolderRecord, HolderEntry, HOW_LISTEN, SYSCALL_LISTEN,
 };
 
 use crate::{config::HOLDERS, mem, sock};
@@ -63,7 +63,7 @@ unsafe fn key_in(slot: *const HolderSlot) -> u64 {
 #[inline(always)]
 unsafe fn protected(slot: *const HolderSlot, hook: u32) -> bool {
     unsafe {
-        read_volatile(&raw const (*slot).entry.record.how) == HOW_LISTEN
+        read_volatile(&raw const (*slot).entry.holder.how) == HOW_LISTEN
             && live_listener(
                 read_volatile(&raw const (*slot).entry.sk),
                 key_in(slot),
@@ -120,8 +120,8 @@ unsafe fn place(
         if kb == 0 {
             return Some(b);
         }
-        let a_older = read_volatile(&raw const (*a).entry.record.ts_boot_ns)
-            <= read_volatile(&raw const (*b).entry.record.ts_boot_ns);
+        let a_older = read_volatile(&raw const (*a).entry.holder.ts_boot_ns)
+            <= read_volatile(&raw const (*b).entry.holder.ts_boot_ns);
         let (older, newer) = if a_older { (a, b) } else { (b, a) };
         if !protected(older, hook) {
             Some(older)
@@ -161,12 +161,12 @@ pub fn record(sk: u64, how: u8, pid_tgid: u64, hook: u32) {
             return;
         }
     }
-    // SAFETY: all-zero is a valid RecordSlot (plain integers); `slot` is a
+    // SAFETY: all-zero is a valid HolderEntry (plain integers); `slot` is a
     // map value, written between two bumps of its sequence.
     unsafe {
-        mem::with_zeroed(|new: &mut RecordSlot| {
+        mem::with_zeroed(|new: &mut HolderEntry| {
             new.sk = sk;
-            let holder = &mut new.record;
+            let holder = &mut new.holder;
             holder.ts_boot_ns = bpf_ktime_get_boot_ns();
             holder.pid = (pid_tgid >> 32) as u32;
             holder.uid = bpf_get_current_uid_gid() as u32;
@@ -186,7 +186,7 @@ pub fn record(sk: u64, how: u8, pid_tgid: u64, hook: u32) {
 /// the table holds one; None when neither slot of its set does, or the slot
 /// was being rewritten during the copy.
 #[inline(always)]
-fn lookup(key: &PortKey, out: &mut Record) -> Option<u64> {
+fn lookup(key: &PortKey, out: &mut HolderRecord) -> Option<u64> {
     let slot = find(key)?;
     unsafe {
         let seq = read_volatile(&raw const (*slot).seq);
@@ -194,7 +194,7 @@ fn lookup(key: &PortKey, out: &mut Record) -> Option<u64> {
             return None;
         }
         let sk = read_volatile(&raw const (*slot).entry.sk);
-        mem::copy(out, &raw const (*slot).entry.record);
+        mem::copy(out, &raw const (*slot).entry.holder);
         if read_volatile(&raw const (*slot).seq) != seq {
             return None;
         }
@@ -211,7 +211,7 @@ pub fn recorded_pid(key: &PortKey, sk: u64) -> u32 {
     unsafe {
         let seq = read_volatile(&raw const (*slot).seq);
         let same = key_in(slot) == word(key) && read_volatile(&raw const (*slot).entry.sk) == sk;
-        let pid = read_volatile(&raw const (*slot).entry.record.pid);
+        let pid = read_volatile(&raw const (*slot).entry.holder.pid);
         if seq & 1 != 0 || !same || read_volatile(&raw const (*slot).seq) != seq {
             return 0;
         }
@@ -242,7 +242,7 @@ pub fn attach(ev: &mut Event, failing_sk: u64, hook: u32) {
         port: ev.port,
         protocol: ev.protocol,
     };
-    let Some(sk) = lookup(&key, &mut ev.record) else {
+    let Some(sk) = lookup(&key, &mut ev.holder) else {
         return;
     };
     // A listen() failing on its own bound socket may find that socket's
@@ -252,15 +252,15 @@ pub fn attach(ev: &mut Event, failing_sk: u64, hook: u32) {
     // failing one (a listener closed, then `socket()` again, as a restart
     // does). Its record stands, with the socket gone.
     if sk == failing_sk && ev.syscall == SYSCALL_LISTEN {
-        // SAFETY: all-zero is a valid Record: no record.
-        unsafe { mem::zero(&raw mut ev.record) };
+        // SAFETY: all-zero is a valid HolderRecord: no record.
+        unsafe { mem::zero(&raw mut ev.holder) };
         return;
     }
     // A closed socket gives its port back (inet_num goes to 0) or is freed:
     // then it no longer matches the key and only the record remains.
     if let Some(now) = sock::held(sk, true, false, hook).filter(|h| h.key == key) {
-        ev.record.state = now.state;
-        ev.record.opts = sock::opts_of(sk);
+        ev.holder.state = now.state;
+        ev.holder.opts = sock::opts_of(sk);
     } else {
         crate::diag::holder_moved(ev.port);
     }

@@ -616,7 +616,7 @@ mod tests {
     fn what_is_written_reads_back_the_same() {
         let mut ev = event();
         // The kernel's record is reported through `holders`, not as itself.
-        ev.record = None;
+        ev.holder_record = None;
         let e = evidence();
         let verdict = diagnose(&ev.request(), &e);
         let mut out = Vec::new();
@@ -707,7 +707,7 @@ mod tests {
     #[test]
     fn the_view_agrees_with_record_on_written_lines() {
         let mut ev = event();
-        ev.record = None;
+        ev.holder_record = None;
         let mut e = evidence();
         let mut tw = e.holders[0].clone();
         tw.pid = None;

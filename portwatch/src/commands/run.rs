@@ -203,7 +203,7 @@ pub async fn run(args: RunArgs) -> Result<u8, Error> {
             format,
             timeout: Duration::from_millis(args.lookup_timeout),
             delay: Duration::ZERO,
-            record: None,
+            journal: None,
             // `run` writes where its caller said, never to journald.
             journald: None,
         },

@@ -93,7 +93,7 @@ pub async fn run(args: WatchArgs) -> Result<()> {
             format,
             timeout: Duration::from_millis(args.lookup_timeout),
             delay: Duration::from_millis(args.test.enrich_delay),
-            record: recording.as_ref().map(JournalSession::sink),
+            journal: recording.as_ref().map(JournalSession::sink),
             journald,
         },
         Box::new(io::stdout()),

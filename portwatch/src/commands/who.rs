@@ -127,7 +127,7 @@ pub(crate) fn look(args: &WhoArgs, netns: u32) -> Result<WhoReport, Error> {
         syscall: Syscall::Bind,
         errno: None,
         caller: None,
-        record: None,
+        holder_record: None,
     };
     // Bit 13 asks for bound-but-inactive TCP sockets; a kernel without
     // TCP_BOUND_INACTIVE ignores it, so no BTF is needed to decide.

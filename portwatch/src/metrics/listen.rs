@@ -57,7 +57,7 @@ fn why_taken(addr: SocketAddr) -> String {
             uid: nix::unistd::getuid().as_raw(),
             comm: "portwatch".into(),
         }),
-        record: None,
+        holder_record: None,
     };
     // A listener is what usually holds a metrics port; bound-only sockets
     // need the kernel's BTF to dump, which is not read yet at this point.

@@ -77,7 +77,7 @@ impl StormKey {
             } else {
                 0
             },
-            holder: ev.record.as_ref().map(|r| (r.pid, r.state)),
+            holder: ev.holder_record.as_ref().map(|r| (r.pid, r.state)),
         }
     }
 }
@@ -223,7 +223,7 @@ pub struct PipelineOptions {
     /// Delay every lookup by this much (tests).
     pub delay: Duration,
     /// `--record`: every event's NDJSON line also goes to the journal.
-    pub record: Option<portwatch_core::journal::Sink>,
+    pub journal: Option<portwatch_core::journal::Sink>,
     /// Under systemd: events go to journald as structured entries instead
     /// of as text on stdout.
     pub journald: Option<output::journald::Journald>,
@@ -269,7 +269,7 @@ impl Pipeline {
                 enricher: opts.enricher.clone(),
                 timeout: opts.timeout,
                 metrics: metrics.clone(),
-                record: opts.record,
+                journal: opts.journal,
                 journald: opts.journald,
                 hurry: hurry.clone(),
                 room: room.clone(),

@@ -29,7 +29,7 @@ pub(super) struct WriteOpts {
     pub(super) enricher: Option<Arc<Enricher>>,
     pub(super) timeout: Duration,
     pub(super) metrics: Option<Metrics>,
-    pub(super) record: Option<portwatch_core::journal::Sink>,
+    pub(super) journal: Option<portwatch_core::journal::Sink>,
     /// Under systemd: events go to journald instead of `out`.
     pub(super) journald: Option<output::journald::Journald>,
     pub(super) hurry: Arc<Hurry>,
@@ -230,7 +230,7 @@ impl EventWriter {
             _ => false,
         };
         let wants_json =
-            format == Format::Json || self.opts.record.is_some() || self.opts.journald.is_some();
+            format == Format::Json || self.opts.journal.is_some() || self.opts.journald.is_some();
         let holders = match evidence {
             Some(e) if wants_json => Some(self.holders_json(e)),
             _ => None,
@@ -245,7 +245,7 @@ impl EventWriter {
         // stdout with --json.
         let enriched = evidence.map(|e| !e.shed);
         let mut own_line = Vec::new();
-        let line: Option<&[u8]> = if self.opts.record.is_some() {
+        let line: Option<&[u8]> = if self.opts.journal.is_some() {
             let start = self.journal.len();
             output::json::write(&mut self.journal, ev, holders.as_deref(), enriched, verdict)?;
             self.journal_lines += 1;
@@ -271,7 +271,7 @@ impl EventWriter {
     /// Hands the batch's journal lines over, and stops hurrying once
     /// caught up.
     fn end_batch(&mut self) -> io::Result<()> {
-        if let Some(sink) = &self.opts.record {
+        if let Some(sink) = &self.opts.journal {
             if self.journal_lines > 0 {
                 sink.send(
                     std::mem::take(&mut self.journal),

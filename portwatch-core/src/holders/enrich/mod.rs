@@ -19,10 +19,7 @@ use super::{
     sockdiag::{self, DiagSocket},
     sysctl, systemd, CallerInfo, Evidence, Holder, Seen, State,
 };
-use crate::{
-    event::KernelRecord,
-    request::{Errno, Family, Proto, Request, Syscall},
-};
+use crate::request::{Errno, Family, HolderRecord, Proto, Request, Syscall};
 
 /// How stale the socket index may be before a lookup that found nothing
 /// walks /proc again. Bounds full walks to about one per interval.
@@ -304,7 +301,7 @@ impl Enricher {
     /// runs (not after a lookup timed out: /proc may be what hangs).
     pub fn recorded_only(&self, req: &Request, look: bool) -> Evidence {
         let mut holders = Vec::new();
-        if let Some(r) = &req.record {
+        if let Some(r) = &req.holder_record {
             if let Some(h) = self.recorded_holder(req, r, look) {
                 holders.push(h);
             }
@@ -368,7 +365,7 @@ fn protocol(req: &Request) -> Option<u8> {
 /// caller's, and the recorded holder's.
 fn callers(req: &Request) -> Vec<(u32, u32)> {
     let mut candidates: Vec<(u32, u32)> = req.caller.iter().map(|c| (c.pid, c.tid)).collect();
-    if let Some(r) = &req.record {
+    if let Some(r) = &req.holder_record {
         candidates.push((r.pid, r.pid));
     }
     candidates

@@ -11,7 +11,7 @@ impl Enricher {
         // Where the holder most likely is: the recorded binder, the children
         // it forked (workers inherit the listening socket), the caller.
         let mut hints = Vec::new();
-        if let Some(r) = &req.record {
+        if let Some(r) = &req.holder_record {
             hints.push(r.pid);
             hints.extend(procs::children(r.pid));
         }
@@ -66,10 +66,10 @@ impl Enricher {
             {
                 continue;
             }
-            self.own(&mut h, pids, req.record.as_ref());
+            self.own(&mut h, pids, req.holder_record.as_ref());
             holders.push(h);
         }
-        if let Some(r) = &req.record {
+        if let Some(r) = &req.holder_record {
             self.merge_record(req, r, &mut holders, time_wait.is_some());
         }
         holders.sort_by_key(|h| rank(h.state));
@@ -83,7 +83,7 @@ impl Enricher {
     }
 
     /// Fills the owner of a sock_diag socket from the processes holding it.
-    pub(super) fn own(&self, h: &mut Holder, mut pids: Vec<u32>, recorded: Option<&KernelRecord>) {
+    pub(super) fn own(&self, h: &mut Holder, mut pids: Vec<u32>, recorded: Option<&HolderRecord>) {
         pids.sort_unstable();
         let infos: Vec<ProcInfo> = {
             let Ok(mut cache) = self.procs.lock() else {
@@ -130,7 +130,7 @@ impl Enricher {
     fn merge_record(
         &self,
         req: &Request,
-        r: &KernelRecord,
+        r: &HolderRecord,
         holders: &mut Vec<Holder>,
         time_wait: bool,
     ) {
@@ -182,7 +182,7 @@ impl Enricher {
     }
 
     /// A holder described by the kernel's record alone.
-    pub(super) fn recorded_holder(&self, req: &Request, r: &KernelRecord, look: bool) -> Option<Holder> {
+    pub(super) fn recorded_holder(&self, req: &Request, r: &HolderRecord, look: bool) -> Option<Holder> {
         let v6only = r.opts.map(|o| o.v6only);
         let cross_family = overlaps(
             (req.family, req.addr, req.v6only()),
