@@ -2,6 +2,7 @@
 //! dispatches and maps errors to exit statuses.
 
 pub mod completions;
+pub mod man;
 pub mod report;
 pub mod run;
 pub mod wait;
@@ -67,7 +68,7 @@ impl Command {
                 }
             }
             Command::Completions(args) => completions::completions(args.shell),
-            Command::Man => completions::man(),
+            Command::Man(args) => man::run(&args),
             Command::Report(args) => report::run(args),
         };
         match result {
