@@ -92,6 +92,8 @@ deb_installs() {
         || { echo "no binary or unit after dpkg -i"; return 1; }
     [ "$(systemctl is-enabled portwatch)" = disabled ] \
         || { echo "the package enabled the unit: $(systemctl is-enabled portwatch)"; return 1; }
+    [ "$(systemctl is-active portwatch)" = inactive ] \
+        || { echo "the package started the unit: $(systemctl is-active portwatch)"; return 1; }
 }
 
 service_holder_named_as_its_unit() {
