@@ -44,7 +44,8 @@ enum VmTarget {
 
 #[derive(Subcommand)]
 enum Task {
-    /// Install the eBPF toolchain: nightly rust-src and bpf-linker (into .tools/).
+    /// Install the eBPF toolchain (nightly rust-src, bpf-linker) and cargo-deb
+    /// into .tools/.
     Setup,
     /// Build portwatch (release) and run it with the given arguments, e.g.
     /// `cargo xtask run -- watch --port 80`.
@@ -176,7 +177,6 @@ fn test(extra: &[String]) -> Result<()> {
     run(&mut cmd)?;
     if extra.is_empty() {
         vm::run_all()?;
-        // ~8 s once the release build is warm (a cold one took 9 min here).
         deb::build_and_test()?;
     }
     Ok(())
@@ -184,7 +184,10 @@ fn test(extra: &[String]) -> Result<()> {
 
 fn main() -> Result<()> {
     match Cli::parse().task {
-        Task::Setup => setup::ensure(),
+        Task::Setup => {
+            setup::ensure()?;
+            setup::ensure_cargo_deb()
+        }
         Task::Run { args } => {
             let bin = build_release()?;
             // Ctrl-C reaches portwatch too (same process group): let it stop

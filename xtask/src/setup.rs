@@ -2,7 +2,8 @@
 //!
 //! bpf-linker has no prebuilt binary we can fetch, so it is built from its
 //! crate against the nightly toolchain's own libLLVM (the LLVM that emits our
-//! bitcode), into `.tools/` inside the workspace.
+//! bitcode), into `.tools/` inside the workspace; so is cargo-deb, which
+//! builds the Debian package.
 
 use std::{ffi::OsString, path::PathBuf, process::Command};
 
@@ -12,6 +13,8 @@ use crate::{output, root, run};
 
 /// bpf-linker release known to work with this setup.
 const BPF_LINKER_VERSION: &str = "0.13.0";
+/// cargo-deb release known to work with this setup (`cargo xtask deb`).
+const CARGO_DEB_VERSION: &str = "3.8.0";
 
 fn tools() -> PathBuf {
     root().join(".tools")
@@ -95,6 +98,40 @@ pub fn ensure() -> Result<()> {
     ensure_bpf_linker(&sysroot)
 }
 
+/// Installs cargo-deb into `.tools/` (about 4 minutes on a 2-core machine)
+/// and the Debian tools the package build and its test use. Cheap when they
+/// are there.
+pub fn ensure_cargo_deb() -> Result<()> {
+    ensure_packages(&[
+        // cargo-deb's `depends = "$auto"`.
+        ("dpkg-shlibdeps", "dpkg-dev"),
+        // The package test renders every man page and checks the unit.
+        ("man", "man-db"),
+        ("systemd-analyze", "systemd"),
+    ])?;
+    let installed = Command::new(tools().join("bin/cargo-deb"))
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| {
+            String::from_utf8_lossy(&o.stdout).trim() == format!("cargo-deb {CARGO_DEB_VERSION}")
+        });
+    if installed {
+        return Ok(());
+    }
+    eprintln!("xtask: building cargo-deb {CARGO_DEB_VERSION} (a few minutes)");
+    run(Command::new("cargo")
+        .args([
+            "install",
+            "cargo-deb",
+            "--locked",
+            "--version",
+            CARGO_DEB_VERSION,
+        ])
+        .arg("--root")
+        .arg(tools()))
+    .context("building cargo-deb")
+}
+
 /// cargo-nextest runs each test in a process of its own (so each starts
 /// from a new machine's mounts); machines of this kind ship it, and it is
 /// built from its crate where they do not.
@@ -143,6 +180,8 @@ fn have(cmd: &str) -> bool {
 pub fn ensure_test_packages() -> Result<()> {
     ensure_packages(&[
         ("nginx", "nginx"),
+        // `portwatch man --dir`'s pages are rendered with man -l.
+        ("man", "man-db"),
         // report --html is checked in a real browser.
         ("chromium", "chromium"),
         // Peak memory of `report` in its tests.

@@ -88,10 +88,12 @@ say info "kernel $(uname -r), systemd $(systemctl --version | head -1 | cut -d' 
 
 deb_installs() {
     dpkg -i /vmtest/portwatch.deb || return 1
-    [ -x /usr/bin/portwatch ] && systemctl cat portwatch.service >/dev/null \
+    [ -x /usr/sbin/portwatch ] && systemctl cat portwatch.service >/dev/null \
         || { echo "no binary or unit after dpkg -i"; return 1; }
     [ "$(systemctl is-enabled portwatch)" = disabled ] \
         || { echo "the package enabled the unit: $(systemctl is-enabled portwatch)"; return 1; }
+    [ "$(systemctl is-active portwatch)" = inactive ] \
+        || { echo "the package started the unit: $(systemctl is-active portwatch)"; return 1; }
 }
 
 service_holder_named_as_its_unit() {
@@ -271,7 +273,7 @@ dropin() {
 
 unit_tracepoint_attaches_all() {
     dropin 'ExecStart=
-ExecStart=/usr/bin/portwatch watch --backend tracepoint --record /var/lib/portwatch --metrics 127.0.0.1:9891'
+ExecStart=/usr/sbin/portwatch watch --backend tracepoint --record /var/lib/portwatch --metrics 127.0.0.1:9891'
     start_unit || return 1
     attaches_all tracepoint || return 1
     e=$(diagnosed 8080 bind_fails 8080) || return 1
@@ -281,7 +283,7 @@ ExecStart=/usr/bin/portwatch watch --backend tracepoint --record /var/lib/portwa
     # The unit as shipped before: ~@debug denies perf_event_open. The same
     # check must see it fail, and exit 3 must not be restarted.
     dropin 'ExecStart=
-ExecStart=/usr/bin/portwatch watch --backend tracepoint
+ExecStart=/usr/sbin/portwatch watch --backend tracepoint
 SystemCallFilter=~@debug'
     systemctl restart portwatch
     wait_for 120 exited_with 3 || { echo "with ~@debug it did not exit 3: $(prop portwatch ExecMainStatus), $(unit_log | tail -3)"; return 1; }
@@ -295,7 +297,7 @@ SystemCallFilter=~@debug'
 
 bad_command_line_not_restarted() {
     dropin 'ExecStart=
-ExecStart=/usr/bin/portwatch watch --no-such-option'
+ExecStart=/usr/sbin/portwatch watch --no-such-option'
     systemctl reset-failed portwatch
     systemctl start portwatch
     wait_for 60 exited_with 2 || { echo "did not exit 2: $(prop portwatch ExecMainStatus)"; return 1; }

@@ -601,7 +601,7 @@ pub fn run_all() -> Result<()> {
     );
     // After the kernels' VMs, not beside them: a third TCG guest on two
     // cores would slow their timing-sensitive suites.
-    let systemd = crate::vm_systemd::run_with(&portwatch);
+    let systemd = crate::vm_systemd::run_debug();
     if let Err(e) = &systemd {
         eprintln!("xtask: {e:#}");
     }

@@ -276,13 +276,14 @@ pub fn ensure_packages() -> Result<()> {
     ])
 }
 
-/// Builds the package from `bin`, boots the VM and runs the suite.
-pub fn run_with(bin: &Path) -> Result<()> {
+/// Builds the package around the debug binary (already built), boots the
+/// VM and runs the suite.
+pub fn run_debug() -> Result<()> {
     ensure_packages()?;
     let started = Instant::now();
     let kernel = kernels::image(KERNEL)?;
     let base = rootfs(&kernel)?;
-    let deb = crate::deb::build(bin)?;
+    let deb = crate::deb::build(crate::deb::Profile::Dev)?;
     let own = own_part(&deb)?;
     let initrd = work().join("initramfs.cpio.gz");
     {
@@ -318,7 +319,7 @@ pub fn run_with(bin: &Path) -> Result<()> {
 pub fn run_alone() -> Result<()> {
     setup::ensure()?;
     run(crate::cargo().args(["build", "--package", "portwatch"]))?;
-    run_with(&root().join("target/debug/portwatch"))
+    run_debug()
 }
 
 #[cfg(test)]

@@ -154,9 +154,10 @@ pub enum Command {
     /// Print a shell completion script for bash, zsh or fish.
     #[command(after_help = COMPLETIONS_EXAMPLES)]
     Completions(CompletionsArgs),
-    /// Print the manual page (roff), generated from this --help.
+    /// Print the manual page portwatch(8), or a subcommand's, in roff; or
+    /// write every page (one per subcommand) into a directory.
     #[command(after_help = MAN_EXAMPLES)]
-    Man,
+    Man(ManArgs),
     /// Read what `watch --record` journalled (or saved `watch --json`
     /// output) and tell, per port, who held it, who failed, and why.
     #[command(after_help = REPORT_EXAMPLES)]
@@ -171,8 +172,26 @@ EXAMPLES:
 
 const MAN_EXAMPLES: &str = "\
 EXAMPLES:
-    portwatch man | man -l -
-    portwatch man > /usr/share/man/man1/portwatch.1";
+    portwatch man | man -l -                 # portwatch(8)
+    portwatch man who | man -l -             # portwatch-who(8)
+    portwatch man --dir /usr/local/share/man/man8   # all pages, one file each
+
+The pages are in section 8 (system administration: portwatch runs as root)
+and are generated from this --help, so they say what this binary does.";
+
+/// `portwatch man`.
+#[derive(Debug, Args)]
+pub struct ManArgs {
+    /// Print this subcommand's page instead of portwatch(8): `portwatch man
+    /// who` prints portwatch-who(8).
+    #[arg(value_name = "SUBCOMMAND", value_parser = values::parse_subcommand, conflicts_with = "dir")]
+    pub subcommand: Option<String>,
+
+    /// Write every page into DIR (created if missing), one file per page,
+    /// and print their paths.
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+}
 
 /// `portwatch completions`.
 #[derive(Debug, Args)]

@@ -1,5 +1,5 @@
-//! Parsing and checking filter values from the command line. Every parser
-//! returns a one-line error saying what was wrong with the value.
+//! Parsing and checking values from the command line. Every parser returns a
+//! one-line error saying what was wrong with the value.
 
 use std::{
     net::IpAddr,
@@ -160,6 +160,23 @@ pub fn parse_netns_target(s: &str) -> Result<PathBuf, String> {
     }
     std::fs::metadata(s).map_err(|e| format!("network namespace '{s}': {e}"))?;
     Ok(PathBuf::from(s))
+}
+
+/// A subcommand's name, for `portwatch man SUBCOMMAND` (it has a page).
+pub fn parse_subcommand(s: &str) -> Result<String, String> {
+    use clap::CommandFactory as _;
+    let cmd = super::Cli::command();
+    if cmd
+        .get_subcommands()
+        .any(|c| c.get_name() == s && !c.is_hide_set())
+    {
+        return Ok(s.to_owned());
+    }
+    let names: Vec<&str> = cmd.get_subcommands().map(|c| c.get_name()).collect();
+    Err(format!(
+        "'{s}' is not a subcommand (one of: {})",
+        names.join(", ")
+    ))
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 
 pub mod completions;
 mod error;
+pub mod man;
 pub mod report;
 pub mod run;
 pub mod wait;
@@ -26,7 +27,7 @@ impl Command {
             Command::Wait(args) => wait::run(&args).map(|freed| answer(freed, wait::EXIT_TIMED_OUT)),
             Command::Who(args) => who::run(&args).map(|free| answer(free, who::EXIT_TAKEN)),
             Command::Completions(args) => completions::completions(args.shell).map(|()| EXIT_OK).map_err(Error::from),
-            Command::Man => completions::man().map(|()| EXIT_OK).map_err(Error::from),
+            Command::Man(args) => man::run(&args).map(|()| EXIT_OK).map_err(Error::from),
             Command::Report(args) => report::run(args).map(|()| EXIT_OK).map_err(Error::from),
         }
     }
