@@ -345,7 +345,7 @@ pub fn html(a: &Analysis, st: &ReadStats) -> String {
     if let (Some(f), Some(l)) = (a.first, a.last) {
         let _ = write!(
             s,
-            "<p>JournalStats from {} to {}: {} failure(s) on {} port(s).</p>",
+            "<p>Recorded from {} to {}: {} failure(s) on {} port(s).</p>",
             esc(&ts(f)),
             esc(&ts(l)),
             a.failures,
@@ -365,7 +365,7 @@ pub fn html(a: &Analysis, st: &ReadStats) -> String {
             let _ = write!(
                 s,
                 "<div class=\"pattern\"><b>{}</b>: {}</div>",
-                esc(pat.kind),
+                esc(pat.kind.name()),
                 esc(&pat.text)
             );
         }
