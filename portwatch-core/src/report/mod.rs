@@ -29,7 +29,7 @@ pub fn parse_time(s: &str) -> Result<SystemTime, String> {
 pub fn read_all(
     files: &[std::path::PathBuf],
     stats: &mut read::ReadStats,
-    f: impl FnMut(crate::output::json::LineView<'_>) + Send,
+    f: impl FnMut(crate::output::json::LineView<'_>),
 ) -> anyhow::Result<()> {
     let threads = std::thread::available_parallelism().map_or(1, usize::from);
     let size: u64 = files

@@ -1,26 +1,31 @@
+//! Hand-written, not rayon: a rayon version (two buffers taking turns,
+//! each chunk's lines parsed with `par_iter`) measured 4-13 % slower on a
+//! 1,000,000-event journal (BENCHMARKS.md, "report's parallel reader").
+//!
 //! Journal reading on every core: parsing a line costs far more than
-//! finding it, so the files are cut into chunks of whole lines, each
-//! chunk's lines are parsed in parallel (rayon, in order), and while one
-//! chunk is parsed the one before it is handed on, line by line. Two chunk
-//! buffers take turns, so memory stays bounded; the parsed lines borrow
-//! from their buffer. The result is the serial reader's, line for line
-//! (tested below).
+//! finding it, so one thread splits the files into chunks of whole lines,
+//! parser threads turn each chunk into borrowed line views, and the caller's
+//! thread hands the views on strictly in reading order. The result is the
+//! serial reader's, line for line (tested below); memory stays bounded: a
+//! fixed pool of chunk buffers circulates, and the splitter waits for a
+//! free one.
 
 use std::{
-    fs::File,
-    io::BufReader,
-    path::{Path, PathBuf},
+    collections::BTreeMap,
+    path::PathBuf,
+    sync::{mpsc, Mutex},
 };
 
 use anyhow::{anyhow, Context as _, Result};
-use rayon::prelude::*;
 
-use super::read::{self, Lines, Outcome, ReadStats};
+use super::read::{self, Outcome, ReadStats};
 use crate::output::json::LineView;
 
 /// Whole lines, concatenated, with where each one is.
 #[derive(Default)]
 struct Chunk {
+    /// Its place in reading order.
+    seq: u64,
     buf: Vec<u8>,
     lines: Vec<LineAt>,
 }
@@ -33,66 +38,51 @@ struct LineAt {
     last: bool,
 }
 
-impl Chunk {
-    /// Every line parsed, on every core, in order.
-    fn parse(&self) -> Vec<Outcome<'_>> {
-        self.lines
-            .par_iter()
-            .map(|l| read::outcome(&self.buf[l.start..l.end], l.last))
-            .collect()
-    }
+/// A chunk and its lines' outcomes, which borrow from `chunk.buf`.
+struct Parsed {
+    seq: u64,
+    // Declared before `chunk`, so dropped before it: the views borrow from
+    // the heap block of `chunk.buf`. They are only handed out for the
+    // length of one call (`FnMut(LineView<'_>)` cannot keep them), and the
+    // buffer is neither written nor freed while they exist (see `into_chunk`).
+    outcomes: Vec<Outcome<'static>>,
+    chunk: Chunk,
 }
 
-/// The files' lines in reading order, a chunk at a time.
-struct Splitter<'f> {
-    files: std::slice::Iter<'f, PathBuf>,
-    open: Option<(&'f Path, Lines<BufReader<File>>)>,
-    /// Files, bytes and lines read; lines over the limit.
-    stats: ReadStats,
-    /// What stopped the reading early.
-    error: Option<anyhow::Error>,
-}
-
-impl<'f> Splitter<'f> {
-    fn new(files: &'f [PathBuf]) -> Splitter<'f> {
-        Splitter {
-            files: files.iter(),
-            open: None,
-            stats: ReadStats::default(),
-            error: None,
+impl Parsed {
+    fn new(chunk: Chunk) -> Parsed {
+        // SAFETY: the slice points into the heap block of `chunk.buf`, which
+        // moving `chunk` (a Vec) does not move; `Parsed` owns both and
+        // drops or clears `outcomes` before the buffer can change (field
+        // order; `into_chunk`).
+        let bytes: &'static [u8] =
+            unsafe { std::slice::from_raw_parts(chunk.buf.as_ptr(), chunk.buf.len()) };
+        let outcomes = chunk
+            .lines
+            .iter()
+            .map(|l| read::outcome(&bytes[l.start..l.end], l.last))
+            .collect();
+        Parsed {
+            seq: chunk.seq,
+            outcomes,
+            chunk,
         }
     }
 
-    /// Fills `chunk` with the next whole lines, about `size` bytes; empty
-    /// at the end, or after an error.
-    fn fill(&mut self, chunk: &mut Chunk, size: usize) {
+    /// Hands the outcomes on in order, then gives the buffer back, empty.
+    fn apply(self, stats: &mut ReadStats, f: &mut impl FnMut(LineView<'_>)) -> Chunk {
+        let Parsed {
+            outcomes,
+            mut chunk,
+            ..
+        } = self;
+        for o in outcomes {
+            read::apply(o, stats, f);
+        }
+        // Every view is gone (consumed above): the buffer may change again.
         chunk.buf.clear();
         chunk.lines.clear();
-        while chunk.buf.len() < size && self.error.is_none() {
-            let Some((path, lines)) = &mut self.open else {
-                let Some(path) = self.files.next() else {
-                    return;
-                };
-                match read::open(path, &mut self.stats) {
-                    Ok(r) => self.open = Some((path, Lines::new(r))),
-                    Err(e) => self.error = Some(e),
-                }
-                continue;
-            };
-            match lines.next(&mut self.stats) {
-                Ok(Some((line, last))) => {
-                    let start = chunk.buf.len();
-                    chunk.buf.extend_from_slice(line);
-                    let end = chunk.buf.len();
-                    chunk.lines.push(LineAt { start, end, last });
-                }
-                Ok(None) => self.open = None,
-                Err(e) => {
-                    let e = anyhow::Error::new(e).context(format!("reading {}", path.display()));
-                    self.error = Some(e);
-                }
-            }
-        }
+        chunk
     }
 }
 
@@ -103,74 +93,134 @@ pub fn read_all(
     stats: &mut ReadStats,
     threads: usize,
     chunk: usize,
-    mut f: impl FnMut(LineView<'_>) + Send,
+    mut f: impl FnMut(LineView<'_>),
 ) -> Result<()> {
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(threads.clamp(1, 16))
-        .build()
-        .context("cannot start the journal parser threads")?;
-    let mut splitter = Splitter::new(files);
-    let (mut a, mut b) = (Chunk::default(), Chunk::default());
-    // A parser's panic reaches here: the reading stops with an error.
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        pool.install(|| {
-            splitter.fill(&mut a, chunk);
-            let mut ready = a.parse();
-            // The buffers take turns: one chunk handed on, the next parsed.
-            while let Some(next) = step(&mut splitter, &mut b, chunk, ready, stats, &mut f) {
-                match step(&mut splitter, &mut a, chunk, next, stats, &mut f) {
-                    Some(after) => ready = after,
-                    None => break,
+    let threads = threads.clamp(1, 16);
+    // Enough chunks to keep every parser busy while one is being split and
+    // one handed on; each chunk is `chunk` bytes plus its views.
+    let pool = 2 * threads + 2;
+    let (free_tx, free_rx) = mpsc::channel::<Chunk>();
+    for _ in 0..pool {
+        free_tx
+            .send(Chunk {
+                seq: 0,
+                buf: Vec::with_capacity(chunk + 4096),
+                lines: Vec::new(),
+            })
+            .expect("receiver alive");
+    }
+    let (job_tx, job_rx) = mpsc::channel::<Chunk>();
+    let job_rx = Mutex::new(job_rx);
+    // Err: a parser thread panicked (its chunk is lost: the reading stops).
+    let (done_tx, done_rx) = mpsc::channel::<Result<Parsed, ()>>();
+    std::thread::scope(|s| -> Result<()> {
+        let splitter = s.spawn(move || split(files, chunk, &free_rx, &job_tx));
+        for _ in 0..threads {
+            let (job_rx, done_tx) = (&job_rx, done_tx.clone());
+            s.spawn(move || loop {
+                let job = job_rx
+                    .lock()
+                    .map_err(|_| ())
+                    .and_then(|rx| rx.recv().map_err(|_| ()));
+                let Ok(chunk) = job else { break };
+                // A panic must not leave the others waiting for this chunk.
+                let parsed =
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Parsed::new(chunk)));
+                let failed = parsed.is_err();
+                if done_tx.send(parsed.map_err(|_| ())).is_err() || failed {
+                    break;
                 }
+            });
+        }
+        drop(done_tx);
+        // Reorder: parsers finish out of order; at most `pool` chunks exist.
+        let free_tx = free_tx;
+        let mut waiting = BTreeMap::new();
+        let mut next = 0u64;
+        let mut failed = false;
+        for parsed in done_rx {
+            let Ok(parsed) = parsed else {
+                failed = true;
+                break;
+            };
+            waiting.insert(parsed.seq, parsed);
+            while let Some(parsed) = waiting.remove(&next) {
+                next += 1;
+                let chunk = parsed.apply(stats, &mut f);
+                // The splitter may have finished: then the buffer just goes.
+                let _ = free_tx.send(chunk);
             }
-        })
-    }))
-    .map_err(|_| anyhow!("a journal parser thread panicked"))?;
-    let read = splitter.stats;
-    stats.files += read.files;
-    stats.bytes += read.bytes;
-    stats.lines += read.lines;
-    stats.too_long += read.too_long;
-    // What was read before an error was handed on, as serially.
-    splitter.error.map_or(Ok(()), Err)
+        }
+        // Unblocks a splitter waiting for a buffer: it stops.
+        drop(free_tx);
+        if failed {
+            let _ = splitter.join();
+            return Err(anyhow!("a journal parser thread panicked"));
+        }
+        let read = splitter
+            .join()
+            .map_err(|_| anyhow!("the journal reader thread panicked"))??;
+        stats.files += read.files;
+        stats.bytes += read.bytes;
+        stats.lines += read.lines;
+        stats.too_long += read.too_long;
+        Ok(())
+    })
 }
 
-/// Hands `ready` on in order while the next chunk is read into `next` and
-/// parsed; None at the end (`ready` handed on all the same).
-fn step<'n>(
-    splitter: &mut Splitter<'_>,
-    next: &'n mut Chunk,
+/// The splitter thread: reads the files in order into chunks of whole lines.
+fn split(
+    files: &[PathBuf],
     size: usize,
-    ready: Vec<Outcome<'_>>,
-    stats: &mut ReadStats,
-    f: &mut (impl FnMut(LineView<'_>) + Send),
-) -> Option<Vec<Outcome<'n>>> {
-    let (parsed, ()) = rayon::join(
-        move || {
-            splitter.fill(next, size);
-            let next: &'n Chunk = next;
-            (!next.lines.is_empty()).then(|| next.parse())
-        },
-        move || {
-            for o in ready {
-                read::apply(o, stats, f);
-            }
-        },
-    );
-    parsed
+    free: &mpsc::Receiver<Chunk>,
+    jobs: &mpsc::Sender<Chunk>,
+) -> Result<ReadStats> {
+    let mut stats = ReadStats::default();
+    let stopped = || std::io::Error::other("report stopped");
+    let mut cur = free.recv().map_err(|_| stopped())?;
+    cur.seq = 0;
+    let mut read = || -> Result<()> {
+        for path in files {
+            let mut r = read::open(path, &mut stats)?;
+            read::split(&mut r, &mut stats, |line, last, _| {
+                let start = cur.buf.len();
+                cur.buf.extend_from_slice(line);
+                let end = cur.buf.len();
+                cur.lines.push(LineAt { start, end, last });
+                if cur.buf.len() >= size {
+                    // Waits for a free buffer: this bounds memory.
+                    let mut next = free.recv().map_err(|_| stopped())?;
+                    next.seq = cur.seq + 1;
+                    let full = std::mem::replace(&mut cur, next);
+                    jobs.send(full).map_err(|_| stopped())?;
+                }
+                Ok(())
+            })
+            .with_context(|| format!("reading {}", path.display()))?;
+        }
+        Ok(())
+    };
+    let result = read();
+    // What was read before an error is still handed on, as serially.
+    if !cur.lines.is_empty() {
+        let _ = jobs.send(cur);
+    }
+    result.map(|()| stats)
 }
+
 #[cfg(test)]
 mod tests {
     use std::io::Write as _;
 
     use super::*;
+    use crate::output::json::RecordView;
 
     const EVENT: &str = r#"{"ts":"2026-11-24T18:07:56.307967050Z","pid":912,"tid":912,"ppid":1,"uid":0,"gid":0,"comm":"nginx","cgroup_id":1,"syscall":"bind","errno":"EADDRINUSE","ret":-98,"proto":"tcp","family":"ipv4","addr":"127.0.0.1","port":8080,"netns":4026531840,"fd":6,"ifindex":null,"opts":{"reuseaddr":true,"reuseport":false,"v6only":false,"freebind":false,"transparent":false,"bind_address_no_port":false},"folded":0,"source":"tracepoint"}"#;
     const PORT: &str = r#"{"type":"port","ts":"2026-11-24T18:07:57Z","event":"closed","port":8080,"proto":"tcp","family":"ipv4","addr":"127.0.0.1","netns":4026531840,"pid":911,"comm":"nginx","holder_pid":911,"socket":7}"#;
 
     /// What a reader handed on, as comparable text, and its stats.
     fn collect(
-        read: impl FnOnce(&mut ReadStats, &mut (dyn FnMut(String) + Send)),
+        read: impl FnOnce(&mut ReadStats, &mut dyn FnMut(String)),
     ) -> (ReadStats, Vec<String>) {
         let mut stats = ReadStats::default();
         let mut seen = Vec::new();
@@ -180,7 +230,9 @@ mod tests {
 
     fn describe(line: &LineView<'_>) -> String {
         match line {
-            LineView::Event(e) => format!("event {} {} {}", e.pid, e.port, e.comm),
+            LineView::Event(RecordView {
+                pid, port, comm, ..
+            }) => format!("event {pid} {port} {comm}"),
             other => format!("{other:?}"),
         }
     }
@@ -197,7 +249,7 @@ mod tests {
         let mut files = Vec::new();
         for n in 0..3u32 {
             let path = dir.join(format!("j{n}.ndjson"));
-            let mut f = File::create(&path).unwrap();
+            let mut f = std::fs::File::create(&path).unwrap();
             for i in 0..400u32 {
                 match (i + n) % 9 {
                     0 => writeln!(f).unwrap(),

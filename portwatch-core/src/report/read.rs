@@ -88,8 +88,7 @@ pub fn scan(
     stats: &mut ReadStats,
     mut f: impl FnMut(json::LineView<'_>),
 ) -> io::Result<()> {
-    let mut lines = Lines::new(r);
-    while let Some((bytes, last)) = lines.next(stats)? {
+    split(r, stats, |bytes, last, stats| {
         match journalctl_entry(bytes) {
             Entry::Not => apply(outcome(bytes, last), stats, &mut f),
             Entry::Event(line) => apply(outcome(line.as_bytes(), last), stats, &mut f),
@@ -97,8 +96,8 @@ pub fn scan(
             Entry::Elided => stats.too_long += 1,
             Entry::Bad => stats.corrupt += 1,
         }
-    }
-    Ok(())
+        Ok(())
+    })
 }
 
 /// One line of `journalctl -o json`, as far as `report` cares.
@@ -142,83 +141,63 @@ pub(super) fn is_journalctl_export(path: &Path) -> bool {
     memchr::memmem::find(&head[..n], b"\"__CURSOR\"").is_some()
 }
 
-/// A reader's lines, one at a time, without their newline; counts bytes,
-/// lines and lines over [`MAX_LINE`] (skipped unbuffered) in the stats
-/// handed to [`Lines::next`].
-pub(super) struct Lines<R> {
-    r: R,
-    /// A line that spans the reader's buffer, put together.
-    long: Vec<u8>,
-    /// Inside a line over [`MAX_LINE`]: dropped up to its end.
-    skipping: bool,
-    /// Bytes of the reader's buffer the last line took, consumed at the
-    /// next call (the line was lent straight from the buffer).
-    lent: usize,
-}
-
-impl<R: BufRead> Lines<R> {
-    pub(super) fn new(r: R) -> Lines<R> {
-        Lines {
-            r,
-            long: Vec::new(),
-            skipping: false,
-            lent: 0,
+/// Splits `r` into lines (without their newline), counting bytes, lines
+/// and lines over [`MAX_LINE`] (skipped unbuffered) in `stats`; hands each
+/// other line to `line`, with whether it is a last line without newline;
+/// an error from `line` ends the reading.
+pub(super) fn split(
+    r: &mut impl BufRead,
+    stats: &mut ReadStats,
+    mut line_fn: impl FnMut(&[u8], bool, &mut ReadStats) -> io::Result<()>,
+) -> io::Result<()> {
+    let mut line: Vec<u8> = Vec::new();
+    let mut skipping = false;
+    loop {
+        let buf = r.fill_buf()?;
+        if buf.is_empty() {
+            break;
         }
-    }
-
-    /// The next line, and whether it is a last line without its newline;
-    /// None at the end.
-    pub(super) fn next(&mut self, stats: &mut ReadStats) -> io::Result<Option<(&[u8], bool)>> {
-        self.r.consume(std::mem::take(&mut self.lent));
-        // Holds the last line handed out, if it was put together.
-        self.long.clear();
-        loop {
-            let buf = self.r.fill_buf()?;
-            if buf.is_empty() {
-                if std::mem::take(&mut self.skipping) {
-                    stats.lines += 1;
-                    return Ok(None);
-                }
-                if self.long.is_empty() {
-                    return Ok(None);
-                }
+        let (used, complete) = match memchr::memchr(b'\n', buf) {
+            Some(i) => (i + 1, Some(i)),
+            None => (buf.len(), None),
+        };
+        stats.bytes += used as u64;
+        match complete {
+            Some(i) => {
                 stats.lines += 1;
-                return Ok(Some((&self.long, true)));
-            }
-            let Some(i) = memchr::memchr(b'\n', buf) else {
-                let n = buf.len();
-                stats.bytes += n as u64;
-                if self.skipping {
-                } else if self.long.len() + n > MAX_LINE {
+                if skipping {
+                    skipping = false;
+                } else if line.len() + i > MAX_LINE {
                     stats.too_long += 1;
-                    self.skipping = true;
-                    self.long = Vec::new();
+                } else if line.is_empty() {
+                    // The common case: straight from the reader's buffer.
+                    line_fn(&buf[..i], false, stats)?;
                 } else {
-                    self.long.extend_from_slice(buf);
+                    line.extend_from_slice(&buf[..i]);
+                    line_fn(&line, false, stats)?;
                 }
-                self.r.consume(n);
-                continue;
-            };
-            stats.bytes += i as u64 + 1;
-            stats.lines += 1;
-            if std::mem::take(&mut self.skipping) {
-                self.r.consume(i + 1);
-            } else if self.long.len() + i > MAX_LINE {
-                stats.too_long += 1;
-                self.long.clear();
-                self.r.consume(i + 1);
-            } else if self.long.is_empty() {
-                // The common case: lent straight from the reader's buffer
-                // (asked again: it is what was filled, read no further).
-                self.lent = i + 1;
-                return Ok(Some((&self.r.fill_buf()?[..i], false)));
-            } else {
-                self.long.extend_from_slice(&buf[..i]);
-                self.r.consume(i + 1);
-                return Ok(Some((&self.long, false)));
+                line.clear();
             }
+            None if !skipping => {
+                if line.len() + buf.len() > MAX_LINE {
+                    stats.too_long += 1;
+                    skipping = true;
+                    line = Vec::new();
+                } else {
+                    line.extend_from_slice(buf);
+                }
+            }
+            None => {}
         }
+        r.consume(used);
     }
+    if skipping {
+        stats.lines += 1;
+    } else if !line.is_empty() {
+        stats.lines += 1;
+        line_fn(&line, true, stats)?;
+    }
+    Ok(())
 }
 
 /// What one line turned out to be.
