@@ -40,11 +40,10 @@ struct LineAt {
 
 /// A chunk and its lines' outcomes, which borrow from `chunk.buf`.
 struct Parsed {
-    seq: u64,
     // Declared before `chunk`, so dropped before it: the views borrow from
     // the heap block of `chunk.buf`. They are only handed out for the
     // length of one call (`FnMut(LineView<'_>)` cannot keep them), and the
-    // buffer is neither written nor freed while they exist (see `into_chunk`).
+    // buffer is neither written nor freed while they exist (see `apply`).
     outcomes: Vec<Outcome<'static>>,
     chunk: Chunk,
 }
@@ -54,7 +53,7 @@ impl Parsed {
         // SAFETY: the slice points into the heap block of `chunk.buf`, which
         // moving `chunk` (a Vec) does not move; `Parsed` owns both and
         // drops or clears `outcomes` before the buffer can change (field
-        // order; `into_chunk`).
+        // order; `apply`).
         let bytes: &'static [u8] =
             unsafe { std::slice::from_raw_parts(chunk.buf.as_ptr(), chunk.buf.len()) };
         let outcomes = chunk
@@ -62,11 +61,7 @@ impl Parsed {
             .iter()
             .map(|l| read::outcome(&bytes[l.start..l.end], l.last))
             .collect();
-        Parsed {
-            seq: chunk.seq,
-            outcomes,
-            chunk,
-        }
+        Parsed { outcomes, chunk }
     }
 
     /// Hands the outcomes on in order, then gives the buffer back, empty.
@@ -74,7 +69,6 @@ impl Parsed {
         let Parsed {
             outcomes,
             mut chunk,
-            ..
         } = self;
         for o in outcomes {
             read::apply(o, stats, f);
@@ -111,49 +105,17 @@ pub fn read_all(
     }
     let (job_tx, job_rx) = mpsc::channel::<Chunk>();
     let job_rx = Mutex::new(job_rx);
-    // Err: a parser thread panicked (its chunk is lost: the reading stops).
-    let (done_tx, done_rx) = mpsc::channel::<Result<Parsed, ()>>();
+    let (done_tx, done_rx) = mpsc::channel::<Option<Parsed>>();
     std::thread::scope(|s| -> Result<()> {
         let splitter = s.spawn(move || split(files, chunk, &free_rx, &job_tx));
         for _ in 0..threads {
             let (job_rx, done_tx) = (&job_rx, done_tx.clone());
-            s.spawn(move || loop {
-                let job = job_rx
-                    .lock()
-                    .map_err(|_| ())
-                    .and_then(|rx| rx.recv().map_err(|_| ()));
-                let Ok(chunk) = job else { break };
-                // A panic must not leave the others waiting for this chunk.
-                let parsed =
-                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Parsed::new(chunk)));
-                let failed = parsed.is_err();
-                if done_tx.send(parsed.map_err(|_| ())).is_err() || failed {
-                    break;
-                }
-            });
+            s.spawn(move || parse(job_rx, &done_tx));
         }
         drop(done_tx);
-        // Reorder: parsers finish out of order; at most `pool` chunks exist.
-        let free_tx = free_tx;
-        let mut waiting = BTreeMap::new();
-        let mut next = 0u64;
-        let mut failed = false;
-        for parsed in done_rx {
-            let Ok(parsed) = parsed else {
-                failed = true;
-                break;
-            };
-            waiting.insert(parsed.seq, parsed);
-            while let Some(parsed) = waiting.remove(&next) {
-                next += 1;
-                let chunk = parsed.apply(stats, &mut f);
-                // The splitter may have finished: then the buffer just goes.
-                let _ = free_tx.send(chunk);
-            }
-        }
-        // Unblocks a splitter waiting for a buffer: it stops.
-        drop(free_tx);
-        if failed {
+        // Drops `free_tx` on return: a splitter waiting for a buffer stops.
+        let complete = hand_on(done_rx, free_tx, stats, &mut f);
+        if !complete {
             let _ = splitter.join();
             return Err(anyhow!("a journal parser thread panicked"));
         }
@@ -166,6 +128,48 @@ pub fn read_all(
         stats.too_long += read.too_long;
         Ok(())
     })
+}
+
+/// A parser thread: parses chunks until there are none; None sent when a
+/// parse panicked (its chunk is lost: the reading stops).
+fn parse(jobs: &Mutex<mpsc::Receiver<Chunk>>, done: &mpsc::Sender<Option<Parsed>>) {
+    loop {
+        let job = jobs.lock().ok().and_then(|rx| rx.recv().ok());
+        let Some(chunk) = job else { break };
+        // A panic must not leave the others waiting for this chunk.
+        let parsed =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Parsed::new(chunk))).ok();
+        let failed = parsed.is_none();
+        if done.send(parsed).is_err() || failed {
+            break;
+        }
+    }
+}
+
+/// Hands the parsed chunks on in reading order (parsers finish out of
+/// order; at most the pool's chunks exist) and gives their buffers back;
+/// false when a parser panicked.
+fn hand_on(
+    done: mpsc::Receiver<Option<Parsed>>,
+    free: mpsc::Sender<Chunk>,
+    stats: &mut ReadStats,
+    f: &mut impl FnMut(LineView<'_>),
+) -> bool {
+    let mut waiting = BTreeMap::new();
+    let mut next = 0u64;
+    for parsed in done {
+        let Some(parsed) = parsed else {
+            return false;
+        };
+        waiting.insert(parsed.chunk.seq, parsed);
+        while let Some(parsed) = waiting.remove(&next) {
+            next += 1;
+            let chunk = parsed.apply(stats, f);
+            // The splitter may have finished: then the buffer just goes.
+            let _ = free.send(chunk);
+        }
+    }
+    true
 }
 
 /// The splitter thread: reads the files in order into chunks of whole lines.
