@@ -1,6 +1,7 @@
 //! Hand-written, not rayon: a rayon version (two buffers taking turns,
-//! each chunk's lines parsed with `par_iter`) measured 4-13 % slower on a
-//! 1,000,000-event journal (BENCHMARKS.md, "report's parallel reader").
+//! each chunk's lines parsed with `par_iter`) was no faster, 0.97-1.13x
+//! this pool's time on 1,000,000 events (BENCHMARKS.md, "report's parallel
+//! reader").
 //!
 //! Journal reading on every core: parsing a line costs far more than
 //! finding it, so one thread splits the files into chunks of whole lines,
