@@ -1,3 +1,8 @@
+//! Hand-written, not rayon: a rayon version (two buffers taking turns,
+//! each chunk's lines parsed with `par_iter`) was no faster, 0.97-1.13x
+//! this pool's time on 1,000,000 events (BENCHMARKS.md, "report's parallel
+//! reader").
+//!
 //! Journal reading on every core: parsing a line costs far more than
 //! finding it, so one thread splits the files into chunks of whole lines,
 //! parser threads turn each chunk into borrowed line views, and the caller's
@@ -20,40 +25,44 @@ use crate::output::json::LineView;
 /// Whole lines, concatenated, with where each one is.
 #[derive(Default)]
 struct Chunk {
+    /// Its place in reading order.
+    seq: u64,
     buf: Vec<u8>,
-    /// (start, end, last line of a file without its newline).
-    lines: Vec<(usize, usize, bool)>,
+    lines: Vec<LineAt>,
+}
+
+/// Where a line is in its chunk.
+struct LineAt {
+    start: usize,
+    end: usize,
+    /// The last line of a file, without its newline.
+    last: bool,
 }
 
 /// A chunk and its lines' outcomes, which borrow from `chunk.buf`.
 struct Parsed {
-    seq: u64,
     // Declared before `chunk`, so dropped before it: the views borrow from
     // the heap block of `chunk.buf`. They are only handed out for the
     // length of one call (`FnMut(LineView<'_>)` cannot keep them), and the
-    // buffer is neither written nor freed while they exist (see `into_chunk`).
+    // buffer is neither written nor freed while they exist (see `apply`).
     outcomes: Vec<Outcome<'static>>,
     chunk: Chunk,
 }
 
 impl Parsed {
-    fn new(seq: u64, chunk: Chunk) -> Parsed {
+    fn new(chunk: Chunk) -> Parsed {
         // SAFETY: the slice points into the heap block of `chunk.buf`, which
         // moving `chunk` (a Vec) does not move; `Parsed` owns both and
         // drops or clears `outcomes` before the buffer can change (field
-        // order; `into_chunk`).
+        // order; `apply`).
         let bytes: &'static [u8] =
             unsafe { std::slice::from_raw_parts(chunk.buf.as_ptr(), chunk.buf.len()) };
         let outcomes = chunk
             .lines
             .iter()
-            .map(|&(start, end, last)| read::outcome(&bytes[start..end], last))
+            .map(|l| read::outcome(&bytes[l.start..l.end], l.last))
             .collect();
-        Parsed {
-            seq,
-            outcomes,
-            chunk,
-        }
+        Parsed { outcomes, chunk }
     }
 
     /// Hands the outcomes on in order, then gives the buffer back, empty.
@@ -61,7 +70,6 @@ impl Parsed {
         let Parsed {
             outcomes,
             mut chunk,
-            ..
         } = self;
         for o in outcomes {
             read::apply(o, stats, f);
@@ -90,57 +98,25 @@ pub fn read_all(
     for _ in 0..pool {
         free_tx
             .send(Chunk {
+                seq: 0,
                 buf: Vec::with_capacity(chunk + 4096),
                 lines: Vec::new(),
             })
             .expect("receiver alive");
     }
-    let (job_tx, job_rx) = mpsc::channel::<(u64, Chunk)>();
+    let (job_tx, job_rx) = mpsc::channel::<Chunk>();
     let job_rx = Mutex::new(job_rx);
-    // Err: a parser thread panicked (its chunk is lost: the reading stops).
-    let (done_tx, done_rx) = mpsc::channel::<Result<Parsed, ()>>();
+    let (done_tx, done_rx) = mpsc::channel::<Option<Parsed>>();
     std::thread::scope(|s| -> Result<()> {
         let splitter = s.spawn(move || split(files, chunk, &free_rx, &job_tx));
         for _ in 0..threads {
             let (job_rx, done_tx) = (&job_rx, done_tx.clone());
-            s.spawn(move || loop {
-                let job = job_rx
-                    .lock()
-                    .map_err(|_| ())
-                    .and_then(|rx| rx.recv().map_err(|_| ()));
-                let Ok((seq, chunk)) = job else { break };
-                // A panic must not leave the others waiting for this chunk.
-                let parsed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    Parsed::new(seq, chunk)
-                }));
-                let failed = parsed.is_err();
-                if done_tx.send(parsed.map_err(|_| ())).is_err() || failed {
-                    break;
-                }
-            });
+            s.spawn(move || parse(job_rx, &done_tx));
         }
         drop(done_tx);
-        // Reorder: parsers finish out of order; at most `pool` chunks exist.
-        let free_tx = free_tx;
-        let mut waiting = BTreeMap::new();
-        let mut next = 0u64;
-        let mut failed = false;
-        for parsed in done_rx {
-            let Ok(parsed) = parsed else {
-                failed = true;
-                break;
-            };
-            waiting.insert(parsed.seq, parsed);
-            while let Some(parsed) = waiting.remove(&next) {
-                next += 1;
-                let chunk = parsed.apply(stats, &mut f);
-                // The splitter may have finished: then the buffer just goes.
-                let _ = free_tx.send(chunk);
-            }
-        }
-        // Unblocks a splitter waiting for a buffer: it stops.
-        drop(free_tx);
-        if failed {
+        // Drops `free_tx` on return: a splitter waiting for a buffer stops.
+        let complete = hand_on(done_rx, free_tx, stats, &mut f);
+        if !complete {
             let _ = splitter.join();
             return Err(anyhow!("a journal parser thread panicked"));
         }
@@ -155,30 +131,73 @@ pub fn read_all(
     })
 }
 
+/// A parser thread: parses chunks until there are none; None sent when a
+/// parse panicked (its chunk is lost: the reading stops).
+fn parse(jobs: &Mutex<mpsc::Receiver<Chunk>>, done: &mpsc::Sender<Option<Parsed>>) {
+    loop {
+        let job = jobs.lock().ok().and_then(|rx| rx.recv().ok());
+        let Some(chunk) = job else { break };
+        // A panic must not leave the others waiting for this chunk.
+        let parsed =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Parsed::new(chunk))).ok();
+        let failed = parsed.is_none();
+        if done.send(parsed).is_err() || failed {
+            break;
+        }
+    }
+}
+
+/// Hands the parsed chunks on in reading order (parsers finish out of
+/// order; at most the pool's chunks exist) and gives their buffers back;
+/// false when a parser panicked.
+fn hand_on(
+    done: mpsc::Receiver<Option<Parsed>>,
+    free: mpsc::Sender<Chunk>,
+    stats: &mut ReadStats,
+    f: &mut impl FnMut(LineView<'_>),
+) -> bool {
+    let mut waiting = BTreeMap::new();
+    let mut next = 0u64;
+    for parsed in done {
+        let Some(parsed) = parsed else {
+            return false;
+        };
+        waiting.insert(parsed.chunk.seq, parsed);
+        while let Some(parsed) = waiting.remove(&next) {
+            next += 1;
+            let chunk = parsed.apply(stats, f);
+            // The splitter may have finished: then the buffer just goes.
+            let _ = free.send(chunk);
+        }
+    }
+    true
+}
+
 /// The splitter thread: reads the files in order into chunks of whole lines.
 fn split(
     files: &[PathBuf],
     size: usize,
     free: &mpsc::Receiver<Chunk>,
-    jobs: &mpsc::Sender<(u64, Chunk)>,
+    jobs: &mpsc::Sender<Chunk>,
 ) -> Result<ReadStats> {
     let mut stats = ReadStats::default();
-    let mut seq = 0u64;
     let stopped = || std::io::Error::other("report stopped");
     let mut cur = free.recv().map_err(|_| stopped())?;
+    cur.seq = 0;
     let mut read = || -> Result<()> {
         for path in files {
             let mut r = read::open(path, &mut stats)?;
             read::split(&mut r, &mut stats, |line, last, _| {
                 let start = cur.buf.len();
                 cur.buf.extend_from_slice(line);
-                cur.lines.push((start, cur.buf.len(), last));
+                let end = cur.buf.len();
+                cur.lines.push(LineAt { start, end, last });
                 if cur.buf.len() >= size {
                     // Waits for a free buffer: this bounds memory.
-                    let next = free.recv().map_err(|_| stopped())?;
+                    let mut next = free.recv().map_err(|_| stopped())?;
+                    next.seq = cur.seq + 1;
                     let full = std::mem::replace(&mut cur, next);
-                    jobs.send((seq, full)).map_err(|_| stopped())?;
-                    seq += 1;
+                    jobs.send(full).map_err(|_| stopped())?;
                 }
                 Ok(())
             })
@@ -189,7 +208,7 @@ fn split(
     let result = read();
     // What was read before an error is still handed on, as serially.
     if !cur.lines.is_empty() {
-        let _ = jobs.send((seq, cur));
+        let _ = jobs.send(cur);
     }
     result.map(|()| stats)
 }
@@ -199,7 +218,6 @@ mod tests {
     use std::io::Write as _;
 
     use super::*;
-    use crate::output::json::RecordView;
 
     const EVENT: &str = r#"{"ts":"2026-11-24T18:07:56.307967050Z","pid":912,"tid":912,"ppid":1,"uid":0,"gid":0,"comm":"nginx","cgroup_id":1,"syscall":"bind","errno":"EADDRINUSE","ret":-98,"proto":"tcp","family":"ipv4","addr":"127.0.0.1","port":8080,"netns":4026531840,"fd":6,"ifindex":null,"opts":{"reuseaddr":true,"reuseport":false,"v6only":false,"freebind":false,"transparent":false,"bind_address_no_port":false},"folded":0,"source":"tracepoint"}"#;
     const PORT: &str = r#"{"type":"port","ts":"2026-11-24T18:07:57Z","event":"closed","port":8080,"proto":"tcp","family":"ipv4","addr":"127.0.0.1","netns":4026531840,"pid":911,"comm":"nginx","holder_pid":911,"socket":7}"#;
@@ -216,9 +234,7 @@ mod tests {
 
     fn describe(line: &LineView<'_>) -> String {
         match line {
-            LineView::Event(RecordView {
-                pid, port, comm, ..
-            }) => format!("event {pid} {port} {comm}"),
+            LineView::Event(e) => format!("event {} {} {}", e.pid, e.port, e.comm),
             other => format!("{other:?}"),
         }
     }

@@ -320,7 +320,8 @@ mod tests {
 
     #[test]
     fn the_sample_event_parses() {
-        json::parse_line(EVENT).unwrap();
+        let line = json::parse_line_view(EVENT.as_bytes()).unwrap();
+        assert!(matches!(line, json::LineView::Event(e) if e.port == 8080));
     }
 
     #[test]

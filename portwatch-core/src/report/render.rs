@@ -12,7 +12,7 @@ use std::{
 use serde::Serialize;
 
 use super::{
-    analyse::{secs, Analysis, PortStory, Tally},
+    analyse::{secs, Analysis, PortStory, Run, Tally, Tenure},
     read::ReadStats,
 };
 use crate::output::text::printable;
@@ -226,79 +226,57 @@ svg{border:1px solid #ddd;background:#fafafa}.hold{fill:#3a9d5d}.fail{fill:#d645
 
 /// One port's timeline as inline SVG: a row per listener tenure (green)
 /// and per failure run (red ticks and span), release marks in black.
+/// A port's timeline drawn to scale: the x of a moment, rows 24 px apart.
+struct Scale {
+    start: SystemTime,
+    /// Seconds from the port's first to last record (at least 1 ms).
+    span: f64,
+}
+
+impl Scale {
+    /// Where the bars start (the labels are left of it).
+    const LEFT: f64 = 260.0;
+    /// The bars' full width.
+    const WIDTH: f64 = 640.0;
+    /// From one row to the next.
+    const ROW: usize = 24;
+
+    fn of(p: &PortStory) -> Scale {
+        let span = p.end.duration_since(p.start).unwrap_or_default();
+        Scale {
+            start: p.start,
+            span: span.as_secs_f64().max(0.001),
+        }
+    }
+
+    fn x(&self, t: SystemTime) -> f64 {
+        let since = t.duration_since(self.start).unwrap_or_default();
+        Scale::LEFT + Scale::WIDTH * since.as_secs_f64() / self.span
+    }
+}
+
+/// A port's timeline as inline SVG: a row per tenure, per failure run and
+/// for TIME_WAIT leftovers, then the time axis.
 fn svg(p: &PortStory) -> String {
-    let start = p.start;
-    let span = p
-        .end
-        .duration_since(start)
-        .unwrap_or_default()
-        .as_secs_f64()
-        .max(0.001);
-    let (left, width) = (260.0, 640.0);
-    let x = |t: SystemTime| {
-        left + width * t.duration_since(start).unwrap_or_default().as_secs_f64() / span
-    };
+    let scale = Scale::of(p);
     let rows = p.holders.len() + p.runs.len() + usize::from(p.time_wait.count > 0);
-    let height = 30 + rows * 24 + 24;
+    let height = 30 + rows * Scale::ROW + 24;
     let mut s = format!(
         "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{}\" height=\"{height}\" role=\"img\" aria-label=\"timeline of port {}\">",
-        left + width + 20.0,
+        Scale::LEFT + Scale::WIDTH + 20.0,
         p.port
     );
     let mut y = 20;
     for t in &p.holders {
-        let from = t.since.unwrap_or(t.first_seen);
-        let x0 = if t.since.is_some() { x(from) } else { left };
-        let x1 = t.until.map_or(left + width, x);
-        let _ = write!(
-            s,
-            "<text class=\"lbl\" x=\"4\" y=\"{}\">pid {} {} listening</text><rect class=\"hold\" x=\"{x0:.1}\" y=\"{y}\" width=\"{:.1}\" height=\"16\"><title>pid {} ({}) listening {}{}</title></rect>",
-            y + 12,
-            t.pid,
-            esc(&t.comm),
-            (x1 - x0).max(2.0),
-            t.pid,
-            esc(&t.comm),
-            t.since.map_or("before the recording".to_owned(), |s| format!("from {}", ts(s))),
-            t.until.map_or(" to the end".to_owned(), |u| format!(" to {}", ts(u))),
-        );
-        if let Some(u) = t.until {
-            let xu = x(u);
-            let _ = write!(
-                s,
-                "<line class=\"rel\" x1=\"{xu:.1}\" y1=\"10\" x2=\"{xu:.1}\" y2=\"{}\"><title>released by pid {} at {}</title></line>",
-                height - 20,
-                t.closed_by.unwrap_or(t.pid),
-                ts(u)
-            );
-        }
-        y += 24;
+        tenure_row(&mut s, &scale, t, y, height);
+        y += Scale::ROW;
     }
     for r in &p.runs {
-        let (x0, x1) = (x(r.first), x(r.last));
-        let _ = write!(
-            s,
-            "<text class=\"lbl\" x=\"4\" y=\"{}\">pid {} {} {} x{}</text><rect class=\"fail\" x=\"{x0:.1}\" y=\"{}\" width=\"{:.1}\" height=\"8\"><title>pid {} ({}) {} {} x{} from {} to {}</title></rect><rect class=\"fail\" x=\"{x0:.1}\" y=\"{y}\" width=\"3\" height=\"16\"/><rect class=\"fail\" x=\"{:.1}\" y=\"{y}\" width=\"3\" height=\"16\"/>",
-            y + 12,
-            r.pid,
-            esc(&r.comm),
-            esc(&r.errno),
-            r.count,
-            y + 4,
-            (x1 - x0).max(3.0),
-            r.pid,
-            esc(&r.comm),
-            esc(&r.syscall),
-            esc(&r.errno),
-            r.count,
-            ts(r.first),
-            ts(r.last),
-            (x1 - 3.0).max(x0),
-        );
-        y += 24;
+        run_row(&mut s, &scale, r, y);
+        y += Scale::ROW;
     }
     if let (Some(f), Some(l)) = (p.time_wait.first, p.time_wait.last) {
-        let (x0, x1) = (x(f), x(l));
+        let (x0, x1) = (scale.x(f), scale.x(l));
         let _ = write!(
             s,
             "<text class=\"lbl\" x=\"4\" y=\"{}\">TIME_WAIT x{}</text><rect class=\"tw\" x=\"{x0:.1}\" y=\"{}\" width=\"{:.1}\" height=\"8\"/>",
@@ -307,18 +285,72 @@ fn svg(p: &PortStory) -> String {
             y + 4,
             (x1 - x0).max(3.0)
         );
-        y += 24;
+        y += Scale::ROW;
     }
     let _ = write!(
         s,
-        "<text class=\"axis\" x=\"{left}\" y=\"{}\">{}</text><text class=\"axis\" x=\"{}\" y=\"{}\" text-anchor=\"end\">+{}</text></svg>",
+        "<text class=\"axis\" x=\"{}\" y=\"{}\">{}</text><text class=\"axis\" x=\"{}\" y=\"{}\" text-anchor=\"end\">+{}</text></svg>",
+        Scale::LEFT,
         y + 14,
-        esc(&ts(start)),
-        left + width,
+        esc(&ts(p.start)),
+        Scale::LEFT + Scale::WIDTH,
         y + 14,
-        esc(&secs(p.end.duration_since(start).unwrap_or_default()))
+        esc(&secs(p.end.duration_since(p.start).unwrap_or_default()))
     );
     s
+}
+
+/// A listener's bar, from its listen (or the left edge) to its close (or
+/// the right edge), and the release line across all rows.
+fn tenure_row(s: &mut String, scale: &Scale, t: &Tenure, y: usize, height: usize) {
+    let x0 = t.since.map_or(Scale::LEFT, |since| scale.x(since));
+    let x1 = t.until.map_or(Scale::LEFT + Scale::WIDTH, |u| scale.x(u));
+    let _ = write!(
+        s,
+        "<text class=\"lbl\" x=\"4\" y=\"{}\">pid {} {} listening</text><rect class=\"hold\" x=\"{x0:.1}\" y=\"{y}\" width=\"{:.1}\" height=\"16\"><title>pid {} ({}) listening {}{}</title></rect>",
+        y + 12,
+        t.pid,
+        esc(&t.comm),
+        (x1 - x0).max(2.0),
+        t.pid,
+        esc(&t.comm),
+        t.since.map_or("before the recording".to_owned(), |s| format!("from {}", ts(s))),
+        t.until.map_or(" to the end".to_owned(), |u| format!(" to {}", ts(u))),
+    );
+    if let Some(u) = t.until {
+        let xu = scale.x(u);
+        let _ = write!(
+            s,
+            "<line class=\"rel\" x1=\"{xu:.1}\" y1=\"10\" x2=\"{xu:.1}\" y2=\"{}\"><title>released by pid {} at {}</title></line>",
+            height - 20,
+            t.closed_by.unwrap_or(t.pid),
+            ts(u)
+        );
+    }
+}
+
+/// A failure run's bar, first to last failure, with a tick at each end.
+fn run_row(s: &mut String, scale: &Scale, r: &Run, y: usize) {
+    let (x0, x1) = (scale.x(r.first), scale.x(r.last));
+    let _ = write!(
+        s,
+        "<text class=\"lbl\" x=\"4\" y=\"{}\">pid {} {} {} x{}</text><rect class=\"fail\" x=\"{x0:.1}\" y=\"{}\" width=\"{:.1}\" height=\"8\"><title>pid {} ({}) {} {} x{} from {} to {}</title></rect><rect class=\"fail\" x=\"{x0:.1}\" y=\"{y}\" width=\"3\" height=\"16\"/><rect class=\"fail\" x=\"{:.1}\" y=\"{y}\" width=\"3\" height=\"16\"/>",
+        y + 12,
+        r.pid,
+        esc(&r.comm),
+        esc(&r.errno),
+        r.count,
+        y + 4,
+        (x1 - x0).max(3.0),
+        r.pid,
+        esc(&r.comm),
+        esc(&r.syscall),
+        esc(&r.errno),
+        r.count,
+        ts(r.first),
+        ts(r.last),
+        (x1 - 3.0).max(x0),
+    );
 }
 
 fn html_table(s: &mut String, title: &str, t: &Tally) {
@@ -345,7 +377,7 @@ pub fn html(a: &Analysis, st: &ReadStats) -> String {
     if let (Some(f), Some(l)) = (a.first, a.last) {
         let _ = write!(
             s,
-            "<p>JournalStats from {} to {}: {} failure(s) on {} port(s).</p>",
+            "<p>Recorded from {} to {}: {} failure(s) on {} port(s).</p>",
             esc(&ts(f)),
             esc(&ts(l)),
             a.failures,
@@ -365,7 +397,7 @@ pub fn html(a: &Analysis, st: &ReadStats) -> String {
             let _ = write!(
                 s,
                 "<div class=\"pattern\"><b>{}</b>: {}</div>",
-                esc(pat.kind),
+                esc(pat.kind.name()),
                 esc(&pat.text)
             );
         }
