@@ -539,6 +539,12 @@ mod tests {
         holders::{Seen, State},
     };
 
+    /// The sample failure as a journal line.
+    const SAMPLE_LINE: &str = concat!(
+        r#"{"ts":"2027-01-15T08:00:01.000000000Z","pid":4242,"tid":4243,"ppid":1,"uid":33,"gid":34,"comm":"nginx","cgroup_id":77,"syscall":"bind","errno":"EADDRINUSE","ret":-98,"proto":"tcp","family":"ipv6","addr":"fe80::1","port":8080,"netns":4026531840,"fd":6,"ifindex":null,"opts":{"reuseaddr":true,"reuseport":false,"v6only":false,"freebind":false,"transparent":false,"bind_address_no_port":false},"folded":3,"source":"tracepoint","holders":[{"pid":100,"comm":"old\u001b[2J","cmdline":"old --serve <script>","uid":33,"state":"LISTEN","addr":"::","port":8080,"exited":false,"unit":"old.service","container":null,"kernel":null,"pids":[100,101],"sockets":1,"time_left_ms":null,"remote":null,"v6only":false,"reuseaddr":true,"reuseport":null,"cross_family":true,"seen":"kernel_and_sock_diag","socket_unit":null}],"enriched":true,"reason":"listener","diagnosis":"held by \"old\" (pid 100)","fix":"kill 100"}"#,
+        "\n"
+    );
+
     fn event() -> Event {
         Event::decode(&encode(&sample()), Clock::now()).unwrap()
     }
@@ -570,6 +576,35 @@ mod tests {
             }],
             ..Evidence::default()
         }
+    }
+
+    /// The bytes written for a fixed failure: the schema's keys, their
+    /// order and their spelling stay as they are.
+    #[test]
+    fn a_sample_line_is_written_byte_for_byte() {
+        let mut ev = Event::decode(
+            &encode(&sample()),
+            Clock::fixed(std::time::Duration::from_secs(1_800_000_000)),
+        )
+        .unwrap();
+        ev.record = None;
+        ev.addr = "fe80::1".parse().unwrap();
+        ev.family = Family::Ipv6;
+        let verdict = Verdict {
+            reason: Reason::Listener,
+            diagnosis: "held by \"old\" (pid 100)".into(),
+            fix: "kill 100".into(),
+        };
+        let mut out = Vec::new();
+        write(
+            &mut out,
+            &ev,
+            Some(&holders_json(&evidence())),
+            Some(true),
+            Some(&verdict),
+        )
+        .unwrap();
+        assert_eq!(String::from_utf8(out).unwrap(), SAMPLE_LINE);
     }
 
     #[test]
