@@ -13,8 +13,9 @@ use serde::Serialize;
 
 use crate::{
     holders::State,
-    output::json::{HoldersView, LifeKind, Line, LineView, PortLife, RecordView},
+    output::json::{HoldersView, JournalLineView, LifeKind, LineView, PortLife},
     request::Proto,
+    time::{rfc3339, secs},
 };
 
 /// Tenures and runs kept per port (the most recent ones).
@@ -45,24 +46,6 @@ impl Filter {
     }
 }
 
-/// Times in reports: RFC 3339 strings.
-mod time {
-    use std::time::SystemTime;
-
-    use serde::Serializer;
-
-    pub fn one<S: Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(&humantime::format_rfc3339_nanos(*t))
-    }
-
-    pub fn opt<S: Serializer>(t: &Option<SystemTime>, s: S) -> Result<S::Ok, S::Error> {
-        match t {
-            Some(t) => one(t, s),
-            None => s.serialize_none(),
-        }
-    }
-}
-
 /// A process listening on a port, from when to when.
 #[derive(Debug, Clone, Serialize)]
 pub struct Tenure {
@@ -73,13 +56,13 @@ pub struct Tenure {
     /// Its command line, when a failure's holder lookup saw it (untrusted).
     pub cmdline: Option<String>,
     /// When it started listening; None: before the recording shows it.
-    #[serde(serialize_with = "time::opt")]
+    #[serde(serialize_with = "rfc3339::serialize_opt")]
     pub since: Option<SystemTime>,
     /// When it was first seen (its listen, or a failure naming it).
-    #[serde(serialize_with = "time::one")]
+    #[serde(serialize_with = "rfc3339::serialize")]
     pub first_seen: SystemTime,
     /// When its listener closed; None: still open at the end of the journal.
-    #[serde(serialize_with = "time::opt")]
+    #[serde(serialize_with = "rfc3339::serialize_opt")]
     pub until: Option<SystemTime>,
     /// Who closed it (the last process holding the socket).
     pub closed_by: Option<u32>,
@@ -103,10 +86,10 @@ pub struct Run {
     /// Its diagnosis (untrusted strings inside).
     pub diagnosis: Option<String>,
     /// First failure.
-    #[serde(serialize_with = "time::one")]
+    #[serde(serialize_with = "rfc3339::serialize")]
     pub first: SystemTime,
     /// Last failure.
-    #[serde(serialize_with = "time::one")]
+    #[serde(serialize_with = "rfc3339::serialize")]
     pub last: SystemTime,
     /// Failures (folded ones included).
     pub count: u64,
@@ -126,10 +109,10 @@ pub struct TimeWait {
     /// Sockets counted.
     pub count: u64,
     /// First seen.
-    #[serde(serialize_with = "time::opt")]
+    #[serde(serialize_with = "rfc3339::serialize_opt")]
     pub first: Option<SystemTime>,
     /// Last seen.
-    #[serde(serialize_with = "time::opt")]
+    #[serde(serialize_with = "rfc3339::serialize_opt")]
     pub last: Option<SystemTime>,
 }
 
@@ -145,7 +128,7 @@ pub struct Pattern {
     /// The measured gap that matters most (ms), e.g. first failure to release.
     pub gap_ms: Option<f64>,
     /// When the release happened, for an overlap.
-    #[serde(serialize_with = "time::opt")]
+    #[serde(serialize_with = "rfc3339::serialize_opt")]
     pub released: Option<SystemTime>,
 }
 
@@ -169,10 +152,10 @@ pub struct PortStory {
     /// Patterns recognised.
     pub patterns: Vec<Pattern>,
     /// First and last thing recorded on it.
-    #[serde(serialize_with = "time::one")]
+    #[serde(serialize_with = "rfc3339::serialize")]
     pub start: SystemTime,
     /// Last thing recorded on it.
-    #[serde(serialize_with = "time::one")]
+    #[serde(serialize_with = "rfc3339::serialize")]
     pub end: SystemTime,
 }
 
@@ -203,10 +186,10 @@ impl Tally {
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Analysis {
     /// First thing recorded.
-    #[serde(serialize_with = "time::opt")]
+    #[serde(serialize_with = "rfc3339::serialize_opt")]
     pub first: Option<SystemTime>,
     /// Last thing recorded.
-    #[serde(serialize_with = "time::opt")]
+    #[serde(serialize_with = "rfc3339::serialize_opt")]
     pub last: Option<SystemTime>,
     /// Failures in all.
     pub failures: u64,
@@ -271,16 +254,6 @@ impl Analysis {
         self.last = Some(self.last.map_or(ts, |l| l.max(ts)));
     }
 
-    /// Takes one journal line; returns false when the filter drops it.
-    pub fn add(&mut self, line: Line, filter: &Filter) -> bool {
-        match line {
-            Line::Event(r) => self.add_view(LineView::Event(RecordView::of(&r)), filter),
-            Line::Port(p) => self.add_view(LineView::Port(p), filter),
-            Line::Repeat(r) => self.add_view(LineView::Repeat(r), filter),
-            Line::Notice => true,
-        }
-    }
-
     /// Takes one journal line as read (borrowed); returns false when the
     /// filter drops it.
     pub fn add_view(&mut self, line: LineView<'_>, filter: &Filter) -> bool {
@@ -332,7 +305,7 @@ impl Analysis {
         self.by_reason.add(&reason, r.count);
     }
 
-    fn event(&mut self, r: &RecordView<'_>) {
+    fn event(&mut self, r: &JournalLineView<'_>) {
         self.seen(r.ts);
         if r.ret == 0 {
             self.successes += 1;
@@ -548,15 +521,6 @@ impl PortStory {
                 socket: None,
             }),
         }
-    }
-}
-
-/// `1.234 s` / `12 ms`.
-pub fn secs(d: Duration) -> String {
-    if d < Duration::from_secs(1) {
-        format!("{} ms", d.as_millis())
-    } else {
-        format!("{:.3} s", d.as_secs_f64())
     }
 }
 
@@ -776,7 +740,10 @@ mod tests {
     fn analyse_lines(lines: &[String]) -> Analysis {
         let mut a = Analysis::default();
         for l in lines {
-            assert!(a.add(parse_line(l).unwrap(), &Filter::default()), "{l}");
+            assert!(
+                a.add_view(parse_line(l.as_bytes()).unwrap(), &Filter::default()),
+                "{l}"
+            );
         }
         a.finish();
         a
@@ -886,7 +853,7 @@ mod tests {
                 "EADDRINUSE",
                 true,
             );
-            a.add(parse_line(&l).unwrap(), &Filter::default());
+            a.add_view(parse_line(l.as_bytes()).unwrap(), &Filter::default());
         }
         let s = &a.ports[&9];
         assert_eq!(s.runs.len(), KEEP);

@@ -199,7 +199,7 @@ mod tests {
     use std::io::Write as _;
 
     use super::*;
-    use crate::output::json::RecordView;
+    use crate::output::json::JournalLineView;
 
     const EVENT: &str = r#"{"ts":"2026-11-24T18:07:56.307967050Z","pid":912,"tid":912,"ppid":1,"uid":0,"gid":0,"comm":"nginx","cgroup_id":1,"syscall":"bind","errno":"EADDRINUSE","ret":-98,"proto":"tcp","family":"ipv4","addr":"127.0.0.1","port":8080,"netns":4026531840,"fd":6,"ifindex":null,"opts":{"reuseaddr":true,"reuseport":false,"v6only":false,"freebind":false,"transparent":false,"bind_address_no_port":false},"folded":0,"source":"tracepoint"}"#;
     const PORT: &str = r#"{"type":"port","ts":"2026-11-24T18:07:57Z","event":"closed","port":8080,"proto":"tcp","family":"ipv4","addr":"127.0.0.1","netns":4026531840,"pid":911,"comm":"nginx","holder_pid":911,"socket":7}"#;
@@ -216,7 +216,7 @@ mod tests {
 
     fn describe(line: &LineView<'_>) -> String {
         match line {
-            LineView::Event(RecordView {
+            LineView::Event(JournalLineView {
                 pid, port, comm, ..
             }) => format!("event {pid} {port} {comm}"),
             other => format!("{other:?}"),

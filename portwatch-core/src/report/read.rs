@@ -223,7 +223,7 @@ pub(super) fn outcome(bytes: &[u8], last: bool) -> Outcome<'_> {
     }
     // Borrowed straight from the buffer; from_slice checks that the
     // strings it reads are UTF-8.
-    match json::parse_line_view(bytes) {
+    match json::parse_line(bytes) {
         Ok(line) => Outcome::Line(line),
         Err(_) => Outcome::Bad { last },
     }
@@ -318,7 +318,7 @@ mod tests {
 
     #[test]
     fn the_sample_event_parses() {
-        json::parse_line(EVENT).unwrap();
+        json::parse_line(EVENT.as_bytes()).unwrap();
     }
 
     #[test]
