@@ -1,6 +1,6 @@
 //! How times are written, once for every output: timestamps as RFC 3339
-//! ([`rfc3339`], the JSON of journals, `watch --json` and reports) and
-//! durations for people ([`secs`], diagnoses and report texts).
+//! (`rfc3339`, the JSON of journals, `watch --json` and reports) and
+//! durations for people (`secs`, diagnoses and report texts).
 
 use std::time::Duration;
 
