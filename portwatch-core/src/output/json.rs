@@ -124,14 +124,14 @@ pub enum PortTag {
 /// The prefix every [`PortLife`] line starts with.
 pub const PORT_LINE_PREFIX: &str = "{\"type\":\"port\"";
 
-/// One failure line as `report` reads it, which reads millions of them:
-/// borrowed from the line (a `Cow` owns only when the JSON escapes
-/// something), timestamps parsed cheaply, and inside `holders` only what
-/// the report uses (the other holder keys are skipped unbuffered). serde's
-/// `flatten` would buffer the whole object first, hence the event's keys
+/// One failure line as `report` reads it (millions of them): borrowed from
+/// the line (a `Cow` owns only when the JSON escapes something), and inside
+/// `holders` only what the report uses (the other holder keys are skipped
+/// unbuffered). serde's `flatten` over a borrowed [`Event`] would buffer
+/// the whole object first (several times slower), hence the event's keys
 /// listed again here; a test reads back, field for field, what
-/// [`JournalLine`] writes, and checks that a line missing any key is
-/// refused here exactly when [`Event`] refuses it.
+/// [`JournalLine`] writes, and checks that a line missing a key or with a
+/// key of the wrong type is refused here exactly when [`Event`] refuses it.
 ///
 /// The event's keys are checked and typed as [`Event`] reads them; the
 /// holders' unused keys are not checked; a verdict key of the wrong type
