@@ -221,8 +221,8 @@ pub(super) fn outcome(bytes: &[u8], last: bool) -> Outcome<'_> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Outcome::Blank;
     }
-    // Borrowed straight from the buffer; from_slice checks that the
-    // strings it reads are UTF-8.
+    // Borrowed straight from the buffer; parse_line checks that the line
+    // is UTF-8.
     match json::parse_line(bytes) {
         Ok(line) => Outcome::Line(line),
         Err(_) => Outcome::Bad { last },
