@@ -62,7 +62,7 @@ impl TryFrom<u8> for Source {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Event {
     /// Wall-clock time of the return.
-    #[serde(with = "crate::output::json::rfc3339")]
+    #[serde(with = "crate::time::rfc3339")]
     pub ts: SystemTime,
     /// Process id.
     pub pid: u32,

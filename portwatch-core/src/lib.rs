@@ -26,3 +26,5 @@ pub mod output;
 pub mod report;
 /// What a caller asked for: the request, and the vocabulary of calls.
 pub mod request;
+/// How times are written: RFC 3339 timestamps, durations for people.
+pub mod time;

@@ -8,10 +8,7 @@
 mod advice;
 mod rules;
 
-use std::{
-    net::{IpAddr, SocketAddr},
-    time::Duration,
-};
+use std::net::{IpAddr, SocketAddr};
 
 use serde::{Deserialize, Serialize};
 
@@ -55,6 +52,49 @@ pub enum Reason {
     Unknown,
 }
 
+// Written out by hand: serde's renames stay the source of truth for the
+// names, and a test checks this table against them for every reason.
+impl Reason {
+    /// Every reason, in declaration order.
+    pub const ALL: [Reason; 12] = [
+        Reason::Listener,
+        Reason::TimeWait,
+        Reason::BoundNotListening,
+        Reason::ReuseportMismatch,
+        Reason::ListenConflict,
+        Reason::DualStack,
+        Reason::Connection,
+        Reason::EphemeralExhausted,
+        Reason::EphemeralPort,
+        Reason::PrivilegedPort,
+        Reason::AddrNotLocal,
+        Reason::Unknown,
+    ];
+
+    /// The reason code as written in JSON, journald fields and texts.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Reason::Listener => "listener",
+            Reason::TimeWait => "time_wait",
+            Reason::BoundNotListening => "bound_not_listening",
+            Reason::ReuseportMismatch => "reuseport_mismatch",
+            Reason::ListenConflict => "listen_conflict",
+            Reason::DualStack => "dual_stack",
+            Reason::Connection => "connection",
+            Reason::EphemeralExhausted => "ephemeral_exhausted",
+            Reason::EphemeralPort => "ephemeral_port",
+            Reason::PrivilegedPort => "privileged_port",
+            Reason::AddrNotLocal => "addr_not_local",
+            Reason::Unknown => "unknown",
+        }
+    }
+
+    /// The reason whose code is `name`.
+    pub fn from_name(name: &str) -> Option<Reason> {
+        Reason::ALL.into_iter().find(|r| r.as_str() == name)
+    }
+}
+
 /// The verdict on one failure.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Verdict {
@@ -92,10 +132,6 @@ fn capital(s: &str) -> String {
         Some(f) => f.to_uppercase().chain(c).collect(),
         None => String::new(),
     }
-}
-
-fn secs(ms: u64) -> String {
-    humantime::format_duration(Duration::from_secs(ms.div_ceil(1000))).to_string()
 }
 
 #[cfg(test)]

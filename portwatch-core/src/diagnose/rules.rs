@@ -2,13 +2,16 @@
 //! what was seen fits it. [`decide`] tries them in order; the first that
 //! fits decides, and `unknown` speaks when none does.
 
+use std::time::Duration;
+
 use super::{
     advice::{lead, named, relation, stop, v6only_on, Relation, REUSEPORT_CAVEAT},
-    capital, secs, socket_addr, Reason, Verdict,
+    capital, socket_addr, Reason, Verdict,
 };
 use crate::{
     holders::{Evidence, Holder, State},
     request::{Errno, Family, Opts, Request, Syscall},
+    time::secs,
 };
 
 /// What every rule looks at: the request, the evidence, and what is
@@ -229,7 +232,11 @@ fn time_wait(c: &Case) -> Option<Verdict> {
     // The kernel lets a bind through TIME_WAIT leftovers only when both
     // the new socket and the socket that left them set SO_REUSEADDR
     // (a leftover keeps its socket's setting; measured on 6.18).
-    let left = tw.time_left_ms.map(secs).unwrap_or_else(|| "?".into());
+    // Whole seconds, rounded up: "retry in" must not be too short.
+    let left = tw
+        .time_left_ms
+        .map(|ms| secs(Duration::from_secs(ms.div_ceil(1000))))
+        .unwrap_or_else(|| "?".into());
     let closed = c.seen.holders.iter().find(|h| h.state == State::Closed);
     let by = closed
         .map(|h| format!(", left by {}", h.who()))

@@ -205,7 +205,7 @@ fn time_wait_says_how_long_and_who_lacks_reuseaddr() {
     req.opts = Some(Default::default());
     let v = diagnose(&req, &with(vec![tw.clone()]));
     assert_eq!(v.reason, Reason::TimeWait);
-    assert!(v.diagnosis.contains("42s"), "{}", v.diagnosis);
+    assert!(v.diagnosis.contains("42 s"), "{}", v.diagnosis);
     assert!(v.diagnosis.contains("3 TIME_WAIT"), "{}", v.diagnosis);
     assert!(v.fix.contains("SO_REUSEADDR"));
     // SO_REUSEADDR on the new socket only: the old one lacked it.
@@ -216,7 +216,7 @@ fn time_wait_says_how_long_and_who_lacks_reuseaddr() {
     let v = diagnose(&req, &with(vec![tw.clone()]));
     assert_eq!(v.reason, Reason::TimeWait);
     assert!(v.diagnosis.contains("did not"), "{}", v.diagnosis);
-    assert!(v.fix.starts_with("retry in 42s"), "{}", v.fix);
+    assert!(v.fix.starts_with("retry in 42 s"), "{}", v.fix);
     // The kernel's record says the old socket lacked it too.
     let mut old = holder(State::Closed);
     old.reuseaddr = Some(false);
@@ -798,4 +798,25 @@ fn nothing_seen_is_unknown_with_the_evidence() {
     assert!(diagnose(&event(98, 8080), &blind)
         .diagnosis
         .contains("namespace is gone"));
+}
+
+/// [`Reason::ALL`] and [`Reason::as_str`] against serde's own list of the
+/// names (its error for an unknown one names them all, in order): a reason
+/// added to the enum and missing from `ALL` fails here, and `as_str`, a
+/// match without wildcard, does not compile without it.
+#[test]
+fn every_reason_is_listed_and_named_as_serde_names_it() {
+    let err = serde_json::from_str::<Reason>("\"?\"")
+        .unwrap_err()
+        .to_string();
+    let (_, listed) = err.split_once("expected one of").unwrap();
+    let serde_names: Vec<&str> = listed.split('`').skip(1).step_by(2).collect();
+    let ours: Vec<&str> = Reason::ALL.iter().map(|r| r.as_str()).collect();
+    assert_eq!(ours, serde_names, "{err}");
+    for r in Reason::ALL {
+        assert_eq!(serde_json::to_value(r).unwrap(), r.as_str(), "{r:?}");
+        assert_eq!(Reason::from_name(r.as_str()), Some(r));
+    }
+    assert_eq!(Reason::from_name("Listener"), None);
+    assert_eq!(Reason::from_name(""), None);
 }

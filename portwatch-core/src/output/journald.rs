@@ -101,8 +101,7 @@ pub fn entry(
     f("PORTWATCH_UID", &ev.uid.to_string());
     f("PORTWATCH_COMM", &ev.comm);
     if let Some((e, v)) = found {
-        let reason = serde_json::to_value(v.reason).unwrap_or_default();
-        f("PORTWATCH_REASON", reason.as_str().unwrap_or("unknown"));
+        f("PORTWATCH_REASON", v.reason.as_str());
         f("PORTWATCH_DIAGNOSIS", &v.diagnosis);
         f("PORTWATCH_FIX", &v.fix);
         if let Some(h) = e.holders.first() {

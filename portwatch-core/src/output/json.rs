@@ -1,7 +1,10 @@
-//! The NDJSON schema, in one place: what `watch --json` writes (one object
-//! per failure: the event's keys, `holders`, `reason`, `diagnosis`, `fix`),
-//! and what `report` reads back. Both directions go through the same types,
-//! so the README's schema cannot drift between writer and reader.
+//! The NDJSON schema, in one place: what `watch --json` and `--record`
+//! write for each call ([`JournalLine`]: the event's keys, `holders`,
+//! `enriched`, `reason`, `diagnosis`, `fix`), the port life lines beside
+//! them ([`PortLife`]), and how `report` reads every line back
+//! ([`parse_line`], failures as the borrowed [`JournalLineView`]). The view
+//! is tested to read back, field for field, what [`JournalLine`] writes, so
+//! the README's schema cannot drift between writer and reader.
 
 use std::{
     borrow::Cow,
@@ -18,98 +21,36 @@ use serde_json::value::RawValue;
 use crate::{
     diagnose::{Reason, Verdict},
     event::{Event, Source},
-    holders::{Evidence, Holder, State},
+    holders::{Evidence, State},
     request::{Errno, Family, Opts, Proto, Syscall, MAX_ERRNO},
+    time::rfc3339,
 };
 
-/// Timestamps as RFC 3339 with nanoseconds, UTC (`2026-11-24T18:07:56.307967050Z`).
-pub mod rfc3339 {
-    use std::time::SystemTime;
-
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    /// Writes `t`.
-    pub fn serialize<S: Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(&humantime::format_rfc3339_nanos(*t))
-    }
-
-    /// Reads what [`serialize`] wrote (any RFC 3339 time in UTC).
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SystemTime, D::Error> {
-        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
-        humantime::parse_rfc3339_weak(&s).map_err(serde::de::Error::custom)
-    }
-}
-
-/// One failure as written: the event, and what enrichment found. The
-/// holders come pre-rendered, since a storm shares one rendering.
-#[derive(Serialize)]
-struct RecordOut<'a> {
+/// One call as written, one line: the event's keys, then what enrichment
+/// found. The holders come pre-rendered ([`holders_json`]), since a storm
+/// shares one rendering.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct JournalLine<'a> {
+    /// The captured call (its keys inline).
     #[serde(flatten)]
-    event: &'a Event,
+    pub event: &'a Event,
+    /// `holders`: the verdict's evidence, when holders were looked up.
     #[serde(skip_serializing_if = "Option::is_none")]
-    holders: Option<&'a RawValue>,
+    pub holders: Option<&'a RawValue>,
+    /// `enriched`: false when the holders are the kernel's record alone
+    /// (the lookup was shed or timed out: see [`Evidence::shed`]).
     #[serde(skip_serializing_if = "Option::is_none")]
-    enriched: Option<bool>,
-    #[serde(flatten, skip_serializing_if = "Option::is_none")]
-    verdict: Option<&'a Verdict>,
-}
-
-/// One failure as read back.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Record {
-    /// The captured call.
-    #[serde(flatten)]
-    pub event: Event,
-    /// What held the port, when holders were looked up.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub holders: Option<Vec<Holder>>,
-    /// False when the holders are the kernel's record alone: the lookup was
-    /// shed (failures came faster than lookups) or timed out.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub enriched: Option<bool>,
-    /// Reason, diagnosis and fix, when holders were looked up.
+    /// `reason`, `diagnosis` and `fix`, when holders were looked up.
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
-    pub verdict: Option<Verdict>,
+    pub verdict: Option<&'a Verdict>,
 }
 
-impl Record {
-    /// Parses one NDJSON line.
-    pub fn parse(line: &str) -> serde_json::Result<Self> {
-        serde_json::from_str(line)
-    }
-
-    /// Parses one NDJSON line like [`Record::parse`], several times faster:
-    /// serde's `flatten` buffers the whole object before reading it, so
-    /// this reads the line once per part instead (`Event`, `holders`,
-    /// `Verdict`: each part's own derived reader, skipping the other keys).
-    /// Same types, same result (tested against `parse`); for `report`,
-    /// which reads millions of lines.
-    pub fn parse_fast(line: &str) -> serde_json::Result<Self> {
-        #[derive(Deserialize)]
-        struct Holders {
-            #[serde(default)]
-            holders: Option<Vec<Holder>>,
-            #[serde(default)]
-            enriched: Option<bool>,
-        }
-        let event: Event = serde_json::from_str(line)?;
-        let Holders { holders, enriched } = serde_json::from_str::<Holders>(line)?;
-        let verdict = if line.contains("\"reason\"") {
-            serde_json::from_str::<Verdict>(line).ok()
-        } else {
-            None
-        };
-        Ok(Self {
-            event,
-            holders,
-            enriched,
-            verdict,
-        })
-    }
-
-    /// When it happened (shortcut for `event.ts`).
-    pub fn ts(&self) -> SystemTime {
-        self.event.ts
+impl JournalLine<'_> {
+    /// Writes the line and its newline.
+    pub fn write(&self, out: &mut impl Write) -> io::Result<()> {
+        serde_json::to_writer(&mut *out, self)?;
+        out.write_all(b"\n")
     }
 }
 
@@ -117,28 +58,6 @@ impl Record {
 pub fn holders_json(e: &Evidence) -> Box<RawValue> {
     serde_json::value::to_raw_value(&e.holders)
         .unwrap_or_else(|_| RawValue::from_string("[]".into()).expect("valid JSON"))
-}
-
-/// Writes one failure as a line: `holders` is `verdict`'s evidence,
-/// pre-rendered by [`holders_json`]; `enriched` whether that evidence is
-/// more than the kernel's record (see [`Evidence::shed`]).
-pub fn write(
-    out: &mut impl Write,
-    ev: &Event,
-    holders: Option<&RawValue>,
-    enriched: Option<bool>,
-    verdict: Option<&Verdict>,
-) -> io::Result<()> {
-    serde_json::to_writer(
-        &mut *out,
-        &RecordOut {
-            event: ev,
-            holders,
-            enriched,
-            verdict,
-        },
-    )?;
-    out.write_all(b"\n")
 }
 
 /// What happened to a port of interest (`watch --record` journals only).
@@ -205,53 +124,20 @@ pub enum PortTag {
 /// The prefix every [`PortLife`] line starts with.
 pub const PORT_LINE_PREFIX: &str = "{\"type\":\"port\"";
 
-/// One journal line, read back.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Line {
-    /// A failure (or with `--all`, a success), as `watch --json` writes it.
-    Event(Box<Record>),
-    /// A moment in a port's life.
-    Port(PortLife),
-    /// Identical failures folded after the last one shown of their stream
-    /// (the fold tail, journalled at exit).
-    Repeat(crate::fold::Repeat),
-    /// A notice (`{"type":...}`) of a saved `watch --json 2>&1`: not an event.
-    Notice,
-}
-
-/// Parses one journal or `watch --json` line.
-pub fn parse_line(line: &str) -> serde_json::Result<Line> {
-    if line.starts_with(PORT_LINE_PREFIX) {
-        return serde_json::from_str(line).map(Line::Port);
-    }
-    if line.starts_with("{\"type\":\"repeat\"") {
-        return match serde_json::from_str(line)? {
-            super::Notice::Repeat(r) => Ok(Line::Repeat(r)),
-            _ => Ok(Line::Notice),
-        };
-    }
-    if line.starts_with("{\"type\":") {
-        // Notices: checked to be JSON objects, not kept.
-        serde_json::from_str::<serde::de::IgnoredAny>(line)?;
-        return Ok(Line::Notice);
-    }
-    Record::parse_fast(line).map(|r| Line::Event(Box::new(r)))
-}
-
-/// A borrowed view of one failure line, for `report`, which reads millions
-/// of them: the keys the report uses, strings borrowed from the line (a
-/// `Cow` owns only when the JSON escapes something), timestamps parsed
-/// cheaply, and inside `holders` only what the report reads (the other
-/// holder keys are skipped unbuffered). It sits here, next to [`Record`],
-/// and is tested to agree with [`Record::parse`] on written lines, so the
-/// schema cannot drift between the two.
+/// One failure line as `report` reads it (millions of them): borrowed from
+/// the line (a `Cow` owns only when the JSON escapes something), and inside
+/// `holders` only what the report uses (the other holder keys are skipped
+/// unbuffered). serde's `flatten` over a borrowed [`Event`] would buffer
+/// the whole object first (several times slower), hence the event's keys
+/// listed again here; a test reads back, field for field, what
+/// [`JournalLine`] writes, and checks that a line missing a key or with a
+/// key of the wrong type is refused here exactly when [`Event`] refuses it.
 ///
-/// Stricter and looser than [`Record`] only on broken lines: the event's
-/// keys are all checked and typed as in [`Event`], the holders' unused keys
-/// are not; a verdict key of the wrong type makes the line unreadable here,
-/// where [`Record`] drops the verdict.
+/// The event's keys are checked and typed as [`Event`] reads them; the
+/// holders' unused keys are not checked; a verdict key of the wrong type
+/// makes the line unreadable.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-pub struct RecordView<'a> {
+pub struct JournalLineView<'a> {
     /// When it happened.
     #[serde(deserialize_with = "rfc3339::deserialize")]
     pub ts: SystemTime,
@@ -424,111 +310,57 @@ fn errno_view<'de, D: serde::Deserializer<'de>>(
         .map_err(serde::de::Error::custom)
 }
 
-impl<'a> RecordView<'a> {
-    /// Parses one NDJSON failure line, borrowing from it.
-    pub fn parse(line: &'a [u8]) -> serde_json::Result<Self> {
-        // One UTF-8 check of the whole line is cheaper than serde_json's
-        // check of each of its ~70 strings (from_slice).
-        let line = std::str::from_utf8(line).map_err(serde::de::Error::custom)?;
-        serde_json::from_str(line)
-    }
-
-    /// The view of a parsed [`Record`] (the same thing as [`RecordView::parse`]
-    /// of the line it came from).
-    pub fn of(r: &'a Record) -> Self {
-        let e = &r.event;
-        let v = r.verdict.as_ref();
-        Self {
-            ts: e.ts,
-            pid: e.pid,
-            tid: e.tid,
-            ppid: e.ppid,
-            uid: e.uid,
-            gid: e.gid,
-            comm: Cow::Borrowed(&e.comm),
-            cgroup_id: e.cgroup_id,
-            syscall: e.syscall,
-            errno: e.errno.map(errno_cow),
-            ret: e.ret,
-            proto: e.proto,
-            family: e.family,
-            addr: e.addr,
-            port: e.port,
-            netns: e.netns,
-            fd: e.fd,
-            ifindex: e.ifindex,
-            opts: e.opts,
-            folded: e.folded,
-            source: e.source,
-            holders: r.holders.as_ref().map(|hs| {
-                let mut out = HoldersView::default();
-                for h in hs {
-                    out.push(HolderView {
-                        pid: h.pid,
-                        comm: h.comm.as_deref().map(Cow::Borrowed),
-                        cmdline: h.cmdline.as_deref().map(Cow::Borrowed),
-                        state: h.state,
-                    });
-                }
-                out
-            }),
-            reason: v.map(|v| {
-                Cow::Owned(
-                    serde_json::to_value(v.reason)
-                        .ok()
-                        .and_then(|v| v.as_str().map(str::to_owned))
-                        .unwrap_or_default(),
-                )
-            }),
-            diagnosis: v.map(|v| Cow::Borrowed(v.diagnosis.as_str())),
-            fix: v.map(|v| Cow::Borrowed(v.fix.as_str())),
-        }
-    }
-
+impl JournalLineView<'_> {
     /// The verdict's reason code and diagnosis, when the line has a whole
-    /// verdict with a known reason (as [`Record::verdict`] would be `Some`).
-    pub fn verdict(&self) -> Option<(&str, &str)> {
+    /// verdict (`reason`, `diagnosis` and `fix`) with a known reason.
+    pub fn verdict(&self) -> Option<(&'static str, &str)> {
         let (reason, diagnosis, _) = (
             self.reason.as_deref()?,
             self.diagnosis.as_deref()?,
             self.fix.as_deref()?,
         );
-        let known = Reason::deserialize(serde::de::value::BorrowedStrDeserializer::<
-            serde::de::value::Error,
-        >::new(reason))
-        .is_ok();
-        known.then_some((reason, diagnosis))
+        Some((Reason::from_name(reason)?.as_str(), diagnosis))
     }
 }
 
-/// One journal line as `report` reads it: [`Line`], with failures borrowed.
+/// One journal (or saved `watch --json`) line as `report` reads it.
 #[expect(
     clippy::large_enum_variant,
     reason = "events are nearly every line: boxing them would allocate per line"
 )]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LineView<'a> {
-    /// A failure (or with `--all`, a success).
-    Event(RecordView<'a>),
+    /// A failure (or with `--all`, a success), borrowed from the line.
+    Event(JournalLineView<'a>),
     /// A moment in a port's life.
     Port(PortLife),
-    /// The fold tail.
+    /// Identical failures folded after the last one shown of their stream
+    /// (the fold tail, journalled at exit).
     Repeat(crate::fold::Repeat),
-    /// A notice: not an event.
+    /// A notice (`{"type":...}`) of a saved `watch --json 2>&1`: not an event.
     Notice,
 }
 
-/// Parses one journal line like [`parse_line`], borrowing from it.
-pub fn parse_line_view(line: &[u8]) -> serde_json::Result<LineView<'_>> {
-    if line.starts_with(b"{\"type\":") {
-        let s = std::str::from_utf8(line).map_err(|_| serde::de::Error::custom("not UTF-8"))?;
-        return Ok(match parse_line(s)? {
-            Line::Port(p) => LineView::Port(p),
-            Line::Repeat(r) => LineView::Repeat(r),
-            Line::Event(_) | Line::Notice => LineView::Notice,
-        });
+/// Parses one journal or `watch --json` line, borrowing from it.
+pub fn parse_line(line: &[u8]) -> serde_json::Result<LineView<'_>> {
+    // One UTF-8 check of the whole line is cheaper than serde_json's
+    // check of each of its ~70 strings (from_slice).
+    let line = std::str::from_utf8(line).map_err(serde::de::Error::custom)?;
+    if !line.starts_with("{\"type\":") {
+        return serde_json::from_str(line).map(LineView::Event);
     }
-    RecordView::parse(line).map(LineView::Event)
+    if line.starts_with(PORT_LINE_PREFIX) {
+        return serde_json::from_str(line).map(LineView::Port);
+    }
+    if line.starts_with("{\"type\":\"repeat\"") {
+        return match serde_json::from_str(line)? {
+            super::Notice::Repeat(r) => Ok(LineView::Repeat(r)),
+            _ => Ok(LineView::Notice),
+        };
+    }
+    // Notices: checked to be JSON objects, not kept.
+    serde_json::from_str::<serde::de::IgnoredAny>(line)?;
+    Ok(LineView::Notice)
 }
 
 #[cfg(test)]
@@ -536,13 +368,23 @@ mod tests {
     use super::*;
     use crate::{
         clock::Clock,
-        diagnose::diagnose,
         event::fixtures::{encode, sample},
-        holders::{Seen, State},
+        fold::Repeat,
+        holders::{Holder, Seen, State},
+        output::Notice,
     };
 
+    /// The sample failure as a journal line.
+    const SAMPLE_LINE: &str = concat!(
+        r#"{"ts":"2027-01-15T08:00:01.000000000Z","pid":4242,"tid":4243,"ppid":1,"uid":33,"gid":34,"comm":"nginx","cgroup_id":77,"syscall":"bind","errno":"EADDRINUSE","ret":-98,"proto":"tcp","family":"ipv6","addr":"fe80::1","port":8080,"netns":4026531840,"fd":6,"ifindex":null,"opts":{"reuseaddr":true,"reuseport":false,"v6only":false,"freebind":false,"transparent":false,"bind_address_no_port":false},"folded":3,"source":"tracepoint","holders":[{"pid":100,"comm":"old\u001b[2J","cmdline":"old --serve <script>","uid":33,"state":"LISTEN","addr":"::","port":8080,"exited":false,"unit":"old.service","container":null,"kernel":null,"pids":[100,101],"sockets":1,"time_left_ms":null,"remote":null,"v6only":false,"reuseaddr":true,"reuseport":null,"cross_family":true,"seen":"kernel_and_sock_diag","socket_unit":null}],"enriched":true,"reason":"listener","diagnosis":"held by \"old\" (pid 100)","fix":"kill 100"}"#,
+        "\n"
+    );
+
     fn event() -> Event {
-        Event::decode(&encode(&sample()), Clock::now()).unwrap()
+        let mut ev = Event::decode(&encode(&sample()), Clock::now()).unwrap();
+        // The kernel's record is reported through `holders`, not as itself.
+        ev.holder_record = None;
+        ev
     }
 
     fn evidence() -> Evidence {
@@ -574,10 +416,141 @@ mod tests {
         }
     }
 
+    /// `evidence()` and a TIME_WAIT holder (no pid, comm or cmdline).
+    fn two_holders() -> Evidence {
+        let mut e = evidence();
+        let mut tw = e.holders[0].clone();
+        tw.pid = None;
+        tw.comm = None;
+        tw.cmdline = None;
+        tw.state = State::TimeWait;
+        tw.time_left_ms = Some(41_200);
+        e.holders.push(tw);
+        e
+    }
+
+    fn write(ev: &Event, e: Option<&Evidence>, verdict: Option<&Verdict>) -> Vec<u8> {
+        let holders = e.map(holders_json);
+        let mut out = Vec::new();
+        JournalLine {
+            event: ev,
+            holders: holders.as_deref(),
+            enriched: e.map(|e| !e.shed),
+            verdict,
+        }
+        .write(&mut out)
+        .unwrap();
+        assert_eq!(out.pop(), Some(b'\n'));
+        out
+    }
+
+    fn view(line: &[u8]) -> JournalLineView<'_> {
+        match parse_line(line) {
+            Ok(LineView::Event(v)) => v,
+            other => panic!("{other:?}: {}", String::from_utf8_lossy(line)),
+        }
+    }
+
+    /// What the view of a line written from these parts must read: every
+    /// key of [`Event`] (taken apart without `..`, so a key added to the
+    /// event does not compile here until the view has it too), what the
+    /// report uses of each holder, and the verdict.
+    fn expected<'a>(
+        ev: &'a Event,
+        holders: Option<&'a [Holder]>,
+        verdict: Option<&'a Verdict>,
+    ) -> JournalLineView<'a> {
+        let Event {
+            ts,
+            pid,
+            tid,
+            ppid,
+            uid,
+            gid,
+            comm,
+            cgroup_id,
+            syscall,
+            errno,
+            ret,
+            proto,
+            family,
+            addr,
+            port,
+            netns,
+            fd,
+            ifindex,
+            opts,
+            folded,
+            source,
+            holder_record: _,
+        } = ev;
+        JournalLineView {
+            ts: *ts,
+            pid: *pid,
+            tid: *tid,
+            ppid: *ppid,
+            uid: *uid,
+            gid: *gid,
+            comm: Cow::Borrowed(comm),
+            cgroup_id: *cgroup_id,
+            syscall: *syscall,
+            errno: errno.map(|e| Cow::Owned(e.name())),
+            ret: *ret,
+            proto: *proto,
+            family: *family,
+            addr: *addr,
+            port: *port,
+            netns: *netns,
+            fd: *fd,
+            ifindex: *ifindex,
+            opts: *opts,
+            folded: *folded,
+            source: *source,
+            holders: holders.map(|hs| {
+                let mut out = HoldersView::default();
+                for h in hs {
+                    out.push(HolderView {
+                        pid: h.pid,
+                        comm: h.comm.as_deref().map(Cow::Borrowed),
+                        cmdline: h.cmdline.as_deref().map(Cow::Borrowed),
+                        state: h.state,
+                    });
+                }
+                out
+            }),
+            reason: verdict.map(|v| Cow::Borrowed(v.reason.as_str())),
+            diagnosis: verdict.map(|v| Cow::Borrowed(v.diagnosis.as_str())),
+            fix: verdict.map(|v| Cow::Borrowed(v.fix.as_str())),
+        }
+    }
+
+    /// The bytes written for a fixed failure: the schema's keys, their
+    /// order and their spelling stay as they are.
+    #[test]
+    fn a_sample_line_is_written_byte_for_byte() {
+        let mut ev = Event::decode(
+            &encode(&sample()),
+            Clock::fixed(std::time::Duration::from_secs(1_800_000_000)),
+        )
+        .unwrap();
+        ev.holder_record = None;
+        ev.addr = "fe80::1".parse().unwrap();
+        ev.family = Family::Ipv6;
+        let verdict = Verdict {
+            reason: Reason::Listener,
+            diagnosis: "held by \"old\" (pid 100)".into(),
+            fix: "kill 100".into(),
+        };
+        let mut e = evidence();
+        e.shed = false;
+        let mut line = write(&ev, Some(&e), Some(&verdict));
+        line.push(b'\n');
+        assert_eq!(String::from_utf8(line).unwrap(), SAMPLE_LINE);
+    }
+
     #[test]
     fn json_has_the_documented_keys() {
-        let mut out = Vec::new();
-        write(&mut out, &event(), None, None, None).unwrap();
+        let out = write(&event(), None, None);
         let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
         for key in [
             "ts",
@@ -609,205 +582,209 @@ mod tests {
         assert_eq!(v["opts"]["reuseaddr"], true);
         assert_eq!(v["opts"]["bind_address_no_port"], false);
         assert!(v["ts"].as_str().unwrap().ends_with('Z'));
-        assert_eq!(out.iter().filter(|&&b| b == b'\n').count(), 1);
+        assert!(!out.contains(&b'\n'));
     }
 
+    /// What [`JournalLine`] writes, the view reads back field for field, and
+    /// [`Event`] reads back whole: IPv4 and IPv6, escaped strings, a
+    /// success, without enrichment, and with two holders and every reason.
     #[test]
-    fn what_is_written_reads_back_the_same() {
-        let mut ev = event();
-        // The kernel's record is reported through `holders`, not as itself.
-        ev.holder_record = None;
-        let e = evidence();
-        let verdict = diagnose(&ev.request(), &e);
-        let mut out = Vec::new();
-        write(
-            &mut out,
-            &ev,
-            Some(&holders_json(&e)),
-            Some(true),
-            Some(&verdict),
-        )
-        .unwrap();
-        let line = std::str::from_utf8(&out).unwrap().trim_end();
-        let back = Record::parse(line).unwrap();
-        assert_eq!(Record::parse_fast(line).unwrap(), back);
-        assert_eq!(
-            back,
-            Record {
-                event: ev.clone(),
-                holders: Some(e.holders.clone()),
-                enriched: Some(true),
-                verdict: Some(verdict),
+    fn written_lines_read_back_field_for_field() {
+        let v4 = event();
+        let mut v6 = v4.clone();
+        v6.family = Family::Ipv6;
+        v6.addr = "2001:db8::1".parse().unwrap();
+        v6.comm = "a\"b\\c\u{7f}\u{e9}".into();
+        v6.ifindex = Some(3);
+        let mut success = v4.clone();
+        success.errno = None;
+        success.ret = 0;
+        success.opts = None;
+        success.fd = None;
+        let e = two_holders();
+        let verdicts: Vec<Verdict> = Reason::ALL
+            .into_iter()
+            .map(|reason| Verdict {
+                reason,
+                diagnosis: format!("{} \"held\"\n\u{1b}[2J", reason.as_str()),
+                fix: "kill 100".into(),
+            })
+            .collect();
+        let mut lines = 0;
+        for ev in [&v4, &v6, &success] {
+            let cases =
+                std::iter::once((None, None)).chain(verdicts.iter().map(|v| (Some(&e), Some(v))));
+            for (e, verdict) in cases {
+                let line = write(ev, e, verdict);
+                let text = String::from_utf8_lossy(&line);
+                let view = view(&line);
+                let holders = e.map(|e| e.holders.as_slice());
+                assert_eq!(view, expected(ev, holders, verdict), "{text}");
+                assert_eq!(
+                    view.verdict(),
+                    verdict.map(|v| (v.reason.as_str(), v.diagnosis.as_str())),
+                    "{text}"
+                );
+                assert_eq!(&serde_json::from_slice::<Event>(&line).unwrap(), ev);
+                // Strings are borrowed from the line unless escaped.
+                assert_eq!(
+                    matches!(view.comm, Cow::Borrowed(_)),
+                    ev.comm == "nginx",
+                    "{text}"
+                );
+                if let Some(hs) = &view.holders {
+                    let first = hs.iter().next().unwrap();
+                    assert!(matches!(first.comm, Some(Cow::Owned(_))));
+                    assert!(matches!(first.cmdline, Some(Cow::Borrowed(_))));
+                    assert_eq!(hs.iter().count(), 2);
+                }
+                lines += 1;
             }
-        );
-        // And a line without enrichment (`--no-holders`).
-        let mut out = Vec::new();
-        write(&mut out, &ev, None, None, None).unwrap();
-        let back = Record::parse(std::str::from_utf8(&out).unwrap()).unwrap();
-        assert_eq!((&back.holders, &back.verdict), (&None, &None));
-        assert_eq!(back.event, ev);
-        assert_eq!(
-            Record::parse_fast(std::str::from_utf8(&out).unwrap()).unwrap(),
-            back
-        );
-        // Writing what was read gives the same line.
-        let again = serde_json::to_string(&back).unwrap();
-        assert_eq!(again, std::str::from_utf8(&out).unwrap().trim_end());
+        }
+        assert_eq!(lines, 3 * (1 + Reason::ALL.len()));
+    }
+
+    /// A key missing or of the wrong type: the view refuses the line
+    /// exactly when [`Event`] does, and otherwise reads what `Event` read;
+    /// other spellings of the errno read as [`Errno`] reads them.
+    #[test]
+    fn the_view_refuses_what_event_refuses() {
+        let ev = event();
+        let e = two_holders();
+        let verdict = Verdict {
+            reason: Reason::Listener,
+            diagnosis: "held".into(),
+            fix: "kill 100".into(),
+        };
+        let line = write(&ev, Some(&e), Some(&verdict));
+        let full: serde_json::Value = serde_json::from_slice(&line).unwrap();
+        let mut checked = 0;
+        for key in full.as_object().unwrap().keys() {
+            for wrong in [
+                None,
+                Some(serde_json::json!(true)),
+                Some(serde_json::json!([])),
+            ] {
+                let mut other = full.clone();
+                match &wrong {
+                    None => drop(other.as_object_mut().unwrap().remove(key)),
+                    Some(w) => other[key] = w.clone(),
+                }
+                let other = serde_json::to_string(&other).unwrap();
+                let got = parse_line(other.as_bytes());
+                match key.as_str() {
+                    "holders" if wrong == Some(serde_json::json!([])) => {
+                        assert!(view(other.as_bytes()).holders.unwrap().is_empty())
+                    }
+                    "holders" | "reason" | "diagnosis" | "fix" if wrong.is_some() => {
+                        assert!(got.is_err(), "{key} = {wrong:?}")
+                    }
+                    "holders" => assert_eq!(view(other.as_bytes()).holders, None),
+                    "reason" | "diagnosis" | "fix" => {
+                        assert_eq!(view(other.as_bytes()).verdict(), None, "without {key}")
+                    }
+                    _ => match serde_json::from_str::<Event>(&other) {
+                        Err(_) => assert!(got.is_err(), "{key} = {wrong:?}: {got:?}"),
+                        Ok(back) => assert_eq!(
+                            view(other.as_bytes()),
+                            expected(&back, Some(&e.holders), Some(&verdict)),
+                            "{key} = {wrong:?}"
+                        ),
+                    },
+                }
+                checked += 1;
+            }
+        }
+        assert!(checked > 60, "{checked}");
+        let text = String::from_utf8(line).unwrap();
+        for spelling in [
+            "\"eaddrinuse\"",
+            "98",
+            "\"98\"",
+            "\"E98\"",
+            "\"EFOO\"",
+            "null",
+        ] {
+            let other = text.replace("\"EADDRINUSE\"", spelling);
+            match serde_json::from_str::<Event>(&other) {
+                Ok(back) => {
+                    let v = view(other.as_bytes());
+                    assert_eq!(v, expected(&back, Some(&e.holders), Some(&verdict)));
+                    assert_eq!(v.errno.as_deref(), back.errno.map(|e| e.name()).as_deref());
+                }
+                Err(_) => assert!(parse_line(other.as_bytes()).is_err(), "{other}"),
+            }
+        }
     }
 
     #[test]
-    fn port_life_reads_back_and_is_told_apart() {
+    fn port_life_repeat_and_notice_lines_are_told_apart() {
         let life = PortLife {
             kind_tag: PortTag::Port,
             ts: SystemTime::UNIX_EPOCH + std::time::Duration::from_nanos(1_700_000_000_123_456_789),
             event: LifeKind::Closed,
             port: 8080,
             proto: Proto::Tcp,
-            family: Family::Ipv4,
-            addr: "127.0.0.1".parse().unwrap(),
+            family: Family::Ipv6,
+            addr: "::1".parse().unwrap(),
             netns: 4026531840,
             pid: 808,
-            comm: "nginx".into(),
+            comm: "ng\"inx".into(),
             holder_pid: Some(808),
             socket: 77,
             count: 0,
         };
         let line = serde_json::to_string(&life).unwrap();
         assert!(line.starts_with(PORT_LINE_PREFIX), "{line}");
-        assert_eq!(parse_line(&line).unwrap(), Line::Port(life));
-        let mut out = Vec::new();
-        write(&mut out, &event(), None, None, None).unwrap();
-        let line = std::str::from_utf8(&out).unwrap().trim_end();
-        assert!(matches!(parse_line(line).unwrap(), Line::Event(_)));
+        assert_eq!(parse_line(line.as_bytes()).unwrap(), LineView::Port(life));
+        let repeat = Repeat {
+            pid: 4242,
+            comm: "nginx".into(),
+            syscall: Syscall::Bind,
+            errno: Some(Errno(98)),
+            proto: Proto::Tcp,
+            family: Family::Ipv4,
+            addr: "127.0.0.1".parse().unwrap(),
+            port: 8080,
+            netns: 4026531840,
+            count: 17,
+        };
+        let line = serde_json::to_string(&Notice::Repeat(repeat.clone())).unwrap();
         assert_eq!(
-            parse_line("{\"type\":\"ready\",\"startup_ms\":3}").unwrap(),
-            Line::Notice
+            parse_line(line.as_bytes()).unwrap(),
+            LineView::Repeat(repeat)
         );
-        assert!(parse_line("{\"type\":\"port\",\"ts\":1}").is_err());
+        assert_eq!(
+            parse_line(b"{\"type\":\"ready\",\"startup_ms\":3}").unwrap(),
+            LineView::Notice
+        );
+        assert!(matches!(
+            parse_line(&write(&event(), None, None)).unwrap(),
+            LineView::Event(_)
+        ));
     }
 
     #[test]
     fn garbage_is_an_error_not_a_panic() {
         for line in [
-            "",
-            "{",
-            "null",
-            "{\"ts\":\"yesterday\"}",
-            "{\"pid\":-1}",
-            "[1,2,3]",
+            &b""[..],
+            b"{",
+            b"null",
+            b"[1,2,3]",
+            b"{\"ts\":\"yesterday\"}",
+            b"{\"pid\":-1}",
+            b"{\"type\":\"port\",\"ts\":1}",
+            b"{\"type\":\"repeat\",\"pid\":1}",
+            b"{\"type\":",
+            b"{\"type\":\"ready\"",
+            b"\xff\xfe",
+            b"{\"type\":\"ready\",\"x\":\"\xff\"}",
         ] {
-            assert!(Record::parse(line).is_err(), "{line:?}");
-            assert!(Record::parse_fast(line).is_err(), "{line:?}");
-        }
-    }
-
-    /// The report's borrowed view reads every written line as `Record` does:
-    /// with and without enrichment, several holders, escaped strings, a
-    /// success, non-canonical errno spellings, and garbage.
-    #[test]
-    fn the_view_agrees_with_record_on_written_lines() {
-        let mut ev = event();
-        ev.holder_record = None;
-        let mut e = evidence();
-        let mut tw = e.holders[0].clone();
-        tw.pid = None;
-        tw.comm = None;
-        tw.cmdline = None;
-        tw.state = State::TimeWait;
-        e.holders.push(tw);
-        let verdict = diagnose(&ev.request(), &e);
-        let mut success = ev.clone();
-        success.errno = None;
-        success.ret = 0;
-        success.opts = None;
-        let cases = [
-            (&ev, Some(holders_json(&e)), Some(&verdict)),
-            (&ev, None, None),
-            (&success, None, None),
-        ];
-        for (ev, holders, verdict) in cases {
-            let mut out = Vec::new();
-            write(
-                &mut out,
-                ev,
-                holders.as_deref(),
-                holders.as_ref().map(|_| false),
-                verdict,
-            )
-            .unwrap();
-            let line = out.strip_suffix(b"\n").unwrap();
-            let text = std::str::from_utf8(line).unwrap();
-            let r = Record::parse(text).unwrap();
-            let view = RecordView::parse(line).unwrap();
-            assert_eq!(view, RecordView::of(&r), "{text}");
-            let reason = r.verdict.as_ref().map(|v| {
-                serde_json::to_value(v.reason)
-                    .unwrap()
-                    .as_str()
-                    .unwrap()
-                    .to_owned()
-            });
-            assert_eq!(
-                view.verdict(),
-                reason
-                    .as_deref()
-                    .zip(r.verdict.as_ref().map(|v| v.diagnosis.as_str()))
+            assert!(
+                parse_line(line).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(line)
             );
-            assert_eq!(
-                parse_line_view(line).unwrap(),
-                LineView::Event(view.clone())
-            );
-            if let Some(hs) = &view.holders {
-                assert_eq!(hs.iter().count(), 2);
-                // The escaped comm was unescaped (owned), the rest borrowed.
-                let first = hs.iter().next().unwrap();
-                assert_eq!(first.comm.as_deref(), Some("old\u{1b}[2J"));
-                assert!(matches!(first.cmdline, Some(Cow::Borrowed(_))));
-            }
-            assert!(matches!(view.comm, Cow::Borrowed(_)));
-            // Other spellings of the errno read the same, in both readers.
-            if ev.errno.is_some() {
-                for spelling in ["\"eaddrinuse\"", "98", "\"98\"", "\"E98\""] {
-                    let other = text.replace("\"EADDRINUSE\"", spelling);
-                    if let Ok(r) = Record::parse(&other) {
-                        let v = RecordView::parse(other.as_bytes()).unwrap();
-                        assert_eq!(v, RecordView::of(&r), "{other}");
-                        assert_eq!(v.errno.as_deref(), Some("EADDRINUSE"));
-                    } else {
-                        assert!(RecordView::parse(other.as_bytes()).is_err(), "{other}");
-                    }
-                }
-            }
-            // Any key missing makes both refuse the line, or both read it.
-            let v: serde_json::Value = serde_json::from_str(text).unwrap();
-            for key in v.as_object().unwrap().keys() {
-                let mut less = v.clone();
-                less.as_object_mut().unwrap().remove(key);
-                let less = serde_json::to_string(&less).unwrap();
-                match Record::parse(&less) {
-                    Ok(r) if r.verdict.is_none() && v.get("reason").is_some() => {
-                        // A verdict key gone: the verdict goes, in both.
-                        assert_eq!(RecordView::parse(less.as_bytes()).unwrap().verdict(), None);
-                    }
-                    Ok(r) => assert_eq!(
-                        RecordView::parse(less.as_bytes()).unwrap(),
-                        RecordView::of(&r),
-                        "without {key}"
-                    ),
-                    Err(_) => assert!(RecordView::parse(less.as_bytes()).is_err(), "without {key}"),
-                }
-            }
-        }
-        for line in [
-            "",
-            "{",
-            "null",
-            "{\"ts\":\"yesterday\"}",
-            "{\"pid\":-1}",
-            "[1,2,3]",
-        ] {
-            assert!(RecordView::parse(line.as_bytes()).is_err(), "{line:?}");
-            assert!(parse_line_view(line.as_bytes()).is_err(), "{line:?}");
         }
     }
 }

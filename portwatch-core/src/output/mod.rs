@@ -45,12 +45,12 @@ pub fn write_event(
                 None => Ok(()),
             }
         }
-        Format::Json => json::write(
-            out,
-            ev,
+        Format::Json => json::JournalLine {
+            event: ev,
             holders,
-            found.map(|(e, _)| !e.shed),
-            found.map(|(_, v)| v),
-        ),
+            enriched: found.map(|(e, _)| !e.shed),
+            verdict: found.map(|(_, v)| v),
+        }
+        .write(out),
     }
 }

@@ -96,11 +96,10 @@ pub fn human_block(e: &Evidence, v: &Verdict) -> String {
     if e.holders.len() > 3 {
         block.push_str(&format!("    held: ... {} more\n", e.holders.len() - 3));
     }
-    let reason = serde_json::to_value(v.reason).unwrap_or_default();
     block.push_str(&format!(
         "    why:  {} [{}]\n    fix:  {}\n",
         printable(&v.diagnosis),
-        reason.as_str().unwrap_or("?"),
+        v.reason.as_str(),
         printable(&v.fix)
     ));
     block

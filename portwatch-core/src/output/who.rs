@@ -194,11 +194,7 @@ pub fn write_human(out: &mut impl Write, r: &WhoReport) -> io::Result<()> {
 }
 
 fn verdict_lines(out: &mut impl Write, prefix: &str, v: &Verdict) -> io::Result<()> {
-    let reason = serde_json::to_value(v.reason)
-        .ok()
-        .and_then(|r| r.as_str().map(str::to_owned))
-        .unwrap_or_default();
-    writeln!(out, "{prefix}reason:    {reason}")?;
+    writeln!(out, "{prefix}reason:    {}", v.reason.as_str())?;
     writeln!(out, "{prefix}diagnosis: {}", printable(&v.diagnosis))?;
     writeln!(out, "{prefix}fix:       {}", printable(&v.fix))
 }

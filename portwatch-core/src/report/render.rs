@@ -12,10 +12,10 @@ use std::{
 use serde::Serialize;
 
 use super::{
-    analyse::{secs, Analysis, PortStory, Run, Tally, Tenure},
+    analyse::{Analysis, PortStory, Run, Tally, Tenure},
     read::ReadStats,
 };
-use crate::output::text::printable;
+use crate::{output::text::printable, time::secs};
 
 fn ts(t: SystemTime) -> String {
     humantime::format_rfc3339_millis(t).to_string()

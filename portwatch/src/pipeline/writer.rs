@@ -243,15 +243,20 @@ impl EventWriter {
         // The event's NDJSON line, rendered once for every output that
         // takes it: --record's journal (written in place), journald, and
         // stdout with --json.
-        let enriched = evidence.map(|e| !e.shed);
+        let journal_line = output::json::JournalLine {
+            event: ev,
+            holders: holders.as_deref(),
+            enriched: evidence.map(|e| !e.shed),
+            verdict,
+        };
         let mut own_line = Vec::new();
         let line: Option<&[u8]> = if self.opts.journal.is_some() {
             let start = self.journal.len();
-            output::json::write(&mut self.journal, ev, holders.as_deref(), enriched, verdict)?;
+            journal_line.write(&mut self.journal)?;
             self.journal_lines += 1;
             Some(&self.journal[start..])
         } else if self.opts.journald.is_some() {
-            output::json::write(&mut own_line, ev, holders.as_deref(), enriched, verdict)?;
+            journal_line.write(&mut own_line)?;
             Some(&own_line)
         } else {
             None

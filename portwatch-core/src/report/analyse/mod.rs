@@ -15,7 +15,6 @@ use std::time::{Duration, SystemTime};
 
 pub use ingest::Added;
 pub use model::{Analysis, Pattern, PatternKind, PortStory, Run, Tally, Tenure, TimeWait};
-pub use patterns::secs;
 
 use super::read::ReadStats;
 

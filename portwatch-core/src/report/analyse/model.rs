@@ -11,24 +11,7 @@ use std::{
 use serde::{Serialize, Serializer};
 
 use super::TALLY_CAP;
-
-/// Times in reports: RFC 3339 strings.
-mod time {
-    use std::time::SystemTime;
-
-    use serde::Serializer;
-
-    pub fn one<S: Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(&humantime::format_rfc3339_nanos(*t))
-    }
-
-    pub fn opt<S: Serializer>(t: &Option<SystemTime>, s: S) -> Result<S::Ok, S::Error> {
-        match t {
-            Some(t) => one(t, s),
-            None => s.serialize_none(),
-        }
-    }
-}
+use crate::time::rfc3339;
 
 /// A process listening on a port, from when to when.
 #[derive(Debug, Clone, Serialize)]
@@ -40,13 +23,13 @@ pub struct Tenure {
     /// Its command line, when a failure's holder lookup saw it (untrusted).
     pub cmdline: Option<String>,
     /// When it started listening; None: before the recording shows it.
-    #[serde(serialize_with = "time::opt")]
+    #[serde(serialize_with = "rfc3339::serialize_opt")]
     pub since: Option<SystemTime>,
     /// When it was first seen (its listen, or a failure naming it).
-    #[serde(serialize_with = "time::one")]
+    #[serde(serialize_with = "rfc3339::serialize")]
     pub first_seen: SystemTime,
     /// When its listener closed; None: still open at the end of the journal.
-    #[serde(serialize_with = "time::opt")]
+    #[serde(serialize_with = "rfc3339::serialize_opt")]
     pub until: Option<SystemTime>,
     /// Who closed it (the last process holding the socket).
     pub closed_by: Option<u32>,
@@ -71,10 +54,10 @@ pub struct Run {
     /// Its diagnosis (untrusted strings inside).
     pub diagnosis: Option<String>,
     /// First failure.
-    #[serde(serialize_with = "time::one")]
+    #[serde(serialize_with = "rfc3339::serialize")]
     pub first: SystemTime,
     /// Last failure.
-    #[serde(serialize_with = "time::one")]
+    #[serde(serialize_with = "rfc3339::serialize")]
     pub last: SystemTime,
     /// Failures (folded ones included).
     pub count: u64,
@@ -94,10 +77,10 @@ pub struct TimeWait {
     /// Sockets counted.
     pub count: u64,
     /// First seen.
-    #[serde(serialize_with = "time::opt")]
+    #[serde(serialize_with = "rfc3339::serialize_opt")]
     pub first: Option<SystemTime>,
     /// Last seen.
-    #[serde(serialize_with = "time::opt")]
+    #[serde(serialize_with = "rfc3339::serialize_opt")]
     pub last: Option<SystemTime>,
 }
 
@@ -147,7 +130,7 @@ pub struct Pattern {
     /// The measured gap that matters most (ms), e.g. first failure to release.
     pub gap_ms: Option<f64>,
     /// When the release happened, for an overlap.
-    #[serde(serialize_with = "time::opt")]
+    #[serde(serialize_with = "rfc3339::serialize_opt")]
     pub released: Option<SystemTime>,
 }
 
@@ -171,10 +154,10 @@ pub struct PortStory {
     /// Patterns recognised.
     pub patterns: Vec<Pattern>,
     /// First thing recorded on it.
-    #[serde(serialize_with = "time::one")]
+    #[serde(serialize_with = "rfc3339::serialize")]
     pub start: SystemTime,
     /// Last thing recorded on it.
-    #[serde(serialize_with = "time::one")]
+    #[serde(serialize_with = "rfc3339::serialize")]
     pub end: SystemTime,
 }
 
@@ -248,10 +231,10 @@ impl Exhaustion {
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Analysis {
     /// First thing recorded.
-    #[serde(serialize_with = "time::opt")]
+    #[serde(serialize_with = "rfc3339::serialize_opt")]
     pub first: Option<SystemTime>,
     /// Last thing recorded.
-    #[serde(serialize_with = "time::opt")]
+    #[serde(serialize_with = "rfc3339::serialize_opt")]
     pub last: Option<SystemTime>,
     /// Failures in all.
     pub failures: u64,

@@ -11,6 +11,7 @@ use std::{
 };
 
 use super::model::{Analysis, Exhaustion, Pattern, PatternKind, PortStory, Run, Tenure};
+use crate::time::secs;
 
 impl Analysis {
     /// Recognises the patterns; call once every line is in.
@@ -36,15 +37,6 @@ fn of_port(story: &PortStory) -> Vec<Pattern> {
     }
     out.extend(repeated(story));
     out
-}
-
-/// `1.234 s` / `12 ms`.
-pub fn secs(d: Duration) -> String {
-    if d < Duration::from_secs(1) {
-        format!("{} ms", d.as_millis())
-    } else {
-        format!("{:.3} s", d.as_secs_f64())
-    }
 }
 
 fn list(pids: &[u32]) -> String {
