@@ -73,22 +73,6 @@ const STREAMS: usize = 16384;
 /// the map grow with every process that ever failed.
 const OWED_FOR: u64 = STREAMS as u64 / 2;
 
-/// Every reason code, for series that start at 0.
-const REASONS: [Reason; 12] = [
-    Reason::Listener,
-    Reason::TimeWait,
-    Reason::BoundNotListening,
-    Reason::ReuseportMismatch,
-    Reason::ListenConflict,
-    Reason::DualStack,
-    Reason::Connection,
-    Reason::EphemeralExhausted,
-    Reason::EphemeralPort,
-    Reason::PrivilegedPort,
-    Reason::AddrNotLocal,
-    Reason::Unknown,
-];
-
 /// Reason label of a failure printed without a diagnosis (`--no-holders`).
 const NOT_DIAGNOSED: &str = "not_diagnosed";
 
@@ -146,13 +130,6 @@ pub struct Metrics(Arc<Inner>);
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic elsewhere must not take the metrics down with it.
     m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn reason_name(reason: Reason) -> String {
-    serde_json::to_value(reason)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_owned))
-        .unwrap_or_else(|| "unknown".into())
 }
 
 /// The failure counters: by label set, by port, and the label values
@@ -234,9 +211,9 @@ impl FailureCounters {
                 (Syscall::Listen, Proto::Tcp),
             ] {
                 for family in [AddrFamily::Ipv4, AddrFamily::Ipv6] {
-                    for reason in REASONS {
+                    for reason in Reason::ALL {
                         let labels =
-                            FailureLabels::new(syscall, errno, proto, family, &reason_name(reason));
+                            FailureLabels::new(syscall, errno, proto, family, reason.as_str());
                         if started.len() < FAILURE_SERIES {
                             self.by_labels.get_or_create(&labels).inc_by(0);
                             started.insert(labels);
@@ -343,9 +320,9 @@ impl Metrics {
         if ev.ret == 0 {
             return;
         }
-        let reason = verdict.map_or_else(|| NOT_DIAGNOSED.to_owned(), |v| reason_name(v.reason));
+        let reason = verdict.map_or(NOT_DIAGNOSED, |v| v.reason.as_str());
         let mut state = lock(&self.0.state);
-        let failure = self.failure_labels(&mut state, FailureLabels::of(ev, &reason));
+        let failure = self.failure_labels(&mut state, FailureLabels::of(ev, reason));
         let (port, first) = state.ports.label(ev.port);
         if first {
             self.0
