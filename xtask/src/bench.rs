@@ -20,7 +20,7 @@ use crate::{
 
 /// Options of `cargo xtask bench`.
 #[derive(clap::Args)]
-pub struct Options {
+pub struct BenchArgs {
     /// Rounds per figure (each round measures without and with the tracer).
     #[arg(long, default_value_t = 5)]
     rounds: usize,
@@ -108,7 +108,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 /// Runs the benchmarks and prints a Markdown report.
-pub fn run(opts: &Options) -> Result<()> {
+pub fn run(opts: &BenchArgs) -> Result<()> {
     let bin = crate::build_release()?;
     if opts.report_only {
         let lines = crate::bench_report::run(&bin, opts.storm_secs, &opts.tracer_args)?;
@@ -247,7 +247,7 @@ pub fn run(opts: &Options) -> Result<()> {
 /// which adds two clock reads per run: so these are a separate pass, not the
 /// runs above): ns per run of every program portwatch attached, and of the
 /// bare probe, over one loop each.
-fn per_program(bin: &Path, opts: &Options) -> Result<Vec<String>> {
+fn per_program(bin: &Path, opts: &BenchArgs) -> Result<Vec<String>> {
     let _stats = floor::Stats::enable()?;
     let mut report = vec![
         "Per program, kernel.bpf_stats_enabled=1 (run_time_ns / run_cnt over one loop; run counts include other binds on the machine):".into(),
@@ -323,7 +323,7 @@ fn percentile(mut v: Vec<f64>, p: f64) -> f64 {
 /// reader, for holders that predate the tracer (found through /proc) and
 /// holders it saw bind (named by the kernel's record); then a storm across
 /// all their ports while lookups run, which must lose nothing.
-fn enrichment(bin: &Path, opts: &Options) -> Result<Vec<String>> {
+fn enrichment(bin: &Path, opts: &BenchArgs) -> Result<Vec<String>> {
     const HOLDERS: u16 = 1000;
     const PROBES: usize = 200;
     let mut report = vec![

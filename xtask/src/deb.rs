@@ -30,7 +30,7 @@ use crate::{build_release, output, root, run, setup};
 
 /// Options of `cargo xtask deb`.
 #[derive(clap::Args)]
-pub struct Options {
+pub struct DebArgs {
     /// Then install it into a scratch root with dpkg, run it, and purge it.
     #[arg(long)]
     test: bool,
@@ -72,7 +72,7 @@ impl Profile {
 }
 
 /// Builds target/debian/portwatch_VERSION-1_ARCH.deb; with --test, checks it.
-pub fn run_deb(opts: &Options) -> Result<()> {
+pub fn run_deb(opts: &DebArgs) -> Result<()> {
     build_release()?;
     let deb = build(Profile::Release)?;
     println!("built {}", deb.display());

@@ -74,9 +74,9 @@ enum Task {
         cmd: Vec<std::ffi::OsString>,
     },
     /// Measure overhead, start-up, throughput and memory; prints a table for BENCHMARKS.md.
-    Bench(bench::Options),
+    Bench(bench::BenchArgs),
     /// Soak: 100,000 short-lived failing processes and storms; memory, map fill, loss.
-    Soak(soak::Options),
+    Soak(soak::SoakArgs),
     /// Run the integration tests on Debian's kernels under qemu, once with
     /// each backend (fexit loads there, unlike on this project's machines);
     /// `vm-test systemd` runs only the suite under systemd as PID 1.
@@ -86,7 +86,7 @@ enum Task {
     },
     /// Build the Debian package (target/debian/); with --test, install it
     /// into a scratch root with dpkg, run it, verify the unit, and purge it.
-    Deb(deb::Options),
+    Deb(deb::DebArgs),
     /// Run the cargo-fuzz targets in fuzz/ briefly (nightly; installs
     /// cargo-fuzz when missing).
     Fuzz {

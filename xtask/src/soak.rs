@@ -18,7 +18,7 @@ use crate::load::Tracer;
 
 /// Options of `cargo xtask soak`.
 #[derive(clap::Args)]
-pub struct Options {
+pub struct SoakArgs {
     /// Short-lived processes in all.
     #[arg(long, default_value_t = 100_000)]
     processes: u32,
@@ -334,7 +334,7 @@ fn storm_events(t: &Tracer, pid: i32) -> (u64, u64, u64) {
 }
 
 /// Runs the soak and prints a Markdown report.
-pub fn run(opts: &Options) -> Result<()> {
+pub fn run(opts: &SoakArgs) -> Result<()> {
     let bin = crate::build_release()?;
     let ns = Netns::new("pw-soak");
     let mut extra = vec!["--netns".to_owned(), ns.arg()];
