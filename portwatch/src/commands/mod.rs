@@ -15,6 +15,10 @@ pub use error::{
     EXIT_UNSUPPORTED, EXIT_USAGE,
 };
 
+use std::{fs::File, os::unix::fs::OpenOptionsExt as _, path::Path};
+
+use anyhow::{bail, Context as _};
+
 use crate::cli::Command;
 
 impl Command {
@@ -39,5 +43,27 @@ fn answer(yes: bool, no: u8) -> u8 {
         EXIT_OK
     } else {
         no
+    }
+}
+
+/// Creates (or truncates) `path`, 0600, for what a command writes where
+/// it is told (`report --html`, `run --output`): never through a symlink
+/// (a root process must not be steered into overwriting another file),
+/// and without blocking on a FIFO.
+fn create_private(path: &Path) -> anyhow::Result<File> {
+    match File::options()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)
+    {
+        Ok(f) => Ok(f),
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => bail!(
+            "{} is a symlink: refusing to write through it",
+            path.display()
+        ),
+        Err(e) => Err(e).with_context(|| format!("cannot create {}", path.display())),
     }
 }

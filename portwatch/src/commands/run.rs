@@ -10,11 +10,11 @@
 
 use std::{
     ffi::CString,
-    fs::{self, File, OpenOptions},
+    fs::{self, File},
     io::{self, Write},
     os::unix::{
         ffi::OsStrExt as _,
-        fs::{MetadataExt as _, OpenOptionsExt as _},
+        fs::MetadataExt as _,
         process::ExitStatusExt as _,
     },
     path::{Path, PathBuf},
@@ -137,18 +137,6 @@ impl Write for Shared {
     }
 }
 
-/// Creates `path` for writing: 0600, truncated, never through a symlink.
-fn create_output(path: &Path) -> Result<File> {
-    OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(path)
-        .with_context(|| format!("--output {}", path.display()))
-}
-
 fn settings(args: &RunArgs, cgroup: u64) -> Settings {
     Settings {
         errnos: args.errno.clone(),
@@ -171,7 +159,7 @@ pub async fn run(args: RunArgs) -> Result<u8, Error> {
         Format::Human
     };
     let file = match &args.output {
-        Some(path) => Some(Arc::new(Mutex::new(create_output(path)?))),
+        Some(path) => Some(Arc::new(Mutex::new(super::create_private(path).with_context(|| format!("--output {}", path.display()))?))),
         None => None,
     };
     let notices = match &file {
