@@ -77,12 +77,7 @@ pub fn pages() -> Result<Vec<Page>> {
         .title("PORTWATCH")
         .section(SECTION)
         .source(source.clone());
-    let mut roff = Vec::new();
-    man.render_title(&mut roff)?;
-    man.render_name_section(&mut roff)?;
-    man.render_synopsis_section(&mut roff)?;
-    man.render_description_section(&mut roff)?;
-    man.render_options_section(&mut roff)?;
+    let mut roff = head(&man)?;
     // Names each portwatch-SUB(8) with its one-line summary.
     man.render_subcommands_section(&mut roff)?;
     man.render_version_section(&mut roff)?;
@@ -102,12 +97,7 @@ pub fn pages() -> Result<Vec<Page>> {
             .title(name.to_uppercase())
             .section(SECTION)
             .source(source.clone());
-        let mut roff = Vec::new();
-        man.render_title(&mut roff)?;
-        man.render_name_section(&mut roff)?;
-        man.render_synopsis_section(&mut roff)?;
-        man.render_description_section(&mut roff)?;
-        man.render_options_section(&mut roff)?;
+        let mut roff = head(&man)?;
         let mut extra = Vec::new();
         man.render_extra_section(&mut extra)?;
         roff.extend_from_slice(&headings(&extra));
@@ -118,6 +108,17 @@ pub fn pages() -> Result<Vec<Page>> {
         });
     }
     Ok(pages)
+}
+
+/// What every page starts with: title, name, synopsis, description, options.
+fn head(man: &Man) -> Result<Vec<u8>> {
+    let mut roff = Vec::new();
+    man.render_title(&mut roff)?;
+    man.render_name_section(&mut roff)?;
+    man.render_synopsis_section(&mut roff)?;
+    man.render_description_section(&mut roff)?;
+    man.render_options_section(&mut roff)?;
+    Ok(roff)
 }
 
 /// The after-help text's own headings (`EXAMPLES:`, `EXIT STATUS:`) become
