@@ -58,18 +58,14 @@ impl Load {
 
     /// Cost per unit of work, lower is better: µs per connection for the
     /// loop, µs per request (the inverse of wrk's rate) for nginx; and the
-    /// connections made.
+    /// connections made (requests, for keep-alive).
     fn measure(self, nginx: &Nginx) -> Result<(f64, u64)> {
         match self {
             Load::Loop => Ok((connection_loop(), u64::from(CONNECTIONS))),
             Load::Close | Load::KeepAlive => {
+                // Keep-alive: per request (8 connections carry them all).
                 let (rate, requests) = nginx.wrk(self == Load::Close)?;
-                let conns = if self == Load::Close {
-                    requests
-                } else {
-                    u64::from(WRK_CONNS)
-                };
-                Ok((1e6 / rate, conns))
+                Ok((1e6 / rate, requests))
             }
         }
     }
@@ -345,7 +341,7 @@ fn per_program(bin: &Path, tracer_args: &[String], nginx: &Nginx) -> Result<Vec<
     let mut report = vec![
         "Per program, kernel.bpf_stats_enabled=1, one run of each load (run counts include the rest of the machine):".into(),
         String::new(),
-        "| load | mode | program | runs | runs per connection | ns per run |".into(),
+        "| load | mode | program | runs | runs per connection (keep-alive: per request) | ns per run |".into(),
         "|---|---|---|---|---|---|".into(),
     ];
     for load in [Load::Loop, Load::Close, Load::KeepAlive] {

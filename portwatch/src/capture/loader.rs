@@ -309,7 +309,7 @@ impl Kernel {
         let bound_inactive_dump = btf.enum_value("TCP_BOUND_INACTIVE").is_some();
         let uses_tracepoints = attempts.iter().any(|&a| a != Attempt::Fexit);
         // The tracepoint backend needs tracefs, and so does the listener
-        // recorder (a tracepoint) with either backend.
+        // recorder's classic tracepoint (the fallback for its raw one).
         let tracefs = (settings.track_holders || uses_tracepoints)
             .then(|| tracefs().map_err(|e| e.to_string()));
         let mounted_tracefs = match &tracefs {
