@@ -81,6 +81,9 @@ enum Mode {
     StateProbe,
     Watch,
     Record,
+    /// `watch --record` with the loads' ports named by `--port`, so that
+    /// their state changes are counted (per-program pass only).
+    RecordPorts,
 }
 
 const MODES: [Mode; 4] = [Mode::Untraced, Mode::Probe, Mode::Watch, Mode::Record];
@@ -98,12 +101,16 @@ impl Attached {
             Mode::Untraced => Attached::Nothing,
             Mode::Probe => Attached::Probe(Floor::attach()?),
             Mode::StateProbe => Attached::Probe(Floor::attach_raw(c"inet_sock_set_state")?),
-            Mode::Watch | Mode::Record => {
+            Mode::Watch | Mode::Record | Mode::RecordPorts => {
                 let scratch = Scratch::new("bench-record");
                 let mut extra = args.to_vec();
-                if mode == Mode::Record {
+                if mode != Mode::Watch {
                     extra.push("--record".into());
                     extra.push(scratch.0.join("journal").display().to_string());
+                }
+                if mode == Mode::RecordPorts {
+                    extra.push("--port".into());
+                    extra.push(format!("{LOOP_PORT},{NGINX_PORT}"));
                 }
                 Attached::Tracer(Tracer::start(bin, &extra)?, scratch)
             }
@@ -345,7 +352,13 @@ fn per_program(bin: &Path, tracer_args: &[String], nginx: &Nginx) -> Result<Vec<
         "|---|---|---|---|---|---|".into(),
     ];
     for load in [Load::Loop, Load::Close, Load::KeepAlive] {
-        for mode in [Mode::Probe, Mode::StateProbe, Mode::Watch, Mode::Record] {
+        for mode in [
+            Mode::Probe,
+            Mode::StateProbe,
+            Mode::Watch,
+            Mode::Record,
+            Mode::RecordPorts,
+        ] {
             let attached = Attached::start(mode, bin, tracer_args)?;
             let (before, after, conns) = match &attached {
                 Attached::Probe(f) => {
@@ -368,7 +381,8 @@ fn per_program(bin: &Path, tracer_args: &[String], nginx: &Nginx) -> Result<Vec<
                 Mode::Probe => "bare probe (sys_exit_bind)",
                 Mode::StateProbe => "bare raw probe (inet_sock_set_state)",
                 Mode::Watch => "watch",
-                _ => "watch --record",
+                Mode::Record => "watch --record",
+                _ => "watch --record --port (the load's)",
             };
             for (name, ns, cnt) in after {
                 let (ns0, cnt0) = before
