@@ -5,8 +5,10 @@
 //! close loop on loopback (the client closes with RST, so no TIME_WAIT piles
 //! up), and Debian's nginx serving a 512-byte file to `wrk`, with
 //! `Connection: close` and with keep-alive. Each runs untraced, with the
-//! bare probe (`floor`), with `portwatch watch` and with `watch --record`,
-//! in rounds whose order rotates so that every mode sees the same noise.
+//! bare probe (`floor`), with it and a bare raw tracepoint on
+//! `inet_sock_set_state` (the floor of a tracer that also sees TCP state
+//! changes), with `portwatch watch` and with `watch --record`, in rounds
+//! whose order rotates so that every mode sees the same noise.
 //! A second pass, with kernel.bpf_stats_enabled=1, gives the ns per run and
 //! the runs per connection of each program.
 
@@ -18,7 +20,7 @@ use std::{
 };
 
 use anyhow::{bail, Context as _, Result};
-use portwatch_test_support::{in_fresh_netns, Netns, Scratch};
+use portwatch_test_support::{Netns, Scratch};
 
 use crate::{
     floor::{self, Floor},
@@ -33,6 +35,8 @@ const LOOP_PORT: u16 = 47100;
 const NGINX_PORT: u16 = 47180;
 /// Seconds of each wrk run.
 const WRK_SECS: u32 = 3;
+/// Pause after each run, for what its tracer's exit leaves to the kernel.
+const SETTLE: Duration = Duration::from_millis(500);
 /// wrk's connections.
 const WRK_CONNS: u32 = 8;
 
@@ -61,7 +65,7 @@ impl Load {
     /// connections made (requests, for keep-alive).
     fn measure(self, nginx: &Nginx) -> Result<(f64, u64)> {
         match self {
-            Load::Loop => Ok((connection_loop(), u64::from(CONNECTIONS))),
+            Load::Loop => Ok((nginx.ns.run(connection_loop), u64::from(CONNECTIONS))),
             Load::Close | Load::KeepAlive => {
                 // Keep-alive: per request (8 connections carry them all).
                 let (rate, requests) = nginx.wrk(self == Load::Close)?;
@@ -79,6 +83,9 @@ enum Mode {
     /// The bare probe as a raw tracepoint on `inet_sock_set_state`: the
     /// floor of any program there (per-program pass only).
     StateProbe,
+    /// Both bare probes: the floor of a tracer of bind() failures that also
+    /// sees TCP state changes, as portwatch does.
+    BothProbes,
     Watch,
     Record,
     /// `watch --record` with the loads' ports named by `--port`, so that
@@ -86,12 +93,19 @@ enum Mode {
     RecordPorts,
 }
 
-const MODES: [Mode; 4] = [Mode::Untraced, Mode::Probe, Mode::Watch, Mode::Record];
+const MODES: [Mode; 5] = [
+    Mode::Untraced,
+    Mode::Probe,
+    Mode::BothProbes,
+    Mode::Watch,
+    Mode::Record,
+];
 
 /// What is attached for one run; dropping it detaches.
 enum Attached {
     Nothing,
     Probe(Floor),
+    Probes(#[allow(dead_code, reason = "held: dropping detaches")] [Floor; 2]),
     Tracer(Tracer, Scratch),
 }
 
@@ -101,6 +115,9 @@ impl Attached {
             Mode::Untraced => Attached::Nothing,
             Mode::Probe => Attached::Probe(Floor::attach()?),
             Mode::StateProbe => Attached::Probe(Floor::attach_raw(c"inet_sock_set_state")?),
+            Mode::BothProbes => {
+                Attached::Probes([Floor::attach()?, Floor::attach_raw(c"inet_sock_set_state")?])
+            }
             Mode::Watch | Mode::Record | Mode::RecordPorts => {
                 let scratch = Scratch::new("bench-record");
                 let mut extra = args.to_vec();
@@ -126,67 +143,67 @@ impl Attached {
     }
 }
 
-/// µs per connection of `CONNECTIONS` connect + accept + close on loopback
-/// in a fresh network namespace. The client sets SO_LINGER 0: its close
-/// sends RST, so neither end leaves TIME_WAIT behind.
+/// µs per connection of `CONNECTIONS` connect + accept + close on loopback,
+/// in the calling thread's network namespace (nginx's: one namespace for
+/// every run, none torn down while another is timed). The client sets
+/// SO_LINGER 0: its close sends RST, so neither end leaves TIME_WAIT behind.
 fn connection_loop() -> f64 {
-    in_fresh_netns(|| {
-        let listener = crate::load::tcp_socket();
-        let one: libc::c_int = 1;
-        let linger = libc::linger {
-            l_onoff: 1,
-            l_linger: 0,
+    let listener = crate::load::tcp_socket();
+    let one: libc::c_int = 1;
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: plain system calls on sockets this thread owns; the
+    // option values outlive the calls.
+    unsafe {
+        libc::setsockopt(
+            listener,
+            libc::SOL_SOCKET,
+            libc::SO_REUSEADDR,
+            (&raw const one).cast(),
+            4,
+        );
+        assert_eq!(crate::load::bind(listener, LOOP_PORT), 0);
+        assert_eq!(libc::listen(listener, 128), 0);
+        let addr = libc::sockaddr_in {
+            sin_family: libc::AF_INET as u16,
+            sin_port: LOOP_PORT.to_be(),
+            sin_addr: libc::in_addr {
+                s_addr: u32::from_be_bytes([127, 0, 0, 1]).to_be(),
+            },
+            sin_zero: [0; 8],
         };
-        // SAFETY: plain system calls on sockets this thread owns; the
-        // option values outlive the calls.
-        unsafe {
+        let start = Instant::now();
+        for _ in 0..CONNECTIONS {
+            let c = crate::load::tcp_socket();
             libc::setsockopt(
-                listener,
+                c,
                 libc::SOL_SOCKET,
-                libc::SO_REUSEADDR,
-                (&raw const one).cast(),
-                4,
+                libc::SO_LINGER,
+                (&raw const linger).cast(),
+                size_of::<libc::linger>() as u32,
             );
-            assert_eq!(crate::load::bind(listener, LOOP_PORT), 0);
-            assert_eq!(libc::listen(listener, 128), 0);
-            let addr = libc::sockaddr_in {
-                sin_family: libc::AF_INET as u16,
-                sin_port: LOOP_PORT.to_be(),
-                sin_addr: libc::in_addr {
-                    s_addr: u32::from_be_bytes([127, 0, 0, 1]).to_be(),
-                },
-                sin_zero: [0; 8],
-            };
-            let start = Instant::now();
-            for _ in 0..CONNECTIONS {
-                let c = crate::load::tcp_socket();
-                libc::setsockopt(
-                    c,
-                    libc::SOL_SOCKET,
-                    libc::SO_LINGER,
-                    (&raw const linger).cast(),
-                    size_of::<libc::linger>() as u32,
-                );
-                let r = libc::connect(
-                    c,
-                    (&raw const addr).cast(),
-                    size_of::<libc::sockaddr_in>() as u32,
-                );
-                assert_eq!(r, 0, "connect: {}", std::io::Error::last_os_error());
-                let s = libc::accept(listener, std::ptr::null_mut(), std::ptr::null_mut());
-                assert!(s >= 0, "accept: {}", std::io::Error::last_os_error());
-                libc::close(c);
-                libc::close(s);
-            }
-            let us = start.elapsed().as_secs_f64() * 1e6 / f64::from(CONNECTIONS);
-            libc::close(listener);
-            us
+            let r = libc::connect(
+                c,
+                (&raw const addr).cast(),
+                size_of::<libc::sockaddr_in>() as u32,
+            );
+            assert_eq!(r, 0, "connect: {}", std::io::Error::last_os_error());
+            let s = libc::accept(listener, std::ptr::null_mut(), std::ptr::null_mut());
+            assert!(s >= 0, "accept: {}", std::io::Error::last_os_error());
+            libc::close(c);
+            libc::close(s);
         }
-    })
+        let us = start.elapsed().as_secs_f64() * 1e6 / f64::from(CONNECTIONS);
+        libc::close(listener);
+        us
+    }
 }
 
 /// Debian's nginx serving a 512-byte file on loopback in a network
-/// namespace of its own; stopped (by its pid) on drop.
+/// namespace of its own (where the connection loop runs too); stopped (by
+/// its pid) on drop.
 struct Nginx {
     ns: Netns,
     child: Child,
@@ -298,39 +315,60 @@ pub fn run(bin: &Path, rounds: usize, tracer_args: &[String]) -> Result<Vec<Stri
     let loads = [Load::Loop, Load::Close, Load::KeepAlive];
     let mut report = vec![
         format!(
-            "Server loads, {rounds} rounds (mode order rotating each round), medians; \
-             time per connection (loop) or per request (nginx, 1 / wrk's rate):"
+            "Server loads, {rounds} rounds ({} for the loop; the modes' order rotating and reversing round by round), medians; \
+             time per connection (loop) or per request (nginx, 1 / wrk's rate):",
+            rounds * 5
         ),
         String::new(),
-        "| load | untraced | bare probe | watch | watch --record | watch / untraced | --record / untraced | watch / probe | --record / probe |".into(),
-        "|---|---|---|---|---|---|---|---|---|".into(),
+        "| load | untraced | bare probe | both probes | watch | watch --record | watch / untraced | --record / untraced | watch / probe | --record / probe | watch / both probes | --record / both probes |".into(),
+        "|---|---|---|---|---|---|---|---|---|---|---|---|".into(),
     ];
     let mut backend = String::new();
     for load in loads {
-        let mut times: [Vec<f64>; 4] = Default::default();
+        let mut times: [Vec<f64>; 5] = Default::default();
+        // The loop is short (about 0.3 s a run) and noisier than wrk's 3 s:
+        // five times the rounds, after one run that warms it up.
+        let rounds = if load == Load::Loop {
+            load.measure(&nginx)?;
+            rounds * 5
+        } else {
+            rounds
+        };
         for round in 0..rounds {
             for k in 0..MODES.len() {
-                let i = (round + k) % MODES.len();
+                // Rotated, and reversed every other round, so that no mode
+                // always follows the same one.
+                let k = if round % 2 == 0 {
+                    k
+                } else {
+                    MODES.len() - 1 - k
+                };
+                let i = (round / 2 + k) % MODES.len();
                 let attached = Attached::start(MODES[i], bin, tracer_args)?;
                 if let Attached::Tracer(t, _) = &attached {
                     backend = t.backend.clone();
                 }
                 times[i].push(load.measure(&nginx)?.0);
                 attached.stop()?;
+                // A tracer's exit leaves the kernel freeing its maps and
+                // programs for a while: not on the next run's time.
+                std::thread::sleep(SETTLE);
             }
         }
-        let [off, probe, watch, record] = times.map(median);
+        let [off, probe, both, watch, record] = times.map(median);
         eprintln!(
-            "bench: server {}: {off:.2} / {probe:.2} / {watch:.2} / {record:.2} µs",
+            "bench: server {}: {off:.2} / {probe:.2} / {both:.2} / {watch:.2} / {record:.2} µs",
             load.name()
         );
         report.push(format!(
-            "| {} | {off:.2} µs | {probe:.2} µs | {watch:.2} µs | {record:.2} µs | {:.3}x | {:.3}x | {:.3}x | {:.3}x |",
+            "| {} | {off:.2} µs | {probe:.2} µs | {both:.2} µs | {watch:.2} µs | {record:.2} µs | {:.3}x | {:.3}x | {:.3}x | {:.3}x | {:.3}x | {:.3}x |",
             load.name(),
             watch / off,
             record / off,
             watch / probe,
-            record / probe
+            record / probe,
+            watch / both,
+            record / both
         ));
     }
     report.push(String::new());
@@ -374,9 +412,12 @@ fn per_program(bin: &Path, tracer_args: &[String], nginx: &Nginx) -> Result<Vec<
                     let (_, conns) = load.measure(nginx)?;
                     (before, floor::programs_of(pid), conns)
                 }
-                Attached::Nothing => unreachable!("untraced runs have no programs"),
+                Attached::Nothing | Attached::Probes(_) => {
+                    unreachable!("the per-program pass runs each probe alone")
+                }
             };
             attached.stop()?;
+            std::thread::sleep(SETTLE);
             let mode_name = match mode {
                 Mode::Probe => "bare probe (sys_exit_bind)",
                 Mode::StateProbe => "bare raw probe (inet_sock_set_state)",
