@@ -111,3 +111,10 @@ pub static LIFE: RingBuf = RingBuf::with_byte_size(64 * 1024, 0);
 /// TIME_WAIT counting state. LRU: the oldest interest is forgotten first.
 #[map]
 pub static WATCHED: LruHashMap<PortKey, LifeState> = LruHashMap::with_max_entries(4096, 0);
+
+/// Ports that may be of interest to port life, one byte per port (entry
+/// `port / 64`, byte `port % 64`): set by `life::note_failure` and, for
+/// `--port`, by the loader. Never cleared: a superset of `WATCHED`'s ports,
+/// checked before it so that connections on other ports cost no hash lookup.
+#[map]
+pub static INTEREST: Array<[u8; 64]> = Array::with_max_entries(1024, 0);

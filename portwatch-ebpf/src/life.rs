@@ -2,9 +2,11 @@
 //! and closing, and TIME_WAIT leftovers, from `sock/inet_sock_set_state`.
 //!
 //! A port is of interest once a failure on it was sent (`note_failure`) or
-//! when `--port` names it. Bounded: listeners are sent one by one (they are
-//! rare), TIME_WAIT sockets are counted per port and sent at most once a
-//! second with their count, so a busy port never becomes a connection log.
+//! when `--port` names it; `INTEREST` marks those ports for the first, cheap
+//! check every counted state change makes (`port_of_interest`). Bounded:
+//! listeners are sent one by one (they are rare), TIME_WAIT sockets are
+//! counted per port and sent at most once a second with their count, so a
+//! busy port never becomes a connection log.
 
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
@@ -15,7 +17,7 @@ use portwatch_common::{
 };
 
 use crate::{
-    config::{conf, LIFE, PORTS, WATCHED},
+    config::{conf, INTEREST, LIFE, PORTS, WATCHED},
     holders, mem, sock,
 };
 
@@ -32,12 +34,54 @@ pub fn note_failure(ev: &Event) {
     if conf!(record_life) == 0 || ev.port == 0 {
         return;
     }
+    if let Some(slots) = INTEREST.get_ptr_mut(u32::from(ev.port) / 64) {
+        // One byte per port: a plain store, which cannot undo another
+        // CPU's mark of a neighbouring port as a bit would.
+        unsafe { (*slots)[usize::from(ev.port) % 64] = 1 };
+    }
     let key = PortKey {
         netns: ev.netns,
         port: ev.port,
         protocol: ev.protocol,
     };
     let _ = WATCHED.insert(key, LifeState::default(), BPF_NOEXIST as u64);
+}
+
+/// Whether port life counts a change from `old` to `new` (see `on_state`):
+/// from the states alone, before anything is read.
+#[inline(always)]
+pub fn counted(old: i32, new: i32) -> bool {
+    conf!(record_life) != 0 && kind(old, new).is_some()
+}
+
+/// Whether `sk`'s local port may be of interest: marked in `INTEREST`
+/// (every port `WATCHED` holds or `--port` names is; a port the LRU forgot
+/// stays marked, and `on_state` then finds nothing). One read and one
+/// array slot, before any hash lookup.
+#[inline(always)]
+pub fn port_of_interest(sk: u64) -> bool {
+    let port: u16 = sock::read(sk, conf!(offsets.sk_num));
+    INTEREST
+        .get(u32::from(port) / 64)
+        .is_some_and(|slots| slots[usize::from(port) % 64] != 0)
+}
+
+/// What a change from `old` to `new` means for the port's life, if anything.
+#[inline(always)]
+fn kind(old: i32, new: i32) -> Option<u8> {
+    // A connection the local side closes first (ESTABLISHED -> FIN_WAIT1,
+    // in the closing process) leaves a TIME_WAIT socket behind: counted
+    // there, where the closer is known. (The later FIN_WAIT2 -> CLOSE, as
+    // the time-wait socket takes over, runs in softirq context.)
+    if new == TCP_LISTEN {
+        Some(LIFE_LISTEN)
+    } else if old == TCP_LISTEN && new == TCP_CLOSE {
+        Some(LIFE_CLOSED)
+    } else if new == TCP_TIME_WAIT || (old == TCP_ESTABLISHED && new == TCP_FIN_WAIT1) {
+        Some(LIFE_TIME_WAIT)
+    } else {
+        None
+    }
 }
 
 /// The port's counting state, when the port is of interest.
@@ -63,17 +107,7 @@ pub fn on_state(sk: u64, old: i32, new: i32) {
     if conf!(record_life) == 0 {
         return;
     }
-    // A connection the local side closes first (ESTABLISHED -> FIN_WAIT1,
-    // in the closing process) leaves a TIME_WAIT socket behind: counted
-    // there, where the closer is known. (The later FIN_WAIT2 -> CLOSE, as
-    // the time-wait socket takes over, runs in softirq context.)
-    let kind = if new == TCP_LISTEN {
-        LIFE_LISTEN
-    } else if old == TCP_LISTEN && new == TCP_CLOSE {
-        LIFE_CLOSED
-    } else if new == TCP_TIME_WAIT || (old == TCP_ESTABLISHED && new == TCP_FIN_WAIT1) {
-        LIFE_TIME_WAIT
-    } else {
+    let Some(kind) = kind(old, new) else {
         return;
     };
     // Field by field: TCP state changes often come in a softirq (see

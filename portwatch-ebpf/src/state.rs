@@ -1,47 +1,84 @@
-//! `sock/inet_sock_set_state`: TCP state changes feed the holder table
+//! TCP state changes (`inet_sock_set_state`): they feed the holder table
 //! (a socket entering LISTEN, in the listen()ing process) and, under
 //! `watch --record`, the life of ports of interest.
+//!
+//! Every TCP connection passes here several times on each end, and almost
+//! none of those changes concern portwatch: a change of no use returns
+//! before any read or map access. The order is the states first (the
+//! program's arguments), then, for the few changes port life counts,
+//! whether the local port is of interest (one read and one array slot,
+//! `life::port_of_interest`), and only then the socket walk. Two programs
+//! share it: a raw tracepoint (the kernel builds no record for it), which
+//! the loader tries first, and the classic tracepoint where the kernel
+//! refuses the raw one.
 
 use aya_ebpf::{
-    helpers::bpf_get_current_pid_tgid, macros::tracepoint, programs::TracePointContext,
+    helpers::bpf_get_current_pid_tgid,
+    macros::{raw_tracepoint, tracepoint},
+    programs::{RawTracePointContext, TracePointContext},
 };
 use portwatch_common::HOW_LISTEN;
 
-use crate::{config::conf, holders, life};
+use crate::{config::conf, holders, life, sock};
 
 const TCP_LISTEN: i32 = 10;
 const IPPROTO_TCP: u16 = 6;
 
-/// Records listeners: a TCP socket entering LISTEN, in the listen()ing process.
-#[tracepoint]
-pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
-    let (off_sk, off_new, off_proto) = (
-        conf!(offsets.tp_state_sk) as usize,
-        conf!(offsets.tp_state_new) as usize,
-        conf!(offsets.tp_state_proto) as usize,
-    );
-    let new = unsafe { ctx.read_at::<i32>(off_new) }.unwrap_or(0);
-    let proto = unsafe { ctx.read_at::<u16>(off_proto) }.unwrap_or(0);
-    if proto != IPPROTO_TCP {
-        return 0;
-    }
-    if conf!(record_life) != 0 {
-        // `oldstate` sits right before `newstate` (checked by the loader).
-        let old = unsafe { ctx.read_at::<i32>(off_new - 4) }.unwrap_or(0);
-        if let Ok(sk) = unsafe { ctx.read_at::<u64>(off_sk) } {
-            life::on_state(sk, old, new);
-        }
-    }
-    if new != TCP_LISTEN {
-        return 0;
-    }
-    if let Ok(sk) = unsafe { ctx.read_at::<u64>(off_sk) } {
-        holders::record(
-            sk,
-            HOW_LISTEN,
-            bpf_get_current_pid_tgid(),
-            portwatch_common::hook::SOCK_STATE,
-        );
+/// The raw tracepoint: arguments `(const struct sock *sk, int oldstate,
+/// int newstate)`, which the loader checked against the kernel's BTF.
+#[raw_tracepoint(tracepoint = "inet_sock_set_state")]
+pub fn sock_state_raw(ctx: RawTracePointContext) -> u32 {
+    let (old, new) = (ctx.arg::<i32>(1), ctx.arg::<i32>(2));
+    if new == TCP_LISTEN || life::counted(old, new) {
+        on_change(ctx.arg::<u64>(0), old, new, None);
     }
     0
+}
+
+/// The classic tracepoint: the same, from the record the kernel built,
+/// whose field offsets the loader read from tracefs.
+#[tracepoint]
+pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
+    let off_new = conf!(offsets.tp_state_new) as usize;
+    let new = unsafe { ctx.read_at::<i32>(off_new) }.unwrap_or(0);
+    // `oldstate` sits right before `newstate` (checked by the loader).
+    let old = unsafe { ctx.read_at::<i32>(off_new - 4) }.unwrap_or(0);
+    if new != TCP_LISTEN && !life::counted(old, new) {
+        return 0;
+    }
+    let (off_proto, off_sk) = (
+        conf!(offsets.tp_state_proto) as usize,
+        conf!(offsets.tp_state_sk) as usize,
+    );
+    let proto = unsafe { ctx.read_at::<u16>(off_proto) }.unwrap_or(0);
+    if let Ok(sk) = unsafe { ctx.read_at::<u64>(off_sk) } {
+        on_change(sk, old, new, Some(proto));
+    }
+    0
+}
+
+/// A change worth a look: a socket entering LISTEN, or one that port life
+/// counts. `proto` is the record's, where the program has one.
+#[inline(always)]
+fn on_change(sk: u64, old: i32, new: i32, proto: Option<u16>) {
+    let tcp = || proto.unwrap_or_else(|| sock::read(sk, conf!(offsets.sk_protocol))) == IPPROTO_TCP;
+    if new != TCP_LISTEN {
+        // Counted by port life only: the port first, the protocol after.
+        if life::port_of_interest(sk) && tcp() {
+            life::on_state(sk, old, new);
+        }
+        return;
+    }
+    if !tcp() {
+        return;
+    }
+    if life::counted(old, new) && life::port_of_interest(sk) {
+        life::on_state(sk, old, new);
+    }
+    holders::record(
+        sk,
+        HOW_LISTEN,
+        bpf_get_current_pid_tgid(),
+        portwatch_common::hook::SOCK_STATE,
+    );
 }

@@ -519,23 +519,50 @@ fn symlink_at_the_journal_is_refused() {
     assert_eq!(std::fs::read_to_string(&victim).unwrap(), "untouched\n");
 }
 
+/// Raw tracepoint programs (BPF_PROG_TYPE_RAW_TRACEPOINT) process `pid` holds.
+fn raw_tracepoints_of(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
+        .unwrap()
+        .filter(|e| {
+            let text = std::fs::read_to_string(e.as_ref().unwrap().path()).unwrap_or_default();
+            text.lines()
+                .any(|l| l.split_whitespace().eq(["prog_type:", "17"]))
+        })
+        .count()
+}
+
 /// A server that closes its connections first leaves TIME_WAIT behind; its
 /// restart without SO_REUSEADDR fails. The report says so, with the
-/// TIME_WAIT leftovers the kernel counted on the port.
+/// TIME_WAIT leftovers the kernel counted on the port. Seen by the raw
+/// tracepoint, which this kernel allows.
 #[test]
 fn time_wait_without_reuseaddr_is_recognised() {
-    let ns = Netns::new("pw-rec-tw");
-    let scratch = Scratch::new("tw");
+    time_wait_case("pw-rec-tw", &[], 1);
+}
+
+/// The same through the classic tracepoint, as on a kernel that refuses the
+/// raw one.
+#[test]
+fn time_wait_is_counted_through_the_classic_tracepoint_too() {
+    time_wait_case("pw-rec-twc", &["--test-classic-state"], 0);
+}
+
+fn time_wait_case(name: &str, extra: &[&str], raw_programs: usize) {
+    let ns = Netns::new(name);
+    let scratch = Scratch::new(name);
     let journal = scratch.0.join("j");
     let port = port();
-    let tracer = Tracer::start(&[
-        "--netns",
-        &ns.arg(),
-        "--port",
-        &port.to_string(),
-        "--record",
-        journal.to_str().unwrap(),
-    ]);
+    let mut args = vec![
+        "--netns".to_owned(),
+        ns.arg(),
+        "--port".to_owned(),
+        port.to_string(),
+        "--record".to_owned(),
+        journal.to_str().unwrap().to_owned(),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let tracer = Tracer::start(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(raw_tracepoints_of(tracer.pid()), raw_programs);
     let code = format!(
         "import socket, time\n\
          a = socket.socket(); a.bind(('127.0.0.1', {port})); a.listen()\n\

@@ -33,8 +33,13 @@ pub struct BenchArgs {
     /// Run one section only: `who` (portwatch who against ss, fuser, lsof).
     /// `cost` (the syscall loops against the floor probe, per-program ns).
     /// `burst` (bursts of distinct failures: lost, written, metrics).
-    #[arg(long, value_name = "SECTION", value_parser = ["who", "cost", "burst"])]
+    /// `server` (connection loop and nginx under wrk, per-program ns).
+    #[arg(long, value_name = "SECTION", value_parser = ["who", "cost", "burst", "server"])]
     only: Option<String>,
+    /// Measure this portwatch binary instead of building the release one
+    /// (e.g. the tests' build, whose hidden flags `--tracer-args` may use).
+    #[arg(long, value_name = "BIN")]
+    tracer_bin: Option<std::path::PathBuf>,
     /// Another portwatch binary to measure beside this build (`burst`).
     #[arg(long, value_name = "BIN")]
     baseline: Option<std::path::PathBuf>,
@@ -109,7 +114,10 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 /// Runs the benchmarks and prints a Markdown report.
 pub fn run(opts: &BenchArgs) -> Result<()> {
-    let bin = crate::build_release()?;
+    let bin = match &opts.tracer_bin {
+        Some(bin) => bin.clone(),
+        None => crate::build_release()?,
+    };
     if opts.report_only {
         let lines = crate::bench_report::run(&bin, opts.storm_secs, &opts.tracer_args)?;
         println!("{}", lines.join("\n"));
@@ -118,6 +126,11 @@ pub fn run(opts: &BenchArgs) -> Result<()> {
     let rounds = opts.rounds.max(1);
     if opts.only.as_deref() == Some("burst") {
         let lines = crate::bench_burst::run(&bin, opts.baseline.as_ref(), rounds)?;
+        println!("{}", lines.join("\n"));
+        return Ok(());
+    }
+    if opts.only.as_deref() == Some("server") {
+        let lines = crate::bench_server::run(&bin, rounds, &opts.tracer_args)?;
         println!("{}", lines.join("\n"));
         return Ok(());
     }

@@ -3,8 +3,10 @@
 //! instructions and attached the way aya attaches a tracepoint program
 //! (perf_event_open on the tracepoint, PERF_EVENT_IOC_SET_BPF). Its bytecode
 //! is what aya-ebpf compiles `fn(_: TracePointContext) -> u32 { 0 }` to, so
-//! "portwatch over bare probe" measures only portwatch's own work. It is
-//! never part of the portwatch binary.
+//! "portwatch over bare probe" measures only portwatch's own work. The same
+//! program as a raw tracepoint (`Floor::attach_raw`) is the floor of a
+//! program on a hook such as `inet_sock_set_state`. Neither is ever part of
+//! the portwatch binary.
 
 use std::{
     io,
@@ -14,7 +16,9 @@ use std::{
 use anyhow::{bail, Context as _, Result};
 
 const BPF_PROG_LOAD: libc::c_long = 5;
+const BPF_RAW_TRACEPOINT_OPEN: libc::c_long = 17;
 const BPF_PROG_TYPE_TRACEPOINT: u32 = 5;
+const BPF_PROG_TYPE_RAW_TRACEPOINT: u32 = 17;
 const PERF_TYPE_TRACEPOINT: u32 = 2;
 const PERF_EVENT_IOC_ENABLE: libc::c_ulong = 0x2400;
 const PERF_EVENT_IOC_SET_BPF: libc::c_ulong = 0x4004_2408;
@@ -23,6 +27,29 @@ const PERF_EVENT_IOC_SET_BPF: libc::c_ulong = 0x4004_2408;
 pub struct Floor {
     prog: OwnedFd,
     _event: OwnedFd,
+}
+
+/// Loads `r0 = 0; exit` as a program of type `prog_type`.
+fn load(prog_type: u32) -> Result<OwnedFd> {
+    let insns: [u64; 2] = [
+        u64::from_le_bytes([0xb7, 0, 0, 0, 0, 0, 0, 0]),
+        u64::from_le_bytes([0x95, 0, 0, 0, 0, 0, 0, 0]),
+    ];
+    let license = c"GPL";
+    // union bpf_attr for BPF_PROG_LOAD, zero past the fields used.
+    let mut attr = [0u8; 128];
+    attr[0..4].copy_from_slice(&prog_type.to_ne_bytes());
+    attr[4..8].copy_from_slice(&2u32.to_ne_bytes());
+    attr[8..16].copy_from_slice(&(insns.as_ptr() as u64).to_ne_bytes());
+    attr[16..24].copy_from_slice(&(license.as_ptr() as u64).to_ne_bytes());
+    attr[48..56].copy_from_slice(b"pw_floor");
+    // SAFETY: attr is a valid bpf_attr; the pointers outlive the call.
+    let fd = unsafe { libc::syscall(libc::SYS_bpf, BPF_PROG_LOAD, attr.as_ptr(), 128u32) };
+    if fd < 0 {
+        bail!("loading the bare probe: {}", io::Error::last_os_error());
+    }
+    // SAFETY: a new fd the kernel just gave us.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
 /// Where tracefs is (portwatch mounts it when it runs; so does this).
@@ -46,27 +73,7 @@ fn tracefs() -> Result<&'static str> {
 impl Floor {
     /// Loads and attaches the bare probe.
     pub fn attach() -> Result<Floor> {
-        // r0 = 0; exit
-        let insns: [u64; 2] = [
-            u64::from_le_bytes([0xb7, 0, 0, 0, 0, 0, 0, 0]),
-            u64::from_le_bytes([0x95, 0, 0, 0, 0, 0, 0, 0]),
-        ];
-        let license = c"GPL";
-        // union bpf_attr for BPF_PROG_LOAD, zero past the fields used.
-        let mut attr = [0u8; 128];
-        attr[0..4].copy_from_slice(&BPF_PROG_TYPE_TRACEPOINT.to_ne_bytes());
-        attr[4..8].copy_from_slice(&2u32.to_ne_bytes());
-        attr[8..16].copy_from_slice(&(insns.as_ptr() as u64).to_ne_bytes());
-        attr[16..24].copy_from_slice(&(license.as_ptr() as u64).to_ne_bytes());
-        attr[48..56].copy_from_slice(b"pw_floor");
-        // SAFETY: attr is a valid bpf_attr; the pointers outlive the call.
-        let fd = unsafe { libc::syscall(libc::SYS_bpf, BPF_PROG_LOAD, attr.as_ptr(), 128u32) };
-        if fd < 0 {
-            bail!("loading the bare probe: {}", io::Error::last_os_error());
-        }
-        // SAFETY: a new fd the kernel just gave us.
-        let prog = unsafe { OwnedFd::from_raw_fd(fd as i32) };
-
+        let prog = load(BPF_PROG_TYPE_TRACEPOINT)?;
         let id: u64 =
             std::fs::read_to_string(format!("{}/events/syscalls/sys_exit_bind/id", tracefs()?))?
                 .trim()
@@ -106,6 +113,31 @@ impl Floor {
         Ok(Floor {
             prog,
             _event: event,
+        })
+    }
+
+    /// The same two instructions as a raw tracepoint on `tracepoint`
+    /// (BPF_RAW_TRACEPOINT_OPEN): the floor of any program on that hook,
+    /// e.g. `inet_sock_set_state`, whose raw program portwatch attaches.
+    pub fn attach_raw(tracepoint: &std::ffi::CStr) -> Result<Floor> {
+        let prog = load(BPF_PROG_TYPE_RAW_TRACEPOINT)?;
+        // union bpf_attr for BPF_RAW_TRACEPOINT_OPEN: name, prog_fd.
+        let mut attr = [0u8; 16];
+        attr[0..8].copy_from_slice(&(tracepoint.as_ptr() as u64).to_ne_bytes());
+        attr[8..12].copy_from_slice(&prog.as_raw_fd().to_ne_bytes());
+        // SAFETY: attr is a valid bpf_attr; the name outlives the call.
+        let fd =
+            unsafe { libc::syscall(libc::SYS_bpf, BPF_RAW_TRACEPOINT_OPEN, attr.as_ptr(), 16u32) };
+        if fd < 0 {
+            bail!(
+                "attaching the bare raw probe to {tracepoint:?}: {}",
+                io::Error::last_os_error()
+            );
+        }
+        Ok(Floor {
+            prog,
+            // SAFETY: a new fd the kernel just gave us.
+            _event: unsafe { OwnedFd::from_raw_fd(fd as i32) },
         })
     }
 

@@ -6,6 +6,7 @@
 mod bench;
 mod bench_burst;
 mod bench_report;
+mod bench_server;
 mod bench_who;
 mod checks;
 mod deb;

@@ -4,7 +4,7 @@
 use anyhow::{anyhow, Context as _, Result};
 use aya::{
     maps::{Array, HashMap, MapData},
-    programs::{FExit, TracePoint},
+    programs::{FExit, RawTracePoint, TracePoint},
     Ebpf, EbpfLoader,
 };
 use portwatch_common::Config;
@@ -58,6 +58,19 @@ pub(super) fn fill_filters(ebpf: &mut Ebpf, s: &Settings) -> Result<()> {
         let mut ports: Array<&mut MapData, u32> = Array::try_from(map(ebpf, "PORTS")?)?;
         for (i, w) in words.iter().enumerate().filter(|(_, w)| **w != 0) {
             ports.set(i as u32, w, 0)?;
+        }
+    }
+    if s.record_life && !s.ports.is_empty() {
+        // Port life's first check: every port `--port` names is of interest.
+        let mut slots = vec![[0u8; 64]; 1024];
+        for &(lo, hi) in &s.ports {
+            for p in lo..=hi {
+                slots[p as usize / 64][p as usize % 64] = 1;
+            }
+        }
+        let mut interest: Array<&mut MapData, [u8; 64]> = Array::try_from(map(ebpf, "INTEREST")?)?;
+        for (i, w) in slots.iter().enumerate().filter(|(_, w)| **w != [0; 64]) {
+            interest.set(i as u32, w, 0)?;
         }
     }
     macro_rules! fill {
@@ -117,17 +130,43 @@ pub(super) fn attach_tracepoints(ebpf: &mut Ebpf, with_entry: bool) -> Result<()
     Ok(())
 }
 
-/// Attaches the listener recorder, the holder table's second source.
-pub(super) fn attach_state(ebpf: &mut Ebpf) -> Result<()> {
-    let p: &mut TracePoint = ebpf
-        .program_mut("inet_sock_set_state")
-        .ok_or_else(|| anyhow!("eBPF object has no program inet_sock_set_state"))?
-        .try_into()?;
-    p.load()
-        .context("loading tracepoint sock/inet_sock_set_state")?;
-    p.attach("sock", "inet_sock_set_state")
-        .context("attaching tracepoint sock/inet_sock_set_state")?;
-    Ok(())
+/// What the listener recorder may use on this kernel: each hook, or why not.
+#[derive(Debug, Clone)]
+pub(super) struct StateHooks {
+    /// The raw tracepoint (its arguments checked against the BTF).
+    pub raw: Result<(), String>,
+    /// The classic tracepoint (its record's layout read from tracefs).
+    pub classic: Result<(), String>,
+}
+
+/// Attaches the listener recorder, the holder table's second source: the
+/// raw tracepoint when the kernel takes it, else the classic one; Err says
+/// why neither.
+pub(super) fn attach_state(ebpf: &mut Ebpf, hooks: &StateHooks) -> Result<(), String> {
+    let raw = hooks.raw.clone().and_then(|()| {
+        let p: &mut RawTracePoint = ebpf
+            .program_mut("sock_state_raw")
+            .ok_or("eBPF object has no program sock_state_raw")?
+            .try_into()
+            .map_err(|e| format!("{e}"))?;
+        p.load()
+            .and_then(|()| p.attach("inet_sock_set_state").map(drop))
+            .map_err(|e| format!("raw tracepoint inet_sock_set_state: {e}"))
+    });
+    let Err(raw) = raw else {
+        return Ok(());
+    };
+    let classic = hooks.classic.clone().and_then(|()| {
+        let p: &mut TracePoint = ebpf
+            .program_mut("inet_sock_set_state")
+            .ok_or("eBPF object has no program inet_sock_set_state")?
+            .try_into()
+            .map_err(|e| format!("{e}"))?;
+        p.load()
+            .and_then(|()| p.attach("sock", "inet_sock_set_state").map(drop))
+            .map_err(|e| format!("tracepoint sock/inet_sock_set_state: {e}"))
+    });
+    classic.map_err(|classic| format!("{classic} ({raw})"))
 }
 
 /// Attaches the io_uring completion program (tracepoint backend).

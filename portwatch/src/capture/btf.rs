@@ -280,6 +280,52 @@ impl Btf {
         })
     }
 
+    /// The parameter types of tracepoint `name`'s probes after their
+    /// leading `void *` (the arguments a raw tracepoint program gets), as C
+    /// spells them without qualifiers: `["struct sock *", "int", "int"]`.
+    /// From the `btf_trace_<name>` typedef the kernel declares for every
+    /// tracepoint.
+    pub fn tracepoint_args(&self, name: &str) -> Result<Vec<String>, BtfError> {
+        let missing = || BtfError::Missing(format!("tracepoint {name} (btf_trace_{name})"));
+        let typedef = format!("btf_trace_{name}");
+        let id = (1..self.index.len() as u32)
+            .find(|&id| {
+                self.header(id).is_some_and(|h| {
+                    h.kind == KIND_TYPEDEF && self.name(h.name) == typedef.as_bytes()
+                })
+            })
+            .ok_or_else(missing)?;
+        let ptr = self
+            .resolve(id)
+            .filter(|h| h.kind == KIND_PTR)
+            .ok_or_else(missing)?;
+        let proto = self
+            .resolve(ptr.size_or_type)
+            .filter(|h| h.kind == KIND_FUNC_PROTO)
+            .ok_or_else(missing)?;
+        Ok((1..proto.vlen)
+            .map(|i| self.spell(u32_at(self.types(), proto.body + i * 8 + 4)))
+            .collect())
+    }
+
+    /// A type as C spells it, without qualifiers or typedefs.
+    fn spell(&self, id: u32) -> String {
+        if id == 0 {
+            return "void".to_owned();
+        }
+        let Some(h) = self.resolve(id) else {
+            return "?".to_owned();
+        };
+        let name = String::from_utf8_lossy(self.name(h.name));
+        match h.kind {
+            KIND_PTR => format!("{} *", self.spell(h.size_or_type)),
+            KIND_STRUCT => format!("struct {name}"),
+            KIND_UNION => format!("union {name}"),
+            KIND_ENUM | KIND_ENUM64 => format!("enum {name}"),
+            _ => name.into_owned(),
+        }
+    }
+
     /// The value of enumerator `name`, searched in every enum (the kernel
     /// declares many anonymously).
     pub fn enum_value(&self, name: &str) -> Option<i64> {

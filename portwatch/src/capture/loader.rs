@@ -10,7 +10,7 @@ use portwatch_common::Config;
 use super::{
     attach::{
         attach_fexit, attach_state, attach_tracepoints, attach_uring, ebpf_loader, fill_filters,
-        object,
+        object, StateHooks,
     },
     btf::Btf,
     offsets,
@@ -282,8 +282,9 @@ struct Kernel {
     fexit_btf: Option<aya::Btf>,
     /// Where portwatch mounted tracefs, if it had to.
     mounted_tracefs: Option<&'static Path>,
-    /// Why listeners are not recorded in the kernel, when they are not.
-    holders_note: Option<String>,
+    /// The hooks the listener recorder may use; None when holders are not
+    /// tracked.
+    state_hooks: Option<StateHooks>,
     /// The kernel's BTF has `TCP_BOUND_INACTIVE`.
     bound_inactive_dump: bool,
 }
@@ -308,7 +309,7 @@ impl Kernel {
         let bound_inactive_dump = btf.enum_value("TCP_BOUND_INACTIVE").is_some();
         let uses_tracepoints = attempts.iter().any(|&a| a != Attempt::Fexit);
         // The tracepoint backend needs tracefs, and so does the listener
-        // recorder (a tracepoint) with either backend.
+        // recorder's classic tracepoint (the fallback for its raw one).
         let tracefs = (settings.track_holders || uses_tracepoints)
             .then(|| tracefs().map_err(|e| e.to_string()));
         let mounted_tracefs = match &tracefs {
@@ -316,14 +317,19 @@ impl Kernel {
             _ => None,
         };
         let dir = tracefs.map(|t| t.map(|(dir, _)| dir));
-        let holders_note = match (&dir, settings.track_holders) {
-            (_, false) => None,
-            (Some(Ok(dir)), true) => offsets::apply_state_format(dir, &mut fexit.offsets)
-                .err()
-                .map(|e| format!("{e:#}")),
-            (Some(Err(e)), true) => Some(e.clone()),
-            (None, true) => unreachable!("tracefs is looked up when holders are tracked"),
-        };
+        let state_hooks = settings.track_holders.then(|| StateHooks {
+            raw: if settings.classic_state {
+                Err("the classic tracepoint was asked for".to_owned())
+            } else {
+                raw_state_args(&btf)
+            },
+            classic: match &dir {
+                Some(Ok(dir)) => offsets::apply_state_format(dir, &mut fexit.offsets)
+                    .map_err(|e| format!("{e:#}")),
+                Some(Err(e)) => Err(e.clone()),
+                None => unreachable!("tracefs is looked up when holders are tracked"),
+            },
+        });
         let tracepoint = dir
             .filter(|_| uses_tracepoints)
             .map(|dir| tracepoint_configs(&btf, fexit, dir?));
@@ -335,7 +341,7 @@ impl Kernel {
             configs: Configs { fexit, tracepoint },
             fexit_btf,
             mounted_tracefs,
-            holders_note,
+            state_hooks,
             bound_inactive_dump,
         })
     }
@@ -343,12 +349,12 @@ impl Kernel {
     /// Attaches what goes with either backend (the listener recorder, and
     /// io_uring's program for tracepoints) and hands the object over.
     fn finish(&self, mut ebpf: Ebpf, attempt: Attempt, why: String, track_holders: bool) -> Loaded {
-        let mut holders_note = self.holders_note.clone();
-        if track_holders && holders_note.is_none() {
-            if let Err(e) = attach_state(&mut ebpf) {
-                holders_note = Some(format!("{e}: {}", root(&e)));
-            }
-        }
+        // Which of the two programs sees the state changes matters to no
+        // one but the benchmarks (BENCHMARKS.md): only a failure is said.
+        let holders_note = match (&self.state_hooks, track_holders) {
+            (Some(hooks), true) => attach_state(&mut ebpf, hooks).err(),
+            _ => None,
+        };
         // fexit sees io_uring's binds through inet_bind already.
         let uring = match (attempt, &self.configs.tracepoint) {
             (Attempt::Fexit, _) => Ok(false),
@@ -372,6 +378,21 @@ impl Kernel {
             uring_note,
         }
     }
+}
+
+/// Whether the raw tracepoint `inet_sock_set_state` passes the arguments
+/// the raw program reads, per the kernel's BTF; Err says what it passes.
+fn raw_state_args(btf: &Btf) -> Result<(), String> {
+    let args = btf
+        .tracepoint_args("inet_sock_set_state")
+        .map_err(|e| e.to_string())?;
+    if args != ["struct sock *", "int", "int"] {
+        return Err(format!(
+            "raw tracepoint inet_sock_set_state passes ({}), not (struct sock *, int, int)",
+            args.join(", ")
+        ));
+    }
+    Ok(())
 }
 
 /// Reads the BTF file the settings name, or the running kernel's.

@@ -391,6 +391,24 @@ mod btf_tests {
     }
 
     #[test]
+    fn raw_tracepoint_arguments_read_from_both_kernels() {
+        for path in [PathBuf::from("/sys/kernel/btf/vmlinux"), other_btf()] {
+            let btf = load(&path);
+            assert_eq!(
+                btf.tracepoint_args("inet_sock_set_state").unwrap(),
+                ["struct sock *", "int", "int"],
+                "{}",
+                path.display()
+            );
+            assert_eq!(
+                btf.tracepoint_args("sys_enter").unwrap(),
+                ["struct pt_regs *", "long int"]
+            );
+            assert!(btf.tracepoint_args("no_such_tracepoint").is_err());
+        }
+    }
+
+    #[test]
     fn malformed_btf_is_an_error_not_a_panic() {
         assert!(Btf::parse(b"not btf".to_vec()).is_err());
         let mut truncated = std::fs::read("/sys/kernel/btf/vmlinux").unwrap();

@@ -70,6 +70,9 @@ pub struct Settings {
     /// Test only: point this offset (an `Offsets` field name) at the wrong
     /// member, to check that the programs say so instead of lying.
     pub bad_offset: Option<String>,
+    /// Test only: see TCP state changes through the classic tracepoint,
+    /// as on a kernel that refuses the raw one.
+    pub classic_state: bool,
     /// Send the life of ports of interest (`watch --record`; needs
     /// `track_holders`, whose tracepoint sees the state changes).
     pub record_life: bool,

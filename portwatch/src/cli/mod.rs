@@ -591,4 +591,9 @@ pub struct TestHooks {
     /// layout does not allow one read.
     #[arg(long, value_name = "FIELD", hide = true)]
     pub test_bad_offset: Option<String>,
+
+    /// See TCP state changes through the classic tracepoint, as on a kernel
+    /// that refuses the raw one.
+    #[arg(long, hide = true)]
+    pub test_classic_state: bool,
 }

@@ -45,6 +45,7 @@ fn settings(args: &WatchArgs) -> Settings {
         fold_entries: args.test.fold_table_size,
         kernel_log: args.kernel_log(),
         bad_offset: args.test.test_bad_offset.clone(),
+        classic_state: args.test.test_classic_state,
         record_life: args.record.is_some(),
     }
 }
