@@ -509,7 +509,15 @@ mod user {
         };
     }
     aya_pod!(
-        Event, Config, FoldKey, FoldState, FoldFront, PortKey, HolderEntry, HolderSlot, Life,
+        Event,
+        Config,
+        FoldKey,
+        FoldState,
+        FoldFront,
+        PortKey,
+        HolderEntry,
+        HolderSlot,
+        Life,
         LifeState
     );
 }

@@ -9,8 +9,10 @@ use portwatch_common as common;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::clock::Clock;
-use crate::request::{Caller, Errno, Family, HolderRecord, Opts, Proto, Request, Syscall};
+use crate::{
+    clock::Clock,
+    request::{Caller, Errno, Family, HolderRecord, Opts, Proto, Request, Syscall},
+};
 
 /// A record the loader cannot trust.
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -349,7 +351,10 @@ mod tests {
         assert_eq!((h.state, h.opts), (None, None));
         // No record at all.
         raw.holder = common::HolderRecord::default();
-        assert_eq!(Event::decode(&encode(&raw), clock()).unwrap().holder_record, None);
+        assert_eq!(
+            Event::decode(&encode(&raw), clock()).unwrap().holder_record,
+            None
+        );
         raw.holder.how = 9;
         assert!(Event::decode(&encode(&raw), clock()).is_err());
     }

@@ -11,7 +11,6 @@ use std::{fmt, net::IpAddr, str::FromStr};
 use portwatch_common as common;
 use serde::{Deserialize, Serialize};
 
-
 /// Which call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

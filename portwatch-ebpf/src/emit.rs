@@ -1,12 +1,14 @@
 //! The path every backend shares: filter, build the event, fold repeats, send.
 
-use aya_ebpf::{
-    bindings::BPF_NOEXIST,
-    helpers::generated::bpf_jiffies64,
-    helpers::{bpf_get_current_cgroup_id, bpf_get_current_uid_gid, bpf_ktime_get_boot_ns},
-};
 use core::ptr::{read_volatile, write_volatile};
 
+use aya_ebpf::{
+    bindings::BPF_NOEXIST,
+    helpers::{
+        bpf_get_current_cgroup_id, bpf_get_current_uid_gid, bpf_ktime_get_boot_ns,
+        generated::bpf_jiffies64,
+    },
+};
 use portwatch_common::{
     stat, Event, FoldFront, FoldKey, FoldState, AF_INET, AF_INET6, FILTER_CGROUP, FILTER_COMM,
     FILTER_NETNS, FILTER_PID, FILTER_PORT, FILTER_UID, SYSCALL_BIND,

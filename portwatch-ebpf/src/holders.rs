@@ -6,11 +6,11 @@
 //! At a failure the record's socket is read again: its state and options at
 //! that instant travel with the event.
 
-use aya_ebpf::helpers::{bpf_get_current_uid_gid, bpf_ktime_get_boot_ns};
 use core::ptr::{read_volatile, write_volatile};
 
+use aya_ebpf::helpers::{bpf_get_current_uid_gid, bpf_ktime_get_boot_ns};
 use portwatch_common::{
-    holder_set, Event, HolderSlot, PortKey, HolderRecord, HolderEntry, HOW_LISTEN, SYSCALL_LISTEN,
+    holder_set, Event, HolderEntry, HolderRecord, HolderSlot, PortKey, HOW_LISTEN, SYSCALL_LISTEN,
 };
 
 use crate::{config::HOLDERS, mem, sock};

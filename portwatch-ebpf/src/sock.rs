@@ -1,5 +1,7 @@
 //! Reading kernel memory at offsets the loader found in BTF.
 
+use core::mem::MaybeUninit;
+
 use aya_ebpf::helpers::{
     bpf_get_current_task,
     generated::{bpf_probe_read_kernel, bpf_probe_read_user},
@@ -8,8 +10,6 @@ use portwatch_common::{
     BitLoc, Event, PortKey, AF_INET, AF_INET6, OPT_BIND_ADDRESS_NO_PORT, OPT_FREEBIND,
     OPT_REUSEADDR, OPT_REUSEPORT, OPT_TRANSPARENT, OPT_V6ONLY, OPT_VALID, SK_HEAD_BYTES,
 };
-
-use core::mem::MaybeUninit;
 
 use crate::{
     config::{conf, SKHEAD},

@@ -63,9 +63,11 @@ fn usage_line(e: &clap::Error) -> String {
             ContextValue::String(s) => s.clone(),
             ContextValue::Strings(v) => v.join(", "),
             ContextValue::StyledStr(s) => s.to_string(),
-            ContextValue::StyledStrs(v) => {
-                v.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
-            }
+            ContextValue::StyledStrs(v) => v
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", "),
             ContextValue::Number(n) => n.to_string(),
             other => other.to_string(),
         })

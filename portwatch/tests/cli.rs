@@ -165,16 +165,32 @@ fn help_teaches() {
 
 #[test]
 fn usage_errors_name_what_was_wrong_in_one_line() {
-    fails(&run(&[]), 2, "a subcommand is needed: watch, who, wait, run");
-    fails(&run(&["wach"]), 2, "unknown subcommand 'wach' (did you mean 'watch'?)");
+    fails(
+        &run(&[]),
+        2,
+        "a subcommand is needed: watch, who, wait, run",
+    );
+    fails(
+        &run(&["wach"]),
+        2,
+        "unknown subcommand 'wach' (did you mean 'watch'?)",
+    );
     fails(&run(&["who"]), 2, "missing argument <PORT");
-    fails(&run(&["watch", "--bogus"]), 2, "unexpected argument '--bogus'");
+    fails(
+        &run(&["watch", "--bogus"]),
+        2,
+        "unexpected argument '--bogus'",
+    );
     fails(
         &run(&["watch", "--backend", "kprobe"]),
         2,
         "one of: auto, fexit, tracepoint",
     );
-    fails(&run(&["who", "80", "--json=yes"]), 2, "unexpected value 'yes' for '--json'");
+    fails(
+        &run(&["who", "80", "--json=yes"]),
+        2,
+        "unexpected value 'yes' for '--json'",
+    );
     // `run`'s own failures are 125: 1 and 2 may be CMD's.
     fails(&run(&["run"]), 125, "missing argument <CMD>");
 }

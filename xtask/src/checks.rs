@@ -16,13 +16,19 @@ pub fn format() -> Result<()> {
         .is_ok_and(|o| o.status.success());
     if !have {
         eprintln!("xtask: installing rustfmt for nightly");
-        run(Command::new("rustup").args(["component", "add", "rustfmt", "--toolchain", "nightly"]))?;
+        run(Command::new("rustup").args([
+            "component",
+            "add",
+            "rustfmt",
+            "--toolchain",
+            "nightly",
+        ]))?;
     }
     // rustup's `cargo` proxy, not $CARGO (stable's own binary knows no `+nightly`).
     run(Command::new("cargo")
         .current_dir(root())
         .args(["+nightly", "fmt", "--all", "--check"]))
-        .context("the tree is not formatted: run `cargo +nightly fmt --all`")
+    .context("the tree is not formatted: run `cargo +nightly fmt --all`")
 }
 
 /// Fails when aya (or anything of the eBPF toolchain) is a dependency of

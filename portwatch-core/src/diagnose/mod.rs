@@ -10,9 +10,8 @@ mod rules;
 
 use std::net::{IpAddr, SocketAddr};
 
-use serde::{Deserialize, Serialize};
-
 pub use advice::{named, relation, Relation};
+use serde::{Deserialize, Serialize};
 
 use crate::{holders::Evidence, request::Request};
 

@@ -18,11 +18,10 @@ pub mod systemd;
 
 use std::{net::IpAddr, str::FromStr};
 
-use serde::{Deserialize, Serialize};
-
 pub use containers::Container;
 pub use enrich::Enricher;
 pub use kernel::KernelDevice;
+use serde::{Deserialize, Serialize};
 pub use sysctl::Sysctls;
 
 use crate::request::{Family, Proto};

@@ -20,7 +20,10 @@ use std::{
     io::{self, Read as _, Seek as _, SeekFrom, Write as _},
     os::{
         fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
-        unix::{ffi::OsStrExt as _, fs::DirBuilderExt as _, fs::MetadataExt as _},
+        unix::{
+            ffi::OsStrExt as _,
+            fs::{DirBuilderExt as _, MetadataExt as _},
+        },
     },
     path::{Path, PathBuf},
     sync::{
@@ -458,9 +461,12 @@ pub fn life_line(
     clock: crate::clock::Clock,
     hide: u64,
 ) -> Option<crate::output::json::PortLife> {
-    use crate::output::json::{LifeKind, PortLife, PortTag};
-    use crate::request::{Family, Proto};
     use portwatch_common as common;
+
+    use crate::{
+        output::json::{LifeKind, PortLife, PortTag},
+        request::{Family, Proto},
+    };
     let r: common::Life = bytemuck::pod_read_unaligned(bytes.get(..size_of::<common::Life>())?);
     let family = match r.family {
         common::AF_INET => Family::Ipv4,
@@ -505,8 +511,9 @@ mod tests {
 
     #[test]
     fn life_records_decode_from_unaligned_bytes_and_bad_ones_do_not() {
-        use crate::output::json::LifeKind;
         use portwatch_common as common;
+
+        use crate::output::json::LifeKind;
         let mut comm = [0; 16];
         comm[..5].copy_from_slice(b"nginx");
         let mut addr = [0; 16];

@@ -9,9 +9,8 @@ pub mod who;
 
 use std::io::{self, Write};
 
-use serde_json::value::RawValue;
-
 pub use notice::{Notice, Notices, Summary};
+use serde_json::value::RawValue;
 
 use crate::{diagnose::Verdict, event::Event, holders::Evidence};
 

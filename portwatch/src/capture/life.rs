@@ -2,13 +2,13 @@
 //! of interest) read into the journal beside the events.
 
 use anyhow::{Context as _, Result};
-
-use super::ring::Ring;
 use portwatch_core::{
     clock::Clock,
     journal::{life_line, Journal, JournalOptions, JournalStats, Sink},
     output::{Notice, Notices},
 };
+
+use super::ring::Ring;
 
 /// Reads the kernel's `LIFE` ring buffer into the journal until `stop`
 /// fires, then drains what is left.

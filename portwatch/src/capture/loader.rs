@@ -477,10 +477,11 @@ pub fn load(settings: &Settings, choice: BackendChoice) -> Result<Loaded> {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use anyhow::anyhow;
     use ArgsSource as A;
     use BackendChoice as B;
+
+    use super::*;
 
     #[test]
     fn attempts_follow_the_choice_cheapest_first() {

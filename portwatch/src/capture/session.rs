@@ -11,17 +11,17 @@ use std::{
 use anyhow::{anyhow, Result};
 use aya::maps::{IterableMap as _, MapData, PerCpuArray, PerCpuHashMap, RingBuf};
 use portwatch_common::{hook, stat, FoldFront, FoldKey, FoldState};
+use portwatch_core::{
+    clock::Clock,
+    event::Event,
+    fold::{fold_key, Counters, Finish, Repeat},
+};
 
 use super::{
     klog,
     loader::{self, Backend, Loaded},
     ring::Ring,
     settings::{BackendChoice, Settings},
-};
-use portwatch_core::{
-    clock::Clock,
-    event::Event,
-    fold::{fold_key, Counters, Finish, Repeat},
 };
 
 /// What one sweep of the fold table did.

@@ -3,9 +3,9 @@
 use std::{net::IpAddr, path::PathBuf};
 
 use clap::{Args, Parser, Subcommand};
+use portwatch_core::request::{Errno, Proto};
 
 use crate::capture;
-use portwatch_core::request::{Errno, Proto};
 
 pub mod values;
 

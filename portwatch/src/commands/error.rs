@@ -100,7 +100,10 @@ mod tests {
             .context("loading")
             .into();
         assert_eq!(unsupported.exit_code(), EXIT_UNSUPPORTED);
-        assert_eq!(Error::from(anyhow::anyhow!("disk")).exit_code(), EXIT_FAILED);
+        assert_eq!(
+            Error::from(anyhow::anyhow!("disk")).exit_code(),
+            EXIT_FAILED
+        );
         assert_eq!(Error::Usage("x".into()).exit_code(), EXIT_USAGE);
         let start = |kind| Error::CannotStart {
             cmd: "x".into(),

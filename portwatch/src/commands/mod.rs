@@ -10,14 +10,13 @@ pub mod wait;
 pub mod watch;
 pub mod who;
 
+use std::{fs::File, os::unix::fs::OpenOptionsExt as _, path::Path};
+
+use anyhow::{bail, Context as _};
 pub use error::{
     Error, EXIT_CANNOT_EXECUTE, EXIT_FAILED, EXIT_NOT_FOUND, EXIT_OK, EXIT_RUN_FAILED,
     EXIT_UNSUPPORTED, EXIT_USAGE,
 };
-
-use std::{fs::File, os::unix::fs::OpenOptionsExt as _, path::Path};
-
-use anyhow::{bail, Context as _};
 
 use crate::cli::Command;
 
@@ -26,11 +25,18 @@ impl Command {
     /// `who`'s "taken" and `wait`'s "timed out" (1), or `run`'s CMD's own.
     pub async fn execute(self) -> Result<u8, Error> {
         match self {
-            Command::Watch(args) => watch::run(args).await.map(|()| EXIT_OK).map_err(Error::from),
+            Command::Watch(args) => watch::run(args)
+                .await
+                .map(|()| EXIT_OK)
+                .map_err(Error::from),
             Command::Run(args) => run::run(args).await.map_err(Error::in_run),
-            Command::Wait(args) => wait::run(&args).map(|freed| answer(freed, wait::EXIT_TIMED_OUT)),
+            Command::Wait(args) => {
+                wait::run(&args).map(|freed| answer(freed, wait::EXIT_TIMED_OUT))
+            }
             Command::Who(args) => who::run(&args).map(|free| answer(free, who::EXIT_TAKEN)),
-            Command::Completions(args) => completions::completions(args.shell).map(|()| EXIT_OK).map_err(Error::from),
+            Command::Completions(args) => completions::completions(args.shell)
+                .map(|()| EXIT_OK)
+                .map_err(Error::from),
             Command::Man(args) => man::run(&args).map(|()| EXIT_OK).map_err(Error::from),
             Command::Report(args) => report::run(args).map(|()| EXIT_OK).map_err(Error::from),
         }

@@ -3,12 +3,12 @@
 use std::io::{self, Write as _};
 
 use anyhow::{bail, Context as _, Result};
-
-use crate::cli::ReportArgs;
 use portwatch_core::report::{
     analyse::{analyse, Filter},
     read, render,
 };
+
+use crate::cli::ReportArgs;
 
 /// Runs `portwatch report`.
 pub fn run(args: ReportArgs) -> Result<()> {

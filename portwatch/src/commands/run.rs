@@ -12,11 +12,7 @@ use std::{
     ffi::CString,
     fs::{self, File},
     io::{self, Write},
-    os::unix::{
-        ffi::OsStrExt as _,
-        fs::MetadataExt as _,
-        process::ExitStatusExt as _,
-    },
+    os::unix::{ffi::OsStrExt as _, fs::MetadataExt as _, process::ExitStatusExt as _},
     path::{Path, PathBuf},
     process::Stdio,
     sync::{Arc, Mutex},
@@ -24,6 +20,10 @@ use std::{
 };
 
 use anyhow::{anyhow, bail, Context as _, Result};
+use portwatch_core::{
+    holders::Enricher,
+    output::{text, Format, Notice, Notices, Summary},
+};
 use tokio::signal::unix::{signal, SignalKind};
 
 use super::Error;
@@ -31,10 +31,6 @@ use crate::{
     capture::{Session, Settings},
     cli::{values::cgroup2_mount, RunArgs},
     pipeline::{self, Pipeline, BATCH},
-};
-use portwatch_core::{
-    holders::Enricher,
-    output::{text, Format, Notice, Notices, Summary},
 };
 
 /// How long events of CMD's last moments may still be on their way after
@@ -159,7 +155,9 @@ pub async fn run(args: RunArgs) -> Result<u8, Error> {
         Format::Human
     };
     let file = match &args.output {
-        Some(path) => Some(Arc::new(Mutex::new(super::create_private(path).with_context(|| format!("--output {}", path.display()))?))),
+        Some(path) => Some(Arc::new(Mutex::new(
+            super::create_private(path).with_context(|| format!("--output {}", path.display()))?,
+        ))),
         None => None,
     };
     let notices = match &file {

@@ -15,14 +15,14 @@ use std::{
 };
 
 use netlink_sys::{protocols::NETLINK_SOCK_DIAG, Socket};
-
-use super::{who, Error};
-use crate::cli::{WaitArgs, WhoArgs};
 use portwatch_core::{
     bindcheck::{self, Variant},
     holders::{sockdiag, State},
     request::Proto,
 };
+
+use super::{who, Error};
+use crate::cli::{WaitArgs, WhoArgs};
 
 /// Exit status of `wait` when `--timeout` ran out with the port still taken.
 pub const EXIT_TIMED_OUT: u8 = 1;

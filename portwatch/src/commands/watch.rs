@@ -7,6 +7,11 @@ use std::{
 };
 
 use anyhow::Result;
+use portwatch_core::{
+    holders::Enricher,
+    journal::JournalOptions,
+    output::{journald::Journald, text, Format, Notice, Notices, Summary},
+};
 use tokio::{
     signal::unix::{signal, Signal, SignalKind},
     time::Interval,
@@ -16,11 +21,6 @@ use crate::{
     capture::{life::JournalSession, Session, Settings},
     cli::WatchArgs,
     pipeline::{self, Pipeline, BATCH},
-};
-use portwatch_core::{
-    holders::Enricher,
-    journal::JournalOptions,
-    output::{journald::Journald, text, Format, Notice, Notices, Summary},
 };
 
 /// How often the fold table is swept of stale entries.

@@ -11,8 +11,6 @@ use std::{
     path::Path,
 };
 
-use super::Error;
-use crate::cli::WhoArgs;
 use portwatch_core::{
     bindcheck::{self, Rule, Variant},
     diagnose::diagnose,
@@ -23,6 +21,9 @@ use portwatch_core::{
     output::who::{self as out, Answer, BindVerdict, Checked, WhoReport},
     request::{Errno, Family, Proto, Request, Syscall},
 };
+
+use super::Error;
+use crate::cli::WhoArgs;
 
 /// Exit status of `who`: a plain bind would fail now (scripts rely on it).
 pub const EXIT_TAKEN: u8 = 1;
@@ -48,7 +49,9 @@ pub(crate) struct NamedNetns<'a> {
 /// Opens the namespace file named by `--netns`.
 pub(crate) fn open_netns(path: &Path) -> Result<NamedNetns<'_>, Error> {
     let file = File::open(path).map_err(|e| match e.kind() {
-        io::ErrorKind::NotFound => Error::Usage(format!("network namespace '{}': {e}", path.display())),
+        io::ErrorKind::NotFound => {
+            Error::Usage(format!("network namespace '{}': {e}", path.display()))
+        }
         _ => Error::Unsupported(format!("network namespace '{}': {e}", path.display())),
     })?;
     let inode = nix::sys::stat::fstat(file.as_fd())
@@ -72,17 +75,20 @@ pub(crate) fn in_netns<T: Send>(
     std::thread::scope(|scope| {
         scope
             .spawn(|| match ns {
-                Some(ns) => netns::in_netns(ns.file.as_fd(), || f(ns.inode)).map_err(|e| {
-                    match e.raw_os_error() {
-                        Some(libc::EINVAL) => {
-                            Error::Usage(format!("'{}' is not a network namespace", ns.path.display()))
+                Some(ns) => {
+                    netns::in_netns(ns.file.as_fd(), || f(ns.inode)).map_err(|e| {
+                        match e.raw_os_error() {
+                            Some(libc::EINVAL) => Error::Usage(format!(
+                                "'{}' is not a network namespace",
+                                ns.path.display()
+                            )),
+                            _ => Error::Unsupported(format!(
+                                "cannot enter network namespace '{}': {e}",
+                                ns.path.display()
+                            )),
                         }
-                        _ => Error::Unsupported(format!(
-                            "cannot enter network namespace '{}': {e}",
-                            ns.path.display()
-                        )),
-                    }
-                })?,
+                    })?
+                }
                 None => {
                     let inode = netns::current_netns().ok_or_else(|| {
                         Error::Unsupported("cannot read /proc/thread-self/ns/net".into())

@@ -3,13 +3,13 @@
 
 use std::collections::HashSet;
 
-use prometheus_client::encoding::EncodeLabelSet;
-
-use super::PORT_SERIES;
 use portwatch_core::{
     event::Event,
     request::{Errno, Family as AddrFamily, Proto, Syscall},
 };
+use prometheus_client::encoding::EncodeLabelSet;
+
+use super::PORT_SERIES;
 
 /// The labels of `portwatch_bind_failures_total`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]

@@ -4,7 +4,6 @@
 use std::{io, net::SocketAddr};
 
 use anyhow::{anyhow, Context as _, Result};
-
 use portwatch_core::{
     diagnose::{diagnose, named},
     holders::{netns::current_netns, Enricher},

@@ -26,6 +26,13 @@ use std::{
 };
 
 use portwatch_common::FoldKey;
+use portwatch_core::{
+    diagnose::{Reason, Verdict},
+    event::Event,
+    fold::fold_key,
+    holders::Evidence,
+    request::{Errno, Family as AddrFamily, Proto, Syscall},
+};
 use prometheus_client::{
     metrics::{
         counter::Counter,
@@ -46,13 +53,6 @@ pub use self::{
     listen::{bind, parse_addr},
 };
 use crate::capture::KernelView;
-use portwatch_core::{
-    diagnose::{Reason, Verdict},
-    event::Event,
-    fold::fold_key,
-    holders::Evidence,
-    request::{Errno, Family as AddrFamily, Proto, Syscall},
-};
 
 /// Ports with a series of their own when `--port` does not name them.
 pub const PORT_SERIES: usize = 64;
@@ -511,11 +511,12 @@ impl Metrics {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use portwatch_core::{
         clock::Clock,
         event::fixtures::{encode, sample},
     };
+
+    use super::*;
 
     /// Churn: every process fails once, its repeats are swept out of the
     /// kernel (owed to an event that never comes: the process exited). The

@@ -35,13 +35,14 @@ use tokio::{
 
 mod writer;
 
-use crate::metrics::Metrics;
 use portwatch_core::{
     event::Event,
     holders::{Enricher, Evidence},
     output::{self, notice::Unenriched, Format},
     request::{Request, Syscall},
 };
+
+use crate::metrics::Metrics;
 
 /// Evidence shared by the events of one storm.
 type Shared = watch::Receiver<Option<Arc<Evidence>>>;

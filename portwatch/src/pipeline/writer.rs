@@ -9,11 +9,6 @@ use std::{
     time::Duration,
 };
 
-use serde_json::value::RawValue;
-use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
-
-use super::{Hurry, Lookup, Pending, Shared, QUEUE, RECENT_CAP};
-use crate::metrics::Metrics;
 use portwatch_core::{
     diagnose::{diagnose, Verdict},
     event::Event,
@@ -22,6 +17,11 @@ use portwatch_core::{
     output::{self, notice::Unenriched, text, Format},
     request::Opts,
 };
+use serde_json::value::RawValue;
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+
+use super::{Hurry, Lookup, Pending, Shared, QUEUE, RECENT_CAP};
+use crate::metrics::Metrics;
 
 /// The writer's settings.
 pub(super) struct WriteOpts {
@@ -321,4 +321,3 @@ async fn wait_answer(shared: &mut Shared, deadline: tokio::time::Instant, hurry:
         }
     }
 }
-

@@ -18,8 +18,7 @@ use std::{
     collections::HashMap,
     io::Read as _,
     net::IpAddr,
-    os::unix::fs::MetadataExt as _,
-    os::unix::fs::OpenOptionsExt as _,
+    os::unix::fs::{MetadataExt as _, OpenOptionsExt as _},
     path::{Path, PathBuf},
 };
 

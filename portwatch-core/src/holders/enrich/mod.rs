@@ -370,4 +370,3 @@ fn callers(req: &Request) -> Vec<(u32, u32)> {
     }
     candidates
 }
-

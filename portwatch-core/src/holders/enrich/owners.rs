@@ -182,7 +182,12 @@ impl Enricher {
     }
 
     /// A holder described by the kernel's record alone.
-    pub(super) fn recorded_holder(&self, req: &Request, r: &HolderRecord, look: bool) -> Option<Holder> {
+    pub(super) fn recorded_holder(
+        &self,
+        req: &Request,
+        r: &HolderRecord,
+        look: bool,
+    ) -> Option<Holder> {
         let v6only = r.opts.map(|o| o.v6only);
         let cross_family = overlaps(
             (req.family, req.addr, req.v6only()),

@@ -13,15 +13,14 @@ pub(crate) mod raw;
 
 use std::collections::HashMap;
 
-use nix::{
-    fcntl::{self, OFlag, AT_FDCWD},
-    sys::stat::Mode,
-};
-
 pub use cgroup::{
     is_safe_unit_name, is_stoppable_unit, serves_others, unit_and_container, Runtime,
 };
 pub use index::{ScanStats, SocketIndex};
+use nix::{
+    fcntl::{self, OFlag, AT_FDCWD},
+    sys::stat::Mode,
+};
 use raw::{cpath, lossy, read_capped};
 
 /// The most bytes read from /proc/PID/cmdline.
