@@ -103,7 +103,7 @@ pub struct Event {
 pub const HOW_NONE: u8 = 0;
 /// Recorded at a successful bind().
 pub const HOW_BIND: u8 = 1;
-/// Recorded when the socket entered TCP_LISTEN (`sock/inet_sock_set_state`).
+/// Recorded at a successful listen() (syscall, io_uring or inet_listen).
 pub const HOW_LISTEN: u8 = 2;
 
 /// Key of the kernel's port-holder table: a port in a network namespace.
@@ -467,10 +467,8 @@ pub mod hook {
     pub const INET_LISTEN: u32 = 4;
     /// Tracepoint io_uring/io_uring_complete.
     pub const IO_URING: u32 = 5;
-    /// Tracepoint sock/inet_sock_set_state.
-    pub const SOCK_STATE: u32 = 6;
     /// Number of hooks.
-    pub const COUNT: u32 = 7;
+    pub const COUNT: u32 = 6;
 }
 
 /// Indices of the per-CPU `STATS` counters, one row of [`stat::COUNT`] per

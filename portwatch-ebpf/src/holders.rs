@@ -1,8 +1,9 @@
 //! The kernel's record of who holds each port, so that a failure names its
 //! holder even when that process exits before userspace can look.
 //!
-//! Recorded on every successful bind() and on every TCP socket entering
-//! LISTEN (`state::inet_sock_set_state`), keyed by (netns, port, protocol).
+//! Recorded on every successful bind() and listen(), from the syscalls'
+//! exits, fexit on inet_bind/inet6_bind/inet_listen, or io_uring's
+//! completions, keyed by (netns, port, protocol).
 //! At a failure the record's socket is read again: its state and options at
 //! that instant travel with the event.
 
@@ -143,13 +144,12 @@ pub fn record(sk: u64, how: u8, pid_tgid: u64, hook: u32) {
     let Some((a, b)) = set_of(&key) else {
         return;
     };
-    // A live listener stays its port's holder: a second socket entering
-    // LISTEN may be about to fail (its state flips before the port check),
-    // and a socket bound beside a listener, or whose port shares the
-    // listener's set, is the lesser story.
+    // A live listener stays its port's holder: a socket bound beside a
+    // listener, or whose port shares the listener's set, is the lesser
+    // story.
     // Only a record made by a listener can protect its slot: a socket that
-    // starts listening is recorded again (HOW_LISTEN) by the state
-    // tracepoint, so a bind's record is replaced without reading its socket.
+    // starts listening is recorded again (HOW_LISTEN) as its listen()
+    // returns, so a bind's record is replaced without reading its socket.
     let Some(slot) = (unsafe { place(word(&key), a, b, hook) }) else {
         return;
     };

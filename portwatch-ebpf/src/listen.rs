@@ -1,5 +1,8 @@
 //! listen(): syscall tracepoints and fexit on inet_listen; also the
-//! enter/exit pairing both syscalls share.
+//! enter/exit pairing both syscalls share. A successful bind() or listen()
+//! records its socket in the holder table (`holders`): a listener is
+//! recorded here, as its listen() returns, with no hook on TCP state
+//! changes, which every connection passes.
 
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_get_current_task_btf, bpf_task_pt_regs},
@@ -7,7 +10,7 @@ use aya_ebpf::{
     programs::{FExitContext, TracePointContext},
 };
 use portwatch_common::{
-    hook, stat, PendingCall, HOW_BIND, SOURCE_FEXIT, SOURCE_TRACEPOINT, SYSCALL_BIND,
+    hook, stat, PendingCall, HOW_BIND, HOW_LISTEN, SOURCE_FEXIT, SOURCE_TRACEPOINT, SYSCALL_BIND,
     SYSCALL_LISTEN,
 };
 
@@ -36,6 +39,15 @@ pub fn sys_exit_listen(ctx: TracePointContext) -> u32 {
 pub fn inet_listen_exit(ctx: FExitContext) -> i32 {
     // inet_listen(struct socket *sock, int backlog) -> int
     let ret: i32 = ctx.arg(2);
+    if ret == 0 && conf!(track_holders) != 0 {
+        let socket: u64 = ctx.arg(0);
+        holders::record(
+            sock::sk_of(socket),
+            HOW_LISTEN,
+            bpf_get_current_pid_tgid(),
+            hook::INET_LISTEN,
+        );
+    }
     if emit::wanted(ret) {
         let _ = emit::handle(&Call {
             syscall: SYSCALL_LISTEN,
@@ -120,9 +132,9 @@ pub fn exit(ctx: &TracePointContext, syscall: u8) {
     };
     let from_regs = conf!(args_from_regs) != 0;
     let ret = exit_ret(ctx);
-    // Successful binds feed the holder table (listeners come from
-    // inet_sock_set_state), whether or not successes are reported.
-    let record = ret == 0 && syscall == SYSCALL_BIND && conf!(track_holders) != 0;
+    // Successful binds and listens feed the holder table, whether or not
+    // successes are reported.
+    let record = ret == 0 && conf!(track_holders) != 0;
     if !record && !emit::wanted(ret) {
         if !from_regs {
             let _ = CALLS.remove(bpf_get_current_pid_tgid());
@@ -155,7 +167,12 @@ pub fn exit(ctx: &TracePointContext, syscall: u8) {
         call
     };
     if record {
-        holders::record_fd(task, call.fd, HOW_BIND, pid_tgid, hook);
+        let how = if syscall == SYSCALL_BIND {
+            HOW_BIND
+        } else {
+            HOW_LISTEN
+        };
+        holders::record_fd(task, call.fd, how, pid_tgid, hook);
         if !emit::wanted(ret) {
             return;
         }

@@ -1,27 +1,24 @@
-//! TCP state changes (`inet_sock_set_state`): they feed the holder table
-//! (a socket entering LISTEN, in the listen()ing process) and, under
-//! `watch --record`, the life of ports of interest.
+//! TCP state changes (`inet_sock_set_state`), for `watch --record` only:
+//! the life of ports of interest (a listener opening and closing, TIME_WAIT
+//! leftovers). Without `--record` nothing is attached here: listeners enter
+//! the holder table as their listen() returns (`listen`, `uring`).
 //!
 //! Every TCP connection passes here several times on each end, and almost
 //! none of those changes concern portwatch: a change of no use returns
 //! before any read or map access. The order is the states first (the
-//! program's arguments), then, for the few changes port life counts,
-//! whether the local port is of interest (one read and one array slot,
-//! `life::port_of_interest`), and only then the socket walk. Two programs
-//! share it: a raw tracepoint (the kernel builds no record for it), which
-//! the loader tries first, and the classic tracepoint where the kernel
-//! refuses the raw one.
+//! program's arguments), then whether the local port is of interest (one
+//! read and one array slot, `life::port_of_interest`), then the protocol,
+//! and only then the socket walk. Two programs share it: a raw tracepoint
+//! (the kernel builds no record for it), which the loader tries first, and
+//! the classic tracepoint where the kernel refuses the raw one.
 
 use aya_ebpf::{
-    helpers::bpf_get_current_pid_tgid,
     macros::{raw_tracepoint, tracepoint},
     programs::{RawTracePointContext, TracePointContext},
 };
-use portwatch_common::HOW_LISTEN;
 
-use crate::{config::conf, holders, life, sock};
+use crate::{config::conf, life, sock};
 
-const TCP_LISTEN: i32 = 10;
 const IPPROTO_TCP: u16 = 6;
 
 /// The raw tracepoint: arguments `(const struct sock *sk, int oldstate,
@@ -29,7 +26,7 @@ const IPPROTO_TCP: u16 = 6;
 #[raw_tracepoint(tracepoint = "inet_sock_set_state")]
 pub fn sock_state_raw(ctx: RawTracePointContext) -> u32 {
     let (old, new) = (ctx.arg::<i32>(1), ctx.arg::<i32>(2));
-    if new == TCP_LISTEN || life::counted(old, new) {
+    if life::counted(old, new) {
         on_change(ctx.arg::<u64>(0), old, new, None);
     }
     0
@@ -43,7 +40,7 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
     let new = unsafe { ctx.read_at::<i32>(off_new) }.unwrap_or(0);
     // `oldstate` sits right before `newstate` (checked by the loader).
     let old = unsafe { ctx.read_at::<i32>(off_new - 4) }.unwrap_or(0);
-    if new != TCP_LISTEN && !life::counted(old, new) {
+    if !life::counted(old, new) {
         return 0;
     }
     let (off_proto, off_sk) = (
@@ -57,28 +54,15 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
     0
 }
 
-/// A change worth a look: a socket entering LISTEN, or one that port life
-/// counts. `proto` is the record's, where the program has one.
+/// A change port life counts: the port first, the protocol after (`proto`
+/// is the record's, where the program has one).
 #[inline(always)]
 fn on_change(sk: u64, old: i32, new: i32, proto: Option<u16>) {
-    let tcp = || proto.unwrap_or_else(|| sock::read(sk, conf!(offsets.sk_protocol))) == IPPROTO_TCP;
-    if new != TCP_LISTEN {
-        // Counted by port life only: the port first, the protocol after.
-        if life::port_of_interest(sk) && tcp() {
-            life::on_state(sk, old, new);
-        }
+    if !life::port_of_interest(sk) {
         return;
     }
-    if !tcp() {
-        return;
-    }
-    if life::counted(old, new) && life::port_of_interest(sk) {
+    let tcp = proto.unwrap_or_else(|| sock::read(sk, conf!(offsets.sk_protocol))) == IPPROTO_TCP;
+    if tcp {
         life::on_state(sk, old, new);
     }
-    holders::record(
-        sk,
-        HOW_LISTEN,
-        bpf_get_current_pid_tgid(),
-        portwatch_common::hook::SOCK_STATE,
-    );
 }

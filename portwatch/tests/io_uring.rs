@@ -196,6 +196,47 @@ fn io_uring_listen_eaddrinuse() {
     assert_eq!(ev["reason"], "listen_conflict", "{ev:#}");
 }
 
+/// A listener that io_uring put into LISTEN (which no syscall tracepoint
+/// sees) enters the kernel's holder table as its listen completes: when the
+/// listener is gone before userspace looks, the record names the process
+/// that listened (the helper), not the one that bound the socket (this
+/// test), which is all a bind's record would know.
+#[test]
+fn io_uring_listener_is_recorded_in_the_kernel() {
+    let ns = Netns::new("pw-uring-rec");
+    let port = port();
+    let netns = ns.arg();
+    let tracer = Tracer::start(&[
+        "--netns",
+        &netns,
+        "--enrich-delay",
+        "300",
+        "--lookup-timeout",
+        "10000",
+    ]);
+    if !uring_capture_expected(&tracer) {
+        return;
+    }
+    let helper_pid = ns.run(move || {
+        let held = socket(false, false);
+        bind(&held, v4(port)).unwrap();
+        let args = ["listen".into(), held.as_raw_fd().to_string()];
+        let (pid, res) = run_helper(&args, Some(held.as_raw_fd()));
+        assert_eq!(res, 0, "the io_uring listen should work");
+        drop(refused(v4(port), false));
+        // Closed before the lookup: only the kernel's record is left.
+        drop(held);
+        pid
+    });
+    let ev = tracer.event();
+    let h = holder(&ev);
+    assert_eq!(h["pid"], helper_pid, "{ev:#}");
+    assert_eq!(h["comm"], "uring_helper", "{ev:#}");
+    assert_eq!(h["seen"], "kernel", "{ev:#}");
+    assert_eq!(h["state"], "LISTEN", "{ev:#}");
+    assert_eq!(ev["reason"], "listener", "{ev:#}");
+}
+
 /// A successful io_uring bind is not a failure: nothing is reported, and
 /// the completion program returns before reading the request.
 #[test]

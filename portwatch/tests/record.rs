@@ -15,7 +15,7 @@ use std::{
 use common::*;
 use serde_json::Value;
 
-/// A private temporary directory, removed on drop.
+/// Runs `portwatch report ARGS`.
 fn report(args: &[&str]) -> Output {
     Command::new(bin())
         .arg("report")
@@ -610,5 +610,62 @@ fn time_wait_case(name: &str, extra: &[&str], raw_programs: usize) {
     assert!(
         pat["text"].as_str().unwrap().contains("SO_REUSEADDR"),
         "{pat}"
+    );
+}
+
+/// The names of the eBPF programs process `pid` holds, by a program's or a
+/// link's fd (their ids from its fdinfo, their names from the kernel's
+/// list; names are cut at 15 bytes).
+fn programs_of(pid: u32) -> Vec<String> {
+    let mut ids = std::collections::HashSet::new();
+    for fd in std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
+        .unwrap()
+        .flatten()
+    {
+        let info = std::fs::read_to_string(fd.path()).unwrap_or_default();
+        ids.extend(
+            info.lines()
+                .filter_map(|l| l.strip_prefix("prog_id:"))
+                .map(|id| id.trim().parse::<u32>().unwrap()),
+        );
+    }
+    aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .filter(|p| ids.contains(&p.id()))
+        .filter_map(|p| p.name_as_str().map(str::to_owned))
+        .collect()
+}
+
+/// Whether a program name is one of port life's (raw or classic).
+fn sees_state_changes(name: &String) -> bool {
+    name == "sock_state_raw" || "inet_sock_set_state".starts_with(name.as_str())
+}
+
+/// Every TCP connection passes `inet_sock_set_state` several times: without
+/// `--record` portwatch attaches nothing there (listeners enter the holder
+/// table as their listen() returns); with it, port life's program is.
+#[test]
+fn state_changes_are_hooked_only_when_recording() {
+    let ns = Netns::new("pw-rec-hook");
+    let scratch = Scratch::new("hook");
+    let journal = scratch.0.join("journal");
+    let plain = Tracer::start(&["--netns", &ns.arg()]);
+    let names = programs_of(plain.pid());
+    assert!(
+        names
+            .iter()
+            .any(|n| n == "sys_exit_bind" || n == "inet_bind_exit"),
+        "the tracer holds no bind program: {names:?}"
+    );
+    assert!(
+        !names.iter().any(sees_state_changes),
+        "watch without --record hooks TCP state changes: {names:?}"
+    );
+    drop(plain);
+    let recording = Tracer::start(&["--netns", &ns.arg(), "--record", journal.to_str().unwrap()]);
+    let names = programs_of(recording.pid());
+    assert!(
+        names.iter().any(sees_state_changes),
+        "watch --record does not hook TCP state changes: {names:?}"
     );
 }

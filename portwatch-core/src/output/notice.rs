@@ -42,7 +42,7 @@ pub enum Notice {
     },
     /// Something works less well than it could, and why.
     Degraded {
-        /// What (`listener_record`).
+        /// What (`port_life`, `io_uring`).
         what: String,
         /// Why.
         why: String,
@@ -154,8 +154,8 @@ impl Notice {
         match self {
             Self::Mount { fs, path } => format!("mounted {fs} at {}", path.display()),
             Self::Backend { backend, why } => format!("backend {backend} ({why})"),
-            Self::Degraded { what, why } if what == "listener_record" => format!(
-                "listeners are not recorded in the kernel ({why}); holders that exit before they are looked up may go unnamed"
+            Self::Degraded { what, why } if what == "port_life" => format!(
+                "the recording will not show listeners opening and closing or TIME_WAIT counts ({why}); failures are still recorded"
             ),
             Self::Degraded { what, why } => format!("degraded: {what} ({why})"),
             Self::Ready { startup_ms, .. } => format!("ready ({startup_ms} ms)"),

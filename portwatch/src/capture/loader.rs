@@ -57,8 +57,8 @@ pub struct Loaded {
     pub why: String,
     /// Where portwatch mounted tracefs, if it had to.
     pub mounted_tracefs: Option<&'static Path>,
-    /// Why listeners are not recorded in the kernel, when they are not.
-    pub holders_note: Option<String>,
+    /// Why `--record` sees no TCP state changes (port life), when it cannot.
+    pub life_note: Option<String>,
     /// The kernel can dump bound-but-inactive TCP sockets (`TCP_BOUND_INACTIVE` in its BTF).
     pub bound_inactive_dump: bool,
     /// Why io_uring's binds and listens are not captured, when they are not
@@ -282,8 +282,7 @@ struct Kernel {
     fexit_btf: Option<aya::Btf>,
     /// Where portwatch mounted tracefs, if it had to.
     mounted_tracefs: Option<&'static Path>,
-    /// The hooks the listener recorder may use; None when holders are not
-    /// tracked.
+    /// The hooks port life may use; None without `--record`.
     state_hooks: Option<StateHooks>,
     /// The kernel's BTF has `TCP_BOUND_INACTIVE`.
     bound_inactive_dump: bool,
@@ -308,16 +307,16 @@ impl Kernel {
         // bound-but-inactive TCP sockets; not every kernel has it.
         let bound_inactive_dump = btf.enum_value("TCP_BOUND_INACTIVE").is_some();
         let uses_tracepoints = attempts.iter().any(|&a| a != Attempt::Fexit);
-        // The tracepoint backend needs tracefs, and so does the listener
-        // recorder's classic tracepoint (the fallback for its raw one).
-        let tracefs = (settings.track_holders || uses_tracepoints)
-            .then(|| tracefs().map_err(|e| e.to_string()));
+        // The tracepoint backend needs tracefs, and so does port life's
+        // classic tracepoint (the fallback for its raw one).
+        let life = settings.record_life && settings.track_holders;
+        let tracefs = (life || uses_tracepoints).then(|| tracefs().map_err(|e| e.to_string()));
         let mounted_tracefs = match &tracefs {
             Some(Ok((dir, true))) => Some(*dir),
             _ => None,
         };
         let dir = tracefs.map(|t| t.map(|(dir, _)| dir));
-        let state_hooks = settings.track_holders.then(|| StateHooks {
+        let state_hooks = life.then(|| StateHooks {
             raw: if settings.classic_state {
                 Err("the classic tracepoint was asked for".to_owned())
             } else {
@@ -327,7 +326,7 @@ impl Kernel {
                 Some(Ok(dir)) => offsets::apply_state_format(dir, &mut fexit.offsets)
                     .map_err(|e| format!("{e:#}")),
                 Some(Err(e)) => Err(e.clone()),
-                None => unreachable!("tracefs is looked up when holders are tracked"),
+                None => unreachable!("tracefs is looked up for port life"),
             },
         });
         let tracepoint = dir
@@ -346,15 +345,16 @@ impl Kernel {
         })
     }
 
-    /// Attaches what goes with either backend (the listener recorder, and
-    /// io_uring's program for tracepoints) and hands the object over.
-    fn finish(&self, mut ebpf: Ebpf, attempt: Attempt, why: String, track_holders: bool) -> Loaded {
+    /// Attaches what goes with either backend (port life's program under
+    /// `--record`, and io_uring's program for tracepoints) and hands the
+    /// object over.
+    fn finish(&self, mut ebpf: Ebpf, attempt: Attempt, why: String) -> Loaded {
         // Which of the two programs sees the state changes matters to no
         // one but the benchmarks (BENCHMARKS.md): only a failure is said.
-        let holders_note = match (&self.state_hooks, track_holders) {
-            (Some(hooks), true) => attach_state(&mut ebpf, hooks).err(),
-            _ => None,
-        };
+        let life_note = self
+            .state_hooks
+            .as_ref()
+            .and_then(|hooks| attach_state(&mut ebpf, hooks).err());
         // fexit sees io_uring's binds through inet_bind already.
         let uring = match (attempt, &self.configs.tracepoint) {
             (Attempt::Fexit, _) => Ok(false),
@@ -373,7 +373,7 @@ impl Kernel {
             backend: attempt.backend(),
             why,
             mounted_tracefs: self.mounted_tracefs,
-            holders_note,
+            life_note,
             bound_inactive_dump: self.bound_inactive_dump,
             uring_note,
         }
@@ -466,7 +466,7 @@ pub fn load(settings: &Settings, choice: BackendChoice) -> Result<Loaded> {
         match attempt.attach(&mut ebpf, &mut kernel.fexit_btf) {
             Ok(()) => {
                 let why = attempt.why(choice, &earlier);
-                return Ok(kernel.finish(ebpf, attempt, why, settings.track_holders));
+                return Ok(kernel.finish(ebpf, attempt, why));
             }
             Err(e) if i + 1 == attempts.len() => return Err(attempt.refusal(&e)),
             Err(e) => earlier.note(attempt, &e),

@@ -64,8 +64,8 @@ pub struct Session {
     pub why: String,
     /// Where tracefs was mounted, if portwatch had to.
     pub mounted_tracefs: Option<&'static std::path::Path>,
-    /// Why listeners are not recorded in the kernel, when they are not.
-    pub holders_note: Option<String>,
+    /// Why `--record` sees no TCP state changes (port life), when it cannot.
+    pub life_note: Option<String>,
     /// The kernel can dump bound-but-inactive TCP sockets.
     pub bound_inactive_dump: bool,
     /// Why io_uring binds/listens are not captured, when they are not.
@@ -108,7 +108,7 @@ impl Session {
             backend,
             why,
             mounted_tracefs,
-            holders_note,
+            life_note,
             bound_inactive_dump,
             uring_note,
         } = loader::load(settings, choice)?;
@@ -133,7 +133,7 @@ impl Session {
             backend,
             why,
             mounted_tracefs,
-            holders_note,
+            life_note,
             bound_inactive_dump,
             uring_note,
             _klog: klog,

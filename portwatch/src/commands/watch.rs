@@ -216,7 +216,7 @@ fn announce(notices: &Notices, session: &Session) {
         why: session.why.clone(),
     });
     for (what, note) in [
-        ("listener_record", &session.holders_note),
+        ("port_life", &session.life_note),
         ("io_uring", &session.uring_note),
     ] {
         if let Some(note) = note {
