@@ -34,7 +34,9 @@ pub struct BenchArgs {
     /// `cost` (the syscall loops against the floor probe, per-program ns).
     /// `burst` (bursts of distinct failures: lost, written, metrics).
     /// `server` (connection loop and nginx under wrk, per-program ns).
-    #[arg(long, value_name = "SECTION", value_parser = ["who", "cost", "burst", "server"])]
+    /// `vm` (the connection loop on Debian's kernels under qemu, fexit and
+    /// tracepoint: runs per connection, instructions, ns per run).
+    #[arg(long, value_name = "SECTION", value_parser = ["who", "cost", "burst", "server", "vm"])]
     only: Option<String>,
     /// Measure this portwatch binary instead of building the release one
     /// (e.g. the tests' build, whose hidden flags `--tracer-args` may use).
@@ -107,7 +109,8 @@ impl Loop {
     }
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+/// The middle value (the upper one of an even count).
+pub(crate) fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
 }
@@ -132,6 +135,10 @@ pub fn run(opts: &BenchArgs) -> Result<()> {
     if opts.only.as_deref() == Some("server") {
         let lines = crate::bench_server::run(&bin, rounds, &opts.tracer_args)?;
         println!("{}", lines.join("\n"));
+        return Ok(());
+    }
+    if opts.only.as_deref() == Some("vm") {
+        println!("{}", crate::bench_vm::run(&bin)?.join("\n"));
         return Ok(());
     }
     if opts.only.as_deref() == Some("who") {
@@ -284,22 +291,22 @@ fn per_program(bin: &Path, opts: &BenchArgs) -> Result<Vec<String>> {
         let pid = t.child.id();
         let before = floor::programs_of(pid);
         lp.measure();
-        let after = floor::programs_of(pid);
+        let ran = floor::since(&before, floor::programs_of(pid));
         t.stop()?;
-        for (name, ns, cnt) in after {
-            let (ns0, cnt0) = before
-                .iter()
-                .find(|(n, ..)| *n == name)
-                .map_or((0, 0), |(_, a, b)| (*a, *b));
-            let runs = cnt - cnt0;
-            if runs == 0 {
-                continue;
-            }
-            eprintln!("bench: {} {name}: {runs} runs {} ns", lp.name(), ns - ns0);
-            report.push(format!(
-                "| {} | {name} | {runs} | {:.0} |",
+        for p in ran {
+            eprintln!(
+                "bench: {} {}: {} runs {} ns",
                 lp.name(),
-                (ns - ns0) as f64 / runs as f64
+                p.name,
+                p.runs,
+                p.run_ns
+            );
+            report.push(format!(
+                "| {} | {} | {} | {:.0} |",
+                lp.name(),
+                p.name,
+                p.runs,
+                p.run_ns as f64 / p.runs as f64
             ));
         }
     }

@@ -21,7 +21,10 @@ use std::{
 use anyhow::{bail, Context as _, Result};
 use portwatch_test_support::Netns;
 
-use crate::load::{bind, tcp_socket, Tracer};
+use crate::{
+    bench::median,
+    load::{bind, tcp_socket, Tracer},
+};
 
 /// Distinct ports of the raw-syscall burst (the C loop).
 const C_PORTS: u16 = 16_000;
@@ -231,11 +234,6 @@ fn raise_nofile() -> Result<()> {
         }
     }
     Ok(())
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
 }
 
 /// The burst section, as Markdown lines: every run, then medians.

@@ -30,7 +30,7 @@ use crate::{
 /// Connections per run of the connection loop.
 const CONNECTIONS: u32 = 20_000;
 /// The loop's listening port (in its own network namespace).
-const LOOP_PORT: u16 = 47100;
+pub(crate) const LOOP_PORT: u16 = 47100;
 /// nginx's port (in its own network namespace).
 const NGINX_PORT: u16 = 47180;
 /// Seconds of each wrk run.
@@ -65,7 +65,10 @@ impl Load {
     /// connections made (requests, for keep-alive).
     fn measure(self, nginx: &Nginx) -> Result<(f64, u64)> {
         match self {
-            Load::Loop => Ok((nginx.ns.run(connection_loop), u64::from(CONNECTIONS))),
+            Load::Loop => Ok((
+                nginx.ns.run(|| connection_loop(CONNECTIONS)),
+                u64::from(CONNECTIONS),
+            )),
             Load::Close | Load::KeepAlive => {
                 // Keep-alive: per request (8 connections carry them all).
                 let (rate, requests) = nginx.wrk(self == Load::Close)?;
@@ -143,11 +146,12 @@ impl Attached {
     }
 }
 
-/// µs per connection of `CONNECTIONS` connect + accept + close on loopback,
-/// in the calling thread's network namespace (nginx's: one namespace for
-/// every run, none torn down while another is timed). The client sets
-/// SO_LINGER 0: its close sends RST, so neither end leaves TIME_WAIT behind.
-fn connection_loop() -> f64 {
+/// µs per connection of `connections` connect + accept + close on loopback
+/// port `LOOP_PORT`, in the calling thread's network namespace (here nginx's:
+/// one namespace for every run, none torn down while another is timed). The
+/// client sets SO_LINGER 0: its close sends RST, so neither end leaves
+/// TIME_WAIT behind.
+pub(crate) fn connection_loop(connections: u32) -> f64 {
     let listener = crate::load::tcp_socket();
     let one: libc::c_int = 1;
     let linger = libc::linger {
@@ -175,7 +179,7 @@ fn connection_loop() -> f64 {
             sin_zero: [0; 8],
         };
         let start = Instant::now();
-        for _ in 0..CONNECTIONS {
+        for _ in 0..connections {
             let c = crate::load::tcp_socket();
             libc::setsockopt(
                 c,
@@ -195,7 +199,7 @@ fn connection_loop() -> f64 {
             libc::close(c);
             libc::close(s);
         }
-        let us = start.elapsed().as_secs_f64() * 1e6 / f64::from(CONNECTIONS);
+        let us = start.elapsed().as_secs_f64() * 1e6 / f64::from(connections);
         libc::close(listener);
         us
     }
@@ -303,11 +307,6 @@ impl Drop for Nginx {
     }
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
-
 /// Runs the server benchmarks: `rounds` rounds of every load in every mode.
 pub fn run(bin: &Path, rounds: usize, tracer_args: &[String]) -> Result<Vec<String>> {
     crate::setup::ensure_packages(&[("/usr/sbin/nginx", "nginx"), ("wrk", "wrk")])?;
@@ -355,7 +354,7 @@ pub fn run(bin: &Path, rounds: usize, tracer_args: &[String]) -> Result<Vec<Stri
                 std::thread::sleep(SETTLE);
             }
         }
-        let [off, probe, both, watch, record] = times.map(median);
+        let [off, probe, both, watch, record] = times.map(crate::bench::median);
         eprintln!(
             "bench: server {}: {off:.2} / {probe:.2} / {both:.2} / {watch:.2} / {record:.2} µs",
             load.name()
@@ -398,19 +397,17 @@ fn per_program(bin: &Path, tracer_args: &[String], nginx: &Nginx) -> Result<Vec<
             Mode::RecordPorts,
         ] {
             let attached = Attached::start(mode, bin, tracer_args)?;
-            let (before, after, conns) = match &attached {
+            let (ran, conns) = match &attached {
                 Attached::Probe(f) => {
-                    let before = f.stats();
+                    let before = f.program_stats();
                     let (_, conns) = load.measure(nginx)?;
-                    let after = f.stats();
-                    let one = |(ns, runs)| vec![("r0 = 0".to_owned(), ns, runs)];
-                    (one(before), one(after), conns)
+                    (floor::since(&before, f.program_stats()), conns)
                 }
                 Attached::Tracer(t, _) => {
                     let pid = t.child.id();
                     let before = floor::programs_of(pid);
                     let (_, conns) = load.measure(nginx)?;
-                    (before, floor::programs_of(pid), conns)
+                    (floor::since(&before, floor::programs_of(pid)), conns)
                 }
                 Attached::Nothing | Attached::Probes(_) => {
                     unreachable!("the per-program pass runs each probe alone")
@@ -425,20 +422,14 @@ fn per_program(bin: &Path, tracer_args: &[String], nginx: &Nginx) -> Result<Vec<
                 Mode::Record => "watch --record",
                 _ => "watch --record --port (the load's)",
             };
-            for (name, ns, cnt) in after {
-                let (ns0, cnt0) = before
-                    .iter()
-                    .find(|(n, ..)| *n == name)
-                    .map_or((0, 0), |(_, a, b)| (*a, *b));
-                let runs = cnt - cnt0;
-                if runs == 0 {
-                    continue;
-                }
+            for p in ran {
                 report.push(format!(
-                    "| {} | {mode_name} | {name} | {runs} | {:.2} | {:.0} |",
+                    "| {} | {mode_name} | {} | {} | {:.2} | {:.0} |",
                     load.name(),
-                    runs as f64 / conns.max(1) as f64,
-                    (ns - ns0) as f64 / runs as f64
+                    p.name,
+                    p.runs,
+                    p.runs as f64 / conns.max(1) as f64,
+                    p.run_ns as f64 / p.runs as f64
                 ));
             }
         }

@@ -7,7 +7,7 @@ use std::{path::Path, process::Command, time::Instant};
 use anyhow::{bail, Result};
 use portwatch_test_support::{Netns, Process};
 
-use crate::setup;
+use crate::{bench::median, setup};
 
 const PROCESSES: u16 = 1000;
 const SOCKETS: u16 = 5;
@@ -36,11 +36,6 @@ fn listener(port: u16) -> bool {
             ) == 0
             && libc::listen(fd, 1) == 0
     }
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
 }
 
 /// Runs the comparison; returns the lines for BENCHMARKS.md.

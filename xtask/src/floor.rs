@@ -146,6 +146,17 @@ impl Floor {
     pub fn stats(&self) -> (u64, u64) {
         fdinfo_stats(&format!("/proc/self/fdinfo/{}", self.prog.as_raw_fd()))
     }
+
+    /// The probe's accounting, as `programs_of` gives a tracer's.
+    pub fn program_stats(&self) -> Vec<ProgramStats> {
+        let (run_ns, runs) = self.stats();
+        vec![ProgramStats {
+            name: "r0 = 0".into(),
+            run_ns,
+            runs,
+            insns: 2,
+        }]
+    }
 }
 
 /// (run_time_ns, run_cnt) from a BPF program fd's fdinfo.
@@ -160,10 +171,23 @@ fn fdinfo_stats(path: &str) -> (u64, u64) {
     (field("run_time_ns:"), field("run_cnt:"))
 }
 
-/// Per-program (name, run_time_ns, run_cnt) of the BPF programs process
-/// `pid` holds, keyed by program id: read from its fds' fdinfo, so the
-/// programs other tracers on the machine load are not counted.
-pub fn programs_of(pid: u32) -> Vec<(String, u64, u64)> {
+/// One program's kernel accounting.
+pub struct ProgramStats {
+    /// Its name, cut at 15 bytes.
+    pub name: String,
+    /// Time spent in it while kernel.bpf_stats_enabled was 1.
+    pub run_ns: u64,
+    /// Its runs while kernel.bpf_stats_enabled was 1.
+    pub runs: u64,
+    /// Its size in instructions as the kernel runs it (after the
+    /// verifier's rewrite).
+    pub insns: u32,
+}
+
+/// The BPF programs process `pid` holds, keyed by program id: read from its
+/// fds' fdinfo, so the programs other tracers on the machine load are not
+/// counted.
+pub fn programs_of(pid: u32) -> Vec<ProgramStats> {
     let mut ids = Vec::new();
     let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
         return Vec::new();
@@ -181,13 +205,32 @@ pub fn programs_of(pid: u32) -> Vec<(String, u64, u64)> {
     aya::programs::loaded_programs()
         .flatten()
         .filter(|p| ids.contains(&p.id()))
-        .map(|p| {
-            (
-                p.name_as_str().unwrap_or("?").to_owned(),
-                p.run_time().as_nanos() as u64,
-                p.run_count(),
-            )
+        .map(|p| ProgramStats {
+            name: p.name_as_str().unwrap_or("?").to_owned(),
+            run_ns: p.run_time().as_nanos() as u64,
+            runs: p.run_count(),
+            insns: p.size_translated().unwrap_or(0) / 8,
         })
+        .collect()
+}
+
+/// What each program of `after` ran since `before` (same names), programs
+/// that did not run left out.
+pub fn since(before: &[ProgramStats], after: Vec<ProgramStats>) -> Vec<ProgramStats> {
+    after
+        .into_iter()
+        .map(|p| {
+            let (ns, runs) = before
+                .iter()
+                .find(|b| b.name == p.name)
+                .map_or((0, 0), |b| (b.run_ns, b.runs));
+            ProgramStats {
+                run_ns: p.run_ns - ns,
+                runs: p.runs - runs,
+                ..p
+            }
+        })
+        .filter(|p| p.runs > 0)
         .collect()
 }
 

@@ -7,6 +7,7 @@ mod bench;
 mod bench_burst;
 mod bench_report;
 mod bench_server;
+mod bench_vm;
 mod bench_who;
 mod checks;
 mod deb;
@@ -76,6 +77,12 @@ enum Task {
     },
     /// Measure overhead, start-up, throughput and memory; prints a table for BENCHMARKS.md.
     Bench(bench::BenchArgs),
+    /// Inside a VM of `bench --only vm`: measure and print the rows.
+    #[command(hide = true)]
+    BenchGuest {
+        /// The portwatch binary.
+        portwatch: PathBuf,
+    },
     /// Soak: 100,000 short-lived failing processes and storms; memory, map fill, loss.
     Soak(soak::SoakArgs),
     /// Run the integration tests on Debian's kernels under qemu, once with
@@ -208,6 +215,7 @@ fn main() -> Result<()> {
         Task::Test { args } => test(&args),
         Task::FreshMachine { cmd } => fresh::exec(&cmd).map(|never| match never {}),
         Task::Bench(opts) => bench::run(&opts),
+        Task::BenchGuest { portwatch } => bench_vm::guest(&portwatch),
         Task::Soak(opts) => soak::run(&opts),
         Task::VmTest { target: None } => vm::run_all(),
         Task::VmTest {

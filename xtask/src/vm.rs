@@ -16,18 +16,17 @@
 //! systemd as PID 1 runs ([`crate::vm_systemd`]).
 
 use std::{
-    collections::BTreeSet,
     io::Write as _,
     path::{Path, PathBuf},
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
-use anyhow::{bail, Context as _, Result};
+use anyhow::{bail, Result};
 
 use crate::{
     cargo, kernels,
-    qemu::{cpio, Qemu},
+    qemu::{self, cpio, Qemu},
     root, run, setup,
 };
 
@@ -103,41 +102,9 @@ fn test_binaries() -> Result<Vec<(String, PathBuf)>> {
     Ok(found)
 }
 
-/// Shared libraries `bin` loads, per ldd.
-fn libraries(bin: &Path) -> Result<Vec<PathBuf>> {
-    let out = Command::new("ldd").arg(bin).output()?;
-    Ok(String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .filter(|w| w.starts_with('/'))
-        .map(PathBuf::from)
-        .collect())
-}
-
-fn copy_into(root_dir: &Path, file: &Path, dest: &Path) -> Result<()> {
-    let target = root_dir.join(dest.strip_prefix("/").unwrap_or(dest));
-    std::fs::create_dir_all(target.parent().unwrap())?;
-    std::fs::copy(file, &target).with_context(|| format!("copying {}", file.display()))?;
-    Ok(())
-}
-
 fn init_script(modules: &[PathBuf]) -> String {
     let skips: String = HOST_ONLY.iter().map(|t| format!(" --skip {t}")).collect();
-    let mut s = String::from(
-        "#!/bin/sh\n\
-         export PATH=/bin PORTWATCH_URING_HELPER=/uring_helper\n\
-         mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev\n\
-         mkdir -p /sys/fs/cgroup && mount -t cgroup2 none /sys/fs/cgroup\n\
-         ip link set lo up\n\
-         echo \"VMTEST kernel $(cat /proc/sys/kernel/osrelease)\"\n",
-    );
-    for m in modules {
-        if let Some(name) = m.file_name() {
-            let name = name.to_string_lossy();
-            s.push_str(&format!(
-                "insmod /m/{name} || echo \"VMTEST insmod-failed {name}\"\n"
-            ));
-        }
-    }
+    let mut s = qemu::init_start(modules, "PORTWATCH_URING_HELPER=/uring_helper");
     for backend in BACKENDS {
         for suite in SUITES {
             s.push_str(&format!(
@@ -159,29 +126,12 @@ fn work_dir() -> PathBuf {
 fn common_initramfs(suites: &[(String, PathBuf)], portwatch: &Path) -> Result<PathBuf> {
     let work = work_dir();
     let tree = work.join("root");
-    let _ = std::fs::remove_dir_all(&tree);
-    for d in ["bin", "proc", "sys", "dev", "tmp", "t", "run", "m"] {
-        std::fs::create_dir_all(tree.join(d))?;
-    }
-    copy_into(&tree, Path::new("/bin/busybox"), Path::new("/bin/busybox"))?;
-    for applet in [
-        "sh", "mount", "mkdir", "ip", "cat", "sleep", "poweroff", "timeout", "echo", "ls", "insmod",
-    ] {
-        std::os::unix::fs::symlink("busybox", tree.join("bin").join(applet))?;
-    }
+    let mut programs = vec![(portwatch.to_path_buf(), portwatch.to_path_buf())];
     // The tests find portwatch at the absolute path they were built with.
-    copy_into(&tree, portwatch, portwatch)?;
-    let mut libs = BTreeSet::new();
-    // busybox-static needs none; a dynamically linked busybox would.
-    libs.extend(libraries(Path::new("/bin/busybox"))?);
-    libs.extend(libraries(portwatch)?);
     for (name, exe) in suites {
-        copy_into(&tree, exe, &Path::new("/t").join(name))?;
-        libs.extend(libraries(exe)?);
+        programs.push((exe.clone(), Path::new("/t").join(name)));
     }
-    for lib in libs {
-        copy_into(&tree, &lib, &lib)?;
-    }
+    qemu::busybox_tree(&tree, &programs)?;
     // The io_uring suite's C helper: built here (the VM has no gcc), static
     // so it needs no libraries; the suite finds it through
     // PORTWATCH_URING_HELPER. Named as the tests expect its comm.
@@ -190,37 +140,10 @@ fn common_initramfs(suites: &[(String, PathBuf)], portwatch: &Path) -> Result<Pa
         .args(["-O2", "-Wall", "-static", "-o"])
         .arg(&helper)
         .arg(root().join("portwatch/tests/uring_helper.c")))?;
-    copy_into(&tree, &helper, Path::new("/uring_helper"))?;
+    qemu::copy_into(&tree, &helper, Path::new("/uring_helper"))?;
     let image = work.join("common.cpio.gz");
     cpio(&tree, &image)?;
     std::fs::remove_dir_all(&tree)?;
-    Ok(image)
-}
-
-/// Writes `kernel`'s initramfs: the shared archive followed by one holding
-/// its modules and the init script (the kernel unpacks concatenated
-/// archives in order). Returns its path.
-fn initramfs(kernel: &kernels::Kernel, common: &Path) -> Result<PathBuf> {
-    let work = work_dir().join(&kernel.release);
-    let tree = work.join("root");
-    let _ = std::fs::remove_dir_all(&tree);
-    std::fs::create_dir_all(tree.join("m"))?;
-    // Loaded by the init script, in order (sock_diag's TCP/UDP handlers).
-    for m in &kernel.modules {
-        let name = m.file_name().context("module path")?;
-        copy_into(&tree, m, &Path::new("/m").join(name))?;
-    }
-    let init = tree.join("init");
-    std::fs::write(&init, init_script(&kernel.modules))?;
-    run(Command::new("chmod").arg("755").arg(&init))?;
-    let own = work.join("own.cpio.gz");
-    cpio(&tree, &own)?;
-    std::fs::remove_dir_all(&tree)?;
-    let image = work.join("initramfs.cpio.gz");
-    let mut out = std::fs::File::create(&image)?;
-    std::io::copy(&mut std::fs::File::open(common)?, &mut out)?;
-    std::io::copy(&mut std::fs::File::open(&own)?, &mut out)?;
-    std::fs::remove_file(&own)?;
     Ok(image)
 }
 
@@ -561,7 +484,7 @@ pub fn run_all() -> Result<()> {
     let common = common_initramfs(&suites, &portwatch)?;
     let initrds = kernels
         .iter()
-        .map(|k| initramfs(k, &common))
+        .map(|k| qemu::kernel_initramfs(k, &common, &work_dir(), &init_script(&k.modules)))
         .collect::<Result<Vec<_>>>()?;
     let jobs = jobs();
     eprintln!(
