@@ -125,8 +125,11 @@ pub struct PortKey {
 #[cfg_attr(feature = "pod", derive(bytemuck::Pod, bytemuck::Zeroable))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct HolderRecord {
-    /// CLOCK_BOOTTIME ns of the bind/listen.
-    pub ts_boot_ns: u64,
+    /// A CLOCK_BOOTTIME ns at which the binder was running: its thread's
+    /// start where the program reads the task (the regs path), else the
+    /// bind/listen's own time. A process at the same pid that started later
+    /// is another one that reused the pid.
+    pub running_ns: u64,
     /// Thread group id of the binder.
     pub pid: u32,
     /// Its real uid.
@@ -156,6 +159,8 @@ pub struct HolderRecord {
 pub struct HolderEntry {
     /// The `struct sock *` (never leaves the kernel's maps).
     pub sk: u64,
+    /// `jiffies` at the bind/listen: which of a set's two records is older.
+    pub jiffies: u64,
     /// What is copied into a failure's event.
     pub holder: HolderRecord,
 }
@@ -223,6 +228,14 @@ pub struct Offsets {
     pub task_tgid: u32,
     /// `task_struct.pid` (the thread's id).
     pub task_pid: u32,
+    /// `task_struct.comm`.
+    pub task_comm: u32,
+    /// `task_struct.cred`.
+    pub task_cred: u32,
+    /// `task_struct.start_boottime`.
+    pub task_start: u32,
+    /// `cred.uid`.
+    pub cred_uid: u32,
     /// `files_struct.fdt`.
     pub files_fdt: u32,
     /// `fdtable.max_fds`.
@@ -526,7 +539,7 @@ const _: () = assert!(size_of::<Life>() == 72);
 const _: () = assert!(size_of::<LifeState>() == 16);
 const _: () = assert!(size_of::<HolderRecord>() == 56);
 const _: () = assert!(size_of::<PortKey>() == 8);
-const _: () = assert!(size_of::<HolderSlot>() == 80);
+const _: () = assert!(size_of::<HolderSlot>() == 88);
 // The eBPF programs zero and copy `Event::addr` and `FoldKey::addr` as two
 // u64 words.
 const _: () = assert!(core::mem::offset_of!(Event, addr) % 8 == 0);
@@ -534,9 +547,9 @@ const _: () = assert!(core::mem::offset_of!(FoldKey, addr) % 8 == 0);
 const _: () = assert!(HOLDER_SLOTS.is_power_of_two() && HOLDER_WAYS == 2);
 const _: () = assert!(size_of::<BitLoc>() == 8);
 const _: () = assert!(size_of::<FoldKey>() == 32);
-const _: () = assert!(size_of::<Offsets>() == 168);
+const _: () = assert!(size_of::<Offsets>() == 184);
 const _: () = assert!(size_of::<UringOffsets>() == 40);
-const _: () = assert!(size_of::<Config>() == 272);
+const _: () = assert!(size_of::<Config>() == 288);
 const _: () = assert!(size_of::<FoldFront>() == 56);
 const _: () = assert!(core::mem::offset_of!(FoldFront, key) == 0);
 

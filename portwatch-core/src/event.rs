@@ -239,7 +239,7 @@ fn holder_record(h: &common::HolderRecord) -> Result<Option<HolderRecord>, Decod
         comm: comm(&h.comm),
         family,
         addr: ip(family, h.addr),
-        boot_ns: h.ts_boot_ns,
+        running_ns: h.running_ns,
         state,
         opts: state.and_then(|_| Opts::from_bits(h.opts)),
     }))
@@ -283,7 +283,7 @@ pub mod fixtures {
             comm,
             addr: [127, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
             holder: common::HolderRecord {
-                ts_boot_ns: 500_000_000,
+                running_ns: 500_000_000,
                 pid: 100,
                 uid: 33,
                 comm: *b"old\0\0\0\0\0\0\0\0\0\0\0\0\0",
@@ -340,7 +340,7 @@ mod tests {
         assert_eq!(h.state, Some(10));
         assert_eq!(h.addr.to_string(), "0.0.0.0");
         assert!(h.opts.unwrap().reuseport);
-        assert_eq!(h.boot_ns, 500_000_000);
+        assert_eq!(h.running_ns, 500_000_000);
         // A socket closed since it was recorded: no state, no options.
         let mut raw = sample();
         raw.holder.state = 0;

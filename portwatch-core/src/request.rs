@@ -352,9 +352,10 @@ pub struct HolderRecord {
     pub family: Family,
     /// The address it bound.
     pub addr: IpAddr,
-    /// When it bound or listened, CLOCK_BOOTTIME ns (tells the binder from
-    /// a process that reused its pid later).
-    pub boot_ns: u64,
+    /// A CLOCK_BOOTTIME ns at which the binder was running (its thread's
+    /// start, or the bind/listen's time): a process at its pid that started
+    /// later reused the pid.
+    pub running_ns: u64,
     /// The socket's TCP state number at the failure (UDP sockets: 7), or
     /// `None` when it had already closed (the record outlived the socket).
     pub state: Option<u8>,

@@ -53,6 +53,7 @@ fn fexit_bind(ctx: &FExitContext, hook: u32) {
             read(socket, conf!(offsets.socket_sk)),
             HOW_BIND,
             bpf_get_current_pid_tgid(),
+            0,
             hook,
         );
     }

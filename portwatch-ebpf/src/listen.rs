@@ -45,6 +45,7 @@ pub fn inet_listen_exit(ctx: FExitContext) -> i32 {
             sock::sk_of(socket),
             HOW_LISTEN,
             bpf_get_current_pid_tgid(),
+            0,
             hook::INET_LISTEN,
         );
     }

@@ -49,6 +49,7 @@ pub fn io_uring_complete(ctx: TracePointContext) -> u32 {
                 sk_of(op.socket),
                 how,
                 bpf_get_current_pid_tgid(),
+                0,
                 hook::IO_URING,
             );
         }

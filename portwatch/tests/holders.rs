@@ -405,30 +405,6 @@ fn listener_in_another_netns_is_named_with_its_cmdline() {
     no_kill_all(&ev);
 }
 
-/// The flaky-restart race: the holder exits microseconds after the failure,
-/// long before userspace looks (held back 300 ms here). The kernel's record
-/// still names it.
-/// A tracer on `ns` whose lookups start 300 ms after each failure, so a
-/// holder killed right after it is gone by then and only the kernel's
-/// record can name it. A generous timeout: the VM's emulated CPU is slow.
-fn late_lookup_tracer(ns: &Netns) -> Tracer {
-    late_lookup_tracer_with(ns, &[])
-}
-
-fn late_lookup_tracer_with(ns: &Netns, extra: &[&str]) -> Tracer {
-    let netns = ns.arg();
-    let mut args = vec![
-        "--netns",
-        &netns,
-        "--enrich-delay",
-        "300",
-        "--lookup-timeout",
-        "10000",
-    ];
-    args.extend_from_slice(extra);
-    Tracer::start(&args)
-}
-
 /// The kernel's record of an exited holder carries its address, family and
 /// state alike whether the programs read the sock's first bytes at once
 /// (every kernel so far) or field by field (`no_sk_head`: as on a kernel

@@ -205,15 +205,7 @@ fn io_uring_listen_eaddrinuse() {
 fn io_uring_listener_is_recorded_in_the_kernel() {
     let ns = Netns::new("pw-uring-rec");
     let port = port();
-    let netns = ns.arg();
-    let tracer = Tracer::start(&[
-        "--netns",
-        &netns,
-        "--enrich-delay",
-        "300",
-        "--lookup-timeout",
-        "10000",
-    ]);
+    let tracer = late_lookup_tracer(&ns);
     if !uring_capture_expected(&tracer) {
         return;
     }

@@ -215,12 +215,7 @@ pub fn guest(portwatch: &Path) -> Result<()> {
 /// another: a second TCG guest would share the host's cores) and returns the
 /// section for BENCHMARKS.md.
 pub fn run(portwatch: &Path) -> Result<Vec<String>> {
-    setup::ensure_packages(&[
-        ("qemu-system-x86_64", "qemu-system-x86"),
-        ("/bin/busybox", "busybox-static"),
-        ("cpio", "cpio"),
-        ("xz", "xz-utils"),
-    ])?;
+    setup::ensure_packages(qemu::PACKAGES)?;
     let work = root().join(".cache/bench-vm");
     let xtask = std::env::current_exe().context("this xtask binary")?;
     let tree = work.join("root");

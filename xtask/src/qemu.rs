@@ -15,6 +15,15 @@ use std::{
 
 use anyhow::{bail, Context as _, Result};
 
+/// What a kernel VM needs on the host: (a command or file, its Debian
+/// package). 6.12's modules are .ko.xz.
+pub(crate) const PACKAGES: &[(&str, &str)] = &[
+    ("qemu-system-x86_64", "qemu-system-x86"),
+    ("/bin/busybox", "busybox-static"),
+    ("cpio", "cpio"),
+    ("xz", "xz-utils"),
+];
+
 /// Virtual CPUs per VM.
 const VCPUS: &str = "2";
 

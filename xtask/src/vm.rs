@@ -467,13 +467,7 @@ fn jobs() -> usize {
 /// Runs the integration tests in a VM of every kernel in [`kernels::KERNELS`].
 pub fn run_all() -> Result<()> {
     setup::ensure()?;
-    setup::ensure_packages(&[
-        ("qemu-system-x86_64", "qemu-system-x86"),
-        ("/bin/busybox", "busybox-static"),
-        ("cpio", "cpio"),
-        // 6.12's modules are .ko.xz.
-        ("xz", "xz-utils"),
-    ])?;
+    setup::ensure_packages(qemu::PACKAGES)?;
     let suites = test_binaries()?;
     let portwatch = root().join("target/debug/portwatch");
     let started = Instant::now();

@@ -84,6 +84,12 @@ pub fn resolve(btf: &Btf) -> Result<Offsets, BtfError> {
         task_real_parent: o("task_struct", "real_parent")?,
         task_tgid: o("task_struct", "tgid")?,
         task_pid: o("task_struct", "pid")?,
+        task_comm: o("task_struct", "comm")?,
+        task_cred: o("task_struct", "cred")?,
+        // Renamed from `real_start_time` (boot-based ns too) in 5.5.
+        task_start: o("task_struct", "start_boottime")
+            .or_else(|_| o("task_struct", "real_start_time"))?,
+        cred_uid: o("cred", "uid")?,
         files_fdt: o("files_struct", "fdt")?,
         fdt_max_fds: o("fdtable", "max_fds")?,
         fdt_fd: o("fdtable", "fd")?,
@@ -320,6 +326,10 @@ mod btf_tests {
             ("task_struct", "real_parent", offsets.task_real_parent),
             ("task_struct", "tgid", offsets.task_tgid),
             ("task_struct", "pid", offsets.task_pid),
+            ("task_struct", "comm", offsets.task_comm),
+            ("task_struct", "cred", offsets.task_cred),
+            ("task_struct", "start_boottime", offsets.task_start),
+            ("cred", "uid", offsets.cred_uid),
             ("files_struct", "fdt", offsets.files_fdt),
             ("fdtable", "max_fds", offsets.fdt_max_fds),
             ("fdtable", "fd", offsets.fdt_fd),

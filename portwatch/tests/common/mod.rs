@@ -403,3 +403,26 @@ pub fn parse(out: &Output) -> (i32, Value) {
         .unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}\nstderr: {stderr}"));
     (out.status.code().expect("exit status"), v)
 }
+
+/// A tracer on `ns` whose lookups start 300 ms after each failure (the
+/// flaky-restart race, held open): a holder gone right after the failure is
+/// gone by the lookup, and only the kernel's record can name it. A generous
+/// timeout: the VM's emulated CPU is slow.
+pub fn late_lookup_tracer(ns: &Netns) -> Tracer {
+    late_lookup_tracer_with(ns, &[])
+}
+
+/// `late_lookup_tracer` with more arguments for `watch`.
+pub fn late_lookup_tracer_with(ns: &Netns, extra: &[&str]) -> Tracer {
+    let netns = ns.arg();
+    let mut args = vec![
+        "--netns",
+        &netns,
+        "--enrich-delay",
+        "300",
+        "--lookup-timeout",
+        "10000",
+    ];
+    args.extend_from_slice(extra);
+    Tracer::start(&args)
+}

@@ -207,7 +207,7 @@ impl Enricher {
         let alive = look
             .then(|| procs::proc_info(r.pid))
             .flatten()
-            .filter(|p| p.start_time.saturating_mul(self.tick_ns) <= r.boot_ns + self.tick_ns);
+            .filter(|p| p.start_time.saturating_mul(self.tick_ns) <= r.running_ns + self.tick_ns);
         Some(Holder {
             pid: Some(r.pid),
             comm: Some(
