@@ -84,7 +84,8 @@ impl Loop {
                 Loop::SocketBindClose => {
                     for _ in 0..n {
                         let fd = tcp_socket();
-                        assert_eq!(bind(fd, PORT + 1), 0);
+                        let r = bind(fd, PORT + 1);
+                        assert_eq!(r, 0, "bind: {}", std::io::Error::last_os_error());
                         unsafe { libc::close(fd) };
                     }
                 }
