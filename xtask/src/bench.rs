@@ -15,7 +15,7 @@ use portwatch_test_support::{in_fresh_netns, Netns, Process};
 
 use crate::{
     floor::{self, Floor},
-    load::{bind, conflict, storm, tcp_socket, Tracer, PORT},
+    load::{bind, conflict, median, storm, tcp_socket, Tracer, PORT},
 };
 
 /// Options of `cargo xtask bench`.
@@ -108,12 +108,6 @@ impl Loop {
             ns
         })
     }
-}
-
-/// The middle value (the upper one of an even count).
-pub(crate) fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
 }
 
 /// Runs the benchmarks and prints a Markdown report.

@@ -21,10 +21,7 @@ use std::{
 use anyhow::{bail, Context as _, Result};
 use portwatch_test_support::Netns;
 
-use crate::{
-    bench::median,
-    load::{bind, tcp_socket, Tracer},
-};
+use crate::load::{bind, median, tcp_socket, Tracer};
 
 /// Distinct ports of the raw-syscall burst (the C loop).
 const C_PORTS: u16 = 16_000;

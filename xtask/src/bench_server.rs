@@ -354,7 +354,7 @@ pub fn run(bin: &Path, rounds: usize, tracer_args: &[String]) -> Result<Vec<Stri
                 std::thread::sleep(SETTLE);
             }
         }
-        let [off, probe, both, watch, record] = times.map(crate::bench::median);
+        let [off, probe, both, watch, record] = times.map(crate::load::median);
         eprintln!(
             "bench: server {}: {off:.2} / {probe:.2} / {both:.2} / {watch:.2} / {record:.2} µs",
             load.name()

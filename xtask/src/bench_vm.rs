@@ -19,11 +19,10 @@ use anyhow::{bail, Context as _, Result};
 use portwatch_test_support::Scratch;
 
 use crate::{
-    bench::median,
     bench_server::{connection_loop, LOOP_PORT},
     floor::{self, Floor},
     kernels,
-    load::Tracer,
+    load::{median, Tracer},
     qemu::{self, Qemu},
     root, setup,
 };

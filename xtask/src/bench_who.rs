@@ -7,7 +7,7 @@ use std::{path::Path, process::Command, time::Instant};
 use anyhow::{bail, Result};
 use portwatch_test_support::{Netns, Process};
 
-use crate::{bench::median, setup};
+use crate::{load::median, setup};
 
 const PROCESSES: u16 = 1000;
 const SOCKETS: u16 = 5;

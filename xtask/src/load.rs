@@ -1,7 +1,7 @@
 //! The load the benchmarks put on the kernel and the tracer they measure:
 //! failing binds in a private network namespace, and `portwatch watch` run
-//! as a child whose notices and events are read back. Shared by `bench`,
-//! `bench_report` and `soak`.
+//! as a child whose notices and events are read back; and the median every
+//! bench reports. Shared by the `bench*` modules and `soak`.
 
 use std::{
     io::{BufRead as _, BufReader},
@@ -15,6 +15,12 @@ use anyhow::{bail, Context as _, Result};
 use portwatch_test_support::in_fresh_netns;
 
 pub(crate) const PORT: u16 = 47000;
+
+/// The middle value (the upper one of an even count).
+pub(crate) fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
 
 pub(crate) fn tcp_socket() -> i32 {
     let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) };
