@@ -354,7 +354,41 @@ pub struct Config {
     pub sk_head: u32,
     /// Explicit padding; always zero.
     pub _pad: u32,
+    /// Where the kernel has the kfunc `bpf_rdonly_cast`: the BTF ids the
+    /// successful-bind path casts to, for plain loads instead of helper reads.
+    pub casts: Casts,
 }
+
+/// BTF type ids for `bpf_rdonly_cast` (6.2+), which makes a kernel address
+/// a typed pointer the program reads with plain loads that fault to zero
+/// instead of a `bpf_probe_read_kernel` call each (about 10 ns a read here:
+/// BENCHMARKS.md). All zero where the kernel lacks the kfunc: the programs
+/// then read through the helper, and the loader turns the call instruction
+/// (`RDONLY_CAST_CALL`) into a plain move the verifier never reaches.
+#[repr(C)]
+#[cfg_attr(feature = "pod", derive(bytemuck::Pod, bytemuck::Zeroable))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Casts {
+    /// Non-zero: the calls are patched in and the ids below are set.
+    pub enabled: u32,
+    /// `struct list_head`: a struct whose first member is a pointer, to load
+    /// one entry of the fd array (an array of `struct file *`).
+    pub list_head: u32,
+    /// `struct file`.
+    pub file: u32,
+    /// `struct socket`.
+    pub socket: u32,
+}
+
+/// The kfunc call the eBPF object carries in place of `bpf_rdonly_cast`,
+/// as one little-endian instruction word: `call` (0x85) with source
+/// register 2 (`BPF_PSEUDO_KFUNC_CALL`) and a marker in the immediate,
+/// where the loader writes the kfunc's BTF id (or a plain `r0 = r1` where
+/// the kernel lacks it).
+pub const RDONLY_CAST_CALL: u64 = 0x85 | (0x20 << 8) | ((RDONLY_CAST_MARKER as u64) << 32);
+
+/// The immediate of `RDONLY_CAST_CALL` before the loader patches it.
+pub const RDONLY_CAST_MARKER: u32 = 0x7077_6b63;
 
 /// Bytes at the start of a `struct sock` read in one go when
 /// `Config::sk_head` is set.
@@ -549,7 +583,7 @@ const _: () = assert!(size_of::<BitLoc>() == 8);
 const _: () = assert!(size_of::<FoldKey>() == 32);
 const _: () = assert!(size_of::<Offsets>() == 184);
 const _: () = assert!(size_of::<UringOffsets>() == 40);
-const _: () = assert!(size_of::<Config>() == 288);
+const _: () = assert!(size_of::<Config>() == 304);
 const _: () = assert!(size_of::<FoldFront>() == 56);
 const _: () = assert!(core::mem::offset_of!(FoldFront, key) == 0);
 

@@ -172,9 +172,14 @@ fn whoami(task: u64) -> (u64, u32, [u8; 16]) {
 /// `sock::socket_of_fd`), else 0.
 #[inline(always)]
 pub fn record(sk: u64, how: u8, pid_tgid: u64, task: u64, hook: u32) {
-    let Some(held) = sock::held(sk, false, true, hook) else {
-        return;
-    };
+    if let Some(held) = sock::held(sk, false, true, hook) {
+        record_held(sk, &held, how, pid_tgid, task, hook);
+    }
+}
+
+/// `record` with what the table needs of `sk` already read.
+#[inline(always)]
+fn record_held(sk: u64, held: &sock::Held, how: u8, pid_tgid: u64, task: u64, hook: u32) {
     let key = held.key;
     let Some((a, b)) = set_of(&key) else {
         return;
@@ -258,7 +263,15 @@ pub fn recorded_pid(key: &PortKey, sk: u64) -> u32 {
 /// one (see `sock::socket_of_fd`).
 #[inline(always)]
 pub fn record_fd(task: u64, fd: i32, how: u8, pid_tgid: u64, hook: u32) {
-    if let Ok((_, sk)) = sock::socket_of_fd(task, fd) {
+    if conf!(casts.enabled) != 0 && task != 0 {
+        // Plain loads all the way from the fd to the sock's fields.
+        if let Some((sk, held)) = sock::socket_of_fd_typed(task, fd)
+            .ok()
+            .and_then(|(_, sk)| Some((sk, sock::held_typed(sk)?)))
+        {
+            record_held(sk, &held, how, pid_tgid, task, hook);
+        }
+    } else if let Ok((_, sk)) = sock::socket_of_fd(task, fd) {
         record(sk, how, pid_tgid, task, hook);
     }
 }

@@ -5,6 +5,8 @@
 //! paths, plus io_uring's bind/listen completions (`uring`). Every kernel structure offset comes from the loader (`CONFIG`),
 //! which reads them from the running kernel's BTF.
 #![no_std]
+// `sock::cast`: the kfunc call is written as one instruction word.
+#![feature(asm_experimental_arch)]
 #![no_main]
 
 mod bind;

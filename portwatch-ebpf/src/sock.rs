@@ -65,6 +65,33 @@ pub fn load<T: Copy>(base: u64, off: u32) -> T {
     unsafe { core::ptr::read_volatile((base + off as u64) as *const T) }
 }
 
+/// `bpf_rdonly_cast(obj, btf_id)`: `obj` as a pointer to the kernel type
+/// `btf_id`, which `load` reads with plain loads that fault to zero. Only
+/// where `Config::casts` is enabled: the loader writes the kfunc's BTF id
+/// into this call instruction (`RDONLY_CAST_CALL`); the verifier then turns
+/// the call into a register move, so a cast costs nothing. Inline assembly
+/// because Rust's eBPF toolchain cannot declare a kfunc.
+#[inline(always)]
+pub fn cast(obj: u64, btf_id: u32) -> u64 {
+    let out: u64;
+    // SAFETY: a kfunc that only retypes its argument (r1) as the type r2
+    // names; it clobbers r1-r5 like any call.
+    unsafe {
+        core::arch::asm!(
+            ".quad {call}",
+            call = const portwatch_common::RDONLY_CAST_CALL,
+            inout("r1") obj => _,
+            inout("r2") btf_id as u64 => _,
+            lateout("r0") out,
+            lateout("r3") _,
+            lateout("r4") _,
+            lateout("r5") _,
+            options(nostack, pure, nomem),
+        );
+    }
+    out
+}
+
 /// The current task's `fdtable.fd` array and `max_fds`. `task` is the
 /// current task as a BTF-typed pointer (`bpf_get_current_task_btf`) in
 /// programs that read arguments from saved registers, else 0.
@@ -112,6 +139,36 @@ pub fn file_and_sk(socket: u64) -> (u64, u64) {
 #[inline(always)]
 pub fn sk_of(socket: u64) -> u64 {
     read(socket, conf!(offsets.socket_sk))
+}
+
+/// `socket_of_fd` with plain loads through `cast` (the loader enabled
+/// `Config::casts`, and `task` is BTF-typed): the sock comes back typed, so
+/// `held_typed` reads it with plain loads too.
+#[inline(always)]
+pub fn socket_of_fd_typed(task: u64, fd: i32) -> Result<(u64, u64), i32> {
+    if fd < 0 {
+        return Err(-1);
+    }
+    let (fd_array, max_fds) = fd_table(task);
+    if fd as u32 >= max_fds {
+        return Err(-1);
+    }
+    let entry = cast(fd_array + (fd as u64) * 8, conf!(casts.list_head));
+    let file: u64 = load(entry, 0);
+    let private: u64 = load(
+        cast(file, conf!(casts.file)),
+        conf!(offsets.file_private_data),
+    );
+    let socket = cast(private, conf!(casts.socket));
+    let back: u64 = load(socket, conf!(offsets.socket_file));
+    let sk: u64 = load(socket, conf!(offsets.socket_sk));
+    if file == 0 || back != file {
+        if file != 0 {
+            diag::fd_not_socket(fd);
+        }
+        return Err(-1);
+    }
+    Ok((socket, sk))
 }
 
 /// The current task's `struct socket *` and `struct sock *` for `fd`,
@@ -357,6 +414,34 @@ fn held_from(
         key,
         family,
         state,
+        addr,
+    })
+}
+
+/// `held` for a BTF-typed `sk` (from `socket_of_fd_typed`): plain loads.
+#[inline(always)]
+pub fn held_typed(sk: u64) -> Option<Held> {
+    let family: u16 = load(sk, conf!(offsets.sk_family));
+    let port: u16 = load(sk, conf!(offsets.sk_num));
+    if !bound_inet(family, port) {
+        return None;
+    }
+    let addr = if family == AF_INET6 {
+        let off = conf!(offsets.sk_v6_rcv_saddr);
+        unsafe { core::mem::transmute::<[u64; 2], [u8; 16]>([load(sk, off), load(sk, off + 8)]) }
+    } else {
+        v4_addr(load(sk, conf!(offsets.sk_rcv_saddr)))
+    };
+    let net: u64 = load(sk, conf!(offsets.sk_net));
+    let key = PortKey {
+        netns: load(net, conf!(offsets.net_inum)),
+        port,
+        protocol: load(sk, conf!(offsets.sk_protocol)),
+    };
+    Some(Held {
+        key,
+        family,
+        state: 0,
         addr,
     })
 }

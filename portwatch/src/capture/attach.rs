@@ -32,14 +32,19 @@ pub(super) fn ebpf_loader(settings: &Settings) -> EbpfLoader<'_> {
     loader
 }
 
-/// Loads the object with `config` as its CONFIG.
-pub(super) fn object<'a>(loader: &mut EbpfLoader<'a>, config: &'a Config) -> Result<Ebpf> {
+/// The eBPF object as built, before `casts::patch`.
+pub(super) const OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/portwatch"));
+
+/// Loads `elf` (the object, patched) with `config` as its CONFIG.
+pub(super) fn object<'a>(
+    loader: &mut EbpfLoader<'a>,
+    config: &'a Config,
+    elf: &[u64],
+) -> Result<Ebpf> {
     loader
         .override_global("CONFIG", config, true)
-        .load(aya::include_bytes_aligned!(concat!(
-            env!("OUT_DIR"),
-            "/portwatch"
-        )))
+        .load(bytemuck::cast_slice(elf))
         .context("loading the eBPF object")
 }
 

@@ -41,6 +41,7 @@ const KIND_TYPEDEF: u32 = 8;
 const KIND_VOLATILE: u32 = 9;
 const KIND_CONST: u32 = 10;
 const KIND_RESTRICT: u32 = 11;
+const KIND_FUNC: u32 = 12;
 const KIND_FUNC_PROTO: u32 = 13;
 const KIND_VAR: u32 = 14;
 const KIND_DATASEC: u32 = 15;
@@ -259,6 +260,20 @@ impl Btf {
             }
         }
         None
+    }
+
+    /// The type id of struct `name`, for `bpf_rdonly_cast`.
+    pub fn struct_id(&self, name: &str) -> Option<u32> {
+        self.composite(name)
+            .filter(|&id| self.header(id).is_some_and(|h| h.kind == KIND_STRUCT))
+    }
+
+    /// The type id of kernel function `name` (a kfunc's id for a call).
+    pub fn func_id(&self, name: &str) -> Option<u32> {
+        (1..self.index.len() as u32).find(|&id| {
+            self.header(id)
+                .is_some_and(|h| h.kind == KIND_FUNC && self.name(h.name) == name.as_bytes())
+        })
     }
 
     /// Locates a dotted member path in a struct: `field("sock", "__sk_common.skc_family")`.

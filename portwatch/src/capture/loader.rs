@@ -10,10 +10,10 @@ use portwatch_common::Config;
 use super::{
     attach::{
         attach_fexit, attach_state, attach_tracepoints, attach_uring, ebpf_loader, fill_filters,
-        object, StateHooks,
+        object, StateHooks, OBJECT,
     },
     btf::Btf,
-    offsets,
+    casts, offsets,
     settings::{ArgsSource, BackendChoice, Settings},
     uring,
 };
@@ -128,7 +128,7 @@ fn break_offset(offsets: &mut portwatch_common::Offsets, field: &str) -> Result<
         "file_private_data" => &mut offsets.file_private_data,
         "sk_family" => &mut offsets.sk_family,
         other => anyhow::bail!(
-            "--test-bad-offset: unknown field {other} (socket_sk, socket_file, file_private_data, sk_family, no_sk_head)"
+            "--test-bad-offset: unknown field {other} (socket_sk, socket_file, file_private_data, sk_family, no_sk_head, no_casts)"
         ),
     };
     *slot = 0;
@@ -205,6 +205,10 @@ impl Attempt {
                 None => "sys_enter + sys_exit".to_owned(),
             },
         };
+        let how = match &earlier.casts {
+            Some(e) => format!("{how}, read with helpers (bpf_rdonly_cast refused: {e})"),
+            None => how,
+        };
         match &earlier.fexit {
             Some(e) => format!("{how}; fexit unavailable: {e}"),
             None => format!("{how}; asked for"),
@@ -228,6 +232,8 @@ impl Attempt {
 struct Earlier {
     fexit: Option<String>,
     regs: Option<String>,
+    /// Why the verifier refused `bpf_rdonly_cast` (the helpers read instead).
+    casts: Option<String>,
 }
 
 impl Earlier {
@@ -242,6 +248,7 @@ impl Earlier {
 }
 
 /// The configs the attempts load the object with.
+#[derive(Clone)]
 struct Configs {
     /// fexit's; the tracepoint configs start from it.
     fexit: Config,
@@ -251,6 +258,7 @@ struct Configs {
 }
 
 /// The tracepoint backend's configs, one per way of reading bind()'s arguments.
+#[derive(Clone)]
 struct TracepointConfigs {
     regs: Config,
     entry: Config,
@@ -259,6 +267,17 @@ struct TracepointConfigs {
 }
 
 impl Configs {
+    /// These configs with helper reads instead of `bpf_rdonly_cast`.
+    fn without_casts(&self) -> Self {
+        let mut plain = self.clone();
+        plain.fexit.casts = Default::default();
+        if let Some(Ok(tp)) = &mut plain.tracepoint {
+            tp.regs.casts = Default::default();
+            tp.entry.casts = Default::default();
+        }
+        plain
+    }
+
     /// The config `attempt` loads the object with.
     fn get(&self, attempt: Attempt) -> Result<&Config> {
         let tracepoint = || match &self.tracepoint {
@@ -277,6 +296,11 @@ impl Configs {
 /// What the running kernel offers, read once before the first attempt.
 struct Kernel {
     configs: Configs,
+    /// The eBPF object, its `bpf_rdonly_cast` calls patched (`casts`).
+    elf: Vec<u64>,
+    /// Where `configs` use `bpf_rdonly_cast`: the same without, for a
+    /// verifier that refuses the kfunc although the BTF has it.
+    without_casts: Option<(Configs, Vec<u64>)>,
     /// aya's parse of the BTF, for fexit's attach points; None when fexit is
     /// not tried.
     fexit_btf: Option<aya::Btf>,
@@ -296,12 +320,28 @@ impl Kernel {
         fexit.offsets = offsets::resolve(&btf)
             .map_err(|e| unsupported(format!("cannot read socket fields on this kernel: {e}")))?;
         fexit.sk_head = u32::from(offsets::sk_head_fits(&fexit.offsets));
-        match settings.bad_offset.as_deref() {
-            // Not an offset: makes the programs read sock fields one by one,
-            // as they do where the head does not hold them all.
-            Some("no_sk_head") => fexit.sk_head = 0,
-            Some(field) => break_offset(&mut fexit.offsets, field)?,
-            None => {}
+        let tweaks: Vec<&str> = settings
+            .bad_offset
+            .as_deref()
+            .map_or(Vec::new(), |t| t.split(',').collect());
+        let kfunc = match casts::resolve(&btf) {
+            Some((func, ids)) if !tweaks.contains(&"no_casts") => {
+                fexit.casts = ids;
+                Some(func)
+            }
+            _ => None,
+        };
+        let elf = casts::patch(OBJECT, kfunc)?;
+        for tweak in tweaks {
+            match tweak {
+                // Not an offset: makes the programs read sock fields one by
+                // one, as they do where the head does not hold them all.
+                "no_sk_head" => fexit.sk_head = 0,
+                // Not an offset: the programs read through the helper, as
+                // on kernels without bpf_rdonly_cast.
+                "no_casts" => {}
+                field => break_offset(&mut fexit.offsets, field)?,
+            }
         }
         // TCP_BOUND_INACTIVE is the inet_diag pseudo-state that dumps
         // bound-but-inactive TCP sockets; not every kernel has it.
@@ -336,8 +376,15 @@ impl Kernel {
             .contains(&Attempt::Fexit)
             .then(|| fexit_btf(btf, &btf_path))
             .transpose()?;
+        let configs = Configs { fexit, tracepoint };
+        let without_casts = match kfunc {
+            Some(_) => Some((configs.without_casts(), casts::patch(OBJECT, None)?)),
+            None => None,
+        };
         Ok(Self {
-            configs: Configs { fexit, tracepoint },
+            configs,
+            elf,
+            without_casts,
             fexit_btf,
             mounted_tracefs,
             state_hooks,
@@ -452,7 +499,9 @@ pub fn load(settings: &Settings, choice: BackendChoice) -> Result<Loaded> {
     let mut kernel = Kernel::read(settings, &attempts)?;
     let mut loader = ebpf_loader(settings);
     let mut earlier = Earlier::default();
-    for (i, &attempt) in attempts.iter().enumerate() {
+    let mut casts = true;
+    let mut i = 0;
+    while let Some(&attempt) = attempts.get(i) {
         // Only entry pairing uses the CALLS table.
         let calls = if attempt == Attempt::Entry {
             CALLS_IN_FLIGHT
@@ -460,7 +509,12 @@ pub fn load(settings: &Settings, choice: BackendChoice) -> Result<Loaded> {
             1
         };
         loader.map_max_entries("CALLS", calls);
-        let mut ebpf = object(&mut loader, kernel.configs.get(attempt)?)?;
+        // With bpf_rdonly_cast where the kernel has it, unless refused.
+        let (configs, elf) = match &kernel.without_casts {
+            Some((configs, elf)) if !casts => (configs, elf),
+            _ => (&kernel.configs, &kernel.elf),
+        };
+        let mut ebpf = object(&mut loader, configs.get(attempt)?, elf)?;
         fill_filters(&mut ebpf, settings)?;
         // A failure drops `ebpf`, which detaches whatever did attach.
         match attempt.attach(&mut ebpf, &mut kernel.fexit_btf) {
@@ -468,9 +522,16 @@ pub fn load(settings: &Settings, choice: BackendChoice) -> Result<Loaded> {
                 let why = attempt.why(choice, &earlier);
                 return Ok(kernel.finish(ebpf, attempt, why));
             }
+            // Only the saved-registers path casts: retry it with helper reads.
+            Err(e) if attempt == Attempt::Regs && casts && kernel.without_casts.is_some() => {
+                earlier.casts = Some(root(&e));
+                casts = false;
+                continue;
+            }
             Err(e) if i + 1 == attempts.len() => return Err(attempt.refusal(&e)),
             Err(e) => earlier.note(attempt, &e),
         }
+        i += 1;
     }
     unreachable!("every choice allows at least one attempt")
 }

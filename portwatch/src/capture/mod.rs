@@ -5,6 +5,7 @@
 
 mod attach;
 mod btf;
+mod casts;
 mod klog;
 pub mod life;
 mod loader;

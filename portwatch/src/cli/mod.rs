@@ -588,7 +588,8 @@ pub struct TestHooks {
     /// Point one kernel offset at the wrong member (the programs must say
     /// so under -v rather than report silently wrong events); or
     /// `no_sk_head`: read sock fields one by one, as on a kernel whose
-    /// layout does not allow one read.
+    /// layout does not allow one read; `no_casts`: read through the helper,
+    /// as on a kernel without bpf_rdonly_cast. Comma-separated.
     #[arg(long, value_name = "FIELD", hide = true)]
     pub test_bad_offset: Option<String>,
 
