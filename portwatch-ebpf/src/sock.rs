@@ -141,11 +141,10 @@ pub fn sk_of(socket: u64) -> u64 {
     read(socket, conf!(offsets.socket_sk))
 }
 
-/// `socket_of_fd` with plain loads through `cast` (the loader enabled
-/// `Config::casts`, and `task` is BTF-typed): the sock comes back typed, so
-/// `held_typed` reads it with plain loads too.
+/// The address of `fd`'s entry in the current task's fd array (a
+/// `struct file *`), if `fd` is within the table.
 #[inline(always)]
-pub fn socket_of_fd_typed(task: u64, fd: i32) -> Result<(u64, u64), i32> {
+fn fd_entry(task: u64, fd: i32) -> Result<u64, i32> {
     if fd < 0 {
         return Err(-1);
     }
@@ -153,39 +152,13 @@ pub fn socket_of_fd_typed(task: u64, fd: i32) -> Result<(u64, u64), i32> {
     if fd as u32 >= max_fds {
         return Err(-1);
     }
-    let entry = cast(fd_array + (fd as u64) * 8, conf!(casts.list_head));
-    let file: u64 = load(entry, 0);
-    let private: u64 = load(
-        cast(file, conf!(casts.file)),
-        conf!(offsets.file_private_data),
-    );
-    let socket = cast(private, conf!(casts.socket));
-    let back: u64 = load(socket, conf!(offsets.socket_file));
-    let sk: u64 = load(socket, conf!(offsets.socket_sk));
-    if file == 0 || back != file {
-        if file != 0 {
-            diag::fd_not_socket(fd);
-        }
-        return Err(-1);
-    }
-    Ok((socket, sk))
+    Ok(fd_array + (fd as u64) * 8)
 }
 
-/// The current task's `struct socket *` and `struct sock *` for `fd`,
-/// checked to be a socket.
+/// `(socket, sk)` if `file` is open and its `private_data`, `socket`, is a
+/// socket: a socket points back at its file (`back`).
 #[inline(always)]
-pub fn socket_of_fd(task: u64, fd: i32) -> Result<(u64, u64), i32> {
-    if fd < 0 {
-        return Err(-1);
-    }
-    let (fd_array, max_fds) = fd_table(task);
-    if fd as u32 >= max_fds {
-        return Err(-1);
-    }
-    let file: u64 = read(fd_array, (fd as u32) * 8);
-    let socket: u64 = read(file, conf!(offsets.file_private_data));
-    // private_data is only a socket for socket files: the socket points back.
-    let (back, sk) = file_and_sk(socket);
+fn checked_socket(fd: i32, file: u64, socket: u64, back: u64, sk: u64) -> Result<(u64, u64), i32> {
     if file == 0 || back != file {
         // No file: the fd is not open (EBADF), nothing to say.
         if file != 0 {
@@ -194,6 +167,33 @@ pub fn socket_of_fd(task: u64, fd: i32) -> Result<(u64, u64), i32> {
         return Err(-1);
     }
     Ok((socket, sk))
+}
+
+/// `socket_of_fd` with plain loads through `cast` (the loader enabled
+/// `Config::casts`, and `task` is BTF-typed): the sock comes back typed, so
+/// `held_typed` reads it with plain loads too.
+#[inline(always)]
+pub fn socket_of_fd_typed(task: u64, fd: i32) -> Result<(u64, u64), i32> {
+    let entry = cast(fd_entry(task, fd)?, conf!(casts.list_head));
+    let file: u64 = load(entry, 0);
+    let private: u64 = load(
+        cast(file, conf!(casts.file)),
+        conf!(offsets.file_private_data),
+    );
+    let socket = cast(private, conf!(casts.socket));
+    let back: u64 = load(socket, conf!(offsets.socket_file));
+    let sk: u64 = load(socket, conf!(offsets.socket_sk));
+    checked_socket(fd, file, socket, back, sk)
+}
+
+/// The current task's `struct socket *` and `struct sock *` for `fd`,
+/// checked to be a socket.
+#[inline(always)]
+pub fn socket_of_fd(task: u64, fd: i32) -> Result<(u64, u64), i32> {
+    let file: u64 = read(fd_entry(task, fd)?, 0);
+    let socket: u64 = read(file, conf!(offsets.file_private_data));
+    let (back, sk) = file_and_sk(socket);
+    checked_socket(fd, file, socket, back, sk)
 }
 
 /// Fills what identifies the socket `sk` (family, protocol, netns) into

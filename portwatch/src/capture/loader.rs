@@ -205,9 +205,12 @@ impl Attempt {
                 None => "sys_enter + sys_exit".to_owned(),
             },
         };
-        let how = match &earlier.casts {
-            Some(e) => format!("{how}, read with helpers (bpf_rdonly_cast refused: {e})"),
-            None => how,
+        let how = match (self, &earlier.casts) {
+            (Self::Regs, Casts::Used) => format!("{how}, plain loads (bpf_rdonly_cast)"),
+            (Self::Regs, Casts::Refused(e)) => {
+                format!("{how}, read with helpers (bpf_rdonly_cast refused: {e})")
+            }
+            _ => how,
         };
         match &earlier.fexit {
             Some(e) => format!("{how}; fexit unavailable: {e}"),
@@ -232,8 +235,21 @@ impl Attempt {
 struct Earlier {
     fexit: Option<String>,
     regs: Option<String>,
-    /// Why the verifier refused `bpf_rdonly_cast` (the helpers read instead).
-    casts: Option<String>,
+    /// Whether the saved-registers path reads with `bpf_rdonly_cast`.
+    casts: Casts,
+}
+
+/// Whether the saved-registers path reads a successful bind's socket with
+/// plain loads (`capture::casts`).
+#[derive(Debug, Default)]
+enum Casts {
+    /// The kernel has no `bpf_rdonly_cast` (or `no_casts`): helper reads.
+    #[default]
+    Unavailable,
+    /// Plain loads.
+    Used,
+    /// The verifier refused them (why): helper reads.
+    Refused(String),
 }
 
 impl Earlier {
@@ -298,9 +314,11 @@ struct Kernel {
     configs: Configs,
     /// The eBPF object, its `bpf_rdonly_cast` calls patched (`casts`).
     elf: Vec<u64>,
-    /// Where `configs` use `bpf_rdonly_cast`: the same without, for a
-    /// verifier that refuses the kfunc although the BTF has it.
-    without_casts: Option<(Configs, Vec<u64>)>,
+    /// Whether `configs` use `bpf_rdonly_cast`.
+    casts: bool,
+    /// The same configs and object without, made only for a verifier that
+    /// refuses the kfunc although the BTF has it.
+    without_casts: std::cell::OnceCell<(Configs, Vec<u64>)>,
     /// aya's parse of the BTF, for fexit's attach points; None when fexit is
     /// not tried.
     fexit_btf: Option<aya::Btf>,
@@ -376,15 +394,11 @@ impl Kernel {
             .contains(&Attempt::Fexit)
             .then(|| fexit_btf(btf, &btf_path))
             .transpose()?;
-        let configs = Configs { fexit, tracepoint };
-        let without_casts = match kfunc {
-            Some(_) => Some((configs.without_casts(), casts::patch(OBJECT, None)?)),
-            None => None,
-        };
         Ok(Self {
-            configs,
+            configs: Configs { fexit, tracepoint },
             elf,
-            without_casts,
+            casts: kfunc.is_some(),
+            without_casts: std::cell::OnceCell::new(),
             fexit_btf,
             mounted_tracefs,
             state_hooks,
@@ -499,7 +513,9 @@ pub fn load(settings: &Settings, choice: BackendChoice) -> Result<Loaded> {
     let mut kernel = Kernel::read(settings, &attempts)?;
     let mut loader = ebpf_loader(settings);
     let mut earlier = Earlier::default();
-    let mut casts = true;
+    if kernel.casts {
+        earlier.casts = Casts::Used;
+    }
     let mut i = 0;
     while let Some(&attempt) = attempts.get(i) {
         // Only entry pairing uses the CALLS table.
@@ -510,9 +526,9 @@ pub fn load(settings: &Settings, choice: BackendChoice) -> Result<Loaded> {
         };
         loader.map_max_entries("CALLS", calls);
         // With bpf_rdonly_cast where the kernel has it, unless refused.
-        let (configs, elf) = match &kernel.without_casts {
-            Some((configs, elf)) if !casts => (configs, elf),
-            _ => (&kernel.configs, &kernel.elf),
+        let (configs, elf) = match kernel.without_casts.get() {
+            Some((configs, elf)) => (configs, elf),
+            None => (&kernel.configs, &kernel.elf),
         };
         let mut ebpf = object(&mut loader, configs.get(attempt)?, elf)?;
         fill_filters(&mut ebpf, settings)?;
@@ -523,9 +539,10 @@ pub fn load(settings: &Settings, choice: BackendChoice) -> Result<Loaded> {
                 return Ok(kernel.finish(ebpf, attempt, why));
             }
             // Only the saved-registers path casts: retry it with helper reads.
-            Err(e) if attempt == Attempt::Regs && casts && kernel.without_casts.is_some() => {
-                earlier.casts = Some(root(&e));
-                casts = false;
+            Err(e) if attempt == Attempt::Regs && matches!(earlier.casts, Casts::Used) => {
+                earlier.casts = Casts::Refused(root(&e));
+                let plain = (kernel.configs.without_casts(), casts::patch(OBJECT, None)?);
+                let _ = kernel.without_casts.set(plain);
                 continue;
             }
             Err(e) if i + 1 == attempts.len() => return Err(attempt.refusal(&e)),
@@ -580,6 +597,22 @@ mod tests {
             "sys_enter + sys_exit; saved registers unreadable: no saved registers; \
              fexit unavailable: loading fexit on inet_bind: EINVAL"
         );
+        earlier.casts = Casts::Used;
+        assert_eq!(
+            Attempt::Regs.why(B::Tracepoint, &Earlier { casts: Casts::Used, ..Earlier::default() }),
+            "sys_exit only, arguments from saved registers, plain loads (bpf_rdonly_cast); asked for"
+        );
+        earlier.casts = Casts::Refused("Permission denied".into());
+        assert_eq!(
+            Attempt::Regs.why(B::Auto, &earlier),
+            "sys_exit only, arguments from saved registers, read with helpers \
+             (bpf_rdonly_cast refused: Permission denied); \
+             fexit unavailable: loading fexit on inet_bind: EINVAL"
+        );
+        // Only the saved-registers path casts.
+        assert!(!Attempt::Entry
+            .why(B::Auto, &earlier)
+            .contains("bpf_rdonly_cast"));
         let refusal = Attempt::Fexit.refusal(&fexit_failed());
         assert!(refusal.downcast_ref::<Unsupported>().is_some());
         assert_eq!(
