@@ -640,7 +640,9 @@ mod tests {
             assert_eq!(ports(got), [8500, 8502, 8503]);
             let got = dump_ports(TCP, &[8501], true).expect("dump");
             assert_eq!(ports(got), [8501]);
-            let many: Vec<u16> = (9000..9000 + MAX_FILTER_PORTS as u16).chain([8501]).collect();
+            let many: Vec<u16> = (9000..9000 + MAX_FILTER_PORTS as u16)
+                .chain([8501])
+                .collect();
             assert_eq!(ports(dump_ports(TCP, &many, true).expect("dump")), [8501]);
             // One port: the program `dump` always sent.
             assert_eq!(
