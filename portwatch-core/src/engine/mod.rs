@@ -6,13 +6,14 @@
 //! bindings they ask about and how they print the answers.
 //!
 //! A batch costs one sock_diag dump per protocol (both families; the ports
-//! filtered in the kernel), one walk of /proc for the sockets' owners, and
-//! one read each of the sysctls, the NAT tables and the containers' port
-//! bindings, whatever the number of bindings. The steps, in order:
-//! [`plan::plan`] (which dumps), [`plan::dump`], [`Shared::new`] (what every
-//! binding shares, owners walked after the dumps), then per binding
-//! ([`Shared::judge`]): list its sockets, answer each option ([`binds`]),
-//! diagnose those that fail, look for its traffic sent elsewhere.
+//! filtered in the kernel), at most one walk of /proc for the sockets'
+//! owners, and one read each of the sysctls, the NAT tables and the
+//! containers' port bindings, whatever the number of bindings. The steps,
+//! in order: `plan::plan` (which dumps), `plan::dump`, `Shared::new` (what
+//! every binding shares), then per binding `Shared::judge`: list its
+//! sockets with their owners, answer each option (`binds`), diagnose those
+//! that fail (`Shared::evidence` is the one place an `Evidence` is made),
+//! look for its traffic sent elsewhere.
 //!
 //! Entering a network namespace is the caller's: everything here (dumps,
 //! trial binds, sysctls, NAT tables) reads the calling thread's, as
@@ -170,7 +171,7 @@ pub fn bind_now(b: &Binding) -> Result<BindNow, JudgeError> {
 /// the NAT tables, the containers' port bindings.
 struct Shared<'a> {
     batch: &'a Batch,
-    /// Walks /proc once, at its making: after the dumps.
+    /// Walks /proc once, at the first owner lookup: after the dumps.
     enricher: Enricher,
     sysctls: Sysctls,
     /// Read once, when the first binding needs them.

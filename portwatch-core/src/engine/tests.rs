@@ -5,10 +5,11 @@
 
 use std::{
     net::{IpAddr, SocketAddr, TcpListener, UdpSocket},
+    os::fd::AsRawFd,
     process::Command,
 };
 
-use portwatch_test_support::in_fresh_netns;
+use portwatch_test_support::{in_fresh_netns, Process};
 use socket2::{Domain, Socket, Type};
 
 use super::{plan::*, *};
@@ -138,12 +139,24 @@ fn bound_tcp(addr: &str) -> Socket {
 #[test]
 fn a_batch_answers_as_each_binding_alone() {
     in_fresh_netns(|| {
-        let _v4 = TcpListener::bind("127.0.0.1:7001").expect("bind");
+        let v4 = TcpListener::bind("127.0.0.1:7001").expect("bind");
         let dual = bound_tcp("[::]:7002");
         dual.listen(8).expect("listen");
-        let _udp = UdpSocket::bind("0.0.0.0:7003").expect("bind");
-        let _idle = bound_tcp("0.0.0.0:7004");
-        let _other = TcpListener::bind("127.0.0.1:7006").expect("bind");
+        let udp_held = UdpSocket::bind("0.0.0.0:7003").expect("bind");
+        let idle = bound_tcp("0.0.0.0:7004");
+        let other = TcpListener::bind("127.0.0.1:7006").expect("bind");
+        // Held by a process of their own: children this process forks
+        // meanwhile (other tests' `ip`, the engine's `iptables-save`) share
+        // its fds until they exec, and would show as sharers.
+        let fds = [
+            v4.as_raw_fd(),
+            dual.as_raw_fd(),
+            udp_held.as_raw_fd(),
+            idle.as_raw_fd(),
+            other.as_raw_fd(),
+        ];
+        let holder = Process::sleeper(&fds);
+        drop((v4, dual, udp_held, idle, other));
         let mut v6only = tcp("::", 7001);
         v6only.opts.v6only = true;
         let mut reuse = tcp("0.0.0.0", 7001);
@@ -174,14 +187,13 @@ fn a_batch_answers_as_each_binding_alone() {
                 assert_eq!(alone.stats.dumps, 1);
                 assert_eq!(&alone.judgements[0], batched, "{b:?}, trial {trial}");
             }
-            answers_make_sense(&all.judgements, trial);
+            answers_make_sense(&all.judgements, holder.pid, trial);
         }
     });
 }
 
 /// The batch's answers are the real ones, not merely equal ones.
-fn answers_make_sense(j: &[Judgement], trial: bool) {
-    let me = std::process::id();
+fn answers_make_sense(j: &[Judgement], holder: u32, trial: bool) {
     let checked = if trial {
         Checked::TrialBind
     } else {
@@ -190,7 +202,8 @@ fn answers_make_sense(j: &[Judgement], trial: bool) {
     let taken = &j[0];
     assert!(!taken.free);
     assert_eq!(taken.sockets.len(), 1, "{taken:#?}");
-    assert_eq!(taken.sockets[0].pid, Some(me), "{taken:#?}");
+    assert_eq!(taken.sockets[0].pid, Some(holder), "{taken:#?}");
+    assert_eq!(taken.sockets[0].pids, [holder], "{taken:#?}");
     assert_eq!(
         (taken.binds[0].result, taken.binds[0].checked),
         (Answer::Fails, checked)

@@ -62,19 +62,15 @@ impl Enricher {
     }
 
     /// An enricher for one batch of questions asked at one moment (`who`,
-    /// `check`): /proc is walked once, now, and every owner lookup after
-    /// it verifies that walk's entries but never walks again. Make it after
-    /// the sock_diag dumps it will be asked about, so their sockets' owners
-    /// are in the walk.
+    /// `check`): /proc is walked once, at the first owner lookup, and every
+    /// lookup after it verifies that walk's entries but never walks again
+    /// (none at all when no socket needs an owner). Ask it about sockets
+    /// dumped before that first lookup, so their owners are in the walk.
     pub fn for_batch(bound_inactive: bool) -> Self {
-        let enricher = Self {
+        Self {
             index_max_age: Duration::MAX,
             ..Self::new(bound_inactive)
-        };
-        if let Ok(mut index) = enricher.index.lock() {
-            index.rescan();
         }
-        enricher
     }
 
     /// How many times /proc was walked for socket owners.
