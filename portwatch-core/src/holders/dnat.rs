@@ -6,7 +6,8 @@
 //! The rules are read with the distribution's own `iptables-save` and
 //! `ip6tables-save` (which also show iptables-nft's rules) and `nft list
 //! ruleset` (native nftables rules), in the calling thread's network
-//! namespace. Only `who` asks: it is one-shot, never on `watch`'s path.
+//! namespace, once per batch of the verdict engine (`who`, `wait`): never
+//! on `watch`'s path.
 
 use std::{path::Path, process::Command};
 
