@@ -4,11 +4,13 @@
 //! ([`trial`]), which is the kernel's own answer.
 //!
 //! The rules are those of `inet_bind_conflict` (TCP, net/ipv4/inet_connection_sock.c)
-//! and `udp_lib_lport_inuse` (UDP), for an explicit port and a socket bound to no
-//! device. What sock_diag cannot tell is whether the holder set SO_REUSEADDR or
-//! SO_REUSEPORT; where the answer hangs on that, the rules say so instead of guessing.
+//! and `udp_lib_lport_inuse` (UDP), for an explicit port: two sockets bound to
+//! different devices never conflict. What sock_diag cannot tell is whether the
+//! holder set SO_REUSEADDR or SO_REUSEPORT; where the answer hangs on that, the
+//! rules say so instead of guessing.
 
 use std::{
+    ffi::CString,
     io,
     net::{IpAddr, SocketAddr},
 };
@@ -18,7 +20,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::{
     holders::{overlaps, sockdiag::DiagSocket, State},
-    request::{Errno, Family, Opts, Proto},
+    request::{Binding, Errno, Family, Opts, Proto},
 };
 
 /// The three binds `who` asks about.
@@ -46,6 +48,16 @@ impl Variant {
         }
     }
 
+    /// The bind a socket with `opts` makes: SO_REUSEPORT's when it sets
+    /// both options (a trial sets one at a time), else the one it sets.
+    pub fn asked(opts: &Opts) -> Variant {
+        match (opts.reuseaddr, opts.reuseport) {
+            (_, true) => Variant::Reuseport,
+            (true, false) => Variant::Reuseaddr,
+            (false, false) => Variant::Plain,
+        }
+    }
+
     /// "plain", "SO_REUSEADDR", "SO_REUSEPORT".
     pub fn label(self) -> &'static str {
         match self {
@@ -67,20 +79,16 @@ pub enum Rule {
     IfHolderSet(&'static str),
 }
 
-/// The rules' answer for a bind of `addr` (`proto`, IPV6_V6ONLY off) with
-/// `variant`'s option, by a socket owned by `uid`, given the `sockets` on the
-/// port: Taken if any socket conflicts whatever its options, else
-/// IfHolderSet if any conflicts unless it set an option, else Free.
-pub fn by_rules(
-    proto: Proto,
-    addr: IpAddr,
-    variant: Variant,
-    uid: u32,
-    sockets: &[DiagSocket],
-) -> Rule {
+/// The rules' answer for `binding` made with `variant`'s option (instead
+/// of its own SO_REUSEADDR/SO_REUSEPORT), by a socket owned by `uid`, given
+/// the `sockets` on the port: Taken if any socket conflicts whatever its
+/// options, else IfHolderSet if any conflicts unless it set an option, else
+/// Free.
+pub fn by_rules(binding: &Binding, variant: Variant, uid: u32, sockets: &[DiagSocket]) -> Rule {
+    let device = device_index(binding);
     let mut answer = Rule::Free;
     for s in sockets {
-        match conflict(proto, addr, variant, uid, s) {
+        match conflict(binding, device, variant, uid, s) {
             Rule::Taken => return Rule::Taken,
             Rule::IfHolderSet(o) => answer = Rule::IfHolderSet(o),
             Rule::Free => {}
@@ -89,17 +97,42 @@ pub fn by_rules(
     answer
 }
 
-/// One socket against the new bind.
-fn conflict(proto: Proto, addr: IpAddr, variant: Variant, uid: u32, s: &DiagSocket) -> Rule {
+/// The index of `binding`'s device in this thread's network namespace; 0
+/// when it names none, or none by that name exists (then every socket may
+/// be in its way).
+pub fn device_index(binding: &Binding) -> u32 {
+    binding.device.as_deref().map_or(0, ifindex)
+}
+
+/// Whether socket `s` is out of the way of a bind on device index `device`
+/// whatever else holds: both are bound to a device, different ones.
+pub fn apart(device: u32, s: &DiagSocket) -> bool {
+    device != 0 && s.bound_dev_if != 0 && s.bound_dev_if != device
+}
+
+fn ifindex(name: &str) -> u32 {
+    let Ok(name) = CString::new(name) else {
+        return 0;
+    };
+    // SAFETY: a NUL-terminated string that outlives the call.
+    unsafe { libc::if_nametoindex(name.as_ptr()) }
+}
+
+/// One socket against the new bind (on device index `device`, 0 for none).
+fn conflict(binding: &Binding, device: u32, variant: Variant, uid: u32, s: &DiagSocket) -> Rule {
     let Ok(family) = Family::try_from(u16::from(s.family)) else {
         return Rule::Free;
     };
+    let (proto, addr) = (binding.proto, binding.addr);
     if overlaps(
-        (Family::of(addr), addr, false),
+        (Family::of(addr), addr, binding.opts.v6only),
         (family, s.local.ip(), s.v6only),
     )
     .is_none()
     {
+        return Rule::Free;
+    }
+    if apart(device, s) {
         return Rule::Free;
     }
     let same_uid = s.uid == uid;
@@ -125,22 +158,17 @@ fn conflict(proto: Proto, addr: IpAddr, variant: Variant, uid: u32, s: &DiagSock
     }
 }
 
-/// Binds a fresh socket of `proto` to `addr` with `variant`'s option, in the
-/// calling thread's network namespace, and closes it at once (never listen()
-/// or connect()). With `uid`, the socket is created under that fsuid, which
-/// makes it that uid's socket for SO_REUSEPORT; the thread's fsuid is put back
-/// before returning.
+/// Binds a fresh socket as `binding` asks (address, port, IPV6_V6ONLY,
+/// device) but with `variant`'s option, in the calling thread's network
+/// namespace, and closes it at once (never listen() or connect()). With
+/// `uid`, the socket is created under that fsuid, which makes it that uid's
+/// socket for SO_REUSEPORT; the thread's fsuid is put back before returning.
 ///
 /// Ok(None): the bind succeeded; Ok(Some(errno)): the kernel refused it;
 /// Err: the trial could not be made.
-pub fn trial(
-    proto: Proto,
-    addr: IpAddr,
-    port: u16,
-    variant: Variant,
-    uid: Option<u32>,
-) -> io::Result<Option<Errno>> {
-    let (ty, protocol) = match proto {
+pub fn trial(binding: &Binding, variant: Variant, uid: Option<u32>) -> io::Result<Option<Errno>> {
+    let (addr, port) = (binding.addr, binding.port);
+    let (ty, protocol) = match binding.proto {
         Proto::Tcp => (Type::STREAM, Protocol::TCP),
         Proto::Udp => (Type::DGRAM, Protocol::UDP),
         Proto::Other(_) => {
@@ -159,7 +187,10 @@ pub fn trial(
         None => Socket::new(domain, ty, Some(protocol))?,
     };
     if addr.is_ipv6() {
-        socket.set_only_v6(false)?;
+        socket.set_only_v6(binding.opts.v6only)?;
+    }
+    if let Some(device) = &binding.device {
+        socket.bind_device(Some(device.as_bytes()))?;
     }
     match variant {
         Variant::Plain => {}
@@ -228,8 +259,8 @@ mod tests {
 
     #[test]
     fn tcp_rules() {
-        let any4: IpAddr = "0.0.0.0".parse().unwrap();
-        let rule = |v, s: &DiagSocket| by_rules(Proto::Tcp, any4, v, 1000, std::slice::from_ref(s));
+        let any4 = Binding::plain(Proto::Tcp, "0.0.0.0".parse().unwrap(), 80);
+        let rule = |v, s: &DiagSocket| by_rules(&any4, v, 1000, std::slice::from_ref(s));
         let listener = sock(LISTEN, "127.0.0.1:80", 1000, None);
         assert_eq!(rule(Variant::Plain, &listener), Rule::Taken);
         assert_eq!(rule(Variant::Reuseaddr, &listener), Rule::Taken);
@@ -266,8 +297,7 @@ mod tests {
         let lo2 = sock(LISTEN, "127.0.0.2:80", 1000, None);
         assert_eq!(
             by_rules(
-                Proto::Tcp,
-                "127.0.0.1".parse().unwrap(),
+                &Binding::plain(Proto::Tcp, "127.0.0.1".parse().unwrap(), 80),
                 Variant::Plain,
                 0,
                 &[lo2]
@@ -276,23 +306,50 @@ mod tests {
         );
         // The worst socket decides.
         assert_eq!(
-            by_rules(
-                Proto::Tcp,
-                any4,
-                Variant::Reuseaddr,
-                1000,
-                &[tw.clone(), listener]
-            ),
+            by_rules(&any4, Variant::Reuseaddr, 1000, &[tw.clone(), listener]),
             Rule::Taken
         );
     }
 
+    /// IPV6_V6ONLY on the new socket keeps IPv4 out of its way; a device on
+    /// both sockets, different ones, keeps them apart (`lo` is index 1).
+    #[test]
+    fn v6only_and_device_rules() {
+        let mut any6 = Binding::plain(Proto::Tcp, "::".parse().unwrap(), 80);
+        let v4 = sock(LISTEN, "0.0.0.0:80", 1000, None);
+        let plain =
+            |b: &Binding, s: &DiagSocket| by_rules(b, Variant::Plain, 0, std::slice::from_ref(s));
+        assert_eq!(plain(&any6, &v4), Rule::Taken);
+        any6.opts.v6only = true;
+        assert_eq!(plain(&any6, &v4), Rule::Free);
+
+        let any4 = Binding {
+            device: Some("lo".into()),
+            ..Binding::plain(Proto::Tcp, "0.0.0.0".parse().unwrap(), 80)
+        };
+        let on = |dev| {
+            let mut s = v4.clone();
+            s.bound_dev_if = dev;
+            plain(&any4, &s)
+        };
+        assert_eq!(on(0), Rule::Taken, "an unbound socket takes every device");
+        assert_eq!(on(1), Rule::Taken, "the same device");
+        assert_eq!(on(1000), Rule::Free, "another device");
+        let nowhere = Binding {
+            device: Some("no-such-dev".into()),
+            ..any4.clone()
+        };
+        let mut s = v4.clone();
+        s.bound_dev_if = 1000;
+        assert_eq!(plain(&nowhere, &s), Rule::Taken, "unknown device: no claim");
+    }
+
     #[test]
     fn udp_rules() {
-        let any4: IpAddr = "0.0.0.0".parse().unwrap();
+        let any4 = Binding::plain(Proto::Udp, "0.0.0.0".parse().unwrap(), 53);
         let mut s = sock(7, "0.0.0.0:53", 1000, None);
         s.protocol = 17;
-        let rule = |v, uid| by_rules(Proto::Udp, any4, v, uid, std::slice::from_ref(&s));
+        let rule = |v, uid| by_rules(&any4, v, uid, std::slice::from_ref(&s));
         assert_eq!(rule(Variant::Plain, 1000), Rule::Taken);
         assert_eq!(
             rule(Variant::Reuseaddr, 0),

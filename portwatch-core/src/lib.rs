@@ -10,6 +10,9 @@ pub mod bindcheck;
 pub mod clock;
 /// Pure rules: request + evidence -> reason, diagnosis, fix.
 pub mod diagnose;
+/// The verdict engine: a batch of binds about to be made -> holders,
+/// per-option answers, verdicts (`who`, `wait`, `check`).
+pub mod engine;
 /// One failed call as decoded from the kernel, and the holder record the
 /// kernel took beside it.
 pub mod event;

@@ -266,6 +266,39 @@ pub struct Caller {
     pub comm: String,
 }
 
+/// A bind() about to be made, to be judged before it is: what `who`,
+/// `wait` and `check` ask about (`crate::engine` answers). The network
+/// namespace is the one the question is asked in.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Binding {
+    /// Transport protocol: TCP or UDP.
+    pub proto: Proto,
+    /// The address asked for (`::` is the dual-stack wildcard unless
+    /// `opts.v6only`).
+    pub addr: IpAddr,
+    /// The port, 1-65535.
+    pub port: u16,
+    /// The options the socket sets before bind(): SO_REUSEADDR,
+    /// SO_REUSEPORT, IPV6_V6ONLY count.
+    pub opts: Opts,
+    /// SO_BINDTODEVICE: the device the socket is bound to, if any
+    /// (untrusted: from the command line or a file).
+    pub device: Option<String>,
+}
+
+impl Binding {
+    /// A bind of `addr`:`port` with no option and no device.
+    pub fn plain(proto: Proto, addr: IpAddr, port: u16) -> Self {
+        Self {
+            proto,
+            addr,
+            port,
+            opts: Opts::default(),
+            device: None,
+        }
+    }
+}
+
 /// A bind() or listen() on an address and port in one network namespace:
 /// made and failed (from `watch`), or about to be made (`who`, `wait`).
 #[derive(Debug, Clone, PartialEq, Eq)]

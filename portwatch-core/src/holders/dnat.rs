@@ -6,7 +6,8 @@
 //! The rules are read with the distribution's own `iptables-save` and
 //! `ip6tables-save` (which also show iptables-nft's rules) and `nft list
 //! ruleset` (native nftables rules), in the calling thread's network
-//! namespace. Only `who` asks: it is one-shot, never on `watch`'s path.
+//! namespace, once per batch of the verdict engine (`who`, `wait`): never
+//! on `watch`'s path.
 
 use std::{path::Path, process::Command};
 
@@ -31,33 +32,49 @@ const LISTERS: [(&str, &[&str], &str); 3] = [
     ("/usr/sbin/nft", &["list", "ruleset"], "nft"),
 ];
 
-/// The DNAT rules for destination port `port` of `proto` ("tcp", "udp") in
-/// this thread's network namespace; tools that are missing or fail are
-/// passed over.
-pub fn dnat_rules(port: u16, proto: &str) -> Vec<DnatRule> {
-    let mut rules = Vec::new();
-    for (program, args, from) in LISTERS {
-        if !Path::new(program).exists() {
-            continue;
+/// The `nat` tables as each tool listed them, read once for any number of
+/// ports (`who` and `check` ask about several).
+#[derive(Debug, Clone, Default)]
+pub struct NatTables {
+    /// (tool, its output).
+    listed: Vec<(&'static str, String)>,
+}
+
+impl NatTables {
+    /// Runs each tool once in this thread's network namespace; tools that
+    /// are missing or fail are passed over.
+    pub fn read() -> Self {
+        let mut listed = Vec::new();
+        for (program, args, from) in LISTERS {
+            if !Path::new(program).exists() {
+                continue;
+            }
+            let Ok(out) = Command::new(program).args(args).output() else {
+                continue;
+            };
+            if out.status.success() {
+                listed.push((from, String::from_utf8_lossy(&out.stdout).into_owned()));
+            }
         }
-        let Ok(out) = Command::new(program).args(args).output() else {
-            continue;
-        };
-        if !out.status.success() {
-            continue;
-        }
-        let text = String::from_utf8_lossy(&out.stdout);
-        let matched: Vec<DnatRule> = if from == "nft" {
-            nft_rules(&text, port, proto)
-        } else {
-            iptables_rules(&text, port, proto)
-        };
-        rules.extend(matched.into_iter().map(|mut r| {
-            r.from = from.to_owned();
-            r
-        }));
+        Self { listed }
     }
-    rules
+
+    /// The DNAT rules for destination port `port` of `proto` ("tcp", "udp").
+    pub fn rules(&self, port: u16, proto: &str) -> Vec<DnatRule> {
+        let mut rules = Vec::new();
+        for (from, text) in &self.listed {
+            let matched = if *from == "nft" {
+                nft_rules(text, port, proto)
+            } else {
+                iptables_rules(text, port, proto)
+            };
+            rules.extend(matched.into_iter().map(|mut r| {
+                r.from = (*from).to_owned();
+                r
+            }));
+        }
+        rules
+    }
 }
 
 /// `-A CHAIN ... -p tcp ... --dport 8080 ... -j DNAT --to-destination IP:PORT`

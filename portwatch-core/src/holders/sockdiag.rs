@@ -59,6 +59,7 @@ const TCP_BOUND_INACTIVE: u8 = 13;
 /// `INET_DIAG_REQ_BYTECODE`, which the crate has no constant for.
 const INET_DIAG_REQ_BYTECODE: u16 = 1;
 const INET_DIAG_BC_S_EQ: u8 = 11;
+const INET_DIAG_BC_JMP: u8 = 1;
 
 /// Dump datagrams are at most ~32 KiB (the kernel caps its dump skbs there);
 /// twice that leaves room, and `MSG_TRUNC` catches anything bigger.
@@ -79,12 +80,29 @@ const IDIAG_EXPIRES_OFFSET: usize = 52;
 /// Each receive times out after 1 s, so a stuck query returns an error
 /// rather than hanging.
 pub fn dump(protocol: u8, port: Option<u16>, bound_inactive: bool) -> io::Result<Vec<DiagSocket>> {
-    dump_with(protocol, port, bound_inactive, true)
+    let ports = port.as_ref().map(std::slice::from_ref);
+    dump_with(protocol, ports, bound_inactive, true)
 }
+
+/// Like [`dump`], for the sockets on any of `ports`: one dump (a request per
+/// family) however many ports, each kept or dropped by the kernel's filter.
+/// In the order the kernel lists them, which a dump of one port keeps too.
+pub fn dump_ports(
+    protocol: u8,
+    ports: &[u16],
+    bound_inactive: bool,
+) -> io::Result<Vec<DiagSocket>> {
+    dump_with(protocol, Some(ports), bound_inactive, true)
+}
+
+/// Ports the kernel's filter tests, at most: its program runs once per
+/// socket, 8 bytes per port; past this many, the dump takes every port and
+/// the filter runs here.
+const MAX_FILTER_PORTS: usize = 256;
 
 fn dump_with(
     protocol: u8,
-    port: Option<u16>,
+    ports: Option<&[u16]>,
     bound_inactive: bool,
     kernel_filter: bool,
 ) -> io::Result<Vec<DiagSocket>> {
@@ -102,6 +120,9 @@ fn dump_with(
         IPPROTO_TCP => ALL_STATES & !(1 << TCP_CLOSE),
         _ => ALL_STATES,
     };
+    let filter = ports
+        .filter(|p| kernel_filter && !p.is_empty() && p.len() <= MAX_FILTER_PORTS)
+        .map(sport_filter);
     let socket = open_socket(NETLINK_SOCK_DIAG)?;
     let mut buf = vec![0; RECV_BUF_LEN];
     let mut sockets = Vec::new();
@@ -111,15 +132,15 @@ fn dump_with(
             family,
             protocol,
             states,
-            sport: port.filter(|_| kernel_filter),
+            filter: filter.as_deref(),
         };
         socket.send(&request.to_bytes(), 0)?;
         receive_dump(&socket, &mut buf, seq, protocol, &mut sockets)?;
     }
-    // Only does something without the kernel filter, which `dump` always
-    // uses; turning it off exists to measure what it saves.
-    if let Some(port) = port {
-        sockets.retain(|s| s.local.port() == port);
+    // Without the kernel's filter (too many ports, or measuring what it
+    // saves), the same choice made here.
+    if let (Some(ports), None) = (ports, &filter) {
+        sockets.retain(|s| ports.contains(&s.local.port()));
     }
     Ok(sockets)
 }
@@ -175,16 +196,17 @@ pub(super) fn recv<'a>(socket: &Socket, buf: &'a mut [u8], what: &str) -> io::Re
 }
 
 /// One `SOCK_DIAG_BY_FAMILY` dump request.
-struct Request {
+struct Request<'a> {
     seq: u32,
     family: u8,
     protocol: u8,
     states: u32,
-    /// Let the kernel drop sockets whose local port differs.
-    sport: Option<u16>,
+    /// An `INET_DIAG_REQ_BYTECODE` attribute: the kernel drops sockets
+    /// whose local port is not one of the ports asked for.
+    filter: Option<&'a [u8]>,
 }
 
-impl Request {
+impl Request<'_> {
     fn to_bytes(&self) -> Vec<u8> {
         let mut header = NetlinkHeader::default();
         header.flags = NLM_F_REQUEST | NLM_F_DUMP;
@@ -210,8 +232,8 @@ impl Request {
 
         // InetRequest cannot carry attributes, so append the filter after it
         // and grow nlmsg_len to cover it.
-        if let Some(port) = self.sport {
-            buf.extend_from_slice(&sport_eq_filter(port));
+        if let Some(filter) = self.filter {
+            buf.extend_from_slice(filter);
             let len = buf.len() as u32;
             NetlinkBuffer::new(&mut buf).set_length(len);
         }
@@ -220,22 +242,38 @@ impl Request {
 }
 
 /// An `INET_DIAG_REQ_BYTECODE` attribute holding the inet_diag program
-/// "accept iff local port == `port`".
+/// "accept iff the local port is one of `ports`" (1 to [`MAX_FILTER_PORTS`]).
 ///
 /// Each `struct inet_diag_bc_op { u8 code; u8 yes; u16 no; }` jumps `yes`
 /// bytes on a match and `no` bytes otherwise; the socket is accepted iff the
 /// program ends exactly at its last byte, so `no = len + 4` means reject.
-fn sport_eq_filter(port: u16) -> [u8; 12] {
-    let mut nla = [0; 12];
-    nla[0..2].copy_from_slice(&12u16.to_ne_bytes()); // nla_len
-    nla[2..4].copy_from_slice(&INET_DIAG_REQ_BYTECODE.to_ne_bytes());
-    // Match: jump over both ops, to the end (accept). No match: jump 4 bytes
-    // past the end (reject).
-    nla[4] = INET_DIAG_BC_S_EQ;
-    nla[5] = 8;
-    nla[6..8].copy_from_slice(&12u16.to_ne_bytes());
-    // The comparison's operand is a second op whose `no` holds the port.
-    nla[10..12].copy_from_slice(&port.to_ne_bytes());
+/// A port comparison is two ops (the second's `no` holds the port). Ports are
+/// or-ed as `ss` compiles `sport = A or sport = B`: a match falls through to
+/// a `JMP` whose `no` leads to the end; a miss jumps over that `JMP` to the
+/// next port. The kernel's audit follows the `yes` path, which passes every op.
+fn sport_filter(ports: &[u16]) -> Vec<u8> {
+    const CMP: usize = 8;
+    const JMP: usize = 4;
+    let program = ports.len() * (CMP + JMP) - JMP;
+    let mut nla = Vec::with_capacity(4 + program);
+    nla.extend_from_slice(&((4 + program) as u16).to_ne_bytes()); // nla_len
+    nla.extend_from_slice(&INET_DIAG_REQ_BYTECODE.to_ne_bytes());
+    let op = |nla: &mut Vec<u8>, code: u8, yes: usize, no: usize| {
+        nla.extend_from_slice(&[code, yes as u8]);
+        nla.extend_from_slice(&(no as u16).to_ne_bytes());
+    };
+    for (i, &port) in ports.iter().enumerate() {
+        let last = i + 1 == ports.len();
+        // Match: on to the JMP (or, for the last port, to the end: accept).
+        // No match: over the JMP to the next port (or past the end: reject).
+        op(&mut nla, INET_DIAG_BC_S_EQ, CMP, CMP + JMP);
+        op(&mut nla, 0, 0, usize::from(port));
+        if !last {
+            let to_end = program - (i * (CMP + JMP) + CMP);
+            // A JMP always takes `no`; its `yes` is the audit's way on.
+            op(&mut nla, INET_DIAG_BC_JMP, JMP, to_end);
+        }
+    }
     nla
 }
 
@@ -562,13 +600,13 @@ mod tests {
             let _d = UdpSocket::bind("127.0.0.1:8400").expect("bind");
 
             for kernel_filter in [true, false] {
-                let got = only(dump_with(TCP, Some(8400), true, kernel_filter).expect("dump"));
+                let got = only(dump_with(TCP, Some(&[8400]), true, kernel_filter).expect("dump"));
                 assert_eq!((got.protocol, got.local.port()), (TCP, 8400));
-                let got = only(dump_with(UDP, Some(8400), true, kernel_filter).expect("dump"));
+                let got = only(dump_with(UDP, Some(&[8400]), true, kernel_filter).expect("dump"));
                 assert_eq!((got.protocol, got.local.port()), (UDP, 8400));
-                let got = only(dump_with(TCP, Some(8402), true, kernel_filter).expect("dump"));
+                let got = only(dump_with(TCP, Some(&[8402]), true, kernel_filter).expect("dump"));
                 assert_eq!(got.family, AF_INET6);
-                assert!(dump_with(TCP, Some(9999), true, kernel_filter)
+                assert!(dump_with(TCP, Some(&[9999]), true, kernel_filter)
                     .expect("dump")
                     .is_empty());
             }
@@ -579,6 +617,38 @@ mod tests {
                 .collect();
             ports.sort();
             assert_eq!(ports, [8400, 8401, 8402]);
+        });
+    }
+
+    /// Several ports in one dump: the kernel's or-ed filter keeps exactly
+    /// those (nothing filters after it), and so does the filter here past
+    /// the kernel filter's size.
+    #[test]
+    fn several_ports_one_dump() {
+        in_fresh_netns(|| {
+            let _a = TcpListener::bind("127.0.0.1:8500").expect("bind");
+            let _b = TcpListener::bind("127.0.0.1:8501").expect("bind");
+            let _c = TcpListener::bind("[::]:8502").expect("bind");
+            let _d = TcpListener::bind("127.0.0.1:8503").expect("bind");
+            let ports = |sockets: Vec<DiagSocket>| -> Vec<u16> {
+                let mut p: Vec<u16> = sockets.iter().map(|s| s.local.port()).collect();
+                p.sort();
+                p
+            };
+            let asked = [8502, 8500, 9999, 8503];
+            let got = dump_ports(TCP, &asked, true).expect("dump");
+            assert_eq!(ports(got), [8500, 8502, 8503]);
+            let got = dump_ports(TCP, &[8501], true).expect("dump");
+            assert_eq!(ports(got), [8501]);
+            let many: Vec<u16> = (9000..9000 + MAX_FILTER_PORTS as u16)
+                .chain([8501])
+                .collect();
+            assert_eq!(ports(dump_ports(TCP, &many, true).expect("dump")), [8501]);
+            // One port: the program `dump` always sent.
+            assert_eq!(
+                sport_filter(&[8080]),
+                [12, 0, 1, 0, 11, 8, 12, 0, 0, 0, 0x90, 0x1f]
+            );
         });
     }
 

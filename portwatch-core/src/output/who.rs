@@ -10,55 +10,15 @@ use std::{
 use serde::{Deserialize, Serialize};
 
 use super::text::printable;
+// The engine's answers, printed here; named from here too, as before.
+pub use crate::engine::{Answer, BindVerdict, Checked};
 use crate::{
     bindcheck::Variant,
     diagnose::Verdict,
+    engine::Judgement,
     holders::{containers::Publishing, dnat::DnatRule, Holder, State},
-    request::{Errno, Proto},
+    request::Proto,
 };
-
-/// Would the bind succeed?
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Answer {
-    /// It would succeed now.
-    Ok,
-    /// It would fail (`errno` says how).
-    Fails,
-    /// Only if the holder set the same option, which cannot be seen.
-    Unknown,
-}
-
-/// How an answer was found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Checked {
-    /// A real bind() of a fresh socket, closed at once: the kernel's answer.
-    TrialBind,
-    /// The kernel's conflict rules applied to the sockets sock_diag listed.
-    Rules,
-}
-
-/// The answer for one socket option.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct BindVerdict {
-    /// plain, reuseaddr or reuseport.
-    pub option: Variant,
-    /// ok, fails or unknown.
-    pub result: Answer,
-    /// How it fails (EADDRINUSE, EADDRNOTAVAIL...), when it does.
-    pub errno: Option<Errno>,
-    /// trial_bind or rules.
-    pub checked: Checked,
-    /// The uid the new socket was taken to belong to (SO_REUSEPORT only
-    /// shares a port between sockets of one uid).
-    pub uid: u32,
-    /// Why the rules answered instead of a trial, or what the answer hangs on.
-    pub note: Option<String>,
-    /// Reason, diagnosis and fix when it does not succeed, as `watch` gives them.
-    #[serde(flatten, skip_serializing_if = "Option::is_none")]
-    pub verdict: Option<Verdict>,
-}
 
 /// Everything `who` found.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -87,6 +47,25 @@ pub struct WhoReport {
     /// The plain bind's reason, diagnosis and fix, when it would fail.
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
     pub verdict: Option<Verdict>,
+}
+
+impl WhoReport {
+    /// The engine's judgement of one binding, looked at in network
+    /// namespace `netns`.
+    pub fn new(netns: u32, j: Judgement) -> Self {
+        Self {
+            proto: j.binding.proto,
+            addr: j.binding.addr,
+            port: j.binding.port,
+            netns,
+            free: j.free,
+            published: j.published,
+            dnat: j.dnat,
+            sockets: j.sockets,
+            binds: j.binds,
+            verdict: j.verdict,
+        }
+    }
 }
 
 /// Writes `r` as one JSON object and a newline.

@@ -16,13 +16,12 @@ use std::{
 
 use netlink_sys::{protocols::NETLINK_SOCK_DIAG, Socket};
 use portwatch_core::{
-    bindcheck::{self, Variant},
-    holders::{sockdiag, State},
-    request::Proto,
+    engine,
+    request::{Binding, Proto},
 };
 
 use super::{who, Error};
-use crate::cli::{WaitArgs, WhoArgs};
+use crate::cli::WaitArgs;
 
 /// Exit status of `wait` when `--timeout` ran out with the port still taken.
 pub const EXIT_TIMED_OUT: u8 = 1;
@@ -43,16 +42,11 @@ const UDP_DESTROY_GROUPS: [u32; 2] = [2, 4];
 pub fn run(args: &WaitArgs) -> Result<bool, Error> {
     let ns = args.netns.as_deref().map(who::open_netns).transpose()?;
     let (port, proto) = args.port;
-    let variant = if args.reuseaddr {
-        Variant::Reuseaddr
-    } else {
-        Variant::Plain
-    };
+    let mut binding = Binding::plain(proto, args.addr, port);
+    binding.opts.reuseaddr = args.reuseaddr;
     let started = Instant::now();
     let deadline = (!args.timeout.is_zero()).then(|| started + args.timeout);
-    let freed = who::in_netns(ns.as_ref(), |_| {
-        wait_here(proto, args.addr, port, variant, deadline, args.reuseaddr)
-    })?;
+    let freed = who::in_netns(ns.as_ref(), |_| wait_here(&binding, deadline))?;
     let at = std::net::SocketAddr::new(args.addr, port);
     if freed {
         eprintln!(
@@ -73,29 +67,17 @@ pub fn run(args: &WaitArgs) -> Result<bool, Error> {
         humantime::format_duration(args.timeout)
     );
     // The same answer `who` gives: holders, per-option verdicts, diagnosis.
-    let who_args = WhoArgs {
-        port: args.port,
-        addr: args.addr,
-        netns: args.netns.clone(),
-        json: args.json,
-        no_trial: false,
-    };
-    let report = who::in_netns(ns.as_ref(), |inode| who::look(&who_args, inode))?;
+    let plain = Binding::plain(proto, args.addr, port);
+    let host = args.netns.is_none();
+    let report = who::in_netns(ns.as_ref(), |inode| who::look(plain, inode, true, host))?;
     who::answer(&report, args.json)?;
     Ok(false)
 }
 
 /// Waits in the calling thread's network namespace.
-fn wait_here(
-    proto: Proto,
-    addr: std::net::IpAddr,
-    port: u16,
-    variant: Variant,
-    deadline: Option<Instant>,
-    reuseaddr: bool,
-) -> Result<bool, Error> {
+fn wait_here(binding: &Binding, deadline: Option<Instant>) -> Result<bool, Error> {
     // Subscribe first, then check: a socket destroyed in between still wakes us.
-    let events = subscribe(proto);
+    let events = subscribe(binding.proto);
     if let Err(e) = &events {
         eprintln!(
             "portwatch: no socket-destroy notifications ({e}); checking every {} ms",
@@ -105,17 +87,21 @@ fn wait_here(
     let mut buf = vec![0u8; 64 * 1024];
     let mut said = false;
     loop {
-        let (free, time_wait) = check(proto, addr, port, variant)?;
-        if free {
+        let answer = engine::bind_now(binding).map_err(|e| Error::Unsupported(e.to_string()))?;
+        if answer.free {
             return Ok(true);
         }
         if !said {
             // One line that says it is waiting (scripts and tests key on it).
             eprintln!(
                 "portwatch: waiting for {} {} to be free{}",
-                proto.name(),
-                std::net::SocketAddr::new(addr, port),
-                if reuseaddr { " for SO_REUSEADDR" } else { "" }
+                binding.proto.name(),
+                std::net::SocketAddr::new(binding.addr, binding.port),
+                if binding.opts.reuseaddr {
+                    " for SO_REUSEADDR"
+                } else {
+                    ""
+                }
             );
             said = true;
         }
@@ -123,7 +109,7 @@ fn wait_here(
         if deadline.is_some_and(|d| now >= d) {
             return Ok(false);
         }
-        let mut pause = match (&events, time_wait) {
+        let mut pause = match (&events, answer.time_wait) {
             (Err(_), _) => FALLBACK_POLL,
             (Ok(_), true) => TIME_WAIT_POLL,
             (Ok(_), false) => SAFETY_POLL,
@@ -141,47 +127,6 @@ fn wait_here(
             Err(_) => std::thread::sleep(pause),
         }
     }
-}
-
-/// Whether a bind with `variant` would succeed now, and whether TIME_WAIT
-/// leftovers are on the port (they expire without a notification).
-fn check(
-    proto: Proto,
-    addr: std::net::IpAddr,
-    port: u16,
-    variant: Variant,
-) -> Result<(bool, bool), Error> {
-    // A UDP socket that shares the port receives datagrams at once: never
-    // try that; plain binds are safe to try (they share nothing).
-    let free = if proto == Proto::Udp && variant != Variant::Plain {
-        let sockets = dump(proto, port)?;
-        matches!(
-            bindcheck::by_rules(
-                proto,
-                addr,
-                variant,
-                nix::unistd::geteuid().as_raw(),
-                &sockets
-            ),
-            bindcheck::Rule::Free
-        )
-    } else {
-        bindcheck::trial(proto, addr, port, variant, None)
-            .map_err(|e| Error::Unsupported(format!("trial bind: {e}")))?
-            .is_none()
-    };
-    if free || proto != Proto::Tcp {
-        return Ok((free, false));
-    }
-    let time_wait = dump(proto, port)?
-        .iter()
-        .any(|s| State::from_kernel(proto, s.state) == State::TimeWait);
-    Ok((false, time_wait))
-}
-
-fn dump(proto: Proto, port: u16) -> Result<Vec<sockdiag::DiagSocket>, Error> {
-    sockdiag::dump(proto.code() as u8, Some(port), false)
-        .map_err(|e| Error::Unsupported(format!("sock_diag: {e}")))
 }
 
 /// A netlink socket subscribed to the destroy notifications of `proto`'s

@@ -4,7 +4,6 @@
 //! would give. One shot, without any eBPF.
 
 use std::{
-    collections::BTreeSet,
     fs::File,
     io::{self, Write as _},
     os::fd::AsFd,
@@ -12,14 +11,10 @@ use std::{
 };
 
 use portwatch_core::{
-    bindcheck::{self, Rule, Variant},
-    diagnose::diagnose,
-    holders::{
-        containers::{Containers, Publishing},
-        dnat, netns, overlaps, sockdiag, sysctl, Enricher, Evidence, State, TrialFailed,
-    },
-    output::who::{self as out, Answer, BindVerdict, Checked, WhoReport},
-    request::{Errno, Family, Proto, Request, Syscall},
+    engine::{self, Batch},
+    holders::netns,
+    output::who::{self as out, WhoReport},
+    request::Binding,
 };
 
 use super::Error;
@@ -31,7 +26,12 @@ pub const EXIT_TAKEN: u8 = 1;
 /// Runs `portwatch who`; Ok(true) when a plain bind would succeed now.
 pub fn run(args: &WhoArgs) -> Result<bool, Error> {
     let ns = args.netns.as_deref().map(open_netns).transpose()?;
-    let report = in_netns(ns.as_ref(), |inode| look(args, inode))?;
+    let (port, proto) = args.port;
+    let binding = Binding::plain(proto, args.addr, port);
+    let host = args.netns.is_none();
+    let report = in_netns(ns.as_ref(), |inode| {
+        look(binding, inode, !args.no_trial, host)
+    })?;
     if !nix::unistd::geteuid().is_root() && report.sockets.iter().any(|h| h.pid.is_none()) {
         eprintln!("portwatch: not root: the processes of other users' sockets cannot be named");
     }
@@ -119,164 +119,27 @@ pub(crate) fn answer(report: &WhoReport, json: bool) -> Result<(), Error> {
     }
 }
 
-/// Everything, in the calling thread's network namespace (`netns`).
-pub(crate) fn look(args: &WhoArgs, netns: u32) -> Result<WhoReport, Error> {
-    let (port, proto) = args.port;
-    let addr = args.addr;
-    let base = Request {
+/// The engine's answer for one binding, in the calling thread's network
+/// namespace (`netns`): with trial binds if `trial`; with containers'
+/// published ports if `host` (Docker's port bindings live in the host's
+/// namespace, which is where `who` stands without --netns).
+pub(crate) fn look(
+    binding: Binding,
+    netns: u32,
+    trial: bool,
+    host: bool,
+) -> Result<WhoReport, Error> {
+    let batch = Batch {
         netns,
-        proto,
-        family: Family::of(addr),
-        addr,
-        port,
-        opts: Some(Variant::Plain.opts()),
-        syscall: Syscall::Bind,
-        errno: None,
-        caller: None,
-        holder_record: None,
+        bindings: vec![binding],
+        trial,
+        published: host,
     };
-    // Bit 13 asks for bound-but-inactive TCP sockets; a kernel without
-    // TCP_BOUND_INACTIVE ignores it, so no BTF is needed to decide.
-    let sockets = sockdiag::dump(proto.code() as u8, Some(port), true).map_err(|e| {
-        Error::Unsupported(match e.raw_os_error() {
-            Some(libc::ENOENT) => format!(
-                "the kernel has no sock_diag handler for {} (load the inet_diag and {}_diag modules)",
-                proto.name(),
-                proto.name()
-            ),
-            _ => format!("sock_diag: {e}"),
-        })
-    })?;
-    let sysctls = sysctl::sysctls();
-    let enricher = Enricher::new(true);
-    let listed = enricher.each_socket(&base, &sockets);
-
-    let me = nix::unistd::geteuid().as_raw();
-    // SO_REUSEPORT shares only within one uid: ask for the uid of the live
-    // sockets in the way, when there is one.
-    let owners: BTreeSet<u32> = sockets
-        .iter()
-        .filter(|s| {
-            State::from_kernel(proto, s.state) != State::TimeWait
-                && Family::try_from(u16::from(s.family)).is_ok_and(|f| {
-                    overlaps((base.family, addr, false), (f, s.local.ip(), s.v6only)).is_some()
-                })
-        })
-        .map(|s| s.uid)
-        .collect();
-    let reuseport_uid = match owners.len() {
-        1 => owners.first().copied().unwrap_or(me),
-        _ => me,
-    };
-
-    let mut binds = Vec::new();
-    for variant in Variant::ALL {
-        let uid = if variant == Variant::Reuseport {
-            reuseport_uid
-        } else {
-            me
-        };
-        let rule = bindcheck::by_rules(proto, addr, variant, uid, &sockets);
-        // A UDP socket that shares the port receives datagrams from the
-        // moment it is bound: never risk taking one from the holder.
-        let shares_udp = proto == Proto::Udp && matches!(rule, Rule::IfHolderSet(_));
-        let trial = if args.no_trial {
-            Err("--no-trial".to_owned())
-        } else if shares_udp {
-            Err("no trial bind: a UDP socket sharing the port would receive its datagrams".into())
-        } else {
-            bindcheck::trial(proto, addr, port, variant, (uid != me).then_some(uid))
-                .map_err(|e| format!("no trial bind ({e})"))
-        };
-        let (result, errno, checked, note) = match trial {
-            Ok(None) => (Answer::Ok, None, Checked::TrialBind, None),
-            Ok(Some(e)) => (Answer::Fails, Some(e), Checked::TrialBind, None),
-            Err(why) => {
-                let why = (!args.no_trial).then_some(why);
-                match rule {
-                    Rule::Free => (Answer::Ok, None, Checked::Rules, why),
-                    Rule::Taken => (Answer::Fails, Some(Errno::ADDRINUSE), Checked::Rules, why),
-                    Rule::IfHolderSet(o) => {
-                        let hangs = format!(
-                            "only if the holder set {o} too{} (sock_diag does not show it)",
-                            if o == "SO_REUSEPORT" {
-                                format!(" and the new socket is uid {uid}'s")
-                            } else {
-                                String::new()
-                            }
-                        );
-                        let note = match why {
-                            Some(why) => format!("{hangs}; {why}"),
-                            None => hangs,
-                        };
-                        (Answer::Unknown, None, Checked::Rules, Some(note))
-                    }
-                }
-            }
-        };
-        binds.push(BindVerdict {
-            option: variant,
-            result,
-            errno,
-            checked,
-            uid,
-            note,
-            verdict: None,
-        });
-    }
-    // The verdicts come after every trial: no fix may recommend an option
-    // whose trial bind has just failed.
-    let failed = |v: Variant| {
-        binds
-            .iter()
-            .any(|b| b.option == v && b.checked == Checked::TrialBind && b.result == Answer::Fails)
-    };
-    let trial_failed = TrialFailed {
-        reuseaddr: failed(Variant::Reuseaddr),
-        reuseport: failed(Variant::Reuseport),
-    };
-    for b in &mut binds {
-        if b.result == Answer::Ok {
-            continue;
-        }
-        let req = Request {
-            opts: Some(b.option.opts()),
-            errno: b.errno.filter(|&e| e != Errno::ADDRINUSE),
-            ..base.clone()
-        };
-        let evidence = Evidence {
-            trial_failed,
-            ..enricher.evidence_from(&req, &sockets, sysctls.clone())
-        };
-        b.verdict = Some(diagnose(&req, &evidence));
-    }
-    // Docker's port bindings live in the host's namespace, which is where
-    // `who` stands without --netns.
-    let proto_name = proto.name();
-    let named: Vec<&str> = listed
-        .iter()
-        .filter_map(|h| h.container.as_ref().map(|c| c.id.as_str()))
-        .collect();
-    let published: Vec<Publishing> = if args.netns.is_none() {
-        Containers::of_this_host()
-            .publishing(port, &proto_name)
-            .into_iter()
-            .filter(|p| p.running && !named.contains(&p.container.id.as_str()))
-            .collect()
-    } else {
-        Vec::new()
-    };
-    let dnat = dnat::dnat_rules(port, &proto_name);
-    Ok(WhoReport {
-        proto,
-        addr,
-        port,
-        netns,
-        free: binds[0].result == Answer::Ok && published.is_empty() && dnat.is_empty(),
-        published,
-        dnat,
-        verdict: binds[0].verdict.clone(),
-        sockets: listed,
-        binds,
-    })
+    let judged = engine::judge(&batch).map_err(|e| Error::Unsupported(e.to_string()))?;
+    let judgement = judged
+        .judgements
+        .into_iter()
+        .next()
+        .ok_or_else(|| Error::Unsupported("the verdict engine answered no binding".into()))?;
+    Ok(WhoReport::new(netns, judgement))
 }

@@ -40,6 +40,9 @@ pub struct Enricher {
     own_netns: Option<u32>,
     /// Nanoseconds per clock tick, for /proc start times.
     tick_ns: u64,
+    /// How stale the socket index may be before a lookup that found
+    /// nothing walks /proc again ([`INDEX_MAX_AGE`]; never, in a batch).
+    index_max_age: Duration,
 }
 
 impl Enricher {
@@ -54,7 +57,25 @@ impl Enricher {
             bound_inactive,
             own_netns: netns::current_netns(),
             tick_ns: 1_000_000_000 / u64::try_from(hz).unwrap_or(100).max(1),
+            index_max_age: INDEX_MAX_AGE,
         }
+    }
+
+    /// An enricher for one batch of questions asked at one moment (`who`,
+    /// `check`): /proc is walked once, at the first owner lookup, and every
+    /// lookup after it verifies that walk's entries but never walks again
+    /// (none at all when no socket needs an owner). Ask it about sockets
+    /// dumped before that first lookup, so their owners are in the walk.
+    pub fn for_batch(bound_inactive: bool) -> Self {
+        Self {
+            index_max_age: Duration::MAX,
+            ..Self::new(bound_inactive)
+        }
+    }
+
+    /// How many times /proc was walked for socket owners.
+    pub fn proc_walks(&self) -> usize {
+        self.index.lock().map_or(0, |i| i.walks())
     }
 
     /// Walks /proc once so that the first failures find their holders fast.
@@ -281,7 +302,7 @@ impl Enricher {
                     let pids = self
                         .index
                         .lock()
-                        .map(|mut i| i.owners(s.inode, &[], INDEX_MAX_AGE))
+                        .map(|mut i| i.owners(s.inode, &[], self.index_max_age))
                         .unwrap_or_default();
                     self.own(&mut h, pids, None);
                 }

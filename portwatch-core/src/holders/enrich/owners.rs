@@ -56,7 +56,7 @@ impl Enricher {
             } else {
                 self.index
                     .lock()
-                    .map(|mut i| i.owners(s.inode, &hints, INDEX_MAX_AGE))
+                    .map(|mut i| i.owners(s.inode, &hints, self.index_max_age))
                     .unwrap_or_default()
             };
             // listen() failing: its own socket is bound to the port too.

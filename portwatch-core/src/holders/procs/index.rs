@@ -32,6 +32,8 @@ pub struct SocketIndex {
     entries: Vec<FdEntry>,
     /// When the last rescan started.
     scanned: Option<Instant>,
+    /// Full walks of /proc so far.
+    walks: usize,
 }
 
 /// Socket `inode` was seen at /proc/`pid`/fd/`fd`.
@@ -100,6 +102,7 @@ impl SocketIndex {
                 .shrink_to(self.entries.len() + self.entries.len() / 4);
         }
         self.scanned = Some(start);
+        self.walks += 1;
         stats.elapsed = start.elapsed();
         stats
     }
@@ -138,6 +141,11 @@ impl SocketIndex {
         found.sort_unstable();
         found.dedup();
         found
+    }
+
+    /// How many full walks of /proc this index has made.
+    pub fn walks(&self) -> usize {
+        self.walks
     }
 
     /// Time since the last rescan started; None before the first.

@@ -1,0 +1,196 @@
+//! Would a bind succeed now, per option: a trial bind where one is safe,
+//! else the kernel's rules over the sockets sock_diag listed
+//! ([`crate::bindcheck`]).
+
+use std::collections::BTreeSet;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    bindcheck::{self, Rule, Variant},
+    diagnose::Verdict,
+    holders::{overlaps, sockdiag::DiagSocket, State, TrialFailed},
+    request::{Binding, Errno, Family, Proto},
+};
+
+/// Would the bind succeed?
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Answer {
+    /// It would succeed now.
+    Ok,
+    /// It would fail (`errno` says how).
+    Fails,
+    /// Only if the holder set the same option, which cannot be seen.
+    Unknown,
+}
+
+/// How an answer was found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Checked {
+    /// A real bind() of a fresh socket, closed at once: the kernel's answer.
+    TrialBind,
+    /// The kernel's conflict rules applied to the sockets sock_diag listed.
+    Rules,
+}
+
+/// The answer for one socket option.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BindVerdict {
+    /// plain, reuseaddr or reuseport.
+    pub option: Variant,
+    /// ok, fails or unknown.
+    pub result: Answer,
+    /// How it fails (EADDRINUSE, EADDRNOTAVAIL...), when it does.
+    pub errno: Option<Errno>,
+    /// trial_bind or rules.
+    pub checked: Checked,
+    /// The uid the new socket was taken to belong to (SO_REUSEPORT only
+    /// shares a port between sockets of one uid).
+    pub uid: u32,
+    /// Why the rules answered instead of a trial, or what the answer hangs on.
+    pub note: Option<String>,
+    /// Reason, diagnosis and fix when it does not succeed, as `watch` gives them.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub verdict: Option<Verdict>,
+}
+
+/// The answer for each option, plain, SO_REUSEADDR, SO_REUSEPORT, without
+/// verdicts yet. `trial`: trial binds may be made; `me`: our euid.
+pub(super) fn answers(
+    b: &Binding,
+    sockets: &[DiagSocket],
+    trial: bool,
+    me: u32,
+) -> Vec<BindVerdict> {
+    let owner = reuseport_uid(b, sockets, me);
+    Variant::ALL
+        .into_iter()
+        .map(|v| {
+            let uid = if v == Variant::Reuseport { owner } else { me };
+            answer(b, v, uid, me, sockets, trial)
+        })
+        .collect()
+}
+
+/// The uid a SO_REUSEPORT bind is tried as: SO_REUSEPORT shares only
+/// within one uid, so the uid of the live sockets in the way when they
+/// have one, else `me`.
+pub(super) fn reuseport_uid(b: &Binding, sockets: &[DiagSocket], me: u32) -> u32 {
+    let device = bindcheck::device_index(b);
+    let owners: BTreeSet<u32> = sockets
+        .iter()
+        .filter(|s| {
+            State::from_kernel(b.proto, s.state) != State::TimeWait
+                && !bindcheck::apart(device, s)
+                && Family::try_from(u16::from(s.family)).is_ok_and(|f| {
+                    overlaps(
+                        (Family::of(b.addr), b.addr, b.opts.v6only),
+                        (f, s.local.ip(), s.v6only),
+                    )
+                    .is_some()
+                })
+        })
+        .map(|s| s.uid)
+        .collect();
+    match owners.len() {
+        1 => owners.first().copied().unwrap_or(me),
+        _ => me,
+    }
+}
+
+/// The answer for `variant`, made as `uid`: the trial's when one was made,
+/// else the rules'.
+pub(super) fn answer(
+    b: &Binding,
+    variant: Variant,
+    uid: u32,
+    me: u32,
+    sockets: &[DiagSocket],
+    trial: bool,
+) -> BindVerdict {
+    let rule = bindcheck::by_rules(b, variant, uid, sockets);
+    let (result, errno, checked, note) = match try_bind(b, variant, rule, uid, me, trial) {
+        Ok(None) => (Answer::Ok, None, Checked::TrialBind, None),
+        Ok(Some(e)) => (Answer::Fails, Some(e), Checked::TrialBind, None),
+        Err(why) => {
+            let (result, errno, note) = from_rules(rule, uid, why);
+            (result, errno, Checked::Rules, note)
+        }
+    };
+    BindVerdict {
+        option: variant,
+        result,
+        errno,
+        checked,
+        uid,
+        note,
+        verdict: None,
+    }
+}
+
+/// A trial bind, when one may be made: Err(why not), None when trials
+/// are off altogether (`--no-trial` needs no note).
+fn try_bind(
+    b: &Binding,
+    variant: Variant,
+    rule: Rule,
+    uid: u32,
+    me: u32,
+    trial: bool,
+) -> Result<Option<Errno>, Option<String>> {
+    // A UDP socket that shares the port receives datagrams from the moment
+    // it is bound: never risk taking one from the holder.
+    let shares_udp = b.proto == Proto::Udp && matches!(rule, Rule::IfHolderSet(_));
+    if !trial {
+        Err(None)
+    } else if shares_udp {
+        Err(Some(
+            "no trial bind: a UDP socket sharing the port would receive its datagrams".into(),
+        ))
+    } else {
+        bindcheck::trial(b, variant, (uid != me).then_some(uid))
+            .map_err(|e| Some(format!("no trial bind ({e})")))
+    }
+}
+
+/// The rules' answer, errno and note (`why` no trial was made, if said).
+fn from_rules(
+    rule: Rule,
+    uid: u32,
+    why: Option<String>,
+) -> (Answer, Option<Errno>, Option<String>) {
+    match rule {
+        Rule::Free => (Answer::Ok, None, why),
+        Rule::Taken => (Answer::Fails, Some(Errno::ADDRINUSE), why),
+        Rule::IfHolderSet(o) => {
+            let hangs = format!(
+                "only if the holder set {o} too{} (sock_diag does not show it)",
+                if o == "SO_REUSEPORT" {
+                    format!(" and the new socket is uid {uid}'s")
+                } else {
+                    String::new()
+                }
+            );
+            let note = match why {
+                Some(why) => format!("{hangs}; {why}"),
+                None => hangs,
+            };
+            (Answer::Unknown, None, Some(note))
+        }
+    }
+}
+
+/// Options whose trial bind has just failed: no fix may recommend them.
+pub(super) fn trial_failed(binds: &[BindVerdict]) -> TrialFailed {
+    let failed = |v: Variant| {
+        binds
+            .iter()
+            .any(|b| b.option == v && b.checked == Checked::TrialBind && b.result == Answer::Fails)
+    };
+    TrialFailed {
+        reuseaddr: failed(Variant::Reuseaddr),
+        reuseport: failed(Variant::Reuseport),
+    }
+}

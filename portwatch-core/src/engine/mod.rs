@@ -1,0 +1,306 @@
+//! The verdict engine: for a batch of bindings about to be made, in the
+//! calling thread's network namespace, every socket on each one's port and
+//! its owner, whether a bind would succeed now with each option (plain,
+//! SO_REUSEADDR, SO_REUSEPORT), and why not (reason, diagnosis, fix, as
+//! `watch` gives them). `who`, `wait` and `check` differ only in the
+//! bindings they ask about and how they print the answers.
+//!
+//! A batch costs one sock_diag dump per protocol (both families; the ports
+//! filtered in the kernel), at most one walk of /proc for the sockets'
+//! owners, and one read each of the sysctls, the NAT tables and the
+//! containers' port bindings, whatever the number of bindings. The steps,
+//! in order: `plan::plan` (which dumps), `plan::dump`, `Shared::new` (what
+//! every binding shares), then per binding `Shared::judge`: list its
+//! sockets with their owners, answer each option (`binds`), diagnose those
+//! that fail (`Shared::evidence` is the one place an `Evidence` is made),
+//! look for its traffic sent elsewhere.
+//!
+//! Entering a network namespace is the caller's: everything here (dumps,
+//! trial binds, sysctls, NAT tables) reads the calling thread's, as
+//! `holders::sockdiag` does. Run it on a thread of its own: a SO_REUSEPORT
+//! trial changes the thread's fsuid for a moment.
+
+mod binds;
+mod plan;
+#[cfg(test)]
+mod tests;
+
+use std::io;
+
+pub use binds::{Answer, BindVerdict, Checked};
+
+use crate::{
+    bindcheck::{self, Variant},
+    diagnose::{diagnose, Verdict},
+    holders::{
+        containers::{Containers, Publishing},
+        dnat::{DnatRule, NatTables},
+        sockdiag::DiagSocket,
+        sysctl::{self, Sysctls},
+        Enricher, Evidence, Holder, State, TrialFailed,
+    },
+    request::{Binding, Errno, Family, Opts, Request, Syscall},
+};
+
+/// The bindings to judge, and how.
+#[derive(Debug, Clone)]
+pub struct Batch {
+    /// The inode of the calling thread's network namespace, where every
+    /// binding is judged.
+    pub netns: u32,
+    /// The binds about to be made, TCP or UDP.
+    pub bindings: Vec<Binding>,
+    /// Make trial binds where they are safe (false: the rules alone).
+    pub trial: bool,
+    /// Look for containers publishing the ports (Docker's port bindings,
+    /// which live in the host's network namespace: set it there only).
+    pub published: bool,
+}
+
+/// Everything found about one binding.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Judgement {
+    /// What was asked.
+    pub binding: Binding,
+    /// Every socket on the port, one each, in or out of the way
+    /// (`cross_family` marks those in the way from the other family).
+    pub sockets: Vec<Holder>,
+    /// plain, SO_REUSEADDR, SO_REUSEPORT; each with its verdict when it
+    /// would not succeed.
+    pub binds: Vec<BindVerdict>,
+    /// Running containers whose published port this is, not already named
+    /// as a socket's holder.
+    pub published: Vec<Publishing>,
+    /// DNAT rules that send the port's traffic elsewhere.
+    pub dnat: Vec<DnatRule>,
+    /// The verdict on the bind as asked (its own option), when it would
+    /// not succeed.
+    pub verdict: Option<Verdict>,
+    /// The bind as asked would succeed now, and no container or DNAT rule
+    /// takes the port's traffic.
+    pub free: bool,
+}
+
+/// What one batch cost.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BatchStats {
+    /// sock_diag dumps made (one per protocol asked about).
+    pub dumps: usize,
+    /// Walks of /proc for the sockets' owners.
+    pub proc_walks: usize,
+}
+
+/// The answers to a batch, in the order of its bindings.
+#[derive(Debug, Clone)]
+pub struct Judged {
+    /// One per binding.
+    pub judgements: Vec<Judgement>,
+    /// What it cost.
+    pub stats: BatchStats,
+}
+
+/// Why a batch could not be judged.
+#[derive(Debug, thiserror::Error)]
+pub enum JudgeError {
+    /// Not TCP or UDP.
+    #[error("portwatch judges TCP and UDP binds, not {0}")]
+    Protocol(String),
+    /// The kernel lacks inet_diag or its protocol's module.
+    #[error(
+        "the kernel has no sock_diag handler for {0} (load the inet_diag and {0}_diag modules)"
+    )]
+    NoDiagHandler(String),
+    /// Any other sock_diag failure.
+    #[error("sock_diag: {0}")]
+    SockDiag(io::Error),
+}
+
+/// Judges every binding of `batch` in the calling thread's network
+/// namespace.
+pub fn judge(batch: &Batch) -> Result<Judged, JudgeError> {
+    let dumps = plan::plan(&batch.bindings)?;
+    let dumped = plan::dump(&dumps)?;
+    let mut shared = Shared::new(batch);
+    let judgements = batch
+        .bindings
+        .iter()
+        .map(|b| shared.judge(b, dumped.on(b)))
+        .collect();
+    Ok(Judged {
+        judgements,
+        stats: BatchStats {
+            dumps: dumps.len(),
+            proc_walks: shared.enricher.proc_walks(),
+        },
+    })
+}
+
+/// `wait`'s question, asked again and again until it says yes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BindNow {
+    /// The bind as asked would succeed now.
+    pub free: bool,
+    /// TIME_WAIT leftovers are on the port (they expire without the
+    /// kernel announcing it).
+    pub time_wait: bool,
+}
+
+/// Whether `b` (with its own option) would bind now, by the same answer
+/// [`judge`] gives: one dump of its port and at most one trial bind; no
+/// owners, no diagnosis.
+pub fn bind_now(b: &Binding) -> Result<BindNow, JudgeError> {
+    let dumps = plan::plan(std::slice::from_ref(b))?;
+    let dumped = plan::dump(&dumps)?;
+    let sockets = dumped.on(b);
+    let me = nix::unistd::geteuid().as_raw();
+    let variant = Variant::asked(&b.opts);
+    let uid = match variant {
+        Variant::Reuseport => binds::reuseport_uid(b, sockets, me),
+        _ => me,
+    };
+    let answer = binds::answer(b, variant, uid, me, sockets, true);
+    Ok(BindNow {
+        free: answer.result == Answer::Ok,
+        time_wait: sockets
+            .iter()
+            .any(|s| State::from_kernel(b.proto, s.state) == State::TimeWait),
+    })
+}
+
+/// What every binding of a batch shares: one owner lookup, the sysctls,
+/// the NAT tables, the containers' port bindings.
+struct Shared<'a> {
+    batch: &'a Batch,
+    /// Walks /proc once, at the first owner lookup: after the dumps.
+    enricher: Enricher,
+    sysctls: Sysctls,
+    /// Read once, when the first binding needs them.
+    nat: Option<NatTables>,
+    /// Only when the batch looks for published ports.
+    containers: Option<Containers>,
+    /// Our euid: the new socket's owner.
+    me: u32,
+}
+
+impl<'a> Shared<'a> {
+    fn new(batch: &'a Batch) -> Self {
+        let sysctls = sysctl::sysctls();
+        Self {
+            batch,
+            enricher: Enricher::for_batch(true),
+            sysctls,
+            nat: None,
+            containers: batch.published.then(Containers::of_this_host),
+            me: nix::unistd::geteuid().as_raw(),
+        }
+    }
+
+    /// One binding, given the sockets on its port.
+    fn judge(&mut self, b: &Binding, sockets: &[DiagSocket]) -> Judgement {
+        let listed = self
+            .enricher
+            .each_socket(&self.request(b, Variant::Plain), sockets);
+        // Sockets bound to another device are listed, but not in the way.
+        let device = bindcheck::device_index(b);
+        let in_way: Vec<DiagSocket> = sockets
+            .iter()
+            .filter(|s| !bindcheck::apart(device, s))
+            .cloned()
+            .collect();
+        let mut binds = binds::answers(b, &in_way, self.batch.trial, self.me);
+        self.add_verdicts(b, &in_way, &mut binds);
+        let published = self.published(b, &listed);
+        let dnat = self
+            .nat
+            .get_or_insert_with(NatTables::read)
+            .rules(b.port, &b.proto.name());
+        let asked = binds.iter().find(|v| v.option == Variant::asked(&b.opts));
+        Judgement {
+            binding: b.clone(),
+            free: asked.is_some_and(|v| v.result == Answer::Ok)
+                && published.is_empty()
+                && dnat.is_empty(),
+            verdict: asked.and_then(|v| v.verdict.clone()),
+            sockets: listed,
+            binds,
+            published,
+            dnat,
+        }
+    }
+
+    /// The request for `b` made with `variant`'s option: a bind not made
+    /// yet, by nobody known.
+    fn request(&self, b: &Binding, variant: Variant) -> Request {
+        let opts = Opts {
+            reuseaddr: variant == Variant::Reuseaddr,
+            reuseport: variant == Variant::Reuseport,
+            ..b.opts
+        };
+        Request {
+            netns: self.batch.netns,
+            proto: b.proto,
+            family: Family::of(b.addr),
+            addr: b.addr,
+            port: b.port,
+            opts: Some(opts),
+            syscall: Syscall::Bind,
+            errno: None,
+            caller: None,
+            holder_record: None,
+        }
+    }
+
+    /// Reason, diagnosis and fix for each option that would not succeed.
+    /// After every trial: no fix may recommend an option whose trial bind
+    /// has just failed.
+    fn add_verdicts(&self, b: &Binding, in_way: &[DiagSocket], binds: &mut [BindVerdict]) {
+        if binds.iter().all(|v| v.result == Answer::Ok) {
+            return;
+        }
+        let trial_failed = binds::trial_failed(binds);
+        // The holders depend on the address and IPV6_V6ONLY alone, which
+        // every option shares.
+        let evidence = self.evidence(&self.request(b, Variant::Plain), in_way, trial_failed);
+        for v in binds.iter_mut().filter(|v| v.result != Answer::Ok) {
+            let req = Request {
+                errno: v.errno.filter(|&e| e != Errno::ADDRINUSE),
+                ..self.request(b, v.option)
+            };
+            v.verdict = Some(diagnose(&req, &evidence));
+        }
+    }
+
+    /// Everything diagnosis is told about `req`: the one place `who`,
+    /// `wait` and `check` make an [`Evidence`], so a field added to it is
+    /// filled here once.
+    fn evidence(
+        &self,
+        req: &Request,
+        in_way: &[DiagSocket],
+        trial_failed: TrialFailed,
+    ) -> Evidence {
+        Evidence {
+            trial_failed,
+            ..self
+                .enricher
+                .evidence_from(req, in_way, self.sysctls.clone())
+        }
+    }
+
+    /// Running containers publishing `b`'s port, not already named as the
+    /// holder of one of its sockets (`listed`).
+    fn published(&mut self, b: &Binding, listed: &[Holder]) -> Vec<Publishing> {
+        let Some(containers) = self.containers.as_mut() else {
+            return Vec::new();
+        };
+        let named: Vec<&str> = listed
+            .iter()
+            .filter_map(|h| h.container.as_ref().map(|c| c.id.as_str()))
+            .collect();
+        containers
+            .publishing(b.port, &b.proto.name())
+            .into_iter()
+            .filter(|p| p.running && !named.contains(&p.container.id.as_str()))
+            .collect()
+    }
+}
