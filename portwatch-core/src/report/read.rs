@@ -10,10 +10,12 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use anyhow::{bail, Context as _, Result};
 use serde::Serialize;
 
+use super::Error;
 use crate::{journal, output::json};
+
+type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Longer lines are skipped (an event line is about 1 KiB).
 pub const MAX_LINE: usize = 1 << 20;
@@ -49,13 +51,19 @@ pub struct ReadStats {
 pub fn files(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
     let mut out = Vec::new();
     for path in paths {
-        let meta =
-            std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let meta = std::fs::metadata(path).map_err(|source| Error::Stat {
+            path: path.clone(),
+            source,
+        })?;
         if !meta.is_dir() {
             out.push(path.clone());
             continue;
         }
-        let seqs = journal::existing(path)?;
+        let list = |source| Error::List {
+            path: path.clone(),
+            source,
+        };
+        let seqs = journal::existing(path).map_err(list)?;
         if !seqs.is_empty() {
             out.extend(
                 seqs.iter()
@@ -64,7 +72,7 @@ pub fn files(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
             continue;
         }
         let mut names: Vec<PathBuf> = std::fs::read_dir(path)
-            .with_context(|| format!("cannot list {}", path.display()))?
+            .map_err(list)?
             .filter_map(|e| e.ok().map(|e| e.path()))
             .filter(|p| {
                 p.is_file()
@@ -73,7 +81,7 @@ pub fn files(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
             })
             .collect();
         if names.is_empty() {
-            bail!("{} has no journal files", path.display());
+            return Err(Error::Empty { path: path.clone() });
         }
         names.sort();
         out.extend(names);
@@ -262,7 +270,10 @@ pub(super) const CHUNK: usize = 256 << 10;
 
 /// Opens `path` for reading, counting it.
 pub(super) fn open(path: &Path, stats: &mut ReadStats) -> Result<BufReader<File>> {
-    let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let file = File::open(path).map_err(|source| Error::Open {
+        path: path.to_path_buf(),
+        source,
+    })?;
     stats.files += 1;
     Ok(BufReader::with_capacity(256 * 1024, file))
 }
@@ -273,7 +284,10 @@ fn read_file(
     f: &mut impl FnMut(json::LineView<'_>),
 ) -> Result<()> {
     let mut r = open(path, stats)?;
-    scan(&mut r, stats, f).with_context(|| format!("reading {}", path.display()))
+    scan(&mut r, stats, f).map_err(|source| Error::Read {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 #[cfg(test)]

@@ -16,7 +16,7 @@ use std::time::{Duration, SystemTime};
 pub use ingest::Added;
 pub use model::{Analysis, Pattern, PatternKind, PortStory, Run, Tally, Tenure, TimeWait};
 
-use super::read::ReadStats;
+use super::{read::ReadStats, Error};
 
 /// Tenures and runs kept per port (the most recent ones).
 pub const KEEP: usize = 256;
@@ -73,7 +73,7 @@ impl Taken {
 pub fn analyse(
     files: &[std::path::PathBuf],
     filter: &Filter,
-) -> anyhow::Result<(Analysis, ReadStats)> {
+) -> Result<(Analysis, ReadStats), Error> {
     let mut a = Analysis::default();
     let mut stats = ReadStats::default();
     let mut taken = Taken::default();
