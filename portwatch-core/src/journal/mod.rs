@@ -52,7 +52,7 @@ const QUEUE: usize = 256;
 
 /// Why the journal cannot be opened or written. The cause, when there is
 /// one, is the [`source`](std::error::Error::source): print the chain
-/// (anyhow's `{:#}`, or [`with_causes`]) to see it.
+/// (anyhow's `{:#}`) to see it.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// DIR cannot be created.
@@ -160,7 +160,7 @@ type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// `e` and its causes, `: `-separated, as anyhow's `{:#}` prints them
 /// (for lines said from inside the core, where there is no anyhow).
-pub fn with_causes(e: &dyn std::error::Error) -> String {
+fn with_causes(e: &dyn std::error::Error) -> String {
     let mut line = e.to_string();
     let mut cause = e.source();
     while let Some(c) = cause {

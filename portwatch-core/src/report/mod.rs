@@ -36,7 +36,7 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
-    /// A directory holds neither journal files nor `*.ndjson`/`*.json`.
+    /// A directory holds neither journal files nor `*.ndjson`/`*.json`/`*.jsonl`.
     #[error("{} has no journal files", .path.display())]
     Empty {
         /// The directory.

@@ -3,7 +3,7 @@
 //! this pool's time on 1,000,000 events (BENCHMARKS.md, "report's parallel
 //! reader").
 //!
-//! Journal reading on every core: parsing a line costs far more than
+//! Reading on every core: parsing a line costs far more than
 //! finding it, so one thread splits the files into chunks of whole lines,
 //! parser threads turn each chunk into borrowed line views, and the caller's
 //! thread hands the views on strictly in reading order. The result is the

@@ -1,5 +1,6 @@
-//! Reading journals back, streaming: one line at a time through a fixed
-//! buffer, so memory does not grow with a journal's size. Every line is
+//! Reading `report`'s input back (journals, saved `watch --json` output,
+//! `journalctl -o json` exports), streaming: one line at a time through a
+//! fixed buffer, so memory does not grow with a file's size. Every line is
 //! untrusted: a line that does not parse is skipped and counted, a line
 //! longer than [`MAX_LINE`] is skipped without being buffered, a last line
 //! without its newline (a crash mid-write) is counted as truncated.
@@ -35,7 +36,7 @@ pub struct ReadStats {
     pub port_lines: u64,
     /// Notices of a saved `watch --json 2>&1` (not events; ignored).
     pub notices: u64,
-    /// Lines that are not journal lines (skipped).
+    /// Lines that are not portwatch's NDJSON lines (skipped).
     pub corrupt: u64,
     /// A last line cut short (a crash mid-write; skipped).
     pub truncated: u64,
@@ -110,7 +111,7 @@ pub fn scan(
 
 /// One line of `journalctl -o json`, as far as `report` cares.
 enum Entry {
-    /// Not a journalctl entry: a journal line of portwatch's own.
+    /// Not a journalctl entry: an NDJSON line of portwatch's own.
     Not,
     /// A portwatch event: its NDJSON line, from `PORTWATCH_JSON`.
     Event(String),
@@ -216,7 +217,7 @@ pub(super) fn split(
 pub(super) enum Outcome<'a> {
     /// Blank.
     Blank,
-    /// A journal line.
+    /// An NDJSON line of portwatch's.
     Line(json::LineView<'a>),
     /// Not one; `last`: the last line of a file, without its newline.
     Bad {
@@ -250,7 +251,7 @@ pub(super) fn apply(o: Outcome<'_>, stats: &mut ReadStats, f: &mut impl FnMut(js
     }
 }
 
-/// Reads every file in order on the calling thread (small journals; the
+/// Reads every file in order on the calling thread (small inputs; the
 /// parallel reader's reference).
 pub fn read_serial(
     files: &[PathBuf],
@@ -263,7 +264,7 @@ pub fn read_serial(
     Ok(())
 }
 
-/// Journals at least this big (all files together) are parsed on every core.
+/// Inputs at least this big (all files together) are parsed on every core.
 pub(super) const PARALLEL_FROM: u64 = 8 << 20;
 /// Bytes of whole lines handed to a parser thread at a time.
 pub(super) const CHUNK: usize = 256 << 10;

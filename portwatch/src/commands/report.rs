@@ -1,4 +1,5 @@
-//! `portwatch report`: read journals, write the post-mortem.
+//! `portwatch report`: read journals (or saved `watch --json` output,
+//! `journalctl -o json` exports), write the post-mortem.
 
 use std::io::{self, Write as _};
 

@@ -1,4 +1,4 @@
-//! From journal lines to per-port stories, in one pass and bounded memory:
+//! From NDJSON lines to per-port stories, in one pass and bounded memory:
 //! per port, the last [`KEEP`] holder tenures and failure runs (older ones
 //! are counted, not kept), and tallies by port, command and reason capped
 //! at [`TALLY_CAP`] distinct keys. `ingest` takes the lines in, `model` is
