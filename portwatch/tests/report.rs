@@ -104,6 +104,10 @@ fn empty_journal_is_a_clear_empty_report() {
     assert_eq!(err.lines().count(), 1, "{err}");
     let (code, _, err, _) = report(&[s.0.to_str().unwrap(), "--since", "yesterday-ish"]);
     assert_eq!(code, 2, "{err}");
+    // Times that exclude each other are a bad command line too.
+    let (code, _, err, _) = report(&[s.0.to_str().unwrap(), "--since", "1h", "--until", "2h"]);
+    assert_eq!(code, 2, "{err}");
+    assert_eq!(err, "portwatch: --since is after --until\n");
 }
 
 #[test]

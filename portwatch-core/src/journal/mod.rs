@@ -34,7 +34,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{bail, Context as _, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::output::{Notice, Notices};
@@ -50,6 +49,127 @@ const FLUSH_EVERY: Duration = Duration::from_secs(1);
 const FLUSH_BYTES: usize = 64 * 1024;
 /// Chunks (one per writer batch) waiting for the recorder thread.
 const QUEUE: usize = 256;
+
+/// Why the journal cannot be opened or written. The cause, when there is
+/// one, is the [`source`](std::error::Error::source): print the chain
+/// (anyhow's `{:#}`) to see it.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// DIR cannot be created.
+    #[error("cannot create {}", .dir.display())]
+    CreateDir {
+        /// The journal directory.
+        dir: PathBuf,
+        /// What mkdir said.
+        #[source]
+        source: io::Error,
+    },
+    /// DIR's path cannot be handed to the kernel.
+    #[error("{} has a NUL byte", .dir.display())]
+    NulInPath {
+        /// The journal directory.
+        dir: PathBuf,
+    },
+    /// DIR is a symlink, or not a directory.
+    #[error("{} is a symlink or not a directory: refusing to record there", .dir.display())]
+    NotADirectory {
+        /// The journal directory.
+        dir: PathBuf,
+    },
+    /// DIR cannot be opened.
+    #[error("cannot open {}", .dir.display())]
+    OpenDir {
+        /// The journal directory.
+        dir: PathBuf,
+        /// What open or fstat said.
+        #[source]
+        source: io::Error,
+    },
+    /// DIR cannot be listed.
+    #[error("cannot list {}", .dir.display())]
+    ListDir {
+        /// The journal directory.
+        dir: PathBuf,
+        /// What readdir said.
+        #[source]
+        source: io::Error,
+    },
+    /// A journal file cannot be opened.
+    #[error("cannot open {name}")]
+    OpenFile {
+        /// The file's name in DIR.
+        name: String,
+        /// What openat said.
+        #[source]
+        source: io::Error,
+    },
+    /// A symlink is planted at a journal file's path.
+    #[error("{name} is a symlink: refusing to write through it")]
+    Symlink {
+        /// The file's name in DIR.
+        name: String,
+    },
+    /// A journal file's path holds a FIFO, a device, a directory...
+    #[error("{name} is not a regular file: refusing to write to it")]
+    NotAFile {
+        /// The file's name in DIR.
+        name: String,
+    },
+    /// A journal file has other names: writing to it writes to them.
+    #[error("{name} has other hard links: refusing to write to it")]
+    HardLinked {
+        /// The file's name in DIR.
+        name: String,
+    },
+    /// A journal file cannot be checked or cut back to whole lines.
+    #[error("cannot prepare {name} for appending")]
+    Prepare {
+        /// The file's name in DIR.
+        name: String,
+        /// What fstat, read or ftruncate said.
+        #[source]
+        source: io::Error,
+    },
+    /// Writing lines failed (a full disk).
+    #[error("writing the journal")]
+    Write(#[source] io::Error),
+    /// DIR vanished (or was replaced) and cannot be made again.
+    #[error("{} vanished", .dir.display())]
+    Vanished {
+        /// The journal directory.
+        dir: PathBuf,
+        /// Why it cannot be made again.
+        #[source]
+        source: Box<Error>,
+    },
+    /// Recording cannot start in DIR.
+    #[error("cannot record in {}", .dir.display())]
+    Record {
+        /// The journal directory.
+        dir: PathBuf,
+        /// Why.
+        #[source]
+        source: Box<Error>,
+    },
+    /// The recorder thread cannot be started.
+    #[error("starting the recorder thread")]
+    Thread(#[source] io::Error),
+}
+
+type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// `e` and its causes, `: `-separated, as anyhow's `{:#}` prints them
+/// (for lines said from inside the core, where there is no anyhow).
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut line = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        line.push_str(": ");
+        line.push_str(&c.to_string());
+        cause = c.source();
+    }
+    line
+}
 
 /// Where and how much to record.
 #[derive(Debug, Clone)]
@@ -121,7 +241,7 @@ impl Journal {
                     journal.stats
                 }
             })
-            .context("starting the recorder thread")?;
+            .map_err(Error::Thread)?;
         Ok(Self {
             sink: Some(Sink { tx, dropped }),
             thread,
@@ -168,9 +288,16 @@ fn open_dir(dir: &Path) -> Result<(OwnedFd, (u64, u64))> {
     match std::fs::DirBuilder::new().mode(0o700).create(dir) {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-        Err(e) => return Err(e).with_context(|| format!("cannot create {}", dir.display())),
+        Err(source) => {
+            return Err(Error::CreateDir {
+                dir: dir.to_path_buf(),
+                source,
+            })
+        }
     }
-    let path = CString::new(dir.as_os_str().as_bytes()).context("path has a NUL byte")?;
+    let path = CString::new(dir.as_os_str().as_bytes()).map_err(|_| Error::NulInPath {
+        dir: dir.to_path_buf(),
+    })?;
     // SAFETY: a valid C string; the fd is owned below.
     let fd = unsafe {
         libc::open(
@@ -181,16 +308,24 @@ fn open_dir(dir: &Path) -> Result<(OwnedFd, (u64, u64))> {
     if fd < 0 {
         let e = io::Error::last_os_error();
         if e.raw_os_error() == Some(libc::ELOOP) || e.raw_os_error() == Some(libc::ENOTDIR) {
-            bail!(
-                "{} is a symlink or not a directory: refusing to record there",
-                dir.display()
-            );
+            return Err(Error::NotADirectory {
+                dir: dir.to_path_buf(),
+            });
         }
-        return Err(e).with_context(|| format!("cannot open {}", dir.display()));
+        return Err(Error::OpenDir {
+            dir: dir.to_path_buf(),
+            source: e,
+        });
     }
     // SAFETY: fd is a fresh descriptor we own.
     let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    let meta = File::from(fd.try_clone()?).metadata()?;
+    let meta = fd
+        .try_clone()
+        .and_then(|dup| File::from(dup).metadata())
+        .map_err(|source| Error::OpenDir {
+            dir: dir.to_path_buf(),
+            source,
+        })?;
     Ok((fd, (meta.dev(), meta.ino())))
 }
 
@@ -209,7 +344,7 @@ fn name_of(seq: u64) -> String {
 impl Files {
     fn open(opts: JournalOptions) -> Result<Self> {
         let (dir, identity) = open_dir(&opts.dir)?;
-        let newest = existing(&opts.dir)?.last().copied();
+        let newest = listed(&opts.dir)?.last().copied();
         let mut journal = Self {
             dir,
             identity,
@@ -227,9 +362,10 @@ impl Files {
             },
             opts,
         };
-        journal
-            .open_file()
-            .with_context(|| format!("cannot record in {}", journal.opts.dir.display()))?;
+        journal.open_file().map_err(|e| Error::Record {
+            dir: journal.opts.dir.clone(),
+            source: Box::new(e),
+        })?;
         if journal.size >= journal.opts.max_size {
             journal.rotate()?;
         }
@@ -257,22 +393,26 @@ impl Files {
         if fd < 0 {
             let e = io::Error::last_os_error();
             if e.raw_os_error() == Some(libc::ELOOP) {
-                bail!("{name} is a symlink: refusing to write through it");
+                return Err(Error::Symlink { name });
             }
-            return Err(e).with_context(|| format!("cannot open {name}"));
+            return Err(Error::OpenFile { name, source: e });
         }
         // SAFETY: a fresh descriptor we own.
         let mut file = unsafe { File::from_raw_fd(fd) };
-        let meta = file.metadata()?;
+        let prepare = |source| Error::Prepare {
+            name: name.clone(),
+            source,
+        };
+        let meta = file.metadata().map_err(prepare)?;
         if !meta.file_type().is_file() {
-            bail!("{name} is not a regular file: refusing to write to it");
+            return Err(Error::NotAFile { name });
         }
         if meta.nlink() != 1 {
-            bail!("{name} has other hard links: refusing to write to it");
+            return Err(Error::HardLinked { name });
         }
         let mut size = meta.len();
         if size > 0 {
-            size = whole_lines(&mut file, size)?;
+            size = whole_lines(&mut file, size).map_err(prepare)?;
         }
         self.file = Some(file);
         self.size = size;
@@ -283,7 +423,7 @@ impl Files {
         self.file = None;
         self.seq += 1;
         self.open_file()?;
-        let files = existing(&self.opts.dir)?;
+        let files = listed(&self.opts.dir)?;
         let excess = files.len().saturating_sub(self.opts.max_files as usize);
         for &seq in &files[..excess] {
             // SAFETY: valid fd and C string.
@@ -325,17 +465,18 @@ impl Files {
         if self.buf.is_empty() {
             return;
         }
-        // While failing, try again once a second, not at every chunk.
+        // While failing, try again once a second, not at every chunk (None:
+        // not tried, still failing).
         let retry_due = self.last_attempt.is_none_or(|t| t.elapsed() >= FLUSH_EVERY);
         let result = if self.failing.is_some() && !retry_due {
-            Err(anyhow::anyhow!("still failing"))
+            None
         } else {
             self.last_attempt = Some(Instant::now());
-            self.write_buf()
+            Some(self.write_buf())
         };
         let lines = std::mem::take(&mut self.buf_lines);
         match result {
-            Ok(()) => {
+            Some(Ok(())) => {
                 self.stats.lines += lines;
                 if self.failing.take().is_some() {
                     notices.say(&Notice::RecordResumed {
@@ -345,11 +486,11 @@ impl Files {
                     self.lost_since_failing = 0;
                 }
             }
-            Err(e) => {
+            failed => {
                 self.stats.lost_write += lines;
                 self.lost_since_failing += lines;
-                if self.failing.is_none() {
-                    let why = format!("{e:#}");
+                if let (None, Some(Err(e))) = (&self.failing, failed) {
+                    let why = with_causes(&e);
                     notices.say(&Notice::RecordFailing {
                         dir: self.opts.dir.clone(),
                         why: why.clone(),
@@ -397,7 +538,7 @@ impl Files {
             if let Err(e) = file.write_all(&rest[..take]) {
                 // Keep the file to whole lines: cut the partial write back.
                 let _ = file.set_len(self.size);
-                return Err(e).context("writing the journal");
+                return Err(Error::Write(e));
             }
             self.size += take as u64;
             rest = &rest[take..];
@@ -413,28 +554,37 @@ impl Files {
             return Ok(());
         }
         self.file = None;
-        let (dir, identity) = open_dir(&self.opts.dir)
-            .with_context(|| format!("{} vanished", self.opts.dir.display()))?;
+        let (dir, identity) = open_dir(&self.opts.dir).map_err(|e| Error::Vanished {
+            dir: self.opts.dir.clone(),
+            source: Box::new(e),
+        })?;
         self.dir = dir;
         self.identity = identity;
-        self.seq = existing(&self.opts.dir)?.last().copied().unwrap_or(1);
+        self.seq = listed(&self.opts.dir)?.last().copied().unwrap_or(1);
         Ok(())
     }
 }
 
 /// Journal file numbers in DIR, oldest first.
-pub fn existing(dir: &Path) -> Result<Vec<u64>> {
-    let mut seqs: Vec<u64> = std::fs::read_dir(dir)
-        .with_context(|| format!("cannot list {}", dir.display()))?
+pub fn existing(dir: &Path) -> io::Result<Vec<u64>> {
+    let mut seqs: Vec<u64> = std::fs::read_dir(dir)?
         .filter_map(|e| e.ok()?.file_name().to_str().and_then(seq_of))
         .collect();
     seqs.sort_unstable();
     Ok(seqs)
 }
 
+/// [`existing`], failing as the recorder says it.
+fn listed(dir: &Path) -> Result<Vec<u64>> {
+    existing(dir).map_err(|source| Error::ListDir {
+        dir: dir.to_path_buf(),
+        source,
+    })
+}
+
 /// The length of `file` up to its last newline, cutting anything after it
 /// (a line a crash left half written).
-fn whole_lines(file: &mut File, size: u64) -> Result<u64> {
+fn whole_lines(file: &mut File, size: u64) -> io::Result<u64> {
     let mut at = size;
     let mut block = vec![0u8; 64 * 1024];
     while at > 0 {
@@ -610,13 +760,14 @@ mod tests {
         std::fs::write(&target, "keep\n").unwrap();
         std::os::unix::fs::symlink(&target, dir.join(name_of(1))).unwrap();
         let err = Journal::start(opts(&dir), notices()).err().unwrap();
-        assert!(format!("{err:#}").contains("symlink"), "{err:#}");
+        let why = with_causes(&err);
+        assert!(why.contains("is a symlink: refusing"), "{why}");
         assert_eq!(std::fs::read_to_string(&target).unwrap(), "keep\n");
         // DIR itself a symlink.
         let link = temp("linkdir");
         std::os::unix::fs::symlink(&dir, &link).unwrap();
         let err = Journal::start(opts(&link), notices()).err().unwrap();
-        assert!(format!("{err:#}").contains("symlink"), "{err:#}");
+        assert!(matches!(err, Error::NotADirectory { .. }), "{err:?}");
         std::fs::remove_file(&link).unwrap();
         // A crash left half a line: it is cut before appending.
         std::fs::remove_file(dir.join(name_of(1))).unwrap();

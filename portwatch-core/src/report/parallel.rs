@@ -3,7 +3,7 @@
 //! this pool's time on 1,000,000 events (BENCHMARKS.md, "report's parallel
 //! reader").
 //!
-//! Journal reading on every core: parsing a line costs far more than
+//! Reading on every core: parsing a line costs far more than
 //! finding it, so one thread splits the files into chunks of whole lines,
 //! parser threads turn each chunk into borrowed line views, and the caller's
 //! thread hands the views on strictly in reading order. The result is the
@@ -17,9 +17,10 @@ use std::{
     sync::{mpsc, Mutex},
 };
 
-use anyhow::{anyhow, Context as _, Result};
-
-use super::read::{self, Outcome, ReadStats};
+use super::{
+    read::{self, Outcome, ReadStats},
+    Error,
+};
 use crate::output::json::LineView;
 
 /// Whole lines, concatenated, with where each one is.
@@ -89,7 +90,7 @@ pub fn read_all(
     threads: usize,
     chunk: usize,
     mut f: impl FnMut(LineView<'_>),
-) -> Result<()> {
+) -> Result<(), Error> {
     let threads = threads.clamp(1, 16);
     // Enough chunks to keep every parser busy while one is being split and
     // one handed on; each chunk is `chunk` bytes plus its views.
@@ -107,7 +108,7 @@ pub fn read_all(
     let (job_tx, job_rx) = mpsc::channel::<Chunk>();
     let job_rx = Mutex::new(job_rx);
     let (done_tx, done_rx) = mpsc::channel::<Option<Parsed>>();
-    std::thread::scope(|s| -> Result<()> {
+    std::thread::scope(|s| -> Result<(), Error> {
         let splitter = s.spawn(move || split(files, chunk, &free_rx, &job_tx));
         for _ in 0..threads {
             let (job_rx, done_tx) = (&job_rx, done_tx.clone());
@@ -118,11 +119,9 @@ pub fn read_all(
         let complete = hand_on(done_rx, free_tx, stats, &mut f);
         if !complete {
             let _ = splitter.join();
-            return Err(anyhow!("a journal parser thread panicked"));
+            return Err(Error::Panicked("parser"));
         }
-        let read = splitter
-            .join()
-            .map_err(|_| anyhow!("the journal reader thread panicked"))??;
+        let read = splitter.join().map_err(|_| Error::Panicked("splitter"))??;
         stats.files += read.files;
         stats.bytes += read.bytes;
         stats.lines += read.lines;
@@ -179,12 +178,14 @@ fn split(
     size: usize,
     free: &mpsc::Receiver<Chunk>,
     jobs: &mpsc::Sender<Chunk>,
-) -> Result<ReadStats> {
+) -> Result<ReadStats, Error> {
     let mut stats = ReadStats::default();
-    let stopped = || std::io::Error::other("report stopped");
-    let mut cur = free.recv().map_err(|_| stopped())?;
+    // Free buffers stop coming only when a parser panicked; the caller
+    // then says so itself and does not read this error.
+    let stopped = || std::io::Error::other("a parser thread panicked");
+    let mut cur = free.recv().map_err(|_| Error::Panicked("parser"))?;
     cur.seq = 0;
-    let mut read = || -> Result<()> {
+    let mut read = || -> Result<(), Error> {
         for path in files {
             let mut r = read::open(path, &mut stats)?;
             read::split(&mut r, &mut stats, |line, last, _| {
@@ -201,7 +202,10 @@ fn split(
                 }
                 Ok(())
             })
-            .with_context(|| format!("reading {}", path.display()))?;
+            .map_err(|source| Error::Read {
+                path: path.clone(),
+                source,
+            })?;
         }
         Ok(())
     };

@@ -1,5 +1,6 @@
-//! Reading journals back, streaming: one line at a time through a fixed
-//! buffer, so memory does not grow with a journal's size. Every line is
+//! Reading `report`'s input back (journals, saved `watch --json` output,
+//! `journalctl -o json` exports), streaming: one line at a time through a
+//! fixed buffer, so memory does not grow with a file's size. Every line is
 //! untrusted: a line that does not parse is skipped and counted, a line
 //! longer than [`MAX_LINE`] is skipped without being buffered, a last line
 //! without its newline (a crash mid-write) is counted as truncated.
@@ -10,10 +11,12 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use anyhow::{bail, Context as _, Result};
 use serde::Serialize;
 
+use super::Error;
 use crate::{journal, output::json};
+
+type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Longer lines are skipped (an event line is about 1 KiB).
 pub const MAX_LINE: usize = 1 << 20;
@@ -33,7 +36,7 @@ pub struct ReadStats {
     pub port_lines: u64,
     /// Notices of a saved `watch --json 2>&1` (not events; ignored).
     pub notices: u64,
-    /// Lines that are not journal lines (skipped).
+    /// Lines that are not portwatch's NDJSON lines (skipped).
     pub corrupt: u64,
     /// A last line cut short (a crash mid-write; skipped).
     pub truncated: u64,
@@ -49,13 +52,19 @@ pub struct ReadStats {
 pub fn files(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
     let mut out = Vec::new();
     for path in paths {
-        let meta =
-            std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let meta = std::fs::metadata(path).map_err(|source| Error::Stat {
+            path: path.clone(),
+            source,
+        })?;
         if !meta.is_dir() {
             out.push(path.clone());
             continue;
         }
-        let seqs = journal::existing(path)?;
+        let list = |source| Error::List {
+            path: path.clone(),
+            source,
+        };
+        let seqs = journal::existing(path).map_err(list)?;
         if !seqs.is_empty() {
             out.extend(
                 seqs.iter()
@@ -64,7 +73,7 @@ pub fn files(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
             continue;
         }
         let mut names: Vec<PathBuf> = std::fs::read_dir(path)
-            .with_context(|| format!("cannot list {}", path.display()))?
+            .map_err(list)?
             .filter_map(|e| e.ok().map(|e| e.path()))
             .filter(|p| {
                 p.is_file()
@@ -73,7 +82,7 @@ pub fn files(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
             })
             .collect();
         if names.is_empty() {
-            bail!("{} has no journal files", path.display());
+            return Err(Error::Empty { path: path.clone() });
         }
         names.sort();
         out.extend(names);
@@ -102,7 +111,7 @@ pub fn scan(
 
 /// One line of `journalctl -o json`, as far as `report` cares.
 enum Entry {
-    /// Not a journalctl entry: a journal line of portwatch's own.
+    /// Not a journalctl entry: an NDJSON line of portwatch's own.
     Not,
     /// A portwatch event: its NDJSON line, from `PORTWATCH_JSON`.
     Event(String),
@@ -208,7 +217,7 @@ pub(super) fn split(
 pub(super) enum Outcome<'a> {
     /// Blank.
     Blank,
-    /// A journal line.
+    /// An NDJSON line of portwatch's.
     Line(json::LineView<'a>),
     /// Not one; `last`: the last line of a file, without its newline.
     Bad {
@@ -242,7 +251,7 @@ pub(super) fn apply(o: Outcome<'_>, stats: &mut ReadStats, f: &mut impl FnMut(js
     }
 }
 
-/// Reads every file in order on the calling thread (small journals; the
+/// Reads every file in order on the calling thread (small inputs; the
 /// parallel reader's reference).
 pub fn read_serial(
     files: &[PathBuf],
@@ -255,14 +264,17 @@ pub fn read_serial(
     Ok(())
 }
 
-/// Journals at least this big (all files together) are parsed on every core.
+/// Inputs at least this big (all files together) are parsed on every core.
 pub(super) const PARALLEL_FROM: u64 = 8 << 20;
 /// Bytes of whole lines handed to a parser thread at a time.
 pub(super) const CHUNK: usize = 256 << 10;
 
 /// Opens `path` for reading, counting it.
 pub(super) fn open(path: &Path, stats: &mut ReadStats) -> Result<BufReader<File>> {
-    let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let file = File::open(path).map_err(|source| Error::Open {
+        path: path.to_path_buf(),
+        source,
+    })?;
     stats.files += 1;
     Ok(BufReader::with_capacity(256 * 1024, file))
 }
@@ -273,7 +285,10 @@ fn read_file(
     f: &mut impl FnMut(json::LineView<'_>),
 ) -> Result<()> {
     let mut r = open(path, stats)?;
-    scan(&mut r, stats, f).with_context(|| format!("reading {}", path.display()))
+    scan(&mut r, stats, f).map_err(|source| Error::Read {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 #[cfg(test)]

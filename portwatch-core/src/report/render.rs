@@ -1,6 +1,6 @@
 //! The report for people (text), for programs (JSON), and as one
 //! self-contained HTML page with a per-port timeline (inline SVG and CSS,
-//! no scripts, nothing fetched). Every journal string is untrusted: made
+//! no scripts, nothing fetched). Every string read is untrusted: made
 //! printable in text, escaped in HTML.
 
 use std::{
@@ -229,7 +229,7 @@ svg{border:1px solid #ddd;background:#fafafa}.hold{fill:#3a9d5d}.fail{fill:#d645
 /// A port's timeline drawn to scale: the x of a moment, rows 24 px apart.
 struct Scale {
     start: SystemTime,
-    /// Seconds from the port's first to last record (at least 1 ms).
+    /// Seconds from the port's first to last line (at least 1 ms).
     span: f64,
 }
 

@@ -84,6 +84,14 @@ impl From<anyhow::Error> for Error {
     }
 }
 
+/// `report`'s input that cannot be read is a failure, not a usage error:
+/// the command line was well formed (`report --help`, EXIT STATUS).
+impl From<portwatch_core::report::Error> for Error {
+    fn from(e: portwatch_core::report::Error) -> Self {
+        Error::Failed(e.into())
+    }
+}
+
 impl From<io::Error> for Error {
     fn from(e: io::Error) -> Self {
         Error::Failed(e.into())
@@ -105,6 +113,17 @@ mod tests {
             EXIT_FAILED
         );
         assert_eq!(Error::Usage("x".into()).exit_code(), EXIT_USAGE);
+        let unreadable = portwatch_core::report::Error::Stat {
+            path: "/nope".into(),
+            source: io::Error::from(io::ErrorKind::NotFound),
+        };
+        let unreadable = Error::from(unreadable);
+        assert_eq!(unreadable.exit_code(), EXIT_FAILED);
+        // The cause stays in the line the user reads.
+        assert_eq!(
+            unreadable.to_string(),
+            "cannot read /nope: entity not found"
+        );
         let start = |kind| Error::CannotStart {
             cmd: "x".into(),
             err: io::Error::from(kind),

@@ -38,7 +38,7 @@ impl Command {
                 .map(|()| EXIT_OK)
                 .map_err(Error::from),
             Command::Man(args) => man::run(&args).map(|()| EXIT_OK).map_err(Error::from),
-            Command::Report(args) => report::run(args).map(|()| EXIT_OK).map_err(Error::from),
+            Command::Report(args) => report::run(args).map(|()| EXIT_OK),
         }
     }
 }

@@ -1,18 +1,19 @@
-//! `portwatch report`: read journals, write the post-mortem.
+//! `portwatch report`: read journals (or saved `watch --json` output,
+//! `journalctl -o json` exports), write the post-mortem.
 
 use std::io::{self, Write as _};
 
-use anyhow::{bail, Context as _, Result};
+use anyhow::{anyhow, Context as _};
 use portwatch_core::report::{
     analyse::{analyse, Filter},
     read, render,
 };
 
+use super::Error;
 use crate::cli::ReportArgs;
 
 /// Runs `portwatch report`.
-pub fn run(args: ReportArgs) -> Result<()> {
-    let files = read::files(&args.paths)?;
+pub fn run(args: ReportArgs) -> Result<(), Error> {
     let filter = Filter {
         ports: args.port.clone(),
         since: args.since,
@@ -20,9 +21,10 @@ pub fn run(args: ReportArgs) -> Result<()> {
     };
     if let (Some(s), Some(u)) = (filter.since, filter.until) {
         if s > u {
-            bail!("--since is after --until");
+            return Err(Error::Usage("--since is after --until".into()));
         }
     }
+    let files = read::files(&args.paths)?;
     let (analysis, stats) = analyse(&files, &filter)?;
     let skipped = stats.corrupt + stats.truncated + stats.too_long;
     if skipped > 0 {
@@ -35,7 +37,7 @@ pub fn run(args: ReportArgs) -> Result<()> {
         let page = render::html(&analysis, &stats);
         let mut f = super::create_private(out)?;
         if !f.metadata()?.is_file() {
-            bail!("{} is not a regular file", out.display());
+            return Err(anyhow!("{} is not a regular file", out.display()).into());
         }
         f.write_all(page.as_bytes())
             .with_context(|| format!("writing {}", out.display()))?;
@@ -48,6 +50,6 @@ pub fn run(args: ReportArgs) -> Result<()> {
     };
     match written.and_then(|()| out.flush()) {
         Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(()),
-        other => other.context("writing the report"),
+        other => Ok(other.context("writing the report")?),
     }
 }

@@ -35,7 +35,7 @@ use tokio::{
     time::timeout,
 };
 
-use super::{listen::is_transient, Metrics};
+use super::{endpoint::is_transient, Metrics};
 
 /// Longest request head accepted (Prometheus sends a few hundred bytes);
 /// also hyper's read buffer, whose smallest allowed size this is.

@@ -97,7 +97,7 @@ pub(super) struct Ports {
     fixed: bool,
     named: HashSet<u16>,
     /// Ports already under "other", one bit each.
-    folded: Box<[u64; 1024]>,
+    as_other: Box<[u64; 1024]>,
 }
 
 impl Ports {
@@ -112,7 +112,7 @@ impl Ports {
             } else {
                 HashSet::new()
             },
-            folded: Box::new([0; 1024]),
+            as_other: Box::new([0; 1024]),
         }
     }
 
@@ -121,7 +121,7 @@ impl Ports {
         self.named.iter().copied()
     }
 
-    /// The label for `port`, and whether it was folded under "other" for
+    /// The label for `port`, and whether it was counted under "other" for
     /// the first time.
     pub(super) fn label(&mut self, port: u16) -> (String, bool) {
         if self.named.contains(&port) {
@@ -132,13 +132,14 @@ impl Ports {
             return (port.to_string(), false);
         }
         let (word, bit) = (usize::from(port) / 64, u64::from(port) % 64);
-        let first = self.folded[word] & (1 << bit) == 0;
-        self.folded[word] |= 1 << bit;
+        let first = self.as_other[word] & (1 << bit) == 0;
+        self.as_other[word] |= 1 << bit;
         ("other".into(), first)
     }
 }
 
-/// The label of `portwatch_labels_folded_total`: which metric folded.
+/// The label of `portwatch_labels_folded_total`: which metric counted a
+/// label value under "other".
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub(super) struct MetricLabels {
     pub(super) metric: &'static str,
@@ -160,7 +161,7 @@ mod tests {
         }
         assert_eq!(other, 10_000 - PORT_SERIES);
         assert_eq!(first, 10_000 - PORT_SERIES);
-        // Seen again: same label, not folded a second time.
+        // Seen again: same label, not counted under "other" a second time.
         assert_eq!(p.label(1), ("1".into(), false));
         assert_eq!(p.label(9_999), ("other".into(), false));
     }

@@ -15,9 +15,9 @@
 //! label sets stop at [`FAILURE_SERIES`], the rest go under `"other"` values.
 
 mod collector;
+mod endpoint;
 mod http;
 mod labels;
-mod listen;
 
 use std::{
     collections::{HashMap, HashSet},
@@ -48,16 +48,16 @@ use self::{
     labels::{BuildLabels, MetricLabels, PortLabels, Ports, ResultLabels},
 };
 pub use self::{
+    endpoint::{bind, parse_addr},
     http::serve,
     labels::FailureLabels,
-    listen::{bind, parse_addr},
 };
 use crate::capture::KernelView;
 
 /// Ports with a series of their own when `--port` does not name them.
 pub const PORT_SERIES: usize = 64;
 
-/// Label sets of `portwatch_bind_failures_total` before new ones are folded
+/// Label sets of `portwatch_bind_failures_total` before new ones are counted
 /// under `"other"`: with the port series and the fixed ones, a host stays
 /// under ~300 series whatever happens.
 pub const FAILURE_SERIES: usize = 200;
@@ -101,9 +101,9 @@ struct State {
     streams: HashMap<FoldKey, Stream>,
     /// Events observed: the clock [`Stream::used`] is read against.
     events: u64,
-    /// Failure label sets in use, and those folded under "other".
+    /// Failure label sets in use, and those counted under "other".
     failure_sets: HashSet<FailureLabels>,
-    failure_folded: HashSet<FailureLabels>,
+    failure_sets_as_other: HashSet<FailureLabels>,
 }
 
 struct Inner {
@@ -133,11 +133,11 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 /// The failure counters: by label set, by port, and the label values
-/// folded under "other" to keep both bounded.
+/// counted under "other" to keep both bounded.
 struct FailureCounters {
     by_labels: Family<FailureLabels, Counter>,
     by_port: Family<PortLabels, Counter>,
-    labels_folded: Family<MetricLabels, Counter>,
+    labels_as_other: Family<MetricLabels, Counter>,
 }
 
 impl FailureCounters {
@@ -146,7 +146,7 @@ impl FailureCounters {
         let counters = Self {
             by_labels: Family::default(),
             by_port: Family::default(),
-            labels_folded: Family::default(),
+            labels_as_other: Family::default(),
         };
         registry.register(
             "portwatch_bind_failures",
@@ -158,10 +158,13 @@ impl FailureCounters {
             "Failed bind()/listen() calls by requested port: --port's ports or the first 64 seen; the rest under port=\"other\".",
             counters.by_port.clone(),
         );
+        // "folded" in the name is older than the word's one meaning here
+        // (identical failures counted in the kernel): a new name would
+        // break dashboards and alerts.
         registry.register(
             "portwatch_labels_folded",
             "Distinct label values counted under \"other\" to bound the number of series, by metric.",
-            counters.labels_folded.clone(),
+            counters.labels_as_other.clone(),
         );
         counters
             .by_labels
@@ -175,7 +178,7 @@ impl FailureCounters {
             .inc_by(0);
         for metric in ["bind_failures", "port_failures"] {
             counters
-                .labels_folded
+                .labels_as_other
                 .get_or_create(&MetricLabels { metric })
                 .inc_by(0);
         }
@@ -298,7 +301,7 @@ impl Metrics {
             streams: HashMap::new(),
             events: 0,
             failure_sets: failures.start_failures(&known.errnos),
-            failure_folded: HashSet::new(),
+            failure_sets_as_other: HashSet::new(),
         };
         Self(Arc::new(Inner {
             registry,
@@ -327,7 +330,7 @@ impl Metrics {
         if first {
             self.0
                 .failures
-                .labels_folded
+                .labels_as_other
                 .get_or_create(&MetricLabels {
                     metric: "port_failures",
                 })
@@ -382,10 +385,10 @@ impl Metrics {
             state.failure_sets.insert(labels.clone());
             return labels;
         }
-        if state.failure_folded.insert(labels) {
+        if state.failure_sets_as_other.insert(labels) {
             self.0
                 .failures
-                .labels_folded
+                .labels_as_other
                 .get_or_create(&MetricLabels {
                     metric: "bind_failures",
                 })

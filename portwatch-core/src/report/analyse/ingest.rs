@@ -1,8 +1,8 @@
-//! Journal lines into the analysis, one at a time: every failure is
+//! NDJSON lines into the analysis, one at a time: every failure is
 //! tallied, continues or starts its process's run on its port, and names
 //! the port's holders at that moment; every port life line opens or closes
 //! a holder's tenure or counts TIME_WAIT leftovers. Strings are copied only
-//! for the runs and tenures kept. The only place that knows the journal's
+//! for the runs and tenures kept. The only place that knows the NDJSON
 //! line types.
 
 use std::{borrow::Cow, time::SystemTime};
@@ -31,7 +31,7 @@ pub enum Added {
     Filtered,
 }
 
-/// One failure as the analysis reads it, borrowed from its journal line.
+/// One failure as the analysis reads it, borrowed from its NDJSON line.
 struct Failure<'a> {
     ts: SystemTime,
     pid: u32,
@@ -138,7 +138,7 @@ fn port_key(buf: &mut String, port: u16, proto: Proto) -> &str {
 }
 
 impl Analysis {
-    /// Takes one journal line as read (borrowed), unless the filter drops it.
+    /// Takes one NDJSON line as read (borrowed), unless the filter drops it.
     pub fn add(&mut self, line: LineView<'_>, filter: &Filter) -> Added {
         match line {
             LineView::Event(r) if filter.keeps(r.port, r.ts) => {
@@ -278,7 +278,7 @@ impl PortStory {
     /// A failure's lookup saw `pid` listening at `ts`.
     fn holder_seen(&mut self, pid: u32, comm: Option<&str>, cmdline: Option<&str>, ts: SystemTime) {
         // Its tenure: open, or closed after this failure (the close line may
-        // be journalled before the failure, whose lookup took a moment).
+        // be written before the failure, whose lookup took a moment).
         let found = self.holders.iter_mut().rev().find(|t| {
             t.pid == pid && t.since.is_none_or(|s| s <= ts) && t.until.is_none_or(|u| u >= ts)
         });

@@ -1,4 +1,4 @@
-//! From journal lines to per-port stories, in one pass and bounded memory:
+//! From NDJSON lines to per-port stories, in one pass and bounded memory:
 //! per port, the last [`KEEP`] holder tenures and failure runs (older ones
 //! are counted, not kept), and tallies by port, command and reason capped
 //! at [`TALLY_CAP`] distinct keys. `ingest` takes the lines in, `model` is
@@ -16,7 +16,7 @@ use std::time::{Duration, SystemTime};
 pub use ingest::Added;
 pub use model::{Analysis, Pattern, PatternKind, PortStory, Run, Tally, Tenure, TimeWait};
 
-use super::read::ReadStats;
+use super::{read::ReadStats, Error};
 
 /// Tenures and runs kept per port (the most recent ones).
 pub const KEEP: usize = 256;
@@ -73,7 +73,7 @@ impl Taken {
 pub fn analyse(
     files: &[std::path::PathBuf],
     filter: &Filter,
-) -> anyhow::Result<(Analysis, ReadStats)> {
+) -> Result<(Analysis, ReadStats), Error> {
     let mut a = Analysis::default();
     let mut stats = ReadStats::default();
     let mut taken = Taken::default();

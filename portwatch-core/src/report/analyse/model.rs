@@ -28,7 +28,7 @@ pub struct Tenure {
     /// When it was first seen (its listen, or a failure naming it).
     #[serde(serialize_with = "rfc3339::serialize")]
     pub first_seen: SystemTime,
-    /// When its listener closed; None: still open at the end of the journal.
+    /// When its listener closed; None: still open at the end of the input.
     #[serde(serialize_with = "rfc3339::serialize_opt")]
     pub until: Option<SystemTime>,
     /// Who closed it (the last process holding the socket).

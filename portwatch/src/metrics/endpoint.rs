@@ -1,5 +1,7 @@
-//! Binding the metrics endpoint: a taken port is diagnosed with portwatch's
-//! own holder lookup and diagnosis, the way it would explain anyone else's.
+//! The metrics endpoint's socket: `--metrics`'s address parsed and bound
+//! before anything is loaded, and which accept() errors pass. A taken port
+//! is diagnosed with portwatch's own holder lookup and diagnosis, the way it
+//! would explain anyone else's.
 
 use std::{io, net::SocketAddr};
 
