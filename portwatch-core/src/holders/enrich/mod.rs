@@ -19,7 +19,10 @@ use super::{
     sockdiag::{self, DiagSocket},
     sysctl, systemd, CallerInfo, Evidence, Holder, Seen, State,
 };
-use crate::request::{Errno, Family, HolderRecord, Proto, Request, Syscall};
+use crate::{
+    request::{Errno, Family, HolderRecord, Proto, Request, Syscall},
+    tools::HostTools,
+};
 
 /// How stale the socket index may be before a lookup that found nothing
 /// walks /proc again. Bounds full walks to about one per interval.
@@ -40,6 +43,8 @@ pub struct Enricher {
     own_netns: Option<u32>,
     /// Nanoseconds per clock tick, for /proc start times.
     tick_ns: u64,
+    /// The commands of this host fixes may name, probed once.
+    tools: HostTools,
 }
 
 impl Enricher {
@@ -54,7 +59,13 @@ impl Enricher {
             bound_inactive,
             own_netns: netns::current_netns(),
             tick_ns: 1_000_000_000 / u64::try_from(hz).unwrap_or(100).max(1),
+            tools: HostTools::probe(),
         }
+    }
+
+    /// The commands of this host fixes may name.
+    pub fn tools(&self) -> HostTools {
+        self.tools
     }
 
     /// Walks /proc once so that the first failures find their holders fast.
@@ -184,6 +195,7 @@ impl Enricher {
         let mut evidence = Evidence {
             sysctls: Some(sysctls),
             caller: self.caller(req),
+            tools: self.tools,
             ..Evidence::default()
         };
         if !in_use {
@@ -247,6 +259,7 @@ impl Enricher {
         Evidence {
             holders,
             sysctls: Some(sysctls),
+            tools: self.tools,
             ..Evidence::default()
         }
     }
@@ -308,6 +321,7 @@ impl Enricher {
         }
         Evidence {
             holders,
+            tools: self.tools,
             ..Evidence::default()
         }
     }
