@@ -24,11 +24,11 @@ pub mod journal;
 pub mod output;
 /// `report`: journals read back as per-port post-mortems.
 pub mod report;
-/// What is never stopped nor killed to free a port, and what is said instead.
-pub mod safety;
-/// Which commands a fix may name on this host.
-pub mod tools;
 /// What a caller asked for: the request, and the vocabulary of calls.
 pub mod request;
+/// What is never stopped nor killed to free a port, and what is said instead.
+pub mod safety;
 /// How times are written: RFC 3339 timestamps, durations for people.
 pub mod time;
+/// Which commands a fix may name on this host.
+pub mod tools;

@@ -236,9 +236,7 @@ fn systemd(h: &Holder, port: u16, t: &HostTools) -> String {
             "it holds port {port} for a socket unit: {list} names the unit on port {port}; change that unit's Listen*= line, or turn that socket unit off, never the manager or its scope"
         );
     }
-    format!(
-        "change the port in its configuration under /etc/systemd/ (its man page names the setting), then restart that service alone"
-    )
+    "change the port in its configuration under /etc/systemd/ (its man page names the setting), then restart that service alone".to_owned()
 }
 
 fn runtime_helper(h: &Holder, port: u16, t: &HostTools) -> String {
@@ -299,7 +297,7 @@ pub static TABLE: [Entry; 11] = [
         programs: &["systemd-resolve"],
         helpers: &[],
         units: &["systemd-resolved.service"],
-        serves: "name resolution of this host (its stub listener answers every lookup through /etc/resolv.conf)",
+        serves: "name resolution of this host: its stub listener answers every lookup through /etc/resolv.conf",
         kind: Kind::Daemon,
         instead: resolved,
     },
@@ -308,7 +306,7 @@ pub static TABLE: [Entry; 11] = [
         programs: &["systemd-network"],
         helpers: &[],
         units: &["systemd-networkd.service", "systemd-networkd.socket"],
-        serves: "this host's network configuration (addresses, routes, DHCP)",
+        serves: "this host's network configuration: addresses, routes, DHCP",
         kind: Kind::Daemon,
         instead: networkd,
     },
@@ -320,7 +318,7 @@ pub static TABLE: [Entry; 11] = [
             marker: "/NetworkManager/",
         }],
         units: &["NetworkManager.service"],
-        serves: "this host's network connections (and, through its dnsmasq, DNS and DHCP of shared ones)",
+        serves: "this host's network connections, and through its dnsmasq the DNS and DHCP of shared ones",
         kind: Kind::Daemon,
         instead: network_manager,
     },
@@ -332,7 +330,7 @@ pub static TABLE: [Entry; 11] = [
             marker: "/libvirt/",
         }],
         units: &["libvirtd.service", "libvirtd*.socket", "virtnetworkd.service"],
-        serves: "the virtual machines of this host and their networks (DNS and DHCP on virbr0)",
+        serves: "the virtual machines of this host and their networks: DNS and DHCP on virbr0",
         kind: Kind::Daemon,
         instead: libvirt,
     },
@@ -350,7 +348,7 @@ pub static TABLE: [Entry; 11] = [
         programs: &["systemd", "systemd-*"],
         helpers: &[],
         units: &["init.scope", "systemd-*"],
-        serves: "every service of this host (pid 1), every process of a user (systemd --user), or a part of the system (systemd-*)",
+        serves: "every service of this host as pid 1, every process of a user as systemd --user, or a part of the system as a systemd-* service",
         kind: Kind::Daemon,
         instead: systemd,
     },
@@ -366,7 +364,7 @@ pub static TABLE: [Entry; 11] = [
         ],
         helpers: &[],
         units: &[],
-        serves: "a container's published port (dockerd: every container)",
+        serves: "a container's published port, and dockerd every container",
         kind: Kind::RuntimeHelper,
         instead: runtime_helper,
     },
@@ -412,7 +410,7 @@ pub static TABLE: [Entry; 11] = [
             "k0sworker.service",
             "snap.microk8s.daemon-kubelite.service",
         ],
-        serves: "this node's pods and Services (the cluster reschedules or loses them)",
+        serves: "this node's pods and Services, which the cluster would reschedule or lose",
         kind: Kind::Daemon,
         instead: cluster,
     },
@@ -435,7 +433,8 @@ mod tests {
     #[test]
     fn helpers_belong_only_in_their_context() {
         let nm = "/usr/sbin/dnsmasq --no-resolv --pid-file=/run/NetworkManager/dnsmasq.pid";
-        let lv = "/usr/sbin/dnsmasq --conf-file=/var/lib/libvirt/dnsmasq/default.conf --leasefile-ro";
+        let lv =
+            "/usr/sbin/dnsmasq --conf-file=/var/lib/libvirt/dnsmasq/default.conf --leasefile-ro";
         assert_eq!(
             find(Some("dnsmasq"), None, Some(nm)).unwrap().entry.name,
             "NetworkManager"
@@ -460,7 +459,12 @@ mod tests {
         )
         .is_none());
         // sshd's session processes are the session's; the listener is sshd.
-        let s = find(Some("sshd"), Some("session-4.scope"), Some("sshd: ann [priv]")).unwrap();
+        let s = find(
+            Some("sshd"),
+            Some("session-4.scope"),
+            Some("sshd: ann [priv]"),
+        )
+        .unwrap();
         assert_eq!(s.entry.name, "a login session");
         let s = find(Some("sshd"), None, Some("sshd: ann@pts/0")).unwrap();
         assert_eq!(s.entry.name, "a login session");

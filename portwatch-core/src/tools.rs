@@ -84,7 +84,9 @@ mod tests {
         // sh is on every PATH; nothing is named this.
         let dirs = std::env::var_os("PATH").unwrap();
         assert!(std::env::split_paths(&dirs).any(|d| is_executable(&d.join("sh"))));
-        assert!(!is_executable(Path::new("/nonexistent/portwatch-no-such-tool")));
+        assert!(!is_executable(Path::new(
+            "/nonexistent/portwatch-no-such-tool"
+        )));
         assert!(!is_executable(Path::new("/etc")));
     }
 }

@@ -166,7 +166,10 @@ fn container_fix(h: &Holder, c: &Container, port: u16, tools: &HostTools) -> Str
             .find_map(|p| p.split_once(&format!(":{port}->")))
             .and_then(|(_, rest)| rest.split('/').next())
             .unwrap_or("CONTAINER_PORT");
-        format!(", or {}", publish_elsewhere(c, &format!("{port}:{inside}"), tools))
+        format!(
+            ", or {}",
+            publish_elsewhere(c, &format!("{port}:{inside}"), tools)
+        )
     } else {
         String::new()
     };
@@ -202,7 +205,11 @@ pub fn publish_elsewhere(c: &Container, mapping: &str, tools: &HostTools) -> Str
     let files = compose_files(compose);
     let place = match files.as_slice() {
         [] => "its compose file".to_owned(),
-        files => files.iter().map(|f| shell_word(f)).collect::<Vec<_>>().join(" or "),
+        files => files
+            .iter()
+            .map(|f| shell_word(f))
+            .collect::<Vec<_>>()
+            .join(" or "),
     };
     let again = compose_cmd(compose, tools, "up -d")
         .map(|cmd| format!(", then `{cmd}`"))
@@ -274,9 +281,14 @@ fn compose_cmd(c: &Compose, tools: &HostTools, args: &str) -> Option<String> {
         .unwrap_or_default();
     let f_flags: String = match files.as_slice() {
         [one] if default_file(one) => String::new(),
-        files => files.iter().map(|f| format!("-f {} ", shell_word(f))).collect(),
+        files => files
+            .iter()
+            .map(|f| format!("-f {} ", shell_word(f)))
+            .collect(),
     };
-    Some(format!("{cd}docker-compose -p {project} {f_flags}{args} {service}"))
+    Some(format!(
+        "{cd}docker-compose -p {project} {f_flags}{args} {service}"
+    ))
 }
 
 /// The command that stops container `c` cleanly on this host, as its
@@ -329,7 +341,10 @@ fn protected_fix(h: &Holder, e: &Entry, port: u16, tools: &HostTools) -> String 
     } else {
         format!("it is {}, which serves", e.name)
     };
-    format!("leave {who} running ({is} {}); instead, {instead}", e.serves)
+    format!(
+        "leave {who} running ({is} {}); instead, {instead}",
+        e.serves
+    )
 }
 
 /// An ordinary process: SIGTERM, never pid 1; its unit left alone when
@@ -401,8 +416,8 @@ pub(super) fn stop(h: &Holder, rel: Relation, port: u16, tools: &HostTools) -> S
     let cmd = stop_cmd(h, port, tools);
     // A container, a kernel device, or anything of the safety table: its
     // own fix leads, worded for its owner, not "stop it cleanly, kill ...".
-    let protected = h.socket_unit.is_none()
-        && safety::of(h).is_some_and(|f| f.member == Member::Own);
+    let protected =
+        h.socket_unit.is_none() && safety::of(h).is_some_and(|f| f.member == Member::Own);
     let owned_elsewhere = h.container.is_some() || h.kernel.is_some() || protected;
     match rel {
         Relation::Other | Relation::SameProgram if owned_elsewhere => {

@@ -131,4 +131,6 @@ fn capital(s: &str) -> String {
 }
 
 #[cfg(test)]
+mod safety_tests;
+#[cfg(test)]
 mod tests;

@@ -226,12 +226,12 @@ fn container_or_id<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Cont
     #[serde(untagged)]
     enum Either {
         Id(String),
-        Full(Container),
+        Full(Box<Container>),
     }
     Ok(match Option::<Either>::deserialize(d)? {
         None => None,
         Some(Either::Id(id)) => Some(Container::bare(&id, containers::Runtime::Unknown)),
-        Some(Either::Full(c)) => Some(c),
+        Some(Either::Full(c)) => Some(*c),
     })
 }
 

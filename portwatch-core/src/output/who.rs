@@ -166,7 +166,11 @@ pub fn write_human(out: &mut impl Write, r: &WhoReport) -> io::Result<()> {
             out,
             "fix:       {}, or {}; or give this service another port",
             printable(&stop),
-            printable(&crate::diagnose::publish_elsewhere(&p.container, &p.mapping, &r.tools))
+            printable(&crate::diagnose::publish_elsewhere(
+                &p.container,
+                &p.mapping,
+                &r.tools
+            ))
         )?;
     }
     for d in &r.dnat {

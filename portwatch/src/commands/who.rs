@@ -278,5 +278,6 @@ pub(crate) fn look(args: &WhoArgs, netns: u32) -> Result<WhoReport, Error> {
         verdict: binds[0].verdict.clone(),
         sockets: listed,
         binds,
+        tools: enricher.tools(),
     })
 }

@@ -79,7 +79,12 @@ pub(super) fn docker_container(id: &str, config: &Value) -> Container {
             working_dir: label("com.docker.compose.project.working_dir"),
             // Comma-separated, as Compose writes it.
             config_files: label("com.docker.compose.project.config_files")
-                .map(|f| f.split(',').filter(|f| !f.is_empty()).map(str::to_owned).collect())
+                .map(|f| {
+                    f.split(',')
+                        .filter(|f| !f.is_empty())
+                        .map(str::to_owned)
+                        .collect()
+                })
                 .unwrap_or_default(),
         }),
         _ => None,

@@ -505,7 +505,10 @@ mod tests {
         assert_eq!(web.name.as_deref(), Some("web"));
         assert_eq!(web.image.as_deref(), Some("pwtest:1"));
         assert_eq!(web.published, ["0.0.0.0:8080->80/tcp", "[::]:8080->80/tcp"]);
-        assert_eq!(crate::diagnose::container_stop(&web, &crate::tools::HostTools::ALL).unwrap(), "docker stop web");
+        assert_eq!(
+            crate::diagnose::container_stop(&web, &crate::tools::HostTools::ALL).unwrap(),
+            "docker stop web"
+        );
         assert_eq!(web.label(), "docker container web");
         let proxy = serves(
             "docker-proxy",
@@ -558,7 +561,10 @@ mod tests {
         let mut c = Containers::new(roots(&s.0));
         let web = c.get(ID, Runtime::Docker);
         let compose = web.compose.as_ref().unwrap();
-        assert_eq!((compose.project.as_str(), compose.service.as_str()), ("shop", "web"));
+        assert_eq!(
+            (compose.project.as_str(), compose.service.as_str()),
+            ("shop", "web")
+        );
         assert_eq!(compose.version, None);
         assert!(compose.config_files.is_empty());
     }
@@ -620,7 +626,10 @@ mod tests {
         let web = c.served(&conmon).unwrap();
         assert_eq!(web.name.as_deref(), Some("web"));
         assert_eq!(web.image.as_deref(), Some("localhost/pwtest:1"));
-        assert_eq!(crate::diagnose::container_stop(&web, &crate::tools::HostTools::ALL).unwrap(), "podman stop web");
+        assert_eq!(
+            crate::diagnose::container_stop(&web, &crate::tools::HostTools::ALL).unwrap(),
+            "podman stop web"
+        );
     }
 
     /// The annotations containerd's CRI plugin writes into a container's
@@ -642,7 +651,10 @@ mod tests {
         let web = c.get(ID, Runtime::Containerd);
         assert_eq!(web.label(), "pod prod/shop-7d9f8b-x2x4q (container web)");
         assert_eq!(web.image.as_deref(), Some("docker.io/library/nginx:1.25"));
-        assert_eq!(crate::diagnose::container_stop(&web, &crate::tools::HostTools::ALL), None);
+        assert_eq!(
+            crate::diagnose::container_stop(&web, &crate::tools::HostTools::ALL),
+            None
+        );
     }
 
     /// CRI-O's bundle (`/run/containers/storage/overlay-containers/ID/userdata/config.json`).
