@@ -55,13 +55,14 @@ impl HostTools {
         let dirs: Vec<PathBuf> = std::env::split_paths(&path).collect();
         let on_path = |name: &str| dirs.iter().any(|d| is_executable(&d.join(name)));
         let docker = on_path("docker");
+        // The invoking user's plugins too (`sudo` keeps HOME on Debian).
+        let home = std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".docker/cli-plugins"));
+        let mut plugin_dirs = DOCKER_PLUGIN_DIRS.iter().map(PathBuf::from).chain(home);
         HostTools {
             systemd: Path::new("/run/systemd/system").is_dir(),
             docker,
-            compose_plugin: docker
-                && DOCKER_PLUGIN_DIRS
-                    .iter()
-                    .any(|d| is_executable(&Path::new(d).join("docker-compose"))),
+            compose_plugin: docker && { plugin_dirs }
+                .any(|d| is_executable(&d.join("docker-compose"))),
             docker_compose: on_path("docker-compose"),
             podman: on_path("podman"),
         }
