@@ -392,6 +392,16 @@ fn compose_v1_services_get_docker_compose_and_their_ports_entry() {
         !fix.contains("docker compose") && !fix.contains("-p OTHER:"),
         "{fix}"
     );
+    // Both are here: the one that made it.
+    let fix = fix_of(
+        compose_proxy("1.29.2", &["/srv/shop/docker-compose.yml"]),
+        8080,
+        HostTools::ALL,
+    );
+    assert!(
+        fix.contains("`cd /srv/shop && docker-compose -p shop stop cart`"),
+        "{fix}"
+    );
     // v1 made it, only v2 is here: the one that exists.
     let v2_only = HostTools {
         docker: true,
