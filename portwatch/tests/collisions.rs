@@ -13,7 +13,7 @@ mod common;
 use std::{
     net::{SocketAddr, TcpListener, TcpStream},
     path::PathBuf,
-    process::{Child, Command, Output, Stdio},
+    process::{Command, Output},
     sync::Arc,
     time::{Duration, Instant},
 };
