@@ -92,6 +92,18 @@ fn compose_v1_service_is_stopped_with_docker_compose_and_moved_in_its_file() {
     assert!(!fix.contains("-p OTHER:"), "{fix}");
     assert!(!fix.contains("kill"), "{fix}");
 
+    // The same in `who`'s text, as people read it.
+    let port_arg = port.to_string();
+    let text = ns.run(move || {
+        Command::new(bin())
+            .args(["who", &port_arg])
+            .output()
+            .expect("run portwatch who")
+    });
+    let text = String::from_utf8_lossy(&text.stdout).into_owned();
+    eprintln!("{text}");
+    assert!(text.contains(&format!("`{stop}`")), "{text}");
+
     // The command as printed, from anywhere: the port is free after it.
     let host = docker.host();
     let ran = ns.run(move || {

@@ -549,24 +549,39 @@ mod tests {
     }
 
     #[test]
-    fn compose_labels_give_the_compose_command() {
+    fn compose_labels_name_the_project_its_compose_and_files() {
         let s = Scratch::new("compose");
         s.write(
             &format!("docker/containers/{ID}/config.v2.json"),
             &docker_config(
-                "shop-web-1",
-                r#""com.docker.compose.project":"shop","com.docker.compose.service":"web""#,
+                "shop_cart_1",
+                r#""com.docker.compose.project":"shop","com.docker.compose.service":"cart",
+                "com.docker.compose.version":"1.29.2",
+                "com.docker.compose.project.working_dir":"/srv/shop",
+                "com.docker.compose.project.config_files":"/srv/shop/base.yml,/srv/shop/prod.yml""#,
             ),
         );
         let mut c = Containers::new(roots(&s.0));
-        let web = c.get(ID, Runtime::Docker);
-        let compose = web.compose.as_ref().unwrap();
+        let cart = c.get(ID, Runtime::Docker);
+        let compose = cart.compose.as_ref().unwrap();
         assert_eq!(
             (compose.project.as_str(), compose.service.as_str()),
-            ("shop", "web")
+            ("shop", "cart")
         );
-        assert_eq!(compose.version, None);
-        assert!(compose.config_files.is_empty());
+        assert_eq!(compose.version.as_deref(), Some("1.29.2"));
+        assert_eq!(compose.working_dir.as_deref(), Some("/srv/shop"));
+        assert_eq!(
+            compose.config_files,
+            ["/srv/shop/base.yml", "/srv/shop/prod.yml"]
+        );
+        let tools = crate::tools::HostTools {
+            docker_compose: true,
+            ..Default::default()
+        };
+        assert_eq!(
+            crate::diagnose::container_stop(&cart, &tools).unwrap(),
+            "cd /srv/shop && docker-compose -p shop -f /srv/shop/base.yml -f /srv/shop/prod.yml stop cart"
+        );
     }
 
     #[test]
