@@ -29,5 +29,9 @@ pub mod output;
 pub mod report;
 /// What a caller asked for: the request, and the vocabulary of calls.
 pub mod request;
+/// What is never stopped nor killed to free a port, and what is said instead.
+pub mod safety;
 /// How times are written: RFC 3339 timestamps, durations for people.
 pub mod time;
+/// Which commands a fix may name on this host.
+pub mod tools;

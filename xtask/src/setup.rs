@@ -206,6 +206,8 @@ pub fn ensure_test_packages() -> Result<()> {
         ("podman", "podman"),
         ("runc", "runc"),
         ("conmon", "conmon"),
+        // Compose v1, the only one Debian 12 ships: fixes must name it.
+        ("docker-compose", "docker-compose"),
     ])
 }
 

@@ -3,12 +3,15 @@
 
 use crate::{
     holders::{
-        procs::{is_stoppable_unit, serves_others},
+        containers::{is_plain, Compose, Container, Runtime},
+        procs::is_stoppable_unit,
         short_id,
         systemd::SocketUnit,
-        Evidence, Holder, State,
+        Evidence, Holder, KernelDevice, State,
     },
     request::Request,
+    safety::{self, Entry, Kind, Member},
+    tools::HostTools,
 };
 
 /// Timeless advice for SO_REUSEPORT.
@@ -101,103 +104,262 @@ pub fn named(h: &Holder) -> String {
     s
 }
 
-/// Daemons whose end would end everything they serve: container runtimes,
-/// the cluster agent, the system bus, a service manager. (dockerd is a
-/// runtime helper: `stop_cmd` names its container first.)
-pub(super) const SERVES_OTHERS: [&str; 7] = [
-    "containerd",
-    "kubelet",
-    "crio",
-    "podman",
-    "dbus-daemon",
-    "dbus-broker",
-    "systemd",
-];
-
-/// The clean way to stop the holder, as its owner would: the socket unit
-/// when a systemd manager holds it, the kernel device, the container (never
-/// the runtime's helper or service), the unit (only a `.service` or
-/// `.socket` that serves nothing else: [`is_stoppable_unit`]), or the
-/// process (never PID 1, nor the main process of a unit that serves others).
-fn stop_cmd(h: &Holder, port: u16) -> String {
+/// The clean way to stop the holder, as its owner would, in order: the
+/// socket unit a systemd manager holds it for, the kernel device, the
+/// container (never the runtime's helper), anything of the safety table
+/// (reconfigured, never stopped nor killed), the unit (a `.service` or
+/// `.socket` only, when systemd runs this host), else the process.
+fn stop_cmd(h: &Holder, port: u16, tools: &HostTools) -> String {
     if let Some(s) = &h.socket_unit {
-        return socket_unit_fix(h, s);
+        return socket_unit_fix(h, s, tools);
     }
     if let Some(k) = &h.kernel {
-        let name = shell_word(&k.name);
-        return if k.certain {
-            format!(
-                "delete the {} device if nothing uses it (`ip link del {name}`), or recreate it with another port",
-                k.kind
-            )
-        } else {
-            format!(
-                "check whether {} device {name} listens on it (`wg show {name} listen-port`); if so, give it another port (`wg set {name} listen-port N`)",
-                k.kind
-            )
-        };
+        return kernel_fix(k);
     }
     if let Some(c) = &h.container {
-        if let Some(p) = &c.pod {
-            return format!(
-                "change or scale down the workload of pod {}/{} (its controller recreates a deleted pod; `kubectl -n {} get pod {} -o yaml` shows its hostPort), never `kill` it from the host",
-                shell_word(&p.namespace),
-                shell_word(&p.name),
-                shell_word(&p.namespace),
-                shell_word(&p.name)
-            );
-        }
-        let published = if h.is_runtime_helper() {
-            // "0.0.0.0:8080->80/tcp": the container's side of this port.
-            let inside = c
-                .published
-                .iter()
-                .find_map(|p| p.split_once(&format!(":{port}->")))
-                .and_then(|(_, rest)| rest.split('/').next())
-                .unwrap_or("CONTAINER_PORT");
-            format!(", or publish it on another host port (`-p OTHER:{inside}`)")
-        } else {
-            String::new()
-        };
-        return match c.stop_command() {
-            Some(cmd) => format!("stop {} (`{cmd}`){published}", c.label()),
-            None => format!(
-                "stop container {} (`docker stop {}` or `podman stop {}`){published}",
-                short_id(&c.id),
-                short_id(&c.id),
-                short_id(&c.id)
-            ),
-        };
+        return container_fix(h, c, port, tools);
     }
-    if h.is_runtime_helper() {
-        let comm = h.comm.as_deref().unwrap_or("the runtime");
-        let ps = if comm == "conmon" { "podman" } else { "docker" };
-        return format!(
-            "{comm} holds it for a container: find the container (`{ps} ps` shows who publishes port {port}) and stop it or change its `-p`; never kill {comm} itself"
-        );
-    }
-    let manager = h.pid == Some(1) || h.unit.as_deref() == Some("init.scope");
-    if manager {
-        return format!(
-            "systemd itself holds it, for a socket unit: `systemctl list-sockets` names the unit listening on port {port}; stop that .socket unit (`systemctl stop NAME.socket`), never pid 1 or its scope"
-        );
+    let found = safety::of(h);
+    if let Some(f) = found.filter(|f| f.member == Member::Own) {
+        return protected_fix(h, f.entry, port, tools);
     }
     if let Some(unit) = h.unit.as_deref().filter(|u| is_stoppable_unit(u)) {
-        // The unit name was checked against systemd's charset when read.
-        return format!("`systemctl stop {unit}`");
+        if tools.systemd {
+            // The unit name was checked against systemd's charset when read.
+            return format!("`systemctl stop {unit}`");
+        }
     }
+    process_fix(h, port, found.map(|f| f.entry))
+}
+
+/// A kernel device's socket: the device is what to delete or move.
+fn kernel_fix(k: &KernelDevice) -> String {
+    let name = shell_word(&k.name);
+    if k.certain {
+        format!(
+            "delete the {} device if nothing uses it (`ip link del {name}`), or recreate it with another port",
+            k.kind
+        )
+    } else {
+        format!(
+            "check whether {} device {name} listens on it (`wg show {name} listen-port`); if so, give it another port (`wg set {name} listen-port N`)",
+            k.kind
+        )
+    }
+}
+
+/// A container's port: its pod's workload (a cluster command), or the
+/// container itself, stopped as its owner would, never the helper that
+/// publishes its port; and where its port can be moved.
+fn container_fix(h: &Holder, c: &Container, port: u16, tools: &HostTools) -> String {
+    if let Some(p) = &c.pod {
+        let (ns, name) = (shell_word(&p.namespace), shell_word(&p.name));
+        return format!(
+            "change or scale down the workload of pod {ns}/{name} (its controller recreates a deleted pod; `kubectl -n {ns} get pod {name} -o yaml`, run where the cluster is managed, shows its hostPort), never end it from the host"
+        );
+    }
+    let moved = if h.is_runtime_helper() {
+        // "0.0.0.0:8080->80/tcp": the container's side of this port.
+        let inside = c
+            .published
+            .iter()
+            .find_map(|p| p.split_once(&format!(":{port}->")))
+            .and_then(|(_, rest)| rest.split('/').next())
+            .unwrap_or("CONTAINER_PORT");
+        format!(
+            ", or {}",
+            publish_elsewhere(c, &format!("{port}:{inside}"), tools)
+        )
+    } else {
+        String::new()
+    };
+    match container_stop(c, tools) {
+        Some(cmd) => format!("stop {} (`{cmd}`){moved}", c.label()),
+        None => format!(
+            "stop {} with the tools that run it ({}){moved}",
+            c.label(),
+            missing_cli(c.runtime)
+        ),
+    }
+}
+
+/// Why no command stops a container here.
+fn missing_cli(runtime: Runtime) -> String {
+    match runtime.cli() {
+        Some(cli) => format!("no `{cli}` command on this host"),
+        None => "its runtime names no command here".into(),
+    }
+}
+
+/// How to publish container `c` (its binding `mapping`, `HOST:INSIDE` as
+/// `-p` reads it) on another host port: `ports:` of its compose file for
+/// a Compose service, else `docker run`'s `-p`.
+pub fn publish_elsewhere(c: &Container, mapping: &str, tools: &HostTools) -> String {
+    let inside = mapping.rsplit(':').next().unwrap_or("CONTAINER_PORT");
+    let Some(compose) = c.compose.as_ref().filter(|k| is_plain(&k.service)) else {
+        return format!(
+            "publish {} on another host port (`-p OTHER:{inside}`)",
+            c.label()
+        );
+    };
+    let files = compose_files(compose);
+    let place = match files.as_slice() {
+        [] => "its compose file".to_owned(),
+        files => files
+            .iter()
+            .map(|f| shell_word(f))
+            .collect::<Vec<_>>()
+            .join(" or "),
+    };
+    let again = compose_cmd(compose, tools, "up -d")
+        .map(|cmd| format!(", then `{cmd}`"))
+        .unwrap_or_default();
+    format!(
+        "give service {} another host port in `ports:` of {place} (its entry for {}){again}",
+        compose.service,
+        shell_word(mapping)
+    )
+}
+
+/// The compose files of a project, absolute (Compose may write them
+/// relative to its working directory).
+fn compose_files(c: &Compose) -> Vec<String> {
+    c.config_files
+        .iter()
+        .filter_map(|f| {
+            if f.starts_with('/') {
+                Some(f.clone())
+            } else {
+                c.working_dir
+                    .as_ref()
+                    .filter(|d| d.starts_with('/'))
+                    .map(|d| format!("{}/{f}", d.trim_end_matches('/')))
+            }
+        })
+        .collect()
+}
+
+/// Compose files `docker-compose` finds alone in its working directory.
+const COMPOSE_DEFAULT_FILES: [&str; 4] = [
+    "docker-compose.yml",
+    "docker-compose.yaml",
+    "compose.yml",
+    "compose.yaml",
+];
+
+/// `ARGS` (`stop`, `up -d`) for the project's service with the Compose
+/// this host has: the one that made it first (`com.docker.compose.version`
+/// 1.x is `docker-compose`, 2.x `docker compose`), else the other. v1 reads
+/// the compose file even to stop, so it runs in the project's directory.
+fn compose_cmd(c: &Compose, tools: &HostTools, args: &str) -> Option<String> {
+    if !is_plain(&c.project) || !is_plain(&c.service) {
+        return None;
+    }
+    let v1 = c.version.as_deref().is_some_and(|v| v.starts_with("1."));
+    let plugin = (tools.compose_plugin).then_some("docker compose");
+    let standalone = (tools.docker_compose).then_some("docker-compose");
+    let cli = if v1 {
+        standalone.or(plugin)
+    } else {
+        plugin.or(standalone)
+    }?;
+    let (project, service) = (&c.project, &c.service);
+    if cli == "docker compose" {
+        return Some(format!("docker compose -p {project} {args} {service}"));
+    }
+    let files = compose_files(c);
+    let dir = c.working_dir.as_deref().filter(|d| d.starts_with('/'));
+    let default_file = |f: &String| {
+        dir.is_some_and(|d| {
+            COMPOSE_DEFAULT_FILES
+                .iter()
+                .any(|name| *f == format!("{}/{name}", d.trim_end_matches('/')))
+        })
+    };
+    let cd = dir
+        .map(|d| format!("cd {} && ", shell_word(d)))
+        .unwrap_or_default();
+    let f_flags: String = match files.as_slice() {
+        [one] if default_file(one) => String::new(),
+        files => files
+            .iter()
+            .map(|f| format!("-f {} ", shell_word(f)))
+            .collect(),
+    };
+    Some(format!(
+        "{cd}docker-compose -p {project} {f_flags}{args} {service}"
+    ))
+}
+
+/// The command that stops container `c` cleanly on this host, as its
+/// owner would type it; None for Kubernetes (its controllers recreate a
+/// stopped container) and when this host lacks the runtime's command.
+pub fn container_stop(c: &Container, tools: &HostTools) -> Option<String> {
+    if let (Runtime::Docker, Some(compose)) = (c.runtime, &c.compose) {
+        if let Some(cmd) = compose_cmd(compose, tools, "stop") {
+            return Some(cmd);
+        }
+    }
+    let have = match c.runtime {
+        Runtime::Docker => tools.docker,
+        Runtime::Podman => tools.podman,
+        Runtime::Containerd | Runtime::Crio | Runtime::Unknown => false,
+    };
+    let cli = c.runtime.cli().filter(|_| have);
+    let who = c
+        .name
+        .as_deref()
+        .filter(|n| is_plain(n))
+        .unwrap_or(short_id(&c.id));
+    match (cli, c.runtime) {
+        (Some(cli), _) => Some(format!("{cli} stop {who}")),
+        // A cgroup path that names no runtime: whichever this host has.
+        (None, Runtime::Unknown) => match (tools.docker, tools.podman) {
+            (true, true) => Some(format!("docker stop {who}` or `podman stop {who}")),
+            (true, false) => Some(format!("docker stop {who}")),
+            (false, true) => Some(format!("podman stop {who}")),
+            (false, false) => None,
+        },
+        (None, _) => None,
+    }
+}
+
+/// A holder of the safety table: what it serves, and the reconfiguration
+/// that frees the port; never its stop nor its end.
+fn protected_fix(h: &Holder, e: &Entry, port: u16, tools: &HostTools) -> String {
+    let instead = (e.instead)(h, port, tools);
+    if e.kind == Kind::RuntimeHelper {
+        return instead;
+    }
+    let comm = h.comm.as_deref().unwrap_or("the holder");
+    let who = match h.pid {
+        Some(pid) => format!("{comm} (pid {pid})"),
+        None => comm.to_owned(),
+    };
+    let is = if comm == e.name {
+        "it serves".to_owned()
+    } else {
+        format!("it is {}, which serves", e.name)
+    };
+    format!(
+        "leave {who} running ({is} {}); instead, {instead}",
+        e.serves
+    )
+}
+
+/// An ordinary process: SIGTERM, never pid 1; its unit left alone when
+/// the safety table protects it (a program started in a login session).
+fn process_fix(h: &Holder, port: u16, inside: Option<&Entry>) -> String {
     match (h.pid, h.state) {
-        (Some(pid), _) => match h.unit.as_deref().filter(|u| serves_others(u)) {
-            // The daemon the whole unit is for: every workload it serves
-            // would go with it.
-            Some(u) if h.comm.as_deref().is_some_and(|c| SERVES_OTHERS.contains(&c)) => format!(
-                "{} (pid {pid}) is {u}'s own daemon, which serves other workloads: neither stop nor kill it; change its own configuration so it leaves port {port}",
-                h.comm.as_deref().unwrap_or("the holder")
+        (Some(1), _) => format!(
+            "pid 1 holds it: change what it runs on port {port} in its configuration, never end pid 1"
+        ),
+        (Some(pid), _) => match (h.unit.as_deref(), inside) {
+            (Some(u), Some(e)) => format!(
+                "`kill {pid}` (SIGTERM lets it close its sockets cleanly; leave {u} itself running: it is {}, which serves {})",
+                e.name, e.serves
             ),
-            Some(u) => format!(
-                "`kill {pid}` (SIGTERM lets it close its sockets cleanly; leave {u} itself running, it serves far more than this process)"
-            ),
-            None => format!("`kill {pid}` (SIGTERM lets it close its sockets cleanly)"),
+            _ => format!("`kill {pid}` (SIGTERM lets it close its sockets cleanly)"),
         },
         (None, State::TimeWait) => "wait for them to expire".into(),
         (None, _) => format!("find its owner (`ss -anp 'sport = :{port}'`) and stop it"),
@@ -206,7 +368,7 @@ fn stop_cmd(h: &Holder, port: u16) -> String {
 
 /// `s` as one shell word: as it is when plain, else single-quoted (it came
 /// from the kernel or a runtime's files, and may hold anything).
-fn shell_word(s: &str) -> String {
+pub(super) fn shell_word(s: &str) -> String {
     let plain = !s.is_empty()
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"_.-/:@".contains(&b));
@@ -220,7 +382,14 @@ fn shell_word(s: &str) -> String {
 
 /// Stop the socket unit (and the services it started, when they share the
 /// socket by now), keep it from coming back, or move it.
-fn socket_unit_fix(h: &Holder, s: &SocketUnit) -> String {
+fn socket_unit_fix(h: &Holder, s: &SocketUnit, tools: &HostTools) -> String {
+    if !tools.systemd && s.user.is_none() {
+        let (directive, _) = s.listen.split_once('=').unwrap_or((&s.listen, ""));
+        return format!(
+            "turn off socket unit {} with the systemd that runs it, or change its {directive}=",
+            s.unit
+        );
+    }
     let systemctl = match s.user {
         Some(uid) => format!("systemctl --user --machine {uid}@.host"),
         None => "systemctl".to_owned(),
@@ -240,20 +409,26 @@ fn socket_unit_fix(h: &Holder, s: &SocketUnit) -> String {
 /// What to do about holder `h` itself, worded for how it relates to the
 /// requester: its own socket, an old instance of the same service, or
 /// another program to stop cleanly or move.
-pub(super) fn stop(h: &Holder, rel: Relation, port: u16) -> String {
+pub(super) fn stop(h: &Holder, rel: Relation, port: u16, tools: &HostTools) -> String {
     if h.exited {
         return "it has exited; retry the bind".into();
     }
-    let cmd = stop_cmd(h, port);
-    // A container, a runtime's helper or a kernel device: its own stop
-    // leads, worded for its owner, not "stop it cleanly, kill ...".
-    let owned_elsewhere = h.container.is_some() || h.kernel.is_some() || h.is_runtime_helper();
+    let cmd = stop_cmd(h, port, tools);
+    // A container, a kernel device, or anything of the safety table: its
+    // own fix leads, worded for its owner, not "stop it cleanly, kill ...".
+    let protected =
+        h.socket_unit.is_none() && safety::of(h).is_some_and(|f| f.member == Member::Own);
+    let owned_elsewhere = h.container.is_some() || h.kernel.is_some() || protected;
     match rel {
         Relation::Other | Relation::SameProgram if owned_elsewhere => {
             format!("{cmd}; or give this service another port")
         }
         Relation::SameProcess => "this same process already holds the port on another socket: close that one first, or bind the port only once".into(),
-        Relation::SameUnit => match h.unit.as_deref().filter(|u| is_stoppable_unit(u)) {
+        Relation::SameUnit => match h
+            .unit
+            .as_deref()
+            .filter(|u| tools.systemd && !protected && is_stoppable_unit(u))
+        {
             Some(unit) => format!(
                 "an older process of the same service, {unit}, still holds it: the restart started the new process before the old one let go. Make the unit's stop end every process and wait for them: in `systemctl cat {unit}`, KillMode=control-group (process or none leave children behind holding the port) and an ExecStop=/TimeoutStopSec= that lets the old process close its socket; now, {cmd} and start it again"
             ),

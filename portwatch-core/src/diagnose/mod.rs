@@ -10,7 +10,7 @@ mod rules;
 
 use std::net::{IpAddr, SocketAddr};
 
-pub use advice::{named, relation, Relation};
+pub use advice::{container_stop, named, publish_elsewhere, relation, Relation};
 use serde::{Deserialize, Serialize};
 
 use crate::{holders::Evidence, request::Request};
@@ -116,11 +116,8 @@ pub fn diagnose(req: &Request, seen: &Evidence) -> Verdict {
             "{name} could not publish port {} (-p {}): {}",
             req.port, p.mapping, v.diagnosis
         );
-        let inside = p.mapping.rsplit(':').next().unwrap_or("CONTAINER_PORT");
-        v.fix = format!(
-            "{}; or publish {name} on another host port (`-p OTHER:{inside}`)",
-            v.fix
-        );
+        let elsewhere = publish_elsewhere(&p.container, &p.mapping, &seen.tools);
+        v.fix = format!("{}; or {elsewhere}", v.fix);
     }
     v
 }
@@ -133,5 +130,7 @@ fn capital(s: &str) -> String {
     }
 }
 
+#[cfg(test)]
+mod safety_tests;
 #[cfg(test)]
 mod tests;

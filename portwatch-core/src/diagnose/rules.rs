@@ -54,7 +54,7 @@ impl<'a> Case<'a> {
         Against {
             h,
             rel,
-            stop: stop(h, rel, self.req.port),
+            stop: stop(h, rel, self.req.port, &self.seen.tools),
         }
     }
 }

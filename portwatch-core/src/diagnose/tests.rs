@@ -1,7 +1,7 @@
 //! Every rule on hand-made evidence, and the advice never harms what
 //! serves others.
 
-use super::{advice::SERVES_OTHERS, *};
+use super::*;
 use crate::{
     clock::Clock,
     event::{
@@ -58,6 +58,7 @@ fn with(holders: Vec<Holder>) -> Evidence {
             nonlocal_bind_v6: Some(false),
             local_reserved_ports: Some(String::new()),
         }),
+        tools: crate::tools::HostTools::ALL,
         ..Evidence::default()
     }
 }
@@ -146,10 +147,16 @@ fn only_services_and_sockets_appear_in_a_stop() {
             "{unit}: {}",
             v.fix
         );
-        if unit != "init.scope" {
-            assert!(!v.fix.contains("systemctl stop"), "{unit}: {}", v.fix);
-            assert!(v.fix.contains("kill 100"), "{unit}: {}", v.fix);
-        }
+        assert!(!v.fix.contains("systemctl stop"), "{unit}: {}", v.fix);
+        // A program started in a login session may end alone; any process
+        // of a daemon's own unit is that daemon's, and is never ended.
+        let inside = ["session-3.scope", "user@1000.service", "app-foo.scope"];
+        assert_eq!(
+            v.fix.contains("kill 100"),
+            inside.contains(&unit),
+            "{unit}: {}",
+            v.fix
+        );
     }
 }
 
@@ -390,8 +397,8 @@ fn fixes_never_stop_what_serves_others_nor_kill_runtime_helpers() {
     ];
     let never_kill = |p: &Protected| {
         p.pid == 1
-            || crate::holders::containers::is_runtime_helper(p.comm)
-            || SERVES_OTHERS.contains(&p.comm)
+            || crate::safety::find(Some(p.comm), p.unit, None)
+                .is_some_and(|f| f.member == crate::safety::Member::Own)
     };
     for p in &protected {
         for state in [

@@ -79,6 +79,8 @@ pub struct Judgement {
     /// The bind as asked would succeed now, and no container or DNAT rule
     /// takes the port's traffic.
     pub free: bool,
+    /// The commands of this host the fixes may name.
+    pub tools: crate::tools::HostTools,
 }
 
 /// What one batch cost.
@@ -225,6 +227,7 @@ impl<'a> Shared<'a> {
             binds,
             published,
             dnat,
+            tools: self.enricher.tools(),
         }
     }
 

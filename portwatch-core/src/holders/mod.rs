@@ -226,12 +226,12 @@ fn container_or_id<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Cont
     #[serde(untagged)]
     enum Either {
         Id(String),
-        Full(Container),
+        Full(Box<Container>),
     }
     Ok(match Option::<Either>::deserialize(d)? {
         None => None,
         Some(Either::Id(id)) => Some(Container::bare(&id, containers::Runtime::Unknown)),
-        Some(Either::Full(c)) => Some(c),
+        Some(Either::Full(c)) => Some(*c),
     })
 }
 
@@ -260,6 +260,8 @@ pub struct Evidence {
     /// Not looked up: the holders are the kernel's record alone, because
     /// lookups could not keep up with the failures or took too long.
     pub shed: bool,
+    /// The commands of this host a fix may name.
+    pub tools: crate::tools::HostTools,
 }
 
 /// Options whose trial bind failed.
@@ -287,9 +289,7 @@ impl Holder {
     /// Whether the holder is a container runtime's helper that holds the
     /// port for a container (docker-proxy, conmon): never the thing to stop.
     pub fn is_runtime_helper(&self) -> bool {
-        self.comm
-            .as_deref()
-            .is_some_and(containers::is_runtime_helper)
+        crate::safety::of(self).is_some_and(|f| f.entry.kind == crate::safety::Kind::RuntimeHelper)
     }
 }
 

@@ -47,6 +47,9 @@ pub struct WhoReport {
     /// The plain bind's reason, diagnosis and fix, when it would fail.
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
     pub verdict: Option<Verdict>,
+    /// The commands of this host the fixes may name.
+    #[serde(skip)]
+    pub tools: crate::tools::HostTools,
 }
 
 impl WhoReport {
@@ -64,6 +67,7 @@ impl WhoReport {
             sockets: j.sockets,
             binds: j.binds,
             verdict: j.verdict,
+            tools: j.tools,
         }
     }
 }
@@ -134,14 +138,19 @@ pub fn write_human(out: &mut impl Write, r: &WhoReport) -> io::Result<()> {
             r.port,
             printable(&p.mapping)
         )?;
-        let stop = p
-            .container
-            .stop_command()
-            .unwrap_or_else(|| "stop it".into());
+        let stop = match crate::diagnose::container_stop(&p.container, &r.tools) {
+            Some(cmd) => format!("`{cmd}`"),
+            None => "stop it".into(),
+        };
         writeln!(
             out,
-            "fix:       `{}`, or publish {name} on another host port; or give this service another port",
-            printable(&stop)
+            "fix:       {}, or {}; or give this service another port",
+            printable(&stop),
+            printable(&crate::diagnose::publish_elsewhere(
+                &p.container,
+                &p.mapping,
+                &r.tools
+            ))
         )?;
     }
     for d in &r.dnat {

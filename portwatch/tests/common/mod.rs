@@ -9,6 +9,8 @@
     reason = "each test binary uses a different part of the harness"
 )]
 
+pub mod docker;
+
 use std::{
     io::{BufRead as _, BufReader},
     net::{Ipv4Addr, SocketAddr},

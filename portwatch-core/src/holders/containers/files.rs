@@ -72,7 +72,21 @@ pub(super) fn docker_container(id: &str, config: &Value) -> Container {
         label("com.docker.compose.project"),
         label("com.docker.compose.service"),
     ) {
-        (Some(project), Some(service)) => Some(Compose { project, service }),
+        (Some(project), Some(service)) => Some(Compose {
+            project,
+            service,
+            version: label("com.docker.compose.version"),
+            working_dir: label("com.docker.compose.project.working_dir"),
+            // Comma-separated, as Compose writes it.
+            config_files: label("com.docker.compose.project.config_files")
+                .map(|f| {
+                    f.split(',')
+                        .filter(|f| !f.is_empty())
+                        .map(str::to_owned)
+                        .collect()
+                })
+                .unwrap_or_default(),
+        }),
         _ => None,
     };
     let mut published = Vec::new();

@@ -43,6 +43,16 @@ pub struct Compose {
     pub project: String,
     /// `com.docker.compose.service`.
     pub service: String,
+    /// `com.docker.compose.version`: which Compose made it (1.29.2 is
+    /// `docker-compose`, 2.x `docker compose`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// `com.docker.compose.project.working_dir`: where it was run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub working_dir: Option<String>,
+    /// `com.docker.compose.project.config_files`: its compose files.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub config_files: Vec<String>,
 }
 
 /// A Kubernetes pod, from the CRI annotations of the container's bundle.
@@ -108,31 +118,11 @@ impl Container {
             None => format!("{runtime}container {}", super::short_id(&self.id)),
         }
     }
-
-    /// The command that stops it cleanly, as its owner would type it; None
-    /// for Kubernetes, whose controllers recreate a stopped container.
-    pub fn stop_command(&self) -> Option<String> {
-        let cli = self.runtime.cli()?;
-        if let (Runtime::Docker, Some(c)) = (self.runtime, &self.compose) {
-            if is_plain(&c.project) && is_plain(&c.service) {
-                return Some(format!(
-                    "docker compose -p {} stop {}",
-                    c.project, c.service
-                ));
-            }
-        }
-        let who = self
-            .name
-            .as_deref()
-            .filter(|n| is_plain(n))
-            .unwrap_or(super::short_id(&self.id));
-        Some(format!("{cli} stop {who}"))
-    }
 }
 
 /// Whether `s` can be printed inside a suggested shell command as it is:
 /// the characters Docker allows in names (`[a-zA-Z0-9][a-zA-Z0-9_.-]*`).
-fn is_plain(s: &str) -> bool {
+pub fn is_plain(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 128
         && s.as_bytes()[0].is_ascii_alphanumeric()
@@ -268,17 +258,6 @@ pub fn serves(comm: &str, cmdline: &str) -> Option<Serves> {
         }
         _ => None,
     }
-}
-
-/// Runtime processes that hold ports for containers and are never the thing
-/// to stop: ending one breaks a container's port (docker-proxy, conmon,
-/// rootlessport, a shim) or every container (dockerd, which itself listens
-/// on published ports when `userland-proxy` is off).
-pub fn is_runtime_helper(comm: &str) -> bool {
-    matches!(
-        comm,
-        "dockerd" | "docker-proxy" | "conmon" | "rootlessport" | "rootlessport-ch"
-    ) || comm.starts_with("containerd-shim")
 }
 
 fn is_id(s: &str) -> bool {
@@ -526,7 +505,10 @@ mod tests {
         assert_eq!(web.name.as_deref(), Some("web"));
         assert_eq!(web.image.as_deref(), Some("pwtest:1"));
         assert_eq!(web.published, ["0.0.0.0:8080->80/tcp", "[::]:8080->80/tcp"]);
-        assert_eq!(web.stop_command().unwrap(), "docker stop web");
+        assert_eq!(
+            crate::diagnose::container_stop(&web, &crate::tools::HostTools::ALL).unwrap(),
+            "docker stop web"
+        );
         assert_eq!(web.label(), "docker container web");
         let proxy = serves(
             "docker-proxy",
@@ -567,20 +549,38 @@ mod tests {
     }
 
     #[test]
-    fn compose_labels_give_the_compose_command() {
+    fn compose_labels_name_the_project_its_compose_and_files() {
         let s = Scratch::new("compose");
         s.write(
             &format!("docker/containers/{ID}/config.v2.json"),
             &docker_config(
-                "shop-web-1",
-                r#""com.docker.compose.project":"shop","com.docker.compose.service":"web""#,
+                "shop_cart_1",
+                r#""com.docker.compose.project":"shop","com.docker.compose.service":"cart",
+                "com.docker.compose.version":"1.29.2",
+                "com.docker.compose.project.working_dir":"/srv/shop",
+                "com.docker.compose.project.config_files":"/srv/shop/base.yml,/srv/shop/prod.yml""#,
             ),
         );
         let mut c = Containers::new(roots(&s.0));
-        let web = c.get(ID, Runtime::Docker);
+        let cart = c.get(ID, Runtime::Docker);
+        let compose = cart.compose.as_ref().unwrap();
         assert_eq!(
-            web.stop_command().unwrap(),
-            "docker compose -p shop stop web"
+            (compose.project.as_str(), compose.service.as_str()),
+            ("shop", "cart")
+        );
+        assert_eq!(compose.version.as_deref(), Some("1.29.2"));
+        assert_eq!(compose.working_dir.as_deref(), Some("/srv/shop"));
+        assert_eq!(
+            compose.config_files,
+            ["/srv/shop/base.yml", "/srv/shop/prod.yml"]
+        );
+        let tools = crate::tools::HostTools {
+            docker_compose: true,
+            ..Default::default()
+        };
+        assert_eq!(
+            crate::diagnose::container_stop(&cart, &tools).unwrap(),
+            "cd /srv/shop && docker-compose -p shop -f /srv/shop/base.yml -f /srv/shop/prod.yml stop cart"
         );
     }
 
@@ -597,7 +597,7 @@ mod tests {
         let mut c = Containers::new(roots(&s.0));
         let web = c.get(ID, Runtime::Docker);
         assert_eq!(
-            web.stop_command().unwrap(),
+            crate::diagnose::container_stop(&web, &crate::tools::HostTools::ALL).unwrap(),
             format!("docker stop {}", &ID[..12])
         );
     }
@@ -641,7 +641,10 @@ mod tests {
         let web = c.served(&conmon).unwrap();
         assert_eq!(web.name.as_deref(), Some("web"));
         assert_eq!(web.image.as_deref(), Some("localhost/pwtest:1"));
-        assert_eq!(web.stop_command().unwrap(), "podman stop web");
+        assert_eq!(
+            crate::diagnose::container_stop(&web, &crate::tools::HostTools::ALL).unwrap(),
+            "podman stop web"
+        );
     }
 
     /// The annotations containerd's CRI plugin writes into a container's
@@ -663,7 +666,10 @@ mod tests {
         let web = c.get(ID, Runtime::Containerd);
         assert_eq!(web.label(), "pod prod/shop-7d9f8b-x2x4q (container web)");
         assert_eq!(web.image.as_deref(), Some("docker.io/library/nginx:1.25"));
-        assert_eq!(web.stop_command(), None);
+        assert_eq!(
+            crate::diagnose::container_stop(&web, &crate::tools::HostTools::ALL),
+            None
+        );
     }
 
     /// CRI-O's bundle (`/run/containers/storage/overlay-containers/ID/userdata/config.json`).
@@ -715,8 +721,9 @@ mod tests {
             "rootlessport",
             "containerd-shim-runc-v2",
         ] {
-            assert!(is_runtime_helper(comm), "{comm}");
+            let found = crate::safety::find(Some(comm), None, None).map(|f| f.entry.kind);
+            assert_eq!(found, Some(crate::safety::Kind::RuntimeHelper), "{comm}");
         }
-        assert!(!is_runtime_helper("nginx"));
+        assert!(crate::safety::find(Some("nginx"), None, None).is_none());
     }
 }

@@ -19,7 +19,10 @@ use super::{
     sockdiag::{self, DiagSocket},
     sysctl, systemd, CallerInfo, Evidence, Holder, Seen, State,
 };
-use crate::request::{Errno, Family, HolderRecord, Proto, Request, Syscall};
+use crate::{
+    request::{Errno, Family, HolderRecord, Proto, Request, Syscall},
+    tools::HostTools,
+};
 
 /// How stale the socket index may be before a lookup that found nothing
 /// walks /proc again. Bounds full walks to about one per interval.
@@ -43,6 +46,8 @@ pub struct Enricher {
     /// How stale the socket index may be before a lookup that found
     /// nothing walks /proc again ([`INDEX_MAX_AGE`]; never, in a batch).
     index_max_age: Duration,
+    /// The commands of this host fixes may name, probed once.
+    tools: HostTools,
 }
 
 impl Enricher {
@@ -58,7 +63,13 @@ impl Enricher {
             own_netns: netns::current_netns(),
             tick_ns: 1_000_000_000 / u64::try_from(hz).unwrap_or(100).max(1),
             index_max_age: INDEX_MAX_AGE,
+            tools: HostTools::probe(),
         }
+    }
+
+    /// The commands of this host fixes may name.
+    pub fn tools(&self) -> HostTools {
+        self.tools
     }
 
     /// An enricher for one batch of questions asked at one moment (`who`,
@@ -205,6 +216,7 @@ impl Enricher {
         let mut evidence = Evidence {
             sysctls: Some(sysctls),
             caller: self.caller(req),
+            tools: self.tools,
             ..Evidence::default()
         };
         if !in_use {
@@ -268,6 +280,7 @@ impl Enricher {
         Evidence {
             holders,
             sysctls: Some(sysctls),
+            tools: self.tools,
             ..Evidence::default()
         }
     }
@@ -329,6 +342,7 @@ impl Enricher {
         }
         Evidence {
             holders,
+            tools: self.tools,
             ..Evidence::default()
         }
     }

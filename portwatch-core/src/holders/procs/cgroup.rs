@@ -98,37 +98,14 @@ pub fn is_safe_unit_name(s: &str) -> bool {
             .any(|suffix| s.strip_suffix(suffix).is_some_and(|name| !name.is_empty()))
 }
 
-/// Units whose stop takes down far more than the holder: the container
-/// runtimes and the cluster agent, and the bus every systemctl call uses.
-const NEVER_STOP: [&str; 10] = [
-    "docker.service",
-    "docker.socket",
-    "containerd.service",
-    "kubelet.service",
-    "crio.service",
-    "podman.service",
-    "podman.socket",
-    "dbus.service",
-    "dbus.socket",
-    "dbus-broker.service",
-];
-
-/// Whether `unit` serves far more than one holder: [`NEVER_STOP`], a user's
-/// manager (`user@1000.service` is every process of that user), systemd's
-/// own services. Neither the unit nor its main process is ever to be
-/// stopped or killed to free a port.
-pub fn serves_others(unit: &str) -> bool {
-    NEVER_STOP.contains(&unit) || unit.starts_with("user@") || unit.starts_with("systemd-")
-}
-
 /// Whether `systemctl stop UNIT` is safe advice for a holder in `unit`: a
-/// `.service` or `.socket` unit only, that does not [`serves_others`].
-/// Never a scope (`session-3.scope` is a whole login, `init.scope` is
-/// pid 1) or a slice.
+/// `.service` or `.socket` unit only, that no entry of the safety table
+/// ([`crate::safety::TABLE`]) protects. Never a scope (`session-3.scope` is
+/// a whole login, `init.scope` is pid 1) or a slice.
 pub fn is_stoppable_unit(unit: &str) -> bool {
     is_safe_unit_name(unit)
         && (unit.ends_with(".service") || unit.ends_with(".socket"))
-        && !serves_others(unit)
+        && crate::safety::unit_entry(unit).is_none()
 }
 
 /// The v2 path, unit and container from /proc/PID/cgroup. On a hybrid host a runtime that only
@@ -363,7 +340,7 @@ mod tests {
             "demo.socket",
             "getty@tty1.service",
             "apache2.service",
-            "ssh.socket",
+            "dnsmasq.service",
         ] {
             assert!(is_stoppable_unit(ok), "{ok:?}");
         }
@@ -383,8 +360,14 @@ mod tests {
             "multi-user.target",
             "evil;x.service",
         ];
-        for never in NEVER_STOP.iter().copied().chain(scopes_and_more) {
+        for never in scopes_and_more {
             assert!(!is_stoppable_unit(never), "{never:?}");
+        }
+        // Every unit of the safety table, its patterns filled in.
+        for e in &crate::safety::TABLE {
+            for unit in e.units.iter().map(|u| u.replace('*', "1")) {
+                assert!(!is_stoppable_unit(&unit), "{unit:?}");
+            }
         }
     }
 

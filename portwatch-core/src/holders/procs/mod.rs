@@ -13,9 +13,7 @@ pub(crate) mod raw;
 
 use std::collections::HashMap;
 
-pub use cgroup::{
-    is_safe_unit_name, is_stoppable_unit, serves_others, unit_and_container, Runtime,
-};
+pub use cgroup::{is_safe_unit_name, is_stoppable_unit, unit_and_container, Runtime};
 pub use index::{ScanStats, SocketIndex};
 use nix::{
     fcntl::{self, OFlag, AT_FDCWD},
