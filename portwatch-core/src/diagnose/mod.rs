@@ -135,3 +135,5 @@ fn capital(s: &str) -> String {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_ephemeral;

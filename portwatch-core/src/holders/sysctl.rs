@@ -1,4 +1,7 @@
-//! Per-network-namespace sysctls that explain bind failures.
+//! Per-network-namespace sysctls that explain bind failures, and the
+//! namespace a fix that writes one must aim at.
+
+use super::procs::raw::{bracketed, cpath, readlink_into};
 
 /// Per-netns sysctls that explain bind failures, read in the calling thread's
 /// network namespace; `None` for any that cannot be read or parsed.
@@ -16,6 +19,57 @@ pub struct Sysctls {
     /// `net.ipv4.ip_local_reserved_ports` as the kernel prints it
     /// ("8080,9000-9010", or empty): a fix that adds a port keeps these.
     pub local_reserved_ports: Option<String>,
+}
+
+/// The network namespace a failure's sysctls were read in, as a fix must
+/// aim at it: `sysctl -w` writes the namespace of whoever runs it, so a fix
+/// for a container's namespace typed on the host would change the host's.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Scope {
+    /// It is the host's (PID 1's); None when that cannot be read (not root).
+    pub host: Option<bool>,
+    /// How to enter it from where portwatch runs (`/proc/PID/ns/net` of a
+    /// process in it, or the `--netns` path given); None when portwatch
+    /// stands in it already, or no way in is known.
+    pub enter: Option<String>,
+}
+
+impl Scope {
+    /// The scope of namespace `netns`, where thread `(pid, tid)` (if known)
+    /// is, seen from portwatch's own namespace `own`.
+    pub fn of(netns: u32, caller: Option<(u32, u32)>, own: Option<u32>) -> Scope {
+        let host = host_netns().map(|h| h == netns);
+        let enter = match (own == Some(netns), caller) {
+            (false, Some((pid, tid))) => Some(ns_path(netns, pid, tid)),
+            _ => None,
+        };
+        Scope { host, enter }
+    }
+}
+
+/// The /proc path of `netns` through thread `tid` of `pid`: the process's
+/// own when its main thread is there (what users type), else the thread's
+/// (a thread can sit in another namespace than its process).
+fn ns_path(netns: u32, pid: u32, tid: u32) -> String {
+    let mut link = [0u8; 64];
+    let mut path = [0u8; 64];
+    let main = cpath(&mut path, format_args!("/proc/{pid}/ns/net"))
+        .and_then(|p| readlink_into(libc::AT_FDCWD, p, &mut link))
+        .and_then(|l| bracketed(l, b"net:["));
+    if tid == pid || main == Some(netns) {
+        format!("/proc/{pid}/ns/net")
+    } else {
+        format!("/proc/{pid}/task/{tid}/ns/net")
+    }
+}
+
+/// Inode of PID 1's network namespace: the host's.
+pub fn host_netns() -> Option<u32> {
+    let mut link = [0u8; 64];
+    bracketed(
+        readlink_into(libc::AT_FDCWD, c"/proc/1/ns/net", &mut link)?,
+        b"net:[",
+    )
 }
 
 /// Reads [`Sysctls`] from `/proc/sys` in the calling thread's network
