@@ -321,7 +321,7 @@ fn reserve(c: &Case) -> Option<String> {
         Some(list) => format!("{list},{port}"),
     };
     Some(format!(
-        "reserve it, {} (the list keeps what is reserved today)",
+        "reserve it, keeping what is reserved today: {}",
         set_sysctl(c, "net.ipv4.ip_local_reserved_ports", &list)
     ))
 }
@@ -338,7 +338,11 @@ fn set_sysctl(c: &Case, name: &str, value: &str) -> String {
     };
     let scope = &c.seen.scope;
     if scope.host == Some(true) || (scope.host.is_none() && scope.enter.is_none()) {
-        let proxy = c.req.caller.as_ref().is_some_and(|me| me.comm == "docker-proxy");
+        let proxy = c
+            .req
+            .caller
+            .as_ref()
+            .is_some_and(|me| me.comm == "docker-proxy");
         let host = match (scope.host, proxy) {
             (_, true) => " (docker-proxy binds published ports in the host's network namespace, so the host's setting is the one that counts)",
             (Some(true), false) => " (this is the host's network namespace)",
@@ -349,7 +353,10 @@ fn set_sysctl(c: &Case, name: &str, value: &str) -> String {
         );
     }
     let now = match &scope.enter {
-        Some(path) => format!("`nsenter --net={} sysctl -w {name}={word}`", shell_word(path)),
+        Some(path) => format!(
+            "`nsenter --net={} sysctl -w {name}={word}`",
+            shell_word(path)
+        ),
         None => format!("`sysctl -w {name}={word}` run in this network namespace"),
     };
     format!(
@@ -434,7 +441,11 @@ fn time_wait(c: &Case) -> Option<Verdict> {
 /// handing the port out again, in the failure's own network namespace.
 fn ephemeral_port(c: &Case) -> Option<Verdict> {
     let h = first_connection(c)?;
-    let opened = c.seen.opened.as_ref().filter(|o| o.by == Opener::Outgoing)?;
+    let opened = c
+        .seen
+        .opened
+        .as_ref()
+        .filter(|o| o.by == Opener::Outgoing)?;
     let (low, high) = c.seen.sysctls.as_ref()?.local_port_range?;
     let reserve = reserve(c)?;
     let port = c.req.port;

@@ -127,8 +127,10 @@ fn an_unknown_opener_gets_the_fix_right_either_way() {
         let v = diagnose(&bind(40050), &seen(conn(40050, remote), None));
         assert_eq!(v.reason, Reason::Connection, "{remote}: {v:#?}");
         assert!(
-            v.diagnosis.contains("nothing seen shows which end opened them")
-                && v.diagnosis.contains("inside ip_local_port_range 40000-40100"),
+            v.diagnosis
+                .contains("nothing seen shows which end opened them")
+                && v.diagnosis
+                    .contains("inside ip_local_port_range 40000-40100"),
             "{v:#?}"
         );
         assert!(v.fix.contains(RESERVE_HOST), "{v:#?}");
@@ -184,7 +186,11 @@ fn accepted_leftovers_are_connections_never_killed() {
     e.trial_failed.reuseaddr = true;
     let v = diagnose(&bind(40050), &e);
     assert!(v.fix.starts_with("wait: they end when"), "{v:#?}");
-    assert!(!v.fix.contains("set SO_REUSEADDR on the listening socket before"), "{v:#?}");
+    assert!(
+        !v.fix
+            .contains("set SO_REUSEADDR on the listening socket before"),
+        "{v:#?}"
+    );
 }
 
 /// A loopback connection: the client's end is outgoing (the peer listens),
@@ -275,7 +281,7 @@ fn a_private_namespace_is_written_through_nsenter_not_the_host() {
     assert_eq!(v.reason, Reason::EphemeralPort, "{v:#?}");
     assert!(
         v.fix.starts_with(
-            "Reserve it, `nsenter --net=/proc/4242/ns/net sysctl -w net.ipv4.ip_local_reserved_ports=9000-9010,40050` now (this namespace's own setting, not the host's; it is lost with the namespace)"
+            "Reserve it, keeping what is reserved today: `nsenter --net=/proc/4242/ns/net sysctl -w net.ipv4.ip_local_reserved_ports=9000-9010,40050` now (this namespace's own setting, not the host's; it is lost with the namespace)"
         ),
         "{v:#?}"
     );
@@ -287,7 +293,8 @@ fn a_private_namespace_is_written_through_nsenter_not_the_host() {
     odd.scope.enter = Some("/run/netns/it's".into());
     let v = diagnose(&bind(40050), &odd);
     assert!(
-        v.fix.contains("`nsenter --net='/run/netns/it'\\''s' sysctl -w"),
+        v.fix
+            .contains("`nsenter --net='/run/netns/it'\\''s' sysctl -w"),
         "{v:#?}"
     );
     // portwatch stands in that namespace itself (`who` run inside it).
@@ -322,7 +329,10 @@ fn containers_and_pods_keep_the_setting_in_their_own_definition() {
             )),
             "{v:#?}"
         );
-        assert!(v.fix.contains("`nsenter --net=/proc/4242/ns/net sysctl -w"), "{v:#?}");
+        assert!(
+            v.fix.contains("`nsenter --net=/proc/4242/ns/net sysctl -w"),
+            "{v:#?}"
+        );
     }
     let pod = Container {
         pod: Some(Pod {

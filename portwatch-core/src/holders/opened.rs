@@ -151,9 +151,9 @@ fn of_one(c: &DiagSocket, sockets: &[DiagSocket], record: Option<&HolderRecord>)
     }
     // The peer's own end, in this namespace: the same connection seen from
     // the other side.
-    let peer_end = sockets.iter().any(|p| {
-        p.state != TCP_LISTEN && same(p.local, c.remote) && same(p.remote, c.local)
-    });
+    let peer_end = sockets
+        .iter()
+        .any(|p| p.state != TCP_LISTEN && same(p.local, c.remote) && same(p.remote, c.local));
     let peer_listens = sockets
         .iter()
         .any(|l| l.state == TCP_LISTEN && takes(l, c.remote));
@@ -200,4 +200,124 @@ pub fn with_peers(port: u16, sockets: &[DiagSocket]) -> Vec<DiagSocket> {
         all.extend(super::sockdiag::dump(6, Some(p), false).unwrap_or_default());
     }
     all
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{TcpListener, TcpStream};
+
+    use portwatch_test_support::in_fresh_netns;
+
+    use super::*;
+    use crate::holders::sockdiag::dump;
+
+    fn port_of(s: &TcpStream) -> u16 {
+        s.local_addr().unwrap().port()
+    }
+
+    /// The sockets on `port`, with its peers', as enrichment sees them.
+    fn seen(port: u16) -> Vec<DiagSocket> {
+        with_peers(port, &dump(6, Some(port), false).expect("sock_diag"))
+    }
+
+    fn record(listened: bool, state: Option<u8>) -> HolderRecord {
+        HolderRecord {
+            pid: 77,
+            uid: 0,
+            comm: "server".into(),
+            family: Family::Ipv4,
+            addr: "0.0.0.0".parse().unwrap(),
+            running_ns: 0,
+            state,
+            opts: None,
+            listened,
+        }
+    }
+
+    #[test]
+    fn a_local_client_is_outgoing_and_the_server_end_accepted() {
+        in_fresh_netns(|| {
+            let server = TcpListener::bind("127.0.0.1:0").unwrap();
+            let sport = server.local_addr().unwrap().port();
+            let client = TcpStream::connect(("127.0.0.1", sport)).unwrap();
+            let (accepted, _) = server.accept().unwrap();
+            let cport = port_of(&client);
+            assert_eq!(
+                peer_ports(cport, &dump(6, Some(cport), false).unwrap()),
+                [sport]
+            );
+            let o = opened(cport, &seen(cport), None).expect("client's end");
+            assert_eq!((o.by, o.clue), (Opener::Outgoing, Clue::PeerListens));
+            let o = opened(sport, &seen(sport), None).expect("server's end");
+            assert_eq!((o.by, o.clue), (Opener::Accepted, Clue::ListenerNow));
+
+            // The listener closes: nothing seen tells the two ends apart.
+            drop(server);
+            assert_eq!(opened(sport, &seen(sport), None), None);
+            assert_eq!(opened(cport, &seen(cport), None), None);
+            // Unless the kernel recorded the listener.
+            let o = opened(sport, &seen(sport), Some(&record(true, None))).unwrap();
+            assert_eq!(o.by, Opener::Accepted);
+            assert!(o.because().contains("pid 77 (server)"), "{o:?}");
+            // A record of a bind() whose socket is connected now: outgoing.
+            let o = opened(cport, &seen(cport), Some(&record(false, Some(1)))).unwrap();
+            assert_eq!((o.by, o.clue), (Opener::Outgoing, Clue::BoundThenConnected));
+            // A bind() record of a socket since closed says nothing.
+            assert_eq!(
+                opened(cport, &seen(cport), Some(&record(false, None))),
+                None
+            );
+            drop((client, accepted));
+        });
+    }
+
+    /// An IPv6 client reaching an IPv4 listener: its end is ::ffff:127.0.0.1.
+    #[test]
+    fn a_v4_mapped_client_finds_its_ipv4_peer() {
+        in_fresh_netns(|| {
+            let server = TcpListener::bind("127.0.0.1:0").unwrap();
+            let sport = server.local_addr().unwrap().port();
+            let client = TcpStream::connect(("::ffff:127.0.0.1", sport)).unwrap();
+            let _accepted = server.accept().unwrap();
+            let cport = port_of(&client);
+            let o = opened(cport, &seen(cport), None).expect("mapped client");
+            assert_eq!(o.by, Opener::Outgoing);
+        });
+    }
+
+    /// One connection outgoing, another of unknown opener: no claim.
+    #[test]
+    fn every_connection_must_agree() {
+        in_fresh_netns(|| {
+            let a = TcpListener::bind("127.0.0.1:0").unwrap();
+            let b = TcpListener::bind("127.0.0.1:0").unwrap();
+            let (pa, pb) = (
+                a.local_addr().unwrap().port(),
+                b.local_addr().unwrap().port(),
+            );
+            // Two clients from one source port, to two servers.
+            let mk = |to: u16, from: u16| {
+                let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+                    .unwrap();
+                s.set_reuse_address(true).unwrap();
+                s.bind(&std::net::SocketAddr::from(([127, 0, 0, 1], from)).into())
+                    .unwrap();
+                s.connect(&std::net::SocketAddr::from(([127, 0, 0, 1], to)).into())
+                    .unwrap();
+                s
+            };
+            let c1 = mk(pa, 0);
+            let from = c1.local_addr().unwrap().as_socket().unwrap().port();
+            let c2 = mk(pb, from);
+            let _s1 = a.accept().unwrap();
+            let _s2 = b.accept().unwrap();
+            assert_eq!(
+                opened(from, &seen(from), None).map(|o| o.by),
+                Some(Opener::Outgoing)
+            );
+            drop(b);
+            assert_eq!(opened(from, &seen(from), None), None);
+            drop(c2);
+        });
+    }
 }

@@ -63,13 +63,21 @@ fn ns_path(netns: u32, pid: u32, tid: u32) -> String {
     }
 }
 
-/// Inode of PID 1's network namespace: the host's.
+/// Inode of the host's network namespace: PID 1's, or, where PID 1 cannot
+/// be read (seen: a sandbox's PID 1 refusing even root), kthreadd's, as
+/// kernel threads always live in the initial namespace. kthreadd is only
+/// taken as PID 2 with parent 0: in a PID namespace, PID 2 is anything.
 pub fn host_netns() -> Option<u32> {
-    let mut link = [0u8; 64];
-    bracketed(
-        readlink_into(libc::AT_FDCWD, c"/proc/1/ns/net", &mut link)?,
-        b"net:[",
-    )
+    let netns_of = |path: &std::ffi::CStr| {
+        let mut link = [0u8; 64];
+        bracketed(readlink_into(libc::AT_FDCWD, path, &mut link)?, b"net:[")
+    };
+    netns_of(c"/proc/1/ns/net").or_else(|| {
+        let stat = std::fs::read_to_string("/proc/2/stat").ok()?;
+        stat.starts_with("2 (kthreadd) S 0 ")
+            .then(|| netns_of(c"/proc/2/ns/net"))
+            .flatten()
+    })
 }
 
 /// Reads [`Sysctls`] from `/proc/sys` in the calling thread's network

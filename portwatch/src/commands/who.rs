@@ -244,10 +244,12 @@ pub(crate) fn look(args: &WhoArgs, netns: u32) -> Result<WhoReport, Error> {
             errno: b.errno.filter(|&e| e != Errno::ADDRINUSE),
             ..base.clone()
         };
-        let evidence = Evidence {
+        let mut evidence = Evidence {
             trial_failed,
             ..enricher.evidence_from(&req, &sockets, sysctls.clone())
         };
+        // A sysctl fix enters the namespace the way the user named it.
+        evidence.scope.enter = args.netns.as_ref().map(|p| p.display().to_string());
         b.verdict = Some(diagnose(&req, &evidence));
     }
     // Docker's port bindings live in the host's namespace, which is where
