@@ -162,4 +162,30 @@ mod tests {
             assert_eq!(sysctls(), here);
         });
     }
+
+    /// The host is told from a namespace of its own, and a thread that
+    /// sits apart from its process's main thread is entered through its
+    /// own /proc path.
+    #[test]
+    fn scope_tells_the_host_from_a_private_namespace() {
+        use crate::holders::netns::current_netns;
+        let host = host_netns().expect("the host's netns (PID 1's or kthreadd's)");
+        let here = current_netns().expect("own netns");
+        assert_eq!(here, host, "unit tests run in the host's namespace");
+        let plain = Scope {
+            host: Some(true),
+            enter: None,
+        };
+        assert_eq!(Scope::of(here, Some((1, 1)), Some(here)), plain);
+        let pid = std::process::id();
+        in_fresh_netns(move || {
+            let ns = current_netns().expect("own netns");
+            let tid = nix::unistd::gettid().as_raw() as u32;
+            let s = Scope::of(ns, Some((pid, tid)), Some(here));
+            assert_eq!(s.host, Some(false), "{s:?}");
+            assert_eq!(s.enter, Some(format!("/proc/{pid}/task/{tid}/ns/net")));
+            // portwatch standing in the namespace has no way in to name.
+            assert_eq!(Scope::of(ns, Some((pid, tid)), Some(ns)).enter, None);
+        });
+    }
 }
