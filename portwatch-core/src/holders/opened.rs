@@ -300,9 +300,9 @@ mod tests {
                 let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
                     .unwrap();
                 s.set_reuse_address(true).unwrap();
-                s.bind(&std::net::SocketAddr::from(([127, 0, 0, 1], from)).into())
+                s.bind(&SocketAddr::from(([127, 0, 0, 1], from)).into())
                     .unwrap();
-                s.connect(&std::net::SocketAddr::from(([127, 0, 0, 1], to)).into())
+                s.connect(&SocketAddr::from(([127, 0, 0, 1], to)).into())
                     .unwrap();
                 s
             };
