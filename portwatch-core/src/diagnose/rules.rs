@@ -217,19 +217,19 @@ fn connection(c: &Case) -> Option<Verdict> {
         a.h.state.name(),
         a.h.remote.as_deref().unwrap_or("?")
     );
-    let (what, lead) = (&c.what, lead(a.rel));
+    let what = &c.what;
     let ends = format!("they end when their owner, {}, closes them", named(a.h));
     let (diagnosis, fix) = match &c.seen.opened {
         Some(o) if o.by == Opener::Accepted => (
             format!(
-                "{what} is in use by {n} live connection(s) that a listener on it accepted ({}), {lead}{e_g}; that listener is gone",
+                "{what} is in use by {n} live connection(s) that a listener on it accepted ({}), {e_g}; that listener is gone",
                 o.because()
             ),
             accepted_fix(c, &ends),
         ),
         Some(o) => (
             format!(
-                "{what} is the source port of {n} outgoing connection(s) ({}), {lead}{e_g}; {}",
+                "{what} is the source port of {n} outgoing connection(s) ({}), {e_g}; {}",
                 o.because(),
                 match c.seen.sysctls.as_ref().and_then(|s| s.local_port_range) {
                     Some((lo, hi)) => format!("the port is outside ip_local_port_range {lo}-{hi}, so the program bound it itself"),
@@ -243,7 +243,7 @@ fn connection(c: &Case) -> Option<Verdict> {
         ),
         None => (
             format!(
-                "{what} is in use by {n} live connection(s) without a listener, {lead}{e_g}; nothing seen shows which end opened them: connections a listener accepted before it closed, or an outgoing connection's source port{}",
+                "{what} is in use by {n} live connection(s) without a listener, {e_g}; nothing seen shows which end opened them: connections a listener accepted before it closed, or an outgoing connection's source port{}",
                 in_range_note(c)
             ),
             either_fix(c, &ends),

@@ -207,7 +207,16 @@ impl Enricher {
             return evidence;
         }
         evidence.holders = self.holders(req, sockets);
-        evidence.opened = self.opened(req, sockets);
+        // Only connections without a listener need to know who opened
+        // them: a storm on a listener's port pays no peer dumps.
+        let connections_only = evidence
+            .holders
+            .iter()
+            .any(|h| matches!(h.state, State::Connection(_)))
+            && !evidence.holders.iter().any(|h| h.state == State::Listen);
+        if connections_only {
+            evidence.opened = self.opened(req, sockets);
+        }
         if evidence.holders.iter().any(unowned_udp) {
             if let Ok(devices) = self.in_netns(req.netns, &callers(req), || {
                 kernel::udp_port_devices(req.port)
