@@ -222,6 +222,22 @@ fn loopback_connection_with_both_ends_local() {
     );
     assert_no_kill(&v);
     drop(bound);
+
+    // Bound on purpose inside the range: sock_diag cannot tell it from the
+    // kernel's pick, so the reservation comes with what it cannot stop.
+    let inside = LOW + 7;
+    let bound = ns.run(move || {
+        let s = socket(false, false);
+        bind(&s, v4(inside)).unwrap();
+        s.connect(&v4(8080).into()).unwrap();
+        s
+    });
+    let v = assert_ephemeral(&ns, inside);
+    assert!(
+        text(&v, "fix").contains("not a program that binds this port itself"),
+        "{v:#}"
+    );
+    drop(bound);
 }
 
 /// A process in a network namespace of its own fails: the fix writes that

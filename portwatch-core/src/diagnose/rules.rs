@@ -449,10 +449,12 @@ fn ephemeral_port(c: &Case) -> Option<Verdict> {
     let (low, high) = c.seen.sysctls.as_ref()?.local_port_range?;
     let reserve = reserve(c)?;
     let port = c.req.port;
-    // An explicit bind() of the port is a choice a reservation does not stop.
+    // An explicit bind() of the port is a choice a reservation does not
+    // stop; sock_diag cannot tell one from the kernel's pick, the record
+    // shows a bind() (of this port or of port 0).
     let bound = match opened.clue {
-        Clue::BoundThenConnected => " (if the program binds this source port itself rather than port 0, no reservation stops it: change its setting)",
-        _ => "",
+        Clue::BoundThenConnected => " (the program bound it with bind() before connecting: if it asks for this port rather than port 0, no reservation stops it; change its setting)",
+        _ => " (a reservation stops the kernel's own picks, not a program that binds this port itself)",
     };
     Some(Verdict {
         reason: Reason::EphemeralPort,
