@@ -242,6 +242,7 @@ fn holder_record(h: &common::HolderRecord) -> Result<Option<HolderRecord>, Decod
         running_ns: h.running_ns,
         state,
         opts: state.and_then(|_| Opts::from_bits(h.opts)),
+        listened: h.how == common::HOW_LISTEN,
     }))
 }
 

@@ -394,4 +394,6 @@ pub struct HolderRecord {
     pub state: Option<u8>,
     /// The socket's options at the failure, when it was still open.
     pub opts: Option<Opts>,
+    /// The record is of a listen(), not of a bare bind().
+    pub listened: bool,
 }

@@ -398,8 +398,14 @@ fn outgoing_connections_source_port_is_reserved() {
     assert_eq!(ev["reason"], "ephemeral_port", "{ev:#}");
     assert_eq!(holder(&ev)["pid"], std::process::id(), "{ev:#}");
     let fix = ev["fix"].as_str().unwrap();
+    // The failing thread's namespace, not its process's main thread's
+    // (the host's): through the thread's own /proc path.
     assert!(
-        fix.contains("`sysctl -w net.ipv4.ip_local_reserved_ports=9000,41000`"),
+        fix.contains(&format!(
+            "`nsenter --net=/proc/{}/task/{}/ns/net sysctl -w net.ipv4.ip_local_reserved_ports=9000,41000`",
+            std::process::id(),
+            ns.tid
+        )),
         "{fix}"
     );
     assert!(!fix.contains("SO_REUSEADDR"), "{fix}");

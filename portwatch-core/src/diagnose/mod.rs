@@ -134,3 +134,5 @@ fn capital(s: &str) -> String {
 mod safety_tests;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_ephemeral;

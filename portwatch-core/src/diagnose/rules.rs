@@ -5,11 +5,14 @@
 use std::time::Duration;
 
 use super::{
-    advice::{lead, named, relation, stop, v6only_on, Relation, REUSEPORT_CAVEAT},
+    advice::{lead, named, relation, shell_word, stop, v6only_on, Relation, REUSEPORT_CAVEAT},
     capital, socket_addr, Reason, Verdict,
 };
 use crate::{
-    holders::{Evidence, Holder, State},
+    holders::{
+        opened::{Clue, Opener},
+        Evidence, Holder, State,
+    },
     request::{Errno, Family, Opts, Request, Syscall},
     time::secs,
 };
@@ -196,7 +199,10 @@ fn first_connection<'a>(c: &Case<'a>) -> Option<&'a Holder> {
         .find(|h| matches!(h.state, State::Connection(_)))
 }
 
-/// Live connections without a listener hold the port.
+/// Live connections without a listener hold the port. Never `kill`: a
+/// connection ends when its owner closes it, and which fix is right depends
+/// on which end opened it (`Evidence::opened`); when nothing shows it, the
+/// fix is one that is right either way.
 fn connection(c: &Case) -> Option<Verdict> {
     let a = c.against(first_connection(c)?);
     let n: u32 = c
@@ -205,25 +211,180 @@ fn connection(c: &Case) -> Option<Verdict> {
         .filter(|h| matches!(h.state, State::Connection(_)))
         .map(|h| h.sockets)
         .sum();
-    let fix = if c.opts.reuseaddr || c.seen.trial_failed.reuseaddr {
-        capital(&a.stop)
-    } else {
-        format!(
-            "set SO_REUSEADDR on the listening socket before bind() (for TCP it lets a listener start while old connections drain; it never lets two listeners share a port); or {}",
-            a.stop
-        )
+    let e_g = format!(
+        "e.g. {} {} to {}",
+        a.h.who(),
+        a.h.state.name(),
+        a.h.remote.as_deref().unwrap_or("?")
+    );
+    let what = &c.what;
+    let ends = format!("they end when their owner, {}, closes them", named(a.h));
+    let (diagnosis, fix) = match &c.seen.opened {
+        Some(o) if o.by == Opener::Accepted => (
+            format!(
+                "{what} is in use by {n} live connection(s) that a listener on it accepted ({}), {e_g}; that listener is gone",
+                o.because()
+            ),
+            accepted_fix(c, &ends),
+        ),
+        Some(o) => (
+            format!(
+                "{what} is the source port of {n} outgoing connection(s) ({}), {e_g}; {}",
+                o.because(),
+                match c.seen.sysctls.as_ref().and_then(|s| s.local_port_range) {
+                    Some((lo, hi)) => format!("the port is outside ip_local_port_range {lo}-{hi}, so the program bound it itself"),
+                    None => "the program bound it itself, or the kernel picked it".into(),
+                }
+            ),
+            format!(
+                "{}; meanwhile nothing else can bind the port: give this service another port, or change the source port the other program binds",
+                capital(&ends)
+            ),
+        ),
+        None => (
+            format!(
+                "{what} is in use by {n} live connection(s) without a listener, {e_g}; nothing seen shows which end opened them: connections a listener accepted before it closed, or an outgoing connection's source port{}",
+                in_range_note(c)
+            ),
+            either_fix(c, &ends),
+        ),
     };
     Some(Verdict {
         reason: Reason::Connection,
-        diagnosis: format!(
-            "{} is in use by {n} live connection(s) without a listener, e.g. {} {} to {}",
-            c.what,
-            a.h.who(),
-            a.h.state.name(),
-            a.h.remote.as_deref().unwrap_or("?")
-        ),
+        diagnosis,
         fix,
     })
+}
+
+/// " (the port is inside ip_local_port_range LO-HI, which the kernel hands
+/// out to outgoing connections)" when it is.
+fn in_range_note(c: &Case) -> String {
+    match c.seen.sysctls.as_ref().and_then(|s| s.local_port_range) {
+        Some((lo, hi)) if (lo..=hi).contains(&c.req.port) => format!(
+            " (the port is inside ip_local_port_range {lo}-{hi}, which the kernel hands out to outgoing connections)"
+        ),
+        _ => String::new(),
+    }
+}
+
+/// Whether SO_REUSEADDR may still be advised: this socket lacks it and no
+/// trial bind has shown it failing.
+fn reuseaddr_may_help(c: &Case) -> bool {
+    !c.opts.reuseaddr && !c.seen.trial_failed.reuseaddr
+}
+
+/// Connections an old listener accepted: SO_REUSEADDR gets a new listener
+/// past them only if the old listener had it too (its accepted sockets keep
+/// it), so it is advised only where no bind has shown it failing.
+fn accepted_fix(c: &Case, ends: &str) -> String {
+    if reuseaddr_may_help(c) {
+        format!(
+            "set SO_REUSEADDR on the listening socket before bind() (the kernel lets a new listener bind beside connections an old listener accepted when both set it; it never lets two listeners share a port); or wait: {ends}"
+        )
+    } else {
+        format!(
+            "wait: {ends} (the old listener had no SO_REUSEADDR, which its accepted connections keep, so no option of the new socket gets past them); for the next restart, set SO_REUSEADDR on the listening socket of the old instance too"
+        )
+    }
+}
+
+/// Connections whose opener is unknown: a fix right in both cases.
+/// Reserving a port inside the range keeps outgoing connections off it and
+/// costs a server nothing; SO_REUSEADDR gets past an old listener's
+/// accepted connections if that listener had it.
+fn either_fix(c: &Case, ends: &str) -> String {
+    let mut parts = Vec::new();
+    if let Some(r) = reserve(c) {
+        parts.push(format!(
+            "if they are outgoing, keep the kernel from handing the port out again: {r}"
+        ));
+    }
+    if reuseaddr_may_help(c) {
+        parts.push("if an old listener accepted them, set SO_REUSEADDR on the listening socket before bind() (enough when the old listener had it too; it never lets two listeners share a port)".to_owned());
+    }
+    parts.push(format!("either way {ends}"));
+    capital(&parts.join("; "))
+}
+
+/// The reservation of the request's port, when it is inside
+/// ip_local_port_range: the list the kernel has plus the port, set where
+/// the failure happened.
+fn reserve(c: &Case) -> Option<String> {
+    let sysctls = c.seen.sysctls.as_ref()?;
+    let (low, high) = sysctls.local_port_range?;
+    let port = c.req.port;
+    if !(low..=high).contains(&port) {
+        return None;
+    }
+    let list = match sysctls.local_reserved_ports.as_deref() {
+        Some("") | None => port.to_string(),
+        Some(list) => format!("{list},{port}"),
+    };
+    Some(format!(
+        "reserve it, keeping what is reserved today: {}",
+        set_sysctl(c, "net.ipv4.ip_local_reserved_ports", &list)
+    ))
+}
+
+/// How to set sysctl `name` to `value` in the failure's own network
+/// namespace: `sysctl -w` there, and what makes it last. A plain `sysctl
+/// -w` on the host would change the host's setting, not a container's.
+fn set_sysctl(c: &Case, name: &str, value: &str) -> String {
+    // Values made here: digits, commas, dashes, or a range with a space.
+    let word = if value.contains(' ') {
+        format!("\"{value}\"")
+    } else {
+        value.to_owned()
+    };
+    let scope = &c.seen.scope;
+    if scope.host == Some(true) || (scope.host.is_none() && scope.enter.is_none()) {
+        let proxy = c
+            .req
+            .caller
+            .as_ref()
+            .is_some_and(|me| me.comm == "docker-proxy");
+        let host = match (scope.host, proxy) {
+            (_, true) => " (docker-proxy binds published ports in the host's network namespace, so the host's setting is the one that counts)",
+            (Some(true), false) => " (this is the host's network namespace)",
+            _ => " (in the network namespace portwatch looked in)",
+        };
+        return format!(
+            "`sysctl -w {name}={word}` now, and the line `{name} = {value}` in a file under /etc/sysctl.d/ for the next boot{host}"
+        );
+    }
+    let now = match &scope.enter {
+        Some(path) => format!(
+            "`nsenter --net={} sysctl -w {name}={word}`",
+            shell_word(path)
+        ),
+        None => format!("`sysctl -w {name}={word}` run in this network namespace"),
+    };
+    format!(
+        "{now} now (this namespace's own setting, not the host's; it is lost with the namespace), and {}",
+        lasting(c, name, value)
+    )
+}
+
+/// What keeps a setting of a namespace that is not the host's: the
+/// container's or pod's own definition, else the start-up of the process.
+fn lasting(c: &Case, name: &str, value: &str) -> String {
+    let Some(ct) = &c.seen.caller.in_container else {
+        return format!(
+            "for good, set it where the namespace is made, in the process's own start-up (e.g. `ip netns exec NAME sysctl -w {name}=...` before it starts)"
+        );
+    };
+    if let Some(p) = &ct.pod {
+        return format!(
+            "for good, in pod {}/{}'s spec: `securityContext.sysctls: [{{name: {name}, value: \"{value}\"}}]` (a change to its workload, made on the cluster side; kubelet refuses a sysctl it does not count safe unless `--allowed-unsafe-sysctls` lists it)",
+            shell_word(&p.namespace),
+            shell_word(&p.name)
+        );
+    }
+    let cli = ct.runtime.cli().unwrap_or("docker");
+    format!(
+        "for good, start {} with `{cli} run --sysctl {name}={value}` (compose: `sysctls:`)",
+        ct.label()
+    )
 }
 
 /// Only TIME_WAIT leftovers of closed connections hold the port.
@@ -273,44 +434,41 @@ fn time_wait(c: &Case) -> Option<Verdict> {
     })
 }
 
-/// Connections without a listener on a port inside ip_local_port_range: an
-/// outgoing connection was given the port as its source port. Socket options
-/// cannot help (the connection's socket has none of the new socket's), so
-/// the fix keeps the kernel from handing the port out again.
+/// Outgoing connections (as `Evidence::opened` shows, never guessed from
+/// the peer's port) hold a port inside ip_local_port_range: the kernel gave
+/// it as their source port. Socket options cannot help (the connection's
+/// socket has none of the new socket's), so the fix keeps the kernel from
+/// handing the port out again, in the failure's own network namespace.
 fn ephemeral_port(c: &Case) -> Option<Verdict> {
     let h = first_connection(c)?;
-    let sysctls = c.seen.sysctls.as_ref()?;
-    let (low, high) = sysctls.local_port_range?;
-    // A listener that closed with connections still open left them: a
-    // server's, not an outgoing connection's. So did one whose peer's port
-    // is itself ephemeral (a client's); an outgoing connection's peer is a
-    // service port, below the range.
-    let listener_closed = c.seen.holders.iter().any(|h| h.state == State::Closed);
-    let remote_port: Option<u16> = h
-        .remote
-        .as_deref()
-        .and_then(|r| r.rsplit(':').next())
-        .and_then(|p| p.parse().ok());
-    let to_a_service = remote_port.is_some_and(|p| p < low);
+    let opened = c
+        .seen
+        .opened
+        .as_ref()
+        .filter(|o| o.by == Opener::Outgoing)?;
+    let (low, high) = c.seen.sysctls.as_ref()?.local_port_range?;
+    let reserve = reserve(c)?;
     let port = c.req.port;
-    if !(low..=high).contains(&port) || !to_a_service || listener_closed {
-        return None;
-    }
-    let reserved = match sysctls.local_reserved_ports.as_deref() {
-        Some("") | None => port.to_string(),
-        Some(list) => format!("{list},{port}"),
+    // An explicit bind() of the port is a choice a reservation does not
+    // stop; sock_diag cannot tell one from the kernel's pick, the record
+    // shows a bind() (of this port or of port 0).
+    let bound = match opened.clue {
+        Clue::BoundThenConnected => " (the program bound it with bind() before connecting: if it asks for this port rather than port 0, no reservation stops it; change its setting)",
+        _ => " (a reservation stops the kernel's own picks, not a program that binds this port itself)",
     };
     Some(Verdict {
         reason: Reason::EphemeralPort,
         diagnosis: format!(
-            "{} was taken as the source port of an outgoing connection of {} to {} ({}); ip_local_port_range is {low}-{high}, so the kernel hands port {port} to outgoing connections, and nothing listens on it",
+            "{} was taken as the source port of an outgoing connection of {} to {} ({}): {}; ip_local_port_range is {low}-{high}, so the kernel hands port {port} to outgoing connections, and nothing listens on it",
             c.what,
             h.who(),
             h.remote.as_deref().unwrap_or("?"),
-            h.state.name()
+            h.state.name(),
+            opened.because()
         ),
         fix: format!(
-            "reserve the port so no outgoing connection gets it again: `sysctl -w net.ipv4.ip_local_reserved_ports={reserved}` now, and the line `net.ipv4.ip_local_reserved_ports = {reserved}` in a file under /etc/sysctl.d/ for the next boot (the list keeps what is reserved today); or move the service below {low}; the connection itself ends when its owner closes it"
+            "{}{bound}; or move the service below {low}; the connection itself ends when its owner closes it",
+            capital(&reserve)
         ),
     })
 }
@@ -455,7 +613,10 @@ fn ephemeral_request(c: &Case) -> Option<Verdict> {
                 req.proto.name(),
                 usize::from(hi - lo) + 1
             ),
-            fix: "widen the range (`sysctl -w net.ipv4.ip_local_port_range=\"10000 65000\"`), close idle sockets, and give outgoing sockets IP_BIND_ADDRESS_NO_PORT so connect() picks the port per destination".into(),
+            fix: format!(
+                "widen the range ({}), close idle sockets, and give outgoing sockets IP_BIND_ADDRESS_NO_PORT so connect() picks the port per destination",
+                set_sysctl(c, "net.ipv4.ip_local_port_range", "10000 65000")
+            ),
         },
         (Some((lo, hi)), used) => Verdict {
             reason: Reason::EphemeralExhausted,
@@ -464,7 +625,10 @@ fn ephemeral_request(c: &Case) -> Option<Verdict> {
                 req.proto.name(),
                 used.map(|u| format!(" ({u} of its ports in use when portwatch looked)")).unwrap_or_default()
             ),
-            fix: "widen the range (`sysctl -w net.ipv4.ip_local_port_range=\"10000 65000\"`), close idle sockets, and give outgoing sockets IP_BIND_ADDRESS_NO_PORT".into(),
+            fix: format!(
+                "widen the range ({}), close idle sockets, and give outgoing sockets IP_BIND_ADDRESS_NO_PORT",
+                set_sysctl(c, "net.ipv4.ip_local_port_range", "10000 65000")
+            ),
         },
         _ => unknown(c, &format!("{} port 0", req.proto.name())),
     })

@@ -55,6 +55,9 @@ pub struct Batch {
     /// Look for containers publishing the ports (Docker's port bindings,
     /// which live in the host's network namespace: set it there only).
     pub published: bool,
+    /// How a sysctl fix enters this namespace, as the user named it
+    /// (`--netns PATH`); None: the way portwatch itself finds.
+    pub enter: Option<String>,
 }
 
 /// Everything found about one binding.
@@ -282,12 +285,16 @@ impl<'a> Shared<'a> {
         in_way: &[DiagSocket],
         trial_failed: TrialFailed,
     ) -> Evidence {
-        Evidence {
+        let mut evidence = Evidence {
             trial_failed,
             ..self
                 .enricher
                 .evidence_from(req, in_way, self.sysctls.clone())
+        };
+        if let Some(path) = &self.batch.enter {
+            evidence.scope.enter = Some(path.clone());
         }
+        evidence
     }
 
     /// Running containers publishing `b`'s port, not already named as the

@@ -119,6 +119,7 @@ fn batch(bindings: Vec<Binding>, trial: bool) -> Batch {
         bindings,
         trial,
         published: false,
+        enter: None,
     }
 }
 

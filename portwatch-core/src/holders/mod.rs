@@ -11,6 +11,7 @@ pub mod dnat;
 pub mod enrich;
 pub mod kernel;
 pub mod netns;
+pub mod opened;
 pub mod procs;
 pub mod sockdiag;
 pub mod sysctl;
@@ -262,6 +263,12 @@ pub struct Evidence {
     pub shed: bool,
     /// The commands of this host a fix may name.
     pub tools: crate::tools::HostTools,
+    /// Which end opened the connections on the port, when something known
+    /// shows it (see `opened`).
+    pub opened: Option<opened::Opened>,
+    /// The network namespace the sysctls were read in: the host's or not,
+    /// and how a fix reaches it.
+    pub scope: sysctl::Scope,
 }
 
 /// Options whose trial bind failed.
@@ -280,6 +287,9 @@ pub struct CallerInfo {
     pub unit: Option<String>,
     /// Its container id.
     pub container: Option<String>,
+    /// That container as its runtime names it (runtime, pod): where a
+    /// setting of its own network namespace lives.
+    pub in_container: Option<Container>,
     /// The requester is a runtime's helper (docker-proxy) publishing a
     /// container's port: that container and its `-p` mapping.
     pub publishing: Option<containers::Publishing>,

@@ -1,4 +1,7 @@
-//! Per-network-namespace sysctls that explain bind failures.
+//! Per-network-namespace sysctls that explain bind failures, and the
+//! namespace a fix that writes one must aim at.
+
+use super::procs::raw::{bracketed, cpath, readlink_into};
 
 /// Per-netns sysctls that explain bind failures, read in the calling thread's
 /// network namespace; `None` for any that cannot be read or parsed.
@@ -16,6 +19,65 @@ pub struct Sysctls {
     /// `net.ipv4.ip_local_reserved_ports` as the kernel prints it
     /// ("8080,9000-9010", or empty): a fix that adds a port keeps these.
     pub local_reserved_ports: Option<String>,
+}
+
+/// The network namespace a failure's sysctls were read in, as a fix must
+/// aim at it: `sysctl -w` writes the namespace of whoever runs it, so a fix
+/// for a container's namespace typed on the host would change the host's.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Scope {
+    /// It is the host's (PID 1's); None when that cannot be read (not root).
+    pub host: Option<bool>,
+    /// How to enter it from where portwatch runs (`/proc/PID/ns/net` of a
+    /// process in it, or the `--netns` path given); None when portwatch
+    /// stands in it already, or no way in is known.
+    pub enter: Option<String>,
+}
+
+impl Scope {
+    /// The scope of namespace `netns`, where thread `(pid, tid)` (if known)
+    /// is, seen from portwatch's own namespace `own`.
+    pub fn of(netns: u32, caller: Option<(u32, u32)>, own: Option<u32>) -> Scope {
+        let host = host_netns().map(|h| h == netns);
+        let enter = match (own == Some(netns), caller) {
+            (false, Some((pid, tid))) => Some(ns_path(netns, pid, tid)),
+            _ => None,
+        };
+        Scope { host, enter }
+    }
+}
+
+/// The /proc path of `netns` through thread `tid` of `pid`: the process's
+/// own when its main thread is there (what users type), else the thread's
+/// (a thread can sit in another namespace than its process).
+fn ns_path(netns: u32, pid: u32, tid: u32) -> String {
+    let mut link = [0u8; 64];
+    let mut path = [0u8; 64];
+    let main = cpath(&mut path, format_args!("/proc/{pid}/ns/net"))
+        .and_then(|p| readlink_into(libc::AT_FDCWD, p, &mut link))
+        .and_then(|l| bracketed(l, b"net:["));
+    if tid == pid || main == Some(netns) {
+        format!("/proc/{pid}/ns/net")
+    } else {
+        format!("/proc/{pid}/task/{tid}/ns/net")
+    }
+}
+
+/// Inode of the host's network namespace: PID 1's, or, where PID 1 cannot
+/// be read (seen: a sandbox's PID 1 refusing even root), kthreadd's, as
+/// kernel threads always live in the initial namespace. kthreadd is only
+/// taken as PID 2 with parent 0: in a PID namespace, PID 2 is anything.
+pub fn host_netns() -> Option<u32> {
+    let netns_of = |path: &std::ffi::CStr| {
+        let mut link = [0u8; 64];
+        bracketed(readlink_into(libc::AT_FDCWD, path, &mut link)?, b"net:[")
+    };
+    netns_of(c"/proc/1/ns/net").or_else(|| {
+        let stat = std::fs::read_to_string("/proc/2/stat").ok()?;
+        stat.starts_with("2 (kthreadd) S 0 ")
+            .then(|| netns_of(c"/proc/2/ns/net"))
+            .flatten()
+    })
 }
 
 /// Reads [`Sysctls`] from `/proc/sys` in the calling thread's network
@@ -98,6 +160,32 @@ mod tests {
 
             assert_eq!(in_netns(ns_a.as_fd(), sysctls).expect("in_netns"), tuned);
             assert_eq!(sysctls(), here);
+        });
+    }
+
+    /// The host is told from a namespace of its own, and a thread that
+    /// sits apart from its process's main thread is entered through its
+    /// own /proc path.
+    #[test]
+    fn scope_tells_the_host_from_a_private_namespace() {
+        use crate::holders::netns::current_netns;
+        let host = host_netns().expect("the host's netns (PID 1's or kthreadd's)");
+        let here = current_netns().expect("own netns");
+        assert_eq!(here, host, "unit tests run in the host's namespace");
+        let plain = Scope {
+            host: Some(true),
+            enter: None,
+        };
+        assert_eq!(Scope::of(here, Some((1, 1)), Some(here)), plain);
+        let pid = std::process::id();
+        in_fresh_netns(move || {
+            let ns = current_netns().expect("own netns");
+            let tid = nix::unistd::gettid().as_raw() as u32;
+            let s = Scope::of(ns, Some((pid, tid)), Some(here));
+            assert_eq!(s.host, Some(false), "{s:?}");
+            assert_eq!(s.enter, Some(format!("/proc/{pid}/task/{tid}/ns/net")));
+            // portwatch standing in the namespace has no way in to name.
+            assert_eq!(Scope::of(ns, Some((pid, tid)), Some(ns)).enter, None);
         });
     }
 }

@@ -68,8 +68,9 @@ pub fn run(args: &WaitArgs) -> Result<bool, Error> {
     );
     // The same answer `who` gives: holders, per-option verdicts, diagnosis.
     let plain = Binding::plain(proto, args.addr, port);
-    let host = args.netns.is_none();
-    let report = who::in_netns(ns.as_ref(), |inode| who::look(plain, inode, true, host))?;
+    let report = who::in_netns(ns.as_ref(), |inode| {
+        who::look(plain, inode, true, args.netns.as_deref())
+    })?;
     who::answer(&report, args.json)?;
     Ok(false)
 }

@@ -28,9 +28,8 @@ pub fn run(args: &WhoArgs) -> Result<bool, Error> {
     let ns = args.netns.as_deref().map(open_netns).transpose()?;
     let (port, proto) = args.port;
     let binding = Binding::plain(proto, args.addr, port);
-    let host = args.netns.is_none();
     let report = in_netns(ns.as_ref(), |inode| {
-        look(binding, inode, !args.no_trial, host)
+        look(binding, inode, !args.no_trial, args.netns.as_deref())
     })?;
     if !nix::unistd::geteuid().is_root() && report.sockets.iter().any(|h| h.pid.is_none()) {
         eprintln!("portwatch: not root: the processes of other users' sockets cannot be named");
@@ -121,19 +120,21 @@ pub(crate) fn answer(report: &WhoReport, json: bool) -> Result<(), Error> {
 
 /// The engine's answer for one binding, in the calling thread's network
 /// namespace (`netns`): with trial binds if `trial`; with containers'
-/// published ports if `host` (Docker's port bindings live in the host's
-/// namespace, which is where `who` stands without --netns).
+/// published ports when `named` is None (Docker's port bindings live in the
+/// host's namespace, which is where `who` stands without --netns), else
+/// with sysctl fixes entering the namespace the way the user named it.
 pub(crate) fn look(
     binding: Binding,
     netns: u32,
     trial: bool,
-    host: bool,
+    named: Option<&Path>,
 ) -> Result<WhoReport, Error> {
     let batch = Batch {
         netns,
         bindings: vec![binding],
         trial,
-        published: host,
+        published: named.is_none(),
+        enter: named.map(|p| p.display().to_string()),
     };
     let judged = engine::judge(&batch).map_err(|e| Error::Unsupported(e.to_string()))?;
     let judgement = judged

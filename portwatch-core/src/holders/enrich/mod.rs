@@ -14,7 +14,7 @@ use owners::{bare, unowned_udp};
 
 use super::{
     containers::{self, Container, Containers},
-    kernel, netns, overlaps,
+    kernel, netns, opened, overlaps,
     procs::{self, ProcCache, ProcInfo, SocketIndex},
     sockdiag::{self, DiagSocket},
     sysctl, systemd, CallerInfo, Evidence, Holder, Seen, State,
@@ -217,6 +217,11 @@ impl Enricher {
             sysctls: Some(sysctls),
             caller: self.caller(req),
             tools: self.tools,
+            scope: sysctl::Scope::of(
+                req.netns,
+                req.caller.as_ref().map(|c| (c.pid, c.tid)),
+                self.own_netns,
+            ),
             ..Evidence::default()
         };
         if !in_use {
@@ -235,6 +240,16 @@ impl Enricher {
             return evidence;
         }
         evidence.holders = self.holders(req, sockets);
+        // Only connections without a listener need to know who opened
+        // them: a storm on a listener's port pays no peer dumps.
+        let connections_only = evidence
+            .holders
+            .iter()
+            .any(|h| matches!(h.state, State::Connection(_)))
+            && !evidence.holders.iter().any(|h| h.state == State::Listen);
+        if connections_only {
+            evidence.opened = self.opened(req, sockets);
+        }
         if evidence.holders.iter().any(unowned_udp) {
             if let Ok(devices) = self.in_netns(req.netns, &callers(req), || {
                 kernel::udp_port_devices(req.port)
@@ -279,10 +294,28 @@ impl Enricher {
         }
         Evidence {
             holders,
+            opened: opened::opened(req.port, &opened::with_peers(req.port, sockets), None),
+            // The caller stands in the namespace: no way in to name.
+            scope: sysctl::Scope::of(req.netns, None, Some(req.netns)),
             sysctls: Some(sysctls),
             tools: self.tools,
             ..Evidence::default()
         }
+    }
+
+    /// Which end opened the connections on `req`'s port: the peers' ports
+    /// are dumped in its namespace only when a connection has a peer.
+    fn opened(&self, req: &Request, sockets: &[DiagSocket]) -> Option<opened::Opened> {
+        let record = req.holder_record.as_ref();
+        if opened::peer_ports(req.port, sockets).is_empty() {
+            return opened::opened(req.port, sockets, record);
+        }
+        let all = self
+            .in_netns(req.netns, &callers(req), || {
+                opened::with_peers(req.port, sockets)
+            })
+            .ok()?;
+        opened::opened(req.port, &all, record)
     }
 
     /// Every socket of `sockets`, one holder each with its owners, none
@@ -370,6 +403,10 @@ impl Enricher {
             .flatten();
         CallerInfo {
             unit: info.as_ref().and_then(|i| i.unit.clone()),
+            in_container: info.as_ref().and_then(|i| {
+                i.container.as_ref()?;
+                self.container_of(i)
+            }),
             container: info.and_then(|i| i.container),
             publishing,
         }

@@ -173,7 +173,7 @@ impl Enricher {
 
     /// The container `p` runs in, or the one it holds a port for (a
     /// runtime's helper on the host), named from the runtime's files.
-    fn container_of(&self, p: &ProcInfo) -> Option<Container> {
+    pub(super) fn container_of(&self, p: &ProcInfo) -> Option<Container> {
         let mut resolver = self.containers.lock().ok()?;
         match &p.container {
             Some(id) => Some(resolver.get(id, p.runtime.unwrap_or(containers::Runtime::Unknown))),
