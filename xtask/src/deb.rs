@@ -125,7 +125,14 @@ pub(crate) fn build(profile: Profile) -> Result<PathBuf> {
     fs::create_dir_all(&out)?;
     let mut cargo_deb = crate::cargo();
     cargo_deb
-        .args(["deb", "--package", "portwatch", "--no-build", "--profile", "release"])
+        .args([
+            "deb",
+            "--package",
+            "portwatch",
+            "--no-build",
+            "--profile",
+            "release",
+        ])
         .arg("--output")
         .arg(&out)
         .env("CARGO_TARGET_DIR", &target)
