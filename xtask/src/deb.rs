@@ -7,10 +7,12 @@
 //! the md5sums file dh_md5sums would add, which `dpkg --verify` checks.
 //!
 //! What the package ships but the tree does not hold is written first from
-//! the built binary into target/PROFILE/deb/: the man pages (`portwatch man
+//! the built binary into release/deb/ of the target directory cargo-deb
+//! reads (see [`Profile::target_dir`]): the man pages (`portwatch man
 //! --dir`), the completions (`portwatch completions SHELL`), so they match
-//! its --help; the Debian copyright file and the gzipped README. Nothing
-//! generated is committed. cargo-deb itself is installed by `setup`.
+//! its --help; the Debian copyright file, the gzipped README and the
+//! gzipped pages of docs/ it links to. Nothing generated is committed.
+//! cargo-deb itself is installed by `setup`.
 //!
 //! `--test` installs the package with `dpkg -i` into a private root with its
 //! own dpkg database (never into this machine's /usr), runs the installed
@@ -55,19 +57,26 @@ pub enum Profile {
 }
 
 impl Profile {
-    fn name(self) -> &'static str {
-        match self {
-            Profile::Release => "release",
-            Profile::Dev => "dev",
-        }
+    /// Where cargo put this profile's binary.
+    fn binary(self) -> PathBuf {
+        root().join("target").join(match self {
+            Profile::Release => "release/portwatch",
+            Profile::Dev => "debug/portwatch",
+        })
     }
 
-    /// target/DIR, where cargo puts this profile's binaries.
-    fn dir(self) -> PathBuf {
-        root().join("target").join(match self {
-            Profile::Release => "release",
-            Profile::Dev => "debug",
-        })
+    /// The target directory cargo-deb reads: its `release/` holds the binary
+    /// and the generated assets. cargo-deb makes releases: given `--profile
+    /// dev` it warns that the dev profile "is not supported and will be a
+    /// hard error". The package tests pack the debug build (a cold release
+    /// build would add minutes to CI for nothing they check), so its binary
+    /// is linked into a target directory of its own as that directory's
+    /// release binary, and cargo-deb is asked for the release profile there.
+    fn target_dir(self) -> PathBuf {
+        match self {
+            Profile::Release => root().join("target"),
+            Profile::Dev => root().join("target/debian/dev"),
+        }
     }
 }
 
@@ -101,20 +110,39 @@ pub fn build_and_test() -> Result<()> {
 /// binary; returns the .deb's path.
 pub(crate) fn build(profile: Profile) -> Result<PathBuf> {
     setup::ensure_cargo_deb()?;
-    let bin = profile.dir().join("portwatch");
-    generate(&bin, &profile.dir().join("deb"))?;
+    let target = profile.target_dir();
+    let release = target.join("release");
+    if let Profile::Dev = profile {
+        let _ = fs::remove_dir_all(&target);
+        fs::create_dir_all(&release)?;
+        // A hard link: nothing is copied, and cargo-deb writes nothing back
+        // (it strips into a file of its own, and not at all here).
+        fs::hard_link(profile.binary(), release.join("portwatch"))
+            .context("link the debug binary into the package's target directory")?;
+    }
+    generate(&release.join("portwatch"), &release.join("deb"))?;
     let out = root().join("target/debian");
     fs::create_dir_all(&out)?;
-    // cargo-deb warns that the dev profile is not for releases: this
-    // package only goes into a scratch root and the test VM.
-    let said = output(
-        crate::cargo()
-            .args(["deb", "--package", "portwatch", "--no-build", "--profile"])
-            .arg(profile.name())
-            .arg("--output")
-            .arg(&out)
-            .stderr(Stdio::inherit()),
-    )?;
+    let mut cargo_deb = crate::cargo();
+    cargo_deb
+        .args([
+            "deb",
+            "--package",
+            "portwatch",
+            "--no-build",
+            "--profile",
+            "release",
+        ])
+        .arg("--output")
+        .arg(&out)
+        .env("CARGO_TARGET_DIR", &target)
+        .stderr(Stdio::inherit());
+    if let Profile::Dev = profile {
+        // The test binary keeps its symbols, so a panic in the test VM
+        // prints a readable backtrace.
+        cargo_deb.arg("--no-strip");
+    }
+    let said = output(&mut cargo_deb)?;
     let deb = said
         .lines()
         .rev()
@@ -181,8 +209,30 @@ fn generate(bin: &Path, dir: &Path) -> Result<()> {
         dir.join("README.md.gz"),
         gzip(&fs::read(root().join("README.md"))?)?,
     )?;
+    // The README's links to docs/NAME.md land on docs/NAME.md.gz beside it.
+    fs::create_dir_all(dir.join("docs"))?;
+    for page in docs()? {
+        fs::write(
+            dir.join("docs").join(format!("{page}.gz")),
+            gzip(&fs::read(root().join("docs").join(&page))?)?,
+        )?;
+    }
     fs::write(dir.join("copyright"), copyright()?)?;
     Ok(())
+}
+
+/// The file names of docs/*.md, sorted.
+fn docs() -> Result<Vec<String>> {
+    let mut pages = Vec::new();
+    for entry in fs::read_dir(root().join("docs")).context("read docs/")? {
+        let name = entry?.file_name();
+        let name = name.to_str().context("a non-UTF-8 name in docs/")?;
+        if name.ends_with(".md") {
+            pages.push(name.to_owned());
+        }
+    }
+    pages.sort_unstable();
+    Ok(pages)
 }
 
 /// Debian's machine-readable copyright file, with each licence's full text
@@ -347,6 +397,11 @@ fn test(deb: &Path) -> Result<()> {
         "/usr/share/doc/portwatch/LICENSE-APACHE".into(),
         "/usr/share/doc/portwatch/LICENSE-GPL2".into(),
     ];
+    wanted.extend(
+        docs()?
+            .into_iter()
+            .map(|page| format!("/usr/share/doc/portwatch/docs/{page}.gz")),
+    );
     // portwatch(8) and one page per subcommand, as the binary lists them.
     let help = output(Command::new(&installed).arg("--help"))?;
     wanted.extend(

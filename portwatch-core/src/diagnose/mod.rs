@@ -20,7 +20,7 @@ fn socket_addr(addr: IpAddr, port: u16) -> SocketAddr {
     SocketAddr::new(addr, port)
 }
 
-/// The reason codes (the README documents each).
+/// The reason codes (docs/diagnoses.md documents each).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Reason {

@@ -1,7 +1,11 @@
-//! Ports published by address translation, which no socket holds: Docker
-//! with `userland-proxy=false`, Kubernetes hostPort and NodePort, a hand-made
-//! port forward. A bind() to such a port succeeds, but the traffic never
-//! reaches it: the `nat` table's DNAT rules send it elsewhere first.
+//! Ports published by address translation. Where no socket holds the port
+//! (Kubernetes hostPort through CNI's portmap, kube-proxy's NodePort rules,
+//! a hand-made port forward), a bind() to it succeeds, but the traffic never
+//! reaches it: the `nat` table's DNAT rules send it elsewhere first. Docker
+//! writes such a rule too, but also holds the port with a socket:
+//! docker-proxy's with `userland-proxy=true` (the default), dockerd's own
+//! with `userland-proxy=false` (seen with 20.10, and so in moby's current
+//! source; docs/holders.md), so there the rule is listed beside the holder.
 //!
 //! The rules are read with the distribution's own `iptables-save` and
 //! `ip6tables-save` (which also show iptables-nft's rules) and `nft list
@@ -147,7 +151,8 @@ mod tests {
     use super::*;
 
     /// Lines as Debian 12's iptables-save (iptables-nft 1.8.9) prints them
-    /// for Docker with `userland-proxy=false` and for a CNI hostPort.
+    /// for a port Docker publishes (either proxy setting) and for a CNI
+    /// hostPort.
     #[test]
     fn iptables_save_lines() {
         let text = "*nat\n:PREROUTING ACCEPT [0:0]\n:DOCKER - [0:0]\n\

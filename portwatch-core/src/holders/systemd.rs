@@ -3,7 +3,7 @@
 //! When pid 1 (or a user's `systemd --user`) holds a port, the process is
 //! not what to stop: the socket unit that asked for it is. The manager is
 //! asked with one `systemctl show -p Id -p Listen -p Triggers '*.socket'`
-//! (about 10 ms, one process; README "Socket units" says why not D-Bus or
+//! (about 10 ms, one process; docs/holders.md says why not D-Bus or
 //! /run/systemd), and the socket is matched by address, port and type.
 //! The system manager's answer is kept: a lookup that finds its address
 //! there costs nothing, and one that does not asks again unless the answer

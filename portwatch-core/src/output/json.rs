@@ -4,7 +4,7 @@
 //! them ([`PortLife`]), and how `report` reads every line back
 //! ([`parse_line`], failures as the borrowed [`JournalLineView`]). The view
 //! is tested to read back, field for field, what [`JournalLine`] writes, so
-//! the README's schema cannot drift between writer and reader.
+//! the schema in docs/output.md cannot drift between writer and reader.
 
 use std::{
     borrow::Cow,

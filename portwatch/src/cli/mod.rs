@@ -25,7 +25,7 @@ EXAMPLES:
 
 Each failure is followed by who holds the port (process, command line, unit
 or container, TCP state), a reason code, a diagnosis and a fix; with --json
-they are the keys holders, reason, diagnosis and fix (schema in the README).
+they are the keys holders, reason, diagnosis and fix (schema in docs/output.md).
 
 Scripts can wait for the line `portwatch: ready` (with --json: an object with
 \"type\":\"ready\") on stderr before starting the server under test.
@@ -275,7 +275,7 @@ pub struct WatchArgs {
     #[arg(long)]
     pub all: bool,
 
-    /// Print one JSON object per line (schema in the README) instead of a table.
+    /// Print one JSON object per line (schema in docs/output.md) instead of a table.
     #[arg(long)]
     pub json: bool,
 
@@ -318,7 +318,7 @@ pub struct WatchArgs {
 
     /// Serve Prometheus/OpenMetrics counters at http://ADDR:PORT/metrics
     /// (GET only). A port alone listens on 127.0.0.1; any other address
-    /// only when given. Metric names are in the README.
+    /// only when given. Metric names are in docs/metrics.md.
     #[arg(long, value_name = "ADDR:PORT", value_parser = crate::metrics::parse_addr)]
     pub metrics: Option<std::net::SocketAddr>,
     /// Show the eBPF programs' own diagnostics on stderr (a kernel read

@@ -354,7 +354,8 @@ impl Containers {
 
     /// Docker containers whose port bindings ask for host `port` of
     /// `proto` ("tcp", "udp"): the running ones first. Found whether or not
-    /// a process holds the port (with `userland-proxy=false` none does).
+    /// a process holds the port (docker-proxy does, or dockerd itself with
+    /// `userland-proxy=false`; a container that is not running holds nothing).
     pub fn publishing(&mut self, port: u16, proto: &str) -> Vec<Publishing> {
         self.refresh_roots();
         let mut found = Vec::new();
