@@ -156,6 +156,8 @@ fn test(extra: &[String]) -> Result<()> {
     checks::format()?;
     checks::layers()?;
     setup::ensure()?;
+    // After `setup`, which installs nightly's rust-src (build-std needs it).
+    checks::ebpf_clippy()?;
     if !nix::unistd::geteuid().is_root() {
         bail!("the eBPF integration tests load programs and make network namespaces: run as root");
     }
