@@ -294,26 +294,16 @@ fn fold(pid: u32, call: &Call, port: u16, family: u16, addr: &[u8; 16]) -> Optio
     // SAFETY: a helper without arguments (the verifier inlines it).
     let ticks = unsafe { bpf_jiffies64() };
     // SAFETY: all-zero is a valid FoldKey; the padding must be zero. `f` is
-    // a `FRONT` value, this hook's on this CPU, where no other run of the
-    // same program interleaves (see `portwatch_common::hook`).
+    // a `FRONT` value and `st` a `FOLDS` value, both of this CPU, where no
+    // other run of the same program interleaves (see
+    // `portwatch_common::hook`); `addr` is `Event::addr`, 8-byte aligned.
+    //
+    // The `Option`s stay in this one function, as they were before it was
+    // split: returned from a step, a `None`'s undefined payload can reach
+    // a register the verifier refuses to read (`!read_ok`).
     unsafe {
         mem::with_zeroed(|key: &mut Key| {
-            {
-                let key = &mut key.0;
-                key.pid = pid;
-                key.ret = call.ret;
-                key.port = port;
-                key.family = family;
-                key.syscall = call.syscall;
-                // Two words, not sixteen byte copies: both addresses sit at
-                // 8-byte aligned offsets (`Key`, `Event::addr`).
-                let (to, from) = (
-                    (&raw mut key.addr).cast::<u64>(),
-                    addr.as_ptr().cast::<u64>(),
-                );
-                to.write_volatile(from.read_volatile());
-                to.add(1).write_volatile(from.add(1).read_volatile());
-            }
+            fill_key(key, pid, call, port, family, addr);
             let front = FRONT.get_ptr_mut(call.hook);
             if let Some(f) = front {
                 if repeats_front(f, &key.0, ticks, window) {
@@ -323,12 +313,54 @@ fn fold(pid: u32, call: &Call, port: u16, family: u16, addr: &[u8; 16]) -> Optio
                 }
                 flush_front(f, call.hook);
             }
-            let (out, since) = fold_in_table(&key.0, ticks, window, call.hook);
+            // (since: the key's last send in ticks, for the front slot; 0: do not cache)
+            let (out, since) = match FOLDS.get_ptr_mut(&key.0) {
+                Some(st) => {
+                    let last = (*st).last_sent_jiffies;
+                    if ticks.wrapping_sub(last) < window {
+                        (*st).pending += 1;
+                        count(call.hook, stat::FOLDED);
+                        (None, last)
+                    } else {
+                        (Some(restamp(st, ticks)), ticks)
+                    }
+                }
+                None => {
+                    let (sent, since) = first_send(&key.0, ticks, call.hook);
+                    (Some(sent), since)
+                }
+            };
             if let Some(f) = front {
                 give_front(f, key, since);
             }
             out
         })
+    }
+}
+
+/// Writes the fold key of a failure into the zeroed `key`.
+///
+/// # Safety
+/// `addr` is 8-byte aligned (it is `Event::addr`).
+#[inline(always)]
+unsafe fn fill_key(key: &mut Key, pid: u32, call: &Call, port: u16, family: u16, addr: &[u8; 16]) {
+    let key = &mut key.0;
+    key.pid = pid;
+    key.ret = call.ret;
+    key.port = port;
+    key.family = family;
+    key.syscall = call.syscall;
+    // Two words, not sixteen byte copies: both addresses sit at 8-byte
+    // aligned offsets (`Key`, `Event::addr`).
+    let (to, from) = (
+        (&raw mut key.addr).cast::<u64>(),
+        addr.as_ptr().cast::<u64>(),
+    );
+    // SAFETY: two words inside each 16-byte address, both 8-byte aligned
+    // (`Key`'s layout; `addr` by the caller's contract).
+    unsafe {
+        to.write_volatile(from.read_volatile());
+        to.add(1).write_volatile(from.add(1).read_volatile());
     }
 }
 
@@ -347,60 +379,54 @@ unsafe fn repeats_front(f: *const FoldFront, key: &FoldKey, ticks: u64, window: 
     }
 }
 
-/// Folds the failure into `key`'s `FOLDS` entry if the key was sent less
-/// than `window` ticks ago; else stamps the entry (a new one if there is
-/// none) and returns what the event to send carries. Also returns the
-/// key's last send in ticks, for the front slot (0: do not cache it).
+/// Stamps the `FOLDS` entry `st`, whose window has passed, as sent now, and
+/// takes its pending repeats into the event to send.
+///
+/// # Safety
+/// `st` is a `FOLDS` value that no other run of the program interleaves
+/// with.
 #[inline(always)]
-fn fold_in_table(key: &FoldKey, ticks: u64, window: u64, hook: u32) -> (Option<Unfolded>, u64) {
-    match FOLDS.get_ptr_mut(key) {
-        // SAFETY: a valid `FOLDS` value of this CPU; its key names the
-        // syscall, family and error, which only this hook sees, and no
-        // other run of this program interleaves on this CPU.
-        Some(st) => unsafe {
-            let last = (*st).last_sent_jiffies;
-            if ticks.wrapping_sub(last) < window {
-                (*st).pending += 1;
-                count(hook, stat::FOLDED);
-                (None, last)
-            } else {
-                let now = bpf_ktime_get_boot_ns();
-                (*st).last_sent_ns = now;
-                (*st).last_sent_jiffies = ticks;
-                let folded = (*st).pending;
-                (*st).pending = 0;
-                (
-                    Some(Unfolded {
-                        ts_boot_ns: now,
-                        folded,
-                    }),
-                    ticks,
-                )
-            }
-        },
-        None => {
-            // SAFETY: a helper without arguments.
-            let now = unsafe { bpf_ktime_get_boot_ns() };
-            let fresh = FoldState {
-                last_sent_ns: now,
-                pending: 0,
-                last_sent_jiffies: ticks,
-            };
-            let cached = if FOLDS.insert(key, fresh, BPF_NOEXIST as u64).is_err() {
-                count(hook, stat::FOLD_FULL);
-                0
-            } else {
-                ticks
-            };
-            (
-                Some(Unfolded {
-                    ts_boot_ns: now,
-                    folded: 0,
-                }),
-                cached,
-            )
+unsafe fn restamp(st: *mut FoldState, ticks: u64) -> Unfolded {
+    // SAFETY: `st` is valid (the caller's contract); the helper takes no
+    // argument.
+    unsafe {
+        let now = bpf_ktime_get_boot_ns();
+        (*st).last_sent_ns = now;
+        (*st).last_sent_jiffies = ticks;
+        let folded = (*st).pending;
+        (*st).pending = 0;
+        Unfolded {
+            ts_boot_ns: now,
+            folded,
         }
     }
+}
+
+/// A key's first failure in the table: a new `FOLDS` entry stamped now.
+/// Returns what the event carries and the ticks for the front slot (0 when
+/// the table is full: then the key is not cached there either).
+#[inline(always)]
+fn first_send(key: &FoldKey, ticks: u64, hook: u32) -> (Unfolded, u64) {
+    // SAFETY: a helper without arguments.
+    let now = unsafe { bpf_ktime_get_boot_ns() };
+    let fresh = FoldState {
+        last_sent_ns: now,
+        pending: 0,
+        last_sent_jiffies: ticks,
+    };
+    let cached = if FOLDS.insert(key, fresh, BPF_NOEXIST as u64).is_err() {
+        count(hook, stat::FOLD_FULL);
+        0
+    } else {
+        ticks
+    };
+    (
+        Unfolded {
+            ts_boot_ns: now,
+            folded: 0,
+        },
+        cached,
+    )
 }
 
 /// Gives the front slot to `key`, last sent at `since` ticks (0: leaves
