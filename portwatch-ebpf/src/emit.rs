@@ -293,20 +293,21 @@ fn fold(pid: u32, call: &Call, port: u16, family: u16, addr: &[u8; 16]) -> Optio
     let window = conf!(fold_window_jiffies);
     // SAFETY: a helper without arguments (the verifier inlines it).
     let ticks = unsafe { bpf_jiffies64() };
+    // The `Option`s stay in this one function (the closure below is a BPF
+    // subprogram of its own): returned from a step, a `None`'s undefined
+    // payload reached a register the verifier refused to read (`!read_ok`).
+    //
     // SAFETY: all-zero is a valid FoldKey; the padding must be zero. `f` is
     // a `FRONT` value and `st` a `FOLDS` value, both of this CPU, where no
     // other run of the same program interleaves (see
     // `portwatch_common::hook`); `addr` is `Event::addr`, 8-byte aligned.
-    //
-    // The `Option`s stay in this one function, as they were before it was
-    // split: returned from a step, a `None`'s undefined payload can reach
-    // a register the verifier refuses to read (`!read_ok`).
     unsafe {
         mem::with_zeroed(|key: &mut Key| {
             fill_key(key, pid, call, port, family, addr);
+            let fold_key = &key.0;
             let front = FRONT.get_ptr_mut(call.hook);
             if let Some(f) = front {
-                if repeats_front(f, &key.0, ticks, window) {
+                if repeats_front(f, fold_key, ticks, window) {
                     (*f).pending += 1;
                     count(call.hook, stat::FOLDED);
                     return None;
@@ -314,7 +315,7 @@ fn fold(pid: u32, call: &Call, port: u16, family: u16, addr: &[u8; 16]) -> Optio
                 flush_front(f, call.hook);
             }
             // (since: the key's last send in ticks, for the front slot; 0: do not cache)
-            let (out, since) = match FOLDS.get_ptr_mut(&key.0) {
+            let (out, since) = match FOLDS.get_ptr_mut(fold_key) {
                 Some(st) => {
                     let last = (*st).last_sent_jiffies;
                     if ticks.wrapping_sub(last) < window {
@@ -326,7 +327,7 @@ fn fold(pid: u32, call: &Call, port: u16, family: u16, addr: &[u8; 16]) -> Optio
                     }
                 }
                 None => {
-                    let (sent, since) = first_send(&key.0, ticks, call.hook);
+                    let (sent, since) = first_send(fold_key, ticks, call.hook);
                     (Some(sent), since)
                 }
             };
