@@ -153,8 +153,7 @@ pub fn exit(ctx: &TracePointContext, syscall: u8) {
     // From the saved registers: the current task as a BTF-typed pointer,
     // read with plain loads (its ids too, instead of a helper call).
     let task = if from_regs {
-        // SAFETY: a helper without arguments (5.11+, which the loader
-        // checked before it set `args_from_regs`).
+        // SAFETY: a helper without arguments, there since 5.11 (this path: 5.15+).
         unsafe { bpf_get_current_task_btf() as u64 }
     } else {
         0
@@ -170,8 +169,7 @@ pub fn exit(ctx: &TracePointContext, syscall: u8) {
         args_from_regs(task)
     } else {
         let id = bpf_get_current_pid_tgid();
-        // SAFETY: the entry is copied at once; only this thread's own
-        // sys_enter writes it, and that thread is here, in sys_exit.
+        // SAFETY: copied at once; only this thread's sys_enter writes the entry.
         let Some(call) = (unsafe { CALLS.get(id) }).copied() else {
             count(hook, stat::NO_ENTRY);
             return;
