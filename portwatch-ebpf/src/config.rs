@@ -12,6 +12,8 @@ use portwatch_common::{
 /// Written by the loader before load; read-only afterwards, so the verifier
 /// treats its fields as constants.
 #[unsafe(no_mangle)]
+// SAFETY: `Config` is `Pod` (plain integers, no padding): all-zero is a
+// valid value.
 pub static CONFIG: Config = unsafe { core::mem::zeroed() };
 
 /// Reads one field of `CONFIG` without letting the compiler fold the
@@ -95,9 +97,9 @@ pub static NETNS: HashMap<u32, u8> = HashMap::with_max_entries(1024, 0);
 #[inline(always)]
 pub fn count(hook: u32, index: u32) {
     if let Some(slot) = STATS.get_ptr_mut(hook * portwatch_common::stat::COUNT + index) {
-        // The hook's own row on this CPU, which no other run of the same
-        // program can interleave with (see `portwatch_common::hook`): no
-        // atomics needed.
+        // SAFETY: a valid, aligned map value; the hook's own row on this
+        // CPU, which no other run of the same program can interleave with
+        // (see `portwatch_common::hook`): no atomics needed.
         unsafe { *slot += 1 };
     }
 }

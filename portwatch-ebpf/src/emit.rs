@@ -74,23 +74,10 @@ pub fn wanted(ret: i32) -> bool {
 #[inline(always)]
 pub fn handle(call: &Call) -> Result<(), i32> {
     let filters = conf!(filters);
-    let pid_tgid = call.pid_tgid;
-    let pid = (pid_tgid >> 32) as u32;
-    if filters & FILTER_PID != 0 && unsafe { PIDS.get(pid) }.is_none() {
+    let pid = (call.pid_tgid >> 32) as u32;
+    if !caller_wanted(filters, pid) {
         return Ok(());
     }
-    if filters & FILTER_UID != 0 && unsafe { UIDS.get(bpf_get_current_uid_gid() as u32) }.is_none()
-    {
-        return Ok(());
-    }
-    if filters & FILTER_CGROUP != 0 && unsafe { CGROUPS.get(bpf_get_current_cgroup_id()) }.is_none()
-    {
-        return Ok(());
-    }
-    if filters & FILTER_COMM != 0 && unsafe { COMMS.get(mem::comm()) }.is_none() {
-        return Ok(());
-    }
-
     // 160 bytes: too big for the 512-byte stack next to everything else, so
     // the event is built in a per-CPU scratch slot. It is zeroed only once
     // the failure is not folded: until then it holds just what filtering and
@@ -98,49 +85,109 @@ pub fn handle(call: &Call) -> Result<(), i32> {
     let Some(ev) = SCRATCH.get_ptr_mut(call.hook) else {
         return Ok(());
     };
-    // SAFETY: this program's own slot on this CPU, where no other run of it
-    // can interleave (see `portwatch_common::hook`).
+    // SAFETY: a valid, aligned map value, and this program's own slot on
+    // this CPU, where no other run of it can interleave (see
+    // `portwatch_common::hook`): the only reference to it.
     let ev = unsafe { &mut *ev };
-    // bind()'s requested port is in its own sockaddr: filter and fold on it
-    // before walking to the socket. listen()'s port is in the socket.
+    let Some(req) = requested(call, ev, filters)? else {
+        return Ok(());
+    };
+    // The requested address is part of the fold key: a failure on another
+    // address or family is another failure. It was read with the port, from
+    // the call's own sockaddr (bind) or the socket (listen): no socket walk.
+    let Some(sent) = fold(pid, call, ev.port, req.family, &ev.addr) else {
+        return Ok(());
+    };
+    clear_around_key(ev, req.walked.is_some());
+    ev.pid = pid;
+    ev.tid = call.pid_tgid as u32;
+    ev.ret = call.ret;
+    ev.fd = call.fd;
+    ev.syscall = call.syscall;
+    ev.source = call.source;
+    ev.ts_boot_ns = sent.ts_boot_ns;
+    ev.folded = sent.folded;
+    fill_rest(call, ev, req.walked);
+    send(ev, call.hook);
+    Ok(())
+}
+
+/// Whether the calling process passes the filters on its pid, uid, cgroup
+/// and comm: what needs no socket and no sockaddr.
+#[inline(always)]
+fn caller_wanted(filters: u32, pid: u32) -> bool {
+    // SAFETY: the value is never read, only whether there is one; user
+    // space changing the map meanwhile only makes the answer a moment old.
+    if filters & FILTER_PID != 0 && unsafe { PIDS.get(pid) }.is_none() {
+        return false;
+    }
+    // SAFETY: as above, the value is never read.
+    if filters & FILTER_UID != 0 && unsafe { UIDS.get(bpf_get_current_uid_gid() as u32) }.is_none()
+    {
+        return false;
+    }
+    // SAFETY: as above, the value is never read; the helper takes no argument.
+    if filters & FILTER_CGROUP != 0 && unsafe { CGROUPS.get(bpf_get_current_cgroup_id()) }.is_none()
+    {
+        return false;
+    }
+    // SAFETY: as above, the value is never read.
+    !(filters & FILTER_COMM != 0 && unsafe { COMMS.get(mem::comm()) }.is_none())
+}
+
+/// What `requested` read of a call that passed the port and netns filters.
+struct Requested {
+    /// The family the call asked for (bind) or the socket has (listen): the
+    /// fold key's. `ev.family` becomes the socket's once it is walked.
+    family: u16,
+    /// `(socket, sk)`, if the socket was walked to already.
+    walked: Option<(u64, u64)>,
+}
+
+/// Reads the call's port, address and family into `ev`, and filters on
+/// them: `None` when the call is not reported. bind()'s requested port is in
+/// its own sockaddr: filter and fold on it before walking to the socket.
+/// listen()'s port is in the socket.
+#[inline(always)]
+fn requested(call: &Call, ev: &mut Event, filters: u32) -> Result<Option<Requested>, i32> {
     let mut walked = None;
     if call.syscall == SYSCALL_BIND {
         sock::fill_sockaddr(ev, call.addr, call.addrlen, call.user_addr);
         if ev.family != AF_INET && ev.family != AF_INET6 {
-            return Ok(());
+            return Ok(None);
         }
     } else {
         let (socket, sk) = walk(call, ev)?;
         sock::fill_from_bound(ev, sk);
         walked = Some((socket, sk));
     }
-    // The family the call asked for (bind) or the socket has (listen).
     let family = ev.family;
     if filters & FILTER_PORT != 0 {
         let word = PORTS.get(ev.port as u32 / 32).copied().unwrap_or(0);
         if word & (1 << (ev.port as u32 % 32)) == 0 {
-            return Ok(());
+            return Ok(None);
         }
     }
     if filters & FILTER_NETNS != 0 {
         if walked.is_none() {
             walked = Some(walk(call, ev)?);
         }
+        // SAFETY: the value is never read, only whether there is one.
         if unsafe { NETNS.get(ev.netns) }.is_none() {
-            return Ok(());
+            return Ok(None);
         }
     }
-    // The requested address is part of the fold key: a failure on another
-    // address or family is another failure. It was read with the port, from
-    // the call's own sockaddr (bind) or the socket (listen): no socket walk.
-    let Some(sent) = fold(pid, call, ev.port, family, &ev.addr) else {
-        return Ok(());
-    };
+    Ok(Some(Requested { family, walked }))
+}
 
-    // Not folded: zero the event around what was read so far.
+/// Zeroes the event around what filtering and folding read into it: the
+/// port, address and family, and the socket's protocol and netns if it was
+/// `walked`.
+#[inline(always)]
+fn clear_around_key(ev: &mut Event, walked: bool) {
+    let addr_words = (&raw mut ev.addr).cast::<u64>();
     // SAFETY: `Event::addr` is 8-byte aligned (asserted in portwatch-common):
     // two words, not sixteen byte copies.
-    let addr_words = (&raw mut ev.addr).cast::<u64>();
     let addr = unsafe {
         [
             addr_words.read_volatile(),
@@ -151,27 +198,24 @@ pub fn handle(call: &Call) -> Result<(), i32> {
     // SAFETY: all-zero is a valid Event (plain integers).
     unsafe { mem::zero(ev) };
     ev.port = port;
+    // SAFETY: as for the reads above, two aligned words inside `ev.addr`.
     unsafe {
         addr_words.write_volatile(addr[0]);
         addr_words.add(1).write_volatile(addr[1]);
     }
     ev.family = family;
-    if walked.is_some() {
+    if walked {
         ev.protocol = protocol;
         ev.netns = netns;
     }
-    ev.pid = pid;
-    ev.tid = pid_tgid as u32;
-    ev.ret = call.ret;
-    ev.fd = call.fd;
-    ev.syscall = call.syscall;
-    ev.source = call.source;
-    ev.ts_boot_ns = sent.ts_boot_ns;
-    ev.folded = sent.folded;
+}
 
-    // From here on the event will be sent (or counted lost): read the rest.
-    // A socket that cannot be read is still reported, with `opts` invalid,
-    // so that every failure counted is accounted for.
+/// Reads what only an event that will be sent (or counted lost) carries:
+/// the socket's details and holder, and who called. A socket that cannot be
+/// read is still reported, with `opts` invalid, so that every failure
+/// counted is accounted for.
+#[inline(always)]
+fn fill_rest(call: &Call, ev: &mut Event, walked: Option<(u64, u64)>) {
     let walked = match walked {
         Some(w) => Some(w),
         None => walk(call, ev).ok(),
@@ -185,11 +229,10 @@ pub fn handle(call: &Call) -> Result<(), i32> {
     let uid_gid = bpf_get_current_uid_gid();
     ev.uid = uid_gid as u32;
     ev.gid = (uid_gid >> 32) as u32;
+    // SAFETY: a helper without arguments.
     ev.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
     ev.comm = mem::comm();
     ev.ppid = sock::current_ppid();
-    send(ev, call.hook);
-    Ok(())
 }
 
 /// The call's `struct socket *` and `struct sock *`, with the socket's
@@ -242,46 +285,37 @@ struct Unfolded {
 fn fold(pid: u32, call: &Call, port: u16, family: u16, addr: &[u8; 16]) -> Option<Unfolded> {
     if conf!(fold_window_ns) == 0 || call.ret == 0 {
         return Some(Unfolded {
+            // SAFETY: a helper without arguments.
             ts_boot_ns: unsafe { bpf_ktime_get_boot_ns() },
             folded: 0,
         });
     }
     let window = conf!(fold_window_jiffies);
+    // SAFETY: a helper without arguments (the verifier inlines it).
     let ticks = unsafe { bpf_jiffies64() };
-    // SAFETY: all-zero is a valid FoldKey; the padding must be zero.
+    // The `Option`s stay in this one function (the closure below is a BPF
+    // subprogram of its own): returned from a step, a `None`'s undefined
+    // payload reached a register the verifier refused to read (`!read_ok`).
+    //
+    // SAFETY: all-zero is a valid FoldKey; the padding must be zero. `f` is
+    // a `FRONT` value and `st` a `FOLDS` value, both of this CPU, where no
+    // other run of the same program interleaves (see
+    // `portwatch_common::hook`); `addr` is `Event::addr`, 8-byte aligned.
     unsafe {
         mem::with_zeroed(|key: &mut Key| {
-            {
-                let key = &mut key.0;
-                key.pid = pid;
-                key.ret = call.ret;
-                key.port = port;
-                key.family = family;
-                key.syscall = call.syscall;
-                // Two words, not sixteen byte copies: both addresses sit at
-                // 8-byte aligned offsets (`Key`, `Event::addr`).
-                let (to, from) = (
-                    (&raw mut key.addr).cast::<u64>(),
-                    addr.as_ptr().cast::<u64>(),
-                );
-                to.write_volatile(from.read_volatile());
-                to.add(1).write_volatile(from.add(1).read_volatile());
-            }
+            fill_key(key, pid, call, port, family, addr);
+            let fold_key = &key.0;
             let front = FRONT.get_ptr_mut(call.hook);
             if let Some(f) = front {
-                if read_volatile(&raw const (*f).valid) != 0
-                    && ticks.wrapping_sub(read_volatile(&raw const (*f).last_sent_jiffies)) < window
-                    && same_key(&raw const (*f).key, &key.0)
-                {
+                if repeats_front(f, fold_key, ticks, window) {
                     (*f).pending += 1;
                     count(call.hook, stat::FOLDED);
                     return None;
                 }
                 flush_front(f, call.hook);
             }
-            let key = &key.0;
             // (since: the key's last send in ticks, for the front slot; 0: do not cache)
-            let (out, since) = match FOLDS.get_ptr_mut(key) {
+            let (out, since) = match FOLDS.get_ptr_mut(fold_key) {
                 Some(st) => {
                     let last = (*st).last_sent_jiffies;
                     if ticks.wrapping_sub(last) < window {
@@ -289,61 +323,140 @@ fn fold(pid: u32, call: &Call, port: u16, family: u16, addr: &[u8; 16]) -> Optio
                         count(call.hook, stat::FOLDED);
                         (None, last)
                     } else {
-                        let now = bpf_ktime_get_boot_ns();
-                        (*st).last_sent_ns = now;
-                        (*st).last_sent_jiffies = ticks;
-                        let folded = (*st).pending;
-                        (*st).pending = 0;
-                        (
-                            Some(Unfolded {
-                                ts_boot_ns: now,
-                                folded,
-                            }),
-                            ticks,
-                        )
+                        (Some(restamp(st, ticks)), ticks)
                     }
                 }
                 None => {
-                    let now = bpf_ktime_get_boot_ns();
-                    let fresh = FoldState {
-                        last_sent_ns: now,
-                        pending: 0,
-                        last_sent_jiffies: ticks,
-                    };
-                    let cached = if FOLDS.insert(key, fresh, BPF_NOEXIST as u64).is_err() {
-                        count(call.hook, stat::FOLD_FULL);
-                        0
-                    } else {
-                        ticks
-                    };
-                    (
-                        Some(Unfolded {
-                            ts_boot_ns: now,
-                            folded: 0,
-                        }),
-                        cached,
-                    )
+                    let (sent, since) = first_send(fold_key, ticks, call.hook);
+                    (Some(sent), since)
                 }
             };
             if let Some(f) = front {
-                // `FoldFront` starts with its key (asserted in
-                // portwatch-common), so the slot's key is 8-byte aligned.
-                mem::copy(
-                    (&raw mut (*f).key).cast::<Key>(),
-                    (key as *const FoldKey).cast::<Key>(),
-                );
-                write_volatile(&raw mut (*f).last_sent_jiffies, since);
-                write_volatile(&raw mut (*f).valid, (since != 0) as u64);
+                give_front(f, key, since);
             }
             out
         })
     }
 }
 
+/// Writes the fold key of a failure into the zeroed `key`.
+///
+/// # Safety
+/// `addr` is 8-byte aligned (it is `Event::addr`).
+#[inline(always)]
+unsafe fn fill_key(key: &mut Key, pid: u32, call: &Call, port: u16, family: u16, addr: &[u8; 16]) {
+    let key = &mut key.0;
+    key.pid = pid;
+    key.ret = call.ret;
+    key.port = port;
+    key.family = family;
+    key.syscall = call.syscall;
+    // Two words, not sixteen byte copies: both addresses sit at 8-byte
+    // aligned offsets (`Key`, `Event::addr`).
+    let (to, from) = (
+        (&raw mut key.addr).cast::<u64>(),
+        addr.as_ptr().cast::<u64>(),
+    );
+    // SAFETY: two words inside each 16-byte address, both 8-byte aligned
+    // (`Key`'s layout; `addr` by the caller's contract).
+    unsafe {
+        to.write_volatile(from.read_volatile());
+        to.add(1).write_volatile(from.add(1).read_volatile());
+    }
+}
+
+/// Whether the front slot holds `key`, sent less than `window` ticks before
+/// `ticks`: then this failure is one more of its repeats.
+///
+/// # Safety
+/// `f` is a `FRONT` value.
+#[inline(always)]
+unsafe fn repeats_front(f: *const FoldFront, key: &FoldKey, ticks: u64, window: u64) -> bool {
+    // SAFETY: `f` is a valid `FoldFront` (the caller's contract).
+    unsafe {
+        read_volatile(&raw const (*f).valid) != 0
+            && ticks.wrapping_sub(read_volatile(&raw const (*f).last_sent_jiffies)) < window
+            && same_key(&raw const (*f).key, key)
+    }
+}
+
+/// Stamps the `FOLDS` entry `st`, whose window has passed, as sent now, and
+/// takes its pending repeats into the event to send.
+///
+/// # Safety
+/// `st` is a `FOLDS` value that no other run of the program interleaves
+/// with.
+#[inline(always)]
+unsafe fn restamp(st: *mut FoldState, ticks: u64) -> Unfolded {
+    // SAFETY: `st` is valid (the caller's contract); the helper takes no
+    // argument.
+    unsafe {
+        let now = bpf_ktime_get_boot_ns();
+        (*st).last_sent_ns = now;
+        (*st).last_sent_jiffies = ticks;
+        let folded = (*st).pending;
+        (*st).pending = 0;
+        Unfolded {
+            ts_boot_ns: now,
+            folded,
+        }
+    }
+}
+
+/// A key's first failure in the table: a new `FOLDS` entry stamped now.
+/// Returns what the event carries and the ticks for the front slot (0 when
+/// the table is full: then the key is not cached there either).
+#[inline(always)]
+fn first_send(key: &FoldKey, ticks: u64, hook: u32) -> (Unfolded, u64) {
+    // SAFETY: a helper without arguments.
+    let now = unsafe { bpf_ktime_get_boot_ns() };
+    let fresh = FoldState {
+        last_sent_ns: now,
+        pending: 0,
+        last_sent_jiffies: ticks,
+    };
+    let cached = if FOLDS.insert(key, fresh, BPF_NOEXIST as u64).is_err() {
+        count(hook, stat::FOLD_FULL);
+        0
+    } else {
+        ticks
+    };
+    (
+        Unfolded {
+            ts_boot_ns: now,
+            folded: 0,
+        },
+        cached,
+    )
+}
+
+/// Gives the front slot to `key`, last sent at `since` ticks (0: leaves
+/// the slot invalid).
+///
+/// # Safety
+/// `f` is a `FRONT` value, which no other run of the program interleaves with.
+#[inline(always)]
+unsafe fn give_front(f: *mut FoldFront, key: &Key, since: u64) {
+    // SAFETY: `f` is valid (the caller's contract), and `FoldFront` starts
+    // with its key (asserted in portwatch-common), so the slot's key is
+    // 8-byte aligned like `Key`; the two do not overlap (`key` is on the
+    // stack).
+    unsafe {
+        mem::copy((&raw mut (*f).key).cast::<Key>(), key);
+        write_volatile(&raw mut (*f).last_sent_jiffies, since);
+        write_volatile(&raw mut (*f).valid, (since != 0) as u64);
+    }
+}
+
 /// Whether the front slot's key is `key`: four words compared.
+///
+/// # Safety
+/// `slot` is a valid `FoldKey`, 8-byte aligned.
 #[inline(always)]
 unsafe fn same_key(slot: *const FoldKey, key: &FoldKey) -> bool {
     let (a, b) = (slot.cast::<u64>(), (key as *const FoldKey).cast::<u64>());
+    // SAFETY: both are 32-byte `FoldKey`s, 8-byte aligned (`slot` by the
+    // caller's contract, `key` inside a `Key` or a map value).
     unsafe {
         read_volatile(a) == read_volatile(b)
             && read_volatile(a.add(1)) == read_volatile(b.add(1))
@@ -354,8 +467,13 @@ unsafe fn same_key(slot: *const FoldKey, key: &FoldKey) -> bool {
 
 /// Moves the front slot's repeats to its key's `FoldState` (a new entry if
 /// user space swept it meanwhile: stamped 0, so the next sweep takes them).
+///
+/// # Safety
+/// `f` is a `FRONT` value, which no other run of the program interleaves with.
 #[inline(always)]
 unsafe fn flush_front(f: *mut FoldFront, hook: u32) {
+    // SAFETY: `f` is valid (the caller's contract); a `FOLDS` value of this
+    // CPU is this hook's alone, as in `fold_in_table`.
     unsafe {
         let pending = read_volatile(&raw const (*f).pending);
         if pending == 0 || read_volatile(&raw const (*f).valid) == 0 {
@@ -400,6 +518,8 @@ fn send(ev: &Event, hook: u32) {
             count(hook, stat::LOST);
             if ev.folded != 0 {
                 if let Some(f) = FRONT.get_ptr_mut(hook) {
+                    // SAFETY: a valid `FRONT` value, this hook's on this
+                    // CPU, where no other run of it interleaves.
                     unsafe {
                         if read_volatile(&raw const (*f).valid) != 0 {
                             (*f).pending += ev.folded;

@@ -24,6 +24,8 @@ const TCP_LISTEN: i32 = 10;
 /// A port key as one word, to compare and store it in one access.
 #[inline(always)]
 fn word(key: &PortKey) -> u64 {
+    // SAFETY: `PortKey` is 8 bytes of plain integers without padding
+    // (`Pod` in portwatch-common), and any 8 bytes are a valid `u64`.
     unsafe { core::mem::transmute::<PortKey, u64>(*key) }
 }
 
@@ -35,6 +37,8 @@ fn word(key: &PortKey) -> u64 {
 /// mixed record, whose socket `attach` still checks against the port.
 #[inline(always)]
 unsafe fn write_begin(seq: *mut u64) -> u64 {
+    // SAFETY: `seq` is a slot's sequence in a `HOLDERS` value (every caller
+    // passes one): valid and aligned.
     unsafe {
         let odd = read_volatile(seq) | 1;
         write_volatile(seq, odd);
@@ -45,6 +49,7 @@ unsafe fn write_begin(seq: *mut u64) -> u64 {
 /// Marks a slot as written: its sequence the even number after `odd`.
 #[inline(always)]
 unsafe fn write_end(seq: *mut u64, odd: u64) {
+    // SAFETY: as in `write_begin`, a sequence in a `HOLDERS` value.
     unsafe { write_volatile(seq, odd.wrapping_add(1)) };
 }
 
@@ -59,6 +64,8 @@ fn live_listener(sk: u64, key: u64, hook: u32) -> bool {
 /// A slot's port key, as one word (0: empty).
 #[inline(always)]
 unsafe fn key_in(slot: *const HolderSlot) -> u64 {
+    // SAFETY: `slot` is a `HOLDERS` value (every caller passes one from
+    // `set_of`): valid and aligned.
     unsafe { word(&read_volatile(&raw const (*slot).key)) }
 }
 
@@ -66,6 +73,9 @@ unsafe fn key_in(slot: *const HolderSlot) -> u64 {
 /// its port: such a record is never replaced by another socket's.
 #[inline(always)]
 unsafe fn protected(slot: *const HolderSlot, hook: u32) -> bool {
+    // SAFETY: `slot` is a `HOLDERS` value (every caller passes one from
+    // `set_of`); a racing writer leaves plain integers, which `live_listener`
+    // checks against the socket itself.
     unsafe {
         read_volatile(&raw const (*slot).entry.holder.how) == HOW_LISTEN
             && live_listener(
@@ -88,6 +98,7 @@ fn set_of(key: &PortKey) -> Option<(*mut HolderSlot, *mut HolderSlot)> {
 fn find(key: &PortKey) -> Option<*mut HolderSlot> {
     let (a, b) = set_of(key)?;
     let k = word(key);
+    // SAFETY: `a` and `b` are `HOLDERS` values, from `set_of`.
     unsafe {
         if key_in(a) == k {
             Some(a)
@@ -110,6 +121,7 @@ unsafe fn place(
     b: *mut HolderSlot,
     hook: u32,
 ) -> Option<*mut HolderSlot> {
+    // SAFETY: `a` and `b` are `HOLDERS` values (the caller's, from `set_of`).
     unsafe {
         let (ka, kb) = (key_in(a), key_in(b));
         if ka == key {
@@ -153,10 +165,13 @@ fn whoami(task: u64) -> (u64, u32, [u8; 16]) {
             sock::load::<u64>(task, off),
             sock::load::<u64>(task, off + 8),
         ];
+        // SAFETY: two `u64`s are 16 bytes, each a valid `u8`.
         (started, uid, unsafe {
             core::mem::transmute::<[u64; 2], [u8; 16]>(comm)
         })
     } else {
+        // SAFETY: helpers without arguments, and `mem::comm` writes into its
+        // own buffer.
         unsafe {
             (
                 bpf_ktime_get_boot_ns(),
@@ -190,9 +205,11 @@ fn record_held(sk: u64, held: &sock::Held, how: u8, pid_tgid: u64, task: u64, ho
     // Only a record made by a listener can protect its slot: a socket that
     // starts listening is recorded again (HOW_LISTEN) as its listen()
     // returns, so a bind's record is replaced without reading its socket.
+    // SAFETY: `a` and `b` are `HOLDERS` values, from `set_of`.
     let Some(slot) = (unsafe { place(word(&key), a, b, hook) }) else {
         return;
     };
+    // SAFETY: `slot` is one of `a` and `b`, `HOLDERS` values.
     unsafe {
         if key_in(slot) == word(&key)
             && read_volatile(&raw const (*slot).entry.sk) != sk
@@ -227,6 +244,9 @@ fn record_held(sk: u64, held: &sock::Held, how: u8, pid_tgid: u64, task: u64, ho
 #[inline(always)]
 fn lookup(key: &PortKey, out: &mut HolderRecord) -> Option<u64> {
     let slot = find(key)?;
+    // SAFETY: `slot` is a `HOLDERS` value (from `find`) and `out` a valid
+    // `HolderRecord` apart from it; a racing writer changes the sequence,
+    // which is checked after the copy.
     unsafe {
         let seq = read_volatile(&raw const (*slot).seq);
         if seq & 1 != 0 || key_in(slot) != word(key) {
@@ -247,6 +267,8 @@ pub fn recorded_pid(key: &PortKey, sk: u64) -> u32 {
     let Some(slot) = find(key) else {
         return 0;
     };
+    // SAFETY: `slot` is a `HOLDERS` value (from `find`); a racing writer
+    // changes the sequence, which is checked after the reads.
     unsafe {
         let seq = read_volatile(&raw const (*slot).seq);
         let same = key_in(slot) == word(key) && read_volatile(&raw const (*slot).entry.sk) == sk;

@@ -35,6 +35,7 @@ pub fn note_failure(ev: &Event) {
         return;
     }
     if let Some(slots) = INTEREST.get_ptr_mut(u32::from(ev.port) / 64) {
+        // SAFETY: a valid `INTEREST` value, indexed inside its 64 bytes.
         // One byte per port: a plain store, which cannot undo another
         // CPU's mark of a neighbouring port as a bit would.
         unsafe { (*slots)[usize::from(ev.port) % 64] = 1 };
@@ -119,6 +120,7 @@ pub fn on_state(sk: u64, old: i32, new: i32) {
     let Some(st) = interest(&key) else {
         return;
     };
+    // SAFETY: a helper without arguments.
     let now = unsafe { bpf_ktime_get_boot_ns() };
     let mut count = 0;
     if kind == LIFE_TIME_WAIT {

@@ -71,6 +71,8 @@ pub fn inet_listen_exit(ctx: FExitContext) -> i32 {
 #[inline(always)]
 pub fn enter(ctx: &TracePointContext, with_addr: bool) {
     let off_fd = conf!(offsets.tp_fd) as usize;
+    // SAFETY: a checked copy out of the tracepoint's record (an offset past
+    // it is an error, not a fault); any bytes are a valid `u64`.
     let Ok(fd) = (unsafe { ctx.read_at::<u64>(off_fd) }) else {
         return;
     };
@@ -80,7 +82,9 @@ pub fn enter(ctx: &TracePointContext, with_addr: bool) {
     };
     if with_addr {
         let (off_addr, off_len) = (conf!(offsets.tp_addr), conf!(offsets.tp_addrlen));
+        // SAFETY: a checked copy out of the record, as for `fd`.
         call.addr_ptr = unsafe { ctx.read_at::<u64>(off_addr as usize) }.unwrap_or(0);
+        // SAFETY: a checked copy out of the record, as for `fd`.
         call.addrlen = unsafe { ctx.read_at::<u64>(off_len as usize) }.unwrap_or(0) as i32;
     }
     let _ = CALLS.insert(bpf_get_current_pid_tgid(), call, 0);
@@ -90,10 +94,13 @@ pub fn enter(ctx: &TracePointContext, with_addr: bool) {
 /// hold them at sys_exit, which saves a sys_enter program and a map round trip.
 #[inline(always)]
 fn args_from_regs(task: u64) -> PendingCall {
+    // SAFETY: `task` is the current task, BTF-typed (`exit`): the helper
+    // returns its saved user registers.
     let regs = unsafe { bpf_task_pt_regs(task as *mut _) } as u64;
     let [fd, addr, len] = conf!(offsets.regs_arg);
-    // `regs` is a BTF pointer: plain loads are allowed (the verifier checks
-    // them against struct pt_regs) and cost far less than a helper call.
+    // SAFETY: `regs` is a BTF pointer: the verifier accepts only loads at
+    // offsets inside struct pt_regs, and the JIT makes a fault read zero.
+    // Plain loads cost far less than a helper call.
     let at = |off: u32| unsafe { core::ptr::read_volatile((regs + off as u64) as *const u64) };
     PendingCall {
         fd: at(fd) as i32,
@@ -118,6 +125,7 @@ fn exit_ret(ctx: &TracePointContext) -> i32 {
             *(aya_ebpf::EbpfContext::as_ptr(ctx) as *const i64).add(USUAL_RET as usize / 8) as i32
         }
     } else {
+        // SAFETY: a checked copy out of the record; any bytes are a valid `i64`.
         unsafe { ctx.read_at::<i64>(off as usize) }.unwrap_or(0) as i32
     }
 }
@@ -145,6 +153,7 @@ pub fn exit(ctx: &TracePointContext, syscall: u8) {
     // From the saved registers: the current task as a BTF-typed pointer,
     // read with plain loads (its ids too, instead of a helper call).
     let task = if from_regs {
+        // SAFETY: a helper without arguments, there since 5.11 (this path: 5.15+).
         unsafe { bpf_get_current_task_btf() as u64 }
     } else {
         0
@@ -160,6 +169,7 @@ pub fn exit(ctx: &TracePointContext, syscall: u8) {
         args_from_regs(task)
     } else {
         let id = bpf_get_current_pid_tgid();
+        // SAFETY: copied at once; only this thread's sys_enter writes the entry.
         let Some(call) = (unsafe { CALLS.get(id) }).copied() else {
             count(hook, stat::NO_ENTRY);
             return;

@@ -8,6 +8,9 @@
 // `sock::cast`: the kfunc call is written as one instruction word.
 #![feature(asm_experimental_arch)]
 #![no_main]
+// Every `unsafe` block says why it holds, on a `// SAFETY:` line before it
+// (`cargo xtask test` runs clippy for the BPF target to keep it so).
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 mod bind;
 mod config;

@@ -13,7 +13,7 @@ use core::mem::{align_of, size_of, MaybeUninit};
 /// Words in a `T` that these helpers accept: a multiple of eight bytes,
 /// aligned to eight.
 const fn words<T>() -> usize {
-    assert!(size_of::<T>() % 8 == 0 && align_of::<T>() >= 8);
+    assert!(size_of::<T>().is_multiple_of(8) && align_of::<T>() >= 8);
     size_of::<T>() / 8
 }
 
@@ -25,13 +25,15 @@ const fn words<T>() -> usize {
 #[inline(always)]
 pub unsafe fn zero<T>(dst: *mut T) {
     let wide = const {
-        assert!(size_of::<T>() % 4 == 0 && align_of::<T>() >= 4);
-        align_of::<T>() >= 8 && size_of::<T>() % 8 == 0
+        assert!(size_of::<T>().is_multiple_of(4) && align_of::<T>() >= 4);
+        align_of::<T>() >= 8 && size_of::<T>().is_multiple_of(8)
     };
     if wide {
         let p = dst.cast::<u64>();
         let mut i = 0;
         while i < size_of::<T>() / 8 {
+            // SAFETY: word `i` lies inside `*dst`, valid for writes (the
+            // caller's contract) and 8-byte aligned (`wide`).
             unsafe { p.add(i).write_volatile(0) };
             i += 1;
         }
@@ -39,6 +41,8 @@ pub unsafe fn zero<T>(dst: *mut T) {
         let p = dst.cast::<u32>();
         let mut i = 0;
         while i < size_of::<T>() / 4 {
+            // SAFETY: word `i` lies inside `*dst`, valid for writes (the
+            // caller's contract) and 4-byte aligned (asserted above).
             unsafe { p.add(i).write_volatile(0) };
             i += 1;
         }
@@ -55,6 +59,8 @@ pub unsafe fn copy<T>(dst: *mut T, src: *const T) {
     let (d, s) = (dst.cast::<u64>(), src.cast::<u64>());
     let mut i = 0;
     while i < n {
+        // SAFETY: word `i` lies inside both `T`s, which are valid, apart and
+        // 8-byte aligned (the caller's contract; `words` checks the size).
         unsafe { d.add(i).write_volatile(s.add(i).read_volatile()) };
         i += 1;
     }
@@ -69,6 +75,9 @@ pub unsafe fn copy<T>(dst: *mut T, src: *const T) {
 #[inline(always)]
 pub unsafe fn with_zeroed<T, R>(f: impl FnOnce(&mut T) -> R) -> R {
     let mut v = MaybeUninit::<T>::uninit();
+    // SAFETY: `v` is this frame's own, valid for writes; once zeroed it is a
+    // valid `T` (the caller's contract), so the reference is to an
+    // initialised value.
     unsafe {
         zero(v.as_mut_ptr());
         f(&mut *v.as_mut_ptr())
@@ -80,6 +89,8 @@ pub unsafe fn with_zeroed<T, R>(f: impl FnOnce(&mut T) -> R) -> R {
 #[inline(always)]
 pub fn comm() -> [u8; 16] {
     let mut buf = MaybeUninit::<[u64; 2]>::uninit();
+    // SAFETY: the helper writes all 16 bytes of `buf` (its size, passed), on
+    // failure too, and any 16 bytes are a valid `[u8; 16]`.
     unsafe {
         aya_ebpf::helpers::generated::bpf_get_current_comm(buf.as_mut_ptr().cast(), 16);
         core::mem::transmute::<[u64; 2], [u8; 16]>(buf.assume_init())

@@ -25,6 +25,9 @@ use crate::{
 #[inline(always)]
 pub fn read<T: Copy>(base: u64, off: u32) -> T {
     let mut v = MaybeUninit::<T>::uninit();
+    // SAFETY: the helper checks the source address (a fault is no crash, it
+    // gives zeros) and writes all `size_of::<T>()` bytes of `v` either way;
+    // any bytes are a valid `T` of plain integers.
     unsafe {
         bpf_probe_read_kernel(
             v.as_mut_ptr().cast(),
@@ -39,6 +42,8 @@ pub fn read<T: Copy>(base: u64, off: u32) -> T {
 #[inline(always)]
 fn read_user<T: Copy>(ptr: u64) -> T {
     let mut v = MaybeUninit::<T>::uninit();
+    // SAFETY: as in `read`: a checked copy that fills `v` (zeros on a fault),
+    // and any bytes are a valid `T` of plain integers.
     unsafe {
         bpf_probe_read_user(
             v.as_mut_ptr().cast(),
@@ -62,6 +67,9 @@ fn read_bits(base: u64, loc: BitLoc) -> u8 {
 /// `read` costs 30-60 ns on this machine kind (BENCHMARKS.md).
 #[inline(always)]
 pub fn load<T: Copy>(base: u64, off: u32) -> T {
+    // SAFETY: the verifier accepts this load only through a BTF-typed
+    // pointer, at an offset inside its type, and the JIT makes a fault read
+    // zero; `T` is plain integers, valid for any bytes.
     unsafe { core::ptr::read_volatile((base + off as u64) as *const T) }
 }
 
@@ -112,6 +120,8 @@ fn fd_table(task: u64) -> (u64, u32) {
             load(fdt, conf!(offsets.fdt_max_fds)),
         )
     } else {
+        // SAFETY: the helper takes no argument and only returns an address,
+        // which `read` dereferences through a checked copy.
         let task = unsafe { bpf_get_current_task() };
         let files: u64 = read(task, conf!(offsets.task_files));
         let fdt: u64 = read(files, conf!(offsets.files_fdt));
@@ -292,6 +302,7 @@ pub fn fill_sockaddr(ev: &mut Event, ptr: u64, len: i32, user: bool) {
     ev.family = family;
     ev.port = u16::from_be_bytes([head[2], head[3]]);
     if family == AF_INET6 && len >= 24 {
+        // SAFETY: two `u64`s are 16 bytes, each a valid `u8`.
         ev.addr = unsafe { core::mem::transmute::<[u64; 2], [u8; 16]>([words[1], words[2]]) };
     } else if family == AF_INET && len >= 8 {
         ev.addr = v4_addr(u32::from_ne_bytes([head[4], head[5], head[6], head[7]]));
@@ -326,12 +337,15 @@ pub fn v4_addr(v4: u32) -> [u8; 16] {
     } else {
         (v4 as u64) << 32
     };
+    // SAFETY: two `u64`s are 16 bytes, each a valid `u8`.
     unsafe { core::mem::transmute::<[u64; 2], [u8; 16]>([first, 0]) }
 }
 
 /// The parent's thread group id.
 #[inline(always)]
 pub fn current_ppid() -> u32 {
+    // SAFETY: the helper takes no argument and only returns an address,
+    // which `read` dereferences through a checked copy.
     let task = unsafe { bpf_get_current_task() };
     let parent: u64 = read(task, conf!(offsets.task_real_parent));
     read(parent, conf!(offsets.task_tgid))
@@ -428,6 +442,7 @@ pub fn held_typed(sk: u64) -> Option<Held> {
     }
     let addr = if family == AF_INET6 {
         let off = conf!(offsets.sk_v6_rcv_saddr);
+        // SAFETY: two `u64`s are 16 bytes, each a valid `u8`.
         unsafe { core::mem::transmute::<[u64; 2], [u8; 16]>([load(sk, off), load(sk, off + 8)]) }
     } else {
         v4_addr(load(sk, conf!(offsets.sk_rcv_saddr)))
@@ -467,6 +482,8 @@ fn head(sk: u64, hook: u32) -> Option<(u16, u16, u8, u64, [u8; 16])> {
         if off > SK_HEAD_BYTES - size {
             return None;
         }
+        // SAFETY: `off + size` is within the `SK_HEAD_BYTES` of `buf` (just
+        // checked), so the pointer stays inside the map value.
         Some(unsafe { buf.add(off as usize) } as *const u8)
     };
     let (off_family, off_num, off_state, off_net) = (
@@ -476,6 +493,9 @@ fn head(sk: u64, hook: u32) -> Option<(u16, u16, u8, u64, [u8; 16])> {
         conf!(offsets.sk_net),
     );
     let (off_v4, off_v6) = (conf!(offsets.sk_rcv_saddr), conf!(offsets.sk_v6_rcv_saddr));
+    // SAFETY: `buf` is this hook's per-CPU value of `SK_HEAD_BYTES` bytes,
+    // which the checked copy fills (zeros on a fault); every read below is
+    // of plain integers inside it (`at` checks the bounds) and unaligned.
     unsafe {
         bpf_probe_read_kernel(buf.cast(), SK_HEAD_BYTES, sk as *const _);
         let family = (at(off_family, 2)? as *const u16).read_unaligned();

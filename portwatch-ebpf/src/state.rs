@@ -37,8 +37,11 @@ pub fn sock_state_raw(ctx: RawTracePointContext) -> u32 {
 #[tracepoint]
 pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
     let off_new = conf!(offsets.tp_state_new) as usize;
+    // SAFETY: a checked copy out of the record (an
+    // offset past it is an error, not a fault); any bytes are a valid integer.
     let new = unsafe { ctx.read_at::<i32>(off_new) }.unwrap_or(0);
     // `oldstate` sits right before `newstate` (checked by the loader).
+    // SAFETY: a checked copy, as above.
     let old = unsafe { ctx.read_at::<i32>(off_new - 4) }.unwrap_or(0);
     if !life::counted(old, new) {
         return 0;
@@ -47,7 +50,9 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
         conf!(offsets.tp_state_proto) as usize,
         conf!(offsets.tp_state_sk) as usize,
     );
+    // SAFETY: a checked copy, as above.
     let proto = unsafe { ctx.read_at::<u16>(off_proto) }.unwrap_or(0);
+    // SAFETY: a checked copy, as above.
     if let Ok(sk) = unsafe { ctx.read_at::<u64>(off_sk) } {
         on_change(sk, old, new, Some(proto));
     }

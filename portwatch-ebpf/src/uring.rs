@@ -36,6 +36,8 @@ use crate::{
 #[tracepoint]
 pub fn io_uring_complete(ctx: TracePointContext) -> u32 {
     let off_res = conf!(uring.tp_res) as usize;
+    // SAFETY: a checked copy out of the record (an offset past it is an
+    // error, not a fault); any bytes are a valid `i32`.
     let res = unsafe { ctx.read_at::<i32>(off_res) }.unwrap_or(0);
     if res == 0 && conf!(track_holders) != 0 {
         if let Some(op) = bind_or_listen(&ctx).filter(|op| op.socket != 0) {
@@ -110,6 +112,7 @@ struct Op {
 #[inline(always)]
 fn bind_or_listen(ctx: &TracePointContext) -> Option<Op> {
     let off_req = conf!(uring.tp_req) as usize;
+    // SAFETY: a checked copy out of the record; any bytes are a valid `u64`.
     let req = unsafe { ctx.read_at::<u64>(off_req) }.unwrap_or(0);
     // Auxiliary completions (multishot, msg_ring) carry no request.
     if req == 0 {

@@ -751,6 +751,141 @@ fn lost_events_are_counted_and_reported() {
     assert!(rest.len() as u64 <= shown);
 }
 
+/// The threads of `pid` whose kernel wait channel is a pipe write: blocked
+/// writing to a full pipe. Their names (`comm`).
+fn threads_writing_a_pipe(pid: u32) -> Vec<String> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .filter_map(|t| {
+            let dir = t.ok()?.path();
+            let wchan = std::fs::read_to_string(dir.join("wchan")).ok()?;
+            // `pipe_write` on 6.1, `anon_pipe_write` on 6.18.
+            wchan.contains("pipe_write").then(|| {
+                std::fs::read_to_string(dir.join("comm"))
+                    .unwrap_or_default()
+                    .trim()
+                    .to_owned()
+            })
+        })
+        .collect()
+}
+
+/// A slow output pushes back rather than drops: with stdout a one-page pipe
+/// read slowly, every failure of a burst is still written and none is lost.
+/// The write that waits is the output thread's (`pw-output`), not one of the
+/// async runtime's, where the ring buffer's reader runs.
+#[test]
+fn slow_output_pushes_back_and_drops_nothing() {
+    use std::{
+        io::{BufRead as _, BufReader},
+        os::fd::AsFd as _,
+        process::{Command, Stdio},
+        time::Instant,
+    };
+    let ns = Netns::new("pw-slowout");
+    let port = port();
+    // Far less than the ring buffer and the queue hold: nothing needs to be
+    // lost, however slow the output.
+    const N: usize = 2_000;
+    let mut cmd = Command::new(bin());
+    cmd.args([
+        "watch",
+        "--json",
+        "--netns",
+        &ns.arg(),
+        "--fold-window",
+        "0",
+    ]);
+    if let Ok(backend) = std::env::var("PORTWATCH_TEST_BACKEND") {
+        cmd.args(["--backend", &backend]);
+    }
+    /// Our own child, ended by handle however the test ends.
+    struct Child(std::process::Child);
+    impl Drop for Child {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut child = Child(
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start portwatch"),
+    );
+    let stdout = child.0.stdout.take().unwrap();
+    // One page: the output blocks after an event or two.
+    nix::fcntl::fcntl(stdout.as_fd(), nix::fcntl::FcntlArg::F_SETPIPE_SZ(4096))
+        .expect("shrink the pipe");
+    let (ntx, notices) = std::sync::mpsc::channel::<Value>();
+    let stderr = child.0.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let v = serde_json::from_str(&line).unwrap_or(Value::String(line));
+            let _ = ntx.send(v);
+        }
+    });
+    let mut seen = Vec::new();
+    while !seen.last().is_some_and(|v: &Value| v["type"] == "ready") {
+        match notices.recv_timeout(WAIT) {
+            Ok(v) => seen.push(v),
+            Err(e) => panic!("portwatch not ready ({e}): {seen:?}"),
+        }
+    }
+    ns.run(move || {
+        let (_holder, loser) = conflict(v4(port), false);
+        for _ in 1..N {
+            assert_eq!(bind(&loser, v4(port)), Err(libc::EADDRINUSE));
+        }
+    });
+    // Nothing read yet: the pipe is full, and the writer waits on it.
+    let deadline = Instant::now() + WAIT;
+    let writers = loop {
+        let writers = threads_writing_a_pipe(child.0.id());
+        if !writers.is_empty() || Instant::now() > deadline {
+            break writers;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(
+        writers,
+        ["pw-output"],
+        "the thread blocked on stdout is not (only) the output thread"
+    );
+    // Stopped now, it still writes every event it holds before it exits:
+    // read them slowly, a pipe's page at a time with a pause between pages,
+    // to the end.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.0.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let mut out = BufReader::with_capacity(4096, stdout);
+    let mut lines = 0;
+    let mut line = String::new();
+    while out.read_line(&mut line).expect("read stdout") > 0 {
+        let ev: Value = serde_json::from_str(&line).expect("an NDJSON event");
+        assert_eq!(ev["port"], port, "{ev}");
+        lines += 1;
+        line.clear();
+        if out.buffer().is_empty() {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+    assert!(child.0.wait().unwrap().success());
+    assert_eq!(lines, N, "events written of {N} failures");
+    let summary = notices
+        .iter()
+        .find(|v| v["type"] == "summary")
+        .expect("summary");
+    assert_eq!(summary["matched"], N, "{summary}");
+    assert_eq!(summary["lost"], 0, "{summary}");
+    assert_eq!(summary["shown"], N, "{summary}");
+}
+
 #[test]
 fn sigterm_stops_cleanly_with_a_summary() {
     let ns = Netns::new("pw-sigterm");

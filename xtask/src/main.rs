@@ -58,9 +58,10 @@ enum Task {
     },
     /// Run every test: unit, BTF of a second kernel, eBPF integration (as
     /// root), then the integration tests again on Debian's kernels under
-    /// qemu. Each test is a process of its own (cargo-nextest), started as on
-    /// a new machine: a private mount namespace without tracefs, debugfs or
-    /// bpffs.
+    /// qemu. First the tree's checks: format, layering, and clippy on the
+    /// eBPF crate (a `// SAFETY:` line on every `unsafe` block). Each test
+    /// is a process of its own (cargo-nextest), started as on a new machine:
+    /// a private mount namespace without tracefs, debugfs or bpffs.
     Test {
         /// Extra arguments for `cargo nextest run`, e.g. a test name filter;
         /// with any, only the host suites run.
@@ -156,6 +157,8 @@ fn test(extra: &[String]) -> Result<()> {
     checks::format()?;
     checks::layers()?;
     setup::ensure()?;
+    // After `setup`, which installs nightly's rust-src (build-std needs it).
+    checks::ebpf_clippy()?;
     if !nix::unistd::geteuid().is_root() {
         bail!("the eBPF integration tests load programs and make network namespaces: run as root");
     }

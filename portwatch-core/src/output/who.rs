@@ -80,25 +80,39 @@ pub fn write_json(out: &mut impl Write, r: &WhoReport) -> io::Result<()> {
 
 /// Writes `r` for people: a table of sockets, then the answers.
 pub fn write_human(out: &mut impl Write, r: &WhoReport) -> io::Result<()> {
+    sockets_table(out, r)?;
+    bind_answers(out, r)?;
+    published_lines(out, r)?;
+    dnat_lines(out, r)?;
+    verdicts(out, r)
+}
+
+/// The sockets on the port, one line each under a header, or that there are
+/// none.
+fn sockets_table(out: &mut impl Write, r: &WhoReport) -> io::Result<()> {
     let what = format!("{} port {}", r.proto.name(), r.port);
     if r.sockets.is_empty() {
-        writeln!(out, "no socket on {what} (network namespace {})", r.netns)?;
-    } else {
-        writeln!(
-            out,
-            "{what}, network namespace {}: {} socket(s)",
-            r.netns,
-            r.sockets.len()
-        )?;
-        writeln!(
-            out,
-            "{:<12} {:<28} {:<28} {:>6} {:>6} {:>8} {:<16} UNIT/CONTAINER",
-            "STATE", "LOCAL", "REMOTE", "LEFT", "UID", "PID", "COMM"
-        )?;
-        for h in &r.sockets {
-            socket_line(out, h)?;
-        }
+        return writeln!(out, "no socket on {what} (network namespace {})", r.netns);
     }
+    writeln!(
+        out,
+        "{what}, network namespace {}: {} socket(s)",
+        r.netns,
+        r.sockets.len()
+    )?;
+    writeln!(
+        out,
+        "{:<12} {:<28} {:<28} {:>6} {:>6} {:>8} {:<16} UNIT/CONTAINER",
+        "STATE", "LOCAL", "REMOTE", "LEFT", "UID", "PID", "COMM"
+    )?;
+    for h in &r.sockets {
+        socket_line(out, h)?;
+    }
+    Ok(())
+}
+
+/// Whether bind() would succeed now, one line per option set tried.
+fn bind_answers(out: &mut impl Write, r: &WhoReport) -> io::Result<()> {
     writeln!(
         out,
         "\nbind() {} {} now:",
@@ -129,6 +143,11 @@ pub fn write_human(out: &mut impl Write, r: &WhoReport) -> io::Result<()> {
         }
         writeln!(out, "{}", line.trim_end())?;
     }
+    Ok(())
+}
+
+/// Containers that publish the port, each with the fix.
+fn published_lines(out: &mut impl Write, r: &WhoReport) -> io::Result<()> {
     for p in &r.published {
         let name = p.container.label();
         writeln!(
@@ -153,6 +172,11 @@ pub fn write_human(out: &mut impl Write, r: &WhoReport) -> io::Result<()> {
             ))
         )?;
     }
+    Ok(())
+}
+
+/// Firewall rules that redirect the port.
+fn dnat_lines(out: &mut impl Write, r: &WhoReport) -> io::Result<()> {
     for d in &r.dnat {
         writeln!(
             out,
@@ -166,11 +190,16 @@ pub fn write_human(out: &mut impl Write, r: &WhoReport) -> io::Result<()> {
             printable(&d.rule)
         )?;
     }
+    Ok(())
+}
+
+/// The verdict on a plain bind(), then the other options' explanations
+/// where they say something else.
+fn verdicts(out: &mut impl Write, r: &WhoReport) -> io::Result<()> {
     let plain = r.verdict.as_ref();
     if let Some(v) = plain {
         verdict_lines(out, "", v)?;
     }
-    // The other options' explanations, when they say something else.
     for b in &r.binds[1..] {
         if let Some(v) = &b.verdict {
             if plain.is_none_or(|p| p.reason != v.reason) {

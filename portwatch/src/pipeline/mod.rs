@@ -1,5 +1,5 @@
 //! Captured events -> holder lookups on blocking threads -> an in-order
-//! writer.
+//! writer, whose output is written on a thread of its own.
 //!
 //! The ring buffer's reader only decodes and submits, so capture never waits
 //! for /proc or netlink. Identical failures within [`SHARE_FOR`] share one
@@ -13,7 +13,10 @@
 //! not made, and when the writer falls a whole queue behind the reader it
 //! stops waiting for lookups until it has caught up. Such events go out with
 //! what the kernel recorded, marked (`Evidence::shed`) and counted. Only a
-//! slow output can make the reader wait (then the kernel counts the loss).
+//! slow output can make the reader wait (then the kernel counts the loss):
+//! the writing itself blocks the output thread (`writer`), never the async
+//! runtime, and pushes back through bounded queues all the way to the
+//! reader, so no event is dropped after the ring buffer.
 //! Diagnosis runs in the writer: it is pure and cheap, and a storm shares one
 //! verdict per failing process.
 

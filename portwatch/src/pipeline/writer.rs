@@ -1,6 +1,17 @@
 //! The writer: events in capture order, each once its lookup is in or its
 //! deadline has passed; diagnosed once per storm and process, rendered
 //! (text or NDJSON, journald), journalled and counted.
+//!
+//! Two halves. An async task waits for the lookups (their answers, the
+//! deadlines and the hurry are async); a thread of its own, `pw-output`,
+//! diagnoses, renders and writes, so a slow stdout (a pipe read slowly, a
+//! terminal on a slow link) or journald blocks that thread, never the
+//! runtime the ring buffer's reader runs on. Between them a bounded channel
+//! of [`OUTPUT_QUEUE`] batches, in order: when the thread is that far
+//! behind, the task waits to hand it the next batch, stops taking the
+//! reader's, and the reader waits for room as it always did. No event is
+//! dropped on the way; a batch's room in the queue is given back once the
+//! thread has written it.
 
 use std::{
     collections::HashMap,
@@ -18,7 +29,7 @@ use portwatch_core::{
     request::Opts,
 };
 use serde_json::value::RawValue;
-use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
 use super::{Hurry, Lookup, Pending, Shared, QUEUE, RECENT_CAP};
 use crate::metrics::Metrics;
@@ -34,6 +45,18 @@ pub(super) struct WriteOpts {
     pub(super) journald: Option<output::journald::Journald>,
     pub(super) hurry: Arc<Hurry>,
     pub(super) room: Arc<Semaphore>,
+}
+
+/// Batches on their way from the task to the output thread: enough to keep
+/// the thread writing while the task waits for a lookup; more would only
+/// hold events that the queue before the writer already counts.
+const OUTPUT_QUEUE: usize = 4;
+
+/// A batch whose lookups are answered (or given up on), in capture order.
+struct Answered {
+    events: Vec<(Event, Option<Answer>)>,
+    /// The batch's room in the queue, given back once it is written.
+    room: OwnedSemaphorePermit,
 }
 
 /// Who failed, as far as a verdict depends on it.
@@ -77,9 +100,45 @@ struct EventWriter {
 }
 
 /// Writes events in capture order, each once its lookup is in or its
-/// deadline has passed, or at once while hurried.
+/// deadline has passed, or at once while hurried: waits for the answers
+/// here and hands each batch to the output thread, which writes it.
+/// Returns what the thread returns: its first write error ends both.
 pub(super) async fn write(
     mut rx: mpsc::UnboundedReceiver<(Vec<Pending>, OwnedSemaphorePermit)>,
+    out: Box<dyn Write + Send>,
+    opts: WriteOpts,
+) -> io::Result<Unenriched> {
+    let hurry = opts.hurry.clone();
+    let (to_output, batches) = mpsc::channel(OUTPUT_QUEUE);
+    let (done, result) = oneshot::channel();
+    std::thread::Builder::new()
+        .name("pw-output".into())
+        .spawn(move || {
+            let _ = done.send(write_out(batches, out, opts));
+        })?;
+    while let Some((batch, room)) = rx.recv().await {
+        let mut events = Vec::with_capacity(batch.len());
+        for p in batch {
+            let answer = answer(p.lookup, p.deadline, &hurry).await;
+            events.push((p.ev, answer));
+        }
+        // Waits while the thread is a whole channel behind: the push-back
+        // that reaches the reader through the queue's room.
+        if to_output.send(Answered { events, room }).await.is_err() {
+            // The thread ended on an error, which `result` carries.
+            break;
+        }
+    }
+    drop(to_output);
+    result
+        .await
+        .unwrap_or_else(|_| Err(io::Error::other("the output thread panicked")))
+}
+
+/// The output thread: diagnoses, renders and writes each batch, blocking on
+/// its outputs; flushes stdout whenever no batch is waiting.
+fn write_out(
+    mut batches: mpsc::Receiver<Answered>,
     out: Box<dyn Write + Send>,
     opts: WriteOpts,
 ) -> io::Result<Unenriched> {
@@ -94,19 +153,19 @@ pub(super) async fn write(
         last_verdict: None,
         last_holders: None,
     };
-    let hurry = w.opts.hurry.clone();
-    // The batch's permit goes back once it is written.
-    while let Some((batch, _room)) = rx.recv().await {
-        for p in batch {
-            let answer = answer(p.lookup, p.deadline, &hurry).await;
-            let evidence = answer.map(|a| w.evidence(a, &p.ev));
-            let verdict = evidence.as_ref().map(|e| w.verdict(&p.ev, e));
-            w.emit(&p.ev, evidence.as_ref(), verdict.as_deref())?;
+    while let Some(Answered { events, room }) = batches.blocking_recv() {
+        for (ev, answer) in events {
+            let evidence = answer.map(|a| w.evidence(a, &ev));
+            let verdict = evidence.as_ref().map(|e| w.verdict(&ev, e));
+            w.emit(&ev, evidence.as_ref(), verdict.as_deref())?;
         }
         w.end_batch()?;
-        if rx.is_empty() {
+        if batches.is_empty() {
             w.out.flush()?;
         }
+        // Written (or in the buffer that the next flush writes): room for
+        // the reader again.
+        drop(room);
     }
     w.out.flush()?;
     Ok(w.unenriched)
