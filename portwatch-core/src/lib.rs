@@ -26,5 +26,7 @@ pub mod output;
 pub mod report;
 /// What a caller asked for: the request, and the vocabulary of calls.
 pub mod request;
+/// Programs portwatch runs for an answer, each with a deadline.
+pub mod subprocess;
 /// How times are written: RFC 3339 timestamps, durations for people.
 pub mod time;

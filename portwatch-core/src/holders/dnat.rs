@@ -7,8 +7,15 @@
 //! `ip6tables-save` (which also show iptables-nft's rules) and `nft list
 //! ruleset` (native nftables rules), in the calling thread's network
 //! namespace. Only `who` asks: it is one-shot, never on `watch`'s path.
+//!
+//! Netfilter state is read, never written: `iptables-save` is run without
+//! `-t nat`, because naming a table makes legacy iptables load it (the
+//! kernel registers the nat table and its hooks in that namespace on first
+//! use) where none was; without `-t` it dumps only the tables that exist,
+//! and the `*nat` section is picked here. Each tool runs with a deadline
+//! ([`TIMEOUT`]): one stuck on the xtables lock costs that, not a hang.
 
-use std::{path::Path, process::Command};
+use std::{path::Path, process::Command, time::Duration};
 
 use serde::{Deserialize, Serialize};
 
@@ -26,27 +33,34 @@ pub struct DnatRule {
 /// The programs, by absolute path: a root tool never runs whatever a PATH
 /// entry offers under these names.
 const LISTERS: [(&str, &[&str], &str); 3] = [
-    ("/usr/sbin/iptables-save", &["-t", "nat"], "iptables"),
-    ("/usr/sbin/ip6tables-save", &["-t", "nat"], "ip6tables"),
+    ("/usr/sbin/iptables-save", &[], "iptables"),
+    ("/usr/sbin/ip6tables-save", &[], "ip6tables"),
     ("/usr/sbin/nft", &["list", "ruleset"], "nft"),
 ];
 
+/// How long one lister may take.
+pub const TIMEOUT: Duration = Duration::from_secs(2);
+
 /// The DNAT rules for destination port `port` of `proto` ("tcp", "udp") in
-/// this thread's network namespace; tools that are missing or fail are
-/// passed over.
+/// this thread's network namespace; tools that are missing are passed
+/// over, and each that fails or times out is passed over with its error on
+/// stderr (`who` then answers without that tool's rules).
 pub fn dnat_rules(port: u16, proto: &str) -> Vec<DnatRule> {
     let mut rules = Vec::new();
     for (program, args, from) in LISTERS {
         if !Path::new(program).exists() {
             continue;
         }
-        let Ok(out) = Command::new(program).args(args).output() else {
-            continue;
+        let mut cmd = Command::new(program);
+        cmd.args(args).env_clear().env("LC_ALL", "C");
+        let out = match crate::subprocess::output(&mut cmd, TIMEOUT) {
+            Ok(out) => out,
+            Err(e) => {
+                eprintln!("portwatch: address translation rules not read: {e}");
+                continue;
+            }
         };
-        if !out.status.success() {
-            continue;
-        }
-        let text = String::from_utf8_lossy(&out.stdout);
+        let text = String::from_utf8_lossy(&out);
         let matched: Vec<DnatRule> = if from == "nft" {
             nft_rules(&text, port, proto)
         } else {
@@ -63,7 +77,7 @@ pub fn dnat_rules(port: u16, proto: &str) -> Vec<DnatRule> {
 /// `-A CHAIN ... -p tcp ... --dport 8080 ... -j DNAT --to-destination IP:PORT`
 /// lines (also `--dports A,B:C` of the multiport match).
 fn iptables_rules(text: &str, port: u16, proto: &str) -> Vec<DnatRule> {
-    text.lines()
+    nat_section(text)
         .filter(|l| l.starts_with("-A ") && l.contains("-j DNAT"))
         .filter(|l| word_after(l, "-p") == Some(proto))
         .filter(|l| {
@@ -76,6 +90,14 @@ fn iptables_rules(text: &str, port: u16, proto: &str) -> Vec<DnatRule> {
             to: word_after(l, "--to-destination").map(str::to_owned),
         })
         .collect()
+}
+
+/// The lines of iptables-save's `*nat` table, up to its `COMMIT`.
+fn nat_section(text: &str) -> impl Iterator<Item = &str> {
+    text.lines()
+        .skip_while(|l| *l != "*nat")
+        .skip(1)
+        .take_while(|l| *l != "COMMIT")
 }
 
 /// `tcp dport 8080 ... dnat to 10.0.0.2:80` (also `dnat ip to`, sets and
@@ -147,6 +169,10 @@ mod tests {
         assert_eq!(iptables_rules(text, 5305, "udp").len(), 1);
         assert_eq!(iptables_rules(text, 5305, "tcp"), vec![]);
         assert_eq!(iptables_rules(text, 8084, "tcp"), vec![]);
+        // Only the nat table's rules (a whole-ruleset dump has the others).
+        let filter_first = format!("*filter\n-A FORWARD -p tcp -m tcp --dport 7777 -j DNAT --to-destination 1.2.3.4:1\nCOMMIT\n{text}");
+        assert_eq!(iptables_rules(&filter_first, 7777, "tcp"), vec![]);
+        assert_eq!(iptables_rules(&filter_first, 8083, "tcp").len(), 1);
     }
 
     #[test]
