@@ -129,10 +129,6 @@ pub struct Cli {
 
 /// Subcommands.
 #[derive(Debug, Subcommand)]
-#[expect(
-    clippy::large_enum_variant,
-    reason = "parsed once per run; boxing WatchArgs would only add noise"
-)]
 pub enum Command {
     /// Stream failed bind()/listen() calls as they happen, with who holds
     /// the port, why it failed and what to do.
