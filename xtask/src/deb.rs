@@ -327,7 +327,7 @@ fn test(deb: &Path) -> Result<()> {
     }
     // The tests' machinery (feature `test-hooks`) never ships: neither its
     // hidden flags nor the code behind them.
-    let left = test_hooks_in(&std::fs::read(&installed)?);
+    let left = test_hooks_in(&fs::read(&installed)?);
     if !left.is_empty() {
         bail!("the installed portwatch carries test machinery: {left:?}");
     }

@@ -367,13 +367,18 @@ async fn spawn_held(command: &[OsString]) -> Result<Held, Error> {
         child
     });
     let program = program.to_string_lossy().into_owned();
-    let mut pid = [0u8; 4];
-    let read = tokio::task::spawn_blocking(move || gate.read_exact(&mut pid).map(|()| gate))
-        .await
-        .map_err(|e| anyhow!("starting CMD: {e}"))?;
+    let read = tokio::task::spawn_blocking(move || {
+        let mut pid = [0u8; 4];
+        gate.read_exact(&mut pid)
+            .map(|()| (gate, u32::from_ne_bytes(pid)))
+    })
+    .await
+    .map_err(|e| anyhow!("starting CMD: {e}"))?;
     match read {
-        Ok(gate) => Ok(Held {
-            pid: u32::from_ne_bytes(pid),
+        // 0 written to cgroup.procs would move portwatch itself.
+        Ok((_, 0)) => Err(Error::Failed(anyhow!("{program} said pid 0"))),
+        Ok((gate, pid)) => Ok(Held {
+            pid,
             gate,
             spawned,
             program,
