@@ -332,7 +332,8 @@ s.bind(('0.0.0.0', 8095)); s.listen(); time.sleep(60)" &
     wait_for 10 sh -c "ss -Hltn 'sport = :8095' | grep -q 8095" || { echo "no holder on 8095"; return 1; }
     "$@" /usr/sbin/portwatch run -- sh -c '
 cg=$(sed -n "s/^0:://p" /proc/self/cgroup)
-{ echo "cgroup $cg"; systemctl status --no-pager "${cg##*/}" 2>&1 | head -5; } >/tmp/run-child
+{ echo "cgroup $cg"; systemctl status --no-pager "${cg##*/}" 2>&1 | head -8
+  systemctl show -p Transient -p ActiveState "${cg##*/}"; } >/tmp/run-child
 exec python3 -c "import socket, time
 s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 try:
@@ -353,8 +354,10 @@ run_child_in_transient_scope() {
     echo "$child" | grep -qx 'exit 7' || { echo "not CMD's status 7: $child $err"; return 1; }
     echo "$child" | grep -qE '^cgroup /system.slice/portwatch-run-[0-9]+\.scope$' || { echo "not in a scope: $child"; return 1; }
     echo "$child" | grep -q 'portwatch run: sh -c' || { echo "status without the description: $child"; return 1; }
-    echo "$child" | grep -q 'transient' || { echo "not a transient unit: $child"; return 1; }
-    echo "$child" | grep -q 'Active: active (running)' || { echo "scope not running: $child"; return 1; }
+    echo "$child" | grep -q 'Loaded: loaded (/run/systemd/transient/portwatch-run-[0-9]*\.scope; transient)' \
+        && echo "$child" | grep -qx 'Transient=yes' || { echo "not a transient unit: $child"; return 1; }
+    echo "$child" | grep -q 'Active: active (running)' && echo "$child" | grep -qx 'ActiveState=active' \
+        || { echo "scope not running: $child"; return 1; }
     echo "$err" | grep -qE 'portwatch: CMD runs in the transient unit portwatch-run-[0-9]+\.scope \(systemd is PID 1' \
         || { echo "no scope line: $err"; return 1; }
     echo "$err" | grep -q 'EADDRINUSE' && echo "$err" | grep -q ':8095' && echo "$err" | grep -q 'python3' \

@@ -44,7 +44,11 @@ EXAMPLES:
     portwatch run --all-errors -- ./server --listen 127.0.0.1:80
 
 CMD runs in a cgroup of its own (cgroup v2), so its children are traced too,
-also those that daemonize. CMD's stdout and stderr pass through untouched;
+also those that daemonize: under systemd (PID 1) a transient scope unit
+portwatch-run-PID.scope that systemd makes, or, where systemd delegated
+portwatch's cgroup or is not PID 1, a cgroup portwatch makes under its own;
+the line `portwatch: CMD runs in ...` says which, before capture starts.
+CMD's stdout and stderr pass through untouched;
 portwatch's lines (each failure with holder, diagnosis and fix, then a
 summary) go to stderr, or to --output FILE. Ctrl-C, SIGTERM, SIGHUP and
 SIGQUIT are forwarded to CMD, which runs in a process group of its own.

@@ -121,7 +121,12 @@ fn description(command: &[OsString]) -> String {
         .iter()
         .map(|w| w.to_string_lossy().into_owned())
         .collect();
-    let mut d = format!("portwatch run: {}", words.join(" "));
+    // One line: `systemctl status` shows it in its header.
+    let joined = words.join(" ");
+    let mut d = format!(
+        "portwatch run: {}",
+        joined.split_whitespace().collect::<Vec<_>>().join(" ")
+    );
     if d.len() > 200 {
         let mut end = 200;
         while !d.is_char_boundary(end) {
@@ -172,6 +177,12 @@ mod tests {
         assert_eq!(args.last().unwrap(), "0");
         let long = vec![OsString::from("x".repeat(300))];
         assert_eq!(description(&long).len(), 203);
+        let script = vec![
+            OsString::from("sh"),
+            OsString::from("-c"),
+            OsString::from("a\n  b\tc"),
+        ];
+        assert_eq!(description(&script), "portwatch run: sh -c a b c");
     }
 
     /// This host's cgroups are not delegated by a systemd (it is not PID 1
