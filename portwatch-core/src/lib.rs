@@ -31,6 +31,8 @@ pub mod report;
 pub mod request;
 /// What is never stopped nor killed to free a port, and what is said instead.
 pub mod safety;
+/// Programs portwatch runs for an answer, each with a deadline.
+pub mod subprocess;
 /// How times are written: RFC 3339 timestamps, durations for people.
 pub mod time;
 /// Which commands a fix may name on this host.

@@ -419,8 +419,8 @@ fn listener_in_another_netns_is_named_with_its_cmdline() {
 fn exited_holders_record_is_the_same_by_any_read() {
     for extra in [
         &[][..],
-        &["--test-bad-offset", "no_casts"][..],
-        &["--test-bad-offset", "no_casts,no_sk_head"][..],
+        &["--test-kernel-quirks", "no_casts"][..],
+        &["--test-kernel-quirks", "no_casts,no_sk_head"][..],
     ] {
         for ip in [
             std::net::IpAddr::from([127, 0, 0, 1]),

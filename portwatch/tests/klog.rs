@@ -1,7 +1,7 @@
 //! The programs' own diagnostics (aya-log, `watch -v`): a kernel read that
 //! contradicts the kernel's BTF must be said on stderr, not hidden inside a
 //! silently wrong event. The wrong read is forced with a hidden, test-only
-//! loader override (`--test-bad-offset`): there is no other way to make a
+//! loader override (`--test-kernel-quirks socket_sk`): there is no other way to make a
 //! correct offset wrong on purpose.
 
 mod common;
@@ -34,7 +34,7 @@ fn bad_socket_offset_is_reported_under_v() {
     // By pid, not --netns: the namespace is read through the socket, which
     // the broken offset makes unreadable.
     let pid = std::process::id().to_string();
-    let tracer = Tracer::start(&["--pid", &pid, "-v", "--test-bad-offset", "socket_sk"]);
+    let tracer = Tracer::start(&["--pid", &pid, "-v", "--test-kernel-quirks", "socket_sk"]);
     // On the saved-registers path with bpf_rdonly_cast, the verifier itself
     // refuses a load of `struct socket` at a member's wrong offset: the
     // loader falls back to the helper reads and says so.
@@ -68,7 +68,7 @@ fn kernel_log_is_off_by_default() {
     let ns = Netns::new("pw-klog-off");
     let port = port();
     let pid = std::process::id().to_string();
-    let tracer = Tracer::start(&["--pid", &pid, "--test-bad-offset", "socket_sk"]);
+    let tracer = Tracer::start(&["--pid", &pid, "--test-kernel-quirks", "socket_sk"]);
     fail_once(&ns, port);
     let ev = tracer.event();
     assert_eq!(ev["port"], port, "{ev:#}");

@@ -544,7 +544,7 @@ fn time_wait_without_reuseaddr_is_recognised() {
 /// raw one.
 #[test]
 fn time_wait_is_counted_through_the_classic_tracepoint_too() {
-    time_wait_case("pw-rec-twc", &["--test-classic-state"], 0);
+    time_wait_case("pw-rec-twc", &["--test-kernel-quirks", "no_raw_state"], 0);
 }
 
 fn time_wait_case(name: &str, extra: &[&str], raw_programs: usize) {

@@ -288,3 +288,49 @@ fn exit_statuses_and_signals() {
         .join(format!("portwatch-run-{}", child.id()));
     assert!(!dir.exists(), "{dir:?} left behind");
 }
+
+/// Without systemd as PID 1 (this host) CMD runs in a cgroup made under
+/// portwatch's own, and portwatch says so: the `placed` notice names the
+/// cgroup CMD reads in its own /proc/self/cgroup, and a bind() that CMD
+/// makes as the first thing it does is caught (CMD is placed, and the
+/// programs loaded with its cgroup, before it execs).
+#[test]
+fn run_says_where_cmd_runs_and_catches_its_first_bind() {
+    let ns = Netns::new("pw-runplace");
+    let scratch = Scratch::new("place");
+    let port = port();
+    let _held = ns.run(move || Process::fork(|| hold(v4(port), false, |_| {})));
+    let seen = scratch.0.join("cgroup");
+    let code = format!(
+        "import socket\n\
+         s=socket.socket()\n\
+         try: s.bind(('127.0.0.1',{port}))\n\
+         except OSError: pass\n\
+         open('{}','w').write(open('/proc/self/cgroup').read())\n",
+        seen.display()
+    );
+    let out = scratch.0.join("pw.ndjson");
+    let out2 = out.clone();
+    let result = ns.run(move || run(&out2, &["/usr/bin/python3", "-c", &code]));
+    assert_eq!(
+        result.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&result.stderr)
+    );
+    let cgroup = std::fs::read_to_string(&seen).expect("CMD ran");
+    let cgroup = cgroup
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .expect("CMD is in a cgroup v2");
+    let (events, notices) = lines(&out);
+    let placed = notices
+        .iter()
+        .find(|v| v["type"] == "placed")
+        .unwrap_or_else(|| panic!("no placed notice in {notices:#?}"));
+    assert_eq!(placed["how"], "cgroup", "{placed:#}");
+    assert_eq!(placed["cgroup"], cgroup, "{placed:#}");
+    assert!(cgroup.contains("/portwatch-run-"), "{cgroup}");
+    assert_eq!(events.len(), 1, "{events:#?} {notices:#?}");
+    assert_eq!(events[0]["port"], port, "{:#}", events[0]);
+}

@@ -328,6 +328,31 @@ impl Scratch {
     }
 }
 
+/// Strings only the `test-hooks` feature puts in the binary: its flags,
+/// their values, and the names of the settings behind them.
+const TEST_HOOK_STRINGS: &[&str] = &[
+    "test-kernel-quirks",
+    "enrich-delay",
+    "fold-table-size",
+    "tracepoint-args",
+    "kernel_quirks",
+    "no_casts",
+    "no_sk_head",
+    "no_raw_state",
+    "bad_offset",
+    "bad-offset",
+    "test-classic-state",
+];
+
+/// Which of [`TEST_HOOK_STRINGS`] `binary` holds.
+fn test_hooks_in(binary: &[u8]) -> Vec<&'static str> {
+    TEST_HOOK_STRINGS
+        .iter()
+        .copied()
+        .filter(|s| binary.windows(s.len()).any(|w| w == s.as_bytes()))
+        .collect()
+}
+
 /// Installs into a scratch root with its own dpkg database, checks, purges.
 fn test(deb: &Path) -> Result<()> {
     let deb_str = deb.to_str().context("non-UTF-8 path")?;
@@ -350,7 +375,12 @@ fn test(deb: &Path) -> Result<()> {
     if !help.contains("--metrics") {
         bail!("installed portwatch watch --help has no --metrics");
     }
-    // The tests' hidden flags (feature `test-hooks`) never ship.
+    // The tests' machinery (feature `test-hooks`) never ships: neither its
+    // hidden flags nor the code behind them.
+    let left = test_hooks_in(&fs::read(&installed)?);
+    if !left.is_empty() {
+        bail!("the installed portwatch carries test machinery: {left:?}");
+    }
     let hook = Command::new(&installed)
         .args(["watch", "--enrich-delay", "1"])
         .output()?;
@@ -590,4 +620,18 @@ fn check_unit(scratch: &Scratch) -> Result<()> {
         bail!("the unit's exposure is {exposure}, above {MAX_EXPOSURE}");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_hooks_are_found_in_a_binary() {
+        assert!(test_hooks_in(b"\x7fELF clap --help \0 usage").is_empty());
+        assert_eq!(
+            test_hooks_in(b"\0--test-kernel-quirks\0no_casts"),
+            ["test-kernel-quirks", "no_casts"]
+        );
+    }
 }

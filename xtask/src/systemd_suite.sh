@@ -320,11 +320,69 @@ security_exposure() {
     systemctl stop portwatch
 }
 
+# run_child_in_scope HOW: `portwatch run` of a command that prints its own
+# cgroup and `systemctl status` of the unit it is in, then fails to bind a
+# port a python listener holds. Prints portwatch's stderr; the command's
+# report is in /tmp/run-child.
+run_child() {
+    python3 -c "import socket, time
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(('0.0.0.0', 8095)); s.listen(); time.sleep(60)" &
+    holder=$!
+    wait_for 10 sh -c "ss -Hltn 'sport = :8095' | grep -q 8095" || { echo "no holder on 8095"; return 1; }
+    "$@" /usr/sbin/portwatch run -- sh -c '
+cg=$(sed -n "s/^0:://p" /proc/self/cgroup)
+{ echo "cgroup $cg"; systemctl status --no-pager "${cg##*/}" 2>&1 | head -8
+  systemctl show -p Transient -p ActiveState "${cg##*/}"; } >/tmp/run-child
+exec python3 -c "import socket, time
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+try:
+    s.bind((\"0.0.0.0\", 8095))
+except OSError as e:
+    print(e); time.sleep(1); raise SystemExit(7)"' 2>/tmp/run-stderr
+    echo "exit $?" >>/tmp/run-child
+    kill "$holder"
+}
+
+# Under systemd as PID 1, from a unit that was not delegated: CMD runs in a
+# transient scope systemd made, and its failed bind is still caught.
+run_child_in_transient_scope() {
+    run_child || return 1
+    err=$(cat /tmp/run-stderr); child=$(cat /tmp/run-child)
+    echo "$err" | while IFS= read -r l; do info "run: $l"; done
+    echo "$child" | while IFS= read -r l; do info "run child: $l"; done
+    echo "$child" | grep -qx 'exit 7' || { echo "not CMD's status 7: $child $err"; return 1; }
+    echo "$child" | grep -qE '^cgroup /system.slice/portwatch-run-[0-9]+\.scope$' || { echo "not in a scope: $child"; return 1; }
+    echo "$child" | grep -q 'portwatch run: sh -c' || { echo "status without the description: $child"; return 1; }
+    echo "$child" | grep -q 'Loaded: loaded (/run/systemd/transient/portwatch-run-[0-9]*\.scope; transient)' \
+        && echo "$child" | grep -qx 'Transient=yes' || { echo "not a transient unit: $child"; return 1; }
+    echo "$child" | grep -q 'Active: active (running)' && echo "$child" | grep -qx 'ActiveState=active' \
+        || { echo "scope not running: $child"; return 1; }
+    echo "$err" | grep -qE 'portwatch: CMD runs in the transient unit portwatch-run-[0-9]+\.scope \(systemd is PID 1' \
+        || { echo "no scope line: $err"; return 1; }
+    echo "$err" | grep -q 'EADDRINUSE' && echo "$err" | grep -q ':8095' && echo "$err" | grep -q 'python3' \
+        || { echo "the failed bind was not caught: $err"; return 1; }
+    unit=$(echo "$child" | sed -n 's|^cgroup /system.slice/||p')
+    # Empty, so systemd stopped and collected it.
+    wait_for 10 sh -c "! systemctl is-active --quiet $unit" || { echo "$unit still active"; return 1; }
+}
+
+# From a unit with Delegate=yes, portwatch makes CMD's cgroup under its own.
+run_child_in_delegated_cgroup() {
+    run_child systemd-run --quiet --pipe --wait --collect -p Delegate=yes --unit=pw-delegated -- || return 1
+    err=$(cat /tmp/run-stderr); child=$(cat /tmp/run-child)
+    echo "$err" | while IFS= read -r l; do info "run delegated: $l"; done
+    echo "$child" | grep -qE '^cgroup /system.slice/pw-delegated.service/portwatch-run-[0-9]+$' || { echo "not under the delegated unit: $child"; return 1; }
+    echo "$err" | grep -q "made under portwatch's own, which systemd delegated" || { echo "no delegated line: $err"; return 1; }
+    echo "$err" | grep -q 'EADDRINUSE' && echo "$err" | grep -q ':8095' || { echo "the failed bind was not caught: $err"; return 1; }
+}
+
 for t in deb_installs service_holder_named_as_its_unit socket_unit_named_not_init_scope \
     unit_fexit_attaches_all metrics_answer_on_loopback journal_state_dir_0600 \
     journald_structured_event same_service_restart report_reads_journalctl_json \
     sigkill_restarts_with_journal_intact stop_leaves_no_bpf unit_tracepoint_attaches_all \
-    bad_command_line_not_restarted security_exposure; do
+    bad_command_line_not_restarted security_exposure run_child_in_transient_scope \
+    run_child_in_delegated_cgroup; do
     run_test "$t"
 done
 say done

@@ -62,6 +62,8 @@ pub const TESTS: &[&str] = &[
     "unit_tracepoint_attaches_all",
     "bad_command_line_not_restarted",
     "security_exposure",
+    "run_child_in_transient_scope",
+    "run_child_in_delegated_cgroup",
 ];
 
 /// Boot to power-off.

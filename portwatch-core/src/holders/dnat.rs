@@ -12,8 +12,15 @@
 //! ruleset` (native nftables rules), in the calling thread's network
 //! namespace, once per batch of the verdict engine (`who`, `wait`): never
 //! on `watch`'s path.
+//!
+//! Netfilter state is read, never written: `iptables-save` is run without
+//! `-t nat`, because naming a table makes legacy iptables load it (the
+//! kernel registers the nat table and its hooks in that namespace on first
+//! use) where none was; without `-t` it dumps only the tables that exist,
+//! and the `*nat` section is picked here. Each tool runs with a deadline
+//! ([`TIMEOUT`]): one stuck on the xtables lock costs that, not a hang.
 
-use std::{path::Path, process::Command};
+use std::{path::Path, process::Command, time::Duration};
 
 use serde::{Deserialize, Serialize};
 
@@ -31,10 +38,13 @@ pub struct DnatRule {
 /// The programs, by absolute path: a root tool never runs whatever a PATH
 /// entry offers under these names.
 const LISTERS: [(&str, &[&str], &str); 3] = [
-    ("/usr/sbin/iptables-save", &["-t", "nat"], "iptables"),
-    ("/usr/sbin/ip6tables-save", &["-t", "nat"], "ip6tables"),
+    ("/usr/sbin/iptables-save", &[], "iptables"),
+    ("/usr/sbin/ip6tables-save", &[], "ip6tables"),
     ("/usr/sbin/nft", &["list", "ruleset"], "nft"),
 ];
+
+/// How long one lister may take.
+pub const TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The `nat` tables as each tool listed them, read once for any number of
 /// ports (`who` and `check` ask about several).
@@ -46,18 +56,20 @@ pub struct NatTables {
 
 impl NatTables {
     /// Runs each tool once in this thread's network namespace; tools that
-    /// are missing or fail are passed over.
+    /// are missing are passed over, and each that fails or times out is
+    /// passed over with its error on stderr (the answer then goes without
+    /// that tool's rules).
     pub fn read() -> Self {
         let mut listed = Vec::new();
         for (program, args, from) in LISTERS {
             if !Path::new(program).exists() {
                 continue;
             }
-            let Ok(out) = Command::new(program).args(args).output() else {
-                continue;
-            };
-            if out.status.success() {
-                listed.push((from, String::from_utf8_lossy(&out.stdout).into_owned()));
+            let mut cmd = Command::new(program);
+            cmd.args(args).env_clear().env("LC_ALL", "C");
+            match crate::subprocess::output(&mut cmd, TIMEOUT) {
+                Ok(out) => listed.push((from, String::from_utf8_lossy(&out).into_owned())),
+                Err(e) => eprintln!("portwatch: address translation rules not read: {e}"),
             }
         }
         Self { listed }
@@ -84,7 +96,7 @@ impl NatTables {
 /// `-A CHAIN ... -p tcp ... --dport 8080 ... -j DNAT --to-destination IP:PORT`
 /// lines (also `--dports A,B:C` of the multiport match).
 fn iptables_rules(text: &str, port: u16, proto: &str) -> Vec<DnatRule> {
-    text.lines()
+    nat_section(text)
         .filter(|l| l.starts_with("-A ") && l.contains("-j DNAT"))
         .filter(|l| word_after(l, "-p") == Some(proto))
         .filter(|l| {
@@ -97,6 +109,14 @@ fn iptables_rules(text: &str, port: u16, proto: &str) -> Vec<DnatRule> {
             to: word_after(l, "--to-destination").map(str::to_owned),
         })
         .collect()
+}
+
+/// The lines of iptables-save's `*nat` table, up to its `COMMIT`.
+fn nat_section(text: &str) -> impl Iterator<Item = &str> {
+    text.lines()
+        .skip_while(|l| *l != "*nat")
+        .skip(1)
+        .take_while(|l| *l != "COMMIT")
 }
 
 /// `tcp dport 8080 ... dnat to 10.0.0.2:80` (also `dnat ip to`, sets and
@@ -169,6 +189,10 @@ mod tests {
         assert_eq!(iptables_rules(text, 5305, "udp").len(), 1);
         assert_eq!(iptables_rules(text, 5305, "tcp"), vec![]);
         assert_eq!(iptables_rules(text, 8084, "tcp"), vec![]);
+        // Only the nat table's rules (a whole-ruleset dump has the others).
+        let filter_first = format!("*filter\n-A FORWARD -p tcp -m tcp --dport 7777 -j DNAT --to-destination 1.2.3.4:1\nCOMMIT\n{text}");
+        assert_eq!(iptables_rules(&filter_first, 7777, "tcp"), vec![]);
+        assert_eq!(iptables_rules(&filter_first, 8083, "tcp").len(), 1);
     }
 
     #[test]

@@ -106,35 +106,10 @@ fn show(user: Option<u32>) -> Option<Vec<Shown>> {
         "*.socket",
     ])
     .env_clear()
-    .env("SYSTEMD_COLORS", "0")
-    .stdin(std::process::Stdio::null())
-    .stderr(std::process::Stdio::null());
-    Some(parse_show(&run_with_timeout(cmd)?))
-}
-
-fn run_with_timeout(mut cmd: Command) -> Option<String> {
-    let mut child = cmd.stdout(std::process::Stdio::piped()).spawn().ok()?;
-    let mut stdout = child.stdout.take()?;
-    let reader = std::thread::spawn(move || {
-        let mut s = Vec::new();
-        // Bounded: a few hundred socket units are a few tens of KiB.
-        let _ = std::io::Read::read_to_end(&mut std::io::Read::take(&mut stdout, 1 << 20), &mut s);
-        s
-    });
-    let deadline = Instant::now() + TIMEOUT;
-    loop {
-        match child.try_wait() {
-            Ok(Some(status)) if status.success() => break,
-            Ok(Some(_)) | Err(_) => return None,
-            Ok(None) if Instant::now() >= deadline => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return None;
-            }
-            Ok(None) => std::thread::sleep(Duration::from_millis(5)),
-        }
-    }
-    String::from_utf8(reader.join().ok()?).ok()
+    .env("SYSTEMD_COLORS", "0");
+    // A miss is an answer here (no unit named): the lookup goes on without.
+    let out = crate::subprocess::output(&mut cmd, TIMEOUT).ok()?;
+    Some(parse_show(&String::from_utf8(out).ok()?))
 }
 
 /// One unit's block of `systemctl show` output.

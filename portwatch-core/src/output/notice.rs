@@ -47,6 +47,21 @@ pub enum Notice {
         /// Why.
         why: String,
     },
+    /// `run`: where CMD and its descendants run, the cgroup the kernel
+    /// filter matches.
+    Placed {
+        /// `systemd_scope`: a transient scope unit systemd made (systemd is
+        /// PID 1 and portwatch's cgroup is not delegated to it);
+        /// `delegated`: a cgroup under portwatch's own, which systemd
+        /// delegated (Delegate=yes); `cgroup`: a cgroup under portwatch's
+        /// own (systemd is not PID 1).
+        how: String,
+        /// The cgroup v2 path, as /proc/PID/cgroup says it.
+        cgroup: String,
+        /// The scope unit, for `systemd_scope`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        unit: Option<String>,
+    },
     /// Capturing: scripts can start what they want watched.
     Ready {
         /// The backend, when one is attached.
@@ -158,6 +173,19 @@ impl Notice {
                 "the recording will not show listeners opening and closing or TIME_WAIT counts ({why}); failures are still recorded"
             ),
             Self::Degraded { what, why } => format!("degraded: {what} ({why})"),
+            Self::Placed { how, cgroup, unit } => {
+                let cgroup = printable(cgroup);
+                match (how.as_str(), unit) {
+                    ("systemd_scope", Some(unit)) => format!(
+                        "CMD runs in the transient unit {} (systemd is PID 1; cgroup {cgroup})",
+                        printable(unit)
+                    ),
+                    ("delegated", _) => format!(
+                        "CMD runs in cgroup {cgroup}, made under portwatch's own, which systemd delegated"
+                    ),
+                    _ => format!("CMD runs in cgroup {cgroup}, made under portwatch's own"),
+                }
+            }
             Self::Ready { startup_ms, .. } => format!("ready ({startup_ms} ms)"),
             Self::Lost {
                 lost,
@@ -268,5 +296,31 @@ mod tests {
         let back: Notice = serde_json::from_value(v).unwrap();
         assert_eq!(back, ready);
         assert_eq!(ready.human(), "ready (61 ms)");
+    }
+
+    #[test]
+    fn placed_says_which_way_cmd_is_scoped() {
+        let scope = Notice::Placed {
+            how: "systemd_scope".into(),
+            cgroup: "/system.slice/portwatch-run-7.scope".into(),
+            unit: Some("portwatch-run-7.scope".into()),
+        };
+        assert_eq!(
+            scope.human(),
+            "CMD runs in the transient unit portwatch-run-7.scope (systemd is PID 1; cgroup /system.slice/portwatch-run-7.scope)"
+        );
+        let v = serde_json::to_value(&scope).unwrap();
+        assert_eq!(v["type"], "placed");
+        assert_eq!(serde_json::from_value::<Notice>(v).unwrap(), scope);
+        let plain = Notice::Placed {
+            how: "cgroup".into(),
+            cgroup: "/user.slice/portwatch-run-7".into(),
+            unit: None,
+        };
+        assert!(!serde_json::to_string(&plain).unwrap().contains("unit"));
+        assert_eq!(
+            plain.human(),
+            "CMD runs in cgroup /user.slice/portwatch-run-7, made under portwatch's own"
+        );
     }
 }

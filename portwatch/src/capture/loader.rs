@@ -118,21 +118,24 @@ pub(crate) fn tracefs() -> Result<(&'static Path, bool)> {
     Ok((dir, true))
 }
 
-/// Test only (`--test-bad-offset`): points `field` at offset 0 of its
-/// struct, a member that is not what the programs expect there, so a test
-/// can check that they report the contradiction.
-fn break_offset(offsets: &mut portwatch_common::Offsets, field: &str) -> Result<()> {
-    let slot = match field {
-        "socket_sk" => &mut offsets.socket_sk,
-        "socket_file" => &mut offsets.socket_file,
-        "file_private_data" => &mut offsets.file_private_data,
-        "sk_family" => &mut offsets.sk_family,
-        other => anyhow::bail!(
-            "--test-bad-offset: unknown field {other} (socket_sk, socket_file, file_private_data, sk_family, no_sk_head, no_casts)"
-        ),
-    };
-    *slot = 0;
-    Ok(())
+/// Test machinery (`--test-kernel-quirks`): makes this kernel look like
+/// another to the programs: an offset pointed at offset 0 of its struct (a
+/// member that is not what the programs expect, so a test can check that
+/// they report the contradiction), or the sock's head read field by field.
+#[cfg(feature = "test-hooks")]
+fn simulate_quirks(settings: &Settings, config: &mut Config) {
+    use super::KernelQuirk as Q;
+    for quirk in &settings.kernel_quirks {
+        match quirk {
+            Q::SocketSk => config.offsets.socket_sk = 0,
+            Q::SocketFile => config.offsets.socket_file = 0,
+            Q::FilePrivateData => config.offsets.file_private_data = 0,
+            Q::SkFamily => config.offsets.sk_family = 0,
+            Q::NoSkHead => config.sk_head = 0,
+            // Applied where the casts and the state hooks are chosen.
+            Q::NoCasts | Q::NoRawState => {}
+        }
+    }
 }
 
 /// The first line of an error chain's root cause, for one-line messages.
@@ -338,29 +341,16 @@ impl Kernel {
         fexit.offsets = offsets::resolve(&btf)
             .map_err(|e| unsupported(format!("cannot read socket fields on this kernel: {e}")))?;
         fexit.sk_head = u32::from(offsets::sk_head_fits(&fexit.offsets));
-        let tweaks: Vec<&str> = settings
-            .bad_offset
-            .as_deref()
-            .map_or(Vec::new(), |t| t.split(',').collect());
-        let kfunc = match casts::resolve(&btf) {
-            Some((func, ids)) if !tweaks.contains(&"no_casts") => {
-                fexit.casts = ids;
-                Some(func)
-            }
-            _ => None,
-        };
+        let resolved = casts::resolve(&btf);
+        #[cfg(feature = "test-hooks")]
+        let resolved = resolved.filter(|_| !settings.simulates(super::KernelQuirk::NoCasts));
+        let kfunc = resolved.map(|(func, ids)| {
+            fexit.casts = ids;
+            func
+        });
         let elf = casts::patch(OBJECT, kfunc)?;
-        for tweak in tweaks {
-            match tweak {
-                // Not an offset: makes the programs read sock fields one by
-                // one, as they do where the head does not hold them all.
-                "no_sk_head" => fexit.sk_head = 0,
-                // Not an offset: the programs read through the helper, as
-                // on kernels without bpf_rdonly_cast.
-                "no_casts" => {}
-                field => break_offset(&mut fexit.offsets, field)?,
-            }
-        }
+        #[cfg(feature = "test-hooks")]
+        simulate_quirks(settings, &mut fexit);
         // TCP_BOUND_INACTIVE is the inet_diag pseudo-state that dumps
         // bound-but-inactive TCP sockets; not every kernel has it.
         let bound_inactive_dump = btf.enum_value("TCP_BOUND_INACTIVE").is_some();
@@ -375,17 +365,20 @@ impl Kernel {
         };
         let dir = tracefs.map(|t| t.map(|(dir, _)| dir));
         let state_hooks = life.then(|| StateHooks {
-            raw: if settings.classic_state {
-                Err("the classic tracepoint was asked for".to_owned())
-            } else {
-                raw_state_args(&btf)
-            },
+            raw: raw_state_args(&btf),
             classic: match &dir {
                 Some(Ok(dir)) => offsets::apply_state_format(dir, &mut fexit.offsets)
                     .map_err(|e| format!("{e:#}")),
                 Some(Err(e)) => Err(e.clone()),
                 None => unreachable!("tracefs is looked up for port life"),
             },
+        });
+        #[cfg(feature = "test-hooks")]
+        let state_hooks = state_hooks.map(|mut hooks| {
+            if settings.simulates(super::KernelQuirk::NoRawState) {
+                hooks.raw = Err("the test asked for the classic tracepoint".to_owned());
+            }
+            hooks
         });
         let tracepoint = dir
             .filter(|_| uses_tracepoints)

@@ -17,4 +17,6 @@ mod uring;
 
 pub use loader::{Backend, Unsupported};
 pub use session::{KernelView, Session, Sweep, TAIL_CAP};
+#[cfg(feature = "test-hooks")]
+pub use settings::KernelQuirk;
 pub use settings::{ArgsSource, BackendChoice, Settings};

@@ -31,6 +31,40 @@ pub enum ArgsSource {
     Entry,
 }
 
+/// Test machinery (feature `test-hooks`, absent from the package): a way
+/// this kernel is made to look like another, so the tests reach the paths
+/// other kernels take.
+#[cfg(feature = "test-hooks")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[value(rename_all = "snake_case")]
+pub enum KernelQuirk {
+    /// `struct socket`'s `sk` points at offset 0 of its struct, a member
+    /// that is not what the programs expect: they must say so under -v.
+    SocketSk,
+    /// The same for `struct socket`'s `file`.
+    SocketFile,
+    /// The same for `struct file`'s `private_data`.
+    FilePrivateData,
+    /// The same for `sock_common`'s `skc_family`.
+    SkFamily,
+    /// Sock fields read one by one, as where the layout does not allow one
+    /// read of the sock's head.
+    NoSkHead,
+    /// Reads through the helper, as on kernels without bpf_rdonly_cast.
+    NoCasts,
+    /// TCP state changes through the classic tracepoint, as on a kernel
+    /// that refuses the raw one.
+    NoRawState,
+}
+
+#[cfg(feature = "test-hooks")]
+impl Settings {
+    /// Whether the tests asked for `quirk`.
+    pub(super) fn simulates(&self, quirk: KernelQuirk) -> bool {
+        self.kernel_quirks.contains(&quirk)
+    }
+}
+
 /// What to capture, in the kernel's terms.
 #[derive(Debug, Default, Clone)]
 pub struct Settings {
@@ -67,12 +101,9 @@ pub struct Settings {
     /// aya-log level of the programs' own diagnostics (`aya_log::Level` as a
     /// number, 0 = off): below it the verifier drops the log calls.
     pub kernel_log: u8,
-    /// Test only: point this offset (an `Offsets` field name) at the wrong
-    /// member, to check that the programs say so instead of lying.
-    pub bad_offset: Option<String>,
-    /// Test only: see TCP state changes through the classic tracepoint,
-    /// as on a kernel that refuses the raw one.
-    pub classic_state: bool,
+    /// Test machinery: run as on kernels unlike this one.
+    #[cfg(feature = "test-hooks")]
+    pub kernel_quirks: Vec<KernelQuirk>,
     /// Send the life of ports of interest (`watch --record`; needs
     /// `track_holders`, whose tracepoint sees the state changes).
     pub record_life: bool,

@@ -44,7 +44,11 @@ EXAMPLES:
     portwatch run --all-errors -- ./server --listen 127.0.0.1:80
 
 CMD runs in a cgroup of its own (cgroup v2), so its children are traced too,
-also those that daemonize. CMD's stdout and stderr pass through untouched;
+also those that daemonize: under systemd (PID 1) a transient scope unit
+portwatch-run-PID.scope that systemd makes, or, where systemd delegated
+portwatch's cgroup or is not PID 1, a cgroup portwatch makes under its own;
+the line `portwatch: CMD runs in ...` says which, before capture starts.
+CMD's stdout and stderr pass through untouched;
 portwatch's lines (each failure with holder, diagnosis and fix, then a
 summary) go to stderr, or to --output FILE. Ctrl-C, SIGTERM, SIGHUP and
 SIGQUIT are forwarded to CMD, which runs in a process group of its own.
@@ -129,10 +133,6 @@ pub struct Cli {
 
 /// Subcommands.
 #[derive(Debug, Subcommand)]
-#[expect(
-    clippy::large_enum_variant,
-    reason = "parsed once per run; boxing WatchArgs would only add noise"
-)]
 pub enum Command {
     /// Stream failed bind()/listen() calls as they happen, with who holds
     /// the port, why it failed and what to do.
@@ -227,12 +227,91 @@ pub struct WhoArgs {
     pub no_trial: bool,
 }
 
-/// `portwatch watch`.
+/// The capture flags `watch` and `run` share: what to report, the kernel
+/// side, holder lookups, the output format. A new capture flag goes here,
+/// once, and both commands have it.
 #[derive(Debug, Args)]
-pub struct WatchArgs {
+pub struct CaptureArgs {
     /// Only these requested ports: comma lists and ranges (80,443,8000-8100); repeatable.
     #[arg(long, value_name = "PORTS", value_parser = values::parse_ports)]
     pub port: Vec<Vec<(u16, u16)>>,
+
+    /// Errors to report, by name or number (comma separated).
+    #[arg(
+        long,
+        value_name = "ERRNO",
+        value_delimiter = ',',
+        default_value = "EADDRINUSE",
+        value_parser = values::parse_errno,
+        conflicts_with = "all_errors"
+    )]
+    pub errno: Vec<Errno>,
+
+    /// Report every failing errno, not only --errno's.
+    #[arg(long)]
+    pub all_errors: bool,
+
+    /// Print one JSON object per line (schema in docs/output.md), notices
+    /// too, instead of a table.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Kernel hook to use.
+    #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
+    pub backend: BackendChoice,
+
+    /// Identical failures (same process, call, errno, requested family,
+    /// address and port) within this many milliseconds of the last one
+    /// shown are counted, not shown; the next one shown carries the count.
+    /// Measured in kernel ticks: exact to within one tick (1-4 ms).
+    /// 0 shows every one.
+    #[arg(long, value_name = "MS", default_value_t = 1000)]
+    pub fold_window: u64,
+
+    /// Kernel-to-user ring buffer size in KiB (a power of two, at least 4).
+    /// The default holds about 24,000 events: a burst of distinct failures
+    /// that long fits even while the reader waits for a CPU.
+    #[arg(long, value_name = "KIB", default_value_t = 4096, value_parser = values::parse_ring_kib)]
+    pub ring_size: u32,
+
+    /// Do not look up holders: no kernel record of who binds, no /proc or
+    /// sock_diag lookups; events only.
+    #[arg(long)]
+    pub no_holders: bool,
+
+    /// Longest wait, in milliseconds, for an event's holder lookup before it
+    /// is printed with what the kernel recorded alone.
+    #[arg(long, value_name = "MS", default_value_t = 500, value_parser = clap::value_parser!(u64).range(1..=60_000))]
+    pub lookup_timeout: u64,
+
+    /// Read kernel type information from this BTF file instead of
+    /// /sys/kernel/btf/vmlinux (for kernels built without it).
+    #[arg(long, value_name = "PATH")]
+    pub btf: Option<PathBuf>,
+
+    /// Show the eBPF programs' own diagnostics on stderr (a kernel read
+    /// that failed or contradicts the kernel's BTF): -v warnings, -vv debug,
+    /// -vvv trace. Off by default: the verifier then drops them, at no cost.
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
+    /// Level of the eBPF programs' diagnostics (overrides -v).
+    #[arg(long, value_enum, value_name = "LEVEL")]
+    pub log_level: Option<KernelLogLevel>,
+
+    /// Hooks for the integration tests, only in a build with the
+    /// `test-hooks` feature (the tests' own build): never in the package.
+    #[cfg(feature = "test-hooks")]
+    #[command(flatten)]
+    pub test: TestHooks,
+}
+
+/// `portwatch watch`.
+#[derive(Debug, Args)]
+pub struct WatchArgs {
+    /// What to capture and how (shared with `run`).
+    #[command(flatten)]
+    pub capture: CaptureArgs,
 
     /// Only these processes (PIDs, comma separated); repeatable.
     #[arg(long, value_name = "PID", value_delimiter = ',')]
@@ -256,80 +335,19 @@ pub struct WatchArgs {
     #[arg(long, value_name = "NETNS", value_parser = values::parse_netns)]
     pub netns: Vec<u32>,
 
-    /// Errors to report, by name or number (comma separated).
-    #[arg(
-        long,
-        value_name = "ERRNO",
-        value_delimiter = ',',
-        default_value = "EADDRINUSE",
-        value_parser = values::parse_errno,
-        conflicts_with = "all_errors"
-    )]
-    pub errno: Vec<Errno>,
-
-    /// Report every failing errno, not only --errno's.
-    #[arg(long)]
-    pub all_errors: bool,
-
     /// Report successful calls too (implies --all-errors).
     #[arg(long)]
     pub all: bool,
 
-    /// Print one JSON object per line (schema in docs/output.md) instead of a table.
-    #[arg(long)]
-    pub json: bool,
-
-    /// Kernel hook to use.
-    #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
-    pub backend: BackendChoice,
-
-    /// Identical failures (same process, call, errno, requested family,
-    /// address and port) within this many milliseconds of the last one
-    /// shown are counted, not shown; the next one shown carries the count.
-    /// Measured in kernel ticks: exact to within one tick (1-4 ms).
-    /// 0 shows every one.
-    #[arg(long, value_name = "MS", default_value_t = 1000)]
-    pub fold_window: u64,
-
-    /// Kernel-to-user ring buffer size in KiB (a power of two, at least 4).
-    /// The default holds about 24,000 events: a burst of distinct failures
-    /// that long fits even while the reader waits for a CPU.
-    #[arg(long, value_name = "KIB", default_value_t = 4096, value_parser = values::parse_ring_kib)]
-    pub ring_size: u32,
-
     /// Seconds between reports of lost events on stderr (only when some were lost).
     #[arg(long, value_name = "SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
     pub stats_interval: u64,
-
-    /// Do not look up holders: no kernel record of who binds, no /proc or
-    /// sock_diag lookups; events only.
-    #[arg(long)]
-    pub no_holders: bool,
-
-    /// Longest wait, in milliseconds, for an event's holder lookup before it
-    /// is printed with what the kernel recorded alone.
-    #[arg(long, value_name = "MS", default_value_t = 500, value_parser = clap::value_parser!(u64).range(1..=60_000))]
-    pub lookup_timeout: u64,
-
-    /// Read kernel type information from this BTF file instead of
-    /// /sys/kernel/btf/vmlinux (for kernels built without it).
-    #[arg(long, value_name = "PATH")]
-    pub btf: Option<PathBuf>,
 
     /// Serve Prometheus/OpenMetrics counters at http://ADDR:PORT/metrics
     /// (GET only). A port alone listens on 127.0.0.1; any other address
     /// only when given. Metric names are in docs/metrics.md.
     #[arg(long, value_name = "ADDR:PORT", value_parser = crate::metrics::parse_addr)]
     pub metrics: Option<std::net::SocketAddr>,
-    /// Show the eBPF programs' own diagnostics on stderr (a kernel read
-    /// that failed or contradicts the kernel's BTF): -v warnings, -vv debug,
-    /// -vvv trace. Off by default: the verifier then drops them, at no cost.
-    #[arg(short, long, action = clap::ArgAction::Count)]
-    pub verbose: u8,
-
-    /// Level of the eBPF programs' diagnostics (overrides -v).
-    #[arg(long, value_enum, value_name = "LEVEL")]
-    pub log_level: Option<KernelLogLevel>,
 
     /// Also append every event, and the life of the ports that failed (or
     /// that --port names), to a rotated NDJSON journal in DIR (created 0700;
@@ -344,15 +362,6 @@ pub struct WatchArgs {
     /// --record: keep at most this many journal files (the oldest go first).
     #[arg(long, value_name = "N", default_value_t = 8, requires = "record", value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub max_files: u32,
-
-    /// Hooks for the integration tests, only in a build with the
-    /// `test-hooks` feature (the tests' own build): never in the package.
-    #[cfg(feature = "test-hooks")]
-    #[command(flatten)]
-    pub test: TestHooks,
-    #[cfg(not(feature = "test-hooks"))]
-    #[arg(skip)]
-    pub test: TestHooks,
 }
 
 /// `--backend`: which kernel hook captures the calls.
@@ -379,6 +388,7 @@ impl From<BackendChoice> for capture::BackendChoice {
 }
 
 /// `--tracepoint-args`: how the tracepoint backend learns bind()'s arguments.
+#[cfg(feature = "test-hooks")]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum ArgsSource {
     /// Saved registers when the kernel allows it, else entry pairing.
@@ -390,6 +400,7 @@ pub enum ArgsSource {
     Entry,
 }
 
+#[cfg(feature = "test-hooks")]
 impl From<ArgsSource> for capture::ArgsSource {
     fn from(a: ArgsSource) -> Self {
         match a {
@@ -417,7 +428,7 @@ pub enum KernelLogLevel {
     Trace,
 }
 
-impl WatchArgs {
+impl CaptureArgs {
     /// The programs' aya-log level (0 off, 1 error ... 5 trace).
     pub fn kernel_log(&self) -> u8 {
         let level = self.log_level.unwrap_or(match self.verbose {
@@ -434,49 +445,14 @@ impl WatchArgs {
 /// `portwatch run`.
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// Only these requested ports: comma lists and ranges (80,443,8000-8100); repeatable.
-    #[arg(long, value_name = "PORTS", value_parser = values::parse_ports)]
-    pub port: Vec<Vec<(u16, u16)>>,
-
-    /// Errors to report, by name or number (comma separated).
-    #[arg(
-        long,
-        value_name = "ERRNO",
-        value_delimiter = ',',
-        default_value = "EADDRINUSE",
-        value_parser = values::parse_errno,
-        conflicts_with = "all_errors"
-    )]
-    pub errno: Vec<Errno>,
-
-    /// Report every failing errno, not only --errno's.
-    #[arg(long)]
-    pub all_errors: bool,
-
-    /// One JSON object per line (the schema of `watch --json`), notices too.
-    #[arg(long)]
-    pub json: bool,
+    /// What to capture and how (shared with `watch`).
+    #[command(flatten)]
+    pub capture: CaptureArgs,
 
     /// Write portwatch's lines to FILE (created 0600; an existing symlink
     /// is refused) instead of stderr.
     #[arg(long, value_name = "FILE")]
     pub output: Option<PathBuf>,
-
-    /// Do not look up holders: events only.
-    #[arg(long)]
-    pub no_holders: bool,
-
-    /// Longest wait, in milliseconds, for an event's holder lookup.
-    #[arg(long, value_name = "MS", default_value_t = 500, value_parser = clap::value_parser!(u64).range(1..=60_000))]
-    pub lookup_timeout: u64,
-
-    /// Identical failures within this many milliseconds are counted, not shown.
-    #[arg(long, value_name = "MS", default_value_t = 1000)]
-    pub fold_window: u64,
-
-    /// Kernel hook to use.
-    #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
-    pub backend: BackendChoice,
 
     /// The command and its arguments (after `--`).
     #[arg(
@@ -568,8 +544,10 @@ pub struct ReportArgs {
     pub html: Option<PathBuf>,
 }
 
-/// `watch`'s options for tests: with the `test-hooks` feature they are
-/// hidden flags; without it they keep their defaults.
+/// The capture options of tests: hidden flags of a build with the
+/// `test-hooks` feature (the tests' own build); a build without it has
+/// neither the flags nor the code behind them.
+#[cfg(feature = "test-hooks")]
 #[derive(Debug, Default, Args)]
 pub struct TestHooks {
     /// Delay every holder lookup by this many ms (the holder is gone by the
@@ -585,16 +563,16 @@ pub struct TestHooks {
     #[arg(long, value_enum, default_value_t = ArgsSource::Auto, hide = true)]
     pub tracepoint_args: ArgsSource,
 
-    /// Point one kernel offset at the wrong member (the programs must say
-    /// so under -v rather than report silently wrong events); or
-    /// `no_sk_head`: read sock fields one by one, as on a kernel whose
-    /// layout does not allow one read; `no_casts`: read through the helper,
-    /// as on a kernel without bpf_rdonly_cast. Comma-separated.
-    #[arg(long, value_name = "FIELD", hide = true)]
-    pub test_bad_offset: Option<String>,
-
-    /// See TCP state changes through the classic tracepoint, as on a kernel
-    /// that refuses the raw one.
-    #[arg(long, hide = true)]
-    pub test_classic_state: bool,
+    /// Run as on a kernel unlike this one (comma separated): a wrong
+    /// offset (the programs must say so under -v rather than report
+    /// silently wrong events), no room for one read of the sock's head,
+    /// no bpf_rdonly_cast, no raw state tracepoint.
+    #[arg(
+        long,
+        value_name = "QUIRK",
+        value_enum,
+        value_delimiter = ',',
+        hide = true
+    )]
+    pub test_kernel_quirks: Vec<capture::KernelQuirk>,
 }

@@ -1,6 +1,7 @@
 //! One module per subcommand, each with one entry point; this module
 //! dispatches and maps errors to exit statuses.
 
+mod capture;
 pub mod completions;
 mod error;
 pub mod man;

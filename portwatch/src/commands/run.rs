@@ -1,36 +1,50 @@
 //! `portwatch run -- CMD`: run a command under the tracer, scoped to it and
 //! every descendant, and exit with its status.
 //!
-//! Scoping is a cgroup v2 directory of its own, created under portwatch's
-//! own cgroup: CMD moves itself there between fork and exec, its children
-//! inherit it (a daemon that double-forks and calls setsid stays in it), and
-//! the kernel programs' existing cgroup filter keeps everything else out.
-//! The directory is removed at exit; processes CMD left behind are moved
-//! back to portwatch's cgroup first.
+//! Scoping is a cgroup v2 of CMD's own: its children inherit it (a daemon
+//! that double-forks and calls setsid stays in it), and the kernel
+//! programs' existing cgroup filter keeps everything else out. CMD is
+//! started held before exec (see [`spawn_held`]), placed in that cgroup,
+//! the programs are loaded with its id, and only then is it let go: its
+//! first bind() is already traced. Where the cgroup comes from
+//! ([`place`]):
+//!
+//! - systemd is PID 1 and portwatch's cgroup is not delegated: systemd
+//!   owns the tree, so CMD goes into a transient scope unit
+//!   (`portwatch-run-PID.scope`) that systemd makes for it, asked with
+//!   StartTransientUnit through `busctl` (see [`scope`]);
+//! - portwatch runs in a delegated cgroup (Delegate=yes), or systemd is not
+//!   PID 1: a directory `portwatch-run-PID` under portwatch's own cgroup,
+//!   removed at exit (processes CMD left behind are moved back first).
+
+mod scope;
 
 use std::{
-    ffi::CString,
+    ffi::OsString,
     fs::{self, File},
-    io::{self, Write},
-    os::unix::{ffi::OsStrExt as _, fs::MetadataExt as _, process::ExitStatusExt as _},
+    io::{self, Read as _, Write},
+    os::unix::{fs::MetadataExt as _, net::UnixStream, process::ExitStatusExt as _},
     path::{Path, PathBuf},
-    process::Stdio,
+    process::{ExitStatus, Stdio},
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
 use anyhow::{anyhow, bail, Context as _, Result};
-use portwatch_core::{
-    holders::Enricher,
-    output::{text, Format, Notice, Notices, Summary},
+use portwatch_core::output::{text, Format, Notice, Notices};
+use tokio::{
+    signal::unix::{signal, Signal, SignalKind},
+    task::JoinHandle,
 };
-use tokio::signal::unix::{signal, SignalKind};
 
-use super::Error;
+use super::{
+    capture::{self, Capture, Sinks},
+    Error,
+};
 use crate::{
-    capture::{Session, Settings},
+    capture::Settings,
     cli::{values::cgroup2_mount, RunArgs},
-    pipeline::{self, Pipeline, BATCH},
+    pipeline::Writer,
 };
 
 /// How long events of CMD's last moments may still be on their way after
@@ -44,32 +58,24 @@ struct RunCgroup {
     home: PathBuf,
     /// The cgroup id (the directory's inode) the kernel filter matches.
     id: u64,
+    /// Its path as /proc/PID/cgroup says it.
+    relative: String,
 }
 
 impl RunCgroup {
-    /// Creates `portwatch-run-PID` under portwatch's own cgroup v2.
-    fn create() -> Result<Self> {
-        let mount = cgroup2_mount().ok_or_else(|| {
-            anyhow!("no cgroup v2 hierarchy is mounted: `run` scopes CMD with a cgroup v2 (mount one, e.g. at /sys/fs/cgroup/unified)")
-        })?;
-        let own = fs::read_to_string("/proc/self/cgroup").context("reading /proc/self/cgroup")?;
-        let own = own
-            .lines()
-            .find_map(|l| l.strip_prefix("0::"))
-            .ok_or_else(|| anyhow!("portwatch is in no cgroup v2"))?;
-        // The kernel's own text, but still checked: no way out of the mount.
-        if own.split('/').any(|c| c == "..") {
-            bail!("unexpected cgroup path {own:?}");
-        }
-        let home_dir = Path::new(&mount).join(own.trim_start_matches('/'));
-        sweep_stale(&home_dir);
-        let dir = home_dir.join(format!("portwatch-run-{}", std::process::id()));
+    /// Creates `portwatch-run-PID` in `home`, portwatch's own cgroup v2
+    /// (`own` as /proc/self/cgroup says it).
+    fn create(home: &Path, own: &str) -> Result<Self> {
+        sweep_stale(home);
+        let name = format!("portwatch-run-{}", std::process::id());
+        let dir = home.join(&name);
         fs::create_dir(&dir).with_context(|| format!("creating cgroup {}", dir.display()))?;
         let id = fs::metadata(&dir)?.ino();
         Ok(Self {
             dir,
-            home: home_dir.join("cgroup.procs"),
+            home: home.join("cgroup.procs"),
             id,
+            relative: format!("{}/{name}", own.trim_end_matches('/')),
         })
     }
 }
@@ -133,166 +139,303 @@ impl Write for Shared {
     }
 }
 
-fn settings(args: &RunArgs, cgroup: u64) -> Settings {
-    Settings {
-        errnos: args.errno.clone(),
-        all_errors: args.all_errors,
-        ports: args.port.iter().flatten().copied().collect(),
-        cgroups: vec![cgroup],
-        fold_window_ns: args.fold_window.saturating_mul(1_000_000),
-        ring_bytes: 1024 * 1024,
-        track_holders: !args.no_holders,
-        ..Settings::default()
+/// Where CMD runs: the cgroup the kernel filter matches, and what made it.
+enum Placed {
+    /// A transient scope systemd made; systemd removes it once empty.
+    Scope {
+        unit: String,
+        cgroup: String,
+        id: u64,
+    },
+    /// A directory under portwatch's own cgroup, removed on drop.
+    Dir { dir: RunCgroup, delegated: bool },
+}
+
+impl Placed {
+    fn id(&self) -> u64 {
+        match self {
+            Placed::Scope { id, .. } => *id,
+            Placed::Dir { dir, .. } => dir.id,
+        }
     }
+
+    fn notice(&self) -> Notice {
+        match self {
+            Placed::Scope { unit, cgroup, .. } => Notice::Placed {
+                how: "systemd_scope".into(),
+                cgroup: cgroup.clone(),
+                unit: Some(unit.clone()),
+            },
+            Placed::Dir { dir, delegated } => Notice::Placed {
+                how: if *delegated { "delegated" } else { "cgroup" }.into(),
+                cgroup: dir.relative.clone(),
+                unit: None,
+            },
+        }
+    }
+}
+
+/// Puts the held CMD (`pid`) where it will run (see the module's doc).
+fn place(pid: u32, command: &[OsString]) -> Result<Placed> {
+    let systemd = Path::new("/run/systemd/system").is_dir();
+    let own = own_cgroup()?;
+    let mount = cgroup2_mount().ok_or_else(|| {
+        anyhow!("no cgroup v2 hierarchy is mounted: `run` scopes CMD with a cgroup v2 (mount one, e.g. at /sys/fs/cgroup/unified)")
+    })?;
+    let home = Path::new(&mount).join(own.trim_start_matches('/'));
+    let delegated = scope::is_delegated(&home);
+    if systemd && !delegated {
+        let unit = format!("portwatch-run-{}.scope", std::process::id());
+        let cgroup = scope::start(&unit, pid, command)?;
+        let id = fs::metadata(Path::new(&mount).join(cgroup.trim_start_matches('/')))
+            .with_context(|| format!("the cgroup of {unit}"))?
+            .ino();
+        return Ok(Placed::Scope { unit, cgroup, id });
+    }
+    let dir = RunCgroup::create(&home, &own)?;
+    fs::write(dir.dir.join("cgroup.procs"), pid.to_string())
+        .with_context(|| format!("moving CMD into cgroup {}", dir.dir.display()))?;
+    Ok(Placed::Dir { dir, delegated })
+}
+
+/// portwatch's own cgroup v2 path, as /proc/self/cgroup says it.
+fn own_cgroup() -> Result<String> {
+    let own = fs::read_to_string("/proc/self/cgroup").context("reading /proc/self/cgroup")?;
+    let own = own
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .ok_or_else(|| anyhow!("portwatch is in no cgroup v2"))?;
+    // The kernel's own text, but still checked: no way out of the mount.
+    if own.split('/').any(|c| c == "..") {
+        bail!("unexpected cgroup path {own:?}");
+    }
+    Ok(own.to_owned())
+}
+
+/// Where portwatch's lines go: stderr, or `--output FILE` shared by the
+/// event writer and the notices.
+fn open_output(args: &RunArgs, format: Format) -> Result<(Notices, Box<dyn Write + Send>)> {
+    let Some(path) = &args.output else {
+        return Ok((Notices::new(format), Box::new(io::stderr())));
+    };
+    let file = Arc::new(Mutex::new(
+        super::create_private(path).with_context(|| format!("--output {}", path.display()))?,
+    ));
+    Ok((
+        Notices::to_file(format, file.clone()),
+        Box::new(Shared(file)),
+    ))
 }
 
 /// Runs CMD under the tracer; returns the exit status to leave with.
 pub async fn run(args: RunArgs) -> Result<u8, Error> {
     let started = Instant::now();
-    let format = if args.json {
-        Format::Json
-    } else {
-        Format::Human
+    let format = args.capture.format();
+    let (notices, mut out) = open_output(&args, format)?;
+    let held = spawn_held(&args.command).await?;
+    let placed = place(held.pid, &args.command)?;
+    notices.say(&placed.notice());
+    let settings = Settings {
+        cgroups: vec![placed.id()],
+        ..args.capture.settings()
     };
-    let file = match &args.output {
-        Some(path) => Some(Arc::new(Mutex::new(
-            super::create_private(path).with_context(|| format!("--output {}", path.display()))?,
-        ))),
-        None => None,
-    };
-    let notices = match &file {
-        Some(f) => Notices::to_file(format, f.clone()),
-        None => Notices::new(format),
-    };
-    let cgroup = RunCgroup::create()?;
-    let mut session = Session::start(&settings(&args, cgroup.id), args.backend.into())?;
-    let enricher = (!args.no_holders).then(|| Arc::new(Enricher::new(session.bound_inactive_dump)));
-    if let Some(e) = &enricher {
-        let e = e.clone();
-        tokio::task::spawn_blocking(move || e.warm());
-    }
-    let mut out: Box<dyn Write + Send> = match &file {
-        Some(f) => Box::new(Shared(f.clone())),
-        None => Box::new(io::stderr()),
-    };
-    notices.say(&Notice::Backend {
-        backend: session.backend.name().into(),
-        why: session.why.clone(),
-    });
+    let loaded = capture::load(&args.capture, &settings, started)?;
+    loaded.announce(&notices);
     if format == Format::Human {
         writeln!(out, "{}", text::HEADER)?;
         out.flush()?;
     }
-    let (mut pipeline, writing) = Pipeline::start(
-        pipeline::PipelineOptions {
-            enricher,
-            format,
-            timeout: Duration::from_millis(args.lookup_timeout),
-            delay: Duration::ZERO,
-            journal: None,
-            // `run` writes where its caller said, never to journald.
-            journald: None,
-        },
-        out,
-    );
+    let (mut capture, writing) = loaded.start(out, Sinks::default());
     // Before `ready`: from then on a signal is CMD's, not portwatch's death.
-    let mut sigint = signal(SignalKind::interrupt())?;
-    let mut sigterm = signal(SignalKind::terminate())?;
-    let mut sighup = signal(SignalKind::hangup())?;
-    let mut sigquit = signal(SignalKind::quit())?;
-    notices.say(&Notice::Ready {
-        backend: Some(session.backend.name().into()),
-        startup_ms: started.elapsed().as_millis() as u64,
-    });
+    let mut signals = Forward::new()?;
+    capture.ready(&notices);
+    let mut child = held.release().await?;
+    let status = supervise(&mut capture, &mut child, &mut signals).await?;
+    finish(capture, writing, &notices).await?;
+    drop(placed);
+    Ok(exit_status(status))
+}
 
-    let mut child = spawn(&args.command, &cgroup.dir)?;
-    let child_pid = child.id().map(|p| p as i32);
-    // To CMD's process group, as a terminal would.
-    let forward = |sig: i32| {
-        if let Some(pid) = child_pid {
-            // SAFETY: kill has no memory preconditions.
-            unsafe { libc::kill(-pid, sig) };
-        }
-    };
-    let mut batch = Vec::with_capacity(BATCH);
+/// Pumps events while CMD runs, forwarding the signals portwatch gets to
+/// CMD's process group, as a terminal would; then a moment's grace for its
+/// last failures, still in the ring buffer.
+async fn supervise(
+    capture: &mut Capture,
+    child: &mut tokio::process::Child,
+    signals: &mut Forward,
+) -> Result<ExitStatus, Error> {
+    let group = child.id().map(|p| p as i32);
     let status = loop {
         tokio::select! {
             status = child.wait() => break status.context("waiting for CMD")?,
-            read = session.read(&mut batch, BATCH) => {
-                read?;
-                pipeline.submit(&mut batch).await;
-            }
-            _ = sigint.recv() => forward(libc::SIGINT),
-            _ = sigterm.recv() => forward(libc::SIGTERM),
-            _ = sighup.recv() => forward(libc::SIGHUP),
-            _ = sigquit.recv() => forward(libc::SIGQUIT),
+            read = capture.pump() => read?,
+            sig = signals.next() => if let Some(pid) = group {
+                // SAFETY: kill has no memory preconditions.
+                unsafe { libc::kill(-pid, sig) };
+            },
         }
     };
-    // CMD's last failures may still be in the ring buffer.
-    let grace = tokio::time::sleep(GRACE);
-    tokio::pin!(grace);
-    loop {
-        tokio::select! {
-            _ = &mut grace => break,
-            read = session.read(&mut batch, BATCH) => {
-                read?;
-                pipeline.submit(&mut batch).await;
-            }
-        }
-    }
-    let unenriched = pipeline::wind_down(&mut session, pipeline, &mut batch, writing, None).await?;
-    let finish = session.finish();
-    for repeat in &finish.repeats {
-        notices.say(&Notice::Repeat(repeat.clone()));
-    }
-    notices.say(&Notice::Summary(Summary::new(
-        started.elapsed().as_secs_f64(),
-        &finish,
-        unenriched,
-    )));
-    drop(cgroup);
-    Ok(match (status.code(), status.signal()) {
+    capture.pump_for(GRACE).await?;
+    Ok(status)
+}
+
+async fn finish(capture: Capture, writing: Writer, notices: &Notices) -> Result<()> {
+    let ended = capture.end(writing, None, notices).await?;
+    ended.summarise(notices);
+    Ok(())
+}
+
+/// CMD's status as portwatch's own: its code, or 128+N for signal N.
+fn exit_status(status: ExitStatus) -> u8 {
+    match (status.code(), status.signal()) {
         (Some(code), _) => u8::try_from(code).unwrap_or(1),
         (None, Some(sig)) => 128u8.saturating_add(u8::try_from(sig).unwrap_or(0)),
         (None, None) => 1,
-    })
+    }
 }
 
-/// Starts CMD in a process group of its own, moved into `cgroup` before it
-/// executes anything.
-fn spawn(command: &[std::ffi::OsString], cgroup: &Path) -> Result<tokio::process::Child, Error> {
+/// The signals `run` passes on to CMD.
+struct Forward {
+    int: Signal,
+    term: Signal,
+    hup: Signal,
+    quit: Signal,
+}
+
+impl Forward {
+    fn new() -> io::Result<Self> {
+        Ok(Self {
+            int: signal(SignalKind::interrupt())?,
+            term: signal(SignalKind::terminate())?,
+            hup: signal(SignalKind::hangup())?,
+            quit: signal(SignalKind::quit())?,
+        })
+    }
+
+    /// The next signal to forward.
+    async fn next(&mut self) -> i32 {
+        tokio::select! {
+            _ = self.int.recv() => libc::SIGINT,
+            _ = self.term.recv() => libc::SIGTERM,
+            _ = self.hup.recv() => libc::SIGHUP,
+            _ = self.quit.recv() => libc::SIGQUIT,
+        }
+    }
+}
+
+/// CMD forked but held before exec, until [`Held::release`].
+struct Held {
+    pid: u32,
+    /// portwatch's end of the gate: a byte lets CMD go on, closing it
+    /// makes CMD exit before it ran anything.
+    gate: UnixStream,
+    spawned: JoinHandle<io::Result<tokio::process::Child>>,
+    program: String,
+}
+
+/// What a held CMD reports when portwatch let go of it without releasing
+/// it (an errno that exec never gives).
+const GATE_CLOSED: i32 = libc::ECANCELED;
+
+/// Forks CMD in a process group of its own and holds it before exec: it
+/// sends its pid through a socket pair and waits for a byte. std's spawn
+/// returns only after exec, so it runs on a blocking thread meanwhile.
+async fn spawn_held(command: &[OsString]) -> Result<Held, Error> {
     let (program, rest) = command
         .split_first()
         .ok_or_else(|| anyhow!("no command given"))?;
-    let procs =
-        CString::new(cgroup.join("cgroup.procs").as_os_str().as_bytes()).context("cgroup path")?;
+    let (mut gate, theirs) = UnixStream::pair().context("a socket pair for CMD's start")?;
     let mut cmd = tokio::process::Command::new(program);
     cmd.args(rest)
         .stdin(Stdio::inherit())
         .stdout(Stdio::inherit())
         .stderr(Stdio::inherit())
         .kill_on_drop(false);
-    // SAFETY: only async-signal-safe system calls between fork and exec.
+    let (ours_fd, theirs_fd) = (
+        std::os::fd::AsRawFd::as_raw_fd(&gate),
+        std::os::fd::AsRawFd::as_raw_fd(&theirs),
+    );
+    // SAFETY: only async-signal-safe system calls between fork and exec,
+    // and no allocation (the errors are raw errnos).
     unsafe {
-        cmd.pre_exec(move || {
-            let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
-            if fd < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            let ok = libc::write(fd, b"0".as_ptr().cast(), 1) == 1;
-            let err = io::Error::last_os_error();
-            libc::close(fd);
-            if !ok {
-                return Err(err);
-            }
-            if libc::setpgid(0, 0) != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            Ok(())
-        });
+        cmd.pre_exec(move || held_before_exec(ours_fd, theirs_fd));
     }
-    cmd.spawn().map_err(|err| Error::CannotStart {
-        cmd: program.to_string_lossy().into_owned(),
-        err,
+    let spawned = tokio::task::spawn_blocking(move || {
+        let child = cmd.spawn();
+        // Closed here once CMD exec'd or died: portwatch's read ends.
+        drop(theirs);
+        child
+    });
+    let program = program.to_string_lossy().into_owned();
+    let read = tokio::task::spawn_blocking(move || {
+        let mut pid = [0u8; 4];
+        gate.read_exact(&mut pid)
+            .map(|()| (gate, u32::from_ne_bytes(pid)))
     })
+    .await
+    .map_err(|e| anyhow!("starting CMD: {e}"))?;
+    match read {
+        // 0 written to cgroup.procs would move portwatch itself.
+        Ok((_, 0)) => Err(Error::Failed(anyhow!("{program} said pid 0"))),
+        Ok((gate, pid)) => Ok(Held {
+            pid,
+            gate,
+            spawned,
+            program,
+        }),
+        // CMD ended before it said its pid: spawn's error says why.
+        Err(_) => Err(start_error(&program, spawned.await)),
+    }
+}
+
+/// In CMD between fork and exec: a process group of its own, its pid to
+/// portwatch, then wait for the go.
+fn held_before_exec(ours: i32, theirs: i32) -> io::Result<()> {
+    // SAFETY (all below): plain system calls on fds and local buffers.
+    unsafe {
+        libc::close(ours);
+        if libc::setpgid(0, 0) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let pid = libc::getpid().to_ne_bytes();
+        if libc::write(theirs, pid.as_ptr().cast(), pid.len()) != pid.len() as isize {
+            return Err(io::Error::last_os_error());
+        }
+        let mut go = 0u8;
+        if libc::read(theirs, (&raw mut go).cast(), 1) != 1 {
+            return Err(io::Error::from_raw_os_error(GATE_CLOSED));
+        }
+    }
+    Ok(())
+}
+
+impl Held {
+    /// Lets CMD exec; returns it running, or why it could not start.
+    async fn release(mut self) -> Result<tokio::process::Child, Error> {
+        // A failed write means CMD is gone already: spawn's result says why.
+        let _ = self.gate.write_all(&[1]);
+        let program = self.program.clone();
+        drop(self.gate);
+        match self.spawned.await {
+            Ok(Ok(child)) => Ok(child),
+            other => Err(start_error(&program, other)),
+        }
+    }
+}
+
+fn start_error(
+    program: &str,
+    spawned: Result<io::Result<tokio::process::Child>, tokio::task::JoinError>,
+) -> Error {
+    match spawned {
+        Ok(Err(err)) if err.raw_os_error() == Some(GATE_CLOSED) => {
+            Error::Failed(anyhow!("portwatch stopped before {program} started"))
+        }
+        Ok(Err(err)) => Error::CannotStart {
+            cmd: program.to_owned(),
+            err,
+        },
+        Ok(Ok(_)) => Error::Failed(anyhow!("{program} started without its pid")),
+        Err(e) => Error::Failed(anyhow!("starting {program}: {e}")),
+    }
 }

@@ -2,25 +2,24 @@
 
 use std::{
     io::{self, Write},
-    sync::Arc,
     time::{Duration, Instant},
 };
 
 use anyhow::Result;
 use portwatch_core::{
-    holders::Enricher,
     journal::JournalOptions,
-    output::{journald::Journald, text, Format, Notice, Notices, Summary},
+    output::{journald::Journald, text, Format, Notice, Notices},
 };
 use tokio::{
     signal::unix::{signal, Signal, SignalKind},
     time::Interval,
 };
 
+use super::capture::{self, Capture, Loaded, Sinks};
 use crate::{
     capture::{life::JournalSession, Session, Settings},
     cli::WatchArgs,
-    pipeline::{self, Pipeline, BATCH},
+    pipeline::Writer,
 };
 
 /// How often the fold table is swept of stale entries.
@@ -28,104 +27,109 @@ const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 fn settings(args: &WatchArgs) -> Settings {
     Settings {
-        errnos: args.errno.clone(),
-        all_errors: args.all_errors,
         success: args.all,
-        ports: args.port.iter().flatten().copied().collect(),
         pids: args.pid.clone(),
         uids: args.uid.clone(),
         cgroups: args.cgroup.clone(),
         comms: args.comm.clone(),
         netns: args.netns.clone(),
-        fold_window_ns: args.fold_window.saturating_mul(1_000_000),
-        ring_bytes: args.ring_size * 1024,
-        btf: args.btf.clone(),
-        args_source: args.test.tracepoint_args.into(),
-        track_holders: !args.no_holders,
-        fold_entries: args.test.fold_table_size,
-        kernel_log: args.kernel_log(),
-        bad_offset: args.test.test_bad_offset.clone(),
-        classic_state: args.test.test_classic_state,
         record_life: args.record.is_some(),
+        ..args.capture.settings()
     }
 }
 
 /// Runs `portwatch watch` until SIGINT/SIGTERM or stdout closes.
 pub async fn run(args: WatchArgs) -> Result<()> {
     let started = Instant::now();
-    let format = if args.json {
-        Format::Json
-    } else {
-        Format::Human
-    };
-    let notices = Notices::new(format);
+    let notices = Notices::new(args.capture.format());
     // Bound before loading anything: a busy port is a one-line error now.
     let listener = args.metrics.map(crate::metrics::bind).transpose()?;
-    let mut session = Session::start(&settings(&args), args.backend.into())?;
+    let mut loaded = capture::load(&args.capture, &settings(&args), started)?;
     let metrics = match listener {
-        Some(listener) => Some(serve_metrics(listener, &args, &session)?),
+        Some(listener) => Some(serve_metrics(listener, &args, &loaded.session)?),
         None => None,
     };
     let mut wake = Wake::new(args.stats_interval).await?;
-    let enricher = (!args.no_holders).then(|| Arc::new(Enricher::new(session.bound_inactive_dump)));
-    if let Some(e) = &enricher {
-        let e = e.clone();
-        // The first failures should not pay for walking /proc.
-        tokio::task::spawn_blocking(move || e.warm());
-    }
-    let startup_ms = started.elapsed().as_millis() as u64;
-    announce(&notices, &session);
-    let journald = start_output(format)?;
-    let recording = match &args.record {
-        Some(dir) => Some(JournalSession::start(
-            JournalOptions {
-                dir: dir.clone(),
-                max_size: args.max_size.saturating_mul(1 << 20),
-                max_files: args.max_files,
-            },
-            notices.clone(),
-            session.take_life(),
-        )?),
-        None => None,
+    loaded.announce(&notices);
+    let recording = start_recording(&args, &notices, &mut loaded)?;
+    let sinks = Sinks {
+        journal: recording.as_ref().map(JournalSession::sink),
+        journald: start_output(args.capture.format())?,
+        metrics: metrics.clone(),
     };
-    let (mut pipeline, mut writing) = Pipeline::start_observed(
-        pipeline::PipelineOptions {
-            enricher,
-            format,
-            timeout: Duration::from_millis(args.lookup_timeout),
-            delay: Duration::from_millis(args.test.enrich_delay),
-            journal: recording.as_ref().map(JournalSession::sink),
-            journald,
-        },
-        Box::new(io::stdout()),
-        metrics.clone(),
-    );
-    notices.say(&Notice::Ready {
-        backend: Some(session.backend.name().into()),
-        startup_ms,
-    });
+    let (mut capture, mut writing) = loaded.start(Box::new(io::stdout()), sinks);
+    capture.ready(&notices);
+    let written = stream(
+        &args,
+        &notices,
+        &mut capture,
+        &mut writing,
+        &mut wake,
+        metrics,
+    )
+    .await?;
+    let ended = capture.end(writing, written, &notices).await?;
+    if let Some(recording) = recording {
+        // The fold tail goes into the journal too: its failures count.
+        recording.notices(ended.finish.repeats.iter().cloned().map(Notice::Repeat));
+        notices.say(&Notice::Recorded(recording.finish().await));
+    }
+    ended.summarise(&notices);
+    Ok(())
+}
 
-    let mut batch = Vec::with_capacity(BATCH);
+/// `--record`: the journal, with the session's port life records.
+fn start_recording(
+    args: &WatchArgs,
+    notices: &Notices,
+    loaded: &mut Loaded,
+) -> Result<Option<JournalSession>> {
+    let Some(dir) = &args.record else {
+        return Ok(None);
+    };
+    Ok(Some(JournalSession::start(
+        JournalOptions {
+            dir: dir.clone(),
+            max_size: args.max_size.saturating_mul(1 << 20),
+            max_files: args.max_files,
+        },
+        notices.clone(),
+        loaded.session.take_life(),
+    )?))
+}
+
+/// What ended the stream: the writer's result when it ended first (stdout
+/// closed), None for a signal.
+type Written =
+    Option<Result<io::Result<portwatch_core::output::notice::Unenriched>, tokio::task::JoinError>>;
+
+/// Streams events until a signal or until the writer ends; sweeps the fold
+/// table and reports lost events on the way.
+async fn stream(
+    args: &WatchArgs,
+    notices: &Notices,
+    capture: &mut Capture,
+    writing: &mut Writer,
+    wake: &mut Wake,
+    metrics: Option<crate::metrics::Metrics>,
+) -> Result<Written> {
     let mut lost_reported = 0;
-    let written = loop {
+    Ok(loop {
         tokio::select! {
-            read = session.read(&mut batch, BATCH) => {
-                read?;
-                pipeline.submit(&mut batch).await;
-            }
+            read = capture.pump() => read?,
             // The writer only ends early when stdout fails.
-            done = &mut writing => break Some(done),
+            done = &mut *writing => break Some(done),
             _ = wake.sigint.recv() => break None,
             _ = wake.sigterm.recv() => break None,
             _ = wake.sweeper.tick() => {
-                let swept = session.sweep();
+                let swept = capture.session.sweep();
                 if let Some(m) = &metrics {
                     m.credit_swept(&swept.moved_by_key);
                 }
                 crate::memory::trim();
             }
             _ = wake.ticker.tick() => {
-                let lost = session.counters().lost;
+                let lost = capture.session.counters().lost;
                 if lost > lost_reported {
                     notices.say(&Notice::Lost {
                         lost: lost - lost_reported,
@@ -136,25 +140,7 @@ pub async fn run(args: WatchArgs) -> Result<()> {
                 }
             }
         }
-    };
-
-    let unenriched =
-        pipeline::wind_down(&mut session, pipeline, &mut batch, writing, written).await?;
-    let finish = session.finish();
-    for repeat in &finish.repeats {
-        notices.say(&Notice::Repeat(repeat.clone()));
-    }
-    if let Some(recording) = recording {
-        // The fold tail goes into the journal too: its failures count.
-        recording.notices(finish.repeats.iter().cloned().map(Notice::Repeat));
-        notices.say(&Notice::Recorded(recording.finish().await));
-    }
-    notices.say(&Notice::Summary(Summary::new(
-        started.elapsed().as_secs_f64(),
-        &finish,
-        unenriched,
-    )));
-    Ok(())
+    })
 }
 
 /// What wakes the main loop besides events: the signals that stop it, and
@@ -202,32 +188,6 @@ fn serve_metrics(
     Ok(m)
 }
 
-/// Says how capture runs: a mount made, the backend and why, what is
-/// degraded.
-fn announce(notices: &Notices, session: &Session) {
-    if let Some(path) = session.mounted_tracefs {
-        notices.say(&Notice::Mount {
-            fs: "tracefs".into(),
-            path: path.into(),
-        });
-    }
-    notices.say(&Notice::Backend {
-        backend: session.backend.name().into(),
-        why: session.why.clone(),
-    });
-    for (what, note) in [
-        ("port_life", &session.life_note),
-        ("io_uring", &session.uring_note),
-    ] {
-        if let Some(note) = note {
-            notices.say(&Notice::Degraded {
-                what: what.into(),
-                why: note.clone(),
-            });
-        }
-    }
-}
-
 /// Where human-readable output goes: journald's fields when stdout is the
 /// journal, else a terminal or file, which gets the column header first.
 fn start_output(format: Format) -> io::Result<Option<Journald>> {
@@ -248,7 +208,7 @@ fn start_output(format: Format) -> io::Result<Option<Journald>> {
 /// The series `--metrics` can start at 0: `--port`'s ports, `--errno`'s errnos.
 fn metrics_known(args: &WatchArgs) -> crate::metrics::Known {
     let mut ports = Vec::new();
-    for &(lo, hi) in args.port.iter().flatten() {
+    for &(lo, hi) in args.capture.port.iter().flatten() {
         // A range wider than the series budget gets no fixed series anyway.
         if ports.len() > crate::metrics::PORT_SERIES {
             break;
@@ -259,10 +219,10 @@ fn metrics_known(args: &WatchArgs) -> crate::metrics::Known {
     ports.dedup();
     crate::metrics::Known {
         ports,
-        errnos: if args.all_errors || args.all {
+        errnos: if args.capture.all_errors || args.all {
             Vec::new()
         } else {
-            args.errno.clone()
+            args.capture.errno.clone()
         },
     }
 }

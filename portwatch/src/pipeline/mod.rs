@@ -155,7 +155,7 @@ struct Lookups {
 }
 
 impl Lookups {
-    fn start(enricher: Arc<Enricher>, delay: Duration, metrics: Option<Metrics>) -> Self {
+    fn start(enricher: Arc<Enricher>, delay: LookupDelay, metrics: Option<Metrics>) -> Self {
         let (queue, jobs) = std_mpsc::sync_channel(LOOKUP_QUEUE);
         let jobs = Arc::new(Mutex::new(jobs));
         for _ in 0..LOOKUP_THREADS {
@@ -185,12 +185,29 @@ impl Lookups {
     }
 }
 
+/// Test machinery (`--enrich-delay`): how long each lookup batch waits
+/// first, so the holder is gone when user space looks. Nothing in a build
+/// without the `test-hooks` feature.
+#[cfg(feature = "test-hooks")]
+pub type LookupDelay = Duration;
+/// Nothing: the delay is test machinery (feature `test-hooks`).
+#[cfg(not(feature = "test-hooks"))]
+pub type LookupDelay = ();
+
+#[cfg(feature = "test-hooks")]
+fn pause(delay: LookupDelay) {
+    std::thread::sleep(delay);
+}
+
+#[cfg(not(feature = "test-hooks"))]
+fn pause((): LookupDelay) {}
+
 /// A lookup thread: takes whatever is queued (up to [`LOOKUP_BATCH`]) and
 /// answers it with one shared look per namespace and protocol.
 fn serve_lookups(
     jobs: &Mutex<std_mpsc::Receiver<Job>>,
     enricher: &Enricher,
-    delay: Duration,
+    delay: LookupDelay,
     metrics: Option<&Metrics>,
 ) {
     loop {
@@ -202,7 +219,7 @@ fn serve_lookups(
                 .take(LOOKUP_BATCH)
                 .collect()
         };
-        std::thread::sleep(delay);
+        pause(delay);
         let started = Instant::now();
         let reqs: Vec<Request> = batch.iter().map(|j| j.req.clone()).collect();
         let found = enricher.evidence_many(&reqs);
@@ -224,8 +241,8 @@ pub struct PipelineOptions {
     pub format: Format,
     /// Longest wait for one lookup.
     pub timeout: Duration,
-    /// Delay every lookup by this much (tests).
-    pub delay: Duration,
+    /// Delay every lookup batch by this much (tests only).
+    pub delay: LookupDelay,
     /// `--record`: every event's NDJSON line also goes to the journal.
     pub journal: Option<portwatch_core::journal::Sink>,
     /// Under systemd: events go to journald as structured entries instead
