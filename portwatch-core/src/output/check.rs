@@ -89,7 +89,7 @@ fn wrap(out: &mut impl Write, tag: &str, text: &str) -> io::Result<()> {
     let indent = " ".repeat(lead.len());
     let mut line = lead;
     let mut empty = true;
-    for word in text.split_whitespace() {
+    for word in words(text) {
         let fits = line.chars().count() + 1 + word.chars().count() <= WIDTH;
         if !empty && !fits {
             writeln!(out, "{line}")?;
@@ -99,8 +99,53 @@ fn wrap(out: &mut impl Write, tag: &str, text: &str) -> io::Result<()> {
         if !empty {
             line.push(' ');
         }
-        line.push_str(word);
+        line.push_str(&word);
         empty = false;
     }
     writeln!(out, "{line}")
+}
+
+/// The words of `text`, a `code span` kept whole: a command cut across
+/// lines cannot be pasted.
+fn words(text: &str) -> Vec<String> {
+    let mut words: Vec<String> = Vec::new();
+    for w in text.split_whitespace() {
+        match words.last_mut() {
+            Some(open) if open.matches('`').count() % 2 == 1 => {
+                open.push(' ');
+                open.push_str(w);
+            }
+            _ => words.push(w.to_owned()),
+        }
+    }
+    words
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wrapped_at_80_columns_with_code_kept_whole() {
+        let mut out = Vec::new();
+        let fix = "reserve it: `sysctl -w net.ipv4.ip_local_reserved_ports=40000` now, and the line `net.ipv4.ip_local_reserved_ports = 40000` in a file under /etc/sysctl.d/";
+        wrap(&mut out, "fix", fix).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        for line in text.lines() {
+            assert!(line.chars().count() <= WIDTH, "{text}");
+            assert_eq!(line.matches('`').count() % 2, 0, "{text}");
+        }
+        assert!(text.starts_with("  fix: reserve it:"), "{text}");
+        assert!(
+            text.contains("the line `net.ipv4.ip_local_reserved_ports = 40000`"),
+            "{text}"
+        );
+        assert_eq!(
+            text.split_whitespace().collect::<Vec<_>>(),
+            ["fix:"]
+                .into_iter()
+                .chain(fix.split_whitespace())
+                .collect::<Vec<_>>()
+        );
+    }
 }

@@ -7,7 +7,10 @@ use portwatch_core::request::{Errno, Proto};
 
 use crate::capture;
 
+mod check;
 pub mod values;
+
+pub use check::CheckArgs;
 
 const WATCH_EXAMPLES: &str = "\
 EXAMPLES:
@@ -147,6 +150,10 @@ pub enum Command {
     /// `fuser -k` in restart scripts and test harnesses.
     #[command(after_help = WAIT_EXAMPLES)]
     Wait(WaitArgs),
+    /// Before a deploy: would each of these bindings bind, and if not,
+    /// why and who is in the way? Never binds; no eBPF.
+    #[command(after_help = check::CHECK_EXAMPLES)]
+    Check(CheckArgs),
     /// Run a command and report the bind()/listen() failures of it and all
     /// its descendants (daemonized ones too), then exit with its status.
     #[command(after_help = RUN_EXAMPLES)]
