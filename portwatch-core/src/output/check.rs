@@ -63,14 +63,19 @@ pub fn write_human(out: &mut impl Write, checked: &[Outcome]) -> io::Result<()> 
 fn holder_names(c: &Outcome) -> Vec<String> {
     let mut names: Vec<String> = c.holders.iter().map(holder_name).collect();
     names.extend(c.published.iter().map(|p| printable(&p.container.label())));
-    names.extend(c.dnat.iter().map(|d| {
-        format!(
-            "DNAT to {} ({})",
-            printable(d.to.as_deref().unwrap_or("?")),
-            printable(&d.from)
-        )
-    }));
+    names.extend(
+        c.dnat
+            .iter()
+            .map(|d| format!("DNAT to {}", printable(d.to.as_deref().unwrap_or("?")))),
+    );
     names.extend(c.conflicts_with.iter().map(|k| format!("plan {k}")));
+    // iptables-nft's rules are listed by both iptables-save and nft.
+    let mut seen = Vec::new();
+    names.retain(|n| {
+        let first = !seen.contains(n);
+        seen.push(n.clone());
+        first
+    });
     names
 }
 

@@ -144,6 +144,17 @@ pub fn label(b: &Binding) -> String {
     format!("{}/{}", SocketAddr::new(b.addr, b.port), b.proto.name())
 }
 
+/// Why a plan could not be checked.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckError {
+    /// The verdict engine could not judge (no sock_diag, ...).
+    #[error(transparent)]
+    Judge(#[from] JudgeError),
+    /// The namespace's addresses could not be listed.
+    #[error("cannot list the network namespace's addresses (getifaddrs): {0}")]
+    Addresses(std::io::Error),
+}
+
 /// Checks `bindings` in the calling thread's network namespace (inode
 /// `netns`): never a bind, the engine's rules only. `user`: the uid the
 /// deploy binds as without CAP_NET_BIND_SERVICE (None or 0: root).
@@ -154,8 +165,8 @@ pub fn check(
     netns: u32,
     user: Option<u32>,
     published: bool,
-) -> Result<Vec<Outcome>, JudgeError> {
-    let host = Host::read().map_err(JudgeError::SockDiag)?;
+) -> Result<Vec<Outcome>, CheckError> {
+    let host = Host::read().map_err(CheckError::Addresses)?;
     let batch = Batch {
         netns,
         bindings: bindings.to_vec(),

@@ -150,14 +150,14 @@ pub enum Command {
     /// `fuser -k` in restart scripts and test harnesses.
     #[command(after_help = WAIT_EXAMPLES)]
     Wait(WaitArgs),
-    /// Before a deploy: would each of these bindings bind, and if not,
-    /// why and who is in the way? Never binds; no eBPF.
-    #[command(after_help = check::CHECK_EXAMPLES)]
-    Check(CheckArgs),
     /// Run a command and report the bind()/listen() failures of it and all
     /// its descendants (daemonized ones too), then exit with its status.
     #[command(after_help = RUN_EXAMPLES)]
     Run(RunArgs),
+    /// Before a deploy: would each of these bindings bind, and if not,
+    /// why and who is in the way? Never binds; no eBPF.
+    #[command(after_help = check::CHECK_EXAMPLES)]
+    Check(CheckArgs),
     /// Print a shell completion script for bash, zsh or fish.
     #[command(after_help = COMPLETIONS_EXAMPLES)]
     Completions(CompletionsArgs),
