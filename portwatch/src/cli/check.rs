@@ -12,7 +12,7 @@ pub const CHECK_EXAMPLES: &str = "\
 EXAMPLES:
     portwatch check 80 443                   # before a deploy: would 0.0.0.0:80 and :443 bind?
     portwatch check 53/udp 127.0.0.1:8080 [::]:9000
-    portwatch check [::]:8080                # a server on both families (Go's ":8080")
+    portwatch check [::]:8080                # a server on both families (Go's \":8080\")
     portwatch check 8080 [::]:8080           # two sockets: dual-stack, each in the other's way
     portwatch check 80 --user 1000           # the deploy runs as uid 1000, unprivileged
     portwatch check 8080 --netns /run/netns/blue
