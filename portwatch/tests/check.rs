@@ -7,7 +7,8 @@ mod common;
 
 use std::{
     net::{IpAddr, SocketAddr, TcpListener, TcpStream},
-    process::{Command, Output},
+    process::{Child, Command, Output, Stdio},
+    time::{Duration, Instant},
 };
 
 use common::*;
@@ -626,4 +627,95 @@ fn check_json_shape_and_escaping() {
     let (_, text) = check_text(&ns, &[&p]);
     assert!(!text.contains('\u{1b}'), "{text:?}");
     assert!(text.contains("pw?[31mred"), "{text}");
+}
+
+/// `portwatch check ARGS` started in `ns`, not waited for.
+fn spawn_check(ns: &Netns, args: &[&str]) -> Child {
+    let args: Vec<String> = args.iter().map(|&a| a.to_owned()).collect();
+    ns.run(move || {
+        Command::new(bin())
+            .arg("check")
+            .args(&args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run portwatch check")
+    })
+}
+
+/// `--wait`: the holder exits, and check answers "free" at once.
+#[test]
+fn check_wait_returns_when_the_holder_exits() {
+    let ns = netns("pw-chk-wait");
+    let port = port();
+    let mut held = ns.run(move || Process::fork(|| hold(addr("0.0.0.0", port), false, |_| {})));
+    let p = port.to_string();
+    let other = (port + 1).to_string();
+    let mut waiting = spawn_check(&ns, &[&p, &other, "--wait=20s"]);
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        waiting.try_wait().unwrap().is_none(),
+        "check --wait answered while the port was held"
+    );
+    let t0 = Instant::now();
+    held.kill();
+    let out = waiting.wait_with_output().unwrap();
+    let took = t0.elapsed();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}");
+    // Woken by the socket's destruction, not by the 1 s safety poll.
+    assert!(took < Duration::from_millis(900), "took {took:?}");
+    assert!(stderr.contains("waiting for 1 binding(s)"), "{stderr}");
+    assert!(
+        stdout.contains(&row(&format!("0.0.0.0:{port}/tcp"), "free", "-")),
+        "{stdout}"
+    );
+    assert_eq!(kernel_bind(&ns, addr("0.0.0.0", port), false), Ok(()));
+}
+
+/// `--wait` answers at once when no waiting can help, and gives up at its
+/// timeout when the holder stays.
+#[test]
+fn check_wait_gives_up_or_does_not_wait() {
+    let ns = netns("pw-chk-wait2");
+    let port = port();
+    let _held = ns.run(move || Process::fork(|| hold(addr("0.0.0.0", port), false, |_| {})));
+    let p = port.to_string();
+    let t0 = Instant::now();
+    let out = run_check(&ns, &[&p, "--wait=1s"]);
+    let took = t0.elapsed();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        (Duration::from_millis(900)..Duration::from_secs(5)).contains(&took),
+        "took {took:?}"
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("taken"));
+    // The plan's own conflict and a missing address: no wait.
+    let missing = format!("192.0.2.1:{}", port + 1);
+    let t0 = Instant::now();
+    let (code, v) = check(&ns, &[&p, &missing, "--wait=8s"]);
+    assert_eq!(code, 1, "{v:#?}");
+    assert_eq!(v[1]["verdict"], "address-missing", "{v:#?}");
+    assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
+    // No limit, and nothing to wait for: at once (killed after 5 s if not).
+    let mut child = spawn_check(&ns, &[&other_port(port), &other_port(port), "--wait"]);
+    let t0 = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if t0.elapsed() > Duration::from_secs(5) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("check --wait waited for the plan's own conflict");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("conflict-in-plan"));
+}
+
+fn other_port(port: u16) -> String {
+    (port + 2).to_string()
 }

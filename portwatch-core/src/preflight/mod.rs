@@ -139,6 +139,19 @@ impl Outcome {
     }
 }
 
+impl Outcome {
+    /// It fails because of sockets that may go away on their own (a
+    /// holder that exits, TIME_WAIT that expires): what `check --wait`
+    /// waits for. Not the plan's own conflicts, addresses, privileges or
+    /// DNAT rules, which no waiting changes.
+    pub fn may_clear(&self) -> bool {
+        matches!(
+            self.verdict,
+            Category::Taken | Category::TimeWait | Category::DualStack
+        ) && self.conflicts_with.is_empty()
+    }
+}
+
 /// `ADDR:PORT/PROTO`, as `check` prints a binding.
 pub fn label(b: &Binding) -> String {
     format!("{}/{}", SocketAddr::new(b.addr, b.port), b.proto.name())

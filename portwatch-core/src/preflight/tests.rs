@@ -250,6 +250,7 @@ fn verdicts_from_the_engine() {
     };
     let c = classify(&plan, &[j], &h, None);
     assert_eq!(c[0].verdict, Category::Steered);
+    assert!(!c[0].may_clear());
     assert!(c[0].diagnosis.contains("10.9.9.9:80"), "{c:?}");
 }
 

@@ -1,7 +1,7 @@
 //! `portwatch check`'s arguments (a file of its own: the bindings are
 //! parsed by the command, for its one-line errors).
 
-use std::path::PathBuf;
+use std::{path::PathBuf, time::Duration};
 
 use clap::Args;
 
@@ -18,6 +18,7 @@ EXAMPLES:
     portwatch check 8080 --netns /run/netns/blue
     portwatch check 80 443 --json | jq -r 'select(.fails) | .binding'
     portwatch check 80 443 && nginx -c /etc/nginx/new.conf
+    portwatch check 80 443 --wait=10s && nginx  # the old one may still be quitting
 
 Each BINDING is PORT, ADDR:PORT or [IPV6]:PORT, with /tcp (the default) or
 /udp after it. A bare port means the IPv4 wildcard, 0.0.0.0:PORT, as nginx's
@@ -31,6 +32,13 @@ fail the very deploy it checks. The verdicts come from sock_diag, the
 namespace's addresses and sysctls, its NAT tables, and portwatch's model of
 the kernel's bind-conflict rules; where the answer hangs on a holder's own
 options (SO_REUSEADDR of TIME_WAIT leftovers), it says so.
+
+--wait waits while every failure is a socket that may go away (a holder
+that exits, TIME_WAIT that expires): it looks again whenever a socket is
+destroyed in the namespace (sock_diag's notifications), every 250 ms while
+TIME_WAIT is in the way, and every second in any case. Failures that no
+waiting changes (the plan's own, an address, a privilege, a DNAT rule)
+answer at once.
 
 VERDICTS (the first that applies, in the kernel's order):
     address-missing   ADDR is not in the namespace (EADDRNOTAVAIL), and
@@ -51,7 +59,7 @@ EXIT STATUS:
     0  every binding is free, or only at risk (ephemeral-risk)
     1  a binding would fail: taken, time-wait, dual-stack, steered,
        conflict-in-plan, address-missing, privileged (with --strict, also
-       ephemeral-risk)
+       ephemeral-risk); with --wait, still so when TIMEOUT ran out
     2  bad command line: a binding that does not parse, no such network
        namespace path or pid
     3  this system cannot answer: no sock_diag (inet_diag, tcp_diag/udp_diag),
@@ -84,4 +92,17 @@ pub struct CheckArgs {
     /// Print one JSON object per binding, one per line.
     #[arg(long)]
     pub json: bool,
+
+    /// While the only failures are sockets that may go away (taken,
+    /// time-wait, dual-stack by a holder), wait for them, up to TIMEOUT
+    /// (30s, 2m; without it, or 0: no limit); then answer as without it.
+    #[arg(
+        long,
+        value_name = "TIMEOUT",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "0",
+        value_parser = values::parse_duration
+    )]
+    pub wait: Option<Duration>,
 }
