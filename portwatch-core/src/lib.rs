@@ -25,6 +25,9 @@ pub mod holders;
 pub mod journal;
 /// Human text, the NDJSON schema, notices.
 pub mod output;
+/// `check`: a verdict per binding a deploy is about to make, without
+/// binding (the engine's rules, the plan, the namespace).
+pub mod preflight;
 /// `report`: journals read back as per-port post-mortems.
 pub mod report;
 /// What a caller asked for: the request, and the vocabulary of calls.

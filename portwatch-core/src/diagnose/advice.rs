@@ -368,7 +368,7 @@ fn process_fix(h: &Holder, port: u16, inside: Option<&Entry>) -> String {
 
 /// `s` as one shell word: as it is when plain, else single-quoted (it came
 /// from the kernel or a runtime's files, and may hold anything).
-pub(super) fn shell_word(s: &str) -> String {
+pub fn shell_word(s: &str) -> String {
     let plain = !s.is_empty()
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"_.-/:@".contains(&b));

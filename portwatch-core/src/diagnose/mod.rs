@@ -10,7 +10,7 @@ mod rules;
 
 use std::net::{IpAddr, SocketAddr};
 
-pub use advice::{container_stop, named, publish_elsewhere, relation, Relation};
+pub use advice::{container_stop, named, publish_elsewhere, relation, shell_word, Relation};
 use serde::{Deserialize, Serialize};
 
 use crate::{holders::Evidence, request::Request};

@@ -1,6 +1,7 @@
 //! What portwatch prints: the human table ([`text`]), the NDJSON schema
 //! ([`json`]), and notices about itself on stderr ([`notice`]).
 
+pub mod check;
 pub mod journald;
 pub mod json;
 pub mod notice;

@@ -7,7 +7,10 @@ use portwatch_core::request::{Errno, Proto};
 
 use crate::capture;
 
+mod check;
 pub mod values;
+
+pub use check::CheckArgs;
 
 const WATCH_EXAMPLES: &str = "\
 EXAMPLES:
@@ -151,6 +154,10 @@ pub enum Command {
     /// its descendants (daemonized ones too), then exit with its status.
     #[command(after_help = RUN_EXAMPLES)]
     Run(RunArgs),
+    /// Before a deploy: would each of these bindings bind, and if not,
+    /// why and who is in the way? Never binds; no eBPF.
+    #[command(after_help = check::CHECK_EXAMPLES)]
+    Check(CheckArgs),
     /// Print a shell completion script for bash, zsh or fish.
     #[command(after_help = COMPLETIONS_EXAMPLES)]
     Completions(CompletionsArgs),

@@ -4,6 +4,8 @@
 
 use std::io;
 
+use portwatch_core::preflight::Category;
+
 use crate::capture::Unsupported;
 
 /// Exit status: stopped as asked, or the answer is yes.
@@ -20,6 +22,24 @@ pub const EXIT_RUN_FAILED: u8 = 125;
 pub const EXIT_CANNOT_EXECUTE: u8 = 126;
 /// Exit status of `run` when CMD is not found.
 pub const EXIT_NOT_FOUND: u8 = 127;
+
+/// Exit status of `check` when a binding would fail (or, with --strict,
+/// is at risk): an answer, like `who`'s "taken", never a failure.
+pub const EXIT_WOULD_FAIL: u8 = 1;
+
+/// `check`'s answer as an exit status: 0 when every binding is free or
+/// only at risk (ephemeral-risk), [`EXIT_WOULD_FAIL`] when any would fail
+/// (taken, time-wait, dual-stack, steered, conflict-in-plan,
+/// address-missing, privileged), and with `strict` when any is at risk.
+/// Usage errors (2) and "cannot answer" (3) are [`Error`]s.
+pub fn check_status(verdicts: impl IntoIterator<Item = Category>, strict: bool) -> u8 {
+    let fails = |c: Category| c.fails() || (strict && c.risk());
+    if verdicts.into_iter().any(fails) {
+        EXIT_WOULD_FAIL
+    } else {
+        EXIT_OK
+    }
+}
 
 /// Why a subcommand stopped without its answer.
 #[derive(Debug, thiserror::Error)]
@@ -142,5 +162,28 @@ mod tests {
             EXIT_RUN_FAILED
         );
         assert_eq!(unsupported.in_run().to_string(), "loading: no BTF");
+    }
+
+    #[test]
+    fn check_fails_on_failures_and_with_strict_on_risks() {
+        use Category::*;
+        assert_eq!(check_status([Free, Free], false), EXIT_OK);
+        assert_eq!(check_status([Free, EphemeralRisk], false), EXIT_OK);
+        assert_eq!(check_status([Free, EphemeralRisk], true), EXIT_WOULD_FAIL);
+        assert_eq!(check_status([], true), EXIT_OK);
+        for failing in [
+            Taken,
+            TimeWait,
+            DualStack,
+            Steered,
+            ConflictInPlan,
+            AddressMissing,
+            Privileged,
+        ] {
+            assert_eq!(check_status([Free, failing], false), EXIT_WOULD_FAIL);
+        }
+        // The answer "would fail" is not the usage or "cannot answer" status.
+        assert_ne!(EXIT_WOULD_FAIL, EXIT_USAGE);
+        assert_ne!(EXIT_WOULD_FAIL, EXIT_UNSUPPORTED);
     }
 }

@@ -2,6 +2,7 @@
 //! dispatches and maps errors to exit statuses.
 
 mod capture;
+pub mod check;
 pub mod completions;
 mod error;
 pub mod man;
@@ -23,7 +24,8 @@ use crate::cli::Command;
 
 impl Command {
     /// Runs the subcommand. `Ok` is its answer as an exit status: 0, or
-    /// `who`'s "taken" and `wait`'s "timed out" (1), or `run`'s CMD's own.
+    /// `who`'s "taken", `wait`'s "timed out" and `check`'s "would fail"
+    /// (1), or `run`'s CMD's own.
     pub async fn execute(self) -> Result<u8, Error> {
         match self {
             Command::Watch(args) => watch::run(args)
@@ -34,6 +36,7 @@ impl Command {
             Command::Wait(args) => {
                 wait::run(&args).map(|freed| answer(freed, wait::EXIT_TIMED_OUT))
             }
+            Command::Check(args) => check::run(&args),
             Command::Who(args) => who::run(&args).map(|free| answer(free, who::EXIT_TAKEN)),
             Command::Completions(args) => completions::completions(args.shell)
                 .map(|()| EXIT_OK)

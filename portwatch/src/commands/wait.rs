@@ -78,7 +78,7 @@ pub fn run(args: &WaitArgs) -> Result<bool, Error> {
 /// Waits in the calling thread's network namespace.
 fn wait_here(binding: &Binding, deadline: Option<Instant>) -> Result<bool, Error> {
     // Subscribe first, then check: a socket destroyed in between still wakes us.
-    let events = subscribe(binding.proto);
+    let events = subscribe(&[binding.proto]);
     if let Err(e) = &events {
         eprintln!(
             "portwatch: no socket-destroy notifications ({e}); checking every {} ms",
@@ -130,23 +130,26 @@ fn wait_here(binding: &Binding, deadline: Option<Instant>) -> Result<bool, Error
     }
 }
 
-/// A netlink socket subscribed to the destroy notifications of `proto`'s
-/// sockets, both families, in the calling thread's network namespace.
-fn subscribe(proto: Proto) -> io::Result<Socket> {
+/// A netlink socket subscribed to the destroy notifications of the
+/// sockets of `protos`, both families, in the calling thread's network
+/// namespace (`check --wait` asks for both protocols).
+pub(super) fn subscribe(protos: &[Proto]) -> io::Result<Socket> {
     let mut socket = Socket::new(NETLINK_SOCK_DIAG)?;
     socket.bind_auto()?;
-    let groups = match proto {
-        Proto::Udp => UDP_DESTROY_GROUPS,
-        _ => TCP_DESTROY_GROUPS,
-    };
-    for group in groups {
-        socket.add_membership(group)?;
+    for proto in protos {
+        let groups = match proto {
+            Proto::Udp => UDP_DESTROY_GROUPS,
+            _ => TCP_DESTROY_GROUPS,
+        };
+        for group in groups {
+            socket.add_membership(group)?;
+        }
     }
     Ok(socket)
 }
 
 /// Waits up to `timeout` for `socket` to be readable.
-fn readable(socket: &Socket, timeout: Duration) -> bool {
+pub(super) fn readable(socket: &Socket, timeout: Duration) -> bool {
     let mut pfd = libc::pollfd {
         fd: socket.as_raw_fd(),
         events: libc::POLLIN,
