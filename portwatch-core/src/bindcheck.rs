@@ -4,9 +4,10 @@
 //! ([`trial`]), which is the kernel's own answer.
 //!
 //! The rules are those of `inet_bind_conflict` (TCP, net/ipv4/inet_connection_sock.c)
-//! and `udp_lib_lport_inuse` (UDP), for an explicit port and a socket bound to no
-//! device. What sock_diag cannot tell is whether the holder set SO_REUSEADDR or
-//! SO_REUSEPORT; where the answer hangs on that, the rules say so instead of guessing.
+//! and `udp_lib_lport_inuse` (UDP), for an explicit port, with the device
+//! rule of both ([`apart`]). What sock_diag cannot tell is whether the holder
+//! set SO_REUSEADDR or SO_REUSEPORT; where the answer hangs on that, the rules
+//! say so instead of guessing.
 
 use std::{
     io,
@@ -17,9 +18,56 @@ use serde::{Deserialize, Serialize};
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::{
-    holders::{overlaps, sockdiag::DiagSocket, State},
+    holders::{overlaps, sockdiag::DiagSocket, Devices, State},
     request::{Errno, Family, Opts, Proto},
 };
+
+/// Why two sockets on one port never conflict, whatever their addresses
+/// and options.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Apart {
+    /// Both are bound to devices (SO_BINDTODEVICE), different ones.
+    OtherDevice,
+    /// TCP: they are in different VRFs (`net.ipv4.tcp_l3mdev_accept=0`, the
+    /// default), a socket bound to no device being in none.
+    OtherVrf,
+}
+
+impl Apart {
+    /// "another device", "another VRF".
+    pub fn label(self) -> &'static str {
+        match self {
+            Apart::OtherDevice => "another device",
+            Apart::OtherVrf => "another VRF",
+        }
+    }
+}
+
+/// The kernel's device rule for a socket bound to device `mine` (0: none)
+/// and one bound to `theirs`: None when they may conflict (then addresses
+/// and options decide).
+///
+/// TCP keeps one bind bucket per (port, L3 domain): `inet_csk_get_port`
+/// matches buckets on `inet_sk_bound_l3mdev(sk)`, which is the VRF the
+/// bound device is or belongs to (`l3mdev_master_ifindex_by_index`) unless
+/// `tcp_l3mdev_accept` is set, and 0 otherwise; sockets in different buckets
+/// never meet. Within one bucket, and for UDP (`udp_lib_lport_inuse`, which
+/// has no such scope), two sockets conflict only if either is bound to no
+/// device or both to the same one.
+///
+/// The bucket was chosen when the holder bound: a socket bound before
+/// `tcp_l3mdev_accept` or the device's VRF changed stays where it was,
+/// which the rule, reading them now, does not see.
+pub fn apart(proto: Proto, mine: u32, theirs: u32, devices: &Devices) -> Option<Apart> {
+    if proto == Proto::Tcp
+        && devices.tcp_l3mdev_accept == Some(false)
+        && devices.l3mdev(mine) != devices.l3mdev(theirs)
+    {
+        return Some(Apart::OtherVrf);
+    }
+    (mine != 0 && theirs != 0 && mine != theirs).then_some(Apart::OtherDevice)
+}
 
 /// The three binds `who` asks about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -67,19 +115,34 @@ pub enum Rule {
     IfHolderSet(&'static str),
 }
 
-/// The rules' answer for a bind of `addr` (`proto`, IPV6_V6ONLY off) with
-/// `variant`'s option, by a socket owned by `uid`, given the `sockets` on the
-/// port: Taken if any socket conflicts whatever its options, else
-/// IfHolderSet if any conflicts unless it set an option, else Free.
+/// A bind the rules are asked about: what `who` and `wait` would bind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NewBind {
+    /// tcp or udp.
+    pub proto: Proto,
+    /// The address (IPV6_V6ONLY off).
+    pub addr: IpAddr,
+    /// The interface index to bind to (SO_BINDTODEVICE), 0 for none.
+    pub device: u32,
+}
+
+/// The rules' answer for `bind` with `variant`'s option, by a socket owned
+/// by `uid`, given the `sockets` on the port and the namespace's `devices`:
+/// Taken if any socket conflicts whatever its options, else IfHolderSet if
+/// any conflicts unless it set an option, else Free.
 pub fn by_rules(
-    proto: Proto,
-    addr: IpAddr,
+    bind: NewBind,
     variant: Variant,
     uid: u32,
     sockets: &[DiagSocket],
+    devices: &Devices,
 ) -> Rule {
+    let NewBind { proto, addr, .. } = bind;
     let mut answer = Rule::Free;
     for s in sockets {
+        if apart(proto, bind.device, s.bound_dev_if, devices).is_some() {
+            continue;
+        }
         match conflict(proto, addr, variant, uid, s) {
             Rule::Taken => return Rule::Taken,
             Rule::IfHolderSet(o) => answer = Rule::IfHolderSet(o),
@@ -125,11 +188,12 @@ fn conflict(proto: Proto, addr: IpAddr, variant: Variant, uid: u32, s: &DiagSock
     }
 }
 
-/// Binds a fresh socket of `proto` to `addr` with `variant`'s option, in the
-/// calling thread's network namespace, and closes it at once (never listen()
-/// or connect()). With `uid`, the socket is created under that fsuid, which
-/// makes it that uid's socket for SO_REUSEPORT; the thread's fsuid is put back
-/// before returning.
+/// Binds a fresh socket of `proto` to `addr` with `variant`'s option (and
+/// to `device` first, with SO_BINDTODEVICE), in the calling thread's
+/// network namespace, and closes it at once (never listen() or connect()).
+/// With `uid`, the socket is created under that fsuid, which makes it that
+/// uid's socket for SO_REUSEPORT; the thread's fsuid is put back before
+/// returning.
 ///
 /// Ok(None): the bind succeeded; Ok(Some(errno)): the kernel refused it;
 /// Err: the trial could not be made.
@@ -139,6 +203,7 @@ pub fn trial(
     port: u16,
     variant: Variant,
     uid: Option<u32>,
+    device: Option<&str>,
 ) -> io::Result<Option<Errno>> {
     let (ty, protocol) = match proto {
         Proto::Tcp => (Type::STREAM, Protocol::TCP),
@@ -160,6 +225,9 @@ pub fn trial(
     };
     if addr.is_ipv6() {
         socket.set_only_v6(false)?;
+    }
+    if let Some(name) = device {
+        socket.bind_device(Some(name.as_bytes()))?;
     }
     match variant {
         Variant::Plain => {}
@@ -229,7 +297,13 @@ mod tests {
     #[test]
     fn tcp_rules() {
         let any4: IpAddr = "0.0.0.0".parse().unwrap();
-        let rule = |v, s: &DiagSocket| by_rules(Proto::Tcp, any4, v, 1000, std::slice::from_ref(s));
+        let none = Devices::default();
+        let bind = NewBind {
+            proto: Proto::Tcp,
+            addr: any4,
+            device: 0,
+        };
+        let rule = |v, s: &DiagSocket| by_rules(bind, v, 1000, std::slice::from_ref(s), &none);
         let listener = sock(LISTEN, "127.0.0.1:80", 1000, None);
         assert_eq!(rule(Variant::Plain, &listener), Rule::Taken);
         assert_eq!(rule(Variant::Reuseaddr, &listener), Rule::Taken);
@@ -264,24 +338,19 @@ mod tests {
         assert_eq!(rule(Variant::Plain, &v6only), Rule::Free);
         // Another address: no overlap.
         let lo2 = sock(LISTEN, "127.0.0.2:80", 1000, None);
-        assert_eq!(
-            by_rules(
-                Proto::Tcp,
-                "127.0.0.1".parse().unwrap(),
-                Variant::Plain,
-                0,
-                &[lo2]
-            ),
-            Rule::Free
-        );
+        let lo1 = NewBind {
+            addr: "127.0.0.1".parse().unwrap(),
+            ..bind
+        };
+        assert_eq!(by_rules(lo1, Variant::Plain, 0, &[lo2], &none), Rule::Free);
         // The worst socket decides.
         assert_eq!(
             by_rules(
-                Proto::Tcp,
-                any4,
+                bind,
                 Variant::Reuseaddr,
                 1000,
-                &[tw.clone(), listener]
+                &[tw.clone(), listener],
+                &none
             ),
             Rule::Taken
         );
@@ -292,7 +361,13 @@ mod tests {
         let any4: IpAddr = "0.0.0.0".parse().unwrap();
         let mut s = sock(7, "0.0.0.0:53", 1000, None);
         s.protocol = 17;
-        let rule = |v, uid| by_rules(Proto::Udp, any4, v, uid, std::slice::from_ref(&s));
+        let bind = NewBind {
+            proto: Proto::Udp,
+            addr: any4,
+            device: 0,
+        };
+        let none = Devices::default();
+        let rule = |v, uid| by_rules(bind, v, uid, std::slice::from_ref(&s), &none);
         assert_eq!(rule(Variant::Plain, 1000), Rule::Taken);
         assert_eq!(
             rule(Variant::Reuseaddr, 0),
@@ -303,5 +378,70 @@ mod tests {
             Rule::IfHolderSet("SO_REUSEPORT")
         );
         assert_eq!(rule(Variant::Reuseport, 0), Rule::Taken);
+    }
+
+    /// The device rule, as `inet_bind_conflict`, `inet_csk_get_port`'s
+    /// per-VRF buckets and `udp_lib_lport_inuse` have it.
+    #[test]
+    fn device_rules() {
+        // 2 veth0, 3 veth1, 4 VRF red, 5 eth0 in red, 6 VRF blue.
+        let links = [
+            (2, "veth0", false, None),
+            (3, "veth1", false, None),
+            (4, "red", true, None),
+            (5, "eth0", false, Some(4)),
+            (6, "blue", true, None),
+        ];
+        let scoped = Devices::of(&links, false);
+        let global = Devices::of(&links, true);
+        let (tcp, udp) = (Proto::Tcp, Proto::Udp);
+        for d in [&scoped, &global] {
+            for p in [tcp, udp] {
+                // Either unbound, or the same device: they may conflict.
+                assert_eq!(apart(p, 0, 0, d), None);
+                assert_eq!(apart(p, 2, 2, d), None);
+                assert_eq!(apart(p, 0, 2, d), None);
+                assert_eq!(apart(p, 3, 0, d), None);
+                // Two devices: never.
+                assert_eq!(apart(p, 2, 3, d), Some(Apart::OtherDevice));
+            }
+        }
+        // TCP, tcp_l3mdev_accept=0: unbound and in-VRF sockets never meet;
+        // a VRF and its enslaved device share a bucket, where the devices differ.
+        assert_eq!(apart(tcp, 0, 4, &scoped), Some(Apart::OtherVrf));
+        assert_eq!(apart(tcp, 5, 0, &scoped), Some(Apart::OtherVrf));
+        assert_eq!(apart(tcp, 4, 6, &scoped), Some(Apart::OtherVrf));
+        assert_eq!(apart(tcp, 4, 5, &scoped), Some(Apart::OtherDevice));
+        assert_eq!(apart(tcp, 4, 4, &scoped), None);
+        // tcp_l3mdev_accept=1, or UDP: the plain device rule.
+        assert_eq!(apart(tcp, 0, 4, &global), None);
+        assert_eq!(apart(udp, 0, 4, &scoped), None);
+        assert_eq!(apart(udp, 5, 0, &scoped), None);
+        // No L3 master support (no sysctl): one scope.
+        let mut plain = scoped.clone();
+        plain.tcp_l3mdev_accept = None;
+        assert_eq!(apart(tcp, 0, 4, &plain), None);
+
+        // by_rules leaves apart sockets out.
+        let mut on_veth0 = sock(LISTEN, "0.0.0.0:80", 0, None);
+        on_veth0.bound_dev_if = 2;
+        let any4: IpAddr = "0.0.0.0".parse().unwrap();
+        let bind = |device| NewBind {
+            proto: tcp,
+            addr: any4,
+            device,
+        };
+        let rule = |device| {
+            by_rules(
+                bind(device),
+                Variant::Plain,
+                0,
+                std::slice::from_ref(&on_veth0),
+                &scoped,
+            )
+        };
+        assert_eq!(rule(3), Rule::Free);
+        assert_eq!(rule(2), Rule::Taken);
+        assert_eq!(rule(0), Rule::Taken);
     }
 }

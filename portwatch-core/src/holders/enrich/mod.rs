@@ -17,9 +17,12 @@ use super::{
     kernel, netns, overlaps,
     procs::{self, ProcCache, ProcInfo, SocketIndex},
     sockdiag::{self, DiagSocket},
-    sysctl, systemd, CallerInfo, Evidence, Holder, Seen, State,
+    sysctl, systemd, CallerInfo, Devices, Evidence, Holder, Seen, State,
 };
-use crate::request::{Errno, Family, HolderRecord, Proto, Request, Syscall};
+use crate::{
+    bindcheck::apart,
+    request::{Errno, Family, HolderRecord, Proto, Request, Syscall},
+};
 
 /// How stale the socket index may be before a lookup that found nothing
 /// walks /proc again. Bounds full walks to about one per interval.
@@ -78,9 +81,15 @@ impl Enricher {
         };
         let in_use = req.errno_or_in_use() == Errno::ADDRINUSE;
         let port = (req.port != 0).then_some(req.port);
-        let looked = self.look(req.netns, protocol, in_use.then_some(port), &callers(req));
+        let looked = self.look(
+            req.netns,
+            protocol,
+            in_use.then_some(port),
+            &callers(req),
+            req.device,
+        );
         match looked {
-            Ok((sockets, sysctls)) => self.conclude(req, in_use, &sockets, sysctls),
+            Ok(look) => self.conclude(req, in_use, &look),
             Err(e) => self.blind(req, &e),
         }
     }
@@ -110,15 +119,22 @@ impl Enricher {
                 members.iter().flat_map(|&i| callers(&reqs[i])).collect();
             candidates.sort_unstable();
             candidates.dedup();
-            match self.look(netns, protocol, Some(None), &candidates) {
-                Ok((sockets, sysctls)) => {
+            // Any device asked about: the links are read once for all.
+            let device = members.iter().map(|&i| reqs[i].device).max().unwrap_or(0);
+            match self.look(netns, protocol, Some(None), &candidates, device) {
+                Ok(look) => {
                     let mut by_port: HashMap<u16, Vec<DiagSocket>> = HashMap::new();
-                    for s in sockets {
+                    for s in look.sockets {
                         by_port.entry(s.local.port()).or_default().push(s);
                     }
                     for i in members {
-                        let sockets = by_port.get(&reqs[i].port).map_or(&[][..], Vec::as_slice);
-                        out[i] = Some(self.conclude(&reqs[i], true, sockets, sysctls.clone()));
+                        let sockets = by_port.remove(&reqs[i].port).unwrap_or_default();
+                        let port = Looked {
+                            sockets,
+                            sysctls: look.sysctls.clone(),
+                            devices: look.devices.clone(),
+                        };
+                        out[i] = Some(self.conclude(&reqs[i], true, &port));
                     }
                 }
                 Err(e) => {
@@ -132,25 +148,34 @@ impl Enricher {
     }
 
     /// Reads `netns`'s sockets of `protocol` (`dump`: None for none, else
-    /// those on the port, or every one for `Some(None)`) and its sysctls,
-    /// entering it through one of `candidates`' threads when it is not ours.
+    /// those on the port, or every one for `Some(None)`), its sysctls and,
+    /// when `device` or a socket is bound to a device, its links, entering
+    /// it through one of `candidates`' threads when it is not ours.
     fn look(
         &self,
         netns: u32,
         protocol: u8,
         dump: Option<Option<u16>>,
         candidates: &[(u32, u32)],
-    ) -> io::Result<(Vec<DiagSocket>, sysctl::Sysctls)> {
+        device: u32,
+    ) -> io::Result<Looked> {
         let bound_inactive = self.bound_inactive && protocol == 6;
-        let look = || -> (io::Result<Vec<DiagSocket>>, sysctl::Sysctls) {
+        let look = || -> io::Result<Looked> {
             let sockets = match dump {
-                Some(port) => sockdiag::dump(protocol, port, bound_inactive),
-                None => Ok(Vec::new()),
+                Some(port) => sockdiag::dump(protocol, port, bound_inactive)?,
+                None => Vec::new(),
             };
-            (sockets, sysctl::sysctls())
+            let sysctls = sysctl::sysctls();
+            // Without the links, the plain device rule still holds.
+            let devices =
+                Devices::here(device, &sockets, sysctls.tcp_l3mdev_accept).unwrap_or_default();
+            Ok(Looked {
+                sockets,
+                sysctls,
+                devices,
+            })
         };
-        let (sockets, sysctls) = self.in_netns(netns, candidates, look)?;
-        Ok((sockets?, sysctls))
+        self.in_netns(netns, candidates, look)?
     }
 
     /// Evidence when the look failed.
@@ -172,18 +197,14 @@ impl Enricher {
         }
     }
 
-    /// Evidence from what a look found: `sockets` on the port (every port,
+    /// Evidence from what a look found: sockets on the port (every port,
     /// for a bind to port 0).
-    fn conclude(
-        &self,
-        req: &Request,
-        in_use: bool,
-        sockets: &[DiagSocket],
-        sysctls: sysctl::Sysctls,
-    ) -> Evidence {
+    fn conclude(&self, req: &Request, in_use: bool, look: &Looked) -> Evidence {
+        let sockets = &look.sockets;
         let mut evidence = Evidence {
-            sysctls: Some(sysctls),
+            sysctls: Some(look.sysctls.clone()),
             caller: self.caller(req),
+            device: look.devices.named(req.device),
             ..Evidence::default()
         };
         if !in_use {
@@ -201,7 +222,7 @@ impl Enricher {
             }
             return evidence;
         }
-        evidence.holders = self.holders(req, sockets);
+        evidence.holders = self.holders(req, sockets, &look.devices);
         if evidence.holders.iter().any(unowned_udp) {
             if let Ok(devices) = self.in_netns(req.netns, &callers(req), || {
                 kernel::udp_port_devices(req.port)
@@ -239,14 +260,16 @@ impl Enricher {
         req: &Request,
         sockets: &[DiagSocket],
         sysctls: sysctl::Sysctls,
+        devices: &Devices,
     ) -> Evidence {
-        let mut holders = self.holders(req, sockets);
+        let mut holders = self.holders(req, sockets, devices);
         if holders.iter().any(unowned_udp) {
             name_kernel_holders(kernel::udp_port_devices(req.port), &mut holders);
         }
         Evidence {
             holders,
             sysctls: Some(sysctls),
+            device: devices.named(req.device),
             ..Evidence::default()
         }
     }
@@ -254,8 +277,14 @@ impl Enricher {
     /// Every socket of `sockets`, one holder each with its owners, none
     /// grouped or left out, in the order given: what `who` lists.
     /// `cross_family` is set for those that take `req`'s address from the
-    /// other family; `remote` for every connected socket, TIME_WAIT too.
-    pub fn each_socket(&self, req: &Request, sockets: &[DiagSocket]) -> Vec<Holder> {
+    /// other family; `apart` for those another device or VRF keeps out of
+    /// its way; `remote` for every connected socket, TIME_WAIT too.
+    pub fn each_socket(
+        &self,
+        req: &Request,
+        sockets: &[DiagSocket],
+        devices: &Devices,
+    ) -> Vec<Holder> {
         sockets
             .iter()
             .map(|s| {
@@ -270,6 +299,8 @@ impl Enricher {
                     .unwrap_or(false);
                 let state = State::from_kernel(req.proto, s.state);
                 let mut h = bare(state, s, cross_family);
+                h.device = devices.named(s.bound_dev_if);
+                h.apart = apart(req.proto, req.device, s.bound_dev_if, devices);
                 h.time_left_ms = s.time_wait_left.map(|d| d.as_millis() as u64);
                 if s.remote.port() != 0 {
                     h.remote = Some(match s.remote {
@@ -301,8 +332,10 @@ impl Enricher {
     /// runs (not after a lookup timed out: /proc may be what hangs).
     pub fn recorded_only(&self, req: &Request, look: bool) -> Evidence {
         let mut holders = Vec::new();
+        // Without a look, no links: the plain device rule.
+        let devices = Devices::default();
         if let Some(r) = &req.holder_record {
-            if let Some(h) = self.recorded_holder(req, r, look) {
+            if let Some(h) = self.recorded_holder(req, r, look, &devices) {
                 holders.push(h);
             }
         }
@@ -339,6 +372,16 @@ impl Enricher {
             publishing,
         }
     }
+}
+
+/// What one look in a network namespace found.
+struct Looked {
+    /// The sockets dumped.
+    sockets: Vec<DiagSocket>,
+    /// Its sysctls.
+    sysctls: sysctl::Sysctls,
+    /// Its devices, as far as the device rule needs them.
+    devices: Devices,
 }
 
 /// Names the device configured with the port (from one rtnetlink dump in
