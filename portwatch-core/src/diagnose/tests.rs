@@ -848,7 +848,8 @@ fn device_bound_holder_and_unbound_requester_are_explained() {
     let v = diagnose(&req, &seen);
     assert_eq!(v.reason, Reason::Listener);
     assert!(
-        v.diagnosis.contains("old (pid 100, bound to device veth1) listening"),
+        v.diagnosis
+            .contains("old (pid 100, bound to device veth1) listening"),
         "{v:?}"
     );
     assert!(

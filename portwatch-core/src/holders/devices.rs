@@ -57,10 +57,11 @@ pub struct Devices {
 
 impl Devices {
     /// The calling thread's namespace: its links (one rtnetlink dump) when
-    /// `mine` or a socket of `sockets` is bound to a device, none otherwise;
-    /// `tcp_l3mdev_accept` as read with the namespace's sysctls.
+    /// `want` (the requester is bound to a device) or a socket of `sockets`
+    /// is bound to one, none otherwise; `tcp_l3mdev_accept` as read with the
+    /// namespace's sysctls.
     pub fn here(
-        mine: u32,
+        want: bool,
         sockets: &[DiagSocket],
         tcp_l3mdev_accept: Option<bool>,
     ) -> io::Result<Devices> {
@@ -68,7 +69,7 @@ impl Devices {
             tcp_l3mdev_accept,
             ..Devices::default()
         };
-        if mine != 0 || sockets.iter().any(|s| s.bound_dev_if != 0) {
+        if want || sockets.iter().any(|s| s.bound_dev_if != 0) {
             devices.links = read_links()?;
         }
         Ok(devices)
@@ -196,13 +197,16 @@ mod tests {
                 .status()
                 .expect("run ip");
             assert!(status.success());
-            let d = Devices::here(1, &[], None).expect("links");
+            let d = Devices::here(true, &[], None).expect("links");
             let i = d.index_of("pwd0").expect("pwd0 listed");
             assert_eq!(d.index_of("lo"), Some(1));
             assert_eq!(d.l3mdev(i), 0);
             assert_eq!(d.named(i).unwrap().label(), "device pwd0");
             // No device involved: no dump.
-            assert_eq!(Devices::here(0, &[], None).unwrap().index_of("lo"), None);
+            assert_eq!(
+                Devices::here(false, &[], None).unwrap().index_of("lo"),
+                None
+            );
         });
     }
 }

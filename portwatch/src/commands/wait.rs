@@ -16,8 +16,8 @@ use std::{
 
 use netlink_sys::{protocols::NETLINK_SOCK_DIAG, Socket};
 use portwatch_core::{
-    bindcheck::{self, Variant},
-    holders::{sockdiag, State},
+    bindcheck::{self, NewBind, Variant},
+    holders::{sockdiag, sysctl, Devices, State},
     request::Proto,
 };
 
@@ -51,7 +51,14 @@ pub fn run(args: &WaitArgs) -> Result<bool, Error> {
     let started = Instant::now();
     let deadline = (!args.timeout.is_zero()).then(|| started + args.timeout);
     let freed = who::in_netns(ns.as_ref(), |_| {
-        wait_here(proto, args.addr, port, variant, deadline, args.reuseaddr)
+        let asked = Asked {
+            proto,
+            addr: args.addr,
+            port,
+            variant,
+            device: args.device.as_deref(),
+        };
+        wait_here(&asked, deadline, args.reuseaddr)
     })?;
     let at = std::net::SocketAddr::new(args.addr, port);
     if freed {
@@ -79,21 +86,41 @@ pub fn run(args: &WaitArgs) -> Result<bool, Error> {
         netns: args.netns.clone(),
         json: args.json,
         no_trial: false,
+        device: args.device.clone(),
     };
     let report = who::in_netns(ns.as_ref(), |inode| who::look(&who_args, inode))?;
     who::answer(&report, args.json)?;
     Ok(false)
 }
 
-/// Waits in the calling thread's network namespace.
-fn wait_here(
+/// The bind waited for.
+struct Asked<'a> {
     proto: Proto,
     addr: std::net::IpAddr,
     port: u16,
     variant: Variant,
-    deadline: Option<Instant>,
-    reuseaddr: bool,
-) -> Result<bool, Error> {
+    /// `--device`: the bind is made on it (SO_BINDTODEVICE).
+    device: Option<&'a str>,
+}
+
+/// Waits in the calling thread's network namespace.
+fn wait_here(asked: &Asked<'_>, deadline: Option<Instant>, reuseaddr: bool) -> Result<bool, Error> {
+    let Asked {
+        proto, addr, port, ..
+    } = *asked;
+    // A device the namespace lacks: say so now, not after the timeout.
+    let device = match asked.device {
+        Some(name) => Devices::here(true, &[], None)
+            .map_err(|e| Error::Unsupported(format!("listing the network devices: {e}")))?
+            .index_of(name)
+            .ok_or_else(|| {
+                Error::Usage(format!(
+                    "no network device '{}' in this network namespace",
+                    name.escape_debug()
+                ))
+            })?,
+        None => 0,
+    };
     // Subscribe first, then check: a socket destroyed in between still wakes us.
     let events = subscribe(proto);
     if let Err(e) = &events {
@@ -105,7 +132,7 @@ fn wait_here(
     let mut buf = vec![0u8; 64 * 1024];
     let mut said = false;
     loop {
-        let (free, time_wait) = check(proto, addr, port, variant)?;
+        let (free, time_wait) = check(asked, device)?;
         if free {
             return Ok(true);
         }
@@ -143,30 +170,35 @@ fn wait_here(
     }
 }
 
-/// Whether a bind with `variant` would succeed now, and whether TIME_WAIT
-/// leftovers are on the port (they expire without a notification).
-fn check(
-    proto: Proto,
-    addr: std::net::IpAddr,
-    port: u16,
-    variant: Variant,
-) -> Result<(bool, bool), Error> {
+/// Whether the bind would succeed now (`device`: the index of
+/// `asked.device`), and whether TIME_WAIT leftovers are on the port (they
+/// expire without a notification).
+fn check(asked: &Asked<'_>, device: u32) -> Result<(bool, bool), Error> {
+    let Asked {
+        proto,
+        addr,
+        port,
+        variant,
+        ..
+    } = *asked;
     // A UDP socket that shares the port receives datagrams at once: never
     // try that; plain binds are safe to try (they share nothing).
     let free = if proto == Proto::Udp && variant != Variant::Plain {
         let sockets = dump(proto, port)?;
+        let devices = Devices::here(device != 0, &sockets, sysctl::sysctls().tcp_l3mdev_accept)
+            .unwrap_or_default();
+        let bind = NewBind {
+            proto,
+            addr,
+            device,
+        };
+        let uid = nix::unistd::geteuid().as_raw();
         matches!(
-            bindcheck::by_rules(
-                proto,
-                addr,
-                variant,
-                nix::unistd::geteuid().as_raw(),
-                &sockets
-            ),
+            bindcheck::by_rules(bind, variant, uid, &sockets, &devices),
             bindcheck::Rule::Free
         )
     } else {
-        bindcheck::trial(proto, addr, port, variant, None)
+        bindcheck::trial(proto, addr, port, variant, None, asked.device)
             .map_err(|e| Error::Unsupported(format!("trial bind: {e}")))?
             .is_none()
     };

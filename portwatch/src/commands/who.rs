@@ -12,11 +12,11 @@ use std::{
 };
 
 use portwatch_core::{
-    bindcheck::{self, Rule, Variant},
+    bindcheck::{self, NewBind, Rule, Variant},
     diagnose::diagnose,
     holders::{
         containers::{Containers, Publishing},
-        dnat, netns, overlaps, sockdiag, sysctl, Enricher, Evidence, State, TrialFailed,
+        dnat, netns, overlaps, sockdiag, sysctl, Devices, Enricher, Evidence, State, TrialFailed,
     },
     output::who::{self as out, Answer, BindVerdict, Checked, WhoReport},
     request::{Errno, Family, Proto, Request, Syscall},
@@ -123,18 +123,6 @@ pub(crate) fn answer(report: &WhoReport, json: bool) -> Result<(), Error> {
 pub(crate) fn look(args: &WhoArgs, netns: u32) -> Result<WhoReport, Error> {
     let (port, proto) = args.port;
     let addr = args.addr;
-    let base = Request {
-        netns,
-        proto,
-        family: Family::of(addr),
-        addr,
-        port,
-        opts: Some(Variant::Plain.opts()),
-        syscall: Syscall::Bind,
-        errno: None,
-        caller: None,
-        holder_record: None,
-    };
     // Bit 13 asks for bound-but-inactive TCP sockets; a kernel without
     // TCP_BOUND_INACTIVE ignores it, so no BTF is needed to decide.
     let sockets = sockdiag::dump(proto.code() as u8, Some(port), true).map_err(|e| {
@@ -148,82 +136,39 @@ pub(crate) fn look(args: &WhoArgs, netns: u32) -> Result<WhoReport, Error> {
         })
     })?;
     let sysctls = sysctl::sysctls();
-    let enricher = Enricher::new(true);
-    let listed = enricher.each_socket(&base, &sockets);
-
-    let me = nix::unistd::geteuid().as_raw();
-    // SO_REUSEPORT shares only within one uid: ask for the uid of the live
-    // sockets in the way, when there is one.
-    let owners: BTreeSet<u32> = sockets
-        .iter()
-        .filter(|s| {
-            State::from_kernel(proto, s.state) != State::TimeWait
-                && Family::try_from(u16::from(s.family)).is_ok_and(|f| {
-                    overlaps((base.family, addr, false), (f, s.local.ip(), s.v6only)).is_some()
-                })
-        })
-        .map(|s| s.uid)
-        .collect();
-    let reuseport_uid = match owners.len() {
-        1 => owners.first().copied().unwrap_or(me),
-        _ => me,
+    let devices = Devices::here(args.device.is_some(), &sockets, sysctls.tcp_l3mdev_accept)
+        .map_err(|e| Error::Unsupported(format!("listing the network devices: {e}")))?;
+    let device = device_index(args.device.as_deref(), &devices, netns)?;
+    let base = Request {
+        netns,
+        proto,
+        family: Family::of(addr),
+        addr,
+        port,
+        opts: Some(Variant::Plain.opts()),
+        syscall: Syscall::Bind,
+        errno: None,
+        caller: None,
+        holder_record: None,
+        device,
     };
-
-    let mut binds = Vec::new();
-    for variant in Variant::ALL {
-        let uid = if variant == Variant::Reuseport {
-            reuseport_uid
-        } else {
-            me
-        };
-        let rule = bindcheck::by_rules(proto, addr, variant, uid, &sockets);
-        // A UDP socket that shares the port receives datagrams from the
-        // moment it is bound: never risk taking one from the holder.
-        let shares_udp = proto == Proto::Udp && matches!(rule, Rule::IfHolderSet(_));
-        let trial = if args.no_trial {
-            Err("--no-trial".to_owned())
-        } else if shares_udp {
-            Err("no trial bind: a UDP socket sharing the port would receive its datagrams".into())
-        } else {
-            bindcheck::trial(proto, addr, port, variant, (uid != me).then_some(uid))
-                .map_err(|e| format!("no trial bind ({e})"))
-        };
-        let (result, errno, checked, note) = match trial {
-            Ok(None) => (Answer::Ok, None, Checked::TrialBind, None),
-            Ok(Some(e)) => (Answer::Fails, Some(e), Checked::TrialBind, None),
-            Err(why) => {
-                let why = (!args.no_trial).then_some(why);
-                match rule {
-                    Rule::Free => (Answer::Ok, None, Checked::Rules, why),
-                    Rule::Taken => (Answer::Fails, Some(Errno::ADDRINUSE), Checked::Rules, why),
-                    Rule::IfHolderSet(o) => {
-                        let hangs = format!(
-                            "only if the holder set {o} too{} (sock_diag does not show it)",
-                            if o == "SO_REUSEPORT" {
-                                format!(" and the new socket is uid {uid}'s")
-                            } else {
-                                String::new()
-                            }
-                        );
-                        let note = match why {
-                            Some(why) => format!("{hangs}; {why}"),
-                            None => hangs,
-                        };
-                        (Answer::Unknown, None, Checked::Rules, Some(note))
-                    }
-                }
-            }
-        };
-        binds.push(BindVerdict {
-            option: variant,
-            result,
-            errno,
-            checked,
-            uid,
-            note,
-            verdict: None,
-        });
-    }
+    let enricher = Enricher::new(true);
+    let listed = enricher.each_socket(&base, &sockets, &devices);
+    let asked = Asked {
+        bind: NewBind {
+            proto,
+            addr,
+            device,
+        },
+        port,
+        device: args.device.as_deref(),
+        no_trial: args.no_trial,
+    };
+    let reuseport_uid = reuseport_uid(&asked, &sockets, &devices);
+    let mut binds: Vec<BindVerdict> = Variant::ALL
+        .into_iter()
+        .map(|variant| asked.answer(variant, reuseport_uid, &sockets, &devices))
+        .collect();
     // The verdicts come after every trial: no fix may recommend an option
     // whose trial bind has just failed.
     let failed = |v: Variant| {
@@ -246,7 +191,7 @@ pub(crate) fn look(args: &WhoArgs, netns: u32) -> Result<WhoReport, Error> {
         };
         let evidence = Evidence {
             trial_failed,
-            ..enricher.evidence_from(&req, &sockets, sysctls.clone())
+            ..enricher.evidence_from(&req, &sockets, sysctls.clone(), &devices)
         };
         b.verdict = Some(diagnose(&req, &evidence));
     }
@@ -270,6 +215,7 @@ pub(crate) fn look(args: &WhoArgs, netns: u32) -> Result<WhoReport, Error> {
     Ok(WhoReport {
         proto,
         addr,
+        device: devices.named(device),
         port,
         netns,
         free: binds[0].result == Answer::Ok && published.is_empty() && dnat.is_empty(),
@@ -279,4 +225,120 @@ pub(crate) fn look(args: &WhoArgs, netns: u32) -> Result<WhoReport, Error> {
         sockets: listed,
         binds,
     })
+}
+
+/// The index of `--device` in the namespace; a name it lacks is a usage
+/// error.
+fn device_index(name: Option<&str>, devices: &Devices, netns: u32) -> Result<u32, Error> {
+    let Some(name) = name else {
+        return Ok(0);
+    };
+    devices.index_of(name).ok_or_else(|| {
+        Error::Usage(format!(
+            "no network device '{}' in network namespace {netns}",
+            name.escape_debug()
+        ))
+    })
+}
+
+/// SO_REUSEPORT shares only within one uid: the uid of the live sockets in
+/// the way, when there is one, else ours.
+fn reuseport_uid(asked: &Asked<'_>, sockets: &[sockdiag::DiagSocket], devices: &Devices) -> u32 {
+    let NewBind {
+        proto,
+        addr,
+        device,
+    } = asked.bind;
+    let owners: BTreeSet<u32> = sockets
+        .iter()
+        .filter(|s| {
+            State::from_kernel(proto, s.state) != State::TimeWait
+                && bindcheck::apart(proto, device, s.bound_dev_if, devices).is_none()
+                && Family::try_from(u16::from(s.family)).is_ok_and(|f| {
+                    overlaps((Family::of(addr), addr, false), (f, s.local.ip(), s.v6only)).is_some()
+                })
+        })
+        .map(|s| s.uid)
+        .collect();
+    let me = nix::unistd::geteuid().as_raw();
+    match owners.len() {
+        1 => owners.first().copied().unwrap_or(me),
+        _ => me,
+    }
+}
+
+/// The bind `who` asks about.
+struct Asked<'a> {
+    bind: NewBind,
+    port: u16,
+    /// `--device`, for the trial binds.
+    device: Option<&'a str>,
+    no_trial: bool,
+}
+
+impl Asked<'_> {
+    /// The answer for `variant`: a trial bind's, else the rules'.
+    fn answer(
+        &self,
+        variant: Variant,
+        reuseport_uid: u32,
+        sockets: &[sockdiag::DiagSocket],
+        devices: &Devices,
+    ) -> BindVerdict {
+        let me = nix::unistd::geteuid().as_raw();
+        let uid = if variant == Variant::Reuseport {
+            reuseport_uid
+        } else {
+            me
+        };
+        let NewBind { proto, addr, .. } = self.bind;
+        let rule = bindcheck::by_rules(self.bind, variant, uid, sockets, devices);
+        // A UDP socket that shares the port receives datagrams from the
+        // moment it is bound: never risk taking one from the holder.
+        let shares_udp = proto == Proto::Udp && matches!(rule, Rule::IfHolderSet(_));
+        let trial = if self.no_trial {
+            Err("--no-trial".to_owned())
+        } else if shares_udp {
+            Err("no trial bind: a UDP socket sharing the port would receive its datagrams".into())
+        } else {
+            let as_uid = (uid != me).then_some(uid);
+            bindcheck::trial(proto, addr, self.port, variant, as_uid, self.device)
+                .map_err(|e| format!("no trial bind ({e})"))
+        };
+        let (result, errno, checked, note) = match trial {
+            Ok(None) => (Answer::Ok, None, Checked::TrialBind, None),
+            Ok(Some(e)) => (Answer::Fails, Some(e), Checked::TrialBind, None),
+            Err(why) => {
+                let why = (!self.no_trial).then_some(why);
+                match rule {
+                    Rule::Free => (Answer::Ok, None, Checked::Rules, why),
+                    Rule::Taken => (Answer::Fails, Some(Errno::ADDRINUSE), Checked::Rules, why),
+                    Rule::IfHolderSet(o) => {
+                        let hangs = format!(
+                            "only if the holder set {o} too{} (sock_diag does not show it)",
+                            if o == "SO_REUSEPORT" {
+                                format!(" and the new socket is uid {uid}'s")
+                            } else {
+                                String::new()
+                            }
+                        );
+                        let note = match why {
+                            Some(why) => format!("{hangs}; {why}"),
+                            None => hangs,
+                        };
+                        (Answer::Unknown, None, Checked::Rules, Some(note))
+                    }
+                }
+            }
+        };
+        BindVerdict {
+            option: variant,
+            result,
+            errno,
+            checked,
+            uid,
+            note,
+            verdict: None,
+        }
+    }
 }

@@ -89,7 +89,7 @@ impl Enricher {
             req.device,
         );
         match looked {
-            Ok(look) => self.conclude(req, in_use, &look),
+            Ok(look) => self.conclude(req, in_use, &look.sockets, &look),
             Err(e) => self.blind(req, &e),
         }
     }
@@ -122,19 +122,14 @@ impl Enricher {
             // Any device asked about: the links are read once for all.
             let device = members.iter().map(|&i| reqs[i].device).max().unwrap_or(0);
             match self.look(netns, protocol, Some(None), &candidates, device) {
-                Ok(look) => {
+                Ok(mut look) => {
                     let mut by_port: HashMap<u16, Vec<DiagSocket>> = HashMap::new();
-                    for s in look.sockets {
+                    for s in std::mem::take(&mut look.sockets) {
                         by_port.entry(s.local.port()).or_default().push(s);
                     }
                     for i in members {
-                        let sockets = by_port.remove(&reqs[i].port).unwrap_or_default();
-                        let port = Looked {
-                            sockets,
-                            sysctls: look.sysctls.clone(),
-                            devices: look.devices.clone(),
-                        };
-                        out[i] = Some(self.conclude(&reqs[i], true, &port));
+                        let sockets = by_port.get(&reqs[i].port).map_or(&[][..], Vec::as_slice);
+                        out[i] = Some(self.conclude(&reqs[i], true, sockets, &look));
                     }
                 }
                 Err(e) => {
@@ -168,7 +163,7 @@ impl Enricher {
             let sysctls = sysctl::sysctls();
             // Without the links, the plain device rule still holds.
             let devices =
-                Devices::here(device, &sockets, sysctls.tcp_l3mdev_accept).unwrap_or_default();
+                Devices::here(device != 0, &sockets, sysctls.tcp_l3mdev_accept).unwrap_or_default();
             Ok(Looked {
                 sockets,
                 sysctls,
@@ -197,10 +192,15 @@ impl Enricher {
         }
     }
 
-    /// Evidence from what a look found: sockets on the port (every port,
-    /// for a bind to port 0).
-    fn conclude(&self, req: &Request, in_use: bool, look: &Looked) -> Evidence {
-        let sockets = &look.sockets;
+    /// Evidence from what a look found: `sockets` on the port (every port,
+    /// for a bind to port 0), its sysctls and devices.
+    fn conclude(
+        &self,
+        req: &Request,
+        in_use: bool,
+        sockets: &[DiagSocket],
+        look: &Looked,
+    ) -> Evidence {
         let mut evidence = Evidence {
             sysctls: Some(look.sysctls.clone()),
             caller: self.caller(req),
