@@ -721,7 +721,9 @@ fn device_bound_failures_name_only_the_holders_in_the_way() {
         ip("link add pwa0 type veth");
         ip("link add pwb0 type veth");
     });
-    let tracer = Tracer::start(&["--netns", &ns.arg()]);
+    // A generous lookup timeout: under TCG the lookup can outlast the
+    // default, and the kernel's record alone would then answer.
+    let tracer = Tracer::start(&["--netns", &ns.arg(), "--lookup-timeout", "10000"]);
     let (pwb0, _sockets) = ns.run(move || {
         let a = bind_on(Some("pwa0"), v4(port), false).expect("bind on pwa0");
         a.listen(16).unwrap();

@@ -498,9 +498,23 @@ fn who_sockets_bound_to_other_devices_are_not_in_the_way() {
     assert_eq!(a["apart"], "other_device", "{v:#}");
     assert_eq!(a["device"]["ifindex"], ns.run(|| ifindex("pwa0")), "{v:#}");
     // The trial binds on pwb0 too: the kernel's answer through portwatch.
+    // Not SO_REUSEPORT's: beside pwa0's listener, a successful one would
+    // leave the kernel's fast-reuse state of the port changed.
     let (code, v) = who(&ns, &[&port.to_string(), "--device", "pwb0"]);
     assert_eq!(code, 0, "{v:#}");
     assert_eq!(bind_of(&v, "plain")["checked"], "trial_bind", "{v:#}");
+    assert_eq!(bind_of(&v, "reuseport")["checked"], "rules", "{v:#}");
+    assert_eq!(bind_of(&v, "reuseport")["result"], "ok", "{v:#}");
+    // The kernel still refuses a SO_REUSEPORT bind on no device, as it
+    // would have had no trial been made.
+    assert_eq!(
+        ns.run(move || {
+            let s = socket(false, false);
+            s.set_reuse_port(true).unwrap();
+            bind(&s, any4(port)).err()
+        }),
+        Some(libc::EADDRINUSE)
+    );
     // The kernel agrees: a listener on pwb0 binds.
     let _b = ns.run(move || {
         let b = bind_on(Some("pwb0"), any4(port), false).expect("bind on pwb0");

@@ -163,6 +163,7 @@ pub(crate) fn look(args: &WhoArgs, netns: u32) -> Result<WhoReport, Error> {
         port,
         device: args.device.as_deref(),
         no_trial: args.no_trial,
+        beside_apart: listed.iter().any(|h| h.apart.is_some()),
     };
     let reuseport_uid = reuseport_uid(&asked, &sockets, &devices);
     let mut binds: Vec<BindVerdict> = Variant::ALL
@@ -274,6 +275,13 @@ struct Asked<'a> {
     /// `--device`, for the trial binds.
     device: Option<&'a str>,
     no_trial: bool,
+    /// A socket on the port is kept apart by its device or VRF: a
+    /// SO_REUSEPORT trial that succeeds beside it would leave the kernel's
+    /// fast-reuse state of the port behind (`inet_csk_update_fastreuse`
+    /// marks the bucket for the trial's uid and address, and it stays when
+    /// the trial closes), letting later SO_REUSEPORT binds of that uid skip
+    /// the conflict check against sockets that never set SO_REUSEPORT.
+    beside_apart: bool,
 }
 
 impl Asked<'_> {
@@ -300,6 +308,8 @@ impl Asked<'_> {
             Err("--no-trial".to_owned())
         } else if shares_udp {
             Err("no trial bind: a UDP socket sharing the port would receive its datagrams".into())
+        } else if variant == Variant::Reuseport && self.beside_apart {
+            Err("no trial bind: beside a socket on another device or VRF, a SO_REUSEPORT trial would change how the kernel checks later SO_REUSEPORT binds of the port".into())
         } else {
             let as_uid = (uid != me).then_some(uid);
             bindcheck::trial(proto, addr, self.port, variant, as_uid, self.device)

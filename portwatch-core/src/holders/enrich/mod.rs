@@ -332,15 +332,23 @@ impl Enricher {
     /// runs (not after a lookup timed out: /proc may be what hangs).
     pub fn recorded_only(&self, req: &Request, look: bool) -> Evidence {
         let mut holders = Vec::new();
-        // Without a look, no links: the plain device rule.
+        // Without a look, no links: the plain device rule, which already
+        // keeps sockets on two different devices apart.
         let devices = Devices::default();
         if let Some(r) = &req.holder_record {
-            if let Some(h) = self.recorded_holder(req, r, look, &devices) {
+            let on_another_device = r
+                .device
+                .is_some_and(|d| apart(req.proto, req.device, d, &devices).is_some());
+            if let Some(h) = self
+                .recorded_holder(req, r, look, &devices)
+                .filter(|_| !on_another_device)
+            {
                 holders.push(h);
             }
         }
         Evidence {
             holders,
+            device: devices.named(req.device),
             ..Evidence::default()
         }
     }
@@ -412,4 +420,42 @@ fn callers(req: &Request) -> Vec<(u32, u32)> {
         candidates.push((r.pid, r.pid));
     }
     candidates
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{
+        fixtures::{encode, sample},
+        Event,
+    };
+
+    /// The kernel's record alone (the lookup timed out): a holder on
+    /// another device than the failing socket's is not in its way; one on
+    /// no device, or on the same, is.
+    #[test]
+    fn record_alone_keeps_the_device_rule() {
+        let enricher = Enricher::new(false);
+        let mut raw = sample();
+        raw.bound_dev_if = 5;
+        let base = Event::decode(&encode(&raw), crate::clock::Clock::now())
+            .unwrap()
+            .request();
+        let with_record_on = |device: u32| {
+            let mut req = base.clone();
+            if let Some(r) = req.holder_record.as_mut() {
+                r.device = Some(device);
+            }
+            enricher.recorded_only(&req, false)
+        };
+        assert!(with_record_on(3).holders.is_empty());
+        for device in [0, 5] {
+            let seen = with_record_on(device);
+            assert_eq!(seen.holders.len(), 1, "{device}");
+        }
+        assert_eq!(
+            with_record_on(0).device.map(|d| d.label()).as_deref(),
+            Some("interface 5")
+        );
+    }
 }
