@@ -150,6 +150,12 @@ pub struct HolderRecord {
     pub opts: u8,
     /// Explicit padding; always zero.
     pub _pad: [u8; 3],
+    /// The holder socket's SO_BINDTODEVICE interface index at the failure,
+    /// 0 for none (valid when `state` != 0): a socket bound to another
+    /// device than the failing one's is not in its way.
+    pub bound_dev_if: i32,
+    /// Explicit padding; always zero.
+    pub _pad2: u32,
 }
 
 /// A `HOLDERS` entry: the holder and its socket, to check it at failure time.
@@ -568,12 +574,12 @@ mod user {
 }
 
 // The layout is the contract with the eBPF side: catch accidental changes.
-const _: () = assert!(size_of::<Event>() == 160);
+const _: () = assert!(size_of::<Event>() == 168);
 const _: () = assert!(size_of::<Life>() == 72);
 const _: () = assert!(size_of::<LifeState>() == 16);
-const _: () = assert!(size_of::<HolderRecord>() == 56);
+const _: () = assert!(size_of::<HolderRecord>() == 64);
 const _: () = assert!(size_of::<PortKey>() == 8);
-const _: () = assert!(size_of::<HolderSlot>() == 88);
+const _: () = assert!(size_of::<HolderSlot>() == 96);
 // The eBPF programs zero and copy `Event::addr` and `FoldKey::addr` as two
 // u64 words.
 const _: () = assert!(core::mem::offset_of!(Event, addr) % 8 == 0);

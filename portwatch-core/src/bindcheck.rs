@@ -4,13 +4,12 @@
 //! ([`trial`]), which is the kernel's own answer.
 //!
 //! The rules are those of `inet_bind_conflict` (TCP, net/ipv4/inet_connection_sock.c)
-//! and `udp_lib_lport_inuse` (UDP), for an explicit port: two sockets bound to
-//! different devices never conflict. What sock_diag cannot tell is whether the
-//! holder set SO_REUSEADDR or SO_REUSEPORT; where the answer hangs on that, the
-//! rules say so instead of guessing.
+//! and `udp_lib_lport_inuse` (UDP), for an explicit port, with the device
+//! rule of both ([`apart`]). What sock_diag cannot tell is whether the holder
+//! set SO_REUSEADDR or SO_REUSEPORT; where the answer hangs on that, the rules
+//! say so instead of guessing.
 
 use std::{
-    ffi::CString,
     io,
     net::{IpAddr, SocketAddr},
 };
@@ -19,9 +18,85 @@ use serde::{Deserialize, Serialize};
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::{
-    holders::{overlaps, sockdiag::DiagSocket, State},
+    holders::{overlaps, sockdiag::DiagSocket, Devices, State},
     request::{Binding, Errno, Family, Opts, Proto},
 };
+
+/// Why two sockets on one port never conflict, whatever their addresses
+/// and options.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Apart {
+    /// Both are bound to devices (SO_BINDTODEVICE), different ones.
+    OtherDevice,
+    /// TCP: they are in different VRFs (`net.ipv4.tcp_l3mdev_accept=0`, the
+    /// default), a socket bound to no device being in none.
+    OtherVrf,
+}
+
+impl Apart {
+    /// "another device", "another VRF".
+    pub fn label(self) -> &'static str {
+        match self {
+            Apart::OtherDevice => "another device",
+            Apart::OtherVrf => "another VRF",
+        }
+    }
+}
+
+/// The kernel's device rule for a socket bound to device `mine` (0: none)
+/// and one bound to `theirs`: None when they may conflict (then addresses
+/// and options decide).
+///
+/// TCP keeps one bind bucket per (port, L3 domain): `inet_csk_get_port`
+/// matches buckets on `inet_sk_bound_l3mdev(sk)`, which is the VRF the
+/// bound device is or belongs to (`l3mdev_master_ifindex_by_index`) unless
+/// `tcp_l3mdev_accept` is set, and 0 otherwise; sockets in different buckets
+/// never meet. Within one bucket, and for UDP (`udp_lib_lport_inuse`, which
+/// has no such scope), two sockets conflict only if either is bound to no
+/// device or both to the same one.
+///
+/// The bucket was chosen when the holder bound: a socket bound before
+/// `tcp_l3mdev_accept` or the device's VRF changed stays where it was,
+/// which the rule, reading them now, does not see.
+pub fn apart(proto: Proto, mine: u32, theirs: u32, devices: &Devices) -> Option<Apart> {
+    if proto == Proto::Tcp
+        && devices.tcp_l3mdev_accept == Some(false)
+        && devices.l3mdev(mine) != devices.l3mdev(theirs)
+    {
+        return Some(Apart::OtherVrf);
+    }
+    (mine != 0 && theirs != 0 && mine != theirs).then_some(Apart::OtherDevice)
+}
+
+/// A new bind's place under the device rule: the index of the device it
+/// binds to (SO_BINDTODEVICE) and its namespace's devices.
+#[derive(Debug, Clone, Copy)]
+pub struct OnDevice<'a> {
+    /// The index of [`Binding::device`]; 0 when it names none, or none by
+    /// that name exists (then every socket may be in its way).
+    pub index: u32,
+    /// The namespace's devices, as far as the rule needs them.
+    pub devices: &'a Devices,
+}
+
+impl<'a> OnDevice<'a> {
+    /// `binding`'s device, looked up in `devices`.
+    pub fn of(binding: &Binding, devices: &'a Devices) -> Self {
+        let index = binding
+            .device
+            .as_deref()
+            .and_then(|name| devices.index_of(name))
+            .unwrap_or(0);
+        Self { index, devices }
+    }
+
+    /// Why socket `s` is never in the way of a bind of `proto` on this
+    /// device ([`apart`]); None when it may be.
+    pub fn apart(&self, proto: Proto, s: &DiagSocket) -> Option<Apart> {
+        apart(proto, self.index, s.bound_dev_if, self.devices)
+    }
+}
 
 /// The three binds `who` asks about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -81,14 +156,23 @@ pub enum Rule {
 
 /// The rules' answer for `binding` made with `variant`'s option (instead
 /// of its own SO_REUSEADDR/SO_REUSEPORT), by a socket owned by `uid`, given
-/// the `sockets` on the port: Taken if any socket conflicts whatever its
-/// options, else IfHolderSet if any conflicts unless it set an option, else
-/// Free.
-pub fn by_rules(binding: &Binding, variant: Variant, uid: u32, sockets: &[DiagSocket]) -> Rule {
-    let device = device_index(binding);
+/// the `sockets` on the port and where its device puts it (`on`): Taken if
+/// any socket conflicts whatever its options, else IfHolderSet if any
+/// conflicts unless it set an option, else Free. Sockets the device rule
+/// keeps apart never conflict.
+pub fn by_rules(
+    binding: &Binding,
+    variant: Variant,
+    uid: u32,
+    sockets: &[DiagSocket],
+    on: OnDevice<'_>,
+) -> Rule {
     let mut answer = Rule::Free;
     for s in sockets {
-        match conflict(binding, device, variant, uid, s) {
+        if on.apart(binding.proto, s).is_some() {
+            continue;
+        }
+        match conflict(binding, variant, uid, s) {
             Rule::Taken => return Rule::Taken,
             Rule::IfHolderSet(o) => answer = Rule::IfHolderSet(o),
             Rule::Free => {}
@@ -97,29 +181,8 @@ pub fn by_rules(binding: &Binding, variant: Variant, uid: u32, sockets: &[DiagSo
     answer
 }
 
-/// The index of `binding`'s device in this thread's network namespace; 0
-/// when it names none, or none by that name exists (then every socket may
-/// be in its way).
-pub fn device_index(binding: &Binding) -> u32 {
-    binding.device.as_deref().map_or(0, ifindex)
-}
-
-/// Whether socket `s` is out of the way of a bind on device index `device`
-/// whatever else holds: both are bound to a device, different ones.
-pub fn apart(device: u32, s: &DiagSocket) -> bool {
-    device != 0 && s.bound_dev_if != 0 && s.bound_dev_if != device
-}
-
-fn ifindex(name: &str) -> u32 {
-    let Ok(name) = CString::new(name) else {
-        return 0;
-    };
-    // SAFETY: a NUL-terminated string that outlives the call.
-    unsafe { libc::if_nametoindex(name.as_ptr()) }
-}
-
-/// One socket against the new bind (on device index `device`, 0 for none).
-fn conflict(binding: &Binding, device: u32, variant: Variant, uid: u32, s: &DiagSocket) -> Rule {
+/// One socket, not kept apart by the device rule, against the new bind.
+fn conflict(binding: &Binding, variant: Variant, uid: u32, s: &DiagSocket) -> Rule {
     let Ok(family) = Family::try_from(u16::from(s.family)) else {
         return Rule::Free;
     };
@@ -130,9 +193,6 @@ fn conflict(binding: &Binding, device: u32, variant: Variant, uid: u32, s: &Diag
     )
     .is_none()
     {
-        return Rule::Free;
-    }
-    if apart(device, s) {
         return Rule::Free;
     }
     let same_uid = s.uid == uid;
@@ -260,7 +320,9 @@ mod tests {
     #[test]
     fn tcp_rules() {
         let any4 = Binding::plain(Proto::Tcp, "0.0.0.0".parse().unwrap(), 80);
-        let rule = |v, s: &DiagSocket| by_rules(&any4, v, 1000, std::slice::from_ref(s));
+        let none = Devices::default();
+        let on = OnDevice::of(&any4, &none);
+        let rule = |v, s: &DiagSocket| by_rules(&any4, v, 1000, std::slice::from_ref(s), on);
         let listener = sock(LISTEN, "127.0.0.1:80", 1000, None);
         assert_eq!(rule(Variant::Plain, &listener), Rule::Taken);
         assert_eq!(rule(Variant::Reuseaddr, &listener), Rule::Taken);
@@ -300,13 +362,14 @@ mod tests {
                 &Binding::plain(Proto::Tcp, "127.0.0.1".parse().unwrap(), 80),
                 Variant::Plain,
                 0,
-                &[lo2]
+                &[lo2],
+                on
             ),
             Rule::Free
         );
         // The worst socket decides.
         assert_eq!(
-            by_rules(&any4, Variant::Reuseaddr, 1000, &[tw.clone(), listener]),
+            by_rules(&any4, Variant::Reuseaddr, 1000, &[tw.clone(), listener], on),
             Rule::Taken
         );
     }
@@ -317,8 +380,11 @@ mod tests {
     fn v6only_and_device_rules() {
         let mut any6 = Binding::plain(Proto::Tcp, "::".parse().unwrap(), 80);
         let v4 = sock(LISTEN, "0.0.0.0:80", 1000, None);
-        let plain =
-            |b: &Binding, s: &DiagSocket| by_rules(b, Variant::Plain, 0, std::slice::from_ref(s));
+        let links = Devices::of(&[(1, "lo", false, None)], false);
+        let plain = |b: &Binding, s: &DiagSocket| {
+            let on = OnDevice::of(b, &links);
+            by_rules(b, Variant::Plain, 0, std::slice::from_ref(s), on)
+        };
         assert_eq!(plain(&any6, &v4), Rule::Taken);
         any6.opts.v6only = true;
         assert_eq!(plain(&any6, &v4), Rule::Free);
@@ -349,7 +415,9 @@ mod tests {
         let any4 = Binding::plain(Proto::Udp, "0.0.0.0".parse().unwrap(), 53);
         let mut s = sock(7, "0.0.0.0:53", 1000, None);
         s.protocol = 17;
-        let rule = |v, uid| by_rules(&any4, v, uid, std::slice::from_ref(&s));
+        let none = Devices::default();
+        let on = OnDevice::of(&any4, &none);
+        let rule = |v, uid| by_rules(&any4, v, uid, std::slice::from_ref(&s), on);
         assert_eq!(rule(Variant::Plain, 1000), Rule::Taken);
         assert_eq!(
             rule(Variant::Reuseaddr, 0),
@@ -360,5 +428,63 @@ mod tests {
             Rule::IfHolderSet("SO_REUSEPORT")
         );
         assert_eq!(rule(Variant::Reuseport, 0), Rule::Taken);
+    }
+
+    /// The device rule, as `inet_bind_conflict`, `inet_csk_get_port`'s
+    /// per-VRF buckets and `udp_lib_lport_inuse` have it.
+    #[test]
+    fn device_rules() {
+        // 2 veth0, 3 veth1, 4 VRF red, 5 eth0 in red, 6 VRF blue.
+        let links = [
+            (2, "veth0", false, None),
+            (3, "veth1", false, None),
+            (4, "red", true, None),
+            (5, "eth0", false, Some(4)),
+            (6, "blue", true, None),
+        ];
+        let scoped = Devices::of(&links, false);
+        let global = Devices::of(&links, true);
+        let (tcp, udp) = (Proto::Tcp, Proto::Udp);
+        for d in [&scoped, &global] {
+            for p in [tcp, udp] {
+                // Either unbound, or the same device: they may conflict.
+                assert_eq!(apart(p, 0, 0, d), None);
+                assert_eq!(apart(p, 2, 2, d), None);
+                assert_eq!(apart(p, 0, 2, d), None);
+                assert_eq!(apart(p, 3, 0, d), None);
+                // Two devices: never.
+                assert_eq!(apart(p, 2, 3, d), Some(Apart::OtherDevice));
+            }
+        }
+        // TCP, tcp_l3mdev_accept=0: unbound and in-VRF sockets never meet;
+        // a VRF and its enslaved device share a bucket, where the devices differ.
+        assert_eq!(apart(tcp, 0, 4, &scoped), Some(Apart::OtherVrf));
+        assert_eq!(apart(tcp, 5, 0, &scoped), Some(Apart::OtherVrf));
+        assert_eq!(apart(tcp, 4, 6, &scoped), Some(Apart::OtherVrf));
+        assert_eq!(apart(tcp, 4, 5, &scoped), Some(Apart::OtherDevice));
+        assert_eq!(apart(tcp, 4, 4, &scoped), None);
+        // tcp_l3mdev_accept=1, or UDP: the plain device rule.
+        assert_eq!(apart(tcp, 0, 4, &global), None);
+        assert_eq!(apart(udp, 0, 4, &scoped), None);
+        assert_eq!(apart(udp, 5, 0, &scoped), None);
+        // No L3 master support (no sysctl): one scope.
+        let mut plain = scoped.clone();
+        plain.tcp_l3mdev_accept = None;
+        assert_eq!(apart(tcp, 0, 4, &plain), None);
+
+        // by_rules leaves apart sockets out.
+        let mut on_veth0 = sock(LISTEN, "0.0.0.0:80", 0, None);
+        on_veth0.bound_dev_if = 2;
+        let rule = |device: Option<&str>| {
+            let b = Binding {
+                device: device.map(str::to_owned),
+                ..Binding::plain(tcp, "0.0.0.0".parse().unwrap(), 80)
+            };
+            let on = OnDevice::of(&b, &scoped);
+            by_rules(&b, Variant::Plain, 0, std::slice::from_ref(&on_veth0), on)
+        };
+        assert_eq!(rule(Some("veth1")), Rule::Free);
+        assert_eq!(rule(Some("veth0")), Rule::Taken);
+        assert_eq!(rule(None), Rule::Taken);
     }
 }

@@ -132,6 +132,7 @@ impl Event {
                 comm: self.comm.clone(),
             }),
             holder_record: self.holder_record.clone(),
+            device: self.ifindex.unwrap_or(0),
         }
     }
 }
@@ -243,6 +244,7 @@ fn holder_record(h: &common::HolderRecord) -> Result<Option<HolderRecord>, Decod
         state,
         opts: state.and_then(|_| Opts::from_bits(h.opts)),
         listened: h.how == common::HOW_LISTEN,
+        device: state.map(|_| u32::try_from(h.bound_dev_if).unwrap_or(0)),
     }))
 }
 
@@ -294,6 +296,8 @@ pub mod fixtures {
                 state: 10,
                 opts: common::OPT_VALID | common::OPT_REUSEPORT,
                 _pad: [0; 3],
+                bound_dev_if: 0,
+                _pad2: 0,
             },
         }
     }

@@ -324,6 +324,10 @@ pub struct Request {
     /// The kernel's record of the port's holder at the failure, when a
     /// tracer was running.
     pub holder_record: Option<HolderRecord>,
+    /// The interface index the socket is bound to (SO_BINDTODEVICE), 0 for
+    /// none: only sockets bound to no device or to the same one (and, for
+    /// TCP, in the same VRF) can be in its way.
+    pub device: u32,
 }
 
 impl Request {
@@ -396,4 +400,7 @@ pub struct HolderRecord {
     pub opts: Option<Opts>,
     /// The record is of a listen(), not of a bare bind().
     pub listened: bool,
+    /// The socket's SO_BINDTODEVICE interface index at the failure (0:
+    /// none), when it was still open.
+    pub device: Option<u32>,
 }

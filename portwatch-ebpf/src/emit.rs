@@ -78,7 +78,7 @@ pub fn handle(call: &Call) -> Result<(), i32> {
     if !caller_wanted(filters, pid) {
         return Ok(());
     }
-    // 160 bytes: too big for the 512-byte stack next to everything else, so
+    // 168 bytes: too big for the 512-byte stack next to everything else, so
     // the event is built in a per-CPU scratch slot. It is zeroed only once
     // the failure is not folded: until then it holds just what filtering and
     // folding read, each field written here first (the rest is stale).

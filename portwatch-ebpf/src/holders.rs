@@ -330,6 +330,9 @@ pub fn attach(ev: &mut Event, failing_sk: u64, hook: u32) {
     if let Some(now) = sock::held(sk, true, false, hook).filter(|h| h.key == key) {
         ev.holder.state = now.state;
         ev.holder.opts = sock::opts_of(sk);
+        // Another device's socket is not in the failing socket's way:
+        // user space needs the device to tell.
+        ev.holder.bound_dev_if = sock::read(sk, conf!(offsets.sk_bound_dev_if));
     } else {
         crate::diag::holder_moved(ev.port);
     }

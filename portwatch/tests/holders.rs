@@ -707,3 +707,68 @@ fn lookup_timeout_prints_the_kernel_record() {
     let summary = notices.iter().find(|v| v["type"] == "summary").unwrap();
     assert_eq!(summary["lookup_timeouts"], 1, "{summary}");
 }
+
+/// SO_BINDTODEVICE caught by the tracer: two listeners on one port, on two
+/// devices (the kernel lets them); a bind on the second device fails
+/// because of its listener only, and the kernel's record (the first
+/// listener's, on the other device) is left out; a bind on no device
+/// fails because of both.
+#[test]
+fn device_bound_failures_name_only_the_holders_in_the_way() {
+    let ns = Netns::new("pw-devbound");
+    let port = port();
+    ns.run(|| {
+        ip("link add pwa0 type veth");
+        ip("link add pwb0 type veth");
+    });
+    // A generous lookup timeout: under TCG the lookup can outlast the
+    // default, and the kernel's record alone would then answer.
+    let tracer = Tracer::start(&["--netns", &ns.arg(), "--lookup-timeout", "10000"]);
+    let (pwb0, _sockets) = ns.run(move || {
+        let a = bind_on(Some("pwa0"), v4(port), false).expect("bind on pwa0");
+        a.listen(16).unwrap();
+        let b = bind_on(Some("pwb0"), v4(port), false).expect("a second device shares the port");
+        b.listen(16).unwrap();
+        let on_b = bind_on(Some("pwb0"), v4(port), false).err();
+        assert_eq!(on_b, Some(libc::EADDRINUSE));
+        // 0.0.0.0, not 127.0.0.1: a failure identical to the one before
+        // (same process, address, port) would be folded into it.
+        let anywhere = bind_on(None, SocketAddr::from(([0, 0, 0, 0], port)), false).err();
+        assert_eq!(anywhere, Some(libc::EADDRINUSE));
+        (ifindex("pwb0"), (a, b))
+    });
+
+    let ev = tracer.event();
+    assert_eq!(ev["ifindex"], pwb0, "{ev:#}");
+    assert_eq!(reason(&ev), "listener", "{ev:#}");
+    let holders = ev["holders"].as_array().unwrap();
+    assert_eq!(holders.len(), 1, "{ev:#}");
+    assert_eq!(holders[0]["device"]["name"], "pwb0", "{ev:#}");
+    assert_eq!(holders[0]["state"], "LISTEN", "{ev:#}");
+    // The record is pwa0's listener (the first): not in the way, not merged.
+    assert_eq!(holders[0]["seen"], "sock_diag", "{ev:#}");
+    let diagnosis = ev["diagnosis"].as_str().unwrap();
+    assert!(
+        diagnosis.contains("(bound to device pwb0) is taken by"),
+        "{ev:#}"
+    );
+    assert!(!diagnosis.contains("pwa0"), "{ev:#}");
+
+    let ev = tracer.event();
+    assert!(ev["ifindex"].is_null(), "{ev:#}");
+    let mut devices: Vec<&str> = ev["holders"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["device"]["name"].as_str().unwrap_or("-"))
+        .collect();
+    devices.sort();
+    assert_eq!(devices, ["pwa0", "pwb0"], "{ev:#}");
+    assert!(
+        ev["diagnosis"]
+            .as_str()
+            .unwrap()
+            .contains("this socket is bound to no device"),
+        "{ev:#}"
+    );
+}

@@ -127,3 +127,66 @@ fn wait_bad_input() {
         assert!(err.starts_with("portwatch: "), "{why}: {err}");
     }
 }
+
+/// `--device`: a listener bound to another device (SO_BINDTODEVICE) is not
+/// waited for; one on the same device is, and a UDP socket bound to
+/// another device does not count for the rules' SO_REUSEADDR answer
+/// either.
+#[test]
+fn wait_device_waits_only_for_its_own_device() {
+    let ns = Netns::new("pw-wait-dev");
+    let port = port();
+    ns.run(|| {
+        ip("link add pwa0 type veth");
+        ip("link add pwb0 type veth");
+    });
+    let any = std::net::SocketAddr::from(([0, 0, 0, 0], port));
+    let _tcp = ns.run(move || Process::fork(move || hold_on(b"pwa0", any, false)));
+    let _udp = ns.run(move || Process::fork(move || hold_on(b"pwa0", any, true)));
+    let p = port.to_string();
+    let out = wait_in(&ns, &[&p, "--device", "pwb0", "--timeout", "5s"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(err.contains("is free"), "{err}");
+    let udp = format!("{port}/udp");
+    let out = wait_in(
+        &ns,
+        &[&udp, "--device", "pwb0", "--reuseaddr", "--timeout", "5s"],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let out = wait_in(&ns, &[&p, "--device", "pwa0", "--timeout", "300ms"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("still taken"), "{err}");
+    let out = wait_in(
+        &ns,
+        &[
+            &udp,
+            "--device",
+            "pwa0",
+            "--reuseaddr",
+            "--timeout",
+            "300ms",
+        ],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let out = wait_in(&ns, &[&p, "--device", "nope0", "--timeout", "1s"]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

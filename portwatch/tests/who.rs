@@ -449,3 +449,215 @@ fn who_udp_list_agrees_with_ss() {
     assert_eq!(as_ss(&v), ss(&ns, true, port), "{v:#}");
     assert_eq!(sockets(&v).len(), 3, "{v:#}");
 }
+
+/// Two veth pairs in the namespace: pwa0 and pwb0, their peers named by
+/// the kernel (busybox's `ip` in the VM cannot name them).
+fn two_veth_pairs(ns: &Netns) {
+    ns.run(|| {
+        ip("link add pwa0 type veth");
+        ip("link add pwb0 type veth");
+    });
+}
+
+/// `who PORT ARGS --no-trial`: the rules' prediction, no trial bind (a trial
+/// is the kernel's own answer, so it would check nothing).
+fn predicted(ns: &Netns, port: u16, args: &[&str]) -> (i32, Value) {
+    let port = port.to_string();
+    let mut all = vec![port.as_str(), "--no-trial"];
+    all.extend_from_slice(args);
+    let (code, v) = who(ns, &all);
+    assert_eq!(bind_of(&v, "plain")["checked"], "rules", "{v:#}");
+    (code, v)
+}
+
+/// The listed socket bound to `device`.
+fn socket_on<'a>(v: &'a Value, device: &str) -> &'a Value {
+    sockets(v)
+        .iter()
+        .find(|s| s["device"]["name"] == device)
+        .unwrap_or_else(|| panic!("no socket on {device} in {v:#}"))
+}
+
+/// SO_BINDTODEVICE, for real: listeners bound to two devices share a port,
+/// a socket bound to no device conflicts with one bound to any, and one
+/// device conflicts with itself. Each prediction (`--no-trial`: the rules
+/// alone) is checked against a real bind.
+#[test]
+fn who_sockets_bound_to_other_devices_are_not_in_the_way() {
+    let ns = Netns::new("pw-who-dev");
+    let port = port();
+    two_veth_pairs(&ns);
+    let _a = ns.run(move || Process::fork(move || hold_on(b"pwa0", any4(port), false)));
+
+    // Another device: free, and the listener on pwa0 is listed apart.
+    let (code, v) = predicted(&ns, port, &["--device", "pwb0"]);
+    assert_eq!(code, 0, "{v:#}");
+    assert_eq!(bind_of(&v, "plain")["result"], "ok", "{v:#}");
+    assert_eq!(v["device"]["name"], "pwb0", "{v:#}");
+    let a = socket_on(&v, "pwa0");
+    assert_eq!(a["apart"], "other_device", "{v:#}");
+    assert_eq!(a["device"]["ifindex"], ns.run(|| ifindex("pwa0")), "{v:#}");
+    // The trial binds on pwb0 too: the kernel's answer through portwatch.
+    // Not SO_REUSEPORT's: beside pwa0's listener, a successful one would
+    // leave the kernel's fast-reuse state of the port changed.
+    let (code, v) = who(&ns, &[&port.to_string(), "--device", "pwb0"]);
+    assert_eq!(code, 0, "{v:#}");
+    assert_eq!(bind_of(&v, "plain")["checked"], "trial_bind", "{v:#}");
+    assert_eq!(bind_of(&v, "reuseport")["checked"], "rules", "{v:#}");
+    assert_eq!(bind_of(&v, "reuseport")["result"], "ok", "{v:#}");
+    // The kernel still refuses a SO_REUSEPORT bind on no device, as it
+    // would have had no trial been made.
+    assert_eq!(
+        ns.run(move || {
+            let s = socket(false, false);
+            s.set_reuse_port(true).unwrap();
+            bind(&s, any4(port)).err()
+        }),
+        Some(libc::EADDRINUSE)
+    );
+    // The kernel agrees: a listener on pwb0 binds.
+    let _b = ns.run(move || {
+        let b = bind_on(Some("pwb0"), any4(port), false).expect("bind on pwb0");
+        b.listen(16).unwrap();
+        b
+    });
+
+    // No device: in the way of both, and the diagnosis says why.
+    let (code, v) = predicted(&ns, port, &[]);
+    assert_eq!(code, 1, "{v:#}");
+    assert_eq!(bind_of(&v, "plain")["result"], "fails", "{v:#}");
+    assert_eq!(v["reason"], "listener", "{v:#}");
+    assert!(sockets(&v).iter().all(|s| s["apart"].is_null()), "{v:#}");
+    let diagnosis = v["diagnosis"].as_str().unwrap();
+    assert!(
+        diagnosis.contains("bound to device pwa0") || diagnosis.contains("bound to device pwb0"),
+        "{v:#}"
+    );
+    assert!(
+        diagnosis.contains("this socket is bound to no device"),
+        "{v:#}"
+    );
+    assert_eq!(
+        ns.run(move || bind_on(None, any4(port), false).err()),
+        Some(libc::EADDRINUSE)
+    );
+
+    // The same device: in the way; the other device's listener is not.
+    let (code, v) = predicted(&ns, port, &["--device", "pwa0"]);
+    assert_eq!(code, 1, "{v:#}");
+    assert!(socket_on(&v, "pwa0")["apart"].is_null(), "{v:#}");
+    assert_eq!(socket_on(&v, "pwb0")["apart"], "other_device", "{v:#}");
+    assert!(
+        v["diagnosis"]
+            .as_str()
+            .unwrap()
+            .contains("(bound to device pwa0) is taken"),
+        "{v:#}"
+    );
+    assert_eq!(
+        ns.run(move || bind_on(Some("pwa0"), any4(port), false).err()),
+        Some(libc::EADDRINUSE)
+    );
+
+    // The other way round: a holder bound to no device is in the way of a
+    // bind on any device.
+    let unbound = port + 1;
+    let _c = ns.run(move || Process::fork(move || hold(any4(unbound), false, |_| {})));
+    let (code, v) = predicted(&ns, unbound, &["--device", "pwa0"]);
+    assert_eq!(code, 1, "{v:#}");
+    assert!(
+        v["diagnosis"]
+            .as_str()
+            .unwrap()
+            .contains("the holder is bound to no device"),
+        "{v:#}"
+    );
+    assert_eq!(
+        ns.run(move || bind_on(Some("pwa0"), any4(unbound), false).err()),
+        Some(libc::EADDRINUSE)
+    );
+
+    // A device the namespace lacks is a usage error.
+    let (code, _) = ns.run(move || {
+        let out = Command::new(bin())
+            .args(["who", &port.to_string(), "--device", "nope0"])
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    });
+    assert_eq!(code, Some(2));
+}
+
+/// VRFs, for real: TCP keeps one bind bucket per VRF (unless
+/// net.ipv4.tcp_l3mdev_accept=1), so a listener in VRF red leaves the port
+/// free outside it and in VRF blue; UDP has no such scope. Each prediction
+/// (`--no-trial`) is checked against a real bind.
+#[test]
+#[ignore = "needs the vrf module: runs in the VM suites (cargo xtask vm-test)"]
+fn who_vrfs_keep_tcp_ports_apart() {
+    let ns = Netns::new("pw-who-vrf");
+    let (tcp, udp, global) = {
+        let p = port();
+        (p, p + 1, p + 2)
+    };
+    ns.run(|| {
+        ip("link add red type vrf table 10");
+        ip("link add blue type vrf table 20");
+        ip("link set red up");
+        ip("link set blue up");
+        let accept = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_l3mdev_accept").unwrap();
+        assert_eq!(accept.trim(), "0", "a new namespace starts with 0");
+    });
+    let _t = ns.run(move || Process::fork(move || hold_on(b"red", any4(tcp), false)));
+    let _u = ns.run(move || Process::fork(move || hold_on(b"red", any4(udp), true)));
+
+    // TCP, outside any VRF: free; the listener in red is another VRF's.
+    let (code, v) = predicted(&ns, tcp, &[]);
+    assert_eq!(code, 0, "{v:#}");
+    let red = socket_on(&v, "red");
+    assert_eq!(red["apart"], "other_vrf", "{v:#}");
+    assert_eq!(red["device"]["vrf"], "red", "{v:#}");
+    assert!(ns.run(move || bind_on(None, any4(tcp), false).is_ok()));
+    // In VRF blue: free.
+    let (code, v) = predicted(&ns, tcp, &["--device", "blue"]);
+    assert_eq!(code, 0, "{v:#}");
+    assert!(ns.run(move || bind_on(Some("blue"), any4(tcp), false).is_ok()));
+    // In VRF red: taken.
+    let (code, v) = predicted(&ns, tcp, &["--device", "red"]);
+    assert_eq!(code, 1, "{v:#}");
+    assert_eq!(
+        ns.run(move || bind_on(Some("red"), any4(tcp), false).err()),
+        Some(libc::EADDRINUSE)
+    );
+
+    // UDP: no VRF scope, a socket bound to no device meets the one in red.
+    let udp_arg = format!("{udp}/udp");
+    let (code, v) = who(&ns, &[&udp_arg, "--no-trial"]);
+    assert_eq!(code, 1, "{v:#}");
+    assert!(socket_on(&v, "red")["apart"].is_null(), "{v:#}");
+    assert_eq!(
+        ns.run(move || bind_on(None, any4(udp), true).err()),
+        Some(libc::EADDRINUSE)
+    );
+
+    // tcp_l3mdev_accept=1 (set before the holder binds: its bucket is
+    // chosen then): one scope for all, the plain device rule.
+    ns.run(|| std::fs::write("/proc/sys/net/ipv4/tcp_l3mdev_accept", "1").unwrap());
+    let _g = ns.run(move || Process::fork(move || hold_on(b"red", any4(global), false)));
+    let (code, v) = predicted(&ns, global, &[]);
+    assert_eq!(code, 1, "{v:#}");
+    assert!(
+        v["diagnosis"]
+            .as_str()
+            .unwrap()
+            .contains("tcp_l3mdev_accept=1"),
+        "{v:#}"
+    );
+    assert_eq!(
+        ns.run(move || bind_on(None, any4(global), false).err()),
+        Some(libc::EADDRINUSE)
+    );
+}

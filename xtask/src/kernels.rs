@@ -45,10 +45,23 @@ fn resolve(package: &str) -> Result<String> {
     Ok(image.to_owned())
 }
 
-/// Modules the VM loads: sock_diag's handlers for TCP and UDP are modules in
-/// Debian's kernels, and an initramfs has no modprobe to load them on demand.
-/// In load order (tcp_diag and udp_diag depend on inet_diag).
-pub const DIAG_MODULES: &[&str] = &["inet_diag", "tcp_diag", "udp_diag"];
+/// Modules the VM loads, as paths under the kernel's `kernel/` module
+/// directory: sock_diag's handlers for TCP and UDP, and the veth and vrf
+/// devices the device-binding tests make, are modules in Debian's kernels,
+/// and an initramfs has no modprobe to load them on demand. In load order
+/// (tcp_diag and udp_diag depend on inet_diag; veth and vrf on nothing).
+pub const MODULES: &[&str] = &[
+    "net/ipv4/inet_diag",
+    "net/ipv4/tcp_diag",
+    "net/ipv4/udp_diag",
+    "drivers/net/veth",
+    "drivers/net/vrf",
+];
+
+/// A module's file name: `drivers/net/vrf` -> `vrf.ko`.
+fn module_file(path: &str) -> String {
+    format!("{}.ko", path.rsplit('/').next().unwrap_or(path))
+}
 
 /// A downloaded kernel image.
 pub struct Kernel {
@@ -59,7 +72,7 @@ pub struct Kernel {
     /// Its release (`uname -r`), e.g. `6.1.0-56-amd64`.
     pub release: String,
     pub vmlinuz: PathBuf,
-    /// The [`DIAG_MODULES`], uncompressed, in load order.
+    /// The [`MODULES`], uncompressed, in load order.
     pub modules: Vec<PathBuf>,
 }
 
@@ -69,9 +82,9 @@ pub fn image(package: &str) -> Result<Kernel> {
     let dir = cache().join(&image);
     let release = image.trim_start_matches("linux-image-").to_owned();
     let vmlinuz = dir.join(format!("boot/vmlinuz-{release}"));
-    let modules: Vec<PathBuf> = DIAG_MODULES
+    let modules: Vec<PathBuf> = MODULES
         .iter()
-        .map(|m| dir.join("modules").join(format!("{m}.ko")))
+        .map(|m| dir.join("modules").join(module_file(m)))
         .collect();
     let kernel = Kernel {
         package: package.to_owned(),
@@ -98,10 +111,10 @@ pub fn image(package: &str) -> Result<Kernel> {
     // 6.1 ships plain .ko files; 6.12 compresses every module with xz. The
     // signature stays inside the decompressed module, and busybox's insmod
     // wants it uncompressed.
-    let ipv4 = dir.join(format!("lib/modules/{release}/kernel/net/ipv4"));
-    for (name, dest) in DIAG_MODULES.iter().zip(&modules) {
-        let plain = ipv4.join(format!("{name}.ko"));
-        let xz = ipv4.join(format!("{name}.ko.xz"));
+    let tree = dir.join(format!("lib/modules/{release}/kernel"));
+    for (name, dest) in MODULES.iter().zip(&modules) {
+        let plain = tree.join(format!("{name}.ko"));
+        let xz = tree.join(format!("{name}.ko.xz"));
         if xz.exists() {
             let out = Command::new("xz").arg("-dc").arg(&xz).output()?;
             if !out.status.success() {

@@ -122,7 +122,8 @@ pub(crate) fn kernel_initramfs(
     let tree = work.join("root");
     let _ = std::fs::remove_dir_all(&tree);
     std::fs::create_dir_all(tree.join("m"))?;
-    // Loaded by the init script, in order (sock_diag's TCP/UDP handlers).
+    // Loaded by the init script, in order (sock_diag's TCP/UDP handlers,
+    // the veth and vrf devices).
     for m in &kernel.modules {
         let name = m.file_name().context("module path")?;
         copy_into(&tree, m, &Path::new("/m").join(name))?;

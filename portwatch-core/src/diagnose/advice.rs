@@ -97,6 +97,9 @@ pub fn named(h: &Holder) -> String {
             s.push_str(&format!(", image {image}"));
         }
     }
+    if let Some(d) = &h.device {
+        s.push_str(&format!(", bound to {}", d.label()));
+    }
     if h.exited {
         s.push_str(", exited");
     }

@@ -13,7 +13,10 @@ use std::net::{IpAddr, SocketAddr};
 pub use advice::{container_stop, named, publish_elsewhere, relation, shell_word, Relation};
 use serde::{Deserialize, Serialize};
 
-use crate::{holders::Evidence, request::Request};
+use crate::{
+    holders::{Evidence, State},
+    request::{Proto, Request},
+};
 
 /// `addr:port`, IPv6 in brackets.
 fn socket_addr(addr: IpAddr, port: u16) -> SocketAddr {
@@ -108,6 +111,12 @@ pub struct Verdict {
 /// Decides the reason, the sentence and the fix for `req` given `seen`.
 pub fn diagnose(req: &Request, seen: &Evidence) -> Verdict {
     let mut v = rules::decide(req, seen);
+    if let Some((why, fix)) = device_note(req, seen) {
+        v.diagnosis = format!("{}; {why}", v.diagnosis);
+        if let Some(fix) = fix {
+            v.fix = format!("{}; {fix}", v.fix);
+        }
+    }
     // A runtime's helper failed for a container: say so first; the fix
     // for the holder stands, and the container can publish elsewhere.
     if let Some(p) = &seen.caller.publishing {
@@ -120,6 +129,40 @@ pub fn diagnose(req: &Request, seen: &Evidence) -> Verdict {
         v.fix = format!("{}; or {elsewhere}", v.fix);
     }
     v
+}
+
+/// Where a device decides the conflict: why a socket bound to no device
+/// and one bound to a device meet (each such pair conflicts; two devices
+/// never do), and, for a requester bound to none, the other way out.
+fn device_note(req: &Request, seen: &Evidence) -> Option<(String, Option<String>)> {
+    let h = seen
+        .holders
+        .iter()
+        .find(|h| h.state != State::Closed && h.device.is_some() != seen.device.is_some())?;
+    let vrf = seen.device.as_ref().or(h.device.as_ref())?.vrf.as_deref();
+    let everywhere = match (vrf, seen.sysctls.as_ref().and_then(|s| s.tcp_l3mdev_accept)) {
+        (Some(_), Some(true)) if req.proto == Proto::Tcp => {
+            " (net.ipv4.tcp_l3mdev_accept=1 puts such TCP sockets in every VRF too)"
+        }
+        _ => "",
+    };
+    match (&seen.device, &h.device) {
+        (None, Some(theirs)) => Some((
+            format!(
+                "this socket is bound to no device, so it would take the port on every device{everywhere}, {} included",
+                theirs.label()
+            ),
+            Some("or, if this service should serve another device only, bind it to that device (SO_BINDTODEVICE): sockets bound to different devices share a port".to_owned()),
+        )),
+        (Some(mine), None) => Some((
+            format!(
+                "the holder is bound to no device, so it holds the port on every device{everywhere}, {} included",
+                mine.label()
+            ),
+            None,
+        )),
+        _ => None,
+    }
 }
 
 fn capital(s: &str) -> String {

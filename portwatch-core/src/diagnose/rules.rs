@@ -35,7 +35,15 @@ impl<'a> Case<'a> {
         Self {
             req,
             seen,
-            what: format!("{} {}", req.proto.name(), socket_addr(req.addr, req.port)),
+            what: format!(
+                "{} {}{}",
+                req.proto.name(),
+                socket_addr(req.addr, req.port),
+                seen.device
+                    .as_ref()
+                    .map(|d| format!(" (bound to {})", d.label()))
+                    .unwrap_or_default()
+            ),
             opts: req.opts.unwrap_or_default(),
             live: seen
                 .holders

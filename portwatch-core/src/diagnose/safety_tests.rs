@@ -41,6 +41,7 @@ fn request(port: u16, comm: Option<&str>) -> Request {
             comm: c.into(),
         }),
         holder_record: None,
+        device: 0,
     }
 }
 
@@ -67,6 +68,8 @@ fn holder(comm: &str, unit: Option<&str>, cmdline: &str) -> Holder {
         cross_family: false,
         seen: Seen::SockDiag,
         socket_unit: None,
+        device: None,
+        apart: None,
     }
 }
 

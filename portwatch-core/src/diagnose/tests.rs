@@ -8,7 +8,9 @@ use crate::{
         fixtures::{encode, sample},
         Event,
     },
-    holders::{procs::is_stoppable_unit, systemd::SocketUnit, Holder, Seen, State, Sysctls},
+    holders::{
+        procs::is_stoppable_unit, systemd::SocketUnit, Device, Holder, Seen, State, Sysctls,
+    },
     request::{Family, Opts, Syscall},
 };
 
@@ -45,6 +47,8 @@ fn holder(state: State) -> Holder {
         cross_family: false,
         seen: Seen::SockDiag,
         socket_unit: None,
+        device: None,
+        apart: None,
     }
 }
 
@@ -57,6 +61,7 @@ fn with(holders: Vec<Holder>) -> Evidence {
             nonlocal_bind_v4: Some(false),
             nonlocal_bind_v6: Some(false),
             local_reserved_ports: Some(String::new()),
+            tcp_l3mdev_accept: Some(false),
         }),
         tools: crate::tools::HostTools::ALL,
         ..Evidence::default()
@@ -792,4 +797,85 @@ fn every_reason_is_listed_and_named_as_serde_names_it() {
     }
     assert_eq!(Reason::from_name("Listener"), None);
     assert_eq!(Reason::from_name(""), None);
+}
+
+fn device(ifindex: u32, name: &str, vrf: Option<&str>) -> Device {
+    Device {
+        ifindex,
+        name: Some(name.into()),
+        vrf: vrf.map(Into::into),
+    }
+}
+
+/// A device decides: an unbound socket meets a device-bound one (each such
+/// pair conflicts), and the diagnosis names the device and says why.
+#[test]
+fn device_bound_holder_and_unbound_requester_are_explained() {
+    let req = event(libc::EADDRINUSE, 8080);
+    let mut h = holder(State::Listen);
+    h.device = Some(device(3, "veth1", None));
+    let seen = Evidence {
+        holders: vec![h.clone()],
+        ..Evidence::default()
+    };
+    let v = diagnose(&req, &seen);
+    assert_eq!(v.reason, Reason::Listener);
+    assert!(
+        v.diagnosis
+            .contains("old (pid 100, bound to device veth1) listening"),
+        "{v:?}"
+    );
+    assert!(
+        v.diagnosis
+            .contains("this socket is bound to no device, so it would take the port on every device, device veth1 included"),
+        "{v:?}"
+    );
+    assert!(v.fix.contains("SO_BINDTODEVICE"), "{v:?}");
+
+    // The other way round: the requester is bound, the holder is not.
+    let seen = Evidence {
+        holders: vec![holder(State::Listen)],
+        device: Some(device(2, "veth0", None)),
+        ..Evidence::default()
+    };
+    let v = diagnose(&req, &seen);
+    assert!(
+        v.diagnosis
+            .starts_with("tcp 127.0.0.1:8080 (bound to device veth0) is taken"),
+        "{v:?}"
+    );
+    assert!(
+        v.diagnosis
+            .contains("the holder is bound to no device, so it holds the port on every device, device veth0 included"),
+        "{v:?}"
+    );
+    assert!(!v.fix.contains("SO_BINDTODEVICE"), "{v:?}");
+
+    // Both on one device: named on both sides, no note.
+    let seen = Evidence {
+        holders: vec![h],
+        device: Some(device(3, "veth1", None)),
+        ..Evidence::default()
+    };
+    let v = diagnose(&req, &seen);
+    assert!(
+        v.diagnosis.contains("(bound to device veth1) is taken by"),
+        "{v:?}"
+    );
+    assert!(!v.diagnosis.contains("every device"), "{v:?}");
+}
+
+/// TCP in a VRF with tcp_l3mdev_accept=1: the sysctl is named.
+#[test]
+fn vrf_with_tcp_l3mdev_accept_is_named() {
+    let req = event(libc::EADDRINUSE, 8080);
+    let mut h = holder(State::Listen);
+    h.device = Some(device(4, "red", Some("red")));
+    let mut seen = with(vec![h]);
+    if let Some(s) = seen.sysctls.as_mut() {
+        s.tcp_l3mdev_accept = Some(true);
+    }
+    let v = diagnose(&req, &seen);
+    assert!(v.diagnosis.contains("bound to VRF red"), "{v:?}");
+    assert!(v.diagnosis.contains("tcp_l3mdev_accept=1"), "{v:?}");
 }

@@ -55,6 +55,8 @@ fn conn(port: u16, remote: &str) -> Holder {
         cross_family: false,
         seen: Seen::SockDiag,
         socket_unit: None,
+        device: None,
+        apart: None,
     }
 }
 

@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    bindcheck::{self, Rule, Variant},
+    bindcheck::{self, OnDevice, Rule, Variant},
     diagnose::Verdict,
     holders::{overlaps, sockdiag::DiagSocket, State, TrialFailed},
     request::{Binding, Errno, Family, Proto},
@@ -57,19 +57,21 @@ pub struct BindVerdict {
 }
 
 /// The answer for each option, plain, SO_REUSEADDR, SO_REUSEPORT, without
-/// verdicts yet. `trial`: trial binds may be made; `me`: our euid.
+/// verdicts yet, given every socket on the port (those the device rule
+/// keeps apart too: `on`). `trial`: trial binds may be made; `me`: our euid.
 pub(super) fn answers(
     b: &Binding,
+    on: OnDevice<'_>,
     sockets: &[DiagSocket],
     trial: bool,
     me: u32,
 ) -> Vec<BindVerdict> {
-    let owner = reuseport_uid(b, sockets, me);
+    let owner = reuseport_uid(b, on, sockets, me);
     Variant::ALL
         .into_iter()
         .map(|v| {
             let uid = if v == Variant::Reuseport { owner } else { me };
-            answer(b, v, uid, me, sockets, trial)
+            answer(b, on, v, (uid, me), sockets, trial)
         })
         .collect()
 }
@@ -77,13 +79,12 @@ pub(super) fn answers(
 /// The uid a SO_REUSEPORT bind is tried as: SO_REUSEPORT shares only
 /// within one uid, so the uid of the live sockets in the way when they
 /// have one, else `me`.
-pub(super) fn reuseport_uid(b: &Binding, sockets: &[DiagSocket], me: u32) -> u32 {
-    let device = bindcheck::device_index(b);
+pub(super) fn reuseport_uid(b: &Binding, on: OnDevice<'_>, sockets: &[DiagSocket], me: u32) -> u32 {
     let owners: BTreeSet<u32> = sockets
         .iter()
         .filter(|s| {
             State::from_kernel(b.proto, s.state) != State::TimeWait
-                && !bindcheck::apart(device, s)
+                && on.apart(b.proto, s).is_none()
                 && Family::try_from(u16::from(s.family)).is_ok_and(|f| {
                     overlaps(
                         (Family::of(b.addr), b.addr, b.opts.v6only),
@@ -100,18 +101,31 @@ pub(super) fn reuseport_uid(b: &Binding, sockets: &[DiagSocket], me: u32) -> u32
     }
 }
 
-/// The answer for `variant`, made as `uid`: the trial's when one was made,
-/// else the rules'.
+/// The answer for `variant`, made as `uid` (`me`: our euid): the trial's
+/// when one was made, else the rules'.
 pub(super) fn answer(
     b: &Binding,
+    on: OnDevice<'_>,
     variant: Variant,
-    uid: u32,
-    me: u32,
+    (uid, me): (u32, u32),
     sockets: &[DiagSocket],
     trial: bool,
 ) -> BindVerdict {
-    let rule = bindcheck::by_rules(b, variant, uid, sockets);
-    let (result, errno, checked, note) = match try_bind(b, variant, rule, uid, me, trial) {
+    let rule = bindcheck::by_rules(b, variant, uid, sockets, on);
+    // A SO_REUSEPORT trial that succeeds beside a socket kept apart by its
+    // device or VRF would leave the kernel's fast-reuse state of the port
+    // behind (`inet_csk_update_fastreuse` marks the bucket for the trial's
+    // uid and address, and it stays when the trial closes), letting later
+    // SO_REUSEPORT binds of that uid skip the conflict check against
+    // sockets that never set SO_REUSEPORT.
+    let beside_apart =
+        variant == Variant::Reuseport && sockets.iter().any(|s| on.apart(b.proto, s).is_some());
+    let tried = if beside_apart && trial {
+        Err(Some(BESIDE_APART.to_owned()))
+    } else {
+        try_bind(b, variant, rule, uid, me, trial)
+    };
+    let (result, errno, checked, note) = match tried {
         Ok(None) => (Answer::Ok, None, Checked::TrialBind, None),
         Ok(Some(e)) => (Answer::Fails, Some(e), Checked::TrialBind, None),
         Err(why) => {
@@ -129,6 +143,9 @@ pub(super) fn answer(
         verdict: None,
     }
 }
+
+/// Why no SO_REUSEPORT trial is made beside a socket kept apart.
+const BESIDE_APART: &str = "no trial bind: beside a socket on another device or VRF, a SO_REUSEPORT trial would change how the kernel checks later SO_REUSEPORT binds of the port";
 
 /// A trial bind, when one may be made: Err(why not), None when trials
 /// are off altogether (`--no-trial` needs no note).

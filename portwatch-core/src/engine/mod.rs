@@ -30,14 +30,14 @@ use std::io;
 pub use binds::{Answer, BindVerdict, Checked};
 
 use crate::{
-    bindcheck::{self, Variant},
+    bindcheck::{OnDevice, Variant},
     diagnose::{diagnose, Verdict},
     holders::{
         containers::{Containers, Publishing},
         dnat::{DnatRule, NatTables},
         sockdiag::DiagSocket,
         sysctl::{self, Sysctls},
-        Enricher, Evidence, Holder, State, TrialFailed,
+        Device, Devices, Enricher, Evidence, Holder, State, TrialFailed,
     },
     request::{Binding, Errno, Family, Opts, Request, Syscall},
 };
@@ -65,8 +65,11 @@ pub struct Batch {
 pub struct Judgement {
     /// What was asked.
     pub binding: Binding,
+    /// The device it binds to, named, when the namespace has it.
+    pub device: Option<Device>,
     /// Every socket on the port, one each, in or out of the way
-    /// (`cross_family` marks those in the way from the other family).
+    /// (`cross_family` marks those in the way from the other family,
+    /// `apart` those another device or VRF keeps out of it).
     pub sockets: Vec<Holder>,
     /// plain, SO_REUSEADDR, SO_REUSEPORT; each with its verdict when it
     /// would not succeed.
@@ -118,6 +121,9 @@ pub enum JudgeError {
     /// Any other sock_diag failure.
     #[error("sock_diag: {0}")]
     SockDiag(io::Error),
+    /// The network devices, needed for the device rule, could not be listed.
+    #[error("listing the network devices: {0}")]
+    Devices(io::Error),
 }
 
 /// Judges every binding of `batch` in the calling thread's network
@@ -125,7 +131,7 @@ pub enum JudgeError {
 pub fn judge(batch: &Batch) -> Result<Judged, JudgeError> {
     let dumps = plan::plan(&batch.bindings)?;
     let dumped = plan::dump(&dumps)?;
-    let mut shared = Shared::new(batch);
+    let mut shared = Shared::new(batch, &dumped)?;
     let judgements = batch
         .bindings
         .iter()
@@ -157,13 +163,16 @@ pub fn bind_now(b: &Binding) -> Result<BindNow, JudgeError> {
     let dumps = plan::plan(std::slice::from_ref(b))?;
     let dumped = plan::dump(&dumps)?;
     let sockets = dumped.on(b);
+    let want = b.device.is_some() || dumped.on_a_device();
+    let devices = devices(want, || sysctl::sysctls().tcp_l3mdev_accept)?;
+    let on = OnDevice::of(b, &devices);
     let me = nix::unistd::geteuid().as_raw();
     let variant = Variant::asked(&b.opts);
     let uid = match variant {
-        Variant::Reuseport => binds::reuseport_uid(b, sockets, me),
+        Variant::Reuseport => binds::reuseport_uid(b, on, sockets, me),
         _ => me,
     };
-    let answer = binds::answer(b, variant, uid, me, sockets, true);
+    let answer = binds::answer(b, on, variant, (uid, me), sockets, true);
     Ok(BindNow {
         free: answer.result == Answer::Ok,
         time_wait: sockets
@@ -172,13 +181,28 @@ pub fn bind_now(b: &Binding) -> Result<BindNow, JudgeError> {
     })
 }
 
+/// The namespace's devices as the device rule needs them: its links (one
+/// rtnetlink dump) when `want` (a binding or a socket is bound to a
+/// device), else none, which no socket needs then.
+fn devices(
+    want: bool,
+    tcp_l3mdev_accept: impl FnOnce() -> Option<bool>,
+) -> Result<Devices, JudgeError> {
+    if !want {
+        return Ok(Devices::default());
+    }
+    Devices::here(true, &[], tcp_l3mdev_accept()).map_err(JudgeError::Devices)
+}
+
 /// What every binding of a batch shares: one owner lookup, the sysctls,
-/// the NAT tables, the containers' port bindings.
+/// the devices, the NAT tables, the containers' port bindings.
 struct Shared<'a> {
     batch: &'a Batch,
     /// Walks /proc once, at the first owner lookup: after the dumps.
     enricher: Enricher,
     sysctls: Sysctls,
+    /// Links read once, when a binding or a socket is bound to a device.
+    devices: Devices,
     /// Read once, when the first binding needs them.
     nat: Option<NatTables>,
     /// Only when the batch looks for published ports.
@@ -188,31 +212,35 @@ struct Shared<'a> {
 }
 
 impl<'a> Shared<'a> {
-    fn new(batch: &'a Batch) -> Self {
+    fn new(batch: &'a Batch, dumped: &plan::Dumped) -> Result<Self, JudgeError> {
         let sysctls = sysctl::sysctls();
-        Self {
+        let want = batch.bindings.iter().any(|b| b.device.is_some()) || dumped.on_a_device();
+        let devices = devices(want, || sysctls.tcp_l3mdev_accept)?;
+        Ok(Self {
             batch,
             enricher: Enricher::for_batch(true),
             sysctls,
+            devices,
             nat: None,
             containers: batch.published.then(Containers::of_this_host),
             me: nix::unistd::geteuid().as_raw(),
-        }
+        })
     }
 
     /// One binding, given the sockets on its port.
     fn judge(&mut self, b: &Binding, sockets: &[DiagSocket]) -> Judgement {
-        let listed = self
-            .enricher
-            .each_socket(&self.request(b, Variant::Plain), sockets);
-        // Sockets bound to another device are listed, but not in the way.
-        let device = bindcheck::device_index(b);
+        let on = OnDevice::of(b, &self.devices);
+        let listed =
+            self.enricher
+                .each_socket(&self.request(b, Variant::Plain), sockets, &self.devices);
+        // Sockets another device or VRF keeps apart are listed, but not in the way.
         let in_way: Vec<DiagSocket> = sockets
             .iter()
-            .filter(|s| !bindcheck::apart(device, s))
+            .filter(|s| on.apart(b.proto, s).is_none())
             .cloned()
             .collect();
-        let mut binds = binds::answers(b, &in_way, self.batch.trial, self.me);
+        let mut binds = binds::answers(b, on, sockets, self.batch.trial, self.me);
+        let device = self.devices.named(on.index);
         self.add_verdicts(b, &in_way, &mut binds);
         let published = self.published(b, &listed);
         let dnat = self
@@ -222,6 +250,7 @@ impl<'a> Shared<'a> {
         let asked = binds.iter().find(|v| v.option == Variant::asked(&b.opts));
         Judgement {
             binding: b.clone(),
+            device,
             free: asked.is_some_and(|v| v.result == Answer::Ok)
                 && published.is_empty()
                 && dnat.is_empty(),
@@ -253,6 +282,7 @@ impl<'a> Shared<'a> {
             errno: None,
             caller: None,
             holder_record: None,
+            device: OnDevice::of(b, &self.devices).index,
         }
     }
 
@@ -289,7 +319,7 @@ impl<'a> Shared<'a> {
             trial_failed,
             ..self
                 .enricher
-                .evidence_from(req, in_way, self.sysctls.clone())
+                .evidence_from(req, in_way, self.sysctls.clone(), &self.devices)
         };
         if let Some(path) = &self.batch.enter {
             evidence.scope.enter = Some(path.clone());

@@ -58,6 +58,11 @@ impl Dumped {
         }
     }
 
+    /// Whether any socket dumped is bound to a device (SO_BINDTODEVICE).
+    pub fn on_a_device(&self) -> bool {
+        self.on.values().flatten().any(|s| s.bound_dev_if != 0)
+    }
+
     /// Every socket on `b`'s port and protocol, in the kernel's order.
     pub fn on(&self, b: &Binding) -> &[DiagSocket] {
         self.on.get(&(b.proto, b.port)).map_or(&[], Vec::as_slice)

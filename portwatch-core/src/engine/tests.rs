@@ -13,7 +13,7 @@ use portwatch_test_support::{in_fresh_netns, Process};
 use socket2::{Domain, Socket, Type};
 
 use super::{plan::*, *};
-use crate::{diagnose::Reason, holders::netns, request::Proto};
+use crate::{bindcheck::Apart, diagnose::Reason, holders::netns, request::Proto};
 
 fn ip(s: &str) -> IpAddr {
     s.parse().expect("test address")
@@ -267,6 +267,28 @@ fn a_device_keeps_bindings_apart() {
             };
             assert!(other.free, "another device, trial {trial}: {other:#?}");
             assert_eq!(other.sockets.len(), 1, "listed, not in the way");
+            assert_eq!(other.sockets[0].apart, Some(Apart::OtherDevice));
+            assert_eq!(
+                other.device.as_ref().map(|d| d.label()).as_deref(),
+                Some("device pwe1")
+            );
+            assert_eq!(same.sockets[0].apart, None);
+            assert_eq!(none.sockets[0].apart, None);
+            // No SO_REUSEPORT trial beside a socket kept apart: the rules answer.
+            let reuseport = |j: &Judgement| {
+                let v = &j.binds[2];
+                assert_eq!(v.option, Variant::Reuseport);
+                (v.checked, v.note.clone())
+            };
+            let (checked, note) = reuseport(other);
+            assert_eq!(checked, Checked::Rules, "{other:#?}");
+            assert_eq!(
+                note.is_some_and(|n| n.contains("another device or VRF")),
+                trial
+            );
+            if trial {
+                assert_eq!(reuseport(same).0, Checked::TrialBind, "{same:#?}");
+            }
             assert!(!same.free, "the same device, trial {trial}: {same:#?}");
             assert!(!none.free, "no device, trial {trial}: {none:#?}");
         }

@@ -110,7 +110,7 @@ fn device(link: &LinkMessage, port: u16) -> Option<KernelDevice> {
 }
 
 /// Every link of the namespace (one rtnetlink dump).
-fn links() -> io::Result<Vec<LinkMessage>> {
+pub(super) fn links() -> io::Result<Vec<LinkMessage>> {
     let socket = open_socket(NETLINK_ROUTE)?;
     let mut request = NetlinkMessage::new(
         NetlinkHeader::default(),

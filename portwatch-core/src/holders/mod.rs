@@ -7,6 +7,7 @@
 //! port's last binder when a tracer was running. No eBPF is needed here.
 
 pub mod containers;
+pub mod devices;
 pub mod dnat;
 pub mod enrich;
 pub mod kernel;
@@ -20,6 +21,7 @@ pub mod systemd;
 use std::{net::IpAddr, str::FromStr};
 
 pub use containers::Container;
+pub use devices::{Device, Devices};
 pub use enrich::Enricher;
 pub use kernel::KernelDevice;
 use serde::{Deserialize, Serialize};
@@ -181,6 +183,15 @@ pub struct Holder {
     /// it for: what to stop instead of the manager.
     #[serde(default)]
     pub socket_unit: Option<systemd::SocketUnit>,
+    /// The device it is bound to (SO_BINDTODEVICE), if any. Absent from
+    /// older journals.
+    #[serde(default)]
+    pub device: Option<Device>,
+    /// Why it is not in the way of the bind asked about although it is on
+    /// the port: it is bound to another device, or (TCP) in another VRF.
+    /// Only `who` lists such sockets; absent from older journals.
+    #[serde(default)]
+    pub apart: Option<crate::bindcheck::Apart>,
 }
 
 impl Holder {
@@ -207,6 +218,9 @@ impl Holder {
         }
         if let Some(c) = &self.container {
             extra.push(c.label());
+        }
+        if let Some(d) = &self.device {
+            extra.push(format!("bound to {}", d.label()));
         }
         if self.exited {
             extra.push("exited".into());
@@ -269,6 +283,8 @@ pub struct Evidence {
     /// The network namespace the sysctls were read in: the host's or not,
     /// and how a fix reaches it.
     pub scope: sysctl::Scope,
+    /// The device the requesting socket is bound to, named.
+    pub device: Option<Device>,
 }
 
 /// Options whose trial bind failed.

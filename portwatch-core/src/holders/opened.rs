@@ -231,6 +231,7 @@ mod tests {
             state,
             opts: None,
             listened,
+            device: None,
         }
     }
 

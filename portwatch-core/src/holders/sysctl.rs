@@ -19,6 +19,9 @@ pub struct Sysctls {
     /// `net.ipv4.ip_local_reserved_ports` as the kernel prints it
     /// ("8080,9000-9010", or empty): a fix that adds a port keeps these.
     pub local_reserved_ports: Option<String>,
+    /// `net.ipv4.tcp_l3mdev_accept`: whether TCP sockets bound to no device
+    /// share their ports with those in VRFs (absent: no VRF support).
+    pub tcp_l3mdev_accept: Option<bool>,
 }
 
 /// The network namespace a failure's sysctls were read in, as a fix must
@@ -100,6 +103,7 @@ pub fn sysctls() -> Sysctls {
             s.bytes()
                 .all(|b| b.is_ascii_digit() || b == b',' || b == b'-')
         }),
+        tcp_l3mdev_accept: read_sysctl("net/ipv4/tcp_l3mdev_accept").and_then(|s| parse_bool(&s)),
     }
 }
 
@@ -151,6 +155,9 @@ mod tests {
             nonlocal_bind_v4: Some(true),
             nonlocal_bind_v6: Some(true),
             local_reserved_ports: Some("40050,40060-40062".into()),
+            tcp_l3mdev_accept: std::fs::exists("/proc/sys/net/ipv4/tcp_l3mdev_accept")
+                .expect("stat")
+                .then_some(false),
         };
         in_fresh_netns(move || {
             let here = sysctls();

@@ -376,7 +376,7 @@ mod tests {
 
     /// The sample failure as a journal line.
     const SAMPLE_LINE: &str = concat!(
-        r#"{"ts":"2027-01-15T08:00:01.000000000Z","pid":4242,"tid":4243,"ppid":1,"uid":33,"gid":34,"comm":"nginx","cgroup_id":77,"syscall":"bind","errno":"EADDRINUSE","ret":-98,"proto":"tcp","family":"ipv6","addr":"fe80::1","port":8080,"netns":4026531840,"fd":6,"ifindex":null,"opts":{"reuseaddr":true,"reuseport":false,"v6only":false,"freebind":false,"transparent":false,"bind_address_no_port":false},"folded":3,"source":"tracepoint","holders":[{"pid":100,"comm":"old\u001b[2J","cmdline":"old --serve <script>","uid":33,"state":"LISTEN","addr":"::","port":8080,"exited":false,"unit":"old.service","container":null,"kernel":null,"pids":[100,101],"sockets":1,"time_left_ms":null,"remote":null,"v6only":false,"reuseaddr":true,"reuseport":null,"cross_family":true,"seen":"kernel_and_sock_diag","socket_unit":null}],"enriched":true,"reason":"listener","diagnosis":"held by \"old\" (pid 100)","fix":"kill 100"}"#,
+        r#"{"ts":"2027-01-15T08:00:01.000000000Z","pid":4242,"tid":4243,"ppid":1,"uid":33,"gid":34,"comm":"nginx","cgroup_id":77,"syscall":"bind","errno":"EADDRINUSE","ret":-98,"proto":"tcp","family":"ipv6","addr":"fe80::1","port":8080,"netns":4026531840,"fd":6,"ifindex":null,"opts":{"reuseaddr":true,"reuseport":false,"v6only":false,"freebind":false,"transparent":false,"bind_address_no_port":false},"folded":3,"source":"tracepoint","holders":[{"pid":100,"comm":"old\u001b[2J","cmdline":"old --serve <script>","uid":33,"state":"LISTEN","addr":"::","port":8080,"exited":false,"unit":"old.service","container":null,"kernel":null,"pids":[100,101],"sockets":1,"time_left_ms":null,"remote":null,"v6only":false,"reuseaddr":true,"reuseport":null,"cross_family":true,"seen":"kernel_and_sock_diag","socket_unit":null,"device":{"ifindex":3,"name":"veth1","vrf":null},"apart":null}],"enriched":true,"reason":"listener","diagnosis":"held by \"old\" (pid 100)","fix":"kill 100"}"#,
         "\n"
     );
 
@@ -411,6 +411,12 @@ mod tests {
                 cross_family: true,
                 seen: Seen::KernelAndSockDiag,
                 socket_unit: None,
+                device: Some(crate::holders::Device {
+                    ifindex: 3,
+                    name: Some("veth1".into()),
+                    vrf: None,
+                }),
+                apart: None,
             }],
             ..Evidence::default()
         }

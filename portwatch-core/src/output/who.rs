@@ -16,7 +16,7 @@ use crate::{
     bindcheck::Variant,
     diagnose::Verdict,
     engine::Judgement,
-    holders::{containers::Publishing, dnat::DnatRule, Holder, State},
+    holders::{containers::Publishing, dnat::DnatRule, Device, Holder, State},
     request::Proto,
 };
 
@@ -27,6 +27,10 @@ pub struct WhoReport {
     pub proto: Proto,
     /// The address a new bind() would ask for.
     pub addr: IpAddr,
+    /// The device it would be bound to (`--device`), if any. Absent from
+    /// older reports.
+    #[serde(default)]
+    pub device: Option<Device>,
     /// The port.
     pub port: u16,
     /// The network namespace looked in (inode).
@@ -59,6 +63,7 @@ impl WhoReport {
         Self {
             proto: j.binding.proto,
             addr: j.binding.addr,
+            device: j.device,
             port: j.binding.port,
             netns,
             free: j.free,
@@ -115,9 +120,13 @@ fn sockets_table(out: &mut impl Write, r: &WhoReport) -> io::Result<()> {
 fn bind_answers(out: &mut impl Write, r: &WhoReport) -> io::Result<()> {
     writeln!(
         out,
-        "\nbind() {} {} now:",
+        "\nbind() {} {}{} now:",
         r.proto.name(),
-        SocketAddr::new(r.addr, r.port)
+        SocketAddr::new(r.addr, r.port),
+        r.device
+            .as_ref()
+            .map(|d| format!(" on {}", printable(&d.label())))
+            .unwrap_or_default()
     )?;
     for b in &r.binds {
         let result = match b.result {
@@ -250,6 +259,13 @@ fn socket_line(out: &mut impl Write, h: &Holder) -> io::Result<()> {
         h.comm.as_deref().map_or_else(dash, printable),
         printable(&owner),
     )?;
+    if let Some(d) = &h.device {
+        let apart = h
+            .apart
+            .map(|a| format!("; {}: not in the way", a.label()))
+            .unwrap_or_default();
+        writeln!(out, "{:<12} bound to {}{apart}", "", printable(&d.label()))?;
+    }
     if let Some(cmd) = h.cmdline.as_deref().filter(|c| !c.is_empty()) {
         let short: String = cmd.chars().take(100).collect();
         let more = if short.len() < cmd.len() { "..." } else { "" };

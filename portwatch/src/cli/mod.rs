@@ -72,6 +72,7 @@ EXAMPLES:
     portwatch who 8080 --netns 4242          # the network namespace of pid 4242
     portwatch who 8080 --json | jq .sockets
     portwatch who 8080 >/dev/null || echo taken
+    portwatch who 8080 --device eth1         # a server bound to eth1 (SO_BINDTODEVICE) or a VRF
 
 Lists every socket on the port in the network namespace (what `ss -tan` /
 `ss -uan` show for it, plus bound TCP sockets that never listened, where the
@@ -92,6 +93,13 @@ never from a trial; --no-trial uses the rules for every answer. The rules
 cannot see whether the holder set SO_REUSEADDR / SO_REUSEPORT (sock_diag does
 not report them), so they answer \"unknown: only if the holder set it too\".
 
+Sockets bound to a device (SO_BINDTODEVICE) are in the way only of sockets
+bound to no device or to the same one. For TCP, unless
+net.ipv4.tcp_l3mdev_accept=1, a socket in a VRF (bound to the VRF or to a
+device enslaved to it) and one outside never meet at all. With --device the
+new socket is bound to IFNAME first, in the trials too; every socket is
+listed, those another device or VRF keeps apart marked `apart`.
+
 No eBPF, tracefs or BTF is needed; root is needed to name the processes of
 other users and to enter another network namespace.
 
@@ -99,7 +107,8 @@ EXIT STATUS:
     0  a plain bind() of ADDR:PORT would succeed now (the port is free)
     1  it would fail: the port is taken (or ADDR cannot be bound here)
     2  bad command line: port 0 or above 65535, unknown protocol, not an IP
-       address, no such network namespace path or pid, not a namespace
+       address, no such network namespace path or pid, not a namespace, no
+       such --device in it
     3  this system cannot answer: no sock_diag (inet_diag, tcp_diag/udp_diag),
        not permitted (not root), or another error while looking";
 
@@ -110,6 +119,7 @@ EXAMPLES:
     portwatch wait 8080 --reuseaddr                  # TIME_WAIT leftovers are fine (SO_REUSEADDR)
     portwatch wait 5353/udp --addr 127.0.0.1
     portwatch wait 8080 --netns /run/netns/blue
+    portwatch wait 8080 --device eth1                # a bind to eth1 only (SO_BINDTODEVICE)
 
 Checks at once, then again whenever a socket is destroyed in the network
 namespace (the kernel's sock_diag destroy notifications: no eBPF, no
@@ -232,6 +242,12 @@ pub struct WhoArgs {
     /// Answer from the kernel's rules alone: no trial bind.
     #[arg(long)]
     pub no_trial: bool,
+
+    /// The device the new socket would be bound to (SO_BINDTODEVICE), as a
+    /// server bound to one interface or VRF binds: sockets bound to other
+    /// devices (and, for TCP, in other VRFs) are then not in the way.
+    #[arg(long, value_name = "IFNAME", value_parser = values::parse_device)]
+    pub device: Option<String>,
 }
 
 /// The capture flags `watch` and `run` share: what to report, the kernel
@@ -498,6 +514,10 @@ pub struct WaitArgs {
     /// On timeout, print the holders as one JSON object (`who --json`).
     #[arg(long)]
     pub json: bool,
+
+    /// The device the bind will be bound to (SO_BINDTODEVICE): see `who --device`.
+    #[arg(long, value_name = "IFNAME", value_parser = values::parse_device)]
+    pub device: Option<String>,
 }
 
 const REPORT_EXAMPLES: &str = "\

@@ -146,6 +146,27 @@ pub fn parse_addr(s: &str) -> Result<IpAddr, String> {
         .map_err(|_| format!("'{s}' is not an IPv4 or IPv6 address"))
 }
 
+/// A network device name as the kernel accepts one (`dev_valid_name`):
+/// 1 to 15 bytes, not `.` or `..`, no `/`, `:` or whitespace. Whether the
+/// namespace has it is checked when it is looked in.
+pub fn parse_device(s: &str) -> Result<String, String> {
+    let valid = !s.is_empty()
+        && s.len() < libc::IFNAMSIZ
+        && s != "."
+        && s != ".."
+        && !s
+            .chars()
+            .any(|c| c == '/' || c == ':' || c.is_whitespace() || c.is_control());
+    if valid {
+        Ok(s.to_owned())
+    } else {
+        Err(format!(
+            "'{}' is not a network device name (1-15 bytes, no '/', ':' or spaces)",
+            s.escape_debug()
+        ))
+    }
+}
+
 /// A network namespace to look in: a path (/run/netns/NAME, /proc/PID/ns/net) or a PID,
 /// meaning /proc/PID/ns/net. It must exist now; that it is a network namespace is checked
 /// when it is entered.
@@ -182,6 +203,25 @@ pub fn parse_subcommand(s: &str) -> Result<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn device_names() {
+        for ok in ["eth0", "veth1", "red", "a", "fifteen-bytes-x"] {
+            assert_eq!(parse_device(ok).as_deref(), Ok(ok));
+        }
+        for bad in [
+            "",
+            ".",
+            "..",
+            "a/b",
+            "a:1",
+            "a b",
+            "sixteen-bytes-xx",
+            "tab\t",
+        ] {
+            assert!(parse_device(bad).is_err(), "{bad:?}");
+        }
+    }
 
     #[test]
     fn who_port_and_protocol() {

@@ -42,11 +42,18 @@ const UDP_DESTROY_GROUPS: [u32; 2] = [2, 4];
 pub fn run(args: &WaitArgs) -> Result<bool, Error> {
     let ns = args.netns.as_deref().map(who::open_netns).transpose()?;
     let (port, proto) = args.port;
-    let mut binding = Binding::plain(proto, args.addr, port);
+    let mut binding = Binding {
+        device: args.device.clone(),
+        ..Binding::plain(proto, args.addr, port)
+    };
     binding.opts.reuseaddr = args.reuseaddr;
     let started = Instant::now();
     let deadline = (!args.timeout.is_zero()).then(|| started + args.timeout);
-    let freed = who::in_netns(ns.as_ref(), |_| wait_here(&binding, deadline))?;
+    let freed = who::in_netns(ns.as_ref(), |inode| {
+        // A device the namespace lacks: said now, not after the timeout.
+        who::check_device(binding.device.as_deref(), inode)?;
+        wait_here(&binding, deadline)
+    })?;
     let at = std::net::SocketAddr::new(args.addr, port);
     if freed {
         eprintln!(
@@ -67,7 +74,10 @@ pub fn run(args: &WaitArgs) -> Result<bool, Error> {
         humantime::format_duration(args.timeout)
     );
     // The same answer `who` gives: holders, per-option verdicts, diagnosis.
-    let plain = Binding::plain(proto, args.addr, port);
+    let plain = Binding {
+        device: args.device.clone(),
+        ..Binding::plain(proto, args.addr, port)
+    };
     let report = who::in_netns(ns.as_ref(), |inode| {
         who::look(plain, inode, true, args.netns.as_deref())
     })?;

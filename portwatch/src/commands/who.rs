@@ -12,7 +12,7 @@ use std::{
 
 use portwatch_core::{
     engine::{self, Batch},
-    holders::netns,
+    holders::{netns, Devices},
     output::who::{self as out, WhoReport},
     request::Binding,
 };
@@ -27,8 +27,12 @@ pub const EXIT_TAKEN: u8 = 1;
 pub fn run(args: &WhoArgs) -> Result<bool, Error> {
     let ns = args.netns.as_deref().map(open_netns).transpose()?;
     let (port, proto) = args.port;
-    let binding = Binding::plain(proto, args.addr, port);
+    let binding = Binding {
+        device: args.device.clone(),
+        ..Binding::plain(proto, args.addr, port)
+    };
     let report = in_netns(ns.as_ref(), |inode| {
+        check_device(binding.device.as_deref(), inode)?;
         look(binding, inode, !args.no_trial, args.netns.as_deref())
     })?;
     if !nix::unistd::geteuid().is_root() && report.sockets.iter().any(|h| h.pid.is_none()) {
@@ -98,6 +102,23 @@ pub(crate) fn in_netns<T: Send>(
             .join()
             .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
     })
+}
+
+/// `--device` must name a device of the calling thread's network namespace
+/// (`netns`): a name it lacks is a usage error (exit 2), said at once.
+pub(crate) fn check_device(name: Option<&str>, netns: u32) -> Result<(), Error> {
+    let Some(name) = name else {
+        return Ok(());
+    };
+    let devices = Devices::here(true, &[], None)
+        .map_err(|e| Error::Unsupported(format!("listing the network devices: {e}")))?;
+    match devices.index_of(name) {
+        Some(_) => Ok(()),
+        None => Err(Error::Usage(format!(
+            "no network device '{}' in network namespace {netns}",
+            name.escape_debug()
+        ))),
+    }
 }
 
 /// Writes the answer to stdout, as text or JSON. A closed pipe (`| head`,

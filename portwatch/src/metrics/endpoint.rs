@@ -59,6 +59,7 @@ fn why_taken(addr: SocketAddr) -> String {
             comm: "portwatch".into(),
         }),
         holder_record: None,
+        device: 0,
     };
     // A listener is what usually holds a metrics port; bound-only sockets
     // need the kernel's BTF to dump, which is not read yet at this point.

@@ -333,6 +333,49 @@ pub fn hold(addr: SocketAddr, udp: bool, prep: impl FnOnce(&Socket)) -> bool {
     true
 }
 
+/// Like `hold`, bound to `device` (SO_BINDTODEVICE) first.
+pub fn hold_on(device: &[u8], addr: SocketAddr, udp: bool) -> bool {
+    let s = socket(addr.is_ipv6(), udp);
+    if s.bind_device(Some(device)).is_err()
+        || bind(&s, addr).is_err()
+        || (!udp && s.listen(16).is_err())
+    {
+        return false;
+    }
+    std::mem::forget(s);
+    true
+}
+
+/// A real bind of `addr` on `device` (none: unbound): the kernel's answer,
+/// to check a prediction against. The socket is returned, bound.
+pub fn bind_on(device: Option<&str>, addr: SocketAddr, udp: bool) -> Result<Socket, i32> {
+    let s = socket(addr.is_ipv6(), udp);
+    if let Some(d) = device {
+        s.bind_device(Some(d.as_bytes()))
+            .unwrap_or_else(|e| panic!("SO_BINDTODEVICE {d}: {e}"));
+    }
+    bind(&s, addr).map(|()| s)
+}
+
+/// Runs `ip ARGS` (iproute2 on the host, busybox in the VM) in the calling
+/// thread's network namespace; panics if it fails.
+pub fn ip(args: &str) {
+    let status = Command::new("ip")
+        .args(args.split(' '))
+        .status()
+        .expect("run ip");
+    assert!(status.success(), "ip {args}: {status}");
+}
+
+/// The interface index of `name` in the calling thread's network namespace.
+pub fn ifindex(name: &str) -> u32 {
+    let c = std::ffi::CString::new(name).expect("a device name");
+    // SAFETY: a NUL-terminated string that outlives the call.
+    let index = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    assert_ne!(index, 0, "no device {name}");
+    index
+}
+
 /// A listener on 127.0.0.1:`port` (SO_REUSEADDR as `reuse` says), a
 /// client connected to it, and the connection it accepted.
 pub fn connected(port: u16, reuse: bool) -> (Socket, std::net::TcpStream, Socket) {

@@ -17,9 +17,10 @@ use super::{
     kernel, netns, opened, overlaps,
     procs::{self, ProcCache, ProcInfo, SocketIndex},
     sockdiag::{self, DiagSocket},
-    sysctl, systemd, CallerInfo, Evidence, Holder, Seen, State,
+    sysctl, systemd, CallerInfo, Devices, Evidence, Holder, Seen, State,
 };
 use crate::{
+    bindcheck::apart,
     request::{Errno, Family, HolderRecord, Proto, Request, Syscall},
     tools::HostTools,
 };
@@ -110,9 +111,15 @@ impl Enricher {
         };
         let in_use = req.errno_or_in_use() == Errno::ADDRINUSE;
         let port = (req.port != 0).then_some(req.port);
-        let looked = self.look(req.netns, protocol, in_use.then_some(port), &callers(req));
+        let looked = self.look(
+            req.netns,
+            protocol,
+            in_use.then_some(port),
+            &callers(req),
+            req.device,
+        );
         match looked {
-            Ok((sockets, sysctls)) => self.conclude(req, in_use, &sockets, sysctls),
+            Ok(look) => self.conclude(req, in_use, &look.sockets, &look),
             Err(e) => self.blind(req, &e),
         }
     }
@@ -142,15 +149,17 @@ impl Enricher {
                 members.iter().flat_map(|&i| callers(&reqs[i])).collect();
             candidates.sort_unstable();
             candidates.dedup();
-            match self.look(netns, protocol, Some(None), &candidates) {
-                Ok((sockets, sysctls)) => {
+            // Any device asked about: the links are read once for all.
+            let device = members.iter().map(|&i| reqs[i].device).max().unwrap_or(0);
+            match self.look(netns, protocol, Some(None), &candidates, device) {
+                Ok(mut look) => {
                     let mut by_port: HashMap<u16, Vec<DiagSocket>> = HashMap::new();
-                    for s in sockets {
+                    for s in std::mem::take(&mut look.sockets) {
                         by_port.entry(s.local.port()).or_default().push(s);
                     }
                     for i in members {
                         let sockets = by_port.get(&reqs[i].port).map_or(&[][..], Vec::as_slice);
-                        out[i] = Some(self.conclude(&reqs[i], true, sockets, sysctls.clone()));
+                        out[i] = Some(self.conclude(&reqs[i], true, sockets, &look));
                     }
                 }
                 Err(e) => {
@@ -164,25 +173,34 @@ impl Enricher {
     }
 
     /// Reads `netns`'s sockets of `protocol` (`dump`: None for none, else
-    /// those on the port, or every one for `Some(None)`) and its sysctls,
-    /// entering it through one of `candidates`' threads when it is not ours.
+    /// those on the port, or every one for `Some(None)`), its sysctls and,
+    /// when `device` or a socket is bound to a device, its links, entering
+    /// it through one of `candidates`' threads when it is not ours.
     fn look(
         &self,
         netns: u32,
         protocol: u8,
         dump: Option<Option<u16>>,
         candidates: &[(u32, u32)],
-    ) -> io::Result<(Vec<DiagSocket>, sysctl::Sysctls)> {
+        device: u32,
+    ) -> io::Result<Looked> {
         let bound_inactive = self.bound_inactive && protocol == 6;
-        let look = || -> (io::Result<Vec<DiagSocket>>, sysctl::Sysctls) {
+        let look = || -> io::Result<Looked> {
             let sockets = match dump {
-                Some(port) => sockdiag::dump(protocol, port, bound_inactive),
-                None => Ok(Vec::new()),
+                Some(port) => sockdiag::dump(protocol, port, bound_inactive)?,
+                None => Vec::new(),
             };
-            (sockets, sysctl::sysctls())
+            let sysctls = sysctl::sysctls();
+            // Without the links, the plain device rule still holds.
+            let devices =
+                Devices::here(device != 0, &sockets, sysctls.tcp_l3mdev_accept).unwrap_or_default();
+            Ok(Looked {
+                sockets,
+                sysctls,
+                devices,
+            })
         };
-        let (sockets, sysctls) = self.in_netns(netns, candidates, look)?;
-        Ok((sockets?, sysctls))
+        self.in_netns(netns, candidates, look)?
     }
 
     /// Evidence when the look failed.
@@ -205,16 +223,16 @@ impl Enricher {
     }
 
     /// Evidence from what a look found: `sockets` on the port (every port,
-    /// for a bind to port 0).
+    /// for a bind to port 0), its sysctls and devices.
     fn conclude(
         &self,
         req: &Request,
         in_use: bool,
         sockets: &[DiagSocket],
-        sysctls: sysctl::Sysctls,
+        look: &Looked,
     ) -> Evidence {
         let mut evidence = Evidence {
-            sysctls: Some(sysctls),
+            sysctls: Some(look.sysctls.clone()),
             caller: self.caller(req),
             tools: self.tools,
             scope: sysctl::Scope::of(
@@ -222,6 +240,7 @@ impl Enricher {
                 req.caller.as_ref().map(|c| (c.pid, c.tid)),
                 self.own_netns,
             ),
+            device: look.devices.named(req.device),
             ..Evidence::default()
         };
         if !in_use {
@@ -239,7 +258,7 @@ impl Enricher {
             }
             return evidence;
         }
-        evidence.holders = self.holders(req, sockets);
+        evidence.holders = self.holders(req, sockets, &look.devices);
         // Only connections without a listener need to know who opened
         // them: a storm on a listener's port pays no peer dumps.
         let connections_only = evidence
@@ -287,8 +306,9 @@ impl Enricher {
         req: &Request,
         sockets: &[DiagSocket],
         sysctls: sysctl::Sysctls,
+        devices: &Devices,
     ) -> Evidence {
-        let mut holders = self.holders(req, sockets);
+        let mut holders = self.holders(req, sockets, devices);
         if holders.iter().any(unowned_udp) {
             name_kernel_holders(kernel::udp_port_devices(req.port), &mut holders);
         }
@@ -299,6 +319,7 @@ impl Enricher {
             scope: sysctl::Scope::of(req.netns, None, Some(req.netns)),
             sysctls: Some(sysctls),
             tools: self.tools,
+            device: devices.named(req.device),
             ..Evidence::default()
         }
     }
@@ -321,8 +342,14 @@ impl Enricher {
     /// Every socket of `sockets`, one holder each with its owners, none
     /// grouped or left out, in the order given: what `who` lists.
     /// `cross_family` is set for those that take `req`'s address from the
-    /// other family; `remote` for every connected socket, TIME_WAIT too.
-    pub fn each_socket(&self, req: &Request, sockets: &[DiagSocket]) -> Vec<Holder> {
+    /// other family; `apart` for those another device or VRF keeps out of
+    /// its way; `remote` for every connected socket, TIME_WAIT too.
+    pub fn each_socket(
+        &self,
+        req: &Request,
+        sockets: &[DiagSocket],
+        devices: &Devices,
+    ) -> Vec<Holder> {
         sockets
             .iter()
             .map(|s| {
@@ -337,6 +364,8 @@ impl Enricher {
                     .unwrap_or(false);
                 let state = State::from_kernel(req.proto, s.state);
                 let mut h = bare(state, s, cross_family);
+                h.device = devices.named(s.bound_dev_if);
+                h.apart = apart(req.proto, req.device, s.bound_dev_if, devices);
                 h.time_left_ms = s.time_wait_left.map(|d| d.as_millis() as u64);
                 if s.remote.port() != 0 {
                     h.remote = Some(match s.remote {
@@ -368,14 +397,24 @@ impl Enricher {
     /// runs (not after a lookup timed out: /proc may be what hangs).
     pub fn recorded_only(&self, req: &Request, look: bool) -> Evidence {
         let mut holders = Vec::new();
+        // Without a look, no links: the plain device rule, which already
+        // keeps sockets on two different devices apart.
+        let devices = Devices::default();
         if let Some(r) = &req.holder_record {
-            if let Some(h) = self.recorded_holder(req, r, look) {
+            let on_another_device = r
+                .device
+                .is_some_and(|d| apart(req.proto, req.device, d, &devices).is_some());
+            if let Some(h) = self
+                .recorded_holder(req, r, look, &devices)
+                .filter(|_| !on_another_device)
+            {
                 holders.push(h);
             }
         }
         Evidence {
             holders,
             tools: self.tools,
+            device: devices.named(req.device),
             ..Evidence::default()
         }
     }
@@ -413,6 +452,16 @@ impl Enricher {
     }
 }
 
+/// What one look in a network namespace found.
+struct Looked {
+    /// The sockets dumped.
+    sockets: Vec<DiagSocket>,
+    /// Its sysctls.
+    sysctls: sysctl::Sysctls,
+    /// Its devices, as far as the device rule needs them.
+    devices: Devices,
+}
+
 /// Names the device configured with the port (from one rtnetlink dump in
 /// the socket's namespace) as the holder of every unowned UDP socket.
 pub fn name_kernel_holders(devices: io::Result<Vec<kernel::KernelDevice>>, holders: &mut [Holder]) {
@@ -441,4 +490,42 @@ fn callers(req: &Request) -> Vec<(u32, u32)> {
         candidates.push((r.pid, r.pid));
     }
     candidates
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{
+        fixtures::{encode, sample},
+        Event,
+    };
+
+    /// The kernel's record alone (the lookup timed out): a holder on
+    /// another device than the failing socket's is not in its way; one on
+    /// no device, or on the same, is.
+    #[test]
+    fn record_alone_keeps_the_device_rule() {
+        let enricher = Enricher::new(false);
+        let mut raw = sample();
+        raw.bound_dev_if = 5;
+        let base = Event::decode(&encode(&raw), crate::clock::Clock::now())
+            .unwrap()
+            .request();
+        let with_record_on = |device: u32| {
+            let mut req = base.clone();
+            if let Some(r) = req.holder_record.as_mut() {
+                r.device = Some(device);
+            }
+            enricher.recorded_only(&req, false)
+        };
+        assert!(with_record_on(3).holders.is_empty());
+        for device in [0, 5] {
+            let seen = with_record_on(device);
+            assert_eq!(seen.holders.len(), 1, "{device}");
+        }
+        assert_eq!(
+            with_record_on(0).device.map(|d| d.label()).as_deref(),
+            Some("interface 5")
+        );
+    }
 }

@@ -5,27 +5,19 @@
 use super::*;
 
 impl Enricher {
-    /// The sockets in the way of `req`, merged with the kernel's record.
-    pub(super) fn holders(&self, req: &Request, sockets: &[DiagSocket]) -> Vec<Holder> {
-        let v6only = req.v6only();
-        // Where the holder most likely is: the recorded binder, the children
-        // it forked (workers inherit the listening socket), the caller.
-        let mut hints = Vec::new();
-        if let Some(r) = &req.holder_record {
-            hints.push(r.pid);
-            hints.extend(procs::children(r.pid));
-        }
-        hints.extend(req.caller.as_ref().map(|c| c.pid));
+    /// The sockets in the way of `req`, merged with the kernel's record:
+    /// not those another device or VRF keeps apart (`devices`).
+    pub(super) fn holders(
+        &self,
+        req: &Request,
+        sockets: &[DiagSocket],
+        devices: &Devices,
+    ) -> Vec<Holder> {
+        let hints = hints(req);
         let mut holders: Vec<Holder> = Vec::new();
         let mut time_wait: Option<Holder> = None;
         for s in sockets {
-            let Ok(family) = Family::try_from(u16::from(s.family)) else {
-                continue;
-            };
-            let Some(cross_family) = overlaps(
-                (req.family, req.addr, v6only),
-                (family, s.local.ip(), s.v6only),
-            ) else {
+            let Some(cross_family) = in_the_way(req, s, devices) else {
                 continue;
             };
             // Bound-inactive sockets come as TCP_CLOSE (or 13): Bound.
@@ -33,6 +25,7 @@ impl Enricher {
             if state == State::TimeWait {
                 let tw = time_wait.get_or_insert_with(|| Holder {
                     sockets: 0,
+                    device: devices.named(s.bound_dev_if),
                     ..bare(State::TimeWait, s, cross_family)
                 });
                 tw.sockets += 1;
@@ -51,6 +44,7 @@ impl Enricher {
                 continue;
             }
             let mut h = bare(state, s, cross_family);
+            h.device = devices.named(s.bound_dev_if);
             let pids = if s.inode == 0 {
                 Vec::new()
             } else {
@@ -70,7 +64,7 @@ impl Enricher {
             holders.push(h);
         }
         if let Some(r) = &req.holder_record {
-            self.merge_record(req, r, &mut holders, time_wait.is_some());
+            self.merge_record(req, r, &mut holders, time_wait.is_some(), devices);
         }
         holders.sort_by_key(|h| rank(h.state));
         holders.extend(time_wait);
@@ -133,7 +127,14 @@ impl Enricher {
         r: &HolderRecord,
         holders: &mut Vec<Holder>,
         time_wait: bool,
+        devices: &Devices,
     ) {
+        // The recorded socket is on another device: not in the way.
+        if r.device
+            .is_some_and(|d| apart(req.proto, req.device, d, devices).is_some())
+        {
+            return;
+        }
         match r.state {
             Some(state) => {
                 let state = State::from_kernel(req.proto, state);
@@ -148,7 +149,7 @@ impl Enricher {
                     }
                     // No process holds it by now: the record says who did.
                     if h.pid.is_none() {
-                        if let Some(k) = self.recorded_holder(req, r, true) {
+                        if let Some(k) = self.recorded_holder(req, r, true, devices) {
                             h.pid = k.pid;
                             h.comm = k.comm;
                             h.cmdline = k.cmdline;
@@ -166,7 +167,7 @@ impl Enricher {
             None if !(time_wait && holders.is_empty()) => return,
             None => {}
         }
-        if let Some(h) = self.recorded_holder(req, r, true) {
+        if let Some(h) = self.recorded_holder(req, r, true, devices) {
             holders.push(h);
         }
     }
@@ -187,6 +188,7 @@ impl Enricher {
         req: &Request,
         r: &HolderRecord,
         look: bool,
+        devices: &Devices,
     ) -> Option<Holder> {
         let v6only = r.opts.map(|o| o.v6only);
         let cross_family = overlaps(
@@ -234,6 +236,8 @@ impl Enricher {
             cross_family,
             seen: Seen::Kernel,
             socket_unit: None,
+            device: r.device.and_then(|d| devices.named(d)),
+            apart: None,
         })
     }
 }
@@ -253,6 +257,31 @@ pub(super) fn systemd_manager(p: &ProcInfo) -> Option<bool> {
         (_, "systemd") if init_scope && p.cgroup.contains("/user@") => Some(true),
         _ => None,
     }
+}
+
+/// Where the holder most likely is: the recorded binder, the children it
+/// forked (workers inherit the listening socket), the caller.
+fn hints(req: &Request) -> Vec<u32> {
+    let mut hints = Vec::new();
+    if let Some(r) = &req.holder_record {
+        hints.push(r.pid);
+        hints.extend(procs::children(r.pid));
+    }
+    hints.extend(req.caller.as_ref().map(|c| c.pid));
+    hints
+}
+
+/// Whether socket `s` is in `req`'s way by its address (Some: whether
+/// from the other family) and not kept apart by its device or VRF.
+fn in_the_way(req: &Request, s: &DiagSocket, devices: &Devices) -> Option<bool> {
+    let family = Family::try_from(u16::from(s.family)).ok()?;
+    let cross_family = overlaps(
+        (req.family, req.addr, req.v6only()),
+        (family, s.local.ip(), s.v6only),
+    )?;
+    apart(req.proto, req.device, s.bound_dev_if, devices)
+        .is_none()
+        .then_some(cross_family)
 }
 
 /// A holder for socket `s` before its owner is known.
@@ -283,6 +312,8 @@ pub(super) fn bare(state: State, s: &DiagSocket, cross_family: bool) -> Holder {
         cross_family,
         seen: Seen::SockDiag,
         socket_unit: None,
+        device: None,
+        apart: None,
     }
 }
 
