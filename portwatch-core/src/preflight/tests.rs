@@ -37,6 +37,7 @@ fn host() -> Host {
             nonlocal_bind_v4: Some(false),
             nonlocal_bind_v6: Some(false),
             local_reserved_ports: Some("40000,50000-50010".into()),
+            tcp_l3mdev_accept: None,
         },
         enter: None,
     }
@@ -52,6 +53,7 @@ fn nothing(b: &Binding) -> Judgement {
         dnat: Vec::new(),
         verdict: None,
         free: true,
+        device: None,
         tools: Default::default(),
     }
 }
