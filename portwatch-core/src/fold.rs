@@ -26,7 +26,7 @@ pub struct Counters {
     /// sys_exit without its sys_enter (entry pairing only).
     pub no_entry: u64,
     /// Failures that could not be folded because the fold table was full.
-    pub fold_full: u64,
+    pub fold_table_full: u64,
 }
 
 /// Identical failures counted in the kernel after the last one shown, still

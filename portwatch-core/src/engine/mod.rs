@@ -9,10 +9,10 @@
 //! filtered in the kernel), at most one walk of /proc for the sockets'
 //! owners, and one read each of the sysctls, the NAT tables and the
 //! containers' port bindings, whatever the number of bindings. The steps,
-//! in order: `plan::plan` (which dumps), `plan::dump`, `Shared::new` (what
-//! every binding shares), then per binding `Shared::judge`: list its
+//! in order: `plan::plan` (which dumps), `plan::dump`, `BatchState::new` (what
+//! every binding shares), then per binding `BatchState::judge`: list its
 //! sockets with their owners, answer each option (`binds`), diagnose those
-//! that fail (`Shared::evidence` is the one place an `Evidence` is made),
+//! that fail (`BatchState::evidence` is the one place an `Evidence` is made),
 //! look for its traffic sent elsewhere.
 //!
 //! Entering a network namespace is the caller's: everything here (dumps,
@@ -131,7 +131,7 @@ pub enum JudgeError {
 pub fn judge(batch: &Batch) -> Result<Judged, JudgeError> {
     let dumps = plan::plan(&batch.bindings)?;
     let dumped = plan::dump(&dumps)?;
-    let mut shared = Shared::new(batch, &dumped)?;
+    let mut shared = BatchState::new(batch, &dumped)?;
     let judgements = batch
         .bindings
         .iter()
@@ -196,7 +196,7 @@ fn devices(
 
 /// What every binding of a batch shares: one owner lookup, the sysctls,
 /// the devices, the NAT tables, the containers' port bindings.
-struct Shared<'a> {
+struct BatchState<'a> {
     batch: &'a Batch,
     /// Walks /proc once, at the first owner lookup: after the dumps.
     enricher: Enricher,
@@ -211,7 +211,7 @@ struct Shared<'a> {
     me: u32,
 }
 
-impl<'a> Shared<'a> {
+impl<'a> BatchState<'a> {
     fn new(batch: &'a Batch, dumped: &plan::Dumped) -> Result<Self, JudgeError> {
         let sysctls = sysctl::sysctls();
         let want = batch.bindings.iter().any(|b| b.device.is_some()) || dumped.on_a_device();

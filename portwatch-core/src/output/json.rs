@@ -1,9 +1,9 @@
 //! The NDJSON schema, in one place: what `watch --json` and `--record`
-//! write for each call ([`JournalLine`]: the event's keys, `holders`,
+//! write for each call ([`EventLine`]: the event's keys, `holders`,
 //! `enriched`, `reason`, `diagnosis`, `fix`), the port life lines beside
 //! them ([`PortLife`]), and how `report` reads every line back
-//! ([`parse_line`], failures as the borrowed [`JournalLineView`]). The view
-//! is tested to read back, field for field, what [`JournalLine`] writes, so
+//! ([`parse_line`], failures as the borrowed [`EventLineView`]). The view
+//! is tested to read back, field for field, what [`EventLine`] writes, so
 //! the schema in docs/output.md cannot drift between writer and reader.
 
 use std::{
@@ -30,7 +30,7 @@ use crate::{
 /// found. The holders come pre-rendered ([`holders_json`]), since a storm
 /// shares one rendering.
 #[derive(Debug, Clone, Copy, Serialize)]
-pub struct JournalLine<'a> {
+pub struct EventLine<'a> {
     /// The captured call (its keys inline).
     #[serde(flatten)]
     pub event: &'a Event,
@@ -46,7 +46,7 @@ pub struct JournalLine<'a> {
     pub verdict: Option<&'a Verdict>,
 }
 
-impl JournalLine<'_> {
+impl EventLine<'_> {
     /// Writes the line and its newline.
     pub fn write(&self, out: &mut impl Write) -> io::Result<()> {
         serde_json::to_writer(&mut *out, self)?;
@@ -130,14 +130,14 @@ pub const PORT_LINE_PREFIX: &str = "{\"type\":\"port\"";
 /// unbuffered). serde's `flatten` over a borrowed [`Event`] would buffer
 /// the whole object first (several times slower), hence the event's keys
 /// listed again here; a test reads back, field for field, what
-/// [`JournalLine`] writes, and checks that a line missing a key or with a
+/// [`EventLine`] writes, and checks that a line missing a key or with a
 /// key of the wrong type is refused here exactly when [`Event`] refuses it.
 ///
 /// The event's keys are checked and typed as [`Event`] reads them; the
 /// holders' unused keys are not checked; a verdict key of the wrong type
 /// makes the line unreadable.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-pub struct JournalLineView<'a> {
+pub struct EventLineView<'a> {
     /// When it happened.
     #[serde(deserialize_with = "rfc3339::deserialize")]
     pub ts: SystemTime,
@@ -310,7 +310,7 @@ fn errno_view<'de, D: serde::Deserializer<'de>>(
         .map_err(serde::de::Error::custom)
 }
 
-impl JournalLineView<'_> {
+impl EventLineView<'_> {
     /// The verdict's reason code and diagnosis, when the line has a whole
     /// verdict (`reason`, `diagnosis` and `fix`) with a known reason.
     pub fn verdict(&self) -> Option<(&'static str, &str)> {
@@ -331,7 +331,7 @@ impl JournalLineView<'_> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LineView<'a> {
     /// A failure (or with `--all`, a success), borrowed from the line.
-    Event(JournalLineView<'a>),
+    Event(EventLineView<'a>),
     /// A moment in a port's life.
     Port(PortLife),
     /// Identical failures folded after the last one shown of their stream
@@ -438,7 +438,7 @@ mod tests {
     fn write(ev: &Event, e: Option<&Evidence>, verdict: Option<&Verdict>) -> Vec<u8> {
         let holders = e.map(holders_json);
         let mut out = Vec::new();
-        JournalLine {
+        EventLine {
             event: ev,
             holders: holders.as_deref(),
             enriched: e.map(|e| !e.shed),
@@ -450,7 +450,7 @@ mod tests {
         out
     }
 
-    fn view(line: &[u8]) -> JournalLineView<'_> {
+    fn view(line: &[u8]) -> EventLineView<'_> {
         match parse_line(line) {
             Ok(LineView::Event(v)) => v,
             other => panic!("{other:?}: {}", String::from_utf8_lossy(line)),
@@ -465,7 +465,7 @@ mod tests {
         ev: &'a Event,
         holders: Option<&'a [Holder]>,
         verdict: Option<&'a Verdict>,
-    ) -> JournalLineView<'a> {
+    ) -> EventLineView<'a> {
         let Event {
             ts,
             pid,
@@ -490,7 +490,7 @@ mod tests {
             source,
             holder_record: _,
         } = ev;
-        JournalLineView {
+        EventLineView {
             ts: *ts,
             pid: *pid,
             tid: *tid,
@@ -591,7 +591,7 @@ mod tests {
         assert!(!out.contains(&b'\n'));
     }
 
-    /// What [`JournalLine`] writes, the view reads back field for field, and
+    /// What [`EventLine`] writes, the view reads back field for field, and
     /// [`Event`] reads back whole: IPv4 and IPv6, escaped strings, a
     /// success, without enrichment, and with two holders and every reason.
     #[test]

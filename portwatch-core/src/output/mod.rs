@@ -45,7 +45,7 @@ pub fn write_event(
                 None => Ok(()),
             }
         }
-        Format::Json => json::JournalLine {
+        Format::Json => json::EventLine {
             event: ev,
             holders,
             enriched: found.map(|(e, _)| !e.shed),

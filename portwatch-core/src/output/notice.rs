@@ -153,7 +153,7 @@ impl Summary {
             sent: f.counters.sent,
             folded: f.counters.folded,
             no_entry: f.counters.no_entry,
-            fold_table_full: f.counters.fold_full,
+            fold_table_full: f.counters.fold_table_full,
             malformed: f.malformed,
             lookup_timeouts: unenriched.timeouts,
             lookups_shed: unenriched.shed,

@@ -406,7 +406,7 @@ fn counters_of(stats: &PerCpuArray<MapData, u64>) -> Counters {
         folded: get(stat::FOLDED),
         lost: get(stat::LOST),
         no_entry: get(stat::NO_ENTRY),
-        fold_full: get(stat::FOLD_FULL),
+        fold_table_full: get(stat::FOLD_FULL),
     }
 }
 

@@ -121,9 +121,9 @@ fn sweep_stale(parent: &Path) {
 }
 
 /// An output file shared by the event writer and the notices.
-struct Shared(Arc<Mutex<File>>);
+struct SharedOutput(Arc<Mutex<File>>);
 
-impl Write for Shared {
+impl Write for SharedOutput {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         self.0
             .lock()
@@ -223,7 +223,7 @@ fn open_output(args: &RunArgs, format: Format) -> Result<(Notices, Box<dyn Write
     ));
     Ok((
         Notices::to_file(format, file.clone()),
-        Box::new(Shared(file)),
+        Box::new(SharedOutput(file)),
     ))
 }
 

@@ -49,7 +49,7 @@ impl Collector for KernelCollector {
         ] {
             ConstCounter::new(n).encode(family.encode_family(&OutcomeLabels { outcome })?)?;
         }
-        let full = ConstCounter::new(counters.fold_full);
+        let full = ConstCounter::new(counters.fold_table_full);
         full.encode(encoder.encode_descriptor(
             "portwatch_fold_table_full",
             "Failures sent unfolded because the kernel's fold table was full.",

@@ -48,7 +48,7 @@ use portwatch_core::{
 use crate::metrics::Metrics;
 
 /// Evidence shared by the events of one storm.
-type Shared = watch::Receiver<Option<Arc<Evidence>>>;
+type StormEvidence = watch::Receiver<Option<Arc<Evidence>>>;
 
 /// What identifies identical evidence: the request (port and address in
 /// its namespace), the failure, and the kernel's view of the holder then.
@@ -123,7 +123,7 @@ enum Lookup {
     /// None wanted: `--no-holders`, or a call that succeeded.
     Unwanted,
     /// Queued, running or done.
-    Started(Shared),
+    Started(StormEvidence),
     /// Not made: lookups could not keep up.
     Shed,
 }
@@ -257,7 +257,7 @@ pub struct Pipeline {
     /// Room for events in the writer's queue.
     room: Arc<Semaphore>,
     hurry: Arc<Hurry>,
-    recent: HashMap<StormKey, (Instant, Shared)>,
+    recent: HashMap<StormKey, (Instant, StormEvidence)>,
     /// When `recent` last lost its stale keys.
     pruned: Instant,
     timeout: Duration,

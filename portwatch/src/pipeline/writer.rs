@@ -31,7 +31,7 @@ use portwatch_core::{
 use serde_json::value::RawValue;
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
-use super::{Hurry, Lookup, Pending, Shared, QUEUE, RECENT_CAP};
+use super::{Hurry, Lookup, Pending, StormEvidence, QUEUE, RECENT_CAP};
 use crate::metrics::Metrics;
 
 /// The writer's settings.
@@ -302,7 +302,7 @@ impl EventWriter {
         // The event's NDJSON line, rendered once for every output that
         // takes it: --record's journal (written in place), journald, and
         // stdout with --json.
-        let journal_line = output::json::JournalLine {
+        let journal_line = output::json::EventLine {
             event: ev,
             holders: holders.as_deref(),
             enriched: evidence.map(|e| !e.shed),
@@ -361,7 +361,11 @@ enum Answer {
 
 /// Waits for a lookup's answer until `deadline`, or until the reader finds
 /// the writer a whole queue behind.
-async fn wait_answer(shared: &mut Shared, deadline: tokio::time::Instant, hurry: &Hurry) -> Answer {
+async fn wait_answer(
+    shared: &mut StormEvidence,
+    deadline: tokio::time::Instant,
+    hurry: &Hurry,
+) -> Answer {
     loop {
         tokio::select! {
             got = shared.wait_for(Option::is_some) => {

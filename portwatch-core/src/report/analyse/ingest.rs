@@ -14,7 +14,7 @@ use super::{
 use crate::{
     fold::Repeat,
     holders::State,
-    output::json::{HoldersView, JournalLineView, LifeKind, LineView, PortLife},
+    output::json::{EventLineView, HoldersView, LifeKind, LineView, PortLife},
     request::Proto,
 };
 
@@ -52,7 +52,7 @@ struct Failure<'a> {
 }
 
 impl<'a> Failure<'a> {
-    fn of(r: &'a JournalLineView<'a>, no_holders: &'a HoldersView<'a>) -> Failure<'a> {
+    fn of(r: &'a EventLineView<'a>, no_holders: &'a HoldersView<'a>) -> Failure<'a> {
         let verdict = r.verdict();
         Failure {
             ts: r.ts,
@@ -205,7 +205,7 @@ impl Analysis {
         self.tally(r.port, r.proto, &r.comm, &reason, r.count);
     }
 
-    fn event(&mut self, r: &JournalLineView<'_>) {
+    fn event(&mut self, r: &EventLineView<'_>) {
         self.seen(r.ts);
         if r.ret == 0 {
             self.successes += 1;
