@@ -1213,15 +1213,20 @@ fn threads_on_one_cpu_each_get_their_own_events() {
         // The kernel skips an fexit program's run on a CPU where a
         // preempted run of the same program is still in progress (its
         // recursion guard, counted in the program's own miss counter): such
-        // calls are never seen. What is seen must still be right, from
-        // every thread.
-        for t in 0..THREADS {
-            assert!(
-                seen.keys().any(|k| k.0 == t),
-                "no event from thread {t} ({} of {want} seen)",
-                seen.len()
-            );
-        }
+        // calls are never seen. What is seen must still be right (checked
+        // event by event above), and come from several threads: per-CPU
+        // state mixed between threads would show as wrong addresses, or as
+        // one thread's events only. Not every thread: under TCG on 6.1 the
+        // guard skipped 790 of 960 calls in one CI run, all 120 of one
+        // thread's among them.
+        let threads_seen = (0..THREADS)
+            .filter(|&t| seen.keys().any(|k| k.0 == t))
+            .count();
+        assert!(
+            threads_seen >= usize::from(THREADS) / 2,
+            "events from only {threads_seen} of {THREADS} threads ({} of {want} calls seen)",
+            seen.len()
+        );
     } else {
         assert_eq!(seen.len(), want, "each call once");
     }
