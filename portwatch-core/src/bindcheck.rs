@@ -17,32 +17,11 @@ use std::{
 use serde::{Deserialize, Serialize};
 use socket2::{Domain, Protocol, Socket, Type};
 
+pub use crate::holders::devices::Apart;
 use crate::{
     holders::{overlaps, sockdiag::DiagSocket, Devices, State},
     request::{Binding, Errno, Family, Opts, Proto},
 };
-
-/// Why two sockets on one port never conflict, whatever their addresses
-/// and options.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Apart {
-    /// Both are bound to devices (SO_BINDTODEVICE), different ones.
-    OtherDevice,
-    /// TCP: they are in different VRFs (`net.ipv4.tcp_l3mdev_accept=0`, the
-    /// default), a socket bound to no device being in none.
-    OtherVrf,
-}
-
-impl Apart {
-    /// "another device", "another VRF".
-    pub fn label(self) -> &'static str {
-        match self {
-            Apart::OtherDevice => "another device",
-            Apart::OtherVrf => "another VRF",
-        }
-    }
-}
 
 /// The kernel's device rule for a socket bound to device `mine` (0: none)
 /// and one bound to `theirs`: None when they may conflict (then addresses

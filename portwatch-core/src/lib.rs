@@ -8,6 +8,8 @@
 pub mod bindcheck;
 /// The kernel's boot clock mapped to wall time.
 pub mod clock;
+/// A command line's flags, as /proc gives it.
+pub mod cmdline;
 /// Pure rules: request + evidence -> reason, diagnosis, fix.
 pub mod diagnose;
 /// The verdict engine: a batch of binds about to be made -> holders,

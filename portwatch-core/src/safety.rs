@@ -10,7 +10,21 @@
 //! Matches read untrusted text (comm, command line): a process that lies its
 //! way into the table only gets gentler advice.
 
-use crate::{holders::Holder, tools::HostTools};
+use crate::{cmdline::flag, tools::HostTools};
+
+/// The process a table entry is matched against and a reconfiguration is
+/// written for (a holder's identity, as /proc gave it).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Process<'a> {
+    /// Its pid.
+    pub pid: Option<u32>,
+    /// Its comm.
+    pub comm: Option<&'a str>,
+    /// Its systemd unit.
+    pub unit: Option<&'a str>,
+    /// Its command line.
+    pub cmdline: Option<&'a str>,
+}
 
 /// How an entry's processes and units are treated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,7 +69,7 @@ pub struct Entry {
     pub kind: Kind,
     /// The reconfiguration that frees `port`, for holder `h`, naming only
     /// commands this host has.
-    pub instead: fn(h: &Holder, port: u16, tools: &HostTools) -> String,
+    pub instead: fn(p: &Process, port: u16, tools: &HostTools) -> String,
 }
 
 /// How a holder matched an entry.
@@ -124,9 +138,9 @@ pub fn find(comm: Option<&str>, unit: Option<&str>, cmdline: Option<&str>) -> Op
     })
 }
 
-/// [`find`] for a holder.
-pub fn of(h: &Holder) -> Option<Found> {
-    find(h.comm.as_deref(), h.unit.as_deref(), h.cmdline.as_deref())
+/// [`find`] for a process.
+pub fn of(p: &Process) -> Option<Found> {
+    find(p.comm, p.unit, p.cmdline)
 }
 
 /// The entry whose unit `unit` is: never `systemctl stop`ped.
@@ -143,7 +157,7 @@ fn systemctl(tools: &HostTools, args: &str, otherwise: &str) -> String {
     }
 }
 
-fn sshd(_: &Holder, port: u16, t: &HostTools) -> String {
+fn sshd(_: &Process, port: u16, t: &HostTools) -> String {
     let reload = systemctl(
         t,
         "reload ssh",
@@ -154,13 +168,13 @@ fn sshd(_: &Holder, port: u16, t: &HostTools) -> String {
     )
 }
 
-fn session(_: &Holder, port: u16, _: &HostTools) -> String {
+fn session(_: &Process, port: u16, _: &HostTools) -> String {
     format!(
         "close what holds port {port} inside that session instead: the program started there, or an `ssh -R`/`-L` forwarding of that connection (end it from the client, `~C` then `-KR {port}`); the session itself stays"
     )
 }
 
-fn resolved(_: &Holder, port: u16, t: &HostTools) -> String {
+fn resolved(_: &Process, port: u16, t: &HostTools) -> String {
     let setting = match port {
         5355 => "`LLMNR=no`",
         5353 => "`MulticastDNS=no`",
@@ -172,15 +186,15 @@ fn resolved(_: &Holder, port: u16, t: &HostTools) -> String {
     )
 }
 
-fn networkd(_: &Holder, port: u16, t: &HostTools) -> String {
+fn networkd(_: &Process, port: u16, t: &HostTools) -> String {
     let reload = systemctl(t, "reload systemd-networkd", "reload systemd-networkd");
     format!(
         "turn off the service on port {port} in the link's .network file under /etc/systemd/network/ (`DHCPServer=no`, or its `DHCP=` client), then {reload}"
     )
 }
 
-fn network_manager(h: &Holder, port: u16, _: &HostTools) -> String {
-    if h.comm.as_deref() == Some("dnsmasq") {
+fn network_manager(h: &Process, port: u16, _: &HostTools) -> String {
+    if h.comm == Some("dnsmasq") {
         format!(
             "its dnsmasq serves a shared connection or NetworkManager's DNS: set `dns=default` under [main] in /etc/NetworkManager/NetworkManager.conf, or stop sharing that connection (ipv4.method), then `nmcli general reload`; port {port} is then free"
         )
@@ -194,7 +208,7 @@ fn network_manager(h: &Holder, port: u16, _: &HostTools) -> String {
 /// The libvirt network of a dnsmasq started by libvirt
 /// (`--conf-file=/var/lib/libvirt/dnsmasq/NAME.conf`).
 fn libvirt_network(cmdline: Option<&str>) -> Option<&str> {
-    let conf = crate::holders::containers::flag(cmdline?, &["--conf-file"])?;
+    let conf = flag(cmdline?, &["--conf-file"])?;
     let name = conf.rsplit('/').next()?.strip_suffix(".conf")?;
     let plain = !name.is_empty()
         && name
@@ -203,9 +217,9 @@ fn libvirt_network(cmdline: Option<&str>) -> Option<&str> {
     plain.then_some(name)
 }
 
-fn libvirt(h: &Holder, port: u16, _: &HostTools) -> String {
-    if h.comm.as_deref() == Some("dnsmasq") {
-        let net = libvirt_network(h.cmdline.as_deref()).unwrap_or("NETWORK");
+fn libvirt(h: &Process, port: u16, _: &HostTools) -> String {
+    if h.comm == Some("dnsmasq") {
+        let net = libvirt_network(h.cmdline).unwrap_or("NETWORK");
         format!(
             "change the libvirt network {net}: `virsh net-edit {net}` (`<dns enable='no'/>` frees port 53, a smaller or no `<dhcp>` range port 67), then restart that network (`virsh net-destroy {net}` and `virsh net-start {net}`) when its VMs may lose their network for a moment"
         )
@@ -216,16 +230,16 @@ fn libvirt(h: &Holder, port: u16, _: &HostTools) -> String {
     }
 }
 
-fn dbus(_: &Holder, port: u16, _: &HostTools) -> String {
+fn dbus(_: &Process, port: u16, _: &HostTools) -> String {
     format!(
         "a bus listens on TCP only when its configuration says so: remove the `<listen>tcp:...` on port {port} from /etc/dbus-1/system.conf, session.conf or their .d/ directories; it takes effect when the bus starts again (the next boot or login)"
     )
 }
 
-fn systemd(h: &Holder, port: u16, t: &HostTools) -> String {
+fn systemd(h: &Process, port: u16, t: &HostTools) -> String {
     let is_manager = h.pid == Some(1)
-        || h.unit.as_deref() == Some("init.scope")
-        || h.unit.as_deref().is_some_and(|u| u.starts_with("user@"));
+        || h.unit == Some("init.scope")
+        || h.unit.is_some_and(|u| u.starts_with("user@"));
     if is_manager {
         let list = systemctl(
             t,
@@ -239,8 +253,8 @@ fn systemd(h: &Holder, port: u16, t: &HostTools) -> String {
     "change the port in its configuration under /etc/systemd/ (its man page names the setting), then restart that service alone".to_owned()
 }
 
-fn runtime_helper(h: &Holder, port: u16, t: &HostTools) -> String {
-    let comm = h.comm.as_deref().unwrap_or("the runtime");
+fn runtime_helper(h: &Process, port: u16, t: &HostTools) -> String {
+    let comm = h.comm.unwrap_or("the runtime");
     let ps = match (comm, t.podman, t.docker) {
         ("conmon" | "rootlessport" | "rootlessport-ch", true, _) => Some("podman ps"),
         (_, _, true) => Some("docker ps"),
@@ -256,13 +270,13 @@ fn runtime_helper(h: &Holder, port: u16, t: &HostTools) -> String {
     )
 }
 
-fn runtime(_: &Holder, port: u16, _: &HostTools) -> String {
+fn runtime(_: &Process, port: u16, _: &HostTools) -> String {
     format!(
         "a runtime listens on TCP only where its configuration says so (dockerd: `hosts` in /etc/docker/daemon.json; containerd: /etc/containerd/config.toml; CRI-O: /etc/crio/crio.conf; a podman API service: its URI): move it off port {port} there, and restart the runtime when its containers may stop"
     )
 }
 
-fn cluster(_: &Holder, port: u16, _: &HostTools) -> String {
+fn cluster(_: &Process, port: u16, _: &HostTools) -> String {
     format!(
         "port {port} is the node agent's own or a Service's: change it in the node's configuration (kubelet's --config, /etc/rancher/k3s/config.yaml, /etc/rancher/rke2/config.yaml, k0s.yaml) or, for a NodePort or hostPort, in the workload; `kubectl get svc -A`, run where the cluster is managed, shows which Service asks for it"
     )

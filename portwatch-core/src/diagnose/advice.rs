@@ -122,7 +122,7 @@ fn stop_cmd(h: &Holder, port: u16, tools: &HostTools) -> String {
     if let Some(c) = &h.container {
         return container_fix(h, c, port, tools);
     }
-    let found = safety::of(h);
+    let found = safety::of(&h.process());
     if let Some(f) = found.filter(|f| f.member == Member::Own) {
         return protected_fix(h, f.entry, port, tools);
     }
@@ -330,7 +330,7 @@ pub fn container_stop(c: &Container, tools: &HostTools) -> Option<String> {
 /// A holder of the safety table: what it serves, and the reconfiguration
 /// that frees the port; never its stop nor its end.
 fn protected_fix(h: &Holder, e: &Entry, port: u16, tools: &HostTools) -> String {
-    let instead = (e.instead)(h, port, tools);
+    let instead = (e.instead)(&h.process(), port, tools);
     if e.kind == Kind::RuntimeHelper {
         return instead;
     }
@@ -419,8 +419,8 @@ pub(super) fn stop(h: &Holder, rel: Relation, port: u16, tools: &HostTools) -> S
     let cmd = stop_cmd(h, port, tools);
     // A container, a kernel device, or anything of the safety table: its
     // own fix leads, worded for its owner, not "stop it cleanly, kill ...".
-    let protected =
-        h.socket_unit.is_none() && safety::of(h).is_some_and(|f| f.member == Member::Own);
+    let protected = h.socket_unit.is_none()
+        && safety::of(&h.process()).is_some_and(|f| f.member == Member::Own);
     let owned_elsewhere = h.container.is_some() || h.kernel.is_some() || protected;
     match rel {
         Relation::Other | Relation::SameProgram if owned_elsewhere => {

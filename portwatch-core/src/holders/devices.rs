@@ -11,6 +11,28 @@ use serde::{Deserialize, Serialize};
 
 use super::{kernel, sockdiag::DiagSocket};
 
+/// Why two sockets on one port never conflict, whatever their addresses
+/// and options.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Apart {
+    /// Both are bound to devices (SO_BINDTODEVICE), different ones.
+    OtherDevice,
+    /// TCP: they are in different VRFs (`net.ipv4.tcp_l3mdev_accept=0`, the
+    /// default), a socket bound to no device being in none.
+    OtherVrf,
+}
+
+impl Apart {
+    /// "another device", "another VRF".
+    pub fn label(self) -> &'static str {
+        match self {
+            Apart::OtherDevice => "another device",
+            Apart::OtherVrf => "another VRF",
+        }
+    }
+}
+
 /// A device a socket is bound to, named for people.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Device {

@@ -191,7 +191,7 @@ pub struct Holder {
     /// the port: it is bound to another device, or (TCP) in another VRF.
     /// Only `who` lists such sockets; absent from older journals.
     #[serde(default)]
-    pub apart: Option<crate::bindcheck::Apart>,
+    pub apart: Option<devices::Apart>,
 }
 
 impl Holder {
@@ -312,10 +312,21 @@ pub struct CallerInfo {
 }
 
 impl Holder {
+    /// Its owning process, as the safety table matches it.
+    pub fn process(&self) -> crate::safety::Process<'_> {
+        crate::safety::Process {
+            pid: self.pid,
+            comm: self.comm.as_deref(),
+            unit: self.unit.as_deref(),
+            cmdline: self.cmdline.as_deref(),
+        }
+    }
+
     /// Whether the holder is a container runtime's helper that holds the
     /// port for a container (docker-proxy, conmon): never the thing to stop.
     pub fn is_runtime_helper(&self) -> bool {
-        crate::safety::of(self).is_some_and(|f| f.entry.kind == crate::safety::Kind::RuntimeHelper)
+        crate::safety::of(&self.process())
+            .is_some_and(|f| f.entry.kind == crate::safety::Kind::RuntimeHelper)
     }
 }
 

@@ -26,6 +26,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 pub use super::procs::Runtime;
+use crate::cmdline::flag;
 
 mod files;
 
@@ -187,23 +188,6 @@ fn push_new(v: &mut Vec<PathBuf>, p: PathBuf) {
     if p.is_absolute() && !v.contains(&p) {
         v.insert(0, p);
     }
-}
-
-/// The value of the first of `names` on a command line (joined with single
-/// spaces), as `--name value` or `--name=value`.
-pub fn flag<'a>(cmdline: &'a str, names: &[&str]) -> Option<&'a str> {
-    let mut words = cmdline.split(' ');
-    while let Some(w) = words.next() {
-        for name in names {
-            if w == *name {
-                return words.next().filter(|v| !v.is_empty());
-            }
-            if let Some(v) = w.strip_prefix(name).and_then(|r| r.strip_prefix('=')) {
-                return Some(v).filter(|v| !v.is_empty());
-            }
-        }
-    }
-    None
 }
 
 /// A container that publishes a host port (Docker's port bindings).
