@@ -7,7 +7,7 @@ use crate::{
     holders::{
         containers::{Compose, Container, Publishing, Runtime},
         systemd::SocketUnit,
-        Holder, Seen, State,
+        Holder, State,
     },
     request::{Caller, Family, Opts, Proto, Syscall},
     safety::{Entry, Kind, TABLE},
@@ -51,25 +51,10 @@ fn holder(comm: &str, unit: Option<&str>, cmdline: &str) -> Holder {
         comm: Some(comm.into()),
         cmdline: Some(cmdline.into()),
         uid: Some(0),
-        state: State::Listen,
-        addr: "0.0.0.0".parse().unwrap(),
         port: 53,
-        exited: false,
         unit: unit.map(str::to_owned),
-        container: None,
-        kernel: None,
         pids: vec![700],
-        sockets: 1,
-        time_left_ms: None,
-        remote: None,
-        v6only: None,
-        reuseaddr: None,
-        reuseport: None,
-        cross_family: false,
-        seen: Seen::SockDiag,
-        socket_unit: None,
-        device: None,
-        apart: None,
+        ..tests::holder(State::Listen)
     }
 }
 

@@ -24,7 +24,9 @@ fn event(errno: i32, port: u16) -> Request {
         .request()
 }
 
-fn holder(state: State) -> Holder {
+/// A holder of port 8080 in `state` (pid 100, "old"): the other test
+/// modules start from it.
+pub(super) fn holder(state: State) -> Holder {
     Holder {
         pid: Some(100),
         comm: Some("old".into()),

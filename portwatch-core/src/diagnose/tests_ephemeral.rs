@@ -13,7 +13,7 @@ use crate::{
         containers::{Container, Pod, Runtime},
         opened::{Clue, Opened, Opener},
         sysctl::Scope,
-        Holder, Seen, State, Sysctls,
+        Holder, State, Sysctls,
     },
 };
 
@@ -34,29 +34,12 @@ fn bind(port: u16) -> Request {
 /// An ESTABLISHED connection of pid 100 (client) from `port` to `remote`.
 fn conn(port: u16, remote: &str) -> Holder {
     Holder {
-        pid: Some(100),
         comm: Some("client".into()),
         cmdline: Some("client --run".into()),
-        uid: Some(33),
-        state: State::Connection(1),
         addr: "127.0.0.1".parse().unwrap(),
         port,
-        exited: false,
-        unit: None,
-        container: None,
-        kernel: None,
-        pids: vec![100],
-        sockets: 1,
-        time_left_ms: None,
         remote: Some(remote.into()),
-        v6only: None,
-        reuseaddr: None,
-        reuseport: None,
-        cross_family: false,
-        seen: Seen::SockDiag,
-        socket_unit: None,
-        device: None,
-        apart: None,
+        ..tests::holder(State::Connection(1))
     }
 }
 
