@@ -463,15 +463,7 @@ fn check_address_missing() {
 fn check_steered_by_dnat() {
     let ns = netns("pw-chk-dnat");
     let port = port();
-    ns.run(move || {
-        let status = Command::new("iptables")
-            .args(["-t", "nat", "-A", "PREROUTING", "-p", "tcp", "--dport"])
-            .arg(port.to_string())
-            .args(["-j", "DNAT", "--to-destination", "10.9.9.9:80"])
-            .status()
-            .expect("run iptables");
-        assert!(status.success(), "iptables: {status}");
-    });
+    ns.run(move || dnat_to(port, "10.9.9.9:80"));
     let (p, other) = (port.to_string(), (port + 1).to_string());
     let (code, v) = check(&ns, &[&p, &other]);
     assert_eq!(code, 1, "{v:#?}");

@@ -214,15 +214,7 @@ fn docker_without_userland_proxy_names_the_container() {
 fn dnat_only_port_is_reported_by_who() {
     let ns = Netns::new("pw-dnat");
     let port = port();
-    ns.run(move || {
-        let status = Command::new("iptables")
-            .args(["-t", "nat", "-A", "PREROUTING", "-p", "tcp", "--dport"])
-            .arg(port.to_string())
-            .args(["-j", "DNAT", "--to-destination", "10.9.9.9:80"])
-            .status()
-            .expect("run iptables");
-        assert!(status.success(), "iptables: {status}");
-    });
+    ns.run(move || dnat_to(port, "10.9.9.9:80"));
     let (code, v) = who(&ns, &[&port.to_string()]);
     assert_eq!(code, 1, "{v:#}");
     assert_eq!(v["free"], false, "{v:#}");

@@ -471,3 +471,15 @@ pub fn late_lookup_tracer_with(ns: &Netns, extra: &[&str]) -> Tracer {
     args.extend_from_slice(extra);
     Tracer::start(&args)
 }
+
+/// Adds a PREROUTING DNAT rule for TCP `port` to `to` with the real
+/// iptables, in the calling thread's network namespace (a test's own).
+pub fn dnat_to(port: u16, to: &str) {
+    let status = Command::new("iptables")
+        .args(["-t", "nat", "-A", "PREROUTING", "-p", "tcp", "--dport"])
+        .arg(port.to_string())
+        .args(["-j", "DNAT", "--to-destination", to])
+        .status()
+        .expect("run iptables");
+    assert!(status.success(), "iptables: {status}");
+}
