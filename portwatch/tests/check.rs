@@ -549,7 +549,10 @@ fn check_bad_input_is_one_line_and_exit_2() {
             vec!["x\u{1b}[31m:80"],
             "portwatch: check: 'x?[31m:80': 'x?[31m' is not an IPv4 address (host names are not resolved)",
         ),
-        (vec![], "portwatch: missing argument <BINDING>..."),
+        (
+            vec![],
+            "portwatch: check: nothing to check: give BINDINGs (80, 127.0.0.1:53/udp), -f COMPOSE_FILE, --nginx or --unit UNIT",
+        ),
     ] {
         let out = run_check(&ns, &args);
         let stderr = String::from_utf8_lossy(&out.stderr);
@@ -580,6 +583,7 @@ fn check_json_shape_and_escaping() {
     assert_eq!(code, 1, "{v:#?}");
     let keys = [
         "binding",
+        "from",
         "proto",
         "addr",
         "port",
@@ -602,6 +606,7 @@ fn check_json_shape_and_escaping() {
         assert_eq!(got, want, "{c:#}");
     }
     assert_eq!(v[0]["binding"], format!("0.0.0.0:{port}/tcp"));
+    assert_eq!(v[0]["from"], serde_json::json!(["argument 1"]));
     assert_eq!(v[0]["proto"], "tcp");
     assert_eq!(v[0]["port"], port);
     assert_eq!(v[0]["reason"], "listener");

@@ -6,24 +6,41 @@ use std::io::{self, Write};
 use super::text::printable;
 use crate::{
     holders::{Holder, State},
-    preflight::Outcome,
+    preflight::{Category, Outcome, Unchecked},
 };
 
 /// Width of the human table.
 const WIDTH: usize = 80;
 
-/// Writes one JSON object per binding, one per line.
-pub fn write_json(out: &mut impl Write, checked: &[Outcome]) -> io::Result<()> {
+/// Writes one JSON object per binding, one per line; then one per entry
+/// of the input that has nothing to check (`{"unchecked": FROM, "why":
+/// ...}`, without `binding` or `verdict`).
+pub fn write_json(
+    out: &mut impl Write,
+    checked: &[Outcome],
+    unchecked: &[Unchecked],
+) -> io::Result<()> {
     for c in checked {
         serde_json::to_writer(&mut *out, c)?;
+        writeln!(out)?;
+    }
+    for u in unchecked {
+        let line = serde_json::json!({ "unchecked": u.from, "why": u.why });
+        serde_json::to_writer(&mut *out, &line)?;
         writeln!(out)?;
     }
     Ok(())
 }
 
-/// Writes the table: one row per binding (binding, verdict, holder), the
-/// diagnosis and fix under each that is not free, then a count.
-pub fn write_human(out: &mut impl Write, checked: &[Outcome]) -> io::Result<()> {
+/// Writes the table: one row per binding (binding, verdict, holder),
+/// where the plan has it (a file's line, a directive) and the diagnosis
+/// and fix under each that is not free, what could not be checked, then
+/// a count.
+pub fn write_human(
+    out: &mut impl Write,
+    checked: &[Outcome],
+    unchecked: &[Unchecked],
+) -> io::Result<()> {
     writeln!(out, "{:<24} {:<17} HOLDER", "BINDING", "VERDICT")?;
     for c in checked {
         let holders = holder_names(c);
@@ -38,7 +55,16 @@ pub fn write_human(out: &mut impl Write, checked: &[Outcome]) -> io::Result<()> 
         for more in holders.iter().skip(1) {
             wrap(out, "also", more)?;
         }
-        if c.verdict != crate::preflight::Category::Free {
+        let from: Vec<String> = c
+            .from
+            .iter()
+            .filter(|o| o.file.is_some())
+            .map(|o| printable(&o.to_string()))
+            .collect();
+        if !from.is_empty() {
+            wrap(out, "from", &from.join("; "))?;
+        }
+        if c.verdict != Category::Free {
             wrap(out, "why", &printable(&c.diagnosis))?;
         }
         if let Some(note) = &c.note {
@@ -48,14 +74,28 @@ pub fn write_human(out: &mut impl Write, checked: &[Outcome]) -> io::Result<()> 
             wrap(out, "fix", &printable(fix))?;
         }
     }
+    for u in unchecked {
+        wrap(
+            out,
+            "not checked",
+            &printable(&format!("{}: {}", u.from, u.why)),
+        )?;
+    }
     let fail = checked.iter().filter(|c| c.fails).count();
     let risk = checked.iter().filter(|c| c.verdict.risk()).count();
-    writeln!(
-        out,
-        "{} binding(s): {} free, {risk} at risk, {fail} would fail",
+    let yours = checked
+        .iter()
+        .filter(|c| c.verdict == Category::Yours)
+        .count();
+    let mut counts = format!(
+        "{} binding(s): {} free, ",
         checked.len(),
-        checked.len() - fail - risk
-    )
+        checked.len() - fail - risk - yours
+    );
+    if yours > 0 {
+        counts.push_str(&format!("{yours} yours, "));
+    }
+    writeln!(out, "{counts}{risk} at risk, {fail} would fail")
 }
 
 /// Who is in the way, each escaped: sockets as `who` names them (with

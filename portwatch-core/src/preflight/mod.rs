@@ -12,15 +12,20 @@
 //! own conflicts, the ephemeral range. The first that applies is the
 //! binding's verdict.
 
+pub mod compose;
 mod host;
+pub mod nginx;
 mod parse;
+mod plan;
 #[cfg(test)]
 mod tests;
+pub mod unit;
 
 use std::net::{IpAddr, SocketAddr};
 
 pub use host::{reserved, Host, Local};
 pub use parse::parse_binding;
+pub use plan::{read_input, Entry, InputError, Origin, Ours, Plan, Unchecked, MAX_INPUT};
 use serde::{Deserialize, Serialize};
 
 use crate::{
@@ -37,6 +42,9 @@ use crate::{
 pub enum Category {
     /// Nothing holds or steers it.
     Free,
+    /// Held by what the deploy itself replaces (its compose project's
+    /// containers, its socket unit, its nginx on `--reload`).
+    Yours,
     /// A socket of another holder is in the way.
     Taken,
     /// Only TIME_WAIT leftovers of closed connections are in the way.
@@ -62,6 +70,7 @@ impl Category {
     pub const fn as_str(self) -> &'static str {
         match self {
             Category::Free => "free",
+            Category::Yours => "yours",
             Category::Taken => "taken",
             Category::TimeWait => "time-wait",
             Category::DualStack => "dual-stack",
@@ -76,7 +85,10 @@ impl Category {
     /// The deploy would fail on this binding (or, steered, bind and not
     /// get its traffic).
     pub const fn fails(self) -> bool {
-        !matches!(self, Category::Free | Category::EphemeralRisk)
+        !matches!(
+            self,
+            Category::Free | Category::Yours | Category::EphemeralRisk
+        )
     }
 
     /// It would bind now, but may not at deploy time.
@@ -90,6 +102,8 @@ impl Category {
 pub struct Outcome {
     /// The binding as `ADDR:PORT/PROTO` (`0.0.0.0:80/tcp`, `[::]:53/udp`).
     pub binding: String,
+    /// Where the plan has it (`compose.yml:12 service web`).
+    pub from: Vec<Origin>,
     /// Its protocol, address and port.
     pub proto: crate::request::Proto,
     /// The address.
@@ -122,6 +136,7 @@ impl Outcome {
     fn new(b: &Binding, verdict: Category, diagnosis: String, fix: Option<String>) -> Self {
         Self {
             binding: label(b),
+            from: Vec::new(),
             proto: b.proto,
             addr: b.addr,
             port: b.port,
@@ -168,14 +183,14 @@ pub enum CheckError {
     Addresses(std::io::Error),
 }
 
-/// Checks `bindings` in the calling thread's network namespace (inode
+/// Checks the entries of a plan in the calling thread's network namespace (inode
 /// `netns`): never a bind, the engine's rules only. `user`: the uid the
 /// deploy binds as without CAP_NET_BIND_SERVICE (None or 0: root).
 /// `published`: look for containers' published ports (the host's
 /// namespace only). `enter`: how a sysctl fix enters the namespace, as
 /// the user named it (`--netns PATH`).
 pub fn check(
-    bindings: &[Binding],
+    plan: &[Entry],
     netns: u32,
     user: Option<u32>,
     published: bool,
@@ -185,36 +200,40 @@ pub fn check(
     host.enter = enter.map(str::to_owned);
     let batch = Batch {
         netns,
-        bindings: bindings.to_vec(),
+        bindings: plan.iter().map(|e| e.binding.clone()).collect(),
         trial: false,
         published,
         enter: host.enter.clone(),
     };
     let judged = engine::judge(&batch)?;
-    Ok(classify(bindings, &judged.judgements, &host, user))
+    Ok(classify(plan, &judged.judgements, &host, user))
 }
 
 /// The verdict on each entry of `plan`, given the engine's judgement of
 /// each (in the same order) and the namespace.
 pub fn classify(
-    plan: &[Binding],
+    plan: &[Entry],
     judgements: &[Judgement],
     host: &Host,
     user: Option<u32>,
 ) -> Vec<Outcome> {
+    let bindings: Vec<Binding> = plan.iter().map(|e| e.binding.clone()).collect();
     plan.iter()
         .zip(judgements)
         .enumerate()
-        .map(|(i, (b, j))| {
-            address_missing(b, host)
+        .map(|(i, (e, j))| {
+            let b = &e.binding;
+            let mut c = address_missing(b, host)
                 .or_else(|| privileged(b, host, user))
-                .or_else(|| from_engine(b, j))
-                .or_else(|| in_plan(i, plan))
+                .or_else(|| from_engine(e, j))
+                .or_else(|| in_plan(i, &bindings))
                 .or_else(|| ephemeral_risk(b, host))
                 .unwrap_or_else(|| {
                     let what = format!("nothing holds or steers {}", label(b));
                     Outcome::new(b, Category::Free, what, None)
-                })
+                });
+            c.from.clone_from(&e.from);
+            c
         })
         .collect()
 }
@@ -268,13 +287,17 @@ fn privileged(b: &Binding, host: &Host, user: Option<u32>) -> Option<Outcome> {
 /// The engine's answer: a socket in the way (taken, time-wait,
 /// dual-stack), a container publishing the port (taken), a DNAT rule
 /// (steered).
-fn from_engine(b: &Binding, j: &Judgement) -> Option<Outcome> {
+fn from_engine(e: &Entry, j: &Judgement) -> Option<Outcome> {
+    let b = &e.binding;
     let holders: Vec<Holder> = j
         .sockets
         .iter()
         .filter(|h| in_the_way(b, h))
         .cloned()
         .collect();
+    if let Some(yours) = e.ours.as_ref().and_then(|o| yours(b, o, &holders, j)) {
+        return Some(yours);
+    }
     if let Some(v) = &j.verdict {
         let category = match v.reason {
             Reason::DualStack => Category::DualStack,
@@ -307,6 +330,32 @@ fn from_engine(b: &Binding, j: &Judgement) -> Option<Outcome> {
         return Some(c);
     }
     steered(b, j)
+}
+
+/// Held only by what the deploy replaces: every socket in the way (and
+/// every container publishing the port) is `ours`'.
+fn yours(b: &Binding, ours: &Ours, holders: &[Holder], j: &Judgement) -> Option<Outcome> {
+    let published = j.published.iter().filter(|p| !ours.runs(&p.container));
+    if published.count() > 0
+        || (holders.is_empty() && j.published.is_empty())
+        || !holders.iter().all(|h| ours.holds(h))
+    {
+        return None;
+    }
+    let held = holders
+        .first()
+        .map(Holder::who)
+        .or_else(|| j.published.first().map(|p| p.container.label()))
+        .unwrap_or_default();
+    let diagnosis = format!(
+        "{} is held by this deploy's own {} ({held}), which the deploy replaces: it binds again when that lets go; a second instance beside it would fail",
+        label(b),
+        ours.describe()
+    );
+    let mut c = Outcome::new(b, Category::Yours, diagnosis, None);
+    c.holders = holders.to_vec();
+    c.published.clone_from(&j.published);
+    Some(c)
 }
 
 /// No socket in the way, but DNAT rules take the port's traffic.

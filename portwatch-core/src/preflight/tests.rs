@@ -61,7 +61,7 @@ fn nothing(b: &Binding) -> Judgement {
 fn verdicts(plan: &[&str], host: &Host, user: Option<u32>) -> Vec<Category> {
     let plan: Vec<Binding> = plan.iter().map(|s| b(s)).collect();
     let judged: Vec<Judgement> = plan.iter().map(nothing).collect();
-    classify(&plan, &judged, host, user)
+    classify(&entries(&plan), &judged, host, user)
         .into_iter()
         .map(|c| c.verdict)
         .collect()
@@ -188,7 +188,7 @@ fn the_plans_own_conflicts() {
 
     let plan = [b("8080"), b("[::]:8080")];
     let judged: Vec<Judgement> = plan.iter().map(nothing).collect();
-    let c = classify(&plan, &judged, &h, None);
+    let c = classify(&entries(&plan), &judged, &h, None);
     assert_eq!(c[0].conflicts_with, ["#2 [::]:8080/tcp"]);
     assert_eq!(c[1].conflicts_with, ["#1 0.0.0.0:8080/tcp"]);
     assert!(
@@ -214,7 +214,7 @@ fn verdicts_from_the_engine() {
             fix: "kill it".into(),
         });
     }
-    let c = classify(&plan, &judged, &h, None);
+    let c = classify(&entries(&plan), &judged, &h, None);
     let got: Vec<Category> = c.iter().map(|c| c.verdict).collect();
     assert_eq!(
         got,
@@ -235,7 +235,7 @@ fn verdicts_from_the_engine() {
         }),
         ..nothing(&plan[0])
     };
-    let got: Vec<Category> = classify(&plan, &judged, &h, None)
+    let got: Vec<Category> = classify(&entries(&plan), &judged, &h, None)
         .iter()
         .map(|c| c.verdict)
         .collect();
@@ -252,7 +252,7 @@ fn verdicts_from_the_engine() {
         }],
         ..nothing(&plan[0])
     };
-    let c = classify(&plan, &[j], &h, None);
+    let c = classify(&entries(&plan), &[j], &h, None);
     assert_eq!(c[0].verdict, Category::Steered);
     assert!(!c[0].may_clear());
     assert!(c[0].diagnosis.contains("10.9.9.9:80"), "{c:?}");
@@ -305,17 +305,25 @@ fn what_fails_and_what_is_a_risk() {
 fn ephemeral_risk_fix_is_aimed_at_the_checked_namespace() {
     let plan = [b("55000")];
     let judged: Vec<Judgement> = plan.iter().map(nothing).collect();
-    let here = classify(&plan, &judged, &host(), None);
+    let here = classify(&entries(&plan), &judged, &host(), None);
     let fix = here[0].fix.as_deref().expect("a fix");
     assert!(fix.starts_with("reserve it: `sysctl -w"), "{fix}");
     assert!(!fix.contains("nsenter"), "{fix}");
     let mut other = host();
     other.enter = Some("/run/netns/blue".into());
-    let there = classify(&plan, &judged, &other, None);
+    let there = classify(&entries(&plan), &judged, &other, None);
     let fix = there[0].fix.as_deref().expect("a fix");
     assert!(
         fix.contains("`nsenter --net=/run/netns/blue sysctl -w net.ipv4.ip_local_reserved_ports=40000,50000-50010,55000`"),
         "{fix}"
     );
     assert!(!fix.contains("/etc/sysctl.d"), "{fix}");
+}
+
+/// Plain bindings as the command line gives them.
+fn entries(plan: &[Binding]) -> Vec<Entry> {
+    plan.iter()
+        .enumerate()
+        .map(|(i, b)| Entry::argument(b.clone(), i + 1))
+        .collect()
 }

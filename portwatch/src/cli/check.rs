@@ -19,6 +19,23 @@ EXAMPLES:
     portwatch check 80 443 --json | jq -r 'select(.fails) | .binding'
     portwatch check 80 443 && nginx -c /etc/nginx/new.conf
     portwatch check 80 443 --wait=10s && nginx  # the old one may still be quitting
+    portwatch check -f compose.yml && docker-compose up -d
+    portwatch check -f compose.yml -f override.yml -p shop --profile debug
+    portwatch check --nginx                  # every listen of `nginx -T`
+    portwatch check --nginx=/etc/nginx/new.conf --reload
+    portwatch check --unit demo.socket
+
+INPUTS, any number in one call, checked together (two of them wanting one
+port is conflict-in-plan):
+    BINDING...      plain bindings, as below
+    -f FILE...      compose files: each service's published ports, with
+                    interpolation (${VAR:-default}, .env, --env-file),
+                    merging of -f files, profiles and the project name as
+                    compose derives them; portwatch reads the files itself
+                    and runs nothing of the project's
+    --nginx[=FILE]  nginx's listen directives: `nginx -T` (with a timeout),
+                    or FILE and its includes read directly
+    --unit UNIT     a systemd socket unit's ListenStream=/ListenDatagram=
 
 Each BINDING is PORT, ADDR:PORT or [IPV6]:PORT, with /tcp (the default) or
 /udp after it. A bare port means the IPv4 wildcard, 0.0.0.0:PORT, as nginx's
@@ -53,15 +70,19 @@ VERDICTS (the first that applies, in the kernel's order):
     conflict-in-plan  two entries of the plan want the same port
     ephemeral-risk    free now, but in ip_local_port_range and not in
                       ip_local_reserved_ports
+    yours             held by what the deploy itself replaces: its compose
+                      project's containers, its socket unit, its running
+                      nginx with --reload (a second instance would fail)
     free              nothing holds or steers it
 
 EXIT STATUS:
-    0  every binding is free, or only at risk (ephemeral-risk)
+    0  every binding is free, yours, or only at risk (ephemeral-risk)
     1  a binding would fail: taken, time-wait, dual-stack, steered,
        conflict-in-plan, address-missing, privileged (with --strict, also
        ephemeral-risk); with --wait, still so when TIMEOUT ran out
-    2  bad command line: a binding that does not parse, no such network
-       namespace path or pid
+    2  bad input: a binding that does not parse, no such network
+       namespace path or pid; a file that cannot be read or parsed
+       (FILE:LINE:COL: what is wrong), an unset ${VAR:?}
     3  this system cannot answer: no sock_diag (inet_diag, tcp_diag/udp_diag),
        not permitted (not root), or another error while looking";
 
@@ -70,8 +91,49 @@ EXIT STATUS:
 pub struct CheckArgs {
     /// What the deploy will bind: PORT, ADDR:PORT or [IPV6]:PORT, each
     /// with an optional /tcp (default) or /udp. A bare port is 0.0.0.0:PORT.
-    #[arg(value_name = "BINDING", required = true)]
+    #[arg(value_name = "BINDING")]
     pub bindings: Vec<String>,
+
+    /// A compose file: every published port of its services (repeat to
+    /// merge, as compose does).
+    #[arg(short = 'f', long, value_name = "FILE")]
+    pub file: Vec<PathBuf>,
+
+    /// The compose project's name (default: COMPOSE_PROJECT_NAME, the
+    /// file's `name:`, else its directory's name).
+    #[arg(short = 'p', long, value_name = "NAME", requires = "file")]
+    pub project_name: Option<String>,
+
+    /// The compose project's variables from this file instead of `.env`
+    /// in its directory.
+    #[arg(long, value_name = "FILE", requires = "file")]
+    pub env_file: Option<PathBuf>,
+
+    /// A compose profile to enable (repeat; with COMPOSE_PROFILES).
+    #[arg(long, value_name = "NAME", requires = "file")]
+    pub profile: Vec<String>,
+
+    /// nginx's configuration: every `listen` of every server block, from
+    /// `nginx -T` (run with a timeout), or read from FILE directly.
+    #[arg(
+        long,
+        value_name = "FILE",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = ""
+    )]
+    pub nginx: Option<String>,
+
+    /// With --nginx: the deploy reloads nginx (`nginx -s reload`), which
+    /// keeps its sockets: the running nginx of this configuration is
+    /// "yours", not in the way.
+    #[arg(long, requires = "nginx")]
+    pub reload: bool,
+
+    /// A systemd socket unit (`demo.socket`, or its file): every
+    /// ListenStream= and ListenDatagram= (repeat for more).
+    #[arg(long, value_name = "UNIT|FILE")]
+    pub unit: Vec<String>,
 
     /// Look in this network namespace: a path (/run/netns/NAME,
     /// /proc/PID/ns/net) or a PID (its /proc/PID/ns/net). Default: portwatch's own.

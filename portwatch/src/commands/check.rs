@@ -10,8 +10,8 @@ use std::{
 
 use portwatch_core::{
     output::{check as out, text::printable},
-    preflight::{self, Outcome},
-    request::{Binding, Proto},
+    preflight::{self, compose, nginx, unit, Entry, Outcome, Plan},
+    request::Proto,
 };
 
 use super::{error::check_status, wait, who, Error};
@@ -20,7 +20,7 @@ use crate::cli::CheckArgs;
 /// Runs `portwatch check`; Ok is the exit status (0, or 1 when a binding
 /// would fail).
 pub fn run(args: &CheckArgs) -> Result<u8, Error> {
-    let bindings = parse(&args.bindings)?;
+    let plan = read_plan(args)?;
     let ns = args.netns.as_deref().map(who::open_netns).transpose()?;
     // Docker's port bindings live in the host's namespace.
     let host = args.netns.is_none();
@@ -31,11 +31,11 @@ pub fn run(args: &CheckArgs) -> Result<u8, Error> {
     let checked = who::in_netns(ns.as_ref(), |inode| {
         let look = || {
             let enter = args.netns.as_deref().map(|p| p.display().to_string());
-            preflight::check(&bindings, inode, args.user, host, enter.as_deref())
+            preflight::check(&plan.entries, inode, args.user, host, enter.as_deref())
                 .map_err(|e| Error::Unsupported(e.to_string()))
         };
         match args.wait {
-            Some(_) => wait_for(look, &bindings, deadline),
+            Some(_) => wait_for(look, &plan.entries, deadline),
             None => look(),
         }
     })?;
@@ -46,7 +46,7 @@ pub fn run(args: &CheckArgs) -> Result<u8, Error> {
     if !nix::unistd::geteuid().is_root() && unnamed {
         eprintln!("portwatch: not root: the processes of other users' sockets cannot be named");
     }
-    answer(&checked, args.json)?;
+    answer(&checked, &plan, args.json)?;
     Ok(check_status(checked.iter().map(|c| c.verdict), args.strict))
 }
 
@@ -61,10 +61,10 @@ const SAFETY_POLL: Duration = Duration::from_secs(1);
 /// or `deadline`; the last look is the answer.
 fn wait_for(
     mut look: impl FnMut() -> Result<Vec<Outcome>, Error>,
-    bindings: &[Binding],
+    entries: &[Entry],
     deadline: Option<Instant>,
 ) -> Result<Vec<Outcome>, Error> {
-    let mut protos: Vec<Proto> = bindings.iter().map(|b| b.proto).collect();
+    let mut protos: Vec<Proto> = entries.iter().map(|e| e.binding.proto).collect();
     protos.sort_by_key(|p| p.code());
     protos.dedup();
     let events = wait::subscribe(&protos).ok();
@@ -109,25 +109,52 @@ fn wait_for(
     }
 }
 
-/// Every binding, or a one-line usage error naming the first that does
-/// not parse (escaped: it is printed back).
-fn parse(texts: &[String]) -> Result<Vec<Binding>, Error> {
-    texts
-        .iter()
-        .map(|s| {
-            preflight::parse_binding(s)
-                .map_err(|why| Error::Usage(printable(&format!("check: '{s}': {why}"))))
-        })
-        .collect()
+/// Every input's bindings, in the order given (plain bindings, compose
+/// files, nginx, socket units), or a one-line usage error naming the
+/// first that does not parse (`file:line:col: what`, escaped: it is
+/// printed back).
+fn read_plan(args: &CheckArgs) -> Result<Plan, Error> {
+    let bad = |e: preflight::InputError| Error::Usage(printable(&format!("check: {e}")));
+    let mut plan = Plan::default();
+    for (i, s) in args.bindings.iter().enumerate() {
+        let b = preflight::parse_binding(s)
+            .map_err(|why| Error::Usage(printable(&format!("check: '{s}': {why}"))))?;
+        plan.entries.push(Entry::argument(b, i + 1));
+    }
+    if !args.file.is_empty() {
+        let input = compose::ComposeInput {
+            files: args.file.clone(),
+            project: args.project_name.clone(),
+            env_file: args.env_file.clone(),
+            profiles: args.profile.clone(),
+        };
+        plan.extend(compose::read(&input, &|k| std::env::var(k).ok()).map_err(bad)?);
+    }
+    if let Some(file) = &args.nginx {
+        let input = nginx::NginxInput {
+            file: (!file.is_empty()).then(|| file.into()),
+            reload: args.reload,
+        };
+        plan.extend(nginx::read(&input).map_err(bad)?);
+    }
+    for u in &args.unit {
+        plan.extend(unit::read(u).map_err(bad)?);
+    }
+    if plan.entries.is_empty() && plan.unchecked.is_empty() && args.file.is_empty() {
+        return Err(Error::Usage(
+            "check: nothing to check: give BINDINGs (80, 127.0.0.1:53/udp), -f COMPOSE_FILE, --nginx or --unit UNIT".into(),
+        ));
+    }
+    Ok(plan)
 }
 
 /// The table or NDJSON on stdout; a closed pipe is no failure.
-fn answer(checked: &[Outcome], json: bool) -> Result<(), Error> {
+fn answer(checked: &[Outcome], plan: &Plan, json: bool) -> Result<(), Error> {
     let mut stdout = io::stdout().lock();
     let written = if json {
-        out::write_json(&mut stdout, checked)
+        out::write_json(&mut stdout, checked, &plan.unchecked)
     } else {
-        out::write_human(&mut stdout, checked)
+        out::write_human(&mut stdout, checked, &plan.unchecked)
     };
     match written.and_then(|()| stdout.flush()) {
         // 3, not 1: check's 1 is an answer ("would fail").
