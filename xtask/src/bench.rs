@@ -31,12 +31,13 @@ pub struct BenchArgs {
     #[arg(long, allow_hyphen_values = true)]
     tracer_args: Vec<String>,
     /// Run one section only: `who` (portwatch who against ss, fuser, lsof).
+    /// `check` (check -f on a 50-service compose file against one who).
     /// `cost` (the syscall loops against the floor probe, per-program ns).
     /// `burst` (bursts of distinct failures: lost, written, metrics).
     /// `server` (connection loop and nginx under wrk, per-program ns).
     /// `vm` (the connection loop on Debian's kernels under qemu, fexit and
     /// tracepoint: runs per connection, instructions, ns per run).
-    #[arg(long, value_name = "SECTION", value_parser = ["who", "cost", "burst", "server", "vm"])]
+    #[arg(long, value_name = "SECTION", value_parser = ["who", "check", "cost", "burst", "server", "vm"])]
     only: Option<String>,
     /// Measure this portwatch binary instead of building the release one
     /// (e.g. the tests' build, whose hidden flags `--tracer-args` may use).
@@ -134,6 +135,13 @@ pub fn run(opts: &BenchArgs) -> Result<()> {
     }
     if opts.only.as_deref() == Some("vm") {
         println!("{}", crate::bench_vm::run(&bin)?.join("\n"));
+        return Ok(());
+    }
+    if opts.only.as_deref() == Some("check") {
+        println!(
+            "{}",
+            crate::bench_check::check_speed(&bin, rounds)?.join("\n")
+        );
         return Ok(());
     }
     if opts.only.as_deref() == Some("who") {

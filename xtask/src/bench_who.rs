@@ -16,7 +16,8 @@ const BASE: u16 = 30000;
 /// The port asked about: held by the 501st process, its third socket.
 const PORT: u16 = BASE + 500 * SOCKETS + 2;
 
-fn listener(port: u16) -> bool {
+/// Binds and listens on 127.0.0.1:`port` (in a forked child).
+pub(crate) fn listener(port: u16) -> bool {
     // SAFETY: plain system calls on fds this (forked) child owns.
     unsafe {
         let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);

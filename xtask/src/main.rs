@@ -5,6 +5,7 @@
 
 mod bench;
 mod bench_burst;
+mod bench_check;
 mod bench_report;
 mod bench_server;
 mod bench_vm;
