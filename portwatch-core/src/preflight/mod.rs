@@ -226,7 +226,7 @@ pub fn classify(
             let mut c = address_missing(b, host)
                 .or_else(|| privileged(b, host, user))
                 .or_else(|| from_engine(e, j))
-                .or_else(|| in_plan(i, &bindings))
+                .or_else(|| in_plan(i, &bindings, plan))
                 .or_else(|| ephemeral_risk(b, host))
                 .unwrap_or_else(|| {
                     let what = format!("nothing holds or steers {}", label(b));
@@ -403,8 +403,9 @@ fn in_the_way(b: &Binding, h: &Holder) -> bool {
 /// Other entries of the plan that want entry `i`'s port and would
 /// conflict with it: each is a socket of its own, without SO_REUSEPORT,
 /// so any overlap fails the one bound second. Across families, that is
-/// the IPv6 wildcard without IPV6_V6ONLY (dual-stack).
-fn in_plan(i: usize, plan: &[Binding]) -> Option<Outcome> {
+/// the IPv6 wildcard without IPV6_V6ONLY (dual-stack). `entries`: the
+/// same plan with origins, to name the other entry's file and line.
+fn in_plan(i: usize, plan: &[Binding], entries: &[Entry]) -> Option<Outcome> {
     let b = &plan[i];
     let me = (Family::of(b.addr), b.addr, b.opts.v6only);
     let others: Vec<(usize, bool)> = plan
@@ -439,11 +440,20 @@ fn in_plan(i: usize, plan: &[Binding]) -> Option<Outcome> {
             "give one of them another port; or, if they are one service, bind one socket (or SO_REUSEPORT on every one of them, under one user, to balance load)".to_owned(),
         )
     };
+    // Entries read from files say where (compose.yml:12 service web: ...).
+    let placed: Vec<String> = others
+        .iter()
+        .zip(&names)
+        .map(|(&(k, _), name)| match entries[k].from.first() {
+            Some(o) if o.file.is_some() => format!("{name} ({o})"),
+            _ => name.clone(),
+        })
+        .collect();
     let diagnosis = format!(
         "entry #{} {} and {} of this plan want the same port: whichever binds second fails with EADDRINUSE ({why})",
         i + 1,
         label(b),
-        names.join(", ")
+        placed.join(", ")
     );
     let mut c = Outcome::new(b, category, diagnosis, Some(fix));
     c.conflicts_with = names;

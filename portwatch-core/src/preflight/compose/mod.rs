@@ -300,10 +300,9 @@ impl Service {
             let port = match p.published {
                 Published::Port(port) => port,
                 Published::Any => {
-                    plan.unchecked.push(unchecked(format!(
-                        "container port {} only: Docker picks a free host port: nothing to check",
-                        p.target
-                    )));
+                    plan.unchecked.push(unchecked(
+                        "Docker picks a free host port: nothing to check".into(),
+                    ));
                     continue;
                 }
                 Published::AnyOf(a, b) => {
