@@ -22,6 +22,17 @@ use common::{docker::Docker, *};
 use saphyr::{LoadableYamlNode as _, Scalar, Yaml};
 use serde_json::Value;
 
+/// A namespace whose ephemeral range (50000-60999) is clear of `port()`'s
+/// ports (20000-44998): no ephemeral-risk verdicts in the way.
+fn netns(comm: &str) -> Netns {
+    let ns = Netns::new(comm);
+    ns.run(|| {
+        std::fs::write("/proc/sys/net/ipv4/ip_local_port_range", "50000 60999")
+            .expect("set ip_local_port_range")
+    });
+    ns
+}
+
 /// `docker-compose ARGS` in `dir`, against `docker`'s daemon, from the
 /// namespace (its networks and published ports live there).
 fn compose(docker: &Docker, ns: &Netns, dir: &Path, args: &[&str]) -> Output {
@@ -237,7 +248,7 @@ fn addr(s: &str) -> SocketAddr {
 /// Every scenario one default dockerd serves, one after the other.
 #[test]
 fn compose_predictions_match_docker_compose_up() {
-    let ns = Arc::new(Netns::new("pw-chk-compose"));
+    let ns = Arc::new(netns("pw-chk-compose"));
     let docker = Docker::start(ns.clone(), "chk-compose", &[]);
     let run = Run {
         docker: &docker,
@@ -259,10 +270,8 @@ fn compose_predictions_match_docker_compose_up() {
         &(file(&[
             service("web", &[&format!("{}:80", p(0))]),
             service("ok", &[&format!("{}:80", p(1))]),
-        ]) + &format!(
-            "  dbg:\n    image: pwtest:1\n    profiles: [debug]\n    ports: [\"{}:81\"]\n",
-            p(0)
-        )),
+        ]) + &service("dbg", &[&format!("{}:81", p(0))])
+            + "    profiles: [debug]\n"),
     );
     let (_, v) = run.scenario("pwhost", &dir, &[], &[]);
     let web = verdict_of(&v, &format!("0.0.0.0:{}/tcp", p(0)));
@@ -272,7 +281,7 @@ fn compose_predictions_match_docker_compose_up() {
         web["from"][0]
             .as_str()
             .unwrap()
-            .ends_with(&format!("compose.yml:4 service web: {}:80", p(0))),
+            .ends_with(&format!("compose.yml:5 service web: {}:80", p(0))),
         "{v:#?}"
     );
     // Docker's IPv6 socket has IPV6_V6ONLY: the IPv4 holder is not in its way.
@@ -426,7 +435,7 @@ fn compose_predictions_match_docker_compose_up() {
 /// socket): taken, named by its container; yours for its own project.
 #[test]
 fn compose_with_userland_proxy_off() {
-    let ns = Arc::new(Netns::new("pw-chk-noproxy"));
+    let ns = Arc::new(netns("pw-chk-noproxy"));
     let docker = Docker::start(ns.clone(), "chk-noproxy", &["--userland-proxy=false"]);
     let run = Run {
         docker: &docker,
@@ -604,7 +613,7 @@ fn reader_agrees_with_docker_compose_config() {
         "WEB_PORT=9999\nHOST_IP='127.0.0.2'\nDB_PORT=5434 # comment\nRANGE_START=7500\nRANGE_END=7502\nLONG=8383\n",
     )
     .unwrap();
-    let ns = Netns::new("pw-chk-config");
+    let ns = netns("pw-chk-config");
     let env = [
         ("WEB_PORT", "8089"),
         ("UDP_PORT", "5454"),
@@ -725,7 +734,7 @@ fn compose_bad_input_is_one_line_and_exit_2() {
     std::os::unix::fs::symlink(&dir, dir.join("dir.yml")).unwrap();
     let big = std::fs::File::create(dir.join("big.yml")).unwrap();
     big.set_len(50 << 20).unwrap();
-    let ns = Netns::new("pw-chk-badyml");
+    let ns = netns("pw-chk-badyml");
     let cases = [
         ("syntax.yml", "syntax.yml:4:1: YAML syntax error"),
         ("port.yml", "port.yml:4:9: unknown port syntax \"80:80:80:80\""),
@@ -758,7 +767,7 @@ fn compose_strings_are_escaped_in_both_outputs() {
         format!("services:\n  \"we\\eb\\x07\":\n    ports: [\"{port}:80\", \"9090\"]\n"),
     )
     .unwrap();
-    let ns = Netns::new("pw-chk-escyml");
+    let ns = netns("pw-chk-escyml");
     let out = run_check(&ns, &dir, &["-f", "compose.yml"], false);
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{out:?}");
