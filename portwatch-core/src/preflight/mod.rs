@@ -360,7 +360,7 @@ fn yours(b: &Binding, ours: &Ours, holders: &[Holder], j: &Judgement) -> Option<
 
 /// No socket in the way, but DNAT rules take the port's traffic.
 fn steered(b: &Binding, j: &Judgement) -> Option<Outcome> {
-    let rule = j.dnat.first()?;
+    let rule = j.dnat.iter().find(|r| reaches(r, b))?;
     let to = rule.to.as_deref().unwrap_or("another address");
     let diagnosis = format!(
         "no socket holds {} port {}, but this {} rule sends its traffic to {to}: {}; a bind succeeds, and receives none of it",
@@ -376,6 +376,20 @@ fn steered(b: &Binding, j: &Judgement) -> Option<Outcome> {
     let mut c = Outcome::new(b, Category::Steered, diagnosis, Some(fix));
     c.dnat.clone_from(&j.dnat);
     Some(c)
+}
+
+/// Whether traffic `rule` steers could have reached `b`: iptables' rules
+/// take IPv4 traffic, which an IPv6 socket gets only as the dual-stack
+/// wildcard; ip6tables' take IPv6 traffic, which no IPv4 socket gets
+/// (Docker's IPv4 DNAT for a port says nothing about its `[::]` side).
+/// nft's tables may be of either family (`inet`): kept.
+fn reaches(rule: &DnatRule, b: &Binding) -> bool {
+    let dual = b.addr.is_unspecified() && !b.opts.v6only;
+    match rule.from.as_str() {
+        "iptables" => b.addr.is_ipv4() || dual,
+        "ip6tables" => b.addr.is_ipv6(),
+        _ => true,
+    }
 }
 
 /// What a bind with SO_REUSEADDR hangs on, as the engine's rules said it.
