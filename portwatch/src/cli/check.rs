@@ -37,7 +37,7 @@ port is conflict-in-plan):
                     no compose installed, and answers alike on every host.
                     A port published without an address is Docker's two
                     sockets, 0.0.0.0:P and [::]:P (IPV6_V6ONLY); the
-                    project's own running containers are "yours"
+                    project's own running containers are \"yours\"
     --nginx[=FILE]  nginx's listen directives: `nginx -T` (with a timeout),
                     or FILE and its includes read directly
     --unit UNIT     a systemd socket unit's ListenStream=/ListenDatagram=
