@@ -82,6 +82,14 @@ pub fn read(
     }
     let ours = Ours::Compose { project };
     let mut plan = Plan::default();
+    for (f, doc) in &docs {
+        if let Some(inc) = doc.get("include") {
+            plan.unchecked.push(Unchecked {
+                from: Origin::at(f, Some(inc.line), "include"),
+                why: "the files it includes are not read: name them with -f".into(),
+            });
+        }
+    }
     for s in services.iter().filter(|s| s.enabled(&active)) {
         s.plan(&ours, &mut plan);
     }
@@ -217,15 +225,16 @@ fn project_name(
 #[derive(Debug)]
 struct Service {
     name: String,
-    /// The file and line that defines it (the last file's, when merged).
+    /// The file and line of its `network_mode:` (the last file's, when
+    /// merged).
     file: PathBuf,
     line: u32,
     profiles: Vec<String>,
     network_mode: Option<String>,
     /// Its ports, each with the file it was read from.
     ports: Vec<(PathBuf, ServicePort)>,
-    /// `extends:`: ports may come from elsewhere.
-    extends: bool,
+    /// `extends:` (its file and line): ports may come from elsewhere.
+    extends: Option<(PathBuf, u32)>,
 }
 
 impl Service {
@@ -250,10 +259,12 @@ impl Service {
         }
         if over.network_mode.is_some() {
             self.network_mode = over.network_mode;
+            self.file = over.file;
+            self.line = over.line;
         }
-        self.extends |= over.extends;
-        self.file = over.file;
-        self.line = over.line;
+        if over.extends.is_some() {
+            self.extends = over.extends;
+        }
     }
 
     /// Without profiles always; with some, when one of them is active.
@@ -274,9 +285,9 @@ impl Service {
             });
             return;
         }
-        if self.extends {
+        if let Some((file, line)) = &self.extends {
             plan.unchecked.push(Unchecked {
-                from: self.origin(&self.file, self.line, "extends"),
+                from: self.origin(file, *line, "extends"),
                 why: "ports it inherits through `extends:` are not read; its own are".into(),
             });
         }
@@ -381,14 +392,15 @@ fn services_of(file: &Path, doc: &Node) -> Result<Vec<Service>, InputError> {
 }
 
 fn service(file: &Path, name: &str, node: &Node) -> Result<Service, InputError> {
+    let mode = node.get("network_mode");
     let mut s = Service {
         name: name.to_owned(),
         file: file.to_owned(),
-        line: node.line,
+        line: mode.map_or(node.line, |m| m.line),
         profiles: Vec::new(),
-        network_mode: node.get("network_mode").and_then(Node::scalar),
+        network_mode: mode.and_then(Node::scalar),
         ports: Vec::new(),
-        extends: node.get("extends").is_some(),
+        extends: node.get("extends").map(|e| (file.to_owned(), e.line)),
     };
     match &node.value {
         Value::Map(_) | Value::Null => {}

@@ -343,3 +343,30 @@ fn merge_keys_and_anchors() {
         ]
     );
 }
+
+#[test]
+fn what_cannot_be_read_is_said() {
+    let file = "include: [other.yml]\nservices:\n  a:\n    extends: {service: b}\n    ports: [\"7000:7000\", \"7001/sctp\", \"7002-7004:80\"]\n  h:\n    network_mode: host\n";
+    let dir = project("unread", &[("compose.yml", file)]);
+    let plan = read_in(&dir, &["compose.yml"], &[]).unwrap();
+    assert_eq!(
+        lines(&plan),
+        [
+            "0.0.0.0:7000/tcp :5 service a: 7000:7000",
+            "[::]:7000/tcp :5 service a: 7000:7000",
+            "? :1 include",
+            "? :4 service a: extends",
+            "? :5 service a: 7001/sctp",
+            "? :5 service a: 7002-7004:80",
+            "? :7 service h: network_mode: host",
+        ]
+    );
+    let why: Vec<&str> = plan.unchecked.iter().map(|u| u.why.as_str()).collect();
+    assert!(why[0].contains("name them with -f"), "{why:?}");
+    assert!(why[2].contains("TCP and UDP only"), "{why:?}");
+    assert!(why[3].contains("in 7002-7004"), "{why:?}");
+    assert!(
+        why[4].contains("cannot") || why[4].contains("not in the compose file"),
+        "{why:?}"
+    );
+}
