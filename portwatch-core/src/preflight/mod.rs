@@ -226,7 +226,7 @@ pub fn classify(
             let mut c = address_missing(b, host)
                 .or_else(|| privileged(b, host, user))
                 .or_else(|| from_engine(e, j))
-                .or_else(|| in_plan(i, &bindings))
+                .or_else(|| in_plan(i, &bindings, plan))
                 .or_else(|| ephemeral_risk(b, host))
                 .unwrap_or_else(|| {
                     let what = format!("nothing holds or steers {}", label(b));
@@ -360,7 +360,7 @@ fn yours(b: &Binding, ours: &Ours, holders: &[Holder], j: &Judgement) -> Option<
 
 /// No socket in the way, but DNAT rules take the port's traffic.
 fn steered(b: &Binding, j: &Judgement) -> Option<Outcome> {
-    let rule = j.dnat.first()?;
+    let rule = j.dnat.iter().find(|r| reaches(r, b))?;
     let to = rule.to.as_deref().unwrap_or("another address");
     let diagnosis = format!(
         "no socket holds {} port {}, but this {} rule sends its traffic to {to}: {}; a bind succeeds, and receives none of it",
@@ -376,6 +376,20 @@ fn steered(b: &Binding, j: &Judgement) -> Option<Outcome> {
     let mut c = Outcome::new(b, Category::Steered, diagnosis, Some(fix));
     c.dnat.clone_from(&j.dnat);
     Some(c)
+}
+
+/// Whether traffic `rule` steers could have reached `b`: iptables' rules
+/// take IPv4 traffic, which an IPv6 socket gets only as the dual-stack
+/// wildcard; ip6tables' take IPv6 traffic, which no IPv4 socket gets
+/// (Docker's IPv4 DNAT for a port says nothing about its `[::]` side).
+/// nft's tables may be of either family (`inet`): kept.
+fn reaches(rule: &DnatRule, b: &Binding) -> bool {
+    let dual = b.addr.is_unspecified() && !b.opts.v6only;
+    match rule.from.as_str() {
+        "iptables" => b.addr.is_ipv4() || dual,
+        "ip6tables" => b.addr.is_ipv6(),
+        _ => true,
+    }
 }
 
 /// What a bind with SO_REUSEADDR hangs on, as the engine's rules said it.
@@ -403,8 +417,9 @@ fn in_the_way(b: &Binding, h: &Holder) -> bool {
 /// Other entries of the plan that want entry `i`'s port and would
 /// conflict with it: each is a socket of its own, without SO_REUSEPORT,
 /// so any overlap fails the one bound second. Across families, that is
-/// the IPv6 wildcard without IPV6_V6ONLY (dual-stack).
-fn in_plan(i: usize, plan: &[Binding]) -> Option<Outcome> {
+/// the IPv6 wildcard without IPV6_V6ONLY (dual-stack). `entries`: the
+/// same plan with origins, to name the other entry's file and line.
+fn in_plan(i: usize, plan: &[Binding], entries: &[Entry]) -> Option<Outcome> {
     let b = &plan[i];
     let me = (Family::of(b.addr), b.addr, b.opts.v6only);
     let others: Vec<(usize, bool)> = plan
@@ -439,11 +454,20 @@ fn in_plan(i: usize, plan: &[Binding]) -> Option<Outcome> {
             "give one of them another port; or, if they are one service, bind one socket (or SO_REUSEPORT on every one of them, under one user, to balance load)".to_owned(),
         )
     };
+    // Entries read from files say where (compose.yml:12 service web: ...).
+    let placed: Vec<String> = others
+        .iter()
+        .zip(&names)
+        .map(|(&(k, _), name)| match entries[k].from.first() {
+            Some(o) if o.file.is_some() => format!("{name} ({o})"),
+            _ => name.clone(),
+        })
+        .collect();
     let diagnosis = format!(
         "entry #{} {} and {} of this plan want the same port: whichever binds second fails with EADDRINUSE ({why})",
         i + 1,
         label(b),
-        names.join(", ")
+        placed.join(", ")
     );
     let mut c = Outcome::new(b, category, diagnosis, Some(fix));
     c.conflicts_with = names;

@@ -31,8 +31,13 @@ port is conflict-in-plan):
     -f FILE...      compose files: each service's published ports, with
                     interpolation (${VAR:-default}, .env, --env-file),
                     merging of -f files, profiles and the project name as
-                    compose derives them; portwatch reads the files itself
-                    and runs nothing of the project's
+                    compose derives them. portwatch reads the files itself,
+                    never through `docker compose config`: it runs nothing
+                    of the project's, names FILE:LINE for every port, needs
+                    no compose installed, and answers alike on every host.
+                    A port published without an address is Docker's two
+                    sockets, 0.0.0.0:P and [::]:P (IPV6_V6ONLY); the
+                    project's own running containers are \"yours\"
     --nginx[=FILE]  nginx's listen directives: `nginx -T` (with a timeout),
                     or FILE and its includes read directly
     --unit UNIT     a systemd socket unit's ListenStream=/ListenDatagram=
