@@ -89,15 +89,18 @@ impl Seen<'_> {
 
 /// The answer for each option, plain, SO_REUSEADDR, SO_REUSEPORT, without
 /// verdicts yet, given every socket on the port (those the device rule
-/// keeps apart too: `on`). `trial`: trial binds may be made; `me`: our euid.
+/// keeps apart too: `on`). `trial`: trial binds may be made; `me`: our
+/// euid; `asked_uid`: the uid SO_REUSEPORT's answer is for, if not the
+/// holders'.
 pub(super) fn answers(
     b: &Binding,
     on: OnDevice<'_>,
     seen: Seen<'_>,
     trial: bool,
     me: u32,
+    asked_uid: Option<u32>,
 ) -> Vec<BindVerdict> {
-    let owner = reuseport_uid(b, on, seen.sockets, me);
+    let owner = asked_uid.unwrap_or_else(|| reuseport_uid(b, on, seen.sockets, me));
     Variant::ALL
         .into_iter()
         .map(|v| {

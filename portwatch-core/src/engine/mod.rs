@@ -152,11 +152,20 @@ pub enum JudgeError {
 }
 
 /// Judges every binding of `batch` in the calling thread's network
-/// namespace.
+/// namespace. The SO_REUSEPORT answers are for a socket of the uid owning
+/// the sockets in the way (SO_REUSEPORT shares only within one uid), or
+/// ours when they have none or several.
 pub fn judge(batch: &Batch) -> Result<Judged, JudgeError> {
+    judge_as(batch, None)
+}
+
+/// [`judge`], with the SO_REUSEPORT answers for a socket of `uid` when it
+/// is given (a deploy that runs as that user), whoever owns the sockets.
+pub fn judge_as(batch: &Batch, uid: Option<u32>) -> Result<Judged, JudgeError> {
     let dumps = plan::plan(&batch.bindings)?;
     let dumped = plan::dump(&dumps)?;
     let mut shared = BatchState::new(batch, &dumped)?;
+    shared.reuseport_uid = uid;
     let judgements = batch
         .bindings
         .iter()
@@ -335,6 +344,8 @@ struct BatchState<'a> {
     containers: Option<Containers>,
     /// Our euid: the new socket's owner.
     me: u32,
+    /// The uid the SO_REUSEPORT answers are for, when the caller says.
+    reuseport_uid: Option<u32>,
 }
 
 impl<'a> BatchState<'a> {
@@ -350,6 +361,7 @@ impl<'a> BatchState<'a> {
             nat: None,
             containers: batch.published.then(Containers::of_this_host),
             me: nix::unistd::geteuid().as_raw(),
+            reuseport_uid: None,
         })
     }
 
@@ -370,7 +382,7 @@ impl<'a> BatchState<'a> {
             sockets,
             known: &known,
         };
-        let mut binds = binds::answers(b, on, seen, self.batch.trial, self.me);
+        let mut binds = binds::answers(b, on, seen, self.batch.trial, self.me, self.reuseport_uid);
         let device = self.devices.named(on.index);
         self.add_verdicts(b, &in_way, &listed, &mut binds);
         let published = self.published(b, &listed);
