@@ -383,7 +383,14 @@ mod tests {
         );
         // The worst socket decides.
         assert_eq!(
-            by_rules(&any4, Variant::Reuseaddr, 1000, &[tw.clone(), listener], &[], on),
+            by_rules(
+                &any4,
+                Variant::Reuseaddr,
+                1000,
+                &[tw.clone(), listener],
+                &[],
+                on
+            ),
             Rule::Taken
         );
     }
@@ -446,7 +453,10 @@ mod tests {
         assert_eq!(rule(Variant::Reuseaddr, &bound, addr(true)), Rule::Free);
         assert_eq!(rule(Variant::Reuseaddr, &bound, addr(false)), Rule::Taken);
         assert_eq!(rule(Variant::Reuseport, &listener, port(true)), Rule::Free);
-        assert_eq!(rule(Variant::Reuseport, &listener, port(false)), Rule::Taken);
+        assert_eq!(
+            rule(Variant::Reuseport, &listener, port(false)),
+            Rule::Taken
+        );
         // What is certain stays so; what is unknown stays unknown.
         assert_eq!(rule(Variant::Reuseaddr, &listener, addr(true)), Rule::Taken);
         assert_eq!(
@@ -526,7 +536,14 @@ mod tests {
                 ..Binding::plain(tcp, "0.0.0.0".parse().unwrap(), 80)
             };
             let on = OnDevice::of(&b, &scoped);
-            by_rules(&b, Variant::Plain, 0, std::slice::from_ref(&on_veth0), &[], on)
+            by_rules(
+                &b,
+                Variant::Plain,
+                0,
+                std::slice::from_ref(&on_veth0),
+                &[],
+                on,
+            )
         };
         assert_eq!(rule(Some("veth1")), Rule::Free);
         assert_eq!(rule(Some("veth0")), Rule::Taken);

@@ -207,7 +207,10 @@ fn model_agrees_with_the_kernel() {
             "yes" => agreed += 1,
             "unknown, as it must" => unknown += 1,
             "unseen, as it says" => unseen += 1,
-            _ => bad.push(format!("row {i} {r:?}: model {} kernel {}", o.model, o.kernel)),
+            _ => bad.push(format!(
+                "row {i} {r:?}: model {} kernel {}",
+                o.model, o.kernel
+            )),
         }
         table.push_str(&format!(
             "| {i} | {} | {:?} | {} | {} | {} | {} |\n",
@@ -229,7 +232,11 @@ fn model_agrees_with_the_kernel() {
     if let Ok(path) = std::env::var("PORTWATCH_MATRIX") {
         std::fs::write(path, &table).expect("write the matrix");
     }
-    assert!(bad.is_empty(), "the model disagrees with the kernel:\n{}", bad.join("\n"));
+    assert!(
+        bad.is_empty(),
+        "the model disagrees with the kernel:\n{}",
+        bad.join("\n")
+    );
     assert!(agreed > rows.len() / 2, "{table}");
 }
 
@@ -313,7 +320,8 @@ fn check(ns: &Netns, r: Row, port: u16, listed: bool) -> Outcome {
 /// An answer that hung on the holder's options (its SO_REUSEADDR or
 /// SO_REUSEPORT decides) must have read them from the socket.
 fn hung_on_options_read(r: Row, answer: &engine::BindVerdict) -> &'static str {
-    let same_place = r.kind != Kind::TimeWait && overlapping(r) && r.req.variant() != Variant::Plain;
+    let same_place =
+        r.kind != Kind::TimeWait && overlapping(r) && r.req.variant() != Variant::Plain;
     let decided_by_holder = match (r.kind, r.req.variant()) {
         (Kind::Listen, Variant::Reuseaddr) => false,
         (_, Variant::Reuseport) => r.holder.uid == r.req.uid,

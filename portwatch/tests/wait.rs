@@ -57,17 +57,24 @@ fn wait_returns_when_the_holder_exits() {
     assert!(err.contains("is free"), "{err}");
 }
 
-/// Only TIME_WAIT left: `--reuseaddr` passes at once (the listener had
-/// SO_REUSEADDR, which its TIME_WAIT keeps); a plain bind times out, and the
-/// holders and diagnosis are printed.
+/// Only TIME_WAIT left: their SO_REUSEADDR cannot be read (no file
+/// descriptor), so `--reuseaddr` waits and says why; with `--trial` it
+/// passes at once (the listener had SO_REUSEADDR, which its TIME_WAIT
+/// keeps). A plain bind times out, and the holders and diagnosis are
+/// printed.
 #[test]
 fn wait_reuseaddr_passes_time_wait_and_plain_times_out() {
     let ns = Netns::new("pw-wait-tw");
     let port = port();
     ns.run(move || time_wait(port, true));
     let p = port.to_string();
+    let r = wait_in(&ns, &[&p, "--reuseaddr", "--timeout", "300ms"]);
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert_eq!(r.status.code(), Some(1), "{err}");
+    assert!(err.contains("unknown without a trial bind"), "{err}");
+    assert!(err.contains("--trial"), "{err}");
     let t0 = Instant::now();
-    let r = wait_in(&ns, &[&p, "--reuseaddr", "--timeout", "10s"]);
+    let r = wait_in(&ns, &[&p, "--reuseaddr", "--trial", "--timeout", "10s"]);
     assert_eq!(
         r.status.code(),
         Some(0),
@@ -95,6 +102,47 @@ fn wait_reuseaddr_passes_time_wait_and_plain_times_out() {
         "{}",
         String::from_utf8_lossy(&r.stderr)
     );
+}
+
+/// A socket bound (never listening) with SO_REUSEADDR: `--reuseaddr`
+/// passes at once, from the holder's option read from its socket, with no
+/// trial bind; without SO_REUSEADDR on the holder it waits.
+#[test]
+fn wait_reuseaddr_reads_the_holders_option() {
+    let ns = Netns::new("pw-wait-opt");
+    let port = port();
+    let any = std::net::SocketAddr::from(([0, 0, 0, 0], port));
+    let _with = ns.run(move || {
+        Process::fork(move || {
+            let s = socket(false, false);
+            s.set_reuse_address(true).is_ok() && bind(&s, any).is_ok() && {
+                std::mem::forget(s);
+                true
+            }
+        })
+    });
+    let p = port.to_string();
+    let t0 = Instant::now();
+    let r = wait_in(&ns, &[&p, "--reuseaddr", "--timeout", "10s"]);
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert_eq!(r.status.code(), Some(0), "{err}");
+    assert!(t0.elapsed() < Duration::from_secs(2), "{err}");
+    // The kernel agrees.
+    assert!(ns.run(move || {
+        let s = socket(false, false);
+        s.set_reuse_address(true).unwrap();
+        bind(&s, any).is_ok()
+    }));
+
+    let other = port + 1;
+    let _without = ns.run(move || Process::fork(move || hold_bound(v4(other))));
+    let r = wait_in(
+        &ns,
+        &[&other.to_string(), "--reuseaddr", "--timeout", "300ms"],
+    );
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert_eq!(r.status.code(), Some(1), "{err}");
+    assert!(!err.contains("unknown"), "{err}");
 }
 
 /// A holder that never lets go: exit 1 after the timeout, naming it.

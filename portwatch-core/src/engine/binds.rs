@@ -32,7 +32,9 @@ pub enum Answer {
 pub enum Checked {
     /// A real bind() of a fresh socket, closed at once: the kernel's answer.
     TrialBind,
-    /// The kernel's conflict rules applied to the sockets sock_diag listed.
+    /// The kernel's conflict rules applied to the sockets sock_diag listed,
+    /// with the holders' own options where they are known
+    /// (`BindVerdict::options_from`).
     Rules,
 }
 
@@ -161,7 +163,7 @@ pub(super) fn answer(
     let tried = if beside_apart && trial {
         Err(Some(BESIDE_APART.to_owned()))
     } else {
-        try_bind(b, variant, rule, uid, me, trial)
+        try_bind(b, variant, unsettled, uid, me, trial)
     };
     let (result, errno, checked, note) = match tried {
         Ok(None) => (Answer::Ok, None, Checked::TrialBind, None),
@@ -211,7 +213,9 @@ fn settled_note(option: &str, rule: Rule, from: OptionsFrom, why: Option<String>
 const BESIDE_APART: &str = "no trial bind: beside a socket on another device or VRF, a SO_REUSEPORT trial would change how the kernel checks later SO_REUSEPORT binds of the port";
 
 /// A trial bind, when one may be made: Err(why not), None when trials
-/// are off altogether (`--no-trial` needs no note).
+/// are off altogether (the default needs no note). `rule`: the rules'
+/// answer without the holders' options, which says whether the trial
+/// could share the port with them.
 fn try_bind(
     b: &Binding,
     variant: Variant,

@@ -217,8 +217,13 @@ pub fn bind_now(b: &Binding, trial: bool) -> Result<BindNow, JudgeError> {
         known: &[],
     };
     let mut answer = binds::answer(b, on, variant, (uid, me), bare, trial);
-    if answer.result == Answer::Unknown {
-        // Hangs on a holder's options: read them (one walk of /proc).
+    // Hangs on a holder's options: read them (one walk of /proc), unless
+    // only TIME_WAIT leftovers, which have no fd, are on the port (then
+    // this runs every 20 ms and could read nothing).
+    let readable = sockets
+        .iter()
+        .any(|s| s.inode != 0 && State::from_kernel(b.proto, s.state) != State::TimeWait);
+    if answer.result == Answer::Unknown && readable {
         let enricher = Enricher::for_batch(true);
         let req = request_for(b, Variant::Plain, 0, on.index);
         let mut listed = enricher.each_socket(&req, sockets, &devices);
