@@ -29,7 +29,7 @@ use common::*;
 use portwatch_core::{
     bindcheck::Variant,
     engine::{self, Answer, Batch, UNSEEN_BOUND},
-    holders::sockopts::OptionsFrom,
+    holders::{sockdiag, sockopts::OptionsFrom},
     request::{Binding, Proto},
 };
 use socket2::Socket;
@@ -426,8 +426,24 @@ fn time_wait_of(h: Side, addr: SocketAddr) {
     drop(served);
     thread::sleep(Duration::from_millis(50));
     drop(client);
-    thread::sleep(Duration::from_millis(50));
+    // Until the server end is in TIME_WAIT and nothing else is left on the
+    // port (a slow machine may still show FIN_WAIT2 for a moment).
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let on_port = sockdiag::dump(6, Some(addr.port()), false).expect("sock_diag");
+        if !on_port.is_empty() && on_port.iter().all(|s| s.state == TCP_TIME_WAIT) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no TIME_WAIT on {addr}: {on_port:?}"
+        );
+        thread::sleep(Duration::from_millis(10));
+    }
 }
+
+/// The kernel's TCP_TIME_WAIT state number.
+const TCP_TIME_WAIT: u8 = 6;
 
 /// The real bind, in the calling thread's namespace: a fresh socket with
 /// the request's options, made as its uid (the socket's owner is the
