@@ -73,6 +73,7 @@ EXAMPLES:
     portwatch who 8080 --json | jq .sockets
     portwatch who 8080 >/dev/null || echo taken
     portwatch who 8080 --device eth1         # a server bound to eth1 (SO_BINDTODEVICE) or a VRF
+    portwatch who 8080 --trial               # each answer by a real bind(), closed at once
 
 Lists every socket on the port in the network namespace (what `ss -tan` /
 `ss -uan` show for it, plus bound TCP sockets that never listened, where the
@@ -88,8 +89,8 @@ sock_diag does not report), portwatch reads them from the holder's socket
 itself: a duplicate of its file descriptor (pidfd_getfd, Linux 5.6+, root),
 getsockopt, close. That settles every case but one: TIME_WAIT leftovers have
 no file descriptor, so with them SO_REUSEADDR / SO_REUSEPORT answer
-\"unknown: only if the holder set it too\". The `how` column says what
-settled each answer: `rules`, `rules + holder's options`, `trial bind`.
+\"unknown: only if the holder set it too\". Each answer's line ends with what
+settled it: `rules`, `rules + holder's options`, `trial bind`.
 On kernels before 6.10 sock_diag does not list TCP sockets bound without
 listen(); a note says that one may hold the port unseen.
 
@@ -125,7 +126,8 @@ const WAIT_EXAMPLES: &str = "\
 EXAMPLES:
     portwatch wait 8080 && nginx -c test.conf        # restart only once the old one let go
     portwatch wait 8080 --timeout 10s || exit 1      # give up after 10 s (holders are printed)
-    portwatch wait 8080 --reuseaddr                  # TIME_WAIT leftovers are fine (SO_REUSEADDR)
+    portwatch wait 8080 --reuseaddr                  # leftovers with SO_REUSEADDR are fine
+    portwatch wait 8080 --reuseaddr --trial          # TIME_WAIT too, by real binds
     portwatch wait 5353/udp --addr 127.0.0.1
     portwatch wait 8080 --netns /run/netns/blue
     portwatch wait 8080 --device eth1                # a bind to eth1 only (SO_BINDTODEVICE)
