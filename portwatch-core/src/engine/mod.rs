@@ -98,7 +98,7 @@ pub struct Judgement {
     pub tools: crate::tools::HostTools,
 }
 
-/// What `Judgement::unseen` says on a kernel that does not list TCP
+/// What `Judged::unseen` says on a kernel that does not list TCP
 /// sockets bound without listen().
 pub const UNSEEN_BOUND: &str = "this kernel's sock_diag does not list TCP sockets bound without listen() (it lacks TCP_BOUND_INACTIVE, Linux 6.10+): one may hold the port unseen, and only the tracer's record (`portwatch watch`) names it";
 
