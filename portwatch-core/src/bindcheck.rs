@@ -6,8 +6,10 @@
 //! The rules are those of `inet_bind_conflict` (TCP, net/ipv4/inet_connection_sock.c)
 //! and `udp_lib_lport_inuse` (UDP), for an explicit port, with the device
 //! rule of both ([`apart`]). What sock_diag cannot tell is whether the holder
-//! set SO_REUSEADDR or SO_REUSEPORT; where the answer hangs on that, the rules
-//! say so instead of guessing.
+//! set SO_REUSEADDR or SO_REUSEPORT: where the answer hangs on that, the
+//! rules use the holder's options when they are known ([`Known`]: read from
+//! its socket, or the tracer's record), and otherwise say so instead of
+//! guessing.
 
 use std::{
     io,
@@ -133,25 +135,57 @@ pub enum Rule {
     IfHolderSet(&'static str),
 }
 
+/// What is known of a listed socket's own SO_REUSEADDR and SO_REUSEPORT
+/// (sock_diag shows neither): None each when unknown.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Known {
+    /// SO_REUSEADDR.
+    pub reuseaddr: Option<bool>,
+    /// SO_REUSEPORT.
+    pub reuseport: Option<bool>,
+}
+
+impl Known {
+    /// Whether the socket set `option` ("SO_REUSEADDR" or "SO_REUSEPORT").
+    fn set(&self, option: &str) -> Option<bool> {
+        match option {
+            "SO_REUSEADDR" => self.reuseaddr,
+            "SO_REUSEPORT" => self.reuseport,
+            _ => None,
+        }
+    }
+}
+
 /// The rules' answer for `binding` made with `variant`'s option (instead
 /// of its own SO_REUSEADDR/SO_REUSEPORT), by a socket owned by `uid`, given
-/// the `sockets` on the port and where its device puts it (`on`): Taken if
-/// any socket conflicts whatever its options, else IfHolderSet if any
-/// conflicts unless it set an option, else Free. Sockets the device rule
-/// keeps apart never conflict.
+/// the `sockets` on the port, what is known of their options (`known[i]`
+/// for `sockets[i]`; missing: nothing) and where its device puts it
+/// (`on`): Taken if any socket conflicts (whatever its options, or by the
+/// options it is known to have), else IfHolderSet if any conflicts unless
+/// it set an option not known, else Free. Sockets the device rule keeps
+/// apart never conflict.
 pub fn by_rules(
     binding: &Binding,
     variant: Variant,
     uid: u32,
     sockets: &[DiagSocket],
+    known: &[Known],
     on: OnDevice<'_>,
 ) -> Rule {
     let mut answer = Rule::Free;
-    for s in sockets {
+    for (i, s) in sockets.iter().enumerate() {
         if on.apart(binding.proto, s).is_some() {
             continue;
         }
-        match conflict(binding, variant, uid, s) {
+        let rule = match conflict(binding, variant, uid, s) {
+            Rule::IfHolderSet(o) => match known.get(i).and_then(|k| k.set(o)) {
+                Some(true) => Rule::Free,
+                Some(false) => Rule::Taken,
+                None => Rule::IfHolderSet(o),
+            },
+            rule => rule,
+        };
+        match rule {
             Rule::Taken => return Rule::Taken,
             Rule::IfHolderSet(o) => answer = Rule::IfHolderSet(o),
             Rule::Free => {}
@@ -301,7 +335,7 @@ mod tests {
         let any4 = Binding::plain(Proto::Tcp, "0.0.0.0".parse().unwrap(), 80);
         let none = Devices::default();
         let on = OnDevice::of(&any4, &none);
-        let rule = |v, s: &DiagSocket| by_rules(&any4, v, 1000, std::slice::from_ref(s), on);
+        let rule = |v, s: &DiagSocket| by_rules(&any4, v, 1000, std::slice::from_ref(s), &[], on);
         let listener = sock(LISTEN, "127.0.0.1:80", 1000, None);
         assert_eq!(rule(Variant::Plain, &listener), Rule::Taken);
         assert_eq!(rule(Variant::Reuseaddr, &listener), Rule::Taken);
@@ -342,13 +376,21 @@ mod tests {
                 Variant::Plain,
                 0,
                 &[lo2],
+                &[],
                 on
             ),
             Rule::Free
         );
         // The worst socket decides.
         assert_eq!(
-            by_rules(&any4, Variant::Reuseaddr, 1000, &[tw.clone(), listener], on),
+            by_rules(
+                &any4,
+                Variant::Reuseaddr,
+                1000,
+                &[tw.clone(), listener],
+                &[],
+                on
+            ),
             Rule::Taken
         );
     }
@@ -362,7 +404,7 @@ mod tests {
         let links = Devices::of(&[(1, "lo", false, None)], false);
         let plain = |b: &Binding, s: &DiagSocket| {
             let on = OnDevice::of(b, &links);
-            by_rules(b, Variant::Plain, 0, std::slice::from_ref(s), on)
+            by_rules(b, Variant::Plain, 0, std::slice::from_ref(s), &[], on)
         };
         assert_eq!(plain(&any6, &v4), Rule::Taken);
         any6.opts.v6only = true;
@@ -389,6 +431,40 @@ mod tests {
         assert_eq!(plain(&nowhere, &s), Rule::Taken, "unknown device: no claim");
     }
 
+    /// Known options settle what the rules alone leave to the holder.
+    #[test]
+    fn known_options_settle_it_depends() {
+        let any4 = Binding::plain(Proto::Tcp, "0.0.0.0".parse().unwrap(), 80);
+        let none = Devices::default();
+        let on = OnDevice::of(&any4, &none);
+        let bound = sock(BOUND, "0.0.0.0:80", 1000, None);
+        let listener = sock(LISTEN, "0.0.0.0:80", 1000, None);
+        let rule = |v, s: &DiagSocket, k: Known| {
+            by_rules(&any4, v, 1000, std::slice::from_ref(s), &[k], on)
+        };
+        let addr = |b| Known {
+            reuseaddr: Some(b),
+            reuseport: Some(false),
+        };
+        let port = |b| Known {
+            reuseaddr: Some(false),
+            reuseport: Some(b),
+        };
+        assert_eq!(rule(Variant::Reuseaddr, &bound, addr(true)), Rule::Free);
+        assert_eq!(rule(Variant::Reuseaddr, &bound, addr(false)), Rule::Taken);
+        assert_eq!(rule(Variant::Reuseport, &listener, port(true)), Rule::Free);
+        assert_eq!(
+            rule(Variant::Reuseport, &listener, port(false)),
+            Rule::Taken
+        );
+        // What is certain stays so; what is unknown stays unknown.
+        assert_eq!(rule(Variant::Reuseaddr, &listener, addr(true)), Rule::Taken);
+        assert_eq!(
+            rule(Variant::Reuseaddr, &bound, Known::default()),
+            Rule::IfHolderSet("SO_REUSEADDR")
+        );
+    }
+
     #[test]
     fn udp_rules() {
         let any4 = Binding::plain(Proto::Udp, "0.0.0.0".parse().unwrap(), 53);
@@ -396,7 +472,7 @@ mod tests {
         s.protocol = 17;
         let none = Devices::default();
         let on = OnDevice::of(&any4, &none);
-        let rule = |v, uid| by_rules(&any4, v, uid, std::slice::from_ref(&s), on);
+        let rule = |v, uid| by_rules(&any4, v, uid, std::slice::from_ref(&s), &[], on);
         assert_eq!(rule(Variant::Plain, 1000), Rule::Taken);
         assert_eq!(
             rule(Variant::Reuseaddr, 0),
@@ -460,7 +536,14 @@ mod tests {
                 ..Binding::plain(tcp, "0.0.0.0".parse().unwrap(), 80)
             };
             let on = OnDevice::of(&b, &scoped);
-            by_rules(&b, Variant::Plain, 0, std::slice::from_ref(&on_veth0), on)
+            by_rules(
+                &b,
+                Variant::Plain,
+                0,
+                std::slice::from_ref(&on_veth0),
+                &[],
+                on,
+            )
         };
         assert_eq!(rule(Some("veth1")), Rule::Free);
         assert_eq!(rule(Some("veth0")), Rule::Taken);

@@ -145,13 +145,15 @@ fn accepted_connections_after_the_listener_closed() {
         )),
         "{v:#}"
     );
-    // std's listener had SO_REUSEADDR, so the trial bind with it worked.
+    // std's listener had SO_REUSEADDR, which the accepted connection
+    // keeps: read from its socket, it lets a SO_REUSEADDR bind through.
     let reuseaddr = v["binds"]
         .as_array()
         .unwrap()
         .iter()
         .find(|b| b["option"] == "reuseaddr");
     assert_eq!(reuseaddr.unwrap()["result"], "ok", "{v:#}");
+    assert_eq!(reuseaddr.unwrap()["options_from"], "socket", "{v:#}");
     assert!(fix.contains("SO_REUSEADDR"), "{v:#}");
     assert!(
         fix.contains("either way they end when their owner"),

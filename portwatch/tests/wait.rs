@@ -38,18 +38,24 @@ fn wait_returns_when_the_holder_exits() {
     let mut held = ns.run(move || Process::fork(|| hold(v4(port), false, |_| {})));
     let args = vec![port.to_string(), "--timeout".into(), "30s".into()];
     let mut waiting = ns.run(move || spawn_wait(&args));
-    // Still waiting while the holder lives.
-    std::thread::sleep(Duration::from_millis(500));
+    // Once it says it waits (it has looked: a slow guest takes a while to
+    // start it), it still waits while the holder lives.
+    let mut stderr = std::io::BufReader::new(waiting.stderr.take().unwrap());
+    let mut err = String::new();
+    while !err.contains("waiting for") {
+        let n = std::io::BufRead::read_line(&mut stderr, &mut err).unwrap();
+        assert!(n > 0, "wait ended before waiting: {err}");
+    }
+    std::thread::sleep(Duration::from_millis(200));
     assert!(
         waiting.try_wait().unwrap().is_none(),
-        "wait returned while the port was held"
+        "wait returned while the port was held: {err}"
     );
     let t0 = Instant::now();
     held.kill();
     let status = waiting.wait().unwrap();
     let took = t0.elapsed();
-    let mut err = String::new();
-    std::io::Read::read_to_string(waiting.stderr.as_mut().unwrap(), &mut err).unwrap();
+    std::io::Read::read_to_string(&mut stderr, &mut err).unwrap();
     assert_eq!(status.code(), Some(0), "{err}");
     eprintln!("wait noticed the port freeing after {took:?}");
     // Target 50 ms; the bound leaves room for a loaded CI machine.
@@ -57,17 +63,24 @@ fn wait_returns_when_the_holder_exits() {
     assert!(err.contains("is free"), "{err}");
 }
 
-/// Only TIME_WAIT left: `--reuseaddr` passes at once (the listener had
-/// SO_REUSEADDR, which its TIME_WAIT keeps); a plain bind times out, and the
-/// holders and diagnosis are printed.
+/// Only TIME_WAIT left: their SO_REUSEADDR cannot be read (no file
+/// descriptor), so `--reuseaddr` waits and says why; with `--trial` it
+/// passes at once (the listener had SO_REUSEADDR, which its TIME_WAIT
+/// keeps). A plain bind times out, and the holders and diagnosis are
+/// printed.
 #[test]
 fn wait_reuseaddr_passes_time_wait_and_plain_times_out() {
     let ns = Netns::new("pw-wait-tw");
     let port = port();
     ns.run(move || time_wait(port, true));
     let p = port.to_string();
+    let r = wait_in(&ns, &[&p, "--reuseaddr", "--timeout", "300ms"]);
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert_eq!(r.status.code(), Some(1), "{err}");
+    assert!(err.contains("unknown without a trial bind"), "{err}");
+    assert!(err.contains("--trial"), "{err}");
     let t0 = Instant::now();
-    let r = wait_in(&ns, &[&p, "--reuseaddr", "--timeout", "10s"]);
+    let r = wait_in(&ns, &[&p, "--reuseaddr", "--trial", "--timeout", "10s"]);
     assert_eq!(
         r.status.code(),
         Some(0),
@@ -95,6 +108,42 @@ fn wait_reuseaddr_passes_time_wait_and_plain_times_out() {
         "{}",
         String::from_utf8_lossy(&r.stderr)
     );
+}
+
+/// A UDP socket with SO_REUSEADDR: `--reuseaddr` passes at once, from
+/// the holder's option read from its socket, with no trial bind (none
+/// could be made: a UDP socket sharing the port takes its datagrams);
+/// without SO_REUSEADDR on the holder it waits. UDP, not a bound TCP
+/// socket: kernels before 6.10 do not list those.
+#[test]
+fn wait_reuseaddr_reads_the_holders_option() {
+    let ns = Netns::new("pw-wait-opt");
+    let port = port();
+    let any = std::net::SocketAddr::from(([0, 0, 0, 0], port));
+    let _with = ns.run(move || {
+        Process::fork(move || hold(any, true, |s| s.set_reuse_address(true).unwrap()))
+    });
+    let udp = format!("{port}/udp");
+    let t0 = Instant::now();
+    let r = wait_in(&ns, &[&udp, "--reuseaddr", "--timeout", "10s"]);
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert_eq!(r.status.code(), Some(0), "{err}");
+    assert!(t0.elapsed() < Duration::from_secs(5), "{err}");
+    assert!(!err.contains("waiting for"), "{err}");
+    // The kernel agrees.
+    assert!(ns.run(move || {
+        let s = socket(false, true);
+        s.set_reuse_address(true).unwrap();
+        bind(&s, any).is_ok()
+    }));
+
+    let other = std::net::SocketAddr::from(([0, 0, 0, 0], port + 1));
+    let _without = ns.run(move || Process::fork(move || hold(other, true, |_| {})));
+    let udp = format!("{}/udp", port + 1);
+    let r = wait_in(&ns, &[&udp, "--reuseaddr", "--timeout", "300ms"]);
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert_eq!(r.status.code(), Some(1), "{err}");
+    assert!(!err.contains("unknown"), "{err}");
 }
 
 /// A holder that never lets go: exit 1 after the timeout, naming it.

@@ -78,13 +78,26 @@ fn who_listener_is_taken_and_named() {
             .contains(&format!("kill {}", held.pid)),
         "{v:#}"
     );
+    // The model answers, nothing is bound; SO_REUSEPORT's answer hung on
+    // the holder's option, read from its socket.
     for option in ["plain", "reuseaddr", "reuseport"] {
         let b = bind_of(&v, option);
         assert_eq!(b["result"], "fails", "{v:#}");
         assert_eq!(b["errno"], "EADDRINUSE", "{v:#}");
-        assert_eq!(b["checked"], "trial_bind", "{v:#}");
+        assert_eq!(b["checked"], "rules", "{v:#}");
     }
-    // The trial binds left nothing behind.
+    assert_eq!(bind_of(&v, "reuseport")["options_from"], "socket", "{v:#}");
+    assert_eq!(s[0]["reuseport"], false, "{v:#}");
+    assert_eq!(s[0]["options_from"], "socket", "{v:#}");
+    // --trial asks the kernel instead, with the same answers; the trial
+    // binds left nothing behind.
+    let (code, tried) = who(&ns, &[&port.to_string(), "--trial"]);
+    assert_eq!(code, 1, "{tried:#}");
+    for option in ["plain", "reuseaddr", "reuseport"] {
+        let b = bind_of(&tried, option);
+        assert_eq!(b["result"], "fails", "{tried:#}");
+        assert_eq!(b["checked"], "trial_bind", "{tried:#}");
+    }
     let (code, again) = who(&ns, &[&port.to_string()]);
     assert_eq!(code, 1);
     assert_eq!(sockets(&again).len(), 1, "{again:#}");
@@ -125,7 +138,7 @@ fn who_free_port_exits_0() {
         let b = bind_of(&v, option);
         assert_eq!(
             (&b["result"], &b["checked"]),
-            (&Value::from("ok"), &Value::from("trial_bind")),
+            (&Value::from("ok"), &Value::from("rules")),
             "{v:#}"
         );
     }
@@ -156,16 +169,12 @@ fn who_time_wait_leftovers() {
     );
     assert_eq!(v["reason"], "time_wait", "{v:#}");
     assert!(v["fix"].as_str().unwrap().contains("SO_REUSEADDR"), "{v:#}");
-    let reuse = bind_of(&v, "reuseaddr");
-    assert_eq!(reuse["result"], "ok", "{v:#}");
-    assert_eq!(reuse["checked"], "trial_bind", "{v:#}");
-
-    // The rules alone cannot know the leftovers' SO_REUSEADDR.
-    let (code, v) = who(&ns, &[&port.to_string(), "--no-trial"]);
-    assert_eq!(code, 1, "{v:#}");
+    // Leftovers have no file descriptor: their SO_REUSEADDR cannot be
+    // read, and the model says what the answer hangs on.
     let reuse = bind_of(&v, "reuseaddr");
     assert_eq!(reuse["result"], "unknown", "{v:#}");
     assert_eq!(reuse["checked"], "rules", "{v:#}");
+    assert!(s[0]["options_from"].is_null(), "{v:#}");
     assert!(
         reuse["note"]
             .as_str()
@@ -173,12 +182,25 @@ fn who_time_wait_leftovers() {
             .contains("only if the holder set SO_REUSEADDR too"),
         "{v:#}"
     );
+    // `--no-trial`, the old way to ask for that, is the default now.
+    let (code, same) = who(&ns, &[&port.to_string(), "--no-trial"]);
+    assert_eq!(code, 1, "{same:#}");
+    assert_eq!(bind_of(&same, "reuseaddr")["result"], "unknown", "{same:#}");
+
+    // A trial bind settles it: the listener had SO_REUSEADDR.
+    let (code, v) = who(&ns, &[&port.to_string(), "--trial"]);
+    assert_eq!(code, 1, "{v:#}");
+    let reuse = bind_of(&v, "reuseaddr");
+    assert_eq!(reuse["result"], "ok", "{v:#}");
+    assert_eq!(reuse["checked"], "trial_bind", "{v:#}");
 
     // Leftovers of a listener without SO_REUSEADDR block SO_REUSEADDR too:
     // the kernel compares both sockets' options.
-    let (code, v) = who(&ns, &[&(port + 1).to_string()]);
+    let (code, v) = who(&ns, &[&(port + 1).to_string(), "--trial"]);
     assert_eq!(code, 1, "{v:#}");
     assert_eq!(bind_of(&v, "reuseaddr")["result"], "fails", "{v:#}");
+    let (_, v) = who(&ns, &[&(port + 1).to_string()]);
+    assert_eq!(bind_of(&v, "reuseaddr")["result"], "unknown", "{v:#}");
 }
 
 #[test]
@@ -194,13 +216,32 @@ fn who_udp() {
     assert_eq!(s[0]["state"], "UDP", "{v:#}");
     assert_eq!(s[0]["pid"], held.pid, "{v:#}");
     assert_eq!(v["reason"], "listener", "{v:#}");
-    assert_eq!(bind_of(&v, "plain")["checked"], "trial_bind", "{v:#}");
-    // No trial that could share the port and take the holder's datagrams.
+    assert_eq!(bind_of(&v, "plain")["checked"], "rules", "{v:#}");
+    // The holder's options, read from its socket, settle what no trial
+    // could (a UDP socket sharing the port would take its datagrams).
+    assert_eq!(s[0]["reuseaddr"], false, "{v:#}");
     for option in ["reuseaddr", "reuseport"] {
         let b = bind_of(&v, option);
-        assert_eq!(b["result"], "unknown", "{v:#}");
+        assert_eq!(b["result"], "fails", "{v:#}");
         assert_eq!(b["checked"], "rules", "{v:#}");
+        assert_eq!(b["options_from"], "socket", "{v:#}");
     }
+    // Even with --trial, no trial that could share the port.
+    let (_, tried) = who(
+        &ns,
+        &[&format!("{port}/udp"), "--addr", "127.0.0.1", "--trial"],
+    );
+    assert_eq!(
+        bind_of(&tried, "plain")["checked"],
+        "trial_bind",
+        "{tried:#}"
+    );
+    assert_eq!(
+        bind_of(&tried, "reuseaddr")["checked"],
+        "rules",
+        "{tried:#}"
+    );
+    assert_eq!(bind_of(&tried, "reuseaddr")["result"], "fails", "{tried:#}");
     // The TCP port of the same number is free.
     let (code, v) = who(&ns, &[&format!("{port}/tcp")]);
     assert_eq!(code, 0, "{v:#}");
@@ -249,11 +290,15 @@ fn who_idle_bound_tcp_socket() {
     assert_eq!(s[0]["state"], "BOUND", "{v:#}");
     assert_eq!(s[0]["pid"], held.pid, "{v:#}");
     assert_eq!(v["reason"], "bound_not_listening", "{v:#}");
-    // The holder has no SO_REUSEADDR: the trial says so.
+    // The holder has no SO_REUSEADDR: read from its socket.
     assert_eq!(bind_of(&v, "reuseaddr")["result"], "fails", "{v:#}");
+    assert_eq!(bind_of(&v, "reuseaddr")["options_from"], "socket", "{v:#}");
+    assert!(v["unseen"].is_null(), "this kernel lists them: {v:#}");
 }
 
-/// SO_REUSEPORT shares within one uid: the trial is made as the holder's.
+/// SO_REUSEPORT shares within one uid: the answer is for the holder's, and
+/// the holder's SO_REUSEPORT is read from its socket (a trial, with
+/// --trial, is made as that uid).
 #[test]
 fn who_reuseport_under_the_holders_uid() {
     let ns = Netns::new("pw-who-rport");
@@ -272,8 +317,14 @@ fn who_reuseport_under_the_holders_uid() {
     let b = bind_of(&v, "reuseport");
     assert_eq!(b["result"], "ok", "{v:#}");
     assert_eq!(b["uid"], 65534, "{v:#}");
-    assert_eq!(b["checked"], "trial_bind", "{v:#}");
+    assert_eq!(b["checked"], "rules", "{v:#}");
+    assert_eq!(b["options_from"], "socket", "{v:#}");
     assert_eq!(bind_of(&v, "reuseaddr")["result"], "fails", "{v:#}");
+    let (_, tried) = who(&ns, &[&port.to_string(), "--trial"]);
+    let b = bind_of(&tried, "reuseport");
+    assert_eq!(b["result"], "ok", "{tried:#}");
+    assert_eq!(b["uid"], 65534, "{tried:#}");
+    assert_eq!(b["checked"], "trial_bind", "{tried:#}");
 }
 
 /// Holder objects have exactly the keys `watch --json` writes: those of
@@ -333,7 +384,13 @@ fn who_bad_input_exit_codes() {
     }
     let help = run(&["--help"]);
     let text = String::from_utf8_lossy(&help.stdout);
-    for needle in ["EXAMPLES:", "EXIT STATUS:", "trial bind", "--addr ::"] {
+    for needle in [
+        "EXAMPLES:",
+        "EXIT STATUS:",
+        "--trial",
+        "trial bind",
+        "--addr ::",
+    ] {
         assert!(text.contains(needle), "'{needle}' not in --help: {text}");
     }
 }
@@ -459,11 +516,11 @@ fn two_veth_pairs(ns: &Netns) {
     });
 }
 
-/// `who PORT ARGS --no-trial`: the rules' prediction, no trial bind (a trial
-/// is the kernel's own answer, so it would check nothing).
+/// `who PORT ARGS`: the model's prediction, no trial bind (a trial is the
+/// kernel's own answer, so it would check nothing).
 fn predicted(ns: &Netns, port: u16, args: &[&str]) -> (i32, Value) {
     let port = port.to_string();
-    let mut all = vec![port.as_str(), "--no-trial"];
+    let mut all = vec![port.as_str()];
     all.extend_from_slice(args);
     let (code, v) = who(ns, &all);
     assert_eq!(bind_of(&v, "plain")["checked"], "rules", "{v:#}");
@@ -480,8 +537,8 @@ fn socket_on<'a>(v: &'a Value, device: &str) -> &'a Value {
 
 /// SO_BINDTODEVICE, for real: listeners bound to two devices share a port,
 /// a socket bound to no device conflicts with one bound to any, and one
-/// device conflicts with itself. Each prediction (`--no-trial`: the rules
-/// alone) is checked against a real bind.
+/// device conflicts with itself. Each prediction (the model: no trial
+/// bind) is checked against a real bind.
 #[test]
 fn who_sockets_bound_to_other_devices_are_not_in_the_way() {
     let ns = Netns::new("pw-who-dev");
@@ -500,7 +557,7 @@ fn who_sockets_bound_to_other_devices_are_not_in_the_way() {
     // The trial binds on pwb0 too: the kernel's answer through portwatch.
     // Not SO_REUSEPORT's: beside pwa0's listener, a successful one would
     // leave the kernel's fast-reuse state of the port changed.
-    let (code, v) = who(&ns, &[&port.to_string(), "--device", "pwb0"]);
+    let (code, v) = who(&ns, &[&port.to_string(), "--device", "pwb0", "--trial"]);
     assert_eq!(code, 0, "{v:#}");
     assert_eq!(bind_of(&v, "plain")["checked"], "trial_bind", "{v:#}");
     assert_eq!(bind_of(&v, "reuseport")["checked"], "rules", "{v:#}");
@@ -594,7 +651,7 @@ fn who_sockets_bound_to_other_devices_are_not_in_the_way() {
 /// VRFs, for real: TCP keeps one bind bucket per VRF (unless
 /// net.ipv4.tcp_l3mdev_accept=1), so a listener in VRF red leaves the port
 /// free outside it and in VRF blue; UDP has no such scope. Each prediction
-/// (`--no-trial`) is checked against a real bind.
+/// (the model, no trial) is checked against a real bind.
 #[test]
 #[ignore = "needs the vrf module: runs in the VM suites (cargo xtask vm-test)"]
 fn who_vrfs_keep_tcp_ports_apart() {
@@ -635,7 +692,7 @@ fn who_vrfs_keep_tcp_ports_apart() {
 
     // UDP: no VRF scope, a socket bound to no device meets the one in red.
     let udp_arg = format!("{udp}/udp");
-    let (code, v) = who(&ns, &[&udp_arg, "--no-trial"]);
+    let (code, v) = who(&ns, &[&udp_arg]);
     assert_eq!(code, 1, "{v:#}");
     assert!(socket_on(&v, "red")["apart"].is_null(), "{v:#}");
     assert_eq!(

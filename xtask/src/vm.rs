@@ -55,7 +55,9 @@ const HOST_ONLY: &[&str] = &[
 ];
 
 /// Test binaries to run in the VM.
-const SUITES: &[&str] = &["capture", "cli", "holders", "who", "wait", "io_uring"];
+const SUITES: &[&str] = &[
+    "capture", "cli", "holders", "who", "wait", "io_uring", "model",
+];
 
 /// Backends every suite runs with.
 const BACKENDS: &[&str] = &["fexit", "tracepoint"];

@@ -46,6 +46,7 @@ pub(super) fn holder(state: State) -> Holder {
         v6only: None,
         reuseaddr: None,
         reuseport: None,
+        options_from: None,
         cross_family: false,
         seen: Seen::SockDiag,
         socket_unit: None,

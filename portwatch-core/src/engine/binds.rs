@@ -1,15 +1,16 @@
-//! Would a bind succeed now, per option: a trial bind where one is safe,
-//! else the kernel's rules over the sockets sock_diag listed
-//! ([`crate::bindcheck`]).
+//! Would a bind succeed now, per option: the kernel's rules over the
+//! sockets sock_diag listed and the holders' own options where they are
+//! known ([`crate::bindcheck`]); a trial bind instead, where one is asked
+//! for and safe.
 
 use std::collections::BTreeSet;
 
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    bindcheck::{self, OnDevice, Rule, Variant},
+    bindcheck::{self, Known, OnDevice, Rule, Variant},
     diagnose::Verdict,
-    holders::{overlaps, sockdiag::DiagSocket, State, TrialFailed},
+    holders::{overlaps, sockdiag::DiagSocket, sockopts::OptionsFrom, State, TrialFailed},
     request::{Binding, Errno, Family, Proto},
 };
 
@@ -31,7 +32,9 @@ pub enum Answer {
 pub enum Checked {
     /// A real bind() of a fresh socket, closed at once: the kernel's answer.
     TrialBind,
-    /// The kernel's conflict rules applied to the sockets sock_diag listed.
+    /// The kernel's conflict rules applied to the sockets sock_diag listed,
+    /// with the holders' own options where they are known
+    /// (`BindVerdict::options_from`).
     Rules,
 }
 
@@ -51,27 +54,60 @@ pub struct BindVerdict {
     pub uid: u32,
     /// Why the rules answered instead of a trial, or what the answer hangs on.
     pub note: Option<String>,
+    /// Where the holders' options that settled the rules' answer came
+    /// from (their sockets, or the tracer's record), when the answer hung
+    /// on them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub options_from: Option<OptionsFrom>,
     /// Reason, diagnosis and fix when it does not succeed, as `watch` gives them.
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
     pub verdict: Option<Verdict>,
 }
 
+/// The listed sockets and what is known of each one's options.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Seen<'a> {
+    /// Every socket on the port.
+    pub sockets: &'a [DiagSocket],
+    /// `known[i]`: what is known of `sockets[i]`'s options, and from where.
+    pub known: &'a [(Known, Option<OptionsFrom>)],
+}
+
+impl Seen<'_> {
+    /// The known options alone, in the sockets' order.
+    fn options(&self) -> Vec<Known> {
+        self.known.iter().map(|(k, _)| *k).collect()
+    }
+
+    /// Where the known options came from: the socket's own, if any
+    /// socket's were read, else the record's.
+    fn from(&self) -> Option<OptionsFrom> {
+        let from = |f| self.known.iter().any(|(_, s)| *s == Some(f));
+        [OptionsFrom::Socket, OptionsFrom::Record]
+            .into_iter()
+            .find(|&f| from(f))
+    }
+}
+
 /// The answer for each option, plain, SO_REUSEADDR, SO_REUSEPORT, without
 /// verdicts yet, given every socket on the port (those the device rule
-/// keeps apart too: `on`). `trial`: trial binds may be made; `me`: our euid.
+/// keeps apart too: `on`). `trial`: trial binds may be made; `me`: our
+/// euid; `asked_uid`: the uid SO_REUSEPORT's answer is for, if not the
+/// holders'.
 pub(super) fn answers(
     b: &Binding,
     on: OnDevice<'_>,
-    sockets: &[DiagSocket],
+    seen: Seen<'_>,
     trial: bool,
     me: u32,
+    asked_uid: Option<u32>,
 ) -> Vec<BindVerdict> {
-    let owner = reuseport_uid(b, on, sockets, me);
+    let owner = asked_uid.unwrap_or_else(|| reuseport_uid(b, on, seen.sockets, me));
     Variant::ALL
         .into_iter()
         .map(|v| {
             let uid = if v == Variant::Reuseport { owner } else { me };
-            answer(b, on, v, (uid, me), sockets, trial)
+            answer(b, on, v, (uid, me), seen, trial)
         })
         .collect()
 }
@@ -108,10 +144,14 @@ pub(super) fn answer(
     on: OnDevice<'_>,
     variant: Variant,
     (uid, me): (u32, u32),
-    sockets: &[DiagSocket],
+    seen: Seen<'_>,
     trial: bool,
 ) -> BindVerdict {
-    let rule = bindcheck::by_rules(b, variant, uid, sockets, on);
+    let sockets = seen.sockets;
+    let unsettled = bindcheck::by_rules(b, variant, uid, sockets, &[], on);
+    let rule = bindcheck::by_rules(b, variant, uid, sockets, &seen.options(), on);
+    // The holders' options turned "it depends" into an answer.
+    let settled = matches!(unsettled, Rule::IfHolderSet(_)) && rule != unsettled;
     // A SO_REUSEPORT trial that succeeds beside a socket kept apart by its
     // device or VRF would leave the kernel's fast-reuse state of the port
     // behind (`inet_csk_update_fastreuse` marks the bucket for the trial's
@@ -123,7 +163,7 @@ pub(super) fn answer(
     let tried = if beside_apart && trial {
         Err(Some(BESIDE_APART.to_owned()))
     } else {
-        try_bind(b, variant, rule, uid, me, trial)
+        try_bind(b, variant, unsettled, uid, me, trial)
     };
     let (result, errno, checked, note) = match tried {
         Ok(None) => (Answer::Ok, None, Checked::TrialBind, None),
@@ -133,6 +173,13 @@ pub(super) fn answer(
             (result, errno, Checked::Rules, note)
         }
     };
+    let options_from = (checked == Checked::Rules && settled)
+        .then(|| seen.from())
+        .flatten();
+    let note = match (options_from, unsettled) {
+        (Some(from), Rule::IfHolderSet(o)) => Some(settled_note(o, rule, from, note)),
+        _ => note,
+    };
     BindVerdict {
         option: variant,
         result,
@@ -140,7 +187,25 @@ pub(super) fn answer(
         checked,
         uid,
         note,
+        options_from,
         verdict: None,
+    }
+}
+
+/// What settled an answer that hung on the holder setting `option`.
+fn settled_note(option: &str, rule: Rule, from: OptionsFrom, why: Option<String>) -> String {
+    let whence = match from {
+        OptionsFrom::Socket => "read from its socket",
+        OptionsFrom::Record => "the tracer's record of its bind",
+    };
+    let had = match rule {
+        Rule::Free => "set",
+        _ => "did not set",
+    };
+    let said = format!("the holder {had} {option} ({whence})");
+    match why {
+        Some(why) => format!("{said}; {why}"),
+        None => said,
     }
 }
 
@@ -148,7 +213,9 @@ pub(super) fn answer(
 const BESIDE_APART: &str = "no trial bind: beside a socket on another device or VRF, a SO_REUSEPORT trial would change how the kernel checks later SO_REUSEPORT binds of the port";
 
 /// A trial bind, when one may be made: Err(why not), None when trials
-/// are off altogether (`--no-trial` needs no note).
+/// are off altogether (the default needs no note). `rule`: the rules'
+/// answer without the holders' options, which says whether the trial
+/// could share the port with them.
 fn try_bind(
     b: &Binding,
     variant: Variant,
@@ -199,12 +266,14 @@ fn from_rules(
     }
 }
 
-/// Options whose trial bind has just failed: no fix may recommend them.
+/// Options a bind has just been shown to fail with, by a trial or by the
+/// rules (whatever the holder's options, or with them known): no fix may
+/// recommend them.
 pub(super) fn trial_failed(binds: &[BindVerdict]) -> TrialFailed {
     let failed = |v: Variant| {
         binds
             .iter()
-            .any(|b| b.option == v && b.checked == Checked::TrialBind && b.result == Answer::Fails)
+            .any(|b| b.option == v && b.result == Answer::Fails)
     };
     TrialFailed {
         reuseaddr: failed(Variant::Reuseaddr),

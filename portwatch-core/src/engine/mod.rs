@@ -15,6 +15,12 @@
 //! that fail (`BatchState::evidence` is the one place an `Evidence` is made),
 //! look for its traffic sent elsewhere.
 //!
+//! The answers come from the kernel's rules (`bindcheck`) over the sockets
+//! listed, with each holder's SO_REUSEADDR / SO_REUSEPORT read from its
+//! socket where the answer hangs on them (`holders::sockopts`: a duplicate
+//! of its fd, never a bind). Trial binds are made only when a batch asks
+//! for them (`who --trial`).
+//!
 //! Entering a network namespace is the caller's: everything here (dumps,
 //! trial binds, sysctls, NAT tables) reads the calling thread's, as
 //! `holders::sockdiag` does. Run it on a thread of its own: a SO_REUSEPORT
@@ -30,16 +36,18 @@ use std::io;
 pub use binds::{Answer, BindVerdict, Checked};
 
 use crate::{
-    bindcheck::{OnDevice, Variant},
+    bindcheck::{Known, OnDevice, Variant},
     diagnose::{diagnose, Verdict},
     holders::{
         containers::{Containers, Publishing},
         dnat::{DnatRule, NatTables},
+        inactive,
         sockdiag::DiagSocket,
+        sockopts::OptionsFrom,
         sysctl::{self, Sysctls},
         Device, Devices, Enricher, Evidence, Holder, State, TrialFailed,
     },
-    request::{Binding, Errno, Family, Opts, Request, Syscall},
+    request::{Binding, Errno, Family, Opts, Proto, Request, Syscall},
 };
 
 /// The bindings to judge, and how.
@@ -50,7 +58,8 @@ pub struct Batch {
     pub netns: u32,
     /// The binds about to be made, TCP or UDP.
     pub bindings: Vec<Binding>,
-    /// Make trial binds where they are safe (false: the rules alone).
+    /// Make trial binds where they are safe (false, the default of every
+    /// command: the rules and the holders' options alone).
     pub trial: bool,
     /// Look for containers publishing the ports (Docker's port bindings,
     /// which live in the host's network namespace: set it there only).
@@ -89,6 +98,16 @@ pub struct Judgement {
     pub tools: crate::tools::HostTools,
 }
 
+/// What `Judged::unseen` says on a kernel that does not list TCP
+/// sockets bound without listen().
+pub const UNSEEN_BOUND: &str = "this kernel's sock_diag does not list TCP sockets bound without listen() (it lacks TCP_BOUND_INACTIVE, Linux 6.10+): one may hold the port unseen, and only the tracer's record (`portwatch watch`) names it";
+
+/// [`UNSEEN_BOUND`] for a batch with a TCP binding, on such a kernel.
+fn unseen(bindings: &[Binding]) -> Option<String> {
+    (bindings.iter().any(|b| b.proto == Proto::Tcp) && !inactive::listed())
+        .then(|| UNSEEN_BOUND.to_owned())
+}
+
 /// What one batch cost.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct BatchStats {
@@ -105,6 +124,12 @@ pub struct Judged {
     pub judgements: Vec<Judgement>,
     /// What it cost.
     pub stats: BatchStats,
+    /// What may hold a TCP binding's port unseen: on a kernel whose
+    /// sock_diag does not list TCP sockets bound without listen() (no
+    /// TCP_BOUND_INACTIVE, before Linux 6.10), such a socket, which only
+    /// the tracer's record names ([`UNSEEN_BOUND`]). None where everything
+    /// that can hold the ports is listed.
+    pub unseen: Option<String>,
 }
 
 /// Why a batch could not be judged.
@@ -127,11 +152,20 @@ pub enum JudgeError {
 }
 
 /// Judges every binding of `batch` in the calling thread's network
-/// namespace.
+/// namespace. The SO_REUSEPORT answers are for a socket of the uid owning
+/// the sockets in the way (SO_REUSEPORT shares only within one uid), or
+/// ours when they have none or several.
 pub fn judge(batch: &Batch) -> Result<Judged, JudgeError> {
+    judge_as(batch, None)
+}
+
+/// [`judge`], with the SO_REUSEPORT answers for a socket of `uid` when it
+/// is given (a deploy that runs as that user), whoever owns the sockets.
+pub fn judge_as(batch: &Batch, uid: Option<u32>) -> Result<Judged, JudgeError> {
     let dumps = plan::plan(&batch.bindings)?;
     let dumped = plan::dump(&dumps)?;
     let mut shared = BatchState::new(batch, &dumped)?;
+    shared.reuseport_uid = uid;
     let judgements = batch
         .bindings
         .iter()
@@ -143,23 +177,29 @@ pub fn judge(batch: &Batch) -> Result<Judged, JudgeError> {
             dumps: dumps.len(),
             proc_walks: shared.enricher.proc_walks(),
         },
+        unseen: unseen(&batch.bindings),
     })
 }
 
 /// `wait`'s question, asked again and again until it says yes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BindNow {
     /// The bind as asked would succeed now.
     pub free: bool,
     /// TIME_WAIT leftovers are on the port (they expire without the
     /// kernel announcing it).
     pub time_wait: bool,
+    /// It hangs on options of a holder that cannot be read (TIME_WAIT
+    /// leftovers' SO_REUSEADDR): what it hangs on. Not free until that
+    /// holder is gone.
+    pub unknown: Option<String>,
 }
 
 /// Whether `b` (with its own option) would bind now, by the same answer
-/// [`judge`] gives: one dump of its port and at most one trial bind; no
-/// owners, no diagnosis.
-pub fn bind_now(b: &Binding) -> Result<BindNow, JudgeError> {
+/// [`judge`] gives: one dump of its port; the holders' options only when
+/// the answer hangs on them (then one walk of /proc); a trial bind only
+/// if `trial`; no diagnosis.
+pub fn bind_now(b: &Binding, trial: bool) -> Result<BindNow, JudgeError> {
     let dumps = plan::plan(std::slice::from_ref(b))?;
     let dumped = plan::dump(&dumps)?;
     let sockets = dumped.on(b);
@@ -172,13 +212,113 @@ pub fn bind_now(b: &Binding) -> Result<BindNow, JudgeError> {
         Variant::Reuseport => binds::reuseport_uid(b, on, sockets, me),
         _ => me,
     };
-    let answer = binds::answer(b, on, variant, (uid, me), sockets, true);
+    let bare = binds::Seen {
+        sockets,
+        known: &[],
+    };
+    let mut answer = binds::answer(b, on, variant, (uid, me), bare, trial);
+    // Hangs on a holder's options: read them (one walk of /proc), unless
+    // only TIME_WAIT leftovers, which have no fd, are on the port (then
+    // this runs every 20 ms and could read nothing).
+    let readable = sockets
+        .iter()
+        .any(|s| s.inode != 0 && State::from_kernel(b.proto, s.state) != State::TimeWait);
+    if answer.result == Answer::Unknown && readable {
+        let enricher = Enricher::for_batch(true);
+        let req = request_for(b, Variant::Plain, 0, on.index);
+        let mut listed = enricher.each_socket(&req, sockets, &devices);
+        let known = read_options(&enricher, b, on, sockets, &mut listed);
+        let seen = binds::Seen {
+            sockets,
+            known: &known,
+        };
+        answer = binds::answer(b, on, variant, (uid, me), seen, trial);
+    }
     Ok(BindNow {
         free: answer.result == Answer::Ok,
         time_wait: sockets
             .iter()
             .any(|s| State::from_kernel(b.proto, s.state) == State::TimeWait),
+        unknown: (answer.result == Answer::Unknown)
+            .then_some(answer.note)
+            .flatten(),
     })
+}
+
+/// Sockets whose options are read, at most, per binding: beyond them
+/// (thousands of connections on a busy port), the rules say "it depends".
+const MAX_OPTION_READS: usize = 64;
+
+/// What is known of each listed socket's options (`listed[i]` is
+/// `sockets[i]`'s holder), read from the sockets in `b`'s way where they
+/// have an owner (not TIME_WAIT leftovers, which have no fd), else the
+/// tracer's record the holder carries. The holders are told what was read.
+fn read_options(
+    enricher: &Enricher,
+    b: &Binding,
+    on: OnDevice<'_>,
+    sockets: &[DiagSocket],
+    listed: &mut [Holder],
+) -> Vec<(Known, Option<OptionsFrom>)> {
+    let mut reads = 0;
+    sockets
+        .iter()
+        .zip(listed.iter_mut())
+        .map(|(s, h)| {
+            let in_way = on.apart(b.proto, s).is_none()
+                && crate::holders::overlaps(
+                    (Family::of(b.addr), b.addr, b.opts.v6only),
+                    (
+                        Family::try_from(u16::from(s.family)).unwrap_or(Family::Ipv4),
+                        s.local.ip(),
+                        s.v6only,
+                    ),
+                )
+                .is_some();
+            let readable = in_way
+                && s.inode != 0
+                && !h.pids.is_empty()
+                && h.state != State::TimeWait
+                && reads < MAX_OPTION_READS;
+            if readable {
+                reads += 1;
+                if let Ok(o) = enricher.socket_options(s.inode, &h.pids) {
+                    h.reuseaddr = Some(o.reuseaddr);
+                    h.reuseport = Some(o.reuseport);
+                    h.v6only = h.v6only.or(o.v6only);
+                    h.options_from = Some(OptionsFrom::Socket);
+                }
+            }
+            let known = Known {
+                reuseaddr: h.reuseaddr,
+                reuseport: h.reuseport,
+            };
+            (known, h.options_from)
+        })
+        .collect()
+}
+
+/// The request for `b` made with `variant`'s option, in network namespace
+/// `netns`, on device `device`: a bind not made yet, by nobody known.
+fn request_for(b: &Binding, variant: Variant, netns: u32, device: u32) -> Request {
+    let opts = Opts {
+        reuseaddr: variant == Variant::Reuseaddr,
+        reuseport: variant == Variant::Reuseport,
+        ..b.opts
+    };
+    Request {
+        netns,
+        proto: b.proto,
+        family: Family::of(b.addr),
+        addr: b.addr,
+        port: b.port,
+        opts: Some(opts),
+        syscall: Syscall::Bind,
+        errno: None,
+        caller: None,
+        holder_record: None,
+        device,
+    }
 }
 
 /// The namespace's devices as the device rule needs them: its links (one
@@ -209,6 +349,8 @@ struct BatchState<'a> {
     containers: Option<Containers>,
     /// Our euid: the new socket's owner.
     me: u32,
+    /// The uid the SO_REUSEPORT answers are for, when the caller says.
+    reuseport_uid: Option<u32>,
 }
 
 impl<'a> BatchState<'a> {
@@ -224,24 +366,30 @@ impl<'a> BatchState<'a> {
             nat: None,
             containers: batch.published.then(Containers::of_this_host),
             me: nix::unistd::geteuid().as_raw(),
+            reuseport_uid: None,
         })
     }
 
     /// One binding, given the sockets on its port.
     fn judge(&mut self, b: &Binding, sockets: &[DiagSocket]) -> Judgement {
         let on = OnDevice::of(b, &self.devices);
-        let listed =
+        let mut listed =
             self.enricher
                 .each_socket(&self.request(b, Variant::Plain), sockets, &self.devices);
+        let known = read_options(&self.enricher, b, on, sockets, &mut listed);
         // Sockets another device or VRF keeps apart are listed, but not in the way.
         let in_way: Vec<DiagSocket> = sockets
             .iter()
             .filter(|s| on.apart(b.proto, s).is_none())
             .cloned()
             .collect();
-        let mut binds = binds::answers(b, on, sockets, self.batch.trial, self.me);
+        let seen = binds::Seen {
+            sockets,
+            known: &known,
+        };
+        let mut binds = binds::answers(b, on, seen, self.batch.trial, self.me, self.reuseport_uid);
         let device = self.devices.named(on.index);
-        self.add_verdicts(b, &in_way, &mut binds);
+        self.add_verdicts(b, &in_way, &listed, &mut binds);
         let published = self.published(b, &listed);
         let dnat = self
             .nat
@@ -266,37 +414,33 @@ impl<'a> BatchState<'a> {
     /// The request for `b` made with `variant`'s option: a bind not made
     /// yet, by nobody known.
     fn request(&self, b: &Binding, variant: Variant) -> Request {
-        let opts = Opts {
-            reuseaddr: variant == Variant::Reuseaddr,
-            reuseport: variant == Variant::Reuseport,
-            ..b.opts
-        };
-        Request {
-            netns: self.batch.netns,
-            proto: b.proto,
-            family: Family::of(b.addr),
-            addr: b.addr,
-            port: b.port,
-            opts: Some(opts),
-            syscall: Syscall::Bind,
-            errno: None,
-            caller: None,
-            holder_record: None,
-            device: OnDevice::of(b, &self.devices).index,
-        }
+        request_for(
+            b,
+            variant,
+            self.batch.netns,
+            OnDevice::of(b, &self.devices).index,
+        )
     }
 
     /// Reason, diagnosis and fix for each option that would not succeed.
-    /// After every trial: no fix may recommend an option whose trial bind
-    /// has just failed.
-    fn add_verdicts(&self, b: &Binding, in_way: &[DiagSocket], binds: &mut [BindVerdict]) {
+    /// After every answer: no fix may recommend an option a bind has just
+    /// been shown to fail with. The holders' options read (`listed`) are
+    /// told to the diagnosis.
+    fn add_verdicts(
+        &self,
+        b: &Binding,
+        in_way: &[DiagSocket],
+        listed: &[Holder],
+        binds: &mut [BindVerdict],
+    ) {
         if binds.iter().all(|v| v.result == Answer::Ok) {
             return;
         }
         let trial_failed = binds::trial_failed(binds);
         // The holders depend on the address and IPV6_V6ONLY alone, which
         // every option shares.
-        let evidence = self.evidence(&self.request(b, Variant::Plain), in_way, trial_failed);
+        let mut evidence = self.evidence(&self.request(b, Variant::Plain), in_way, trial_failed);
+        with_options(&mut evidence.holders, listed);
         for v in binds.iter_mut().filter(|v| v.result != Answer::Ok) {
             let req = Request {
                 errno: v.errno.filter(|&e| e != Errno::ADDRINUSE),
@@ -342,5 +486,24 @@ impl<'a> BatchState<'a> {
             .into_iter()
             .filter(|p| p.running && !named.contains(&p.container.id.as_str()))
             .collect()
+    }
+}
+
+/// Gives each holder of a diagnosis the options read from its socket
+/// (`listed`: one holder per socket), matched by address, state and owner.
+fn with_options(holders: &mut [Holder], listed: &[Holder]) {
+    for h in holders.iter_mut().filter(|h| h.options_from.is_none()) {
+        let read = listed.iter().find(|l| {
+            l.options_from.is_some()
+                && l.addr == h.addr
+                && l.state == h.state
+                && l.pid.is_some()
+                && l.pid == h.pid
+        });
+        if let Some(l) = read {
+            h.reuseaddr = l.reuseaddr;
+            h.reuseport = l.reuseport;
+            h.options_from = l.options_from;
+        }
     }
 }

@@ -10,11 +10,13 @@ pub mod containers;
 pub mod devices;
 pub mod dnat;
 pub mod enrich;
+pub mod inactive;
 pub mod kernel;
 pub mod netns;
 pub mod opened;
 pub mod procs;
 pub mod sockdiag;
+pub mod sockopts;
 pub mod sysctl;
 pub mod systemd;
 
@@ -170,10 +172,15 @@ pub struct Holder {
     pub remote: Option<String>,
     /// IPV6_V6ONLY of an IPv6 socket, when known.
     pub v6only: Option<bool>,
-    /// SO_REUSEADDR, when known (kernel record only).
+    /// SO_REUSEADDR, when known (`options_from` says how).
     pub reuseaddr: Option<bool>,
-    /// SO_REUSEPORT, when known (kernel record only).
+    /// SO_REUSEPORT, when known (`options_from` says how).
     pub reuseport: Option<bool>,
+    /// Where `reuseaddr` and `reuseport` come from: read from the socket
+    /// itself (`who`, `wait`, `check`), or the tracer's record of its bind.
+    /// Absent when they are unknown, and from older journals.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub options_from: Option<sockopts::OptionsFrom>,
     /// Its family differs from the failing socket's: they overlap through an
     /// IPv6 wildcard without IPV6_V6ONLY.
     pub cross_family: bool,

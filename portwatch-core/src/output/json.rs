@@ -408,6 +408,7 @@ mod tests {
                 v6only: Some(false),
                 reuseaddr: Some(true),
                 reuseport: None,
+                options_from: None,
                 cross_family: true,
                 seen: Seen::KernelAndSockDiag,
                 socket_unit: None,

@@ -16,7 +16,9 @@ use crate::{
     bindcheck::Variant,
     diagnose::Verdict,
     engine::Judgement,
-    holders::{containers::Publishing, dnat::DnatRule, Device, Holder, State},
+    holders::{
+        containers::Publishing, dnat::DnatRule, sockopts::OptionsFrom, Device, Holder, State,
+    },
     request::Proto,
 };
 
@@ -51,6 +53,10 @@ pub struct WhoReport {
     /// The plain bind's reason, diagnosis and fix, when it would fail.
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
     pub verdict: Option<Verdict>,
+    /// What may hold the port without being listed (a TCP socket bound
+    /// without listen(), on a kernel before 6.10); absent when nothing can.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unseen: Option<String>,
     /// The commands of this host the fixes may name.
     #[serde(skip)]
     pub tools: crate::tools::HostTools,
@@ -58,8 +64,8 @@ pub struct WhoReport {
 
 impl WhoReport {
     /// The engine's judgement of one binding, looked at in network
-    /// namespace `netns`.
-    pub fn new(netns: u32, j: Judgement) -> Self {
+    /// namespace `netns`; `unseen`: what the batch's dumps could not list.
+    pub fn new(netns: u32, j: Judgement, unseen: Option<String>) -> Self {
         Self {
             proto: j.binding.proto,
             addr: j.binding.addr,
@@ -72,6 +78,7 @@ impl WhoReport {
             sockets: j.sockets,
             binds: j.binds,
             verdict: j.verdict,
+            unseen,
             tools: j.tools,
         }
     }
@@ -134,9 +141,11 @@ fn bind_answers(out: &mut impl Write, r: &WhoReport) -> io::Result<()> {
             Answer::Fails => "fails",
             Answer::Unknown => "unknown",
         };
-        let how = match b.checked {
-            Checked::TrialBind => "trial bind".to_owned(),
-            Checked::Rules => "rules".to_owned(),
+        let how = match (b.checked, b.options_from) {
+            (Checked::TrialBind, _) => "trial bind".to_owned(),
+            (Checked::Rules, None) => "rules".to_owned(),
+            (Checked::Rules, Some(OptionsFrom::Socket)) => "rules + holder's options".to_owned(),
+            (Checked::Rules, Some(OptionsFrom::Record)) => "rules + tracer's record".to_owned(),
         };
         let mut line = format!(
             "  {:<13} {:<8} {:<14} {how}",
@@ -151,6 +160,9 @@ fn bind_answers(out: &mut impl Write, r: &WhoReport) -> io::Result<()> {
             line.push_str(&format!(": {note}"));
         }
         writeln!(out, "{}", line.trim_end())?;
+    }
+    if let Some(unseen) = &r.unseen {
+        writeln!(out, "  note: {unseen}")?;
     }
     Ok(())
 }

@@ -73,6 +73,7 @@ EXAMPLES:
     portwatch who 8080 --json | jq .sockets
     portwatch who 8080 >/dev/null || echo taken
     portwatch who 8080 --device eth1         # a server bound to eth1 (SO_BINDTODEVICE) or a VRF
+    portwatch who 8080 --trial               # each answer by a real bind(), closed at once
 
 Lists every socket on the port in the network namespace (what `ss -tan` /
 `ss -uan` show for it, plus bound TCP sockets that never listened, where the
@@ -81,23 +82,32 @@ owning processes (pid, comm, uid, systemd unit or container, command line).
 Then says whether a new bind() of ADDR:PORT would succeed now: plain, with
 SO_REUSEADDR, and with SO_REUSEPORT, and where not, why and what to do.
 
-Each answer is checked by a trial bind: a fresh socket with that option,
-bound to ADDR:PORT inside the namespace and closed at once, never listening.
-It is the kernel's own answer. A trial that succeeds holds the port for a few
-microseconds; nothing else sees it unless it binds that very port at that
-instant. The SO_REUSEPORT trial is made under the uid owning the sockets in
-the way (SO_REUSEPORT shares only within one uid). A UDP socket that shares a
-port receives datagrams at once, so with a UDP socket in the way the
-SO_REUSEADDR / SO_REUSEPORT answers come from the kernel's rules instead,
-never from a trial; --no-trial uses the rules for every answer. The rules
-cannot see whether the holder set SO_REUSEADDR / SO_REUSEPORT (sock_diag does
-not report them), so they answer \"unknown: only if the holder set it too\".
+Each answer comes from the kernel's own conflict rules (inet_bind_conflict,
+udp_lib_lport_inuse) applied to the sockets listed: nothing is bound. Where
+the answer hangs on whether a holder set SO_REUSEADDR or SO_REUSEPORT (which
+sock_diag does not report), portwatch reads them from the holder's socket
+itself: a duplicate of its file descriptor (pidfd_getfd, Linux 5.6+, root),
+getsockopt, close. That settles every case but one: TIME_WAIT leftovers have
+no file descriptor, so with them SO_REUSEADDR / SO_REUSEPORT answer
+\"unknown: only if the holder set it too\". Each answer's line ends with what
+settled it: `rules`, `rules + holder's options`, `trial bind`.
+On kernels before 6.10 sock_diag does not list TCP sockets bound without
+listen(); a note says that one may hold the port unseen.
+
+--trial checks each answer by a real bind() instead: a fresh socket with
+that option, bound to ADDR:PORT inside the namespace and closed at once,
+never listening. It is the kernel's own answer, but a trial that succeeds
+holds the port for a few microseconds and can make a server binding it at
+that instant fail. The SO_REUSEPORT trial is made under the uid owning the
+sockets in the way; with a UDP socket in the way the SO_REUSEADDR /
+SO_REUSEPORT answers come from the rules even then (a UDP socket sharing the
+port would receive datagrams at once).
 
 Sockets bound to a device (SO_BINDTODEVICE) are in the way only of sockets
 bound to no device or to the same one. For TCP, unless
 net.ipv4.tcp_l3mdev_accept=1, a socket in a VRF (bound to the VRF or to a
 device enslaved to it) and one outside never meet at all. With --device the
-new socket is bound to IFNAME first, in the trials too; every socket is
+new socket is taken to be bound to IFNAME (and is, in trials); every socket is
 listed, those another device or VRF keeps apart marked `apart`.
 
 No eBPF, tracefs or BTF is needed; root is needed to name the processes of
@@ -116,7 +126,8 @@ const WAIT_EXAMPLES: &str = "\
 EXAMPLES:
     portwatch wait 8080 && nginx -c test.conf        # restart only once the old one let go
     portwatch wait 8080 --timeout 10s || exit 1      # give up after 10 s (holders are printed)
-    portwatch wait 8080 --reuseaddr                  # TIME_WAIT leftovers are fine (SO_REUSEADDR)
+    portwatch wait 8080 --reuseaddr                  # leftovers with SO_REUSEADDR are fine
+    portwatch wait 8080 --reuseaddr --trial          # TIME_WAIT too, by real binds
     portwatch wait 5353/udp --addr 127.0.0.1
     portwatch wait 8080 --netns /run/netns/blue
     portwatch wait 8080 --device eth1                # a bind to eth1 only (SO_BINDTODEVICE)
@@ -124,8 +135,12 @@ EXAMPLES:
 Checks at once, then again whenever a socket is destroyed in the network
 namespace (the kernel's sock_diag destroy notifications: no eBPF, no
 polling), and every 20 ms while only TIME_WAIT leftovers, which expire
-without a notification, are in the way. Each check is a trial bind of
-ADDR:PORT that is closed at once (see `portwatch who --help`).
+without a notification, are in the way. Each check is `portwatch who`'s
+answer: the kernel's rules over the sockets on the port, with the holders'
+SO_REUSEADDR / SO_REUSEPORT read from their sockets; nothing is bound.
+With --reuseaddr, TIME_WAIT leftovers' options cannot be read (they have no
+file descriptor): the wait lasts until they expire, unless --trial checks
+each time with a real bind() closed at once (see `portwatch who --help`).
 
 EXIT STATUS:
     0  a bind() with those options would succeed now
@@ -239,8 +254,14 @@ pub struct WhoArgs {
     #[arg(long)]
     pub json: bool,
 
-    /// Answer from the kernel's rules alone: no trial bind.
+    /// Check each answer with a real bind() of a fresh socket, closed at
+    /// once (it holds the port for microseconds). Default: the kernel's
+    /// rules and the holders' own options, nothing bound.
     #[arg(long)]
+    pub trial: bool,
+
+    /// The default now (no trial bind); accepted for old scripts.
+    #[arg(long, hide = true, conflicts_with = "trial")]
     pub no_trial: bool,
 
     /// The device the new socket would be bound to (SO_BINDTODEVICE), as a
@@ -518,6 +539,12 @@ pub struct WaitArgs {
     /// The device the bind will be bound to (SO_BINDTODEVICE): see `who --device`.
     #[arg(long, value_name = "IFNAME", value_parser = values::parse_device)]
     pub device: Option<String>,
+
+    /// Check with a real bind() of a fresh socket each time, closed at once
+    /// (see `who --trial`). Default: the kernel's rules and the holders'
+    /// own options, nothing bound.
+    #[arg(long)]
+    pub trial: bool,
 }
 
 const REPORT_EXAMPLES: &str = "\

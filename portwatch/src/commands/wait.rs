@@ -52,7 +52,7 @@ pub fn run(args: &WaitArgs) -> Result<bool, Error> {
     let freed = who::in_netns(ns.as_ref(), |inode| {
         // A device the namespace lacks: said now, not after the timeout.
         who::check_device(binding.device.as_deref(), inode)?;
-        wait_here(&binding, deadline)
+        wait_here(&binding, deadline, args.trial)
     })?;
     let at = std::net::SocketAddr::new(args.addr, port);
     if freed {
@@ -79,14 +79,14 @@ pub fn run(args: &WaitArgs) -> Result<bool, Error> {
         ..Binding::plain(proto, args.addr, port)
     };
     let report = who::in_netns(ns.as_ref(), |inode| {
-        who::look(plain, inode, true, args.netns.as_deref())
+        who::look(plain, inode, args.trial, args.netns.as_deref())
     })?;
     who::answer(&report, args.json)?;
     Ok(false)
 }
 
 /// Waits in the calling thread's network namespace.
-fn wait_here(binding: &Binding, deadline: Option<Instant>) -> Result<bool, Error> {
+fn wait_here(binding: &Binding, deadline: Option<Instant>, trial: bool) -> Result<bool, Error> {
     // Subscribe first, then check: a socket destroyed in between still wakes us.
     let events = subscribe(&[binding.proto]);
     if let Err(e) = &events {
@@ -98,7 +98,8 @@ fn wait_here(binding: &Binding, deadline: Option<Instant>) -> Result<bool, Error
     let mut buf = vec![0u8; 64 * 1024];
     let mut said = false;
     loop {
-        let answer = engine::bind_now(binding).map_err(|e| Error::Unsupported(e.to_string()))?;
+        let answer =
+            engine::bind_now(binding, trial).map_err(|e| Error::Unsupported(e.to_string()))?;
         if answer.free {
             return Ok(true);
         }
@@ -114,6 +115,12 @@ fn wait_here(binding: &Binding, deadline: Option<Instant>) -> Result<bool, Error
                     ""
                 }
             );
+            if let Some(why) = &answer.unknown {
+                // Said once: the wait may last until the leftovers expire.
+                eprintln!(
+                    "portwatch: unknown without a trial bind ({why}): waiting until nothing of that kind is in the way; --trial would check with a real bind"
+                );
+            }
             said = true;
         }
         let now = Instant::now();

@@ -1,7 +1,8 @@
 //! `portwatch who`: the sockets on a port in one network namespace, who
 //! holds them, and whether a new bind() would succeed now (plain,
 //! SO_REUSEADDR, SO_REUSEPORT), with the reason, diagnosis and fix `watch`
-//! would give. One shot, without any eBPF.
+//! would give. One shot, without any eBPF, and without binding anything
+//! unless `--trial` asks for it.
 
 use std::{
     fs::File,
@@ -33,7 +34,7 @@ pub fn run(args: &WhoArgs) -> Result<bool, Error> {
     };
     let report = in_netns(ns.as_ref(), |inode| {
         check_device(binding.device.as_deref(), inode)?;
-        look(binding, inode, !args.no_trial, args.netns.as_deref())
+        look(binding, inode, args.trial, args.netns.as_deref())
     })?;
     if !nix::unistd::geteuid().is_root() && report.sockets.iter().any(|h| h.pid.is_none()) {
         eprintln!("portwatch: not root: the processes of other users' sockets cannot be named");
@@ -140,7 +141,7 @@ pub(crate) fn answer(report: &WhoReport, json: bool) -> Result<(), Error> {
 }
 
 /// The engine's answer for one binding, in the calling thread's network
-/// namespace (`netns`): with trial binds if `trial`; with containers'
+/// namespace (`netns`): with trial binds only if `trial`; with containers'
 /// published ports when `named` is None (Docker's port bindings live in the
 /// host's namespace, which is where `who` stands without --netns), else
 /// with sysctl fixes entering the namespace the way the user named it.
@@ -158,10 +159,11 @@ pub(crate) fn look(
         enter: named.map(|p| p.display().to_string()),
     };
     let judged = engine::judge(&batch).map_err(|e| Error::Unsupported(e.to_string()))?;
+    let unseen = judged.unseen;
     let judgement = judged
         .judgements
         .into_iter()
         .next()
         .ok_or_else(|| Error::Unsupported("the verdict engine answered no binding".into()))?;
-    Ok(WhoReport::new(netns, judgement))
+    Ok(WhoReport::new(netns, judgement, unseen))
 }

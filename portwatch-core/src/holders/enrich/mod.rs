@@ -8,6 +8,7 @@
 
 use std::{collections::HashMap, io, net::SocketAddr, os::fd::AsFd, sync::Mutex, time::Duration};
 
+mod options;
 mod owners;
 
 use owners::{bare, unowned_udp};

@@ -3,6 +3,7 @@
 //! each holder's unit and container.
 
 use super::*;
+use crate::holders::sockopts::OptionsFrom;
 
 impl Enricher {
     /// The sockets in the way of `req`, merged with the kernel's record:
@@ -146,6 +147,7 @@ impl Enricher {
                     if let Some(o) = r.opts {
                         h.reuseaddr = Some(o.reuseaddr);
                         h.reuseport = Some(o.reuseport);
+                        h.options_from = Some(OptionsFrom::Record);
                     }
                     // No process holds it by now: the record says who did.
                     if h.pid.is_none() {
@@ -233,6 +235,7 @@ impl Enricher {
             v6only: (r.family == Family::Ipv6).then_some(v6only).flatten(),
             reuseaddr: r.opts.map(|o| o.reuseaddr),
             reuseport: r.opts.map(|o| o.reuseport),
+            options_from: r.opts.map(|_| OptionsFrom::Record),
             cross_family,
             seen: Seen::Kernel,
             socket_unit: None,
@@ -309,6 +312,7 @@ pub(super) fn bare(state: State, s: &DiagSocket, cross_family: bool) -> Holder {
         v6only: s.v6only,
         reuseaddr: None,
         reuseport: None,
+        options_from: None,
         cross_family,
         seen: Seen::SockDiag,
         socket_unit: None,

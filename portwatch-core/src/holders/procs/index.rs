@@ -143,6 +143,17 @@ impl SocketIndex {
         found
     }
 
+    /// The (pid, fd) pairs the last walk saw holding socket `inode`, not
+    /// verified: whoever uses one checks the socket it reaches.
+    pub fn fds_of(&self, inode: u32) -> Vec<(u32, u32)> {
+        let first = self.entries.partition_point(|h| h.inode < inode);
+        self.entries[first..]
+            .iter()
+            .take_while(|h| h.inode == inode)
+            .map(|h| (h.pid, h.fd))
+            .collect()
+    }
+
     /// How many full walks of /proc this index has made.
     pub fn walks(&self) -> usize {
         self.walks
