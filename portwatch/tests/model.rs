@@ -426,24 +426,8 @@ fn time_wait_of(h: Side, addr: SocketAddr) {
     drop(served);
     thread::sleep(Duration::from_millis(50));
     drop(client);
-    // Until the server end is in TIME_WAIT and nothing else is left on the
-    // port (a slow machine may still show FIN_WAIT2 for a moment).
-    let deadline = std::time::Instant::now() + WAIT;
-    loop {
-        let on_port = sockdiag::dump(6, Some(addr.port()), false).expect("sock_diag");
-        if !on_port.is_empty() && on_port.iter().all(|s| s.state == TCP_TIME_WAIT) {
-            return;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no TIME_WAIT on {addr}: {on_port:?}"
-        );
-        thread::sleep(Duration::from_millis(10));
-    }
+    until_time_wait(addr.port());
 }
-
-/// The kernel's TCP_TIME_WAIT state number.
-const TCP_TIME_WAIT: u8 = 6;
 
 /// The real bind, in the calling thread's namespace: a fresh socket with
 /// the request's options, made as its uid (the socket's owner is the

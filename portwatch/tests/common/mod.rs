@@ -422,7 +422,27 @@ pub fn time_wait(port: u16, reuse: bool) {
     drop(served);
     thread::sleep(Duration::from_millis(50));
     drop(client);
-    thread::sleep(Duration::from_millis(50));
+    until_time_wait(port);
+}
+
+/// Waits until every TCP socket on `port` in the calling thread's
+/// namespace is in TIME_WAIT, and one is (a slow or loaded machine may show
+/// FIN_WAIT2 for a moment after both ends closed).
+pub fn until_time_wait(port: u16) {
+    const TCP_TIME_WAIT: u8 = 6;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let on_port =
+            portwatch_core::holders::sockdiag::dump(6, Some(port), false).expect("sock_diag");
+        if !on_port.is_empty() && on_port.iter().all(|s| s.state == TCP_TIME_WAIT) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no TIME_WAIT on port {port}: {on_port:?}"
+        );
+        thread::sleep(Duration::from_millis(10));
+    }
 }
 
 /// `portwatch who ARGS --json`, from the namespace's thread (so the default
