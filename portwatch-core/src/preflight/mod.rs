@@ -205,7 +205,9 @@ pub fn check(
         published,
         enter: host.enter.clone(),
     };
-    let judged = engine::judge(&batch)?;
+    // SO_REUSEPORT shares only within one uid: the deploy's (root unless
+    // --user says otherwise), not the holders'.
+    let judged = engine::judge_as(&batch, Some(user.unwrap_or(0)))?;
     Ok(classify(plan, &judged.judgements, &host, user))
 }
 
