@@ -240,7 +240,8 @@ pub fn classify(
 
 /// An address the namespace does not have, without ip_nonlocal_bind.
 fn address_missing(b: &Binding, host: &Host) -> Option<Outcome> {
-    if host.can_bind(b.addr) {
+    // IP_FREEBIND and IP_TRANSPARENT bind an address the host lacks.
+    if host.can_bind(b.addr) || b.opts.freebind || b.opts.transparent {
         return None;
     }
     let have: Vec<String> = host.addresses().iter().map(ToString::to_string).collect();
@@ -254,7 +255,7 @@ fn address_missing(b: &Binding, host: &Host) -> Option<Outcome> {
         if have.is_empty() { "none".to_owned() } else { have.join(", ") }
     );
     let fix = format!(
-        "bind one of the addresses it has (or the wildcard), or bring {} up first; to start before the address comes up, set IP_FREEBIND on the socket (systemd: `FreeBind=yes`; nginx: `listen ... freebind`) or `sysctl -w {sysctl}=1`",
+        "bind one of the addresses it has (or the wildcard), or bring {} up first; to start before the address comes up, set IP_FREEBIND on the socket (systemd: `FreeBind=yes`) or `sysctl -w {sysctl}=1`",
         b.addr
     );
     Some(Outcome::new(
@@ -295,7 +296,8 @@ fn from_engine(e: &Entry, j: &Judgement) -> Option<Outcome> {
         .filter(|h| in_the_way(b, h))
         .cloned()
         .collect();
-    if let Some(yours) = e.ours.as_ref().and_then(|o| yours(b, o, &holders, j)) {
+    let replaced = e.ours.as_ref().filter(|o| o.replaced());
+    if let Some(yours) = replaced.and_then(|o| yours(b, o, &holders, j)) {
         return Some(yours);
     }
     if let Some(v) = &j.verdict {
@@ -304,7 +306,15 @@ fn from_engine(e: &Entry, j: &Judgement) -> Option<Outcome> {
             Reason::TimeWait => Category::TimeWait,
             _ => Category::Taken,
         };
-        let mut c = Outcome::new(b, category, v.diagnosis.clone(), Some(v.fix.clone()));
+        // The deploy's own running predecessor (nginx of the same
+        // configuration, started again): its own fix, not a stranger's.
+        let own = e
+            .ours
+            .as_ref()
+            .filter(|o| !holders.is_empty() && holders.iter().all(|h| o.holds(h)))
+            .and_then(|o| o.in_the_way(b.port));
+        let (diagnosis, fix) = own.unwrap_or_else(|| (v.diagnosis.clone(), v.fix.clone()));
+        let mut c = Outcome::new(b, category, diagnosis, Some(fix));
         c.reason = Some(v.reason);
         c.note = (category == Category::TimeWait)
             .then(|| reuseaddr_depends(j))
@@ -401,9 +411,10 @@ fn in_the_way(b: &Binding, h: &Holder) -> bool {
 }
 
 /// Other entries of the plan that want entry `i`'s port and would
-/// conflict with it: each is a socket of its own, without SO_REUSEPORT,
-/// so any overlap fails the one bound second. Across families, that is
-/// the IPv6 wildcard without IPV6_V6ONLY (dual-stack).
+/// conflict with it: each is a socket of its own, so any overlap fails the
+/// one bound second, unless both set SO_REUSEPORT (one deploy, one user:
+/// the kernel lets them share). Across families, that is the IPv6
+/// wildcard without IPV6_V6ONLY (dual-stack).
 fn in_plan(i: usize, plan: &[Binding]) -> Option<Outcome> {
     let b = &plan[i];
     let me = (Family::of(b.addr), b.addr, b.opts.v6only);
@@ -411,6 +422,8 @@ fn in_plan(i: usize, plan: &[Binding]) -> Option<Outcome> {
         .iter()
         .enumerate()
         .filter(|&(k, o)| k != i && o.proto == b.proto && o.port == b.port)
+        .filter(|(_, o)| !(o.opts.reuseport && b.opts.reuseport))
+        .filter(|(_, o)| !other_devices(b, o))
         .filter_map(|(k, o)| {
             overlaps(me, (Family::of(o.addr), o.addr, Some(o.opts.v6only))).map(|cross| (k, cross))
         })
@@ -448,6 +461,12 @@ fn in_plan(i: usize, plan: &[Binding]) -> Option<Outcome> {
     let mut c = Outcome::new(b, category, diagnosis, Some(fix));
     c.conflicts_with = names;
     Some(c)
+}
+
+/// Two sockets bound to two different devices (SO_BINDTODEVICE) are out
+/// of each other's way; one unbound socket is in the way of every device.
+fn other_devices(a: &Binding, b: &Binding) -> bool {
+    matches!((&a.device, &b.device), (Some(x), Some(y)) if x != y)
 }
 
 /// Free now, but inside ip_local_port_range and not reserved.
