@@ -316,9 +316,11 @@ fn from_engine(e: &Entry, j: &Judgement) -> Option<Outcome> {
         let (diagnosis, fix) = own.unwrap_or_else(|| (v.diagnosis.clone(), v.fix.clone()));
         let mut c = Outcome::new(b, category, diagnosis, Some(fix));
         c.reason = Some(v.reason);
-        c.note = (category == Category::TimeWait)
-            .then(|| reuseaddr_depends(j))
-            .flatten();
+        c.note = if category == Category::TimeWait {
+            reuseaddr_depends(j)
+        } else {
+            depends(b, j)
+        };
         c.holders = holders;
         c.dnat.clone_from(&j.dnat);
         return Some(c);
@@ -386,6 +388,22 @@ fn steered(b: &Binding, j: &Judgement) -> Option<Outcome> {
     let mut c = Outcome::new(b, Category::Steered, diagnosis, Some(fix));
     c.dnat.clone_from(&j.dnat);
     Some(c)
+}
+
+/// What the bind as asked (its own options: nginx's `reuseport`, systemd's
+/// `ReusePort=`) hangs on, when the engine's rules could not tell: a
+/// holder's SO_REUSEPORT, which sock_diag does not show.
+fn depends(b: &Binding, j: &Judgement) -> Option<String> {
+    let asked = Variant::asked(&b.opts);
+    let v = j
+        .binds
+        .iter()
+        .find(|v| v.option == asked && v.result == Answer::Unknown)?;
+    Some(format!(
+        "it depends: this {} bind succeeds {}",
+        asked.label(),
+        v.note.as_deref().unwrap_or("only if the holder set the same option")
+    ))
 }
 
 /// What a bind with SO_REUSEADDR hangs on, as the engine's rules said it.

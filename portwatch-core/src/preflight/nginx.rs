@@ -136,10 +136,15 @@ fn nginx_failed(e: crate::subprocess::SubprocessError) -> InputError {
         .unwrap_or("")
         .trim();
     // `2026/12/07 16:16:10 [emerg] 2948#2948: WHAT in FILE:LINE`
-    let what = line
-        .split_once("] ")
-        .map(|(_, r)| r.split_once(": ").map_or(r, |(_, w)| w))
-        .unwrap_or(line);
+    // or `nginx: [emerg] WHAT in FILE:LINE` before its log is open.
+    let what = line.split_once("] ").map_or(line, |(_, r)| {
+        r.split_once(": ")
+            .filter(|(pid, _)| {
+                pid.split('#')
+                    .all(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+            })
+            .map_or(r, |(_, w)| w)
+    });
     let hint = if what.contains("host not found") {
         " (nginx -T runs in a network namespace of its own, where only /etc/hosts resolves names: use --nginx=FILE)"
     } else {
