@@ -119,7 +119,10 @@ fn start(conf: &Path, port: u16) -> Result<Child, String> {
         if pid.trim() == child.id().to_string() && TcpStream::connect(v4(port)).is_ok() {
             return Ok(child);
         }
-        assert!(Instant::now() < deadline, "nginx neither listened nor exited");
+        assert!(
+            Instant::now() < deadline,
+            "nginx neither listened nor exited"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -178,7 +181,11 @@ fn nginx_addr(o: &Value) -> String {
 /// only the second nginx binds; check flags both.)
 fn agrees(code: i32, v: &[Value], nginx: &Result<Child, String>) {
     let err = nginx.as_ref().err().map_or("", String::as_str);
-    assert_eq!(code == 1, nginx.is_err(), "check said {code}; nginx: {err}\n{v:#?}");
+    assert_eq!(
+        code == 1,
+        nginx.is_err(),
+        "check said {code}; nginx: {err}\n{v:#?}"
+    );
     for o in v.iter().filter(|o| o.get("binding").is_some()) {
         let failed = err.contains(&format!("bind() to {} failed (98", nginx_addr(o)));
         if failed {
@@ -272,7 +279,10 @@ fn nginx_check_dual_stack_clash_with_apache() {
     let v6 = outcome(&v, &format!("[::]:{port}/tcp"));
     assert_eq!(v6["verdict"], "taken", "{v6:#}");
     // nginx's own options: SO_REUSEADDR, and IPV6_V6ONLY on [::].
-    assert_eq!(v6["from"][0], format!("{}:7 listen [::]:{port}", conf.display()));
+    assert_eq!(
+        v6["from"][0],
+        format!("{}:7 listen [::]:{port}", conf.display())
+    );
     let started = ns.run(move || start(&conf, port));
     agrees(code, &v, &started);
 }
@@ -304,7 +314,11 @@ fn nginx_check_reuseport() {
         let started = ns.run(move || start(&conf, port));
         (code, v, started)
     };
-    let (code, v, started) = predict("plain", format!("server {{ listen {q} reuseport; return 204; }}"), q);
+    let (code, v, started) = predict(
+        "plain",
+        format!("server {{ listen {q} reuseport; return 204; }}"),
+        q,
+    );
     assert_eq!(code, 1, "{v:#?}");
     assert_eq!(v[0]["verdict"], "taken", "{v:#?}");
     agrees(code, &v, &started);
@@ -317,10 +331,16 @@ fn nginx_check_reuseport() {
     assert_eq!(v.len(), 2, "two sockets: {v:#?}");
     agrees(code, &v, &started);
     drop(Running(started.ok()));
-    let (_, v, started) = predict("shared", format!("server {{ listen {p} reuseport; return 204; }}"), p);
+    let (_, v, started) = predict(
+        "shared",
+        format!("server {{ listen {p} reuseport; return 204; }}"),
+        p,
+    );
     let note = v[0]["note"].as_str().unwrap_or_default();
     assert!(
-        note.contains("it depends: this SO_REUSEPORT bind succeeds only if the holder set SO_REUSEPORT too"),
+        note.contains(
+            "it depends: this SO_REUSEPORT bind succeeds only if the holder set SO_REUSEPORT too"
+        ),
         "{v:#?}"
     );
     assert!(started.is_ok(), "the holder set SO_REUSEPORT: {started:?}");
@@ -350,7 +370,10 @@ fn nginx_check_ipv6only_off_beside_plain_listen() {
     }
     let started = ns.run(move || start(&conf, port));
     let err = started.as_ref().err().cloned().unwrap_or_default();
-    assert!(err.contains(&format!("bind() to [::]:{port} failed (98")), "{err}");
+    assert!(
+        err.contains(&format!("bind() to [::]:{port} failed (98")),
+        "{err}"
+    );
     agrees(code, &v, &started);
 }
 
@@ -424,7 +447,11 @@ fn nginx_check_server_without_listen() {
     agrees(code, &v, &started);
     holder.kill();
     let (code, v, _) = check(&ns, &[&arg]);
-    assert_eq!((code, &v[0]["verdict"]), (0, &Value::from("free")), "{v:#?}");
+    assert_eq!(
+        (code, &v[0]["verdict"]),
+        (0, &Value::from("free")),
+        "{v:#?}"
+    );
     let started = ns.run(move || start(&conf, 80));
     agrees(code, &v, &started);
     drop(Running(started.ok()));
@@ -459,7 +486,9 @@ fn nginx_check_same_nginx_running_start_reload_wait() {
     assert_eq!(o["holders"][0]["pid"], master, "{o:#}");
     let diagnosis = o["diagnosis"].as_str().unwrap();
     assert!(
-        diagnosis.contains(&format!("the running nginx of this same configuration (master pid {master})")),
+        diagnosis.contains(&format!(
+            "the running nginx of this same configuration (master pid {master})"
+        )),
         "{o:#}"
     );
     let fix = o["fix"].as_str().unwrap();
@@ -506,7 +535,11 @@ fn nginx_check_same_nginx_running_start_reload_wait() {
     )
     .unwrap();
     let (code, v, stderr) = check(&ns, &[&arg, "--wait=20s"]);
-    assert_eq!((code, &v[0]["verdict"]), (0, &Value::from("free")), "{v:#?} {stderr}");
+    assert_eq!(
+        (code, &v[0]["verdict"]),
+        (0, &Value::from("free")),
+        "{v:#?} {stderr}"
+    );
     stop(child);
     let started = ns.run(move || start(&conf, port));
     agrees(code, &v, &started);
@@ -580,11 +613,23 @@ fn nginx_check_bad_input() {
     let ns = netns("pw-cn-bad");
     let scratch = Scratch::new("cn-bad");
     let cases = [
-        ("server { listen 80 bogus; }", ":7: invalid parameter \"bogus\""),
-        ("server { listen 80; listen 80; }", ":7: a duplicate listen 0.0.0.0:80"),
-        ("server { listen 99999; }", ":7: invalid port in \"99999\" of the \"listen\" directive"),
+        (
+            "server { listen 80 bogus; }",
+            ":7: invalid parameter \"bogus\"",
+        ),
+        (
+            "server { listen 80; listen 80; }",
+            ":7: a duplicate listen 0.0.0.0:80",
+        ),
+        (
+            "server { listen 99999; }",
+            ":7: invalid port in \"99999\" of the \"listen\" directive",
+        ),
         ("server { listen 80 }", ":7:21: unexpected \"}\""),
-        ("include missing.conf;", ": cannot open: No such file or directory (os error 2)"),
+        (
+            "include missing.conf;",
+            ": cannot open: No such file or directory (os error 2)",
+        ),
     ];
     for (i, (servers, want)) in cases.iter().enumerate() {
         let conf = config(&scratch.0, &format!("bad{i}"), servers, "");
@@ -595,7 +640,14 @@ fn nginx_check_bad_input() {
         assert_eq!(err.lines().count(), 1, "{err}");
         assert!(err.contains(want), "{servers}: want {want}, got {err}");
         // nginx agrees that it is no configuration it can start with.
-        let t = ns.run(move || Command::new(NGINX).arg("-t").arg("-c").arg(&conf).output().unwrap());
+        let t = ns.run(move || {
+            Command::new(NGINX)
+                .arg("-t")
+                .arg("-c")
+                .arg(&conf)
+                .output()
+                .unwrap()
+        });
         assert!(!t.status.success(), "nginx -t accepted {servers}");
     }
 }

@@ -91,7 +91,10 @@ fn agrees(ns: &Netns, v: &[Value], device: Option<&'static str>, freebind: bool)
     let wanted: Vec<(SocketAddr, bool, bool)> = v
         .iter()
         .map(|o| {
-            let a = addr(o["addr"].as_str().unwrap(), o["port"].as_u64().unwrap() as u16);
+            let a = addr(
+                o["addr"].as_str().unwrap(),
+                o["port"].as_u64().unwrap() as u16,
+            );
             (a, o["fails"] == true, false)
         })
         .collect();
@@ -132,7 +135,9 @@ fn unit_check_taken_and_dual_stack_by_a_process() {
     let unit = unit_file(
         &scratch.0,
         "demo.socket",
-        &format!("[Unit]\nDescription=demo\n\n[Socket]\nListenStream=127.0.0.1:{p}\nListenStream={q}\n"),
+        &format!(
+            "[Unit]\nDescription=demo\n\n[Socket]\nListenStream=127.0.0.1:{p}\nListenStream={q}\n"
+        ),
     );
     let (code, v) = check(&ns, &unit);
     assert_eq!(code, 1, "{v:#?}");
@@ -206,7 +211,11 @@ fn unit_check_bind_to_device_and_free_bind() {
         &format!("[Socket]\nListenStream=0.0.0.0:{p}\nBindToDevice=pwb\n"),
     );
     let (code, v) = check(&ns, &other);
-    assert_eq!((code, &v[0]["verdict"]), (0, &Value::from("free")), "{v:#?}");
+    assert_eq!(
+        (code, &v[0]["verdict"]),
+        (0, &Value::from("free")),
+        "{v:#?}"
+    );
     agrees(&ns, &v, Some("pwb"), false);
     let same = unit_file(
         &scratch.0,
@@ -214,7 +223,11 @@ fn unit_check_bind_to_device_and_free_bind() {
         &format!("[Socket]\nListenStream=0.0.0.0:{p}\nBindToDevice=pwa\n"),
     );
     let (code, v) = check(&ns, &same);
-    assert_eq!((code, &v[0]["verdict"]), (1, &Value::from("taken")), "{v:#?}");
+    assert_eq!(
+        (code, &v[0]["verdict"]),
+        (1, &Value::from("taken")),
+        "{v:#?}"
+    );
     agrees(&ns, &v, Some("pwa"), false);
 
     // An address the namespace lacks: address-missing, unless FreeBind=.
@@ -225,7 +238,11 @@ fn unit_check_bind_to_device_and_free_bind() {
         &format!("[Socket]\nListenStream=10.99.0.1:{q}\n"),
     );
     let (code, v) = check(&ns, &missing);
-    assert_eq!((code, &v[0]["verdict"]), (1, &Value::from("address-missing")), "{v:#?}");
+    assert_eq!(
+        (code, &v[0]["verdict"]),
+        (1, &Value::from("address-missing")),
+        "{v:#?}"
+    );
     assert_eq!(
         ns.run(move || systemd_bind(addr("10.99.0.1", q), false, None, false).err()),
         Some(libc::EADDRNOTAVAIL)
@@ -236,7 +253,11 @@ fn unit_check_bind_to_device_and_free_bind() {
         &format!("[Socket]\nListenStream=10.99.0.1:{q}\nFreeBind=yes\n"),
     );
     let (code, v) = check(&ns, &free);
-    assert_eq!((code, &v[0]["verdict"]), (0, &Value::from("free")), "{v:#?}");
+    assert_eq!(
+        (code, &v[0]["verdict"]),
+        (0, &Value::from("free")),
+        "{v:#?}"
+    );
     agrees(&ns, &v, None, true);
 }
 
@@ -244,8 +265,16 @@ fn unit_check_bind_to_device_and_free_bind() {
 fn unit_check_bad_input() {
     let ns = netns("pw-cu-bad");
     let scratch = Scratch::new("cu-bad");
-    let service = unit_file(&scratch.0, "demo.service", "[Service]\nExecStart=/bin/true\n");
-    let bad = unit_file(&scratch.0, "bad.socket", "[Socket]\nListenStream=localhost:80\n");
+    let service = unit_file(
+        &scratch.0,
+        "demo.service",
+        "[Service]\nExecStart=/bin/true\n",
+    );
+    let bad = unit_file(
+        &scratch.0,
+        "bad.socket",
+        "[Socket]\nListenStream=localhost:80\n",
+    );
     let empty = unit_file(&scratch.0, "empty.socket", "[Socket]\nAccept=no\n");
     let cases = [
         (

@@ -402,7 +402,9 @@ fn depends(b: &Binding, j: &Judgement) -> Option<String> {
     Some(format!(
         "it depends: this {} bind succeeds {}",
         asked.label(),
-        v.note.as_deref().unwrap_or("only if the holder set the same option")
+        v.note
+            .as_deref()
+            .unwrap_or("only if the holder set the same option")
     ))
 }
 

@@ -265,7 +265,9 @@ pub fn resolve(host: &str) -> Result<Vec<IpAddr>, String> {
             })))),
             // SAFETY: ai_addr of an AF_INET6 entry is a sockaddr_in6.
             libc::AF_INET6 => Some(IpAddr::V6(Ipv6Addr::from(unsafe {
-                (*(ai.ai_addr as *const libc::sockaddr_in6)).sin6_addr.s6_addr
+                (*(ai.ai_addr as *const libc::sockaddr_in6))
+                    .sin6_addr
+                    .s6_addr
             }))),
             _ => None,
         };
@@ -383,9 +385,8 @@ fn listen(
         options(&mut l, p, module).map_err(|e| d.error(e))?;
     }
     let default_port = if module == Module::Http { 80 } else { 0 };
-    let (hosts, ports) = parse_url(url, default_port, resolve).map_err(|e| {
-        d.error(format!("{e} in \"{url}\" of the \"listen\" directive"))
-    })?;
+    let (hosts, ports) = parse_url(url, default_port, resolve)
+        .map_err(|e| d.error(format!("{e} in \"{url}\" of the \"listen\" directive")))?;
     let mut out = Vec::new();
     for ip in hosts {
         for port in ports.clone() {
@@ -530,7 +531,10 @@ fn sockets(module: Module, listens: Vec<Listen>) -> Result<Vec<Entry>, InputErro
             }
         };
         let addrs = &mut ports[i].1;
-        match addrs.iter_mut().find(|a| a.listens[0].addr.ip() == l.addr.ip()) {
+        match addrs
+            .iter_mut()
+            .find(|a| a.listens[0].addr.ip() == l.addr.ip())
+        {
             None => addrs.push(Addr {
                 listens: vec![l],
                 opts: 0,
@@ -658,7 +662,8 @@ pub fn masters(conf: &Path, default: &Path) -> Vec<u32> {
         };
         // The master's own view of the file system (a container's, or
         // another mount namespace's).
-        let seen = Path::new(&format!("/proc/{pid}/root")).join(path.strip_prefix("/").unwrap_or(&path));
+        let seen =
+            Path::new(&format!("/proc/{pid}/root")).join(path.strip_prefix("/").unwrap_or(&path));
         if std::fs::metadata(&seen).is_ok_and(|m| (m.dev(), m.ino()) == want) {
             found.push(pid);
         }
@@ -676,7 +681,9 @@ fn master_conf(args: &str, default: &Path) -> Option<PathBuf> {
             if *w == flag {
                 words.get(i + 1).map(|v| v.to_string())
             } else {
-                w.strip_prefix(flag).filter(|v| !v.is_empty()).map(str::to_owned)
+                w.strip_prefix(flag)
+                    .filter(|v| !v.is_empty())
+                    .map(str::to_owned)
             }
         })
     };

@@ -123,9 +123,7 @@ impl Ours {
         match self {
             Ours::Compose { .. } => h.container.as_ref().is_some_and(|c| self.runs(c)),
             Ours::SocketUnit { unit } => h.socket_unit.as_ref().is_some_and(|s| &s.unit == unit),
-            Ours::Nginx { masters, .. } => {
-                h.pid.iter().chain(&h.pids).any(|p| masters.contains(p))
-            }
+            Ours::Nginx { masters, .. } => h.pid.iter().chain(&h.pids).any(|p| masters.contains(p)),
         }
     }
 
@@ -153,7 +151,10 @@ impl Ours {
         };
         let pids: Vec<String> = masters.iter().map(u32::to_string).collect();
         let c = conf.as_ref().map_or_else(String::new, |c| {
-            format!(" -c {}", crate::diagnose::shell_word(&c.display().to_string()))
+            format!(
+                " -c {}",
+                crate::diagnose::shell_word(&c.display().to_string())
+            )
         });
         let diagnosis = format!(
             "the running nginx of this same configuration (master pid {}) holds port {port}: a second nginx started beside it fails with EADDRINUSE",

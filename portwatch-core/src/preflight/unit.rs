@@ -40,8 +40,8 @@ pub const UNIT_DIRS: &[&str] = &[
 /// The plan of a socket unit: a unit name (`demo.socket`, found where
 /// systemd finds it) or a unit file's path.
 pub fn read(unit: &str) -> Result<Plan, InputError> {
-    let bindv6only = std::fs::read_to_string("/proc/sys/net/ipv6/bindv6only")
-        .is_ok_and(|s| s.trim() == "1");
+    let bindv6only =
+        std::fs::read_to_string("/proc/sys/net/ipv6/bindv6only").is_ok_and(|s| s.trim() == "1");
     let ipv6 = Path::new("/proc/net/if_inet6").exists();
     let files = find(unit, UNIT_DIRS)?;
     let name = files.name.clone();
@@ -260,8 +260,12 @@ pub fn parse(name: &str, texts: &[(PathBuf, String)], k: Kernel) -> Result<Plan,
         let proto = match l.key.as_str() {
             "ListenStream" => Proto::Tcp,
             "ListenDatagram" => Proto::Udp,
-            "ListenSequentialPacket" | "ListenFIFO" | "ListenSpecial" | "ListenNetlink"
-            | "ListenMessageQueue" | "ListenUSBFunction" => {
+            "ListenSequentialPacket"
+            | "ListenFIFO"
+            | "ListenSpecial"
+            | "ListenNetlink"
+            | "ListenMessageQueue"
+            | "ListenUSBFunction" => {
                 plan.unchecked.push(Unchecked {
                     from: l.origin,
                     why: format!("{}= has no TCP or UDP port to check", l.key),
@@ -369,7 +373,11 @@ fn specifiers(v: &str, name: &str) -> Result<String, String> {
             Some('n') => out.push_str(name),
             Some('N') => out.push_str(stem),
             Some('p' | 'P') => out.push_str(prefix),
-            Some(o) => return Err(format!("specifier %{o} in '{v}' is not one portwatch reads")),
+            Some(o) => {
+                return Err(format!(
+                    "specifier %{o} in '{v}' is not one portwatch reads"
+                ))
+            }
             None => return Err(format!("'{v}' ends with a lone %")),
         }
     }
@@ -411,7 +419,9 @@ fn address(v: &str, k: Kernel) -> Result<Option<(IpAddr, u16, Option<String>)>, 
     let (host, p) = s.rsplit_once(':').ok_or_else(|| FORMS.to_owned())?;
     if let Some(h) = host.strip_prefix('[') {
         let h = h.strip_suffix(']').ok_or_else(|| FORMS.to_owned())?;
-        let ip: Ipv6Addr = h.parse().map_err(|_| format!("'{h}' is not an IPv6 address"))?;
+        let ip: Ipv6Addr = h
+            .parse()
+            .map_err(|_| format!("'{h}' is not an IPv6 address"))?;
         return Ok(Some((IpAddr::V6(ip), port(p)?, ifname)));
     }
     if s.parse::<Ipv6Addr>().is_ok() {

@@ -55,7 +55,10 @@ impl Files {
             Files::Disk => read_input(path),
             Files::Dump(files) => files.get(path).cloned().ok_or_else(|| {
                 let what = format!("{} is not in nginx -T's dump", path.display());
-                at.map_or_else(|| InputError::file(path, what.clone()), |d| d.error(what.clone()))
+                at.map_or_else(
+                    || InputError::file(path, what.clone()),
+                    |d| d.error(what.clone()),
+                )
             }),
         }
     }
@@ -66,9 +69,8 @@ impl Files {
         let c = CString::new(pattern.as_os_str().as_bytes())
             .map_err(|_| at.error("a NUL byte in an include path"))?;
         match self {
-            Files::Disk => disk_glob(&c).map_err(|e| {
-                at.error(format!("glob() \"{}\" failed: {e}", pattern.display()))
-            }),
+            Files::Disk => disk_glob(&c)
+                .map_err(|e| at.error(format!("glob() \"{}\" failed: {e}", pattern.display()))),
             Files::Dump(files) => Ok(files
                 .keys()
                 .filter(|name| fnmatch(&c, name))
@@ -148,7 +150,10 @@ impl Parser<'_> {
     fn file(&mut self, path: &Path, at: Option<&Directive>) -> Result<Vec<Directive>, InputError> {
         if self.depth >= MAX_DEPTH {
             let what = format!("includes nest deeper than {MAX_DEPTH} (a file includes itself?)");
-            return Err(at.map_or_else(|| InputError::file(path, what.clone()), |d| d.error(what.clone())));
+            return Err(at.map_or_else(
+                || InputError::file(path, what.clone()),
+                |d| d.error(what.clone()),
+            ));
         }
         let text = self.files.read(path, at)?;
         let name = Rc::new(path.to_path_buf());
@@ -267,9 +272,7 @@ impl<'a> Lexer<'a> {
                 b' ' | b'\t' | b'\r' | b'\n' => {
                     self.next();
                 }
-                b'#' => {
-                    while self.next().is_some_and(|c| c != b'\n') {}
-                }
+                b'#' => while self.next().is_some_and(|c| c != b'\n') {},
                 b';' | b'{' => {
                     self.next();
                     if words.is_empty() {

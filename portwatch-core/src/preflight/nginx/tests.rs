@@ -51,7 +51,10 @@ mod tempdir {
 }
 
 fn read_http(servers: &str) -> Result<Plan, InputError> {
-    let d = dir(&[("nginx.conf", &format!("events {{}}\nhttp {{\n{servers}\n}}\n"))]);
+    let d = dir(&[(
+        "nginx.conf",
+        &format!("events {{}}\nhttp {{\n{servers}\n}}\n"),
+    )]);
     let tree = conf::parse(&d.0.join("nginx.conf"), &Files::Disk)?;
     plan(&tree, true, &names)
 }
@@ -115,7 +118,10 @@ fn sockets_in_nginx_order() {
     // binding order, which check does not depend on.
     let mut l = labels(&p);
     l.sort();
-    assert_eq!(l, ["0.0.0.0:80/tcp", "127.0.0.2:80/tcp", "[::]:80/tcp v6only"]);
+    assert_eq!(
+        l,
+        ["0.0.0.0:80/tcp", "127.0.0.2:80/tcp", "[::]:80/tcp v6only"]
+    );
 }
 
 #[test]
@@ -157,8 +163,14 @@ fn host_names_bind_every_address() {
 fn default_listen_depends_on_root() {
     let d = dir(&[("n.conf", "http { server { server_name x; } }")]);
     let tree = conf::parse(&d.0.join("n.conf"), &Files::Disk).unwrap();
-    assert_eq!(labels(&plan(&tree, true, &names).unwrap()), ["0.0.0.0:80/tcp"]);
-    assert_eq!(labels(&plan(&tree, false, &names).unwrap()), ["0.0.0.0:8000/tcp"]);
+    assert_eq!(
+        labels(&plan(&tree, true, &names).unwrap()),
+        ["0.0.0.0:80/tcp"]
+    );
+    assert_eq!(
+        labels(&plan(&tree, false, &names).unwrap()),
+        ["0.0.0.0:8000/tcp"]
+    );
     // stream and mail servers need a listen.
     let d = dir(&[("n.conf", "stream { server { proxy_pass x; } }")]);
     let tree = conf::parse(&d.0.join("n.conf"), &Files::Disk).unwrap();
@@ -178,10 +190,16 @@ fn stream_udp_and_unix_sockets() {
     let tree = conf::parse(&d.0.join("n.conf"), &Files::Disk).unwrap();
     let p = plan(&tree, true, &names).unwrap();
     // http's 53 is a socket of its own: nginx fails on it (conflict in plan).
-    assert_eq!(labels(&p), ["0.0.0.0:53/udp", "0.0.0.0:53/tcp", "0.0.0.0:53/tcp"]);
+    assert_eq!(
+        labels(&p),
+        ["0.0.0.0:53/udp", "0.0.0.0:53/tcp", "0.0.0.0:53/tcp"]
+    );
     assert_eq!(p.unchecked.len(), 1);
     assert_eq!(p.unchecked[0].from.line, Some(3));
-    let d = dir(&[("n.conf", "stream { server { listen 53; } server { listen 53; } }")]);
+    let d = dir(&[(
+        "n.conf",
+        "stream { server { listen 53; } server { listen 53; } }",
+    )]);
     let tree = conf::parse(&d.0.join("n.conf"), &Files::Disk).unwrap();
     assert_eq!(
         plan(&tree, true, &names).unwrap_err().what,
@@ -192,7 +210,10 @@ fn stream_udp_and_unix_sockets() {
 #[test]
 fn nginx_errors_for_an_address_twice() {
     for (servers, what) in [
-        ("server { listen 80; listen 80; }", "a duplicate listen 0.0.0.0:80"),
+        (
+            "server { listen 80; listen 80; }",
+            "a duplicate listen 0.0.0.0:80",
+        ),
         (
             "server { listen 80 reuseport; } server { listen 80 backlog=5; server_name b; }",
             "duplicate listen options for 0.0.0.0:80",
@@ -202,10 +223,22 @@ fn nginx_errors_for_an_address_twice() {
             "a duplicate default server for 0.0.0.0:80",
         ),
         ("server { listen 80 bogus; }", "invalid parameter \"bogus\""),
-        ("server { listen [::]:80 ipv6only=maybe; }", "invalid ipv6only flags \"maybe\""),
-        ("server { listen 0; }", "invalid port in \"0\" of the \"listen\" directive"),
-        ("server { listen 90-80; }", "invalid port range in \"90-80\" of the \"listen\" directive"),
-        ("server { listen [::1; }", "invalid host in \"[::1\" of the \"listen\" directive"),
+        (
+            "server { listen [::]:80 ipv6only=maybe; }",
+            "invalid ipv6only flags \"maybe\"",
+        ),
+        (
+            "server { listen 0; }",
+            "invalid port in \"0\" of the \"listen\" directive",
+        ),
+        (
+            "server { listen 90-80; }",
+            "invalid port range in \"90-80\" of the \"listen\" directive",
+        ),
+        (
+            "server { listen [::1; }",
+            "invalid host in \"[::1\" of the \"listen\" directive",
+        ),
         ("server { listen 53 udp; }", "invalid parameter \"udp\""),
     ] {
         let e = read_http(servers).unwrap_err();
@@ -224,21 +257,38 @@ fn syntax_as_nginx_reads_it() {
     assert_eq!(p.entries[0].from[0].line, Some(4));
     for (text, line, col, what) in [
         ("http { server { listen 80 }", 1, 28, "unexpected \"}\""),
-        ("http { server { listen 80; }", 1, 29, "unexpected end of file, expecting \"}\""),
+        (
+            "http { server { listen 80; }",
+            1,
+            29,
+            "unexpected end of file, expecting \"}\"",
+        ),
         ("http { }\n}", 2, 2, "unexpected \"}\""),
-        ("http { listen 80", 1, 17, "unexpected end of file, expecting \";\" or \"}\""),
+        (
+            "http { listen 80",
+            1,
+            17,
+            "unexpected end of file, expecting \";\" or \"}\"",
+        ),
         ("http { \"a\"b; }", 1, 11, "unexpected \"b\""),
     ] {
         let d = dir(&[("n.conf", text)]);
         let e = conf::parse(&d.0.join("n.conf"), &Files::Disk).unwrap_err();
-        assert_eq!((e.line, e.col, e.what.as_str()), (Some(line), Some(col), what), "{text}");
+        assert_eq!(
+            (e.line, e.col, e.what.as_str()),
+            (Some(line), Some(col), what),
+            "{text}"
+        );
     }
 }
 
 #[test]
 fn includes_globs_and_symlinks_as_nginx_follows_them() {
     let d = dir(&[
-        ("nginx.conf", "events {}\nhttp {\n  include sites-enabled/*;\n  include conf.d/one.conf;\n}\n"),
+        (
+            "nginx.conf",
+            "events {}\nhttp {\n  include sites-enabled/*;\n  include conf.d/one.conf;\n}\n",
+        ),
         ("sites-available/b", "server { listen 8002; }\n"),
         ("sites-available/a", "server { listen 8001; }\n"),
         ("sites-enabled/.hidden", "server { listen 8009; }\n"),
@@ -253,14 +303,20 @@ fn includes_globs_and_symlinks_as_nginx_follows_them() {
     }
     let tree = conf::parse(&d.0.join("nginx.conf"), &Files::Disk).unwrap();
     let p = plan(&tree, true, &names).unwrap();
-    assert_eq!(labels(&p), ["0.0.0.0:8001/tcp", "0.0.0.0:8002/tcp", "0.0.0.0:8003/tcp"]);
+    assert_eq!(
+        labels(&p),
+        ["0.0.0.0:8001/tcp", "0.0.0.0:8002/tcp", "0.0.0.0:8003/tcp"]
+    );
     assert_eq!(
         p.entries[2].from[0].place().unwrap(),
         format!("{}:3", d.0.join("conf.d/one.conf").display())
     );
     // A glob that matches nothing is fine; a missing file is not, at the
     // include's place; nor a file that includes itself.
-    let d = dir(&[("n.conf", "http {\n include none/*.conf;\n include missing.conf;\n}")]);
+    let d = dir(&[(
+        "n.conf",
+        "http {\n include none/*.conf;\n include missing.conf;\n}",
+    )]);
     let e = conf::parse(&d.0.join("n.conf"), &Files::Disk).unwrap_err();
     assert_eq!(e.file, Some(d.0.join("missing.conf")));
     assert!(e.what.starts_with("cannot open"), "{e}");
@@ -289,7 +345,10 @@ fn the_dump_of_nginx_t() {
     let p = plan(&tree, true, &names).unwrap();
     assert_eq!(labels(&p), ["0.0.0.0:81/tcp", "0.0.0.0:82/tcp"]);
     assert_eq!(p.entries[0].from.len(), 2);
-    assert_eq!(p.entries[0].from[0].place().unwrap(), "/etc/nginx/sites/a.conf:2");
+    assert_eq!(
+        p.entries[0].from[0].place().unwrap(),
+        "/etc/nginx/sites/a.conf:2"
+    );
     assert!(split_dump("nginx: something else\n").is_err());
 }
 
@@ -306,7 +365,10 @@ fn nginx_t_errors_become_file_line() {
          2026/12/07 16:16:10 [emerg] 2948#2948: invalid parameter \"foo\" in /etc/nginx/x.conf:3\n\
          nginx: configuration file /etc/nginx/nginx.conf test failed\n",
     ));
-    assert_eq!(e.to_string(), "/etc/nginx/x.conf:3: invalid parameter \"foo\"");
+    assert_eq!(
+        e.to_string(),
+        "/etc/nginx/x.conf:3: invalid parameter \"foo\""
+    );
     let e = nginx_failed(failed(
         "nginx: [emerg] host not found in upstream \"app:80\" in /etc/nginx/x.conf:9\n",
     ));
@@ -323,7 +385,13 @@ fn a_master_names_its_configuration() {
         master_conf("/usr/sbin/nginx -c /tmp/a.conf -e stderr", d),
         Some("/tmp/a.conf".into())
     );
-    assert_eq!(master_conf("nginx -c/tmp/b.conf", d), Some("/tmp/b.conf".into()));
-    assert_eq!(master_conf("nginx -p /srv/ -c conf/n.conf", d), Some("/srv/conf/n.conf".into()));
+    assert_eq!(
+        master_conf("nginx -c/tmp/b.conf", d),
+        Some("/tmp/b.conf".into())
+    );
+    assert_eq!(
+        master_conf("nginx -p /srv/ -c conf/n.conf", d),
+        Some("/srv/conf/n.conf".into())
+    );
     assert_eq!(master_conf("nginx -c conf/n.conf", d), None);
 }

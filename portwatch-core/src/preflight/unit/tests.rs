@@ -97,14 +97,26 @@ fn an_empty_assignment_resets_and_drop_ins_add() {
     let p = parse(
         "demo.socket",
         &[
-            ("demo.socket".into(), "[Socket]\nListenStream=80\nListenDatagram=53\n".into()),
-            ("demo.socket.d/10.conf".into(), "[Socket]\nListenStream=\nListenStream=8080\n".into()),
-            ("demo.socket.d/20.conf".into(), "[Socket]\nListenStream=\\\n  9090\n".into()),
+            (
+                "demo.socket".into(),
+                "[Socket]\nListenStream=80\nListenDatagram=53\n".into(),
+            ),
+            (
+                "demo.socket.d/10.conf".into(),
+                "[Socket]\nListenStream=\nListenStream=8080\n".into(),
+            ),
+            (
+                "demo.socket.d/20.conf".into(),
+                "[Socket]\nListenStream=\\\n  9090\n".into(),
+            ),
         ],
         DUAL,
     )
     .unwrap();
-    assert_eq!(labels(&p), ["[::]:8080/tcp reuseaddr", "[::]:9090/tcp reuseaddr"]);
+    assert_eq!(
+        labels(&p),
+        ["[::]:8080/tcp reuseaddr", "[::]:9090/tcp reuseaddr"]
+    );
     assert_eq!(
         p.entries[1].from[0].place().unwrap(),
         "demo.socket.d/20.conf:2"
@@ -127,14 +139,20 @@ fn bad_values_are_errors_at_their_line() {
         assert_eq!((e.line, e.what.as_str()), (Some(2), what), "{text}");
     }
     let e = unit("[Service]\nExecStart=/bin/true\n").unwrap_err();
-    assert!(e.what.contains("not a socket unit systemd would start"), "{e}");
+    assert!(
+        e.what.contains("not a socket unit systemd would start"),
+        "{e}"
+    );
 }
 
 #[test]
 fn specifiers_of_templates() {
     let p = parse(
         "web@8081.socket",
-        &[("web@.socket".into(), "[Socket]\nListenStream=127.0.0.1:%i\n".into())],
+        &[(
+            "web@.socket".into(),
+            "[Socket]\nListenStream=127.0.0.1:%i\n".into(),
+        )],
         DUAL,
     )
     .unwrap();
@@ -162,12 +180,30 @@ fn found_where_systemd_looks() {
     assert_eq!(f.main, lib.join("demo.socket"));
     assert_eq!(
         f.dropins,
-        [lib.join("demo.socket.d/a.conf"), etc.join("demo.socket.d/b.conf")]
+        [
+            lib.join("demo.socket.d/a.conf"),
+            etc.join("demo.socket.d/b.conf")
+        ]
     );
-    assert_eq!(find("web@80.socket", &dirs).unwrap().main, lib.join("web@.socket"));
-    assert!(find("masked.socket", &dirs).unwrap_err().what.contains("masked"));
-    assert!(find("gone.socket", &dirs).unwrap_err().what.starts_with("no unit file gone.socket"));
-    assert!(find("demo.service", &dirs).unwrap_err().what.starts_with("not a socket unit"));
-    assert!(find("/x/demo.service", &dirs).unwrap_err().what.starts_with("not a socket unit"));
+    assert_eq!(
+        find("web@80.socket", &dirs).unwrap().main,
+        lib.join("web@.socket")
+    );
+    assert!(find("masked.socket", &dirs)
+        .unwrap_err()
+        .what
+        .contains("masked"));
+    assert!(find("gone.socket", &dirs)
+        .unwrap_err()
+        .what
+        .starts_with("no unit file gone.socket"));
+    assert!(find("demo.service", &dirs)
+        .unwrap_err()
+        .what
+        .starts_with("not a socket unit"));
+    assert!(find("/x/demo.service", &dirs)
+        .unwrap_err()
+        .what
+        .starts_with("not a socket unit"));
     let _ = std::fs::remove_dir_all(&root);
 }
