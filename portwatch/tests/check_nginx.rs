@@ -508,7 +508,7 @@ fn nginx_check_same_nginx_running_start_reload_wait() {
         v[0]["diagnosis"]
             .as_str()
             .unwrap()
-            .contains(&format!("nginx (master pid {master})")),
+            .contains(&format!("held by the running nginx of this configuration (master pid {master}), which a reload keeps")),
         "{v:#?}"
     );
     // And a reload does succeed, the same master keeping the socket.

@@ -312,7 +312,7 @@ fn from_engine(e: &Entry, j: &Judgement) -> Option<Outcome> {
             .ours
             .as_ref()
             .filter(|o| !holders.is_empty() && holders.iter().all(|h| o.holds(h)))
-            .and_then(|o| o.in_the_way(b.port));
+            .and_then(|o| o.in_the_way(b.port, &holders));
         let (diagnosis, fix) = own.unwrap_or_else(|| (v.diagnosis.clone(), v.fix.clone()));
         let mut c = Outcome::new(b, category, diagnosis, Some(fix));
         c.reason = Some(v.reason);
@@ -359,11 +359,7 @@ fn yours(b: &Binding, ours: &Ours, holders: &[Holder], j: &Judgement) -> Option<
         .map(Holder::who)
         .or_else(|| j.published.first().map(|p| p.container.label()))
         .unwrap_or_default();
-    let diagnosis = format!(
-        "{} is held by this deploy's own {} ({held}), which the deploy replaces: it binds again when that lets go; a second instance beside it would fail",
-        label(b),
-        ours.describe()
-    );
+    let diagnosis = ours.yours(&label(b), &held, holders);
     let mut c = Outcome::new(b, Category::Yours, diagnosis, None);
     c.holders = holders.to_vec();
     c.published.clone_from(&j.published);

@@ -140,7 +140,7 @@ impl Ours {
     /// The diagnosis and fix when the sockets in the way of `port` are
     /// all held by what this is and the deploy does not replace it (the
     /// running nginx of the same configuration, for a start).
-    pub fn in_the_way(&self, port: u16) -> Option<(String, String)> {
+    pub fn in_the_way(&self, port: u16, holders: &[Holder]) -> Option<(String, String)> {
         let Ours::Nginx {
             masters,
             reload: false,
@@ -149,7 +149,7 @@ impl Ours {
         else {
             return None;
         };
-        let pids: Vec<String> = masters.iter().map(u32::to_string).collect();
+        let pids = holding(masters, holders);
         let c = conf.as_ref().map_or_else(String::new, |c| {
             format!(
                 " -c {}",
@@ -174,6 +174,24 @@ impl Ours {
         }
     }
 
+    /// The diagnosis of a binding `label` held only by this (`held`: the
+    /// holder as `who` names it).
+    pub fn yours(&self, label: &str, held: &str, holders: &[Holder]) -> String {
+        match self {
+            Ours::Nginx { masters, .. } => {
+                let pids = holding(masters, holders);
+                format!(
+                    "{label} is held by the running nginx of this configuration (master pid {}), which a reload keeps: its new workers take over the same sockets; a second nginx started beside it would fail",
+                    pids.join(", ")
+                )
+            }
+            _ => format!(
+                "{label} is held by this deploy's own {} ({held}), which the deploy replaces: it binds again when that lets go; a second instance beside it would fail",
+                self.describe()
+            ),
+        }
+    }
+
     /// What it is, for the diagnosis: `compose project shop`.
     pub fn describe(&self) -> String {
         match self {
@@ -185,6 +203,19 @@ impl Ours {
             }
         }
     }
+}
+
+/// The masters among the processes of `holders` (a master of the same
+/// configuration in another network namespace holds nothing here), or all
+/// of them when none is.
+fn holding(masters: &[u32], holders: &[Holder]) -> Vec<String> {
+    let here: Vec<u32> = masters
+        .iter()
+        .copied()
+        .filter(|m| holders.iter().any(|h| h.pid == Some(*m) || h.pids.contains(m)))
+        .collect();
+    let pids = if here.is_empty() { masters } else { &here[..] };
+    pids.iter().map(u32::to_string).collect()
 }
 
 /// One socket the deploy will bind.
