@@ -651,3 +651,41 @@ fn nginx_check_bad_input() {
         assert!(!t.status.success(), "nginx -t accepted {servers}");
     }
 }
+
+/// A host name binds every address it resolves to, as nginx resolves it
+/// (here `localhost`, from /etc/hosts): the rows are nginx's sockets.
+#[test]
+fn nginx_check_host_name() {
+    let ns = netns("pw-cn-host");
+    let scratch = Scratch::new("cn-host");
+    let port = port();
+    let conf = config(
+        &scratch.0,
+        "nginx",
+        &format!("server {{ listen localhost:{port}; return 204; }}"),
+        "",
+    );
+    let arg = format!("--nginx={}", conf.display());
+    let (code, v, _) = check(&ns, &[&arg]);
+    assert_eq!(code, 0, "{v:#?}");
+    let mut predicted: Vec<String> = v
+        .iter()
+        .map(|o| o["addr"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(predicted.contains(&"127.0.0.1".to_owned()), "{v:#?}");
+    let started = ns.run(move || start(&conf, port));
+    agrees(code, &v, &started);
+    let nginx = Running(Some(started.unwrap()));
+    let p = port.to_string();
+    let (_, w) = who(&ns, &[&p]);
+    let mut bound: Vec<String> = w["sockets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["pid"] == nginx.pid())
+        .map(|s| s["addr"].as_str().unwrap().to_owned())
+        .collect();
+    predicted.sort();
+    bound.sort();
+    assert_eq!(predicted, bound, "{w:#}");
+}

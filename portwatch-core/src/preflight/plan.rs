@@ -212,7 +212,11 @@ fn holding(masters: &[u32], holders: &[Holder]) -> Vec<String> {
     let here: Vec<u32> = masters
         .iter()
         .copied()
-        .filter(|m| holders.iter().any(|h| h.pid == Some(*m) || h.pids.contains(m)))
+        .filter(|m| {
+            holders
+                .iter()
+                .any(|h| h.pid == Some(*m) || h.pids.contains(m))
+        })
         .collect();
     let pids = if here.is_empty() { masters } else { &here[..] };
     pids.iter().map(u32::to_string).collect()
