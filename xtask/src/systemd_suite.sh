@@ -141,7 +141,8 @@ ExecStart=/usr/bin/python3 -c "import socket, time; s = socket.socket(fileno=3);
 EOF
     systemctl daemon-reload
 }
-# json EXPR: EXPR of the first JSON line on stdin, the object named v.
+# json EXPR: EXPR of the first JSON line on stdin, the object named v
+# (printf, not echo: dash's echo turns the JSON's \n escapes into newlines).
 json() { python3 -c "
 import json, sys
 v = json.loads(sys.stdin.readline())
@@ -154,7 +155,9 @@ check_unit_taken_by_a_process() {
 import socket, time
 s = socket.socket(); s.bind(('0.0.0.0', 8096)); s.listen(); time.sleep(60)" &
     holder=$!
-    wait_for 10 python3 -c "import socket; socket.create_connection(('127.0.0.1', 8096), 1)" \
+    # Listening, seen without a connection (one left unaccepted would be
+    # another socket on the port).
+    wait_for 10 sh -c "ss -Hltn 'sport = :8096' | grep -q LISTEN" \
         || { kill $holder; echo "the holder never listened"; return 1; }
     out=$(portwatch check --unit pwcheck.socket --json); rc=$?
     info "check --unit pwcheck.socket (taken): $out"
@@ -163,9 +166,9 @@ s = socket.socket(); s.bind(('0.0.0.0', 8096)); s.listen(); time.sleep(60)" &
     kill $holder; wait $holder 2>/dev/null
     systemctl reset-failed pwcheck.socket 2>/dev/null
     [ $rc = 1 ] || { echo "exit $rc, not 1: $out"; return 1; }
-    [ "$(echo "$out" | json 'v["verdict"]')" = taken ] || { echo "not taken: $out"; return 1; }
-    [ "$(echo "$out" | json 'v["holders"][0]["pid"]')" = "$holder" ] || { echo "not the holder $holder: $out"; return 1; }
-    [ "$(echo "$out" | json 'v["from"][0]')" = "/etc/systemd/system/pwcheck.socket:2 ListenStream=0.0.0.0:8096" ] \
+    [ "$(printf '%s\n' "$out" | json 'v["verdict"]')" = taken ] || { echo "not taken: $out"; return 1; }
+    [ "$(printf '%s\n' "$out" | json 'v["holders"][0]["pid"]')" = "$holder" ] || { echo "not the holder $holder: $out"; return 1; }
+    [ "$(printf '%s\n' "$out" | json 'v["from"][0]')" = "/etc/systemd/system/pwcheck.socket:2 ListenStream=0.0.0.0:8096" ] \
         || { echo "origin: $out"; return 1; }
     # systemd agrees: the socket unit could not bind.
     [ $started != 0 ] || { echo "systemd started pwcheck.socket beside the holder"; return 1; }
@@ -183,12 +186,12 @@ check_unit_active_is_yours() {
     rm -f /etc/systemd/system/pwcheck.socket /etc/systemd/system/pwcheck.service
     systemctl daemon-reload
     [ $rc = 0 ] || { echo "exit $rc, not 0: $out"; return 1; }
-    [ "$(echo "$out" | json 'v["verdict"]')" = yours ] || { echo "not yours: $out"; return 1; }
-    [ "$(echo "$out" | json 'v["holders"][0]["socket_unit"]["unit"]')" = pwcheck.socket ] \
+    [ "$(printf '%s\n' "$out" | json 'v["verdict"]')" = yours ] || { echo "not yours: $out"; return 1; }
+    [ "$(printf '%s\n' "$out" | json 'v["holders"][0]["socket_unit"]["unit"]')" = pwcheck.socket ] \
         || { echo "holder not named as the socket unit: $out"; return 1; }
-    echo "$out" | json 'v["diagnosis"]' | grep -q "this deploy's own socket unit pwcheck.socket" \
+    printf '%s\n' "$out" | json 'v["diagnosis"]' | grep -q "held by systemd (pid 1 (systemd, init.scope)) for this deploy's own socket unit pwcheck.socket (ListenStream=0.0.0.0:8096)" \
         || { echo "diagnosis: $out"; return 1; }
-    [ $orc = 1 ] && [ "$(echo "$other" | json 'v["verdict"]')" = taken ] \
+    [ $orc = 1 ] && [ "$(printf '%s\n' "$other" | json 'v["verdict"]')" = taken ] \
         || { echo "a plain 8096 beside the active unit: exit $orc $other"; return 1; }
 }
 

@@ -185,7 +185,16 @@ impl Ours {
                     pids.join(", ")
                 )
             }
-            _ => format!(
+            Ours::SocketUnit { unit } => {
+                let listen = holders
+                    .iter()
+                    .find_map(|h| h.socket_unit.as_ref())
+                    .map_or_else(String::new, |s| format!(" ({})", s.listen));
+                format!(
+                    "{label} is held by systemd ({held}) for this deploy's own socket unit {unit}{listen}, which `systemctl restart {unit}` binds again; a second instance beside it would fail"
+                )
+            }
+            Ours::Compose { .. } => format!(
                 "{label} is held by this deploy's own {} ({held}), which the deploy replaces: it binds again when that lets go; a second instance beside it would fail",
                 self.describe()
             ),
