@@ -81,7 +81,11 @@ pub fn read(input: &NginxInput) -> Result<Plan, InputError> {
         let ours = Ours::Nginx {
             masters,
             reload: input.reload,
-            conf: input.file.clone(),
+            // nginx reads a relative -c from its prefix, not from here.
+            conf: input
+                .file
+                .as_ref()
+                .map(|f| std::fs::canonicalize(f).unwrap_or_else(|_| f.clone())),
         };
         for e in &mut plan.entries {
             e.ours = Some(ours.clone());
@@ -419,6 +423,8 @@ fn options(l: &mut Listen, p: &str, module: Module) -> Result<(), String> {
         ("fastopen", Some(v)) if number(v) => bind_opt(l),
         ("rcvbuf" | "sndbuf", Some(v)) if size(v) => bind_opt(l),
         ("deferred", None) if module == Module::Http => bind_opt(l),
+        // Not on Linux: nginx warns and ignores it.
+        ("accept_filter", Some(_)) if module == Module::Http => {}
         ("ipv6only", Some("on")) => {
             l.ipv6only = true;
             bind_opt(l);
