@@ -107,7 +107,11 @@ pub fn output(cmd: &mut Command, timeout: Duration) -> Result<Vec<u8>, Subproces
     let rest = (started + timeout).saturating_duration_since(Instant::now());
     let stdout = stdout.recv_timeout(rest).unwrap_or_default();
     if !status.success() {
-        let stderr = stderr.recv_timeout(Duration::ZERO).unwrap_or_default();
+        // Its reader may still be at work: the same deadline as stdout's
+        // (a zero wait lost the error message of a program that had just
+        // exited).
+        let rest = (started + timeout).saturating_duration_since(Instant::now());
+        let stderr = stderr.recv_timeout(rest).unwrap_or_default();
         return Err(SubprocessError::Failed {
             program,
             status,

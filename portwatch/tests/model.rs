@@ -29,7 +29,7 @@ use common::*;
 use portwatch_core::{
     bindcheck::Variant,
     engine::{self, Answer, Batch, UNSEEN_BOUND},
-    holders::{sockdiag, sockopts::OptionsFrom},
+    holders::sockopts::OptionsFrom,
     request::{Binding, Proto},
 };
 use socket2::Socket;

@@ -127,6 +127,74 @@ EOF
     if echo "$out" | grep 'fix:' | grep -q 'init.scope'; then echo "init.scope in a fix: $out"; return 1; fi
 }
 
+# check --unit NAME, found where systemd finds it: a socket unit whose
+# port another process holds is "taken" (exit 1), as systemd then fails to
+# start it; the same unit active is "yours" (exit 0), its holder the unit.
+check_unit_files() {
+    cat >/etc/systemd/system/pwcheck.socket <<'EOF'
+[Socket]
+ListenStream=0.0.0.0:8096
+EOF
+    cat >/etc/systemd/system/pwcheck.service <<'EOF'
+[Service]
+ExecStart=/usr/bin/python3 -c "import socket, time; s = socket.socket(fileno=3); time.sleep(1e6)"
+EOF
+    systemctl daemon-reload
+}
+# json EXPR: EXPR of the first JSON line on stdin, the object named v
+# (printf, not echo: dash's echo turns the JSON's \n escapes into newlines).
+json() { python3 -c "
+import json, sys
+v = json.loads(sys.stdin.readline())
+print($1)
+"; }
+
+check_unit_taken_by_a_process() {
+    check_unit_files
+    python3 -c "
+import socket, time
+s = socket.socket(); s.bind(('0.0.0.0', 8096)); s.listen(); time.sleep(60)" &
+    holder=$!
+    # Listening, seen without a connection (one left unaccepted would be
+    # another socket on the port).
+    wait_for 10 sh -c "ss -Hltn 'sport = :8096' | grep -q LISTEN" \
+        || { kill $holder; echo "the holder never listened"; return 1; }
+    out=$(portwatch check --unit pwcheck.socket --json); rc=$?
+    info "check --unit pwcheck.socket (taken): $out"
+    portwatch check --unit pwcheck.socket | while IFS= read -r l; do info "check: $l"; done
+    systemctl start pwcheck.socket 2>/dev/null; started=$?
+    kill $holder; wait $holder 2>/dev/null
+    systemctl reset-failed pwcheck.socket 2>/dev/null
+    [ $rc = 1 ] || { echo "exit $rc, not 1: $out"; return 1; }
+    [ "$(printf '%s\n' "$out" | json 'v["verdict"]')" = taken ] || { echo "not taken: $out"; return 1; }
+    [ "$(printf '%s\n' "$out" | json 'v["holders"][0]["pid"]')" = "$holder" ] || { echo "not the holder $holder: $out"; return 1; }
+    [ "$(printf '%s\n' "$out" | json 'v["from"][0]')" = "/etc/systemd/system/pwcheck.socket:2 ListenStream=0.0.0.0:8096" ] \
+        || { echo "origin: $out"; return 1; }
+    # systemd agrees: the socket unit could not bind.
+    [ $started != 0 ] || { echo "systemd started pwcheck.socket beside the holder"; return 1; }
+}
+
+check_unit_active_is_yours() {
+    check_unit_files
+    systemctl start pwcheck.socket || { echo "pwcheck.socket did not start: $(systemctl status pwcheck.socket | tail -3)"; return 1; }
+    out=$(portwatch check --unit pwcheck.socket --json); rc=$?
+    info "check --unit pwcheck.socket (active): $out"
+    portwatch check --unit pwcheck.socket | while IFS= read -r l; do info "check: $l"; done
+    # Another plan wanting its port (a plain binding) is taken by the unit.
+    other=$(portwatch check 8096 --json); orc=$?
+    systemctl stop pwcheck.socket
+    rm -f /etc/systemd/system/pwcheck.socket /etc/systemd/system/pwcheck.service
+    systemctl daemon-reload
+    [ $rc = 0 ] || { echo "exit $rc, not 0: $out"; return 1; }
+    [ "$(printf '%s\n' "$out" | json 'v["verdict"]')" = yours ] || { echo "not yours: $out"; return 1; }
+    [ "$(printf '%s\n' "$out" | json 'v["holders"][0]["socket_unit"]["unit"]')" = pwcheck.socket ] \
+        || { echo "holder not named as the socket unit: $out"; return 1; }
+    printf '%s\n' "$out" | json 'v["diagnosis"]' | grep -q "held by systemd (pid 1 (systemd, init.scope)) for this deploy's own socket unit pwcheck.socket (ListenStream=0.0.0.0:8096)" \
+        || { echo "diagnosis: $out"; return 1; }
+    [ $orc = 1 ] && [ "$(printf '%s\n' "$other" | json 'v["verdict"]')" = taken ] \
+        || { echo "a plain 8096 beside the active unit: exit $orc $other"; return 1; }
+}
+
 start_unit() {
     systemctl reset-failed portwatch 2>/dev/null
     systemctl daemon-reload
@@ -378,6 +446,7 @@ run_child_in_delegated_cgroup() {
 }
 
 for t in deb_installs service_holder_named_as_its_unit socket_unit_named_not_init_scope \
+    check_unit_taken_by_a_process check_unit_active_is_yours \
     unit_fexit_attaches_all metrics_answer_on_loopback journal_state_dir_0600 \
     journald_structured_event same_service_restart report_reads_journalctl_json \
     sigkill_restarts_with_journal_intact stop_leaves_no_bpf unit_tracepoint_attaches_all \

@@ -51,6 +51,8 @@ pub const TESTS: &[&str] = &[
     "deb_installs",
     "service_holder_named_as_its_unit",
     "socket_unit_named_not_init_scope",
+    "check_unit_taken_by_a_process",
+    "check_unit_active_is_yours",
     "unit_fexit_attaches_all",
     "metrics_answer_on_loopback",
     "journal_state_dir_0600",

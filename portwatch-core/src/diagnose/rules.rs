@@ -689,7 +689,7 @@ fn not_local(c: &Case) -> Option<Verdict> {
             c.what, req.addr
         ),
         fix: format!(
-            "bind an address the host has (`ip addr`), or, to start before the address comes up, set IP_FREEBIND on the socket (systemd: `FreeBind=yes`; nginx: `listen ... freebind`) or `sysctl -w {sysctl}=1`"
+            "bind an address the host has (`ip addr`), or, to start before the address comes up, set IP_FREEBIND on the socket (systemd: `FreeBind=yes`) or `sysctl -w {sysctl}=1`"
         ),
     })
 }

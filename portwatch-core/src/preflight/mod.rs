@@ -242,7 +242,8 @@ pub fn classify(
 
 /// An address the namespace does not have, without ip_nonlocal_bind.
 fn address_missing(b: &Binding, host: &Host) -> Option<Outcome> {
-    if host.can_bind(b.addr) {
+    // IP_FREEBIND and IP_TRANSPARENT bind an address the host lacks.
+    if host.can_bind(b.addr) || b.opts.freebind || b.opts.transparent {
         return None;
     }
     let have: Vec<String> = host.addresses().iter().map(ToString::to_string).collect();
@@ -256,7 +257,7 @@ fn address_missing(b: &Binding, host: &Host) -> Option<Outcome> {
         if have.is_empty() { "none".to_owned() } else { have.join(", ") }
     );
     let fix = format!(
-        "bind one of the addresses it has (or the wildcard), or bring {} up first; to start before the address comes up, set IP_FREEBIND on the socket (systemd: `FreeBind=yes`; nginx: `listen ... freebind`) or `sysctl -w {sysctl}=1`",
+        "bind one of the addresses it has (or the wildcard), or bring {} up first; to start before the address comes up, set IP_FREEBIND on the socket (systemd: `FreeBind=yes`) or `sysctl -w {sysctl}=1`",
         b.addr
     );
     Some(Outcome::new(
@@ -297,7 +298,8 @@ fn from_engine(e: &Entry, j: &Judgement) -> Option<Outcome> {
         .filter(|h| in_the_way(b, h))
         .cloned()
         .collect();
-    if let Some(yours) = e.ours.as_ref().and_then(|o| yours(b, o, &holders, j)) {
+    let replaced = e.ours.as_ref().filter(|o| o.replaced());
+    if let Some(yours) = replaced.and_then(|o| yours(b, o, &holders, j)) {
         return Some(yours);
     }
     if let Some(v) = &j.verdict {
@@ -306,11 +308,21 @@ fn from_engine(e: &Entry, j: &Judgement) -> Option<Outcome> {
             Reason::TimeWait => Category::TimeWait,
             _ => Category::Taken,
         };
-        let mut c = Outcome::new(b, category, v.diagnosis.clone(), Some(v.fix.clone()));
+        // The deploy's own running predecessor (nginx of the same
+        // configuration, started again): its own fix, not a stranger's.
+        let own = e
+            .ours
+            .as_ref()
+            .filter(|o| !holders.is_empty() && holders.iter().all(|h| o.holds(h)))
+            .and_then(|o| o.in_the_way(b.port, &holders));
+        let (diagnosis, fix) = own.unwrap_or_else(|| (v.diagnosis.clone(), v.fix.clone()));
+        let mut c = Outcome::new(b, category, diagnosis, Some(fix));
         c.reason = Some(v.reason);
-        c.note = (category == Category::TimeWait)
-            .then(|| reuseaddr_depends(j))
-            .flatten();
+        c.note = if category == Category::TimeWait {
+            reuseaddr_depends(j)
+        } else {
+            depends(b, j)
+        };
         c.holders = holders;
         c.dnat.clone_from(&j.dnat);
         return Some(c);
@@ -349,11 +361,7 @@ fn yours(b: &Binding, ours: &Ours, holders: &[Holder], j: &Judgement) -> Option<
         .map(Holder::who)
         .or_else(|| j.published.first().map(|p| p.container.label()))
         .unwrap_or_default();
-    let diagnosis = format!(
-        "{} is held by this deploy's own {} ({held}), which the deploy replaces: it binds again when that lets go; a second instance beside it would fail",
-        label(b),
-        ours.describe()
-    );
+    let diagnosis = ours.yours(&label(b), &held, holders);
     let mut c = Outcome::new(b, Category::Yours, diagnosis, None);
     c.holders = holders.to_vec();
     c.published.clone_from(&j.published);
@@ -394,6 +402,24 @@ fn reaches(rule: &DnatRule, b: &Binding) -> bool {
     }
 }
 
+/// What the bind as asked (its own options: nginx's `reuseport`, systemd's
+/// `ReusePort=`) hangs on, when the engine's rules could not tell: a
+/// holder's SO_REUSEPORT, which sock_diag does not show.
+fn depends(b: &Binding, j: &Judgement) -> Option<String> {
+    let asked = Variant::asked(&b.opts);
+    let v = j
+        .binds
+        .iter()
+        .find(|v| v.option == asked && v.result == Answer::Unknown)?;
+    Some(format!(
+        "it depends: this {} bind succeeds {}",
+        asked.label(),
+        v.note
+            .as_deref()
+            .unwrap_or("only if the holder set the same option")
+    ))
+}
+
 /// What a bind with SO_REUSEADDR hangs on, as the engine's rules said it.
 fn reuseaddr_depends(j: &Judgement) -> Option<String> {
     let v = j
@@ -417,10 +443,11 @@ fn in_the_way(b: &Binding, h: &Holder) -> bool {
 }
 
 /// Other entries of the plan that want entry `i`'s port and would
-/// conflict with it: each is a socket of its own, without SO_REUSEPORT,
-/// so any overlap fails the one bound second. Across families, that is
-/// the IPv6 wildcard without IPV6_V6ONLY (dual-stack). `entries`: the
-/// same plan with origins, to name the other entry's file and line.
+/// conflict with it: each is a socket of its own, so any overlap fails the
+/// one bound second, unless both set SO_REUSEPORT (one deploy, one user:
+/// the kernel lets them share). Across families, that is the IPv6
+/// wildcard without IPV6_V6ONLY (dual-stack). `entries`: the same plan
+/// with origins, to name the other entry's file and line.
 fn in_plan(i: usize, plan: &[Binding], entries: &[Entry]) -> Option<Outcome> {
     let b = &plan[i];
     let me = (Family::of(b.addr), b.addr, b.opts.v6only);
@@ -428,6 +455,8 @@ fn in_plan(i: usize, plan: &[Binding], entries: &[Entry]) -> Option<Outcome> {
         .iter()
         .enumerate()
         .filter(|&(k, o)| k != i && o.proto == b.proto && o.port == b.port)
+        .filter(|(_, o)| !(o.opts.reuseport && b.opts.reuseport))
+        .filter(|(_, o)| !other_devices(b, o))
         .filter_map(|(k, o)| {
             overlaps(me, (Family::of(o.addr), o.addr, Some(o.opts.v6only))).map(|cross| (k, cross))
         })
@@ -474,6 +503,12 @@ fn in_plan(i: usize, plan: &[Binding], entries: &[Entry]) -> Option<Outcome> {
     let mut c = Outcome::new(b, category, diagnosis, Some(fix));
     c.conflicts_with = names;
     Some(c)
+}
+
+/// Two sockets bound to two different devices (SO_BINDTODEVICE) are out
+/// of each other's way; one unbound socket is in the way of every device.
+fn other_devices(a: &Binding, b: &Binding) -> bool {
+    matches!((&a.device, &b.device), (Some(x), Some(y)) if x != y)
 }
 
 /// Free now, but inside ip_local_port_range and not reserved.

@@ -102,11 +102,18 @@ pub enum Ours {
         /// Its name.
         unit: String,
     },
-    /// The nginx master(s) running this configuration, on `--reload`
-    /// (a reload keeps the sockets; a start does not).
+    /// The nginx master(s) running this configuration: on `--reload`, what
+    /// the deploy keeps (a reload keeps the sockets); for a start, what is
+    /// in its way, with nginx's own fix.
     Nginx {
         /// Their pids.
         masters: Vec<u32>,
+        /// The deploy reloads them (`--reload`) rather than starting
+        /// another nginx.
+        reload: bool,
+        /// The configuration file named (`--nginx=FILE`); None: nginx's
+        /// default one.
+        conf: Option<PathBuf>,
     },
 }
 
@@ -116,8 +123,47 @@ impl Ours {
         match self {
             Ours::Compose { .. } => h.container.as_ref().is_some_and(|c| self.runs(c)),
             Ours::SocketUnit { unit } => h.socket_unit.as_ref().is_some_and(|s| &s.unit == unit),
-            Ours::Nginx { masters } => h.pid.iter().chain(&h.pids).any(|p| masters.contains(p)),
+            Ours::Nginx { masters, .. } => h.pid.iter().chain(&h.pids).any(|p| masters.contains(p)),
         }
+    }
+
+    /// Whether the deploy replaces (or keeps) what [`Ours::holds`]: its
+    /// sockets are "yours". A start of nginx beside the running one
+    /// replaces nothing: they are in its way.
+    pub fn replaced(&self) -> bool {
+        match self {
+            Ours::Compose { .. } | Ours::SocketUnit { .. } => true,
+            Ours::Nginx { reload, .. } => *reload,
+        }
+    }
+
+    /// The diagnosis and fix when the sockets in the way of `port` are
+    /// all held by what this is and the deploy does not replace it (the
+    /// running nginx of the same configuration, for a start).
+    pub fn in_the_way(&self, port: u16, holders: &[Holder]) -> Option<(String, String)> {
+        let Ours::Nginx {
+            masters,
+            reload: false,
+            conf,
+        } = self
+        else {
+            return None;
+        };
+        let pids = holding(masters, holders);
+        let c = conf.as_ref().map_or_else(String::new, |c| {
+            format!(
+                " -c {}",
+                crate::diagnose::shell_word(&c.display().to_string())
+            )
+        });
+        let diagnosis = format!(
+            "the running nginx of this same configuration (master pid {}) holds port {port}: a second nginx started beside it fails with EADDRINUSE",
+            pids.join(", ")
+        );
+        let fix = format!(
+            "reload it instead (`nginx{c} -s reload`: the new configuration, the same sockets), or stop it (`nginx{c} -s quit`) and `portwatch wait {port}` before the start: the old master lets go of its sockets only when it has quit"
+        );
+        Some((diagnosis, fix))
     }
 
     /// Whether container `c` is one the deploy replaces.
@@ -128,17 +174,61 @@ impl Ours {
         }
     }
 
+    /// The diagnosis of a binding `label` held only by this (`held`: the
+    /// holder as `who` names it).
+    pub fn yours(&self, label: &str, held: &str, holders: &[Holder]) -> String {
+        match self {
+            Ours::Nginx { masters, .. } => {
+                let pids = holding(masters, holders);
+                format!(
+                    "{label} is held by the running nginx of this configuration (master pid {}), which a reload keeps: its new workers take over the same sockets; a second nginx started beside it would fail",
+                    pids.join(", ")
+                )
+            }
+            Ours::SocketUnit { unit } => {
+                let listen = holders
+                    .iter()
+                    .find_map(|h| h.socket_unit.as_ref())
+                    .map_or_else(String::new, |s| format!(" ({})", s.listen));
+                format!(
+                    "{label} is held by systemd ({held}) for this deploy's own socket unit {unit}{listen}, which `systemctl restart {unit}` binds again; a second instance beside it would fail"
+                )
+            }
+            Ours::Compose { .. } => format!(
+                "{label} is held by this deploy's own {} ({held}), which the deploy replaces: it binds again when that lets go; a second instance beside it would fail",
+                self.describe()
+            ),
+        }
+    }
+
     /// What it is, for the diagnosis: `compose project shop`.
     pub fn describe(&self) -> String {
         match self {
             Ours::Compose { project } => format!("compose project {project}"),
             Ours::SocketUnit { unit } => format!("socket unit {unit}"),
-            Ours::Nginx { masters } => {
+            Ours::Nginx { masters, .. } => {
                 let pids: Vec<String> = masters.iter().map(u32::to_string).collect();
                 format!("nginx (master pid {})", pids.join(", "))
             }
         }
     }
+}
+
+/// The masters among the processes of `holders` (a master of the same
+/// configuration in another network namespace holds nothing here), or all
+/// of them when none is.
+fn holding(masters: &[u32], holders: &[Holder]) -> Vec<String> {
+    let here: Vec<u32> = masters
+        .iter()
+        .copied()
+        .filter(|m| {
+            holders
+                .iter()
+                .any(|h| h.pid == Some(*m) || h.pids.contains(m))
+        })
+        .collect();
+    let pids = if here.is_empty() { masters } else { &here[..] };
+    pids.iter().map(u32::to_string).collect()
 }
 
 /// One socket the deploy will bind.

@@ -23,6 +23,7 @@ EXAMPLES:
     portwatch check -f compose.yml -f override.yml -p shop --profile debug
     portwatch check --nginx                  # every listen of `nginx -T`
     portwatch check --nginx=/etc/nginx/new.conf --reload
+    nginx -s quit; portwatch check --nginx --wait=10s && nginx  # a restart
     portwatch check --unit demo.socket
 
 INPUTS, any number in one call, checked together (two of them wanting one
@@ -38,9 +39,14 @@ port is conflict-in-plan):
                     A port published without an address is Docker's two
                     sockets, 0.0.0.0:P and [::]:P (IPV6_V6ONLY); the
                     project's own running containers are \"yours\"
-    --nginx[=FILE]  nginx's listen directives: `nginx -T` (with a timeout),
-                    or FILE and its includes read directly
+    --nginx[=FILE]  nginx's listen directives, as the sockets nginx makes of
+                    them: `nginx -T` (with a timeout, in a network namespace
+                    of its own: its test mode binds), or FILE and its
+                    includes read directly; the running nginx of the same
+                    configuration is taken (a start), or yours (--reload)
     --unit UNIT     a systemd socket unit's ListenStream=/ListenDatagram=
+                    (found where systemd finds it, with its drop-ins; or a
+                    file); its own active sockets are yours
 
 Each BINDING is PORT, ADDR:PORT or [IPV6]:PORT, with /tcp (the default) or
 /udp after it. A bare port means the IPv4 wildcard, 0.0.0.0:PORT, as nginx's

@@ -134,6 +134,7 @@ fn read_plan(args: &CheckArgs) -> Result<Plan, Error> {
         let input = nginx::NginxInput {
             file: (!file.is_empty()).then(|| file.into()),
             reload: args.reload,
+            user: args.user,
         };
         plan.extend(nginx::read(&input).map_err(bad)?);
     }
