@@ -177,7 +177,18 @@ impl Enricher {
     pub(super) fn container_of(&self, p: &ProcInfo) -> Option<Container> {
         let mut resolver = self.containers.lock().ok()?;
         match &p.container {
-            Some(id) => Some(resolver.get(id, p.runtime.unwrap_or(containers::Runtime::Unknown))),
+            Some(id) => {
+                let runtime = p.runtime.unwrap_or(containers::Runtime::Unknown);
+                let found = resolver.get(id, runtime);
+                if found.is_named() || runtime.cli().is_some() {
+                    return Some(found);
+                }
+                // Under a state directory not known yet: the shim (or
+                // conmon) above the process says where its bundles are.
+                let learnt = containers::bundle_root_above(p.ppid)
+                    .is_some_and(|root| resolver.learn(root));
+                Some(if learnt { resolver.get(id, runtime) } else { found })
+            }
             None => containers::serves(&p.comm, &p.cmdline).and_then(|s| resolver.served(&s)),
         }
     }
