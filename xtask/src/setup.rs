@@ -206,6 +206,11 @@ pub fn ensure_test_packages() -> Result<()> {
         ("podman", "podman"),
         ("runc", "runc"),
         ("conmon", "conmon"),
+        // Kubernetes pods under any containerd state directory: a containerd
+        // of the tests' own, laid out as k3s lays it out, driven with ctr.
+        ("containerd", "containerd"),
+        ("ctr", "containerd"),
+        ("nsenter", "util-linux"),
         // Compose v1, the only one Debian 12 ships: fixes must name it.
         ("docker-compose", "docker-compose"),
     ])
