@@ -60,8 +60,10 @@ fn assert_pod(v: &Value, container: &str) {
     for never in ["docker stop", "podman stop", "kill", "kubectl delete"] {
         assert!(!fix.contains(never), "{fix}");
     }
-    assert!(fix.contains("hostPort"), "{fix}");
-    assert!(fix.contains("run where the cluster is managed"), "{fix}");
+    // `who` stands in the pod's own network namespace: its containerPort.
+    assert!(fix.starts_with("Change the port of pod shop/web-0"), "{fix}");
+    assert!(fix.contains("`containerPort`"), "{fix}");
+    assert!(fix.contains("(a cluster command: run it where the cluster is managed)"), "{fix}");
 }
 
 /// A pod's container listening in its own network namespace, under a

@@ -179,3 +179,5 @@ mod safety_tests;
 mod tests;
 #[cfg(test)]
 mod tests_ephemeral;
+#[cfg(test)]
+mod tests_pods;
