@@ -95,3 +95,111 @@ fn pod_under_a_k3s_state_directory_is_named() {
         "the container outlived its test"
     );
 }
+
+/// kube-proxy 1.28+'s nat rules for NodePort 30080 of Service shop/web
+/// (port `http`, one endpoint 10.244.0.5:8080), in the shape its iptables
+/// proxier writes (pkg/proxy/iptables/proxier.go, and the expected
+/// rulesets of its proxier_test.go), for iptables-restore.
+const KUBE_PROXY_RULES: &str = "*nat
+:PREROUTING ACCEPT [0:0]
+:INPUT ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+:POSTROUTING ACCEPT [0:0]
+:KUBE-NODEPORTS - [0:0]
+:KUBE-SERVICES - [0:0]
+:KUBE-EXT-QZ7VV5GTKAJA7T3Q - [0:0]
+:KUBE-MARK-MASQ - [0:0]
+:KUBE-POSTROUTING - [0:0]
+:KUBE-SEP-AAAAAAAAAAAAAAAA - [0:0]
+:KUBE-SVC-QZ7VV5GTKAJA7T3Q - [0:0]
+-A PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES
+-A OUTPUT -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES
+-A POSTROUTING -m comment --comment \"kubernetes postrouting rules\" -j KUBE-POSTROUTING
+-A KUBE-NODEPORTS -m comment --comment shop/web:http -m tcp -p tcp --dport 30080 -j KUBE-EXT-QZ7VV5GTKAJA7T3Q
+-A KUBE-SERVICES -m comment --comment \"shop/web:http cluster IP\" -m tcp -p tcp -d 10.96.0.50 --dport 80 -j KUBE-SVC-QZ7VV5GTKAJA7T3Q
+-A KUBE-SERVICES -m comment --comment \"kubernetes service nodeports; NOTE: this must be the last rule in this chain\" -m addrtype --dst-type LOCAL -j KUBE-NODEPORTS
+-A KUBE-EXT-QZ7VV5GTKAJA7T3Q -m comment --comment \"masquerade traffic for shop/web:http external destinations\" -j KUBE-MARK-MASQ
+-A KUBE-EXT-QZ7VV5GTKAJA7T3Q -j KUBE-SVC-QZ7VV5GTKAJA7T3Q
+-A KUBE-MARK-MASQ -j MARK --or-mark 0x4000
+-A KUBE-POSTROUTING -m mark ! --mark 0x4000/0x4000 -j RETURN
+-A KUBE-POSTROUTING -j MARK --xor-mark 0x4000
+-A KUBE-POSTROUTING -m comment --comment \"kubernetes service traffic requiring SNAT\" -j MASQUERADE
+-A KUBE-SEP-AAAAAAAAAAAAAAAA -m comment --comment shop/web:http -s 10.244.0.5 -j KUBE-MARK-MASQ
+-A KUBE-SEP-AAAAAAAAAAAAAAAA -m comment --comment shop/web:http -m tcp -p tcp -j DNAT --to-destination 10.244.0.5:8080
+-A KUBE-SVC-QZ7VV5GTKAJA7T3Q -m comment --comment \"shop/web:http cluster IP\" -m tcp -p tcp -d 10.96.0.50 --dport 80 ! -s 10.244.0.0/16 -j KUBE-MARK-MASQ
+-A KUBE-SVC-QZ7VV5GTKAJA7T3Q -m comment --comment \"shop/web:http -> 10.244.0.5:8080\" -j KUBE-SEP-AAAAAAAAAAAAAAAA
+COMMIT
+";
+
+/// kube-proxy's iptables-mode rules, loaded with iptables-restore into the
+/// test's own network namespace (never the host's), send NodePort 30080
+/// to the Service's endpoint: a connection to it reaches the server there,
+/// and `who` and `check` say that no socket holds the port but the Service
+/// takes its traffic.
+#[test]
+fn node_port_names_its_service() {
+    let ns = Netns::new("pw-nodeport");
+    let server = ns.run(|| {
+        ip("link set lo up");
+        ip("addr add 10.244.0.5/32 dev lo");
+        let mut restore = Command::new("iptables-restore");
+        restore.stdin(std::process::Stdio::piped());
+        let mut child = restore.spawn().expect("run iptables-restore");
+        use std::io::Write as _;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(KUBE_PROXY_RULES.as_bytes())
+            .unwrap();
+        assert!(child.wait().unwrap().success(), "iptables-restore");
+        std::net::TcpListener::bind("10.244.0.5:8080").expect("the endpoint's server")
+    });
+    // Traffic to the node port reaches the Service's endpoint.
+    let reached = ns.run(move || {
+        let client = std::net::TcpStream::connect_timeout(
+            &"127.0.0.1:30080".parse().unwrap(),
+            Duration::from_secs(5),
+        )
+        .expect("connect to the NodePort");
+        let (accepted, _) = server.accept().unwrap();
+        (client.peer_addr().unwrap(), accepted.local_addr().unwrap())
+    });
+    assert_eq!(reached.1.to_string(), "10.244.0.5:8080");
+
+    let (code, v) = who(&ns, &["30080"]);
+    assert_eq!(code, 1, "{v:#}");
+    assert_eq!(v["sockets"].as_array().unwrap().len(), 0, "{v:#}");
+    let rule = &v["dnat"][0];
+    assert_eq!(rule["service"]["namespace"], "shop", "{v:#}");
+    assert_eq!(rule["service"]["name"], "web", "{v:#}");
+    assert_eq!(rule["service"]["kind"], "NodePort", "{v:#}");
+    assert_eq!(rule["endpoints"][0], "10.244.0.5:8080", "{v:#}");
+
+    let text = ns.run(|| {
+        Command::new(bin())
+            .args(["who", "30080"])
+            .output()
+            .expect("run portwatch who")
+    });
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains("no socket holds tcp port 30080, but kube-proxy sends it to Service shop/web (NodePort, port http) (endpoints 10.244.0.5:8080): a process listening here never sees that traffic"),
+        "{text}"
+    );
+    assert!(text.contains("`kubectl -n shop get service web -o yaml` (a cluster command"), "{text}");
+
+    let out = ns.run(|| {
+        Command::new(bin())
+            .args(["check", "30080", "--json"])
+            .output()
+            .expect("run portwatch check")
+    });
+    let (code, c) = parse(&out);
+    assert_eq!(code, 1, "{c:#}");
+    assert_eq!(c["verdict"], "steered", "{c:#}");
+    assert!(
+        c["diagnosis"].as_str().unwrap().contains("kube-proxy sends it to Service shop/web"),
+        "{c:#}"
+    );
+}

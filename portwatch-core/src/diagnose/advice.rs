@@ -7,6 +7,7 @@ use crate::{
         procs::is_stoppable_unit,
         short_id,
         systemd::SocketUnit,
+        dnat::DnatRule,
         Evidence, Holder, KernelDevice, State,
     },
     request::Request,
@@ -565,4 +566,33 @@ pub(super) fn v6only_on(program: Option<&str>, port: u16) -> String {
         ),
         None => "IPV6_V6ONLY on the IPv6 socket".into(),
     }
+}
+
+/// A port that kube-proxy sends to a Service (`rule` is its NodePort
+/// rule): the diagnosis and fix that `who` and `check` both give. A
+/// process that binds the port gets none of that traffic: the nat table
+/// rewrites it before any socket sees it. The fix changes the Service (a
+/// cluster command) or moves the host service; removing kube-proxy's rules
+/// by hand is no fix, as kube-proxy writes them again at its next sync.
+pub fn steered_to_service(proto: &str, port: u16, rule: &DnatRule) -> Option<(String, String)> {
+    let s = rule.service.as_ref()?;
+    let port_name = if s.port_name.is_empty() {
+        String::new()
+    } else {
+        format!(", port {}", s.port_name)
+    };
+    let endpoints = match rule.endpoints.as_slice() {
+        [] => String::new(),
+        e => format!(" (endpoints {})", e.join(", ")),
+    };
+    let diagnosis = format!(
+        "no socket holds {proto} port {port}, but kube-proxy sends it to Service {} ({}{port_name}){endpoints}: a process listening here never sees that traffic",
+        s.label(),
+        s.kind
+    );
+    let (ns, name) = (shell_word(&s.namespace), shell_word(&s.name));
+    let fix = format!(
+        "give this service another port, or move Service {ns}/{name} to another nodePort (or another type) in its manifest: `kubectl -n {ns} get service {name} -o yaml` (a cluster command: run it where the cluster is managed) shows its ports; kube-proxy writes its rules again if they are removed by hand"
+    );
+    Some((diagnosis, fix))
 }

@@ -187,6 +187,13 @@ fn published_lines(out: &mut impl Write, r: &WhoReport) -> io::Result<()> {
 /// Firewall rules that redirect the port.
 fn dnat_lines(out: &mut impl Write, r: &WhoReport) -> io::Result<()> {
     for d in &r.dnat {
+        if let Some((diagnosis, fix)) =
+            crate::diagnose::steered_to_service(&r.proto.name(), r.port, d)
+        {
+            writeln!(out, "service:   {}", printable(&diagnosis))?;
+            writeln!(out, "fix:       {}", printable(&fix))?;
+            continue;
+        }
         writeln!(
             out,
             "dnat:      {} port {} is redirected{} by this {} rule: {}",
