@@ -184,7 +184,7 @@ fn node_port_names_its_service() {
     });
     let text = String::from_utf8_lossy(&text.stdout);
     assert!(
-        text.contains("no socket holds tcp port 30080, but kube-proxy sends it to Service shop/web (NodePort, port http) (endpoints 10.244.0.5:8080): a process listening here never sees that traffic"),
+        text.contains("no socket holds tcp port 30080, but kube-proxy sends it to Service shop/web (NodePort, port http; endpoints 10.244.0.5:8080): a process listening here never sees that traffic"),
         "{text}"
     );
     assert!(text.contains("`kubectl -n shop get service web -o yaml` (a cluster command"), "{text}");

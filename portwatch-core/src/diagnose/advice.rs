@@ -583,10 +583,10 @@ pub fn steered_to_service(proto: &str, port: u16, rule: &DnatRule) -> Option<(St
     };
     let endpoints = match rule.endpoints.as_slice() {
         [] => String::new(),
-        e => format!(" (endpoints {})", e.join(", ")),
+        e => format!("; endpoints {}", e.join(", ")),
     };
     let diagnosis = format!(
-        "no socket holds {proto} port {port}, but kube-proxy sends it to Service {} ({}{port_name}){endpoints}: a process listening here never sees that traffic",
+        "no socket holds {proto} port {port}, but kube-proxy sends it to Service {} ({}{port_name}{endpoints}): a process listening here never sees that traffic",
         s.label(),
         s.kind
     );

@@ -106,7 +106,10 @@ fn holder_names(c: &Outcome) -> Vec<String> {
     names.extend(
         c.dnat
             .iter()
-            .map(|d| format!("DNAT to {}", printable(d.to.as_deref().unwrap_or("?")))),
+            .map(|d| match &d.service {
+                Some(s) => format!("Service {} ({})", printable(&s.label()), printable(&s.kind)),
+                None => format!("DNAT to {}", printable(d.to.as_deref().unwrap_or("?"))),
+            }),
     );
     names.extend(c.conflicts_with.iter().map(|k| format!("plan {k}")));
     // iptables-nft's rules are listed by both iptables-save and nft.
