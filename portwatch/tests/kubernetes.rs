@@ -38,7 +38,10 @@ fn who_listening(pid: u32, port: u16) -> Value {
         if code == 1 && v["sockets"][0]["pid"].is_number() {
             return v;
         }
-        assert!(Instant::now() < deadline, "nothing listens on {port}: {v:#}");
+        assert!(
+            Instant::now() < deadline,
+            "nothing listens on {port}: {v:#}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -61,9 +64,15 @@ fn assert_pod(v: &Value, container: &str) {
         assert!(!fix.contains(never), "{fix}");
     }
     // `who` stands in the pod's own network namespace: its containerPort.
-    assert!(fix.starts_with("Change the port of pod shop/web-0"), "{fix}");
+    assert!(
+        fix.starts_with("Change the port of pod shop/web-0"),
+        "{fix}"
+    );
     assert!(fix.contains("`containerPort`"), "{fix}");
-    assert!(fix.contains("(a cluster command: run it where the cluster is managed)"), "{fix}");
+    assert!(
+        fix.contains("(a cluster command: run it where the cluster is managed)"),
+        "{fix}"
+    );
 }
 
 /// A pod's container listening in its own network namespace, under a
@@ -187,7 +196,10 @@ fn node_port_names_its_service() {
         text.contains("no socket holds tcp port 30080, but kube-proxy sends it to Service shop/web (NodePort, port http; endpoints 10.244.0.5:8080): a process listening here never sees that traffic"),
         "{text}"
     );
-    assert!(text.contains("`kubectl -n shop get service web -o yaml` (a cluster command"), "{text}");
+    assert!(
+        text.contains("`kubectl -n shop get service web -o yaml` (a cluster command"),
+        "{text}"
+    );
 
     let out = ns.run(|| {
         Command::new(bin())
@@ -199,7 +211,10 @@ fn node_port_names_its_service() {
     assert_eq!(code, 1, "{c:#}");
     assert_eq!(c["verdict"], "steered", "{c:#}");
     assert!(
-        c["diagnosis"].as_str().unwrap().contains("kube-proxy sends it to Service shop/web"),
+        c["diagnosis"]
+            .as_str()
+            .unwrap()
+            .contains("kube-proxy sends it to Service shop/web"),
         "{c:#}"
     );
 }

@@ -4,10 +4,10 @@
 use crate::{
     holders::{
         containers::{is_plain, Compose, Container, Pod, Runtime},
+        dnat::DnatRule,
         procs::is_stoppable_unit,
         short_id,
         systemd::SocketUnit,
-        dnat::DnatRule,
         Evidence, Holder, KernelDevice, State,
     },
     request::Request,
@@ -214,7 +214,11 @@ const POD_COMES_BACK: &str = "deleting the pod is no fix (its controller recreat
 /// other side moves. Two containers of one pod share its network
 /// namespace: one of them must change.
 fn pod_fix(p: &Pod, port: u16, seen: &Evidence) -> String {
-    let caller = seen.caller.in_container.as_ref().and_then(|c| c.pod.as_ref());
+    let caller = seen
+        .caller
+        .in_container
+        .as_ref()
+        .and_then(|c| c.pod.as_ref());
     let lookup = pod_lookup(p);
     if let Some(me) = caller.filter(|me| (&me.namespace, &me.name) == (&p.namespace, &p.name)) {
         let two = match (&p.container, &me.container) {

@@ -61,7 +61,13 @@ fn seen(holders: Vec<Holder>, host: Option<bool>) -> Evidence {
 }
 
 fn assert_no_end_from_the_host(fix: &str) {
-    for never in ["docker stop", "podman stop", "kill", "kubectl delete", "crictl stop"] {
+    for never in [
+        "docker stop",
+        "podman stop",
+        "kill",
+        "kubectl delete",
+        "crictl stop",
+    ] {
         assert!(!fix.contains(never), "{never}: {fix}");
     }
 }
@@ -95,7 +101,11 @@ fn a_pods_container_is_changed_in_its_manifest() {
         );
         // Its controller is not guessed from the pod's name.
         assert!(v.fix.contains("its controller"), "{}", v.fix);
-        assert!(!v.fix.contains("or give this service another port"), "{}", v.fix);
+        assert!(
+            !v.fix.contains("or give this service another port"),
+            "{}",
+            v.fix
+        );
         assert_no_end_from_the_host(&v.fix);
     }
 }
@@ -113,7 +123,10 @@ fn the_port_field_follows_the_namespace() {
         "{}",
         unknown.fix
     );
-    let own = diagnose(&event(), &seen(vec![pod_holder(Runtime::Containerd)], Some(false)));
+    let own = diagnose(
+        &event(),
+        &seen(vec![pod_holder(Runtime::Containerd)], Some(false)),
+    );
     assert!(
         own.fix
             .contains("its `containerPort` 8080, in the pod's own network namespace"),
@@ -159,5 +172,9 @@ fn a_pod_against_a_host_process() {
         "{}",
         v.fix
     );
-    assert!(v.fix.contains("run it where the cluster is managed"), "{}", v.fix);
+    assert!(
+        v.fix.contains("run it where the cluster is managed"),
+        "{}",
+        v.fix
+    );
 }

@@ -163,7 +163,9 @@ const KUBE_CHAINS: [&str; 6] = [
 /// carry no `--dport` of their own. The Service is named from the rule's
 /// comment (`ns/name:port`, as kube-proxy writes it).
 fn kube_node_ports(text: &str, port: u16, proto: &str) -> Vec<DnatRule> {
-    let nat: Vec<&str> = nat_section(text).filter(|l| l.starts_with("-A KUBE-")).collect();
+    let nat: Vec<&str> = nat_section(text)
+        .filter(|l| l.starts_with("-A KUBE-"))
+        .collect();
     let mut found: Vec<DnatRule> = Vec::new();
     for line in nat.iter().filter(|l| l.starts_with("-A KUBE-NODEPORTS ")) {
         if word_after(line, "-p") != Some(proto)
@@ -371,7 +373,10 @@ mod tests {
         let r = kube_node_ports(KUBE_PROXY_NAT, 30080, "tcp");
         assert_eq!(r.len(), 1, "{r:?}");
         let s = r[0].service.as_ref().unwrap();
-        assert_eq!((s.label().as_str(), s.port_name.as_str()), ("shop/web", "http"));
+        assert_eq!(
+            (s.label().as_str(), s.port_name.as_str()),
+            ("shop/web", "http")
+        );
         assert_eq!(r[0].endpoints, ["10.244.0.5:8080", "10.244.0.6:8080"]);
         assert_eq!(r[0].to.as_deref(), Some("10.244.0.5:8080"));
         assert!(r[0].rule.starts_with("-A KUBE-NODEPORTS "), "{r:?}");
@@ -397,11 +402,17 @@ mod tests {
         let r = kube_node_ports(text, 30080, "tcp");
         assert_eq!(r.len(), 1, "{r:?}");
         let s = r[0].service.as_ref().unwrap();
-        assert_eq!((s.label().as_str(), s.port_name.as_str()), ("default/nginx-svc", ""));
+        assert_eq!(
+            (s.label().as_str(), s.port_name.as_str()),
+            ("default/nginx-svc", "")
+        );
         assert_eq!(r[0].endpoints, ["10.244.1.2:80"]);
         // A comment that names no Service is not kube-proxy's.
         assert_eq!(service_of("Robert'); DROP/x:y"), None);
-        assert_eq!(comment("-A X -m comment --comment \"a b\" -j Y"), Some("a b"));
+        assert_eq!(
+            comment("-A X -m comment --comment \"a b\" -j Y"),
+            Some("a b")
+        );
     }
 
     #[test]

@@ -199,7 +199,11 @@ impl Drop for Containerd {
         }
         self.stop_daemon();
         // The cgroups runc made under the test's own parent, leaves first.
-        for hierarchy in std::fs::read_dir("/sys/fs/cgroup").into_iter().flatten().flatten() {
+        for hierarchy in std::fs::read_dir("/sys/fs/cgroup")
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
             let parent = hierarchy.path().join(&self.cgroup_parent);
             for id in &self.ids {
                 let _ = std::fs::remove_dir(parent.join("pod-test").join(id));
@@ -251,7 +255,11 @@ pub fn oci_image(dir: &Path) -> PathBuf {
         ),
     )
     .unwrap();
-    std::fs::write(layout.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+    std::fs::write(
+        layout.join("oci-layout"),
+        r#"{"imageLayoutVersion":"1.0.0"}"#,
+    )
+    .unwrap();
     let tar = dir.join("image.tar");
     let status = Command::new("tar")
         .arg("-C")

@@ -888,7 +888,11 @@ mod tests {
         );
         // Another program's flags are not containerd's.
         let roots = Roots::find(
-            [("bash".to_owned(), "bash --state /run/custom/containerd".to_owned())].into_iter(),
+            [(
+                "bash".to_owned(),
+                "bash --state /run/custom/containerd".to_owned(),
+            )]
+            .into_iter(),
         );
         assert_eq!(roots.containerd.len(), CONTAINERD_STATES.len());
     }
@@ -908,15 +912,24 @@ mod tests {
             tasks.join("k8s.io").join("other"),
             Path::new("/tmp/k8s.io").join(ID),
         ] {
-            assert_eq!(bundle_root("containerd-shim", &cmdline, Some(&cwd)), None, "{cwd:?}");
+            assert_eq!(
+                bundle_root("containerd-shim", &cmdline, Some(&cwd)),
+                None,
+                "{cwd:?}"
+            );
         }
         assert_eq!(bundle_root("containerd-shim", &cmdline, None), None);
-        assert_eq!(bundle_root("sh", &cmdline, Some(&tasks.join("k8s.io").join(ID))), None);
+        assert_eq!(
+            bundle_root("sh", &cmdline, Some(&tasks.join("k8s.io").join(ID))),
+            None
+        );
         // CRI-O's conmon, not podman's.
         let crio = format!("/usr/bin/conmon -b /run/containers/storage/overlay-containers/{ID}/userdata -c {ID} --exit-dir /var/run/crio/exits -l /var/log/pods/shop_web-0_1/web/0.log -r /usr/bin/runc -u {ID} -s");
         assert_eq!(
             bundle_root("conmon", &crio, None),
-            Some(BundleRoot::Crio(PathBuf::from("/run/containers/storage/overlay-containers")))
+            Some(BundleRoot::Crio(PathBuf::from(
+                "/run/containers/storage/overlay-containers"
+            )))
         );
         let podman = format!("/usr/bin/conmon --api-version 1 -c {ID} -u {ID} -r /usr/sbin/runc -b /var/lib/containers/storage/overlay-containers/{ID}/userdata --exit-dir /run/libpod/exits");
         assert_eq!(bundle_root("conmon", &podman, None), None);
@@ -930,7 +943,10 @@ mod tests {
     fn a_pod_is_found_through_the_shim_above_it() {
         let s = Scratch::new("shim-above");
         let tasks = s.0.join("k3s/containerd").join(TASK_DIR);
-        s.write(&format!("k3s/containerd/{TASK_DIR}/k8s.io/{ID}/config.json"), CRI_WEB);
+        s.write(
+            &format!("k3s/containerd/{TASK_DIR}/k8s.io/{ID}/config.json"),
+            CRI_WEB,
+        );
         let sandbox = tasks.join("k8s.io").join("a".repeat(64));
         std::fs::create_dir_all(&sandbox).unwrap();
         // The shim's comm is its executable's name cut to 15 bytes.
@@ -948,7 +964,10 @@ mod tests {
             if let Some(&k) = kids.first() {
                 break k;
             }
-            assert!(std::time::Instant::now() < deadline, "no sleep under the shim");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no sleep under the shim"
+            );
             std::thread::sleep(std::time::Duration::from_millis(20));
         };
         assert_eq!(
@@ -985,7 +1004,10 @@ mod tests {
         let mut c = Containers::new(roots(&s.0));
         assert!(!c.get(ID, Runtime::Crio).is_named());
         assert!(c.learn(bundle_root("conmon", &conmon, None).unwrap()));
-        assert_eq!(c.get(ID, Runtime::Crio).label(), "pod shop/web-0 (container web)");
+        assert_eq!(
+            c.get(ID, Runtime::Crio).label(),
+            "pod shop/web-0 (container web)"
+        );
     }
 
     #[test]

@@ -185,9 +185,13 @@ impl Enricher {
                 }
                 // Under a state directory not known yet: the shim (or
                 // conmon) above the process says where its bundles are.
-                let learnt = containers::bundle_root_above(p.ppid)
-                    .is_some_and(|root| resolver.learn(root));
-                Some(if learnt { resolver.get(id, runtime) } else { found })
+                let learnt =
+                    containers::bundle_root_above(p.ppid).is_some_and(|root| resolver.learn(root));
+                Some(if learnt {
+                    resolver.get(id, runtime)
+                } else {
+                    found
+                })
             }
             None => containers::serves(&p.comm, &p.cmdline).and_then(|s| resolver.served(&s)),
         }
