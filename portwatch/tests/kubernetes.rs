@@ -218,3 +218,141 @@ fn node_port_names_its_service() {
         "{c:#}"
     );
 }
+
+/// Runs CNI plugin `plugin` (Debian's containernetworking-plugins) with
+/// `conf` on stdin and the CNI_* environment, from `ns`; returns its result.
+fn cni(ns: &Netns, plugin: &str, conf: String, sandbox: &str, pid: u32) -> Value {
+    let sandbox = sandbox.to_owned();
+    let plugin = format!("/usr/lib/cni/{plugin}");
+    let out = ns.run(move || {
+        use std::io::Write as _;
+        let mut child = Command::new(&plugin)
+            .env("CNI_COMMAND", "ADD")
+            .env("CNI_CONTAINERID", &sandbox)
+            .env("CNI_NETNS", format!("/proc/{pid}/ns/net"))
+            .env("CNI_IFNAME", "eth0")
+            .env("CNI_PATH", "/usr/lib/cni")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{plugin} (containernetworking-plugins): {e}"));
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(conf.as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    });
+    assert!(out.status.success(), "{out:?}");
+    serde_json::from_slice(&out.stdout).expect("a CNI result")
+}
+
+/// A hostPort as kubelet and containerd's CRI plugin make it: a pod
+/// sandbox with its own network namespace, attached by CNI's bridge
+/// (host-local addresses) and portmap (hostPort 18097 -> :80), and the
+/// pod's container `web` joining that namespace. The bridge and portmap's
+/// rules live in the test's network namespace. Traffic to the hostPort
+/// reaches the container's server, and `who 18097` names the pod and the
+/// container.
+#[test]
+fn host_port_leads_to_its_pod() {
+    let ns = Netns::new("pw-hostport");
+    ns.run(|| ip("link set lo up"));
+    let mut ctd = Containerd::start("hp");
+    let sandbox = id(2);
+    let pause = ctd.run(
+        &sandbox,
+        &sandbox_annotations(&sandbox, "shop", "web-0"),
+        &["/bin/busybox", "sleep", "600"],
+    );
+    let ipam = ctd.dir.join("ipam");
+    let bridge = cni(
+        &ns,
+        "bridge",
+        format!(
+            r#"{{"cniVersion":"0.4.0","name":"pw-k8s","type":"bridge","bridge":"cni0","isGateway":true,"ipMasq":true,"ipam":{{"type":"host-local","dataDir":"{}","ranges":[[{{"subnet":"10.88.0.0/16"}}]],"routes":[{{"dst":"0.0.0.0/0"}}]}}}}"#,
+            ipam.display()
+        ),
+        &sandbox,
+        pause,
+    );
+    let portmap = serde_json::json!({
+        "cniVersion": "0.4.0",
+        "name": "pw-k8s",
+        "type": "portmap",
+        "capabilities": {"portMappings": true},
+        "runtimeConfig": {"portMappings": [
+            {"hostPort": 18097, "containerPort": 80, "protocol": "tcp"}
+        ]},
+        "prevResult": bridge,
+    });
+    cni(&ns, "portmap", portmap.to_string(), &sandbox, pause);
+    let web = id(3);
+    let mut annotations = cri_annotations("shop", "web-0", "web");
+    annotations.push(("io.kubernetes.cri.sandbox-id".into(), sandbox.clone()));
+    let netns = format!("network:/proc/{pause}/ns/net");
+    ctd.run_with(
+        &web,
+        &annotations,
+        &["--with-ns", &netns],
+        &["/bin/busybox", "httpd", "-f", "-p", "80"],
+    );
+
+    // The hostPort reaches the container's httpd (through the bridge's
+    // address, a local one, as a client on the node would).
+    let deadline = Instant::now() + WAIT;
+    let answer = loop {
+        let got = ns.run(|| {
+            use std::io::{Read as _, Write as _};
+            let mut s = std::net::TcpStream::connect_timeout(
+                &"10.88.0.1:18097".parse().unwrap(),
+                Duration::from_secs(2),
+            )
+            .ok()?;
+            s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+            s.write_all(b"GET / HTTP/1.0\r\n\r\n").ok()?;
+            let mut answer = String::new();
+            s.read_to_string(&mut answer).ok()?;
+            Some(answer)
+        });
+        if let Some(a) = got.filter(|a| a.starts_with("HTTP/")) {
+            break a;
+        }
+        assert!(Instant::now() < deadline, "hostPort 18097 never answered");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(answer.starts_with("HTTP/1."), "{answer}");
+
+    let (code, v) = who(&ns, &["18097"]);
+    assert_eq!(code, 1, "{v:#}");
+    assert_eq!(v["sockets"].as_array().unwrap().len(), 0, "{v:#}");
+    let rule = &v["dnat"][0];
+    assert_eq!(rule["sandbox"], sandbox.as_str(), "{v:#}");
+    assert_eq!(rule["pod"]["namespace"], "shop", "{v:#}");
+    assert_eq!(rule["pod"]["name"], "web-0", "{v:#}");
+    assert_eq!(rule["pod"]["container"], "web", "{v:#}");
+    let text = ns.run(|| {
+        Command::new(bin())
+            .args(["who", "18097"])
+            .output()
+            .expect("run portwatch who")
+    });
+    let text = String::from_utf8_lossy(&text.stdout).into_owned();
+    assert!(
+        text.contains("hostport:  hostPort 18097 → pod shop/web-0 container web :80: no socket holds tcp port 18097"),
+        "{text}"
+    );
+    let fix = text
+        .lines()
+        .find(|l| l.starts_with("fix:"))
+        .unwrap_or_default();
+    assert!(
+        fix.contains("change hostPort 18097 of pod shop/web-0 in its workload's manifest"),
+        "{text}"
+    );
+    for never in ["docker stop", "podman stop", "kill", "kubectl delete"] {
+        assert!(!fix.contains(never), "{fix}");
+    }
+    drop(ctd);
+}

@@ -579,6 +579,9 @@ pub(super) fn v6only_on(program: Option<&str>, port: u16) -> String {
 /// cluster command) or moves the host service; removing kube-proxy's rules
 /// by hand is no fix, as kube-proxy writes them again at its next sync.
 pub fn steered_to_service(proto: &str, port: u16, rule: &DnatRule) -> Option<(String, String)> {
+    if let Some(p) = &rule.pod {
+        return Some(steered_to_pod(proto, port, rule, p));
+    }
     let s = rule.service.as_ref()?;
     let port_name = if s.port_name.is_empty() {
         String::new()
@@ -599,4 +602,35 @@ pub fn steered_to_service(proto: &str, port: u16, rule: &DnatRule) -> Option<(St
         "give this service another port, or move Service {ns}/{name} to another nodePort (or another type) in its manifest: `kubectl -n {ns} get service {name} -o yaml` (a cluster command: run it where the cluster is managed) shows its ports; kube-proxy writes its rules again if they are removed by hand"
     );
     Some((diagnosis, fix))
+}
+
+/// A hostPort: CNI's portmap rule sends `port` to pod `p`'s address. The
+/// fix is the pod's `hostPort` in its workload's manifest, or the host
+/// service moved; never the pod deleted (its controller recreates it with
+/// the same hostPort).
+fn steered_to_pod(proto: &str, port: u16, rule: &DnatRule, p: &Pod) -> (String, String) {
+    let to = rule.to.as_deref().unwrap_or("its address");
+    let inside = to
+        .rsplit_once(':')
+        .map(|(_, port)| format!(" :{port}"))
+        .unwrap_or_default();
+    let container = p
+        .container
+        .as_deref()
+        .map(|c| format!(" container {c}"))
+        .unwrap_or_default();
+    let diagnosis = format!(
+        "hostPort {port} → pod {}/{}{container}{inside}: no socket holds {proto} port {port}, but CNI's portmap sends its traffic to {to}; a process listening here never sees it",
+        p.namespace, p.name
+    );
+    let field = Pod {
+        container: None,
+        ..p.clone()
+    };
+    let fix = format!(
+        "give this service another port, or change hostPort {port} of {} in its workload's manifest; {POD_COMES_BACK}; {}",
+        pod_named(&field),
+        pod_lookup(p)
+    );
+    (diagnosis, fix)
 }

@@ -24,6 +24,8 @@ use std::{path::Path, process::Command, time::Duration};
 
 use serde::{Deserialize, Serialize};
 
+use super::containers::Pod;
+
 /// A rule that redirects traffic for a port elsewhere.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DnatRule {
@@ -40,6 +42,15 @@ pub struct DnatRule {
     /// Every endpoint the Service's chains DNAT to (`to` is the first).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub endpoints: Vec<String>,
+    /// The pod sandbox a CNI portmap rule (a Kubernetes hostPort) was
+    /// made for: the container id its `CNI-HOSTPORT-DNAT` rule's comment
+    /// names (`dnat name: "NET" id: "ID"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sandbox: Option<String>,
+    /// That sandbox's pod, named from its runtime's files (with the
+    /// container when the pod has one only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<Pod>,
 }
 
 /// A Service as kube-proxy's rule comments name it (`ns/name:port`).
@@ -138,8 +149,27 @@ fn iptables_rules(text: &str, port: u16, proto: &str) -> Vec<DnatRule> {
             to: word_after(l, "--to-destination").map(str::to_owned),
             service: None,
             endpoints: Vec::new(),
+            sandbox: portmap_sandbox(text, l),
+            pod: None,
         })
         .collect()
+}
+
+/// The pod sandbox of a CNI portmap DNAT rule (`-A CNI-DN-x ... -j DNAT`):
+/// the id in the comment of the `CNI-HOSTPORT-DNAT` rule that jumps to
+/// chain `CNI-DN-x` (`dnat name: \"NET\" id: \"ID\"`, as portmap writes
+/// it).
+fn portmap_sandbox(text: &str, dnat: &str) -> Option<String> {
+    let chain = dnat
+        .split_whitespace()
+        .nth(1)
+        .filter(|c| c.starts_with("CNI-DN-"))?;
+    let jump = nat_section(text)
+        .find(|l| l.starts_with("-A CNI-HOSTPORT-DNAT ") && word_after(l, "-j") == Some(chain))?;
+    let id = jump.split("id: \\\"").nth(1)?.get(..64)?;
+    id.bytes()
+        .all(|b| b.is_ascii_hexdigit())
+        .then(|| id.to_ascii_lowercase())
 }
 
 /// Chains kube-proxy's iptables mode jumps through from KUBE-NODEPORTS to
@@ -192,6 +222,8 @@ fn kube_node_ports(text: &str, port: u16, proto: &str) -> Vec<DnatRule> {
             to: endpoints.first().cloned(),
             service: Some(service),
             endpoints,
+            sandbox: None,
+            pod: None,
         });
     }
     found
@@ -287,6 +319,8 @@ fn nft_rules(text: &str, port: u16, proto: &str) -> Vec<DnatRule> {
                 .map(str::to_owned),
             service: None,
             endpoints: Vec::new(),
+            sandbox: None,
+            pod: None,
         })
         .collect()
 }
@@ -413,6 +447,27 @@ mod tests {
             comment("-A X -m comment --comment \"a b\" -j Y"),
             Some("a b")
         );
+    }
+
+    /// CNI portmap 1.1's rules for hostPort 18097 of a pod sandbox, as
+    /// `iptables-save` printed them here after the bridge and portmap
+    /// plugins' ADD.
+    #[test]
+    fn portmap_rule_names_its_sandbox() {
+        let id = "abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789";
+        let text = format!("*nat\n\
+            -A PREROUTING -m addrtype --dst-type LOCAL -j CNI-HOSTPORT-DNAT\n\
+            -A CNI-DN-233828d10c3335c5ce999 -s 10.88.0.0/16 -p tcp -m tcp --dport 18097 -j CNI-HOSTPORT-SETMARK\n\
+            -A CNI-DN-233828d10c3335c5ce999 -p tcp -m tcp --dport 18097 -j DNAT --to-destination 10.88.0.2:80\n\
+            -A CNI-HOSTPORT-DNAT -p tcp -m comment --comment \"dnat name: \\\"pwnet\\\" id: \\\"{id}\\\"\" -m multiport --dports 18097 -j CNI-DN-233828d10c3335c5ce999\n\
+            COMMIT\n");
+        let r = iptables_rules(&text, 18097, "tcp");
+        assert_eq!(r.len(), 1, "{r:?}");
+        assert_eq!(r[0].to.as_deref(), Some("10.88.0.2:80"));
+        assert_eq!(r[0].sandbox.as_deref(), Some(id));
+        // Another chain's DNAT names no sandbox.
+        let plain = "*nat\n-A DOCKER -p tcp -m tcp --dport 8083 -j DNAT --to-destination 172.17.0.3:80\nCOMMIT\n";
+        assert_eq!(iptables_rules(plain, 8083, "tcp")[0].sandbox, None);
     }
 
     #[test]

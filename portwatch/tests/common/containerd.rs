@@ -51,6 +51,20 @@ pub fn cri_annotations(namespace: &str, name: &str, container: &str) -> Vec<(Str
     .collect()
 }
 
+/// The annotations containerd's CRI plugin gives a pod's sandbox (its
+/// pause container), id `id`, of pod `namespace/name`.
+pub fn sandbox_annotations(id: &str, namespace: &str, name: &str) -> Vec<(String, String)> {
+    [
+        ("io.kubernetes.cri.container-type", "sandbox"),
+        ("io.kubernetes.cri.sandbox-id", id),
+        ("io.kubernetes.cri.sandbox-name", name),
+        ("io.kubernetes.cri.sandbox-namespace", namespace),
+    ]
+    .iter()
+    .map(|&(k, v)| (k.to_owned(), v.to_owned()))
+    .collect()
+}
+
 impl Containerd {
     /// Starts containerd with everything of its own under `/tmp` and
     /// `/run/k3s-test-NAME-PID`, and imports the image `pwtest:1`.
@@ -159,9 +173,22 @@ impl Containerd {
     /// namespace of its own, its command `args`; returns its first
     /// process's pid.
     pub fn run(&mut self, id: &str, annotations: &[(String, String)], args: &[&str]) -> u32 {
+        self.run_with(id, annotations, &[], args)
+    }
+
+    /// [`Containerd::run`] with more of `ctr run`'s options (`--with-ns
+    /// network:PATH` joins a pod sandbox's network namespace).
+    pub fn run_with(
+        &mut self,
+        id: &str,
+        annotations: &[(String, String)],
+        options: &[&str],
+        args: &[&str],
+    ) -> u32 {
         let cgroup = format!("/{}/pod-test/{id}", self.cgroup_parent);
         let mut argv: Vec<String> = vec!["run".into(), "-d".into(), "--null-io".into()];
         argv.extend(["--cgroup".into(), cgroup]);
+        argv.extend(options.iter().map(|&o| o.to_owned()));
         for (k, v) in annotations {
             argv.extend(["--annotation".into(), format!("{k}={v}")]);
         }

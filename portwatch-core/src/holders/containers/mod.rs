@@ -491,6 +491,48 @@ impl Containers {
         true
     }
 
+    /// The pod of CRI pod sandbox `id` (a CNI portmap rule names it), from
+    /// the sandbox's bundle; with its container's name when the pod has
+    /// one container only (the bundles that name `id` as their
+    /// `io.kubernetes.cri.sandbox-id`).
+    pub fn pod_of_sandbox(&mut self, id: &str) -> Option<Pod> {
+        if !is_id(id) {
+            return None;
+        }
+        self.refresh_roots();
+        for root in &self.roots.containerd {
+            let namespaces = std::fs::read_dir(root).into_iter().flatten().flatten();
+            for ns in namespaces.take(64) {
+                let dir = ns.path();
+                let Some(config) = read_json(&dir.join(id).join("config.json")) else {
+                    continue;
+                };
+                let mut pod = cri_container(id, Runtime::Containerd, &config).pod?;
+                let names: Vec<String> = std::fs::read_dir(&dir)
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                    .take(CACHE_CAP)
+                    .filter(|e| e.file_name().to_str() != Some(id))
+                    .filter_map(|e| {
+                        let c = read_json(&e.path().join("config.json"))?;
+                        let a = |k: &str| string(&c, &format!("/annotations/{k}"));
+                        (a("io.kubernetes.cri.sandbox-id").as_deref() == Some(id)
+                            && a("io.kubernetes.cri.container-type").as_deref()
+                                == Some("container"))
+                        .then(|| a("io.kubernetes.cri.container-name"))
+                        .flatten()
+                    })
+                    .collect();
+                if let [one] = names.as_slice() {
+                    pod.container = Some(one.clone());
+                }
+                return Some(pod);
+            }
+        }
+        self.cri(id, Runtime::Crio).and_then(|c| c.pod)
+    }
+
     /// The container a host helper serves.
     pub fn served(&mut self, serves: &Serves) -> Option<Container> {
         self.refresh_roots();
@@ -985,6 +1027,41 @@ mod tests {
         posing.kill();
         // Nothing above a plain process of ours.
         assert_eq!(bundle_root_above(std::process::id()), None);
+    }
+
+    /// A hostPort's pod from its sandbox's bundle (what a CNI portmap
+    /// rule names), with its one container found among the siblings.
+    #[test]
+    fn pod_of_a_sandbox_and_its_one_container() {
+        let s = Scratch::new("sandbox");
+        let sandbox = "a".repeat(64);
+        s.write(
+            &format!("containerd/k8s.io/{sandbox}/config.json"),
+            r#"{"annotations":{"io.kubernetes.cri.container-type":"sandbox",
+            "io.kubernetes.cri.sandbox-id":"aaaa","io.kubernetes.cri.sandbox-name":"web-0",
+            "io.kubernetes.cri.sandbox-namespace":"shop"}}"#,
+        );
+        let web = CRI_WEB.replace(r#""bbbb""#, &format!(r#""{sandbox}""#));
+        s.write(&format!("containerd/k8s.io/{ID}/config.json"), &web);
+        let mut c = Containers::new(roots(&s.0));
+        let pod = c.pod_of_sandbox(&sandbox).unwrap();
+        assert_eq!(
+            (
+                pod.namespace.as_str(),
+                pod.name.as_str(),
+                pod.container.as_deref()
+            ),
+            ("shop", "web-0", Some("web"))
+        );
+        // A second container: which one has the port is not known here.
+        let other = "c".repeat(64);
+        s.write(
+            &format!("containerd/k8s.io/{other}/config.json"),
+            &web.replace(r#""web""#, r#""sidecar""#),
+        );
+        assert_eq!(c.pod_of_sandbox(&sandbox).unwrap().container, None);
+        assert_eq!(c.pod_of_sandbox(&"d".repeat(64)), None);
+        assert_eq!(c.pod_of_sandbox("../x"), None);
     }
 
     /// CRI-O's bundles under a runroot learnt from its conmon.
