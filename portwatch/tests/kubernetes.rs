@@ -354,5 +354,31 @@ fn host_port_leads_to_its_pod() {
     for never in ["docker stop", "podman stop", "kill", "kubectl delete"] {
         assert!(!fix.contains(never), "{fix}");
     }
+
+    // check gives the same answer.
+    let out = ns.run(|| {
+        Command::new(bin())
+            .args(["check", "18097"])
+            .output()
+            .expect("run portwatch check")
+    });
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("steered           hostPort of pod shop/web-0"), "{text}");
+    let out = ns.run(|| {
+        Command::new(bin())
+            .args(["check", "18097", "--json"])
+            .output()
+            .expect("run portwatch check")
+    });
+    let (_, c) = parse(&out);
+    assert_eq!(c["verdict"], "steered", "{c:#}");
+    assert!(
+        c["diagnosis"]
+            .as_str()
+            .unwrap()
+            .starts_with("hostPort 18097 → pod shop/web-0 container web :80"),
+        "{c:#}"
+    );
     drop(ctd);
 }
