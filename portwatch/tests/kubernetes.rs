@@ -364,7 +364,10 @@ fn host_port_leads_to_its_pod() {
     });
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("steered           hostPort of pod shop/web-0"), "{text}");
+    assert!(
+        text.contains("steered           hostPort of pod shop/web-0"),
+        "{text}"
+    );
     let out = ns.run(|| {
         Command::new(bin())
             .args(["check", "18097", "--json"])
@@ -380,5 +383,70 @@ fn host_port_leads_to_its_pod() {
             .starts_with("hostPort 18097 → pod shop/web-0 container web :80"),
         "{c:#}"
     );
+    drop(ctd);
+}
+
+/// Two containers of one pod want one port in the pod's shared network
+/// namespace (a sidecar): the sidecar's failed bind is caught by `watch`,
+/// and the holder is named as the pod's other container, with a fix in the
+/// workload's manifest, never a stop or a kill.
+#[test]
+fn sidecar_clash_inside_one_pod() {
+    let mut ctd = Containerd::start("side");
+    let sandbox = id(4);
+    let pause = ctd.run(
+        &sandbox,
+        &sandbox_annotations(&sandbox, "shop", "web-0"),
+        &["/bin/busybox", "sleep", "600"],
+    );
+    let netns = format!("network:/proc/{pause}/ns/net");
+    let inode = std::fs::metadata(format!("/proc/{pause}/ns/net"))
+        .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+        .unwrap()
+        .to_string();
+    let container = |name: &str| {
+        let mut a = cri_annotations("shop", "web-0", name);
+        a.push(("io.kubernetes.cri.sandbox-id".into(), sandbox.clone()));
+        a
+    };
+    let port = port().to_string();
+    ctd.run_with(
+        &id(5),
+        &container("web"),
+        &["--with-ns", &netns],
+        &["/bin/busybox", "httpd", "-f", "-p", &port],
+    );
+    // The web container listens before the sidecar starts.
+    let port_num: u16 = port.parse().unwrap();
+    who_listening(pause, port_num);
+    let tracer = Tracer::start(&["--netns", &inode]);
+    ctd.run_with(
+        &id(6),
+        &container("sidecar"),
+        &["--with-ns", &netns],
+        &["/bin/busybox", "httpd", "-f", "-p", &port],
+    );
+    let ev = tracer.event();
+    assert_eq!(ev["errno"], "EADDRINUSE", "{ev:#}");
+    let h = holder(&ev);
+    assert_eq!(h["container"]["pod"]["name"], "web-0", "{ev:#}");
+    assert_eq!(h["container"]["pod"]["container"], "web", "{ev:#}");
+    let fix = ev["fix"].as_str().unwrap();
+    assert!(fix.contains("pod shop/web-0"), "{fix}");
+    // The sidecar's httpd exits right after its failed bind: when the
+    // lookup still finds it, the fix names both containers ("Containers web
+    // and sidecar of pod shop/web-0 share its network namespace..."), else
+    // the holder's pod alone. Either ends the clash in the manifest.
+    assert!(
+        fix.starts_with("Containers web and sidecar of pod shop/web-0 share")
+            || fix.starts_with(
+                "Change the port of pod shop/web-0 (container web) in its workload's manifest"
+            ),
+        "{fix}"
+    );
+    for never in ["docker stop", "podman stop", "kill", "kubectl delete"] {
+        assert!(!fix.contains(never), "{fix}");
+    }
+    drop(tracer);
     drop(ctd);
 }
