@@ -450,3 +450,36 @@ fn sidecar_clash_inside_one_pod() {
     drop(tracer);
     drop(ctd);
 }
+
+/// A pod's container that no runtime file names (no CRI annotations in
+/// its bundle) is still known as a pod's by its cgroup under kubelet's
+/// `kubepods`: never `docker stop` or `podman stop`, though both are
+/// installed here.
+#[test]
+fn an_unnamed_pod_container_is_not_stopped_as_a_plain_one() {
+    let mut ctd = Containerd::start("bare");
+    let port = port();
+    let bare = id(7);
+    let pid = ctd.run(
+        &bare,
+        &[],
+        &["/bin/busybox", "httpd", "-f", "-p", &port.to_string()],
+    );
+    let v = who_listening(pid, port);
+    let c = &v["sockets"][0]["container"];
+    assert_eq!(c["id"], bare.as_str(), "{v:#}");
+    assert_eq!(c["kubernetes"], true, "{v:#}");
+    assert!(c["pod"].is_null(), "{v:#}");
+    let fix = v["fix"].as_str().unwrap();
+    assert!(
+        fix.starts_with(&format!(
+            "Change port {port} in the workload of the pod this container belongs to (`crictl ps --id {}`",
+            &bare[..12]
+        )),
+        "{fix}"
+    );
+    for never in ["docker stop", "podman stop", "kill", "kubectl delete"] {
+        assert!(!fix.contains(never), "{fix}");
+    }
+    drop(ctd);
+}

@@ -125,6 +125,9 @@ fn stop_cmd(h: &Holder, port: u16, seen: &Evidence) -> String {
         if let Some(p) = &c.pod {
             return pod_fix(p, port, seen);
         }
+        if c.kubernetes {
+            return unnamed_pod_fix(c, port);
+        }
         return container_fix(h, c, port, tools);
     }
     let found = safety::of(&h.process());
@@ -251,6 +254,15 @@ fn pod_fix(p: &Pod, port: u16, seen: &Evidence) -> String {
     format!(
         "change the port of {} in its workload's manifest ({field}), {other}; {POD_COMES_BACK}; {lookup}",
         pod_named(p)
+    )
+}
+
+/// A pod's container (by its kubepods cgroup) whose pod no runtime file on
+/// this node named: the same fix as a named pod's, with the way to name it.
+fn unnamed_pod_fix(c: &Container, port: u16) -> String {
+    let id = short_id(&c.id);
+    format!(
+        "change port {port} in the workload of the pod this container belongs to (`crictl ps --id {id}` names the pod where crictl is installed), or move the other service to another port; {POD_COMES_BACK}"
     )
 }
 
@@ -381,6 +393,9 @@ fn compose_cmd(c: &Compose, tools: &HostTools, args: &str) -> Option<String> {
 /// owner would type it; None for Kubernetes (its controllers recreate a
 /// stopped container) and when this host lacks the runtime's command.
 pub fn container_stop(c: &Container, tools: &HostTools) -> Option<String> {
+    if c.kubernetes || c.pod.is_some() {
+        return None;
+    }
     if let (Runtime::Docker, Some(compose)) = (c.runtime, &c.compose) {
         if let Some(cmd) = compose_cmd(compose, tools, "stop") {
             return Some(cmd);
@@ -501,7 +516,10 @@ pub(super) fn stop(h: &Holder, rel: Relation, port: u16, seen: &Evidence) -> Str
         return "it has exited; retry the bind".into();
     }
     let cmd = stop_cmd(h, port, seen);
-    let in_pod = h.container.as_ref().is_some_and(|c| c.pod.is_some());
+    let in_pod = h
+        .container
+        .as_ref()
+        .is_some_and(|c| c.pod.is_some() || c.kubernetes);
     let caller_pod = seen
         .caller
         .in_container

@@ -172,7 +172,13 @@ fn listener(c: &Case) -> Option<Verdict> {
         diagnosis: format!("{} is taken by {}{}{at}", c.what, lead(a.rel), named(h)),
         fix: match a.rel {
             // A pod's fix already says which side moves.
-            _ if h.container.as_ref().is_some_and(|c| c.pod.is_some()) => fix,
+            _ if h
+                .container
+                .as_ref()
+                .is_some_and(|c| c.pod.is_some() || c.kubernetes) =>
+            {
+                fix
+            }
             Relation::Unknown | Relation::SameProcess => format!("{fix}; or use another port"),
             _ => fix,
         },

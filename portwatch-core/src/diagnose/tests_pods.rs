@@ -178,3 +178,27 @@ fn a_pod_against_a_host_process() {
         v.fix
     );
 }
+
+/// A pod's container whose pod no file on this node names (its cgroup
+/// under kubepods, its bundle not found): no `docker stop` or `podman
+/// stop` even where both are installed, and the way to name its pod.
+#[test]
+fn an_unnamed_pod_container_is_not_stopped_as_a_plain_one() {
+    let mut h = tests::holder(State::Listen);
+    h.container = Some(Container {
+        kubernetes: true,
+        ..Container::bare(&"e".repeat(64), Runtime::Unknown)
+    });
+    let v = diagnose(&event(), &seen(vec![h], Some(true)));
+    assert!(
+        v.diagnosis.contains("Kubernetes container eeeeeeeeeeee"),
+        "{}",
+        v.diagnosis
+    );
+    assert!(
+        v.fix.starts_with("Change port 8080 in the workload of the pod this container belongs to (`crictl ps --id eeeeeeeeeeee`"),
+        "{}",
+        v.fix
+    );
+    assert_no_end_from_the_host(&v.fix);
+}

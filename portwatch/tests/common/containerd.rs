@@ -92,7 +92,7 @@ impl Containerd {
             state,
             daemon: None,
             ids: Vec::new(),
-            cgroup_parent: format!("pw-test-kubepods-{tag}"),
+            cgroup_parent: format!("pw-test-{tag}"),
         };
         c.run_daemon();
         c.import();
@@ -185,7 +185,9 @@ impl Containerd {
         options: &[&str],
         args: &[&str],
     ) -> u32 {
-        let cgroup = format!("/{}/pod-test/{id}", self.cgroup_parent);
+        // kubelet's cgroupfs layout (kubepods/QOS/podUID/ID), under a
+        // parent of the test's own.
+        let cgroup = format!("/{}/kubepods/besteffort/pod-test/{id}", self.cgroup_parent);
         let mut argv: Vec<String> = vec!["run".into(), "-d".into(), "--null-io".into()];
         argv.extend(["--cgroup".into(), cgroup]);
         argv.extend(options.iter().map(|&o| o.to_owned()));
@@ -232,11 +234,18 @@ impl Drop for Containerd {
             .flatten()
         {
             let parent = hierarchy.path().join(&self.cgroup_parent);
+            let pod = parent.join("kubepods/besteffort/pod-test");
             for id in &self.ids {
-                let _ = std::fs::remove_dir(parent.join("pod-test").join(id));
+                let _ = std::fs::remove_dir(pod.join(id));
             }
-            let _ = std::fs::remove_dir(parent.join("pod-test"));
-            let _ = std::fs::remove_dir(&parent);
+            for dir in [
+                pod.as_path(),
+                &parent.join("kubepods/besteffort"),
+                &parent.join("kubepods"),
+                &parent,
+            ] {
+                let _ = std::fs::remove_dir(dir);
+            }
         }
         let _ = std::fs::remove_dir_all(self.state.parent().unwrap_or(&self.state));
         let _ = std::fs::remove_dir_all(&self.dir);

@@ -86,6 +86,11 @@ pub struct Container {
     pub compose: Option<Compose>,
     /// Kubernetes pod, for CRI runtimes.
     pub pod: Option<Pod>,
+    /// A pod's container by its cgroup (under kubelet's `kubepods`), even
+    /// where no runtime file names the pod: never stopped as a plain
+    /// container.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub kubernetes: bool,
 }
 
 impl Container {
@@ -99,6 +104,7 @@ impl Container {
             published: Vec::new(),
             compose: None,
             pod: None,
+            kubernetes: false,
         }
     }
 
@@ -116,11 +122,11 @@ impl Container {
                 None => format!("pod {}/{}", p.namespace, p.name),
             };
         }
-        let runtime = self
-            .runtime
-            .cli()
-            .map(|r| format!("{r} "))
-            .unwrap_or_default();
+        let runtime = match self.runtime.cli() {
+            _ if self.kubernetes => "Kubernetes ".to_owned(),
+            Some(r) => format!("{r} "),
+            None => String::new(),
+        };
         match &self.name {
             Some(n) => format!("{runtime}container {n}"),
             None => format!("{runtime}container {}", super::short_id(&self.id)),

@@ -179,19 +179,20 @@ impl Enricher {
         match &p.container {
             Some(id) => {
                 let runtime = p.runtime.unwrap_or(containers::Runtime::Unknown);
-                let found = resolver.get(id, runtime);
-                if found.is_named() || runtime.cli().is_some() {
-                    return Some(found);
-                }
+                let mut found = resolver.get(id, runtime);
                 // Under a state directory not known yet: the shim (or
                 // conmon) above the process says where its bundles are.
-                let learnt =
-                    containers::bundle_root_above(p.ppid).is_some_and(|root| resolver.learn(root));
-                Some(if learnt {
-                    resolver.get(id, runtime)
-                } else {
-                    found
-                })
+                if !found.is_named()
+                    && runtime.cli().is_none()
+                    && containers::bundle_root_above(p.ppid)
+                        .is_some_and(|root| resolver.learn(root))
+                {
+                    found = resolver.get(id, runtime);
+                }
+                // kubelet's cgroups: a pod's container, whatever names it
+                // (cri-dockerd's containers are Docker's, named k8s_...).
+                found.kubernetes |= found.pod.is_none() && p.cgroup.contains("/kubepods");
+                Some(found)
             }
             None => containers::serves(&p.comm, &p.cmdline).and_then(|s| resolver.served(&s)),
         }
