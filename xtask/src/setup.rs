@@ -206,6 +206,15 @@ pub fn ensure_test_packages() -> Result<()> {
         ("podman", "podman"),
         ("runc", "runc"),
         ("conmon", "conmon"),
+        // Kubernetes pods under any containerd state directory: a containerd
+        // of the tests' own, laid out as k3s lays it out, driven with ctr.
+        ("containerd", "containerd"),
+        ("ctr", "containerd"),
+        ("nsenter", "util-linux"),
+        // A hostPort as kubelet makes one: CNI's bridge, host-local, portmap.
+        ("/usr/lib/cni/portmap", "containernetworking-plugins"),
+        // kube-proxy's rules loaded into a test's namespace.
+        ("/usr/sbin/iptables-restore", "iptables"),
         // Compose v1, the only one Debian 12 ships: fixes must name it.
         ("docker-compose", "docker-compose"),
     ])

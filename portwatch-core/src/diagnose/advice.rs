@@ -3,7 +3,8 @@
 
 use crate::{
     holders::{
-        containers::{is_plain, Compose, Container, Runtime},
+        containers::{is_plain, Compose, Container, Pod, Runtime},
+        dnat::DnatRule,
         procs::is_stoppable_unit,
         short_id,
         systemd::SocketUnit,
@@ -112,7 +113,8 @@ pub fn named(h: &Holder) -> String {
 /// container (never the runtime's helper), anything of the safety table
 /// (reconfigured, never stopped nor killed), the unit (a `.service` or
 /// `.socket` only, when systemd runs this host), else the process.
-fn stop_cmd(h: &Holder, port: u16, tools: &HostTools) -> String {
+fn stop_cmd(h: &Holder, port: u16, seen: &Evidence) -> String {
+    let tools = &seen.tools;
     if let Some(s) = &h.socket_unit {
         return socket_unit_fix(h, s, tools);
     }
@@ -120,6 +122,12 @@ fn stop_cmd(h: &Holder, port: u16, tools: &HostTools) -> String {
         return kernel_fix(k);
     }
     if let Some(c) = &h.container {
+        if let Some(p) = &c.pod {
+            return pod_fix(p, port, seen);
+        }
+        if c.kubernetes {
+            return unnamed_pod_fix(c, port);
+        }
         return container_fix(h, c, port, tools);
     }
     let found = safety::of(&h.process());
@@ -151,16 +159,9 @@ fn kernel_fix(k: &KernelDevice) -> String {
     }
 }
 
-/// A container's port: its pod's workload (a cluster command), or the
-/// container itself, stopped as its owner would, never the helper that
+/// A container's port: the container itself, stopped as its owner would, never the helper that
 /// publishes its port; and where its port can be moved.
 fn container_fix(h: &Holder, c: &Container, port: u16, tools: &HostTools) -> String {
-    if let Some(p) = &c.pod {
-        let (ns, name) = (shell_word(&p.namespace), shell_word(&p.name));
-        return format!(
-            "change or scale down the workload of pod {ns}/{name} (its controller recreates a deleted pod; `kubectl -n {ns} get pod {name} -o yaml`, run where the cluster is managed, shows its hostPort), never end it from the host"
-        );
-    }
     let moved = if h.is_runtime_helper() {
         // "0.0.0.0:8080->80/tcp": the container's side of this port.
         let inside = c
@@ -184,6 +185,100 @@ fn container_fix(h: &Holder, c: &Container, port: u16, tools: &HostTools) -> Str
             missing_cli(c.runtime)
         ),
     }
+}
+
+/// The pod a holder or requester runs in, as a fix names it: `NS/NAME`
+/// and, when known, `(container C)`, each a plain shell word.
+fn pod_named(p: &Pod) -> String {
+    let mut s = format!("pod {}/{}", shell_word(&p.namespace), shell_word(&p.name));
+    if let Some(c) = &p.container {
+        s.push_str(&format!(" (container {})", shell_word(c)));
+    }
+    s
+}
+
+/// Where a fix for pod `p` is looked up: a cluster command, to run where
+/// the cluster is managed (the node has no kubeconfig of its own, most
+/// often). The pod's controller is not named: ownerReferences never reach
+/// the node.
+fn pod_lookup(p: &Pod) -> String {
+    let (ns, name) = (shell_word(&p.namespace), shell_word(&p.name));
+    format!(
+        "`kubectl -n {ns} get pod {name} -o yaml` (a cluster command: run it where the cluster is managed) shows its ports and, under ownerReferences, its controller"
+    )
+}
+
+/// Why neither ending a pod's container nor deleting the pod frees a port.
+const POD_COMES_BACK: &str = "deleting the pod is no fix (its controller recreates it, often on this node with the same ports) and neither is ending its container from the host (kubelet restarts it)";
+
+/// A pod's container holds the port: the change that ends the clash is in
+/// its workload's manifest (which port field depends on where the port is:
+/// the node's own network namespace means `hostNetwork: true`), or the
+/// other side moves. Two containers of one pod share its network
+/// namespace: one of them must change.
+fn pod_fix(p: &Pod, port: u16, seen: &Evidence) -> String {
+    let caller = seen
+        .caller
+        .in_container
+        .as_ref()
+        .and_then(|c| c.pod.as_ref());
+    let lookup = pod_lookup(p);
+    if let Some(me) = caller.filter(|me| (&me.namespace, &me.name) == (&p.namespace, &p.name)) {
+        let two = match (&p.container, &me.container) {
+            (Some(a), Some(b)) if a != b => {
+                format!("containers {} and {} of", shell_word(a), shell_word(b))
+            }
+            _ => "two containers of".into(),
+        };
+        return format!(
+            "{two} {} share its network namespace and both want port {port}: give one of them another port in the workload's manifest (its `containerPort` and the program's own setting); {POD_COMES_BACK}; {lookup}",
+            pod_named(&Pod {
+                container: None,
+                ..p.clone()
+            })
+        );
+    }
+    let field = match seen.scope.host {
+        Some(true) => format!(
+            "it runs with `hostNetwork: true`, so its `containerPort` {port} is the node's port: change that port or drop `hostNetwork`"
+        ),
+        Some(false) => format!("its `containerPort` {port}, in the pod's own network namespace"),
+        None => format!(
+            "its `hostPort` {port}, or its `containerPort` {port} when it runs with `hostNetwork: true`"
+        ),
+    };
+    let other = match caller {
+        Some(me) => format!("or move {} to another port", pod_named(me)),
+        None => "or move the other service to another port".into(),
+    };
+    format!(
+        "change the port of {} in its workload's manifest ({field}), {other}; {POD_COMES_BACK}; {lookup}",
+        pod_named(p)
+    )
+}
+
+/// A pod's container (by its kubepods cgroup) whose pod no runtime file on
+/// this node named: the same fix as a named pod's, with the way to name it.
+fn unnamed_pod_fix(c: &Container, port: u16) -> String {
+    let id = short_id(&c.id);
+    format!(
+        "change port {port} in the workload of the pod this container belongs to (`crictl ps --id {id}` names the pod where crictl is installed), or move the other service to another port; {POD_COMES_BACK}"
+    )
+}
+
+/// The requester is a pod's container and something else holds the port:
+/// the pod's manifest first, or the holder moved (stopped cleanly with
+/// `cmd` when it is not the pod's to keep).
+fn for_a_pod(me: &Pod, named: &str, port: u16, cmd: &str, seen: &Evidence) -> String {
+    let field = match seen.scope.host {
+        Some(true) => "its `containerPort` under `hostNetwork: true`, or drop `hostNetwork`",
+        _ => "its `containerPort`, or its `hostPort`",
+    };
+    format!(
+        "{named} already holds port {port}, which {} wants: change the pod's port in its workload's manifest ({field}), or move {named} off port {port} ({cmd}); {}",
+        pod_named(me),
+        pod_lookup(me)
+    )
 }
 
 /// Why no command stops a container here.
@@ -298,6 +393,9 @@ fn compose_cmd(c: &Compose, tools: &HostTools, args: &str) -> Option<String> {
 /// owner would type it; None for Kubernetes (its controllers recreate a
 /// stopped container) and when this host lacks the runtime's command.
 pub fn container_stop(c: &Container, tools: &HostTools) -> Option<String> {
+    if c.kubernetes || c.pod.is_some() {
+        return None;
+    }
     if let (Runtime::Docker, Some(compose)) = (c.runtime, &c.compose) {
         if let Some(cmd) = compose_cmd(compose, tools, "stop") {
             return Some(cmd);
@@ -412,11 +510,30 @@ fn socket_unit_fix(h: &Holder, s: &SocketUnit, tools: &HostTools) -> String {
 /// What to do about holder `h` itself, worded for how it relates to the
 /// requester: its own socket, an old instance of the same service, or
 /// another program to stop cleanly or move.
-pub(super) fn stop(h: &Holder, rel: Relation, port: u16, tools: &HostTools) -> String {
+pub(super) fn stop(h: &Holder, rel: Relation, port: u16, seen: &Evidence) -> String {
+    let tools = &seen.tools;
     if h.exited {
         return "it has exited; retry the bind".into();
     }
-    let cmd = stop_cmd(h, port, tools);
+    let cmd = stop_cmd(h, port, seen);
+    let in_pod = h
+        .container
+        .as_ref()
+        .is_some_and(|c| c.pod.is_some() || c.kubernetes);
+    let caller_pod = seen
+        .caller
+        .in_container
+        .as_ref()
+        .and_then(|c| c.pod.as_ref());
+    match (rel, caller_pod) {
+        (Relation::SameProcess | Relation::SameUnit, _) => {}
+        // A pod's fix already names both sides.
+        _ if in_pod => return cmd,
+        (Relation::Other | Relation::SameProgram, Some(me)) => {
+            return for_a_pod(me, &named(h), port, &cmd, seen);
+        }
+        _ => {}
+    }
     // A container, a kernel device, or anything of the safety table: its
     // own fix leads, worded for its owner, not "stop it cleanly, kill ...".
     let protected = h.socket_unit.is_none()
@@ -471,4 +588,67 @@ pub(super) fn v6only_on(program: Option<&str>, port: u16) -> String {
         ),
         None => "IPV6_V6ONLY on the IPv6 socket".into(),
     }
+}
+
+/// A port that kube-proxy sends to a Service (`rule` is its NodePort
+/// rule): the diagnosis and fix that `who` and `check` both give. A
+/// process that binds the port gets none of that traffic: the nat table
+/// rewrites it before any socket sees it. The fix changes the Service (a
+/// cluster command) or moves the host service; removing kube-proxy's rules
+/// by hand is no fix, as kube-proxy writes them again at its next sync.
+pub fn steered_to_service(proto: &str, port: u16, rule: &DnatRule) -> Option<(String, String)> {
+    if let Some(p) = &rule.pod {
+        return Some(steered_to_pod(proto, port, rule, p));
+    }
+    let s = rule.service.as_ref()?;
+    let port_name = if s.port_name.is_empty() {
+        String::new()
+    } else {
+        format!(", port {}", s.port_name)
+    };
+    let endpoints = match rule.endpoints.as_slice() {
+        [] => String::new(),
+        e => format!("; endpoints {}", e.join(", ")),
+    };
+    let diagnosis = format!(
+        "no socket holds {proto} port {port}, but kube-proxy sends it to Service {} ({}{port_name}{endpoints}): a process listening here never sees that traffic",
+        s.label(),
+        s.kind
+    );
+    let (ns, name) = (shell_word(&s.namespace), shell_word(&s.name));
+    let fix = format!(
+        "give this service another port, or move Service {ns}/{name} to another nodePort (or another type) in its manifest: `kubectl -n {ns} get service {name} -o yaml` (a cluster command: run it where the cluster is managed) shows its ports; kube-proxy writes its rules again if they are removed by hand"
+    );
+    Some((diagnosis, fix))
+}
+
+/// A hostPort: CNI's portmap rule sends `port` to pod `p`'s address. The
+/// fix is the pod's `hostPort` in its workload's manifest, or the host
+/// service moved; never the pod deleted (its controller recreates it with
+/// the same hostPort).
+fn steered_to_pod(proto: &str, port: u16, rule: &DnatRule, p: &Pod) -> (String, String) {
+    let to = rule.to.as_deref().unwrap_or("its address");
+    let inside = to
+        .rsplit_once(':')
+        .map(|(_, port)| format!(" :{port}"))
+        .unwrap_or_default();
+    let container = p
+        .container
+        .as_deref()
+        .map(|c| format!(" container {c}"))
+        .unwrap_or_default();
+    let diagnosis = format!(
+        "hostPort {port} → pod {}/{}{container}{inside}: no socket holds {proto} port {port}, but CNI's portmap sends its traffic to {to}; a process listening here never sees it",
+        p.namespace, p.name
+    );
+    let field = Pod {
+        container: None,
+        ..p.clone()
+    };
+    let fix = format!(
+        "give this service another port, or change hostPort {port} of {} in its workload's manifest; {POD_COMES_BACK}; {}",
+        pod_named(&field),
+        pod_lookup(p)
+    );
+    (diagnosis, fix)
 }

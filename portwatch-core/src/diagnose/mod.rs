@@ -10,7 +10,9 @@ mod rules;
 
 use std::net::{IpAddr, SocketAddr};
 
-pub use advice::{container_stop, named, publish_elsewhere, relation, shell_word, Relation};
+pub use advice::{
+    container_stop, named, publish_elsewhere, relation, shell_word, steered_to_service, Relation,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::{
@@ -179,3 +181,5 @@ mod safety_tests;
 mod tests;
 #[cfg(test)]
 mod tests_ephemeral;
+#[cfg(test)]
+mod tests_pods;

@@ -65,7 +65,7 @@ impl<'a> Case<'a> {
         Against {
             h,
             rel,
-            stop: stop(h, rel, self.req.port, &self.seen.tools),
+            stop: stop(h, rel, self.req.port, self.seen),
         }
     }
 }
@@ -171,6 +171,14 @@ fn listener(c: &Case) -> Option<Verdict> {
         reason: Reason::Listener,
         diagnosis: format!("{} is taken by {}{}{at}", c.what, lead(a.rel), named(h)),
         fix: match a.rel {
+            // A pod's fix already says which side moves.
+            _ if h
+                .container
+                .as_ref()
+                .is_some_and(|c| c.pod.is_some() || c.kubernetes) =>
+            {
+                fix
+            }
             Relation::Unknown | Relation::SameProcess => format!("{fix}; or use another port"),
             _ => fix,
         },

@@ -538,7 +538,7 @@ fn container_commands_only_where_installed() {
     });
     let fix = fix_of(h, 8080, HostTools::ALL);
     assert!(
-        fix.contains("`kubectl -n prod get pod web-0 -o yaml`, run where the cluster is managed"),
+        fix.contains("`kubectl -n prod get pod web-0 -o yaml` (a cluster command: run it where the cluster is managed)"),
         "{fix}"
     );
 }

@@ -347,6 +347,8 @@ struct BatchState<'a> {
     nat: Option<NatTables>,
     /// Only when the batch looks for published ports.
     containers: Option<Containers>,
+    /// Pods named for hostPort rules, made at the first such rule.
+    cri: Option<Containers>,
     /// Our euid: the new socket's owner.
     me: u32,
     /// The uid the SO_REUSEPORT answers are for, when the caller says.
@@ -365,6 +367,7 @@ impl<'a> BatchState<'a> {
             devices,
             nat: None,
             containers: batch.published.then(Containers::of_this_host),
+            cri: None,
             me: nix::unistd::geteuid().as_raw(),
             reuseport_uid: None,
         })
@@ -391,10 +394,20 @@ impl<'a> BatchState<'a> {
         let device = self.devices.named(on.index);
         self.add_verdicts(b, &in_way, &listed, &mut binds);
         let published = self.published(b, &listed);
-        let dnat = self
+        let mut dnat = self
             .nat
             .get_or_insert_with(NatTables::read)
             .rules(b.port, &b.proto.name());
+        // A hostPort (CNI portmap) names its pod sandbox: the pod, from the
+        // runtime's files (which lie outside any network namespace).
+        for rule in &mut dnat {
+            if let Some(id) = &rule.sandbox {
+                rule.pod = self
+                    .cri
+                    .get_or_insert_with(Containers::of_this_host)
+                    .pod_of_sandbox(id);
+            }
+        }
         let asked = binds.iter().find(|v| v.option == Variant::asked(&b.opts));
         Judgement {
             binding: b.clone(),

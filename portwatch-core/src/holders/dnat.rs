@@ -24,6 +24,8 @@ use std::{path::Path, process::Command, time::Duration};
 
 use serde::{Deserialize, Serialize};
 
+use super::containers::Pod;
+
 /// A rule that redirects traffic for a port elsewhere.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DnatRule {
@@ -33,6 +35,42 @@ pub struct DnatRule {
     pub rule: String,
     /// Where it sends the traffic, when the rule says (`10.0.0.2:80`).
     pub to: Option<String>,
+    /// The Kubernetes Service kube-proxy sends the port to, named from its
+    /// rules' comments, when the rule is kube-proxy's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<KubeService>,
+    /// Every endpoint the Service's chains DNAT to (`to` is the first).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub endpoints: Vec<String>,
+    /// The pod sandbox a CNI portmap rule (a Kubernetes hostPort) was
+    /// made for: the container id its `CNI-HOSTPORT-DNAT` rule's comment
+    /// names (`dnat name: "NET" id: "ID"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sandbox: Option<String>,
+    /// That sandbox's pod, named from its runtime's files (with the
+    /// container when the pod has one only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<Pod>,
+}
+
+/// A Service as kube-proxy's rule comments name it (`ns/name:port`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KubeService {
+    /// Its namespace.
+    pub namespace: String,
+    /// Its name.
+    pub name: String,
+    /// The Service port's name (empty for an unnamed port).
+    pub port_name: String,
+    /// How the port reaches it: `NodePort`.
+    pub kind: String,
+}
+
+impl KubeService {
+    /// `shop/web`.
+    pub fn label(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
 }
 
 /// The programs, by absolute path: a root tool never runs whatever a PATH
@@ -82,7 +120,9 @@ impl NatTables {
             let matched = if *from == "nft" {
                 nft_rules(text, port, proto)
             } else {
-                iptables_rules(text, port, proto)
+                let mut found = kube_node_ports(text, port, proto);
+                found.extend(iptables_rules(text, port, proto));
+                found
             };
             rules.extend(matched.into_iter().map(|mut r| {
                 r.from = (*from).to_owned();
@@ -107,8 +147,141 @@ fn iptables_rules(text: &str, port: u16, proto: &str) -> Vec<DnatRule> {
             from: String::new(),
             rule: l.to_owned(),
             to: word_after(l, "--to-destination").map(str::to_owned),
+            service: None,
+            endpoints: Vec::new(),
+            sandbox: portmap_sandbox(text, l),
+            pod: None,
         })
         .collect()
+}
+
+/// The pod sandbox of a CNI portmap DNAT rule (`-A CNI-DN-x ... -j DNAT`):
+/// the id in the comment of the `CNI-HOSTPORT-DNAT` rule that jumps to
+/// chain `CNI-DN-x` (`dnat name: \"NET\" id: \"ID\"`, as portmap writes
+/// it).
+fn portmap_sandbox(text: &str, dnat: &str) -> Option<String> {
+    let chain = dnat
+        .split_whitespace()
+        .nth(1)
+        .filter(|c| c.starts_with("CNI-DN-"))?;
+    let jump = nat_section(text)
+        .find(|l| l.starts_with("-A CNI-HOSTPORT-DNAT ") && word_after(l, "-j") == Some(chain))?;
+    let id = jump.split("id: \\\"").nth(1)?.get(..64)?;
+    id.bytes()
+        .all(|b| b.is_ascii_hexdigit())
+        .then(|| id.to_ascii_lowercase())
+}
+
+/// Chains kube-proxy's iptables mode jumps through from KUBE-NODEPORTS to
+/// the endpoints' DNAT: KUBE-EXT (1.24+) or KUBE-XLB (before), KUBE-SVC /
+/// KUBE-SVL (all or local endpoints), KUBE-FW (load balancer source
+/// ranges), KUBE-SEP (one endpoint, with the DNAT). KUBE-MARK-MASQ and
+/// KUBE-MARK-DROP only mark.
+const KUBE_CHAINS: [&str; 6] = [
+    "KUBE-EXT-",
+    "KUBE-XLB-",
+    "KUBE-SVC-",
+    "KUBE-SVL-",
+    "KUBE-FW-",
+    "KUBE-SEP-",
+];
+
+/// kube-proxy's NodePort rules for `port` (iptables mode): a
+/// `-A KUBE-NODEPORTS ... --dport PORT -j KUBE-EXT-...` line (older
+/// releases jump to KUBE-SVC-... straight, after a KUBE-MARK-MASQ rule),
+/// followed through its chains to the KUBE-SEP chains' DNAT rules, which
+/// carry no `--dport` of their own. The Service is named from the rule's
+/// comment (`ns/name:port`, as kube-proxy writes it).
+fn kube_node_ports(text: &str, port: u16, proto: &str) -> Vec<DnatRule> {
+    let nat: Vec<&str> = nat_section(text)
+        .filter(|l| l.starts_with("-A KUBE-"))
+        .collect();
+    let mut found: Vec<DnatRule> = Vec::new();
+    for line in nat.iter().filter(|l| l.starts_with("-A KUBE-NODEPORTS ")) {
+        if word_after(line, "-p") != Some(proto)
+            || !word_after(line, "--dport").is_some_and(|p| in_ports(p, port, ':'))
+        {
+            continue;
+        }
+        let Some(target) = word_after(line, "-j").filter(|t| is_kube_chain(t)) else {
+            continue;
+        };
+        let Some(service) = comment(line).and_then(service_of) else {
+            continue;
+        };
+        let mut endpoints = Vec::new();
+        follow(&nat, target, &mut endpoints, &mut Vec::new());
+        endpoints.sort();
+        endpoints.dedup();
+        if found.iter().any(|r| r.service.as_ref() == Some(&service)) {
+            continue;
+        }
+        found.push(DnatRule {
+            from: String::new(),
+            rule: (*line).to_owned(),
+            to: endpoints.first().cloned(),
+            service: Some(service),
+            endpoints,
+            sandbox: None,
+            pod: None,
+        });
+    }
+    found
+}
+
+/// Whether `chain` is one kube-proxy's NodePort path goes through.
+fn is_kube_chain(chain: &str) -> bool {
+    KUBE_CHAINS.iter().any(|p| chain.starts_with(p))
+}
+
+/// Adds the DNAT destinations reachable from `chain` to `to`; each chain
+/// once (`seen`), at most 64 of them (a ruleset is data, not trusted to be
+/// a tree).
+fn follow<'a>(nat: &[&'a str], chain: &'a str, to: &mut Vec<String>, seen: &mut Vec<&'a str>) {
+    if seen.contains(&chain) || seen.len() >= 64 {
+        return;
+    }
+    seen.push(chain);
+    let head = format!("-A {chain} ");
+    for line in nat.iter().filter(|l| l.starts_with(&head)) {
+        match word_after(line, "-j") {
+            Some("DNAT") => to.extend(word_after(line, "--to-destination").map(str::to_owned)),
+            Some(next) if is_kube_chain(next) => follow(nat, next, to, seen),
+            _ => {}
+        }
+    }
+}
+
+/// The text of a rule's `-m comment --comment`: one word, or a quoted
+/// string as iptables-save prints one with spaces.
+fn comment(line: &str) -> Option<&str> {
+    let rest = &line[line.find("--comment ")? + "--comment ".len()..];
+    match rest.strip_prefix('"') {
+        Some(quoted) => quoted.split('"').next(),
+        None => rest.split_whitespace().next(),
+    }
+}
+
+/// `ns/name:port` (the port's name; empty for an unnamed port), the first
+/// word of a kube-proxy comment; None for anything else.
+fn service_of(comment: &str) -> Option<KubeService> {
+    let word = comment.split_whitespace().next()?;
+    let (namespace, rest) = word.split_once('/')?;
+    let (name, port_name) = rest.split_once(':').unwrap_or((rest, ""));
+    // Kubernetes names: DNS labels (lower case, digits, '-'); port names
+    // the same. Anything else is not kube-proxy's.
+    let dns = |s: &str| {
+        s.len() <= 63
+            && s.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    };
+    (!namespace.is_empty() && !name.is_empty() && dns(namespace) && dns(name) && dns(port_name))
+        .then(|| KubeService {
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+            port_name: port_name.to_owned(),
+            kind: "NodePort".into(),
+        })
 }
 
 /// The lines of iptables-save's `*nat` table, up to its `COMMIT`.
@@ -144,6 +317,10 @@ fn nft_rules(text: &str, port: u16, proto: &str) -> Vec<DnatRule> {
                 .nth(1)
                 .and_then(|t| t.split_whitespace().next())
                 .map(str::to_owned),
+            service: None,
+            endpoints: Vec::new(),
+            sandbox: None,
+            pod: None,
         })
         .collect()
 }
@@ -193,6 +370,104 @@ mod tests {
         let filter_first = format!("*filter\n-A FORWARD -p tcp -m tcp --dport 7777 -j DNAT --to-destination 1.2.3.4:1\nCOMMIT\n{text}");
         assert_eq!(iptables_rules(&filter_first, 7777, "tcp"), vec![]);
         assert_eq!(iptables_rules(&filter_first, 8083, "tcp").len(), 1);
+    }
+
+    /// kube-proxy 1.28+'s nat table for a NodePort Service with two
+    /// endpoints, line for line as its iptables proxier writes them
+    /// (pkg/proxy/iptables/proxier.go and the expectations of its
+    /// proxier_test.go, names changed to shop/web:http).
+    pub(crate) const KUBE_PROXY_NAT: &str = "*nat\n\
+        :KUBE-NODEPORTS - [0:0]\n:KUBE-SERVICES - [0:0]\n\
+        :KUBE-EXT-QZ7VV5GTKAJA7T3Q - [0:0]\n:KUBE-MARK-MASQ - [0:0]\n\
+        :KUBE-POSTROUTING - [0:0]\n:KUBE-SEP-AAAAAAAAAAAAAAAA - [0:0]\n\
+        :KUBE-SEP-BBBBBBBBBBBBBBBB - [0:0]\n:KUBE-SVC-QZ7VV5GTKAJA7T3Q - [0:0]\n\
+        -A PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\n\
+        -A OUTPUT -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\n\
+        -A POSTROUTING -m comment --comment \"kubernetes postrouting rules\" -j KUBE-POSTROUTING\n\
+        -A KUBE-NODEPORTS -m comment --comment shop/web:http -m tcp -p tcp --dport 30080 -j KUBE-EXT-QZ7VV5GTKAJA7T3Q\n\
+        -A KUBE-SERVICES -m comment --comment \"shop/web:http cluster IP\" -m tcp -p tcp -d 10.96.0.50 --dport 80 -j KUBE-SVC-QZ7VV5GTKAJA7T3Q\n\
+        -A KUBE-SERVICES -m comment --comment \"kubernetes service nodeports; NOTE: this must be the last rule in this chain\" -m addrtype --dst-type LOCAL -j KUBE-NODEPORTS\n\
+        -A KUBE-EXT-QZ7VV5GTKAJA7T3Q -m comment --comment \"masquerade traffic for shop/web:http external destinations\" -j KUBE-MARK-MASQ\n\
+        -A KUBE-EXT-QZ7VV5GTKAJA7T3Q -j KUBE-SVC-QZ7VV5GTKAJA7T3Q\n\
+        -A KUBE-MARK-MASQ -j MARK --or-mark 0x4000\n\
+        -A KUBE-POSTROUTING -m mark ! --mark 0x4000/0x4000 -j RETURN\n\
+        -A KUBE-POSTROUTING -j MARK --xor-mark 0x4000\n\
+        -A KUBE-POSTROUTING -m comment --comment \"kubernetes service traffic requiring SNAT\" -j MASQUERADE\n\
+        -A KUBE-SEP-AAAAAAAAAAAAAAAA -m comment --comment shop/web:http -s 10.244.0.5 -j KUBE-MARK-MASQ\n\
+        -A KUBE-SEP-AAAAAAAAAAAAAAAA -m comment --comment shop/web:http -m tcp -p tcp -j DNAT --to-destination 10.244.0.5:8080\n\
+        -A KUBE-SEP-BBBBBBBBBBBBBBBB -m comment --comment shop/web:http -s 10.244.0.6 -j KUBE-MARK-MASQ\n\
+        -A KUBE-SEP-BBBBBBBBBBBBBBBB -m comment --comment shop/web:http -m tcp -p tcp -j DNAT --to-destination 10.244.0.6:8080\n\
+        -A KUBE-SVC-QZ7VV5GTKAJA7T3Q -m comment --comment \"shop/web:http cluster IP\" -m tcp -p tcp -d 10.96.0.50 --dport 80 ! -s 10.244.0.0/16 -j KUBE-MARK-MASQ\n\
+        -A KUBE-SVC-QZ7VV5GTKAJA7T3Q -m comment --comment \"shop/web:http -> 10.244.0.5:8080\" -m statistic --mode random --probability 0.5000000000 -j KUBE-SEP-AAAAAAAAAAAAAAAA\n\
+        -A KUBE-SVC-QZ7VV5GTKAJA7T3Q -m comment --comment \"shop/web:http -> 10.244.0.6:8080\" -j KUBE-SEP-BBBBBBBBBBBBBBBB\n\
+        COMMIT\n";
+
+    #[test]
+    fn kube_proxy_node_port_to_its_service() {
+        let r = kube_node_ports(KUBE_PROXY_NAT, 30080, "tcp");
+        assert_eq!(r.len(), 1, "{r:?}");
+        let s = r[0].service.as_ref().unwrap();
+        assert_eq!(
+            (s.label().as_str(), s.port_name.as_str()),
+            ("shop/web", "http")
+        );
+        assert_eq!(r[0].endpoints, ["10.244.0.5:8080", "10.244.0.6:8080"]);
+        assert_eq!(r[0].to.as_deref(), Some("10.244.0.5:8080"));
+        assert!(r[0].rule.starts_with("-A KUBE-NODEPORTS "), "{r:?}");
+        // Not the Service's own port, nor UDP, nor another port; and the
+        // plain DNAT reader sees nothing here (no DNAT line has a --dport).
+        assert_eq!(kube_node_ports(KUBE_PROXY_NAT, 80, "tcp"), vec![]);
+        assert_eq!(kube_node_ports(KUBE_PROXY_NAT, 30080, "udp"), vec![]);
+        assert_eq!(kube_node_ports(KUBE_PROXY_NAT, 30081, "tcp"), vec![]);
+        assert_eq!(iptables_rules(KUBE_PROXY_NAT, 30080, "tcp"), vec![]);
+    }
+
+    /// Before KUBE-EXT (kube-proxy up to 1.23): KUBE-NODEPORTS marks, then
+    /// jumps to KUBE-SVC straight; the comment is quoted, the port unnamed.
+    #[test]
+    fn older_kube_proxy_shape() {
+        let text = "*nat\n\
+            -A KUBE-NODEPORTS -p tcp -m comment --comment \"default/nginx-svc:\" -m tcp --dport 30080 -j KUBE-MARK-MASQ\n\
+            -A KUBE-NODEPORTS -p tcp -m comment --comment \"default/nginx-svc:\" -m tcp --dport 30080 -j KUBE-SVC-R2VK7O5AFVLRAXSH\n\
+            -A KUBE-SVC-R2VK7O5AFVLRAXSH -m comment --comment \"default/nginx-svc:\" -j KUBE-SEP-XYZ\n\
+            -A KUBE-SEP-XYZ -p tcp -m comment --comment \"default/nginx-svc:\" -m tcp -j DNAT --to-destination 10.244.1.2:80\n\
+            -A KUBE-SEP-LOOP -j KUBE-SEP-LOOP\n\
+            COMMIT\n";
+        let r = kube_node_ports(text, 30080, "tcp");
+        assert_eq!(r.len(), 1, "{r:?}");
+        let s = r[0].service.as_ref().unwrap();
+        assert_eq!(
+            (s.label().as_str(), s.port_name.as_str()),
+            ("default/nginx-svc", "")
+        );
+        assert_eq!(r[0].endpoints, ["10.244.1.2:80"]);
+        // A comment that names no Service is not kube-proxy's.
+        assert_eq!(service_of("Robert'); DROP/x:y"), None);
+        assert_eq!(
+            comment("-A X -m comment --comment \"a b\" -j Y"),
+            Some("a b")
+        );
+    }
+
+    /// CNI portmap 1.1's rules for hostPort 18097 of a pod sandbox, as
+    /// `iptables-save` printed them here after the bridge and portmap
+    /// plugins' ADD.
+    #[test]
+    fn portmap_rule_names_its_sandbox() {
+        let id = "abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789";
+        let text = format!("*nat\n\
+            -A PREROUTING -m addrtype --dst-type LOCAL -j CNI-HOSTPORT-DNAT\n\
+            -A CNI-DN-233828d10c3335c5ce999 -s 10.88.0.0/16 -p tcp -m tcp --dport 18097 -j CNI-HOSTPORT-SETMARK\n\
+            -A CNI-DN-233828d10c3335c5ce999 -p tcp -m tcp --dport 18097 -j DNAT --to-destination 10.88.0.2:80\n\
+            -A CNI-HOSTPORT-DNAT -p tcp -m comment --comment \"dnat name: \\\"pwnet\\\" id: \\\"{id}\\\"\" -m multiport --dports 18097 -j CNI-DN-233828d10c3335c5ce999\n\
+            COMMIT\n");
+        let r = iptables_rules(&text, 18097, "tcp");
+        assert_eq!(r.len(), 1, "{r:?}");
+        assert_eq!(r[0].to.as_deref(), Some("10.88.0.2:80"));
+        assert_eq!(r[0].sandbox.as_deref(), Some(id));
+        // Another chain's DNAT names no sandbox.
+        let plain = "*nat\n-A DOCKER -p tcp -m tcp --dport 8083 -j DNAT --to-destination 172.17.0.3:80\nCOMMIT\n";
+        assert_eq!(iptables_rules(plain, 8083, "tcp")[0].sandbox, None);
     }
 
     #[test]

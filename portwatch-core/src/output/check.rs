@@ -103,11 +103,15 @@ pub fn write_human(
 fn holder_names(c: &Outcome) -> Vec<String> {
     let mut names: Vec<String> = c.holders.iter().map(holder_name).collect();
     names.extend(c.published.iter().map(|p| printable(&p.container.label())));
-    names.extend(
-        c.dnat
-            .iter()
-            .map(|d| format!("DNAT to {}", printable(d.to.as_deref().unwrap_or("?")))),
-    );
+    names.extend(c.dnat.iter().map(|d| match (&d.service, &d.pod) {
+        (Some(s), _) => format!("Service {} ({})", printable(&s.label()), printable(&s.kind)),
+        (None, Some(p)) => format!(
+            "hostPort of pod {}/{}",
+            printable(&p.namespace),
+            printable(&p.name)
+        ),
+        (None, None) => format!("DNAT to {}", printable(d.to.as_deref().unwrap_or("?"))),
+    }));
     names.extend(c.conflicts_with.iter().map(|k| format!("plan {k}")));
     // iptables-nft's rules are listed by both iptables-save and nft.
     let mut seen = Vec::new();

@@ -199,6 +199,15 @@ fn published_lines(out: &mut impl Write, r: &WhoReport) -> io::Result<()> {
 /// Firewall rules that redirect the port.
 fn dnat_lines(out: &mut impl Write, r: &WhoReport) -> io::Result<()> {
     for d in &r.dnat {
+        if d.service.is_some() {
+            if let Some((diagnosis, fix)) =
+                crate::diagnose::steered_to_service(&r.proto.name(), r.port, d)
+            {
+                writeln!(out, "service:   {}", printable(&diagnosis))?;
+                writeln!(out, "fix:       {}", printable(&fix))?;
+                continue;
+            }
+        }
         writeln!(
             out,
             "dnat:      {} port {} is redirected{} by this {} rule: {}",
@@ -210,6 +219,14 @@ fn dnat_lines(out: &mut impl Write, r: &WhoReport) -> io::Result<()> {
             d.from,
             printable(&d.rule)
         )?;
+        if d.pod.is_some() {
+            if let Some((diagnosis, fix)) =
+                crate::diagnose::steered_to_service(&r.proto.name(), r.port, d)
+            {
+                writeln!(out, "hostport:  {}", printable(&diagnosis))?;
+                writeln!(out, "fix:       {}", printable(&fix))?;
+            }
+        }
     }
     Ok(())
 }

@@ -371,6 +371,13 @@ fn yours(b: &Binding, ours: &Ours, holders: &[Holder], j: &Judgement) -> Option<
 /// No socket in the way, but DNAT rules take the port's traffic.
 fn steered(b: &Binding, j: &Judgement) -> Option<Outcome> {
     let rule = j.dnat.iter().find(|r| reaches(r, b))?;
+    if let Some((diagnosis, fix)) =
+        crate::diagnose::steered_to_service(&b.proto.name(), b.port, rule)
+    {
+        let mut c = Outcome::new(b, Category::Steered, diagnosis, Some(fix));
+        c.dnat.clone_from(&j.dnat);
+        return Some(c);
+    }
     let to = rule.to.as_deref().unwrap_or("another address");
     let diagnosis = format!(
         "no socket holds {} port {}, but this {} rule sends its traffic to {to}: {}; a bind succeeds, and receives none of it",

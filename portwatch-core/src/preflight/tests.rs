@@ -249,6 +249,10 @@ fn verdicts_from_the_engine() {
             from: "iptables".into(),
             rule: "-A PREROUTING -p tcp --dport 8080 -j DNAT --to-destination 10.9.9.9:80".into(),
             to: Some("10.9.9.9:80".into()),
+            service: None,
+            endpoints: Vec::new(),
+            sandbox: None,
+            pod: None,
         }],
         ..nothing(&plan[0])
     };

@@ -9,6 +9,7 @@
     reason = "each test binary uses a different part of the harness"
 )]
 
+pub mod containerd;
 pub mod docker;
 
 use std::{

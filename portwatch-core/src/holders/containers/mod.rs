@@ -34,6 +34,8 @@ use files::{binding, cri_container, docker_container, is_running, read_json, str
 
 /// The most bytes read from one runtime file (a config.v2.json is a few KiB).
 const FILE_CAP: u64 = 1 << 20;
+/// Bundle roots of each kind kept across a refresh of [`Roots`].
+const LEARNT_CAP: usize = 16;
 /// Containers remembered by [`Containers`].
 const CACHE_CAP: usize = 1024;
 
@@ -84,6 +86,11 @@ pub struct Container {
     pub compose: Option<Compose>,
     /// Kubernetes pod, for CRI runtimes.
     pub pod: Option<Pod>,
+    /// A pod's container by its cgroup (under kubelet's `kubepods`), even
+    /// where no runtime file names the pod: never stopped as a plain
+    /// container.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub kubernetes: bool,
 }
 
 impl Container {
@@ -97,7 +104,13 @@ impl Container {
             published: Vec::new(),
             compose: None,
             pod: None,
+            kubernetes: false,
         }
+    }
+
+    /// Whether its runtime's files named it (a name or a pod).
+    pub fn is_named(&self) -> bool {
+        self.name.is_some() || self.pod.is_some()
     }
 
     /// How people call it: `pod NS/NAME`, else `container NAME`, else the
@@ -109,11 +122,11 @@ impl Container {
                 None => format!("pod {}/{}", p.namespace, p.name),
             };
         }
-        let runtime = self
-            .runtime
-            .cli()
-            .map(|r| format!("{r} "))
-            .unwrap_or_default();
+        let runtime = match self.runtime.cli() {
+            _ if self.kubernetes => "Kubernetes ".to_owned(),
+            Some(r) => format!("{r} "),
+            None => String::new(),
+        };
         match &self.name {
             Some(n) => format!("{runtime}container {n}"),
             None => format!("{runtime}container {}", super::short_id(&self.id)),
@@ -151,9 +164,11 @@ impl Roots {
         let procs = std::fs::read_dir("/proc").into_iter().flatten().flatten();
         Roots::find(procs.filter_map(|entry| {
             let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
-            // One small read per process; the whole of /proc only for dockerd.
+            // One small read per process; the whole of /proc only for the
+            // daemons whose flags name a state directory.
             let comm = std::fs::read(entry.path().join("comm")).ok()?;
-            if comm.strip_suffix(b"\n").unwrap_or(&comm) != b"dockerd" {
+            let comm = comm.strip_suffix(b"\n").unwrap_or(&comm);
+            if comm != b"dockerd" && comm != b"containerd" {
                 return None;
             }
             let info = super::procs::proc_info(pid)?;
@@ -161,27 +176,162 @@ impl Roots {
         }))
     }
 
-    /// The defaults, plus the `--data-root` of every dockerd among
-    /// `processes` (comm, command line): pass only root's, since a
-    /// process of another user could name itself dockerd.
+    /// The defaults, plus the `--data-root` of every dockerd and the state
+    /// directory of every containerd among `processes` (comm, command
+    /// line): pass only root's, since a process of another user could name
+    /// itself dockerd.
     pub fn find(processes: impl Iterator<Item = (String, String)>) -> Self {
         let mut roots = Roots {
             docker: vec![PathBuf::from("/var/lib/docker")],
             podman: vec![PathBuf::from("/var/lib/containers/storage")],
-            containerd: vec![PathBuf::from(
-                "/run/containerd/io.containerd.runtime.v2.task",
-            )],
+            // containerd's default and the state directories the Kubernetes
+            // distributions give it (k3s and rke2, k0s, microk8s): a miss
+            // costs one failed read_dir each. Any other is learnt from a
+            // running containerd's flags or from a shim (`learn_from`).
+            containerd: CONTAINERD_STATES
+                .iter()
+                .map(|s| Path::new(s).join(TASK_DIR))
+                .collect(),
             crio: vec![PathBuf::from("/run/containers/storage/overlay-containers")],
         };
         for (comm, cmdline) in processes {
-            if comm == "dockerd" {
-                if let Some(root) = flag(&cmdline, &["--data-root", "-g", "--graph"]) {
-                    push_new(&mut roots.docker, PathBuf::from(root));
+            match comm.as_str() {
+                "dockerd" => {
+                    if let Some(root) = flag(&cmdline, &["--data-root", "-g", "--graph"]) {
+                        push_new(&mut roots.docker, PathBuf::from(root));
+                    }
                 }
+                "containerd" => {
+                    if let Some(state) = containerd_state(&cmdline) {
+                        push_new(&mut roots.containerd, state.join(TASK_DIR));
+                    }
+                }
+                _ => {}
             }
         }
         roots
     }
+}
+
+/// containerd's state directories: its default, k3s's and rke2's, k0s's,
+/// microk8s's.
+pub const CONTAINERD_STATES: [&str; 4] = [
+    "/run/containerd",
+    "/run/k3s/containerd",
+    "/run/k0s/containerd",
+    "/var/snap/microk8s/common/run/containerd",
+];
+
+/// The directory under a containerd state directory that holds one
+/// directory per namespace, each with one OCI bundle per task.
+const TASK_DIR: &str = "io.containerd.runtime.v2.task";
+
+/// The state directory of a containerd run with `cmdline`: its `--state`,
+/// else the top-level `state = "..."` of its `--config` file, else the
+/// default.
+fn containerd_state(cmdline: &str) -> Option<PathBuf> {
+    if let Some(state) = flag(cmdline, &["--state"]) {
+        return Some(PathBuf::from(state));
+    }
+    let Some(config) = flag(cmdline, &["--config", "-c"]) else {
+        return Some(PathBuf::from(CONTAINERD_STATES[0]));
+    };
+    let text = read_capped_text(Path::new(config))?;
+    Some(PathBuf::from(
+        config_state(&text).unwrap_or(CONTAINERD_STATES[0]),
+    ))
+}
+
+/// The top-level `state = "PATH"` of a containerd config.toml (before its
+/// first table), where it sets one.
+fn config_state(toml: &str) -> Option<&str> {
+    toml.lines()
+        .map(str::trim)
+        .take_while(|l| !l.starts_with('['))
+        .find_map(|l| {
+            let (key, value) = l.split_once('=')?;
+            (key.trim() == "state").then_some(())?;
+            let value = value.trim().strip_prefix('"')?;
+            value.split_once('"').map(|(v, _)| v)
+        })
+}
+
+/// A root-owned text file, not followed through a symlink, capped.
+fn read_capped_text(path: &Path) -> Option<String> {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+        .ok()?;
+    if file.metadata().ok()?.uid() != 0 {
+        return None;
+    }
+    let mut text = String::new();
+    file.take(FILE_CAP).read_to_string(&mut text).ok()?;
+    Some(text)
+}
+
+/// Where a runtime's process says the bundles of its containers are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BundleRoot {
+    /// A containerd task directory (`STATE/io.containerd.runtime.v2.task`).
+    Containerd(PathBuf),
+    /// CRI-O's `overlay-containers` directory.
+    Crio(PathBuf),
+}
+
+/// What a container runtime's per-container process tells of where its
+/// bundles are: a `containerd-shim-runc-v2` (comm `containerd-shim`) runs
+/// in its pod sandbox's (or container's) bundle,
+/// `STATE/io.containerd.runtime.v2.task/NAMESPACE/ID`, as its command line's
+/// `-namespace` and `-id` say; the bundles of the pod's other containers are
+/// its siblings. A CRI-O `conmon` names its container's bundle with `-b`
+/// (`ROOT/ID/userdata`). `cwd` is the process's working directory.
+pub fn bundle_root(comm: &str, cmdline: &str, cwd: Option<&Path>) -> Option<BundleRoot> {
+    if comm.starts_with("containerd-shim") {
+        let (ns, id) = (flag(cmdline, &["-namespace"])?, flag(cmdline, &["-id"])?);
+        let cwd = cwd?;
+        let id_dir = cwd.file_name()?.to_str()?;
+        let ns_dir = cwd.parent()?;
+        let tasks = ns_dir.parent()?;
+        let named = id_dir == id
+            && ns_dir.file_name()?.to_str()? == ns
+            && tasks.file_name()?.to_str()? == TASK_DIR;
+        return (named && tasks.is_absolute()).then(|| BundleRoot::Containerd(tasks.to_owned()));
+    }
+    if comm == "conmon" {
+        let id = flag(cmdline, &["-c", "--cid"]).filter(|id| is_id(id))?;
+        let root = flag(cmdline, &["-b", "--bundle"])?.strip_suffix(&format!("/{id}/userdata"))?;
+        // Podman's conmon has the same shape; CRI-O's exits go to its own
+        // directory (`--exit-dir /var/run/crio/exits`).
+        let crio = flag(cmdline, &["--exit-dir"]).is_some_and(|d| d.contains("/crio/"));
+        return (crio && Path::new(root).is_absolute())
+            .then(|| BundleRoot::Crio(PathBuf::from(root)));
+    }
+    None
+}
+
+/// The bundle root that the runtime process among `pid`'s nearest
+/// ancestors names (a container's first process is the shim's or conmon's
+/// child; its own children are one step further): no walk of /proc, a
+/// few reads of the ancestors' files.
+pub fn bundle_root_above(pid: u32) -> Option<BundleRoot> {
+    let mut at = pid;
+    for _ in 0..6 {
+        let p = super::procs::proc_info(at)?;
+        // Only root's: another user's process could pose as a shim.
+        if p.uid == 0 {
+            let cwd = std::fs::read_link(format!("/proc/{at}/cwd")).ok();
+            if let Some(root) = bundle_root(&p.comm, &p.cmdline, cwd.as_deref()) {
+                return Some(root);
+            }
+        }
+        if p.ppid <= 1 {
+            return None;
+        }
+        at = p.ppid;
+    }
+    None
 }
 
 fn push_new(v: &mut Vec<PathBuf>, p: PathBuf) {
@@ -286,7 +436,20 @@ impl Containers {
         if let Some((last, every)) = &mut self.refresh {
             if last.elapsed() >= *every {
                 *last = std::time::Instant::now();
-                self.roots = Roots::of_this_host();
+                let mut fresh = Roots::of_this_host();
+                // What shims and conmons taught stays (a few, newest first).
+                for (old, new) in [
+                    (&self.roots.containerd, &mut fresh.containerd),
+                    (&self.roots.crio, &mut fresh.crio),
+                    (&self.roots.podman, &mut fresh.podman),
+                ] {
+                    for p in old.iter().take(LEARNT_CAP) {
+                        if !new.contains(p) {
+                            new.push(p.clone());
+                        }
+                    }
+                }
+                self.roots = fresh;
             }
         }
     }
@@ -310,13 +473,70 @@ impl Containers {
                 .or_else(|| self.podman(id)),
         }
         .unwrap_or_else(|| Container::bare(id, runtime));
-        if found.name.is_some() || found.pod.is_some() {
+        if found.is_named() {
             if self.cache.len() >= CACHE_CAP {
                 self.cache.clear();
             }
             self.cache.insert(id.to_owned(), found.clone());
         }
         found
+    }
+
+    /// Adds a bundle root that a runtime process named ([`bundle_root`]);
+    /// true when it was new, so that a container missed before may now be
+    /// found.
+    pub fn learn(&mut self, root: BundleRoot) -> bool {
+        let (list, path) = match root {
+            BundleRoot::Containerd(p) => (&mut self.roots.containerd, p),
+            BundleRoot::Crio(p) => (&mut self.roots.crio, p),
+        };
+        if list.contains(&path) {
+            return false;
+        }
+        push_new(list, path);
+        true
+    }
+
+    /// The pod of CRI pod sandbox `id` (a CNI portmap rule names it), from
+    /// the sandbox's bundle; with its container's name when the pod has
+    /// one container only (the bundles that name `id` as their
+    /// `io.kubernetes.cri.sandbox-id`).
+    pub fn pod_of_sandbox(&mut self, id: &str) -> Option<Pod> {
+        if !is_id(id) {
+            return None;
+        }
+        self.refresh_roots();
+        for root in &self.roots.containerd {
+            let namespaces = std::fs::read_dir(root).into_iter().flatten().flatten();
+            for ns in namespaces.take(64) {
+                let dir = ns.path();
+                let Some(config) = read_json(&dir.join(id).join("config.json")) else {
+                    continue;
+                };
+                let mut pod = cri_container(id, Runtime::Containerd, &config).pod?;
+                let names: Vec<String> = std::fs::read_dir(&dir)
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                    .take(CACHE_CAP)
+                    .filter(|e| e.file_name().to_str() != Some(id))
+                    .filter_map(|e| {
+                        let c = read_json(&e.path().join("config.json"))?;
+                        let a = |k: &str| string(&c, &format!("/annotations/{k}"));
+                        (a("io.kubernetes.cri.sandbox-id").as_deref() == Some(id)
+                            && a("io.kubernetes.cri.container-type").as_deref()
+                                == Some("container"))
+                        .then(|| a("io.kubernetes.cri.container-name"))
+                        .flatten()
+                    })
+                    .collect();
+                if let [one] = names.as_slice() {
+                    pod.container = Some(one.clone());
+                }
+                return Some(pod);
+            }
+        }
+        self.cri(id, Runtime::Crio).and_then(|c| c.pod)
     }
 
     /// The container a host helper serves.
@@ -673,6 +893,204 @@ mod tests {
         let web = c.get(ID, Runtime::Crio);
         assert_eq!(web.label(), "pod default/web-0 (container web)");
         assert_eq!(web.image.as_deref(), Some("quay.io/acme/web:2"));
+    }
+
+    /// The CRI annotations of a container `web` of pod `shop/web-0`, as
+    /// containerd's CRI plugin writes them into its bundle's config.json.
+    const CRI_WEB: &str = r#"{"ociVersion":"1.1.0","annotations":{
+        "io.kubernetes.cri.container-type":"container",
+        "io.kubernetes.cri.container-name":"web",
+        "io.kubernetes.cri.sandbox-id":"bbbb",
+        "io.kubernetes.cri.sandbox-name":"web-0",
+        "io.kubernetes.cri.sandbox-namespace":"shop"}}"#;
+
+    /// Where each distribution's containerd keeps its state: from its
+    /// command line (k3s, rke2, k0s and microk8s as they start it), from
+    /// its config file, or the default.
+    #[test]
+    fn containerd_state_of_each_distribution() {
+        let s = Scratch::new("ctd-config");
+        s.write(
+            "config.toml",
+            "version = 2\nroot = \"/var/lib/x\"\n  state = \"/run/custom/containerd\" # here\n[grpc]\n  state = \"/nope\"\n",
+        );
+        let config = s.0.join("config.toml");
+        let cases = [
+            // k3s (rke2 starts it the same way, with its own config path).
+            ("containerd -c /var/lib/rancher/k3s/agent/etc/containerd/config.toml -a /run/k3s/containerd/containerd.sock --state /run/k3s/containerd --root /var/lib/rancher/k3s/agent/containerd".to_owned(), "/run/k3s/containerd"),
+            ("/var/lib/k0s/bin/containerd --root=/var/lib/k0s/containerd --state=/run/k0s/containerd --address=/run/k0s/containerd/containerd.sock --config=/etc/k0s/containerd.toml".to_owned(), "/run/k0s/containerd"),
+            ("/snap/microk8s/7394/bin/containerd --config /var/snap/microk8s/7394/args/containerd.toml --root /var/snap/microk8s/common/var/lib/containerd --state /var/snap/microk8s/common/run/containerd --address /var/snap/microk8s/common/run/containerd.sock".to_owned(), "/var/snap/microk8s/common/run/containerd"),
+            (format!("/usr/bin/containerd --config {}", config.display()), "/run/custom/containerd"),
+        ];
+        for (cmdline, state) in cases {
+            let roots = Roots::find([("containerd".to_owned(), cmdline.clone())].into_iter());
+            assert!(
+                roots.containerd.contains(&Path::new(state).join(TASK_DIR)),
+                "{cmdline}: {:?}",
+                roots.containerd
+            );
+        }
+        assert_eq!(
+            containerd_state("/usr/bin/containerd"),
+            Some(PathBuf::from("/run/containerd"))
+        );
+        // Another program's flags are not containerd's.
+        let roots = Roots::find(
+            [(
+                "bash".to_owned(),
+                "bash --state /run/custom/containerd".to_owned(),
+            )]
+            .into_iter(),
+        );
+        assert_eq!(roots.containerd.len(), CONTAINERD_STATES.len());
+    }
+
+    #[test]
+    fn a_shim_names_its_task_directory() {
+        let tasks = Path::new("/run/k3s/containerd/io.containerd.runtime.v2.task");
+        let cwd = tasks.join("k8s.io").join(ID);
+        let cmdline = format!("/usr/bin/containerd-shim-runc-v2 -namespace k8s.io -id {ID} -address /run/k3s/containerd/containerd.sock");
+        assert_eq!(
+            bundle_root("containerd-shim", &cmdline, Some(&cwd)),
+            Some(BundleRoot::Containerd(tasks.to_owned()))
+        );
+        // A working directory that is not the bundle its flags name.
+        for cwd in [
+            tasks.join("default").join(ID),
+            tasks.join("k8s.io").join("other"),
+            Path::new("/tmp/k8s.io").join(ID),
+        ] {
+            assert_eq!(
+                bundle_root("containerd-shim", &cmdline, Some(&cwd)),
+                None,
+                "{cwd:?}"
+            );
+        }
+        assert_eq!(bundle_root("containerd-shim", &cmdline, None), None);
+        assert_eq!(
+            bundle_root("sh", &cmdline, Some(&tasks.join("k8s.io").join(ID))),
+            None
+        );
+        // CRI-O's conmon, not podman's.
+        let crio = format!("/usr/bin/conmon -b /run/containers/storage/overlay-containers/{ID}/userdata -c {ID} --exit-dir /var/run/crio/exits -l /var/log/pods/shop_web-0_1/web/0.log -r /usr/bin/runc -u {ID} -s");
+        assert_eq!(
+            bundle_root("conmon", &crio, None),
+            Some(BundleRoot::Crio(PathBuf::from(
+                "/run/containers/storage/overlay-containers"
+            )))
+        );
+        let podman = format!("/usr/bin/conmon --api-version 1 -c {ID} -u {ID} -r /usr/sbin/runc -b /var/lib/containers/storage/overlay-containers/{ID}/userdata --exit-dir /run/libpod/exits");
+        assert_eq!(bundle_root("conmon", &podman, None), None);
+    }
+
+    /// A pod under a state directory no default names (k3s-style, in a
+    /// scratch directory) is found from a real process posing as its shim
+    /// (the same comm, flags and working directory) above the container's
+    /// process.
+    #[test]
+    fn a_pod_is_found_through_the_shim_above_it() {
+        let s = Scratch::new("shim-above");
+        let tasks = s.0.join("k3s/containerd").join(TASK_DIR);
+        s.write(
+            &format!("k3s/containerd/{TASK_DIR}/k8s.io/{ID}/config.json"),
+            CRI_WEB,
+        );
+        let sandbox = tasks.join("k8s.io").join("a".repeat(64));
+        std::fs::create_dir_all(&sandbox).unwrap();
+        // The shim's comm is its executable's name cut to 15 bytes.
+        let shim = s.0.join("containerd-shim-runc-v2");
+        std::os::unix::fs::symlink("/bin/sh", &shim).unwrap();
+        let mut cmd = std::process::Command::new(&shim);
+        // `; :` keeps sh from exec'ing sleep: sleep stays its child.
+        cmd.args(["-c", "sleep 100; :", "-namespace", "k8s.io", "-id"])
+            .arg("a".repeat(64))
+            .current_dir(&sandbox);
+        let mut posing = portwatch_test_support::Process::spawn(cmd, &[]);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let child = loop {
+            let kids = super::super::procs::children(posing.pid);
+            if let Some(&k) = kids.first() {
+                break k;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no sleep under the shim"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        assert_eq!(
+            bundle_root_above(child),
+            Some(BundleRoot::Containerd(tasks.clone()))
+        );
+        let mut c = Containers::new(roots(&s.0));
+        assert!(!c.get(ID, Runtime::Unknown).is_named());
+        assert!(c.learn(bundle_root_above(child).unwrap()));
+        assert!(!c.learn(BundleRoot::Containerd(tasks)), "learnt once");
+        assert_eq!(
+            c.get(ID, Runtime::Unknown).label(),
+            "pod shop/web-0 (container web)"
+        );
+        posing.kill();
+        // Nothing above a plain process of ours.
+        assert_eq!(bundle_root_above(std::process::id()), None);
+    }
+
+    /// A hostPort's pod from its sandbox's bundle (what a CNI portmap
+    /// rule names), with its one container found among the siblings.
+    #[test]
+    fn pod_of_a_sandbox_and_its_one_container() {
+        let s = Scratch::new("sandbox");
+        let sandbox = "a".repeat(64);
+        s.write(
+            &format!("containerd/k8s.io/{sandbox}/config.json"),
+            r#"{"annotations":{"io.kubernetes.cri.container-type":"sandbox",
+            "io.kubernetes.cri.sandbox-id":"aaaa","io.kubernetes.cri.sandbox-name":"web-0",
+            "io.kubernetes.cri.sandbox-namespace":"shop"}}"#,
+        );
+        let web = CRI_WEB.replace(r#""bbbb""#, &format!(r#""{sandbox}""#));
+        s.write(&format!("containerd/k8s.io/{ID}/config.json"), &web);
+        let mut c = Containers::new(roots(&s.0));
+        let pod = c.pod_of_sandbox(&sandbox).unwrap();
+        assert_eq!(
+            (
+                pod.namespace.as_str(),
+                pod.name.as_str(),
+                pod.container.as_deref()
+            ),
+            ("shop", "web-0", Some("web"))
+        );
+        // A second container: which one has the port is not known here.
+        let other = "c".repeat(64);
+        s.write(
+            &format!("containerd/k8s.io/{other}/config.json"),
+            &web.replace(r#""web""#, r#""sidecar""#),
+        );
+        assert_eq!(c.pod_of_sandbox(&sandbox).unwrap().container, None);
+        assert_eq!(c.pod_of_sandbox(&"d".repeat(64)), None);
+        assert_eq!(c.pod_of_sandbox("../x"), None);
+    }
+
+    /// CRI-O's bundles under a runroot learnt from its conmon.
+    #[test]
+    fn crio_pod_under_a_root_learnt_from_conmon() {
+        let s = Scratch::new("crio-learnt");
+        let root = s.0.join("run/containers/storage/overlay-containers");
+        s.write(
+            &format!("run/containers/storage/overlay-containers/{ID}/userdata/config.json"),
+            r#"{"annotations":{"io.kubernetes.container.name":"web",
+            "io.kubernetes.pod.name":"web-0","io.kubernetes.pod.namespace":"shop"}}"#,
+        );
+        let conmon = format!(
+            "/usr/bin/conmon -b {}/{ID}/userdata -c {ID} --exit-dir /var/run/crio/exits -u {ID} -s",
+            root.display()
+        );
+        let mut c = Containers::new(roots(&s.0));
+        assert!(!c.get(ID, Runtime::Crio).is_named());
+        assert!(c.learn(bundle_root("conmon", &conmon, None).unwrap()));
+        assert_eq!(
+            c.get(ID, Runtime::Crio).label(),
+            "pod shop/web-0 (container web)"
+        );
     }
 
     #[test]

@@ -179,7 +179,23 @@ impl Enricher {
     pub(super) fn container_of(&self, p: &ProcInfo) -> Option<Container> {
         let mut resolver = self.containers.lock().ok()?;
         match &p.container {
-            Some(id) => Some(resolver.get(id, p.runtime.unwrap_or(containers::Runtime::Unknown))),
+            Some(id) => {
+                let runtime = p.runtime.unwrap_or(containers::Runtime::Unknown);
+                let mut found = resolver.get(id, runtime);
+                // Under a state directory not known yet: the shim (or
+                // conmon) above the process says where its bundles are.
+                if !found.is_named()
+                    && runtime.cli().is_none()
+                    && containers::bundle_root_above(p.ppid)
+                        .is_some_and(|root| resolver.learn(root))
+                {
+                    found = resolver.get(id, runtime);
+                }
+                // kubelet's cgroups: a pod's container, whatever names it
+                // (cri-dockerd's containers are Docker's, named k8s_...).
+                found.kubernetes |= found.pod.is_none() && p.cgroup.contains("/kubepods");
+                Some(found)
+            }
             None => containers::serves(&p.comm, &p.cmdline).and_then(|s| resolver.served(&s)),
         }
     }

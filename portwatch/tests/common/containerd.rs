@@ -1,0 +1,310 @@
+//! A containerd of a test's own, laid out as a Kubernetes distribution lays
+//! it out (k3s's `/run/k3s/containerd` shape, under a name of the test's
+//! own), with an image made of busybox-static imported without a registry,
+//! and containers in namespace `k8s.io` carrying the annotations that
+//! containerd's CRI plugin writes for kubelet's pods.
+//!
+//! containerd runs in a private mount namespace (`unshare -m`): its
+//! snapshots' mounts never reach the host's. Only what the test started is
+//! ended: its containers through its own containerd, the daemon by its pid;
+//! then its state and root directories and its cgroups are removed.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use portwatch_core::subprocess;
+
+use super::docker::busybox_rootfs;
+
+/// How long one `ctr` command may take.
+const CTR_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A containerd started by the test.
+pub struct Containerd {
+    /// Its root, config, image and log.
+    pub dir: PathBuf,
+    /// Its state directory: `/run/k3s-test-NAME-PID/containerd`.
+    pub state: PathBuf,
+    daemon: Option<Child>,
+    /// The containers started, to end in `drop`.
+    ids: Vec<String>,
+    /// The cgroup parent of the containers (under each hierarchy).
+    cgroup_parent: String,
+}
+
+/// The annotations containerd's CRI plugin gives a pod's container
+/// (pkg/cri/annotations of containerd 1.6), here for container `container`
+/// of pod `namespace/name`.
+pub fn cri_annotations(namespace: &str, name: &str, container: &str) -> Vec<(String, String)> {
+    [
+        ("io.kubernetes.cri.container-type", "container"),
+        ("io.kubernetes.cri.container-name", container),
+        ("io.kubernetes.cri.sandbox-name", name),
+        ("io.kubernetes.cri.sandbox-namespace", namespace),
+        ("io.kubernetes.cri.image-name", "docker.io/library/pwtest:1"),
+    ]
+    .iter()
+    .map(|&(k, v)| (k.to_owned(), v.to_owned()))
+    .collect()
+}
+
+/// The annotations containerd's CRI plugin gives a pod's sandbox (its
+/// pause container), id `id`, of pod `namespace/name`.
+pub fn sandbox_annotations(id: &str, namespace: &str, name: &str) -> Vec<(String, String)> {
+    [
+        ("io.kubernetes.cri.container-type", "sandbox"),
+        ("io.kubernetes.cri.sandbox-id", id),
+        ("io.kubernetes.cri.sandbox-name", name),
+        ("io.kubernetes.cri.sandbox-namespace", namespace),
+    ]
+    .iter()
+    .map(|&(k, v)| (k.to_owned(), v.to_owned()))
+    .collect()
+}
+
+impl Containerd {
+    /// Starts containerd with everything of its own under `/tmp` and
+    /// `/run/k3s-test-NAME-PID`, and imports the image `pwtest:1`.
+    pub fn start(name: &str) -> Containerd {
+        let tag = format!("{name}-{}", std::process::id());
+        let dir = std::env::temp_dir().join(format!("pw-containerd-{tag}"));
+        let state = PathBuf::from(format!("/run/k3s-test-{tag}/containerd"));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("root")).unwrap();
+        std::fs::create_dir_all(&state).unwrap();
+        // Without the CRI plugin: the test drives containerd with ctr, and
+        // the plugin would look for CNI and a sandbox image it does not need.
+        std::fs::write(
+            dir.join("config.toml"),
+            format!(
+                "version = 2\nroot = \"{}\"\nstate = \"{}\"\ndisabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n[grpc]\n  address = \"{}\"\n",
+                dir.join("root").display(),
+                state.display(),
+                state.join("containerd.sock").display()
+            ),
+        )
+        .unwrap();
+        let mut c = Containerd {
+            dir,
+            state,
+            daemon: None,
+            ids: Vec::new(),
+            cgroup_parent: format!("pw-test-{tag}"),
+        };
+        c.run_daemon();
+        c.import();
+        c
+    }
+
+    /// Starts (or starts again) the daemon and waits for it to answer.
+    pub fn run_daemon(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("containerd.log"))
+            .unwrap();
+        let daemon = Command::new("unshare")
+            .args(["-m", "--propagation", "private", "containerd", "--config"])
+            .arg(self.dir.join("config.toml"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start containerd (Debian's containerd package)");
+        self.daemon = Some(daemon);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.ctr(&["version"]).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "containerd did not answer: {}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Stops the daemon (SIGTERM, then SIGKILL), leaving its shims and
+    /// containers running, as a containerd restart does.
+    pub fn stop_daemon(&mut self) {
+        let Some(mut daemon) = self.daemon.take() else {
+            return;
+        };
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(daemon.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while daemon.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = daemon.kill();
+        let _ = daemon.wait();
+    }
+
+    /// What containerd wrote.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("containerd.log")).unwrap_or_default()
+    }
+
+    /// `ctr -a OURS -n k8s.io ARGS`, with a timeout.
+    pub fn ctr(&self, args: &[&str]) -> Result<String, String> {
+        let mut cmd = Command::new("ctr");
+        cmd.arg("-a")
+            .arg(self.state.join("containerd.sock"))
+            .args(["-n", "k8s.io"])
+            .args(args);
+        subprocess::output(&mut cmd, CTR_TIMEOUT)
+            .map(|out| String::from_utf8_lossy(&out).into_owned())
+            .map_err(|e| format!("ctr {args:?}: {e}"))
+    }
+
+    /// Imports `pwtest:1`, an OCI image layout of busybox-static alone
+    /// (`ctr images import`; no registry is reachable).
+    fn import(&self) {
+        let tar = oci_image(&self.dir);
+        self.ctr(&["images", "import", tar.to_str().unwrap()])
+            .unwrap_or_else(|e| panic!("{e}\n{}", self.log()));
+    }
+
+    /// Runs container `id` of `pwtest:1` with `annotations`, in a network
+    /// namespace of its own, its command `args`; returns its first
+    /// process's pid.
+    pub fn run(&mut self, id: &str, annotations: &[(String, String)], args: &[&str]) -> u32 {
+        self.run_with(id, annotations, &[], args)
+    }
+
+    /// [`Containerd::run`] with more of `ctr run`'s options (`--with-ns
+    /// network:PATH` joins a pod sandbox's network namespace).
+    pub fn run_with(
+        &mut self,
+        id: &str,
+        annotations: &[(String, String)],
+        options: &[&str],
+        args: &[&str],
+    ) -> u32 {
+        // kubelet's cgroupfs layout (kubepods/QOS/podUID/ID), under a
+        // parent of the test's own.
+        let cgroup = format!("/{}/kubepods/besteffort/pod-test/{id}", self.cgroup_parent);
+        let mut argv: Vec<String> = vec!["run".into(), "-d".into(), "--null-io".into()];
+        argv.extend(["--cgroup".into(), cgroup]);
+        argv.extend(options.iter().map(|&o| o.to_owned()));
+        for (k, v) in annotations {
+            argv.extend(["--annotation".into(), format!("{k}={v}")]);
+        }
+        argv.extend(["docker.io/library/pwtest:1".into(), id.to_owned()]);
+        argv.extend(args.iter().map(|&a| a.to_owned()));
+        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+        self.ids.push(id.to_owned());
+        self.ctr(&argv)
+            .unwrap_or_else(|e| panic!("{e}\n{}", self.log()));
+        let pid = std::fs::read_to_string(self.bundle(id).join("init.pid")).expect("init.pid");
+        pid.trim().parse().expect("a pid in init.pid")
+    }
+
+    /// The OCI bundle of container `id`.
+    pub fn bundle(&self, id: &str) -> PathBuf {
+        self.state
+            .join("io.containerd.runtime.v2.task/k8s.io")
+            .join(id)
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        if self.daemon.is_none() {
+            self.run_daemon();
+        }
+        for id in self.ids.clone() {
+            let _ = self.ctr(&["tasks", "kill", "-s", "KILL", id.as_str()]);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while self.ctr(&["tasks", "delete", id.as_str()]).is_err() && Instant::now() < deadline
+            {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let _ = self.ctr(&["containers", "delete", id.as_str()]);
+        }
+        self.stop_daemon();
+        // The cgroups runc made under the test's own parent, leaves first.
+        for hierarchy in std::fs::read_dir("/sys/fs/cgroup")
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let parent = hierarchy.path().join(&self.cgroup_parent);
+            let pod = parent.join("kubepods/besteffort/pod-test");
+            for id in &self.ids {
+                let _ = std::fs::remove_dir(pod.join(id));
+            }
+            for dir in [
+                pod.as_path(),
+                &parent.join("kubepods/besteffort"),
+                &parent.join("kubepods"),
+                &parent,
+            ] {
+                let _ = std::fs::remove_dir(dir);
+            }
+        }
+        let _ = std::fs::remove_dir_all(self.state.parent().unwrap_or(&self.state));
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// An OCI image layout of busybox-static alone, tagged `pwtest:1`, as a
+/// tar under `dir`: one layer, its config and manifest, named by digest.
+pub fn oci_image(dir: &Path) -> PathBuf {
+    let layer_tar = busybox_rootfs(dir);
+    let layout = dir.join("oci");
+    std::fs::create_dir_all(layout.join("blobs/sha256")).unwrap();
+    let blob = |bytes: &[u8]| -> (String, usize) {
+        let tmp = layout.join("blob.tmp");
+        std::fs::write(&tmp, bytes).unwrap();
+        let sum = Command::new("sha256sum").arg(&tmp).output().unwrap();
+        assert!(sum.status.success(), "sha256sum: {sum:?}");
+        let digest = String::from_utf8_lossy(&sum.stdout)
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .to_owned();
+        std::fs::rename(&tmp, layout.join("blobs/sha256").join(&digest)).unwrap();
+        (digest, bytes.len())
+    };
+    let (layer, layer_size) = blob(&std::fs::read(&layer_tar).unwrap());
+    let (config, config_size) = blob(
+        format!(
+            r#"{{"architecture":"amd64","os":"linux","config":{{}},"rootfs":{{"type":"layers","diff_ids":["sha256:{layer}"]}}}}"#
+        )
+        .as_bytes(),
+    );
+    let (manifest, manifest_size) = blob(
+        format!(
+            r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:{config}","size":{config_size}}},"layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"sha256:{layer}","size":{layer_size}}}]}}"#
+        )
+        .as_bytes(),
+    );
+    std::fs::write(
+        layout.join("index.json"),
+        format!(
+            r#"{{"schemaVersion":2,"manifests":[{{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:{manifest}","size":{manifest_size},"annotations":{{"io.containerd.image.name":"docker.io/library/pwtest:1","org.opencontainers.image.ref.name":"1"}}}}]}}"#
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        layout.join("oci-layout"),
+        r#"{"imageLayoutVersion":"1.0.0"}"#,
+    )
+    .unwrap();
+    let tar = dir.join("image.tar");
+    let status = Command::new("tar")
+        .arg("-C")
+        .arg(&layout)
+        .arg("-cf")
+        .arg(&tar)
+        .arg(".")
+        .status()
+        .unwrap();
+    assert!(status.success(), "tar: {status}");
+    tar
+}
