@@ -208,7 +208,18 @@ pub fn check(
     // SO_REUSEPORT shares only within one uid: the deploy's (root unless
     // --user says otherwise), not the holders'.
     let judged = engine::judge_as(&batch, Some(user.unwrap_or(0)))?;
-    Ok(classify(plan, &judged.judgements, &host, user))
+    let mut checked = classify(plan, &judged.judgements, &host, user);
+    // Before Linux 6.10 a TCP socket bound without listen() is not listed:
+    // a "free" TCP port may be held unseen, and the answer says so.
+    if let Some(unseen) = &judged.unseen {
+        for c in checked
+            .iter_mut()
+            .filter(|c| c.proto == crate::request::Proto::Tcp && !c.fails && c.note.is_none())
+        {
+            c.note = Some(unseen.clone());
+        }
+    }
+    Ok(checked)
 }
 
 /// The verdict on each entry of `plan`, given the engine's judgement of
