@@ -16,7 +16,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::*;
+use common::{apache::Apache, *};
 use serde_json::Value;
 
 /// A namespace whose ephemeral range (50000-60999) is clear of `port()`'s
@@ -193,62 +193,6 @@ fn agrees(code: i32, v: &[Value], nginx: &Result<Child, String>) {
         }
         if o["fails"] == true && o["conflicts_with"].as_array().unwrap().is_empty() {
             assert!(failed, "check said it fails, nginx bound it: {err}\n{o:#}");
-        }
-    }
-}
-
-/// A running Apache (daemonized by `-k start`) with `Listen P`: [::]:P
-/// without IPV6_V6ONLY, its master root, its workers www-data.
-struct Apache {
-    pid: u32,
-}
-
-impl Apache {
-    fn start(dir: &Path, port: u16) -> Apache {
-        let d = dir.display();
-        let conf = dir.join("httpd.conf");
-        write(
-            &conf,
-            &format!(
-                "ServerRoot {d}\nServerName localhost\n\
-                 LoadModule mpm_prefork_module /usr/lib/apache2/modules/mod_mpm_prefork.so\n\
-                 User www-data\nGroup www-data\nListen {port}\n\
-                 PidFile {d}/httpd.pid\nDefaultRuntimeDir {d}\nErrorLog {d}/error.log\n\
-                 StartServers 2\n"
-            ),
-        );
-        let status = Command::new("/usr/sbin/apache2")
-            .arg("-f")
-            .arg(&conf)
-            .args(["-k", "start"])
-            .stdin(Stdio::null())
-            .status()
-            .expect("apache2 is needed (cargo xtask test installs Debian's package)");
-        assert!(status.success(), "apache2 -k start: {status}");
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let pid = std::fs::read_to_string(dir.join("httpd.pid"))
-                .ok()
-                .and_then(|p| p.trim().parse().ok());
-            if let (Some(pid), true) = (pid, TcpStream::connect(v4(port)).is_ok()) {
-                return Apache { pid };
-            }
-            assert!(Instant::now() < deadline, "apache2 never listened");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Apache {
-    fn drop(&mut self) {
-        let pid = nix::unistd::Pid::from_raw(self.pid as i32);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Path::new(&format!("/proc/{}", self.pid)).exists() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        if Path::new(&format!("/proc/{}", self.pid)).exists() {
-            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
         }
     }
 }

@@ -9,6 +9,7 @@
     reason = "each test binary uses a different part of the harness"
 )]
 
+pub mod apache;
 pub mod containerd;
 pub mod docker;
 
