@@ -18,7 +18,10 @@ use std::{
     sync::Arc,
 };
 
-use common::{docker::Docker, *};
+use common::{
+    docker::{compose, Docker},
+    *,
+};
 use saphyr::{LoadableYamlNode as _, Scalar, Yaml};
 use serde_json::Value;
 
@@ -31,21 +34,6 @@ fn netns(comm: &str) -> Netns {
             .expect("set ip_local_port_range")
     });
     ns
-}
-
-/// `docker-compose ARGS` in `dir`, against `docker`'s daemon, from the
-/// namespace (its networks and published ports live there).
-fn compose(docker: &Docker, ns: &Netns, dir: &Path, args: &[&str]) -> Output {
-    let (host, dir) = (docker.host(), dir.to_owned());
-    let args: Vec<String> = args.iter().map(|&a| a.to_owned()).collect();
-    ns.run(move || {
-        Command::new("docker-compose")
-            .args(&args)
-            .current_dir(dir)
-            .env("DOCKER_HOST", host)
-            .output()
-            .expect("run docker-compose (Debian's docker-compose package)")
-    })
 }
 
 /// `portwatch check ARGS --json` in `ns`, in `dir`: the exit status, the

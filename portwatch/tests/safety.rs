@@ -10,28 +10,12 @@
 
 mod common;
 
-use std::{
-    path::Path,
-    process::{Command, Output},
-    sync::Arc,
+use std::{path::Path, process::Command, sync::Arc};
+
+use common::{
+    docker::{compose, Docker},
+    *,
 };
-
-use common::{docker::Docker, *};
-
-/// `docker-compose ARGS` in `dir`, against `docker`'s daemon, from the
-/// namespace (its networks and published ports live there).
-fn compose(docker: &Docker, ns: &Netns, dir: &Path, args: &[&str]) -> Output {
-    let (host, dir) = (docker.host(), dir.to_owned());
-    let args: Vec<String> = args.iter().map(|&a| a.to_owned()).collect();
-    ns.run(move || {
-        Command::new("docker-compose")
-            .args(&args)
-            .current_dir(dir)
-            .env("DOCKER_HOST", host)
-            .output()
-            .expect("run docker-compose (Debian's docker-compose package)")
-    })
-}
 
 /// A compose project `pwshop` whose service `cart` publishes a port, made
 /// with Debian's docker-compose 1.29: `who PORT` names the service with

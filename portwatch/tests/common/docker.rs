@@ -3,7 +3,7 @@
 //! the test started is stopped, by its pid.
 
 use std::{
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
     sync::Arc,
     time::{Duration, Instant},
@@ -13,7 +13,7 @@ use super::Netns;
 
 /// A root filesystem of busybox-static alone, as a tar file under `dir`,
 /// for `docker import` and `podman import` (no registry is reachable).
-pub fn busybox_rootfs(dir: &std::path::Path) -> PathBuf {
+pub fn busybox_rootfs(dir: &Path) -> PathBuf {
     let root = dir.join("rootfs");
     std::fs::create_dir_all(root.join("bin")).unwrap();
     std::fs::copy("/bin/busybox", root.join("bin/busybox")).expect("busybox-static");
@@ -153,4 +153,19 @@ impl Docker {
     pub fn host(&self) -> String {
         format!("unix://{}", self.dir.join("sock").display())
     }
+}
+
+/// `docker-compose ARGS` in `dir`, against `docker`'s daemon, from the
+/// namespace (its networks and published ports live there).
+pub fn compose(docker: &Docker, ns: &Netns, dir: &Path, args: &[&str]) -> Output {
+    let (host, dir) = (docker.host(), dir.to_owned());
+    let args: Vec<String> = args.iter().map(|&a| a.to_owned()).collect();
+    ns.run(move || {
+        Command::new("docker-compose")
+            .args(&args)
+            .current_dir(dir)
+            .env("DOCKER_HOST", host)
+            .output()
+            .expect("run docker-compose (Debian's docker-compose package)")
+    })
 }
