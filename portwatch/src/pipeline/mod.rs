@@ -25,7 +25,7 @@ use std::{
     io::{self, Write},
     net::IpAddr,
     sync::{
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
         mpsc as std_mpsc, Arc, Mutex,
     },
     time::{Duration, Instant},
@@ -47,8 +47,48 @@ use portwatch_core::{
 
 use crate::metrics::Metrics;
 
-/// Evidence shared by the events of one storm.
-type StormEvidence = watch::Receiver<Option<Arc<Evidence>>>;
+/// Where one lookup is: shared by the events of one storm.
+#[derive(Clone)]
+enum LookupState {
+    /// Waiting for a lookup thread.
+    Queued,
+    /// A lookup thread took it then: it has `--lookup-timeout` from now.
+    Running(Instant),
+    /// Its answer.
+    Done(Arc<Evidence>),
+}
+
+/// Evidence shared by the events of one storm, once it is in.
+type StormEvidence = watch::Receiver<LookupState>;
+
+/// When a lookup thread last took or finished a batch: a queued lookup is
+/// waited for while they keep going (a burst's queue drains in its own
+/// time), and given up on once they stop (a /proc read that hangs).
+struct Progress {
+    epoch: Instant,
+    /// Milliseconds since `epoch`.
+    last_ms: AtomicU64,
+}
+
+impl Progress {
+    fn new() -> Self {
+        Self {
+            epoch: Instant::now(),
+            last_ms: AtomicU64::new(0),
+        }
+    }
+
+    /// A lookup thread moved on.
+    fn mark(&self) {
+        let ms = self.epoch.elapsed().as_millis() as u64;
+        self.last_ms.fetch_max(ms, Ordering::Relaxed);
+    }
+
+    /// When a lookup thread last moved on.
+    fn last(&self) -> Instant {
+        self.epoch + Duration::from_millis(self.last_ms.load(Ordering::Relaxed))
+    }
+}
 
 /// What identifies identical evidence: the request (port and address in
 /// its namespace), the failure, and the kernel's view of the holder then.
@@ -146,7 +186,7 @@ struct Hurry {
 /// A lookup for a lookup thread.
 struct Job {
     req: Request,
-    answer: watch::Sender<Option<Arc<Evidence>>>,
+    answer: watch::Sender<LookupState>,
 }
 
 /// The lookup threads' queue; they end when it is dropped.
@@ -155,11 +195,21 @@ struct Lookups {
 }
 
 impl Lookups {
-    fn start(enricher: Arc<Enricher>, delay: LookupDelay, metrics: Option<Metrics>) -> Self {
+    fn start(
+        enricher: Arc<Enricher>,
+        delay: LookupDelay,
+        metrics: Option<Metrics>,
+        progress: Arc<Progress>,
+    ) -> Self {
         let (queue, jobs) = std_mpsc::sync_channel(LOOKUP_QUEUE);
         let jobs = Arc::new(Mutex::new(jobs));
         for _ in 0..LOOKUP_THREADS {
-            let (jobs, enricher, metrics) = (jobs.clone(), enricher.clone(), metrics.clone());
+            let (jobs, enricher, metrics, progress) = (
+                jobs.clone(),
+                enricher.clone(),
+                metrics.clone(),
+                progress.clone(),
+            );
             let started = std::thread::Builder::new()
                 .name("pw-lookup".into())
                 .spawn(move || {
@@ -174,7 +224,7 @@ impl Lookups {
                             LOOKUP_NICE,
                         )
                     };
-                    serve_lookups(&jobs, &enricher, delay, metrics.as_ref())
+                    serve_lookups(&jobs, &enricher, delay, metrics.as_ref(), &progress)
                 });
             if let Err(e) = started {
                 // Fewer threads only means more shed lookups.
@@ -209,6 +259,7 @@ fn serve_lookups(
     enricher: &Enricher,
     delay: LookupDelay,
     metrics: Option<&Metrics>,
+    progress: &Progress,
 ) {
     loop {
         let batch: Vec<Job> = {
@@ -219,17 +270,23 @@ fn serve_lookups(
                 .take(LOOKUP_BATCH)
                 .collect()
         };
-        pause(delay);
         let started = Instant::now();
+        progress.mark();
+        for job in &batch {
+            job.answer.send_replace(LookupState::Running(started));
+        }
+        pause(delay);
+        let looking = Instant::now();
         let reqs: Vec<Request> = batch.iter().map(|j| j.req.clone()).collect();
         let found = enricher.evidence_many(&reqs);
-        let took = started.elapsed();
+        let took = looking.elapsed();
         for (job, evidence) in batch.into_iter().zip(found) {
             if let Some(m) = metrics {
                 m.lookup(&evidence, took);
             }
-            let _ = job.answer.send(Some(Arc::new(evidence)));
+            let _ = job.answer.send(LookupState::Done(Arc::new(evidence)));
         }
+        progress.mark();
     }
 }
 
@@ -260,6 +317,11 @@ pub struct Pipeline {
     recent: HashMap<StormKey, (Instant, StormEvidence)>,
     /// When `recent` last lost its stale keys.
     pruned: Instant,
+    /// The size of `recent` that makes it lose them before `SHARE_FOR`
+    /// has passed: twice what was left the last time, so a burst that
+    /// keeps it over [`RECENT_CAP`] pays for each key once (linear), not
+    /// for the whole map at every new key.
+    prune_at: usize,
     timeout: Duration,
 }
 
@@ -282,6 +344,7 @@ impl Pipeline {
         let (tx, rx) = mpsc::unbounded_channel();
         let room = Arc::new(Semaphore::new(QUEUE));
         let hurry = Arc::new(Hurry::default());
+        let progress = Arc::new(Progress::new());
         let writer = tokio::spawn(writer::write(
             rx,
             out,
@@ -294,17 +357,19 @@ impl Pipeline {
                 journald: opts.journald,
                 hurry: hurry.clone(),
                 room: room.clone(),
+                progress: progress.clone(),
             },
         ));
         let pipeline = Self {
             lookups: opts
                 .enricher
-                .map(|e| Lookups::start(e, opts.delay, metrics)),
+                .map(|e| Lookups::start(e, opts.delay, metrics, progress)),
             tx,
             room,
             hurry,
             recent: HashMap::new(),
             pruned: Instant::now(),
+            prune_at: RECENT_CAP,
             timeout: opts.timeout,
         };
         (pipeline, writer)
@@ -370,12 +435,13 @@ impl Pipeline {
         // Stale keys go every SHARE_FOR, not only at the cap: each holds its
         // storm's evidence (holders, their processes), and under process
         // churn thousands of one-event keys kept that alive for nothing.
-        if self.recent.len() > RECENT_CAP || now.duration_since(self.pruned) >= SHARE_FOR {
+        if self.recent.len() > self.prune_at || now.duration_since(self.pruned) >= SHARE_FOR {
             self.recent
                 .retain(|_, (at, _)| now.duration_since(*at) < SHARE_FOR);
             self.pruned = now;
+            self.prune_at = RECENT_CAP.max(2 * self.recent.len());
         }
-        let (answer, rx) = watch::channel(None);
+        let (answer, rx) = watch::channel(LookupState::Queued);
         let job = Job {
             req: ev.request(),
             answer,

@@ -6,7 +6,14 @@
 //! reader, so a slow /proc or netlink answer delays only the output of its
 //! own event (see `crate::pipeline`).
 
-use std::{collections::HashMap, io, net::SocketAddr, os::fd::AsFd, sync::Mutex, time::Duration};
+use std::{
+    collections::HashMap,
+    io,
+    net::SocketAddr,
+    os::fd::AsFd,
+    sync::Mutex,
+    time::{Duration, Instant},
+};
 
 mod owners;
 
@@ -49,6 +56,9 @@ pub struct Enricher {
     index_max_age: Duration,
     /// The commands of this host fixes may name, probed once.
     tools: HostTools,
+    /// When it was made: a batch's sockets (`for_batch`) were dumped
+    /// before, so a walk of /proc after it knows their owners.
+    created: Instant,
 }
 
 impl Enricher {
@@ -65,6 +75,7 @@ impl Enricher {
             tick_ns: 1_000_000_000 / u64::try_from(hz).unwrap_or(100).max(1),
             index_max_age: INDEX_MAX_AGE,
             tools: HostTools::probe(),
+            created: Instant::now(),
         }
     }
 
@@ -186,6 +197,9 @@ impl Enricher {
     ) -> io::Result<Looked> {
         let bound_inactive = self.bound_inactive && protocol == 6;
         let look = || -> io::Result<Looked> {
+            // Before the dump: a walk of /proc from now on knows every
+            // owner of what it lists.
+            let at = Instant::now();
             let sockets = match dump {
                 Some(port) => sockdiag::dump(protocol, port, bound_inactive)?,
                 None => Vec::new(),
@@ -198,6 +212,7 @@ impl Enricher {
                 sockets,
                 sysctls,
                 devices,
+                at,
             })
         };
         self.in_netns(netns, candidates, look)?
@@ -258,7 +273,7 @@ impl Enricher {
             }
             return evidence;
         }
-        evidence.holders = self.holders(req, sockets, &look.devices);
+        evidence.holders = self.holders(req, sockets, &look.devices, look.at);
         // Only connections without a listener need to know who opened
         // them: a storm on a listener's port pays no peer dumps.
         let connections_only = evidence
@@ -308,7 +323,7 @@ impl Enricher {
         sysctls: sysctl::Sysctls,
         devices: &Devices,
     ) -> Evidence {
-        let mut holders = self.holders(req, sockets, devices);
+        let mut holders = self.holders(req, sockets, devices, self.created);
         if holders.iter().any(unowned_udp) {
             name_kernel_holders(kernel::udp_port_devices(req.port), &mut holders);
         }
@@ -377,7 +392,7 @@ impl Enricher {
                     let pids = self
                         .index
                         .lock()
-                        .map(|mut i| i.owners(s.inode, &[], self.index_max_age))
+                        .map(|mut i| i.owners(s.inode, &[], self.index_max_age, self.created))
                         .unwrap_or_default();
                     self.own(&mut h, pids, None);
                 }
@@ -460,6 +475,8 @@ struct Looked {
     sysctls: sysctl::Sysctls,
     /// Its devices, as far as the device rule needs them.
     devices: Devices,
+    /// When the dump started.
+    at: Instant,
 }
 
 /// Names the device configured with the port (from one rtnetlink dump in

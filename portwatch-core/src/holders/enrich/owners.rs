@@ -6,12 +6,14 @@ use super::*;
 
 impl Enricher {
     /// The sockets in the way of `req`, merged with the kernel's record:
-    /// not those another device or VRF keeps apart (`devices`).
+    /// not those another device or VRF keeps apart (`devices`). `dumped`:
+    /// when the dump that listed `sockets` started.
     pub(super) fn holders(
         &self,
         req: &Request,
         sockets: &[DiagSocket],
         devices: &Devices,
+        dumped: Instant,
     ) -> Vec<Holder> {
         let hints = hints(req);
         let mut holders: Vec<Holder> = Vec::new();
@@ -50,7 +52,7 @@ impl Enricher {
             } else {
                 self.index
                     .lock()
-                    .map(|mut i| i.owners(s.inode, &hints, self.index_max_age))
+                    .map(|mut i| i.owners(s.inode, &hints, self.index_max_age, dumped))
                     .unwrap_or_default()
             };
             // listen() failing: its own socket is bound to the port too.
