@@ -54,6 +54,10 @@ pub struct WhoReport {
     /// The commands of this host the fixes may name.
     #[serde(skip)]
     pub tools: crate::tools::HostTools,
+    /// How the sockets' owners were found (`"walk"`). Absent from older
+    /// reports.
+    #[serde(default)]
+    pub lookup: crate::holders::OwnerLookup,
 }
 
 impl WhoReport {
@@ -73,6 +77,7 @@ impl WhoReport {
             binds: j.binds,
             verdict: j.verdict,
             tools: j.tools,
+            lookup: j.lookup,
         }
     }
 }

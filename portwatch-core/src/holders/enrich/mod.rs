@@ -96,6 +96,11 @@ impl Enricher {
         }
     }
 
+    /// Which path finds the sockets' owners.
+    pub fn lookup(&self) -> super::OwnerLookup {
+        super::OwnerLookup::Walk
+    }
+
     /// How many times /proc was walked for socket owners.
     pub fn proc_walks(&self) -> usize {
         self.index.lock().map_or(0, |i| i.walks())

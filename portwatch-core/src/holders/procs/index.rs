@@ -273,7 +273,7 @@ mod tests {
         os::{fd::AsRawFd, unix::net::UnixDatagram},
     };
 
-    use portwatch_test_support::{inode_of, Process};
+    use portwatch_test_support::{inode_of, recv_fd, send_fd, Process};
 
     use super::*;
 
@@ -392,7 +392,7 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let inode = inode_of(&listener);
         let (tx, rx) = UnixDatagram::pair().unwrap();
-        send_fd(&tx, listener.as_raw_fd());
+        send_fd(tx.as_raw_fd(), listener.as_raw_fd());
         drop(listener);
         drop(tx);
         // The socket is only in flight now; the child takes it from the
@@ -412,62 +412,5 @@ mod tests {
             fresh.owners(inode, &[], Duration::MAX, since),
             vec![receiver.pid]
         );
-    }
-
-    /// Sends `fd` over `sock` as SCM_RIGHTS.
-    fn send_fd(sock: &UnixDatagram, fd: i32) {
-        let mut byte = [0u8; 1];
-        let mut iov = libc::iovec {
-            iov_base: byte.as_mut_ptr().cast(),
-            iov_len: 1,
-        };
-        // u64s: aligned for cmsghdr.
-        let mut space = [0u64; 8];
-        // SAFETY: msghdr and its control buffer point at live locals; the
-        // CMSG macros stay inside `space`, which is larger than
-        // CMSG_SPACE(sizeof(int)).
-        unsafe {
-            let mut msg: libc::msghdr = std::mem::zeroed();
-            msg.msg_iov = &raw mut iov;
-            msg.msg_iovlen = 1;
-            msg.msg_control = space.as_mut_ptr().cast();
-            msg.msg_controllen = libc::CMSG_SPACE(size_of::<i32>() as u32) as usize;
-            let cmsg = libc::CMSG_FIRSTHDR(&raw const msg);
-            (*cmsg).cmsg_level = libc::SOL_SOCKET;
-            (*cmsg).cmsg_type = libc::SCM_RIGHTS;
-            (*cmsg).cmsg_len = libc::CMSG_LEN(size_of::<i32>() as u32) as usize;
-            libc::CMSG_DATA(cmsg).cast::<i32>().write_unaligned(fd);
-            assert_eq!(libc::sendmsg(sock.as_raw_fd(), &raw const msg, 0), 1);
-        }
-    }
-
-    /// Receives one fd sent as SCM_RIGHTS on `sock`; -1 on failure. Plain
-    /// system calls only: it runs in a forked child.
-    fn recv_fd(sock: i32) -> i32 {
-        let mut byte = [0u8; 1];
-        let mut iov = libc::iovec {
-            iov_base: byte.as_mut_ptr().cast(),
-            iov_len: 1,
-        };
-        let mut space = [0u64; 8];
-        // SAFETY: as in send_fd; the fd is read only from a control
-        // message the kernel says is SCM_RIGHTS.
-        unsafe {
-            let mut msg: libc::msghdr = std::mem::zeroed();
-            msg.msg_iov = &raw mut iov;
-            msg.msg_iovlen = 1;
-            msg.msg_control = space.as_mut_ptr().cast();
-            msg.msg_controllen = size_of_val(&space);
-            if libc::recvmsg(sock, &raw mut msg, 0) != 1 {
-                return -1;
-            }
-            let cmsg = libc::CMSG_FIRSTHDR(&raw const msg);
-            if cmsg.is_null() || (*cmsg).cmsg_type != libc::SCM_RIGHTS {
-                return -1;
-            }
-            let fd = libc::CMSG_DATA(cmsg).cast::<i32>().read_unaligned();
-            libc::close(sock);
-            fd
-        }
     }
 }
