@@ -1,6 +1,7 @@
 //! `cargo xtask bench`'s `who` section: `portwatch who P` against the tools
 //! it replaces, side by side in one run, on a namespace where 1,000 extra
-//! processes hold 5,000 TCP sockets. Every tool must name the same holder.
+//! processes hold 5,000 TCP sockets, then one where 10,000 hold 50,000 (a
+//! busy Kubernetes node's count). Every tool must name the same holder.
 
 use std::{path::Path, process::Command, time::Instant};
 
@@ -9,12 +10,10 @@ use portwatch_test_support::{Netns, Process};
 
 use crate::{load::median, setup};
 
-const PROCESSES: u16 = 1000;
-const SOCKETS: u16 = 5;
-const BASE: u16 = 30000;
-
-/// The port asked about: held by the 501st process, its third socket.
-const PORT: u16 = BASE + 500 * SOCKETS + 2;
+/// (processes, listeners each): the two sizes measured.
+const SIZES: [(u16, u16); 2] = [(1000, 5), (10_000, 5)];
+/// The first port held: 50,000 listeners take 10000..=59999.
+const BASE: u16 = 10000;
 
 fn listener(port: u16) -> bool {
     // SAFETY: plain system calls on fds this (forked) child owns.
@@ -38,20 +37,45 @@ fn listener(port: u16) -> bool {
     }
 }
 
-/// Runs the comparison; returns the lines for BENCHMARKS.md.
+/// Runs the comparison at each size; returns the lines for BENCHMARKS.md.
 pub fn who_speed(bin: &Path, rounds: usize) -> Result<Vec<String>> {
     setup::ensure_packages(&[("lsof", "lsof"), ("fuser", "psmisc"), ("ss", "iproute2")])?;
+    let mut report = Vec::new();
+    for (processes, sockets) in SIZES {
+        if !report.is_empty() {
+            report.push(String::new());
+        }
+        report.extend(one_size(bin, rounds, processes, sockets)?);
+    }
+    Ok(report)
+}
+
+/// `processes` extra processes, each holding `sockets` listeners; the port
+/// asked about is held by the middle one (its third socket).
+fn one_size(bin: &Path, rounds: usize, processes: u16, sockets: u16) -> Result<Vec<String>> {
     let ns = Netns::new("pw-bench-who");
-    let holders: Vec<Process> = ns.run(|| {
-        (0..PROCESSES)
-            .map(|i| Process::fork(move || (0..SOCKETS).all(|k| listener(BASE + i * SOCKETS + k))))
+    let started = Instant::now();
+    let holders: Vec<Process> = ns.run(move || {
+        (0..processes)
+            .map(|i| {
+                Process::fork(move || {
+                    (0..sockets).all(|k| listener(BASE + (i * sockets + k) % 50_000))
+                })
+            })
             .collect()
     });
-    let expected = holders[500].pid;
-    let p = PORT.to_string();
-    let sport = format!("sport = :{PORT}");
-    let fuser_arg = format!("{PORT}/tcp");
-    let lsof_arg = format!("-iTCP:{PORT}");
+    eprintln!(
+        "bench: who: {processes} processes holding {} listeners started in {:.1} s",
+        u32::from(processes) * u32::from(sockets),
+        started.elapsed().as_secs_f64()
+    );
+    let middle = processes / 2;
+    let expected = holders[usize::from(middle)].pid;
+    let port = BASE + middle * sockets + 2;
+    let p = port.to_string();
+    let sport = format!("sport = :{port}");
+    let fuser_arg = format!("{port}/tcp");
+    let lsof_arg = format!("-iTCP:{port}");
     let bin = bin.to_owned();
     let tools: Vec<(&str, Vec<String>)> = vec![
         (
@@ -95,8 +119,8 @@ pub fn who_speed(bin: &Path, rounds: usize) -> Result<Vec<String>> {
     let who = median(times[3].clone());
     let mut report = vec![
         format!(
-            "`who`, {PROCESSES} extra processes holding {} TCP listeners in one network namespace, {} rounds, the same holder (pid) named by each:",
-            u32::from(PROCESSES) * u32::from(SOCKETS),
+            "`who`, {processes} extra processes holding {} TCP listeners in one network namespace, {} rounds, the same holder (pid) named by each:",
+            u32::from(processes) * u32::from(sockets),
             rounds.max(3)
         ),
         String::new(),
@@ -110,7 +134,7 @@ pub fn who_speed(bin: &Path, rounds: usize) -> Result<Vec<String>> {
             "| `{name}` | {med:.1} | {min:.1} | {:.2}x |",
             med / who
         ));
-        eprintln!("bench: who: {name} {med:.1} ms");
+        eprintln!("bench: who ({processes} processes): {name} {med:.1} ms");
     }
     Ok(report)
 }
