@@ -314,15 +314,58 @@ pub struct Pipeline {
     /// Room for events in the writer's queue.
     room: Arc<Semaphore>,
     hurry: Arc<Hurry>,
-    recent: HashMap<StormKey, (Instant, StormEvidence)>,
-    /// When `recent` last lost its stale keys.
-    pruned: Instant,
-    /// The size of `recent` that makes it lose them before `SHARE_FOR`
-    /// has passed: twice what was left the last time, so a burst that
-    /// keeps it over [`RECENT_CAP`] pays for each key once (linear), not
-    /// for the whole map at every new key.
-    prune_at: usize,
+    recent: Recent<StormKey, StormEvidence>,
     timeout: Duration,
+}
+
+/// The storm keys of the last [`SHARE_FOR`], each with its lookup.
+struct Recent<K, V> {
+    map: HashMap<K, (Instant, V)>,
+    /// When `map` last lost its stale keys.
+    pruned: Instant,
+    /// The size of `map` that makes it lose them before `SHARE_FOR` has
+    /// passed: twice what was left the last time, so a burst that keeps it
+    /// over [`RECENT_CAP`] pays for each key a bounded number of times
+    /// (linear), not for the whole map at every new key.
+    prune_at: usize,
+    /// Sweeps so far.
+    sweeps: usize,
+}
+
+impl<K: std::hash::Hash + Eq, V: Clone> Recent<K, V> {
+    fn new() -> Self {
+        Self {
+            map: HashMap::new(),
+            pruned: Instant::now(),
+            prune_at: RECENT_CAP,
+            sweeps: 0,
+        }
+    }
+
+    /// The lookup `key` shares, if one started within [`SHARE_FOR`].
+    fn get(&self, key: &K, now: Instant) -> Option<V> {
+        self.map
+            .get(key)
+            .filter(|(at, _)| now.duration_since(*at) < SHARE_FOR)
+            .map(|(_, v)| v.clone())
+    }
+
+    /// Stale keys go every SHARE_FOR, not only at the cap: each holds its
+    /// storm's evidence (holders, their processes), and under process
+    /// churn thousands of one-event keys kept that alive for nothing.
+    fn sweep(&mut self, now: Instant) {
+        if self.map.len() > self.prune_at || now.duration_since(self.pruned) >= SHARE_FOR {
+            self.map
+                .retain(|_, (at, _)| now.duration_since(*at) < SHARE_FOR);
+            self.pruned = now;
+            self.prune_at = RECENT_CAP.max(2 * self.map.len());
+            self.sweeps += 1;
+        }
+    }
+
+    fn insert(&mut self, key: K, now: Instant, v: V) {
+        self.map.insert(key, (now, v));
+    }
 }
 
 /// The writer task.
@@ -367,9 +410,7 @@ impl Pipeline {
             tx,
             room,
             hurry,
-            recent: HashMap::new(),
-            pruned: Instant::now(),
-            prune_at: RECENT_CAP,
+            recent: Recent::new(),
             timeout: opts.timeout,
         };
         (pipeline, writer)
@@ -427,20 +468,10 @@ impl Pipeline {
         };
         let key = StormKey::of(ev);
         let now = Instant::now();
-        if let Some((at, shared)) = self.recent.get(&key) {
-            if now.duration_since(*at) < SHARE_FOR {
-                return Lookup::Started(shared.clone());
-            }
+        if let Some(shared) = self.recent.get(&key, now) {
+            return Lookup::Started(shared);
         }
-        // Stale keys go every SHARE_FOR, not only at the cap: each holds its
-        // storm's evidence (holders, their processes), and under process
-        // churn thousands of one-event keys kept that alive for nothing.
-        if self.recent.len() > self.prune_at || now.duration_since(self.pruned) >= SHARE_FOR {
-            self.recent
-                .retain(|_, (at, _)| now.duration_since(*at) < SHARE_FOR);
-            self.pruned = now;
-            self.prune_at = RECENT_CAP.max(2 * self.recent.len());
-        }
+        self.recent.sweep(now);
         let (answer, rx) = watch::channel(LookupState::Queued);
         let job = Job {
             req: ev.request(),
@@ -449,7 +480,7 @@ impl Pipeline {
         if lookups.queue.try_send(job).is_err() {
             return Lookup::Shed;
         }
-        self.recent.insert(key, (now, rx.clone()));
+        self.recent.insert(key, now, rx.clone());
         Lookup::Started(rx)
     }
 }
@@ -485,5 +516,32 @@ pub async fn wind_down(
         // stdout closed (`| head`): what was shown is all that was wanted.
         Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(Unenriched::default()),
         Err(e) => Err(e).context("writing events"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A burst of 100,000 distinct keys within one SHARE_FOR (none stale):
+    /// the map is swept a handful of times (each time it has doubled), not
+    /// once per key past the cap, which was quadratic.
+    #[test]
+    fn a_burst_keeping_recent_over_its_cap_sweeps_it_a_few_times() {
+        let mut recent: Recent<u32, ()> = Recent::new();
+        let now = recent.pruned;
+        for key in 0..100_000u32 {
+            assert!(recent.get(&key, now).is_none());
+            recent.sweep(now);
+            recent.insert(key, now, ());
+        }
+        assert_eq!(recent.map.len(), 100_000);
+        // 4096 -> 8194 -> 16390 -> ... -> past 100,000: five sweeps.
+        assert!(recent.sweeps <= 6, "{} sweeps", recent.sweeps);
+        // A key of the burst is still shared; after SHARE_FOR all go.
+        assert!(recent.get(&7, now).is_some());
+        let later = now + SHARE_FOR;
+        recent.sweep(later);
+        assert!(recent.map.is_empty());
     }
 }
