@@ -765,7 +765,7 @@ fn lookup_timeout_prints_the_kernel_record() {
         "2000",
     ]);
     let held = ns.run(move || Process::fork(|| hold(v4(port), false, |_| {})));
-    let started = std::time::Instant::now();
+    let started = Instant::now();
     ns.run(move || drop(refused(v4(port), false)));
     let ev = tracer.event();
     assert!(
