@@ -315,8 +315,7 @@ fn lookups_slower_than_a_burst_are_shed_not_events() {
 /// A burst of 16,000 distinct failures from one process that holds the
 /// 16,000 listeners in the way (the C burst, with default
 /// settings): every event is named in full, the holder's pid verified and
-/// its command line read, none shed nor timed out, the last one within
-/// 10 s of the burst's end.
+/// its command line read, none shed nor timed out.
 #[test]
 fn burst_of_distinct_failures_is_named_in_full() {
     const PORTS: u16 = 16_000;
@@ -378,10 +377,8 @@ fn burst_of_distinct_failures_is_named_in_full() {
     assert!(wrong.is_empty(), "not named in full: {wrong:#?}\n{summary}");
     assert_eq!(summary["lookup_timeouts"], 0, "{summary}");
     assert_eq!(summary["lookups_shed"], 0, "{summary}");
-    assert!(
-        last < Duration::from_secs(10),
-        "the last event came {last:?} after the burst's end"
-    );
+    // How soon is the benchmark's target (`cargo xtask bench --only
+    // burst`), not this test's: the machine's load decides it.
     eprintln!("{PORTS} events named in full; the last {last:?} after the burst's end");
 }
 

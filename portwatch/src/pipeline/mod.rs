@@ -61,13 +61,18 @@ enum LookupState {
 /// Evidence shared by the events of one storm, once it is in.
 type StormEvidence = watch::Receiver<LookupState>;
 
-/// When a lookup thread last took or finished a batch: a queued lookup is
-/// waited for while they keep going (a burst's queue drains in its own
-/// time), and given up on once they stop (a /proc read that hangs).
+/// Whether the lookup threads are getting on: a lookup is waited for while
+/// they keep taking and answering batches, or are running (on a CPU or
+/// waiting for one: a burst's lookups on a loaded machine), and given up
+/// on once they have done neither for `--lookup-timeout` (blocked: a /proc
+/// read that hangs, a D-Bus peer that does not answer).
 struct Progress {
     epoch: Instant,
-    /// Milliseconds since `epoch`.
+    /// When a lookup thread last took or finished a batch, in milliseconds
+    /// since `epoch`.
     last_ms: AtomicU64,
+    /// The lookup threads' thread ids.
+    tids: Mutex<Vec<libc::pid_t>>,
 }
 
 impl Progress {
@@ -75,7 +80,33 @@ impl Progress {
         Self {
             epoch: Instant::now(),
             last_ms: AtomicU64::new(0),
+            tids: Mutex::new(Vec::new()),
         }
+    }
+
+    /// The calling thread is a lookup thread.
+    fn register(&self) {
+        if let Ok(mut tids) = self.tids.lock() {
+            // SAFETY: gettid has no preconditions.
+            tids.push(unsafe { libc::gettid() });
+        }
+    }
+
+    /// Whether a lookup thread is runnable now (state R in its stat: on a
+    /// CPU or in the run queue), not blocked nor idle.
+    fn running(&self) -> bool {
+        let Ok(tids) = self.tids.lock() else {
+            return false;
+        };
+        tids.iter().any(|tid| {
+            std::fs::read(format!("/proc/self/task/{tid}/stat")).is_ok_and(|stat| {
+                // The state follows the last ')' (comm may hold one).
+                stat.iter()
+                    .rposition(|&b| b == b')')
+                    .and_then(|i| stat.get(i + 2))
+                    == Some(&b'R')
+            })
+        })
     }
 
     /// A lookup thread moved on.
@@ -216,6 +247,7 @@ impl Lookups {
                     // Lookups are worth less than capture: on a busy CPU
                     // the ring buffer's reader goes first (a shed lookup
                     // costs a holder's name, a late reader costs events).
+                    progress.register();
                     // SAFETY: setpriority on this thread only.
                     unsafe {
                         libc::setpriority(

@@ -383,11 +383,11 @@ enum Answer {
 
 /// Waits for a lookup's answer, or until the reader finds the writer a
 /// whole queue behind. A lookup has `--lookup-timeout` from the event; past
-/// that, one that a lookup thread has taken has the timeout from then, and
-/// one still queued is waited for while the lookup threads keep taking and
-/// answering batches (a burst's queue is answered in full, however long
-/// it is), and given up on once they have not moved for the timeout (a
-/// lookup that hangs).
+/// that, it is waited for while the lookup threads get on (see
+/// [`Progress`]: a batch taken or answered within the timeout, or a lookup
+/// thread running), so a burst's queue is answered in full however long
+/// it is, and given up on once they are blocked for the timeout (a lookup
+/// that hangs).
 async fn wait_answer(
     shared: &mut StormEvidence,
     mut deadline: tokio::time::Instant,
@@ -412,15 +412,20 @@ async fn wait_answer(
             }
         };
         if due {
+            let last = waits.progress.last();
             let since = match &*shared.borrow() {
-                LookupState::Running(at) => *at,
-                _ => waits.progress.last(),
+                LookupState::Running(at) => last.max(*at),
+                _ => last,
             };
             let later = tokio::time::Instant::from_std(since + waits.timeout);
-            if later <= deadline {
+            deadline = if later > deadline {
+                later
+            } else if waits.progress.running() {
+                // Working, only slowly (a loaded machine): not hung.
+                deadline + waits.timeout
+            } else {
                 return Answer::TimedOut;
-            }
-            deadline = later;
+            };
         }
     }
 }
