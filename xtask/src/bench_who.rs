@@ -37,22 +37,39 @@ fn listener(port: u16) -> bool {
     }
 }
 
+/// CPU time (user + system, ms) of every child reaped so far.
+fn children_cpu_ms() -> f64 {
+    // SAFETY: getrusage fills the struct it is given.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &raw mut u) };
+    let ms = |t: libc::timeval| t.tv_sec as f64 * 1000.0 + t.tv_usec as f64 / 1000.0;
+    ms(u.ru_utime) + ms(u.ru_stime)
+}
+
 /// Runs the comparison at each size; returns the lines for BENCHMARKS.md.
-pub fn who_speed(bin: &Path, rounds: usize) -> Result<Vec<String>> {
+/// `baseline`: another portwatch build whose `who` runs beside this one's.
+pub fn who_speed(bin: &Path, baseline: Option<&Path>, rounds: usize) -> Result<Vec<String>> {
     setup::ensure_packages(&[("lsof", "lsof"), ("fuser", "psmisc"), ("ss", "iproute2")])?;
     let mut report = Vec::new();
     for (processes, sockets) in SIZES {
         if !report.is_empty() {
             report.push(String::new());
         }
-        report.extend(one_size(bin, rounds, processes, sockets)?);
+        report.extend(one_size(bin, baseline, rounds, processes, sockets)?);
     }
     Ok(report)
 }
 
 /// `processes` extra processes, each holding `sockets` listeners; the port
 /// asked about is held by the middle one (its third socket).
-fn one_size(bin: &Path, rounds: usize, processes: u16, sockets: u16) -> Result<Vec<String>> {
+fn one_size(
+    bin: &Path,
+    baseline: Option<&Path>,
+    rounds: usize,
+    processes: u16,
+    sockets: u16,
+) -> Result<Vec<String>> {
     let ns = Netns::new("pw-bench-who");
     let started = Instant::now();
     let holders: Vec<Process> = ns.run(move || {
@@ -77,7 +94,7 @@ fn one_size(bin: &Path, rounds: usize, processes: u16, sockets: u16) -> Result<V
     let fuser_arg = format!("{port}/tcp");
     let lsof_arg = format!("-iTCP:{port}");
     let bin = bin.to_owned();
-    let tools: Vec<(&str, Vec<String>)> = vec![
+    let mut tools: Vec<(&str, Vec<String>)> = vec![
         (
             "ss -Htanp 'sport = :P'",
             vec!["ss".into(), "-Htanp".into(), sport.clone()],
@@ -89,21 +106,32 @@ fn one_size(bin: &Path, rounds: usize, processes: u16, sockets: u16) -> Result<V
         ),
         (
             "portwatch who P",
-            vec![bin.display().to_string(), "who".into(), p],
+            vec![bin.display().to_string(), "who".into(), p.clone()],
         ),
         (
             "ss -Htan (no -p, no holders)",
             vec!["ss".into(), "-Htan".into(), sport],
         ),
     ];
+    if let Some(base) = baseline {
+        tools.push((
+            "portwatch who P (baseline build)",
+            vec![base.display().to_string(), "who".into(), p],
+        ));
+    }
     let mut times: Vec<Vec<f64>> = vec![Vec::new(); tools.len()];
+    // CPU time (user + system) of each run: what the tool did, apart from
+    // waiting for a CPU on a shared machine.
+    let mut cpu: Vec<Vec<f64>> = vec![Vec::new(); tools.len()];
     for _ in 0..rounds.max(3) {
         for (i, (name, argv)) in tools.iter().enumerate() {
             let argv = argv.clone();
-            let (ms, out) = ns.run(move || {
+            let (ms, cpu_ms, out) = ns.run(move || {
+                let c = children_cpu_ms();
                 let t = Instant::now();
                 let out = Command::new(&argv[0]).args(&argv[1..]).output();
-                (t.elapsed().as_secs_f64() * 1000.0, out)
+                let ms = t.elapsed().as_secs_f64() * 1000.0;
+                (ms, children_cpu_ms() - c, out)
             });
             let out = out?;
             let text = String::from_utf8_lossy(&out.stdout).into_owned()
@@ -113,10 +141,12 @@ fn one_size(bin: &Path, rounds: usize, processes: u16, sockets: u16) -> Result<V
                 bail!("{name} did not name pid {expected}: {text}");
             }
             times[i].push(ms);
+            cpu[i].push(cpu_ms);
         }
     }
     drop(holders);
     let who = median(times[3].clone());
+    let who_cpu = median(cpu[3].clone());
     let mut report = vec![
         format!(
             "`who`, {processes} extra processes holding {} TCP listeners in one network namespace, {} rounds, the same holder (pid) named by each:",
@@ -124,15 +154,17 @@ fn one_size(bin: &Path, rounds: usize, processes: u16, sockets: u16) -> Result<V
             rounds.max(3)
         ),
         String::new(),
-        "| tool | median (ms) | min (ms) | / portwatch who |".into(),
-        "|---|---|---|---|".into(),
+        "| tool | median (ms) | min (ms) | / portwatch who | CPU, user + system, median (ms) | CPU / portwatch who |".into(),
+        "|---|---|---|---|---|---|".into(),
     ];
     for (i, (name, _)) in tools.iter().enumerate() {
         let med = median(times[i].clone());
         let min = times[i].iter().copied().fold(f64::MAX, f64::min);
+        let c = median(cpu[i].clone());
         report.push(format!(
-            "| `{name}` | {med:.1} | {min:.1} | {:.2}x |",
-            med / who
+            "| `{name}` | {med:.1} | {min:.1} | {:.2}x | {c:.1} | {:.2}x |",
+            med / who,
+            c / who_cpu
         ));
         eprintln!("bench: who ({processes} processes): {name} {med:.1} ms");
     }
