@@ -332,7 +332,8 @@ pub struct PipelineOptions {
     pub enricher: Option<Arc<Enricher>>,
     /// How events are printed.
     pub format: Format,
-    /// Longest wait for one lookup.
+    /// `--lookup-timeout`: how long a lookup may keep an event waiting
+    /// while the lookup threads are blocked.
     pub timeout: Duration,
     /// Delay every lookup batch by this much (tests only).
     pub delay: LookupDelay,
