@@ -522,6 +522,35 @@ mod tests {
         Event,
     };
 
+    /// A recorded binder that has exited but is not reaped yet (a zombie:
+    /// its pid and comm remain, its command line is gone) is named as
+    /// exited, not as a live process without a command line.
+    #[test]
+    fn a_recorded_holder_not_reaped_yet_has_exited() {
+        let enricher = Enricher::new(false);
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !procs::proc_info(pid).is_some_and(|p| p.zombie) {
+            assert!(Instant::now() < deadline, "{pid} never became a zombie");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let mut req = Event::decode(&encode(&sample()), crate::clock::Clock::now())
+            .unwrap()
+            .request();
+        if let Some(r) = req.holder_record.as_mut() {
+            r.pid = pid;
+            // Bound after the child started: the same process.
+            r.running_ns = u64::MAX / 2;
+        }
+        let seen = enricher.recorded_only(&req, true);
+        child.wait().unwrap();
+        assert_eq!(seen.holders.len(), 1, "{seen:?}");
+        let h = &seen.holders[0];
+        assert_eq!(h.pid, Some(pid));
+        assert!(h.exited && h.cmdline.is_none(), "{h:?}");
+    }
+
     /// The kernel's record alone (the lookup timed out): a holder on
     /// another device than the failing socket's is not in its way; one on
     /// no device, or on the same, is.

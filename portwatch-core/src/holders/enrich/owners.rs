@@ -207,11 +207,12 @@ impl Enricher {
             .map_or(State::Closed, |s| State::from_kernel(req.proto, s));
         // Read afresh, not from the cache: this is the one question the
         // cache could answer wrong. A process started after the record is
-        // a reused pid, not the holder.
+        // a reused pid, not the holder; one not reaped yet has exited.
         let alive = look
             .then(|| procs::proc_info(r.pid))
             .flatten()
-            .filter(|p| p.start_time.saturating_mul(self.tick_ns) <= r.running_ns + self.tick_ns);
+            .filter(|p| p.start_time.saturating_mul(self.tick_ns) <= r.running_ns + self.tick_ns)
+            .filter(|p| !p.zombie);
         Some(Holder {
             pid: Some(r.pid),
             comm: Some(

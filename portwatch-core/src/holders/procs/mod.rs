@@ -57,6 +57,9 @@ pub struct ProcInfo {
     pub runtime: Option<Runtime>,
     /// Start time in clock ticks since boot (stat field 22); with `pid` it names one process.
     pub start_time: u64,
+    /// It has exited and waits to be reaped (state Z): its pid, comm and
+    /// start time remain, its files and command line are gone.
+    pub zombie: bool,
 }
 
 /// Reads one process; None if it does not exist (or vanishes mid-read).
@@ -99,6 +102,7 @@ pub fn proc_info(pid: u32) -> Option<ProcInfo> {
         container,
         runtime,
         start_time: stat.start_time,
+        zombie: stat.state == b'Z',
     })
 }
 
@@ -184,6 +188,8 @@ impl ProcCache {
 /// The fields of /proc/PID/stat that are used.
 struct Stat<'a> {
     comm: &'a [u8],
+    /// Field 3: R, S, D, Z...
+    state: u8,
     ppid: u32,
     start_time: u64,
 }
@@ -196,10 +202,12 @@ fn parse_stat(stat: &[u8]) -> Option<Stat<'_>> {
     let comm = stat.get(open + 1..close)?;
     let rest = std::str::from_utf8(stat.get(close + 1..)?).ok()?;
     let mut fields = rest.split_ascii_whitespace();
-    let ppid = fields.nth(1)?.parse().ok()?; // field 4
+    let state = *fields.next()?.as_bytes().first()?; // field 3
+    let ppid = fields.next()?.parse().ok()?; // field 4
     let start_time = fields.nth(17)?.parse().ok()?; // field 22
     Some(Stat {
         comm,
+        state,
         ppid,
         start_time,
     })
@@ -303,8 +311,8 @@ mod tests {
         let stat = b"42 (x) 7 8) (y) S 17 42 42 0 -1 4194560 1 2 3 4 5 6 7 8 20 0 1 0 987654 1 2";
         let s = parse_stat(stat).unwrap();
         assert_eq!(
-            (s.comm, s.ppid, s.start_time),
-            (&b"x) 7 8) (y"[..], 17, 987654)
+            (s.comm, s.state, s.ppid, s.start_time),
+            (&b"x) 7 8) (y"[..], b'S', 17, 987654)
         );
         assert!(parse_stat(b"42 (x S 1").is_none());
         assert!(parse_stat(b"").is_none());
