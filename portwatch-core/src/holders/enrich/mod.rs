@@ -531,7 +531,7 @@ mod tests {
         let mut child = std::process::Command::new("true").spawn().unwrap();
         let pid = child.id();
         let deadline = Instant::now() + Duration::from_secs(10);
-        while !procs::proc_info(pid).is_some_and(|p| p.zombie) {
+        while !procs::proc_info(pid).is_some_and(|p| p.exiting) {
             assert!(Instant::now() < deadline, "{pid} never became a zombie");
             std::thread::sleep(Duration::from_millis(5));
         }

@@ -96,7 +96,10 @@ impl Enricher {
         if let Some(p) = primary {
             h.pid = Some(p.pid);
             h.comm = Some(p.comm.clone());
-            h.cmdline = Some(p.cmdline.clone());
+            // Exiting, its memory gone: still holding the socket, for a
+            // moment, without a command line.
+            h.exited = p.exiting;
+            h.cmdline = (!p.exiting || !p.cmdline.is_empty()).then(|| p.cmdline.clone());
             h.unit = p.unit.clone();
             h.container = self.container_of(p);
             // dockerd listens on published ports itself when its userland
@@ -212,7 +215,7 @@ impl Enricher {
             .then(|| procs::proc_info(r.pid))
             .flatten()
             .filter(|p| p.start_time.saturating_mul(self.tick_ns) <= r.running_ns + self.tick_ns)
-            .filter(|p| !p.zombie);
+            .filter(|p| !p.exiting);
         Some(Holder {
             pid: Some(r.pid),
             comm: Some(
