@@ -206,6 +206,30 @@ fn docker_without_userland_proxy_names_the_container() {
     assert!(rule["to"].as_str().unwrap().ends_with(":80"), "{v:#}");
 }
 
+/// A port taken by a plain process of the host's own (not in a container,
+/// no runtime's helper): the answer is the process, and `who` reads no
+/// NAT table for it (three subprocesses) nor every process's name (to
+/// find dockerd's data roots): `dnat` and `published` stay empty though a
+/// DNAT rule names the port. With the holder gone, the same `who` reads
+/// the rule (a bind would succeed there).
+#[test]
+fn who_reads_no_nat_table_for_a_port_a_plain_process_holds() {
+    let ns = Netns::new("pw-dnat-held");
+    let port = port();
+    ns.run(move || dnat_to(port, "10.9.9.9:80"));
+    let mut held = ns.run(move || Process::fork(move || hold(v4(port), false, |_| {})));
+    let (code, v) = who(&ns, &[&port.to_string()]);
+    assert_eq!(code, 1, "{v:#}");
+    assert_eq!(v["reason"], "listener", "{v:#}");
+    assert_eq!(v["sockets"][0]["pid"], held.pid, "{v:#}");
+    assert_eq!(v["dnat"], serde_json::json!([]), "{v:#}");
+    assert_eq!(v["published"], serde_json::json!([]), "{v:#}");
+    held.kill();
+    let (code, v) = who(&ns, &[&port.to_string()]);
+    assert_eq!(code, 1, "{v:#}");
+    assert_eq!(v["dnat"][0]["to"], "10.9.9.9:80", "{v:#}");
+}
+
 /// A port published by a DNAT rule alone (Kubernetes hostPort and
 /// NodePort, a hand-made forward): a bind succeeds, but the traffic goes
 /// elsewhere. `who` says so and exits 1. The rule is a real one, in the

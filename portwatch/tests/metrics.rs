@@ -730,8 +730,11 @@ fn every_output_combination_counts_every_failure() {
 
 /// A burst of 16,000 distinct failures (one listener per port, then one
 /// failing bind per port, as fast as the loop goes) with default settings:
-/// none lost, every one written, and the metrics add up to all of them
-/// within seconds.
+/// none lost, every one written, and the metrics add up to all of them.
+/// An event is counted as it is written, once its holder is named in full:
+/// about 4 s after such a burst at a load of 7-10 on 2 cores (`cargo xtask
+/// bench --only burst`), longer when other builds starve the niced lookup
+/// threads; how soon is the benchmark's figure, not this test's.
 #[test]
 fn burst_of_sixteen_thousand_distinct_failures_loses_none() {
     const PORTS: u16 = 16_000;
@@ -767,7 +770,7 @@ fn burst_of_sixteen_thousand_distinct_failures_loses_none() {
         }
         held
     });
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + Duration::from_secs(60);
     let counted = loop {
         let (_, page) = ns.run(move || get(maddr, "/metrics"));
         let counted = total(&page, "portwatch_port_failures_total");
@@ -785,5 +788,5 @@ fn burst_of_sixteen_thousand_distinct_failures_loses_none() {
     let summary = notices.iter().find(|v| v["type"] == "summary").unwrap();
     assert_eq!(summary["lost"], 0, "{summary}");
     assert_eq!(events + rest.len(), usize::from(PORTS), "{summary}");
-    assert_eq!(counted, f64::from(PORTS), "metrics within 10 s; {summary}");
+    assert_eq!(counted, f64::from(PORTS), "metrics within 60 s; {summary}");
 }

@@ -8,6 +8,7 @@ mod common;
 use std::{
     collections::BTreeSet,
     net::{Ipv6Addr, SocketAddr, TcpStream},
+    os::fd::AsRawFd,
     process::Command,
     time::Duration,
 };
@@ -52,6 +53,73 @@ fn bind_of<'a>(v: &'a Value, option: &str) -> &'a Value {
 /// A namespace file path for `ns` (its thread's).
 fn ns_path(ns: &Netns) -> String {
     format!("/proc/{}/task/{}/ns/net", std::process::id(), ns.tid)
+}
+
+/// The walk finds every owner, whoever bound the socket: a listener shared
+/// by forked workers (the master bound it, the workers inherited it) names
+/// the master and both workers; one passed to another process (SCM_RIGHTS)
+/// and closed by the process that bound it names the receiver. `lookup`
+/// says which path answered.
+#[test]
+fn who_names_forked_workers_and_a_passed_socket() {
+    let ns = Netns::new("pw-who-owners");
+    let (shared, passed) = (port(), port());
+    let master = ns.run(move || {
+        Process::fork(move || {
+            if !hold(any4(shared), false, |_| {}) {
+                return false;
+            }
+            // Two workers, killed with their master (plain system calls
+            // only: this is a forked child).
+            (0..2).all(|_| {
+                // SAFETY: fork, prctl and pause in a single-threaded child.
+                match unsafe { libc::fork() } {
+                    0 => unsafe {
+                        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                        loop {
+                            libc::pause();
+                        }
+                    },
+                    pid => pid > 0,
+                }
+            })
+        })
+    });
+    let receiver = ns.run(move || {
+        let listener = socket(false, false);
+        bind(&listener, any4(passed)).expect("bind");
+        listener.listen(1).unwrap();
+        let (tx, rx) = std::os::unix::net::UnixDatagram::pair().unwrap();
+        send_fd(tx.as_raw_fd(), listener.as_raw_fd());
+        // Only in flight now: the child takes it from the queue.
+        drop(listener);
+        let rx_fd = rx.as_raw_fd();
+        Process::fork(move || recv_fd(rx_fd) >= 0)
+    });
+    let (code, v) = who(&ns, &[&shared.to_string()]);
+    assert_eq!(code, 1, "{v:#}");
+    assert_eq!(v["lookup"], "walk", "{v:#}");
+    let s = sockets(&v);
+    assert_eq!(s.len(), 1, "{v:#}");
+    assert_eq!(s[0]["pid"], master.pid, "the master, not a worker: {v:#}");
+    let pids: Vec<u64> = s[0]["pids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_u64)
+        .collect();
+    assert_eq!(pids.len(), 3, "{v:#}");
+    for &pid in pids.iter().filter(|&&p| p != u64::from(master.pid)) {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        let ppid = stat.rsplit(") ").next().unwrap().split(' ').nth(1).unwrap();
+        assert_eq!(ppid, master.pid.to_string(), "{pid} is not a worker");
+    }
+    let (code, v) = who(&ns, &[&passed.to_string()]);
+    assert_eq!(code, 1, "{v:#}");
+    let s = sockets(&v);
+    assert_eq!(s.len(), 1, "{v:#}");
+    assert_eq!(s[0]["pid"], receiver.pid, "{v:#}");
+    assert_eq!(s[0]["pids"], serde_json::json!([receiver.pid]), "{v:#}");
 }
 
 #[test]

@@ -8,6 +8,7 @@
 //! xtask installs.
 
 mod cgroup;
+mod fdpass;
 mod netns;
 mod process;
 mod scratch;
@@ -15,6 +16,7 @@ mod scratch;
 use std::os::fd::AsFd;
 
 pub use cgroup::{cgroup2_root, Cgroup};
+pub use fdpass::{recv_fd, send_fd};
 pub use netns::{enter_fresh_netns, in_fresh_netns, Netns};
 pub use process::Process;
 pub use scratch::Scratch;

@@ -43,7 +43,8 @@ pub struct BenchArgs {
     /// (e.g. the tests' build, whose hidden flags `--tracer-args` may use).
     #[arg(long, value_name = "BIN")]
     tracer_bin: Option<std::path::PathBuf>,
-    /// Another portwatch binary to measure beside this build (`burst`).
+    /// Another portwatch binary to measure beside this build (`burst`,
+    /// `who`).
     #[arg(long, value_name = "BIN")]
     baseline: Option<std::path::PathBuf>,
     /// Only the post-mortem section (report throughput, recording cost).
@@ -145,7 +146,11 @@ pub fn run(opts: &BenchArgs) -> Result<()> {
         return Ok(());
     }
     if opts.only.as_deref() == Some("who") {
-        println!("{}", crate::bench_who::who_speed(&bin, rounds)?.join("\n"));
+        let base = opts.baseline.as_deref();
+        println!(
+            "{}",
+            crate::bench_who::who_speed(&bin, base, rounds)?.join("\n")
+        );
         return Ok(());
     }
     let mut report = Vec::new();
@@ -256,7 +261,7 @@ pub fn run(opts: &BenchArgs) -> Result<()> {
         rounds.min(3),
     )?);
     report.push(String::new());
-    report.extend(crate::bench_who::who_speed(&bin, rounds)?);
+    report.extend(crate::bench_who::who_speed(&bin, None, rounds)?);
     report.extend(crate::bench_report::run(
         &bin,
         opts.storm_secs,

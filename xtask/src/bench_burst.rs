@@ -31,8 +31,9 @@ const PY_PORTS: u16 = 10_000;
 const BASE: u16 = 10_000;
 const METRICS: &str = "127.0.0.1:9464";
 
-/// A burst: (failures made, seconds its failing loop took).
-type Burst = fn() -> (u64, f64);
+/// A burst: (failures made, seconds its failing loop took, the holders'
+/// fds to close once its events are in).
+type Burst = fn() -> (u64, f64, Vec<i32>);
 
 /// One burst against one build.
 struct Outcome {
@@ -47,6 +48,22 @@ struct Outcome {
     slowest_scrape_ms: f64,
     shed: String,
     timeouts: u64,
+    /// Events named in full: holders looked up (not the kernel's record
+    /// alone), the holder's command line read, or its exit known.
+    named: u64,
+    /// Events written.
+    events: u64,
+    /// From the burst's end to the last event named in full.
+    last_named: Option<f64>,
+}
+
+/// Whether `ev` names its holder in full: looked up, with the command line
+/// of the process that holds the port, or the kernel's record of one that
+/// has exited.
+fn named_in_full(ev: &serde_json::Value) -> bool {
+    let h = &ev["holders"][0];
+    ev["enriched"] == true
+        && (h["cmdline"].as_str().is_some_and(|c| !c.is_empty()) || h["exited"] == true)
 }
 
 fn get(addr: SocketAddr) -> Result<String> {
@@ -95,7 +112,7 @@ fn scraper(ns: &Netns, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<f64> {
 fn measure(
     bin: &Path,
     ns: &Netns,
-    burst: impl FnOnce() -> (u64, f64) + Send + 'static,
+    burst: impl FnOnce() -> (u64, f64, Vec<i32>) + Send + 'static,
 ) -> Result<Outcome> {
     let bin = bin.to_owned();
     // Only this namespace: other failures on the machine are not the burst's.
@@ -105,14 +122,15 @@ fn measure(
         "--netns".into(),
         ns.arg(),
     ];
-    let t = ns.run(move || Tracer::start(&bin, &args))?;
+    let t = ns.run(move || Tracer::spawn(&bin, &args, true))?;
     let addr: SocketAddr = METRICS.parse()?;
     let stop = Arc::new(AtomicBool::new(false));
     let scrapes = scraper(ns, stop.clone());
-    let (failures, secs) = ns.run(burst);
+    let (failures, secs, held) = ns.run(burst);
+    let ended = Instant::now();
+    let ended_at = std::time::SystemTime::now();
     stop.store(true, Ordering::Relaxed);
     let slowest_scrape_ms = scrapes.join().unwrap_or(f64::NAN);
-    let ended = Instant::now();
     let (mut metrics, mut metrics_after) = (0.0, None);
     while ended.elapsed() < Duration::from_secs(15) {
         // An endpoint that does not answer within get()'s 10 s is a scrape
@@ -125,6 +143,25 @@ fn measure(
             break;
         }
         std::thread::sleep(Duration::from_millis(50));
+    }
+    // Every event, named or not, before the holders close (a lookup after
+    // that would find them gone).
+    let (mut events, mut named, mut last_named) = (0, 0, None);
+    if let Some(rx) = &t.events {
+        while events < failures && ended.elapsed() < Duration::from_secs(30) {
+            let Ok((at, ev)) = rx.recv_timeout(Duration::from_secs(5)) else {
+                break;
+            };
+            events += 1;
+            if named_in_full(&ev) {
+                named += 1;
+                last_named = Some(at.duration_since(ended_at).map_or(0.0, |d| d.as_secs_f64()));
+            }
+        }
+    }
+    for fd in held {
+        // SAFETY: closing fds the burst opened and left to us.
+        unsafe { libc::close(fd) };
     }
     let s = t.stop()?;
     let n = |k: &str| s[k].as_u64().unwrap_or(0);
@@ -140,13 +177,16 @@ fn measure(
             .get("lookups_shed")
             .map_or_else(|| "-".into(), ToString::to_string),
         timeouts: n("lookup_timeouts"),
+        named,
+        events,
+        last_named,
     })
 }
 
 /// One listener per port, then one failing bind per port, raw syscalls
 /// as fast as they go (the speed of a C loop). Returns the failures made and
 /// the seconds the failing loop took.
-fn c_burst() -> (u64, f64) {
+fn c_burst() -> (u64, f64, Vec<i32>) {
     let holders: Vec<i32> = (0..C_PORTS)
         .map(|i| {
             let fd = tcp_socket();
@@ -167,16 +207,14 @@ fn c_burst() -> (u64, f64) {
         assert_eq!(bind(loser, BASE + i), -1);
     }
     let took = start.elapsed().as_secs_f64();
-    for fd in holders.into_iter().chain([loser]) {
-        // SAFETY: closing fds this thread opened.
-        unsafe { libc::close(fd) };
-    }
-    (u64::from(C_PORTS), took)
+    // SAFETY: closing an fd this thread opened.
+    unsafe { libc::close(loser) };
+    (u64::from(C_PORTS), took, holders)
 }
 
 /// The issue's Python loop: 10,000 UDP sockets held, then one failing bind
 /// per port, each from a new socket (python times its failing loop).
-fn py_burst() -> (u64, f64) {
+fn py_burst() -> (u64, f64, Vec<i32>) {
     let code = format!(
         "import resource, socket\n\
          resource.setrlimit(resource.RLIMIT_NOFILE, (20000, 20000))\n\
@@ -206,7 +244,12 @@ fn py_burst() -> (u64, f64) {
     let mut words = text.split_whitespace();
     let mut next = || words.next().and_then(|w| w.parse::<f64>().ok());
     let n = next().expect("python printed its count");
-    (n as u64, next().expect("python printed its time"))
+    // Python has exited: its events name it by the kernel's record.
+    (
+        n as u64,
+        next().expect("python printed its time"),
+        Vec::new(),
+    )
 }
 
 fn raise_nofile() -> Result<()> {
@@ -243,8 +286,8 @@ pub fn run(bin: &Path, baseline: Option<&PathBuf>, rounds: usize) -> Result<Vec<
     let mut report = vec![
         format!("Bursts of distinct failures under `watch --json --metrics {METRICS} --netns NS` (defaults otherwise), each port failing once, {rounds} rounds, builds alternating:"),
         String::new(),
-        "| burst | build | run | failures | failures/s | lost | written | metrics | metrics complete after (s) | slowest scrape while the burst ran (ms) | lookups shed | lookup timeouts |".into(),
-        "|---|---|---|---|---|---|---|---|---|---|---|---|".into(),
+        "| burst | build | run | failures | failures/s | lost | written | metrics | metrics complete after (s) | slowest scrape while the burst ran (ms) | lookups shed | lookup timeouts | named in full / total | last named event after (s) |".into(),
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|".into(),
     ];
     let bursts: [(&str, Burst); 2] = [
         ("16,000 TCP ports, raw syscalls (C speed)", c_burst),
@@ -257,18 +300,21 @@ pub fn run(bin: &Path, baseline: Option<&PathBuf>, rounds: usize) -> Result<Vec<
                 let ns = Netns::new("pw-burst");
                 let o = measure(path, &ns, burst).with_context(|| format!("{name}, {label}"))?;
                 eprintln!(
-                    "bench: {name} {label} run {}: lost {} written {} metrics {} after {:?} scrape {:.0} ms shed {}",
+                    "bench: {name} {label} run {}: lost {} written {} metrics {} after {:?} scrape {:.0} ms shed {} named {}/{} last {:?}",
                     round + 1,
                     o.lost,
                     o.written,
                     o.metrics,
                     o.metrics_after,
                     o.slowest_scrape_ms,
-                    o.shed
+                    o.shed,
+                    o.named,
+                    o.events,
+                    o.last_named
                 );
                 lost[b].push(o.lost as f64);
                 report.push(format!(
-                    "| {name} | {label} | {} | {} | {:.0} | {} | {} | {} | {} | {:.0} | {} | {} |",
+                    "| {name} | {label} | {} | {} | {:.0} | {} | {} | {} | {} | {:.0} | {} | {} | {} / {} | {} |",
                     round + 1,
                     o.failures,
                     o.failures as f64 / o.secs,
@@ -279,13 +325,16 @@ pub fn run(bin: &Path, baseline: Option<&PathBuf>, rounds: usize) -> Result<Vec<
                         .map_or_else(|| "not within 15 s".into(), |s| format!("{s:.2}")),
                     o.slowest_scrape_ms,
                     o.shed,
-                    o.timeouts
+                    o.timeouts,
+                    o.named,
+                    o.events,
+                    o.last_named.map_or_else(|| "-".into(), |s| format!("{s:.2}"))
                 ));
             }
         }
         for (b, (label, _)) in builds.iter().enumerate() {
             report.push(format!(
-                "| {name} | {label} | median | | | {:.0} | | | | | | |",
+                "| {name} | {label} | median | | | {:.0} | | | | | | | | |",
                 median(lost[b].clone())
             ));
         }

@@ -1,6 +1,7 @@
 //! `cargo xtask bench`'s `who` section: `portwatch who P` against the tools
 //! it replaces, side by side in one run, on a namespace where 1,000 extra
-//! processes hold 5,000 TCP sockets. Every tool must name the same holder.
+//! processes hold 5,000 TCP sockets, then one where 10,000 hold 50,000 (a
+//! busy Kubernetes node's count). Every tool must name the same holder.
 
 use std::{path::Path, process::Command, time::Instant};
 
@@ -9,12 +10,10 @@ use portwatch_test_support::{Netns, Process};
 
 use crate::{load::median, setup};
 
-const PROCESSES: u16 = 1000;
-const SOCKETS: u16 = 5;
-const BASE: u16 = 30000;
-
-/// The port asked about: held by the 501st process, its third socket.
-const PORT: u16 = BASE + 500 * SOCKETS + 2;
+/// (processes, listeners each): the two sizes measured.
+const SIZES: [(u16, u16); 2] = [(1000, 5), (10_000, 5)];
+/// The first port held: 50,000 listeners take 10000..=59999.
+const BASE: u16 = 10000;
 
 /// Binds and listens on 127.0.0.1:`port` (in a forked child).
 pub(crate) fn listener(port: u16) -> bool {
@@ -39,22 +38,64 @@ pub(crate) fn listener(port: u16) -> bool {
     }
 }
 
-/// Runs the comparison; returns the lines for BENCHMARKS.md.
-pub fn who_speed(bin: &Path, rounds: usize) -> Result<Vec<String>> {
+/// CPU time (user + system, ms) of every child reaped so far.
+fn children_cpu_ms() -> f64 {
+    // SAFETY: getrusage fills the struct it is given.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &raw mut u) };
+    let ms = |t: libc::timeval| t.tv_sec as f64 * 1000.0 + t.tv_usec as f64 / 1000.0;
+    ms(u.ru_utime) + ms(u.ru_stime)
+}
+
+/// Runs the comparison at each size; returns the lines for BENCHMARKS.md.
+/// `baseline`: another portwatch build whose `who` runs beside this one's.
+pub fn who_speed(bin: &Path, baseline: Option<&Path>, rounds: usize) -> Result<Vec<String>> {
     setup::ensure_packages(&[("lsof", "lsof"), ("fuser", "psmisc"), ("ss", "iproute2")])?;
+    let mut report = Vec::new();
+    for (processes, sockets) in SIZES {
+        if !report.is_empty() {
+            report.push(String::new());
+        }
+        report.extend(one_size(bin, baseline, rounds, processes, sockets)?);
+    }
+    Ok(report)
+}
+
+/// `processes` extra processes, each holding `sockets` listeners; the port
+/// asked about is held by the middle one (its third socket).
+fn one_size(
+    bin: &Path,
+    baseline: Option<&Path>,
+    rounds: usize,
+    processes: u16,
+    sockets: u16,
+) -> Result<Vec<String>> {
     let ns = Netns::new("pw-bench-who");
-    let holders: Vec<Process> = ns.run(|| {
-        (0..PROCESSES)
-            .map(|i| Process::fork(move || (0..SOCKETS).all(|k| listener(BASE + i * SOCKETS + k))))
+    let started = Instant::now();
+    let holders: Vec<Process> = ns.run(move || {
+        (0..processes)
+            .map(|i| {
+                Process::fork(move || {
+                    (0..sockets).all(|k| listener(BASE + (i * sockets + k) % 50_000))
+                })
+            })
             .collect()
     });
-    let expected = holders[500].pid;
-    let p = PORT.to_string();
-    let sport = format!("sport = :{PORT}");
-    let fuser_arg = format!("{PORT}/tcp");
-    let lsof_arg = format!("-iTCP:{PORT}");
+    eprintln!(
+        "bench: who: {processes} processes holding {} listeners started in {:.1} s",
+        u32::from(processes) * u32::from(sockets),
+        started.elapsed().as_secs_f64()
+    );
+    let middle = processes / 2;
+    let expected = holders[usize::from(middle)].pid;
+    let port = BASE + middle * sockets + 2;
+    let p = port.to_string();
+    let sport = format!("sport = :{port}");
+    let fuser_arg = format!("{port}/tcp");
+    let lsof_arg = format!("-iTCP:{port}");
     let bin = bin.to_owned();
-    let tools: Vec<(&str, Vec<String>)> = vec![
+    let mut tools: Vec<(&str, Vec<String>)> = vec![
         (
             "ss -Htanp 'sport = :P'",
             vec!["ss".into(), "-Htanp".into(), sport.clone()],
@@ -66,21 +107,32 @@ pub fn who_speed(bin: &Path, rounds: usize) -> Result<Vec<String>> {
         ),
         (
             "portwatch who P",
-            vec![bin.display().to_string(), "who".into(), p],
+            vec![bin.display().to_string(), "who".into(), p.clone()],
         ),
         (
             "ss -Htan (no -p, no holders)",
             vec!["ss".into(), "-Htan".into(), sport],
         ),
     ];
+    if let Some(base) = baseline {
+        tools.push((
+            "portwatch who P (baseline build)",
+            vec![base.display().to_string(), "who".into(), p],
+        ));
+    }
     let mut times: Vec<Vec<f64>> = vec![Vec::new(); tools.len()];
+    // CPU time (user + system) of each run: what the tool did, apart from
+    // waiting for a CPU on a shared machine.
+    let mut cpu: Vec<Vec<f64>> = vec![Vec::new(); tools.len()];
     for _ in 0..rounds.max(3) {
         for (i, (name, argv)) in tools.iter().enumerate() {
             let argv = argv.clone();
-            let (ms, out) = ns.run(move || {
+            let (ms, cpu_ms, out) = ns.run(move || {
+                let c = children_cpu_ms();
                 let t = Instant::now();
                 let out = Command::new(&argv[0]).args(&argv[1..]).output();
-                (t.elapsed().as_secs_f64() * 1000.0, out)
+                let ms = t.elapsed().as_secs_f64() * 1000.0;
+                (ms, children_cpu_ms() - c, out)
             });
             let out = out?;
             let text = String::from_utf8_lossy(&out.stdout).into_owned()
@@ -90,28 +142,32 @@ pub fn who_speed(bin: &Path, rounds: usize) -> Result<Vec<String>> {
                 bail!("{name} did not name pid {expected}: {text}");
             }
             times[i].push(ms);
+            cpu[i].push(cpu_ms);
         }
     }
     drop(holders);
     let who = median(times[3].clone());
+    let who_cpu = median(cpu[3].clone());
     let mut report = vec![
         format!(
-            "`who`, {PROCESSES} extra processes holding {} TCP listeners in one network namespace, {} rounds, the same holder (pid) named by each:",
-            u32::from(PROCESSES) * u32::from(SOCKETS),
+            "`who`, {processes} extra processes holding {} TCP listeners in one network namespace, {} rounds, the same holder (pid) named by each:",
+            u32::from(processes) * u32::from(sockets),
             rounds.max(3)
         ),
         String::new(),
-        "| tool | median (ms) | min (ms) | / portwatch who |".into(),
-        "|---|---|---|---|".into(),
+        "| tool | median (ms) | min (ms) | / portwatch who | CPU, user + system, median (ms) | CPU / portwatch who |".into(),
+        "|---|---|---|---|---|---|".into(),
     ];
     for (i, (name, _)) in tools.iter().enumerate() {
         let med = median(times[i].clone());
         let min = times[i].iter().copied().fold(f64::MAX, f64::min);
+        let c = median(cpu[i].clone());
         report.push(format!(
-            "| `{name}` | {med:.1} | {min:.1} | {:.2}x |",
-            med / who
+            "| `{name}` | {med:.1} | {min:.1} | {:.2}x | {c:.1} | {:.2}x |",
+            med / who,
+            c / who_cpu
         ));
-        eprintln!("bench: who: {name} {med:.1} ms");
+        eprintln!("bench: who ({processes} processes): {name} {med:.1} ms");
     }
     Ok(report)
 }

@@ -8,7 +8,8 @@
 //! A batch costs one sock_diag dump per protocol (both families; the ports
 //! filtered in the kernel), at most one walk of /proc for the sockets'
 //! owners, and one read each of the sysctls, the NAT tables and the
-//! containers' port bindings, whatever the number of bindings. The steps,
+//! containers' port bindings, whatever the number of bindings (the last two
+//! only when a binding would succeed or a container may hold its port). The steps,
 //! in order: `plan::plan` (which dumps), `plan::dump`, `BatchState::new` (what
 //! every binding shares), then per binding `BatchState::judge`: list its
 //! sockets with their owners, answer each option (`binds`), diagnose those
@@ -45,7 +46,7 @@ use crate::{
         sockdiag::DiagSocket,
         sockopts::OptionsFrom,
         sysctl::{self, Sysctls},
-        Device, Devices, Enricher, Evidence, Holder, State, TrialFailed,
+        Device, Devices, Enricher, Evidence, Holder, OwnerLookup, State, TrialFailed,
     },
     request::{Binding, Errno, Family, Opts, Proto, Request, Syscall},
 };
@@ -84,9 +85,11 @@ pub struct Judgement {
     /// would not succeed.
     pub binds: Vec<BindVerdict>,
     /// Running containers whose published port this is, not already named
-    /// as a socket's holder.
+    /// as a socket's holder (not looked for when processes of the host's
+    /// own, outside containers, hold the port).
     pub published: Vec<Publishing>,
-    /// DNAT rules that send the port's traffic elsewhere.
+    /// DNAT rules that send the port's traffic elsewhere (not read when
+    /// processes of the host's own hold the port).
     pub dnat: Vec<DnatRule>,
     /// The verdict on the bind as asked (its own option), when it would
     /// not succeed.
@@ -96,6 +99,8 @@ pub struct Judgement {
     pub free: bool,
     /// The commands of this host the fixes may name.
     pub tools: crate::tools::HostTools,
+    /// How the sockets' owners were found.
+    pub lookup: OwnerLookup,
 }
 
 /// What `Judged::unseen` says on a kernel that does not list TCP
@@ -393,22 +398,37 @@ impl<'a> BatchState<'a> {
         let mut binds = binds::answers(b, on, seen, self.batch.trial, self.me, self.reuseport_uid);
         let device = self.devices.named(on.index);
         self.add_verdicts(b, &in_way, &listed, &mut binds);
-        let published = self.published(b, &listed);
-        let mut dnat = self
-            .nat
-            .get_or_insert_with(NatTables::read)
-            .rules(b.port, &b.proto.name());
-        // A hostPort (CNI portmap) names its pod sandbox: the pod, from the
-        // runtime's files (which lie outside any network namespace).
-        for rule in &mut dnat {
-            if let Some(id) = &rule.sandbox {
-                rule.pod = self
-                    .cri
-                    .get_or_insert_with(Containers::of_this_host)
-                    .pod_of_sandbox(id);
-            }
-        }
         let asked = binds.iter().find(|v| v.option == Variant::asked(&b.opts));
+        // Containers' port bindings (every process's comm, to find
+        // dockerd's data roots) and the NAT tables (three subprocesses)
+        // only when they can change the answer: the bind would succeed, or
+        // a container (its runtime's helper, a socket without a process)
+        // may be what holds the port.
+        let taken_by_plain_processes = asked.is_some_and(|v| v.result != Answer::Ok)
+            && listed
+                .iter()
+                .filter(|h| h.apart.is_none())
+                .all(Holder::plain_process);
+        let (published, dnat) = if taken_by_plain_processes {
+            (Vec::new(), Vec::new())
+        } else {
+            let published = self.published(b, &listed);
+            let mut dnat = self
+                .nat
+                .get_or_insert_with(NatTables::read)
+                .rules(b.port, &b.proto.name());
+            // A hostPort (CNI portmap) names its pod sandbox: the pod, from
+            // the runtime's files (which lie outside any network namespace).
+            for rule in &mut dnat {
+                if let Some(id) = &rule.sandbox {
+                    rule.pod = self
+                        .cri
+                        .get_or_insert_with(Containers::of_this_host)
+                        .pod_of_sandbox(id);
+                }
+            }
+            (published, dnat)
+        };
         Judgement {
             binding: b.clone(),
             device,
@@ -421,6 +441,7 @@ impl<'a> BatchState<'a> {
             published,
             dnat,
             tools: self.enricher.tools(),
+            lookup: self.enricher.lookup(),
         }
     }
 

@@ -31,6 +31,18 @@ pub use sysctl::Sysctls;
 
 use crate::request::{Family, Proto};
 
+/// How the sockets' owners were found: `"walk"`, /proc's fd directories
+/// (the one path on kernels that refuse BPF iterators, and the only one
+/// built so far).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OwnerLookup {
+    /// /proc/PID/fd read: the processes named as likely holders first,
+    /// every process at most once per batch.
+    #[default]
+    Walk,
+}
+
 /// A socket's state as users know it from `ss`/`netstat`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum State {
@@ -327,6 +339,21 @@ impl Holder {
             unit: self.unit.as_deref(),
             cmdline: self.cmdline.as_deref(),
         }
+    }
+
+    /// Whether a process of this host's own, outside any container and no
+    /// runtime's helper, owns the socket: then no container is in question
+    /// (`who` reads no container's port bindings nor NAT tables for it).
+    pub fn plain_process(&self) -> bool {
+        self.pid.is_some()
+            && self.container.is_none()
+            && self.kernel.is_none()
+            && containers::serves(
+                self.comm.as_deref().unwrap_or_default(),
+                self.cmdline.as_deref().unwrap_or_default(),
+            )
+            .is_none()
+            && !self.is_runtime_helper()
     }
 
     /// Whether the holder is a container runtime's helper that holds the

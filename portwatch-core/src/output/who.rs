@@ -60,6 +60,10 @@ pub struct WhoReport {
     /// The commands of this host the fixes may name.
     #[serde(skip)]
     pub tools: crate::tools::HostTools,
+    /// How the sockets' owners were found (`"walk"`). Absent from older
+    /// reports.
+    #[serde(default)]
+    pub lookup: crate::holders::OwnerLookup,
 }
 
 impl WhoReport {
@@ -80,6 +84,7 @@ impl WhoReport {
             verdict: j.verdict,
             unseen,
             tools: j.tools,
+            lookup: j.lookup,
         }
     }
 }

@@ -55,6 +55,7 @@ fn nothing(b: &Binding) -> Judgement {
         free: true,
         device: None,
         tools: Default::default(),
+        lookup: Default::default(),
     }
 }
 

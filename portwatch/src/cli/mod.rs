@@ -324,7 +324,9 @@ pub struct CaptureArgs {
     pub no_holders: bool,
 
     /// Longest wait, in milliseconds, for an event's holder lookup before it
-    /// is printed with what the kernel recorded alone.
+    /// is printed with what the kernel recorded alone; past it, a lookup is
+    /// still waited for while the lookup threads are working (a burst's
+    /// queue), and given up on once they have been blocked this long.
     #[arg(long, value_name = "MS", default_value_t = 500, value_parser = clap::value_parser!(u64).range(1..=60_000))]
     pub lookup_timeout: u64,
 

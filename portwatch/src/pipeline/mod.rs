@@ -25,7 +25,7 @@ use std::{
     io::{self, Write},
     net::IpAddr,
     sync::{
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
         mpsc as std_mpsc, Arc, Mutex,
     },
     time::{Duration, Instant},
@@ -47,8 +47,79 @@ use portwatch_core::{
 
 use crate::metrics::Metrics;
 
-/// Evidence shared by the events of one storm.
-type StormEvidence = watch::Receiver<Option<Arc<Evidence>>>;
+/// Where one lookup is: shared by the events of one storm.
+#[derive(Clone)]
+enum LookupState {
+    /// Waiting for a lookup thread.
+    Queued,
+    /// A lookup thread took it then: it has `--lookup-timeout` from now.
+    Running(Instant),
+    /// Its answer.
+    Done(Arc<Evidence>),
+}
+
+/// Evidence shared by the events of one storm, once it is in.
+type StormEvidence = watch::Receiver<LookupState>;
+
+/// Whether the lookup threads are getting on: a lookup is waited for while
+/// they keep taking and answering batches, or are running (on a CPU or
+/// waiting for one: a burst's lookups on a loaded machine), and given up
+/// on once they have done neither for `--lookup-timeout` (blocked: a /proc
+/// read that hangs, a D-Bus peer that does not answer).
+struct Progress {
+    epoch: Instant,
+    /// When a lookup thread last took or finished a batch, in milliseconds
+    /// since `epoch`.
+    last_ms: AtomicU64,
+    /// The lookup threads' thread ids.
+    tids: Mutex<Vec<libc::pid_t>>,
+}
+
+impl Progress {
+    fn new() -> Self {
+        Self {
+            epoch: Instant::now(),
+            last_ms: AtomicU64::new(0),
+            tids: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The calling thread is a lookup thread.
+    fn register(&self) {
+        if let Ok(mut tids) = self.tids.lock() {
+            // SAFETY: gettid has no preconditions.
+            tids.push(unsafe { libc::gettid() });
+        }
+    }
+
+    /// Whether a lookup thread is runnable now (state R in its stat: on a
+    /// CPU or in the run queue), not blocked nor idle.
+    fn running(&self) -> bool {
+        let Ok(tids) = self.tids.lock() else {
+            return false;
+        };
+        tids.iter().any(|tid| {
+            std::fs::read(format!("/proc/self/task/{tid}/stat")).is_ok_and(|stat| {
+                // The state follows the last ')' (comm may hold one).
+                stat.iter()
+                    .rposition(|&b| b == b')')
+                    .and_then(|i| stat.get(i + 2))
+                    == Some(&b'R')
+            })
+        })
+    }
+
+    /// A lookup thread moved on.
+    fn mark(&self) {
+        let ms = self.epoch.elapsed().as_millis() as u64;
+        self.last_ms.fetch_max(ms, Ordering::Relaxed);
+    }
+
+    /// When a lookup thread last moved on.
+    fn last(&self) -> Instant {
+        self.epoch + Duration::from_millis(self.last_ms.load(Ordering::Relaxed))
+    }
+}
 
 /// What identifies identical evidence: the request (port and address in
 /// its namespace), the failure, and the kernel's view of the holder then.
@@ -101,8 +172,12 @@ pub const QUEUE: usize = 16384;
 pub const LOOKUP_QUEUE: usize = QUEUE;
 
 /// Lookups a lookup thread takes at once: those in one network namespace and
-/// protocol share one sock_diag dump.
-const LOOKUP_BATCH: usize = 1024;
+/// protocol share one sock_diag dump, and a process named by the kernel's
+/// record of many of them has its fds read once. A burst of 16,000 ports
+/// held by one process is 4 batches (each a dump of every socket and a read
+/// of the process's 16,000 fds), not 16: half of the lookups' CPU time
+/// with 1,024.
+const LOOKUP_BATCH: usize = 4096;
 
 /// Threads making lookups (each blocks on netlink and /proc).
 pub const LOOKUP_THREADS: usize = 2;
@@ -146,7 +221,7 @@ struct Hurry {
 /// A lookup for a lookup thread.
 struct Job {
     req: Request,
-    answer: watch::Sender<Option<Arc<Evidence>>>,
+    answer: watch::Sender<LookupState>,
 }
 
 /// The lookup threads' queue; they end when it is dropped.
@@ -155,17 +230,28 @@ struct Lookups {
 }
 
 impl Lookups {
-    fn start(enricher: Arc<Enricher>, delay: LookupDelay, metrics: Option<Metrics>) -> Self {
+    fn start(
+        enricher: Arc<Enricher>,
+        delay: LookupDelay,
+        metrics: Option<Metrics>,
+        progress: Arc<Progress>,
+    ) -> Self {
         let (queue, jobs) = std_mpsc::sync_channel(LOOKUP_QUEUE);
         let jobs = Arc::new(Mutex::new(jobs));
         for _ in 0..LOOKUP_THREADS {
-            let (jobs, enricher, metrics) = (jobs.clone(), enricher.clone(), metrics.clone());
+            let (jobs, enricher, metrics, progress) = (
+                jobs.clone(),
+                enricher.clone(),
+                metrics.clone(),
+                progress.clone(),
+            );
             let started = std::thread::Builder::new()
                 .name("pw-lookup".into())
                 .spawn(move || {
                     // Lookups are worth less than capture: on a busy CPU
                     // the ring buffer's reader goes first (a shed lookup
                     // costs a holder's name, a late reader costs events).
+                    progress.register();
                     // SAFETY: setpriority on this thread only.
                     unsafe {
                         libc::setpriority(
@@ -174,7 +260,7 @@ impl Lookups {
                             LOOKUP_NICE,
                         )
                     };
-                    serve_lookups(&jobs, &enricher, delay, metrics.as_ref())
+                    serve_lookups(&jobs, &enricher, delay, metrics.as_ref(), &progress)
                 });
             if let Err(e) = started {
                 // Fewer threads only means more shed lookups.
@@ -209,6 +295,7 @@ fn serve_lookups(
     enricher: &Enricher,
     delay: LookupDelay,
     metrics: Option<&Metrics>,
+    progress: &Progress,
 ) {
     loop {
         let batch: Vec<Job> = {
@@ -219,17 +306,23 @@ fn serve_lookups(
                 .take(LOOKUP_BATCH)
                 .collect()
         };
-        pause(delay);
         let started = Instant::now();
+        progress.mark();
+        for job in &batch {
+            job.answer.send_replace(LookupState::Running(started));
+        }
+        pause(delay);
+        let looking = Instant::now();
         let reqs: Vec<Request> = batch.iter().map(|j| j.req.clone()).collect();
         let found = enricher.evidence_many(&reqs);
-        let took = started.elapsed();
+        let took = looking.elapsed();
         for (job, evidence) in batch.into_iter().zip(found) {
             if let Some(m) = metrics {
                 m.lookup(&evidence, took);
             }
-            let _ = job.answer.send(Some(Arc::new(evidence)));
+            let _ = job.answer.send(LookupState::Done(Arc::new(evidence)));
         }
+        progress.mark();
     }
 }
 
@@ -239,7 +332,8 @@ pub struct PipelineOptions {
     pub enricher: Option<Arc<Enricher>>,
     /// How events are printed.
     pub format: Format,
-    /// Longest wait for one lookup.
+    /// `--lookup-timeout`: how long a lookup may keep an event waiting
+    /// while the lookup threads are blocked.
     pub timeout: Duration,
     /// Delay every lookup batch by this much (tests only).
     pub delay: LookupDelay,
@@ -257,10 +351,58 @@ pub struct Pipeline {
     /// Room for events in the writer's queue.
     room: Arc<Semaphore>,
     hurry: Arc<Hurry>,
-    recent: HashMap<StormKey, (Instant, StormEvidence)>,
-    /// When `recent` last lost its stale keys.
-    pruned: Instant,
+    recent: Recent<StormKey, StormEvidence>,
     timeout: Duration,
+}
+
+/// The storm keys of the last [`SHARE_FOR`], each with its lookup.
+struct Recent<K, V> {
+    map: HashMap<K, (Instant, V)>,
+    /// When `map` last lost its stale keys.
+    pruned: Instant,
+    /// The size of `map` that makes it lose them before `SHARE_FOR` has
+    /// passed: twice what was left the last time, so a burst that keeps it
+    /// over [`RECENT_CAP`] pays for each key a bounded number of times
+    /// (linear), not for the whole map at every new key.
+    prune_at: usize,
+    /// Sweeps so far.
+    sweeps: usize,
+}
+
+impl<K: std::hash::Hash + Eq, V: Clone> Recent<K, V> {
+    fn new() -> Self {
+        Self {
+            map: HashMap::new(),
+            pruned: Instant::now(),
+            prune_at: RECENT_CAP,
+            sweeps: 0,
+        }
+    }
+
+    /// The lookup `key` shares, if one started within [`SHARE_FOR`].
+    fn get(&self, key: &K, now: Instant) -> Option<V> {
+        self.map
+            .get(key)
+            .filter(|(at, _)| now.duration_since(*at) < SHARE_FOR)
+            .map(|(_, v)| v.clone())
+    }
+
+    /// Stale keys go every SHARE_FOR, not only at the cap: each holds its
+    /// storm's evidence (holders, their processes), and under process
+    /// churn thousands of one-event keys kept that alive for nothing.
+    fn sweep(&mut self, now: Instant) {
+        if self.map.len() > self.prune_at || now.duration_since(self.pruned) >= SHARE_FOR {
+            self.map
+                .retain(|_, (at, _)| now.duration_since(*at) < SHARE_FOR);
+            self.pruned = now;
+            self.prune_at = RECENT_CAP.max(2 * self.map.len());
+            self.sweeps += 1;
+        }
+    }
+
+    fn insert(&mut self, key: K, now: Instant, v: V) {
+        self.map.insert(key, (now, v));
+    }
 }
 
 /// The writer task.
@@ -282,6 +424,7 @@ impl Pipeline {
         let (tx, rx) = mpsc::unbounded_channel();
         let room = Arc::new(Semaphore::new(QUEUE));
         let hurry = Arc::new(Hurry::default());
+        let progress = Arc::new(Progress::new());
         let writer = tokio::spawn(writer::write(
             rx,
             out,
@@ -294,17 +437,17 @@ impl Pipeline {
                 journald: opts.journald,
                 hurry: hurry.clone(),
                 room: room.clone(),
+                progress: progress.clone(),
             },
         ));
         let pipeline = Self {
             lookups: opts
                 .enricher
-                .map(|e| Lookups::start(e, opts.delay, metrics)),
+                .map(|e| Lookups::start(e, opts.delay, metrics, progress)),
             tx,
             room,
             hurry,
-            recent: HashMap::new(),
-            pruned: Instant::now(),
+            recent: Recent::new(),
             timeout: opts.timeout,
         };
         (pipeline, writer)
@@ -362,20 +505,11 @@ impl Pipeline {
         };
         let key = StormKey::of(ev);
         let now = Instant::now();
-        if let Some((at, shared)) = self.recent.get(&key) {
-            if now.duration_since(*at) < SHARE_FOR {
-                return Lookup::Started(shared.clone());
-            }
+        if let Some(shared) = self.recent.get(&key, now) {
+            return Lookup::Started(shared);
         }
-        // Stale keys go every SHARE_FOR, not only at the cap: each holds its
-        // storm's evidence (holders, their processes), and under process
-        // churn thousands of one-event keys kept that alive for nothing.
-        if self.recent.len() > RECENT_CAP || now.duration_since(self.pruned) >= SHARE_FOR {
-            self.recent
-                .retain(|_, (at, _)| now.duration_since(*at) < SHARE_FOR);
-            self.pruned = now;
-        }
-        let (answer, rx) = watch::channel(None);
+        self.recent.sweep(now);
+        let (answer, rx) = watch::channel(LookupState::Queued);
         let job = Job {
             req: ev.request(),
             answer,
@@ -383,7 +517,7 @@ impl Pipeline {
         if lookups.queue.try_send(job).is_err() {
             return Lookup::Shed;
         }
-        self.recent.insert(key, (now, rx.clone()));
+        self.recent.insert(key, now, rx.clone());
         Lookup::Started(rx)
     }
 }
@@ -419,5 +553,32 @@ pub async fn wind_down(
         // stdout closed (`| head`): what was shown is all that was wanted.
         Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(Unenriched::default()),
         Err(e) => Err(e).context("writing events"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A burst of 100,000 distinct keys within one SHARE_FOR (none stale):
+    /// the map is swept a handful of times (each time it has doubled), not
+    /// once per key past the cap, which was quadratic.
+    #[test]
+    fn a_burst_keeping_recent_over_its_cap_sweeps_it_a_few_times() {
+        let mut recent: Recent<u32, ()> = Recent::new();
+        let now = recent.pruned;
+        for key in 0..100_000u32 {
+            assert!(recent.get(&key, now).is_none());
+            recent.sweep(now);
+            recent.insert(key, now, ());
+        }
+        assert_eq!(recent.map.len(), 100_000);
+        // 4096 -> 8194 -> 16390 -> ... -> past 100,000: five sweeps.
+        assert!(recent.sweeps <= 6, "{} sweeps", recent.sweeps);
+        // A key of the burst is still shared; after SHARE_FOR all go.
+        assert!(recent.get(&7, now).is_some());
+        let later = now + SHARE_FOR;
+        recent.sweep(later);
+        assert!(recent.map.is_empty());
     }
 }

@@ -31,7 +31,7 @@ use portwatch_core::{
 use serde_json::value::RawValue;
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
-use super::{Hurry, Lookup, Pending, StormEvidence, QUEUE, RECENT_CAP};
+use super::{Hurry, Lookup, LookupState, Pending, Progress, StormEvidence, QUEUE, RECENT_CAP};
 use crate::metrics::Metrics;
 
 /// The writer's settings.
@@ -45,6 +45,8 @@ pub(super) struct WriteOpts {
     pub(super) journald: Option<output::journald::Journald>,
     pub(super) hurry: Arc<Hurry>,
     pub(super) room: Arc<Semaphore>,
+    /// When the lookup threads last moved on.
+    pub(super) progress: Arc<Progress>,
 }
 
 /// Batches on their way from the task to the output thread: enough to keep
@@ -109,6 +111,10 @@ pub(super) async fn write(
     opts: WriteOpts,
 ) -> io::Result<Unenriched> {
     let hurry = opts.hurry.clone();
+    let waits = Waits {
+        timeout: opts.timeout,
+        progress: opts.progress.clone(),
+    };
     let (to_output, batches) = mpsc::channel(OUTPUT_QUEUE);
     let (done, result) = oneshot::channel();
     std::thread::Builder::new()
@@ -119,7 +125,7 @@ pub(super) async fn write(
     while let Some((batch, room)) = rx.recv().await {
         let mut events = Vec::with_capacity(batch.len());
         for p in batch {
-            let answer = answer(p.lookup, p.deadline, &hurry).await;
+            let answer = answer(p.lookup, p.deadline, &hurry, &waits).await;
             events.push((p.ev, answer));
         }
         // Waits while the thread is a whole channel behind: the push-back
@@ -171,18 +177,34 @@ fn write_out(
     Ok(w.unenriched)
 }
 
+/// How long the writer waits for lookups.
+struct Waits {
+    /// `--lookup-timeout`: from the event, and from the moment a lookup
+    /// thread takes its lookup.
+    timeout: Duration,
+    progress: Arc<Progress>,
+}
+
 /// The lookup's answer: at once for storms and while hurried, else waited
-/// for until the event's deadline. None: no lookup wanted.
-async fn answer(lookup: Lookup, deadline: tokio::time::Instant, hurry: &Hurry) -> Option<Answer> {
+/// for (see [`wait_answer`]). None: no lookup wanted.
+async fn answer(
+    lookup: Lookup,
+    deadline: tokio::time::Instant,
+    hurry: &Hurry,
+    waits: &Waits,
+) -> Option<Answer> {
     match lookup {
         Lookup::Unwanted => None,
         Lookup::Shed => Some(Answer::Shed),
         // Storms find it ready: no timer for them.
-        Lookup::Started(shared) if shared.borrow().is_some() => {
-            shared.borrow().clone().map(Answer::Found)
+        Lookup::Started(shared) if matches!(&*shared.borrow(), LookupState::Done(_)) => {
+            match &*shared.borrow() {
+                LookupState::Done(e) => Some(Answer::Found(e.clone())),
+                _ => Some(Answer::Failed),
+            }
         }
         Lookup::Started(_) if hurry.on.load(Ordering::Relaxed) => Some(Answer::Shed),
-        Lookup::Started(mut shared) => Some(wait_answer(&mut shared, deadline, hurry).await),
+        Lookup::Started(mut shared) => Some(wait_answer(&mut shared, deadline, hurry, waits).await),
     }
 }
 
@@ -359,28 +381,51 @@ enum Answer {
     Failed,
 }
 
-/// Waits for a lookup's answer until `deadline`, or until the reader finds
-/// the writer a whole queue behind.
+/// Waits for a lookup's answer, or until the reader finds the writer a
+/// whole queue behind. A lookup has `--lookup-timeout` from the event; past
+/// that, it is waited for while the lookup threads get on (see
+/// [`Progress`]: a batch taken or answered within the timeout, or a lookup
+/// thread running), so a burst's queue is answered in full however long
+/// it is, and given up on once they are blocked for the timeout (a lookup
+/// that hangs).
 async fn wait_answer(
     shared: &mut StormEvidence,
-    deadline: tokio::time::Instant,
+    mut deadline: tokio::time::Instant,
     hurry: &Hurry,
+    waits: &Waits,
 ) -> Answer {
     loop {
-        tokio::select! {
-            got = shared.wait_for(Option::is_some) => {
-                return match got {
-                    Ok(v) => v.clone().map_or(Answer::Failed, Answer::Found),
-                    Err(_) => Answer::Failed,
+        let due = tokio::select! {
+            got = shared.wait_for(|s| matches!(s, LookupState::Done(_))) => {
+                return match got.as_deref() {
+                    Ok(LookupState::Done(e)) => Answer::Found(e.clone()),
+                    _ => Answer::Failed,
                 };
             }
-            () = tokio::time::sleep_until(deadline) => return Answer::TimedOut,
+            () = tokio::time::sleep_until(deadline) => true,
             // A wake-up left from an earlier hurry is not one.
             () = hurry.wake.notified() => {
                 if hurry.on.load(Ordering::Relaxed) {
                     return Answer::Shed;
                 }
+                false
             }
+        };
+        if due {
+            let last = waits.progress.last();
+            let since = match &*shared.borrow() {
+                LookupState::Running(at) => last.max(*at),
+                _ => last,
+            };
+            let later = tokio::time::Instant::from_std(since + waits.timeout);
+            deadline = if later > deadline {
+                later
+            } else if waits.progress.running() {
+                // Working, only slowly (a loaded machine): not hung.
+                deadline + waits.timeout
+            } else {
+                return Answer::TimedOut;
+            };
         }
     }
 }

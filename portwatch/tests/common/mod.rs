@@ -22,7 +22,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-pub use portwatch_test_support::{inode_of, Cgroup, Netns, Process, Scratch};
+pub use portwatch_test_support::{inode_of, recv_fd, send_fd, Cgroup, Netns, Process, Scratch};
 use serde_json::Value;
 use socket2::{Domain, Protocol, Socket, Type};
 

@@ -6,7 +6,14 @@
 //! reader, so a slow /proc or netlink answer delays only the output of its
 //! own event (see `crate::pipeline`).
 
-use std::{collections::HashMap, io, net::SocketAddr, os::fd::AsFd, sync::Mutex, time::Duration};
+use std::{
+    collections::HashMap,
+    io,
+    net::SocketAddr,
+    os::fd::AsFd,
+    sync::Mutex,
+    time::{Duration, Instant},
+};
 
 mod options;
 mod owners;
@@ -50,6 +57,9 @@ pub struct Enricher {
     index_max_age: Duration,
     /// The commands of this host fixes may name, probed once.
     tools: HostTools,
+    /// When it was made: a batch's sockets (`for_batch`) were dumped
+    /// before, so a walk of /proc after it knows their owners.
+    created: Instant,
 }
 
 impl Enricher {
@@ -66,6 +76,7 @@ impl Enricher {
             tick_ns: 1_000_000_000 / u64::try_from(hz).unwrap_or(100).max(1),
             index_max_age: INDEX_MAX_AGE,
             tools: HostTools::probe(),
+            created: Instant::now(),
         }
     }
 
@@ -84,6 +95,11 @@ impl Enricher {
             index_max_age: Duration::MAX,
             ..Self::new(bound_inactive)
         }
+    }
+
+    /// Which path finds the sockets' owners.
+    pub fn lookup(&self) -> super::OwnerLookup {
+        super::OwnerLookup::Walk
     }
 
     /// How many times /proc was walked for socket owners.
@@ -187,6 +203,9 @@ impl Enricher {
     ) -> io::Result<Looked> {
         let bound_inactive = self.bound_inactive && protocol == 6;
         let look = || -> io::Result<Looked> {
+            // Before the dump: a walk of /proc from now on knows every
+            // owner of what it lists.
+            let at = Instant::now();
             let sockets = match dump {
                 Some(port) => sockdiag::dump(protocol, port, bound_inactive)?,
                 None => Vec::new(),
@@ -199,6 +218,7 @@ impl Enricher {
                 sockets,
                 sysctls,
                 devices,
+                at,
             })
         };
         self.in_netns(netns, candidates, look)?
@@ -259,7 +279,7 @@ impl Enricher {
             }
             return evidence;
         }
-        evidence.holders = self.holders(req, sockets, &look.devices);
+        evidence.holders = self.holders(req, sockets, &look.devices, look.at);
         // Only connections without a listener need to know who opened
         // them: a storm on a listener's port pays no peer dumps.
         let connections_only = evidence
@@ -309,7 +329,7 @@ impl Enricher {
         sysctls: sysctl::Sysctls,
         devices: &Devices,
     ) -> Evidence {
-        let mut holders = self.holders(req, sockets, devices);
+        let mut holders = self.holders(req, sockets, devices, self.created);
         if holders.iter().any(unowned_udp) {
             name_kernel_holders(kernel::udp_port_devices(req.port), &mut holders);
         }
@@ -378,7 +398,7 @@ impl Enricher {
                     let pids = self
                         .index
                         .lock()
-                        .map(|mut i| i.owners(s.inode, &[], self.index_max_age))
+                        .map(|mut i| i.owners(s.inode, &[], self.index_max_age, self.created))
                         .unwrap_or_default();
                     self.own(&mut h, pids, None);
                 }
@@ -461,6 +481,8 @@ struct Looked {
     sysctls: sysctl::Sysctls,
     /// Its devices, as far as the device rule needs them.
     devices: Devices,
+    /// When the dump started.
+    at: Instant,
 }
 
 /// Names the device configured with the port (from one rtnetlink dump in
@@ -500,6 +522,35 @@ mod tests {
         fixtures::{encode, sample},
         Event,
     };
+
+    /// A recorded binder that has exited but is not reaped yet (a zombie:
+    /// its pid and comm remain, its command line is gone) is named as
+    /// exited, not as a live process without a command line.
+    #[test]
+    fn a_recorded_holder_not_reaped_yet_has_exited() {
+        let enricher = Enricher::new(false);
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !procs::proc_info(pid).is_some_and(|p| p.exiting) {
+            assert!(Instant::now() < deadline, "{pid} never became a zombie");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let mut req = Event::decode(&encode(&sample()), crate::clock::Clock::now())
+            .unwrap()
+            .request();
+        if let Some(r) = req.holder_record.as_mut() {
+            r.pid = pid;
+            // Bound after the child started: the same process.
+            r.running_ns = u64::MAX / 2;
+        }
+        let seen = enricher.recorded_only(&req, true);
+        child.wait().unwrap();
+        assert_eq!(seen.holders.len(), 1, "{seen:?}");
+        let h = &seen.holders[0];
+        assert_eq!(h.pid, Some(pid));
+        assert!(h.exited && h.cmdline.is_none(), "{h:?}");
+    }
 
     /// The kernel's record alone (the lookup timed out): a holder on
     /// another device than the failing socket's is not in its way; one on

@@ -7,12 +7,14 @@ use crate::holders::sockopts::OptionsFrom;
 
 impl Enricher {
     /// The sockets in the way of `req`, merged with the kernel's record:
-    /// not those another device or VRF keeps apart (`devices`).
+    /// not those another device or VRF keeps apart (`devices`). `dumped`:
+    /// when the dump that listed `sockets` started.
     pub(super) fn holders(
         &self,
         req: &Request,
         sockets: &[DiagSocket],
         devices: &Devices,
+        dumped: Instant,
     ) -> Vec<Holder> {
         let hints = hints(req);
         let mut holders: Vec<Holder> = Vec::new();
@@ -51,7 +53,7 @@ impl Enricher {
             } else {
                 self.index
                     .lock()
-                    .map(|mut i| i.owners(s.inode, &hints, self.index_max_age))
+                    .map(|mut i| i.owners(s.inode, &hints, self.index_max_age, dumped))
                     .unwrap_or_default()
             };
             // listen() failing: its own socket is bound to the port too.
@@ -95,7 +97,10 @@ impl Enricher {
         if let Some(p) = primary {
             h.pid = Some(p.pid);
             h.comm = Some(p.comm.clone());
-            h.cmdline = Some(p.cmdline.clone());
+            // Exiting, its memory gone: still holding the socket, for a
+            // moment, without a command line.
+            h.exited = p.exiting;
+            h.cmdline = (!p.exiting || !p.cmdline.is_empty()).then(|| p.cmdline.clone());
             h.unit = p.unit.clone();
             h.container = self.container_of(p);
             // dockerd listens on published ports itself when its userland
@@ -223,11 +228,12 @@ impl Enricher {
             .map_or(State::Closed, |s| State::from_kernel(req.proto, s));
         // Read afresh, not from the cache: this is the one question the
         // cache could answer wrong. A process started after the record is
-        // a reused pid, not the holder.
+        // a reused pid, not the holder; one not reaped yet has exited.
         let alive = look
             .then(|| procs::proc_info(r.pid))
             .flatten()
-            .filter(|p| p.start_time.saturating_mul(self.tick_ns) <= r.running_ns + self.tick_ns);
+            .filter(|p| p.start_time.saturating_mul(self.tick_ns) <= r.running_ns + self.tick_ns)
+            .filter(|p| !p.exiting);
         Some(Holder {
             pid: Some(r.pid),
             comm: Some(

@@ -1,7 +1,11 @@
 //! Which processes hold a socket: an index of socket inode -> (pid, fd),
-//! built by walking /proc/*/fd and verified at every lookup.
+//! built by walking /proc/*/fd and verified at every lookup, and the fd
+//! directories of the processes named as likely holders (the kernel's
+//! record of the port's binder, its children), each walked at most once per
+//! lookup batch whatever the number of ports asked about.
 
 use std::{
+    collections::HashMap,
     os::fd::AsRawFd,
     time::{Duration, Instant},
 };
@@ -10,6 +14,10 @@ use super::raw::{bracketed, cpath, readlink_into, Ids};
 
 /// Most threads one /proc walk uses.
 const SCAN_THREADS: usize = 4;
+
+/// Most processes whose own walk is kept between full walks: the binders
+/// of one burst are a few; past this many the oldest walks are dropped.
+const PID_WALKS: usize = 256;
 
 /// Counts from one [`SocketIndex::rescan`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -34,6 +42,21 @@ pub struct SocketIndex {
     scanned: Option<Instant>,
     /// Full walks of /proc so far.
     walks: usize,
+    /// Processes walked one by one since the last full walk (hints): their
+    /// sockets, so every port of a batch held by one process costs one
+    /// walk of its fd directory, not one per port.
+    pids: HashMap<u32, PidWalk>,
+    /// Walks of one process's fd directory so far.
+    pid_walks: usize,
+}
+
+/// One process's sockets, as one walk of its fd directory found them.
+#[derive(Debug)]
+struct PidWalk {
+    /// When the walk started: it knows every socket the process held then.
+    at: Instant,
+    /// Socket inode -> the fd it was seen at.
+    sockets: HashMap<u32, u32>,
 }
 
 /// Socket `inode` was seen at /proc/`pid`/fd/`fd`.
@@ -103,38 +126,53 @@ impl SocketIndex {
         }
         self.scanned = Some(start);
         self.walks += 1;
+        // The full walk saw every process: the older walks of one are stale.
+        self.pids.clear();
         stats.elapsed = start.elapsed();
         stats
     }
 
-    /// Verified pids holding socket `inode`, lowest first, deduplicated:
-    /// 1) each pid in `hints` (e.g. the pid the kernel recorded as the port's binder; give
-    ///    process ids, not thread ids): walk only its fd dir, stopping at the socket;
-    /// 2) index entries for `inode`: verify each with ONE readlink of the recorded
-    ///    /proc/PID/fd/N;
-    /// 3) if nothing verified and the index is older than `max_age` (or was never built),
-    ///    rescan once and retry (2).
+    /// Verified pids holding socket `inode`, lowest first, deduplicated.
+    /// `since`: when the socket was known to exist (the sock_diag dump
+    /// that listed it started): a walk that started later knows it.
+    /// 1) index entries for `inode`: verify each with ONE readlink of the
+    ///    recorded /proc/PID/fd/N;
+    /// 2) each pid in `hints` not found by (1) (e.g. the pid the kernel recorded as the port's
+    ///    binder; give process ids, not thread ids): its whole fd directory walked once, unless
+    ///    a walk of it started since `since` (then that walk answers: a burst of ports held by
+    ///    one process walks its fds once per batch, not once per port), the entry verified the
+    ///    same way;
+    /// 3) if nothing verified and the index is older than `max_age` (or was never built), and
+    ///    no full walk started since `since`, rescan once and retry (1).
     ///
     /// So it also returns the other holders of the same inode found in the index (e.g. nginx
     /// workers that inherited the master's listening socket), verified the same way.
-    /// (2) runs before (1): the answer is the same, and a hint the index already confirmed
+    /// (1) runs before (2): the answer is the same, and a hint the index already confirmed
     /// costs one readlink instead of a walk of its fd dir, which can hold thousands of fds.
-    pub fn owners(&mut self, inode: u32, hints: &[u32], max_age: Duration) -> Vec<u32> {
+    pub fn owners(
+        &mut self,
+        inode: u32,
+        hints: &[u32],
+        max_age: Duration,
+        since: Instant,
+    ) -> Vec<u32> {
         let mut found = Vec::new();
         self.verify_indexed(inode, &mut found);
         for &pid in hints {
-            let mut held = false;
-            if !found.contains(&pid) {
-                walk_sockets(pid, |_, ino| {
-                    held = ino == inode;
-                    !held
-                });
+            if found.contains(&pid) {
+                continue;
             }
-            if held {
+            let fresh = self.pids.get(&pid).is_some_and(|w| w.at >= since);
+            if !fresh {
+                self.walk_pid(pid);
+            }
+            let fd = self.pids.get(&pid).and_then(|w| w.sockets.get(&inode));
+            if fd.is_some_and(|&fd| holds(pid, fd, inode)) {
                 found.push(pid);
             }
         }
-        if found.is_empty() && self.age().is_none_or(|age| age > max_age) {
+        let known = self.scanned.is_some_and(|t| t >= since);
+        if found.is_empty() && !known && self.age().is_none_or(|age| age > max_age) {
             self.rescan();
             self.verify_indexed(inode, &mut found);
         }
@@ -154,6 +192,36 @@ impl SocketIndex {
             .collect()
     }
 
+    /// Walks `pid`'s fd directory whole, keeping its sockets for the
+    /// lookups after this one.
+    fn walk_pid(&mut self, pid: u32) {
+        let at = Instant::now();
+        let mut sockets = HashMap::new();
+        self.pid_walks += 1;
+        if walk_sockets(pid, |fd, inode| {
+            sockets.insert(inode, fd);
+            true
+        })
+        .is_none()
+        {
+            self.pids.remove(&pid);
+            return;
+        }
+        if self.pids.len() >= PID_WALKS && !self.pids.contains_key(&pid) {
+            // The older half goes: the walks a burst still uses are recent.
+            let mut ats: Vec<Instant> = self.pids.values().map(|w| w.at).collect();
+            let mid = ats.len() / 2;
+            let median = *ats.select_nth_unstable(mid).1;
+            self.pids.retain(|_, w| w.at > median);
+        }
+        self.pids.insert(pid, PidWalk { at, sockets });
+    }
+
+    /// How many times one process's fd directory was walked (hints).
+    pub fn pid_walks(&self) -> usize {
+        self.pid_walks
+    }
+
     /// How many full walks of /proc this index has made.
     pub fn walks(&self) -> usize {
         self.walks
@@ -167,23 +235,25 @@ impl SocketIndex {
     /// Adds to `found` each indexed holder of `inode` that still holds it.
     fn verify_indexed(&self, inode: u32, found: &mut Vec<u32>) {
         let first = self.entries.partition_point(|h| h.inode < inode);
-        let mut path = [0u8; 48];
-        let mut link = [0u8; 64];
         for h in self.entries[first..]
             .iter()
             .take_while(|h| h.inode == inode)
         {
-            if found.contains(&h.pid) {
-                continue;
-            }
-            let held = cpath(&mut path, format_args!("/proc/{}/fd/{}", h.pid, h.fd))
-                .and_then(|p| readlink_into(libc::AT_FDCWD, p, &mut link))
-                .and_then(|l| bracketed(l, b"socket:["));
-            if held == Some(inode) {
+            if !found.contains(&h.pid) && holds(h.pid, h.fd, inode) {
                 found.push(h.pid);
             }
         }
     }
+}
+
+/// Whether /proc/`pid`/fd/`fd` is socket `inode` now: one readlink.
+fn holds(pid: u32, fd: u32, inode: u32) -> bool {
+    let mut path = [0u8; 48];
+    let mut link = [0u8; 64];
+    cpath(&mut path, format_args!("/proc/{pid}/fd/{fd}"))
+        .and_then(|p| readlink_into(libc::AT_FDCWD, p, &mut link))
+        .and_then(|l| bracketed(l, b"socket:["))
+        == Some(inode)
 }
 
 /// Calls `f(fd, inode)` for each socket among `pid`'s fds until it returns false. Returns how
@@ -211,10 +281,10 @@ fn walk_sockets(pid: u32, mut f: impl FnMut(u32, u32) -> bool) -> Option<usize> 
 mod tests {
     use std::{
         net::{TcpListener, UdpSocket},
-        os::fd::AsRawFd,
+        os::{fd::AsRawFd, unix::net::UnixDatagram},
     };
 
-    use portwatch_test_support::{inode_of, Process};
+    use portwatch_test_support::{inode_of, recv_fd, send_fd, Process};
 
     use super::*;
 
@@ -234,20 +304,21 @@ mod tests {
         drop(listener);
         let both = sorted(vec![a, b]);
 
+        let since = Instant::now();
         let mut idx = SocketIndex::new();
         // A verified hint is enough: no walk of /proc at all.
-        assert_eq!(idx.owners(inode, &[a], Duration::MAX), vec![a]);
+        assert_eq!(idx.owners(inode, &[a], Duration::MAX, since), vec![a]);
         assert_eq!(idx.age(), None);
         // Nothing hinted and no index yet: one rescan.
-        assert_eq!(idx.owners(inode, &[], Duration::MAX), both);
+        assert_eq!(idx.owners(inode, &[], Duration::MAX, since), both);
         assert!(idx.age().is_some());
         // The hint plus the other holder from the index.
-        assert_eq!(idx.owners(inode, &[b], Duration::MAX), both);
+        assert_eq!(idx.owners(inode, &[b], Duration::MAX, since), both);
         // A wrong hint is not returned; duplicates are folded.
         let me = std::process::id();
-        assert_eq!(idx.owners(inode, &[me, a, a], Duration::MAX), both);
+        assert_eq!(idx.owners(inode, &[me, a, a], Duration::MAX, since), both);
         assert!(idx
-            .owners(inode.wrapping_add(1_000_000), &[a], Duration::MAX)
+            .owners(inode.wrapping_add(1_000_000), &[a], Duration::MAX, since)
             .is_empty());
     }
 
@@ -259,11 +330,15 @@ mod tests {
         let pid = child.pid;
         drop(sock);
         let mut idx = SocketIndex::new();
-        assert_eq!(idx.owners(inode, &[], Duration::MAX), vec![pid]);
+        let since = Instant::now();
+        assert_eq!(idx.owners(inode, &[], Duration::MAX, since), vec![pid]);
         child.kill();
-        // Neither the hint nor the stale index entry verifies, and the forced rescan is empty.
-        assert!(idx.owners(inode, &[pid], Duration::MAX).is_empty());
-        assert!(idx.owners(inode, &[pid], Duration::ZERO).is_empty());
+        // Neither the hint nor the stale index entry verifies, and the
+        // rescan forced by a later socket is empty.
+        assert!(idx.owners(inode, &[pid], Duration::MAX, since).is_empty());
+        let later = Instant::now();
+        assert!(idx.owners(inode, &[pid], Duration::ZERO, later).is_empty());
+        assert_eq!(idx.walks(), 2);
     }
 
     #[test]
@@ -276,9 +351,77 @@ mod tests {
         let child = Process::sleeper(&[sock.as_raw_fd()]);
         let pid = child.pid;
         drop(sock);
+        let since = Instant::now();
         // Fresh enough: trusted as it is, so the new holder is unknown.
-        assert!(idx.owners(inode, &[], Duration::from_secs(3600)).is_empty());
+        assert!(idx
+            .owners(inode, &[], Duration::from_secs(3600), since)
+            .is_empty());
         // Too old: rescanned once.
-        assert_eq!(idx.owners(inode, &[], Duration::ZERO), vec![pid]);
+        assert_eq!(idx.owners(inode, &[], Duration::ZERO, since), vec![pid]);
+        // A walk that started after the socket was known answers for it:
+        // no second rescan, however old the index may be.
+        assert!(idx
+            .owners(inode.wrapping_add(1_000_000), &[], Duration::ZERO, since)
+            .is_empty());
+        assert_eq!(idx.walks(), 2);
+    }
+
+    /// Every port of a batch held by one process: its fd directory is
+    /// walked once for all of them; a later batch (sockets known later)
+    /// walks it again.
+    #[test]
+    fn one_walk_of_a_hinted_process_per_batch() {
+        let listeners: Vec<TcpListener> = (0..50)
+            .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
+            .collect();
+        let fds: Vec<i32> = listeners.iter().map(AsRawFd::as_raw_fd).collect();
+        let inodes: Vec<u32> = listeners.iter().map(inode_of).collect();
+        let holder = Process::sleeper(&fds);
+        drop(listeners);
+        let mut idx = SocketIndex::new();
+        let since = Instant::now();
+        for &inode in &inodes {
+            assert_eq!(
+                idx.owners(inode, &[holder.pid], Duration::MAX, since),
+                vec![holder.pid]
+            );
+        }
+        assert_eq!((idx.pid_walks(), idx.walks()), (1, 0));
+        let later = Instant::now();
+        assert_eq!(
+            idx.owners(inodes[7], &[holder.pid], Duration::MAX, later),
+            vec![holder.pid]
+        );
+        assert_eq!((idx.pid_walks(), idx.walks()), (2, 0));
+    }
+
+    /// A socket passed to another process (SCM_RIGHTS) and closed by the
+    /// process that bound it: the receiver is found, with or without the
+    /// binder as a hint, and the binder is not.
+    #[test]
+    fn socket_passed_with_scm_rights_is_found() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let inode = inode_of(&listener);
+        let (tx, rx) = UnixDatagram::pair().unwrap();
+        send_fd(tx.as_raw_fd(), listener.as_raw_fd());
+        drop(listener);
+        drop(tx);
+        // The socket is only in flight now; the child takes it from the
+        // queue (a fork inherits rx, not the listener).
+        let rx_fd = rx.as_raw_fd();
+        let receiver = Process::fork(move || recv_fd(rx_fd) >= 0);
+        drop(rx);
+        let me = std::process::id();
+        let mut idx = SocketIndex::new();
+        let since = Instant::now();
+        assert_eq!(
+            idx.owners(inode, &[me], Duration::MAX, since),
+            vec![receiver.pid]
+        );
+        let mut fresh = SocketIndex::new();
+        assert_eq!(
+            fresh.owners(inode, &[], Duration::MAX, since),
+            vec![receiver.pid]
+        );
     }
 }

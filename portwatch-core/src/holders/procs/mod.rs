@@ -57,6 +57,10 @@ pub struct ProcInfo {
     pub runtime: Option<Runtime>,
     /// Start time in clock ticks since boot (stat field 22); with `pid` it names one process.
     pub start_time: u64,
+    /// It is exiting (PF_EXITING in its stat flags: its memory, and with
+    /// it its command line, goes first, its files after) or has exited and
+    /// waits to be reaped (state Z: its pid, comm and start time remain).
+    pub exiting: bool,
 }
 
 /// Reads one process; None if it does not exist (or vanishes mid-read).
@@ -99,6 +103,7 @@ pub fn proc_info(pid: u32) -> Option<ProcInfo> {
         container,
         runtime,
         start_time: stat.start_time,
+        exiting: stat.exiting(),
     })
 }
 
@@ -106,7 +111,8 @@ pub fn proc_info(pid: u32) -> Option<ProcInfo> {
 /// Bounded size.
 ///
 /// Each hit still reads /proc/PID/stat (one small read) to check the start time; a changed comm
-/// (an exec, or a rename) also forces a fresh read, and the parent pid is refreshed from it.
+/// (an exec, or a rename) also forces a fresh read, and the parent pid and whether it is exiting
+/// are refreshed from it.
 #[derive(Debug, Default)]
 pub struct ProcCache {
     /// pid -> (info, tick of last use).
@@ -137,6 +143,7 @@ impl ProcCache {
             if info.start_time == stat.start_time && String::from_utf8_lossy(stat.comm) == info.comm
             {
                 info.ppid = stat.ppid;
+                info.exiting = stat.exiting();
                 *used = self.tick;
                 return Some(info.clone());
             }
@@ -184,8 +191,20 @@ impl ProcCache {
 /// The fields of /proc/PID/stat that are used.
 struct Stat<'a> {
     comm: &'a [u8],
+    /// Field 3: R, S, D, Z...
+    state: u8,
+    /// Field 9: the kernel's PF_* flags.
+    flags: u64,
     ppid: u32,
     start_time: u64,
+}
+
+impl Stat<'_> {
+    /// Exiting (PF_EXITING, include/linux/sched.h) or exited (Z, X).
+    fn exiting(&self) -> bool {
+        const PF_EXITING: u64 = 0x4;
+        matches!(self.state, b'Z' | b'X') || self.flags & PF_EXITING != 0
+    }
 }
 
 /// Parses /proc/PID/stat. comm sits between the first '(' and the LAST ')', since it may hold
@@ -196,10 +215,14 @@ fn parse_stat(stat: &[u8]) -> Option<Stat<'_>> {
     let comm = stat.get(open + 1..close)?;
     let rest = std::str::from_utf8(stat.get(close + 1..)?).ok()?;
     let mut fields = rest.split_ascii_whitespace();
-    let ppid = fields.nth(1)?.parse().ok()?; // field 4
-    let start_time = fields.nth(17)?.parse().ok()?; // field 22
+    let state = *fields.next()?.as_bytes().first()?; // field 3
+    let ppid = fields.next()?.parse().ok()?; // field 4
+    let flags = fields.nth(4)?.parse().ok()?; // field 9
+    let start_time = fields.nth(12)?.parse().ok()?; // field 22
     Some(Stat {
         comm,
+        state,
+        flags,
         ppid,
         start_time,
     })
@@ -303,9 +326,14 @@ mod tests {
         let stat = b"42 (x) 7 8) (y) S 17 42 42 0 -1 4194560 1 2 3 4 5 6 7 8 20 0 1 0 987654 1 2";
         let s = parse_stat(stat).unwrap();
         assert_eq!(
-            (s.comm, s.ppid, s.start_time),
-            (&b"x) 7 8) (y"[..], 17, 987654)
+            (s.comm, s.state, s.flags, s.ppid, s.start_time),
+            (&b"x) 7 8) (y"[..], b'S', 4194560, 17, 987654)
         );
+        assert!(!s.exiting());
+        let exiting = b"42 (x) R 17 42 42 0 -1 4194564 1 2 3 4 5 6 7 8 20 0 1 0 987654 1 2";
+        assert!(parse_stat(exiting).unwrap().exiting());
+        let zombie = b"42 (x) Z 17 42 42 0 -1 4194560 1 2 3 4 5 6 7 8 20 0 1 0 987654 1 2";
+        assert!(parse_stat(zombie).unwrap().exiting());
         assert!(parse_stat(b"42 (x S 1").is_none());
         assert!(parse_stat(b"").is_none());
         assert!(parse_stat(b"42 (x) S 1 2").is_none());
