@@ -53,12 +53,16 @@ impl Apache {
             let pid = std::fs::read_to_string(dir.join("httpd.pid"))
                 .ok()
                 .and_then(|p| p.trim().parse().ok());
+            // Ready: it accepts, and both workers of StartServers 2 are
+            // forked (the first may serve before the second exists).
             if let (Some(pid), true) = (pid, TcpStream::connect(v4(port)).is_ok()) {
-                return Apache { pid };
+                if processes_of(pid).len() >= 3 {
+                    return Apache { pid };
+                }
             }
             assert!(
                 Instant::now() < deadline,
-                "apache2 never listened: {}",
+                "apache2 never listened with its two workers: {}",
                 std::fs::read_to_string(dir.join("error.log")).unwrap_or_default()
             );
             std::thread::sleep(Duration::from_millis(20));
@@ -67,11 +71,7 @@ impl Apache {
 
     /// The pids of its processes: the master and its workers.
     pub fn processes(&self) -> Vec<u32> {
-        let children =
-            std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", self.pid)).unwrap();
-        std::iter::once(self.pid)
-            .chain(children.split_whitespace().map(|p| p.parse().unwrap()))
-            .collect()
+        processes_of(self.pid)
     }
 }
 
@@ -88,4 +88,13 @@ impl Drop for Apache {
             let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
         }
     }
+}
+
+/// `pid` and its children: Apache's master and its workers.
+fn processes_of(pid: u32) -> Vec<u32> {
+    let children =
+        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+    std::iter::once(pid)
+        .chain(children.split_whitespace().filter_map(|p| p.parse().ok()))
+        .collect()
 }
