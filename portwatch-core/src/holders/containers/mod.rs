@@ -1004,7 +1004,9 @@ mod tests {
         // `; :` keeps sh from exec'ing sleep: sleep stays its child.
         cmd.args(["-c", "sleep 100; :", "-namespace", "k8s.io", "-id"])
             .arg("a".repeat(64))
-            .current_dir(&sandbox);
+            .current_dir(&sandbox)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
         let mut posing = portwatch_test_support::Process::spawn(cmd, &[]);
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
         let child = loop {
@@ -1030,6 +1032,9 @@ mod tests {
             c.get(ID, Runtime::Unknown).label(),
             "pod shop/web-0 (container web)"
         );
+        // The sleep first: killing sh alone would leave it behind.
+        // SAFETY: a plain kill(2) of a child this test started.
+        unsafe { libc::kill(child as i32, libc::SIGKILL) };
         posing.kill();
         // Nothing above a plain process of ours.
         assert_eq!(bundle_root_above(std::process::id()), None);
