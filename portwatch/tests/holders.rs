@@ -315,26 +315,31 @@ fn lookups_slower_than_a_burst_are_shed_not_events() {
 /// A burst of 16,000 distinct failures from one process that holds the
 /// 16,000 listeners in the way (the C burst, with default
 /// settings): every event is named in full, the holder's pid verified and
-/// its command line read, none shed nor timed out.
+/// its command line read, none shed nor timed out. In the kernel VMs
+/// (emulated CPUs, `PORTWATCH_TEST_VM`), 5,000: still more than one lookup
+/// batch (4,096), in a time the VM's limit allows.
 #[test]
 fn burst_of_distinct_failures_is_named_in_full() {
-    const PORTS: u16 = 16_000;
+    let in_vm = std::env::var_os("PORTWATCH_TEST_VM").is_some();
+    let ports: u16 = if in_vm { 5_000 } else { 16_000 };
     const BASE: u16 = 10_000;
     let mut lim = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
     };
+    // Root may raise its hard limit (a VM's init leaves it low).
+    let want = libc::rlim_t::from(ports) + 1024;
     // SAFETY: getrlimit/setrlimit with a valid struct.
     unsafe {
         assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim), 0);
-        assert!(lim.rlim_max > libc::rlim_t::from(PORTS) + 100, "fd limit");
+        lim.rlim_max = lim.rlim_max.max(want);
         lim.rlim_cur = lim.rlim_max;
-        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &lim), 0);
+        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &lim), 0, "fd limit");
     }
     let ns = Netns::new("pw-named");
     let tracer = Tracer::start(&["--netns", &ns.arg()]);
-    let held = ns.run(|| {
-        let held: Vec<_> = (BASE..BASE + PORTS)
+    let held = ns.run(move || {
+        let held: Vec<_> = (BASE..BASE + ports)
             .map(|port| {
                 let s = socket(false, false);
                 bind(&s, v4(port)).expect("holder bind");
@@ -343,7 +348,7 @@ fn burst_of_distinct_failures_is_named_in_full() {
             })
             .collect();
         let loser = socket(false, false);
-        for port in BASE..BASE + PORTS {
+        for port in BASE..BASE + ports {
             assert_eq!(bind(&loser, v4(port)), Err(libc::EADDRINUSE));
         }
         held
@@ -365,7 +370,7 @@ fn burst_of_distinct_failures_is_named_in_full() {
         if !full && wrong.len() < 3 {
             wrong.push(ev.to_string());
         }
-        if events == usize::from(PORTS) {
+        if events == usize::from(ports) {
             break;
         }
     }
@@ -373,13 +378,13 @@ fn burst_of_distinct_failures_is_named_in_full() {
     drop(held);
     let summary = notices.iter().find(|v| v["type"] == "summary").unwrap();
     assert_eq!(summary["lost"], 0, "{summary}");
-    assert_eq!(events, usize::from(PORTS), "{} more; {summary}", rest.len());
+    assert_eq!(events, usize::from(ports), "{} more; {summary}", rest.len());
     assert!(wrong.is_empty(), "not named in full: {wrong:#?}\n{summary}");
     assert_eq!(summary["lookup_timeouts"], 0, "{summary}");
     assert_eq!(summary["lookups_shed"], 0, "{summary}");
     // How soon is the benchmark's target (`cargo xtask bench --only
     // burst`), not this test's: the machine's load decides it.
-    eprintln!("{PORTS} events named in full; the last {last:?} after the burst's end");
+    eprintln!("{ports} events named in full; the last {last:?} after the burst's end");
 }
 
 /// Slow lookups delay output only: a storm during them is captured whole.

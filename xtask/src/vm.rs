@@ -114,7 +114,7 @@ fn init_script(modules: &[PathBuf]) -> String {
     for backend in BACKENDS {
         for suite in SUITES {
             s.push_str(&format!(
-                "PORTWATCH_TEST_BACKEND={backend} PORTWATCH_EXPECT_AUTO=fexit /t/{suite} --test-threads=1{skips}\n\
+                "PORTWATCH_TEST_BACKEND={backend} PORTWATCH_EXPECT_AUTO=fexit PORTWATCH_TEST_VM=1 /t/{suite} --test-threads=1{skips}\n\
                  echo \"VMTEST suite={suite} backend={backend} rc=$?\"\n"
             ));
         }
