@@ -11,16 +11,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::*;
+use common::{preflight::netns, *};
 use serde_json::Value;
-
-/// A namespace whose ephemeral range (50000-60999) is clear of `port()`'s
-/// ports (20000-44998), so only the ephemeral test meets it.
-fn netns(comm: &str) -> Netns {
-    let ns = Netns::new(comm);
-    ns.run(|| sysctl("net/ipv4/ip_local_port_range", "50000 60999"));
-    ns
-}
 
 /// Writes a sysctl in the calling thread's namespace.
 fn sysctl(name: &str, value: &str) {
@@ -30,14 +22,7 @@ fn sysctl(name: &str, value: &str) {
 
 /// `portwatch check ARGS` run in `ns`.
 fn run_check(ns: &Netns, args: &[&str]) -> Output {
-    let args: Vec<String> = args.iter().map(|&a| a.to_owned()).collect();
-    ns.run(move || {
-        Command::new(bin())
-            .arg("check")
-            .args(&args)
-            .output()
-            .expect("run portwatch check")
-    })
+    preflight::run_check(ns, None, args)
 }
 
 /// `portwatch check ARGS --json` in `ns`: its exit status and one object
@@ -46,15 +31,11 @@ fn check(ns: &Netns, args: &[&str]) -> (i32, Vec<Value>) {
     let mut args = args.to_vec();
     args.push("--json");
     let out = run_check(ns, &args);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let lines: Vec<Value> = stdout
-        .lines()
-        .map(|l| {
-            serde_json::from_str(l)
-                .unwrap_or_else(|e| panic!("not JSON ({e}): {l}\nstderr: {stderr}"))
-        })
-        .collect();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    let lines = preflight::json_lines(&out);
     // Options and their values are not bindings.
     let mut bindings = 0;
     let mut skip = false;

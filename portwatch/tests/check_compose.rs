@@ -20,35 +20,18 @@ use std::{
 
 use common::{
     docker::{compose, Docker},
+    preflight::netns,
     *,
 };
 use saphyr::{LoadableYamlNode as _, Scalar, Yaml};
 use serde_json::Value;
 
-/// A namespace whose ephemeral range (50000-60999) is clear of `port()`'s
-/// ports (20000-44998): no ephemeral-risk verdicts in the way.
-fn netns(comm: &str) -> Netns {
-    let ns = Netns::new(comm);
-    ns.run(|| {
-        std::fs::write("/proc/sys/net/ipv4/ip_local_port_range", "50000 60999")
-            .expect("set ip_local_port_range")
-    });
-    ns
-}
-
 /// `portwatch check ARGS --json` in `ns`, in `dir`: the exit status, the
 /// verdicts and the unchecked lines.
 fn check(ns: &Netns, dir: &Path, args: &[&str]) -> (i32, Vec<Value>, Vec<Value>) {
     let out = run_check(ns, dir, args, true);
-    let stdout = String::from_utf8_lossy(&out.stdout);
     let (mut verdicts, mut unchecked) = (Vec::new(), Vec::new());
-    for l in stdout.lines() {
-        let v: Value = serde_json::from_str(l).unwrap_or_else(|e| {
-            panic!(
-                "not JSON ({e}): {l}\nstderr: {}",
-                String::from_utf8_lossy(&out.stderr)
-            )
-        });
+    for v in preflight::json_lines(&out) {
         if v.get("unchecked").is_some() {
             unchecked.push(v);
         } else {
@@ -59,19 +42,11 @@ fn check(ns: &Netns, dir: &Path, args: &[&str]) -> (i32, Vec<Value>, Vec<Value>)
 }
 
 fn run_check(ns: &Netns, dir: &Path, args: &[&str], json: bool) -> Output {
-    let mut args: Vec<String> = args.iter().map(|&a| a.to_owned()).collect();
+    let mut args = args.to_vec();
     if json {
-        args.push("--json".into());
+        args.push("--json");
     }
-    let dir = dir.to_owned();
-    ns.run(move || {
-        Command::new(bin())
-            .arg("check")
-            .args(&args)
-            .current_dir(dir)
-            .output()
-            .expect("run portwatch check")
-    })
+    preflight::run_check(ns, Some(dir), &args)
 }
 
 /// The service an entry was read for (`... service web: 8080:80`).

@@ -16,18 +16,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{apache::Apache, *};
+use common::{apache::Apache, preflight::netns, *};
 use serde_json::Value;
-
-/// A namespace whose ephemeral range (50000-60999) is clear of `port()`'s
-/// ports, as in check.rs: no ephemeral-risk in these cases.
-fn netns(comm: &str) -> Netns {
-    let ns = Netns::new(comm);
-    ns.run(|| {
-        std::fs::write("/proc/sys/net/ipv4/ip_local_port_range", "50000 60999").unwrap();
-    });
-    ns
-}
 
 const NGINX: &str = "/usr/sbin/nginx";
 
@@ -60,30 +50,20 @@ fn write(path: &Path, text: &str) {
 /// binding, and stderr.
 fn check(ns: &Netns, args: &[&str]) -> (i32, Vec<Value>, String) {
     let out = run_check(ns, args, true);
-    let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    let lines = stdout
-        .lines()
-        .map(|l| {
-            serde_json::from_str(l)
-                .unwrap_or_else(|e| panic!("not JSON ({e}): {l}\nstderr: {stderr}"))
-        })
-        .collect();
-    (out.status.code().expect("exit status"), lines, stderr)
+    (
+        out.status.code().expect("exit status"),
+        preflight::json_lines(&out),
+        stderr,
+    )
 }
 
 fn run_check(ns: &Netns, args: &[&str], json: bool) -> Output {
-    let mut args: Vec<String> = args.iter().map(|&a| a.to_owned()).collect();
+    let mut args = args.to_vec();
     if json {
-        args.push("--json".into());
+        args.push("--json");
     }
-    ns.run(move || {
-        Command::new(bin())
-            .arg("check")
-            .args(&args)
-            .output()
-            .expect("run portwatch check")
-    })
+    preflight::run_check(ns, None, &args)
 }
 
 /// The outcome for `binding` (`0.0.0.0:80/tcp`).

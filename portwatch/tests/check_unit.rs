@@ -10,21 +10,12 @@ mod common;
 use std::{
     net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
-    process::{Command, Output},
+    process::Output,
 };
 
-use common::*;
+use common::{preflight::netns, *};
 use serde_json::Value;
 use socket2::Socket;
-
-/// A namespace whose ephemeral range is clear of `port()`'s ports.
-fn netns(comm: &str) -> Netns {
-    let ns = Netns::new(comm);
-    ns.run(|| {
-        std::fs::write("/proc/sys/net/ipv4/ip_local_port_range", "50000 60999").unwrap();
-    });
-    ns
-}
 
 fn unit_file(dir: &Path, name: &str, text: &str) -> PathBuf {
     let path = dir.join(name);
@@ -33,25 +24,13 @@ fn unit_file(dir: &Path, name: &str, text: &str) -> PathBuf {
 }
 
 fn run_check(ns: &Netns, args: &[&str]) -> Output {
-    let args: Vec<String> = args.iter().map(|&a| a.to_owned()).collect();
-    ns.run(move || {
-        Command::new(bin())
-            .arg("check")
-            .args(&args)
-            .output()
-            .expect("run portwatch check")
-    })
+    preflight::run_check(ns, None, args)
 }
 
 /// `check --unit FILE --json`: status and one object per binding.
 fn check(ns: &Netns, unit: &Path) -> (i32, Vec<Value>) {
     let out = run_check(ns, &["--unit", unit.to_str().unwrap(), "--json"]);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let v = stdout
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
-        .collect();
-    (out.status.code().unwrap(), v)
+    (out.status.code().unwrap(), preflight::json_lines(&out))
 }
 
 fn addr(s: &str, port: u16) -> SocketAddr {

@@ -12,6 +12,7 @@
 pub mod apache;
 pub mod containerd;
 pub mod docker;
+pub mod preflight;
 
 use std::{
     io::{BufRead as _, BufReader},

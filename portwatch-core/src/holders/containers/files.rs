@@ -6,9 +6,9 @@
 
 use super::*;
 
-/// Reads a runtime's JSON file: no symlink followed, at most [`FILE_CAP`],
-/// and only root's (runtimes run as root; anyone else's file could lie).
-pub(super) fn read_json(path: &Path) -> Option<Value> {
+/// Reads a runtime's file: no symlink followed, at most [`FILE_CAP`], and
+/// only root's (runtimes run as root; anyone else's file could lie).
+pub(super) fn read_root_file(path: &Path) -> Option<Vec<u8>> {
     let file = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
@@ -19,7 +19,12 @@ pub(super) fn read_json(path: &Path) -> Option<Value> {
     }
     let mut buf = Vec::new();
     file.take(FILE_CAP).read_to_end(&mut buf).ok()?;
-    serde_json::from_slice(&buf).ok()
+    Some(buf)
+}
+
+/// A runtime's JSON file, read as [`read_root_file`] reads it.
+pub(super) fn read_json(path: &Path) -> Option<Value> {
+    serde_json::from_slice(&read_root_file(path)?).ok()
 }
 
 pub(super) fn string(v: &Value, pointer: &str) -> Option<String> {

@@ -236,7 +236,7 @@ fn containerd_state(cmdline: &str) -> Option<PathBuf> {
     let Some(config) = flag(cmdline, &["--config", "-c"]) else {
         return Some(PathBuf::from(CONTAINERD_STATES[0]));
     };
-    let text = read_capped_text(Path::new(config))?;
+    let text = String::from_utf8(files::read_root_file(Path::new(config))?).ok()?;
     Some(PathBuf::from(
         config_state(&text).unwrap_or(CONTAINERD_STATES[0]),
     ))
@@ -254,21 +254,6 @@ fn config_state(toml: &str) -> Option<&str> {
             let value = value.trim().strip_prefix('"')?;
             value.split_once('"').map(|(v, _)| v)
         })
-}
-
-/// A root-owned text file, not followed through a symlink, capped.
-fn read_capped_text(path: &Path) -> Option<String> {
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(path)
-        .ok()?;
-    if file.metadata().ok()?.uid() != 0 {
-        return None;
-    }
-    let mut text = String::new();
-    file.take(FILE_CAP).read_to_string(&mut text).ok()?;
-    Some(text)
 }
 
 /// Where a runtime's process says the bundles of its containers are.
