@@ -360,8 +360,7 @@ fn from_engine(e: &Entry, j: &Judgement) -> Option<Outcome> {
 /// Held only by what the deploy replaces: every socket in the way (and
 /// every container publishing the port) is `ours`'.
 fn yours(b: &Binding, ours: &Ours, holders: &[Holder], j: &Judgement) -> Option<Outcome> {
-    let published = j.published.iter().filter(|p| !ours.runs(&p.container));
-    if published.count() > 0
+    if j.published.iter().any(|p| !ours.runs(&p.container))
         || (holders.is_empty() && j.published.is_empty())
         || !holders.iter().all(|h| ours.holds(h))
     {
