@@ -357,11 +357,8 @@ fn burst_of_distinct_failures_is_named_in_full() {
     let me = std::process::id();
     let own_cmdline = std::fs::read("/proc/self/cmdline").unwrap();
     let own_cmdline = String::from_utf8_lossy(&own_cmdline).replace('\0', " ");
-    let (mut events, mut last) = (0, Duration::ZERO);
     let mut wrong = Vec::new();
-    while let Some(ev) = tracer.next_event(Duration::from_secs(12)) {
-        events += 1;
-        last = ended.elapsed();
+    let mut named_in_full = |ev: &Value| {
         let h = &ev["holders"][0];
         let full = ev["enriched"] == true
             && h["pid"] == me
@@ -370,15 +367,34 @@ fn burst_of_distinct_failures_is_named_in_full() {
         if !full && wrong.len() < 3 {
             wrong.push(ev.to_string());
         }
+    };
+    // Events are printed once their holder is named: under an emulated
+    // CPU the first may come long after the burst (6.1's VM: over 12 s).
+    // The time is the benchmark's measure; this test's is that each one,
+    // however late, is named in full, none lost.
+    let (mut events, mut last) = (0, Duration::ZERO);
+    while let Some(ev) = tracer.next_event(Duration::from_secs(60)) {
+        events += 1;
+        last = ended.elapsed();
+        named_in_full(&ev);
         if events == usize::from(ports) {
             break;
         }
     }
     let (_, rest, notices) = tracer.stop();
     drop(held);
+    // Written before the stop, read after it: counted and checked alike.
+    for ev in &rest {
+        named_in_full(ev);
+    }
     let summary = notices.iter().find(|v| v["type"] == "summary").unwrap();
     assert_eq!(summary["lost"], 0, "{summary}");
-    assert_eq!(events, usize::from(ports), "{} more; {summary}", rest.len());
+    assert_eq!(
+        events + rest.len(),
+        usize::from(ports),
+        "{} after the stop; {summary}",
+        rest.len()
+    );
     assert!(wrong.is_empty(), "not named in full: {wrong:#?}\n{summary}");
     assert_eq!(summary["lookup_timeouts"], 0, "{summary}");
     assert_eq!(summary["lookups_shed"], 0, "{summary}");
