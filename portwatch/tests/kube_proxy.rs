@@ -1,9 +1,14 @@
-//! kube-proxy's nftables mode: its `ip kube-proxy` table, in the shape its
-//! nftables proxier writes it, loaded with Debian's `nft -f` into the
-//! test's own network namespace (never the host's). A connection to the
-//! NodePort really reaches a server behind it, and `who` and `check` name
-//! the Service and its endpoints. kube-proxy itself is not packaged for
-//! Debian 12: its rules are written here as it writes them.
+//! kube-proxy's nftables and IPVS modes, each in the test's own network
+//! namespace (never the host's). nftables: its `ip kube-proxy` table, in
+//! the shape its nftables proxier writes it, loaded with Debian's `nft -f`.
+//! IPVS: virtual servers on the node's address and on the ClusterIP on a
+//! `kube-ipvs0` dummy device, written through IPVS's generic netlink family
+//! as kube-proxy's IPVS proxier writes them; this host's kernel has no
+//! ip_vs, so that test runs in the VM suites, whose Debian kernels load it
+//! as a module. In both, a connection to the NodePort really reaches a
+//! server behind it, and `who` and `check` name where it goes. kube-proxy
+//! itself is not packaged for Debian 12: its rules are written here as it
+//! writes them.
 
 mod common;
 
@@ -238,4 +243,101 @@ fn nftables_node_port_names_its_service() {
     let (code, v) = who(&ns, &["30081"]);
     assert_eq!(code, 0, "{v:#}");
     assert_eq!(v["dnat"], serde_json::json!([]), "{v:#}");
+}
+
+/// Adds virtual server `vip` (TCP, round robin) with real servers `reals`
+/// (masquerading, weight 1), as kube-proxy's IPVS proxier makes one
+/// (pkg/proxy/ipvs/proxier.go: scheduler `rr` by default, the `masq`
+/// forwarding method), through IPVS's generic netlink family in the
+/// calling thread's network namespace.
+fn ipvs_add(vip: &str, reals: &[&str]) {
+    use nlrs::{
+        genetlink::socket::{GenericNetlinkSocket, GenericRequestBuilder},
+        ipvs::{
+            destination::{IpvsForwardMethod, NewDestinationMessageBuilder},
+            service::NewServiceMessageBuilder,
+            IpvsService, Protocol, IPVS_FAMILY,
+        },
+        netlink::socket::NlSocketType,
+        socket::NetlinkSocket,
+    };
+    let socket = NetlinkSocket::new_vectored(NlSocketType::NETLINK_GENERIC).expect("netlink");
+    let mut socket = GenericNetlinkSocket::from_netlink_socket(socket, IPVS_FAMILY.to_string())
+        .expect("the IPVS family (ip_vs loaded)");
+    let service = IpvsService {
+        service_address: vip.parse().unwrap(),
+        protocol: Protocol::TCP,
+    };
+    let mut add = socket.message_builder::<NewServiceMessageBuilder<_>>(service);
+    add.sched_name = "rr".into();
+    add.call().expect("add the virtual server");
+    for real in reals {
+        let mut add = socket
+            .message_builder::<NewDestinationMessageBuilder<_>>((service, real.parse().unwrap()));
+        add.set_forwarding_method(IpvsForwardMethod::Masquerade);
+        add.call().expect("add a real server");
+    }
+}
+
+/// kube-proxy's IPVS mode for Service shop/web: NodePort 30080 on the
+/// node's address and ClusterIP 10.96.0.50:80 on `kube-ipvs0`, both with
+/// the two endpoints as real servers. A connection to the NodePort
+/// reaches an endpoint's server; `who` (JSON and text) and `check` say
+/// that kube-proxy's IPVS sends the port to both endpoints (IPVS carries
+/// no Service name).
+#[test]
+#[ignore = "needs the ip_vs module: runs in the VM suites (cargo xtask vm-test)"]
+fn ipvs_node_port_names_its_endpoints() {
+    let ns = Netns::new("pw-kp-ipvs");
+    let servers = ns.run(|| {
+        ip("link set lo up");
+        for addr in ["192.168.0.2", "10.244.0.5", "10.244.0.6"] {
+            ip(&format!("addr add {addr}/32 dev lo"));
+        }
+        // kube-proxy's dummy device, holding the ClusterIPs.
+        ip("link add kube-ipvs0 type dummy");
+        ip("addr add 10.96.0.50/32 dev kube-ipvs0");
+        ipvs_add("192.168.0.2:30080", &ENDPOINTS);
+        ipvs_add("10.96.0.50:80", &ENDPOINTS);
+        ENDPOINTS.map(|a| {
+            let s = TcpListener::bind(a).expect("an endpoint's server");
+            s.set_nonblocking(true).unwrap();
+            s
+        })
+    });
+    let to = ns.run(move || {
+        let _client = TcpStream::connect_timeout(
+            &"192.168.0.2:30080".parse().unwrap(),
+            Duration::from_secs(5),
+        )
+        .expect("connect to the NodePort");
+        accepted_by(&servers)
+    });
+    assert!(ENDPOINTS.contains(&to.to_string().as_str()), "{to}");
+
+    let (code, v) = who(&ns, &["30080"]);
+    assert_eq!(code, 1, "{v:#}");
+    assert_eq!(v["sockets"].as_array().unwrap().len(), 0, "{v:#}");
+    let rule = &v["dnat"][0];
+    assert_eq!(rule["from"], "ipvs", "{v:#}");
+    assert_eq!(rule["made_by"], "kube-proxy", "{v:#}");
+    assert_eq!(rule["endpoints"], serde_json::json!(ENDPOINTS), "{v:#}");
+    assert_eq!(rule["rule"], "virtual servers TCP 192.168.0.2:30080 rr", "{v:#}");
+
+    let diagnosis = "no socket holds tcp port 30080, but kube-proxy (IPVS) sends it to 10.244.0.5:8080, 10.244.0.6:8080: a process listening here never sees that traffic";
+    let out = portwatch(&ns, &["who", "30080"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains(&format!("service:   {diagnosis}")), "{text}");
+    assert!(
+        text.contains("`kubectl get services -A | grep 30080` (a cluster command"),
+        "{text}"
+    );
+    let (code, c) = parse(&portwatch(&ns, &["check", "30080", "--json"]));
+    assert_eq!(code, 1, "{c:#}");
+    assert_eq!(c["verdict"], "steered", "{c:#}");
+    assert_eq!(c["diagnosis"], diagnosis, "{c:#}");
+    // The ClusterIP's port is no node port: a bind to 80 is not steered
+    // on the node's addresses, but the virtual server is still named.
+    let (_, v) = who(&ns, &["80"]);
+    assert_eq!(v["dnat"][0]["rule"], "virtual servers TCP 10.96.0.50:80 rr", "{v:#}");
 }
