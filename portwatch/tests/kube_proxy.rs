@@ -209,10 +209,7 @@ fn nftables_node_port_names_its_service() {
     let diagnosis = "no socket holds tcp port 30080, but kube-proxy sends it to Service shop/web (NodePort, port http; endpoints 10.244.0.5:8080, 10.244.0.6:8080): a process listening here never sees that traffic";
     let out = portwatch(&ns, &["who", "30080"]);
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        text.contains(&format!("service:   {diagnosis}")),
-        "{text}"
-    );
+    assert!(text.contains(&format!("service:   {diagnosis}")), "{text}");
     assert!(
         text.contains("`kubectl -n shop get service web -o yaml` (a cluster command"),
         "{text}"
@@ -239,6 +236,12 @@ fn nftables_node_port_names_its_service() {
     assert_eq!(code, 1, "{v:#}");
     assert_eq!(v["dnat"][0]["service"]["name"], "dns", "{v:#}");
     assert_eq!(v["dnat"][0]["endpoints"], serde_json::Value::Null, "{v:#}");
+    let out = portwatch(&ns, &["who", "30053/udp"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("but kube-proxy sends it to Service shop/dns (NodePort, port dns; no endpoints, so it is dropped or rejected)"),
+        "{text}"
+    );
     // A port kube-proxy has nothing for stays free.
     let (code, v) = who(&ns, &["30081"]);
     assert_eq!(code, 0, "{v:#}");
@@ -322,7 +325,10 @@ fn ipvs_node_port_names_its_endpoints() {
     assert_eq!(rule["from"], "ipvs", "{v:#}");
     assert_eq!(rule["made_by"], "kube-proxy", "{v:#}");
     assert_eq!(rule["endpoints"], serde_json::json!(ENDPOINTS), "{v:#}");
-    assert_eq!(rule["rule"], "virtual servers TCP 192.168.0.2:30080 rr", "{v:#}");
+    assert_eq!(
+        rule["rule"], "virtual servers TCP 192.168.0.2:30080 rr",
+        "{v:#}"
+    );
 
     let diagnosis = "no socket holds tcp port 30080, but kube-proxy (IPVS) sends it to 10.244.0.5:8080, 10.244.0.6:8080: a process listening here never sees that traffic";
     let out = portwatch(&ns, &["who", "30080"]);
@@ -336,8 +342,19 @@ fn ipvs_node_port_names_its_endpoints() {
     assert_eq!(code, 1, "{c:#}");
     assert_eq!(c["verdict"], "steered", "{c:#}");
     assert_eq!(c["diagnosis"], diagnosis, "{c:#}");
+    let out = portwatch(&ns, &["check", "30080"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    // The holder is long: on a line of its own.
+    assert!(text.contains("steered\n"), "{text}");
+    assert!(
+        text.contains("holder: kube-proxy (IPVS) to 10.244.0.5:8080, 10.244.0.6:8080"),
+        "{text}"
+    );
     // The ClusterIP's port is no node port: a bind to 80 is not steered
     // on the node's addresses, but the virtual server is still named.
     let (_, v) = who(&ns, &["80"]);
-    assert_eq!(v["dnat"][0]["rule"], "virtual servers TCP 10.96.0.50:80 rr", "{v:#}");
+    assert_eq!(
+        v["dnat"][0]["rule"], "virtual servers TCP 10.96.0.50:80 rr",
+        "{v:#}"
+    );
 }

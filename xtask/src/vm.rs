@@ -59,7 +59,14 @@ const HOST_ONLY: &[&str] = &[
 
 /// Test binaries to run in the VM.
 const SUITES: &[&str] = &[
-    "capture", "cli", "holders", "who", "wait", "io_uring", "model", "kube_proxy",
+    "capture",
+    "cli",
+    "holders",
+    "who",
+    "wait",
+    "io_uring",
+    "model",
+    "kube_proxy",
 ];
 
 /// Backends every suite runs with.

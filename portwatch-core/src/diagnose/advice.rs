@@ -609,8 +609,10 @@ pub fn steered_to_service(proto: &str, port: u16, rule: &DnatRule) -> Option<(St
     } else {
         format!(", port {}", s.port_name)
     };
+    // No endpoints: kube-proxy drops or rejects the port's traffic (its
+    // nftables mode's `no-endpoint-nodeports` map).
     let endpoints = match rule.endpoints.as_slice() {
-        [] => String::new(),
+        [] => "; no endpoints, so it is dropped or rejected".to_owned(),
         e => format!("; endpoints {}", e.join(", ")),
     };
     let diagnosis = format!(
@@ -645,7 +647,7 @@ fn steered_by_ipvs(proto: &str, port: u16, rule: &DnatRule) -> (String, String) 
         )
     } else {
         format!(
-            "give this service another port, or remove the virtual server if nothing needs it any more (`ipvsadm -Ln` lists it; whatever made it, such as keepalived, owns it)"
+            "give this service another port, or remove the virtual server if nothing needs it any more (`ipvsadm -Ln | grep :{port}` lists it; whatever made it, such as keepalived, owns it)"
         )
     };
     (diagnosis, fix)

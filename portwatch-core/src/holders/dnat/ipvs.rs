@@ -31,7 +31,7 @@ use nlrs::{
 use super::DnatRule;
 
 /// The device kube-proxy's IPVS mode puts the ClusterIPs on.
-pub const KUBE_IPVS_DEVICE: &str = "kube-ipvs0";
+pub(super) const KUBE_IPVS_DEVICE: &str = "kube-ipvs0";
 
 /// One virtual server and where it sends connections.
 #[derive(Debug, Clone, PartialEq, Eq)]

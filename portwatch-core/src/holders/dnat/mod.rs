@@ -27,11 +27,10 @@ mod kube_proxy_nft;
 
 use std::{path::Path, process::Command, time::Duration};
 
+use ipvs::KUBE_IPVS_DEVICE;
 use serde::{Deserialize, Serialize};
 
 use super::containers::Pod;
-
-pub use ipvs::KUBE_IPVS_DEVICE;
 
 /// A rule that redirects traffic for a port elsewhere.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
