@@ -131,6 +131,33 @@ fn portwatch(ns: &Netns, args: &[&str]) -> Output {
     })
 }
 
+/// In `ns`: the node's address (192.168.0.2) and the endpoints' on `lo`,
+/// kube-proxy's rules made by `rules`, and a server on each endpoint
+/// (non-blocking, for [`accepted_by`]).
+fn node(ns: &Netns, rules: fn()) -> [TcpListener; 2] {
+    ns.run(move || {
+        ip("link set lo up");
+        for addr in ["192.168.0.2", "10.244.0.5", "10.244.0.6"] {
+            ip(&format!("addr add {addr}/32 dev lo"));
+        }
+        rules();
+        ENDPOINTS.map(|a| {
+            let s = TcpListener::bind(a).expect("an endpoint's server");
+            s.set_nonblocking(true).unwrap();
+            s
+        })
+    })
+}
+
+/// A connection to NodePort 30080 on the node's address.
+fn connect_node_port() -> TcpStream {
+    TcpStream::connect_timeout(
+        &"192.168.0.2:30080".parse().unwrap(),
+        Duration::from_secs(5),
+    )
+    .expect("connect to the NodePort")
+}
+
 /// Which of `servers` accepts a connection within 5 s.
 fn accepted_by(servers: &[TcpListener]) -> SocketAddr {
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -147,6 +174,25 @@ fn accepted_by(servers: &[TcpListener]) -> SocketAddr {
     }
 }
 
+/// `who 30080` says `diagnosis` on its `service:` line and `fix` in its
+/// fix, and `check 30080 --json` says `steered` with the same diagnosis
+/// (exit 1); returns check's object.
+fn assert_steered(ns: &Netns, diagnosis: &str, fix: &str) -> serde_json::Value {
+    let out = portwatch(ns, &["who", "30080"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains(&format!("service:   {diagnosis}")), "{text}");
+    let fix_line = text
+        .lines()
+        .find(|l| l.starts_with("fix:"))
+        .unwrap_or_default();
+    assert!(fix_line.contains(fix), "{text}");
+    let (code, c) = parse(&portwatch(ns, &["check", "30080", "--json"]));
+    assert_eq!(code, 1, "{c:#}");
+    assert_eq!(c["verdict"], "steered", "{c:#}");
+    assert_eq!(c["diagnosis"], diagnosis, "{c:#}");
+    c
+}
+
 /// kube-proxy's nftables rules send NodePort 30080 of the node's address
 /// to one of the Service's endpoints: a connection reaches a server there
 /// (and a port kube-proxy has no rule for is refused). `who` (JSON and
@@ -156,24 +202,9 @@ fn accepted_by(servers: &[TcpListener]) -> SocketAddr {
 #[test]
 fn nftables_node_port_names_its_service() {
     let ns = Netns::new("pw-kp-nft");
-    let servers = ns.run(|| {
-        ip("link set lo up");
-        for addr in ["192.168.0.2", "10.244.0.5", "10.244.0.6"] {
-            ip(&format!("addr add {addr}/32 dev lo"));
-        }
-        nft_load(RULES);
-        ENDPOINTS.map(|a| {
-            let s = TcpListener::bind(a).expect("an endpoint's server");
-            s.set_nonblocking(true).unwrap();
-            s
-        })
-    });
+    let servers = node(&ns, || nft_load(RULES));
     let reached = ns.run(move || {
-        let client = TcpStream::connect_timeout(
-            &"192.168.0.2:30080".parse().unwrap(),
-            Duration::from_secs(5),
-        )
-        .expect("connect to the NodePort");
+        let client = connect_node_port();
         let to = accepted_by(&servers);
         let refused = TcpStream::connect_timeout(
             &"192.168.0.2:30081".parse().unwrap(),
@@ -207,18 +238,11 @@ fn nftables_node_port_names_its_service() {
     );
 
     let diagnosis = "no socket holds tcp port 30080, but kube-proxy sends it to Service shop/web (NodePort, port http; endpoints 10.244.0.5:8080, 10.244.0.6:8080): a process listening here never sees that traffic";
-    let out = portwatch(&ns, &["who", "30080"]);
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains(&format!("service:   {diagnosis}")), "{text}");
-    assert!(
-        text.contains("`kubectl -n shop get service web -o yaml` (a cluster command"),
-        "{text}"
+    let c = assert_steered(
+        &ns,
+        diagnosis,
+        "`kubectl -n shop get service web -o yaml` (a cluster command",
     );
-
-    let (code, c) = parse(&portwatch(&ns, &["check", "30080", "--json"]));
-    assert_eq!(code, 1, "{c:#}");
-    assert_eq!(c["verdict"], "steered", "{c:#}");
-    assert_eq!(c["diagnosis"], diagnosis, "{c:#}");
     assert_eq!(c["dnat"][0]["service"]["name"], "web", "{c:#}");
     let out = portwatch(&ns, &["check", "30080"]);
     assert_eq!(out.status.code(), Some(1), "{out:?}");
@@ -292,28 +316,15 @@ fn ipvs_add(vip: &str, reals: &[&str]) {
 #[ignore = "needs the ip_vs module: runs in the VM suites (cargo xtask vm-test)"]
 fn ipvs_node_port_names_its_endpoints() {
     let ns = Netns::new("pw-kp-ipvs");
-    let servers = ns.run(|| {
-        ip("link set lo up");
-        for addr in ["192.168.0.2", "10.244.0.5", "10.244.0.6"] {
-            ip(&format!("addr add {addr}/32 dev lo"));
-        }
+    let servers = node(&ns, || {
         // kube-proxy's dummy device, holding the ClusterIPs.
         ip("link add kube-ipvs0 type dummy");
         ip("addr add 10.96.0.50/32 dev kube-ipvs0");
         ipvs_add("192.168.0.2:30080", &ENDPOINTS);
         ipvs_add("10.96.0.50:80", &ENDPOINTS);
-        ENDPOINTS.map(|a| {
-            let s = TcpListener::bind(a).expect("an endpoint's server");
-            s.set_nonblocking(true).unwrap();
-            s
-        })
     });
     let to = ns.run(move || {
-        let _client = TcpStream::connect_timeout(
-            &"192.168.0.2:30080".parse().unwrap(),
-            Duration::from_secs(5),
-        )
-        .expect("connect to the NodePort");
+        let _client = connect_node_port();
         accepted_by(&servers)
     });
     assert!(ENDPOINTS.contains(&to.to_string().as_str()), "{to}");
@@ -331,17 +342,11 @@ fn ipvs_node_port_names_its_endpoints() {
     );
 
     let diagnosis = "no socket holds tcp port 30080, but kube-proxy (IPVS) sends it to 10.244.0.5:8080, 10.244.0.6:8080: a process listening here never sees that traffic";
-    let out = portwatch(&ns, &["who", "30080"]);
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains(&format!("service:   {diagnosis}")), "{text}");
-    assert!(
-        text.contains("`kubectl get services -A | grep 30080` (a cluster command"),
-        "{text}"
+    assert_steered(
+        &ns,
+        diagnosis,
+        "`kubectl get services -A | grep 30080` (a cluster command",
     );
-    let (code, c) = parse(&portwatch(&ns, &["check", "30080", "--json"]));
-    assert_eq!(code, 1, "{c:#}");
-    assert_eq!(c["verdict"], "steered", "{c:#}");
-    assert_eq!(c["diagnosis"], diagnosis, "{c:#}");
     let out = portwatch(&ns, &["check", "30080"]);
     let text = String::from_utf8_lossy(&out.stdout);
     // The holder is long: on a line of its own.
