@@ -28,7 +28,11 @@ use common::*;
 /// those of pkg/proxy/nftables/proxier_test.go's `baseRules` and
 /// TestOverallNFTablesRules expectations (its NodePort Service svc3 and
 /// its no-endpoint elements), with the names, addresses and ports above
-/// (pod CIDR 10.244.0.0/16, service CIDR 10.96.0.0/16). One order differs:
+/// (pod CIDR 10.244.0.0/16, service CIDR 10.96.0.0/16); the chains' hashes
+/// are computed as kube-proxy's `hashAndTruncate` does (the first 8
+/// characters of the base32 SHA-256 of `shop/web/tcp/http`, or of
+/// `shop/web/tcp/http__10.244.0.5/8080` for an endpoint's chain; the same
+/// gives its test's `ULMVA6XW` and `5OJB2KTY`). One order differs:
 /// the test lists the chains sorted after the rules that use them; a
 /// single `nft -f` transaction needs each chain before a rule goes to it,
 /// as kube-proxy's own transaction adds them.
@@ -80,24 +84,51 @@ add rule ip kube-proxy services ip daddr . meta l4proto . th dport vmap @service
 add rule ip kube-proxy services ip daddr @nodeport-ips meta l4proto . th dport vmap @service-nodeports
 add element ip kube-proxy nodeport-ips { 192.168.0.2 }
 add rule ip kube-proxy service-endpoints-check ip daddr . meta l4proto . th dport vmap @no-endpoint-services
-add chain ip kube-proxy service-QZ7VV5GT-shop/web/tcp/http
-add chain ip kube-proxy external-QZ7VV5GT-shop/web/tcp/http
-add chain ip kube-proxy endpoint-5OJB2KTY-shop/web/tcp/http__10.244.0.5/8080
-add chain ip kube-proxy endpoint-UEIP74TE-shop/web/tcp/http__10.244.0.6/8080
-add rule ip kube-proxy service-QZ7VV5GT-shop/web/tcp/http ip daddr 10.96.0.50 ip saddr != 10.244.0.0/16 jump mark-for-masquerade
-add rule ip kube-proxy service-QZ7VV5GT-shop/web/tcp/http numgen random mod 2 vmap { 0 : goto endpoint-5OJB2KTY-shop/web/tcp/http__10.244.0.5/8080 , 1 : goto endpoint-UEIP74TE-shop/web/tcp/http__10.244.0.6/8080 }
-add rule ip kube-proxy external-QZ7VV5GT-shop/web/tcp/http jump mark-for-masquerade
-add rule ip kube-proxy external-QZ7VV5GT-shop/web/tcp/http goto service-QZ7VV5GT-shop/web/tcp/http
-add rule ip kube-proxy endpoint-5OJB2KTY-shop/web/tcp/http__10.244.0.5/8080 ip saddr 10.244.0.5 jump mark-for-masquerade
-add rule ip kube-proxy endpoint-5OJB2KTY-shop/web/tcp/http__10.244.0.5/8080 meta l4proto tcp dnat to 10.244.0.5:8080
-add rule ip kube-proxy endpoint-UEIP74TE-shop/web/tcp/http__10.244.0.6/8080 ip saddr 10.244.0.6 jump mark-for-masquerade
-add rule ip kube-proxy endpoint-UEIP74TE-shop/web/tcp/http__10.244.0.6/8080 meta l4proto tcp dnat to 10.244.0.6:8080
+add chain ip kube-proxy service-KHN6ECMT-shop/web/tcp/http
+add chain ip kube-proxy external-KHN6ECMT-shop/web/tcp/http
+add chain ip kube-proxy endpoint-YDREIN3S-shop/web/tcp/http__10.244.0.5/8080
+add chain ip kube-proxy endpoint-K6YIHJT7-shop/web/tcp/http__10.244.0.6/8080
+add rule ip kube-proxy service-KHN6ECMT-shop/web/tcp/http ip daddr 10.96.0.50 ip saddr != 10.244.0.0/16 jump mark-for-masquerade
+add rule ip kube-proxy service-KHN6ECMT-shop/web/tcp/http numgen random mod 2 vmap { 0 : goto endpoint-YDREIN3S-shop/web/tcp/http__10.244.0.5/8080 , 1 : goto endpoint-K6YIHJT7-shop/web/tcp/http__10.244.0.6/8080 }
+add rule ip kube-proxy external-KHN6ECMT-shop/web/tcp/http jump mark-for-masquerade
+add rule ip kube-proxy external-KHN6ECMT-shop/web/tcp/http goto service-KHN6ECMT-shop/web/tcp/http
+add rule ip kube-proxy endpoint-YDREIN3S-shop/web/tcp/http__10.244.0.5/8080 ip saddr 10.244.0.5 jump mark-for-masquerade
+add rule ip kube-proxy endpoint-YDREIN3S-shop/web/tcp/http__10.244.0.5/8080 meta l4proto tcp dnat to 10.244.0.5:8080
+add rule ip kube-proxy endpoint-K6YIHJT7-shop/web/tcp/http__10.244.0.6/8080 ip saddr 10.244.0.6 jump mark-for-masquerade
+add rule ip kube-proxy endpoint-K6YIHJT7-shop/web/tcp/http__10.244.0.6/8080 meta l4proto tcp dnat to 10.244.0.6:8080
 add element ip kube-proxy cluster-ips { 10.96.0.50 }
-add element ip kube-proxy service-ips { 10.96.0.50 . tcp . 80 : goto service-QZ7VV5GT-shop/web/tcp/http }
-add element ip kube-proxy service-nodeports { tcp . 30080 : goto external-QZ7VV5GT-shop/web/tcp/http }
+add element ip kube-proxy service-ips { 10.96.0.50 . tcp . 80 : goto service-KHN6ECMT-shop/web/tcp/http }
+add element ip kube-proxy service-nodeports { tcp . 30080 : goto external-KHN6ECMT-shop/web/tcp/http }
 add element ip kube-proxy cluster-ips { 10.96.0.53 }
 add element ip kube-proxy no-endpoint-nodeports { udp . 30053 comment "shop/dns:dns" : drop }
 add element ip kube-proxy no-endpoint-services { 10.96.0.53 . udp . 53 comment "shop/dns:dns" : goto reject-chain }
+"#;
+
+/// The IPv6 table of a dual-stack node (kube-proxy runs one proxier per
+/// family) for the same Service, with one endpoint: only the NodePort's
+/// path of [`RULES`], in `ip6` syntax as the proxier writes it for
+/// IPv6 (`ip6 daddr`, `ipv6_addr`; an endpoint chain's colons written as
+/// dots, `hashAndTruncate` of `shop/web/tcp/http__fd00.10..5/8080`).
+const RULES_V6: &str = r#"add table ip6 kube-proxy { comment "rules for kube-proxy" ; }
+add set ip6 kube-proxy nodeport-ips { type ipv6_addr ; comment "IPs that accept NodePort traffic" ; }
+add map ip6 kube-proxy service-nodeports { type inet_proto . inet_service : verdict ; comment "NodePort traffic" ; }
+add chain ip6 kube-proxy mark-for-masquerade
+add chain ip6 kube-proxy nat-output { type nat hook output priority -100 ; }
+add chain ip6 kube-proxy services
+add rule ip6 kube-proxy mark-for-masquerade mark set mark or 0x4000
+add rule ip6 kube-proxy nat-output jump services
+add rule ip6 kube-proxy services ip6 daddr @nodeport-ips meta l4proto . th dport vmap @service-nodeports
+add element ip6 kube-proxy nodeport-ips { 2001:db8::1 }
+add chain ip6 kube-proxy service-KHN6ECMT-shop/web/tcp/http
+add chain ip6 kube-proxy external-KHN6ECMT-shop/web/tcp/http
+add chain ip6 kube-proxy endpoint-5QWG3TD2-shop/web/tcp/http__fd00.10..5/8080
+add rule ip6 kube-proxy service-KHN6ECMT-shop/web/tcp/http ip6 daddr fd00:10:96::50 ip6 saddr != fd00:10::/64 jump mark-for-masquerade
+add rule ip6 kube-proxy service-KHN6ECMT-shop/web/tcp/http numgen random mod 1 vmap { 0 : goto endpoint-5QWG3TD2-shop/web/tcp/http__fd00.10..5/8080 }
+add rule ip6 kube-proxy external-KHN6ECMT-shop/web/tcp/http jump mark-for-masquerade
+add rule ip6 kube-proxy external-KHN6ECMT-shop/web/tcp/http goto service-KHN6ECMT-shop/web/tcp/http
+add rule ip6 kube-proxy endpoint-5QWG3TD2-shop/web/tcp/http__fd00.10..5/8080 ip6 saddr fd00:10::5 jump mark-for-masquerade
+add rule ip6 kube-proxy endpoint-5QWG3TD2-shop/web/tcp/http__fd00.10..5/8080 meta l4proto tcp dnat to [fd00:10::5]:8080
+add element ip6 kube-proxy service-nodeports { tcp . 30080 : goto external-KHN6ECMT-shop/web/tcp/http }
 "#;
 
 /// The endpoints' addresses.
@@ -233,7 +264,7 @@ fn nftables_node_port_names_its_service() {
     assert_eq!(rule["endpoints"], serde_json::json!(ENDPOINTS), "{v:#}");
     assert_eq!(
         rule["rule"],
-        "service-nodeports { tcp . 30080 : goto external-QZ7VV5GT-shop/web/tcp/http }",
+        "service-nodeports { tcp . 30080 : goto external-KHN6ECMT-shop/web/tcp/http }",
         "{v:#}"
     );
 
@@ -360,6 +391,44 @@ fn ipvs_node_port_names_its_endpoints() {
     let (_, v) = who(&ns, &["80"]);
     assert_eq!(
         v["dnat"][0]["rule"], "virtual servers TCP 10.96.0.50:80 rr",
+        "{v:#}"
+    );
+}
+
+/// The IPv6 side of a dual-stack node: kube-proxy's `ip6 kube-proxy` table
+/// sends NodePort 30080 of the node's IPv6 address to the endpoint's
+/// IPv6 server, and `who` names the Service with that endpoint as
+/// `[fd00:10::5]:8080`.
+#[test]
+fn nftables_ipv6_node_port_names_its_service() {
+    let ns = Netns::new("pw-kp-nft6");
+    let server = ns.run(|| {
+        ip("link set lo up");
+        for addr in ["2001:db8::1", "fd00:10::5"] {
+            ip(&format!("-6 addr add {addr}/128 dev lo nodad"));
+        }
+        nft_load(RULES_V6);
+        TcpListener::bind("[fd00:10::5]:8080").expect("the endpoint's server")
+    });
+    let to = ns.run(move || {
+        let _client = TcpStream::connect_timeout(
+            &"[2001:db8::1]:30080".parse().unwrap(),
+            Duration::from_secs(5),
+        )
+        .expect("connect to the NodePort");
+        server.accept().unwrap().0.local_addr().unwrap()
+    });
+    assert_eq!(to.to_string(), "[fd00:10::5]:8080");
+
+    let (code, v) = who(&ns, &["30080"]);
+    assert_eq!(code, 1, "{v:#}");
+    let rules = v["dnat"].as_array().unwrap();
+    assert_eq!(rules.len(), 1, "{v:#}");
+    assert_eq!(rules[0]["from"], "nft", "{v:#}");
+    assert_eq!(rules[0]["service"]["name"], "web", "{v:#}");
+    assert_eq!(
+        rules[0]["endpoints"],
+        serde_json::json!(["[fd00:10::5]:8080"]),
         "{v:#}"
     );
 }

@@ -55,6 +55,7 @@ const HOST_ONLY: &[&str] = &[
     // nft (Debian's nftables) is not in the VM; kube_proxy.rs's IPVS test
     // is what runs there.
     "nftables_node_port_names_its_service",
+    "nftables_ipv6_node_port_names_its_service",
 ];
 
 /// Test binaries to run in the VM.

@@ -228,21 +228,21 @@ mod tests {
       {"map": {"family": "ip", "name": "no-endpoint-nodeports", "table": "kube-proxy", "type": ["inet_proto", "inet_service"], "handle": 4, "map": "verdict",
         "elem": [[{"elem": {"val": {"concat": ["udp", 30053]}, "comment": "shop/dns:"}}, {"drop": null}]]}},
       {"map": {"family": "ip", "name": "service-nodeports", "table": "kube-proxy", "type": ["inet_proto", "inet_service"], "handle": 7, "comment": "NodePort traffic", "map": "verdict",
-        "elem": [[{"concat": ["tcp", 30080]}, {"goto": {"target": "external-QZ7VV5GT-shop/web/tcp/http"}}]]}},
+        "elem": [[{"concat": ["tcp", 30080]}, {"goto": {"target": "external-KHN6ECMT-shop/web/tcp/http"}}]]}},
       {"rule": {"family": "ip", "table": "kube-proxy", "chain": "mark-for-masquerade", "handle": 36, "expr": [{"mangle": {"key": {"meta": {"key": "mark"}}, "value": {"|": [{"meta": {"key": "mark"}}, 16384]}}}]}},
-      {"rule": {"family": "ip", "table": "kube-proxy", "chain": "service-QZ7VV5GT-shop/web/tcp/http", "handle": 51, "expr": [
+      {"rule": {"family": "ip", "table": "kube-proxy", "chain": "service-KHN6ECMT-shop/web/tcp/http", "handle": 51, "expr": [
         {"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "daddr"}}, "right": "10.96.0.50"}},
         {"match": {"op": "!=", "left": {"payload": {"protocol": "ip", "field": "saddr"}}, "right": {"prefix": {"addr": "10.244.0.0", "len": 16}}}},
         {"jump": {"target": "mark-for-masquerade"}}]}},
-      {"rule": {"family": "ip", "table": "kube-proxy", "chain": "service-QZ7VV5GT-shop/web/tcp/http", "handle": 53, "expr": [
+      {"rule": {"family": "ip", "table": "kube-proxy", "chain": "service-KHN6ECMT-shop/web/tcp/http", "handle": 53, "expr": [
         {"vmap": {"key": {"numgen": {"mode": "random", "mod": 2, "offset": 0}}, "data": {"set": [
-          [0, {"goto": {"target": "endpoint-AAAAAAAA-shop/web/tcp/http__10.244.0.5/8080"}}],
-          [1, {"goto": {"target": "endpoint-BBBBBBBB-shop/web/tcp/http__10.244.0.6/8080"}}]]}}}]}},
-      {"rule": {"family": "ip", "table": "kube-proxy", "chain": "external-QZ7VV5GT-shop/web/tcp/http", "handle": 54, "expr": [{"jump": {"target": "mark-for-masquerade"}}]}},
-      {"rule": {"family": "ip", "table": "kube-proxy", "chain": "external-QZ7VV5GT-shop/web/tcp/http", "handle": 55, "expr": [{"goto": {"target": "service-QZ7VV5GT-shop/web/tcp/http"}}]}},
-      {"rule": {"family": "ip", "table": "kube-proxy", "chain": "endpoint-AAAAAAAA-shop/web/tcp/http__10.244.0.5/8080", "handle": 57, "expr": [
+          [0, {"goto": {"target": "endpoint-YDREIN3S-shop/web/tcp/http__10.244.0.5/8080"}}],
+          [1, {"goto": {"target": "endpoint-K6YIHJT7-shop/web/tcp/http__10.244.0.6/8080"}}]]}}}]}},
+      {"rule": {"family": "ip", "table": "kube-proxy", "chain": "external-KHN6ECMT-shop/web/tcp/http", "handle": 54, "expr": [{"jump": {"target": "mark-for-masquerade"}}]}},
+      {"rule": {"family": "ip", "table": "kube-proxy", "chain": "external-KHN6ECMT-shop/web/tcp/http", "handle": 55, "expr": [{"goto": {"target": "service-KHN6ECMT-shop/web/tcp/http"}}]}},
+      {"rule": {"family": "ip", "table": "kube-proxy", "chain": "endpoint-YDREIN3S-shop/web/tcp/http__10.244.0.5/8080", "handle": 57, "expr": [
         {"match": {"op": "==", "left": {"meta": {"key": "l4proto"}}, "right": "tcp"}}, {"dnat": {"addr": "10.244.0.5", "port": 8080}}]}},
-      {"rule": {"family": "ip", "table": "kube-proxy", "chain": "endpoint-BBBBBBBB-shop/web/tcp/http__10.244.0.6/8080", "handle": 59, "expr": [
+      {"rule": {"family": "ip", "table": "kube-proxy", "chain": "endpoint-K6YIHJT7-shop/web/tcp/http__10.244.0.6/8080", "handle": 59, "expr": [
         {"match": {"op": "==", "left": {"meta": {"key": "l4proto"}}, "right": "tcp"}}, {"dnat": {"addr": "10.244.0.6", "port": 8080}}]}},
       {"rule": {"family": "ip", "table": "kube-proxy", "chain": "endpoint-LOOP", "handle": 60, "expr": [{"goto": {"target": "endpoint-LOOP"}}]}}
     ]}"#;
@@ -262,7 +262,7 @@ mod tests {
         assert_eq!(r[0].to.as_deref(), Some("10.244.0.5:8080"));
         assert_eq!(
             r[0].rule,
-            "service-nodeports { tcp . 30080 : goto external-QZ7VV5GT-shop/web/tcp/http }"
+            "service-nodeports { tcp . 30080 : goto external-KHN6ECMT-shop/web/tcp/http }"
         );
         assert_eq!(node_ports(&table, 30080, "udp"), vec![]);
         assert_eq!(node_ports(&table, 30081, "tcp"), vec![]);
@@ -292,6 +292,9 @@ mod tests {
             (s.label().as_str(), s.port_name.as_str()),
             ("kube-system/kube-dns", "")
         );
+        // An IPv6 endpoint's chain: kube-proxy writes its colons as dots.
+        let s = service_of_chain("endpoint-5QWG3TD2-shop/web/tcp/http__fd00.10..5/8080").unwrap();
+        assert_eq!(s.label(), "shop/web");
         assert_eq!(service_of_chain("services"), None);
         assert_eq!(service_of_chain("external-X-a/b/tcp/p/extra"), None);
         assert_eq!(service_of_chain("external-X-Robert'); DROP/x/tcp/y"), None);
