@@ -151,17 +151,7 @@ fn node_port_names_its_service() {
     let server = ns.run(|| {
         ip("link set lo up");
         ip("addr add 10.244.0.5/32 dev lo");
-        let mut restore = Command::new("iptables-restore");
-        restore.stdin(std::process::Stdio::piped());
-        let mut child = restore.spawn().expect("run iptables-restore");
-        use std::io::Write as _;
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(KUBE_PROXY_RULES.as_bytes())
-            .unwrap();
-        assert!(child.wait().unwrap().success(), "iptables-restore");
+        iptables_restore(KUBE_PROXY_RULES);
         std::net::TcpListener::bind("10.244.0.5:8080").expect("the endpoint's server")
     });
     // Traffic to the node port reaches the Service's endpoint.
@@ -217,6 +207,136 @@ fn node_port_names_its_service() {
             .contains("kube-proxy sends it to Service shop/web"),
         "{c:#}"
     );
+}
+
+/// Loads `rules` with iptables-restore in the calling thread's network
+/// namespace.
+fn iptables_restore(rules: &str) {
+    use std::io::Write as _;
+    let mut child = Command::new("iptables-restore")
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .expect("run iptables-restore");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(rules.as_bytes())
+        .unwrap();
+    assert!(child.wait().unwrap().success(), "iptables-restore");
+}
+
+/// host-local's records of network `name` in its default data directory
+/// (where portwatch looks for them), removed when dropped.
+struct IpamRecords(std::path::PathBuf);
+
+impl Drop for IpamRecords {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A Service's endpoint that is a pod: kube-proxy's NodePort rules (the
+/// iptables mode's, as above) send port 30080 to the address CNI's bridge
+/// and host-local gave a pod sandbox, where the pod's container `web`
+/// serves. A request to the NodePort reaches it, and `who` names the
+/// endpoint's pod from host-local's record of that address (the sandbox's
+/// id) and the sandbox's bundle.
+#[test]
+fn node_port_endpoint_is_named_as_its_pod() {
+    let ns = Netns::new("pw-kp-pod");
+    ns.run(|| ip("link set lo up"));
+    let mut ctd = Containerd::start("kp");
+    let sandbox = id(8);
+    let pause = ctd.run(
+        &sandbox,
+        &sandbox_annotations(&sandbox, "shop", "web-0"),
+        &["/bin/busybox", "sleep", "600"],
+    );
+    // host-local's default data directory, as kubelet's CNI setups use it.
+    let net = format!("pw-kp-{}", std::process::id());
+    let _records = IpamRecords(std::path::Path::new("/var/lib/cni/networks").join(&net));
+    let bridge = cni(
+        &ns,
+        "bridge",
+        format!(
+            r#"{{"cniVersion":"0.4.0","name":"{net}","type":"bridge","bridge":"cni0","isGateway":true,"ipMasq":true,"ipam":{{"type":"host-local","ranges":[[{{"subnet":"10.88.0.0/16"}}]],"routes":[{{"dst":"0.0.0.0/0"}}]}}}}"#
+        ),
+        &sandbox,
+        pause,
+    );
+    let pod_ip = bridge["ips"][0]["address"]
+        .as_str()
+        .and_then(|a| a.split('/').next())
+        .expect("the pod's address")
+        .to_owned();
+    let mut annotations = cri_annotations("shop", "web-0", "web");
+    annotations.push(("io.kubernetes.cri.sandbox-id".into(), sandbox.clone()));
+    let netns = format!("network:/proc/{pause}/ns/net");
+    ctd.run_with(
+        &id(9),
+        &annotations,
+        &["--with-ns", &netns],
+        &["/bin/busybox", "httpd", "-f", "-p", "80"],
+    );
+    let rules = KUBE_PROXY_RULES
+        .replace("10.244.0.5:8080", &format!("{pod_ip}:80"))
+        .replace("-s 10.244.0.5 ", &format!("-s {pod_ip} "));
+    ns.run(move || iptables_restore(&rules));
+
+    // The NodePort reaches the pod's httpd (through the bridge's address,
+    // a local one, as a client on the node would).
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let answer = ns.run(|| {
+            use std::io::{Read as _, Write as _};
+            let mut s = std::net::TcpStream::connect_timeout(
+                &"10.88.0.1:30080".parse().unwrap(),
+                Duration::from_secs(2),
+            )
+            .ok()?;
+            s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+            s.write_all(b"GET / HTTP/1.0\r\n\r\n").ok()?;
+            let mut answer = String::new();
+            s.read_to_string(&mut answer).ok()?;
+            Some(answer)
+        });
+        if answer.is_some_and(|a| a.starts_with("HTTP/")) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "NodePort 30080 never answered");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    let endpoint = format!("{pod_ip}:80");
+    let (code, v) = who(&ns, &["30080"]);
+    assert_eq!(code, 1, "{v:#}");
+    let rule = &v["dnat"][0];
+    assert_eq!(rule["service"]["name"], "web", "{v:#}");
+    assert_eq!(
+        rule["endpoint_pods"][0]["endpoint"],
+        endpoint.as_str(),
+        "{v:#}"
+    );
+    assert_eq!(
+        rule["endpoint_pods"][0]["pod"]["namespace"], "shop",
+        "{v:#}"
+    );
+    assert_eq!(rule["endpoint_pods"][0]["pod"]["name"], "web-0", "{v:#}");
+    let text = ns.run(|| {
+        Command::new(bin())
+            .args(["who", "30080"])
+            .output()
+            .expect("run portwatch who")
+    });
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains(&format!(
+            "kube-proxy sends it to Service shop/web (NodePort, port http; endpoints {endpoint} (pod shop/web-0)): a process"
+        )),
+        "{text}"
+    );
+    drop(ctd);
 }
 
 /// Runs CNI plugin `plugin` (Debian's containernetworking-plugins) with

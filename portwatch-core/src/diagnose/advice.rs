@@ -611,7 +611,7 @@ pub fn steered_to_service(proto: &str, port: u16, rule: &DnatRule) -> Option<(St
     };
     // No endpoints: kube-proxy drops or rejects the port's traffic (its
     // nftables mode's `no-endpoint-nodeports` map).
-    let endpoints = match rule.endpoints.as_slice() {
+    let endpoints = match endpoints_named(rule).as_slice() {
         [] => "; no endpoints, so it is dropped or rejected".to_owned(),
         e => format!("; endpoints {}", e.join(", ")),
     };
@@ -627,12 +627,26 @@ pub fn steered_to_service(proto: &str, port: u16, rule: &DnatRule) -> Option<(St
     Some((diagnosis, fix))
 }
 
+/// A rule's endpoints, each with its pod where the node names it
+/// (`10.88.0.5:80 (pod shop/web-0)`).
+fn endpoints_named(rule: &DnatRule) -> Vec<String> {
+    rule.endpoints
+        .iter()
+        .map(
+            |e| match rule.endpoint_pods.iter().find(|p| &p.endpoint == e) {
+                Some(p) => format!("{e} (pod {}/{})", p.pod.namespace, p.pod.name),
+                None => e.clone(),
+            },
+        )
+        .collect()
+}
+
 /// IPVS virtual servers on `port`: kube-proxy's IPVS mode (when its
 /// `kube-ipvs0` device is there) or another load balancer's. IPVS names no
 /// Service: the endpoints are what the node knows, and the Service is
 /// found by its nodePort where the cluster is managed.
 fn steered_by_ipvs(proto: &str, port: u16, rule: &DnatRule) -> (String, String) {
-    let to = match rule.endpoints.as_slice() {
+    let to = match endpoints_named(rule).as_slice() {
         [] => "no real server (its connections fail)".to_owned(),
         e => e.join(", "),
     };

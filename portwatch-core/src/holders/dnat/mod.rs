@@ -22,6 +22,7 @@
 //! and the `*nat` section is picked here. Each tool runs with a deadline
 //! ([`TIMEOUT`]): one stuck on the xtables lock costs that, not a hang.
 
+pub mod ipam;
 mod ipvs;
 mod kube_proxy_nft;
 
@@ -58,11 +59,24 @@ pub struct DnatRule {
     /// container when the pod has one only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod: Option<Pod>,
+    /// The pods among `endpoints`, where the node's records name them
+    /// (CNI host-local's address records, see [`ipam`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub endpoint_pods: Vec<EndpointPod>,
     /// Who made it, where `service` does not say and the node does:
     /// `kube-proxy` for IPVS virtual servers beside its `kube-ipvs0`
     /// device.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub made_by: Option<String>,
+}
+
+/// An endpoint of a Service (or an IPVS real server) that is a pod.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndpointPod {
+    /// The endpoint, as in `endpoints`.
+    pub endpoint: String,
+    /// The pod holding its address.
+    pub pod: Pod,
 }
 
 /// A Service as kube-proxy's rule comments name it (`ns/name:port`).
