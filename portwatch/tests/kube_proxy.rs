@@ -15,7 +15,7 @@ mod common;
 use std::{
     io::ErrorKind,
     net::{SocketAddr, TcpListener, TcpStream},
-    process::{Command, Output, Stdio},
+    process::{Command, Output},
     time::{Duration, Instant},
 };
 
@@ -134,21 +134,10 @@ add element ip6 kube-proxy service-nodeports { tcp . 30080 : goto external-KHN6E
 /// The endpoints' addresses.
 const ENDPOINTS: [&str; 2] = ["10.244.0.5:8080", "10.244.0.6:8080"];
 
-/// Loads `rules` with `nft -f -` in the calling thread's network namespace.
+/// Loads `rules` with `nft -f -` (Debian's nftables) in the calling
+/// thread's network namespace.
 fn nft_load(rules: &str) {
-    use std::io::Write as _;
-    let mut child = Command::new("nft")
-        .args(["-f", "-"])
-        .stdin(Stdio::piped())
-        .spawn()
-        .expect("run nft (Debian's nftables)");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(rules.as_bytes())
-        .unwrap();
-    assert!(child.wait().unwrap().success(), "nft -f");
+    feed("nft", &["-f", "-"], rules);
 }
 
 /// `portwatch ARGS` from `ns`'s thread.

@@ -151,7 +151,7 @@ fn node_port_names_its_service() {
     let server = ns.run(|| {
         ip("link set lo up");
         ip("addr add 10.244.0.5/32 dev lo");
-        iptables_restore(KUBE_PROXY_RULES);
+        feed("iptables-restore", &[], KUBE_PROXY_RULES);
         std::net::TcpListener::bind("10.244.0.5:8080").expect("the endpoint's server")
     });
     // Traffic to the node port reaches the Service's endpoint.
@@ -209,21 +209,78 @@ fn node_port_names_its_service() {
     );
 }
 
-/// Loads `rules` with iptables-restore in the calling thread's network
-/// namespace.
-fn iptables_restore(rules: &str) {
-    use std::io::Write as _;
-    let mut child = Command::new("iptables-restore")
-        .stdin(std::process::Stdio::piped())
-        .spawn()
-        .expect("run iptables-restore");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(rules.as_bytes())
-        .unwrap();
-    assert!(child.wait().unwrap().success(), "iptables-restore");
+/// Pod shop/web-0 as kubelet and containerd's CRI plugin make it: a
+/// sandbox (id `id(ids.0)`) with its own network namespace, attached by
+/// CNI's bridge to network `net` (`cni0`, host-local addresses in
+/// 10.88.0.0/16; `ipam` adds host-local settings such as `"dataDir":...,`),
+/// and its container `web` (id `id(ids.1)`) joining that namespace, serving
+/// HTTP on :80. The bridge's rules live in `ns`.
+struct BridgedPod {
+    sandbox: String,
+    /// The sandbox's process.
+    pause: u32,
+    /// The bridge plugin's CNI result.
+    bridge: Value,
+}
+
+impl BridgedPod {
+    fn start(ns: &Netns, ctd: &mut Containerd, net: &str, ipam: &str, ids: (u8, u8)) -> Self {
+        let sandbox = id(ids.0);
+        let pause = ctd.run(
+            &sandbox,
+            &sandbox_annotations(&sandbox, "shop", "web-0"),
+            &["/bin/busybox", "sleep", "600"],
+        );
+        let bridge = cni(
+            ns,
+            "bridge",
+            format!(
+                r#"{{"cniVersion":"0.4.0","name":"{net}","type":"bridge","bridge":"cni0","isGateway":true,"ipMasq":true,"ipam":{{"type":"host-local",{ipam}"ranges":[[{{"subnet":"10.88.0.0/16"}}]],"routes":[{{"dst":"0.0.0.0/0"}}]}}}}"#
+            ),
+            &sandbox,
+            pause,
+        );
+        let mut annotations = cri_annotations("shop", "web-0", "web");
+        annotations.push(("io.kubernetes.cri.sandbox-id".into(), sandbox.clone()));
+        let netns = format!("network:/proc/{pause}/ns/net");
+        ctd.run_with(
+            &id(ids.1),
+            &annotations,
+            &["--with-ns", &netns],
+            &["/bin/busybox", "httpd", "-f", "-p", "80"],
+        );
+        BridgedPod {
+            sandbox,
+            pause,
+            bridge,
+        }
+    }
+}
+
+/// An HTTP/1.0 GET of `addr` from `ns`, retried until an HTTP answer comes
+/// (a container's server starts a moment after its container).
+fn http_get(ns: &Netns, addr: &'static str) -> String {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let got = ns.run(move || {
+            use std::io::{Read as _, Write as _};
+            let mut s = std::net::TcpStream::connect_timeout(
+                &addr.parse().unwrap(),
+                Duration::from_secs(2),
+            )
+            .ok()?;
+            s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+            s.write_all(b"GET / HTTP/1.0\r\n\r\n").ok()?;
+            let mut answer = String::new();
+            s.read_to_string(&mut answer).ok()?;
+            Some(answer)
+        });
+        if let Some(a) = got.filter(|a| a.starts_with("HTTP/")) {
+            return a;
+        }
+        assert!(Instant::now() < deadline, "{addr} never answered");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// host-local's records of network `name` in its default data directory
@@ -247,66 +304,23 @@ fn node_port_endpoint_is_named_as_its_pod() {
     let ns = Netns::new("pw-kp-pod");
     ns.run(|| ip("link set lo up"));
     let mut ctd = Containerd::start("kp");
-    let sandbox = id(8);
-    let pause = ctd.run(
-        &sandbox,
-        &sandbox_annotations(&sandbox, "shop", "web-0"),
-        &["/bin/busybox", "sleep", "600"],
-    );
     // host-local's default data directory, as kubelet's CNI setups use it.
     let net = format!("pw-kp-{}", std::process::id());
     let _records = IpamRecords(std::path::Path::new("/var/lib/cni/networks").join(&net));
-    let bridge = cni(
-        &ns,
-        "bridge",
-        format!(
-            r#"{{"cniVersion":"0.4.0","name":"{net}","type":"bridge","bridge":"cni0","isGateway":true,"ipMasq":true,"ipam":{{"type":"host-local","ranges":[[{{"subnet":"10.88.0.0/16"}}]],"routes":[{{"dst":"0.0.0.0/0"}}]}}}}"#
-        ),
-        &sandbox,
-        pause,
-    );
-    let pod_ip = bridge["ips"][0]["address"]
+    let pod = BridgedPod::start(&ns, &mut ctd, &net, "", (8, 9));
+    let pod_ip = pod.bridge["ips"][0]["address"]
         .as_str()
         .and_then(|a| a.split('/').next())
         .expect("the pod's address")
         .to_owned();
-    let mut annotations = cri_annotations("shop", "web-0", "web");
-    annotations.push(("io.kubernetes.cri.sandbox-id".into(), sandbox.clone()));
-    let netns = format!("network:/proc/{pause}/ns/net");
-    ctd.run_with(
-        &id(9),
-        &annotations,
-        &["--with-ns", &netns],
-        &["/bin/busybox", "httpd", "-f", "-p", "80"],
-    );
     let rules = KUBE_PROXY_RULES
         .replace("10.244.0.5:8080", &format!("{pod_ip}:80"))
         .replace("-s 10.244.0.5 ", &format!("-s {pod_ip} "));
-    ns.run(move || iptables_restore(&rules));
+    ns.run(move || feed("iptables-restore", &[], &rules));
 
     // The NodePort reaches the pod's httpd (through the bridge's address,
     // a local one, as a client on the node would).
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let answer = ns.run(|| {
-            use std::io::{Read as _, Write as _};
-            let mut s = std::net::TcpStream::connect_timeout(
-                &"10.88.0.1:30080".parse().unwrap(),
-                Duration::from_secs(2),
-            )
-            .ok()?;
-            s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-            s.write_all(b"GET / HTTP/1.0\r\n\r\n").ok()?;
-            let mut answer = String::new();
-            s.read_to_string(&mut answer).ok()?;
-            Some(answer)
-        });
-        if answer.is_some_and(|a| a.starts_with("HTTP/")) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "NodePort 30080 never answered");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    http_get(&ns, "10.88.0.1:30080");
 
     let endpoint = format!("{pod_ip}:80");
     let (code, v) = who(&ns, &["30080"]);
@@ -380,23 +394,12 @@ fn host_port_leads_to_its_pod() {
     let ns = Netns::new("pw-hostport");
     ns.run(|| ip("link set lo up"));
     let mut ctd = Containerd::start("hp");
-    let sandbox = id(2);
-    let pause = ctd.run(
-        &sandbox,
-        &sandbox_annotations(&sandbox, "shop", "web-0"),
-        &["/bin/busybox", "sleep", "600"],
-    );
-    let ipam = ctd.dir.join("ipam");
-    let bridge = cni(
-        &ns,
-        "bridge",
-        format!(
-            r#"{{"cniVersion":"0.4.0","name":"pw-k8s","type":"bridge","bridge":"cni0","isGateway":true,"ipMasq":true,"ipam":{{"type":"host-local","dataDir":"{}","ranges":[[{{"subnet":"10.88.0.0/16"}}]],"routes":[{{"dst":"0.0.0.0/0"}}]}}}}"#,
-            ipam.display()
-        ),
-        &sandbox,
+    let ipam = format!(r#""dataDir":"{}","#, ctd.dir.join("ipam").display());
+    let BridgedPod {
+        sandbox,
         pause,
-    );
+        bridge,
+    } = BridgedPod::start(&ns, &mut ctd, "pw-k8s", &ipam, (2, 3));
     let portmap = serde_json::json!({
         "cniVersion": "0.4.0",
         "name": "pw-k8s",
@@ -408,40 +411,10 @@ fn host_port_leads_to_its_pod() {
         "prevResult": bridge,
     });
     cni(&ns, "portmap", portmap.to_string(), &sandbox, pause);
-    let web = id(3);
-    let mut annotations = cri_annotations("shop", "web-0", "web");
-    annotations.push(("io.kubernetes.cri.sandbox-id".into(), sandbox.clone()));
-    let netns = format!("network:/proc/{pause}/ns/net");
-    ctd.run_with(
-        &web,
-        &annotations,
-        &["--with-ns", &netns],
-        &["/bin/busybox", "httpd", "-f", "-p", "80"],
-    );
 
     // The hostPort reaches the container's httpd (through the bridge's
     // address, a local one, as a client on the node would).
-    let deadline = Instant::now() + WAIT;
-    let answer = loop {
-        let got = ns.run(|| {
-            use std::io::{Read as _, Write as _};
-            let mut s = std::net::TcpStream::connect_timeout(
-                &"10.88.0.1:18097".parse().unwrap(),
-                Duration::from_secs(2),
-            )
-            .ok()?;
-            s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-            s.write_all(b"GET / HTTP/1.0\r\n\r\n").ok()?;
-            let mut answer = String::new();
-            s.read_to_string(&mut answer).ok()?;
-            Some(answer)
-        });
-        if let Some(a) = got.filter(|a| a.starts_with("HTTP/")) {
-            break a;
-        }
-        assert!(Instant::now() < deadline, "hostPort 18097 never answered");
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let answer = http_get(&ns, "10.88.0.1:18097");
     assert!(answer.starts_with("HTTP/1."), "{answer}");
 
     let (code, v) = who(&ns, &["18097"]);
