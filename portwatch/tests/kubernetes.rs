@@ -175,13 +175,7 @@ fn node_port_names_its_service() {
     assert_eq!(rule["service"]["kind"], "NodePort", "{v:#}");
     assert_eq!(rule["endpoints"][0], "10.244.0.5:8080", "{v:#}");
 
-    let text = ns.run(|| {
-        Command::new(bin())
-            .args(["who", "30080"])
-            .output()
-            .expect("run portwatch who")
-    });
-    let text = String::from_utf8_lossy(&text.stdout);
+    let text = who_text(&ns, "30080");
     assert!(
         text.contains("no socket holds tcp port 30080, but kube-proxy sends it to Service shop/web (NodePort, port http; endpoints 10.244.0.5:8080): a process listening here never sees that traffic"),
         "{text}"
@@ -255,6 +249,17 @@ impl BridgedPod {
             bridge,
         }
     }
+}
+
+/// `portwatch who PORT`'s text, from `ns`.
+fn who_text(ns: &Netns, port: &'static str) -> String {
+    let out = ns.run(move || {
+        Command::new(bin())
+            .args(["who", port])
+            .output()
+            .expect("run portwatch who")
+    });
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// An HTTP/1.0 GET of `addr` from `ns`, retried until an HTTP answer comes
@@ -337,13 +342,7 @@ fn node_port_endpoint_is_named_as_its_pod() {
         "{v:#}"
     );
     assert_eq!(rule["endpoint_pods"][0]["pod"]["name"], "web-0", "{v:#}");
-    let text = ns.run(|| {
-        Command::new(bin())
-            .args(["who", "30080"])
-            .output()
-            .expect("run portwatch who")
-    });
-    let text = String::from_utf8_lossy(&text.stdout);
+    let text = who_text(&ns, "30080");
     assert!(
         text.contains(&format!(
             "kube-proxy sends it to Service shop/web (NodePort, port http; endpoints {endpoint} (pod shop/web-0)): a process"
@@ -425,13 +424,7 @@ fn host_port_leads_to_its_pod() {
     assert_eq!(rule["pod"]["namespace"], "shop", "{v:#}");
     assert_eq!(rule["pod"]["name"], "web-0", "{v:#}");
     assert_eq!(rule["pod"]["container"], "web", "{v:#}");
-    let text = ns.run(|| {
-        Command::new(bin())
-            .args(["who", "18097"])
-            .output()
-            .expect("run portwatch who")
-    });
-    let text = String::from_utf8_lossy(&text.stdout).into_owned();
+    let text = who_text(&ns, "18097");
     assert!(
         text.contains("hostport:  hostPort 18097 → pod shop/web-0 container web :80: no socket holds tcp port 18097"),
         "{text}"
