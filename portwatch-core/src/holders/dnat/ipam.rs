@@ -7,11 +7,11 @@
 //! files: their endpoints stay addresses.
 
 use std::{
-    io::Read as _,
     net::{IpAddr, SocketAddr},
-    os::unix::fs::{MetadataExt as _, OpenOptionsExt as _},
     path::Path,
 };
+
+use crate::holders::containers::files::read_root_file;
 
 /// host-local's default data directory.
 const NETWORKS: &str = "/var/lib/cni/networks";
@@ -34,16 +34,8 @@ pub fn sandbox_of(endpoint: &str) -> Option<String> {
 /// A record's container id: 64 hex digits on its first line. Root's
 /// files only, never through a symlink.
 fn record(path: &Path) -> Option<String> {
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(path)
-        .ok()?;
-    if file.metadata().ok()?.uid() != 0 {
-        return None;
-    }
-    let mut text = String::new();
-    file.take(512).read_to_string(&mut text).ok()?;
+    let bytes = read_root_file(path)?;
+    let text = String::from_utf8_lossy(&bytes[..bytes.len().min(512)]);
     let id = text.lines().next()?.trim();
     (id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit())).then(|| id.to_ascii_lowercase())
 }
