@@ -248,8 +248,11 @@ fn template_labels(text: &str) -> BTreeSet<String> {
         .collect()
 }
 
+/// Where a query is, the query, and the labels its templates print.
+type Query = (String, String, BTreeSet<String>);
+
 /// Every rule's expression, with the labels its annotations print.
-fn rule_exprs() -> Vec<(String, String, BTreeSet<String>)> {
+fn rule_exprs() -> Vec<Query> {
     let text = read("deploy/prometheus/portwatch-rules.yaml");
     let docs = Yaml::load_from_str(&text).expect("the rules are YAML");
     let mut exprs = Vec::new();
@@ -284,10 +287,7 @@ fn test_series() -> Vec<String> {
 
 /// Every query of the dashboard (rows' panels included), with the labels
 /// its legend prints; and its variables' `label_values(METRIC, LABEL)`.
-fn dashboard_exprs() -> (
-    Vec<(String, String, BTreeSet<String>)>,
-    Vec<(String, String)>,
-) {
+fn dashboard_exprs() -> (Vec<Query>, Vec<(String, String)>) {
     let dash: Value =
         serde_json::from_str(&read("deploy/grafana/portwatch-dashboard.json")).expect("JSON");
     let mut exprs = Vec::new();

@@ -583,12 +583,15 @@ fn a_client_that_never_reads_is_cut_off_after_ten_seconds() {
             std::fs::write(format!("/proc/sys/net/ipv4/{buffers}"), "4096 4096 4096").unwrap();
         }
     });
-    // Three errnos: ~200 failure series start at 0, a page of ~25 KB.
+    // 64 ports' series start at 0, each with a node name of 253 bytes: a
+    // page of ~30 KB.
     let args = [
         "--metrics",
         &maddr.to_string(),
-        "--errno",
-        "EADDRINUSE,EACCES,EADDRNOTAVAIL",
+        "--port",
+        "20000-20063",
+        "--metrics-node",
+        &"n".repeat(253),
     ]
     .map(str::to_owned);
     let tracer = ns.run(move || {

@@ -156,7 +156,7 @@ impl FailureCounters {
         };
         registry.register(
             "portwatch_bind_failures",
-            "Failed bind()/listen() calls, including identical ones folded in the kernel, by call, errno, protocol, address family and diagnosis reason (not_diagnosed without holder lookups).",
+            "Failed bind()/listen() calls, including identical ones folded in the kernel, by call, errno, protocol, address family, diagnosis reason (not_diagnosed without holder lookups) and kind of holder (pod, container, unit, process, kernel, none, unknown).",
             counters.by_labels.clone(),
         );
         registry.register(
