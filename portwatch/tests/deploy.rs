@@ -15,11 +15,12 @@ use std::{
     collections::{BTreeMap, BTreeSet},
     net::{Ipv4Addr, SocketAddr},
     path::{Path, PathBuf},
-    process::{Command, Output},
+    process::{Command, Output, Stdio},
     time::{Duration, Instant},
 };
 
 use common::*;
+use portwatch_test_support::{Process, Scratch};
 use promql_parser::{
     label::{MatchOp, Matcher},
     parser::{self, Expr, VectorSelector},
@@ -462,6 +463,130 @@ fn the_name_check_catches_mistakes() {
     let legend = template_labels("{{node}} {{ $labels.port }} {{ $value | printf \"%.0f\" }}");
     assert_eq!(legend, BTreeSet::from(["node".into(), "port".into()]));
     assert_eq!(check_expr("legend", ok, &legend, &scrape, true).len(), 1);
+}
+
+/// An HTTP/1.0 GET of `path` from `addr` (call inside the namespace): the
+/// body of a 200 answer, None before the server listens or on another
+/// status.
+fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
+    use std::io::{Read as _, Write as _};
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    head.starts_with("HTTP/1.0 200").then(|| body.to_owned())
+}
+
+/// The shipped rules in Debian's real Prometheus, scraping a real portwatch
+/// after one real failure: PortwatchBindFailures fires for that node,
+/// reason and holder kind (its first failure, which `increase()` alone
+/// misses), every rule evaluates without error, and the per-port loop
+/// alert stays quiet.
+#[test]
+fn prometheus_fires_the_shipped_alert_on_a_real_failure() {
+    let ns = Netns::new("pw-dalert");
+    let (mport, pport, port) = (port(), port().wrapping_add(17), port().wrapping_add(29));
+    let maddr = SocketAddr::from((Ipv4Addr::LOCALHOST, mport));
+    let paddr = SocketAddr::from((Ipv4Addr::LOCALHOST, pport));
+    let dir = Scratch::new("dalert");
+    let rules = repo_file("deploy/prometheus/portwatch-rules.yaml");
+    dir.write(
+        "prometheus.yml",
+        &format!(
+            "global: {{scrape_interval: 1s, scrape_timeout: 1s, evaluation_interval: 1s}}\n\
+             rule_files: ['{}']\n\
+             scrape_configs:\n  - job_name: portwatch\n    static_configs: [{{targets: ['{maddr}']}}]\n",
+            rules.display()
+        ),
+    );
+    let args = [
+        "--metrics".to_owned(),
+        maddr.to_string(),
+        "--metrics-node".into(),
+        NODE.into(),
+    ];
+    let tracer = ns.run(move || {
+        let a: Vec<&str> = args.iter().map(String::as_str).collect();
+        Tracer::start(&a)
+    });
+    let root = dir.0.clone();
+    let mut prometheus = ns.run(move || {
+        let mut cmd = Command::new("prometheus");
+        cmd.arg(format!(
+            "--config.file={}",
+            root.join("prometheus.yml").display()
+        ))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            root.join("data").display()
+        ))
+        .arg(format!("--web.listen-address={paddr}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+        Process::spawn(cmd, &[])
+    });
+    ns.run(move || {
+        let _held = conflict(v4(port), false);
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let firing = loop {
+        let alerts = ns.run(move || http_get(paddr, "/api/v1/alerts"));
+        let alerts: Value = alerts.map_or(Value::Null, |a| serde_json::from_str(&a).unwrap());
+        let found = alerts["data"]["alerts"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|a| {
+                a["labels"]["alertname"] == "PortwatchBindFailures" && a["state"] == "firing"
+            });
+        if let Some(alert) = found {
+            break alert.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "PortwatchBindFailures never fired; last answer: {alerts}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    let labels = &firing["labels"];
+    assert_eq!(labels["node"], NODE, "{firing:#}");
+    assert_eq!(labels["reason"], "listener", "{firing:#}");
+    assert!(
+        labels["holder_kind"] == "process" || labels["holder_kind"] == "unit",
+        "this test's own process holds the port: {firing:#}"
+    );
+    assert_eq!(firing["value"], "1e+00", "one failure: {firing:#}");
+    assert!(
+        firing["annotations"]["description"]
+            .as_str()
+            .unwrap()
+            .contains("portwatch who PORT"),
+        "{firing:#}"
+    );
+    let rules = ns
+        .run(move || http_get(paddr, "/api/v1/rules"))
+        .expect("the rules");
+    let rules: Value = serde_json::from_str(&rules).unwrap();
+    let all: Vec<&Value> = rules["data"]["groups"][0]["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .collect();
+    assert_eq!(all.len(), 5, "{rules:#}");
+    for rule in all {
+        assert_eq!(rule["health"], "ok", "{rule:#}");
+        if rule["name"] == "PortKeepsFailingToBind" {
+            assert_eq!(
+                rule["state"], "inactive",
+                "one failure is no loop: {rule:#}"
+            );
+        }
+    }
+    prometheus.kill();
+    let (status, _, _) = tracer.stop();
+    assert!(status.success());
 }
 
 /// `--metrics-node` and PORTWATCH_NODE (the DaemonSet's downward API) go
