@@ -15,12 +15,11 @@ use std::{
     collections::{BTreeMap, BTreeSet},
     net::{Ipv4Addr, SocketAddr},
     path::{Path, PathBuf},
-    process::{Command, Output, Stdio},
+    process::{Command, Output},
     time::{Duration, Instant},
 };
 
 use common::*;
-use portwatch_test_support::{Process, Scratch};
 use promql_parser::{
     label::{MatchOp, Matcher},
     parser::{self, Expr, VectorSelector},
@@ -249,15 +248,22 @@ fn template_labels(text: &str) -> BTreeSet<String> {
         .collect()
 }
 
+/// The YAML file `rel`'s first document.
+fn yaml(rel: &str) -> Yaml<'static> {
+    let mut docs = Yaml::load_from_str(&read(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"));
+    docs.swap_remove(0)
+}
+
 /// Where a query is, the query, and the labels its templates print.
 type Query = (String, String, BTreeSet<String>);
 
 /// Every rule's expression, with the labels its annotations print.
 fn rule_exprs() -> Vec<Query> {
-    let text = read("deploy/prometheus/portwatch-rules.yaml");
-    let docs = Yaml::load_from_str(&text).expect("the rules are YAML");
     let mut exprs = Vec::new();
-    for group in docs[0]["groups"].as_sequence().expect("groups") {
+    for group in yaml("deploy/prometheus/portwatch-rules.yaml")["groups"]
+        .as_sequence()
+        .expect("groups")
+    {
         for rule in group["rules"].as_sequence().expect("rules") {
             let name = rule["alert"].as_str().expect("only alerting rules");
             let mut labels = BTreeSet::new();
@@ -274,10 +280,11 @@ fn rule_exprs() -> Vec<Query> {
 
 /// The series the rules' tests feed promtool.
 fn test_series() -> Vec<String> {
-    let text = read("deploy/prometheus/portwatch-rules.test.yaml");
-    let docs = Yaml::load_from_str(&text).expect("the rule tests are YAML");
     let mut series = Vec::new();
-    for case in docs[0]["tests"].as_sequence().expect("tests") {
+    for case in yaml("deploy/prometheus/portwatch-rules.test.yaml")["tests"]
+        .as_sequence()
+        .expect("tests")
+    {
         for input in case["input_series"].as_sequence().expect("input_series") {
             series.push(input["series"].as_str().expect("a series").to_owned());
         }
@@ -361,13 +368,8 @@ fn rules_and_dashboard_name_what_portwatch_exports() {
     let (mport, port) = (port(), port().wrapping_add(13));
     let maddr = SocketAddr::from((Ipv4Addr::LOCALHOST, mport));
     ns.run(|| {
-        for args in [
-            "link add vx0 type vxlan id 42 dstport 4789 local 127.0.0.1",
-            "link set vx0 up",
-        ] {
-            let status = Command::new("ip").args(args.split(' ')).status().unwrap();
-            assert!(status.success(), "ip {args}");
-        }
+        ip("link add vx0 type vxlan id 42 dstport 4789 local 127.0.0.1");
+        ip("link set vx0 up");
     });
     let args = [
         "--metrics".to_owned(),
@@ -511,22 +513,12 @@ fn prometheus_fires_the_shipped_alert_on_a_real_failure() {
         let a: Vec<&str> = args.iter().map(String::as_str).collect();
         Tracer::start(&a)
     });
-    let root = dir.0.clone();
-    let mut prometheus = ns.run(move || {
-        let mut cmd = Command::new("prometheus");
-        cmd.arg(format!(
-            "--config.file={}",
-            root.join("prometheus.yml").display()
-        ))
-        .arg(format!(
-            "--storage.tsdb.path={}",
-            root.join("data").display()
-        ))
-        .arg(format!("--web.listen-address={paddr}"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-        Process::spawn(cmd, &[])
-    });
+    let mut prometheus = prometheus::start(
+        &ns,
+        &dir.0.join("prometheus.yml"),
+        &dir.0.join("data"),
+        paddr,
+    );
     ns.run(move || {
         let _held = conflict(v4(port), false);
     });

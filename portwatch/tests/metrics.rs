@@ -269,16 +269,7 @@ fn prometheus_scrapes_the_counts() {
         let a: Vec<&str> = args.iter().map(String::as_str).collect();
         Tracer::start(&a)
     });
-    let (cfg, data) = (config.clone(), dir.join("data"));
-    let mut prometheus = ns.run(move || {
-        let mut cmd = Command::new("prometheus");
-        cmd.arg(format!("--config.file={}", cfg.display()))
-            .arg(format!("--storage.tsdb.path={}", data.display()))
-            .arg(format!("--web.listen-address={paddr}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        Process::spawn(cmd, &[])
-    });
+    let mut prometheus = prometheus::start(&ns, &config, &dir.join("data"), paddr);
     ns.run(move || fail_on(port, 40));
     let query = format!("sum(portwatch_port_failures_total{{port=\"{port}\"}})");
     let deadline = Instant::now() + Duration::from_secs(60);
