@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use portwatch_core::{
     event::Event,
     holders::{Evidence, Holder, State},
-    request::{Errno, Family as AddrFamily, Proto, Syscall},
+    request::{Errno, Family as AddrFamily, Proto},
 };
 use prometheus_client::encoding::EncodeLabelSet;
 
@@ -32,45 +32,25 @@ pub struct FailureLabels {
 }
 
 impl FailureLabels {
+    /// The labels of `ev`, diagnosed as `reason`, its port held by a
+    /// `holder_kind`.
     pub(super) fn of(ev: &Event, reason: &str, holder_kind: &str) -> Self {
-        Self::new(
-            ev.syscall,
-            ev.errno.unwrap_or(Errno(-ev.ret)),
-            ev.proto,
-            ev.family,
-            reason,
-        )
-        .held_by(holder_kind)
-    }
-
-    pub(super) fn new(
-        syscall: Syscall,
-        errno: Errno,
-        proto: Proto,
-        family: AddrFamily,
-        reason: &str,
-    ) -> Self {
         Self {
-            syscall: syscall.name().into(),
-            errno: errno.name(),
+            syscall: ev.syscall.name().into(),
+            errno: ev.errno.unwrap_or(Errno(-ev.ret)).name(),
             // Other protocols are rare; one value keeps the product bounded.
-            protocol: match proto {
-                Proto::Tcp | Proto::Udp => proto.name(),
+            protocol: match ev.proto {
+                Proto::Tcp | Proto::Udp => ev.proto.name(),
                 Proto::Other(_) => "other".into(),
             },
-            family: match family {
+            family: match ev.family {
                 AddrFamily::Ipv4 => "ipv4",
                 AddrFamily::Ipv6 => "ipv6",
             }
             .into(),
             reason: reason.into(),
-            holder_kind: UNKNOWN.into(),
+            holder_kind: holder_kind.into(),
         }
-    }
-
-    fn held_by(mut self, holder_kind: &str) -> Self {
-        self.holder_kind = holder_kind.into();
-        self
     }
 
     pub(super) fn other() -> Self {
@@ -105,9 +85,11 @@ const UNKNOWN: &str = "unknown";
 
 /// What holds the port, from the lookup's evidence (None: not looked up).
 /// The first holder decides (they come most important first); one that
-/// only `who` lists because it is bound apart is not in the way.
+/// only `who` lists because it is bound apart is not in the way. A shed
+/// lookup's holder is the kernel's record alone, without the unit or
+/// container that would tell a pod from a process: unknown.
 pub(super) fn holder_kind(evidence: Option<&Evidence>) -> &'static str {
-    let Some(evidence) = evidence else {
+    let Some(evidence) = evidence.filter(|e| !e.shed) else {
         return UNKNOWN;
     };
     match evidence.holders.iter().find(|h| h.apart.is_none()) {
@@ -292,6 +274,16 @@ mod tests {
         assert_eq!(kind(vec![], false), "none");
         assert_eq!(kind(vec![], true), "unknown");
         assert_eq!(holder_kind(None), "unknown", "not looked up");
+        let shed = Evidence {
+            holders: vec![holder(json!({}))],
+            shed: true,
+            ..Evidence::default()
+        };
+        assert_eq!(
+            holder_kind(Some(&shed)),
+            "unknown",
+            "the kernel's record alone"
+        );
         // Bound to another device: not in the way, the next one decides.
         let mut apart = holder(json!({"unit": "nginx.service"}));
         apart.apart = holder(json!({"apart": "other_device"})).apart;
