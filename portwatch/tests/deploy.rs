@@ -581,6 +581,66 @@ fn prometheus_fires_the_shipped_alert_on_a_real_failure() {
     assert!(status.success());
 }
 
+/// A real pod's container holding the port (Debian's containerd, the CRI
+/// plugin's annotations, its own network namespace): the failure in that
+/// namespace counts under `holder_kind="pod"`, and no pod or container
+/// name reaches a label.
+#[test]
+fn a_pod_holding_the_port_counts_as_a_pod() {
+    let mut ctd = containerd::Containerd::start("dpod");
+    let (port, mport) = (port(), port().wrapping_add(19));
+    let id = format!("{:056x}{:08x}", std::process::id(), 7);
+    let pid = ctd.run(
+        &id,
+        &containerd::cri_annotations("shop", "web-0", "web"),
+        &["/bin/busybox", "httpd", "-f", "-p", &port.to_string()],
+    );
+    let ns = Netns::new("pw-dpod");
+    let maddr = SocketAddr::from((Ipv4Addr::LOCALHOST, mport));
+    let args = [
+        "--metrics".to_owned(),
+        maddr.to_string(),
+        "--metrics-node".into(),
+        NODE.into(),
+        "--netns".into(),
+        format!("/proc/{pid}/ns/net"),
+    ];
+    let tracer = ns.run(move || {
+        let a: Vec<&str> = args.iter().map(String::as_str).collect();
+        Tracer::start(&a)
+    });
+    // A second server in the pod's namespace, until httpd holds the port.
+    let bind = format!("import socket; socket.socket().bind(('0.0.0.0', {port}))");
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let out = Command::new("timeout")
+            .args(["10", "nsenter", &format!("--net=/proc/{pid}/ns/net")])
+            .args(["/usr/bin/python3", "-c", &bind])
+            .output()
+            .expect("nsenter python3");
+        if String::from_utf8_lossy(&out.stderr).contains("Address already in use") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "httpd never held {port}: {out:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let ev = tracer.event();
+    assert_eq!(
+        ev["holders"][0]["container"]["pod"]["name"], "web-0",
+        "{ev:#}"
+    );
+    let (page, _) = scrape_until(&ns, maddr, &["pod"]);
+    for name in ["web-0", "shop", &id[..12]] {
+        assert!(!page.contains(name), "{name} is in a label:\n{page}");
+    }
+    let (status, _, _) = tracer.stop();
+    assert!(status.success());
+    drop(ctd);
+}
+
 /// `--metrics-node` and PORTWATCH_NODE (the DaemonSet's downward API) go
 /// through one check: a bad name is one line and status 2, from either.
 #[test]
