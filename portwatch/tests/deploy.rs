@@ -233,18 +233,27 @@ fn check_expr(
     wrong
 }
 
-/// The labels a template prints: `{{ $labels.X }}` (rules) or `{{X}}`
-/// (Grafana's legends).
+fn is_name(c: char) -> bool {
+    c.is_ascii_alphanumeric() || c == '_'
+}
+
+/// The labels a rule's annotation prints: `$labels.X`.
 fn template_labels(text: &str) -> BTreeSet<String> {
+    text.split("$labels.")
+        .skip(1)
+        .filter_map(|t| t.split(|c| !is_name(c)).next())
+        .filter(|l| !l.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The labels a Grafana legend prints: `{{X}}`.
+fn legend_labels(text: &str) -> BTreeSet<String> {
     text.split("{{")
         .skip(1)
-        .filter_map(|t| t.split_once("}}"))
-        .map(|(inner, _)| inner.trim())
-        .filter_map(|inner| {
-            let label = inner.strip_prefix("$labels.").unwrap_or(inner);
-            let plain = label.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-            (plain && !label.is_empty()).then(|| label.to_owned())
-        })
+        .filter_map(|t| Some(t.split_once("}}")?.0.trim()))
+        .filter(|l| !l.is_empty() && l.chars().all(is_name))
+        .map(str::to_owned)
         .collect()
 }
 
@@ -308,7 +317,7 @@ fn dashboard_exprs() -> (Vec<Query>, Vec<(String, String)>) {
             exprs.push((
                 format!("panel {:?}", panel["title"]),
                 grafana_to_promql(expr),
-                template_labels(legend),
+                legend_labels(legend),
             ));
         }
     }
@@ -462,8 +471,12 @@ fn the_name_check_catches_mistakes() {
             "{bad}"
         );
     }
-    let legend = template_labels("{{node}} {{ $labels.port }} {{ $value | printf \"%.0f\" }}");
-    assert_eq!(legend, BTreeSet::from(["node".into(), "port".into()]));
+    let labels = template_labels(
+        "{{ with $labels.node }}{{ . }} {{ end }}{{ $labels.port }} {{ $value | printf \"%.0f\" }}",
+    );
+    assert_eq!(labels, BTreeSet::from(["node".into(), "port".into()]));
+    let legend = legend_labels("{{node}} {{port}}");
+    assert_eq!(legend, labels);
     assert_eq!(check_expr("legend", ok, &legend, &scrape, true).len(), 1);
 }
 
