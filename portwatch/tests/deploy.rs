@@ -338,6 +338,23 @@ fn dashboard_exprs() -> (Vec<Query>, Vec<(String, String)>) {
     (exprs, variables)
 }
 
+/// `watch --metrics MADDR --metrics-node NODE EXTRA`, started inside `ns`
+/// (its endpoint on that namespace's loopback). The holder kinds need the
+/// lookups: on a loaded 2-core machine one can take longer than the
+/// default 500 ms (then the kind is `unknown`), so they get 10 s.
+fn node_tracer(ns: &Netns, maddr: SocketAddr, extra: &[&str]) -> Tracer {
+    let mut args = vec![
+        "--metrics".to_owned(),
+        maddr.to_string(),
+        "--metrics-node".into(),
+        NODE.into(),
+        "--lookup-timeout".into(),
+        "10000".into(),
+    ];
+    args.extend(extra.iter().map(|a| a.to_string()));
+    ns.run(move || Tracer::start(&args.iter().map(String::as_str).collect::<Vec<_>>()))
+}
+
 /// Scrapes `addr` (inside `ns`) until `holder_kind` has every kind in
 /// `want`.
 fn scrape_until(ns: &Netns, addr: SocketAddr, want: &[&str]) -> (String, Scrape) {
@@ -380,19 +397,7 @@ fn rules_and_dashboard_name_what_portwatch_exports() {
         ip("link add vx0 type vxlan id 42 dstport 4789 local 127.0.0.1");
         ip("link set vx0 up");
     });
-    let args = [
-        "--metrics".to_owned(),
-        maddr.to_string(),
-        "--metrics-node".into(),
-        NODE.into(),
-        "--all-errors".into(),
-        "--netns".into(),
-        ns.arg(),
-    ];
-    let tracer = ns.run(move || {
-        let a: Vec<&str> = args.iter().map(String::as_str).collect();
-        Tracer::start(&a)
-    });
+    let tracer = node_tracer(&ns, maddr, &["--all-errors", "--netns", &ns.arg()]);
     ns.run(move || {
         // A process holds it.
         let _held = conflict(v4(port), false);
@@ -516,16 +521,8 @@ fn prometheus_fires_the_shipped_alert_on_a_real_failure() {
             rules.display()
         ),
     );
-    let args = [
-        "--metrics".to_owned(),
-        maddr.to_string(),
-        "--metrics-node".into(),
-        NODE.into(),
-    ];
-    let tracer = ns.run(move || {
-        let a: Vec<&str> = args.iter().map(String::as_str).collect();
-        Tracer::start(&a)
-    });
+    // Only this namespace: other suites fail binds on the host meanwhile.
+    let tracer = node_tracer(&ns, maddr, &["--netns", &ns.arg()]);
     let mut prometheus = prometheus::start(
         &ns,
         &dir.0.join("prometheus.yml"),
@@ -610,18 +607,7 @@ fn a_pod_holding_the_port_counts_as_a_pod() {
     );
     let ns = Netns::new("pw-dpod");
     let maddr = SocketAddr::from((Ipv4Addr::LOCALHOST, mport));
-    let args = [
-        "--metrics".to_owned(),
-        maddr.to_string(),
-        "--metrics-node".into(),
-        NODE.into(),
-        "--netns".into(),
-        format!("/proc/{pid}/ns/net"),
-    ];
-    let tracer = ns.run(move || {
-        let a: Vec<&str> = args.iter().map(String::as_str).collect();
-        Tracer::start(&a)
-    });
+    let tracer = node_tracer(&ns, maddr, &["--netns", &format!("/proc/{pid}/ns/net")]);
     // A second server in the pod's namespace, until httpd holds the port.
     let bind = format!("import socket; socket.socket().bind(('0.0.0.0', {port}))");
     let deadline = Instant::now() + WAIT;
