@@ -183,6 +183,9 @@ fn counters_equal_failures_made() {
         port.to_string(),
         "--fold-window".into(),
         "60000".into(),
+        // The holder's kind needs the lookup, however loaded the machine.
+        "--lookup-timeout".into(),
+        "10000".into(),
     ];
     let tracer = ns.run(move || {
         let a: Vec<&str> = args.iter().map(String::as_str).collect();
