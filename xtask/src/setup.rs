@@ -194,7 +194,8 @@ pub fn ensure_test_packages() -> Result<()> {
         ("bpftool", "bpftool"),
         // Debian's, not a per-user install: tests run it as other uids too.
         ("/usr/bin/python3", "python3"),
-        // Real Prometheus and promtool for the --metrics tests.
+        // Real Prometheus and promtool for the --metrics tests, and
+        // promtool for the alert rules' tests (deploy.rs).
         ("prometheus", "prometheus"),
         ("promtool", "prometheus"),
         // Real containers: dockerd (with its containerd and runc), an image

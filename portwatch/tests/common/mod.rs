@@ -13,6 +13,7 @@ pub mod apache;
 pub mod containerd;
 pub mod docker;
 pub mod preflight;
+pub mod prometheus;
 
 use std::{
     io::{BufRead as _, BufReader},
