@@ -1257,7 +1257,7 @@ fn pin_to_this_cpu() {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
         libc::CPU_SET(cpu as usize, &mut set);
         assert_eq!(
-            libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set),
+            libc::sched_setaffinity(0, size_of_val(&set), &set),
             0,
             "sched_setaffinity: {}",
             std::io::Error::last_os_error()
