@@ -10,11 +10,13 @@
 mod cgroup;
 mod index;
 pub(crate) mod raw;
+pub mod source;
 
 use std::collections::HashMap;
 
 pub use cgroup::{is_safe_unit_name, is_stoppable_unit, unit_and_container, Runtime};
 pub use index::{ScanStats, SocketIndex};
+pub use source::{SocketFd, SocketSource};
 use nix::{
     fcntl::{self, OFlag, AT_FDCWD},
     sys::stat::Mode,
