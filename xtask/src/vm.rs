@@ -56,7 +56,7 @@ const HOST_ONLY: &[&str] = &[
 
 /// Test binaries to run in the VM.
 const SUITES: &[&str] = &[
-    "capture", "cli", "holders", "who", "wait", "io_uring", "model",
+    "capture", "cli", "holders", "who", "wait", "io_uring", "model", "owners",
 ];
 
 /// Backends every suite runs with.
