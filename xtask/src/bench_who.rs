@@ -113,6 +113,17 @@ fn one_size(
             "ss -Htan (no -p, no holders)",
             vec!["ss".into(), "-Htan".into(), sport],
         ),
+        // The walk of /proc beside the iterator `auto` picks where it loads.
+        (
+            "portwatch who P --lookup walk",
+            vec![
+                bin.display().to_string(),
+                "who".into(),
+                p.clone(),
+                "--lookup".into(),
+                "walk".into(),
+            ],
+        ),
     ];
     if let Some(base) = baseline {
         tools.push((

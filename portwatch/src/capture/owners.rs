@@ -54,7 +54,15 @@ impl OwnerIter {
             .override_global("OWNER_CONFIG", &config, true)
             .load(OBJECT)
             .context("loading the owner iterator's object")?;
-        let aya_btf = aya::Btf::parse(&btf.into_bytes(), aya::Endianness::default())
+        // aya parses every type it is given (tens of ms for the kernel's
+        // 100,000+): it gets only those up to the iterator's function.
+        let func = btf
+            .func_id("bpf_iter_task_file")
+            .ok_or_else(|| anyhow!("the kernel has no task_file BPF iterator"))?;
+        let prefix = btf
+            .prefix(func)
+            .ok_or_else(|| anyhow!("the kernel's BTF is too large"))?;
+        let aya_btf = aya::Btf::parse(&prefix, aya::Endianness::default())
             .context("parsing the kernel's BTF")?;
         let prog: &mut Iter = ebpf
             .program_mut(PROGRAM)

@@ -16,12 +16,12 @@ use std::collections::HashMap;
 
 pub use cgroup::{is_safe_unit_name, is_stoppable_unit, unit_and_container, Runtime};
 pub use index::{ScanStats, SocketIndex};
-pub use source::{SocketFd, SocketSource};
 use nix::{
     fcntl::{self, OFlag, AT_FDCWD},
     sys::stat::Mode,
 };
 use raw::{cpath, lossy, read_capped};
+pub use source::{SocketFd, SocketSource};
 
 /// The most bytes read from /proc/PID/cmdline.
 const CMDLINE_CAP: usize = 4096;
