@@ -163,26 +163,6 @@ impl Btf {
         })
     }
 
-    /// The same BTF cut after type `last`: the types up to it, every
-    /// string. Ids keep their meaning, so a parser that needs one type's id
-    /// (aya's, to load an iterator) parses only the types before it.
-    pub fn prefix(&self, last: u32) -> Option<Vec<u8>> {
-        let end = self
-            .index
-            .get(last as usize + 1)
-            .map_or(self.types.len(), |&next| next as usize);
-        let hdr_len = u32_at(&self.data, 4) as usize;
-        let mut out = self.data[..hdr_len].to_vec();
-        // type_off 0, type_len `end`, str_off right after, str_len as is.
-        out[8..12].copy_from_slice(&0u32.to_le_bytes());
-        out[12..16].copy_from_slice(&u32::try_from(end).ok()?.to_le_bytes());
-        out[16..20].copy_from_slice(&u32::try_from(end).ok()?.to_le_bytes());
-        out[20..24].copy_from_slice(&u32::try_from(self.strings.len()).ok()?.to_le_bytes());
-        out.extend_from_slice(&self.types()[..end]);
-        out.extend_from_slice(&self.data[self.strings.clone()]);
-        Some(out)
-    }
-
     /// The bytes read, for a second parser (aya's, which attaches fexit).
     pub fn into_bytes(self) -> Vec<u8> {
         self.data

@@ -6,13 +6,13 @@
 
 use std::{
     io::Read as _,
+    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
     path::Path,
     sync::{Arc, Mutex, OnceLock},
     thread::JoinHandle,
 };
 
 use anyhow::{anyhow, Context as _, Result};
-use aya::{programs::Iter, Ebpf, EbpfLoader};
 use portwatch_common::{OwnerConfig, OwnerRecord};
 use portwatch_core::holders::procs::{source, SocketFd, SocketSource};
 
@@ -20,9 +20,6 @@ use super::btf::{Btf, BtfError};
 
 /// The iterator's object as built.
 const OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/portwatch-owners"));
-
-/// The program's name in the object.
-const PROGRAM: &str = "task_sockets";
 
 /// How `who`, `wait`, `check` and `watch` find sockets' owners.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -36,9 +33,16 @@ pub enum LookupChoice {
     Walk,
 }
 
-/// The loaded iterator program; each scan attaches it once and reads it.
+/// The loaded iterator program, attached: each scan opens one iterator on
+/// its link and reads it to the end.
+///
+/// Loaded with the bpf() system calls directly rather than through aya: the
+/// object is one program and one read-only global, and aya's loader costs
+/// some 45 ms before the program is even loaded (it parses the kernel's
+/// BTF whole, twice, and probes the kernel's features): more than the walk
+/// of /proc that the iterator replaces on most hosts (BENCHMARKS.md).
 pub struct OwnerIter {
-    ebpf: Mutex<Ebpf>,
+    link: OwnedFd,
 }
 
 impl OwnerIter {
@@ -48,48 +52,44 @@ impl OwnerIter {
         nested_pid_namespace()?;
         let btf = Btf::from_file(Path::new("/sys/kernel/btf/vmlinux"))?;
         let config = config(&btf)?;
-        let mut ebpf = EbpfLoader::new()
-            // No CO-RE: the offsets are in OWNER_CONFIG.
-            .btf(None)
-            .override_global("OWNER_CONFIG", &config, true)
-            .load(OBJECT)
-            .context("loading the owner iterator's object")?;
-        // aya parses every type it is given (tens of ms for the kernel's
-        // 100,000+): it gets only those up to the iterator's function.
         let func = btf
             .func_id("bpf_iter_task_file")
             .ok_or_else(|| anyhow!("the kernel has no task_file BPF iterator"))?;
-        let prefix = btf
-            .prefix(func)
-            .ok_or_else(|| anyhow!("the kernel's BTF is too large"))?;
-        let aya_btf = aya::Btf::parse(&prefix, aya::Endianness::default())
-            .context("parsing the kernel's BTF")?;
-        let prog: &mut Iter = ebpf
-            .program_mut(PROGRAM)
-            .ok_or_else(|| anyhow!("the owner iterator's object has no program {PROGRAM}"))?
-            .try_into()?;
-        prog.load("task_file", &aya_btf)
-            .context("loading the iter/task_file program")?;
-        Ok(Self {
-            ebpf: Mutex::new(ebpf),
-        })
+        let (mut insns, config_at) = program()?;
+        let map = config_map(&config)?;
+        // The global's load becomes a load of the frozen map's value
+        // (BPF_PSEUDO_MAP_VALUE), at the global's offset in it.
+        let imm = |insn: &mut [u8; 8], v: i32| insn[4..8].copy_from_slice(&v.to_le_bytes());
+        let (first, rest) = insns
+            .get_mut(config_at..config_at + 2)
+            .and_then(|two| two.split_first_mut())
+            .ok_or_else(|| anyhow!("the owner iterator's relocation is out of its program"))?;
+        first[1] = (first[1] & 0x0f) | (BPF_PSEUDO_MAP_VALUE << 4);
+        imm(first, map.as_raw_fd());
+        imm(&mut rest[0], 0);
+        let prog = load_program(&insns, func)?;
+        let mut attr = LinkCreate {
+            prog_fd: prog.as_raw_fd() as u32,
+            target_fd: 0,
+            attach_type: BPF_TRACE_ITER,
+            flags: 0,
+            iter_info: 0,
+            iter_info_len: 0,
+            _pad: 0,
+        };
+        let link = bpf(BPF_LINK_CREATE, &mut attr).context("attaching the owner iterator")?;
+        Ok(Self { link })
     }
 
     /// One pass of the iterator: every socket file of every process.
     fn run(&self, out: &mut Vec<SocketFd>) -> Result<()> {
-        let mut ebpf = self
-            .ebpf
-            .lock()
-            .map_err(|_| anyhow!("the owner iterator's lock is poisoned"))?;
-        let prog: &mut Iter = ebpf
-            .program_mut(PROGRAM)
-            .ok_or_else(|| anyhow!("no program {PROGRAM}"))?
-            .try_into()?;
-        let link = prog.attach().context("attaching the owner iterator")?;
-        let mut file = prog
-            .take_link(link)?
-            .into_file()
-            .context("creating the owner iterator")?;
+        let mut attr = IterCreate {
+            link_fd: self.link.as_raw_fd() as u32,
+            flags: 0,
+        };
+        let mut file = std::fs::File::from(
+            bpf(BPF_ITER_CREATE, &mut attr).context("creating the owner iterator")?,
+        );
         let mut bytes = Vec::with_capacity(64 * 1024);
         file.read_to_end(&mut bytes)
             .context("reading the owner iterator")?;
@@ -109,6 +109,218 @@ impl OwnerIter {
             }
         }));
         Ok(())
+    }
+}
+
+// The bpf() commands and constants used here (linux/bpf.h).
+const BPF_MAP_CREATE: u32 = 0;
+const BPF_MAP_UPDATE_ELEM: u32 = 2;
+const BPF_PROG_LOAD: u32 = 5;
+const BPF_MAP_FREEZE: u32 = 22;
+const BPF_LINK_CREATE: u32 = 28;
+const BPF_ITER_CREATE: u32 = 33;
+const BPF_MAP_TYPE_ARRAY: u32 = 2;
+const BPF_F_RDONLY_PROG: u32 = 1 << 7;
+const BPF_PROG_TYPE_TRACING: u32 = 26;
+const BPF_TRACE_ITER: u32 = 28;
+const BPF_PSEUDO_MAP_VALUE: u8 = 2;
+/// An `ld_imm64` instruction's opcode (BPF_LD | BPF_IMM | BPF_DW).
+const LD_IMM64: u8 = 0x18;
+
+/// `bpf_attr` for BPF_MAP_CREATE (its leading fields; the kernel zeroes the rest).
+#[repr(C)]
+struct MapCreate {
+    map_type: u32,
+    key_size: u32,
+    value_size: u32,
+    max_entries: u32,
+    map_flags: u32,
+}
+
+/// `bpf_attr` for BPF_MAP_UPDATE_ELEM.
+#[repr(C)]
+struct MapElem {
+    map_fd: u32,
+    _pad: u32,
+    key: u64,
+    value: u64,
+    flags: u64,
+}
+
+/// `bpf_attr` for BPF_PROG_LOAD, up to `attach_btf_id`.
+#[repr(C)]
+struct ProgLoad {
+    prog_type: u32,
+    insn_cnt: u32,
+    insns: u64,
+    license: u64,
+    log_level: u32,
+    log_size: u32,
+    log_buf: u64,
+    kern_version: u32,
+    prog_flags: u32,
+    prog_name: [u8; 16],
+    prog_ifindex: u32,
+    expected_attach_type: u32,
+    prog_btf_fd: u32,
+    func_info_rec_size: u32,
+    func_info: u64,
+    func_info_cnt: u32,
+    line_info_rec_size: u32,
+    line_info: u64,
+    line_info_cnt: u32,
+    attach_btf_id: u32,
+}
+
+/// `bpf_attr` for BPF_LINK_CREATE of an iterator.
+#[repr(C)]
+struct LinkCreate {
+    prog_fd: u32,
+    target_fd: u32,
+    attach_type: u32,
+    flags: u32,
+    iter_info: u64,
+    iter_info_len: u32,
+    _pad: u32,
+}
+
+/// `bpf_attr` for BPF_ITER_CREATE.
+#[repr(C)]
+struct IterCreate {
+    link_fd: u32,
+    flags: u32,
+}
+
+/// The bpf() system call with `attr`: what it returns.
+fn bpf_call<T>(cmd: u32, attr: &mut T) -> std::io::Result<i32> {
+    // SAFETY: `attr` is a `bpf_attr` prefix of the size passed, for `cmd`;
+    // the kernel reads (and for some commands writes) only that much.
+    let ret =
+        unsafe { libc::syscall(libc::SYS_bpf, cmd, std::ptr::from_mut(attr), size_of::<T>()) };
+    if ret < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    i32::try_from(ret).map_err(|_| std::io::Error::other("bpf() returned out of range"))
+}
+
+/// A bpf() command that makes a descriptor: the new descriptor.
+fn bpf<T>(cmd: u32, attr: &mut T) -> std::io::Result<OwnedFd> {
+    let fd = bpf_call(cmd, attr)?;
+    // SAFETY: the kernel returned a new descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// The program's instructions and the index of the one instruction that
+/// loads `OWNER_CONFIG` (its only relocation).
+fn program() -> Result<(Vec<[u8; 8]>, usize)> {
+    use object::{Object as _, ObjectSection as _, ObjectSymbol as _, RelocationTarget};
+    let elf = object::File::parse(OBJECT).context("parsing the owner iterator's object")?;
+    let section = elf
+        .section_by_name("iter/task_file")
+        .ok_or_else(|| anyhow!("the owner iterator's object has no iter/task_file section"))?;
+    let code = section.data()?;
+    let insns: Vec<[u8; 8]> = code
+        .chunks_exact(8)
+        .map(|c| c.try_into().unwrap_or_default())
+        .collect();
+    let mut relocations = section.relocations();
+    let (at, reloc) = match (relocations.next(), relocations.next()) {
+        (Some(one), None) => one,
+        _ => {
+            return Err(anyhow!(
+                "the owner iterator must load OWNER_CONFIG and nothing else"
+            ))
+        }
+    };
+    let symbol = match reloc.target() {
+        RelocationTarget::Symbol(i) => elf.symbol_by_index(i)?,
+        _ => return Err(anyhow!("the owner iterator's relocation names no symbol")),
+    };
+    let index = usize::try_from(at / 8)?;
+    if symbol.name()? != "OWNER_CONFIG"
+        || symbol.address() != 0
+        || insns.get(index).is_none_or(|i| i[0] != LD_IMM64)
+    {
+        return Err(anyhow!(
+            "the owner iterator's relocation is not OWNER_CONFIG's load"
+        ));
+    }
+    Ok((insns, index))
+}
+
+/// A one-entry array holding `config`, frozen: read-only to the program,
+/// so the verifier knows its fields as constants.
+fn config_map(config: &OwnerConfig) -> Result<OwnedFd> {
+    let mut create = MapCreate {
+        map_type: BPF_MAP_TYPE_ARRAY,
+        key_size: 4,
+        value_size: size_of::<OwnerConfig>() as u32,
+        max_entries: 1,
+        map_flags: BPF_F_RDONLY_PROG,
+    };
+    let map = bpf(BPF_MAP_CREATE, &mut create).context("creating the owner iterator's map")?;
+    let key = 0u32;
+    let mut elem = MapElem {
+        map_fd: map.as_raw_fd() as u32,
+        _pad: 0,
+        key: (&raw const key) as u64,
+        value: std::ptr::from_ref(config) as u64,
+        flags: 0,
+    };
+    bpf_call(BPF_MAP_UPDATE_ELEM, &mut elem).context("filling the owner iterator's map")?;
+    // Only `map_fd`: the kernel refuses the command with any other field set.
+    let mut freeze = elem.map_fd;
+    bpf_call(BPF_MAP_FREEZE, &mut freeze).context("freezing the owner iterator's map")?;
+    Ok(map)
+}
+
+/// Loads `insns` as an `iter/task_file` program (BTF function `func`);
+/// on refusal, the verifier's last line says why.
+fn load_program(insns: &[[u8; 8]], func: u32) -> Result<OwnedFd> {
+    let mut log = vec![0u8; 64 * 1024];
+    let mut attr = ProgLoad {
+        prog_type: BPF_PROG_TYPE_TRACING,
+        insn_cnt: insns.len() as u32,
+        insns: insns.as_ptr() as u64,
+        license: c"GPL".as_ptr() as u64,
+        log_level: 0,
+        log_size: 0,
+        log_buf: 0,
+        kern_version: 0,
+        prog_flags: 0,
+        prog_name: *b"pw_task_sockets\0",
+        prog_ifindex: 0,
+        expected_attach_type: BPF_TRACE_ITER,
+        prog_btf_fd: 0,
+        func_info_rec_size: 0,
+        func_info: 0,
+        func_info_cnt: 0,
+        line_info_rec_size: 0,
+        line_info: 0,
+        line_info_cnt: 0,
+        attach_btf_id: func,
+    };
+    match bpf(BPF_PROG_LOAD, &mut attr) {
+        Ok(fd) => Ok(fd),
+        Err(e) => {
+            // Again with the verifier's log, to say why.
+            attr.log_level = 1;
+            attr.log_size = log.len() as u32;
+            attr.log_buf = log.as_mut_ptr() as u64;
+            if let Ok(fd) = bpf(BPF_PROG_LOAD, &mut attr) {
+                // Loaded the second time after all.
+                return Ok(fd);
+            }
+            let text = String::from_utf8_lossy(&log);
+            let why = text
+                .trim_end_matches('\0')
+                .lines()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("")
+                .to_owned();
+            Err(anyhow!("loading the iter/task_file program: {e}: {why}"))
+        }
     }
 }
 
