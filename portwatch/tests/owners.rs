@@ -75,18 +75,7 @@ fn same_owners_for_forked_workers() {
             if !hold(any4(port), false, |_| {}) {
                 return false;
             }
-            (0..3).all(|_| {
-                // SAFETY: fork, prctl and pause in a single-threaded child.
-                match unsafe { libc::fork() } {
-                    0 => unsafe {
-                        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                        loop {
-                            libc::pause();
-                        }
-                    },
-                    pid => pid > 0,
-                }
-            })
+            fork_workers(3)
         })
     });
     let found = both(&ns, port, &[]);

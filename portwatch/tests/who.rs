@@ -69,20 +69,7 @@ fn who_names_forked_workers_and_a_passed_socket() {
             if !hold(any4(shared), false, |_| {}) {
                 return false;
             }
-            // Two workers, killed with their master (plain system calls
-            // only: this is a forked child).
-            (0..2).all(|_| {
-                // SAFETY: fork, prctl and pause in a single-threaded child.
-                match unsafe { libc::fork() } {
-                    0 => unsafe {
-                        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                        loop {
-                            libc::pause();
-                        }
-                    },
-                    pid => pid > 0,
-                }
-            })
+            fork_workers(2)
         })
     });
     let receiver = ns.run(move || {
