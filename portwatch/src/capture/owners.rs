@@ -420,3 +420,52 @@ pub fn install(choice: LookupChoice) -> Result<(), String> {
     source::install(source);
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        net::{TcpListener, UdpSocket},
+        os::fd::AsRawFd as _,
+    };
+
+    use portwatch_test_support::inode_of;
+
+    use super::*;
+
+    /// One pass lists this process's sockets at their fds with their
+    /// inodes, and no other file (needs root: CI runs it so).
+    #[test]
+    fn iterator_lists_sockets_and_only_sockets() {
+        let tcp = TcpListener::bind("127.0.0.1:0").unwrap();
+        let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let file = std::fs::File::open("/proc/self/status").unwrap();
+        let iter = OwnerIter::load().expect("the owner iterator loads on the test kernels");
+        let mut found = Vec::new();
+        iter.run(&mut found).unwrap();
+        let me = std::process::id();
+        for (fd, inode) in [
+            (tcp.as_raw_fd(), inode_of(&tcp)),
+            (udp.as_raw_fd(), inode_of(&udp)),
+        ] {
+            let want = SocketFd {
+                pid: me,
+                fd: fd as u32,
+                inode: u64::from(inode),
+            };
+            assert!(found.contains(&want), "{want:?} not in {} records", found.len());
+        }
+        assert!(
+            !found
+                .iter()
+                .any(|s| s.pid == me && s.fd == file.as_raw_fd() as u32),
+            "a plain file was listed"
+        );
+        // The link stays: a second pass sees a socket opened since.
+        let later = TcpListener::bind("127.0.0.1:0").unwrap();
+        found.clear();
+        iter.run(&mut found).unwrap();
+        assert!(found
+            .iter()
+            .any(|s| s.pid == me && s.inode == u64::from(inode_of(&later))));
+    }
+}
