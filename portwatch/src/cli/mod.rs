@@ -74,6 +74,7 @@ EXAMPLES:
     portwatch who 8080 >/dev/null || echo taken
     portwatch who 8080 --device eth1         # a server bound to eth1 (SO_BINDTODEVICE) or a VRF
     portwatch who 8080 --trial               # each answer by a real bind(), closed at once
+    portwatch who 8080 -v --lookup walk      # owners from /proc, not the BPF iterator; say so
 
 Lists every socket on the port in the network namespace (what `ss -tan` /
 `ss -uan` show for it, plus bound TCP sockets that never listened, where the
