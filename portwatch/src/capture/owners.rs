@@ -452,7 +452,11 @@ mod tests {
                 fd: fd as u32,
                 inode: u64::from(inode),
             };
-            assert!(found.contains(&want), "{want:?} not in {} records", found.len());
+            assert!(
+                found.contains(&want),
+                "{want:?} not in {} records",
+                found.len()
+            );
         }
         assert!(
             !found
