@@ -544,6 +544,38 @@ pub mod stat {
     pub const COUNT: u32 = 5;
 }
 
+/// One socket file that the owner iterator (`iter/task_file`, program
+/// `portwatch-owners`) found: process `tgid` holds socket `inode` at file
+/// descriptor `fd`. Written with `bpf_seq_write`, read back as a stream of
+/// these, so its size is the stream's only framing.
+#[repr(C)]
+#[cfg_attr(feature = "pod", derive(bytemuck::Pod, bytemuck::Zeroable))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OwnerRecord {
+    /// The socket's inode number (what /proc/PID/fd shows as `socket:[N]`).
+    pub inode: u64,
+    /// Thread group id of the task whose fd table holds it.
+    pub tgid: u32,
+    /// File descriptor number.
+    pub fd: u32,
+}
+
+/// The owner iterator's settings (its global `OWNER_CONFIG`): offsets from
+/// the running kernel's BTF, like [`Offsets`] for the tracer.
+#[repr(C)]
+#[cfg_attr(feature = "pod", derive(bytemuck::Pod, bytemuck::Zeroable))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OwnerConfig {
+    /// `task_struct.tgid`.
+    pub task_tgid: u32,
+    /// `file.f_inode`.
+    pub file_inode: u32,
+    /// `inode.i_mode` (a u16).
+    pub inode_mode: u32,
+    /// `inode.i_ino` (an unsigned long).
+    pub inode_ino: u32,
+}
+
 #[cfg(feature = "user")]
 mod user {
     /// aya copies these in and out of maps as bytes; bytemuck's `Pod`
@@ -562,6 +594,7 @@ mod user {
     aya_pod!(
         Event,
         Config,
+        OwnerConfig,
         FoldKey,
         FoldState,
         FoldFront,

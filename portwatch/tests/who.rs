@@ -69,20 +69,7 @@ fn who_names_forked_workers_and_a_passed_socket() {
             if !hold(any4(shared), false, |_| {}) {
                 return false;
             }
-            // Two workers, killed with their master (plain system calls
-            // only: this is a forked child).
-            (0..2).all(|_| {
-                // SAFETY: fork, prctl and pause in a single-threaded child.
-                match unsafe { libc::fork() } {
-                    0 => unsafe {
-                        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                        loop {
-                            libc::pause();
-                        }
-                    },
-                    pid => pid > 0,
-                }
-            })
+            fork_workers(2)
         })
     });
     let receiver = ns.run(move || {
@@ -98,7 +85,10 @@ fn who_names_forked_workers_and_a_passed_socket() {
     });
     let (code, v) = who(&ns, &[&shared.to_string()]);
     assert_eq!(code, 1, "{v:#}");
-    assert_eq!(v["lookup"], "walk", "{v:#}");
+    // Every kernel the suites run on (this host's 6.18, Debian's 6.1 and
+    // 6.12 in the VMs) loads the BPF iterator: `auto` must have used it.
+    assert_eq!(v["lookup"], "iterator", "{v:#}");
+    assert!(v.get("lookup_note").is_none(), "{v:#}");
     let s = sockets(&v);
     assert_eq!(s.len(), 1, "{v:#}");
     assert_eq!(s[0]["pid"], master.pid, "the master, not a worker: {v:#}");

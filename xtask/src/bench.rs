@@ -37,7 +37,7 @@ pub struct BenchArgs {
     /// `server` (connection loop and nginx under wrk, per-program ns).
     /// `vm` (the connection loop on Debian's kernels under qemu, fexit and
     /// tracepoint: runs per connection, instructions, ns per run).
-    #[arg(long, value_name = "SECTION", value_parser = ["who", "check", "cost", "burst", "server", "vm"])]
+    #[arg(long, value_name = "SECTION", value_parser = ["who", "check", "cost", "burst", "server", "vm", "vm-who"])]
     only: Option<String>,
     /// Measure this portwatch binary instead of building the release one
     /// (e.g. the tests' build, whose hidden flags `--tracer-args` may use).
@@ -143,6 +143,10 @@ pub fn run(opts: &BenchArgs) -> Result<()> {
             "{}",
             crate::bench_check::check_speed(&bin, rounds)?.join("\n")
         );
+        return Ok(());
+    }
+    if opts.only.as_deref() == Some("vm-who") {
+        println!("{}", crate::bench_vm::run_who(&bin)?.join("\n"));
         return Ok(());
     }
     if opts.only.as_deref() == Some("who") {

@@ -151,8 +151,22 @@ impl Attached {
     }
 }
 
+/// The guest side of `--only vm-who`: `who` against `ss` at 1,000
+/// processes (fewer tools than on the host: busybox has no `lsof`), its
+/// table's rows marked on stdout.
+fn guest_who(portwatch: &Path) -> Result<()> {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease")?;
+    for line in crate::bench_who::one_size(portwatch, None, 5, 1000, 5)? {
+        println!("{MARK}who {} | {line}", release.trim());
+    }
+    Ok(())
+}
+
 /// The guest side: prints the kernel's rows, marked, on stdout (the console).
 pub fn guest(portwatch: &Path) -> Result<()> {
+    if std::env::var_os("PORTWATCH_BENCH_VM_WHO").is_some() {
+        return guest_who(portwatch);
+    }
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease")?;
     let release = release.trim();
     // Warm-up, then the timed rounds.
@@ -214,24 +228,41 @@ pub fn guest(portwatch: &Path) -> Result<()> {
 /// another: a second TCG guest would share the host's cores) and returns the
 /// section for BENCHMARKS.md.
 pub fn run(portwatch: &Path) -> Result<Vec<String>> {
+    run_with(portwatch, false)
+}
+
+/// `--only vm-who`: `portwatch who` against `ss -Htan` and `ss -Htanp` in
+/// Debian's 6.12 VM (where the BPF iterator loads), side by side.
+pub fn run_who(portwatch: &Path) -> Result<Vec<String>> {
+    run_with(portwatch, true)
+}
+
+fn run_with(portwatch: &Path, who: bool) -> Result<Vec<String>> {
     setup::ensure_packages(qemu::PACKAGES)?;
     let work = root().join(".cache/bench-vm");
     let xtask = std::env::current_exe().context("this xtask binary")?;
     let tree = work.join("root");
-    qemu::busybox_tree(
-        &tree,
-        &[
-            (xtask, PathBuf::from("/xtask")),
-            (portwatch.to_path_buf(), PathBuf::from("/portwatch")),
-        ],
-    )?;
+    let mut programs = vec![
+        (xtask, PathBuf::from("/xtask")),
+        (portwatch.to_path_buf(), PathBuf::from("/portwatch")),
+    ];
+    if who {
+        // iproute2's ss, with its libraries (busybox has none).
+        setup::ensure_packages(&[("ss", "iproute2")])?;
+        programs.push((PathBuf::from("/usr/bin/ss"), PathBuf::from("/bin/ss")));
+    }
+    qemu::busybox_tree(&tree, &programs)?;
     let common = work.join("common.cpio.gz");
     qemu::cpio(&tree, &common)?;
     std::fs::remove_dir_all(&tree)?;
-    let (mut time_rows, mut prog_rows) = (Vec::new(), Vec::new());
+    let (mut time_rows, mut prog_rows, mut who_rows) = (Vec::new(), Vec::new(), Vec::new());
     for package in kernels::KERNELS {
+        if who && !package.contains("6.12") {
+            continue;
+        }
         let kernel = kernels::image(package)?;
-        let mut init = qemu::init_start(&kernel.modules, "");
+        let env = if who { "PORTWATCH_BENCH_VM_WHO=1" } else { "" };
+        let mut init = qemu::init_start(&kernel.modules, env);
         init.push_str(&format!(
             "/xtask bench-guest /portwatch; echo \"{MARK}rc=$?\"\npoweroff -f\n"
         ));
@@ -258,6 +289,8 @@ pub fn run(portwatch: &Path) -> Result<Vec<String>> {
                 time_rows.push(r.to_owned());
             } else if let Some(r) = row.strip_prefix("prog ") {
                 prog_rows.push(r.to_owned());
+            } else if let Some(r) = row.strip_prefix("who ") {
+                who_rows.push(r.to_owned());
             }
             Ok(())
         })?;
@@ -268,6 +301,9 @@ pub fn run(portwatch: &Path) -> Result<Vec<String>> {
                 log.display()
             );
         }
+    }
+    if who {
+        return Ok(who_rows);
     }
     let mut report = vec![
         format!(

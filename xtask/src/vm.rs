@@ -68,6 +68,7 @@ const SUITES: &[&str] = &[
     "io_uring",
     "model",
     "kube_proxy",
+    "owners",
 ];
 
 /// Backends every suite runs with.

@@ -101,6 +101,8 @@ pub struct Judgement {
     pub tools: crate::tools::HostTools,
     /// How the sockets' owners were found.
     pub lookup: OwnerLookup,
+    /// Why by the walk, when the iterator was tried and did not answer.
+    pub lookup_note: Option<String>,
 }
 
 /// What `Judged::unseen` says on a kernel that does not list TCP
@@ -459,6 +461,7 @@ impl<'a> BatchState<'a> {
             dnat,
             tools: self.enricher.tools(),
             lookup: self.enricher.lookup(),
+            lookup_note: self.enricher.lookup_note(),
         }
     }
 

@@ -31,9 +31,9 @@ pub use sysctl::Sysctls;
 
 use crate::request::{Family, Proto};
 
-/// How the sockets' owners were found: `"walk"`, /proc's fd directories
-/// (the one path on kernels that refuse BPF iterators, and the only one
-/// built so far).
+/// How the sockets' owners were found: `"iterator"`, a BPF iterator over
+/// every task's files (one pass in the kernel), or `"walk"`, /proc's fd
+/// directories (kernels or callers without the iterator).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum OwnerLookup {
@@ -41,6 +41,10 @@ pub enum OwnerLookup {
     /// every process at most once per batch.
     #[default]
     Walk,
+    /// The BPF iterator `iter/task_file` listed every socket file of every
+    /// process at once; each answer is still checked with one readlink of
+    /// its /proc/PID/fd entry.
+    Iterator,
 }
 
 /// A socket's state as users know it from `ss`/`netstat`.

@@ -60,10 +60,14 @@ pub struct WhoReport {
     /// The commands of this host the fixes may name.
     #[serde(skip)]
     pub tools: crate::tools::HostTools,
-    /// How the sockets' owners were found (`"walk"`). Absent from older
-    /// reports.
+    /// How the sockets' owners were found (`"iterator"` or `"walk"`).
+    /// Absent from older reports.
     #[serde(default)]
     pub lookup: crate::holders::OwnerLookup,
+    /// Why the walk answered though the iterator was tried (the kernel
+    /// refused it, or a pass failed); absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lookup_note: Option<String>,
 }
 
 impl WhoReport {
@@ -85,6 +89,7 @@ impl WhoReport {
             unseen,
             tools: j.tools,
             lookup: j.lookup,
+            lookup_note: j.lookup_note,
         }
     }
 }

@@ -56,6 +56,7 @@ fn nothing(b: &Binding) -> Judgement {
         device: None,
         tools: Default::default(),
         lookup: Default::default(),
+        lookup_note: None,
     }
 }
 

@@ -10,6 +10,7 @@ mod klog;
 pub mod life;
 mod loader;
 mod offsets;
+pub mod owners;
 mod ring;
 mod session;
 mod settings;

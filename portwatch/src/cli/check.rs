@@ -105,6 +105,10 @@ pub struct CheckArgs {
     #[arg(value_name = "BINDING")]
     pub bindings: Vec<String>,
 
+    /// How the holders are found.
+    #[command(flatten)]
+    pub lookup: super::LookupArgs,
+
     /// A compose file: every published port of its services (repeat to
     /// merge, as compose does).
     #[arg(short = 'f', long, value_name = "FILE")]

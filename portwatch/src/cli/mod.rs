@@ -74,6 +74,7 @@ EXAMPLES:
     portwatch who 8080 >/dev/null || echo taken
     portwatch who 8080 --device eth1         # a server bound to eth1 (SO_BINDTODEVICE) or a VRF
     portwatch who 8080 --trial               # each answer by a real bind(), closed at once
+    portwatch who 8080 -v --lookup walk      # owners from /proc, not the BPF iterator; say so
 
 Lists every socket on the port in the network namespace (what `ss -tan` /
 `ss -uan` show for it, plus bound TCP sockets that never listened, where the
@@ -269,6 +270,27 @@ pub struct WhoArgs {
     /// devices (and, for TCP, in other VRFs) are then not in the way.
     #[arg(long, value_name = "IFNAME", value_parser = values::parse_device)]
     pub device: Option<String>,
+
+    /// How the holders are found.
+    #[command(flatten)]
+    pub lookup: LookupArgs,
+
+    /// Say on stderr how the holders were found, and why not with the BPF
+    /// iterator when it was not used.
+    #[arg(short, long)]
+    pub verbose: bool,
+}
+
+/// How sockets' owners are found (`who`, `wait`, `check`, `watch`).
+#[derive(Debug, Clone, Copy, Args)]
+pub struct LookupArgs {
+    /// How to find the processes that hold a socket: `iterator`, a BPF
+    /// iterator over every task's files (one pass in the kernel, Linux
+    /// 5.8+); `walk`, reading every /proc/PID/fd; `auto` (default), the
+    /// iterator where the kernel loads it, else the walk. `iterator` fails
+    /// when the kernel refuses it, saying why (for debugging).
+    #[arg(long, value_enum, value_name = "HOW", default_value = "auto")]
+    pub lookup: capture::owners::LookupChoice,
 }
 
 /// The capture flags `watch` and `run` share: what to report, the kernel
@@ -329,6 +351,10 @@ pub struct CaptureArgs {
     /// queue), and given up on once they have been blocked this long.
     #[arg(long, value_name = "MS", default_value_t = 500, value_parser = clap::value_parser!(u64).range(1..=60_000))]
     pub lookup_timeout: u64,
+
+    /// How the holders are found.
+    #[command(flatten)]
+    pub lookup: LookupArgs,
 
     /// Read kernel type information from this BTF file instead of
     /// /sys/kernel/btf/vmlinux (for kernels built without it).
@@ -552,6 +578,10 @@ pub struct WaitArgs {
     /// own options, nothing bound.
     #[arg(long)]
     pub trial: bool,
+
+    /// How the holders are found.
+    #[command(flatten)]
+    pub lookup: LookupArgs,
 }
 
 const REPORT_EXAMPLES: &str = "\

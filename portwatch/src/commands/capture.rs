@@ -85,6 +85,10 @@ pub struct Loaded {
 /// command started (for the ready notice and the summary).
 pub fn load(args: &CaptureArgs, settings: &Settings, started: Instant) -> Result<Loaded> {
     let session = Session::start(settings, args.backend.into())?;
+    if !args.no_holders {
+        // `watch` keeps the iterator loaded and runs it once per full scan.
+        crate::capture::owners::install(args.lookup.lookup).map_err(anyhow::Error::msg)?;
+    }
     let enricher = (!args.no_holders).then(|| Arc::new(Enricher::new(session.bound_inactive_dump)));
     if let Some(e) = &enricher {
         let e = e.clone();

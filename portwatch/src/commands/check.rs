@@ -20,6 +20,7 @@ use crate::cli::CheckArgs;
 /// Runs `portwatch check`; Ok is the exit status (0, or 1 when a binding
 /// would fail).
 pub fn run(args: &CheckArgs) -> Result<u8, Error> {
+    who::install_lookup(args.lookup.lookup)?;
     let plan = read_plan(args)?;
     let ns = args.netns.as_deref().map(who::open_netns).transpose()?;
     // Docker's port bindings live in the host's namespace.

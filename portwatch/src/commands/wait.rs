@@ -40,6 +40,7 @@ const UDP_DESTROY_GROUPS: [u32; 2] = [2, 4];
 /// Runs `portwatch wait`; Ok(true) once the bind would succeed, Ok(false)
 /// on timeout (after printing who still holds the port).
 pub fn run(args: &WaitArgs) -> Result<bool, Error> {
+    who::install_lookup(args.lookup.lookup)?;
     let ns = args.netns.as_deref().map(who::open_netns).transpose()?;
     let (port, proto) = args.port;
     let mut binding = Binding {

@@ -13,19 +13,23 @@ use std::{
 
 use portwatch_core::{
     engine::{self, Batch},
-    holders::{netns, Devices},
+    holders::{netns, Devices, OwnerLookup},
     output::who::{self as out, WhoReport},
     request::Binding,
 };
 
 use super::Error;
-use crate::cli::WhoArgs;
+use crate::{
+    capture::owners::{self, LookupChoice},
+    cli::WhoArgs,
+};
 
 /// Exit status of `who`: a plain bind would fail now (scripts rely on it).
 pub const EXIT_TAKEN: u8 = 1;
 
 /// Runs `portwatch who`; Ok(true) when a plain bind would succeed now.
 pub fn run(args: &WhoArgs) -> Result<bool, Error> {
+    install_lookup(args.lookup.lookup)?;
     let ns = args.netns.as_deref().map(open_netns).transpose()?;
     let (port, proto) = args.port;
     let binding = Binding {
@@ -39,8 +43,28 @@ pub fn run(args: &WhoArgs) -> Result<bool, Error> {
     if !nix::unistd::geteuid().is_root() && report.sockets.iter().any(|h| h.pid.is_none()) {
         eprintln!("portwatch: not root: the processes of other users' sockets cannot be named");
     }
+    if args.verbose {
+        say_lookup(&report);
+    }
     answer(&report, args.json)?;
     Ok(report.free)
+}
+
+/// Installs the owner lookup `choice` names (`--lookup`): only
+/// `--lookup iterator` can fail, on a kernel that refuses the iterator.
+pub(crate) fn install_lookup(choice: LookupChoice) -> Result<(), Error> {
+    owners::install(choice).map_err(Error::Unsupported)
+}
+
+/// `-v`: how the holders were found, and why not with the iterator.
+fn say_lookup(report: &WhoReport) {
+    match (report.lookup, &report.lookup_note) {
+        (OwnerLookup::Iterator, _) => eprintln!("portwatch: holders found by the BPF iterator"),
+        (OwnerLookup::Walk, Some(why)) => {
+            eprintln!("portwatch: holders found by walking /proc: {why}")
+        }
+        (OwnerLookup::Walk, None) => eprintln!("portwatch: holders found by walking /proc"),
+    }
 }
 
 /// A network namespace named on the command line: its file, inode and path.

@@ -525,3 +525,21 @@ pub fn feed(program: &str, args: &[&str], text: &str) {
         .unwrap();
     assert!(child.wait().unwrap().success(), "{program}");
 }
+
+/// In a forked child: forks `n` workers that inherit its sockets and are
+/// killed with it (plain system calls only, as a forked child must);
+/// whether every fork worked.
+pub fn fork_workers(n: usize) -> bool {
+    (0..n).all(|_| {
+        // SAFETY: fork, prctl and pause in a single-threaded child.
+        match unsafe { libc::fork() } {
+            0 => unsafe {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                loop {
+                    libc::pause();
+                }
+            },
+            pid => pid > 0,
+        }
+    })
+}

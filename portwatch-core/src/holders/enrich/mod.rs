@@ -97,9 +97,28 @@ impl Enricher {
         }
     }
 
-    /// Which path finds the sockets' owners.
+    /// Which path found the sockets' owners: the last full scan's, or,
+    /// before any, the one a scan would take.
     pub fn lookup(&self) -> super::OwnerLookup {
-        super::OwnerLookup::Walk
+        self.index
+            .lock()
+            .ok()
+            .and_then(|i| i.last_lookup())
+            .unwrap_or_else(procs::source::planned)
+    }
+
+    /// Why owners were found by walking /proc: the iterator could not be
+    /// loaded, or its last pass failed. None when it answered, or when no
+    /// one asked for it.
+    pub fn lookup_note(&self) -> Option<String> {
+        let failed = self
+            .index
+            .lock()
+            .ok()
+            .and_then(|i| i.source_failed().map(str::to_owned));
+        failed
+            .map(|why| format!("the BPF iterator failed: {why}"))
+            .or_else(procs::source::why_walk)
     }
 
     /// How many times /proc was walked for socket owners.

@@ -11,6 +11,7 @@ use std::{
 };
 
 use super::raw::{bracketed, cpath, readlink_into, Ids};
+use crate::holders::OwnerLookup;
 
 /// Most threads one /proc walk uses.
 const SCAN_THREADS: usize = 4;
@@ -48,6 +49,11 @@ pub struct SocketIndex {
     pids: HashMap<u32, PidWalk>,
     /// Walks of one process's fd directory so far.
     pid_walks: usize,
+    /// The path the last full scan took; None before the first.
+    last: Option<OwnerLookup>,
+    /// Why the last full scan walked /proc though a source is installed
+    /// (it failed); None when it did not.
+    source_failed: Option<String>,
 }
 
 /// One process's sockets, as one walk of its fd directory found them.
@@ -73,11 +79,54 @@ impl SocketIndex {
         Self::default()
     }
 
-    /// Full walk of /proc/*/fd. Returns how many processes and fds were read and how long it
-    /// took.
+    /// Full scan: every socket file of every process, from the installed
+    /// [`SocketSource`](super::SocketSource) (the BPF iterator) when there
+    /// is one and it answers, else from a walk of /proc/*/fd. Returns how
+    /// many processes and fds were seen and how long it took.
     pub fn rescan(&mut self) -> ScanStats {
         let start = Instant::now();
         self.entries.clear();
+        let stats = match self.scan_source() {
+            Ok(stats) => {
+                self.last = Some(OwnerLookup::Iterator);
+                self.source_failed = None;
+                stats
+            }
+            Err(why) => {
+                self.source_failed = why;
+                self.last = Some(OwnerLookup::Walk);
+                self.walk()
+            }
+        };
+        self.finish_scan(start, stats)
+    }
+
+    /// The installed source's scan into `entries`; Err(None) when there is
+    /// no source, Err(Some(why)) when it failed.
+    fn scan_source(&mut self) -> Result<ScanStats, Option<String>> {
+        let source = super::source::installed().ok_or(None)?;
+        let mut found = Vec::new();
+        source.scan(&mut found).map_err(Some)?;
+        let mut pids: Vec<u32> = found.iter().map(|s| s.pid).collect();
+        pids.sort_unstable();
+        pids.dedup();
+        // Socket inodes are 32-bit numbers (get_next_ino); /proc shows the same.
+        self.entries.extend(found.iter().filter_map(|s| {
+            Some(FdEntry {
+                inode: u32::try_from(s.inode).ok()?,
+                pid: s.pid,
+                fd: s.fd,
+            })
+        }));
+        Ok(ScanStats {
+            processes: pids.len(),
+            fds: found.len(),
+            elapsed: Duration::ZERO,
+        })
+    }
+
+    /// The walk of /proc/*/fd into `entries`, over a few threads.
+    fn walk(&mut self) -> ScanStats {
         let pids: Vec<u32> = Ids::open(c"/proc").into_iter().flatten().collect();
         // The walk is one readlinkat per fd, thousands of them: split over
         // a few threads, which the kernel serves in parallel (procfs takes
@@ -117,7 +166,14 @@ impl SocketIndex {
             stats.processes += processes;
             stats.fds += fds;
         }
+        stats
+    }
+
+    /// Sorts what a scan found and notes when it started.
+    fn finish_scan(&mut self, start: Instant, mut stats: ScanStats) -> ScanStats {
         self.entries.sort_unstable();
+        // A thread with a file table of its own is listed beside its leader.
+        self.entries.dedup();
         // Reused by the next rescan, but not at the size of the largest
         // one ever: a moment with many processes would stay resident.
         if self.entries.capacity() > 2 * self.entries.len().max(1024) {
@@ -222,7 +278,18 @@ impl SocketIndex {
         self.pid_walks
     }
 
-    /// How many full walks of /proc this index has made.
+    /// The path the last full scan took; None before the first.
+    pub fn last_lookup(&self) -> Option<OwnerLookup> {
+        self.last
+    }
+
+    /// Why the last full scan walked /proc though an iterator is
+    /// installed: it failed.
+    pub fn source_failed(&self) -> Option<&str> {
+        self.source_failed.as_deref()
+    }
+
+    /// How many full scans this index has made (either path).
     pub fn walks(&self) -> usize {
         self.walks
     }

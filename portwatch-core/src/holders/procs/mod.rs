@@ -10,6 +10,7 @@
 mod cgroup;
 mod index;
 pub(crate) mod raw;
+pub mod source;
 
 use std::collections::HashMap;
 
@@ -20,6 +21,7 @@ use nix::{
     sys::stat::Mode,
 };
 use raw::{cpath, lossy, read_capped};
+pub use source::{SocketFd, SocketSource};
 
 /// The most bytes read from /proc/PID/cmdline.
 const CMDLINE_CAP: usize = 4096;
