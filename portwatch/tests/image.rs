@@ -25,7 +25,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::*;
+use common::{containerd::Containerd, *};
 use portwatch_test_support::{Netns, Process};
 use saphyr::{LoadableYamlNode as _, Yaml};
 
@@ -38,6 +38,17 @@ const MANIFEST: &str = concat!(
 /// The refusal's fixed start (main prefixes `portwatch: `).
 const REFUSAL: &str =
     "portwatch: needs the host's PID namespace (hostPID: true / --pid=host): a container's own (pid:[";
+
+/// Every capability of include/uapi/linux/capability.h (0 to 40).
+#[rustfmt::skip]
+const EVERY_CAPABILITY: [&str; 41] = [
+    "CHOWN", "DAC_OVERRIDE", "DAC_READ_SEARCH", "FOWNER", "FSETID", "KILL", "SETGID", "SETUID",
+    "SETPCAP", "LINUX_IMMUTABLE", "NET_BIND_SERVICE", "NET_BROADCAST", "NET_ADMIN", "NET_RAW",
+    "IPC_LOCK", "IPC_OWNER", "SYS_MODULE", "SYS_RAWIO", "SYS_CHROOT", "SYS_PTRACE", "SYS_PACCT",
+    "SYS_ADMIN", "SYS_BOOT", "SYS_NICE", "SYS_RESOURCE", "SYS_TIME", "SYS_TTY_CONFIG", "MKNOD",
+    "LEASE", "AUDIT_WRITE", "AUDIT_CONTROL", "SETFCAP", "MAC_OVERRIDE", "MAC_ADMIN", "SYSLOG",
+    "WAKE_ALARM", "BLOCK_SUSPEND", "AUDIT_READ", "PERFMON", "BPF", "CHECKPOINT_RESTORE",
+];
 
 /// The DaemonSet's pod, as its manifest declares it.
 #[derive(Debug, Clone)]
@@ -180,6 +191,54 @@ impl Pod {
         o
     }
 
+    /// `ctr run` options for this pod on `node`: the same settings in
+    /// containerd's words (no-new-privileges has no `ctr run` flag).
+    fn ctr_options(&self, node: &Node) -> Vec<String> {
+        let mut o = Vec::new();
+        if self.host_pid {
+            o.push(format!("--with-ns=pid:/proc/{}/ns/pid", std::process::id()));
+        }
+        assert!(self.host_network, "the manifest sets hostNetwork");
+        o.push(format!("--with-ns=network:{}", node.netns.display()));
+        // `ctr run` has no --user: the image's user, 0 (it names none).
+        assert_eq!(self.user, Some(0), "runAsUser other than 0 is not emulated");
+        // `ctr run` takes no ALL, and drops after adding: each capability
+        // by name but those added (Kubernetes drops first).
+        for c in &self.drop {
+            if c == "ALL" {
+                o.extend(
+                    EVERY_CAPABILITY
+                        .iter()
+                        .filter(|c| !self.add.iter().any(|a| a == *c))
+                        .map(|c| format!("--cap-drop=CAP_{c}")),
+                );
+            } else {
+                o.push(format!("--cap-drop=CAP_{c}"));
+            }
+        }
+        o.extend(self.add.iter().map(|c| format!("--cap-add=CAP_{c}")));
+        if self.read_only_root {
+            o.push("--read-only".to_owned());
+        }
+        match self.seccomp.as_str() {
+            "RuntimeDefault" => o.push("--seccomp".to_owned()),
+            "Unconfined" => {}
+            other => panic!("seccompProfile {other} is not emulated here"),
+        }
+        for (host, path, ro) in &self.mounts {
+            if Path::new(host).exists() {
+                let ro = if *ro { ":ro" } else { "" };
+                o.push(format!(
+                    "--mount=type=bind,src={host},dst={path},options=rbind{ro}"
+                ));
+            }
+        }
+        for (name, value) in self.env_values(node) {
+            o.push(format!("--env={name}={value}"));
+        }
+        o
+    }
+
     /// The variables, as the downward API fills them in on `node`.
     fn env_values(&self, node: &Node) -> Vec<(String, String)> {
         self.env
@@ -297,6 +356,21 @@ fn build_image(dir: &Path) -> PathBuf {
     dir.join("image/portwatch.tar")
 }
 
+/// The image's ENTRYPOINT, read from the OCI layout next to `tar`.
+fn entrypoint(tar: &Path) -> Vec<String> {
+    let layout = tar.with_file_name("portwatch-oci");
+    let blob = |digest: &serde_json::Value| -> serde_json::Value {
+        let hex = digest.as_str().unwrap().strip_prefix("sha256:").unwrap();
+        let bytes = std::fs::read(layout.join("blobs/sha256").join(hex)).unwrap();
+        serde_json::from_slice(&bytes).unwrap()
+    };
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
+    let manifest = blob(&index["manifests"][0]["digest"]);
+    let config = blob(&manifest["config"]["digest"]);
+    serde_json::from_value(config["config"]["Entrypoint"].clone()).expect("an Entrypoint")
+}
+
 /// Loads the image into `podman` and checks that it carries the name the
 /// manifest runs.
 fn load(podman: &Podman, pod: &Pod) {
@@ -352,30 +426,24 @@ fn scrape(ns: &Netns, addr: String) -> String {
     })
 }
 
-/// The pod as the manifest declares it, on a node emulated by a network
-/// namespace of the test's: the failing bind of a host process there is
-/// named with its holder (a python3 of uid 65534), as portwatch on the host
-/// names it, and the metrics endpoint answers on the pod's address.
-#[test]
-fn the_daemonset_names_a_host_holder_as_on_the_host() {
-    let pod = Pod::from_manifest();
-    let mut podman = Podman::new("host");
-    load(&podman, &pod);
-    let ns = Netns::new("pw-node");
-    let node = Node {
+/// The node of a test: a network namespace of its own.
+fn node(ns: &Netns) -> Node {
+    Node {
         netns: PathBuf::from(format!(
             "/proc/{}/task/{}/ns/net",
             std::process::id(),
             ns.tid
         )),
         name: "node-a",
-    };
-    let port = port();
-    let _holder = nobody_listens(&ns, port);
-    let options = pod.podman_options(&node);
-    let args = pod.expanded_args(&node);
-    let cmd = podman.run("pw-daemonset", &options, &pod.image, &args);
-    let tracer = Tracer::try_spawn(cmd).unwrap_or_else(|e| panic!("the pod refused: {e}"));
+    }
+}
+
+/// With the pod running as `tracer` on `ns`'s node (its args `args`): its
+/// metrics endpoint answers on the pod's address, and the failing bind of
+/// a host process there is named with its holder (a python3 of uid 65534
+/// listening on `port`) as portwatch on the host names it. Then it stops
+/// cleanly on SIGINT.
+fn assert_names_host_holder(tracer: Tracer, ns: &Netns, args: &[String], port: u16) {
     // The args serve metrics on $(POD_IP): the node's address.
     let at = args
         .iter()
@@ -384,7 +452,7 @@ fn the_daemonset_names_a_host_holder_as_on_the_host() {
         .expect("the manifest's args serve metrics")
         .clone();
     assert!(at.starts_with("127.0.0.1:"), "{at}");
-    let reply = scrape(&ns, at);
+    let reply = scrape(ns, at);
     assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
     assert!(reply.contains("portwatch_"), "{reply}");
 
@@ -400,10 +468,10 @@ fn the_daemonset_names_a_host_holder_as_on_the_host() {
             break ev;
         }
     };
-    assert_ours(&ev, &ns);
+    assert_ours(&ev, ns);
     assert_eq!(ev["port"], port, "{ev:#}");
     // The same holder, field for field, as portwatch on the host names it.
-    let (code, host) = who(&ns, &[&port.to_string()]);
+    let (code, host) = who(ns, &[&port.to_string()]);
     assert_eq!(code, 1, "{host:#}");
     let in_pod = holder(&ev);
     let on_host = &host["sockets"][0];
@@ -414,6 +482,76 @@ fn the_daemonset_names_a_host_holder_as_on_the_host() {
     assert_eq!(in_pod["comm"], "python3", "{ev:#}");
     let (status, _, _) = tracer.stop();
     assert!(status.success(), "the pod did not stop cleanly: {status}");
+}
+
+/// The pod as the manifest declares it, under podman, on a node emulated by
+/// a network namespace of the test's.
+#[test]
+fn the_daemonset_names_a_host_holder_as_on_the_host() {
+    let pod = Pod::from_manifest();
+    let mut podman = Podman::new("host");
+    load(&podman, &pod);
+    let ns = Netns::new("pw-node");
+    let node = node(&ns);
+    let port = port();
+    let _holder = nobody_listens(&ns, port);
+    let options = pod.podman_options(&node);
+    let args = pod.expanded_args(&node);
+    let cmd = podman.run("pw-daemonset", &options, &pod.image, &args);
+    let tracer = Tracer::try_spawn(cmd).unwrap_or_else(|e| panic!("the pod refused: {e}"));
+    assert_names_host_holder(tracer, &ns, &args, port);
+}
+
+/// A container that `ctr run` started, ended and removed on drop (drop it
+/// before its containerd).
+struct CtrTask<'a>(&'a Containerd, &'static str);
+
+impl Drop for CtrTask<'_> {
+    fn drop(&mut self) {
+        let _ = self.0.ctr(&["tasks", "kill", "-s", "KILL", self.1]);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.0.ctr(&["tasks", "delete", self.1]).is_err() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.0.ctr(&["containers", "delete", self.1]);
+    }
+}
+
+/// The same pod under containerd (Debian's 1.6, a daemon of the test's
+/// own): the image imports with `ctr images import`, and `ctr run` with the
+/// manifest's settings names the holder as podman's run did.
+#[test]
+fn under_containerd_the_daemonset_names_a_host_holder() {
+    let pod = Pod::from_manifest();
+    let c = Containerd::start("image");
+    let tar = build_image(&c.dir);
+    let said = c
+        .ctr(&["images", "import", tar.to_str().unwrap()])
+        .unwrap_or_else(|e| panic!("{e}\n{}", c.log()));
+    let listed = c.ctr(&["images", "ls", "-q"]).unwrap();
+    assert!(
+        listed.lines().any(|l| l == pod.image),
+        "the image imported is not the manifest's {}: {said}\n{listed}",
+        pod.image
+    );
+    let ns = Netns::new("pw-node");
+    let node = node(&ns);
+    let port = port();
+    let _holder = nobody_listens(&ns, port);
+    let args = pod.expanded_args(&node);
+    let mut cmd = Command::new("ctr");
+    cmd.arg("-a")
+        .arg(c.state.join("containerd.sock"))
+        .args(["-n", "k8s.io", "run", "--rm"])
+        .args(pod.ctr_options(&node))
+        .args([pod.image.as_str(), "pw-daemonset"])
+        // Kubernetes' args keep the image's ENTRYPOINT; ctr's replace it.
+        .args(entrypoint(&tar))
+        .args(&args);
+    let _task = CtrTask(&c, "pw-daemonset");
+    let tracer =
+        Tracer::try_spawn(cmd).unwrap_or_else(|e| panic!("the pod refused: {e}\n{}", c.log()));
+    assert_names_host_holder(tracer, &ns, &args, port);
 }
 
 /// The same pod without hostPID: every command that names holders refuses
