@@ -565,6 +565,15 @@ fn without_host_pid_the_pod_refuses_in_one_line() {
     };
     let mut podman = Podman::new("nopid");
     load(&podman, &pod);
+    // Built again from the same binary: the same bytes, so the same digest.
+    let again = podman.dir.join("again");
+    std::fs::create_dir_all(&again).unwrap();
+    let index = |tar: &Path| std::fs::read(tar.with_file_name("portwatch-oci/index.json")).unwrap();
+    assert_eq!(
+        index(&podman.dir.join("image/portwatch.tar")),
+        index(&build_image(&again)),
+        "two builds gave two digests"
+    );
     let ns = Netns::new("pw-node");
     let node = Node {
         netns: PathBuf::from(format!(
