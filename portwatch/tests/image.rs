@@ -426,6 +426,42 @@ fn scrape(ns: &Netns, addr: String) -> String {
     })
 }
 
+/// Asserts that process `pid` (the pod's portwatch, seen from the host)
+/// runs with exactly the capabilities the manifest adds, in every set that
+/// counts, and as uid 0.
+fn assert_capabilities(pid: u32, pod: &Pod) {
+    let want: u64 = pod
+        .add
+        .iter()
+        .map(|c| {
+            let bit = EVERY_CAPABILITY
+                .iter()
+                .position(|e| e == c)
+                .expect("a capability");
+            1u64 << bit
+        })
+        .sum();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    for set in ["CapPrm", "CapEff", "CapBnd"] {
+        let line = status
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{set}:")))
+            .unwrap_or_else(|| panic!("{set} in {status}"));
+        let have = u64::from_str_radix(line.trim(), 16).unwrap();
+        assert_eq!(have, want, "{set} of pid {pid}: {have:x}, want {want:x}");
+    }
+    assert!(
+        status.lines().any(|l| l.starts_with("Uid:\t0\t0\t0\t0")),
+        "{status}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(format!("/proc/{pid}/comm"))
+            .unwrap()
+            .trim(),
+        "portwatch"
+    );
+}
+
 /// The node of a test: a network namespace of its own.
 fn node(ns: &Netns) -> Node {
     Node {
@@ -499,6 +535,12 @@ fn the_daemonset_names_a_host_holder_as_on_the_host() {
     let args = pod.expanded_args(&node);
     let cmd = podman.run("pw-daemonset", &options, &pod.image, &args);
     let tracer = Tracer::try_spawn(cmd).unwrap_or_else(|e| panic!("the pod refused: {e}"));
+    let out = podman.cli(&["inspect", "--format", "{{.State.Pid}}", "pw-daemonset"]);
+    let pid = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .expect("its pid");
+    assert_capabilities(pid, &pod);
     assert_names_host_holder(tracer, &ns, &args, port);
 }
 
@@ -551,6 +593,8 @@ fn under_containerd_the_daemonset_names_a_host_holder() {
     let _task = CtrTask(&c, "pw-daemonset");
     let tracer =
         Tracer::try_spawn(cmd).unwrap_or_else(|e| panic!("the pod refused: {e}\n{}", c.log()));
+    let pid = std::fs::read_to_string(c.bundle("pw-daemonset").join("init.pid")).unwrap();
+    assert_capabilities(pid.trim().parse().unwrap(), &pod);
     assert_names_host_holder(tracer, &ns, &args, port);
 }
 
