@@ -28,7 +28,7 @@ use serde_json::Value;
 pub use super::procs::Runtime;
 use crate::cmdline::flag;
 
-mod files;
+pub(crate) mod files;
 
 use files::{binding, cri_container, docker_container, is_running, read_json, string};
 
