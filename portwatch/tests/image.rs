@@ -491,6 +491,15 @@ fn assert_names_host_holder(tracer: Tracer, ns: &Netns, args: &[String], port: u
     let reply = scrape(ns, at);
     assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
     assert!(reply.contains("portwatch_"), "{reply}");
+    // PORTWATCH_NODE (the downward API's spec.nodeName) labels every series.
+    let series: Vec<&str> = reply
+        .lines()
+        .filter(|l| l.starts_with("portwatch_"))
+        .collect();
+    assert!(!series.is_empty(), "{reply}");
+    for line in series {
+        assert!(line.contains("node=\"node-a\""), "{line}");
+    }
 
     let failed = ns.run(move || bind(&socket(false, false), v4(port)));
     assert_eq!(failed, Err(libc::EADDRINUSE));
