@@ -13,5 +13,7 @@ pub mod commands;
 pub mod memory;
 /// `watch --metrics`: Prometheus counters and their HTTP endpoint.
 pub mod metrics;
+/// The host's PID namespace, or a one-line refusal.
+pub mod pidns;
 /// Storm sharing of lookups and the in-order writer.
 pub mod pipeline;

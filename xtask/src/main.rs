@@ -15,6 +15,7 @@ mod deb;
 mod floor;
 mod fresh;
 mod fuzz;
+mod image;
 mod kernels;
 mod load;
 mod qemu;
@@ -97,6 +98,9 @@ enum Task {
     /// Build the Debian package (target/debian/); with --test, install it
     /// into a scratch root with dpkg, run it, verify the unit, and purge it.
     Deb(deb::DebArgs),
+    /// Build the OCI image (target/image/: an OCI layout and a tar that
+    /// `podman load` and `ctr images import` read), without a registry.
+    Image(image::ImageArgs),
     /// Run the cargo-fuzz targets in fuzz/ briefly (nightly; installs
     /// cargo-fuzz when missing).
     Fuzz {
@@ -226,6 +230,7 @@ fn main() -> Result<()> {
             target: Some(VmTarget::Systemd),
         } => vm_systemd::run_alone(),
         Task::Deb(opts) => deb::run_deb(&opts),
+        Task::Image(opts) => image::run(&opts),
         Task::Fuzz { secs } => fuzz::run_all(secs),
     }
 }

@@ -27,6 +27,10 @@ impl Command {
     /// `who`'s "taken", `wait`'s "timed out" and `check`'s "would fail"
     /// (1), or `run`'s CMD's own.
     pub async fn execute(self) -> Result<u8, Error> {
+        if self.names_holders() {
+            let run = matches!(self, Command::Run(_));
+            crate::pidns::require_host().map_err(|e| if run { e.in_run() } else { e })?;
+        }
         match self {
             Command::Watch(args) => watch::run(args)
                 .await
@@ -43,6 +47,21 @@ impl Command {
                 .map_err(Error::from),
             Command::Man(args) => man::run(&args).map(|()| EXIT_OK).map_err(Error::from),
             Command::Report(args) => report::run(args).map(|()| EXIT_OK),
+        }
+    }
+}
+
+impl Command {
+    /// Whether the command names the processes that hold ports, which only
+    /// the host's PID namespace shows ([`crate::pidns`]).
+    fn names_holders(&self) -> bool {
+        match self {
+            Command::Watch(_)
+            | Command::Run(_)
+            | Command::Wait(_)
+            | Command::Check(_)
+            | Command::Who(_) => true,
+            Command::Completions(_) | Command::Man(_) | Command::Report(_) => false,
         }
     }
 }

@@ -63,6 +63,12 @@ impl Tracer {
                 cmd.args(["--backend", &backend]);
             }
         }
+        Tracer::try_spawn(cmd)
+    }
+
+    /// Like `try_start`, for a command made elsewhere that runs
+    /// `portwatch watch --json` (e.g. in a container).
+    pub fn try_spawn(mut cmd: Command) -> Result<Tracer, String> {
         let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
