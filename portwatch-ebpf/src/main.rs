@@ -24,14 +24,4 @@ mod sock;
 mod state;
 mod uring;
 
-#[cfg(not(test))]
-#[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! {
-    // The verifier rejects any path that could reach here.
-    loop {}
-}
-
-/// GPL-compatible: the kernel only lends its tracing helpers to such programs.
-#[unsafe(link_section = "license")]
-#[unsafe(no_mangle)]
-static LICENSE: [u8; 4] = *b"GPL\0";
+portwatch_ebpf::object_essentials!();

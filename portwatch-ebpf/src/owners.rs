@@ -98,14 +98,4 @@ pub extern "C" fn task_sockets(ctx: *mut c_void) -> i32 {
     0
 }
 
-#[cfg(not(test))]
-#[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! {
-    // The verifier rejects any path that could reach here.
-    loop {}
-}
-
-/// GPL-compatible: the kernel only lends its tracing helpers to such programs.
-#[unsafe(link_section = "license")]
-#[unsafe(no_mangle)]
-static LICENSE: [u8; 4] = *b"GPL\0";
+portwatch_ebpf::object_essentials!();
