@@ -54,6 +54,19 @@ fn id(n: u8) -> String {
     format!("{:056x}{n:08x}", std::process::id())
 }
 
+/// Container `name` of `pod`, busybox's httpd serving on `port`; its id
+/// and pid.
+fn httpd(ctd: &Containerd, pod: &RunningPod, name: &str, port: u16) -> (String, u32) {
+    let argv = ["/bin/busybox", "httpd", "-f", "-p", &port.to_string()];
+    run_container(ctd, pod, name, &[port], &argv)
+}
+
+/// The inode of `pid`'s network namespace.
+fn netns_of(pid: u32) -> u64 {
+    let ns = std::fs::metadata(format!("/proc/{pid}/ns/net")).expect("a network namespace");
+    std::os::unix::fs::MetadataExt::ino(&ns)
+}
+
 /// Asserts that `v`'s first socket is held by container `container` of pod
 /// `shop/POD`, that its fix ends the clash in `manifest` (the pod template
 /// of the controller its labels name, or "its workload's manifest" when
@@ -95,13 +108,7 @@ fn pod_under_a_k3s_state_directory_is_named() {
     let name = "web-7d9f8b6c5-x2x4q";
     let pod = Pod::new("shop", name, "web").labelled(&[("pod-template-hash", "7d9f8b6c5")]);
     let pod = run_pod(&mut ctd, pod);
-    let (web, pid) = run_container(
-        &ctd,
-        &pod,
-        "web",
-        &[port],
-        &["/bin/busybox", "httpd", "-f", "-p", &port.to_string()],
-    );
+    let (web, pid) = httpd(&ctd, &pod, "web", port);
     let v = who_listening(pid, port);
     assert_pod(
         &v,
@@ -150,22 +157,11 @@ fn host_process_against_a_host_network_pod() {
     ]);
     pod.host_network = true;
     let pod = run_pod(&mut ctd, pod);
-    let (_, pid) = run_container(
-        &ctd,
-        &pod,
-        "web",
-        &[port],
-        &["/bin/busybox", "httpd", "-f", "-p", &port.to_string()],
-    );
+    let (_, pid) = httpd(&ctd, &pod, "web", port);
     let v = who_listening(pid, port);
     // The node's network namespace is the pod's.
     let node = ctd.node();
-    assert_eq!(
-        std::fs::metadata(format!("/proc/{pid}/ns/net"))
-            .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
-            .unwrap(),
-        node.inode
-    );
+    assert_eq!(netns_of(pid), node.inode);
     let refused = node.run(move || std::net::TcpListener::bind(("0.0.0.0", port)).map(|_| ()));
     assert_eq!(
         refused.unwrap_err().kind(),
@@ -204,13 +200,7 @@ fn pod_against_a_host_process() {
     let mut pod = Pod::new("shop", "api-0", "api");
     pod.host_network = true;
     let pod = run_pod(&mut ctd, pod);
-    run_container(
-        &ctd,
-        &pod,
-        "api",
-        &[port],
-        &["/bin/busybox", "httpd", "-f", "-p", &port.to_string()],
-    );
+    httpd(&ctd, &pod, "api", port);
     let ev = tracer.event();
     assert_eq!(ev["errno"], "EADDRINUSE", "{ev:#}");
     assert_eq!(ev["port"], port, "{ev:#}");
@@ -357,13 +347,7 @@ fn host_port_leads_to_its_pod() {
     ]);
     pod.host_ports = vec![(18097, 80)];
     let pod = run_pod(&mut ctd, pod);
-    run_container(
-        &ctd,
-        &pod,
-        "web",
-        &[80],
-        &["/bin/busybox", "httpd", "-f", "-p", "80"],
-    );
+    httpd(&ctd, &pod, "web", 80);
     let ns = ctd.node();
 
     // The hostPort reaches the container's httpd (through the bridge's
@@ -467,33 +451,17 @@ fn sidecar_clash_inside_one_pod() {
     let mut ctd = Containerd::start_with("side", true);
     let pod = run_pod(&mut ctd, Pod::new("shop", "web-0", "web"));
     let pause = pod.pause_pid(&ctd);
-    let inode = std::fs::metadata(format!("/proc/{pause}/ns/net"))
-        .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
-        .unwrap()
-        .to_string();
-    let port_num = port();
-    let port = port_num.to_string();
-    run_container(
-        &ctd,
-        &pod,
-        "web",
-        &[port_num],
-        &["/bin/busybox", "httpd", "-f", "-p", &port],
-    );
+    let inode = netns_of(pause).to_string();
+    let port = port();
+    httpd(&ctd, &pod, "web", port);
     // The web container listens before the sidecar starts.
-    let v = who_listening(pause, port_num);
+    let v = who_listening(pause, port);
     assert_eq!(
         v["sockets"][0]["container"]["pod"]["controller"], "unknown",
         "{v:#}"
     );
     let tracer = Tracer::start(&["--netns", &inode]);
-    run_container(
-        &ctd,
-        &pod,
-        "sidecar",
-        &[port_num],
-        &["/bin/busybox", "httpd", "-f", "-p", &port],
-    );
+    httpd(&ctd, &pod, "sidecar", port);
     let ev = tracer.event();
     assert_eq!(ev["errno"], "EADDRINUSE", "{ev:#}");
     let h = holder(&ev);
