@@ -262,17 +262,7 @@ fn node_port_names_its_service() {
     let server = ns.run(|| {
         ip("link set lo up");
         ip("addr add 10.244.0.5/32 dev lo");
-        let mut restore = Command::new("iptables-restore");
-        restore.stdin(std::process::Stdio::piped());
-        let mut child = restore.spawn().expect("run iptables-restore");
-        use std::io::Write as _;
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(KUBE_PROXY_RULES.as_bytes())
-            .unwrap();
-        assert!(child.wait().unwrap().success(), "iptables-restore");
+        feed("iptables-restore", &[], KUBE_PROXY_RULES);
         std::net::TcpListener::bind("10.244.0.5:8080").expect("the endpoint's server")
     });
     // Traffic to the node port reaches the Service's endpoint.
@@ -296,13 +286,7 @@ fn node_port_names_its_service() {
     assert_eq!(rule["service"]["kind"], "NodePort", "{v:#}");
     assert_eq!(rule["endpoints"][0], "10.244.0.5:8080", "{v:#}");
 
-    let text = ns.run(|| {
-        Command::new(bin())
-            .args(["who", "30080"])
-            .output()
-            .expect("run portwatch who")
-    });
-    let text = String::from_utf8_lossy(&text.stdout);
+    let text = who_text(&ns, "30080");
     assert!(
         text.contains("no socket holds tcp port 30080, but kube-proxy sends it to Service shop/web (NodePort, port http; endpoints 10.244.0.5:8080): a process listening here never sees that traffic"),
         "{text}"
@@ -330,6 +314,184 @@ fn node_port_names_its_service() {
     );
 }
 
+/// Pod shop/web-0 as kubelet and containerd's CRI plugin make it: a
+/// sandbox (id `id(ids.0)`) with its own network namespace, attached by
+/// CNI's bridge to network `net` (`cni0`, host-local addresses in
+/// 10.88.0.0/16; `ipam` adds host-local settings such as `"dataDir":...,`),
+/// and its container `web` (id `id(ids.1)`) joining that namespace, serving
+/// HTTP on :80. The bridge's rules live in `ns`.
+struct BridgedPod {
+    sandbox: String,
+    /// The sandbox's process.
+    pause: u32,
+    /// The bridge plugin's CNI result.
+    bridge: Value,
+}
+
+impl BridgedPod {
+    fn start(ns: &Netns, ctd: &mut Containerd, net: &str, ipam: &str, ids: (u8, u8)) -> Self {
+        let sandbox = id(ids.0);
+        let pause = ctd.run(
+            &sandbox,
+            &sandbox_annotations(&sandbox, "shop", "web-0"),
+            &["/bin/busybox", "sleep", "600"],
+        );
+        let bridge = cni(
+            ns,
+            "bridge",
+            format!(
+                r#"{{"cniVersion":"0.4.0","name":"{net}","type":"bridge","bridge":"cni0","isGateway":true,"ipMasq":true,"ipam":{{"type":"host-local",{ipam}"ranges":[[{{"subnet":"10.88.0.0/16"}}]],"routes":[{{"dst":"0.0.0.0/0"}}]}}}}"#
+            ),
+            &sandbox,
+            pause,
+        );
+        let mut annotations = cri_annotations("shop", "web-0", "web");
+        annotations.push(("io.kubernetes.cri.sandbox-id".into(), sandbox.clone()));
+        let netns = format!("network:/proc/{pause}/ns/net");
+        ctd.run_with(
+            &id(ids.1),
+            &annotations,
+            &["--with-ns", &netns],
+            &["/bin/busybox", "httpd", "-f", "-p", "80"],
+        );
+        BridgedPod {
+            sandbox,
+            pause,
+            bridge,
+        }
+    }
+}
+
+/// `portwatch who PORT`'s text, from `ns`.
+fn who_text(ns: &Netns, port: &'static str) -> String {
+    let out = ns.run(move || {
+        Command::new(bin())
+            .args(["who", port])
+            .output()
+            .expect("run portwatch who")
+    });
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// An HTTP/1.0 GET of `addr` from `ns`, retried until an HTTP answer comes
+/// (a container's server starts a moment after its container).
+fn http_get(ns: &Netns, addr: &'static str) -> String {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let got = ns.run(move || {
+            use std::io::{Read as _, Write as _};
+            let mut s = std::net::TcpStream::connect_timeout(
+                &addr.parse().unwrap(),
+                Duration::from_secs(2),
+            )
+            .ok()?;
+            s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+            s.write_all(b"GET / HTTP/1.0\r\n\r\n").ok()?;
+            let mut answer = String::new();
+            s.read_to_string(&mut answer).ok()?;
+            Some(answer)
+        });
+        if let Some(a) = got.filter(|a| a.starts_with("HTTP/")) {
+            return a;
+        }
+        assert!(Instant::now() < deadline, "{addr} never answered");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// host-local's records of network `name` in its default data directory
+/// (where portwatch looks for them), removed when dropped.
+struct IpamRecords(std::path::PathBuf);
+
+impl Drop for IpamRecords {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A Service's endpoint that is a pod: kube-proxy's NodePort rules (the
+/// iptables mode's, as above) send port 30080 to the address CNI's bridge
+/// and host-local gave a pod sandbox, where the pod's container `web`
+/// serves. A request to the NodePort reaches it, and `who` names the
+/// endpoint's pod from host-local's record of that address (the sandbox's
+/// id) and the sandbox's bundle.
+#[test]
+fn node_port_endpoint_is_named_as_its_pod() {
+    let ns = Netns::new("pw-kp-pod");
+    ns.run(|| ip("link set lo up"));
+    let mut ctd = Containerd::start("kp");
+    // host-local's default data directory, as kubelet's CNI setups use it.
+    let net = format!("pw-kp-{}", std::process::id());
+    let _records = IpamRecords(std::path::Path::new("/var/lib/cni/networks").join(&net));
+    let pod = BridgedPod::start(&ns, &mut ctd, &net, "", (8, 9));
+    let pod_ip = pod.bridge["ips"][0]["address"]
+        .as_str()
+        .and_then(|a| a.split('/').next())
+        .expect("the pod's address")
+        .to_owned();
+    let rules = KUBE_PROXY_RULES
+        .replace("10.244.0.5:8080", &format!("{pod_ip}:80"))
+        .replace("-s 10.244.0.5 ", &format!("-s {pod_ip} "));
+    ns.run(move || feed("iptables-restore", &[], &rules));
+
+    // The NodePort reaches the pod's httpd (through the bridge's address,
+    // a local one, as a client on the node would).
+    http_get(&ns, "10.88.0.1:30080");
+
+    let endpoint = format!("{pod_ip}:80");
+    let (code, v) = who(&ns, &["30080"]);
+    assert_eq!(code, 1, "{v:#}");
+    let rule = &v["dnat"][0];
+    assert_eq!(rule["service"]["name"], "web", "{v:#}");
+    assert_eq!(
+        rule["endpoint_pods"][0]["endpoint"],
+        endpoint.as_str(),
+        "{v:#}"
+    );
+    assert_eq!(
+        rule["endpoint_pods"][0]["pod"]["namespace"], "shop",
+        "{v:#}"
+    );
+    assert_eq!(rule["endpoint_pods"][0]["pod"]["name"], "web-0", "{v:#}");
+    let text = who_text(&ns, "30080");
+    assert!(
+        text.contains(&format!(
+            "kube-proxy sends it to Service shop/web (NodePort, port http; endpoints {endpoint} (pod shop/web-0)): a process"
+        )),
+        "{text}"
+    );
+    drop(ctd);
+}
+
+/// Runs CNI plugin `plugin` (Debian's containernetworking-plugins) with
+/// `conf` on stdin and the CNI_* environment, from `ns`; returns its result.
+fn cni(ns: &Netns, plugin: &str, conf: String, sandbox: &str, pid: u32) -> Value {
+    let sandbox = sandbox.to_owned();
+    let plugin = format!("/usr/lib/cni/{plugin}");
+    let out = ns.run(move || {
+        use std::io::Write as _;
+        let mut child = Command::new(&plugin)
+            .env("CNI_COMMAND", "ADD")
+            .env("CNI_CONTAINERID", &sandbox)
+            .env("CNI_NETNS", format!("/proc/{pid}/ns/net"))
+            .env("CNI_IFNAME", "eth0")
+            .env("CNI_PATH", "/usr/lib/cni")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{plugin} (containernetworking-plugins): {e}"));
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(conf.as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    });
+    assert!(out.status.success(), "{out:?}");
+    serde_json::from_slice(&out.stdout).expect("a CNI result")
+}
+
 /// A hostPort as kubelet asks for it: the pod's sandbox config carries a
 /// port mapping (hostPort 18097 -> containerPort 80), and containerd's CRI
 /// plugin has CNI's bridge (host-local addresses) and portmap make it, in
@@ -352,27 +514,7 @@ fn host_port_leads_to_its_pod() {
 
     // The hostPort reaches the container's httpd (through the bridge's
     // address, a local one, as a client on the node would).
-    let deadline = Instant::now() + WAIT;
-    let answer = loop {
-        let got = ns.run(|| {
-            use std::io::{Read as _, Write as _};
-            let mut s = std::net::TcpStream::connect_timeout(
-                &"10.88.0.1:18097".parse().unwrap(),
-                Duration::from_secs(2),
-            )
-            .ok()?;
-            s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-            s.write_all(b"GET / HTTP/1.0\r\n\r\n").ok()?;
-            let mut answer = String::new();
-            s.read_to_string(&mut answer).ok()?;
-            Some(answer)
-        });
-        if let Some(a) = got.filter(|a| a.starts_with("HTTP/")) {
-            break a;
-        }
-        assert!(Instant::now() < deadline, "hostPort 18097 never answered");
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let answer = http_get(ns, "10.88.0.1:18097");
     assert!(answer.starts_with("HTTP/1."), "{answer}");
 
     let (code, v) = who(ns, &["18097"]);
@@ -387,13 +529,7 @@ fn host_port_leads_to_its_pod() {
         rule["pod"]["controller"], "daemonset_or_statefulset",
         "{v:#}"
     );
-    let text = ns.run(|| {
-        Command::new(bin())
-            .args(["who", "18097"])
-            .output()
-            .expect("run portwatch who")
-    });
-    let text = String::from_utf8_lossy(&text.stdout).into_owned();
+    let text = who_text(ns, "18097");
     assert!(
         text.contains("hostport:  hostPort 18097 → pod shop/web-0 container web :80: no socket holds tcp port 18097"),
         "{text}"

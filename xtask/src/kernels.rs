@@ -50,12 +50,24 @@ fn resolve(package: &str) -> Result<String> {
 /// devices the device-binding tests make, are modules in Debian's kernels,
 /// and an initramfs has no modprobe to load them on demand. In load order
 /// (tcp_diag and udp_diag depend on inet_diag; veth and vrf on nothing).
+/// IPVS (kube-proxy's IPVS mode, kube_proxy.rs) with its round-robin
+/// scheduler and what `modinfo -F depends` names for it on 6.1 and 6.12:
+/// nf_conntrack, the defrag modules and libcrc32c (which wants a crc32c
+/// implementation at load); kube-proxy's `kube-ipvs0` is a dummy device.
 pub const MODULES: &[&str] = &[
     "net/ipv4/inet_diag",
     "net/ipv4/tcp_diag",
     "net/ipv4/udp_diag",
     "drivers/net/veth",
     "drivers/net/vrf",
+    "drivers/net/dummy",
+    "crypto/crc32c_generic",
+    "lib/libcrc32c",
+    "net/ipv4/netfilter/nf_defrag_ipv4",
+    "net/ipv6/netfilter/nf_defrag_ipv6",
+    "net/netfilter/nf_conntrack",
+    "net/netfilter/ipvs/ip_vs",
+    "net/netfilter/ipvs/ip_vs_rr",
 ];
 
 /// A module's file name: `drivers/net/vrf` -> `vrf.ko`.

@@ -194,7 +194,8 @@ pub fn ensure_test_packages() -> Result<()> {
         ("bpftool", "bpftool"),
         // Debian's, not a per-user install: tests run it as other uids too.
         ("/usr/bin/python3", "python3"),
-        // Real Prometheus and promtool for the --metrics tests.
+        // Real Prometheus and promtool for the --metrics tests, and
+        // promtool for the alert rules' tests (deploy.rs).
         ("prometheus", "prometheus"),
         ("promtool", "prometheus"),
         // Real containers: dockerd (with its containerd and runc), an image
@@ -215,6 +216,7 @@ pub fn ensure_test_packages() -> Result<()> {
         ("/usr/lib/cni/portmap", "containernetworking-plugins"),
         // kube-proxy's rules loaded into a test's namespace.
         ("/usr/sbin/iptables-restore", "iptables"),
+        ("/usr/sbin/nft", "nftables"),
         // Compose v1, the only one Debian 12 ships: fixes must name it.
         ("docker-compose", "docker-compose"),
     ])

@@ -615,14 +615,19 @@ pub fn steered_to_service(proto: &str, port: u16, rule: &DnatRule) -> Option<(St
     if let Some(p) = &rule.pod {
         return Some(steered_to_pod(proto, port, rule, p));
     }
+    if rule.from == "ipvs" {
+        return Some(steered_by_ipvs(proto, port, rule));
+    }
     let s = rule.service.as_ref()?;
     let port_name = if s.port_name.is_empty() {
         String::new()
     } else {
         format!(", port {}", s.port_name)
     };
-    let endpoints = match rule.endpoints.as_slice() {
-        [] => String::new(),
+    // No endpoints: kube-proxy drops or rejects the port's traffic (its
+    // nftables mode's `no-endpoint-nodeports` map).
+    let endpoints = match endpoints_named(rule).as_slice() {
+        [] => "; no endpoints, so it is dropped or rejected".to_owned(),
         e => format!("; endpoints {}", e.join(", ")),
     };
     let diagnosis = format!(
@@ -635,6 +640,46 @@ pub fn steered_to_service(proto: &str, port: u16, rule: &DnatRule) -> Option<(St
         "give this service another port, or move Service {ns}/{name} to another nodePort (or another type) in its manifest: `kubectl -n {ns} get service {name} -o yaml` (a cluster command: run it where the cluster is managed) shows its ports; kube-proxy writes its rules again if they are removed by hand"
     );
     Some((diagnosis, fix))
+}
+
+/// A rule's endpoints, each with its pod where the node names it
+/// (`10.88.0.5:80 (pod shop/web-0)`).
+fn endpoints_named(rule: &DnatRule) -> Vec<String> {
+    rule.endpoints
+        .iter()
+        .map(
+            |e| match rule.endpoint_pods.iter().find(|p| &p.endpoint == e) {
+                Some(p) => format!("{e} (pod {}/{})", p.pod.namespace, p.pod.name),
+                None => e.clone(),
+            },
+        )
+        .collect()
+}
+
+/// IPVS virtual servers on `port`: kube-proxy's IPVS mode (when its
+/// `kube-ipvs0` device is there) or another load balancer's. IPVS names no
+/// Service: the endpoints are what the node knows, and the Service is
+/// found by its nodePort where the cluster is managed.
+fn steered_by_ipvs(proto: &str, port: u16, rule: &DnatRule) -> (String, String) {
+    let to = match endpoints_named(rule).as_slice() {
+        [] => "no real server (its connections fail)".to_owned(),
+        e => e.join(", "),
+    };
+    let kube = rule.made_by.as_deref() == Some("kube-proxy");
+    let by = if kube { "kube-proxy (IPVS)" } else { "IPVS" };
+    let diagnosis = format!(
+        "no socket holds {proto} port {port}, but {by} sends it to {to}: a process listening here never sees that traffic"
+    );
+    let fix = if kube {
+        format!(
+            "give this service another port, or move the Service with nodePort {port} to another nodePort (or another type) in its manifest: `kubectl get services -A | grep {port}` (a cluster command: run it where the cluster is managed) finds it; kube-proxy makes its virtual servers again if they are removed by hand"
+        )
+    } else {
+        format!(
+            "give this service another port, or remove the virtual server if nothing needs it any more (`ipvsadm -Ln | grep :{port}` lists it; whatever made it, such as keepalived, owns it)"
+        )
+    };
+    (diagnosis, fix)
 }
 
 /// A hostPort: CNI's portmap rule sends `port` to pod `p`'s address. The

@@ -41,7 +41,7 @@ use crate::{
     diagnose::{diagnose, Verdict},
     holders::{
         containers::{Containers, Publishing},
-        dnat::{DnatRule, NatTables},
+        dnat::{ipam, DnatRule, EndpointPod, NatTables},
         inactive,
         sockdiag::DiagSocket,
         sockopts::OptionsFrom,
@@ -419,13 +419,30 @@ impl<'a> BatchState<'a> {
                 .rules(b.port, &b.proto.name());
             // A hostPort (CNI portmap) names its pod sandbox: the pod, from
             // the runtime's files (which lie outside any network namespace).
+            // A Service's endpoints (or IPVS's real servers) name theirs
+            // through the address records of CNI's host-local IPAM.
             for rule in &mut dnat {
-                if let Some(id) = &rule.sandbox {
-                    rule.pod = self
-                        .cri
-                        .get_or_insert_with(Containers::of_this_host)
-                        .pod_of_sandbox(id);
+                let ids: Vec<(String, String)> = rule
+                    .endpoints
+                    .iter()
+                    .filter_map(|e| Some((e.clone(), ipam::sandbox_of(e)?)))
+                    .collect();
+                if rule.sandbox.is_none() && ids.is_empty() {
+                    continue;
                 }
+                let cri = self.cri.get_or_insert_with(Containers::of_this_host);
+                if let Some(id) = &rule.sandbox {
+                    rule.pod = cri.pod_of_sandbox(id);
+                }
+                rule.endpoint_pods = ids
+                    .into_iter()
+                    .filter_map(|(endpoint, id)| {
+                        Some(EndpointPod {
+                            endpoint,
+                            pod: cri.pod_of_sandbox(&id)?,
+                        })
+                    })
+                    .collect();
             }
             (published, dnat)
         };

@@ -110,6 +110,15 @@ fn holder_names(c: &Outcome) -> Vec<String> {
             printable(&p.namespace),
             printable(&p.name)
         ),
+        (None, None) if d.from == "ipvs" => format!(
+            "{} to {}",
+            if d.made_by.as_deref() == Some("kube-proxy") {
+                "kube-proxy (IPVS)"
+            } else {
+                "IPVS"
+            },
+            printable(&d.endpoints.join(", "))
+        ),
         (None, None) => format!("DNAT to {}", printable(d.to.as_deref().unwrap_or("?"))),
     }));
     names.extend(c.conflicts_with.iter().map(|k| format!("plan {k}")));

@@ -204,7 +204,7 @@ fn published_lines(out: &mut impl Write, r: &WhoReport) -> io::Result<()> {
 /// Firewall rules that redirect the port.
 fn dnat_lines(out: &mut impl Write, r: &WhoReport) -> io::Result<()> {
     for d in &r.dnat {
-        if d.service.is_some() {
+        if d.service.is_some() || d.from == "ipvs" {
             if let Some((diagnosis, fix)) =
                 crate::diagnose::steered_to_service(&r.proto.name(), r.port, d)
             {

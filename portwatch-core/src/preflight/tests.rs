@@ -252,8 +252,7 @@ fn verdicts_from_the_engine() {
             to: Some("10.9.9.9:80".into()),
             service: None,
             endpoints: Vec::new(),
-            sandbox: None,
-            pod: None,
+            ..DnatRule::default()
         }],
         ..nothing(&plan[0])
     };

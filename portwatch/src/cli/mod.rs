@@ -395,6 +395,11 @@ pub struct WatchArgs {
     #[arg(long, value_name = "ADDR:PORT", value_parser = crate::metrics::parse_addr)]
     pub metrics: Option<std::net::SocketAddr>,
 
+    /// --metrics: put this node name in a `node` label on every series
+    /// (a DaemonSet passes spec.nodeName); empty: no label.
+    #[arg(long, value_name = "NAME", env = "PORTWATCH_NODE", value_parser = crate::metrics::parse_node)]
+    pub metrics_node: Option<String>,
+
     /// Also append every event, and the life of the ports that failed (or
     /// that --port names), to a rotated NDJSON journal in DIR (created 0700;
     /// files 0600; symlinks refused). Read it with `portwatch report DIR`.

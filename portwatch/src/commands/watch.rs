@@ -205,7 +205,7 @@ fn start_output(format: Format) -> io::Result<Option<Journald>> {
     Ok(journald)
 }
 
-/// The series `--metrics` can start at 0: `--port`'s ports, `--errno`'s errnos.
+/// The series `--metrics` can start at 0 (`--port`'s ports), and its node.
 fn metrics_known(args: &WatchArgs) -> crate::metrics::Known {
     let mut ports = Vec::new();
     for &(lo, hi) in args.capture.port.iter().flatten() {
@@ -219,10 +219,6 @@ fn metrics_known(args: &WatchArgs) -> crate::metrics::Known {
     ports.dedup();
     crate::metrics::Known {
         ports,
-        errnos: if args.capture.all_errors || args.all {
-            Vec::new()
-        } else {
-            args.capture.errno.clone()
-        },
+        node: args.metrics_node.clone().filter(|n| !n.is_empty()),
     }
 }

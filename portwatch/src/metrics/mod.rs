@@ -20,19 +20,14 @@ mod http;
 mod labels;
 
 use std::{
+    borrow::Cow,
     collections::{HashMap, HashSet},
     sync::{Arc, Mutex, MutexGuard},
     time::Duration,
 };
 
 use portwatch_common::FoldKey;
-use portwatch_core::{
-    diagnose::{Reason, Verdict},
-    event::Event,
-    fold::fold_key,
-    holders::Evidence,
-    request::{Errno, Family as AddrFamily, Proto, Syscall},
-};
+use portwatch_core::{diagnose::Verdict, event::Event, fold::fold_key, holders::Evidence};
 use prometheus_client::{
     metrics::{
         counter::Counter,
@@ -45,12 +40,12 @@ use prometheus_client::{
 
 use self::{
     collector::KernelCollector,
-    labels::{BuildLabels, MetricLabels, PortLabels, Ports, ResultLabels},
+    labels::{holder_kind, BuildLabels, MetricLabels, PortLabels, Ports, ResultLabels},
 };
 pub use self::{
     endpoint::{bind, parse_addr},
     http::serve,
-    labels::FailureLabels,
+    labels::{parse_node, FailureLabels},
 };
 use crate::capture::KernelView;
 
@@ -59,8 +54,15 @@ pub const PORT_SERIES: usize = 64;
 
 /// Label sets of `portwatch_bind_failures_total` before new ones are counted
 /// under `"other"`: with the port series and the fixed ones, a host stays
-/// under ~300 series whatever happens.
+/// under 300 series whatever happens (docs/metrics.md adds them up).
 pub const FAILURE_SERIES: usize = 200;
+
+/// Series one `watch` can export at most: ports (64 + other), failure label
+/// sets (200 + other), labels folded (2), events (3), fold table full (1),
+/// lookups (3), the lookup histogram (10 buckets + +Inf, sum, count: 13),
+/// timeouts (1), shed (1), build info (1). docs/metrics.md shows the sum.
+#[cfg(test)]
+const SERIES_BOUND: usize = PORT_SERIES + 1 + FAILURE_SERIES + 1 + 2 + 3 + 1 + 3 + 13 + 1 + 1 + 1;
 
 /// Streams (fold keys) remembered to attribute kernel-folded failures; the
 /// kernel's fold table has as many entries.
@@ -114,13 +116,15 @@ struct Inner {
     kernel: Arc<Mutex<Option<KernelView>>>,
 }
 
-/// What `watch` knows before the first event: which series start at 0.
+/// What `watch` knows before the first event: which series start at 0,
+/// and the labels every series carries.
 #[derive(Debug, Clone, Default)]
 pub struct Known {
     /// `--port`'s ports, expanded (empty: any port).
     pub ports: Vec<u16>,
-    /// The errnos reported (empty: every errno, none known in advance).
-    pub errnos: Vec<Errno>,
+    /// `--metrics-node`: the `node` label of every series (None: no label;
+    /// a host's scrape target already names it).
+    pub node: Option<String>,
 }
 
 /// The metrics of one `watch`; cheap to clone (one shared registry).
@@ -142,6 +146,8 @@ struct FailureCounters {
 
 impl FailureCounters {
     /// Registered, with the series whose labels are always known at 0.
+    /// Failure label sets appear with their first failure: with the holder's
+    /// kind they are too many to start (the alert rules allow for it).
     fn register(registry: &mut Registry) -> Self {
         let counters = Self {
             by_labels: Family::default(),
@@ -150,7 +156,7 @@ impl FailureCounters {
         };
         registry.register(
             "portwatch_bind_failures",
-            "Failed bind()/listen() calls, including identical ones folded in the kernel, by call, errno, protocol, address family and diagnosis reason (not_diagnosed without holder lookups).",
+            "Failed bind()/listen() calls, including identical ones folded in the kernel, by call, errno, protocol, address family, diagnosis reason (not_diagnosed without holder lookups) and kind of holder (pod, container, unit, process, kernel, none, unknown).",
             counters.by_labels.clone(),
         );
         registry.register(
@@ -197,35 +203,6 @@ impl FailureCounters {
                 .inc_by(0);
         }
         ports
-    }
-
-    /// Starts at 0 the usual label sets of a few errnos (bind over TCP/UDP
-    /// and listen over TCP, both families, every reason), up to
-    /// [`FAILURE_SERIES`]; the sets started. --all-errors knows no errno.
-    fn start_failures(&self, errnos: &[Errno]) -> HashSet<FailureLabels> {
-        let mut started = HashSet::new();
-        if errnos.len() > 3 {
-            return started;
-        }
-        for &errno in errnos {
-            for (syscall, proto) in [
-                (Syscall::Bind, Proto::Tcp),
-                (Syscall::Bind, Proto::Udp),
-                (Syscall::Listen, Proto::Tcp),
-            ] {
-                for family in [AddrFamily::Ipv4, AddrFamily::Ipv6] {
-                    for reason in Reason::ALL {
-                        let labels =
-                            FailureLabels::new(syscall, errno, proto, family, reason.as_str());
-                        if started.len() < FAILURE_SERIES {
-                            self.by_labels.get_or_create(&labels).inc_by(0);
-                            started.insert(labels);
-                        }
-                    }
-                }
-            }
-        }
-        started
     }
 }
 
@@ -283,7 +260,14 @@ impl Metrics {
     /// (always, or from `known`) start at 0, so the first failure is an
     /// increase, not the appearance of a series.
     pub fn new(known: &Known) -> Self {
-        let mut registry = Registry::default();
+        // One node label on every series, the kernel's counters included.
+        let mut registry = Registry::with_labels(
+            known
+                .node
+                .clone()
+                .map(|node| (Cow::Borrowed("node"), Cow::Owned(node)))
+                .into_iter(),
+        );
         let failures = FailureCounters::register(&mut registry);
         let lookups = LookupCounters::register(&mut registry);
         registry.register(
@@ -300,7 +284,7 @@ impl Metrics {
             ports: failures.start_ports(&known.ports),
             streams: HashMap::new(),
             events: 0,
-            failure_sets: failures.start_failures(&known.errnos),
+            failure_sets: HashSet::new(),
             failure_sets_as_other: HashSet::new(),
         };
         Self(Arc::new(Inner {
@@ -318,14 +302,16 @@ impl Metrics {
     }
 
     /// Counts one event as it is written: itself and the failures folded
-    /// into it, less what a scrape already counted from the kernel.
-    pub fn observe(&self, ev: &Event, verdict: Option<&Verdict>) {
+    /// into it, less what a scrape already counted from the kernel. The
+    /// evidence names the holder's kind; None: not looked up.
+    pub fn observe(&self, ev: &Event, evidence: Option<&Evidence>, verdict: Option<&Verdict>) {
         if ev.ret == 0 {
             return;
         }
         let reason = verdict.map_or(NOT_DIAGNOSED, |v| v.reason.as_str());
+        let kind = holder_kind(evidence);
         let mut state = lock(&self.0.state);
-        let failure = self.failure_labels(&mut state, FailureLabels::of(ev, reason));
+        let failure = self.failure_labels(&mut state, FailureLabels::of(ev, reason, kind));
         let (port, first) = state.ports.label(ev.port);
         if first {
             self.0
@@ -517,6 +503,7 @@ mod tests {
     use portwatch_core::{
         clock::Clock,
         event::fixtures::{encode, sample},
+        request::Errno,
     };
 
     use super::*;
@@ -526,15 +513,12 @@ mod tests {
     /// streams map must not keep them all.
     #[test]
     fn owed_streams_of_exited_processes_are_forgotten() {
-        let m = Metrics::new(&Known {
-            ports: vec![],
-            errnos: vec![],
-        });
+        let m = Metrics::new(&Known::default());
         let mut ev = Event::decode(&encode(&sample()), Clock::now()).unwrap();
         ev.folded = 0;
         for pid in 1..=(3 * STREAMS as u32) {
             ev.pid = pid;
-            m.observe(&ev, None);
+            m.observe(&ev, None, None);
             m.credit_swept(&[(fold_key(&ev), 9)]);
         }
         let n = lock(&m.0.state).streams.len();
@@ -553,19 +537,51 @@ mod tests {
     fn known_series_start_at_zero() {
         let m = Metrics::new(&Known {
             ports: vec![80, 443],
-            errnos: vec![Errno::ADDRINUSE],
+            node: None,
         });
         let text = m.render(false);
         for line in [
             "portwatch_port_failures_total{port=\"80\"} 0",
             "portwatch_port_failures_total{port=\"other\"} 0",
-            "portwatch_bind_failures_total{syscall=\"bind\",errno=\"EADDRINUSE\",protocol=\"tcp\",family=\"ipv4\",reason=\"listener\"} 0",
+            "portwatch_bind_failures_total{syscall=\"other\",errno=\"other\",protocol=\"other\",family=\"other\",reason=\"other\",holder_kind=\"other\"} 0",
             "portwatch_events_total{outcome=\"lost\"} 0",
             "portwatch_build_info{version=\"",
         ] {
             assert!(text.contains(line), "{line} missing from\n{text}");
         }
-        let series = text.lines().filter(|l| !l.starts_with('#')).count();
-        assert!(series < 300, "{series} series");
+        assert!(
+            !text.contains("node="),
+            "no --metrics-node, no node label:\n{text}"
+        );
+    }
+
+    /// The bound docs/metrics.md adds up: every label set of every metric
+    /// used at once, the node label on each.
+    #[test]
+    fn series_stay_under_the_documented_bound() {
+        let m = Metrics::new(&Known {
+            ports: vec![],
+            node: Some("node-1".into()),
+        });
+        let mut ev = Event::decode(&encode(&sample()), Clock::now()).unwrap();
+        for port in 1..=1000u16 {
+            ev.port = port;
+            ev.pid = u32::from(port);
+            // 1000 distinct label sets: the errno varies.
+            ev.errno = Some(Errno(i32::from(port)));
+            m.observe(&ev, None, None);
+        }
+        for took in [1, 10, 100, 1000, 10_000] {
+            m.lookup(&Evidence::default(), Duration::from_micros(took));
+        }
+        m.lookup_shed();
+        m.lookup_timed_out();
+        let text = m.render(false);
+        let series: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
+        assert_eq!(series.len(), SERIES_BOUND, "{text}");
+        assert!(
+            series.iter().all(|l| l.contains("node=\"node-1\"")),
+            "every series carries the node:\n{text}"
+        );
     }
 }

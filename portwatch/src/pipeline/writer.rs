@@ -319,7 +319,7 @@ impl EventWriter {
         // Counted before it is written, whatever the outputs: the metrics
         // follow the failures, not the output's fate.
         if let Some(m) = &self.opts.metrics {
-            m.observe(ev, verdict);
+            m.observe(ev, evidence.map(|e| &**e), verdict);
         }
         // The event's NDJSON line, rendered once for every output that
         // takes it: --record's journal (written in place), journald, and

@@ -14,6 +14,7 @@ pub mod containerd;
 pub mod cri;
 pub mod docker;
 pub mod preflight;
+pub mod prometheus;
 
 use std::{
     io::{BufRead as _, BufReader},
@@ -506,4 +507,22 @@ pub fn dnat_to(port: u16, to: &str) {
         .status()
         .expect("run iptables");
     assert!(status.success(), "iptables: {status}");
+}
+
+/// Runs `program ARGS` with `text` on its stdin (iptables-restore, nft -f -)
+/// in the calling thread's network namespace; asserts that it succeeds.
+pub fn feed(program: &str, args: &[&str], text: &str) {
+    use std::io::Write as _;
+    let mut child = Command::new(program)
+        .args(args)
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("run {program}: {e}"));
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    assert!(child.wait().unwrap().success(), "{program}");
 }

@@ -8,7 +8,7 @@ use super::*;
 
 /// Reads a runtime's file: no symlink followed, at most [`FILE_CAP`], and
 /// only root's (runtimes run as root; anyone else's file could lie).
-pub(super) fn read_root_file(path: &Path) -> Option<Vec<u8>> {
+pub(crate) fn read_root_file(path: &Path) -> Option<Vec<u8>> {
     let file = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)

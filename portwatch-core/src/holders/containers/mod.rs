@@ -29,7 +29,7 @@ pub use super::procs::Runtime;
 use crate::cmdline::flag;
 
 pub mod cri;
-mod files;
+pub(crate) mod files;
 
 use files::{binding, cri_container, docker_container, is_running, read_json, string};
 

@@ -11,7 +11,9 @@
 //! `ip6tables-save` (which also show iptables-nft's rules) and `nft list
 //! ruleset` (native nftables rules), in the calling thread's network
 //! namespace, once per batch of the verdict engine (`who`, `wait`): never
-//! on `watch`'s path.
+//! on `watch`'s path. kube-proxy's own nftables tables are read again as
+//! JSON where that listing shows them ([`kube_proxy_nft`]), and IPVS's
+//! virtual servers through netlink where the module is loaded ([`ipvs`]).
 //!
 //! Netfilter state is read, never written: `iptables-save` is run without
 //! `-t nat`, because naming a table makes legacy iptables load it (the
@@ -20,16 +22,22 @@
 //! and the `*nat` section is picked here. Each tool runs with a deadline
 //! ([`TIMEOUT`]): one stuck on the xtables lock costs that, not a hang.
 
+pub mod ipam;
+mod ipvs;
+mod kube_proxy_nft;
+
 use std::{path::Path, process::Command, time::Duration};
 
+use ipvs::KUBE_IPVS_DEVICE;
 use serde::{Deserialize, Serialize};
 
 use super::containers::Pod;
 
 /// A rule that redirects traffic for a port elsewhere.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DnatRule {
-    /// Which tool listed it: `iptables`, `ip6tables` or `nft`.
+    /// Which tool listed it: `iptables`, `ip6tables` or `nft`; `ipvs` for
+    /// IPVS virtual servers (read through netlink).
     pub from: String,
     /// The rule as the tool printed it (untrusted: comments are free text).
     pub rule: String,
@@ -51,6 +59,24 @@ pub struct DnatRule {
     /// container when the pod has one only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod: Option<Pod>,
+    /// The pods among `endpoints`, where the node's records name them
+    /// (CNI host-local's address records, see [`ipam`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub endpoint_pods: Vec<EndpointPod>,
+    /// Who made it, where `service` does not say and the node does:
+    /// `kube-proxy` for IPVS virtual servers beside its `kube-ipvs0`
+    /// device.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub made_by: Option<String>,
+}
+
+/// An endpoint of a Service (or an IPVS real server) that is a pod.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndpointPod {
+    /// The endpoint, as in `endpoints`.
+    pub endpoint: String,
+    /// The pod holding its address.
+    pub pod: Pod,
 }
 
 /// A Service as kube-proxy's rule comments name it (`ns/name:port`).
@@ -90,6 +116,12 @@ pub const TIMEOUT: Duration = Duration::from_secs(2);
 pub struct NatTables {
     /// (tool, its output).
     listed: Vec<(&'static str, String)>,
+    /// kube-proxy's nftables tables, as `nft -j` listed them.
+    kube_nft: Vec<serde_json::Value>,
+    /// IPVS's virtual servers.
+    ipvs: Vec<ipvs::VirtualServer>,
+    /// Whether kube-proxy's IPVS device is in this namespace.
+    kube_ipvs: bool,
 }
 
 impl NatTables {
@@ -100,17 +132,37 @@ impl NatTables {
     pub fn read() -> Self {
         let mut listed = Vec::new();
         for (program, args, from) in LISTERS {
-            if !Path::new(program).exists() {
-                continue;
-            }
-            let mut cmd = Command::new(program);
-            cmd.args(args).env_clear().env("LC_ALL", "C");
-            match crate::subprocess::output(&mut cmd, TIMEOUT) {
-                Ok(out) => listed.push((from, String::from_utf8_lossy(&out).into_owned())),
-                Err(e) => eprintln!("portwatch: address translation rules not read: {e}"),
+            if let Some(out) = list(program, args) {
+                listed.push((from, String::from_utf8_lossy(&out).into_owned()));
             }
         }
-        Self { listed }
+        let mut kube_nft = Vec::new();
+        let ruleset = listed.iter().find(|(from, _)| *from == "nft");
+        for family in kube_proxy_nft::FAMILIES {
+            if !ruleset.is_some_and(|(_, text)| kube_proxy_nft::listed(text, family)) {
+                continue;
+            }
+            let json = list("/usr/sbin/nft", &kube_proxy_nft::list_args(family))
+                .map(|out| serde_json::from_slice(&out));
+            match json {
+                Some(Ok(table)) => kube_nft.push(table),
+                Some(Err(e)) => eprintln!("portwatch: kube-proxy's {family} table not read: {e}"),
+                None => {}
+            }
+        }
+        let ipvs = ipvs::read().unwrap_or_else(|e| {
+            eprintln!("portwatch: IPVS virtual servers not read: {e}");
+            Vec::new()
+        });
+        let kube_ipvs = !ipvs.is_empty()
+            && nix::ifaddrs::getifaddrs()
+                .is_ok_and(|mut i| i.any(|a| a.interface_name == KUBE_IPVS_DEVICE));
+        Self {
+            listed,
+            kube_nft,
+            ipvs,
+            kube_ipvs,
+        }
     }
 
     /// The DNAT rules for destination port `port` of `proto` ("tcp", "udp").
@@ -129,8 +181,39 @@ impl NatTables {
                 r
             }));
         }
+        for table in &self.kube_nft {
+            rules.extend(
+                kube_proxy_nft::node_ports(table, port, proto)
+                    .into_iter()
+                    .map(|r| DnatRule {
+                        from: "nft".into(),
+                        ..r
+                    }),
+            );
+        }
+        rules.extend(
+            ipvs::rules(&self.ipvs, port, proto)
+                .into_iter()
+                .map(|r| DnatRule {
+                    made_by: self.kube_ipvs.then(|| "kube-proxy".into()),
+                    ..r
+                }),
+        );
         rules
     }
+}
+
+/// `program`'s output with `args`, when it is installed; None (and the
+/// error on stderr) when it fails or times out.
+fn list(program: &str, args: &[&str]) -> Option<Vec<u8>> {
+    if !Path::new(program).exists() {
+        return None;
+    }
+    let mut cmd = Command::new(program);
+    cmd.args(args).env_clear().env("LC_ALL", "C");
+    crate::subprocess::output(&mut cmd, TIMEOUT)
+        .inspect_err(|e| eprintln!("portwatch: address translation rules not read: {e}"))
+        .ok()
 }
 
 /// `-A CHAIN ... -p tcp ... --dport 8080 ... -j DNAT --to-destination IP:PORT`
@@ -150,7 +233,7 @@ fn iptables_rules(text: &str, port: u16, proto: &str) -> Vec<DnatRule> {
             service: None,
             endpoints: Vec::new(),
             sandbox: portmap_sandbox(text, l),
-            pod: None,
+            ..DnatRule::default()
         })
         .collect()
 }
@@ -222,8 +305,7 @@ fn kube_node_ports(text: &str, port: u16, proto: &str) -> Vec<DnatRule> {
             to: endpoints.first().cloned(),
             service: Some(service),
             endpoints,
-            sandbox: None,
-            pod: None,
+            ..DnatRule::default()
         });
     }
     found
@@ -317,10 +399,7 @@ fn nft_rules(text: &str, port: u16, proto: &str) -> Vec<DnatRule> {
                 .nth(1)
                 .and_then(|t| t.split_whitespace().next())
                 .map(str::to_owned),
-            service: None,
-            endpoints: Vec::new(),
-            sandbox: None,
-            pod: None,
+            ..DnatRule::default()
         })
         .collect()
 }
