@@ -256,7 +256,16 @@ impl Drop for Containerd {
             self.run_daemon();
         }
         super::cri::remove_pods(self);
-        for id in self.ids.clone() {
+        // Every task still there (a pod the CRI plugin could not remove,
+        // the containers ctr ran): all are this daemon's, hence the test's.
+        let tasks = self.ctr(&["tasks", "ls", "-q"]).unwrap_or_default();
+        let mut ids: Vec<String> = tasks.lines().map(str::to_owned).collect();
+        for id in &self.ids {
+            if !ids.contains(id) {
+                ids.push(id.clone());
+            }
+        }
+        for id in ids {
             let _ = self.ctr(&["tasks", "kill", "-s", "KILL", id.as_str()]);
             let deadline = Instant::now() + Duration::from_secs(10);
             while self.ctr(&["tasks", "delete", id.as_str()]).is_err() && Instant::now() < deadline
@@ -266,13 +275,24 @@ impl Drop for Containerd {
             let _ = self.ctr(&["containers", "delete", id.as_str()]);
         }
         self.stop_daemon();
-        // The cgroups runc made under the test's own parent, leaves first.
-        for hierarchy in std::fs::read_dir("/sys/fs/cgroup")
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            remove_cgroups(&hierarchy.path().join(&self.cgroup_parent));
+        // The cgroups runc made under the test's own parent, leaves first,
+        // once their killed processes are gone.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let mut left = false;
+            for hierarchy in std::fs::read_dir("/sys/fs/cgroup")
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                let parent = hierarchy.path().join(&self.cgroup_parent);
+                remove_cgroups(&parent);
+                left |= parent.exists();
+            }
+            if !left || Instant::now() > deadline {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
         }
         let _ = std::fs::remove_dir_all(self.state.parent().unwrap_or(&self.state));
         let _ = std::fs::remove_dir_all(&self.dir);

@@ -576,19 +576,23 @@ pub fn run_container(
 }
 
 /// StopPodSandbox and RemovePodSandbox of each pod `ctd` ran (its
-/// containers go with it), as kubelet does when a pod is deleted.
+/// containers go with it), as kubelet does when a pod is deleted. Retries
+/// while the CRI plugin is still starting (after a restart); never panics
+/// (it runs in `drop`): what it leaves, `drop` ends with ctr.
 pub fn remove_pods(ctd: &mut Containerd) {
     for id in std::mem::take(&mut ctd.sandboxes) {
         let request = IdRequest { id };
-        let stop: Result<Empty, _> = cri::call(
-            &ctd.socket(),
-            "StopPodSandbox",
-            request.clone(),
-            CALL_TIMEOUT,
-        );
-        if stop.is_ok() {
-            let _: Result<Empty, _> =
-                cri::call(&ctd.socket(), "RemovePodSandbox", request, CALL_TIMEOUT);
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        for method in ["StopPodSandbox", "RemovePodSandbox"] {
+            while let Err(e) =
+                cri::call::<_, Empty>(&ctd.socket(), method, request.clone(), CALL_TIMEOUT)
+            {
+                if std::time::Instant::now() > deadline {
+                    eprintln!("{e}");
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
         }
     }
 }
