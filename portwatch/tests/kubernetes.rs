@@ -1,11 +1,14 @@
 //! Kubernetes pods on a containerd whose state directory no default names:
 //! Debian's containerd, started by the test with k3s's layout
-//! (`/run/k3s-test-NAME-PID/containerd`, its own root and socket), an image
-//! imported without a registry, and containers in namespace `k8s.io` that
-//! carry the CRI plugin's annotations, each in a network namespace of its
-//! own. kubelet is not packaged for Debian 12 and no registry is reachable:
-//! the pods are made with `ctr` rather than through the CRI API, with the
-//! annotations the CRI plugin would write.
+//! (`/run/k3s-test-NAME-PID/containerd`, its own root and socket) and its
+//! CRI plugin, in a network namespace of its own (the pods' node), driven
+//! over the CRI gRPC API as kubelet drives it (`common/cri.rs`: kubelet's
+//! own sandbox and container configs), with CNI's bridge, host-local and
+//! portmap from Debian's containernetworking-plugins. kubelet is not
+//! packaged for Debian 12 and no registry is reachable: the images are
+//! imported, and the test stands in for kubelet. One case keeps `ctr`: a
+//! container without the CRI plugin's annotations, which the plugin never
+//! makes.
 
 mod common;
 
@@ -14,7 +17,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{containerd::*, *};
+use common::{containerd::*, cri::*, *};
 use serde_json::Value;
 
 /// `portwatch who ARGS --json` run inside network namespace of `pid`.
@@ -51,58 +54,168 @@ fn id(n: u8) -> String {
     format!("{:056x}{n:08x}", std::process::id())
 }
 
+/// Container `name` of `pod`, busybox's httpd serving on `port`; its id
+/// and pid.
+fn httpd(ctd: &Containerd, pod: &RunningPod, name: &str, port: u16) -> (String, u32) {
+    let argv = ["/bin/busybox", "httpd", "-f", "-p", &port.to_string()];
+    run_container(ctd, pod, name, &[port], &argv)
+}
+
+/// The inode of `pid`'s network namespace.
+fn netns_of(pid: u32) -> u64 {
+    let ns = std::fs::metadata(format!("/proc/{pid}/ns/net")).expect("a network namespace");
+    std::os::unix::fs::MetadataExt::ino(&ns)
+}
+
 /// Asserts that `v`'s first socket is held by container `container` of pod
-/// shop/web-0, and that its fix ends the clash in the workload, never with
-/// `docker stop`, `podman stop` or `kill`.
-fn assert_pod(v: &Value, container: &str) {
+/// `shop/POD`, that its fix ends the clash in `manifest` (the pod template
+/// of the controller its labels name, or "its workload's manifest" when
+/// the CRI socket did not answer), and never with `docker stop`, `podman
+/// stop`, `kill` or `kubectl delete`.
+fn assert_pod(v: &Value, pod: &str, container: &str, manifest: &str) {
     let c = &v["sockets"][0]["container"];
     assert_eq!(c["pod"]["namespace"], "shop", "{v:#}");
-    assert_eq!(c["pod"]["name"], "web-0", "{v:#}");
+    assert_eq!(c["pod"]["name"], pod, "{v:#}");
     assert_eq!(c["pod"]["container"], container, "{v:#}");
     let fix = v["fix"].as_str().unwrap();
     for never in ["docker stop", "podman stop", "kill", "kubectl delete"] {
         assert!(!fix.contains(never), "{fix}");
     }
-    // `who` stands in the pod's own network namespace: its containerPort.
     assert!(
-        fix.starts_with("Change the port of pod shop/web-0"),
+        fix.starts_with(&format!(
+            "Change the port of pod shop/{pod} (container {container}) in {manifest} ("
+        )),
         "{fix}"
     );
-    assert!(fix.contains("`containerPort`"), "{fix}");
     assert!(
         fix.contains("(a cluster command: run it where the cluster is managed)"),
         "{fix}"
     );
 }
 
-/// A pod's container listening in its own network namespace, under a
-/// k3s-style state directory, is named as the cluster knows it: from
-/// containerd's flags while it runs, and from the shim above the process
-/// while containerd is down (a restart or an upgrade leaves the shims and
-/// their containers running).
+/// A Deployment's pod (its ReplicaSet's `pod-template-hash` label) whose
+/// container listens in the pod's own network namespace, under a
+/// k3s-style state directory, is named as the cluster knows it, its fix in
+/// its ReplicaSet/Deployment's pod template (the labels from a
+/// ListPodSandbox on containerd's CRI socket, found from its config). With
+/// containerd down (a restart or an upgrade leaves the shims and their
+/// containers running) the pod is still named, from the shim above the
+/// process, and the fix names no controller: the socket does not answer.
 #[test]
 fn pod_under_a_k3s_state_directory_is_named() {
-    let mut ctd = Containerd::start("pod");
+    let mut ctd = Containerd::start_with("pod", true);
     let port = port();
-    let web = id(1);
-    let pid = ctd.run(
-        &web,
-        &cri_annotations("shop", "web-0", "web"),
-        &["/bin/busybox", "httpd", "-f", "-p", &port.to_string()],
-    );
+    let name = "web-7d9f8b6c5-x2x4q";
+    let pod = Pod::new("shop", name, "web").labelled(&[("pod-template-hash", "7d9f8b6c5")]);
+    let pod = run_pod(&mut ctd, pod);
+    let (web, pid) = httpd(&ctd, &pod, "web", port);
     let v = who_listening(pid, port);
-    assert_pod(&v, "web");
-    assert_eq!(v["sockets"][0]["container"]["id"], web.as_str(), "{v:#}");
+    assert_pod(
+        &v,
+        name,
+        "web",
+        "the pod template of its ReplicaSet/Deployment",
+    );
+    let c = &v["sockets"][0]["container"];
+    assert_eq!(c["id"], web.as_str(), "{v:#}");
+    assert_eq!(c["pod"]["controller"], "replicaset", "{v:#}");
     assert_eq!(v["sockets"][0]["comm"], "busybox", "{v:#}");
+    assert!(
+        v["fix"]
+            .as_str()
+            .unwrap()
+            .contains("under ownerReferences, its ReplicaSet/Deployment"),
+        "{v:#}"
+    );
 
     ctd.stop_daemon();
     let v = who_listening(pid, port);
-    assert_pod(&v, "web");
-    drop(ctd);
+    assert_pod(&v, name, "web", "its workload's manifest");
     assert!(
-        !std::path::Path::new(&format!("/proc/{pid}")).exists(),
-        "the container outlived its test"
+        v["sockets"][0]["container"]["pod"]["controller"].is_null(),
+        "{v:#}"
     );
+    drop(ctd);
+    // StopPodSandbox killed it; its shim reaps it a moment later.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::path::Path::new(&format!("/proc/{pid}")).exists() {
+        assert!(Instant::now() < deadline, "the container outlived its test");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A StatefulSet's pod (`controller-revision-hash` and
+/// `statefulset.kubernetes.io/pod-name`) with `hostNetwork: true` listens
+/// on the node: a host process's bind there fails, and `who` names the pod
+/// and says the port is the node's, its fix in the StatefulSet's pod
+/// template.
+#[test]
+fn host_process_against_a_host_network_pod() {
+    let mut ctd = Containerd::start_with("hostnet", true);
+    let port = port();
+    let mut pod = Pod::new("shop", "web-0", "web").labelled(&[
+        ("controller-revision-hash", "web-5d4f8c7b9"),
+        ("statefulset.kubernetes.io/pod-name", "web-0"),
+    ]);
+    pod.host_network = true;
+    let pod = run_pod(&mut ctd, pod);
+    let (_, pid) = httpd(&ctd, &pod, "web", port);
+    let v = who_listening(pid, port);
+    // The node's network namespace is the pod's.
+    let node = ctd.node();
+    assert_eq!(netns_of(pid), node.inode);
+    let refused = node.run(move || std::net::TcpListener::bind(("0.0.0.0", port)).map(|_| ()));
+    assert_eq!(
+        refused.unwrap_err().kind(),
+        std::io::ErrorKind::AddrInUse,
+        "the host process's bind"
+    );
+    assert_eq!(
+        v["sockets"][0]["container"]["pod"]["controller"], "statefulset",
+        "{v:#}"
+    );
+    let (code, v) = who(node, &[&port.to_string()]);
+    assert_eq!(code, 1, "{v:#}");
+    // The node here is the test's network namespace, not the host's: the
+    // fix cannot tell that the port is the node's (`hostNetwork: true`),
+    // as it does on a real node, and names the `containerPort`.
+    assert_pod(&v, "web-0", "web", "the pod template of its StatefulSet");
+    let fix = v["fix"].as_str().unwrap();
+    assert!(fix.contains("`containerPort` "), "{fix}");
+    assert!(
+        fix.contains("under ownerReferences, its StatefulSet"),
+        "{fix}"
+    );
+    drop(ctd);
+}
+
+/// A hostNetwork pod's container wants a port a host process already
+/// holds on the node: its failed bind is caught by `watch`, and the holder
+/// is named as the host process, never as the pod.
+#[test]
+fn pod_against_a_host_process() {
+    let mut ctd = Containerd::start_with("vshost", true);
+    let port = port();
+    let node = ctd.node();
+    let held = node.run(move || std::net::TcpListener::bind(("0.0.0.0", port)).unwrap());
+    let tracer = Tracer::start(&["--netns", &node.arg()]);
+    let mut pod = Pod::new("shop", "api-0", "api");
+    pod.host_network = true;
+    let pod = run_pod(&mut ctd, pod);
+    httpd(&ctd, &pod, "api", port);
+    let ev = tracer.event();
+    assert_eq!(ev["errno"], "EADDRINUSE", "{ev:#}");
+    assert_eq!(ev["port"], port, "{ev:#}");
+    let h = holder(&ev);
+    assert_eq!(h["pid"], std::process::id(), "{ev:#}");
+    assert!(h["container"].is_null(), "{ev:#}");
+    let fix = ev["fix"].as_str().unwrap_or_default();
+    for never in ["docker stop", "podman stop", "kubectl delete"] {
+        assert!(!fix.contains(never), "{fix}");
+    }
+    drop(tracer);
+    drop(held);
+    drop(ctd);
 }
 
 /// kube-proxy 1.28+'s nat rules for NodePort 30080 of Service shop/web
@@ -210,9 +323,6 @@ fn node_port_names_its_service() {
 /// and its container `web` (id `id(ids.1)`) joining that namespace, serving
 /// HTTP on :80. The bridge's rules live in `ns`.
 struct BridgedPod {
-    sandbox: String,
-    /// The sandbox's process.
-    pause: u32,
     /// The bridge plugin's CNI result.
     bridge: Value,
 }
@@ -243,11 +353,7 @@ impl BridgedPod {
             &["--with-ns", &netns],
             &["/bin/busybox", "httpd", "-f", "-p", "80"],
         );
-        BridgedPod {
-            sandbox,
-            pause,
-            bridge,
-        }
+        BridgedPod { bridge }
     }
 }
 
@@ -381,50 +487,44 @@ fn cni(ns: &Netns, plugin: &str, conf: String, sandbox: &str, pid: u32) -> Value
     serde_json::from_slice(&out.stdout).expect("a CNI result")
 }
 
-/// A hostPort as kubelet and containerd's CRI plugin make it: a pod
-/// sandbox with its own network namespace, attached by CNI's bridge
-/// (host-local addresses) and portmap (hostPort 18097 -> :80), and the
-/// pod's container `web` joining that namespace. The bridge and portmap's
-/// rules live in the test's network namespace. Traffic to the hostPort
+/// A hostPort as kubelet asks for it: the pod's sandbox config carries a
+/// port mapping (hostPort 18097 -> containerPort 80), and containerd's CRI
+/// plugin has CNI's bridge (host-local addresses) and portmap make it, in
+/// the node's network namespace (the test's own). Traffic to the hostPort
 /// reaches the container's server, and `who 18097` names the pod and the
-/// container.
+/// container, its fix in the pod template of the controller its labels
+/// name (`controller-revision-hash` alone: a DaemonSet's or a
+/// StatefulSet's).
 #[test]
 fn host_port_leads_to_its_pod() {
-    let ns = Netns::new("pw-hostport");
-    ns.run(|| ip("link set lo up"));
-    let mut ctd = Containerd::start("hp");
-    let ipam = format!(r#""dataDir":"{}","#, ctd.dir.join("ipam").display());
-    let BridgedPod {
-        sandbox,
-        pause,
-        bridge,
-    } = BridgedPod::start(&ns, &mut ctd, "pw-k8s", &ipam, (2, 3));
-    let portmap = serde_json::json!({
-        "cniVersion": "0.4.0",
-        "name": "pw-k8s",
-        "type": "portmap",
-        "capabilities": {"portMappings": true},
-        "runtimeConfig": {"portMappings": [
-            {"hostPort": 18097, "containerPort": 80, "protocol": "tcp"}
-        ]},
-        "prevResult": bridge,
-    });
-    cni(&ns, "portmap", portmap.to_string(), &sandbox, pause);
+    let mut ctd = Containerd::start_with("hp", true);
+    let mut pod = Pod::new("shop", "web-0", "web").labelled(&[
+        ("controller-revision-hash", "7c9d5b8f6"),
+        ("pod-template-generation", "1"),
+    ]);
+    pod.host_ports = vec![(18097, 80)];
+    let pod = run_pod(&mut ctd, pod);
+    httpd(&ctd, &pod, "web", 80);
+    let ns = ctd.node();
 
     // The hostPort reaches the container's httpd (through the bridge's
     // address, a local one, as a client on the node would).
-    let answer = http_get(&ns, "10.88.0.1:18097");
+    let answer = http_get(ns, "10.88.0.1:18097");
     assert!(answer.starts_with("HTTP/1."), "{answer}");
 
-    let (code, v) = who(&ns, &["18097"]);
+    let (code, v) = who(ns, &["18097"]);
     assert_eq!(code, 1, "{v:#}");
     assert_eq!(v["sockets"].as_array().unwrap().len(), 0, "{v:#}");
     let rule = &v["dnat"][0];
-    assert_eq!(rule["sandbox"], sandbox.as_str(), "{v:#}");
+    assert_eq!(rule["sandbox"], pod.sandbox.as_str(), "{v:#}");
     assert_eq!(rule["pod"]["namespace"], "shop", "{v:#}");
     assert_eq!(rule["pod"]["name"], "web-0", "{v:#}");
     assert_eq!(rule["pod"]["container"], "web", "{v:#}");
-    let text = who_text(&ns, "18097");
+    assert_eq!(
+        rule["pod"]["controller"], "daemonset_or_statefulset",
+        "{v:#}"
+    );
+    let text = who_text(ns, "18097");
     assert!(
         text.contains("hostport:  hostPort 18097 → pod shop/web-0 container web :80: no socket holds tcp port 18097"),
         "{text}"
@@ -434,7 +534,7 @@ fn host_port_leads_to_its_pod() {
         .find(|l| l.starts_with("fix:"))
         .unwrap_or_default();
     assert!(
-        fix.contains("change hostPort 18097 of pod shop/web-0 in its workload's manifest"),
+        fix.contains("change hostPort 18097 of pod shop/web-0 in the pod template of its DaemonSet or StatefulSet"),
         "{text}"
     );
     for never in ["docker stop", "podman stop", "kill", "kubectl delete"] {
@@ -475,43 +575,24 @@ fn host_port_leads_to_its_pod() {
 /// Two containers of one pod want one port in the pod's shared network
 /// namespace (a sidecar): the sidecar's failed bind is caught by `watch`,
 /// and the holder is named as the pod's other container, with a fix in the
-/// workload's manifest, never a stop or a kill.
+/// pod template of its controller (labels without a controller's hash:
+/// "its controller", not a guess from the name), never a stop or a kill.
 #[test]
 fn sidecar_clash_inside_one_pod() {
-    let mut ctd = Containerd::start("side");
-    let sandbox = id(4);
-    let pause = ctd.run(
-        &sandbox,
-        &sandbox_annotations(&sandbox, "shop", "web-0"),
-        &["/bin/busybox", "sleep", "600"],
-    );
-    let netns = format!("network:/proc/{pause}/ns/net");
-    let inode = std::fs::metadata(format!("/proc/{pause}/ns/net"))
-        .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
-        .unwrap()
-        .to_string();
-    let container = |name: &str| {
-        let mut a = cri_annotations("shop", "web-0", name);
-        a.push(("io.kubernetes.cri.sandbox-id".into(), sandbox.clone()));
-        a
-    };
-    let port = port().to_string();
-    ctd.run_with(
-        &id(5),
-        &container("web"),
-        &["--with-ns", &netns],
-        &["/bin/busybox", "httpd", "-f", "-p", &port],
-    );
+    let mut ctd = Containerd::start_with("side", true);
+    let pod = run_pod(&mut ctd, Pod::new("shop", "web-0", "web"));
+    let pause = pod.pause_pid(&ctd);
+    let inode = netns_of(pause).to_string();
+    let port = port();
+    httpd(&ctd, &pod, "web", port);
     // The web container listens before the sidecar starts.
-    let port_num: u16 = port.parse().unwrap();
-    who_listening(pause, port_num);
-    let tracer = Tracer::start(&["--netns", &inode]);
-    ctd.run_with(
-        &id(6),
-        &container("sidecar"),
-        &["--with-ns", &netns],
-        &["/bin/busybox", "httpd", "-f", "-p", &port],
+    let v = who_listening(pause, port);
+    assert_eq!(
+        v["sockets"][0]["container"]["pod"]["controller"], "unknown",
+        "{v:#}"
     );
+    let tracer = Tracer::start(&["--netns", &inode]);
+    httpd(&ctd, &pod, "sidecar", port);
     let ev = tracer.event();
     assert_eq!(ev["errno"], "EADDRINUSE", "{ev:#}");
     let h = holder(&ev);
@@ -526,8 +607,12 @@ fn sidecar_clash_inside_one_pod() {
     assert!(
         fix.starts_with("Containers web and sidecar of pod shop/web-0 share")
             || fix.starts_with(
-                "Change the port of pod shop/web-0 (container web) in its workload's manifest"
+                "Change the port of pod shop/web-0 (container web) in the pod template of its controller"
             ),
+        "{fix}"
+    );
+    assert!(
+        fix.contains("under ownerReferences, its controller"),
         "{fix}"
     );
     for never in ["docker stop", "podman stop", "kill", "kubectl delete"] {
@@ -538,7 +623,7 @@ fn sidecar_clash_inside_one_pod() {
 }
 
 /// A pod's container that no runtime file names (no CRI annotations in
-/// its bundle) is still known as a pod's by its cgroup under kubelet's
+/// its bundle; made with `ctr`, since the CRI plugin always writes them) is still known as a pod's by its cgroup under kubelet's
 /// `kubepods`: never `docker stop` or `podman stop`, though both are
 /// installed here.
 #[test]

@@ -199,13 +199,25 @@ fn pod_named(p: &Pod) -> String {
 
 /// Where a fix for pod `p` is looked up: a cluster command, to run where
 /// the cluster is managed (the node has no kubeconfig of its own, most
-/// often). The pod's controller is not named: ownerReferences never reach
-/// the node.
+/// often). ownerReferences never reach the node: the controller is named
+/// only as the pod's labels tell it (`Pod::controller`), never guessed
+/// from the name.
 fn pod_lookup(p: &Pod) -> String {
     let (ns, name) = (shell_word(&p.namespace), shell_word(&p.name));
+    let owner = p.controller.map_or("its controller", |c| c.phrase());
     format!(
-        "`kubectl -n {ns} get pod {name} -o yaml` (a cluster command: run it where the cluster is managed) shows its ports and, under ownerReferences, its controller"
+        "`kubectl -n {ns} get pod {name} -o yaml` (a cluster command: run it where the cluster is managed) shows its ports and, under ownerReferences, {owner}"
     )
+}
+
+/// The manifest where pod `p`'s ports are set: its controller's pod
+/// template where the pod's labels name the controller, else "its
+/// workload's manifest".
+fn manifest_of(p: &Pod) -> String {
+    match p.controller {
+        Some(c) => format!("the pod template of {}", c.phrase()),
+        None => "its workload's manifest".into(),
+    }
 }
 
 /// Why neither ending a pod's container nor deleting the pod frees a port.
@@ -231,11 +243,12 @@ fn pod_fix(p: &Pod, port: u16, seen: &Evidence) -> String {
             _ => "two containers of".into(),
         };
         return format!(
-            "{two} {} share its network namespace and both want port {port}: give one of them another port in the workload's manifest (its `containerPort` and the program's own setting); {POD_COMES_BACK}; {lookup}",
+            "{two} {} share its network namespace and both want port {port}: give one of them another port in {} (its `containerPort` and the program's own setting); {POD_COMES_BACK}; {lookup}",
             pod_named(&Pod {
                 container: None,
                 ..p.clone()
-            })
+            }),
+            manifest_of(p)
         );
     }
     let field = match seen.scope.host {
@@ -252,8 +265,9 @@ fn pod_fix(p: &Pod, port: u16, seen: &Evidence) -> String {
         None => "or move the other service to another port".into(),
     };
     format!(
-        "change the port of {} in its workload's manifest ({field}), {other}; {POD_COMES_BACK}; {lookup}",
-        pod_named(p)
+        "change the port of {} in {} ({field}), {other}; {POD_COMES_BACK}; {lookup}",
+        pod_named(p),
+        manifest_of(p)
     )
 }
 
@@ -275,8 +289,9 @@ fn for_a_pod(me: &Pod, named: &str, port: u16, cmd: &str, seen: &Evidence) -> St
         _ => "its `containerPort`, or its `hostPort`",
     };
     format!(
-        "{named} already holds port {port}, which {} wants: change the pod's port in its workload's manifest ({field}), or move {named} off port {port} ({cmd}); {}",
+        "{named} already holds port {port}, which {} wants: change the pod's port in {} ({field}), or move {named} off port {port} ({cmd}); {}",
         pod_named(me),
+        manifest_of(me),
         pod_lookup(me)
     )
 }
@@ -691,8 +706,9 @@ fn steered_to_pod(proto: &str, port: u16, rule: &DnatRule, p: &Pod) -> (String, 
         ..p.clone()
     };
     let fix = format!(
-        "give this service another port, or change hostPort {port} of {} in its workload's manifest; {POD_COMES_BACK}; {}",
+        "give this service another port, or change hostPort {port} of {} in {}; {POD_COMES_BACK}; {}",
         pod_named(&field),
+        manifest_of(p),
         pod_lookup(p)
     );
     (diagnosis, fix)

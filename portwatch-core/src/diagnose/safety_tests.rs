@@ -535,6 +535,7 @@ fn container_commands_only_where_installed() {
         namespace: "prod".into(),
         name: "web-0".into(),
         container: None,
+        controller: None,
     });
     let fix = fix_of(h, 8080, HostTools::ALL);
     assert!(

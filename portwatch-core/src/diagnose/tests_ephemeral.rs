@@ -324,6 +324,7 @@ fn containers_and_pods_keep_the_setting_in_their_own_definition() {
             namespace: "shop".into(),
             name: "api-7d9f".into(),
             container: Some("api".into()),
+            controller: None,
         }),
         ..Container::bare(&"d".repeat(64), Runtime::Containerd)
     };

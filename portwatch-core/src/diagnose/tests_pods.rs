@@ -36,6 +36,7 @@ fn in_pod(container: &str, runtime: Runtime, id: char) -> Container {
             namespace: "shop".into(),
             name: "web-0".into(),
             container: Some(container.into()),
+            controller: None,
         }),
         ..Container::bare(&id.to_string().repeat(64), runtime)
     }
@@ -146,7 +147,7 @@ fn a_sidecar_clash_names_both_containers() {
     let v = diagnose(&event(), &s);
     assert!(
         v.fix.starts_with(
-            "Containers web and sidecar of pod shop/web-0 share its network namespace and both want port 8080: give one of them another port in the workload's manifest"
+            "Containers web and sidecar of pod shop/web-0 share its network namespace and both want port 8080: give one of them another port in its workload's manifest"
         ),
         "{}",
         v.fix

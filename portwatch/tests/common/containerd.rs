@@ -17,7 +17,7 @@ use std::{
 
 use portwatch_core::subprocess;
 
-use super::docker::busybox_rootfs;
+use super::{docker::busybox_rootfs, Netns};
 
 /// How long one `ctr` command may take.
 const CTR_TIMEOUT: Duration = Duration::from_secs(60);
@@ -31,8 +31,15 @@ pub struct Containerd {
     daemon: Option<Child>,
     /// The containers started, to end in `drop`.
     ids: Vec<String>,
+    /// The pod sandboxes run through the CRI plugin, to stop and remove in
+    /// `drop`.
+    pub(super) sandboxes: Vec<String>,
     /// The cgroup parent of the containers (under each hierarchy).
-    cgroup_parent: String,
+    pub(super) cgroup_parent: String,
+    /// With the CRI plugin: the network namespace containerd runs in, the
+    /// pods' node (CNI puts its bridge and portmap's rules there; a
+    /// hostNetwork pod shares it).
+    pub node: Option<Netns>,
 }
 
 /// The annotations containerd's CRI plugin gives a pod's container
@@ -67,36 +74,61 @@ pub fn sandbox_annotations(id: &str, namespace: &str, name: &str) -> Vec<(String
 
 impl Containerd {
     /// Starts containerd with everything of its own under `/tmp` and
-    /// `/run/k3s-test-NAME-PID`, and imports the image `pwtest:1`.
+    /// `/run/k3s-test-NAME-PID`, and imports the image `pwtest:1`. Without
+    /// the CRI plugin: the test drives containerd with ctr.
     pub fn start(name: &str) -> Containerd {
+        Containerd::start_with(name, false)
+    }
+
+    /// [`Containerd::start`] with the CRI plugin, in a network namespace of
+    /// its own (see `cri.rs`).
+    pub fn start_with(name: &str, cri: bool) -> Containerd {
         let tag = format!("{name}-{}", std::process::id());
         let dir = std::env::temp_dir().join(format!("pw-containerd-{tag}"));
         let state = PathBuf::from(format!("/run/k3s-test-{tag}/containerd"));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(dir.join("root")).unwrap();
         std::fs::create_dir_all(&state).unwrap();
-        // Without the CRI plugin: the test drives containerd with ctr, and
-        // the plugin would look for CNI and a sandbox image it does not need.
-        std::fs::write(
-            dir.join("config.toml"),
-            format!(
-                "version = 2\nroot = \"{}\"\nstate = \"{}\"\ndisabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n[grpc]\n  address = \"{}\"\n",
-                dir.join("root").display(),
-                state.display(),
-                state.join("containerd.sock").display()
-            ),
-        )
-        .unwrap();
+        let mut config = format!(
+            "version = 2\nroot = \"{}\"\nstate = \"{}\"\n",
+            dir.join("root").display(),
+            state.display(),
+        );
+        if cri {
+            config.push_str(&super::cri::plugin_config(&dir));
+        } else {
+            config.push_str("disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n");
+        }
+        config.push_str(&format!(
+            "[grpc]\n  address = \"{}\"\n",
+            state.join("containerd.sock").display()
+        ));
+        std::fs::write(dir.join("config.toml"), config).unwrap();
         let mut c = Containerd {
             dir,
             state,
             daemon: None,
             ids: Vec::new(),
+            sandboxes: Vec::new(),
             cgroup_parent: format!("pw-test-{tag}"),
+            node: cri.then(|| Netns::new("pw-node")),
         };
         c.run_daemon();
-        c.import();
+        c.import(&oci_image(&c.dir));
+        if c.node.is_some() {
+            c.import(&super::cri::pause_image(&c.dir));
+        }
         c
+    }
+
+    /// containerd's CRI socket.
+    pub fn socket(&self) -> PathBuf {
+        self.state.join("containerd.sock")
+    }
+
+    /// The pods' node: the network namespace containerd runs in.
+    pub fn node(&self) -> &Netns {
+        self.node.as_ref().expect("containerd runs its CRI plugin")
     }
 
     /// Starts (or starts again) the daemon and waits for it to answer.
@@ -106,14 +138,21 @@ impl Containerd {
             .append(true)
             .open(self.dir.join("containerd.log"))
             .unwrap();
-        let daemon = Command::new("unshare")
-            .args(["-m", "--propagation", "private", "containerd", "--config"])
-            .arg(self.dir.join("config.toml"))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("start containerd (Debian's containerd package)");
+        let config = self.dir.join("config.toml");
+        let spawn = move || {
+            Command::new("unshare")
+                .args(["-m", "--propagation", "private", "containerd", "--config"])
+                .arg(config)
+                .stdin(Stdio::null())
+                .stdout(log.try_clone().unwrap())
+                .stderr(log)
+                .spawn()
+                .expect("start containerd (Debian's containerd package)")
+        };
+        let daemon = match &self.node {
+            Some(node) => node.run(spawn),
+            None => spawn(),
+        };
         self.daemon = Some(daemon);
         let deadline = Instant::now() + Duration::from_secs(30);
         while self.ctr(&["version"]).is_err() {
@@ -161,10 +200,9 @@ impl Containerd {
             .map_err(|e| format!("ctr {args:?}: {e}"))
     }
 
-    /// Imports `pwtest:1`, an OCI image layout of busybox-static alone
-    /// (`ctr images import`; no registry is reachable).
-    fn import(&self) {
-        let tar = oci_image(&self.dir);
+    /// Imports the OCI image layout `tar` (`ctr images import`; no
+    /// registry is reachable).
+    fn import(&self, tar: &Path) {
         self.ctr(&["images", "import", tar.to_str().unwrap()])
             .unwrap_or_else(|e| panic!("{e}\n{}", self.log()));
     }
@@ -217,7 +255,17 @@ impl Drop for Containerd {
         if self.daemon.is_none() {
             self.run_daemon();
         }
-        for id in self.ids.clone() {
+        super::cri::remove_pods(self);
+        // Every task still there (a pod the CRI plugin could not remove,
+        // the containers ctr ran): all are this daemon's, hence the test's.
+        let tasks = self.ctr(&["tasks", "ls", "-q"]).unwrap_or_default();
+        let mut ids: Vec<String> = tasks.lines().map(str::to_owned).collect();
+        for id in &self.ids {
+            if !ids.contains(id) {
+                ids.push(id.clone());
+            }
+        }
+        for id in ids {
             let _ = self.ctr(&["tasks", "kill", "-s", "KILL", id.as_str()]);
             let deadline = Instant::now() + Duration::from_secs(10);
             while self.ctr(&["tasks", "delete", id.as_str()]).is_err() && Instant::now() < deadline
@@ -227,36 +275,57 @@ impl Drop for Containerd {
             let _ = self.ctr(&["containers", "delete", id.as_str()]);
         }
         self.stop_daemon();
-        // The cgroups runc made under the test's own parent, leaves first.
-        for hierarchy in std::fs::read_dir("/sys/fs/cgroup")
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            let parent = hierarchy.path().join(&self.cgroup_parent);
-            let pod = parent.join("kubepods/besteffort/pod-test");
-            for id in &self.ids {
-                let _ = std::fs::remove_dir(pod.join(id));
+        // The cgroups runc made under the test's own parent, leaves first,
+        // once their killed processes are gone.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let mut left = false;
+            for hierarchy in std::fs::read_dir("/sys/fs/cgroup")
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                let parent = hierarchy.path().join(&self.cgroup_parent);
+                remove_cgroups(&parent);
+                left |= parent.exists();
             }
-            for dir in [
-                pod.as_path(),
-                &parent.join("kubepods/besteffort"),
-                &parent.join("kubepods"),
-                &parent,
-            ] {
-                let _ = std::fs::remove_dir(dir);
+            if !left || Instant::now() > deadline {
+                break;
             }
+            std::thread::sleep(Duration::from_millis(100));
         }
         let _ = std::fs::remove_dir_all(self.state.parent().unwrap_or(&self.state));
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
+/// Removes the cgroup directory `dir` and those under it, leaves first
+/// (a cgroup directory goes with rmdir once its children are gone).
+fn remove_cgroups(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            remove_cgroups(&entry.path());
+        }
+    }
+    let _ = std::fs::remove_dir(dir);
+}
+
 /// An OCI image layout of busybox-static alone, tagged `pwtest:1`, as a
-/// tar under `dir`: one layer, its config and manifest, named by digest.
+/// tar under `dir`.
 pub fn oci_image(dir: &Path) -> PathBuf {
+    oci_image_of(dir, "pwtest:1", &[])
+}
+
+/// An OCI image layout of busybox-static alone, named
+/// `docker.io/library/NAME`, whose default command is `cmd`, as a tar
+/// under `dir`: one layer, its config and manifest, named by digest.
+pub fn oci_image_of(dir: &Path, name: &str, cmd: &[&str]) -> PathBuf {
     let layer_tar = busybox_rootfs(dir);
-    let layout = dir.join("oci");
+    let tag = name.replace(':', "-");
+    let layout = dir.join(format!("oci-{tag}"));
     std::fs::create_dir_all(layout.join("blobs/sha256")).unwrap();
     let blob = |bytes: &[u8]| -> (String, usize) {
         let tmp = layout.join("blob.tmp");
@@ -274,7 +343,8 @@ pub fn oci_image(dir: &Path) -> PathBuf {
     let (layer, layer_size) = blob(&std::fs::read(&layer_tar).unwrap());
     let (config, config_size) = blob(
         format!(
-            r#"{{"architecture":"amd64","os":"linux","config":{{}},"rootfs":{{"type":"layers","diff_ids":["sha256:{layer}"]}}}}"#
+            r#"{{"architecture":"amd64","os":"linux","config":{{"Cmd":{}}},"rootfs":{{"type":"layers","diff_ids":["sha256:{layer}"]}}}}"#,
+            serde_json::json!(cmd)
         )
         .as_bytes(),
     );
@@ -287,7 +357,8 @@ pub fn oci_image(dir: &Path) -> PathBuf {
     std::fs::write(
         layout.join("index.json"),
         format!(
-            r#"{{"schemaVersion":2,"manifests":[{{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:{manifest}","size":{manifest_size},"annotations":{{"io.containerd.image.name":"docker.io/library/pwtest:1","org.opencontainers.image.ref.name":"1"}}}}]}}"#
+            r#"{{"schemaVersion":2,"manifests":[{{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:{manifest}","size":{manifest_size},"annotations":{{"io.containerd.image.name":"docker.io/library/{name}","org.opencontainers.image.ref.name":"{}"}}}}]}}"#,
+            name.rsplit(':').next().unwrap_or("latest")
         ),
     )
     .unwrap();
@@ -296,7 +367,7 @@ pub fn oci_image(dir: &Path) -> PathBuf {
         r#"{"imageLayoutVersion":"1.0.0"}"#,
     )
     .unwrap();
-    let tar = dir.join("image.tar");
+    let tar = dir.join(format!("image-{tag}.tar"));
     let status = Command::new("tar")
         .arg("-C")
         .arg(&layout)

@@ -11,6 +11,7 @@
 
 pub mod apache;
 pub mod containerd;
+pub mod cri;
 pub mod docker;
 pub mod preflight;
 pub mod prometheus;

@@ -135,6 +135,7 @@ pub(super) fn cri_container(id: &str, runtime: Runtime, config: &Value) -> Conta
             namespace,
             name,
             container: container.clone(),
+            controller: None,
         }),
         _ => None,
     };

@@ -28,6 +28,7 @@ use serde_json::Value;
 pub use super::procs::Runtime;
 use crate::cmdline::flag;
 
+pub mod cri;
 pub(crate) mod files;
 
 use files::{binding, cri_container, docker_container, is_running, read_json, string};
@@ -67,6 +68,10 @@ pub struct Pod {
     pub name: String,
     /// The container's name inside the pod.
     pub container: Option<String>,
+    /// What made it, from its labels on the CRI socket; absent when the
+    /// socket did not answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub controller: Option<cri::Controller>,
 }
 
 /// A container, as named by its runtime.
@@ -154,6 +159,9 @@ pub struct Roots {
     pub podman: Vec<PathBuf>,
     /// containerd's runtime v2 task directories (one per namespace inside).
     pub containerd: Vec<PathBuf>,
+    /// The CRI socket (containerd's `[grpc] address`) of the containerd
+    /// that owns each task directory.
+    pub cri_sockets: Vec<(PathBuf, PathBuf)>,
     /// CRI-O's per-container userdata roots.
     pub crio: Vec<PathBuf>,
 }
@@ -192,6 +200,11 @@ impl Roots {
                 .iter()
                 .map(|s| Path::new(s).join(TASK_DIR))
                 .collect(),
+            cri_sockets: CONTAINERD_STATES
+                .iter()
+                .zip(CONTAINERD_SOCKETS)
+                .map(|(s, a)| (Path::new(s).join(TASK_DIR), PathBuf::from(a)))
+                .collect(),
             crio: vec![PathBuf::from("/run/containers/storage/overlay-containers")],
         };
         for (comm, cmdline) in processes {
@@ -202,8 +215,9 @@ impl Roots {
                     }
                 }
                 "containerd" => {
-                    if let Some(state) = containerd_state(&cmdline) {
+                    if let Some((state, socket)) = containerd_state(&cmdline) {
                         push_new(&mut roots.containerd, state.join(TASK_DIR));
+                        roots.cri_sockets.insert(0, (state.join(TASK_DIR), socket));
                     }
                 }
                 _ => {}
@@ -222,24 +236,59 @@ pub const CONTAINERD_STATES: [&str; 4] = [
     "/var/snap/microk8s/common/run/containerd",
 ];
 
+/// The default `[grpc] address` of the containerd of each of
+/// [`CONTAINERD_STATES`].
+const CONTAINERD_SOCKETS: [&str; 4] = [
+    "/run/containerd/containerd.sock",
+    "/run/k3s/containerd/containerd.sock",
+    "/run/k0s/containerd.sock",
+    "/var/snap/microk8s/common/run/containerd.sock",
+];
+
 /// The directory under a containerd state directory that holds one
 /// directory per namespace, each with one OCI bundle per task.
 const TASK_DIR: &str = "io.containerd.runtime.v2.task";
 
-/// The state directory of a containerd run with `cmdline`: its `--state`,
-/// else the top-level `state = "..."` of its `--config` file, else the
-/// default.
-fn containerd_state(cmdline: &str) -> Option<PathBuf> {
-    if let Some(state) = flag(cmdline, &["--state"]) {
-        return Some(PathBuf::from(state));
-    }
-    let Some(config) = flag(cmdline, &["--config", "-c"]) else {
-        return Some(PathBuf::from(CONTAINERD_STATES[0]));
+/// The state directory and the CRI socket of a containerd run with
+/// `cmdline`: its `--state` and `--address`, else the top-level
+/// `state = "..."` and the `[grpc]` table's `address` of its `--config`
+/// file, else the defaults.
+fn containerd_state(cmdline: &str) -> Option<(PathBuf, PathBuf)> {
+    // A config that cannot be read: only the flags tell (no guess of a
+    // state directory it may set).
+    let text = match flag(cmdline, &["--config", "-c"]) {
+        Some(config) => {
+            files::read_root_file(Path::new(config)).and_then(|bytes| String::from_utf8(bytes).ok())
+        }
+        None => Some(String::new()),
     };
-    let text = String::from_utf8(files::read_root_file(Path::new(config))?).ok()?;
-    Some(PathBuf::from(
-        config_state(&text).unwrap_or(CONTAINERD_STATES[0]),
-    ))
+    let text = text.as_deref();
+    let state = match flag(cmdline, &["--state"]) {
+        Some(state) => state,
+        None => config_state(text?).unwrap_or(CONTAINERD_STATES[0]),
+    };
+    let socket = flag(cmdline, &["--address", "-a"])
+        .or_else(|| text.and_then(config_grpc_address))
+        .unwrap_or(CONTAINERD_SOCKETS[0]);
+    Some((PathBuf::from(state), PathBuf::from(socket)))
+}
+
+/// The `address = "PATH"` of a containerd config.toml's `[grpc]` table.
+fn config_grpc_address(toml: &str) -> Option<&str> {
+    toml.lines()
+        .map(str::trim)
+        .skip_while(|l| *l != "[grpc]")
+        .skip(1)
+        .take_while(|l| !l.starts_with('['))
+        .find_map(|l| quoted_value(l, "address"))
+}
+
+/// `VALUE` of a TOML line `KEY = "VALUE"`.
+fn quoted_value<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    let (k, value) = line.split_once('=')?;
+    (k.trim() == key).then_some(())?;
+    let value = value.trim().strip_prefix('"')?;
+    value.split_once('"').map(|(v, _)| v)
 }
 
 /// The top-level `state = "PATH"` of a containerd config.toml (before its
@@ -248,19 +297,16 @@ fn config_state(toml: &str) -> Option<&str> {
     toml.lines()
         .map(str::trim)
         .take_while(|l| !l.starts_with('['))
-        .find_map(|l| {
-            let (key, value) = l.split_once('=')?;
-            (key.trim() == "state").then_some(())?;
-            let value = value.trim().strip_prefix('"')?;
-            value.split_once('"').map(|(v, _)| v)
-        })
+        .find_map(|l| quoted_value(l, "state"))
 }
 
 /// Where a runtime's process says the bundles of its containers are.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BundleRoot {
-    /// A containerd task directory (`STATE/io.containerd.runtime.v2.task`).
-    Containerd(PathBuf),
+    /// A containerd task directory (`STATE/io.containerd.runtime.v2.task`),
+    /// and the socket of the containerd that owns it (the shim's
+    /// `-address`).
+    Containerd(PathBuf, Option<PathBuf>),
     /// CRI-O's `overlay-containers` directory.
     Crio(PathBuf),
 }
@@ -282,7 +328,11 @@ pub fn bundle_root(comm: &str, cmdline: &str, cwd: Option<&Path>) -> Option<Bund
         let named = id_dir == id
             && ns_dir.file_name()?.to_str()? == ns
             && tasks.file_name()?.to_str()? == TASK_DIR;
-        return (named && tasks.is_absolute()).then(|| BundleRoot::Containerd(tasks.to_owned()));
+        let socket = flag(cmdline, &["-address"])
+            .map(PathBuf::from)
+            .filter(|s| s.is_absolute());
+        return (named && tasks.is_absolute())
+            .then(|| BundleRoot::Containerd(tasks.to_owned(), socket));
     }
     if comm == "conmon" {
         let id = flag(cmdline, &["-c", "--cid"]).filter(|id| is_id(id))?;
@@ -434,6 +484,11 @@ impl Containers {
                         }
                     }
                 }
+                for pair in self.roots.cri_sockets.iter().take(LEARNT_CAP) {
+                    if !fresh.cri_sockets.iter().any(|(t, _)| *t == pair.0) {
+                        fresh.cri_sockets.push(pair.clone());
+                    }
+                }
                 self.roots = fresh;
             }
         }
@@ -472,7 +527,13 @@ impl Containers {
     /// found.
     pub fn learn(&mut self, root: BundleRoot) -> bool {
         let (list, path) = match root {
-            BundleRoot::Containerd(p) => (&mut self.roots.containerd, p),
+            BundleRoot::Containerd(p, socket) => {
+                if let Some(socket) = socket {
+                    self.roots.cri_sockets.insert(0, (p.clone(), socket));
+                    self.roots.cri_sockets.truncate(LEARNT_CAP * 2);
+                }
+                (&mut self.roots.containerd, p)
+            }
             BundleRoot::Crio(p) => (&mut self.roots.crio, p),
         };
         if list.contains(&path) {
@@ -499,6 +560,7 @@ impl Containers {
                     continue;
                 };
                 let mut pod = cri_container(id, Runtime::Containerd, &config).pod?;
+                pod.controller = self.controller(root, &config);
                 let names: Vec<String> = std::fs::read_dir(&dir)
                     .into_iter()
                     .flatten()
@@ -626,32 +688,38 @@ impl Containers {
     }
 
     fn cri(&self, id: &str, runtime: Runtime) -> Option<Container> {
-        let bundles: Vec<PathBuf> = match runtime {
-            Runtime::Containerd => self
-                .roots
-                .containerd
-                .iter()
-                .flat_map(|root| {
-                    // One directory per containerd namespace ("k8s.io", ...).
-                    std::fs::read_dir(root)
-                        .into_iter()
-                        .flatten()
-                        .flatten()
-                        .take(64)
-                        .map(|ns| ns.path().join(id).join("config.json"))
-                })
-                .collect(),
-            _ => self
-                .roots
-                .crio
-                .iter()
-                .map(|root| root.join(id).join("userdata/config.json"))
-                .collect(),
-        };
-        bundles
+        if runtime == Runtime::Containerd {
+            let (root, config) = self.roots.containerd.iter().find_map(|root| {
+                // One directory per containerd namespace ("k8s.io", ...).
+                let config = std::fs::read_dir(root)
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                    .take(64)
+                    .find_map(|ns| read_json(&ns.path().join(id).join("config.json")))?;
+                Some((root, config))
+            })?;
+            let mut found = cri_container(id, runtime, &config);
+            if let Some(pod) = &mut found.pod {
+                pod.controller = self.controller(root, &config);
+            }
+            return Some(found);
+        }
+        self.roots
+            .crio
             .iter()
-            .find_map(|b| read_json(b))
+            .find_map(|root| read_json(&root.join(id).join("userdata/config.json")))
             .map(|config| cri_container(id, runtime, &config))
+    }
+
+    /// The controller of the pod whose container's bundle (under task
+    /// directory `root`) has `config`: asked of the CRI socket of the
+    /// containerd that owns `root`, by the pod's sandbox id.
+    fn controller(&self, root: &Path, config: &Value) -> Option<cri::Controller> {
+        let sandbox =
+            string(config, "/annotations/io.kubernetes.cri.sandbox-id").filter(|s| is_id(s))?;
+        let (_, socket) = self.roots.cri_sockets.iter().find(|(t, _)| t == root)?;
+        cri::controller(socket, &sandbox)
     }
 }
 
@@ -668,6 +736,7 @@ mod tests {
             docker: vec![base.join("docker")],
             podman: vec![base.join("podman")],
             containerd: vec![base.join("containerd")],
+            cri_sockets: Vec::new(),
             crio: vec![base.join("crio")],
         }
     }
@@ -897,27 +966,38 @@ mod tests {
         let s = Scratch::new("ctd-config");
         s.write(
             "config.toml",
-            "version = 2\nroot = \"/var/lib/x\"\n  state = \"/run/custom/containerd\" # here\n[grpc]\n  state = \"/nope\"\n",
+            "version = 2\nroot = \"/var/lib/x\"\n  state = \"/run/custom/containerd\" # here\n[grpc]\n  state = \"/nope\"\n  address = \"/run/custom/containerd.sock\"\n[debug]\n  address = \"/nope\"\n",
         );
         let config = s.0.join("config.toml");
         let cases = [
             // k3s (rke2 starts it the same way, with its own config path).
-            ("containerd -c /var/lib/rancher/k3s/agent/etc/containerd/config.toml -a /run/k3s/containerd/containerd.sock --state /run/k3s/containerd --root /var/lib/rancher/k3s/agent/containerd".to_owned(), "/run/k3s/containerd"),
-            ("/var/lib/k0s/bin/containerd --root=/var/lib/k0s/containerd --state=/run/k0s/containerd --address=/run/k0s/containerd/containerd.sock --config=/etc/k0s/containerd.toml".to_owned(), "/run/k0s/containerd"),
-            ("/snap/microk8s/7394/bin/containerd --config /var/snap/microk8s/7394/args/containerd.toml --root /var/snap/microk8s/common/var/lib/containerd --state /var/snap/microk8s/common/run/containerd --address /var/snap/microk8s/common/run/containerd.sock".to_owned(), "/var/snap/microk8s/common/run/containerd"),
-            (format!("/usr/bin/containerd --config {}", config.display()), "/run/custom/containerd"),
+            ("containerd -c /var/lib/rancher/k3s/agent/etc/containerd/config.toml -a /run/k3s/containerd/containerd.sock --state /run/k3s/containerd --root /var/lib/rancher/k3s/agent/containerd".to_owned(), "/run/k3s/containerd", "/run/k3s/containerd/containerd.sock"),
+            ("/var/lib/k0s/bin/containerd --root=/var/lib/k0s/containerd --state=/run/k0s/containerd --address=/run/k0s/containerd/containerd.sock --config=/etc/k0s/containerd.toml".to_owned(), "/run/k0s/containerd", "/run/k0s/containerd/containerd.sock"),
+            ("/snap/microk8s/7394/bin/containerd --config /var/snap/microk8s/7394/args/containerd.toml --root /var/snap/microk8s/common/var/lib/containerd --state /var/snap/microk8s/common/run/containerd --address /var/snap/microk8s/common/run/containerd.sock".to_owned(), "/var/snap/microk8s/common/run/containerd", "/var/snap/microk8s/common/run/containerd.sock"),
+            (format!("/usr/bin/containerd --config {}", config.display()), "/run/custom/containerd", "/run/custom/containerd.sock"),
         ];
-        for (cmdline, state) in cases {
+        for (cmdline, state, socket) in cases {
             let roots = Roots::find([("containerd".to_owned(), cmdline.clone())].into_iter());
+            let tasks = Path::new(state).join(TASK_DIR);
             assert!(
-                roots.containerd.contains(&Path::new(state).join(TASK_DIR)),
+                roots.containerd.contains(&tasks),
                 "{cmdline}: {:?}",
                 roots.containerd
+            );
+            // Its CRI socket, ahead of any default for that directory.
+            let found = roots.cri_sockets.iter().find(|(t, _)| *t == tasks);
+            assert_eq!(
+                found.map(|(_, s)| s.to_str().unwrap()),
+                Some(socket),
+                "{cmdline}"
             );
         }
         assert_eq!(
             containerd_state("/usr/bin/containerd"),
-            Some(PathBuf::from("/run/containerd"))
+            Some((
+                PathBuf::from("/run/containerd"),
+                PathBuf::from("/run/containerd/containerd.sock")
+            ))
         );
         // Another program's flags are not containerd's.
         let roots = Roots::find(
@@ -937,7 +1017,10 @@ mod tests {
         let cmdline = format!("/usr/bin/containerd-shim-runc-v2 -namespace k8s.io -id {ID} -address /run/k3s/containerd/containerd.sock");
         assert_eq!(
             bundle_root("containerd-shim", &cmdline, Some(&cwd)),
-            Some(BundleRoot::Containerd(tasks.to_owned()))
+            Some(BundleRoot::Containerd(
+                tasks.to_owned(),
+                Some(PathBuf::from("/run/k3s/containerd/containerd.sock"))
+            ))
         );
         // A working directory that is not the bundle its flags name.
         for cwd in [
@@ -1007,12 +1090,12 @@ mod tests {
         };
         assert_eq!(
             bundle_root_above(child),
-            Some(BundleRoot::Containerd(tasks.clone()))
+            Some(BundleRoot::Containerd(tasks.clone(), None))
         );
         let mut c = Containers::new(roots(&s.0));
         assert!(!c.get(ID, Runtime::Unknown).is_named());
         assert!(c.learn(bundle_root_above(child).unwrap()));
-        assert!(!c.learn(BundleRoot::Containerd(tasks)), "learnt once");
+        assert!(!c.learn(BundleRoot::Containerd(tasks, None)), "learnt once");
         assert_eq!(
             c.get(ID, Runtime::Unknown).label(),
             "pod shop/web-0 (container web)"

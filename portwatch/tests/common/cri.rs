@@ -1,0 +1,598 @@
+//! Pods made as kubelet makes them: containerd's CRI plugin (Debian's
+//! containerd 1.6) driven over the CRI gRPC API (k8s.io/cri-api,
+//! `runtime.v1`): RunPodSandbox, CreateContainer, StartContainer, then
+//! StopPodSandbox and RemovePodSandbox to clean up.
+//!
+//! The configs are kubelet's own: the sandbox's as
+//! pkg/kubelet/kuberuntime/kuberuntime_sandbox.go `generatePodSandboxConfig`
+//! writes it (labels from labels.go `newPodLabels`, the pod's annotations,
+//! hostname, DNS, log directory `/var/log/pods/NS_NAME_UID`, port
+//! mappings, cgroup parent `kubepods/QOS/podUID`, namespace options), the
+//! container's as kuberuntime_container.go `generateContainerConfig` writes
+//! it (labels.go `newContainerLabels` and `newContainerAnnotations`, log
+//! path `NAME/RESTARTS.log`, besteffort resources). Left out, because a
+//! test pod has none: volumes and their mounts (service account token,
+//! /etc/hosts, termination log), environment variables, probes.
+//! The log directory and the cgroups sit under the test's own directory
+//! and cgroup parent, in kubelet's shape.
+//!
+//! The messages are declared by hand with the field numbers of cri-api's
+//! pkg/apis/runtime/v1/api.proto; portwatch's own CRI client sends them
+//! (`portwatch_core::holders::containers::cri::call`).
+
+use std::{collections::HashMap, path::Path, time::Duration};
+
+use portwatch_core::holders::containers::cri::{self, PodSandboxMetadata};
+
+use super::containerd::{oci_image_of, Containerd};
+
+/// How long one CRI call may take (RunPodSandbox sets up CNI).
+const CALL_TIMEOUT: Duration = Duration::from_secs(60);
+/// The sandbox ("pause") image, imported as `pwtest:1` is.
+const PAUSE_IMAGE: &str = "docker.io/library/pwpause:1";
+/// The image of the pods' containers.
+const IMAGE: &str = "docker.io/library/pwtest:1";
+
+/// `runtime.v1.Protocol`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, prost::Enumeration)]
+#[repr(i32)]
+pub enum Protocol {
+    Tcp = 0,
+    Udp = 1,
+}
+
+/// `runtime.v1.NamespaceMode`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, prost::Enumeration)]
+#[repr(i32)]
+pub enum NamespaceMode {
+    Pod = 0,
+    Container = 1,
+    Node = 2,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct DnsConfig {
+    #[prost(string, repeated, tag = "1")]
+    pub servers: Vec<String>,
+    #[prost(string, repeated, tag = "2")]
+    pub searches: Vec<String>,
+    #[prost(string, repeated, tag = "3")]
+    pub options: Vec<String>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct PortMapping {
+    #[prost(enumeration = "Protocol", tag = "1")]
+    pub protocol: i32,
+    #[prost(int32, tag = "2")]
+    pub container_port: i32,
+    #[prost(int32, tag = "3")]
+    pub host_port: i32,
+    #[prost(string, tag = "4")]
+    pub host_ip: String,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct NamespaceOption {
+    #[prost(enumeration = "NamespaceMode", tag = "1")]
+    pub network: i32,
+    #[prost(enumeration = "NamespaceMode", tag = "2")]
+    pub pid: i32,
+    #[prost(enumeration = "NamespaceMode", tag = "3")]
+    pub ipc: i32,
+}
+
+/// `SecurityProfile`: an empty one is `RuntimeDefault` (profile_type 0).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct SecurityProfile {
+    #[prost(int32, tag = "1")]
+    pub profile_type: i32,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct LinuxSandboxSecurityContext {
+    #[prost(message, optional, tag = "1")]
+    pub namespace_options: Option<NamespaceOption>,
+    #[prost(bool, tag = "6")]
+    pub privileged: bool,
+    #[prost(message, optional, tag = "9")]
+    pub seccomp: Option<SecurityProfile>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct LinuxPodSandboxConfig {
+    #[prost(string, tag = "1")]
+    pub cgroup_parent: String,
+    #[prost(message, optional, tag = "2")]
+    pub security_context: Option<LinuxSandboxSecurityContext>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct PodSandboxConfig {
+    #[prost(message, optional, tag = "1")]
+    pub metadata: Option<PodSandboxMetadata>,
+    #[prost(string, tag = "2")]
+    pub hostname: String,
+    #[prost(string, tag = "3")]
+    pub log_directory: String,
+    #[prost(message, optional, tag = "4")]
+    pub dns_config: Option<DnsConfig>,
+    #[prost(message, repeated, tag = "5")]
+    pub port_mappings: Vec<PortMapping>,
+    #[prost(map = "string, string", tag = "6")]
+    pub labels: HashMap<String, String>,
+    #[prost(map = "string, string", tag = "7")]
+    pub annotations: HashMap<String, String>,
+    #[prost(message, optional, tag = "8")]
+    pub linux: Option<LinuxPodSandboxConfig>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct RunPodSandboxRequest {
+    #[prost(message, optional, tag = "1")]
+    pub config: Option<PodSandboxConfig>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct RunPodSandboxResponse {
+    #[prost(string, tag = "1")]
+    pub pod_sandbox_id: String,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ContainerMetadata {
+    #[prost(string, tag = "1")]
+    pub name: String,
+    #[prost(uint32, tag = "2")]
+    pub attempt: u32,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ImageSpec {
+    #[prost(string, tag = "1")]
+    pub image: String,
+    #[prost(string, tag = "18")]
+    pub user_specified_image: String,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct LinuxContainerResources {
+    #[prost(int64, tag = "3")]
+    pub cpu_shares: i64,
+    #[prost(int64, tag = "5")]
+    pub oom_score_adj: i64,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct LinuxContainerSecurityContext {
+    #[prost(message, optional, tag = "3")]
+    pub namespace_options: Option<NamespaceOption>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct LinuxContainerConfig {
+    #[prost(message, optional, tag = "1")]
+    pub resources: Option<LinuxContainerResources>,
+    #[prost(message, optional, tag = "2")]
+    pub security_context: Option<LinuxContainerSecurityContext>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ContainerConfig {
+    #[prost(message, optional, tag = "1")]
+    pub metadata: Option<ContainerMetadata>,
+    #[prost(message, optional, tag = "2")]
+    pub image: Option<ImageSpec>,
+    #[prost(string, repeated, tag = "3")]
+    pub command: Vec<String>,
+    #[prost(string, repeated, tag = "4")]
+    pub args: Vec<String>,
+    #[prost(map = "string, string", tag = "9")]
+    pub labels: HashMap<String, String>,
+    #[prost(map = "string, string", tag = "10")]
+    pub annotations: HashMap<String, String>,
+    #[prost(string, tag = "11")]
+    pub log_path: String,
+    #[prost(message, optional, tag = "15")]
+    pub linux: Option<LinuxContainerConfig>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct CreateContainerRequest {
+    #[prost(string, tag = "1")]
+    pub pod_sandbox_id: String,
+    #[prost(message, optional, tag = "2")]
+    pub config: Option<ContainerConfig>,
+    #[prost(message, optional, tag = "3")]
+    pub sandbox_config: Option<PodSandboxConfig>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct CreateContainerResponse {
+    #[prost(string, tag = "1")]
+    pub container_id: String,
+}
+
+/// StartContainerRequest, StopPodSandboxRequest and RemovePodSandboxRequest
+/// (one id each, field 1).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct IdRequest {
+    #[prost(string, tag = "1")]
+    pub id: String,
+}
+
+/// The empty responses.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Empty {}
+
+/// The containerd config that turns its CRI plugin on, for a test: the
+/// imported sandbox image, CNI's plugins from Debian's
+/// containernetworking-plugins and a bridge + host-local + portmap network
+/// under `dir`, `restrict_oom_score_adj` (without it, starting a container
+/// fails setting oom_score_adj here).
+pub fn plugin_config(dir: &Path) -> String {
+    let conf_dir = dir.join("cni");
+    std::fs::create_dir_all(&conf_dir).unwrap();
+    let network = serde_json::json!({
+        "cniVersion": "0.4.0",
+        "name": "pw-k8s",
+        "plugins": [
+            {
+                "type": "bridge", "bridge": "cni0", "isGateway": true, "ipMasq": true,
+                "ipam": {
+                    "type": "host-local",
+                    "dataDir": dir.join("ipam"),
+                    "ranges": [[{"subnet": "10.88.0.0/16"}]],
+                    "routes": [{"dst": "0.0.0.0/0"}],
+                },
+            },
+            {"type": "portmap", "capabilities": {"portMappings": true}},
+        ],
+    });
+    std::fs::write(conf_dir.join("10-pw-k8s.conflist"), network.to_string()).unwrap();
+    format!(
+        "[plugins.\"io.containerd.grpc.v1.cri\"]\n  sandbox_image = \"{PAUSE_IMAGE}\"\n  restrict_oom_score_adj = true\n  [plugins.\"io.containerd.grpc.v1.cri\".cni]\n    bin_dir = \"/usr/lib/cni\"\n    conf_dir = \"{}\"\n",
+        conf_dir.display()
+    )
+}
+
+/// The sandbox image: busybox-static sleeping, as a pause container does.
+pub fn pause_image(dir: &Path) -> std::path::PathBuf {
+    oci_image_of(dir, "pwpause:1", &["/bin/busybox", "sleep", "100000000"])
+}
+
+/// A pod as its manifest would set it.
+#[derive(Clone, Debug)]
+pub struct Pod {
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+    /// The pod's own labels (`app`, and those its controller stamps).
+    pub labels: Vec<(String, String)>,
+    /// `hostNetwork: true`.
+    pub host_network: bool,
+    /// hostPort → containerPort (TCP).
+    pub host_ports: Vec<(u16, u16)>,
+}
+
+impl Pod {
+    /// Pod `namespace/name` with label `app=APP` and no ports.
+    pub fn new(namespace: &str, name: &str, app: &str) -> Pod {
+        // A UID in the API server's shape (a v4 UUID), the same for a
+        // given name within one test process.
+        let n = name
+            .bytes()
+            .fold(0u32, |h, b| h.wrapping_mul(31) ^ u32::from(b));
+        Pod {
+            namespace: namespace.into(),
+            name: name.into(),
+            uid: format!(
+                "{n:08x}-{:04x}-4000-8000-{:012x}",
+                std::process::id() & 0xffff,
+                n
+            ),
+            labels: vec![("app".into(), app.into())],
+            host_network: false,
+            host_ports: Vec::new(),
+        }
+    }
+
+    /// With the labels its controller stamps on it.
+    pub fn labelled(mut self, labels: &[(&str, &str)]) -> Pod {
+        self.labels
+            .extend(labels.iter().map(|&(k, v)| (k.to_owned(), v.to_owned())));
+        self
+    }
+
+    /// kubelet's namespace options: the node's network for `hostNetwork`,
+    /// the container's own pid namespace, the pod's ipc.
+    fn namespaces(&self) -> NamespaceOption {
+        NamespaceOption {
+            network: if self.host_network {
+                NamespaceMode::Node
+            } else {
+                NamespaceMode::Pod
+            } as i32,
+            pid: NamespaceMode::Container as i32,
+            ipc: NamespaceMode::Pod as i32,
+        }
+    }
+
+    /// The sandbox config kubelet sends for this pod
+    /// (kuberuntime_sandbox.go `generatePodSandboxConfig`).
+    fn sandbox_config(&self, ctd: &Containerd) -> PodSandboxConfig {
+        let mut labels: HashMap<String, String> = self.labels.iter().cloned().collect();
+        // labels.go `newPodLabels`.
+        labels.insert("io.kubernetes.pod.name".into(), self.name.clone());
+        labels.insert("io.kubernetes.pod.namespace".into(), self.namespace.clone());
+        labels.insert("io.kubernetes.pod.uid".into(), self.uid.clone());
+        // The pod's annotations, with those kubelet's pod config adds.
+        let annotations = HashMap::from([
+            (
+                "kubernetes.io/config.seen".into(),
+                "2026-12-07T19:00:00.000000000Z".into(),
+            ),
+            ("kubernetes.io/config.source".into(), "api".into()),
+        ]);
+        // `dnsPolicy: ClusterFirst` (the default): the cluster's DNS, but
+        // the node's resolv.conf for a hostNetwork pod, which gets no
+        // hostname either (GetPodDNS, GeneratePodHostNameAndDomain).
+        let (hostname, dns_config) = if self.host_network {
+            (String::new(), node_dns())
+        } else {
+            (
+                self.name.clone(),
+                DnsConfig {
+                    servers: vec!["10.96.0.10".into()],
+                    searches: vec![
+                        format!("{}.svc.cluster.local", self.namespace),
+                        "svc.cluster.local".into(),
+                        "cluster.local".into(),
+                    ],
+                    options: vec!["ndots:5".into()],
+                },
+            )
+        };
+        PodSandboxConfig {
+            metadata: Some(PodSandboxMetadata {
+                name: self.name.clone(),
+                uid: self.uid.clone(),
+                namespace: self.namespace.clone(),
+                attempt: 0,
+            }),
+            hostname,
+            log_directory: self.log_directory(ctd),
+            dns_config: Some(dns_config),
+            port_mappings: self
+                .host_ports
+                .iter()
+                .map(|&(host, container)| PortMapping {
+                    protocol: Protocol::Tcp as i32,
+                    container_port: container.into(),
+                    host_port: host.into(),
+                    host_ip: String::new(),
+                })
+                .collect(),
+            labels,
+            annotations,
+            linux: Some(LinuxPodSandboxConfig {
+                // The cgroupfs driver's pod cgroup, under the test's parent.
+                cgroup_parent: format!(
+                    "/{}/kubepods/besteffort/pod{}",
+                    ctd.cgroup_parent, self.uid
+                ),
+                // generatePodSandboxLinuxConfig: the sandbox always under
+                // the runtime's default seccomp profile.
+                security_context: Some(LinuxSandboxSecurityContext {
+                    namespace_options: Some(self.namespaces()),
+                    privileged: false,
+                    seccomp: Some(SecurityProfile::default()),
+                }),
+            }),
+        }
+    }
+
+    /// kubelet's `/var/log/pods/NS_NAME_UID`, under the test's directory.
+    fn log_directory(&self, ctd: &Containerd) -> String {
+        ctd.dir
+            .join("pods")
+            .join(format!("{}_{}_{}", self.namespace, self.name, self.uid))
+            .display()
+            .to_string()
+    }
+}
+
+/// The node's resolv.conf, as kubelet passes it to a hostNetwork pod.
+fn node_dns() -> DnsConfig {
+    let text = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    let mut dns = DnsConfig::default();
+    for line in text.lines() {
+        let mut words = line.split_whitespace();
+        match words.next() {
+            Some("nameserver") => dns.servers.extend(words.map(str::to_owned)),
+            Some("search") => dns.searches.extend(words.map(str::to_owned)),
+            Some("options") => dns.options.extend(words.map(str::to_owned)),
+            _ => {}
+        }
+    }
+    dns
+}
+
+/// Calls `method` on `ctd`'s CRI socket; retries while the CRI plugin is
+/// still starting.
+fn call<Q, R>(ctd: &Containerd, method: &'static str, request: Q) -> R
+where
+    Q: prost::Message + Clone + Send + Sync + 'static,
+    R: prost::Message + Default + Send + Sync + 'static,
+{
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        match cri::call(&ctd.socket(), method, request.clone(), CALL_TIMEOUT) {
+            Ok(r) => return r,
+            Err(e) if e.to_string().contains("not initialized") => {
+                assert!(std::time::Instant::now() < deadline, "{e}");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            Err(e) => panic!("{e}\n{}", ctd.log()),
+        }
+    }
+}
+
+/// A running pod: its sandbox id and sandbox config.
+pub struct RunningPod {
+    pub pod: Pod,
+    pub sandbox: String,
+    config: PodSandboxConfig,
+}
+
+impl RunningPod {
+    /// The pid of its sandbox's first process (in the pod's network
+    /// namespace).
+    pub fn pause_pid(&self, ctd: &Containerd) -> u32 {
+        init_pid(ctd, &self.sandbox)
+    }
+}
+
+/// The first process of task `id`.
+fn init_pid(ctd: &Containerd, id: &str) -> u32 {
+    let pid = std::fs::read_to_string(ctd.bundle(id).join("init.pid")).expect("init.pid");
+    pid.trim().parse().expect("a pid in init.pid")
+}
+
+/// RunPodSandbox for `pod`, as kubelet does (its log directory made
+/// first).
+pub fn run_pod(ctd: &mut Containerd, pod: Pod) -> RunningPod {
+    let config = pod.sandbox_config(ctd);
+    std::fs::create_dir_all(&config.log_directory).unwrap();
+    let answer: RunPodSandboxResponse = call(
+        ctd,
+        "RunPodSandbox",
+        RunPodSandboxRequest {
+            config: Some(config.clone()),
+        },
+    );
+    ctd.sandboxes.push(answer.pod_sandbox_id.clone());
+    RunningPod {
+        pod,
+        sandbox: answer.pod_sandbox_id,
+        config,
+    }
+}
+
+/// CreateContainer and StartContainer of container `name` of `pod`
+/// running `argv` (its manifest's `command`), with kubelet's container
+/// config (kuberuntime_container.go `generateContainerConfig`); returns its
+/// id and its first process's pid.
+pub fn run_container(
+    ctd: &Containerd,
+    pod: &RunningPod,
+    name: &str,
+    ports: &[u16],
+    argv: &[&str],
+) -> (String, u32) {
+    let p = &pod.pod;
+    // labels.go `newContainerLabels`.
+    let labels = HashMap::from([
+        ("io.kubernetes.pod.name".into(), p.name.clone()),
+        ("io.kubernetes.pod.namespace".into(), p.namespace.clone()),
+        ("io.kubernetes.pod.uid".into(), p.uid.clone()),
+        ("io.kubernetes.container.name".into(), name.to_owned()),
+    ]);
+    // labels.go `newContainerAnnotations`.
+    let mut annotations: HashMap<String, String> = HashMap::from([
+        ("io.kubernetes.container.hash".into(), "5f3c2a1b".into()),
+        ("io.kubernetes.container.restartCount".into(), "0".into()),
+        (
+            "io.kubernetes.container.terminationMessagePath".into(),
+            "/dev/termination-log".into(),
+        ),
+        (
+            "io.kubernetes.container.terminationMessagePolicy".into(),
+            "File".into(),
+        ),
+        (
+            "io.kubernetes.pod.terminationGracePeriod".into(),
+            "30".into(),
+        ),
+    ]);
+    if !ports.is_empty() {
+        // v1.ContainerPort as Go's encoding/json writes it.
+        let list: Vec<String> = ports
+            .iter()
+            .map(
+                |&port| match p.host_ports.iter().find(|&&(_, c)| c == port) {
+                    Some(&(host, _)) => {
+                        format!(r#"{{"hostPort":{host},"containerPort":{port},"protocol":"TCP"}}"#)
+                    }
+                    None => format!(r#"{{"containerPort":{port},"protocol":"TCP"}}"#),
+                },
+            )
+            .collect();
+        annotations.insert(
+            "io.kubernetes.container.ports".into(),
+            format!("[{}]", list.join(",")),
+        );
+    }
+    let config = ContainerConfig {
+        metadata: Some(ContainerMetadata {
+            name: name.to_owned(),
+            attempt: 0,
+        }),
+        image: Some(ImageSpec {
+            image: IMAGE.into(),
+            user_specified_image: "pwtest:1".into(),
+        }),
+        command: argv.iter().map(|&a| a.to_owned()).collect(),
+        args: Vec::new(),
+        labels,
+        annotations,
+        // kubelet's BuildContainerLogsPath: NAME/RESTARTS.log, under the
+        // sandbox's log directory.
+        log_path: format!("{name}/0.log"),
+        linux: Some(LinuxContainerConfig {
+            // A besteffort pod's (kubelet's qos and cm helpers).
+            resources: Some(LinuxContainerResources {
+                cpu_shares: 2,
+                oom_score_adj: 1000,
+            }),
+            security_context: Some(LinuxContainerSecurityContext {
+                namespace_options: Some(p.namespaces()),
+            }),
+        }),
+    };
+    let created: CreateContainerResponse = call(
+        ctd,
+        "CreateContainer",
+        CreateContainerRequest {
+            pod_sandbox_id: pod.sandbox.clone(),
+            config: Some(config),
+            sandbox_config: Some(pod.config.clone()),
+        },
+    );
+    let id = created.container_id;
+    let _: Empty = call(ctd, "StartContainer", IdRequest { id: id.clone() });
+    let pid = init_pid(ctd, &id);
+    (id, pid)
+}
+
+/// StopPodSandbox and RemovePodSandbox of each pod `ctd` ran (its
+/// containers go with it), as kubelet does when a pod is deleted. Retries
+/// while the CRI plugin is still starting (after a restart); never panics
+/// (it runs in `drop`): what it leaves, `drop` ends with ctr.
+pub fn remove_pods(ctd: &mut Containerd) {
+    for id in std::mem::take(&mut ctd.sandboxes) {
+        let request = IdRequest { id };
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        for method in ["StopPodSandbox", "RemovePodSandbox"] {
+            while let Err(e) =
+                cri::call::<_, Empty>(&ctd.socket(), method, request.clone(), CALL_TIMEOUT)
+            {
+                if std::time::Instant::now() > deadline {
+                    eprintln!("{e}");
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+    }
+}
