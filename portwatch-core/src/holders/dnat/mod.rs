@@ -165,12 +165,30 @@ impl NatTables {
         }
     }
 
+    /// The nft tables whose rules iptables-nft's `iptables-save` or
+    /// `ip6tables-save` already listed (`table ip nat`, `table ip6 nat`):
+    /// `nft list ruleset` shows the same rules again, so they are read
+    /// once, from the iptables listing that names their chains. A legacy
+    /// iptables' rules are not in nft's listing at all.
+    fn iptables_nft_tables(&self) -> Vec<&'static str> {
+        self.listed
+            .iter()
+            .filter(|(_, text)| text.contains("(nf_tables)") && text.contains("\n*nat"))
+            .filter_map(|(from, _)| match *from {
+                "iptables" => Some("ip nat"),
+                "ip6tables" => Some("ip6 nat"),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// The DNAT rules for destination port `port` of `proto` ("tcp", "udp").
     pub fn rules(&self, port: u16, proto: &str) -> Vec<DnatRule> {
         let mut rules = Vec::new();
+        let shown = self.iptables_nft_tables();
         for (from, text) in &self.listed {
             let matched = if *from == "nft" {
-                nft_rules(text, port, proto)
+                nft_rules(text, port, proto, &shown)
             } else {
                 let mut found = kube_node_ports(text, port, proto);
                 found.extend(iptables_rules(text, port, proto));
@@ -376,32 +394,37 @@ fn nat_section(text: &str) -> impl Iterator<Item = &str> {
 
 /// `tcp dport 8080 ... dnat to 10.0.0.2:80` (also `dnat ip to`, sets and
 /// ranges of ports: `dport { 80, 8080 }`, `dport 8000-8100`).
-fn nft_rules(text: &str, port: u16, proto: &str) -> Vec<DnatRule> {
-    text.lines()
-        .map(str::trim)
-        .filter(|l| l.contains("dnat"))
-        .filter(|l| {
-            let Some(at) = l.find(&format!("{proto} dport ")) else {
-                return false;
-            };
-            let rest = &l[at + proto.len() + " dport ".len()..];
-            let ports = match rest.strip_prefix('{') {
-                Some(set) => set.split('}').next().unwrap_or(""),
-                None => rest.split(' ').next().unwrap_or(""),
-            };
-            ports.split(',').any(|p| in_ports(p.trim(), port, '-'))
-        })
-        .map(|l| DnatRule {
-            from: String::new(),
-            rule: l.to_owned(),
-            to: l
-                .split(" to ")
-                .nth(1)
-                .and_then(|t| t.split_whitespace().next())
-                .map(str::to_owned),
-            ..DnatRule::default()
-        })
-        .collect()
+fn nft_rules(text: &str, port: u16, proto: &str, skip_tables: &[&str]) -> Vec<DnatRule> {
+    let mut table = "";
+    let mut rules = Vec::new();
+    for line in text.lines().map(str::trim) {
+        if let Some(name) = line.strip_prefix("table ") {
+            table = name.trim_end_matches('{').trim();
+        }
+        if skip_tables.contains(&table) || !line.contains("dnat") {
+            continue;
+        }
+        let Some(at) = line.find(&format!("{proto} dport ")) else {
+            continue;
+        };
+        let rest = &line[at + proto.len() + " dport ".len()..];
+        let ports = match rest.strip_prefix('{') {
+            Some(set) => set.split('}').next().unwrap_or(""),
+            None => rest.split(' ').next().unwrap_or(""),
+        };
+        if ports.split(',').any(|p| in_ports(p.trim(), port, '-')) {
+            rules.push(DnatRule {
+                rule: line.to_owned(),
+                to: line
+                    .split(" to ")
+                    .nth(1)
+                    .and_then(|t| t.split_whitespace().next())
+                    .map(str::to_owned),
+                ..DnatRule::default()
+            });
+        }
+    }
+    rules
 }
 
 /// The word after `flag` on a rule line.
@@ -557,14 +580,55 @@ mod tests {
             \t\ttcp dport { 80, 9000-9010 } dnat ip to 10.0.0.3\n\
             \t\tudp dport 8085 counter packets 0 bytes 0\n\t}\n}\n";
         assert_eq!(
-            nft_rules(text, 8085, "tcp")[0].to.as_deref(),
+            nft_rules(text, 8085, "tcp", &[])[0].to.as_deref(),
             Some("10.0.0.2:80")
         );
         assert_eq!(
-            nft_rules(text, 9005, "tcp")[0].to.as_deref(),
+            nft_rules(text, 9005, "tcp", &[])[0].to.as_deref(),
             Some("10.0.0.3")
         );
-        assert_eq!(nft_rules(text, 8085, "udp"), vec![]);
-        assert_eq!(nft_rules(text, 8086, "tcp"), vec![]);
+        assert_eq!(nft_rules(text, 8085, "udp", &[]), vec![]);
+        assert_eq!(nft_rules(text, 8086, "tcp", &[]), vec![]);
+    }
+
+    /// A rule iptables-nft made is listed by `iptables-save` and again by
+    /// `nft list ruleset` (as Debian 12's iptables 1.8.9 and nft 1.0.6
+    /// print them in one namespace): read once, from iptables, while a
+    /// native nft table's rule still counts.
+    #[test]
+    fn iptables_nft_rules_are_read_once() {
+        let iptables = "# Generated by iptables-save v1.8.9 (nf_tables) on Mon Dec  7 2026\n\
+            *nat\n:PREROUTING ACCEPT [0:0]\n:CNI-HOSTPORT-DNAT - [0:0]\n\
+            -A CNI-HOSTPORT-DNAT -p tcp -m tcp --dport 18097 -j DNAT --to-destination 10.88.0.2:80\nCOMMIT\n";
+        let nft = "table ip nat {\n\tchain CNI-HOSTPORT-DNAT {\n\
+            \t\ttcp dport 18097 counter packets 0 bytes 0 dnat to 10.88.0.2:80\n\t}\n}\n\
+            table ip mine {\n\tchain pre {\n\
+            \t\ttype nat hook prerouting priority dstnat; policy accept;\n\
+            \t\ttcp dport 18097 dnat to 10.0.0.9:80\n\t}\n}\n";
+        let tables = NatTables {
+            listed: vec![("iptables", iptables.into()), ("nft", nft.into())],
+            ..NatTables::default()
+        };
+        let froms: Vec<(String, Option<String>)> = tables
+            .rules(18097, "tcp")
+            .into_iter()
+            .map(|r| (r.from, r.to))
+            .collect();
+        assert_eq!(
+            froms,
+            [
+                ("iptables".into(), Some("10.88.0.2:80".into())),
+                ("nft".into(), Some("10.0.0.9:80".into())),
+            ]
+        );
+        // A legacy iptables' rules are not in nft's listing: nothing skipped.
+        let legacy = NatTables {
+            listed: vec![
+                ("iptables", iptables.replace("(nf_tables)", "(legacy)")),
+                ("nft", nft.into()),
+            ],
+            ..NatTables::default()
+        };
+        assert_eq!(legacy.rules(18097, "tcp").len(), 3);
     }
 }
