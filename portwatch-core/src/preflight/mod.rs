@@ -409,12 +409,19 @@ fn steered(b: &Binding, j: &Judgement) -> Option<Outcome> {
 /// take IPv4 traffic, which an IPv6 socket gets only as the dual-stack
 /// wildcard; ip6tables' take IPv6 traffic, which no IPv4 socket gets
 /// (Docker's IPv4 DNAT for a port says nothing about its `[::]` side).
-/// nft's tables may be of either family (`inet`): kept.
+/// nft rules by their table's family (`ip`, `ip6`; `inet` and unknown: kept).
 fn reaches(rule: &DnatRule, b: &Binding) -> bool {
     let dual = b.addr.is_unspecified() && !b.opts.v6only;
     match rule.from.as_str() {
         "iptables" => b.addr.is_ipv4() || dual,
         "ip6tables" => b.addr.is_ipv6(),
+        // An nft table steers its family's traffic: `ip` IPv4's, `ip6`
+        // IPv6's, `inet` both.
+        "nft" => match rule.table.as_deref().and_then(|t| t.split_once(' ')) {
+            Some(("ip", _)) => b.addr.is_ipv4() || dual,
+            Some(("ip6", _)) => b.addr.is_ipv6(),
+            _ => true,
+        },
         _ => true,
     }
 }

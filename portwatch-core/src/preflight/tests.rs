@@ -263,6 +263,28 @@ fn verdicts_from_the_engine() {
     assert!(c[0].diagnosis.contains("10.9.9.9:80"), "{c:?}");
 }
 
+/// An nft rule steers its table's family only: Docker's IPv4 DNAT (in
+/// iptables-nft's `ip nat`, or a native `ip` table) says nothing of the
+/// `[::]` v6only socket it publishes beside it; `inet` takes both.
+#[test]
+fn nft_rules_steer_their_tables_family() {
+    let rule = |table: &str| DnatRule {
+        from: "nft".into(),
+        rule: "tcp dport 8080 dnat to 10.9.9.9:80".into(),
+        table: Some(table.into()),
+        ..DnatRule::default()
+    };
+    let mut v6only = b("[::]:8080");
+    v6only.opts.v6only = true;
+    let mut dual = b("[::]:8080");
+    dual.opts.v6only = false;
+    let v4 = b("0.0.0.0:8080");
+    let got = |table: &str| [&v4, &dual, &v6only].map(|binding| reaches(&rule(table), binding));
+    assert_eq!(got("ip nat"), [true, true, false]);
+    assert_eq!(got("ip6 kube-proxy"), [false, true, true]);
+    assert_eq!(got("inet filter"), [true, true, true]);
+}
+
 #[test]
 fn what_fails_and_what_is_a_risk() {
     use Category::*;

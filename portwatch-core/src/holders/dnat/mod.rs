@@ -68,6 +68,10 @@ pub struct DnatRule {
     /// device.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub made_by: Option<String>,
+    /// The nft table that holds it (`ip nat`, `ip6 kube-proxy`, `inet
+    /// filter`): its family says which addresses' traffic it steers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub table: Option<String>,
 }
 
 /// An endpoint of a Service (or an IPVS real server) that is a pod.
@@ -117,7 +121,7 @@ pub struct NatTables {
     /// (tool, its output).
     listed: Vec<(&'static str, String)>,
     /// kube-proxy's nftables tables, as `nft -j` listed them.
-    kube_nft: Vec<serde_json::Value>,
+    kube_nft: Vec<(&'static str, serde_json::Value)>,
     /// IPVS's virtual servers.
     ipvs: Vec<ipvs::VirtualServer>,
     /// Whether kube-proxy's IPVS device is in this namespace.
@@ -145,7 +149,7 @@ impl NatTables {
             let json = list("/usr/sbin/nft", &kube_proxy_nft::list_args(family))
                 .map(|out| serde_json::from_slice(&out));
             match json {
-                Some(Ok(table)) => kube_nft.push(table),
+                Some(Ok(table)) => kube_nft.push((family, table)),
                 Some(Err(e)) => eprintln!("portwatch: kube-proxy's {family} table not read: {e}"),
                 None => {}
             }
@@ -199,12 +203,13 @@ impl NatTables {
                 r
             }));
         }
-        for table in &self.kube_nft {
+        for (family, table) in &self.kube_nft {
             rules.extend(
                 kube_proxy_nft::node_ports(table, port, proto)
                     .into_iter()
                     .map(|r| DnatRule {
                         from: "nft".into(),
+                        table: Some(format!("{family} kube-proxy")),
                         ..r
                     }),
             );
@@ -415,6 +420,7 @@ fn nft_rules(text: &str, port: u16, proto: &str, skip_tables: &[&str]) -> Vec<Dn
         if ports.split(',').any(|p| in_ports(p.trim(), port, '-')) {
             rules.push(DnatRule {
                 rule: line.to_owned(),
+                table: Some(table.to_owned()),
                 to: line
                     .split(" to ")
                     .nth(1)
