@@ -14,9 +14,17 @@ use std::{
 
 use anyhow::{anyhow, Context as _, Result};
 use portwatch_common::{OwnerConfig, OwnerRecord};
-use portwatch_core::holders::procs::{source, SocketFd, SocketSource};
+use portwatch_core::holders::{
+    inactive,
+    procs::{source, SocketFd, SocketSource},
+};
 
 use super::btf::{Btf, BtfError};
+
+mod cache;
+
+/// The running kernel's BTF.
+const VMLINUX: &str = "/sys/kernel/btf/vmlinux";
 
 /// The iterator's object as built.
 const OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/portwatch-owners"));
@@ -50,11 +58,14 @@ impl OwnerIter {
     /// program; Err says why the kernel (or this process) cannot.
     pub fn load() -> Result<Self> {
         nested_pid_namespace()?;
-        let btf = Btf::from_file(Path::new("/sys/kernel/btf/vmlinux"))?;
-        let config = config(&btf)?;
-        let func = btf
-            .func_id("bpf_iter_task_file")
-            .ok_or_else(|| anyhow!("the kernel has no task_file BPF iterator"))?;
+        let cache::FromBtf {
+            config,
+            func,
+            bound_inactive,
+        } = from_btf()?;
+        // The engine asks this too (`who`'s note on bound-inactive
+        // sockets): answered from the same read.
+        inactive::learn(bound_inactive);
         let (mut insns, config_at) = program()?;
         let map = config_map(&config)?;
         // The global's load becomes a load of the frozen map's value
@@ -328,6 +339,31 @@ impl SocketSource for OwnerIter {
     fn scan(&self, out: &mut Vec<SocketFd>) -> Result<(), String> {
         self.run(out).map_err(|e| format!("{e:#}"))
     }
+}
+
+/// What the load needs from the running kernel's BTF: this boot's record
+/// of it when there is a trustworthy one, else read (and recorded).
+fn from_btf() -> Result<cache::FromBtf> {
+    let path = Path::new(VMLINUX);
+    let dir = Path::new(cache::DIR);
+    let key = cache::key(path);
+    if let Some(known) = key.as_deref().and_then(|k| cache::read(dir, k)) {
+        return Ok(known);
+    }
+    let data = std::fs::read(path).with_context(|| format!("reading {VMLINUX}"))?;
+    let bound_inactive = inactive::in_btf(&data);
+    let btf = Btf::parse(data)?;
+    let found = cache::FromBtf {
+        config: config(&btf)?,
+        func: btf
+            .func_id("bpf_iter_task_file")
+            .ok_or_else(|| anyhow!("the kernel has no task_file BPF iterator"))?,
+        bound_inactive,
+    };
+    if let Some(key) = &key {
+        cache::write(dir, key, &found);
+    }
+    Ok(found)
 }
 
 /// The iterator's offsets from the running kernel's BTF.
