@@ -58,14 +58,25 @@ impl OwnerIter {
     /// program; Err says why the kernel (or this process) cannot.
     pub fn load() -> Result<Self> {
         nested_pid_namespace()?;
+        let key = cache::key(Path::new(VMLINUX));
+        let recorded = key
+            .as_deref()
+            .and_then(|k| cache::read(Path::new(cache::DIR), k));
+        // A record the kernel refuses is read again from the BTF (and
+        // written anew) rather than kept for the rest of the boot.
+        match recorded {
+            Some(known) => Self::load_with(known).or_else(|_| Self::load_with(from_btf(key)?)),
+            None => Self::load_with(from_btf(key)?),
+        }
+    }
+
+    /// Loads the program with what the kernel's BTF says (`from`).
+    fn load_with(from: cache::FromBtf) -> Result<Self> {
         let cache::FromBtf {
             config,
             func,
             bound_inactive,
-        } = from_btf()?;
-        // The engine asks this too (`who`'s note on bound-inactive
-        // sockets): answered from the same read.
-        inactive::learn(bound_inactive);
+        } = from;
         let (mut insns, config_at) = program()?;
         let map = config_map(&config)?;
         // The global's load becomes a load of the frozen map's value
@@ -89,6 +100,9 @@ impl OwnerIter {
             _pad: 0,
         };
         let link = bpf(BPF_LINK_CREATE, &mut attr).context("attaching the owner iterator")?;
+        // The engine asks this too (`who`'s note on bound-inactive
+        // sockets): answered from the same BTF.
+        inactive::learn(bound_inactive);
         Ok(Self { link })
     }
 
@@ -341,16 +355,10 @@ impl SocketSource for OwnerIter {
     }
 }
 
-/// What the load needs from the running kernel's BTF: this boot's record
-/// of it when there is a trustworthy one, else read (and recorded).
-fn from_btf() -> Result<cache::FromBtf> {
-    let path = Path::new(VMLINUX);
-    let dir = Path::new(cache::DIR);
-    let key = cache::key(path);
-    if let Some(known) = key.as_deref().and_then(|k| cache::read(dir, k)) {
-        return Ok(known);
-    }
-    let data = std::fs::read(path).with_context(|| format!("reading {VMLINUX}"))?;
+/// What the load needs from the running kernel's BTF, read from it, and
+/// recorded for the rest of the boot under `key` (see [`cache`]).
+fn from_btf(key: Option<String>) -> Result<cache::FromBtf> {
+    let data = std::fs::read(VMLINUX).with_context(|| format!("reading {VMLINUX}"))?;
     let bound_inactive = inactive::in_btf(&data);
     let btf = Btf::parse(data)?;
     let found = cache::FromBtf {
@@ -361,7 +369,7 @@ fn from_btf() -> Result<cache::FromBtf> {
         bound_inactive,
     };
     if let Some(key) = &key {
-        cache::write(dir, key, &found);
+        cache::write(Path::new(cache::DIR), key, &found);
     }
     Ok(found)
 }
@@ -467,6 +475,21 @@ mod tests {
     use portwatch_test_support::inode_of;
 
     use super::*;
+
+    /// A record of this boot that the kernel refuses (a wrong function
+    /// id) does not stay: the load reads the BTF and writes the record
+    /// anew (needs root: CI runs it so).
+    #[test]
+    fn a_refused_record_is_replaced() {
+        let key = cache::key(Path::new(VMLINUX)).unwrap();
+        let dir = Path::new(cache::DIR);
+        let good = from_btf(Some(key.clone())).unwrap();
+        let bad = cache::FromBtf { func: 1, ..good };
+        cache::write(dir, &key, &bad);
+        assert_eq!(cache::read(dir, &key), Some(bad));
+        OwnerIter::load().expect("loads from the BTF once the record is refused");
+        assert_eq!(cache::read(dir, &key), Some(good));
+    }
 
     /// One pass lists this process's sockets at their fds with their
     /// inodes, and no other file (needs root: CI runs it so).
