@@ -6,16 +6,18 @@
 //!
 //! Trusted only when it cannot be another's: a regular file owned by root,
 //! mode 0600, in a root-owned directory no one else can write, opened
-//! without following symlinks, and written for this boot (boot id) and this
-//! BTF file (size, mtime). Anything else is ignored and the BTF read.
+//! without following symlinks, and written for this boot (boot id) and a
+//! BTF file of this size. Anything else is ignored and the BTF read.
+//!
+//! Not the file's mtime: the kernel's BTF cannot change within a boot,
+//! and sysfs has one superblock per network namespace whose inodes take
+//! the time they were first looked up there, so `ip netns exec NS
+//! portwatch who` saw a new mtime each time and missed the record.
 
 use std::{
     fs::File,
     io::{Read as _, Write as _},
-    os::{
-        fd::{AsFd, OwnedFd},
-        unix::fs::MetadataExt as _,
-    },
+    os::fd::{AsFd, OwnedFd},
     path::Path,
 };
 
@@ -31,7 +33,7 @@ pub const DIR: &str = "/run/portwatch";
 /// The record's name in [`DIR`].
 const NAME: &str = "owner-btf";
 /// First word of the record: its format.
-const MAGIC: &str = "portwatch-owner-btf-1";
+const MAGIC: &str = "portwatch-owner-btf-2";
 /// Larger than any record: a bigger file is not one.
 const MAX_LEN: usize = 512;
 
@@ -46,8 +48,8 @@ pub struct FromBtf {
     pub bound_inactive: bool,
 }
 
-/// What the record must have been written for: this boot and this BTF file
-/// (`btf`'s size and mtime). None when either cannot be read.
+/// What the record must have been written for: this boot and `btf`'s
+/// size. None when either cannot be read.
 pub fn key(btf: &Path) -> Option<String> {
     let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
     let boot = boot.trim();
@@ -55,12 +57,7 @@ pub fn key(btf: &Path) -> Option<String> {
         return None;
     }
     let meta = std::fs::metadata(btf).ok()?;
-    Some(format!(
-        "{boot} {} {}.{:09}",
-        meta.len(),
-        meta.mtime(),
-        meta.mtime_nsec()
-    ))
+    Some(format!("{boot} {}", meta.len()))
 }
 
 /// The record in `dir`, if it is trustworthy and written for `key`.
@@ -200,11 +197,11 @@ mod tests {
 
     #[test]
     fn a_record_is_read_back_only_for_its_key() {
-        let key = "0e4c-aa 5482429 1765000000.000000001";
+        let key = "0e4c-aa 5482429";
         let text = format(key, &found());
         assert_eq!(parse(&text, key), Some(found()));
-        assert_eq!(parse(&text, "0e4c-ab 5482429 1765000000.000000001"), None);
-        assert_eq!(parse(&text, "0e4c-aa 5482430 1765000000.000000001"), None);
+        assert_eq!(parse(&text, "0e4c-ab 5482429"), None);
+        assert_eq!(parse(&text, "0e4c-aa 5482430"), None);
         assert_eq!(parse(&text.replace(" 1\n", " 2\n"), key), None);
         assert_eq!(parse(&text.replace(" 81234 ", " "), key), None);
     }
@@ -212,9 +209,11 @@ mod tests {
     /// This host's key names its boot and the BTF file's size.
     #[test]
     fn key_of_this_boot() {
-        let key = key(Path::new("/sys/kernel/btf/vmlinux")).unwrap();
+        let btf = Path::new("/sys/kernel/btf/vmlinux");
+        let key = key(btf).unwrap();
         let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap();
-        assert!(key.starts_with(boot.trim()), "{key}");
+        let size = std::fs::metadata(btf).unwrap().len();
+        assert_eq!(key, format!("{} {size}", boot.trim()));
     }
 
     /// Written as root, 0600, in a 0700 directory; read back; not trusted
@@ -226,14 +225,14 @@ mod tests {
         let _ = std::fs::remove_dir_all(&top);
         std::fs::create_dir(&top).unwrap();
         let dir = top.join("portwatch");
-        let key = "k 1 2.000000003";
+        let key = "k 1";
         write(&dir, key, &found());
         let meta = std::fs::metadata(dir.join(NAME)).unwrap();
         assert_eq!(meta.permissions().mode() & 0o777, 0o600);
         let dir_mode = std::fs::metadata(&dir).unwrap().permissions().mode();
         assert_eq!(dir_mode & 0o777, 0o700);
         assert_eq!(read(&dir, key), Some(found()));
-        assert_eq!(read(&dir, "k 1 2.000000004"), None);
+        assert_eq!(read(&dir, "k 2"), None);
 
         // Through a symlink: neither the directory nor the file.
         let link = top.join("link");
