@@ -17,13 +17,28 @@ const BTF_MAGIC: u16 = 0xeb9f;
 /// The release that added the dump state.
 const SINCE: (u32, u32) = (6, 10);
 
+/// The answer, once known: read here, or told by [`learn`].
+static LISTED: OnceLock<bool> = OnceLock::new();
+
 /// Whether sock_diag lists bound-but-inactive TCP sockets here (read once).
 pub fn listed() -> bool {
-    static LISTED: OnceLock<bool> = OnceLock::new();
     *LISTED.get_or_init(|| match std::fs::read(VMLINUX_BTF) {
-        Ok(btf) => btf_has(&btf, b"TCP_BOUND_INACTIVE").unwrap_or_else(by_release),
+        Ok(btf) => in_btf(&btf),
         Err(_) => by_release(),
     })
+}
+
+/// Takes the answer from a caller that knows it (the owner iterator's
+/// loader, from the kernel's BTF it reads anyway, or its per-boot record
+/// of it): reading the 5 MB again cost `who` some 4 ms of CPU
+/// (BENCHMARKS.md). The first answer stays.
+pub fn learn(listed: bool) {
+    let _ = LISTED.set(listed);
+}
+
+/// The answer `btf` (the running kernel's BTF, as read) gives.
+pub fn in_btf(btf: &[u8]) -> bool {
+    btf_has(btf, b"TCP_BOUND_INACTIVE").unwrap_or_else(by_release)
 }
 
 /// Whether `name` is in the string section of BTF blob `btf`; None when

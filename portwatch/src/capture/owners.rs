@@ -14,9 +14,17 @@ use std::{
 
 use anyhow::{anyhow, Context as _, Result};
 use portwatch_common::{OwnerConfig, OwnerRecord};
-use portwatch_core::holders::procs::{source, SocketFd, SocketSource};
+use portwatch_core::holders::{
+    inactive,
+    procs::{source, SocketFd, SocketSource},
+};
 
 use super::btf::{Btf, BtfError};
+
+mod cache;
+
+/// The running kernel's BTF.
+const VMLINUX: &str = "/sys/kernel/btf/vmlinux";
 
 /// The iterator's object as built.
 const OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/portwatch-owners"));
@@ -50,11 +58,25 @@ impl OwnerIter {
     /// program; Err says why the kernel (or this process) cannot.
     pub fn load() -> Result<Self> {
         nested_pid_namespace()?;
-        let btf = Btf::from_file(Path::new("/sys/kernel/btf/vmlinux"))?;
-        let config = config(&btf)?;
-        let func = btf
-            .func_id("bpf_iter_task_file")
-            .ok_or_else(|| anyhow!("the kernel has no task_file BPF iterator"))?;
+        let key = cache::key(Path::new(VMLINUX));
+        let recorded = key
+            .as_deref()
+            .and_then(|k| cache::read(Path::new(cache::DIR), k));
+        // A record the kernel refuses is read again from the BTF (and
+        // written anew) rather than kept for the rest of the boot.
+        match recorded {
+            Some(known) => Self::load_with(known).or_else(|_| Self::load_with(from_btf(key)?)),
+            None => Self::load_with(from_btf(key)?),
+        }
+    }
+
+    /// Loads the program with what the kernel's BTF says (`from`).
+    fn load_with(from: cache::FromBtf) -> Result<Self> {
+        let cache::FromBtf {
+            config,
+            func,
+            bound_inactive,
+        } = from;
         let (mut insns, config_at) = program()?;
         let map = config_map(&config)?;
         // The global's load becomes a load of the frozen map's value
@@ -78,6 +100,9 @@ impl OwnerIter {
             _pad: 0,
         };
         let link = bpf(BPF_LINK_CREATE, &mut attr).context("attaching the owner iterator")?;
+        // The engine asks this too (`who`'s note on bound-inactive
+        // sockets): answered from the same BTF.
+        inactive::learn(bound_inactive);
         Ok(Self { link })
     }
 
@@ -330,6 +355,25 @@ impl SocketSource for OwnerIter {
     }
 }
 
+/// What the load needs from the running kernel's BTF, read from it, and
+/// recorded for the rest of the boot under `key` (see [`cache`]).
+fn from_btf(key: Option<String>) -> Result<cache::FromBtf> {
+    let data = std::fs::read(VMLINUX).with_context(|| format!("reading {VMLINUX}"))?;
+    let bound_inactive = inactive::in_btf(&data);
+    let btf = Btf::parse(data)?;
+    let found = cache::FromBtf {
+        config: config(&btf)?,
+        func: btf
+            .func_id("bpf_iter_task_file")
+            .ok_or_else(|| anyhow!("the kernel has no task_file BPF iterator"))?,
+        bound_inactive,
+    };
+    if let Some(key) = &key {
+        cache::write(Path::new(cache::DIR), key, &found);
+    }
+    Ok(found)
+}
+
 /// The iterator's offsets from the running kernel's BTF.
 fn config(btf: &Btf) -> Result<OwnerConfig, BtfError> {
     let byte = |strukt: &str, path: &str| {
@@ -431,6 +475,21 @@ mod tests {
     use portwatch_test_support::inode_of;
 
     use super::*;
+
+    /// A record of this boot that the kernel refuses (a wrong function
+    /// id) does not stay: the load reads the BTF and writes the record
+    /// anew (needs root: CI runs it so).
+    #[test]
+    fn a_refused_record_is_replaced() {
+        let key = cache::key(Path::new(VMLINUX)).unwrap();
+        let dir = Path::new(cache::DIR);
+        let good = from_btf(Some(key.clone())).unwrap();
+        let bad = cache::FromBtf { func: 1, ..good };
+        cache::write(dir, &key, &bad);
+        assert_eq!(cache::read(dir, &key), Some(bad));
+        OwnerIter::load().expect("loads from the BTF once the record is refused");
+        assert_eq!(cache::read(dir, &key), Some(good));
+    }
 
     /// One pass lists this process's sockets at their fds with their
     /// inodes, and no other file (needs root: CI runs it so).
