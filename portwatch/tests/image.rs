@@ -529,6 +529,42 @@ fn assert_names_host_holder(tracer: Tracer, ns: &Netns, args: &[String], port: u
     assert!(status.success(), "the pod did not stop cleanly: {status}");
 }
 
+/// The sandbox id CNI portmap's rule comment names (64 hex digits).
+const SANDBOX: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+/// A Kubernetes hostPort on the node as CNI portmap writes it (its chains,
+/// its comment naming the sandbox), loaded in `ns`: `who` run inside the
+/// pod by `exec` (the pod's namespaces and capabilities, the image's own
+/// `iptables-save`) names the rule, its target and its sandbox exactly as
+/// `who` on the host does.
+fn assert_names_host_port(ns: &Netns, exec: impl FnOnce(&[&str]) -> Output) {
+    let port = port();
+    let dn = "CNI-DN-0123456789abcdef01234";
+    let rules = format!(
+        r#"*nat
+:CNI-HOSTPORT-DNAT - [0:0]
+:{dn} - [0:0]
+-A PREROUTING -m addrtype --dst-type LOCAL -j CNI-HOSTPORT-DNAT
+-A CNI-HOSTPORT-DNAT -p tcp -m comment --comment "dnat name: \"cbr0\" id: \"{SANDBOX}\"" -m multiport --dports {port} -j {dn}
+-A {dn} -p tcp -m tcp --dport {port} -j DNAT --to-destination 10.88.0.2:80
+COMMIT
+"#
+    );
+    ns.run(move || feed("iptables-restore", &["--noflush"], &rules));
+    let (code, host) = who(ns, &[&port.to_string()]);
+    assert_eq!(code, 1, "{host:#}");
+    assert_eq!(host["dnat"][0]["to"], "10.88.0.2:80", "{host:#}");
+    assert_eq!(host["dnat"][0]["sandbox"], SANDBOX, "{host:#}");
+    let (code, in_pod) = parse(&exec(&[
+        "/usr/bin/portwatch",
+        "who",
+        &port.to_string(),
+        "--json",
+    ]));
+    assert_eq!(code, 1, "{in_pod:#}");
+    assert_eq!(in_pod["dnat"], host["dnat"], "pod {in_pod:#} host {host:#}");
+}
+
 /// The pod as the manifest declares it, under podman, on a node emulated by
 /// a network namespace of the test's.
 #[test]
@@ -550,6 +586,14 @@ fn the_daemonset_names_a_host_holder_as_on_the_host() {
         .parse()
         .expect("its pid");
     assert_capabilities(pid, &pod);
+    assert_names_host_port(&ns, |cmd| {
+        podman
+            .command()
+            .args(["exec", "pw-daemonset"])
+            .args(cmd)
+            .output()
+            .expect("podman exec")
+    });
     assert_names_host_holder(tracer, &ns, &args, port);
 }
 
@@ -604,6 +648,23 @@ fn under_containerd_the_daemonset_names_a_host_holder() {
         Tracer::try_spawn(cmd).unwrap_or_else(|e| panic!("the pod refused: {e}\n{}", c.log()));
     let pid = std::fs::read_to_string(c.bundle("pw-daemonset").join("init.pid")).unwrap();
     assert_capabilities(pid.trim().parse().unwrap(), &pod);
+    assert_names_host_port(&ns, |cmd| {
+        Command::new("ctr")
+            .arg("-a")
+            .arg(c.state.join("containerd.sock"))
+            .args([
+                "-n",
+                "k8s.io",
+                "tasks",
+                "exec",
+                "--exec-id",
+                "pw-who",
+                "pw-daemonset",
+            ])
+            .args(cmd)
+            .output()
+            .expect("ctr tasks exec")
+    });
     assert_names_host_holder(tracer, &ns, &args, port);
 }
 
