@@ -529,6 +529,75 @@ fn assert_names_host_holder(tracer: Tracer, ns: &Netns, args: &[String], port: u
     assert!(status.success(), "the pod did not stop cleanly: {status}");
 }
 
+/// The sandbox id CNI portmap's rule comment names (64 hex digits).
+const SANDBOX: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+/// kube-proxy's nftables NodePort `port` for Service shop/web, endpoint
+/// 10.244.0.5:8080: the few lines of its `ip kube-proxy` table that
+/// steer it (tests/kube_proxy.rs loads the whole table and connects).
+fn kube_proxy_rules(port: u16) -> String {
+    let ext = "external-KHN6ECMT-shop/web/tcp/http";
+    let svc = "service-KHN6ECMT-shop/web/tcp/http";
+    let ep = "endpoint-YDREIN3S-shop/web/tcp/http__10.244.0.5/8080";
+    format!(
+        "add table ip kube-proxy
+add map ip kube-proxy service-nodeports {{ type inet_proto . inet_service : verdict ; }}
+add chain ip kube-proxy nat-prerouting {{ type nat hook prerouting priority -100 ; }}
+add chain ip kube-proxy {svc}
+add chain ip kube-proxy {ext}
+add chain ip kube-proxy {ep}
+add rule ip kube-proxy nat-prerouting meta l4proto . th dport vmap @service-nodeports
+add rule ip kube-proxy {ext} goto {svc}
+add rule ip kube-proxy {svc} numgen random mod 1 vmap {{ 0 : goto {ep} }}
+add rule ip kube-proxy {ep} meta l4proto tcp dnat to 10.244.0.5:8080
+add element ip kube-proxy service-nodeports {{ tcp . {port} : goto {ext} }}
+"
+    )
+}
+
+/// A Kubernetes hostPort on the node as CNI portmap writes it (its chains,
+/// its comment naming the sandbox) and a NodePort as kube-proxy's nftables
+/// mode writes it, loaded in `ns`: `who` run inside the pod by `exec` (the
+/// pod's namespaces and capabilities, the image's own `iptables-save` and
+/// `nft`) names each rule, its target, its sandbox or Service exactly as
+/// `who` on the host does.
+fn assert_names_dnat_as_host(ns: &Netns, mut exec: impl FnMut(&[&str]) -> Output) {
+    let (host_port, node_port) = (port(), port());
+    let dn = "CNI-DN-0123456789abcdef01234";
+    let portmap = format!(
+        r#"*nat
+:CNI-HOSTPORT-DNAT - [0:0]
+:{dn} - [0:0]
+-A PREROUTING -m addrtype --dst-type LOCAL -j CNI-HOSTPORT-DNAT
+-A CNI-HOSTPORT-DNAT -p tcp -m comment --comment "dnat name: \"cbr0\" id: \"{SANDBOX}\"" -m multiport --dports {host_port} -j {dn}
+-A {dn} -p tcp -m tcp --dport {host_port} -j DNAT --to-destination 10.88.0.2:80
+COMMIT
+"#
+    );
+    let kube_proxy = kube_proxy_rules(node_port);
+    ns.run(move || {
+        feed("iptables-restore", &["--noflush"], &portmap);
+        feed("nft", &["-f", "-"], &kube_proxy);
+    });
+    for (port, key, want) in [
+        (host_port, "sandbox", SANDBOX),
+        (node_port, "service", "web"),
+    ] {
+        let (code, host) = who(ns, &[&port.to_string()]);
+        assert_eq!(code, 1, "{host:#}");
+        let rule = &host["dnat"][0];
+        assert!(rule[key] == want || rule[key]["name"] == want, "{host:#}");
+        let (code, in_pod) = parse(&exec(&[
+            "/usr/bin/portwatch",
+            "who",
+            &port.to_string(),
+            "--json",
+        ]));
+        assert_eq!(code, 1, "{in_pod:#}");
+        assert_eq!(in_pod["dnat"], host["dnat"], "pod {in_pod:#} host {host:#}");
+    }
+}
+
 /// The pod as the manifest declares it, under podman, on a node emulated by
 /// a network namespace of the test's.
 #[test]
@@ -550,6 +619,14 @@ fn the_daemonset_names_a_host_holder_as_on_the_host() {
         .parse()
         .expect("its pid");
     assert_capabilities(pid, &pod);
+    assert_names_dnat_as_host(&ns, |cmd| {
+        podman
+            .command()
+            .args(["exec", "pw-daemonset"])
+            .args(cmd)
+            .output()
+            .expect("podman exec")
+    });
     assert_names_host_holder(tracer, &ns, &args, port);
 }
 
@@ -585,7 +662,7 @@ fn under_containerd_the_daemonset_names_a_host_holder() {
         "the image imported is not the manifest's {}: {said}\n{listed}",
         pod.image
     );
-    let ns = Netns::new("pw-node");
+    let ns = Netns::new("pw-node-ctr");
     let node = node(&ns);
     let port = port();
     let _holder = nobody_listens(&ns, port);
@@ -604,6 +681,19 @@ fn under_containerd_the_daemonset_names_a_host_holder() {
         Tracer::try_spawn(cmd).unwrap_or_else(|e| panic!("the pod refused: {e}\n{}", c.log()));
     let pid = std::fs::read_to_string(c.bundle("pw-daemonset").join("init.pid")).unwrap();
     assert_capabilities(pid.trim().parse().unwrap(), &pod);
+    let mut execs = 0;
+    assert_names_dnat_as_host(&ns, |cmd| {
+        execs += 1;
+        Command::new("ctr")
+            .arg("-a")
+            .arg(c.state.join("containerd.sock"))
+            .args(["-n", "k8s.io", "tasks", "exec", "--exec-id"])
+            .arg(format!("pw-who-{execs}"))
+            .arg("pw-daemonset")
+            .args(cmd)
+            .output()
+            .expect("ctr tasks exec")
+    });
     assert_names_host_holder(tracer, &ns, &args, port);
 }
 

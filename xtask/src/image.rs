@@ -2,8 +2,11 @@
 //! registry, a daemon or a Dockerfile.
 //!
 //! One layer: the release binary (the eBPF object is embedded in it, see
-//! portwatch/src/capture/attach.rs) and the shared libraries that `ldd`
-//! names for it, nothing else: no shell, no /etc/passwd. Written twice:
+//! portwatch/src/capture/attach.rs), the tools it runs to read the node's
+//! DNAT rules (hostPorts, NodePorts: `iptables-save`, `ip6tables-save` and
+//! `nft`, from the build host's Debian packages, with iptables' extension
+//! modules, and /etc/protocols for `nft`) and the shared libraries that `ldd` names for all of these,
+//! nothing else: no shell, no /etc/passwd. Written twice:
 //! as an OCI image layout directory (`oci-layout`, `index.json`,
 //! `blobs/sha256/…`) and as one tar of that layout plus Docker's
 //! `manifest.json`, which `podman load`, `docker load` and `ctr images
@@ -24,6 +27,32 @@ use sha2::{Digest as _, Sha256};
 
 /// Where the binary sits in the image.
 const BINARY: &str = "usr/bin/portwatch";
+
+/// The tools portwatch runs by absolute path to list DNAT rules
+/// (portwatch-core/src/holders/dnat/mod.rs `LISTERS`): (path in the
+/// image, the file it is, the link's target when a symbolic link). Debian's
+/// iptables-nft is one program that acts as its name says; it is taken as
+/// such whatever the host's alternative, so the image is the same on any.
+const TOOLS: [(&str, &str, Option<&str>); 4] = [
+    (
+        "usr/sbin/xtables-nft-multi",
+        "/usr/sbin/xtables-nft-multi",
+        None,
+    ),
+    ("usr/sbin/iptables-save", "", Some("xtables-nft-multi")),
+    ("usr/sbin/ip6tables-save", "", Some("xtables-nft-multi")),
+    ("usr/sbin/nft", "/usr/sbin/nft", None),
+];
+
+/// iptables' extension modules (`libxt_comment.so`, `libxt_tcp.so`...):
+/// without the one for a match or target, `iptables-save` cannot print a
+/// rule that uses it. All of them, since any may be in a node's rules.
+const XTABLES: &str = "/usr/lib/x86_64-linux-gnu/xtables";
+
+/// Protocol names by number (Debian's netbase): `nft` prints a protocol
+/// through it, and without it prints kube-proxy's `tcp . 30080` map keys as
+/// `6 . 30080`, which portwatch does not read as a NodePort.
+const PROTOCOLS: &str = "/etc/protocols";
 
 /// The image's default command: the DaemonSet's is in its manifest.
 const CMD: [&str; 2] = ["watch", "--json"];
@@ -121,7 +150,7 @@ pub fn run(args: &ImageArgs) -> Result<()> {
     let tar = archive_of(
         entries
             .iter()
-            .map(|(p, b)| (p.as_str(), b.as_slice(), 0o644)),
+            .map(|(p, b)| (p.as_str(), Entry::File(b, 0o644))),
     )?;
     fs::write(&archive, &tar).with_context(|| format!("cannot write {}", archive.display()))?;
     println!(
@@ -148,20 +177,50 @@ fn version(binary: &Path) -> Result<String> {
     }
 }
 
-/// The image's files: (path in the image, bytes, mode). The binary, and
-/// each shared library `ldd` names for it at the path the dynamic linker
-/// looks for it (the interpreter's absolute path, the libraries' too).
-fn contents(binary: &Path) -> Result<Vec<(String, Vec<u8>, u32)>> {
+/// A file of the layer.
+enum Content {
+    /// Its bytes and mode.
+    File(Vec<u8>, u32),
+    /// A symbolic link to this target.
+    Link(&'static str),
+}
+
+/// The image's files by their path in the image: the binary, the DNAT
+/// tools and iptables' extension modules, and each shared library `ldd`
+/// names for any of these at the path the dynamic linker looks for it (the
+/// interpreter's absolute path, the libraries' too).
+fn contents(binary: &Path) -> Result<BTreeMap<String, Content>> {
     let read = |p: &Path| fs::read(p).with_context(|| format!("cannot read {}", p.display()));
-    let mut files = vec![(BINARY.to_owned(), read(binary)?, 0o755)];
-    let ldd = crate::output(Command::new("ldd").arg(binary))?;
-    for lib in libraries(&ldd)? {
+    let mut elves = vec![(BINARY.to_owned(), binary.to_owned())];
+    let mut files = BTreeMap::new();
+    let protocols = Content::File(read(Path::new(PROTOCOLS))?, 0o644);
+    files.insert(PROTOCOLS.trim_start_matches('/').to_owned(), protocols);
+    for (path, host, link) in TOOLS {
+        match link {
+            Some(target) => drop(files.insert(path.to_owned(), Content::Link(target))),
+            None => elves.push((path.to_owned(), PathBuf::from(host))),
+        }
+    }
+    let modules = fs::read_dir(XTABLES).with_context(|| format!("cannot list {XTABLES}"))?;
+    for module in modules {
+        let host = module?.path();
+        if host.extension().is_some_and(|e| e == "so") {
+            let path = host.to_string_lossy().trim_start_matches('/').to_owned();
+            elves.push((path, host));
+        }
+    }
+    let mut libs = std::collections::BTreeSet::new();
+    for (path, host) in elves {
+        libs.extend(libraries(&crate::output(Command::new("ldd").arg(&host))?)?);
+        files.insert(path, Content::File(read(&host)?, 0o755));
+    }
+    for lib in libs {
         // The file itself, not the symlink: the soname is its name in the image.
-        files.push((
+        let bytes = read(&fs::canonicalize(&lib)?)?;
+        files.insert(
             lib.trim_start_matches('/').to_owned(),
-            read(&fs::canonicalize(&lib)?)?,
-            0o755,
-        ));
+            Content::File(bytes, 0o755),
+        );
     }
     Ok(files)
 }
@@ -190,9 +249,9 @@ fn libraries(ldd: &str) -> Result<Vec<String>> {
 }
 
 /// The layer: the files and their parent directories, sorted.
-fn layer(files: &[(String, Vec<u8>, u32)]) -> Result<Vec<u8>> {
+fn layer(files: &BTreeMap<String, Content>) -> Result<Vec<u8>> {
     let mut dirs = std::collections::BTreeSet::new();
-    for (path, ..) in files {
+    for path in files.keys() {
         let mut p = Path::new(path).parent();
         while let Some(d) = p.filter(|d| !d.as_os_str().is_empty()) {
             dirs.insert(format!("{}/", d.display()));
@@ -202,34 +261,55 @@ fn layer(files: &[(String, Vec<u8>, u32)]) -> Result<Vec<u8>> {
     // Mount points for the DaemonSet's volumes that a runtime would
     // otherwise have to make: /proc, /sys and /tmp.
     dirs.extend(["proc/", "sys/", "tmp/"].map(String::from));
-    let mut entries: BTreeMap<&str, (&[u8], u32)> = BTreeMap::new();
+    let mut entries: BTreeMap<&str, Entry> = BTreeMap::new();
     for d in &dirs {
-        entries.insert(d, (&[], 0o755));
+        entries.insert(d, Entry::Dir);
     }
-    for (path, bytes, mode) in files {
-        entries.insert(path, (bytes, *mode));
+    for (path, content) in files {
+        let entry = match content {
+            Content::File(bytes, mode) => Entry::File(bytes, *mode),
+            Content::Link(target) => Entry::Link(target),
+        };
+        entries.insert(path, entry);
     }
-    archive_of(entries.into_iter().map(|(p, (b, m))| (p, b, m)))
+    archive_of(entries)
 }
 
-/// A tar of (path, bytes, mode); a path ending in `/` is a directory.
-/// Owner root, mtime 0: the same input always gives the same bytes.
-fn archive_of<'a>(entries: impl Iterator<Item = (&'a str, &'a [u8], u32)>) -> Result<Vec<u8>> {
+/// An entry of a tar.
+enum Entry<'a> {
+    Dir,
+    File(&'a [u8], u32),
+    Link(&'a str),
+}
+
+/// A tar of its entries, in order. Owner root, mtime 0: the same input
+/// always gives the same bytes.
+fn archive_of<'a>(entries: impl IntoIterator<Item = (&'a str, Entry<'a>)>) -> Result<Vec<u8>> {
     let mut tar = tar::Builder::new(Vec::new());
-    for (path, bytes, mode) in entries {
+    for (path, entry) in entries {
         let mut header = tar::Header::new_ustar();
-        let dir = path.ends_with('/');
-        header.set_entry_type(if dir {
-            tar::EntryType::Directory
-        } else {
-            tar::EntryType::Regular
-        });
-        header.set_mode(if dir { 0o755 } else { mode });
         header.set_uid(0);
         header.set_gid(0);
         header.set_mtime(0);
-        header.set_size(bytes.len() as u64);
-        tar.append_data(&mut header, path, bytes)?;
+        header.set_size(0);
+        match entry {
+            Entry::Dir => {
+                header.set_entry_type(tar::EntryType::Directory);
+                header.set_mode(0o755);
+                tar.append_data(&mut header, path, &[][..])?;
+            }
+            Entry::File(bytes, mode) => {
+                header.set_entry_type(tar::EntryType::Regular);
+                header.set_mode(mode);
+                header.set_size(bytes.len() as u64);
+                tar.append_data(&mut header, path, bytes)?;
+            }
+            Entry::Link(target) => {
+                header.set_entry_type(tar::EntryType::Symlink);
+                header.set_mode(0o777);
+                tar.append_link(&mut header, path, target)?;
+            }
+        }
     }
     Ok(tar.into_inner()?)
 }
@@ -297,19 +377,35 @@ mod tests {
 
     #[test]
     fn the_layer_is_the_same_bytes_twice() {
-        let files = vec![
-            ("usr/bin/portwatch".to_owned(), b"x".to_vec(), 0o755),
-            ("lib64/ld.so".to_owned(), b"y".to_vec(), 0o755),
-        ];
+        let files = BTreeMap::from([
+            (
+                "usr/bin/portwatch".to_owned(),
+                Content::File(b"x".to_vec(), 0o755),
+            ),
+            (
+                "lib64/ld.so".to_owned(),
+                Content::File(b"y".to_vec(), 0o755),
+            ),
+            (
+                "usr/sbin/nft-link".to_owned(),
+                Content::Link("../bin/portwatch"),
+            ),
+        ]);
         let a = gzip(&layer(&files).unwrap()).unwrap();
         let b = gzip(&layer(&files).unwrap()).unwrap();
         assert_eq!(a, b);
         let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(&a[..]));
-        let names: Vec<String> = tar
-            .entries()
-            .unwrap()
-            .map(|e| e.unwrap().path().unwrap().display().to_string())
-            .collect();
+        let mut names = Vec::new();
+        for entry in tar.entries().unwrap() {
+            let entry = entry.unwrap();
+            let name = entry.path().unwrap().display().to_string();
+            if name == "usr/sbin/nft-link" {
+                assert_eq!(entry.header().entry_type(), tar::EntryType::Symlink);
+                let target = entry.link_name().unwrap().unwrap();
+                assert_eq!(target.to_str(), Some("../bin/portwatch"));
+            }
+            names.push(name);
+        }
         assert_eq!(
             names,
             [
@@ -320,7 +416,9 @@ mod tests {
                 "tmp/",
                 "usr/",
                 "usr/bin/",
-                "usr/bin/portwatch"
+                "usr/bin/portwatch",
+                "usr/sbin/",
+                "usr/sbin/nft-link"
             ]
         );
     }

@@ -201,13 +201,13 @@ fn lo_up() -> std::io::Result<()> {
     }
     use std::os::fd::AsRawFd as _;
     // SAFETY: a socket we own and an ifreq naming "lo", valid for the call.
-    if unsafe { libc::ioctl(s.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) } < 0 {
+    if unsafe { libc::ioctl(s.as_raw_fd(), libc::SIOCGIFFLAGS as libc::Ioctl, &mut req) } < 0 {
         return Err(std::io::Error::last_os_error());
     }
     // SAFETY: the union's flags member, just filled by SIOCGIFFLAGS.
     unsafe { req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short };
     // SAFETY: as above.
-    if unsafe { libc::ioctl(s.as_raw_fd(), libc::SIOCSIFFLAGS, &req) } < 0 {
+    if unsafe { libc::ioctl(s.as_raw_fd(), libc::SIOCSIFFLAGS as libc::Ioctl, &req) } < 0 {
         return Err(std::io::Error::last_os_error());
     }
     Ok(())
