@@ -389,12 +389,17 @@ pub struct Publishing {
 /// What a host helper process tells about the container it serves.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Serves {
-    /// docker-proxy: the container's address and port.
+    /// docker-proxy: the container's address and port, and the host port
+    /// it publishes.
     DockerProxy {
         /// `-container-ip`.
         ip: IpAddr,
         /// `-container-port`.
         port: u16,
+        /// `-host-port`.
+        host_port: u16,
+        /// `-proto` (`tcp`, `udp`).
+        proto: String,
     },
     /// conmon: the container's id (`-c`), and the storage root its bundle
     /// (`-b ROOT/overlay-containers/ID/userdata`) lies under.
@@ -413,6 +418,8 @@ pub fn serves(comm: &str, cmdline: &str) -> Option<Serves> {
         "docker-proxy" => Some(Serves::DockerProxy {
             ip: flag(cmdline, &["-container-ip"])?.parse().ok()?,
             port: flag(cmdline, &["-container-port"])?.parse().ok()?,
+            host_port: flag(cmdline, &["-host-port"])?.parse().ok()?,
+            proto: flag(cmdline, &["-proto"]).unwrap_or("tcp").to_owned(),
         }),
         "conmon" => {
             let id = flag(cmdline, &["-c", "--cid"]).filter(|id| is_id(id))?;
@@ -596,8 +603,13 @@ impl Containers {
                 }
                 Some(self.get(id, Runtime::Podman))
             }
-            Serves::DockerProxy { ip, .. } => {
-                let id = self.docker_by_ip(*ip)?;
+            Serves::DockerProxy {
+                ip,
+                port,
+                host_port,
+                proto,
+            } => {
+                let id = self.docker_proxied(*ip, *port, *host_port, proto)?;
                 Some(self.get(&id, Runtime::Docker))
             }
         }
@@ -652,9 +664,14 @@ impl Containers {
         })
     }
 
-    /// The running Docker container with `ip` on one of its networks.
-    fn docker_by_ip(&self, ip: IpAddr) -> Option<String> {
+    /// The running Docker container a docker-proxy serves: `ip` on one of
+    /// its networks, and `host_port` published to its `port`. The address
+    /// alone is not enough: each dockerd on a host (rootless beside the
+    /// system's, one per network namespace) numbers its bridge from
+    /// 172.17/172.18 alike.
+    fn docker_proxied(&self, ip: IpAddr, port: u16, host_port: u16, proto: &str) -> Option<String> {
         let ip = ip.to_string();
+        let host_port = host_port.to_string();
         self.docker_containers().find_map(|(id, dir)| {
             let config = read_json(&dir.join("config.v2.json"))?;
             let nets = config
@@ -663,7 +680,15 @@ impl Containers {
             let has_ip = nets
                 .values()
                 .any(|net| net.get("IPAddress").and_then(Value::as_str) == Some(&ip));
-            (is_running(&config) && has_ip).then_some(id)
+            let publishes = config
+                .pointer(&format!("/NetworkSettings/Ports/{port}~1{proto}"))
+                .and_then(Value::as_array)
+                .is_some_and(|bindings| {
+                    bindings
+                        .iter()
+                        .any(|b| b.get("HostPort").and_then(Value::as_str) == Some(&host_port))
+                });
+            (is_running(&config) && has_ip && publishes).then_some(id)
         })
     }
 
@@ -778,8 +803,19 @@ mod tests {
         let elsewhere = Serves::DockerProxy {
             ip: "172.17.0.9".parse().unwrap(),
             port: 80,
+            host_port: 8080,
+            proto: "tcp".into(),
         };
         assert_eq!(c.served(&elsewhere), None);
+        // Another dockerd's container at the same address, publishing
+        // another host port: not this one.
+        let other_daemon = Serves::DockerProxy {
+            ip: "172.17.0.2".parse().unwrap(),
+            port: 80,
+            host_port: 9090,
+            proto: "tcp".into(),
+        };
+        assert_eq!(c.served(&other_daemon), None);
     }
 
     #[test]
