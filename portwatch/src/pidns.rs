@@ -11,8 +11,6 @@
 
 use std::{io, path::Path};
 
-use crate::commands::Error;
-
 /// The inode of the initial PID namespace, a kernel constant
 /// (`PROC_PID_INIT_INO` in include/linux/proc_ns.h, 0xEFFFFFFC): the same
 /// on every kernel since 3.8, whatever the machine.
@@ -25,21 +23,19 @@ const PROC_PID_INIT_INO: u64 = 0xEFFF_FFFC;
 pub const NODE_PIDNS_VARIABLE: &str = "PORTWATCH_NODE_PIDNS";
 
 /// `Ok` when this process and its `/proc` see the host's processes;
-/// otherwise the one-line refusal (exit 3).
-pub fn require_host() -> Result<(), Error> {
+/// otherwise the one-line refusal (the caller exits 3 with it).
+pub fn require_host() -> Result<(), String> {
     if std::env::var_os(NODE_PIDNS_VARIABLE).is_some_and(|v| v == "1") {
         return Ok(());
     }
     let proc = Path::new("/proc");
     match host_view(proc) {
         Ok(true) => Ok(()),
-        Ok(false) => Err(Error::Unsupported(refusal(
-            namespace_of(&proc.join("self/ns/pid")).ok(),
-        ))),
-        Err(e) => Err(Error::Unsupported(format!(
+        Ok(false) => Err(refusal(namespace_of(&proc.join("self/ns/pid")).ok())),
+        Err(e) => Err(format!(
             "cannot tell which PID namespace /proc shows ({e}): needs the host's \
              (hostPID: true / --pid=host) and /proc mounted"
-        ))),
+        )),
     }
 }
 

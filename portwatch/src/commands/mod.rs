@@ -29,7 +29,9 @@ impl Command {
     pub async fn execute(self) -> Result<u8, Error> {
         if self.names_holders() {
             let run = matches!(self, Command::Run(_));
-            crate::pidns::require_host().map_err(|e| if run { e.in_run() } else { e })?;
+            crate::pidns::require_host()
+                .map_err(Error::Unsupported)
+                .map_err(|e| if run { e.in_run() } else { e })?;
         }
         match self {
             Command::Watch(args) => watch::run(args)
