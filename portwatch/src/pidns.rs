@@ -39,6 +39,12 @@ pub fn require_host() -> Result<(), String> {
     }
 }
 
+/// Whether this process is in the initial PID namespace, whose pids the
+/// kernel's own records (the BPF iterator's `task->tgid`) use.
+pub fn in_initial() -> io::Result<bool> {
+    host_view(Path::new("/proc"))
+}
+
 /// The refusal, naming the namespace found when it could be read; main
 /// prints it after `portwatch: `.
 fn refusal(found: Option<u64>) -> String {

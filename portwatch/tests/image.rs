@@ -797,4 +797,24 @@ fn a_private_pid_namespace_is_refused() {
     let (code, v) = parse(&out);
     assert_eq!(code, 0, "{out:?}");
     assert_eq!(v["free"], true, "{v:#}");
+    // There the BPF iterator's pids (the initial namespace's) are not
+    // /proc's: the walk answers, and says why.
+    let out = ns.run(|| {
+        let _held = std::net::TcpListener::bind("127.0.0.1:8080").expect("listener");
+        Command::new("unshare")
+            .args(["-p", "-f", "--mount-proc"])
+            .env("PORTWATCH_NODE_PIDNS", "1")
+            .arg(bin())
+            .args(["who", "8080", "--json"])
+            .output()
+            .expect("unshare (util-linux)")
+    });
+    let (_, v) = parse(&out);
+    assert_eq!(v["lookup"], "walk", "{v:#}");
+    assert!(
+        v["lookup_note"]
+            .as_str()
+            .is_some_and(|n| n.contains("nested pid namespace")),
+        "{v:#}"
+    );
 }

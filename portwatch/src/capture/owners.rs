@@ -396,13 +396,7 @@ fn config(btf: &Btf) -> Result<OwnerConfig, BtfError> {
 /// The iterator reports global pids (`task->tgid`); /proc in a nested pid
 /// namespace shows others. Err there: the walk answers.
 fn nested_pid_namespace() -> Result<()> {
-    let status =
-        std::fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
-    let levels = status
-        .lines()
-        .find_map(|l| l.strip_prefix("NSpid:"))
-        .map_or(1, |pids| pids.split_whitespace().count());
-    if levels > 1 {
+    if !crate::pidns::in_initial().context("reading /proc/self/ns/pid")? {
         return Err(anyhow!(
             "portwatch runs in a nested pid namespace, where the iterator's pids are not /proc's"
         ));
