@@ -22,12 +22,13 @@ use std::{
 use common::*;
 
 /// kube-proxy's `ip kube-proxy` table for Service shop/web (ClusterIP
-/// 10.96.0.50:80, port `http`, NodePort 30080, endpoints 10.244.0.5:8080
-/// and 10.244.0.6:8080) on a node whose address is 192.168.0.2, and for
-/// Service shop/dns (UDP NodePort 30053) without endpoints. The lines are
-/// those of pkg/proxy/nftables/proxier_test.go's `baseRules` and
-/// TestOverallNFTablesRules expectations (its NodePort Service svc3 and
-/// its no-endpoint elements), with the names, addresses and ports above
+/// 10.96.0.50:80, port `http`, NodePort 30080, externalIP 192.168.0.2,
+/// endpoints 10.244.0.5:8080 and 10.244.0.6:8080) on a node whose address
+/// is 192.168.0.2, and for Service shop/dns (UDP NodePort 30053) without
+/// endpoints. The lines are those of pkg/proxy/nftables/proxier_test.go's
+/// `baseRules` and TestOverallNFTablesRules expectations (its NodePort
+/// Service svc3, the externalIP element of its svc2, and its no-endpoint
+/// elements), with the names, addresses and ports above
 /// (pod CIDR 10.244.0.0/16, service CIDR 10.96.0.0/16); the chains' hashes
 /// are computed as kube-proxy's `hashAndTruncate` does (the first 8
 /// characters of the base32 SHA-256 of `shop/web/tcp/http`, or of
@@ -98,6 +99,7 @@ add rule ip kube-proxy endpoint-K6YIHJT7-shop/web/tcp/http__10.244.0.6/8080 ip s
 add rule ip kube-proxy endpoint-K6YIHJT7-shop/web/tcp/http__10.244.0.6/8080 meta l4proto tcp dnat to 10.244.0.6:8080
 add element ip kube-proxy cluster-ips { 10.96.0.50 }
 add element ip kube-proxy service-ips { 10.96.0.50 . tcp . 80 : goto service-KHN6ECMT-shop/web/tcp/http }
+add element ip kube-proxy service-ips { 192.168.0.2 . tcp . 80 : goto external-KHN6ECMT-shop/web/tcp/http }
 add element ip kube-proxy service-nodeports { tcp . 30080 : goto external-KHN6ECMT-shop/web/tcp/http }
 add element ip kube-proxy cluster-ips { 10.96.0.53 }
 add element ip kube-proxy no-endpoint-nodeports { udp . 30053 comment "shop/dns:dns" : drop }
@@ -194,11 +196,11 @@ fn accepted_by(servers: &[TcpListener]) -> SocketAddr {
     }
 }
 
-/// `who 30080` says `diagnosis` on its `service:` line and `fix` in its
-/// fix, and `check 30080 --json` says `steered` with the same diagnosis
+/// `who PORT` says `diagnosis` on its `service:` line and `fix` in its
+/// fix, and `check PORT --json` says `steered` with the same diagnosis
 /// (exit 1); returns check's object.
-fn assert_steered(ns: &Netns, diagnosis: &str, fix: &str) -> serde_json::Value {
-    let out = portwatch(ns, &["who", "30080"]);
+fn assert_steered(ns: &Netns, port: &str, diagnosis: &str, fix: &str) -> serde_json::Value {
+    let out = portwatch(ns, &["who", port]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains(&format!("service:   {diagnosis}")), "{text}");
     let fix_line = text
@@ -206,7 +208,7 @@ fn assert_steered(ns: &Netns, diagnosis: &str, fix: &str) -> serde_json::Value {
         .find(|l| l.starts_with("fix:"))
         .unwrap_or_default();
     assert!(fix_line.contains(fix), "{text}");
-    let (code, c) = parse(&portwatch(ns, &["check", "30080", "--json"]));
+    let (code, c) = parse(&portwatch(ns, &["check", port, "--json"]));
     assert_eq!(code, 1, "{c:#}");
     assert_eq!(c["verdict"], "steered", "{c:#}");
     assert_eq!(c["diagnosis"], diagnosis, "{c:#}");
@@ -260,6 +262,7 @@ fn nftables_node_port_names_its_service() {
     let diagnosis = "no socket holds tcp port 30080, but kube-proxy sends it to Service shop/web (NodePort, port http; endpoints 10.244.0.5:8080, 10.244.0.6:8080): a process listening here never sees that traffic";
     let c = assert_steered(
         &ns,
+        "30080",
         diagnosis,
         "`kubectl -n shop get service web -o yaml` (a cluster command",
     );
@@ -290,6 +293,164 @@ fn nftables_node_port_names_its_service() {
     let (code, v) = who(&ns, &["30081"]);
     assert_eq!(code, 0, "{v:#}");
     assert_eq!(v["dnat"], serde_json::json!([]), "{v:#}");
+}
+
+/// kube-proxy's nftables `service-ips` map sends port 80 of externalIP
+/// 192.168.0.2 (an address of the node) to the Service's endpoints: a
+/// connection there reaches one, and `who` and `check` name Service
+/// shop/web as they do for its NodePort. A bind to another address of the
+/// node (127.0.0.1) is not steered, and the ClusterIP, on no device of the
+/// node, steers nothing.
+#[test]
+fn nftables_external_ip_names_its_service() {
+    let ns = Netns::new("pw-kp-extip");
+    let servers = node(&ns, || nft_load(RULES));
+    let to = ns.run(move || {
+        let _client =
+            TcpStream::connect_timeout(&"192.168.0.2:80".parse().unwrap(), Duration::from_secs(5))
+                .expect("connect to the externalIP");
+        accepted_by(&servers)
+    });
+    assert!(ENDPOINTS.contains(&to.to_string().as_str()), "{to}");
+
+    let (code, v) = who(&ns, &["80"]);
+    assert_eq!(code, 1, "{v:#}");
+    assert_eq!(v["sockets"].as_array().unwrap().len(), 0, "{v:#}");
+    let rules = v["dnat"].as_array().unwrap();
+    assert_eq!(rules.len(), 1, "{v:#}");
+    let rule = &rules[0];
+    assert_eq!(rule["from"], "nft", "{v:#}");
+    assert_eq!(rule["table"], "ip kube-proxy", "{v:#}");
+    assert_eq!(rule["service"]["name"], "web", "{v:#}");
+    assert_eq!(rule["service"]["port_name"], "http", "{v:#}");
+    assert_eq!(rule["service"]["kind"], "External", "{v:#}");
+    assert_eq!(rule["service"]["address"], "192.168.0.2", "{v:#}");
+    assert_eq!(rule["endpoints"], serde_json::json!(ENDPOINTS), "{v:#}");
+    assert_eq!(
+        rule["rule"],
+        "service-ips { 192.168.0.2 . tcp . 80 : goto external-KHN6ECMT-shop/web/tcp/http }",
+        "{v:#}"
+    );
+
+    let diagnosis = "no socket holds tcp port 80, but kube-proxy sends it to Service shop/web (externalIP or LoadBalancer IP 192.168.0.2, port http; endpoints 10.244.0.5:8080, 10.244.0.6:8080): a process listening here never sees that traffic";
+    assert_steered(
+        &ns,
+        "80",
+        diagnosis,
+        "take 192.168.0.2 out of Service shop/web's externalIPs",
+    );
+    let out = portwatch(&ns, &["check", "80"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let flat = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    assert!(
+        flat.contains("Service shop/web (externalIP or LoadBalancer IP 192.168.0.2)"),
+        "{text}"
+    );
+    // A bind to another address of the node takes none of that traffic.
+    let (code, c) = parse(&portwatch(&ns, &["check", "127.0.0.1:80", "--json"]));
+    assert_eq!(code, 0, "{c:#}");
+    assert_eq!(c["verdict"], "free", "{c:#}");
+    let (code, c) = parse(&portwatch(&ns, &["check", "192.168.0.2:80", "--json"]));
+    assert_eq!(code, 1, "{c:#}");
+    assert_eq!(c["dnat"][0]["service"]["address"], "192.168.0.2", "{c:#}");
+}
+
+/// kube-proxy's iptables-mode rules of before KUBE-EXT (up to 1.23: the
+/// NodePort's rules mark and jump to KUBE-SVC straight; an unnamed port),
+/// written with `iptables-legacy-restore`, as a node on legacy iptables has
+/// them, in the shape of that release's pkg/proxy/iptables/proxier.go and
+/// the expectations of its proxier_test.go (Service default/nginx-svc,
+/// NodePort 30080, endpoint 10.244.1.2:80).
+const LEGACY_RULES: &str = "*nat
+:PREROUTING ACCEPT [0:0]
+:INPUT ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+:POSTROUTING ACCEPT [0:0]
+:KUBE-MARK-MASQ - [0:0]
+:KUBE-NODEPORTS - [0:0]
+:KUBE-POSTROUTING - [0:0]
+:KUBE-SERVICES - [0:0]
+:KUBE-SEP-XYZ3NGHJBRQWT5GB - [0:0]
+:KUBE-SVC-R2VK7O5AFVLRAXSH - [0:0]
+-A PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES
+-A OUTPUT -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES
+-A POSTROUTING -m comment --comment \"kubernetes postrouting rules\" -j KUBE-POSTROUTING
+-A KUBE-MARK-MASQ -j MARK --set-xmark 0x4000/0x4000
+-A KUBE-NODEPORTS -p tcp -m comment --comment \"default/nginx-svc:\" -m tcp --dport 30080 -j KUBE-MARK-MASQ
+-A KUBE-NODEPORTS -p tcp -m comment --comment \"default/nginx-svc:\" -m tcp --dport 30080 -j KUBE-SVC-R2VK7O5AFVLRAXSH
+-A KUBE-POSTROUTING -m comment --comment \"kubernetes service traffic requiring SNAT\" -m mark --mark 0x4000/0x4000 -j MASQUERADE
+-A KUBE-SEP-XYZ3NGHJBRQWT5GB -s 10.244.1.2/32 -m comment --comment \"default/nginx-svc:\" -j KUBE-MARK-MASQ
+-A KUBE-SEP-XYZ3NGHJBRQWT5GB -p tcp -m comment --comment \"default/nginx-svc:\" -m tcp -j DNAT --to-destination 10.244.1.2:80
+-A KUBE-SERVICES -d 10.96.0.60/32 -p tcp -m comment --comment \"default/nginx-svc: cluster IP\" -m tcp --dport 80 -j KUBE-SVC-R2VK7O5AFVLRAXSH
+-A KUBE-SERVICES -m comment --comment \"kubernetes service nodeports; NOTE: this must be the last rule in this chain\" -m addrtype --dst-type LOCAL -j KUBE-NODEPORTS
+-A KUBE-SVC-R2VK7O5AFVLRAXSH -m comment --comment \"default/nginx-svc:\" -j KUBE-SEP-XYZ3NGHJBRQWT5GB
+COMMIT
+";
+
+/// A rule iptables-nft writes beside them (CNI portmap's hostPort DNAT,
+/// as the `kubernetes` suite's pods get it).
+const NFT_HOSTPORT: &str = "*nat
+:PREROUTING ACCEPT [0:0]
+:CNI-HOSTPORT-DNAT - [0:0]
+-A PREROUTING -m addrtype --dst-type LOCAL -j CNI-HOSTPORT-DNAT
+-A CNI-HOSTPORT-DNAT -p tcp -m tcp --dport 18097 -j DNAT --to-destination 10.244.1.2:80
+COMMIT
+";
+
+/// Rules written with iptables-legacy are invisible to nft and to
+/// iptables-nft's `iptables-save`; portwatch reads them with
+/// `iptables-legacy-save` (the legacy nat table exists in the namespace),
+/// beside iptables-nft's, and names each rule once: NodePort 30080 (legacy)
+/// goes to Service default/nginx-svc, and a connection to it reaches the
+/// endpoint; hostPort 18097 (iptables-nft) is listed by `iptables`.
+#[test]
+fn iptables_legacy_node_port_names_its_service() {
+    let ns = Netns::new("pw-kp-legacy");
+    let server = ns.run(|| {
+        ip("link set lo up");
+        ip("addr add 10.244.1.2/32 dev lo");
+        feed("iptables-legacy-restore", &[], LEGACY_RULES);
+        feed("iptables-nft-restore", &["--noflush"], NFT_HOSTPORT);
+        TcpListener::bind("10.244.1.2:80").expect("the endpoint's server")
+    });
+    let to = ns.run(move || {
+        let _client =
+            TcpStream::connect_timeout(&"127.0.0.1:30080".parse().unwrap(), Duration::from_secs(5))
+                .expect("connect to the NodePort");
+        server.accept().unwrap().0.local_addr().unwrap()
+    });
+    assert_eq!(to.to_string(), "10.244.1.2:80");
+
+    let (code, v) = who(&ns, &["30080"]);
+    assert_eq!(code, 1, "{v:#}");
+    let rules = v["dnat"].as_array().unwrap();
+    assert_eq!(rules.len(), 1, "{v:#}");
+    assert_eq!(rules[0]["from"], "iptables-legacy", "{v:#}");
+    assert_eq!(rules[0]["service"]["namespace"], "default", "{v:#}");
+    assert_eq!(rules[0]["service"]["name"], "nginx-svc", "{v:#}");
+    assert_eq!(rules[0]["service"]["kind"], "NodePort", "{v:#}");
+    assert_eq!(
+        rules[0]["endpoints"],
+        serde_json::json!(["10.244.1.2:80"]),
+        "{v:#}"
+    );
+    let diagnosis = "no socket holds tcp port 30080, but kube-proxy sends it to Service default/nginx-svc (NodePort; endpoints 10.244.1.2:80): a process listening here never sees that traffic";
+    assert_steered(
+        &ns,
+        "30080",
+        diagnosis,
+        "`kubectl -n default get service nginx-svc -o yaml`",
+    );
+
+    let (code, v) = who(&ns, &["18097"]);
+    assert_eq!(code, 1, "{v:#}");
+    let froms: Vec<&str> = v["dnat"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r["from"].as_str())
+        .collect();
+    assert_eq!(froms, ["iptables"], "{v:#}");
 }
 
 /// Adds virtual server `vip` (TCP, round robin) with real servers `reals`
@@ -364,6 +525,7 @@ fn ipvs_node_port_names_its_endpoints() {
     let diagnosis = "no socket holds tcp port 30080, but kube-proxy (IPVS) sends it to 10.244.0.5:8080, 10.244.0.6:8080: a process listening here never sees that traffic";
     assert_steered(
         &ns,
+        "30080",
         diagnosis,
         "`kubectl get services -A | grep 30080` (a cluster command",
     );
