@@ -1,11 +1,15 @@
-//! kube-proxy's nftables and IPVS modes, each in the test's own network
-//! namespace (never the host's). nftables: its `ip kube-proxy` table, in
-//! the shape its nftables proxier writes it, loaded with Debian's `nft -f`.
-//! IPVS: virtual servers on the node's address and on the ClusterIP on a
-//! `kube-ipvs0` dummy device, written through IPVS's generic netlink family
-//! as kube-proxy's IPVS proxier writes them; this host's kernel has no
-//! ip_vs, so that test runs in the VM suites, whose Debian kernels load it
-//! as a module. In both, a connection to the NodePort really reaches a
+//! kube-proxy's nftables and IPVS modes, and its iptables mode on legacy
+//! iptables, each in the test's own network namespace (never the host's).
+//! nftables: its `ip kube-proxy` table, in the shape its nftables proxier
+//! writes it, loaded with Debian's `nft -f`: NodePorts (`service-nodeports`)
+//! and an externalIP on the node's address (`service-ips`). Legacy
+//! iptables: its rules loaded with Debian's `iptables-legacy-restore`,
+//! beside an iptables-nft rule. IPVS: virtual servers on the node's address
+//! and on the ClusterIP on a `kube-ipvs0` dummy device, written through
+//! IPVS's generic netlink family as kube-proxy's IPVS proxier writes them,
+//! beside an SCTP and a firewall-mark virtual server; this host's kernel
+//! has no ip_vs, so that test runs in the VM suites, whose Debian kernels
+//! load it as a module. In each, a connection to the port really reaches a
 //! server behind it, and `who` and `check` name where it goes. kube-proxy
 //! itself is not packaged for Debian 12: its rules are written here as it
 //! writes them.
@@ -453,6 +457,22 @@ fn iptables_legacy_node_port_names_its_service() {
     assert_eq!(froms, ["iptables"], "{v:#}");
 }
 
+/// IPVS's generic netlink family on a socket of the calling thread's
+/// network namespace.
+type IpvsSocket = nlrs::genetlink::socket::GenericNetlinkSocket<
+    Vec<u8>,
+    Vec<u8>,
+    nlrs::netlink::socket::NlSocket,
+>;
+
+/// Opens [`IpvsSocket`] (ip_vs loaded).
+fn ipvs_socket() -> IpvsSocket {
+    use nlrs::{ipvs::IPVS_FAMILY, netlink::socket::NlSocketType, socket::NetlinkSocket};
+    let socket = NetlinkSocket::new_vectored(NlSocketType::NETLINK_GENERIC).expect("netlink");
+    IpvsSocket::from_netlink_socket(socket, IPVS_FAMILY.to_string())
+        .expect("the IPVS family (ip_vs loaded)")
+}
+
 /// Adds virtual server `vip` (TCP, round robin) with real servers `reals`
 /// (masquerading, weight 1), as kube-proxy's IPVS proxier makes one
 /// (pkg/proxy/ipvs/proxier.go: scheduler `rr` by default, the `masq`
@@ -460,18 +480,14 @@ fn iptables_legacy_node_port_names_its_service() {
 /// calling thread's network namespace.
 fn ipvs_add(vip: &str, reals: &[&str]) {
     use nlrs::{
-        genetlink::socket::{GenericNetlinkSocket, GenericRequestBuilder},
+        genetlink::socket::GenericRequestBuilder,
         ipvs::{
             destination::{IpvsForwardMethod, NewDestinationMessageBuilder},
             service::NewServiceMessageBuilder,
-            IpvsService, Protocol, IPVS_FAMILY,
+            IpvsService, Protocol,
         },
-        netlink::socket::NlSocketType,
-        socket::NetlinkSocket,
     };
-    let socket = NetlinkSocket::new_vectored(NlSocketType::NETLINK_GENERIC).expect("netlink");
-    let mut socket = GenericNetlinkSocket::from_netlink_socket(socket, IPVS_FAMILY.to_string())
-        .expect("the IPVS family (ip_vs loaded)");
+    let mut socket = ipvs_socket();
     let service = IpvsService {
         service_address: vip.parse().unwrap(),
         protocol: Protocol::TCP,
@@ -485,6 +501,48 @@ fn ipvs_add(vip: &str, reals: &[&str]) {
         add.set_forwarding_method(IpvsForwardMethod::Masquerade);
         add.call().expect("add a real server");
     }
+}
+
+/// Adds a virtual server that nlrs's own dump parser cannot read: one of
+/// SCTP on `vip` (kube-proxy makes them for SCTP Services), or, with
+/// `fwmark`, one by firewall mark (keepalived's `virtual_server fwmark`).
+/// nlrs's builder has no firewall mark: its attribute is added to the
+/// message it built, and the lengths before it grown to match, as the
+/// kernel's ip_vs_genl_parse_service reads one (a mark wins over the
+/// address and port).
+fn ipvs_add_unreadable(vip: &str, fwmark: Option<u32>) {
+    use nlrs::{
+        genetlink::{socket::GenericRequestBuilder, GenericMessageBuilder},
+        ipvs::{
+            service::{service_attributes::IPVS_SVC_ATTR_FWMARK, NewServiceMessageBuilder},
+            IpvsService, Protocol,
+        },
+        netlink::{attr::write_u32_attr, msg::validate_ack},
+    };
+    let mut socket = ipvs_socket();
+    let service = IpvsService {
+        service_address: vip.parse().unwrap(),
+        protocol: Protocol::TCP,
+    };
+    let mut add = socket.message_builder::<NewServiceMessageBuilder<_>>(service);
+    add.sched_name = "rr".into();
+    let Some(mark) = fwmark else {
+        add.protocol = 132; // IPPROTO_SCTP
+        add.call().expect("add an SCTP virtual server");
+        return;
+    };
+    let (socket, _) = add.build().expect("build the message");
+    let grown = write_u32_attr(socket, IPVS_SVC_ATTR_FWMARK, mark).unwrap();
+    let message = socket.snd_buffer.get_mut();
+    // The netlink header's length (offset 0), then the nested service
+    // attribute's (after the 16-byte netlink and 4-byte generic headers).
+    let len = u32::from_ne_bytes(message[0..4].try_into().unwrap()) + grown as u32;
+    message[0..4].copy_from_slice(&len.to_ne_bytes());
+    let nested = u16::from_ne_bytes(message[20..22].try_into().unwrap()) + grown as u16;
+    message[20..22].copy_from_slice(&nested.to_ne_bytes());
+    socket.send().expect("send");
+    socket.receive().expect("receive");
+    validate_ack(socket).expect("add a virtual server by firewall mark");
 }
 
 /// kube-proxy's IPVS mode for Service shop/web: NodePort 30080 on the
@@ -503,6 +561,9 @@ fn ipvs_node_port_names_its_endpoints() {
         ip("addr add 10.96.0.50/32 dev kube-ipvs0");
         ipvs_add("192.168.0.2:30080", &ENDPOINTS);
         ipvs_add("10.96.0.50:80", &ENDPOINTS);
+        // What nlrs's dump parser fails on, beside them.
+        ipvs_add_unreadable("192.168.0.2:30090", None);
+        ipvs_add_unreadable("0.0.0.0:0", Some(7));
     });
     let to = ns.run(move || {
         let _client = connect_node_port();
@@ -510,11 +571,20 @@ fn ipvs_node_port_names_its_endpoints() {
     });
     assert!(ENDPOINTS.contains(&to.to_string().as_str()), "{to}");
 
-    let (code, v) = who(&ns, &["30080"]);
+    let out = portwatch(&ns, &["who", "30080", "--json"]);
+    let (code, v) = parse(&out);
     assert_eq!(code, 1, "{v:#}");
     assert_eq!(v["sockets"].as_array().unwrap().len(), 0, "{v:#}");
     let rule = &v["dnat"][0];
     assert_eq!(rule["from"], "ipvs", "{v:#}");
+    // The SCTP and firewall-mark virtual servers are passed over and
+    // counted once; the TCP ones are all read.
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        stderr.matches("portwatch: IPVS: passed over 2 virtual servers (1 by firewall mark, 1 neither TCP nor UDP); the TCP and UDP ones are read\n").count(),
+        1,
+        "{stderr}"
+    );
     assert_eq!(rule["made_by"], "kube-proxy", "{v:#}");
     assert_eq!(rule["endpoints"], serde_json::json!(ENDPOINTS), "{v:#}");
     assert_eq!(
