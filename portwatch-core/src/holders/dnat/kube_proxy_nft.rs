@@ -6,7 +6,10 @@
 //! each with a `dnat to IP:PORT`. A NodePort whose Service has no endpoints
 //! is in `no-endpoint-nodeports` instead, its element commented `ns/name:port`
 //! (pkg/proxy/nftables/proxier.go and the rulesets its proxier_test.go
-//! expects).
+//! expects). The same chain looks ClusterIPs, externalIPs and LoadBalancer
+//! IPs up in the `service-ips` map (`192.168.0.2 . tcp . 80 : goto
+//! external-…`; without endpoints, `no-endpoint-services`): those the node
+//! holds steer the port on that address as a NodePort does.
 //!
 //! The table is read as data, `nft -j list table FAMILY kube-proxy`
 //! (nftables' JSON), only when `nft list ruleset` showed it: no extra

@@ -8,12 +8,14 @@
 //! source; docs/holders.md), so there the rule is listed beside the holder.
 //!
 //! The rules are read with the distribution's own `iptables-save` and
-//! `ip6tables-save` (which also show iptables-nft's rules) and `nft list
-//! ruleset` (native nftables rules), in the calling thread's network
-//! namespace, once per batch of the verdict engine (`who`, `wait`): never
-//! on `watch`'s path. kube-proxy's own nftables tables are read again as
-//! JSON where that listing shows them ([`kube_proxy_nft`]), and IPVS's
-//! virtual servers through netlink where the module is loaded ([`ipvs`]).
+//! `ip6tables-save` (which also show iptables-nft's rules), `nft list
+//! ruleset` (native nftables rules) and, only where the legacy `nat` table
+//! exists, `iptables-legacy-save` ([`LEGACY_LISTERS`]), in the calling
+//! thread's network namespace, once per batch of the verdict engine (`who`,
+//! `wait`): never on `watch`'s path. kube-proxy's own nftables tables are
+//! read again as JSON where that listing shows them ([`kube_proxy_nft`]),
+//! and IPVS's virtual servers through netlink where the module is loaded
+//! ([`ipvs`]).
 //!
 //! Netfilter state is read, never written: `iptables-save` is run without
 //! `-t nat`, because naming a table makes legacy iptables load it (the
