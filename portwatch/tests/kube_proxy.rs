@@ -219,6 +219,44 @@ fn assert_steered(ns: &Netns, port: &str, diagnosis: &str, fix: &str) -> serde_j
     c
 }
 
+/// The address that `server` (in `ns`) accepts a connection to `to` on.
+fn accepted_through(ns: &Netns, to: &'static str, server: TcpListener) -> SocketAddr {
+    ns.run(move || {
+        let _client = TcpStream::connect_timeout(&to.parse().unwrap(), Duration::from_secs(5))
+            .unwrap_or_else(|e| panic!("connect to {to}: {e}"));
+        server.accept().unwrap().0.local_addr().unwrap()
+    })
+}
+
+/// `who PORT --json`'s only DNAT rule, when no socket holds the port.
+fn only_rule(ns: &Netns, port: &str) -> serde_json::Value {
+    let (code, v) = who(ns, &[port]);
+    assert_eq!(code, 1, "{v:#}");
+    assert_eq!(v["sockets"].as_array().unwrap().len(), 0, "{v:#}");
+    let rules = v["dnat"].as_array().unwrap();
+    assert_eq!(rules.len(), 1, "{v:#}");
+    rules[0].clone()
+}
+
+/// [`only_rule`]: `rule` in kube-proxy's `ip kube-proxy` table, to Service
+/// shop/web (port `http`) reached as `kind`, with both endpoints.
+fn web_rule(ns: &Netns, port: &str, kind: &str, rule: &str) -> serde_json::Value {
+    let found = only_rule(ns, port);
+    assert_eq!(found["from"], "nft", "{found:#}");
+    assert_eq!(found["table"], "ip kube-proxy", "{found:#}");
+    assert_eq!(found["service"]["namespace"], "shop", "{found:#}");
+    assert_eq!(found["service"]["name"], "web", "{found:#}");
+    assert_eq!(found["service"]["port_name"], "http", "{found:#}");
+    assert_eq!(found["service"]["kind"], kind, "{found:#}");
+    assert_eq!(
+        found["endpoints"],
+        serde_json::json!(ENDPOINTS),
+        "{found:#}"
+    );
+    assert_eq!(found["rule"], rule, "{found:#}");
+    found
+}
+
 /// kube-proxy's nftables rules send NodePort 30080 of the node's address
 /// to one of the Service's endpoints: a connection reaches a server there
 /// (and a port kube-proxy has no rule for is refused). `who` (JSON and
@@ -245,22 +283,11 @@ fn nftables_node_port_names_its_service() {
     );
     assert!(reached.2, "a port without rules answered: {reached:?}");
 
-    let (code, v) = who(&ns, &["30080"]);
-    assert_eq!(code, 1, "{v:#}");
-    assert_eq!(v["sockets"].as_array().unwrap().len(), 0, "{v:#}");
-    let rules = v["dnat"].as_array().unwrap();
-    assert_eq!(rules.len(), 1, "{v:#}");
-    let rule = &rules[0];
-    assert_eq!(rule["from"], "nft", "{v:#}");
-    assert_eq!(rule["service"]["namespace"], "shop", "{v:#}");
-    assert_eq!(rule["service"]["name"], "web", "{v:#}");
-    assert_eq!(rule["service"]["port_name"], "http", "{v:#}");
-    assert_eq!(rule["service"]["kind"], "NodePort", "{v:#}");
-    assert_eq!(rule["endpoints"], serde_json::json!(ENDPOINTS), "{v:#}");
-    assert_eq!(
-        rule["rule"],
+    web_rule(
+        &ns,
+        "30080",
+        "NodePort",
         "service-nodeports { tcp . 30080 : goto external-KHN6ECMT-shop/web/tcp/http }",
-        "{v:#}"
     );
 
     let diagnosis = "no socket holds tcp port 30080, but kube-proxy sends it to Service shop/web (NodePort, port http; endpoints 10.244.0.5:8080, 10.244.0.6:8080): a process listening here never sees that traffic";
@@ -317,24 +344,13 @@ fn nftables_external_ip_names_its_service() {
     });
     assert!(ENDPOINTS.contains(&to.to_string().as_str()), "{to}");
 
-    let (code, v) = who(&ns, &["80"]);
-    assert_eq!(code, 1, "{v:#}");
-    assert_eq!(v["sockets"].as_array().unwrap().len(), 0, "{v:#}");
-    let rules = v["dnat"].as_array().unwrap();
-    assert_eq!(rules.len(), 1, "{v:#}");
-    let rule = &rules[0];
-    assert_eq!(rule["from"], "nft", "{v:#}");
-    assert_eq!(rule["table"], "ip kube-proxy", "{v:#}");
-    assert_eq!(rule["service"]["name"], "web", "{v:#}");
-    assert_eq!(rule["service"]["port_name"], "http", "{v:#}");
-    assert_eq!(rule["service"]["kind"], "External", "{v:#}");
-    assert_eq!(rule["service"]["address"], "192.168.0.2", "{v:#}");
-    assert_eq!(rule["endpoints"], serde_json::json!(ENDPOINTS), "{v:#}");
-    assert_eq!(
-        rule["rule"],
+    let rule = web_rule(
+        &ns,
+        "80",
+        "External",
         "service-ips { 192.168.0.2 . tcp . 80 : goto external-KHN6ECMT-shop/web/tcp/http }",
-        "{v:#}"
     );
+    assert_eq!(rule["service"]["address"], "192.168.0.2", "{rule:#}");
 
     let diagnosis = "no socket holds tcp port 80, but kube-proxy sends it to Service shop/web (externalIP or LoadBalancer IP 192.168.0.2, port http; endpoints 10.244.0.5:8080, 10.244.0.6:8080): a process listening here never sees that traffic";
     assert_steered(
@@ -417,26 +433,18 @@ fn iptables_legacy_node_port_names_its_service() {
         feed("iptables-nft-restore", &["--noflush"], NFT_HOSTPORT);
         TcpListener::bind("10.244.1.2:80").expect("the endpoint's server")
     });
-    let to = ns.run(move || {
-        let _client =
-            TcpStream::connect_timeout(&"127.0.0.1:30080".parse().unwrap(), Duration::from_secs(5))
-                .expect("connect to the NodePort");
-        server.accept().unwrap().0.local_addr().unwrap()
-    });
+    let to = accepted_through(&ns, "127.0.0.1:30080", server);
     assert_eq!(to.to_string(), "10.244.1.2:80");
 
-    let (code, v) = who(&ns, &["30080"]);
-    assert_eq!(code, 1, "{v:#}");
-    let rules = v["dnat"].as_array().unwrap();
-    assert_eq!(rules.len(), 1, "{v:#}");
-    assert_eq!(rules[0]["from"], "iptables-legacy", "{v:#}");
-    assert_eq!(rules[0]["service"]["namespace"], "default", "{v:#}");
-    assert_eq!(rules[0]["service"]["name"], "nginx-svc", "{v:#}");
-    assert_eq!(rules[0]["service"]["kind"], "NodePort", "{v:#}");
+    let rule = only_rule(&ns, "30080");
+    assert_eq!(rule["from"], "iptables-legacy", "{rule:#}");
+    assert_eq!(rule["service"]["namespace"], "default", "{rule:#}");
+    assert_eq!(rule["service"]["name"], "nginx-svc", "{rule:#}");
+    assert_eq!(rule["service"]["kind"], "NodePort", "{rule:#}");
     assert_eq!(
-        rules[0]["endpoints"],
+        rule["endpoints"],
         serde_json::json!(["10.244.1.2:80"]),
-        "{v:#}"
+        "{rule:#}"
     );
     let diagnosis = "no socket holds tcp port 30080, but kube-proxy sends it to Service default/nginx-svc (NodePort; endpoints 10.244.1.2:80): a process listening here never sees that traffic";
     assert_steered(
@@ -631,25 +639,15 @@ fn nftables_ipv6_node_port_names_its_service() {
         nft_load(RULES_V6);
         TcpListener::bind("[fd00:10::5]:8080").expect("the endpoint's server")
     });
-    let to = ns.run(move || {
-        let _client = TcpStream::connect_timeout(
-            &"[2001:db8::1]:30080".parse().unwrap(),
-            Duration::from_secs(5),
-        )
-        .expect("connect to the NodePort");
-        server.accept().unwrap().0.local_addr().unwrap()
-    });
+    let to = accepted_through(&ns, "[2001:db8::1]:30080", server);
     assert_eq!(to.to_string(), "[fd00:10::5]:8080");
 
-    let (code, v) = who(&ns, &["30080"]);
-    assert_eq!(code, 1, "{v:#}");
-    let rules = v["dnat"].as_array().unwrap();
-    assert_eq!(rules.len(), 1, "{v:#}");
-    assert_eq!(rules[0]["from"], "nft", "{v:#}");
-    assert_eq!(rules[0]["service"]["name"], "web", "{v:#}");
+    let rule = only_rule(&ns, "30080");
+    assert_eq!(rule["from"], "nft", "{rule:#}");
+    assert_eq!(rule["service"]["name"], "web", "{rule:#}");
     assert_eq!(
-        rules[0]["endpoints"],
+        rule["endpoints"],
         serde_json::json!(["[fd00:10::5]:8080"]),
-        "{v:#}"
+        "{rule:#}"
     );
 }

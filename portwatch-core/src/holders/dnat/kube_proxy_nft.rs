@@ -50,12 +50,12 @@ pub(super) fn node_ports(table: &Value, port: u16, proto: &str) -> Vec<DnatRule>
             continue;
         };
         let rule = format!("service-nodeports {{ {proto} . {port} : goto {target} }}");
-        found.extend(to_service(items, target, rule, "NodePort", None));
+        found.extend(to_service(items, target, rule, Via::NODE_PORT));
     }
     for (key, verdict) in map_elements(items, "no-endpoint-nodeports") {
         if is_port(key, port, proto) {
             let rule = format!("no-endpoint-nodeports {{ {proto} . {port} ");
-            let named = without_endpoints(&found, key, verdict, rule, "NodePort", None);
+            let named = without_endpoints(&found, key, verdict, rule, Via::NODE_PORT);
             found.extend(named);
         }
     }
@@ -82,20 +82,22 @@ pub(super) fn service_ips(
     let steered = |key: &Value| {
         service_ip(key, port, proto).filter(|ip| local.contains(ip) && covers(bind, *ip))
     };
+    let via = |ip| Via {
+        kind: service_ip_kind(items, ip, port, proto),
+        address: Some(ip),
+    };
     let mut found = Vec::new();
     for (key, verdict) in map_elements(items, "service-ips") {
         let (Some(ip), Some(target)) = (steered(key), target_of(verdict)) else {
             continue;
         };
         let rule = format!("service-ips {{ {ip} . {proto} . {port} : goto {target} }}");
-        let kind = service_ip_kind(items, ip, port, proto);
-        found.extend(to_service(items, target, rule, kind, Some(ip)));
+        found.extend(to_service(items, target, rule, via(ip)));
     }
     for (key, verdict) in map_elements(items, "no-endpoint-services") {
         if let Some(ip) = steered(key) {
             let rule = format!("no-endpoint-services {{ {ip} . {proto} . {port} ");
-            let kind = service_ip_kind(items, ip, port, proto);
-            let named = without_endpoints(&found, key, verdict, rule, kind, Some(ip));
+            let named = without_endpoints(&found, key, verdict, rule, via(ip));
             found.extend(named);
         }
     }
@@ -110,21 +112,36 @@ fn items(table: &Value) -> &[Value] {
         .unwrap_or(&[])
 }
 
+/// How a map's element reaches its Service: [`KubeService`]'s `kind` and
+/// `address`.
+#[derive(Debug, Clone, Copy)]
+struct Via {
+    kind: &'static str,
+    address: Option<IpAddr>,
+}
+
+impl Via {
+    /// A NodePort: every node address.
+    const NODE_PORT: Via = Via {
+        kind: "NodePort",
+        address: None,
+    };
+
+    /// `service` as reached this way.
+    fn of(self, service: KubeService) -> KubeService {
+        KubeService {
+            kind: self.kind.into(),
+            address: self.address.map(|a| a.to_string()),
+            ..service
+        }
+    }
+}
+
 /// The rule for a verdict map's element that goes to `target`: the
 /// Service named from the chain's name, with every address its endpoint
 /// chains DNAT to.
-fn to_service(
-    items: &[Value],
-    target: &str,
-    rule: String,
-    kind: &str,
-    address: Option<IpAddr>,
-) -> Option<DnatRule> {
-    let service = KubeService {
-        kind: kind.into(),
-        address: address.map(|a| a.to_string()),
-        ..service_of_chain(target)?
-    };
+fn to_service(items: &[Value], target: &str, rule: String, via: Via) -> Option<DnatRule> {
+    let service = via.of(service_of_chain(target)?);
     let mut endpoints = Vec::new();
     follow(items, target, &mut endpoints, &mut Vec::new());
     endpoints.sort();
@@ -146,14 +163,9 @@ fn without_endpoints(
     key: &Value,
     verdict: &Value,
     rule: String,
-    kind: &str,
-    address: Option<IpAddr>,
+    via: Via,
 ) -> Option<DnatRule> {
-    let service = KubeService {
-        kind: kind.into(),
-        address: address.map(|a| a.to_string()),
-        ..key["elem"]["comment"].as_str().and_then(service_of)?
-    };
+    let service = via.of(key["elem"]["comment"].as_str().and_then(service_of)?);
     if found.iter().any(|r| r.service.as_ref() == Some(&service)) {
         return None;
     }
