@@ -417,12 +417,22 @@ const NFT_HOSTPORT: &str = "*nat
 COMMIT
 ";
 
+/// A port forward written with `ip6tables-legacy` (IPv6's legacy nat
+/// table, listed from its own /proc file).
+const LEGACY_V6_FORWARD: &str = "*nat
+:PREROUTING ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+-A OUTPUT -d ::1/128 -p tcp -m tcp --dport 30081 -j DNAT --to-destination [fd00::7]:80
+COMMIT
+";
+
 /// Rules written with iptables-legacy are invisible to nft and to
 /// iptables-nft's `iptables-save`; portwatch reads them with
 /// `iptables-legacy-save` (the legacy nat table exists in the namespace),
 /// beside iptables-nft's, and names each rule once: NodePort 30080 (legacy)
 /// goes to Service default/nginx-svc, and a connection to it reaches the
-/// endpoint; hostPort 18097 (iptables-nft) is listed by `iptables`.
+/// endpoint; hostPort 18097 (iptables-nft) is listed by `iptables`; an
+/// IPv6 forward by `ip6tables-legacy-save`.
 #[test]
 fn iptables_legacy_node_port_names_its_service() {
     let ns = Netns::new("pw-kp-legacy");
@@ -431,6 +441,7 @@ fn iptables_legacy_node_port_names_its_service() {
         ip("addr add 10.244.1.2/32 dev lo");
         feed("iptables-legacy-restore", &[], LEGACY_RULES);
         feed("iptables-nft-restore", &["--noflush"], NFT_HOSTPORT);
+        feed("ip6tables-legacy-restore", &[], LEGACY_V6_FORWARD);
         TcpListener::bind("10.244.1.2:80").expect("the endpoint's server")
     });
     let to = accepted_through(&ns, "127.0.0.1:30080", server);
@@ -463,6 +474,9 @@ fn iptables_legacy_node_port_names_its_service() {
         .filter_map(|r| r["from"].as_str())
         .collect();
     assert_eq!(froms, ["iptables"], "{v:#}");
+    let rule = only_rule(&ns, "30081");
+    assert_eq!(rule["from"], "ip6tables-legacy", "{rule:#}");
+    assert_eq!(rule["to"], "[fd00::7]:80", "{rule:#}");
 }
 
 /// IPVS's generic netlink family on a socket of the calling thread's
