@@ -31,6 +31,7 @@ mod kube_proxy_nft;
 use std::{net::IpAddr, path::Path, process::Command, time::Duration};
 
 use ipvs::KUBE_IPVS_DEVICE;
+use nix::ifaddrs::InterfaceAddress;
 use serde::{Deserialize, Serialize};
 
 use super::containers::Pod;
@@ -207,14 +208,7 @@ impl NatTables {
                 listed.push((from, String::from_utf8_lossy(&out).into_owned()));
             }
         }
-        for legacy in &LEGACY_LISTERS {
-            let tables = std::fs::read_to_string(legacy.tables).unwrap_or_default();
-            if legacy_to_list(&tables, legacy.program, legacy.save) {
-                if let Some(out) = list(legacy.program, &[]) {
-                    listed.push((legacy.from, String::from_utf8_lossy(&out).into_owned()));
-                }
-            }
-        }
+        listed.extend(legacy_listings());
         let mut kube_nft = Vec::new();
         let ruleset = listed.iter().find(|(from, _)| *from == "nft");
         for family in kube_proxy_nft::FAMILIES {
@@ -233,28 +227,20 @@ impl NatTables {
             eprintln!("portwatch: IPVS virtual servers not read: {e}");
             Vec::new()
         });
-        let addrs: Vec<nix::ifaddrs::InterfaceAddress> = if ipvs.is_empty() && kube_nft.is_empty() {
+        // The namespace's addresses, only where a rule depends on them.
+        let addrs: Vec<InterfaceAddress> = if ipvs.is_empty() && kube_nft.is_empty() {
             Vec::new()
         } else {
             nix::ifaddrs::getifaddrs().map_or(Vec::new(), Iterator::collect)
         };
         let kube_ipvs =
             !ipvs.is_empty() && addrs.iter().any(|a| a.interface_name == KUBE_IPVS_DEVICE);
-        let local = addrs
-            .iter()
-            .filter_map(|a| a.address.as_ref())
-            .filter_map(|a| match (a.as_sockaddr_in(), a.as_sockaddr_in6()) {
-                (Some(v4), _) => Some(IpAddr::V4(v4.ip())),
-                (_, Some(v6)) => Some(IpAddr::V6(v6.ip())),
-                _ => None,
-            })
-            .collect();
         Self {
             listed,
             kube_nft,
             ipvs,
             kube_ipvs,
-            local,
+            local: ip_addresses(&addrs),
         }
     }
 
@@ -319,6 +305,34 @@ impl NatTables {
         );
         rules
     }
+}
+
+/// The legacy listers' outputs, of those [`legacy_to_list`] runs.
+fn legacy_listings() -> Vec<(&'static str, String)> {
+    let mut listed = Vec::new();
+    for legacy in &LEGACY_LISTERS {
+        let tables = std::fs::read_to_string(legacy.tables).unwrap_or_default();
+        if !legacy_to_list(&tables, legacy.program, legacy.save) {
+            continue;
+        }
+        if let Some(out) = list(legacy.program, &[]) {
+            listed.push((legacy.from, String::from_utf8_lossy(&out).into_owned()));
+        }
+    }
+    listed
+}
+
+/// The IP addresses among interface addresses.
+fn ip_addresses(addrs: &[InterfaceAddress]) -> Vec<IpAddr> {
+    addrs
+        .iter()
+        .filter_map(|a| a.address.as_ref())
+        .filter_map(|a| match (a.as_sockaddr_in(), a.as_sockaddr_in6()) {
+            (Some(v4), _) => Some(IpAddr::V4(v4.ip())),
+            (_, Some(v6)) => Some(IpAddr::V6(v6.ip())),
+            _ => None,
+        })
+        .collect()
 }
 
 /// Whether to run iptables-legacy's lister `program`: the legacy `nat`
