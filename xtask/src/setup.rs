@@ -216,6 +216,8 @@ pub fn ensure_test_packages() -> Result<()> {
         ("/usr/lib/cni/portmap", "containernetworking-plugins"),
         // kube-proxy's rules loaded into a test's namespace.
         ("/usr/sbin/iptables-restore", "iptables"),
+        ("/usr/sbin/iptables-legacy-restore", "iptables"),
+        ("/usr/sbin/ip6tables-legacy-restore", "iptables"),
         ("/usr/sbin/nft", "nftables"),
         // Compose v1, the only one Debian 12 ships: fixes must name it.
         ("docker-compose", "docker-compose"),

@@ -52,10 +52,12 @@ const HOST_ONLY: &[&str] = &[
     // what it checks (user space shedding lookups) does not depend on the
     // kernel.
     "lookups_slower_than_a_burst_are_shed_not_events",
-    // nft (Debian's nftables) is not in the VM; kube_proxy.rs's IPVS test
-    // is what runs there.
+    // nft (Debian's nftables) and iptables-legacy are not in the VM;
+    // kube_proxy.rs's IPVS test is what runs there.
     "nftables_node_port_names_its_service",
     "nftables_ipv6_node_port_names_its_service",
+    "nftables_external_ip_names_its_service",
+    "iptables_legacy_node_port_names_its_service",
 ];
 
 /// Test binaries to run in the VM.

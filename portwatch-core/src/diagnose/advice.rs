@@ -633,11 +633,19 @@ pub fn steered_to_service(proto: &str, port: u16, rule: &DnatRule) -> Option<(St
     let diagnosis = format!(
         "no socket holds {proto} port {port}, but kube-proxy sends it to Service {} ({}{port_name}{endpoints}): a process listening here never sees that traffic",
         s.label(),
-        s.kind
+        s.how()
     );
     let (ns, name) = (shell_word(&s.namespace), shell_word(&s.name));
+    // A Service address of the node (an externalIP, a LoadBalancer IP)
+    // takes the port on that address only: moving off it is a fix too.
+    let change = match &s.address {
+        None => format!("move Service {ns}/{name} to another nodePort (or another type)"),
+        Some(a) => format!(
+            "bind this service to another address than {a}, or take {a} out of Service {ns}/{name}'s externalIPs (or its load balancer's addresses)"
+        ),
+    };
     let fix = format!(
-        "give this service another port, or move Service {ns}/{name} to another nodePort (or another type) in its manifest: `kubectl -n {ns} get service {name} -o yaml` (a cluster command: run it where the cluster is managed) shows its ports; kube-proxy writes its rules again if they are removed by hand"
+        "give this service another port, or {change} in its manifest: `kubectl -n {ns} get service {name} -o yaml` (a cluster command: run it where the cluster is managed) shows its ports; kube-proxy writes its rules again if they are removed by hand"
     );
     Some((diagnosis, fix))
 }

@@ -104,7 +104,11 @@ fn holder_names(c: &Outcome) -> Vec<String> {
     let mut names: Vec<String> = c.holders.iter().map(holder_name).collect();
     names.extend(c.published.iter().map(|p| printable(&p.container.label())));
     names.extend(c.dnat.iter().map(|d| match (&d.service, &d.pod) {
-        (Some(s), _) => format!("Service {} ({})", printable(&s.label()), printable(&s.kind)),
+        (Some(s), _) => format!(
+            "Service {} ({})",
+            printable(&s.label()),
+            printable(&s.how())
+        ),
         (None, Some(p)) => format!(
             "hostPort of pod {}/{}",
             printable(&p.namespace),

@@ -413,8 +413,8 @@ fn steered(b: &Binding, j: &Judgement) -> Option<Outcome> {
 fn reaches(rule: &DnatRule, b: &Binding) -> bool {
     let dual = b.addr.is_unspecified() && !b.opts.v6only;
     match rule.from.as_str() {
-        "iptables" => b.addr.is_ipv4() || dual,
-        "ip6tables" => b.addr.is_ipv6(),
+        "iptables" | "iptables-legacy" => b.addr.is_ipv4() || dual,
+        "ip6tables" | "ip6tables-legacy" => b.addr.is_ipv6(),
         // An nft table steers its family's traffic: `ip` IPv4's, `ip6`
         // IPv6's, `inet` both.
         "nft" => match rule.table.as_deref().and_then(|t| t.split_once(' ')) {

@@ -283,6 +283,14 @@ fn nft_rules_steer_their_tables_family() {
     assert_eq!(got("ip nat"), [true, true, false]);
     assert_eq!(got("ip6 kube-proxy"), [false, true, true]);
     assert_eq!(got("inet filter"), [true, true, true]);
+    // Legacy iptables' rules by their tool's family, as iptables-nft's.
+    let legacy = |from: &str| DnatRule {
+        from: from.into(),
+        ..rule("")
+    };
+    let got = |from: &str| [&v4, &dual, &v6only].map(|binding| reaches(&legacy(from), binding));
+    assert_eq!(got("iptables-legacy"), [true, true, false]);
+    assert_eq!(got("ip6tables-legacy"), [false, true, true]);
 }
 
 #[test]

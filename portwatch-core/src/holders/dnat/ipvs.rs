@@ -7,7 +7,10 @@
 //! The virtual servers and their real servers are read through IPVS's
 //! generic netlink family (IPVS_CMD_GET_SERVICE, IPVS_CMD_GET_DEST) with
 //! the `nlrs` crate: MIT, no dependencies of its own, and its IPVS messages
-//! are those ipvsadm sends. Only when `/proc/thread-self/net/ip_vs` exists,
+//! are those ipvsadm sends. Its dump parser fails whole on a virtual server
+//! by firewall mark or of SCTP, so the dump is parsed here a message at a
+//! time with the crate's own per-message reader ([`read`]); `neli` would
+//! need the IPVS attributes written out by hand, which nlrs already has. Only when `/proc/thread-self/net/ip_vs` exists,
 //! that is when the ip_vs module is loaded (it makes that file in every
 //! network namespace): resolving the family otherwise makes the kernel
 //! load the module, and portwatch changes nothing on the host.
@@ -16,15 +19,27 @@
 //! the real servers; kube-proxy is named as their maker only when its
 //! `kube-ipvs0` device is there.
 
-use std::{collections::BTreeSet, net::SocketAddr, path::Path};
+use std::{
+    collections::BTreeSet,
+    io::{Cursor, Read},
+    net::{IpAddr, SocketAddr},
+    path::Path,
+};
 
 use nlrs::{
-    genetlink::socket::{GenericNetlinkSocket, GenericRequestBuilder},
-    ipvs::{
-        destination::GetDestinationMessageBuilder, service::GetServiceMessageBuilder, IpvsService,
-        Protocol, IPVS_FAMILY,
+    genetlink::{
+        socket::{GenericNetlinkSocket, GenericRequestBuilder},
+        GenericMessageBuilder,
     },
-    netlink::socket::NlSocketType,
+    ipvs::{
+        destination::GetDestinationMessageBuilder,
+        service::{read_get_service_msg, GetServiceMessageBuilder, ServiceAttribute},
+        IpFamily, IpvsService, Protocol, IPVS_FAMILY,
+    },
+    netlink::{
+        msg::NlMsgIter,
+        socket::{NlSocket, NlSocketType},
+    },
     socket::NetlinkSocket,
 };
 
@@ -51,10 +66,14 @@ fn loaded() -> bool {
     Path::new("/proc/thread-self/net/ip_vs").exists()
 }
 
-/// Every virtual server of this thread's network namespace, with its real
-/// servers; empty without IPVS. An error when the kernel refused the dump
-/// (an SCTP or fwmark virtual server, which the crate cannot parse, fails
-/// the whole dump: kube-proxy makes SCTP ones for SCTP Services only).
+/// Every TCP and UDP virtual server of this thread's network namespace,
+/// with its real servers; empty without IPVS. The dump is parsed message by
+/// message: a virtual server the crate cannot read (one by firewall mark,
+/// which has no address or port; one of SCTP; one whose real servers are
+/// unreadable) is passed over, counted, and said once on stderr, and every
+/// other is kept. The crate's own dump parser fails whole on the first of
+/// them, losing every Service of the node. An error only when the kernel
+/// refused the dump.
 pub(super) fn read() -> Result<Vec<VirtualServer>, String> {
     if !loaded() {
         return Ok(Vec::new());
@@ -63,31 +82,146 @@ pub(super) fn read() -> Result<Vec<VirtualServer>, String> {
         .map_err(|e| format!("netlink socket: {e:?}"))?;
     let mut socket = GenericNetlinkSocket::from_netlink_socket(socket, IPVS_FAMILY.to_string())
         .map_err(|e| format!("IPVS netlink family: {e}"))?;
-    let services = socket
-        .message_builder::<GetServiceMessageBuilder<_>>(())
-        .call()
-        .map_err(|e| format!("IPVS virtual servers: {e} ({e:?})"))?;
+    let mut passed = Passed::default();
     let mut found = Vec::new();
-    for s in services {
-        let service = IpvsService {
-            service_address: s.service_address,
-            protocol: s.protocol,
+    for message in dump_services(&mut socket)? {
+        let attributes = read_get_service_msg(&mut Cursor::new(&message), message.len());
+        let Some((service, scheduler)) = attributes
+            .map_err(|_| Skip::Unreadable)
+            .and_then(|a| virtual_server(&a))
+            .map_err(|why| passed.add(why))
+            .ok()
+        else {
+            continue;
         };
-        let reals = socket
+        let Ok(reals) = socket
             .message_builder::<GetDestinationMessageBuilder<_>>(service)
             .call()
-            .map_err(|e| format!("IPVS real servers of {}: {e}", s.service_address))?;
+        else {
+            passed.add(Skip::Unreadable);
+            continue;
+        };
         found.push(VirtualServer {
-            proto: match s.protocol {
+            proto: match service.protocol {
                 Protocol::TCP => "tcp",
                 Protocol::UDP => "udp",
             },
-            addr: s.service_address,
-            scheduler: s.scheduler,
+            addr: service.service_address,
+            scheduler,
             reals: reals.into_iter().map(|d| d.destination_address).collect(),
         });
     }
+    if let Some(note) = passed.note() {
+        eprintln!("portwatch: {note}");
+    }
     Ok(found)
+}
+
+/// IPVS's generic netlink socket.
+type IpvsSocket = GenericNetlinkSocket<Vec<u8>, Vec<u8>, NlSocket>;
+
+/// The messages of an IPVS_CMD_GET_SERVICE dump, each one's payload whole
+/// (a parse that stops inside one cannot misread the next).
+fn dump_services(socket: &mut IpvsSocket) -> Result<Vec<Vec<u8>>, String> {
+    let err = |e: &dyn std::fmt::Display| format!("IPVS virtual servers: {e}");
+    let (socket, _) = socket
+        .message_builder::<GetServiceMessageBuilder<_>>(())
+        .build()
+        .map_err(|e| err(&e))?;
+    socket.send().map_err(|e| err(&e))?;
+    socket.receive().map_err(|e| err(&e))?;
+    NlMsgIter::new(socket, payload)
+        .map(|m| m.map_err(|e| err(&e))?.map_err(|e| err(&e)))
+        .collect()
+}
+
+/// A message's `len` bytes of payload.
+fn payload<R: Read>(reader: &mut R, len: usize) -> std::io::Result<Vec<u8>> {
+    let mut bytes = vec![0; len];
+    reader.read_exact(&mut bytes)?;
+    Ok(bytes)
+}
+
+/// Why a virtual server was passed over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Skip {
+    /// It matches a firewall mark, not an address and port.
+    FirewallMark,
+    /// Its protocol is neither TCP nor UDP (SCTP: 132).
+    Protocol(u16),
+    /// Its attributes or its real servers could not be read.
+    Unreadable,
+}
+
+/// How many virtual servers a read passed over, and why.
+#[derive(Debug, Default)]
+struct Passed {
+    firewall_mark: usize,
+    other_protocol: usize,
+    unreadable: usize,
+}
+
+impl Passed {
+    fn add(&mut self, why: Skip) {
+        match why {
+            Skip::FirewallMark => self.firewall_mark += 1,
+            Skip::Protocol(_) => self.other_protocol += 1,
+            Skip::Unreadable => self.unreadable += 1,
+        }
+    }
+
+    /// One line for all of them, when there were any.
+    fn note(&self) -> Option<String> {
+        let parts: Vec<String> = [
+            (self.firewall_mark, "by firewall mark"),
+            (self.other_protocol, "neither TCP nor UDP"),
+            (self.unreadable, "unreadable"),
+        ]
+        .iter()
+        .filter(|(n, _)| *n > 0)
+        .map(|(n, why)| format!("{n} {why}"))
+        .collect();
+        (!parts.is_empty()).then(|| {
+            format!(
+                "IPVS: passed over {} virtual servers ({}); the TCP and UDP ones are read",
+                self.firewall_mark + self.other_protocol + self.unreadable,
+                parts.join(", ")
+            )
+        })
+    }
+}
+
+/// The TCP or UDP virtual server one message's attributes describe, with
+/// its scheduler (as the kernel's ip_vs_genl_fill_service writes them: an
+/// address family, then a firewall mark or protocol, address and port).
+fn virtual_server(attributes: &[ServiceAttribute]) -> Result<(IpvsService, String), Skip> {
+    let (mut family, mut proto, mut addr, mut port, mut scheduler) = (None, None, None, None, None);
+    for a in attributes {
+        match a {
+            ServiceAttribute::FwMark(_) => return Err(Skip::FirewallMark),
+            ServiceAttribute::AddressFamily(f) => family = Some(*f),
+            ServiceAttribute::Protocol(p) => proto = Some(*p),
+            ServiceAttribute::Address(a) => addr = Some(*a),
+            ServiceAttribute::Port(p) => port = Some(*p),
+            ServiceAttribute::Scheduler(s) => scheduler = Some(s.clone()),
+            _ => {}
+        }
+    }
+    let proto = proto.ok_or(Skip::Unreadable)?;
+    let protocol = Protocol::try_from(proto).map_err(|()| Skip::Protocol(proto))?;
+    let (Some(family), Some(addr), Some(port)) = (family, addr, port) else {
+        return Err(Skip::Unreadable);
+    };
+    let ip = match IpFamily::try_from(family) {
+        Ok(IpFamily::AF_INET) => IpAddr::from([addr[0], addr[1], addr[2], addr[3]]),
+        Ok(IpFamily::AF_INET6) => IpAddr::from(addr),
+        Err(()) => return Err(Skip::Unreadable),
+    };
+    let service = IpvsService {
+        service_address: SocketAddr::new(ip, port),
+        protocol,
+    };
+    Ok((service, scheduler.unwrap_or_default()))
 }
 
 /// The virtual servers on `port` of `proto`, as one rule: kube-proxy makes
@@ -175,5 +309,58 @@ mod tests {
             ["10.244.0.9:53"]
         );
         assert_eq!(rules(&servers, 30081, "tcp"), vec![]);
+    }
+
+    /// A message's attributes as the kernel's ip_vs_genl_fill_service
+    /// writes them (before the flags, timeout and statistics, read as
+    /// `Other`): a TCP or UDP virtual server is kept, one by firewall mark
+    /// (which has no protocol, address or port) or of SCTP is passed over,
+    /// and so is one whose attributes are short.
+    #[test]
+    fn virtual_servers_by_message() {
+        use ServiceAttribute as A;
+        let mut v4 = [0u8; 16];
+        v4[..4].copy_from_slice(&[192, 168, 0, 2]);
+        let tcp = [
+            A::AddressFamily(2),
+            A::Protocol(6),
+            A::Address(v4),
+            A::Port(30080),
+            A::Scheduler("rr".into()),
+            A::Other(7),
+            A::Timeout(0),
+        ];
+        let (s, scheduler) = virtual_server(&tcp).unwrap();
+        assert_eq!(s.service_address.to_string(), "192.168.0.2:30080");
+        assert_eq!((s.protocol, scheduler.as_str()), (Protocol::TCP, "rr"));
+        let v6: std::net::Ipv6Addr = "fd00::5".parse().unwrap();
+        let udp = [
+            A::AddressFamily(10),
+            A::Protocol(17),
+            A::Address(v6.octets()),
+            A::Port(53),
+            A::Scheduler("rr".into()),
+        ];
+        let (s, _) = virtual_server(&udp).unwrap();
+        assert_eq!(s.service_address.to_string(), "[fd00::5]:53");
+        assert_eq!(s.protocol, Protocol::UDP);
+        let fwmark = [A::AddressFamily(2), A::FwMark(7), A::Scheduler("rr".into())];
+        assert_eq!(virtual_server(&fwmark), Err(Skip::FirewallMark));
+        let mut sctp = tcp.clone();
+        sctp[1] = A::Protocol(132);
+        assert_eq!(virtual_server(&sctp), Err(Skip::Protocol(132)));
+        assert_eq!(virtual_server(&tcp[..3]), Err(Skip::Unreadable));
+        let mut family = tcp.clone();
+        family[0] = A::AddressFamily(7);
+        assert_eq!(virtual_server(&family), Err(Skip::Unreadable));
+
+        let mut passed = Passed::default();
+        assert_eq!(passed.note(), None);
+        passed.add(Skip::FirewallMark);
+        passed.add(Skip::Protocol(132));
+        assert_eq!(
+            passed.note().as_deref(),
+            Some("IPVS: passed over 2 virtual servers (1 by firewall mark, 1 neither TCP nor UDP); the TCP and UDP ones are read")
+        );
     }
 }

@@ -8,12 +8,14 @@
 //! source; docs/holders.md), so there the rule is listed beside the holder.
 //!
 //! The rules are read with the distribution's own `iptables-save` and
-//! `ip6tables-save` (which also show iptables-nft's rules) and `nft list
-//! ruleset` (native nftables rules), in the calling thread's network
-//! namespace, once per batch of the verdict engine (`who`, `wait`): never
-//! on `watch`'s path. kube-proxy's own nftables tables are read again as
-//! JSON where that listing shows them ([`kube_proxy_nft`]), and IPVS's
-//! virtual servers through netlink where the module is loaded ([`ipvs`]).
+//! `ip6tables-save` (which also show iptables-nft's rules), `nft list
+//! ruleset` (native nftables rules) and, only where the legacy `nat` table
+//! exists, `iptables-legacy-save` ([`LEGACY_LISTERS`]), in the calling
+//! thread's network namespace, once per batch of the verdict engine (`who`,
+//! `wait`): never on `watch`'s path. kube-proxy's own nftables tables are
+//! read again as JSON where that listing shows them ([`kube_proxy_nft`]),
+//! and IPVS's virtual servers through netlink where the module is loaded
+//! ([`ipvs`]).
 //!
 //! Netfilter state is read, never written: `iptables-save` is run without
 //! `-t nat`, because naming a table makes legacy iptables load it (the
@@ -26,9 +28,10 @@ pub mod ipam;
 mod ipvs;
 mod kube_proxy_nft;
 
-use std::{path::Path, process::Command, time::Duration};
+use std::{net::IpAddr, path::Path, process::Command, time::Duration};
 
 use ipvs::KUBE_IPVS_DEVICE;
+use nix::ifaddrs::InterfaceAddress;
 use serde::{Deserialize, Serialize};
 
 use super::containers::Pod;
@@ -36,8 +39,10 @@ use super::containers::Pod;
 /// A rule that redirects traffic for a port elsewhere.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DnatRule {
-    /// Which tool listed it: `iptables`, `ip6tables` or `nft`; `ipvs` for
-    /// IPVS virtual servers (read through netlink).
+    /// Which tool listed it: `iptables`, `ip6tables` or `nft`;
+    /// `iptables-legacy` or `ip6tables-legacy` for legacy iptables' rules
+    /// (beside iptables-nft's); `ipvs` for IPVS virtual servers (read
+    /// through netlink).
     pub from: String,
     /// The rule as the tool printed it (untrusted: comments are free text).
     pub rule: String,
@@ -92,8 +97,16 @@ pub struct KubeService {
     pub name: String,
     /// The Service port's name (empty for an unnamed port).
     pub port_name: String,
-    /// How the port reaches it: `NodePort`.
+    /// How the port reaches it: `NodePort`; for a Service address of
+    /// the node (kube-proxy's nftables `service-ips` map), `ClusterIP`,
+    /// `LoadBalancer` (one with source ranges), or `External`: an
+    /// externalIP or a LoadBalancer IP, which kube-proxy's table writes
+    /// alike.
     pub kind: String,
+    /// The node's address that kube-proxy takes the port's traffic on,
+    /// for every kind but `NodePort` (which takes it on all of them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
 }
 
 impl KubeService {
@@ -101,7 +114,25 @@ impl KubeService {
     pub fn label(&self) -> String {
         format!("{}/{}", self.namespace, self.name)
     }
+
+    /// How the port reaches it, in words: `NodePort`, `externalIP or
+    /// LoadBalancer IP 192.168.0.2` (untrusted text: escape it to print).
+    pub fn how(&self) -> String {
+        let kind = match self.kind.as_str() {
+            KIND_EXTERNAL => "externalIP or LoadBalancer IP",
+            "LoadBalancer" => "LoadBalancer IP",
+            k => k,
+        };
+        match &self.address {
+            Some(a) => format!("{kind} {a}"),
+            None => kind.to_owned(),
+        }
+    }
 }
+
+/// The kind of a Service address that is an externalIP or a LoadBalancer
+/// IP: kube-proxy's nftables table writes both alike.
+pub const KIND_EXTERNAL: &str = "External";
 
 /// The programs, by absolute path: a root tool never runs whatever a PATH
 /// entry offers under these names.
@@ -109,6 +140,40 @@ const LISTERS: [(&str, &[&str], &str); 3] = [
     ("/usr/sbin/iptables-save", &[], "iptables"),
     ("/usr/sbin/ip6tables-save", &[], "ip6tables"),
     ("/usr/sbin/nft", &["list", "ruleset"], "nft"),
+];
+
+/// An iptables-legacy lister. Its rules are invisible to nft and to
+/// iptables-nft's `iptables-save`, so a node whose kube-proxy or CNI plugin
+/// runs the legacy binaries needs it; but only then, to keep each `who` at
+/// few subprocesses.
+struct LegacyLister {
+    /// The file of this namespace's /proc that names the legacy tables of
+    /// its family: `nat` once a legacy nat rule was written here, empty on
+    /// a node that never used them.
+    tables: &'static str,
+    /// The lister.
+    program: &'static str,
+    /// The family's `iptables-save`, which is the same program where the
+    /// node chose legacy iptables (Debian's alternatives).
+    save: &'static str,
+    /// Its name in [`DnatRule::from`].
+    from: &'static str,
+}
+
+/// IPv4's and IPv6's legacy listers.
+const LEGACY_LISTERS: [LegacyLister; 2] = [
+    LegacyLister {
+        tables: "/proc/thread-self/net/ip_tables_names",
+        program: "/usr/sbin/iptables-legacy-save",
+        save: "/usr/sbin/iptables-save",
+        from: "iptables-legacy",
+    },
+    LegacyLister {
+        tables: "/proc/thread-self/net/ip6_tables_names",
+        program: "/usr/sbin/ip6tables-legacy-save",
+        save: "/usr/sbin/ip6tables-save",
+        from: "ip6tables-legacy",
+    },
 ];
 
 /// How long one lister may take.
@@ -126,6 +191,9 @@ pub struct NatTables {
     ipvs: Vec<ipvs::VirtualServer>,
     /// Whether kube-proxy's IPVS device is in this namespace.
     kube_ipvs: bool,
+    /// This namespace's addresses, read where kube-proxy's nftables
+    /// tables are (its `service-ips` map steers those it holds).
+    local: Vec<IpAddr>,
 }
 
 impl NatTables {
@@ -140,6 +208,7 @@ impl NatTables {
                 listed.push((from, String::from_utf8_lossy(&out).into_owned()));
             }
         }
+        listed.extend(legacy_listings());
         let mut kube_nft = Vec::new();
         let ruleset = listed.iter().find(|(from, _)| *from == "nft");
         for family in kube_proxy_nft::FAMILIES {
@@ -158,14 +227,20 @@ impl NatTables {
             eprintln!("portwatch: IPVS virtual servers not read: {e}");
             Vec::new()
         });
-        let kube_ipvs = !ipvs.is_empty()
-            && nix::ifaddrs::getifaddrs()
-                .is_ok_and(|mut i| i.any(|a| a.interface_name == KUBE_IPVS_DEVICE));
+        // The namespace's addresses, only where a rule depends on them.
+        let addrs: Vec<InterfaceAddress> = if ipvs.is_empty() && kube_nft.is_empty() {
+            Vec::new()
+        } else {
+            nix::ifaddrs::getifaddrs().map_or(Vec::new(), Iterator::collect)
+        };
+        let kube_ipvs =
+            !ipvs.is_empty() && addrs.iter().any(|a| a.interface_name == KUBE_IPVS_DEVICE);
         Self {
             listed,
             kube_nft,
             ipvs,
             kube_ipvs,
+            local: ip_addresses(&addrs),
         }
     }
 
@@ -186,8 +261,10 @@ impl NatTables {
             .collect()
     }
 
-    /// The DNAT rules for destination port `port` of `proto` ("tcp", "udp").
-    pub fn rules(&self, port: u16, proto: &str) -> Vec<DnatRule> {
+    /// The DNAT rules for destination port `port` of `proto` ("tcp", "udp"),
+    /// for a bind to `addr` (a rule keyed by a Service address counts where
+    /// `addr` takes that address's traffic).
+    pub fn rules(&self, addr: IpAddr, port: u16, proto: &str) -> Vec<DnatRule> {
         let mut rules = Vec::new();
         let shown = self.iptables_nft_tables();
         for (from, text) in &self.listed {
@@ -204,15 +281,19 @@ impl NatTables {
             }));
         }
         for (family, table) in &self.kube_nft {
-            rules.extend(
-                kube_proxy_nft::node_ports(table, port, proto)
-                    .into_iter()
-                    .map(|r| DnatRule {
-                        from: "nft".into(),
-                        table: Some(format!("{family} kube-proxy")),
-                        ..r
-                    }),
-            );
+            let mut found = kube_proxy_nft::node_ports(table, port, proto);
+            found.extend(kube_proxy_nft::service_ips(
+                table,
+                &self.local,
+                addr,
+                port,
+                proto,
+            ));
+            rules.extend(found.into_iter().map(|r| DnatRule {
+                from: "nft".into(),
+                table: Some(format!("{family} kube-proxy")),
+                ..r
+            }));
         }
         rules.extend(
             ipvs::rules(&self.ipvs, port, proto)
@@ -223,6 +304,51 @@ impl NatTables {
                 }),
         );
         rules
+    }
+}
+
+/// The legacy listers' outputs, of those [`legacy_to_list`] runs.
+fn legacy_listings() -> Vec<(&'static str, String)> {
+    let mut listed = Vec::new();
+    for legacy in &LEGACY_LISTERS {
+        let tables = std::fs::read_to_string(legacy.tables).unwrap_or_default();
+        if !legacy_to_list(&tables, legacy.program, legacy.save) {
+            continue;
+        }
+        if let Some(out) = list(legacy.program, &[]) {
+            listed.push((legacy.from, String::from_utf8_lossy(&out).into_owned()));
+        }
+    }
+    listed
+}
+
+/// The IP addresses among interface addresses.
+fn ip_addresses(addrs: &[InterfaceAddress]) -> Vec<IpAddr> {
+    addrs
+        .iter()
+        .filter_map(|a| a.address.as_ref())
+        .filter_map(|a| match (a.as_sockaddr_in(), a.as_sockaddr_in6()) {
+            (Some(v4), _) => Some(IpAddr::V4(v4.ip())),
+            (_, Some(v6)) => Some(IpAddr::V6(v6.ip())),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Whether to run iptables-legacy's lister `program`: the legacy `nat`
+/// table exists in this namespace (`tables`, the /proc file that names
+/// them), and `iptables_save` (what the node's `iptables-save` is) is not
+/// that same legacy program, which has listed those rules already (Debian's
+/// `update-alternatives --set iptables /usr/sbin/iptables-legacy`).
+fn legacy_to_list(tables: &str, program: &str, iptables_save: &str) -> bool {
+    if !tables.lines().any(|t| t == "nat") {
+        return false;
+    }
+    let real = |p: &str| std::fs::canonicalize(p).ok();
+    match (real(program), real(iptables_save)) {
+        (None, _) => false,
+        (Some(legacy), Some(save)) => legacy != save,
+        (Some(_), None) => true,
     }
 }
 
@@ -386,6 +512,7 @@ fn service_of(comment: &str) -> Option<KubeService> {
             name: name.to_owned(),
             port_name: port_name.to_owned(),
             kind: "NodePort".into(),
+            address: None,
         })
 }
 
@@ -616,7 +743,7 @@ mod tests {
             ..NatTables::default()
         };
         let froms: Vec<(String, Option<String>)> = tables
-            .rules(18097, "tcp")
+            .rules(IpAddr::from([0, 0, 0, 0]), 18097, "tcp")
             .into_iter()
             .map(|r| (r.from, r.to))
             .collect();
@@ -635,6 +762,35 @@ mod tests {
             ],
             ..NatTables::default()
         };
-        assert_eq!(legacy.rules(18097, "tcp").len(), 3);
+        assert_eq!(
+            legacy.rules(IpAddr::from([0, 0, 0, 0]), 18097, "tcp").len(),
+            3
+        );
+    }
+
+    /// The legacy lister runs only where the legacy `nat` table exists, and
+    /// not where `iptables-save` is that same program (Debian's
+    /// alternatives pointing at the legacy one): made here with the
+    /// symlinks Debian's alternatives make.
+    #[test]
+    fn legacy_rules_are_listed_once() {
+        use std::os::unix::fs::symlink;
+        let s = portwatch_test_support::Scratch::new("legacy");
+        s.write("xtables-legacy-multi", "");
+        s.write("xtables-nft-multi", "");
+        let at = |p: &str| s.0.join(p).to_str().unwrap().to_owned();
+        symlink(at("xtables-legacy-multi"), at("iptables-legacy-save")).unwrap();
+        symlink(at("xtables-nft-multi"), at("iptables-nft-save")).unwrap();
+        symlink(at("iptables-nft-save"), at("nft-chosen")).unwrap();
+        symlink(at("iptables-legacy-save"), at("legacy-chosen")).unwrap();
+        let legacy = at("iptables-legacy-save");
+        assert!(legacy_to_list("nat\n", &legacy, &at("nft-chosen")));
+        assert!(legacy_to_list("filter\nnat\n", &legacy, &at("nft-chosen")));
+        // No iptables-save at all: the legacy one is the only listing.
+        assert!(legacy_to_list("nat\n", &legacy, &at("missing")));
+        assert!(!legacy_to_list("nat\n", &legacy, &at("legacy-chosen")));
+        assert!(!legacy_to_list("", &legacy, &at("nft-chosen")));
+        assert!(!legacy_to_list("filter\n", &legacy, &at("nft-chosen")));
+        assert!(!legacy_to_list("nat\n", &at("missing"), &at("nft-chosen")));
     }
 }
