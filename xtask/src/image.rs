@@ -3,10 +3,11 @@
 //!
 //! One layer: the release binary (the eBPF object is embedded in it, see
 //! portwatch/src/capture/attach.rs), the tools it runs to read the node's
-//! DNAT rules (hostPorts, NodePorts: `iptables-save`, `ip6tables-save` and
-//! `nft`, from the build host's Debian packages, with iptables' extension
-//! modules, and /etc/protocols for `nft`) and the shared libraries that `ldd` names for all of these,
-//! nothing else: no shell, no /etc/passwd. Written twice:
+//! DNAT rules (hostPorts, NodePorts: `iptables-save`, `ip6tables-save`,
+//! their legacy twins and `nft`, from the build host's Debian packages,
+//! with iptables' extension modules, and /etc/protocols for `nft`) and the
+//! shared libraries that `ldd` names for all of these, nothing else: no
+//! shell, no /etc/passwd. Written twice:
 //! as an OCI image layout directory (`oci-layout`, `index.json`,
 //! `blobs/sha256/…`) and as one tar of that layout plus Docker's
 //! `manifest.json`, which `podman load`, `docker load` and `ctr images
@@ -33,7 +34,9 @@ const BINARY: &str = "usr/bin/portwatch";
 /// image, the file it is, the link's target when a symbolic link). Debian's
 /// iptables-nft is one program that acts as its name says; it is taken as
 /// such whatever the host's alternative, so the image is the same on any.
-const TOOLS: [(&str, &str, Option<&str>); 4] = [
+/// Legacy iptables' listers come too: a node whose kube-proxy or CNI
+/// writes legacy rules (invisible to nft) is read only through them.
+const TOOLS: [(&str, &str, Option<&str>); 7] = [
     (
         "usr/sbin/xtables-nft-multi",
         "/usr/sbin/xtables-nft-multi",
@@ -41,6 +44,21 @@ const TOOLS: [(&str, &str, Option<&str>); 4] = [
     ),
     ("usr/sbin/iptables-save", "", Some("xtables-nft-multi")),
     ("usr/sbin/ip6tables-save", "", Some("xtables-nft-multi")),
+    (
+        "usr/sbin/xtables-legacy-multi",
+        "/usr/sbin/xtables-legacy-multi",
+        None,
+    ),
+    (
+        "usr/sbin/iptables-legacy-save",
+        "",
+        Some("xtables-legacy-multi"),
+    ),
+    (
+        "usr/sbin/ip6tables-legacy-save",
+        "",
+        Some("xtables-legacy-multi"),
+    ),
     ("usr/sbin/nft", "/usr/sbin/nft", None),
 ];
 
