@@ -6,6 +6,8 @@
 
 /// Would a bind() succeed now: the kernel's conflict rules, and trial binds.
 pub mod bindcheck;
+/// This process's effective capabilities.
+pub mod caps;
 /// The kernel's boot clock mapped to wall time.
 pub mod clock;
 /// A command line's flags, as /proc gives it.

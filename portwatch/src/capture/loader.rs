@@ -69,20 +69,11 @@ pub struct Loaded {
 /// Calls between sys_enter and sys_exit at once, machine-wide (entry pairing).
 const CALLS_IN_FLIGHT: u32 = 16384;
 
-const CAP_SYS_ADMIN: u32 = 21;
-const CAP_PERFMON: u32 = 38;
-const CAP_BPF: u32 = 39;
-
 /// Fails unless this process may load tracing programs.
 fn check_privileges() -> Result<()> {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let caps = status
-        .lines()
-        .find_map(|l| l.strip_prefix("CapEff:"))
-        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
-        .unwrap_or(0);
-    let has = |cap: u32| caps & (1 << cap) != 0;
-    if has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON)) {
+    use portwatch_core::caps;
+    let eff = caps::effective();
+    if eff.has(caps::SYS_ADMIN) || (eff.has(caps::BPF) && eff.has(caps::PERFMON)) {
         return Ok(());
     }
     Err(unsupported(

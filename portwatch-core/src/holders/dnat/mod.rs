@@ -315,8 +315,14 @@ fn legacy_listings() -> Vec<(&'static str, String)> {
         if !legacy_to_list(&tables, legacy.program, legacy.save) {
             continue;
         }
-        if let Some(out) = list(legacy.program, &[]) {
-            listed.push((legacy.from, String::from_utf8_lossy(&out).into_owned()));
+        match list(legacy.program, &[]) {
+            Some(out) => listed.push((legacy.from, String::from_utf8_lossy(&out).into_owned())),
+            None if !crate::caps::effective().has(crate::caps::NET_RAW) => eprintln!(
+                "portwatch: {} needs CAP_NET_RAW beside CAP_NET_ADMIN (a raw socket); \
+                 in a pod, add NET_RAW to its capabilities (docs/deploy.md)",
+                legacy.program
+            ),
+            None => {}
         }
     }
     listed
