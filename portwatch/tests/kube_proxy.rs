@@ -477,6 +477,29 @@ fn iptables_legacy_node_port_names_its_service() {
     let rule = only_rule(&ns, "30081");
     assert_eq!(rule["from"], "ip6tables-legacy", "{rule:#}");
     assert_eq!(rule["to"], "[fd00::7]:80", "{rule:#}");
+
+    // As in a pod whose manifest leaves NET_RAW out: the legacy lister
+    // fails, and portwatch says what it lacks instead of a bare "you must
+    // be root".
+    let out = ns.run(|| {
+        Command::new("capsh")
+            .args(["--drop=cap_net_raw", "--"])
+            .arg("-c")
+            .arg(format!("exec {} who 30080", bin()))
+            .output()
+            .expect("run capsh")
+    });
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(
+            "/usr/sbin/iptables-legacy-save needs CAP_NET_RAW beside CAP_NET_ADMIN (a raw socket)"
+        ),
+        "{stderr}"
+    );
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("nginx-svc"),
+        "a rule named without its lister"
+    );
 }
 
 /// IPVS's generic netlink family on a socket of the calling thread's

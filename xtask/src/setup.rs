@@ -219,6 +219,8 @@ pub fn ensure_test_packages() -> Result<()> {
         ("/usr/sbin/iptables-legacy-restore", "iptables"),
         ("/usr/sbin/ip6tables-legacy-restore", "iptables"),
         ("/usr/sbin/nft", "nftables"),
+        // A capability left out, as a pod's manifest leaves it out.
+        ("capsh", "libcap2-bin"),
         // Compose v1, the only one Debian 12 ships: fixes must name it.
         ("docker-compose", "docker-compose"),
     ])
