@@ -1062,33 +1062,6 @@ impl PodLog {
     }
 }
 
-/// `portwatch who PORT --netns PID --json` on the host, once something
-/// listens there.
-fn who_listening(port: u16, pid: u32) -> Value {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let out = Command::new(bin())
-            .args([
-                "who",
-                &port.to_string(),
-                "--netns",
-                &pid.to_string(),
-                "--json",
-            ])
-            .output()
-            .expect("run portwatch who");
-        let (code, v) = parse(&out);
-        if code == 1 && v["sockets"][0]["pid"].is_number() {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "nothing listens on {port}: {v:#}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 /// A failed bind inside an ordinary pod (shop/web-0, whose container
 /// `sidecar` wants the port its container `web` serves, in their shared
 /// network namespace) is caught by the DaemonSet's pod (container
@@ -1102,7 +1075,7 @@ fn assert_names_pod_holder(ctd: &mut Containerd, daemonset: &str, log: &PodLog) 
     let port_arg = port.to_string();
     let httpd = ["/bin/busybox", "httpd", "-f", "-p", &port_arg];
     let (web, _) = cri::run_container(ctd, &shop, "web", &[port], &httpd);
-    let on_host = who_listening(port, pause);
+    let on_host = cri::who_listening(pause, port);
     let pause_arg = pause.to_string();
     let (code, in_pod) = parse(&cri::exec_sync(
         ctd,

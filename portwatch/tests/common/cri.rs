@@ -29,18 +29,24 @@ use std::{
     io::{BufRead as _, BufReader},
     os::unix::process::ExitStatusExt as _,
     path::{Path, PathBuf},
-    process::{ExitStatus, Output},
+    process::{Command, ExitStatus, Output},
     sync::{
         atomic::{AtomicBool, Ordering},
         mpsc::{self, Receiver},
         Arc,
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use portwatch_core::holders::containers::cri::{self, PodSandboxMetadata};
 
-use super::containerd::{oci_image_of, Containerd};
+use serde_json::Value;
+
+use super::{
+    bin,
+    containerd::{oci_image_of, Containerd},
+    parse, WAIT,
+};
 
 /// How long one CRI call may take (RunPodSandbox sets up CNI).
 const CALL_TIMEOUT: Duration = Duration::from_secs(60);
@@ -589,12 +595,12 @@ where
     Q: prost::Message + Clone + Send + Sync + 'static,
     R: prost::Message + Default + Send + Sync + 'static,
 {
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         match cri::call(&ctd.socket(), method, request.clone(), CALL_TIMEOUT) {
             Ok(r) => return r,
             Err(e) if e.to_string().contains("not initialized") => {
-                assert!(std::time::Instant::now() < deadline, "{e}");
+                assert!(Instant::now() < deadline, "{e}");
                 std::thread::sleep(Duration::from_millis(200));
             }
             Err(e) => panic!("{e}\n{}", ctd.log()),
@@ -777,18 +783,48 @@ pub fn start_container(
 pub fn remove_pods(ctd: &mut Containerd) {
     for id in std::mem::take(&mut ctd.sandboxes) {
         let request = IdRequest { id };
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + Duration::from_secs(30);
         for method in ["StopPodSandbox", "RemovePodSandbox"] {
             while let Err(e) =
                 cri::call::<_, Empty>(&ctd.socket(), method, request.clone(), CALL_TIMEOUT)
             {
-                if std::time::Instant::now() > deadline {
+                if Instant::now() > deadline {
                     eprintln!("{e}");
                     break;
                 }
                 std::thread::sleep(Duration::from_millis(200));
             }
         }
+    }
+}
+
+/// `portwatch who ARGS --json` run inside network namespace of `pid`.
+pub fn who_in(pid: u32, args: &[&str]) -> (i32, Value) {
+    let out = Command::new("nsenter")
+        .arg(format!("--net=/proc/{pid}/ns/net"))
+        .arg(bin())
+        .arg("who")
+        .args(args)
+        .arg("--json")
+        .output()
+        .expect("run nsenter portwatch who");
+    parse(&out)
+}
+
+/// `who PORT` in `pid`'s namespace (a pod's), once something listens
+/// there.
+pub fn who_listening(pid: u32, port: u16) -> Value {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (code, v) = who_in(pid, &[&port.to_string()]);
+        if code == 1 && v["sockets"][0]["pid"].is_number() {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "nothing listens on {port}: {v:#}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
     }
 }
 
@@ -826,7 +862,7 @@ pub fn stop_container(ctd: &Containerd, id: &str, grace: Duration) {
 
 /// ContainerStatus of `id`, once it has exited (panics after `WAIT`).
 pub fn exited(ctd: &Containerd, id: &str) -> ContainerStatus {
-    let deadline = std::time::Instant::now() + super::WAIT;
+    let deadline = Instant::now() + WAIT;
     loop {
         let answer: ContainerStatusResponse = call(
             ctd,
@@ -840,7 +876,7 @@ pub fn exited(ctd: &Containerd, id: &str) -> ContainerStatus {
             return status;
         }
         assert!(
-            std::time::Instant::now() < deadline,
+            Instant::now() < deadline,
             "container {id} still runs: {status:?}"
         );
         std::thread::sleep(Duration::from_millis(100));
