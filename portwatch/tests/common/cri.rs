@@ -10,15 +10,19 @@
 //! mappings, cgroup parent `kubepods/QOS/podUID`, namespace options), the
 //! container's as kuberuntime_container.go `generateContainerConfig` writes
 //! it (labels.go `newContainerLabels` and `newContainerAnnotations`, log
-//! path `NAME/RESTARTS.log`, besteffort resources). Left out, because a
-//! test pod has none: volumes and their mounts (service account token,
-//! /etc/hosts, termination log), environment variables, probes.
+//! path `NAME/RESTARTS.log`, besteffort resources). Left out here, because
+//! a test pod has none: volumes and their mounts (service account token,
+//! /etc/hosts, termination log), environment variables, probes; the
+//! DaemonSet's pod (tests/image.rs) adds what its manifest declares.
 //! The log directory and the cgroups sit under the test's own directory
-//! and cgroup parent, in kubelet's shape.
+//! and cgroup parent, in kubelet's shape. Besides: ExecSync (`kubectl
+//! exec`), StopContainer, ContainerStatus, and a reader of the CRI log
+//! format that kubelet's log files are written in (`kubectl logs`).
 //!
 //! The messages are declared by hand with the field numbers of cri-api's
 //! pkg/apis/runtime/v1/api.proto (k8s.io/cri-api v0.25.0, the `runtime.v1`
-//! of containerd 1.6's era; the numbers have not moved since), and only the
+//! of containerd 1.6's era; to cri-api's master of 2026-07 fields were only
+//! added, and `KeyValue.value` became `bytes`), and only the
 //! fields a test sends or reads; portwatch's own CRI client sends them
 //! (`portwatch_core::holders::containers::cri::call`). A pod's volumes,
 //! environment and security context are filled in by the test that needs
