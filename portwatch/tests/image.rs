@@ -402,7 +402,7 @@ impl Pod {
     }
 
     /// kubelet's container config for the manifest's container in `pod`
-    /// on `node`; `volumes` holds the emulated hostPaths (see `mounts`).
+    /// on `node`; `volumes` holds the emulated hostPaths (see `mounts_on`).
     fn cri_container(
         &self,
         pod: &cri::RunningPod,
@@ -456,13 +456,14 @@ impl Pod {
     /// kubelet's resources (kuberuntime_container_linux.go
     /// `calculateLinuxResources`, qos/policy.go `GetContainerOOMScoreAdjust`).
     fn cri_resources(&self) -> cri::LinuxContainerResources {
-        // A node-critical pod's, as for a guaranteed one; a burstable
-        // pod's otherwise (1000 less its share of the node's memory).
-        let oom_score_adj = if self.priority_class == "system-node-critical" {
-            -997
-        } else {
-            let total = memory_capacity();
-            (1000 - 1000 * self.memory_request / total).clamp(2, 999)
+        // A node-critical pod's is a guaranteed one's; a burstable pod's
+        // is 1000 less its share of the node's memory.
+        let critical = self.priority_class == "system-node-critical";
+        let oom_score_adj = match self.cri_pod("").qos {
+            _ if critical => -997,
+            "" => -997,
+            "besteffort" => 1000,
+            _ => (1000 - 1000 * self.memory_request / memory_capacity()).clamp(2, 999),
         };
         cri::LinuxContainerResources {
             // MilliCPUToShares: at least 2.
@@ -558,6 +559,21 @@ impl Pod {
         ]);
         mounts
     }
+}
+
+/// Asserts that process `pid` (the pod's portwatch) runs in a memory
+/// cgroup limited as the manifest's `limits.memory` says (cgroup v1's
+/// memory controller, this machine's).
+fn assert_memory_limit(pid: u32, pod: &Pod) {
+    let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    let path = cgroups
+        .lines()
+        .find_map(|l| l.split_once(":memory:").map(|(_, p)| p))
+        .unwrap_or_else(|| panic!("no memory cgroup: {cgroups}"));
+    let limit =
+        std::fs::read_to_string(format!("/sys/fs/cgroup/memory{path}/memory.limit_in_bytes"))
+            .unwrap();
+    assert_eq!(limit.trim(), pod.memory_limit.to_string(), "{path}");
 }
 
 /// The node's memory capacity as kubelet reads it (MemTotal), in bytes.
@@ -1158,6 +1174,7 @@ fn through_cri_the_daemonset_names_host_and_pod_holders() {
         want
     );
     assert_capabilities(pid, &manifest);
+    assert_memory_limit(pid, &manifest);
     assert_names_dnat_as_host(ctd.node(), |cmd| cri::exec_sync(&ctd, &id, cmd));
     assert_serves_metrics(ctd.node(), &manifest.expanded_args(&node));
     assert_names_host_holder(&|t| log.next_event(t), ctd.node(), port);
