@@ -915,7 +915,8 @@ fn log_line(line: &str) -> Option<(Stream, bool, &str)> {
 
 /// The lines of a container's log file so far, each with its stream.
 pub fn read_log(path: &Path) -> Vec<(Stream, String)> {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let text = String::from_utf8_lossy(&bytes);
     let mut lines = Vec::new();
     let mut part = [String::new(), String::new()];
     for line in text.lines() {
@@ -947,7 +948,9 @@ impl LogFollower {
         std::thread::spawn(move || {
             let mut part = [String::new(), String::new()];
             let mut reader = None;
-            let mut line = String::new();
+            // Bytes: a line the runtime is still writing stays here, even
+            // cut inside a UTF-8 character.
+            let mut line = Vec::new();
             while !stopped.load(Ordering::Relaxed) {
                 if reader.is_none() {
                     reader = std::fs::File::open(&path).ok().map(BufReader::new);
@@ -956,11 +959,11 @@ impl LogFollower {
                     std::thread::sleep(Duration::from_millis(20));
                     continue;
                 };
-                // A line the runtime is still writing stays in `line`.
-                match r.read_line(&mut line) {
-                    Ok(n) if n > 0 && line.ends_with('\n') => {
-                        let (stream, full, text) = log_line(line.trim_end_matches('\n'))
-                            .unwrap_or_else(|| panic!("not a CRI log line: {line}"));
+                match r.read_until(b'\n', &mut line) {
+                    Ok(n) if n > 0 && line.ends_with(b"\n") => {
+                        let text = String::from_utf8_lossy(&line[..line.len() - 1]);
+                        let (stream, full, text) =
+                            log_line(&text).unwrap_or_else(|| panic!("not a CRI log line: {text}"));
                         let buf = &mut part[stream as usize];
                         buf.push_str(text);
                         if full && tx.send((stream, std::mem::take(buf))).is_err() {
