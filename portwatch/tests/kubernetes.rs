@@ -20,35 +20,6 @@ use std::{
 use common::{containerd::*, cri::*, *};
 use serde_json::Value;
 
-/// `portwatch who ARGS --json` run inside network namespace of `pid`.
-fn who_in(pid: u32, args: &[&str]) -> (i32, Value) {
-    let out = Command::new("nsenter")
-        .arg(format!("--net=/proc/{pid}/ns/net"))
-        .arg(bin())
-        .arg("who")
-        .args(args)
-        .arg("--json")
-        .output()
-        .expect("run nsenter portwatch who");
-    parse(&out)
-}
-
-/// `who PORT` in `pid`'s namespace, once something listens there.
-fn who_listening(pid: u32, port: u16) -> Value {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let (code, v) = who_in(pid, &[&port.to_string()]);
-        if code == 1 && v["sockets"][0]["pid"].is_number() {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "nothing listens on {port}: {v:#}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 /// A container id as containerd's CRI plugin makes them: 64 hex digits.
 fn id(n: u8) -> String {
     format!("{:056x}{n:08x}", std::process::id())
