@@ -290,7 +290,8 @@ fn node_port_names_its_service() {
 /// Pod shop/web-0 as kubelet and containerd's CRI plugin make it: a
 /// sandbox (id `id(ids.0)`) with its own network namespace, attached by
 /// CNI's bridge to network `net` (`cni0`, host-local addresses in
-/// 10.88.0.0/16; `ipam` adds host-local settings such as `"dataDir":...,`),
+/// 10.88.0.0/16, or 10.89.0.0/16 when `ipam` is not empty; `ipam` adds
+/// host-local settings such as `"dataDir":...,`),
 /// and its container `web` (id `id(ids.1)`) joining that namespace, serving
 /// HTTP on :80. The bridge's rules live in `ns`.
 struct BridgedPod {
@@ -306,11 +307,12 @@ impl BridgedPod {
             &sandbox_annotations(&sandbox, "shop", "web-0"),
             &["/bin/busybox", "sleep", "600"],
         );
+        let subnet = if ipam.is_empty() { 88 } else { 89 };
         let bridge = cni(
             ns,
             "bridge",
             format!(
-                r#"{{"cniVersion":"0.4.0","name":"{net}","type":"bridge","bridge":"cni0","isGateway":true,"ipMasq":true,"ipam":{{"type":"host-local",{ipam}"ranges":[[{{"subnet":"10.88.0.0/16"}}]],"routes":[{{"dst":"0.0.0.0/0"}}]}}}}"#
+                r#"{{"cniVersion":"0.4.0","name":"{net}","type":"bridge","bridge":"cni0","isGateway":true,"ipMasq":true,"ipam":{{"type":"host-local",{ipam}"ranges":[[{{"subnet":"10.{subnet}.0.0/16"}}]],"routes":[{{"dst":"0.0.0.0/0"}}]}}}}"#
             ),
             &sandbox,
             pause,
@@ -383,13 +385,40 @@ impl Drop for IpamRecords {
 /// id) and the sandbox's bundle.
 #[test]
 fn node_port_endpoint_is_named_as_its_pod() {
-    let ns = Netns::new("pw-kp-pod");
+    endpoint_named_as_its_pod(true);
+}
+
+/// The same with an IPAM that keeps no host-local records where portwatch
+/// reads them (Calico's and Cilium's keep none: emulated here by giving
+/// host-local a data directory of the test's own): the endpoint's pod is
+/// found by the address of the pod sandbox's network namespace.
+#[test]
+fn node_port_endpoint_without_ipam_records_is_named_as_its_pod() {
+    endpoint_named_as_its_pod(false);
+}
+
+/// The endpoint test; `records` says whether host-local writes its records
+/// in its default data directory.
+fn endpoint_named_as_its_pod(records: bool) {
+    let ns = Netns::new(if records {
+        "pw-kp-pod"
+    } else {
+        "pw-kp-pod-nip"
+    });
     ns.run(|| ip("link set lo up"));
-    let mut ctd = Containerd::start("kp");
-    // host-local's default data directory, as kubelet's CNI setups use it.
-    let net = format!("pw-kp-{}", std::process::id());
-    let _records = IpamRecords(std::path::Path::new("/var/lib/cni/networks").join(&net));
-    let pod = BridgedPod::start(&ns, &mut ctd, &net, "", (8, 9));
+    let mut ctd = Containerd::start(if records { "kp" } else { "kpn" });
+    let net = format!("pw-kp-{}-{records}", std::process::id());
+    let (_records, ipam) = if records {
+        // host-local's default data directory, as kubelet's CNI setups use it.
+        let dir = std::path::Path::new("/var/lib/cni/networks").join(&net);
+        (IpamRecords(dir), String::new())
+    } else {
+        let dir = std::env::temp_dir().join(&net);
+        let ipam = format!(r#""dataDir":"{}","#, dir.display());
+        (IpamRecords(dir), ipam)
+    };
+    let ids = if records { (8, 9) } else { (12, 13) };
+    let pod = BridgedPod::start(&ns, &mut ctd, &net, &ipam, ids);
     let pod_ip = pod.bridge["ips"][0]["address"]
         .as_str()
         .and_then(|a| a.split('/').next())
@@ -402,7 +431,12 @@ fn node_port_endpoint_is_named_as_its_pod() {
 
     // The NodePort reaches the pod's httpd (through the bridge's address,
     // a local one, as a client on the node would).
-    http_get(&ns, "10.88.0.1:30080");
+    let gateway = if records {
+        "10.88.0.1:30080"
+    } else {
+        "10.89.0.1:30080"
+    };
+    http_get(&ns, gateway);
 
     let endpoint = format!("{pod_ip}:80");
     let (code, v) = who(&ns, &["30080"]);

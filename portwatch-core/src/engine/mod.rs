@@ -356,6 +356,9 @@ struct BatchState<'a> {
     containers: Option<Containers>,
     /// Pods named for hostPort rules, made at the first such rule.
     cri: Option<Containers>,
+    /// The pod sandboxes' addresses, read at the first endpoint that
+    /// host-local's records do not name.
+    sandbox_addresses: Option<Vec<(std::net::IpAddr, String)>>,
     /// Our euid: the new socket's owner.
     me: u32,
     /// The uid the SO_REUSEPORT answers are for, when the caller says.
@@ -375,9 +378,27 @@ impl<'a> BatchState<'a> {
             nat: None,
             containers: batch.published.then(Containers::of_this_host),
             cri: None,
+            sandbox_addresses: None,
             me: nix::unistd::geteuid().as_raw(),
             reuseport_uid: None,
         })
+    }
+
+    /// The pod sandbox holding `endpoint`'s address: host-local's record,
+    /// else the sandbox whose network namespace has that address.
+    fn endpoint_sandbox(&mut self, endpoint: &str) -> Option<String> {
+        if let Some(id) = ipam::sandbox_of(endpoint) {
+            return Some(id);
+        }
+        let ip = ipam::endpoint_ip(endpoint)?;
+        let cri = &mut self.cri;
+        let known = self.sandbox_addresses.get_or_insert_with(|| {
+            ipam::sandbox_addresses(&cri.get_or_insert_with(Containers::of_this_host).sandboxes())
+        });
+        known
+            .iter()
+            .find(|(a, _)| *a == ip)
+            .map(|(_, id)| id.clone())
     }
 
     /// One binding, given the sockets on its port.
@@ -422,12 +443,13 @@ impl<'a> BatchState<'a> {
             // A hostPort (CNI portmap) names its pod sandbox: the pod, from
             // the runtime's files (which lie outside any network namespace).
             // A Service's endpoints (or IPVS's real servers) name theirs
-            // through the address records of CNI's host-local IPAM.
+            // through the address records of CNI's host-local IPAM, else
+            // through the addresses of the pod sandboxes' namespaces.
             for rule in &mut dnat {
                 let ids: Vec<(String, String)> = rule
                     .endpoints
                     .iter()
-                    .filter_map(|e| Some((e.clone(), ipam::sandbox_of(e)?)))
+                    .filter_map(|e| Some((e.clone(), self.endpoint_sandbox(e)?)))
                     .collect();
                 if rule.sandbox.is_none() && ids.is_empty() {
                     continue;

@@ -43,7 +43,6 @@ use std::{
 };
 
 use portwatch_core::holders::containers::cri::{self, PodSandboxMetadata};
-
 use serde_json::Value;
 
 use super::{

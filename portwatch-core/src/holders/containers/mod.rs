@@ -442,6 +442,25 @@ fn is_id(s: &str) -> bool {
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
+/// The pause process of the CRI pod sandbox whose bundle is `dir`: its
+/// config says it is a sandbox, and the pid in `init.pid` is a child of
+/// the shim working in `dir`.
+fn sandbox_pid(dir: &Path) -> Option<u32> {
+    let config = read_json(&dir.join("config.json"))?;
+    if string(&config, "/annotations/io.kubernetes.cri.container-type").as_deref()
+        != Some("sandbox")
+    {
+        return None;
+    }
+    let text = files::read_root_file(&dir.join("init.pid"))?;
+    let pid: u32 = std::str::from_utf8(&text).ok()?.trim().parse().ok()?;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command's closing parenthesis: state, ppid, ...
+    let ppid = stat.rsplit_once(')')?.1.split_whitespace().nth(1)?;
+    let shim_cwd = std::fs::read_link(format!("/proc/{ppid}/cwd")).ok()?;
+    (pid > 1 && shim_cwd == dir).then_some(pid)
+}
+
 /// Names containers from the runtimes' files, remembering what it read.
 #[derive(Debug)]
 pub struct Containers {
@@ -591,6 +610,34 @@ impl Containers {
             }
         }
         self.cri(id, Runtime::Crio).and_then(|c| c.pod)
+    }
+
+    /// The CRI pod sandboxes running under containerd's state directories:
+    /// (sandbox id, its pause process's pid). The pid is the bundle's
+    /// `init.pid`, trusted only while that process's parent is the shim
+    /// whose working directory is this bundle (a pid the kernel has since
+    /// given to another process is not the sandbox's).
+    pub fn sandboxes(&mut self) -> Vec<(String, u32)> {
+        self.refresh_roots();
+        let mut found = Vec::new();
+        for root in &self.roots.containerd {
+            let namespaces = std::fs::read_dir(root).into_iter().flatten().flatten();
+            for ns in namespaces.take(64) {
+                let bundles = std::fs::read_dir(ns.path()).into_iter().flatten().flatten();
+                for bundle in bundles.take(CACHE_CAP) {
+                    let (Some(id), dir) = (
+                        bundle.file_name().to_str().map(str::to_owned),
+                        bundle.path(),
+                    ) else {
+                        continue;
+                    };
+                    if let Some(pid) = is_id(&id).then(|| sandbox_pid(&dir)).flatten() {
+                        found.push((id, pid));
+                    }
+                }
+            }
+        }
+        found
     }
 
     /// The container a host helper serves.
