@@ -408,7 +408,6 @@ impl Pod {
         pod: &cri::RunningPod,
         node: &Node,
         volumes: &Path,
-        containerd: &Containerd,
     ) -> cri::ContainerConfig {
         let ports: Vec<u16> = self.ports.iter().map(|p| p.1 as u16).collect();
         let mut config = cri::container_config(pod, &self.container, &ports, &[]);
@@ -429,7 +428,7 @@ impl Pod {
             )
             .map(|(key, value)| cri::KeyValue { key, value })
             .collect();
-        config.mounts = self.mounts_on(volumes, containerd);
+        config.mounts = self.mounts_on(volumes);
         // labels.go `newContainerAnnotations`: the grace period and the
         // ports as Go's encoding/json writes v1.ContainerPort.
         config.annotations.insert(
@@ -505,26 +504,18 @@ impl Pod {
     /// `makeMounts`), plus the termination log and /etc/hosts that kubelet
     /// adds. Emulated: a hostPath this machine lacks is an empty
     /// directory under `volumes` (containerd would make it on the host;
-    /// the test leaves the host's tree alone), and the test's containerd,
-    /// whose state directory no distribution uses, has it mounted as the
-    /// manifest mounts k3s's (at its own path, read-only as the manifest
-    /// says), so that its shims' working directories lead to its bundles
-    /// inside the pod too.
-    fn mounts_on(&self, volumes: &Path, containerd: &Containerd) -> Vec<cri::Mount> {
+    /// the test leaves the host's tree alone). The test's containerd keeps
+    /// its state where no distribution does, so no volume of the manifest
+    /// shows it in the pod: portwatch reaches its bundles through its
+    /// shims' /proc links, as on a node whose containerd the manifest
+    /// does not know.
+    fn mounts_on(&self, volumes: &Path) -> Vec<cri::Mount> {
         for dir in &self.directories {
             assert!(Path::new(dir).is_dir(), "hostPath {dir} (type Directory)");
         }
-        let k3s = self
-            .mounts
-            .iter()
-            .find(|(host, _, _)| host == "/run/k3s/containerd")
-            .expect("the manifest mounts k3s's containerd state");
-        assert_eq!(k3s.0, k3s.1, "the state directory at its own path");
-        let state = containerd.state.display().to_string();
         let mut mounts: Vec<cri::Mount> = self
             .mounts
             .iter()
-            .chain([&(state.clone(), state, k3s.2)])
             .enumerate()
             .map(|(i, (host, path, ro))| {
                 let host = if Path::new(host).exists() {
@@ -1023,7 +1014,7 @@ fn run_daemonset(
 ) -> (cri::RunningPod, String, u32) {
     let volumes = ctd.dir.join(format!("volumes-{}", pod.name));
     let pod = cri::run_pod(ctd, pod);
-    let config = manifest.cri_container(&pod, node, &volumes, ctd);
+    let config = manifest.cri_container(&pod, node, &volumes);
     let (id, pid) = cri::start_container(ctd, &pod, config);
     (pod, id, pid)
 }

@@ -358,7 +358,7 @@ pub fn bundle_root_above(pid: u32) -> Option<BundleRoot> {
         if p.uid == 0 {
             let cwd = std::fs::read_link(format!("/proc/{at}/cwd")).ok();
             if let Some(root) = bundle_root(&p.comm, &p.cmdline, cwd.as_deref()) {
-                return Some(root);
+                return Some(seen_from_here(root, at));
             }
         }
         if p.ppid <= 1 {
@@ -367,6 +367,25 @@ pub fn bundle_root_above(pid: u32) -> Option<BundleRoot> {
         at = p.ppid;
     }
     None
+}
+
+/// A containerd root as this process can read it: the shim's own paths
+/// where this mount namespace shows them, else through the shim's /proc
+/// links, which the kernel follows into the shim's mount namespace (a
+/// DaemonSet's pod that does not mount that containerd's state directory):
+/// `/proc/SHIM/cwd/../..` is the task directory (the shim works in a
+/// bundle, `TASKS/NAMESPACE/ID`), `/proc/SHIM/root` + its path the socket.
+fn seen_from_here(root: BundleRoot, shim: u32) -> BundleRoot {
+    match root {
+        BundleRoot::Containerd(tasks, socket) if !tasks.is_dir() => {
+            let socket = socket.map(|s| match s.exists() {
+                true => s,
+                false => PathBuf::from(format!("/proc/{shim}/root{}", s.display())),
+            });
+            BundleRoot::Containerd(PathBuf::from(format!("/proc/{shim}/cwd/../..")), socket)
+        }
+        other => other,
+    }
 }
 
 fn push_new(v: &mut Vec<PathBuf>, p: PathBuf) {
