@@ -1076,7 +1076,16 @@ impl PodLog {
 /// shop/web-0 container web, as portwatch on the host names it; `who`
 /// run in the DaemonSet's pod (ExecSync) names it the same.
 fn assert_names_pod_holder(ctd: &mut Containerd, daemonset: &str, log: &PodLog) {
-    let shop = cri::run_pod(ctd, cri::Pod::new("shop", "web-0", "web"));
+    // A StatefulSet's pod (its labels as the controller sets them): its
+    // controller is named through its containerd's CRI socket, which the
+    // pod reaches through a shim's /proc/SHIM/root.
+    let shop = cri::run_pod(
+        ctd,
+        cri::Pod::new("shop", "web-0", "web").labelled(&[
+            ("controller-revision-hash", "web-6b8d9c7f4"),
+            ("statefulset.kubernetes.io/pod-name", "web-0"),
+        ]),
+    );
     let pause = shop.pause_pid(ctd);
     let port = port();
     let port_arg = port.to_string();
@@ -1106,6 +1115,7 @@ fn assert_names_pod_holder(ctd: &mut Containerd, daemonset: &str, log: &PodLog) 
     assert_eq!(named["pod"]["namespace"], "shop", "{on_host:#}");
     assert_eq!(named["pod"]["name"], "web-0", "{on_host:#}");
     assert_eq!(named["pod"]["container"], "web", "{on_host:#}");
+    assert_eq!(named["pod"]["controller"], "statefulset", "{on_host:#}");
 
     let netns = std::os::unix::fs::MetadataExt::ino(
         &std::fs::metadata(format!("/proc/{pause}/ns/net")).expect("the pod's network namespace"),
