@@ -703,7 +703,11 @@ mod tests {
                 "portwatch {}: arguments built before it runs",
                 sub.get_name()
             );
-            assert!(built.get_arguments().count() > 0, "portwatch {}", sub.get_name());
+            assert!(
+                built.get_arguments().count() > 0,
+                "portwatch {}",
+                sub.get_name()
+            );
         }
     }
 }
