@@ -1,4 +1,4 @@
-//! The `portwatch` binary: parse, start the runtime, dispatch.
+//! The `portwatch` binary: parse, dispatch.
 
 use std::process::ExitCode;
 
@@ -8,7 +8,7 @@ use clap::{
 };
 use portwatch::{
     cli::Cli,
-    commands::{EXIT_FAILED, EXIT_RUN_FAILED, EXIT_USAGE},
+    commands::{EXIT_RUN_FAILED, EXIT_USAGE},
 };
 
 fn main() -> ExitCode {
@@ -27,26 +27,7 @@ fn main() -> ExitCode {
         }
     };
     portwatch::memory::limit_arenas();
-    // Two workers: the ring buffer's reader never shares a thread with a
-    // writer stuck on a slow stdout. Holder lookups run on blocking threads,
-    // at most BLOCKING of them: tokio's default (512) grew to 56 threads
-    // under process churn, each with its stack resident (and, before
-    // memory::limit_arenas, an allocator arena); a cap of 8 made lookups
-    // queue past their timeout (BENCHMARKS.md, soak).
-    const BLOCKING: usize = 16;
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .max_blocking_threads(BLOCKING)
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("portwatch: cannot start the async runtime: {e}");
-            return ExitCode::from(EXIT_FAILED);
-        }
-    };
-    match runtime.block_on(cli.command.execute()) {
+    match cli.command.execute() {
         Ok(status) => ExitCode::from(status),
         Err(e) => {
             eprintln!("portwatch: {e}");

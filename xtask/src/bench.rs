@@ -44,7 +44,7 @@ pub struct BenchArgs {
     #[arg(long, value_name = "BIN")]
     tracer_bin: Option<std::path::PathBuf>,
     /// Another portwatch binary to measure beside this build (`burst`,
-    /// `who`).
+    /// `who`, `vm-who`).
     #[arg(long, value_name = "BIN")]
     baseline: Option<std::path::PathBuf>,
     /// Only the post-mortem section (report throughput, recording cost).
@@ -146,7 +146,8 @@ pub fn run(opts: &BenchArgs) -> Result<()> {
         return Ok(());
     }
     if opts.only.as_deref() == Some("vm-who") {
-        println!("{}", crate::bench_vm::run_who(&bin)?.join("\n"));
+        let base = opts.baseline.as_deref();
+        println!("{}", crate::bench_vm::run_who(&bin, base)?.join("\n"));
         return Ok(());
     }
     if opts.only.as_deref() == Some("who") {

@@ -151,12 +151,18 @@ impl Attached {
     }
 }
 
+/// Where the host puts `--baseline`'s binary in the guest.
+const GUEST_BASELINE: &str = "/baseline";
+
 /// The guest side of `--only vm-who`: `who` against `ss` at 1,000
-/// processes (fewer tools than on the host: busybox has no `lsof`), its
-/// table's rows marked on stdout.
+/// processes (fewer tools than on the host: busybox has no `lsof`), and
+/// the baseline build's `who` when the host put one in; its table's rows
+/// marked on stdout.
 fn guest_who(portwatch: &Path) -> Result<()> {
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease")?;
-    for line in crate::bench_who::one_size(portwatch, None, 5, 1000, 5)? {
+    let baseline = Path::new(GUEST_BASELINE);
+    let baseline = baseline.exists().then_some(baseline);
+    for line in crate::bench_who::one_size(portwatch, baseline, 5, 1000, 5)? {
         println!("{MARK}who {} | {line}", release.trim());
     }
     Ok(())
@@ -228,16 +234,17 @@ pub fn guest(portwatch: &Path) -> Result<()> {
 /// another: a second TCG guest would share the host's cores) and returns the
 /// section for BENCHMARKS.md.
 pub fn run(portwatch: &Path) -> Result<Vec<String>> {
-    run_with(portwatch, false)
+    run_with(portwatch, false, None)
 }
 
 /// `--only vm-who`: `portwatch who` against `ss -Htan` and `ss -Htanp` in
-/// Debian's 6.12 VM (where the BPF iterator loads), side by side.
-pub fn run_who(portwatch: &Path) -> Result<Vec<String>> {
-    run_with(portwatch, true)
+/// Debian's 6.12 VM (where the BPF iterator loads), side by side, and
+/// `baseline`'s `who` beside them when given.
+pub fn run_who(portwatch: &Path, baseline: Option<&Path>) -> Result<Vec<String>> {
+    run_with(portwatch, true, baseline)
 }
 
-fn run_with(portwatch: &Path, who: bool) -> Result<Vec<String>> {
+fn run_with(portwatch: &Path, who: bool, baseline: Option<&Path>) -> Result<Vec<String>> {
     setup::ensure_packages(qemu::PACKAGES)?;
     let work = root().join(".cache/bench-vm");
     let xtask = std::env::current_exe().context("this xtask binary")?;
@@ -250,6 +257,9 @@ fn run_with(portwatch: &Path, who: bool) -> Result<Vec<String>> {
         // iproute2's ss, with its libraries (busybox has none).
         setup::ensure_packages(&[("ss", "iproute2")])?;
         programs.push((PathBuf::from("/usr/bin/ss"), PathBuf::from("/bin/ss")));
+        if let Some(base) = baseline {
+            programs.push((base.to_path_buf(), PathBuf::from(GUEST_BASELINE)));
+        }
     }
     qemu::busybox_tree(&tree, &programs)?;
     let common = work.join("common.cpio.gz");

@@ -97,7 +97,7 @@ EXIT STATUS:
     3  this system cannot answer: no sock_diag (inet_diag, tcp_diag/udp_diag),
        not permitted (not root), or another error while looking";
 
-/// `portwatch check`.
+// `portwatch check`.
 #[derive(Debug, Args)]
 pub struct CheckArgs {
     /// What the deploy will bind: PORT, ADDR:PORT or [IPV6]:PORT, each

@@ -160,8 +160,15 @@ pub struct Cli {
     pub command: Command,
 }
 
-/// Subcommands.
+/// Subcommands. `defer`: a subcommand's arguments are built only when it
+/// is the one invoked (help, completions and man pages build them all):
+/// building all eight was ~12% of a `who` under an emulated CPU, which
+/// translates every instruction a run executes afresh (BENCHMARKS.md).
+/// The argument structs carry `//` comments, not doc comments: clap makes
+/// a struct's doc comment the about of the subcommand it is built into,
+/// and once deferred it would replace the variant's.
 #[derive(Debug, Subcommand)]
+#[command(defer = true)]
 pub enum Command {
     /// Stream failed bind()/listen() calls as they happen, with who holds
     /// the port, why it failed and what to do.
@@ -212,7 +219,7 @@ EXAMPLES:
 The pages are in section 8 (system administration: portwatch runs as root)
 and are generated from this --help, so they say what this binary does.";
 
-/// `portwatch man`.
+// `portwatch man`.
 #[derive(Debug, Args)]
 pub struct ManArgs {
     /// Print this subcommand's page instead of portwatch(8): `portwatch man
@@ -226,7 +233,7 @@ pub struct ManArgs {
     pub dir: Option<PathBuf>,
 }
 
-/// `portwatch completions`.
+// `portwatch completions`.
 #[derive(Debug, Args)]
 pub struct CompletionsArgs {
     /// The shell to complete for.
@@ -234,7 +241,7 @@ pub struct CompletionsArgs {
     pub shell: clap_complete::Shell,
 }
 
-/// `portwatch who`.
+// `portwatch who`.
 #[derive(Debug, Args)]
 pub struct WhoArgs {
     /// The port (1-65535), optionally with its protocol: 8080, 8080/tcp, 53/udp.
@@ -281,7 +288,7 @@ pub struct WhoArgs {
     pub verbose: bool,
 }
 
-/// How sockets' owners are found (`who`, `wait`, `check`, `watch`).
+// How sockets' owners are found (`who`, `wait`, `check`, `watch`).
 #[derive(Debug, Clone, Copy, Args)]
 pub struct LookupArgs {
     /// How to find the processes that hold a socket: `iterator`, a BPF
@@ -293,9 +300,9 @@ pub struct LookupArgs {
     pub lookup: capture::owners::LookupChoice,
 }
 
-/// The capture flags `watch` and `run` share: what to report, the kernel
-/// side, holder lookups, the output format. A new capture flag goes here,
-/// once, and both commands have it.
+// The capture flags `watch` and `run` share: what to report, the kernel
+// side, holder lookups, the output format. A new capture flag goes here,
+// once, and both commands have it.
 #[derive(Debug, Args)]
 pub struct CaptureArgs {
     /// Only these requested ports: comma lists and ranges (80,443,8000-8100); repeatable.
@@ -378,7 +385,7 @@ pub struct CaptureArgs {
     pub test: TestHooks,
 }
 
-/// `portwatch watch`.
+// `portwatch watch`.
 #[derive(Debug, Args)]
 pub struct WatchArgs {
     /// What to capture and how (shared with `run`).
@@ -519,7 +526,7 @@ impl CaptureArgs {
     }
 }
 
-/// `portwatch run`.
+// `portwatch run`.
 #[derive(Debug, Args)]
 pub struct RunArgs {
     /// What to capture and how (shared with `watch`).
@@ -541,7 +548,7 @@ pub struct RunArgs {
     pub command: Vec<std::ffi::OsString>,
 }
 
-/// `portwatch wait`.
+// `portwatch wait`.
 #[derive(Debug, Args)]
 pub struct WaitArgs {
     /// The port, with its protocol: 8080, 8080/tcp or 53/udp.
@@ -604,7 +611,7 @@ EXIT STATUS:
     1  a PATH cannot be read, or the report cannot be written
     2  bad command line";
 
-/// `portwatch report`.
+// `portwatch report`.
 #[derive(Debug, Args)]
 pub struct ReportArgs {
     /// Journal files, journal directories (rotated files read in order), or
@@ -635,9 +642,9 @@ pub struct ReportArgs {
     pub html: Option<PathBuf>,
 }
 
-/// The capture options of tests: hidden flags of a build with the
-/// `test-hooks` feature (the tests' own build); a build without it has
-/// neither the flags nor the code behind them.
+// The capture options of tests: hidden flags of a build with the
+// `test-hooks` feature (the tests' own build); a build without it has
+// neither the flags nor the code behind them.
 #[cfg(feature = "test-hooks")]
 #[derive(Debug, Default, Args)]
 pub struct TestHooks {
@@ -666,4 +673,41 @@ pub struct TestHooks {
         hide = true
     )]
     pub test_kernel_quirks: Vec<capture::KernelQuirk>,
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    use super::Cli;
+
+    /// Building a deferred subcommand (as running it, or its --help, does)
+    /// keeps the about its variant's doc gave it: no argument struct may
+    /// bring an about of its own (see [`super::Command`]).
+    #[test]
+    fn deferred_arguments_keep_each_subcommands_about() {
+        let about = |c: &clap::Command| {
+            (
+                c.get_about().map(ToString::to_string),
+                c.get_long_about().map(ToString::to_string),
+            )
+        };
+        for sub in Cli::command().get_subcommands() {
+            let mut built = sub.clone();
+            built.build();
+            assert!(sub.get_about().is_some(), "portwatch {}", sub.get_name());
+            assert_eq!(about(sub), about(&built), "portwatch {}", sub.get_name());
+            assert_eq!(
+                sub.get_arguments().count(),
+                0,
+                "portwatch {}: arguments built before it runs",
+                sub.get_name()
+            );
+            assert!(
+                built.get_arguments().count() > 0,
+                "portwatch {}",
+                sub.get_name()
+            );
+        }
+    }
 }

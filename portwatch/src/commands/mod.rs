@@ -25,8 +25,11 @@ use crate::cli::Command;
 impl Command {
     /// Runs the subcommand. `Ok` is its answer as an exit status: 0, or
     /// `who`'s "taken", `wait`'s "timed out" and `check`'s "would fail"
-    /// (1), or `run`'s CMD's own.
-    pub async fn execute(self) -> Result<u8, Error> {
+    /// (1), or `run`'s CMD's own. Only `watch` and `run` start the async
+    /// runtime: the one-shot commands answer on this thread, without the
+    /// runtime's worker threads (a run of `who` under an emulated CPU paid
+    /// about 6% of its time to start and stop them, BENCHMARKS.md).
+    pub fn execute(self) -> Result<u8, Error> {
         if self.names_holders() {
             let run = matches!(self, Command::Run(_));
             crate::pidns::require_host()
@@ -34,11 +37,14 @@ impl Command {
                 .map_err(|e| if run { e.in_run() } else { e })?;
         }
         match self {
-            Command::Watch(args) => watch::run(args)
-                .await
+            Command::Watch(args) => runtime()?
+                .block_on(watch::run(args))
                 .map(|()| EXIT_OK)
                 .map_err(Error::from),
-            Command::Run(args) => run::run(args).await.map_err(Error::in_run),
+            Command::Run(args) => runtime()
+                .map_err(Error::in_run)?
+                .block_on(run::run(args))
+                .map_err(Error::in_run),
             Command::Wait(args) => {
                 wait::run(&args).map(|freed| answer(freed, wait::EXIT_TIMED_OUT))
             }
@@ -66,6 +72,23 @@ impl Command {
             Command::Completions(_) | Command::Man(_) | Command::Report(_) => false,
         }
     }
+}
+
+/// The async runtime of `watch` and `run`. Two workers: the ring buffer's
+/// reader never shares a thread with a writer stuck on a slow stdout.
+/// Holder lookups run on blocking threads, at most BLOCKING of them:
+/// tokio's default (512) grew to 56 threads under process churn, each with
+/// its stack resident (and, before memory::limit_arenas, an allocator
+/// arena); a cap of 8 made lookups queue past their timeout (BENCHMARKS.md,
+/// soak).
+fn runtime() -> Result<tokio::runtime::Runtime, Error> {
+    const BLOCKING: usize = 16;
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(BLOCKING)
+        .enable_all()
+        .build()
+        .map_err(|e| Error::Failed(anyhow::Error::new(e).context("cannot start the async runtime")))
 }
 
 /// A yes/no answer as an exit status: 0 for yes, `no` otherwise.

@@ -92,37 +92,35 @@ pub(crate) fn open_netns(path: &Path) -> Result<NamedNetns<'_>, Error> {
     })
 }
 
-/// Runs `f` with the inode of `ns` (or of portwatch's own namespace) on a
-/// thread of its own inside that namespace: setns moves only the calling
-/// thread, and the SO_REUSEPORT trial changes the thread's fsuid for a
-/// moment.
+/// Runs `f` with the inode of `ns` (or of portwatch's own namespace). In
+/// `ns`, on a thread of its own: setns moves only the calling thread. In
+/// portwatch's own, on this thread: there is nothing to enter, and the
+/// SO_REUSEPORT trial puts the thread's fsuid back before it returns (a
+/// thread more was ~2% of a `who` under an emulated CPU, BENCHMARKS.md).
 pub(crate) fn in_netns<T: Send>(
     ns: Option<&NamedNetns<'_>>,
     f: impl FnOnce(u32) -> Result<T, Error> + Send,
 ) -> Result<T, Error> {
+    let Some(ns) = ns else {
+        let inode = netns::current_netns()
+            .ok_or_else(|| Error::Unsupported("cannot read /proc/thread-self/ns/net".into()))?;
+        return f(inode);
+    };
     std::thread::scope(|scope| {
         scope
-            .spawn(|| match ns {
-                Some(ns) => {
-                    netns::in_netns(ns.file.as_fd(), || f(ns.inode)).map_err(|e| {
-                        match e.raw_os_error() {
-                            Some(libc::EINVAL) => Error::Usage(format!(
-                                "'{}' is not a network namespace",
-                                ns.path.display()
-                            )),
-                            _ => Error::Unsupported(format!(
-                                "cannot enter network namespace '{}': {e}",
-                                ns.path.display()
-                            )),
-                        }
-                    })?
-                }
-                None => {
-                    let inode = netns::current_netns().ok_or_else(|| {
-                        Error::Unsupported("cannot read /proc/thread-self/ns/net".into())
-                    })?;
-                    f(inode)
-                }
+            .spawn(|| {
+                netns::in_netns(ns.file.as_fd(), || f(ns.inode)).map_err(|e| {
+                    match e.raw_os_error() {
+                        Some(libc::EINVAL) => Error::Usage(format!(
+                            "'{}' is not a network namespace",
+                            ns.path.display()
+                        )),
+                        _ => Error::Unsupported(format!(
+                            "cannot enter network namespace '{}': {e}",
+                            ns.path.display()
+                        )),
+                    }
+                })?
             })
             .join()
             .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
