@@ -94,6 +94,13 @@ enum Task {
     VmTest {
         /// `systemd`: only the VM with systemd as PID 1.
         target: Option<VmTarget>,
+        /// Only this suite (repeat for more), e.g. `--suite kube_proxy`;
+        /// a narrowed run leaves the systemd VM out.
+        #[arg(long = "suite", value_name = "SUITE")]
+        suites: Vec<String>,
+        /// Only the kernels whose release contains this, e.g. `--kernel 6.1.0`.
+        #[arg(long, value_name = "RELEASE")]
+        kernel: Option<String>,
     },
     /// Build the Debian package (target/debian/); with --test, install it
     /// into a scratch root with dpkg, run it, verify the unit, and purge it.
@@ -225,9 +232,14 @@ fn main() -> Result<()> {
         Task::Bench(opts) => bench::run(&opts),
         Task::BenchGuest { portwatch } => bench_vm::guest(&portwatch),
         Task::Soak(opts) => soak::run(&opts),
-        Task::VmTest { target: None } => vm::run_all(),
+        Task::VmTest {
+            target: None,
+            suites,
+            kernel,
+        } => vm::run_selected(&vm::Selection { suites, kernel }),
         Task::VmTest {
             target: Some(VmTarget::Systemd),
+            ..
         } => vm_systemd::run_alone(),
         Task::Deb(opts) => deb::run_deb(&opts),
         Task::Image(opts) => image::run(&opts),

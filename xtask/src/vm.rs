@@ -73,6 +73,32 @@ const SUITES: &[&str] = &[
     "owners",
 ];
 
+/// What `cargo xtask vm-test --suite S --kernel K` narrows the run to
+/// (a developer's quick loop); the full run, as `cargo xtask test` makes
+/// it, takes every suite on every kernel and then the systemd VM.
+#[derive(Debug, Default, Clone)]
+pub struct Selection {
+    /// Suites to run (all of [`SUITES`] when empty).
+    pub suites: Vec<String>,
+    /// Only kernels whose release contains this.
+    pub kernel: Option<String>,
+}
+
+impl Selection {
+    /// Whether this is the full run.
+    fn is_full(&self) -> bool {
+        self.suites.is_empty() && self.kernel.is_none()
+    }
+}
+
+/// The suites this run takes (set once by [`run_selected`]; every suite otherwise).
+static CHOSEN: std::sync::OnceLock<Vec<&'static str>> = std::sync::OnceLock::new();
+
+/// The suites this run takes.
+fn suites() -> &'static [&'static str] {
+    CHOSEN.get().map_or(SUITES, Vec::as_slice)
+}
+
 /// Backends every suite runs with.
 const BACKENDS: &[&str] = &["fexit", "tracepoint"];
 
@@ -92,7 +118,7 @@ fn test_binaries() -> Result<Vec<(String, PathBuf)>> {
         "--no-run",
         "--message-format=json",
     ]);
-    for suite in SUITES {
+    for suite in suites() {
         cmd.args(["--test", suite]);
     }
     let out = cmd.stderr(Stdio::inherit()).output()?;
@@ -108,12 +134,12 @@ fn test_binaries() -> Result<Vec<(String, PathBuf)>> {
         else {
             continue;
         };
-        if SUITES.contains(&name) {
+        if suites().contains(&name) {
             found.push((name.to_owned(), PathBuf::from(exe)));
         }
     }
-    if found.len() != SUITES.len() {
-        bail!("expected test binaries {SUITES:?}, found {found:?}");
+    if found.len() != suites().len() {
+        bail!("expected test binaries {:?}, found {found:?}", suites());
     }
     Ok(found)
 }
@@ -126,7 +152,7 @@ fn init_script(modules: &[PathBuf]) -> String {
         .collect();
     let mut s = qemu::init_start(modules, "PORTWATCH_URING_HELPER=/uring_helper");
     for backend in BACKENDS {
-        for suite in SUITES {
+        for suite in suites() {
             s.push_str(&format!(
                 "PORTWATCH_TEST_BACKEND={backend} PORTWATCH_EXPECT_AUTO=fexit PORTWATCH_TEST_VM=1 /t/{suite} --test-threads=1{skips}\n\
                  echo \"VMTEST suite={suite} backend={backend} rc=$?\"\n"
@@ -380,7 +406,7 @@ impl Console {
         } else {
             BACKENDS
                 .iter()
-                .flat_map(|b| SUITES.iter().map(move |s| (b, s)))
+                .flat_map(|b| suites().iter().map(move |s| (b, s)))
                 .find(|(b, s)| !self.runs.iter().any(|r| r.suite == **s && r.backend == **b))
                 .map(|(b, s)| format!("suite {s} with backend {b} did not run"))
         };
@@ -493,15 +519,49 @@ fn jobs() -> usize {
 
 /// Runs the integration tests in a VM of every kernel in [`kernels::KERNELS`].
 pub fn run_all() -> Result<()> {
+    run_selected(&Selection::default())
+}
+
+/// Runs the suites `selection` names in a VM of each kernel it names; the
+/// systemd VM after them on a full run only.
+pub fn run_selected(selection: &Selection) -> Result<()> {
+    let mut chosen = Vec::new();
+    for name in &selection.suites {
+        let Some(suite) = SUITES.iter().find(|s| **s == name) else {
+            bail!("no VM suite {name:?}: the VM suites are {SUITES:?}");
+        };
+        chosen.push(*suite);
+    }
+    if !chosen.is_empty() {
+        CHOSEN
+            .set(chosen)
+            .map_err(|_| anyhow::anyhow!("the VM suites were chosen twice"))?;
+    }
     setup::ensure()?;
     setup::ensure_packages(qemu::PACKAGES)?;
-    let suites = test_binaries()?;
-    let portwatch = root().join("target/debug/portwatch");
-    let started = Instant::now();
     let kernels = kernels::KERNELS
         .iter()
         .map(|p| kernels::image(p))
         .collect::<Result<Vec<_>>>()?;
+    let kernels: Vec<_> = kernels
+        .into_iter()
+        .filter(|k| {
+            selection
+                .kernel
+                .as_ref()
+                .is_none_or(|want| k.release.contains(want.as_str()))
+        })
+        .collect();
+    if kernels.is_empty() {
+        bail!(
+            "no VM kernel's release contains {:?}: the kernels are {:?}",
+            selection.kernel.as_deref().unwrap_or(""),
+            kernels::KERNELS
+        );
+    }
+    let suites = test_binaries()?;
+    let portwatch = root().join("target/debug/portwatch");
+    let started = Instant::now();
     let common = common_initramfs(&suites, &portwatch)?;
     let initrds = kernels
         .iter()
@@ -545,7 +605,12 @@ pub fn run_all() -> Result<()> {
     );
     // After the kernels' VMs, not beside them: a third TCG guest on two
     // cores would slow their timing-sensitive suites.
-    let systemd = crate::vm_systemd::run_debug();
+    let systemd = if selection.is_full() {
+        crate::vm_systemd::run_debug()
+    } else {
+        eprintln!("xtask: the systemd VM is left out of a narrowed run (`cargo xtask vm-test systemd` runs it)");
+        Ok(())
+    };
     if let Err(e) = &systemd {
         eprintln!("xtask: {e:#}");
     }
