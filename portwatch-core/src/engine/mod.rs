@@ -436,10 +436,12 @@ impl<'a> BatchState<'a> {
             (Vec::new(), Vec::new())
         } else {
             let published = self.published(b, &listed);
-            let mut dnat =
-                self.nat
-                    .get_or_insert_with(NatTables::read)
-                    .rules(b.addr, b.port, &b.proto.name());
+            let mut dnat = self.nat.get_or_insert_with(NatTables::read).rules(
+                b.addr,
+                b.opts.v6only,
+                b.port,
+                &b.proto.name(),
+            );
             // A hostPort (CNI portmap) names its pod sandbox: the pod, from
             // the runtime's files (which lie outside any network namespace).
             // A Service's endpoints (or IPVS's real servers) name theirs

@@ -11,6 +11,14 @@ use serde::{Deserialize, Serialize};
 
 use super::{kernel, sockdiag::DiagSocket};
 
+/// The IP address of an interface address (getifaddrs), if it is one.
+pub fn ip_of(s: &nix::sys::socket::SockaddrStorage) -> Option<std::net::IpAddr> {
+    if let Some(v4) = s.as_sockaddr_in() {
+        return Some(v4.ip().into());
+    }
+    s.as_sockaddr_in6().map(|v6| v6.ip().into())
+}
+
 /// Why two sockets on one port never conflict, whatever their addresses
 /// and options.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

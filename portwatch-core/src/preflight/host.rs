@@ -3,7 +3,10 @@
 
 use std::net::IpAddr;
 
-use crate::holders::sysctl::{self, Sysctls};
+use crate::holders::{
+    devices::ip_of,
+    sysctl::{self, Sysctls},
+};
 
 /// The calling thread's network namespace, as far as a bind's address,
 /// port range and privilege are concerned; read once per check.
@@ -88,13 +91,6 @@ impl Host {
         all.dedup();
         all
     }
-}
-
-fn ip_of(s: &nix::sys::socket::SockaddrStorage) -> Option<IpAddr> {
-    if let Some(v4) = s.as_sockaddr_in() {
-        return Some(IpAddr::V4(v4.ip()));
-    }
-    s.as_sockaddr_in6().map(|v6| IpAddr::V6(v6.ip()))
 }
 
 fn in_prefix(net: IpAddr, prefix: u8, addr: IpAddr) -> bool {

@@ -20,6 +20,7 @@ use std::net::IpAddr;
 use serde_json::Value;
 
 use super::{service_of, DnatRule, KubeService, KIND_EXTERNAL};
+use crate::{holders::overlaps, request::Family};
 
 /// The families kube-proxy makes its table in (one proxier each).
 pub(super) const FAMILIES: [&str; 2] = ["ip", "ip6"];
@@ -64,8 +65,9 @@ pub(super) fn node_ports(table: &Value, port: u16, proto: &str) -> Vec<DnatRule>
 
 /// kube-proxy's rules in one table's JSON for the `service-ips` elements
 /// (address . `proto` . `port`) whose address is one of this node's
-/// (`local`) and is covered by a bind to `bind` (that address, or the
-/// wildcard of its family; `::` covers both): an externalIP or a
+/// (`local`) and is taken by a bind to `bind` (its address and
+/// IPV6_V6ONLY: that address, or the wildcard of its family; `::` both
+/// unless IPV6_V6ONLY): an externalIP or a
 /// LoadBalancer IP that the node holds, whose traffic kube-proxy sends to
 /// the Service before any socket sees it, as it does a NodePort's. A
 /// ClusterIP is on no device of the node, so the same test leaves it out.
@@ -74,13 +76,13 @@ pub(super) fn node_ports(table: &Value, port: u16, proto: &str) -> Vec<DnatRule>
 pub(super) fn service_ips(
     table: &Value,
     local: &[IpAddr],
-    bind: IpAddr,
+    bind: (IpAddr, bool),
     port: u16,
     proto: &str,
 ) -> Vec<DnatRule> {
     let items = items(table);
     let steered = |key: &Value| {
-        service_ip(key, port, proto).filter(|ip| local.contains(ip) && covers(bind, *ip))
+        service_ip(key, port, proto).filter(|ip| local.contains(ip) && takes(bind, *ip))
     };
     let via = |ip| Via {
         kind: service_ip_kind(items, ip, port, proto),
@@ -204,14 +206,13 @@ fn service_ip_kind(items: &[Value], ip: IpAddr, port: u16, proto: &str) -> &'sta
     }
 }
 
-/// Whether a bind to `bind` receives traffic for `ip`: the same address,
-/// or the wildcard of its family (`::` also takes IPv4's).
-fn covers(bind: IpAddr, ip: IpAddr) -> bool {
-    match (bind.to_canonical(), ip) {
-        (IpAddr::V6(b), _) if b.is_unspecified() => true,
-        (IpAddr::V4(b), IpAddr::V4(_)) if b.is_unspecified() => true,
-        (b, ip) => b == ip.to_canonical(),
-    }
+/// Whether a bind to `bind` (its address and IPV6_V6ONLY) receives
+/// traffic for `ip`: the bind rules' own address overlap (the same
+/// address, or the wildcard of its family; `::` takes IPv4's too unless
+/// IPV6_V6ONLY).
+fn takes(bind: (IpAddr, bool), ip: IpAddr) -> bool {
+    let (addr, v6only) = bind;
+    overlaps((Family::of(addr), addr, v6only), (Family::of(ip), ip, None)).is_some()
 }
 
 /// The (key, verdict) pairs of the verdict map `name` of kube-proxy's table.
@@ -465,7 +466,7 @@ mod tests {
     fn kinds(local: &[&str], bind: &str, port: u16, proto: &str) -> Vec<(String, String)> {
         let table: Value = serde_json::from_str(SERVICE_IPS_JSON).unwrap();
         let local: Vec<IpAddr> = local.iter().map(|a| a.parse().unwrap()).collect();
-        service_ips(&table, &local, bind.parse().unwrap(), port, proto)
+        service_ips(&table, &local, (bind.parse().unwrap(), false), port, proto)
             .into_iter()
             .map(|r| {
                 let s = r.service.unwrap();
@@ -486,6 +487,10 @@ mod tests {
         ];
         assert_eq!(kinds(&node, "0.0.0.0", 80, "tcp"), both);
         assert_eq!(kinds(&node, "::", 80, "tcp"), both);
+        let table: Value = serde_json::from_str(SERVICE_IPS_JSON).unwrap();
+        let local: Vec<IpAddr> = node.iter().map(|a| a.parse().unwrap()).collect();
+        let v6only = (IpAddr::from([0u16; 8]), true);
+        assert_eq!(service_ips(&table, &local, v6only, 80, "tcp"), []);
         assert_eq!(kinds(&node, "192.168.0.3", 80, "tcp"), both[1..]);
         assert_eq!(kinds(&node, "::ffff:192.168.0.2", 80, "tcp"), both[..1]);
         assert_eq!(kinds(&node, "127.0.0.1", 80, "tcp"), []);
@@ -500,7 +505,13 @@ mod tests {
 
         let table: Value = serde_json::from_str(SERVICE_IPS_JSON).unwrap();
         let local = ["192.168.0.2".parse().unwrap()];
-        let r = service_ips(&table, &local, "0.0.0.0".parse().unwrap(), 80, "tcp");
+        let r = service_ips(
+            &table,
+            &local,
+            ("0.0.0.0".parse().unwrap(), false),
+            80,
+            "tcp",
+        );
         let s = r[0].service.as_ref().unwrap();
         assert_eq!(
             (s.label().as_str(), s.port_name.as_str()),
@@ -513,7 +524,13 @@ mod tests {
             "service-ips { 192.168.0.2 . tcp . 80 : goto external-KHN6ECMT-shop/web/tcp/http }"
         );
         // No endpoints: named from the element's comment.
-        let r = service_ips(&table, &local, "0.0.0.0".parse().unwrap(), 53, "udp");
+        let r = service_ips(
+            &table,
+            &local,
+            ("0.0.0.0".parse().unwrap(), false),
+            53,
+            "udp",
+        );
         assert_eq!(r.len(), 1, "{r:?}");
         assert_eq!(r[0].service.as_ref().unwrap().label(), "shop/dns");
         assert_eq!(

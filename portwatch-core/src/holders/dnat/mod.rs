@@ -34,7 +34,7 @@ use ipvs::KUBE_IPVS_DEVICE;
 use nix::ifaddrs::InterfaceAddress;
 use serde::{Deserialize, Serialize};
 
-use super::containers::Pod;
+use super::{containers::Pod, devices::ip_of};
 
 /// A rule that redirects traffic for a port elsewhere.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -240,7 +240,10 @@ impl NatTables {
             kube_nft,
             ipvs,
             kube_ipvs,
-            local: ip_addresses(&addrs),
+            local: addrs
+                .iter()
+                .filter_map(|a| a.address.as_ref().and_then(ip_of))
+                .collect(),
         }
     }
 
@@ -262,9 +265,9 @@ impl NatTables {
     }
 
     /// The DNAT rules for destination port `port` of `proto` ("tcp", "udp"),
-    /// for a bind to `addr` (a rule keyed by a Service address counts where
-    /// `addr` takes that address's traffic).
-    pub fn rules(&self, addr: IpAddr, port: u16, proto: &str) -> Vec<DnatRule> {
+    /// for a bind to `addr` with IPV6_V6ONLY `v6only` (a rule keyed by a
+    /// Service address counts where that bind takes the address's traffic).
+    pub fn rules(&self, addr: IpAddr, v6only: bool, port: u16, proto: &str) -> Vec<DnatRule> {
         let mut rules = Vec::new();
         let shown = self.iptables_nft_tables();
         for (from, text) in &self.listed {
@@ -285,7 +288,7 @@ impl NatTables {
             found.extend(kube_proxy_nft::service_ips(
                 table,
                 &self.local,
-                addr,
+                (addr, v6only),
                 port,
                 proto,
             ));
@@ -326,19 +329,6 @@ fn legacy_listings() -> Vec<(&'static str, String)> {
         }
     }
     listed
-}
-
-/// The IP addresses among interface addresses.
-fn ip_addresses(addrs: &[InterfaceAddress]) -> Vec<IpAddr> {
-    addrs
-        .iter()
-        .filter_map(|a| a.address.as_ref())
-        .filter_map(|a| match (a.as_sockaddr_in(), a.as_sockaddr_in6()) {
-            (Some(v4), _) => Some(IpAddr::V4(v4.ip())),
-            (_, Some(v6)) => Some(IpAddr::V6(v6.ip())),
-            _ => None,
-        })
-        .collect()
 }
 
 /// Whether to run iptables-legacy's lister `program`: the legacy `nat`
@@ -749,7 +739,7 @@ mod tests {
             ..NatTables::default()
         };
         let froms: Vec<(String, Option<String>)> = tables
-            .rules(IpAddr::from([0, 0, 0, 0]), 18097, "tcp")
+            .rules(IpAddr::from([0, 0, 0, 0]), false, 18097, "tcp")
             .into_iter()
             .map(|r| (r.from, r.to))
             .collect();
@@ -769,7 +759,9 @@ mod tests {
             ..NatTables::default()
         };
         assert_eq!(
-            legacy.rules(IpAddr::from([0, 0, 0, 0]), 18097, "tcp").len(),
+            legacy
+                .rules(IpAddr::from([0, 0, 0, 0]), false, 18097, "tcp")
+                .len(),
             3
         );
     }
