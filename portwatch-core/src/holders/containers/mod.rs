@@ -473,10 +473,8 @@ fn sandbox_pid(dir: &Path) -> Option<u32> {
     }
     let text = files::read_root_file(&dir.join("init.pid"))?;
     let pid: u32 = std::str::from_utf8(&text).ok()?.trim().parse().ok()?;
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the command's closing parenthesis: state, ppid, ...
-    let ppid = stat.rsplit_once(')')?.1.split_whitespace().nth(1)?;
-    let shim_cwd = std::fs::read_link(format!("/proc/{ppid}/cwd")).ok()?;
+    let shim = super::procs::ppid(pid)?;
+    let shim_cwd = std::fs::read_link(format!("/proc/{shim}/cwd")).ok()?;
     (pid > 1 && shim_cwd == dir).then_some(pid)
 }
 

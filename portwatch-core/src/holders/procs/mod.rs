@@ -209,6 +209,12 @@ impl Stat<'_> {
     }
 }
 
+/// Process `pid`'s parent, from its /proc/PID/stat alone.
+pub fn ppid(pid: u32) -> Option<u32> {
+    let stat = std::fs::read(format!("/proc/{pid}/stat")).ok()?;
+    parse_stat(&stat).map(|s| s.ppid)
+}
+
 /// Parses /proc/PID/stat. comm sits between the first '(' and the LAST ')', since it may hold
 /// ") " itself; the numbered fields follow, field 3 (state) first.
 fn parse_stat(stat: &[u8]) -> Option<Stat<'_>> {
